@@ -1,0 +1,342 @@
+//! Grant tables, version 1 (`grant_table.h`): `grant_table_op(cmd, args, count)`.
+//!
+//! A domain shares a frame by writing an entry in its grant table naming the
+//! grantee; the grantee maps or copies it by (domain, reference). This module
+//! owns the v1 entry layout, its flag bits, the `GNTTABOP_*` numbers, the
+//! per-operation argument structures and the `GNTST_*` status codes.
+
+#![forbid(unsafe_code)]
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Map a grant: array of [`GnttabMapGrantRef`].
+pub const GNTTABOP_MAP_GRANT_REF: u32 = 0;
+/// Unmap a grant: array of [`GnttabUnmapGrantRef`].
+pub const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
+/// Get the frames of the caller's table: [`GnttabSetupTable`].
+pub const GNTTABOP_SETUP_TABLE: u32 = 2;
+/// Dump a table to the hypervisor console: [`GnttabDumpTable`].
+pub const GNTTABOP_DUMP_TABLE: u32 = 3;
+/// Transfer a frame to another domain.
+pub const GNTTABOP_TRANSFER: u32 = 4;
+/// Hypervisor-performed copy: array of [`GnttabCopy`].
+pub const GNTTABOP_COPY: u32 = 5;
+/// Current and maximum table size: [`GnttabQuerySize`].
+pub const GNTTABOP_QUERY_SIZE: u32 = 6;
+/// Unmap and atomically replace the PTE.
+pub const GNTTABOP_UNMAP_AND_REPLACE: u32 = 7;
+/// Select the table version: [`GnttabSetVersion`].
+pub const GNTTABOP_SET_VERSION: u32 = 8;
+/// Get the v2 status frames.
+pub const GNTTABOP_GET_STATUS_FRAMES: u32 = 9;
+/// Get the table version: [`GnttabGetVersion`].
+pub const GNTTABOP_GET_VERSION: u32 = 10;
+/// Swap two entries.
+pub const GNTTABOP_SWAP_GRANT_REF: u32 = 11;
+/// Cache maintenance on a granted frame.
+pub const GNTTABOP_CACHE_FLUSH: u32 = 12;
+
+/// The Xen name of a `GNTTABOP_*` command.
+#[must_use]
+pub const fn op_name(cmd: u32) -> Option<&'static str> {
+    Some(match cmd {
+        GNTTABOP_MAP_GRANT_REF => "map_grant_ref",
+        GNTTABOP_UNMAP_GRANT_REF => "unmap_grant_ref",
+        GNTTABOP_SETUP_TABLE => "setup_table",
+        GNTTABOP_DUMP_TABLE => "dump_table",
+        GNTTABOP_TRANSFER => "transfer",
+        GNTTABOP_COPY => "copy",
+        GNTTABOP_QUERY_SIZE => "query_size",
+        GNTTABOP_UNMAP_AND_REPLACE => "unmap_and_replace",
+        GNTTABOP_SET_VERSION => "set_version",
+        GNTTABOP_GET_STATUS_FRAMES => "get_status_frames",
+        GNTTABOP_GET_VERSION => "get_version",
+        GNTTABOP_SWAP_GRANT_REF => "swap_grant_ref",
+        GNTTABOP_CACHE_FLUSH => "cache_flush",
+        _ => return None,
+    })
+}
+
+/// Entries reserved at the start of every table.
+pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
+/// Reserved entry: the console ring.
+pub const GNTTAB_RESERVED_CONSOLE: u32 = 0;
+/// Reserved entry: the xenstore ring.
+pub const GNTTAB_RESERVED_XENSTORE: u32 = 1;
+
+/// One v1 grant entry (`struct grant_entry_v1`, 8 bytes; 512 per page).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GrantEntryV1 {
+    /// `GTF_*` type and flags. Written last by the granter (after a barrier).
+    pub flags: u16,
+    /// The grantee domain.
+    pub domid: u16,
+    /// The granted frame (an mfn for PV granters).
+    pub frame: u32,
+}
+const _: () = assert!(size_of::<GrantEntryV1>() == 8);
+
+/// v1 entries per 4 KiB table frame.
+pub const GRANT_ENTRIES_V1_PER_PAGE: usize = crate::types::PAGE_SIZE / size_of::<GrantEntryV1>();
+
+/// Entry type: grants nothing.
+pub const GTF_INVALID: u16 = 0;
+/// Entry type: `domid` may map or copy `frame`.
+pub const GTF_PERMIT_ACCESS: u16 = 1;
+/// Entry type: `domid` may transfer a frame to us.
+pub const GTF_ACCEPT_TRANSFER: u16 = 2;
+/// Entry type: transitive grant.
+pub const GTF_TRANSITIVE: u16 = 3;
+/// Mask of the entry type bits.
+pub const GTF_TYPE_MASK: u16 = 3;
+/// Read-only access only (granter-set).
+pub const GTF_READONLY: u16 = 1 << 2;
+/// Mapped for reading (hypervisor-set; the granter must not change the entry).
+pub const GTF_READING: u16 = 1 << 3;
+/// Mapped for writing (hypervisor-set; the granter must not change the entry).
+pub const GTF_WRITING: u16 = 1 << 4;
+/// Cache attribute: write-through.
+pub const GTF_PWT: u16 = 1 << 5;
+/// Cache attribute: cache disable.
+pub const GTF_PCD: u16 = 1 << 6;
+/// Cache attribute: PAT.
+pub const GTF_PAT: u16 = 1 << 7;
+/// Sub-page grant (copy only).
+pub const GTF_SUB_PAGE: u16 = 1 << 8;
+/// Transfer: the hypervisor is committed to the transfer.
+pub const GTF_TRANSFER_COMMITTED: u16 = 1 << 2;
+/// Transfer: the transfer is complete and `frame` is written.
+pub const GTF_TRANSFER_COMPLETED: u16 = 1 << 3;
+
+/// Map flag: map for device (bus) access.
+pub const GNTMAP_DEVICE_MAP: u32 = 1 << 0;
+/// Map flag: map for CPU access at `host_addr`.
+pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+/// Map flag: read-only mapping.
+pub const GNTMAP_READONLY: u32 = 1 << 2;
+/// Map flag: user-accessible host mapping.
+pub const GNTMAP_APPLICATION_MAP: u32 = 1 << 3;
+/// Map flag: `host_addr` is the machine address of the PTE to write.
+pub const GNTMAP_CONTAINS_PTE: u32 = 1 << 4;
+
+/// Copy flag: the source is a grant reference (else a local frame).
+pub const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;
+/// Copy flag: the destination is a grant reference (else a local frame).
+pub const GNTCOPY_DEST_GREF: u16 = 1 << 1;
+
+/// Per-operation status: success.
+pub const GNTST_OKAY: i16 = 0;
+/// Unspecified error.
+pub const GNTST_GENERAL_ERROR: i16 = -1;
+/// Unknown domain.
+pub const GNTST_BAD_DOMAIN: i16 = -2;
+/// Unknown or unsuitable grant reference.
+pub const GNTST_BAD_GNTREF: i16 = -3;
+/// Unknown or unsuitable handle.
+pub const GNTST_BAD_HANDLE: i16 = -4;
+/// Unsuitable virtual address.
+pub const GNTST_BAD_VIRT_ADDR: i16 = -5;
+/// Unsuitable device address.
+pub const GNTST_BAD_DEV_ADDR: i16 = -6;
+/// No room in the I/O MMU.
+pub const GNTST_NO_DEVICE_SPACE: i16 = -7;
+/// Not permitted.
+pub const GNTST_PERMISSION_DENIED: i16 = -8;
+/// Bad page.
+pub const GNTST_BAD_PAGE: i16 = -9;
+/// Copy arguments cross a page boundary.
+pub const GNTST_BAD_COPY_ARG: i16 = -10;
+/// Transfer address too large.
+pub const GNTST_ADDRESS_TOO_BIG: i16 = -11;
+/// Not done; try again.
+pub const GNTST_EAGAIN: i16 = -12;
+/// Out of space (handles, …).
+pub const GNTST_NO_SPACE: i16 = -13;
+
+/// Short description of a `GNTST_*` status.
+#[must_use]
+pub const fn status_name(status: i16) -> Option<&'static str> {
+    Some(match status {
+        GNTST_OKAY => "okay",
+        GNTST_GENERAL_ERROR => "general error",
+        GNTST_BAD_DOMAIN => "bad domain",
+        GNTST_BAD_GNTREF => "bad grant reference",
+        GNTST_BAD_HANDLE => "bad handle",
+        GNTST_BAD_VIRT_ADDR => "bad virtual address",
+        GNTST_BAD_DEV_ADDR => "bad device address",
+        GNTST_NO_DEVICE_SPACE => "no device space",
+        GNTST_PERMISSION_DENIED => "permission denied",
+        GNTST_BAD_PAGE => "bad page",
+        GNTST_BAD_COPY_ARG => "copy crosses a page boundary",
+        GNTST_ADDRESS_TOO_BIG => "address too big",
+        GNTST_EAGAIN => "try again",
+        GNTST_NO_SPACE => "no space",
+        _ => return None,
+    })
+}
+
+/// `GNTTABOP_map_grant_ref` element (32 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabMapGrantRef {
+    /// In: virtual address (or PTE machine address with
+    /// [`GNTMAP_CONTAINS_PTE`]) to map at.
+    pub host_addr: u64,
+    /// In: `GNTMAP_*` flags.
+    pub flags: u32,
+    /// In: grant reference.
+    pub ref_: u32,
+    /// In: granting domain.
+    pub dom: u16,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+    /// Out: handle for the unmap.
+    pub handle: u32,
+    /// Out: bus address, with [`GNTMAP_DEVICE_MAP`].
+    pub dev_bus_addr: u64,
+}
+const _: () = assert!(size_of::<GnttabMapGrantRef>() == 32);
+
+/// `GNTTABOP_unmap_grant_ref` element (24 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabUnmapGrantRef {
+    /// In: host mapping to remove (0: none).
+    pub host_addr: u64,
+    /// In: device mapping to remove (0: none).
+    pub dev_bus_addr: u64,
+    /// In: handle from the map.
+    pub handle: u32,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+    /// Explicit padding (zero).
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<GnttabUnmapGrantRef>() == 24);
+
+/// `GNTTABOP_setup_table` argument (24 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabSetupTable {
+    /// In: domain (`DOMID_SELF` unless privileged).
+    pub dom: u16,
+    /// Explicit padding (zero).
+    pub _pad0: u16,
+    /// In: number of frames wanted.
+    pub nr_frames: u32,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+    /// Explicit padding (zero).
+    pub _pad1: [u8; 6],
+    /// In: guest address of a `u64` array receiving `nr_frames` frame numbers.
+    pub frame_list: u64,
+}
+const _: () = assert!(size_of::<GnttabSetupTable>() == 24);
+
+/// `GNTTABOP_dump_table` argument (4 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabDumpTable {
+    /// In: domain.
+    pub dom: u16,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+}
+const _: () = assert!(size_of::<GnttabDumpTable>() == 4);
+
+/// One side of a [`GnttabCopy`] (16 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabCopyPtr {
+    /// A grant reference (with the matching `GNTCOPY_*_GREF` flag) or a
+    /// local frame number.
+    pub u: u64,
+    /// Domain owning the grant or frame.
+    pub domid: u16,
+    /// Byte offset within the frame.
+    pub offset: u16,
+    /// Explicit padding (zero).
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GnttabCopyPtr>() == 16);
+
+/// `GNTTABOP_copy` element (40 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabCopy {
+    /// In: source.
+    pub source: GnttabCopyPtr,
+    /// In: destination.
+    pub dest: GnttabCopyPtr,
+    /// In: bytes to copy (neither side may cross its page).
+    pub len: u16,
+    /// In: `GNTCOPY_*` flags.
+    pub flags: u16,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+    /// Explicit padding (zero).
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<GnttabCopy>() == 40);
+
+/// `GNTTABOP_query_size` argument (16 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabQuerySize {
+    /// In: domain.
+    pub dom: u16,
+    /// Explicit padding (zero).
+    pub _pad0: u16,
+    /// Out: current frames.
+    pub nr_frames: u32,
+    /// Out: maximum frames.
+    pub max_nr_frames: u32,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+    /// Explicit padding (zero).
+    pub _pad1: u16,
+}
+const _: () = assert!(size_of::<GnttabQuerySize>() == 16);
+
+/// `GNTTABOP_set_version` argument (4 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabSetVersion {
+    /// In: wanted version (1 or 2); out: version in effect.
+    pub version: u32,
+}
+const _: () = assert!(size_of::<GnttabSetVersion>() == 4);
+
+/// `GNTTABOP_get_version` argument (8 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabGetVersion {
+    /// In: domain.
+    pub dom: u16,
+    /// Explicit padding (zero).
+    pub pad: u16,
+    /// Out: version in effect.
+    pub version: u32,
+}
+const _: () = assert!(size_of::<GnttabGetVersion>() == 8);

@@ -1,0 +1,35 @@
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+//! The microvisor's policy core: every decision the hypervisor makes about
+//! untrusted bytes (the boot bundle, its manifest, guest ELF images) and every
+//! piece of domain-builder arithmetic lives here as plain safe Rust that runs
+//! under `cargo test` on the host. The ring-0 binary calls into this crate and
+//! only performs the effects (copying bytes into frames, writing page-table
+//! entries). Nothing here allocates, touches hardware, uses floating point or
+//! panics on input it did not create itself: malformed input always comes back
+//! as an error value.
+
+pub mod cpio;
+pub mod elfimage;
+pub mod frame_alloc;
+pub mod hypercall_page;
+pub mod insn;
+pub mod layout;
+pub mod manifest;
+
+/// Size of a guest or machine page in bytes (x86_64 4 KiB pages).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Rounds `value` up to the next multiple of [`PAGE_SIZE`], or `None` if that
+/// would not fit in a `u64`.
+pub const fn page_round_up(value: u64) -> Option<u64> {
+    match value.checked_add(PAGE_SIZE - 1) {
+        Some(v) => Some(v & !(PAGE_SIZE - 1)),
+        None => None,
+    }
+}
+
+/// True when `value` is a multiple of [`PAGE_SIZE`].
+pub const fn is_page_aligned(value: u64) -> bool {
+    value & (PAGE_SIZE - 1) == 0
+}

@@ -1,0 +1,705 @@
+//! Parser for the boot bundle's `manifest`, the text file that names the
+//! domains to build at boot. This module owns the manifest grammar and every
+//! rule about the values in it (name syntax, memory bounds, command-line
+//! length); it never looks inside the bundle, never allocates (at most
+//! [`MAX_DOMAINS`] specs live in a fixed array) and never panics on any text.
+//!
+//! # Format
+//!
+//! ```text
+//! # A comment: the whole line is ignored. Blank lines are ignored.
+//! [domain dom0]            # starts a domain; NAME is 1-32 of A-Z a-z 0-9 _ -
+//! image = hello            # bundle file holding the domain's ELF image (required)
+//! memory = 16M             # required: bytes, or a number with K, M or G (powers of 1024)
+//! privileged = true        # true or false; default false
+//! cmdline = console=hvc0 # not a comment
+//! expect = poweroff        # poweroff|reboot|suspend|crash|watchdog|killed; default poweroff
+//! weight = 256             # scheduler weight 1-65535; default 256
+//! ```
+//!
+//! * Lines are `key = value`; spaces around the key, the `=` and the value are
+//!   ignored. A `#` starts a comment on any line except a `cmdline` line, whose
+//!   value is everything after the `=` up to the end of the line (trimmed; may be
+//!   empty; at most 1023 bytes so it fits `start_info.cmd_line` with its NUL).
+//! * Each key may appear once per domain; keys before the first `[domain NAME]`
+//!   are errors. Domain names are unique. At most [`MAX_DOMAINS`] domains, at
+//!   least one.
+//! * `memory` must be a multiple of 4 KiB, at least 1 MiB and at most 64 GiB.
+//! * `image` is a single word (no spaces); whether the file exists in the
+//!   bundle is the caller's check.
+//! * Lines may end in `\r\n`.
+
+use core::fmt;
+
+/// Most domains one manifest may declare.
+pub const MAX_DOMAINS: usize = 16;
+/// Longest domain name in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+/// Longest command line in bytes (`start_info.cmd_line` holds 1024 with the NUL).
+pub const MAX_CMDLINE_LEN: usize = 1023;
+/// Smallest domain memory size: 1 MiB.
+pub const MIN_MEMORY: u64 = 1 << 20;
+/// Largest domain memory size: 64 GiB.
+pub const MAX_MEMORY: u64 = 64 << 30;
+/// Scheduler weight used when the manifest gives none.
+pub const DEFAULT_WEIGHT: u16 = 256;
+
+/// How a domain is expected to end; the scenario verdict compares it with how
+/// the domain really ended. The first five carry Xen's `SHUTDOWN_*` numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Expect {
+    /// `SHUTDOWN_poweroff` (0).
+    Poweroff = 0,
+    /// `SHUTDOWN_reboot` (1).
+    Reboot = 1,
+    /// `SHUTDOWN_suspend` (2).
+    Suspend = 2,
+    /// `SHUTDOWN_crash` (3).
+    Crash = 3,
+    /// `SHUTDOWN_watchdog` (4).
+    Watchdog = 4,
+    /// Not a guest request: the hypervisor killed the domain for misbehaving.
+    Killed = 0xFF,
+}
+
+impl Expect {
+    /// The guest-requested reason for Xen shutdown code `code`, if it is one of
+    /// the five this project knows.
+    pub const fn from_shutdown_code(code: u64) -> Option<Self> {
+        match code {
+            0 => Some(Self::Poweroff),
+            1 => Some(Self::Reboot),
+            2 => Some(Self::Suspend),
+            3 => Some(Self::Crash),
+            4 => Some(Self::Watchdog),
+            _ => None,
+        }
+    }
+
+    /// Xen's shutdown code for this reason; `None` for [`Expect::Killed`].
+    pub const fn shutdown_code(self) -> Option<u64> {
+        match self {
+            Self::Killed => None,
+            other => Some(other as u64),
+        }
+    }
+
+    /// The manifest spelling of this reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Poweroff => "poweroff",
+            Self::Reboot => "reboot",
+            Self::Suspend => "suspend",
+            Self::Crash => "crash",
+            Self::Watchdog => "watchdog",
+            Self::Killed => "killed",
+        }
+    }
+
+    /// Parses the manifest spelling.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Poweroff,
+            Self::Reboot,
+            Self::Suspend,
+            Self::Crash,
+            Self::Watchdog,
+            Self::Killed,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == name)
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[domain NAME]` section, with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainSpec<'a> {
+    /// The domain's name from the section header.
+    pub name: &'a str,
+    /// Bundle file name of the ELF image.
+    pub image: &'a str,
+    /// Domain memory in bytes (a multiple of 4 KiB).
+    pub memory_bytes: u64,
+    /// Whether this is a privileged (initial/control) domain.
+    pub privileged: bool,
+    /// Kernel command line (no NUL, at most [`MAX_CMDLINE_LEN`] bytes).
+    pub cmdline: &'a str,
+    /// How the domain is expected to end.
+    pub expect: Expect,
+    /// Scheduler weight (1-65535).
+    pub weight: u16,
+}
+
+impl DomainSpec<'_> {
+    /// Domain memory in 4 KiB pages.
+    pub const fn nr_pages(&self) -> u64 {
+        self.memory_bytes / crate::PAGE_SIZE
+    }
+}
+
+const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
+    name: "",
+    image: "",
+    memory_bytes: 0,
+    privileged: false,
+    cmdline: "",
+    expect: Expect::Poweroff,
+    weight: DEFAULT_WEIGHT,
+};
+
+/// A parsed manifest: one to [`MAX_DOMAINS`] domain specs in file order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Manifest<'a> {
+    specs: [DomainSpec<'a>; MAX_DOMAINS],
+    len: usize,
+}
+
+impl<'a> Manifest<'a> {
+    /// The domains, in the order the manifest lists them.
+    pub fn domains(&self) -> &[DomainSpec<'a>] {
+        self.specs.get(..self.len).unwrap_or(&[])
+    }
+
+    /// The domain called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&DomainSpec<'a>> {
+        self.domains().iter().find(|d| d.name == name)
+    }
+}
+
+/// A manifest rejection: 1-based line number, what is wrong and, for some
+/// errors, the offending word from the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestError<'a> {
+    /// 1-based line number (for whole-file errors, the last line).
+    pub line: usize,
+    /// Description of the problem.
+    pub what: &'static str,
+    /// The name or key the problem is about, quoted after `what` when shown.
+    pub detail: Option<&'a str>,
+}
+
+impl fmt::Display for ManifestError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "manifest line {}: {}", self.line, self.what)?;
+        if let Some(detail) = self.detail {
+            write!(f, " '{detail}'")?;
+        }
+        Ok(())
+    }
+}
+
+/// A section being filled in; `None` = key not seen yet.
+struct Partial<'a> {
+    name: &'a str,
+    line: usize,
+    image: Option<&'a str>,
+    memory: Option<u64>,
+    privileged: Option<bool>,
+    cmdline: Option<&'a str>,
+    expect: Option<Expect>,
+    weight: Option<u16>,
+}
+
+impl<'a> Partial<'a> {
+    fn new(name: &'a str, line: usize) -> Self {
+        Self {
+            name,
+            line,
+            image: None,
+            memory: None,
+            privileged: None,
+            cmdline: None,
+            expect: None,
+            weight: None,
+        }
+    }
+
+    fn finish(self) -> Result<DomainSpec<'a>, ManifestError<'a>> {
+        let err = |what| ManifestError {
+            line: self.line,
+            what,
+            detail: Some(self.name),
+        };
+        Ok(DomainSpec {
+            name: self.name,
+            image: self.image.ok_or(err("missing image for domain"))?,
+            memory_bytes: self.memory.ok_or(err("missing memory for domain"))?,
+            privileged: self.privileged.unwrap_or(false),
+            cmdline: self.cmdline.unwrap_or(""),
+            expect: self.expect.unwrap_or(Expect::Poweroff),
+            weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
+        })
+    }
+}
+
+/// True for a legal domain name.
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Text before a `#` comment.
+fn strip_comment(text: &str) -> &str {
+    text.split_once('#').map_or(text, |(before, _)| before)
+}
+
+/// Parses a memory size: decimal digits with an optional K/M/G suffix.
+fn parse_memory(value: &str) -> Result<u64, &'static str> {
+    const SYNTAX: &str = "memory must be like 16M";
+    let (digits, shift) = match value.as_bytes().last() {
+        Some(b'K' | b'k') => (value.get(..value.len() - 1), 10),
+        Some(b'M' | b'm') => (value.get(..value.len() - 1), 20),
+        Some(b'G' | b'g') => (value.get(..value.len() - 1), 30),
+        _ => (Some(value), 0),
+    };
+    let digits = digits.ok_or(SYNTAX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SYNTAX);
+    }
+    const TOO_BIG: &str = "memory must be at most 64G";
+    let mut number: u64 = 0;
+    for b in digits.bytes() {
+        number = number
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(TOO_BIG)?;
+    }
+    let bytes = number.checked_mul(1u64 << shift).ok_or(TOO_BIG)?;
+    if bytes > MAX_MEMORY {
+        return Err(TOO_BIG);
+    }
+    if bytes < MIN_MEMORY {
+        return Err("memory must be at least 1M");
+    }
+    if !crate::is_page_aligned(bytes) {
+        return Err("memory must be a multiple of 4K");
+    }
+    Ok(bytes)
+}
+
+/// Parses a scheduler weight.
+fn parse_weight(value: &str) -> Result<u16, &'static str> {
+    const MSG: &str = "weight must be a number from 1 to 65535";
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(MSG);
+    }
+    match value.parse::<u16>() {
+        Ok(0) | Err(_) => Err(MSG),
+        Ok(w) => Ok(w),
+    }
+}
+
+/// Parses a whole manifest.
+pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
+    let mut manifest = Manifest {
+        specs: [EMPTY_SPEC; MAX_DOMAINS],
+        len: 0,
+    };
+    let mut current: Option<Partial<'_>> = None;
+    let mut last_line = 1usize;
+
+    for (index, raw) in text.split('\n').enumerate() {
+        let line = index.saturating_add(1);
+        last_line = line;
+        let err = |what, detail| ManifestError { line, what, detail };
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+
+        if trimmed.starts_with('[') {
+            let header = strip_comment(trimmed).trim_end();
+            let inner = header
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .ok_or(err("section header must be [domain NAME]", None))?
+                .trim();
+            let name = inner
+                .strip_prefix("domain")
+                .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+                .ok_or(err("section header must be [domain NAME]", None))?
+                .trim();
+            if !valid_name(name) {
+                return Err(err(
+                    "domain name must be 1-32 of A-Z a-z 0-9 _ -, not",
+                    Some(name),
+                ));
+            }
+            if let Some(done) = current.take() {
+                push(&mut manifest, done.finish()?, line)?;
+            }
+            if manifest.get(name).is_some() {
+                return Err(err("duplicate domain name", Some(name)));
+            }
+            if manifest.len >= MAX_DOMAINS {
+                return Err(err("too many domains (max 16)", None));
+            }
+            current = Some(Partial::new(name, line));
+            continue;
+        }
+
+        let (key, rest) = trimmed
+            .split_once('=')
+            .ok_or(err("expected key = value", None))?;
+        let key = key.trim();
+        let Some(section) = current.as_mut() else {
+            return Err(err("key outside a [domain NAME] section", None));
+        };
+        let value = if key == "cmdline" {
+            rest.trim()
+        } else {
+            strip_comment(rest).trim()
+        };
+        let duplicate = err("duplicate key", Some(key));
+        match key {
+            "image" => {
+                if value.is_empty() || value.contains(char::is_whitespace) {
+                    return Err(err("image must be one bundle file name", None));
+                }
+                set_once(&mut section.image, value, duplicate)?;
+            }
+            "memory" => {
+                let bytes = parse_memory(value).map_err(|what| err(what, None))?;
+                set_once(&mut section.memory, bytes, duplicate)?;
+            }
+            "privileged" => {
+                let flag = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(err("privileged must be true or false", None)),
+                };
+                set_once(&mut section.privileged, flag, duplicate)?;
+            }
+            "cmdline" => {
+                if value.len() > MAX_CMDLINE_LEN {
+                    return Err(err("cmdline longer than 1023 bytes", None));
+                }
+                if value.contains('\0') {
+                    return Err(err("cmdline contains a NUL byte", None));
+                }
+                set_once(&mut section.cmdline, value, duplicate)?;
+            }
+            "expect" => {
+                let expect = Expect::from_name(value).ok_or(err(
+                    "expect must be poweroff, reboot, suspend, crash, watchdog or killed",
+                    None,
+                ))?;
+                set_once(&mut section.expect, expect, duplicate)?;
+            }
+            "weight" => {
+                let weight = parse_weight(value).map_err(|what| err(what, None))?;
+                set_once(&mut section.weight, weight, duplicate)?;
+            }
+            _ => return Err(err("unknown key", Some(key))),
+        }
+    }
+
+    if let Some(done) = current.take() {
+        push(&mut manifest, done.finish()?, last_line)?;
+    }
+    if manifest.len == 0 {
+        return Err(ManifestError {
+            line: last_line,
+            what: "no domains",
+            detail: None,
+        });
+    }
+    Ok(manifest)
+}
+
+/// Stores a key's value unless the key was already given.
+fn set_once<'a, T>(
+    slot: &mut Option<T>,
+    value: T,
+    duplicate: ManifestError<'a>,
+) -> Result<(), ManifestError<'a>> {
+    if slot.is_some() {
+        return Err(duplicate);
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Appends a finished spec.
+fn push<'a>(
+    manifest: &mut Manifest<'a>,
+    spec: DomainSpec<'a>,
+    line: usize,
+) -> Result<(), ManifestError<'a>> {
+    let slot = manifest.specs.get_mut(manifest.len).ok_or(ManifestError {
+        line,
+        what: "too many domains (max 16)",
+        detail: None,
+    })?;
+    *slot = spec;
+    manifest.len = manifest.len.saturating_add(1);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_manifest() {
+        let text = "\
+# boot bundle for the demo
+[domain dom0]
+image = hello          # name of an ELF file in the bundle
+memory = 16M
+privileged = true
+cmdline = console=hvc0 # kept
+expect = poweroff
+weight = 512
+
+[domain guest_1-b]   # second
+image=./guest.elf
+memory=1048576
+cmdline =
+expect = crash\r
+[domain k]
+image = x
+memory = 1G
+expect = killed
+";
+        let m = parse(text).unwrap();
+        let d = m.domains();
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            d[0],
+            DomainSpec {
+                name: "dom0",
+                image: "hello",
+                memory_bytes: 16 << 20,
+                privileged: true,
+                cmdline: "console=hvc0 # kept",
+                expect: Expect::Poweroff,
+                weight: 512,
+            }
+        );
+        assert_eq!(d[0].nr_pages(), 4096);
+        assert_eq!(
+            d[1],
+            DomainSpec {
+                name: "guest_1-b",
+                image: "./guest.elf",
+                memory_bytes: 1 << 20,
+                privileged: false,
+                cmdline: "",
+                expect: Expect::Crash,
+                weight: 256,
+            }
+        );
+        assert_eq!(d[2].memory_bytes, 1 << 30);
+        assert_eq!(d[2].expect, Expect::Killed);
+        assert_eq!(m.get("k").map(|s| s.image), Some("x"));
+        assert!(m.get("nope").is_none());
+    }
+
+    #[test]
+    fn memory_forms() {
+        for (text, bytes) in [
+            ("1024K", 1 << 20),
+            ("4m", 4 << 20),
+            ("64G", 64 << 30),
+            ("2g", 2 << 30),
+            ("2097152", 2 << 20),
+        ] {
+            assert_eq!(parse_memory(text), Ok(bytes), "{text}");
+        }
+        for (text, msg) in [
+            ("", "memory must be like 16M"),
+            ("M", "memory must be like 16M"),
+            ("16 M", "memory must be like 16M"),
+            ("16T", "memory must be like 16M"),
+            ("-1M", "memory must be like 16M"),
+            ("0", "memory must be at least 1M"),
+            ("0M", "memory must be at least 1M"),
+            ("1023K", "memory must be at least 1M"),
+            ("65G", "memory must be at most 64G"),
+            ("99999999999999999999999", "memory must be at most 64G"),
+            ("18446744073709551615G", "memory must be at most 64G"),
+            ("1048577", "memory must be a multiple of 4K"),
+        ] {
+            assert_eq!(parse_memory(text), Err(msg), "{text}");
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let ok_body = "image = a\nmemory = 16M\n";
+        assert_eq!(
+            error(&format!("[domain a]\n{ok_body}foo = 1\n")),
+            "manifest line 4: unknown key 'foo'"
+        );
+        assert_eq!(
+            error("image = a\n"),
+            "manifest line 1: key outside a [domain NAME] section"
+        );
+        assert_eq!(
+            error(&format!("[domain x]\n{ok_body}[domain x]\n{ok_body}")),
+            "manifest line 4: duplicate domain name 'x'"
+        );
+        assert_eq!(error(""), "manifest line 1: no domains");
+        assert_eq!(error("# nothing\n\n"), "manifest line 3: no domains");
+        assert_eq!(
+            error("[domain x]\nmemory = 16M\n[domain y]\n"),
+            "manifest line 1: missing image for domain 'x'"
+        );
+        assert_eq!(
+            error("[domain x]\nimage = a\n"),
+            "manifest line 1: missing memory for domain 'x'"
+        );
+        assert_eq!(
+            error(&format!(
+                "[domain x]\n{ok_body}cmdline = {}\n",
+                "a".repeat(1024)
+            )),
+            "manifest line 4: cmdline longer than 1023 bytes"
+        );
+        assert!(
+            parse(&format!(
+                "[domain x]\n{ok_body}cmdline = {}\n",
+                "a".repeat(1023)
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            error("[domain x]\nimage = a\nmemory = 16Q\n"),
+            "manifest line 3: memory must be like 16M"
+        );
+        let mut many = String::new();
+        for i in 0..17 {
+            many.push_str(&format!("[domain d{i}]\n{ok_body}"));
+        }
+        assert_eq!(error(&many), "manifest line 49: too many domains (max 16)");
+        let sixteen: String = many.lines().take(48).map(|l| format!("{l}\n")).collect();
+        assert_eq!(parse(&sixteen).unwrap().domains().len(), 16);
+    }
+
+    #[test]
+    fn more_errors() {
+        let cases = [
+            (
+                "[domain]\n",
+                "manifest line 1: domain name must be 1-32 of A-Z a-z 0-9 _ -, not ''",
+            ),
+            (
+                "[domain a.b]\n",
+                "manifest line 1: domain name must be 1-32 of A-Z a-z 0-9 _ -, not 'a.b'",
+            ),
+            (
+                "[domainx]\n",
+                "manifest line 1: section header must be [domain NAME]",
+            ),
+            (
+                "[vm x]\n",
+                "manifest line 1: section header must be [domain NAME]",
+            ),
+            (
+                "[domain x\n",
+                "manifest line 1: section header must be [domain NAME]",
+            ),
+            (
+                "[domain x]\nimage\n",
+                "manifest line 2: expected key = value",
+            ),
+            (
+                "[domain x]\nimage = a b\n",
+                "manifest line 2: image must be one bundle file name",
+            ),
+            (
+                "[domain x]\nimage =\n",
+                "manifest line 2: image must be one bundle file name",
+            ),
+            (
+                "[domain x]\nimage = a\nimage = b\n",
+                "manifest line 3: duplicate key 'image'",
+            ),
+            (
+                "[domain x]\nprivileged = yes\n",
+                "manifest line 2: privileged must be true or false",
+            ),
+            (
+                "[domain x]\nexpect = halt\n",
+                "manifest line 2: expect must be poweroff, reboot, suspend, crash, watchdog or killed",
+            ),
+            (
+                "[domain x]\nweight = 0\n",
+                "manifest line 2: weight must be a number from 1 to 65535",
+            ),
+            (
+                "[domain x]\nweight = 65536\n",
+                "manifest line 2: weight must be a number from 1 to 65535",
+            ),
+            (
+                "[domain x]\nweight = +5\n",
+                "manifest line 2: weight must be a number from 1 to 65535",
+            ),
+            (
+                "[domain x]\ncmdline = a\0b\n",
+                "manifest line 2: cmdline contains a NUL byte",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(error(text), want, "{text:?}");
+        }
+        let long = format!("[domain {}]\n", "n".repeat(33));
+        assert!(error(&long).contains("domain name must be"));
+        let ok = format!("[domain {}]\nimage=a\nmemory=1M\n", "n".repeat(32));
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn expect_codes() {
+        for code in 0..5 {
+            let e = Expect::from_shutdown_code(code).unwrap();
+            assert_eq!(e.shutdown_code(), Some(code));
+            assert_eq!(Expect::from_name(e.as_str()), Some(e));
+        }
+        assert_eq!(Expect::from_shutdown_code(5), None);
+        assert_eq!(Expect::Killed.shutdown_code(), None);
+        assert_eq!(Expect::from_name("killed"), Some(Expect::Killed));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            let _ = parse(&text).map(|m| m.domains().len());
+        }
+
+        #[test]
+        fn manifest_like_text_never_panics(
+            lines in proptest::collection::vec(
+                "(\\[domain [a-z0-9_-]{0,34}\\]|image ?= ?[a-z./]{0,4}|memory = [0-9]{0,12}[KMGk]?|privileged = (true|false|x)|cmdline = .{0,20}|expect = [a-z]{0,9}|weight = [0-9]{0,6}|# .*|[a-z]{0,5} = .{0,3}|.{0,12})",
+                0..60)
+        ) {
+            let text = lines.join("\n");
+            if let Ok(m) = parse(&text) {
+                prop_assert!(!m.domains().is_empty() && m.domains().len() <= MAX_DOMAINS);
+                for d in m.domains() {
+                    prop_assert!(valid_name(d.name));
+                    prop_assert!(d.memory_bytes >= MIN_MEMORY && d.memory_bytes <= MAX_MEMORY);
+                    prop_assert!(d.memory_bytes % 4096 == 0);
+                    prop_assert!(d.cmdline.len() <= MAX_CMDLINE_LEN);
+                    prop_assert!(d.weight >= 1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Control registers, MSRs, CPUID, TLB and halt instructions. Thin safe
+//! wrappers where the instruction cannot break memory safety by itself;
+//! `unsafe fn` where it can (CR3 loads).
+
+use core::arch::asm;
+
+/// Reads CR2 (the faulting address of the last #PF).
+pub fn cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Reads CR3.
+pub fn cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Loads CR3.
+///
+/// # Safety
+/// `val` must name a valid L4 table that maps the hypervisor (slots
+/// 256-271) exactly as the current one does.
+pub unsafe fn write_cr3(val: u64) {
+    // SAFETY: the caller guarantees the new tables keep the hypervisor mapped.
+    unsafe { asm!("mov cr3, {}", in(reg) val, options(nostack, preserves_flags)) }
+}
+
+/// Reads CR4.
+pub fn cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Sets bits in CR4 (feature enables only: SMEP, SMAP, PGE, OSFXSR...).
+pub fn cr4_set(bits: u64) {
+    let v = cr4() | bits;
+    // SAFETY: only feature-enable bits are set by our callers; they do not
+    // change the meaning of existing mappings for the hypervisor.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
+}
+
+/// Reads an MSR.
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only architectural MSRs known to exist are read by callers.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    ((hi as u64) << 32) | lo as u64
+}
+
+/// Writes an MSR.
+///
+/// # Safety
+/// The MSR and value must not break the hypervisor's execution environment
+/// (e.g. syscall entry points must point at valid entry code).
+pub unsafe fn wrmsr(msr: u32, val: u64) {
+    // SAFETY: delegated to the caller.
+    unsafe { asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32, options(nostack, preserves_flags)) }
+}
+
+/// CPUID leaf/subleaf → (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Invalidates one TLB entry.
+pub fn invlpg(va: u64) {
+    // SAFETY: dropping a TLB entry never breaks memory safety.
+    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
+}
+
+/// Halts forever with interrupts off.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: cli; hlt only stops this CPU.
+        unsafe { asm!("cli; hlt", options(nomem, nostack)) }
+    }
+}
+
+/// Ends the QEMU run through the isa-debug-exit device (0x10 → exit 33 =
+/// success, 0x11 → 35 = failure), or halts if the device is absent.
+pub fn qemu_exit(success: bool) -> ! {
+    super::port::outl(0xf4, if success { 0x10 } else { 0x11 });
+    halt_forever()
+}
+
+pub const MSR_EFER: u32 = 0xC000_0080;
+pub const MSR_STAR: u32 = 0xC000_0081;
+pub const MSR_LSTAR: u32 = 0xC000_0082;
+pub const MSR_CSTAR: u32 = 0xC000_0083;
+pub const MSR_FMASK: u32 = 0xC000_0084;
+pub const MSR_FS_BASE: u32 = 0xC000_0100;
+pub const MSR_GS_BASE: u32 = 0xC000_0101;
+pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;

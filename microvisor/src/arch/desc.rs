@@ -1,0 +1,158 @@
+//! The GDT (with Xen's reserved flat selectors at 0xe000 and up), the TSS
+//! with its IST stacks, the IDT, and the syscall MSRs. Set up once at boot;
+//! never changed afterwards except TSS.RSP0 (one CPU, one hypervisor stack).
+
+use super::cpu::{self, wrmsr};
+use core::arch::asm;
+use core::mem::size_of;
+
+/// Hypervisor code selector (Xen's __HYPERVISOR_CS).
+pub const HV_CS: u16 = 0xe008;
+/// Hypervisor data selector.
+pub const HV_DS: u16 = 0xe010;
+/// Guest 32-bit code (FLAT_RING3_CS32).
+pub const GUEST_CS32: u16 = 0xe023;
+/// Guest data / stack (FLAT_RING3_DS64 / SS64).
+pub const GUEST_DS: u16 = 0xe02b;
+/// Guest 64-bit code (FLAT_RING3_CS64).
+pub const GUEST_CS64: u16 = 0xe033;
+const TSS_SEL: u16 = 0xe038;
+
+const GDT_ENTRIES: usize = 8192;
+/// First GDT index reserved for the hypervisor (guests own 0..7168).
+const FIRST_RESERVED: usize = 0xe000 >> 3;
+
+#[repr(C, align(4096))]
+struct Gdt([u64; GDT_ENTRIES]);
+
+#[repr(C, packed)]
+struct Tss {
+    _r0: u32,
+    rsp: [u64; 3],
+    _r1: u64,
+    ist: [u64; 7],
+    _r2: u64,
+    _r3: u16,
+    iomap: u16,
+}
+
+#[repr(C, align(16))]
+struct Stack([u8; 16384]);
+
+static mut GDT: Gdt = Gdt([0; GDT_ENTRIES]);
+static mut TSS: Tss = Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap: size_of::<Tss>() as u16 };
+static mut IST_STACKS: [Stack; 3] = [const { Stack([0; 16384]) }; 3];
+/// The stack every entry from a guest runs on.
+static mut HV_STACK: Stack = Stack([0; 16384]);
+
+#[repr(C, packed)]
+struct Pointer {
+    limit: u16,
+    base: u64,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Gate {
+    off_lo: u16,
+    sel: u16,
+    ist: u8,
+    attr: u8,
+    off_mid: u16,
+    off_hi: u32,
+    _r: u32,
+}
+
+static mut IDT: [Gate; 256] = [Gate { off_lo: 0, sel: 0, ist: 0, attr: 0, off_mid: 0, off_hi: 0, _r: 0 }; 256];
+
+unsafe extern "C" {
+    /// Entry stubs for vectors 0..=255, 16 bytes apart (see `entry`).
+    static trap_stubs: [u8; 256 * 16];
+    fn syscall_entry();
+    fn cstar_entry();
+}
+
+/// Top of the hypervisor stack used for every guest entry.
+pub fn hv_stack_top() -> u64 {
+    (&raw const HV_STACK) as u64 + size_of::<Stack>() as u64
+}
+
+/// Builds and loads the GDT, TSS and IDT and programs syscall.
+pub fn init() {
+    // SAFETY: called once at boot on the only CPU, before any guest runs and
+    // with interrupts off; nothing else references these statics yet.
+    unsafe {
+        let gdt = &mut *(&raw mut GDT);
+        gdt.0[FIRST_RESERVED + 1] = 0x00AF_9A00_0000_FFFF; // 0xe008 ring-0 code64
+        gdt.0[FIRST_RESERVED + 2] = 0x00CF_9200_0000_FFFF; // 0xe010 ring-0 data
+        gdt.0[FIRST_RESERVED + 4] = 0x00CF_FA00_0000_FFFF; // 0xe023 ring-3 code32
+        gdt.0[FIRST_RESERVED + 5] = 0x00CF_F200_0000_FFFF; // 0xe02b ring-3 data
+        gdt.0[FIRST_RESERVED + 6] = 0x00AF_FA00_0000_FFFF; // 0xe033 ring-3 code64
+        let tss = &mut *(&raw mut TSS);
+        let stacks = &*(&raw const IST_STACKS);
+        for (i, s) in stacks.iter().enumerate() {
+            tss.ist[i] = s.0.as_ptr() as u64 + size_of::<Stack>() as u64;
+        }
+        tss.rsp[0] = hv_stack_top();
+        let base = (&raw const TSS) as u64;
+        let limit = size_of::<Tss>() as u64 - 1;
+        gdt.0[FIRST_RESERVED + 7] = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
+        gdt.0[FIRST_RESERVED + 8] = base >> 32;
+        let gp = Pointer { limit: (size_of::<Gdt>() - 1) as u16, base: (&raw const GDT) as u64 };
+        asm!(
+            "lgdt [{gp}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ss, {ds:x}",
+            "mov ds, {zero:x}",
+            "mov es, {zero:x}",
+            "ltr {tss:x}",
+            gp = in(reg) &gp,
+            cs = in(reg) HV_CS as u64,
+            tmp = out(reg) _,
+            ds = in(reg) HV_DS as u64,
+            zero = in(reg) 0u64,
+            tss = in(reg) TSS_SEL as u64,
+        );
+
+        let idt = &mut *(&raw mut IDT);
+        let stubs = (&raw const trap_stubs) as u64;
+        for (v, g) in idt.iter_mut().enumerate() {
+            let off = stubs + v as u64 * 16;
+            // Interrupt gates; int3/into are callable from ring 3 (DPL 3) as on Xen.
+            let dpl: u8 = if v == 3 || v == 4 { 3 } else { 0 };
+            let ist = match v {
+                2 => 2,  // NMI
+                8 => 1,  // #DF
+                18 => 3, // #MC
+                _ => 0,
+            };
+            *g = Gate {
+                off_lo: off as u16,
+                sel: HV_CS,
+                ist,
+                attr: 0x8e | (dpl << 5),
+                off_mid: (off >> 16) as u16,
+                off_hi: (off >> 32) as u32,
+                _r: 0,
+            };
+        }
+        let ip = Pointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: (&raw const IDT) as u64 };
+        asm!("lidt [{}]", in(reg) &ip, options(nostack));
+
+        // syscall: enter at HV_CS; sysret uses GUEST_CS32 + 8/16. Mask IF, TF,
+        // DF, AC, NT on entry.
+        wrmsr(cpu::MSR_STAR, ((GUEST_CS32 as u64) << 48) | ((HV_CS as u64) << 32));
+        wrmsr(cpu::MSR_LSTAR, syscall_entry as *const () as u64);
+        wrmsr(cpu::MSR_CSTAR, cstar_entry as *const () as u64);
+        *(&raw mut super::entry::SYSCALL_STACK_TOP) = hv_stack_top();
+        wrmsr(cpu::MSR_FMASK, 0x4_4700);
+    }
+}

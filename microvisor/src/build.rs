@@ -1,0 +1,178 @@
+//! The boot-time domain builder, following Xen's PV start-of-day contract
+//! (docs/abi.md, "Start of day"): guest frames from the allocator, the ELF
+//! image placed by p_paddr, p2m list, start_info, xenstore and console pages,
+//! bootstrap page tables (read-only, with the hypervisor's L4 slots), stack,
+//! hypercall page, shared info, and the vCPU's entry registers. The layout
+//! arithmetic is `microvisor_core::layout` (host-tested); this module only
+//! writes the bytes. Never maps a frame the domain does not own.
+
+use crate::arch::desc::{GUEST_CS64, GUEST_DS};
+use crate::arch::entry::TrapFrame;
+use crate::domain::{Domain, RunState};
+use crate::mm::{self, paging, PAGE};
+use core::fmt::Write;
+use guest_abi::start_info::StartInfo;
+use microvisor_core::layout::{Layout, LayoutInput};
+use microvisor_core::manifest::DomainSpec;
+use zerocopy::{FromZeros, IntoBytes};
+
+/// A build failure, as one line.
+pub type BuildError = heapless::String<200>;
+
+fn err(args: core::fmt::Arguments) -> BuildError {
+    let mut s = BuildError::new();
+    let _ = s.write_fmt(args);
+    s
+}
+
+/// Where the domain's frames are while it is being built.
+struct Frames {
+    p2m_base_pa: u64,
+    nr_pages: u64,
+}
+
+impl Frames {
+    fn mfn(&self, pfn: u64) -> u64 {
+        mm::read_u64(self.p2m_base_pa + pfn * 8)
+    }
+}
+
+/// Builds one domain from its manifest entry and image bytes.
+pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) -> Result<Domain, BuildError> {
+    let image = microvisor_core::elfimage::GuestImage::parse(image_bytes)
+        .map_err(|e| err(format_args!("domain '{}': image '{}': {}", spec.name, spec.image, e)))?;
+    let nr_pages = spec.nr_pages();
+    let layout = Layout::compute(&LayoutInput {
+        virt_base: image.virt_base,
+        virt_kstart: image.virt_kstart,
+        virt_kend: image.virt_kend,
+        module_len: None,
+        nr_pages,
+    })
+    .map_err(|e| err(format_args!("domain '{}': {}", spec.name, e)))?;
+    // Every address the layout produced lies in [virt_base, v_end).
+    let pfn_of = |va: u64| (va - layout.virt_base) / PAGE;
+
+    // The p2m list is allocated contiguously so the builder can find every
+    // pfn's frame through it; all other frames come one by one.
+    let p2m_first = pfn_of(layout.p2m.start);
+    let p2m_frames = pfn_of(layout.p2m.end) - p2m_first;
+    let p2m_base = mm::with_allocator(|a| a.alloc_contiguous(p2m_frames, 1))
+        .ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?;
+    let frames = Frames { p2m_base_pa: p2m_base * PAGE, nr_pages };
+    for i in 0..p2m_frames {
+        mm::zero_frame(p2m_base + i);
+    }
+    for pfn in 0..nr_pages {
+        let mfn = if (p2m_first..p2m_first + p2m_frames).contains(&pfn) {
+            p2m_base + (pfn - p2m_first)
+        } else {
+            mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?
+        };
+        mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
+    }
+
+    // Kernel image.
+    let virt_base = layout.virt_base;
+    image
+        .load(|va, bytes| copy_in(&frames, virt_base, va, bytes))
+        .map_err(|()| err(format_args!("domain '{}': image segment outside the domain's memory", spec.name)))?;
+
+    // Hypercall page.
+    if let Some(hp) = image.hypercall_page {
+        let mut page = [0u8; 4096];
+        microvisor_core::hypercall_page::fill(&mut page);
+        copy_in(&frames, virt_base, hp, &page).map_err(|()| err(format_args!("domain '{}': hypercall page outside memory", spec.name)))?;
+    }
+
+    // Shared info: a hypervisor-allocated frame outside the pseudo-physical
+    // map, all upcalls masked.
+    let shared_info_mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory", spec.name)))?;
+    for v in 0..32u64 {
+        mm::write_phys(shared_info_mfn * PAGE + v * 64 + 1, &[1]);
+    }
+
+    // Bootstrap page tables.
+    let pt_first = pfn_of(layout.pt_start);
+    for t in 0..layout.nr_pt_frames {
+        let table_pa = frames.mfn(pt_first + t) * PAGE;
+        layout.table_entries(t, |idx, target_pfn, flags| {
+            mm::write_u64(table_pa + idx as u64 * 8, (frames.mfn(target_pfn) * PAGE) | flags);
+        });
+        if t == 0 {
+            for slot in paging::HV_SLOT_FIRST..=paging::HV_SLOT_LAST {
+                mm::write_u64(table_pa + slot as u64 * 8, paging::hv_l4_entry(slot));
+            }
+        }
+    }
+    let cr3 = frames.mfn(pt_first) * PAGE;
+
+    // start_info.
+    let mut si = StartInfo::new_zeroed();
+    let magic = b"xen-3.0-x86_64";
+    si.magic[..magic.len()].copy_from_slice(magic);
+    si.nr_pages = nr_pages;
+    si.shared_info = shared_info_mfn * PAGE;
+    si.flags = if spec.privileged { 1 | 2 } else { 0 };
+    si.store_mfn = frames.mfn(pfn_of(layout.xenstore));
+    si.store_evtchn = 1;
+    si.console.mfn = frames.mfn(pfn_of(layout.console));
+    si.console.evtchn = 2;
+    si.pt_base = layout.pt_start;
+    si.nr_pt_frames = layout.nr_pt_frames;
+    si.mfn_list = layout.p2m.start;
+    let n = spec.cmdline.len().min(si.cmd_line.len() - 1);
+    si.cmd_line[..n].copy_from_slice(&spec.cmdline.as_bytes()[..n]);
+    mm::write_phys(frames.mfn(pfn_of(layout.start_info)) * PAGE, si.as_bytes());
+
+    let frame = TrapFrame {
+        rip: image.entry,
+        cs: GUEST_CS64 as u64,
+        rflags: 0x202,
+        rsp: layout.stack_top,
+        ss: GUEST_DS as u64,
+        rsi: layout.start_info,
+        ..TrapFrame::default()
+    };
+    crate::info!(
+        "domain {id} ({}): {} KiB, image {:#x}-{:#x}, entry {:#x}, start_info {:#x}, {} table frames, mapped to {:#x}",
+        spec.name,
+        spec.memory_bytes / 1024,
+        layout.kstart,
+        layout.kend,
+        image.entry,
+        layout.start_info,
+        layout.nr_pt_frames,
+        layout.v_end
+    );
+    Ok(Domain {
+        id,
+        name: spec.name,
+        privileged: spec.privileged,
+        expect: spec.expect,
+        state: RunState::Runnable,
+        frame,
+        cr3,
+        shared_info_mfn,
+        console: heapless::Vec::new(),
+    })
+}
+
+/// Copies bytes to guest virtual `va` of a domain being built (the
+/// bootstrap mapping is virt_base + pfn * 4 KiB).
+fn copy_in(f: &Frames, virt_base: u64, va: u64, bytes: &[u8]) -> Result<(), ()> {
+    let mut off = 0usize;
+    while off < bytes.len() {
+        let cur = va.checked_add(off as u64).ok_or(())?;
+        let rel = cur.checked_sub(virt_base).ok_or(())?;
+        let pfn = rel / PAGE;
+        if pfn >= f.nr_pages {
+            return Err(());
+        }
+        let in_page = (PAGE - (cur & (PAGE - 1))) as usize;
+        let n = in_page.min(bytes.len() - off);
+        mm::write_phys(f.mfn(pfn) * PAGE + (cur & (PAGE - 1)), &bytes[off..off + n]);
+        off += n;
+    }
+    Ok(())
+}

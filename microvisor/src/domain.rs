@@ -1,0 +1,152 @@
+//! Domains: their table, their saved vCPU state, how each ended, and the
+//! run's verdict (did every domain end the way its manifest expects). Owns
+//! no memory policy (see `build` for construction); never trusts a guest
+//! value it stores without the caller having validated it.
+
+use crate::arch::entry::TrapFrame;
+use microvisor_core::manifest::Expect;
+use spin::Mutex;
+
+/// Most domains one boot can run.
+pub const MAX_DOMAINS: usize = 16;
+
+/// How a domain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// SCHEDOP_shutdown with this reason.
+    Shutdown(u32),
+    /// Killed by the hypervisor.
+    Killed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Runnable,
+    Blocked,
+    Dead(End),
+}
+
+/// One domain (one vCPU each, for now).
+pub struct Domain {
+    pub id: u16,
+    pub name: &'static str,
+    pub privileged: bool,
+    pub expect: Expect,
+    pub state: RunState,
+    /// The vCPU's registers while it is not running.
+    pub frame: TrapFrame,
+    /// Machine address of the current L4 (guest kernel page tables).
+    pub cr3: u64,
+    /// Machine frame of the shared info page.
+    pub shared_info_mfn: u64,
+    /// Pending console output, flushed per line.
+    pub console: heapless::Vec<u8, 256>,
+}
+
+impl Domain {
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, RunState::Dead(_))
+    }
+}
+
+/// All domains and which one runs.
+pub struct Hv {
+    pub domains: heapless::Vec<Domain, MAX_DOMAINS>,
+    pub current: usize,
+}
+
+pub static HV: Mutex<Hv> = Mutex::new(Hv { domains: heapless::Vec::new(), current: 0 });
+
+/// The name Xen gives each shutdown reason.
+pub fn reason_name(r: u32) -> &'static str {
+    match r {
+        0 => "poweroff",
+        1 => "reboot",
+        2 => "suspend",
+        3 => "crash",
+        4 => "watchdog",
+        5 => "soft_reset",
+        _ => "unknown",
+    }
+}
+
+/// Whether an ending matches what the manifest expected.
+pub fn as_expected(end: End, expect: Expect) -> bool {
+    match (end, expect) {
+        (End::Killed, Expect::Killed) => true,
+        (End::Shutdown(r), e) => e.shutdown_code() == Some(r as u64),
+        _ => false,
+    }
+}
+
+impl Hv {
+    /// Flushes whatever partial console line a domain left.
+    pub fn flush_console(&mut self, idx: usize) {
+        if let Some(d) = self.domains.get_mut(idx)
+            && !d.console.is_empty()
+        {
+            crate::log::guest_line(d.id, d.name, &d.console);
+            d.console.clear();
+        }
+    }
+
+    /// Appends guest console bytes, emitting complete lines.
+    pub fn console_write(&mut self, idx: usize, bytes: &[u8]) {
+        for &b in bytes {
+            let Some(d) = self.domains.get_mut(idx) else { return };
+            if b == b'\n' {
+                crate::log::guest_line(d.id, d.name, &d.console);
+                d.console.clear();
+            } else if b != b'\r' && d.console.push(b).is_err() {
+                crate::log::guest_line(d.id, d.name, &d.console);
+                d.console.clear();
+                let _ = d.console.push(b);
+            }
+        }
+    }
+
+    /// Ends a domain. Its vCPU never runs again.
+    pub fn end(&mut self, idx: usize, end: End, why: &str) {
+        self.flush_console(idx);
+        let Some(d) = self.domains.get_mut(idx) else { return };
+        if !d.is_live() {
+            return;
+        }
+        d.state = RunState::Dead(end);
+        match end {
+            End::Killed => crate::error!("domain {} killed: {}", d.id, why),
+            End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
+        }
+    }
+
+    /// Prints the verdict and leaves QEMU: success only if every domain ended
+    /// as its manifest expects.
+    pub fn finish(&mut self) -> ! {
+        let mut ok = true;
+        for d in self.domains.iter() {
+            let (got, good) = match d.state {
+                RunState::Dead(e) => (e, as_expected(e, d.expect)),
+                _ => (End::Killed, false),
+            };
+            let got_name = match got {
+                End::Killed => "killed",
+                End::Shutdown(r) => reason_name(r),
+            };
+            ok &= good;
+            crate::info!(
+                "domain {} ({}): ended {}, expected {}: {}",
+                d.id,
+                d.name,
+                got_name,
+                d.expect.as_str(),
+                if good { "ok" } else { "MISMATCH" }
+            );
+        }
+        if ok {
+            crate::info!("all domains ended as expected");
+        } else {
+            crate::error!("some domains did not end as expected");
+        }
+        crate::arch::cpu::qemu_exit(ok)
+    }
+}

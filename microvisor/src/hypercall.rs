@@ -1,0 +1,168 @@
+//! Hypercall dispatch: decodes the number and arguments from the saved
+//! registers, validates everything (guest pointers through `mm::guest`),
+//! then applies effects. Every argument is hostile: a bad one yields a Xen
+//! errno in rax, never a hypervisor fault. Numbers not implemented return
+//! -ENOSYS.
+
+use crate::arch::entry::TrapFrame;
+use crate::domain::{End, Hv, RunState, HV};
+use crate::mm::guest;
+use crate::sched;
+use guest_abi::errno::Errno;
+
+type HResult = Result<u64, Errno>;
+
+/// Called by the syscall stub with the guest's registers.
+pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
+    let mut hv = HV.lock();
+    let nr = frame.rax;
+    let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
+    let res = dispatch(&mut hv, frame, nr, args);
+    match res {
+        Ok(Some(v)) => frame.rax = v,
+        Ok(None) => {} // the frame now belongs to another vCPU, or was already set
+        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+    }
+}
+
+/// Ok(Some(v)): return v to the caller. Ok(None): the frame was switched.
+fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<Option<u64>, Errno> {
+    let r = match nr {
+        17 => xen_version(hv, a[0], a[1]),
+        18 => console_io(hv, a[0], a[1], a[2]),
+        29 => return sched_op(hv, frame, a[0], a[1]),
+        _ => {
+            crate::debug!("domain {}: hypercall {nr} not implemented", hv.domains[hv.current].id);
+            Err(Errno::ENOSYS)
+        }
+    };
+    r.map(Some)
+}
+
+fn cr3(hv: &Hv) -> u64 {
+    hv.domains[hv.current].cr3
+}
+
+const CONSOLE_CHUNK: usize = 256;
+
+fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> HResult {
+    match cmd {
+        0 => {
+            // CONSOLEIO_write: copy in chunks; nothing is printed unless the
+            // whole buffer is readable (so -EFAULT means nothing happened).
+            let count = count as u32 as u64;
+            let cr3 = cr3(hv);
+            let mut chunk = [0u8; CONSOLE_CHUNK];
+            let mut off = 0u64;
+            while off < count {
+                let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
+                let va = buf.checked_add(off).ok_or(Errno::EFAULT)?;
+                guest::copy_from(cr3, va, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
+                off += n as u64;
+            }
+            let mut off = 0u64;
+            while off < count {
+                let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
+                guest::copy_from(cr3, buf + off, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
+                let cur = hv.current;
+                hv.console_write(cur, &chunk[..n]);
+                off += n as u64;
+            }
+            Ok(count)
+        }
+        // CONSOLEIO_read: no input source yet.
+        1 => Ok(0),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// Version reported by XENVER_version: we speak Xen 4.19's public interface.
+pub const XEN_MAJOR: u64 = 4;
+pub const XEN_MINOR: u64 = 19;
+
+fn put(hv: &Hv, va: u64, bytes: &[u8]) -> HResult {
+    guest::copy_to(cr3(hv), va, bytes).map(|_| 0).map_err(|_| Errno::EFAULT)
+}
+
+/// Copies `s` into a zero-filled fixed-size buffer (no stack rubble, XSA-122).
+fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
+    let mut b = [0u8; N];
+    let n = s.len().min(N - 1);
+    b[..n].copy_from_slice(&s[..n]);
+    b
+}
+
+fn xen_version(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
+    match cmd {
+        0 => Ok((XEN_MAJOR << 16) | XEN_MINOR),
+        1 => put(hv, arg, &fixed::<16>(b"-microvisor")),
+        2 => {
+            let mut ci = [0u8; 144];
+            ci[..64].copy_from_slice(&fixed::<64>(b"rustc"));
+            ci[64..80].copy_from_slice(&fixed::<16>(b"microvisor"));
+            ci[80..112].copy_from_slice(&fixed::<32>(b"localdomain"));
+            ci[112..144].copy_from_slice(&fixed::<32>(env!("CARGO_PKG_VERSION").as_bytes()));
+            put(hv, arg, &ci)
+        }
+        3 => put(hv, arg, &fixed::<1024>(b"xen-3.0-x86_64")),
+        4 => put(hv, arg, &fixed::<64>(b"microvisor")),
+        5 => put(hv, arg, &guest_abi_virt_start().to_le_bytes()),
+        6 => {
+            let mut fi = [0u8; 8];
+            guest::copy_from(cr3(hv), arg, &mut fi[..4]).map_err(|_| Errno::EFAULT)?;
+            let idx = u32::from_le_bytes([fi[0], fi[1], fi[2], fi[3]]);
+            let map: u32 = if idx == 0 { FEATURES_0 } else { 0 };
+            fi[4..].copy_from_slice(&map.to_le_bytes());
+            put(hv, arg, &fi)
+        }
+        7 => Ok(4096),
+        8 => put(hv, arg, &[0u8; 16]),
+        9 => {
+            if !hv.domains[hv.current].privileged {
+                return Err(Errno::EPERM);
+            }
+            put(hv, arg, &fixed::<1024>(crate::boot_cmdline().as_bytes()))
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// XENFEAT bits we offer in submap 0: pae_pgdir_above_4gb (4).
+const FEATURES_0: u32 = 1 << 4;
+
+fn guest_abi_virt_start() -> u64 {
+    0xFFFF_8000_0000_0000
+}
+
+fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Option<u64>, Errno> {
+    let cur = hv.current;
+    match cmd {
+        // SCHEDOP_yield
+        0 => {
+            frame.rax = 0;
+            sched::reschedule(hv, frame);
+            Ok(None)
+        }
+        // SCHEDOP_block: nothing can deliver an event yet, so a blocked
+        // domain sleeps until the deadlock check ends the run.
+        1 => {
+            frame.rax = 0;
+            hv.domains[cur].state = RunState::Blocked;
+            sched::reschedule(hv, frame);
+            Ok(None)
+        }
+        // SCHEDOP_shutdown
+        2 => {
+            let mut r = [0u8; 4];
+            guest::copy_from(cr3(hv), arg, &mut r).map_err(|_| Errno::EFAULT)?;
+            let reason = u32::from_le_bytes(r);
+            if reason > 5 {
+                return Err(Errno::EINVAL);
+            }
+            hv.end(cur, End::Shutdown(reason), "");
+            sched::reschedule(hv, frame);
+            Ok(None)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}

@@ -1,0 +1,194 @@
+//! The microvisor: a ring-0, Xen-style paravirtualizing hypervisor for
+//! x86_64. QEMU boots it by PVH with one module, the boot bundle (a cpio
+//! archive of a manifest and guest ELF images); it builds every domain the
+//! manifest names, runs them in ring 3, serves their hypercalls, and ends the
+//! run with a verdict once every domain has ended.
+#![no_std]
+#![no_main]
+
+mod arch;
+mod build;
+mod domain;
+mod hypercall;
+mod log;
+mod mm;
+mod sched;
+mod trap;
+
+use arch::cpu;
+use microvisor_core::{cpio, manifest};
+use zerocopy::{FromBytes, Immutable, KnownLayout};
+
+/// PVH `hvm_start_info` (version 1).
+#[derive(FromBytes, KnownLayout, Immutable, Default)]
+#[repr(C)]
+struct HvmStartInfo {
+    magic: u32,
+    version: u32,
+    flags: u32,
+    nr_modules: u32,
+    modlist_paddr: u64,
+    cmdline_paddr: u64,
+    rsdp_paddr: u64,
+    memmap_paddr: u64,
+    memmap_entries: u32,
+    reserved: u32,
+}
+
+#[derive(FromBytes, KnownLayout, Immutable, Default, Clone, Copy)]
+#[repr(C)]
+struct HvmModlistEntry {
+    paddr: u64,
+    size: u64,
+    cmdline_paddr: u64,
+    reserved: u64,
+}
+
+#[derive(FromBytes, KnownLayout, Immutable, Default, Clone, Copy)]
+#[repr(C)]
+struct HvmMemmapEntry {
+    addr: u64,
+    size: u64,
+    kind: u32,
+    reserved: u32,
+}
+
+const HVM_START_MAGIC: u32 = 0x336e_c578;
+const MAX_MEMMAP: usize = 64;
+
+static mut CMDLINE: [u8; 256] = [0; 256];
+static mut CMDLINE_LEN: usize = 0;
+
+/// The hypervisor's own command line (from PVH).
+pub fn boot_cmdline() -> &'static str {
+    // SAFETY: written once at boot before any reader runs.
+    let (buf, len) = unsafe { (&*(&raw const CMDLINE), *(&raw const CMDLINE_LEN)) };
+    core::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+fn read<T: FromBytes + KnownLayout + Immutable>(pa: u64) -> T {
+    let mut buf = [0u8; 64];
+    let n = core::mem::size_of::<T>();
+    mm::read_phys(pa, &mut buf[..n]);
+    T::read_from_bytes(&buf[..n]).expect("size matches")
+}
+
+unsafe extern "C" {
+    static __kernel_end_phys: u8;
+}
+
+/// Rust entry, called by the boot trampoline with the physical address of
+/// PVH's hvm_start_info (the boot page tables identity-map the first GiB).
+pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
+    log::init();
+    let si: HvmStartInfo = read(start_info_pa as u64);
+    if si.magic != HVM_START_MAGIC {
+        log::raw(format_args!("(MV) PANIC: not booted by PVH (bad hvm_start_info magic)\n"));
+        cpu::qemu_exit(false);
+    }
+    // Command line.
+    if si.cmdline_paddr != 0 {
+        let mut buf = [0u8; 256];
+        mm::read_phys(si.cmdline_paddr, &mut buf[..255]);
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(255);
+        // SAFETY: boot, single CPU, before any reader.
+        unsafe {
+            let dst = &mut *(&raw mut CMDLINE);
+            dst[..len].copy_from_slice(&buf[..len]);
+            *(&raw mut CMDLINE_LEN) = len;
+        }
+    }
+    log::configure(boot_cmdline());
+    info!("microvisor {} booting (cmdline: \"{}\")", env!("CARGO_PKG_VERSION"), boot_cmdline());
+
+    // Memory map → frame allocator.
+    let mut map = [HvmMemmapEntry::default(); MAX_MEMMAP];
+    let n = (si.memmap_entries as usize).min(MAX_MEMMAP);
+    for (i, e) in map.iter_mut().enumerate().take(n) {
+        *e = read(si.memmap_paddr + i as u64 * 24);
+    }
+    let ram_end = map[..n].iter().filter(|e| e.kind == 1).map(|e| e.addr + e.size).max().unwrap_or(0);
+    let nr_frames = ram_end.div_ceil(mm::PAGE);
+    mm::init_allocator(nr_frames);
+    let module = if si.nr_modules > 0 { Some(read::<HvmModlistEntry>(si.modlist_paddr)) } else { None };
+    // SAFETY: only the address of the linker symbol is taken.
+    let kernel_end = unsafe { &__kernel_end_phys as *const u8 as u64 };
+    mm::with_allocator(|a| {
+        for e in map[..n].iter().filter(|e| e.kind == 1) {
+            let s = e.addr.div_ceil(mm::PAGE);
+            let t = (e.addr + e.size) / mm::PAGE;
+            let _ = a.add_free_range(s, t.min(a.nr_frames()));
+        }
+        let _ = a.reserve_range(0, kernel_end.div_ceil(mm::PAGE));
+        if let Some(m) = module {
+            let _ = a.reserve_range(m.paddr / mm::PAGE, (m.paddr + m.size).div_ceil(mm::PAGE).min(a.nr_frames()));
+        }
+    });
+    info!("memory: {} MiB of RAM, {} frames free", ram_end >> 20, mm::with_allocator(|a| a.free_count()));
+
+    mm::paging::init(nr_frames * mm::PAGE);
+    arch::desc::init();
+    enable_protections();
+
+    let Some(module) = module else { boot_fail(format_args!("no boot bundle: pass one with -initrd")) };
+    // SAFETY: the module's frames are reserved in the allocator above and the
+    // hypervisor never writes them.
+    let bundle = unsafe { mm::phys_slice(module.paddr, module.size) };
+    let archive = match cpio::Archive::new(bundle) {
+        Ok(a) => a,
+        Err(e) => boot_fail(format_args!("boot bundle: {e}")),
+    };
+    let Some(mtext) = archive.get("manifest") else { boot_fail(format_args!("boot bundle has no 'manifest' file")) };
+    let Ok(mtext) = core::str::from_utf8(mtext) else { boot_fail(format_args!("boot bundle: manifest is not UTF-8 text")) };
+    let manifest = match manifest::parse(mtext) {
+        Ok(m) => m,
+        Err(e) => boot_fail(format_args!("boot bundle: {e}")),
+    };
+    {
+        let mut hv = domain::HV.lock();
+        for (i, spec) in manifest.domains().iter().enumerate() {
+            let Some(image) = archive.get(spec.image) else {
+                boot_fail(format_args!("domain '{}': image '{}' is not in the boot bundle", spec.name, spec.image))
+            };
+            match build::build(i as u16, spec, image) {
+                Ok(d) => {
+                    if hv.domains.push(d).is_err() {
+                        boot_fail(format_args!("too many domains"));
+                    }
+                }
+                Err(e) => boot_fail(format_args!("{e}")),
+            }
+        }
+    }
+    sched::start()
+}
+
+fn enable_protections() {
+    let (_, ebx, _, _) = cpu::cpuid(7, 0);
+    let mut on: heapless::String<32> = heapless::String::new();
+    if ebx & (1 << 7) != 0 {
+        cpu::cr4_set(1 << 20);
+        let _ = on.push_str(" SMEP");
+    }
+    if ebx & (1 << 20) != 0 {
+        cpu::cr4_set(1 << 21);
+        let _ = on.push_str(" SMAP");
+    }
+    // Mask the legacy PICs: no device interrupts are routed yet.
+    arch::port::outb(0x21, 0xff);
+    arch::port::outb(0xa1, 0xff);
+    info!("cpu protections:{}", if on.is_empty() { " none available" } else { on.as_str() });
+}
+
+/// A boot-time error in the bundle or a domain: one clear line, failing exit.
+fn boot_fail(args: core::fmt::Arguments) -> ! {
+    error!("{}", args);
+    error!("boot failed: no domains started");
+    cpu::qemu_exit(false)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    log::raw(format_args!("\n(MV) PANIC: {}\n", info));
+    trap::crash_report_tail(None)
+}

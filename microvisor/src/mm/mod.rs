@@ -1,0 +1,126 @@
+//! Raw memory: the frame allocator instance, the hypervisor's own page tables
+//! (image in slot 261, direct map of all RAM in slot 262), physical-memory
+//! access through the direct map, and fallible access to guest virtual
+//! memory by walking the guest's page tables in software. Every `unsafe`
+//! dereference of a physical address lives here. Never dereferences a guest
+//! virtual address directly (SMAP stays on; guest pointers are translated
+//! and checked first).
+
+pub mod guest;
+pub mod paging;
+
+use microvisor_core::frame_alloc::FrameAllocator;
+use spin::Mutex;
+
+/// Page size.
+pub const PAGE: u64 = 4096;
+/// Base of the direct map of all RAM (L4 slot 262).
+pub const DIRECTMAP_BASE: u64 = 0xFFFF_8300_0000_0000;
+/// Virtual base of the hypervisor image (L4 slot 261).
+pub const KERNEL_VMA: u64 = 0xFFFF_8280_0000_0000;
+/// Frames the allocator can track (8 GiB of RAM).
+pub const MAX_FRAMES: usize = 2 * 1024 * 1024;
+
+static mut BITMAP: [u64; MAX_FRAMES / 64] = [0; MAX_FRAMES / 64];
+static ALLOC: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
+static mut DIRECTMAP_READY: bool = false;
+static mut MAX_PHYS: u64 = 0;
+
+/// Creates the frame allocator (every frame initially used).
+pub fn init_allocator(nr_frames: u64) {
+    // SAFETY: called once at boot before anything else uses BITMAP.
+    let bits: &'static mut [u64] = unsafe { &mut *(&raw mut BITMAP) };
+    *ALLOC.lock() = Some(FrameAllocator::new(bits, nr_frames.min(MAX_FRAMES as u64)).expect("bitmap sized for MAX_FRAMES"));
+    // SAFETY: single CPU, boot time.
+    unsafe { *(&raw mut MAX_PHYS) = nr_frames.min(MAX_FRAMES as u64) * PAGE };
+}
+
+/// Runs `f` with the frame allocator.
+pub fn with_allocator<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R {
+    let mut g = ALLOC.lock();
+    f(g.as_mut().expect("frame allocator initialised at boot"))
+}
+
+/// Allocates one zeroed frame.
+pub fn alloc_zeroed() -> Option<u64> {
+    let f = with_allocator(|a| a.alloc())?;
+    zero_frame(f);
+    Some(f)
+}
+
+/// Highest physical address + 1 that the hypervisor manages.
+pub fn max_phys() -> u64 {
+    // SAFETY: written once at boot.
+    unsafe { *(&raw const MAX_PHYS) }
+}
+
+fn ptr(pa: u64) -> *mut u8 {
+    // SAFETY: DIRECTMAP_READY only changes once at boot.
+    if unsafe { *(&raw const DIRECTMAP_READY) } {
+        (DIRECTMAP_BASE + pa) as *mut u8
+    } else {
+        pa as *mut u8
+    }
+}
+
+pub(crate) fn set_directmap_ready() {
+    // SAFETY: single CPU, boot time, right after the CR3 switch.
+    unsafe { *(&raw mut DIRECTMAP_READY) = true };
+}
+
+fn check(pa: u64, len: u64) {
+    let end = pa.checked_add(len).expect("physical range overflows");
+    // Before the allocator knows RAM, the boot identity map covers 1 GiB.
+    let limit = if max_phys() == 0 { 1 << 30 } else { max_phys() };
+    assert!(end <= limit, "physical access {pa:#x}+{len:#x} beyond RAM");
+}
+
+/// Zeroes one frame.
+pub fn zero_frame(mfn: u64) {
+    check(mfn * PAGE, PAGE);
+    // SAFETY: the frame is RAM inside the direct map (checked) and owned by
+    // the caller (a hypervisor or freshly allocated guest frame).
+    unsafe { core::ptr::write_bytes(ptr(mfn * PAGE), 0, PAGE as usize) }
+}
+
+/// Copies bytes into physical memory.
+pub fn write_phys(pa: u64, data: &[u8]) {
+    check(pa, data.len() as u64);
+    // SAFETY: the range is RAM inside the direct map (checked); callers only
+    // write frames they own; the source is a distinct Rust slice.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ptr(pa), data.len()) }
+}
+
+/// Copies bytes out of physical memory.
+pub fn read_phys(pa: u64, out: &mut [u8]) {
+    check(pa, out.len() as u64);
+    // SAFETY: as for `write_phys`; the destination is a distinct Rust slice.
+    unsafe { core::ptr::copy_nonoverlapping(ptr(pa), out.as_mut_ptr(), out.len()) }
+}
+
+/// Reads an aligned u64 from physical memory.
+pub fn read_u64(pa: u64) -> u64 {
+    check(pa, 8);
+    assert!(pa % 8 == 0);
+    // SAFETY: aligned, inside RAM (checked). Volatile: guests may change it.
+    unsafe { core::ptr::read_volatile(ptr(pa) as *const u64) }
+}
+
+/// Writes an aligned u64 to physical memory.
+pub fn write_u64(pa: u64, v: u64) {
+    check(pa, 8);
+    assert!(pa % 8 == 0);
+    // SAFETY: aligned, inside RAM (checked).
+    unsafe { core::ptr::write_volatile(ptr(pa) as *mut u64, v) }
+}
+
+/// A read-only view of boot-time physical memory (the boot bundle).
+///
+/// # Safety
+/// The range must be RAM reserved in the allocator for the hypervisor's
+/// lifetime and never written afterwards.
+pub unsafe fn phys_slice(pa: u64, len: u64) -> &'static [u8] {
+    check(pa, len);
+    // SAFETY: delegated to the caller.
+    unsafe { core::slice::from_raw_parts(ptr(pa), len as usize) }
+}

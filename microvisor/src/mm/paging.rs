@@ -1,0 +1,117 @@
+//! The hypervisor's own address space: builds it at boot (image mapped per
+//! section with W^X, direct map NX), switches to it, and keeps the L4 entries
+//! 256-271 that every guest L4 receives. Never maps anything writable and
+//! executable, and never gives a hypervisor mapping the user bit.
+
+use super::{alloc_zeroed, read_u64, write_u64, DIRECTMAP_BASE, KERNEL_VMA, PAGE};
+use crate::arch::cpu;
+
+pub const P: u64 = 1;
+pub const RW: u64 = 1 << 1;
+pub const US: u64 = 1 << 2;
+pub const A: u64 = 1 << 5;
+pub const D: u64 = 1 << 6;
+pub const PS: u64 = 1 << 7;
+pub const G: u64 = 1 << 8;
+pub const NX: u64 = 1 << 63;
+pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// First and last (inclusive) L4 slots owned by the hypervisor.
+pub const HV_SLOT_FIRST: usize = 256;
+pub const HV_SLOT_LAST: usize = 271;
+
+static mut HV_L4: u64 = 0;
+
+unsafe extern "C" {
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
+}
+
+/// Physical address of the hypervisor's L4.
+pub fn hv_l4() -> u64 {
+    // SAFETY: written once at boot.
+    unsafe { *(&raw const HV_L4) }
+}
+
+/// The hypervisor's entry for L4 slot `i` (256..=271), to copy into guest L4s.
+pub fn hv_l4_entry(i: usize) -> u64 {
+    read_u64(hv_l4() + i as u64 * 8)
+}
+
+fn table_alloc() -> u64 {
+    alloc_zeroed().expect("out of memory building hypervisor page tables") * PAGE
+}
+
+/// Returns the next-level table for `idx` in `table`, creating it.
+fn next(table: u64, idx: u64) -> u64 {
+    let e = read_u64(table + idx * 8);
+    if e & P != 0 {
+        return e & ADDR_MASK;
+    }
+    let t = table_alloc();
+    write_u64(table + idx * 8, t | P | RW);
+    t
+}
+
+fn map_4k(l4: u64, va: u64, pa: u64, flags: u64) {
+    let l3 = next(l4, (va >> 39) & 511);
+    let l2 = next(l3, (va >> 30) & 511);
+    let l1 = next(l2, (va >> 21) & 511);
+    write_u64(l1 + ((va >> 12) & 511) * 8, pa | flags);
+}
+
+fn map_2m(l4: u64, va: u64, pa: u64, flags: u64) {
+    let l3 = next(l4, (va >> 39) & 511);
+    let l2 = next(l3, (va >> 30) & 511);
+    write_u64(l2 + ((va >> 21) & 511) * 8, pa | flags | PS);
+}
+
+fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
+    let mut va = start;
+    while va < end {
+        map_4k(l4, va, va - KERNEL_VMA, flags);
+        va += PAGE;
+    }
+}
+
+/// Builds the hypervisor's page tables and switches to them. Frames for the
+/// tables must come from the first GiB (the boot identity map).
+pub fn init(max_phys: u64) {
+    let l4 = table_alloc();
+    let sym = |s: &u8| s as *const u8 as u64;
+    // SAFETY: linker-script symbols; only their addresses are taken.
+    let (ts, te, rs, re, ds, de) = unsafe {
+        (
+            sym(&__text_start),
+            sym(&__text_end),
+            sym(&__rodata_start),
+            sym(&__rodata_end),
+            sym(&__data_start),
+            sym(&__data_end),
+        )
+    };
+    map_range(l4, ts, te, P | G);
+    map_range(l4, rs, re, P | G | NX);
+    map_range(l4, ds, de, P | RW | G | NX);
+    let mut pa = 0;
+    while pa < max_phys {
+        map_2m(l4, DIRECTMAP_BASE + pa, pa, P | RW | G | NX | A | D);
+        pa += 2 << 20;
+    }
+    // Pre-create every hypervisor L3 so that guest L4s can share them.
+    for i in HV_SLOT_FIRST..=HV_SLOT_LAST {
+        next(l4, i as u64);
+    }
+    // SAFETY: single CPU, boot time.
+    unsafe { *(&raw mut HV_L4) = l4 };
+    // Global pages survive guest CR3 switches.
+    cpu::cr4_set(1 << 7);
+    // SAFETY: the new tables map the image (code, rodata, data, stacks) at
+    // the same virtual addresses as the boot tables and add the direct map.
+    unsafe { cpu::write_cr3(l4) };
+    super::set_directmap_ready();
+}

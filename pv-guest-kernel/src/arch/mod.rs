@@ -1,0 +1,116 @@
+//! The guest's machine-level pieces: the ELF notes that make the image a Xen
+//! PV kernel, the hypercall page the hypervisor fills in, the entry point
+//! (ring 3, `rsi` = start_info) and the boot stack. All of the library's
+//! `unsafe` is here.
+
+use core::arch::global_asm;
+use guest_abi::start_info::StartInfo;
+
+/// Size of the boot stack the entry point switches to.
+pub const STACK_SIZE: usize = 64 * 1024;
+
+global_asm!(
+    r#"
+    /* Xen ELF notes: GUEST_OS, GUEST_VERSION, XEN_VERSION, LOADER, ENTRY,
+       HYPERCALL_PAGE. */
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4, 20, 6
+    .asciz "Xen"
+    .balign 4
+    .asciz "microvisor-pv-guest"
+    .balign 4
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4, 4, 7
+    .asciz "Xen"
+    .balign 4
+    .asciz "0.1"
+    .balign 4
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4, 8, 5
+    .asciz "Xen"
+    .balign 4
+    .asciz "xen-3.0"
+    .balign 4
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4, 8, 8
+    .asciz "Xen"
+    .balign 4
+    .asciz "generic"
+    .balign 4
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4, 8, 1
+    .asciz "Xen"
+    .balign 4
+    .quad _start
+    .balign 4
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4, 8, 2
+    .asciz "Xen"
+    .balign 4
+    .quad hypercall_page
+    .balign 4
+
+    .section .text.hypercall_page, "ax"
+    .balign 4096
+    .globl hypercall_page
+hypercall_page:
+    .fill 4096, 1, 0xcc
+
+    .section .bss
+    .balign 16
+pv_boot_stack:
+    .space {stack}
+pv_boot_stack_top:
+
+    .section .text.entry, "ax"
+    .globl _start
+_start:
+    lea pv_boot_stack_top(%rip), %rsp
+    mov %rsi, %rdi
+    xor %ebp, %ebp
+    call {start}
+    ud2
+    .text
+"#,
+    stack = const STACK_SIZE,
+    start = sym crate::rt::start,
+    options(att_syntax)
+);
+
+/// Turns the `rsi` the hypervisor passed into a reference.
+///
+/// # Safety
+/// Must be called only with the value the hypervisor put in `rsi` at entry,
+/// which points at the start_info page it mapped (read/write, never
+/// unmapped by this library).
+pub unsafe fn start_info_from_entry(rsi: u64) -> &'static StartInfo {
+    // SAFETY: per the contract above; StartInfo is plain old data and the page
+    // is 4 KiB aligned, which satisfies its alignment.
+    unsafe { &*(rsi as *const StartInfo) }
+}
+
+/// A mutable byte view of guest memory the start-of-day layout guarantees
+/// mapped read/write (used for the heap).
+///
+/// # Safety
+/// `[va, va+len)` must be mapped writable, unused by anything else, for the
+/// rest of the guest's life.
+pub unsafe fn mapped_region(va: u64, len: usize) -> &'static mut [u8] {
+    // SAFETY: per the contract above.
+    unsafe { core::slice::from_raw_parts_mut(va as *mut u8, len) }
+}
+
+unsafe extern "C" {
+    static hypercall_page: [u8; 4096];
+}
+
+/// Address of the hypercall page (stub `n` is at `+ 32 * n`).
+pub fn hypercall_page_addr() -> u64 {
+    (&raw const hypercall_page) as u64
+}

@@ -1,0 +1,29 @@
+#![cfg_attr(not(test), no_std)]
+//! pv-guest-kernel: a minimal guest kernel library for the microvisor (and
+//! for Xen: the images it produces are ordinary Xen x86_64 PV kernels) — what
+//! Mini-OS is for Xen.
+//!
+//! It provides the Xen ELF notes and hypercall page, the entry point,
+//! start_info access, console `print!`/`println!`, a heap, a panic handler
+//! that shuts the domain down with `SHUTDOWN_crash`, and a test reporter.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use pv_guest_kernel::{println, StartInfo};
+//! fn main(si: &'static StartInfo) {
+//!     println!("hello from a domain with {} pages", si.nr_pages);
+//! }
+//! pv_guest_kernel::main!(main);
+//! ```
+
+extern crate alloc;
+
+pub mod arch;
+pub mod console;
+pub mod heap;
+pub mod rt;
+pub mod test;
+
+pub use guest_abi::start_info::StartInfo;
+pub use rt::{shutdown, start_info};

@@ -1,0 +1,288 @@
+//! xtask: the one owner of build flags and QEMU command lines.
+//!
+//! `cargo xtask run [--manifest FILE] [--accel tcg|kvm]` builds everything
+//! and boots a manifest; `cargo xtask test [--accel ..] [--filter S]` runs the
+//! host unit tests, the kernel checks and every QEMU scenario;
+//! `cargo xtask bench` prints benchmark figures; `cargo xtask build` builds.
+
+mod build;
+mod bundle;
+mod qemu;
+mod scenario;
+mod toolchain;
+
+use qemu::Accel;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+struct Opts {
+    accel: Accel,
+    manifest: Option<PathBuf>,
+    filter: Option<String>,
+    timeout: u64,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts { accel: Accel::Tcg, manifest: None, filter: None, timeout: 120 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("error: {name} needs a value"));
+        match a.as_str() {
+            "--accel" => o.accel = qemu::parse_accel(&val("--accel")?)?,
+            "--manifest" => o.manifest = Some(PathBuf::from(val("--manifest")?)),
+            "--filter" => o.filter = Some(val("--filter")?),
+            "--timeout" => o.timeout = val("--timeout")?.parse().map_err(|_| "error: --timeout takes seconds".to_string())?,
+            other => return Err(format!("error: unknown option '{other}' (see `cargo xtask help`)")),
+        }
+    }
+    Ok(o)
+}
+
+const HELP: &str = "usage: cargo xtask <command> [options]
+  build                          build the hypervisor and all guests
+  run  [--manifest FILE] [--accel tcg|kvm] [--timeout S]
+                                 boot a manifest (default: examples/default.manifest)
+  test [--accel tcg|kvm] [--filter TEXT]
+                                 host unit tests, kernel checks and QEMU scenarios
+  bench                          benchmarks under -icount shift=0";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("{HELP}");
+        return ExitCode::FAILURE;
+    };
+    let res = parse(&args[1..]).and_then(|o| match cmd.as_str() {
+        "build" => build_all().map(|_| true),
+        "run" => run(&o),
+        "test" => test(&o),
+        "bench" => bench(&o),
+        "help" | "--help" | "-h" => {
+            println!("{HELP}");
+            Ok(true)
+        }
+        other => Err(format!("error: unknown command '{other}'\n{HELP}")),
+    });
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_all() -> Result<PathBuf, String> {
+    let tc = toolchain::find()?;
+    build::build_kernels(&root(), &tc)
+}
+
+fn run(o: &Opts) -> Result<bool, String> {
+    let mpath = o.manifest.clone().unwrap_or_else(|| root().join("examples/default.manifest"));
+    let manifest = std::fs::read_to_string(&mpath).map_err(|e| format!("error: cannot read manifest {}: {e}", mpath.display()))?;
+    qemu::ensure()?;
+    let kdir = build_all()?;
+    let base = mpath.parent().unwrap_or(Path::new("."));
+    // Images named in a user manifest may be built guests or files beside it.
+    let mut extra = std::collections::BTreeMap::new();
+    for img in scenario::manifest_images(&manifest) {
+        if !kdir.join(&img).is_file() {
+            let p = base.join(&img);
+            if p.is_file() {
+                let data = std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
+                extra.insert(img.clone(), format!("hex:{}", data.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+            } else {
+                return Err(format!("error: manifest {} names image '{img}', which is neither a built guest nor a file beside the manifest", mpath.display()));
+            }
+        }
+    }
+    let bundle = scenario::make_bundle(&manifest, &kdir, &extra)?;
+    let out_dir = root().join("target/run");
+    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let bpath = out_dir.join("bundle.cpio");
+    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
+    let kernel = qemu::kernel_path(&kdir);
+    let boot = qemu::Boot {
+        kernel: &kernel,
+        initrd: &bpath,
+        append: "loglvl=info".into(),
+        accel: o.accel,
+        icount: false,
+        cpu: "max",
+        memory_mib: 512,
+        timeout: Duration::from_secs(o.timeout),
+        echo: true,
+    };
+    let out = boot.run()?;
+    if out.timed_out {
+        eprintln!("xtask: QEMU did not finish within {} s and was stopped", o.timeout);
+        return Ok(false);
+    }
+    match out.exit_code {
+        Some(33) => Ok(true),
+        Some(35) => {
+            eprintln!("xtask: the microvisor reported failure (a domain did not end as its manifest expects)");
+            Ok(false)
+        }
+        c => {
+            eprintln!("xtask: QEMU exited with {c:?}");
+            Ok(false)
+        }
+    }
+}
+
+/// Fails if any instruction of the hypervisor touches an SSE/AVX register:
+/// the hypervisor must never clobber guest vector state.
+fn check_no_vector_regs(kernel: &Path) -> Result<(), String> {
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(kernel)
+        .output()
+        .map_err(|e| format!("objdump not available ({e}): install binutils"))?;
+    if !out.status.success() {
+        return Err("objdump failed on the hypervisor image".into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = text.lines().filter(|l| l.contains(":\t")).count();
+    if total < 100 {
+        return Err(format!("disassembly has only {total} instructions: not the hypervisor?"));
+    }
+    let bad: Vec<&str> = text.lines().filter(|l| l.contains("%xmm") || l.contains("%ymm") || l.contains("%zmm")).collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} instructions use vector registers, e.g. {}", bad.len(), bad[0].trim()))
+    }
+}
+
+fn test(o: &Opts) -> Result<bool, String> {
+    let root = root();
+    let mut passed = 0usize;
+    let mut failed: Vec<String> = Vec::new();
+    let want = |name: &str| o.filter.as_deref().is_none_or(|f| name.contains(f));
+
+    if want("host-unit-tests") {
+        println!("== host unit tests");
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["test", "-q", "-p", "guest-abi", "-p", "microvisor-core", "-p", "xtask"])
+            .status()
+            .map_err(|e| format!("error: cannot run cargo test: {e}"))?;
+        if st.success() {
+            passed += 1;
+            println!("PASS host-unit-tests");
+        } else {
+            failed.push("host-unit-tests".into());
+            println!("FAIL host-unit-tests");
+        }
+    }
+
+    qemu::ensure()?;
+    let kdir = build_all()?;
+    if want("no-vector-registers") {
+        match check_no_vector_regs(&qemu::kernel_path(&kdir)) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS no-vector-registers");
+            }
+            Err(e) => {
+                failed.push("no-vector-registers".into());
+                println!("FAIL no-vector-registers: {e}");
+            }
+        }
+    }
+
+    let scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?.into_iter().filter(|s| want(&s.name)).collect();
+    let log_dir = root.join("target/scenarios");
+    std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+    println!("== {} QEMU scenarios ({:?}), logs in {}", scenarios.len(), o.accel, log_dir.display());
+    let results = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(s) = scenarios.get(i) else { break };
+                let r = scenario::run_one(s, &kdir, &log_dir, o.accel);
+                let line = match &r {
+                    Ok(v) if v.pass => format!("PASS {}", s.name),
+                    Ok(v) => format!("FAIL {}: {}", s.name, v.reasons.join("; ")),
+                    Err(e) => format!("FAIL {}: {e}", s.name),
+                };
+                println!("{line}");
+                results.lock().expect("results lock").push((s.name.clone(), matches!(r, Ok(ref v) if v.pass)));
+            });
+        }
+    });
+    for (name, ok) in results.into_inner().expect("results lock") {
+        if ok {
+            passed += 1;
+        } else {
+            let log = log_dir.join(format!("{name}.log"));
+            println!("---- {name} serial log ({}) ----", log.display());
+            if let Ok(text) = std::fs::read_to_string(&log) {
+                let lines: Vec<&str> = text.lines().collect();
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    println!("{l}");
+                }
+            }
+            failed.push(name);
+        }
+    }
+    println!("{} passed, {} failed", passed, failed.len());
+    Ok(failed.is_empty())
+}
+
+fn bench(o: &Opts) -> Result<bool, String> {
+    qemu::ensure()?;
+    let kdir = build_all()?;
+    let manifest = "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
+    let bundle = scenario::make_bundle(manifest, &kdir, &Default::default())?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let bpath = out_dir.join("bench.cpio");
+    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
+    let kernel = qemu::kernel_path(&kdir);
+    let cpu = "EPYC";
+    let boot = qemu::Boot {
+        kernel: &kernel,
+        initrd: &bpath,
+        append: "loglvl=warn".into(),
+        accel: Accel::Tcg,
+        icount: true,
+        cpu,
+        memory_mib: 256,
+        timeout: Duration::from_secs(o.timeout.max(300)),
+        echo: false,
+    };
+    let out = boot.run()?;
+    std::fs::write(out_dir.join("bench.log"), &out.serial).map_err(|e| e.to_string())?;
+    let rows: Vec<Vec<&str>> = out
+        .serial
+        .lines()
+        .filter_map(|l| l.split_once("BENCH|").map(|(_, r)| r.split('|').map(str::trim).collect()))
+        .collect();
+    if rows.is_empty() || out.exit_code != Some(33) {
+        return Err(format!(
+            "error: the benchmark guest did not finish cleanly (exit {:?}, timed out {}); see target/bench/bench.log",
+            out.exit_code, out.timed_out
+        ));
+    }
+    println!("microvisor benchmarks: QEMU TCG, -icount shift=0 (1 instruction = 1 virtual ns), -cpu {cpu}");
+    println!("{:<44} {:>14} {:>14} {:>8}", "operation", "ns/op", "baseline ns", "ratio");
+    for r in rows {
+        match r.as_slice() {
+            [name, v, base, ratio] => println!("{name:<44} {v:>14} {base:>14} {ratio:>8}"),
+            [name, v] => println!("{name:<44} {v:>14}"),
+            _ => {}
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,168 @@
+//! Finds (or installs) QEMU, chooses the accelerator and runs one boot with a
+//! hard timeout, capturing the serial console. Every QEMU run goes through
+//! `run`, so none can hang the build.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The accelerator to use.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+/// True where hardware KVM (not the software kvm_pvm module) is loaded.
+pub fn hardware_kvm() -> bool {
+    Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
+}
+
+pub fn parse_accel(s: &str) -> Result<Accel, String> {
+    match s {
+        "tcg" => Ok(Accel::Tcg),
+        "kvm" if hardware_kvm() => Ok(Accel::Kvm),
+        "kvm" => Err("error: --accel kvm needs hardware KVM (kvm_intel or kvm_amd loaded); use --accel tcg".into()),
+        _ => Err(format!("error: unknown accelerator '{s}': use --accel tcg or --accel kvm")),
+    }
+}
+
+fn have_qemu() -> bool {
+    Command::new(QEMU).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Makes sure QEMU is there: installs it with apt-get as root on Debian/Ubuntu,
+/// otherwise says exactly what to run.
+pub fn ensure() -> Result<(), String> {
+    if have_qemu() {
+        return Ok(());
+    }
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let debian = Path::new("/etc/debian_version").exists() && Path::new("/usr/bin/apt-get").exists();
+    if is_root && debian {
+        eprintln!("xtask: {QEMU} not found; installing qemu-system-x86 with apt-get");
+        let ok = Command::new("apt-get").args(["update", "-q"]).status().map(|s| s.success()).unwrap_or(false)
+            && Command::new("apt-get")
+                .args(["install", "-y", "-q", "qemu-system-x86"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        if ok && have_qemu() {
+            return Ok(());
+        }
+        return Err("error: installing QEMU failed: run `apt-get update && apt-get install -y qemu-system-x86`".into());
+    }
+    if debian {
+        Err("error: qemu-system-x86_64 not found: run `sudo apt-get install -y qemu-system-x86`".into())
+    } else {
+        Err("error: qemu-system-x86_64 not found: install QEMU for x86_64 (e.g. `sudo apt-get install -y qemu-system-x86`)".into())
+    }
+}
+
+/// One QEMU boot.
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub append: String,
+    pub accel: Accel,
+    pub icount: bool,
+    pub cpu: &'a str,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+    /// Also echo the console to our stdout as it arrives.
+    pub echo: bool,
+}
+
+/// What a boot produced.
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub serial: String,
+}
+
+impl Boot<'_> {
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(QEMU);
+        c.args(["-M", "microvm", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
+            .args(["-cpu", self.cpu])
+            .args(["-m", &format!("{}M", self.memory_mib)])
+            .arg("-kernel").arg(self.kernel)
+            .arg("-initrd").arg(self.initrd)
+            .args(["-append", &self.append])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .args(["-serial", "stdio", "-monitor", "none"]);
+        if self.icount {
+            c.args(["-icount", "shift=0"]);
+        }
+        c
+    }
+
+    /// Runs QEMU to completion or until the timeout, whichever comes first.
+    pub fn run(&self) -> Result<Outcome, String> {
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("error: cannot start {QEMU}: {e}"))?;
+        let mut out = child.stdout.take().expect("piped stdout");
+        let mut err = child.stderr.take().expect("piped stderr");
+        let echo = self.echo;
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if echo {
+                            use std::io::Write;
+                            let _ = std::io::stdout().write_all(&buf[..n]);
+                            let _ = std::io::stdout().flush();
+                        }
+                        all.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+            all
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = err.read_to_end(&mut s);
+            s
+        });
+        let start = Instant::now();
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                break Some(st);
+            }
+            if start.elapsed() > self.timeout {
+                timed_out = true;
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut serial = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+        if !stderr.trim().is_empty() {
+            serial.push_str("\n[qemu stderr] ");
+            serial.push_str(stderr.trim());
+            serial.push('\n');
+        }
+        Ok(Outcome { exit_code: status.and_then(|s| s.code()), timed_out, serial })
+    }
+}
+
+/// The default hypervisor image path.
+pub fn kernel_path(kdir: &Path) -> PathBuf {
+    kdir.join("microvisor")
+}
