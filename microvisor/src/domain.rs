@@ -55,6 +55,10 @@ pub struct Hv {
     pub current: usize,
 }
 
+/// Id of the domain whose vCPU runs (`u32::MAX` before the first), kept
+/// outside the lock so a crash report can name it.
+pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
+
 pub static HV: Mutex<Hv> = Mutex::new(Hv { domains: heapless::Vec::new(), current: 0 });
 
 /// The name Xen gives each shutdown reason.

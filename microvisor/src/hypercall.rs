@@ -12,9 +12,15 @@ use guest_abi::errno::Errno;
 
 type HResult = Result<u64, Errno>;
 
+/// Set at boot by `selftest=pagefault`: fault in ring 0 on the first hypercall.
+pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Called by the syscall stub with the guest's registers.
 pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     let mut hv = HV.lock();
+    if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
+        crate::mm::selftest_fault();
+    }
     let nr = frame.rax;
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let res = dispatch(&mut hv, frame, nr, args);

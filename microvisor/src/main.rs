@@ -66,6 +66,11 @@ pub fn boot_cmdline() -> &'static str {
     core::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
+/// True when `selftest=<name>` is on the hypervisor command line.
+pub fn selftest(name: &str) -> bool {
+    boot_cmdline().split_ascii_whitespace().any(|w| w.strip_prefix("selftest=") == Some(name))
+}
+
 fn read<T: FromBytes + KnownLayout + Immutable>(pa: u64) -> T {
     let mut buf = [0u8; 64];
     let n = core::mem::size_of::<T>();
@@ -130,6 +135,10 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     arch::desc::init();
     enable_protections();
 
+    hypercall::FAULT_SELFTEST.store(selftest("pagefault"), core::sync::atomic::Ordering::Relaxed);
+    if selftest("panic") {
+        panic!("selftest: deliberate hypervisor panic");
+    }
     let Some(module) = module else { boot_fail(format_args!("no boot bundle: pass one with -initrd")) };
     // SAFETY: the module's frames are reserved in the allocator above and the
     // hypervisor never writes them.

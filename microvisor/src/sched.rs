@@ -32,6 +32,7 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame) {
     };
     hv.current = next;
     let d = &hv.domains[next];
+    crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
     *frame = d.frame;
     if cpu::cr3() != d.cr3 {
         // SAFETY: every domain's L4 was validated by the builder and carries
@@ -46,6 +47,7 @@ pub fn start() -> ! {
         let mut hv = crate::domain::HV.lock();
         let Some(first) = hv.domains.iter().position(|d| d.state == RunState::Runnable) else { hv.finish() };
         hv.current = first;
+        crate::domain::CURRENT.store(hv.domains[first].id as u32, core::sync::atomic::Ordering::Relaxed);
         (hv.domains[first].frame, hv.domains[first].cr3)
     };
     // SAFETY: as in `reschedule`.

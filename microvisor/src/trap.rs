@@ -71,13 +71,9 @@ pub fn crash_report_tail(f: Option<&TrapFrame>) -> ! {
             f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15, f.cs, f.ss, f.rflags, cpu::cr3()
         ));
     }
-    // The lock may be held by the code that crashed: never wait for it.
-    match HV.try_lock() {
-        Some(hv) => match hv.domains.get(hv.current) {
-            Some(d) => crate::log::raw(format_args!("(MV)   current domain: {} ({})\n", d.id, d.name)),
-            None => crate::log::raw(format_args!("(MV)   current domain: none\n")),
-        },
-        None => crate::log::raw(format_args!("(MV)   current domain: unknown (domain table locked)\n")),
+    match crate::domain::CURRENT.load(core::sync::atomic::Ordering::Relaxed) {
+        u32::MAX => crate::log::raw(format_args!("(MV)   current domain: none\n")),
+        id => crate::log::raw(format_args!("(MV)   current domain: {id}\n")),
     }
     crate::log::raw(format_args!("(MV) the hypervisor stopped\n"));
     cpu::qemu_exit(false)

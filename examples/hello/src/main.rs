@@ -9,28 +9,36 @@ extern crate alloc;
 use alloc::{string::String, vec::Vec};
 use pv_guest_kernel::{println, StartInfo};
 
+/// Prints a line, then lets the other domains run (so consoles interleave).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        println!($($t)*);
+        let _ = guest_abi::hypercall::sched_yield();
+    }};
+}
+
 fn main(si: &'static StartInfo) {
     let magic = guest_abi::types::until_nul_str(&si.magic).unwrap_or("?");
     let cmdline = guest_abi::types::until_nul_str(&si.cmd_line).unwrap_or("<not UTF-8>");
-    println!("hello from a microvisor PV guest");
-    println!("start_info: magic {magic}, {} pages ({} KiB)", si.nr_pages, si.nr_pages * 4);
-    println!(
+    say!("hello from a microvisor PV guest");
+    say!("start_info: magic {magic}, {} pages ({} KiB)", si.nr_pages, si.nr_pages * 4);
+    say!(
         "start_info: flags {:#x}{}{}",
         si.flags,
         if si.flags & 1 != 0 { " privileged" } else { "" },
         if si.flags & 2 != 0 { " initdomain" } else { "" }
     );
-    println!("start_info: shared_info at machine address {:#x}", si.shared_info);
-    println!("start_info: page tables at {:#x} ({} frames), p2m list at {:#x}", si.pt_base, si.nr_pt_frames, si.mfn_list);
-    println!("start_info: store mfn {:#x} evtchn {}, console mfn {:#x} evtchn {}", si.store_mfn, si.store_evtchn, si.console.mfn, si.console.evtchn);
-    println!("command line: {cmdline:?}");
+    say!("start_info: shared_info at machine address {:#x}", si.shared_info);
+    say!("start_info: page tables at {:#x} ({} frames), p2m list at {:#x}", si.pt_base, si.nr_pt_frames, si.mfn_list);
+    say!("start_info: store mfn {:#x} evtchn {}, console mfn {:#x} evtchn {}", si.store_mfn, si.store_evtchn, si.console.mfn, si.console.evtchn);
+    say!("command line: {cmdline:?}");
 
     // The heap works: build something that needs it.
     let words: Vec<String> = cmdline.split_whitespace().map(String::from).collect();
     let squares: Vec<u64> = (1..=10u64).map(|i| i * i).collect();
     let sum: u64 = squares.iter().sum();
-    println!("heap: {} command-line words, sum of the first 10 squares = {sum}, {} bytes free", words.len(), pv_guest_kernel::heap::free());
-    println!("goodbye");
+    say!("heap: {} command-line words, sum of the first 10 squares = {sum}, {} bytes free", words.len(), pv_guest_kernel::heap::free());
+    say!("goodbye");
 }
 
 pv_guest_kernel::main!(main);
