@@ -51,6 +51,7 @@ fn cr3(hv: &Hv) -> u64 {
 
 const CONSOLE_CHUNK: usize = 256;
 
+#[inline(never)]
 fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> HResult {
     match cmd {
         0 => {
@@ -101,6 +102,14 @@ fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
 fn xen_version(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     match cmd {
         0 => Ok((XEN_MAJOR << 16) | XEN_MINOR),
+        _ => xen_version_query(hv, cmd, arg),
+    }
+}
+
+/// The xen_version sub-commands that copy data to the guest.
+#[inline(never)]
+fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
+    match cmd {
         1 => put(hv, arg, &fixed::<16>(b"-microvisor")),
         2 => {
             let mut ci = [0u8; 144];
@@ -140,6 +149,7 @@ fn guest_abi_virt_start() -> u64 {
     0xFFFF_8000_0000_0000
 }
 
+#[inline(never)]
 fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Option<u64>, Errno> {
     let cur = hv.current;
     match cmd {

@@ -29,7 +29,7 @@ pub fn build_kernels(root: &Path, tc: &KernelToolchain) -> Result<PathBuf, Strin
     // (absolute addresses in ELF notes and the 32-bit trampoline resolve at
     // link time; nothing needs relocating at run time). Soft-float and no red
     // zone come from the target itself.
-    cmd.env("RUSTFLAGS", "-Crelocation-model=pie -Clink-arg=--no-pie -Cforce-frame-pointers=yes")
+    cmd.env("RUSTFLAGS", "-Crelocation-model=pie -Clink-arg=--no-pie")
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER", &tc.linker)
         .env_remove("RUSTC_WRAPPER");
