@@ -37,7 +37,8 @@ pub struct Domain {
     pub frame: TrapFrame,
     /// Machine address of the current L4 (guest kernel page tables).
     pub cr3: u64,
-    /// Machine frame of the shared info page.
+    /// Machine frame of the shared info page (read by the event-channel work).
+    #[allow(dead_code)]
     pub shared_info_mfn: u64,
     /// Pending console output, flushed per line.
     pub console: heapless::Vec<u8, 256>,

@@ -1,4 +1,5 @@
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 //! pv-guest-kernel: a minimal guest kernel library for the microvisor (and
 //! for Xen: the images it produces are ordinary Xen x86_64 PV kernels) — what
 //! Mini-OS is for Xen.

@@ -7,9 +7,13 @@ use crate::println;
 /// The overall verdict.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verdict {
+    /// Every step passed.
     Success,
+    /// Nothing was tested (no step ran).
     Skip,
+    /// The test could not run properly.
     Error,
+    /// At least one step failed.
     Failure,
 }
 

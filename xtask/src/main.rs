@@ -80,6 +80,7 @@ fn main() -> ExitCode {
 
 fn build_all() -> Result<PathBuf, String> {
     let tc = toolchain::find()?;
+    eprintln!("xtask: building kernels with {}", tc.origin);
     build::build_kernels(&root(), &tc)
 }
 
@@ -213,7 +214,7 @@ fn test(o: &Opts) -> Result<bool, String> {
                 let r = scenario::run_one(s, &kdir, &log_dir, o.accel);
                 let line = match &r {
                     Ok(v) if v.pass => format!("PASS {}", s.name),
-                    Ok(v) => format!("FAIL {}: {}", s.name, v.reasons.join("; ")),
+                    Ok(v) => format!("FAIL {} ({}): {}", s.name, s.description, v.reasons.join("; ")),
                     Err(e) => format!("FAIL {}: {e}", s.name),
                 };
                 println!("{line}");

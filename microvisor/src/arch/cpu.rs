@@ -46,13 +46,6 @@ pub fn cr4_set(bits: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
 }
 
-/// Reads an MSR.
-pub fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: only architectural MSRs known to exist are read by callers.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
-    ((hi as u64) << 32) | lo as u64
-}
 
 /// Writes an MSR.
 ///
@@ -70,17 +63,7 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     (r.eax, r.ebx, r.ecx, r.edx)
 }
 
-/// Reads the time-stamp counter.
-pub fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
-/// Invalidates one TLB entry.
-pub fn invlpg(va: u64) {
-    // SAFETY: dropping a TLB entry never breaks memory safety.
-    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
-}
 
 /// Halts forever with interrupts off.
 pub fn halt_forever() -> ! {
@@ -97,11 +80,7 @@ pub fn qemu_exit(success: bool) -> ! {
     halt_forever()
 }
 
-pub const MSR_EFER: u32 = 0xC000_0080;
 pub const MSR_STAR: u32 = 0xC000_0081;
 pub const MSR_LSTAR: u32 = 0xC000_0082;
 pub const MSR_CSTAR: u32 = 0xC000_0083;
 pub const MSR_FMASK: u32 = 0xC000_0084;
-pub const MSR_FS_BASE: u32 = 0xC000_0100;
-pub const MSR_GS_BASE: u32 = 0xC000_0101;
-pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;

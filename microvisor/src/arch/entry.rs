@@ -26,7 +26,7 @@ pub struct TrapFrame {
     pub rcx: u64,
     pub rbx: u64,
     pub rax: u64,
-    /// Vector number; `SYSCALL_VECTOR` for a 64-bit `syscall`.
+    /// Vector number; 0x100 for a 64-bit `syscall`, 0x101 for a 32-bit one.
     pub vector: u64,
     pub error_code: u64,
     pub rip: u64,
@@ -36,8 +36,6 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
-/// Pseudo-vector recorded for a 64-bit `syscall` entry.
-pub const SYSCALL_VECTOR: u64 = 0x100;
 /// Pseudo-vector recorded for a compatibility-mode `syscall` entry.
 pub const SYSCALL32_VECTOR: u64 = 0x101;
 
