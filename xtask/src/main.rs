@@ -10,8 +10,10 @@ mod bundle;
 mod qemu;
 mod scenario;
 mod toolchain;
+mod xen;
 
 use qemu::Accel;
+use scenario::Verdict;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -119,6 +121,9 @@ fn run(o: &Opts) -> Result<bool, String> {
         memory_mib: 512,
         timeout: Duration::from_secs(o.timeout),
         echo: true,
+        machine: "microvm",
+        initrd_args: "",
+        stop_on: &[],
     };
     let out = boot.run()?;
     if out.timed_out {
@@ -213,17 +218,26 @@ fn test(o: &Opts) -> Result<bool, String> {
                 let Some(s) = scenarios.get(i) else { break };
                 let r = scenario::run_one(s, &kdir, &log_dir, o.accel);
                 let line = match &r {
+                    Ok(Verdict { skipped: Some(why), .. }) => format!("SKIP {}: {why}", s.name),
                     Ok(v) if v.pass => format!("PASS {}", s.name),
                     Ok(v) => format!("FAIL {} ({}): {}", s.name, s.description, v.reasons.join("; ")),
                     Err(e) => format!("FAIL {}: {e}", s.name),
                 };
                 println!("{line}");
-                results.lock().expect("results lock").push((s.name.clone(), matches!(r, Ok(ref v) if v.pass)));
+                let outcome = match &r {
+                    Ok(Verdict { skipped: Some(_), .. }) => None,
+                    Ok(v) => Some(v.pass),
+                    Err(_) => Some(false),
+                };
+                results.lock().expect("results lock").push((s.name.clone(), outcome));
             });
         }
     });
-    for (name, ok) in results.into_inner().expect("results lock") {
-        if ok {
+    let mut skipped = 0usize;
+    for (name, outcome) in results.into_inner().expect("results lock") {
+        if outcome.is_none() {
+            skipped += 1;
+        } else if outcome == Some(true) {
             passed += 1;
         } else {
             let log = log_dir.join(format!("{name}.log"));
@@ -236,6 +250,9 @@ fn test(o: &Opts) -> Result<bool, String> {
             }
             failed.push(name);
         }
+    }
+    if skipped > 0 {
+        println!("{skipped} skipped (see the SKIP lines for why)");
     }
     println!("{} passed, {} failed", passed, failed.len());
     Ok(failed.is_empty())
@@ -262,6 +279,9 @@ fn bench(o: &Opts) -> Result<bool, String> {
         memory_mib: 256,
         timeout: Duration::from_secs(o.timeout.max(300)),
         echo: false,
+        machine: "microvm",
+        initrd_args: "",
+        stop_on: &[],
     };
     let out = boot.run()?;
     std::fs::write(out_dir.join("bench.log"), &out.serial).map_err(|e| e.to_string())?;

@@ -75,10 +75,19 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// Also echo the console to our stdout as it arrives.
     pub echo: bool,
+    /// QEMU machine: "microvm" for the microvisor, "pc" for real Xen.
+    pub machine: &'a str,
+    /// Words after the initrd path (multiboot module command line; Xen only).
+    pub initrd_args: &'a str,
+    /// End QEMU as soon as one of these appears on the console (for
+    /// hypervisors that halt instead of exiting, like Xen).
+    pub stop_on: &'a [&'a str],
 }
 
 /// What a boot produced.
 pub struct Outcome {
+    /// True when a `stop_on` marker ended the run.
+    pub stopped: bool,
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub serial: String,
@@ -87,12 +96,17 @@ pub struct Outcome {
 impl Boot<'_> {
     pub fn command(&self) -> Command {
         let mut c = Command::new(QEMU);
-        c.args(["-M", "microvm", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        let mut initrd = self.initrd.as_os_str().to_os_string();
+        if !self.initrd_args.is_empty() {
+            initrd.push(" ");
+            initrd.push(self.initrd_args);
+        }
+        c.args(["-M", self.machine, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
             .args(["-cpu", self.cpu])
             .args(["-m", &format!("{}M", self.memory_mib)])
             .arg("-kernel").arg(self.kernel)
-            .arg("-initrd").arg(self.initrd)
+            .arg("-initrd").arg(initrd)
             .args(["-append", &self.append])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .args(["-serial", "stdio", "-monitor", "none"]);
@@ -114,6 +128,9 @@ impl Boot<'_> {
         let mut out = child.stdout.take().expect("piped stdout");
         let mut err = child.stderr.take().expect("piped stderr");
         let echo = self.echo;
+        let stop_on: Vec<String> = self.stop_on.iter().map(|s| s.to_string()).collect();
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_flag = stopped.clone();
         let reader = std::thread::spawn(move || {
             let mut all = Vec::new();
             let mut buf = [0u8; 4096];
@@ -127,6 +144,12 @@ impl Boot<'_> {
                             let _ = std::io::stdout().flush();
                         }
                         all.extend_from_slice(&buf[..n]);
+                        if !stop_on.is_empty() {
+                            let text = String::from_utf8_lossy(&all);
+                            if stop_on.iter().any(|m| text.contains(m.as_str())) {
+                                stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
                     }
                 }
             }
@@ -143,6 +166,13 @@ impl Boot<'_> {
             if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
                 break Some(st);
             }
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                // Give the last console lines a moment, then end QEMU.
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
             if start.elapsed() > self.timeout {
                 timed_out = true;
                 let _ = child.kill();
@@ -158,7 +188,7 @@ impl Boot<'_> {
             serial.push_str(stderr.trim());
             serial.push('\n');
         }
-        Ok(Outcome { exit_code: status.and_then(|s| s.code()), timed_out, serial })
+        Ok(Outcome { exit_code: status.and_then(|s| s.code()), timed_out, serial, stopped: stopped.load(std::sync::atomic::Ordering::SeqCst) })
     }
 }
 

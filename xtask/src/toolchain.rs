@@ -26,7 +26,7 @@ fn host_sysroot() -> Result<PathBuf, String> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn cache_root() -> PathBuf {
+pub fn cache_root() -> PathBuf {
     if let Ok(d) = std::env::var("MICROVISOR_CACHE") {
         return PathBuf::from(d);
     }
