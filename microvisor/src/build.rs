@@ -155,6 +155,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         cr3,
         shared_info_mfn,
         console: heapless::Vec::new(),
+        pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
     })
 }
 

@@ -26,6 +26,55 @@ pub enum RunState {
     Dead(End),
 }
 
+/// One virtual IDT entry (set_trap_table).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct TrapEntry {
+    /// Handler address; 0 = no handler.
+    pub address: u64,
+    /// Bits 0-1: DPL for software interrupts; bit 2: mask events on entry.
+    pub flags: u8,
+}
+
+/// A registered callback.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Callback {
+    pub address: u64,
+    pub mask_events: bool,
+}
+
+/// The paravirtual CPU state Xen keeps per vCPU beyond its registers.
+pub struct PvState {
+    pub traps: [TrapEntry; 256],
+    pub event: Callback,
+    pub failsafe: Callback,
+    pub syscall: Callback,
+    /// Kernel stack for bounces from guest user mode (stack_switch).
+    pub kernel_ss: u16,
+    pub kernel_sp: u64,
+    /// Virtual CR0.TS (fpu_taskswitch).
+    pub virtual_ts: bool,
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
+}
+
+impl PvState {
+    pub const fn new() -> Self {
+        Self {
+            traps: [TrapEntry { address: 0, flags: 0 }; 256],
+            event: Callback { address: 0, mask_events: false },
+            failsafe: Callback { address: 0, mask_events: false },
+            syscall: Callback { address: 0, mask_events: false },
+            kernel_ss: 0,
+            kernel_sp: 0,
+            virtual_ts: false,
+            fs_base: 0,
+            gs_base_kernel: 0,
+            gs_base_user: 0,
+        }
+    }
+}
+
 /// One domain (one vCPU each, for now).
 pub struct Domain {
     pub id: u16,
@@ -37,16 +86,40 @@ pub struct Domain {
     pub frame: TrapFrame,
     /// Machine address of the current L4 (guest kernel page tables).
     pub cr3: u64,
-    /// Machine frame of the shared info page (read by the event-channel work).
-    #[allow(dead_code)]
+    /// Machine frame of the shared info page.
     pub shared_info_mfn: u64,
     /// Pending console output, flushed per line.
     pub console: heapless::Vec<u8, 256>,
+    /// Trap table, callbacks, kernel stack and other PV vCPU state.
+    pub pv: PvState,
 }
 
 impl Domain {
     pub fn is_live(&self) -> bool {
         !matches!(self.state, RunState::Dead(_))
+    }
+
+    fn vcpu_info_pa(&self) -> u64 {
+        self.shared_info_mfn * crate::mm::PAGE
+    }
+
+    /// vcpu_info[0].evtchn_upcall_mask: the virtual interrupt flag (1 = off).
+    pub fn upcall_mask(&self) -> bool {
+        crate::mm::read_u8(self.vcpu_info_pa() + 1) != 0
+    }
+
+    pub fn set_upcall_mask(&self, masked: bool) {
+        crate::mm::write_u8(self.vcpu_info_pa() + 1, masked as u8);
+    }
+
+    /// vcpu_info[0].evtchn_upcall_pending.
+    pub fn upcall_pending(&self) -> bool {
+        crate::mm::read_u8(self.vcpu_info_pa()) != 0
+    }
+
+    /// Records a page-fault address in vcpu_info[0].arch.cr2.
+    pub fn set_cr2(&self, cr2: u64) {
+        crate::mm::write_u64(self.vcpu_info_pa() + 16, cr2);
     }
 }
 

@@ -7,6 +7,7 @@
 use crate::arch::entry::TrapFrame;
 use crate::domain::{End, Hv, RunState, HV};
 use crate::mm::guest;
+use crate::pv;
 use crate::sched;
 use guest_abi::errno::Errno;
 
@@ -29,12 +30,23 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
         Ok(None) => {} // the frame now belongs to another vCPU, or was already set
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
+    crate::pv::deliver_events(&mut hv, frame);
 }
 
 /// Ok(Some(v)): return v to the caller. Ok(None): the frame was switched.
 fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<Option<u64>, Errno> {
     let r = match nr {
+        0 => pv::set_trap_table(hv, a[0]),
+        3 => pv::stack_switch(hv, a[0], a[1]),
+        4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
+        5 => pv::fpu_taskswitch(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
+        23 => {
+            pv::iret(hv, frame);
+            return Ok(None);
+        }
+        25 => pv::set_segment_base(hv, a[0], a[1]),
+        30 => pv::callback_op(hv, a[0], a[1]),
         18 => console_io(hv, a[0], a[1], a[2]),
         29 => return sched_op(hv, frame, a[0], a[1]),
         _ => {

@@ -12,6 +12,7 @@ mod domain;
 mod hypercall;
 mod log;
 mod mm;
+mod pv;
 mod sched;
 mod trap;
 

@@ -34,6 +34,9 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame) {
     let d = &hv.domains[next];
     crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
     *frame = d.frame;
+    if next != cur {
+        crate::pv::load_segment_bases(&d.pv);
+    }
     if cpu::cr3() != d.cr3 {
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.

@@ -4,7 +4,8 @@
 //! instruction named, and the others go on.
 
 use crate::arch::{cpu, entry::TrapFrame};
-use crate::domain::{End, HV};
+use crate::domain::HV;
+use crate::pv;
 use crate::mm::guest;
 use microvisor_core::insn;
 
@@ -13,42 +14,87 @@ const NAMES: [&str; 32] = [
     "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
 ];
 
+/// Vectors whose exception pushes an error code.
+fn has_error_code(v: u64) -> bool {
+    matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
 /// Called by every IDT stub.
 pub extern "C" fn on_trap(frame: &mut TrapFrame) {
     if !frame.from_guest() {
         hypervisor_fault(frame);
     }
     let v = frame.vector;
-    if (32..256).contains(&v) {
-        // No device interrupts are routed yet; ignore strays.
+    if v == 2 || (32..256).contains(&v) {
+        // NMIs and stray interrupts: no device interrupts are routed yet.
         return;
     }
+    if v == 8 || v == 18 {
+        hypervisor_fault(frame);
+    }
     let mut hv = HV.lock();
-    let cur = hv.current;
-    let cr3 = hv.domains[cur].cr3;
-    let mut why: heapless::String<160> = heapless::String::new();
-    use core::fmt::Write;
+    guest_exception(&mut hv, frame);
+    pv::deliver_events(&mut hv, frame);
+}
+
+fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
+    let v = frame.vector;
     if v == crate::arch::entry::SYSCALL32_VECTOR {
-        let _ = write!(why, "32-bit syscall at rip {:#x}", frame.rip);
-    } else {
-        let name = NAMES.get(v as usize).copied().unwrap_or("?");
-        let mut bytes = [0u8; 15];
-        let n = (0..bytes.len()).take_while(|&i| guest::copy_from(cr3, frame.rip + i as u64, &mut bytes[i..i + 1]).is_ok()).count();
-        let what = insn::decode(&bytes[..n]);
-        match (v, what) {
-            (13, w) if w != insn::Privileged::Other => {
-                let _ = write!(why, "privileged instruction {} at rip {:#x} ({name})", w.mnemonic(), frame.rip);
+        let rip = frame.rip;
+        return pv::kill(hv, frame, format_args!("32-bit syscall at rip {rip:#x}"));
+    }
+    let name = NAMES.get(v as usize).copied().unwrap_or("?");
+    match v {
+        13 => {
+            if let Some(n) = pv::soft_int_vector(hv, frame) {
+                // `int n`: allowed when the guest's trap table grants it
+                // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
+                let t = hv.domains[hv.current].pv.traps[n as usize];
+                if t.address != 0 && t.flags & 3 != 0 {
+                    frame.rip = frame.rip.wrapping_add(2);
+                    let _ = pv::bounce(hv, frame, t.address, None, t.flags & 4 != 0, "a software interrupt");
+                    return;
+                }
+                let rip = frame.rip;
+                return pv::deliver_exception(hv, frame, 13, Some(((n as u64) << 3) | 2), format_args!("int ${n:#x} at rip {rip:#x} (#GP)"));
             }
-            (14, _) => {
-                let _ = write!(why, "unhandled page fault ({name}) at rip {:#x}, address {:#x}, error {:#x}", frame.rip, cpu::cr2(), frame.error_code);
-            }
-            _ => {
-                let _ = write!(why, "unhandled exception {name} at rip {:#x}, error {:#x}", frame.rip, frame.error_code);
+            match pv::emulate_gp(hv, frame) {
+                pv::Emulated::Done | pv::Emulated::Switched => {}
+                pv::Emulated::NotEmulated => {
+                    let cr3 = hv.domains[hv.current].cr3;
+                    let mut bytes = [0u8; 15];
+                    let n = (0..bytes.len()).take_while(|&i| guest::copy_from(cr3, frame.rip + i as u64, &mut bytes[i..i + 1]).is_ok()).count();
+                    let what = insn::decode(&bytes[..n]);
+                    let rip = frame.rip;
+                    let err = frame.error_code;
+                    if what != insn::Privileged::Other {
+                        pv::deliver_exception(hv, frame, 13, Some(err), format_args!("privileged instruction {} at rip {rip:#x} ({name})", what.mnemonic()));
+                    } else {
+                        pv::deliver_exception(hv, frame, 13, Some(err), format_args!("unhandled exception {name} at rip {rip:#x}, error {err:#x}"));
+                    }
+                }
             }
         }
+        6 => {
+            if !pv::emulate_ud(hv, frame) {
+                let rip = frame.rip;
+                pv::deliver_exception(hv, frame, 6, None, format_args!("unhandled exception {name} at rip {rip:#x}, error 0x0"));
+            }
+        }
+        14 => {
+            let cr2 = cpu::cr2();
+            hv.domains[hv.current].set_cr2(cr2);
+            // From guest kernel mode the user bit is cleared, as on Xen.
+            let err = frame.error_code & !4;
+            let rip = frame.rip;
+            pv::deliver_exception(hv, frame, 14, Some(err), format_args!("unhandled page fault ({name}) at rip {rip:#x}, address {cr2:#x}, error {err:#x}"));
+        }
+        _ => {
+            let err = has_error_code(v).then_some(frame.error_code);
+            let rip = frame.rip;
+            pv::deliver_exception(hv, frame, v as u8, err, format_args!("unhandled exception {name} at rip {rip:#x}, error {:#x}", err.unwrap_or(0)));
+        }
     }
-    hv.end(cur, End::Killed, &why);
-    crate::sched::reschedule(&mut hv, frame);
 }
 
 fn hypervisor_fault(f: &TrapFrame) -> ! {

@@ -25,6 +25,7 @@ pub mod console;
 pub mod heap;
 pub mod rt;
 pub mod test;
+pub mod traps;
 
 pub use guest_abi::start_info::StartInfo;
 pub use rt::{shutdown, start_info};

@@ -80,6 +80,18 @@ pub fn qemu_exit(success: bool) -> ! {
     halt_forever()
 }
 
+/// Sets the FS base the guest runs with (the hypervisor never uses FS).
+pub fn set_fs_base(base: u64) {
+    // SAFETY: the hypervisor does not use FS; callers pass canonical values.
+    unsafe { wrmsr(0xC000_0100, base) }
+}
+
+/// Sets the GS base the guest runs with (the hypervisor never uses GS).
+pub fn set_gs_base(base: u64) {
+    // SAFETY: the hypervisor does not use GS; callers pass canonical values.
+    unsafe { wrmsr(0xC000_0101, base) }
+}
+
 pub const MSR_STAR: u32 = 0xC000_0081;
 pub const MSR_LSTAR: u32 = 0xC000_0082;
 pub const MSR_CSTAR: u32 = 0xC000_0083;

@@ -106,6 +106,20 @@ pub fn read_u64(pa: u64) -> u64 {
     unsafe { core::ptr::read_volatile(ptr(pa) as *const u64) }
 }
 
+/// Reads a byte of physical memory (volatile: guests may change it).
+pub fn read_u8(pa: u64) -> u8 {
+    check(pa, 1);
+    // SAFETY: inside RAM (checked).
+    unsafe { core::ptr::read_volatile(ptr(pa)) }
+}
+
+/// Writes a byte of physical memory.
+pub fn write_u8(pa: u64, v: u8) {
+    check(pa, 1);
+    // SAFETY: inside RAM (checked).
+    unsafe { core::ptr::write_volatile(ptr(pa), v) }
+}
+
 /// Writes an aligned u64 to physical memory.
 pub fn write_u64(pa: u64, v: u64) {
     check(pa, 8);

@@ -4,6 +4,8 @@
 //! `unsafe` is here.
 
 use core::arch::global_asm;
+
+pub mod traps;
 use guest_abi::start_info::StartInfo;
 
 /// Size of the boot stack the entry point switches to.

@@ -20,7 +20,7 @@ fn main(si: &'static StartInfo) {
             "mov-cr3" => asm!("mov cr3, {0}", in(reg) 0x1000u64),
             "in" => asm!("in al, 0x60", out("al") _),
             "out" => asm!("out 0x80, al", in("al") 0u8),
-            "wrmsr" => asm!("wrmsr", in("ecx") 0xC000_0100u32, in("eax") 0u32, in("edx") 0u32),
+            "wrmsr" => asm!("wrmsr", in("ecx") 0x10u32, in("eax") 0u32, in("edx") 0u32),
             "lgdt" => {
                 let d = [0u8; 10];
                 asm!("lgdt [{}]", in(reg) d.as_ptr())

@@ -1,0 +1,481 @@
+//! Paravirtual CPU mechanics, Xen's x86_64 PV way: the virtual IDT
+//! (set_trap_table), callbacks, kernel stack (stack_switch), bounce frames
+//! that deliver exceptions and event upcalls to the guest kernel, the iret
+//! hypercall, and emulation of the privileged instructions a PV kernel may
+//! use (cli/sti as the virtual interrupt flag, hlt as block, control-register
+//! reads, FS/GS base MSRs, forced-emulation CPUID). Every guest value is
+//! checked; a frame that cannot be written or an impossible return kills the
+//! domain, never the hypervisor.
+
+use crate::arch::desc::{GUEST_CS64, GUEST_DS};
+use crate::arch::entry::TrapFrame;
+use crate::domain::{Callback, End, Hv, RunState, TrapEntry};
+use crate::mm::guest;
+use core::fmt::Write;
+use guest_abi::errno::Errno;
+
+/// RFLAGS bits.
+const IF: u64 = 1 << 9;
+const TF: u64 = 1 << 8;
+const NT: u64 = 1 << 14;
+const RF: u64 = 1 << 16;
+const VM: u64 = 1 << 17;
+const AC: u64 = 1 << 18;
+const IOPL: u64 = 3 << 12;
+/// Flags a guest may set through iret (arithmetic, DF, TF, AC, ID, ...).
+const GUEST_FLAGS: u64 = 0x0025_4fd5 & !IOPL & !IF;
+
+const HV_START: u64 = 0xFFFF_8000_0000_0000;
+const HV_END: u64 = 0xFFFF_8800_0000_0000;
+
+/// True for an address a guest may run code or keep a stack at.
+pub fn guest_addr_ok(va: u64) -> bool {
+    let canonical = (va >> 47) == 0 || (va >> 47) == 0x1_ffff;
+    canonical && !(HV_START..HV_END).contains(&va)
+}
+
+/// Accepts Xen's flat kernel code selector in either RPL form.
+fn kernel_cs_ok(cs: u16) -> bool {
+    cs & !3 == GUEST_CS64 & !3
+}
+
+// ---- hypercalls ---------------------------------------------------------
+
+/// set_trap_table: updates the vectors listed (array ended by address 0);
+/// a NULL array clears the table.
+pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    let cr3 = hv.domains[cur].cr3;
+    if table == 0 {
+        hv.domains[cur].pv.traps = [TrapEntry::default(); 256];
+        return Ok(0);
+    }
+    for i in 0..(1u64 << 16) {
+        let mut e = [0u8; 16];
+        let va = table.checked_add(i * 16).ok_or(Errno::EFAULT)?;
+        guest::copy_from(cr3, va, &mut e).map_err(|_| Errno::EFAULT)?;
+        let vector = e[0] as usize;
+        let flags = e[1];
+        let cs = u16::from_le_bytes([e[2], e[3]]);
+        let address = u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]);
+        if address == 0 {
+            return Ok(0);
+        }
+        if !kernel_cs_ok(cs) || !guest_addr_ok(address) {
+            return Err(Errno::EPERM);
+        }
+        hv.domains[cur].pv.traps[vector] = TrapEntry { address, flags };
+    }
+    Err(Errno::E2BIG)
+}
+
+fn check_callback(address: u64) -> Result<(), Errno> {
+    if guest_addr_ok(address) { Ok(()) } else { Err(Errno::EINVAL) }
+}
+
+/// set_callbacks(event, failsafe, syscall).
+pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Result<u64, Errno> {
+    for a in [event, failsafe, syscall] {
+        check_callback(a)?;
+    }
+    let pv = &mut hv.domains[hv.current].pv;
+    pv.event = Callback { address: event, mask_events: true };
+    pv.failsafe = Callback { address: failsafe, mask_events: true };
+    pv.syscall = Callback { address: syscall, mask_events: false };
+    Ok(0)
+}
+
+/// callback_op(register | unregister, struct callback_register/unregister).
+pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    let cr3 = hv.domains[cur].cr3;
+    let mut b = [0u8; 16];
+    let len = if cmd == 0 { 16 } else { 4 };
+    guest::copy_from(cr3, arg, &mut b[..len]).map_err(|_| Errno::EFAULT)?;
+    let ty = u16::from_le_bytes([b[0], b[1]]);
+    let flags = u16::from_le_bytes([b[2], b[3]]);
+    let address = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    let pv = &mut hv.domains[cur].pv;
+    match cmd {
+        0 => {
+            check_callback(address)?;
+            let cb = Callback { address, mask_events: flags & 1 != 0 };
+            match ty {
+                0 => pv.event = Callback { mask_events: true, ..cb },
+                1 => pv.failsafe = cb,
+                2 => pv.syscall = cb,
+                // 32-bit entry points (sysenter, syscall32) and NMI: accepted
+                // but never delivered to a 64-bit guest.
+                3 | 4 | 5 | 7 => {}
+                _ => return Err(Errno::EINVAL),
+            }
+            Ok(0)
+        }
+        1 => {
+            match ty {
+                0 => pv.event = Callback::default(),
+                1 => pv.failsafe = Callback::default(),
+                2 => pv.syscall = Callback::default(),
+                3 | 4 | 5 | 7 => {}
+                _ => return Err(Errno::EINVAL),
+            }
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// stack_switch(ss, sp): the kernel stack for bounces from guest user mode.
+pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
+    if (ss as u16) & !3 != GUEST_DS & !3 || ss > 0xffff {
+        return Err(Errno::EPERM);
+    }
+    let pv = &mut hv.domains[hv.current].pv;
+    pv.kernel_ss = GUEST_DS;
+    pv.kernel_sp = sp;
+    Ok(0)
+}
+
+/// fpu_taskswitch(set): the virtual CR0.TS.
+pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
+    hv.domains[hv.current].pv.virtual_ts = set != 0;
+    Ok(0)
+}
+
+/// Sets FS (0), user GS (1) or kernel GS (2) base of the running vCPU.
+fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
+    if (base >> 47) != 0 && (base >> 47) != 0x1_ffff {
+        return Err(Errno::EINVAL);
+    }
+    let pv = &mut hv.domains[hv.current].pv;
+    match which {
+        0 => pv.fs_base = base,
+        1 => pv.gs_base_user = base,
+        2 => pv.gs_base_kernel = base,
+        _ => return Err(Errno::EINVAL),
+    }
+    load_segment_bases(pv);
+    Ok(0)
+}
+
+/// set_segment_base(which, base): FS, GS_USER, GS_KERNEL; non-canonical
+/// bases are refused (XSA-193).
+pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
+    set_segment_base_of(hv, which, base)
+}
+
+/// Loads a vCPU's FS and GS bases into the CPU (guest kernel mode).
+pub fn load_segment_bases(pv: &crate::domain::PvState) {
+    crate::arch::cpu::set_fs_base(pv.fs_base);
+    crate::arch::cpu::set_gs_base(pv.gs_base_kernel);
+}
+
+/// Kills the current domain with a reason and switches away.
+pub fn kill(hv: &mut Hv, frame: &mut TrapFrame, why: core::fmt::Arguments) {
+    let mut s: heapless::String<192> = heapless::String::new();
+    let _ = s.write_fmt(why);
+    let cur = hv.current;
+    hv.end(cur, End::Killed, &s);
+    crate::sched::reschedule(hv, frame);
+}
+
+/// The iret hypercall: the guest jumped to the iret stub with
+/// `[flags, rip, cs, rflags, rsp, ss]` on its stack; the stub pushed rcx,
+/// r11 and rax. Restores that context. Never returns an error value: a bad
+/// context kills the domain.
+pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
+    let cur = hv.current;
+    let cr3 = hv.domains[cur].cr3;
+    let mut b = [0u8; 72];
+    if guest::copy_from(cr3, frame.rsp, &mut b).is_err() {
+        let sp = frame.rsp;
+        return kill(hv, frame, format_args!("iret with an unreadable stack at {sp:#x}"));
+    }
+    let q = |i: usize| u64::from_le_bytes([b[i * 8], b[i * 8 + 1], b[i * 8 + 2], b[i * 8 + 3], b[i * 8 + 4], b[i * 8 + 5], b[i * 8 + 6], b[i * 8 + 7]]);
+    let (rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss) = (q(0), q(1), q(2), q(3), q(4), q(5), q(6), q(7), q(8));
+    if !guest_addr_ok(rip) {
+        return kill(hv, frame, format_args!("iret to a non-canonical or hypervisor rip {rip:#x}"));
+    }
+    if cs as u16 & 3 == 3 && cs as u16 & !3 == GUEST_CS64 & !3 {
+        return kill(hv, frame, format_args!("iret to guest user mode without a user page table"));
+    }
+    if !kernel_cs_ok(cs as u16) {
+        return kill(hv, frame, format_args!("iret to an invalid code selector {cs:#x}"));
+    }
+    let d = &hv.domains[cur];
+    d.set_upcall_mask(rflags & IF == 0);
+    frame.rax = rax;
+    if flags & (1 << 8) == 0 {
+        frame.r11 = r11;
+        frame.rcx = rcx;
+    } else {
+        // VGCF_in_syscall: return as sysret would (rcx = rip, r11 = rflags).
+        frame.rcx = rip;
+        frame.r11 = (rflags & GUEST_FLAGS) | IF | 2;
+    }
+    frame.rip = rip;
+    frame.cs = GUEST_CS64 as u64;
+    frame.rflags = (rflags & GUEST_FLAGS) | IF | 2;
+    frame.rsp = rsp;
+    frame.ss = GUEST_DS as u64;
+}
+
+// ---- bounces ------------------------------------------------------------
+
+/// Builds Xen's bounce frame on the guest kernel stack and redirects the
+/// vCPU to `handler`. Frame, low to high: rcx, r11, [error code], rip, cs
+/// (RPL 0 in kernel mode, saved upcall mask in bits 32-39), rflags (IF =
+/// virtual interrupt flag), rsp, ss. Returns false (after killing the
+/// domain) when the frame cannot be written.
+pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: &str) -> bool {
+    let cur = hv.current;
+    let d = &hv.domains[cur];
+    let cr3 = d.cr3;
+    let saved_mask = d.upcall_mask();
+    let sp = frame.rsp & !0xf;
+    let mut words = [0u64; 8];
+    let mut n = 0;
+    let mut push = |v: u64| {
+        words[n] = v;
+        n += 1;
+    };
+    push(frame.rcx);
+    push(frame.r11);
+    if let Some(e) = error {
+        push(e);
+    }
+    push(frame.rip);
+    push((frame.cs & !3 & 0xffff) | ((saved_mask as u64) << 32));
+    push((frame.rflags & !IF) | if saved_mask { 0 } else { IF });
+    push(frame.rsp);
+    push(frame.ss);
+    let bytes_len = n * 8;
+    let Some(new_sp) = sp.checked_sub(bytes_len as u64).filter(|&s| guest_addr_ok(s) && guest_addr_ok(sp.wrapping_sub(1))) else {
+        let sp = frame.rsp;
+        kill(hv, frame, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
+        return false;
+    };
+    let mut bytes = [0u8; 64];
+    for (i, w) in words[..n].iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    if guest::copy_to(cr3, new_sp, &bytes[..bytes_len]).is_err() {
+        kill(hv, frame, format_args!("cannot write the bounce frame for {what} at {new_sp:#x}"));
+        return false;
+    }
+    if mask_events {
+        d.set_upcall_mask(true);
+    }
+    frame.rip = handler;
+    frame.cs = GUEST_CS64 as u64;
+    frame.rsp = new_sp;
+    frame.ss = GUEST_DS as u64;
+    frame.rflags &= !(TF | NT | RF | VM | AC);
+    frame.rflags |= IF | 2;
+    true
+}
+
+/// Delivers exception `vector` to the guest's trap table entry, or kills
+/// the domain when it has none.
+pub fn deliver_exception(hv: &mut Hv, frame: &mut TrapFrame, vector: u8, error: Option<u64>, what: core::fmt::Arguments) {
+    let t = hv.domains[hv.current].pv.traps[vector as usize];
+    if t.address == 0 {
+        return kill(hv, frame, format_args!("{what} with no handler registered"));
+    }
+    let mut name: heapless::String<48> = heapless::String::new();
+    let _ = name.write_fmt(format_args!("vector {vector}"));
+    bounce(hv, frame, t.address, error, t.flags & 4 != 0, &name);
+}
+
+/// Before returning to a guest: delivers a pending event upcall when the
+/// virtual interrupt flag allows.
+pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
+    let cur = hv.current;
+    let Some(d) = hv.domains.get(cur) else { return };
+    if d.state != RunState::Runnable || !d.upcall_pending() || d.upcall_mask() {
+        return;
+    }
+    let cb = d.pv.event;
+    if cb.address == 0 {
+        return;
+    }
+    bounce(hv, frame, cb.address, None, cb.mask_events, "an event upcall");
+}
+
+// ---- emulation ----------------------------------------------------------
+
+/// Instruction bytes at the guest's rip (fewer if the page ends unmapped).
+fn fetch(cr3: u64, rip: u64, out: &mut [u8; 15]) -> usize {
+    (0..out.len()).take_while(|&i| guest::copy_from(cr3, rip.wrapping_add(i as u64), &mut out[i..i + 1]).is_ok()).count()
+}
+
+fn gpr(frame: &mut TrapFrame, n: u8) -> &mut u64 {
+    match n & 15 {
+        0 => &mut frame.rax,
+        1 => &mut frame.rcx,
+        2 => &mut frame.rdx,
+        3 => &mut frame.rbx,
+        4 => &mut frame.rsp,
+        5 => &mut frame.rbp,
+        6 => &mut frame.rsi,
+        7 => &mut frame.rdi,
+        8 => &mut frame.r8,
+        9 => &mut frame.r9,
+        10 => &mut frame.r10,
+        11 => &mut frame.r11,
+        12 => &mut frame.r12,
+        13 => &mut frame.r13,
+        14 => &mut frame.r14,
+        _ => &mut frame.r15,
+    }
+}
+
+/// The CPUID a PV guest sees: the host's, minus virtualization extensions
+/// and FSGSBASE, plus Xen's hypervisor leaves.
+fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    match leaf {
+        0x4000_0000 => (0x4000_0002, u32::from_le_bytes(*b"XenV"), u32::from_le_bytes(*b"MMXe"), u32::from_le_bytes(*b"nVMM")),
+        0x4000_0001 => ((crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32, 0, 0, 0),
+        0x4000_0002 => (1, 0x4000_0000, 0, 0),
+        0x4000_0003..=0x4000_00ff => (0, 0, 0, 0),
+        _ => {
+            let (a, mut b, mut c, d) = crate::arch::cpu::cpuid(leaf, sub);
+            match leaf {
+                1 => c = (c & !(1 << 5) & !(1 << 6)) | (1 << 31), // no VMX/SMX; hypervisor present
+                7 if sub == 0 => b &= !1,                         // no FSGSBASE
+                0x8000_0001 => c &= !(1 << 2),                    // no SVM
+                _ => {}
+            }
+            (a, b, c, d)
+        }
+    }
+}
+
+/// What emulation decided.
+pub enum Emulated {
+    /// Done; resume the guest.
+    Done,
+    /// Not an emulated instruction: deliver the fault to the guest.
+    NotEmulated,
+    /// The vCPU blocked (hlt) or the domain died: the frame was switched.
+    Switched,
+}
+
+/// #GP from guest kernel mode: emulates cli, sti, hlt, control-register
+/// reads and FS/GS base MSR accesses.
+pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
+    let cur = hv.current;
+    let cr3 = hv.domains[cur].cr3;
+    let mut b = [0u8; 15];
+    let n = fetch(cr3, frame.rip, &mut b);
+    let b = &b[..n];
+    let mut i = 0;
+    let mut rex = 0u8;
+    while let Some(&p) = b.get(i) {
+        if (0x40..=0x4f).contains(&p) {
+            rex = p;
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let rip = frame.rip;
+    let next = |len: usize| rip.wrapping_add((i + len) as u64);
+    match (b.get(i), b.get(i + 1), b.get(i + 2)) {
+        (Some(0xfa), _, _) => {
+            hv.domains[cur].set_upcall_mask(true);
+            frame.rip = next(1);
+            Emulated::Done
+        }
+        (Some(0xfb), _, _) => {
+            hv.domains[cur].set_upcall_mask(false);
+            frame.rip = next(1);
+            Emulated::Done
+        }
+        (Some(0xf4), _, _) => {
+            // hlt: block until an event (SCHEDOP_block semantics).
+            frame.rip = next(1);
+            let d = &hv.domains[cur];
+            d.set_upcall_mask(false);
+            if !d.upcall_pending() {
+                hv.domains[cur].state = RunState::Blocked;
+                crate::sched::reschedule(hv, frame);
+                return Emulated::Switched;
+            }
+            Emulated::Done
+        }
+        // mov %crN, reg
+        (Some(0x0f), Some(0x20), Some(&modrm)) if modrm >> 6 == 3 => {
+            let crn = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+            let val = match crn {
+                0 => 0x8005_003b | if hv.domains[cur].pv.virtual_ts { 8 } else { 0 },
+                2 => crate::mm::read_u64(hv.domains[cur].shared_info_mfn * crate::mm::PAGE + 16),
+                3 => cr3,
+                4 => 0x620, // PAE | OSFXSR | OSXMMEXCPT
+                _ => return Emulated::NotEmulated,
+            };
+            *gpr(frame, (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 }) = val;
+            frame.rip = next(3);
+            Emulated::Done
+        }
+        // rdmsr / wrmsr of the FS/GS bases.
+        (Some(0x0f), Some(0x32), _) => {
+            let pv = &hv.domains[cur].pv;
+            let v = match frame.rcx as u32 {
+                0xC000_0100 => pv.fs_base,
+                0xC000_0101 => pv.gs_base_kernel,
+                0xC000_0102 => pv.gs_base_user,
+                _ => return Emulated::NotEmulated,
+            };
+            frame.rax = v & 0xffff_ffff;
+            frame.rdx = v >> 32;
+            frame.rip = next(2);
+            Emulated::Done
+        }
+        (Some(0x0f), Some(0x30), _) => {
+            let v = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
+            let which = match frame.rcx as u32 {
+                0xC000_0100 => 0,
+                0xC000_0101 => 2,
+                0xC000_0102 => 1,
+                _ => return Emulated::NotEmulated,
+            };
+            // A non-canonical base is a #GP for the guest (XSA-193).
+            if set_segment_base_of(hv, which, v).is_err() {
+                return Emulated::NotEmulated;
+            }
+            frame.rip = next(2);
+            Emulated::Done
+        }
+        _ => Emulated::NotEmulated,
+    }
+}
+
+/// #UD from guest kernel mode: Xen's forced-emulation prefix
+/// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
+pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
+    let cr3 = hv.domains[hv.current].cr3;
+    let mut b = [0u8; 15];
+    let n = fetch(cr3, frame.rip, &mut b);
+    if n >= 7 && b[..7] == [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2] {
+        let (a, bx, c, d) = cpuid(frame.rax as u32, frame.rcx as u32);
+        frame.rax = a as u64;
+        frame.rbx = bx as u64;
+        frame.rcx = c as u64;
+        frame.rdx = d as u64;
+        frame.rip = frame.rip.wrapping_add(7);
+        true
+    } else {
+        false
+    }
+}
+
+/// For a #GP raised by `int n` from ring 3: the vector n when the bytes at
+/// rip are `CD n` (QEMU's TCG reports a different error code than hardware,
+/// so the instruction is decoded rather than the error code trusted).
+pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<u8> {
+    let cr3 = hv.domains[hv.current].cr3;
+    let mut b = [0u8; 2];
+    guest::copy_from(cr3, frame.rip, &mut b).ok()?;
+    (b[0] == 0xcd).then_some(b[1])
+}

@@ -1,0 +1,226 @@
+//! Exception entry for the guest kernel, Xen PV style: the hypervisor bounces
+//! an exception onto the kernel stack as `[rcx, r11, (error), rip, cs,
+//! rflags, rsp, ss]`; these stubs restore rcx/r11, save every register into a
+//! [`TrapFrame`], call Rust, and return through the iret hypercall stub. Also
+//! the recovery trampoline behind [`crate::traps::expect_fault`].
+
+use core::arch::global_asm;
+
+/// Registers of an interrupted context, as the stubs save them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(missing_docs)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    /// Exception vector (or 0x100 for an event upcall).
+    pub vector: u64,
+    /// Error code (0 when the exception has none).
+    pub error_code: u64,
+    pub rip: u64,
+    /// Code selector; bits 32-39 hold the event mask saved at the bounce.
+    pub cs: u64,
+    /// Flags; IF mirrors the virtual interrupt flag at the bounce.
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+global_asm!(
+    r#"
+    .macro pv_stub vec, err
+    .globl pv_trap_\vec
+pv_trap_\vec:
+    pop %rcx
+    pop %r11
+    .if \err == 0
+    pushq $0
+    .endif
+    pushq $\vec
+    jmp pv_trap_common
+    .endm
+
+    .text
+    pv_stub 0, 0
+    pv_stub 1, 0
+    pv_stub 3, 0
+    pv_stub 4, 0
+    pv_stub 5, 0
+    pv_stub 6, 0
+    pv_stub 7, 0
+    pv_stub 13, 1
+    pv_stub 14, 1
+    pv_stub 16, 0
+    pv_stub 17, 1
+    pv_stub 19, 0
+    pv_stub 0x80, 0
+    pv_stub 0x100, 0
+
+pv_trap_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    cld
+    mov %rsp, %rdi
+    mov %rsp, %rbx
+    and $-16, %rsp
+    call {handler}
+    mov %rbx, %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp
+    /* [rip, cs, rflags, rsp, ss]: push iret's flags word (0) and enter the
+       iret stub, which never returns. */
+    pushq $0
+    jmp hypercall_page + 23 * 32
+
+    .globl pv_try
+pv_try:
+    push %rbp
+    push %rbx
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, {recovery}(%rip)
+    mov %rdi, %rax
+    mov %rsi, %rdi
+    sub $8, %rsp
+    call *%rax
+    add $8, %rsp
+    xor %eax, %eax
+    jmp 1f
+    .globl pv_try_recover
+pv_try_recover:
+    mov {recovery}(%rip), %rsp
+    mov $1, %eax
+1:  movq $0, {recovery}(%rip)
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbx
+    pop %rbp
+    ret
+"#,
+    handler = sym crate::traps::dispatch,
+    recovery = sym RECOVERY_RSP,
+    options(att_syntax)
+);
+
+/// Stack pointer to resume at when a fault hits inside `pv_try`; 0 = none.
+#[unsafe(no_mangle)]
+static mut RECOVERY_RSP: u64 = 0;
+
+unsafe extern "C" {
+    fn pv_trap_0();
+    fn pv_trap_1();
+    fn pv_trap_3();
+    fn pv_trap_4();
+    fn pv_trap_5();
+    fn pv_trap_6();
+    fn pv_trap_7();
+    fn pv_trap_13();
+    fn pv_trap_14();
+    fn pv_trap_16();
+    fn pv_trap_17();
+    fn pv_trap_19();
+    fn pv_trap_0x80();
+    fn pv_trap_0x100();
+    fn pv_try(thunk: extern "C" fn(*mut u8), ctx: *mut u8) -> u64;
+    fn pv_try_recover();
+}
+
+/// Entry points of the exception stubs, by vector.
+pub fn stubs() -> [(u8, u64); 13] {
+    let a = |f: unsafe extern "C" fn()| f as *const () as u64;
+    [
+        (0, a(pv_trap_0)),
+        (1, a(pv_trap_1)),
+        (3, a(pv_trap_3)),
+        (4, a(pv_trap_4)),
+        (5, a(pv_trap_5)),
+        (6, a(pv_trap_6)),
+        (7, a(pv_trap_7)),
+        (13, a(pv_trap_13)),
+        (14, a(pv_trap_14)),
+        (16, a(pv_trap_16)),
+        (17, a(pv_trap_17)),
+        (19, a(pv_trap_19)),
+        (0x80, a(pv_trap_0x80)),
+    ]
+}
+
+/// Entry point of the event-upcall stub.
+pub fn event_stub() -> u64 {
+    pv_trap_0x100 as *const () as u64
+}
+
+/// Whether a fault now would be recovered by `try_call`.
+pub fn recovery_armed() -> bool {
+    // SAFETY: single-threaded guest; plain read of a word.
+    unsafe { *(&raw const RECOVERY_RSP) != 0 }
+}
+
+/// Redirects an interrupted context to the recovery point of `try_call`.
+pub fn redirect_to_recovery(frame: &mut TrapFrame) {
+    // SAFETY: single-threaded guest; plain read of a word.
+    frame.rsp = unsafe { *(&raw const RECOVERY_RSP) };
+    frame.rip = pv_try_recover as *const () as u64;
+}
+
+/// Runs `f`; returns true if it completed, false if a fault was recovered.
+pub fn try_call<F: FnOnce()>(f: F) -> bool {
+    extern "C" fn thunk<F: FnOnce()>(ctx: *mut u8) {
+        // SAFETY: `ctx` is the `Option<F>` below, alive for this call.
+        let slot = unsafe { &mut *(ctx as *mut Option<F>) };
+        if let Some(f) = slot.take() {
+            f();
+        }
+    }
+    let mut slot = Some(f);
+    // SAFETY: pv_try saves the callee-saved registers and stack pointer,
+    // calls the thunk, and on a recovered fault resumes with them restored;
+    // the closure's state lives in `slot` on this frame, which outlives the
+    // call. A closure interrupted by a fault is abandoned without unwinding
+    // (its destructors do not run).
+    unsafe { pv_try(thunk::<F>, (&raw mut slot) as *mut u8) == 0 }
+}
