@@ -91,6 +91,8 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     for v in 0..32u64 {
         mm::write_phys(shared_info_mfn * PAGE + v * 64 + 1, &[1]);
     }
+    crate::time::init_wallclock(shared_info_mfn);
+    crate::time::update_vcpu_time(shared_info_mfn);
 
     // Bootstrap page tables.
     let pt_first = pfn_of(layout.pt_start);
@@ -156,6 +158,17 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         shared_info_mfn,
         console: heapless::Vec::new(),
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
+        weight: spec.weight,
+        cap: spec.cap,
+        vruntime: 0,
+        period_used: 0,
+        last_start: 0,
+        runstate: crate::domain::Runstate { state: 1, ..Default::default() },
+        timer_deadline: 0,
+        periodic_ns: 0,
+        periodic_next: 0,
+        poll_ports: heapless::Vec::new(),
+        poll_deadline: 0,
     })
 }
 

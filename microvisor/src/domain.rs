@@ -92,6 +92,48 @@ pub struct Domain {
     pub console: heapless::Vec<u8, 256>,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
     pub pv: PvState,
+    /// Scheduler weight and cap (percent of one CPU, 0 = none).
+    pub weight: u16,
+    pub cap: u8,
+    /// Weighted virtual run time (ns * 256 / weight).
+    pub vruntime: u64,
+    /// Run time charged in the current cap period.
+    pub period_used: u64,
+    /// System time when the vCPU last started running.
+    pub last_start: u64,
+    /// Xen runstate accounting: state and entry time, time in each state.
+    pub runstate: Runstate,
+    /// One-shot timer deadline (system time, ns), 0 = none.
+    pub timer_deadline: u64,
+    /// Periodic timer period and next expiry, 0 = none.
+    pub periodic_ns: u64,
+    pub periodic_next: u64,
+    /// Ports a vCPU blocked in SCHEDOP_poll waits on (empty: not polling).
+    pub poll_ports: heapless::Vec<u32, 128>,
+    /// SCHEDOP_poll timeout (system time), 0 = none.
+    pub poll_deadline: u64,
+}
+
+/// Xen's vcpu_runstate_info, kept by the scheduler.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Runstate {
+    /// RUNSTATE_running 0, runnable 1, blocked 2, offline 3.
+    pub state: u32,
+    pub entry_time: u64,
+    pub time: [u64; 4],
+}
+
+impl Runstate {
+    /// Moves to `state` at system time `now`, charging the time spent in the
+    /// previous state.
+    pub fn enter(&mut self, state: u32, now: u64) {
+        let spent = now.saturating_sub(self.entry_time);
+        if let Some(t) = self.time.get_mut(self.state as usize) {
+            *t += spent;
+        }
+        self.state = state;
+        self.entry_time = now;
+    }
 }
 
 impl Domain {
@@ -127,13 +169,22 @@ impl Domain {
 pub struct Hv {
     pub domains: heapless::Vec<Domain, MAX_DOMAINS>,
     pub current: usize,
+    /// Event-channel tables, by domain index (= domain id).
+    pub channels: [microvisor_core::evtchn::Channels; MAX_DOMAINS],
+    /// Event delivery bits (each domain's shared info), by domain index.
+    pub bits: [crate::events::SharedBits; MAX_DOMAINS],
 }
 
 /// Id of the domain whose vCPU runs (`u32::MAX` before the first), kept
 /// outside the lock so a crash report can name it.
 pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
 
-pub static HV: Mutex<Hv> = Mutex::new(Hv { domains: heapless::Vec::new(), current: 0 });
+pub static HV: Mutex<Hv> = Mutex::new(Hv {
+    domains: heapless::Vec::new(),
+    current: 0,
+    channels: [const { microvisor_core::evtchn::Channels::new(1) }; MAX_DOMAINS],
+    bits: [crate::events::SharedBits { shared_info_pa: 0 }; MAX_DOMAINS],
+});
 
 /// The name Xen gives each shutdown reason.
 pub fn reason_name(r: u32) -> &'static str {
@@ -191,10 +242,14 @@ impl Hv {
             return;
         }
         d.state = RunState::Dead(end);
+        d.runstate.enter(3, crate::time::now_ns());
         match end {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),
             End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
         }
+        let id = d.id;
+        // Peers' ends of its channels become unbound.
+        microvisor_core::evtchn::close_all(self, id);
     }
 
     /// Prints the verdict and leaves QEMU: success only if every domain ended

@@ -8,7 +8,7 @@ use crate::arch::entry::TrapFrame;
 use crate::domain::{End, Hv, RunState, HV};
 use crate::mm::guest;
 use crate::pv;
-use crate::sched;
+use crate::sched::{self, Why};
 use guest_abi::errno::Errno;
 
 type HResult = Result<u64, Errno>;
@@ -40,7 +40,10 @@ fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),
+        15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
+        24 => vcpu_op(hv, a[0], a[1], a[2]),
+        32 => crate::events::event_channel_op(hv, a[0], a[1]),
         23 => {
             pv::iret(hv, frame);
             return Ok(None);
@@ -161,6 +164,82 @@ fn guest_abi_virt_start() -> u64 {
     0xFFFF_8000_0000_0000
 }
 
+/// set_timer_op(abs_ns): the one-shot timer; 0 cancels; a time already
+/// past fires at once.
+fn set_timer_op(hv: &mut Hv, deadline: u64) -> HResult {
+    let cur = hv.current;
+    hv.domains[cur].timer_deadline = deadline;
+    if deadline != 0 && deadline <= crate::time::now_ns() {
+        hv.domains[cur].timer_deadline = 0;
+        crate::events::raise_virq(hv, cur, guest_abi::event_channel::VIRQ_TIMER);
+    }
+    Ok(0)
+}
+
+/// vcpu_op(cmd, vcpu, arg) for the single vCPU 0.
+#[inline(never)]
+fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
+    if vcpu != 0 {
+        return Err(Errno::ENOENT);
+    }
+    let cur = hv.current;
+    let cr3 = cr3(hv);
+    let now = crate::time::now_ns();
+    match cmd {
+        // VCPUOP_up of the running vCPU, VCPUOP_is_up.
+        1 => Ok(0),
+        3 => Ok(1),
+        // VCPUOP_get_runstate_info
+        4 => {
+            let rs = hv.domains[cur].runstate;
+            let mut time = rs.time;
+            if let Some(t) = time.get_mut(rs.state as usize) {
+                *t += now.saturating_sub(rs.entry_time);
+            }
+            let mut b = [0u8; 48];
+            b[..4].copy_from_slice(&rs.state.to_le_bytes());
+            b[8..16].copy_from_slice(&rs.entry_time.to_le_bytes());
+            for (i, t) in time.iter().enumerate() {
+                b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
+            }
+            put(hv, arg, &b)
+        }
+        // VCPUOP_set_periodic_timer: at least 1 ms, as Xen requires.
+        6 => {
+            let mut b = [0u8; 8];
+            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let period = u64::from_le_bytes(b);
+            if period < 1_000_000 {
+                return Err(Errno::EINVAL);
+            }
+            let d = &mut hv.domains[cur];
+            d.periodic_ns = period;
+            d.periodic_next = now + period;
+            Ok(0)
+        }
+        7 => {
+            hv.domains[cur].periodic_ns = 0;
+            Ok(0)
+        }
+        // VCPUOP_set_singleshot_timer {timeout_abs_ns, flags}
+        8 => {
+            let mut b = [0u8; 12];
+            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let deadline = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            let flags = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+            if flags & 1 != 0 && deadline < now {
+                return Err(Errno::ETIME);
+            }
+            set_timer_op(hv, deadline.max(1))
+        }
+        9 => {
+            hv.domains[cur].timer_deadline = 0;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
 #[inline(never)]
 fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Option<u64>, Errno> {
     let cur = hv.current;
@@ -168,15 +247,21 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
         // SCHEDOP_yield
         0 => {
             frame.rax = 0;
-            sched::reschedule(hv, frame);
+            sched::reschedule(hv, frame, Why::Yield);
             Ok(None)
         }
-        // SCHEDOP_block: nothing can deliver an event yet, so a blocked
-        // domain sleeps until the deadlock check ends the run.
+        // SCHEDOP_block: re-enables event delivery and blocks unless an event
+        // is already pending, atomically with respect to event delivery (no
+        // lost wake-up: the hypervisor runs with interrupts off).
         1 => {
             frame.rax = 0;
+            let d = &hv.domains[cur];
+            d.set_upcall_mask(false);
+            if d.upcall_pending() {
+                return Ok(Some(0));
+            }
             hv.domains[cur].state = RunState::Blocked;
-            sched::reschedule(hv, frame);
+            sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }
         // SCHEDOP_shutdown
@@ -188,8 +273,64 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 return Err(Errno::EINVAL);
             }
             hv.end(cur, End::Shutdown(reason), "");
-            sched::reschedule(hv, frame);
+            sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
+        }
+        // SCHEDOP_poll {ports, nr_ports, timeout}
+        3 => {
+            let mut b = [0u8; 24];
+            guest::copy_from(cr3(hv), arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let ports_va = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            let nr = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
+            let timeout = u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]);
+            if nr > microvisor_core::evtchn::POLL_MAX_PORTS {
+                return Err(Errno::EINVAL);
+            }
+            let mut raw = [0u8; 4 * microvisor_core::evtchn::POLL_MAX_PORTS];
+            guest::copy_from(cr3(hv), ports_va, &mut raw[..nr * 4]).map_err(|_| Errno::EFAULT)?;
+            let mut ports = [0u32; microvisor_core::evtchn::POLL_MAX_PORTS];
+            for (i, p) in ports.iter_mut().enumerate().take(nr) {
+                *p = u32::from_le_bytes([raw[i * 4], raw[i * 4 + 1], raw[i * 4 + 2], raw[i * 4 + 3]]);
+            }
+            let me = hv.domains[cur].id;
+            if microvisor_core::evtchn::any_pending(hv, me, &ports[..nr])? {
+                return Ok(Some(0));
+            }
+            if timeout != 0 && timeout <= crate::time::now_ns() {
+                return Ok(Some(0));
+            }
+            frame.rax = 0;
+            let d = &mut hv.domains[cur];
+            d.poll_ports.clear();
+            for &p in &ports[..nr] {
+                let _ = d.poll_ports.push(p);
+            }
+            d.poll_deadline = timeout;
+            d.state = RunState::Blocked;
+            sched::reschedule(hv, frame, Why::Leave);
+            Ok(None)
+        }
+        // SCHEDOP_remote_shutdown {domain_id, reason}: privileged only.
+        4 => {
+            if !hv.domains[cur].privileged {
+                return Err(Errno::EPERM);
+            }
+            let mut b = [0u8; 8];
+            guest::copy_from(cr3(hv), arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let target = u16::from_le_bytes([b[0], b[1]]) as usize;
+            let reason = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            if reason > 5 {
+                return Err(Errno::EINVAL);
+            }
+            if !hv.domains.get(target).is_some_and(|d| d.is_live()) {
+                return Err(Errno::ESRCH);
+            }
+            hv.end(target, End::Shutdown(reason), "");
+            if target == cur {
+                sched::reschedule(hv, frame, Why::Leave);
+                return Ok(None);
+            }
+            Ok(Some(0))
         }
         _ => Err(Errno::ENOSYS),
     }

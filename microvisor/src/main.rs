@@ -9,11 +9,13 @@
 mod arch;
 mod build;
 mod domain;
+mod events;
 mod hypercall;
 mod log;
 mod mm;
 mod pv;
 mod sched;
+mod time;
 mod trap;
 
 use arch::cpu;
@@ -135,6 +137,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     mm::paging::init(nr_frames * mm::PAGE);
     arch::desc::init();
     enable_protections();
+    arch::apic::init();
+    time::init();
 
     hypercall::FAULT_SELFTEST.store(selftest("pagefault"), core::sync::atomic::Ordering::Relaxed);
     if selftest("panic") {
@@ -162,6 +166,9 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             };
             match build::build(i as u16, spec, image) {
                 Ok(d) => {
+                    let idx = hv.domains.len();
+                    hv.bits[idx] = events::SharedBits { shared_info_pa: d.shared_info_mfn * mm::PAGE };
+                    hv.channels[idx].reinit(1);
                     if hv.domains.push(d).is_err() {
                         boot_fail(format_args!("too many domains"));
                     }
@@ -188,6 +195,8 @@ fn enable_protections() {
     arch::port::outb(0x21, 0xff);
     arch::port::outb(0xa1, 0xff);
     info!("cpu protections:{}", if on.is_empty() { " none available" } else { on.as_str() });
+    let (_, _, ecx1, edx1) = cpu::cpuid(1, 0);
+    info!("cpu: x2apic {} tsc {} apic {} tsc-deadline {}", ecx1 >> 21 & 1, edx1 >> 4 & 1, edx1 >> 9 & 1, ecx1 >> 24 & 1);
 }
 
 /// A boot-time error in the bundle or a domain: one clear line, failing exit.

@@ -176,7 +176,7 @@ pub fn kill(hv: &mut Hv, frame: &mut TrapFrame, why: core::fmt::Arguments) {
     let _ = s.write_fmt(why);
     let cur = hv.current;
     hv.end(cur, End::Killed, &s);
-    crate::sched::reschedule(hv, frame);
+    crate::sched::reschedule(hv, frame, crate::sched::Why::Leave);
 }
 
 /// The iret hypercall: the guest jumped to the iret stub with
@@ -399,7 +399,7 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
             d.set_upcall_mask(false);
             if !d.upcall_pending() {
                 hv.domains[cur].state = RunState::Blocked;
-                crate::sched::reschedule(hv, frame);
+                crate::sched::reschedule(hv, frame, crate::sched::Why::Leave);
                 return Emulated::Switched;
             }
             Emulated::Done

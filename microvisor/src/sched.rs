@@ -1,39 +1,211 @@
-//! Round-robin scheduling of domain vCPUs on the one physical CPU, switching
-//! at yield, block, shutdown and death (timer preemption comes with the
-//! interrupt work). Owns the context switch: saving the running vCPU's frame
-//! and loading the next one's, and CR3. Never runs a dead domain.
+//! Scheduling domain vCPUs on the one physical CPU: a weighted fair
+//! scheduler (credit-like: each vCPU's virtual run time advances by real run
+//! time × 256 / weight, and the runnable vCPU furthest behind runs next),
+//! with per-domain caps, preemption on the APIC timer tick, guest timers
+//! (one-shot and periodic, raising VIRQ_TIMER), runstate accounting and an
+//! idle loop (hlt) when every vCPU is blocked. Owns the context switch: the
+//! saved frame, CR3 and segment bases. Never runs a dead domain.
 
-use crate::arch::{cpu, entry::TrapFrame};
-use crate::domain::{Hv, RunState};
+use crate::arch::{apic, cpu, entry::TrapFrame};
+use crate::domain::{End, Hv, RunState};
 
-/// Switches away from the current domain (which has already been marked
-/// blocked, dead or left runnable for a yield) to the next runnable one,
-/// rewriting `frame` in place. Ends the run when no domain is live; reports
-/// a deadlock when every live domain is blocked with nothing to wake it.
-pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame) {
-    let n = hv.domains.len();
+/// Scheduler tick: 1 ms.
+pub const TICK_NS: u64 = 1_000_000;
+/// A vCPU runs at least this long before a tick preempts it for another.
+const MIN_SLICE_NS: u64 = 1_000_000;
+/// Caps are enforced over periods of this length.
+const CAP_PERIOD_NS: u64 = 10_000_000;
+
+static mut CAP_PERIOD_START: u64 = 0;
+
+/// How the current vCPU leaves the CPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// SCHEDOP_yield: let any other runnable vCPU go first.
+    Yield,
+    /// Blocked or dead: pick another.
+    Leave,
+    /// Tick or wakeup: run whoever is furthest behind.
+    Preempt,
+}
+
+/// Charges the running vCPU for the time since it last started.
+fn account(hv: &mut Hv, now: u64) {
     let cur = hv.current;
-    if let Some(d) = hv.domains.get_mut(cur)
-        && d.is_live()
-    {
-        d.frame = *frame;
+    let Some(d) = hv.domains.get_mut(cur) else { return };
+    if d.runstate.state != 0 {
+        return;
     }
-    let next = (1..=n).map(|k| (cur + k) % n).find(|&i| hv.domains.get(i).is_some_and(|d| d.state == RunState::Runnable));
-    let Some(next) = next else {
-        if hv.domains.iter().any(|d| d.is_live()) {
-            crate::error!("every live domain is blocked and nothing can wake it: ending the run");
-            for i in 0..n {
-                if hv.domains[i].is_live() {
-                    hv.end(i, crate::domain::End::Killed, "blocked forever (deadlock)");
-                }
+    let ran = now.saturating_sub(d.last_start);
+    d.vruntime += ran * 256 / d.weight.max(1) as u64;
+    d.period_used += ran;
+    d.last_start = now;
+}
+
+fn capped(d: &crate::domain::Domain) -> bool {
+    d.cap != 0 && d.period_used * 100 >= CAP_PERIOD_NS * d.cap as u64
+}
+
+/// Starts a new cap period when the old one is over.
+fn cap_period(hv: &mut Hv, now: u64) {
+    // SAFETY-free static access: single CPU, called with the domain lock held.
+    let start = unsafe { *(&raw const CAP_PERIOD_START) };
+    if now.saturating_sub(start) >= CAP_PERIOD_NS {
+        for d in hv.domains.iter_mut() {
+            d.period_used = 0;
+        }
+        // SAFETY: single CPU, domain lock held.
+        unsafe { *(&raw mut CAP_PERIOD_START) = now };
+    }
+}
+
+/// Makes a blocked vCPU runnable. Its virtual run time is pulled up to
+/// within one slice of the others', so a long sleep earns no burst.
+pub fn wake(hv: &mut Hv, i: usize) {
+    let floor = hv
+        .domains
+        .iter()
+        .enumerate()
+        .filter(|&(j, d)| j != i && d.state == RunState::Runnable)
+        .map(|(_, d)| d.vruntime)
+        .min();
+    let Some(d) = hv.domains.get_mut(i) else { return };
+    if d.state != RunState::Blocked {
+        return;
+    }
+    d.state = RunState::Runnable;
+    d.poll_ports.clear();
+    d.poll_deadline = 0;
+    if let Some(f) = floor {
+        d.vruntime = d.vruntime.max(f.saturating_sub(MIN_SLICE_NS * 256 / d.weight.max(1) as u64));
+    }
+    let now = crate::time::now_ns();
+    d.runstate.enter(1, now);
+}
+
+/// Fires expired guest timers (VIRQ_TIMER) and poll timeouts.
+pub fn fire_timers(hv: &mut Hv, now: u64) {
+    for i in 0..hv.domains.len() {
+        let d = &mut hv.domains[i];
+        if !d.is_live() {
+            continue;
+        }
+        let mut fire = false;
+        if d.timer_deadline != 0 && d.timer_deadline <= now {
+            d.timer_deadline = 0;
+            fire = true;
+        }
+        if d.periodic_ns != 0 && d.periodic_next <= now {
+            let behind = (now - d.periodic_next) / d.periodic_ns + 1;
+            d.periodic_next += behind * d.periodic_ns;
+            fire = true;
+        }
+        if d.poll_deadline != 0 && d.poll_deadline <= now {
+            // A SCHEDOP_poll timeout: wake without an event.
+            d.poll_deadline = 0;
+            if d.state == RunState::Blocked {
+                wake(hv, i);
             }
         }
-        hv.finish();
+        if fire {
+            crate::events::raise_virq(hv, i, guest_abi::event_channel::VIRQ_TIMER);
+        }
+    }
+}
+
+fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
+    let n = hv.domains.len();
+    let cur = hv.current;
+    (1..=n)
+        .map(|k| (cur + k) % n)
+        .filter(|&i| Some(i) != exclude)
+        .filter(|&i| hv.domains[i].state == RunState::Runnable && !capped(&hv.domains[i]))
+        .min_by_key(|&i| hv.domains[i].vruntime)
+}
+
+fn earliest_timer(hv: &Hv) -> Option<u64> {
+    hv.domains
+        .iter()
+        .filter(|d| d.is_live())
+        .flat_map(|d| [d.timer_deadline, d.poll_deadline, if d.periodic_ns != 0 { d.periodic_next } else { 0 }])
+        .filter(|&t| t != 0)
+        .min()
+}
+
+/// Switches the CPU from the current vCPU to the next one to run, rewriting
+/// `frame` in place. Idles while only timers can make progress; ends the run
+/// when no domain is live, or when every live one is blocked with nothing
+/// that could wake it.
+pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
+    let mut now = crate::time::now_ns();
+    account(hv, now);
+    let cur = hv.current;
+    let cur_live = hv.domains.get(cur).is_some_and(|d| d.is_live());
+    if cur_live {
+        hv.domains[cur].frame = *frame;
+    }
+    let next = loop {
+        cap_period(hv, now);
+        fire_timers(hv, now);
+        let still_runnable = hv.domains.get(cur).is_some_and(|d| d.state == RunState::Runnable && !capped(d));
+        let choice = match why {
+            Why::Yield => pick(hv, Some(cur)).or(still_runnable.then_some(cur)),
+            Why::Leave => pick(hv, None),
+            Why::Preempt => {
+                let other = pick(hv, Some(cur));
+                match other {
+                    Some(o) if still_runnable && hv.domains[o].vruntime + MIN_SLICE_NS * 256 / hv.domains[o].weight.max(1) as u64 > hv.domains[cur].vruntime => Some(cur),
+                    Some(o) => Some(o),
+                    None => still_runnable.then_some(cur),
+                }
+            }
+        };
+        if let Some(n) = choice {
+            break n;
+        }
+        let any_live = hv.domains.iter().any(|d| d.is_live());
+        let capped_waiting = hv.domains.iter().any(|d| d.state == RunState::Runnable);
+        if !any_live {
+            hv.finish();
+        }
+        if earliest_timer(hv).is_none() && !capped_waiting {
+            crate::error!("every live domain is blocked and nothing can wake it: ending the run");
+            for i in 0..hv.domains.len() {
+                if hv.domains[i].is_live() {
+                    hv.end(i, End::Killed, "blocked forever (deadlock)");
+                }
+            }
+            hv.finish();
+        }
+        // Idle until the next tick.
+        if let Some(d) = hv.domains.get_mut(cur)
+            && d.runstate.state == 0
+        {
+            d.runstate.enter(if d.state == RunState::Blocked { 2 } else { 1 }, now);
+        }
+        cpu::idle_wait();
+        now = crate::time::now_ns();
     };
+    switch_to(hv, cur, next, now, frame);
+}
+
+fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFrame) {
+    if let Some(d) = hv.domains.get_mut(cur)
+        && d.is_live()
+        && next != cur
+    {
+        let st = if d.state == RunState::Blocked { 2 } else { 1 };
+        d.runstate.enter(st, now);
+    }
     hv.current = next;
-    let d = &hv.domains[next];
+    let d = &mut hv.domains[next];
     crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
+    if d.runstate.state != 0 {
+        d.runstate.enter(0, now);
+    }
+    d.last_start = now;
     *frame = d.frame;
+    crate::time::update_vcpu_time(d.shared_info_mfn);
     if next != cur {
         crate::pv::load_segment_bases(&d.pv);
     }
@@ -44,16 +216,36 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame) {
     }
 }
 
+/// The APIC timer fired while a guest ran: account, fire timers, preempt.
+pub fn on_tick(hv: &mut Hv, frame: &mut TrapFrame) {
+    apic::eoi();
+    let now = crate::time::now_ns();
+    account(hv, now);
+    cap_period(hv, now);
+    fire_timers(hv, now);
+    reschedule(hv, frame, Why::Preempt);
+}
+
 /// Enters the first runnable domain; never returns.
 pub fn start() -> ! {
     let (frame, cr3) = {
         let mut hv = crate::domain::HV.lock();
         let Some(first) = hv.domains.iter().position(|d| d.state == RunState::Runnable) else { hv.finish() };
+        let now = crate::time::now_ns();
+        for d in hv.domains.iter_mut() {
+            d.runstate.entry_time = now;
+        }
         hv.current = first;
-        crate::domain::CURRENT.store(hv.domains[first].id as u32, core::sync::atomic::Ordering::Relaxed);
-        (hv.domains[first].frame, hv.domains[first].cr3)
+        let d = &mut hv.domains[first];
+        d.runstate.enter(0, now);
+        d.last_start = now;
+        crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
+        crate::time::update_vcpu_time(d.shared_info_mfn);
+        crate::pv::load_segment_bases(&d.pv);
+        (d.frame, d.cr3)
     };
-    // SAFETY: as in `reschedule`.
+    apic::start_periodic(TICK_NS as u32);
+    // SAFETY: as in `switch_to`.
     unsafe { cpu::write_cr3(cr3) };
     crate::arch::entry::enter_guest(&frame)
 }

@@ -21,10 +21,24 @@ fn has_error_code(v: u64) -> bool {
 
 /// Called by every IDT stub.
 pub extern "C" fn on_trap(frame: &mut TrapFrame) {
+    let v = frame.vector;
+    if v == crate::arch::apic::TIMER_VECTOR as u64 {
+        if !frame.from_guest() {
+            // The idle loop: it checks timers itself when hlt returns.
+            crate::arch::apic::eoi();
+            return;
+        }
+        let mut hv = HV.lock();
+        crate::sched::on_tick(&mut hv, frame);
+        pv::deliver_events(&mut hv, frame);
+        return;
+    }
+    if v == crate::arch::apic::SPURIOUS_VECTOR as u64 {
+        return;
+    }
     if !frame.from_guest() {
         hypervisor_fault(frame);
     }
-    let v = frame.vector;
     if v == 2 || (32..256).contains(&v) {
         // NMIs and stray interrupts: no device interrupts are routed yet.
         return;

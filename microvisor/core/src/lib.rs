@@ -11,6 +11,7 @@
 
 pub mod cpio;
 pub mod elfimage;
+pub mod evtchn;
 pub mod frame_alloc;
 pub mod hypercall_page;
 pub mod insn;

@@ -15,6 +15,7 @@
 //! cmdline = console=hvc0 # not a comment
 //! expect = poweroff        # poweroff|reboot|suspend|crash|watchdog|killed; default poweroff
 //! weight = 256             # scheduler weight 1-65535; default 256
+//! cap = 50                  # at most this percent of the CPU (1-100); default none
 //! ```
 //!
 //! * Lines are `key = value`; spaces around the key, the `=` and the value are
@@ -135,6 +136,8 @@ pub struct DomainSpec<'a> {
     pub expect: Expect,
     /// Scheduler weight (1-65535).
     pub weight: u16,
+    /// CPU cap in percent of one CPU (1-100), 0 = no cap.
+    pub cap: u8,
 }
 
 impl DomainSpec<'_> {
@@ -152,6 +155,7 @@ const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
     cmdline: "",
     expect: Expect::Poweroff,
     weight: DEFAULT_WEIGHT,
+    cap: 0,
 };
 
 /// A parsed manifest: one to [`MAX_DOMAINS`] domain specs in file order.
@@ -205,6 +209,7 @@ struct Partial<'a> {
     cmdline: Option<&'a str>,
     expect: Option<Expect>,
     weight: Option<u16>,
+    cap: Option<u8>,
 }
 
 impl<'a> Partial<'a> {
@@ -218,6 +223,7 @@ impl<'a> Partial<'a> {
             cmdline: None,
             expect: None,
             weight: None,
+            cap: None,
         }
     }
 
@@ -235,6 +241,7 @@ impl<'a> Partial<'a> {
             cmdline: self.cmdline.unwrap_or(""),
             expect: self.expect.unwrap_or(Expect::Poweroff),
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
+            cap: self.cap.unwrap_or(0),
         })
     }
 }
@@ -284,6 +291,18 @@ fn parse_memory(value: &str) -> Result<u64, &'static str> {
         return Err("memory must be a multiple of 4K");
     }
     Ok(bytes)
+}
+
+/// Parses a CPU cap in percent.
+fn parse_cap(value: &str) -> Result<u8, &'static str> {
+    const MSG: &str = "cap must be a percentage from 1 to 100";
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(MSG);
+    }
+    match value.parse::<u8>() {
+        Ok(c @ 1..=100) => Ok(c),
+        _ => Err(MSG),
+    }
 }
 
 /// Parses a scheduler weight.
@@ -400,6 +419,10 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 let weight = parse_weight(value).map_err(|what| err(what, None))?;
                 set_once(&mut section.weight, weight, duplicate)?;
             }
+            "cap" => {
+                let cap = parse_cap(value).map_err(|what| err(what, None))?;
+                set_once(&mut section.cap, cap, duplicate)?;
+            }
             _ => return Err(err("unknown key", Some(key))),
         }
     }
@@ -466,6 +489,7 @@ privileged = true
 cmdline = console=hvc0 # kept
 expect = poweroff
 weight = 512
+cap = 50
 
 [domain guest_1-b]   # second
 image=./guest.elf
@@ -490,6 +514,7 @@ expect = killed
                 cmdline: "console=hvc0 # kept",
                 expect: Expect::Poweroff,
                 weight: 512,
+                cap: 50,
             }
         );
         assert_eq!(d[0].nr_pages(), 4096);
@@ -503,6 +528,7 @@ expect = killed
                 cmdline: "",
                 expect: Expect::Crash,
                 weight: 256,
+                cap: 0,
             }
         );
         assert_eq!(d[2].memory_bytes, 1 << 30);
@@ -638,6 +664,14 @@ expect = killed
             (
                 "[domain x]\nexpect = halt\n",
                 "manifest line 2: expect must be poweroff, reboot, suspend, crash, watchdog or killed",
+            ),
+            (
+                "[domain x]\ncap = 0\n",
+                "manifest line 2: cap must be a percentage from 1 to 100",
+            ),
+            (
+                "[domain x]\ncap = 101\n",
+                "manifest line 2: cap must be a percentage from 1 to 100",
             ),
             (
                 "[domain x]\nweight = 0\n",

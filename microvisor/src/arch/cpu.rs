@@ -65,6 +65,27 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
 
 
 
+/// Invalidates one TLB entry.
+pub fn invlpg(va: u64) {
+    // SAFETY: dropping a TLB entry never breaks memory safety.
+    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Waits for an interrupt with interrupts enabled, then disables them again
+/// (the hypervisor's idle loop).
+pub fn idle_wait() {
+    // SAFETY: sti;hlt is atomic with respect to interrupt delivery (the
+    // interrupt shadow of sti covers hlt); interrupts arriving here are
+    // handled by `trap::on_trap` without taking any lock.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+}
+
 /// Halts forever with interrupts off.
 pub fn halt_forever() -> ! {
     loop {

@@ -120,6 +120,22 @@ pub fn write_u8(pa: u64, v: u8) {
     unsafe { core::ptr::write_volatile(ptr(pa), v) }
 }
 
+/// An aligned u64 of RAM shared with a guest, for atomic bit operations.
+pub fn atomic_u64(pa: u64) -> &'static core::sync::atomic::AtomicU64 {
+    check(pa, 8);
+    assert!(pa % 8 == 0);
+    // SAFETY: aligned, inside RAM (checked) and mapped for the hypervisor's
+    // lifetime; the guest may write it concurrently, which atomics allow.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(ptr(pa) as *mut u64) }
+}
+
+/// A byte of RAM shared with a guest, for atomic operations.
+pub fn atomic_u8(pa: u64) -> &'static core::sync::atomic::AtomicU8 {
+    check(pa, 1);
+    // SAFETY: inside RAM (checked) and mapped for the hypervisor's lifetime.
+    unsafe { core::sync::atomic::AtomicU8::from_ptr(ptr(pa)) }
+}
+
 /// Writes an aligned u64 to physical memory.
 pub fn write_u64(pa: u64, v: u64) {
     check(pa, 8);

@@ -78,6 +78,17 @@ fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
     }
 }
 
+/// Cache-disable and write-through bits, for device registers.
+pub const PCD: u64 = 1 << 4;
+pub const PWT: u64 = 1 << 3;
+
+/// Maps one 4 KiB page of device registers (uncached, NX) at `va` in the
+/// hypervisor's slots. Only for device pages the hypervisor owns.
+pub fn map_mmio(va: u64, pa: u64) {
+    map_4k(hv_l4(), va, pa, P | RW | PCD | PWT | G | NX);
+    crate::arch::cpu::invlpg(va);
+}
+
 /// Builds the hypervisor's page tables and switches to them. Frames for the
 /// tables must come from the first GiB (the boot identity map).
 pub fn init(max_phys: u64) {

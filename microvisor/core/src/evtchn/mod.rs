@@ -1,0 +1,669 @@
+//! Event channels with Xen's 2-level delivery: the policy behind
+//! `event_channel_op` (alloc_unbound, bind_interdomain, bind_virq, bind_ipi,
+//! bind_vcpu, send, close, status, unmask, reset), the hypervisor's own VIRQ
+//! raising, and the port check behind `SCHEDOP_poll`.
+//!
+//! This module owns each domain's port table ([`Channels`]: [`NR_PORTS`]
+//! ports, port 0 reserved, per-vCPU VIRQ bindings) and the rule that turns
+//! "port p fired" into pending, selector and upcall bits. It never owns those
+//! bits: they live in the guest-writable `shared_info` page, and the module
+//! touches them only through [`EventBits`], which the hypervisor implements
+//! with atomic read-modify-write operations (the guest changes the same words
+//! concurrently). It never blocks, wakes or schedules anything either: when a
+//! vCPU needs attention it returns a [`Kick`] and the caller acts on it. It
+//! must never panic, allocate, or trust a number a guest passed: every port,
+//! domain id, VIRQ and vCPU is checked and refused with Xen's errno.
+//!
+//! Every operation assumes its caller serialises event-channel operations
+//! (one lock around all of them, as Xen's per-domain event locks do for a
+//! single vCPU per domain); only the [`EventBits`] accesses race with guests.
+//! Cross-domain operations reach the two domains one at a time through
+//! [`Domains`], so no two mutable borrows ever coexist.
+
+mod channels;
+#[cfg(test)]
+mod tests;
+
+use guest_abi::errno::Errno;
+use guest_abi::event_channel::{
+    EVTCHN_2L_NR_CHANNELS, EVTCHNSTAT_CLOSED, EVTCHNSTAT_INTERDOMAIN, EVTCHNSTAT_IPI,
+    EVTCHNSTAT_PIRQ, EVTCHNSTAT_UNBOUND, EVTCHNSTAT_VIRQ, EvtchnStatus, VIRQ_CONSOLE, VIRQ_DEBUG,
+    VIRQ_TIMER, VIRQ_XENOPROF, VIRQ_XENPMU,
+};
+use guest_abi::types::DomId;
+
+pub use channels::{Channels, PortState};
+
+/// Ports a domain has under the 2-level ABI on a 64-bit guest (64 × 64).
+pub const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS;
+/// Number of VIRQ numbers (`VIRQ_*` are below this).
+pub const NR_VIRQS: u32 = guest_abi::event_channel::NR_VIRQS;
+/// Most vCPUs a domain can have (the `vcpu_info` slots of `shared_info`).
+pub const MAX_VCPUS: u32 = 32;
+/// Most ports one `SCHEDOP_poll` may name (Xen's limit; more is `EINVAL`).
+pub const POLL_MAX_PORTS: usize = 128;
+/// `DOMID_SELF`: in a domain argument, the calling domain.
+pub const DOMID_SELF: u16 = DomId::SELF.0;
+/// The domain that handles global VIRQs unless [`Domains`] says otherwise
+/// (Xen's hardware domain).
+pub const HARDWARE_DOMAIN: u16 = 0;
+/// Ports a 2-level selector word covers.
+const BITS_PER_WORD: u32 = 64;
+
+/// How a VIRQ may be bound (Xen's `get_virq_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VirqKind {
+    /// Once per vCPU, on that vCPU; never moved (TIMER, DEBUG, XENOPROF,
+    /// XENPMU).
+    Vcpu,
+    /// Once per domain, first on vCPU 0, movable with `bind_vcpu` (CONSOLE,
+    /// and ARGO = 11).
+    Domain,
+    /// Like [`VirqKind::Domain`], but only by the one domain that handles it
+    /// ([`Domains::global_virq_handler`]); every other VIRQ number, including
+    /// the x86 architectural ones (16–23).
+    Global,
+}
+
+/// Xen's `VIRQ_ARGO` (reused `VIRQ_XC_RESERVED`): a per-domain VIRQ.
+const VIRQ_ARGO: u32 = 11;
+
+/// How `virq` may be bound, or `None` if `virq >= NR_VIRQS`.
+#[must_use]
+pub const fn virq_kind(virq: u32) -> Option<VirqKind> {
+    if virq >= NR_VIRQS {
+        return None;
+    }
+    Some(match virq {
+        VIRQ_TIMER | VIRQ_DEBUG | VIRQ_XENOPROF | VIRQ_XENPMU => VirqKind::Vcpu,
+        VIRQ_CONSOLE | VIRQ_ARGO => VirqKind::Domain,
+        _ => VirqKind::Global,
+    })
+}
+
+/// The 2-level delivery bits of one domain: `evtchn_pending[]`,
+/// `evtchn_mask[]` in `shared_info`, and each vCPU's `evtchn_pending_sel` and
+/// `evtchn_upcall_pending` in its `vcpu_info`. The guest writes them too, so
+/// the hypervisor's implementation must make each method a single atomic
+/// operation on the shared page. Callers guarantee `port < NR_PORTS`,
+/// `word < 64` and `vcpu < MAX_VCPUS` (and below the domain's vCPU count).
+pub trait EventBits {
+    /// Sets `pending[port]`, returning its previous value.
+    fn test_and_set_pending(&mut self, port: u32) -> bool;
+    /// Clears `pending[port]`.
+    fn clear_pending(&mut self, port: u32);
+    /// Reads `pending[port]`.
+    fn is_pending(&self, port: u32) -> bool;
+    /// Reads `mask[port]`.
+    fn is_masked(&self, port: u32) -> bool;
+    /// Clears `mask[port]`, returning its previous value.
+    fn test_and_clear_mask(&mut self, port: u32) -> bool;
+    /// Sets bit `word` of `vcpu`'s `evtchn_pending_sel`, returning its
+    /// previous value.
+    fn test_and_set_selector(&mut self, vcpu: u32, word: u32) -> bool;
+    /// Sets `vcpu`'s `evtchn_upcall_pending`, returning its previous value.
+    fn test_and_set_upcall_pending(&mut self, vcpu: u32) -> bool;
+}
+
+/// What the caller must do after a port of `dom` became pending.
+///
+/// Returned whenever `pending[port]` went from clear to set, masked or not,
+/// so the caller can wake any vCPU of `dom` blocked in `SCHEDOP_poll` on
+/// `port` (or on several ports), as Xen's `evtchn_check_pollers` does. When
+/// `upcall` is true, `vcpu`'s `upcall_pending` went from clear to set as
+/// well: wake `vcpu` if it is blocked and deliver the event upcall (Xen's
+/// `vcpu_mark_events_pending` then `vcpu_kick`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kick {
+    /// The domain owning the port.
+    pub dom: u16,
+    /// The vCPU the port notifies.
+    pub vcpu: u32,
+    /// The port that became pending.
+    pub port: u32,
+    /// Whether `vcpu` must be kicked to take the upcall.
+    pub upcall: bool,
+}
+
+/// The 2-level "set pending" rule (Xen's `evtchn_2l_set_pending`): set the
+/// pending bit; only if it was clear and the port is unmasked, set the
+/// selector bit of the port's word; only if that was clear, set
+/// `upcall_pending`.
+fn raise<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Option<Kick> {
+    if bits.test_and_set_pending(port) {
+        return None;
+    }
+    let upcall = !bits.is_masked(port)
+        && !bits.test_and_set_selector(vcpu, port / BITS_PER_WORD)
+        && !bits.test_and_set_upcall_pending(vcpu);
+    Some(Kick {
+        dom,
+        vcpu,
+        port,
+        upcall,
+    })
+}
+
+/// The 2-level unmask rule (Xen's `evtchn_2l_unmask`): clear the mask; only
+/// if it was set and the port is pending, set the selector bit; only if that
+/// was clear, set `upcall_pending` and kick.
+fn unmask_bits<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Option<Kick> {
+    let deliver = bits.test_and_clear_mask(port)
+        && bits.is_pending(port)
+        && !bits.test_and_set_selector(vcpu, port / BITS_PER_WORD)
+        && !bits.test_and_set_upcall_pending(vcpu);
+    deliver.then_some(Kick {
+        dom,
+        vcpu,
+        port,
+        upcall: true,
+    })
+}
+
+/// Access to every live domain's port table and delivery bits. Implemented
+/// by the hypervisor over its domain table (and by tests over arrays).
+/// `get` must answer consistently for the same id within one operation.
+pub trait Domains {
+    /// The domain's delivery bits.
+    type Bits: EventBits;
+
+    /// The port table and bits of domain `dom`, or `None` if no such live
+    /// domain (special ids such as `DOMID_SELF` are resolved before this is
+    /// called and never passed).
+    fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut Self::Bits)>;
+
+    /// Whether domain `dom` exists (a dying domain still exists).
+    fn exists(&self, dom: u16) -> bool;
+
+    /// The domain allowed to bind the global VIRQ `virq` (Xen's
+    /// `global_virq_handlers[virq]`, falling back to the hardware domain).
+    fn global_virq_handler(&self, virq: u32) -> u16 {
+        let _ = virq;
+        HARDWARE_DOMAIN
+    }
+}
+
+/// `dom` with `DOMID_SELF` replaced by `caller`.
+const fn resolve(caller: u16, dom: u16) -> u16 {
+    if dom == DOMID_SELF { caller } else { dom }
+}
+
+/// A port number as stored in [`PortState`]; callers have checked
+/// `port < NR_PORTS`.
+const fn short(port: u32) -> u16 {
+    port as u16
+}
+
+/// `EVTCHNOP_alloc_unbound`: allocates a port of `dom` (`DOMID_SELF`
+/// allowed) that only `remote_dom` may bind to, returning it.
+///
+/// Errors, in Xen's order: `ESRCH` if `dom` does not exist; `EINVAL` if it is
+/// dying, `ENOSPC` if it has no free port; `EPERM` if `dom` is not the caller
+/// and the caller is not privileged. `remote_dom` is not checked (Xen lets a
+/// port wait for a domain that does not exist yet); `DOMID_SELF` there means
+/// the caller.
+pub fn alloc_unbound<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    dom: u16,
+    remote_dom: u16,
+    is_privileged: bool,
+) -> Result<u32, Errno> {
+    let dom = resolve(caller, dom);
+    let (chans, _) = world.get(dom).ok_or(Errno::ESRCH)?;
+    let port = chans.find_free()?;
+    if dom != caller && !is_privileged {
+        return Err(Errno::EPERM);
+    }
+    let remote_dom = resolve(caller, remote_dom);
+    chans.occupy(port, PortState::Unbound { remote_dom }, 0);
+    Ok(port)
+}
+
+/// `EVTCHNOP_bind_interdomain`: connects a new port of `caller` to
+/// `remote_port` of `remote_dom` (`DOMID_SELF` allowed), which must be
+/// unbound and waiting for `caller`. Both ends become interdomain, and the
+/// new local port is marked pending (Xen does so unconditionally, since
+/// sends on the remote end while it was unbound were dropped), hence the
+/// possible [`Kick`] for the caller itself.
+///
+/// Errors, in Xen's order: `ESRCH` if `remote_dom` does not exist; `EINVAL`
+/// if the caller is dying, `ENOSPC` if it has no free port; `EINVAL` if
+/// `remote_port` is out of range, not unbound, or waiting for another domain.
+pub fn bind_interdomain<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    remote_dom: u16,
+    remote_port: u32,
+) -> Result<(u32, Option<Kick>), Errno> {
+    let rdom = resolve(caller, remote_dom);
+    if !world.exists(rdom) {
+        return Err(Errno::ESRCH);
+    }
+    let lport = world.get(caller).ok_or(Errno::ESRCH)?.0.find_free()?;
+    {
+        let (rchans, _) = world.get(rdom).ok_or(Errno::ESRCH)?;
+        match rchans.state(remote_port) {
+            Some(PortState::Unbound { remote_dom }) if remote_dom == caller => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        rchans.rebind(
+            remote_port,
+            PortState::Interdomain {
+                remote_dom: caller,
+                remote_port: short(lport),
+            },
+        );
+    }
+    let local = PortState::Interdomain {
+        remote_dom: rdom,
+        remote_port: short(remote_port),
+    };
+    let bound = world.get(caller).and_then(|(lchans, lbits)| {
+        lchans
+            .occupy(lport, local, 0)
+            .then(|| raise(lbits, caller, 0, lport))
+    });
+    match bound {
+        Some(kick) => Ok((lport, kick)),
+        None => {
+            // Cannot happen with a consistent `Domains`; undo the remote end.
+            if let Some((rchans, _)) = world.get(rdom) {
+                rchans.rebind(remote_port, PortState::Unbound { remote_dom: caller });
+            }
+            Err(Errno::ESRCH)
+        }
+    }
+}
+
+/// `EVTCHNOP_bind_virq`: binds `virq` on `vcpu` of the caller to a new port.
+///
+/// Errors, in Xen's order: `EINVAL` if `virq >= NR_VIRQS`, or if it is not a
+/// per-vCPU VIRQ and `vcpu != 0`; `ENOENT` if `vcpu` is not one of the
+/// caller's vCPUs; `EBUSY` for a global VIRQ the caller does not handle;
+/// `EEXIST` if already bound (on that vCPU, for a per-vCPU VIRQ); `EINVAL`
+/// if the caller is dying, `ENOSPC` if it has no free port.
+pub fn bind_virq<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    virq: u32,
+    vcpu: u32,
+) -> Result<u32, Errno> {
+    let kind = virq_kind(virq).ok_or(Errno::EINVAL)?;
+    if kind != VirqKind::Vcpu && vcpu != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let handler = world.global_virq_handler(virq);
+    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    if vcpu >= chans.nr_vcpus() {
+        return Err(Errno::ENOENT);
+    }
+    if kind == VirqKind::Global && handler != caller {
+        return Err(Errno::EBUSY);
+    }
+    if chans.virq_port(virq, vcpu).is_some() {
+        return Err(Errno::EEXIST);
+    }
+    let port = chans.find_free()?;
+    // `virq < NR_VIRQS` fits in a u8.
+    chans.occupy(port, PortState::Virq { virq: virq as u8 }, vcpu);
+    Ok(port)
+}
+
+/// `EVTCHNOP_bind_ipi`: a new port of the caller that notifies `vcpu` when
+/// the caller sends on it.
+///
+/// Errors: `ENOENT` if `vcpu` is not one of the caller's vCPUs; `EINVAL` if
+/// the caller is dying, `ENOSPC` if it has no free port.
+pub fn bind_ipi<D: Domains>(world: &mut D, caller: u16, vcpu: u32) -> Result<u32, Errno> {
+    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    if vcpu >= chans.nr_vcpus() {
+        return Err(Errno::ENOENT);
+    }
+    let port = chans.find_free()?;
+    chans.occupy(port, PortState::Ipi, vcpu);
+    Ok(port)
+}
+
+/// `EVTCHNOP_bind_pirq`: physical IRQs are not passed through, so this only
+/// reproduces Xen's refusal for a domain without IRQ access: `EINVAL` for a
+/// negative IRQ number, `EPERM` otherwise.
+pub fn bind_pirq(pirq: u32) -> Result<u32, Errno> {
+    if pirq > i32::MAX as u32 {
+        Err(Errno::EINVAL)
+    } else {
+        Err(Errno::EPERM)
+    }
+}
+
+/// `EVTCHNOP_bind_vcpu`: makes `port` of the caller notify `vcpu` from now
+/// on. Pending events already signalled on the old vCPU stay there.
+///
+/// Errors, in Xen's order: `ENOENT` if `vcpu` is not one of the caller's
+/// vCPUs; `EINVAL` if `port` is out of range, or is free, reserved, an IPI
+/// port or a per-vCPU VIRQ.
+pub fn bind_vcpu<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    port: u32,
+    vcpu: u32,
+) -> Result<(), Errno> {
+    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    if vcpu >= chans.nr_vcpus() {
+        return Err(Errno::ENOENT);
+    }
+    match chans.state(port).ok_or(Errno::EINVAL)? {
+        PortState::Unbound { .. } | PortState::Interdomain { .. } => {}
+        PortState::Virq { virq } if virq_kind(u32::from(virq)) != Some(VirqKind::Vcpu) => {}
+        _ => return Err(Errno::EINVAL),
+    }
+    chans.set_notify(port, vcpu);
+    Ok(())
+}
+
+/// `EVTCHNOP_send`: notifies the other end of `port` of the caller: the
+/// peer's port for an interdomain channel, the port itself for an IPI.
+/// A send on an unbound port (never connected, or whose peer closed) is
+/// dropped silently and succeeds, as in Xen.
+///
+/// Errors: `EINVAL` if `port` is out of range, free, reserved or a VIRQ port
+/// (including a port number that only exists in another domain).
+pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<Kick>, Errno> {
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
+    match chans.state(port).ok_or(Errno::EINVAL)? {
+        PortState::Interdomain {
+            remote_dom,
+            remote_port,
+        } => {
+            let rport = u32::from(remote_port);
+            let Some((rchans, rbits)) = world.get(remote_dom) else {
+                return Ok(None);
+            };
+            let back = PortState::Interdomain {
+                remote_dom: caller,
+                remote_port: short(port),
+            };
+            if rchans.state(rport) != Some(back) {
+                return Ok(None);
+            }
+            let vcpu = rchans.notify_vcpu(rport).unwrap_or(0);
+            Ok(raise(rbits, remote_dom, vcpu, rport))
+        }
+        PortState::Ipi => {
+            let vcpu = chans.notify_vcpu(port).unwrap_or(0);
+            Ok(raise(bits, caller, vcpu, port))
+        }
+        PortState::Unbound { .. } => Ok(None),
+        PortState::Free | PortState::Reserved | PortState::Virq { .. } => Err(Errno::EINVAL),
+    }
+}
+
+/// Closes `port` of `dom` (Xen's `evtchn_close`); the peer of an
+/// interdomain port falls back to unbound, waiting for `dom` again.
+fn close_port<D: Domains>(world: &mut D, dom: u16, port: u32) -> Result<(), Errno> {
+    let state = world.get(dom).ok_or(Errno::ESRCH)?.0.state(port);
+    match state.ok_or(Errno::EINVAL)? {
+        PortState::Free | PortState::Reserved => return Err(Errno::EINVAL),
+        PortState::Interdomain {
+            remote_dom,
+            remote_port,
+        } => {
+            let rport = u32::from(remote_port);
+            let back = PortState::Interdomain {
+                remote_dom: dom,
+                remote_port: short(port),
+            };
+            if let Some((rchans, _)) = world.get(remote_dom)
+                && rchans.state(rport) == Some(back)
+            {
+                rchans.rebind(rport, PortState::Unbound { remote_dom: dom });
+            }
+        }
+        PortState::Unbound { .. } | PortState::Virq { .. } | PortState::Ipi => {}
+    }
+    let (chans, bits) = world.get(dom).ok_or(Errno::ESRCH)?;
+    chans.release(port, bits);
+    Ok(())
+}
+
+/// `EVTCHNOP_close`: frees `port` of the caller, clearing its pending bit
+/// (its mask bit is left as the guest set it). Closing one end of an
+/// interdomain channel turns the peer's end back into
+/// `Unbound { remote_dom: caller }`; sends on it are then dropped.
+///
+/// Errors: `EINVAL` if `port` is out of range, free or reserved.
+pub fn close<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<(), Errno> {
+    close_port(world, caller, port)
+}
+
+/// The state part of [`Status`], as `evtchn_status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusKind {
+    /// `EVTCHNSTAT_closed`: free or reserved.
+    Closed,
+    /// `EVTCHNSTAT_unbound`: waiting for `remote_dom`.
+    Unbound {
+        /// The domain that may bind.
+        remote_dom: u16,
+    },
+    /// `EVTCHNSTAT_interdomain`: connected.
+    Interdomain {
+        /// The peer domain.
+        remote_dom: u16,
+        /// The peer's port.
+        remote_port: u32,
+    },
+    /// `EVTCHNSTAT_pirq` (never produced: physical IRQs are not bound).
+    Pirq {
+        /// The physical IRQ.
+        pirq: u32,
+    },
+    /// `EVTCHNSTAT_virq`.
+    Virq {
+        /// The `VIRQ_*` number.
+        virq: u32,
+    },
+    /// `EVTCHNSTAT_ipi`.
+    Ipi,
+}
+
+/// The answer of `EVTCHNOP_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The port's state and its fields.
+    pub kind: StatusKind,
+    /// The vCPU the port notifies.
+    pub vcpu: u32,
+}
+
+impl Status {
+    /// Fills the output fields of the guest's `evtchn_status` (`status`,
+    /// `vcpu` and the union), leaving the input fields and any union bytes
+    /// Xen would not write untouched.
+    pub fn write_to(&self, out: &mut EvtchnStatus) {
+        out.vcpu = self.vcpu;
+        let [u0, u1] = &mut out.u;
+        out.status = match self.kind {
+            StatusKind::Closed => EVTCHNSTAT_CLOSED,
+            StatusKind::Unbound { remote_dom } => {
+                *u0 = (*u0 & 0xFFFF_0000) | u32::from(remote_dom);
+                EVTCHNSTAT_UNBOUND
+            }
+            StatusKind::Interdomain {
+                remote_dom,
+                remote_port,
+            } => {
+                *u0 = (*u0 & 0xFFFF_0000) | u32::from(remote_dom);
+                *u1 = remote_port;
+                EVTCHNSTAT_INTERDOMAIN
+            }
+            StatusKind::Pirq { pirq } => {
+                *u0 = pirq;
+                EVTCHNSTAT_PIRQ
+            }
+            StatusKind::Virq { virq } => {
+                *u0 = virq;
+                EVTCHNSTAT_VIRQ
+            }
+            StatusKind::Ipi => EVTCHNSTAT_IPI,
+        };
+    }
+}
+
+/// `EVTCHNOP_status`: the state of `port` of `dom` (`DOMID_SELF` allowed).
+///
+/// Errors, in Xen's order: `ESRCH` if `dom` does not exist; `EINVAL` if
+/// `port >= NR_PORTS`; `EPERM` if `dom` is not the caller and the caller is
+/// not privileged. A free port (and port 0) reads as closed.
+pub fn status<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    dom: u16,
+    port: u32,
+    is_privileged: bool,
+) -> Result<Status, Errno> {
+    let dom = resolve(caller, dom);
+    let (chans, _) = world.get(dom).ok_or(Errno::ESRCH)?;
+    let state = chans.state(port).ok_or(Errno::EINVAL)?;
+    if dom != caller && !is_privileged {
+        return Err(Errno::EPERM);
+    }
+    let kind = match state {
+        PortState::Free | PortState::Reserved => StatusKind::Closed,
+        PortState::Unbound { remote_dom } => StatusKind::Unbound { remote_dom },
+        PortState::Interdomain {
+            remote_dom,
+            remote_port,
+        } => StatusKind::Interdomain {
+            remote_dom,
+            remote_port: u32::from(remote_port),
+        },
+        PortState::Virq { virq } => StatusKind::Virq {
+            virq: u32::from(virq),
+        },
+        PortState::Ipi => StatusKind::Ipi,
+    };
+    Ok(Status {
+        kind,
+        vcpu: chans.notify_vcpu(port).unwrap_or(0),
+    })
+}
+
+/// `EVTCHNOP_unmask`: clears the mask of `port` of the caller and, if it was
+/// masked and is pending, re-raises it on its vCPU (the 2-level rule). A
+/// free or reserved port is left alone and the call still succeeds, as in
+/// Xen.
+///
+/// Errors: `EINVAL` if `port >= NR_PORTS`.
+pub fn unmask<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<Kick>, Errno> {
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
+    let state = chans.state(port).ok_or(Errno::EINVAL)?;
+    if !state.is_bound() {
+        return Ok(None);
+    }
+    let vcpu = chans.notify_vcpu(port).unwrap_or(0);
+    Ok(unmask_bits(bits, caller, vcpu, port))
+}
+
+/// The hypervisor raises `virq` for `vcpu` of `dom` (TIMER, DEBUG, ...;
+/// `vcpu` is ignored for per-domain and global VIRQs, which notify the vCPU
+/// their port is bound to). `None` when nothing must be done: no such
+/// domain, VIRQ or vCPU, VIRQ not bound, or already pending.
+pub fn raise_virq<D: Domains>(world: &mut D, dom: u16, virq: u32, vcpu: u32) -> Option<Kick> {
+    let kind = virq_kind(virq)?;
+    let (chans, bits) = world.get(dom)?;
+    let port = chans.virq_port(virq, vcpu)?;
+    let target = match kind {
+        VirqKind::Vcpu => vcpu,
+        VirqKind::Domain | VirqKind::Global => chans.notify_vcpu(port)?,
+    };
+    raise(bits, dom, target, port)
+}
+
+/// The hypervisor raises the global VIRQ `virq` in whichever domain handles
+/// it ([`Domains::global_virq_handler`]). `None` if `virq` is not global or
+/// nothing must be done.
+pub fn raise_global_virq<D: Domains>(world: &mut D, virq: u32) -> Option<Kick> {
+    if virq_kind(virq)? != VirqKind::Global {
+        return None;
+    }
+    let handler = world.global_virq_handler(virq);
+    raise_virq(world, handler, virq, 0)
+}
+
+/// The port check of `SCHEDOP_poll` for the caller: `Ok(true)` as soon as a
+/// listed port is pending (do not block), `Ok(false)` if every port is valid
+/// and none is pending (block). Ports are checked in order and the check
+/// stops at the first pending one, as in Xen. Work is at most
+/// [`POLL_MAX_PORTS`] bit tests (XSA-221: no port number, however large or
+/// unallocated, is ever dereferenced). The caller checks first whether an
+/// upcall is already deliverable, as Xen does.
+///
+/// Errors: `EINVAL` if more than [`POLL_MAX_PORTS`] ports are given, or a
+/// port reached is out of range, free or reserved.
+pub fn any_pending<D: Domains>(world: &mut D, caller: u16, ports: &[u32]) -> Result<bool, Errno> {
+    if ports.len() > POLL_MAX_PORTS {
+        return Err(Errno::EINVAL);
+    }
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
+    for &port in ports {
+        match chans.state(port) {
+            Some(state) if state.is_bound() => {
+                if bits.is_pending(port) {
+                    return Ok(true);
+                }
+            }
+            _ => return Err(Errno::EINVAL),
+        }
+    }
+    Ok(false)
+}
+
+/// Closes every port of `dom` (ports 1..NR_PORTS in order); peers of its
+/// interdomain ports fall back to unbound.
+fn close_every_port<D: Domains>(world: &mut D, dom: u16) {
+    for port in 1..NR_PORTS {
+        let bound = world
+            .get(dom)
+            .and_then(|(chans, _)| chans.state(port))
+            .is_some_and(PortState::is_bound);
+        if bound {
+            // Cannot fail: the port is bound and `dom` exists.
+            let _ = close_port(world, dom, port);
+        }
+    }
+}
+
+/// `EVTCHNOP_reset`: closes every port of `dom` (`DOMID_SELF` allowed); its
+/// peers' ends go unbound.
+///
+/// Errors: `ESRCH` if `dom` does not exist; `EPERM` if `dom` is not the
+/// caller and the caller is not privileged.
+pub fn reset<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    dom: u16,
+    is_privileged: bool,
+) -> Result<(), Errno> {
+    let dom = resolve(caller, dom);
+    if world.get(dom).is_none() {
+        return Err(Errno::ESRCH);
+    }
+    if dom != caller && !is_privileged {
+        return Err(Errno::EPERM);
+    }
+    close_every_port(world, dom);
+    Ok(())
+}
+
+/// Domain death (Xen's `evtchn_destroy`): marks `dom` dying, so it can
+/// allocate no port again until [`Channels::reinit`], and closes all its
+/// ports; every peer's end goes `Unbound { remote_dom: dom }` and later sends
+/// on it are dropped. Does nothing if `dom` does not exist.
+pub fn close_all<D: Domains>(world: &mut D, dom: u16) {
+    let Some((chans, _)) = world.get(dom) else {
+        return;
+    };
+    chans.set_dying();
+    close_every_port(world, dom);
+}

@@ -1,0 +1,164 @@
+//! Event channels in the hypervisor: the shared-info delivery bits (atomic
+//! operations on the guest-visible page), the `event_channel_op` hypercall
+//! decoding, and kicks (waking a blocked vCPU). The state machine itself is
+//! `microvisor_core::evtchn` (host-tested); this module only adapts it.
+
+use crate::domain::{Hv, RunState};
+use crate::mm::{self, guest};
+use core::sync::atomic::Ordering;
+use guest_abi::errno::Errno;
+use microvisor_core::evtchn::{self, Channels, EventBits, Kick};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// A domain's 2-level event bits in its shared info page.
+#[derive(Clone, Copy)]
+pub struct SharedBits {
+    pub shared_info_pa: u64,
+}
+
+const PENDING: u64 = 2048;
+const MASK: u64 = 2560;
+
+impl SharedBits {
+    fn word(&self, base: u64, port: u32) -> (&'static core::sync::atomic::AtomicU64, u64) {
+        (mm::atomic_u64(self.shared_info_pa + base + (port as u64 / 64) * 8), 1u64 << (port % 64))
+    }
+}
+
+impl EventBits for SharedBits {
+    fn test_and_set_pending(&mut self, port: u32) -> bool {
+        let (w, b) = self.word(PENDING, port);
+        w.fetch_or(b, Ordering::SeqCst) & b != 0
+    }
+    fn clear_pending(&mut self, port: u32) {
+        let (w, b) = self.word(PENDING, port);
+        w.fetch_and(!b, Ordering::SeqCst);
+    }
+    fn is_pending(&self, port: u32) -> bool {
+        let (w, b) = self.word(PENDING, port);
+        w.load(Ordering::SeqCst) & b != 0
+    }
+    fn is_masked(&self, port: u32) -> bool {
+        let (w, b) = self.word(MASK, port);
+        w.load(Ordering::SeqCst) & b != 0
+    }
+    fn test_and_clear_mask(&mut self, port: u32) -> bool {
+        let (w, b) = self.word(MASK, port);
+        w.fetch_and(!b, Ordering::SeqCst) & b != 0
+    }
+    fn test_and_set_selector(&mut self, vcpu: u32, word: u32) -> bool {
+        let w = mm::atomic_u64(self.shared_info_pa + vcpu as u64 * 64 + 8);
+        let b = 1u64 << word;
+        w.fetch_or(b, Ordering::SeqCst) & b != 0
+    }
+    fn test_and_set_upcall_pending(&mut self, vcpu: u32) -> bool {
+        mm::atomic_u8(self.shared_info_pa + vcpu as u64 * 64).swap(1, Ordering::SeqCst) != 0
+    }
+}
+
+impl evtchn::Domains for Hv {
+    type Bits = SharedBits;
+
+    fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
+        let i = dom as usize;
+        if i >= self.domains.len() {
+            return None;
+        }
+        Some((&mut self.channels[i], &mut self.bits[i]))
+    }
+
+    fn exists(&self, dom: u16) -> bool {
+        (dom as usize) < self.domains.len()
+    }
+}
+
+/// Acts on a kick: wakes the vCPU if it is blocked (or polling a port that
+/// became pending).
+pub fn kick(hv: &mut Hv, k: Option<Kick>) {
+    let Some(k) = k else { return };
+    let i = k.dom as usize;
+    let Some(d) = hv.domains.get(i) else { return };
+    if d.state == RunState::Blocked && (k.upcall || d.poll_ports.contains(&k.port)) {
+        crate::sched::wake(hv, i);
+    }
+}
+
+/// Raises a VIRQ on vCPU 0 of domain index `dom`.
+pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
+    let k = evtchn::raise_virq(hv, dom as u16, virq, 0);
+    kick(hv, k);
+}
+
+fn read<T: FromBytes + IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable>(cr3: u64, va: u64) -> Result<T, Errno> {
+    let mut v = T::new_zeroed();
+    guest::copy_from(cr3, va, v.as_mut_bytes()).map_err(|_| Errno::EFAULT)?;
+    Ok(v)
+}
+
+fn write<T: IntoBytes + zerocopy::Immutable>(cr3: u64, va: u64, v: &T) -> Result<(), Errno> {
+    guest::copy_to(cr3, va, v.as_bytes()).map_err(|_| Errno::EFAULT)
+}
+
+/// event_channel_op(cmd, arg).
+pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    use guest_abi::event_channel as ec;
+    let cur = hv.current;
+    let me = hv.domains[cur].id;
+    let privileged = hv.domains[cur].privileged;
+    let cr3 = hv.domains[cur].cr3;
+    match cmd as u32 {
+        ec::EVTCHNOP_ALLOC_UNBOUND => {
+            let mut a: ec::EvtchnAllocUnbound = read(cr3, arg)?;
+            a.port = evtchn::alloc_unbound(hv, me, a.dom, a.remote_dom, privileged)?;
+            write(cr3, arg, &a)?;
+        }
+        ec::EVTCHNOP_BIND_INTERDOMAIN => {
+            let mut a: ec::EvtchnBindInterdomain = read(cr3, arg)?;
+            let (port, k) = evtchn::bind_interdomain(hv, me, a.remote_dom, a.remote_port)?;
+            a.local_port = port;
+            write(cr3, arg, &a)?;
+            kick(hv, k);
+        }
+        ec::EVTCHNOP_BIND_VIRQ => {
+            let mut a: ec::EvtchnBindVirq = read(cr3, arg)?;
+            a.port = evtchn::bind_virq(hv, me, a.virq, a.vcpu)?;
+            write(cr3, arg, &a)?;
+        }
+        ec::EVTCHNOP_BIND_IPI => {
+            let mut a: ec::EvtchnBindIpi = read(cr3, arg)?;
+            a.port = evtchn::bind_ipi(hv, me, a.vcpu)?;
+            write(cr3, arg, &a)?;
+        }
+        ec::EVTCHNOP_BIND_VCPU => {
+            let a: ec::EvtchnBindVcpu = read(cr3, arg)?;
+            evtchn::bind_vcpu(hv, me, a.port, a.vcpu)?;
+        }
+        ec::EVTCHNOP_CLOSE => {
+            let a: ec::EvtchnClose = read(cr3, arg)?;
+            evtchn::close(hv, me, a.port)?;
+        }
+        ec::EVTCHNOP_SEND => {
+            let a: ec::EvtchnSend = read(cr3, arg)?;
+            let k = evtchn::send(hv, me, a.port)?;
+            kick(hv, k);
+        }
+        ec::EVTCHNOP_STATUS => {
+            let mut a: ec::EvtchnStatus = read(cr3, arg)?;
+            let st = evtchn::status(hv, me, a.dom, a.port, privileged)?;
+            st.write_to(&mut a);
+            write(cr3, arg, &a)?;
+        }
+        ec::EVTCHNOP_UNMASK => {
+            let a: ec::EvtchnUnmask = read(cr3, arg)?;
+            let k = evtchn::unmask(hv, me, a.port)?;
+            kick(hv, k);
+        }
+        ec::EVTCHNOP_RESET => {
+            let a: ec::EvtchnReset = read(cr3, arg)?;
+            evtchn::reset(hv, me, a.dom, privileged)?;
+        }
+        ec::EVTCHNOP_BIND_PIRQ => return Err(Errno::EPERM),
+        _ => return Err(Errno::ENOSYS),
+    }
+    Ok(0)
+}

@@ -1,0 +1,127 @@
+//! Time: TSC calibration against the APIC timer, hypervisor system time in
+//! nanoseconds since boot, Xen's per-vCPU `vcpu_time_info` (version seqlock,
+//! tsc_timestamp, system_time, tsc_to_system_mul/shift) and the wall clock in
+//! shared info. Never trusts guest values: guests only read what is written
+//! here.
+
+use crate::arch::{apic, cpu};
+use crate::mm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+/// tsc_to_system_mul (low 32 bits) and tsc_shift (as i8, bits 32-39).
+static SCALE: AtomicU64 = AtomicU64::new(0);
+/// Wall-clock seconds at boot (from the CMOS RTC).
+static BOOT_WALL: AtomicU64 = AtomicU64::new(0);
+
+const CALIBRATION_NS: u32 = 10_000_000;
+
+/// Xen's scale: ns = ((tsc_delta << shift) * mul) >> 32, mul < 2^32.
+pub fn scale_for(hz: u64) -> (u32, i8) {
+    let mut shift: i8 = 0;
+    let mut f = hz;
+    while f <= 1_000_000_000 {
+        f <<= 1;
+        shift += 1;
+    }
+    while f > 4_000_000_000 {
+        f >>= 1;
+        shift -= 1;
+    }
+    (((1_000_000_000u128 << 32) / f as u128) as u32, shift)
+}
+
+fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
+    let d = if shift >= 0 { delta << shift } else { delta >> (-shift) };
+    ((d as u128 * mul as u128) >> 32) as u64
+}
+
+/// Measures the TSC frequency over 10 ms of the APIC timer.
+pub fn init() {
+    apic::start_masked(u32::MAX);
+    let c0 = apic::current_count();
+    let t0 = cpu::rdtsc();
+    while c0.wrapping_sub(apic::current_count()) < CALIBRATION_NS {}
+    let t1 = cpu::rdtsc();
+    let elapsed_ns = c0.wrapping_sub(apic::current_count()) as u64;
+    apic::start_masked(0);
+    let hz = (t1 - t0) as u128 * 1_000_000_000 / elapsed_ns.max(1) as u128;
+    let hz = hz as u64;
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    BOOT_TSC.store(t1, Ordering::Relaxed);
+    let (mul, shift) = scale_for(hz);
+    SCALE.store(mul as u64 | ((shift as u8 as u64) << 32), Ordering::Relaxed);
+    BOOT_WALL.store(read_rtc(), Ordering::Relaxed);
+    crate::info!("time: TSC {} kHz, scale mul {:#x} shift {}", hz / 1000, mul, shift);
+}
+
+fn scale() -> (u32, i8) {
+    let s = SCALE.load(Ordering::Relaxed);
+    (s as u32, (s >> 32) as u8 as i8)
+}
+
+/// Nanoseconds since boot (Xen's "system time").
+pub fn now_ns() -> u64 {
+    let (mul, shift) = scale();
+    scale_delta(cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)), mul, shift)
+}
+
+/// Writes vcpu_info[0].time of a domain's shared info page, as Xen does:
+/// version odd while updating, even when consistent.
+pub fn update_vcpu_time(shared_info_mfn: u64) {
+    let base = shared_info_mfn * mm::PAGE + 32; // vcpu_info[0].time
+    let (mul, shift) = scale();
+    let tsc = cpu::rdtsc();
+    let sys = scale_delta(tsc.wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)), mul, shift);
+    let version = mm::read_u64(base) as u32;
+    let v = version.wrapping_add(1) | 1;
+    write_u32(base, v);
+    mm::write_u64(base + 8, tsc);
+    mm::write_u64(base + 16, sys);
+    write_u32(base + 24, mul);
+    mm::write_u8(base + 28, shift as u8);
+    write_u32(base, v.wrapping_add(1));
+}
+
+fn write_u32(pa: u64, v: u32) {
+    let b = v.to_le_bytes();
+    mm::write_phys(pa, &b);
+}
+
+/// Fills the wall clock fields of shared info (wc_version, wc_sec, wc_nsec,
+/// wc_sec_hi): the time of day at system time 0.
+pub fn init_wallclock(shared_info_mfn: u64) {
+    let base = shared_info_mfn * mm::PAGE + 3072;
+    let secs = BOOT_WALL.load(Ordering::Relaxed);
+    write_u32(base, 1);
+    write_u32(base + 4, secs as u32);
+    write_u32(base + 8, 0);
+    write_u32(base + 12, (secs >> 32) as u32);
+    write_u32(base, 2);
+}
+
+/// Seconds since the Unix epoch from the CMOS RTC (0 if it looks absent).
+fn read_rtc() -> u64 {
+    use crate::arch::port::{inb, outb};
+    let reg = |r: u8| {
+        outb(0x70, r);
+        inb(0x71)
+    };
+    while reg(0x0a) & 0x80 != 0 {}
+    let bcd = reg(0x0b) & 4 == 0;
+    let conv = |v: u8| if bcd { (v & 0x0f) as u64 + ((v >> 4) as u64) * 10 } else { v as u64 };
+    let (s, m, h, d, mo, y) = (conv(reg(0)), conv(reg(2)), conv(reg(4) & 0x7f), conv(reg(7)), conv(reg(8)), conv(reg(9)));
+    if mo == 0 || mo > 12 || d == 0 {
+        return 0;
+    }
+    let year = 2000 + y;
+    // Days from 1970-01-01 to the date (civil-from-days inverse).
+    let (yy, mm) = if mo <= 2 { (year - 1, mo + 9) } else { (year, mo - 3) };
+    let era = yy / 400;
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + h * 3600 + m * 60 + s
+}
