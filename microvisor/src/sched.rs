@@ -95,7 +95,9 @@ pub fn fire_timers(hv: &mut Hv, now: u64) {
             d.timer_deadline = 0;
             fire = true;
         }
-        if d.periodic_ns != 0 && d.periodic_next <= now {
+        // As on Xen, the periodic timer runs only while the vCPU is not
+        // blocked (a blocked vCPU is woken by its one-shot timer).
+        if d.periodic_ns != 0 && d.periodic_next <= now && d.state != RunState::Blocked {
             let behind = (now - d.periodic_next) / d.periodic_ns + 1;
             d.periodic_next += behind * d.periodic_ns;
             fire = true;
@@ -127,7 +129,7 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
     hv.domains
         .iter()
         .filter(|d| d.is_live())
-        .flat_map(|d| [d.timer_deadline, d.poll_deadline, if d.periodic_ns != 0 { d.periodic_next } else { 0 }])
+        .flat_map(|d| [d.timer_deadline, d.poll_deadline, if d.periodic_ns != 0 && d.state != RunState::Blocked { d.periodic_next } else { 0 }])
         .filter(|&t| t != 0)
         .min()
 }

@@ -22,9 +22,11 @@ extern crate alloc;
 
 pub mod arch;
 pub mod console;
+pub mod events;
 pub mod heap;
 pub mod rt;
 pub mod test;
+pub mod time;
 pub mod traps;
 
 pub use guest_abi::start_info::StartInfo;

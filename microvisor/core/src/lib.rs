@@ -13,6 +13,7 @@ pub mod cpio;
 pub mod elfimage;
 pub mod evtchn;
 pub mod frame_alloc;
+pub mod frametable;
 pub mod hypercall_page;
 pub mod insn;
 pub mod layout;

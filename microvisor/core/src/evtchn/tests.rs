@@ -1193,6 +1193,15 @@ fn evtchn_100k_request_response_none_lost() {
 
 // ------------------------------------------------------------ proptest
 
+/// A port argument: a raw (often hostile) number, or a pick among the ports
+/// that matter at the time the operation runs, so that random sequences
+/// reach connected channels instead of mostly bouncing off with EINVAL.
+#[derive(Clone, Debug)]
+enum PortRef {
+    Raw(u32),
+    Pick(usize),
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     AllocUnbound {
@@ -1204,7 +1213,7 @@ enum Op {
     BindInterdomain {
         caller: u16,
         remote: u16,
-        port: u32,
+        port: PortRef,
     },
     BindVirq {
         caller: u16,
@@ -1217,34 +1226,34 @@ enum Op {
     },
     BindVcpu {
         caller: u16,
-        port: u32,
+        port: PortRef,
         vcpu: u32,
     },
     Send {
         caller: u16,
-        port: u32,
+        port: PortRef,
     },
     Close {
         caller: u16,
-        port: u32,
+        port: PortRef,
     },
     Status {
         caller: u16,
         dom: u16,
-        port: u32,
+        port: PortRef,
         privileged: bool,
     },
     Unmask {
         caller: u16,
-        port: u32,
+        port: PortRef,
     },
     GuestMask {
         dom: u16,
-        port: u32,
+        port: PortRef,
     },
-    GuestUnmaskDirect {
+    GuestClearMask {
         dom: u16,
-        port: u32,
+        port: PortRef,
     },
     GuestHandle {
         dom: u16,
@@ -1257,7 +1266,7 @@ enum Op {
     },
     Poll {
         caller: u16,
-        ports: Vec<u32>,
+        ports: Vec<PortRef>,
     },
     Reset {
         caller: u16,
@@ -1267,18 +1276,30 @@ enum Op {
     Die {
         dom: u16,
     },
+    /// `a` offers a port to `b` and `b` binds it (the usual handshake).
+    Connect {
+        a: u16,
+        b: u16,
+    },
 }
 
+const DOMS: u16 = 4;
+
 fn dom_id() -> impl Strategy<Value = u16> {
-    prop_oneof![8 => 0u16..4, 1 => Just(DOMID_SELF), 1 => any::<u16>()]
+    prop_oneof![8 => 0..DOMS, 1 => Just(DOMID_SELF), 1 => any::<u16>()]
 }
 
 fn live_dom() -> impl Strategy<Value = u16> {
-    0u16..4
+    0..DOMS
 }
 
-fn port_no() -> impl Strategy<Value = u32> {
-    prop_oneof![8 => 0u32..16, 1 => 0u32..NR_PORTS + 10, 1 => any::<u32>()]
+fn port_ref() -> impl Strategy<Value = PortRef> {
+    prop_oneof![
+        6 => any::<usize>().prop_map(PortRef::Pick),
+        2 => (0u32..16).prop_map(PortRef::Raw),
+        1 => (0u32..NR_PORTS + 10).prop_map(PortRef::Raw),
+        1 => any::<u32>().prop_map(PortRef::Raw),
+    ]
 }
 
 fn vcpu_no() -> impl Strategy<Value = u32> {
@@ -1291,33 +1312,66 @@ fn virq_no() -> impl Strategy<Value = u32> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (live_dom(), dom_id(), dom_id(), any::<bool>()).prop_map(|(caller, dom, remote, privileged)| {
-            Op::AllocUnbound { caller, dom, remote, privileged }
-        }),
-        3 => (live_dom(), dom_id(), port_no())
+        4 => (live_dom(), dom_id(), dom_id(), any::<bool>()).prop_map(
+            |(caller, dom, remote, privileged)| Op::AllocUnbound { caller, dom, remote, privileged }
+        ),
+        4 => (live_dom(), dom_id(), port_ref())
             .prop_map(|(caller, remote, port)| Op::BindInterdomain { caller, remote, port }),
-        3 => (live_dom(), virq_no(), vcpu_no()).prop_map(|(caller, virq, vcpu)| Op::BindVirq { caller, virq, vcpu }),
-        3 => (live_dom(), vcpu_no()).prop_map(|(caller, vcpu)| Op::BindIpi { caller, vcpu }),
-        3 => (live_dom(), port_no(), vcpu_no()).prop_map(|(caller, port, vcpu)| Op::BindVcpu { caller, port, vcpu }),
-        3 => (live_dom(), port_no()).prop_map(|(caller, port)| Op::Send { caller, port }),
-        3 => (live_dom(), port_no()).prop_map(|(caller, port)| Op::Close { caller, port }),
-        3 => (live_dom(), dom_id(), port_no(), any::<bool>())
-            .prop_map(|(caller, dom, port, privileged)| Op::Status { caller, dom, port, privileged }),
-        3 => (live_dom(), port_no()).prop_map(|(caller, port)| Op::Unmask { caller, port }),
-        3 => (live_dom(), 0u32..NR_PORTS).prop_map(|(dom, port)| Op::GuestMask { dom, port }),
-        3 => (live_dom(), 0u32..NR_PORTS).prop_map(|(dom, port)| Op::GuestUnmaskDirect { dom, port }),
+        2 => (live_dom(), virq_no(), vcpu_no())
+            .prop_map(|(caller, virq, vcpu)| Op::BindVirq { caller, virq, vcpu }),
+        2 => (live_dom(), vcpu_no()).prop_map(|(caller, vcpu)| Op::BindIpi { caller, vcpu }),
+        1 => (live_dom(), port_ref(), vcpu_no())
+            .prop_map(|(caller, port, vcpu)| Op::BindVcpu { caller, port, vcpu }),
+        6 => (live_dom(), port_ref()).prop_map(|(caller, port)| Op::Send { caller, port }),
+        2 => (live_dom(), port_ref()).prop_map(|(caller, port)| Op::Close { caller, port }),
+        1 => (live_dom(), dom_id(), port_ref(), any::<bool>()).prop_map(
+            |(caller, dom, port, privileged)| Op::Status { caller, dom, port, privileged }
+        ),
+        2 => (live_dom(), port_ref()).prop_map(|(caller, port)| Op::Unmask { caller, port }),
+        2 => (live_dom(), port_ref()).prop_map(|(dom, port)| Op::GuestMask { dom, port }),
+        1 => (live_dom(), port_ref()).prop_map(|(dom, port)| Op::GuestClearMask { dom, port }),
         3 => (live_dom(), 0u32..2).prop_map(|(dom, vcpu)| Op::GuestHandle { dom, vcpu }),
-        3 => (dom_id(), virq_no(), vcpu_no()).prop_map(|(dom, virq, vcpu)| Op::RaiseVirq { dom, virq, vcpu }),
-        3 => (live_dom(), proptest::collection::vec(port_no(), 0..140))
+        2 => (dom_id(), virq_no(), vcpu_no())
+            .prop_map(|(dom, virq, vcpu)| Op::RaiseVirq { dom, virq, vcpu }),
+        1 => (live_dom(), proptest::collection::vec(port_ref(), 0..140))
             .prop_map(|(caller, ports)| Op::Poll { caller, ports }),
-        3 => (live_dom(), dom_id(), any::<bool>())
+        1 => (live_dom(), dom_id(), any::<bool>())
             .prop_map(|(caller, dom, privileged)| Op::Reset { caller, dom, privileged }),
         1 => live_dom().prop_map(|dom| Op::Die { dom }),
+        4 => (live_dom(), live_dom()).prop_map(|(a, b)| Op::Connect { a, b }),
     ]
 }
 
-/// Applies `op`; the world's domain 1 is restarted after dying so the run
-/// keeps going.
+/// Resolves `r` against the ports of `dom` satisfying `want` (any bound
+/// port if none does); a raw number is passed through unchecked.
+fn pick(w: &World, dom: u16, r: &PortRef, want: impl Fn(PortState) -> bool) -> u32 {
+    let i = match *r {
+        PortRef::Raw(p) => return p,
+        PortRef::Pick(i) => i,
+    };
+    let Some(Some(d)) = w.doms.get(usize::from(dom)) else {
+        return i as u32;
+    };
+    let states = || (1..NR_PORTS).filter_map(|p| Some((p, d.chans.state(p)?)));
+    let mut ports: Vec<u32> = states().filter(|&(_, s)| want(s)).map(|(p, _)| p).collect();
+    if ports.is_empty() {
+        ports = states()
+            .filter(|&(_, s)| s.is_bound())
+            .map(|(p, _)| p)
+            .collect();
+    }
+    if ports.is_empty() {
+        (i % 8) as u32
+    } else {
+        ports[i % ports.len()]
+    }
+}
+
+fn any_bound(s: PortState) -> bool {
+    s.is_bound()
+}
+
+/// Applies `op` and checks what it returned against the world after it.
 fn apply(w: &mut World, op: &Op) {
     let errno_ok = |e: Errno| {
         [
@@ -1333,6 +1387,7 @@ fn apply(w: &mut World, op: &Op) {
     };
     let check_kick = |w: &mut World, k: Option<Kick>| {
         if let Some(k) = k {
+            assert!(k.vcpu < w.dom(k.dom).chans.nr_vcpus());
             let bits = w.bits(k.dom);
             assert!(bits.is_pending(k.port));
             if k.upcall {
@@ -1342,8 +1397,8 @@ fn apply(w: &mut World, op: &Op) {
             }
         }
     };
-    match op.clone() {
-        Op::AllocUnbound {
+    match op {
+        &Op::AllocUnbound {
             caller,
             dom,
             remote,
@@ -1352,7 +1407,12 @@ fn apply(w: &mut World, op: &Op) {
             Ok(p) => {
                 assert!(p > 0 && p < NR_PORTS);
                 let d = resolve(caller, dom);
-                assert!(matches!(w.state(d, p), PortState::Unbound { .. }));
+                assert_eq!(
+                    w.state(d, p),
+                    PortState::Unbound {
+                        remote_dom: resolve(caller, remote)
+                    }
+                );
             }
             Err(e) => assert!(errno_ok(e), "{e:?}"),
         },
@@ -1360,36 +1420,71 @@ fn apply(w: &mut World, op: &Op) {
             caller,
             remote,
             port,
-        } => match bind_interdomain(w, caller, remote, port) {
-            Ok((p, k)) => {
-                assert!(p > 0);
-                check_kick(w, k);
-            }
-            Err(e) => assert!(errno_ok(e)),
-        },
-        Op::BindVirq { caller, virq, vcpu } => {
-            if let Err(e) = bind_virq(w, caller, virq, vcpu) {
-                assert!(errno_ok(e));
+        } => {
+            let (caller, rdom) = (*caller, resolve(*caller, *remote));
+            let port = pick(w, rdom, port, |s| {
+                s == PortState::Unbound { remote_dom: caller }
+            });
+            match bind_interdomain(w, caller, *remote, port) {
+                Ok((p, k)) => {
+                    assert!(p > 0);
+                    assert_eq!(
+                        w.state(caller, p),
+                        PortState::Interdomain {
+                            remote_dom: rdom,
+                            remote_port: port as u16
+                        }
+                    );
+                    assert_eq!(k.map(|k| (k.dom, k.port)), Some((caller, p)));
+                    check_kick(w, k);
+                }
+                Err(e) => assert!(errno_ok(e)),
             }
         }
-        Op::BindIpi { caller, vcpu } => {
+        &Op::BindVirq { caller, virq, vcpu } => match bind_virq(w, caller, virq, vcpu) {
+            Ok(p) => assert_eq!(w.dom(caller).chans.virq_port(virq, vcpu), Some(p)),
+            Err(e) => assert!(errno_ok(e)),
+        },
+        &Op::BindIpi { caller, vcpu } => {
             if let Err(e) = bind_ipi(w, caller, vcpu) {
                 assert!(errno_ok(e));
             }
         }
         Op::BindVcpu { caller, port, vcpu } => {
-            if let Err(e) = bind_vcpu(w, caller, port, vcpu) {
-                assert!(errno_ok(e));
+            let port = pick(w, *caller, port, any_bound);
+            match bind_vcpu(w, *caller, port, *vcpu) {
+                Ok(()) => assert_eq!(w.dom(*caller).chans.notify_vcpu(port), Some(*vcpu)),
+                Err(e) => assert!(errno_ok(e)),
             }
         }
-        Op::Send { caller, port } => match send(w, caller, port) {
-            Ok(k) => check_kick(w, k),
-            Err(e) => assert_eq!(e, Errno::EINVAL),
-        },
+        Op::Send { caller, port } => {
+            let port = pick(w, *caller, port, |s| {
+                matches!(s, PortState::Interdomain { .. } | PortState::Ipi)
+            });
+            match send(w, *caller, port) {
+                Ok(k) => check_kick(w, k),
+                Err(e) => assert_eq!(e, Errno::EINVAL),
+            }
+        }
         Op::Close { caller, port } => {
-            let before = w.dom(caller).chans.state(port);
-            match close(w, caller, port) {
-                Ok(()) => assert_eq!(w.state(caller, port), PortState::Free),
+            let port = pick(w, *caller, port, any_bound);
+            let before = w.dom(*caller).chans.state(port);
+            match close(w, *caller, port) {
+                Ok(()) => {
+                    assert_eq!(w.state(*caller, port), PortState::Free);
+                    if let Some(PortState::Interdomain {
+                        remote_dom,
+                        remote_port,
+                    }) = before
+                    {
+                        assert_eq!(
+                            w.state(remote_dom, u32::from(remote_port)),
+                            PortState::Unbound {
+                                remote_dom: *caller
+                            }
+                        );
+                    }
+                }
                 Err(e) => {
                     assert_eq!(e, Errno::EINVAL);
                     assert!(!before.is_some_and(PortState::is_bound));
@@ -1402,58 +1497,127 @@ fn apply(w: &mut World, op: &Op) {
             port,
             privileged,
         } => {
-            if let Err(e) = status(w, caller, dom, port, privileged) {
+            let port = pick(w, resolve(*caller, *dom), port, any_bound);
+            if let Err(e) = status(w, *caller, *dom, port, *privileged) {
                 assert!(errno_ok(e));
             }
         }
-        Op::Unmask { caller, port } => match unmask(w, caller, port) {
-            Ok(k) => check_kick(w, k),
-            Err(e) => assert_eq!(e, Errno::EINVAL),
-        },
-        Op::GuestMask { dom, port } => w.bits(dom).guest_mask(port),
-        Op::GuestUnmaskDirect { dom, port } => w.bits(dom).guest_clear_mask(port),
-        Op::GuestHandle { dom, vcpu } => {
+        Op::Unmask { caller, port } => {
+            let port = pick(w, *caller, port, any_bound);
+            match unmask(w, *caller, port) {
+                Ok(k) => check_kick(w, k),
+                Err(e) => assert_eq!(e, Errno::EINVAL),
+            }
+        }
+        Op::GuestMask { dom, port } => {
+            let port = pick(w, *dom, port, any_bound) % NR_PORTS;
+            w.bits(*dom).guest_mask(port);
+        }
+        Op::GuestClearMask { dom, port } => {
+            let port = pick(w, *dom, port, any_bound) % NR_PORTS;
+            w.bits(*dom).guest_clear_mask(port);
+        }
+        &Op::GuestHandle { dom, vcpu } => {
             w.bits(dom).guest_handle(vcpu);
         }
-        Op::RaiseVirq { dom, virq, vcpu } => {
+        &Op::RaiseVirq { dom, virq, vcpu } => {
             let k = raise_virq(w, dom, virq, vcpu);
             check_kick(w, k);
         }
         Op::Poll { caller, ports } => {
-            if let Err(e) = any_pending(w, caller, &ports) {
+            let ports: Vec<u32> = ports
+                .iter()
+                .map(|r| pick(w, *caller, r, any_bound))
+                .collect();
+            if let Err(e) = any_pending(w, *caller, &ports) {
                 assert_eq!(e, Errno::EINVAL);
             }
         }
-        Op::Reset {
+        &Op::Reset {
             caller,
             dom,
             privileged,
-        } => {
-            if let Err(e) = reset(w, caller, dom, privileged) {
-                assert!(errno_ok(e));
+        } => match reset(w, caller, dom, privileged) {
+            Ok(()) => assert_eq!(w.dom(resolve(caller, dom)).chans.bound_count(), 0),
+            Err(e) => assert!(errno_ok(e)),
+        },
+        &Op::Connect { a, b } => {
+            if let Ok(pa) = alloc_unbound(w, a, DOMID_SELF, b, false) {
+                let (pb, kick) = bind_interdomain(w, b, a, pa).unwrap();
+                assert_eq!(
+                    w.state(a, pa),
+                    PortState::Interdomain {
+                        remote_dom: b,
+                        remote_port: pb as u16
+                    }
+                );
+                check_kick(w, kick);
             }
         }
-        Op::Die { dom } => {
+        &Op::Die { dom } => {
             close_all(w, dom);
             assert_eq!(w.dom(dom).chans.bound_count(), 0);
-            // Restart in place so later operations still find it.
+            assert_eq!(bind_ipi(w, dom, 0), Err(Errno::EINVAL));
+            // Restart in the same slot so later operations still find it.
             let n = w.dom(dom).chans.nr_vcpus();
-            let d = w.doms[dom as usize].as_mut().unwrap();
+            let d = w.doms[usize::from(dom)].as_mut().unwrap();
             d.chans.reinit(n);
             d.bits = FakeBits::new();
         }
     }
 }
 
+/// Counts channels by kind across the world (to show the runs get somewhere).
+fn census(w: &World) -> (usize, usize) {
+    let mut inter = 0;
+    let mut virq = 0;
+    for d in w.doms.iter().flatten() {
+        for p in 0..NR_PORTS {
+            match d.chans.state(p) {
+                Some(PortState::Interdomain { .. }) => inter += 1,
+                Some(PortState::Virq { .. }) => virq += 1,
+                _ => {}
+            }
+        }
+    }
+    (inter, virq)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn evtchn_random_operations_keep_invariants(ops in proptest::collection::vec(op(), 1..120)) {
+    fn evtchn_random_operations_keep_invariants(ops in proptest::collection::vec(op(), 1..150)) {
         let mut w = World::new(&[1, 2, 1, 2]);
         for op in &ops {
             apply(&mut w, op);
             check_invariants(&w);
         }
     }
+}
+
+#[test]
+fn evtchn_random_operations_reach_connected_states() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config::default());
+    let strategy = proptest::collection::vec(op(), 100..150);
+    let mut max_inter = 0;
+    let mut max_virq = 0;
+    for _ in 0..32 {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let mut w = World::new(&[1, 2, 1, 2]);
+        for op in &ops {
+            apply(&mut w, op);
+            let (inter, virq) = census(&w);
+            max_inter = max_inter.max(inter);
+            max_virq = max_virq.max(virq);
+        }
+        check_invariants(&w);
+    }
+    assert!(
+        max_inter >= 8,
+        "random runs never connected channels: {max_inter}"
+    );
+    assert!(max_virq >= 2, "random runs never bound VIRQs: {max_virq}");
 }

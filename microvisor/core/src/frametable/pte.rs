@@ -3,8 +3,7 @@
 //! `u64` values: nothing here looks at the frame table.
 
 pub use guest_abi::arch::pte::{
-    ACCESSED, ADDR_MASK, DIRTY, GLOBAL, GUEST_KERNEL, NX, PAT_OR_PSE as PSE, PCD, PRESENT, PWT,
-    RW, USER,
+    ACCESSED, ADDR_MASK, DIRTY, GLOBAL, GUEST_KERNEL, NX, PAT_OR_PSE as PSE, PRESENT, RW, USER,
 };
 
 /// The three software-available bits 9..=11.

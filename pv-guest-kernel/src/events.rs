@@ -1,0 +1,172 @@
+//! Event channels for the guest: maps shared info, binds ports (VIRQs, IPIs,
+//! interdomain), dispatches upcalls to per-port handlers, and saves/restores
+//! the virtual interrupt flag. Interrupt state lives in
+//! `vcpu_info.evtchn_upcall_mask`, never in RFLAGS: a ring-3 `popf` cannot
+//! change IF (the hypervisor would not see it anyway).
+//!
+//! ```ignore
+//! pv_guest_kernel::events::init().unwrap();
+//! let port = pv_guest_kernel::events::bind_virq(guest_abi::event_channel::VIRQ_TIMER, |port| {
+//!     // runs in the upcall, events masked
+//! }).unwrap();
+//! pv_guest_kernel::events::enable();
+//! ```
+
+use crate::arch::shared;
+use crate::traps::TrapFrame;
+use core::sync::atomic::Ordering;
+use guest_abi::errno::Errno;
+use guest_abi::types::{Port, VcpuId};
+use spin::Mutex;
+
+/// A per-port handler, called with the port from the event upcall.
+pub type PortHandler = fn(u32);
+
+const NR_PORTS: usize = 4096;
+static HANDLERS: Mutex<[Option<PortHandler>; NR_PORTS]> = Mutex::new([None; NR_PORTS]);
+
+const PENDING: usize = 2048;
+const MASK: usize = 2560;
+const UPCALL_PENDING: usize = 0;
+const UPCALL_MASK: usize = 1;
+const PENDING_SEL: usize = 8;
+
+/// Maps shared info and installs the event upcall (trap table too).
+pub fn init() -> Result<(), Errno> {
+    shared::map(crate::rt::start_info().shared_info)?;
+    crate::traps::init()?;
+    crate::traps::set_event_handler(upcall);
+    Ok(())
+}
+
+/// Disables event delivery; returns the previous state for [`restore`].
+pub fn save_and_disable() -> bool {
+    shared::u8_at(UPCALL_MASK).swap(1, Ordering::SeqCst) != 0
+}
+
+/// Restores the state [`save_and_disable`] returned; re-enabling delivers
+/// anything that arrived meanwhile.
+pub fn restore(was_disabled: bool) {
+    if !was_disabled {
+        enable();
+    }
+}
+
+/// Enables event delivery. If an event arrived while disabled, a no-op
+/// hypercall makes the hypervisor deliver it now.
+pub fn enable() {
+    shared::u8_at(UPCALL_MASK).store(0, Ordering::SeqCst);
+    if shared::u8_at(UPCALL_PENDING).load(Ordering::SeqCst) != 0 {
+        let _ = guest_abi::hypercall::xen_version_raw(0, None);
+    }
+}
+
+/// Disables event delivery.
+pub fn disable() {
+    shared::u8_at(UPCALL_MASK).store(1, Ordering::SeqCst);
+}
+
+fn set_handler(port: u32, h: PortHandler) {
+    if let Some(slot) = HANDLERS.lock().get_mut(port as usize) {
+        *slot = Some(h);
+    }
+}
+
+/// Masks a port.
+pub fn mask(port: u32) {
+    shared::u64_at(MASK + (port as usize / 64) * 8).fetch_or(1 << (port % 64), Ordering::SeqCst);
+}
+
+/// Unmasks a port through the hypervisor, which re-checks pending and
+/// raises the upcall if needed (so no event is lost between the two).
+pub fn unmask(port: u32) -> Result<(), Errno> {
+    guest_abi::hypercall::evtchn_unmask(Port(port))
+}
+
+/// Whether a port is pending.
+pub fn is_pending(port: u32) -> bool {
+    shared::u64_at(PENDING + (port as usize / 64) * 8).load(Ordering::SeqCst) & (1 << (port % 64)) != 0
+}
+
+/// Clears a port's pending bit.
+pub fn clear(port: u32) {
+    shared::u64_at(PENDING + (port as usize / 64) * 8).fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
+}
+
+/// Binds a VIRQ on vCPU 0 and installs `h` for it (unmasked).
+pub fn bind_virq(virq: u32, h: PortHandler) -> Result<u32, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_virq(virq, VcpuId(0))?.0;
+    set_handler(p, h);
+    unmask(p)?;
+    Ok(p)
+}
+
+/// Binds an IPI port on vCPU 0 and installs `h` for it.
+pub fn bind_ipi(h: PortHandler) -> Result<u32, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_ipi(VcpuId(0))?.0;
+    set_handler(p, h);
+    unmask(p)?;
+    Ok(p)
+}
+
+/// Allocates a port another domain can bind to, with handler `h`.
+pub fn alloc_unbound(remote: u16, h: PortHandler) -> Result<u32, Errno> {
+    let p = guest_abi::hypercall::evtchn_alloc_unbound(guest_abi::types::DomId(remote))?.0;
+    set_handler(p, h);
+    unmask(p)?;
+    Ok(p)
+}
+
+/// Binds to another domain's unbound port, with handler `h`.
+pub fn bind_interdomain(remote: u16, remote_port: u32, h: PortHandler) -> Result<u32, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_interdomain(guest_abi::types::DomId(remote), Port(remote_port))?.0;
+    set_handler(p, h);
+    unmask(p)?;
+    Ok(p)
+}
+
+/// Notifies the other end of a port.
+pub fn send(port: u32) -> Result<(), Errno> {
+    guest_abi::hypercall::evtchn_send(Port(port))
+}
+
+/// Closes a port.
+pub fn close(port: u32) -> Result<(), Errno> {
+    if let Some(slot) = HANDLERS.lock().get_mut(port as usize) {
+        *slot = None;
+    }
+    guest_abi::hypercall::evtchn_close(Port(port))
+}
+
+/// Dispatches every pending, unmasked port (Xen's 2-level walk): clear
+/// upcall_pending, take the selector, scan each selected word.
+pub fn dispatch_pending() {
+    loop {
+        shared::u8_at(UPCALL_PENDING).store(0, Ordering::SeqCst);
+        let sel = shared::u64_at(PENDING_SEL).swap(0, Ordering::SeqCst);
+        if sel == 0 {
+            return;
+        }
+        let mut words = sel;
+        while words != 0 {
+            let w = words.trailing_zeros() as usize;
+            words &= words - 1;
+            let pend = shared::u64_at(PENDING + w * 8).load(Ordering::SeqCst) & !shared::u64_at(MASK + w * 8).load(Ordering::SeqCst);
+            let mut bits = pend;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let port = (w * 64 + b) as u32;
+                clear(port);
+                let h = HANDLERS.lock().get(port as usize).copied().flatten();
+                if let Some(h) = h {
+                    h(port);
+                }
+            }
+        }
+    }
+}
+
+fn upcall(_f: &mut TrapFrame) {
+    dispatch_pending();
+}
