@@ -70,6 +70,8 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
             mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?
         };
         mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
+        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| err(format_args!("domain '{}': frame {mfn:#x} not assignable: {e:?}", spec.name)))?;
+        mm::frames::set_m2p(mfn, pfn);
     }
 
     // Kernel image.
@@ -88,6 +90,8 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     // Shared info: a hypervisor-allocated frame outside the pseudo-physical
     // map, all upcalls masked.
     let shared_info_mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory", spec.name)))?;
+    // Owned by the domain (so it may map it writable), outside its p2m.
+    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id)).map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
     for v in 0..32u64 {
         mm::write_phys(shared_info_mfn * PAGE + v * 64 + 1, &[1]);
     }
@@ -108,6 +112,14 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         }
     }
     let cr3 = frames.mfn(pt_first) * PAGE;
+    // Validate the bootstrap tables: pinned as an L4 (as Xen's builder does)
+    // plus the reference the vCPU's base pointer holds.
+    let l4 = frames.mfn(pt_first);
+    mm::frames::with(|ft, mem| {
+        ft.pin(mem, id, l4, 4)?;
+        ft.new_baseptr(mem, id, l4, None)
+    })
+    .map_err(|e| err(format_args!("domain '{}': bootstrap page tables do not validate: {e:?}", spec.name)))?;
 
     // start_info.
     let mut si = StartInfo::new_zeroed();
@@ -155,6 +167,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         state: RunState::Runnable,
         frame,
         cr3,
+        user_cr3: 0,
         shared_info_mfn,
         console: heapless::Vec::new(),
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },

@@ -86,6 +86,8 @@ pub struct Domain {
     pub frame: TrapFrame,
     /// Machine address of the current L4 (guest kernel page tables).
     pub cr3: u64,
+    /// Machine address of the guest user L4 (NEW_USER_BASEPTR), 0 = none.
+    pub user_cr3: u64,
     /// Machine frame of the shared info page.
     pub shared_info_mfn: u64,
     /// Pending console output, flushed per line.
@@ -248,8 +250,16 @@ impl Hv {
             End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
         }
         let id = d.id;
+        let (cr3, user_cr3) = (d.cr3, d.user_cr3);
         // Peers' ends of its channels become unbound.
         microvisor_core::evtchn::close_all(self, id);
+        // Leave its address space before its frames are scrubbed.
+        if crate::arch::cpu::cr3() == cr3 || crate::arch::cpu::cr3() == user_cr3 {
+            // SAFETY: the hypervisor's own L4 maps everything it needs.
+            unsafe { crate::arch::cpu::write_cr3(crate::mm::paging::hv_l4()) };
+        }
+        let freed = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
+        crate::debug!("domain {id}: {freed} frames scrubbed and freed");
     }
 
     /// Prints the verdict and leaves QEMU: success only if every domain ended

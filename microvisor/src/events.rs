@@ -61,7 +61,8 @@ impl evtchn::Domains for Hv {
 
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
         let i = dom as usize;
-        if i >= self.domains.len() {
+        // A dead domain's shared info frame has been freed: never touch it.
+        if !self.domains.get(i).is_some_and(|d| d.is_live()) {
             return None;
         }
         Some((&mut self.channels[i], &mut self.bits[i]))

@@ -35,29 +35,39 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
 
 /// Ok(Some(v)): return v to the caller. Ok(None): the frame was switched.
 fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<Option<u64>, Errno> {
-    let r = match nr {
+    match nr {
+        1 => crate::mmu::mmu_update(hv, frame, a[0], a[1], a[2], a[3]),
+        13 => crate::mmu::multicall(hv, frame, a[0], a[1]).map(Some),
+        23 => {
+            pv::iret(hv, frame);
+            Ok(None)
+        }
+        29 => sched_op(hv, frame, a[0], a[1]),
+        _ => dispatch_simple(hv, nr, a).map(Some),
+    }
+}
+
+/// Hypercalls that never switch vCPUs (also what a multicall may contain).
+pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
+    match nr {
         0 => pv::set_trap_table(hv, a[0]),
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),
+        14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
-        24 => vcpu_op(hv, a[0], a[1], a[2]),
-        32 => crate::events::event_channel_op(hv, a[0], a[1]),
-        23 => {
-            pv::iret(hv, frame);
-            return Ok(None);
-        }
-        25 => pv::set_segment_base(hv, a[0], a[1]),
-        30 => pv::callback_op(hv, a[0], a[1]),
         18 => console_io(hv, a[0], a[1], a[2]),
-        29 => return sched_op(hv, frame, a[0], a[1]),
+        24 => vcpu_op(hv, a[0], a[1], a[2]),
+        25 => pv::set_segment_base(hv, a[0], a[1]),
+        26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),
+        30 => pv::callback_op(hv, a[0], a[1]),
+        32 => crate::events::event_channel_op(hv, a[0], a[1]),
         _ => {
             crate::debug!("domain {}: hypercall {nr} not implemented", hv.domains[hv.current].id);
             Err(Errno::ENOSYS)
         }
-    };
-    r.map(Some)
+    }
 }
 
 fn cr3(hv: &Hv) -> u64 {

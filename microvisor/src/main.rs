@@ -13,6 +13,7 @@ mod events;
 mod hypercall;
 mod log;
 mod mm;
+mod mmu;
 mod pv;
 mod sched;
 mod time;
@@ -135,6 +136,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     info!("memory: {} MiB of RAM, {} frames free", ram_end >> 20, mm::with_allocator(|a| a.free_count()));
 
     mm::paging::init(nr_frames * mm::PAGE);
+    mm::frames::init(nr_frames);
     arch::desc::init();
     enable_protections();
     arch::apic::init();

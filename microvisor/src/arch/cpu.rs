@@ -71,6 +71,22 @@ pub fn invlpg(va: u64) {
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
 
+/// Flushes the whole TLB, global entries included (toggles CR4.PGE).
+pub fn flush_tlb_all() {
+    let v = cr4();
+    // SAFETY: clearing and restoring PGE only flushes the TLB.
+    unsafe {
+        asm!("mov cr4, {}", in(reg) v & !(1u64 << 7), options(nostack, preserves_flags));
+        asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags));
+    }
+}
+
+/// Flushes the non-global TLB entries (reloads CR3).
+pub fn flush_tlb_local() {
+    // SAFETY: reloading the current CR3 changes no mapping.
+    unsafe { write_cr3(cr3()) }
+}
+
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no memory effects.

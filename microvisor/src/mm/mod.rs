@@ -6,6 +6,7 @@
 //! virtual address directly (SMAP stays on; guest pointers are translated
 //! and checked first).
 
+pub mod frames;
 pub mod guest;
 pub mod paging;
 

@@ -89,6 +89,32 @@ pub fn map_mmio(va: u64, pa: u64) {
     crate::arch::cpu::invlpg(va);
 }
 
+/// Like `next`, but the entry allows user access (for the M2P slot only).
+fn next_user(table: u64, idx: u64) -> u64 {
+    let e = read_u64(table + idx * 8);
+    if e & P != 0 {
+        write_u64(table + idx * 8, e | US);
+        return e & ADDR_MASK;
+    }
+    let t = table_alloc();
+    write_u64(table + idx * 8, t | P | RW | US);
+    t
+}
+
+/// Maps `frames` pages at `va` read-only and user-readable (the M2P table
+/// guests read). The hypervisor writes them through the direct map.
+pub fn map_user_readonly(va: u64, pa: u64, frames: u64) {
+    let l4 = hv_l4();
+    for i in 0..frames {
+        let v = va + i * PAGE;
+        let l3 = next_user(l4, (v >> 39) & 511);
+        let l2 = next_user(l3, (v >> 30) & 511);
+        let l1 = next_user(l2, (v >> 21) & 511);
+        write_u64(l1 + ((v >> 12) & 511) * 8, (pa + i * PAGE) | P | US | NX | A);
+    }
+    crate::arch::cpu::flush_tlb_all();
+}
+
 /// Builds the hypervisor's page tables and switches to them. Frames for the
 /// tables must come from the first GiB (the boot identity map).
 pub fn init(max_phys: u64) {

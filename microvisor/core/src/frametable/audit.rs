@@ -387,7 +387,10 @@ fn check_state(mfn: u64, p: &PageInfo) -> Result<(), AuditError> {
         return Err(bad_state(mfn, "reserved owner id"));
     }
     if !p.is_dying() && p.count == 0 {
-        return Err(bad_state(mfn, "owned frame without its allocation reference"));
+        return Err(bad_state(
+            mfn,
+            "owned frame without its allocation reference",
+        ));
     }
     if p.type_count > 0 && ty == PageType::None {
         return Err(bad_state(mfn, "type count on an untyped frame"));

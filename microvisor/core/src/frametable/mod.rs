@@ -465,7 +465,9 @@ impl<'a> FrameTable<'a> {
         }
         let n = self.nr_frames();
         for mfn in 0..n {
-            let pinned = self.pg(mfn).is_some_and(|p| p.owner == dom && p.is_pinned());
+            let pinned = self
+                .pg(mfn)
+                .is_some_and(|p| p.owner == dom && p.is_pinned());
             if pinned {
                 if let Some(p) = self.pg_mut(mfn) {
                     p.flags &= !F_PINNED;

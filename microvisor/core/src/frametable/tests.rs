@@ -1,1 +1,1104 @@
+//! Unit tests of the frame-table rules and of each hostile scenario: every
+//! refused request must return Xen's error code and leave a clean audit.
 
+use std::vec;
+use std::vec::Vec;
+
+use super::*;
+
+pub(super) const N: usize = 64;
+pub(super) const D1: u16 = 1;
+pub(super) const D2: u16 = 2;
+
+pub(super) const P: u64 = pte::PRESENT;
+pub(super) const W: u64 = pte::RW;
+pub(super) const U: u64 = pte::USER;
+pub(super) const A: u64 = pte::ACCESSED;
+pub(super) const D: u64 = pte::DIRTY;
+pub(super) const PWT: u64 = 1 << 3;
+pub(super) const PCD: u64 = 1 << 4;
+pub(super) const PSE: u64 = pte::PSE;
+pub(super) const G: u64 = pte::GLOBAL;
+pub(super) const NX: u64 = pte::NX;
+pub(super) const BIT62: u64 = 1 << 62;
+
+/// What the hypervisor puts in L4 slots 256..=271 (values only; the frames
+/// they name lie outside the test machine).
+pub(super) const HV: [u64; HV_L4_SLOTS] = {
+    let mut a = [0u64; HV_L4_SLOTS];
+    let mut i = 0;
+    while i < HV_L4_SLOTS {
+        a[i] = ((0x1000 + i as u64) << 12) | 0x63;
+        i += 1;
+    }
+    a
+};
+
+/// Fake machine memory: 512 entries per frame, plus a flush counter.
+pub(super) struct Mem {
+    frames: Vec<[u64; ENTRIES]>,
+    pub(super) flushes: u32,
+}
+
+impl Mem {
+    pub(super) fn new(n: usize) -> Self {
+        Self {
+            frames: vec![[0; ENTRIES]; n],
+            flushes: 0,
+        }
+    }
+}
+
+impl TableMemory for Mem {
+    fn read(&self, mfn: u64, idx: usize) -> u64 {
+        usize::try_from(mfn)
+            .ok()
+            .and_then(|m| self.frames.get(m))
+            .and_then(|f| f.get(idx))
+            .copied()
+            .expect("policy read outside the machine")
+    }
+
+    fn write(&mut self, mfn: u64, idx: usize, val: u64) {
+        let slot = usize::try_from(mfn)
+            .ok()
+            .and_then(|m| self.frames.get_mut(m))
+            .and_then(|f| f.get_mut(idx))
+            .expect("policy write outside the machine");
+        *slot = val;
+    }
+
+    fn flush_tlbs(&mut self) {
+        self.flushes += 1;
+    }
+}
+
+pub(super) const fn ent(mfn: u64, flags: u64) -> u64 {
+    (mfn << 12) | flags
+}
+
+pub(super) const fn ma(mfn: u64, idx: usize) -> u64 {
+    (mfn << 12) | (idx as u64 * 8)
+}
+
+type Ext = Vec<(u64, ExternalRef)>;
+
+const BASE: ExternalRef = ExternalRef::PageAndType(PageType::L4);
+
+// D1: L4 2 -> L3 3 -> L2 4 -> L1 5 -> data 6..=9 (RW) and 10 (RO); spare 11..=31.
+// D2: L4 32 -> L3 33 -> L2 34 -> L1 35 -> data 36..=39 (RW) and 40 (RO); spare 41..=63.
+// Frames 0 and 1 belong to the hypervisor.
+fn boot(ft: &mut FrameTable<'_>, mem: &mut Mem) -> Ext {
+    ft.reserve_for_hypervisor(0).unwrap();
+    ft.reserve_for_hypervisor(1).unwrap();
+    for mfn in 2..32 {
+        ft.assign(mfn, D1).unwrap();
+    }
+    for mfn in 32..64 {
+        ft.assign(mfn, D2).unwrap();
+    }
+    let mut ext = Vec::new();
+    for (dom, b) in [(D1, 2u64), (D2, 32)] {
+        mem.write(b, 0, ent(b + 1, P | W | U));
+        mem.write(b + 1, 0, ent(b + 2, P | W | U));
+        mem.write(b + 2, 0, ent(b + 3, P | W | U));
+        for i in 0..4 {
+            mem.write(b + 3, i, ent(b + 4 + i as u64, P | W | U));
+        }
+        mem.write(b + 3, 4, ent(b + 8, P | U));
+        ft.new_baseptr(mem, dom, b, None).unwrap();
+        ext.push((b, BASE));
+    }
+    ext
+}
+
+macro_rules! world {
+    ($ft:ident, $mem:ident, $ext:ident) => {
+        let mut pages = vec![PageInfo::default(); N];
+        #[allow(unused_mut)]
+        let mut $ft = FrameTable::new(&mut pages, HV);
+        #[allow(unused_mut)]
+        let mut $mem = Mem::new(N);
+        #[allow(unused_mut)]
+        let mut $ext = boot(&mut $ft, &mut $mem);
+    };
+}
+
+#[track_caller]
+fn clean(ft: &FrameTable<'_>, mem: &Mem, ext: &[(u64, ExternalRef)]) {
+    if let Err(e) = ft.audit(mem, ext) {
+        panic!("audit failed: {e}");
+    }
+}
+
+/// An update by `dom` of entry `idx` of table `table`, mapping `dom`'s own frames.
+fn upd(
+    ft: &mut FrameTable<'_>,
+    mem: &mut Mem,
+    dom: u16,
+    table: u64,
+    idx: usize,
+    val: u64,
+) -> Result<Flush, Errno> {
+    ft.mod_entry(mem, dom, dom, ma(table, idx), val, false)
+}
+
+fn info(ft: &FrameTable<'_>, mfn: u64) -> PageInfo {
+    ft.info(mfn).unwrap()
+}
+
+#[test]
+fn boot_validates_every_level_and_audits_clean() {
+    world!(ft, mem, ext);
+    clean(&ft, &mem, &ext);
+    for (mfn, ty) in [
+        (2, PageType::L4),
+        (3, PageType::L3),
+        (4, PageType::L2),
+        (5, PageType::L1),
+    ] {
+        let p = info(&ft, mfn);
+        assert_eq!(p.page_type(), ty);
+        assert!(p.is_validated());
+        assert_eq!(p.type_count(), 1);
+        assert_eq!(p.count(), 2, "allocation + one reference");
+    }
+    let data = info(&ft, 6);
+    assert_eq!(
+        (data.page_type(), data.type_count(), data.count()),
+        (PageType::Writable, 1, 2)
+    );
+    let ro = info(&ft, 10);
+    assert_eq!((ro.type_count(), ro.count()), (0, 2));
+    for i in 0..HV_L4_SLOTS {
+        assert_eq!(mem.read(2, HV_L4_FIRST + i), HV[i]);
+    }
+    assert_eq!(
+        mem.read(2, 0),
+        ent(3, P | W | U | A),
+        "L4 entries get USER and ACCESSED"
+    );
+}
+
+#[test]
+fn user_bit_is_forced_on_every_level() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(11, P)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(5, 20), ent(11, P | U | pte::GUEST_KERNEL));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 21, ent(11, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(5, 21), ent(11, P | U));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 1, ent(12, P | W)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(4, 1), ent(12, P | W | U));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 3, 1, ent(13, P | W)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(3, 1), ent(13, P | W | U));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 1, ent(14, P | W)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(2, 1), ent(14, P | W | U | A));
+    clean(&ft, &mem, &ext);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile scenarios (issue item 9)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn writable_mapping_of_own_page_table_is_refused() {
+    world!(ft, mem, ext);
+    for table in [2, 3, 4, 5] {
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, 5, 20, ent(table, P | W | U)),
+            Err(Errno::EBUSY)
+        );
+        clean(&ft, &mem, &ext);
+        assert_eq!(mem.read(5, 20), 0, "nothing written on failure");
+    }
+    // Read-only is fine, also of the L1 itself; making it writable is not.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(5, P | U)),
+        Ok(Flush::NONE)
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(5, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 20, 0), Ok(Flush::NEEDED));
+    clean(&ft, &mem, &ext);
+    // A table reached through validation: an L1 holding a writable mapping of
+    // an L2 cannot be hooked in.
+    mem.write(11, 0, ent(4, P | W | U));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 1, ent(11, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(info(&ft, 11).type_count(), 0);
+}
+
+#[test]
+fn mapping_another_domains_frame_is_refused() {
+    world!(ft, mem, ext);
+    for flags in [P | U, P | W | U] {
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, 5, 20, ent(36, flags)),
+            Err(Errno::EBUSY)
+        );
+        clean(&ft, &mem, &ext);
+    }
+    // Naming a foreign page owner needs privilege.
+    assert_eq!(resolve_pg_owner(D1, D2, false), Err(Errno::EPERM));
+    assert_eq!(resolve_pg_owner(D1, D1, true), Err(Errno::ESRCH));
+    assert_eq!(resolve_pg_owner(D1, OWNER_XEN, true), Err(Errno::ESRCH));
+    assert_eq!(resolve_pg_owner(D1, DOMID_SELF, false), Ok(D1));
+    let pg_owner = resolve_pg_owner(D1, D2, true).unwrap();
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, pg_owner, ma(5, 20), ent(36, P | W | U), false),
+        Ok(Flush::NONE)
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(info(&ft, 36).count(), 3);
+    // A foreign page owner cannot be used for L2-L4 updates.
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D2, ma(4, 1), ent(35, P | U), false),
+        Err(Errno::EINVAL)
+    );
+    // Nor can a foreign L1 frame be hooked in by D1 itself.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 1, ent(35, P | U)),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn mapping_hypervisor_free_or_absent_frames_is_refused() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(0, P | U)),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(1, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    clean(&ft, &mem, &ext);
+    ft.release(31, D1).unwrap();
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(31, P | U)),
+        Err(Errno::EBUSY)
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, ent(1000, P | U)),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 20, pte::ADDR_MASK | P | U),
+        Err(Errno::EPERM)
+    );
+    // The hypervisor's frames cannot be table frames either.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 1, ent(0, P | U)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(ft.pin(&mut mem, D1, 0, 1), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn reserved_l4_slots_are_immutable() {
+    world!(ft, mem, ext);
+    for idx in HV_L4_FIRST..HV_L4_FIRST + HV_L4_SLOTS {
+        assert_eq!(upd(&mut ft, &mut mem, D1, 2, idx, 0), Err(Errno::EINVAL));
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, 2, idx, ent(3, P | U)),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(mem.read(2, idx), HV[idx - HV_L4_FIRST]);
+        clean(&ft, &mem, &ext);
+    }
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, HV_L4_FIRST - 1, 0),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, HV_L4_FIRST + HV_L4_SLOTS, 0),
+        Ok(Flush::NONE)
+    );
+    // Whatever a guest leaves there is replaced when the L4 is validated, and
+    // ignored when it is devalidated.
+    for i in 0..HV_L4_SLOTS {
+        mem.write(11, HV_L4_FIRST + i, ent(6, P | W | U));
+    }
+    assert_eq!(ft.pin(&mut mem, D1, 11, 4), Ok(()));
+    assert_eq!(mem.read(11, HV_L4_FIRST), HV[0]);
+    clean(&ft, &mem, &ext);
+    assert_eq!(ft.unpin(&mut mem, D1, 11), Ok(()));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn superpages_and_forbidden_flags_are_refused() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 1, ent(16, P | W | U | PSE)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 3, 1, ent(16, P | W | U | PSE)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 1, ent(16, P | W | U | PSE)),
+        Err(Errno::EINVAL)
+    );
+    for bad in [PWT, PCD, PSE, BIT62] {
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, 5, 20, ent(11, P | U | bad)),
+            Err(Errno::EINVAL)
+        );
+    }
+    for bad in [PWT, PCD, G] {
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, 4, 1, ent(16, P | U | bad)),
+            Err(Errno::EINVAL)
+        );
+    }
+    clean(&ft, &mem, &ext);
+    // Validation applies the same rules to entries already in a new table.
+    mem.write(16, 7, ent(17, P | W | U | PSE));
+    assert_eq!(ft.pin(&mut mem, D1, 16, 2), Err(Errno::EINVAL));
+    assert_eq!(ft.pin(&mut mem, D1, 16, 3), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+    // What L1 entries may carry.
+    for ok in [G, A | D, NX, 0x7 << 9, 1 << 52] {
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, 5, 20, ent(11, P | U | ok)),
+            Ok(Flush::NONE)
+        );
+    }
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn linear_page_tables_are_read_only_and_one_level_deep() {
+    world!(ft, mem, ext);
+    // Read-only self-maps at L4, L3 and L2 take no reference.
+    let before: Vec<PageInfo> = (2..6).map(|m| info(&ft, m)).collect();
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 510, ent(2, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 3, 510, ent(3, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 510, ent(4, P | U)),
+        Ok(Flush::NONE)
+    );
+    for (m, b) in (2..6).zip(&before) {
+        assert_eq!(
+            (info(&ft, m).count(), info(&ft, m).type_count()),
+            (b.count(), b.type_count())
+        );
+    }
+    clean(&ft, &mem, &ext);
+    // Writable ones are refused.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 509, ent(2, P | W | U)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 3, 509, ent(3, P | W | U)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 509, ent(4, P | W | U)),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+
+    // Two more validated L4s (pinned, empty).
+    ft.pin(&mut mem, D1, 16, 4).unwrap();
+    ft.pin(&mut mem, D1, 17, 4).unwrap();
+    // 2 -> 16 read-only: one level of linear mapping is fine.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 508, ent(16, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(info(&ft, 2).linear_count(), 1);
+    assert_eq!(info(&ft, 16).linear_count(), -1);
+    clean(&ft, &mem, &ext);
+    // 16 is a linear target, so it may not hold linear entries (XSA-240) ...
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 16, 1, ent(17, P | U)),
+        Err(Errno::EINVAL)
+    );
+    // ... and 2 holds linear entries, so it may not become a target.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 17, 1, ent(2, P | U)),
+        Err(Errno::EINVAL)
+    );
+    // A writable linear entry is refused.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 507, ent(17, P | W | U)),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+    // A chain built by validation is refused the same way.
+    mem.write(18, 0, ent(2, P | U));
+    assert_eq!(ft.pin(&mut mem, D1, 18, 4), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+    // Unpinning a linear target keeps it validated while it is mapped.
+    ft.unpin(&mut mem, D1, 16).unwrap();
+    assert!(info(&ft, 16).is_validated());
+    clean(&ft, &mem, &ext);
+    assert_eq!(upd(&mut ft, &mut mem, D1, 2, 508, 0), Ok(Flush::NEEDED));
+    assert!(!info(&ft, 16).is_validated());
+    assert_eq!(info(&ft, 2).linear_count(), 0);
+    clean(&ft, &mem, &ext);
+    // L2 and L3 linear entries between distinct validated tables.
+    ft.pin(&mut mem, D1, 19, 2).unwrap();
+    ft.pin(&mut mem, D1, 20, 3).unwrap();
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 2, ent(19, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 3, 2, ent(20, P | U)),
+        Ok(Flush::NONE)
+    );
+    clean(&ft, &mem, &ext);
+    // A linear target must already be validated.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 2, ent(21, P | U)),
+        Ok(Flush::NONE),
+        "an empty frame validates as L3"
+    );
+    assert_eq!(info(&ft, 21).page_type(), PageType::L3);
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn xsa182_rw_only_flip_is_fully_checked() {
+    world!(ft, mem, ext);
+    for (table, idx) in [(2u64, 510usize), (3, 510), (4, 510)] {
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, table, idx, ent(table, P | U)),
+            Ok(Flush::NONE)
+        );
+        let ro = mem.read(table, idx);
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, table, idx, ro | W),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(mem.read(table, idx), ro);
+        // Flipping whitelisted bits still takes the fast path.
+        assert_eq!(
+            upd(&mut ft, &mut mem, D1, table, idx, ro | NX),
+            Ok(Flush::NONE)
+        );
+        clean(&ft, &mem, &ext);
+    }
+    // The same for an L1 mapping its own table, and for an ordinary
+    // read-only mapping of an L2 (which must not become writable).
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 30, ent(5, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 30, ent(5, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 31, ent(4, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 31, ent(4, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn new_baseptr_to_unvalidatable_or_foreign_frame_is_refused() {
+    world!(ft, mem, mut_ext);
+    let mut ext = mut_ext;
+    assert_eq!(
+        ft.new_baseptr(&mut mem, D1, 32, Some(2)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(ft.new_baseptr(&mut mem, D1, 0, Some(2)), Err(Errno::EINVAL));
+    assert_eq!(
+        ft.new_baseptr(&mut mem, D1, 1000, Some(2)),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+    // A data frame mapped writable cannot become an L4.
+    assert_eq!(ft.new_baseptr(&mut mem, D1, 6, Some(2)), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+    // An L4 with a forbidden flag.
+    mem.write(16, 3, ent(17, P | W | U | PWT));
+    assert_eq!(
+        ft.new_baseptr(&mut mem, D1, 16, Some(2)),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+    // An L4 whose tree maps a foreign frame four levels down: everything
+    // taken on the way is given back.
+    mem.write(18, 0, ent(19, P | W | U));
+    mem.write(19, 0, ent(20, P | W | U));
+    mem.write(20, 0, ent(21, P | W | U));
+    mem.write(21, 0, ent(11, P | W | U));
+    mem.write(21, 1, ent(36, P | U));
+    assert_eq!(ft.new_baseptr(&mut mem, D1, 18, Some(2)), Err(Errno::EBUSY));
+    clean(&ft, &mem, &ext);
+    for m in [11, 18, 19, 20, 21] {
+        let p = info(&ft, m);
+        assert_eq!((p.count(), p.type_count()), (1, 0), "frame {m}");
+    }
+    for m in [18, 19, 20, 21] {
+        assert_eq!(info(&ft, m).page_type(), PageType::None, "frame {m}");
+    }
+    // A good one sharing the L3: the old L4 is devalidated, the L3 survives.
+    mem.write(22, 0, ent(3, P | W | U));
+    assert_eq!(ft.new_baseptr(&mut mem, D1, 22, Some(2)), Ok(()));
+    ext[0] = (22, BASE);
+    clean(&ft, &mem, &ext);
+    assert_eq!(info(&ft, 2).type_count(), 0);
+    assert!(!info(&ft, 2).is_validated());
+    assert!(info(&ft, 3).is_validated());
+    // Same frame again: nothing changes.
+    assert_eq!(ft.new_baseptr(&mut mem, D1, 22, Some(22)), Ok(()));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn pin_and_unpin_rules() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        ft.unpin(&mut mem, D1, 5),
+        Err(Errno::EINVAL),
+        "validated but not pinned"
+    );
+    assert_eq!(
+        ft.unpin(&mut mem, D1, 11),
+        Err(Errno::EINVAL),
+        "never a table"
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(ft.pin(&mut mem, D1, 5, 1), Ok(()));
+    assert_eq!(
+        ft.pin(&mut mem, D1, 5, 1),
+        Err(Errno::EINVAL),
+        "already pinned"
+    );
+    assert_eq!(
+        ft.pin(&mut mem, D1, 5, 2),
+        Err(Errno::EINVAL),
+        "type mismatch"
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(ft.unpin(&mut mem, D2, 5), Err(Errno::EINVAL), "not D2's");
+    assert_eq!(ft.unpin(&mut mem, D1, 5), Ok(()));
+    assert_eq!(ft.unpin(&mut mem, D1, 5), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+    for level in [0, 5, 255] {
+        assert_eq!(ft.pin(&mut mem, D1, 11, level), Err(Errno::EINVAL));
+    }
+    assert_eq!(
+        ft.pin(&mut mem, D1, 6, 1),
+        Err(Errno::EINVAL),
+        "writable frame"
+    );
+    assert_eq!(
+        ft.pin(&mut mem, D1, 36, 1),
+        Err(Errno::EINVAL),
+        "foreign frame"
+    );
+    clean(&ft, &mem, &ext);
+    // A pinned table stays validated with no other user; unpin devalidates.
+    mem.write(11, 0, ent(12, P | W | U));
+    assert_eq!(ft.pin(&mut mem, D1, 11, 1), Ok(()));
+    assert_eq!(info(&ft, 12).page_type(), PageType::Writable);
+    clean(&ft, &mem, &ext);
+    assert_eq!(ft.unpin(&mut mem, D1, 11), Ok(()));
+    assert_eq!(info(&ft, 12).type_count(), 0);
+    assert_eq!(info(&ft, 12).count(), 1);
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn release_of_a_frame_in_use_is_refused() {
+    world!(ft, mem, ext);
+    for (mfn, why) in [
+        (2, "base pointer"),
+        (3, "L3"),
+        (4, "L2"),
+        (5, "L1"),
+        (6, "RW"),
+        (10, "RO"),
+    ] {
+        assert_eq!(ft.release(mfn, D1), Err(Errno::EBUSY), "{why}");
+        clean(&ft, &mem, &ext);
+    }
+    assert_eq!(ft.release(36, D1), Err(Errno::EINVAL));
+    assert_eq!(ft.release(0, D1), Err(Errno::EINVAL));
+    assert_eq!(ft.release(1000, D1), Err(Errno::EINVAL));
+    // A pinned table nobody maps is still in use.
+    ft.pin(&mut mem, D1, 16, 1).unwrap();
+    assert_eq!(ft.release(16, D1), Err(Errno::EBUSY));
+    clean(&ft, &mem, &ext);
+    ft.unpin(&mut mem, D1, 16).unwrap();
+    assert_eq!(ft.release(16, D1), Ok(()));
+    assert_eq!(ft.owner(16), Some(OWNER_FREE));
+    assert_eq!(ft.release(16, D1), Err(Errno::EINVAL), "twice");
+    clean(&ft, &mem, &ext);
+    // Once unmapped, a data frame can go.
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 0, 0), Ok(Flush::NEEDED));
+    assert_eq!(ft.release(6, D1), Ok(()));
+    clean(&ft, &mem, &ext);
+    // And be given to someone else.
+    assert_eq!(ft.assign(6, D2), Ok(()));
+    assert_eq!(ft.assign(6, D1), Err(Errno::EBUSY));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn ten_thousand_map_unmap_cycles_leak_nothing() {
+    world!(ft, mem, ext);
+    let counts = |ft: &FrameTable<'_>| -> Vec<(u32, u32)> {
+        (0..N as u64)
+            .map(|m| (info(ft, m).count(), info(ft, m).type_count()))
+            .collect()
+    };
+    let baseline = counts(&ft);
+    mem.write(12, 7, ent(13, P | W | U));
+    for i in 0..10_000u32 {
+        let (table, idx, val) = match i % 4 {
+            0 => (5, 100, ent(11, P | W | U)),
+            1 => (5, 100, ent(11, P | U)),
+            2 => (4, 100, ent(12, P | W | U)),
+            _ => (3, 100, ent(14, P | W | U)),
+        };
+        assert_eq!(upd(&mut ft, &mut mem, D1, table, idx, val), Ok(Flush::NONE));
+        assert_eq!(upd(&mut ft, &mut mem, D1, table, idx, 0), Ok(Flush::NEEDED));
+        if i % 1000 == 0 {
+            clean(&ft, &mem, &ext);
+        }
+    }
+    clean(&ft, &mem, &ext);
+    assert_eq!(counts(&ft), baseline);
+}
+
+#[test]
+fn relinquish_frees_everything() {
+    world!(ft, mem, ext);
+    // Make D1's state busy: pins, a linear entry, a self-map, a second tree.
+    ft.pin(&mut mem, D1, 5, 1).unwrap();
+    ft.pin(&mut mem, D1, 16, 4).unwrap();
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 500, ent(16, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 501, ent(2, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 16, 0, ent(3, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    clean(&ft, &mem, &ext);
+    // The caller drops D1's base pointer, then the domain dies.
+    ft.put_page_and_type(&mut mem, 2);
+    let ext: Ext = ext.into_iter().filter(|&(m, _)| m != 2).collect();
+    let mut freed = Vec::new();
+    assert_eq!(ft.relinquish_domain(&mut mem, D1, |m| freed.push(m)), 0);
+    freed.sort_unstable();
+    assert_eq!(freed, (2..32).collect::<Vec<u64>>());
+    for m in 2..32 {
+        assert_eq!(info(&ft, m), PageInfo::FREE, "frame {m}");
+    }
+    clean(&ft, &mem, &ext);
+    // D2 is untouched.
+    assert!(info(&ft, 35).is_validated());
+    assert_eq!(
+        ft.relinquish_domain(&mut mem, D1, |_| panic!("nothing left")),
+        0
+    );
+}
+
+#[test]
+fn relinquish_waits_for_references_held_elsewhere() {
+    world!(ft, mem, ext);
+    // D2 (privileged) maps D1's frame 11 writable; the caller still holds
+    // D1's base pointer when D1 dies.
+    assert_eq!(
+        ft.mod_entry(&mut mem, D2, D1, ma(35, 50), ent(11, P | W | U), false),
+        Ok(Flush::NONE)
+    );
+    let mut freed = Vec::new();
+    assert_eq!(ft.relinquish_domain(&mut mem, D1, |m| freed.push(m)), 2);
+    assert_eq!(freed.len(), 28);
+    assert!(!freed.contains(&2) && !freed.contains(&11));
+    clean(&ft, &mem, &ext);
+    // Dying frames take no new references.
+    assert_eq!(
+        ft.mod_entry(&mut mem, D2, D1, ma(35, 51), ent(11, P | U), false),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(ft.assign(11, D2), Err(Errno::EBUSY));
+    clean(&ft, &mem, &ext);
+    // The caller drops the base pointer.
+    ft.put_page_and_type(&mut mem, 2);
+    let ext: Ext = ext.into_iter().filter(|&(m, _)| m != 2).collect();
+    clean(&ft, &mem, &ext);
+    freed.clear();
+    assert_eq!(ft.relinquish_domain(&mut mem, D1, |m| freed.push(m)), 1);
+    assert_eq!(freed, [2]);
+    // D2 unmaps.
+    assert_eq!(
+        ft.mod_entry(&mut mem, D2, D2, ma(35, 50), 0, false),
+        Ok(Flush::NEEDED)
+    );
+    clean(&ft, &mem, &ext);
+    freed.clear();
+    assert_eq!(ft.relinquish_domain(&mut mem, D1, |m| freed.push(m)), 0);
+    assert_eq!(freed, [11]);
+    clean(&ft, &mem, &ext);
+}
+
+// ---------------------------------------------------------------------------
+// Other rules
+// ---------------------------------------------------------------------------
+
+#[test]
+fn flush_tokens_report_lost_access() {
+    world!(ft, mem, ext);
+    let e = |ft: &mut FrameTable<'_>, mem: &mut Mem, v| upd(ft, mem, D1, 5, 40, v);
+    assert_eq!(e(&mut ft, &mut mem, ent(11, P | U)), Ok(Flush::NONE));
+    assert_eq!(
+        e(&mut ft, &mut mem, ent(11, P | W | U)),
+        Ok(Flush::NONE),
+        "gaining RW"
+    );
+    assert_eq!(
+        e(&mut ft, &mut mem, ent(11, P | W | U | NX)),
+        Ok(Flush::NONE),
+        "fast path"
+    );
+    assert_eq!(
+        e(&mut ft, &mut mem, ent(11, P | U)),
+        Ok(Flush::NEEDED),
+        "losing RW"
+    );
+    assert_eq!(
+        e(&mut ft, &mut mem, ent(12, P | U)),
+        Ok(Flush::NEEDED),
+        "other frame"
+    );
+    assert_eq!(e(&mut ft, &mut mem, 0), Ok(Flush::NEEDED), "unmap");
+    assert_eq!(
+        e(&mut ft, &mut mem, 0x1234_5000),
+        Ok(Flush::NONE),
+        "non-present to non-present"
+    );
+    assert!(Flush::NONE.merge(Flush::NEEDED).is_needed());
+    assert!(!Flush::NONE.merge(Flush::NONE).is_needed());
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn type_change_after_writable_use_flushes_first() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 40, ent(11, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 40, 0), Ok(Flush::NEEDED));
+    let before = mem.flushes;
+    assert_eq!(ft.pin(&mut mem, D1, 11, 1), Ok(()));
+    assert_eq!(
+        mem.flushes,
+        before + 1,
+        "stale writable TLB entries flushed"
+    );
+    // After the caller's own flush, no extra one.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 41, ent(12, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 41, 0), Ok(Flush::NEEDED));
+    ft.tlbs_flushed();
+    assert_eq!(ft.pin(&mut mem, D1, 12, 1), Ok(()));
+    assert_eq!(mem.flushes, before + 1);
+    // A devalidated table becoming writable is flushed too.
+    assert_eq!(ft.unpin(&mut mem, D1, 12), Ok(()));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 42, ent(12, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.flushes, before + 2);
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn preserve_ad_keeps_hardware_bits() {
+    world!(ft, mem, ext);
+    let cur = mem.read(5, 0);
+    mem.write(5, 0, cur | A | D);
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(5, 0), ent(6, P | W | U | NX), true),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(5, 0), ent(6, P | W | U | NX | A | D));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 0, ent(6, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(5, 0), ent(6, P | W | U));
+    // Full path too.
+    mem.write(5, 0, ent(6, P | W | U | A | D));
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(5, 0), ent(11, P | W | U), true),
+        Ok(Flush::NEEDED)
+    );
+    assert_eq!(mem.read(5, 0), ent(11, P | W | U | A | D));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn fast_path_keeps_references() {
+    world!(ft, mem, ext);
+    let before = info(&ft, 6);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 0, ent(6, P | W | NX | G)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(info(&ft, 6).count(), before.count());
+    assert_eq!(info(&ft, 6).type_count(), before.type_count());
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn types_are_exclusive() {
+    world!(ft, mem, ext);
+    assert_eq!(ft.pin(&mut mem, D1, 6, 1), Err(Errno::EINVAL));
+    assert_eq!(
+        ft.get_page_type(&mut mem, 6, PageType::L1, D1),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.get_page_type(&mut mem, 6, PageType::Segment, D1),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.get_page_type(&mut mem, 6, PageType::None, D1),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 0, 0), Ok(Flush::NEEDED));
+    assert_eq!(ft.pin(&mut mem, D1, 6, 1), Ok(()));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 0, ent(6, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 0, ent(6, P | U)),
+        Ok(Flush::NONE)
+    );
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn segment_pages_and_external_references() {
+    world!(ft, mem, mut_ext);
+    let mut ext = mut_ext;
+    assert_eq!(
+        ft.get_page_and_type(&mut mem, 16, PageType::Segment, D1),
+        Ok(())
+    );
+    ext.push((16, ExternalRef::PageAndType(PageType::Segment)));
+    clean(&ft, &mem, &ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 40, ent(16, P | W | U)),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 40, ent(16, P | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(16, 0), 5, false),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+    ft.put_page_and_type(&mut mem, 16);
+    ext.pop();
+    clean(&ft, &mem, &ext);
+    // A general reference alone keeps a frame from being released.
+    assert_eq!(ft.get_page(17, D1), Ok(()));
+    assert_eq!(ft.get_page(36, D1), Err(Errno::EINVAL));
+    ext.push((17, ExternalRef::Page));
+    clean(&ft, &mem, &ext);
+    assert_eq!(ft.release(17, D1), Err(Errno::EBUSY));
+    ft.put_page(17);
+    ext.pop();
+    assert_eq!(ft.release(17, D1), Ok(()));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn plain_writes_to_non_table_frames() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(16, 3), 0xdead_beef, false),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(16, 3), 0xdead_beef);
+    assert_eq!(info(&ft, 16).type_count(), 0);
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(6, 3), 0x1234, false),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(6, 3), 0x1234);
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn malformed_requests_are_refused() {
+    world!(ft, mem, ext);
+    for bad_ma in [ma(5, 0) + 4, ma(5, 0) + 1, ma(1000, 0), u64::MAX & !7] {
+        assert_eq!(
+            ft.mod_entry(&mut mem, D1, D1, bad_ma, 0, false),
+            Err(Errno::EINVAL)
+        );
+    }
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 35, 0, 0),
+        Err(Errno::EINVAL),
+        "D2's table"
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 0, 0, 0),
+        Err(Errno::EINVAL),
+        "hypervisor frame"
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, OWNER_XEN, 0, 0, 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(ft.assign(5, D2), Err(Errno::EBUSY));
+    assert_eq!(ft.assign(1000, D2), Err(Errno::EINVAL));
+    assert_eq!(ft.assign(5, OWNER_XEN), Err(Errno::EINVAL));
+    assert_eq!(ft.reserve_for_hypervisor(5), Err(Errno::EBUSY));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn update_va_mapping_walks_the_current_tables() {
+    world!(ft, mem, ext);
+    let va = 5 << 12;
+    assert_eq!(
+        ft.update_va_mapping(&mut mem, D1, D1, 2, va, ent(11, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(mem.read(5, 5), ent(11, P | W | U));
+    clean(&ft, &mem, &ext);
+    for bad_va in [1u64 << 47, 0xFFFF_8000_0000_0000, 1 << 39, 1 << 30, 1 << 21] {
+        assert_eq!(
+            ft.update_va_mapping(&mut mem, D1, D1, 2, bad_va, ent(11, P | U)),
+            Err(Errno::EINVAL),
+            "{bad_va:#x}"
+        );
+    }
+    assert_eq!(
+        ft.update_va_mapping(&mut mem, D1, D1, 32, va, 0),
+        Err(Errno::EINVAL),
+        "D2's L4"
+    );
+    assert_eq!(
+        ft.update_va_mapping(&mut mem, D1, D1, 3, va, 0),
+        Err(Errno::EINVAL),
+        "not an L4"
+    );
+    assert_eq!(
+        ft.update_va_mapping(&mut mem, D1, D1, 2, va, ent(36, P | U)),
+        Err(Errno::EBUSY)
+    );
+    clean(&ft, &mem, &ext);
+    // A walk through a read-only linear entry ends in a table that is not an L1.
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 2, 1, ent(2, P | U)),
+        Ok(Flush::NONE)
+    );
+    let through_self = (1u64 << 39) | (1 << 30) | (1 << 21);
+    assert_eq!(
+        ft.update_va_mapping(&mut mem, D1, D1, 2, through_self, 0),
+        Err(Errno::EINVAL)
+    );
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn machphys_update_needs_ownership() {
+    world!(ft, _mem, _ext);
+    assert_eq!(ft.check_machphys_update(D1, 6), Ok(()));
+    assert_eq!(ft.check_machphys_update(D1, 36), Err(Errno::EINVAL));
+    assert_eq!(ft.check_machphys_update(D1, 0), Err(Errno::EINVAL));
+    assert_eq!(ft.check_machphys_update(D1, 1000), Err(Errno::EINVAL));
+}
+
+#[test]
+fn audit_detects_corruption() {
+    world!(ft, mem, ext);
+    ft.pages[6].count += 1;
+    assert_eq!(
+        ft.audit(&mem, &ext).map_err(|e| (e.mfn, e.kind)),
+        Err((
+            6,
+            AuditErrorKind::GeneralCount {
+                stored: 3,
+                expected: 2
+            }
+        ))
+    );
+    ft.pages[6].count -= 1;
+    clean(&ft, &mem, &ext);
+    // An entry written behind the policy's back.
+    let saved = mem.read(5, 4);
+    mem.write(5, 4, ent(4, P | W | U));
+    assert!(matches!(
+        ft.audit(&mem, &ext),
+        Err(AuditError {
+            mfn: 5,
+            kind: AuditErrorKind::BadEntry { index: 4, .. }
+        })
+    ));
+    mem.write(5, 4, saved);
+    clean(&ft, &mem, &ext);
+    // A forgotten external reference.
+    assert!(ft.audit(&mem, &ext[..1]).is_err());
+    assert!(
+        ft.audit(&mem, &[(2, BASE), (32, BASE), (6, ExternalRef::Page)])
+            .is_err()
+    );
+}

@@ -1,0 +1,106 @@
+//! The frame table instance (one `PageInfo` per machine frame, storage from
+//! the allocator), its `TableMemory` view of RAM through the direct map, and
+//! the machine-to-physical (M2P) table guests read at 0xFFFF800000000000.
+//! Policy lives in `microvisor_core::frametable`; this module only provides
+//! storage, memory access and TLB flushes.
+
+use super::{paging, read_u64, write_u64, PAGE};
+use microvisor_core::frametable::{FrameTable, PageInfo, TableMemory, HV_L4_SLOTS};
+use spin::Mutex;
+
+/// The frame table, created at boot.
+pub static FT: Mutex<Option<FrameTable<'static>>> = Mutex::new(None);
+
+static mut M2P_BASE_PA: u64 = 0;
+static mut M2P_ENTRIES: u64 = 0;
+
+/// Guest-visible base of the read-only M2P table (Xen's MACH2PHYS_VIRT_START).
+pub const M2P_VA: u64 = 0xFFFF_8000_0000_0000;
+
+/// RAM seen as page tables by the policy.
+pub struct DirectMap;
+
+impl TableMemory for DirectMap {
+    fn read(&self, mfn: u64, idx: usize) -> u64 {
+        read_u64(mfn * PAGE + idx as u64 * 8)
+    }
+    fn write(&mut self, mfn: u64, idx: usize, val: u64) {
+        write_u64(mfn * PAGE + idx as u64 * 8, val)
+    }
+    fn flush_tlbs(&mut self) {
+        crate::arch::cpu::flush_tlb_all();
+    }
+}
+
+/// Runs `f` with the frame table and RAM.
+pub fn with<R>(f: impl FnOnce(&mut FrameTable<'static>, &mut DirectMap) -> R) -> R {
+    let mut g = FT.lock();
+    f(g.as_mut().expect("frame table initialised at boot"), &mut DirectMap)
+}
+
+fn alloc_contiguous_zeroed(frames: u64) -> u64 {
+    let base = super::with_allocator(|a| a.alloc_contiguous(frames, 1)).expect("memory for the frame table and M2P");
+    for f in base..base + frames {
+        super::zero_frame(f);
+    }
+    base
+}
+
+/// Creates the frame table and the M2P table (all entries invalid), and maps
+/// the M2P read-only for guests in L4 slot 256.
+pub fn init(nr_frames: u64) {
+    let size = nr_frames * core::mem::size_of::<PageInfo>() as u64;
+    let base = alloc_contiguous_zeroed(size.div_ceil(PAGE));
+    // SAFETY: `base` starts `size` bytes of RAM just allocated for this
+    // purpose, reachable through the direct map, never freed and used only
+    // through this slice; PageInfo is plain data for which any bytes written
+    // by `FrameTable::new` (which initialises every element) are valid.
+    let pages: &'static mut [PageInfo] = unsafe {
+        core::slice::from_raw_parts_mut((super::DIRECTMAP_BASE + base * PAGE) as *mut PageInfo, nr_frames as usize)
+    };
+    let mut slots = [0u64; HV_L4_SLOTS];
+    let m2p_bytes = nr_frames * 8;
+    let m2p = alloc_contiguous_zeroed(m2p_bytes.div_ceil(PAGE));
+    for i in 0..nr_frames {
+        write_u64(m2p * PAGE + i * 8, u64::MAX);
+    }
+    paging::map_user_readonly(M2P_VA, m2p * PAGE, m2p_bytes.div_ceil(PAGE));
+    for (i, s) in slots.iter_mut().enumerate() {
+        *s = paging::hv_l4_entry(paging::HV_SLOT_FIRST + i);
+    }
+    // SAFETY: boot, single CPU, before any reader.
+    unsafe {
+        *(&raw mut M2P_BASE_PA) = m2p * PAGE;
+        *(&raw mut M2P_ENTRIES) = nr_frames;
+    }
+    *FT.lock() = Some(FrameTable::new(pages, slots));
+}
+
+/// Sets M2P[mfn] = pfn (the hypervisor's copy, read by guests).
+pub fn set_m2p(mfn: u64, pfn: u64) {
+    // SAFETY: written once at boot.
+    let (base, n) = unsafe { (*(&raw const M2P_BASE_PA), *(&raw const M2P_ENTRIES)) };
+    if mfn < n {
+        write_u64(base + mfn * 8, pfn);
+    }
+}
+
+/// Returns a dead domain's memory: drops the base-pointer references the
+/// hypervisor held, lets the policy unpin and untype everything, then scrubs
+/// every freed frame and gives it back to the allocator. Returns how many.
+pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
+    let mut freed = 0;
+    with(|ft, mem| {
+        for &cr3 in base_ptrs.iter().filter(|&&c| c != 0) {
+            ft.put_page_and_type(mem, cr3 / PAGE);
+        }
+        mem.flush_tlbs();
+        ft.relinquish_domain(mem, dom, |mfn| {
+            super::zero_frame(mfn);
+            set_m2p(mfn, u64::MAX);
+            let _ = super::with_allocator(|a| a.free(mfn));
+            freed += 1;
+        });
+    });
+    freed
+}

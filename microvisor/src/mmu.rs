@@ -1,0 +1,265 @@
+//! Memory hypercalls: mmu_update (batched, preemptible with Xen's
+//! continuation encoding), mmuext_op, update_va_mapping and multicall.
+//! Decodes and validates guest arguments, then asks the host-tested frame
+//! table policy (`microvisor_core::frametable`) for every page-table change;
+//! only this module turns its answers into TLB flushes and CR3 loads.
+
+use crate::arch::{cpu, entry::TrapFrame};
+use crate::domain::Hv;
+use crate::mm::{frames, guest, PAGE};
+use guest_abi::errno::Errno;
+use microvisor_core::frametable::{resolve_pg_owner, Flush};
+
+/// Entries handled between preemption checks in a long batch.
+const PREEMPT_CHECK: u64 = 512;
+/// Xen's MMU_UPDATE_PREEMPTED flag in the count of a continued batch.
+const PREEMPTED: u64 = 1 << 31;
+
+fn cr3_mfn(hv: &Hv) -> u64 {
+    hv.domains[hv.current].cr3 / PAGE
+}
+
+fn read_u64s<const N: usize>(cr3: u64, va: u64) -> Result<[u64; N], Errno> {
+    let mut b = [0u8; 64];
+    guest::copy_from(cr3, va, &mut b[..N * 8]).map_err(|_| Errno::EFAULT)?;
+    Ok(core::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))))
+}
+
+fn apply_flush(f: Flush) {
+    if f.is_needed() {
+        cpu::flush_tlb_local();
+    }
+}
+
+/// True when the vCPU has had its slice and a long batch should yield.
+fn should_preempt(hv: &Hv) -> bool {
+    let d = &hv.domains[hv.current];
+    crate::time::now_ns().saturating_sub(d.last_start) >= crate::sched::TICK_NS && hv.domains.iter().filter(|d| d.state == crate::domain::RunState::Runnable).count() > 1
+}
+
+/// Arranges for the guest to re-issue the hypercall with updated arguments
+/// (the `syscall` is 2 bytes; every register is restored but rax).
+fn continuation(frame: &mut TrapFrame, nr: u64, a0: u64, a1: u64) {
+    frame.rax = nr;
+    frame.rdi = a0;
+    frame.rsi = a1;
+    frame.rip = frame.rip.wrapping_sub(2);
+}
+
+/// mmu_update(reqs, count, done, foreigndom). Returns None when it arranged
+/// a continuation (the frame was rewritten).
+pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Option<u64>, Errno> {
+    let cur = hv.current;
+    let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
+    let mut count = count as u32 as u64;
+    let mut done: u64 = 0;
+    if count & PREEMPTED != 0 {
+        count &= !PREEMPTED;
+        if pdone != 0 {
+            let mut b = [0u8; 4];
+            if guest::copy_from(cr3, pdone, &mut b).is_ok() {
+                done = u32::from_le_bytes(b) as u64;
+            }
+        }
+    }
+    let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
+    let mut flush = Flush::NONE;
+    let mut result = Ok(0);
+    let mut i = 0;
+    while i < count {
+        if i > 0 && i % PREEMPT_CHECK == 0 && should_preempt(hv) {
+            apply_flush(flush);
+            if pdone != 0 {
+                let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
+            }
+            continuation(frame, 1, reqs + i * 16, (count - i) | PREEMPTED);
+            crate::sched::reschedule(hv, frame, crate::sched::Why::Preempt);
+            return Ok(None);
+        }
+        let [ptr, val] = match read_u64s::<2>(cr3, reqs.wrapping_add(i * 16)) {
+            Ok(r) => r,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let r = match ptr & 3 {
+            0 | 2 => frames::with(|ft, mem| ft.mod_entry(mem, dom, pg_owner, ptr & !3, val, ptr & 3 == 2)).map(|f| flush = flush.merge(f)),
+            1 => {
+                let mfn = ptr >> 12;
+                frames::with(|ft, _| ft.check_machphys_update(pg_owner, mfn)).map(|()| frames::set_m2p(mfn, val))
+            }
+            _ => Err(Errno::ENOSYS),
+        };
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+        i += 1;
+    }
+    apply_flush(flush);
+    if pdone != 0 {
+        let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
+    }
+    result.map(Some)
+}
+
+/// update_va_mapping(va, pte, flags): one checked L1 update found through the
+/// current page tables; flushes as `flags` asks only if it succeeded.
+pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    let l4 = cr3_mfn(hv);
+    let f = frames::with(|ft, mem| ft.update_va_mapping(mem, dom, dom, l4, va, val))?;
+    match flags & 3 {
+        1 => cpu::flush_tlb_local(),
+        2 => cpu::invlpg(va),
+        _ => {}
+    }
+    let _ = f;
+    Ok(0)
+}
+
+/// mmuext_op(ops, count, done, foreigndom).
+pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
+    let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
+    let count = count as u32 as u64;
+    let mut i = 0;
+    let mut result = Ok(0);
+    while i < count {
+        let [cmd, arg1, arg2] = match read_u64s::<3>(cr3, ops.wrapping_add(i * 24)) {
+            Ok(r) => r,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let cmd = cmd as u32;
+        if pg_owner != dom && !matches!(cmd, 0..=4) {
+            result = Err(Errno::EPERM);
+            break;
+        }
+        let r: Result<(), Errno> = match cmd {
+            0..=3 => frames::with(|ft, mem| ft.pin(mem, pg_owner, arg1, cmd as u8 + 1)),
+            4 => frames::with(|ft, mem| ft.unpin(mem, pg_owner, arg1)),
+            5 => new_baseptr(hv, arg1),
+            6 | 8 | 10 => {
+                cpu::flush_tlb_local();
+                Ok(())
+            }
+            7 | 9 | 11 => {
+                cpu::invlpg(arg1);
+                Ok(())
+            }
+            15 => new_user_baseptr(hv, arg1),
+            16 => frames::with(|ft, mem| {
+                ft.get_page_and_type(mem, arg1, microvisor_core::frametable::PageType::Writable, dom)?;
+                crate::mm::zero_frame(arg1);
+                ft.put_page_and_type(mem, arg1);
+                Ok(())
+            }),
+            17 => frames::with(|ft, mem| {
+                ft.get_page(arg2, dom)?;
+                if let Err(e) = ft.get_page_and_type(mem, arg1, microvisor_core::frametable::PageType::Writable, dom) {
+                    ft.put_page(arg2);
+                    return Err(e);
+                }
+                let mut buf = [0u8; 512];
+                for off in (0..PAGE).step_by(512) {
+                    crate::mm::read_phys(arg2 * PAGE + off, &mut buf);
+                    crate::mm::write_phys(arg1 * PAGE + off, &buf);
+                }
+                ft.put_page_and_type(mem, arg1);
+                ft.put_page(arg2);
+                Ok(())
+            }),
+            _ => Err(Errno::ENOSYS),
+        };
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+        i += 1;
+    }
+    if pdone != 0 {
+        let _ = guest::copy_to(cr3, pdone, &(i as u32).to_le_bytes());
+    }
+    result
+}
+
+fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    let old = hv.domains[cur].cr3 / PAGE;
+    frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, Some(old)))?;
+    hv.domains[cur].cr3 = mfn * PAGE;
+    // SAFETY: the new L4 was validated by the frame table, which installs
+    // the hypervisor's slots 256-271 in every validated L4.
+    unsafe { cpu::write_cr3(mfn * PAGE) };
+    Ok(())
+}
+
+fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    let old = hv.domains[cur].user_cr3 / PAGE;
+    if mfn == 0 {
+        if old != 0 {
+            frames::with(|ft, mem| ft.put_page_and_type(mem, old));
+        }
+        hv.domains[cur].user_cr3 = 0;
+        return Ok(());
+    }
+    frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, (old != 0).then_some(old)))?;
+    hv.domains[cur].user_cr3 = mfn * PAGE;
+    Ok(())
+}
+
+/// multicall(entries, n): runs each `{op, result, args[6]}` in turn, writing
+/// its result. Entries that would switch vCPUs (sched_op, iret) end the
+/// batch: an iret inside a multicall is refused (XSA-213).
+pub fn multicall(hv: &mut Hv, frame: &mut TrapFrame, entries: u64, n: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    let cr3 = hv.domains[cur].cr3;
+    for i in 0..(n as u32 as u64) {
+        let va = entries.wrapping_add(i * 64);
+        let e = read_u64s::<8>(cr3, va)?;
+        let op = e[0];
+        let args = [e[2], e[3], e[4], e[5], e[6]];
+        let r: Result<u64, Errno> = match op {
+            23 | 29 | 13 => Err(Errno::EINVAL),
+            1 => {
+                // mmu_update inside a multicall is not preempted.
+                let mut scratch = *frame;
+                match mmu_update_whole(hv, &mut scratch, args) {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => crate::hypercall::dispatch_simple(hv, op, args),
+        };
+        let raw = match r {
+            Ok(v) => v,
+            Err(e) => (-(e.0 as i64)) as u64,
+        };
+        guest::copy_to(cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+        if op == 23 || op == 29 || op == 13 {
+            break;
+        }
+        if hv.domains.get(cur).is_none_or(|d| !d.is_live()) {
+            break;
+        }
+    }
+    Ok(0)
+}
+
+fn mmu_update_whole(hv: &mut Hv, frame: &mut TrapFrame, a: [u64; 5]) -> Result<u64, Errno> {
+    // Run without preemption: a multicall entry cannot be continued.
+    let saved = hv.domains[hv.current].last_start;
+    hv.domains[hv.current].last_start = u64::MAX / 2;
+    let r = mmu_update(hv, frame, a[0], a[1] & !PREEMPTED, a[2], a[3]);
+    hv.domains[hv.current].last_start = saved;
+    r.map(|v| v.unwrap_or(0))
+}
