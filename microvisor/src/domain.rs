@@ -211,6 +211,23 @@ pub fn as_expected(end: End, expect: Expect) -> bool {
 }
 
 impl Hv {
+    /// Runs the frame-table audit over every live domain's base pointers;
+    /// logs the result. A failure is a hypervisor bug: it fails the run.
+    pub fn audit(&self, when: &str) {
+        let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
+        for d in self.domains.iter().filter(|d| d.is_live()) {
+            let _ = roots.push(d.cr3);
+            let _ = roots.push(d.user_cr3);
+        }
+        match crate::mm::frames::audit(&roots) {
+            Ok(()) => crate::debug!("audit after {when}: clean"),
+            Err(e) => {
+                crate::error!("audit after {when} failed: frame {:#x}: {:?}", e.mfn, e.kind);
+                crate::arch::cpu::qemu_exit(false);
+            }
+        }
+    }
+
     /// Flushes whatever partial console line a domain left.
     pub fn flush_console(&mut self, idx: usize) {
         if let Some(d) = self.domains.get_mut(idx)
@@ -260,6 +277,7 @@ impl Hv {
         }
         let freed = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
         crate::debug!("domain {id}: {freed} frames scrubbed and freed");
+        self.audit("a domain's death");
     }
 
     /// Prints the verdict and leaves QEMU: success only if every domain ended

@@ -30,8 +30,15 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
         Ok(None) => {} // the frame now belongs to another vCPU, or was already set
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
+    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 13 | 14 | 26) {
+        hv.audit("a memory hypercall");
+    }
     crate::pv::deliver_events(&mut hv, frame);
 }
+
+/// Set at boot by `audit=1`: audit the frame table after every memory
+/// hypercall (slow; for hostile-memory scenarios).
+pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Ok(Some(v)): return v to the caller. Ok(None): the frame was switched.
 fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<Option<u64>, Errno> {

@@ -53,7 +53,9 @@ fn next(table: u64, idx: u64) -> u64 {
         return e & ADDR_MASK;
     }
     let t = table_alloc();
-    write_u64(table + idx * 8, t | P | RW);
+    // Accessed preset: the CPU never writes these entries (every guest L4
+    // holds an exact copy of the hypervisor's slots, which audits compare).
+    write_u64(table + idx * 8, t | P | RW | A);
     t
 }
 
@@ -73,7 +75,7 @@ fn map_2m(l4: u64, va: u64, pa: u64, flags: u64) {
 fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
     let mut va = start;
     while va < end {
-        map_4k(l4, va, va - KERNEL_VMA, flags);
+        map_4k(l4, va, va - KERNEL_VMA, flags | A | D);
         va += PAGE;
     }
 }
@@ -85,7 +87,7 @@ pub const PWT: u64 = 1 << 3;
 /// Maps one 4 KiB page of device registers (uncached, NX) at `va` in the
 /// hypervisor's slots. Only for device pages the hypervisor owns.
 pub fn map_mmio(va: u64, pa: u64) {
-    map_4k(hv_l4(), va, pa, P | RW | PCD | PWT | G | NX);
+    map_4k(hv_l4(), va, pa, P | RW | PCD | PWT | G | NX | A | D);
     crate::arch::cpu::invlpg(va);
 }
 
@@ -93,11 +95,11 @@ pub fn map_mmio(va: u64, pa: u64) {
 fn next_user(table: u64, idx: u64) -> u64 {
     let e = read_u64(table + idx * 8);
     if e & P != 0 {
-        write_u64(table + idx * 8, e | US);
+        write_u64(table + idx * 8, e | US | A);
         return e & ADDR_MASK;
     }
     let t = table_alloc();
-    write_u64(table + idx * 8, t | P | RW | US);
+    write_u64(table + idx * 8, t | P | RW | US | A);
     t
 }
 
