@@ -25,9 +25,11 @@ fn read_u64s<const N: usize>(cr3: u64, va: u64) -> Result<[u64; N], Errno> {
     Ok(core::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))))
 }
 
+/// Guests may set the global bit in L1 entries (as on Xen), so every
+/// guest-visible flush also drops global entries.
 fn apply_flush(f: Flush) {
     if f.is_needed() {
-        cpu::flush_tlb_local();
+        cpu::flush_tlb_all();
     }
 }
 
@@ -112,7 +114,7 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
     let l4 = cr3_mfn(hv);
     let f = frames::with(|ft, mem| ft.update_va_mapping(mem, dom, dom, l4, va, val))?;
     match flags & 3 {
-        1 => cpu::flush_tlb_local(),
+        1 => cpu::flush_tlb_all(),
         2 => cpu::invlpg(va),
         _ => {}
     }
@@ -146,7 +148,7 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
             4 => frames::with(|ft, mem| ft.unpin(mem, pg_owner, arg1)),
             5 => new_baseptr(hv, arg1),
             6 | 8 | 10 => {
-                cpu::flush_tlb_local();
+                cpu::flush_tlb_all();
                 Ok(())
             }
             7 | 9 | 11 => {

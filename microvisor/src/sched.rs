@@ -215,6 +215,10 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.
         unsafe { cpu::write_cr3(d.cr3) };
+        if next != cur {
+            // Guest L1 entries may be global: drop the last domain's.
+            cpu::flush_tlb_all();
+        }
     }
 }
 

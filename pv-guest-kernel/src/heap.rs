@@ -4,8 +4,9 @@
 use guest_abi::start_info::StartInfo;
 use linked_list_allocator::LockedHeap;
 
-/// Heap size taken from the guaranteed-mapped padding.
-pub const HEAP_SIZE: usize = 512 * 1024;
+/// Heap size taken from the guaranteed-mapped padding (the next 256 KiB are
+/// the page pool of [`crate::mm`]).
+pub const HEAP_SIZE: usize = 256 * 1024;
 
 #[cfg_attr(target_os = "none", global_allocator)]
 static HEAP: LockedHeap = LockedHeap::empty();

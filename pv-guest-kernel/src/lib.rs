@@ -24,6 +24,7 @@ pub mod arch;
 pub mod console;
 pub mod events;
 pub mod heap;
+pub mod mm;
 pub mod rt;
 pub mod test;
 pub mod time;

@@ -81,12 +81,6 @@ pub fn flush_tlb_all() {
     }
 }
 
-/// Flushes the non-global TLB entries (reloads CR3).
-pub fn flush_tlb_local() {
-    // SAFETY: reloading the current CR3 changes no mapping.
-    unsafe { write_cr3(cr3()) }
-}
-
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no memory effects.

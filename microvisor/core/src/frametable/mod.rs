@@ -666,7 +666,6 @@ impl<'a> FrameTable<'a> {
     /// meets a non-present or PSE entry, or when the final table is not an L1
     /// owned by `dom` (Xen's `map_guest_l1e` path). On error nothing changed
     /// and nothing must be flushed.
-    #[allow(clippy::too_many_arguments)]
     pub fn update_va_mapping<M: TableMemory + ?Sized>(
         &mut self,
         mem: &mut M,

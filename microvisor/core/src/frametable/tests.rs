@@ -170,8 +170,8 @@ fn boot_validates_every_level_and_audits_clean() {
     );
     let ro = info(&ft, 10);
     assert_eq!((ro.type_count(), ro.count()), (0, 2));
-    for i in 0..HV_L4_SLOTS {
-        assert_eq!(mem.read(2, HV_L4_FIRST + i), HV[i]);
+    for (i, &hv) in HV.iter().enumerate() {
+        assert_eq!(mem.read(2, HV_L4_FIRST + i), hv);
     }
     assert_eq!(
         mem.read(2, 0),
@@ -986,7 +986,7 @@ fn plain_writes_to_non_table_frames() {
 #[test]
 fn malformed_requests_are_refused() {
     world!(ft, mem, ext);
-    for bad_ma in [ma(5, 0) + 4, ma(5, 0) + 1, ma(1000, 0), u64::MAX & !7] {
+    for bad_ma in [ma(5, 0) + 4, ma(5, 0) + 1, ma(1000, 0), !7u64] {
         assert_eq!(
             ft.mod_entry(&mut mem, D1, D1, bad_ma, 0, false),
             Err(Errno::EINVAL)

@@ -1,0 +1,303 @@
+//! Page tables through batched, validated hypercalls (Xen's direct paging):
+//! the guest owns its page tables, keeps them read-only, and asks the
+//! hypervisor to change them. [`Batch`] collects updates and submits them in
+//! one `mmu_update`, followed by at most one TLB flush. Also p2m/m2p
+//! helpers, page-table page allocation and pinning, switching to a new
+//! address space, and mapping new memory.
+//!
+//! ```ignore
+//! use pv_guest_kernel::mm::{self, Batch};
+//! let mut b = Batch::new();
+//! let mfn = mm::pfn_to_mfn(pfn);
+//! b.map(va, mfn, mm::RW)?;        // queued
+//! b.unmap(other_va)?;            // queued
+//! b.submit()?;                   // one mmu_update + one flush
+//! ```
+
+use crate::arch::mem;
+use guest_abi::errno::Errno;
+use guest_abi::mmu::MmuUpdate;
+use spin::Mutex;
+
+/// Present.
+pub const P: u64 = 1;
+/// Writable.
+pub const RW: u64 = 2;
+/// User (the hypervisor forces it on for 64-bit PV guests).
+pub const US: u64 = 4;
+/// Accessed.
+pub const A: u64 = 0x20;
+/// Dirty.
+pub const D: u64 = 0x40;
+/// Flags for a writable data page.
+pub const DATA: u64 = P | RW | US | A | D;
+/// Flags for a read-only page (page tables must be mapped like this).
+pub const RO: u64 = P | US | A;
+/// Flags for a page-table entry pointing at a lower-level table.
+pub const TABLE: u64 = P | RW | US | A | D;
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+const M2P: u64 = 0xFFFF_8000_0000_0000;
+const PAGE: u64 = 4096;
+
+/// Machine frame of pseudo-physical frame `pfn` (from the p2m list).
+pub fn pfn_to_mfn(pfn: u64) -> u64 {
+    let si = crate::rt::start_info();
+    assert!(pfn < si.nr_pages, "pfn {pfn:#x} beyond the domain");
+    // SAFETY: the p2m list (mfn_list) is mapped by the builder and holds
+    // nr_pages entries.
+    unsafe { mem::read_u64(si.mfn_list + pfn * 8) }
+}
+
+/// Pseudo-physical frame of machine frame `mfn` (from the hypervisor's M2P).
+pub fn mfn_to_pfn(mfn: u64) -> u64 {
+    // SAFETY: the M2P table is mapped read-only in every address space at
+    // 0xFFFF800000000000 with one entry per machine frame.
+    unsafe { mem::read_u64(M2P + mfn * 8) }
+}
+
+/// Machine address of the current L4 (an emulated `mov %cr3`).
+pub fn current_l4_mfn() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 is emulated by the hypervisor.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3) };
+    cr3 >> 12
+}
+
+/// Virtual address at which the library reads table frame `mfn` (the
+/// bootstrap region maps pfn p at p * 4 KiB; every table this library
+/// creates comes from there).
+fn table_va(mfn: u64) -> u64 {
+    mfn_to_pfn(mfn) * PAGE
+}
+
+fn entry(mfn: u64, idx: u64) -> u64 {
+    // SAFETY: `mfn` is a page-table frame of this domain, mapped read-only
+    // in the bootstrap region; idx < 512.
+    unsafe { mem::read_u64(table_va(mfn) + idx * 8) }
+}
+
+/// Machine address of the L1 entry mapping `va` in the address space rooted
+/// at `l4`, if the upper levels are present.
+pub fn l1_entry_ma(l4: u64, va: u64) -> Option<u64> {
+    let mut t = l4;
+    for level in (1..4).rev() {
+        let e = entry(t, (va >> (12 + 9 * level)) & 511);
+        if e & P == 0 {
+            return None;
+        }
+        t = (e & ADDR) >> 12;
+    }
+    Some((t << 12) | ((va >> 12) & 511) * 8)
+}
+
+/// The L1 entry currently mapping `va` (0 if none).
+pub fn lookup(va: u64) -> u64 {
+    match l1_entry_ma(current_l4_mfn(), va) {
+        Some(ma) => entry(ma >> 12, (ma & 0xfff) / 8),
+        None => 0,
+    }
+}
+
+/// Pages of the bootstrap region handed out for new page tables and data:
+/// the 256 KiB after the heap, which Xen's layout guarantees mapped.
+static POOL: Mutex<(u64, u64)> = Mutex::new((0, 0));
+
+fn pool_page() -> Result<u64, Errno> {
+    let mut p = POOL.lock();
+    if p.0 == 0 {
+        let start = crate::heap::heap_start(crate::rt::start_info()) + crate::heap::HEAP_SIZE as u64;
+        *p = (start, start + 256 * 1024);
+    }
+    if p.0 >= p.1 {
+        return Err(Errno::ENOMEM);
+    }
+    let va = p.0;
+    p.0 += PAGE;
+    Ok(va)
+}
+
+/// Takes a free page of the bootstrap region (mapped writable, zeroed);
+/// returns its virtual address and machine frame.
+pub fn alloc_page() -> Result<(u64, u64), Errno> {
+    let va = pool_page()?;
+    // SAFETY: the pool page is mapped writable and handed out once.
+    unsafe { mem::zero_page(va) };
+    Ok((va, pfn_to_mfn(va / PAGE)))
+}
+
+/// Allocates a zeroed page for a page table and maps it read-only (as the
+/// hypervisor requires before it can be used as a table); returns its
+/// machine frame.
+pub fn alloc_table() -> Result<u64, Errno> {
+    let (va, mfn) = alloc_page()?;
+    // SAFETY: remaps one of our own pool pages read-only.
+    unsafe { guest_abi::hypercall::update_va_mapping(va, (mfn << 12) | RO, guest_abi::mmu::UVMF_INVLPG)? };
+    Ok(mfn)
+}
+
+/// Pins table `mfn` as a level-`level` table.
+pub fn pin(mfn: u64, level: u8) -> Result<(), Errno> {
+    let cmd = match level {
+        1 => guest_abi::mmu::MMUEXT_PIN_L1_TABLE,
+        2 => guest_abi::mmu::MMUEXT_PIN_L2_TABLE,
+        3 => guest_abi::mmu::MMUEXT_PIN_L3_TABLE,
+        4 => guest_abi::mmu::MMUEXT_PIN_L4_TABLE,
+        _ => return Err(Errno::EINVAL),
+    };
+    mmuext(cmd, mfn, 0)
+}
+
+/// Unpins table `mfn`.
+pub fn unpin(mfn: u64) -> Result<(), Errno> {
+    mmuext(guest_abi::mmu::MMUEXT_UNPIN_TABLE, mfn, 0)
+}
+
+/// Switches to the address space rooted at L4 `mfn` (MMUEXT_NEW_BASEPTR).
+pub fn switch_to(l4_mfn: u64) -> Result<(), Errno> {
+    mmuext(guest_abi::mmu::MMUEXT_NEW_BASEPTR, l4_mfn, 0)
+}
+
+/// Issues one mmuext_op.
+pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> Result<(), Errno> {
+    let op = guest_abi::mmu::MmuextOp { cmd, _pad: 0, arg1, arg2 };
+    // SAFETY: the hypervisor validates the operation; table operations on
+    // frames this library manages keep its own mappings consistent.
+    unsafe { guest_abi::hypercall::mmuext_op(core::slice::from_ref(&op), None, guest_abi::types::DomId::SELF.0 as u32) }
+}
+
+/// Queued page-table updates, submitted with one `mmu_update`.
+pub struct Batch {
+    reqs: heapless::Vec<MmuUpdate, 512>,
+    flush: bool,
+    /// Updates submitted so far.
+    pub submitted: u64,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub const fn new() -> Self {
+        Self { reqs: heapless::Vec::new(), flush: false, submitted: 0 }
+    }
+
+    /// Queues a raw update of the entry at machine address `entry_ma`.
+    pub fn push(&mut self, entry_ma: u64, val: u64) -> Result<(), Errno> {
+        if self.reqs.is_full() {
+            self.submit_no_flush()?;
+        }
+        let _ = self.reqs.push(MmuUpdate { ptr: entry_ma, val });
+        Ok(())
+    }
+
+    /// Queues mapping `va` to machine frame `mfn` with `flags` in the current
+    /// address space (its L1 table must exist).
+    pub fn map(&mut self, va: u64, mfn: u64, flags: u64) -> Result<(), Errno> {
+        let ma = l1_entry_ma(current_l4_mfn(), va).ok_or(Errno::ENOENT)?;
+        self.push(ma, (mfn << 12) | flags)
+    }
+
+    /// Queues removing the mapping of `va`.
+    pub fn unmap(&mut self, va: u64) -> Result<(), Errno> {
+        let ma = l1_entry_ma(current_l4_mfn(), va).ok_or(Errno::ENOENT)?;
+        self.flush = true;
+        self.push(ma, 0)
+    }
+
+    /// Queues changing the flags of the mapping of `va`.
+    pub fn protect(&mut self, va: u64, flags: u64) -> Result<(), Errno> {
+        let e = lookup(va);
+        if e & P == 0 {
+            return Err(Errno::ENOENT);
+        }
+        self.flush = true;
+        self.map(va, (e & ADDR) >> 12, flags)
+    }
+
+    /// Maps `pages` consecutive pages from `va` to the frames of pfns
+    /// starting at `pfn`.
+    pub fn map_range(&mut self, va: u64, pfn: u64, pages: u64, flags: u64) -> Result<(), Errno> {
+        for i in 0..pages {
+            self.map(va + i * PAGE, pfn_to_mfn(pfn + i), flags)?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps `pages` consecutive pages from `va`.
+    pub fn unmap_range(&mut self, va: u64, pages: u64) -> Result<(), Errno> {
+        for i in 0..pages {
+            self.unmap(va + i * PAGE)?;
+        }
+        Ok(())
+    }
+
+    fn submit_no_flush(&mut self) -> Result<(), Errno> {
+        if self.reqs.is_empty() {
+            return Ok(());
+        }
+        let mut done = 0u32;
+        // SAFETY: every request names an entry of this domain's own tables;
+        // the hypervisor validates each one.
+        let r = unsafe { guest_abi::hypercall::mmu_update(&self.reqs, Some(&mut done), guest_abi::types::DomId::SELF.0 as u32) };
+        self.submitted += done as u64;
+        self.reqs.clear();
+        r
+    }
+
+    /// Submits everything queued with one `mmu_update`, then one local TLB
+    /// flush if a mapping was removed or reduced.
+    pub fn submit(&mut self) -> Result<(), Errno> {
+        self.submit_no_flush()?;
+        if core::mem::take(&mut self.flush) {
+            mmuext(guest_abi::mmu::MMUEXT_TLB_FLUSH_LOCAL, 0, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a fresh address space that maps exactly what the current one
+/// maps in the low 1 GiB (the bootstrap region), with new tables: one L4,
+/// L3, L2 and as many L1s as needed, each read-only. Returns the new L4's
+/// machine frame, pinned and ready for [`switch_to`].
+pub fn clone_low_gib() -> Result<u64, Errno> {
+    let cur = current_l4_mfn();
+    let old_l3 = (entry(cur, 0) & ADDR) >> 12;
+    let old_l2 = (entry(old_l3, 0) & ADDR) >> 12;
+    // Allocate every new table first, so the copied L1s already see them
+    // read-only (a table frame may never be mapped writable).
+    let l4 = alloc_table()?;
+    let l3 = alloc_table()?;
+    let l2 = alloc_table()?;
+    let mut l1s: heapless::Vec<(u64, u64), 512> = heapless::Vec::new();
+    for i in 0..512u64 {
+        if entry(old_l2, i) & P != 0 {
+            let _ = l1s.push((i, alloc_table()?));
+        }
+    }
+    let mut b = Batch::new();
+    for &(i, l1) in &l1s {
+        let old_l1 = (entry(old_l2, i) & ADDR) >> 12;
+        for j in 0..512u64 {
+            let pte = entry(old_l1, j);
+            if pte & P != 0 {
+                b.push((l1 << 12) | j * 8, pte)?;
+            }
+        }
+        b.submit()?;
+        pin(l1, 1)?;
+        b.push((l2 << 12) | i * 8, (l1 << 12) | TABLE)?;
+    }
+    b.submit()?;
+    pin(l2, 2)?;
+    b.push(l3 << 12, (l2 << 12) | TABLE)?;
+    b.submit()?;
+    pin(l3, 3)?;
+    b.push(l4 << 12, (l3 << 12) | TABLE)?;
+    b.submit()?;
+    pin(l4, 4)?;
+    Ok(l4)
+}
