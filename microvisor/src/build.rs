@@ -91,7 +91,10 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     // map, all upcalls masked.
     let shared_info_mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory", spec.name)))?;
     // Owned by the domain (so it may map it writable), outside its p2m.
-    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id)).map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
+    // The hypervisor keeps a reference of its own (it writes the page until
+    // the domain dies), so decrease_reservation cannot take it away.
+    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id).and_then(|()| ft.get_page(shared_info_mfn, id)))
+        .map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
     for v in 0..32u64 {
         mm::write_phys(shared_info_mfn * PAGE + v * 64 + 1, &[1]);
     }
@@ -168,9 +171,12 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         frame,
         cr3,
         user_cr3: 0,
+        tot_pages: nr_pages,
+        max_pages: nr_pages,
         shared_info_mfn,
         console: heapless::Vec::new(),
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
+        fpu: crate::arch::cpu::FpuState::initial(),
         weight: spec.weight,
         cap: spec.cap,
         vruntime: 0,

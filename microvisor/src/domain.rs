@@ -88,12 +88,17 @@ pub struct Domain {
     pub cr3: u64,
     /// Machine address of the guest user L4 (NEW_USER_BASEPTR), 0 = none.
     pub user_cr3: u64,
+    /// Frames the domain owns (its reservation) and its limit.
+    pub tot_pages: u64,
+    pub max_pages: u64,
     /// Machine frame of the shared info page.
     pub shared_info_mfn: u64,
     /// Pending console output, flushed per line.
     pub console: heapless::Vec<u8, 256>,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
     pub pv: PvState,
+    /// x87/SSE registers while the vCPU is not running.
+    pub fpu: crate::arch::cpu::FpuState,
     /// Scheduler weight and cap (percent of one CPU, 0 = none).
     pub weight: u16,
     pub cap: u8,
@@ -215,11 +220,13 @@ impl Hv {
     /// logs the result. A failure is a hypervisor bug: it fails the run.
     pub fn audit(&self, when: &str) {
         let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
+        let mut held: heapless::Vec<u64, 16> = heapless::Vec::new();
         for d in self.domains.iter().filter(|d| d.is_live()) {
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
+            let _ = held.push(d.shared_info_mfn);
         }
-        match crate::mm::frames::audit(&roots) {
+        match crate::mm::frames::audit(&roots, &held) {
             Ok(()) => crate::debug!("audit after {when}: clean"),
             Err(e) => {
                 crate::error!("audit after {when} failed: frame {:#x}: {:?}", e.mfn, e.kind);
@@ -256,20 +263,24 @@ impl Hv {
     /// Ends a domain. Its vCPU never runs again.
     pub fn end(&mut self, idx: usize, end: End, why: &str) {
         self.flush_console(idx);
-        let Some(d) = self.domains.get_mut(idx) else { return };
+        let Some(d) = self.domains.get(idx) else { return };
         if !d.is_live() {
             return;
         }
+        let id = d.id;
+        // Peers' ends of its channels become unbound (while it is still live:
+        // the event code does not touch dead domains).
+        microvisor_core::evtchn::close_all(self, id);
+        let d = &mut self.domains[idx];
         d.state = RunState::Dead(end);
         d.runstate.enter(3, crate::time::now_ns());
         match end {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),
             End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
         }
-        let id = d.id;
-        let (cr3, user_cr3) = (d.cr3, d.user_cr3);
-        // Peers' ends of its channels become unbound.
-        microvisor_core::evtchn::close_all(self, id);
+        let (cr3, user_cr3, shared) = (d.cr3, d.user_cr3, d.shared_info_mfn);
+        // The reference that kept shared info from being given back.
+        crate::mm::frames::with(|ft, _| ft.put_page(shared));
         // Leave its address space before its frames are scrubbed.
         if crate::arch::cpu::cr3() == cr3 || crate::arch::cpu::cr3() == user_cr3 {
             // SAFETY: the hypervisor's own L4 maps everything it needs.

@@ -61,6 +61,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),
+        12 => crate::memory::memory_op(hv, a[0], a[1]),
         14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
@@ -311,6 +312,11 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             }
             let me = hv.domains[cur].id;
             if microvisor_core::evtchn::any_pending(hv, me, &ports[..nr])? {
+                return Ok(Some(0));
+            }
+            // An upcall already deliverable ends the poll at once, as on Xen.
+            let d = &hv.domains[cur];
+            if d.upcall_pending() && !d.upcall_mask() {
                 return Ok(Some(0));
             }
             if timeout != 0 && timeout <= crate::time::now_ns() {

@@ -12,6 +12,7 @@ mod domain;
 mod events;
 mod hypercall;
 mod log;
+mod memory;
 mod mm;
 mod mmu;
 mod pv;
@@ -139,6 +140,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     mm::frames::init(nr_frames);
     arch::desc::init();
     enable_protections();
+    cpu::enable_sse();
     arch::apic::init();
     time::init();
 

@@ -70,6 +70,7 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
     let mut i = 0;
     while i < count {
         if i > 0 && i % PREEMPT_CHECK == 0 && should_preempt(hv) {
+            crate::debug!("domain {dom}: mmu_update preempted after {} entries (continuation)", done + i);
             apply_flush(flush);
             if pdone != 0 {
                 let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
@@ -85,8 +86,8 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
                 break;
             }
         };
-        let r = match ptr & 3 {
-            0 | 2 => frames::with(|ft, mem| ft.mod_entry(mem, dom, pg_owner, ptr & !3, val, ptr & 3 == 2)).map(|f| flush = flush.merge(f)),
+        let r = match ptr & 7 {
+            0 | 2 => frames::with(|ft, mem| ft.mod_entry(mem, dom, pg_owner, ptr & !7, val, ptr & 7 == 2)).map(|f| flush = flush.merge(f)),
             1 => {
                 let mfn = ptr >> 12;
                 frames::with(|ft, _| ft.check_machphys_update(pg_owner, mfn)).map(|()| frames::set_m2p(mfn, val))
@@ -113,12 +114,15 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
     let dom = hv.domains[cur].id;
     let l4 = cr3_mfn(hv);
     let f = frames::with(|ft, mem| ft.update_va_mapping(mem, dom, dom, l4, va, val))?;
+    // As on Xen, flushing after a successful update is the guest's choice
+    // (UVMF flags). Safety does not depend on it: the frame table flushes
+    // every TLB before a frame whose mappings may be stale changes type.
     match flags & 3 {
         1 => cpu::flush_tlb_all(),
         2 => cpu::invlpg(va),
         _ => {}
     }
-    let _ = f;
+    let _ = f.is_needed();
     Ok(0)
 }
 
@@ -131,6 +135,9 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
     let mut i = 0;
     let mut result = Ok(0);
     while i < count {
+        // Re-read the base pointer each time: an op may have switched it, and
+        // only the current (referenced, validated) L4 may be walked.
+        let cr3 = hv.domains[cur].cr3;
         let [cmd, arg1, arg2] = match read_u64s::<3>(cr3, ops.wrapping_add(i * 24)) {
             Ok(r) => r,
             Err(e) => {
@@ -186,7 +193,7 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
         i += 1;
     }
     if pdone != 0 {
-        let _ = guest::copy_to(cr3, pdone, &(i as u32).to_le_bytes());
+        let _ = guest::copy_to(hv.domains[cur].cr3, pdone, &(i as u32).to_le_bytes());
     }
     result
 }
@@ -224,8 +231,8 @@ fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
 /// batch: an iret inside a multicall is refused (XSA-213).
 pub fn multicall(hv: &mut Hv, frame: &mut TrapFrame, entries: u64, n: u64) -> Result<u64, Errno> {
     let cur = hv.current;
-    let cr3 = hv.domains[cur].cr3;
     for i in 0..(n as u32 as u64) {
+        let cr3 = hv.domains[cur].cr3;
         let va = entries.wrapping_add(i * 64);
         let e = read_u64s::<8>(cr3, va)?;
         let op = e[0];
@@ -246,7 +253,7 @@ pub fn multicall(hv: &mut Hv, frame: &mut TrapFrame, entries: u64, n: u64) -> Re
             Ok(v) => v,
             Err(e) => (-(e.0 as i64)) as u64,
         };
-        guest::copy_to(cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+        guest::copy_to(hv.domains[cur].cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
         if op == 23 || op == 29 || op == 13 {
             break;
         }

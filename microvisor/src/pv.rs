@@ -408,7 +408,8 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
         (Some(0x0f), Some(0x20), Some(&modrm)) if modrm >> 6 == 3 => {
             let crn = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
             let val = match crn {
-                0 => 0x8005_003b | if hv.domains[cur].pv.virtual_ts { 8 } else { 0 },
+                // PE MP ET NE WP AM PG, plus the virtual TS.
+                0 => 0x8005_0033 | if hv.domains[cur].pv.virtual_ts { 8 } else { 0 },
                 2 => crate::mm::read_u64(hv.domains[cur].shared_info_mfn * crate::mm::PAGE + 16),
                 3 => cr3,
                 4 => 0x620, // PAE | OSFXSR | OSXMMEXCPT

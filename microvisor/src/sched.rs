@@ -192,6 +192,14 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
 }
 
 fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFrame) {
+    if next != cur {
+        if let Some(d) = hv.domains.get_mut(cur)
+            && d.is_live()
+        {
+            cpu::fpu_save(&mut d.fpu);
+        }
+        cpu::fpu_restore(&hv.domains[next].fpu);
+    }
     if let Some(d) = hv.domains.get_mut(cur)
         && d.is_live()
         && next != cur
@@ -248,6 +256,7 @@ pub fn start() -> ! {
         crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
         crate::time::update_vcpu_time(d.shared_info_mfn);
         crate::pv::load_segment_bases(&d.pv);
+        cpu::fpu_restore(&d.fpu);
         (d.frame, d.cr3)
     };
     apic::start_periodic(TICK_NS as u32);

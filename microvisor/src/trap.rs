@@ -1,7 +1,8 @@
 //! Exceptions and interrupts. A fault in the hypervisor itself produces a
-//! crash report and a failing exit. A guest exception is not yet bounced to
-//! the guest (no trap tables yet): it kills that domain, with the faulting
-//! instruction named, and the others go on.
+//! crash report and a failing exit. A guest exception is emulated (`pv`),
+//! bounced to the guest's trap table, or, with no handler registered, kills
+//! that domain with the faulting instruction named; the others go on. The
+//! APIC timer drives the scheduler tick.
 
 use crate::arch::{cpu, entry::TrapFrame};
 use crate::domain::HV;

@@ -702,7 +702,7 @@ pub unsafe fn set_trap_table(table: &[TrapInfo]) -> Result<(), Errno> {
 
 /// Apply a batch of page-table or M2P updates (`mmu_update`). If `done` is
 /// given, the number of requests completed is stored there (also on error).
-/// `foreigndom` is built with [`crate::mmu::foreigndom`] (0 = the caller).
+/// `foreigndom` is built with [`crate::mmu::foreigndom`] (`DOMID_SELF`, 0x7FF0, = the caller; 0 names domain 0).
 ///
 /// # Safety
 /// The updates must not unmap or remap memory behind live Rust references

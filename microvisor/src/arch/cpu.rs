@@ -81,6 +81,49 @@ pub fn flush_tlb_all() {
     }
 }
 
+/// A vCPU's x87/SSE state in FXSAVE format.
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+pub struct FpuState(pub [u8; 512]);
+
+impl FpuState {
+    /// The state after FNINIT with SSE enabled: FCW 0x37f, MXCSR 0x1f80.
+    pub const fn initial() -> Self {
+        let mut b = [0u8; 512];
+        b[0] = 0x7f;
+        b[1] = 0x03;
+        b[24] = 0x80;
+        b[25] = 0x1f;
+        Self(b)
+    }
+}
+
+/// Saves the guest's x87/SSE registers (the hypervisor itself never uses
+/// them: it is built soft-float).
+pub fn fpu_save(s: &mut FpuState) {
+    // SAFETY: `s` is a 16-byte aligned, 512-byte buffer owned by the caller.
+    unsafe { asm!("fxsave64 [{}]", in(reg) s.0.as_mut_ptr(), options(nostack, preserves_flags)) }
+}
+
+/// Loads a vCPU's x87/SSE registers.
+pub fn fpu_restore(s: &FpuState) {
+    // SAFETY: as for `fpu_save`; the image came from FXSAVE or `initial()`
+    // (reserved MXCSR bits clear), so FXRSTOR cannot fault.
+    unsafe { asm!("fxrstor64 [{}]", in(reg) s.0.as_ptr(), options(nostack, preserves_flags)) }
+}
+
+/// Enables SSE for guests: CR0.MP set, EM and TS clear; CR4.OSFXSR and
+/// OSXMMEXCPT set.
+pub fn enable_sse() {
+    let mut cr0: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags)) };
+    cr0 = (cr0 | 2) & !(4 | 8);
+    // SAFETY: only the FPU control bits change.
+    unsafe { asm!("mov cr0, {}", in(reg) cr0, options(nostack, preserves_flags)) };
+    cr4_set((1 << 9) | (1 << 10));
+}
+
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no memory effects.

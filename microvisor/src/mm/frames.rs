@@ -107,11 +107,16 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
 
 /// Audits every frame count against the live page tables. `roots` are the
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
-pub fn audit(roots: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
+/// `held` are the frames the hypervisor holds a plain reference on (each
+/// domain's shared info).
+pub fn audit(roots: &[u64], held: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
-    let mut ext: heapless::Vec<(u64, ExternalRef), 32> = heapless::Vec::new();
+    let mut ext: heapless::Vec<(u64, ExternalRef), 64> = heapless::Vec::new();
     for &r in roots.iter().filter(|&&r| r != 0) {
         let _ = ext.push((r / PAGE, ExternalRef::PageAndType(PageType::L4)));
+    }
+    for &m in held {
+        let _ = ext.push((m, ExternalRef::Page));
     }
     with(|ft, mem| ft.audit(mem, &ext))
 }

@@ -1,0 +1,156 @@
+//! memory_op: a domain's reservation — increase/decrease_reservation,
+//! populate_physmap, current/maximum_reservation, memory_map, and the M2P
+//! queries. Enforces the manifest's memory limit; frames given back are
+//! scrubbed before the allocator reuses them. Ownership and type checks are
+//! the frame table's (a frame still used as a page table cannot be given
+//! back).
+
+use crate::domain::Hv;
+use crate::mm::{self, frames, guest, PAGE};
+use guest_abi::errno::Errno;
+
+const DOMID_SELF: u16 = 0x7FF0;
+
+fn read_u64(cr3: u64, va: u64) -> Result<u64, Errno> {
+    let mut b = [0u8; 8];
+    guest::copy_from(cr3, va, &mut b).map_err(|_| Errno::EFAULT)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// The domain index an argument names: only the caller itself for now.
+fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
+    let cur = hv.current;
+    let me = hv.domains[cur].id;
+    if domid == DOMID_SELF || domid == me {
+        return Ok(cur);
+    }
+    if !hv.domains[cur].privileged {
+        return Err(Errno::EPERM);
+    }
+    match hv.domains.iter().position(|d| d.id == domid && d.is_live()) {
+        Some(i) => Ok(i),
+        None => Err(Errno::ESRCH),
+    }
+}
+
+/// memory_op(cmd, arg).
+pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    let cr3 = hv.domains[cur].cr3;
+    let op = (cmd & 0x3f) as u32;
+    let start = cmd >> 6;
+    use guest_abi::memory as m;
+    match op {
+        m::XENMEM_INCREASE_RESERVATION | m::XENMEM_DECREASE_RESERVATION | m::XENMEM_POPULATE_PHYSMAP => {
+            let mut b = [0u8; 32];
+            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+            let (list, nr, order) = (q(0), q(8), u32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4])));
+            let domid = u16::from_le_bytes([b[24], b[25]]);
+            if order != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let t = target(hv, domid)?;
+            if t != cur {
+                return Err(Errno::EPERM);
+            }
+            let mut done = start;
+            while done < nr {
+                let slot = list.checked_add(done * 8).ok_or(Errno::EFAULT)?;
+                let r = match op {
+                    m::XENMEM_DECREASE_RESERVATION => decrease_one(hv, cr3, slot),
+                    _ => increase_one(hv, cr3, slot, op == m::XENMEM_POPULATE_PHYSMAP),
+                };
+                match r {
+                    Ok(()) => done += 1,
+                    Err(Errno::EFAULT) if done == start => return Err(Errno::EFAULT),
+                    Err(_) => break,
+                }
+            }
+            Ok(done)
+        }
+        m::XENMEM_CURRENT_RESERVATION | m::XENMEM_MAXIMUM_RESERVATION | m::XENMEM_MAXIMUM_GPFN => {
+            let mut b = [0u8; 2];
+            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let t = target(hv, u16::from_le_bytes(b))?;
+            let d = &hv.domains[t];
+            Ok(match op {
+                m::XENMEM_CURRENT_RESERVATION => d.tot_pages,
+                m::XENMEM_MAXIMUM_RESERVATION => d.max_pages,
+                _ => d.max_pages - 1,
+            })
+        }
+        m::XENMEM_MAXIMUM_RAM_PAGE => Ok(mm::max_phys() / PAGE - 1),
+        m::XENMEM_MEMORY_MAP => {
+            // No map set by a toolstack: one RAM region covering the
+            // domain's maximum reservation, as Xen fabricates for PV.
+            let mut b = [0u8; 16];
+            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let room = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let buffer = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+            if room < 1 {
+                return Err(Errno::EINVAL);
+            }
+            let mut e = [0u8; 20];
+            e[8..16].copy_from_slice(&(hv.domains[cur].max_pages * PAGE).to_le_bytes());
+            e[16..20].copy_from_slice(&1u32.to_le_bytes());
+            guest::copy_to(cr3, buffer, &e).map_err(|_| Errno::EFAULT)?;
+            guest::copy_to(cr3, arg, &1u32.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+            Ok(0)
+        }
+        m::XENMEM_MACHPHYS_MAPPING => {
+            let mut b = [0u8; 24];
+            b[..8].copy_from_slice(&frames::M2P_VA.to_le_bytes());
+            b[8..16].copy_from_slice(&(frames::M2P_VA + mm::max_phys() / PAGE * 8).to_le_bytes());
+            b[16..24].copy_from_slice(&(mm::max_phys() / PAGE - 1).to_le_bytes());
+            guest::copy_to(cr3, arg, &b).map_err(|_| Errno::EFAULT)?;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// Gives one frame (named by machine frame number, as PV guests do) back.
+fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    let mfn = read_u64(cr3, slot)?;
+    frames::with(|ft, mem| {
+        ft.release(mfn, dom)?;
+        mem_flush(mem);
+        Ok::<(), Errno>(())
+    })?;
+    mm::zero_frame(mfn);
+    frames::set_m2p(mfn, u64::MAX);
+    let _ = mm::with_allocator(|a| a.free(mfn));
+    hv.domains[cur].tot_pages -= 1;
+    Ok(())
+}
+
+fn mem_flush(mem: &mut frames::DirectMap) {
+    use microvisor_core::frametable::TableMemory;
+    mem.flush_tlbs();
+}
+
+/// Adds one frame to the domain, within its limit. For populate_physmap the
+/// slot holds the pfn it backs (M2P set) and receives the mfn.
+fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), Errno> {
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    if hv.domains[cur].tot_pages >= hv.domains[cur].max_pages {
+        return Err(Errno::ENOMEM);
+    }
+    let pfn = if populate { Some(read_u64(cr3, slot)?) } else { None };
+    // Check the slot is writable before taking a frame.
+    guest::copy_to(cr3, slot, &read_u64(cr3, slot).unwrap_or(0).to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+    let mfn = mm::alloc_zeroed().ok_or(Errno::ENOMEM)?;
+    if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
+        let _ = mm::with_allocator(|a| a.free(mfn));
+        return Err(e);
+    }
+    if let Some(p) = pfn {
+        frames::set_m2p(mfn, p);
+    }
+    hv.domains[cur].tot_pages += 1;
+    guest::copy_to(cr3, slot, &mfn.to_le_bytes()).map_err(|_| Errno::EFAULT)
+}
