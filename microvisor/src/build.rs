@@ -63,12 +63,22 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     for i in 0..p2m_frames {
         mm::zero_frame(p2m_base + i);
     }
-    for pfn in 0..nr_pages {
-        let mfn = if (p2m_first..p2m_first + p2m_frames).contains(&pfn) {
-            p2m_base + (pfn - p2m_first)
-        } else {
-            mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?
-        };
+    // Every other pfn gets a frame in a scattered order (a stride
+    // permutation over the non-p2m pfns), so guest memory is deliberately
+    // not machine-contiguous: guests must go through their p2m.
+    let p2m_range = p2m_first..p2m_first + p2m_frames;
+    for pfn in p2m_range {
+        let mfn = p2m_base + (pfn - p2m_first);
+        mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
+        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| err(format_args!("domain '{}': frame {mfn:#x} not assignable: {e:?}", spec.name)))?;
+        mm::frames::set_m2p(mfn, pfn);
+    }
+    let others = nr_pages - p2m_frames;
+    let stride = [7919u64, 7907, 7901, 1].into_iter().find(|s| others % s != 0 || *s == 1).unwrap_or(1);
+    for j in 0..others {
+        let k = (j * stride) % others;
+        let pfn = if k < p2m_first { k } else { k + p2m_frames };
+        let mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?;
         mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
         mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| err(format_args!("domain '{}': frame {mfn:#x} not assignable: {e:?}", spec.name)))?;
         mm::frames::set_m2p(mfn, pfn);

@@ -127,6 +127,9 @@ fn main(si: &'static StartInfo) {
     let mut more = [0u64; 4];
     let n = reservation(guest_abi::memory::XENMEM_INCREASE_RESERVATION, &mut more);
     t.check("limit", n == 0, format_args!("{n} frames granted beyond the limit"));
+    // The builder scatters guest memory: the p2m is far from contiguous.
+    let breaks = (1..si.nr_pages).filter(|&p| mm::pfn_to_mfn(p) != mm::pfn_to_mfn(p - 1) + 1).count() as u64;
+    t.check("p2m-scattered", breaks > si.nr_pages / 2, format_args!("{breaks} discontinuities in {} pages", si.nr_pages));
     println!("hostile-mm: done");
     t.finish()
 }
