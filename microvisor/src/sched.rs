@@ -51,8 +51,11 @@ fn cap_period(hv: &mut Hv, now: u64) {
     // SAFETY-free static access: single CPU, called with the domain lock held.
     let start = unsafe { *(&raw const CAP_PERIOD_START) };
     if now.saturating_sub(start) >= CAP_PERIOD_NS {
+        // Overrun past a cap (up to one tick) is carried into the next
+        // period as debt, so the average share converges on the cap.
         for d in hv.domains.iter_mut() {
-            d.period_used = 0;
+            let budget = if d.cap == 0 { u64::MAX } else { CAP_PERIOD_NS * d.cap as u64 / 100 };
+            d.period_used = d.period_used.saturating_sub(budget);
         }
         // SAFETY: single CPU, domain lock held.
         unsafe { *(&raw mut CAP_PERIOD_START) = now };
