@@ -56,7 +56,18 @@ pub struct PvState {
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
+    /// The vCPU runs guest user code (user page table, user GS base).
+    pub user_mode: bool,
+    /// The guest's own GDT entries (set_gdt), loaded below 0xe000 while
+    /// the vCPU runs.
+    pub gdt: [u64; GUEST_GDT_ENTRIES],
+    pub gdt_entries: usize,
+    /// Frames holding the guest's GDT (segment-typed while registered).
+    pub gdt_frame: u64,
 }
+
+/// Guest GDT entries supported (one frame, as Linux and Mini-OS use).
+pub const GUEST_GDT_ENTRIES: usize = 512;
 
 impl PvState {
     pub const fn new() -> Self {
@@ -71,6 +82,10 @@ impl PvState {
             fs_base: 0,
             gs_base_kernel: 0,
             gs_base_user: 0,
+            user_mode: false,
+            gdt: [0; GUEST_GDT_ENTRIES],
+            gdt_entries: 0,
+            gdt_frame: 0,
         }
     }
 }
@@ -148,6 +163,11 @@ impl Domain {
         !matches!(self.state, RunState::Dead(_))
     }
 
+    /// The L4 the CPU must use for the vCPU's current mode.
+    pub fn active_cr3(&self) -> u64 {
+        if self.pv.user_mode { self.user_cr3 } else { self.cr3 }
+    }
+
     fn vcpu_info_pa(&self) -> u64 {
         self.shared_info_mfn * crate::mm::PAGE
     }
@@ -221,12 +241,16 @@ impl Hv {
     pub fn audit(&self, when: &str) {
         let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
         let mut held: heapless::Vec<u64, 16> = heapless::Vec::new();
+        let mut segs: heapless::Vec<u64, 16> = heapless::Vec::new();
         for d in self.domains.iter().filter(|d| d.is_live()) {
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
             let _ = held.push(d.shared_info_mfn);
+            if d.pv.gdt_frame != 0 {
+                let _ = segs.push(d.pv.gdt_frame);
+            }
         }
-        match crate::mm::frames::audit(&roots, &held) {
+        match crate::mm::frames::audit(&roots, &held, &segs) {
             Ok(()) => crate::debug!("audit after {when}: clean"),
             Err(e) => {
                 crate::error!("audit after {when} failed: frame {:#x}: {:?}", e.mfn, e.kind);
@@ -278,9 +302,15 @@ impl Hv {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),
             End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
         }
-        let (cr3, user_cr3, shared) = (d.cr3, d.user_cr3, d.shared_info_mfn);
-        // The reference that kept shared info from being given back.
-        crate::mm::frames::with(|ft, _| ft.put_page(shared));
+        let (cr3, user_cr3, shared, gdt) = (d.cr3, d.user_cr3, d.shared_info_mfn, d.pv.gdt_frame);
+        // The reference that kept shared info from being given back, and the
+        // segment-type reference of a registered GDT.
+        crate::mm::frames::with(|ft, mem| {
+            ft.put_page(shared);
+            if gdt != 0 {
+                ft.put_page_and_type(mem, gdt);
+            }
+        });
         // Leave its address space before its frames are scrubbed.
         if crate::arch::cpu::cr3() == cr3 || crate::arch::cpu::cr3() == user_cr3 {
             // SAFETY: the hypervisor's own L4 maps everything it needs.

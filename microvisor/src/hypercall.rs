@@ -22,6 +22,20 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
         crate::mm::selftest_fault();
     }
+    let cur = hv.current;
+    if hv.domains[cur].pv.user_mode {
+        // A `syscall` from guest user code is the guest kernel's system call:
+        // bounce to its syscall callback (rcx/r11 already hold rip/rflags).
+        let cb = hv.domains[cur].pv.syscall;
+        if cb.address == 0 {
+            let rip = frame.rip;
+            crate::pv::kill(&mut hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
+        } else {
+            crate::pv::bounce(&mut hv, frame, cb.address, None, cb.mask_events, "a guest system call");
+        }
+        crate::pv::deliver_events(&mut hv, frame);
+        return;
+    }
     let nr = frame.rax;
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let res = dispatch(&mut hv, frame, nr, args);
@@ -58,6 +72,7 @@ fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<
 pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
     match nr {
         0 => pv::set_trap_table(hv, a[0]),
+        2 => pv::set_gdt(hv, a[0], a[1]),
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),

@@ -129,7 +129,7 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
 /// mmuext_op(ops, count, done, foreigndom).
 pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<u64, Errno> {
     let cur = hv.current;
-    let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
+    let (dom, privileged) = (hv.domains[cur].id, hv.domains[cur].privileged);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let count = count as u32 as u64;
     let mut i = 0;

@@ -167,7 +167,74 @@ pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno
 /// Loads a vCPU's FS and GS bases into the CPU (guest kernel mode).
 pub fn load_segment_bases(pv: &crate::domain::PvState) {
     crate::arch::cpu::set_fs_base(pv.fs_base);
-    crate::arch::cpu::set_gs_base(pv.gs_base_kernel);
+    crate::arch::cpu::set_gs_base(if pv.user_mode { pv.gs_base_user } else { pv.gs_base_kernel });
+}
+
+/// Switches the running vCPU between guest kernel and guest user mode
+/// (Xen's toggle_guest_mode): page table and GS base.
+pub fn toggle_mode(hv: &mut Hv) {
+    let cur = hv.current;
+    let d = &mut hv.domains[cur];
+    d.pv.user_mode = !d.pv.user_mode;
+    load_segment_bases(&d.pv);
+    let cr3 = d.active_cr3();
+    if crate::arch::cpu::cr3() != cr3 {
+        // SAFETY: both L4s are validated (held by base-pointer references)
+        // and carry the hypervisor's slots.
+        unsafe { crate::arch::cpu::write_cr3(cr3) };
+    }
+}
+
+/// Whether a guest GDT descriptor is acceptable: empty, or a present
+/// DPL-3 code or data descriptor (no system descriptors, no gates).
+fn descriptor_ok(d: u64) -> bool {
+    let present = d & (1 << 47) != 0;
+    let code_or_data = d & (1 << 44) != 0;
+    let dpl = (d >> 45) & 3;
+    !present || (code_or_data && dpl == 3)
+}
+
+/// set_gdt(frame_list, entries): the guest's own descriptor table (one
+/// frame, up to 512 entries). The frame must not be writable-mapped (it
+/// becomes a segment-typed page); every descriptor is checked.
+pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
+    use microvisor_core::frametable::PageType;
+    let cur = hv.current;
+    let (dom, cr3) = (hv.domains[cur].id, hv.domains[cur].cr3);
+    if entries > crate::domain::GUEST_GDT_ENTRIES as u64 {
+        return Err(Errno::EINVAL);
+    }
+    let mut new_frame = 0;
+    let mut table = [0u64; crate::domain::GUEST_GDT_ENTRIES];
+    if entries > 0 {
+        let mut b = [0u8; 8];
+        guest::copy_from(cr3, list, &mut b).map_err(|_| Errno::EFAULT)?;
+        let mfn = u64::from_le_bytes(b);
+        crate::mm::frames::with(|ft, mem| ft.get_page_and_type(mem, mfn, PageType::Segment, dom))?;
+        for (i, slot) in table.iter_mut().enumerate().take(entries as usize) {
+            *slot = crate::mm::read_u64(mfn * crate::mm::PAGE + i as u64 * 8);
+        }
+        if !table[..entries as usize].iter().all(|&d| descriptor_ok(d)) {
+            crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, mfn));
+            return Err(Errno::EINVAL);
+        }
+        new_frame = mfn;
+    }
+    let old = hv.domains[cur].pv.gdt_frame;
+    if old != 0 {
+        crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, old));
+    }
+    let pv = &mut hv.domains[cur].pv;
+    pv.gdt = table;
+    pv.gdt_entries = entries as usize;
+    pv.gdt_frame = new_frame;
+    load_guest_gdt(pv);
+    Ok(0)
+}
+
+/// Loads a vCPU's GDT entries into the CPU's table.
+pub fn load_guest_gdt(pv: &crate::domain::PvState) {
+    crate::arch::desc::load_guest_entries(&pv.gdt[..pv.gdt_entries]);
 }
 
 /// Kills the current domain with a reason and switches away.
@@ -196,11 +263,15 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     if !guest_addr_ok(rip) {
         return kill(hv, frame, format_args!("iret to a non-canonical or hypervisor rip {rip:#x}"));
     }
-    if cs as u16 & 3 == 3 && cs as u16 & !3 == GUEST_CS64 & !3 {
-        return kill(hv, frame, format_args!("iret to guest user mode without a user page table"));
-    }
     if !kernel_cs_ok(cs as u16) {
         return kill(hv, frame, format_args!("iret to an invalid code selector {cs:#x}"));
+    }
+    let to_user = cs & 3 == 3;
+    if hv.domains[cur].pv.user_mode {
+        return kill(hv, frame, format_args!("iret hypercall from guest user mode"));
+    }
+    if to_user && hv.domains[cur].user_cr3 == 0 {
+        return kill(hv, frame, format_args!("iret to guest user mode without a user page table"));
     }
     let d = &hv.domains[cur];
     d.set_upcall_mask(rflags & IF == 0);
@@ -218,6 +289,9 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.rflags = (rflags & GUEST_FLAGS) | IF | 2;
     frame.rsp = rsp;
     frame.ss = GUEST_DS as u64;
+    if to_user {
+        toggle_mode(hv);
+    }
 }
 
 // ---- bounces ------------------------------------------------------------
@@ -229,10 +303,16 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
 /// domain) when the frame cannot be written.
 pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: &str) -> bool {
     let cur = hv.current;
+    // From guest user mode: enter kernel mode on the stack_switch stack; the
+    // saved cs keeps RPL 3 so the kernel knows where it came from.
+    let from_user = hv.domains[cur].pv.user_mode;
+    if from_user {
+        toggle_mode(hv);
+    }
     let d = &hv.domains[cur];
     let cr3 = d.cr3;
     let saved_mask = d.upcall_mask();
-    let sp = frame.rsp & !0xf;
+    let sp = if from_user { d.pv.kernel_sp } else { frame.rsp } & !0xf;
     let mut words = [0u64; 8];
     let mut n = 0;
     let mut push = |v: u64| {
@@ -245,7 +325,8 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
         push(e);
     }
     push(frame.rip);
-    push((frame.cs & !3 & 0xffff) | ((saved_mask as u64) << 32));
+    let rpl = if from_user { 3 } else { 0 };
+    push((frame.cs & !3 & 0xffff) | rpl | ((saved_mask as u64) << 32));
     push((frame.rflags & !IF) | if saved_mask { 0 } else { IF });
     push(frame.rsp);
     push(frame.ss);
@@ -365,6 +446,10 @@ pub enum Emulated {
 /// reads and FS/GS base MSR accesses.
 pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
     let cur = hv.current;
+    if hv.domains[cur].pv.user_mode {
+        // Guest user code gets no emulation: its #GP goes to the kernel.
+        return Emulated::NotEmulated;
+    }
     let cr3 = hv.domains[cur].cr3;
     let mut b = [0u8; 15];
     let n = fetch(cr3, frame.rip, &mut b);
@@ -455,7 +540,7 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
 pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
-    let cr3 = hv.domains[hv.current].cr3;
+    let cr3 = hv.domains[hv.current].active_cr3();
     let mut b = [0u8; 15];
     let n = fetch(cr3, frame.rip, &mut b);
     if n >= 7 && b[..7] == [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2] {
@@ -475,7 +560,7 @@ pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
 /// rip are `CD n` (QEMU's TCG reports a different error code than hardware,
 /// so the instruction is decoded rather than the error code trusted).
 pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<u8> {
-    let cr3 = hv.domains[hv.current].cr3;
+    let cr3 = hv.domains[hv.current].active_cr3();
     let mut b = [0u8; 2];
     guest::copy_from(cr3, frame.rip, &mut b).ok()?;
     (b[0] == 0xcd).then_some(b[1])

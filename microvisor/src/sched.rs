@@ -222,10 +222,12 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
     if next != cur {
         crate::pv::load_segment_bases(&d.pv);
     }
-    if cpu::cr3() != d.cr3 {
+    crate::pv::load_guest_gdt(&d.pv);
+    let cr3 = d.active_cr3();
+    if cpu::cr3() != cr3 {
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.
-        unsafe { cpu::write_cr3(d.cr3) };
+        unsafe { cpu::write_cr3(cr3) };
         if next != cur {
             // Guest L1 entries may be global: drop the last domain's.
             cpu::flush_tlb_all();

@@ -65,7 +65,8 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
                 let t = hv.domains[hv.current].pv.traps[n as usize];
-                if t.address != 0 && t.flags & 3 != 0 {
+                let min_dpl = if hv.domains[hv.current].pv.user_mode { 3 } else { 1 };
+                if t.address != 0 && t.flags & 3 >= min_dpl {
                     frame.rip = frame.rip.wrapping_add(2);
                     let _ = pv::bounce(hv, frame, t.address, None, t.flags & 4 != 0, "a software interrupt");
                     return;
@@ -76,7 +77,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             match pv::emulate_gp(hv, frame) {
                 pv::Emulated::Done | pv::Emulated::Switched => {}
                 pv::Emulated::NotEmulated => {
-                    let cr3 = hv.domains[hv.current].cr3;
+                    let cr3 = hv.domains[hv.current].active_cr3();
                     let mut bytes = [0u8; 15];
                     let n = (0..bytes.len()).take_while(|&i| guest::copy_from(cr3, frame.rip + i as u64, &mut bytes[i..i + 1]).is_ok()).count();
                     let what = insn::decode(&bytes[..n]);
@@ -100,7 +101,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             let cr2 = cpu::cr2();
             hv.domains[hv.current].set_cr2(cr2);
             // From guest kernel mode the user bit is cleared, as on Xen.
-            let err = frame.error_code & !4;
+            let err = if hv.domains[hv.current].pv.user_mode { frame.error_code } else { frame.error_code & !4 };
             let rip = frame.rip;
             pv::deliver_exception(hv, frame, 14, Some(err), format_args!("unhandled page fault ({name}) at rip {rip:#x}, address {cr2:#x}, error {err:#x}"));
         }

@@ -156,3 +156,27 @@ pub fn init() {
         wrmsr(cpu::MSR_FMASK, 0x4_4700);
     }
 }
+
+/// How many guest entries are currently loaded below the reserved area.
+static mut GUEST_LOADED: usize = 0;
+
+/// Loads a vCPU's own GDT entries (indices 0..n, 0 kept null) and clears
+/// whatever the previous vCPU had beyond them. Entries were checked by
+/// `pv::set_gdt`: present ones are DPL-3 code/data descriptors only.
+pub fn load_guest_entries(entries: &[u64]) {
+    // SAFETY: single CPU; the GDT's guest area (below index 7168) holds only
+    // descriptors validated by set_gdt; the hypervisor's own entries are
+    // never touched here.
+    unsafe {
+        let gdt = &mut *(&raw mut GDT);
+        let loaded = *(&raw const GUEST_LOADED);
+        let n = entries.len().min(FIRST_RESERVED);
+        for (i, e) in entries.iter().take(n).enumerate().skip(1) {
+            gdt.0[i] = *e;
+        }
+        for i in n.max(1)..loaded.min(FIRST_RESERVED) {
+            gdt.0[i] = 0;
+        }
+        *(&raw mut GUEST_LOADED) = n;
+    }
+}

@@ -109,7 +109,8 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
 /// `held` are the frames the hypervisor holds a plain reference on (each
 /// domain's shared info).
-pub fn audit(roots: &[u64], held: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
+/// `segs` are registered GDT frames (segment-typed references).
+pub fn audit(roots: &[u64], held: &[u64], segs: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
     let mut ext: heapless::Vec<(u64, ExternalRef), 64> = heapless::Vec::new();
     for &r in roots.iter().filter(|&&r| r != 0) {
@@ -117,6 +118,9 @@ pub fn audit(roots: &[u64], held: &[u64]) -> Result<(), microvisor_core::frameta
     }
     for &m in held {
         let _ = ext.push((m, ExternalRef::Page));
+    }
+    for &m in segs {
+        let _ = ext.push((m, ExternalRef::PageAndType(PageType::Segment)));
     }
     with(|ft, mem| ft.audit(mem, &ext))
 }
