@@ -144,6 +144,9 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     si.store_mfn = frames.mfn(pfn_of(layout.xenstore));
     si.store_evtchn = 1;
     si.console.mfn = frames.mfn(pfn_of(layout.console));
+    // Held by the hypervisor, which drains the ring until the domain dies.
+    let console_mfn = si.console.mfn;
+    mm::frames::with(|ft, _| ft.get_page(console_mfn, id)).map_err(|e| err(format_args!("domain '{}': console page: {e:?}", spec.name)))?;
     si.console.evtchn = 2;
     si.pt_base = layout.pt_start;
     si.nr_pt_frames = layout.nr_pt_frames;
@@ -184,6 +187,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         tot_pages: nr_pages,
         max_pages: nr_pages,
         shared_info_mfn,
+        console_mfn,
         console: heapless::Vec::new(),
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
         fpu: crate::arch::cpu::FpuState::initial(),

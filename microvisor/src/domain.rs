@@ -108,6 +108,8 @@ pub struct Domain {
     pub max_pages: u64,
     /// Machine frame of the shared info page.
     pub shared_info_mfn: u64,
+    /// Machine frame of the console ring page (start_info.console.mfn).
+    pub console_mfn: u64,
     /// Pending console output, flushed per line.
     pub console: heapless::Vec<u8, 256>,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
@@ -240,12 +242,13 @@ impl Hv {
     /// logs the result. A failure is a hypervisor bug: it fails the run.
     pub fn audit(&self, when: &str) {
         let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
-        let mut held: heapless::Vec<u64, 16> = heapless::Vec::new();
+        let mut held: heapless::Vec<u64, 32> = heapless::Vec::new();
         let mut segs: heapless::Vec<u64, 16> = heapless::Vec::new();
         for d in self.domains.iter().filter(|d| d.is_live()) {
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
             let _ = held.push(d.shared_info_mfn);
+            let _ = held.push(d.console_mfn);
             if d.pv.gdt_frame != 0 {
                 let _ = segs.push(d.pv.gdt_frame);
             }
@@ -256,6 +259,38 @@ impl Hv {
                 crate::error!("audit after {when} failed: frame {:#x}: {:?}", e.mfn, e.kind);
                 crate::arch::cpu::qemu_exit(false);
             }
+        }
+    }
+
+    /// Drains every live domain's console ring (the `out` half of its
+    /// console page) to the serial line, so a guest that writes its ring
+    /// and waits for it to empty never hangs, back-end or not.
+    pub fn drain_console_rings(&mut self) {
+        for i in 0..self.domains.len() {
+            let d = &self.domains[i];
+            if !d.is_live() {
+                continue;
+            }
+            let base = d.console_mfn * crate::mm::PAGE;
+            let cons_pa = base + 3080;
+            let prod_pa = base + 3084;
+            let mut w = [0u8; 4];
+            crate::mm::read_phys(cons_pa, &mut w);
+            let mut cons = u32::from_le_bytes(w);
+            crate::mm::read_phys(prod_pa, &mut w);
+            let prod = u32::from_le_bytes(w);
+            // A producer more than a ring ahead is broken: take one ring.
+            let avail = prod.wrapping_sub(cons).min(2048);
+            if avail == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 2048];
+            for b in buf.iter_mut().take(avail as usize) {
+                *b = crate::mm::read_u8(base + 1024 + (cons & 2047) as u64);
+                cons = cons.wrapping_add(1);
+            }
+            self.console_write(i, &buf[..avail as usize]);
+            crate::mm::write_phys(cons_pa, &prod.to_le_bytes());
         }
     }
 
@@ -302,11 +337,12 @@ impl Hv {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),
             End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
         }
-        let (cr3, user_cr3, shared, gdt) = (d.cr3, d.user_cr3, d.shared_info_mfn, d.pv.gdt_frame);
+        let (cr3, user_cr3, shared, gdt, console) = (d.cr3, d.user_cr3, d.shared_info_mfn, d.pv.gdt_frame, d.console_mfn);
         // The reference that kept shared info from being given back, and the
         // segment-type reference of a registered GDT.
         crate::mm::frames::with(|ft, mem| {
             ft.put_page(shared);
+            ft.put_page(console);
             if gdt != 0 {
                 ft.put_page_and_type(mem, gdt);
             }

@@ -142,6 +142,7 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// when no domain is live, or when every live one is blocked with nothing
 /// that could wake it.
 pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
+    hv.drain_console_rings();
     let mut now = crate::time::now_ns();
     account(hv, now);
     let cur = hv.current;

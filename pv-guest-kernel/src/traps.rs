@@ -4,7 +4,7 @@
 //! shut the domain down with SHUTDOWN_crash and the vector named).
 
 use crate::arch::traps as arch;
-pub use crate::arch::traps::TrapFrame;
+pub use crate::arch::traps::{enter_user, TrapFrame};
 use guest_abi::arch::TrapInfo;
 use spin::Mutex;
 
@@ -13,6 +13,7 @@ pub type Handler = fn(&mut TrapFrame);
 
 static HANDLERS: Mutex<[Option<Handler>; 256]> = Mutex::new([None; 256]);
 static EVENT_HANDLER: Mutex<Option<fn(&mut TrapFrame)>> = Mutex::new(None);
+static SYSCALL_HANDLER: Mutex<Option<fn(&mut TrapFrame)>> = Mutex::new(None);
 static LAST_FAULT: Mutex<Option<Fault>> = Mutex::new(None);
 
 /// A fault recovered by [`expect_fault`].
@@ -61,8 +62,36 @@ pub fn set_event_handler(h: fn(&mut TrapFrame)) {
     *EVENT_HANDLER.lock() = Some(h);
 }
 
+/// Installs the function called when guest user code executes `syscall`
+/// (the frame holds the user's registers; `rip`/`rflags` are where it
+/// resumes). Also registers the library's syscall and failsafe callbacks.
+pub fn set_syscall_handler(h: fn(&mut TrapFrame)) -> Result<(), guest_abi::errno::Errno> {
+    *SYSCALL_HANDLER.lock() = Some(h);
+    for (ty, addr) in [(guest_abi::callback::CALLBACKTYPE_SYSCALL, arch::syscall_stub()), (guest_abi::callback::CALLBACKTYPE_FAILSAFE, arch::failsafe_stub())] {
+        let reg = guest_abi::callback::CallbackRegister { type_: ty, flags: 0, _pad: 0, address: addr };
+        // SAFETY: the stubs follow the bounce-frame convention.
+        unsafe { guest_abi::hypercall::callback_register(&reg)? };
+    }
+    Ok(())
+}
+
+/// Addresses of the library's system-call and failsafe callback stubs.
+pub fn callback_stubs() -> (u64, u64, u64) {
+    (arch::event_stub(), arch::failsafe_stub(), arch::syscall_stub())
+}
+
 /// Called by the stubs.
 pub(crate) extern "C" fn dispatch(frame: &mut TrapFrame) {
+    if frame.vector == 0x102 {
+        let h = *SYSCALL_HANDLER.lock();
+        match h {
+            Some(h) => return h(frame),
+            None => panic!("system call from user mode at {:#x} with no handler", frame.rip),
+        }
+    }
+    if frame.vector == 0x103 {
+        panic!("failsafe callback: a segment reload failed at {:#x}", frame.rip);
+    }
     if frame.vector == 0x100 {
         let h = *EVENT_HANDLER.lock();
         if let Some(h) = h {

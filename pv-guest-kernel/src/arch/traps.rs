@@ -68,6 +68,8 @@ pv_trap_\vec:
     pv_stub 19, 0
     pv_stub 0x80, 0
     pv_stub 0x100, 0
+    pv_stub 0x102, 0
+    pv_stub 0x103, 0
 
 pv_trap_common:
     push %rax
@@ -165,6 +167,8 @@ unsafe extern "C" {
     fn pv_trap_19();
     fn pv_trap_0x80();
     fn pv_trap_0x100();
+    fn pv_trap_0x102();
+    fn pv_trap_0x103();
     fn pv_try(thunk: extern "C" fn(*mut u8), ctx: *mut u8) -> u64;
     fn pv_try_recover();
 }
@@ -194,6 +198,41 @@ pub fn event_stub() -> u64 {
     pv_trap_0x100 as *const () as u64
 }
 
+/// Entry point of the system-call callback stub (vector 0x102 in frames).
+pub fn syscall_stub() -> u64 {
+    pv_trap_0x102 as *const () as u64
+}
+
+/// Entry point of the failsafe callback stub (vector 0x103 in frames).
+pub fn failsafe_stub() -> u64 {
+    pv_trap_0x103 as *const () as u64
+}
+
+/// Leaves the guest kernel for guest user mode at `rip` with stack `rsp`
+/// through HYPERVISOR_iret (cs 0xe033 with RPL 3, events enabled). Needs a
+/// user page table (MMUEXT_NEW_USER_BASEPTR) and a kernel stack for the
+/// way back (stack_switch).
+pub fn enter_user(rip: u64, rsp: u64) -> ! {
+    let page = super::hypercall_page_addr();
+    // SAFETY: builds an iret frame [flags, rip, cs, rflags, rsp, ss] on the
+    // current stack and jumps to the iret stub, which never returns here.
+    unsafe {
+        core::arch::asm!(
+            "push 0xe02b",
+            "push rsi",
+            "push 0x202",
+            "push 0xe033",
+            "push rdi",
+            "push 0",
+            "jmp rdx",
+            in("rdi") rip,
+            in("rsi") rsp,
+            in("rdx") page + 23 * 32,
+            options(noreturn)
+        )
+    }
+}
+
 /// Whether a fault now would be recovered by `try_call`.
 pub fn recovery_armed() -> bool {
     // SAFETY: single-threaded guest; plain read of a word.
@@ -205,6 +244,9 @@ pub fn redirect_to_recovery(frame: &mut TrapFrame) {
     // SAFETY: single-threaded guest; plain read of a word.
     frame.rsp = unsafe { *(&raw const RECOVERY_RSP) };
     frame.rip = pv_try_recover as *const () as u64;
+    // Resume in guest kernel mode (RPL 0 in the saved cs), whatever mode
+    // the fault came from.
+    frame.cs = (frame.cs & !0xffff) | 0xe030;
 }
 
 /// Runs `f`; returns true if it completed, false if a fault was recovered.

@@ -1,0 +1,46 @@
+//! A guest that, like a Xen domU kernel without a console driver of its own,
+//! writes its output into the console ring page named by start_info and
+//! spins with SCHEDOP_yield until the consumer index catches up. Something
+//! must drain every ring, or this never ends.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU32, Ordering};
+use pv_guest_kernel::{mm, test::Reporter, StartInfo};
+
+fn main(si: &'static StartInfo) {
+    let mut t = Reporter::new();
+    // The console page lies in the bootstrap mapping at pfn * 4 KiB.
+    let page = mm::mfn_to_pfn(si.console.mfn) * 4096;
+    // SAFETY: the console page is ours, mapped writable by the builder;
+    // `out` is bytes 1024..3072, the indexes are u32s at 3080 and 3084.
+    let (out, out_cons, out_prod) = unsafe {
+        (
+            core::slice::from_raw_parts_mut((page + 1024) as *mut u8, 2048),
+            AtomicU32::from_ptr((page + 3080) as *mut u32),
+            AtomicU32::from_ptr((page + 3084) as *mut u32),
+        )
+    };
+    let lines: [&[u8]; 3] = [b"hello through the console ring\n", b"a second line, written in pieces", b" and finished later\n"];
+    let mut spins = 0u64;
+    for msg in lines {
+        let mut prod = out_prod.load(Ordering::SeqCst);
+        for &b in msg {
+            while prod.wrapping_sub(out_cons.load(Ordering::SeqCst)) >= 2048 {
+                let _ = guest_abi::hypercall::sched_yield();
+            }
+            out[(prod & 2047) as usize] = b;
+            prod = prod.wrapping_add(1);
+        }
+        out_prod.store(prod, Ordering::SeqCst);
+        while out_cons.load(Ordering::SeqCst) != out_prod.load(Ordering::SeqCst) {
+            spins += 1;
+            let _ = guest_abi::hypercall::sched_yield();
+        }
+    }
+    t.check("ring-drained", out_cons.load(Ordering::SeqCst) == out_prod.load(Ordering::SeqCst), format_args!("cons/prod differ"));
+    pv_guest_kernel::println!("consring: drained after {spins} yields");
+    t.finish()
+}
+
+pv_guest_kernel::main!(main);
