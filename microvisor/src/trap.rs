@@ -38,6 +38,13 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
         return;
     }
     if !frame.from_guest() {
+        // A guest-memory copy that faulted: resume at its failure return.
+        if (v == 14 || v == 13)
+            && let Some(fix) = crate::mm::guest::fixup(frame.rip)
+        {
+            frame.rip = fix;
+            return;
+        }
         hypervisor_fault(frame);
     }
     if v == 2 || (32..256).contains(&v) {

@@ -47,8 +47,85 @@ pub fn translate(cr3: u64, va: u64, write: bool) -> Result<u64, Fault> {
     Ok(pa)
 }
 
+// The fast path: copy through the guest's own mappings (its L4 is loaded)
+// with SMAP opened for exactly the copy instruction; a fault there is fixed
+// up by `trap::on_trap` (see `fixup`) into a failure return.
+core::arch::global_asm!(
+    r#"
+    .section .text.mv_copy, "ax"
+    .globl mv_copy_guest
+mv_copy_guest:
+    stac
+    mov %rdx, %rcx
+    shr $3, %rcx
+    .globl mv_copy_guest_q
+mv_copy_guest_q:
+    rep movsq
+    mov %rdx, %rcx
+    and $7, %rcx
+    .globl mv_copy_guest_b
+mv_copy_guest_b:
+    rep movsb
+    clac
+    xor %eax, %eax
+    ret
+    .globl mv_copy_guest_fixup
+mv_copy_guest_fixup:
+    clac
+    mov $1, %eax
+    ret
+    .text
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn mv_copy_guest(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    fn mv_copy_guest_q();
+    fn mv_copy_guest_b();
+    fn mv_copy_guest_fixup();
+}
+
+/// If `rip` is one of the guest-copy instructions, where to resume after a
+/// fault there.
+pub fn fixup(rip: u64) -> Option<u64> {
+    let q = mv_copy_guest_q as *const () as u64;
+    let b = mv_copy_guest_b as *const () as u64;
+    (rip == q || rip == b).then_some(mv_copy_guest_fixup as *const () as u64)
+}
+
+/// True when `[va, va + len)` lies entirely in guest-controlled canonical
+/// space (never the hypervisor's slots, never across the canonical hole).
+fn guest_range(va: u64, len: usize) -> bool {
+    let Some(end) = va.checked_add(len as u64) else { return false };
+    let low = end <= 0x0000_8000_0000_0000;
+    let high = va >= 0xFFFF_8800_0000_0000;
+    low || high
+}
+
+/// Copies through the loaded guest page tables; Err on any fault.
+fn copy_fast(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Fault> {
+    // SAFETY: the caller checked that the guest side of the copy lies in
+    // guest space and that the guest's page tables are the ones loaded;
+    // the hypervisor side is a live Rust buffer of `len` bytes. A fault on
+    // the guest side is fixed up into a return of 1 (see `fixup`); CR0.WP
+    // makes writes to read-only guest pages fault too.
+    let r = unsafe { mv_copy_guest(dst, src, len) };
+    if r == 0 { Ok(()) } else { Err(Fault) }
+}
+
 /// Copies `out.len()` bytes from guest virtual `va`.
 pub fn copy_from(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
+    if !guest_range(va, out.len()) {
+        return Err(Fault);
+    }
+    if cr3 == crate::arch::cpu::cr3() {
+        return copy_fast(out.as_mut_ptr(), va as *const u8, out.len());
+    }
+    copy_from_walk(cr3, va, out)
+}
+
+fn copy_from_walk(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
     let mut done = 0usize;
     while done < out.len() {
         let cur = va.checked_add(done as u64).ok_or(Fault)?;
@@ -63,6 +140,16 @@ pub fn copy_from(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
 
 /// Copies `data` to guest virtual `va` (every page must be guest-writable).
 pub fn copy_to(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
+    if !guest_range(va, data.len()) {
+        return Err(Fault);
+    }
+    if cr3 == crate::arch::cpu::cr3() {
+        return copy_fast(va as *mut u8, data.as_ptr(), data.len());
+    }
+    copy_to_walk(cr3, va, data)
+}
+
+fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
     // Translate everything first so a failure writes nothing.
     let mut done = 0usize;
     while done < data.len() {
