@@ -58,6 +58,9 @@ pub struct PvState {
     pub gs_base_user: u64,
     /// The vCPU runs guest user code (user page table, user GS base).
     pub user_mode: bool,
+    /// Virtual I/O privilege level (PHYSDEVOP_set_iopl): port I/O is
+    /// emulated when it is at least 1 (guest kernel) or 3 (guest user).
+    pub iopl: u8,
     /// The guest's own GDT entries (set_gdt), loaded below 0xe000 while
     /// the vCPU runs.
     pub gdt: [u64; GUEST_GDT_ENTRIES],
@@ -83,6 +86,7 @@ impl PvState {
             gs_base_kernel: 0,
             gs_base_user: 0,
             user_mode: false,
+            iopl: 0,
             gdt: [0; GUEST_GDT_ENTRIES],
             gdt_entries: 0,
             gdt_frame: 0,

@@ -86,6 +86,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),
         30 => pv::callback_op(hv, a[0], a[1]),
         32 => crate::events::event_channel_op(hv, a[0], a[1]),
+        33 => pv::physdev_op(hv, a[0], a[1]),
         _ => {
             crate::debug!("domain {}: hypercall {nr} not implemented", hv.domains[hv.current].id);
             Err(Errno::ENOSYS)

@@ -442,8 +442,71 @@ pub enum Emulated {
     Switched,
 }
 
+/// physdev_op(cmd, arg): PHYSDEVOP_set_iopl (6) for the privileged domain;
+/// other commands are not implemented.
+pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    let cur = hv.current;
+    match cmd {
+        6 => {
+            if !hv.domains[cur].privileged {
+                return Err(Errno::EPERM);
+            }
+            let mut b = [0u8; 4];
+            guest::copy_from(hv.domains[cur].cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let iopl = u32::from_le_bytes(b);
+            if iopl > 3 {
+                return Err(Errno::EINVAL);
+            }
+            hv.domains[cur].pv.iopl = iopl as u8;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// Ports the hypervisor keeps for itself (console UART, QEMU exit device,
+/// PICs, PIT, CMOS/RTC): never reachable by guest port I/O.
+fn port_reserved(port: u16, width: u16) -> bool {
+    let end = port.saturating_add(width - 1);
+    [(0x20u16, 0x21u16), (0x40, 0x43), (0x70, 0x71), (0xa0, 0xa1), (0xf4, 0xf7), (0x3f8, 0x3ff)]
+        .iter()
+        .any(|&(a, b)| port <= b && end >= a)
+}
+
+/// Emulates `in`/`out` (imm8 or dx forms) for a vCPU with I/O privilege.
+fn emulate_port_io(frame: &mut TrapFrame, b: &[u8], i: usize, opsize16: bool) -> Option<usize> {
+    let op = *b.get(i)?;
+    let width: u16 = match op {
+        0xe4 | 0xe6 | 0xec | 0xee => 1,
+        _ if opsize16 => 2,
+        _ => 4,
+    };
+    let (port, len) = match op {
+        0xe4..=0xe7 => (*b.get(i + 1)? as u16, i + 2),
+        0xec..=0xef => (frame.rdx as u16, i + 1),
+        _ => return None,
+    };
+    if port_reserved(port, width) {
+        return None;
+    }
+    let is_in = matches!(op, 0xe4 | 0xe5 | 0xec | 0xed);
+    if is_in {
+        let v = crate::arch::port::in_width(port, width);
+        let mask: u64 = match width {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+        frame.rax = if width == 4 { v as u64 } else { (frame.rax & !mask) | v as u64 };
+    } else {
+        crate::arch::port::out_width(port, width, frame.rax as u32);
+    }
+    Some(len)
+}
+
 /// #GP from guest kernel mode: emulates cli, sti, hlt, control-register
-/// reads and FS/GS base MSR accesses.
+/// reads, FS/GS base MSR accesses, and port I/O for a vCPU with I/O
+/// privilege.
 pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
     let cur = hv.current;
     if hv.domains[cur].pv.user_mode {
@@ -456,13 +519,23 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
     let b = &b[..n];
     let mut i = 0;
     let mut rex = 0u8;
+    let mut opsize16 = false;
     while let Some(&p) = b.get(i) {
-        if (0x40..=0x4f).contains(&p) {
+        if p == 0x66 {
+            opsize16 = true;
+            i += 1;
+        } else if (0x40..=0x4f).contains(&p) {
             rex = p;
             i += 1;
         } else {
             break;
         }
+    }
+    if hv.domains[cur].pv.iopl >= 1
+        && let Some(len) = emulate_port_io(frame, b, i, opsize16)
+    {
+        frame.rip = frame.rip.wrapping_add(len as u64);
+        return Emulated::Done;
     }
     let rip = frame.rip;
     let next = |len: usize| rip.wrapping_add((i + len) as u64);
