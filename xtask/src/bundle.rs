@@ -12,11 +12,11 @@ fn entry(out: &mut Vec<u8>, ino: u32, name: &str, data: &[u8]) {
     out.extend_from_slice(hdr.as_bytes());
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

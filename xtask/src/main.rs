@@ -2,11 +2,15 @@
 //!
 //! `cargo xtask run [--manifest FILE] [--accel tcg|kvm]` builds everything
 //! and boots a manifest; `cargo xtask test [--accel ..] [--filter S]` runs the
-//! host unit tests, the kernel checks and every QEMU scenario;
-//! `cargo xtask bench` prints benchmark figures; `cargo xtask build` builds.
+//! host unit tests, the kernel checks and every QEMU scenario, and
+//! `test --on-xen` compares the single-domain scenarios with real Xen;
+//! `cargo xtask bench [--vs-xen]` prints benchmark figures (beside Xen's);
+//! `cargo xtask build` builds.
 
+mod bench;
 mod build;
 mod bundle;
+mod differential;
 mod qemu;
 mod scenario;
 mod toolchain;
@@ -27,10 +31,14 @@ struct Opts {
     manifest: Option<PathBuf>,
     filter: Option<String>,
     timeout: u64,
+    /// `test --on-xen`: the differential suite against real Xen.
+    on_xen: bool,
+    /// `bench --vs-xen`: real Xen's figures beside ours.
+    vs_xen: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts { accel: Accel::Tcg, manifest: None, filter: None, timeout: 120 };
+    let mut o = Opts { accel: Accel::Tcg, manifest: None, filter: None, timeout: 120, on_xen: false, vs_xen: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("error: {name} needs a value"));
@@ -39,6 +47,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--manifest" => o.manifest = Some(PathBuf::from(val("--manifest")?)),
             "--filter" => o.filter = Some(val("--filter")?),
             "--timeout" => o.timeout = val("--timeout")?.parse().map_err(|_| "error: --timeout takes seconds".to_string())?,
+            "--on-xen" => o.on_xen = true,
+            "--vs-xen" => o.vs_xen = true,
             other => return Err(format!("error: unknown option '{other}' (see `cargo xtask help`)")),
         }
     }
@@ -51,7 +61,10 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  boot a manifest (default: examples/default.manifest)
   test [--accel tcg|kvm] [--filter TEXT]
                                  host unit tests, kernel checks and QEMU scenarios
-  bench                          benchmarks under -icount shift=0";
+  test --on-xen [--accel ..] [--filter TEXT]
+                                 single-domain scenarios on the microvisor and on
+                                 real Xen 4.17, compared (tests/xen-allowlist.toml)
+  bench [--vs-xen]               benchmarks under -icount shift=0 (beside real Xen's)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,6 +73,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let res = parse(&args[1..]).and_then(|o| match cmd.as_str() {
+        c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
+            Err(format!("error: `{c}` takes neither --on-xen nor --vs-xen: use `test --on-xen` or `bench --vs-xen`"))
+        }
         "build" => build_all().map(|_| true),
         "run" => run(&o),
         "test" => test(&o),
@@ -169,6 +185,11 @@ fn check_no_vector_regs(kernel: &Path) -> Result<(), String> {
 
 fn test(o: &Opts) -> Result<bool, String> {
     let root = root();
+    if o.on_xen {
+        qemu::ensure()?;
+        let kdir = build_all()?;
+        return differential::run(&root, &kdir, o.accel, o.filter.as_deref());
+    }
     let mut passed = 0usize;
     let mut failed: Vec<String> = Vec::new();
     let want = |name: &str| o.filter.as_deref().is_none_or(|f| name.contains(f));
@@ -261,49 +282,6 @@ fn test(o: &Opts) -> Result<bool, String> {
 fn bench(o: &Opts) -> Result<bool, String> {
     qemu::ensure()?;
     let kdir = build_all()?;
-    let manifest = "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
-    let bundle = scenario::make_bundle(manifest, &kdir, &Default::default())?;
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    let bpath = out_dir.join("bench.cpio");
-    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
-    let kernel = qemu::kernel_path(&kdir);
-    let cpu = "EPYC";
-    let boot = qemu::Boot {
-        kernel: &kernel,
-        initrd: &bpath,
-        append: "loglvl=warn".into(),
-        accel: Accel::Tcg,
-        icount: true,
-        cpu,
-        memory_mib: 256,
-        timeout: Duration::from_secs(o.timeout.max(300)),
-        echo: false,
-        machine: "microvm",
-        initrd_args: "",
-        stop_on: &[],
-    };
-    let out = boot.run()?;
-    std::fs::write(out_dir.join("bench.log"), &out.serial).map_err(|e| e.to_string())?;
-    let rows: Vec<Vec<&str>> = out
-        .serial
-        .lines()
-        .filter_map(|l| l.split_once("BENCH|").map(|(_, r)| r.split('|').map(str::trim).collect()))
-        .collect();
-    if rows.is_empty() || out.exit_code != Some(33) {
-        return Err(format!(
-            "error: the benchmark guest did not finish cleanly (exit {:?}, timed out {}); see target/bench/bench.log",
-            out.exit_code, out.timed_out
-        ));
-    }
-    println!("microvisor benchmarks: QEMU TCG, -icount shift=0 (1 instruction = 1 virtual ns), -cpu {cpu}");
-    println!("{:<44} {:>14} {:>14} {:>8}", "operation", "ns/op", "baseline ns", "ratio");
-    for r in rows {
-        match r.as_slice() {
-            [name, v, base, ratio] => println!("{name:<44} {v:>14} {base:>14} {ratio:>8}"),
-            [name, v] => println!("{name:<44} {v:>14}"),
-            _ => {}
-        }
-    }
-    Ok(true)
+    let timeout = Duration::from_secs(o.timeout.max(300));
+    if o.vs_xen { bench::vs_xen(&kdir, timeout) } else { bench::bench(&kdir, timeout) }
 }

@@ -99,7 +99,8 @@ impl Boot<'_> {
         let mut initrd = self.initrd.as_os_str().to_os_string();
         if !self.initrd_args.is_empty() {
             initrd.push(" ");
-            initrd.push(self.initrd_args);
+            // QEMU's multiboot loader splits modules at commas; ",," is a comma.
+            initrd.push(self.initrd_args.replace(',', ",,"));
         }
         c.args(["-M", self.machine, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])

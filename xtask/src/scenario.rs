@@ -44,6 +44,10 @@ pub struct Scenario {
     /// where guest output has no domain prefix).
     #[serde(default)]
     pub target: Option<String>,
+    /// Run under `-icount shift=0` (one instruction = one virtual ns), for
+    /// scenarios whose guests measure time-based shares deterministically.
+    #[serde(default)]
+    pub icount: bool,
 }
 
 fn default_timeout() -> u64 {
@@ -128,10 +132,30 @@ pub struct Verdict {
 }
 
 /// The value of `key = value` in a manifest's first domain.
-fn manifest_value<'m>(manifest: &'m str, key: &str) -> Option<&'m str> {
+pub fn manifest_value<'m>(manifest: &'m str, key: &str) -> Option<&'m str> {
     manifest.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
+        let (k, v) = l.split('#').next().unwrap_or("").split_once('=')?;
         (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// A single-domain manifest as dom0 of real Xen: the manifest's cmdline
+/// becomes the multiboot module's command line and its memory dom0_mem (at
+/// least 64M).
+pub fn xen_dom0<'a>(s: &'a Scenario, xen: &'a Path, kdir: &Path, accel: Accel) -> Result<crate::xen::Dom0<'a>, String> {
+    let images = manifest_images(&s.manifest);
+    let [image] = images.as_slice() else {
+        return Err(format!("error: scenario {}: a Xen run needs exactly one domain", s.name));
+    };
+    Ok(crate::xen::Dom0 {
+        xen,
+        guest: kdir.join(image),
+        cmdline: manifest_value(&s.manifest, "cmdline").unwrap_or(""),
+        mem_mib: crate::xen::dom0_mem_mib(manifest_value(&s.manifest, "memory")),
+        accel,
+        icount: false,
+        cpu: "max",
+        timeout: Duration::from_secs(s.timeout),
     })
 }
 
@@ -141,41 +165,11 @@ fn run_on_xen(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Result
         Ok(x) => x,
         Err(why) => return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(format!("real Xen unavailable: {why}")) }),
     };
-    let images = manifest_images(&s.manifest);
-    let [image] = images.as_slice() else {
-        return Err(format!("error: scenario {}: a Xen scenario needs exactly one domain", s.name));
-    };
-    let guest = kdir.join(image);
-    let cmdline = manifest_value(&s.manifest, "cmdline").unwrap_or("");
-    let mem_mib = manifest_value(&s.manifest, "memory")
-        .and_then(|m| m.strip_suffix('M'))
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(64u64);
-    let expect = manifest_value(&s.manifest, "expect").unwrap_or("poweroff");
-    let boot = Boot {
-        kernel: &xen,
-        initrd: &guest,
-        append: crate::xen::append(mem_mib),
-        accel,
-        icount: false,
-        cpu: "max",
-        memory_mib: 512,
-        timeout: Duration::from_secs(s.timeout),
-        echo: false,
-        machine: "pc",
-        initrd_args: cmdline,
-        stop_on: crate::xen::END_MARKERS,
-    };
-    let out = boot.run()?;
-    let log = log_dir.join(format!("{}.log", s.name));
-    std::fs::write(&log, &out.serial).map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
+    let out = xen_dom0(s, &xen, kdir, accel)?.run(&log_dir.join(format!("{}.log", s.name)))?;
     // Xen halts rather than exiting: turn its end-of-dom0 message into the
     // exit code the microvisor would have given.
-    let ended_as_expected = match expect {
-        "poweroff" => out.serial.contains("Hardware Dom0 halted"),
-        "crash" => out.serial.contains("Hardware Dom0 crashed"),
-        _ => false,
-    };
+    let expect = manifest_value(&s.manifest, "expect").unwrap_or("poweroff");
+    let ended_as_expected = crate::xen::dom0_end(&out.serial).is_some_and(|e| e == expect || (e == "killed" && expect == "crash"));
     let code = if !out.stopped { out.exit_code } else if ended_as_expected { Some(33) } else { Some(35) };
     Ok(judge(s, code, out.timed_out, &out.serial))
 }
@@ -219,6 +213,12 @@ pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Resul
     if s.target.as_deref() == Some("xen") {
         return run_on_xen(s, kdir, log_dir, accel);
     }
+    let out = boot_microvisor(s, kdir, log_dir, accel)?;
+    Ok(judge(s, out.exit_code, out.timed_out, &out.serial))
+}
+
+/// Boots a scenario's bundle on the microvisor; saves bundle and serial log.
+pub fn boot_microvisor(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Result<crate::qemu::Outcome, String> {
     let bundle = make_bundle(&s.manifest, kdir, &s.files)?;
     let bpath = log_dir.join(format!("{}.bundle", s.name));
     std::fs::write(&bpath, &bundle).map_err(|e| format!("error: cannot write {}: {e}", bpath.display()))?;
@@ -228,7 +228,7 @@ pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Resul
         initrd: &bpath,
         append: s.append.clone().unwrap_or_else(|| "loglvl=info".into()),
         accel,
-        icount: false,
+        icount: s.icount && accel == Accel::Tcg,
         cpu: "max",
         memory_mib: s.memory_mib,
         timeout: Duration::from_secs(s.timeout),
@@ -240,5 +240,5 @@ pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Resul
     let out = boot.run()?;
     let log = log_dir.join(format!("{}.log", s.name));
     std::fs::write(&log, &out.serial).map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
-    Ok(judge(s, out.exit_code, out.timed_out, &out.serial))
+    Ok(out)
 }

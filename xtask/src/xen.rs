@@ -1,11 +1,14 @@
 //! Real Xen as a reference: fetches Debian's `xen-hypervisor-4.17-amd64`
-//! (apt-get download + dpkg -x into the per-user cache; never installed) and
-//! describes how to boot one guest on it as dom0. Xen halts instead of
-//! exiting, so runs end on its serial messages. When the package cannot be
-//! had, callers get one line saying why and skip the Xen runs.
+//! (apt-get download + dpkg -x into the per-user cache; never installed),
+//! boots one guest on it as dom0 and reads how dom0 ended from Xen's serial
+//! messages (Xen halts instead of exiting, so runs end on those lines). When
+//! the package cannot be had, callers get one line saying why and skip the
+//! Xen runs.
 
-use std::path::PathBuf;
+use crate::qemu::{Accel, Boot, Outcome};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const PACKAGE: &str = "xen-hypervisor-4.17-amd64";
 
@@ -14,7 +17,86 @@ pub const END_MARKERS: &[&str] = &["Hardware Dom0 halted", "Hardware Dom0 crashe
 
 /// Xen's command line for a one-guest dom0 run.
 pub fn append(dom0_mem_mib: u64) -> String {
-    format!("console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem={dom0_mem_mib}M dom0_max_vcpus=1 noreboot")
+    // max: as well, so that dom0 cannot grow past its manifest size (the
+    // microvisor's reservation limit); without it Xen leaves dom0 unlimited.
+    format!("console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem={dom0_mem_mib}M,max:{dom0_mem_mib}M dom0_max_vcpus=1 noreboot")
+}
+
+/// dom0_mem for a manifest's `memory = N[K|M|G]` (default 64M): Xen's dom0
+/// gets at least 64 MiB, whatever the microvisor domain had.
+pub fn dom0_mem_mib(memory: Option<&str>) -> u64 {
+    let mib = memory.and_then(|m| {
+        let m = m.trim();
+        let (num, shift) = match m.char_indices().last()? {
+            (i, 'K' | 'k') => (&m[..i], -10i32),
+            (i, 'M' | 'm') => (&m[..i], 0),
+            (i, 'G' | 'g') => (&m[..i], 10),
+            _ => (m, -20),
+        };
+        let n: u64 = num.trim().parse().ok()?;
+        Some(if shift >= 0 { n << shift } else { n >> -shift })
+    });
+    mib.unwrap_or(64).max(64)
+}
+
+/// One guest booted as dom0 of real Xen.
+pub struct Dom0<'a> {
+    pub xen: &'a Path,
+    pub guest: PathBuf,
+    /// dom0's command line (the multiboot module's words after the file name).
+    pub cmdline: &'a str,
+    pub mem_mib: u64,
+    pub accel: Accel,
+    pub icount: bool,
+    pub cpu: &'a str,
+    pub timeout: Duration,
+}
+
+impl Dom0<'_> {
+    /// Boots Xen with the guest as dom0 until Xen reports dom0's end (or the
+    /// timeout), and saves the serial log.
+    pub fn run(&self, log: &Path) -> Result<Outcome, String> {
+        let boot = Boot {
+            kernel: self.xen,
+            initrd: &self.guest,
+            append: append(self.mem_mib),
+            accel: self.accel,
+            icount: self.icount,
+            cpu: self.cpu,
+            memory_mib: 512,
+            timeout: self.timeout,
+            echo: false,
+            machine: "pc",
+            initrd_args: self.cmdline,
+            stop_on: END_MARKERS,
+        };
+        let out = boot.run()?;
+        std::fs::write(log, &out.serial).map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
+        Ok(out)
+    }
+}
+
+/// How dom0 ended, in the microvisor's manifest words (`poweroff`, `crash`,
+/// `reboot`, `suspend`, `watchdog`, `killed`: Xen crashed it itself; or
+/// `shutdown code N` for a reason Xen does not know), from Xen's serial log;
+/// None when Xen reported no end.
+pub fn dom0_end(serial: &str) -> Option<String> {
+    let (_, rest) = serial.split_once("Hardware Dom0 ")?;
+    if let Some(code) = rest.strip_prefix("shutdown (unknown reason ").and_then(|r| r.split_once(')')).map(|(c, _)| c) {
+        return Some(if code == "2" { "suspend".into() } else { format!("shutdown code {code}") });
+    }
+    Some(String::from(if rest.starts_with("halted") {
+        "poweroff"
+    } else if rest.starts_with("crashed") {
+        // domain_crash() logs its caller before shutting the domain down.
+        if serial.contains("domain_crash called from") { "killed" } else { "crash" }
+    } else if rest.starts_with("shutdown: rebooting") {
+        "reboot"
+    } else if rest.starts_with("shutdown: watchdog") {
+        "watchdog"
+    } else {
+        "unknown"
+    }))
 }
 
 /// The path of the unpacked Xen ELF, fetching it on first use.
@@ -68,4 +150,30 @@ pub fn find() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move Xen into {}: {e}", dir.display()))?;
     Ok(xen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dom0_gets_at_least_64m() {
+        assert_eq!(dom0_mem_mib(Some("8M")), 64);
+        assert_eq!(dom0_mem_mib(Some("128M")), 128);
+        assert_eq!(dom0_mem_mib(Some("1G")), 1024);
+        assert_eq!(dom0_mem_mib(Some("262144K")), 256);
+        assert_eq!(dom0_mem_mib(None), 64);
+    }
+
+    #[test]
+    fn ends_read_from_xen_messages() {
+        assert_eq!(dom0_end("(XEN) Hardware Dom0 halted: halting machine").as_deref(), Some("poweroff"));
+        assert_eq!(dom0_end("(XEN) Hardware Dom0 crashed: ").as_deref(), Some("crash"));
+        assert_eq!(dom0_end("(XEN) domain_crash called from x.c:1\n(XEN) Hardware Dom0 crashed: ").as_deref(), Some("killed"));
+        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown: rebooting machine").as_deref(), Some("reboot"));
+        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown: watchdog rebooting machine").as_deref(), Some("watchdog"));
+        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown (unknown reason 2): ").as_deref(), Some("suspend"));
+        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown (unknown reason 77): ").as_deref(), Some("shutdown code 77"));
+        assert_eq!(dom0_end("(XEN) Panic on CPU 0"), None);
+    }
 }

@@ -15,7 +15,8 @@
 //! - `share=E tol=T`: pass if the share is within E ± T;
 //! - `max=M tol=T`: pass if the share is at most M + T (a cap);
 //! - `min=M tol=T`: pass if the share is at least M - T;
-//! - `start=MS` (default 100): t0, the start of the window;
+//! - `start=MS` (default 500): t0, the start of the window (late enough
+//!   for every hog to have started, even on a loaded host under TCG);
 //! - `span=MS` (default 2000): t1 - t0;
 //! - `name=X`: a label for the printed figure.
 //!
@@ -45,7 +46,7 @@ fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     let num = |k: &str| arg(si, k).and_then(|v| v.parse::<u64>().ok());
     let name = arg(si, "name").unwrap_or("hog");
-    let start_ms = num("start").unwrap_or(100);
+    let start_ms = num("start").unwrap_or(500);
     let span_ms = num("span").unwrap_or(2000);
     let tol = num("tol");
     let modes = [num("share"), num("max"), num("min")];

@@ -1,0 +1,79 @@
+//! The other domains of the multi-domain benchmark boot (see bench.rs):
+//!
+//! - `role=blocked`: blocks at once and forever (no port, no timer, so
+//!   nothing can wake it). It only makes the scheduler's work bigger. When
+//!   every other domain has ended, the hypervisor's deadlock check kills it:
+//!   its manifest entry says `expect = killed`.
+//! - `role=pong peer=N [rounds=R] [yields=Y]`: the bench guest's partner.
+//!   Its first event-channel operation is `alloc_unbound(peer)`, so the
+//!   channel is its port 1 (the lowest port; the bench guest binds to it).
+//!   It then answers exactly `rounds` events (default 1040: the bench
+//!   guest's 16 warm-up plus 1024 timed round trips), waiting as a kernel
+//!   does (events off, check, `SCHEDOP_block`, upcall), then calls
+//!   `SCHEDOP_yield` `yields` times (default 8192: more than the bench
+//!   guest's 16 + 4096 timed yields, so it is still there to yield back to
+//!   when that measurement ends) and powers off.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use pv_guest_kernel::{events, println, StartInfo};
+use scenario_guests::arg;
+
+/// Events seen by the upcall handler on the channel.
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+fn on_event(_port: u32) {
+    EVENTS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn block_forever() -> ! {
+    loop {
+        let _ = guest_abi::hypercall::sched_block();
+    }
+}
+
+fn pong(si: &StartInfo) -> Result<(), &'static str> {
+    let num = |k: &str, d: u64| arg(si, k).map_or(Some(d), |v| v.parse::<u64>().ok());
+    let peer = arg(si, "peer").and_then(|v| v.parse::<u16>().ok()).ok_or("want peer=N")?;
+    let (Some(rounds), Some(yields)) = (num("rounds", 1040), num("yields", 8192)) else {
+        return Err("rounds= and yields= must be numbers");
+    };
+    events::init().map_err(|_| "events::init failed")?;
+    // First event-channel operation: the channel is port 1.
+    let port = events::alloc_unbound(peer, on_event).map_err(|_| "alloc_unbound failed")?;
+    println!("benchpeer: pong on port {port} for domain {peer}: {rounds} rounds, then {yields} yields");
+    for i in 1..=rounds {
+        loop {
+            events::disable();
+            if EVENTS.load(Ordering::SeqCst) >= i {
+                events::enable();
+                break;
+            }
+            // Re-enables delivery atomically: an event that arrived after
+            // the check makes this return at once.
+            let _ = guest_abi::hypercall::sched_block();
+        }
+        events::send(port).map_err(|_| "send failed")?;
+    }
+    for _ in 0..yields {
+        let _ = guest_abi::hypercall::sched_yield();
+    }
+    println!("benchpeer: answered {} events, yielded {yields} times", EVENTS.load(Ordering::SeqCst));
+    Ok(())
+}
+
+fn main(si: &'static StartInfo) {
+    match arg(si, "role") {
+        Some("blocked") => block_forever(),
+        Some("pong") => {
+            if let Err(e) = pong(si) {
+                println!("benchpeer: {e}");
+                pv_guest_kernel::rt::shutdown(guest_abi::sched::ShutdownReason::Crash)
+            }
+        }
+        _ => println!("benchpeer: want role=blocked|pong, got {:?}", scenario_guests::cmdline(si)),
+    }
+}
+
+pv_guest_kernel::main!(main);
