@@ -259,6 +259,39 @@ impl Batch {
     }
 }
 
+/// The L1 table covering `va` in the current address space, creating any
+/// missing L3/L2/L1 table (read-only pool pages, linked in with
+/// `mmu_update`, validated by the hypervisor). Returns the L1's frame.
+pub fn ensure_l1(va: u64) -> Result<u64, Errno> {
+    let mut t = current_l4_mfn();
+    for level in (1..4).rev() {
+        let idx = (va >> (12 + 9 * level)) & 511;
+        let e = entry(t, idx);
+        t = if e & P != 0 {
+            (e & ADDR) >> 12
+        } else {
+            let new = alloc_table()?;
+            let mut b = Batch::new();
+            b.push((t << 12) | idx * 8, (new << 12) | TABLE)?;
+            b.submit()?;
+            new
+        };
+    }
+    Ok(t)
+}
+
+/// Maps machine frames at consecutive pages from `va` (creating tables as
+/// needed), in batches.
+pub fn map_frames(va: u64, mfns: &[u64], flags: u64) -> Result<(), Errno> {
+    let mut b = Batch::new();
+    for (i, &mfn) in mfns.iter().enumerate() {
+        let v = va + i as u64 * PAGE;
+        let l1 = ensure_l1(v)?;
+        b.push((l1 << 12) | ((v >> 12) & 511) * 8, (mfn << 12) | flags)?;
+    }
+    b.submit()
+}
+
 /// Builds a fresh address space that maps exactly what the current one
 /// maps in the low 1 GiB (the bootstrap region), with new tables: one L4,
 /// L3, L2 and as many L1s as needed, each read-only. Returns the new L4's

@@ -99,17 +99,6 @@ pub unsafe fn start_info_from_entry(rsi: u64) -> &'static StartInfo {
     unsafe { &*(rsi as *const StartInfo) }
 }
 
-/// A mutable byte view of guest memory the start-of-day layout guarantees
-/// mapped read/write (used for the heap).
-///
-/// # Safety
-/// `[va, va+len)` must be mapped writable, unused by anything else, for the
-/// rest of the guest's life.
-pub unsafe fn mapped_region(va: u64, len: usize) -> &'static mut [u8] {
-    // SAFETY: per the contract above.
-    unsafe { core::slice::from_raw_parts_mut(va as *mut u8, len) }
-}
-
 unsafe extern "C" {
     static hypercall_page: [u8; 4096];
 }
