@@ -101,6 +101,13 @@ pub fn dom0_end(serial: &str) -> Option<String> {
 
 /// The path of the unpacked Xen ELF, fetching it on first use.
 pub fn find() -> Result<PathBuf, String> {
+    // Scenario workers ask at the same time: fetch once per process, so two
+    // downloads never race over the same partial directory.
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(fetch).clone()
+}
+
+fn fetch() -> Result<PathBuf, String> {
     let policy = Command::new("apt-cache")
         .args(["policy", PACKAGE])
         .output()
