@@ -27,6 +27,7 @@ pub mod heap;
 pub mod mm;
 pub mod rt;
 pub mod test;
+pub mod thread;
 pub mod time;
 pub mod traps;
 

@@ -7,6 +7,7 @@ use core::arch::global_asm;
 
 pub mod mem;
 pub mod shared;
+pub mod thread;
 pub mod traps;
 use guest_abi::start_info::StartInfo;
 
