@@ -194,6 +194,7 @@ fn enable_protections() {
     }
     if ebx & (1 << 20) != 0 {
         cpu::cr4_set(1 << 21);
+        mm::guest::SMAP.store(true, core::sync::atomic::Ordering::Relaxed);
         let _ = on.push_str(" SMAP");
     }
     // Mask the legacy PICs: no device interrupts are routed yet.

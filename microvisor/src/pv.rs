@@ -136,10 +136,30 @@ pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
     Ok(0)
 }
 
-/// fpu_taskswitch(set): the virtual CR0.TS.
+/// fpu_taskswitch(set): the virtual CR0.TS, made real while the vCPU runs
+/// so its next x87/SSE instruction raises #NM for the guest.
 pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
     hv.domains[hv.current].pv.virtual_ts = set != 0;
+    if set != 0 {
+        crate::arch::cpu::set_ts();
+    } else {
+        crate::arch::cpu::clts();
+    }
     Ok(0)
+}
+
+/// #NM from a guest: its virtual TS was set. As Xen does, clear it (the
+/// registers are the vCPU's already) and bounce #NM to the guest.
+pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
+    crate::arch::cpu::clts();
+    let cur = hv.current;
+    if !hv.domains[cur].pv.virtual_ts {
+        // Spurious: TS was not ours to set. Retry the instruction.
+        return;
+    }
+    hv.domains[cur].pv.virtual_ts = false;
+    let rip = frame.rip;
+    deliver_exception(hv, frame, 7, None, format_args!("unhandled exception #NM at rip {rip:#x}"));
 }
 
 /// Sets FS (0), user GS (1) or kernel GS (2) base of the running vCPU.
@@ -548,6 +568,13 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
         (Some(0xfb), _, _) => {
             hv.domains[cur].set_upcall_mask(false);
             frame.rip = next(1);
+            Emulated::Done
+        }
+        (Some(0x0f), Some(0x06), _) => {
+            // clts: clears the virtual TS.
+            hv.domains[cur].pv.virtual_ts = false;
+            crate::arch::cpu::clts();
+            frame.rip = next(2);
             Emulated::Done
         }
         (Some(0xf4), _, _) => {

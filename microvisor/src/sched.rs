@@ -197,12 +197,17 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
 
 fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFrame) {
     if next != cur {
+        // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
+        cpu::clts();
         if let Some(d) = hv.domains.get_mut(cur)
             && d.is_live()
         {
             cpu::fpu_save(&mut d.fpu);
         }
         cpu::fpu_restore(&hv.domains[next].fpu);
+        if hv.domains[next].pv.virtual_ts {
+            cpu::set_ts();
+        }
     }
     if let Some(d) = hv.domains.get_mut(cur)
         && d.is_live()

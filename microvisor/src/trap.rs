@@ -98,6 +98,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 }
             }
         }
+        7 => pv::device_not_available(hv, frame),
         6 => {
             if !pv::emulate_ud(hv, frame) {
                 let rip = frame.rip;

@@ -112,13 +112,31 @@ pub fn fpu_restore(s: &FpuState) {
     unsafe { asm!("fxrstor64 [{}]", in(reg) s.0.as_ptr(), options(nostack, preserves_flags)) }
 }
 
-/// Enables SSE for guests: CR0.MP set, EM and TS clear; CR4.OSFXSR and
-/// OSXMMEXCPT set.
+/// Sets CR0.TS (the next x87/SSE instruction raises #NM): a vCPU's virtual
+/// TS is real while it runs.
+pub fn set_ts() {
+    let cr0: u64;
+    // SAFETY: reading CR0 has no side effects; setting TS only makes FPU
+    // instructions trap, and the hypervisor uses none.
+    unsafe {
+        asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
+        asm!("mov cr0, {}", in(reg) cr0 | 8, options(nostack, preserves_flags));
+    }
+}
+
+/// Clears CR0.TS.
+pub fn clts() {
+    // SAFETY: clts only re-enables x87/SSE instructions.
+    unsafe { asm!("clts", options(nomem, nostack, preserves_flags)) }
+}
+
+/// Enables SSE for guests: CR0.MP and AM set (so guests may use alignment
+/// checking), EM and TS clear; CR4.OSFXSR and OSXMMEXCPT set.
 pub fn enable_sse() {
     let mut cr0: u64;
     // SAFETY: reading CR0 has no side effects.
     unsafe { asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags)) };
-    cr0 = (cr0 | 2) & !(4 | 8);
+    cr0 = (cr0 | 2 | (1 << 18)) & !(4 | 8);
     // SAFETY: only the FPU control bits change.
     unsafe { asm!("mov cr0, {}", in(reg) cr0, options(nostack, preserves_flags)) };
     cr4_set((1 << 9) | (1 << 10));

@@ -74,6 +74,26 @@ mv_copy_guest_fixup:
     clac
     mov $1, %eax
     ret
+
+    /* The same without stac/clac, for CPUs without SMAP. */
+    .globl mv_copy_guest_nosmap
+mv_copy_guest_nosmap:
+    mov %rdx, %rcx
+    shr $3, %rcx
+    .globl mv_copy_guest_nosmap_q
+mv_copy_guest_nosmap_q:
+    rep movsq
+    mov %rdx, %rcx
+    and $7, %rcx
+    .globl mv_copy_guest_nosmap_b
+mv_copy_guest_nosmap_b:
+    rep movsb
+    xor %eax, %eax
+    ret
+    .globl mv_copy_guest_nosmap_fixup
+mv_copy_guest_nosmap_fixup:
+    mov $1, %eax
+    ret
     .text
 "#,
     options(att_syntax)
@@ -84,14 +104,29 @@ unsafe extern "C" {
     fn mv_copy_guest_q();
     fn mv_copy_guest_b();
     fn mv_copy_guest_fixup();
+    fn mv_copy_guest_nosmap(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    fn mv_copy_guest_nosmap_q();
+    fn mv_copy_guest_nosmap_b();
+    fn mv_copy_guest_nosmap_fixup();
 }
+
+/// Whether SMAP is on (then copies open it with stac/clac).
+pub static SMAP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// If `rip` is one of the guest-copy instructions, where to resume after a
 /// fault there.
 pub fn fixup(rip: u64) -> Option<u64> {
     let q = mv_copy_guest_q as *const () as u64;
     let b = mv_copy_guest_b as *const () as u64;
-    (rip == q || rip == b).then_some(mv_copy_guest_fixup as *const () as u64)
+    let nq = mv_copy_guest_nosmap_q as *const () as u64;
+    let nb = mv_copy_guest_nosmap_b as *const () as u64;
+    if rip == q || rip == b {
+        Some(mv_copy_guest_fixup as *const () as u64)
+    } else if rip == nq || rip == nb {
+        Some(mv_copy_guest_nosmap_fixup as *const () as u64)
+    } else {
+        None
+    }
 }
 
 /// True when `[va, va + len)` lies entirely in guest-controlled canonical
@@ -110,7 +145,9 @@ fn copy_fast(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Fault> {
     // the hypervisor side is a live Rust buffer of `len` bytes. A fault on
     // the guest side is fixed up into a return of 1 (see `fixup`); CR0.WP
     // makes writes to read-only guest pages fault too.
-    let r = unsafe { mv_copy_guest(dst, src, len) };
+    let r = unsafe {
+        if SMAP.load(core::sync::atomic::Ordering::Relaxed) { mv_copy_guest(dst, src, len) } else { mv_copy_guest_nosmap(dst, src, len) }
+    };
     if r == 0 { Ok(()) } else { Err(Fault) }
 }
 
