@@ -58,8 +58,9 @@ pub struct PvState {
     pub gs_base_user: u64,
     /// The vCPU runs guest user code (user page table, user GS base).
     pub user_mode: bool,
-    /// Virtual I/O privilege level (PHYSDEVOP_set_iopl): port I/O is
-    /// emulated when it is at least 1 (guest kernel) or 3 (guest user).
+    /// Virtual I/O privilege level (PHYSDEVOP_set_iopl): port I/O from the
+    /// guest kernel is emulated when it is at least 1 (never from guest user
+    /// mode, where Xen would also allow it at IOPL 3).
     pub iopl: u8,
     /// The guest's own GDT entries (set_gdt), loaded below 0xe000 while
     /// the vCPU runs.

@@ -44,7 +44,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
         Ok(None) => {} // the frame now belongs to another vCPU, or was already set
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
-    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 13 | 14 | 26) {
+    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 2 | 12 | 13 | 14 | 26) {
         hv.audit("a memory hypercall");
     }
     crate::pv::deliver_events(&mut hv, frame);

@@ -196,6 +196,7 @@ pub fn toggle_mode(hv: &mut Hv) {
     let cur = hv.current;
     let d = &mut hv.domains[cur];
     d.pv.user_mode = !d.pv.user_mode;
+    crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     load_segment_bases(&d.pv);
     let cr3 = d.active_cr3();
     if crate::arch::cpu::cr3() != cr3 {

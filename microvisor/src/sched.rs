@@ -229,6 +229,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
         crate::pv::load_segment_bases(&d.pv);
     }
     crate::pv::load_guest_gdt(&d.pv);
+    crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // SAFETY: every domain's L4 was validated by the builder and carries

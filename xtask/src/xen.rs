@@ -89,7 +89,7 @@ pub fn dom0_end(serial: &str) -> Option<String> {
         "poweroff"
     } else if rest.starts_with("crashed") {
         // domain_crash() logs its caller before shutting the domain down.
-        if serial.contains("domain_crash called from") { "killed" } else { "crash" }
+        if serial.contains("domain_crash") { "killed" } else { "crash" }
     } else if rest.starts_with("shutdown: rebooting") {
         "reboot"
     } else if rest.starts_with("shutdown: watchdog") {

@@ -4,10 +4,27 @@
 //! indices, followed by a power-of-two array of entries, each the size of the
 //! larger of the request and response types. This module owns the header
 //! layout and the index arithmetic (sizes, masking, notification tests,
-//! sanity checks); the memory barriers and volatile accesses belong to the
-//! code that touches a live shared page.
+//! sanity checks).
+//!
+//! On top of that arithmetic sit the typed ring ends, [`FrontRing`] and
+//! [`BackRing`]. They touch the shared page only through the [`SharedPage`]
+//! trait, so the volatile accesses and memory barriers of a live mapping are
+//! supplied by the code that maps the page, and this crate stays free of
+//! `unsafe`. They never lend out references into the page: every request and
+//! response is copied out whole before the caller sees it, and a peer whose
+//! producer index runs past what the ring can hold is reported as
+//! [`RingError::Overrun`].
 
 #![forbid(unsafe_code)]
+
+mod endpoint;
+#[cfg(test)]
+mod tests;
+
+pub use endpoint::{
+    BackRing, FrontRing, Full, RingEntry, RingError, SharedPage, entry_size_of, init_shared_ring,
+    ring_size_of,
+};
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 

@@ -93,8 +93,10 @@ syscall_entry:
     /* Hypercall number ~0 is the benchmark baseline: the shortest possible
        round trip, answering -ENOSYS like any unknown number. */
     cmp $-1, %rax
+    jne 2f
+    cmpb $0, {user_mode}(%rip)
     je 1f
-    mov %rsp, {scratch}(%rip)
+2:  mov %rsp, {scratch}(%rip)
     mov {stack_top}(%rip), %rsp
     pushq $0xe02b
     pushq {scratch}(%rip)
@@ -163,8 +165,14 @@ cstar_entry:
     on_syscall = sym crate::hypercall::on_syscall,
     scratch = sym SYSCALL_SCRATCH,
     stack_top = sym SYSCALL_STACK_TOP,
+    user_mode = sym GUEST_USER_MODE,
     options(att_syntax)
 );
+
+/// 1 while the running vCPU is in guest user mode: its `syscall` is the
+/// guest kernel's, never a hypercall, so the baseline shortcut is skipped.
+#[unsafe(no_mangle)]
+pub static GUEST_USER_MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
 /// Guest rsp parked by the syscall stub while it switches stacks.
 #[unsafe(no_mangle)]

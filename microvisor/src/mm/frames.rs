@@ -112,7 +112,8 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
 /// `segs` are registered GDT frames (segment-typed references).
 pub fn audit(roots: &[u64], held: &[u64], segs: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
-    let mut ext: heapless::Vec<(u64, ExternalRef), 64> = heapless::Vec::new();
+    // Up to 16 domains x (2 base pointers + 2 held frames + 1 GDT frame).
+    let mut ext: heapless::Vec<(u64, ExternalRef), 96> = heapless::Vec::new();
     for &r in roots.iter().filter(|&&r| r != 0) {
         let _ = ext.push((r / PAGE, ExternalRef::PageAndType(PageType::L4)));
     }
