@@ -1,0 +1,91 @@
+//! The xenstore service core: the role of Xen's `xenstored`, run in the
+//! privileged service domain.
+//!
+//! Xenstore is a small hierarchical database shared by all domains: paths map
+//! to byte values, each node carries Xen's permissions (an owner, a default
+//! access and per-domain grants), clients watch subtrees for changes, and
+//! transactions give a consistent snapshot whose commit fails with `EAGAIN`
+//! when something it looked at changed meanwhile. Clients talk xs_wire over
+//! a shared ring page (`start_info.store_mfn`, `store_evtchn`): each message
+//! is a 16-byte header and up to 4096 bytes of NUL-separated strings.
+//!
+//! This crate is the transport-free core, tested on the host. The ring
+//! transport (written separately) feeds each domain's request bytes to
+//! [`Xenstore::receive`] (or whole messages to [`Xenstore::handle`]), copies
+//! what [`Xenstore::peek_output`] yields into the response ring, and acts on
+//! [`Xenstore::take_actions`] (map and bind a newly introduced domain's ring,
+//! unbind a released one). Every byte from a client is hostile: malformed
+//! input becomes an `XS_ERROR` reply or, for broken framing, an ignored
+//! connection, never a panic.
+//!
+//! Map of the crate:
+//! - [`path`]: path syntax, relative paths, tree arithmetic;
+//! - [`perms`]: Xen's permission model and its wire syntax;
+//! - [`store`]: the tree itself, with generations and transaction journals;
+//! - [`wire`]: message framing, encoding and stream reassembly;
+//! - [`conn`]: per-client state and the outgoing queue;
+//! - [`Xenstore`]: request dispatch, watches, transactions, domains.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod conn;
+mod ops;
+pub mod path;
+pub mod perms;
+mod service;
+pub mod store;
+pub mod wire;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use conn::{ConnId, Connection, Introduction};
+pub use service::{Action, HandleError, Xenstore};
+
+use guest_abi::io::xenstore::XENSTORE_REL_PATH_MAX;
+
+/// Per-client quotas. They bind unprivileged clients only; the defaults are
+/// xenstored's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Nodes a domain may own (`ENOSPC` beyond).
+    pub nodes_per_domain: usize,
+    /// Watches per connection (`E2BIG` beyond).
+    pub watches_per_domain: usize,
+    /// Open transactions per connection (`ENOSPC` beyond).
+    pub transactions_per_domain: usize,
+    /// Nodes one transaction may touch (`ENOSPC` beyond; the transaction
+    /// can then no longer commit).
+    pub nodes_per_transaction: usize,
+    /// Permission entries per node (`ENOSPC` beyond).
+    pub perms_per_node: usize,
+    /// Accounted size of a node: 16 bytes, 8 per permission entry, the value
+    /// and the NUL-terminated child names (`ENOSPC` beyond).
+    pub node_size: usize,
+    /// Path length past any `/local/domain/<id>/` prefix (`EINVAL` beyond).
+    pub path_len: usize,
+    /// Outgoing bytes a connection may have queued before further watch
+    /// events for it are dropped (replies are never dropped).
+    pub queued_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            nodes_per_domain: 1000,
+            watches_per_domain: 128,
+            transactions_per_domain: 10,
+            nodes_per_transaction: 1024,
+            perms_per_node: 5,
+            node_size: 2048,
+            path_len: XENSTORE_REL_PATH_MAX,
+            queued_bytes: 256 * 1024,
+        }
+    }
+}

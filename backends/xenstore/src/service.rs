@@ -1,0 +1,730 @@
+//! Request dispatch, watches, transactions and domain management.
+//!
+//! [`Xenstore`] owns the shared store and every connection. A request is
+//! framed, checked against the caller's privilege and transaction, carried
+//! out, and answered on the caller's outgoing queue with the same `req_id`
+//! and `tx_id`: the request's type with its result, or `XS_ERROR` with an
+//! errno name. Changes outside a transaction are announced at once to every
+//! connection with a matching watch that may read the node (or its parent,
+//! or could read it before a permission change); changes inside one are
+//! remembered and announced only if it commits. Domains arrive by
+//! INTRODUCE (or [`Xenstore::introduce`]) and leave by RELEASE; their
+//! arrival and departure are reported to the transport as [`Action`]s and to
+//! watchers of `@introduceDomain`/`@releaseDomain`.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::vec::Vec;
+
+use guest_abi::io::xenstore::{
+    XENSTORE_PAYLOAD_MAX, XS_CONTROL, XS_GET_DOMAIN_PATH, XS_INTRODUCE, XS_IS_DOMAIN_INTRODUCED,
+    XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_SET_PERMS, XS_SET_TARGET,
+    XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XsdSockmsg,
+};
+use guest_abi::{DomId, Errno};
+
+use crate::Limits;
+use crate::conn::{ConnId, Connection, Introduction, Transaction, Watch};
+use crate::ops::{self, Change, Who};
+use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
+use crate::perms::{Access, PERM_READ, Perms};
+use crate::store::{Node, Store};
+use crate::wire::{self, FrameError};
+
+/// The domain that inherits the nodes of a released domain.
+const HEIR_DOMID: u16 = 0;
+
+/// Something the transport must do after a request was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A domain was introduced (or re-introduced with a new ring): map its
+    /// store page `mfn`, bind `evtchn`, and feed its requests to `conn`.
+    Introduced {
+        /// The domain.
+        domid: DomId,
+        /// Its connection.
+        conn: ConnId,
+        /// Machine frame of its xenstore ring page.
+        mfn: u64,
+        /// Its event channel for the store (unbound, in that domain).
+        evtchn: u32,
+    },
+    /// A domain was released: unbind and unmap its ring; `conn` is gone.
+    Released {
+        /// The domain.
+        domid: DomId,
+        /// Its former connection.
+        conn: ConnId,
+    },
+}
+
+/// Why a request could not be handled at all (no reply was queued).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleError {
+    /// No such connection.
+    UnknownConnection,
+    /// The connection broke the framing protocol earlier and is ignored.
+    Ignored,
+    /// The bytes were not one well-framed message; the connection is now
+    /// ignored (Xen's ring `error` field should be set to
+    /// `XENSTORE_ERROR_PROTO`).
+    Frame(FrameError),
+}
+
+/// A successful reply, possibly followed by a watch event.
+struct Reply {
+    payload: Vec<u8>,
+    /// An event to queue right after the reply (WATCH's initial event).
+    then_event: Option<(Vec<u8>, bool)>,
+}
+
+impl From<Vec<u8>> for Reply {
+    fn from(payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            then_event: None,
+        }
+    }
+}
+
+/// The xenstore service.
+#[derive(Clone, Debug)]
+pub struct Xenstore {
+    store: Store,
+    conns: BTreeMap<ConnId, Connection>,
+    domains: BTreeMap<u16, ConnId>,
+    next_conn: u32,
+    actions: VecDeque<Action>,
+    limits: Limits,
+}
+
+impl Default for Xenstore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Xenstore {
+    /// A store holding the root (and the special nodes), all owned by dom0
+    /// with no access for anyone else, with xenstored's default quotas.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    /// Like [`Xenstore::new`] with other quotas.
+    #[must_use]
+    pub fn with_limits(limits: Limits) -> Self {
+        let perms = Perms::new(0, Access::None);
+        let mut store = Store::new(perms.clone());
+        store.put_node(INTRODUCE_DOMAIN, Node::new(perms.clone()));
+        store.put_node(RELEASE_DOMAIN, Node::new(perms));
+        Self {
+            store,
+            conns: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            next_conn: 1,
+            actions: VecDeque::new(),
+            limits,
+        }
+    }
+
+    /// The quotas in force.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The shared store (committed state).
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    /// Open a connection for a client in `domid` that was not introduced
+    /// (the service domain's own clients, dom0's tools). `privileged` clients
+    /// may do anything.
+    pub fn connect(&mut self, domid: DomId, privileged: bool) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn = self.next_conn.wrapping_add(1);
+        self.conns
+            .insert(id, Connection::new(id, domid.0, privileged));
+        id
+    }
+
+    /// Close a connection, dropping its watches, transactions and queued
+    /// output. Closing an introduced domain's connection releases the domain.
+    /// Returns whether the connection existed.
+    pub fn disconnect(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        let domid = c.domid;
+        if self.domains.get(&domid) == Some(&conn) {
+            return self.release(DomId(domid)).is_ok();
+        }
+        self.conns.remove(&conn).is_some()
+    }
+
+    /// A connection's state.
+    #[must_use]
+    pub fn connection(&self, conn: ConnId) -> Option<&Connection> {
+        self.conns.get(&conn)
+    }
+
+    /// Every connection.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values()
+    }
+
+    /// The connection of an introduced domain.
+    #[must_use]
+    pub fn domain_connection(&self, domid: DomId) -> Option<ConnId> {
+        self.domains.get(&domid.0).copied()
+    }
+
+    /// Introduce a domain whose ring page is `mfn` and event channel
+    /// `evtchn` (what INTRODUCE does, for domains the service domain builds
+    /// itself). A new domain gets an unprivileged connection and fires
+    /// `@introduceDomain`; introducing it again only updates its ring. Either
+    /// way an [`Action::Introduced`] is queued. `EINVAL` for dom0 and the
+    /// reserved ids.
+    pub fn introduce(&mut self, domid: DomId, mfn: u64, evtchn: u32) -> Result<ConnId, Errno> {
+        if domid.0 == 0 || !domid.is_ordinary() {
+            return Err(Errno::EINVAL);
+        }
+        let intro = Introduction { mfn, evtchn };
+        let conn = match self.domains.get(&domid.0) {
+            Some(&id) => id,
+            None => {
+                let id = self.connect(domid, false);
+                self.domains.insert(domid.0, id);
+                self.fire(&Change::at(INTRODUCE_DOMAIN));
+                id
+            }
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.introduction = Some(intro);
+        }
+        self.actions.push_back(Action::Introduced {
+            domid,
+            conn,
+            mfn,
+            evtchn,
+        });
+        Ok(conn)
+    }
+
+    /// Release an introduced domain (what RELEASE does): its connection goes
+    /// away with its watches and transactions, nodes it owned pass to dom0
+    /// and grants naming it vanish (so a later domain reusing the id inherits
+    /// nothing), `@releaseDomain` fires and an [`Action::Released`] is queued.
+    /// `ENOENT` if the domain was not introduced.
+    pub fn release(&mut self, domid: DomId) -> Result<(), Errno> {
+        let conn = self.domains.remove(&domid.0).ok_or(Errno::ENOENT)?;
+        self.conns.remove(&conn);
+        self.store.forget_domain(domid.0, HEIR_DOMID);
+        self.fire(&Change::at(RELEASE_DOMAIN));
+        self.actions.push_back(Action::Released { domid, conn });
+        Ok(())
+    }
+
+    /// Create `domid`'s home directory, `/local/domain/<domid>`, owned by the
+    /// domain with no access for others (as a toolstack would before
+    /// starting it). Watches fire as for any privileged MKDIR/SET_PERMS.
+    pub fn create_home(&mut self, domid: DomId) -> Result<(), Errno> {
+        let who = Who {
+            domid: 0,
+            privileged: true,
+        };
+        let home = path::home_path(domid.0);
+        let mut req = home.clone().into_bytes();
+        req.push(0);
+        self.store_op(None, who, 0, XS_MKDIR, &req)?;
+        Perms::new(domid.0, Access::None).encode(&mut req);
+        self.store_op(None, who, 0, XS_SET_PERMS, &req)?;
+        Ok(())
+    }
+
+    /// Drain the queued [`Action`]s, oldest first.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        self.actions.drain(..).collect()
+    }
+
+    // ---- output -----------------------------------------------------------
+
+    /// The unsent bytes of the oldest queued message of `conn`, if any: copy
+    /// as many as fit into the ring, then call [`Xenstore::advance_output`].
+    #[must_use]
+    pub fn peek_output(&self, conn: ConnId) -> Option<&[u8]> {
+        self.conns.get(&conn)?.out.peek()
+    }
+
+    /// Mark `n` bytes of `conn`'s queued output as sent.
+    pub fn advance_output(&mut self, conn: ConnId, n: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.out.advance(n);
+        }
+    }
+
+    /// Take the oldest queued message of `conn` whole (header included).
+    pub fn pop_output(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        self.conns.get_mut(&conn)?.out.pop()
+    }
+
+    // ---- input ------------------------------------------------------------
+
+    /// Feed bytes read from `conn`'s request ring, in any split. Every
+    /// message they complete is handled in order. Returns how many messages
+    /// were handled.
+    pub fn receive(&mut self, conn: ConnId, mut bytes: &[u8]) -> Result<usize, HandleError> {
+        let mut handled = 0;
+        while !bytes.is_empty() {
+            let c = self
+                .conns
+                .get_mut(&conn)
+                .ok_or(HandleError::UnknownConnection)?;
+            if c.ignored {
+                return Err(HandleError::Ignored);
+            }
+            let (used, msg) = match c.input.push(bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    c.ignored = true;
+                    return Err(HandleError::Frame(e));
+                }
+            };
+            bytes = bytes.get(used..).unwrap_or(&[]);
+            if let Some(m) = msg {
+                self.handle(conn, &m)?;
+                handled += 1;
+            } else if used == 0 {
+                break;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Handle one complete request message from `conn` and queue its reply
+    /// (and any watch events it causes).
+    pub fn handle(&mut self, conn: ConnId, request: &[u8]) -> Result<(), HandleError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(HandleError::UnknownConnection)?;
+        if c.ignored {
+            return Err(HandleError::Ignored);
+        }
+        let msg = match wire::parse(request) {
+            Ok(m) => m,
+            Err(e) => {
+                c.ignored = true;
+                return Err(HandleError::Frame(e));
+            }
+        };
+        let h = msg.header;
+        let (reply, then_event) = match self.dispatch(conn, &h, msg.payload) {
+            Ok(r) if r.payload.len() <= XENSTORE_PAYLOAD_MAX => (
+                wire::encode(h.type_, h.req_id, h.tx_id, &r.payload),
+                r.then_event,
+            ),
+            Ok(_) => (wire::encode_error(h.req_id, h.tx_id, Errno::E2BIG), None),
+            Err(e) => (wire::encode_error(h.req_id, h.tx_id, e), None),
+        };
+        let limits = &self.limits;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.out.push_reply(reply);
+            if let Some((event, dedup)) = then_event {
+                queue_event(c, limits, event, dedup);
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, conn: ConnId, h: &XsdSockmsg, payload: &[u8]) -> Result<Reply, Errno> {
+        let c = self.conns.get(&conn).ok_or(Errno::EINVAL)?;
+        let who = Who {
+            domid: c.domid,
+            privileged: c.privileged,
+        };
+        let op = h.type_;
+        let known = ops::is_store_op(op)
+            || matches!(
+                op,
+                XS_CONTROL
+                    | XS_WATCH
+                    | XS_UNWATCH
+                    | XS_TRANSACTION_START
+                    | XS_TRANSACTION_END
+                    | XS_INTRODUCE
+                    | XS_RELEASE
+                    | XS_GET_DOMAIN_PATH
+                    | XS_IS_DOMAIN_INTRODUCED
+                    | XS_RESUME
+                    | XS_SET_TARGET
+                    | XS_RESET_WATCHES
+            );
+        if !known {
+            return Err(Errno::ENOSYS);
+        }
+        let privileged_only = matches!(
+            op,
+            XS_CONTROL
+                | XS_INTRODUCE
+                | XS_RELEASE
+                | XS_IS_DOMAIN_INTRODUCED
+                | XS_RESUME
+                | XS_SET_TARGET
+        );
+        if privileged_only && !who.privileged {
+            return Err(Errno::EACCES);
+        }
+        // Watches ignore the transaction id; everything else needs it valid.
+        if !matches!(op, XS_WATCH | XS_UNWATCH)
+            && h.tx_id != 0
+            && !c.transactions.contains_key(&h.tx_id)
+        {
+            return Err(Errno::ENOENT);
+        }
+        match op {
+            _ if ops::is_store_op(op) => self
+                .store_op(Some(conn), who, h.tx_id, op, payload)
+                .map(Reply::from),
+            XS_WATCH => self.watch(conn, who, payload),
+            XS_UNWATCH => self.unwatch(conn, who, payload).map(Reply::from),
+            XS_TRANSACTION_START => self.transaction_start(conn, who, h.tx_id).map(Reply::from),
+            XS_TRANSACTION_END => self
+                .transaction_end(conn, who, h.tx_id, payload)
+                .map(Reply::from),
+            XS_GET_DOMAIN_PATH => {
+                let domid = path::parse_domid(wire::one_arg(payload)?)?;
+                let mut out = path::home_path(domid).into_bytes();
+                out.push(0);
+                Ok(out.into())
+            }
+            XS_INTRODUCE => {
+                let args: Vec<&[u8]> = wire::strings(payload).take(3).collect();
+                let [domid, mfn, evtchn] = args[..] else {
+                    return Err(Errno::EINVAL);
+                };
+                let domid = path::parse_domid(domid)?;
+                let mfn = parse_mfn(mfn)?;
+                let evtchn = path::parse_decimal(evtchn, 10)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or(Errno::EINVAL)?;
+                self.introduce(DomId(domid), mfn, evtchn)?;
+                Ok(ops::ok().into())
+            }
+            XS_RELEASE => {
+                let domid = path::parse_domid(wire::one_arg(payload)?)?;
+                self.release(DomId(domid))?;
+                Ok(ops::ok().into())
+            }
+            XS_IS_DOMAIN_INTRODUCED => {
+                let domid = path::parse_domid(wire::one_arg(payload)?)?;
+                let answer: &[u8] = if self.domains.contains_key(&domid) {
+                    b"T\0"
+                } else {
+                    b"F\0"
+                };
+                Ok(answer.to_vec().into())
+            }
+            XS_RESET_WATCHES => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.watches.clear();
+                    c.transactions.clear();
+                }
+                Ok(ops::ok().into())
+            }
+            // CONTROL, RESUME and SET_TARGET are not offered.
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+
+    /// Run a store request on the shared store (`tx_id` 0) or in the
+    /// caller's transaction.
+    fn store_op(
+        &mut self,
+        conn: Option<ConnId>,
+        who: Who,
+        tx_id: u32,
+        op: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
+        let mut changes = Vec::new();
+        if tx_id == 0 {
+            let result = ops::run(
+                &mut self.store,
+                who,
+                &self.limits,
+                op,
+                payload,
+                &mut changes,
+            );
+            for ch in &changes {
+                self.fire(ch);
+            }
+            return result;
+        }
+        let Self { conns, limits, .. } = self;
+        let tx = conn
+            .and_then(|c| conns.get_mut(&c))
+            .and_then(|c| c.transactions.get_mut(&tx_id))
+            .ok_or(Errno::ENOENT)?;
+        let result = ops::run(&mut tx.store, who, limits, op, payload, &mut changes);
+        if let Some(j) = tx.store.journal_mut() {
+            for ch in &changes {
+                j.queue_event(&ch.path, ch.exact);
+            }
+            if !who.privileged && j.accessed.len() > limits.nodes_per_transaction {
+                tx.failed = true;
+                return Err(Errno::ENOSPC);
+            }
+        }
+        result
+    }
+
+    fn watch(&mut self, conn: ConnId, who: Who, payload: &[u8]) -> Result<Reply, Errno> {
+        let args: Vec<&[u8]> = wire::strings(payload).collect();
+        let [raw, token] = args[..] else {
+            return Err(Errno::EINVAL);
+        };
+        let max = (!who.privileged).then_some(self.limits.path_len);
+        let c = path::canonicalize(raw, who.domid, true, max)?;
+        let conn = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
+        if conn
+            .watches
+            .iter()
+            .any(|w| w.path == c.path && w.token == token)
+        {
+            return Err(Errno::EEXIST);
+        }
+        if !who.privileged && conn.watches.len() >= self.limits.watches_per_domain {
+            return Err(Errno::E2BIG);
+        }
+        let watch = Watch {
+            path: c.path,
+            token: token.to_vec(),
+            relative_prefix: c.relative_prefix,
+        };
+        // Every watch fires once straight away, with the path as given.
+        let event = event_message(&watch, &watch.path);
+        let dedup = !path::is_special(&watch.path);
+        conn.watches.push(watch);
+        Ok(Reply {
+            payload: ops::ok(),
+            then_event: event.map(|e| (e, dedup)),
+        })
+    }
+
+    fn unwatch(&mut self, conn: ConnId, who: Who, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let args: Vec<&[u8]> = wire::strings(payload).collect();
+        let [raw, token] = args[..] else {
+            return Err(Errno::EINVAL);
+        };
+        let c = path::canonicalize(raw, who.domid, true, None)?;
+        let conn = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
+        let i = conn
+            .watches
+            .iter()
+            .position(|w| w.path == c.path && w.token == token)
+            .ok_or(Errno::ENOENT)?;
+        conn.watches.remove(i);
+        Ok(ops::ok())
+    }
+
+    fn transaction_start(&mut self, conn: ConnId, who: Who, tx_id: u32) -> Result<Vec<u8>, Errno> {
+        // No nesting: a start inside an (existing) transaction is refused.
+        if tx_id != 0 {
+            return Err(Errno::EBUSY);
+        }
+        let snapshot = self.store.clone();
+        let limits = &self.limits;
+        let c = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
+        if !who.privileged && c.transactions.len() >= limits.transactions_per_domain {
+            return Err(Errno::ENOSPC);
+        }
+        let id = loop {
+            let id = c.next_tx_id;
+            c.next_tx_id = id.wrapping_add(1);
+            if id != 0 && !c.transactions.contains_key(&id) {
+                break id;
+            }
+        };
+        let mut store = snapshot;
+        store.start_journal();
+        c.transactions.insert(
+            id,
+            Transaction {
+                store,
+                failed: false,
+            },
+        );
+        Ok(format!("{id}\0").into_bytes())
+    }
+
+    fn transaction_end(
+        &mut self,
+        conn: ConnId,
+        who: Who,
+        tx_id: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
+        let commit = match wire::one_arg(payload)? {
+            b"T" => true,
+            b"F" => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        let c = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
+        let tx = c.transactions.remove(&tx_id).ok_or(Errno::ENOENT)?;
+        if !commit {
+            return Ok(ops::ok());
+        }
+        if tx.failed {
+            return Err(Errno::ENOSPC);
+        }
+        let mut copy = tx.store;
+        let journal = copy.take_journal().unwrap_or_default();
+        if !who.privileged {
+            let d = who.domid;
+            let before = self.store.owned_by(d) as usize;
+            let mut after = before;
+            for p in &journal.modified {
+                if self.store.get(p).is_some_and(|n| n.perms().owner() == d) {
+                    after = after.saturating_sub(1);
+                }
+                if copy.get(p).is_some_and(|n| n.perms().owner() == d) {
+                    after += 1;
+                }
+            }
+            if after > before && after > self.limits.nodes_per_domain {
+                return Err(Errno::ENOSPC);
+            }
+        }
+        let conflict = journal
+            .accessed
+            .iter()
+            .any(|(p, seen)| self.store.get(p).map(Node::generation) != seen.generation);
+        if conflict {
+            return Err(Errno::EAGAIN);
+        }
+        for p in &journal.modified {
+            match copy.take_shared(p) {
+                Some(node) => self.store.put_shared(p, node),
+                None => self.store.delete_node(p),
+            }
+        }
+        for (p, exact) in &journal.events {
+            let old_perms = journal.accessed.get(p).and_then(|s| s.perms.clone());
+            self.fire(&Change {
+                path: p.clone(),
+                exact: *exact,
+                old_perms,
+                gone: None,
+            });
+        }
+        Ok(ops::ok())
+    }
+
+    /// Announce `ch` to every connection with a matching watch that may see it.
+    fn fire(&mut self, ch: &Change) {
+        let Self {
+            store,
+            conns,
+            limits,
+            ..
+        } = self;
+        let dedup = !path::is_special(&ch.path);
+        for c in conns.values_mut() {
+            let matches = |w: &&Watch| {
+                if ch.exact {
+                    w.path == ch.path
+                } else {
+                    path::is_child(&ch.path, &w.path)
+                }
+            };
+            if c.ignored || !c.watches.iter().any(|w| matches(&w)) {
+                continue;
+            }
+            let who = Who {
+                domid: c.domid,
+                privileged: c.privileged,
+            };
+            if !watch_permitted(store, who, ch) {
+                continue;
+            }
+            let events: Vec<Vec<u8>> = c
+                .watches
+                .iter()
+                .filter(matches)
+                .filter_map(|w| event_message(w, &ch.path))
+                .collect();
+            for e in events {
+                queue_event(c, limits, e, dedup);
+            }
+        }
+    }
+}
+
+/// May `who` hear about `ch`? If it could read the node before a permission
+/// change, or can read the node or its parent now (or just before the node
+/// was removed).
+fn watch_permitted(store: &Store, who: Who, ch: &Change) -> bool {
+    let readable = |p: &Perms| p.access_for(who.domid, who.privileged) & PERM_READ != 0;
+    if ch.old_perms.as_ref().is_some_and(readable) {
+        return true;
+    }
+    let (node, parent) = match &ch.gone {
+        Some((n, p)) => (Some(n), p.as_ref()),
+        None => {
+            let Some(n) = store.get(&ch.path) else {
+                return false;
+            };
+            let parent = path::parent(&ch.path)
+                .and_then(|p| store.get(p))
+                .map(Node::perms);
+            (Some(n.perms()), parent)
+        }
+    };
+    node.is_some_and(readable) || parent.is_some_and(readable)
+}
+
+/// The WATCH_EVENT message telling `w`'s owner that `changed` changed, or
+/// `None` if it would not fit in a message.
+fn event_message(w: &Watch, changed: &str) -> Option<Vec<u8>> {
+    let shown = changed
+        .get(w.relative_prefix..)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(changed);
+    let mut payload = Vec::with_capacity(shown.len() + w.token.len() + 2);
+    payload.extend_from_slice(shown.as_bytes());
+    payload.push(0);
+    payload.extend_from_slice(&w.token);
+    payload.push(0);
+    (payload.len() <= XENSTORE_PAYLOAD_MAX).then(|| wire::encode(XS_WATCH_EVENT, 0, 0, &payload))
+}
+
+/// Queue a watch event on `c` unless an identical one is pending (`dedup`)
+/// or an unprivileged client already has too much unread output.
+fn queue_event(c: &mut Connection, limits: &Limits, event: Vec<u8>, dedup: bool) {
+    if !c.privileged && c.out.bytes().saturating_add(event.len()) > limits.queued_bytes {
+        return;
+    }
+    c.out.push_event(event, dedup);
+}
+
+/// An INTRODUCE frame number: decimal, optionally signed (Xen documents it
+/// as signed); negative values are refused.
+fn parse_mfn(raw: &[u8]) -> Result<u64, Errno> {
+    let digits = raw.strip_prefix(b"-").map_or(Ok(raw), |d| {
+        // "-0" is the only negative spelling of a valid frame.
+        if d.iter().all(|&b| b == b'0') && !d.is_empty() {
+            Ok(d)
+        } else {
+            Err(Errno::EINVAL)
+        }
+    })?;
+    path::parse_decimal(digits, 19).ok_or(Errno::EINVAL)
+}
