@@ -14,6 +14,7 @@ pub mod elfimage;
 pub mod evtchn;
 pub mod frame_alloc;
 pub mod frametable;
+pub mod grant;
 pub mod hypercall_page;
 pub mod insn;
 pub mod layout;

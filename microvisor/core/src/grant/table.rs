@@ -1,0 +1,459 @@
+//! One domain's grant state, fixed size: the machine frames of its shared v1
+//! table (as granter), the *active* record of each of its grant references
+//! (how many mappings pin it, by whom, which frame), and its *maptrack*
+//! table (as grantee: every mapping it holds, indexed by handle). Every
+//! lookup by a guest-supplied reference or handle is bounds-checked and
+//! answers `None` instead of panicking.
+
+use guest_abi::arch::pte::{ACCESSED, ADDR_MASK, DIRTY, GUEST_KERNEL, NX, PRESENT, RW, USER};
+use guest_abi::grant_table::{
+    GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE, GNTMAP_HOST_MAP, GNTMAP_READONLY,
+    GRANT_ENTRIES_V1_PER_PAGE, GnttabMapGrantRef,
+};
+
+use crate::frametable::{ExternalRef, PageType};
+
+/// Most table frames a domain may have (Xen's `max_grant_frames`).
+pub const MAX_GRANT_FRAMES: u32 = 4;
+/// v1 entries per table frame.
+pub const ENTRIES_PER_FRAME: u32 = GRANT_ENTRIES_V1_PER_PAGE as u32;
+/// Most grant references a domain may have: [`MAX_GRANT_FRAMES`] frames.
+pub const MAX_GRANT_ENTRIES: u32 = MAX_GRANT_FRAMES * ENTRIES_PER_FRAME;
+/// Mappings one domain may hold at once (handles `0..MAPTRACK_ENTRIES`).
+pub const MAPTRACK_ENTRIES: u32 = 1024;
+/// Bit 62 of a page-table entry: marks an entry as a grant mapping (Xen's
+/// `_PAGE_GNTTAB`, the frame table's reserved grant tag). Guests can never
+/// set it through `mmu_update`, so an entry carrying it was installed here.
+pub const GRANT_PTE_TAG: u64 = 1 << 62;
+
+/// A pin count at or above this refuses further pins (Xen checks bit 7 of
+/// each 8-bit count before incrementing: `act->pin & 0x80808080`).
+const PIN_LIMIT: u8 = 0x80;
+/// Mapping flags a maptrack entry remembers.
+const KEPT_MAP_FLAGS: u32 =
+    GNTMAP_HOST_MAP | GNTMAP_READONLY | GNTMAP_APPLICATION_MAP | GNTMAP_CONTAINS_PTE;
+
+const ENTRIES: usize = MAX_GRANT_ENTRIES as usize;
+const HANDLES: usize = MAPTRACK_ENTRIES as usize;
+const FRAMES: usize = MAX_GRANT_FRAMES as usize;
+
+/// The active state of one grant reference of a granter (Xen's
+/// `active_grant_entry`): pins by host mappings and in-flight copies, the
+/// grantee holding them and the frame they pinned. Meaningful only while
+/// pinned; the frame is fixed at the first pin and never re-read from the
+/// (guest-writable) shared entry until the last pin goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Active {
+    /// The pinned frame (a v1 entry's frame field is 32 bits).
+    pub(super) mfn: u32,
+    /// The grantee holding the pins.
+    pub(super) domid: u16,
+    /// Read-only pins.
+    pub(super) readers: u8,
+    /// Writable pins.
+    pub(super) writers: u8,
+}
+
+impl Active {
+    const IDLE: Self = Self {
+        mfn: 0,
+        domid: 0,
+        readers: 0,
+        writers: 0,
+    };
+
+    /// True while any mapping or copy holds the entry.
+    pub(super) const fn is_pinned(&self) -> bool {
+        self.readers != 0 || self.writers != 0
+    }
+
+    /// True when one more pin must be refused (Xen's overflow guard).
+    pub(super) const fn at_limit(&self) -> bool {
+        self.readers >= PIN_LIMIT || self.writers >= PIN_LIMIT
+    }
+
+    /// Adds one pin of the given kind; `None` on overflow.
+    pub(super) fn pinned_once_more(self, readonly: bool) -> Option<Self> {
+        let mut a = self;
+        if readonly {
+            a.readers = a.readers.checked_add(1)?;
+        } else {
+            a.writers = a.writers.checked_add(1)?;
+        }
+        Some(a)
+    }
+}
+
+/// One maptrack slot: a mapping this domain holds. Free when `flags == 0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MapEntry {
+    host_addr: u64,
+    gref: u32,
+    mfn: u32,
+    dom: u16,
+    /// `GNTMAP_*` bits kept ([`KEPT_MAP_FLAGS`]); always has `HOST_MAP`
+    /// while in use.
+    flags: u16,
+}
+
+impl MapEntry {
+    const FREE: Self = Self {
+        host_addr: 0,
+        gref: 0,
+        mfn: 0,
+        dom: 0,
+        flags: 0,
+    };
+}
+
+/// A host mapping of a grant: what `map_grant_ref` created and what the
+/// caller installs (and later removes) as a page-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The handle the mapper unmaps it by.
+    pub handle: u32,
+    /// The granting domain.
+    pub granter: u16,
+    /// The granter's grant reference.
+    pub gref: u32,
+    /// The machine frame mapped (owned by `granter`).
+    pub mfn: u64,
+    /// Where the entry goes: a page-aligned virtual address of the mapper's
+    /// current address space, or, with [`GNTMAP_CONTAINS_PTE`], the 8-byte
+    /// aligned machine address of the L1 entry to write.
+    pub host_addr: u64,
+    /// The `GNTMAP_*` flags of the request that matter here: host_map,
+    /// readonly, application_map, contains_pte.
+    pub flags: u32,
+}
+
+impl Mapping {
+    /// True for a read-only mapping (no writable type reference held).
+    #[must_use]
+    pub const fn readonly(&self) -> bool {
+        self.flags & GNTMAP_READONLY != 0
+    }
+
+    /// True when [`Mapping::host_addr`] is the machine address of an L1
+    /// entry rather than a virtual address.
+    #[must_use]
+    pub const fn contains_pte(&self) -> bool {
+        self.flags & GNTMAP_CONTAINS_PTE != 0
+    }
+
+    /// The `dev_bus_addr` Xen reports for a PV mapping: the frame's machine
+    /// address.
+    #[must_use]
+    pub const fn dev_bus_addr(&self) -> u64 {
+        (self.mfn << 12) & ADDR_MASK
+    }
+
+    /// The L1 entry to install, as Xen's `create_grant_pv_mapping` builds it
+    /// after `adjust_guest_l1e`: present, accessed, dirty, NX, the grant tag
+    /// ([`GRANT_PTE_TAG`]), RW unless read-only, USER always (64-bit PV
+    /// kernels run in ring 3) with GUEST_KERNEL unless
+    /// `GNTMAP_application_map`. Never global, no cache attributes.
+    #[must_use]
+    pub const fn pte(&self) -> u64 {
+        let mut e = self.dev_bus_addr() | PRESENT | ACCESSED | DIRTY | NX | GRANT_PTE_TAG | USER;
+        if !self.readonly() {
+            e |= RW;
+        }
+        if self.flags & GNTMAP_APPLICATION_MAP == 0 {
+            e |= GUEST_KERNEL;
+        }
+        e
+    }
+
+    /// The reference this mapping holds on [`Mapping::mfn`], for
+    /// [`crate::frametable::FrameTable::audit`].
+    #[must_use]
+    pub const fn external_ref(&self) -> ExternalRef {
+        if self.readonly() {
+            ExternalRef::Page
+        } else {
+            ExternalRef::PageAndType(PageType::Writable)
+        }
+    }
+
+    /// Fills the output fields of a successful `GNTTABOP_map_grant_ref`
+    /// element: status okay, handle, and `dev_bus_addr`.
+    pub fn write_to(&self, op: &mut GnttabMapGrantRef) {
+        op.status = guest_abi::grant_table::GNTST_OKAY;
+        op.handle = self.handle;
+        op.dev_bus_addr = self.dev_bus_addr();
+    }
+}
+
+/// The pins on one grant reference, as [`GrantTable::pins`] reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pins {
+    /// The grantee holding them (meaningless when both counts are 0).
+    pub grantee: u16,
+    /// The frame pinned (meaningless when both counts are 0).
+    pub mfn: u64,
+    /// Read-only mappings (and in-flight read copies).
+    pub readonly: u32,
+    /// Writable mappings (and in-flight write copies).
+    pub writable: u32,
+}
+
+/// The grant state of one domain. About 40 KiB; see the size assertion.
+#[derive(Clone, Debug)]
+pub struct GrantTable {
+    active: [Active; ENTRIES],
+    maptrack: [MapEntry; HANDLES],
+    frames: [u64; FRAMES],
+    nr_frames: u8,
+    max_frames: u8,
+    /// Set by `release_domain`: the table frames' references are gone and
+    /// the shared entries are never touched again.
+    dying: bool,
+    /// Every handle below this one is in use.
+    free_hint: u16,
+    /// Handles in use.
+    nr_maps: u16,
+}
+
+// 16 domains must stay well under 1 MiB of static memory.
+const _: () = assert!(size_of::<GrantTable>() <= 41 * 1024);
+const _: () = assert!(size_of::<Active>() == 8);
+
+impl GrantTable {
+    /// An empty table (no frames yet, nothing mapped) whose domain may set up
+    /// to `max_frames` frames, clamped to `1..=MAX_GRANT_FRAMES`.
+    #[must_use]
+    pub const fn new(max_frames: u32) -> Self {
+        let max = if max_frames == 0 {
+            1
+        } else if max_frames > MAX_GRANT_FRAMES {
+            MAX_GRANT_FRAMES
+        } else {
+            max_frames
+        };
+        Self {
+            active: [Active::IDLE; ENTRIES],
+            maptrack: [MapEntry::FREE; HANDLES],
+            frames: [0; FRAMES],
+            // `max <= MAX_GRANT_FRAMES` fits in a u8.
+            nr_frames: 0,
+            max_frames: max as u8,
+            dying: false,
+            free_hint: 0,
+            nr_maps: 0,
+        }
+    }
+
+    /// Number of table frames set up.
+    #[must_use]
+    pub const fn nr_frames(&self) -> u32 {
+        self.nr_frames as u32
+    }
+
+    /// Most table frames this domain may set up.
+    #[must_use]
+    pub const fn max_frames(&self) -> u32 {
+        self.max_frames as u32
+    }
+
+    /// The machine frames of the table, in order.
+    #[must_use]
+    pub fn frames(&self) -> &[u64] {
+        self.frames
+            .get(..usize::from(self.nr_frames))
+            .unwrap_or(&[])
+    }
+
+    /// Number of grant references (`nr_frames * 512`).
+    #[must_use]
+    pub const fn nr_entries(&self) -> u32 {
+        self.nr_frames() * ENTRIES_PER_FRAME
+    }
+
+    /// True once the domain died (`release_domain` ran).
+    #[must_use]
+    pub const fn is_dying(&self) -> bool {
+        self.dying
+    }
+
+    /// Number of mappings this domain holds.
+    #[must_use]
+    pub const fn nr_mappings(&self) -> u32 {
+        self.nr_maps as u32
+    }
+
+    /// Number of this domain's grant references currently pinned by a
+    /// mapping. A dying domain's table must stay reachable until this and
+    /// [`GrantTable::nr_mappings`] are both 0.
+    #[must_use]
+    pub fn pinned_grants(&self) -> u32 {
+        let n = self.active.iter().filter(|a| a.is_pinned()).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The pins on grant reference `gref`, `None` beyond the table.
+    #[must_use]
+    pub fn pins(&self, gref: u32) -> Option<Pins> {
+        let a = self.active(gref)?;
+        Some(Pins {
+            grantee: a.domid,
+            mfn: u64::from(a.mfn),
+            readonly: u32::from(a.readers),
+            writable: u32::from(a.writers),
+        })
+    }
+
+    /// The mapping held under `handle`, `None` if out of range or free.
+    #[must_use]
+    pub fn mapping(&self, handle: u32) -> Option<Mapping> {
+        let e = self.maptrack.get(usize::try_from(handle).ok()?)?;
+        if e.flags == 0 {
+            return None;
+        }
+        Some(Mapping {
+            handle,
+            granter: e.dom,
+            gref: e.gref,
+            mfn: u64::from(e.mfn),
+            host_addr: e.host_addr,
+            flags: u32::from(e.flags),
+        })
+    }
+
+    /// Every frame reference this table holds outside page tables, for
+    /// [`crate::frametable::FrameTable::audit`]: a general reference on each
+    /// table frame (until the domain dies) and, per mapping, a general
+    /// reference plus, when writable, a [`PageType::Writable`] type reference
+    /// on the mapped frame. Chain the iterators of every domain's table
+    /// (dying ones included) into the audit's external list.
+    pub fn external_refs(&self) -> impl Iterator<Item = (u64, ExternalRef)> + '_ {
+        let frames: &[u64] = if self.dying { &[] } else { self.frames() };
+        let maps = (0..MAPTRACK_ENTRIES).filter_map(|h| self.mapping(h));
+        frames
+            .iter()
+            .map(|&f| (f, ExternalRef::Page))
+            .chain(maps.map(|m| (m.mfn, m.external_ref())))
+    }
+
+    // ------------------------------------------------------------------
+    // For the operations in the parent module
+    // ------------------------------------------------------------------
+
+    /// Appends a table frame (the caller checked `nr_frames < max_frames`).
+    pub(super) fn push_frame(&mut self, mfn: u64) -> bool {
+        let Some(slot) = self.frames.get_mut(usize::from(self.nr_frames)) else {
+            return false;
+        };
+        *slot = mfn;
+        self.nr_frames = self.nr_frames.saturating_add(1);
+        true
+    }
+
+    /// Marks the domain dead; false if it already was.
+    pub(super) fn set_dying(&mut self) -> bool {
+        !core::mem::replace(&mut self.dying, true)
+    }
+
+    /// The table frame and slot holding entry `gref`, if it exists.
+    pub(super) fn locate(&self, gref: u32) -> Option<(u64, usize)> {
+        if gref >= self.nr_entries() {
+            return None;
+        }
+        let frame = *self
+            .frames
+            .get(usize::try_from(gref / ENTRIES_PER_FRAME).ok()?)?;
+        let slot = usize::try_from(gref % ENTRIES_PER_FRAME).ok()?;
+        Some((frame, slot))
+    }
+
+    /// The active state of `gref`, `None` beyond the table.
+    pub(super) fn active(&self, gref: u32) -> Option<Active> {
+        if gref >= self.nr_entries() {
+            return None;
+        }
+        self.active.get(usize::try_from(gref).ok()?).copied()
+    }
+
+    /// Replaces the active state of `gref` (ignored beyond the table).
+    pub(super) fn set_active(&mut self, gref: u32, a: Active) {
+        if gref >= self.nr_entries() {
+            return;
+        }
+        if let Some(slot) = usize::try_from(gref)
+            .ok()
+            .and_then(|i| self.active.get_mut(i))
+        {
+            *slot = a;
+        }
+    }
+
+    /// Drops one pin of the given kind from `gref` and returns the new
+    /// state. Saturates: a pin that is not there is never "dropped" below 0.
+    pub(super) fn unpin(&mut self, gref: u32, readonly: bool) -> Option<Active> {
+        let mut a = self.active(gref)?;
+        if readonly {
+            a.readers = a.readers.saturating_sub(1);
+        } else {
+            a.writers = a.writers.saturating_sub(1);
+        }
+        self.set_active(gref, a);
+        Some(a)
+    }
+
+    /// The lowest free handle, if any (not reserved: the caller records it
+    /// with [`GrantTable::record`] within the same operation).
+    pub(super) fn free_handle(&self) -> Option<u32> {
+        let start = usize::from(self.free_hint);
+        let idx = self
+            .maptrack
+            .get(start..)?
+            .iter()
+            .position(|e| e.flags == 0)?;
+        u32::try_from(start.checked_add(idx)?).ok()
+    }
+
+    /// Records mapping `m` under `m.handle`; false if that handle is out of
+    /// range or taken (nothing changes then).
+    pub(super) fn record(&mut self, m: &Mapping) -> bool {
+        let Ok(h) = usize::try_from(m.handle) else {
+            return false;
+        };
+        let Ok(mfn) = u32::try_from(m.mfn) else {
+            return false;
+        };
+        let Some(e) = self.maptrack.get_mut(h) else {
+            return false;
+        };
+        if e.flags != 0 {
+            return false;
+        }
+        let kept = (m.flags & KEPT_MAP_FLAGS) | GNTMAP_HOST_MAP;
+        *e = MapEntry {
+            host_addr: m.host_addr,
+            gref: m.gref,
+            mfn,
+            dom: m.granter,
+            // Only bits 0..=4 are kept.
+            flags: kept as u16,
+        };
+        self.nr_maps = self.nr_maps.saturating_add(1);
+        if usize::from(self.free_hint) == h {
+            self.free_hint = self.free_hint.saturating_add(1);
+        }
+        true
+    }
+
+    /// Frees `handle`, returning the mapping it held (`None`, and no change,
+    /// if it was out of range or free: a second release finds nothing).
+    pub(super) fn take(&mut self, handle: u32) -> Option<Mapping> {
+        let m = self.mapping(handle)?;
+        let h = usize::try_from(handle).ok()?;
+        *self.maptrack.get_mut(h)? = MapEntry::FREE;
+        self.nr_maps = self.nr_maps.saturating_sub(1);
+        // `h < MAPTRACK_ENTRIES` fits in a u16.
+        if h < usize::from(self.free_hint) {
+            self.free_hint = h as u16;
+        }
+        Some(m)
+    }
+}
