@@ -407,7 +407,7 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
 // ---- emulation ----------------------------------------------------------
 
 /// Instruction bytes at the guest's rip (fewer if the page ends unmapped).
-fn fetch(cr3: u64, rip: u64, out: &mut [u8; 15]) -> usize {
+pub fn fetch(cr3: u64, rip: u64, out: &mut [u8; 15]) -> usize {
     (0..out.len()).take_while(|&i| guest::copy_from(cr3, rip.wrapping_add(i as u64), &mut out[i..i + 1]).is_ok()).count()
 }
 

@@ -7,7 +7,6 @@
 use crate::arch::{cpu, entry::TrapFrame};
 use crate::domain::HV;
 use crate::pv;
-use crate::mm::guest;
 use microvisor_core::insn;
 
 const NAMES: [&str; 32] = [
@@ -86,7 +85,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 pv::Emulated::NotEmulated => {
                     let cr3 = hv.domains[hv.current].active_cr3();
                     let mut bytes = [0u8; 15];
-                    let n = (0..bytes.len()).take_while(|&i| guest::copy_from(cr3, frame.rip + i as u64, &mut bytes[i..i + 1]).is_ok()).count();
+                    let n = pv::fetch(cr3, frame.rip, &mut bytes);
                     let what = insn::decode(&bytes[..n]);
                     let rip = frame.rip;
                     let err = frame.error_code;
