@@ -83,7 +83,12 @@ trap_common:
     push %r14
     push %r15
     cld
-    mov %rsp, %rdi
+    /* A guest may have set EFLAGS.AC, which interrupt gates keep: close
+       SMAP again (clac exists only where SMAP does). */
+    cmpb $0, {smap}(%rip)
+    je 3f
+    clac
+3:  mov %rsp, %rdi
     call {on_trap}
     jmp return_to_guest
 
@@ -166,6 +171,7 @@ cstar_entry:
     scratch = sym SYSCALL_SCRATCH,
     stack_top = sym SYSCALL_STACK_TOP,
     user_mode = sym GUEST_USER_MODE,
+    smap = sym crate::mm::guest::SMAP,
     options(att_syntax)
 );
 
