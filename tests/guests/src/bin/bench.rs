@@ -541,6 +541,17 @@ impl Scratch {
         row("mmu_update, one L1 entry per call: map", map, base);
         row("mmu_update, one L1 entry per call: unmap", unmap, base);
 
+        for n in [8usize, 64] {
+            let (map, unmap) = measure_pair(64, ov, || {
+                let _ = self.update(&self.map[..n]);
+            }, || {
+                let _ = self.update(&self.unmap[..n]);
+            });
+            let mut name: heapless::String<64> = heapless::String::new();
+            let _ = core::fmt::Write::write_fmt(&mut name, format_args!("mmu_update, per entry in a {n}-entry batch"));
+            row(&name, (map + unmap) / 2 / n as u64, base);
+        }
+
         let (map, unmap) = measure_pair(64, ov, || {
             let _ = self.update(&self.map);
         }, || {
