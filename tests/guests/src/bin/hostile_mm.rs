@@ -127,6 +127,15 @@ fn main(si: &'static StartInfo) {
     let mut more = [0u64; 4];
     let n = reservation(guest_abi::memory::XENMEM_INCREASE_RESERVATION, &mut more);
     t.check("limit", n == 0, format_args!("{n} frames granted beyond the limit"));
+    let mut pfns = [si.nr_pages, si.nr_pages + 1];
+    let n = reservation(guest_abi::memory::XENMEM_POPULATE_PHYSMAP, &mut pfns);
+    t.check("populate-limit", n == 0, format_args!("{n} frames populated beyond the limit"));
+    let cur = guest_abi::hypercall::memory_current_reservation(guest_abi::types::DomId::SELF);
+    let max = guest_abi::hypercall::memory_maximum_reservation(guest_abi::types::DomId::SELF);
+    t.check("reservation-queries", cur == Ok(si.nr_pages) && max == Ok(si.nr_pages), format_args!("current {cur:?}, maximum {max:?}, nr_pages {}", si.nr_pages));
+    let mut map = [guest_abi::memory::E820Entry { addr: 0, size: 0, type_: 0 }; 4];
+    let r = guest_abi::hypercall::memory_map(&mut map);
+    t.check("memory-map", r == Ok(1) && map[0].addr == 0 && map[0].size == si.nr_pages * 4096 && map[0].type_ == 1, format_args!("{r:?} {:?}", map[0]));
     // The builder scatters guest memory: the p2m is far from contiguous.
     let breaks = (1..si.nr_pages).filter(|&p| mm::pfn_to_mfn(p) != mm::pfn_to_mfn(p - 1) + 1).count() as u64;
     t.check("p2m-scattered", breaks > si.nr_pages / 2, format_args!("{breaks} discontinuities in {} pages", si.nr_pages));
