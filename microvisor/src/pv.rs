@@ -605,13 +605,19 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
             frame.rip = next(3);
             Emulated::Done
         }
-        // rdmsr / wrmsr of the FS/GS bases.
+        // rdmsr: the FS/GS bases, and a few read-only MSRs PV kernels probe
+        // (EFER, TSC, PAT); anything else is #GP for the guest.
         (Some(0x0f), Some(0x32), _) => {
             let pv = &hv.domains[cur].pv;
             let v = match frame.rcx as u32 {
                 0xC000_0100 => pv.fs_base,
                 0xC000_0101 => pv.gs_base_kernel,
                 0xC000_0102 => pv.gs_base_user,
+                // EFER as a 64-bit PV guest sees it: SCE | LME | LMA | NXE.
+                0xC000_0080 => 0xd01,
+                0x10 => crate::arch::cpu::rdtsc(),
+                // The PAT layout the hypervisor runs with (WB WT UC- UC).
+                0x277 => 0x0007_0406_0007_0406,
                 _ => return Emulated::NotEmulated,
             };
             frame.rax = v & 0xffff_ffff;
