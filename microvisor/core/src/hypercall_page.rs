@@ -20,53 +20,41 @@ pub const IRET: u32 = 23;
 /// Filler byte (`int3`).
 pub const FILL: u8 = 0xCC;
 
-/// The 14-byte stub for hypercall `nr`.
-pub const fn stub(nr: u32) -> [u8; 14] {
-    let n = nr.to_le_bytes();
-    [
-        0x51, // push %rcx
-        0x41, 0x53, // push %r11
-        0xB8, n[0], n[1], n[2], n[3], // mov $nr,%eax
-        0x0F, 0x05, // syscall
-        0x41, 0x5B, // pop %r11
-        0x59, // pop %rcx
-        0xC3, // ret
-    ]
-}
-
-/// The 11-byte `iret` stub: the guest jumped here with its return frame on the
-/// stack; `rax` is saved too, and nothing follows the `syscall`.
-pub const IRET_STUB: [u8; 11] = [
-    0x51, // push %rcx
-    0x41, 0x53, // push %r11
-    0x50, // push %rax
-    0xB8, 0x17, 0x00, 0x00, 0x00, // mov $23,%eax
-    0x0F, 0x05, // syscall
-];
-
 /// Overwrites `page` with the hypercall page (replacing anything the image
-/// pre-filled there).
+/// pre-filled there). The stub bytes are the ABI crate's
+/// (`guest_abi::arch::hypercall_stub`): one definition serves the builder
+/// and every guest; the tests below pin them byte for byte.
 pub fn fill(page: &mut [u8; PAGE_LEN]) {
-    page.fill(FILL);
-    for (nr, slot) in (0u32..).zip(page.chunks_exact_mut(STUB_STRIDE)) {
-        if nr == IRET {
-            copy_prefix(slot, &IRET_STUB);
-        } else {
-            copy_prefix(slot, &stub(nr));
-        }
-    }
-}
-
-/// Copies `code` to the start of `slot` (both are fixed sizes that fit).
-fn copy_prefix(slot: &mut [u8], code: &[u8]) {
-    for (dst, src) in slot.iter_mut().zip(code) {
-        *dst = *src;
-    }
+    guest_abi::arch::fill_hypercall_page(page);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 14-byte stub for hypercall `nr`, written out independently of
+    /// the implementation under test.
+    const fn stub(nr: u32) -> [u8; 14] {
+        let n = nr.to_le_bytes();
+        [
+            0x51, // push %rcx
+            0x41, 0x53, // push %r11
+            0xB8, n[0], n[1], n[2], n[3], // mov $nr,%eax
+            0x0F, 0x05, // syscall
+            0x41, 0x5B, // pop %r11
+            0x59, // pop %rcx
+            0xC3, // ret
+        ]
+    }
+
+    /// The 11-byte `iret` stub: `rax` is saved too, nothing follows `syscall`.
+    const IRET_STUB: [u8; 11] = [
+        0x51, // push %rcx
+        0x41, 0x53, // push %r11
+        0x50, // push %rax
+        0xB8, 0x17, 0x00, 0x00, 0x00, // mov $23,%eax
+        0x0F, 0x05, // syscall
+    ];
 
     #[test]
     fn bytes_match_the_contract() {
