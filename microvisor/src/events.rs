@@ -8,7 +8,6 @@ use crate::mm::{self, guest};
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use microvisor_core::evtchn::{self, Channels, EventBits, Kick};
-use zerocopy::{FromBytes, IntoBytes};
 
 /// A domain's 2-level event bits in its shared info page.
 #[derive(Clone, Copy)]
@@ -90,16 +89,6 @@ pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
     kick(hv, k);
 }
 
-fn read<T: FromBytes + IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable>(cr3: u64, va: u64) -> Result<T, Errno> {
-    let mut v = T::new_zeroed();
-    guest::copy_from(cr3, va, v.as_mut_bytes()).map_err(|_| Errno::EFAULT)?;
-    Ok(v)
-}
-
-fn write<T: IntoBytes + zerocopy::Immutable>(cr3: u64, va: u64, v: &T) -> Result<(), Errno> {
-    guest::copy_to(cr3, va, v.as_bytes()).map_err(|_| Errno::EFAULT)
-}
-
 /// event_channel_op(cmd, arg).
 pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     use guest_abi::event_channel as ec;
@@ -109,53 +98,53 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let cr3 = hv.domains[cur].cr3;
     match cmd as u32 {
         ec::EVTCHNOP_ALLOC_UNBOUND => {
-            let mut a: ec::EvtchnAllocUnbound = read(cr3, arg)?;
+            let mut a: ec::EvtchnAllocUnbound = guest::read(cr3, arg)?;
             a.port = evtchn::alloc_unbound(hv, me, a.dom, a.remote_dom, privileged)?;
-            write(cr3, arg, &a)?;
+            guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_INTERDOMAIN => {
-            let mut a: ec::EvtchnBindInterdomain = read(cr3, arg)?;
+            let mut a: ec::EvtchnBindInterdomain = guest::read(cr3, arg)?;
             let (port, k) = evtchn::bind_interdomain(hv, me, a.remote_dom, a.remote_port)?;
             a.local_port = port;
-            write(cr3, arg, &a)?;
+            guest::write(cr3, arg, &a)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_BIND_VIRQ => {
-            let mut a: ec::EvtchnBindVirq = read(cr3, arg)?;
+            let mut a: ec::EvtchnBindVirq = guest::read(cr3, arg)?;
             a.port = evtchn::bind_virq(hv, me, a.virq, a.vcpu)?;
-            write(cr3, arg, &a)?;
+            guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_IPI => {
-            let mut a: ec::EvtchnBindIpi = read(cr3, arg)?;
+            let mut a: ec::EvtchnBindIpi = guest::read(cr3, arg)?;
             a.port = evtchn::bind_ipi(hv, me, a.vcpu)?;
-            write(cr3, arg, &a)?;
+            guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_VCPU => {
-            let a: ec::EvtchnBindVcpu = read(cr3, arg)?;
+            let a: ec::EvtchnBindVcpu = guest::read(cr3, arg)?;
             evtchn::bind_vcpu(hv, me, a.port, a.vcpu)?;
         }
         ec::EVTCHNOP_CLOSE => {
-            let a: ec::EvtchnClose = read(cr3, arg)?;
+            let a: ec::EvtchnClose = guest::read(cr3, arg)?;
             evtchn::close(hv, me, a.port)?;
         }
         ec::EVTCHNOP_SEND => {
-            let a: ec::EvtchnSend = read(cr3, arg)?;
+            let a: ec::EvtchnSend = guest::read(cr3, arg)?;
             let k = evtchn::send(hv, me, a.port)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_STATUS => {
-            let mut a: ec::EvtchnStatus = read(cr3, arg)?;
+            let mut a: ec::EvtchnStatus = guest::read(cr3, arg)?;
             let st = evtchn::status(hv, me, a.dom, a.port, privileged)?;
             st.write_to(&mut a);
-            write(cr3, arg, &a)?;
+            guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_UNMASK => {
-            let a: ec::EvtchnUnmask = read(cr3, arg)?;
+            let a: ec::EvtchnUnmask = guest::read(cr3, arg)?;
             let k = evtchn::unmask(hv, me, a.port)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_RESET => {
-            let a: ec::EvtchnReset = read(cr3, arg)?;
+            let a: ec::EvtchnReset = guest::read(cr3, arg)?;
             evtchn::reset(hv, me, a.dom, privileged)?;
         }
         ec::EVTCHNOP_BIND_PIRQ => return Err(Errno::EPERM),

@@ -11,12 +11,6 @@ use guest_abi::errno::Errno;
 
 const DOMID_SELF: u16 = 0x7FF0;
 
-fn read_u64(cr3: u64, va: u64) -> Result<u64, Errno> {
-    let mut b = [0u8; 8];
-    guest::copy_from(cr3, va, &mut b).map_err(|_| Errno::EFAULT)?;
-    Ok(u64::from_le_bytes(b))
-}
-
 /// The domain index an argument names: only the caller itself for now.
 fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
     let cur = hv.current;
@@ -114,7 +108,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
     let cur = hv.current;
     let dom = hv.domains[cur].id;
-    let mfn = read_u64(cr3, slot)?;
+    let mfn = guest::read::<u64>(cr3, slot)?;
     frames::with(|ft, mem| {
         ft.release(mfn, dom)?;
         mem_flush(mem);
@@ -140,9 +134,9 @@ fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), 
     if hv.domains[cur].tot_pages >= hv.domains[cur].max_pages {
         return Err(Errno::ENOMEM);
     }
-    let pfn = if populate { Some(read_u64(cr3, slot)?) } else { None };
+    let pfn = if populate { Some(guest::read::<u64>(cr3, slot)?) } else { None };
     // Check the slot is writable before taking a frame.
-    guest::copy_to(cr3, slot, &read_u64(cr3, slot).unwrap_or(0).to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+    guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot).unwrap_or(0).to_le_bytes()).map_err(|_| Errno::EFAULT)?;
     let mfn = mm::alloc_zeroed().ok_or(Errno::ENOMEM)?;
     if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
         let _ = mm::with_allocator(|a| a.free(mfn));

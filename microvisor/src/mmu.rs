@@ -19,12 +19,6 @@ fn cr3_mfn(hv: &Hv) -> u64 {
     hv.domains[hv.current].cr3 / PAGE
 }
 
-fn read_u64s<const N: usize>(cr3: u64, va: u64) -> Result<[u64; N], Errno> {
-    let mut b = [0u8; 64];
-    guest::copy_from(cr3, va, &mut b[..N * 8]).map_err(|_| Errno::EFAULT)?;
-    Ok(core::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))))
-}
-
 /// Guests may set the global bit in L1 entries (as on Xen), so every
 /// guest-visible flush also drops global entries.
 fn apply_flush(f: Flush) {
@@ -79,7 +73,7 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
             crate::sched::reschedule(hv, frame, crate::sched::Why::Preempt);
             return Ok(None);
         }
-        let [ptr, val] = match read_u64s::<2>(cr3, reqs.wrapping_add(i * 16)) {
+        let [ptr, val] = match guest::read::<[u64; 2]>(cr3, reqs.wrapping_add(i * 16)) {
             Ok(r) => r,
             Err(e) => {
                 result = Err(e);
@@ -138,7 +132,7 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
         // Re-read the base pointer each time: an op may have switched it, and
         // only the current (referenced, validated) L4 may be walked.
         let cr3 = hv.domains[cur].cr3;
-        let [cmd, arg1, arg2] = match read_u64s::<3>(cr3, ops.wrapping_add(i * 24)) {
+        let [cmd, arg1, arg2] = match guest::read::<[u64; 3]>(cr3, ops.wrapping_add(i * 24)) {
             Ok(r) => r,
             Err(e) => {
                 result = Err(e);
@@ -234,7 +228,7 @@ pub fn multicall(hv: &mut Hv, frame: &mut TrapFrame, entries: u64, n: u64) -> Re
     for i in 0..(n as u32 as u64) {
         let cr3 = hv.domains[cur].cr3;
         let va = entries.wrapping_add(i * 64);
-        let e = read_u64s::<8>(cr3, va)?;
+        let e = guest::read::<[u64; 8]>(cr3, va)?;
         let op = e[0];
         let args = [e[2], e[3], e[4], e[5], e[6]];
         let r: Result<u64, Errno> = match op {

@@ -274,13 +274,11 @@ pub fn kill(hv: &mut Hv, frame: &mut TrapFrame, why: core::fmt::Arguments) {
 pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     let cur = hv.current;
     let cr3 = hv.domains[cur].cr3;
-    let mut b = [0u8; 72];
-    if guest::copy_from(cr3, frame.rsp, &mut b).is_err() {
+    // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
+    let Ok([rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss]) = guest::read::<[u64; 9]>(cr3, frame.rsp) else {
         let sp = frame.rsp;
         return kill(hv, frame, format_args!("iret with an unreadable stack at {sp:#x}"));
-    }
-    let q = |i: usize| u64::from_le_bytes([b[i * 8], b[i * 8 + 1], b[i * 8 + 2], b[i * 8 + 3], b[i * 8 + 4], b[i * 8 + 5], b[i * 8 + 6], b[i * 8 + 7]]);
-    let (rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss) = (q(0), q(1), q(2), q(3), q(4), q(5), q(6), q(7), q(8));
+    };
     if !guest_addr_ok(rip) {
         return kill(hv, frame, format_args!("iret to a non-canonical or hypervisor rip {rip:#x}"));
     }

@@ -205,3 +205,19 @@ fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
     }
     Ok(())
 }
+
+/// Reads a plain-data value from guest virtual `va` (a fallible copy);
+/// -EFAULT when any byte does not translate.
+pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable>(
+    cr3: u64,
+    va: u64,
+) -> Result<T, guest_abi::errno::Errno> {
+    let mut v = T::new_zeroed();
+    copy_from(cr3, va, v.as_mut_bytes()).map_err(|_| guest_abi::errno::Errno::EFAULT)?;
+    Ok(v)
+}
+
+/// Writes a plain-data value to guest virtual `va`; -EFAULT on failure.
+pub fn write<T: zerocopy::IntoBytes + zerocopy::Immutable>(cr3: u64, va: u64, v: &T) -> Result<(), guest_abi::errno::Errno> {
+    copy_to(cr3, va, v.as_bytes()).map_err(|_| guest_abi::errno::Errno::EFAULT)
+}
