@@ -1,0 +1,2 @@
+//! Block front-end core (work in progress).
+#![cfg_attr(not(test), no_std)]
