@@ -134,6 +134,8 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     })
     .map_err(|e| err(format_args!("domain '{}': bootstrap page tables do not validate: {e:?}", spec.name)))?;
 
+    crate::grant::register(id);
+
     // start_info.
     let mut si = StartInfo::new_zeroed();
     let magic = b"xen-3.0-x86_64";

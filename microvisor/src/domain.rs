@@ -352,6 +352,12 @@ impl Hv {
                 ft.put_page_and_type(mem, gdt);
             }
         });
+        // Mappings it holds go (their references with them); its table
+        // frames are released. Grants others still map keep those frames.
+        let still_mapped = crate::grant::release_domain(id);
+        if still_mapped > 0 {
+            crate::debug!("domain {id}: {still_mapped} of its grants still mapped by others");
+        }
         // Leave its address space before its frames are scrubbed.
         if crate::arch::cpu::cr3() == cr3 || crate::arch::cpu::cr3() == user_cr3 {
             // SAFETY: the hypervisor's own L4 maps everything it needs.

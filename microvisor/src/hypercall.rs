@@ -44,7 +44,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
         Ok(None) => {} // the frame now belongs to another vCPU, or was already set
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
-    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 2 | 12 | 13 | 14 | 26) {
+    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 2 | 12 | 13 | 14 | 20 | 26) {
         hv.audit("a memory hypercall");
     }
     crate::pv::deliver_events(&mut hv, frame);
@@ -59,6 +59,7 @@ fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<
     match nr {
         1 => crate::mmu::mmu_update(hv, frame, a[0], a[1], a[2], a[3]),
         13 => crate::mmu::multicall(hv, frame, a[0], a[1]).map(Some),
+        20 => crate::grant::grant_table_op(hv, Some(frame), a[0], a[1], a[2]),
         23 => {
             pv::iret(hv, frame);
             Ok(None)
@@ -81,6 +82,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
         18 => console_io(hv, a[0], a[1], a[2]),
+        20 => crate::grant::grant_table_op(hv, None, a[0], a[1], a[2]).map(|r| r.unwrap_or(0)),
         24 => vcpu_op(hv, a[0], a[1], a[2]),
         25 => pv::set_segment_base(hv, a[0], a[1]),
         26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),

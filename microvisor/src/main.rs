@@ -10,6 +10,7 @@ mod arch;
 mod build;
 mod domain;
 mod events;
+mod grant;
 mod hypercall;
 mod log;
 mod memory;

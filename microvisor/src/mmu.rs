@@ -28,14 +28,14 @@ fn apply_flush(f: Flush) {
 }
 
 /// True when the vCPU has had its slice and a long batch should yield.
-fn should_preempt(hv: &Hv) -> bool {
+pub(crate) fn should_preempt(hv: &Hv) -> bool {
     let d = &hv.domains[hv.current];
     crate::time::now_ns().saturating_sub(d.last_start) >= crate::sched::TICK_NS && hv.domains.iter().filter(|d| d.state == crate::domain::RunState::Runnable).count() > 1
 }
 
 /// Arranges for the guest to re-issue the hypercall with updated arguments
 /// (the `syscall` is 2 bytes; every register is restored but rax).
-fn continuation(frame: &mut TrapFrame, nr: u64, a0: u64, a1: u64) {
+pub(crate) fn continuation(frame: &mut TrapFrame, nr: u64, a0: u64, a1: u64) {
     frame.rax = nr;
     frame.rdi = a0;
     frame.rsi = a1;

@@ -105,15 +105,22 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
     freed
 }
 
+/// Room for every external reference one audit declares: the hypervisor's
+/// own (up to 5 per domain) and every grant mapping.
+const AUDIT_REFS: usize = crate::domain::MAX_DOMAINS * 5 + crate::grant::MAX_EXTERNAL_REFS;
+
+static AUDIT_EXT: Mutex<heapless::Vec<(u64, microvisor_core::frametable::ExternalRef), AUDIT_REFS>> = Mutex::new(heapless::Vec::new());
+
 /// Audits every frame count against the live page tables. `roots` are the
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
 /// `held` are the frames the hypervisor holds a plain reference on (each
-/// domain's shared info).
-/// `segs` are registered GDT frames (segment-typed references).
+/// domain's shared info and console page).
+/// `segs` are registered GDT frames (segment-typed references). The grant
+/// tables' mappings are added here.
 pub fn audit(roots: &[u64], held: &[u64], segs: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
-    // Up to 16 domains x (2 base pointers + 2 held frames + 1 GDT frame).
-    let mut ext: heapless::Vec<(u64, ExternalRef), 96> = heapless::Vec::new();
+    let mut ext = AUDIT_EXT.lock();
+    ext.clear();
     for &r in roots.iter().filter(|&&r| r != 0) {
         let _ = ext.push((r / PAGE, ExternalRef::PageAndType(PageType::L4)));
     }
@@ -123,5 +130,8 @@ pub fn audit(roots: &[u64], held: &[u64], segs: &[u64]) -> Result<(), microvisor
     for &m in segs {
         let _ = ext.push((m, ExternalRef::PageAndType(PageType::Segment)));
     }
+    crate::grant::for_each_external_ref(|m, r| {
+        let _ = ext.push((m, r));
+    });
     with(|ft, mem| ft.audit(mem, &ext))
 }

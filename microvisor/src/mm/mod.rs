@@ -130,6 +130,35 @@ pub fn atomic_u64(pa: u64) -> &'static core::sync::atomic::AtomicU64 {
     unsafe { core::sync::atomic::AtomicU64::from_ptr(ptr(pa) as *mut u64) }
 }
 
+/// An aligned u32 of RAM shared with a guest, for atomic operations.
+pub fn atomic_u32(pa: u64) -> &'static core::sync::atomic::AtomicU32 {
+    check(pa, 4);
+    assert!(pa % 4 == 0);
+    // SAFETY: aligned, inside RAM (checked) and mapped for the hypervisor's
+    // lifetime; the guest may write it concurrently, which atomics allow.
+    unsafe { core::sync::atomic::AtomicU32::from_ptr(ptr(pa) as *mut u32) }
+}
+
+/// An aligned u16 of RAM shared with a guest, for atomic operations.
+pub fn atomic_u16(pa: u64) -> &'static core::sync::atomic::AtomicU16 {
+    check(pa, 2);
+    assert!(pa % 2 == 0);
+    // SAFETY: as for `atomic_u32`.
+    unsafe { core::sync::atomic::AtomicU16::from_ptr(ptr(pa) as *mut u16) }
+}
+
+/// Copies `len` bytes between two physical ranges that may overlap
+/// (`memmove`).
+pub fn move_phys(dst: u64, src: u64, len: u64) {
+    check(dst, len);
+    check(src, len);
+    // SAFETY: both ranges are RAM inside the direct map (checked); `copy`
+    // allows overlap. Guests may write either range concurrently; the bytes
+    // copied are then some mix, which is what a guest racing its own copy
+    // gets on Xen too.
+    unsafe { core::ptr::copy(ptr(src), ptr(dst), len as usize) }
+}
+
 /// A byte of RAM shared with a guest, for atomic operations.
 pub fn atomic_u8(pa: u64) -> &'static core::sync::atomic::AtomicU8 {
     check(pa, 1);

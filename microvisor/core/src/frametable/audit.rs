@@ -204,6 +204,9 @@ impl FrameTable<'_> {
                     continue;
                 }
                 let target = pte::frame(e);
+                if level == 1 && pte::is_grant(e) {
+                    continue;
+                }
                 if level == 1 {
                     if let Some(t) = tally_at(tally, base, len, target) {
                         t.general += 1;
@@ -318,6 +321,14 @@ impl FrameTable<'_> {
         }
         if !pte::present(e) {
             return Ok(());
+        }
+        if level == 1 && pte::is_grant(e) {
+            // A grant mapping: its references are the mapping's (declared by
+            // the grant tables as external references), not the entry's.
+            return match self.pg(pte::frame(e)) {
+                Some(t) if is_domain(t.owner) => Ok(()),
+                _ => bad("grant entry maps a free, hypervisor or unknown frame"),
+            };
         }
         if pte::disallowed(level, e) != 0 {
             return bad("flag the level forbids");

@@ -691,6 +691,82 @@ impl<'a> FrameTable<'a> {
     }
 
     // ------------------------------------------------------------------
+    // Grant mappings
+    // ------------------------------------------------------------------
+
+    /// The machine address of the L1 entry mapping `va` in the address space
+    /// rooted at `l4_mfn` (a live L4 of `dom`), for a grant mapping's
+    /// `host_addr`. Same checks as [`FrameTable::update_va_mapping`].
+    pub fn find_l1_entry<M: TableMemory + ?Sized>(
+        &self,
+        mem: &M,
+        dom: u16,
+        l4_mfn: u64,
+        va: u64,
+    ) -> Result<u64, Errno> {
+        self.find_l1e(mem, dom, l4_mfn, va)
+    }
+
+    /// Installs grant entry `pte` (present, carrying the grant tag, bit 62,
+    /// built by the grant policy, whose mapping holds its references) at the
+    /// L1 entry `entry_ma` of a live L1 table of `dom`. An ordinary entry
+    /// found there is replaced and its references dropped; another grant
+    /// entry is refused (`EBUSY`), as is a frame that is not a live L1 of
+    /// `dom` or a misaligned address (`EINVAL`).
+    pub fn install_grant_entry<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        dom: u16,
+        entry_ma: u64,
+        new: u64,
+    ) -> Result<Flush, Errno> {
+        let at = self.grant_slot(dom, entry_ma)?;
+        if !pte::present(new) || !pte::is_grant(new) {
+            return Err(Errno::EINVAL);
+        }
+        let old = mem.read(at.mfn, at.idx);
+        if pte::present(old) && pte::is_grant(old) {
+            return Err(Errno::EBUSY);
+        }
+        mem.write(at.mfn, at.idx, new);
+        self.put_entry(mem, at, old);
+        Ok(flush_for(old, new))
+    }
+
+    /// Removes grant entry `expected` from the L1 entry `entry_ma` of a live
+    /// L1 table of `dom`, only if the entry is that grant mapping (same
+    /// frame and flags; accessed and dirty may differ), so a guest that
+    /// rewrote or moved the entry cannot make the unmap drop references twice
+    /// (XSA-234). `EINVAL` otherwise, with nothing changed.
+    pub fn remove_grant_entry<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        dom: u16,
+        entry_ma: u64,
+        expected: u64,
+    ) -> Result<Flush, Errno> {
+        let at = self.grant_slot(dom, entry_ma)?;
+        let old = mem.read(at.mfn, at.idx);
+        let ignore = pte::ACCESSED | pte::DIRTY;
+        if !pte::present(old) || !pte::is_grant(old) || (old ^ expected) & !ignore != 0 {
+            return Err(Errno::EINVAL);
+        }
+        mem.write(at.mfn, at.idx, 0);
+        Ok(Flush::NEEDED)
+    }
+
+    /// The slot of a grant entry: `entry_ma` 8-byte aligned in a live L1 of
+    /// `dom`.
+    fn grant_slot(&self, dom: u16, entry_ma: u64) -> Result<Slot, Errno> {
+        let mfn = entry_ma >> 12;
+        if entry_ma & 7 != 0 || !self.is_live_table(mfn, dom, 1) {
+            return Err(Errno::EINVAL);
+        }
+        let idx = usize::try_from((entry_ma & 0xFFF) >> 3).map_err(|_| Errno::EINVAL)?;
+        Ok(Slot { mfn, level: 1, idx })
+    }
+
+    // ------------------------------------------------------------------
     // mmuext_op
     // ------------------------------------------------------------------
 
@@ -1002,6 +1078,10 @@ impl<'a> FrameTable<'a> {
             return None;
         }
         let target = pte::frame(e);
+        if at.level == 1 && pte::is_grant(e) {
+            // The grant mapping owns these references (see the module docs).
+            return None;
+        }
         if at.level == 1 {
             if pte::writable(e) {
                 // A writable type never needs devalidation.
@@ -1090,6 +1170,11 @@ impl<'a> FrameTable<'a> {
             return Err(Errno::EINVAL);
         }
         let old = mem.read(at.mfn, at.idx);
+        if at.level == 1 && pte::present(old) && pte::is_grant(old) {
+            // Only `unmap_grant_ref` may remove a grant mapping (Xen refuses
+            // an implicit unmap of a granted entry).
+            return Err(Errno::EINVAL);
+        }
         let ad = if preserve_ad {
             old & (pte::ACCESSED | pte::DIRTY)
         } else {

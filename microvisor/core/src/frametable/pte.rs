@@ -38,6 +38,13 @@ pub const fn present(e: u64) -> bool {
     e & PRESENT != 0
 }
 
+/// True for an L1 entry installed by a grant mapping (it carries
+/// [`GRANT_TAG`]; its references belong to the mapping, not the entry).
+#[must_use]
+pub const fn is_grant(e: u64) -> bool {
+    e & GRANT_TAG != 0
+}
+
 /// True when the entry grants write access.
 #[must_use]
 pub const fn writable(e: u64) -> bool {

@@ -1102,3 +1102,93 @@ fn audit_detects_corruption() {
             .is_err()
     );
 }
+
+// ----------------------------------------------------------------------
+// Grant entries (bit 62): installed and removed only through the grant
+// calls; their references are the mapping's, declared as external.
+// ----------------------------------------------------------------------
+
+/// D1 maps D2's frame 36 writable by grant at L1 5 entry 30: the mapping's
+/// references (general + writable type) are taken as map_grant_ref does.
+fn grant_map_36(ft: &mut FrameTable<'_>, mem: &mut Mem, ext: &mut Ext) -> u64 {
+    ft.get_page(36, D2).unwrap();
+    ft.get_page_type(mem, 36, PageType::Writable, D2).unwrap();
+    ext.push((36, ExternalRef::PageAndType(PageType::Writable)));
+    let g = ent(36, P | W | U | A | D | NX | BIT62);
+    assert_eq!(ft.install_grant_entry(mem, D1, ma(5, 30), g), Ok(Flush::NONE));
+    g
+}
+
+#[test]
+fn grant_entry_holds_no_references_and_audits_clean() {
+    world!(ft, mem, ext);
+    let before = info(&ft, 36).count();
+    let g = grant_map_36(&mut ft, &mut mem, &mut ext);
+    assert_eq!(mem.read(5, 30), g);
+    assert_eq!(info(&ft, 36).count(), before + 1, "only the mapping's reference");
+    clean(&ft, &mem, &ext);
+    // Found through the page tables as host_addr would be.
+    let va = 30u64 << 12;
+    assert_eq!(ft.find_l1_entry(&mem, D1, 2, va), Ok(ma(5, 30)));
+    assert_eq!(ft.remove_grant_entry(&mut mem, D1, ma(5, 30), g), Ok(Flush::NEEDED));
+    assert_eq!(mem.read(5, 30), 0);
+    ft.put_page_type(&mut mem, 36);
+    ft.put_page(36);
+    ext.pop();
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn guest_cannot_overwrite_or_forge_a_grant_entry() {
+    world!(ft, mem, ext);
+    let g = grant_map_36(&mut ft, &mut mem, &mut ext);
+    // Clearing it, changing only whitelisted bits, or remapping: refused.
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 30, 0), Err(Errno::EINVAL));
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 30, g & !BIT62), Err(Errno::EINVAL));
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 30, ent(11, P | W)), Err(Errno::EINVAL));
+    // Writing the tag itself anywhere is refused.
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 31, ent(11, P | BIT62)), Err(Errno::EINVAL));
+    assert_eq!(mem.read(5, 30), g);
+    clean(&ft, &mem, &ext);
+    // A second grant over it is refused; removal with another value too.
+    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 30), g), Err(Errno::EBUSY));
+    assert_eq!(ft.remove_grant_entry(&mut mem, D1, ma(5, 30), g & !pte::RW), Err(Errno::EINVAL));
+    assert_eq!(ft.remove_grant_entry(&mut mem, D1, ma(5, 31), g), Err(Errno::EINVAL));
+    // Not an L1 of D1 / misaligned / not a grant value.
+    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(35, 30), g), Err(Errno::EINVAL));
+    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(4, 30), g), Err(Errno::EINVAL));
+    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 31) | 4, g), Err(Errno::EINVAL));
+    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 31), g & !BIT62), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn grant_entry_replaces_an_ordinary_one_dropping_its_references() {
+    world!(ft, mem, ext);
+    assert!(upd(&mut ft, &mut mem, D1, 5, 30, ent(11, P | W)).is_ok());
+    let before = info(&ft, 11);
+    assert_eq!((before.count(), before.type_count()), (2, 1));
+    ft.get_page(36, D2).unwrap();
+    ext.push((36, ExternalRef::Page));
+    let g = ent(36, P | U | A | D | NX | BIT62);
+    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 30), g), Ok(Flush::NEEDED));
+    let after = info(&ft, 11);
+    assert_eq!((after.count(), after.type_count()), (1, 0));
+    clean(&ft, &mem, &ext);
+}
+
+#[test]
+fn teardown_skips_grant_entries() {
+    world!(ft, mem, ext);
+    let _ = grant_map_36(&mut ft, &mut mem, &mut ext);
+    let count = info(&ft, 36).count();
+    // D1 drops its base pointer: the whole tree is devalidated, the grant
+    // entry's references stay (they are the mapping's).
+    ft.put_page_and_type(&mut mem, 2);
+    ext.retain(|&(m, _)| m != 2);
+    assert_eq!(info(&ft, 36).count(), count);
+    clean(&ft, &mem, &ext);
+    // Revalidating an L1 that still holds a grant entry is refused.
+    assert_eq!(ft.pin(&mut mem, D1, 5, 1), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+}

@@ -1,0 +1,344 @@
+//! Grant tables in the hypervisor: `grant_table_op` decoding, each domain's
+//! table storage, the shared entries and frame contents reached through the
+//! direct map, and the grant side of domain death. Every rule (who may map
+//! what, pins, reference counts, `GNTST_*` statuses) is the host-tested
+//! policy in `microvisor_core::grant`; this module copies arguments in and
+//! statuses out, installs and removes the grant-tagged page-table entries
+//! through the frame table, and flushes TLBs when an unmap asks.
+
+use crate::arch::{cpu, entry::TrapFrame};
+use crate::domain::{Hv, MAX_DOMAINS};
+use crate::mm::{self, frames, guest, PAGE};
+use core::sync::atomic::Ordering;
+use guest_abi::errno::Errno;
+use guest_abi::grant_table::{
+    GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE,
+    GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_GRANT_REF, GnttabCopy, GnttabGetVersion, GnttabMapGrantRef,
+    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapGrantRef, GrantEntryV1,
+};
+use microvisor_core::frametable::{ExternalRef, Flush, FrameTable};
+use microvisor_core::grant::{self, GrantMemory, GrantTable, MAPTRACK_ENTRIES};
+use spin::Mutex;
+use zerocopy::FromBytes;
+
+/// Table frames each domain may set up (Xen's default `max_grant_frames`
+/// is larger; four frames are 2048 references).
+pub const MAX_FRAMES: u32 = 4;
+
+/// Operations handled between preemption checks.
+const PREEMPT_CHECK: u64 = 64;
+/// Every domain's grant table, by domain id.
+struct Tables {
+    tables: [GrantTable; MAX_DOMAINS],
+    /// Domains known to the grant code (built; a dead one stays until the
+    /// hypervisor stops).
+    known: usize,
+}
+
+static TABLES: Mutex<Tables> = Mutex::new(Tables {
+    tables: [const { GrantTable::new(MAX_FRAMES) }; MAX_DOMAINS],
+    known: 0,
+});
+
+impl grant::Domains for Tables {
+    fn get(&mut self, dom: u16) -> Option<&mut GrantTable> {
+        let i = usize::from(dom);
+        if i >= self.known {
+            return None;
+        }
+        self.tables.get_mut(i)
+    }
+}
+
+/// Makes domain `id`'s (empty) table reachable; called by the builder in
+/// domain-id order.
+pub fn register(id: u16) {
+    let mut t = TABLES.lock();
+    t.known = t.known.max(usize::from(id) + 1);
+}
+
+/// Shared entries and frame contents through the direct map.
+struct Shared;
+
+fn entry_pa(mfn: u64, slot: usize) -> u64 {
+    mfn * PAGE + slot as u64 * 8
+}
+
+impl GrantMemory for Shared {
+    fn read_entry(&self, mfn: u64, slot: usize) -> GrantEntryV1 {
+        let v = mm::atomic_u64(entry_pa(mfn, slot)).load(Ordering::SeqCst);
+        GrantEntryV1::read_from_bytes(&v.to_le_bytes()).unwrap_or_default()
+    }
+    fn cmpxchg_header(&mut self, mfn: u64, slot: usize, old: u32, new: u32) -> u32 {
+        match mm::atomic_u32(entry_pa(mfn, slot)).compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(v) | Err(v) => v,
+        }
+    }
+    fn clear_flags(&mut self, mfn: u64, slot: usize, bits: u16) {
+        mm::atomic_u16(entry_pa(mfn, slot)).fetch_and(!bits, Ordering::SeqCst);
+    }
+    fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize) {
+        mm::move_phys(dst * PAGE + dst_off as u64, src * PAGE + src_off as u64, len as u64);
+    }
+}
+
+/// The frame table's memory and the grant memory in one value, as the
+/// policy wants both through one `&mut`.
+struct Mem(frames::DirectMap);
+
+impl microvisor_core::frametable::TableMemory for Mem {
+    fn read(&self, mfn: u64, idx: usize) -> u64 {
+        self.0.read(mfn, idx)
+    }
+    fn write(&mut self, mfn: u64, idx: usize, val: u64) {
+        self.0.write(mfn, idx, val)
+    }
+    fn flush_tlbs(&mut self) {
+        self.0.flush_tlbs()
+    }
+}
+
+impl GrantMemory for Mem {
+    fn read_entry(&self, mfn: u64, slot: usize) -> GrantEntryV1 {
+        Shared.read_entry(mfn, slot)
+    }
+    fn cmpxchg_header(&mut self, mfn: u64, slot: usize, old: u32, new: u32) -> u32 {
+        Shared.cmpxchg_header(mfn, slot, old, new)
+    }
+    fn clear_flags(&mut self, mfn: u64, slot: usize, bits: u16) {
+        Shared.clear_flags(mfn, slot, bits)
+    }
+    fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize) {
+        Shared.copy(dst, dst_off, src, src_off, len)
+    }
+}
+
+
+/// Runs `f` with the grant tables, the frame table and memory.
+fn with<R>(f: impl FnOnce(&mut Tables, &mut FrameTable<'static>, &mut Mem) -> R) -> R {
+    let mut t = TABLES.lock();
+    frames::with(|ft, _| f(&mut t, ft, &mut Mem(frames::DirectMap)))
+}
+
+/// Where a mapping's entry lives: the machine address of the L1 entry.
+fn entry_ma(ft: &FrameTable<'_>, mem: &Mem, dom: u16, l4_mfn: u64, m: &grant::Mapping) -> Option<u64> {
+    if m.contains_pte() {
+        Some(m.host_addr)
+    } else {
+        ft.find_l1_entry(mem, dom, l4_mfn, m.host_addr).ok()
+    }
+}
+
+/// `grant_table_op(cmd, uop, count)`. With `frame`, a long batch yields
+/// with a continuation (as Xen's does); inside a multicall it runs whole.
+pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop: u64, count: u64) -> Result<Option<u64>, Errno> {
+    let cur = hv.current;
+    let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
+    let count = count as u32 as u64;
+    let cmd = cmd as u32;
+    match cmd {
+        GNTTABOP_SETUP_TABLE | GNTTABOP_QUERY_SIZE | GNTTABOP_GET_VERSION if count != 1 => return Err(Errno::EINVAL),
+        GNTTABOP_SETUP_TABLE => return setup_table(dom, privileged, cr3, uop).map(Some),
+        GNTTABOP_QUERY_SIZE => {
+            let mut op: GnttabQuerySize = guest::read(cr3, uop)?;
+            match with(|t, _, _| grant::query_size(t, dom, op.dom, privileged)) {
+                Ok(sz) => {
+                    op.nr_frames = sz.nr_frames;
+                    op.max_nr_frames = sz.max_nr_frames;
+                    op.status = GNTST_OKAY;
+                }
+                Err(st) => op.status = st,
+            }
+            guest::write(cr3, uop, &op)?;
+            return Ok(Some(0));
+        }
+        GNTTABOP_GET_VERSION => {
+            let mut op: GnttabGetVersion = guest::read(cr3, uop)?;
+            op.version = with(|t, _, _| grant::get_version(t, dom, op.dom, privileged))?;
+            guest::write(cr3, uop, &op)?;
+            return Ok(Some(0));
+        }
+        GNTTABOP_SET_VERSION => {
+            let mut op: GnttabSetVersion = guest::read(cr3, uop)?;
+            let (v, r) = grant::set_version(op.version);
+            op.version = v;
+            guest::write(cr3, uop, &op)?;
+            return r.map(|()| Some(0));
+        }
+        GNTTABOP_MAP_GRANT_REF | GNTTABOP_UNMAP_GRANT_REF | GNTTABOP_COPY => {}
+        _ => return Err(Errno::ENOSYS),
+    }
+    let size: u64 = match cmd {
+        GNTTABOP_MAP_GRANT_REF => size_of::<GnttabMapGrantRef>() as u64,
+        GNTTABOP_UNMAP_GRANT_REF => size_of::<GnttabUnmapGrantRef>() as u64,
+        _ => size_of::<GnttabCopy>() as u64,
+    };
+    let mut flush = Flush::NONE;
+    let mut frame = frame;
+    let mut i = 0;
+    let mut result = Ok(Some(0));
+    while i < count {
+        if i > 0 && i % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) && let Some(f) = frame.as_deref_mut() {
+            apply(flush);
+            crate::mmu::continuation(f, 20, u64::from(cmd), uop + i * size);
+            f.rdx = count - i;
+            crate::sched::reschedule(hv, f, crate::sched::Why::Preempt);
+            return Ok(None);
+        }
+        let va = uop.wrapping_add(i * size);
+        let r = match cmd {
+            GNTTABOP_MAP_GRANT_REF => map_one(dom, cr3, va),
+            GNTTABOP_UNMAP_GRANT_REF => unmap_one(dom, cr3, va).map(|f| flush = flush.merge(f)),
+            _ => copy_one(dom, cr3, va),
+        };
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+        i += 1;
+    }
+    apply(flush);
+    // A granter's frames freed by this unmap (it died while they were
+    // mapped) go back now.
+    if cmd == GNTTABOP_UNMAP_GRANT_REF && hv.domains.iter().any(|d| !d.is_live()) {
+        retry_relinquish(hv);
+    }
+    result
+}
+
+fn apply(f: Flush) {
+    if f.is_needed() {
+        cpu::flush_tlb_all();
+    }
+}
+
+#[inline(never)]
+fn setup_table(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Errno> {
+    let mut op: GnttabSetupTable = guest::read(cr3, uop)?;
+    let target = if op.dom == grant::DOMID_SELF { dom } else { op.dom };
+    // The policy wants frames already assigned to the domain; get them
+    // first (as many as the request could need), give back what it left.
+    let have = with(|t, _, _| grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames()));
+    let want = op.nr_frames.min(MAX_FRAMES).saturating_sub(have) as usize;
+    let mut spare: heapless::Vec<u64, { MAX_FRAMES as usize }> = heapless::Vec::new();
+    for _ in 0..want {
+        let Some(mfn) = mm::alloc_zeroed() else { break };
+        if frames::with(|ft, _| ft.assign(mfn, target)).is_err() {
+            let _ = mm::with_allocator(|a| a.free(mfn));
+            break;
+        }
+        let _ = spare.push(mfn);
+    }
+    let mut next = 0;
+    let res = with(|t, ft, _| {
+        grant::setup_table(t, ft, dom, &op, privileged, || {
+            let m = spare.get(next).copied();
+            next += 1;
+            m
+        })
+    });
+    for &mfn in spare.iter().skip(next.min(spare.len())) {
+        if frames::with(|ft, _| ft.release(mfn, target)).is_ok() {
+            let _ = mm::with_allocator(|a| a.free(mfn));
+        }
+    }
+    match res {
+        Ok(frames) => {
+            op.status = GNTST_OKAY;
+            for (k, &f) in frames.as_slice().iter().enumerate() {
+                if guest::write(cr3, op.frame_list.wrapping_add(k as u64 * 8), &f).is_err() {
+                    op.status = GNTST_BAD_VIRT_ADDR;
+                    break;
+                }
+            }
+        }
+        Err(st) => op.status = st,
+    }
+    guest::write(cr3, uop, &op)?;
+    Ok(0)
+}
+
+fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
+    let mut op: GnttabMapGrantRef = guest::read(cr3, va)?;
+    let l4 = cr3 / PAGE;
+    let r = with(|t, ft, mem| {
+        grant::map_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
+            let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+            match ft.install_grant_entry(mem, dom, at, m.pte()) {
+                Ok(f) => {
+                    apply(f);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+    });
+    match r {
+        Ok(m) => m.write_to(&mut op),
+        Err(st) => op.status = st,
+    }
+    guest::write(cr3, va, &op)
+}
+
+fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
+    let mut op: GnttabUnmapGrantRef = guest::read(cr3, va)?;
+    let l4 = cr3 / PAGE;
+    let r = with(|t, ft, mem| {
+        grant::unmap_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
+            let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+            ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
+        })
+    });
+    let flush = match r {
+        Ok(f) => {
+            op.status = GNTST_OKAY;
+            f
+        }
+        Err(st) => {
+            op.status = st;
+            Flush::NONE
+        }
+    };
+    guest::write(cr3, va, &op)?;
+    Ok(flush)
+}
+
+fn copy_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
+    let mut op: GnttabCopy = guest::read(cr3, va)?;
+    op.status = match with(|t, ft, mem| grant::copy(t, ft, mem, dom, &op)) {
+        Ok(()) => GNTST_OKAY,
+        Err(st) => st,
+    };
+    guest::write(cr3, va, &op)
+}
+
+/// Domain death, grant side: releases every mapping `dom` held and its
+/// table frames (see `microvisor_core::grant::release_domain`). Returns how
+/// many of its grants other domains still map.
+pub fn release_domain(dom: u16) -> u32 {
+    with(|t, ft, mem| grant::release_domain(t, ft, mem, dom))
+}
+
+/// Gives back the frames of dead domains whose last foreign mapping went.
+fn retry_relinquish(hv: &Hv) {
+    for d in hv.domains.iter().filter(|d| !d.is_live()) {
+        let freed = frames::relinquish(d.id, &[]);
+        if freed > 0 {
+            crate::debug!("domain {}: {freed} more frames freed after their last grant mapping went", d.id);
+        }
+    }
+}
+
+/// Calls `f` with every reference the grant tables hold outside page tables
+/// (each live mapping's), for the frame-table audit.
+pub fn for_each_external_ref(mut f: impl FnMut(u64, ExternalRef)) {
+    let t = TABLES.lock();
+    for gt in t.tables.iter().take(t.known) {
+        for (mfn, r) in gt.external_refs() {
+            f(mfn, r);
+        }
+    }
+}
+
+/// Most external references the grant tables can hold.
+pub const MAX_EXTERNAL_REFS: usize = MAX_DOMAINS * MAPTRACK_ENTRIES as usize;

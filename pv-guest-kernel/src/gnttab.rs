@@ -1,0 +1,222 @@
+//! Grant tables, version 1, both sides: granting our frames to another
+//! domain (writing entries of our own table, which the hypervisor reads) and
+//! using another domain's grants (map, unmap, copy through
+//! `grant_table_op`).
+//!
+//! ```ignore
+//! use pv_guest_kernel::gnttab;
+//! gnttab::init(1)?;                                  // one table frame, 512 refs
+//! let gref = gnttab::grant_access(backend, mfn, false)?;
+//! // ... publish gref; later, once the peer unmapped it:
+//! gnttab::end_access(gref)?;                         // EBUSY while mapped
+//!
+//! // The other side:
+//! let h = gnttab::map(frontend, gref, va, false)?;   // a GNTST_* status on error
+//! gnttab::unmap(va, h)?;
+//! ```
+//!
+//! Our table frames are mapped at [`TABLE_VA`]; [`MAP_AREA`] is a window
+//! callers may use for grant mappings ([`map_slot_va`]). Entries are
+//! updated with the atomic protocol Xen defines: the granter fills `domid`
+//! and `frame` first and writes `flags` last; revoking compares and
+//! exchanges the flags, failing while the hypervisor has `GTF_reading` or
+//! `GTF_writing` set (the grant is mapped).
+
+use crate::mm;
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use guest_abi::errno::Errno;
+use guest_abi::grant_table::{
+    GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_OKAY, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF,
+    GNTTABOP_UNMAP_GRANT_REF, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GnttabCopy, GnttabMapGrantRef,
+    GnttabUnmapGrantRef, GrantEntryV1,
+};
+use guest_abi::types::DomId;
+use spin::Mutex;
+
+/// Where our own table frames are mapped (up to [`MAX_FRAMES`] pages).
+pub const TABLE_VA: u64 = 0x1FF0_0000;
+/// Most table frames this module sets up.
+pub const MAX_FRAMES: usize = 4;
+/// A window of [`MAP_SLOTS`] pages for mapping other domains' grants.
+pub const MAP_AREA: u64 = 0x1F00_0000;
+/// Pages in [`MAP_AREA`].
+pub const MAP_SLOTS: u64 = 1024;
+const ENTRIES_PER_FRAME: u32 = 512;
+const PAGE: u64 = 4096;
+
+/// The address of page `i` of [`MAP_AREA`] (`None` beyond it).
+#[must_use]
+pub fn map_slot_va(i: u64) -> Option<u64> {
+    (i < MAP_SLOTS).then(|| MAP_AREA + i * PAGE)
+}
+
+struct State {
+    nr_entries: u32,
+    /// Free references, as a stack (refs below the reserved ones never).
+    free: alloc::vec::Vec<u32>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State { nr_entries: 0, free: alloc::vec::Vec::new() });
+
+/// Sets up our grant table with `nr_frames` frames (1..=4; 512 references
+/// each, the first 8 reserved as on Xen) and maps it at [`TABLE_VA`].
+pub fn init(nr_frames: usize) -> Result<(), Errno> {
+    if nr_frames == 0 || nr_frames > MAX_FRAMES {
+        return Err(Errno::EINVAL);
+    }
+    let mut frames = [0u64; MAX_FRAMES];
+    let r = guest_abi::hypercall::gnttab_setup_table(DomId::SELF, &mut frames[..nr_frames])?;
+    if r.status != GNTST_OKAY {
+        return Err(Errno::EINVAL);
+    }
+    mm::map_frames(TABLE_VA, &frames[..nr_frames], mm::DATA)?;
+    let n = nr_frames as u32 * ENTRIES_PER_FRAME;
+    let mut s = STATE.lock();
+    s.nr_entries = n;
+    s.free = (GNTTAB_NR_RESERVED_ENTRIES..n).rev().collect();
+    Ok(())
+}
+
+fn entry_va(gref: u32) -> u64 {
+    TABLE_VA + u64::from(gref) * 8
+}
+
+fn flags_of(gref: u32) -> &'static AtomicU16 {
+    // SAFETY: `gref` is below the table size (checked by every caller), so
+    // the entry lies in a table frame mapped writable at TABLE_VA for the
+    // rest of the domain's life; the hypervisor updates the flags
+    // concurrently, which is why they are only used atomically.
+    unsafe { AtomicU16::from_ptr(entry_va(gref) as *mut u16) }
+}
+
+fn check(gref: u32) -> Result<(), Errno> {
+    if gref < STATE.lock().nr_entries { Ok(()) } else { Err(Errno::EINVAL) }
+}
+
+/// Writes entry `gref` as granting `domid` access to machine frame `mfn`
+/// (read-only if asked). Low-level: [`grant_access`] also allocates the
+/// reference.
+pub fn set_entry(gref: u32, domid: u16, mfn: u64, readonly: bool) -> Result<(), Errno> {
+    check(gref)?;
+    let frame = u32::try_from(mfn).map_err(|_| Errno::EINVAL)?;
+    let va = entry_va(gref);
+    // SAFETY: as in `flags_of`: the entry is ours and mapped; domid (offset
+    // 2) and frame (offset 4) are written while flags are still invalid, so
+    // the hypervisor never uses a half-written entry.
+    unsafe {
+        core::ptr::write_volatile((va + 2) as *mut u16, domid);
+        core::ptr::write_volatile((va + 4) as *mut u32, frame);
+    }
+    let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+    flags_of(gref).store(flags, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Reads entry `gref` of our table.
+pub fn entry(gref: u32) -> Result<GrantEntryV1, Errno> {
+    check(gref)?;
+    // SAFETY: as in `flags_of`; a plain 8-byte read of our own entry.
+    let v = unsafe { core::ptr::read_volatile(entry_va(gref) as *const u64) };
+    Ok(GrantEntryV1 { flags: v as u16, domid: (v >> 16) as u16, frame: (v >> 32) as u32 })
+}
+
+/// Grants `domid` access to our machine frame `mfn`; returns the reference
+/// to publish. `ENOSPC` when every reference is in use.
+pub fn grant_access(domid: u16, mfn: u64, readonly: bool) -> Result<u32, Errno> {
+    let gref = STATE.lock().free.pop().ok_or(Errno::ENOSPC)?;
+    if let Err(e) = set_entry(gref, domid, mfn, readonly) {
+        STATE.lock().free.push(gref);
+        return Err(e);
+    }
+    Ok(gref)
+}
+
+/// Revokes reference `gref` if no one has it mapped (`EBUSY` otherwise:
+/// the entry is left as it is and the caller retries later).
+pub fn revoke(gref: u32) -> Result<(), Errno> {
+    check(gref)?;
+    let f = flags_of(gref);
+    let mut cur = f.load(Ordering::SeqCst);
+    loop {
+        if cur & (GTF_READING | GTF_WRITING) != 0 {
+            return Err(Errno::EBUSY);
+        }
+        match f.compare_exchange(cur, 0, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return Ok(()),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// [`revoke`]s `gref` and returns it to the free references.
+pub fn end_access(gref: u32) -> Result<(), Errno> {
+    revoke(gref)?;
+    let mut s = STATE.lock();
+    if gref >= GNTTAB_NR_RESERVED_ENTRIES && !s.free.contains(&gref) {
+        s.free.push(gref);
+    }
+    Ok(())
+}
+
+/// True when the hypervisor marks `gref` as mapped (reading or writing).
+pub fn in_use(gref: u32) -> bool {
+    check(gref).is_ok() && flags_of(gref).load(Ordering::SeqCst) & (GTF_READING | GTF_WRITING) != 0
+}
+
+/// The header word (flags and domid) of entry `gref`, for tests that race
+/// the hypervisor on purpose.
+pub fn header(gref: u32) -> Option<&'static AtomicU32> {
+    check(gref).ok()?;
+    // SAFETY: as in `flags_of`; the first 4 bytes of the entry, aligned.
+    Some(unsafe { AtomicU32::from_ptr(entry_va(gref) as *mut u32) })
+}
+
+/// Issues one `map_grant_ref` as given (creating the L1 table for a host
+/// address first); returns the element with its status, handle and bus
+/// address filled in.
+pub fn map_raw(mut op: GnttabMapGrantRef) -> Result<GnttabMapGrantRef, Errno> {
+    if op.flags & guest_abi::grant_table::GNTMAP_CONTAINS_PTE == 0 && op.host_addr != 0 {
+        mm::ensure_l1(op.host_addr & !(PAGE - 1))?;
+    }
+    // SAFETY: one element in `op`, which the hypervisor reads and updates;
+    // the mapping it may create lands at `host_addr`, which the caller owns.
+    unsafe { guest_abi::hypercall::grant_table_op(GNTTABOP_MAP_GRANT_REF, &raw mut op as u64, 1)? };
+    Ok(op)
+}
+
+/// Maps `dom`'s grant `gref` at our page-aligned address `va`; returns the
+/// handle to unmap it with, or the `GNTST_*` status (negative) on refusal.
+pub fn map(dom: u16, gref: u32, va: u64, readonly: bool) -> Result<u32, i16> {
+    let op = GnttabMapGrantRef {
+        host_addr: va,
+        flags: GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 },
+        ref_: gref,
+        dom,
+        ..Default::default()
+    };
+    let r = map_raw(op).map_err(|_| guest_abi::grant_table::GNTST_GENERAL_ERROR)?;
+    if r.status == GNTST_OKAY { Ok(r.handle) } else { Err(r.status) }
+}
+
+/// Removes the grant mapping `handle` at `va` (then flushed by the
+/// hypervisor); the `GNTST_*` status on refusal.
+pub fn unmap(va: u64, handle: u32) -> Result<(), i16> {
+    let mut op = GnttabUnmapGrantRef { host_addr: va, dev_bus_addr: 0, handle, status: 0, _pad: 0 };
+    // SAFETY: one element in `op`; the mapping removed is one we created.
+    let r = unsafe { guest_abi::hypercall::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &raw mut op as u64, 1) };
+    match r {
+        Ok(_) if op.status == GNTST_OKAY => Ok(()),
+        Ok(_) => Err(op.status),
+        Err(_) => Err(guest_abi::grant_table::GNTST_GENERAL_ERROR),
+    }
+}
+
+/// Runs a batch of `GNTTABOP_copy` elements in one hypercall; each element
+/// gets its own status.
+pub fn copy(ops: &mut [GnttabCopy]) -> Result<(), Errno> {
+    let n = u32::try_from(ops.len()).map_err(|_| Errno::E2BIG)?;
+    // SAFETY: `n` elements at `ops`, which the hypervisor reads and updates;
+    // the frames written are named by the elements (ours, or grants).
+    unsafe { guest_abi::hypercall::grant_table_op(GNTTABOP_COPY, ops.as_mut_ptr() as u64, n)? };
+    Ok(())
+}
