@@ -39,6 +39,7 @@ pub mod errno;
 pub mod event_channel;
 pub mod features;
 pub mod grant_table;
+pub mod hvm;
 pub mod hypercall;
 pub mod io;
 pub mod memory;

@@ -38,7 +38,9 @@ impl Frames {
 }
 
 /// Builds one domain from its manifest entry and image bytes.
-pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) -> Result<Domain, BuildError> {
+/// `extra_cmdline` is appended to the manifest's command line (the service
+/// domain learns the other domains' ids and names this way).
+pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], extra_cmdline: &str) -> Result<Domain, BuildError> {
     let image = microvisor_core::elfimage::GuestImage::parse(image_bytes)
         .map_err(|e| err(format_args!("domain '{}': image '{}': {}", spec.name, spec.image, e)))?;
     let nr_pages = spec.nr_pages();
@@ -153,8 +155,16 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
     si.pt_base = layout.pt_start;
     si.nr_pt_frames = layout.nr_pt_frames;
     si.mfn_list = layout.p2m.start;
-    let n = spec.cmdline.len().min(si.cmd_line.len() - 1);
-    si.cmd_line[..n].copy_from_slice(&spec.cmdline.as_bytes()[..n]);
+    let mut cmdline: heapless::Vec<u8, 1024> = heapless::Vec::new();
+    let _ = cmdline.extend_from_slice(spec.cmdline.as_bytes());
+    if !extra_cmdline.is_empty() {
+        if !cmdline.is_empty() {
+            let _ = cmdline.push(b' ');
+        }
+        let _ = cmdline.extend_from_slice(extra_cmdline.as_bytes());
+    }
+    let n = cmdline.len().min(si.cmd_line.len() - 1);
+    si.cmd_line[..n].copy_from_slice(&cmdline[..n]);
     mm::write_phys(frames.mfn(pfn_of(layout.start_info)) * PAGE, si.as_bytes());
 
     let frame = TrapFrame {
@@ -190,6 +200,10 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8]) ->
         max_pages: nr_pages,
         shared_info_mfn,
         console_mfn,
+        store_mfn: si.store_mfn,
+        store_evtchn: si.store_evtchn,
+        console_evtchn: si.console.evtchn,
+        service: spec.service,
         console: heapless::Vec::new(),
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
         fpu: crate::arch::cpu::FpuState::initial(),

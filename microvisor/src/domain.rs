@@ -115,6 +115,14 @@ pub struct Domain {
     pub shared_info_mfn: u64,
     /// Machine frame of the console ring page (start_info.console.mfn).
     pub console_mfn: u64,
+    /// Machine frame of the xenstore ring page (start_info.store_mfn).
+    pub store_mfn: u64,
+    /// The store and console event channels start_info names (allocated,
+    /// unbound, for the service domain when there is one).
+    pub store_evtchn: u32,
+    pub console_evtchn: u32,
+    /// The service domain (manifest `service = true`).
+    pub service: bool,
     /// Pending console output, flushed per line.
     pub console: heapless::Vec<u8, 256>,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
@@ -276,6 +284,10 @@ impl Hv {
             if !d.is_live() {
                 continue;
             }
+            // A console back-end bound to the ring's event channel owns it.
+            if matches!(self.channels[i].state(d.console_evtchn), Some(microvisor_core::evtchn::PortState::Interdomain { .. })) {
+                continue;
+            }
             let base = d.console_mfn * crate::mm::PAGE;
             let cons_pa = base + 3080;
             let prod_pa = base + 3084;
@@ -365,6 +377,10 @@ impl Hv {
         }
         let freed = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
         crate::debug!("domain {id}: {freed} frames scrubbed and freed");
+        // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
+        if let Some(s) = self.domains.iter().position(|d| d.service && d.is_live()) {
+            crate::events::raise_virq(self, s, guest_abi::event_channel::VIRQ_DOM_EXC);
+        }
         self.audit("a domain's death");
     }
 

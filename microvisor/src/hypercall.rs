@@ -89,11 +89,39 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         30 => pv::callback_op(hv, a[0], a[1]),
         32 => crate::events::event_channel_op(hv, a[0], a[1]),
         33 => pv::physdev_op(hv, a[0], a[1]),
+        34 => hvm_op(hv, a[0], a[1]),
         _ => {
             crate::debug!("domain {}: hypercall {nr} not implemented", hv.domains[hv.current].id);
             Err(Errno::ENOSYS)
         }
     }
+}
+
+/// hvm_op: only `HVMOP_get_param` for the store and console rings (how a
+/// service domain finds them; see guest_abi::hvm).
+#[inline(never)]
+fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
+    use guest_abi::hvm::*;
+    if cmd as u32 != HVMOP_GET_PARAM {
+        return Err(Errno::ENOSYS);
+    }
+    let cr3 = cr3(hv);
+    let mut p: XenHvmParam = guest::read(cr3, arg)?;
+    let me = &hv.domains[hv.current];
+    let target = if p.domid == guest_abi::types::DomId::SELF.0 { me.id } else { p.domid };
+    if target != me.id && !me.privileged {
+        return Err(Errno::EPERM);
+    }
+    let d = hv.domains.iter().find(|d| d.id == target && d.is_live()).ok_or(Errno::ESRCH)?;
+    p.value = match p.index {
+        HVM_PARAM_STORE_PFN => d.store_mfn,
+        HVM_PARAM_STORE_EVTCHN => u64::from(d.store_evtchn),
+        HVM_PARAM_CONSOLE_PFN => d.console_mfn,
+        HVM_PARAM_CONSOLE_EVTCHN => u64::from(d.console_evtchn),
+        _ => return Err(Errno::EINVAL),
+    };
+    guest::write(cr3, arg, &p)?;
+    Ok(0)
 }
 
 fn cr3(hv: &Hv) -> u64 {

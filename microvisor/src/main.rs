@@ -166,11 +166,19 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     };
     {
         let mut hv = domain::HV.lock();
+        // The service domain learns the others' ids and names from its
+        // command line (the toolstack knowledge Xen keeps in xenstore).
+        let mut names: heapless::String<1024> = heapless::String::new();
+        for (i, spec) in manifest.domains().iter().enumerate().filter(|(_, s)| !s.service) {
+            let sep = if names.is_empty() { "domains=" } else { "," };
+            let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}:{}", spec.name));
+        }
         for (i, spec) in manifest.domains().iter().enumerate() {
             let Some(image) = archive.get(spec.image) else {
                 boot_fail(format_args!("domain '{}': image '{}' is not in the boot bundle", spec.name, spec.image))
             };
-            match build::build(i as u16, spec, image) {
+            let extra = if spec.service { names.as_str() } else { "" };
+            match build::build(i as u16, spec, image, extra) {
                 Ok(d) => {
                     let idx = hv.domains.len();
                     hv.bits[idx] = events::SharedBits { shared_info_pa: d.shared_info_mfn * mm::PAGE };
@@ -182,8 +190,32 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                 Err(e) => boot_fail(format_args!("{e}")),
             }
         }
+        connect_service(&mut hv);
     }
     sched::start()
+}
+
+/// With a service domain, every other domain's store and console event
+/// channels (start_info's ports) are allocated unbound for it, as Xen's
+/// builders do for xenstored and xenconsoled.
+fn connect_service(hv: &mut domain::Hv) {
+    let Some(s) = hv.domains.iter().find(|d| d.service).map(|d| d.id) else { return };
+    if s != 0 {
+        boot_fail(format_args!("the service domain must be the first domain of the manifest (domain 0)"));
+    }
+    for i in 0..hv.domains.len() {
+        let (id, store, console) = (hv.domains[i].id, hv.domains[i].store_evtchn, hv.domains[i].console_evtchn);
+        if id == s {
+            continue;
+        }
+        for want in [store, console] {
+            match microvisor_core::evtchn::alloc_unbound(hv, id, id, s, true) {
+                Ok(p) if p == want => {}
+                other => boot_fail(format_args!("domain {id}: event channel {want} for the service domain: {other:?}")),
+            }
+        }
+    }
+    info!("service domain {s}: store and console channels allocated for {} domains", hv.domains.len() - 1);
 }
 
 fn enable_protections() {

@@ -26,11 +26,14 @@ pub mod events;
 pub mod gnttab;
 pub mod heap;
 pub mod mm;
+pub mod page;
 pub mod rt;
 pub mod test;
 pub mod thread;
 pub mod time;
 pub mod traps;
+pub mod xenbus;
+pub mod xenstore;
 
 pub use guest_abi::start_info::StartInfo;
 pub use rt::{shutdown, start_info};

@@ -35,7 +35,7 @@ use zerocopy::IntoBytes;
 pub use raw::{
     callback_register, callback_unregister, console_io_read, console_io_write, domctl,
     event_channel_op, fpu_taskswitch, get_debugreg, gnttab_dump_table, gnttab_get_version,
-    gnttab_query_size, gnttab_set_version, gnttab_setup_table, grant_table_op,
+    gnttab_query_size, gnttab_set_version, gnttab_setup_table, grant_table_op, hvm_get_param,
     memory_current_reservation, memory_machphys_mapping, memory_map, memory_maximum_gpfn,
     memory_maximum_ram_page, memory_maximum_reservation, memory_op, mmu_update, mmuext_op,
     multicall, physdev_op, sched_block, sched_poll, sched_remote_shutdown, sched_shutdown,

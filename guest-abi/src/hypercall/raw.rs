@@ -1071,3 +1071,23 @@ mod tests {
         assert_eq!(c.args[3], 0x7FF0);
     }
 }
+
+/// The value of `HVM_PARAM_*` `index` of domain `dom` (`HVMOP_get_param`;
+/// another domain's needs a privileged caller).
+pub fn hvm_get_param(dom: DomId, index: u32) -> Result<u64, Errno> {
+    let mut arg = crate::hvm::XenHvmParam {
+        domid: dom.0,
+        pad: 0,
+        index,
+        value: 0,
+    };
+    // SAFETY: the hypervisor reads and writes one `XenHvmParam` in `arg`.
+    let ret = unsafe {
+        hypercall2(
+            nr::HVM_OP,
+            crate::hvm::HVMOP_GET_PARAM.into(),
+            addr_mut(&mut arg),
+        )
+    };
+    unit(ret).map(|()| arg.value)
+}

@@ -12,6 +12,7 @@
 //! image = hello            # bundle file holding the domain's ELF image (required)
 //! memory = 16M             # required: bytes, or a number with K, M or G (powers of 1024)
 //! privileged = true        # true or false; default false
+//! service = true           # serves xenstore and consoles (needs privileged; at most one)
 //! cmdline = console=hvc0 # not a comment
 //! expect = poweroff        # poweroff|reboot|suspend|crash|watchdog|killed; default poweroff
 //! weight = 256             # scheduler weight 1-65535; default 256
@@ -130,6 +131,10 @@ pub struct DomainSpec<'a> {
     pub memory_bytes: u64,
     /// Whether this is a privileged (initial/control) domain.
     pub privileged: bool,
+    /// Whether this domain is the service domain: the xenstore and console
+    /// back-end every other domain's store and console event channels are
+    /// allocated for (Xen's dom0 running xenstored and xenconsoled).
+    pub service: bool,
     /// Kernel command line (no NUL, at most [`MAX_CMDLINE_LEN`] bytes).
     pub cmdline: &'a str,
     /// How the domain is expected to end.
@@ -152,6 +157,7 @@ const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
     image: "",
     memory_bytes: 0,
     privileged: false,
+    service: false,
     cmdline: "",
     expect: Expect::Poweroff,
     weight: DEFAULT_WEIGHT,
@@ -206,6 +212,7 @@ struct Partial<'a> {
     image: Option<&'a str>,
     memory: Option<u64>,
     privileged: Option<bool>,
+    service: Option<bool>,
     cmdline: Option<&'a str>,
     expect: Option<Expect>,
     weight: Option<u16>,
@@ -220,6 +227,7 @@ impl<'a> Partial<'a> {
             image: None,
             memory: None,
             privileged: None,
+            service: None,
             cmdline: None,
             expect: None,
             weight: None,
@@ -233,11 +241,15 @@ impl<'a> Partial<'a> {
             what,
             detail: Some(self.name),
         };
+        if self.service == Some(true) && self.privileged != Some(true) {
+            return Err(err("a service domain must be privileged"));
+        }
         Ok(DomainSpec {
             name: self.name,
             image: self.image.ok_or(err("missing image for domain"))?,
             memory_bytes: self.memory.ok_or(err("missing memory for domain"))?,
             privileged: self.privileged.unwrap_or(false),
+            service: self.service.unwrap_or(false),
             cmdline: self.cmdline.unwrap_or(""),
             expect: self.expect.unwrap_or(Expect::Poweroff),
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
@@ -399,6 +411,14 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 };
                 set_once(&mut section.privileged, flag, duplicate)?;
             }
+            "service" => {
+                let flag = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(err("service must be true or false", None)),
+                };
+                set_once(&mut section.service, flag, duplicate)?;
+            }
             "cmdline" => {
                 if value.len() > MAX_CMDLINE_LEN {
                     return Err(err("cmdline longer than 1023 bytes", None));
@@ -434,6 +454,13 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
         return Err(ManifestError {
             line: last_line,
             what: "no domains",
+            detail: None,
+        });
+    }
+    if manifest.domains().iter().filter(|d| d.service).count() > 1 {
+        return Err(ManifestError {
+            line: last_line,
+            what: "more than one service domain",
             detail: None,
         });
     }
@@ -511,6 +538,7 @@ expect = killed
                 image: "hello",
                 memory_bytes: 16 << 20,
                 privileged: true,
+                service: false,
                 cmdline: "console=hvc0 # kept",
                 expect: Expect::Poweroff,
                 weight: 512,
@@ -525,6 +553,7 @@ expect = killed
                 image: "./guest.elf",
                 memory_bytes: 1 << 20,
                 privileged: false,
+                service: false,
                 cmdline: "",
                 expect: Expect::Crash,
                 weight: 256,
@@ -535,6 +564,26 @@ expect = killed
         assert_eq!(d[2].expect, Expect::Killed);
         assert_eq!(m.get("k").map(|s| s.image), Some("x"));
         assert!(m.get("nope").is_none());
+    }
+
+    #[test]
+    fn service_domain() {
+        let m = parse("[domain s]\nimage = a\nmemory = 16M\nprivileged = true\nservice = true\n[domain u]\nimage = a\nmemory = 16M\n").unwrap();
+        assert!(m.domains()[0].service);
+        assert!(!m.domains()[1].service);
+        assert_eq!(
+            error("[domain s]\nimage = a\nmemory = 16M\nservice = true\n"),
+            "manifest line 1: a service domain must be privileged 's'"
+        );
+        assert_eq!(
+            error("[domain s]\nimage = a\nmemory = 16M\nprivileged = true\nservice = yes\n"),
+            "manifest line 5: service must be true or false"
+        );
+        let two = "[domain s]\nimage = a\nmemory = 16M\nprivileged = true\nservice = true\n";
+        assert_eq!(
+            error(&format!("{two}{}", two.replace("[domain s]", "[domain t]"))),
+            "manifest line 11: more than one service domain"
+        );
     }
 
     #[test]

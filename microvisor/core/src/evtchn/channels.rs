@@ -40,6 +40,11 @@ pub enum PortState {
     },
     /// Raised by a send on this same port (inter-vCPU notification).
     Ipi,
+    /// Raised by the hypervisor when physical IRQ `pirq` fires.
+    Pirq {
+        /// The physical IRQ (GSI) number.
+        pirq: u16,
+    },
 }
 
 impl PortState {
@@ -157,6 +162,12 @@ impl Channels {
     #[must_use]
     pub fn bound_count(&self) -> usize {
         self.states.iter().filter(|s| s.is_bound()).count()
+    }
+
+    /// The first port in `state`, if any (a linear scan).
+    pub(super) fn find_state(&self, state: PortState) -> Option<u32> {
+        let i = self.states.iter().position(|s| *s == state)?;
+        u32::try_from(i).ok()
     }
 
     /// The lowest free port (Xen's `get_free_port`): `EINVAL` once the domain

@@ -325,15 +325,49 @@ pub fn bind_ipi<D: Domains>(world: &mut D, caller: u16, vcpu: u32) -> Result<u32
     Ok(port)
 }
 
-/// `EVTCHNOP_bind_pirq`: physical IRQs are not passed through, so this only
-/// reproduces Xen's refusal for a domain without IRQ access: `EINVAL` for a
-/// negative IRQ number, `EPERM` otherwise.
-pub fn bind_pirq(pirq: u32) -> Result<u32, Errno> {
+/// Physical IRQs that can be bound (GSIs `0..NR_PIRQS`).
+pub const NR_PIRQS: u32 = 24;
+
+/// `EVTCHNOP_bind_pirq`: binds physical IRQ `pirq` to a new port of the
+/// caller, which the hypervisor raises each time the interrupt fires
+/// (see [`raise_pirq`]). `may_use` says whether the caller has access to
+/// that IRQ (the hypervisor grants device IRQs to its privileged service
+/// domain and has mapped the IRQ).
+///
+/// Errors, in Xen's order: `EINVAL` for a negative IRQ number or one beyond
+/// [`NR_PIRQS`]; `EPERM` without access; `EEXIST` if the caller has `pirq`
+/// bound already; `ENOSPC` with no free port.
+pub fn bind_pirq<D: Domains>(world: &mut D, caller: u16, pirq: u32, may_use: bool) -> Result<u32, Errno> {
     if pirq > i32::MAX as u32 {
-        Err(Errno::EINVAL)
-    } else {
-        Err(Errno::EPERM)
+        return Err(Errno::EINVAL);
     }
+    if !may_use {
+        return Err(Errno::EPERM);
+    }
+    if pirq >= NR_PIRQS {
+        return Err(Errno::EINVAL);
+    }
+    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    let state = PortState::Pirq { pirq: pirq as u16 };
+    if chans.find_state(state).is_some() {
+        return Err(Errno::EEXIST);
+    }
+    let port = chans.find_free()?;
+    chans.occupy(port, state, 0);
+    Ok(port)
+}
+
+/// The hypervisor raises physical IRQ `pirq` on `port` of `dom` (the port
+/// bind_pirq returned). `None` when nothing must be done: no such domain,
+/// the port is no longer bound to that IRQ (closed meanwhile), or already
+/// pending.
+pub fn raise_pirq<D: Domains>(world: &mut D, dom: u16, port: u32, pirq: u32) -> Option<Kick> {
+    let (chans, bits) = world.get(dom)?;
+    if chans.state(port)? != (PortState::Pirq { pirq: u16::try_from(pirq).ok()? }) {
+        return None;
+    }
+    let vcpu = chans.notify_vcpu(port)?;
+    raise(bits, dom, vcpu, port)
 }
 
 /// `EVTCHNOP_bind_vcpu`: makes `port` of the caller notify `vcpu` from now
@@ -355,6 +389,7 @@ pub fn bind_vcpu<D: Domains>(
     match chans.state(port).ok_or(Errno::EINVAL)? {
         PortState::Unbound { .. } | PortState::Interdomain { .. } => {}
         PortState::Virq { virq } if virq_kind(u32::from(virq)) != Some(VirqKind::Vcpu) => {}
+        PortState::Pirq { .. } => {}
         _ => return Err(Errno::EINVAL),
     }
     chans.set_notify(port, vcpu);
@@ -394,7 +429,7 @@ pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<
             Ok(raise(bits, caller, vcpu, port))
         }
         PortState::Unbound { .. } => Ok(None),
-        PortState::Free | PortState::Reserved | PortState::Virq { .. } => Err(Errno::EINVAL),
+        PortState::Free | PortState::Reserved | PortState::Virq { .. } | PortState::Pirq { .. } => Err(Errno::EINVAL),
     }
 }
 
@@ -419,7 +454,7 @@ fn close_port<D: Domains>(world: &mut D, dom: u16, port: u32) -> Result<(), Errn
                 rchans.rebind(rport, PortState::Unbound { remote_dom: dom });
             }
         }
-        PortState::Unbound { .. } | PortState::Virq { .. } | PortState::Ipi => {}
+        PortState::Unbound { .. } | PortState::Virq { .. } | PortState::Ipi | PortState::Pirq { .. } => {}
     }
     let (chans, bits) = world.get(dom).ok_or(Errno::ESRCH)?;
     chans.release(port, bits);
@@ -453,7 +488,7 @@ pub enum StatusKind {
         /// The peer's port.
         remote_port: u32,
     },
-    /// `EVTCHNSTAT_pirq` (never produced: physical IRQs are not bound).
+    /// `EVTCHNSTAT_pirq`: bound to a physical IRQ.
     Pirq {
         /// The physical IRQ.
         pirq: u32,
@@ -542,6 +577,7 @@ pub fn status<D: Domains>(
             virq: u32::from(virq),
         },
         PortState::Ipi => StatusKind::Ipi,
+        PortState::Pirq { pirq } => StatusKind::Pirq { pirq: u32::from(pirq) },
     };
     Ok(Status {
         kind,

@@ -217,7 +217,7 @@ fn check_invariants(w: &World) {
                         }
                     }
                 }
-                PortState::Unbound { .. } | PortState::Ipi => {}
+                PortState::Unbound { .. } | PortState::Ipi | PortState::Pirq { .. } => {}
             }
         }
         for virq in 0..NR_VIRQS {
@@ -574,9 +574,32 @@ fn evtchn_bind_ipi_and_send_to_self() {
 
 #[test]
 fn evtchn_bind_pirq_refused() {
-    assert_eq!(bind_pirq(0), Err(Errno::EPERM));
-    assert_eq!(bind_pirq(255), Err(Errno::EPERM));
-    assert_eq!(bind_pirq(u32::MAX), Err(Errno::EINVAL));
+    let mut w = world();
+    assert_eq!(bind_pirq(&mut w, 0, 0, false), Err(Errno::EPERM));
+    assert_eq!(bind_pirq(&mut w, 0, 255, false), Err(Errno::EPERM));
+    assert_eq!(bind_pirq(&mut w, 0, u32::MAX, true), Err(Errno::EINVAL));
+    assert_eq!(bind_pirq(&mut w, 0, NR_PIRQS, true), Err(Errno::EINVAL));
+}
+
+#[test]
+fn evtchn_pirq_bind_raise_close() {
+    let mut w = world();
+    let p = bind_pirq(&mut w, 0, 5, true).unwrap();
+    assert_eq!(w.state(0, p), PortState::Pirq { pirq: 5 });
+    assert_eq!(bind_pirq(&mut w, 0, 5, true), Err(Errno::EEXIST));
+    // Raised on its vCPU; not a second time while pending.
+    let k = raise_pirq(&mut w, 0, p, 5).unwrap();
+    assert_eq!((k.dom, k.port, k.upcall), (0, p, true));
+    assert_eq!(raise_pirq(&mut w, 0, p, 5), None);
+    // Only that IRQ on that port; a guest cannot send on it.
+    assert_eq!(raise_pirq(&mut w, 0, p, 6), None);
+    assert_eq!(send(&mut w, 0, p), Err(Errno::EINVAL));
+    let st = status(&mut w, 0, DOMID_SELF, p, false).unwrap();
+    assert_eq!(st.kind, StatusKind::Pirq { pirq: 5 });
+    // Closed: raising does nothing, the IRQ can be bound again.
+    close(&mut w, 0, p).unwrap();
+    assert_eq!(raise_pirq(&mut w, 0, p, 5), None);
+    assert!(bind_pirq(&mut w, 0, 5, true).is_ok());
 }
 
 // ------------------------------------------------------------- bind_vcpu

@@ -330,6 +330,15 @@ impl FrameTable<'_> {
                 _ => bad("grant entry maps a free, hypervisor or unknown frame"),
             };
         }
+        if level == 1 && self.pg(pte::frame(e)).is_none() {
+            return if !self.io_allowed(owner, pte::frame(e)) {
+                bad("maps I/O memory its domain may not map")
+            } else if pte::disallowed_io(e) != 0 {
+                bad("flag an I/O mapping forbids")
+            } else {
+                Ok(())
+            };
+        }
         if pte::disallowed(level, e) != 0 {
             return bad("flag the level forbids");
         }

@@ -72,6 +72,12 @@ pub const HV_L4_SLOTS: usize = 16;
 pub const DOMID_SELF: u16 = 0x7FF0;
 /// Owner value of a frame belonging to the hypervisor (`DOMID_XEN`).
 pub const OWNER_XEN: u16 = 0x7FF2;
+/// `DOMID_IO`: the page owner a privileged domain names to map I/O memory.
+pub const DOMID_IO: u16 = 0x7FF1;
+/// Most domains that may be allowed device access at once.
+const MAX_IO_DOMAINS: usize = 4;
+/// Most ranges of I/O frames that may be denied to every guest.
+const MAX_IO_DENIED: usize = 8;
 /// Owner value of a free frame (`DOMID_INVALID`).
 pub const OWNER_FREE: u16 = 0x7FF4;
 
@@ -315,9 +321,9 @@ pub enum ExternalRef {
 /// Resolves the page owner of an `mmu_update`/`mmuext_op`/
 /// `update_va_mapping_otherdomain` request (`foreigndom` bits 15:0) issued by
 /// `caller`. `DOMID_SELF` means the caller. Naming the caller's own id is
-/// refused with `ESRCH` and a reserved id (`DOMID_IO`, `DOMID_XEN`, …) with
-/// `ESRCH` (Xen's `get_pg_owner`; I/O and hypervisor pages are not mappable
-/// here). Any other domain needs `privileged`, else `EPERM` (Xen's XSM
+/// refused with `ESRCH`, `DOMID_IO` (I/O memory) is allowed to a privileged
+/// caller, any other reserved id (`DOMID_XEN`, …) is refused with `ESRCH`
+/// (Xen's `get_pg_owner`; hypervisor pages are not mappable here). Any other domain needs `privileged`, else `EPERM` (Xen's XSM
 /// `XSM_TARGET` check). Whether that domain exists is the caller's check.
 pub fn resolve_pg_owner(caller: u16, requested: u16, privileged: bool) -> Result<u16, Errno> {
     if requested == DOMID_SELF {
@@ -328,6 +334,9 @@ pub fn resolve_pg_owner(caller: u16, requested: u16, privileged: bool) -> Result
     }
     if !privileged {
         return Err(Errno::EPERM);
+    }
+    if requested == DOMID_IO {
+        return Ok(DOMID_IO);
     }
     if !is_domain(requested) {
         return Err(Errno::ESRCH);
@@ -342,6 +351,12 @@ pub struct FrameTable<'a> {
     /// Counts TLB flushes (mod 2^16); a frame whose `stamp` equals it may
     /// still be cached.
     epoch: u16,
+    /// Domains whose L1 entries may map I/O memory (frames outside the
+    /// table), 0xFFFF = unused slot.
+    io_domains: [u16; MAX_IO_DOMAINS],
+    /// I/O frame ranges `[start, end)` nobody may map (the hypervisor's own
+    /// devices: local APIC, I/O APIC).
+    io_denied: [(u64, u64); MAX_IO_DENIED],
 }
 
 impl core::fmt::Debug for FrameTable<'_> {
@@ -362,7 +377,38 @@ impl<'a> FrameTable<'a> {
             pages,
             hv_l4_slots,
             epoch: 0,
+            io_domains: [u16::MAX; MAX_IO_DOMAINS],
+            io_denied: [(0, 0); MAX_IO_DENIED],
         }
+    }
+
+    /// Lets `dom`'s L1 entries map I/O memory: machine frames outside the
+    /// table (device registers), with PWT/PCD allowed, holding no
+    /// references, when the request names `DOMID_IO` (or the domain itself,
+    /// when a table holding such entries is validated again). `ENOSPC` when
+    /// [`MAX_IO_DOMAINS`] domains already have it.
+    pub fn allow_io(&mut self, dom: u16) -> Result<(), Errno> {
+        if self.io_domains.contains(&dom) {
+            return Ok(());
+        }
+        let slot = self.io_domains.iter_mut().find(|d| **d == u16::MAX).ok_or(Errno::ENOSPC)?;
+        *slot = dom;
+        Ok(())
+    }
+
+    /// Keeps I/O frames `start..end` from every guest (the hypervisor's own
+    /// devices). `ENOSPC` when the list is full.
+    pub fn deny_io(&mut self, start: u64, end: u64) -> Result<(), Errno> {
+        let slot = self.io_denied.iter_mut().find(|r| r.0 == r.1).ok_or(Errno::ENOSPC)?;
+        *slot = (start, end);
+        Ok(())
+    }
+
+    /// True when `dom` may map I/O frame `mfn` (outside the table).
+    fn io_allowed(&self, dom: u16, mfn: u64) -> bool {
+        self.pg(mfn).is_none()
+            && self.io_domains.contains(&dom)
+            && !self.io_denied.iter().any(|&(s, e)| mfn >= s && mfn < e)
     }
 
     /// Number of frames tracked.
@@ -991,14 +1037,22 @@ impl<'a> FrameTable<'a> {
         dom: u16,
         pg_owner: u16,
     ) -> Result<(), Errno> {
+        let target = pte::frame(e);
+        if at.level == 1 && self.pg(target).is_none() {
+            // I/O memory: only for a domain allowed device access, naming
+            // DOMID_IO (or itself, when its table is validated again).
+            if pte::disallowed_io(e) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if (pg_owner != DOMID_IO && pg_owner != dom) || !self.io_allowed(dom, target) {
+                return Err(Errno::EPERM);
+            }
+            return Ok(());
+        }
         if pte::disallowed(at.level, e) != 0 {
             return Err(Errno::EINVAL);
         }
-        let target = pte::frame(e);
         if at.level == 1 {
-            if self.pg(target).is_none() {
-                return Err(Errno::EPERM);
-            }
             if !self.try_get_page(target, pg_owner) {
                 return Err(Errno::EBUSY);
             }
@@ -1181,7 +1235,9 @@ impl<'a> FrameTable<'a> {
             0
         };
         if pte::present(new) {
-            if pte::disallowed(at.level, new) != 0 {
+            let io = at.level == 1 && self.pg(pte::frame(new)).is_none();
+            let bad = if io { pte::disallowed_io(new) } else { pte::disallowed(at.level, new) };
+            if bad != 0 {
                 return Err(Errno::EINVAL);
             }
             if pte::fast_path(old, new) {

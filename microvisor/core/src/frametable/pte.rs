@@ -27,6 +27,17 @@ const BASE_ALLOWED: u64 = PRESENT | RW | USER | ACCESSED | DIRTY | AVAIL | AVAIL
 /// domain here has I/O memory capabilities.
 const L1_ALLOWED: u64 = (BASE_ALLOWED | GLOBAL) & !GRANT_TAG;
 
+/// Cache-control bits (PWT, PCD): refused in guest entries, except in I/O
+/// memory mappings of a domain allowed device access.
+pub const CACHE_BITS: u64 = (1 << 3) | (1 << 4);
+
+/// The flag bits of an L1 entry mapping I/O memory that are not allowed
+/// (the L1 set plus PWT/PCD, which device registers need).
+#[must_use]
+pub const fn disallowed_io(e: u64) -> u64 {
+    e & FLAG_BITS & !(L1_ALLOWED | CACHE_BITS)
+}
+
 /// Flags whose change alone does not need the entry to be re-validated
 /// (Xen's `FASTPATH_FLAG_WHITELIST`). RW is deliberately absent: granting
 /// write access must always go through the full checks (XSA-182).

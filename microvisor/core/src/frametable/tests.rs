@@ -1192,3 +1192,36 @@ fn teardown_skips_grant_entries() {
     assert_eq!(ft.pin(&mut mem, D1, 5, 1), Err(Errno::EINVAL));
     clean(&ft, &mem, &ext);
 }
+
+// ----------------------------------------------------------------------
+// I/O memory (frames outside the table) for a domain allowed device access.
+// ----------------------------------------------------------------------
+
+#[test]
+fn io_memory_only_for_allowed_domains_and_frames() {
+    world!(ft, mem, ext);
+    let io = N as u64 + 100;
+    let e = ent(io, P | W | PCD | PWT);
+    // Nobody is allowed yet; privileged requests name DOMID_IO.
+    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 40), e, false), Err(Errno::EPERM));
+    ft.allow_io(D1).unwrap();
+    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 40), e, false), Ok(Flush::NONE));
+    assert_eq!(mem.read(5, 40), e | U | pte::GUEST_KERNEL);
+    // Its own id works too (Xen: a domain with I/O-memory capabilities).
+    assert_eq!(ft.mod_entry(&mut mem, D1, D1, ma(5, 41), ent(io + 1, P | PCD), false), Ok(Flush::NONE));
+    clean(&ft, &mem, &ext);
+    // Another domain may not; a PAT/PSE bit is still refused; so is an
+    // I/O frame in an upper-level entry.
+    assert_eq!(ft.mod_entry(&mut mem, D2, DOMID_IO, ma(35, 40), e, false), Err(Errno::EPERM));
+    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 42), ent(io, P | PSE), false), Err(Errno::EINVAL));
+    assert_eq!(ft.mod_entry(&mut mem, D1, D1, ma(4, 42), ent(io, P | W), false), Err(Errno::EINVAL));
+    // Denied frames (the hypervisor's devices) stay out of reach.
+    ft.deny_io(io + 5, io + 6).unwrap();
+    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 43), ent(io + 5, P | W | PCD), false), Err(Errno::EPERM));
+    // Unmapping takes no references away; the table revalidates.
+    assert!(upd(&mut ft, &mut mem, D1, 5, 40, 0).is_ok());
+    assert!(ft.pin(&mut mem, D1, 5, 1).is_ok());
+    clean(&ft, &mem, &ext);
+    assert_eq!(resolve_pg_owner(D1, DOMID_IO, false), Err(Errno::EPERM));
+    assert_eq!(resolve_pg_owner(D1, DOMID_IO, true), Ok(DOMID_IO));
+}

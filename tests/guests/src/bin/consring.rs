@@ -33,6 +33,9 @@ fn main(si: &'static StartInfo) {
             prod = prod.wrapping_add(1);
         }
         out_prod.store(prod, Ordering::SeqCst);
+        // Tell the console back-end, if one is bound (without one the
+        // hypervisor drains the ring and the send fails harmlessly).
+        let _ = pv_guest_kernel::events::send(si.console.evtchn);
         while out_cons.load(Ordering::SeqCst) != out_prod.load(Ordering::SeqCst) {
             spins += 1;
             let _ = guest_abi::hypercall::sched_yield();

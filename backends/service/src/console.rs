@@ -1,0 +1,99 @@
+//! The console back-end (the role of Xen's xenconsoled): drains each
+//! guest's console ring page (`struct xencons_interface`: `in[1024]`,
+//! `out[2048]`, then `in_cons`, `in_prod`, `out_cons`, `out_prod`) and
+//! writes every complete line to the serial console prefixed with the
+//! guest's name; forwards input bytes into one chosen guest's `in` ring.
+//! Indices come from the guest and are checked: a producer more than a ring
+//! ahead is clamped to one ring of output (as the hypervisor's own drain
+//! does), never trusted as a length.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use guest_abi::io::ring::SharedPage;
+use pv_guest_kernel::page::MappedPage;
+
+const IN: usize = 0;
+const OUT: usize = 1024;
+const IN_CONS: usize = 3072;
+const IN_PROD: usize = 3076;
+const OUT_CONS: usize = 3080;
+const OUT_PROD: usize = 3084;
+const OUT_SIZE: u32 = 2048;
+const IN_SIZE: u32 = 1024;
+/// A line longer than this is written out in pieces.
+const LINE_MAX: usize = 200;
+
+/// One guest's console.
+pub struct Console {
+    pub page: MappedPage,
+    pub port: u32,
+    pub name: String,
+    line: Vec<u8>,
+    /// Bytes written out so far.
+    pub bytes: u64,
+}
+
+impl Console {
+    pub fn new(page: MappedPage, port: u32, name: String) -> Self {
+        Self { page, port, name, line: Vec::new(), bytes: 0 }
+    }
+
+    /// Drains the `out` ring; returns whether anything was consumed (the
+    /// guest is then notified).
+    pub fn pump(&mut self) -> bool {
+        let cons = self.page.load_u32(OUT_CONS);
+        let prod = self.page.load_u32(OUT_PROD);
+        self.page.read_fence();
+        let avail = prod.wrapping_sub(cons).min(OUT_SIZE);
+        if avail == 0 {
+            return false;
+        }
+        for i in 0..avail {
+            let b = self.page.read_u8(OUT + (cons.wrapping_add(i) % OUT_SIZE) as usize);
+            self.byte(b);
+        }
+        self.page.fence();
+        self.page.store_u32(OUT_CONS, cons.wrapping_add(avail));
+        self.bytes += u64::from(avail);
+        true
+    }
+
+    fn byte(&mut self, b: u8) {
+        match b {
+            b'\n' => self.flush(),
+            b'\r' => {}
+            _ => {
+                self.line.push(b);
+                if self.line.len() >= LINE_MAX {
+                    self.flush();
+                }
+            }
+        }
+    }
+
+    /// Writes out a partial line (at the guest's death, say).
+    pub fn flush(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        pv_guest_kernel::println!("[{}] {}", self.name, text);
+        self.line.clear();
+    }
+
+    /// Queues input bytes into the guest's `in` ring (as many as fit);
+    /// returns how many were taken.
+    pub fn input(&mut self, data: &[u8]) -> usize {
+        let p = &self.page;
+        let cons = p.load_u32(IN_CONS);
+        let prod = p.load_u32(IN_PROD);
+        let used = prod.wrapping_sub(cons);
+        if used > IN_SIZE {
+            return 0;
+        }
+        let n = data.len().min((IN_SIZE - used) as usize);
+        for (i, &b) in data.iter().take(n).enumerate() {
+            p.write_u8(IN + (prod.wrapping_add(i as u32) % IN_SIZE) as usize, b);
+        }
+        p.write_fence();
+        p.store_u32(IN_PROD, prod.wrapping_add(n as u32));
+        n
+    }
+}

@@ -1,0 +1,190 @@
+//! The service domain: the privileged domain that serves the others, in the
+//! role of Xen's dom0 with xenstored and xenconsoled. It runs the xenstore
+//! (`backends/xenstore`) over every guest's store ring and the console
+//! back-end over every guest's console ring.
+//!
+//! It learns the other domains from its command line (`domains=ID:NAME,..`,
+//! appended by the hypervisor, which plays the toolstack) and their rings
+//! from `HVMOP_get_param` (store/console frame and event channel, which the
+//! hypervisor allocated unbound for this domain). It maps each ring page with
+//! a foreign `mmu_update`, binds each channel, introduces the domain to the
+//! store (home directory, `name`, `domid`), then serves events until every
+//! other domain has ended, noticing deaths through `VIRQ_DOM_EXC`.
+//!
+//! Guests' indices and bytes are hostile: see `store` and `console`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod console;
+mod store;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use guest_abi::errno::Errno;
+use guest_abi::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+use guest_abi::hypercall::hvm_get_param;
+use guest_abi::types::DomId;
+use pv_guest_kernel::{StartInfo, events, page, println, rt, time};
+use xenstore::Xenstore;
+
+/// Set by every event we care about; the main loop clears it.
+static WORK: AtomicBool = AtomicBool::new(true);
+
+fn kick(_port: u32) {
+    WORK.store(true, Ordering::SeqCst);
+}
+
+/// Where foreign ring pages are mapped: two pages per guest.
+const WINDOW: u64 = 0x1E00_0000;
+/// Rings are also polled this often, for guests that produce without
+/// notifying (the hypervisor's own drain does the same).
+const POLL_NS: u64 = 10_000_000;
+
+struct Guest {
+    domid: u16,
+    name: String,
+    store: Option<store::StoreRing>,
+    console: Option<console::Console>,
+    alive: bool,
+    /// Console bytes relayed for this guest.
+    relayed: u64,
+}
+
+/// `domains=1:name,2:other` from the command line.
+fn domain_list(si: &StartInfo) -> Vec<(u16, String)> {
+    let len = si.cmd_line.iter().position(|&b| b == 0).unwrap_or(si.cmd_line.len());
+    let cmdline = core::str::from_utf8(&si.cmd_line[..len]).unwrap_or("");
+    let Some(list) = cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix("domains=")) else {
+        return Vec::new();
+    };
+    list.split(',')
+        .filter_map(|e| {
+            let (id, name) = e.split_once(':')?;
+            Some((id.parse().ok()?, String::from(name)))
+        })
+        .collect()
+}
+
+fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, name: &str) -> Result<Guest, Errno> {
+    let dom = DomId(domid);
+    let store_mfn = hvm_get_param(dom, HVM_PARAM_STORE_PFN)?;
+    let store_port = hvm_get_param(dom, HVM_PARAM_STORE_EVTCHN)? as u32;
+    let cons_mfn = hvm_get_param(dom, HVM_PARAM_CONSOLE_PFN)?;
+    let cons_port = hvm_get_param(dom, HVM_PARAM_CONSOLE_EVTCHN)? as u32;
+
+    let spage = page::map_foreign(domid, store_mfn, WINDOW + slot * 2 * 4096)?;
+    let sport = events::bind_interdomain(domid, store_port, kick)?;
+    let conn = xs.introduce(dom, store_mfn, store_port)?;
+    xs.create_home(dom)?;
+    let home = format!("/local/domain/{domid}");
+    local.write(xs, &format!("{home}/name"), name.as_bytes())?;
+    local.write(xs, &format!("{home}/domid"), format!("{domid}").as_bytes())?;
+
+    let cpage = page::map_foreign(domid, cons_mfn, WINDOW + slot * 2 * 4096 + 4096)?;
+    let cport = events::bind_interdomain(domid, cons_port, kick)?;
+    Ok(Guest {
+        domid,
+        name: String::from(name),
+        store: Some(store::StoreRing::new(spage, conn, sport)),
+        console: Some(console::Console::new(cpage, cport, String::from(name))),
+        alive: true,
+        relayed: 0,
+    })
+}
+
+/// Waits until an event arrives or `POLL_NS` pass.
+fn wait_for_work() {
+    let deadline = time::now_ns() + POLL_NS;
+    loop {
+        if WORK.swap(false, Ordering::SeqCst) || time::now_ns() >= deadline {
+            return;
+        }
+        let _ = guest_abi::hypercall::set_timer_op(deadline);
+        events::disable();
+        if WORK.load(Ordering::SeqCst) {
+            events::enable();
+            continue;
+        }
+        // Re-enables delivery atomically: no wake-up is lost.
+        let _ = guest_abi::hypercall::sched_block();
+    }
+}
+
+/// Ends what we hold of a guest that died: its last console bytes, its
+/// store connection, our mappings and ports.
+fn disconnect(xs: &mut Xenstore, g: &mut Guest) {
+    g.alive = false;
+    if let Some(mut c) = g.console.take() {
+        c.pump();
+        g.relayed = c.bytes;
+        let _ = events::close(c.port);
+        let _ = page::unmap(c.page);
+    }
+    if let Some(s) = g.store.take() {
+        let _ = xs.release(DomId(g.domid));
+        let _ = events::close(s.port);
+        let _ = page::unmap(s.page);
+    }
+    let _ = xs.take_actions();
+    println!("service: domain {} ({}) ended; its rings are released", g.domid, g.name);
+}
+
+fn main(si: &'static StartInfo) {
+    events::init().expect("event channels");
+    time::init().expect("timer");
+    let mut xs = Xenstore::new();
+    let mut local = store::Local::new(&mut xs);
+    let _ = events::bind_virq(guest_abi::event_channel::VIRQ_DOM_EXC, kick).expect("VIRQ_DOM_EXC");
+    let mut guests: Vec<Guest> = Vec::new();
+    for (slot, (domid, name)) in domain_list(si).into_iter().enumerate() {
+        match connect(&mut xs, &mut local, slot as u64, domid, &name) {
+            Ok(g) => guests.push(g),
+            Err(e) => println!("service: domain {domid} ({name}): cannot connect its rings: {e:?}"),
+        }
+    }
+    // The rings were mapped and bound above.
+    let _ = xs.take_actions();
+    events::enable();
+    println!("service: serving xenstore and consoles for {} domains", guests.len());
+
+    while guests.iter().any(|g| g.alive) {
+        wait_for_work();
+        // One guest's write may queue watch events for another: go round
+        // until nothing moves.
+        let mut rounds = 0;
+        loop {
+            let mut moved = false;
+            for g in guests.iter_mut().filter(|g| g.alive) {
+                if let Some(s) = g.store.as_mut()
+                    && s.pump(&mut xs)
+                {
+                    moved = true;
+                    let _ = events::send(s.port);
+                }
+                if let Some(c) = g.console.as_mut()
+                    && c.pump()
+                {
+                    let _ = events::send(c.port);
+                }
+            }
+            rounds += 1;
+            if !moved || rounds > 64 {
+                break;
+            }
+        }
+        for g in guests.iter_mut().filter(|g| g.alive) {
+            if hvm_get_param(DomId(g.domid), HVM_PARAM_STORE_EVTCHN) == Err(Errno::ESRCH) {
+                disconnect(&mut xs, g);
+            }
+        }
+    }
+    let out: u64 = guests.iter().map(|g| g.relayed).sum();
+    println!("service: every domain has ended; shutting down ({out} console bytes relayed)");
+    rt::shutdown(guest_abi::sched::ShutdownReason::Poweroff)
+}
+
+pv_guest_kernel::main!(main);

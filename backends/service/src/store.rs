@@ -1,0 +1,167 @@
+//! The xenstore ring transport: moves xs_wire bytes between each guest's
+//! store ring page (`struct xenstore_domain_interface`) and the xenstore
+//! core, and gives the service domain's own code an in-process connection.
+//!
+//! The ring indices are free-running `u32`s written by the other side, so
+//! every value read from the page is treated as hostile: a producer more
+//! than a ring ahead of the consumer marks the connection broken (ring
+//! `error` field set to `XENSTORE_ERROR_RINGIDX`) and nothing more is read
+//! from it.
+
+use alloc::vec::Vec;
+use guest_abi::errno::Errno;
+use guest_abi::io::ring::SharedPage;
+use guest_abi::io::xenstore::{XENSTORE_RING_SIZE, XS_ERROR, XsdSockmsg, parse_error};
+use guest_abi::types::DomId;
+use pv_guest_kernel::page::MappedPage;
+use xenstore::{ConnId, Xenstore};
+
+const REQ: usize = 0;
+const RSP: usize = 1024;
+const REQ_CONS: usize = 2048;
+const REQ_PROD: usize = 2052;
+const RSP_CONS: usize = 2056;
+const RSP_PROD: usize = 2060;
+const ERROR: usize = 2072;
+/// `XENSTORE_ERROR_RINGIDX`: the peer's indices are inconsistent.
+const ERROR_RINGIDX: u32 = 2;
+/// `XENSTORE_ERROR_PROTO`: the peer broke the message framing.
+const ERROR_PROTO: u32 = 1;
+const RING: u32 = XENSTORE_RING_SIZE as u32;
+
+/// One guest's store ring, connected to the core.
+pub struct StoreRing {
+    pub page: MappedPage,
+    pub conn: ConnId,
+    pub port: u32,
+    broken: bool,
+}
+
+impl StoreRing {
+    pub fn new(page: MappedPage, conn: ConnId, port: u32) -> Self {
+        Self { page, conn, port, broken: false }
+    }
+
+    /// Feeds every request byte waiting in the ring to the core and copies
+    /// queued output into the response ring. Returns whether the guest must
+    /// be notified (anything consumed or produced).
+    pub fn pump(&mut self, xs: &mut Xenstore) -> bool {
+        if self.broken {
+            return false;
+        }
+        let p = &self.page;
+        let mut moved = false;
+        // Requests.
+        let cons = p.load_u32(REQ_CONS);
+        let prod = p.load_u32(REQ_PROD);
+        p.read_fence();
+        let avail = prod.wrapping_sub(cons);
+        if avail > RING {
+            self.fail(ERROR_RINGIDX);
+            return true;
+        }
+        if avail > 0 {
+            let mut buf = [0u8; XENSTORE_RING_SIZE];
+            let n = avail as usize;
+            for (i, b) in buf.iter_mut().take(n).enumerate() {
+                *b = p.read_u8(REQ + (cons.wrapping_add(i as u32) % RING) as usize);
+            }
+            p.fence();
+            p.store_u32(REQ_CONS, cons.wrapping_add(avail));
+            moved = true;
+            if xs.receive(self.conn, &buf[..n]).is_err() {
+                self.fail(ERROR_PROTO);
+                return true;
+            }
+        }
+        // Responses: as many queued bytes as fit.
+        loop {
+            let cons = p.load_u32(RSP_CONS);
+            let prod = p.load_u32(RSP_PROD);
+            let used = prod.wrapping_sub(cons);
+            if used > RING {
+                self.fail(ERROR_RINGIDX);
+                return true;
+            }
+            let room = (RING - used) as usize;
+            let Some(out) = xs.peek_output(self.conn) else { break };
+            let n = out.len().min(room);
+            if n == 0 {
+                break;
+            }
+            for (i, &b) in out.iter().take(n).enumerate() {
+                p.write_u8(RSP + (prod.wrapping_add(i as u32) % RING) as usize, b);
+            }
+            p.write_fence();
+            p.store_u32(RSP_PROD, prod.wrapping_add(n as u32));
+            xs.advance_output(self.conn, n);
+            moved = true;
+        }
+        moved
+    }
+
+    fn fail(&mut self, code: u32) {
+        self.broken = true;
+        self.page.store_u32(ERROR, code);
+        pv_guest_kernel::println!("xenstore: connection {:?}: ring error {code}; ignoring it", self.conn);
+    }
+}
+
+/// The service domain's own connection to the store (privileged, dom0).
+pub struct Local {
+    pub conn: ConnId,
+    next_req: u32,
+}
+
+impl Local {
+    pub fn new(xs: &mut Xenstore) -> Self {
+        Self { conn: xs.connect(DomId(0), true), next_req: 1 }
+    }
+
+    /// Runs one request; the reply payload, or the error it carried.
+    pub fn op(&mut self, xs: &mut Xenstore, ty: u32, tx: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        let msg = xenstore::wire::encode(ty, req, tx, payload);
+        xs.handle(self.conn, &msg).map_err(|_| Errno::EIO)?;
+        // Our own watch events may be queued ahead of the reply: skip them.
+        while let Some(m) = xs.pop_output(self.conn) {
+            let Ok(parsed) = xenstore::wire::parse(&m) else { return Err(Errno::EIO) };
+            let h: XsdSockmsg = parsed.header;
+            if h.req_id != req || h.type_ == guest_abi::io::xenstore::XS_WATCH_EVENT {
+                continue;
+            }
+            if h.type_ == XS_ERROR {
+                return Err(parse_error(parsed.payload).unwrap_or(Errno::EIO));
+            }
+            return Ok(parsed.payload.to_vec());
+        }
+        Err(Errno::EIO)
+    }
+
+    /// Writes `value` at `path`.
+    pub fn write(&mut self, xs: &mut Xenstore, path: &str, value: &[u8]) -> Result<(), Errno> {
+        let mut p = Vec::with_capacity(path.len() + 1 + value.len());
+        p.extend_from_slice(path.as_bytes());
+        p.push(0);
+        p.extend_from_slice(value);
+        self.op(xs, guest_abi::io::xenstore::XS_WRITE, 0, &p).map(|_| ())
+    }
+
+    /// Reads `path`.
+    pub fn read(&mut self, xs: &mut Xenstore, path: &str) -> Result<Vec<u8>, Errno> {
+        let mut p = Vec::with_capacity(path.len() + 1);
+        p.extend_from_slice(path.as_bytes());
+        p.push(0);
+        self.op(xs, guest_abi::io::xenstore::XS_READ, 0, &p)
+    }
+
+    /// Sets `path`'s permissions from their wire form (e.g. `b"n0\0r1\0"`).
+    pub fn set_perms(&mut self, xs: &mut Xenstore, path: &str, perms: &[u8]) -> Result<(), Errno> {
+        let mut p = Vec::with_capacity(path.len() + 1 + perms.len());
+        p.extend_from_slice(path.as_bytes());
+        p.push(0);
+        p.extend_from_slice(perms);
+        self.op(xs, guest_abi::io::xenstore::XS_SET_PERMS, 0, &p).map(|_| ())
+    }
+}
