@@ -45,6 +45,7 @@ pub mod io;
 pub mod memory;
 pub mod mmu;
 pub mod multicall;
+pub mod physdev;
 pub mod nr;
 pub mod sched;
 pub mod shared_info;

@@ -197,7 +197,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         cr3,
         user_cr3: 0,
         tot_pages: nr_pages,
-        max_pages: nr_pages,
+        max_pages: spec.maxmem_bytes / PAGE,
         shared_info_mfn,
         console_mfn,
         store_mfn: si.store_mfn,

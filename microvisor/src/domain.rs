@@ -366,6 +366,7 @@ impl Hv {
         });
         // Mappings it holds go (their references with them); its table
         // frames are released. Grants others still map keep those frames.
+        crate::irq::domain_died(id);
         let still_mapped = crate::grant::release_domain(id);
         if still_mapped > 0 {
             crate::debug!("domain {id}: {still_mapped} of its grants still mapped by others");

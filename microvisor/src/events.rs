@@ -126,6 +126,7 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
         ec::EVTCHNOP_CLOSE => {
             let a: ec::EvtchnClose = guest::read(cr3, arg)?;
             evtchn::close(hv, me, a.port)?;
+            crate::irq::port_closed(me, a.port);
         }
         ec::EVTCHNOP_SEND => {
             let a: ec::EvtchnSend = guest::read(cr3, arg)?;
@@ -147,7 +148,11 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             let a: ec::EvtchnReset = guest::read(cr3, arg)?;
             evtchn::reset(hv, me, a.dom, privileged)?;
         }
-        ec::EVTCHNOP_BIND_PIRQ => return Err(Errno::EPERM),
+        ec::EVTCHNOP_BIND_PIRQ => {
+            let mut a: ec::EvtchnBindPirq = guest::read(cr3, arg)?;
+            a.port = crate::irq::bind_pirq(hv, a.pirq)?;
+            guest::write(cr3, arg, &a)?;
+        }
         _ => return Err(Errno::ENOSYS),
     }
     Ok(0)

@@ -12,6 +12,7 @@ mod domain;
 mod events;
 mod grant;
 mod hypercall;
+mod irq;
 mod log;
 mod memory;
 mod mm;
@@ -143,6 +144,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     enable_protections();
     cpu::enable_sse();
     arch::apic::init();
+    let gsis = arch::ioapic::init();
+    info!("I/O APICs: {gsis} interrupt lines, all masked");
     time::init();
 
     hypercall::AUDIT_EVERY_CALL.store(boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1"), core::sync::atomic::Ordering::Relaxed);
@@ -215,7 +218,18 @@ fn connect_service(hv: &mut domain::Hv) {
             }
         }
     }
-    info!("service domain {s}: store and console channels allocated for {} domains", hv.domains.len() - 1);
+    // Device access: I/O memory (the hypervisor's own APICs excepted) and
+    // device interrupt lines (irq).
+    let io = mm::frames::with(|ft, _| {
+        ft.allow_io(s)?;
+        ft.deny_io(arch::ioapic::FRAMES[0], arch::ioapic::FRAMES[0] + 1)?;
+        ft.deny_io(arch::ioapic::FRAMES[1], arch::ioapic::FRAMES[1] + 1)?;
+        ft.deny_io(0xFEE00, 0xFEE01)
+    });
+    if let Err(e) = io {
+        boot_fail(format_args!("service domain: device access: {e:?}"));
+    }
+    info!("service domain {s}: store and console channels allocated for {} domains; device access granted", hv.domains.len() - 1);
 }
 
 fn enable_protections() {

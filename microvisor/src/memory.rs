@@ -41,7 +41,10 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
             let (list, nr, order) = (q(0), q(8), u32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4])));
             let domid = u16::from_le_bytes([b[24], b[25]]);
-            if order != 0 {
+            // Extents of 2^order machine-contiguous frames (what drivers
+            // need for DMA) for increase_reservation; single frames
+            // otherwise, as before.
+            if order > MAX_ORDER || (order != 0 && op != m::XENMEM_INCREASE_RESERVATION) {
                 return Err(Errno::EINVAL);
             }
             let t = target(hv, domid)?;
@@ -53,6 +56,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
                 let slot = list.checked_add(done * 8).ok_or(Errno::EFAULT)?;
                 let r = match op {
                     m::XENMEM_DECREASE_RESERVATION => decrease_one(hv, cr3, slot),
+                    _ if order > 0 => increase_extent(hv, cr3, slot, order),
                     _ => increase_one(hv, cr3, slot, op == m::XENMEM_POPULATE_PHYSMAP),
                 };
                 match r {
@@ -124,6 +128,38 @@ fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
 fn mem_flush(mem: &mut frames::DirectMap) {
     use microvisor_core::frametable::TableMemory;
     mem.flush_tlbs();
+}
+
+/// Largest extent order accepted (Xen's default for guests: 2 MiB).
+const MAX_ORDER: u32 = 9;
+
+/// Adds one extent of `2^order` machine-contiguous frames, aligned to its
+/// size, within the domain's limit; the slot receives the first frame.
+fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), Errno> {
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    let n = 1u64 << order;
+    if hv.domains[cur].tot_pages + n > hv.domains[cur].max_pages {
+        return Err(Errno::ENOMEM);
+    }
+    guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+    let first = mm::with_allocator(|a| a.alloc_contiguous(n, n)).ok_or(Errno::ENOMEM)?;
+    for mfn in first..first + n {
+        mm::zero_frame(mfn);
+        if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
+            // Cannot happen for frames just taken from the allocator; give
+            // everything back rather than leave a half-owned extent.
+            for m in first..mfn {
+                let _ = frames::with(|ft, _| ft.release(m, dom));
+            }
+            for m in first..first + n {
+                let _ = mm::with_allocator(|a| a.free(m));
+            }
+            return Err(e);
+        }
+    }
+    hv.domains[cur].tot_pages += n;
+    guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }
 
 /// Adds one frame to the domain, within its limit. For populate_physmap the

@@ -479,6 +479,9 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             hv.domains[cur].pv.iopl = iopl as u8;
             Ok(0)
         }
+        5 => crate::irq::status_query(hv, arg),
+        12 => crate::irq::eoi(hv, arg),
+        13 => crate::irq::map_pirq(hv, arg),
         _ => Err(Errno::ENOSYS),
     }
 }

@@ -153,6 +153,7 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
     let next = loop {
         cap_period(hv, now);
         fire_timers(hv, now);
+        crate::irq::deliver(hv);
         let still_runnable = hv.domains.get(cur).is_some_and(|d| d.state == RunState::Runnable && !capped(d));
         let choice = match why {
             Why::Yield => pick(hv, Some(cur)).or(still_runnable.then_some(cur)),
@@ -174,7 +175,7 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
         if !any_live {
             hv.finish();
         }
-        if earliest_timer(hv).is_none() && !capped_waiting {
+        if earliest_timer(hv).is_none() && !capped_waiting && !crate::irq::any_bound() {
             crate::error!("every live domain is blocked and nothing can wake it: ending the run");
             for i in 0..hv.domains.len() {
                 if hv.domains[i].is_live() {

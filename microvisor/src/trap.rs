@@ -36,6 +36,16 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
     if v == crate::arch::apic::SPURIOUS_VECTOR as u64 {
         return;
     }
+    if crate::irq::is_device_vector(v) {
+        crate::irq::on_interrupt(v);
+        if frame.from_guest() {
+            let mut hv = HV.lock();
+            crate::irq::deliver(&mut hv);
+            pv::deliver_events(&mut hv, frame);
+        }
+        // In the idle loop, which delivers when hlt returns.
+        return;
+    }
     if !frame.from_guest() {
         // A guest-memory copy that faulted: resume at its failure return.
         if (v == 14 || v == 13)

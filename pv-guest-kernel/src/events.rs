@@ -170,3 +170,35 @@ pub fn dispatch_pending() {
 fn upcall(_f: &mut TrapFrame) {
     dispatch_pending();
 }
+
+/// Maps device interrupt line `gsi` to a pirq (`PHYSDEVOP_map_pirq`; the
+/// service domain only) and binds it to a new port with handler `h`.
+/// Returns `(pirq, port)`. After handling each event, acknowledge the
+/// device, then call [`pirq_eoi`] so the line can fire again.
+pub fn bind_gsi(gsi: u32, h: PortHandler) -> Result<(u32, u32), Errno> {
+    use guest_abi::physdev::{MAP_PIRQ_TYPE_GSI, PHYSDEVOP_MAP_PIRQ, PhysdevMapPirq};
+    let mut m = PhysdevMapPirq {
+        domid: guest_abi::types::DomId::SELF.0,
+        type_: MAP_PIRQ_TYPE_GSI,
+        index: i32::try_from(gsi).map_err(|_| Errno::EINVAL)?,
+        pirq: -1,
+        ..Default::default()
+    };
+    // SAFETY: the hypervisor reads and writes one `PhysdevMapPirq` in `m`.
+    unsafe { guest_abi::hypercall::physdev_op(PHYSDEVOP_MAP_PIRQ, (&raw mut m) as u64)? };
+    let pirq = u32::try_from(m.pirq).map_err(|_| Errno::EINVAL)?;
+    let mut b = guest_abi::event_channel::EvtchnBindPirq { pirq, flags: 0, port: 0 };
+    guest_abi::hypercall::event_channel_op(&mut b)?;
+    set_handler(b.port, h);
+    unmask(b.port)?;
+    Ok((pirq, b.port))
+}
+
+/// Signals end of interrupt for `pirq` (`PHYSDEVOP_eoi`): its line is
+/// unmasked and may fire again.
+pub fn pirq_eoi(pirq: u32) -> Result<(), Errno> {
+    let mut e = guest_abi::physdev::PhysdevEoi { irq: pirq };
+    // SAFETY: the hypervisor reads one `PhysdevEoi` in `e`.
+    unsafe { guest_abi::hypercall::physdev_op(guest_abi::physdev::PHYSDEVOP_EOI, (&raw mut e) as u64)? };
+    Ok(())
+}

@@ -334,3 +334,85 @@ pub fn clone_low_gib() -> Result<u64, Errno> {
     pin(l4, 4)?;
     Ok(l4)
 }
+
+/// Machine address of virtual address `va` (page offset kept) in the
+/// current address space, if it is mapped. Devices DMA to machine
+/// addresses: this is what a driver hands them.
+pub fn virt_to_machine(va: u64) -> Option<u64> {
+    let e = lookup(va & !(PAGE - 1));
+    (e & P != 0).then_some((e & ADDR) | (va & (PAGE - 1)))
+}
+
+/// Window for [`alloc_dma`] memory.
+pub const DMA_VA: u64 = 0x1C00_0000;
+const DMA_END: u64 = 0x1D00_0000;
+/// Window for [`map_io`] mappings.
+pub const IO_VA: u64 = 0x1D00_0000;
+const IO_END: u64 = 0x1E00_0000;
+static DMA_NEXT: Mutex<u64> = Mutex::new(DMA_VA);
+static IO_NEXT: Mutex<u64> = Mutex::new(IO_VA);
+/// Largest extent the hypervisor hands out at once (`2^9` pages).
+const MAX_DMA_ORDER: u32 = 9;
+
+/// `pages` pages of zeroed, machine-contiguous memory for device DMA
+/// (rounded up to a power of two, at most 512), mapped writable; returns
+/// their virtual and machine addresses. The frames come from
+/// `increase_reservation` with an extent order, so the domain needs room
+/// below its maximum reservation (manifest `maxmem`). Never freed.
+pub fn alloc_dma(pages: usize) -> Result<(u64, u64), Errno> {
+    let order = pages.max(1).next_power_of_two().trailing_zeros();
+    if order > MAX_DMA_ORDER {
+        return Err(Errno::E2BIG);
+    }
+    let n = 1u64 << order;
+    let mut va = DMA_NEXT.lock();
+    if *va + n * PAGE > DMA_END {
+        return Err(Errno::ENOMEM);
+    }
+    let mut first = [0u64];
+    let mut r = guest_abi::memory::XenMemoryReservation {
+        extent_start: first.as_mut_ptr() as u64,
+        nr_extents: 1,
+        extent_order: order,
+        mem_flags: 0,
+        domid: guest_abi::types::DomId::SELF.0,
+        _pad: [0; 6],
+    };
+    // SAFETY: the reservation and its one-entry list live across the call;
+    // the hypervisor writes the extent's first frame into the list.
+    let done = unsafe { guest_abi::hypercall::memory_op(guest_abi::memory::XENMEM_INCREASE_RESERVATION, (&raw mut r) as u64)? };
+    if done != 1 {
+        return Err(Errno::ENOMEM);
+    }
+    let mfns: alloc::vec::Vec<u64> = (first[0]..first[0] + n).collect();
+    map_frames(*va, &mfns, DATA)?;
+    let at = *va;
+    *va += n * PAGE;
+    Ok((at, first[0] << 12))
+}
+
+/// Maps `pages` pages of device memory (I/O registers) at machine address
+/// `ma` uncached, and returns the virtual address. Only a domain the
+/// hypervisor gave device access (the service domain) may; the hypervisor
+/// keeps its own devices out of reach.
+pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
+    const PWT: u64 = 1 << 3;
+    const PCD: u64 = 1 << 4;
+    let n = pages as u64;
+    let mut next = IO_NEXT.lock();
+    let va = *next;
+    if va + n * PAGE > IO_END {
+        return Err(Errno::ENOMEM);
+    }
+    let mut reqs = alloc::vec::Vec::with_capacity(pages);
+    for i in 0..n {
+        let v = va + i * PAGE;
+        let l1 = ensure_l1(v)?;
+        reqs.push(MmuUpdate { ptr: (l1 << 12) | ((v >> 12) & 511) * 8, val: ((ma & ADDR) + i * PAGE) | DATA | PCD | PWT });
+    }
+    // SAFETY: maps device registers at fresh addresses of the I/O window
+    // that nothing else uses; `DOMID_IO` names I/O memory.
+    unsafe { guest_abi::hypercall::mmu_update(&reqs, None, u32::from(guest_abi::types::DomId::IO.0))? };
+    *next += n * PAGE;
+    Ok(va + (ma & (PAGE - 1)))
+}

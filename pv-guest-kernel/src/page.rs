@@ -133,3 +133,64 @@ pub fn unmap(page: MappedPage) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// A fresh zeroed page of ours to share with another domain (a ring page):
+/// the page and its machine frame (to grant).
+pub fn alloc_shared() -> Result<(MappedPage, u64), Errno> {
+    let (va, mfn) = mm::alloc_page()?;
+    // SAFETY: a pool page handed out once, mapped writable for good.
+    Ok((unsafe { MappedPage::new(va) }, mfn))
+}
+
+/// Page-aligned, zeroed memory whose frames a driver can grant or hand to
+/// a device (request data pages). Never freed.
+#[derive(Debug)]
+pub struct PageBuffer {
+    va: u64,
+    pages: usize,
+}
+
+impl PageBuffer {
+    /// `pages` (at least 1) pages from the heap.
+    pub fn new(pages: usize) -> Result<Self, Errno> {
+        let pages = pages.max(1);
+        let layout = core::alloc::Layout::from_size_align(pages * PAGE, PAGE).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: a non-zero-sized layout; the memory belongs to this
+        // buffer for the rest of the domain's life.
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(Self { va: p as u64, pages })
+    }
+
+    /// Size in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.pages * PAGE
+    }
+
+    /// Always false (a buffer has at least one page).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The contents.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the buffer owns `pages` pages at `va`, mapped writable.
+        unsafe { core::slice::from_raw_parts(self.va as *const u8, self.len()) }
+    }
+
+    /// The contents, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` keeps the slice unique.
+        unsafe { core::slice::from_raw_parts_mut(self.va as *mut u8, self.len()) }
+    }
+
+    /// The machine frames of its pages, in order.
+    pub fn frames(&self) -> Result<alloc::vec::Vec<u64>, Errno> {
+        (0..self.pages as u64).map(|i| mm::virt_to_machine(self.va + i * PAGE as u64).map(|ma| ma >> 12).ok_or(Errno::EFAULT)).collect()
+    }
+}

@@ -21,6 +21,9 @@ fn excluded(s: &Scenario, kdir: &Path) -> Option<&'static str> {
     if s.target.as_deref() == Some("xen") {
         return Some("runs on Xen already");
     }
+    if s.disk.is_some() || s.boots > 1 || !s.kill_after.is_empty() {
+        return Some("uses a disk image or several boots");
+    }
     let body: Vec<&str> = s.manifest.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).collect();
     if body.iter().filter(|l| l.starts_with('[')).count() != 1 {
         return Some("not exactly one domain");

@@ -53,10 +53,7 @@ use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
 
 pub use virtio_drivers::transport::InterruptStatus;
 
-// TEMPORARY: the memory primitives come from the `shim` module at the bottom
-// of this file until pv-guest-kernel provides them. Replace this line with
-// `use pv_guest_kernel::mm;` and delete `mod shim`.
-use shim as mm;
+use pv_guest_kernel::mm;
 
 /// Machine address of microvm's first virtio-mmio transport.
 pub const VIRTIO_MMIO_BASE: u64 = 0xfeb0_0000;
@@ -483,31 +480,5 @@ unsafe impl Hal for PvHal {
             unsafe { ptr::copy_nonoverlapping(va_ptr(r.va + (paddr - r.ma)), buffer.cast::<u8>().as_ptr(), len) };
         }
         r.give_back(first, len.div_ceil(PAGE_SIZE));
-    }
-}
-
-/// TEMPORARY stand-ins for the pv-guest-kernel `mm` functions this module
-/// needs, with their final signatures, so that it compiles before they
-/// exist. Every one panics: nothing may call them at run time. Delete this
-/// module and switch the `use shim as mm;` line above to
-/// `use pv_guest_kernel::mm;` once pv-guest-kernel has them.
-mod shim {
-    use guest_abi::errno::Errno;
-
-    /// `pages` zeroed, machine-contiguous pages, mapped writable; returns
-    /// (virtual address, machine address).
-    pub fn alloc_dma(pages: usize) -> Result<(u64, u64), Errno> {
-        todo!("TEMPORARY shim: pv_guest_kernel::mm::alloc_dma({pages})")
-    }
-
-    /// Maps `pages` pages of device MMIO from `machine_addr` uncached;
-    /// returns the virtual address.
-    pub fn map_io(machine_addr: u64, pages: usize) -> Result<u64, Errno> {
-        todo!("TEMPORARY shim: pv_guest_kernel::mm::map_io({machine_addr:#x}, {pages})")
-    }
-
-    /// Machine address of mapped virtual address `va` (page offset kept).
-    pub fn virt_to_machine(va: u64) -> Option<u64> {
-        todo!("TEMPORARY shim: pv_guest_kernel::mm::virt_to_machine({va:#x})")
     }
 }

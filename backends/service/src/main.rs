@@ -17,7 +17,9 @@
 
 extern crate alloc;
 
+mod blk;
 mod console;
+mod disk;
 mod store;
 
 use alloc::format;
@@ -36,6 +38,78 @@ static WORK: AtomicBool = AtomicBool::new(true);
 
 fn kick(_port: u32) {
     WORK.store(true, Ordering::SeqCst);
+}
+
+/// Set by the disk's interrupt (its pirq's event channel).
+static DISK_IRQ: AtomicBool = AtomicBool::new(false);
+
+fn disk_irq(_port: u32) {
+    DISK_IRQ.store(true, Ordering::SeqCst);
+    WORK.store(true, Ordering::SeqCst);
+}
+
+/// The names listed in `key=a,b` on the command line.
+fn cmdline_list(si: &StartInfo, key: &str) -> Vec<String> {
+    let len = si.cmd_line.iter().position(|&b| b == 0).unwrap_or(si.cmd_line.len());
+    let cmdline = core::str::from_utf8(&si.cmd_line[..len]).unwrap_or("");
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .flat_map(|v| v.split(','))
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The real disk, its interrupt, and the virtual disks carved from it.
+struct Disks {
+    disk: disk::VirtioDisk,
+    pirq: u32,
+    interrupts: u64,
+    vbds: Vec<blk::Vbd>,
+}
+
+/// With `vbd=a,b` on the command line: probes the virtio disk, routes its
+/// interrupt to an event channel, and gives each named domain an equal
+/// slice of it as virtual disk `xvda`.
+fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, guests: &[Guest]) -> Option<Disks> {
+    let names = cmdline_list(si, "vbd");
+    if names.is_empty() {
+        return None;
+    }
+    let mut disk = match disk::probe() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("service: no disk: {e}");
+            return None;
+        }
+    };
+    use blkback::Disk;
+    let total = disk.sectors();
+    println!("service: virtio-blk in slot {} ({} sectors, flush {}), GSI {}", disk.slot(), total, disk.has_flush(), disk.gsi());
+    let pirq = match events::bind_gsi(disk.gsi(), disk_irq) {
+        Ok((pirq, port)) => {
+            println!("service: disk interrupt GSI {} bound as pirq {pirq} to port {port}", disk.gsi());
+            pirq
+        }
+        Err(e) => {
+            println!("service: disk interrupt GSI {}: {e:?}", disk.gsi());
+            u32::MAX
+        }
+    };
+    let share = total / names.len() as u64;
+    let mut vbds = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let Some(g) = guests.iter().find(|g| &g.name == name) else {
+            println!("service: vbd for unknown domain '{name}'");
+            continue;
+        };
+        match blk::Vbd::create(xs, local, g.domid, name, i as u64 * share, share, 64 + i as u64) {
+            Ok(v) => vbds.push(v),
+            Err(e) => println!("service: vbd for {name}: {e:?}"),
+        }
+    }
+    Some(Disks { disk, pirq, interrupts: 0, vbds })
 }
 
 /// Where foreign ring pages are mapped: two pages per guest.
@@ -148,6 +222,7 @@ fn main(si: &'static StartInfo) {
     }
     // The rings were mapped and bound above.
     let _ = xs.take_actions();
+    let mut disks = setup_disks(si, &mut xs, &mut local, &guests);
     events::enable();
     println!("service: serving xenstore and consoles for {} domains", guests.len());
 
@@ -171,6 +246,21 @@ fn main(si: &'static StartInfo) {
                     let _ = events::send(c.port);
                 }
             }
+            if let Some(d) = disks.as_mut() {
+                if DISK_IRQ.swap(false, Ordering::SeqCst) {
+                    d.disk.ack_interrupt();
+                    d.interrupts += 1;
+                    let _ = events::pirq_eoi(d.pirq);
+                }
+                for v in d.vbds.iter_mut() {
+                    if v.step(&mut xs, &mut local, kick) {
+                        moved = true;
+                    }
+                    while v.serve(&mut d.disk) {
+                        moved = true;
+                    }
+                }
+            }
             rounds += 1;
             if !moved || rounds > 64 {
                 break;
@@ -178,11 +268,22 @@ fn main(si: &'static StartInfo) {
         }
         for g in guests.iter_mut().filter(|g| g.alive) {
             if hvm_get_param(DomId(g.domid), HVM_PARAM_STORE_EVTCHN) == Err(Errno::ESRCH) {
+                if let Some(d) = disks.as_mut() {
+                    for v in d.vbds.iter_mut().filter(|v| v.fe_dom == g.domid) {
+                        v.disconnect();
+                    }
+                }
                 disconnect(&mut xs, g);
             }
         }
     }
     let out: u64 = guests.iter().map(|g| g.relayed).sum();
+    if let Some(d) = disks.as_ref() {
+        println!("service: disk interrupts delivered as events: {}", d.interrupts);
+        if d.interrupts > 0 {
+            println!("service: disk interrupts arrive through the event channel");
+        }
+    }
     println!("service: every domain has ended; shutting down ({out} console bytes relayed)");
     rt::shutdown(guest_abi::sched::ShutdownReason::Poweroff)
 }

@@ -22,6 +22,7 @@ extern crate alloc;
 
 #[cfg(test)]
 mod tests;
+pub mod device;
 pub mod xenbus;
 
 use alloc::vec::Vec;

@@ -11,6 +11,7 @@
 //! [domain dom0]            # starts a domain; NAME is 1-32 of A-Z a-z 0-9 _ -
 //! image = hello            # bundle file holding the domain's ELF image (required)
 //! memory = 16M             # required: bytes, or a number with K, M or G (powers of 1024)
+//! maxmem = 32M             # most memory it may grow to (memory_op); default = memory
 //! privileged = true        # true or false; default false
 //! service = true           # serves xenstore and consoles (needs privileged; at most one)
 //! cmdline = console=hvc0 # not a comment
@@ -129,6 +130,9 @@ pub struct DomainSpec<'a> {
     pub image: &'a str,
     /// Domain memory in bytes (a multiple of 4 KiB).
     pub memory_bytes: u64,
+    /// Most memory the domain may grow to (`increase_reservation`), bytes;
+    /// at least `memory_bytes`.
+    pub maxmem_bytes: u64,
     /// Whether this is a privileged (initial/control) domain.
     pub privileged: bool,
     /// Whether this domain is the service domain: the xenstore and console
@@ -156,6 +160,7 @@ const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
     name: "",
     image: "",
     memory_bytes: 0,
+    maxmem_bytes: 0,
     privileged: false,
     service: false,
     cmdline: "",
@@ -211,6 +216,7 @@ struct Partial<'a> {
     line: usize,
     image: Option<&'a str>,
     memory: Option<u64>,
+    maxmem: Option<u64>,
     privileged: Option<bool>,
     service: Option<bool>,
     cmdline: Option<&'a str>,
@@ -226,6 +232,7 @@ impl<'a> Partial<'a> {
             line,
             image: None,
             memory: None,
+            maxmem: None,
             privileged: None,
             service: None,
             cmdline: None,
@@ -244,10 +251,16 @@ impl<'a> Partial<'a> {
         if self.service == Some(true) && self.privileged != Some(true) {
             return Err(err("a service domain must be privileged"));
         }
+        let memory = self.memory.ok_or(err("missing memory for domain"))?;
+        let maxmem = self.maxmem.unwrap_or(memory);
+        if maxmem < memory {
+            return Err(err("maxmem is less than memory for domain"));
+        }
         Ok(DomainSpec {
             name: self.name,
             image: self.image.ok_or(err("missing image for domain"))?,
-            memory_bytes: self.memory.ok_or(err("missing memory for domain"))?,
+            memory_bytes: memory,
+            maxmem_bytes: maxmem,
             privileged: self.privileged.unwrap_or(false),
             service: self.service.unwrap_or(false),
             cmdline: self.cmdline.unwrap_or(""),
@@ -403,6 +416,10 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 let bytes = parse_memory(value).map_err(|what| err(what, None))?;
                 set_once(&mut section.memory, bytes, duplicate)?;
             }
+            "maxmem" => {
+                let bytes = parse_memory(value).map_err(|what| err(what, None))?;
+                set_once(&mut section.maxmem, bytes, duplicate)?;
+            }
             "privileged" => {
                 let flag = match value {
                     "true" => true,
@@ -537,6 +554,7 @@ expect = killed
                 name: "dom0",
                 image: "hello",
                 memory_bytes: 16 << 20,
+                maxmem_bytes: 16 << 20,
                 privileged: true,
                 service: false,
                 cmdline: "console=hvc0 # kept",
@@ -552,6 +570,7 @@ expect = killed
                 name: "guest_1-b",
                 image: "./guest.elf",
                 memory_bytes: 1 << 20,
+                maxmem_bytes: 1 << 20,
                 privileged: false,
                 service: false,
                 cmdline: "",
@@ -583,6 +602,16 @@ expect = killed
         assert_eq!(
             error(&format!("{two}{}", two.replace("[domain s]", "[domain t]"))),
             "manifest line 11: more than one service domain"
+        );
+    }
+
+    #[test]
+    fn maxmem() {
+        let m = parse("[domain s]\nimage = a\nmemory = 16M\nmaxmem = 64M\n").unwrap();
+        assert_eq!(m.domains()[0].maxmem_bytes, 64 << 20);
+        assert_eq!(
+            error("[domain s]\nimage = a\nmemory = 16M\nmaxmem = 8M\n"),
+            "manifest line 1: maxmem is less than memory for domain 's'"
         );
     }
 

@@ -42,6 +42,11 @@ pub fn init() {
     write(LVT_TIMER, 1 << 16);
 }
 
+/// This CPU's local APIC id.
+pub fn id() -> u32 {
+    read(0x20) >> 24
+}
+
 /// Signals end of interrupt.
 pub fn eoi() {
     write(EOI, 0);

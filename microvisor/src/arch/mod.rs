@@ -6,4 +6,5 @@ pub mod boot;
 pub mod cpu;
 pub mod desc;
 pub mod entry;
+pub mod ioapic;
 pub mod port;

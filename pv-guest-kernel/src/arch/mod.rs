@@ -3,7 +3,7 @@
 //! (ring 3, `rsi` = start_info) and the boot stack. All of the library's
 //! `unsafe` is here.
 
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 use core::arch::global_asm;
 
 pub mod mem;
@@ -15,7 +15,7 @@ use guest_abi::start_info::StartInfo;
 /// Size of the boot stack the entry point switches to.
 pub const STACK_SIZE: usize = 64 * 1024;
 
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 global_asm!(
     r#"
     /* Xen ELF notes: GUEST_OS, GUEST_VERSION, XEN_VERSION, LOADER, ENTRY,

@@ -326,7 +326,7 @@ pub fn bind_ipi<D: Domains>(world: &mut D, caller: u16, vcpu: u32) -> Result<u32
 }
 
 /// Physical IRQs that can be bound (GSIs `0..NR_PIRQS`).
-pub const NR_PIRQS: u32 = 24;
+pub const NR_PIRQS: u32 = 48;
 
 /// `EVTCHNOP_bind_pirq`: binds physical IRQ `pirq` to a new port of the
 /// caller, which the hypervisor raises each time the interrupt fires

@@ -1,0 +1,183 @@
+//! Device interrupts, delivered to the service domain as event channels
+//! (Xen's PV pirq model): the service domain maps a GSI to a pirq
+//! (`PHYSDEVOP_map_pirq`, which routes the line through the I/O APIC,
+//! masked), binds the pirq to a port (`EVTCHNOP_bind_pirq`, which unmasks
+//! it), and after handling each event signals `PHYSDEVOP_eoi`, which
+//! unmasks the line again. Only the service domain may map GSIs; lines the
+//! hypervisor uses itself are never routed.
+//!
+//! The interrupt path takes no lock (interrupts reach the hypervisor in the
+//! idle loop, which holds the domain lock): it masks the line, signals EOI
+//! to the local APIC and records the GSI as pending; [`deliver`] raises the
+//! events later, from the interrupt of a running guest or from the idle
+//! loop.
+
+use crate::arch::{apic, ioapic};
+use crate::domain::Hv;
+use crate::mm::guest;
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::errno::Errno;
+use guest_abi::physdev::*;
+use spin::Mutex;
+
+const N: usize = ioapic::NR_GSIS as usize;
+
+/// GSIs that fired and wait for delivery, a bit each.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+struct Lines {
+    /// The domain each GSI is mapped for (`PHYSDEVOP_map_pirq`).
+    mapped: [Option<u16>; N],
+    /// The port each GSI is bound to in that domain.
+    port: [Option<u32>; N],
+    /// Interrupts delivered per GSI.
+    count: [u64; N],
+}
+
+static LINES: Mutex<Lines> = Mutex::new(Lines { mapped: [None; N], port: [None; N], count: [0; N] });
+
+/// True for a device-interrupt vector.
+pub fn is_device_vector(v: u64) -> bool {
+    let base = u64::from(ioapic::VECTOR_BASE);
+    v >= base && v < base + u64::from(ioapic::NR_GSIS)
+}
+
+/// The interrupt itself (any context, no lock): mask the line, EOI, and
+/// leave the rest to [`deliver`].
+pub fn on_interrupt(vector: u64) {
+    let gsi = (vector - u64::from(ioapic::VECTOR_BASE)) as u32;
+    ioapic::set_masked(gsi, true);
+    apic::eoi();
+    PENDING.fetch_or(1 << gsi, Ordering::SeqCst);
+}
+
+/// Raises the event of every line that fired in the domain it is bound to
+/// (waking it). A line nobody has bound stays masked.
+pub fn deliver(hv: &mut Hv) {
+    let mut p = PENDING.swap(0, Ordering::SeqCst);
+    while p != 0 {
+        let gsi = p.trailing_zeros() as usize;
+        p &= p - 1;
+        let target = {
+            let mut l = LINES.lock();
+            match (l.mapped[gsi], l.port[gsi]) {
+                (Some(dom), Some(port)) => {
+                    l.count[gsi] += 1;
+                    Some((dom, port))
+                }
+                _ => None,
+            }
+        };
+        if let Some((dom, port)) = target {
+            let k = microvisor_core::evtchn::raise_pirq(hv, dom, port, gsi as u32);
+            crate::events::kick(hv, k);
+        }
+    }
+}
+
+/// True while some line is bound (a blocked domain may still be woken by a
+/// device).
+pub fn any_bound() -> bool {
+    LINES.lock().port.iter().any(Option::is_some)
+}
+
+fn caller(hv: &Hv) -> (u16, bool, u64) {
+    let d = &hv.domains[hv.current];
+    (d.id, d.service, d.cr3)
+}
+
+/// `PHYSDEVOP_map_pirq` for a GSI: the service domain only (`EPERM`);
+/// `EINVAL` for another type or a GSI that does not exist; `EEXIST` if
+/// another domain has it. The pirq is the GSI.
+pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
+    let (me, service, cr3) = caller(hv);
+    let mut m: PhysdevMapPirq = guest::read(cr3, arg)?;
+    let target = if m.domid == guest_abi::types::DomId::SELF.0 { me } else { m.domid };
+    if !service || target != me {
+        return Err(Errno::EPERM);
+    }
+    if m.type_ != MAP_PIRQ_TYPE_GSI {
+        return Err(Errno::EINVAL);
+    }
+    let gsi = u32::try_from(m.index).map_err(|_| Errno::EINVAL)?;
+    if !ioapic::exists(gsi) || gsi < 16 || (m.pirq >= 0 && m.pirq != m.index) {
+        return Err(Errno::EINVAL);
+    }
+    {
+        let mut l = LINES.lock();
+        match l.mapped[gsi as usize] {
+            Some(d) if d != me => return Err(Errno::EEXIST),
+            _ => l.mapped[gsi as usize] = Some(me),
+        }
+    }
+    if !ioapic::route(gsi) {
+        return Err(Errno::EINVAL);
+    }
+    m.pirq = m.index;
+    guest::write(cr3, arg, &m)?;
+    crate::info!("domain {me}: GSI {gsi} mapped as pirq {gsi}");
+    Ok(0)
+}
+
+/// `EVTCHNOP_bind_pirq`: binds a pirq mapped for the caller to a new port
+/// and unmasks the line.
+pub fn bind_pirq(hv: &mut Hv, pirq: u32) -> Result<u32, Errno> {
+    let me = hv.domains[hv.current].id;
+    let mapped = (pirq as usize) < N && LINES.lock().mapped[pirq as usize] == Some(me);
+    let port = microvisor_core::evtchn::bind_pirq(hv, me, pirq, mapped)?;
+    LINES.lock().port[pirq as usize] = Some(port);
+    ioapic::set_masked(pirq, false);
+    Ok(port)
+}
+
+/// `PHYSDEVOP_eoi`: the caller handled the pirq; unmask its line.
+pub fn eoi(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
+    let (me, _, cr3) = caller(hv);
+    let e: PhysdevEoi = guest::read(cr3, arg)?;
+    let i = e.irq as usize;
+    let l = LINES.lock();
+    if i >= N || l.mapped[i] != Some(me) {
+        return Err(Errno::EINVAL);
+    }
+    if l.port[i].is_some() {
+        ioapic::set_masked(e.irq, false);
+    }
+    Ok(0)
+}
+
+/// `PHYSDEVOP_irq_status_query`: every mapped line needs an EOI.
+pub fn status_query(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
+    let (me, _, cr3) = caller(hv);
+    let mut q: PhysdevIrqStatusQuery = guest::read(cr3, arg)?;
+    let i = q.irq as usize;
+    if i >= N || LINES.lock().mapped[i] != Some(me) {
+        return Err(Errno::EINVAL);
+    }
+    q.flags = XENIRQSTAT_NEEDS_EOI;
+    guest::write(cr3, arg, &q)?;
+    Ok(0)
+}
+
+/// A port of `dom` was closed: if it carried a line, mask and unbind it.
+pub fn port_closed(dom: u16, port: u32) {
+    let mut l = LINES.lock();
+    for gsi in 0..N {
+        if l.mapped[gsi] == Some(dom) && l.port[gsi] == Some(port) {
+            l.port[gsi] = None;
+            ioapic::set_masked(gsi as u32, true);
+        }
+    }
+}
+
+/// Domain `dom` died: every line it had is masked and forgotten.
+pub fn domain_died(dom: u16) {
+    let mut l = LINES.lock();
+    for gsi in 0..N {
+        if l.mapped[gsi] == Some(dom) {
+            l.mapped[gsi] = None;
+            l.port[gsi] = None;
+            ioapic::set_masked(gsi as u32, true);
+            crate::info!("domain {dom}: GSI {gsi} released after {} interrupts", l.count[gsi]);
+        }
+    }
+}
