@@ -156,8 +156,22 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> HResult {
             }
             Ok(count)
         }
-        // CONSOLEIO_read: no input source yet.
-        1 => Ok(0),
+        // CONSOLEIO_read: input typed on the serial console, for the
+        // service domain (which routes it to a guest's console ring);
+        // other domains have none.
+        1 => {
+            let cur = hv.current;
+            if !hv.domains[cur].service {
+                return Ok(0);
+            }
+            let mut chunk = [0u8; CONSOLE_CHUNK];
+            let want = (count as u32 as usize).min(CONSOLE_CHUNK);
+            let n = crate::log::read_input(&mut chunk[..want]);
+            if n > 0 {
+                guest::copy_to(cr3(hv), buf, &chunk[..n]).map_err(|_| Errno::EFAULT)?;
+            }
+            Ok(n as u64)
+        }
         _ => Err(Errno::EINVAL),
     }
 }

@@ -52,6 +52,17 @@ pub fn init() {
     }
 }
 
+/// Takes up to `out.len()` bytes typed on the serial console (polled: the
+/// UART's receive FIFO holds 16). Returns how many.
+pub fn read_input(out: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < out.len() && inb(COM1 + 5) & 1 != 0 {
+        out[n] = inb(COM1);
+        n += 1;
+    }
+    n
+}
+
 pub fn set_level(l: Level) {
     *LEVEL.lock() = l;
 }

@@ -48,6 +48,11 @@ fn multi_manifest() -> String {
     m
 }
 
+/// The block benchmark boot: the service domain (its direct-access
+/// baseline first) and the blkbench guest on a fresh disk image.
+const BLK_MANIFEST: &str = "[domain service]\nimage = service\nmemory = 16M\nmaxmem = 24M\nprivileged = true\nservice = true\ncmdline = vbd=blkbench bench=1\n\n\
+     [domain blkbench]\nimage = blkbench\nmemory = 16M\n";
+
 fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &str, name: &str) -> Result<Run, String> {
     let bundle = crate::scenario::make_bundle(manifest, kdir, &Default::default())?;
     let bpath = out_dir.join(format!("{name}.cpio"));
@@ -67,7 +72,14 @@ fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &st
         initrd_args: "",
         stop_on: &[],
     };
-    let out = boot.run()?;
+    let disk = out_dir.join(format!("{name}.disk"));
+    let with_disk = manifest.contains("image = service");
+    if with_disk {
+        let f = std::fs::File::create(&disk).map_err(|e| format!("error: {}: {e}", disk.display()))?;
+        f.set_len(64 << 20).map_err(|e| format!("error: {}: {e}", disk.display()))?;
+    }
+    let extras = crate::qemu::Extras { disk: with_disk.then_some(disk.as_path()), kill_on: None, input: None };
+    let out = boot.run_with(&extras)?;
     std::fs::write(out_dir.join(format!("{name}.log")), &out.serial).map_err(|e| e.to_string())?;
     let run = parse(&out.serial);
     if run.rows.is_empty() || out.exit_code != Some(33) {
@@ -90,6 +102,9 @@ fn on_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, 
     let multi = b.map_err(|_| "error: benchmark thread panicked".to_string())??;
     run.rows.extend(multi.rows);
     run.notes.extend(multi.notes);
+    let blk = boot_microvisor(kdir, out_dir, timeout, BLK_MANIFEST, "bench-blk")?;
+    run.rows.extend(blk.rows);
+    run.notes.extend(blk.notes);
     Ok(run)
 }
 

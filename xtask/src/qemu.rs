@@ -94,6 +94,8 @@ pub struct Extras<'a> {
     /// Kill QEMU with SIGKILL (no clean shutdown) as soon as this text
     /// appears on the console. Empty text is ignored.
     pub kill_on: Option<&'a str>,
+    /// Type `.1` on the serial console (QEMU's stdin) once `.0` appears.
+    pub input: Option<(&'a str, &'a str)>,
 }
 
 /// QEMU arguments attaching a raw image as a virtio-blk device.
@@ -175,7 +177,7 @@ impl Boot<'_> {
     pub fn run_with(&self, extras: &Extras) -> Result<Outcome, String> {
         let mut child = self
             .command_with(extras)
-            .stdin(Stdio::null())
+            .stdin(if extras.input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -187,6 +189,8 @@ impl Boot<'_> {
         let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop_flag = stopped.clone();
         let kill_on: Vec<u8> = extras.kill_on.unwrap_or("").as_bytes().to_vec();
+        let mut stdin = child.stdin.take();
+        let (input_after, input): (Vec<u8>, Vec<u8>) = extras.input.map_or((Vec::new(), Vec::new()), |(m, t)| (m.as_bytes().to_vec(), t.as_bytes().to_vec()));
         let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let kill_flag = killed.clone();
         // The reader wakes the waiting loop below the moment the kill marker
@@ -206,6 +210,13 @@ impl Boot<'_> {
                         }
                         let before = all.len();
                         all.extend_from_slice(&buf[..n]);
+                        if let Some(mut w) = stdin.take_if(|_| found_since(&all, before, &input_after)) {
+                            use std::io::Write;
+                            let _ = w.write_all(&input);
+                            let _ = w.flush();
+                            // Kept open: QEMU treats a closed stdin as gone.
+                            std::mem::forget(w);
+                        }
                         if !kill_flag.load(std::sync::atomic::Ordering::SeqCst) && found_since(&all, before, &kill_on) {
                             kill_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                             let _ = wake.send(());
@@ -316,7 +327,7 @@ mod tests {
             stop_on: &[],
         };
         let plain: Vec<_> = boot.command_with(&Extras::default()).get_args().map(|a| a.to_owned()).collect();
-        let extras = Extras { disk: Some(Path::new("d.disk")), kill_on: None };
+        let extras = Extras { disk: Some(Path::new("d.disk")), kill_on: None, input: None };
         let with: Vec<_> = boot.command_with(&extras).get_args().map(|a| a.to_owned()).collect();
         assert!(!plain.iter().any(|a| a == "-drive"));
         assert_eq!(with[..plain.len()], plain[..], "the disk only adds arguments");

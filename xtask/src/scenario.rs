@@ -48,6 +48,12 @@ pub struct Scenario {
     /// scenarios whose guests measure time-based shares deterministically.
     #[serde(default)]
     pub icount: bool,
+    /// Text typed on the serial console (QEMU's stdin) once the console
+    /// shows `console_input_after` (both or neither).
+    #[serde(default)]
+    pub console_input: Option<String>,
+    #[serde(default)]
+    pub console_input_after: Option<String>,
 
     // The disk and multi-boot keys, read raw so that `resolve` can give a
     // one-line error for any bad value; their checked forms follow.
@@ -191,6 +197,11 @@ fn parse_hex(h: &str) -> Option<Vec<u8>> {
 impl Scenario {
     /// Checks the disk and multi-boot keys and fills in their checked forms.
     fn resolve(&mut self) -> Result<(), String> {
+        match (&self.console_input, &self.console_input_after) {
+            (Some(_), None) | (None, Some(_)) => return Err("console_input and console_input_after go together: the text to type and the console text to wait for".into()),
+            (_, Some(m)) if m.is_empty() => return Err("console_input_after must not be empty text".into()),
+            _ => {}
+        }
         if self.target.as_deref() == Some("xen") {
             let given = [
                 ("disk_mib", self.raw_disk_mib.is_some()),
@@ -613,7 +624,8 @@ pub fn run_boots(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Res
             stop_on: &[],
         };
         let kill_on = s.kill_marker(i as usize - 1);
-        let extras = crate::qemu::Extras { disk: s.disk.map(|_| disk.as_path()), kill_on };
+        let input = s.console_input_after.as_deref().zip(s.console_input.as_deref());
+        let extras = crate::qemu::Extras { disk: s.disk.map(|_| disk.as_path()), kill_on, input };
         let out = boot.run_with(&extras)?;
         if s.boots > 1 {
             if !run.serial.is_empty() && !run.serial.ends_with('\n') {

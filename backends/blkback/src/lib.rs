@@ -393,16 +393,10 @@ fn do_read<D: Disk + ?Sized, G: GrantIo + ?Sized>(
     disk: &mut D,
     grants: &mut G,
 ) -> Result<(), Failure> {
+    // The segments name consecutive sectors: one disk read for all of
+    // them, then one scatter into the front-end's pages.
     let data = staging(buf, x);
-    let mut rest = &mut *data;
-    let mut sector = x.sector;
-    for s in x.spans() {
-        let (head, tail) = rest.split_at_mut_checked(s.len).ok_or(Failure::Disk)?;
-        disk.read(sector, head)?;
-        // `s.len` is at most a page: the sum stays within the checked range.
-        sector += (s.len / SECTOR_SIZE) as u64;
-        rest = tail;
-    }
+    disk.read(x.sector, data)?;
     grants.scatter(x.spans(), data)?;
     Ok(())
 }

@@ -88,7 +88,42 @@ impl CopyGrants {
     }
 }
 
+impl CopyGrants {
+    /// All of a request's spans in one `GNTTABOP_copy`, each split where
+    /// our buffer crosses a page.
+    fn batch(&mut self, spans: &[blkback::GrantSpan], local: *const u8, len: usize, to_guest: bool) -> Result<(), BadGrant> {
+        let mut ops: Vec<GnttabCopy> = Vec::with_capacity(spans.len() * 2);
+        let mut at = 0usize;
+        for s in spans {
+            if s.offset + s.len > PAGE || at + s.len > len {
+                return Err(BadGrant);
+            }
+            let mut done = 0;
+            while done < s.len {
+                let va = local as u64 + (at + done) as u64;
+                let n = (PAGE - (va as usize % PAGE)).min(s.len - done);
+                let ma = mm::virt_to_machine(va).ok_or(BadGrant)?;
+                let ours = GnttabCopyPtr { u: ma >> 12, domid: DomId::SELF.0, offset: (ma & 0xfff) as u16, _pad: 0 };
+                let theirs = GnttabCopyPtr { u: u64::from(s.gref.0), domid: self.dom, offset: (s.offset + done) as u16, _pad: 0 };
+                let (source, dest, flags) = if to_guest { (ours, theirs, GNTCOPY_DEST_GREF) } else { (theirs, ours, GNTCOPY_SOURCE_GREF) };
+                ops.push(GnttabCopy { source, dest, len: n as u16, flags, status: 0, _pad: 0 });
+                done += n;
+            }
+            at += s.len;
+        }
+        gnttab::copy(&mut ops).map_err(|_| BadGrant)?;
+        self.copies += ops.len() as u64;
+        if ops.iter().all(|o| o.status == GNTST_OKAY) { Ok(()) } else { Err(BadGrant) }
+    }
+}
+
 impl GrantIo for CopyGrants {
+    fn gather(&mut self, spans: &[blkback::GrantSpan], buf: &mut [u8]) -> Result<(), BadGrant> {
+        self.batch(spans, buf.as_mut_ptr(), buf.len(), false)
+    }
+    fn scatter(&mut self, spans: &[blkback::GrantSpan], data: &[u8]) -> Result<(), BadGrant> {
+        self.batch(spans, data.as_ptr(), data.len(), true)
+    }
     fn read(&mut self, gref: GrantRef, offset: usize, buf: &mut [u8]) -> Result<(), BadGrant> {
         if offset + buf.len() > PAGE {
             return Err(BadGrant);

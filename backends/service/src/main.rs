@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+mod bench;
 mod blk;
 mod console;
 mod disk;
@@ -97,7 +98,21 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
             u32::MAX
         }
     };
-    let share = total / names.len() as u64;
+    // With `bench=1` the second half of the disk is the service domain's
+    // own, for the direct-access baseline of the block benchmark.
+    let bench = !cmdline_list(si, "bench").is_empty();
+    let usable = if bench { total / 2 } else { total };
+    if bench {
+        let figures = bench::direct(&mut disk, total / 2);
+        for name in &names {
+            if let Some(g) = guests.iter().find(|g| &g.name == name) {
+                for (key, ns) in &figures {
+                    let _ = local.write(xs, &format!("/local/domain/{}/bench/{key}", g.domid), format!("{ns}").as_bytes());
+                }
+            }
+        }
+    }
+    let share = usable / names.len() as u64;
     let mut vbds = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let Some(g) = guests.iter().find(|g| &g.name == name) else {
@@ -223,9 +238,16 @@ fn main(si: &'static StartInfo) {
     // The rings were mapped and bound above.
     let _ = xs.take_actions();
     let mut disks = setup_disks(si, &mut xs, &mut local, &guests);
+    // Serial console input goes to one chosen guest (`console_input=NAME`).
+    let input_to = cmdline_list(si, "console_input").into_iter().next();
+    if let Some(name) = &input_to {
+        println!("service: console input goes to {name}");
+    }
     events::enable();
     println!("service: serving xenstore and consoles for {} domains", guests.len());
 
+    // The store changed since the vbds last looked (true at first).
+    let mut store_dirty = true;
     while guests.iter().any(|g| g.alive) {
         wait_for_work();
         // One guest's write may queue watch events for another: go round
@@ -238,12 +260,27 @@ fn main(si: &'static StartInfo) {
                     && s.pump(&mut xs)
                 {
                     moved = true;
+                    store_dirty = true;
                     let _ = events::send(s.port);
                 }
                 if let Some(c) = g.console.as_mut()
                     && c.pump()
                 {
                     let _ = events::send(c.port);
+                }
+            }
+            if let Some(name) = &input_to {
+                let mut typed = [0u8; 64];
+                let n = guest_abi::hypercall::console_io_read(&mut typed).unwrap_or(0);
+                if n > 0
+                    && let Some(c) = guests.iter_mut().filter(|g| g.alive && &g.name == name).find_map(|g| g.console.as_mut())
+                {
+                    let taken = c.input(&typed[..n]);
+                    if taken < n {
+                        println!("service: console input for {name}: ring full, {} bytes dropped", n - taken);
+                    }
+                    let _ = events::send(c.port);
+                    moved = true;
                 }
             }
             if let Some(d) = disks.as_mut() {
@@ -253,7 +290,8 @@ fn main(si: &'static StartInfo) {
                     let _ = events::pirq_eoi(d.pirq);
                 }
                 for v in d.vbds.iter_mut() {
-                    if v.step(&mut xs, &mut local, kick) {
+                    // Handshake states change only through the store.
+                    if store_dirty && v.step(&mut xs, &mut local, kick) {
                         moved = true;
                     }
                     while v.serve(&mut d.disk) {
@@ -261,6 +299,7 @@ fn main(si: &'static StartInfo) {
                     }
                 }
             }
+            store_dirty = false;
             rounds += 1;
             if !moved || rounds > 64 {
                 break;
