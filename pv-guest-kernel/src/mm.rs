@@ -55,12 +55,38 @@ pub fn mfn_to_pfn(mfn: u64) -> u64 {
     unsafe { mem::read_u64(M2P + mfn * 8) }
 }
 
-/// Machine address of the current L4 (an emulated `mov %cr3`).
+/// Machine address of the current L4 (an emulated `mov %cr3`: a trap to
+/// the hypervisor; the library's own walks use a cached copy).
 pub fn current_l4_mfn() -> u64 {
     let cr3: u64;
     // SAFETY: reading CR3 is emulated by the hypervisor.
     unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3) };
     cr3 >> 12
+}
+
+/// The current L4 as this library last set or read it (0: not read yet).
+/// Every base-pointer change made through [`switch_to`] or [`mmuext`]
+/// updates it; a guest that switches address spaces behind the library's
+/// back must call [`forget_l4`].
+static L4: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The current L4 for page-table walks, without trapping after the first
+/// read.
+fn l4() -> u64 {
+    match L4.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let m = current_l4_mfn();
+            L4.store(m, core::sync::atomic::Ordering::Relaxed);
+            m
+        }
+        m => m,
+    }
+}
+
+/// Drops the cached L4 (after switching address spaces without
+/// [`switch_to`]).
+pub fn forget_l4() {
+    L4.store(0, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// Virtual address at which the library reads table frame `mfn` (the
@@ -92,7 +118,7 @@ pub fn l1_entry_ma(l4: u64, va: u64) -> Option<u64> {
 
 /// The L1 entry currently mapping `va` (0 if none).
 pub fn lookup(va: u64) -> u64 {
-    match l1_entry_ma(current_l4_mfn(), va) {
+    match l1_entry_ma(l4(), va) {
         Some(ma) => entry(ma >> 12, (ma & 0xfff) / 8),
         None => 0,
     }
@@ -162,7 +188,11 @@ pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> Result<(), Errno> {
     let op = guest_abi::mmu::MmuextOp { cmd, _pad: 0, arg1, arg2 };
     // SAFETY: the hypervisor validates the operation; table operations on
     // frames this library manages keep its own mappings consistent.
-    unsafe { guest_abi::hypercall::mmuext_op(core::slice::from_ref(&op), None, guest_abi::types::DomId::SELF.0 as u32) }
+    let r = unsafe { guest_abi::hypercall::mmuext_op(core::slice::from_ref(&op), None, guest_abi::types::DomId::SELF.0 as u32) };
+    if r.is_ok() && cmd == guest_abi::mmu::MMUEXT_NEW_BASEPTR {
+        L4.store(arg1, core::sync::atomic::Ordering::Relaxed);
+    }
+    r
 }
 
 /// Queued page-table updates, submitted with one `mmu_update`.
@@ -197,13 +227,13 @@ impl Batch {
     /// Queues mapping `va` to machine frame `mfn` with `flags` in the current
     /// address space (its L1 table must exist).
     pub fn map(&mut self, va: u64, mfn: u64, flags: u64) -> Result<(), Errno> {
-        let ma = l1_entry_ma(current_l4_mfn(), va).ok_or(Errno::ENOENT)?;
+        let ma = l1_entry_ma(l4(), va).ok_or(Errno::ENOENT)?;
         self.push(ma, (mfn << 12) | flags)
     }
 
     /// Queues removing the mapping of `va`.
     pub fn unmap(&mut self, va: u64) -> Result<(), Errno> {
-        let ma = l1_entry_ma(current_l4_mfn(), va).ok_or(Errno::ENOENT)?;
+        let ma = l1_entry_ma(l4(), va).ok_or(Errno::ENOENT)?;
         self.flush = true;
         self.push(ma, 0)
     }
@@ -263,7 +293,7 @@ impl Batch {
 /// missing L3/L2/L1 table (read-only pool pages, linked in with
 /// `mmu_update`, validated by the hypervisor). Returns the L1's frame.
 pub fn ensure_l1(va: u64) -> Result<u64, Errno> {
-    let mut t = current_l4_mfn();
+    let mut t = l4();
     for level in (1..4).rev() {
         let idx = (va >> (12 + 9 * level)) & 511;
         let e = entry(t, idx);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Kernel packages: the hypervisor and every guest image.
-pub const KERNEL_PACKAGES: &[&str] = &["microvisor", "hello", "pagetables", "pingpong", "scenario-guests", "service"];
+pub const KERNEL_PACKAGES: &[&str] = &["microvisor", "hello", "pagetables", "pingpong", "blk-demo", "scenario-guests", "service"];
 
 /// Where the kernel binaries land.
 pub fn kernel_dir(root: &Path) -> PathBuf {

@@ -198,7 +198,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         println!("== host unit tests");
         let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["test", "-q", "-p", "guest-abi", "-p", "microvisor-core", "-p", "xtask", "-p", "xenstore", "-p", "blkback", "-p", "blkfront", "-p", "pv-guest-kernel"])
+            .args(["test", "-q", "-p", "guest-abi", "-p", "microvisor-core", "-p", "xtask", "-p", "xenstore", "-p", "blkback", "-p", "blkfront", "-p", "echoback", "-p", "echofront", "-p", "pv-guest-kernel"])
             .status()
             .map_err(|e| format!("error: cannot run cargo test: {e}"))?;
         if st.success() {

@@ -336,6 +336,9 @@ fn plan(req: &BlkifRequest, info: &DeviceInfo) -> Result<Plan, Refusal> {
             writable()?;
             Ok(Plan::WriteFlush(transfer(req, info)?))
         }
+        // A flush carries no data; a segment count beyond what any request
+        // may hold is refused (as Linux's blkback does).
+        BLKIF_OP_FLUSH_DISKCACHE if usize::from(req.nr_segments) > BLKIF_MAX_SEGMENTS_PER_REQUEST => Err(Refusal::Invalid),
         BLKIF_OP_FLUSH_DISKCACHE => Ok(Plan::Flush),
         _ => Err(Refusal::Unsupported),
     }
@@ -380,9 +383,14 @@ fn transfer(req: &BlkifRequest, info: &DeviceInfo) -> Result<Transfer, Refusal> 
 
 /// Sizes the staging buffer for `x`, reusing its allocation.
 fn staging<'a>(buf: &'a mut Vec<u8>, x: &Transfer) -> &'a mut [u8] {
-    buf.clear();
-    buf.resize(x.bytes, 0);
-    buf
+    // Grown (zeroed) once to the largest request seen, never cleared again:
+    // every byte of the slice handed out is overwritten (by the disk read or
+    // the gather) before anything is copied out of it, and a failure on the
+    // way copies nothing out.
+    if buf.len() < x.bytes {
+        buf.resize(x.bytes, 0);
+    }
+    &mut buf[..x.bytes]
 }
 
 /// Reads the disk segment by segment, in disk order, then copies the whole

@@ -159,6 +159,12 @@ pub struct Vbd {
     /// Where its ring is mapped in our address space.
     ring_slot: u64,
     closed: bool,
+    /// The front-end broke its ring: never reconnect it, but still follow
+    /// it to Closed.
+    failed: bool,
+    /// A state to publish at the next step (after a failure in `serve`,
+    /// which has no access to the store).
+    announce: Option<XenbusState>,
 }
 
 fn state_text(s: XenbusState) -> String {
@@ -199,7 +205,7 @@ impl Vbd {
         for n in nodes {
             local.set_perms(xs, &format!("{be_path}{n}"), be_perms.as_bytes())?;
         }
-        Ok(Self { fe_dom, name: String::from(name), be_path, fe_path, start, sectors, conn: None, ring_slot, closed: false })
+        Ok(Self { fe_dom, name: String::from(name), be_path, fe_path, start, sectors, conn: None, ring_slot, closed: false, failed: false, announce: None })
     }
 
     fn set_state(&self, xs: &mut Xenstore, local: &mut Local, s: XenbusState) {
@@ -209,12 +215,17 @@ impl Vbd {
     /// Follows the front-end's state: connects when it is Initialised,
     /// disconnects when it closes. Returns whether something changed.
     pub fn step(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> bool {
+        let mut changed = false;
+        if let Some(s) = self.announce.take() {
+            self.set_state(xs, local, s);
+            changed = true;
+        }
         if self.closed {
-            return false;
+            return changed;
         }
         let front = local.read(xs, &format!("{}/state", self.fe_path)).ok().and_then(|t| XenbusState::parse(&t)).unwrap_or(XenbusState::Unknown);
         match blkback::xenbus::on_frontend_state(front) {
-            blkback::xenbus::BackendStep::Connect if self.conn.is_none() => match self.connect(xs, local, kick) {
+            blkback::xenbus::BackendStep::Connect if self.conn.is_none() && !self.failed => match self.connect(xs, local, kick) {
                 Ok(()) => {
                     self.set_state(xs, local, XenbusState::Connected);
                     pv_guest_kernel::println!("blkback: {} connected ({} sectors at {})", self.name, self.sectors, self.start);
@@ -235,8 +246,14 @@ impl Vbd {
                 }
                 true
             }
-            _ => false,
+            _ => changed,
         }
+    }
+
+    /// True when a state must be published without waiting for the store
+    /// to change.
+    pub fn wants_step(&self) -> bool {
+        self.announce.is_some()
     }
 
     fn connect(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> Result<(), String> {
@@ -298,7 +315,10 @@ impl Vbd {
             Err(fatal) => {
                 pv_guest_kernel::println!("blkback: {}: {fatal}; disconnecting this front-end", self.name);
                 self.disconnect();
-                self.closed = true;
+                // Tell it (Closing) and follow it to Closed; never serve it
+                // again.
+                self.failed = true;
+                self.announce = Some(XenbusState::Closing);
                 false
             }
         }

@@ -21,6 +21,7 @@ mod bench;
 mod blk;
 mod console;
 mod disk;
+mod echo;
 mod store;
 
 use alloc::format;
@@ -238,6 +239,7 @@ fn main(si: &'static StartInfo) {
     // The rings were mapped and bound above.
     let _ = xs.take_actions();
     let mut disks = setup_disks(si, &mut xs, &mut local, &guests);
+    let mut echoes = echo::Echoes::setup(si, &mut xs, &mut local, &guests);
     // Serial console input goes to one chosen guest (`console_input=NAME`).
     let input_to = cmdline_list(si, "console_input").into_iter().next();
     if let Some(name) = &input_to {
@@ -291,7 +293,7 @@ fn main(si: &'static StartInfo) {
                 }
                 for v in d.vbds.iter_mut() {
                     // Handshake states change only through the store.
-                    if store_dirty && v.step(&mut xs, &mut local, kick) {
+                    if (store_dirty || v.wants_step()) && v.step(&mut xs, &mut local, kick) {
                         moved = true;
                     }
                     while v.serve(&mut d.disk) {
@@ -300,6 +302,9 @@ fn main(si: &'static StartInfo) {
                 }
             }
             store_dirty = false;
+            if echoes.pump(&mut xs, &mut local, kick) {
+                moved = true;
+            }
             rounds += 1;
             if !moved || rounds > 64 {
                 break;
@@ -312,6 +317,7 @@ fn main(si: &'static StartInfo) {
                         v.disconnect();
                     }
                 }
+                echoes.domain_died(g.domid);
                 disconnect(&mut xs, g);
             }
         }

@@ -9,6 +9,7 @@
 
 pub mod blkif;
 pub mod console;
+pub mod echo;
 pub mod netif;
 pub mod ring;
 pub mod xenbus;

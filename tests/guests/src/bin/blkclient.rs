@@ -4,6 +4,8 @@
 //! size and features, writes a pattern with several multi-segment requests
 //! in flight, flushes, reads it back into another buffer and compares.
 //!
+//! `rounds=N` (mode rw) repeats the write, flush and read-back N times.
+//!
 //! `mode=persist` splits that across QEMU boots on the same disk image
 //! (`boot=N` on the command line): boot 1 writes and flushes the pattern and
 //! says so (the scenario kills QEMU right then); boot 2 reads it back.
@@ -12,6 +14,7 @@
 
 extern crate alloc;
 
+use alloc::format;
 use blkfront::device::{BlkDevice, Buffer};
 use pv_guest_kernel::{StartInfo, events, gnttab, println, test::Reporter, xenstore};
 
@@ -71,14 +74,34 @@ fn main(si: &'static StartInfo) {
             t.check("persist-read-back", r.is_ok() && bad.is_none(), format_args!("{r:?}, first difference at byte {bad:?}"));
         }
         _ => {
-            fill(&mut out, boot, sector, len);
-            let w = disk.write(sector, &out, len);
-            t.check("write", w.is_ok(), format_args!("{w:?}"));
-            let f = disk.flush();
-            t.check("flush", f.is_ok(), format_args!("{f:?}"));
-            let r = disk.read(sector, &mut back, len);
-            let bad = matches(&back, boot, sector, len);
-            t.check("read-back", r.is_ok() && bad.is_none(), format_args!("{r:?}, first difference at byte {bad:?}"));
+            // `rounds=N` repeats the write, flush and read-back N times with a
+            // new pattern each round (to keep I/O going beside other guests);
+            // each step is reported once, with the first round that failed.
+            let rounds: u64 = scenario_guests::arg(si, "rounds").and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
+            let (mut w_fail, mut f_fail, mut r_fail) = (None, None, None);
+            for round in 0..rounds {
+                let seed = boot + round;
+                fill(&mut out, seed, sector, len);
+                let w = disk.write(sector, &out, len);
+                if w.is_err() && w_fail.is_none() {
+                    w_fail = Some((round, format!("{w:?}")));
+                }
+                let f = disk.flush();
+                if f.is_err() && f_fail.is_none() {
+                    f_fail = Some((round, format!("{f:?}")));
+                }
+                let r = disk.read(sector, &mut back, len);
+                let bad = matches(&back, seed, sector, len);
+                if (r.is_err() || bad.is_some()) && r_fail.is_none() {
+                    r_fail = Some((round, format!("{r:?}, first difference at byte {bad:?}")));
+                }
+                if rounds > 1 {
+                    println!("blkclient: round {} of {rounds} done", round + 1);
+                }
+            }
+            t.check("write", w_fail.is_none(), format_args!("{w_fail:?}"));
+            t.check("flush", f_fail.is_none(), format_args!("{f_fail:?}"));
+            t.check("read-back", r_fail.is_none(), format_args!("{r_fail:?}"));
             // The last sector of the disk is readable; one past it is
             // refused by the front-end before it reaches the ring.
             let last = disk.read(info.sectors - 8, &mut back, 4096);
