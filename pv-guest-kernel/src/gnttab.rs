@@ -220,3 +220,61 @@ pub fn copy(ops: &mut [GnttabCopy]) -> Result<(), Errno> {
     unsafe { guest_abi::hypercall::grant_table_op(GNTTABOP_COPY, ops.as_mut_ptr() as u64, n)? };
     Ok(())
 }
+
+/// Another domain's page mapped here by grant (a ring page a back-end
+/// serves). Unmapped when dropped (or with [`GrantedPage::unmap`]), so the
+/// mapping lives exactly as long as the value.
+#[derive(Debug)]
+pub struct GrantedPage {
+    page: crate::page::MappedPage,
+    handle: u32,
+}
+
+impl GrantedPage {
+    /// Maps `dom`'s grant `gref` writable at our page-aligned address `va`
+    /// (a window the caller reserves, e.g. [`map_slot_va`]); the `GNTST_*`
+    /// status on refusal.
+    pub fn map(dom: u16, gref: u32, va: u64) -> Result<Self, i16> {
+        let handle = map(dom, gref, va, false)?;
+        // SAFETY: `va` is now mapped writable by grant, page-aligned, and
+        // stays so until this value unmaps it (drop or `unmap`).
+        Ok(Self { page: unsafe { crate::page::MappedPage::new(va) }, handle })
+    }
+
+    /// Removes the mapping now; the `GNTST_*` status on failure.
+    pub fn unmap(self) -> Result<(), i16> {
+        let r = unmap(self.page.va(), self.handle);
+        core::mem::forget(self);
+        r
+    }
+}
+
+impl Drop for GrantedPage {
+    fn drop(&mut self) {
+        let _ = unmap(self.page.va(), self.handle);
+    }
+}
+
+impl guest_abi::io::ring::SharedPage for GrantedPage {
+    fn load_u32(&self, off: usize) -> u32 {
+        self.page.load_u32(off)
+    }
+    fn store_u32(&self, off: usize, v: u32) {
+        self.page.store_u32(off, v)
+    }
+    fn read_bytes(&self, off: usize, out: &mut [u8]) {
+        self.page.read_bytes(off, out)
+    }
+    fn write_bytes(&self, off: usize, data: &[u8]) {
+        self.page.write_bytes(off, data)
+    }
+    fn fence(&self) {
+        self.page.fence()
+    }
+    fn read_fence(&self) {
+        self.page.read_fence()
+    }
+    fn write_fence(&self) {
+        self.page.write_fence()
+    }
+}

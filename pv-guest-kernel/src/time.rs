@@ -58,8 +58,14 @@ pub fn timer_events() -> u64 {
 }
 
 /// Blocks the vCPU until system time `deadline` (other domains run
-/// meanwhile). Events are delivered while sleeping.
+/// meanwhile). Events are delivered while sleeping. Binds VIRQ_TIMER first
+/// if [`init`] was not called (needs event channels: `events::init`);
+/// returns at once if it cannot.
 pub fn sleep_until(deadline: u64) {
+    // The timer wakes a blocked vCPU only through a bound VIRQ_TIMER.
+    if TIMER_PORT.load(Ordering::SeqCst) == 0 && init().is_err() {
+        return;
+    }
     while now_ns() < deadline {
         let _ = guest_abi::hypercall::set_timer_op(deadline);
         crate::events::disable();

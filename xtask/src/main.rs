@@ -29,6 +29,7 @@ fn root() -> PathBuf {
 struct Opts {
     accel: Accel,
     manifest: Option<PathBuf>,
+    disk: Option<PathBuf>,
     filter: Option<String>,
     timeout: u64,
     /// `test --on-xen`: the differential suite against real Xen.
@@ -38,13 +39,14 @@ struct Opts {
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts { accel: Accel::Tcg, manifest: None, filter: None, timeout: 120, on_xen: false, vs_xen: false };
+    let mut o = Opts { accel: Accel::Tcg, manifest: None, disk: None, filter: None, timeout: 120, on_xen: false, vs_xen: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("error: {name} needs a value"));
         match a.as_str() {
             "--accel" => o.accel = qemu::parse_accel(&val("--accel")?)?,
             "--manifest" => o.manifest = Some(PathBuf::from(val("--manifest")?)),
+            "--disk" => o.disk = Some(PathBuf::from(val("--disk")?)),
             "--filter" => o.filter = Some(val("--filter")?),
             "--timeout" => o.timeout = val("--timeout")?.parse().map_err(|_| "error: --timeout takes seconds".to_string())?,
             "--on-xen" => o.on_xen = true,
@@ -57,8 +59,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 
 const HELP: &str = "usage: cargo xtask <command> [options]
   build                          build the hypervisor and all guests
-  run  [--manifest FILE] [--accel tcg|kvm] [--timeout S]
-                                 boot a manifest (default: examples/default.manifest)
+  run  [--manifest FILE] [--disk IMG] [--accel tcg|kvm] [--timeout S]
+                                 boot a manifest (default: examples/default.manifest);
+                                 a manifest with a service domain gets IMG (default
+                                 target/run/disk.img, 64 MiB, kept between runs) as
+                                 its virtio disk
   test [--accel tcg|kvm] [--filter TEXT]
                                  host unit tests, kernel checks and QEMU scenarios
   test --on-xen [--accel ..] [--filter TEXT]
@@ -141,7 +146,22 @@ fn run(o: &Opts) -> Result<bool, String> {
         initrd_args: "",
         stop_on: &[],
     };
-    let out = boot.run()?;
+    // A service domain drives a disk: the one given, or one kept in target/run.
+    let has_service = manifest.lines().any(|l| l.split('#').next().unwrap_or("").replace(' ', "") == "service=true");
+    let disk = match (&o.disk, has_service) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => Some(out_dir.join("disk.img")),
+        (None, false) => None,
+    };
+    if let Some(d) = &disk
+        && !d.exists()
+    {
+        let f = std::fs::File::create(d).map_err(|e| format!("error: cannot create disk image {}: {e}", d.display()))?;
+        f.set_len(64 << 20).map_err(|e| format!("error: cannot size disk image {}: {e}", d.display()))?;
+        eprintln!("xtask: created a 64 MiB disk image {}", d.display());
+    }
+    let extras = qemu::Extras { disk: disk.as_deref(), kill_on: None, input: None };
+    let out = boot.run_with(&extras)?;
     if out.timed_out {
         eprintln!("xtask: QEMU did not finish within {} s and was stopped", o.timeout);
         return Ok(false);

@@ -16,7 +16,6 @@ use blkback::{BadGrant, BlkBack, DeviceInfo, Disk, DiskError, GrantIo};
 use guest_abi::grant_table::{GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTST_OKAY, GnttabCopy, GnttabCopyPtr};
 use guest_abi::io::xenbus::XenbusState;
 use guest_abi::types::{DomId, GrantRef};
-use pv_guest_kernel::page::MappedPage;
 use pv_guest_kernel::{events, gnttab, mm};
 use xenstore::Xenstore;
 
@@ -140,10 +139,8 @@ impl GrantIo for CopyGrants {
 
 /// A connected front-end.
 pub struct Connected {
-    pub back: BlkBack<MappedPage>,
+    pub back: BlkBack<gnttab::GrantedPage>,
     pub port: u32,
-    ring_va: u64,
-    ring_handle: u32,
     pub grants: CopyGrants,
 }
 
@@ -265,19 +262,16 @@ impl Vbd {
         }
         let cfg = blkback::xenbus::parse_frontend(|k| nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())).map_err(|e| format!("{e:?}"))?;
         let va = gnttab::map_slot_va(self.ring_slot).ok_or("no ring slot")?;
-        let handle = gnttab::map(self.fe_dom, cfg.ring_ref.0, va, false).map_err(|st| format!("ring grant {}: status {st}", cfg.ring_ref.0))?;
+        let page = gnttab::GrantedPage::map(self.fe_dom, cfg.ring_ref.0, va).map_err(|st| format!("ring grant {}: status {st}", cfg.ring_ref.0))?;
         let port = match events::bind_interdomain(self.fe_dom, cfg.event_channel.0, kick) {
             Ok(p) => p,
             Err(e) => {
-                let _ = gnttab::unmap(va, handle);
+                drop(page);
                 return Err(format!("event channel {}: {e:?}", cfg.event_channel.0));
             }
         };
-        // SAFETY: `va` maps the front-end's ring page by grant until
-        // `disconnect` unmaps it; nothing else uses that slot.
-        let page = unsafe { MappedPage::new(va) };
         let info = DeviceInfo { sectors: self.sectors, read_only: false, physical_sector_size: 512 };
-        self.conn = Some(Connected { back: BlkBack::new(page, info), port, ring_va: va, ring_handle: handle, grants: CopyGrants { dom: self.fe_dom, copies: 0 } });
+        self.conn = Some(Connected { back: BlkBack::new(page, info), port, grants: CopyGrants { dom: self.fe_dom, copies: 0 } });
         Ok(())
     }
 
@@ -285,7 +279,6 @@ impl Vbd {
     pub fn disconnect(&mut self) {
         if let Some(c) = self.conn.take() {
             let _ = events::close(c.port);
-            let _ = gnttab::unmap(c.ring_va, c.ring_handle);
             let s = c.back.stats();
             pv_guest_kernel::println!(
                 "blkback: {} disconnected: {} requests ({} reads, {} writes, {} flushes), {} refused, {} grant errors",

@@ -20,7 +20,6 @@ use echoback::xenbus::{BackendStep, KEY_EVENT_CHANNEL, KEY_RING_REF};
 use echoback::{EchoBack, Features};
 use guest_abi::errno::Errno;
 use guest_abi::io::xenbus::XenbusState;
-use pv_guest_kernel::page::MappedPage;
 use pv_guest_kernel::{StartInfo, events, gnttab, println};
 use xenstore::Xenstore;
 
@@ -34,10 +33,8 @@ const RING_SLOT_BASE: u64 = 128;
 
 /// A connected front-end: its ring, mapped by grant, and its channel.
 struct Connected {
-    back: EchoBack<MappedPage>,
+    back: EchoBack<gnttab::GrantedPage>,
     port: u32,
-    ring_va: u64,
-    ring_handle: u32,
 }
 
 /// One echo device.
@@ -136,18 +133,15 @@ impl EchoDev {
         // The hypervisor checks the rest: that the grant is the front-end's
         // and lets us write, that the port is unbound and meant for us.
         let va = gnttab::map_slot_va(self.ring_slot).ok_or("no ring slot")?;
-        let handle = gnttab::map(self.fe_dom, cfg.ring_ref.0, va, false).map_err(|st| format!("ring grant {}: status {st}", cfg.ring_ref.0))?;
+        let page = gnttab::GrantedPage::map(self.fe_dom, cfg.ring_ref.0, va).map_err(|st| format!("ring grant {}: status {st}", cfg.ring_ref.0))?;
         let port = match events::bind_interdomain(self.fe_dom, cfg.event_channel.0, kick) {
             Ok(p) => p,
             Err(e) => {
-                let _ = gnttab::unmap(va, handle);
+                drop(page);
                 return Err(format!("event channel {}: {e:?}", cfg.event_channel.0));
             }
         };
-        // SAFETY: `va` maps the front-end's ring page by grant until
-        // `disconnect` unmaps it; nothing else uses that slot.
-        let page = unsafe { MappedPage::new(va) };
-        self.conn = Some(Connected { back: EchoBack::new(page, Features::default()), port, ring_va: va, ring_handle: handle });
+        self.conn = Some(Connected { back: EchoBack::new(page, Features::default()), port });
         Ok(())
     }
 
@@ -155,7 +149,6 @@ impl EchoDev {
     fn disconnect(&mut self) {
         if let Some(c) = self.conn.take() {
             let _ = events::close(c.port);
-            let _ = gnttab::unmap(c.ring_va, c.ring_handle);
             let s = c.back.stats();
             println!(
                 "echoback: {} disconnected: {} requests ({} answered, {} invalid, {} unsupported), {} bytes echoed",

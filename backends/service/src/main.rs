@@ -14,12 +14,15 @@
 //! Guests' indices and bytes are hostile: see `store` and `console`.
 #![no_std]
 #![no_main]
+// Only the virtio HAL (DMA memory and device registers) needs `unsafe`.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
 mod bench;
 mod blk;
 mod console;
+#[allow(unsafe_code)]
 mod disk;
 mod echo;
 mod store;
@@ -88,7 +91,7 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
     };
     use blkback::Disk;
     let total = disk.sectors();
-    println!("service: virtio-blk in slot {} ({} sectors, flush {}), GSI {}", disk.slot(), total, disk.has_flush(), disk.gsi());
+    println!("service: virtio-blk in slot {} at {:#x} ({} sectors, flush {}), GSI {}", disk.slot(), disk.mmio_base(), total, disk.has_flush(), disk.gsi());
     let pirq = match events::bind_gsi(disk.gsi(), disk_irq) {
         Ok((pirq, port)) => {
             println!("service: disk interrupt GSI {} bound as pirq {pirq} to port {port}", disk.gsi());
@@ -238,6 +241,8 @@ fn main(si: &'static StartInfo) {
     for (slot, (domid, name)) in domain_list(si).into_iter().enumerate() {
         match connect(&mut xs, &mut local, slot as u64, domid, &name) {
             Ok(g) => guests.push(g),
+            // Dead already (it ran and ended before we got here): nothing to serve.
+            Err(Errno::ESRCH | Errno::EBUSY) => println!("service: domain {domid} ({name}) ended before the service domain reached it"),
             Err(e) => println!("service: domain {domid} ({name}): cannot connect its rings: {e:?}"),
         }
     }

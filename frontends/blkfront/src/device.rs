@@ -28,7 +28,6 @@ use pv_guest_kernel::{events, gnttab};
 
 use crate::{BlkFront, Completion, DeviceInfo, Error, GrantError, Grants, Segment, plan_io};
 
-const PAGE: usize = 4096;
 
 /// Set by the event channel's handler.
 static EVENT: AtomicBool = AtomicBool::new(false);
