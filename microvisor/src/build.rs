@@ -204,6 +204,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         store_evtchn: si.store_evtchn,
         console_evtchn: si.console.evtchn,
         service: spec.service,
+        frames_waiting: 0,
         console: heapless::Vec::new(),
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
         fpu: crate::arch::cpu::FpuState::initial(),

@@ -123,6 +123,9 @@ pub struct Domain {
     pub console_evtchn: u32,
     /// The service domain (manifest `service = true`).
     pub service: bool,
+    /// After death: frames still mapped by other domains (freed later by
+    /// `Hv::collect_dead`).
+    pub frames_waiting: u64,
     /// Pending console output, flushed per line.
     pub console: heapless::Vec<u8, 256>,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
@@ -311,6 +314,29 @@ impl Hv {
         }
     }
 
+    /// True while a dead domain has frames others still map.
+    pub fn frames_waiting(&self) -> bool {
+        self.domains.iter().any(|d| d.frames_waiting > 0)
+    }
+
+    /// Frees what dead domains left mapped elsewhere once those mappings
+    /// went (called after a grant unmap or a page-table change that removed
+    /// access, while some dead domain still waits).
+    pub fn collect_dead(&mut self) {
+        for i in 0..self.domains.len() {
+            let d = &self.domains[i];
+            if d.is_live() || d.frames_waiting == 0 {
+                continue;
+            }
+            let id = d.id;
+            let (freed, waiting) = crate::mm::frames::relinquish(id, &[]);
+            if freed > 0 {
+                crate::info!("domain {id}: {freed} more frames freed after their last mapping elsewhere went ({waiting} still mapped)");
+            }
+            self.domains[i].frames_waiting = waiting;
+        }
+    }
+
     /// Flushes whatever partial console line a domain left.
     pub fn flush_console(&mut self, idx: usize) {
         if let Some(d) = self.domains.get_mut(idx)
@@ -376,8 +402,9 @@ impl Hv {
             // SAFETY: the hypervisor's own L4 maps everything it needs.
             unsafe { crate::arch::cpu::write_cr3(crate::mm::paging::hv_l4()) };
         }
-        let freed = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
-        crate::debug!("domain {id}: {freed} frames scrubbed and freed");
+        let (freed, waiting) = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
+        crate::debug!("domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere");
+        self.domains[idx].frames_waiting = waiting;
         // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
         if let Some(s) = self.domains.iter().position(|d| d.service && d.is_live()) {
             crate::events::raise_virq(self, s, guest_abi::event_channel::VIRQ_DOM_EXC);

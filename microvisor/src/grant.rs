@@ -200,8 +200,8 @@ pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop:
     apply(flush);
     // A granter's frames freed by this unmap (it died while they were
     // mapped) go back now.
-    if cmd == GNTTABOP_UNMAP_GRANT_REF && hv.domains.iter().any(|d| !d.is_live()) {
-        retry_relinquish(hv);
+    if cmd == GNTTABOP_UNMAP_GRANT_REF && hv.frames_waiting() {
+        hv.collect_dead();
     }
     result
 }
@@ -317,16 +317,6 @@ fn copy_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 /// many of its grants other domains still map.
 pub fn release_domain(dom: u16) -> u32 {
     with(|t, ft, mem| grant::release_domain(t, ft, mem, dom))
-}
-
-/// Gives back the frames of dead domains whose last foreign mapping went.
-fn retry_relinquish(hv: &Hv) {
-    for d in hv.domains.iter().filter(|d| !d.is_live()) {
-        let freed = frames::relinquish(d.id, &[]);
-        if freed > 0 {
-            crate::debug!("domain {}: {freed} more frames freed after their last grant mapping went", d.id);
-        }
-    }
 }
 
 /// Calls `f` with every reference the grant tables hold outside page tables

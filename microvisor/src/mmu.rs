@@ -98,6 +98,11 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
     if pdone != 0 {
         let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
+    // An unmapping may have dropped the last reference to a dead domain's
+    // frame (a back-end letting go of a ring page).
+    if flush.is_needed() && hv.frames_waiting() {
+        hv.collect_dead();
+    }
     result.map(Some)
 }
 

@@ -87,10 +87,12 @@ pub fn set_m2p(mfn: u64, pfn: u64) {
 
 /// Returns a dead domain's memory: drops the base-pointer references the
 /// hypervisor held, lets the policy unpin and untype everything, then scrubs
-/// every freed frame and gives it back to the allocator. Returns how many.
-pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
+/// every freed frame and gives it back to the allocator. Returns how many
+/// were freed and how many are still referenced from elsewhere (another
+/// domain's mappings): call again once those go.
+pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
     let mut freed = 0;
-    with(|ft, mem| {
+    let waiting = with(|ft, mem| {
         for &cr3 in base_ptrs.iter().filter(|&&c| c != 0) {
             ft.put_page_and_type(mem, cr3 / PAGE);
         }
@@ -100,9 +102,9 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> u64 {
             set_m2p(mfn, u64::MAX);
             let _ = super::with_allocator(|a| a.free(mfn));
             freed += 1;
-        });
+        })
     });
-    freed
+    (freed, waiting)
 }
 
 /// Room for every external reference one audit declares: the hypervisor's

@@ -70,6 +70,8 @@ fn main(si: &'static StartInfo) {
     match scenario_guests::arg(si, "role") {
         Some("granter") => granter(),
         Some("mapper") => mapper(),
+        Some("lender") => lender(),
+        Some("borrower") => borrower(),
         _ => dier(),
     }
 }
@@ -230,6 +232,41 @@ fn dier() -> ! {
         println!("dier: mapped grant {REF_E} (handle {h:?}); dying without unmapping it");
     }
     rt::shutdown(ShutdownReason::Crash)
+}
+
+/// Grants a page to the borrower (domain 4) and dies while it is mapped.
+fn lender() -> ! {
+    gnttab::init(1).expect("grant table");
+    let (page, mfn) = mm::alloc_page().expect("page");
+    fill(page, PATTERN_A);
+    let r = gnttab::grant_access(4, mfn, false);
+    if wait("the borrower's mapping", || gnttab::in_use(REF_A)) {
+        println!("lender: grant {r:?} is mapped; dying with it lent out");
+    }
+    rt::shutdown(ShutdownReason::Poweroff)
+}
+
+/// Maps the lender's page, keeps using it after the lender died (the frame
+/// stays allocated while mapped), then unmaps it (the hypervisor then frees
+/// it: see the scenario's marker).
+fn borrower() -> ! {
+    let mut t = Reporter::new();
+    let va = gnttab::map_slot_va(0).unwrap_or(0);
+    let mut h = Err(0);
+    let ok = wait("the lender's grant", || {
+        h = gnttab::map(3, REF_A, va, false);
+        h.is_ok()
+    });
+    t.check("borrow", ok, format_args!("{h:?}"));
+    // The lender is gone once new maps of its grants say so.
+    let scratch = gnttab::map_slot_va(1).unwrap_or(0);
+    let dead = wait("the lender's death", || gnttab::map(3, REF_A, scratch, true) == Err(GNTST_BAD_DOMAIN));
+    t.check("lender-died", dead, format_args!("maps of its grant still succeed"));
+    set_word(va, 0, 0x1234);
+    t.check("page-outlives-granter", filled(va, PATTERN_A, 1) && word(va, 0) == 0x1234, format_args!("{:#x}", word(va, 1)));
+    let u = h.map(|h| gnttab::unmap(va, h));
+    t.check("unmap-after-granter-death", u == Ok(Ok(())), format_args!("{u:?}"));
+    t.finish()
 }
 
 pv_guest_kernel::main!(main);
