@@ -65,33 +65,12 @@ pub struct CopyGrants {
 }
 
 impl CopyGrants {
-    /// One copy between grant `gref` (at `offset`) and our buffer `local`,
-    /// split where `local` crosses a page.
-    fn run(&mut self, gref: u32, offset: usize, local: *const u8, len: usize, to_guest: bool) -> Result<(), BadGrant> {
-        let mut ops: Vec<GnttabCopy> = Vec::new();
-        let mut done = 0;
-        while done < len {
-            let va = local as u64 + done as u64;
-            let in_page = PAGE - (va as usize % PAGE);
-            let n = in_page.min(len - done);
-            let ma = mm::virt_to_machine(va).ok_or(BadGrant)?;
-            let ours = GnttabCopyPtr { u: ma >> 12, domid: DomId::SELF.0, offset: (ma & 0xfff) as u16, _pad: 0 };
-            let theirs = GnttabCopyPtr { u: u64::from(gref), domid: self.dom, offset: (offset + done) as u16, _pad: 0 };
-            let (source, dest, flags) = if to_guest { (ours, theirs, GNTCOPY_DEST_GREF) } else { (theirs, ours, GNTCOPY_SOURCE_GREF) };
-            ops.push(GnttabCopy { source, dest, len: n as u16, flags, status: 0, _pad: 0 });
-            done += n;
-        }
-        gnttab::copy(&mut ops).map_err(|_| BadGrant)?;
-        self.copies += ops.len() as u64;
-        if ops.iter().all(|o| o.status == GNTST_OKAY) { Ok(()) } else { Err(BadGrant) }
-    }
-}
-
-impl CopyGrants {
     /// All of a request's spans in one `GNTTABOP_copy`, each split where
     /// our buffer crosses a page.
     fn batch(&mut self, spans: &[blkback::GrantSpan], local: *const u8, len: usize, to_guest: bool) -> Result<(), BadGrant> {
-        let mut ops: Vec<GnttabCopy> = Vec::with_capacity(spans.len() * 2);
+        // At most 11 spans, each split at most once where our buffer crosses
+        // a page: a fixed array, no allocation on the request path.
+        let mut ops: heapless::Vec<GnttabCopy, 24> = heapless::Vec::new();
         let mut at = 0usize;
         for s in spans {
             if s.offset + s.len > PAGE || at + s.len > len {
@@ -105,7 +84,7 @@ impl CopyGrants {
                 let ours = GnttabCopyPtr { u: ma >> 12, domid: DomId::SELF.0, offset: (ma & 0xfff) as u16, _pad: 0 };
                 let theirs = GnttabCopyPtr { u: u64::from(s.gref.0), domid: self.dom, offset: (s.offset + done) as u16, _pad: 0 };
                 let (source, dest, flags) = if to_guest { (ours, theirs, GNTCOPY_DEST_GREF) } else { (theirs, ours, GNTCOPY_SOURCE_GREF) };
-                ops.push(GnttabCopy { source, dest, len: n as u16, flags, status: 0, _pad: 0 });
+                ops.push(GnttabCopy { source, dest, len: n as u16, flags, status: 0, _pad: 0 }).map_err(|_| BadGrant)?;
                 done += n;
             }
             at += s.len;
@@ -127,13 +106,15 @@ impl GrantIo for CopyGrants {
         if offset + buf.len() > PAGE {
             return Err(BadGrant);
         }
-        self.run(gref.0, offset, buf.as_mut_ptr(), buf.len(), false)
+        let span = blkback::GrantSpan { gref, offset, len: buf.len() };
+        self.batch(&[span], buf.as_mut_ptr(), buf.len(), false)
     }
     fn write(&mut self, gref: GrantRef, offset: usize, data: &[u8]) -> Result<(), BadGrant> {
         if offset + data.len() > PAGE {
             return Err(BadGrant);
         }
-        self.run(gref.0, offset, data.as_ptr(), data.len(), true)
+        let span = blkback::GrantSpan { gref, offset, len: data.len() };
+        self.batch(&[span], data.as_ptr(), data.len(), true)
     }
 }
 
