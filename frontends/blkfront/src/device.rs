@@ -66,6 +66,8 @@ pub struct BlkDevice {
     /// The back-end's domain.
     pub backend: u16,
     next_tag: u64,
+    /// Completions received while waiting for other requests, by tag.
+    finished: Vec<(u64, i16)>,
 }
 
 fn text(v: Vec<u8>) -> String {
@@ -128,7 +130,7 @@ impl BlkDevice {
         xb::switch_state(xs, &dev.dir, XenbusState::Connected)?;
         let handle = dev.devid.parse::<u32>().unwrap_or(0) as u16;
         let front = BlkFront::new(ring, KernelGrants { backend: peer.domid }, info, handle);
-        Ok(Self { front, port, dir: dev.dir, backend: peer.domid, next_tag: 1 })
+        Ok(Self { front, port, dir: dev.dir, backend: peer.domid, next_tag: 1, finished: Vec::new() })
     }
 
     /// The disk's size and features.
@@ -145,7 +147,22 @@ impl BlkDevice {
     /// first failing status, if any.
     fn wait_for(&mut self, mut tags: Vec<u64>) -> Result<(), DeviceError> {
         let mut status = Ok(());
-        while !tags.is_empty() {
+        loop {
+            // Answers that came in while waiting for others count too.
+            let finished = &mut self.finished;
+            tags.retain(|&t| match finished.iter().position(|&(f, _)| f == t) {
+                Some(i) => {
+                    let (_, st) = finished.swap_remove(i);
+                    if st != guest_abi::io::blkif::BLKIF_RSP_OKAY && status.is_ok() {
+                        status = Err(DeviceError::Status(st));
+                    }
+                    false
+                }
+                None => true,
+            });
+            if tags.is_empty() {
+                return status;
+            }
             let done: Vec<Completion> = self.front.poll()?;
             if done.is_empty() {
                 events::disable();
@@ -157,14 +174,8 @@ impl BlkDevice {
                 }
                 continue;
             }
-            for c in done {
-                tags.retain(|&t| t != c.tag);
-                if !c.is_ok() && status.is_ok() {
-                    status = Err(DeviceError::Status(c.status));
-                }
-            }
+            self.finished.extend(done.iter().map(|c| (c.tag, c.status)));
         }
-        status
     }
 
     fn tag(&mut self) -> u64 {
@@ -175,9 +186,14 @@ impl BlkDevice {
     fn transfer(&mut self, write: bool, sector: u64, buf: &Buffer, len: usize) -> Result<(), DeviceError> {
         let frames = buf.frames()?;
         let plan = plan_io(sector, len as u64, &frames)?;
+        self.run_plan(write, plan)
+    }
+
+    /// Submits every chunk, keeping as many in flight as the ring holds
+    /// (waiting for the oldest when it is full), then waits for the rest.
+    fn run_plan(&mut self, write: bool, plan: Vec<crate::IoChunk>) -> Result<(), DeviceError> {
         let mut pending: Vec<u64> = Vec::new();
         for chunk in plan {
-            // Keep every request in flight that fits; wait when full.
             let tag = self.tag();
             loop {
                 let r = if write { self.front.submit_write(chunk.sector, &chunk.segments, tag) } else { self.front.submit_read(chunk.sector, &chunk.segments, tag) };
@@ -189,7 +205,7 @@ impl BlkDevice {
                         pending.push(tag);
                         break;
                     }
-                    Err(Error::RingFull) => {
+                    Err(Error::RingFull) if !pending.is_empty() => {
                         let first = pending.remove(0);
                         self.wait_for(Vec::from([first]))?;
                     }
@@ -198,6 +214,20 @@ impl BlkDevice {
             }
         }
         self.wait_for(pending)
+    }
+
+    /// A sequential stream of `count` requests of `req_bytes` each (a
+    /// multiple of 512, at most 11 pages) from `sector`, all using the first
+    /// pages of `buf` as their data (so for reads its contents are
+    /// whichever request finished last): keeps the ring full, as a
+    /// streaming reader or writer would. For benchmarks.
+    pub fn stream(&mut self, write: bool, sector: u64, count: u64, req_bytes: usize, buf: &Buffer) -> Result<(), DeviceError> {
+        let frames = buf.frames()?;
+        let one = plan_io(0, req_bytes as u64, &frames)?;
+        let [first] = one.as_slice() else { return Err(DeviceError::Front(Error::BadLength)) };
+        let per = (req_bytes / 512) as u64;
+        let plan = (0..count).map(|i| crate::IoChunk { sector: sector + i * per, segments: first.segments.clone() }).collect();
+        self.run_plan(write, plan)
     }
 
     /// Reads `len` bytes (a multiple of 512) from `sector` into `buf`, with

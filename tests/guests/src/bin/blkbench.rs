@@ -57,6 +57,38 @@ fn main(_si: &'static StartInfo) {
             _ => println!("BENCH|blkfront {what}|{ns}"),
         }
     }
+    // The same streams with the ring kept full (as a streaming reader or
+    // writer does): 4 KiB requests back to back, and 64 KiB units moved as
+    // 1 MiB transfers.
+    let mut big = Buffer::new(256).expect("buffer");
+    for (key, what, bytes, ops, write) in [
+        ("write4k", "sequential write 4 KiB, ring kept full", 4096usize, 256u64, true),
+        ("read4k", "sequential read 4 KiB, ring kept full", 4096, 256, false),
+        ("write64k", "sequential write 64 KiB, ring kept full", 65536, 64, true),
+        ("read64k", "sequential read 64 KiB, ring kept full", 65536, 64, false),
+    ] {
+        let start = time::now_ns();
+        let r = if bytes == 4096 {
+            disk.stream(write, 0, ops, bytes, &buf)
+        } else {
+            // 16 units per 1 MiB transfer.
+            (0..ops / 16).try_for_each(|i| {
+                let sector = i * 2048;
+                if write { disk.write(sector, &big, 1 << 20) } else { disk.read(sector, &mut big, 1 << 20) }
+            })
+        };
+        let ok = r.is_ok() && (!write || disk.flush().is_ok());
+        let ns = (time::now_ns() - start) / ops;
+        let direct = Store::read(&mut xs, NO_TX, &alloc::format!("bench/{key}")).ok().and_then(|v| core::str::from_utf8(&v).ok()?.trim_end_matches('\0').parse::<u64>().ok());
+        match (ok, direct) {
+            (false, _) => println!("bench: blkfront {what} failed: {r:?}"),
+            (true, Some(d)) if ns > 0 => {
+                let pct_x10 = d * 1000 / ns;
+                println!("BENCH|blkfront {what} (vs direct)|{ns}|{d}|{}.{}%", pct_x10 / 10, pct_x10 % 10);
+            }
+            _ => println!("BENCH|blkfront {what}|{ns}"),
+        }
+    }
     pv_guest_kernel::rt::shutdown(guest_abi::sched::ShutdownReason::Poweroff)
 }
 
