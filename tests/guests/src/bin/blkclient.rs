@@ -108,6 +108,10 @@ fn main(si: &'static StartInfo) {
             t.check("last-page", last.is_ok(), format_args!("{last:?}"));
             let past = disk.read(info.sectors - 7, &mut back, 4096);
             t.check("past-end-refused", past.is_err(), format_args!("{past:?}"));
+            // More requests than the ring holds, kept in flight: every
+            // answer is collected, whatever order they are seen in.
+            let stream = disk.stream(false, 0, 100, 4096, &back);
+            t.check("stream-past-ring-size", stream.is_ok(), format_args!("{stream:?}"));
             let errs = disk.front().protocol_error_count();
             t.check("no-protocol-errors", errs == 0, format_args!("{errs}"));
         }
