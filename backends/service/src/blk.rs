@@ -235,22 +235,10 @@ impl Vbd {
     }
 
     fn connect(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> Result<(), String> {
-        let mut nodes: Vec<(&str, String)> = Vec::new();
-        for k in [blkback::xenbus::KEY_RING_REF, blkback::xenbus::KEY_EVENT_CHANNEL, blkback::xenbus::KEY_PROTOCOL, blkback::xenbus::KEY_RING_PAGE_ORDER] {
-            if let Ok(v) = local.read(xs, &format!("{}/{k}", self.fe_path)) {
-                nodes.push((k, String::from_utf8_lossy(&v).into_owned()));
-            }
-        }
+        use blkback::xenbus::{KEY_EVENT_CHANNEL, KEY_PROTOCOL, KEY_RING_PAGE_ORDER, KEY_RING_REF};
+        let nodes = crate::store::read_nodes(xs, local, &self.fe_path, &[KEY_RING_REF, KEY_EVENT_CHANNEL, KEY_PROTOCOL, KEY_RING_PAGE_ORDER]);
         let cfg = blkback::xenbus::parse_frontend(|k| nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())).map_err(|e| format!("{e:?}"))?;
-        let va = gnttab::map_slot_va(self.ring_slot).ok_or("no ring slot")?;
-        let page = gnttab::GrantedPage::map(self.fe_dom, cfg.ring_ref.0, va).map_err(|st| format!("ring grant {}: status {st}", cfg.ring_ref.0))?;
-        let port = match events::bind_interdomain(self.fe_dom, cfg.event_channel.0, kick) {
-            Ok(p) => p,
-            Err(e) => {
-                drop(page);
-                return Err(format!("event channel {}: {e:?}", cfg.event_channel.0));
-            }
-        };
+        let (page, port) = crate::store::attach_ring(self.fe_dom, cfg.ring_ref.0, cfg.event_channel.0, self.ring_slot, kick)?;
         let info = DeviceInfo { sectors: self.sectors, read_only: false, physical_sector_size: 512 };
         self.conn = Some(Connected { back: BlkBack::new(page, info), port, grants: CopyGrants { dom: self.fe_dom, copies: 0 } });
         Ok(())

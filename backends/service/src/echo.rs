@@ -123,24 +123,9 @@ impl EchoDev {
     /// Reads and checks the front-end's nodes, maps its ring page by grant
     /// and binds its event channel.
     fn connect(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> Result<(), String> {
-        let mut nodes: Vec<(&str, String)> = Vec::new();
-        for k in [KEY_RING_REF, KEY_EVENT_CHANNEL] {
-            if let Ok(v) = local.read(xs, &format!("{}/{k}", self.fe_path)) {
-                nodes.push((k, String::from_utf8_lossy(&v).into_owned()));
-            }
-        }
+        let nodes = crate::store::read_nodes(xs, local, &self.fe_path, &[KEY_RING_REF, KEY_EVENT_CHANNEL]);
         let cfg = echoback::xenbus::parse_frontend(|k| nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())).map_err(|e| format!("{e}"))?;
-        // The hypervisor checks the rest: that the grant is the front-end's
-        // and lets us write, that the port is unbound and meant for us.
-        let va = gnttab::map_slot_va(self.ring_slot).ok_or("no ring slot")?;
-        let page = gnttab::GrantedPage::map(self.fe_dom, cfg.ring_ref.0, va).map_err(|st| format!("ring grant {}: status {st}", cfg.ring_ref.0))?;
-        let port = match events::bind_interdomain(self.fe_dom, cfg.event_channel.0, kick) {
-            Ok(p) => p,
-            Err(e) => {
-                drop(page);
-                return Err(format!("event channel {}: {e:?}", cfg.event_channel.0));
-            }
-        };
+        let (page, port) = crate::store::attach_ring(self.fe_dom, cfg.ring_ref.0, cfg.event_channel.0, self.ring_slot, kick)?;
         self.conn = Some(Connected { back: EchoBack::new(page, Features::default()), port });
         Ok(())
     }

@@ -165,3 +165,28 @@ impl Local {
         self.op(xs, guest_abi::io::xenstore::XS_SET_PERMS, 0, &p).map(|_| ())
     }
 }
+
+/// Reads the front-end's nodes `keys` under `dir` (those present), as text,
+/// for a back-end's `parse_frontend`.
+pub fn read_nodes(xs: &mut Xenstore, local: &mut Local, dir: &str, keys: &[&'static str]) -> Vec<(&'static str, alloc::string::String)> {
+    let mut nodes = Vec::new();
+    for &k in keys {
+        if let Ok(v) = local.read(xs, &alloc::format!("{dir}/{k}")) {
+            nodes.push((k, alloc::string::String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    nodes
+}
+
+/// A back-end's side of connecting a front-end's ring: maps its ring grant
+/// at grant-mapping slot `slot` and binds its event channel (the
+/// hypervisor checks the grant is the front-end's and the port is meant
+/// for us). On failure nothing stays mapped or bound.
+pub fn attach_ring(fe_dom: u16, ring_ref: u32, event_channel: u32, slot: u64, kick: pv_guest_kernel::events::PortHandler) -> Result<(pv_guest_kernel::gnttab::GrantedPage, u32), alloc::string::String> {
+    use pv_guest_kernel::{events, gnttab};
+    let va = gnttab::map_slot_va(slot).ok_or("no ring slot")?;
+    let page = gnttab::GrantedPage::map(fe_dom, ring_ref, va).map_err(|st| alloc::format!("ring grant {ring_ref}: status {st}"))?;
+    // Dropping `page` on the error path unmaps it.
+    let port = events::bind_interdomain(fe_dom, event_channel, kick).map_err(|e| alloc::format!("event channel {event_channel}: {e:?}"))?;
+    Ok((page, port))
+}
