@@ -57,14 +57,13 @@ pub fn register(id: u16) {
     t.known = t.known.max(usize::from(id) + 1);
 }
 
-/// Shared entries and frame contents through the direct map.
-struct Shared;
-
 fn entry_pa(mfn: u64, slot: usize) -> u64 {
     mfn * PAGE + slot as u64 * 8
 }
 
-impl GrantMemory for Shared {
+/// The shared grant entries and frame contents, through the direct map
+/// (the same memory the frame table sees as page tables).
+impl GrantMemory for frames::DirectMap {
     fn read_entry(&self, mfn: u64, slot: usize) -> GrantEntryV1 {
         let v = mm::atomic_u64(entry_pa(mfn, slot)).load(Ordering::SeqCst);
         GrantEntryV1::read_from_bytes(&v.to_le_bytes()).unwrap_or_default()
@@ -82,46 +81,14 @@ impl GrantMemory for Shared {
     }
 }
 
-/// The frame table's memory and the grant memory in one value, as the
-/// policy wants both through one `&mut`.
-struct Mem(frames::DirectMap);
-
-impl microvisor_core::frametable::TableMemory for Mem {
-    fn read(&self, mfn: u64, idx: usize) -> u64 {
-        self.0.read(mfn, idx)
-    }
-    fn write(&mut self, mfn: u64, idx: usize, val: u64) {
-        self.0.write(mfn, idx, val)
-    }
-    fn flush_tlbs(&mut self) {
-        self.0.flush_tlbs()
-    }
-}
-
-impl GrantMemory for Mem {
-    fn read_entry(&self, mfn: u64, slot: usize) -> GrantEntryV1 {
-        Shared.read_entry(mfn, slot)
-    }
-    fn cmpxchg_header(&mut self, mfn: u64, slot: usize, old: u32, new: u32) -> u32 {
-        Shared.cmpxchg_header(mfn, slot, old, new)
-    }
-    fn clear_flags(&mut self, mfn: u64, slot: usize, bits: u16) {
-        Shared.clear_flags(mfn, slot, bits)
-    }
-    fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize) {
-        Shared.copy(dst, dst_off, src, src_off, len)
-    }
-}
-
-
 /// Runs `f` with the grant tables, the frame table and memory.
-fn with<R>(f: impl FnOnce(&mut Tables, &mut FrameTable<'static>, &mut Mem) -> R) -> R {
+fn with<R>(f: impl FnOnce(&mut Tables, &mut FrameTable<'static>, &mut frames::DirectMap) -> R) -> R {
     let mut t = TABLES.lock();
-    frames::with(|ft, _| f(&mut t, ft, &mut Mem(frames::DirectMap)))
+    frames::with(|ft, mem| f(&mut t, ft, mem))
 }
 
 /// Where a mapping's entry lives: the machine address of the L1 entry.
-fn entry_ma(ft: &FrameTable<'_>, mem: &Mem, dom: u16, l4_mfn: u64, m: &grant::Mapping) -> Option<u64> {
+fn entry_ma(ft: &FrameTable<'_>, mem: &frames::DirectMap, dom: u16, l4_mfn: u64, m: &grant::Mapping) -> Option<u64> {
     if m.contains_pte() {
         Some(m.host_addr)
     } else {
@@ -200,7 +167,7 @@ pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop:
     apply(flush);
     // A granter's frames freed by this unmap (it died while they were
     // mapped) go back now.
-    if cmd == GNTTABOP_UNMAP_GRANT_REF && hv.frames_waiting() {
+    if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
     }
     result

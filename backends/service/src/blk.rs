@@ -32,6 +32,18 @@ pub struct Slice<'a, D: Disk + ?Sized> {
     pub sectors: u64,
 }
 
+impl<D: Disk + ?Sized> Slice<'_, D> {
+    /// The real disk's sector for `len` bytes from slice sector `sector`,
+    /// if they lie inside the slice.
+    fn place(&self, sector: u64, len: usize) -> Result<u64, DiskError> {
+        let n = (len / 512) as u64;
+        if sector.checked_add(n).is_none_or(|end| end > self.sectors) {
+            return Err(DiskError::OutOfRange);
+        }
+        Ok(self.start + sector)
+    }
+}
+
 impl<D: Disk + ?Sized> Disk for Slice<'_, D> {
     fn sectors(&self) -> u64 {
         self.sectors
@@ -40,18 +52,12 @@ impl<D: Disk + ?Sized> Disk for Slice<'_, D> {
         self.disk.read_only()
     }
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let n = (buf.len() / 512) as u64;
-        if sector.checked_add(n).is_none_or(|end| end > self.sectors) {
-            return Err(DiskError::OutOfRange);
-        }
-        self.disk.read(self.start + sector, buf)
+        let at = self.place(sector, buf.len())?;
+        self.disk.read(at, buf)
     }
     fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), DiskError> {
-        let n = (data.len() / 512) as u64;
-        if sector.checked_add(n).is_none_or(|end| end > self.sectors) {
-            return Err(DiskError::OutOfRange);
-        }
-        self.disk.write(self.start + sector, data)
+        let at = self.place(sector, data.len())?;
+        self.disk.write(at, data)
     }
     fn flush(&mut self) -> Result<(), DiskError> {
         self.disk.flush()

@@ -53,11 +53,14 @@ fn disk_irq(_port: u32) {
     WORK.store(true, Ordering::SeqCst);
 }
 
+/// Our command line (start_info's, up to its NUL).
+fn cmdline(si: &StartInfo) -> &str {
+    guest_abi::types::until_nul_str(&si.cmd_line).unwrap_or("")
+}
+
 /// The names listed in `key=a,b` on the command line.
 fn cmdline_list(si: &StartInfo, key: &str) -> Vec<String> {
-    let len = si.cmd_line.iter().position(|&b| b == 0).unwrap_or(si.cmd_line.len());
-    let cmdline = core::str::from_utf8(&si.cmd_line[..len]).unwrap_or("");
-    cmdline
+    cmdline(si)
         .split_ascii_whitespace()
         .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .flat_map(|v| v.split(','))
@@ -154,9 +157,7 @@ struct Guest {
 
 /// `domains=1:name,2:other` from the command line.
 fn domain_list(si: &StartInfo) -> Vec<(u16, String)> {
-    let len = si.cmd_line.iter().position(|&b| b == 0).unwrap_or(si.cmd_line.len());
-    let cmdline = core::str::from_utf8(&si.cmd_line[..len]).unwrap_or("");
-    let Some(list) = cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix("domains=")) else {
+    let Some(list) = cmdline(si).split_ascii_whitespace().find_map(|w| w.strip_prefix("domains=")) else {
         return Vec::new();
     };
     list.split(',')
