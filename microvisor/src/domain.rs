@@ -314,14 +314,10 @@ impl Hv {
         }
     }
 
-    /// True while a dead domain has frames others still map.
-    pub fn frames_waiting(&self) -> bool {
-        self.domains.iter().any(|d| d.frames_waiting > 0)
-    }
-
     /// Frees what dead domains left mapped elsewhere once those mappings
-    /// went (called after a grant unmap or a page-table change that removed
-    /// access, while some dead domain still waits).
+    /// went (called when the frame table reports that a dying frame lost
+    /// its last reference: after a grant unmap, a page-table update or
+    /// another domain's death).
     pub fn collect_dead(&mut self) {
         for i in 0..self.domains.len() {
             let d = &self.domains[i];
@@ -405,6 +401,11 @@ impl Hv {
         let (freed, waiting) = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
         crate::debug!("domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere");
         self.domains[idx].frames_waiting = waiting;
+        // Its own teardown may have let go of frames of domains that died
+        // before it.
+        if crate::mm::frames::with(|ft, _| ft.take_released_dying()) {
+            self.collect_dead();
+        }
         // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
         if let Some(s) = self.domains.iter().position(|d| d.service && d.is_live()) {
             crate::events::raise_virq(self, s, guest_abi::event_channel::VIRQ_DOM_EXC);

@@ -100,7 +100,7 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
     }
     // An unmapping may have dropped the last reference to a dead domain's
     // frame (a back-end letting go of a ring page).
-    if flush.is_needed() && hv.frames_waiting() {
+    if frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
     }
     result.map(Some)

@@ -351,6 +351,9 @@ pub struct FrameTable<'a> {
     /// Counts TLB flushes (mod 2^16); a frame whose `stamp` equals it may
     /// still be cached.
     epoch: u16,
+    /// A dying frame lost its last general reference since
+    /// [`FrameTable::take_released_dying`] was last asked.
+    released_dying: bool,
     /// Domains whose L1 entries may map I/O memory (frames outside the
     /// table), 0xFFFF = unused slot.
     io_domains: [u16; MAX_IO_DOMAINS],
@@ -377,6 +380,7 @@ impl<'a> FrameTable<'a> {
             pages,
             hv_l4_slots,
             epoch: 0,
+            released_dying: false,
             io_domains: [u16::MAX; MAX_IO_DOMAINS],
             io_denied: [(0, 0); MAX_IO_DENIED],
         }
@@ -570,7 +574,18 @@ impl<'a> FrameTable<'a> {
     pub fn put_page(&mut self, mfn: u64) {
         if let Some(p) = self.pg_mut(mfn) {
             p.count = p.count.saturating_sub(1);
+            if p.count == 0 && p.is_dying() {
+                self.released_dying = true;
+            }
         }
+    }
+
+    /// True (once) when some dying frame (of a dead domain, still referenced
+    /// at its death) has lost its last general reference since the last
+    /// call: time to call [`FrameTable::relinquish_domain`] again for dead
+    /// domains. Lets the caller skip that scan after every other update.
+    pub fn take_released_dying(&mut self) -> bool {
+        core::mem::take(&mut self.released_dying)
     }
 
     /// Takes a type reference of type `ty` on `mfn`, owned by `dom`. The
