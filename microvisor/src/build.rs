@@ -199,6 +199,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         tot_pages: nr_pages,
         max_pages: spec.maxmem_bytes / PAGE,
         shared_info_mfn,
+        shared: mm::SharedFrame::of(shared_info_mfn),
         console_mfn,
         store_mfn: si.store_mfn,
         store_evtchn: si.store_evtchn,
@@ -219,6 +220,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         periodic_next: 0,
         poll_ports: heapless::Vec::new(),
         poll_deadline: 0,
+        time_stamp: crate::time::now_ns(),
     })
 }
 

@@ -5,6 +5,7 @@
 
 use crate::arch::entry::TrapFrame;
 use microvisor_core::manifest::Expect;
+use core::sync::atomic::Ordering;
 use spin::Mutex;
 
 /// Most domains one boot can run.
@@ -111,8 +112,9 @@ pub struct Domain {
     /// Frames the domain owns (its reservation) and its limit.
     pub tot_pages: u64,
     pub max_pages: u64,
-    /// Machine frame of the shared info page.
+    /// Machine frame of the shared info page, and the hypervisor's handle on it.
     pub shared_info_mfn: u64,
+    pub shared: crate::mm::SharedFrame,
     /// Machine frame of the console ring page (start_info.console.mfn).
     pub console_mfn: u64,
     /// Machine frame of the xenstore ring page (start_info.store_mfn).
@@ -152,6 +154,8 @@ pub struct Domain {
     pub poll_ports: heapless::Vec<u32, 128>,
     /// SCHEDOP_poll timeout (system time), 0 = none.
     pub poll_deadline: u64,
+    /// System time of the last write of its vcpu_time_info.
+    pub time_stamp: u64,
 }
 
 /// Xen's vcpu_runstate_info, kept by the scheduler.
@@ -186,27 +190,23 @@ impl Domain {
         if self.pv.user_mode { self.user_cr3 } else { self.cr3 }
     }
 
-    fn vcpu_info_pa(&self) -> u64 {
-        self.shared_info_mfn * crate::mm::PAGE
-    }
-
     /// vcpu_info[0].evtchn_upcall_mask: the virtual interrupt flag (1 = off).
     pub fn upcall_mask(&self) -> bool {
-        crate::mm::read_u8(self.vcpu_info_pa() + 1) != 0
+        self.shared.u8_at(1).load(Ordering::Relaxed) != 0
     }
 
     pub fn set_upcall_mask(&self, masked: bool) {
-        crate::mm::write_u8(self.vcpu_info_pa() + 1, masked as u8);
+        self.shared.u8_at(1).store(masked as u8, Ordering::Relaxed);
     }
 
     /// vcpu_info[0].evtchn_upcall_pending.
     pub fn upcall_pending(&self) -> bool {
-        crate::mm::read_u8(self.vcpu_info_pa()) != 0
+        self.shared.u8_at(0).load(Ordering::Relaxed) != 0
     }
 
     /// Records a page-fault address in vcpu_info[0].arch.cr2.
     pub fn set_cr2(&self, cr2: u64) {
-        crate::mm::write_u64(self.vcpu_info_pa() + 16, cr2);
+        self.shared.u64_at(16).store(cr2, Ordering::Relaxed);
     }
 }
 
@@ -218,6 +218,9 @@ pub struct Hv {
     pub channels: [microvisor_core::evtchn::Channels; MAX_DOMAINS],
     /// Event delivery bits (each domain's shared info), by domain index.
     pub bits: [crate::events::SharedBits; MAX_DOMAINS],
+    /// No guest timer or poll deadline is due before this system time
+    /// (a lower bound: `sched::fire_timers` scans only from then on).
+    pub timers_due: u64,
 }
 
 /// Id of the domain whose vCPU runs (`u32::MAX` before the first), kept
@@ -228,7 +231,8 @@ pub static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: heapless::Vec::new(),
     current: 0,
     channels: [const { microvisor_core::evtchn::Channels::new(1) }; MAX_DOMAINS],
-    bits: [crate::events::SharedBits { shared_info_pa: 0 }; MAX_DOMAINS],
+    bits: [crate::events::SharedBits { page: crate::mm::SharedFrame::NONE }; MAX_DOMAINS],
+    timers_due: 0,
 });
 
 /// The name Xen gives each shutdown reason.
@@ -254,6 +258,14 @@ pub fn as_expected(end: End, expect: Expect) -> bool {
 }
 
 impl Hv {
+    /// Records that a guest timer or poll deadline was set for system time
+    /// `t`, so the scheduler's timer scan does not skip it.
+    pub fn timer_set(&mut self, t: u64) {
+        if t != 0 {
+            self.timers_due = self.timers_due.min(t);
+        }
+    }
+
     /// Runs the frame-table audit over every live domain's base pointers;
     /// logs the result. A failure is a hypervisor bug: it fails the run.
     pub fn audit(&self, when: &str) {
@@ -278,40 +290,41 @@ impl Hv {
         }
     }
 
-    /// Drains every live domain's console ring (the `out` half of its
-    /// console page) to the serial line, so a guest that writes its ring
-    /// and waits for it to empty never hangs, back-end or not.
-    pub fn drain_console_rings(&mut self) {
-        for i in 0..self.domains.len() {
-            let d = &self.domains[i];
-            if !d.is_live() {
-                continue;
-            }
-            // A console back-end bound to the ring's event channel owns it.
-            if matches!(self.channels[i].state(d.console_evtchn), Some(microvisor_core::evtchn::PortState::Interdomain { .. })) {
-                continue;
-            }
-            let base = d.console_mfn * crate::mm::PAGE;
-            let cons_pa = base + 3080;
-            let prod_pa = base + 3084;
-            let mut w = [0u8; 4];
-            crate::mm::read_phys(cons_pa, &mut w);
-            let mut cons = u32::from_le_bytes(w);
-            crate::mm::read_phys(prod_pa, &mut w);
-            let prod = u32::from_le_bytes(w);
-            // A producer more than a ring ahead is broken: take one ring.
-            let avail = prod.wrapping_sub(cons).min(2048);
-            if avail == 0 {
-                continue;
-            }
-            let mut buf = [0u8; 2048];
-            for b in buf.iter_mut().take(avail as usize) {
-                *b = crate::mm::read_u8(base + 1024 + (cons & 2047) as u64);
-                cons = cons.wrapping_add(1);
-            }
-            self.console_write(i, &buf[..avail as usize]);
-            crate::mm::write_phys(cons_pa, &prod.to_le_bytes());
+    /// Drains a live domain's console ring (the `out` half of its console
+    /// page) to the serial line, unless a console back-end bound the ring's
+    /// event channel. A guest writes its ring only while it runs, so the
+    /// scheduler drains the vCPU it takes off the CPU (also at a tick): a
+    /// guest that writes and waits for the ring to empty never hangs, and
+    /// no switch scans every domain.
+    pub fn drain_console(&mut self, i: usize) {
+        let Some(d) = self.domains.get(i) else { return };
+        if !d.is_live() || d.console_mfn == 0 {
+            return;
         }
+        // A console back-end bound to the ring's event channel owns it.
+        if matches!(self.channels[i].state(d.console_evtchn), Some(microvisor_core::evtchn::PortState::Interdomain { .. })) {
+            return;
+        }
+        let base = d.console_mfn * crate::mm::PAGE;
+        let cons_pa = base + 3080;
+        let prod_pa = base + 3084;
+        let mut w = [0u8; 4];
+        crate::mm::read_phys(cons_pa, &mut w);
+        let mut cons = u32::from_le_bytes(w);
+        crate::mm::read_phys(prod_pa, &mut w);
+        let prod = u32::from_le_bytes(w);
+        // A producer more than a ring ahead is broken: take one ring.
+        let avail = prod.wrapping_sub(cons).min(2048);
+        if avail == 0 {
+            return;
+        }
+        let mut buf = [0u8; 2048];
+        for b in buf.iter_mut().take(avail as usize) {
+            *b = crate::mm::read_u8(base + 1024 + (cons & 2047) as u64);
+            cons = cons.wrapping_add(1);
+        }
+        self.console_write(i, &buf[..avail as usize]);
+        crate::mm::write_phys(cons_pa, &prod.to_le_bytes());
     }
 
     /// Frees what dead domains left mapped elsewhere once those mappings
@@ -360,6 +373,8 @@ impl Hv {
 
     /// Ends a domain. Its vCPU never runs again.
     pub fn end(&mut self, idx: usize, end: End, why: &str) {
+        // Its last words: what is left in its ring, then a partial line.
+        self.drain_console(idx);
         self.flush_console(idx);
         let Some(d) = self.domains.get(idx) else { return };
         if !d.is_live() {

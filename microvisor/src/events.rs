@@ -12,7 +12,7 @@ use microvisor_core::evtchn::{self, Channels, EventBits, Kick};
 /// A domain's 2-level event bits in its shared info page.
 #[derive(Clone, Copy)]
 pub struct SharedBits {
-    pub shared_info_pa: u64,
+    pub page: mm::SharedFrame,
 }
 
 const PENDING: u64 = 2048;
@@ -20,7 +20,8 @@ const MASK: u64 = 2560;
 
 impl SharedBits {
     fn word(&self, base: u64, port: u32) -> (&'static core::sync::atomic::AtomicU64, u64) {
-        (mm::atomic_u64(self.shared_info_pa + base + (port as u64 / 64) * 8), 1u64 << (port % 64))
+        // The bitmaps hold 4096 bits (512 bytes) each.
+        (self.page.u64_at(base + (u64::from(port) / 64 % 64) * 8), 1u64 << (port % 64))
     }
 }
 
@@ -46,12 +47,12 @@ impl EventBits for SharedBits {
         w.fetch_and(!b, Ordering::SeqCst) & b != 0
     }
     fn test_and_set_selector(&mut self, vcpu: u32, word: u32) -> bool {
-        let w = mm::atomic_u64(self.shared_info_pa + vcpu as u64 * 64 + 8);
+        let w = self.page.u64_at(u64::from(vcpu % 32) * 64 + 8);
         let b = 1u64 << word;
         w.fetch_or(b, Ordering::SeqCst) & b != 0
     }
     fn test_and_set_upcall_pending(&mut self, vcpu: u32) -> bool {
-        mm::atomic_u8(self.shared_info_pa + vcpu as u64 * 64).swap(1, Ordering::SeqCst) != 0
+        self.page.u8_at(u64::from(vcpu % 32) * 64).swap(1, Ordering::SeqCst) != 0
     }
 }
 

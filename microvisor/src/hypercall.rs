@@ -31,7 +31,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
             let rip = frame.rip;
             crate::pv::kill(&mut hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
         } else {
-            crate::pv::bounce(&mut hv, frame, cb.address, None, cb.mask_events, "a guest system call");
+            crate::pv::bounce(&mut hv, frame, cb.address, None, cb.mask_events, format_args!("a guest system call"));
         }
         crate::pv::deliver_events(&mut hv, frame);
         return;
@@ -247,6 +247,7 @@ fn guest_abi_virt_start() -> u64 {
 fn set_timer_op(hv: &mut Hv, deadline: u64) -> HResult {
     let cur = hv.current;
     hv.domains[cur].timer_deadline = deadline;
+    hv.timer_set(deadline);
     if deadline != 0 && deadline <= crate::time::now_ns() {
         hv.domains[cur].timer_deadline = 0;
         crate::events::raise_virq(hv, cur, guest_abi::event_channel::VIRQ_TIMER);
@@ -293,6 +294,7 @@ fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
             let d = &mut hv.domains[cur];
             d.periodic_ns = period;
             d.periodic_next = now + period;
+            hv.timer_set(now + period);
             Ok(0)
         }
         7 => {
@@ -390,6 +392,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             }
             d.poll_deadline = timeout;
             d.state = RunState::Blocked;
+            hv.timer_set(timeout);
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }

@@ -184,7 +184,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             match build::build(i as u16, spec, image, extra) {
                 Ok(d) => {
                     let idx = hv.domains.len();
-                    hv.bits[idx] = events::SharedBits { shared_info_pa: d.shared_info_mfn * mm::PAGE };
+                    hv.bits[idx] = events::SharedBits { page: d.shared };
                     hv.channels[idx].reinit(1);
                     if hv.domains.push(d).is_err() {
                         boot_fail(format_args!("too many domains"));

@@ -320,7 +320,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
 /// (RPL 0 in kernel mode, saved upcall mask in bits 32-39), rflags (IF =
 /// virtual interrupt flag), rsp, ss. Returns false (after killing the
 /// domain) when the frame cannot be written.
-pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: &str) -> bool {
+pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: core::fmt::Arguments) -> bool {
     let cur = hv.current;
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
@@ -355,11 +355,7 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
         kill(hv, frame, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
         return false;
     };
-    let mut bytes = [0u8; 64];
-    for (i, w) in words[..n].iter().enumerate() {
-        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    if guest::copy_to(cr3, new_sp, &bytes[..bytes_len]).is_err() {
+    if guest::copy_to(cr3, new_sp, zerocopy::IntoBytes::as_bytes(&words[..n])).is_err() {
         kill(hv, frame, format_args!("cannot write the bounce frame for {what} at {new_sp:#x}"));
         return false;
     }
@@ -382,9 +378,7 @@ pub fn deliver_exception(hv: &mut Hv, frame: &mut TrapFrame, vector: u8, error: 
     if t.address == 0 {
         return kill(hv, frame, format_args!("{what} with no handler registered"));
     }
-    let mut name: heapless::String<48> = heapless::String::new();
-    let _ = name.write_fmt(format_args!("vector {vector}"));
-    bounce(hv, frame, t.address, error, t.flags & 4 != 0, &name);
+    bounce(hv, frame, t.address, error, t.flags & 4 != 0, format_args!("vector {vector}"));
 }
 
 /// Before returning to a guest: delivers a pending event upcall when the
@@ -399,7 +393,7 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
     if cb.address == 0 {
         return;
     }
-    bounce(hv, frame, cb.address, None, cb.mask_events, "an event upcall");
+    bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
 }
 
 // ---- emulation ----------------------------------------------------------

@@ -84,10 +84,20 @@ pub fn wake(hv: &mut Hv, i: usize) {
     }
     let now = crate::time::now_ns();
     d.runstate.enter(1, now);
+    // Its periodic timer, paused while it was blocked, runs again.
+    if d.periodic_ns != 0 {
+        let next = d.periodic_next;
+        hv.timer_set(next);
+    }
 }
 
-/// Fires expired guest timers (VIRQ_TIMER) and poll timeouts.
+/// Fires expired guest timers (VIRQ_TIMER) and poll timeouts. Scans the
+/// domains only once the earliest deadline recorded in `Hv::timers_due` has
+/// come; every place that sets a deadline lowers it (`Hv::timer_set`).
 pub fn fire_timers(hv: &mut Hv, now: u64) {
+    if now < hv.timers_due {
+        return;
+    }
     for i in 0..hv.domains.len() {
         let d = &mut hv.domains[i];
         if !d.is_live() {
@@ -116,16 +126,30 @@ pub fn fire_timers(hv: &mut Hv, now: u64) {
             crate::events::raise_virq(hv, i, guest_abi::event_channel::VIRQ_TIMER);
         }
     }
+    hv.timers_due = earliest_timer(hv).unwrap_or(u64::MAX);
 }
 
+/// The runnable vCPU furthest behind in virtual time (not `exclude`, not
+/// capped); among equals the first after the current one in domain order.
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     let n = hv.domains.len();
     let cur = hv.current;
-    (1..=n)
-        .map(|k| (cur + k) % n)
-        .filter(|&i| Some(i) != exclude)
-        .filter(|&i| hv.domains[i].state == RunState::Runnable && !capped(&hv.domains[i]))
-        .min_by_key(|&i| hv.domains[i].vruntime)
+    let mut best: Option<(u64, usize)> = None;
+    let mut i = cur;
+    for _ in 0..n {
+        i += 1;
+        if i >= n {
+            i = 0;
+        }
+        let d = &hv.domains[i];
+        if d.state != RunState::Runnable || Some(i) == exclude || capped(d) {
+            continue;
+        }
+        if best.is_none_or(|(v, _)| d.vruntime < v) {
+            best = Some((d.vruntime, i));
+        }
+    }
+    best.map(|(_, i)| i)
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {
@@ -142,10 +166,10 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// when no domain is live, or when every live one is blocked with nothing
 /// that could wake it.
 pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
-    hv.drain_console_rings();
+    let cur = hv.current;
+    hv.drain_console(cur);
     let mut now = crate::time::now_ns();
     account(hv, now);
-    let cur = hv.current;
     let cur_live = hv.domains.get(cur).is_some_and(|d| d.is_live());
     if cur_live {
         hv.domains[cur].frame = *frame;
@@ -225,11 +249,18 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
     }
     d.last_start = now;
     *frame = d.frame;
-    crate::time::update_vcpu_time(d.shared_info_mfn);
+    // The TSC runs at a constant rate and system time is computed from it
+    // with the very scale the guest is given, so its vcpu_time_info stays
+    // exact; it is rewritten about once a second (as Xen recalibrates),
+    // not at every switch.
+    if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
+        crate::time::update_vcpu_time(d.shared_info_mfn);
+        d.time_stamp = now;
+    }
     if next != cur {
         crate::pv::load_segment_bases(&d.pv);
+        crate::pv::load_guest_gdt(&d.pv);
     }
-    crate::pv::load_guest_gdt(&d.pv);
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {

@@ -17,6 +17,10 @@ static BOOT_WALL: AtomicU64 = AtomicU64::new(0);
 
 const CALIBRATION_NS: u32 = 10_000_000;
 
+/// How often (system time, ns) a running vCPU's vcpu_time_info is
+/// rewritten at the latest.
+pub const REFRESH_NS: u64 = 1_000_000_000;
+
 /// Xen's scale: ns = ((tsc_delta << shift) * mul) >> 32, mul < 2^32.
 pub fn scale_for(hz: u64) -> (u32, i8) {
     let mut shift: i8 = 0;

@@ -84,7 +84,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 let min_dpl = if hv.domains[hv.current].pv.user_mode { 3 } else { 1 };
                 if t.address != 0 && t.flags & 3 >= min_dpl {
                     frame.rip = frame.rip.wrapping_add(2);
-                    let _ = pv::bounce(hv, frame, t.address, None, t.flags & 4 != 0, "a software interrupt");
+                    let _ = pv::bounce(hv, frame, t.address, None, t.flags & 4 != 0, format_args!("a software interrupt"));
                     return;
                 }
                 let rip = frame.rip;

@@ -166,6 +166,50 @@ pub fn atomic_u8(pa: u64) -> &'static core::sync::atomic::AtomicU8 {
     unsafe { core::sync::atomic::AtomicU8::from_ptr(ptr(pa)) }
 }
 
+/// A page of RAM shared with a guest (its shared info page), for atomic
+/// access from the hypervisor's hot paths. It is checked against RAM once,
+/// when made; every access after that is one indexed load or store through
+/// the direct map, with the offset wrapped into the page. `NONE` is a page
+/// of the hypervisor's own that belongs to no domain, so a handle is always
+/// safe to use. The handle must be dropped (or never used) once its domain
+/// dies and the frame goes back to the allocator.
+#[derive(Clone, Copy)]
+pub struct SharedFrame(&'static [core::sync::atomic::AtomicU64; 512]);
+
+#[repr(C, align(4096))]
+struct SparePage([core::sync::atomic::AtomicU64; 512]);
+static SPARE_PAGE: SparePage = SparePage([const { core::sync::atomic::AtomicU64::new(0) }; 512]);
+
+impl SharedFrame {
+    /// Belongs to no domain (reads zeroes until written).
+    pub const NONE: SharedFrame = SharedFrame(&SPARE_PAGE.0);
+
+    /// The frame `mfn`, which must be RAM (panics otherwise: a hypervisor
+    /// bug, as the caller allocated it).
+    pub fn of(mfn: u64) -> SharedFrame {
+        check(mfn * PAGE, PAGE);
+        // SAFETY: the direct map is the only way frames are reached from here on.
+        assert!(unsafe { *(&raw const DIRECTMAP_READY) }, "shared frame before the direct map");
+        // SAFETY: a page-aligned RAM frame inside the direct map (checked),
+        // mapped for the hypervisor's lifetime; the guest may write it at
+        // any time, which atomics allow.
+        SharedFrame(unsafe { &*((DIRECTMAP_BASE + mfn * PAGE) as *const [core::sync::atomic::AtomicU64; 512]) })
+    }
+
+    /// The aligned u64 at byte offset `off & !7` (wrapped into the page).
+    pub fn u64_at(self, off: u64) -> &'static core::sync::atomic::AtomicU64 {
+        &self.0[(off as usize / 8) & 511]
+    }
+
+    /// The byte at offset `off` (wrapped into the page).
+    pub fn u8_at(self, off: u64) -> &'static core::sync::atomic::AtomicU8 {
+        let off = off as usize & (PAGE as usize - 1);
+        // SAFETY: inside the page this handle refers to, which stays mapped;
+        // a byte has no alignment requirement.
+        unsafe { core::sync::atomic::AtomicU8::from_ptr((self.0.as_ptr() as *mut u8).add(off)) }
+    }
+}
+
 /// Writes an aligned u64 to physical memory.
 pub fn write_u64(pa: u64, v: u64) {
     check(pa, 8);
