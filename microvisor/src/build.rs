@@ -201,6 +201,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         shared_info_mfn,
         shared: mm::SharedFrame::of(shared_info_mfn),
         console_mfn,
+        console_page: mm::SharedFrame::of(console_mfn),
         store_mfn: si.store_mfn,
         store_evtchn: si.store_evtchn,
         console_evtchn: si.console.evtchn,

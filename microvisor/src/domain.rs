@@ -10,6 +10,8 @@ use spin::Mutex;
 
 /// Most domains one boot can run.
 pub const MAX_DOMAINS: usize = 16;
+// `Hv::runnable` has a bit per domain.
+const _: () = assert!(MAX_DOMAINS <= 32);
 
 /// How a domain ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,8 +117,10 @@ pub struct Domain {
     /// Machine frame of the shared info page, and the hypervisor's handle on it.
     pub shared_info_mfn: u64,
     pub shared: crate::mm::SharedFrame,
-    /// Machine frame of the console ring page (start_info.console.mfn).
+    /// Machine frame of the console ring page (start_info.console.mfn), and
+    /// the hypervisor's handle on it.
     pub console_mfn: u64,
+    pub console_page: crate::mm::SharedFrame,
     /// Machine frame of the xenstore ring page (start_info.store_mfn).
     pub store_mfn: u64,
     /// The store and console event channels start_info names (allocated,
@@ -218,6 +222,8 @@ pub struct Hv {
     pub channels: [microvisor_core::evtchn::Channels; MAX_DOMAINS],
     /// Event delivery bits (each domain's shared info), by domain index.
     pub bits: [crate::events::SharedBits; MAX_DOMAINS],
+    /// Bit i set when domain index i is Runnable (kept by `set_state`).
+    pub runnable: u32,
     /// No guest timer or poll deadline is due before this system time
     /// (a lower bound: `sched::fire_timers` scans only from then on).
     pub timers_due: u64,
@@ -233,6 +239,7 @@ pub static HV: Mutex<Hv> = Mutex::new(Hv {
     channels: [const { microvisor_core::evtchn::Channels::new(1) }; MAX_DOMAINS],
     bits: [crate::events::SharedBits { page: crate::mm::SharedFrame::NONE }; MAX_DOMAINS],
     timers_due: 0,
+    runnable: 0,
 });
 
 /// The name Xen gives each shutdown reason.
@@ -258,6 +265,18 @@ pub fn as_expected(end: End, expect: Expect) -> bool {
 }
 
 impl Hv {
+    /// Changes a domain's run state (the only place that does, so the
+    /// scheduler's set of runnable domains stays true).
+    pub fn set_state(&mut self, i: usize, state: RunState) {
+        let Some(d) = self.domains.get_mut(i) else { return };
+        d.state = state;
+        if state == RunState::Runnable {
+            self.runnable |= 1 << i;
+        } else {
+            self.runnable &= !(1 << i);
+        }
+    }
+
     /// Records that a guest timer or poll deadline was set for system time
     /// `t`, so the scheduler's timer scan does not skip it.
     pub fn timer_set(&mut self, t: u64) {
@@ -298,33 +317,32 @@ impl Hv {
     /// no switch scans every domain.
     pub fn drain_console(&mut self, i: usize) {
         let Some(d) = self.domains.get(i) else { return };
-        if !d.is_live() || d.console_mfn == 0 {
+        // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
+        let (cons, prod) = (d.console_page.u32_at(3080), d.console_page.u32_at(3084));
+        if !d.is_live() || cons.load(Ordering::Relaxed) == prod.load(Ordering::Relaxed) {
             return;
         }
         // A console back-end bound to the ring's event channel owns it.
         if matches!(self.channels[i].state(d.console_evtchn), Some(microvisor_core::evtchn::PortState::Interdomain { .. })) {
             return;
         }
-        let base = d.console_mfn * crate::mm::PAGE;
-        let cons_pa = base + 3080;
-        let prod_pa = base + 3084;
-        let mut w = [0u8; 4];
-        crate::mm::read_phys(cons_pa, &mut w);
-        let mut cons = u32::from_le_bytes(w);
-        crate::mm::read_phys(prod_pa, &mut w);
-        let prod = u32::from_le_bytes(w);
+        self.drain_console_ring(i);
+    }
+
+    #[inline(never)]
+    fn drain_console_ring(&mut self, i: usize) {
+        let page = self.domains[i].console_page;
+        let mut cons = page.u32_at(3080).load(Ordering::Relaxed);
+        let prod = page.u32_at(3084).load(Ordering::Relaxed);
         // A producer more than a ring ahead is broken: take one ring.
         let avail = prod.wrapping_sub(cons).min(2048);
-        if avail == 0 {
-            return;
-        }
         let mut buf = [0u8; 2048];
         for b in buf.iter_mut().take(avail as usize) {
-            *b = crate::mm::read_u8(base + 1024 + (cons & 2047) as u64);
+            *b = page.u8_at(1024 + u64::from(cons & 2047)).load(Ordering::Relaxed);
             cons = cons.wrapping_add(1);
         }
         self.console_write(i, &buf[..avail as usize]);
-        crate::mm::write_phys(cons_pa, &prod.to_le_bytes());
+        page.u32_at(3080).store(prod, Ordering::Relaxed);
     }
 
     /// Frees what dead domains left mapped elsewhere once those mappings
@@ -384,8 +402,8 @@ impl Hv {
         // Peers' ends of its channels become unbound (while it is still live:
         // the event code does not touch dead domains).
         microvisor_core::evtchn::close_all(self, id);
+        self.set_state(idx, RunState::Dead(end));
         let d = &mut self.domains[idx];
-        d.state = RunState::Dead(end);
         d.runstate.enter(3, crate::time::now_ns());
         match end {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),

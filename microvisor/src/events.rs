@@ -90,6 +90,16 @@ pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
     kick(hv, k);
 }
 
+/// EVTCHNOP_send, the hot one (also decoded first by the hypercall entry).
+pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
+    let d = &hv.domains[hv.current];
+    let (me, cr3) = (d.id, d.cr3);
+    let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
+    let k = evtchn::send(hv, me, a.port)?;
+    kick(hv, k);
+    Ok(0)
+}
+
 /// event_channel_op(cmd, arg).
 pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     use guest_abi::event_channel as ec;
@@ -129,11 +139,7 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             evtchn::close(hv, me, a.port)?;
             crate::irq::port_closed(me, a.port);
         }
-        ec::EVTCHNOP_SEND => {
-            let a: ec::EvtchnSend = guest::read(cr3, arg)?;
-            let k = evtchn::send(hv, me, a.port)?;
-            kick(hv, k);
-        }
+        ec::EVTCHNOP_SEND => return send_op(hv, arg),
         ec::EVTCHNOP_STATUS => {
             let mut a: ec::EvtchnStatus = guest::read(cr3, arg)?;
             let st = evtchn::status(hv, me, a.dom, a.port, privileged)?;

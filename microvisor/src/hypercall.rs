@@ -16,7 +16,10 @@ type HResult = Result<u64, Errno>;
 /// Set at boot by `selftest=pagefault`: fault in ring 0 on the first hypercall.
 pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Called by the syscall stub with the guest's registers.
+/// Called by the syscall stub with the guest's registers. The hot
+/// hypercalls are decoded here straight from the frame (one jump table, no
+/// argument array, the result written to rax once); the rest go through
+/// `dispatch_simple`, as inside a multicall.
 pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     let mut hv = HV.lock();
     if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
@@ -24,24 +27,29 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     }
     let cur = hv.current;
     if hv.domains[cur].pv.user_mode {
-        // A `syscall` from guest user code is the guest kernel's system call:
-        // bounce to its syscall callback (rcx/r11 already hold rip/rflags).
-        let cb = hv.domains[cur].pv.syscall;
-        if cb.address == 0 {
-            let rip = frame.rip;
-            crate::pv::kill(&mut hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
-        } else {
-            crate::pv::bounce(&mut hv, frame, cb.address, None, cb.mask_events, format_args!("a guest system call"));
-        }
-        crate::pv::deliver_events(&mut hv, frame);
-        return;
+        return guest_system_call(&mut hv, frame);
     }
-    let nr = frame.rax;
-    let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
-    let res = dispatch(&mut hv, frame, nr, args);
+    let (nr, a0, a1, a2) = (frame.rax, frame.rdi, frame.rsi, frame.rdx);
+    let res = match nr {
+        17 => xen_version(&mut hv, frame.rdi, frame.rsi),
+        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => crate::events::send_op(&mut hv, a1),
+        32 => crate::events::event_channel_op(&mut hv, a0, a1),
+        14 => crate::mmu::update_va_mapping(&mut hv, frame.rdi, frame.rsi, frame.rdx),
+        // The rest may switch vCPUs: Ok(None) means the frame now belongs to
+        // another vCPU (or was already set).
+        1 => switching(crate::mmu::mmu_update(&mut hv, frame, frame.rdi, frame.rsi, frame.rdx, frame.r10)),
+        13 => crate::mmu::multicall(&mut hv, frame, frame.rdi, frame.rsi),
+        20 => switching(crate::grant::grant_table_op(&mut hv, Some(frame), a0, a1, a2)),
+        23 => {
+            pv::iret(&mut hv, frame);
+            Err(SWITCHED)
+        }
+        29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
+        _ => dispatch_simple(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]),
+    };
     match res {
-        Ok(Some(v)) => frame.rax = v,
-        Ok(None) => {} // the frame now belongs to another vCPU, or was already set
+        Ok(v) => frame.rax = v,
+        Err(SWITCHED) => {}
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
     if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 2 | 12 | 13 | 14 | 20 | 26) {
@@ -50,24 +58,35 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     crate::pv::deliver_events(&mut hv, frame);
 }
 
+/// Not an errno: the hypercall left the frame as it should return (another
+/// vCPU's, or already set).
+const SWITCHED: Errno = Errno(0);
+
+fn switching(r: Result<Option<u64>, Errno>) -> HResult {
+    match r {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(SWITCHED),
+        Err(e) => Err(e),
+    }
+}
+
+/// A `syscall` from guest user code is the guest kernel's system call:
+/// bounce to its syscall callback (rcx/r11 already hold rip/rflags).
+#[cold]
+fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
+    let cb = hv.domains[hv.current].pv.syscall;
+    if cb.address == 0 {
+        let rip = frame.rip;
+        crate::pv::kill(hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
+    } else {
+        crate::pv::bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("a guest system call"));
+    }
+    crate::pv::deliver_events(hv, frame);
+}
+
 /// Set at boot by `audit=1`: audit the frame table after every memory
 /// hypercall (slow; for hostile-memory scenarios).
 pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Ok(Some(v)): return v to the caller. Ok(None): the frame was switched.
-fn dispatch(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, a: [u64; 5]) -> Result<Option<u64>, Errno> {
-    match nr {
-        1 => crate::mmu::mmu_update(hv, frame, a[0], a[1], a[2], a[3]),
-        13 => crate::mmu::multicall(hv, frame, a[0], a[1]).map(Some),
-        20 => crate::grant::grant_table_op(hv, Some(frame), a[0], a[1], a[2]),
-        23 => {
-            pv::iret(hv, frame);
-            Ok(None)
-        }
-        29 => sched_op(hv, frame, a[0], a[1]),
-        _ => dispatch_simple(hv, nr, a).map(Some),
-    }
-}
 
 /// Hypercalls that never switch vCPUs (also what a multicall may contain).
 pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
@@ -340,7 +359,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if d.upcall_pending() {
                 return Ok(Some(0));
             }
-            hv.domains[cur].state = RunState::Blocked;
+            hv.set_state(cur, RunState::Blocked);
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }
@@ -391,7 +410,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 let _ = d.poll_ports.push(p);
             }
             d.poll_deadline = timeout;
-            d.state = RunState::Blocked;
+            hv.set_state(cur, RunState::Blocked);
             hv.timer_set(timeout);
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)

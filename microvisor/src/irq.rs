@@ -53,7 +53,15 @@ pub fn on_interrupt(vector: u64) {
 
 /// Raises the event of every line that fired in the domain it is bound to
 /// (waking it). A line nobody has bound stays masked.
+#[inline]
 pub fn deliver(hv: &mut Hv) {
+    if PENDING.load(Ordering::Relaxed) != 0 {
+        deliver_pending(hv);
+    }
+}
+
+#[inline(never)]
+fn deliver_pending(hv: &mut Hv) {
     let mut p = PENDING.swap(0, Ordering::SeqCst);
     while p != 0 {
         let gsi = p.trailing_zeros() as usize;

@@ -186,9 +186,11 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                     let idx = hv.domains.len();
                     hv.bits[idx] = events::SharedBits { page: d.shared };
                     hv.channels[idx].reinit(1);
+                    let state = d.state;
                     if hv.domains.push(d).is_err() {
                         boot_fail(format_args!("too many domains"));
                     }
+                    hv.set_state(idx, state);
                 }
                 Err(e) => boot_fail(format_args!("{e}")),
             }

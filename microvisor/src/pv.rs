@@ -579,7 +579,7 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
             let d = &hv.domains[cur];
             d.set_upcall_mask(false);
             if !d.upcall_pending() {
-                hv.domains[cur].state = RunState::Blocked;
+                hv.set_state(cur, RunState::Blocked);
                 crate::sched::reschedule(hv, frame, crate::sched::Why::Leave);
                 return Emulated::Switched;
             }

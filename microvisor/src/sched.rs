@@ -65,18 +65,20 @@ fn cap_period(hv: &mut Hv, now: u64) {
 /// Makes a blocked vCPU runnable. Its virtual run time is pulled up to
 /// within one slice of the others', so a long sleep earns no burst.
 pub fn wake(hv: &mut Hv, i: usize) {
-    let floor = hv
-        .domains
-        .iter()
-        .enumerate()
-        .filter(|&(j, d)| j != i && d.state == RunState::Runnable)
-        .map(|(_, d)| d.vruntime)
-        .min();
-    let Some(d) = hv.domains.get_mut(i) else { return };
-    if d.state != RunState::Blocked {
+    if hv.domains.get(i).is_none_or(|d| d.state != RunState::Blocked) {
         return;
     }
-    d.state = RunState::Runnable;
+    let mut floor = None;
+    let mut m = hv.runnable;
+    while m != 0 {
+        let d = &hv.domains[m.trailing_zeros() as usize];
+        m &= m - 1;
+        if floor.is_none_or(|f| d.vruntime < f) {
+            floor = Some(d.vruntime);
+        }
+    }
+    hv.set_state(i, RunState::Runnable);
+    let d = &mut hv.domains[i];
     d.poll_ports.clear();
     d.poll_deadline = 0;
     if let Some(f) = floor {
@@ -94,10 +96,15 @@ pub fn wake(hv: &mut Hv, i: usize) {
 /// Fires expired guest timers (VIRQ_TIMER) and poll timeouts. Scans the
 /// domains only once the earliest deadline recorded in `Hv::timers_due` has
 /// come; every place that sets a deadline lowers it (`Hv::timer_set`).
+#[inline]
 pub fn fire_timers(hv: &mut Hv, now: u64) {
-    if now < hv.timers_due {
-        return;
+    if now >= hv.timers_due {
+        fire_due_timers(hv, now);
     }
+}
+
+#[inline(never)]
+fn fire_due_timers(hv: &mut Hv, now: u64) {
     for i in 0..hv.domains.len() {
         let d = &mut hv.domains[i];
         if !d.is_live() {
@@ -131,25 +138,30 @@ pub fn fire_timers(hv: &mut Hv, now: u64) {
 
 /// The runnable vCPU furthest behind in virtual time (not `exclude`, not
 /// capped); among equals the first after the current one in domain order.
+/// Looks only at the runnable ones (`Hv::runnable`), so blocked domains
+/// cost nothing here.
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     let n = hv.domains.len();
     let cur = hv.current;
-    let mut best: Option<(u64, usize)> = None;
-    let mut i = cur;
-    for _ in 0..n {
-        i += 1;
-        if i >= n {
-            i = 0;
-        }
+    let mut m = hv.runnable;
+    if let Some(x) = exclude {
+        m &= !(1u32 << x);
+    }
+    // (vruntime, place in the round after the current one, index)
+    let mut best: Option<(u64, usize, usize)> = None;
+    while m != 0 {
+        let i = m.trailing_zeros() as usize;
+        m &= m - 1;
         let d = &hv.domains[i];
-        if d.state != RunState::Runnable || Some(i) == exclude || capped(d) {
+        if capped(d) {
             continue;
         }
-        if best.is_none_or(|(v, _)| d.vruntime < v) {
-            best = Some((d.vruntime, i));
+        let place = if i > cur { i - cur } else { i + n - cur };
+        if best.is_none_or(|(v, p, _)| (d.vruntime, place) < (v, p)) {
+            best = Some((d.vruntime, place, i));
         }
     }
-    best.map(|(_, i)| i)
+    best.map(|(_, _, i)| i)
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {

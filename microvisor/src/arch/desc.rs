@@ -171,6 +171,10 @@ pub fn load_guest_entries(entries: &[u64]) {
         let gdt = &mut *(&raw mut GDT);
         let loaded = *(&raw const GUEST_LOADED);
         let n = entries.len().min(FIRST_RESERVED);
+        if n <= 1 && loaded <= 1 {
+            // Neither vCPU has entries of its own (entry 0 is the null one).
+            return;
+        }
         for (i, e) in entries.iter().take(n).enumerate().skip(1) {
             gdt.0[i] = *e;
         }

@@ -139,6 +139,7 @@ fn guest_range(va: u64, len: usize) -> bool {
 }
 
 /// Copies through the loaded guest page tables; Err on any fault.
+#[inline]
 fn copy_fast(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Fault> {
     // SAFETY: the caller checked that the guest side of the copy lies in
     // guest space and that the guest's page tables are the ones loaded;
@@ -151,7 +152,9 @@ fn copy_fast(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Fault> {
     if r == 0 { Ok(()) } else { Err(Fault) }
 }
 
-/// Copies `out.len()` bytes from guest virtual `va`.
+/// Copies `out.len()` bytes from guest virtual `va`. Inlined: with a
+/// constant length (a hypercall argument structure) the range check folds.
+#[inline]
 pub fn copy_from(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
     if !guest_range(va, out.len()) {
         return Err(Fault);
@@ -162,6 +165,7 @@ pub fn copy_from(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
     copy_from_walk(cr3, va, out)
 }
 
+#[inline(never)]
 fn copy_from_walk(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
     let mut done = 0usize;
     while done < out.len() {
@@ -176,6 +180,7 @@ fn copy_from_walk(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
 }
 
 /// Copies `data` to guest virtual `va` (every page must be guest-writable).
+#[inline]
 pub fn copy_to(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
     if !guest_range(va, data.len()) {
         return Err(Fault);
@@ -186,6 +191,7 @@ pub fn copy_to(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
     copy_to_walk(cr3, va, data)
 }
 
+#[inline(never)]
 fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
     // Translate everything first so a failure writes nothing.
     let mut done = 0usize;

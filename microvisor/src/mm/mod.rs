@@ -107,13 +107,6 @@ pub fn read_u64(pa: u64) -> u64 {
     unsafe { core::ptr::read_volatile(ptr(pa) as *const u64) }
 }
 
-/// Reads a byte of physical memory (volatile: guests may change it).
-pub fn read_u8(pa: u64) -> u8 {
-    check(pa, 1);
-    // SAFETY: inside RAM (checked).
-    unsafe { core::ptr::read_volatile(ptr(pa)) }
-}
-
 /// Writes a byte of physical memory.
 pub fn write_u8(pa: u64, v: u8) {
     check(pa, 1);
@@ -159,14 +152,7 @@ pub fn move_phys(dst: u64, src: u64, len: u64) {
     unsafe { core::ptr::copy(ptr(src), ptr(dst), len as usize) }
 }
 
-/// A byte of RAM shared with a guest, for atomic operations.
-pub fn atomic_u8(pa: u64) -> &'static core::sync::atomic::AtomicU8 {
-    check(pa, 1);
-    // SAFETY: inside RAM (checked) and mapped for the hypervisor's lifetime.
-    unsafe { core::sync::atomic::AtomicU8::from_ptr(ptr(pa)) }
-}
-
-/// A page of RAM shared with a guest (its shared info page), for atomic
+/// A page of RAM shared with a guest (shared info, console ring), for atomic
 /// access from the hypervisor's hot paths. It is checked against RAM once,
 /// when made; every access after that is one indexed load or store through
 /// the direct map, with the offset wrapped into the page. `NONE` is a page
@@ -199,6 +185,14 @@ impl SharedFrame {
     /// The aligned u64 at byte offset `off & !7` (wrapped into the page).
     pub fn u64_at(self, off: u64) -> &'static core::sync::atomic::AtomicU64 {
         &self.0[(off as usize / 8) & 511]
+    }
+
+    /// The aligned u32 at byte offset `off & !3` (wrapped into the page).
+    pub fn u32_at(self, off: u64) -> &'static core::sync::atomic::AtomicU32 {
+        let off = off as usize & (PAGE as usize - 4);
+        // SAFETY: an aligned u32 inside the page this handle refers to,
+        // which stays mapped; guests may write it, which atomics allow.
+        unsafe { core::sync::atomic::AtomicU32::from_ptr((self.0.as_ptr() as *mut u8).add(off) as *mut u32) }
     }
 
     /// The byte at offset `off` (wrapped into the page).
