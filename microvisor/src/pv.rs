@@ -600,19 +600,23 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
             frame.rip = next(3);
             Emulated::Done
         }
-        // rdmsr: the FS/GS bases, and a few read-only MSRs PV kernels probe
-        // (EFER, TSC, PAT); anything else is #GP for the guest.
+        // rdmsr: the FS/GS bases and the MSRs PV kernels probe, with the
+        // values Xen gives a PV guest; anything else is #GP for the guest.
         (Some(0x0f), Some(0x32), _) => {
             let pv = &hv.domains[cur].pv;
             let v = match frame.rcx as u32 {
                 0xC000_0100 => pv.fs_base,
                 0xC000_0101 => pv.gs_base_kernel,
                 0xC000_0102 => pv.gs_base_user,
-                // EFER as a 64-bit PV guest sees it: SCE | LME | LMA | NXE.
-                0xC000_0080 => 0xd01,
+                MSR_EFER => GUEST_EFER,
                 0x10 => crate::arch::cpu::rdtsc(),
                 // The PAT layout the hypervisor runs with (WB WT UC- UC).
                 0x277 => 0x0007_0406_0007_0406,
+                // PLATFORM_INFO: no CPUID faulting offered.
+                0xce => 0,
+                // MISC_FEATURES_ENABLES: CPUID faulting off.
+                0x140 => 0,
+                MSR_MISC_ENABLE => GUEST_MISC_ENABLE,
                 _ => return Emulated::NotEmulated,
             };
             frame.rax = v & 0xffff_ffff;
@@ -626,6 +630,21 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
                 0xC000_0100 => 0,
                 0xC000_0101 => 2,
                 0xC000_0102 => 1,
+                // As on Xen: rewriting EFER or MISC_FEATURES_ENABLES with
+                // the value read is accepted (a no-op), any change is #GP;
+                // MISC_ENABLE writes are dropped.
+                MSR_EFER | 0x140 | MSR_MISC_ENABLE => {
+                    let same = match frame.rcx as u32 {
+                        MSR_EFER => v == GUEST_EFER,
+                        0x140 => v == 0,
+                        _ => true,
+                    };
+                    if !same {
+                        return Emulated::NotEmulated;
+                    }
+                    frame.rip = next(2);
+                    return Emulated::Done;
+                }
                 _ => return Emulated::NotEmulated,
             };
             // A non-canonical base is a #GP for the guest (XSA-193).
@@ -638,6 +657,14 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
         _ => Emulated::NotEmulated,
     }
 }
+
+const MSR_EFER: u32 = 0xC000_0080;
+/// EFER as a 64-bit PV guest sees it: SCE | LME | LMA | NXE.
+const GUEST_EFER: u64 = 0xd01;
+const MSR_MISC_ENABLE: u32 = 0x1a0;
+/// IA32_MISC_ENABLE as Xen shows a PV guest: fast strings, branch-trace and
+/// PEBS unavailable, xTPR messages off.
+const GUEST_MISC_ENABLE: u64 = 1 | 1 << 11 | 1 << 12 | 1 << 23;
 
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
