@@ -2,7 +2,7 @@
 //! the guest's `main` (declared with [`crate::main!`]), and turns a panic into
 //! a crash shutdown that carries the message.
 
-use crate::{arch, heap, println};
+use crate::{arch, heap};
 use guest_abi::sched::ShutdownReason;
 use guest_abi::start_info::StartInfo;
 
@@ -42,7 +42,7 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
 #[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    println!("guest panic: {}", info);
+    crate::println!("guest panic: {}", info);
     shutdown(ShutdownReason::Crash)
 }
 
