@@ -5,12 +5,14 @@
 //! host unit tests, the kernel checks and every QEMU scenario, and
 //! `test --on-xen` compares the single-domain scenarios with real Xen;
 //! `cargo xtask bench [--vs-xen]` prints benchmark figures (beside Xen's);
+//! `cargo xtask profile` traces one operation instruction by instruction;
 //! `cargo xtask build` builds.
 
 mod bench;
 mod build;
 mod bundle;
 mod differential;
+mod profile;
 mod qemu;
 mod scenario;
 mod toolchain;
@@ -36,10 +38,30 @@ struct Opts {
     on_xen: bool,
     /// `bench --vs-xen`: real Xen's figures beside ours.
     vs_xen: bool,
+    /// `profile`: where to start, when, after how many hits, how far, and
+    /// which guest image's symbols to use.
+    at: Option<String>,
+    when: Option<String>,
+    skip: u64,
+    steps: u64,
+    guest: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts { accel: Accel::Tcg, manifest: None, disk: None, filter: None, timeout: 120, on_xen: false, vs_xen: false };
+    let mut o = Opts {
+        accel: Accel::Tcg,
+        manifest: None,
+        disk: None,
+        filter: None,
+        timeout: 120,
+        on_xen: false,
+        vs_xen: false,
+        at: None,
+        when: None,
+        skip: 0,
+        steps: 0,
+        guest: None,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("error: {name} needs a value"));
@@ -51,6 +73,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--timeout" => o.timeout = val("--timeout")?.parse().map_err(|_| "error: --timeout takes seconds".to_string())?,
             "--on-xen" => o.on_xen = true,
             "--vs-xen" => o.vs_xen = true,
+            "--at" => o.at = Some(val("--at")?),
+            "--when" => o.when = Some(val("--when")?),
+            "--skip" => o.skip = val("--skip")?.parse().map_err(|_| "error: --skip takes a count".to_string())?,
+            "--steps" => o.steps = val("--steps")?.parse().map_err(|_| "error: --steps takes a count".to_string())?,
+            "--guest" => o.guest = Some(val("--guest")?),
             other => return Err(format!("error: unknown option '{other}' (see `cargo xtask help`)")),
         }
     }
@@ -69,7 +96,15 @@ const HELP: &str = "usage: cargo xtask <command> [options]
   test --on-xen [--accel ..] [--filter TEXT]
                                  single-domain scenarios on the microvisor and on
                                  real Xen 4.17, compared (tests/xen-allowlist.toml)
-  bench [--vs-xen]               benchmarks under -icount shift=0 (beside real Xen's)";
+  bench [--vs-xen]               benchmarks under -icount shift=0 (beside real Xen's)
+  profile [--manifest FILE] [--at SYMBOL] [--when GDB-CONDITION] [--skip N]
+          [--steps N] [--guest IMAGE]
+                                 single-step one operation under gdb (needs gdb) and
+                                 count its instructions per function: from SYMBOL
+                                 (default syscall_entry) back to guest ring 3, or N
+                                 steps; default manifest: the bench guest alone.
+                                 e.g. --when '$rax==32 && $rdi==4' --skip 2000
+                                 traces one masked event send";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -85,6 +120,7 @@ fn main() -> ExitCode {
         "run" => run(&o),
         "test" => test(&o),
         "bench" => bench(&o),
+        "profile" => profile(&o),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
             Ok(true)
@@ -99,6 +135,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn profile(o: &Opts) -> Result<bool, String> {
+    let manifest = match &o.manifest {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("error: cannot read manifest {}: {e}", p.display()))?,
+        None => profile::DEFAULT_MANIFEST.to_string(),
+    };
+    qemu::ensure()?;
+    let kdir = build_all()?;
+    let spec = profile::Spec {
+        manifest: &manifest,
+        at: o.at.as_deref().unwrap_or("syscall_entry"),
+        when: o.when.as_deref(),
+        skip: o.skip,
+        steps: o.steps,
+        guest: o.guest.as_deref(),
+    };
+    profile::profile(&kdir, &root().join("target/profile"), &spec, Duration::from_secs(o.timeout))
 }
 
 fn build_all() -> Result<PathBuf, String> {
