@@ -56,9 +56,14 @@ pub struct PvState {
     pub kernel_sp: u64,
     /// Virtual CR0.TS (fpu_taskswitch).
     pub virtual_ts: bool,
+    /// Segment state while the vCPU is not running (while it runs, the CPU
+    /// holds the selectors, the FS base and its current mode's GS base;
+    /// `pv::save_segments` copies them back).
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
+    /// DS, ES, FS, GS selectors.
+    pub selectors: [u16; 4],
     /// The vCPU runs guest user code (user page table, user GS base).
     pub user_mode: bool,
     /// Virtual I/O privilege level (PHYSDEVOP_set_iopl): port I/O from the
@@ -89,6 +94,7 @@ impl PvState {
             fs_base: 0,
             gs_base_kernel: 0,
             gs_base_user: 0,
+            selectors: [0; 4],
             user_mode: false,
             iopl: 0,
             gdt: [0; GUEST_GDT_ENTRIES],

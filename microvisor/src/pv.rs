@@ -168,6 +168,7 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
         return Err(Errno::EINVAL);
     }
     let pv = &mut hv.domains[hv.current].pv;
+    save_bases(pv);
     match which {
         0 => pv.fs_base = base,
         1 => pv.gs_base_user = base,
@@ -184,7 +185,38 @@ pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno
     set_segment_base_of(hv, which, base)
 }
 
-/// Loads a vCPU's FS and GS bases into the CPU (guest kernel mode).
+/// Copies the running vCPU's FS base and current-mode GS base from the CPU
+/// into its state: the guest may have changed them by loading FS or GS.
+pub fn save_bases(pv: &mut crate::domain::PvState) {
+    pv.fs_base = crate::arch::cpu::fs_base();
+    let gs = crate::arch::cpu::gs_base();
+    if pv.user_mode {
+        pv.gs_base_user = gs;
+    } else {
+        pv.gs_base_kernel = gs;
+    }
+}
+
+/// Saves the outgoing vCPU's data selectors and bases (Xen's
+/// save_segments).
+pub fn save_segments(pv: &mut crate::domain::PvState) {
+    pv.selectors = crate::arch::cpu::data_selectors();
+    save_bases(pv);
+}
+
+/// Loads the incoming vCPU's data selectors, then its bases (Xen's
+/// load_segments). Its GDT entries must be loaded already; a selector they
+/// no longer allow (the guest changed its GDT) becomes null.
+pub fn load_segments(pv: &crate::domain::PvState) {
+    let want = pv.selectors.map(|s| if crate::arch::desc::data_selector_ok(s) { s } else { 0 });
+    if crate::arch::cpu::data_selectors() != want {
+        // SAFETY: each selector is null or was just checked against the GDT.
+        unsafe { crate::arch::cpu::load_data_selectors(want) };
+    }
+    load_segment_bases(pv);
+}
+
+/// Loads a vCPU's FS and GS bases into the CPU.
 pub fn load_segment_bases(pv: &crate::domain::PvState) {
     crate::arch::cpu::set_fs_base(pv.fs_base);
     crate::arch::cpu::set_gs_base(if pv.user_mode { pv.gs_base_user } else { pv.gs_base_kernel });
@@ -195,6 +227,7 @@ pub fn load_segment_bases(pv: &crate::domain::PvState) {
 pub fn toggle_mode(hv: &mut Hv) {
     let cur = hv.current;
     let d = &mut hv.domains[cur];
+    save_bases(&mut d.pv);
     d.pv.user_mode = !d.pv.user_mode;
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     load_segment_bases(&d.pv);
@@ -603,6 +636,7 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
         // rdmsr: the FS/GS bases and the MSRs PV kernels probe, with the
         // values Xen gives a PV guest; anything else is #GP for the guest.
         (Some(0x0f), Some(0x32), _) => {
+            save_bases(&mut hv.domains[cur].pv);
             let pv = &hv.domains[cur].pv;
             let v = match frame.rcx as u32 {
                 0xC000_0100 => pv.fs_base,

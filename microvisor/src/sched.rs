@@ -240,6 +240,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
             && d.is_live()
         {
             cpu::fpu_save(&mut d.fpu);
+            crate::pv::save_segments(&mut d.pv);
         }
         cpu::fpu_restore(&hv.domains[next].fpu);
         if hv.domains[next].pv.virtual_ts {
@@ -270,8 +271,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
         d.time_stamp = now;
     }
     if next != cur {
-        crate::pv::load_segment_bases(&d.pv);
+        // Its GDT entries first: the selectors are checked against them.
         crate::pv::load_guest_gdt(&d.pv);
+        crate::pv::load_segments(&d.pv);
     }
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     let cr3 = d.active_cr3();
@@ -311,7 +313,7 @@ pub fn start() -> ! {
         d.last_start = now;
         crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
         crate::time::update_vcpu_time(d.shared_info_mfn);
-        crate::pv::load_segment_bases(&d.pv);
+        crate::pv::load_segments(&d.pv);
         cpu::fpu_restore(&d.fpu);
         (d.frame, d.cr3)
     };

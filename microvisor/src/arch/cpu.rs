@@ -172,6 +172,51 @@ pub fn qemu_exit(success: bool) -> ! {
     halt_forever()
 }
 
+/// Reads an MSR the CPU is known to have.
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only called with architectural MSRs of every x86-64 CPU
+    // (FS_BASE, GS_BASE), which cannot fault.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The FS base the CPU holds (the guest's, possibly changed by its loading
+/// an FS selector).
+pub fn fs_base() -> u64 {
+    rdmsr(0xC000_0100)
+}
+
+/// The GS base the CPU holds (the guest's current mode's).
+pub fn gs_base() -> u64 {
+    rdmsr(0xC000_0101)
+}
+
+/// The DS, ES, FS and GS selectors the CPU holds (the guest's: the
+/// hypervisor never loads them).
+pub fn data_selectors() -> [u16; 4] {
+    let (ds, es, fs, gs): (u16, u16, u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs", out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs, options(nostack, nomem, preserves_flags));
+    }
+    [ds, es, fs, gs]
+}
+
+/// Loads DS, ES, FS and GS. Loading FS or GS also replaces that base (from
+/// the descriptor): callers set the bases afterwards.
+///
+/// # Safety
+/// Each selector must be loadable without a fault (null, or accepted by
+/// `desc::data_selector_ok` against the GDT as loaded now).
+pub unsafe fn load_data_selectors(s: [u16; 4]) {
+    // SAFETY: delegated to the caller; in 64-bit mode DS and ES bases and
+    // limits are ignored, so the hypervisor's own accesses are unaffected.
+    unsafe {
+        asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}", in(reg) s[0], in(reg) s[1], in(reg) s[2], in(reg) s[3], options(nostack, preserves_flags));
+    }
+}
+
 /// Sets the FS base the guest runs with (the hypervisor never uses FS).
 pub fn set_fs_base(base: u64) {
     // SAFETY: the hypervisor does not use FS; callers pass canonical values.

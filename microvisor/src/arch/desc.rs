@@ -163,6 +163,26 @@ static mut GUEST_LOADED: usize = 0;
 /// Loads a vCPU's own GDT entries (indices 0..n, 0 kept null) and clears
 /// whatever the previous vCPU had beyond them. Entries were checked by
 /// `pv::set_gdt`: present ones are DPL-3 code/data descriptors only.
+/// Whether `sel` can be loaded into DS, ES, FS or GS from ring 0 without a
+/// fault: null, or a GDT selector whose descriptor (as loaded now) is a
+/// present DPL-3 data segment or readable code segment. No LDT exists.
+pub fn data_selector_ok(sel: u16) -> bool {
+    if sel & !3 == 0 {
+        return true;
+    }
+    if sel & 4 != 0 {
+        return false;
+    }
+    // SAFETY: single CPU; reads one entry of the live GDT (sel >> 3 < 8192).
+    let d = unsafe { (*(&raw const GDT)).0[usize::from(sel >> 3)] };
+    let present = d & (1 << 47) != 0;
+    let code_or_data = d & (1 << 44) != 0;
+    let dpl3 = (d >> 45) & 3 == 3;
+    let code = d & (1 << 43) != 0;
+    let readable = d & (1 << 41) != 0;
+    present && code_or_data && dpl3 && (!code || readable)
+}
+
 pub fn load_guest_entries(entries: &[u64]) {
     // SAFETY: single CPU; the GDT's guest area (below index 7168) holds only
     // descriptors validated by set_gdt; the hypervisor's own entries are
