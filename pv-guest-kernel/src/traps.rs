@@ -52,6 +52,15 @@ pub fn init() -> Result<(), guest_abi::errno::Errno> {
     Ok(())
 }
 
+/// Whether every return from an exception or event goes through the iret
+/// hypercall (true), or returns to guest kernel mode go back with a plain
+/// `iretq` as Mini-OS does (false, the default: it saves a hypercall per
+/// event; see `arch::traps`). Returns to guest user mode always use the
+/// hypercall.
+pub fn set_iret_hypercall(always: bool) {
+    arch::IRET_HYPERCALL.store(always as u8, core::sync::atomic::Ordering::SeqCst);
+}
+
 /// Installs `h` for exception `vector`.
 pub fn set_handler(vector: u8, h: Handler) {
     HANDLERS.lock()[vector as usize] = Some(h);

@@ -5,12 +5,13 @@
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 #[repr(C, align(4096))]
-struct Page([u8; 4096]);
+pub(crate) struct Page([u8; 4096]);
 
 /// The virtual page the shared info frame is mapped over.
-static mut SHARED_PAGE: Page = Page([0; 4096]);
+pub(crate) static mut SHARED_PAGE: Page = Page([0; 4096]);
 
-static MAPPED: AtomicU8 = AtomicU8::new(0);
+/// 1 once the shared info frame is mapped (read by the trap return path).
+pub(crate) static MAPPED: AtomicU8 = AtomicU8::new(0);
 
 /// Maps the shared info frame (machine address `ma` from start_info) over a
 /// page of this image. Idempotent.

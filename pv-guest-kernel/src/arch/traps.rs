@@ -1,8 +1,24 @@
 //! Exception entry for the guest kernel, Xen PV style: the hypervisor bounces
 //! an exception onto the kernel stack as `[rcx, r11, (error), rip, cs,
 //! rflags, rsp, ss]`; these stubs restore rcx/r11, save every register into a
-//! [`TrapFrame`], call Rust, and return through the iret hypercall stub. Also
-//! the recovery trampoline behind [`crate::traps::expect_fault`].
+//! [`TrapFrame`] and call Rust. Also the recovery trampoline behind
+//! [`crate::traps::expect_fault`].
+//!
+//! The way back, as Mini-OS does it: to guest kernel mode (the saved `cs`
+//! is the kernel's 64-bit selector with RPL 0, `ss` the flat one) the stub
+//! restores the event mask the frame saved itself and returns without the
+//! hypervisor: it writes rflags and rip just below the interrupted stack
+//! pointer, restores every register, switches to that stack and runs
+//! `popfq; ret` (ring 3 to ring 3; the virtual interrupt flag is the mask,
+//! so popf leaving IF alone does not matter).
+//! If that re-enables events and one is already pending, it masks them again
+//! and runs the event handler on the same frame first, so nothing waits. An
+//! event arriving after the check is bounced by the hypervisor below this
+//! frame and handled before the `iretq` runs: none is lost, at the price of
+//! one nested frame. To guest user mode (RPL 3), before the shared info page
+//! is mapped, or when [`crate::traps::set_iret_hypercall`] asks for it, the
+//! return goes through the iret hypercall stub, which restores the mask and
+//! the mode itself.
 
 use core::arch::global_asm;
 
@@ -93,7 +109,64 @@ pv_trap_common:
     and $-16, %rsp
     call {handler}
     mov %rbx, %rsp
+    /* TrapFrame offsets: vector 15*8, cs 18*8, rflags 19*8. */
+    cmpb $0, {force_hc}(%rip)
+    jne 9f
+    cmpb $0, {mapped}(%rip)
+    je 9f
+    /* Only to the guest kernel's own 64-bit code and stack selectors. */
+    cmpw $0xe030, 18*8(%rsp)
+    jne 9f
+    cmpw $0xe02b, 21*8(%rsp)
+    jne 9f
+7:  btl $9, 19*8(%rsp)
+    jc 6f
+    /* Events were masked in the interrupted context: masked they stay. */
+    movb $1, {shared}+1(%rip)
+    jmp 8f
+6:  movb $0, {shared}+1(%rip)
+    cmpb $0, {shared}(%rip)
+    je 8f
+    /* Already pending: mask again and handle it before returning. */
+    movb $1, {shared}+1(%rip)
+    movq $0x100, 15*8(%rsp)
+    mov %rsp, %rdi
+    and $-16, %rsp
+    call {handler}
+    mov %rbx, %rsp
+    jmp 7b
+    /* Put rflags and rip just below the interrupted rsp T (the kernel
+       stack has no red zone; the bounce itself wrote below T), keep T - 16
+       in the vector slot, restore every register, switch to T - 16, then
+       popfq and ret. Not iretq: QEMU's TCG reads an iretq frame with
+       supervisor accesses, which SMAP refuses on a guest stack. */
+8:  mov 20*8(%rsp), %rcx
+    mov 17*8(%rsp), %rax
+    mov 19*8(%rsp), %rdx
+    mov %rax, -8(%rcx)
+    mov %rdx, -16(%rcx)
+    sub $16, %rcx
+    mov %rcx, 15*8(%rsp)
     pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    mov (%rsp), %rsp
+    popfq
+    ret
+
+9:  pop %r15
     pop %r14
     pop %r13
     pop %r12
@@ -145,8 +218,15 @@ pv_try_recover:
 "#,
     handler = sym crate::traps::dispatch,
     recovery = sym RECOVERY_RSP,
+    force_hc = sym IRET_HYPERCALL,
+    mapped = sym crate::arch::shared::MAPPED,
+    shared = sym crate::arch::shared::SHARED_PAGE,
     options(att_syntax)
 );
+
+/// 1: every return goes through the iret hypercall (see the module docs).
+#[unsafe(no_mangle)]
+pub(crate) static IRET_HYPERCALL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
 /// Stack pointer to resume at when a fault hits inside `pv_try`; 0 = none.
 #[unsafe(no_mangle)]

@@ -17,6 +17,14 @@ fn on_ipi(_p: u32) {
     IPI_HITS.fetch_add(1, Ordering::SeqCst);
 }
 
+static BP_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A trap handler that leaves an event pending with events disabled.
+fn on_bp_send(_f: &mut pv_guest_kernel::traps::TrapFrame) {
+    events::disable();
+    let _ = events::send(BP_PORT.load(Ordering::SeqCst));
+}
+
 fn main(_si: &'static StartInfo) {
     let mut t = Reporter::new();
     let r = events::init();
@@ -52,6 +60,20 @@ fn main(_si: &'static StartInfo) {
     let during = IPI_HITS.load(Ordering::SeqCst);
     events::restore(was);
     t.check("virtual-if", !was && during == 2 && IPI_HITS.load(Ordering::SeqCst) == 3, format_args!("was {was}, during {during}, after {}", IPI_HITS.load(Ordering::SeqCst)));
+
+    // The trap return re-enables events (they were enabled when int3 ran)
+    // and must take the event left pending before main runs on, hypercall
+    // or not (the SDK returns to kernel mode without one).
+    let tr = pv_guest_kernel::traps::init();
+    BP_PORT.store(port, Ordering::SeqCst);
+    pv_guest_kernel::traps::set_handler(3, on_bp_send);
+    let before = IPI_HITS.load(Ordering::SeqCst);
+    // SAFETY: int3 traps to on_bp_send, which returns.
+    unsafe { core::arch::asm!("int3") };
+    let after = IPI_HITS.load(Ordering::SeqCst);
+    let masked = events::save_and_disable();
+    events::restore(masked);
+    t.check("pending-taken-at-trap-return", tr.is_ok() && after == before + 1 && !masked, format_args!("{tr:?}, hits {before} then {after}, events masked {masked}"));
 
     let st = guest_abi::hypercall::evtchn_status(DomId::SELF, Port(port));
     t.check("status-ipi", st.map(|s| s.status) == Ok(guest_abi::event_channel::EVTCHNSTAT_IPI), format_args!("{st:?}"));

@@ -114,7 +114,9 @@ fn main(si: &'static StartInfo) {
     let r = unsafe { guest_abi::hypercall::update_va_mapping(0, 0, guest_abi::mmu::UVMF_INVLPG) };
     t.check("unmap-page-0", r.is_ok(), format_args!("{r:?}"));
 
-    // An exception, returning through the iret stub.
+    // An exception, returning through the iret stub (the SDK's default for
+    // kernel-mode returns is a plain iretq; the contract wants the stub).
+    traps::set_iret_hypercall(true);
     traps::set_handler(3, on_bp);
     // SAFETY: int3 traps to on_bp.
     unsafe { asm!("int3") };
