@@ -182,10 +182,8 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
     hv.drain_console(cur);
     let mut now = crate::time::now_ns();
     account(hv, now);
-    let cur_live = hv.domains.get(cur).is_some_and(|d| d.is_live());
-    if cur_live {
-        hv.domains[cur].frame = *frame;
-    }
+    // The live frame stays on the hypervisor stack (idling and interrupts
+    // use the stack below it) until `switch_to` knows whether it changes.
     let next = loop {
         cap_period(hv, now);
         fire_timers(hv, now);
@@ -239,6 +237,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
         if let Some(d) = hv.domains.get_mut(cur)
             && d.is_live()
         {
+            d.frame = *frame;
             cpu::fpu_save(&mut d.fpu);
             crate::pv::save_segments(&mut d.pv);
         }
@@ -261,7 +260,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
         d.runstate.enter(0, now);
     }
     d.last_start = now;
-    *frame = d.frame;
+    if next != cur {
+        *frame = d.frame;
+    }
     // The TSC runs at a constant rate and system time is computed from it
     // with the very scale the guest is given, so its vcpu_time_info stays
     // exact; it is rewritten about once a second (as Xen recalibrates),
