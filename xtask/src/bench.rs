@@ -53,17 +53,15 @@ fn multi_manifest() -> String {
 const BLK_MANIFEST: &str = "[domain service]\nimage = service\nmemory = 16M\nmaxmem = 24M\nprivileged = true\nservice = true\ncmdline = vbd=blkbench bench=1\n\n\
      [domain blkbench]\nimage = blkbench\nmemory = 16M\n";
 
-fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &str, name: &str) -> Result<Run, String> {
-    let bundle = crate::scenario::make_bundle(manifest, kdir, &Default::default())?;
-    let bpath = out_dir.join(format!("{name}.cpio"));
-    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
-    let kernel = crate::qemu::kernel_path(kdir);
-    let boot = Boot {
-        kernel: &kernel,
-        initrd: &bpath,
+/// How benchmark and profiling boots run the microvisor: TCG, the bench CPU
+/// model, 256 MiB, warnings only; `icount` for repeatable figures.
+pub fn measuring_boot<'a>(kernel: &'a Path, initrd: &'a Path, icount: bool, timeout: Duration) -> Boot<'a> {
+    Boot {
+        kernel,
+        initrd,
         append: "loglvl=warn".into(),
         accel: Accel::Tcg,
-        icount: true,
+        icount,
         cpu: CPU,
         memory_mib: 256,
         timeout,
@@ -71,7 +69,15 @@ fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &st
         machine: "microvm",
         initrd_args: "",
         stop_on: &[],
-    };
+    }
+}
+
+fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &str, name: &str) -> Result<Run, String> {
+    let bundle = crate::scenario::make_bundle(manifest, kdir, &Default::default())?;
+    let bpath = out_dir.join(format!("{name}.cpio"));
+    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
+    let kernel = crate::qemu::kernel_path(kdir);
+    let boot = measuring_boot(&kernel, &bpath, true, timeout);
     let disk = out_dir.join(format!("{name}.disk"));
     let with_disk = manifest.contains("image = service");
     if with_disk {

@@ -108,20 +108,8 @@ pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> R
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("error: no free local port for gdb: {e}"))?.port();
 
     let kernel = crate::qemu::kernel_path(kdir);
-    let boot = crate::qemu::Boot {
-        kernel: &kernel,
-        initrd: &bpath,
-        append: "loglvl=warn".into(),
-        accel: crate::qemu::Accel::Tcg,
-        icount: false,
-        cpu: crate::bench::CPU,
-        memory_mib: 256,
-        timeout,
-        echo: false,
-        machine: "microvm",
-        initrd_args: "",
-        stop_on: &[],
-    };
+    // No icount: the trace counts instructions itself.
+    let boot = crate::bench::measuring_boot(&kernel, &bpath, false, timeout);
     let mut qemu = boot.command_with(&Default::default());
     qemu.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
     let serial = std::fs::File::create(out_dir.join("serial.log")).map_err(|e| e.to_string())?;

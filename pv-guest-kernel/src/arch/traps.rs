@@ -57,6 +57,25 @@ pub struct TrapFrame {
 
 global_asm!(
     r#"
+    /* Restores the 15 registers pv_trap_common saved (TrapFrame order). */
+    .macro pop_gprs
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    .endm
+
     .macro pv_stub vec, err
     .globl pv_trap_\vec
 pv_trap_\vec:
@@ -147,40 +166,12 @@ pv_trap_common:
     mov %rdx, -16(%rcx)
     sub $16, %rcx
     mov %rcx, 15*8(%rsp)
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+    pop_gprs
     mov (%rsp), %rsp
     popfq
     ret
 
-9:  pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+9:  pop_gprs
     add $16, %rsp
     /* [rip, cs, rflags, rsp, ss]: push iret's flags word (0) and enter the
        iret stub, which never returns. */
