@@ -113,6 +113,15 @@ const AUDIT_REFS: usize = crate::domain::MAX_DOMAINS * 5 + crate::grant::MAX_EXT
 
 static AUDIT_EXT: Mutex<heapless::Vec<(u64, microvisor_core::frametable::ExternalRef), AUDIT_REFS>> = Mutex::new(heapless::Vec::new());
 
+/// Frames the audit recounts per walk of the page tables (256 KiB of
+/// scratch): 256 MiB of RAM takes four walks. With a small stack buffer an
+/// audit walked every table once per 64 frames, which made `audit=1` runs
+/// spend most of their time auditing.
+const AUDIT_TALLIES: usize = 16384;
+
+static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALLIES]> =
+    Mutex::new([microvisor_core::frametable::AuditTally::ZERO; AUDIT_TALLIES]);
+
 /// Audits every frame count against the live page tables. `roots` are the
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
 /// `held` are the frames the hypervisor holds a plain reference on (each
@@ -135,5 +144,6 @@ pub fn audit(roots: &[u64], held: &[u64], segs: &[u64]) -> Result<(), microvisor
     crate::grant::for_each_external_ref(|m, r| {
         let _ = ext.push((m, r));
     });
-    with(|ft, mem| ft.audit(mem, &ext))
+    let mut scratch = AUDIT_SCRATCH.lock();
+    with(|ft, mem| ft.audit_with(mem, &ext, &mut scratch[..]))
 }

@@ -2,8 +2,10 @@
 //! from first principles (allocation references, pins, references the caller
 //! declares, and every entry of every validated table) and compares them with
 //! the stored ones, checking each frame's own invariants and each live entry
-//! against the rules on the way. It only reads; it uses a fixed-size stack
-//! buffer and walks the tables once per chunk of target frames.
+//! against the rules on the way. It only reads. The recomputed counts go
+//! into a scratch buffer of [`AuditTally`] the caller lends (a small stack
+//! buffer for [`FrameTable::audit`]); the tables are walked once per chunk of
+//! target frames that fits in it, so a larger buffer means fewer walks.
 
 use core::fmt;
 
@@ -12,7 +14,7 @@ use super::{
     OWNER_FREE, OWNER_XEN, PageInfo, PageType, TableMemory, is_domain, is_hv_slot, pte,
 };
 
-/// Target frames counted per pass over the tables.
+/// Target frames counted per pass over the tables by [`FrameTable::audit`].
 const CHUNK: usize = 64;
 
 /// A frame whose stored state disagrees with what the live tables imply.
@@ -93,13 +95,30 @@ impl fmt::Display for AuditError {
     }
 }
 
-/// Recomputed counts of one frame.
-#[derive(Clone, Copy, Default)]
-struct Tally {
-    general: u64,
-    ty: u64,
-    lin_entries: u64,
-    lin_uses: u64,
+/// Recomputed counts of one frame: scratch space for
+/// [`FrameTable::audit_with`] (16 bytes each).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct AuditTally {
+    general: u32,
+    ty: u32,
+    lin_entries: u32,
+    lin_uses: u32,
+}
+
+impl AuditTally {
+    /// An empty tally, for initialising a static scratch buffer.
+    pub const ZERO: Self = Self {
+        general: 0,
+        ty: 0,
+        lin_entries: 0,
+        lin_uses: 0,
+    };
+}
+
+type Tally = AuditTally;
+
+fn bump(n: &mut u32) {
+    *n = n.saturating_add(1);
 }
 
 /// The tally of `mfn` when it lies in `base..base + len`.
@@ -136,6 +155,23 @@ impl FrameTable<'_> {
         mem: &M,
         external: &[(u64, ExternalRef)],
     ) -> Result<(), AuditError> {
+        let mut scratch = [Tally::ZERO; CHUNK];
+        self.audit_with(mem, external, &mut scratch)
+    }
+
+    /// [`FrameTable::audit`] with the caller's scratch buffer: the tables
+    /// are walked once per `scratch.len()` frames (once in all when it holds
+    /// one tally per frame). The result does not depend on the size.
+    pub fn audit_with<M: TableMemory + ?Sized>(
+        &self,
+        mem: &M,
+        external: &[(u64, ExternalRef)],
+        scratch: &mut [AuditTally],
+    ) -> Result<(), AuditError> {
+        let chunk = scratch.len() as u64;
+        if scratch.is_empty() {
+            return self.audit(mem, external);
+        }
         for (mfn, p) in (0u64..).zip(self.pages.iter()) {
             check_state(mfn, p)?;
         }
@@ -152,8 +188,8 @@ impl FrameTable<'_> {
         let n = self.nr_frames();
         let mut base = 0u64;
         while base < n {
-            let len = n.saturating_sub(base).min(CHUNK as u64);
-            self.audit_chunk(mem, external, base, len)?;
+            let len = n.saturating_sub(base).min(chunk);
+            self.audit_chunk(mem, external, base, len, scratch)?;
             base = base.saturating_add(len);
         }
         Ok(())
@@ -166,19 +202,19 @@ impl FrameTable<'_> {
         external: &[(u64, ExternalRef)],
         base: u64,
         len: u64,
+        tally: &mut [Tally],
     ) -> Result<(), AuditError> {
-        let mut tally = [Tally::default(); CHUNK];
-        let tally = &mut tally[..];
+        tally.fill(Tally::ZERO);
         for mfn in base..base + len {
             let (Some(p), Some(t)) = (self.pg(mfn), tally_at(tally, base, len, mfn)) else {
                 continue;
             };
             if is_domain(p.owner) && !p.is_dying() {
-                t.general += 1;
+                bump(&mut t.general);
             }
             if p.is_pinned() {
-                t.general += 1;
-                t.ty += 1;
+                bump(&mut t.general);
+                bump(&mut t.ty);
             }
         }
         for &(mfn, r) in external {
@@ -187,8 +223,8 @@ impl FrameTable<'_> {
                     ExternalRef::Page => t.general += 1,
                     ExternalRef::Type(_) => t.ty += 1,
                     ExternalRef::PageAndType(_) => {
-                        t.general += 1;
-                        t.ty += 1;
+                        bump(&mut t.general);
+                        bump(&mut t.ty);
                     }
                 }
             }
@@ -209,9 +245,9 @@ impl FrameTable<'_> {
                 }
                 if level == 1 {
                     if let Some(t) = tally_at(tally, base, len, target) {
-                        t.general += 1;
+                        bump(&mut t.general);
                         if pte::writable(e) {
-                            t.ty += 1;
+                            bump(&mut t.ty);
                         }
                     }
                     continue;
@@ -221,14 +257,14 @@ impl FrameTable<'_> {
                 }
                 let linear = self.pg(target).and_then(PageInfo::table_level) == Some(level);
                 if let Some(t) = tally_at(tally, base, len, target) {
-                    t.general += 1;
-                    t.ty += 1;
+                    bump(&mut t.general);
+                    bump(&mut t.ty);
                     if linear {
-                        t.lin_uses += 1;
+                        bump(&mut t.lin_uses);
                     }
                 }
                 if linear && let Some(t) = tally_at(tally, base, len, table) {
-                    t.lin_entries += 1;
+                    bump(&mut t.lin_entries);
                 }
             }
         }
@@ -236,21 +272,21 @@ impl FrameTable<'_> {
             let (Some(p), Some(t)) = (self.pg(mfn), tally_at(tally, base, len, mfn)) else {
                 continue;
             };
-            if u64::from(p.count) != t.general {
+            if p.count != t.general {
                 return Err(err(
                     mfn,
                     AuditErrorKind::GeneralCount {
                         stored: p.count,
-                        expected: t.general,
+                        expected: u64::from(t.general),
                     },
                 ));
             }
-            if u64::from(p.type_count) != t.ty {
+            if p.type_count != t.ty {
                 return Err(err(
                     mfn,
                     AuditErrorKind::TypeCount {
                         stored: p.type_count,
-                        expected: t.ty,
+                        expected: u64::from(t.ty),
                     },
                 ));
             }
@@ -260,8 +296,8 @@ impl FrameTable<'_> {
                     mfn,
                     AuditErrorKind::LinearCount {
                         stored: p.linear,
-                        entries: t.lin_entries,
-                        uses: t.lin_uses,
+                        entries: u64::from(t.lin_entries),
+                        uses: u64::from(t.lin_uses),
                     },
                 ));
             }

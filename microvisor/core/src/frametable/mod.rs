@@ -58,7 +58,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use audit::{AuditError, AuditErrorKind};
+pub use audit::{AuditError, AuditErrorKind, AuditTally};
 
 use guest_abi::errno::Errno;
 
