@@ -75,6 +75,7 @@ impl evtchn::Domains for Hv {
 
 /// Acts on a kick: wakes the vCPU if it is blocked (or polling a port that
 /// became pending).
+#[inline]
 pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     let Some(k) = k else { return };
     let i = k.dom as usize;
@@ -91,6 +92,7 @@ pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
 }
 
 /// EVTCHNOP_send, the hot one (also decoded first by the hypercall entry).
+#[inline]
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let d = &hv.domains[hv.current];
     let (me, cr3) = (d.id, d.cr3);

@@ -16,10 +16,70 @@ type HResult = Result<u64, Errno>;
 /// Set at boot by `selftest=pagefault`: fault in ring 0 on the first hypercall.
 pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Called by the syscall stub with the guest's registers. The hot
-/// hypercalls are decoded here straight from the frame (one jump table, no
-/// argument array, the result written to rax once); the rest go through
-/// `dispatch_simple`, as inside a multicall.
+/// Hypercall numbers below this are looked up in [`LIGHT_HYPERCALLS`].
+pub const NR_LIGHT: usize = 64;
+
+/// 1 for the hypercalls the syscall stub takes on its light entry: those
+/// that never switch vCPUs and never touch the frame (every number
+/// `dispatch_simple` serves, as inside a multicall). The stub then saves only
+/// the registers Rust may clobber and calls [`on_light_syscall`]; everything
+/// else (and any syscall from guest user mode) takes the full entry to
+/// [`on_syscall`].
+pub static LIGHT_HYPERCALLS: [u8; NR_LIGHT] = {
+    let mut t = [0u8; NR_LIGHT];
+    let light = [0, 2, 3, 4, 5, 12, 14, 15, 17, 18, 24, 25, 26, 30, 32, 33, 34];
+    let mut i = 0;
+    while i < light.len() {
+        t[light[i]] = 1;
+        i += 1;
+    }
+    t
+};
+
+/// What [`on_light_syscall`] hands back to its stub (in rax and rdx).
+#[repr(C)]
+pub struct LightExit {
+    /// The guest's rax: the result or a negated errno.
+    rax: u64,
+    /// Non-zero when an event upcall is due: the stub then completes the
+    /// frame and calls [`on_light_upcall`].
+    upcall: u64,
+}
+
+/// The light entry: hypercall `nr` with its arguments as the guest passed
+/// them (rdi, rsi, rdx, r10, r8). The guest's other registers stay live in
+/// the CPU, so nothing here may switch vCPUs.
+pub extern "C" fn on_light_syscall(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, nr: u64) -> LightExit {
+    let mut hv = HV.lock();
+    if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
+        crate::mm::selftest_fault();
+    }
+    let res = match nr {
+        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => crate::events::send_op(&mut hv, a1),
+        17 => xen_version(&mut hv, a0, a1),
+        _ => dispatch_simple(&mut hv, nr, [a0, a1, a2, a3, a4]),
+    };
+    let rax = match res {
+        Ok(v) => v,
+        Err(e) => (-(e.0 as i64)) as u64,
+    };
+    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 2 | 12 | 14 | 26) {
+        hv.audit("a memory hypercall");
+    }
+    LightExit { rax, upcall: u64::from(pv::upcall_due(&hv)) }
+}
+
+/// After a light hypercall that left an event upcall due: the stub has
+/// completed the frame; bounce to the event callback.
+pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
+    let mut hv = HV.lock();
+    crate::pv::deliver_events(&mut hv, frame);
+}
+
+/// Called by the syscall stub with the guest's registers for the
+/// hypercalls that may switch vCPUs or use the frame, and for every
+/// `syscall` from guest user mode. The hot ones are decoded straight from the
+/// frame; the rest go through `dispatch_simple`, as inside a multicall.
 pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     let mut hv = HV.lock();
     if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
@@ -31,12 +91,6 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     }
     let (nr, a0, a1, a2) = (frame.rax, frame.rdi, frame.rsi, frame.rdx);
     let res = match nr {
-        17 => xen_version(&mut hv, frame.rdi, frame.rsi),
-        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => crate::events::send_op(&mut hv, a1),
-        32 => crate::events::event_channel_op(&mut hv, a0, a1),
-        14 => crate::mmu::update_va_mapping(&mut hv, frame.rdi, frame.rsi, frame.rdx),
-        // The rest may switch vCPUs: Ok(None) means the frame now belongs to
-        // another vCPU (or was already set).
         1 => switching(crate::mmu::mmu_update(&mut hv, frame, frame.rdi, frame.rsi, frame.rdx, frame.r10)),
         13 => crate::mmu::multicall(&mut hv, frame, frame.rdi, frame.rsi),
         20 => switching(crate::grant::grant_table_op(&mut hv, Some(frame), a0, a1, a2)),

@@ -414,18 +414,23 @@ pub fn deliver_exception(hv: &mut Hv, frame: &mut TrapFrame, vector: u8, error: 
     bounce(hv, frame, t.address, error, t.flags & 4 != 0, format_args!("vector {vector}"));
 }
 
+/// Whether the running vCPU has an event upcall to take now: runnable,
+/// `evtchn_upcall_pending` set and unmasked, and an event callback
+/// registered.
+#[inline]
+pub fn upcall_due(hv: &Hv) -> bool {
+    hv.domains
+        .get(hv.current)
+        .is_some_and(|d| d.state == RunState::Runnable && d.upcall_pending() && !d.upcall_mask() && d.pv.event.address != 0)
+}
+
 /// Before returning to a guest: delivers a pending event upcall when the
 /// virtual interrupt flag allows.
 pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cur = hv.current;
-    let Some(d) = hv.domains.get(cur) else { return };
-    if d.state != RunState::Runnable || !d.upcall_pending() || d.upcall_mask() {
+    if !upcall_due(hv) {
         return;
     }
-    let cb = d.pv.event;
-    if cb.address == 0 {
-        return;
-    }
+    let cb = hv.domains[hv.current].pv.event;
     bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
 }
 

@@ -108,7 +108,69 @@ syscall_entry:
     push %r11
     pushq $0xe033
     push %rcx
+    /* The light entry: a hypercall from guest kernel mode that never
+       switches vCPUs (LIGHT_HYPERCALLS) saves only what Rust may clobber;
+       rbx, rbp and r12-r15 stay live in their registers. */
+    cmpb $0, {user_mode}(%rip)
+    jne 5f
+    cmp ${nr_light}, %rax
+    jae 5f
+    lea {light}(%rip), %r11
+    cmpb $0, (%r11,%rax)
+    je 5f
+    push %rdi
+    push %rsi
+    push %rdx
+    push %r8
+    push %r9
+    push %r10
+    mov %r10, %rcx
+    mov %rax, %r9
+    call {on_light}
+    test %rdx, %rdx
+    jnz 6f
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdx
+    pop %rsi
+    pop %rdi
+    /* rcx and r11 hold rip and rflags after a syscall, as on the full path. */
+    mov (%rsp), %rcx
+    mov 16(%rsp), %r11
+    iretq
+
+    /* An event upcall is due: complete the frame (rax holds the result)
+       and let Rust build the bounce. */
+6:  pop %r10
+    pop %r9
+    pop %r8
+    pop %rdx
+    pop %rsi
+    pop %rdi
     pushq $0
+    pushq $0x100
+    push %rax
+    push %rbx
+    pushq 32(%rsp)
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    pushq 0x70(%rsp)
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    call {on_light_upcall}
+    jmp return_to_guest
+
+    /* The full entry: every register in a TrapFrame. */
+5:  pushq $0
     pushq $0x100
     push %rax
     push %rbx
@@ -168,6 +230,10 @@ cstar_entry:
 "#,
     on_trap = sym crate::trap::on_trap,
     on_syscall = sym crate::hypercall::on_syscall,
+    on_light = sym crate::hypercall::on_light_syscall,
+    on_light_upcall = sym crate::hypercall::on_light_upcall,
+    light = sym crate::hypercall::LIGHT_HYPERCALLS,
+    nr_light = const crate::hypercall::NR_LIGHT,
     scratch = sym SYSCALL_SCRATCH,
     stack_top = sym SYSCALL_STACK_TOP,
     user_mode = sym GUEST_USER_MODE,

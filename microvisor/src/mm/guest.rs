@@ -94,6 +94,46 @@ mv_copy_guest_nosmap_b:
 mv_copy_guest_nosmap_fixup:
     mov $1, %eax
     ret
+
+    /* One aligned-or-not load of 4 or 8 bytes: the value in rax, 0 in rdx;
+       a fault resumes at the fixup, which answers 1 in rdx. */
+    .globl mv_load_guest_u32
+mv_load_guest_u32:
+    stac
+    .globl mv_load_guest_u32_at
+mv_load_guest_u32_at:
+    movl (%rdi), %eax
+    clac
+    xor %edx, %edx
+    ret
+    .globl mv_load_guest_u64
+mv_load_guest_u64:
+    stac
+    .globl mv_load_guest_u64_at
+mv_load_guest_u64_at:
+    movq (%rdi), %rax
+    clac
+    xor %edx, %edx
+    ret
+    .globl mv_load_guest_fixup
+mv_load_guest_fixup:
+    clac
+    mov $1, %edx
+    ret
+    .globl mv_load_guest_nosmap_u32
+mv_load_guest_nosmap_u32:
+    movl (%rdi), %eax
+    xor %edx, %edx
+    ret
+    .globl mv_load_guest_nosmap_u64
+mv_load_guest_nosmap_u64:
+    movq (%rdi), %rax
+    xor %edx, %edx
+    ret
+    .globl mv_load_guest_nosmap_fixup
+mv_load_guest_nosmap_fixup:
+    mov $1, %edx
+    ret
     .text
 "#,
     options(att_syntax)
@@ -108,6 +148,22 @@ unsafe extern "C" {
     fn mv_copy_guest_nosmap_q();
     fn mv_copy_guest_nosmap_b();
     fn mv_copy_guest_nosmap_fixup();
+    fn mv_load_guest_u32(src: u64) -> Loaded;
+    fn mv_load_guest_u32_at();
+    fn mv_load_guest_u64(src: u64) -> Loaded;
+    fn mv_load_guest_u64_at();
+    fn mv_load_guest_fixup();
+    fn mv_load_guest_nosmap_u32(src: u64) -> Loaded;
+    fn mv_load_guest_nosmap_u64(src: u64) -> Loaded;
+    fn mv_load_guest_nosmap_fixup();
+}
+
+/// What the guest load routines return: the value, and 1 in `fault` if the
+/// load faulted.
+#[repr(C)]
+struct Loaded {
+    value: u64,
+    fault: u64,
 }
 
 /// Whether SMAP is on (then copies open it with stac/clac).
@@ -124,6 +180,10 @@ pub fn fixup(rip: u64) -> Option<u64> {
         Some(mv_copy_guest_fixup as *const () as u64)
     } else if rip == nq || rip == nb {
         Some(mv_copy_guest_nosmap_fixup as *const () as u64)
+    } else if rip == mv_load_guest_u32_at as *const () as u64 || rip == mv_load_guest_u64_at as *const () as u64 {
+        Some(mv_load_guest_fixup as *const () as u64)
+    } else if rip == mv_load_guest_nosmap_u32 as *const () as u64 || rip == mv_load_guest_nosmap_u64 as *const () as u64 {
+        Some(mv_load_guest_nosmap_fixup as *const () as u64)
     } else {
         None
     }
@@ -213,11 +273,33 @@ fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
 }
 
 /// Reads a plain-data value from guest virtual `va` (a fallible copy);
-/// -EFAULT when any byte does not translate.
+/// -EFAULT when any byte does not translate. Inlined: a 4- or 8-byte value
+/// from the running guest is one load.
+#[inline]
 pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable>(
     cr3: u64,
     va: u64,
 ) -> Result<T, guest_abi::errno::Errno> {
+    let size = core::mem::size_of::<T>();
+    if (size == 4 || size == 8) && guest_range(va, size) && cr3 == crate::arch::cpu::cr3() {
+        // A single load through the guest's own mappings.
+        let smap = SMAP.load(core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `va..va + size` lies in guest space and the guest's tables
+        // are loaded; a fault at the load resumes at the fixup (see `fixup`),
+        // which reports it in `fault`.
+        let r = unsafe {
+            match (size, smap) {
+                (4, true) => mv_load_guest_u32(va),
+                (4, false) => mv_load_guest_nosmap_u32(va),
+                (_, true) => mv_load_guest_u64(va),
+                (_, false) => mv_load_guest_nosmap_u64(va),
+            }
+        };
+        if r.fault != 0 {
+            return Err(guest_abi::errno::Errno::EFAULT);
+        }
+        return T::read_from_bytes(&r.value.to_le_bytes()[..size]).map_err(|_| guest_abi::errno::Errno::EFAULT);
+    }
     let mut v = T::new_zeroed();
     copy_from(cr3, va, v.as_mut_bytes()).map_err(|_| guest_abi::errno::Errno::EFAULT)?;
     Ok(v)

@@ -129,6 +129,7 @@ pub struct Kick {
 /// pending bit; only if it was clear and the port is unmasked, set the
 /// selector bit of the port's word; only if that was clear, set
 /// `upcall_pending`.
+#[inline]
 fn raise<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Option<Kick> {
     if bits.test_and_set_pending(port) {
         return None;
@@ -403,6 +404,7 @@ pub fn bind_vcpu<D: Domains>(
 ///
 /// Errors: `EINVAL` if `port` is out of range, free, reserved or a VIRQ port
 /// (including a port number that only exists in another domain).
+#[inline]
 pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<Kick>, Errno> {
     let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
     match chans.state(port).ok_or(Errno::EINVAL)? {
@@ -414,11 +416,12 @@ pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<
             let Some((rchans, rbits)) = world.get(remote_dom) else {
                 return Ok(None);
             };
-            let back = PortState::Interdomain {
-                remote_dom: caller,
-                remote_port: short(port),
-            };
-            if rchans.state(rport) != Some(back) {
+            // The peer's end must name this one back.
+            let connected = matches!(
+                rchans.state(rport),
+                Some(PortState::Interdomain { remote_dom: d, remote_port: p }) if d == caller && u32::from(p) == port
+            );
+            if !connected {
                 return Ok(None);
             }
             let vcpu = rchans.notify_vcpu(rport).unwrap_or(0);

@@ -32,6 +32,12 @@ fn main(si: &'static StartInfo) {
     let v_end = (pv_guest_kernel::heap::heap_start(si) + 512 * 1024).next_multiple_of(4 << 20);
     let r = call3(18, 0, 8192, v_end - 4096);
     t.check("straddling", r == efault, format_args!("partly unmapped buffer returned {r}"));
+    // A 4-byte argument (EVTCHNOP_send's port) is read with one load: from
+    // an unmapped page, hypervisor space, or straddling into an unmapped page.
+    for (name, ptr) in [("send-unmapped", 0x7fff_0000_0000u64), ("send-hypervisor", 0xffff_8300_0000_0000), ("send-straddling", v_end - 2)] {
+        let r = call3(32, 4, ptr, 0);
+        t.check(name, r == efault, format_args!("EVTCHNOP_send from {ptr:#x} returned {r}, expected {efault}"));
+    }
     let mut buf = [0u8; 8];
     t.check("console-read", hc::console_io_read(&mut buf) == Ok(0), format_args!("read did not return 0 bytes"));
 
