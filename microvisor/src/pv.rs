@@ -197,23 +197,56 @@ pub fn save_bases(pv: &mut crate::domain::PvState) {
     }
 }
 
+/// The data segment state the CPU holds: DS, ES, FS, GS selectors and the
+/// live FS and GS bases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SegState {
+    selectors: [u16; 4],
+    fs_base: u64,
+    gs_base: u64,
+}
+
+impl SegState {
+    /// Reads it from the CPU.
+    pub fn read() -> Self {
+        Self { selectors: crate::arch::cpu::data_selectors(), fs_base: crate::arch::cpu::fs_base(), gs_base: crate::arch::cpu::gs_base() }
+    }
+}
+
 /// Saves the outgoing vCPU's data selectors and bases (Xen's
-/// save_segments).
-pub fn save_segments(pv: &mut crate::domain::PvState) {
-    pv.selectors = crate::arch::cpu::data_selectors();
-    save_bases(pv);
+/// save_segments); returns what the CPU holds, for `load_segments`.
+pub fn save_segments(pv: &mut crate::domain::PvState) -> SegState {
+    let cpu = SegState::read();
+    pv.selectors = cpu.selectors;
+    pv.fs_base = cpu.fs_base;
+    if pv.user_mode {
+        pv.gs_base_user = cpu.gs_base;
+    } else {
+        pv.gs_base_kernel = cpu.gs_base;
+    }
+    cpu
 }
 
 /// Loads the incoming vCPU's data selectors, then its bases (Xen's
-/// load_segments). Its GDT entries must be loaded already; a selector they
-/// no longer allow (the guest changed its GDT) becomes null.
-pub fn load_segments(pv: &crate::domain::PvState) {
-    let want = pv.selectors.map(|s| if crate::arch::desc::data_selector_ok(s) { s } else { 0 });
-    if crate::arch::cpu::data_selectors() != want {
+/// load_segments), writing only what differs from `cpu` (what the CPU holds
+/// now), as Xen skips segments that are not dirty. Its GDT entries must be
+/// loaded already; a selector they no longer allow (the guest changed its
+/// GDT) becomes null.
+pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
+    let want = if pv.selectors == [0; 4] { [0; 4] } else { pv.selectors.map(|s| if crate::arch::desc::data_selector_ok(s) { s } else { 0 }) };
+    // Loading FS or GS replaces that base: then both are written.
+    let reloaded = cpu.selectors != want;
+    if reloaded {
         // SAFETY: each selector is null or was just checked against the GDT.
         unsafe { crate::arch::cpu::load_data_selectors(want) };
     }
-    load_segment_bases(pv);
+    if reloaded || cpu.fs_base != pv.fs_base {
+        crate::arch::cpu::set_fs_base(pv.fs_base);
+    }
+    let gs = if pv.user_mode { pv.gs_base_user } else { pv.gs_base_kernel };
+    if reloaded || cpu.gs_base != gs {
+        crate::arch::cpu::set_gs_base(gs);
+    }
 }
 
 /// Loads a vCPU's FS and GS bases into the CPU.

@@ -231,15 +231,16 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
 }
 
 fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFrame) {
+    let mut segs = None;
     if next != cur {
         // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
         cpu::clts();
         if let Some(d) = hv.domains.get_mut(cur)
             && d.is_live()
         {
-            d.frame = *frame;
+            crate::arch::entry::copy_frame(&mut d.frame, frame);
             cpu::fpu_save(&mut d.fpu);
-            crate::pv::save_segments(&mut d.pv);
+            segs = Some(crate::pv::save_segments(&mut d.pv));
         }
         cpu::fpu_restore(&hv.domains[next].fpu);
         if hv.domains[next].pv.virtual_ts {
@@ -261,7 +262,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
     }
     d.last_start = now;
     if next != cur {
-        *frame = d.frame;
+        crate::arch::entry::copy_frame(frame, &d.frame);
     }
     // The TSC runs at a constant rate and system time is computed from it
     // with the very scale the guest is given, so its vcpu_time_info stays
@@ -274,7 +275,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
     if next != cur {
         // Its GDT entries first: the selectors are checked against them.
         crate::pv::load_guest_gdt(&d.pv);
-        crate::pv::load_segments(&d.pv);
+        crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
     }
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     let cr3 = d.active_cr3();
@@ -314,7 +315,7 @@ pub fn start() -> ! {
         d.last_start = now;
         crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
         crate::time::update_vcpu_time(d.shared_info_mfn);
-        crate::pv::load_segments(&d.pv);
+        crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
         cpu::fpu_restore(&d.fpu);
         (d.frame, d.cr3)
     };

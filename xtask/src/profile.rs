@@ -12,10 +12,10 @@
 //!
 //! This is how the hot paths in docs/xen.md were found. It needs gdb
 //! (`apt-get install gdb`); it is a developer tool, not part of the suite.
-//! Without icount and with a stepping debugger the TSC runs on host time, so
-//! paths that depend on elapsed time (a refresh once a second, a cap period)
-//! show up more often than in a real run; the instruction counts of
-//! everything else are what `cargo xtask bench` measures.
+//! The boot runs under `-icount shift=0` as the benchmarks do: time is
+//! virtual and stands still while gdb steps, so paths that depend on elapsed
+//! time (a refresh once a second, a cap period) run as often as in a real
+//! run, and the counts are what `cargo xtask bench` measures.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -108,8 +108,9 @@ pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> R
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("error: no free local port for gdb: {e}"))?.port();
 
     let kernel = crate::qemu::kernel_path(kdir);
-    // No icount: the trace counts instructions itself.
-    let boot = crate::bench::measuring_boot(&kernel, &bpath, false, timeout);
+    // icount: the guest and hypervisor see virtual time that stands still
+    // while gdb steps, so timed paths run as often as in a benchmark.
+    let boot = crate::bench::measuring_boot(&kernel, &bpath, true, timeout);
     let mut qemu = boot.command_with(&Default::default());
     qemu.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
     let serial = std::fs::File::create(out_dir.join("serial.log")).map_err(|e| e.to_string())?;
