@@ -398,30 +398,33 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
     let cr3 = d.cr3;
     let saved_mask = d.upcall_mask();
     let sp = if from_user { d.pv.kernel_sp } else { frame.rsp } & !0xf;
-    let mut words = [0u64; 8];
-    let mut n = 0;
-    let mut push = |v: u64| {
-        words[n] = v;
-        n += 1;
-    };
-    push(frame.rcx);
-    push(frame.r11);
-    if let Some(e) = error {
-        push(e);
-    }
-    push(frame.rip);
+    // The frame, lowest address first: [rcx, r11, (error,) rip, cs, rflags,
+    // rsp, ss]. Built in the top slots of a fixed array so its length is the
+    // only thing that varies.
     let rpl = if from_user { 3 } else { 0 };
-    push((frame.cs & !3 & 0xffff) | rpl | ((saved_mask as u64) << 32));
-    push((frame.rflags & !IF) | if saved_mask { 0 } else { IF });
-    push(frame.rsp);
-    push(frame.ss);
-    let bytes_len = n * 8;
-    let Some(new_sp) = sp.checked_sub(bytes_len as u64).filter(|&s| guest_addr_ok(s) && guest_addr_ok(sp.wrapping_sub(1))) else {
+    let mut words = [0u64; 8];
+    words[3] = frame.rip;
+    words[4] = (frame.cs & !3 & 0xffff) | rpl | ((saved_mask as u64) << 32);
+    words[5] = (frame.rflags & !IF) | if saved_mask { 0 } else { IF };
+    words[6] = frame.rsp;
+    words[7] = frame.ss;
+    let first = match error {
+        Some(e) => {
+            words[2] = e;
+            0
+        }
+        None => 1,
+    };
+    words[first] = frame.rcx;
+    words[first + 1] = frame.r11;
+    let bytes = zerocopy::IntoBytes::as_bytes(&words[first..]);
+    // One check covers both ends: the whole frame lies in guest space.
+    let Some(new_sp) = sp.checked_sub(bytes.len() as u64).filter(|&s| guest::range_ok(s, bytes.len())) else {
         let sp = frame.rsp;
         kill(hv, frame, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
         return false;
     };
-    if guest::copy_to(cr3, new_sp, zerocopy::IntoBytes::as_bytes(&words[..n])).is_err() {
+    if guest::copy_to(cr3, new_sp, bytes).is_err() {
         kill(hv, frame, format_args!("cannot write the bounce frame for {what} at {new_sp:#x}"));
         return false;
     }

@@ -191,6 +191,12 @@ pub fn fixup(rip: u64) -> Option<u64> {
 
 /// True when `[va, va + len)` lies entirely in guest-controlled canonical
 /// space (never the hypervisor's slots, never across the canonical hole).
+#[inline]
+pub fn range_ok(va: u64, len: usize) -> bool {
+    guest_range(va, len)
+}
+
+#[inline]
 fn guest_range(va: u64, len: usize) -> bool {
     let Some(end) = va.checked_add(len as u64) else { return false };
     let low = end <= 0x0000_8000_0000_0000;
