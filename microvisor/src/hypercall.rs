@@ -98,6 +98,10 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
             pv::iret(&mut hv, frame);
             Err(SWITCHED)
         }
+        29 if a0 == 1 => {
+            block(&mut hv, frame);
+            Err(SWITCHED)
+        }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
         _ => dispatch_simple(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]),
     };
@@ -393,6 +397,23 @@ fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
     }
 }
 
+/// SCHEDOP_block: re-enables event delivery and blocks unless an event is
+/// already pending, atomically with respect to event delivery (no lost
+/// wake-up: the hypervisor runs with interrupts off). Returns 0 either way
+/// (decoded first by `on_syscall`, the ping-pong path).
+#[inline]
+fn block(hv: &mut Hv, frame: &mut TrapFrame) {
+    frame.rax = 0;
+    let cur = hv.current;
+    let d = &hv.domains[cur];
+    d.set_upcall_mask(false);
+    if d.upcall_pending() {
+        return;
+    }
+    hv.set_state(cur, RunState::Blocked);
+    sched::reschedule(hv, frame, Why::Leave);
+}
+
 #[inline(never)]
 fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Option<u64>, Errno> {
     let cur = hv.current;
@@ -403,18 +424,8 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             sched::reschedule(hv, frame, Why::Yield);
             Ok(None)
         }
-        // SCHEDOP_block: re-enables event delivery and blocks unless an event
-        // is already pending, atomically with respect to event delivery (no
-        // lost wake-up: the hypervisor runs with interrupts off).
         1 => {
-            frame.rax = 0;
-            let d = &hv.domains[cur];
-            d.set_upcall_mask(false);
-            if d.upcall_pending() {
-                return Ok(Some(0));
-            }
-            hv.set_state(cur, RunState::Blocked);
-            sched::reschedule(hv, frame, Why::Leave);
+            block(hv, frame);
             Ok(None)
         }
         // SCHEDOP_shutdown

@@ -183,18 +183,25 @@ pub fn data_selector_ok(sel: u16) -> bool {
     present && code_or_data && dpl3 && (!code || readable)
 }
 
+#[inline]
 pub fn load_guest_entries(entries: &[u64]) {
+    // SAFETY: single CPU; reading how many guest entries are loaded.
+    let loaded = unsafe { *(&raw const GUEST_LOADED) };
+    if entries.len() <= 1 && loaded <= 1 {
+        // Neither vCPU has entries of its own (entry 0 is the null one).
+        return;
+    }
+    replace_guest_entries(entries, loaded);
+}
+
+#[inline(never)]
+fn replace_guest_entries(entries: &[u64], loaded: usize) {
     // SAFETY: single CPU; the GDT's guest area (below index 7168) holds only
     // descriptors validated by set_gdt; the hypervisor's own entries are
     // never touched here.
     unsafe {
         let gdt = &mut *(&raw mut GDT);
-        let loaded = *(&raw const GUEST_LOADED);
         let n = entries.len().min(FIRST_RESERVED);
-        if n <= 1 && loaded <= 1 {
-            // Neither vCPU has entries of its own (entry 0 is the null one).
-            return;
-        }
         for (i, e) in entries.iter().take(n).enumerate().skip(1) {
             gdt.0[i] = *e;
         }
