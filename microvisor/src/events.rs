@@ -59,6 +59,7 @@ impl EventBits for SharedBits {
 impl evtchn::Domains for Hv {
     type Bits = SharedBits;
 
+    #[inline]
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
         let i = dom as usize;
         // A dead domain's shared info frame has been freed: never touch it.

@@ -66,10 +66,18 @@ pub fn disable() {
     shared::u8_at(UPCALL_MASK).store(1, Ordering::SeqCst);
 }
 
-fn set_handler(port: u32, h: PortHandler) {
+/// Sets or clears the handler of `port`. Events stay off while the table
+/// is locked: an upcall arriving then would spin on the lock forever.
+fn put_handler(port: u32, h: Option<PortHandler>) {
+    let was = save_and_disable();
     if let Some(slot) = HANDLERS.lock().get_mut(port as usize) {
-        *slot = Some(h);
+        *slot = h;
     }
+    restore(was);
+}
+
+fn set_handler(port: u32, h: PortHandler) {
+    put_handler(port, Some(h));
 }
 
 /// Masks a port.
@@ -132,9 +140,7 @@ pub fn send(port: u32) -> Result<(), Errno> {
 
 /// Closes a port.
 pub fn close(port: u32) -> Result<(), Errno> {
-    if let Some(slot) = HANDLERS.lock().get_mut(port as usize) {
-        *slot = None;
-    }
+    put_handler(port, None);
     guest_abi::hypercall::evtchn_close(Port(port))
 }
 

@@ -250,6 +250,15 @@ impl Vbd {
         Ok(())
     }
 
+    /// Its front-end's domain has ended: drop the connection and never step
+    /// again (the dead domain's store nodes may still read Connected, and a
+    /// reconnection would map a grant of a domain that no longer exists).
+    pub fn front_end_gone(&mut self) {
+        self.disconnect();
+        self.closed = true;
+        self.announce = None;
+    }
+
     /// Drops the ring and the event channel.
     pub fn disconnect(&mut self) {
         if let Some(c) = self.conn.take() {

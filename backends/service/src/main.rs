@@ -325,7 +325,7 @@ fn main(si: &'static StartInfo) {
             if hvm_get_param(DomId(g.domid), HVM_PARAM_STORE_EVTCHN) == Err(Errno::ESRCH) {
                 if let Some(d) = disks.as_mut() {
                     for v in d.vbds.iter_mut().filter(|v| v.fe_dom == g.domid) {
-                        v.disconnect();
+                        v.front_end_gone();
                     }
                 }
                 echoes.domain_died(g.domid);
