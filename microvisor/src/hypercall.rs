@@ -102,6 +102,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
             block(&mut hv, frame);
             Err(SWITCHED)
         }
+        29 if a0 == 0 => {
+            frame.rax = 0;
+            sched::reschedule(&mut hv, frame, Why::Yield);
+            Err(SWITCHED)
+        }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
         _ => dispatch_simple(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]),
     };
