@@ -91,6 +91,14 @@ pub fn callback_stubs() -> (u64, u64, u64) {
 
 /// Called by the stubs.
 pub(crate) extern "C" fn dispatch(frame: &mut TrapFrame) {
+    // The event upcall first: it is by far the most frequent.
+    if frame.vector == 0x100 {
+        let h = *EVENT_HANDLER.lock();
+        if let Some(h) = h {
+            h(frame);
+        }
+        return;
+    }
     if frame.vector == 0x102 {
         let h = *SYSCALL_HANDLER.lock();
         match h {
@@ -100,13 +108,6 @@ pub(crate) extern "C" fn dispatch(frame: &mut TrapFrame) {
     }
     if frame.vector == 0x103 {
         panic!("failsafe callback: a segment reload failed at {:#x}", frame.rip);
-    }
-    if frame.vector == 0x100 {
-        let h = *EVENT_HANDLER.lock();
-        if let Some(h) = h {
-            h(frame);
-        }
-        return;
     }
     let h = HANDLERS.lock()[frame.vector as usize & 0xff];
     if let Some(h) = h {
