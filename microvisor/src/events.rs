@@ -59,7 +59,7 @@ impl EventBits for SharedBits {
 impl evtchn::Domains for Hv {
     type Bits = SharedBits;
 
-    #[inline]
+    #[inline(always)]
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
         let i = dom as usize;
         // A dead domain's shared info frame has been freed: never touch it.
@@ -76,7 +76,7 @@ impl evtchn::Domains for Hv {
 
 /// Acts on a kick: wakes the vCPU if it is blocked (or polling a port that
 /// became pending).
-#[inline]
+#[inline(always)]
 pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     let Some(k) = k else { return };
     let i = k.dom as usize;
@@ -93,7 +93,7 @@ pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
 }
 
 /// EVTCHNOP_send, the hot one (also decoded first by the hypercall entry).
-#[inline]
+#[inline(always)]
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let d = &hv.domains[hv.current];
     let (me, cr3) = (d.id, d.cr3);

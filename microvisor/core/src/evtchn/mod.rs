@@ -129,7 +129,7 @@ pub struct Kick {
 /// pending bit; only if it was clear and the port is unmasked, set the
 /// selector bit of the port's word; only if that was clear, set
 /// `upcall_pending`.
-#[inline]
+#[inline(always)]
 fn raise<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Option<Kick> {
     if bits.test_and_set_pending(port) {
         return None;
@@ -404,7 +404,7 @@ pub fn bind_vcpu<D: Domains>(
 ///
 /// Errors: `EINVAL` if `port` is out of range, free, reserved or a VIRQ port
 /// (including a port number that only exists in another domain).
-#[inline]
+#[inline(always)]
 pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<Kick>, Errno> {
     let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
     match chans.state(port).ok_or(Errno::EINVAL)? {
