@@ -40,7 +40,9 @@ impl Frames {
 /// Builds one domain from its manifest entry and image bytes.
 /// `extra_cmdline` is appended to the manifest's command line (the service
 /// domain learns the other domains' ids and names this way).
-pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], extra_cmdline: &str) -> Result<Domain, BuildError> {
+/// Returns the domain and the registers it starts with (for
+/// `entry::set_frame`).
+pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], extra_cmdline: &str) -> Result<(Domain, TrapFrame), BuildError> {
     let image = microvisor_core::elfimage::GuestImage::parse(image_bytes)
         .map_err(|e| err(format_args!("domain '{}': image '{}': {}", spec.name, spec.image, e)))?;
     let nr_pages = spec.nr_pages();
@@ -187,13 +189,13 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         layout.nr_pt_frames,
         layout.v_end
     );
-    Ok(Domain {
+    Ok((
+        Domain {
         id,
         name: spec.name,
         privileged: spec.privileged,
         expect: spec.expect,
         state: RunState::Runnable,
-        frame,
         cr3,
         user_cr3: 0,
         tot_pages: nr_pages,
@@ -222,7 +224,9 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         poll_ports: heapless::Vec::new(),
         poll_deadline: 0,
         time_stamp: crate::time::now_ns(),
-    })
+        },
+        frame,
+    ))
 }
 
 /// Copies bytes to guest virtual `va` of a domain being built (the

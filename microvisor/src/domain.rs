@@ -3,7 +3,6 @@
 //! no memory policy (see `build` for construction); never trusts a guest
 //! value it stores without the caller having validated it.
 
-use crate::arch::entry::TrapFrame;
 use microvisor_core::manifest::Expect;
 use core::sync::atomic::Ordering;
 use spin::Mutex;
@@ -111,8 +110,6 @@ pub struct Domain {
     pub privileged: bool,
     pub expect: Expect,
     pub state: RunState,
-    /// The vCPU's registers while it is not running.
-    pub frame: TrapFrame,
     /// Machine address of the current L4 (guest kernel page tables).
     pub cr3: u64,
     /// Machine address of the guest user L4 (NEW_USER_BASEPTR), 0 = none.

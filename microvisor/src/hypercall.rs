@@ -104,7 +104,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
         }
         29 if a0 == 0 => {
             frame.rax = 0;
-            sched::reschedule(&mut hv, frame, Why::Yield);
+            sched::reschedule(&mut hv, Why::Yield);
             Err(SWITCHED)
         }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
@@ -118,7 +118,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
     if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 2 | 12 | 13 | 14 | 20 | 26) {
         hv.audit("a memory hypercall");
     }
-    crate::pv::deliver_events(&mut hv, frame);
+    crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
 
 /// Not an errno: the hypercall left the frame as it should return (another
@@ -140,11 +140,11 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
     let cb = hv.domains[hv.current].pv.syscall;
     if cb.address == 0 {
         let rip = frame.rip;
-        crate::pv::kill(hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
+        crate::pv::kill(hv, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
     } else {
         crate::pv::bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("a guest system call"));
     }
-    crate::pv::deliver_events(hv, frame);
+    crate::pv::deliver_events(hv, crate::arch::entry::live(frame));
 }
 
 /// Set at boot by `audit=1`: audit the frame table after every memory
@@ -416,7 +416,7 @@ fn block(hv: &mut Hv, frame: &mut TrapFrame) {
         return;
     }
     hv.set_state(cur, RunState::Blocked);
-    sched::reschedule(hv, frame, Why::Leave);
+    sched::reschedule(hv, Why::Leave);
 }
 
 #[inline(never)]
@@ -426,7 +426,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
         // SCHEDOP_yield
         0 => {
             frame.rax = 0;
-            sched::reschedule(hv, frame, Why::Yield);
+            sched::reschedule(hv, Why::Yield);
             Ok(None)
         }
         1 => {
@@ -442,7 +442,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 return Err(Errno::EINVAL);
             }
             hv.end(cur, End::Shutdown(reason), "");
-            sched::reschedule(hv, frame, Why::Leave);
+            sched::reschedule(hv, Why::Leave);
             Ok(None)
         }
         // SCHEDOP_poll {ports, nr_ports, timeout}
@@ -482,7 +482,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             d.poll_deadline = timeout;
             hv.set_state(cur, RunState::Blocked);
             hv.timer_set(timeout);
-            sched::reschedule(hv, frame, Why::Leave);
+            sched::reschedule(hv, Why::Leave);
             Ok(None)
         }
         // SCHEDOP_remote_shutdown {domain_id, reason}: privileged only.
@@ -502,7 +502,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             }
             hv.end(target, End::Shutdown(reason), "");
             if target == cur {
-                sched::reschedule(hv, frame, Why::Leave);
+                sched::reschedule(hv, Why::Leave);
                 return Ok(None);
             }
             Ok(Some(0))

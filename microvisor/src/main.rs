@@ -182,8 +182,9 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             };
             let extra = if spec.service { names.as_str() } else { "" };
             match build::build(i as u16, spec, image, extra) {
-                Ok(d) => {
+                Ok((d, frame)) => {
                     let idx = hv.domains.len();
+                    arch::entry::set_frame(idx, &frame);
                     hv.bits[idx] = events::SharedBits { page: d.shared };
                     hv.channels[idx].reinit(1);
                     let state = d.state;

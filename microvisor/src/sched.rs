@@ -6,7 +6,7 @@
 //! idle loop (hlt) when every vCPU is blocked. Owns the context switch: the
 //! saved frame, CR3 and segment bases. Never runs a dead domain.
 
-use crate::arch::{apic, cpu, entry::TrapFrame};
+use crate::arch::{apic, cpu};
 use crate::domain::{End, Hv, RunState};
 
 /// Scheduler tick: 1 ms.
@@ -173,17 +173,15 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
         .min()
 }
 
-/// Switches the CPU from the current vCPU to the next one to run, rewriting
-/// `frame` in place. Idles while only timers can make progress; ends the run
+/// Switches the CPU from the current vCPU to the next one to run (the exit
+/// path then restores the next one's frame: see `entry::live`). Idles while only timers can make progress; ends the run
 /// when no domain is live, or when every live one is blocked with nothing
 /// that could wake it.
-pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
+pub fn reschedule(hv: &mut Hv, why: Why) {
     let cur = hv.current;
     hv.drain_console(cur);
     let mut now = crate::time::now_ns();
     account(hv, now);
-    // The live frame stays on the hypervisor stack (idling and interrupts
-    // use the stack below it) until `switch_to` knows whether it changes.
     let next = loop {
         cap_period(hv, now);
         fire_timers(hv, now);
@@ -227,10 +225,10 @@ pub fn reschedule(hv: &mut Hv, frame: &mut TrapFrame, why: Why) {
         cpu::idle_wait();
         now = crate::time::now_ns();
     };
-    switch_to(hv, cur, next, now, frame);
+    switch_to(hv, cur, next, now);
 }
 
-fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFrame) {
+fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let mut segs = None;
     if next != cur {
         // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
@@ -238,7 +236,6 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
         if let Some(d) = hv.domains.get_mut(cur)
             && d.is_live()
         {
-            crate::arch::entry::copy_frame(&mut d.frame, frame);
             cpu::fpu_save(&mut d.fpu);
             segs = Some(crate::pv::save_segments(&mut d.pv));
         }
@@ -262,7 +259,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
     }
     d.last_start = now;
     if next != cur {
-        crate::arch::entry::copy_frame(frame, &d.frame);
+        // The outgoing vCPU's registers stay in its own frame; the exit path
+        // restores the incoming one's.
+        crate::arch::entry::set_current(next);
     }
     // The TSC runs at a constant rate and system time is computed from it
     // with the very scale the guest is given, so its vcpu_time_info stays
@@ -291,18 +290,18 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64, frame: &mut TrapFra
 }
 
 /// The APIC timer fired while a guest ran: account, fire timers, preempt.
-pub fn on_tick(hv: &mut Hv, frame: &mut TrapFrame) {
+pub fn on_tick(hv: &mut Hv) {
     apic::eoi();
     let now = crate::time::now_ns();
     account(hv, now);
     cap_period(hv, now);
     fire_timers(hv, now);
-    reschedule(hv, frame, Why::Preempt);
+    reschedule(hv, Why::Preempt);
 }
 
 /// Enters the first runnable domain; never returns.
 pub fn start() -> ! {
-    let (frame, cr3) = {
+    let (first, cr3) = {
         let mut hv = crate::domain::HV.lock();
         let Some(first) = hv.domains.iter().position(|d| d.state == RunState::Runnable) else { hv.finish() };
         let now = crate::time::now_ns();
@@ -317,10 +316,10 @@ pub fn start() -> ! {
         crate::time::update_vcpu_time(d.shared_info_mfn);
         crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
         cpu::fpu_restore(&d.fpu);
-        (d.frame, d.cr3)
+        (first, d.cr3)
     };
     apic::start_periodic(TICK_NS as u32);
     // SAFETY: as in `switch_to`.
     unsafe { cpu::write_cr3(cr3) };
-    crate::arch::entry::enter_guest(&frame)
+    crate::arch::entry::enter_guest(first)
 }

@@ -29,8 +29,8 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
             return;
         }
         let mut hv = HV.lock();
-        crate::sched::on_tick(&mut hv, frame);
-        pv::deliver_events(&mut hv, frame);
+        crate::sched::on_tick(&mut hv);
+        pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
         return;
     }
     if v == crate::arch::apic::SPURIOUS_VECTOR as u64 {
@@ -41,7 +41,7 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
         if frame.from_guest() {
             let mut hv = HV.lock();
             crate::irq::deliver(&mut hv);
-            pv::deliver_events(&mut hv, frame);
+            pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
         }
         // In the idle loop, which delivers when hlt returns.
         return;
@@ -65,14 +65,14 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
     }
     let mut hv = HV.lock();
     guest_exception(&mut hv, frame);
-    pv::deliver_events(&mut hv, frame);
+    pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
 
 fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
     let v = frame.vector;
     if v == crate::arch::entry::SYSCALL32_VECTOR {
         let rip = frame.rip;
-        return pv::kill(hv, frame, format_args!("32-bit syscall at rip {rip:#x}"));
+        return pv::kill(hv, format_args!("32-bit syscall at rip {rip:#x}"));
     }
     let name = NAMES.get(v as usize).copied().unwrap_or("?");
     match v {

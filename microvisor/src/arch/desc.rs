@@ -77,6 +77,14 @@ pub fn hv_stack_top() -> u64 {
     (&raw const HV_STACK) as u64 + size_of::<Stack>() as u64
 }
 
+/// Sets TSS.RSP0: where the CPU pushes a frame when an interrupt or
+/// exception leaves ring 3 (the running vCPU's frame, see `entry`).
+pub fn set_rsp0(top: u64) {
+    // SAFETY: single CPU; the TSS is read by the CPU only on a ring-3 to
+    // ring-0 transition, which cannot happen while the hypervisor runs.
+    unsafe { (*(&raw mut TSS)).rsp[0] = top };
+}
+
 /// Builds and loads the GDT, TSS and IDT and programs syscall.
 pub fn init() {
     // SAFETY: called once at boot on the only CPU, before any guest runs and
@@ -152,7 +160,7 @@ pub fn init() {
         wrmsr(cpu::MSR_STAR, ((GUEST_CS32 as u64) << 48) | ((HV_CS as u64) << 32));
         wrmsr(cpu::MSR_LSTAR, syscall_entry as *const () as u64);
         wrmsr(cpu::MSR_CSTAR, cstar_entry as *const () as u64);
-        *(&raw mut super::entry::SYSCALL_STACK_TOP) = hv_stack_top();
+        super::entry::init(hv_stack_top());
         wrmsr(cpu::MSR_FMASK, 0x4_4700);
     }
 }

@@ -36,30 +36,36 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
-/// Copies a whole frame with one `rep movsq` (a vCPU switch copies two:
-/// the compiler's memcpy took half as many instructions again).
-#[inline]
-pub fn copy_frame(dst: &mut TrapFrame, src: &TrapFrame) {
-    const WORDS: usize = core::mem::size_of::<TrapFrame>() / 8;
-    const _: () = assert!(core::mem::size_of::<TrapFrame>() % 8 == 0);
-    // SAFETY: both are valid, distinct `TrapFrame`s (a `&mut` and a `&`
-    // cannot overlap), each WORDS quadwords long; the direction flag is
-    // clear in the hypervisor (the entry stubs' cld, FMASK on syscall).
-    unsafe {
-        core::arch::asm!(
-            "rep movsq",
-            inout("rcx") WORDS => _,
-            inout("rdi") dst as *mut TrapFrame => _,
-            inout("rsi") src as *const TrapFrame => _,
-            options(nostack, preserves_flags)
-        );
-    }
-}
-
 /// Pseudo-vector recorded for a compatibility-mode `syscall` entry.
 pub const SYSCALL32_VECTOR: u64 = 0x101;
 
 impl TrapFrame {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        r15: 0,
+        r14: 0,
+        r13: 0,
+        r12: 0,
+        r11: 0,
+        r10: 0,
+        r9: 0,
+        r8: 0,
+        rbp: 0,
+        rdi: 0,
+        rsi: 0,
+        rdx: 0,
+        rcx: 0,
+        rbx: 0,
+        rax: 0,
+        vector: 0,
+        error_code: 0,
+        rip: 0,
+        cs: 0,
+        rflags: 0,
+        rsp: 0,
+        ss: 0,
+    };
+
     /// True when the frame was interrupted in ring 3 (a guest).
     pub fn from_guest(&self) -> bool {
         self.cs & 3 == 3
@@ -109,8 +115,29 @@ trap_common:
     je 3f
     clac
 3:  mov %rsp, %rdi
+    testb $3, 18*8(%rsp)
+    jz 4f
+    /* From a guest: the CPU pushed at TSS.RSP0, the end of the vCPU's own
+       frame, so the frame is complete in place; an IST vector (NMI, #DF,
+       #MC) put it on its own stack: copy it over. Then run on the
+       hypervisor stack. */
+    cmp {current}(%rip), %rsp
+    jne 7f
+8:  mov {hv_top}(%rip), %rsp
     call {on_trap}
     jmp return_to_guest
+7:  mov %rsp, %rsi
+    mov {current}(%rip), %rdi
+    mov $22, %ecx
+    rep movsq
+    mov {current}(%rip), %rdi
+    jmp 8b
+    /* From the hypervisor itself (a guest-copy fault, an interrupt while
+       idle): handled and returned from on the stack it arrived on. */
+4:  mov %rsp, %rbx
+    call {on_trap}
+    mov %rbx, %rsp
+    jmp pop_frame
 
     .balign 16
     .globl syscall_entry
@@ -121,16 +148,19 @@ syscall_entry:
     jne 2f
     cmpb $0, {user_mode}(%rip)
     je 1f
+    /* Registers are saved into the running vCPU's own frame (its end is
+       FRAME_TOP); Rust then runs on the hypervisor stack. */
 2:  mov %rsp, {scratch}(%rip)
-    mov {stack_top}(%rip), %rsp
+    mov {frame_top}(%rip), %rsp
     pushq $0xe02b
     pushq {scratch}(%rip)
     push %r11
     pushq $0xe033
     push %rcx
     /* The light entry: a hypercall from guest kernel mode that never
-       switches vCPUs (LIGHT_HYPERCALLS) saves only what Rust may clobber;
-       rbx, rbp and r12-r15 stay live in their registers. */
+       switches vCPUs (LIGHT_HYPERCALLS) saves only what Rust may clobber,
+       on the hypervisor stack; rbx, rbp and r12-r15 stay live in their
+       registers. */
     cmpb $0, {user_mode}(%rip)
     jne 5f
     cmp ${nr_light}, %rax
@@ -138,6 +168,7 @@ syscall_entry:
     lea {light}(%rip), %r11
     cmpb $0, (%r11,%rax)
     je 5f
+    mov {hv_top}(%rip), %rsp
     push %rdi
     push %rsi
     push %rdx
@@ -155,7 +186,10 @@ syscall_entry:
     pop %rdx
     pop %rsi
     pop %rdi
-    /* rcx and r11 hold rip and rflags after a syscall, as on the full path. */
+    /* Back to the iretq words in the frame; rcx and r11 hold rip and
+       rflags after a syscall, as on the full path. */
+    mov {frame_top}(%rip), %rsp
+    sub $40, %rsp
     mov (%rsp), %rcx
     mov 16(%rsp), %r11
     iretq
@@ -168,6 +202,8 @@ syscall_entry:
     pop %rdx
     pop %rsi
     pop %rdi
+    mov {frame_top}(%rip), %rsp
+    sub $40, %rsp
     pushq $0
     pushq $0x100
     push %rax
@@ -186,10 +222,11 @@ syscall_entry:
     push %r14
     push %r15
     mov %rsp, %rdi
+    mov {hv_top}(%rip), %rsp
     call {on_light_upcall}
     jmp return_to_guest
 
-    /* The full entry: every register in a TrapFrame. */
+    /* The full entry: every register in the vCPU's TrapFrame. */
 5:  pushq $0
     pushq $0x100
     push %rax
@@ -208,10 +245,14 @@ syscall_entry:
     push %r14
     push %r15
     mov %rsp, %rdi
+    mov {hv_top}(%rip), %rsp
     call {on_syscall}
 
+    /* To whichever vCPU runs now: its frame is CURRENT_FRAME. */
     .globl return_to_guest
 return_to_guest:
+    mov {current}(%rip), %rsp
+pop_frame:
     pop %r15
     pop %r14
     pop %r13
@@ -237,7 +278,7 @@ return_to_guest:
     .globl cstar_entry
 cstar_entry:
     mov %rsp, {scratch}(%rip)
-    mov {stack_top}(%rip), %rsp
+    mov {frame_top}(%rip), %rsp
     pushq $0xe02b
     pushq {scratch}(%rip)
     push %r11
@@ -255,7 +296,9 @@ cstar_entry:
     light = sym crate::hypercall::LIGHT_HYPERCALLS,
     nr_light = const crate::hypercall::NR_LIGHT,
     scratch = sym SYSCALL_SCRATCH,
-    stack_top = sym SYSCALL_STACK_TOP,
+    frame_top = sym FRAME_TOP,
+    current = sym CURRENT_FRAME,
+    hv_top = sym HV_STACK_TOP,
     user_mode = sym GUEST_USER_MODE,
     smap = sym crate::mm::guest::SMAP,
     options(att_syntax)
@@ -269,25 +312,84 @@ pub static GUEST_USER_MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::A
 /// Guest rsp parked by the syscall stub while it switches stacks.
 #[unsafe(no_mangle)]
 static mut SYSCALL_SCRATCH: u64 = 0;
-/// The hypervisor stack top the syscall stub switches to (= TSS.RSP0).
+
+/// Every domain's saved registers, by domain index. The running vCPU's
+/// frame is also where the entry stubs save its registers (TSS.RSP0 and
+/// `FRAME_TOP` are its end) and where the exit path restores them from
+/// (`CURRENT_FRAME`): a vCPU switch changes these pointers, it copies no
+/// frame. Outside `Hv`, so a `&mut TrapFrame` into it never aliases the
+/// domain table.
+static mut FRAMES: [TrapFrame; crate::domain::MAX_DOMAINS] = [TrapFrame::ZERO; crate::domain::MAX_DOMAINS];
+
+/// Address of the running vCPU's frame in `FRAMES`.
 #[unsafe(no_mangle)]
-pub static mut SYSCALL_STACK_TOP: u64 = 0;
+static mut CURRENT_FRAME: u64 = 0;
+/// Its end: where the syscall stub starts pushing (= TSS.RSP0).
+#[unsafe(no_mangle)]
+static mut FRAME_TOP: u64 = 0;
+/// The hypervisor stack Rust runs on after an entry from a guest.
+#[unsafe(no_mangle)]
+static mut HV_STACK_TOP: u64 = 0;
 
 unsafe extern "C" {
     fn return_to_guest() -> !;
 }
 
-/// Starts running a guest from a prepared frame: copies it to the top of the
-/// hypervisor stack and takes the common exit path.
-pub fn enter_guest(frame: &TrapFrame) -> ! {
-    let top = super::desc::hv_stack_top();
-    let dst = top - core::mem::size_of::<TrapFrame>() as u64;
-    // SAFETY: `dst` is the top of the hypervisor stack, which holds no live
-    // data when this is called (boot code runs on the separate boot stack);
-    // the exit path pops exactly one TrapFrame from it and irets. The frame
-    // was built by the domain builder or scheduler with a ring-3 cs/ss.
+fn frame_addr(i: usize) -> u64 {
+    assert!(i < crate::domain::MAX_DOMAINS, "frame of domain index {i}");
+    (&raw const FRAMES) as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
+}
+
+/// Boot: where Rust runs after an entry from a guest.
+pub fn init(hv_stack_top: u64) {
+    // SAFETY: boot, single CPU, before any guest runs.
+    unsafe { *(&raw mut HV_STACK_TOP) = hv_stack_top };
+}
+
+/// Makes domain index `i`'s frame the one entries save into and the exit
+/// path restores from (the vCPU switch).
+pub fn set_current(i: usize) {
+    let f = frame_addr(i);
+    let top = f + core::mem::size_of::<TrapFrame>() as u64;
+    // SAFETY: single CPU, hypervisor code (no guest entry can race); the
+    // stubs read these only on the next entry or exit.
     unsafe {
-        core::ptr::write(dst as *mut TrapFrame, *frame);
-        core::arch::asm!("mov rsp, {}", "jmp {}", in(reg) dst, sym return_to_guest, options(noreturn));
+        *(&raw mut CURRENT_FRAME) = f;
+        *(&raw mut FRAME_TOP) = top;
     }
+    super::desc::set_rsp0(top);
+}
+
+/// Installs the first frame of domain index `i` (the builder's).
+pub fn set_frame(i: usize, frame: &TrapFrame) {
+    let f = frame_addr(i);
+    // SAFETY: `f` is FRAMES[i]; the domain has not run yet, so no reference
+    // to that frame exists.
+    unsafe { core::ptr::write(f as *mut TrapFrame, *frame) };
+}
+
+/// The frame of whichever vCPU runs now, for code that may have switched
+/// vCPUs since it was handed `frame` (the running vCPU's when it was
+/// entered): `frame` itself when no switch happened.
+pub fn live(frame: &mut TrapFrame) -> &mut TrapFrame {
+    // SAFETY: single CPU; reading the pointer.
+    let cur = unsafe { *(&raw const CURRENT_FRAME) };
+    if cur == frame as *mut TrapFrame as u64 {
+        frame
+    } else {
+        // SAFETY: `cur` is another element of FRAMES than `frame` (checked
+        // above), the running vCPU's, to which no other reference exists
+        // while the hypervisor runs (only the stubs touch it, at entry and
+        // exit).
+        unsafe { &mut *(cur as *mut TrapFrame) }
+    }
+}
+
+/// Starts running domain index `i` from its frame: the common exit path.
+pub fn enter_guest(i: usize) -> ! {
+    set_current(i);
+    // SAFETY: the exit path pops domain `i`'s frame (built by the domain
+    // builder with a ring-3 cs/ss) and irets; the boot stack it leaves holds
+    // nothing needed again.
+    unsafe { core::arch::asm!("jmp {}", sym return_to_guest, options(noreturn)) }
 }
