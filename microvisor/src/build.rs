@@ -214,6 +214,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         fpu: crate::arch::cpu::FpuState::initial(),
         weight: spec.weight,
         cap: spec.cap,
+        slice_vruntime: crate::sched::slice_vruntime(spec.weight),
         vruntime: 0,
         period_used: 0,
         last_start: 0,

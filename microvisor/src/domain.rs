@@ -144,6 +144,9 @@ pub struct Domain {
     /// Scheduler weight and cap (percent of one CPU, 0 = none).
     pub weight: u16,
     pub cap: u8,
+    /// One minimum slice in virtual run time (`sched::slice_vruntime`),
+    /// fixed with the weight at build.
+    pub slice_vruntime: u64,
     /// Weighted virtual run time (ns * 256 / weight).
     pub vruntime: u64,
     /// Run time charged in the current cap period.
@@ -179,9 +182,8 @@ impl Runstate {
     /// previous state.
     pub fn enter(&mut self, state: u32, now: u64) {
         let spent = now.saturating_sub(self.entry_time);
-        if let Some(t) = self.time.get_mut(self.state as usize) {
-            *t += spent;
-        }
+        // States are 0-3 (RUNSTATE_running .. offline).
+        self.time[(self.state & 3) as usize] += spent;
         self.state = state;
         self.entry_time = now;
     }

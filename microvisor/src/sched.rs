@@ -42,6 +42,12 @@ fn account(hv: &mut Hv, now: u64) {
     d.last_start = now;
 }
 
+/// One minimum slice of run time in the virtual run time of a vCPU of
+/// weight `weight`.
+pub fn slice_vruntime(weight: u16) -> u64 {
+    MIN_SLICE_NS * 256 / weight.max(1) as u64
+}
+
 fn capped(d: &crate::domain::Domain) -> bool {
     d.cap != 0 && d.period_used * 100 >= CAP_PERIOD_NS * d.cap as u64
 }
@@ -82,7 +88,7 @@ pub fn wake(hv: &mut Hv, i: usize) {
     d.poll_ports.clear();
     d.poll_deadline = 0;
     if let Some(f) = floor {
-        d.vruntime = d.vruntime.max(f.saturating_sub(MIN_SLICE_NS * 256 / d.weight.max(1) as u64));
+        d.vruntime = d.vruntime.max(f.saturating_sub(d.slice_vruntime));
     }
     let now = crate::time::now_ns();
     d.runstate.enter(1, now);
@@ -140,13 +146,28 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
 /// capped); among equals the first after the current one in domain order.
 /// Looks only at the runnable ones (`Hv::runnable`), so blocked domains
 /// cost nothing here.
+#[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
-    let n = hv.domains.len();
-    let cur = hv.current;
     let mut m = hv.runnable;
     if let Some(x) = exclude {
         m &= !(1u32 << x);
     }
+    // None or one candidate (the common cases: a yield alone, a peer just
+    // woken): nothing to compare.
+    if m & m.wrapping_sub(1) == 0 {
+        if m == 0 {
+            return None;
+        }
+        let i = m.trailing_zeros() as usize;
+        return hv.domains.get(i).filter(|d| !capped(d)).map(|_| i);
+    }
+    pick_among(hv, m)
+}
+
+#[inline(never)]
+fn pick_among(hv: &Hv, mut m: u32) -> Option<usize> {
+    let n = hv.domains.len();
+    let cur = hv.current;
     // (vruntime, place in the round after the current one, index)
     let mut best: Option<(u64, usize, usize)> = None;
     while m != 0 {
@@ -193,7 +214,7 @@ pub fn reschedule(hv: &mut Hv, why: Why) {
             Why::Preempt => {
                 let other = pick(hv, Some(cur));
                 match other {
-                    Some(o) if still_runnable && hv.domains[o].vruntime + MIN_SLICE_NS * 256 / hv.domains[o].weight.max(1) as u64 > hv.domains[cur].vruntime => Some(cur),
+                    Some(o) if still_runnable && hv.domains[o].vruntime + hv.domains[o].slice_vruntime > hv.domains[cur].vruntime => Some(cur),
                     Some(o) => Some(o),
                     None => still_runnable.then_some(cur),
                 }

@@ -336,7 +336,8 @@ unsafe extern "C" {
 }
 
 fn frame_addr(i: usize) -> u64 {
-    assert!(i < crate::domain::MAX_DOMAINS, "frame of domain index {i}");
+    // Domain indexes are below MAX_DOMAINS (the domain table's capacity).
+    let i = i.min(crate::domain::MAX_DOMAINS - 1);
     (&raw const FRAMES) as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
 }
 
