@@ -386,7 +386,14 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
 /// (RPL 0 in kernel mode, saved upcall mask in bits 32-39), rflags (IF =
 /// virtual interrupt flag), rsp, ss. Returns false (after killing the
 /// domain) when the frame cannot be written.
+#[inline(never)]
 pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: core::fmt::Arguments) -> bool {
+    bounce_inline(hv, frame, handler, error, mask_events, what)
+}
+
+/// `bounce`, inlined into the event-upcall path (the hottest caller).
+#[inline(always)]
+fn bounce_inline(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: core::fmt::Arguments) -> bool {
     let cur = hv.current;
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
@@ -462,12 +469,17 @@ pub fn upcall_due(hv: &Hv) -> bool {
 
 /// Before returning to a guest: delivers a pending event upcall when the
 /// virtual interrupt flag allows.
+#[inline]
 pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
-    if !upcall_due(hv) {
-        return;
+    if upcall_due(hv) {
+        deliver_upcall(hv, frame);
     }
+}
+
+#[inline(never)]
+fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
     let cb = hv.domains[hv.current].pv.event;
-    bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
+    bounce_inline(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
 }
 
 // ---- emulation ----------------------------------------------------------
