@@ -141,12 +141,15 @@ pub struct Domain {
     pub pv: PvState,
     /// x87/SSE registers while the vCPU is not running.
     pub fpu: crate::arch::cpu::FpuState,
-    /// Scheduler weight and cap (percent of one CPU, 0 = none).
-    pub weight: u16,
+    /// Scheduler cap (percent of one CPU, 0 = none); the manifest's weight
+    /// lives on in `slice_vruntime` and `vr_mul`.
     pub cap: u8,
     /// One minimum slice in virtual run time (`sched::slice_vruntime`),
     /// fixed with the weight at build.
     pub slice_vruntime: u64,
+    /// Run time to virtual run time: `ns * vr_mul >> 16` is `ns * 256 /
+    /// weight` (`sched::vruntime_mul`, fixed with the weight at build).
+    pub vr_mul: u64,
     /// Weighted virtual run time (ns * 256 / weight).
     pub vruntime: u64,
     /// Run time charged in the current cap period.
