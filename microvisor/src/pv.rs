@@ -386,14 +386,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
 /// (RPL 0 in kernel mode, saved upcall mask in bits 32-39), rflags (IF =
 /// virtual interrupt flag), rsp, ss. Returns false (after killing the
 /// domain) when the frame cannot be written.
-#[inline(never)]
 pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: core::fmt::Arguments) -> bool {
-    bounce_inline(hv, frame, handler, error, mask_events, what)
-}
-
-/// `bounce`, inlined into the event-upcall path (the hottest caller).
-#[inline(always)]
-fn bounce_inline(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: core::fmt::Arguments) -> bool {
     let cur = hv.current;
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
@@ -402,7 +395,6 @@ fn bounce_inline(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option
         toggle_mode(hv);
     }
     let d = &hv.domains[cur];
-    let cr3 = d.cr3;
     let saved_mask = d.upcall_mask();
     let sp = if from_user { d.pv.kernel_sp } else { frame.rsp } & !0xf;
     // The frame, lowest address first: [rcx, r11, (error,) rip, cs, rflags,
@@ -424,27 +416,55 @@ fn bounce_inline(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option
     };
     words[first] = frame.rcx;
     words[first + 1] = frame.r11;
-    let bytes = zerocopy::IntoBytes::as_bytes(&words[first..]);
+    match push_frame(d.cr3, sp, &words[first..]) {
+        Ok(new_sp) => {
+            if mask_events {
+                d.set_upcall_mask(true);
+            }
+            enter_handler(frame, handler, new_sp);
+            true
+        }
+        Err(PushError::BadStack) => {
+            let sp = frame.rsp;
+            kill(hv, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
+            false
+        }
+        Err(PushError::Unwritable(at)) => {
+            kill(hv, format_args!("cannot write the bounce frame for {what} at {at:#x}"));
+            false
+        }
+    }
+}
+
+/// Why a bounce frame could not be written.
+enum PushError {
+    /// The frame would not lie in guest space.
+    BadStack,
+    /// It would, but that memory is not writable (at this address).
+    Unwritable(u64),
+}
+
+/// Writes `words` just below `sp` on the guest stack (through page tables
+/// `cr3`); returns the new stack pointer.
+#[inline(always)]
+fn push_frame(cr3: u64, sp: u64, words: &[u64]) -> Result<u64, PushError> {
+    let bytes = zerocopy::IntoBytes::as_bytes(words);
     // One check covers both ends: the whole frame lies in guest space.
-    let Some(new_sp) = sp.checked_sub(bytes.len() as u64).filter(|&s| guest::range_ok(s, bytes.len())) else {
-        let sp = frame.rsp;
-        kill(hv, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
-        return false;
-    };
-    if guest::copy_to(cr3, new_sp, bytes).is_err() {
-        kill(hv, format_args!("cannot write the bounce frame for {what} at {new_sp:#x}"));
-        return false;
-    }
-    if mask_events {
-        d.set_upcall_mask(true);
-    }
+    let new_sp = sp.checked_sub(bytes.len() as u64).filter(|&s| guest::range_ok(s, bytes.len())).ok_or(PushError::BadStack)?;
+    guest::copy_to(cr3, new_sp, bytes).map_err(|_| PushError::Unwritable(new_sp))?;
+    Ok(new_sp)
+}
+
+/// Points the vCPU at `handler` on the kernel stack `sp` just written, in
+/// guest kernel mode with real interrupts on.
+#[inline(always)]
+fn enter_handler(frame: &mut TrapFrame, handler: u64, sp: u64) {
     frame.rip = handler;
     frame.cs = GUEST_CS64 as u64;
-    frame.rsp = new_sp;
+    frame.rsp = sp;
     frame.ss = GUEST_DS as u64;
     frame.rflags &= !(TF | NT | RF | VM | AC);
     frame.rflags |= IF | 2;
-    true
 }
 
 /// Delivers exception `vector` to the guest's trap table entry, or kills
@@ -478,8 +498,23 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
 
 #[inline(never)]
 fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cb = hv.domains[hv.current].pv.event;
-    bounce_inline(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
+    let d = &hv.domains[hv.current];
+    let cb = d.pv.event;
+    // The hot case, from guest kernel mode: no error code, no mode change,
+    // and events were enabled (`upcall_due`), so the saved mask is 0 and the
+    // saved IF 1.
+    if !d.pv.user_mode {
+        let words = [frame.rcx, frame.r11, frame.rip, frame.cs & 0xfffc, frame.rflags | IF, frame.rsp, frame.ss];
+        if let Ok(new_sp) = push_frame(d.cr3, frame.rsp & !0xf, &words) {
+            if cb.mask_events {
+                d.set_upcall_mask(true);
+            }
+            enter_handler(frame, cb.address, new_sp);
+            return;
+        }
+    }
+    // From user mode, or a bad stack (which `bounce` reports and kills).
+    bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
 }
 
 // ---- emulation ----------------------------------------------------------
