@@ -80,13 +80,14 @@ pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
 /// hypercalls that may switch vCPUs or use the frame, and for every
 /// `syscall` from guest user mode. The hot ones are decoded straight from the
 /// frame; the rest go through `dispatch_simple`, as inside a multicall.
-pub extern "C" fn on_syscall(frame: &mut TrapFrame) {
+/// `from_user` is `arch::entry::GUEST_USER_MODE` as the stub read it (the
+/// running vCPU's `pv.user_mode`).
+pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
     let mut hv = HV.lock();
     if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
         crate::mm::selftest_fault();
     }
-    let cur = hv.current;
-    if hv.domains[cur].pv.user_mode {
+    if from_user != 0 {
         return guest_system_call(&mut hv, frame);
     }
     let (nr, a0, a1, a2) = (frame.rax, frame.rdi, frame.rsi, frame.rdx);

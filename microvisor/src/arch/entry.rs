@@ -160,7 +160,9 @@ syscall_entry:
     /* The light entry: a hypercall from guest kernel mode that never
        switches vCPUs (LIGHT_HYPERCALLS) saves only what Rust may clobber,
        on the hypervisor stack; rbx, rbp and r12-r15 stay live in their
-       registers. */
+       registers. sched_op (the blocking and yielding one) is tested first. */
+    cmp $29, %rax
+    je 5f
     cmpb $0, {user_mode}(%rip)
     jne 5f
     cmp ${nr_light}, %rax
@@ -245,6 +247,7 @@ syscall_entry:
     push %r14
     push %r15
     mov %rsp, %rdi
+    movzbl {user_mode}(%rip), %esi
     mov {hv_top}(%rip), %rsp
     call {on_syscall}
 
