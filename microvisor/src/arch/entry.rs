@@ -322,7 +322,16 @@ static mut SYSCALL_SCRATCH: u64 = 0;
 /// (`CURRENT_FRAME`): a vCPU switch changes these pointers, it copies no
 /// frame. Outside `Hv`, so a `&mut TrapFrame` into it never aliases the
 /// domain table.
-static mut FRAMES: [TrapFrame; crate::domain::MAX_DOMAINS] = [TrapFrame::ZERO; crate::domain::MAX_DOMAINS];
+///
+/// Each frame's end must be 16-byte aligned: the CPU aligns RSP0 down to 16
+/// bytes before pushing an exception frame, and a frame pushed 8 bytes low
+/// would not be where the stubs expect it.
+static mut FRAMES: Frames = Frames([TrapFrame::ZERO; crate::domain::MAX_DOMAINS]);
+
+#[repr(C, align(64))]
+struct Frames([TrapFrame; crate::domain::MAX_DOMAINS]);
+
+const _: () = assert!(core::mem::size_of::<TrapFrame>() % 16 == 0);
 
 /// Address of the running vCPU's frame in `FRAMES`.
 #[unsafe(no_mangle)]
