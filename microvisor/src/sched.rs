@@ -267,18 +267,13 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         {
             cpu::fpu_save(&mut d.fpu);
             segs = Some(crate::pv::save_segments(&mut d.pv));
+            let st = if d.state == RunState::Blocked { 2 } else { 1 };
+            d.runstate.enter(st, now);
         }
         cpu::fpu_restore(&hv.domains[next].fpu);
         if hv.domains[next].pv.virtual_ts {
             cpu::set_ts();
         }
-    }
-    if let Some(d) = hv.domains.get_mut(cur)
-        && d.is_live()
-        && next != cur
-    {
-        let st = if d.state == RunState::Blocked { 2 } else { 1 };
-        d.runstate.enter(st, now);
     }
     hv.current = next;
     let d = &mut hv.domains[next];
