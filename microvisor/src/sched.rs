@@ -203,9 +203,9 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 }
 
 /// Switches the CPU from the current vCPU to the next one to run (the exit
-/// path then restores the next one's frame: see `entry::live`). Idles while only timers can make progress; ends the run
-/// when no domain is live, or when every live one is blocked with nothing
-/// that could wake it.
+/// path then restores the next one's frame: see `entry::live`). Idles while
+/// only timers can make progress; ends the run when no domain is live, or
+/// when every live one is blocked with nothing that could wake it.
 pub fn reschedule(hv: &mut Hv, why: Why) {
     let cur = hv.current;
     hv.drain_console(cur);
@@ -215,16 +215,16 @@ pub fn reschedule(hv: &mut Hv, why: Why) {
         cap_period(hv, now);
         fire_timers(hv, now);
         crate::irq::deliver(hv);
-        let still_runnable = hv.domains.get(cur).is_some_and(|d| d.state == RunState::Runnable && !capped(d));
+        let still_runnable = || hv.domains.get(cur).is_some_and(|d| d.state == RunState::Runnable && !capped(d));
         let choice = match why {
-            Why::Yield => pick(hv, Some(cur)).or(still_runnable.then_some(cur)),
+            Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
             Why::Leave => pick(hv, None),
             Why::Preempt => {
                 let other = pick(hv, Some(cur));
                 match other {
-                    Some(o) if still_runnable && hv.domains[o].vruntime + hv.domains[o].slice_vruntime > hv.domains[cur].vruntime => Some(cur),
+                    Some(o) if still_runnable() && hv.domains[o].vruntime + hv.domains[o].slice_vruntime > hv.domains[cur].vruntime => Some(cur),
                     Some(o) => Some(o),
-                    None => still_runnable.then_some(cur),
+                    None => still_runnable().then_some(cur),
                 }
             }
         };
