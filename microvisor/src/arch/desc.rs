@@ -1,6 +1,7 @@
 //! The GDT (with Xen's reserved flat selectors at 0xe000 and up), the TSS
 //! with its IST stacks, the IDT, and the syscall MSRs. Set up once at boot;
-//! never changed afterwards except TSS.RSP0 (one CPU, one hypervisor stack).
+//! never changed afterwards except TSS.RSP0, which points at the end of the
+//! running vCPU's frame slot (`entry::set_current`).
 
 use super::cpu::{self, wrmsr};
 use core::arch::asm;
@@ -72,7 +73,7 @@ unsafe extern "C" {
     fn cstar_entry();
 }
 
-/// Top of the hypervisor stack used for every guest entry.
+/// Top of the hypervisor stack Rust runs on after every guest entry.
 pub fn hv_stack_top() -> u64 {
     (&raw const HV_STACK) as u64 + size_of::<Stack>() as u64
 }

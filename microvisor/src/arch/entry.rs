@@ -1,8 +1,10 @@
 //! Entry and exit stubs: exceptions/interrupts (256 IDT stubs), `syscall`
 //! from a guest (hypercalls), and the single return path to a guest. The
-//! stubs only save registers into a `TrapFrame` on the hypervisor stack and
-//! call safe Rust (`crate::trap::on_trap`, `crate::hypercall::on_syscall`);
-//! they never make decisions.
+//! stubs save registers into the running vCPU's `TrapFrame` slot (or, for
+//! hypercalls that never switch, only the caller-saved ones on the
+//! hypervisor stack) and call safe Rust (`crate::trap::on_trap`,
+//! `crate::hypercall::on_syscall`, `crate::hypercall::on_light_syscall`);
+//! the only choice they make is which of those entries a hypercall takes.
 
 use core::arch::global_asm;
 
