@@ -150,6 +150,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
 
     hypercall::AUDIT_EVERY_CALL.store(boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1"), core::sync::atomic::Ordering::Relaxed);
     hypercall::FAULT_SELFTEST.store(selftest("pagefault"), core::sync::atomic::Ordering::Relaxed);
+    trap::INJECT_SELFTEST.store(selftest("inject"), core::sync::atomic::Ordering::Relaxed);
     if selftest("panic") {
         panic!("selftest: deliberate hypervisor panic");
     }

@@ -3,8 +3,13 @@
 //! DPL-3 gate), #NM (an SSE instruction with the virtual CR0.TS set by
 //! fpu_taskswitch, cleared again by the bounce as on Xen). #AC and #XM are
 //! not raised by QEMU 7.2's TCG at all (checked on real Xen too: a misaligned
-//! access with EFLAGS.AC and an unmasked SSE divide by zero both complete),
-//! so they go through the same generic delivery path without a test here.
+//! access with EFLAGS.AC and an unmasked SSE divide by zero both complete).
+//! With `inject` on its command line (and the hypervisor booted with
+//! `selftest=inject`), `ud2` followed by the byte 17 or 19 makes the
+//! hypervisor deliver #AC (error code 0) or #XM instead of #UD: the guest
+//! checks each arrives at its own handler with the faulting rip, which is
+//! only where it should be if the error code was pushed for #AC and not for
+//! #XM (the SDK's stubs expect exactly that).
 #![no_std]
 #![no_main]
 
@@ -20,7 +25,22 @@ fn on_db(f: &mut TrapFrame) {
     f.rflags &= !0x100; // stop single-stepping
 }
 
-fn main(_si: &'static StartInfo) {
+/// Runs `ud2; .byte v` (v = 17 or 19) expecting a fault; returns the fault
+/// and the address of the `ud2`.
+fn injected(v: u8) -> (Option<traps::Fault>, u64) {
+    let mut at = 0u64;
+    let p = &raw mut at;
+    let f = match v {
+        // SAFETY: stores the marker's address, then executes `ud2`, which
+        // faults; `expect_fault` resumes after the closure.
+        17 => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 17", a = out(reg) _, p = in(reg) p) }),
+        // SAFETY: as above.
+        _ => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 19", a = out(reg) _, p = in(reg) p) }),
+    };
+    (f, at)
+}
+
+fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     let _ = traps::init();
     traps::set_handler(1, on_db);
@@ -41,6 +61,17 @@ fn main(_si: &'static StartInfo) {
     // SAFETY: as above.
     let f = expect_fault(|| unsafe { asm!("movd xmm0, eax", in("eax") 1u32, out("xmm0") _) });
     t.check("ts-cleared-by-bounce", f.is_none(), format_args!("{f:?}"));
+
+    if scenario_guests::arg(si, "inject").is_some() {
+        let (f, at) = injected(17);
+        t.check(
+            "alignment-check",
+            f.is_some_and(|f| f.vector == 17 && f.error_code == 0 && f.rip == at),
+            format_args!("{f:?}, ud2 at {at:#x}"),
+        );
+        let (f, at) = injected(19);
+        t.check("simd-exception", f.is_some_and(|f| f.vector == 19 && f.rip == at), format_args!("{f:?}, ud2 at {at:#x}"));
+    }
 
     t.finish()
 }
