@@ -14,10 +14,11 @@ const NAMES: [&str; 32] = [
     "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
 ];
 
-/// Set at boot by `selftest=inject`: a guest `ud2` followed by the byte 17
-/// or 19 is delivered as #AC (error code 0) or #XM instead of #UD. QEMU's
-/// TCG never raises either (nor does real Xen under it), so this is how a
-/// test reaches their delivery: trap table entry, error code, frame.
+/// Set at boot by `selftest=inject`: a guest `ud2` followed by the byte 5,
+/// 17 or 19 is delivered as #BR, #AC (error code 0) or #XM instead of #UD.
+/// QEMU's TCG never raises #AC or #XM (nor does real Xen under it) and no
+/// 64-bit instruction raises #BR, so this is how a test reaches their
+/// delivery: trap table entry, error code, frame.
 pub static INJECT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The vector `selftest=inject` asks for at the faulting `ud2`, if any.
@@ -28,7 +29,7 @@ fn injected_vector(hv: &crate::domain::Hv, frame: &TrapFrame) -> Option<u8> {
     let mut bytes = [0u8; 15];
     let n = pv::fetch(hv.domains[hv.current].active_cr3(), frame.rip, &mut bytes);
     match bytes[..n.min(3)] {
-        [0x0f, 0x0b, v @ (17 | 19)] => Some(v),
+        [0x0f, 0x0b, v @ (5 | 17 | 19)] => Some(v),
         _ => None,
     }
 }

@@ -4,12 +4,13 @@
 //! fpu_taskswitch, cleared again by the bounce as on Xen). #AC and #XM are
 //! not raised by QEMU 7.2's TCG at all (checked on real Xen too: a misaligned
 //! access with EFLAGS.AC and an unmasked SSE divide by zero both complete).
-//! With `inject` on its command line (and the hypervisor booted with
-//! `selftest=inject`), `ud2` followed by the byte 17 or 19 makes the
-//! hypervisor deliver #AC (error code 0) or #XM instead of #UD: the guest
-//! checks each arrives at its own handler with the faulting rip, which is
-//! only where it should be if the error code was pushed for #AC and not for
-//! #XM (the SDK's stubs expect exactly that).
+//! #BR has no 64-bit instruction that raises it. With `inject` on its
+//! command line (and the hypervisor booted with `selftest=inject`), `ud2`
+//! followed by the byte 5, 17 or 19 makes the hypervisor deliver #BR, #AC
+//! (error code 0) or #XM instead of #UD: the guest checks each arrives at
+//! its own handler with the faulting rip, which is only where it should be
+//! if the error code was pushed for #AC and not for #BR and #XM (the SDK's
+//! stubs expect exactly that).
 #![no_std]
 #![no_main]
 
@@ -25,8 +26,8 @@ fn on_db(f: &mut TrapFrame) {
     f.rflags &= !0x100; // stop single-stepping
 }
 
-/// Runs `ud2; .byte v` (v = 17 or 19) expecting a fault; returns the fault
-/// and the address of the `ud2`.
+/// Runs `ud2; .byte v` (v = 5, 17 or 19) expecting a fault; returns the
+/// fault and the address of the `ud2`.
 fn injected(v: u8) -> (Option<traps::Fault>, u64) {
     let mut at = 0u64;
     let p = &raw mut at;
@@ -34,6 +35,8 @@ fn injected(v: u8) -> (Option<traps::Fault>, u64) {
         // SAFETY: stores the marker's address, then executes `ud2`, which
         // faults; `expect_fault` resumes after the closure.
         17 => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 17", a = out(reg) _, p = in(reg) p) }),
+        // SAFETY: as above.
+        5 => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 5", a = out(reg) _, p = in(reg) p) }),
         // SAFETY: as above.
         _ => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 19", a = out(reg) _, p = in(reg) p) }),
     };
@@ -71,6 +74,8 @@ fn main(si: &'static StartInfo) {
         );
         let (f, at) = injected(19);
         t.check("simd-exception", f.is_some_and(|f| f.vector == 19 && f.rip == at), format_args!("{f:?}, ud2 at {at:#x}"));
+        let (f, at) = injected(5);
+        t.check("bound-range", f.is_some_and(|f| f.vector == 5 && f.rip == at), format_args!("{f:?}, ud2 at {at:#x}"));
     }
 
     t.finish()
