@@ -77,6 +77,35 @@ impl TrapFrame {
 // Vectors that push an error code themselves.
 global_asm!(
     r#"
+    /* The 15 general registers in TrapFrame order (r15 lowest). */
+    .macro push_gprs
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    .endm
+
+    /* The six argument registers the light entry saves, rdi pushed first. */
+    .macro pop_args
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdx
+    pop %rsi
+    pop %rdi
+    .endm
+
     .section .text.entry, "ax"
     .balign 16
     .globl trap_stubs
@@ -95,21 +124,7 @@ trap_stubs:
     .endr
 
 trap_common:
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    push_gprs
     cld
     /* A guest may have set EFLAGS.AC, which interrupt gates keep: close
        SMAP again (clac exists only where SMAP does). */
@@ -184,12 +199,7 @@ syscall_entry:
     call {on_light}
     test %rdx, %rdx
     jnz 6f
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdx
-    pop %rsi
-    pop %rdi
+    pop_args
     /* Back to the iretq words in the frame; rcx and r11 hold rip and
        rflags after a syscall, as on the full path. */
     mov {frame_top}(%rip), %rsp
@@ -200,12 +210,7 @@ syscall_entry:
 
     /* An event upcall is due: complete the frame (rax holds the result)
        and let Rust build the bounce. */
-6:  pop %r10
-    pop %r9
-    pop %r8
-    pop %rdx
-    pop %rsi
-    pop %rdi
+6:  pop_args
     mov {frame_top}(%rip), %rsp
     sub $40, %rsp
     pushq $0
@@ -233,21 +238,7 @@ syscall_entry:
     /* The full entry: every register in the vCPU's TrapFrame. */
 5:  pushq $0
     pushq $0x100
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    push_gprs
     mov %rsp, %rdi
     movzbl {user_mode}(%rip), %esi
     mov {hv_top}(%rip), %rsp
