@@ -149,7 +149,7 @@ pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop:
             apply(flush);
             crate::mmu::continuation(f, 20, u64::from(cmd), uop + i * size);
             f.rdx = count - i;
-            crate::sched::reschedule(hv, crate::sched::Why::Preempt);
+            crate::sched::reschedule(hv, f, crate::sched::Why::Preempt);
             return Ok(None);
         }
         let va = uop.wrapping_add(i * size);

@@ -105,7 +105,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         }
         29 if a0 == 0 => {
             frame.rax = 0;
-            sched::reschedule(&mut hv, Why::Yield);
+            sched::reschedule(&mut hv, frame, Why::Yield);
             Err(SWITCHED)
         }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
@@ -141,7 +141,7 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
     let cb = hv.domains[hv.current].pv.syscall;
     if cb.address == 0 {
         let rip = frame.rip;
-        crate::pv::kill(hv, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
+        crate::pv::kill(hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
     } else {
         crate::pv::bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("a guest system call"));
     }
@@ -417,7 +417,7 @@ fn block(hv: &mut Hv, frame: &mut TrapFrame) {
         return;
     }
     hv.set_state(cur, RunState::Blocked);
-    sched::reschedule(hv, Why::Leave);
+    sched::reschedule(hv, frame, Why::Leave);
 }
 
 #[inline(never)]
@@ -427,7 +427,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
         // SCHEDOP_yield
         0 => {
             frame.rax = 0;
-            sched::reschedule(hv, Why::Yield);
+            sched::reschedule(hv, frame, Why::Yield);
             Ok(None)
         }
         1 => {
@@ -443,7 +443,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 return Err(Errno::EINVAL);
             }
             hv.end(cur, End::Shutdown(reason), "");
-            sched::reschedule(hv, Why::Leave);
+            sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }
         // SCHEDOP_poll {ports, nr_ports, timeout}
@@ -483,7 +483,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             d.poll_deadline = timeout;
             hv.set_state(cur, RunState::Blocked);
             hv.timer_set(timeout);
-            sched::reschedule(hv, Why::Leave);
+            sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }
         // SCHEDOP_remote_shutdown {domain_id, reason}: privileged only.
@@ -503,7 +503,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             }
             hv.end(target, End::Shutdown(reason), "");
             if target == cur {
-                sched::reschedule(hv, Why::Leave);
+                sched::reschedule(hv, frame, Why::Leave);
                 return Ok(None);
             }
             Ok(Some(0))

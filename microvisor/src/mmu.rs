@@ -70,7 +70,7 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
                 let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
             }
             continuation(frame, 1, reqs + i * 16, (count - i) | PREEMPTED);
-            crate::sched::reschedule(hv, crate::sched::Why::Preempt);
+            crate::sched::reschedule(hv, frame, crate::sched::Why::Preempt);
             return Ok(None);
         }
         let [ptr, val] = match guest::read::<[u64; 2]>(cr3, reqs.wrapping_add(i * 16)) {

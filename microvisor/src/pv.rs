@@ -324,13 +324,14 @@ pub fn load_guest_gdt(pv: &crate::domain::PvState) {
     crate::arch::desc::load_guest_entries(&pv.gdt[..pv.gdt_entries]);
 }
 
-/// Kills the current domain with a reason and switches away.
-pub fn kill(hv: &mut Hv, why: core::fmt::Arguments) {
+/// Kills the current domain with a reason and switches away (`regs`, the
+/// running vCPU's frame, as for `sched::reschedule`).
+pub fn kill(hv: &mut Hv, regs: &mut TrapFrame, why: core::fmt::Arguments) {
     let mut s: heapless::String<192> = heapless::String::new();
     let _ = s.write_fmt(why);
     let cur = hv.current;
     hv.end(cur, End::Killed, &s);
-    crate::sched::reschedule(hv, crate::sched::Why::Leave);
+    crate::sched::reschedule(hv, regs, crate::sched::Why::Leave);
 }
 
 /// The iret hypercall: the guest jumped to the iret stub with
@@ -343,20 +344,20 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
     let Ok([rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss]) = guest::read::<[u64; 9]>(cr3, frame.rsp) else {
         let sp = frame.rsp;
-        return kill(hv, format_args!("iret with an unreadable stack at {sp:#x}"));
+        return kill(hv, frame, format_args!("iret with an unreadable stack at {sp:#x}"));
     };
     if !guest_addr_ok(rip) {
-        return kill(hv, format_args!("iret to a non-canonical or hypervisor rip {rip:#x}"));
+        return kill(hv, frame, format_args!("iret to a non-canonical or hypervisor rip {rip:#x}"));
     }
     if !kernel_cs_ok(cs as u16) {
-        return kill(hv, format_args!("iret to an invalid code selector {cs:#x}"));
+        return kill(hv, frame, format_args!("iret to an invalid code selector {cs:#x}"));
     }
     let to_user = cs & 3 == 3;
     if hv.domains[cur].pv.user_mode {
-        return kill(hv, format_args!("iret hypercall from guest user mode"));
+        return kill(hv, frame, format_args!("iret hypercall from guest user mode"));
     }
     if to_user && hv.domains[cur].user_cr3 == 0 {
-        return kill(hv, format_args!("iret to guest user mode without a user page table"));
+        return kill(hv, frame, format_args!("iret to guest user mode without a user page table"));
     }
     let d = &hv.domains[cur];
     d.set_upcall_mask(rflags & IF == 0);
@@ -426,11 +427,11 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
         }
         Err(PushError::BadStack) => {
             let sp = frame.rsp;
-            kill(hv, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
+            kill(hv, frame, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
             false
         }
         Err(PushError::Unwritable(at)) => {
-            kill(hv, format_args!("cannot write the bounce frame for {what} at {at:#x}"));
+            kill(hv, frame, format_args!("cannot write the bounce frame for {what} at {at:#x}"));
             false
         }
     }
@@ -472,7 +473,7 @@ fn enter_handler(frame: &mut TrapFrame, handler: u64, sp: u64) {
 pub fn deliver_exception(hv: &mut Hv, frame: &mut TrapFrame, vector: u8, error: Option<u64>, what: core::fmt::Arguments) {
     let t = hv.domains[hv.current].pv.traps[vector as usize];
     if t.address == 0 {
-        return kill(hv, format_args!("{what} with no handler registered"));
+        return kill(hv, frame, format_args!("{what} with no handler registered"));
     }
     bounce(hv, frame, t.address, error, t.flags & 4 != 0, format_args!("vector {vector}"));
 }
@@ -701,7 +702,7 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
             d.set_upcall_mask(false);
             if !d.upcall_pending() {
                 hv.set_state(cur, RunState::Blocked);
-                crate::sched::reschedule(hv, crate::sched::Why::Leave);
+                crate::sched::reschedule(hv, frame, crate::sched::Why::Leave);
                 return Emulated::Switched;
             }
             Emulated::Done

@@ -6,7 +6,7 @@
 //! idle loop (hlt) when every vCPU is blocked. Owns the context switch: the
 //! saved frame, CR3 and segment bases. Never runs a dead domain.
 
-use crate::arch::{apic, cpu};
+use crate::arch::{apic, cpu, entry::TrapFrame};
 use crate::domain::{End, Hv, RunState};
 
 /// Scheduler tick: 1 ms.
@@ -206,7 +206,12 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// path then restores the next one's frame: see `entry::live`). Idles while
 /// only timers can make progress; ends the run when no domain is live, or
 /// when every live one is blocked with nothing that could wake it.
-pub fn reschedule(hv: &mut Hv, why: Why) {
+///
+/// `_regs` is the running vCPU's frame: only an entry that saved every
+/// register (`on_syscall`, `on_trap`, `on_light_upcall`) has one, so the
+/// light hypercall entry, which keeps the guest's callee-saved registers in
+/// the CPU, can never switch vCPUs (it has nothing to pass).
+pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current;
     hv.drain_console(cur);
     let mut now = crate::time::now_ns();
@@ -314,13 +319,13 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
 }
 
 /// The APIC timer fired while a guest ran: account, fire timers, preempt.
-pub fn on_tick(hv: &mut Hv) {
+pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
     apic::eoi();
     let now = crate::time::now_ns();
     account(hv, now);
     cap_period(hv, now);
     fire_timers(hv, now);
-    reschedule(hv, Why::Preempt);
+    reschedule(hv, regs, Why::Preempt);
 }
 
 /// Enters the first runnable domain; never returns.

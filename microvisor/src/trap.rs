@@ -49,7 +49,7 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
             return;
         }
         let mut hv = HV.lock();
-        crate::sched::on_tick(&mut hv);
+        crate::sched::on_tick(&mut hv, frame);
         pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
         return;
     }
@@ -92,7 +92,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
     let v = frame.vector;
     if v == crate::arch::entry::SYSCALL32_VECTOR {
         let rip = frame.rip;
-        return pv::kill(hv, format_args!("32-bit syscall at rip {rip:#x}"));
+        return pv::kill(hv, frame, format_args!("32-bit syscall at rip {rip:#x}"));
     }
     let name = NAMES.get(v as usize).copied().unwrap_or("?");
     match v {
