@@ -25,16 +25,29 @@ pub const NR_LIGHT: usize = 64;
 /// the registers Rust may clobber and calls [`on_light_syscall`]; everything
 /// else (and any syscall from guest user mode) takes the full entry to
 /// [`on_syscall`].
-pub static LIGHT_HYPERCALLS: [u8; NR_LIGHT] = {
-    let mut t = [0u8; NR_LIGHT];
+///
+/// Boot options that must see every hypercall take them off the table
+/// ([`full_entry_for`]): `audit=1` the memory ones, `selftest=pagefault` all.
+pub static LIGHT_HYPERCALLS: [core::sync::atomic::AtomicU8; NR_LIGHT] = {
+    let mut t = [const { core::sync::atomic::AtomicU8::new(0) }; NR_LIGHT];
     let light = [0, 2, 3, 4, 5, 12, 14, 15, 17, 18, 24, 25, 26, 30, 32, 33, 34];
     let mut i = 0;
     while i < light.len() {
-        t[light[i]] = 1;
+        t[light[i]] = core::sync::atomic::AtomicU8::new(1);
         i += 1;
     }
     t
 };
+
+/// Boot: sends hypercalls `nrs` (all, if None) through the full entry, whose
+/// `on_syscall` runs the audit and the fault self-test.
+pub fn full_entry_for(nrs: Option<&[usize]>) {
+    for (nr, slot) in LIGHT_HYPERCALLS.iter().enumerate() {
+        if nrs.is_none_or(|n| n.contains(&nr)) {
+            slot.store(0, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
 
 /// What [`on_light_syscall`] hands back to its stub (in rax and rdx).
 #[repr(C)]
@@ -48,12 +61,10 @@ pub struct LightExit {
 
 /// The light entry: hypercall `nr` with its arguments as the guest passed
 /// them (rdi, rsi, rdx, r10, r8). The guest's other registers stay live in
-/// the CPU, so nothing here may switch vCPUs.
+/// the CPU, so nothing here may switch vCPUs. Neither the audit nor the
+/// fault self-test runs here: they take these hypercalls off the light table.
 pub extern "C" fn on_light_syscall(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, nr: u64) -> LightExit {
     let mut hv = HV.lock();
-    if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
-        crate::mm::selftest_fault();
-    }
     let res = match nr {
         32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => crate::events::send_op(&mut hv, a1),
         17 => xen_version(&mut hv, a0, a1),
@@ -63,9 +74,6 @@ pub extern "C" fn on_light_syscall(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, 
         Ok(v) => v,
         Err(e) => (-(e.0 as i64)) as u64,
     };
-    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 2 | 12 | 14 | 26) {
-        hv.audit("a memory hypercall");
-    }
     LightExit { rax, upcall: u64::from(pv::upcall_due(&hv)) }
 }
 

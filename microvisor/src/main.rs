@@ -148,8 +148,15 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     info!("I/O APICs: {gsis} interrupt lines, all masked");
     time::init();
 
-    hypercall::AUDIT_EVERY_CALL.store(boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1"), core::sync::atomic::Ordering::Relaxed);
+    let audit = boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1");
+    hypercall::AUDIT_EVERY_CALL.store(audit, core::sync::atomic::Ordering::Relaxed);
+    if audit {
+        hypercall::full_entry_for(Some(&[2, 12, 14, 26]));
+    }
     hypercall::FAULT_SELFTEST.store(selftest("pagefault"), core::sync::atomic::Ordering::Relaxed);
+    if selftest("pagefault") {
+        hypercall::full_entry_for(None);
+    }
     trap::INJECT_SELFTEST.store(selftest("inject"), core::sync::atomic::Ordering::Relaxed);
     if selftest("panic") {
         panic!("selftest: deliberate hypervisor panic");
