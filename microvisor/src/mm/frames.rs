@@ -21,9 +21,11 @@ pub const M2P_VA: u64 = 0xFFFF_8000_0000_0000;
 pub struct DirectMap;
 
 impl TableMemory for DirectMap {
+    #[inline]
     fn read(&self, mfn: u64, idx: usize) -> u64 {
         read_u64(mfn * PAGE + idx as u64 * 8)
     }
+    #[inline]
     fn write(&mut self, mfn: u64, idx: usize, val: u64) {
         write_u64(mfn * PAGE + idx as u64 * 8, val)
     }

@@ -50,11 +50,13 @@ pub fn alloc_zeroed() -> Option<u64> {
 }
 
 /// Highest physical address + 1 that the hypervisor manages.
+#[inline]
 pub fn max_phys() -> u64 {
     // SAFETY: written once at boot.
     unsafe { *(&raw const MAX_PHYS) }
 }
 
+#[inline]
 fn ptr(pa: u64) -> *mut u8 {
     // SAFETY: DIRECTMAP_READY only changes once at boot.
     if unsafe { *(&raw const DIRECTMAP_READY) } {
@@ -69,6 +71,7 @@ pub(crate) fn set_directmap_ready() {
     unsafe { *(&raw mut DIRECTMAP_READY) = true };
 }
 
+#[inline]
 fn check(pa: u64, len: u64) {
     let end = pa.checked_add(len).expect("physical range overflows");
     // Before the allocator knows RAM, the boot identity map covers 1 GiB.
@@ -100,6 +103,7 @@ pub fn read_phys(pa: u64, out: &mut [u8]) {
 }
 
 /// Reads an aligned u64 from physical memory.
+#[inline]
 pub fn read_u64(pa: u64) -> u64 {
     check(pa, 8);
     assert!(pa % 8 == 0);
@@ -205,6 +209,7 @@ impl SharedFrame {
 }
 
 /// Writes an aligned u64 to physical memory.
+#[inline]
 pub fn write_u64(pa: u64, v: u64) {
     check(pa, 8);
     assert!(pa % 8 == 0);
