@@ -17,13 +17,12 @@ use crate::traps::TrapFrame;
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use guest_abi::types::{Port, VcpuId};
-use spin::Mutex;
 
 /// A per-port handler, called with the port from the event upcall.
 pub type PortHandler = fn(u32);
 
 const NR_PORTS: usize = 4096;
-static HANDLERS: Mutex<[Option<PortHandler>; NR_PORTS]> = Mutex::new([None; NR_PORTS]);
+static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] = [const { crate::arch::HandlerSlot::EMPTY }; NR_PORTS];
 
 const PENDING: usize = 2048;
 const MASK: usize = 2560;
@@ -69,11 +68,9 @@ pub fn disable() {
 /// Sets or clears the handler of `port`. Events stay off while the table
 /// is locked: an upcall arriving then would spin on the lock forever.
 fn put_handler(port: u32, h: Option<PortHandler>) {
-    let was = save_and_disable();
-    if let Some(slot) = HANDLERS.lock().get_mut(port as usize) {
-        *slot = h;
+    if let Some(slot) = HANDLERS.get(port as usize) {
+        slot.set(h);
     }
-    restore(was);
 }
 
 fn set_handler(port: u32, h: PortHandler) {
@@ -164,8 +161,7 @@ pub fn dispatch_pending() {
                 bits &= bits - 1;
                 let port = (w * 64 + b) as u32;
                 clear(port);
-                let h = HANDLERS.lock().get(port as usize).copied().flatten();
-                if let Some(h) = h {
+                if let Some(h) = HANDLERS.get(port as usize).and_then(crate::arch::HandlerSlot::get) {
                     h(port);
                 }
             }

@@ -12,6 +12,25 @@ pub mod thread;
 pub mod traps;
 use guest_abi::start_info::StartInfo;
 
+/// A port handler (`fn(u32)`) stored as a word, read and written without a
+/// lock (the event upcall reads it).
+pub(crate) struct HandlerSlot(core::sync::atomic::AtomicUsize);
+
+impl HandlerSlot {
+    pub(crate) const EMPTY: Self = Self(core::sync::atomic::AtomicUsize::new(0));
+
+    pub(crate) fn set(&self, h: Option<fn(u32)>) {
+        self.0.store(h.map_or(0, |f| f as usize), core::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> Option<fn(u32)> {
+        let bits = self.0.load(core::sync::atomic::Ordering::Acquire);
+        // SAFETY: a non-zero value was stored by `set` from a `fn(u32)`, and
+        // function pointers are never null; 0 means none.
+        (bits != 0).then(|| unsafe { core::mem::transmute::<usize, fn(u32)>(bits) })
+    }
+}
+
 /// Size of the boot stack the entry point switches to.
 pub const STACK_SIZE: usize = 64 * 1024;
 

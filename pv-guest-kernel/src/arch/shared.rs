@@ -29,6 +29,7 @@ pub fn map(ma: u64) -> Result<(), guest_abi::errno::Errno> {
 }
 
 /// Whether the shared info page is mapped.
+#[inline]
 pub fn mapped() -> bool {
     MAPPED.load(Ordering::Acquire) != 0
 }
@@ -38,6 +39,7 @@ fn base() -> u64 {
 }
 
 /// An atomic view of the u64 at `offset` in shared info.
+#[inline]
 pub fn u64_at(offset: usize) -> &'static AtomicU64 {
     assert!(offset % 8 == 0 && offset + 8 <= 4096);
     // SAFETY: in bounds and aligned (checked); the page is mapped for the
@@ -46,6 +48,7 @@ pub fn u64_at(offset: usize) -> &'static AtomicU64 {
 }
 
 /// An atomic view of the byte at `offset` in shared info.
+#[inline]
 pub fn u8_at(offset: usize) -> &'static AtomicU8 {
     assert!(offset < 4096);
     // SAFETY: as for `u64_at`.
@@ -53,6 +56,7 @@ pub fn u8_at(offset: usize) -> &'static AtomicU8 {
 }
 
 /// Reads the u32 at `offset` (volatile).
+#[inline]
 pub fn read_u32(offset: usize) -> u32 {
     assert!(offset % 4 == 0 && offset + 4 <= 4096);
     // SAFETY: in bounds and aligned (checked).
