@@ -22,7 +22,9 @@ use guest_abi::types::{Port, VcpuId};
 pub type PortHandler = fn(u32);
 
 const NR_PORTS: usize = 4096;
-static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] = [const { crate::arch::HandlerSlot::EMPTY }; NR_PORTS];
+/// Each port's handler. The upcall reads it without a lock: a lock taken
+/// with events on could be held by the code the upcall interrupted.
+static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] = [const { crate::arch::HandlerSlot::empty() }; NR_PORTS];
 
 const PENDING: usize = 2048;
 const MASK: usize = 2560;
@@ -65,8 +67,8 @@ pub fn disable() {
     shared::u8_at(UPCALL_MASK).store(1, Ordering::SeqCst);
 }
 
-/// Sets or clears the handler of `port`. Events stay off while the table
-/// is locked: an upcall arriving then would spin on the lock forever.
+/// Sets or clears the handler of `port` (one atomic store: an upcall
+/// arriving meanwhile sees the old handler or the new one).
 fn put_handler(port: u32, h: Option<PortHandler>) {
     if let Some(slot) = HANDLERS.get(port as usize) {
         slot.set(h);

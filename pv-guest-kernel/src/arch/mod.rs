@@ -17,7 +17,9 @@ use guest_abi::start_info::StartInfo;
 pub(crate) struct HandlerSlot(core::sync::atomic::AtomicUsize);
 
 impl HandlerSlot {
-    pub(crate) const EMPTY: Self = Self(core::sync::atomic::AtomicUsize::new(0));
+    pub(crate) const fn empty() -> Self {
+        Self(core::sync::atomic::AtomicUsize::new(0))
+    }
 
     pub(crate) fn set(&self, h: Option<fn(u32)>) {
         self.0.store(h.map_or(0, |f| f as usize), core::sync::atomic::Ordering::Release);
