@@ -458,6 +458,7 @@ impl Hv {
     /// Prints the verdict and leaves QEMU: success only if every domain ended
     /// as its manifest expects.
     pub fn finish(&mut self) -> ! {
+        crate::hypercall::report_audits();
         let mut ok = true;
         for d in self.domains.iter() {
             let (got, good) = match d.state {
