@@ -81,6 +81,21 @@ pub struct PvState {
 pub const GUEST_GDT_ENTRIES: usize = 512;
 
 impl PvState {
+    /// The GS base of the vCPU's current mode (kernel or user).
+    pub fn gs_base(&self) -> u64 {
+        if self.user_mode { self.gs_base_user } else { self.gs_base_kernel }
+    }
+
+    /// Records the live FS base and current-mode GS base.
+    pub fn set_bases(&mut self, fs: u64, gs: u64) {
+        self.fs_base = fs;
+        if self.user_mode {
+            self.gs_base_user = gs;
+        } else {
+            self.gs_base_kernel = gs;
+        }
+    }
+
     pub const fn new() -> Self {
         Self {
             traps: [TrapEntry { address: 0, flags: 0 }; 256],

@@ -112,8 +112,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
             Err(SWITCHED)
         }
         29 if a0 == 0 => {
-            frame.rax = 0;
-            sched::reschedule(&mut hv, frame, Why::Yield);
+            yield_now(&mut hv, frame);
             Err(SWITCHED)
         }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
@@ -124,11 +123,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         Err(SWITCHED) => {}
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
-    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) && matches!(nr, 1 | 2 | 12 | 13 | 14 | 20 | 26) {
+    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed)
+        && let Some(i) = AUDITED_HYPERCALLS.iter().position(|&(n, _)| n as u64 == nr)
+    {
         hv.audit("a memory hypercall");
-        if let Some(n) = AUDITED.get(nr as usize) {
-            n.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-        }
+        AUDITS[i].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
     crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
@@ -159,9 +158,14 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
     crate::pv::deliver_events(hv, crate::arch::entry::live(frame));
 }
 
-/// How many audits ran after each hypercall number (reported at the end of
-/// an `audit=1` run, so a test can see the audit really ran).
-static AUDITED: [core::sync::atomic::AtomicU32; 32] = [const { core::sync::atomic::AtomicU32::new(0) }; 32];
+/// The memory hypercalls `audit=1` audits the frame table after (number,
+/// name); `full_entry_for` sends them all through `on_syscall`, which audits.
+pub const AUDITED_HYPERCALLS: [(usize, &str); 7] =
+    [(1, "mmu_update"), (2, "set_gdt"), (12, "memory_op"), (13, "multicall"), (14, "update_va_mapping"), (20, "grant_table_op"), (26, "mmuext_op")];
+
+/// How many audits followed each of `AUDITED_HYPERCALLS` (reported at the
+/// end of an `audit=1` run, so a test can see the audit really ran).
+static AUDITS: [core::sync::atomic::AtomicU32; AUDITED_HYPERCALLS.len()] = [const { core::sync::atomic::AtomicU32::new(0) }; AUDITED_HYPERCALLS.len()];
 
 /// At the end of an `audit=1` run: one line per hypercall the audit
 /// followed, with how many times.
@@ -169,10 +173,8 @@ pub fn report_audits() {
     if !AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    const NAMES: [(usize, &str); 7] =
-        [(1, "mmu_update"), (2, "set_gdt"), (12, "memory_op"), (13, "multicall"), (14, "update_va_mapping"), (20, "grant_table_op"), (26, "mmuext_op")];
-    for (nr, name) in NAMES {
-        let n = AUDITED[nr].load(core::sync::atomic::Ordering::Relaxed);
+    for ((_, name), count) in AUDITED_HYPERCALLS.iter().zip(AUDITS.iter()) {
+        let n = count.load(core::sync::atomic::Ordering::Relaxed);
         if n > 0 {
             crate::info!("audit=1 covered {name}: {n} audits");
         }
@@ -434,6 +436,14 @@ fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
     }
 }
 
+/// SCHEDOP_yield: returns 0 after any other runnable vCPU has had its turn
+/// (decoded first by `on_syscall`).
+#[inline]
+fn yield_now(hv: &mut Hv, frame: &mut TrapFrame) {
+    frame.rax = 0;
+    sched::reschedule(hv, frame, Why::Yield);
+}
+
 /// SCHEDOP_block: re-enables event delivery and blocks unless an event is
 /// already pending, atomically with respect to event delivery (no lost
 /// wake-up: the hypervisor runs with interrupts off). Returns 0 either way
@@ -457,8 +467,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
     match cmd {
         // SCHEDOP_yield
         0 => {
-            frame.rax = 0;
-            sched::reschedule(hv, frame, Why::Yield);
+            yield_now(hv, frame);
             Ok(None)
         }
         1 => {

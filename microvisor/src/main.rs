@@ -151,7 +151,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     let audit = boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1");
     hypercall::AUDIT_EVERY_CALL.store(audit, core::sync::atomic::Ordering::Relaxed);
     if audit {
-        hypercall::full_entry_for(Some(&[2, 12, 14, 26]));
+        let audited = hypercall::AUDITED_HYPERCALLS.map(|(nr, _)| nr);
+        hypercall::full_entry_for(Some(&audited));
     }
     hypercall::FAULT_SELFTEST.store(selftest("pagefault"), core::sync::atomic::Ordering::Relaxed);
     if selftest("pagefault") {

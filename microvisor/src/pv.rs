@@ -188,13 +188,7 @@ pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno
 /// Copies the running vCPU's FS base and current-mode GS base from the CPU
 /// into its state: the guest may have changed them by loading FS or GS.
 pub fn save_bases(pv: &mut crate::domain::PvState) {
-    pv.fs_base = crate::arch::cpu::fs_base();
-    let gs = crate::arch::cpu::gs_base();
-    if pv.user_mode {
-        pv.gs_base_user = gs;
-    } else {
-        pv.gs_base_kernel = gs;
-    }
+    pv.set_bases(crate::arch::cpu::fs_base(), crate::arch::cpu::gs_base());
 }
 
 /// The data segment state the CPU holds: DS, ES, FS, GS selectors and the
@@ -218,12 +212,7 @@ impl SegState {
 pub fn save_segments(pv: &mut crate::domain::PvState) -> SegState {
     let cpu = SegState::read();
     pv.selectors = cpu.selectors;
-    pv.fs_base = cpu.fs_base;
-    if pv.user_mode {
-        pv.gs_base_user = cpu.gs_base;
-    } else {
-        pv.gs_base_kernel = cpu.gs_base;
-    }
+    pv.set_bases(cpu.fs_base, cpu.gs_base);
     cpu
 }
 
@@ -243,16 +232,15 @@ pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
     if reloaded || cpu.fs_base != pv.fs_base {
         crate::arch::cpu::set_fs_base(pv.fs_base);
     }
-    let gs = if pv.user_mode { pv.gs_base_user } else { pv.gs_base_kernel };
-    if reloaded || cpu.gs_base != gs {
-        crate::arch::cpu::set_gs_base(gs);
+    if reloaded || cpu.gs_base != pv.gs_base() {
+        crate::arch::cpu::set_gs_base(pv.gs_base());
     }
 }
 
 /// Loads a vCPU's FS and GS bases into the CPU.
 pub fn load_segment_bases(pv: &crate::domain::PvState) {
     crate::arch::cpu::set_fs_base(pv.fs_base);
-    crate::arch::cpu::set_gs_base(if pv.user_mode { pv.gs_base_user } else { pv.gs_base_kernel });
+    crate::arch::cpu::set_gs_base(pv.gs_base());
 }
 
 /// Switches the running vCPU between guest kernel and guest user mode
