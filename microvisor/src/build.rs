@@ -105,15 +105,16 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     // map, all upcalls masked.
     let shared_info_mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory", spec.name)))?;
     // Owned by the domain (so it may map it writable), outside its p2m.
-    // The hypervisor keeps a reference of its own (it writes the page until
-    // the domain dies), so decrease_reservation cannot take it away.
-    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id).and_then(|()| ft.get_page(shared_info_mfn, id)))
-        .map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
+    // The hypervisor writes the page on its own until the domain dies, so it
+    // holds a write reference: decrease_reservation cannot take the page
+    // away, and it can never become a page table, GDT or LDT frame.
+    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id)).map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
+    let shared = mm::frames::hv_writable(shared_info_mfn, id).map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
     for v in 0..32u64 {
-        mm::write_phys(shared_info_mfn * PAGE + v * 64 + 1, &[1]);
+        shared.u8_at(v * 64 + 1).store(1, core::sync::atomic::Ordering::Relaxed);
     }
-    crate::time::init_wallclock(shared_info_mfn);
-    crate::time::update_vcpu_time(shared_info_mfn);
+    crate::time::init_wallclock(shared);
+    crate::time::update_vcpu_time(shared);
 
     // Bootstrap page tables.
     let pt_first = pfn_of(layout.pt_start);
@@ -150,9 +151,11 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     si.store_mfn = frames.mfn(pfn_of(layout.xenstore));
     si.store_evtchn = 1;
     si.console.mfn = frames.mfn(pfn_of(layout.console));
-    // Held by the hypervisor, which drains the ring until the domain dies.
+    // The hypervisor drains the ring (writing out_cons) whenever no console
+    // back-end has bound it, which may happen at any time until the domain
+    // dies: it holds a write reference for that long.
     let console_mfn = si.console.mfn;
-    mm::frames::with(|ft, _| ft.get_page(console_mfn, id)).map_err(|e| err(format_args!("domain '{}': console page: {e:?}", spec.name)))?;
+    let console_page = mm::frames::hv_writable(console_mfn, id).map_err(|e| err(format_args!("domain '{}': console page: {e:?}", spec.name)))?;
     si.console.evtchn = 2;
     si.pt_base = layout.pt_start;
     si.nr_pt_frames = layout.nr_pt_frames;
@@ -201,9 +204,9 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         tot_pages: nr_pages,
         max_pages: spec.maxmem_bytes / PAGE,
         shared_info_mfn,
-        shared: mm::SharedFrame::of(shared_info_mfn),
+        shared,
         console_mfn,
-        console_page: mm::SharedFrame::of(console_mfn),
+        console_page,
         store_mfn: si.store_mfn,
         store_evtchn: si.store_evtchn,
         console_evtchn: si.console.evtchn,

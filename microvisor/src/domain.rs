@@ -312,18 +312,18 @@ impl Hv {
     /// logs the result. A failure is a hypervisor bug: it fails the run.
     pub fn audit(&self, when: &str) {
         let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
-        let mut held: heapless::Vec<u64, 32> = heapless::Vec::new();
+        let mut written: heapless::Vec<u64, 32> = heapless::Vec::new();
         let mut segs: heapless::Vec<u64, 16> = heapless::Vec::new();
         for d in self.domains.iter().filter(|d| d.is_live()) {
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
-            let _ = held.push(d.shared_info_mfn);
-            let _ = held.push(d.console_mfn);
+            let _ = written.push(d.shared_info_mfn);
+            let _ = written.push(d.console_mfn);
             if d.pv.gdt_frame != 0 {
                 let _ = segs.push(d.pv.gdt_frame);
             }
         }
-        match crate::mm::frames::audit(&roots, &held, &segs) {
+        match crate::mm::frames::audit(&roots, &written, &segs) {
             Ok(()) => crate::debug!("audit after {when}: clean"),
             Err(e) => {
                 crate::error!("audit after {when} failed: frame {:#x}: {:?}", e.mfn, e.kind);
@@ -434,15 +434,17 @@ impl Hv {
             End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
         }
         let (cr3, user_cr3, shared, gdt, console) = (d.cr3, d.user_cr3, d.shared_info_mfn, d.pv.gdt_frame, d.console_mfn);
-        // The reference that kept shared info from being given back, and the
-        // segment-type reference of a registered GDT.
-        crate::mm::frames::with(|ft, mem| {
-            ft.put_page(shared);
-            ft.put_page(console);
-            if gdt != 0 {
-                ft.put_page_and_type(mem, gdt);
-            }
-        });
+        // The hypervisor writes neither page any more: its handles go with
+        // their write references. Then the segment-type reference of a
+        // registered GDT.
+        d.shared = crate::mm::SharedFrame::NONE;
+        d.console_page = crate::mm::SharedFrame::NONE;
+        self.bits[idx] = crate::events::SharedBits { page: crate::mm::SharedFrame::NONE };
+        crate::mm::frames::drop_hv_writable(shared);
+        crate::mm::frames::drop_hv_writable(console);
+        if gdt != 0 {
+            crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
+        }
         // Mappings it holds go (their references with them); its table
         // frames are released. Grants others still map keep those frames.
         crate::irq::domain_died(id);

@@ -197,8 +197,8 @@ fn setup_table(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Er
         let _ = spare.push(mfn);
     }
     let mut next = 0;
-    let res = with(|t, ft, _| {
-        grant::setup_table(t, ft, dom, &op, privileged, || {
+    let res = with(|t, ft, mem| {
+        grant::setup_table(t, ft, mem, dom, &op, privileged, || {
             let m = spare.get(next).copied();
             next += 1;
             m

@@ -297,7 +297,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
     if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-        crate::time::update_vcpu_time(d.shared_info_mfn);
+        crate::time::update_vcpu_time(d.shared);
         d.time_stamp = now;
     }
     if next != cur {
@@ -342,7 +342,7 @@ pub fn start() -> ! {
         d.runstate.enter(0, now);
         d.last_start = now;
         crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
-        crate::time::update_vcpu_time(d.shared_info_mfn);
+        crate::time::update_vcpu_time(d.shared);
         crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
         cpu::fpu_restore(&d.fpu);
         (first, d.cr3)

@@ -73,36 +73,31 @@ pub fn now_ns() -> u64 {
 
 /// Writes vcpu_info[0].time of a domain's shared info page, as Xen does:
 /// version odd while updating, even when consistent.
-pub fn update_vcpu_time(shared_info_mfn: u64) {
-    let base = shared_info_mfn * mm::PAGE + 32; // vcpu_info[0].time
+pub fn update_vcpu_time(page: mm::SharedFrame) {
+    const T: u64 = 32; // vcpu_info[0].time
     let (mul, shift) = scale();
     let tsc = cpu::rdtsc();
     let sys = scale_delta(tsc.wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)), mul, shift);
-    let version = mm::read_u64(base) as u32;
+    let version = page.u32_at(T).load(Ordering::Relaxed);
     let v = version.wrapping_add(1) | 1;
-    write_u32(base, v);
-    mm::write_u64(base + 8, tsc);
-    mm::write_u64(base + 16, sys);
-    write_u32(base + 24, mul);
-    mm::write_u8(base + 28, shift as u8);
-    write_u32(base, v.wrapping_add(1));
-}
-
-fn write_u32(pa: u64, v: u32) {
-    let b = v.to_le_bytes();
-    mm::write_phys(pa, &b);
+    page.u32_at(T).store(v, Ordering::Release);
+    page.u64_at(T + 8).store(tsc, Ordering::Relaxed);
+    page.u64_at(T + 16).store(sys, Ordering::Relaxed);
+    page.u32_at(T + 24).store(mul, Ordering::Relaxed);
+    page.u8_at(T + 28).store(shift as u8, Ordering::Relaxed);
+    page.u32_at(T).store(v.wrapping_add(1), Ordering::Release);
 }
 
 /// Fills the wall clock fields of shared info (wc_version, wc_sec, wc_nsec,
 /// wc_sec_hi): the time of day at system time 0.
-pub fn init_wallclock(shared_info_mfn: u64) {
-    let base = shared_info_mfn * mm::PAGE + 3072;
+pub fn init_wallclock(page: mm::SharedFrame) {
+    const W: u64 = 3072;
     let secs = BOOT_WALL.load(Ordering::Relaxed);
-    write_u32(base, 1);
-    write_u32(base + 4, secs as u32);
-    write_u32(base + 8, 0);
-    write_u32(base + 12, (secs >> 32) as u32);
-    write_u32(base, 2);
+    page.u32_at(W).store(1, Ordering::Release);
+    page.u32_at(W + 4).store(secs as u32, Ordering::Relaxed);
+    page.u32_at(W + 8).store(0, Ordering::Relaxed);
+    page.u32_at(W + 12).store((secs >> 32) as u32, Ordering::Relaxed);
+    page.u32_at(W).store(2, Ordering::Release);
 }
 
 /// Seconds since the Unix epoch from the CMOS RTC (0 if it looks absent).

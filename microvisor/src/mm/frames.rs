@@ -4,7 +4,7 @@
 //! Policy lives in `microvisor_core::frametable`; this module only provides
 //! storage, memory access and TLB flushes.
 
-use super::{paging, read_u64, write_u64, PAGE};
+use super::{paging, read_u64, write_u64, SharedFrame, PAGE};
 use microvisor_core::frametable::{FrameTable, PageInfo, TableMemory, HV_L4_SLOTS};
 use spin::Mutex;
 
@@ -87,6 +87,24 @@ pub fn set_m2p(mfn: u64, pfn: u64) {
     }
 }
 
+/// Takes the hypervisor write reference on frame `mfn` of domain `dom`
+/// (`FrameTable::get_hv_writable`) and returns the handle the hypervisor
+/// writes it through: the one way to get a [`SharedFrame`] on a guest frame,
+/// so every frame the hypervisor writes on its own (shared info, a console
+/// ring it drains, …) is writable-typed, never a page table, GDT or LDT
+/// frame, for as long as the handle is in use. Give it back with
+/// [`drop_hv_writable`] before the handle's last use is over.
+pub fn hv_writable(mfn: u64, dom: u16) -> Result<SharedFrame, guest_abi::errno::Errno> {
+    with(|ft, mem| ft.get_hv_writable(mem, mfn, dom))?;
+    Ok(SharedFrame::of(mfn))
+}
+
+/// Drops a reference taken by [`hv_writable`]; the caller forgets the
+/// handle (replaces it with `SharedFrame::NONE`).
+pub fn drop_hv_writable(mfn: u64) {
+    with(|ft, mem| ft.put_hv_writable(mem, mfn));
+}
+
 /// Returns a dead domain's memory: drops the base-pointer references the
 /// hypervisor held, lets the policy unpin and untype everything, then scrubs
 /// every freed frame and gives it back to the allocator. Returns how many
@@ -126,19 +144,20 @@ static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALL
 
 /// Audits every frame count against the live page tables. `roots` are the
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
-/// `held` are the frames the hypervisor holds a plain reference on (each
-/// domain's shared info and console page).
+/// `written` are the frames the hypervisor writes on its own and holds a
+/// write reference on ([`hv_writable`]: each domain's shared info and
+/// console page); the audit fails if one is not writable-typed.
 /// `segs` are registered GDT frames (segment-typed references). The grant
 /// tables' mappings are added here.
-pub fn audit(roots: &[u64], held: &[u64], segs: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
+pub fn audit(roots: &[u64], written: &[u64], segs: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
     let mut ext = AUDIT_EXT.lock();
     ext.clear();
     for &r in roots.iter().filter(|&&r| r != 0) {
         let _ = ext.push((r / PAGE, ExternalRef::PageAndType(PageType::L4)));
     }
-    for &m in held {
-        let _ = ext.push((m, ExternalRef::Page));
+    for &m in written {
+        let _ = ext.push((m, ExternalRef::HvWritable));
     }
     for &m in segs {
         let _ = ext.push((m, ExternalRef::PageAndType(PageType::Segment)));

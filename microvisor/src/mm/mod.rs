@@ -111,13 +111,6 @@ pub fn read_u64(pa: u64) -> u64 {
     unsafe { core::ptr::read_volatile(ptr(pa) as *const u64) }
 }
 
-/// Writes a byte of physical memory.
-pub fn write_u8(pa: u64, v: u8) {
-    check(pa, 1);
-    // SAFETY: inside RAM (checked).
-    unsafe { core::ptr::write_volatile(ptr(pa), v) }
-}
-
 /// An aligned u64 of RAM shared with a guest, for atomic bit operations.
 pub fn atomic_u64(pa: u64) -> &'static core::sync::atomic::AtomicU64 {
     check(pa, 8);
@@ -175,8 +168,10 @@ impl SharedFrame {
     pub const NONE: SharedFrame = SharedFrame(&SPARE_PAGE.0);
 
     /// The frame `mfn`, which must be RAM (panics otherwise: a hypervisor
-    /// bug, as the caller allocated it).
-    pub fn of(mfn: u64) -> SharedFrame {
+    /// bug, as the caller allocated it). Only `frames::hv_writable` makes a
+    /// handle on a guest frame, after taking the reference that keeps the
+    /// frame writable-typed while the hypervisor writes it.
+    pub(super) fn of(mfn: u64) -> SharedFrame {
         check(mfn * PAGE, PAGE);
         // SAFETY: the direct map is the only way frames are reached from here on.
         assert!(unsafe { *(&raw const DIRECTMAP_READY) }, "shared frame before the direct map");

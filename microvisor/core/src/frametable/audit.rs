@@ -66,6 +66,10 @@ pub enum AuditErrorKind {
     },
     /// A reference the caller declared cannot be held on this frame.
     BadExternal(&'static str),
+    /// A frame the hypervisor writes on its own is not held writable-typed
+    /// (it could become a page table, GDT or LDT frame), or its count of
+    /// hypervisor write references differs from the ones declared.
+    HypervisorWritten(&'static str),
 }
 
 impl fmt::Display for AuditError {
@@ -91,18 +95,20 @@ impl fmt::Display for AuditError {
                 write!(f, "entry {index} = {entry:#x}: {why}")
             }
             AuditErrorKind::BadExternal(why) => write!(f, "external reference: {why}"),
+            AuditErrorKind::HypervisorWritten(why) => write!(f, "hypervisor-written frame: {why}"),
         }
     }
 }
 
 /// Recomputed counts of one frame: scratch space for
-/// [`FrameTable::audit_with`] (16 bytes each).
+/// [`FrameTable::audit_with`] (20 bytes each).
 #[derive(Clone, Copy, Default, Debug)]
 pub struct AuditTally {
     general: u32,
     ty: u32,
     lin_entries: u32,
     lin_uses: u32,
+    hv_writers: u32,
 }
 
 impl AuditTally {
@@ -112,6 +118,7 @@ impl AuditTally {
         ty: 0,
         lin_entries: 0,
         lin_uses: 0,
+        hv_writers: 0,
     };
 }
 
@@ -226,6 +233,11 @@ impl FrameTable<'_> {
                         bump(&mut t.general);
                         bump(&mut t.ty);
                     }
+                    ExternalRef::HvWritable => {
+                        bump(&mut t.general);
+                        bump(&mut t.ty);
+                        bump(&mut t.hv_writers);
+                    }
                 }
             }
         }
@@ -290,6 +302,14 @@ impl FrameTable<'_> {
                     },
                 ));
             }
+            if u32::from(p.hv_writers) != t.hv_writers {
+                return Err(err(
+                    mfn,
+                    AuditErrorKind::HypervisorWritten(
+                        "write references recorded differ from those declared",
+                    ),
+                ));
+            }
             let balance = i128::from(t.lin_entries) - i128::from(t.lin_uses);
             if (t.lin_entries > 0 && t.lin_uses > 0) || i128::from(p.linear) != balance {
                 return Err(err(
@@ -315,6 +335,16 @@ impl FrameTable<'_> {
         }
         match r {
             ExternalRef::Page => Ok(()),
+            ExternalRef::HvWritable => {
+                if p.page_type() != PageType::Writable || p.type_count == 0 {
+                    Err(err(
+                        mfn,
+                        AuditErrorKind::HypervisorWritten("not writable-typed"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
             ExternalRef::Type(ty) | ExternalRef::PageAndType(ty) => {
                 if ty == PageType::None || p.page_type() != ty {
                     bad("type reference of the wrong type")
@@ -432,7 +462,8 @@ fn check_state(mfn: u64, p: &PageInfo) -> Result<(), AuditError> {
             && p.type_count == 0
             && ty == PageType::None
             && p.flags & !F_STALE == 0
-            && p.linear == 0;
+            && p.linear == 0
+            && p.hv_writers == 0;
         return if idle {
             Ok(())
         } else {
@@ -450,6 +481,16 @@ fn check_state(mfn: u64, p: &PageInfo) -> Result<(), AuditError> {
     }
     if p.type_count > 0 && ty == PageType::None {
         return Err(bad_state(mfn, "type count on an untyped frame"));
+    }
+    if p.hv_writers > 0
+        && (ty != PageType::Writable
+            || p.type_count < u32::from(p.hv_writers)
+            || p.count < u32::from(p.hv_writers))
+    {
+        return Err(err(
+            mfn,
+            AuditErrorKind::HypervisorWritten("not writable-typed"),
+        ));
     }
     match ty {
         PageType::L1 | PageType::L2 | PageType::L3 | PageType::L4 => {

@@ -181,7 +181,7 @@ const F_STALE: u8 = 1 << 2;
 /// [`FrameTable::relinquish_domain`] once unreferenced.
 const F_DYING: u8 = 1 << 3;
 
-/// Per-frame state, 16 bytes. The caller provides the storage (one per
+/// Per-frame state, 20 bytes. The caller provides the storage (one per
 /// machine frame); [`FrameTable::new`] initialises it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageInfo {
@@ -194,9 +194,12 @@ pub struct PageInfo {
     ty: u8,
     flags: u8,
     stamp: u16,
+    /// Hypervisor write references ([`FrameTable::get_hv_writable`]): each
+    /// also holds a general and a [`PageType::Writable`] type reference.
+    hv_writers: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<PageInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<PageInfo>() == 20);
 
 impl Default for PageInfo {
     fn default() -> Self {
@@ -217,6 +220,7 @@ impl PageInfo {
             ty: PageType::None as u8,
             flags: 0,
             stamp: 0,
+            hv_writers: 0,
         }
     }
 
@@ -271,6 +275,14 @@ impl PageInfo {
         self.linear
     }
 
+    /// How many hypervisor write references the frame holds
+    /// ([`FrameTable::get_hv_writable`]); while any is held the frame is
+    /// writable-typed and can take no other type.
+    #[must_use]
+    pub const fn hv_writers(&self) -> u16 {
+        self.hv_writers
+    }
+
     const fn table_level(&self) -> Option<u8> {
         self.page_type().level()
     }
@@ -316,6 +328,12 @@ pub enum ExternalRef {
     /// Both ([`FrameTable::get_page_and_type`]); a base pointer is
     /// `PageAndType(PageType::L4)`.
     PageAndType(PageType),
+    /// A hypervisor write reference ([`FrameTable::get_hv_writable`]): a
+    /// general and a [`PageType::Writable`] type reference on a frame the
+    /// hypervisor writes on its own (shared info, a console ring it drains,
+    /// a grant-table frame). The audit fails if such a frame is not
+    /// writable-typed.
+    HvWritable,
 }
 
 /// Resolves the page owner of an `mmu_update`/`mmuext_op`/
@@ -646,6 +664,50 @@ impl<'a> FrameTable<'a> {
         self.put_page(mfn);
     }
 
+    /// Takes a *hypervisor write reference* on `mfn`, owned by `dom`: the
+    /// reference the hypervisor must hold on every guest frame it writes on
+    /// its own, without the guest asking for that particular write (shared
+    /// info, a console ring it drains, grant-table frames, any area a guest
+    /// registers for the hypervisor to update). It is a general reference
+    /// plus a [`PageType::Writable`] type reference (Xen's
+    /// `get_page_and_type(PGT_writable_page)`), so for as long as it is held
+    /// the frame cannot become a page table, GDT or LDT frame: otherwise a
+    /// guest could turn hypervisor writes into page-table entries it never
+    /// had validated. Every such frame must be taken through here (the
+    /// frame records how many such references it holds and the audit
+    /// checks the rule; see [`ExternalRef::HvWritable`]).
+    ///
+    /// Errors: those of [`FrameTable::get_page_and_type`] (`EINVAL` when the
+    /// frame is not `dom`'s or is already typed as something else, e.g. a
+    /// page table), and `EINVAL` when the counter would overflow.
+    pub fn get_hv_writable<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        mfn: u64,
+        dom: u16,
+    ) -> Result<(), Errno> {
+        if self.pg(mfn).is_some_and(|p| p.hv_writers == u16::MAX) {
+            return Err(Errno::EINVAL);
+        }
+        self.get_page_and_type(mem, mfn, PageType::Writable, dom)?;
+        if let Some(p) = self.pg_mut(mfn) {
+            p.hv_writers += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops a reference taken with [`FrameTable::get_hv_writable`] once the
+    /// hypervisor no longer writes the frame. Does nothing for a frame that
+    /// holds none.
+    pub fn put_hv_writable<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mfn: u64) {
+        let Some(p) = self.pg_mut(mfn) else { return };
+        if p.hv_writers == 0 {
+            return;
+        }
+        p.hv_writers -= 1;
+        self.put_page_and_type(mem, mfn);
+    }
+
     // ------------------------------------------------------------------
     // mmu_update / update_va_mapping
     // ------------------------------------------------------------------
@@ -938,6 +1000,11 @@ impl<'a> FrameTable<'a> {
     ) -> Result<(), Errno> {
         let epoch = self.epoch;
         let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
+        // The one place a frame takes a type: a frame the hypervisor writes
+        // on its own stays writable-typed (never a page table, GDT or LDT).
+        if p.hv_writers > 0 && ty != PageType::Writable {
+            return Err(Errno::EINVAL);
+        }
         if p.type_count > 0 {
             if p.page_type() != ty || (ty.level().is_some() && !p.is_validated()) {
                 return Err(Errno::EINVAL);

@@ -1241,3 +1241,128 @@ fn io_memory_only_for_allowed_domains_and_frames() {
     assert_eq!(resolve_pg_owner(D1, DOMID_IO, false), Err(Errno::EPERM));
     assert_eq!(resolve_pg_owner(D1, DOMID_IO, true), Ok(DOMID_IO));
 }
+
+// ------------------------------------------------- hypervisor-written frames
+
+/// A frame the hypervisor writes on its own (shared info, a console ring, a
+/// grant-table frame) holds a write reference: it stays writable-typed, so
+/// it can be neither pinned at any level, nor linked into a table, nor
+/// become a descriptor page, nor be given back, until the reference goes.
+#[test]
+fn hypervisor_written_frame_never_takes_another_type() {
+    world!(ft, mem, ext);
+    let f = 11; // a spare frame of D1, unmapped
+    ft.get_hv_writable(&mut mem, f, D1).unwrap();
+    ext.push((f, ExternalRef::HvWritable));
+    assert_eq!(info(&ft, f).page_type(), PageType::Writable);
+    assert_eq!(info(&ft, f).hv_writers(), 1);
+    clean(&ft, &mem, &ext);
+    for level in 1..=4 {
+        assert_eq!(ft.pin(&mut mem, D1, f, level), Err(Errno::EINVAL), "pin as L{level}");
+    }
+    assert_eq!(
+        ft.get_page_and_type(&mut mem, f, PageType::Segment, D1),
+        Err(Errno::EINVAL)
+    );
+    // Linked into the L2 as an L1 table: refused (Xen: EINVAL).
+    assert_eq!(upd(&mut ft, &mut mem, D1, 4, 7, ent(f, P | W | U)), Err(Errno::EINVAL));
+    // The guest may still map it writable (it shares the writable type).
+    let _ = upd(&mut ft, &mut mem, D1, 5, 20, ent(f, P | W | U)).unwrap();
+    assert_eq!(ft.release(f, D1), Err(Errno::EBUSY));
+    clean(&ft, &mem, &ext);
+    let _ = upd(&mut ft, &mut mem, D1, 5, 20, 0).unwrap();
+    // Other types stay refused while the write reference alone is held.
+    assert_eq!(ft.pin(&mut mem, D1, f, 1), Err(Errno::EINVAL));
+    // Once the hypervisor lets go the frame is an ordinary page again.
+    ft.put_hv_writable(&mut mem, f);
+    ext.pop();
+    assert_eq!(info(&ft, f).hv_writers(), 0);
+    assert_eq!(info(&ft, f).type_count(), 0);
+    clean(&ft, &mem, &ext);
+    ft.pin(&mut mem, D1, f, 1).unwrap();
+    clean(&ft, &mem, &ext);
+    // ...and a frame that is a page table cannot become hypervisor-written.
+    assert_eq!(ft.get_hv_writable(&mut mem, f, D1), Err(Errno::EINVAL));
+    assert_eq!(info(&ft, f).hv_writers(), 0);
+    // Nor can another domain's frame.
+    assert_eq!(ft.get_hv_writable(&mut mem, 41, D1), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+}
+
+/// Several write references on one frame (e.g. two areas a guest registers
+/// in the same page) each hold the writable type until the last goes.
+#[test]
+fn hypervisor_write_references_count() {
+    world!(ft, mem, ext);
+    let f = 12;
+    ft.get_hv_writable(&mut mem, f, D1).unwrap();
+    ft.get_hv_writable(&mut mem, f, D1).unwrap();
+    ext.push((f, ExternalRef::HvWritable));
+    ext.push((f, ExternalRef::HvWritable));
+    clean(&ft, &mem, &ext);
+    ft.put_hv_writable(&mut mem, f);
+    ext.pop();
+    assert_eq!(ft.pin(&mut mem, D1, f, 1), Err(Errno::EINVAL));
+    clean(&ft, &mem, &ext);
+    ft.put_hv_writable(&mut mem, f);
+    ext.pop();
+    // A put without a reference changes nothing.
+    ft.put_hv_writable(&mut mem, f);
+    assert_eq!(info(&ft, f).count(), 1);
+    clean(&ft, &mem, &ext);
+}
+
+/// The audit catches a frame the hypervisor writes that is not
+/// writable-typed: here the escape the rule exists for, a hypervisor that
+/// held only a general reference on a page it writes while the guest pinned
+/// that page as an L1 table.
+#[test]
+fn audit_catches_hypervisor_written_frame_that_is_not_writable() {
+    world!(ft, mem, ext);
+    let f = 13;
+    // The old, wrong discipline: a plain reference.
+    ft.get_page(f, D1).unwrap();
+    assert_eq!(ft.pin(&mut mem, D1, f, 1), Ok(()));
+    ext.push((f, ExternalRef::HvWritable));
+    assert_eq!(
+        audit(&ft, &mem, &ext).map_err(|e| e.kind),
+        Err(AuditErrorKind::HypervisorWritten("not writable-typed"))
+    );
+}
+
+/// The audit recounts the write references: a frame whose recorded count
+/// differs from the references the hypervisor declares, or whose own state
+/// says it is hypervisor-written but not writable-typed, is a failure.
+#[test]
+fn audit_recounts_hypervisor_write_references() {
+    world!(ft, mem, ext);
+    let f = 14;
+    ft.get_hv_writable(&mut mem, f, D1).unwrap();
+    // Declared as an ordinary writable reference: same general and type
+    // counts, but not recorded as what it is.
+    ext.push((f, ExternalRef::PageAndType(PageType::Writable)));
+    assert_eq!(
+        audit(&ft, &mem, &ext).map_err(|e| e.kind),
+        Err(AuditErrorKind::HypervisorWritten(
+            "write references recorded differ from those declared"
+        ))
+    );
+    ext.pop();
+    ext.push((f, ExternalRef::HvWritable));
+    clean(&ft, &mem, &ext);
+    // A corrupted frame: write references on a page-table type.
+    let mut pages = ft.pages.to_vec();
+    pages[usize::try_from(f).unwrap()].ty = PageType::L1 as u8;
+    let ft2 = FrameTable {
+        pages: &mut pages,
+        hv_l4_slots: HV,
+        epoch: 0,
+        released_dying: false,
+        io_domains: [u16::MAX; MAX_IO_DOMAINS],
+        io_denied: [(0, 0); MAX_IO_DENIED],
+    };
+    assert_eq!(
+        audit(&ft2, &mem, &ext).map(|()| 0).map_err(|e| (e.mfn, e.kind)),
+        Err((f, AuditErrorKind::HypervisorWritten("not writable-typed")))
+    );
+}

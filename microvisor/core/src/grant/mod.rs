@@ -186,8 +186,10 @@ fn target_domain<D: Domains + ?Sized>(
 /// `op.nr_frames` frames (the table never shrinks; 0 frames is a valid
 /// request). Each new frame comes from `alloc`, which must return a zeroed
 /// frame already assigned to that domain in the frame table (so the guest
-/// can map it); the table takes a general reference on it, which keeps the
-/// guest from releasing it while it is a grant table.
+/// can map it); the table takes a hypervisor write reference on it
+/// ([`FrameTable::get_hv_writable`]: the hypervisor writes entry flags on
+/// its own), which keeps the guest from releasing it, or from making it a
+/// page table, GDT or LDT frame, while it is a grant table.
 ///
 /// Statuses, in Xen's order: `GNTST_bad_domain` if the domain does not
 /// exist; `GNTST_permission_denied` if it is not the caller and the caller
@@ -197,9 +199,10 @@ fn target_domain<D: Domains + ?Sized>(
 /// keeps the frames obtained before that). The caller checks `count == 1` (`EINVAL`) and the
 /// `frame_list` buffer (`EFAULT`) first, and reports a failed copy of a
 /// frame number as `GNTST_bad_virt_addr`, as Xen does.
-pub fn setup_table<D: Domains + ?Sized>(
+pub fn setup_table<D: Domains + ?Sized, M: TableMemory + ?Sized>(
     world: &mut D,
     ft: &mut FrameTable<'_>,
+    mem: &mut M,
     caller: u16,
     op: &GnttabSetupTable,
     privileged: bool,
@@ -212,11 +215,11 @@ pub fn setup_table<D: Domains + ?Sized>(
     }
     while gt.nr_frames() < op.nr_frames {
         let mfn = alloc().ok_or(GNTST_GENERAL_ERROR)?;
-        if gt.frames().contains(&mfn) || ft.get_page(mfn, dom).is_err() {
+        if gt.frames().contains(&mfn) || ft.get_hv_writable(mem, mfn, dom).is_err() {
             return Err(GNTST_GENERAL_ERROR);
         }
         if !gt.push_frame(mfn) {
-            ft.put_page(mfn);
+            ft.put_hv_writable(mem, mfn);
             return Err(GNTST_GENERAL_ERROR);
         }
     }
@@ -861,7 +864,7 @@ where
     };
     if gt.set_dying() {
         for &f in gt.frames() {
-            ft.put_page(f);
+            ft.put_hv_writable(mem, f);
         }
     }
     for handle in 0..MAPTRACK_ENTRIES {

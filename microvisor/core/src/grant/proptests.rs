@@ -499,7 +499,7 @@ fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op
         Op::Grow { d, nr } => {
             // The caller hands out each frame once.
             let mut next = (w.t(d).nr_frames() == 1).then(|| table_frame(d, 1));
-            let r = setup_table(w, ft, d, &setup_op(DOMID_SELF, nr), false, || next.take());
+            let r = setup_table(w, ft, mem, d, &setup_op(DOMID_SELF, nr), false, || next.take());
             if let Err(s) = r {
                 assert_eq!(s, GNTST_GENERAL_ERROR);
             }
@@ -585,7 +585,7 @@ fn run(ops: &[Op]) {
     let mut ft = FrameTable::new(&mut pages, [0; HV_L4_SLOTS]);
     let mut mem = Mem::new();
     let mut w = World { tables: Vec::new() };
-    boot(&mut ft, &mut w);
+    boot(&mut ft, &mut mem, &mut w);
     // Each domain starts out granting its hot references 8..=10 to the two
     // others and to itself (10 read-only), each on a frame of its own.
     for g in [D1, D2, D3] {

@@ -321,8 +321,8 @@ impl GrantTable {
     }
 
     /// Every frame reference this table holds outside page tables, for
-    /// [`crate::frametable::FrameTable::audit`]: a general reference on each
-    /// table frame (until the domain dies) and, per mapping, a general
+    /// [`crate::frametable::FrameTable::audit`]: a hypervisor write reference
+    /// on each table frame (until the domain dies) and, per mapping, a general
     /// reference plus, when writable, a [`PageType::Writable`] type reference
     /// on the mapped frame. Chain the iterators of every domain's table
     /// (dying ones included) into the audit's external list.
@@ -331,7 +331,7 @@ impl GrantTable {
         let maps = (0..MAPTRACK_ENTRIES).filter_map(|h| self.mapping(h));
         frames
             .iter()
-            .map(|&f| (f, ExternalRef::Page))
+            .map(|&f| (f, ExternalRef::HvWritable))
             .chain(maps.map(|m| (m.mfn, m.external_ref())))
     }
 

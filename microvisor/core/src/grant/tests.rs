@@ -188,7 +188,7 @@ pub(super) fn remove(_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> bool
 
 /// Frame table and world at boot: frames assigned, each domain 1..=3 with a
 /// one-frame table, domain 0 with none.
-pub(super) fn boot(ft: &mut FrameTable<'_>, w: &mut World) {
+pub(super) fn boot(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World) {
     ft.reserve_for_hypervisor(0).unwrap();
     ft.reserve_for_hypervisor(1).unwrap();
     for d in [D1, D2, D3] {
@@ -203,7 +203,7 @@ pub(super) fn boot(ft: &mut FrameTable<'_>, w: &mut World) {
     for d in [D1, D2, D3] {
         let op = setup_op(DOMID_SELF, 1);
         let mut next = Some(table_frame(d, 0));
-        let got = setup_table(w, ft, d, &op, false, || next.take()).unwrap();
+        let got = setup_table(w, ft, mem, d, &op, false, || next.take()).unwrap();
         assert_eq!(got.as_slice(), &[table_frame(d, 0)]);
     }
 }
@@ -217,7 +217,7 @@ macro_rules! world {
         let mut $mem = Mem::new();
         #[allow(unused_mut)]
         let mut $w = World { tables: Vec::new() };
-        boot(&mut $ft, &mut $w);
+        boot(&mut $ft, &mut $mem, &mut $w);
         audit(&$ft, &$mem, &$w);
     };
 }
@@ -309,10 +309,21 @@ fn grant_sizes_fit_static_budget() {
 #[test]
 fn grant_boot_tables_hold_frame_refs() {
     world!(ft, mem, w);
-    // The table frame carries its allocation and the table's reference, so
-    // the guest cannot give it back while it is a grant table.
-    assert_eq!(count(&ft, table_frame(D1, 0)), (2, 0));
+    // The table frame carries its allocation and the table's write
+    // reference, so the guest cannot give it back while it is a grant
+    // table, nor make it a page table or a descriptor page.
+    assert_eq!(count(&ft, table_frame(D1, 0)), (2, 1));
+    assert_eq!(ft.info(table_frame(D1, 0)).unwrap().page_type(), PageType::Writable);
+    assert_eq!(ft.info(table_frame(D1, 0)).unwrap().hv_writers(), 1);
     assert_eq!(ft.release(table_frame(D1, 0), D1), Err(Errno::EBUSY));
+    for ty in [PageType::L1, PageType::L2, PageType::L3, PageType::L4, PageType::Segment] {
+        assert_eq!(
+            ft.get_page_and_type(&mut mem, table_frame(D1, 0), ty, D1),
+            Err(Errno::EINVAL),
+            "{ty:?}"
+        );
+    }
+    assert_eq!(count(&ft, table_frame(D1, 0)), (2, 1));
     assert_eq!(w.t(D1).nr_entries(), 512);
     assert_eq!(w.t(D0).nr_entries(), 0);
     audit(&ft, &mem, &w);
@@ -324,16 +335,16 @@ fn grant_boot_tables_hold_frame_refs() {
 fn grant_setup_table_grows_and_reports() {
     world!(ft, mem, w);
     let mut next = Some(table_frame(D1, 1));
-    let got = setup_table(&mut w, &mut ft, D1, &setup_op(D1, 2), false, || next.take()).unwrap();
+    let got = setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || next.take()).unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D1, 0), table_frame(D1, 1)]);
     assert_eq!(w.t(D1).nr_entries(), 1024);
     // Asking for fewer reports a prefix; the table never shrinks.
-    let got = setup_table(&mut w, &mut ft, D1, &setup_op(DOMID_SELF, 1), false, || {
+    let got = setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(DOMID_SELF, 1), false, || {
         None
     })
     .unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D1, 0)]);
-    let got = setup_table(&mut w, &mut ft, D1, &setup_op(DOMID_SELF, 0), false, || {
+    let got = setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(DOMID_SELF, 0), false, || {
         None
     })
     .unwrap();
@@ -348,22 +359,23 @@ fn grant_setup_table_errors() {
     let mut never = || -> Option<u64> { panic!("no allocation expected") };
     let over = setup_op(DOMID_SELF, MAX_GRANT_FRAMES + 1);
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &over, false, &mut never),
+        setup_table(&mut w, &mut ft, &mut mem, D1, &over, false, &mut never),
         Err(GNTST_GENERAL_ERROR)
     );
     let huge = setup_op(DOMID_SELF, u32::MAX);
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &huge, false, &mut never),
+        setup_table(&mut w, &mut ft, &mut mem, D1, &huge, false, &mut never),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &setup_op(9, 1), true, &mut never),
+        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(9, 1), true, &mut never),
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
         setup_table(
             &mut w,
             &mut ft,
+            &mut mem,
             D1,
             &setup_op(DOMID_IO, 1),
             true,
@@ -372,22 +384,22 @@ fn grant_setup_table_errors() {
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &setup_op(D2, 1), false, &mut never),
+        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D2, 1), false, &mut never),
         Err(GNTST_PERMISSION_DENIED)
     );
     // Privileged: another domain's table.
-    let got = setup_table(&mut w, &mut ft, D0, &setup_op(D2, 1), true, &mut never).unwrap();
+    let got = setup_table(&mut w, &mut ft, &mut mem, D0, &setup_op(D2, 1), true, &mut never).unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D2, 0)]);
     // Allocation failure: general error, nothing added.
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &setup_op(D1, 2), false, || None),
+        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || None),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // A frame the domain does not own is refused and not recorded.
     let mut foreign = Some(data(D2, 0));
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &setup_op(D1, 2), false, || foreign
+        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || foreign
             .take()),
         Err(GNTST_GENERAL_ERROR)
     );
@@ -395,7 +407,7 @@ fn grant_setup_table_errors() {
     // So is a frame the table already has.
     let mut again = Some(table_frame(D1, 0));
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &setup_op(D1, 2), false, || again
+        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || again
             .take()),
         Err(GNTST_GENERAL_ERROR)
     );
@@ -403,7 +415,7 @@ fn grant_setup_table_errors() {
     // Partial growth is kept: frame 1 arrives, frame 2 does not.
     let mut one = Some(table_frame(D1, 1));
     assert_eq!(
-        setup_table(&mut w, &mut ft, D1, &setup_op(D1, 3), false, || one.take()),
+        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 3), false, || one.take()),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).frames(), &[table_frame(D1, 0), table_frame(D1, 1)]);
@@ -1594,7 +1606,7 @@ fn grant_mapper_death_releases_its_mappings() {
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
-        setup_table(&mut w, &mut ft, D2, &setup_op(DOMID_SELF, 1), false, || {
+        setup_table(&mut w, &mut ft, &mut mem, D2, &setup_op(DOMID_SELF, 1), false, || {
             None
         }),
         Err(GNTST_GENERAL_ERROR)
@@ -1726,7 +1738,7 @@ fn grant_external_refs_list() {
     assert_eq!(
         refs,
         vec![
-            (table_frame(D2, 0), ExternalRef::Page),
+            (table_frame(D2, 0), ExternalRef::HvWritable),
             (data(D1, 0), ExternalRef::PageAndType(PageType::Writable)),
             (data(D1, 1), ExternalRef::Page),
         ]
