@@ -26,6 +26,10 @@ pub struct Scenario {
     /// Substrings that must not appear.
     #[serde(default)]
     pub forbid: Vec<String>,
+    /// Substrings that must appear in this order: each one after the end of
+    /// the previous one's match (a text listed twice must appear twice).
+    #[serde(default)]
+    pub ordered: Vec<String>,
     /// How many `Test result: SUCCESS` lines must appear.
     #[serde(default)]
     pub successes: usize,
@@ -518,6 +522,9 @@ fn text_reasons(s: &Scenario, serial: &str, reasons: &mut Vec<String>) {
             reasons.push(format!("forbidden text present {f:?}"));
         }
     }
+    if let Some(why) = order_reason(&s.ordered, serial) {
+        reasons.push(why);
+    }
     if serial.contains("PANIC") && !s.markers.iter().any(|m| m.contains("PANIC")) {
         reasons.push("PANIC on the console".into());
     }
@@ -530,6 +537,21 @@ fn text_reasons(s: &Scenario, serial: &str, reasons: &mut Vec<String>) {
             reasons.push(format!("a guest reported '{bad}'"));
         }
     }
+}
+
+/// Why `ordered` is not found in that order in `serial`, if it is not.
+fn order_reason(ordered: &[String], serial: &str) -> Option<String> {
+    let mut at = 0;
+    for (i, m) in ordered.iter().enumerate() {
+        match serial[at..].find(m.as_str()) {
+            Some(p) => at += p + m.len(),
+            None => {
+                let after = if i == 0 { String::new() } else { format!(" after {:?} (ordered item {i})", ordered[i - 1]) };
+                return Some(format!("ordered marker {m:?} missing{after}"));
+            }
+        }
+    }
+    None
 }
 
 /// Judges a run of boots (`boots` may be fewer than `s.boots` when a boot
@@ -870,6 +892,24 @@ mod tests {
         assert!(boot_as_planned(&s, 0, &outcome(None, false, true)));
         assert!(boot_as_planned(&s, 2, &outcome(Some(33), false, false)));
         assert!(!boot_as_planned(&s, 2, &outcome(Some(35), false, false)));
+    }
+
+    #[test]
+    fn ordered_markers_must_appear_in_order_and_number() {
+        let o = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(order_reason(&o(&["a", "b", "b", "c"]), "a b x b c"), None);
+        assert_eq!(order_reason(&[], "anything"), None);
+        assert_eq!(
+            order_reason(&o(&["a", "b", "b", "c"]), "a b c b"),
+            Some("ordered marker \"c\" missing after \"b\" (ordered item 3)".into())
+        );
+        assert_eq!(
+            order_reason(&o(&["start", "tick", "done"]), "start done tick"),
+            Some("ordered marker \"done\" missing after \"tick\" (ordered item 2)".into())
+        );
+        assert_eq!(order_reason(&o(&["z"]), "abc"), Some("ordered marker \"z\" missing".into()));
+        let s = with("ordered = [\"x\", \"y\"]").unwrap();
+        assert!(judge_boots(&s, &[outcome(Some(33), false, false)], "y x", vec![]).reasons.iter().any(|r| r.contains("ordered marker")));
     }
 
     #[test]
