@@ -6,7 +6,8 @@
 //! statuses out, installs and removes the grant-tagged page-table entries
 //! through the frame table, and flushes TLBs when an unmap asks.
 
-use crate::arch::{cpu, entry::TrapFrame};
+use crate::arch::cpu;
+use crate::hypercall::Flow;
 use crate::domain::{Hv, MAX_DOMAINS};
 use crate::mm::{self, frames, guest, PAGE};
 use core::sync::atomic::Ordering;
@@ -96,16 +97,17 @@ fn entry_ma(ft: &FrameTable<'_>, mem: &frames::DirectMap, dom: u16, l4_mfn: u64,
     }
 }
 
-/// `grant_table_op(cmd, uop, count)`. With `frame`, a long batch yields
-/// with a continuation (as Xen's does); inside a multicall it runs whole.
-pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop: u64, count: u64) -> Result<Option<u64>, Errno> {
+/// `grant_table_op(cmd, uop, count)`. A long batch stops for whatever is
+/// due and continues as Xen's does (`uop` advanced past the operations
+/// done, `count` reduced).
+pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
     let count = count as u32 as u64;
     let cmd = cmd as u32;
     match cmd {
         GNTTABOP_SETUP_TABLE | GNTTABOP_QUERY_SIZE | GNTTABOP_GET_VERSION if count != 1 => return Err(Errno::EINVAL),
-        GNTTABOP_SETUP_TABLE => return setup_table(dom, privileged, cr3, uop).map(Some),
+        GNTTABOP_SETUP_TABLE => return setup_table(dom, privileged, cr3, uop).map(Flow::Ret),
         GNTTABOP_QUERY_SIZE => {
             let mut op: GnttabQuerySize = guest::read(cr3, uop)?;
             match with(|t, _, _| grant::query_size(t, dom, op.dom, privileged)) {
@@ -117,20 +119,20 @@ pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop:
                 Err(st) => op.status = st,
             }
             guest::write(cr3, uop, &op)?;
-            return Ok(Some(0));
+            return Ok(Flow::Ret(0));
         }
         GNTTABOP_GET_VERSION => {
             let mut op: GnttabGetVersion = guest::read(cr3, uop)?;
             op.version = with(|t, _, _| grant::get_version(t, dom, op.dom, privileged))?;
             guest::write(cr3, uop, &op)?;
-            return Ok(Some(0));
+            return Ok(Flow::Ret(0));
         }
         GNTTABOP_SET_VERSION => {
             let mut op: GnttabSetVersion = guest::read(cr3, uop)?;
             let (v, r) = grant::set_version(op.version);
             op.version = v;
             guest::write(cr3, uop, &op)?;
-            return r.map(|()| Some(0));
+            return r.map(|()| Flow::Ret(0));
         }
         GNTTABOP_MAP_GRANT_REF | GNTTABOP_UNMAP_GRANT_REF | GNTTABOP_COPY => {}
         _ => return Err(Errno::ENOSYS),
@@ -141,16 +143,15 @@ pub fn grant_table_op(hv: &mut Hv, frame: Option<&mut TrapFrame>, cmd: u64, uop:
         _ => size_of::<GnttabCopy>() as u64,
     };
     let mut flush = Flush::NONE;
-    let mut frame = frame;
     let mut i = 0;
-    let mut result = Ok(Some(0));
+    let mut result = Ok(Flow::Ret(0));
     while i < count {
-        if i > 0 && i % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) && let Some(f) = frame.as_deref_mut() {
+        if i > 0 && i % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
             apply(flush);
-            crate::mmu::continuation(f, 20, u64::from(cmd), uop + i * size);
-            f.rdx = count - i;
-            crate::sched::reschedule(hv, f, crate::sched::Why::Preempt);
-            return Ok(None);
+            if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
+                hv.collect_dead();
+            }
+            return Ok(Flow::Again([u64::from(cmd), uop.wrapping_add(i * size), count - i, 0, 0]));
         }
         let va = uop.wrapping_add(i * size);
         let r = match cmd {

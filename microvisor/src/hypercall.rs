@@ -20,8 +20,8 @@ pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::
 pub const NR_LIGHT: usize = 64;
 
 /// 1 for the hypercalls the syscall stub takes on its light entry: those
-/// that never switch vCPUs and never touch the frame (every number
-/// `dispatch_simple` serves, as inside a multicall). The stub then saves only
+/// that never switch vCPUs, never touch the frame and never stop early for
+/// a continuation (every number `dispatch_simple` serves). The stub then saves only
 /// the registers Rust may clobber and calls [`on_light_syscall`]; everything
 /// else (and any syscall from guest user mode) takes the full entry to
 /// [`on_syscall`].
@@ -30,7 +30,7 @@ pub const NR_LIGHT: usize = 64;
 /// ([`full_entry_for`]): `audit=1` the memory ones, `selftest=pagefault` all.
 pub static LIGHT_HYPERCALLS: [core::sync::atomic::AtomicU8; NR_LIGHT] = {
     let mut t = [const { core::sync::atomic::AtomicU8::new(0) }; NR_LIGHT];
-    let light = [0, 2, 3, 4, 5, 12, 14, 15, 17, 18, 24, 25, 26, 30, 32, 33, 34];
+    let light = [0, 2, 3, 4, 5, 14, 15, 17, 24, 25, 30, 32, 33, 34];
     let mut i = 0;
     while i < light.len() {
         t[light[i]] = core::sync::atomic::AtomicU8::new(1);
@@ -98,11 +98,8 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
     if from_user != 0 {
         return guest_system_call(&mut hv, frame);
     }
-    let (nr, a0, a1, a2) = (frame.rax, frame.rdi, frame.rsi, frame.rdx);
+    let (nr, a0) = (frame.rax, frame.rdi);
     let res = match nr {
-        1 => switching(crate::mmu::mmu_update(&mut hv, frame, frame.rdi, frame.rsi, frame.rdx, frame.r10)),
-        13 => crate::mmu::multicall(&mut hv, frame, frame.rdi, frame.rsi),
-        20 => switching(crate::grant::grant_table_op(&mut hv, Some(frame), a0, a1, a2)),
         23 => {
             pv::iret(&mut hv, frame);
             Err(SWITCHED)
@@ -116,7 +113,14 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
             Err(SWITCHED)
         }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
-        _ => dispatch_simple(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]),
+        _ => match dispatch(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]) {
+            Ok(Flow::Ret(v)) => Ok(v),
+            Ok(Flow::Again(args)) => {
+                continue_later(&mut hv, frame, nr, args);
+                Err(SWITCHED)
+            }
+            Err(e) => Err(e),
+        },
     };
     match res {
         Ok(v) => frame.rax = v,
@@ -135,6 +139,51 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 /// Not an errno: the hypercall left the frame as it should return (another
 /// vCPU's, or already set).
 const SWITCHED: Errno = Errno(0);
+
+/// How a hypercall whose work grows with a guest-chosen count (a batch, a
+/// buffer) ends: with its result, or stopped early because something else
+/// is due ([`crate::mmu::should_preempt`], Xen's `hypercall_preempt_check`)
+/// with the arguments to issue it again with, which describe the work left
+/// (Xen's `hypercall_create_continuation`, in each hypercall's own Xen
+/// encoding). The guest then re-executes the same hypercall instruction
+/// and carries on where it stopped; inside a multicall the arguments are
+/// written back into the entry instead.
+pub enum Flow {
+    /// Finished: the value for the guest's rax.
+    Ret(u64),
+    /// Preempted: the same hypercall again with these five arguments.
+    Again([u64; 5]),
+}
+
+/// Every hypercall but the few that switch vCPUs themselves (`iret`,
+/// `sched_op`): the preemptible ones, then `dispatch_simple`'s. Also what a
+/// multicall entry runs.
+pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
+    match nr {
+        1 => crate::mmu::mmu_update(hv, a[0], a[1], a[2], a[3]),
+        12 => crate::memory::memory_op(hv, a[0], a[1]),
+        13 => crate::mmu::multicall(hv, a[0], a[1]),
+        18 => console_io(hv, a[0], a[1], a[2]),
+        20 => crate::grant::grant_table_op(hv, a[0], a[1], a[2]),
+        26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),
+        _ => dispatch_simple(hv, nr, a).map(Flow::Ret),
+    }
+}
+
+/// A preempted hypercall: the guest will issue hypercall `nr` again with
+/// `args` (the `syscall` is 2 bytes; every other register is kept), once
+/// whatever was due has run.
+fn continue_later(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, args: [u64; 5]) {
+    crate::debug!("domain {}: hypercall {nr} preempted (continuation)", hv.domains[hv.current].id);
+    frame.rax = nr;
+    frame.rdi = args[0];
+    frame.rsi = args[1];
+    frame.rdx = args[2];
+    frame.r10 = args[3];
+    frame.r8 = args[4];
+    frame.rip = frame.rip.wrapping_sub(2);
+    sched::reschedule(hv, frame, Why::Preempt);
+}
 
 fn switching(r: Result<Option<u64>, Errno>) -> HResult {
     match r {
@@ -185,7 +234,7 @@ pub fn report_audits() {
 /// hypercall (slow; for hostile-memory scenarios).
 pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Hypercalls that never switch vCPUs (also what a multicall may contain).
+/// Hypercalls that never switch vCPUs and always finish (the light entry's).
 pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
     match nr {
         0 => pv::set_trap_table(hv, a[0]),
@@ -193,15 +242,11 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),
-        12 => crate::memory::memory_op(hv, a[0], a[1]),
         14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
-        18 => console_io(hv, a[0], a[1], a[2]),
-        20 => crate::grant::grant_table_op(hv, None, a[0], a[1], a[2]).map(|r| r.unwrap_or(0)),
         24 => vcpu_op(hv, a[0], a[1], a[2]),
         25 => pv::set_segment_base(hv, a[0], a[1]),
-        26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),
         30 => pv::callback_op(hv, a[0], a[1]),
         32 => crate::events::event_channel_op(hv, a[0], a[1]),
         33 => pv::physdev_op(hv, a[0], a[1]),
@@ -247,30 +292,30 @@ fn cr3(hv: &Hv) -> u64 {
 const CONSOLE_CHUNK: usize = 256;
 
 #[inline(never)]
-fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> HResult {
+fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno> {
     match cmd {
         0 => {
-            // CONSOLEIO_write: copy in chunks; nothing is printed unless the
-            // whole buffer is readable (so -EFAULT means nothing happened).
+            // CONSOLEIO_write, as Xen's guest_console_write: chunk by chunk,
+            // each printed once copied (a fault midway leaves the chunks
+            // before it printed and returns EFAULT); 0 when all is written.
+            // A long buffer stops for whatever is due and continues with
+            // the rest (count and buffer advanced).
             let count = count as u32 as u64;
             let cr3 = cr3(hv);
             let mut chunk = [0u8; CONSOLE_CHUNK];
             let mut off = 0u64;
             while off < count {
+                if off > 0 && crate::mmu::should_preempt(hv) {
+                    return Ok(Flow::Again([0, count - off, buf.wrapping_add(off), 0, 0]));
+                }
                 let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
                 let va = buf.checked_add(off).ok_or(Errno::EFAULT)?;
                 guest::copy_from(cr3, va, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
-                off += n as u64;
-            }
-            let mut off = 0u64;
-            while off < count {
-                let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
-                guest::copy_from(cr3, buf + off, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
                 let cur = hv.current;
                 hv.console_write(cur, &chunk[..n]);
                 off += n as u64;
             }
-            Ok(count)
+            Ok(Flow::Ret(0))
         }
         // CONSOLEIO_read: input typed on the serial console, for the
         // service domain (which routes it to a guest's console ring);
@@ -278,7 +323,7 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> HResult {
         1 => {
             let cur = hv.current;
             if !hv.domains[cur].service {
-                return Ok(0);
+                return Ok(Flow::Ret(0));
             }
             let mut chunk = [0u8; CONSOLE_CHUNK];
             let want = (count as u32 as usize).min(CONSOLE_CHUNK);
@@ -286,7 +331,7 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> HResult {
             if n > 0 {
                 guest::copy_to(cr3(hv), buf, &chunk[..n]).map_err(|_| Errno::EFAULT)?;
             }
-            Ok(n as u64)
+            Ok(Flow::Ret(n as u64))
         }
         _ => Err(Errno::EINVAL),
     }

@@ -6,6 +6,7 @@
 //! back).
 
 use crate::domain::Hv;
+use crate::hypercall::Flow;
 use crate::mm::{self, frames, guest, PAGE};
 use guest_abi::errno::Errno;
 
@@ -27,8 +28,14 @@ fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
     }
 }
 
-/// memory_op(cmd, arg).
-pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
+/// Extents handled between preemption checks.
+const PREEMPT_CHECK: u64 = 16;
+
+/// memory_op(cmd, arg). The reservation operations run over any number of
+/// extents: a long list stops for whatever is due and continues as Xen's
+/// does, the extents done so far encoded in `cmd` above its low 6 bits
+/// (`MEMOP_EXTENT_SHIFT`); the final result counts every extent done.
+pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let cr3 = hv.domains[cur].cr3;
     let op = (cmd & 0x3f) as u32;
@@ -53,6 +60,9 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             }
             let mut done = start;
             while done < nr {
+                if done > start && (done - start) % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
+                    return Ok(Flow::Again([u64::from(op) | (done << 6), arg, 0, 0, 0]));
+                }
                 let slot = list.checked_add(done * 8).ok_or(Errno::EFAULT)?;
                 let r = match op {
                     m::XENMEM_DECREASE_RESERVATION => decrease_one(hv, cr3, slot),
@@ -65,20 +75,20 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
                     Err(_) => break,
                 }
             }
-            Ok(done)
+            Ok(Flow::Ret(done))
         }
         m::XENMEM_CURRENT_RESERVATION | m::XENMEM_MAXIMUM_RESERVATION | m::XENMEM_MAXIMUM_GPFN => {
             let mut b = [0u8; 2];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let t = target(hv, u16::from_le_bytes(b))?;
             let d = &hv.domains[t];
-            Ok(match op {
+            Ok(Flow::Ret(match op {
                 m::XENMEM_CURRENT_RESERVATION => d.tot_pages,
                 m::XENMEM_MAXIMUM_RESERVATION => d.max_pages,
                 _ => d.max_pages - 1,
-            })
+            }))
         }
-        m::XENMEM_MAXIMUM_RAM_PAGE => Ok(mm::max_phys() / PAGE - 1),
+        m::XENMEM_MAXIMUM_RAM_PAGE => Ok(Flow::Ret(mm::max_phys() / PAGE - 1)),
         m::XENMEM_MEMORY_MAP => {
             // No map set by a toolstack: one RAM region covering the
             // domain's maximum reservation, as Xen fabricates for PV.
@@ -94,7 +104,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
             guest::copy_to(cr3, buffer, &e).map_err(|_| Errno::EFAULT)?;
             guest::copy_to(cr3, arg, &1u32.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
-            Ok(0)
+            Ok(Flow::Ret(0))
         }
         m::XENMEM_MACHPHYS_MAPPING => {
             let mut b = [0u8; 24];
@@ -102,7 +112,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             b[8..16].copy_from_slice(&(frames::M2P_VA + mm::max_phys() / PAGE * 8).to_le_bytes());
             b[16..24].copy_from_slice(&(mm::max_phys() / PAGE - 1).to_le_bytes());
             guest::copy_to(cr3, arg, &b).map_err(|_| Errno::EFAULT)?;
-            Ok(0)
+            Ok(Flow::Ret(0))
         }
         _ => Err(Errno::ENOSYS),
     }

@@ -1,17 +1,22 @@
-//! Memory hypercalls: mmu_update (batched, preemptible with Xen's
-//! continuation encoding), mmuext_op, update_va_mapping and multicall.
+//! Memory hypercalls: mmu_update, mmuext_op and multicall (batches of any
+//! length, preemptible with Xen's continuation encodings) and
+//! update_va_mapping.
 //! Decodes and validates guest arguments, then asks the host-tested frame
 //! table policy (`microvisor_core::frametable`) for every page-table change;
 //! only this module turns its answers into TLB flushes and CR3 loads.
 
-use crate::arch::{cpu, entry::TrapFrame};
+use crate::arch::cpu;
 use crate::domain::Hv;
+use crate::hypercall::Flow;
 use crate::mm::{frames, guest, PAGE};
 use guest_abi::errno::Errno;
 use microvisor_core::frametable::{resolve_pg_owner, Flush};
 
-/// Entries handled between preemption checks in a long batch.
-const PREEMPT_CHECK: u64 = 512;
+/// mmu_update entries handled between preemption checks in a long batch.
+pub(crate) const PREEMPT_CHECK: u64 = 512;
+/// mmuext_op operations (a pin validates a whole table) and multicall
+/// entries between preemption checks.
+const PREEMPT_CHECK_OPS: u64 = 16;
 /// Xen's MMU_UPDATE_PREEMPTED flag in the count of a continued batch.
 const PREEMPTED: u64 = 1 << 31;
 
@@ -27,24 +32,23 @@ fn apply_flush(f: Flush) {
     }
 }
 
-/// True when the vCPU has had its slice and a long batch should yield.
+/// Xen's `hypercall_preempt_check`: true when something other than the
+/// running hypercall is due, so a long one must stop (with a continuation)
+/// and let it happen. The hypervisor runs with interrupts off, so nothing
+/// can interrupt it: the scheduler tick or a device interrupt waiting in
+/// the local APIC, a guest timer or poll timeout that has expired (its
+/// domain may be blocked, waiting for exactly that), or an event upcall the
+/// calling vCPU itself must take. Whether another vCPU is runnable does not
+/// matter here: the tick's scheduling decision makes that choice.
 pub(crate) fn should_preempt(hv: &Hv) -> bool {
-    let d = &hv.domains[hv.current];
-    crate::time::now_ns().saturating_sub(d.last_start) >= crate::sched::TICK_NS && hv.domains.iter().filter(|d| d.state == crate::domain::RunState::Runnable).count() > 1
+    crate::pv::upcall_due(hv) || crate::time::now_ns() >= hv.timers_due || crate::arch::apic::interrupt_pending()
 }
 
-/// Arranges for the guest to re-issue the hypercall with updated arguments
-/// (the `syscall` is 2 bytes; every register is restored but rax).
-pub(crate) fn continuation(frame: &mut TrapFrame, nr: u64, a0: u64, a1: u64) {
-    frame.rax = nr;
-    frame.rdi = a0;
-    frame.rsi = a1;
-    frame.rip = frame.rip.wrapping_sub(2);
-}
-
-/// mmu_update(reqs, count, done, foreigndom). Returns None when it arranged
-/// a continuation (the frame was rewritten).
-pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Option<u64>, Errno> {
+/// mmu_update(reqs, count, done, foreigndom). A long batch stops for
+/// whatever is due and continues with Xen's encoding: `reqs` advanced past
+/// the entries done, the count of those left with `MMU_UPDATE_PREEMPTED`,
+/// the entries done so far in `*done` (read back on continuation).
+pub fn mmu_update(hv: &mut Hv, reqs: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
     let mut count = count as u32 as u64;
@@ -64,14 +68,12 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
     let mut i = 0;
     while i < count {
         if i > 0 && i % PREEMPT_CHECK == 0 && should_preempt(hv) {
-            crate::debug!("domain {dom}: mmu_update preempted after {} entries (continuation)", done + i);
             apply_flush(flush);
             if pdone != 0 {
                 let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
             }
-            continuation(frame, 1, reqs + i * 16, (count - i) | PREEMPTED);
-            crate::sched::reschedule(hv, frame, crate::sched::Why::Preempt);
-            return Ok(None);
+            collect_released(hv);
+            return Ok(Flow::Again([reqs.wrapping_add(i * 16), (count - i) | PREEMPTED, pdone, foreigndom, 0]));
         }
         let [ptr, val] = match guest::read::<[u64; 2]>(cr3, reqs.wrapping_add(i * 16)) {
             Ok(r) => r,
@@ -98,12 +100,16 @@ pub fn mmu_update(hv: &mut Hv, frame: &mut TrapFrame, reqs: u64, count: u64, pdo
     if pdone != 0 {
         let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
-    // An unmapping may have dropped the last reference to a dead domain's
-    // frame (a back-end letting go of a ring page).
+    collect_released(hv);
+    result.map(Flow::Ret)
+}
+
+/// An unmapping may have dropped the last reference to a dead domain's
+/// frame (a back-end letting go of a ring page): free what is free now.
+fn collect_released(hv: &mut Hv) {
     if frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
     }
-    result.map(Some)
 }
 
 /// update_va_mapping(va, pte, flags): one checked L1 update found through the
@@ -125,15 +131,32 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
     Ok(0)
 }
 
-/// mmuext_op(ops, count, done, foreigndom).
-pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<u64, Errno> {
+/// mmuext_op(ops, count, done, foreigndom). A long batch stops for whatever
+/// is due and continues with Xen's encoding, as `mmu_update`'s.
+pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged) = (hv.domains[cur].id, hv.domains[cur].privileged);
+    let mut count = count as u32 as u64;
+    let mut done: u64 = 0;
+    if count & PREEMPTED != 0 {
+        count &= !PREEMPTED;
+        if pdone != 0 {
+            let mut b = [0u8; 4];
+            if guest::copy_from(hv.domains[cur].cr3, pdone, &mut b).is_ok() {
+                done = u32::from_le_bytes(b) as u64;
+            }
+        }
+    }
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
-    let count = count as u32 as u64;
     let mut i = 0;
     let mut result = Ok(0);
     while i < count {
+        if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
+            if pdone != 0 {
+                let _ = guest::copy_to(hv.domains[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
+            }
+            return Ok(Flow::Again([ops.wrapping_add(i * 24), (count - i) | PREEMPTED, pdone, foreigndom, 0]));
+        }
         // Re-read the base pointer each time: an op may have switched it, and
         // only the current (referenced, validated) L4 may be walked.
         let cr3 = hv.domains[cur].cr3;
@@ -192,9 +215,9 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
         i += 1;
     }
     if pdone != 0 {
-        let _ = guest::copy_to(hv.domains[cur].cr3, pdone, &(i as u32).to_le_bytes());
+        let _ = guest::copy_to(hv.domains[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
-    result
+    result.map(Flow::Ret)
 }
 
 fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
@@ -227,26 +250,38 @@ fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
 
 /// multicall(entries, n): runs each `{op, result, args[6]}` in turn, writing
 /// its result. Entries that would switch vCPUs (sched_op, iret) end the
-/// batch: an iret inside a multicall is refused (XSA-213).
-pub fn multicall(hv: &mut Hv, frame: &mut TrapFrame, entries: u64, n: u64) -> Result<u64, Errno> {
+/// batch: an iret inside a multicall is refused (XSA-213), and so is a
+/// nested multicall (Xen: "multicall reentry is disallowed"). A long batch
+/// stops for whatever is due between entries and continues with the rest
+/// (`entries` advanced, `n` reduced); a preemptible entry that stops midway
+/// has its continuation arguments written back into its own `args` and the
+/// batch continues from that entry, as in Xen.
+pub fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
-    for i in 0..(n as u32 as u64) {
-        let cr3 = hv.domains[cur].cr3;
+    let n = n as u32 as u64;
+    for i in 0..n {
         let va = entries.wrapping_add(i * 64);
+        if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
+            return Ok(Flow::Again([va, n - i, 0, 0, 0]));
+        }
+        let cr3 = hv.domains[cur].cr3;
         let e = guest::read::<[u64; 8]>(cr3, va)?;
         let op = e[0];
         let args = [e[2], e[3], e[4], e[5], e[6]];
         let r: Result<u64, Errno> = match op {
             23 | 29 | 13 => Err(Errno::EINVAL),
-            1 => {
-                // mmu_update inside a multicall is not preempted.
-                let mut scratch = *frame;
-                match mmu_update_whole(hv, &mut scratch, args) {
-                    Ok(v) => Ok(v),
-                    Err(e) => Err(e),
+            _ => match crate::hypercall::dispatch(hv, op, args) {
+                Ok(Flow::Ret(v)) => Ok(v),
+                Ok(Flow::Again(more)) => {
+                    let mut b = [0u8; 40];
+                    for (k, a) in more.iter().enumerate() {
+                        b[k * 8..k * 8 + 8].copy_from_slice(&a.to_le_bytes());
+                    }
+                    guest::copy_to(hv.domains[cur].cr3, va + 16, &b).map_err(|_| Errno::EFAULT)?;
+                    return Ok(Flow::Again([va, n - i, 0, 0, 0]));
                 }
-            }
-            _ => crate::hypercall::dispatch_simple(hv, op, args),
+                Err(e) => Err(e),
+            },
         };
         let raw = match r {
             Ok(v) => v,
@@ -260,14 +295,5 @@ pub fn multicall(hv: &mut Hv, frame: &mut TrapFrame, entries: u64, n: u64) -> Re
             break;
         }
     }
-    Ok(0)
-}
-
-fn mmu_update_whole(hv: &mut Hv, frame: &mut TrapFrame, a: [u64; 5]) -> Result<u64, Errno> {
-    // Run without preemption: a multicall entry cannot be continued.
-    let saved = hv.domains[hv.current].last_start;
-    hv.domains[hv.current].last_start = u64::MAX / 2;
-    let r = mmu_update(hv, frame, a[0], a[1] & !PREEMPTED, a[2], a[3]);
-    hv.domains[hv.current].last_start = saved;
-    r.map(|v| v.unwrap_or(0))
+    Ok(Flow::Ret(0))
 }

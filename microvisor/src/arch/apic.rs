@@ -47,6 +47,14 @@ pub fn id() -> u32 {
     read(0x20) >> 24
 }
 
+/// True when an interrupt waits in the local APIC's request register (IRR:
+/// accepted, not yet taken because the hypervisor runs with interrupts
+/// off): the scheduler tick, a device interrupt. A long hypercall stops for
+/// it (see `mmu::should_preempt`).
+pub fn interrupt_pending() -> bool {
+    (0..8u64).any(|i| read(0x200 + i * 0x10) != 0)
+}
+
 /// Signals end of interrupt.
 pub fn eoi() {
     write(EOI, 0);
