@@ -30,7 +30,7 @@ pub const NR_LIGHT: usize = 64;
 /// ([`full_entry_for`]): `audit=1` the memory ones, `selftest=pagefault` all.
 pub static LIGHT_HYPERCALLS: [core::sync::atomic::AtomicU8; NR_LIGHT] = {
     let mut t = [const { core::sync::atomic::AtomicU8::new(0) }; NR_LIGHT];
-    let light = [0, 2, 3, 4, 5, 14, 15, 17, 24, 25, 30, 32, 33, 34];
+    let light = [2, 3, 4, 5, 14, 15, 17, 24, 25, 30, 32, 33, 34];
     let mut i = 0;
     while i < light.len() {
         t[light[i]] = core::sync::atomic::AtomicU8::new(1);
@@ -160,6 +160,7 @@ pub enum Flow {
 /// multicall entry runs.
 pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
     match nr {
+        0 => pv::set_trap_table(hv, a[0]),
         1 => crate::mmu::mmu_update(hv, a[0], a[1], a[2], a[3]),
         12 => crate::memory::memory_op(hv, a[0], a[1]),
         13 => crate::mmu::multicall(hv, a[0], a[1]),
@@ -237,7 +238,6 @@ pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool = core::sync::atomic
 /// Hypercalls that never switch vCPUs and always finish (the light entry's).
 pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
     match nr {
-        0 => pv::set_trap_table(hv, a[0]),
         2 => pv::set_gdt(hv, a[0], a[1]),
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
