@@ -99,7 +99,8 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         return guest_system_call(&mut hv, frame);
     }
     let (nr, a0) = (frame.rax, frame.rdi);
-    let res = match nr {
+    let flow = match nr {
+        1 => crate::mmu::mmu_update(&mut hv, frame.rdi, frame.rsi, frame.rdx, frame.r10),
         23 => {
             pv::iret(&mut hv, frame);
             Err(SWITCHED)
@@ -112,15 +113,16 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
             yield_now(&mut hv, frame);
             Err(SWITCHED)
         }
-        29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
-        _ => match dispatch(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]) {
-            Ok(Flow::Ret(v)) => Ok(v),
-            Ok(Flow::Again(args)) => {
-                continue_later(&mut hv, frame, nr, args);
-                Err(SWITCHED)
-            }
-            Err(e) => Err(e),
-        },
+        29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)).map(Flow::Ret),
+        _ => dispatch(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]),
+    };
+    let res = match flow {
+        Ok(Flow::Ret(v)) => Ok(v),
+        Ok(Flow::Again(args)) => {
+            continue_later(&mut hv, frame, nr, args);
+            Err(SWITCHED)
+        }
+        Err(e) => Err(e),
     };
     match res {
         Ok(v) => frame.rax = v,

@@ -63,38 +63,42 @@ pub fn mmu_update(hv: &mut Hv, reqs: u64, count: u64, pdone: u64, foreigndom: u6
         }
     }
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
-    let mut flush = Flush::NONE;
-    let mut result = Ok(0);
-    let mut i = 0;
-    while i < count {
-        if i > 0 && i % PREEMPT_CHECK == 0 && should_preempt(hv) {
-            apply_flush(flush);
-            if pdone != 0 {
-                let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
+    // The frame table is locked once for the batch (guest reads take no
+    // lock of theirs).
+    let hv_ro: &Hv = hv;
+    let (result, i, flush, preempted) = frames::with(|ft, mem| {
+        let mut flush = Flush::NONE;
+        let mut i = 0;
+        while i < count {
+            if i > 0 && i % PREEMPT_CHECK == 0 && should_preempt(hv_ro) {
+                return (Ok(0), i, flush, true);
             }
-            collect_released(hv);
-            return Ok(Flow::Again([reqs.wrapping_add(i * 16), (count - i) | PREEMPTED, pdone, foreigndom, 0]));
+            let [ptr, val] = match guest::read::<[u64; 2]>(cr3, reqs.wrapping_add(i * 16)) {
+                Ok(r) => r,
+                Err(e) => return (Err(e), i, flush, false),
+            };
+            let r = match ptr & 7 {
+                0 | 2 => ft.mod_entry(mem, dom, pg_owner, ptr & !7, val, ptr & 7 == 2).map(|f| flush = flush.merge(f)),
+                1 => {
+                    let mfn = ptr >> 12;
+                    ft.check_machphys_update(pg_owner, mfn).map(|()| frames::set_m2p(mfn, val))
+                }
+                _ => Err(Errno::ENOSYS),
+            };
+            if let Err(e) = r {
+                return (Err(e), i, flush, false);
+            }
+            i += 1;
         }
-        let [ptr, val] = match guest::read::<[u64; 2]>(cr3, reqs.wrapping_add(i * 16)) {
-            Ok(r) => r,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        };
-        let r = match ptr & 7 {
-            0 | 2 => frames::with(|ft, mem| ft.mod_entry(mem, dom, pg_owner, ptr & !7, val, ptr & 7 == 2)).map(|f| flush = flush.merge(f)),
-            1 => {
-                let mfn = ptr >> 12;
-                frames::with(|ft, _| ft.check_machphys_update(pg_owner, mfn)).map(|()| frames::set_m2p(mfn, val))
-            }
-            _ => Err(Errno::ENOSYS),
-        };
-        if let Err(e) = r {
-            result = Err(e);
-            break;
+        (Ok(0), i, flush, false)
+    });
+    if preempted {
+        apply_flush(flush);
+        if pdone != 0 {
+            let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
         }
-        i += 1;
+        collect_released(hv);
+        return Ok(Flow::Again([reqs.wrapping_add(i * 16), (count - i) | PREEMPTED, pdone, foreigndom, 0]));
     }
     apply_flush(flush);
     if pdone != 0 {
