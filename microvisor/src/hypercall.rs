@@ -99,8 +99,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         return guest_system_call(&mut hv, frame);
     }
     let (nr, a0) = (frame.rax, frame.rdi);
-    let flow = match nr {
-        1 => crate::mmu::mmu_update(&mut hv, frame.rdi, frame.rsi, frame.rdx, frame.r10),
+    let res = match nr {
+        1 => {
+            let r = crate::mmu::mmu_update(&mut hv, frame.rdi, frame.rsi, frame.rdx, frame.r10);
+            flow(&mut hv, frame, nr, r)
+        }
         23 => {
             pv::iret(&mut hv, frame);
             Err(SWITCHED)
@@ -113,16 +116,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
             yield_now(&mut hv, frame);
             Err(SWITCHED)
         }
-        29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)).map(Flow::Ret),
-        _ => dispatch(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]),
-    };
-    let res = match flow {
-        Ok(Flow::Ret(v)) => Ok(v),
-        Ok(Flow::Again(args)) => {
-            continue_later(&mut hv, frame, nr, args);
-            Err(SWITCHED)
+        29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
+        _ => {
+            let r = dispatch(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]);
+            flow(&mut hv, frame, nr, r)
         }
-        Err(e) => Err(e),
     };
     match res {
         Ok(v) => frame.rax = v,
@@ -157,9 +155,24 @@ pub enum Flow {
     Again([u64; 5]),
 }
 
+/// A preemptible hypercall's outcome for `on_syscall`: its result, or its
+/// continuation arranged.
+#[inline]
+fn flow(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>) -> HResult {
+    match r {
+        Ok(Flow::Ret(v)) => Ok(v),
+        Ok(Flow::Again(args)) => {
+            continue_later(hv, frame, nr, args);
+            Err(SWITCHED)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Every hypercall but the few that switch vCPUs themselves (`iret`,
 /// `sched_op`): the preemptible ones, then `dispatch_simple`'s. Also what a
 /// multicall entry runs.
+#[inline(never)]
 pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
     match nr {
         0 => pv::set_trap_table(hv, a[0]),
@@ -176,6 +189,8 @@ pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
 /// A preempted hypercall: the guest will issue hypercall `nr` again with
 /// `args` (the `syscall` is 2 bytes; every other register is kept), once
 /// whatever was due has run.
+#[cold]
+#[inline(never)]
 fn continue_later(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, args: [u64; 5]) {
     crate::debug!("domain {}: hypercall {nr} preempted (continuation)", hv.domains[hv.current].id);
     frame.rax = nr;
