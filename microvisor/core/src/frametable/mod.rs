@@ -1005,8 +1005,7 @@ impl<'a> FrameTable<'a> {
         let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
         // A frame the hypervisor writes on its own holds a Writable type
         // reference (type_count > 0), so any other type is refused just
-        // below: types are exclusive. The type change further down checks
-        // it once more.
+        // below: types are exclusive and change only at type count 0.
         if p.type_count > 0 {
             if p.page_type() != ty || (ty.level().is_some() && !p.is_validated()) {
                 return Err(Errno::EINVAL);
@@ -1016,12 +1015,6 @@ impl<'a> FrameTable<'a> {
         }
         let mut flush = false;
         if p.page_type() != ty {
-            // The one place a frame changes type: a frame the hypervisor
-            // writes on its own stays writable-typed (never a page table,
-            // GDT or LDT frame).
-            if p.hv_writers > 0 && ty != PageType::Writable {
-                return Err(Errno::EINVAL);
-            }
             flush = p.flags & F_STALE != 0 && p.stamp == epoch;
             p.flags &= !(F_STALE | F_VALIDATED);
             p.ty = ty as u8;
