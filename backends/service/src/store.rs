@@ -37,11 +37,15 @@ pub struct StoreRing {
     pub conn: ConnId,
     pub port: u32,
     broken: bool,
+    /// The core stopped taking this guest's requests at least once (it had
+    /// not read its replies): logged the first time only, so a guest cannot
+    /// fill the service's console by stopping and starting.
+    held: bool,
 }
 
 impl StoreRing {
     pub fn new(page: MappedPage, conn: ConnId, port: u32) -> Self {
-        Self { page, conn, port, broken: false }
+        Self { page, conn, port, broken: false, held: false }
     }
 
     /// Copies queued output into the response ring and feeds request
@@ -76,6 +80,17 @@ impl StoreRing {
     /// `Err` once the ring is broken.
     fn read_requests(&mut self, xs: &mut Xenstore) -> Result<bool, ()> {
         if !xs.accepts_input(self.conn) {
+            if !self.held
+                && let Some(c) = xs.connection(self.conn)
+            {
+                self.held = true;
+                pv_guest_kernel::println!(
+                    "xenstore: domain {} held back: {} replies unread, {} bytes in use; its requests stay in its ring",
+                    c.domid().0,
+                    c.outstanding(),
+                    xs.memory_used(self.conn).unwrap_or(0)
+                );
+            }
             return Ok(false);
         }
         let p = &self.page;

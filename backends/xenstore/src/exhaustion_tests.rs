@@ -291,3 +291,36 @@ fn the_transport_rejoins_after_back_pressure() {
     replies += drain(&mut b, g).0;
     assert_eq!(replies, 60);
 }
+
+#[test]
+fn a_domain_at_its_memory_quota_is_still_served_so_it_can_free_memory() {
+    let limits = Limits {
+        memory_per_domain: 128 * 1024,
+        ..Limits::default()
+    };
+    let mut b = Bench::with_limits(limits.clone());
+    let g = b.guest(1);
+    let idle = b.xs.memory_used(g).unwrap();
+    let tx = b.tx_start(g);
+    let value = "f".repeat(1900);
+    let mut i = 0;
+    while b.write_tx(g, tx, &format!("f{i}"), &value).is_ok() {
+        i += 1;
+        assert!(i < 1000, "no quota");
+    }
+    // Full, and past the quota with replies it has not read yet: refused,
+    // but still read and answered, so it can give back.
+    b.write(b.dom0, "/local/domain/1/r", &value).unwrap();
+    for id in 0..5 {
+        b.xs.handle(g, &wire::encode(XS_READ, id, 0, &nul("r")))
+            .unwrap();
+    }
+    assert!(b.xs.memory_used(g).unwrap() > limits.memory_per_domain);
+    assert!(b.xs.accepts_input(g));
+    drain(&mut b, g);
+    assert_eq!(b.write(g, "more", &value), Err(err(Errno::ENOMEM)));
+    b.tx_end(g, tx, false).unwrap();
+    b.rm(g, "r").unwrap();
+    assert_eq!(b.xs.memory_used(g), Some(idle));
+    b.write(g, "more", &value).unwrap();
+}

@@ -57,12 +57,11 @@ use guest_abi::io::xenstore::XENSTORE_REL_PATH_MAX;
 /// request breaking one is answered with. EQUOTA, which oxenstored uses, is
 /// not in xs_wire's error table, so clients could not decode it.
 ///
-/// Two of them are back-pressure rather than errors: a connection with
+/// One is back-pressure rather than an error: a connection with
 /// [`outstanding_per_domain`](Self::outstanding_per_domain) replies not yet
-/// taken by its transport, or with [`memory_per_domain`](Self::memory_per_domain)
-/// used up, is not read ([`Xenstore::accepts_input`]): a client that never
-/// reads its replies stops being served instead of growing the service's
-/// memory.
+/// taken by its transport is not read ([`Xenstore::accepts_input`]): a
+/// client that never reads its replies stops being served instead of
+/// growing the service's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Nodes a domain may own (`ENOSPC` beyond).
@@ -93,8 +92,9 @@ pub struct Limits {
     /// [`store::NODE_OVERHEAD`] each), its open transactions (their copy
     /// of the store's map, their journal and the nodes they changed), its
     /// watches, its queued output and its partial input. A request that
-    /// would need more is refused with `ENOMEM`, a watch event that would
-    /// need more is dropped, and a domain at its quota is not read.
+    /// would need more is refused with `ENOMEM` and a watch event that would
+    /// need more is dropped. (Unlike xenstored, a domain at its quota is
+    /// still read: it can only free memory by being served.)
     pub memory_per_domain: usize,
 }
 

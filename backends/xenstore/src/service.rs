@@ -303,9 +303,11 @@ impl Xenstore {
     /// Whether `conn` may be given more request bytes now. False for an
     /// unknown or ignored connection and, for an unprivileged one, while it
     /// has [`Limits::outstanding_per_domain`] replies waiting for the
-    /// transport or has used up [`Limits::memory_per_domain`]: the
-    /// transport then leaves its requests in the ring (back-pressure) until
-    /// it has taken the replies.
+    /// transport: the transport then leaves its requests in the ring
+    /// (back-pressure) until it has taken the replies. A domain at its
+    /// memory quota is still read (its requests that would need more
+    /// memory are refused with `ENOMEM`), so it can always free memory by
+    /// ending transactions, removing nodes or watches.
     #[must_use]
     pub fn accepts_input(&self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get(&conn) else {
@@ -314,9 +316,7 @@ impl Xenstore {
         if c.ignored {
             return false;
         }
-        c.privileged
-            || (c.out.replies() < self.limits.outstanding_per_domain
-                && usage(&self.store, c) < self.limits.memory_per_domain)
+        c.privileged || c.out.replies() < self.limits.outstanding_per_domain
     }
 
     // ---- input ------------------------------------------------------------
