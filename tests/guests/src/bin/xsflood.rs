@@ -7,7 +7,7 @@
 //! 2. the flood: writes requests on its ring as fast as there is room (reads
 //!    of a 2 KiB node, and writes that fire every one of its watches) and
 //!    never consumes a reply, for `flood_ms` (default 20000) of its time.
-//!    The store must stop taking its requests (back-pressure): it may
+//!    Seven reads to a write. The store must stop taking its requests (back-pressure): it may
 //!    consume no more than its outstanding-request quota plus what one ring
 //!    of replies holds. Then it reads the replies, and every request must
 //!    be answered exactly once (nothing dropped, nothing queued without
@@ -131,7 +131,7 @@ fn main(si: &'static StartInfo) {
         let cons = page.load(Field::ReqCons);
         page.fence();
         loop {
-            let msg = if sent % 2 == 0 { message(XS_READ, sent as u32, b"big\0") } else { message(XS_WRITE, sent as u32, b"n/0\0y") };
+            let msg = if sent % 8 != 7 { message(XS_READ, sent as u32, b"big\0") } else { message(XS_WRITE, sent as u32, b"n/0\0y") };
             if RING - prod.wrapping_sub(cons) < msg.len() as u32 {
                 break;
             }
