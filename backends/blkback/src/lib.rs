@@ -218,6 +218,9 @@ pub struct Stats {
     pub grant_errors: u64,
     /// Requests failed by the disk.
     pub disk_errors: u64,
+    /// Requests failed because the service domain could not allocate their
+    /// staging buffer (answered `BLKIF_RSP_ERROR`; nothing panics).
+    pub alloc_failures: u64,
 }
 
 /// A broken ring: the caller must disconnect the front-end.
@@ -301,6 +304,7 @@ enum Refusal {
 enum Failure {
     Grant,
     Disk,
+    NoMemory,
 }
 
 impl From<BadGrant> for Failure {
@@ -338,7 +342,11 @@ fn plan(req: &BlkifRequest, info: &DeviceInfo) -> Result<Plan, Refusal> {
         }
         // A flush carries no data; a segment count beyond what any request
         // may hold is refused (as Linux's blkback does).
-        BLKIF_OP_FLUSH_DISKCACHE if usize::from(req.nr_segments) > BLKIF_MAX_SEGMENTS_PER_REQUEST => Err(Refusal::Invalid),
+        BLKIF_OP_FLUSH_DISKCACHE
+            if usize::from(req.nr_segments) > BLKIF_MAX_SEGMENTS_PER_REQUEST =>
+        {
+            Err(Refusal::Invalid)
+        }
         BLKIF_OP_FLUSH_DISKCACHE => Ok(Plan::Flush),
         _ => Err(Refusal::Unsupported),
     }
@@ -382,15 +390,19 @@ fn transfer(req: &BlkifRequest, info: &DeviceInfo) -> Result<Transfer, Refusal> 
 }
 
 /// Sizes the staging buffer for `x`, reusing its allocation.
-fn staging<'a>(buf: &'a mut Vec<u8>, x: &Transfer) -> &'a mut [u8] {
-    // Grown (zeroed) once to the largest request seen, never cleared again:
-    // every byte of the slice handed out is overwritten (by the disk read or
-    // the gather) before anything is copied out of it, and a failure on the
-    // way copies nothing out.
+fn staging<'a>(buf: &'a mut Vec<u8>, x: &Transfer) -> Result<&'a mut [u8], Failure> {
+    // Grown (zeroed) once to the largest request seen (at most 11 pages),
+    // never cleared again: every byte of the slice handed out is
+    // overwritten (by the disk read or the gather) before anything is
+    // copied out of it, and a failure on the way copies nothing out. The
+    // growth is a fallible allocation: a service domain short of memory
+    // fails this request, it does not panic.
     if buf.len() < x.bytes {
+        buf.try_reserve_exact(x.bytes - buf.len())
+            .map_err(|_| Failure::NoMemory)?;
         buf.resize(x.bytes, 0);
     }
-    &mut buf[..x.bytes]
+    buf.get_mut(..x.bytes).ok_or(Failure::NoMemory)
 }
 
 /// Reads the disk segment by segment, in disk order, then copies the whole
@@ -403,7 +415,7 @@ fn do_read<D: Disk + ?Sized, G: GrantIo + ?Sized>(
 ) -> Result<(), Failure> {
     // The segments name consecutive sectors: one disk read for all of
     // them, then one scatter into the front-end's pages.
-    let data = staging(buf, x);
+    let data = staging(buf, x)?;
     disk.read(x.sector, data)?;
     grants.scatter(x.spans(), data)?;
     Ok(())
@@ -417,7 +429,7 @@ fn do_write<D: Disk + ?Sized, G: GrantIo + ?Sized>(
     disk: &mut D,
     grants: &mut G,
 ) -> Result<(), Failure> {
-    let data = staging(buf, x);
+    let data = staging(buf, x)?;
     grants.gather(x.spans(), data)?;
     disk.write(x.sector, data)?;
     Ok(())
@@ -451,6 +463,14 @@ impl<P: SharedPage> BlkBack<P> {
     #[must_use]
     pub fn ring(&self) -> &BackRing<P, BlkifRequest, BlkifResponse> {
         &self.ring
+    }
+
+    /// Memory this connection holds for requests: its one staging buffer,
+    /// never more than the largest request (11 pages), however many
+    /// requests the front-end publishes or leaves unanswered.
+    #[must_use]
+    pub fn buffer_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Serves every request the front-end has published, in ring order, and
@@ -553,6 +573,10 @@ impl<P: SharedPage> BlkBack<P> {
             }
             Err(Failure::Disk) => {
                 s.disk_errors = s.disk_errors.wrapping_add(1);
+                BLKIF_RSP_ERROR
+            }
+            Err(Failure::NoMemory) => {
+                s.alloc_failures = s.alloc_failures.wrapping_add(1);
                 BLKIF_RSP_ERROR
             }
         }

@@ -395,6 +395,37 @@ fn a_front_end_that_never_stops_is_cut_off_by_the_budget() {
 }
 
 #[test]
+fn a_front_end_that_never_consumes_responses_holds_no_memory_here() {
+    // The front-end publishes a full ring of 11-page reads again and again
+    // and never advances rsp_cons: each request is answered in its slot as
+    // it is consumed, and the back-end holds one request's buffer at most.
+    let mut b = Bench::new(4096, false);
+    for g in 0..11 {
+        b.grants.grant(g, 0);
+    }
+    let segs: Vec<_> = (0..11).map(|g| seg(g, 0, 7)).collect();
+    let size = b.back.ring().size();
+    let mut prod = 0u32;
+    for _round in 0..20 {
+        let mut raw = b.page.snapshot();
+        for _ in 0..size {
+            put_req(&mut raw, prod, &req(R, u64::from(prod), 0, &segs));
+            prod += 1;
+        }
+        set_u32(&mut raw, REQ_PROD, prod);
+        b.page.with(|m| m.copy_from_slice(&raw));
+        while b.back.process(&mut b.disk, &mut b.grants).unwrap().more {}
+        assert!(
+            b.back.buffer_bytes() <= 11 * 4096,
+            "{}",
+            b.back.buffer_bytes()
+        );
+    }
+    assert_eq!(b.back.stats().requests, u64::from(20 * size));
+    assert_eq!(b.page.with(|m| get_u32(m, RSP_PROD)), prod);
+}
+
+#[test]
 fn flush_and_barrier_ordering() {
     let mut b = Bench::new(64, false);
     b.grants.grant(1, 1);

@@ -23,6 +23,22 @@ const IN_SIZE: u32 = 1024;
 /// A line longer than this is written out in pieces.
 const LINE_MAX: usize = 200;
 
+/// Guest bytes shown as text without allocating: valid UTF-8 as is, each
+/// invalid sequence as U+FFFD.
+struct Lossy<'a>(&'a [u8]);
+
+impl core::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One guest's console.
 pub struct Console {
     pub page: MappedPage,
@@ -35,7 +51,10 @@ pub struct Console {
 
 impl Console {
     pub fn new(page: MappedPage, port: u32, name: String) -> Self {
-        Self { page, port, name, line: Vec::new(), bytes: 0 }
+        // The line never grows past LINE_MAX (it is written out there), so
+        // this is the only allocation a console makes: nothing the guest
+        // writes allocates in the service domain.
+        Self { page, port, name, line: Vec::with_capacity(LINE_MAX), bytes: 0 }
     }
 
     /// Drains the `out` ring; returns whether anything was consumed (the
@@ -63,7 +82,10 @@ impl Console {
             b'\n' => self.flush(),
             b'\r' => {}
             _ => {
-                self.line.push(b);
+                // Within the capacity reserved at creation: never reallocates.
+                if self.line.len() < self.line.capacity() {
+                    self.line.push(b);
+                }
                 if self.line.len() >= LINE_MAX {
                     self.flush();
                 }
@@ -73,8 +95,7 @@ impl Console {
 
     /// Writes out a partial line (at the guest's death, say).
     pub fn flush(&mut self) {
-        let text = String::from_utf8_lossy(&self.line);
-        pv_guest_kernel::println!("[{}] {}", self.name, text);
+        pv_guest_kernel::println!("[{}] {}", self.name, Lossy(&self.line));
         self.line.clear();
     }
 

@@ -6,7 +6,9 @@
 //! every value read from the page is treated as hostile: a producer more
 //! than a ring ahead of the consumer marks the connection broken (ring
 //! `error` field set to `XENSTORE_ERROR_RINGIDX`) and nothing more is read
-//! from it.
+//! from it. Request bytes are consumed only as far as the core takes them
+//! ([`Xenstore::feed`]): a guest that does not read its replies finds its
+//! request ring full, and the service's memory does not grow.
 
 use alloc::vec::Vec;
 use guest_abi::errno::Errno;
@@ -35,53 +37,106 @@ pub struct StoreRing {
     pub conn: ConnId,
     pub port: u32,
     broken: bool,
+    /// The core stopped taking this guest's requests at least once (it had
+    /// not read its replies): logged the first time only, so a guest cannot
+    /// fill the service's console by stopping and starting.
+    held: bool,
 }
 
 impl StoreRing {
     pub fn new(page: MappedPage, conn: ConnId, port: u32) -> Self {
-        Self { page, conn, port, broken: false }
+        Self { page, conn, port, broken: false, held: false }
     }
 
-    /// Feeds every request byte waiting in the ring to the core and copies
-    /// queued output into the response ring. Returns whether the guest must
-    /// be notified (anything consumed or produced).
+    /// Copies queued output into the response ring and feeds request
+    /// bytes from the ring to the core, for as long as the core accepts
+    /// input: a guest that leaves its replies unread has its requests left
+    /// in its ring (the core stops taking them at its quotas), so it cannot
+    /// make the service hold more. Returns whether the guest must be
+    /// notified (anything consumed or produced).
     pub fn pump(&mut self, xs: &mut Xenstore) -> bool {
         if self.broken {
             return false;
         }
-        let p = &self.page;
         let mut moved = false;
-        // Requests.
+        // A few rounds, so a request arriving while we answer is served now;
+        // bounded, so one busy guest leaves the others their turn.
+        for _ in 0..4 {
+            let Ok(wrote) = self.write_output(xs) else { return true };
+            let Ok(read) = self.read_requests(xs) else { return true };
+            moved |= wrote || read;
+            if !read {
+                break;
+            }
+        }
+        match self.write_output(xs) {
+            Ok(wrote) => moved | wrote,
+            Err(()) => true,
+        }
+    }
+
+    /// Offers the request bytes waiting in the ring to the core and
+    /// consumes what it took. Returns whether anything was consumed;
+    /// `Err` once the ring is broken.
+    fn read_requests(&mut self, xs: &mut Xenstore) -> Result<bool, ()> {
+        if !xs.accepts_input(self.conn) {
+            if !self.held
+                && let Some(c) = xs.connection(self.conn)
+            {
+                self.held = true;
+                pv_guest_kernel::println!(
+                    "xenstore: domain {} held back: {} replies unread, {} bytes in use; its requests stay in its ring",
+                    c.domid().0,
+                    c.outstanding(),
+                    xs.memory_used(self.conn).unwrap_or(0)
+                );
+            }
+            return Ok(false);
+        }
+        let p = &self.page;
         let cons = p.load_u32(REQ_CONS);
         let prod = p.load_u32(REQ_PROD);
         p.read_fence();
         let avail = prod.wrapping_sub(cons);
         if avail > RING {
             self.fail(ERROR_RINGIDX);
-            return true;
+            return Err(());
         }
-        if avail > 0 {
-            let mut buf = [0u8; XENSTORE_RING_SIZE];
-            let n = avail as usize;
-            for (i, b) in buf.iter_mut().take(n).enumerate() {
-                *b = p.read_u8(REQ + (cons.wrapping_add(i as u32) % RING) as usize);
-            }
-            p.fence();
-            p.store_u32(REQ_CONS, cons.wrapping_add(avail));
-            moved = true;
-            if xs.receive(self.conn, &buf[..n]).is_err() {
+        if avail == 0 {
+            return Ok(false);
+        }
+        let mut buf = [0u8; XENSTORE_RING_SIZE];
+        let n = avail as usize;
+        for (i, b) in buf.iter_mut().take(n).enumerate() {
+            *b = p.read_u8(REQ + (cons.wrapping_add(i as u32) % RING) as usize);
+        }
+        let fed = xs.feed(self.conn, &buf[..n]);
+        let taken = match fed {
+            Ok(f) => f.consumed.min(n) as u32,
+            Err(_) => {
                 self.fail(ERROR_PROTO);
-                return true;
+                return Err(());
             }
+        };
+        if taken > 0 {
+            p.fence();
+            p.store_u32(REQ_CONS, cons.wrapping_add(taken));
         }
-        // Responses: as many queued bytes as fit.
+        Ok(taken > 0)
+    }
+
+    /// Copies as many queued output bytes as fit into the response ring.
+    /// Returns whether any were; `Err` once the ring is broken.
+    fn write_output(&mut self, xs: &mut Xenstore) -> Result<bool, ()> {
+        let p = &self.page;
+        let mut moved = false;
         loop {
             let cons = p.load_u32(RSP_CONS);
             let prod = p.load_u32(RSP_PROD);
             let used = prod.wrapping_sub(cons);
             if used > RING {
                 self.fail(ERROR_RINGIDX);
-                return true;
+                return Err(());
             }
             let room = (RING - used) as usize;
             let Some(out) = xs.peek_output(self.conn) else { break };
@@ -97,7 +152,7 @@ impl StoreRing {
             xs.advance_output(self.conn, n);
             moved = true;
         }
-        moved
+        Ok(moved)
     }
 
     fn fail(&mut self, code: u32) {

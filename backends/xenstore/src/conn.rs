@@ -56,6 +56,16 @@ pub(crate) struct Transaction {
     pub store: Store,
     /// Set when an operation broke a quota: the transaction cannot commit.
     pub failed: bool,
+    /// What the copy of the store's map cost when it was taken.
+    pub copy_cost: usize,
+}
+
+impl Transaction {
+    /// Memory the transaction holds beyond the shared store.
+    pub fn bytes(&self) -> usize {
+        self.copy_cost
+            .saturating_add(self.store.journal().map_or(0, crate::store::Journal::bytes))
+    }
 }
 
 /// One queued outgoing message.
@@ -73,11 +83,14 @@ pub(crate) struct OutQueue {
     head_sent: usize,
     /// Bytes queued and not yet handed out.
     bytes: usize,
+    /// Replies (not watch events) queued and not yet completely handed out.
+    replies: usize,
 }
 
 impl OutQueue {
     pub fn push_reply(&mut self, bytes: Vec<u8>) {
         self.bytes += bytes.len();
+        self.replies += 1;
         self.msgs.push_back(Outgoing {
             bytes,
             watch_event: false,
@@ -113,7 +126,11 @@ impl OutQueue {
             self.bytes = self.bytes.saturating_sub(step);
             n -= step;
             if self.head_sent >= head.bytes.len() {
-                self.msgs.pop_front();
+                if let Some(done) = self.msgs.pop_front()
+                    && !done.watch_event
+                {
+                    self.replies = self.replies.saturating_sub(1);
+                }
                 self.head_sent = 0;
             }
         }
@@ -121,6 +138,9 @@ impl OutQueue {
 
     pub fn pop(&mut self) -> Option<Vec<u8>> {
         let m = self.msgs.pop_front()?;
+        if !m.watch_event {
+            self.replies = self.replies.saturating_sub(1);
+        }
         let sent = core::mem::take(&mut self.head_sent);
         self.bytes = self
             .bytes
@@ -135,6 +155,10 @@ impl OutQueue {
     pub fn len(&self) -> usize {
         self.msgs.len()
     }
+
+    pub fn replies(&self) -> usize {
+        self.replies
+    }
 }
 
 /// A client of the store.
@@ -145,6 +169,8 @@ pub struct Connection {
     pub(crate) privileged: bool,
     pub(crate) introduction: Option<Introduction>,
     pub(crate) watches: Vec<Watch>,
+    /// Memory the watches hold (paths, tokens and overhead).
+    pub(crate) watch_bytes: usize,
     pub(crate) transactions: BTreeMap<u32, Transaction>,
     pub(crate) next_tx_id: u32,
     pub(crate) out: OutQueue,
@@ -160,6 +186,7 @@ impl Connection {
             privileged,
             introduction: None,
             watches: Vec::new(),
+            watch_bytes: 0,
             transactions: BTreeMap::new(),
             next_tx_id: 1,
             out: OutQueue::default(),
@@ -214,6 +241,13 @@ impl Connection {
     #[must_use]
     pub fn queued_messages(&self) -> usize {
         self.out.len()
+    }
+
+    /// Requests whose replies are not yet completely handed to the
+    /// transport (xenstored's outstanding requests).
+    #[must_use]
+    pub fn outstanding(&self) -> usize {
+        self.out.replies()
     }
 
     /// Whether the connection broke the protocol and is no longer served.

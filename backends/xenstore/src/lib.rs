@@ -41,17 +41,27 @@ pub mod store;
 pub mod wire;
 
 #[cfg(test)]
+mod exhaustion_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
 
 pub use conn::{ConnId, Connection, Introduction};
-pub use service::{Action, HandleError, Xenstore};
+pub use service::{Action, Fed, HandleError, Xenstore};
 
 use guest_abi::io::xenstore::XENSTORE_REL_PATH_MAX;
 
 /// Per-client quotas. They bind unprivileged clients only; the defaults are
-/// xenstored's.
+/// Xen's C xenstored's (`quota_*` in its core), and so are the errors a
+/// request breaking one is answered with. EQUOTA, which oxenstored uses, is
+/// not in xs_wire's error table, so clients could not decode it.
+///
+/// One is back-pressure rather than an error: a connection with
+/// [`outstanding_per_domain`](Self::outstanding_per_domain) replies not yet
+/// taken by its transport is not read ([`Xenstore::accepts_input`]): a
+/// client that never reads its replies stops being served instead of
+/// growing the service's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Nodes a domain may own (`ENOSPC` beyond).
@@ -73,6 +83,19 @@ pub struct Limits {
     /// Outgoing bytes a connection may have queued before further watch
     /// events for it are dropped (replies are never dropped).
     pub queued_bytes: usize,
+    /// Requests of one connection whose replies have not been handed to
+    /// the transport yet (xenstored's `outstanding`): at this many the
+    /// connection's input is no longer read.
+    pub outstanding_per_domain: usize,
+    /// Memory one domain may make the service hold (xenstored's hard
+    /// `memory` quota): the nodes it owns (path, accounted size and
+    /// [`store::NODE_OVERHEAD`] each), its open transactions (their copy
+    /// of the store's map, their journal and the nodes they changed), its
+    /// watches, its queued output and its partial input. A request that
+    /// would need more is refused with `ENOMEM` and a watch event that would
+    /// need more is dropped. (Unlike xenstored, a domain at its quota is
+    /// still read: it can only free memory by being served.)
+    pub memory_per_domain: usize,
 }
 
 impl Default for Limits {
@@ -86,6 +109,8 @@ impl Default for Limits {
             node_size: 2048,
             path_len: XENSTORE_REL_PATH_MAX,
             queued_bytes: 256 * 1024,
+            outstanding_per_domain: 20,
+            memory_per_domain: 2 * 1024 * 1024 + 512 * 1024,
         }
     }
 }

@@ -18,8 +18,9 @@ use alloc::vec::Vec;
 
 use guest_abi::io::xenstore::{
     XENSTORE_PAYLOAD_MAX, XS_CONTROL, XS_GET_DOMAIN_PATH, XS_INTRODUCE, XS_IS_DOMAIN_INTRODUCED,
-    XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_SET_PERMS, XS_SET_TARGET,
-    XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XsdSockmsg,
+    XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_RM, XS_SET_PERMS, XS_SET_TARGET,
+    XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XS_WRITE,
+    XsdSockmsg,
 };
 use guest_abi::{DomId, Errno};
 
@@ -28,7 +29,7 @@ use crate::conn::{ConnId, Connection, Introduction, Transaction, Watch};
 use crate::ops::{self, Change, Who};
 use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
 use crate::perms::{Access, PERM_READ, Perms};
-use crate::store::{Node, Store};
+use crate::store::{JOURNAL_ENTRY_COST, NODE_OVERHEAD, Node, Store};
 use crate::wire::{self, FrameError};
 
 /// The domain that inherits the nodes of a released domain.
@@ -70,6 +71,22 @@ pub enum HandleError {
     /// `XENSTORE_ERROR_PROTO`).
     Frame(FrameError),
 }
+
+/// What [`Xenstore::feed`] did with the bytes it was offered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes taken; the rest must be offered again later (leave them in the
+    /// ring).
+    pub consumed: usize,
+    /// Complete requests handled.
+    pub handled: usize,
+}
+
+/// Longest home prefix a relative path gains (`/local/domain/65535/`).
+const HOME_PREFIX_MAX: usize = 20;
+
+/// Memory a watch costs beyond its path and token.
+const WATCH_OVERHEAD: usize = 64;
 
 /// A successful reply, possibly followed by a watch event.
 struct Reply {
@@ -274,11 +291,77 @@ impl Xenstore {
         self.conns.get_mut(&conn)?.out.pop()
     }
 
+    // ---- quotas -----------------------------------------------------------
+
+    /// Memory `conn`'s domain makes the service hold (see
+    /// [`Limits::memory_per_domain`]), or `None` for no such connection.
+    #[must_use]
+    pub fn memory_used(&self, conn: ConnId) -> Option<usize> {
+        Some(usage(&self.store, self.conns.get(&conn)?))
+    }
+
+    /// Whether `conn` may be given more request bytes now. False for an
+    /// unknown or ignored connection and, for an unprivileged one, while it
+    /// has [`Limits::outstanding_per_domain`] replies waiting for the
+    /// transport: the transport then leaves its requests in the ring
+    /// (back-pressure) until it has taken the replies. A domain at its
+    /// memory quota is still read (its requests that would need more
+    /// memory are refused with `ENOMEM`), so it can always free memory by
+    /// ending transactions, removing nodes or watches.
+    #[must_use]
+    pub fn accepts_input(&self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        if c.ignored {
+            return false;
+        }
+        c.privileged || c.out.replies() < self.limits.outstanding_per_domain
+    }
+
     // ---- input ------------------------------------------------------------
 
-    /// Feed bytes read from `conn`'s request ring, in any split. Every
-    /// message they complete is handled in order. Returns how many messages
-    /// were handled.
+    /// Offer bytes read from `conn`'s request ring, in any split; the ring
+    /// transport's entry point. Takes bytes only while
+    /// [`Xenstore::accepts_input`] holds, handling every message they
+    /// complete, and says how many it took: the transport consumes exactly
+    /// those from the ring and offers the rest again once the client has
+    /// read its replies.
+    pub fn feed(&mut self, conn: ConnId, mut bytes: &[u8]) -> Result<Fed, HandleError> {
+        let mut fed = Fed::default();
+        while !bytes.is_empty() && self.accepts_input(conn) {
+            let c = self
+                .conns
+                .get_mut(&conn)
+                .ok_or(HandleError::UnknownConnection)?;
+            let (used, msg) = match c.input.push(bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    c.ignored = true;
+                    return Err(HandleError::Frame(e));
+                }
+            };
+            bytes = bytes.get(used..).unwrap_or(&[]);
+            fed.consumed += used;
+            if let Some(m) = msg {
+                self.handle(conn, &m)?;
+                fed.handled += 1;
+            } else if used == 0 {
+                break;
+            }
+        }
+        if let Some(c) = self.conns.get(&conn)
+            && c.ignored
+        {
+            return Err(HandleError::Ignored);
+        }
+        Ok(fed)
+    }
+
+    /// Feed bytes from an in-process client, in any split. Every message
+    /// they complete is handled in order, whatever the client's
+    /// outstanding replies (use [`Xenstore::feed`] for a ring, which stops
+    /// at the quotas). Returns how many messages were handled.
     pub fn receive(&mut self, conn: ConnId, mut bytes: &[u8]) -> Result<usize, HandleError> {
         let mut handled = 0;
         while !bytes.is_empty() {
@@ -333,11 +416,16 @@ impl Xenstore {
             Ok(_) => (wire::encode_error(h.req_id, h.tx_id, Errno::E2BIG), None),
             Err(e) => (wire::encode_error(h.req_id, h.tx_id, e), None),
         };
-        let limits = &self.limits;
-        if let Some(c) = self.conns.get_mut(&conn) {
+        let Self {
+            store,
+            conns,
+            limits,
+            ..
+        } = self;
+        if let Some(c) = conns.get_mut(&conn) {
             c.out.push_reply(reply);
             if let Some((event, dedup)) = then_event {
-                queue_event(c, limits, event, dedup);
+                queue_event(store, c, limits, event, dedup);
             }
         }
         Ok(())
@@ -434,6 +522,7 @@ impl Xenstore {
             XS_RESET_WATCHES => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.watches.clear();
+                    c.watch_bytes = 0;
                     c.transactions.clear();
                 }
                 Ok(ops::ok().into())
@@ -453,6 +542,17 @@ impl Xenstore {
         op: u32,
         payload: &[u8],
     ) -> Result<Vec<u8>, Errno> {
+        if !who.privileged
+            && let Some(c) = conn.and_then(|c| self.conns.get(&c))
+        {
+            let tx = c.transactions.get(&tx_id).map(|t| &t.store);
+            let bound = growth_bound(&self.limits, who, tx, op, payload);
+            if bound > 0
+                && usage(&self.store, c).saturating_add(bound) > self.limits.memory_per_domain
+            {
+                return Err(Errno::ENOMEM);
+            }
+        }
         let mut changes = Vec::new();
         if tx_id == 0 {
             let result = ops::run(
@@ -504,6 +604,13 @@ impl Xenstore {
         if !who.privileged && conn.watches.len() >= self.limits.watches_per_domain {
             return Err(Errno::E2BIG);
         }
+        let cost = watch_cost(&c.path, token);
+        if !who.privileged
+            && usage(&self.store, conn).saturating_add(cost) > self.limits.memory_per_domain
+        {
+            return Err(Errno::ENOMEM);
+        }
+        conn.watch_bytes = conn.watch_bytes.saturating_add(cost);
         let watch = Watch {
             path: c.path,
             token: token.to_vec(),
@@ -531,7 +638,10 @@ impl Xenstore {
             .iter()
             .position(|w| w.path == c.path && w.token == token)
             .ok_or(Errno::ENOENT)?;
-        conn.watches.remove(i);
+        let w = conn.watches.remove(i);
+        conn.watch_bytes = conn
+            .watch_bytes
+            .saturating_sub(watch_cost(&w.path, &w.token));
         Ok(ops::ok())
     }
 
@@ -540,12 +650,18 @@ impl Xenstore {
         if tx_id != 0 {
             return Err(Errno::EBUSY);
         }
-        let snapshot = self.store.clone();
         let limits = &self.limits;
         let c = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
         if !who.privileged && c.transactions.len() >= limits.transactions_per_domain {
             return Err(Errno::ENOSPC);
         }
+        let copy_cost = self.store.copy_cost();
+        if !who.privileged
+            && usage(&self.store, c).saturating_add(copy_cost) > limits.memory_per_domain
+        {
+            return Err(Errno::ENOMEM);
+        }
+        let snapshot = self.store.clone();
         let id = loop {
             let id = c.next_tx_id;
             c.next_tx_id = id.wrapping_add(1);
@@ -560,6 +676,7 @@ impl Xenstore {
             Transaction {
                 store,
                 failed: false,
+                copy_cost,
             },
         );
         Ok(format!("{id}\0").into_bytes())
@@ -662,7 +779,7 @@ impl Xenstore {
                 .filter_map(|w| event_message(w, &ch.path))
                 .collect();
             for e in events {
-                queue_event(c, limits, e, dedup);
+                queue_event(store, c, limits, e, dedup);
             }
         }
     }
@@ -707,12 +824,67 @@ fn event_message(w: &Watch, changed: &str) -> Option<Vec<u8>> {
 }
 
 /// Queue a watch event on `c` unless an identical one is pending (`dedup`)
-/// or an unprivileged client already has too much unread output.
-fn queue_event(c: &mut Connection, limits: &Limits, event: Vec<u8>, dedup: bool) {
-    if !c.privileged && c.out.bytes().saturating_add(event.len()) > limits.queued_bytes {
+/// or an unprivileged client already has too much unread output or would
+/// exceed its memory quota (as xenstored, the event is then dropped: a
+/// client that does not read cannot make the service hold more).
+fn queue_event(store: &Store, c: &mut Connection, limits: &Limits, event: Vec<u8>, dedup: bool) {
+    if !c.privileged
+        && (c.out.bytes().saturating_add(event.len()) > limits.queued_bytes
+            || usage(store, c).saturating_add(event.len()) > limits.memory_per_domain)
+    {
         return;
     }
     c.out.push_event(event, dedup);
+}
+
+/// The memory `c`'s domain makes the service hold: its nodes, its open
+/// transactions, its watches, its queued output and its partial input.
+fn usage(store: &Store, c: &Connection) -> usize {
+    let tx: usize = c.transactions.values().map(Transaction::bytes).sum();
+    store
+        .owned_bytes(c.domid)
+        .saturating_add(tx)
+        .saturating_add(c.watch_bytes)
+        .saturating_add(c.out.bytes())
+        .saturating_add(c.input.buffered())
+}
+
+/// What a watch on `path` with `token` costs.
+fn watch_cost(path: &str, token: &[u8]) -> usize {
+    path.len() + token.len() + WATCH_OVERHEAD
+}
+
+/// An upper bound of the memory store request `op` with `payload` can add
+/// for `who`: in the shared store (`tx` `None`) only writes, directory
+/// creations and permission changes add (a new value, and a node for each
+/// missing ancestor, each path no longer than the request's plus a home
+/// prefix); in a transaction's copy every request adds journal entries
+/// for what it looks at, and a removal one for each node beneath. Checked
+/// against the memory quota before the request runs, so no request can
+/// take a domain far past it.
+fn growth_bound(limits: &Limits, who: Who, tx: Option<&Store>, op: u32, payload: &[u8]) -> usize {
+    if tx.is_none() && !matches!(op, XS_WRITE | XS_MKDIR | XS_SET_PERMS) {
+        return 0;
+    }
+    let raw = payload.split(|&b| b == 0).next().unwrap_or(&[]);
+    let path_len = raw.len() + HOME_PREFIX_MAX;
+    let components = raw.iter().filter(|&&b| b == b'/').count() + 4;
+    let per_node =
+        path_len + NODE_OVERHEAD + 2 * JOURNAL_ENTRY_COST + 16 + 8 * limits.perms_per_node;
+    let mut bound = (components + 1)
+        .saturating_mul(per_node)
+        .saturating_add(payload.len())
+        .saturating_add(limits.node_size);
+    if op == XS_RM
+        && let Some(s) = tx
+        && let Ok(c) = path::canonicalize(raw, who.domid, false, Some(limits.path_len))
+    {
+        let (nodes, path_bytes) = s.subtree_size(&c.path);
+        bound = bound
+            .saturating_add(path_bytes.saturating_mul(4))
+            .saturating_add(nodes.saturating_mul(3 * JOURNAL_ENTRY_COST));
+    }
+    bound
 }
 
 /// An INTRODUCE frame number: decimal, optionally signed (Xen documents it

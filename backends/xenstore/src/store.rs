@@ -27,6 +27,25 @@ use crate::perms::Perms;
 /// Size of the per-node header Xen counts against the node-size quota.
 const NODE_HEADER_SIZE: usize = 16;
 
+/// What a node costs the service beyond its accounted size and its path:
+/// the map entry, the reference count and the allocations' headers. Used
+/// for the per-domain memory quota ([`Store::owned_bytes`]).
+pub const NODE_OVERHEAD: usize = 64;
+
+/// What a transaction's copy of the store costs per node: the copy shares
+/// every node and path with the shared store, so one map entry (two
+/// pointers and the tree's own overhead).
+pub const COPY_ENTRY_COST: usize = 48;
+
+/// What one journal entry costs beyond its path's bytes.
+pub(crate) const JOURNAL_ENTRY_COST: usize = 64;
+
+/// The memory a node at `path` is charged to its owner: path, accounted
+/// size and overhead.
+fn footprint(path: &str, node: &Node) -> usize {
+    path.len() + NODE_OVERHEAD + node.accounted_size()
+}
+
 /// One node of the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -106,6 +125,11 @@ pub(crate) struct Journal {
     pub events: Vec<(String, bool)>,
     /// Position of each path in `events`.
     event_index: BTreeMap<String, usize>,
+    /// Bytes of the journal's own entries (paths and bookkeeping).
+    overhead: usize,
+    /// Bytes of the nodes this copy changed, as they are now (each counted
+    /// once, by its [`footprint`]).
+    node_bytes: usize,
 }
 
 impl Journal {
@@ -119,9 +143,19 @@ impl Journal {
         {
             e.1 &= exact;
         } else {
+            self.overhead = self
+                .overhead
+                .saturating_add(2 * path.len() + JOURNAL_ENTRY_COST);
             self.event_index.insert(path.to_owned(), self.events.len());
             self.events.push((path.to_owned(), exact));
         }
+    }
+
+    /// What the journal and the nodes it changed cost: the memory a
+    /// transaction holds beyond the shared store (its copy's map aside).
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.overhead.saturating_add(self.node_bytes)
     }
 }
 
@@ -139,9 +173,11 @@ pub(crate) struct Removed {
 /// The tree of nodes.
 #[derive(Clone, Debug)]
 pub struct Store {
-    nodes: BTreeMap<String, Arc<Node>>,
+    nodes: BTreeMap<Arc<str>, Arc<Node>>,
     next_generation: u64,
     owned: BTreeMap<u16, u32>,
+    /// Per owner, the sum of its nodes' [`footprint`]s.
+    owned_bytes: BTreeMap<u16, usize>,
     journal: Option<Journal>,
 }
 
@@ -153,6 +189,7 @@ impl Store {
             nodes: BTreeMap::new(),
             next_generation: 1,
             owned: BTreeMap::new(),
+            owned_bytes: BTreeMap::new(),
             journal: None,
         };
         s.put_node("/", Node::new(root_perms));
@@ -179,7 +216,7 @@ impl Store {
 
     /// Every path in the store, in byte order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.nodes.keys().map(String::as_str)
+        self.nodes.keys().map(|k| &**k)
     }
 
     /// Number of nodes owned by `domid`.
@@ -188,11 +225,48 @@ impl Store {
         self.owned.get(&domid).copied().unwrap_or(0)
     }
 
+    /// Memory charged to `domid` for the nodes it owns: for each, its path,
+    /// its accounted size and [`NODE_OVERHEAD`].
+    #[must_use]
+    pub fn owned_bytes(&self, domid: u16) -> usize {
+        self.owned_bytes.get(&domid).copied().unwrap_or(0)
+    }
+
+    /// What a transaction's copy of this store costs (see
+    /// [`COPY_ENTRY_COST`]).
+    #[must_use]
+    pub fn copy_cost(&self) -> usize {
+        self.nodes.len().saturating_mul(COPY_ENTRY_COST)
+    }
+
+    /// Number of nodes at and beneath `path`, and the bytes of their paths.
+    #[must_use]
+    pub fn subtree_size(&self, path: &str) -> (usize, usize) {
+        if !self.nodes.contains_key(path) {
+            return (0, 0);
+        }
+        let prefix = if path == "/" {
+            String::from("/")
+        } else {
+            alloc::format!("{path}/")
+        };
+        self.nodes
+            .range::<str, _>((Bound::Excluded(prefix.as_str()), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&prefix))
+            .fold((1, path.len()), |(n, b), k| (n + 1, b + k.len()))
+    }
+
     // ---- journaling -------------------------------------------------------
 
     /// Start recording accesses (for a transaction's private copy).
     pub(crate) fn start_journal(&mut self) {
         self.journal = Some(Journal::default());
+    }
+
+    /// The journal, if this copy records one.
+    pub(crate) fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     /// The journal, if this copy records one.
@@ -215,6 +289,11 @@ impl Store {
                 generation: node.map(|n| n.generation),
                 perms: node.map(|n| n.perms.clone()),
             };
+            j.overhead = j.overhead.saturating_add(
+                path.len()
+                    + JOURNAL_ENTRY_COST
+                    + seen.perms.as_ref().map_or(0, Perms::accounted_size),
+            );
             j.accessed.insert(path.to_owned(), seen);
         }
     }
@@ -225,7 +304,37 @@ impl Store {
         if let Some(j) = &mut self.journal
             && !j.modified.contains(path)
         {
+            let now = self.nodes.get(path).map_or(0, |n| footprint(path, n));
+            j.overhead = j.overhead.saturating_add(path.len() + JOURNAL_ENTRY_COST);
+            j.node_bytes = j.node_bytes.saturating_add(now);
             j.modified.insert(path.to_owned());
+        }
+    }
+
+    /// Book a change of the node at `path` from `old` to `new` (owner and
+    /// footprint, `None` for no node): ownership counts and bytes, and the
+    /// journal's bytes if the path is one the journal changed.
+    fn account(&mut self, path: &str, old: Option<(u16, usize)>, new: Option<(u16, usize)>) {
+        if let Some((owner, bytes)) = old {
+            self.count_owner(owner, false);
+            if let Some(b) = self.owned_bytes.get_mut(&owner) {
+                *b = b.saturating_sub(bytes);
+                if !self.owned.contains_key(&owner) {
+                    self.owned_bytes.remove(&owner);
+                }
+            }
+        }
+        if let Some((owner, bytes)) = new {
+            self.count_owner(owner, true);
+            let b = self.owned_bytes.entry(owner).or_insert(0);
+            *b = b.saturating_add(bytes);
+        }
+        if let Some(j) = &mut self.journal
+            && j.modified.contains(path)
+        {
+            let old = old.map_or(0, |o| o.1);
+            let new = new.map_or(0, |n| n.1);
+            j.node_bytes = j.node_bytes.saturating_sub(old).saturating_add(new);
         }
     }
 
@@ -267,14 +376,11 @@ impl Store {
             return false;
         };
         let node = Arc::make_mut(arc);
-        let old_owner = node.perms.owner();
+        let old = (node.perms.owner(), footprint(path, node));
         f(node);
         node.generation = generation;
-        let new_owner = node.perms.owner();
-        if old_owner != new_owner {
-            self.count_owner(old_owner, false);
-            self.count_owner(new_owner, true);
-        }
+        let new = (node.perms.owner(), footprint(path, node));
+        self.account(path, Some(old), Some(new));
         true
     }
 
@@ -359,7 +465,7 @@ impl Store {
             .range::<str, _>((Bound::Excluded(prefix.as_str()), Bound::Unbounded))
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(&prefix))
-            .cloned()
+            .map(|k| String::from(&**k))
             .collect();
         doomed.push(path.to_owned());
         // Reverse byte order puts every node before its ancestors (an
@@ -377,8 +483,8 @@ impl Store {
                 None => None,
             };
             self.mark_modified(&p);
-            if let Some(node) = self.nodes.remove(&p) {
-                self.count_owner(node.perms.owner(), false);
+            if let Some(node) = self.nodes.remove(p.as_str()) {
+                self.account(&p, Some((node.perms.owner(), footprint(&p, &node))), None);
                 removed.push(Removed {
                     path: p,
                     perms: node.perms.clone(),
@@ -398,33 +504,43 @@ impl Store {
     /// caller keeps the tree consistent.
     pub(crate) fn put_node(&mut self, path: &str, mut node: Node) {
         node.generation = self.bump();
-        self.count_owner(node.perms.owner(), true);
-        if let Some(old) = self.nodes.insert(path.to_owned(), Arc::new(node)) {
-            self.count_owner(old.perms.owner(), false);
-        }
+        self.put_shared_as_is(path, Arc::new(node));
     }
 
     /// Put back a node from another store (keeping structure sharing).
     pub(crate) fn put_shared(&mut self, path: &str, mut node: Arc<Node>) {
         Arc::make_mut(&mut node).generation = self.bump();
-        self.count_owner(node.perms.owner(), true);
-        if let Some(old) = self.nodes.insert(path.to_owned(), node) {
-            self.count_owner(old.perms.owner(), false);
-        }
+        self.put_shared_as_is(path, node);
+    }
+
+    fn put_shared_as_is(&mut self, path: &str, node: Arc<Node>) {
+        let new = (node.perms.owner(), footprint(path, &node));
+        // Keep the existing key (and its allocation) when replacing.
+        let old = match self.nodes.get_mut(path) {
+            Some(slot) => Some(core::mem::replace(slot, node)),
+            None => {
+                self.nodes.insert(Arc::from(path), node);
+                None
+            }
+        };
+        let old = old.map(|o| (o.perms.owner(), footprint(path, &o)));
+        self.account(path, old, Some(new));
     }
 
     /// Remove exactly the node at `path` (no subtree, no parent update).
     pub(crate) fn delete_node(&mut self, path: &str) {
-        if let Some(old) = self.nodes.remove(path) {
-            self.count_owner(old.perms.owner(), false);
-        }
+        let _ = self.take_shared(path);
     }
 
     /// Take the node at `path` out of this store as is (for moving a
     /// committed transaction's nodes; the store is discarded afterwards).
     pub(crate) fn take_shared(&mut self, path: &str) -> Option<Arc<Node>> {
         let node = self.nodes.remove(path)?;
-        self.count_owner(node.perms.owner(), false);
+        self.account(
+            path,
+            Some((node.perms.owner(), footprint(path, &node))),
+            None,
+        );
         Some(node)
     }
 
@@ -435,7 +551,7 @@ impl Store {
             .nodes
             .iter()
             .filter(|(_, n)| n.perms.entries().iter().any(|p| p.domid == domid))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| String::from(&**k))
             .collect();
         for p in &affected {
             self.modify(p, |n| {
@@ -453,10 +569,13 @@ impl Store {
             return Err("no root".into());
         }
         let mut owned: BTreeMap<u16, u32> = BTreeMap::new();
+        let mut bytes: BTreeMap<u16, usize> = BTreeMap::new();
         for (p, n) in &self.nodes {
+            let p: &str = p;
             *owned.entry(n.perms.owner()).or_insert(0) += 1;
+            *bytes.entry(n.perms.owner()).or_insert(0) += footprint(p, n);
             for c in &n.children {
-                if !self.nodes.contains_key(&path::child(p, c)) {
+                if !self.nodes.contains_key(path::child(p, c).as_str()) {
                     return Err(alloc::format!("{p} lists missing child {c}"));
                 }
             }
@@ -471,6 +590,9 @@ impl Store {
         }
         if owned != self.owned {
             return Err("ownership counts out of date".into());
+        }
+        if bytes != self.owned_bytes {
+            return Err("ownership bytes out of date".into());
         }
         Ok(())
     }

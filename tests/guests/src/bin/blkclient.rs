@@ -5,6 +5,10 @@
 //! in flight, flushes, reads it back into another buffer and compares.
 //!
 //! `rounds=N` (mode rw) repeats the write, flush and read-back N times.
+//! `delay_ms=N` sleeps that long before starting (a guest that starts its
+//! work late, beside others). `xs_rounds=N` also uses xenstore the ordinary
+//! way N times after connecting: write, read, directory, a transaction
+//! (retried on EAGAIN) and a watch that must fire.
 //!
 //! `mode=persist` splits that across QEMU boots on the same disk image
 //! (`boot=N` on the command line): boot 1 writes and flushes the pattern and
@@ -33,13 +37,55 @@ fn matches(buf: &Buffer, seed: u64, first_sector: u64, len: usize) -> Option<usi
     buf.bytes()[..len].iter().enumerate().position(|(i, &b)| b != pattern(seed, first_sector + (i / 512) as u64, i % 512))
 }
 
+/// Ordinary xenstore use, `rounds` times; the first thing that went wrong.
+fn use_xenstore(xs: &mut xenstore::KernelClient, rounds: u32) -> Result<(), alloc::string::String> {
+    xs.watch("data/w", "w").map_err(|e| format!("watch: {e:?}"))?;
+    xs.wait_watch_event("w").map_err(|e| format!("initial event: {e:?}"))?;
+    for r in 0..rounds {
+        let v = format!("value {r}");
+        xs.write("data/x", v.as_bytes()).map_err(|e| format!("write: {e:?}"))?;
+        let got = xs.read("data/x").map_err(|e| format!("read: {e:?}"))?;
+        if got != v.as_bytes() {
+            return Err(format!("read back {got:?}"));
+        }
+        let d = xs.directory("data").map_err(|e| format!("directory: {e:?}"))?;
+        if !d.iter().any(|e| e == "x") {
+            return Err(format!("directory {d:?}"));
+        }
+        let mut tries = 0;
+        loop {
+            let tx = xs.transaction_start().map_err(|e| format!("transaction start: {e:?}"))?;
+            xs.write_tx(tx, "data/t", v.as_bytes()).map_err(|e| format!("write in transaction: {e:?}"))?;
+            match xs.transaction_end(tx, true) {
+                Ok(()) => break,
+                Err(guest_abi::errno::Errno::EAGAIN) if tries < 10 => tries += 1,
+                Err(e) => return Err(format!("commit: {e:?}")),
+            }
+        }
+        xs.write("data/w", v.as_bytes()).map_err(|e| format!("write watched: {e:?}"))?;
+        xs.wait_watch_event("w").map_err(|e| format!("watch event: {e:?}"))?;
+    }
+    xs.unwatch("data/w", "w").map_err(|e| format!("unwatch: {e:?}"))?;
+    Ok(())
+}
+
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     events::init().expect("events");
     gnttab::init(1).expect("grant table");
     let mode = scenario_guests::arg(si, "mode").unwrap_or("rw");
     let boot: u64 = scenario_guests::arg(si, "boot").and_then(|b| b.parse().ok()).unwrap_or(1);
+    if let Some(ms) = scenario_guests::arg(si, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+        pv_guest_kernel::time::init().expect("timer");
+        pv_guest_kernel::time::sleep(ms * 1_000_000);
+        println!("blkclient: starting after {ms} ms");
+    }
     let mut xs = xenstore::connect().expect("xenstore");
+    let xs_rounds: u32 = scenario_guests::arg(si, "xs_rounds").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if xs_rounds > 0 {
+        let used = use_xenstore(&mut xs, xs_rounds);
+        t.check("xenstore-use", used.is_ok(), format_args!("{used:?}"));
+    }
     let mut disk = match BlkDevice::connect(&mut xs) {
         Ok(d) => d,
         Err(e) => {
