@@ -235,7 +235,10 @@ fn disconnect(xs: &mut Xenstore, g: &mut Guest) {
 fn main(si: &'static StartInfo) {
     events::init().expect("event channels");
     time::init().expect("timer");
-    let mut xs = Xenstore::new();
+    // Every guest together may make xenstore hold at most a quarter of this
+    // domain's memory (each one also at most its own quota).
+    let own_bytes = usize::try_from(si.nr_pages).unwrap_or(0).saturating_mul(4096);
+    let mut xs = Xenstore::with_limits(xenstore::Limits { memory_total: own_bytes / 4, ..xenstore::Limits::default() });
     let mut local = store::Local::new(&mut xs);
     let _ = events::bind_virq(guest_abi::event_channel::VIRQ_DOM_EXC, kick).expect("VIRQ_DOM_EXC");
     let mut guests: Vec<Guest> = Vec::new();

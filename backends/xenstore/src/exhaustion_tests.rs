@@ -324,3 +324,49 @@ fn a_domain_at_its_memory_quota_is_still_served_so_it_can_free_memory() {
     assert_eq!(b.xs.memory_used(g), Some(idle));
     b.write(g, "more", &value).unwrap();
 }
+
+/// Domains each within their own quota cannot together make the service
+/// hold more than `memory_total`: past it every unprivileged domain's
+/// growing request gets ENOMEM, reads still work, and the memory comes
+/// back when one of them frees its nodes.
+#[test]
+fn domains_together_are_held_to_the_total_quota() {
+    let limits = Limits {
+        nodes_per_domain: 100_000,
+        memory_per_domain: 64 * 1024,
+        memory_total: 96 * 1024,
+        ..Limits::default()
+    };
+    let mut b = Bench::with_limits(limits.clone());
+    let guests: Vec<ConnId> = (1..=3).map(|d| b.guest(d)).collect();
+    let value = "v".repeat(1024);
+    let mut written = [0usize; 3];
+    for (k, &g) in guests.iter().enumerate() {
+        loop {
+            match b.write(g, &format!("n{}", written[k]), &value) {
+                Ok(()) => written[k] += 1,
+                Err(e) => {
+                    assert_eq!(e, err(Errno::ENOMEM));
+                    break;
+                }
+            }
+            assert!(written[k] < 1000, "no quota");
+        }
+    }
+    let total: usize = guests.iter().map(|&g| b.xs.memory_used(g).unwrap()).sum();
+    assert!(total <= limits.memory_total, "{total}");
+    // The first guest filled its own quota; the others were stopped by the
+    // total one, the last with almost nothing.
+    assert!(written[0] > 0 && written[2] < written[0], "{written:?}");
+    for &g in &guests {
+        assert!(b.xs.memory_used(g).unwrap() <= limits.memory_per_domain);
+        let k = guests.iter().position(|&x| x == g).unwrap();
+        let want = if written[k] > 0 { Ok(1024) } else { Err(err(Errno::ENOENT)) };
+        assert_eq!(b.read(g, "n0").map(|v| v.len()), want);
+    }
+    // The first gives its nodes back: the last can write again.
+    for i in 0..written[0] {
+        b.req(guests[0], XS_RM, 0, &nul(&format!("n{i}"))).unwrap();
+    }
+    assert!(b.write(guests[2], "again", &value).is_ok());
+}

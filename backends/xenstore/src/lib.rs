@@ -96,6 +96,12 @@ pub struct Limits {
     /// need more is dropped. (Unlike xenstored, a domain at its quota is
     /// still read: it can only free memory by being served.)
     pub memory_per_domain: usize,
+    /// Memory all unprivileged domains together may make the service hold
+    /// (counted as for [`Limits::memory_per_domain`]): enough domains each
+    /// within their own quota must not add up to more than the service
+    /// domain has. Beyond it requests are refused with `ENOMEM` and watch
+    /// events dropped, as for one domain over its quota.
+    pub memory_total: usize,
 }
 
 impl Default for Limits {
@@ -111,6 +117,7 @@ impl Default for Limits {
             queued_bytes: 256 * 1024,
             outstanding_per_domain: 20,
             memory_per_domain: 2 * 1024 * 1024 + 512 * 1024,
+            memory_total: 8 * 1024 * 1024,
         }
     }
 }

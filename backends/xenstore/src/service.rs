@@ -422,10 +422,11 @@ impl Xenstore {
             limits,
             ..
         } = self;
+        let total = total_usage(store, conns);
         if let Some(c) = conns.get_mut(&conn) {
             c.out.push_reply(reply);
             if let Some((event, dedup)) = then_event {
-                queue_event(store, c, limits, event, dedup);
+                queue_event(store, c, limits, total, event, dedup);
             }
         }
         Ok(())
@@ -547,9 +548,7 @@ impl Xenstore {
         {
             let tx = c.transactions.get(&tx_id).map(|t| &t.store);
             let bound = growth_bound(&self.limits, who, tx, op, payload);
-            if bound > 0
-                && usage(&self.store, c).saturating_add(bound) > self.limits.memory_per_domain
-            {
+            if bound > 0 && over_quota(&self.store, &self.conns, &self.limits, c, bound) {
                 return Err(Errno::ENOMEM);
             }
         }
@@ -593,6 +592,12 @@ impl Xenstore {
         };
         let max = (!who.privileged).then_some(self.limits.path_len);
         let c = path::canonicalize(raw, who.domid, true, max)?;
+        let cost = watch_cost(&c.path, token);
+        let over = !who.privileged
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|x| over_quota(&self.store, &self.conns, &self.limits, x, cost));
         let conn = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
         if conn
             .watches
@@ -604,10 +609,7 @@ impl Xenstore {
         if !who.privileged && conn.watches.len() >= self.limits.watches_per_domain {
             return Err(Errno::E2BIG);
         }
-        let cost = watch_cost(&c.path, token);
-        if !who.privileged
-            && usage(&self.store, conn).saturating_add(cost) > self.limits.memory_per_domain
-        {
+        if over {
             return Err(Errno::ENOMEM);
         }
         conn.watch_bytes = conn.watch_bytes.saturating_add(cost);
@@ -650,15 +652,18 @@ impl Xenstore {
         if tx_id != 0 {
             return Err(Errno::EBUSY);
         }
+        let copy_cost = self.store.copy_cost();
+        let over = !who.privileged
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|x| over_quota(&self.store, &self.conns, &self.limits, x, copy_cost));
         let limits = &self.limits;
         let c = self.conns.get_mut(&conn).ok_or(Errno::EINVAL)?;
         if !who.privileged && c.transactions.len() >= limits.transactions_per_domain {
             return Err(Errno::ENOSPC);
         }
-        let copy_cost = self.store.copy_cost();
-        if !who.privileged
-            && usage(&self.store, c).saturating_add(copy_cost) > limits.memory_per_domain
-        {
+        if over {
             return Err(Errno::ENOMEM);
         }
         let snapshot = self.store.clone();
@@ -754,6 +759,7 @@ impl Xenstore {
             ..
         } = self;
         let dedup = !path::is_special(&ch.path);
+        let mut total = total_usage(store, conns);
         for c in conns.values_mut() {
             let matches = |w: &&Watch| {
                 if ch.exact {
@@ -779,7 +785,10 @@ impl Xenstore {
                 .filter_map(|w| event_message(w, &ch.path))
                 .collect();
             for e in events {
-                queue_event(store, c, limits, e, dedup);
+                let len = e.len();
+                if queue_event(store, c, limits, total, e, dedup) && !c.privileged {
+                    total = total.saturating_add(len);
+                }
             }
         }
     }
@@ -827,14 +836,36 @@ fn event_message(w: &Watch, changed: &str) -> Option<Vec<u8>> {
 /// or an unprivileged client already has too much unread output or would
 /// exceed its memory quota (as xenstored, the event is then dropped: a
 /// client that does not read cannot make the service hold more).
-fn queue_event(store: &Store, c: &mut Connection, limits: &Limits, event: Vec<u8>, dedup: bool) {
+///
+/// `total` is what every unprivileged domain together makes the service
+/// hold ([`total_usage`]); an event past [`Limits::memory_total`] is
+/// dropped too. Returns whether the event was queued.
+fn queue_event(store: &Store, c: &mut Connection, limits: &Limits, total: usize, event: Vec<u8>, dedup: bool) -> bool {
     if !c.privileged
         && (c.out.bytes().saturating_add(event.len()) > limits.queued_bytes
-            || usage(store, c).saturating_add(event.len()) > limits.memory_per_domain)
+            || usage(store, c).saturating_add(event.len()) > limits.memory_per_domain
+            || total.saturating_add(event.len()) > limits.memory_total)
     {
-        return;
+        return false;
     }
     c.out.push_event(event, dedup);
+    true
+}
+
+/// What every unprivileged domain together makes the service hold (each
+/// counted as in [`usage`]).
+fn total_usage(store: &Store, conns: &BTreeMap<ConnId, Connection>) -> usize {
+    conns
+        .values()
+        .filter(|c| !c.privileged)
+        .fold(0usize, |t, c| t.saturating_add(usage(store, c)))
+}
+
+/// True when `extra` more bytes for unprivileged `c` would pass its own
+/// memory quota or the quota of all unprivileged domains together.
+fn over_quota(store: &Store, conns: &BTreeMap<ConnId, Connection>, limits: &Limits, c: &Connection, extra: usize) -> bool {
+    usage(store, c).saturating_add(extra) > limits.memory_per_domain
+        || total_usage(store, conns).saturating_add(extra) > limits.memory_total
 }
 
 /// The memory `c`'s domain makes the service hold: its nodes, its open
