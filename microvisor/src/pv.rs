@@ -363,8 +363,10 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
             true
         }
         Err(PushError::BadStack) => {
-            let sp = frame.rsp;
-            kill(hv, frame, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
+            // Name the stack the frame was to go on: from user mode that is
+            // the stack_switch kernel stack, not the user's rsp.
+            let which = if from_user { "kernel stack" } else { "stack" };
+            kill(hv, frame, format_args!("bounce frame for {what} at a bad {which} {sp:#x}"));
             false
         }
         Err(PushError::Unwritable(at)) => {
