@@ -41,6 +41,8 @@ pub mod store;
 pub mod wire;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
