@@ -13,10 +13,11 @@
 //! saved under the crate's `proptest-regressions/`, which every later
 //! `cargo test` replays first.
 //!
-//! Why not cargo-fuzz: it needs `-Zsanitizer` and a nightly compiler (or
-//! `RUSTC_BOOTSTRAP=1`), `cargo install cargo-fuzz` and libFuzzer's C++
-//! build on every machine that runs it; the suite's machines have the
-//! stable toolchain only (docs/testing.md, "Host fuzzing").
+//! Why not cargo-fuzz: it needs `cargo install cargo-fuzz`, a separate
+//! `fuzz/` crate, `RUSTC_BOOTSTRAP=1` for `-Zsanitizer` on the stable
+//! toolchain and a release ASan build per target on every machine that runs
+//! it; proptest is already in the workspace and needs none of that
+//! (docs/testing.md, "Host fuzzing", has the cargo-fuzz recipe).
 
 use std::path::Path;
 use std::process::Command;
