@@ -5,7 +5,10 @@
 //! use (cli/sti as the virtual interrupt flag, hlt as block, control-register
 //! reads, FS/GS base MSRs, forced-emulation CPUID). Every guest value is
 //! checked; a frame that cannot be written or an impossible return kills the
-//! domain, never the hypervisor.
+//! domain, never the hypervisor. The decisions on guest bytes (instruction
+//! decoding, trap-table entries, callbacks, descriptors, iret contexts,
+//! ports, MSRs) are the host-tested `microvisor_core::decode` and
+//! `microvisor_core::pv`; this module copies the bytes in and acts.
 
 use crate::arch::desc::{GUEST_CS64, GUEST_DS};
 use crate::arch::entry::TrapFrame;
@@ -13,31 +16,16 @@ use crate::domain::{Callback, End, Hv, RunState, TrapEntry};
 use crate::mm::guest;
 use core::fmt::Write;
 use guest_abi::errno::Errno;
+use microvisor_core::decode::{self, Op, Port};
+use microvisor_core::pv::{self as policy, CallbackSlot, MsrRead, MsrWrite, SegmentBase, TrapTableEntry};
 
 /// RFLAGS bits.
-const IF: u64 = 1 << 9;
+const IF: u64 = policy::RFLAGS_IF;
 const TF: u64 = 1 << 8;
 const NT: u64 = 1 << 14;
 const RF: u64 = 1 << 16;
 const VM: u64 = 1 << 17;
 const AC: u64 = 1 << 18;
-const IOPL: u64 = 3 << 12;
-/// Flags a guest may set through iret (arithmetic, DF, TF, AC, ID, ...).
-const GUEST_FLAGS: u64 = 0x0025_4fd5 & !IOPL & !IF;
-
-const HV_START: u64 = 0xFFFF_8000_0000_0000;
-const HV_END: u64 = 0xFFFF_8800_0000_0000;
-
-/// True for an address a guest may run code or keep a stack at.
-pub fn guest_addr_ok(va: u64) -> bool {
-    let canonical = (va >> 47) == 0 || (va >> 47) == 0x1_ffff;
-    canonical && !(HV_START..HV_END).contains(&va)
-}
-
-/// Accepts Xen's flat kernel code selector in either RPL form.
-fn kernel_cs_ok(cs: u16) -> bool {
-    cs & !3 == GUEST_CS64 & !3
-}
 
 // ---- hypercalls ---------------------------------------------------------
 
@@ -53,36 +41,24 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
     // As on Xen the list runs to its first zero address, however long;
     // a long one stops for whatever is due and continues after the entries
     // done.
-    for i in 0.. {
+    for i in 0u64.. {
         if i > 0 && i % 64 == 0 && crate::mmu::should_preempt(hv) {
             return Ok(crate::hypercall::Flow::Again([table.wrapping_add(i * 16), 0, 0, 0, 0]));
         }
-        let mut e = [0u8; 16];
         let va = table.checked_add(i * 16).ok_or(Errno::EFAULT)?;
-        guest::copy_from(cr3, va, &mut e).map_err(|_| Errno::EFAULT)?;
-        let vector = e[0] as usize;
-        let flags = e[1];
-        let cs = u16::from_le_bytes([e[2], e[3]]);
-        let address = u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]);
-        if address == 0 {
-            return Ok(crate::hypercall::Flow::Ret(0));
+        let e: guest_abi::arch::TrapInfo = guest::read(cr3, va).map_err(|_| Errno::EFAULT)?;
+        match policy::trap_table_entry(&e)? {
+            TrapTableEntry::End => return Ok(crate::hypercall::Flow::Ret(0)),
+            TrapTableEntry::Set { vector, address, flags } => hv.domains[cur].pv.traps[usize::from(vector)] = TrapEntry { address, flags },
         }
-        if !kernel_cs_ok(cs) || !guest_addr_ok(address) {
-            return Err(Errno::EPERM);
-        }
-        hv.domains[cur].pv.traps[vector] = TrapEntry { address, flags };
     }
     Ok(crate::hypercall::Flow::Ret(0))
-}
-
-fn check_callback(address: u64) -> Result<(), Errno> {
-    if guest_addr_ok(address) { Ok(()) } else { Err(Errno::EINVAL) }
 }
 
 /// set_callbacks(event, failsafe, syscall).
 pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Result<u64, Errno> {
     for a in [event, failsafe, syscall] {
-        check_callback(a)?;
+        policy::callback_address(a)?;
     }
     let pv = &mut hv.domains[hv.current].pv;
     pv.event = Callback { address: event, mask_events: true };
@@ -104,26 +80,22 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let pv = &mut hv.domains[cur].pv;
     match cmd {
         0 => {
-            check_callback(address)?;
-            let cb = Callback { address, mask_events: flags & 1 != 0 };
-            match ty {
-                0 => pv.event = Callback { mask_events: true, ..cb },
-                1 => pv.failsafe = cb,
-                2 => pv.syscall = cb,
-                // 32-bit entry points (sysenter, syscall32) and NMI: accepted
-                // but never delivered to a 64-bit guest.
-                3 | 4 | 5 | 7 => {}
-                _ => return Err(Errno::EINVAL),
+            let slot = policy::callback_slot(ty)?;
+            let cb = Callback { address: policy::callback_address(address)?, mask_events: flags & 1 != 0 };
+            match slot {
+                CallbackSlot::Event => pv.event = Callback { mask_events: true, ..cb },
+                CallbackSlot::Failsafe => pv.failsafe = cb,
+                CallbackSlot::Syscall => pv.syscall = cb,
+                CallbackSlot::Ignored => {}
             }
             Ok(0)
         }
         1 => {
-            match ty {
-                0 => pv.event = Callback::default(),
-                1 => pv.failsafe = Callback::default(),
-                2 => pv.syscall = Callback::default(),
-                3 | 4 | 5 | 7 => {}
-                _ => return Err(Errno::EINVAL),
+            match policy::callback_slot(ty)? {
+                CallbackSlot::Event => pv.event = Callback::default(),
+                CallbackSlot::Failsafe => pv.failsafe = Callback::default(),
+                CallbackSlot::Syscall => pv.syscall = Callback::default(),
+                CallbackSlot::Ignored => {}
             }
             Ok(0)
         }
@@ -133,7 +105,7 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 
 /// stack_switch(ss, sp): the kernel stack for bounces from guest user mode.
 pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
-    if (ss as u16) & !3 != GUEST_DS & !3 || ss > 0xffff {
+    if !policy::kernel_ss_ok(ss) {
         return Err(Errno::EPERM);
     }
     let pv = &mut hv.domains[hv.current].pv;
@@ -170,7 +142,7 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
 
 /// Sets FS (0), user GS (1) or kernel GS (2) base of the running vCPU.
 fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
-    if (base >> 47) != 0 && (base >> 47) != 0x1_ffff {
+    if !policy::canonical(base) {
         return Err(Errno::EINVAL);
     }
     let pv = &mut hv.domains[hv.current].pv;
@@ -266,15 +238,6 @@ pub fn toggle_mode(hv: &mut Hv) {
     }
 }
 
-/// Whether a guest GDT descriptor is acceptable: empty, or a present
-/// DPL-3 code or data descriptor (no system descriptors, no gates).
-fn descriptor_ok(d: u64) -> bool {
-    let present = d & (1 << 47) != 0;
-    let code_or_data = d & (1 << 44) != 0;
-    let dpl = (d >> 45) & 3;
-    !present || (code_or_data && dpl == 3)
-}
-
 /// set_gdt(frame_list, entries): the guest's own descriptor table (one
 /// frame, up to 512 entries). The frame must not be writable-mapped (it
 /// becomes a segment-typed page); every descriptor is checked.
@@ -295,7 +258,7 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         for (i, slot) in table.iter_mut().enumerate().take(entries as usize) {
             *slot = crate::mm::read_u64(mfn * crate::mm::PAGE + i as u64 * 8);
         }
-        if !table[..entries as usize].iter().all(|&d| descriptor_ok(d)) {
+        if !table[..entries as usize].iter().all(|&d| policy::gdt_descriptor_ok(d)) {
             crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, mfn));
             return Err(Errno::EINVAL);
         }
@@ -336,40 +299,26 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     let cur = hv.current;
     let cr3 = hv.domains[cur].cr3;
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
-    let Ok([rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss]) = guest::read::<[u64; 9]>(cr3, frame.rsp) else {
+    let Ok(words) = guest::read::<[u64; 9]>(cr3, frame.rsp) else {
         let sp = frame.rsp;
         return kill(hv, frame, format_args!("iret with an unreadable stack at {sp:#x}"));
     };
-    if !guest_addr_ok(rip) {
-        return kill(hv, frame, format_args!("iret to a non-canonical or hypervisor rip {rip:#x}"));
-    }
-    if !kernel_cs_ok(cs as u16) {
-        return kill(hv, frame, format_args!("iret to an invalid code selector {cs:#x}"));
-    }
-    let to_user = cs & 3 == 3;
-    if hv.domains[cur].pv.user_mode {
-        return kill(hv, frame, format_args!("iret hypercall from guest user mode"));
-    }
-    if to_user && hv.domains[cur].user_cr3 == 0 {
-        return kill(hv, frame, format_args!("iret to guest user mode without a user page table"));
-    }
+    let ctx = policy::IretContext::from_words(words);
     let d = &hv.domains[cur];
-    d.set_upcall_mask(rflags & IF == 0);
-    frame.rax = rax;
-    if flags & (1 << 8) == 0 {
-        frame.r11 = r11;
-        frame.rcx = rcx;
-    } else {
-        // VGCF_in_syscall: return as sysret would (rcx = rip, r11 = rflags).
-        frame.rcx = rip;
-        frame.r11 = (rflags & GUEST_FLAGS) | IF | 2;
-    }
-    frame.rip = rip;
+    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0) {
+        Ok(t) => t,
+        Err(why) => return kill(hv, frame, format_args!("{why}")),
+    };
+    d.set_upcall_mask(t.mask_events);
+    frame.rax = ctx.rax;
+    frame.r11 = t.r11;
+    frame.rcx = t.rcx;
+    frame.rip = ctx.rip;
     frame.cs = GUEST_CS64 as u64;
-    frame.rflags = (rflags & GUEST_FLAGS) | IF | 2;
-    frame.rsp = rsp;
+    frame.rflags = t.rflags;
+    frame.rsp = ctx.rsp;
     frame.ss = GUEST_DS as u64;
-    if to_user {
+    if t.to_user {
         toggle_mode(hv);
     }
 }
@@ -420,8 +369,10 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
             true
         }
         Err(PushError::BadStack) => {
-            let sp = frame.rsp;
-            kill(hv, frame, format_args!("bounce frame for {what} at a bad stack {sp:#x}"));
+            // Name the stack the frame was to go on: from user mode that is
+            // the stack_switch kernel stack, not the user's rsp.
+            let which = if from_user { "kernel stack" } else { "stack" };
+            kill(hv, frame, format_args!("bounce frame for {what} at a bad {which} {sp:#x}"));
             false
         }
         Err(PushError::Unwritable(at)) => {
@@ -515,8 +466,18 @@ fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
 // ---- emulation ----------------------------------------------------------
 
 /// Instruction bytes at the guest's rip (fewer if the page ends unmapped).
-pub fn fetch(cr3: u64, rip: u64, out: &mut [u8; 15]) -> usize {
+pub fn fetch(cr3: u64, rip: u64, out: &mut [u8; decode::MAX_LEN]) -> usize {
+    if guest::copy_from(cr3, rip, out).is_ok() {
+        return out.len();
+    }
     (0..out.len()).take_while(|&i| guest::copy_from(cr3, rip.wrapping_add(i as u64), &mut out[i..i + 1]).is_ok()).count()
+}
+
+/// Decodes the instruction at the guest's rip through page tables `cr3`.
+pub fn decode_at(cr3: u64, rip: u64) -> Result<decode::Insn, decode::Refusal> {
+    let mut b = [0u8; decode::MAX_LEN];
+    let n = fetch(cr3, rip, &mut b);
+    decode::decode(&b[..n])
 }
 
 fn gpr(frame: &mut TrapFrame, n: u8) -> &mut u64 {
@@ -596,32 +557,17 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     }
 }
 
-/// Ports the hypervisor keeps for itself (console UART, QEMU exit device,
-/// PICs, PIT, CMOS/RTC): never reachable by guest port I/O.
-fn port_reserved(port: u16, width: u16) -> bool {
-    let end = port.saturating_add(width - 1);
-    [(0x20u16, 0x21u16), (0x40, 0x43), (0x70, 0x71), (0xa0, 0xa1), (0xf4, 0xf7), (0x3f8, 0x3ff)]
-        .iter()
-        .any(|&(a, b)| port <= b && end >= a)
-}
-
-/// Emulates `in`/`out` (imm8 or dx forms) for a vCPU with I/O privilege.
-fn emulate_port_io(frame: &mut TrapFrame, b: &[u8], i: usize, opsize16: bool) -> Option<usize> {
-    let op = *b.get(i)?;
-    let width: u16 = match op {
-        0xe4 | 0xe6 | 0xec | 0xee => 1,
-        _ if opsize16 => 2,
-        _ => 4,
+/// Emulates `in`/`out` (imm8 or dx forms) for a vCPU with I/O privilege;
+/// false for a port the hypervisor keeps (`policy::port_reserved`).
+fn emulate_port_io(frame: &mut TrapFrame, is_in: bool, port: Port, width: u8) -> bool {
+    let port = match port {
+        Port::Imm(p) => u16::from(p),
+        Port::Dx => frame.rdx as u16,
     };
-    let (port, len) = match op {
-        0xe4..=0xe7 => (*b.get(i + 1)? as u16, i + 2),
-        0xec..=0xef => (frame.rdx as u16, i + 1),
-        _ => return None,
-    };
-    if port_reserved(port, width) {
-        return None;
+    let width = u16::from(width);
+    if policy::port_reserved(port, width) {
+        return false;
     }
-    let is_in = matches!(op, 0xe4 | 0xe5 | 0xec | 0xed);
     if is_in {
         let v = crate::arch::port::in_width(port, width);
         let mask: u64 = match width {
@@ -633,7 +579,7 @@ fn emulate_port_io(frame: &mut TrapFrame, b: &[u8], i: usize, opsize16: bool) ->
     } else {
         crate::arch::port::out_width(port, width, frame.rax as u32);
     }
-    Some(len)
+    true
 }
 
 /// #GP from guest kernel mode: emulates cli, sti, hlt, control-register
@@ -646,52 +592,35 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
         return Emulated::NotEmulated;
     }
     let cr3 = hv.domains[cur].cr3;
-    let mut b = [0u8; 15];
-    let n = fetch(cr3, frame.rip, &mut b);
-    let b = &b[..n];
-    let mut i = 0;
-    let mut rex = 0u8;
-    let mut opsize16 = false;
-    while let Some(&p) = b.get(i) {
-        if p == 0x66 {
-            opsize16 = true;
-            i += 1;
-        } else if (0x40..=0x4f).contains(&p) {
-            rex = p;
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    if hv.domains[cur].pv.iopl >= 1
-        && let Some(len) = emulate_port_io(frame, b, i, opsize16)
-    {
-        frame.rip = frame.rip.wrapping_add(len as u64);
-        return Emulated::Done;
-    }
-    let rip = frame.rip;
-    let next = |len: usize| rip.wrapping_add((i + len) as u64);
-    match (b.get(i), b.get(i + 1), b.get(i + 2)) {
-        (Some(0xfa), _, _) => {
-            hv.domains[cur].set_upcall_mask(true);
-            frame.rip = next(1);
+    // Bytes the decoder refuses (or forms not emulated) are the guest's #GP.
+    let Ok(insn) = decode_at(cr3, frame.rip) else {
+        return Emulated::NotEmulated;
+    };
+    let next = frame.rip.wrapping_add(u64::from(insn.len));
+    match insn.op {
+        Op::In { port, width } | Op::Out { port, width } => {
+            let is_in = matches!(insn.op, Op::In { .. });
+            if hv.domains[cur].pv.iopl < 1 || !emulate_port_io(frame, is_in, port, width) {
+                return Emulated::NotEmulated;
+            }
+            frame.rip = next;
             Emulated::Done
         }
-        (Some(0xfb), _, _) => {
-            hv.domains[cur].set_upcall_mask(false);
-            frame.rip = next(1);
+        Op::Cli | Op::Sti => {
+            hv.domains[cur].set_upcall_mask(insn.op == Op::Cli);
+            frame.rip = next;
             Emulated::Done
         }
-        (Some(0x0f), Some(0x06), _) => {
-            // clts: clears the virtual TS.
+        Op::Clts => {
+            // Clears the virtual TS.
             hv.domains[cur].pv.virtual_ts = false;
             crate::arch::cpu::clts();
-            frame.rip = next(2);
+            frame.rip = next;
             Emulated::Done
         }
-        (Some(0xf4), _, _) => {
-            // hlt: block until an event (SCHEDOP_block semantics).
-            frame.rip = next(1);
+        Op::Hlt => {
+            // Block until an event (SCHEDOP_block semantics).
+            frame.rip = next;
             let d = &hv.domains[cur];
             d.set_upcall_mask(false);
             if !d.upcall_pending() {
@@ -701,10 +630,8 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
             }
             Emulated::Done
         }
-        // mov %crN, reg
-        (Some(0x0f), Some(0x20), Some(&modrm)) if modrm >> 6 == 3 => {
-            let crn = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
-            let val = match crn {
+        Op::MovFromCr { cr, gpr: reg } => {
+            let val = match cr {
                 // PE MP ET NE WP AM PG, plus the virtual TS.
                 0 => 0x8005_0033 | if hv.domains[cur].pv.virtual_ts { 8 } else { 0 },
                 2 => crate::mm::read_u64(hv.domains[cur].shared_info_mfn * crate::mm::PAGE + 16),
@@ -712,102 +639,76 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
                 4 => 0x620, // PAE | OSFXSR | OSXMMEXCPT
                 _ => return Emulated::NotEmulated,
             };
-            *gpr(frame, (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 }) = val;
-            frame.rip = next(3);
+            *gpr(frame, reg) = val;
+            frame.rip = next;
             Emulated::Done
         }
-        // rdmsr: the FS/GS bases and the MSRs PV kernels probe, with the
-        // values Xen gives a PV guest; anything else is #GP for the guest.
-        (Some(0x0f), Some(0x32), _) => {
+        Op::Rdmsr => {
+            let Some(what) = policy::rdmsr(frame.rcx as u32) else {
+                return Emulated::NotEmulated;
+            };
             save_bases(&mut hv.domains[cur].pv);
             let pv = &hv.domains[cur].pv;
-            let v = match frame.rcx as u32 {
-                0xC000_0100 => pv.fs_base,
-                0xC000_0101 => pv.gs_base_kernel,
-                0xC000_0102 => pv.gs_base_user,
-                MSR_EFER => GUEST_EFER,
-                0x10 => crate::arch::cpu::rdtsc(),
-                // The PAT layout the hypervisor runs with (WB WT UC- UC).
-                0x277 => 0x0007_0406_0007_0406,
-                // PLATFORM_INFO: no CPUID faulting offered.
-                0xce => 0,
-                // MISC_FEATURES_ENABLES: CPUID faulting off.
-                0x140 => 0,
-                MSR_MISC_ENABLE => GUEST_MISC_ENABLE,
-                _ => return Emulated::NotEmulated,
+            let v = match what {
+                MsrRead::Base(SegmentBase::Fs) => pv.fs_base,
+                MsrRead::Base(SegmentBase::GsKernel) => pv.gs_base_kernel,
+                MsrRead::Base(SegmentBase::GsUser) => pv.gs_base_user,
+                MsrRead::Tsc => crate::arch::cpu::rdtsc(),
+                MsrRead::Value(v) => v,
             };
             frame.rax = v & 0xffff_ffff;
             frame.rdx = v >> 32;
-            frame.rip = next(2);
+            frame.rip = next;
             Emulated::Done
         }
-        (Some(0x0f), Some(0x30), _) => {
+        Op::Wrmsr => {
             let v = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
-            let which = match frame.rcx as u32 {
-                0xC000_0100 => 0,
-                0xC000_0101 => 2,
-                0xC000_0102 => 1,
-                // As on Xen: rewriting EFER or MISC_FEATURES_ENABLES with
-                // the value read is accepted (a no-op), any change is #GP;
-                // MISC_ENABLE writes are dropped.
-                MSR_EFER | 0x140 | MSR_MISC_ENABLE => {
-                    let same = match frame.rcx as u32 {
-                        MSR_EFER => v == GUEST_EFER,
-                        0x140 => v == 0,
-                        _ => true,
-                    };
-                    if !same {
-                        return Emulated::NotEmulated;
-                    }
-                    frame.rip = next(2);
+            let which = match policy::wrmsr(frame.rcx as u32, v) {
+                None => return Emulated::NotEmulated,
+                Some(MsrWrite::Ignore) => {
+                    frame.rip = next;
                     return Emulated::Done;
                 }
-                _ => return Emulated::NotEmulated,
+                Some(MsrWrite::Base(SegmentBase::Fs)) => 0,
+                Some(MsrWrite::Base(SegmentBase::GsUser)) => 1,
+                Some(MsrWrite::Base(SegmentBase::GsKernel)) => 2,
             };
             // A non-canonical base is a #GP for the guest (XSA-193).
             if set_segment_base_of(hv, which, v).is_err() {
                 return Emulated::NotEmulated;
             }
-            frame.rip = next(2);
+            frame.rip = next;
             Emulated::Done
         }
         _ => Emulated::NotEmulated,
     }
 }
 
-const MSR_EFER: u32 = 0xC000_0080;
-/// EFER as a 64-bit PV guest sees it: SCE | LME | LMA | NXE.
-const GUEST_EFER: u64 = 0xd01;
-const MSR_MISC_ENABLE: u32 = 0x1a0;
-/// IA32_MISC_ENABLE as Xen shows a PV guest: fast strings, branch-trace and
-/// PEBS unavailable, xTPR messages off.
-const GUEST_MISC_ENABLE: u64 = 1 | 1 << 11 | 1 << 12 | 1 << 23;
-
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
 pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
     let cr3 = hv.domains[hv.current].active_cr3();
-    let mut b = [0u8; 15];
+    let mut b = [0u8; decode::MAX_LEN];
     let n = fetch(cr3, frame.rip, &mut b);
-    if n >= 7 && b[..7] == [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2] {
-        let (a, bx, c, d) = cpuid(frame.rax as u32, frame.rcx as u32);
-        frame.rax = a as u64;
-        frame.rbx = bx as u64;
-        frame.rcx = c as u64;
-        frame.rdx = d as u64;
-        frame.rip = frame.rip.wrapping_add(7);
-        true
-    } else {
-        false
-    }
+    let Some(len) = decode::forced_cpuid(&b[..n]) else {
+        return false;
+    };
+    let (a, bx, c, d) = cpuid(frame.rax as u32, frame.rcx as u32);
+    frame.rax = a as u64;
+    frame.rbx = bx as u64;
+    frame.rcx = c as u64;
+    frame.rdx = d as u64;
+    frame.rip = frame.rip.wrapping_add(len as u64);
+    true
 }
 
-/// For a #GP raised by `int n` from ring 3: the vector n when the bytes at
-/// rip are `CD n` (QEMU's TCG reports a different error code than hardware,
-/// so the instruction is decoded rather than the error code trusted).
-pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<u8> {
-    let cr3 = hv.domains[hv.current].active_cr3();
-    let mut b = [0u8; 2];
-    guest::copy_from(cr3, frame.rip, &mut b).ok()?;
-    (b[0] == 0xcd).then_some(b[1])
+/// For a #GP raised by `int n` from ring 3: the vector n and the
+/// instruction's length when the bytes at rip are `int n` (QEMU's TCG
+/// reports a different error code than hardware, so the instruction is
+/// decoded rather than the error code trusted).
+pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<(u8, u8)> {
+    match decode_at(hv.domains[hv.current].active_cr3(), frame.rip) {
+        Ok(decode::Insn { op: Op::Int(n), len }) => Some((n, len)),
+        _ => None,
+    }
 }

@@ -7,7 +7,7 @@
 use crate::arch::{cpu, entry::TrapFrame};
 use crate::domain::HV;
 use crate::pv;
-use microvisor_core::insn;
+use microvisor_core::decode;
 
 const NAMES: [&str; 32] = [
     "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
@@ -26,12 +26,9 @@ fn injected_vector(hv: &crate::domain::Hv, frame: &TrapFrame) -> Option<u8> {
     if !INJECT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
         return None;
     }
-    let mut bytes = [0u8; 15];
+    let mut bytes = [0u8; decode::MAX_LEN];
     let n = pv::fetch(hv.domains[hv.current].active_cr3(), frame.rip, &mut bytes);
-    match bytes[..n.min(3)] {
-        [0x0f, 0x0b, v @ (5 | 17 | 19)] => Some(v),
-        _ => None,
-    }
+    decode::injected_vector(&bytes[..n])
 }
 
 /// Vectors whose exception pushes an error code.
@@ -97,13 +94,13 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
     let name = NAMES.get(v as usize).copied().unwrap_or("?");
     match v {
         13 => {
-            if let Some(n) = pv::soft_int_vector(hv, frame) {
+            if let Some((n, len)) = pv::soft_int_vector(hv, frame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
                 let t = hv.domains[hv.current].pv.traps[n as usize];
                 let min_dpl = if hv.domains[hv.current].pv.user_mode { 3 } else { 1 };
                 if t.address != 0 && t.flags & 3 >= min_dpl {
-                    frame.rip = frame.rip.wrapping_add(2);
+                    frame.rip = frame.rip.wrapping_add(u64::from(len));
                     let _ = pv::bounce(hv, frame, t.address, None, t.flags & 4 != 0, format_args!("a software interrupt"));
                     return;
                 }
@@ -113,14 +110,11 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             match pv::emulate_gp(hv, frame) {
                 pv::Emulated::Done | pv::Emulated::Switched => {}
                 pv::Emulated::NotEmulated => {
-                    let cr3 = hv.domains[hv.current].active_cr3();
-                    let mut bytes = [0u8; 15];
-                    let n = pv::fetch(cr3, frame.rip, &mut bytes);
-                    let what = insn::decode(&bytes[..n]);
+                    let what = pv::decode_at(hv.domains[hv.current].active_cr3(), frame.rip).ok().filter(|i| i.op.privileged());
                     let rip = frame.rip;
                     let err = frame.error_code;
-                    if what != insn::Privileged::Other {
-                        pv::deliver_exception(hv, frame, 13, Some(err), format_args!("privileged instruction {} at rip {rip:#x} ({name})", what.mnemonic()));
+                    if let Some(what) = what {
+                        pv::deliver_exception(hv, frame, 13, Some(err), format_args!("privileged instruction {} at rip {rip:#x} ({name})", what.op.mnemonic()));
                     } else {
                         pv::deliver_exception(hv, frame, 13, Some(err), format_args!("unhandled exception {name} at rip {rip:#x}, error {err:#x}"));
                     }

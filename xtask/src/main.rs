@@ -12,6 +12,7 @@ mod bench;
 mod build;
 mod bundle;
 mod differential;
+mod hostfuzz;
 mod profile;
 mod qemu;
 mod scenario;
@@ -104,7 +105,10 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  (default syscall_entry) back to guest ring 3, or N
                                  steps; default manifest: the bench guest alone.
                                  e.g. --when '$rax==32 && $rdi==4' --skip 2000
-                                 traces one masked event send";
+                                 traces one masked event send
+  fuzz --host [--cases N] [--target NAME] [--list]
+                                 long property-test campaigns of every parser and
+                                 validator of untrusted bytes (host, no QEMU)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -112,7 +116,8 @@ fn main() -> ExitCode {
         eprintln!("{HELP}");
         return ExitCode::FAILURE;
     };
-    let res = parse(&args[1..]).and_then(|o| match cmd.as_str() {
+    // `fuzz` takes its own options.
+    let res = if cmd == "fuzz" { fuzz(&args[1..]) } else { parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
             Err(format!("error: `{c}` takes neither --on-xen nor --vs-xen: use `test --on-xen` or `bench --vs-xen`"))
         }
@@ -126,7 +131,7 @@ fn main() -> ExitCode {
             Ok(true)
         }
         other => Err(format!("error: unknown command '{other}'\n{HELP}")),
-    });
+    }) };
     match res {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -135,6 +140,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `fuzz --host ...`: host property-test campaigns (hostfuzz.rs).
+fn fuzz(args: &[String]) -> Result<bool, String> {
+    if args.iter().any(|a| a == "--host") {
+        return hostfuzz::run(&root(), args);
+    }
+    Err("error: `cargo xtask fuzz` needs --host here (host fuzzing of parsers and validators)".into())
 }
 
 fn profile(o: &Opts) -> Result<bool, String> {

@@ -633,8 +633,14 @@ fn arb_request() -> impl Strategy<Value = BlkifRequest> {
     prop_oneof![1 => raw, 3 => shaped]
 }
 
+/// Cases for a fuzz property: `default`, or `MICROVISOR_FUZZ_CASES` (set by
+/// `cargo xtask fuzz --host`).
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("MICROVISOR_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases(256)))]
 
     /// Any requests and any producer index: no panic, an overrun only when the
     /// index is really implausible, and otherwise exactly one response per

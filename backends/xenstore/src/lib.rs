@@ -43,6 +43,8 @@ pub mod wire;
 #[cfg(test)]
 mod exhaustion_tests;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;

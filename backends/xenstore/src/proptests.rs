@@ -91,7 +91,7 @@ fn request() -> impl Strategy<Value = (u32, u32, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(crate::fuzz::cases(256)))]
 
     /// Arbitrary bytes as whole messages and as a stream: never a panic, the
     /// store stays consistent, output stays well framed.

@@ -19,6 +19,8 @@
 
 mod endpoint;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use endpoint::{

@@ -10,15 +10,16 @@
 //! as an error value.
 
 pub mod cpio;
+pub mod decode;
 pub mod elfimage;
 pub mod evtchn;
 pub mod frame_alloc;
 pub mod frametable;
 pub mod grant;
 pub mod hypercall_page;
-pub mod insn;
 pub mod layout;
 pub mod manifest;
+pub mod pv;
 
 /// Size of a guest or machine page in bytes (x86_64 4 KiB pages).
 pub const PAGE_SIZE: u64 = 4096;
@@ -35,4 +36,12 @@ pub const fn page_round_up(value: u64) -> Option<u64> {
 /// True when `value` is a multiple of [`PAGE_SIZE`].
 pub const fn is_page_aligned(value: u64) -> bool {
     value & (PAGE_SIZE - 1) == 0
+}
+
+/// Test cases for each fuzz property test (`fuzz_*`): `default` in a normal
+/// `cargo test`, or `MICROVISOR_FUZZ_CASES` when set (as `cargo xtask fuzz
+/// --host` sets it for long campaigns).
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("MICROVISOR_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -184,12 +184,7 @@ pub fn data_selector_ok(sel: u16) -> bool {
     }
     // SAFETY: single CPU; reads one entry of the live GDT (sel >> 3 < 8192).
     let d = unsafe { (*(&raw const GDT)).0[usize::from(sel >> 3)] };
-    let present = d & (1 << 47) != 0;
-    let code_or_data = d & (1 << 44) != 0;
-    let dpl3 = (d >> 45) & 3 == 3;
-    let code = d & (1 << 43) != 0;
-    let readable = d & (1 << 41) != 0;
-    present && code_or_data && dpl3 && (!code || readable)
+    microvisor_core::pv::data_descriptor_loadable(d)
 }
 
 #[inline]

@@ -295,7 +295,7 @@ impl<'a> Machine<'a> {
 const EXPECTED: [Errno; 3] = [Errno::EINVAL, Errno::EBUSY, Errno::EPERM];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(1024)))]
 
     #[test]
     fn random_operations_keep_the_audit_clean(ops in prop::collection::vec(op(), 1..120)) {

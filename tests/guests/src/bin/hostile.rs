@@ -1,8 +1,10 @@
 //! Hostile vCPU-state abuse, one attack per boot chosen by `op=`: returns
 //! through HYPERVISOR_iret to a non-canonical RIP (XSA-7) or claiming ring 0,
 //! `int $0x80` with no trap table (XSA-259), an exception whose bounce frame
-//! cannot be written, and callbacks inside hypervisor space. Each must end
-//! in an error code or in this domain alone being killed.
+//! cannot be written (on the current stack, or from guest user mode on a
+//! stack_switch kernel stack in hypervisor space), and callbacks inside
+//! hypervisor space. Each must end in an error code or in this domain alone
+//! being killed.
 #![no_std]
 #![no_main]
 
@@ -32,6 +34,20 @@ fn forged_iret(rip: u64, cs: u64) -> ! {
     }
 }
 
+/// The kernel stack `bad-kernel-stack-from-user` registers: hypervisor
+/// space, so no bounce frame can go there.
+const BAD_KERNEL_STACK: u64 = 0xffff_8000_0010_0000;
+
+#[repr(C, align(16))]
+struct Stack([u8; 4096]);
+static mut USER_STACK: Stack = Stack([0; 4096]);
+
+/// Guest user code: an exception, which must bounce to the kernel stack.
+extern "C" fn user_ud2() -> ! {
+    // SAFETY: raises #UD; control never comes back here.
+    unsafe { asm!("ud2", options(noreturn)) }
+}
+
 fn main(si: &'static StartInfo) {
     let op = scenario_guests::arg(si, "op").unwrap_or("none");
     println!("hostile: {op}");
@@ -45,6 +61,18 @@ fn main(si: &'static StartInfo) {
             // SAFETY: moves the stack to an unmapped address and faults: the
             // hypervisor cannot write the bounce frame and must kill us.
             unsafe { asm!("mov rsp, {}", "ud2", in(reg) 0x7fff_0000_0000u64, options(noreturn)) }
+        }
+        "bad-kernel-stack-from-user" => {
+            pv_guest_kernel::traps::init().expect("trap table");
+            let l4 = pv_guest_kernel::mm::current_l4_mfn();
+            pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0).expect("user page table");
+            // SAFETY: a kernel stack the hypervisor can never write: the
+            // #UD from user mode below must kill us, naming this stack.
+            let r = unsafe { guest_abi::hypercall::stack_switch(0xe02b, BAD_KERNEL_STACK) };
+            t.check("stack-switch", r.is_ok(), format_args!("{r:?}"));
+            let usp = (&raw const USER_STACK) as u64 + 4096;
+            println!("hostile: user stack {usp:#x}, kernel stack {BAD_KERNEL_STACK:#x}");
+            pv_guest_kernel::traps::enter_user(user_ud2 as *const () as u64, usp)
         }
         "callbacks-in-hypervisor" => {
             for (ty, name) in [(0u16, "event"), (1, "failsafe"), (2, "syscall")] {

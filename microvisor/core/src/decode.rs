@@ -1,0 +1,363 @@
+//! Decoder for the guest instructions the hypervisor emulates or names.
+//!
+//! When a guest faults (#GP, #UD) the hypervisor copies up to
+//! [`MAX_LEN`] bytes from the faulting RIP and hands them here. The bytes are
+//! the guest's: anything at all may be there, including fewer bytes than an
+//! instruction needs (the page after ends unmapped). [`decode`] therefore
+//! either returns one instruction of a known form together with its exact
+//! length, or refuses; it never panics, never reads past [`MAX_LEN`] bytes,
+//! and never claims a length longer than the bytes it was given.
+//!
+//! Only the forms the hypervisor acts on or names in a log line are decoded
+//! (64-bit mode): the privileged instructions a PV kernel may use (cli, sti,
+//! hlt, clts, port I/O, rdmsr/wrmsr, moves to and from control and debug
+//! registers, descriptor-table loads, invlpg, swapgs, invd, wbinvd),
+//! `int n`, `ud2` and `cpuid`. Everything else is
+//! [`Refusal::Unknown`]: for the hypervisor that means "not emulated", and
+//! the guest gets the fault the CPU raised.
+//!
+//! Prefixes are handled as the CPU does in 64-bit mode: any number of legacy
+//! prefixes in any order (segment overrides, operand and address size), a
+//! REX prefix counts only when it immediately precedes the opcode, and the
+//! whole instruction is at most 15 bytes. A LOCK prefix is refused (it makes
+//! every decoded form #UD, or on AMD turns `mov cr0` into `mov cr8`), and so
+//! are REP prefixes except on the string port instructions, where they
+//! select the repeated form (elsewhere they can select a different
+//! instruction in the 0F map).
+
+/// The architectural limit on an x86 instruction's length, in bytes.
+pub const MAX_LEN: usize = 15;
+
+/// Where a port I/O instruction takes its port number from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// An 8-bit immediate (`in al, 0x60`).
+    Imm(u8),
+    /// The DX register (`in al, dx`).
+    Dx,
+}
+
+/// A decoded instruction's operation and operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `cli`: clear the interrupt flag.
+    Cli,
+    /// `sti`: set the interrupt flag.
+    Sti,
+    /// `hlt`.
+    Hlt,
+    /// `clts`: clear CR0.TS.
+    Clts,
+    /// `in` into AL, AX or EAX (`width` 1, 2 or 4 bytes).
+    In { port: Port, width: u8 },
+    /// `out` from AL, AX or EAX (`width` 1, 2 or 4 bytes).
+    Out { port: Port, width: u8 },
+    /// `ins` (string port input), `rep` when repeated.
+    Ins { width: u8, rep: bool },
+    /// `outs` (string port output), `rep` when repeated.
+    Outs { width: u8, rep: bool },
+    /// `rdmsr`.
+    Rdmsr,
+    /// `wrmsr`.
+    Wrmsr,
+    /// `cpuid`.
+    Cpuid,
+    /// `mov gpr, crN`: general register `gpr` (0-15, rax..r15) receives
+    /// control register `cr` (0, 2, 3, 4 or 8).
+    MovFromCr { cr: u8, gpr: u8 },
+    /// `mov crN, gpr`.
+    MovToCr { cr: u8, gpr: u8 },
+    /// `mov gpr, drN` (`dr` 0-7).
+    MovFromDr { dr: u8, gpr: u8 },
+    /// `mov drN, gpr`.
+    MovToDr { dr: u8, gpr: u8 },
+    /// `lgdt m`.
+    Lgdt,
+    /// `lidt m`.
+    Lidt,
+    /// `lldt r/m16`.
+    Lldt,
+    /// `ltr r/m16`.
+    Ltr,
+    /// `invlpg m`.
+    Invlpg,
+    /// `swapgs`.
+    Swapgs,
+    /// `invd`.
+    Invd,
+    /// `wbinvd`.
+    Wbinvd,
+    /// `int n`.
+    Int(u8),
+    /// `ud2`.
+    Ud2,
+}
+
+impl Op {
+    /// The instruction's mnemonic, for log lines (`in`/`out` also name the
+    /// string forms; control and debug register moves are named by
+    /// direction).
+    pub fn mnemonic(self) -> &'static str {
+        match self {
+            Self::Cli => "cli",
+            Self::Sti => "sti",
+            Self::Hlt => "hlt",
+            Self::Clts => "clts",
+            Self::In { .. } | Self::Ins { .. } => "in",
+            Self::Out { .. } | Self::Outs { .. } => "out",
+            Self::Rdmsr => "rdmsr",
+            Self::Wrmsr => "wrmsr",
+            Self::Cpuid => "cpuid",
+            Self::MovFromCr { .. } => "mov from cr",
+            Self::MovToCr { .. } => "mov to cr",
+            Self::MovFromDr { .. } | Self::MovToDr { .. } => "mov dr",
+            Self::Lgdt => "lgdt",
+            Self::Lidt => "lidt",
+            Self::Lldt => "lldt",
+            Self::Ltr => "ltr",
+            Self::Invlpg => "invlpg",
+            Self::Swapgs => "swapgs",
+            Self::Invd => "invd",
+            Self::Wbinvd => "wbinvd",
+            Self::Int(_) => "int",
+            Self::Ud2 => "ud2",
+        }
+    }
+
+    /// Whether the instruction faults in a PV guest kernel (ring 3) because
+    /// it is privileged (or, for `int n`, because the gate is not the
+    /// guest's to use): what a #GP at it is explained by.
+    pub fn privileged(self) -> bool {
+        !matches!(self, Self::Ud2 | Self::Cpuid)
+    }
+}
+
+/// One decoded instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    /// What it does.
+    pub op: Op,
+    /// Its length in bytes, prefixes included: 1..=[`MAX_LEN`], and never
+    /// more than the bytes it was decoded from.
+    pub len: u8,
+}
+
+/// Why bytes were not decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bytes end before the instruction does (none at all included).
+    Truncated,
+    /// The instruction would be longer than [`MAX_LEN`] bytes (the CPU
+    /// raises #GP for it).
+    TooLong,
+    /// A LOCK prefix, or a REP prefix on a form that does not take one.
+    BadPrefix,
+    /// Not one of the decoded forms.
+    Unknown,
+}
+
+/// Reads instruction bytes, never past [`MAX_LEN`] nor past the input.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn next(&mut self) -> Result<u8, Refusal> {
+        if self.at >= MAX_LEN {
+            return Err(Refusal::TooLong);
+        }
+        let b = *self.bytes.get(self.at).ok_or(Refusal::Truncated)?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), Refusal> {
+        for _ in 0..n {
+            self.next()?;
+        }
+        Ok(())
+    }
+
+    /// Consumes the SIB byte and displacement that ModRM byte `modrm`
+    /// announces (the same layout for 64- and 32-bit addressing).
+    fn memory_operand(&mut self, modrm: u8) -> Result<(), Refusal> {
+        let (md, rm) = (modrm >> 6, modrm & 7);
+        if md == 3 {
+            return Ok(());
+        }
+        let mut disp = match md {
+            0 => 0,
+            1 => 1,
+            _ => 4,
+        };
+        if rm == 4 {
+            let sib = self.next()?;
+            if md == 0 && sib & 7 == 5 {
+                disp = 4;
+            }
+        } else if md == 0 && rm == 5 {
+            // RIP-relative.
+            disp = 4;
+        }
+        self.skip(disp)
+    }
+}
+
+/// The prefixes in front of an opcode.
+#[derive(Default)]
+struct Prefixes {
+    lock: bool,
+    /// F3 (REP/REPE).
+    rep: bool,
+    /// F2 (REPNE).
+    repne: bool,
+    opsize16: bool,
+    /// The REX prefix immediately before the opcode (0 if none).
+    rex: u8,
+}
+
+/// Decodes the instruction at the start of `bytes` (bytes past the 15th are
+/// never looked at).
+pub fn decode(bytes: &[u8]) -> Result<Insn, Refusal> {
+    let mut c = Cursor { bytes, at: 0 };
+    let mut p = Prefixes::default();
+    let op = loop {
+        let b = c.next()?;
+        match b {
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 => p.rex = 0,
+            0x66 => {
+                p.opsize16 = true;
+                p.rex = 0;
+            }
+            0xf0 => {
+                p.lock = true;
+                p.rex = 0;
+            }
+            0xf2 => {
+                p.repne = true;
+                p.rex = 0;
+            }
+            0xf3 => {
+                p.rep = true;
+                p.rex = 0;
+            }
+            // A later REX replaces an earlier one; a legacy prefix after a
+            // REX makes the CPU ignore it (above).
+            0x40..=0x4f => p.rex = b,
+            _ => break b,
+        }
+    };
+    // REPNE has no defined meaning on the string port instructions.
+    if p.lock || p.repne || (p.rep && !matches!(op, 0x6c..=0x6f)) {
+        return Err(Refusal::BadPrefix);
+    }
+    // The wide forms: 16 bits with 0x66, unless REX.W asks for 64 (which
+    // port I/O caps at 32).
+    let wide = if p.opsize16 && p.rex & 8 == 0 { 2 } else { 4 };
+    let op = match op {
+        0xfa => Op::Cli,
+        0xfb => Op::Sti,
+        0xf4 => Op::Hlt,
+        0xe4 | 0xe5 => Op::In { port: Port::Imm(c.next()?), width: if op == 0xe4 { 1 } else { wide } },
+        0xe6 | 0xe7 => Op::Out { port: Port::Imm(c.next()?), width: if op == 0xe6 { 1 } else { wide } },
+        0xec | 0xed => Op::In { port: Port::Dx, width: if op == 0xec { 1 } else { wide } },
+        0xee | 0xef => Op::Out { port: Port::Dx, width: if op == 0xee { 1 } else { wide } },
+        0x6c | 0x6d => Op::Ins { width: if op == 0x6c { 1 } else { wide }, rep: p.rep },
+        0x6e | 0x6f => Op::Outs { width: if op == 0x6e { 1 } else { wide }, rep: p.rep },
+        0xcd => Op::Int(c.next()?),
+        0x0f => two_byte(&mut c, p.rex)?,
+        _ => return Err(Refusal::Unknown),
+    };
+    // The cursor never passes MAX_LEN nor the input.
+    Ok(Insn { op, len: c.at as u8 })
+}
+
+/// The 0F opcode map.
+fn two_byte(c: &mut Cursor<'_>, rex: u8) -> Result<Op, Refusal> {
+    let rex_r = if rex & 4 != 0 { 8 } else { 0 };
+    let rex_b = if rex & 1 != 0 { 8 } else { 0 };
+    Ok(match c.next()? {
+        0x06 => Op::Clts,
+        0x08 => Op::Invd,
+        0x09 => Op::Wbinvd,
+        0x0b => Op::Ud2,
+        0x30 => Op::Wrmsr,
+        0x32 => Op::Rdmsr,
+        0xa2 => Op::Cpuid,
+        // Moves to and from control and debug registers: the ModRM byte
+        // always names registers (the CPU ignores its mod field).
+        op @ 0x20..=0x23 => {
+            let modrm = c.next()?;
+            let reg = ((modrm >> 3) & 7) | rex_r;
+            let gpr = (modrm & 7) | rex_b;
+            match op {
+                0x20 | 0x22 if !matches!(reg, 0 | 2 | 3 | 4 | 8) => return Err(Refusal::Unknown),
+                0x21 | 0x23 if reg > 7 => return Err(Refusal::Unknown),
+                0x20 => Op::MovFromCr { cr: reg, gpr },
+                0x22 => Op::MovToCr { cr: reg, gpr },
+                0x21 => Op::MovFromDr { dr: reg, gpr },
+                _ => Op::MovToDr { dr: reg, gpr },
+            }
+        }
+        0x00 => {
+            let modrm = c.next()?;
+            let op = match (modrm >> 3) & 7 {
+                2 => Op::Lldt,
+                3 => Op::Ltr,
+                _ => return Err(Refusal::Unknown),
+            };
+            c.memory_operand(modrm)?;
+            op
+        }
+        0x01 => {
+            let modrm = c.next()?;
+            if modrm >> 6 == 3 {
+                match modrm {
+                    0xf8 => Op::Swapgs,
+                    _ => return Err(Refusal::Unknown),
+                }
+            } else {
+                let op = match (modrm >> 3) & 7 {
+                    2 => Op::Lgdt,
+                    3 => Op::Lidt,
+                    7 => Op::Invlpg,
+                    _ => return Err(Refusal::Unknown),
+                };
+                c.memory_operand(modrm)?;
+                op
+            }
+        }
+        _ => return Err(Refusal::Unknown),
+    })
+}
+
+/// Xen's forced-emulation prefix: `ud2a; .ascii "xen"`, followed by the
+/// instruction the guest wants emulated.
+pub const FORCED_EMULATION_PREFIX: [u8; 5] = [0x0f, 0x0b, b'x', b'e', b'n'];
+
+/// For a #UD: the length of a forced-emulation sequence at the start of
+/// `bytes` (the prefix followed by `cpuid`, the one instruction Xen
+/// emulates there for a PV guest), or `None`.
+pub fn forced_cpuid(bytes: &[u8]) -> Option<usize> {
+    let rest = bytes.strip_prefix(&FORCED_EMULATION_PREFIX[..])?;
+    // The whole sequence is one instruction to the guest: at most MAX_LEN.
+    let rest = &rest[..rest.len().min(MAX_LEN - FORCED_EMULATION_PREFIX.len())];
+    match decode(rest) {
+        Ok(Insn { op: Op::Cpuid, len }) => Some(FORCED_EMULATION_PREFIX.len() + len as usize),
+        _ => None,
+    }
+}
+
+/// `selftest=inject`: the vector named by the byte after a `ud2` (no
+/// prefixes) when it is 5, 17 or 19 (#BR, #AC, #XM), which the self-test
+/// delivers instead of #UD.
+pub fn injected_vector(bytes: &[u8]) -> Option<u8> {
+    match bytes {
+        [0x0f, 0x0b, v @ (5 | 17 | 19), ..] => Some(*v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,308 @@
+//! The checks on values a PV guest hands the hypervisor for its virtual CPU:
+//! trap-table entries, callback registrations, the kernel stack selector,
+//! GDT descriptors, the `iret` context, the ports guest I/O may reach and
+//! the MSRs `rdmsr`/`wrmsr` emulation serves. Every function decides from
+//! the guest's bytes alone and answers with a value (or a Xen errno); the
+//! hypervisor's `pv.rs` copies the bytes in and applies the answer.
+
+use guest_abi::arch::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_MASK_EVENTS, TrapInfo};
+use guest_abi::errno::Errno;
+
+/// The hypervisor's reserved part of the address space (Xen's x86_64 PV
+/// layout): no guest code, stack or callback may lie here.
+pub const HV_START: u64 = 0xFFFF_8000_0000_0000;
+/// End (exclusive) of [`HV_START`]'s range.
+pub const HV_END: u64 = 0xFFFF_8800_0000_0000;
+
+/// True for a canonical 48-bit address.
+pub const fn canonical(va: u64) -> bool {
+    (va >> 47) == 0 || (va >> 47) == 0x1_ffff
+}
+
+/// True for an address a guest may run code or keep a stack at: canonical
+/// and outside the hypervisor's range.
+pub const fn guest_addr_ok(va: u64) -> bool {
+    canonical(va) && !(va >= HV_START && va < HV_END)
+}
+
+/// Accepts Xen's flat kernel code selector in either RPL form.
+pub const fn kernel_cs_ok(cs: u16) -> bool {
+    cs & !3 == FLAT_KERNEL_CS64 & !3
+}
+
+/// stack_switch's `ss`: Xen's flat kernel stack selector in either RPL
+/// form (the full 64-bit argument, so high garbage is refused).
+pub const fn kernel_ss_ok(ss: u64) -> bool {
+    ss <= 0xffff && (ss as u16) & !3 == FLAT_KERNEL_SS64 & !3
+}
+
+/// What one `trap_info` entry of a set_trap_table array asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapTableEntry {
+    /// Address 0: the array ends here.
+    End,
+    /// Vector `vector` is handled at `address` with `flags` (DPL in bits
+    /// 0-1, mask events in bit 2).
+    Set { vector: u8, address: u64, flags: u8 },
+}
+
+/// Checks one `trap_info` entry: the handler must use the kernel code
+/// selector and lie in guest space (`EPERM` otherwise, as Xen answers).
+pub fn trap_table_entry(e: &TrapInfo) -> Result<TrapTableEntry, Errno> {
+    if e.address == 0 {
+        return Ok(TrapTableEntry::End);
+    }
+    if !kernel_cs_ok(e.cs) || !guest_addr_ok(e.address) {
+        return Err(Errno::EPERM);
+    }
+    Ok(TrapTableEntry::Set { vector: e.vector, address: e.address, flags: e.flags })
+}
+
+/// Whether a trap-table entry's flags ask to mask events on entry.
+pub const fn trap_masks_events(flags: u8) -> bool {
+    flags & TI_MASK_EVENTS != 0
+}
+
+/// Which callback a `CALLBACKTYPE_*` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackSlot {
+    /// The event upcall.
+    Event,
+    /// The failsafe callback.
+    Failsafe,
+    /// The 64-bit `syscall` entry.
+    Syscall,
+    /// 32-bit entry points (sysenter, syscall32) and NMI: accepted but
+    /// never delivered to a 64-bit guest.
+    Ignored,
+}
+
+/// The slot `ty` names, or `EINVAL` for an unknown type.
+pub fn callback_slot(ty: u16) -> Result<CallbackSlot, Errno> {
+    use guest_abi::callback::*;
+    match ty {
+        CALLBACKTYPE_EVENT => Ok(CallbackSlot::Event),
+        CALLBACKTYPE_FAILSAFE => Ok(CallbackSlot::Failsafe),
+        CALLBACKTYPE_SYSCALL => Ok(CallbackSlot::Syscall),
+        CALLBACKTYPE_SYSENTER_DEPRECATED | CALLBACKTYPE_NMI | CALLBACKTYPE_SYSENTER | CALLBACKTYPE_SYSCALL32 => Ok(CallbackSlot::Ignored),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// A callback entry point must lie in guest space (`EINVAL`, as Xen).
+pub fn callback_address(address: u64) -> Result<u64, Errno> {
+    if guest_addr_ok(address) { Ok(address) } else { Err(Errno::EINVAL) }
+}
+
+/// Whether a guest GDT descriptor is acceptable to set_gdt: not present, or
+/// a present DPL-3 code or data descriptor (no system descriptors, no
+/// gates, nothing more privileged than the guest kernel's ring 3).
+pub const fn gdt_descriptor_ok(d: u64) -> bool {
+    let present = d & (1 << 47) != 0;
+    let code_or_data = d & (1 << 44) != 0;
+    let dpl = (d >> 45) & 3;
+    !present || (code_or_data && dpl == 3)
+}
+
+/// Whether a descriptor may be loaded into DS, ES, FS or GS from ring 0
+/// without a fault: a present DPL-3 data segment or readable code segment.
+pub const fn data_descriptor_loadable(d: u64) -> bool {
+    let present = d & (1 << 47) != 0;
+    let code_or_data = d & (1 << 44) != 0;
+    let dpl3 = (d >> 45) & 3 == 3;
+    let code = d & (1 << 43) != 0;
+    let readable = d & (1 << 41) != 0;
+    present && code_or_data && dpl3 && (!code || readable)
+}
+
+/// RFLAGS bits the hypervisor handles itself.
+pub const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_IOPL: u64 = 3 << 12;
+/// Flags a guest may set through iret (arithmetic, DF, TF, AC, ID, ...).
+pub const GUEST_FLAGS: u64 = 0x0025_4fd5 & !RFLAGS_IOPL & !RFLAGS_IF;
+
+/// The RFLAGS a guest runs with after asking for `requested`: only the
+/// flags it may set, with real interrupts always on (bit 1 is fixed).
+pub const fn guest_rflags(requested: u64) -> u64 {
+    (requested & GUEST_FLAGS) | RFLAGS_IF | 2
+}
+
+/// Xen's `iret_context`, as the guest leaves it on its stack for the iret
+/// hypercall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IretContext {
+    pub rax: u64,
+    pub r11: u64,
+    pub rcx: u64,
+    pub flags: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl IretContext {
+    /// From the nine words in stack order.
+    pub const fn from_words(w: [u64; 9]) -> Self {
+        Self { rax: w[0], r11: w[1], rcx: w[2], flags: w[3], rip: w[4], cs: w[5], rflags: w[6], rsp: w[7], ss: w[8] }
+    }
+}
+
+/// `iret_context.flags`: VGCF_in_syscall, return as sysret would.
+pub const VGCF_IN_SYSCALL: u64 = 1 << 8;
+
+/// Where a checked iret goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IretTarget {
+    /// To guest user mode (RPL 3 in the saved cs).
+    pub to_user: bool,
+    /// The virtual interrupt flag after it: events masked when IF was clear.
+    pub mask_events: bool,
+    /// The RFLAGS to run with.
+    pub rflags: u64,
+    /// The rcx and r11 to run with (rip and rflags for an in-syscall
+    /// return, as sysret leaves them; else the saved ones).
+    pub rcx: u64,
+    pub r11: u64,
+}
+
+/// Why an iret context is refused (the domain is killed with this reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IretRefusal {
+    /// A non-canonical or hypervisor rip.
+    Rip(u64),
+    /// Not the flat kernel code selector.
+    Cs(u64),
+    /// The hypercall came from guest user mode.
+    FromUserMode,
+    /// A return to user mode with no user page table registered.
+    NoUserPageTable,
+}
+
+impl core::fmt::Display for IretRefusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Rip(rip) => write!(f, "iret to a non-canonical or hypervisor rip {rip:#x}"),
+            Self::Cs(cs) => write!(f, "iret to an invalid code selector {cs:#x}"),
+            Self::FromUserMode => write!(f, "iret hypercall from guest user mode"),
+            Self::NoUserPageTable => write!(f, "iret to guest user mode without a user page table"),
+        }
+    }
+}
+
+/// Checks an iret context issued from guest `user_mode` (or kernel mode),
+/// with or without a user page table.
+pub fn check_iret(ctx: &IretContext, user_mode: bool, has_user_page_table: bool) -> Result<IretTarget, IretRefusal> {
+    if !guest_addr_ok(ctx.rip) {
+        return Err(IretRefusal::Rip(ctx.rip));
+    }
+    if !kernel_cs_ok(ctx.cs as u16) {
+        return Err(IretRefusal::Cs(ctx.cs));
+    }
+    if user_mode {
+        return Err(IretRefusal::FromUserMode);
+    }
+    let to_user = ctx.cs & 3 == 3;
+    if to_user && !has_user_page_table {
+        return Err(IretRefusal::NoUserPageTable);
+    }
+    let rflags = guest_rflags(ctx.rflags);
+    let (rcx, r11) = if ctx.flags & VGCF_IN_SYSCALL != 0 { (ctx.rip, rflags) } else { (ctx.rcx, ctx.r11) };
+    Ok(IretTarget { to_user, mask_events: ctx.rflags & RFLAGS_IF == 0, rflags, rcx, r11 })
+}
+
+/// Ports the hypervisor keeps for itself (PICs, PIT, CMOS/RTC, the QEMU
+/// exit device, the console UART): guest port I/O of `width` bytes at
+/// `port` touching any of them is refused.
+pub fn port_reserved(port: u16, width: u16) -> bool {
+    let end = port.saturating_add(width.max(1) - 1);
+    [(0x20u16, 0x21u16), (0x40, 0x43), (0x70, 0x71), (0xa0, 0xa1), (0xf4, 0xf7), (0x3f8, 0x3ff)].iter().any(|&(a, b)| port <= b && end >= a)
+}
+
+/// MSR numbers emulation serves.
+pub mod msr {
+    pub const TSC: u32 = 0x10;
+    pub const PLATFORM_INFO: u32 = 0xce;
+    pub const MISC_FEATURES_ENABLES: u32 = 0x140;
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    pub const PAT: u32 = 0x277;
+    pub const EFER: u32 = 0xC000_0080;
+    pub const FS_BASE: u32 = 0xC000_0100;
+    pub const GS_BASE: u32 = 0xC000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
+}
+
+/// EFER as a 64-bit PV guest sees it: SCE | LME | LMA | NXE.
+pub const GUEST_EFER: u64 = 0xd01;
+/// IA32_MISC_ENABLE as Xen shows a PV guest: fast strings, branch-trace and
+/// PEBS unavailable, xTPR messages off.
+pub const GUEST_MISC_ENABLE: u64 = 1 | 1 << 11 | 1 << 12 | 1 << 23;
+/// The PAT layout the hypervisor runs with (WB WT UC- UC, twice).
+pub const GUEST_PAT: u64 = 0x0007_0406_0007_0406;
+
+/// Which segment base an MSR holds, in the vCPU's kernel-mode view: FS,
+/// the GS base of kernel mode (MSR_GS_BASE while the kernel runs) or of
+/// user mode (MSR_KERNEL_GS_BASE, what swapgs would bring in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentBase {
+    Fs,
+    GsKernel,
+    GsUser,
+}
+
+/// What `rdmsr` of an MSR gives a PV guest kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsrRead {
+    /// The vCPU's segment base.
+    Base(SegmentBase),
+    /// The time-stamp counter.
+    Tsc,
+    /// A fixed value.
+    Value(u64),
+}
+
+/// `rdmsr` of `index` (ECX): the FS/GS bases and the MSRs PV kernels
+/// probe, with the values Xen gives a PV guest; `None` is #GP.
+pub fn rdmsr(index: u32) -> Option<MsrRead> {
+    Some(match index {
+        msr::FS_BASE => MsrRead::Base(SegmentBase::Fs),
+        msr::GS_BASE => MsrRead::Base(SegmentBase::GsKernel),
+        msr::KERNEL_GS_BASE => MsrRead::Base(SegmentBase::GsUser),
+        msr::EFER => MsrRead::Value(GUEST_EFER),
+        msr::TSC => MsrRead::Tsc,
+        msr::PAT => MsrRead::Value(GUEST_PAT),
+        // No CPUID faulting offered, and it is off.
+        msr::PLATFORM_INFO | msr::MISC_FEATURES_ENABLES => MsrRead::Value(0),
+        msr::MISC_ENABLE => MsrRead::Value(GUEST_MISC_ENABLE),
+        _ => return None,
+    })
+}
+
+/// What `wrmsr` of an MSR does for a PV guest kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsrWrite {
+    /// Sets a segment base (canonical values only: the caller refuses the
+    /// rest, XSA-193).
+    Base(SegmentBase),
+    /// Accepted and dropped.
+    Ignore,
+}
+
+/// `wrmsr` of `value` (EDX:EAX) to `index` (ECX); `None` is #GP. As on Xen:
+/// rewriting EFER or MISC_FEATURES_ENABLES with the value read is a no-op
+/// and any change a #GP; MISC_ENABLE writes are dropped.
+pub fn wrmsr(index: u32, value: u64) -> Option<MsrWrite> {
+    match index {
+        msr::FS_BASE => Some(MsrWrite::Base(SegmentBase::Fs)),
+        msr::GS_BASE => Some(MsrWrite::Base(SegmentBase::GsKernel)),
+        msr::KERNEL_GS_BASE => Some(MsrWrite::Base(SegmentBase::GsUser)),
+        msr::EFER => (value == GUEST_EFER).then_some(MsrWrite::Ignore),
+        msr::MISC_FEATURES_ENABLES => (value == 0).then_some(MsrWrite::Ignore),
+        msr::MISC_ENABLE => Some(MsrWrite::Ignore),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

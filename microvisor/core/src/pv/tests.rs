@@ -1,0 +1,186 @@
+use super::*;
+use guest_abi::callback::*;
+use proptest::prelude::*;
+
+const KCS: u16 = FLAT_KERNEL_CS64;
+
+fn ti(vector: u8, flags: u8, cs: u16, address: u64) -> TrapInfo {
+    TrapInfo { vector, flags, cs, _pad: [0; 4], address }
+}
+
+#[test]
+fn addresses() {
+    assert!(guest_addr_ok(0));
+    assert!(guest_addr_ok(0x0000_7fff_ffff_ffff));
+    assert!(!guest_addr_ok(0x0000_8000_0000_0000));
+    assert!(!guest_addr_ok(0x8000_0000_0000_0000));
+    assert!(!guest_addr_ok(HV_START));
+    assert!(!guest_addr_ok(HV_END - 1));
+    assert!(guest_addr_ok(HV_END));
+    assert!(guest_addr_ok(u64::MAX));
+    assert!(canonical(HV_START) && !canonical(0xffff_0000_0000_0000));
+}
+
+#[test]
+fn selectors() {
+    assert!(kernel_cs_ok(0xe033) && kernel_cs_ok(0xe030));
+    assert!(!kernel_cs_ok(0xe02b) && !kernel_cs_ok(0xe008) && !kernel_cs_ok(0));
+    assert!(kernel_ss_ok(0xe02b) && kernel_ss_ok(0xe028));
+    assert!(!kernel_ss_ok(0xe033) && !kernel_ss_ok(0x1_0000_e02b) && !kernel_ss_ok(0xe010));
+}
+
+#[test]
+fn trap_table_entries() {
+    assert_eq!(trap_table_entry(&ti(3, 3, 0, 0)), Ok(TrapTableEntry::End));
+    assert_eq!(trap_table_entry(&ti(14, 4, KCS, 0x40_1000)), Ok(TrapTableEntry::Set { vector: 14, address: 0x40_1000, flags: 4 }));
+    assert_eq!(trap_table_entry(&ti(14, 0, 0xe030, 0xffff_8800_0000_0000)), Ok(TrapTableEntry::Set { vector: 14, address: 0xffff_8800_0000_0000, flags: 0 }));
+    // A hypervisor or non-canonical handler, or another selector.
+    assert_eq!(trap_table_entry(&ti(3, 3, KCS, 0x8000_0000_0000_0000)), Err(Errno::EPERM));
+    assert_eq!(trap_table_entry(&ti(3, 3, KCS, 0xffff_8280_0010_0000)), Err(Errno::EPERM));
+    assert_eq!(trap_table_entry(&ti(3, 3, 0xe008, 0x40_1000)), Err(Errno::EPERM));
+    assert!(trap_masks_events(4) && !trap_masks_events(3));
+}
+
+#[test]
+fn callbacks() {
+    assert_eq!(callback_slot(CALLBACKTYPE_EVENT), Ok(CallbackSlot::Event));
+    assert_eq!(callback_slot(CALLBACKTYPE_FAILSAFE), Ok(CallbackSlot::Failsafe));
+    assert_eq!(callback_slot(CALLBACKTYPE_SYSCALL), Ok(CallbackSlot::Syscall));
+    for t in [CALLBACKTYPE_SYSENTER_DEPRECATED, CALLBACKTYPE_NMI, CALLBACKTYPE_SYSENTER, CALLBACKTYPE_SYSCALL32] {
+        assert_eq!(callback_slot(t), Ok(CallbackSlot::Ignored));
+    }
+    assert_eq!(callback_slot(6), Err(Errno::EINVAL));
+    assert_eq!(callback_slot(8), Err(Errno::EINVAL));
+    assert_eq!(callback_address(0x40_0000), Ok(0x40_0000));
+    assert_eq!(callback_address(0xffff_8280_0010_0000), Err(Errno::EINVAL));
+    assert_eq!(callback_address(0x0000_8000_0000_0000), Err(Errno::EINVAL));
+}
+
+#[test]
+fn descriptors() {
+    // Null, a not-present anything, a DPL-3 data and a DPL-3 code segment.
+    assert!(gdt_descriptor_ok(0));
+    assert!(gdt_descriptor_ok(0x0000_0f00_0000_ffff & !(1 << 47)));
+    assert!(gdt_descriptor_ok(0x00cf_f200_0000_ffff));
+    assert!(gdt_descriptor_ok(0x00af_fa00_0000_ffff));
+    // DPL 0 code, a DPL-3 call gate, a DPL-3 TSS.
+    assert!(!gdt_descriptor_ok(0x00af_9a00_0000_ffff));
+    assert!(!gdt_descriptor_ok(0x0000_ec00_0000_0000));
+    assert!(!gdt_descriptor_ok(0x0000_e900_0000_0067));
+    // Loadable into a data segment register: data, readable code; not an
+    // execute-only code segment, nor DPL 0 data, nor a not-present one.
+    assert!(data_descriptor_loadable(0x00cf_f200_0000_ffff));
+    assert!(data_descriptor_loadable(0x00af_fa00_0000_ffff));
+    assert!(!data_descriptor_loadable(0x00af_f800_0000_ffff));
+    assert!(!data_descriptor_loadable(0x00cf_9200_0000_ffff));
+    assert!(!data_descriptor_loadable(0x00cf_7200_0000_ffff));
+}
+
+fn ctx(rip: u64, cs: u64, rflags: u64, flags: u64) -> IretContext {
+    IretContext { rax: 1, r11: 2, rcx: 3, flags, rip, cs, rflags, rsp: 0x1000, ss: 0xe02b }
+}
+
+#[test]
+fn iret_contexts() {
+    let t = check_iret(&ctx(0x40_0000, 0xe030, 0x246, 0), false, false).unwrap();
+    assert_eq!(t, IretTarget { to_user: false, mask_events: false, rflags: 0x246, rcx: 3, r11: 2 });
+    // IF clear masks events; IOPL and VM cannot be set; IF is always on.
+    let t = check_iret(&ctx(0x40_0000, 0xe033, 0x2_3000, 0), false, true).unwrap();
+    assert_eq!(t, IretTarget { to_user: true, mask_events: true, rflags: 0x202, rcx: 3, r11: 2 });
+    // VGCF_in_syscall: rcx = rip, r11 = rflags.
+    let t = check_iret(&ctx(0x40_0000, 0xe033, 0x246, VGCF_IN_SYSCALL), false, true).unwrap();
+    assert_eq!((t.rcx, t.r11), (0x40_0000, 0x246));
+    assert_eq!(check_iret(&ctx(0x8000_0000_0000_0000, 0xe033, 0, 0), false, true), Err(IretRefusal::Rip(0x8000_0000_0000_0000)));
+    assert_eq!(check_iret(&ctx(0xffff_8000_0000_1000, 0xe033, 0, 0), false, true), Err(IretRefusal::Rip(0xffff_8000_0000_1000)));
+    assert_eq!(check_iret(&ctx(0x1000, 0xe008, 0, 0), false, true), Err(IretRefusal::Cs(0xe008)));
+    assert_eq!(check_iret(&ctx(0x1000, 0xe033, 0, 0), true, true), Err(IretRefusal::FromUserMode));
+    assert_eq!(check_iret(&ctx(0x1000, 0xe033, 0, 0), false, false), Err(IretRefusal::NoUserPageTable));
+    assert_eq!(std::format!("{}", IretRefusal::Cs(0x10)), "iret to an invalid code selector 0x10");
+}
+
+#[test]
+fn reserved_ports() {
+    for p in [0x20u16, 0x21, 0x40, 0x43, 0x70, 0x71, 0xa0, 0xa1, 0xf4, 0xf7, 0x3f8, 0x3fd, 0x3ff] {
+        assert!(port_reserved(p, 1), "{p:#x}");
+    }
+    for p in [0x22u16, 0x60, 0x80, 0x3f7, 0x400, 0xcf8, 0xffff] {
+        assert!(!port_reserved(p, 1), "{p:#x}");
+    }
+    // A wide access reaching into a reserved range.
+    assert!(port_reserved(0x1f, 2) && port_reserved(0x3f5, 4) && port_reserved(0x6e, 4));
+    assert!(!port_reserved(0x1e, 2) && !port_reserved(0xfffe, 4));
+}
+
+#[test]
+fn msrs() {
+    assert_eq!(rdmsr(msr::FS_BASE), Some(MsrRead::Base(SegmentBase::Fs)));
+    assert_eq!(rdmsr(msr::GS_BASE), Some(MsrRead::Base(SegmentBase::GsKernel)));
+    assert_eq!(rdmsr(msr::KERNEL_GS_BASE), Some(MsrRead::Base(SegmentBase::GsUser)));
+    assert_eq!(rdmsr(msr::EFER), Some(MsrRead::Value(0xd01)));
+    assert_eq!(rdmsr(msr::TSC), Some(MsrRead::Tsc));
+    assert_eq!(rdmsr(msr::PAT), Some(MsrRead::Value(0x0007_0406_0007_0406)));
+    assert_eq!(rdmsr(msr::PLATFORM_INFO), Some(MsrRead::Value(0)));
+    assert_eq!(rdmsr(msr::MISC_FEATURES_ENABLES), Some(MsrRead::Value(0)));
+    assert_eq!(rdmsr(msr::MISC_ENABLE), Some(MsrRead::Value(GUEST_MISC_ENABLE)));
+    assert_eq!(rdmsr(0x1b), None); // APIC base
+    assert_eq!(wrmsr(msr::FS_BASE, 5), Some(MsrWrite::Base(SegmentBase::Fs)));
+    assert_eq!(wrmsr(msr::GS_BASE, 5), Some(MsrWrite::Base(SegmentBase::GsKernel)));
+    assert_eq!(wrmsr(msr::KERNEL_GS_BASE, 5), Some(MsrWrite::Base(SegmentBase::GsUser)));
+    assert_eq!(wrmsr(msr::EFER, GUEST_EFER), Some(MsrWrite::Ignore));
+    assert_eq!(wrmsr(msr::EFER, GUEST_EFER & !0x800), None);
+    assert_eq!(wrmsr(msr::MISC_FEATURES_ENABLES, 0), Some(MsrWrite::Ignore));
+    assert_eq!(wrmsr(msr::MISC_FEATURES_ENABLES, 1), None);
+    assert_eq!(wrmsr(msr::MISC_ENABLE, 12345), Some(MsrWrite::Ignore));
+    assert_eq!(wrmsr(msr::TSC, 0), None);
+    assert_eq!(wrmsr(msr::PAT, GUEST_PAT), None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(1024)))]
+
+    /// Any trap_info bytes: refused, the end, or a handler in guest space
+    /// with the kernel selector.
+    #[test]
+    fn fuzz_pv_trap_table_entry(raw in any::<[u8; 16]>()) {
+        let e: TrapInfo = zerocopy::transmute!(raw);
+        match trap_table_entry(&e) {
+            Ok(TrapTableEntry::End) => prop_assert_eq!(e.address, 0),
+            Ok(TrapTableEntry::Set { vector, address, flags }) => {
+                prop_assert!(guest_addr_ok(address) && address != 0 && kernel_cs_ok(e.cs));
+                prop_assert_eq!((vector, flags), (e.vector, e.flags));
+            }
+            Err(err) => prop_assert_eq!(err, Errno::EPERM),
+        }
+    }
+
+    /// Any iret context: refused with a reason, or a return to guest space
+    /// with only the flags a guest may set (IF always on, IOPL 0, never VM),
+    /// and never from user mode.
+    #[test]
+    fn fuzz_pv_iret_context(words in any::<[u64; 9]>(), user_mode in any::<bool>(), has_user in any::<bool>()) {
+        let c = IretContext::from_words(words);
+        if let Ok(t) = check_iret(&c, user_mode, has_user) {
+            prop_assert!(!user_mode && guest_addr_ok(c.rip) && kernel_cs_ok(c.cs as u16));
+            prop_assert!(!t.to_user || has_user);
+            prop_assert_eq!(t.rflags & RFLAGS_IF, RFLAGS_IF);
+            prop_assert_eq!(t.rflags & (RFLAGS_IOPL | 1 << 17), 0);
+            prop_assert_eq!(t.rflags & !(GUEST_FLAGS | RFLAGS_IF | 2), 0);
+        }
+    }
+
+    /// Descriptors set_gdt accepts never grant more than ring 3, and
+    /// callbacks and ports are decided without panicking for any value.
+    #[test]
+    fn fuzz_pv_descriptors_callbacks_ports(d in any::<u64>(), ty in any::<u16>(), addr in any::<u64>(), port in any::<u16>(), width in 0u16..8) {
+        if gdt_descriptor_ok(d) && d & (1 << 47) != 0 {
+            prop_assert_eq!((d >> 45) & 3, 3);
+            prop_assert!(d & (1 << 44) != 0);
+        }
+        if data_descriptor_loadable(d) {
+            prop_assert!(gdt_descriptor_ok(d));
+        }
+        let _ = callback_slot(ty);
+        prop_assert_eq!(callback_address(addr).is_ok(), guest_addr_ok(addr));
+        let _ = port_reserved(port, width);
+    }
+}
