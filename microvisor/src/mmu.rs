@@ -44,6 +44,19 @@ pub(crate) fn should_preempt(hv: &Hv) -> bool {
     crate::pv::upcall_due(hv) || crate::time::now_ns() >= hv.timers_due || crate::arch::apic::interrupt_pending()
 }
 
+/// The count a batch (mmu_update, mmuext_op) still has to do and what it
+/// did before: a continued one carries `MMU_UPDATE_PREEMPTED` in its count
+/// and its running total in `*done`.
+fn resumed(cr3: u64, count: u64, pdone: u64) -> (u64, u64) {
+    let count = count as u32 as u64;
+    if count & PREEMPTED == 0 {
+        return (count, 0);
+    }
+    let mut b = [0u8; 4];
+    let done = if pdone != 0 && guest::copy_from(cr3, pdone, &mut b).is_ok() { u64::from(u32::from_le_bytes(b)) } else { 0 };
+    (count & !PREEMPTED, done)
+}
+
 /// mmu_update(reqs, count, done, foreigndom). A long batch stops for
 /// whatever is due and continues with Xen's encoding: `reqs` advanced past
 /// the entries done, the count of those left with `MMU_UPDATE_PREEMPTED`,
@@ -51,17 +64,7 @@ pub(crate) fn should_preempt(hv: &Hv) -> bool {
 pub fn mmu_update(hv: &mut Hv, reqs: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
-    let mut count = count as u32 as u64;
-    let mut done: u64 = 0;
-    if count & PREEMPTED != 0 {
-        count &= !PREEMPTED;
-        if pdone != 0 {
-            let mut b = [0u8; 4];
-            if guest::copy_from(cr3, pdone, &mut b).is_ok() {
-                done = u32::from_le_bytes(b) as u64;
-            }
-        }
-    }
+    let (count, done) = resumed(cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     // The frame table is locked once for the batch (guest reads take no
     // lock of theirs).
@@ -140,17 +143,7 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
 pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged) = (hv.domains[cur].id, hv.domains[cur].privileged);
-    let mut count = count as u32 as u64;
-    let mut done: u64 = 0;
-    if count & PREEMPTED != 0 {
-        count &= !PREEMPTED;
-        if pdone != 0 {
-            let mut b = [0u8; 4];
-            if guest::copy_from(hv.domains[cur].cr3, pdone, &mut b).is_ok() {
-                done = u32::from_le_bytes(b) as u64;
-            }
-        }
-    }
+    let (count, done) = resumed(hv.domains[cur].cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let mut i = 0;
     let mut result = Ok(0);

@@ -299,11 +299,10 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     let cur = hv.current;
     let cr3 = hv.domains[cur].cr3;
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
-    let Ok(words) = guest::read::<[u64; 9]>(cr3, frame.rsp) else {
+    let Ok(ctx) = guest::read::<policy::IretContext>(cr3, frame.rsp) else {
         let sp = frame.rsp;
         return kill(hv, frame, format_args!("iret with an unreadable stack at {sp:#x}"));
     };
-    let ctx = policy::IretContext::from_words(words);
     let d = &hv.domains[cur];
     let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0) {
         Ok(t) => t,

@@ -127,30 +127,9 @@ pub const fn guest_rflags(requested: u64) -> u64 {
     (requested & GUEST_FLAGS) | RFLAGS_IF | 2
 }
 
-/// Xen's `iret_context`, as the guest leaves it on its stack for the iret
-/// hypercall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IretContext {
-    pub rax: u64,
-    pub r11: u64,
-    pub rcx: u64,
-    pub flags: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-
-impl IretContext {
-    /// From the nine words in stack order.
-    pub const fn from_words(w: [u64; 9]) -> Self {
-        Self { rax: w[0], r11: w[1], rcx: w[2], flags: w[3], rip: w[4], cs: w[5], rflags: w[6], rsp: w[7], ss: w[8] }
-    }
-}
-
-/// `iret_context.flags`: VGCF_in_syscall, return as sysret would.
-pub const VGCF_IN_SYSCALL: u64 = 1 << 8;
+/// Xen's `iret_context` (guest-abi's layout), as the guest leaves it on
+/// its stack for the iret hypercall.
+pub use guest_abi::arch::{IretContext, VGCF_IN_SYSCALL};
 
 /// Where a checked iret goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -158,7 +158,8 @@ proptest! {
     /// and never from user mode.
     #[test]
     fn fuzz_pv_iret_context(words in any::<[u64; 9]>(), user_mode in any::<bool>(), has_user in any::<bool>()) {
-        let c = IretContext::from_words(words);
+        let [rax, r11, rcx, flags, rip, cs, rflags, rsp, ss] = words;
+        let c = IretContext { rax, r11, rcx, flags, rip, cs, rflags, rsp, ss };
         if let Ok(t) = check_iret(&c, user_mode, has_user) {
             prop_assert!(!user_mode && guest_addr_ok(c.rip) && kernel_cs_ok(c.cs as u16));
             prop_assert!(!t.to_user || has_user);
