@@ -6,12 +6,15 @@
 //! `test --on-xen` compares the single-domain scenarios with real Xen;
 //! `cargo xtask bench [--vs-xen]` prints benchmark figures (beside Xen's);
 //! `cargo xtask profile` traces one operation instruction by instruction;
+//! `cargo xtask fuzz` runs hypercall-fuzzing campaigns (its own options:
+//! `fuzz.rs`);
 //! `cargo xtask build` builds.
 
 mod bench;
 mod build;
 mod bundle;
 mod differential;
+mod fuzz;
 mod profile;
 mod qemu;
 mod scenario;
@@ -104,15 +107,17 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  (default syscall_entry) back to guest ring 3, or N
                                  steps; default manifest: the bench guest alone.
                                  e.g. --when '$rax==32 && $rdi==4' --skip 2000
-                                 traces one masked event send";
+                                 traces one masked event send
+";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        eprintln!("{HELP}");
+        eprintln!("{HELP}{}", fuzz::USAGE);
         return ExitCode::FAILURE;
     };
-    let res = parse(&args[1..]).and_then(|o| match cmd.as_str() {
+    // `fuzz` has options of its own.
+    let res = if cmd == "fuzz" { fuzz::run(&args[1..]) } else { parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
             Err(format!("error: `{c}` takes neither --on-xen nor --vs-xen: use `test --on-xen` or `bench --vs-xen`"))
         }
@@ -122,11 +127,11 @@ fn main() -> ExitCode {
         "bench" => bench(&o),
         "profile" => profile(&o),
         "help" | "--help" | "-h" => {
-            println!("{HELP}");
+            println!("{HELP}{}", fuzz::USAGE);
             Ok(true)
         }
-        other => Err(format!("error: unknown command '{other}'\n{HELP}")),
-    });
+        other => Err(format!("error: unknown command '{other}'\n{HELP}{}", fuzz::USAGE)),
+    }) };
     match res {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

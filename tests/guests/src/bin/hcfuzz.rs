@@ -344,8 +344,14 @@ impl Gen<'_> {
         if self.r.chance(93) && let Some(va) = self.a.alloc(n * size) {
             return (va, true);
         }
-        let p = self.r.pick(&[ARENA_VA - 8, HV_START, 0x0000_8000_0000_0000, 0x4020_0000 + 0x1000, u64::MAX - 15, HV_START + (5 << 39)]);
-        (p, false)
+        (self.unreadable(), false)
+    }
+
+    /// An address the fuzzer can never have mapped: the arena's lower guard
+    /// page (running into it), the hypervisor's range, non-canonical,
+    /// the wrap-around, an L3 slot of its own that stays empty.
+    fn unreadable(&mut self) -> u64 {
+        self.r.pick(&[ARENA_VA - 8, HV_START, HV_START + (5 << 39), 0x0000_8000_0000_0000, u64::MAX - 15, 0x7F_FFFF_F000])
     }
 
     /// A count for a list of `n` generated items: exact, off by a few
@@ -874,7 +880,7 @@ impl Gen<'_> {
             2 => {
                 // SCHEDOP_shutdown with a reason that does not exist, or
                 // with an unreadable argument.
-                let (p, fill) = self.obj(4);
+                let (p, fill) = self.list(1, 4);
                 if fill {
                     put32(p, self.r.pick(&[6, 7, 255, 0xffff_ffff, 0x8000_0000]));
                 }
@@ -907,7 +913,7 @@ impl Gen<'_> {
                 }
                 c.args[1] = p;
             }
-            6 => c.args[1] = self.bad_ptr(),
+            6 => c.args[1] = self.unreadable(),
             _ => c.args[1] = self.list(1, 16).0,
         }
     }
