@@ -41,7 +41,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::hypercall::raw;
-use pv_guest_kernel::mm::{self, DATA, RO};
+use pv_guest_kernel::mm::{self, DATA};
 use pv_guest_kernel::{println, test::Reporter, StartInfo};
 
 const PAGE: u64 = 4096;
@@ -1188,35 +1188,53 @@ fn setup(si: &StartInfo, w: &mut World) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Huge-count calls (`huge=1`): one frame of benign commands mapped at
-/// every page of the sandbox, every sandbox-L2 slot pointing at the
-/// sandbox L1: a 1 GiB run of the same commands.
-fn huge_call(w: &World, r: &mut Rng) -> Call {
+/// Where huge-count calls read their commands: L4 slot 2, with tables of
+/// its own (precious: the fuzz never writes them), every L1 entry mapping
+/// the huge frame and every L2 entry the one L1: `hugemib=` MiB (default
+/// 1024) of the same frame over and over.
+const HUGE_AREA: u64 = 0x0000_0100_0000_0000;
+/// An L1 entry huge mmu_update batches rewrite (1 GiB past the area).
+const HUGE_VICTIM_VA: u64 = HUGE_AREA + (1 << 30);
+
+/// Builds the huge area (`huge=1`); returns the victim entry's machine
+/// address.
+fn setup_huge(w: &World, mib: u64) -> Result<u64, Errno> {
+    let l1 = mm::ensure_l1(HUGE_AREA)?;
+    let victim = mm::l1_entry_ma(w.l4, HUGE_VICTIM_VA).map_or_else(|| mm::ensure_l1(HUGE_VICTIM_VA).map(|m| m << 12), Ok)?;
+    let l3 = (entry(w.l4, (HUGE_AREA >> 39) & 511) >> 12) & 0xff_ffff_ffff;
+    let l2 = (entry(l3, 0) >> 12) & 0xff_ffff_ffff;
+    let mut b = mm::Batch::new();
+    for slot in 0..512u64 {
+        b.push((l1 << 12) | slot * 8, (w.huge_mfn << 12) | DATA)?;
+    }
+    for slot in 1..(mib / 2).clamp(1, 512) {
+        b.push((l2 << 12) | slot * 8, (l1 << 12) | mm::TABLE)?;
+    }
+    b.submit()?;
+    Ok(victim & !0xfff)
+}
+
+/// A huge-count call (`huge=1`): mmuext_op, multicall or mmu_update with a
+/// count near 2^32 over the huge area, after refilling the huge frame with
+/// benign commands (whatever the last one left there).
+fn huge_call(victim: u64, r: &mut Rng) -> Call {
     let kind = r.below(3);
-    // Refill the frame (the fuzz may have written it through the sandbox).
     for off in (0..PAGE).step_by(8) {
         let v = match kind {
-            // mmuext_op: TLB_FLUSH_LOCAL (24-byte ops: cmd 6, 0, 0).
-            0 => if (off / 8) % 3 == 0 { 6 } else { 0 },
-            // multicall entries: xen_version(0) (64 bytes: op 17).
+            // mmuext_op: every word 6, so a 24-byte op at any offset is
+            // TLB_FLUSH_LOCAL.
+            0 => 6,
+            // multicall: 64-byte entries of xen_version(XENVER_version).
             1 => if off % 64 == 0 { 17 } else { 0 },
-            // mmu_update: the sandbox L1's last entry set to 0.
-            _ => if off % 16 == 0 { (w.sandbox_l1 << 12) | 511 * 8 } else { 0 },
+            // mmu_update: the victim entry set to 0, again and again.
+            _ => if off % 16 == 0 { victim } else { 0 },
         };
         // SAFETY: the huge frame is ours, mapped writable at HUGE_PRIV_VA.
         unsafe { core::ptr::write_volatile((HUGE_PRIV_VA + off) as *mut u64, v) };
     }
-    let mut b = mm::Batch::new();
-    for slot in 0..511u64 {
-        let _ = b.push((w.sandbox_l1 << 12) | slot * 8, (w.huge_mfn << 12) | if kind == 1 { DATA } else { RO });
-    }
-    for slot in 1..512u64 {
-        let _ = b.push((w.sandbox_l2 << 12) | slot * 8, (w.sandbox_l1 << 12) | mm::TABLE);
-    }
-    let _ = b.submit();
     let nr = [26, 13, 1][kind as usize];
     let count = r.pick(&[0xffff_ffffu64, 0x7fff_ffff, 1 << 24]);
-    Call { nr, args: [SANDBOX_VA, count, 0, DOMID_SELF, 0], kind: Kind::Plain }
+    Call { nr, args: [HUGE_AREA, count, 0, DOMID_SELF, 0], kind: Kind::Plain }
 }
 
 fn arg_u64(si: &StartInfo, key: &str, default: u64) -> u64 {
@@ -1249,6 +1267,17 @@ fn main(si: &'static StartInfo) {
         t.finish();
     }
     let w: &'static World = w;
+    let victim = if w.huge {
+        match setup_huge(w, arg_u64(si, "hugemib", 1024)) {
+            Ok(v) => v,
+            Err(e) => {
+                t.fail("setup", format_args!("cannot build the huge area: {e:?}"));
+                t.finish();
+            }
+        }
+    } else {
+        0
+    };
     ensure_timer();
     println!(
         "fuzz: {} precious frames, {} sandbox frames, {} own tables, max mfn {:#x}{}",
@@ -1280,8 +1309,9 @@ fn main(si: &'static StartInfo) {
             }
         }
         arena.reset();
-        let c = if w.huge && r.chance(1) && i % 2 == 1 {
-            huge_call(w, &mut r)
+        let huge = w.huge && r.chance(1) && i % 2 == 1;
+        let c = if huge {
+            huge_call(victim, &mut r)
         } else {
             let mut g = Gen { r, w, a: &mut arena };
             g.call(0)
@@ -1312,6 +1342,9 @@ fn main(si: &'static StartInfo) {
             }
         };
         pv_guest_kernel::events::disable();
+        if huge {
+            println!("fuzz: seed {seed} call {i}: huge nr {} count {:#x} returned {ret}", c.nr, c.args[1]);
+        }
         let b = (c.nr.min(64)) as usize;
         stats[b][0] += 1;
         stats[b][1] += (ret >= 0) as u64;
