@@ -46,10 +46,13 @@ pub struct FuzzOpts {
     /// Seconds per boot (default: from the number of calls).
     pub timeout: Option<u64>,
     pub accel: Accel,
+    /// More words for the fuzzer's command line (debugging a replay).
+    pub guest_args: String,
 }
 
 pub const USAGE: &str = "  fuzz [--calls N] [--seed S] [--per-boot M] [--audit on|off|alternate]
-       [--audit-calls A] [--huge] [--trace-from I] [--timeout SECONDS] [--accel tcg|kvm]
+       [--audit-calls A] [--huge] [--trace-from I] [--guest-args 'K=V ...']
+       [--timeout SECONDS] [--accel tcg|kvm]
                                  hypercall fuzzing: N calls (default 100000) by the
                                  hcfuzz guest beside a bystander and the service
                                  domain, in boots of at most M calls (default
@@ -60,7 +63,7 @@ pub const USAGE: &str = "  fuzz [--calls N] [--seed S] [--per-boot M] [--audit o
 
 /// Parses the arguments after `fuzz`.
 pub fn parse(args: &[String]) -> Result<FuzzOpts, String> {
-    let mut o = FuzzOpts { calls: 100_000, seed: 1, per_boot: 200_000, audit: Audit::Alternate, audit_calls: 20_000, huge: false, trace_from: None, timeout: None, accel: Accel::Tcg };
+    let mut o = FuzzOpts { calls: 100_000, seed: 1, per_boot: 200_000, audit: Audit::Alternate, audit_calls: 20_000, huge: false, trace_from: None, timeout: None, accel: Accel::Tcg, guest_args: String::new() };
     let mut it = args.iter();
     let num = |name: &str, v: Option<&String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("error: {name} needs a value"))?;
@@ -75,6 +78,7 @@ pub fn parse(args: &[String]) -> Result<FuzzOpts, String> {
             "--trace-from" => o.trace_from = Some(num("--trace-from", it.next())?),
             "--timeout" => o.timeout = Some(num("--timeout", it.next())?),
             "--huge" => o.huge = true,
+            "--guest-args" => o.guest_args = it.next().ok_or("error: --guest-args needs a value")?.clone(),
             "--audit" => {
                 o.audit = match it.next().map(String::as_str) {
                     Some("on") => Audit::On,
@@ -186,7 +190,10 @@ struct Plan<'a> {
 
 fn boot_once(kdir: &Path, out_dir: &Path, o: &FuzzOpts, p: &Plan) -> Result<BootResult, String> {
     let Plan { seed, calls, audit, trace_from, tag } = *p;
-    let m = manifest(seed, calls, o.huge, trace_from);
+    let mut m = manifest(seed, calls, o.huge, trace_from);
+    if !o.guest_args.is_empty() {
+        m = m.replacen(&format!("calls={calls} "), &format!("calls={calls} {} ", o.guest_args), 1);
+    }
     let bundle = crate::scenario::make_bundle(&m, kdir, &Default::default())?;
     let bpath = out_dir.join(format!("seed-{seed}{tag}.cpio"));
     std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;

@@ -80,6 +80,7 @@ struct World {
     ntables: usize,
     code_va: u64,
     pt_va: u64,
+    pt_len: u64,
     huge: bool,
 }
 
@@ -128,6 +129,8 @@ struct Arena {
 
 impl Arena {
     fn reset(&mut self) {
+        // A count past the generated items lets the hypervisor write
+        // results anywhere up to the guard page: then zero it all.
         let n = self.dirty.max(self.used).min(ARENA_LEN);
         // SAFETY: the arena is mapped writable at ARENA_VA for ARENA_LEN
         // bytes, used only by this allocator.
@@ -313,8 +316,12 @@ impl Gen<'_> {
             0 => ARENA_VA + ARENA_LEN as u64 - self.r.below(16) - 1,
             1 => ARENA_VA - 1 - self.r.below(8),
             2 => SANDBOX_VA + self.r.below(2 << 20),
-            3 => self.r.below(0x10_0000),
-            4 => self.r.pick(&[self.w.code_va, self.w.pt_va]) + self.r.below(PAGE),
+            // Its unused first MiB, far enough below its image at 1 MiB
+            // that the longest write (1 KiB) stays below it.
+            3 => self.r.below(0xF_0000),
+            // Its page tables, mapped read-only (its code is not: the
+            // builder maps the image writable).
+            4 => self.w.pt_va + self.r.below(self.w.pt_len),
             5 => HV_START + self.r.below(1 << 20) * 8,
             6 => self.r.pick(&[0x0000_7FFF_FFFF_F000, 0x4020_0000, 0x8000_0000, 0x7F_FFFF_F000, 0xFFFF_8800_0000_0000, 0xFFFF_FFFF_FFFF_F000]),
             7 => self.r.pick(&[0x0000_8000_0000_0000, 0x0000_7FFF_FFFF_FFFC, 0xFFFF_7FFF_FFFF_FFF8, 0x8000_0000_0000_0000, 0x1234_5678_9ABC_DEF0]),
@@ -358,6 +365,14 @@ impl Gen<'_> {
     /// (reading zeroed arena or running into the guard page), zero, or a
     /// boundary value (which ends at the guard page too).
     fn count(&mut self, n: u64) -> u64 {
+        let c = self.count_for(n);
+        if c > n {
+            self.a.dirty = ARENA_LEN;
+        }
+        c
+    }
+
+    fn count_for(&mut self, n: u64) -> u64 {
         match self.r.below(10) {
             0..=5 => n,
             6 => n + 1 + self.r.below(3),
@@ -1057,6 +1072,20 @@ fn issue_iret(flags: u64, rflags: u64, cs: u64) {
     }
 }
 
+/// Marks the start of read-only data, which the linker script places
+/// right after the code: [1 MiB, here) is code and must never change.
+static RODATA_MARK: [u8; 8] = *b"hcfuzz!!";
+
+fn image_hash() -> u64 {
+    let end = (&raw const RODATA_MARK) as u64;
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for va in (0x10_0000..end).step_by(8) {
+        // SAFETY: the guest's own image, mapped since boot.
+        h = (h ^ unsafe { core::ptr::read_volatile(va as *const u64) }).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
 /// A page-sized pattern in the fuzzer's own data: no call may change it.
 static mut CANARY: [u64; 512] = [0; 512];
 
@@ -1101,6 +1130,7 @@ static mut WORLD: World = World {
     ntables: 0,
     code_va: 0,
     pt_va: 0,
+    pt_len: 0,
     huge: false,
 };
 
@@ -1112,6 +1142,7 @@ fn setup(si: &StartInfo, w: &mut World) -> Result<(), Errno> {
     w.max_mfn = guest_abi::hypercall::memory_maximum_ram_page()?;
     w.code_va = main as *const () as u64 & !0xfff;
     w.pt_va = si.pt_base;
+    w.pt_len = si.nr_pt_frames * PAGE;
     // The first pfn the builder left unmapped (the heap will not grow:
     // nothing allocates once fuzzing starts).
     let start = pv_guest_kernel::heap::heap_start(si) + pv_guest_kernel::heap::HEAP_SIZE as u64 + 256 * 1024;
@@ -1259,6 +1290,7 @@ fn main(si: &'static StartInfo) {
     STACK_TOP.store((sp | 0xfff) + 1, Ordering::Relaxed);
     let have_grants = pv_guest_kernel::gnttab::init(1).is_ok();
     fill_canary(seed);
+    let image = image_hash();
     // SAFETY: WORLD is written only here, before any other use.
     let w: &'static mut World = unsafe { &mut *(&raw mut WORLD) };
     w.huge = scenario_guests::arg(si, "huge") == Some("1");
@@ -1318,6 +1350,18 @@ fn main(si: &'static StartInfo) {
         };
         if trace.is_some_and(|from| i >= from) {
             println!("fuzz: seed {seed} call {i} nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}", c.nr, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4]);
+            if c.nr == 13 && c.args[0] >= ARENA_VA && c.args[0] < ARENA_VA + ARENA_LEN as u64 {
+                // The multicall's entries as generated (until a zeroed one).
+                for k in 0..9u64 {
+                    let e = c.args[0] + k * 64;
+                    // SAFETY: inside the arena, just written by the generator.
+                    let rd = |o: u64| unsafe { core::ptr::read_volatile((e + o) as *const u64) };
+                    if e + 64 > ARENA_VA + ARENA_LEN as u64 || (rd(0) == 0 && rd(16) == 0 && rd(24) == 0) {
+                        break;
+                    }
+                    println!("fuzz:   entry {k}: nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}", rd(0), rd(16), rd(24), rd(32), rd(40), rd(48));
+                }
+            }
         }
         let ret = match c.kind {
             Kind::Plain => {
@@ -1383,6 +1427,8 @@ fn main(si: &'static StartInfo) {
     // timer must still wake it.
     let bad = check_canary(seed);
     t.check("own-memory-intact", bad.is_none(), format_args!("canary word {bad:?} changed: the hypervisor wrote where no call allowed it"));
+    let now = image_hash();
+    t.check("own-code-intact", now == image, format_args!("code hash {image:#x} became {now:#x}"));
     let woke = ensure_timer() && {
         let deadline = pv_guest_kernel::time::now_ns() + 1_000_000;
         while pv_guest_kernel::time::now_ns() < deadline {
