@@ -26,7 +26,10 @@
 //! - a list the hypervisor interprets as commands (multicall entries,
 //!   mmu_update/mmuext_op/grant batches, extent lists, poll ports) is built
 //!   by the generator in the arena (`ARENA_VA`, guard pages on both sides,
-//!   zeroed between calls) or is an address that cannot be read;
+//!   zeroed between calls) or is an address that cannot be read, and a
+//!   count runs past the generated commands only for the one batch of a
+//!   call that ends at the arena's guard page (else the hypervisor would
+//!   read the call's other structures as commands);
 //! - sched_op shutdown gets an invalid reason or pointer, block runs only
 //!   with its timer armed and bound, poll always has a near timeout, iret
 //!   returns to the fuzzer with harmless flags, vcpu_op never downs vCPU 0,
@@ -125,6 +128,8 @@ impl Rng {
 struct Arena {
     used: usize,
     dirty: usize,
+    /// Start of the one batch placed at the arena's top (ARENA_LEN: none).
+    top: usize,
 }
 
 impl Arena {
@@ -135,13 +140,27 @@ impl Arena {
         // SAFETY: the arena is mapped writable at ARENA_VA for ARENA_LEN
         // bytes, used only by this allocator.
         unsafe { core::ptr::write_bytes(ARENA_VA as *mut u8, 0, n) };
+        if self.top < ARENA_LEN {
+            // SAFETY: as above, [top, ARENA_LEN) is inside the arena.
+            unsafe { core::ptr::write_bytes((ARENA_VA + self.top as u64) as *mut u8, 0, ARENA_LEN - self.top) };
+        }
         self.used = 0;
         self.dirty = 0;
+        self.top = ARENA_LEN;
+    }
+    /// `len` bytes ending exactly at the arena's end (its guard page
+    /// follows), once per call.
+    fn alloc_top(&mut self, len: usize) -> Option<u64> {
+        if self.top != ARENA_LEN || self.used + len > ARENA_LEN {
+            return None;
+        }
+        self.top = ARENA_LEN - len;
+        Some(ARENA_VA + self.top as u64)
     }
     /// `len` bytes, 8-aligned, or None when the arena is full.
     fn alloc(&mut self, len: usize) -> Option<u64> {
         let at = (self.used + 7) & !7;
-        if at + len > ARENA_LEN {
+        if at + len > self.top {
             return None;
         }
         self.used = at + len;
@@ -250,14 +269,14 @@ impl Gen<'_> {
         if self.w.is_precious(m) { self.sandbox_mfn() } else { m }
     }
 
-    /// A frame for MMUEXT_NEW_BASEPTR: the current L4, other own frames
-    /// that cannot validate as an L4, or frames not its own. Never a
-    /// sandbox frame (the fuzz may have made one a valid, empty L4).
+    /// A frame for MMUEXT_NEW_BASEPTR: the current L4, its other tables
+    /// (typed, so refused), or frames not its own. Never another frame of
+    /// its own: the fuzz may have made one (a sandbox frame, or the unmapped
+    /// zero page behind its shared-info mapping) a valid, empty L4.
     fn mfn_baseptr(&mut self) -> u64 {
         let m = match self.r.below(4) {
             0 => self.w.l4,
-            1 => self.w.tables[self.r.below(self.w.ntables as u64) as usize],
-            2 => self.w.precious[self.r.below(self.w.nprecious as u64) as usize],
+            1 | 2 => self.w.tables[self.r.below(self.w.ntables as u64) as usize],
             _ => {
                 let low = self.r.next() % 0x100;
                 self.r.pick(&[low, self.w.max_mfn + 1, u64::MAX, 1 << 40])
@@ -361,18 +380,34 @@ impl Gen<'_> {
         self.r.pick(&[ARENA_VA - 8, HV_START, HV_START + (5 << 39), 0x0000_8000_0000_0000, u64::MAX - 15, 0x7F_FFFF_F000])
     }
 
-    /// A count for a list of `n` generated items: exact, off by a few
-    /// (reading zeroed arena or running into the guard page), zero, or a
-    /// boundary value (which ends at the guard page too).
-    fn count(&mut self, n: u64) -> u64 {
-        let c = self.count_for(n);
-        if c > n {
-            self.a.dirty = ARENA_LEN;
+    /// A batch of `n` commands of `size` bytes for a hypercall that takes a
+    /// count: (address, fill it, a count past `n` is safe). At the top of
+    /// the arena when still free (a count past `n` then runs into the
+    /// guard page), else among the other structures (then the count never
+    /// passes `n`: what follows is not commands), or unreadable.
+    fn batch(&mut self, n: usize, size: usize) -> (u64, bool, bool) {
+        if self.r.chance(93) {
+            if let Some(va) = self.a.alloc_top(n * size) {
+                return (va, true, true);
+            }
+            if let Some(va) = self.a.alloc(n * size) {
+                return (va, true, false);
+            }
         }
-        c
+        (self.unreadable(), false, true)
     }
 
-    fn count_for(&mut self, n: u64) -> u64 {
+    /// A count for a batch of `n` generated items: exact, zero, one less,
+    /// or (when `over` says the batch ends at the guard page or is
+    /// unreadable) a few more or a boundary value.
+    fn count(&mut self, n: u64, over: bool) -> u64 {
+        if !over {
+            return match self.r.below(10) {
+                0..=7 => n,
+                8 => 0,
+                _ => n.saturating_sub(1),
+            };
+        }
         match self.r.below(10) {
             0..=5 => n,
             6 => n + 1 + self.r.below(3),
@@ -446,7 +481,7 @@ impl Gen<'_> {
             0 => c.args[0] = self.trap_table(),
             1 => {
                 let n = self.r.below(24) + if self.r.chance(5) { 100 } else { 0 };
-                let (reqs, fill) = self.list(n as usize, 16);
+                let (reqs, fill, over) = self.batch(n as usize, 16);
                 if fill {
                     for i in 0..n {
                         let (p, v) = self.pt_req();
@@ -454,7 +489,7 @@ impl Gen<'_> {
                         put64(reqs + i * 16 + 8, v);
                     }
                 }
-                let count = self.count(n);
+                let count = self.count(n, over);
                 let done = if self.r.chance(50) { 0 } else { self.obj(4).0 };
                 c.args = [reqs, count, done, self.foreigndom(), self.r.next()];
             }
@@ -489,7 +524,7 @@ impl Gen<'_> {
             12 => self.memory_op(&mut c),
             13 => {
                 let n = self.r.below(if depth == 0 { 9 } else { 3 });
-                let (entries, fill) = self.list(n as usize, 64);
+                let (entries, fill, over) = self.batch(n as usize, 64);
                 if fill {
                     for i in 0..n {
                         let e = entries + i * 64;
@@ -503,7 +538,7 @@ impl Gen<'_> {
                     }
                 }
                 c.args[0] = entries;
-                c.args[1] = self.count(n);
+                c.args[1] = self.count(n, over);
             }
             14 => {
                 c.args[0] = self.va_map();
@@ -571,7 +606,7 @@ impl Gen<'_> {
             }
             26 => {
                 let n = self.r.below(12) + if self.r.chance(5) { 100 } else { 0 };
-                let (ops, fill) = self.list(n as usize, 24);
+                let (ops, fill, over) = self.batch(n as usize, 24);
                 if fill {
                     for i in 0..n {
                         let (cmd, a1, a2) = self.mmuext();
@@ -580,7 +615,7 @@ impl Gen<'_> {
                         put64(ops + i * 24 + 16, a2);
                     }
                 }
-                let count = self.count(n);
+                let count = self.count(n, over);
                 let done = if self.r.chance(50) { 0 } else { self.obj(4).0 };
                 c.args = [ops, count, done, self.foreigndom(), self.r.next()];
             }
@@ -735,7 +770,7 @@ impl Gen<'_> {
         match op {
             0 | 1 | 6 => {
                 let n = self.r.below(8);
-                let (list, lfill) = self.list(n as usize, 8);
+                let (list, lfill, over) = self.batch(n as usize, 8);
                 if lfill {
                     for i in 0..n {
                         let v = match op {
@@ -750,7 +785,8 @@ impl Gen<'_> {
                     }
                 }
                 put64(p, list);
-                put64(p + 8, self.count(n));
+                let count = self.count(n, over);
+                put64(p + 8, count);
                 let order = if self.r.chance(70) { 0 } else { self.r.pick(&[1, 2, 9, 10, 31, 0xffff_ffff]) };
                 put32(p + 16, order);
                 put32(p + 20, self.r.next());
@@ -807,10 +843,10 @@ impl Gen<'_> {
             5 => 40,
             _ => 16,
         };
-        let (p, fill) = self.list(n.max(1) as usize, size);
+        let (p, fill, over) = self.batch(n.max(1) as usize, size);
         c.args[0] = cmd;
         c.args[1] = p;
-        c.args[2] = if matches!(cmd, 2 | 6 | 10) && self.r.chance(80) { 1 } else { self.count(n) };
+        c.args[2] = if matches!(cmd, 2 | 6 | 10) && self.r.chance(80) { 1 } else { self.count(n, over) };
         if !fill {
             return;
         }
@@ -1322,7 +1358,7 @@ fn main(si: &'static StartInfo) {
     // Grant entries of our own for the fuzz to map and copy.
     let grants = pv_guest_kernel::gnttab::TABLE_VA;
     pv_guest_kernel::events::disable();
-    let mut arena = Arena { used: 0, dirty: ARENA_LEN };
+    let mut arena = Arena { used: 0, dirty: ARENA_LEN, top: ARENA_LEN };
     let mut stats = [[0u64; 2]; 65];
     let t0 = pv_guest_kernel::time::now_ns();
     for i in 0..calls {
@@ -1350,6 +1386,19 @@ fn main(si: &'static StartInfo) {
         };
         if trace.is_some_and(|from| i >= from) {
             println!("fuzz: seed {seed} call {i} nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}", c.nr, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4]);
+            if (c.nr == 1 || c.nr == 26) && c.args[0] >= ARENA_VA && c.args[0] < ARENA_VA + ARENA_LEN as u64 {
+                // The batch as generated: [ptr, val] or [cmd, arg1, arg2].
+                let size = if c.nr == 1 { 16 } else { 24 };
+                for k in 0..(c.args[1] & 0xffff_ffff).min(12) {
+                    let e = c.args[0] + k * size;
+                    if e + size > ARENA_VA + ARENA_LEN as u64 {
+                        break;
+                    }
+                    // SAFETY: inside the arena, just written by the generator.
+                    let rd = |o: u64| unsafe { core::ptr::read_volatile((e + o) as *const u64) };
+                    println!("fuzz:   item {k}: {:#x} {:#x} {:#x}", rd(0), rd(8), if size == 24 { rd(16) } else { 0 });
+                }
+            }
             if c.nr == 13 && c.args[0] >= ARENA_VA && c.args[0] < ARENA_VA + ARENA_LEN as u64 {
                 // The multicall's entries as generated (until a zeroed one).
                 for k in 0..9u64 {
