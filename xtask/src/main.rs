@@ -6,12 +6,15 @@
 //! `test --on-xen` compares the single-domain scenarios with real Xen;
 //! `cargo xtask bench [--vs-xen]` prints benchmark figures (beside Xen's);
 //! `cargo xtask profile` traces one operation instruction by instruction;
+//! `cargo xtask fuzz` runs hypercall-fuzzing campaigns (its own options:
+//! `fuzz.rs`);
 //! `cargo xtask build` builds.
 
 mod bench;
 mod build;
 mod bundle;
 mod differential;
+mod fuzz;
 mod hostfuzz;
 mod profile;
 mod qemu;
@@ -108,15 +111,16 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  traces one masked event send
   fuzz --host [--cases N] [--target NAME] [--list]
                                  long property-test campaigns of every parser and
-                                 validator of untrusted bytes (host, no QEMU)";
+                                 validator of untrusted bytes (host, no QEMU)
+";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        eprintln!("{HELP}");
+        eprintln!("{HELP}{}", fuzz::USAGE);
         return ExitCode::FAILURE;
     };
-    // `fuzz` takes its own options.
+    // `fuzz` has options of its own.
     let res = if cmd == "fuzz" { fuzz(&args[1..]) } else { parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
             Err(format!("error: `{c}` takes neither --on-xen nor --vs-xen: use `test --on-xen` or `bench --vs-xen`"))
@@ -127,10 +131,10 @@ fn main() -> ExitCode {
         "bench" => bench(&o),
         "profile" => profile(&o),
         "help" | "--help" | "-h" => {
-            println!("{HELP}");
+            println!("{HELP}{}", fuzz::USAGE);
             Ok(true)
         }
-        other => Err(format!("error: unknown command '{other}'\n{HELP}")),
+        other => Err(format!("error: unknown command '{other}'\n{HELP}{}", fuzz::USAGE)),
     }) };
     match res {
         Ok(true) => ExitCode::SUCCESS,
@@ -143,11 +147,13 @@ fn main() -> ExitCode {
 }
 
 /// `fuzz --host ...`: host property-test campaigns (hostfuzz.rs).
+/// `fuzz --host ...`: property-test campaigns on the host; `fuzz ...`:
+/// hypercall fuzzing in QEMU.
 fn fuzz(args: &[String]) -> Result<bool, String> {
     if args.iter().any(|a| a == "--host") {
         return hostfuzz::run(&root(), args);
     }
-    Err("error: `cargo xtask fuzz` needs --host here (host fuzzing of parsers and validators)".into())
+    fuzz::run(args)
 }
 
 fn profile(o: &Opts) -> Result<bool, String> {
