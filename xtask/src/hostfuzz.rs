@@ -286,7 +286,9 @@ fn run_libfuzzer(root: &Path, o: &Opts) -> Result<bool, String> {
                 eprintln!("{l}");
             }
             let artifacts = root.join("fuzz/artifacts").join(name);
-            println!("FAIL {name}: {runs} ({secs:.1} s); crashing input in {} (replay: RUSTC_BOOTSTRAP=1 cargo fuzz run {name} FILE)", artifacts.display());
+            let file = stderr.lines().find_map(|l| l.split_once("Test unit written to ").map(|(_, f)| f.trim().to_string()));
+            let input = file.unwrap_or_else(|| format!("{}/ (see the report above)", artifacts.display()));
+            println!("FAIL {name}: {runs} ({secs:.1} s); crashing input: {input} (replay: RUSTC_BOOTSTRAP=1 cargo fuzz run {name} FILE)");
         }
     }
     println!("{passed} passed, {failed} failed");
