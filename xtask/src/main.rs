@@ -109,9 +109,12 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  steps; default manifest: the bench guest alone.
                                  e.g. --when '$rax==32 && $rdi==4' --skip 2000
                                  traces one masked event send
-  fuzz --host [--cases N] [--target NAME] [--list]
-                                 long property-test campaigns of every parser and
-                                 validator of untrusted bytes (host, no QEMU)
+  fuzz --host [--engine proptest|libfuzzer] [--cases N] [--seconds N]
+       [--target NAME] [--list]
+                                 long campaigns fuzzing every parser and validator
+                                 of untrusted bytes (host, no QEMU): proptest
+                                 properties (--cases N each, default), or the
+                                 fuzz/ crate's cargo-fuzz targets (--seconds N each)
 ";
 
 fn main() -> ExitCode {
@@ -146,8 +149,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `fuzz --host ...`: host property-test campaigns (hostfuzz.rs).
-/// `fuzz --host ...`: property-test campaigns on the host; `fuzz ...`:
+/// `fuzz --host ...`: proptest or libFuzzer campaigns on the host
+/// (hostfuzz.rs); `fuzz ...`:
 /// hypercall fuzzing in QEMU.
 fn fuzz(args: &[String]) -> Result<bool, String> {
     if args.iter().any(|a| a == "--host") {
