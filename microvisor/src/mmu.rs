@@ -13,7 +13,7 @@ use guest_abi::errno::Errno;
 use microvisor_core::frametable::{resolve_pg_owner, Flush};
 
 /// mmu_update entries handled between preemption checks in a long batch.
-pub(crate) const PREEMPT_CHECK: u64 = 512;
+const PREEMPT_CHECK: u64 = 512;
 /// mmuext_op operations (a pin validates a whole table) and multicall
 /// entries between preemption checks.
 const PREEMPT_CHECK_OPS: u64 = 16;

@@ -330,21 +330,10 @@ impl Xenstore {
     pub fn feed(&mut self, conn: ConnId, mut bytes: &[u8]) -> Result<Fed, HandleError> {
         let mut fed = Fed::default();
         while !bytes.is_empty() && self.accepts_input(conn) {
-            let c = self
-                .conns
-                .get_mut(&conn)
-                .ok_or(HandleError::UnknownConnection)?;
-            let (used, msg) = match c.input.push(bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    c.ignored = true;
-                    return Err(HandleError::Frame(e));
-                }
-            };
+            let (used, handled) = self.take_input(conn, bytes)?;
             bytes = bytes.get(used..).unwrap_or(&[]);
             fed.consumed += used;
-            if let Some(m) = msg {
-                self.handle(conn, &m)?;
+            if handled {
                 fed.handled += 1;
             } else if used == 0 {
                 break;
@@ -365,29 +354,42 @@ impl Xenstore {
     pub fn receive(&mut self, conn: ConnId, mut bytes: &[u8]) -> Result<usize, HandleError> {
         let mut handled = 0;
         while !bytes.is_empty() {
-            let c = self
-                .conns
-                .get_mut(&conn)
-                .ok_or(HandleError::UnknownConnection)?;
-            if c.ignored {
+            if self.conns.get(&conn).is_some_and(|c| c.ignored) {
                 return Err(HandleError::Ignored);
             }
-            let (used, msg) = match c.input.push(bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    c.ignored = true;
-                    return Err(HandleError::Frame(e));
-                }
-            };
+            let (used, done) = self.take_input(conn, bytes)?;
             bytes = bytes.get(used..).unwrap_or(&[]);
-            if let Some(m) = msg {
-                self.handle(conn, &m)?;
+            if done {
                 handled += 1;
             } else if used == 0 {
                 break;
             }
         }
         Ok(handled)
+    }
+
+    /// Adds a prefix of `bytes` to `conn`'s partial message, handling the
+    /// message if that completes one: (bytes taken, whether one was
+    /// handled). Broken framing marks the connection ignored.
+    fn take_input(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(usize, bool), HandleError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(HandleError::UnknownConnection)?;
+        let (used, msg) = match c.input.push(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                c.ignored = true;
+                return Err(HandleError::Frame(e));
+            }
+        };
+        match msg {
+            Some(m) => {
+                self.handle(conn, &m)?;
+                Ok((used, true))
+            }
+            None => Ok((used, false)),
+        }
     }
 
     /// Handle one complete request message from `conn` and queue its reply

@@ -116,13 +116,12 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
         "mmu_update" => {
             let l1e = mm::l1_entry_ma(mm::current_l4_mfn(), scratch).expect("scratch mapped");
             let val = (scratch_mfn << 12) | DATA;
-            let base = alias_page(|off| if off % 16 < 8 { (l1e >> (8 * (off % 8))) as u8 } else { (val >> (8 * (off % 8))) as u8 });
+            alias_page(|off| if off % 16 < 8 { (l1e >> (8 * (off % 8))) as u8 } else { (val >> (8 * (off % 8))) as u8 });
             let n = 300_000;
             println!("preempt: mmu_update batch started");
             let r = hc(1, [ALIAS, n, pdone, DomId::SELF.0 as u64]);
             println!("preempt: mmu_update batch done: {r}, {done} done");
             t.check("batch-complete", r == 0 && u64::from(done) == n, format_args!("rc {r}, done {done} of {n}"));
-            let _ = base;
         }
         "mmuext_op" => {
             // Every 8-byte word is 6 (MMUEXT_TLB_FLUSH_LOCAL), so every
