@@ -75,7 +75,17 @@ pub struct PvState {
     pub gdt_entries: usize,
     /// Frames holding the guest's GDT (segment-typed while registered).
     pub gdt_frame: u64,
+    /// The guest's LDT (MMUEXT_SET_LDT): linear address and entries.
+    pub ldt_base: u64,
+    pub ldt_ents: u32,
+    /// Each LDT page the CPU has needed so far (0 = not yet): segment-typed
+    /// and shadow-mapped at `paging::LDT_VA` while this vCPU runs (Xen's
+    /// lazily filled shadow LDT).
+    pub ldt_frames: [u64; LDT_PAGES],
 }
+
+/// Pages of the largest LDT (8192 descriptors).
+pub const LDT_PAGES: usize = crate::mm::paging::LDT_PAGES;
 
 /// Guest GDT entries supported (one frame, as Linux and Mini-OS use).
 pub const GUEST_GDT_ENTRIES: usize = 512;
@@ -114,6 +124,9 @@ impl PvState {
             gdt: [0; GUEST_GDT_ENTRIES],
             gdt_entries: 0,
             gdt_frame: 0,
+            ldt_base: 0,
+            ldt_ents: 0,
+            ldt_frames: [0; LDT_PAGES],
         }
     }
 }
@@ -313,14 +326,14 @@ impl Hv {
     pub fn audit(&self, when: &str) {
         let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
         let mut written: heapless::Vec<u64, 32> = heapless::Vec::new();
-        let mut segs: heapless::Vec<u64, 16> = heapless::Vec::new();
+        let mut segs: heapless::Vec<u64, { MAX_DOMAINS * (1 + LDT_PAGES) }> = heapless::Vec::new();
         for d in self.domains.iter().filter(|d| d.is_live()) {
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
             let _ = written.push(d.shared_info_mfn);
             let _ = written.push(d.console_mfn);
-            if d.pv.gdt_frame != 0 {
-                let _ = segs.push(d.pv.gdt_frame);
+            for &f in core::iter::once(&d.pv.gdt_frame).chain(&d.pv.ldt_frames).filter(|&&f| f != 0) {
+                let _ = segs.push(f);
             }
         }
         match crate::mm::frames::audit(&roots, &written, &segs) {
@@ -445,6 +458,7 @@ impl Hv {
         if gdt != 0 {
             crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
         }
+        crate::pv::destroy_ldt(&mut self.domains[idx].pv);
         // Mappings it holds go (their references with them); its table
         // frames are released. Grants others still map keep those frames.
         crate::irq::domain_died(id);

@@ -181,6 +181,7 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
                 cpu::invlpg(arg1);
                 Ok(())
             }
+            13 => crate::pv::set_ldt(hv, arg1, arg2),
             15 => new_user_baseptr(hv, arg1),
             16 => frames::with(|ft, mem| {
                 ft.get_page_and_type(mem, arg1, microvisor_core::frametable::PageType::Writable, dom)?;

@@ -200,7 +200,7 @@ pub fn save_segments(pv: &mut crate::domain::PvState) -> SegState {
 /// loaded already; a selector they no longer allow (the guest changed its
 /// GDT) becomes null.
 pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
-    let want = if pv.selectors == [0; 4] { [0; 4] } else { pv.selectors.map(|s| if crate::arch::desc::data_selector_ok(s) { s } else { 0 }) };
+    let want = if pv.selectors == [0; 4] { [0; 4] } else { pv.selectors.map(|s| if selector_ok(pv, s) { s } else { 0 }) };
     // Loading FS or GS replaces that base: then both are written.
     let reloaded = cpu.selectors != want;
     if reloaded {
@@ -240,7 +240,8 @@ pub fn toggle_mode(hv: &mut Hv) {
 
 /// set_gdt(frame_list, entries): the guest's own descriptor table (one
 /// frame, up to 512 entries). The frame must not be writable-mapped (it
-/// becomes a segment-typed page); every descriptor is checked.
+/// becomes a segment-typed page, whose 512 descriptors the frame table
+/// checks).
 pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
     let cur = hv.current;
@@ -254,13 +255,11 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         let mut b = [0u8; 8];
         guest::copy_from(cr3, list, &mut b).map_err(|_| Errno::EFAULT)?;
         let mfn = u64::from_le_bytes(b);
+        // The frame table checks every descriptor of the page as it takes
+        // the segment type; the page cannot change while typed.
         crate::mm::frames::with(|ft, mem| ft.get_page_and_type(mem, mfn, PageType::Segment, dom))?;
         for (i, slot) in table.iter_mut().enumerate().take(entries as usize) {
             *slot = crate::mm::read_u64(mfn * crate::mm::PAGE + i as u64 * 8);
-        }
-        if !table[..entries as usize].iter().all(|&d| policy::gdt_descriptor_ok(d)) {
-            crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, mfn));
-            return Err(Errno::EINVAL);
         }
         new_frame = mfn;
     }
@@ -274,6 +273,115 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     pv.gdt_frame = new_frame;
     load_guest_gdt(pv);
     Ok(0)
+}
+
+/// Whether `sel` can be loaded into a data segment register from ring 0
+/// without a fault, with the vCPU's GDT and LDT loaded: an LDT selector
+/// needs its page already shadow-mapped (so the load cannot fault in the
+/// hypervisor) and a loadable descriptor there.
+fn selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
+    if sel & 4 == 0 {
+        return crate::arch::desc::data_selector_ok(sel);
+    }
+    let i = u64::from(sel >> 3);
+    let page = (i / 512) as usize;
+    i < u64::from(pv.ldt_ents)
+        && pv.ldt_frames[page] != 0
+        && policy::data_descriptor_loadable(crate::mm::read_u64(pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8))
+}
+
+/// MMUEXT_SET_LDT(linear address, entries), as Xen: the address must be
+/// page-aligned guest space and at most 8192 entries (else `EINVAL`); no
+/// page is looked at yet. Each LDT page is typed and shadow-mapped the
+/// first time the CPU needs it (`ldt_fault`). A new LDT drops the old
+/// one's pages.
+pub fn set_ldt(hv: &mut Hv, va: u64, entries: u64) -> Result<(), Errno> {
+    let ents = entries as u32;
+    let base = if ents == 0 { 0 } else { va };
+    if base % crate::mm::PAGE != 0 || !policy::guest_addr_ok(base) || ents > 8192 {
+        return Err(Errno::EINVAL);
+    }
+    let pv = &mut hv.domains[hv.current].pv;
+    if pv.ldt_ents != ents || pv.ldt_base != base {
+        destroy_ldt(pv);
+        pv.ldt_base = base;
+        pv.ldt_ents = ents;
+        load_ldt(pv);
+    }
+    Ok(())
+}
+
+/// Drops every LDT page a vCPU holds (segment-type references and shadow
+/// mappings); its LDT's address and size stay.
+pub fn destroy_ldt(pv: &mut crate::domain::PvState) {
+    for (i, f) in pv.ldt_frames.iter_mut().enumerate() {
+        if *f == 0 {
+            continue;
+        }
+        if crate::mm::paging::ldt_page(i) == *f {
+            crate::mm::paging::set_ldt_page(i, 0);
+        }
+        let mfn = core::mem::take(f);
+        crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, mfn));
+    }
+}
+
+/// Loads the running vCPU's LDT: its shadow pages and the LDT register
+/// (nothing to do when neither it nor the last one has an LDT).
+#[inline]
+pub fn load_ldt(pv: &crate::domain::PvState) {
+    if pv.ldt_ents == 0 && crate::arch::desc::ldt_loaded() == 0 {
+        return;
+    }
+    for (i, &f) in pv.ldt_frames.iter().enumerate() {
+        crate::mm::paging::set_ldt_page(i, f);
+    }
+    crate::arch::desc::load_ldt(crate::mm::paging::LDT_VA, pv.ldt_ents);
+}
+
+/// A page fault in the LDT shadow area while a guest ran: the CPU needs
+/// LDT page `cr2 - LDT_VA` / 4096. As Xen: the guest's kernel page tables
+/// must map that page of its LDT, and the frame must take the segment type
+/// (which validates every descriptor in it and is refused while the frame
+/// is writable anywhere, including by the hypervisor); then it is
+/// shadow-mapped and the instruction retried. Otherwise the guest gets the
+/// page fault at its own LDT address (#GP with the selector's index when
+/// that address is not canonical).
+pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
+    let cur = hv.current;
+    let off = cr2 - crate::mm::paging::LDT_VA;
+    let page = (off / crate::mm::PAGE) as usize;
+    let d = &mut hv.domains[cur];
+    let (dom, cr3) = (d.id, d.cr3);
+    let pv = &mut d.pv;
+    let linear = pv.ldt_base.wrapping_add(off);
+    if off < u64::from(pv.ldt_ents) * 8 && pv.ldt_frames[page] == 0 {
+        let mapped = guest::translate(cr3, pv.ldt_base + page as u64 * crate::mm::PAGE, false).ok().and_then(|pa| {
+            let mfn = pa / crate::mm::PAGE;
+            crate::mm::frames::with(|ft, mem| ft.get_page_and_type(mem, mfn, microvisor_core::frametable::PageType::Segment, dom)).ok().map(|()| mfn)
+        });
+        if let Some(mfn) = mapped {
+            pv.ldt_frames[page] = mfn;
+            crate::mm::paging::set_ldt_page(page, mfn);
+            return;
+        }
+    }
+    let rip = frame.rip;
+    if !policy::canonical(linear) {
+        let ec = (off & !3) | 4;
+        return deliver_exception(hv, frame, 13, Some(ec), format_args!("LDT access at non-canonical {linear:#x}, rip {rip:#x} (#GP)"));
+    }
+    d.set_cr2(linear);
+    let err = page_fault_error(d, frame.error_code);
+    deliver_exception(hv, frame, 14, Some(err), format_args!("page fault on LDT page at {linear:#x}, rip {rip:#x}, error {err:#x}"));
+}
+
+/// A page fault's error code as a PV guest sees it (Xen): the user bit
+/// says whether the guest was in user mode, whatever the CPU reported
+/// (the guest kernel runs in ring 3; descriptor-table reads are supervisor
+/// accesses).
+pub fn page_fault_error(d: &crate::domain::Domain, raw: u64) -> u64 {
+    (raw & !4) | (u64::from(d.pv.user_mode) << 2)
 }
 
 /// Loads a vCPU's GDT entries into the CPU's table.

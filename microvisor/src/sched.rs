@@ -303,6 +303,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     if next != cur {
         // Its GDT entries first: the selectors are checked against them.
         crate::pv::load_guest_gdt(&d.pv);
+        crate::pv::load_ldt(&d.pv);
         crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
     }
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);

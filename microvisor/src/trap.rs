@@ -135,9 +135,13 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
         }
         14 => {
             let cr2 = cpu::cr2();
+            let ldt = crate::mm::paging::LDT_VA;
+            if (ldt..ldt + crate::mm::paging::LDT_PAGES as u64 * crate::mm::PAGE).contains(&cr2) {
+                return pv::ldt_fault(hv, frame, cr2);
+            }
             hv.domains[hv.current].set_cr2(cr2);
-            // From guest kernel mode the user bit is cleared, as on Xen.
-            let err = if hv.domains[hv.current].pv.user_mode { frame.error_code } else { frame.error_code & !4 };
+            // The user bit as the guest's mode says, as on Xen.
+            let err = pv::page_fault_error(&hv.domains[hv.current], frame.error_code);
             let rip = frame.rip;
             pv::deliver_exception(hv, frame, 14, Some(err), format_args!("unhandled page fault ({name}) at rip {rip:#x}, address {cr2:#x}, error {err:#x}"));
         }

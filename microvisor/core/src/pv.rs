@@ -94,10 +94,13 @@ pub fn callback_address(address: u64) -> Result<u64, Errno> {
     if guest_addr_ok(address) { Ok(address) } else { Err(Errno::EINVAL) }
 }
 
-/// Whether a guest GDT descriptor is acceptable to set_gdt: not present, or
-/// a present DPL-3 code or data descriptor (no system descriptors, no
-/// gates, nothing more privileged than the guest kernel's ring 3).
-pub const fn gdt_descriptor_ok(d: u64) -> bool {
+/// Whether a descriptor may sit in a guest's GDT or LDT page: not present,
+/// or a present DPL-3 code or data descriptor (no system descriptors, no
+/// gates, nothing more privileged than the guest kernel's ring 3). The frame
+/// table checks every descriptor of a page with it when the page first
+/// takes the segment type (Xen validates a whole descriptor page the same
+/// way), so a GDT or LDT the CPU reads never holds anything else.
+pub const fn descriptor_ok(d: u64) -> bool {
     let present = d & (1 << 47) != 0;
     let code_or_data = d & (1 << 44) != 0;
     let dpl = (d >> 45) & 3;

@@ -18,6 +18,8 @@ pub const GUEST_DS: u16 = 0xe02b;
 /// Guest 64-bit code (FLAT_RING3_CS64).
 pub const GUEST_CS64: u16 = 0xe033;
 const TSS_SEL: u16 = 0xe038;
+/// The LDT's system descriptor (two slots after the TSS's).
+const LDT_SEL: u16 = 0xe048;
 
 const GDT_ENTRIES: usize = 8192;
 /// First GDT index reserved for the hypervisor (guests own 0..7168).
@@ -166,15 +168,55 @@ pub fn init() {
     }
 }
 
+/// Descriptors of the LDT loaded now (0: none, LDTR null).
+static mut LDT_LOADED: u32 = 0;
+
+/// Loads an LDT of `entries` descriptors (at most 8192) at `base`, a
+/// supervisor-only area the hypervisor maps; 0 entries loads none. Skips
+/// the reload when nothing changes.
+#[inline]
+pub fn load_ldt(base: u64, entries: u32) {
+    // SAFETY: single CPU; reading what is loaded.
+    if unsafe { *(&raw const LDT_LOADED) } == entries {
+        return;
+    }
+    assert!(entries <= 8192);
+    // SAFETY: single CPU. The descriptor written is an LDT system descriptor
+    // in the hypervisor's reserved area, covering exactly `entries`
+    // descriptors of the shadow area, which maps only segment-typed frames
+    // (descriptors validated by the frame table) or nothing (a fault the
+    // hypervisor resolves). lldt with a null selector disables the LDT.
+    unsafe {
+        if entries == 0 {
+            asm!("lldt {0:x}", in(reg) 0u64, options(nostack, preserves_flags));
+        } else {
+            let limit = u64::from(entries) * 8 - 1;
+            let gdt = &mut *(&raw mut GDT);
+            let i = usize::from(LDT_SEL >> 3);
+            gdt.0[i] = (limit & 0xffff) | ((base & 0xff_ffff) << 16) | (0x82 << 40) | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+            gdt.0[i + 1] = base >> 32;
+            asm!("lldt {0:x}", in(reg) u64::from(LDT_SEL), options(nostack, preserves_flags));
+        }
+        *(&raw mut LDT_LOADED) = entries;
+    }
+}
+
+/// Descriptors in the LDT loaded now.
+pub fn ldt_loaded() -> u32 {
+    // SAFETY: single CPU; reading what is loaded.
+    unsafe { *(&raw const LDT_LOADED) }
+}
+
 /// How many guest entries are currently loaded below the reserved area.
 static mut GUEST_LOADED: usize = 0;
 
 /// Loads a vCPU's own GDT entries (indices 0..n, 0 kept null) and clears
 /// whatever the previous vCPU had beyond them. Entries were checked by
 /// `pv::set_gdt`: present ones are DPL-3 code/data descriptors only.
-/// Whether `sel` can be loaded into DS, ES, FS or GS from ring 0 without a
-/// fault: null, or a GDT selector whose descriptor (as loaded now) is a
-/// present DPL-3 data segment or readable code segment. No LDT exists.
+/// Whether GDT selector `sel` can be loaded into DS, ES, FS or GS from
+/// ring 0 without a fault: null, or one whose descriptor (as loaded now) is
+/// a present DPL-3 data segment or readable code segment. LDT selectors are
+/// the caller's (`pv::load_segments`).
 pub fn data_selector_ok(sel: u16) -> bool {
     if sel & !3 == 0 {
         return true;

@@ -22,6 +22,38 @@ pub const HV_SLOT_LAST: usize = 271;
 
 static mut HV_L4: u64 = 0;
 
+/// Where the running vCPU's LDT is shadow-mapped: L4 slot 260, as Xen's
+/// per-domain area. The CPU reads descriptors there (and sets their
+/// accessed bits); the guest never sees these supervisor-only pages.
+pub const LDT_VA: u64 = 0xFFFF_8200_0000_0000;
+/// Pages of the largest LDT (8192 descriptors of 8 bytes).
+pub const LDT_PAGES: usize = 16;
+/// Physical address of the L1 table that maps the LDT shadow area.
+static mut LDT_L1: u64 = 0;
+
+fn ldt_l1() -> u64 {
+    // SAFETY: written once at boot.
+    unsafe { *(&raw const LDT_L1) }
+}
+
+/// The frame shadow-mapped as LDT page `i` (`< LDT_PAGES`), 0 if none.
+pub fn ldt_page(i: usize) -> u64 {
+    (read_u64(ldt_l1() + i as u64 * 8) & ADDR_MASK) / PAGE
+}
+
+/// Shadow-maps frame `mfn` as LDT page `i` (`< LDT_PAGES`), or unmaps it
+/// (`mfn` 0), flushing the old translation. The caller holds a segment-type
+/// reference on `mfn` for as long as it stays mapped here.
+pub fn set_ldt_page(i: usize, mfn: u64) {
+    assert!(i < LDT_PAGES);
+    let e = if mfn == 0 { 0 } else { mfn * PAGE | P | RW | A | D | NX };
+    let at = ldt_l1() + i as u64 * 8;
+    if read_u64(at) != e {
+        write_u64(at, e);
+        cpu::invlpg(LDT_VA + i as u64 * PAGE);
+    }
+}
+
 unsafe extern "C" {
     static __text_start: u8;
     static __text_end: u8;
@@ -145,8 +177,12 @@ pub fn init(max_phys: u64) {
     for i in HV_SLOT_FIRST..=HV_SLOT_LAST {
         next(l4, i as u64);
     }
+    let ldt_l1 = next(next(next(l4, (LDT_VA >> 39) & 511), (LDT_VA >> 30) & 511), (LDT_VA >> 21) & 511);
     // SAFETY: single CPU, boot time.
-    unsafe { *(&raw mut HV_L4) = l4 };
+    unsafe {
+        *(&raw mut HV_L4) = l4;
+        *(&raw mut LDT_L1) = ldt_l1;
+    }
     // Global pages survive guest CR3 switches.
     cpu::cr4_set(1 << 7);
     // SAFETY: the new tables map the image (code, rodata, data, stacks) at

@@ -310,6 +310,20 @@ impl FrameTable<'_> {
                     ),
                 ));
             }
+            if p.page_type() == PageType::Segment && p.is_validated() {
+                // A descriptor page the CPU may read as a GDT or LDT holds
+                // only descriptors a guest may have.
+                if let Some(index) = (0..ENTRIES).find(|&i| !crate::pv::descriptor_ok(mem.read(mfn, i))) {
+                    return Err(err(
+                        mfn,
+                        AuditErrorKind::BadEntry {
+                            index,
+                            entry: mem.read(mfn, index),
+                            why: "descriptor a guest may not hold in a GDT or LDT page",
+                        },
+                    ));
+                }
+            }
             let balance = i128::from(t.lin_entries) - i128::from(t.lin_uses);
             if (t.lin_entries > 0 && t.lin_uses > 0) || i128::from(p.linear) != balance {
                 return Err(err(

@@ -1020,17 +1020,19 @@ impl<'a> FrameTable<'a> {
             p.ty = ty as u8;
         }
         p.type_count = 1;
-        if ty == PageType::Segment {
-            p.flags |= F_VALIDATED;
-        }
         if flush {
             mem.flush_tlbs();
             self.tlbs_flushed();
         }
-        let Some(level) = ty.level() else {
-            return Ok(());
+        let result = match ty.level() {
+            Some(level) => self.validate(mem, mfn, level),
+            // A descriptor page (GDT or LDT): every one of its 512
+            // descriptors, not only those a table's limit reaches.
+            None if ty == PageType::Segment => {
+                if (0..ENTRIES).all(|i| crate::pv::descriptor_ok(mem.read(mfn, i))) { Ok(()) } else { Err(Errno::EINVAL) }
+            }
+            None => return Ok(()),
         };
-        let result = self.validate(mem, mfn, level);
         if let Some(p) = self.pg_mut(mfn) {
             match result {
                 Ok(()) => p.flags |= F_VALIDATED,

@@ -1366,3 +1366,49 @@ fn audit_recounts_hypervisor_write_references() {
         Err((f, AuditErrorKind::HypervisorWritten("not writable-typed")))
     );
 }
+
+/// A descriptor page (GDT or LDT) is validated whole when it first takes
+/// the segment type: one descriptor a guest may not hold anywhere in its
+/// 512 (a ring-0 code segment, a call gate), and the type is refused with
+/// `EINVAL`, leaving the frame untyped; a page of valid ones is accepted.
+#[test]
+fn descriptor_pages_are_validated_whole() {
+    world!(ft, mem, mut_ext);
+    let mut ext = mut_ext;
+    let f = 18;
+    mem.write(f, 1, 0x00cf_f200_0000_ffff); // DPL-3 data
+    mem.write(f, 2, 0x00af_fa00_0000_ffff); // DPL-3 code
+    for (idx, bad) in [(511, 0x00af_9a00_0000_ffffu64), (300, 0x0000_ec00_0000_0000)] {
+        mem.write(f, idx, bad);
+        assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Err(Errno::EINVAL));
+        clean(&ft, &mem, &ext);
+        mem.write(f, idx, 0);
+    }
+    assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
+    clean(&ft, &mem, &ext);
+    // A second reference does not validate again, and needs no more.
+    assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
+    clean(&ft, &mem, &ext);
+    ft.put_page_and_type(&mut mem, f);
+    ft.put_page_and_type(&mut mem, f);
+}
+
+/// The audit re-checks every descriptor of a segment-typed page: one that
+/// changed behind the frame table's back (a ring-0 code segment in an LDT
+/// page) is an audit failure naming the entry.
+#[test]
+fn audit_catches_a_bad_descriptor_in_a_segment_page() {
+    world!(ft, mem, mut_ext);
+    let mut ext = mut_ext;
+    let f = 19;
+    assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
+    clean(&ft, &mem, &ext);
+    mem.write(f, 7, 0x00af_9a00_0000_ffff);
+    assert!(matches!(
+        audit(&ft, &mem, &ext).map_err(|e| e.kind),
+        Err(AuditErrorKind::BadEntry { index: 7, entry: 0x00af_9a00_0000_ffff, .. })
+    ));
+}

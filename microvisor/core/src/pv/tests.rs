@@ -59,14 +59,14 @@ fn callbacks() {
 #[test]
 fn descriptors() {
     // Null, a not-present anything, a DPL-3 data and a DPL-3 code segment.
-    assert!(gdt_descriptor_ok(0));
-    assert!(gdt_descriptor_ok(0x0000_0f00_0000_ffff & !(1 << 47)));
-    assert!(gdt_descriptor_ok(0x00cf_f200_0000_ffff));
-    assert!(gdt_descriptor_ok(0x00af_fa00_0000_ffff));
+    assert!(descriptor_ok(0));
+    assert!(descriptor_ok(0x0000_0f00_0000_ffff & !(1 << 47)));
+    assert!(descriptor_ok(0x00cf_f200_0000_ffff));
+    assert!(descriptor_ok(0x00af_fa00_0000_ffff));
     // DPL 0 code, a DPL-3 call gate, a DPL-3 TSS.
-    assert!(!gdt_descriptor_ok(0x00af_9a00_0000_ffff));
-    assert!(!gdt_descriptor_ok(0x0000_ec00_0000_0000));
-    assert!(!gdt_descriptor_ok(0x0000_e900_0000_0067));
+    assert!(!descriptor_ok(0x00af_9a00_0000_ffff));
+    assert!(!descriptor_ok(0x0000_ec00_0000_0000));
+    assert!(!descriptor_ok(0x0000_e900_0000_0067));
     // Loadable into a data segment register: data, readable code; not an
     // execute-only code segment, nor DPL 0 data, nor a not-present one.
     assert!(data_descriptor_loadable(0x00cf_f200_0000_ffff));
@@ -173,12 +173,12 @@ proptest! {
     /// callbacks and ports are decided without panicking for any value.
     #[test]
     fn fuzz_pv_descriptors_callbacks_ports(d in any::<u64>(), ty in any::<u16>(), addr in any::<u64>(), port in any::<u16>(), width in 0u16..8) {
-        if gdt_descriptor_ok(d) && d & (1 << 47) != 0 {
+        if descriptor_ok(d) && d & (1 << 47) != 0 {
             prop_assert_eq!((d >> 45) & 3, 3);
             prop_assert!(d & (1 << 44) != 0);
         }
         if data_descriptor_loadable(d) {
-            prop_assert!(gdt_descriptor_ok(d));
+            prop_assert!(descriptor_ok(d));
         }
         let _ = callback_slot(ty);
         prop_assert_eq!(callback_address(addr).is_ok(), guest_addr_ok(addr));
