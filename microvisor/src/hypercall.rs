@@ -227,8 +227,16 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
 
 /// The memory hypercalls `audit=1` audits the frame table after (number,
 /// name); `full_entry_for` sends them all through `on_syscall`, which audits.
-pub const AUDITED_HYPERCALLS: [(usize, &str); 7] =
-    [(1, "mmu_update"), (2, "set_gdt"), (12, "memory_op"), (13, "multicall"), (14, "update_va_mapping"), (20, "grant_table_op"), (26, "mmuext_op")];
+pub const AUDITED_HYPERCALLS: [(usize, &str); 8] = [
+    (1, "mmu_update"),
+    (2, "set_gdt"),
+    (10, "update_descriptor"),
+    (12, "memory_op"),
+    (13, "multicall"),
+    (14, "update_va_mapping"),
+    (20, "grant_table_op"),
+    (26, "mmuext_op"),
+];
 
 /// How many audits followed each of `AUDITED_HYPERCALLS` (reported at the
 /// end of an `audit=1` run, so a test can see the audit really ran).
@@ -259,6 +267,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),
+        10 => pv::update_descriptor(hv, a[0], a[1]),
         14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),

@@ -280,9 +280,12 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
 /// needs its page already shadow-mapped (so the load cannot fault in the
 /// hypervisor) and a loadable descriptor there.
 fn selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
-    if sel & 4 == 0 {
-        return crate::arch::desc::data_selector_ok(sel);
-    }
+    if sel & 4 == 0 { crate::arch::desc::data_selector_ok(sel) } else { ldt_selector_ok(pv, sel) }
+}
+
+#[cold]
+#[inline(never)]
+fn ldt_selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
     let i = u64::from(sel >> 3);
     let page = (i / 512) as usize;
     i < u64::from(pv.ldt_ents)
@@ -326,9 +329,23 @@ pub fn destroy_ldt(pv: &mut crate::domain::PvState) {
     }
 }
 
+/// On a switch: loads the incoming vCPU's GDT entries and LDT (nothing to
+/// do when neither it nor the last vCPU has either).
+#[inline]
+pub fn load_descriptor_tables(pv: &crate::domain::PvState) {
+    if pv.gdt_entries > 1 || pv.ldt_ents != 0 || crate::arch::desc::any_guest_tables() {
+        reload_descriptor_tables(pv);
+    }
+}
+
+#[inline(never)]
+fn reload_descriptor_tables(pv: &crate::domain::PvState) {
+    load_guest_gdt(pv);
+    load_ldt(pv);
+}
+
 /// Loads the running vCPU's LDT: its shadow pages and the LDT register
 /// (nothing to do when neither it nor the last one has an LDT).
-#[inline]
 pub fn load_ldt(pv: &crate::domain::PvState) {
     if pv.ldt_ents == 0 && crate::arch::desc::ldt_loaded() == 0 {
         return;
@@ -382,6 +399,49 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
 /// accesses).
 pub fn page_fault_error(d: &crate::domain::Domain, raw: u64) -> u64 {
     (raw & !4) | (u64::from(d.pv.user_mode) << 2)
+}
+
+/// update_descriptor(machine address, descriptor), as Xen: writes one
+/// descriptor, checked and fixed up as in a descriptor page
+/// (`check_descriptor`), into a frame of the caller's. `EINVAL` for an
+/// address not 8-byte aligned, a refused descriptor, a frame that is not
+/// the caller's, or one that is neither a descriptor page nor free to be
+/// written (a page table, say). A descriptor page stays one (it is
+/// segment-typed for the write); the running vCPU's GDT copy follows a
+/// write to its GDT frame, and its LDT is read from the frame itself.
+pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> {
+    use microvisor_core::frametable::PageType;
+    let d = policy::check_descriptor(desc).filter(|_| ma % 8 == 0).ok_or(Errno::EINVAL)?;
+    let cur = hv.current;
+    let dom = hv.domains[cur].id;
+    let mfn = ma / crate::mm::PAGE;
+    let ty = crate::mm::frames::with(|ft, mem| {
+        ft.get_page(mfn, dom)?;
+        // A descriptor page keeps its type; anything else must take the
+        // Writable type (refused for a page table or a frame typed
+        // otherwise).
+        let seg = ft.info(mfn).is_some_and(|p| p.page_type() == PageType::Segment);
+        let ty = if seg { PageType::Segment } else { PageType::Writable };
+        if let Err(e) = ft.get_page_type(mem, mfn, ty, dom) {
+            ft.put_page(mfn);
+            return Err(e);
+        }
+        Ok(ty)
+    })?;
+    crate::mm::write_u64(ma, d);
+    crate::mm::frames::with(|ft, mem| {
+        ft.put_page_type(mem, mfn);
+        ft.put_page(mfn);
+    });
+    let pv = &mut hv.domains[cur].pv;
+    if ty == PageType::Segment && mfn == pv.gdt_frame {
+        let i = ((ma % crate::mm::PAGE) / 8) as usize;
+        if i < pv.gdt_entries {
+            pv.gdt[i] = d;
+            load_guest_gdt(pv);
+        }
+    }
+    Ok(0)
 }
 
 /// Loads a vCPU's GDT entries into the CPU's table.

@@ -301,9 +301,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         d.time_stamp = now;
     }
     if next != cur {
-        // Its GDT entries first: the selectors are checked against them.
-        crate::pv::load_guest_gdt(&d.pv);
-        crate::pv::load_ldt(&d.pv);
+        // Its GDT entries and LDT first: the selectors are checked against
+        // them.
+        crate::pv::load_descriptor_tables(&d.pv);
         crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
     }
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);

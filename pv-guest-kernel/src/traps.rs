@@ -33,7 +33,8 @@ const KERNEL_CS: u16 = 0xe030;
 /// Registers the library's exception stubs (and `int $0x80` with DPL 3) as
 /// the trap table, and the event-upcall stub as the event callback.
 pub fn init() -> Result<(), guest_abi::errno::Errno> {
-    let mut table = [TrapInfo { vector: 0, flags: 0, cs: 0, _pad: [0; 4], address: 0 }; 14];
+    // One entry per stub and a zero one that ends the table.
+    let mut table = [TrapInfo { vector: 0, flags: 0, cs: 0, _pad: [0; 4], address: 0 }; arch::STUBS + 1];
     for (i, (v, addr)) in arch::stubs().iter().enumerate() {
         let dpl = if *v == 3 || *v == 4 || *v == 0x80 { 3 } else { 0 };
         table[i] = TrapInfo { vector: *v, flags: dpl, cs: KERNEL_CS, _pad: [0; 4], address: *addr };

@@ -94,17 +94,38 @@ pub fn callback_address(address: u64) -> Result<u64, Errno> {
     if guest_addr_ok(address) { Ok(address) } else { Err(Errno::EINVAL) }
 }
 
-/// Whether a descriptor may sit in a guest's GDT or LDT page: not present,
-/// or a present DPL-3 code or data descriptor (no system descriptors, no
-/// gates, nothing more privileged than the guest kernel's ring 3). The frame
-/// table checks every descriptor of a page with it when the page first
-/// takes the segment type (Xen validates a whole descriptor page the same
-/// way), so a GDT or LDT the CPU reads never holds anything else.
+/// Xen's descriptor check for a 64-bit PV guest (`check_descriptor`): the
+/// descriptor as it may sit in the guest's GDT or LDT page, or `None` when
+/// it is refused. Not present: kept as is (any use faults). A code or data
+/// segment: accepted with its DPL raised to 3 when lower, since the guest
+/// kernel runs in ring 3 (Linux's boot GDT has DPL-0 kernel segments).
+/// The invalid system type 0 (the second half of a 16-byte gate): kept,
+/// its use faults. Every other system descriptor (TSS, LDT, interrupt and
+/// trap gates, and call gates, which Xen accepts and emulates but this
+/// hypervisor does not yet) is refused.
+pub const fn check_descriptor(d: u64) -> Option<u64> {
+    const P: u64 = 1 << 47;
+    const S: u64 = 1 << 44;
+    const DPL: u64 = 3 << 45;
+    if d & P == 0 {
+        return Some(d);
+    }
+    if d & S != 0 {
+        return Some(d | DPL);
+    }
+    if (d >> 40) & 0xf == 0 {
+        return Some(d);
+    }
+    None
+}
+
+/// Whether a descriptor may sit in a guest's GDT or LDT page as it is:
+/// [`check_descriptor`] accepts it and changes nothing. The frame table
+/// checks (and fixes up) every descriptor of a page when it first takes the
+/// segment type, as Xen validates a whole descriptor page, so a GDT or LDT
+/// the CPU reads never holds anything else; its audit re-checks them.
 pub const fn descriptor_ok(d: u64) -> bool {
-    let present = d & (1 << 47) != 0;
-    let code_or_data = d & (1 << 44) != 0;
-    let dpl = (d >> 45) & 3;
-    !present || (code_or_data && dpl == 3)
+    matches!(check_descriptor(d), Some(f) if f == d)
 }
 
 /// Whether a descriptor may be loaded into DS, ES, FS or GS from ring 0

@@ -174,7 +174,6 @@ static mut LDT_LOADED: u32 = 0;
 /// Loads an LDT of `entries` descriptors (at most 8192) at `base`, a
 /// supervisor-only area the hypervisor maps; 0 entries loads none. Skips
 /// the reload when nothing changes.
-#[inline]
 pub fn load_ldt(base: u64, entries: u32) {
     // SAFETY: single CPU; reading what is loaded.
     if unsafe { *(&raw const LDT_LOADED) } == entries {
@@ -199,12 +198,29 @@ pub fn load_ldt(base: u64, entries: u32) {
         }
         *(&raw mut LDT_LOADED) = entries;
     }
+    note_tables();
 }
 
 /// Descriptors in the LDT loaded now.
+#[inline]
 pub fn ldt_loaded() -> u32 {
     // SAFETY: single CPU; reading what is loaded.
     unsafe { *(&raw const LDT_LOADED) }
+}
+
+/// Whether any guest descriptor is loaded: GDT entries of a vCPU's own
+/// beyond the null one, or an LDT (one load for the switch's fast path).
+static mut ANY_GUEST_TABLES: bool = false;
+
+#[inline]
+pub fn any_guest_tables() -> bool {
+    // SAFETY: single CPU; reading what is loaded.
+    unsafe { *(&raw const ANY_GUEST_TABLES) }
+}
+
+fn note_tables() {
+    // SAFETY: single CPU; called after either table changed.
+    unsafe { *(&raw mut ANY_GUEST_TABLES) = *(&raw const GUEST_LOADED) > 1 || *(&raw const LDT_LOADED) != 0 };
 }
 
 /// How many guest entries are currently loaded below the reserved area.
@@ -256,4 +272,5 @@ fn replace_guest_entries(entries: &[u64], loaded: usize) {
         }
         *(&raw mut GUEST_LOADED) = n;
     }
+    note_tables();
 }

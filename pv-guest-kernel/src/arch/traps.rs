@@ -96,8 +96,13 @@ pv_trap_\vec:
     pv_stub 5, 0
     pv_stub 6, 0
     pv_stub 7, 0
+    pv_stub 9, 0
+    pv_stub 10, 1
+    pv_stub 11, 1
+    pv_stub 12, 1
     pv_stub 13, 1
     pv_stub 14, 1
+    pv_stub 15, 0
     pv_stub 16, 0
     pv_stub 17, 1
     pv_stub 19, 0
@@ -231,8 +236,13 @@ unsafe extern "C" {
     fn pv_trap_5();
     fn pv_trap_6();
     fn pv_trap_7();
+    fn pv_trap_9();
+    fn pv_trap_10();
+    fn pv_trap_11();
+    fn pv_trap_12();
     fn pv_trap_13();
     fn pv_trap_14();
+    fn pv_trap_15();
     fn pv_trap_16();
     fn pv_trap_17();
     fn pv_trap_19();
@@ -244,8 +254,12 @@ unsafe extern "C" {
     fn pv_try_recover();
 }
 
+/// How many exception stubs there are (every vector a 64-bit PV guest can
+/// receive, as Mini-OS's trap table, plus `int $0x80`).
+pub const STUBS: usize = 18;
+
 /// Entry points of the exception stubs, by vector.
-pub fn stubs() -> [(u8, u64); 13] {
+pub fn stubs() -> [(u8, u64); STUBS] {
     let a = |f: unsafe extern "C" fn()| f as *const () as u64;
     [
         (0, a(pv_trap_0)),
@@ -255,8 +269,13 @@ pub fn stubs() -> [(u8, u64); 13] {
         (5, a(pv_trap_5)),
         (6, a(pv_trap_6)),
         (7, a(pv_trap_7)),
+        (9, a(pv_trap_9)),
+        (10, a(pv_trap_10)),
+        (11, a(pv_trap_11)),
+        (12, a(pv_trap_12)),
         (13, a(pv_trap_13)),
         (14, a(pv_trap_14)),
+        (15, a(pv_trap_15)),
         (16, a(pv_trap_16)),
         (17, a(pv_trap_17)),
         (19, a(pv_trap_19)),

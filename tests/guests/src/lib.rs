@@ -16,3 +16,48 @@ pub fn arg<'a>(si: &'a StartInfo, key: &str) -> Option<&'a str> {
         .split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
+
+/// MMUEXT_SET_LDT: the LDT at `va` with `entries` descriptors (0: none).
+pub fn set_ldt(va: u64, entries: u32) -> Result<(), guest_abi::errno::Errno> {
+    pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_SET_LDT, va, u64::from(entries))
+}
+
+/// update_va_mapping of one of this guest's own pages, with a local flush.
+pub fn remap(va: u64, pte: u64) -> Result<(), guest_abi::errno::Errno> {
+    // SAFETY: the callers remap their own scratch pages, which nothing else
+    // uses meanwhile.
+    unsafe { guest_abi::hypercall::update_va_mapping(va, pte, guest_abi::mmu::UVMF_INVLPG) }
+}
+
+/// Loads DS with `sel` (the CPU reads its descriptor from the GDT or LDT).
+pub fn load_ds(sel: u16) {
+    // SAFETY: DS is not used for addressing in 64-bit mode; a bad selector
+    // faults, which callers catch with `traps::expect_fault`.
+    unsafe { core::arch::asm!("mov ds, {0:x}", in(reg) u64::from(sel), options(nostack, preserves_flags)) };
+}
+
+/// The DS selector.
+pub fn read_ds() -> u16 {
+    let v: u64;
+    // SAFETY: reads a segment register.
+    unsafe { core::arch::asm!("mov {0:x}, ds", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v as u16
+}
+
+/// The fault address the hypervisor last reported (vCPU 0's `arch.cr2` in
+/// shared info), read through a read-only mapping of shared info made on
+/// first use (a read-only mapping gives the frame no writable type).
+pub fn last_cr2() -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static VA: AtomicU64 = AtomicU64::new(0);
+    let mut va = VA.load(Ordering::Relaxed);
+    if va == 0 {
+        let si = pv_guest_kernel::rt::start_info();
+        va = pv_guest_kernel::mm::alloc_page().expect("a page for shared info").0;
+        remap(va, (si.shared_info & !0xfff) | pv_guest_kernel::mm::RO).expect("shared info mapped read-only");
+        VA.store(va, Ordering::Relaxed);
+    }
+    // SAFETY: `va` maps shared info read-only; cr2 is at offset 16
+    // (vcpu_info[0].arch.cr2).
+    unsafe { core::ptr::read_volatile((va + 16) as *const u64) }
+}

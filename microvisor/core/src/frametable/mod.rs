@@ -612,9 +612,8 @@ impl<'a> FrameTable<'a> {
     /// Takes a type reference of type `ty` on `mfn`, owned by `dom`. The
     /// first reference of a table type validates every entry (taking their
     /// references); a type change happens only at type count 0 and may flush
-    /// TLBs. [`PageType::Segment`] is *not* checked here: after getting it
-    /// the caller must check every descriptor (no writable mapping can exist
-    /// meanwhile) and drop the type on failure. Only a type reference is
+    /// TLBs. The first [`PageType::Segment`] reference checks and fixes up
+    /// all 512 descriptors (`pv::check_descriptor`). Only a type reference is
     /// taken; hold a general reference alongside it
     /// ([`FrameTable::get_page_and_type`]).
     ///
@@ -1024,15 +1023,13 @@ impl<'a> FrameTable<'a> {
             mem.flush_tlbs();
             self.tlbs_flushed();
         }
-        let result = match ty.level() {
-            Some(level) => self.validate(mem, mfn, level),
-            // A descriptor page (GDT or LDT): every one of its 512
-            // descriptors, not only those a table's limit reaches.
-            None if ty == PageType::Segment => {
-                if (0..ENTRIES).all(|i| crate::pv::descriptor_ok(mem.read(mfn, i))) { Ok(()) } else { Err(Errno::EINVAL) }
+        let Some(level) = ty.level() else {
+            if ty == PageType::Segment {
+                return self.validate_descriptors(mem, mfn);
             }
-            None => return Ok(()),
+            return Ok(());
         };
+        let result = self.validate(mem, mfn, level);
         if let Some(p) = self.pg_mut(mfn) {
             match result {
                 Ok(()) => p.flags |= F_VALIDATED,
@@ -1044,6 +1041,37 @@ impl<'a> FrameTable<'a> {
             }
         }
         result
+    }
+
+    /// A descriptor page (GDT or LDT) taking its first Segment reference:
+    /// every one of its 512 descriptors is checked and fixed up in place
+    /// (`pv::check_descriptor`), not only those a table's limit reaches, as
+    /// Xen validates a descriptor page. On failure the frame is left
+    /// untyped (descriptors before the bad one may have been fixed up).
+    #[cold]
+    #[inline(never)]
+    fn validate_descriptors<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mfn: u64) -> Result<(), Errno> {
+        let ok = (0..ENTRIES).all(|i| {
+            let d = mem.read(mfn, i);
+            match crate::pv::check_descriptor(d) {
+                Some(f) if f == d => true,
+                Some(f) => {
+                    mem.write(mfn, i, f);
+                    true
+                }
+                None => false,
+            }
+        });
+        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
+        if ok {
+            p.flags |= F_VALIDATED;
+            Ok(())
+        } else {
+            p.type_count = 0;
+            p.ty = PageType::None as u8;
+            p.flags &= !F_VALIDATED;
+            Err(Errno::EINVAL)
+        }
     }
 
     /// Drops one type reference. Returns the table level when that was the

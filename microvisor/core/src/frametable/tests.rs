@@ -1369,22 +1369,25 @@ fn audit_recounts_hypervisor_write_references() {
 
 /// A descriptor page (GDT or LDT) is validated whole when it first takes
 /// the segment type: one descriptor a guest may not hold anywhere in its
-/// 512 (a ring-0 code segment, a call gate), and the type is refused with
-/// `EINVAL`, leaving the frame untyped; a page of valid ones is accepted.
+/// 512 (a TSS, a call gate), and the type is refused with `EINVAL`,
+/// leaving the frame untyped; a page of valid ones is accepted, with
+/// DPL-0 segments raised to DPL 3 in place (Xen).
 #[test]
 fn descriptor_pages_are_validated_whole() {
     world!(ft, mem, mut_ext);
     let mut ext = mut_ext;
     let f = 18;
     mem.write(f, 1, 0x00cf_f200_0000_ffff); // DPL-3 data
-    mem.write(f, 2, 0x00af_fa00_0000_ffff); // DPL-3 code
-    for (idx, bad) in [(511, 0x00af_9a00_0000_ffffu64), (300, 0x0000_ec00_0000_0000)] {
+    mem.write(f, 2, 0x00af_9a00_0000_ffff); // DPL-0 code
+    for (idx, bad) in [(511, 0x0000_e900_0000_0067u64), (300, 0x0000_ec00_0000_0000)] {
         mem.write(f, idx, bad);
         assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Err(Errno::EINVAL));
         clean(&ft, &mem, &ext);
         mem.write(f, idx, 0);
     }
     assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    assert_eq!(mem.read(f, 2), 0x00af_fa00_0000_ffff);
+    assert_eq!(mem.read(f, 1), 0x00cf_f200_0000_ffff);
     ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
     clean(&ft, &mem, &ext);
     // A second reference does not validate again, and needs no more.
@@ -1411,4 +1414,6 @@ fn audit_catches_a_bad_descriptor_in_a_segment_page() {
         audit(&ft, &mem, &ext).map_err(|e| e.kind),
         Err(AuditErrorKind::BadEntry { index: 7, entry: 0x00af_9a00_0000_ffff, .. })
     ));
+    mem.write(f, 7, 0x0000_e900_0000_0067);
+    assert!(matches!(audit(&ft, &mem, &ext).map_err(|e| e.kind), Err(AuditErrorKind::BadEntry { index: 7, .. })));
 }

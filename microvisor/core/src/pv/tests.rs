@@ -63,10 +63,17 @@ fn descriptors() {
     assert!(descriptor_ok(0x0000_0f00_0000_ffff & !(1 << 47)));
     assert!(descriptor_ok(0x00cf_f200_0000_ffff));
     assert!(descriptor_ok(0x00af_fa00_0000_ffff));
-    // DPL 0 code, a DPL-3 call gate, a DPL-3 TSS.
+    // DPL 0 code and DPL 1 data: accepted with DPL 3 (Xen), so not as is.
+    assert_eq!(check_descriptor(0x00af_9a00_0000_ffff), Some(0x00af_fa00_0000_ffff));
+    assert_eq!(check_descriptor(0x00cf_b200_0000_ffff), Some(0x00cf_f200_0000_ffff));
     assert!(!descriptor_ok(0x00af_9a00_0000_ffff));
-    assert!(!descriptor_ok(0x0000_ec00_0000_0000));
-    assert!(!descriptor_ok(0x0000_e900_0000_0067));
+    // The invalid system type 0, present (a gate's second half): kept.
+    assert_eq!(check_descriptor(0x0000_8000_0000_1234), Some(0x0000_8000_0000_1234));
+    // A DPL-3 call gate, a DPL-3 TSS, an LDT descriptor, an interrupt gate.
+    for d in [0x0000_ec00_0000_0000u64, 0x0000_e900_0000_0067, 0x0000_e200_0000_0fff, 0x0000_ee00_0000_0000] {
+        assert_eq!(check_descriptor(d), None, "{d:#x}");
+        assert!(!descriptor_ok(d));
+    }
     // Loadable into a data segment register: data, readable code; not an
     // execute-only code segment, nor DPL 0 data, nor a not-present one.
     assert!(data_descriptor_loadable(0x00cf_f200_0000_ffff));
@@ -173,10 +180,17 @@ proptest! {
     /// callbacks and ports are decided without panicking for any value.
     #[test]
     fn fuzz_pv_descriptors_callbacks_ports(d in any::<u64>(), ty in any::<u16>(), addr in any::<u64>(), port in any::<u16>(), width in 0u16..8) {
-        if descriptor_ok(d) && d & (1 << 47) != 0 {
-            prop_assert_eq!((d >> 45) & 3, 3);
-            prop_assert!(d & (1 << 44) != 0);
+        if let Some(f) = check_descriptor(d) {
+            // Idempotent, changes only the DPL, and a present result is a
+            // DPL-3 code/data segment or the unusable system type 0.
+            prop_assert_eq!(check_descriptor(f), Some(f));
+            prop_assert_eq!(f & !(3 << 45), d & !(3 << 45));
+            if f & (1 << 47) != 0 {
+                let seg = f & (1 << 44) != 0;
+                prop_assert!((seg && (f >> 45) & 3 == 3) || (!seg && (f >> 40) & 0xf == 0));
+            }
         }
+        prop_assert_eq!(descriptor_ok(d), check_descriptor(d) == Some(d));
         if data_descriptor_loadable(d) {
             prop_assert!(descriptor_ok(d));
         }

@@ -6,8 +6,8 @@
 //!
 //! `kind=shared|console|grant` tries every one of those on that frame, and
 //! using it as an LDT page (the selector load that makes the CPU read it
-//! must fault). `kind=ldt` shows the LDT itself works (Xen's lazily typed
-//! LDT pages), so that refusal means something.
+//! must fault; the `descriptors` scenario shows the LDT itself works, so
+//! that refusal means something).
 //! `kind=escape` plays the whole attack the rule exists for, going as far
 //! as the hypervisor lets it: zero shared info through a mapping of its own,
 //! unmap it, pin it as an L1 table, link it into its own L2, then bind IPI
@@ -25,6 +25,7 @@ use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
 use guest_abi::types::{DomId, VcpuId};
 use pv_guest_kernel::mm::{self, DATA, TABLE};
 use pv_guest_kernel::{println, test::Reporter, traps, StartInfo};
+use scenario_guests::{last_cr2, load_ds, set_ldt};
 
 fn mmu1(ptr: u64, val: u64) -> Result<(), Errno> {
     let r = [MmuUpdate { ptr, val }];
@@ -116,102 +117,6 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
     let r = set_ldt(0, 0);
     check(t, what, format_args!("ldt-cleared"), r.is_ok(), format_args!("{r:?}"));
     let _ = uvm(va, (own << 12) | DATA);
-}
-
-/// MMUEXT_SET_LDT.
-fn set_ldt(va: u64, entries: u32) -> Result<(), Errno> {
-    mm::mmuext(guest_abi::mmu::MMUEXT_SET_LDT, va, u64::from(entries))
-}
-
-/// Loads DS (the CPU reads the descriptor from the GDT or LDT).
-fn load_ds(sel: u16) {
-    // SAFETY: DS is not used for addressing in 64-bit mode; a bad selector
-    // faults, which the callers expect.
-    unsafe { core::arch::asm!("mov ds, {0:x}", in(reg) u64::from(sel), options(nostack, preserves_flags)) };
-}
-
-fn read_ds() -> u16 {
-    let v: u64;
-    // SAFETY: reads a segment register.
-    unsafe { core::arch::asm!("mov {0:x}, ds", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v as u16
-}
-
-/// The fault address the hypervisor last reported (vCPU 0's `arch.cr2` in
-/// shared info), read through a read-only mapping of shared info made once
-/// (a read-only mapping gives the frame no writable type).
-fn last_cr2() -> u64 {
-    static VA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-    let mut va = VA.load(core::sync::atomic::Ordering::Relaxed);
-    if va == 0 {
-        let si = pv_guest_kernel::rt::start_info();
-        va = mm::alloc_page().expect("a page for shared info").0;
-        uvm(va, (si.shared_info & !0xfff) | mm::RO).expect("shared info mapped read-only");
-        VA.store(va, core::sync::atomic::Ordering::Relaxed);
-    }
-    // SAFETY: `va` maps shared info read-only; the hypervisor writes cr2
-    // at offset 16 (vcpu_info[0].arch.cr2).
-    unsafe { core::ptr::read_volatile((va + 16) as *const u64) }
-}
-
-/// The LDT as Xen has it, and its safety: arguments checked at
-/// registration, pages typed and checked only when the CPU first needs
-/// them, a selector kept across vCPU switches, a page the LDT holds never
-/// writable, a page with a descriptor a guest may not hold refused, and a
-/// selector beyond the limit a #GP naming it.
-fn ldt(t: &mut Reporter) {
-    let ds0 = read_ds();
-    for (va, n, what) in [(0x1000u64 + 8, 1u32, "unaligned"), (0x10000, 8193, "too-many"), (0xFFFF_8000_0000_0000, 1, "hypervisor-space"), (1 << 47, 1, "non-canonical")] {
-        let r = set_ldt(va, n);
-        check(t, "ldt-args", format_args!("{what}"), r == Err(Errno::EINVAL), format_args!("{r:?}"));
-    }
-    // A page with one DPL-3 data descriptor at index 1, then read-only.
-    let (p, p_mfn) = mm::alloc_page().expect("an LDT page");
-    // SAFETY: p is this guest's own writable page.
-    unsafe { core::ptr::write_volatile((p + 8) as *mut u64, 0x00cf_f200_0000_ffff) };
-    let r = uvm(p, (p_mfn << 12) | mm::RO);
-    t.check("ldt-page-read-only", r.is_ok(), format_args!("{r:?}"));
-    let r = set_ldt(p, 2);
-    t.check("ldt-set", r.is_ok(), format_args!("{r:?}"));
-    let fault = traps::expect_fault(|| load_ds(0xf));
-    let ds = read_ds();
-    t.check("ldt-selector-loads", fault.is_none() && ds == 0xf, format_args!("{fault:?}, DS {ds:#x}"));
-    let r = uvm(p, (p_mfn << 12) | DATA);
-    t.check("ldt-page-never-writable", r == Err(Errno::EBUSY), format_args!("mapping the LDT page writable: {r:?}"));
-    for _ in 0..5 {
-        let _ = guest_abi::hypercall::sched_yield();
-    }
-    let ds = read_ds();
-    t.check("ldt-selector-kept-across-switches", ds == 0xf, format_args!("DS {ds:#x}"));
-    // Index 5 is beyond the limit (2 entries): #GP with the selector.
-    let fault = traps::expect_fault(|| load_ds(0x2f));
-    t.check("ldt-beyond-limit", fault.is_some_and(|f| f.vector == 13 && f.error_code == 0x2c), format_args!("{fault:?}"));
-    load_ds(ds0);
-    // A page holding a ring-0 code descriptor (anywhere in it): refused as
-    // an LDT page when the CPU needs it.
-    let (q, q_mfn) = mm::alloc_page().expect("a second page");
-    // SAFETY: q is this guest's own writable page.
-    unsafe { core::ptr::write_volatile((q + 300 * 8) as *mut u64, 0x00af_9a00_0000_ffff) };
-    let _ = uvm(q, (q_mfn << 12) | mm::RO);
-    let r = set_ldt(q, 1);
-    t.check("ldt-set-bad-page", r.is_ok(), format_args!("{r:?}"));
-    let fault = traps::expect_fault(|| load_ds(0x7));
-    let cr2 = last_cr2();
-    t.check("ldt-bad-descriptor-refused", fault.is_some_and(|f| f.vector == 14) && cr2 == q, format_args!("{fault:?}, cr2 {cr2:#x}"));
-    // An LDT whose page is not mapped at all.
-    let hole = 0x7f00_0000_0000u64;
-    let r = set_ldt(hole, 16);
-    t.check("ldt-set-unmapped", r.is_ok(), format_args!("{r:?}"));
-    let fault = traps::expect_fault(|| load_ds(0x7));
-    let cr2 = last_cr2();
-    t.check("ldt-unmapped-page-faults", fault.is_some_and(|f| f.vector == 14) && cr2 == hole, format_args!("{fault:?}, cr2 {cr2:#x}"));
-    // No LDT: the page is an ordinary one again.
-    let r = set_ldt(0, 0);
-    t.check("ldt-cleared", r.is_ok(), format_args!("{r:?}"));
-    let r = uvm(p, (p_mfn << 12) | DATA);
-    t.check("ldt-page-writable-again", r.is_ok(), format_args!("{r:?}"));
-    let _ = uvm(q, (q_mfn << 12) | DATA);
-    println!("hvframes: ldt checks over (DS back to {:#x})", read_ds());
 }
 
 fn escape(t: &mut Reporter, si: &StartInfo) {
@@ -326,7 +231,6 @@ fn main(si: &'static StartInfo) {
             t.check("grant-setup", ok, format_args!("{r:?}"));
             try_all_types(&mut t, "grant-table", frames[0]);
         }
-        "ldt" => ldt(&mut t),
         _ => escape(&mut t, si),
     }
     println!("hvframes: {kind} done");
