@@ -65,10 +65,16 @@ pub struct PvState {
     pub selectors: [u16; 4],
     /// The vCPU runs guest user code (user page table, user GS base).
     pub user_mode: bool,
-    /// Virtual I/O privilege level (PHYSDEVOP_set_iopl): port I/O from the
-    /// guest kernel is emulated when it is at least 1 (never from guest user
-    /// mode, where Xen would also allow it at IOPL 3).
+    /// Virtual I/O privilege level (PHYSDEVOP_set_iopl, or the iret
+    /// hypercall's rflags with the architectural_iopl assist): whether the
+    /// vCPU's cli, sti, in and out are emulated (`policy::iopl_allows`).
     pub iopl: u8,
+    /// The domain's vm_assist bits (`policy::vm_assist`).
+    pub vm_assist: u64,
+    /// IOPL bits (13:12) bounce frames show in rflags: the virtual IOPL
+    /// with the architectural_iopl assist, else 0 (Xen). Kept by
+    /// `set_iopl`, so delivery reads one field.
+    pub bounce_iopl: u64,
     /// The guest's own GDT entries (set_gdt), loaded below 0xe000 while
     /// the vCPU runs.
     pub gdt: [u64; GUEST_GDT_ENTRIES],
@@ -91,6 +97,15 @@ pub const LDT_PAGES: usize = crate::mm::paging::LDT_PAGES;
 pub const GUEST_GDT_ENTRIES: usize = 512;
 
 impl PvState {
+    /// Sets the virtual IOPL and assist bits together (they decide what
+    /// bounce frames show).
+    pub fn set_iopl(&mut self, iopl: u8, vm_assist: u64) {
+        self.iopl = iopl & 3;
+        self.vm_assist = vm_assist;
+        let architectural = vm_assist & microvisor_core::pv::VMASST_ARCHITECTURAL_IOPL != 0;
+        self.bounce_iopl = if architectural { u64::from(self.iopl) << 12 } else { 0 };
+    }
+
     /// The GS base of the vCPU's current mode (kernel or user).
     pub fn gs_base(&self) -> u64 {
         if self.user_mode { self.gs_base_user } else { self.gs_base_kernel }
@@ -121,6 +136,8 @@ impl PvState {
             selectors: [0; 4],
             user_mode: false,
             iopl: 0,
+            vm_assist: 0,
+            bounce_iopl: 0,
             gdt: [0; GUEST_GDT_ENTRIES],
             gdt_entries: 0,
             gdt_frame: 0,

@@ -10,6 +10,7 @@ use crate::mm::guest;
 use crate::pv;
 use crate::sched::{self, Why};
 use guest_abi::errno::Errno;
+use microvisor_core::pv as policy;
 
 type HResult = Result<u64, Errno>;
 
@@ -271,12 +272,20 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
+        21 => {
+            let pv = &mut hv.domains[hv.current].pv;
+            let bits = policy::vm_assist(pv.vm_assist, a[0], a[1])?;
+            pv.set_iopl(pv.iopl, bits);
+            Ok(0)
+        }
         24 => vcpu_op(hv, a[0], a[1], a[2]),
         25 => pv::set_segment_base(hv, a[0], a[1]),
         30 => pv::callback_op(hv, a[0], a[1]),
         32 => crate::events::event_channel_op(hv, a[0], a[1]),
         33 => pv::physdev_op(hv, a[0], a[1]),
         34 => hvm_op(hv, a[0], a[1]),
+        35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),
+        36 => control_op(hv, a[0], policy::XEN_DOMCTL_INTERFACE_VERSION, true),
         _ => {
             crate::debug!("domain {}: hypercall {nr} not implemented", hv.domains[hv.current].id);
             Err(Errno::ENOSYS)
@@ -309,6 +318,35 @@ fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     };
     guest::write(cr3, arg, &p)?;
     Ok(0)
+}
+
+/// sysctl (35) and domctl (36), the toolstack's calls, checked as Xen
+/// checks them before anything is done: the whole argument must be
+/// readable (EFAULT; 136 bytes for sysctl, 144 for domctl), its interface
+/// version Xen 4.17's (EACCES); for domctl, every command but
+/// createdomain (1) names an existing domain (ESRCH); then only a
+/// privileged domain may go on (EPERM). None of their commands is
+/// implemented yet, so a privileged caller gets ENOSYS.
+#[inline(never)]
+fn control_op(hv: &Hv, arg: u64, version: u32, domctl: bool) -> HResult {
+    let cr3 = cr3(hv);
+    let mut op = [0u8; 144];
+    let len = if domctl { 144 } else { 136 };
+    guest::copy_from(cr3, arg, &mut op[..len]).map_err(|_| Errno::EFAULT)?;
+    let word = |i: usize| u32::from_le_bytes([op[i], op[i + 1], op[i + 2], op[i + 3]]);
+    if word(4) != version {
+        return Err(Errno::EACCES);
+    }
+    if domctl && word(0) != 1 {
+        let id = u16::from_le_bytes([op[8], op[9]]);
+        if !hv.domains.iter().any(|d| d.id == id && d.is_live()) {
+            return Err(Errno::ESRCH);
+        }
+    }
+    if !hv.domains[hv.current].privileged {
+        return Err(Errno::EPERM);
+    }
+    Err(Errno::ENOSYS)
 }
 
 fn cr3(hv: &Hv) -> u64 {

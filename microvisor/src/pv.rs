@@ -26,6 +26,7 @@ const NT: u64 = 1 << 14;
 const RF: u64 = 1 << 16;
 const VM: u64 = 1 << 17;
 const AC: u64 = 1 << 18;
+const IOPL: u64 = 3 << 12;
 
 // ---- hypercalls ---------------------------------------------------------
 
@@ -477,6 +478,11 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
         Err(why) => return kill(hv, frame, format_args!("{why}")),
     };
     d.set_upcall_mask(t.mask_events);
+    if d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
+        // The assist's virtual IOPL follows the rflags the guest restores.
+        let pv = &mut hv.domains[cur].pv;
+        pv.set_iopl(((ctx.rflags >> 12) & 3) as u8, pv.vm_assist);
+    }
     frame.rax = ctx.rax;
     frame.r11 = t.r11;
     frame.rcx = t.rcx;
@@ -515,7 +521,7 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
     let mut words = [0u64; 8];
     words[3] = frame.rip;
     words[4] = (frame.cs & !3 & 0xffff) | rpl | ((saved_mask as u64) << 32);
-    words[5] = (frame.rflags & !IF) | if saved_mask { 0 } else { IF };
+    words[5] = (frame.rflags & !(IF | IOPL)) | if saved_mask { 0 } else { IF } | d.pv.bounce_iopl;
     words[6] = frame.rsp;
     words[7] = frame.ss;
     let first = match error {
@@ -617,7 +623,7 @@ fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
     // and events were enabled (`upcall_due`), so the saved mask is 0 and the
     // saved IF 1.
     if !d.pv.user_mode {
-        let words = [frame.rcx, frame.r11, frame.rip, frame.cs & 0xfffc, frame.rflags | IF, frame.rsp, frame.ss];
+        let words = [frame.rcx, frame.r11, frame.rip, frame.cs & 0xfffc, frame.rflags | IF | d.pv.bounce_iopl, frame.rsp, frame.ss];
         if let Ok(new_sp) = push_frame(d.cr3, frame.rsp & !0xf, &words) {
             if cb.mask_events {
                 d.set_upcall_mask(true);
@@ -699,22 +705,21 @@ pub enum Emulated {
     Switched,
 }
 
-/// physdev_op(cmd, arg): PHYSDEVOP_set_iopl (6) for the privileged domain;
-/// other commands are not implemented.
+/// physdev_op(cmd, arg): PHYSDEVOP_set_iopl (6, any domain, as Xen: the
+/// ports themselves stay subject to the domain's permissions), the pirq
+/// commands; others are not implemented.
 pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let cur = hv.current;
     match cmd {
         6 => {
-            if !hv.domains[cur].privileged {
-                return Err(Errno::EPERM);
-            }
             let mut b = [0u8; 4];
             guest::copy_from(hv.domains[cur].cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let iopl = u32::from_le_bytes(b);
             if iopl > 3 {
                 return Err(Errno::EINVAL);
             }
-            hv.domains[cur].pv.iopl = iopl as u8;
+            let pv = &mut hv.domains[cur].pv;
+            pv.set_iopl(iopl as u8, pv.vm_assist);
             Ok(0)
         }
         5 => crate::irq::status_query(hv, arg),
@@ -724,41 +729,46 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     }
 }
 
-/// Emulates `in`/`out` (imm8 or dx forms) for a vCPU with I/O privilege;
-/// false for a port the hypervisor keeps (`policy::port_reserved`).
-fn emulate_port_io(frame: &mut TrapFrame, is_in: bool, port: Port, width: u8) -> bool {
+/// Emulates `in`/`out` (imm8 or dx forms) for a vCPU whose virtual IOPL
+/// allows it: a port the domain may use is really accessed; any other
+/// (the hypervisor's own, or every port for an unprivileged domain) reads
+/// as all ones and ignores writes, as Xen.
+fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: Port, width: u8) {
     let port = match port {
         Port::Imm(p) => u16::from(p),
         Port::Dx => frame.rdx as u16,
     };
     let width = u16::from(width);
-    if policy::port_reserved(port, width) {
-        return false;
-    }
+    let permitted = policy::port_permitted(privileged, port, width);
     if is_in {
-        let v = crate::arch::port::in_width(port, width);
+        let v = if permitted { crate::arch::port::in_width(port, width) } else { u32::MAX };
         let mask: u64 = match width {
             1 => 0xff,
             2 => 0xffff,
             _ => 0xffff_ffff,
         };
-        frame.rax = if width == 4 { v as u64 } else { (frame.rax & !mask) | v as u64 };
-    } else {
+        frame.rax = if width == 4 { v as u64 } else { (frame.rax & !mask) | (v as u64 & mask) };
+    } else if permitted {
         crate::arch::port::out_width(port, width, frame.rax as u32);
     }
-    true
 }
 
-/// #GP from guest kernel mode: emulates cli, sti, hlt, control-register
-/// reads, FS/GS base MSR accesses, and port I/O for a vCPU with I/O
-/// privilege.
+/// #GP from the guest: emulates, as Xen, what its virtual IOPL allows
+/// (`in`/`out`, and `cli`/`sti`, which change nothing: a PV guest masks
+/// events in vcpu_info), from guest kernel or user mode; and from the
+/// guest kernel only, hlt, clts, control-register reads and the emulated
+/// MSRs.
 pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
     let cur = hv.current;
-    if hv.domains[cur].pv.user_mode {
-        // Guest user code gets no emulation: its #GP goes to the kernel.
+    let d = &hv.domains[cur];
+    let user = d.pv.user_mode;
+    let io_ok = policy::iopl_allows(!user, d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0, d.pv.iopl);
+    if user && !io_ok {
+        // Nothing else is emulated for guest user code: its #GP goes to
+        // the kernel.
         return Emulated::NotEmulated;
     }
-    let cr3 = hv.domains[cur].cr3;
+    let cr3 = d.active_cr3();
     // Bytes the decoder refuses (or forms not emulated) are the guest's #GP.
     let Ok(insn) = decode_at(cr3, frame.rip) else {
         return Emulated::NotEmulated;
@@ -766,18 +776,22 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
     let next = frame.rip.wrapping_add(u64::from(insn.len));
     match insn.op {
         Op::In { port, width } | Op::Out { port, width } => {
+            if !io_ok {
+                return Emulated::NotEmulated;
+            }
             let is_in = matches!(insn.op, Op::In { .. });
-            if hv.domains[cur].pv.iopl < 1 || !emulate_port_io(frame, is_in, port, width) {
+            emulate_port_io(frame, hv.domains[cur].privileged, is_in, port, width);
+            frame.rip = next;
+            Emulated::Done
+        }
+        Op::Cli | Op::Sti => {
+            if !io_ok {
                 return Emulated::NotEmulated;
             }
             frame.rip = next;
             Emulated::Done
         }
-        Op::Cli | Op::Sti => {
-            hv.domains[cur].set_upcall_mask(insn.op == Op::Cli);
-            frame.rip = next;
-            Emulated::Done
-        }
+        _ if user => Emulated::NotEmulated,
         Op::Clts => {
             // Clears the virtual TS.
             hv.domains[cur].pv.virtual_ts = false;

@@ -223,6 +223,57 @@ pub fn port_reserved(port: u16, width: u16) -> bool {
     [(0x20u16, 0x21u16), (0x40, 0x43), (0x70, 0x71), (0xa0, 0xa1), (0xf4, 0xf7), (0x3f8, 0x3ff)].iter().any(|&(a, b)| port <= b && end >= a)
 }
 
+/// The `vm_assist` types a 64-bit PV guest may enable or disable (Xen
+/// 4.17's mask for native 64-bit PV: 4gb_segments, 4gb_segments_notify,
+/// writable_pagetables, pae_extended_cr3, architectural_iopl,
+/// runstate_update_flag, m2p_strict); any other type is `EINVAL`.
+pub const VM_ASSIST_VALID: u64 = 0b11_1111 | (1 << 32);
+
+/// `vm_assist(cmd, type)` on a domain's assist bits: the new bits, or
+/// Xen's error (`EINVAL` for a type outside [`VM_ASSIST_VALID`], checked
+/// first; `ENOSYS` for a command other than enable (0) or disable (1)).
+pub fn vm_assist(bits: u64, cmd: u64, ty: u64) -> Result<u64, Errno> {
+    let ty = ty as u32;
+    if ty >= 64 || VM_ASSIST_VALID & (1 << ty) == 0 {
+        return Err(Errno::EINVAL);
+    }
+    match cmd as u32 {
+        0 => Ok(bits | 1 << ty),
+        1 => Ok(bits & !(1 << ty)),
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// `VMASST_TYPE_architectural_iopl`'s bit.
+pub const VMASST_ARCHITECTURAL_IOPL: u64 = 1 << 4;
+
+/// Whether a vCPU's virtual IOPL lets it run `cli`, `sti`, `in` and `out`
+/// (Xen's `iopl_ok`): guest user code counts as ring 3; the guest kernel
+/// as ring 1, or ring 0 with the architectural_iopl assist.
+pub const fn iopl_allows(kernel_mode: bool, architectural_iopl: bool, iopl: u8) -> bool {
+    let cpl = if !kernel_mode {
+        3
+    } else if architectural_iopl {
+        0
+    } else {
+        1
+    };
+    cpl <= iopl
+}
+
+/// Whether a domain may really reach `width` bytes at `port` once its
+/// virtual IOPL allowed the instruction (Xen's I/O-port permissions): the
+/// privileged domain every port but the hypervisor's own
+/// ([`port_reserved`]), any other domain none. An access refused here is
+/// not a fault: a read gives all ones and a write is dropped.
+pub fn port_permitted(privileged: bool, port: u16, width: u16) -> bool {
+    privileged && !port_reserved(port, width)
+}
+
+/// `sysctl` and `domctl` interface versions of Xen 4.17, the ABI spoken.
+pub const XEN_SYSCTL_INTERFACE_VERSION: u32 = 0x15;
+pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
+
 /// MSR numbers emulation serves.
 pub mod msr {
     pub const TSC: u32 = 0x10;
