@@ -349,7 +349,7 @@ pub struct Extras<'a> {
 /// On `-M microvm` the device sits on one of the machine's virtio-mmio
 /// transports (always created: with microvm's default ACPI there are 24, at
 /// 0xfeb00000 + 0x200*n, interrupt GSI 24+n on the second IO-APIC; QEMU 7.2
-/// puts the first device on the last one, n = 23, and in legacy (version 1)
+/// and 10.0 put the first device on the last one, n = 23, and in legacy (version 1)
 /// virtio-mmio mode). `cache=writeback` uses the host page cache and shows
 /// the guest a volatile write cache whose flushes QEMU honours with
 /// fdatasync: a write QEMU has acknowledged is in the host kernel, so it
