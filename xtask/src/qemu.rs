@@ -277,7 +277,7 @@ pub fn ensure(explicit: Option<&Path>) -> Result<(), String> {
                 Plan::Use => found.flatten(),
                 Plan::Fail(e) => return Err(e.clone()),
                 Plan::Advise(cmds) => {
-                    eprintln!("xtask: QEMU {WANTED} or later is the default; to install it run (as root): {}", cmds.join(" && "));
+                    eprintln!("xtask: QEMU {} is the default; install it with: {}", WANTED.0, cmds.join(" && "));
                     found.flatten()
                 }
                 Plan::InstallBackports { .. } | Plan::InstallDefault => match (install(&p), probe(Path::new(QEMU))) {
@@ -286,7 +286,7 @@ pub fn ensure(explicit: Option<&Path>) -> Result<(), String> {
                         let why = r.err().unwrap_or_else(|| format!("{QEMU} still does not run"));
                         match found {
                             Some(v) => {
-                                eprintln!("xtask: installing QEMU {WANTED} failed ({why}); using the QEMU found");
+                                eprintln!("xtask: installing QEMU {} failed ({why}); using the QEMU found", WANTED.0);
                                 v
                             }
                             None => {
@@ -302,7 +302,7 @@ pub fn ensure(explicit: Option<&Path>) -> Result<(), String> {
     };
     match version {
         Some(v) if v < REAL_GUESTS => eprintln!("{}", old_qemu_note(v)),
-        None => eprintln!("xtask: note: cannot read the version of {}: assuming QEMU {WANTED} or later", path.display()),
+        None => eprintln!("xtask: note: cannot read the version of {}: assuming QEMU {} or later", path.display(), WANTED.0),
         _ => {}
     }
     let _ = SELECTED.set(Selected { path, version });
