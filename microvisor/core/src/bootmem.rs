@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn qboot_layout_is_all_ram() {
-        let l = layout(&qboot_map(), module(0xfdea_000, 0x21_5b60), IMAGE_END, LIMIT).unwrap();
+        let l = layout(&qboot_map(), module(0xfde_a000, 0x21_5b60), IMAGE_END, LIMIT).unwrap();
         assert_eq!(l, Layout { ram_end: 256 * MIB, nr_frames: 65536, module_frames: Some((0xfdea, 0x10000)), ram_truncated: false });
     }
 
@@ -278,7 +278,7 @@ mod tests {
     fn module_reaching_into_reserved_top_page_is_mapped_not_freed() {
         // The QEMU 10 boot that used to panic: the module ends at 0xffffb60,
         // inside the page SeaBIOS reserved.
-        let l = layout(&seabios_map(), module(0xfdea_000, 0x21_5b60), IMAGE_END, LIMIT).unwrap();
+        let l = layout(&seabios_map(), module(0xfde_a000, 0x21_5b60), IMAGE_END, LIMIT).unwrap();
         assert_eq!(l.ram_end, 0xfff_f000);
         assert_eq!(l.nr_frames, 0x10000, "the module's last frame is mapped");
         assert_eq!(l.module_frames, Some((0xfdea, 0x10000)));
