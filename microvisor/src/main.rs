@@ -23,44 +23,10 @@ mod time;
 mod trap;
 
 use arch::cpu;
+use microvisor_core::bootmem::{self, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use microvisor_core::{cpio, manifest};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
-/// PVH `hvm_start_info` (version 1).
-#[derive(FromBytes, KnownLayout, Immutable, Default)]
-#[repr(C)]
-struct HvmStartInfo {
-    magic: u32,
-    version: u32,
-    flags: u32,
-    nr_modules: u32,
-    modlist_paddr: u64,
-    cmdline_paddr: u64,
-    rsdp_paddr: u64,
-    memmap_paddr: u64,
-    memmap_entries: u32,
-    reserved: u32,
-}
-
-#[derive(FromBytes, KnownLayout, Immutable, Default, Clone, Copy)]
-#[repr(C)]
-struct HvmModlistEntry {
-    paddr: u64,
-    size: u64,
-    cmdline_paddr: u64,
-    reserved: u64,
-}
-
-#[derive(FromBytes, KnownLayout, Immutable, Default, Clone, Copy)]
-#[repr(C)]
-struct HvmMemmapEntry {
-    addr: u64,
-    size: u64,
-    kind: u32,
-    reserved: u32,
-}
-
-const HVM_START_MAGIC: u32 = 0x336e_c578;
 const MAX_MEMMAP: usize = 64;
 
 static mut CMDLINE: [u8; 256] = [0; 256];
@@ -78,11 +44,24 @@ pub fn selftest(name: &str) -> bool {
     boot_cmdline().split_ascii_whitespace().any(|w| w.strip_prefix("selftest=") == Some(name))
 }
 
-fn read<T: FromBytes + KnownLayout + Immutable>(pa: u64) -> T {
+/// The bytes the boot page tables identity-map (see `mm::check`).
+const EARLY_WINDOW: u64 = 1 << 30;
+
+/// Reads a boot structure before the hypervisor's page tables exist, or says
+/// why it cannot (it lies beyond the boot identity map).
+fn early_read<T: FromBytes + KnownLayout + Immutable>(what: &'static str, pa: u64) -> Result<T, bootmem::BootError> {
     let mut buf = [0u8; 64];
     let n = core::mem::size_of::<T>();
+    bootmem::early_readable(what, pa, n as u64, EARLY_WINDOW)?;
     mm::read_phys(pa, &mut buf[..n]);
-    T::read_from_bytes(&buf[..n]).expect("size matches")
+    Ok(T::read_from_bytes(&buf[..n]).expect("size matches"))
+}
+
+/// A boot environment the hypervisor cannot run in (no PVH, a memory map or
+/// boot module it does not expect): one clear line, failing exit.
+fn early_boot_fail(e: bootmem::BootError) -> ! {
+    error!("boot failed: {e}");
+    cpu::qemu_exit(false)
 }
 
 unsafe extern "C" {
@@ -93,16 +72,17 @@ unsafe extern "C" {
 /// PVH's hvm_start_info (the boot page tables identity-map the first GiB).
 pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     log::init();
-    let si: HvmStartInfo = read(start_info_pa as u64);
-    if si.magic != HVM_START_MAGIC {
-        log::raw(format_args!("(MV) PANIC: not booted by PVH (bad hvm_start_info magic)\n"));
-        cpu::qemu_exit(false);
-    }
-    // Command line.
+    let si = match early_read::<[u8; core::mem::size_of::<HvmStartInfo>()]>("start info", start_info_pa as u64) {
+        Ok(bytes) => bootmem::parse_start_info(&bytes),
+        Err(e) => Err(e),
+    };
+    let si = si.unwrap_or_else(|e| early_boot_fail(e));
+    // Command line (read up to the early window's end).
     if si.cmdline_paddr != 0 {
         let mut buf = [0u8; 256];
-        mm::read_phys(si.cmdline_paddr, &mut buf[..255]);
-        let len = buf.iter().position(|&b| b == 0).unwrap_or(255);
+        let room = EARLY_WINDOW.saturating_sub(si.cmdline_paddr).min(255) as usize;
+        mm::read_phys(si.cmdline_paddr, &mut buf[..room]);
+        let len = buf[..room].iter().position(|&b| b == 0).unwrap_or(room);
         // SAFETY: boot, single CPU, before any reader.
         unsafe {
             let dst = &mut *(&raw mut CMDLINE);
@@ -113,30 +93,41 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     log::configure(boot_cmdline());
     info!("microvisor {} booting (cmdline: \"{}\")", env!("CARGO_PKG_VERSION"), boot_cmdline());
 
-    // Memory map → frame allocator.
-    let mut map = [HvmMemmapEntry::default(); MAX_MEMMAP];
-    let n = (si.memmap_entries as usize).min(MAX_MEMMAP);
-    for (i, e) in map.iter_mut().enumerate().take(n) {
-        *e = read(si.memmap_paddr + i as u64 * 24);
+    // Memory map and boot module → what the hypervisor maps and allocates.
+    let (memmap_paddr, entries) = si.memmap();
+    if entries as usize > MAX_MEMMAP {
+        warn!("memory map has {entries} entries: using the first {MAX_MEMMAP}");
     }
-    let ram_end = map[..n].iter().filter(|e| e.kind == 1).map(|e| e.addr + e.size).max().unwrap_or(0);
-    let nr_frames = ram_end.div_ceil(mm::PAGE);
-    mm::init_allocator(nr_frames);
-    let module = if si.nr_modules > 0 { Some(read::<HvmModlistEntry>(si.modlist_paddr)) } else { None };
+    let mut map = [HvmMemmapEntry::default(); MAX_MEMMAP];
+    let n = (entries as usize).min(MAX_MEMMAP);
+    for (i, e) in map.iter_mut().enumerate().take(n) {
+        *e = early_read::<HvmMemmapEntry>("memory map", memmap_paddr + i as u64 * bootmem::MEMMAP_ENTRY_SIZE).unwrap_or_else(|e| early_boot_fail(e));
+    }
+    let module = if si.nr_modules > 0 {
+        Some(early_read::<HvmModlistEntry>("module list", si.modlist_paddr).unwrap_or_else(|e| early_boot_fail(e)))
+    } else {
+        None
+    };
     // SAFETY: only the address of the linker symbol is taken.
     let kernel_end = unsafe { &__kernel_end_phys as *const u8 as u64 };
+    let layout = bootmem::layout(&map[..n], module, kernel_end, mm::MAX_FRAMES as u64 * mm::PAGE).unwrap_or_else(|e| early_boot_fail(e));
+    if layout.ram_truncated {
+        warn!("RAM above {} MiB is not used", (mm::MAX_FRAMES as u64 * mm::PAGE) >> 20);
+    }
+    let nr_frames = layout.nr_frames;
+    mm::init_allocator(nr_frames);
     mm::with_allocator(|a| {
-        for e in map[..n].iter().filter(|e| e.kind == 1) {
+        for e in map[..n].iter().filter(|e| e.kind == bootmem::E820_RAM) {
             let s = e.addr.div_ceil(mm::PAGE);
             let t = (e.addr + e.size) / mm::PAGE;
-            let _ = a.add_free_range(s, t.min(a.nr_frames()));
+            let _ = a.add_free_range(s.min(a.nr_frames()), t.min(a.nr_frames()));
         }
         let _ = a.reserve_range(0, kernel_end.div_ceil(mm::PAGE));
-        if let Some(m) = module {
-            let _ = a.reserve_range(m.paddr / mm::PAGE, (m.paddr + m.size).div_ceil(mm::PAGE).min(a.nr_frames()));
+        if let Some((first, end)) = layout.module_frames {
+            let _ = a.reserve_range(first, end);
         }
     });
-    info!("memory: {} MiB of RAM, {} frames free", ram_end >> 20, mm::with_allocator(|a| a.free_count()));
+    info!("memory: {} MiB of RAM, {} frames free", layout.ram_end >> 20, mm::with_allocator(|a| a.free_count()));
 
     mm::paging::init(nr_frames * mm::PAGE);
     mm::frames::init(nr_frames);

@@ -55,6 +55,22 @@ struct Allow {
     #[serde(default)]
     step: Option<Names>,
     reason: String,
+    /// `qemu_before = "9.1"`: a QEMU emulation quirk fixed in that version;
+    /// the entry applies only on an older QEMU (and is not stale elsewhere).
+    #[serde(default)]
+    qemu_before: Option<String>,
+    /// `qemu_before`, parsed.
+    #[serde(skip)]
+    before: Option<crate::qemu::Version>,
+}
+
+/// True when an entry with `qemu_before` applies on QEMU `have` (an unknown
+/// version counts as recent, as `qemu::ensure` assumes).
+fn applies(before: Option<crate::qemu::Version>, have: Option<crate::qemu::Version>) -> bool {
+    match before {
+        None => true,
+        Some(b) => have.is_some_and(|h| h < b),
+    }
 }
 
 /// One name or a list of names (the same reason for each).
@@ -85,6 +101,12 @@ fn load_allowlist(path: &Path) -> Result<Vec<Allow>, String> {
     let f: AllowFile = toml::from_str(&text).map_err(|e| format!("error: {}: {e}", path.display()))?;
     if let Some(a) = f.allow.iter().find(|a| a.reason.trim().is_empty()) {
         return Err(format!("error: {}: the entry for {} has no reason: say why the difference is right", path.display(), a.scenario.list().join(", ")));
+    }
+    let mut f = f;
+    for a in &mut f.allow {
+        if let Some(v) = &a.qemu_before {
+            a.before = Some(v.parse().map_err(|e| format!("error: {}: the entry for {}: qemu_before: {e}", path.display(), a.scenario.list().join(", ")))?);
+        }
     }
     Ok(f.allow)
 }
@@ -249,6 +271,12 @@ pub fn run(root: &Path, kdir: &Path, accel: Accel, filter: Option<&str>) -> Resu
             return Err(format!("error: {}: '{name}' is not a scenario the suite compares: remove it from its entry", allow_path.display()));
         }
     }
+    // Entries for emulation quirks the QEMU in use no longer has.
+    let (allow, unneeded): (Vec<Allow>, Vec<Allow>) = allow.into_iter().partition(|a| applies(a.before, crate::qemu::version()));
+    for a in &unneeded {
+        let have = crate::qemu::version().map_or_else(|| "of unknown version".to_string(), |v| v.to_string());
+        println!("xtask: allow-list entry for {} not used: QEMU {have} is not older than {}", a.scenario.list().join(", "), a.qemu_before.as_deref().unwrap_or(""));
+    }
     chosen.retain(|s| filter.is_none_or(|f| s.name.contains(f)));
     let dirs = [root.join("target/xen-diff/microvisor"), root.join("target/xen-diff/xen")];
     for d in &dirs {
@@ -381,6 +409,25 @@ mod tests {
 
     fn allow(text: &str) -> Vec<Allow> {
         toml::from_str::<AllowFile>(text).expect("allow-list parses").allow
+    }
+
+    #[test]
+    fn qemu_quirk_entries_apply_only_on_older_qemu() {
+        use crate::qemu::Version;
+        let b = Some(Version(9, 1, 0));
+        assert!(applies(b, Some(Version(7, 2, 22))));
+        assert!(!applies(b, Some(Version(9, 1, 0))));
+        assert!(!applies(b, Some(Version(10, 0, 2))));
+        assert!(!applies(b, None), "an unknown version counts as recent");
+        assert!(applies(None, Some(Version(10, 0, 2))) && applies(None, None));
+        let dir = std::env::temp_dir().join(format!("allow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.toml");
+        std::fs::write(&f, "[[allow]]\nscenario = \"traps\"\nstep = \"int81-gp\"\nreason = \"r\"\nqemu_before = \"9.1\"\n").unwrap();
+        assert_eq!(load_allowlist(&f).unwrap()[0].before, b);
+        std::fs::write(&f, "[[allow]]\nscenario = \"traps\"\nreason = \"r\"\nqemu_before = \"soon\"\n").unwrap();
+        assert!(load_allowlist(&f).err().unwrap().contains("qemu_before: 'soon' is not a QEMU version"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

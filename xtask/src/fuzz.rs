@@ -48,11 +48,13 @@ pub struct FuzzOpts {
     pub accel: Accel,
     /// More words for the fuzzer's command line (debugging a replay).
     pub guest_args: String,
+    /// `--qemu PATH`: the QEMU binary to launch instead of the default.
+    pub qemu: Option<std::path::PathBuf>,
 }
 
 pub const USAGE: &str = "  fuzz [--calls N] [--seed S] [--per-boot M] [--audit on|off|alternate]
        [--audit-calls A] [--huge] [--trace-from I] [--guest-args 'K=V ...']
-       [--timeout SECONDS] [--accel tcg|kvm]
+       [--timeout SECONDS] [--accel tcg|kvm] [--qemu PATH]
                                  hypercall fuzzing: N calls (default 100000) by the
                                  hcfuzz guest beside a bystander and the service
                                  domain, in boots of at most M calls (default
@@ -63,7 +65,7 @@ pub const USAGE: &str = "  fuzz [--calls N] [--seed S] [--per-boot M] [--audit o
 
 /// Parses the arguments after `fuzz`.
 pub fn parse(args: &[String]) -> Result<FuzzOpts, String> {
-    let mut o = FuzzOpts { calls: 100_000, seed: 1, per_boot: 200_000, audit: Audit::Alternate, audit_calls: 20_000, huge: false, trace_from: None, timeout: None, accel: Accel::Tcg, guest_args: String::new() };
+    let mut o = FuzzOpts { calls: 100_000, seed: 1, per_boot: 200_000, audit: Audit::Alternate, audit_calls: 20_000, huge: false, trace_from: None, timeout: None, accel: Accel::Tcg, guest_args: String::new(), qemu: None };
     let mut it = args.iter();
     let num = |name: &str, v: Option<&String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("error: {name} needs a value"))?;
@@ -88,6 +90,7 @@ pub fn parse(args: &[String]) -> Result<FuzzOpts, String> {
                 }
             }
             "--accel" => o.accel = crate::qemu::parse_accel(it.next().ok_or("error: --accel needs a value")?)?,
+            "--qemu" => o.qemu = Some(it.next().ok_or("error: --qemu needs a value")?.into()),
             other => return Err(format!("error: unknown fuzz option '{other}' (see `cargo xtask help`)")),
         }
     }
@@ -226,7 +229,7 @@ fn boot_once(kdir: &Path, out_dir: &Path, o: &FuzzOpts, p: &Plan) -> Result<Boot
 /// `cargo xtask fuzz ...`.
 pub fn run(args: &[String]) -> Result<bool, String> {
     let o = parse(args)?;
-    crate::qemu::ensure()?;
+    crate::qemu::ensure(o.qemu.as_deref())?;
     let kdir = crate::build_all()?;
     let out_dir = crate::root().join("target/fuzz");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;

@@ -49,6 +49,8 @@ struct Opts {
     skip: u64,
     steps: u64,
     guest: Option<String>,
+    /// `--qemu PATH`: the QEMU binary to launch instead of the default.
+    qemu: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -65,6 +67,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         skip: 0,
         steps: 0,
         guest: None,
+        qemu: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -82,6 +85,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--skip" => o.skip = val("--skip")?.parse().map_err(|_| "error: --skip takes a count".to_string())?,
             "--steps" => o.steps = val("--steps")?.parse().map_err(|_| "error: --steps takes a count".to_string())?,
             "--guest" => o.guest = Some(val("--guest")?),
+            "--qemu" => o.qemu = Some(PathBuf::from(val("--qemu")?)),
             other => return Err(format!("error: unknown option '{other}' (see `cargo xtask help`)")),
         }
     }
@@ -115,6 +119,11 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  of untrusted bytes (host, no QEMU): proptest
                                  properties (--cases N each, default), or the
                                  fuzz/ crate's cargo-fuzz targets (--seconds N each)
+Every command that boots QEMU (run, test, bench, profile, fuzz) takes
+  --qemu PATH                    the qemu-system-x86_64 binary to launch; without it
+                                 xtask uses QEMU 10 from PATH, installing it from
+                                 bookworm-backports on Debian 12 (as root; else it
+                                 prints the commands and uses the QEMU it finds)
 ";
 
 fn main() -> ExitCode {
@@ -164,7 +173,7 @@ fn profile(o: &Opts) -> Result<bool, String> {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("error: cannot read manifest {}: {e}", p.display()))?,
         None => profile::DEFAULT_MANIFEST.to_string(),
     };
-    qemu::ensure()?;
+    qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     let spec = profile::Spec {
         manifest: &manifest,
@@ -186,7 +195,7 @@ fn build_all() -> Result<PathBuf, String> {
 fn run(o: &Opts) -> Result<bool, String> {
     let mpath = o.manifest.clone().unwrap_or_else(|| root().join("examples/default.manifest"));
     let manifest = std::fs::read_to_string(&mpath).map_err(|e| format!("error: cannot read manifest {}: {e}", mpath.display()))?;
-    qemu::ensure()?;
+    qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     let base = mpath.parent().unwrap_or(Path::new("."));
     // Images named in a user manifest may be built guests or files beside it.
@@ -282,7 +291,7 @@ fn check_no_vector_regs(kernel: &Path) -> Result<(), String> {
 fn test(o: &Opts) -> Result<bool, String> {
     let root = root();
     if o.on_xen {
-        qemu::ensure()?;
+        qemu::ensure(o.qemu.as_deref())?;
         let kdir = build_all()?;
         return differential::run(&root, &kdir, o.accel, o.filter.as_deref());
     }
@@ -306,7 +315,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
-    qemu::ensure()?;
+    qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     if want("no-vector-registers") {
         match check_no_vector_regs(&qemu::kernel_path(&kdir)) {
@@ -376,7 +385,7 @@ fn test(o: &Opts) -> Result<bool, String> {
 }
 
 fn bench(o: &Opts) -> Result<bool, String> {
-    qemu::ensure()?;
+    qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     let timeout = Duration::from_secs(o.timeout.max(300));
     if o.vs_xen { bench::vs_xen(&kdir, timeout) } else { bench::bench(&kdir, timeout) }

@@ -1,4 +1,4 @@
-//! Finds (or installs) QEMU, chooses the accelerator and runs one boot with a
+//! Finds (or installs) QEMU 10, or uses the one `--qemu PATH` names, chooses the accelerator and runs one boot with a
 //! hard timeout, capturing the serial console. Every QEMU run goes through
 //! `run`, so none can hang the build.
 
@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const QEMU: &str = "qemu-system-x86_64";
+/// Where the distribution's package puts it.
+const SYSTEM_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 /// The accelerator to use.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -30,37 +32,281 @@ pub fn parse_accel(s: &str) -> Result<Accel, String> {
     }
 }
 
-fn have_qemu() -> bool {
-    Command::new(QEMU).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+/// A QEMU version: major, minor, micro.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
 }
 
-/// Makes sure QEMU is there: installs it with apt-get as root on Debian/Ubuntu,
-/// otherwise says exactly what to run.
-pub fn ensure() -> Result<(), String> {
-    if have_qemu() {
+impl std::str::FromStr for Version {
+    type Err = String;
+    /// `MAJOR.MINOR[.MICRO]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a QEMU version (MAJOR.MINOR or MAJOR.MINOR.MICRO)");
+        let parts: Vec<&str> = s.split('.').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return Err(bad());
+        }
+        let num = |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<u32>().map_err(|_| bad()) } else { Err(bad()) };
+        Ok(Version(num(parts[0])?, num(parts[1])?, if parts.len() == 3 { num(parts[2])? } else { 0 }))
+    }
+}
+
+/// The QEMU xtask wants: Debian 12's bookworm-backports has 10.0.
+pub const WANTED: Version = Version(10, 0, 0);
+/// The first QEMU whose TCG runs real Xen PV guests: 9.1 stopped applying
+/// SMAP to the stack reads of an `iretq` from ring 3 to ring 3.
+pub const REAL_GUESTS: Version = Version(9, 1, 0);
+
+/// The version in `qemu-system-x86_64 --version`'s output
+/// ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-...)").
+pub fn parse_version(text: &str) -> Option<Version> {
+    let rest = &text[text.find("version ")? + "version ".len()..];
+    let word: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    word.trim_end_matches('.').parse().ok()
+}
+
+/// The one-line note printed when the QEMU in use is older than
+/// `REAL_GUESTS`: what will not work on it.
+pub fn old_qemu_note(v: Version) -> String {
+    format!(
+        "xtask: note: QEMU {v} is older than {}.{}: its TCG applies SMAP to the stack reads of a ring-3-to-ring-3 iretq \
+         (Mini-OS and Linux guests die at their first event return) and gives `int n` from 64-bit user mode a wrong #GP \
+         error code; scenarios needing QEMU {}.{} are skipped",
+        REAL_GUESTS.0, REAL_GUESTS.1, REAL_GUESTS.0, REAL_GUESTS.1
+    )
+}
+
+/// The QEMU binary every run uses, chosen once by `ensure`.
+struct Selected {
+    path: PathBuf,
+    version: Option<Version>,
+}
+
+static SELECTED: std::sync::OnceLock<Selected> = std::sync::OnceLock::new();
+
+/// The QEMU binary to launch (`--qemu PATH`, else `qemu-system-x86_64` from
+/// PATH).
+pub fn binary() -> PathBuf {
+    SELECTED.get().map_or_else(|| PathBuf::from(QEMU), |s| s.path.clone())
+}
+
+/// The version of the QEMU in use, once `ensure` has run and could read it.
+pub fn version() -> Option<Version> {
+    SELECTED.get().and_then(|s| s.version)
+}
+
+/// Runs `qemu --version`: `None` when it cannot run, else what it says
+/// (`Some(None)` when the version is unreadable).
+fn probe(qemu: &Path) -> Option<Option<Version>> {
+    let out = Command::new(qemu).arg("--version").stdin(Stdio::null()).output().ok()?;
+    out.status.success().then(|| parse_version(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Where xtask runs, as far as installing QEMU goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Host {
+    /// Debian (apt-get available).
+    pub debian: bool,
+    /// Debian 12 "bookworm", whose backports suite has QEMU 10.
+    pub bookworm: bool,
+    pub root: bool,
+    /// Some apt source already lists bookworm-backports.
+    pub has_backports: bool,
+    /// The distribution's QEMU (`/usr/bin/qemu-system-x86_64`) is already
+    /// `WANTED` or later (another QEMU comes first on PATH).
+    pub system_has_wanted: bool,
+}
+
+/// What `ensure` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Use the QEMU found (with a note when it is older than `REAL_GUESTS`).
+    Use,
+    /// Install `qemu-system-x86` from bookworm-backports (as root), adding
+    /// the suite first when `add_suite`.
+    InstallBackports { add_suite: bool },
+    /// Install `qemu-system-x86` from the distribution (as root).
+    InstallDefault,
+    /// Say what to run as root, then use the QEMU found (if any).
+    Advise(Vec<String>),
+    /// No QEMU and nothing xtask can do: this error.
+    Fail(String),
+}
+
+/// The apt source line xtask adds for bookworm-backports.
+pub const BACKPORTS_LINE: &str = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main";
+/// Where xtask writes it.
+pub const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/bookworm-backports.list";
+
+/// The commands that install QEMU 10 on Debian 12 (with `sudo` when not root).
+pub fn backports_commands(h: &Host) -> Vec<String> {
+    let sudo = if h.root { "" } else { "sudo " };
+    let mut c = Vec::new();
+    if !h.has_backports {
+        c.push(format!("echo '{BACKPORTS_LINE}' | {sudo}tee {BACKPORTS_FILE}"));
+    }
+    c.push(format!("{sudo}apt-get update"));
+    c.push(format!("{sudo}apt-get install -y -t bookworm-backports qemu-system-x86"));
+    c
+}
+
+/// Decides what to do about QEMU: `found` is the version of the QEMU on
+/// PATH (`Some(None)`: it runs but its version is unreadable; `None`: none
+/// runs). QEMU 10 or later is used as it is, silently; on Debian 12 an
+/// older (or no) QEMU is replaced from bookworm-backports when root, else
+/// the commands are printed (unless the distribution's QEMU already is
+/// `WANTED` and another comes first on PATH); elsewhere whatever QEMU exists
+/// is used.
+pub fn plan(found: Option<Option<Version>>, h: &Host) -> Plan {
+    if matches!(found, Some(Some(v)) if v >= WANTED) {
+        return Plan::Use;
+    }
+    if h.bookworm && !(h.system_has_wanted && found.is_some()) {
+        return match (h.root, found) {
+            (true, _) => Plan::InstallBackports { add_suite: !h.has_backports },
+            (false, Some(_)) => Plan::Advise(backports_commands(h)),
+            (false, None) => Plan::Fail(format!("error: {QEMU} not found: run `{}`", backports_commands(h).join(" && "))),
+        };
+    }
+    match (found, h.debian, h.root) {
+        (Some(_), _, _) => Plan::Use,
+        (None, true, true) => Plan::InstallDefault,
+        (None, true, false) => Plan::Fail(format!("error: {QEMU} not found: run `sudo apt-get install -y qemu-system-x86`")),
+        (None, false, _) => Plan::Fail(format!("error: {QEMU} not found: install QEMU 10 for x86_64 (or pass --qemu PATH)")),
+    }
+}
+
+/// True when an `apt` source text lists bookworm-backports (a one-line
+/// `deb` entry or a deb822 `Suites:` field, not commented out).
+pub fn lists_backports(source: &str) -> bool {
+    source.lines().map(str::trim).filter(|l| !l.starts_with('#')).any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        (l.starts_with("deb ") || l.starts_with("Suites:")) && l.split_whitespace().any(|w| w == "bookworm-backports")
+    })
+}
+
+/// The `VERSION_CODENAME` of a Debian /etc/os-release (`None` elsewhere).
+pub fn debian_codename(os_release: &str) -> Option<String> {
+    let val = |key: &str| {
+        os_release.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches('"').to_string()))
+    };
+    (val("ID").as_deref() == Some("debian")).then(|| val("VERSION_CODENAME")).flatten()
+}
+
+fn host() -> Host {
+    let debian = Path::new("/etc/debian_version").exists() && Path::new("/usr/bin/apt-get").exists();
+    let codename = std::fs::read_to_string("/etc/os-release").ok().and_then(|t| debian_codename(&t));
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        sources.extend(dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources")));
+    }
+    let has_backports = sources.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|t| lists_backports(&t)));
+    let system_has_wanted = matches!(probe(Path::new(SYSTEM_QEMU)), Some(Some(v)) if v >= WANTED);
+    Host { debian, bookworm: debian && codename.as_deref() == Some("bookworm"), root, has_backports, system_has_wanted }
+}
+
+/// Runs one apt-get step quietly; on failure, gives its last output line.
+fn apt(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if out.status.success() {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
-    let debian = Path::new("/etc/debian_version").exists() && Path::new("/usr/bin/apt-get").exists();
-    if is_root && debian {
-        eprintln!("xtask: {QEMU} not found; installing qemu-system-x86 with apt-get");
-        let ok = Command::new("apt-get").args(["update", "-q"]).status().map(|s| s.success()).unwrap_or(false)
-            && Command::new("apt-get")
-                .args(["install", "-y", "-q", "qemu-system-x86"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-        if ok && have_qemu() {
-            return Ok(());
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    Err(format!("apt-get {} failed: {}", args.join(" "), text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()))
+}
+
+fn install(p: &Plan) -> Result<(), String> {
+    match p {
+        Plan::InstallBackports { add_suite } => {
+            eprintln!("xtask: installing QEMU 10 (qemu-system-x86) from bookworm-backports with apt-get");
+            if *add_suite {
+                std::fs::write(BACKPORTS_FILE, format!("{BACKPORTS_LINE}\n")).map_err(|e| format!("cannot write {BACKPORTS_FILE}: {e}"))?;
+                eprintln!("xtask: added bookworm-backports to the apt sources ({BACKPORTS_FILE})");
+            }
+            apt(&["update", "-qq"])?;
+            apt(&["install", "-y", "-qq", "--no-install-recommends", "-t", "bookworm-backports", "qemu-system-x86"])
         }
-        return Err("error: installing QEMU failed: run `apt-get update && apt-get install -y qemu-system-x86`".into());
+        Plan::InstallDefault => {
+            eprintln!("xtask: {QEMU} not found; installing qemu-system-x86 with apt-get");
+            apt(&["update", "-qq"])?;
+            apt(&["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"])
+        }
+        _ => Ok(()),
     }
-    if debian {
-        Err("error: qemu-system-x86_64 not found: run `sudo apt-get install -y qemu-system-x86`".into())
-    } else {
-        Err("error: qemu-system-x86_64 not found: install QEMU for x86_64 (e.g. `sudo apt-get install -y qemu-system-x86`)".into())
+}
+
+/// Chooses the QEMU every run of this xtask uses: `explicit` (`--qemu
+/// PATH`) as it is, else the one on PATH, installing QEMU 10 first where
+/// `plan` says so. Quiet when QEMU 10 is there; a one-line note when the
+/// QEMU used is older than `REAL_GUESTS`.
+pub fn ensure(explicit: Option<&Path>) -> Result<(), String> {
+    if SELECTED.get().is_some() {
+        return Ok(());
     }
+    let (path, version) = match explicit {
+        Some(p) => {
+            // A path with a directory part is made absolute (runs may change
+            // directory); a bare name is looked up in PATH.
+            let path = if p.components().count() > 1 {
+                std::fs::canonicalize(p).map_err(|e| format!("error: --qemu {}: {e}", p.display()))?
+            } else {
+                p.to_path_buf()
+            };
+            let Some(v) = probe(&path) else {
+                return Err(format!("error: --qemu {}: `{} --version` does not run", p.display(), path.display()));
+            };
+            (path, v)
+        }
+        None => {
+            let found = probe(Path::new(QEMU));
+            // QEMU 10 or later: nothing to decide (and nothing printed).
+            let h = if matches!(found, Some(Some(v)) if v >= WANTED) { Host { debian: false, bookworm: false, root: false, has_backports: false, system_has_wanted: true } } else { host() };
+            let p = plan(found, &h);
+            let v = match &p {
+                Plan::Use => found.flatten(),
+                Plan::Fail(e) => return Err(e.clone()),
+                Plan::Advise(cmds) => {
+                    eprintln!("xtask: QEMU {} is the default; install it with: {}", WANTED.0, cmds.join(" && "));
+                    found.flatten()
+                }
+                Plan::InstallBackports { .. } | Plan::InstallDefault => match (install(&p), probe(Path::new(QEMU))) {
+                    (Ok(()), Some(v)) => v,
+                    (r, _) => {
+                        let why = r.err().unwrap_or_else(|| format!("{QEMU} still does not run"));
+                        match found {
+                            Some(v) => {
+                                eprintln!("xtask: installing QEMU {} failed ({why}); using the QEMU found", WANTED.0);
+                                v
+                            }
+                            None => {
+                                let fix = if h.bookworm { backports_commands(&h).join(" && ") } else { "apt-get install -y qemu-system-x86".into() };
+                                return Err(format!("error: installing QEMU failed ({why}): run `{fix}`"));
+                            }
+                        }
+                    }
+                },
+            };
+            (PathBuf::from(QEMU), v)
+        }
+    };
+    match version {
+        Some(v) if v < REAL_GUESTS => eprintln!("{}", old_qemu_note(v)),
+        None => eprintln!("xtask: note: cannot read the version of {}: assuming QEMU {} or later", path.display(), WANTED.0),
+        _ => {}
+    }
+    let _ = SELECTED.set(Selected { path, version });
+    Ok(())
 }
 
 /// One QEMU boot.
@@ -103,7 +349,7 @@ pub struct Extras<'a> {
 /// On `-M microvm` the device sits on one of the machine's virtio-mmio
 /// transports (always created: with microvm's default ACPI there are 24, at
 /// 0xfeb00000 + 0x200*n, interrupt GSI 24+n on the second IO-APIC; QEMU 7.2
-/// puts the first device on the last one, n = 23, and in legacy (version 1)
+/// and 10.0 put the first device on the last one, n = 23, and in legacy (version 1)
 /// virtio-mmio mode). `cache=writeback` uses the host page cache and shows
 /// the guest a volatile write cache whose flushes QEMU honours with
 /// fdatasync: a write QEMU has acknowledged is in the host kernel, so it
@@ -143,7 +389,7 @@ fn found_since(hay: &[u8], from: usize, needle: &[u8]) -> bool {
 impl Boot<'_> {
     /// The QEMU command line, with any extra devices.
     pub fn command_with(&self, extras: &Extras) -> Command {
-        let mut c = Command::new(QEMU);
+        let mut c = Command::new(binary());
         let mut initrd = self.initrd.as_os_str().to_os_string();
         if !self.initrd_args.is_empty() {
             initrd.push(" ");
@@ -181,7 +427,7 @@ impl Boot<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("error: cannot start {QEMU}: {e}"))?;
+            .map_err(|e| format!("error: cannot start {}: {e}", binary().display()))?;
         let mut out = child.stdout.take().expect("piped stdout");
         let mut err = child.stderr.take().expect("piped stderr");
         let echo = self.echo;
@@ -293,6 +539,90 @@ pub fn kernel_path(kdir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_parse_from_qemu_output() {
+        assert_eq!(
+            parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright (c) 2003-2025"),
+            Some(Version(10, 0, 2))
+        );
+        assert_eq!(parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"), Some(Version(7, 2, 22)));
+        assert_eq!(parse_version("QEMU emulator version 9.1.0\n"), Some(Version(9, 1, 0)));
+        assert_eq!(parse_version("QEMU emulator version 8.2 (v8.2.0)"), Some(Version(8, 2, 0)));
+        assert_eq!(parse_version("qemu-system-x86_64: unknown option"), None);
+        assert_eq!(parse_version("version x"), None);
+        assert!(Version(7, 2, 22) < REAL_GUESTS && Version(9, 0, 9) < REAL_GUESTS && Version(9, 1, 0) >= REAL_GUESTS);
+        assert!(Version(9, 2, 0) < WANTED && Version(10, 0, 0) >= WANTED);
+        assert_eq!("9.1".parse::<Version>(), Ok(Version(9, 1, 0)));
+        assert!("9".parse::<Version>().is_err() && "9.1.2.3".parse::<Version>().is_err() && "9.-1".parse::<Version>().is_err());
+        let note = old_qemu_note(Version(7, 2, 22));
+        assert!(!note.contains('\n') && note.contains("QEMU 7.2.22 is older than 9.1") && note.contains("iretq") && note.contains("int n"));
+    }
+
+    const BOOKWORM: Host = Host { debian: true, bookworm: true, root: true, has_backports: false, system_has_wanted: false };
+
+    #[test]
+    fn qemu_10_is_used_as_it_is() {
+        for h in [BOOKWORM, Host { root: false, ..BOOKWORM }, Host { debian: false, bookworm: false, root: false, has_backports: false, system_has_wanted: false }] {
+            assert_eq!(plan(Some(Some(Version(10, 0, 2))), &h), Plan::Use);
+            assert_eq!(plan(Some(Some(Version(10, 1, 0))), &h), Plan::Use);
+        }
+    }
+
+    #[test]
+    fn debian_12_gets_qemu_10_from_backports() {
+        let old = Some(Some(Version(7, 2, 22)));
+        assert_eq!(plan(old, &BOOKWORM), Plan::InstallBackports { add_suite: true });
+        assert_eq!(plan(None, &BOOKWORM), Plan::InstallBackports { add_suite: true });
+        assert_eq!(plan(old, &Host { has_backports: true, ..BOOKWORM }), Plan::InstallBackports { add_suite: false });
+        // Not root: the exact commands, then the old QEMU.
+        let user = Host { root: false, ..BOOKWORM };
+        assert_eq!(
+            plan(old, &user),
+            Plan::Advise(vec![
+                format!("echo '{BACKPORTS_LINE}' | sudo tee {BACKPORTS_FILE}"),
+                "sudo apt-get update".into(),
+                "sudo apt-get install -y -t bookworm-backports qemu-system-x86".into(),
+            ])
+        );
+        assert_eq!(
+            plan(old, &Host { has_backports: true, ..user }),
+            Plan::Advise(vec!["sudo apt-get update".into(), "sudo apt-get install -y -t bookworm-backports qemu-system-x86".into()])
+        );
+        // QEMU 10 is installed but an older one comes first on PATH: used.
+        assert_eq!(plan(old, &Host { system_has_wanted: true, ..BOOKWORM }), Plan::Use);
+        assert_eq!(plan(None, &Host { system_has_wanted: true, ..BOOKWORM }), Plan::InstallBackports { add_suite: true });
+        match plan(None, &user) {
+            Plan::Fail(e) => assert!(e.contains("sudo apt-get install -y -t bookworm-backports qemu-system-x86") && !e.contains('\n'), "{e}"),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn elsewhere_whatever_qemu_exists_is_used() {
+        let trixie = Host { debian: true, bookworm: false, root: true, has_backports: false, system_has_wanted: false };
+        assert_eq!(plan(Some(Some(Version(7, 2, 0))), &trixie), Plan::Use);
+        assert_eq!(plan(Some(None), &trixie), Plan::Use);
+        assert_eq!(plan(None, &trixie), Plan::InstallDefault);
+        assert!(matches!(plan(None, &Host { root: false, ..trixie }), Plan::Fail(e) if e.contains("sudo apt-get install -y qemu-system-x86")));
+        let other = Host { debian: false, bookworm: false, root: true, has_backports: false, system_has_wanted: false };
+        assert_eq!(plan(Some(Some(Version(8, 2, 0))), &other), Plan::Use);
+        assert!(matches!(plan(None, &other), Plan::Fail(e) if e.contains("--qemu PATH")));
+    }
+
+    #[test]
+    fn apt_sources_and_os_release() {
+        assert!(lists_backports("deb http://deb.debian.org/debian bookworm-backports main\n"));
+        assert!(lists_backports(&format!("{BACKPORTS_LINE}\n")));
+        assert!(lists_backports("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates bookworm-backports\n"));
+        assert!(!lists_backports("# deb http://deb.debian.org/debian bookworm-backports main\n"));
+        assert!(!lists_backports("Types: deb\nSuites: bookworm bookworm-updates\n# Suites: bookworm-backports\n"));
+        assert!(!lists_backports("deb http://deb.debian.org/debian bookworm main # not bookworm-backports\n"));
+        let os = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\nID=debian\n";
+        assert_eq!(debian_codename(os).as_deref(), Some("bookworm"));
+        assert_eq!(debian_codename("ID=ubuntu\nVERSION_CODENAME=noble\nID_LIKE=debian\n"), None);
+        assert_eq!(debian_codename("ID=debian\n"), None);
+    }
 
     #[test]
     fn kill_marker_found_across_reads() {

@@ -58,6 +58,13 @@ pub struct Scenario {
     pub console_input: Option<String>,
     #[serde(default)]
     pub console_input_after: Option<String>,
+    /// `min_qemu = "9.1"`: the oldest QEMU whose emulation the scenario's
+    /// guests need (checked form of the key; the scenario is skipped, with
+    /// the reason, on an older QEMU).
+    #[serde(default, rename = "min_qemu")]
+    raw_min_qemu: Option<String>,
+    #[serde(skip)]
+    pub min_qemu: Option<crate::qemu::Version>,
 
     // The disk and multi-boot keys, read raw so that `resolve` can give a
     // one-line error for any bad value; their checked forms follow.
@@ -206,6 +213,10 @@ impl Scenario {
             (_, Some(m)) if m.is_empty() => return Err("console_input_after must not be empty text".into()),
             _ => {}
         }
+        self.min_qemu = match &self.raw_min_qemu {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|e| format!("min_qemu: {e}"))?),
+        };
         if self.target.as_deref() == Some("xen") {
             let given = [
                 ("disk_mib", self.raw_disk_mib.is_some()),
@@ -588,8 +599,20 @@ fn boot_as_planned(s: &Scenario, i: usize, o: &crate::qemu::Outcome) -> bool {
     }
 }
 
+/// Why a scenario needing QEMU `min` cannot run on QEMU `have` (`None`:
+/// it can, or the version in use is unknown).
+pub fn qemu_too_old(min: Option<crate::qemu::Version>, have: Option<crate::qemu::Version>) -> Option<String> {
+    match (min, have) {
+        (Some(m), Some(h)) if h < m => Some(format!("needs QEMU {}.{} or later, this is QEMU {h} (--qemu PATH picks another)", m.0, m.1)),
+        _ => None,
+    }
+}
+
 /// Boots one scenario and judges it; saves the serial log.
 pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Result<Verdict, String> {
+    if let Some(why) = qemu_too_old(s.min_qemu, crate::qemu::version()) {
+        return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(why) });
+    }
     if s.target.as_deref() == Some("xen") {
         return run_on_xen(s, kdir, log_dir, accel);
     }
@@ -687,6 +710,21 @@ mod tests {
     use crate::qemu::Outcome;
 
     const BASE: &str = "description = \"d\"\nexpect_exit = \"success\"\nmanifest = \"[domain a]\\nimage = hello\\ncmdline = boot={boot}\\n\"\n";
+
+    #[test]
+    fn min_qemu_skips_on_an_older_qemu_with_the_reason() {
+        use crate::qemu::Version;
+        let s = parse("t", &format!("{BASE}min_qemu = \"9.1\"\n")).unwrap();
+        assert_eq!(s.min_qemu, Some(Version(9, 1, 0)));
+        let why = qemu_too_old(s.min_qemu, Some(Version(7, 2, 22))).unwrap();
+        assert_eq!(why, "needs QEMU 9.1 or later, this is QEMU 7.2.22 (--qemu PATH picks another)");
+        assert_eq!(qemu_too_old(s.min_qemu, Some(Version(9, 1, 0))), None);
+        assert_eq!(qemu_too_old(s.min_qemu, Some(Version(10, 0, 2))), None);
+        assert_eq!(qemu_too_old(s.min_qemu, None), None, "unknown version: run it");
+        assert_eq!(qemu_too_old(None, Some(Version(7, 2, 0))), None);
+        let e = parse("t", &format!("{BASE}min_qemu = \"nine\"\n")).err().unwrap();
+        assert!(e.starts_with("min_qemu: 'nine' is not a QEMU version"), "{e}");
+    }
 
     fn with(keys: &str) -> Result<Scenario, String> {
         parse("t", &format!("{BASE}{keys}\n"))

@@ -25,7 +25,7 @@
 //! used ring polled until the device answers. The device still raises its
 //! interrupt line on completion; [`VirtioDisk::ack_interrupt`] clears it.
 //!
-//! # microvm's virtio-mmio layout (QEMU 7.2, the defaults xtask uses)
+//! # microvm's virtio-mmio layout (QEMU 7.2 and 10.0, the defaults xtask uses)
 //!
 //! With ACPI enabled (microvm's default) QEMU adds a second IO-APIC (at
 //! 0xfec10000, GSIs 24..=47) and creates 24 virtio-mmio transports, slot `i`
