@@ -201,6 +201,8 @@ pub struct Connection {
     pub(crate) out: OutQueue,
     pub(crate) input: Reassembler,
     pub(crate) ignored: bool,
+    /// Requests answered `ENOMEM` because the heap had no room for them.
+    pub(crate) heap_refusals: u64,
 }
 
 impl Connection {
@@ -217,6 +219,7 @@ impl Connection {
             out: OutQueue::default(),
             input: Reassembler::new(),
             ignored: false,
+            heap_refusals: 0,
         }
     }
 
@@ -273,6 +276,13 @@ impl Connection {
     #[must_use]
     pub fn outstanding(&self) -> usize {
         self.out.replies()
+    }
+
+    /// Requests answered `ENOMEM` because the service's heap had no room
+    /// for what they could allocate (not counting the memory quotas).
+    #[must_use]
+    pub fn heap_refusals(&self) -> u64 {
+        self.heap_refusals
     }
 
     /// Whether the connection broke the protocol and is no longer served.

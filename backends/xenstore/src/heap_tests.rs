@@ -327,6 +327,7 @@ fn no_room_answers_enomem_and_changes_nothing() {
     assert_eq!(b.read(g, "kept"), Err(String::from("ENOMEM")), "even a read needs its bound");
     let c = b.xs.connection(g).unwrap();
     assert_eq!((c.watch_count(), c.transaction_count()), (0, 0));
+    assert_eq!(c.heap_refusals(), 6);
     b.xs.store().check().unwrap();
     // dom0 needs no reserve: served where the guest is not.
     set_room(64 * 1024);

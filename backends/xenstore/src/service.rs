@@ -525,6 +525,9 @@ impl Xenstore {
         let result = if afforded {
             self.dispatch(conn, &h, msg.payload)
         } else {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.heap_refusals = c.heap_refusals.saturating_add(1);
+            }
             Err(Errno::ENOMEM)
         };
         let (reply, then_event) = match result {
