@@ -120,9 +120,13 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         *e = read(si.memmap_paddr + i as u64 * 24);
     }
     let ram_end = map[..n].iter().filter(|e| e.kind == 1).map(|e| e.addr + e.size).max().unwrap_or(0);
-    let nr_frames = ram_end.div_ceil(mm::PAGE);
-    mm::init_allocator(nr_frames);
     let module = if si.nr_modules > 0 { Some(read::<HvmModlistEntry>(si.modlist_paddr)) } else { None };
+    // QEMU may load the bundle so that its last bytes pass the end of the
+    // RAM its memory map reports (at the top of RAM): the direct map must
+    // reach them. Those frames are reserved below, never handed out.
+    let phys_end = module.map_or(ram_end, |m| ram_end.max(m.paddr.saturating_add(m.size)));
+    let nr_frames = phys_end.div_ceil(mm::PAGE);
+    mm::init_allocator(nr_frames);
     // SAFETY: only the address of the linker symbol is taken.
     let kernel_end = unsafe { &__kernel_end_phys as *const u8 as u64 };
     mm::with_allocator(|a| {

@@ -231,7 +231,7 @@ fn wait_for_work() {
 
 /// Ends what we hold of a guest that died: its last console bytes, its
 /// store connection, our mappings and ports.
-fn disconnect(xs: &mut Xenstore, g: &mut Guest) {
+fn disconnect(xs: &mut Xenstore, local: &mut store::Local, g: &mut Guest) {
     g.alive = false;
     if let Some(mut c) = g.console.take() {
         c.pump();
@@ -242,6 +242,11 @@ fn disconnect(xs: &mut Xenstore, g: &mut Guest) {
     if let Some(s) = g.store.take() {
         // Releasing may need room to copy its nodes (shared with open
         // transactions): retried on later passes until it succeeds.
+        // As a toolstack does when it destroys a domain: its home goes
+        // (and with it the memory its nodes held).
+        let mut home = format!("/local/domain/{}", g.domid).into_bytes();
+        home.push(0);
+        let _ = local.op(xs, guest_abi::io::xenstore::XS_RM, 0, &home);
         if xs.release(DomId(g.domid)) == Err(Errno::ENOMEM) {
             println!("service: domain {}: no heap to release its store nodes yet; will retry", g.domid);
             g.release_pending = true;
@@ -375,7 +380,7 @@ fn main(si: &'static StartInfo) {
                     }
                 }
                 echoes.domain_died(g.domid);
-                disconnect(&mut xs, g);
+                disconnect(&mut xs, &mut local, g);
             }
         }
     }

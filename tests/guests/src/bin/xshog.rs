@@ -9,7 +9,8 @@
 //! 3. sets watches with long tokens until refused;
 //!
 //! then reports what refused it and holds all of it for `hold_ms` (so
-//! others run while the heap is at its limit) before powering off. The
+//! others run while the heap is at its limit) before powering off, which
+//! frees it. The
 //! scenario checks the service domain survives and the well-behaved
 //! guests beside it are served.
 #![no_std]
@@ -93,11 +94,10 @@ fn main(si: &'static StartInfo) {
     t.check("watches-refused", w_refusal.is_some_and(refused), format_args!("{w_refusal:?}"));
     println!("xshog: {enomem} refusals were ENOMEM; holding everything for {hold_ms} ms");
 
+    // Then end, without another request: with every hog at its limit, a
+    // request could be held back until memory is freed, which only a
+    // hog's end does.
     time::sleep(hold_ms * 1_000_000);
-    // Still answered after the hold (ENOMEM too is an answer: the heap may
-    // still be at its limit while the other hogs hold theirs).
-    let r = xs.read("hog/n0");
-    t.check("still-answered", r.is_ok() || r == Err(Errno::ENOMEM), format_args!("{r:?}"));
     t.finish()
 }
 
