@@ -7,6 +7,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_abi::start_info::StartInfo;
 use linked_list_allocator::Heap;
 use spin::Mutex;
@@ -133,6 +134,9 @@ unsafe impl GlobalAlloc for GrowingHeap {
         {
             return p.as_ptr();
         }
+        // Remembered for the panic line if nobody handles the failure
+        // (`try_reserve` callers do).
+        LAST_FAILURE.store(layout.size().max(1), Ordering::Relaxed);
         core::ptr::null_mut()
     }
 
@@ -142,6 +146,84 @@ unsafe impl GlobalAlloc for GrowingHeap {
             unsafe { st.heap.deallocate(p, layout) };
         }
     }
+}
+
+/// Size of the last allocation the heap could not satisfy (0: none yet).
+static LAST_FAILURE: AtomicUsize = AtomicUsize::new(0);
+
+/// The size of the last allocation the heap refused, if any: a panic
+/// after an unhandled allocation failure names the heap's state with it.
+pub fn last_failure() -> Option<usize> {
+    match LAST_FAILURE.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// (span, free) of the heap without waiting for its lock (for the panic
+/// handler: `None` if the heap is locked or not set up).
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+pub(crate) fn try_state() -> Option<(usize, usize)> {
+    let g = HEAP.0.try_lock()?;
+    g.as_ref().map(|s| (s.heap.size(), s.heap.free()))
+}
+
+/// Bytes the heap can still hand out in total: what is free inside it plus
+/// what it can still grow by (the domain's pages it has not used yet, and
+/// the pages `increase_reservation` may still give up to the domain's
+/// limit, which other users of that hypercall share). An upper bound of
+/// what allocations together can get; fragmentation may keep a single large
+/// block from fitting even when this is large (see [`can_allocate`]).
+pub fn headroom() -> usize {
+    let (free, unused_pages, top) = match HEAP.0.lock().as_ref() {
+        Some(s) => {
+            let si = crate::rt::start_info();
+            (s.heap.free(), si.nr_pages.saturating_sub(s.next_pfn), s.top)
+        }
+        None => return 0,
+    };
+    let me = guest_abi::types::DomId::SELF;
+    let more = match (
+        guest_abi::hypercall::memory_maximum_reservation(me),
+        guest_abi::hypercall::memory_current_reservation(me),
+    ) {
+        (Ok(max), Ok(cur)) => max.saturating_sub(cur),
+        _ => 0,
+    };
+    let growth = unused_pages.saturating_add(more).saturating_mul(4096).min(HEAP_LIMIT.saturating_sub(top));
+    free.saturating_add(usize::try_from(growth).unwrap_or(usize::MAX))
+}
+
+/// Whether one block of `bytes` can be allocated now: the heap finds a
+/// free block that large or grows to make one, then gives it straight
+/// back. A `true` answer means that any allocations made next that together
+/// take at most `bytes` (each counted at its size rounded up to 8 bytes,
+/// at least 16, and aligned to at most 8) will succeed: each fits in an
+/// earlier free block or in that one, and frees only help. Growth made on
+/// the way stays in the heap.
+pub fn can_allocate(bytes: usize) -> bool {
+    let mut g = HEAP.0.lock();
+    let Some(st) = g.as_mut() else { return false };
+    // 16 more: the allocator does not split off a remainder smaller than
+    // its 16-byte free-block header, so the last allocation in the block
+    // may need that much beyond its size.
+    let Some(size) = bytes.checked_add(16) else { return false };
+    let Ok(layout) = Layout::from_size_align(size, 8) else { return false };
+    let block = match st.heap.allocate_first_fit(layout) {
+        Ok(p) => p,
+        Err(()) => {
+            if !grow(st, size + 8) {
+                return false;
+            }
+            match st.heap.allocate_first_fit(layout) {
+                Ok(p) => p,
+                Err(()) => return false,
+            }
+        }
+    };
+    // SAFETY: `block` was just allocated from this heap with `layout`.
+    unsafe { st.heap.deallocate(block, layout) };
+    true
 }
 
 /// Bytes currently free in the heap.

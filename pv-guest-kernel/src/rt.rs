@@ -42,7 +42,14 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
 #[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    crate::println!("guest panic: {}", info);
+    match (heap::last_failure(), heap::try_state()) {
+        // An allocation failure nobody handled: say what the heap had.
+        (Some(n), Some((size, free))) => crate::println!(
+            "guest panic: {} (heap exhausted: the last refused allocation was {n} bytes; the heap spans {size} bytes, {free} free, and cannot grow)",
+            info
+        ),
+        _ => crate::println!("guest panic: {}", info),
+    }
     shutdown(ShutdownReason::Crash)
 }
 

@@ -45,6 +45,11 @@ pub const SECTOR_SIZE: usize = 512;
 /// drained cannot keep the service domain from its other front-ends.
 pub const MAX_REQUESTS_PER_CALL: u32 = 2 * BLKIF_RING_SIZE;
 
+/// The staging buffer's full size: the most data one request moves (11
+/// pages). It is grown to this once, on the first request that needs data,
+/// and never again.
+pub const STAGING_MAX: usize = BLKIF_MAX_SEGMENTS_PER_REQUEST * 4096;
+
 /// Why a [`Disk`] operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskError {
@@ -260,6 +265,10 @@ pub struct Work {
     /// The call stopped at [`MAX_REQUESTS_PER_CALL`] without the final check
     /// for requests: call `process` again soon, without waiting for an event.
     pub more: bool,
+    /// The call stopped because the heap had no room for the staging
+    /// buffer ([`BlkBack::process_gated`]): the requests wait in the ring;
+    /// call again once memory may have been freed.
+    pub held: bool,
 }
 
 /// The back-end of one connected front-end: its ring and device information.
@@ -391,16 +400,16 @@ fn transfer(req: &BlkifRequest, info: &DeviceInfo) -> Result<Transfer, Refusal> 
 
 /// Sizes the staging buffer for `x`, reusing its allocation.
 fn staging<'a>(buf: &'a mut Vec<u8>, x: &Transfer) -> Result<&'a mut [u8], Failure> {
-    // Grown (zeroed) once to the largest request seen (at most 11 pages),
-    // never cleared again: every byte of the slice handed out is
+    // Grown (zeroed) once to its full size (11 pages), never cleared again: every byte of the slice handed out is
     // overwritten (by the disk read or the gather) before anything is
     // copied out of it, and a failure on the way copies nothing out. The
     // growth is a fallible allocation: a service domain short of memory
     // fails this request, it does not panic.
     if buf.len() < x.bytes {
-        buf.try_reserve_exact(x.bytes - buf.len())
+        let full = STAGING_MAX.max(x.bytes);
+        buf.try_reserve_exact(full - buf.len())
             .map_err(|_| Failure::NoMemory)?;
-        buf.resize(x.bytes, 0);
+        buf.resize(full, 0);
     }
     buf.get_mut(..x.bytes).ok_or(Failure::NoMemory)
 }
@@ -491,9 +500,35 @@ impl<P: SharedPage> BlkBack<P> {
         disk: &mut D,
         grants: &mut G,
     ) -> Result<Work, Fatal> {
+        self.process_gated(disk, grants, &|_| true)
+    }
+
+    /// [`BlkBack::process`], taking a request from the ring only if it can
+    /// be served without an allocation the heap has no room for: until the
+    /// staging buffer has its full size ([`STAGING_MAX`]), `room(bytes)`
+    /// must say the heap can give that buffer. If it cannot, no request is
+    /// taken: they wait in the ring (back-pressure) and [`Work::held`] is
+    /// set. Once the buffer is grown, serving allocates nothing.
+    ///
+    /// # Errors
+    /// As [`BlkBack::process`].
+    pub fn process_gated<D: Disk + ?Sized, G: GrantIo + ?Sized>(
+        &mut self,
+        disk: &mut D,
+        grants: &mut G,
+        room: &dyn Fn(usize) -> bool,
+    ) -> Result<Work, Fatal> {
         let mut work = Work::default();
         loop {
             while work.handled < MAX_REQUESTS_PER_CALL {
+                if self.buf.len() < STAGING_MAX
+                    && self.ring.unconsumed_requests()? > 0
+                    && !room(STAGING_MAX)
+                {
+                    work.held = true;
+                    work.notify |= self.ring.push_responses_and_check_notify();
+                    return Ok(work);
+                }
                 let Some(req) = self.ring.consume_request()? else {
                     break;
                 };

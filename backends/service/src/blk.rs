@@ -282,7 +282,9 @@ impl Vbd {
         let (start, sectors) = (self.start, self.sectors);
         let Some(c) = self.conn.as_mut() else { return false };
         let mut slice = Slice { disk, start, sectors };
-        match c.back.process(&mut slice, &mut c.grants) {
+        // Requests wait in the ring while the heap has no room for the
+        // staging buffer (grown once, then never again).
+        match c.back.process_gated(&mut slice, &mut c.grants, &|n| crate::heap_gate(n, 0)) {
             Ok(w) => {
                 if w.notify {
                     let _ = events::send(c.port);

@@ -188,10 +188,14 @@ impl Echoes {
 
     /// Follows every device's handshake and serves every connected ring.
     /// Returns whether anything changed in xenstore or is left to do.
-    pub fn pump(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> bool {
+    /// Steps only with `step_room` (the heap can give a step's
+    /// allocations); serving allocates nothing.
+    pub fn pump(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler, step_room: bool) -> bool {
         let mut moved = false;
         for d in self.devs.iter_mut() {
-            moved |= d.step(xs, local, kick);
+            if step_room {
+                moved |= d.step(xs, local, kick);
+            }
             // Once per pass: a front-end that refills its ring as fast as it
             // is drained gets one bounded batch, then the others' turn.
             moved |= d.serve(xs, local);

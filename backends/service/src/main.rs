@@ -38,6 +38,19 @@ use guest_abi::types::DomId;
 use pv_guest_kernel::{StartInfo, events, page, println, rt, time};
 use xenstore::Xenstore;
 
+/// The service's heap gate (see `xenstore::heap`): whether the heap can give
+/// `need` bytes now (a real probe of the first-fit heap: a free block that
+/// large, found or grown) and still have `keep` bytes in total.
+pub fn heap_gate(need: usize, keep: usize) -> bool {
+    use pv_guest_kernel::heap;
+    let total = need.saturating_add(keep);
+    heap::can_allocate(need) && (heap::free() >= total || heap::headroom() >= total)
+}
+
+/// What one pass of a back-end's handshake step may allocate (paths,
+/// values, its store requests): it runs only when the heap can give this.
+const STEP_BOUND: usize = 64 * 1024;
+
 /// Set by every event we care about; the main loop clears it.
 static WORK: AtomicBool = AtomicBool::new(true);
 
@@ -153,6 +166,8 @@ struct Guest {
     alive: bool,
     /// Console bytes relayed for this guest.
     relayed: u64,
+    /// Its store connection still waits to be released (no heap for it).
+    release_pending: bool,
 }
 
 /// `domains=1:name,2:other` from the command line.
@@ -192,6 +207,7 @@ fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, n
         console: Some(console::Console::new(cpage, cport, String::from(name))),
         alive: true,
         relayed: 0,
+        release_pending: false,
     })
 }
 
@@ -215,7 +231,7 @@ fn wait_for_work() {
 
 /// Ends what we hold of a guest that died: its last console bytes, its
 /// store connection, our mappings and ports.
-fn disconnect(xs: &mut Xenstore, g: &mut Guest) {
+fn disconnect(xs: &mut Xenstore, local: &mut store::Local, g: &mut Guest) {
     g.alive = false;
     if let Some(mut c) = g.console.take() {
         c.pump();
@@ -224,7 +240,17 @@ fn disconnect(xs: &mut Xenstore, g: &mut Guest) {
         let _ = page::unmap(c.page);
     }
     if let Some(s) = g.store.take() {
-        let _ = xs.release(DomId(g.domid));
+        // Releasing may need room to copy its nodes (shared with open
+        // transactions): retried on later passes until it succeeds.
+        // As a toolstack does when it destroys a domain: its home goes
+        // (and with it the memory its nodes held).
+        let mut home = format!("/local/domain/{}", g.domid).into_bytes();
+        home.push(0);
+        let _ = local.op(xs, guest_abi::io::xenstore::XS_RM, 0, &home);
+        if xs.release(DomId(g.domid)) == Err(Errno::ENOMEM) {
+            println!("service: domain {}: no heap to release its store nodes yet; will retry", g.domid);
+            g.release_pending = true;
+        }
         let _ = events::close(s.port);
         let _ = page::unmap(s.page);
     }
@@ -237,8 +263,15 @@ fn main(si: &'static StartInfo) {
     time::init().expect("timer");
     // Every guest together may make xenstore hold at most a quarter of this
     // domain's memory (each one also at most its own quota).
+    // (`xs_memory_total=BYTES` sets another total: the scenario
+    // service-heap-pressure lifts it past the heap to show the heap gate
+    // alone keeps the service alive.)
     let own_bytes = usize::try_from(si.nr_pages).unwrap_or(0).saturating_mul(4096);
-    let mut xs = Xenstore::with_limits(xenstore::Limits { memory_total: own_bytes / 4, ..xenstore::Limits::default() });
+    let memory_total = cmdline_list(si, "xs_memory_total").first().and_then(|v| v.parse().ok()).unwrap_or(own_bytes / 4);
+    let mut xs = Xenstore::with_limits(xenstore::Limits { memory_total, ..xenstore::Limits::default() });
+    // Every allocation xenstore makes for a client is asked of the heap
+    // first.
+    xs.set_heap_gate(heap_gate);
     let mut local = store::Local::new(&mut xs);
     let _ = events::bind_virq(guest_abi::event_channel::VIRQ_DOM_EXC, kick).expect("VIRQ_DOM_EXC");
     let mut guests: Vec<Guest> = Vec::new();
@@ -264,6 +297,8 @@ fn main(si: &'static StartInfo) {
 
     // The store changed since the vbds last looked (true at first).
     let mut store_dirty = true;
+    // Every back-end step could run in this pass (no heap shortage).
+    let mut stepped_all = true;
     while guests.iter().any(|g| g.alive) {
         wait_for_work();
         // One guest's write may queue watch events for another: go round
@@ -305,9 +340,15 @@ fn main(si: &'static StartInfo) {
                     d.interrupts += 1;
                     let _ = events::pirq_eoi(d.pirq);
                 }
+                // A step allocates (paths, store requests): only with room
+                // for it, else on a later pass (the store stays dirty).
+                let step_room = heap_gate(STEP_BOUND, 0);
+                if !step_room {
+                    stepped_all = false;
+                }
                 for v in d.vbds.iter_mut() {
                     // Handshake states change only through the store.
-                    if (store_dirty || v.wants_step()) && v.step(&mut xs, &mut local, kick) {
+                    if step_room && (store_dirty || v.wants_step()) && v.step(&mut xs, &mut local, kick) {
                         moved = true;
                     }
                     while v.serve(&mut d.disk) {
@@ -315,13 +356,20 @@ fn main(si: &'static StartInfo) {
                     }
                 }
             }
-            store_dirty = false;
-            if echoes.pump(&mut xs, &mut local, kick) {
+            store_dirty = !stepped_all;
+            stepped_all = true;
+            if echoes.pump(&mut xs, &mut local, kick, heap_gate(STEP_BOUND, 0)) {
                 moved = true;
             }
             rounds += 1;
             if !moved || rounds > 64 {
                 break;
+            }
+        }
+        for g in guests.iter_mut().filter(|g| g.release_pending) {
+            if xs.release(DomId(g.domid)) != Err(Errno::ENOMEM) {
+                g.release_pending = false;
+                let _ = xs.take_actions();
             }
         }
         for g in guests.iter_mut().filter(|g| g.alive) {
@@ -332,7 +380,7 @@ fn main(si: &'static StartInfo) {
                     }
                 }
                 echoes.domain_died(g.domid);
-                disconnect(&mut xs, g);
+                disconnect(&mut xs, &mut local, g);
             }
         }
     }

@@ -41,11 +41,15 @@ pub struct StoreRing {
     /// not read its replies): logged the first time only, so a guest cannot
     /// fill the service's console by stopping and starting.
     held: bool,
+    /// Likewise for the service's heap being short.
+    held_heap: bool,
+    /// Requests refused for the heap already logged (the first only).
+    refusals_logged: bool,
 }
 
 impl StoreRing {
     pub fn new(page: MappedPage, conn: ConnId, port: u32) -> Self {
-        Self { page, conn, port, broken: false, held: false }
+        Self { page, conn, port, broken: false, held: false, held_heap: false, refusals_logged: false }
     }
 
     /// Copies queued output into the response ring and feeds request
@@ -79,7 +83,21 @@ impl StoreRing {
     /// consumes what it took. Returns whether anything was consumed;
     /// `Err` once the ring is broken.
     fn read_requests(&mut self, xs: &mut Xenstore) -> Result<bool, ()> {
-        if !xs.accepts_input(self.conn) {
+        if let Some(hold) = xs.hold(self.conn) {
+            if hold == xenstore::Hold::Heap {
+                if !self.held_heap
+                    && let Some(c) = xs.connection(self.conn)
+                {
+                    self.held_heap = true;
+                    pv_guest_kernel::println!(
+                        "xenstore: domain {} held back: the service's heap is short ({} bytes free, {} more it can grow); its requests stay in its ring",
+                        c.domid().0,
+                        pv_guest_kernel::heap::free(),
+                        pv_guest_kernel::heap::headroom().saturating_sub(pv_guest_kernel::heap::free())
+                    );
+                }
+                return Ok(false);
+            }
             if !self.held
                 && let Some(c) = xs.connection(self.conn)
             {
@@ -111,6 +129,18 @@ impl StoreRing {
             *b = p.read_u8(REQ + (cons.wrapping_add(i as u32) % RING) as usize);
         }
         let fed = xs.feed(self.conn, &buf[..n]);
+        if !self.refusals_logged
+            && let Some(c) = xs.connection(self.conn)
+            && c.heap_refusals() > 0
+        {
+            self.refusals_logged = true;
+            pv_guest_kernel::println!(
+                "xenstore: domain {}: requests refused with ENOMEM for the service's heap ({} bytes free, {} more it can grow); the service carries on",
+                c.domid().0,
+                pv_guest_kernel::heap::free(),
+                pv_guest_kernel::heap::headroom().saturating_sub(pv_guest_kernel::heap::free())
+            );
+        }
         let taken = match fed {
             Ok(f) => f.consumed.min(n) as u32,
             Err(_) => {
@@ -178,7 +208,10 @@ impl Local {
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
         let msg = xenstore::wire::encode(ty, req, tx, payload);
-        xs.handle(self.conn, &msg).map_err(|_| Errno::EIO)?;
+        xs.handle(self.conn, &msg).map_err(|e| match e {
+            xenstore::HandleError::NoMemory => Errno::ENOMEM,
+            _ => Errno::EIO,
+        })?;
         // Our own watch events may be queued ahead of the reply: skip them.
         while let Some(m) = xs.pop_output(self.conn) {
             let Ok(parsed) = xenstore::wire::parse(&m) else { return Err(Errno::EIO) };

@@ -88,6 +88,26 @@ pub(crate) struct OutQueue {
 }
 
 impl OutQueue {
+    /// Makes room for one more message without allocating later: `false`
+    /// if the heap has no room for the queue to grow.
+    pub fn reserve_slot(&mut self) -> bool {
+        self.msgs.try_reserve(1).is_ok()
+    }
+
+    /// Bytes the queue's own array would take if it had to grow by one
+    /// slot now (0 if it has room).
+    pub fn growth_bytes(&self) -> usize {
+        if self.msgs.len() < self.msgs.capacity() {
+            0
+        } else {
+            (self.msgs.capacity() + 1)
+                .saturating_mul(2)
+                .saturating_mul(core::mem::size_of::<Outgoing>())
+        }
+    }
+
+    /// Queue a reply. Call [`OutQueue::reserve_slot`] first: the push then
+    /// does not allocate.
     pub fn push_reply(&mut self, bytes: Vec<u8>) {
         self.bytes += bytes.len();
         self.replies += 1;
@@ -101,6 +121,11 @@ impl OutQueue {
     /// Returns whether it was queued.
     pub fn push_event(&mut self, bytes: Vec<u8>, dedup: bool) -> bool {
         if dedup && self.msgs.iter().any(|m| m.watch_event && m.bytes == bytes) {
+            return false;
+        }
+        // Fallible growth: a service short of memory drops the event (as it
+        // does past the quotas) instead of failing.
+        if !self.reserve_slot() {
             return false;
         }
         self.bytes += bytes.len();
@@ -176,6 +201,8 @@ pub struct Connection {
     pub(crate) out: OutQueue,
     pub(crate) input: Reassembler,
     pub(crate) ignored: bool,
+    /// Requests answered `ENOMEM` because the heap had no room for them.
+    pub(crate) heap_refusals: u64,
 }
 
 impl Connection {
@@ -192,6 +219,7 @@ impl Connection {
             out: OutQueue::default(),
             input: Reassembler::new(),
             ignored: false,
+            heap_refusals: 0,
         }
     }
 
@@ -248,6 +276,13 @@ impl Connection {
     #[must_use]
     pub fn outstanding(&self) -> usize {
         self.out.replies()
+    }
+
+    /// Requests answered `ENOMEM` because the service's heap had no room
+    /// for what they could allocate (not counting the memory quotas).
+    #[must_use]
+    pub fn heap_refusals(&self) -> u64 {
+        self.heap_refusals
     }
 
     /// Whether the connection broke the protocol and is no longer served.

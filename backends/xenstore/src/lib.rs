@@ -27,12 +27,16 @@
 //! - [`Xenstore`]: request dispatch, watches, transactions, domains.
 
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+// No `unsafe` in the library; the host tests' counting allocator
+// (`heap_tests.rs`) is the one exception, in test builds only.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+#![cfg_attr(test, deny(unsafe_code))]
 #![warn(missing_docs)]
 
 extern crate alloc;
 
 pub mod conn;
+pub mod heap;
 mod ops;
 pub mod path;
 pub mod perms;
@@ -45,12 +49,15 @@ mod exhaustion_tests;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod heap_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
 
 pub use conn::{ConnId, Connection, Introduction};
-pub use service::{Action, Fed, HandleError, Xenstore};
+pub use heap::HeapGate;
+pub use service::{Action, Fed, HandleError, Hold, Xenstore};
 
 use guest_abi::io::xenstore::XENSTORE_REL_PATH_MAX;
 
@@ -104,6 +111,21 @@ pub struct Limits {
     /// domain has. Beyond it requests are refused with `ENOMEM` and watch
     /// events dropped, as for one domain over its quota.
     pub memory_total: usize,
+    /// Heap every unprivileged client must leave free: a request from one
+    /// runs only if the heap can give the request's upper bound and still
+    /// keep this much (see [`crate::heap`]); otherwise it is answered
+    /// `ENOMEM`, or, if even that cannot be afforded, its ring is not read.
+    /// What it keeps serves the service domain's own work and its
+    /// privileged connections, which only need the bound itself.
+    pub heap_reserve: usize,
+    /// Further heap kept for light clients: one whose domain makes the
+    /// service hold more than [`Limits::light_usage`] must leave this much
+    /// on top of [`Limits::heap_reserve`], so clients that flood the store
+    /// run short before the ones that use it lightly do.
+    pub heap_reserve_light: usize,
+    /// Memory (as counted for [`Limits::memory_per_domain`]) up to which a
+    /// domain counts as light.
+    pub light_usage: usize,
 }
 
 impl Default for Limits {
@@ -120,6 +142,9 @@ impl Default for Limits {
             outstanding_per_domain: 20,
             memory_per_domain: 2 * 1024 * 1024 + 512 * 1024,
             memory_total: 8 * 1024 * 1024,
+            heap_reserve: 256 * 1024,
+            heap_reserve_light: 256 * 1024,
+            light_usage: 64 * 1024,
         }
     }
 }

@@ -268,7 +268,13 @@ impl Ctx<'_> {
 
     fn directory(&self, store: &mut Store, payload: &[u8]) -> Result<Vec<u8>, Errno> {
         let c = self.canon(wire::one_arg(payload)?, false)?;
-        Ok(self.lookup(store, &c.path, PERM_READ)?.children_bytes())
+        let node = self.lookup(store, &c.path, PERM_READ)?;
+        // Checked before the list is built: a reply is never larger than a
+        // message, so neither is what this request allocates.
+        if node.children_len() > XENSTORE_PAYLOAD_MAX {
+            return Err(Errno::E2BIG);
+        }
+        Ok(node.children_bytes())
     }
 
     /// `path\0offset\0` → `generation\0` then as many whole child names from
@@ -286,28 +292,34 @@ impl Ctx<'_> {
         let node = self.lookup(store, &c.path, PERM_READ)?;
         let off = path::parse_decimal(off, 10).ok_or(Errno::EINVAL)?;
         let off = usize::try_from(off).map_err(|_| Errno::EINVAL)?;
-        let mut out = alloc::format!("{}", node.generation()).into_bytes();
+        let mut out = Vec::with_capacity(XENSTORE_PAYLOAD_MAX);
+        out.extend_from_slice(alloc::format!("{}", node.generation()).as_bytes());
         out.push(0);
-        let children = node.children_bytes();
-        let Some(rest) = children.get(off..).filter(|r| !r.is_empty()) else {
+        let total = node.children_len();
+        if off >= total {
             out.push(0);
             return Ok(out);
-        };
+        }
+        // The child list in wire form (each name and a NUL) from byte `off`,
+        // walked name by name without building it: whole pieces up to a NUL
+        // (the first may be the tail of a name) while they fit.
         let room = XENSTORE_PAYLOAD_MAX - out.len() - 1;
         let mut len = 0;
-        while len < rest.len() {
-            let name_len = rest[len..]
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(rest.len() - len);
-            if len + name_len >= room {
-                break;
+        let mut pos = 0;
+        for name in node.children() {
+            let end = pos + name.len() + 1;
+            if end > off {
+                let piece = &name.as_bytes()[off.saturating_sub(pos)..];
+                if len + piece.len() >= room {
+                    break;
+                }
+                out.extend_from_slice(piece);
+                out.push(0);
+                len += piece.len() + 1;
             }
-            len += name_len + 1;
+            pos = end;
         }
-        let len = len.min(rest.len());
-        out.extend_from_slice(&rest[..len]);
-        if len == rest.len() {
+        if len == total - off {
             out.push(0);
         }
         Ok(out)

@@ -188,12 +188,21 @@ impl Perms {
         if owner_gone {
             self.entries[0].domid = heir;
         }
-        let (first, rest) = self.entries.split_at(1);
-        let mut kept: Vec<Perm> = first.to_vec();
-        kept.extend(rest.iter().copied().filter(|p| p.domid != domid));
-        let changed = owner_gone || kept.len() != before;
-        self.entries = kept;
-        changed
+        // In place: releasing a domain allocates nothing here.
+        let mut first = true;
+        self.entries.retain(|p| {
+            let keep = first || p.domid != domid;
+            first = false;
+            keep
+        });
+        owner_gone || self.entries.len() != before
+    }
+
+    /// Heap bytes a copy of the list takes (its array and the allocation's
+    /// rounding).
+    #[must_use]
+    pub fn heap_size(&self) -> usize {
+        self.entries.len() * core::mem::size_of::<Perm>() + 32
     }
 
     /// The node-size accounting Xen applies to permissions (8 bytes each).

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 
 use guest_abi::io::xenstore::{
     XENSTORE_PAYLOAD_MAX, XS_CONTROL, XS_GET_DOMAIN_PATH, XS_INTRODUCE, XS_IS_DOMAIN_INTRODUCED,
-    XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_RM, XS_SET_PERMS, XS_SET_TARGET,
+    XS_GET_PERMS, XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_RM, XS_SET_PERMS, XS_SET_TARGET,
     XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XS_WRITE,
     XsdSockmsg,
 };
@@ -26,6 +26,7 @@ use guest_abi::{DomId, Errno};
 
 use crate::Limits;
 use crate::conn::{ConnId, Connection, Introduction, Transaction, Watch};
+use crate::heap::{self, ALLOC, HeapGate};
 use crate::ops::{self, Change, Who};
 use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
 use crate::perms::{Access, PERM_READ, Perms};
@@ -70,7 +71,38 @@ pub enum HandleError {
     /// ignored (Xen's ring `error` field should be set to
     /// `XENSTORE_ERROR_PROTO`).
     Frame(FrameError),
+    /// The heap has no room even to answer the message: nothing was done;
+    /// offer it again later.
+    NoMemory,
 }
+
+/// Why a connection's input is not being read ([`Xenstore::hold`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// No such connection.
+    Unknown,
+    /// It broke the framing protocol.
+    Ignored,
+    /// It has [`Limits::outstanding_per_domain`] replies it has not taken.
+    Outstanding,
+    /// The service's heap has no room to take and answer one more request
+    /// from it ([`INPUT_BOUND`] beyond its reserve).
+    Heap,
+}
+
+/// Wire size of the largest message.
+const MSG: usize = wire::HEADER_SIZE + XENSTORE_PAYLOAD_MAX;
+
+/// What handling a message takes before its own bound is known and
+/// checked: working out that bound (a canonical path and a home prefix)
+/// and an error reply.
+pub(crate) const PRE_BOUND: usize = 2 * MSG + 1024;
+
+/// What taking one more message from a connection's input may take before
+/// it is handled: reassembling it (a header, then the whole message) and
+/// [`PRE_BOUND`]. A connection is read only while the heap can give this
+/// (beyond the connection's reserve).
+pub const INPUT_BOUND: usize = MSG + wire::HEADER_SIZE + 2 * ALLOC + PRE_BOUND;
 
 /// What [`Xenstore::feed`] did with the bytes it was offered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,6 +145,7 @@ pub struct Xenstore {
     next_conn: u32,
     actions: VecDeque<Action>,
     limits: Limits,
+    heap: HeapGate,
 }
 
 impl Default for Xenstore {
@@ -143,7 +176,14 @@ impl Xenstore {
             next_conn: 1,
             actions: VecDeque::new(),
             limits,
+            heap: heap::unlimited,
         }
+    }
+
+    /// Ask `gate` before every allocation made for a client (see
+    /// [`crate::heap`]); the service domain passes its real heap's.
+    pub fn set_heap_gate(&mut self, gate: HeapGate) {
+        self.heap = gate;
     }
 
     /// The quotas in force.
@@ -213,6 +253,13 @@ impl Xenstore {
             return Err(Errno::EINVAL);
         }
         let intro = Introduction { mfn, evtchn };
+        let need = heap::btree_insert(self.conns.len(), core::mem::size_of::<(ConnId, Connection)>())
+            + heap::btree_insert(self.domains.len(), 8)
+            + heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>())
+            + 4 * ALLOC;
+        if !(self.heap)(need, 0) {
+            return Err(Errno::ENOMEM);
+        }
         let conn = match self.domains.get(&domid.0) {
             Some(&id) => id,
             None => {
@@ -239,7 +286,20 @@ impl Xenstore {
     /// and grants naming it vanish (so a later domain reusing the id inherits
     /// nothing), `@releaseDomain` fires and an [`Action::Released`] is queued.
     /// `ENOENT` if the domain was not introduced.
+    /// `ENOMEM`, with nothing done, if the heap cannot give what copying
+    /// the nodes that name it (those shared with transactions) may take:
+    /// try again later.
     pub fn release(&mut self, domid: DomId) -> Result<(), Errno> {
+        if !self.domains.contains_key(&domid.0) {
+            return Err(Errno::ENOENT);
+        }
+        let need = self
+            .store
+            .forget_cost(domid.0)
+            .saturating_add(heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>()));
+        if !(self.heap)(need, 0) {
+            return Err(Errno::ENOMEM);
+        }
         let conn = self.domains.remove(&domid.0).ok_or(Errno::ENOENT)?;
         self.conns.remove(&conn);
         self.store.forget_domain(domid.0, HEIR_DOMID);
@@ -256,6 +316,9 @@ impl Xenstore {
             domid: 0,
             privileged: true,
         };
+        if !(self.heap)(8 * MSG, 0) {
+            return Err(Errno::ENOMEM);
+        }
         let home = path::home_path(domid.0);
         let mut req = home.clone().into_bytes();
         req.push(0);
@@ -308,15 +371,33 @@ impl Xenstore {
     /// memory quota is still read (its requests that would need more
     /// memory are refused with `ENOMEM`), so it can always free memory by
     /// ending transactions, removing nodes or watches.
+    ///
+    /// False too while the heap cannot give [`INPUT_BOUND`] (plus a slot
+    /// in the connection's output queue) beyond what the connection must
+    /// leave ([`Limits::heap_reserve`]): its requests then stay in its
+    /// ring until memory is freed. See [`Xenstore::hold`] for the reason.
     #[must_use]
     pub fn accepts_input(&self, conn: ConnId) -> bool {
+        self.hold(conn).is_none()
+    }
+
+    /// Why `conn`'s input is not read now, or `None` if it is.
+    #[must_use]
+    pub fn hold(&self, conn: ConnId) -> Option<Hold> {
         let Some(c) = self.conns.get(&conn) else {
-            return false;
+            return Some(Hold::Unknown);
         };
         if c.ignored {
-            return false;
+            return Some(Hold::Ignored);
         }
-        c.privileged || c.out.replies() < self.limits.outstanding_per_domain
+        if !c.privileged && c.out.replies() >= self.limits.outstanding_per_domain {
+            return Some(Hold::Outstanding);
+        }
+        let need = INPUT_BOUND.saturating_add(c.out.growth_bytes());
+        if !heap_room(self.heap, &self.store, &self.limits, c, need) {
+            return Some(Hold::Heap);
+        }
+        None
     }
 
     // ---- input ------------------------------------------------------------
@@ -372,10 +453,20 @@ impl Xenstore {
     /// message if that completes one: (bytes taken, whether one was
     /// handled). Broken framing marks the connection ignored.
     fn take_input(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(usize, bool), HandleError> {
+        // Nothing is taken unless the heap can give what reading and
+        // answering one message takes, and the reply's queue slot.
+        let room = {
+            let c = self.conns.get(&conn).ok_or(HandleError::UnknownConnection)?;
+            let need = INPUT_BOUND.saturating_add(c.out.growth_bytes());
+            heap_room(self.heap, &self.store, &self.limits, c, need)
+        };
         let c = self
             .conns
             .get_mut(&conn)
             .ok_or(HandleError::UnknownConnection)?;
+        if !room || !c.out.reserve_slot() {
+            return Ok((0, false));
+        }
         let (used, msg) = match c.input.push(bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -394,13 +485,29 @@ impl Xenstore {
 
     /// Handle one complete request message from `conn` and queue its reply
     /// (and any watch events it causes).
+    ///
+    /// The request runs only if the heap can give an upper bound of what it
+    /// allocates (see [`crate::heap`]) beyond what the client must leave;
+    /// otherwise it is answered `ENOMEM` and changes nothing.
+    /// [`HandleError::NoMemory`] if even that answer cannot be afforded.
     pub fn handle(&mut self, conn: ConnId, request: &[u8]) -> Result<(), HandleError> {
+        let c = self
+            .conns
+            .get(&conn)
+            .ok_or(HandleError::UnknownConnection)?;
+        if c.ignored {
+            return Err(HandleError::Ignored);
+        }
+        let need = PRE_BOUND.saturating_add(c.out.growth_bytes());
+        if !heap_room(self.heap, &self.store, &self.limits, c, need) {
+            return Err(HandleError::NoMemory);
+        }
         let c = self
             .conns
             .get_mut(&conn)
             .ok_or(HandleError::UnknownConnection)?;
-        if c.ignored {
-            return Err(HandleError::Ignored);
+        if !c.out.reserve_slot() {
+            return Err(HandleError::NoMemory);
         }
         let msg = match wire::parse(request) {
             Ok(m) => m,
@@ -410,7 +517,20 @@ impl Xenstore {
             }
         };
         let h = msg.header;
-        let (reply, then_event) = match self.dispatch(conn, &h, msg.payload) {
+        let bound = self.request_bound(conn, &h, msg.payload);
+        let afforded = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| heap_room(self.heap, &self.store, &self.limits, c, bound));
+        let result = if afforded {
+            self.dispatch(conn, &h, msg.payload)
+        } else {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.heap_refusals = c.heap_refusals.saturating_add(1);
+            }
+            Err(Errno::ENOMEM)
+        };
+        let (reply, then_event) = match result {
             Ok(r) if r.payload.len() <= XENSTORE_PAYLOAD_MAX => (
                 wire::encode(h.type_, h.req_id, h.tx_id, &r.payload),
                 r.then_event,
@@ -432,6 +552,68 @@ impl Xenstore {
             }
         }
         Ok(())
+    }
+
+    /// An upper bound of what handling request `h` with `payload` from
+    /// `conn` allocates (its watch events aside: [`Xenstore::fire`] asks
+    /// for those itself), from the request and the state it will meet.
+    fn request_bound(&self, conn: ConnId, h: &XsdSockmsg, payload: &[u8]) -> usize {
+        let Some(c) = self.conns.get(&conn) else {
+            return 0;
+        };
+        let p = payload.len();
+        // Argument lists, path copies, the value, the reply twice (payload
+        // and message) and an event message, the quota's own look at the
+        // path, the output queue's growth.
+        let base = 4 * MSG
+            + 8 * (p + ALLOC)
+            + 3 * (wire::count_strings(payload) + 1) * 2 * ALLOC
+            + 2 * c.out.growth_bytes()
+            + 2048;
+        let who = Who {
+            domid: c.domid,
+            privileged: c.privileged,
+        };
+        let op = h.type_;
+        if ops::is_store_op(op) {
+            let view = if h.tx_id == 0 {
+                Some(&self.store)
+            } else {
+                c.transactions.get(&h.tx_id).map(|t| &t.store)
+            };
+            return match view {
+                Some(v) => base.saturating_add(store_op_bound(v, &self.limits, who, op, payload)),
+                None => base,
+            };
+        }
+        match op {
+            XS_WATCH => base
+                .saturating_add(heap::vec_growth(c.watches.len(), core::mem::size_of::<Watch>()))
+                .saturating_add(2 * MSG),
+            XS_TRANSACTION_START => base
+                .saturating_add(self.store.clone_heap_cost())
+                .saturating_add(heap::btree_insert(
+                    c.transactions.len(),
+                    core::mem::size_of::<(u32, Transaction)>(),
+                )),
+            XS_TRANSACTION_END => match c.transactions.get(&h.tx_id) {
+                Some(t) => base.saturating_add(commit_bound(&self.store, &t.store)),
+                None => base,
+            },
+            XS_INTRODUCE => base
+                .saturating_add(heap::btree_insert(self.conns.len(), core::mem::size_of::<(ConnId, Connection)>()))
+                .saturating_add(heap::btree_insert(self.domains.len(), 8))
+                .saturating_add(heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>())),
+            XS_RELEASE => {
+                let domid = wire::one_arg(payload)
+                    .ok()
+                    .and_then(|a| path::parse_domid(a).ok())
+                    .unwrap_or(0);
+                base.saturating_add(self.store.forget_cost(domid))
+                    .saturating_add(heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>()))
+            }
+            _ => base,
+        }
     }
 
     fn dispatch(&mut self, conn: ConnId, h: &XsdSockmsg, payload: &[u8]) -> Result<Reply, Errno> {
@@ -758,6 +940,7 @@ impl Xenstore {
             store,
             conns,
             limits,
+            heap: gate,
             ..
         } = self;
         let dedup = !path::is_special(&ch.path);
@@ -780,6 +963,23 @@ impl Xenstore {
             if !watch_permitted(store, who, ch) {
                 continue;
             }
+            // Only if the heap can give the events (as they would be
+            // dropped past the quotas).
+            let (n, bytes) = c
+                .watches
+                .iter()
+                .filter(matches)
+                .fold((0usize, 0usize), |(n, b), w| {
+                    (n + 1, b.saturating_add(w.path.len().max(ch.path.len()) + w.token.len()))
+                });
+            let need = bytes
+                .saturating_add(n.saturating_mul(wire::HEADER_SIZE + 2 + 3 * ALLOC))
+                .saturating_mul(2)
+                .saturating_add(heap::vec_growth(n, core::mem::size_of::<Vec<u8>>()))
+                .saturating_add(n.saturating_mul(c.out.growth_bytes().max(64)));
+            if !heap_room(*gate, store, limits, c, need) {
+                continue;
+            }
             let events: Vec<Vec<u8>> = c
                 .watches
                 .iter()
@@ -794,6 +994,133 @@ impl Xenstore {
             }
         }
     }
+}
+
+/// Whether the heap can give `need` bytes for client `c` and keep what it
+/// must leave: nothing for a privileged client; [`Limits::heap_reserve`]
+/// for an unprivileged one, plus [`Limits::heap_reserve_light`] once its
+/// domain holds more than [`Limits::light_usage`].
+fn heap_room(gate: HeapGate, store: &Store, limits: &Limits, c: &Connection, need: usize) -> bool {
+    let keep = if c.privileged {
+        0
+    } else if usage(store, c) > limits.light_usage {
+        limits.heap_reserve.saturating_add(limits.heap_reserve_light)
+    } else {
+        limits.heap_reserve
+    };
+    gate(need, keep)
+}
+
+/// An upper bound of what store request `op` allocates on `view` (the
+/// shared store or a transaction's copy) beyond the request's base: the
+/// nodes it creates, copies of nodes it changes that are shared with
+/// another copy, the subtree a removal lists, and journal entries.
+fn store_op_bound(view: &Store, limits: &Limits, who: Who, op: u32, payload: &[u8]) -> usize {
+    let raw = payload.split(|&b| b == 0).next().unwrap_or(&[]);
+    let max = (!who.privileged).then_some(limits.path_len);
+    let Ok(c) = path::canonicalize(raw, who.domid, true, max) else {
+        return 0;
+    };
+    let len = c.path.len();
+    // Walk up to the nearest existing node: missing components, the
+    // largest permission list on the way.
+    let mut missing = 0usize;
+    let mut perms = 0usize;
+    let mut cur = c.path.as_str();
+    let ancestor = loop {
+        if let Some(n) = view.get(cur) {
+            perms = perms.max(n.perms().heap_size());
+            break Some(n);
+        }
+        missing += 1;
+        match path::parent(cur) {
+            Some(p) => cur = p,
+            None => break None,
+        }
+    };
+    let node = view.get(&c.path);
+    let journal = |entries: usize, perms: usize| {
+        view.journal()
+            .map_or(0, |j| j.entry_cost(entries, len, perms))
+    };
+    let reads = journal(missing + 2, perms);
+    match op {
+        XS_WRITE | XS_MKDIR => match node {
+            Some(n) => reads
+                .saturating_add(n.clone_cost())
+                .saturating_add(journal(2, n.perms().heap_size())),
+            None => {
+                let Some(a) = ancestor else { return reads };
+                let perms = a.perms().heap_size();
+                let per_node = 4 * (len + ALLOC)
+                    + 2 * core::mem::size_of::<Node>()
+                    + 4 * ALLOC
+                    + 2 * perms
+                    + view.insert_cost(missing)
+                    + heap::btree_insert(a.children().count().max(1), 24);
+                reads
+                    .saturating_add(a.clone_cost())
+                    .saturating_add(missing.saturating_mul(per_node))
+                    .saturating_add(journal(2 * missing + 2, perms))
+                    .saturating_add(heap::vec_growth(missing, 24))
+                    .saturating_add(heap::vec_growth(missing, 16))
+            }
+        },
+        XS_RM => match node {
+            Some(n) => {
+                let (nodes, path_bytes, perm_bytes) = view.subtree_cost(&c.path);
+                let parent = path::parent(&c.path).and_then(|p| view.get(p));
+                let parent_cost = parent.map_or(0, |p| p.clone_cost() + p.perms().heap_size());
+                reads
+                    .saturating_add(parent_cost)
+                    .saturating_add(n.perms().heap_size())
+                    .saturating_add(path_bytes)
+                    .saturating_add(nodes.saturating_mul(ALLOC))
+                    .saturating_add(2 * perm_bytes)
+                    .saturating_add(heap::vec_growth(nodes, 24))
+                    .saturating_add(heap::vec_growth(nodes, core::mem::size_of::<crate::store::Removed>()))
+                    .saturating_add(heap::vec_growth(nodes, core::mem::size_of::<Change>()))
+                    .saturating_add(
+                        view.journal()
+                            .map_or(0, |j| j.entry_cost(nodes + 2, len, perms))
+                            .saturating_add(view.journal().map_or(0, |_| 4 * path_bytes + 2 * perm_bytes)),
+                    )
+            }
+            None => reads,
+        },
+        XS_SET_PERMS => match node {
+            Some(n) => reads
+                .saturating_add(n.clone_cost())
+                .saturating_add(2 * n.perms().heap_size())
+                .saturating_add(journal(2, n.perms().heap_size().max(payload.len() * 2))),
+            None => reads,
+        },
+        XS_GET_PERMS => reads.saturating_add(node.map_or(0, |n| n.perms().heap_size() * 16)),
+        _ => reads,
+    }
+}
+
+/// An upper bound of what committing transaction copy `copy` into
+/// `store` allocates: each node it changed put back (a key, a tree
+/// insert, a copy if shared) and each event's change record.
+fn commit_bound(store: &Store, copy: &Store) -> usize {
+    let Some(j) = copy.journal() else {
+        return 0;
+    };
+    let nodes = j.modified.iter().fold(0usize, |t, p| {
+        t.saturating_add(p.len() + ALLOC)
+            .saturating_add(store.insert_cost(0))
+            .saturating_add(copy.get(p).map_or(0, Node::clone_cost))
+    });
+    let events = j.events.iter().fold(0usize, |t, (p, _)| {
+        let perms = j
+            .accessed
+            .get(p)
+            .and_then(|s| s.perms.as_ref())
+            .map_or(0, Perms::heap_size);
+        t.saturating_add(p.len() + 2 * ALLOC + perms + core::mem::size_of::<Change>())
+    });
+    nodes.saturating_add(events).saturating_add(4096)
 }
 
 /// May `who` hear about `ch`? If it could read the node before a permission

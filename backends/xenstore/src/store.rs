@@ -92,6 +92,21 @@ impl Node {
         self.children.iter().map(|c| c.len() + 1).sum()
     }
 
+    /// An upper bound of the heap a copy of this node takes (what
+    /// `Arc::make_mut` allocates when the node is shared with a
+    /// transaction): the node, its value, its permissions and its child
+    /// set, each name with its allocation and tree slot.
+    #[must_use]
+    pub fn clone_cost(&self) -> usize {
+        2 * core::mem::size_of::<Self>()
+            + 64
+            + self.value.len()
+            + self.perms.heap_size()
+            + self.children.len() * 112
+            + self.children_len()
+            + 512
+    }
+
     /// The child list in wire form: each name followed by a NUL.
     #[must_use]
     pub fn children_bytes(&self) -> Vec<u8> {
@@ -149,6 +164,25 @@ impl Journal {
             self.event_index.insert(path.to_owned(), self.events.len());
             self.events.push((path.to_owned(), exact));
         }
+    }
+
+    /// An upper bound of the heap `entries` more journal entries take, for
+    /// paths of at most `path_len` bytes whose permission lists take at
+    /// most `perms` bytes: each may copy its path four times (what it saw,
+    /// that it changed, its event and the event's index) and its
+    /// permissions once, split a node on every level of three trees, and
+    /// make the event list reallocate.
+    #[must_use]
+    pub fn entry_cost(&self, entries: usize, path_len: usize, perms: usize) -> usize {
+        let len = self.accessed.len().max(self.event_index.len()).saturating_add(entries);
+        let slot = core::mem::size_of::<String>() + core::mem::size_of::<Seen>();
+        let one = 4 * (path_len + crate::heap::ALLOC)
+            + perms
+            + crate::heap::btree_insert(len, slot)
+            + 2 * crate::heap::btree_insert(len, slot);
+        entries
+            .saturating_mul(one)
+            .saturating_add(crate::heap::vec_growth(self.events.len() + entries, core::mem::size_of::<(String, bool)>()))
     }
 
     /// What the journal and the nodes it changed cost: the memory a
@@ -230,6 +264,26 @@ impl Store {
     #[must_use]
     pub fn owned_bytes(&self, domid: u16) -> usize {
         self.owned_bytes.get(&domid).copied().unwrap_or(0)
+    }
+
+    /// An upper bound of the heap a copy of this store (a transaction's)
+    /// takes: the map's tree nodes (the keys and nodes are shared) and the
+    /// ownership tables.
+    #[must_use]
+    pub fn clone_heap_cost(&self) -> usize {
+        self.nodes
+            .len()
+            .saturating_mul(96)
+            .saturating_add((self.owned.len() + self.owned_bytes.len()).saturating_mul(96))
+            .saturating_add(4096)
+    }
+
+    /// An upper bound of the heap inserting one more node into the map
+    /// takes beyond the node and its key.
+    #[must_use]
+    pub fn insert_cost(&self, more: usize) -> usize {
+        crate::heap::btree_insert(self.nodes.len().saturating_add(more), 24)
+            .saturating_add(crate::heap::btree_insert(self.owned.len() + 1, 16))
     }
 
     /// What a transaction's copy of this store costs (see
@@ -546,19 +600,71 @@ impl Store {
 
     /// Rewrite every node that mentions `domid` (see
     /// [`Perms::forget_domain`]). Returns how many nodes changed.
+    ///
+    /// Walks the map with a cursor (a shared key, no copy), so the only
+    /// memory it takes is a copy of each affected node still shared with a
+    /// transaction (see [`Store::forget_cost`]).
     pub(crate) fn forget_domain(&mut self, domid: u16, heir: u16) -> usize {
-        let affected: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.perms.entries().iter().any(|p| p.domid == domid))
-            .map(|(k, _)| String::from(&**k))
-            .collect();
-        for p in &affected {
-            self.modify(p, |n| {
+        let mentions = |n: &Node| n.perms.entries().iter().any(|p| p.domid == domid);
+        let mut count = 0;
+        let mut after: Option<Arc<str>> = None;
+        loop {
+            let next = match &after {
+                None => self.nodes.iter().find(|(_, n)| mentions(n)),
+                Some(k) => self
+                    .nodes
+                    .range::<str, _>((Bound::Excluded(&**k), Bound::Unbounded))
+                    .find(|(_, n)| mentions(n)),
+            };
+            let Some(key) = next.map(|(k, _)| Arc::clone(k)) else {
+                return count;
+            };
+            self.modify(&key, |n| {
                 n.perms.forget_domain(domid, heir);
             });
+            count += 1;
+            after = Some(key);
         }
-        affected.len()
+    }
+
+    /// An upper bound of the heap [`Store::forget_domain`] takes: a copy of
+    /// every node that names `domid`.
+    #[must_use]
+    pub fn forget_cost(&self, domid: u16) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.perms.entries().iter().any(|p| p.domid == domid))
+            .fold(0usize, |t, n| t.saturating_add(n.clone_cost()))
+    }
+
+    /// Nodes at and beneath `path`, the bytes of their paths and of their
+    /// permission lists (an upper bound of what removing it copies).
+    #[must_use]
+    pub fn subtree_cost(&self, path: &str) -> (usize, usize, usize) {
+        let Some(top) = self.nodes.get(path) else {
+            return (0, 0, 0);
+        };
+        let mut totals = (1, path.len(), top.perms.heap_size());
+        let top_level = path == "/";
+        for (k, n) in self
+            .nodes
+            .range::<str, _>((Bound::Excluded(path), Bound::Unbounded))
+        {
+            let beneath = k.strip_prefix(path).is_some_and(|rest| top_level || rest.starts_with('/'));
+            if !beneath {
+                // Keys beneath `path` sort directly after it, except that
+                // `path` followed by a byte below '/' ('-') sorts between:
+                // skip those, stop at the first key not starting with `path`.
+                if k.starts_with(path) {
+                    continue;
+                }
+                break;
+            }
+            totals.0 += 1;
+            totals.1 += k.len();
+            totals.2 += n.perms.heap_size();
+        }
+        totals
     }
 
     /// Check the structural invariants: the root exists, every node's parent

@@ -33,6 +33,9 @@ impl Bench {
 
     pub fn with_limits(limits: Limits) -> Self {
         let mut xs = Xenstore::with_limits(limits);
+        // Every request below runs under the counting gate: each test also
+        // checks that nothing allocates past what the gate granted.
+        xs.set_heap_gate(crate::heap_tests::gate);
         let dom0 = xs.connect(DomId(0), true);
         Self {
             xs,
@@ -44,11 +47,12 @@ impl Bench {
 
     /// Introduce `domid` with a home directory, as a toolstack would.
     pub fn guest(&mut self, domid: u16) -> ConnId {
-        self.xs.create_home(DomId(domid)).unwrap();
-        let c = self
-            .xs
-            .introduce(DomId(domid), 0x1000 + u64::from(domid), 5)
-            .unwrap();
+        crate::heap_tests::checked(|| self.xs.create_home(DomId(domid))).unwrap();
+        let c = crate::heap_tests::checked(|| {
+            self.xs
+                .introduce(DomId(domid), 0x1000 + u64::from(domid), 5)
+        })
+        .unwrap();
         self.xs.take_actions();
         c
     }
@@ -58,9 +62,8 @@ impl Bench {
     pub fn req(&mut self, c: ConnId, ty: u32, tx: u32, payload: &[u8]) -> Res<Vec<u8>> {
         self.next_req += 1;
         let req_id = self.next_req;
-        self.xs
-            .handle(c, &wire::encode(ty, req_id, tx, payload))
-            .unwrap();
+        let msg = wire::encode(ty, req_id, tx, payload);
+        crate::heap_tests::checked(|| self.xs.handle(c, &msg)).unwrap();
         let mut reply = None;
         while let Some(m) = self.xs.pop_output(c) {
             let msg = wire::parse(&m).expect("the service frames its output");

@@ -148,9 +148,16 @@ impl Reassembler {
     /// that message (header included). Call again with the rest of `data` to
     /// continue. A header announcing an over-long payload is an error; the
     /// stream cannot be resynchronised after it.
+    ///
+    /// The buffer grows by fallible allocations, at most twice per message
+    /// (the header, then the exact message size): if the heap has no room,
+    /// the bytes are not taken (the count says so) and may be offered again.
     pub fn push(&mut self, data: &[u8]) -> Result<(usize, Option<Vec<u8>>), FrameError> {
         let mut used = 0;
         if self.want.is_none() {
+            if self.buf.try_reserve_exact(HEADER_SIZE - self.buf.len()).is_err() {
+                return Ok((0, None));
+            }
             let take = (HEADER_SIZE - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             used = take;
@@ -165,6 +172,9 @@ impl Reassembler {
             self.want = Some(HEADER_SIZE + header.len as usize);
         }
         let want = self.want.unwrap_or(HEADER_SIZE);
+        if self.buf.try_reserve_exact(want.saturating_sub(self.buf.len())).is_err() {
+            return Ok((used, None));
+        }
         let rest = &data[used..];
         let take = want.saturating_sub(self.buf.len()).min(rest.len());
         self.buf.extend_from_slice(&rest[..take]);
@@ -176,13 +186,18 @@ impl Reassembler {
         Ok((used, None))
     }
 
-    /// Push all of `data`, collecting every completed message.
+    /// Push all of `data`, collecting every completed message (stopping
+    /// early only if the heap has no room for the buffer).
     pub fn push_all(&mut self, mut data: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
         let mut out = Vec::new();
         while !data.is_empty() {
             let (used, msg) = self.push(data)?;
+            let stuck = used == 0 && msg.is_none();
             out.extend(msg);
             data = &data[used..];
+            if stuck {
+                break;
+            }
         }
         Ok(out)
     }
