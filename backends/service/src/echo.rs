@@ -190,10 +190,10 @@ impl Echoes {
     /// Returns whether anything changed in xenstore or is left to do.
     /// Steps only with `step_room` (the heap can give a step's
     /// allocations); serving allocates nothing.
-    pub fn pump(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler, step_room: bool) -> bool {
+    pub fn pump(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler, step_room: &mut crate::Room) -> bool {
         let mut moved = false;
         for d in self.devs.iter_mut() {
-            if step_room {
+            if step_room.now() {
                 moved |= d.step(xs, local, kick);
             }
             // Once per pass: a front-end that refills its ring as fast as it

@@ -51,6 +51,22 @@ pub fn heap_gate(need: usize, keep: usize) -> bool {
 /// values, its store requests): it runs only when the heap can give this.
 const STEP_BOUND: usize = 64 * 1024;
 
+/// Whether a handshake step may run on this pass (`STEP_BOUND` of room):
+/// asked of the heap at most once per pass, and only when some step is due
+/// (the probe walks the heap's free list, so the data path never pays it).
+pub struct Room(Option<bool>);
+
+impl Room {
+    fn new() -> Self {
+        Self(None)
+    }
+
+    /// Asks the heap the first time, then gives the same answer.
+    pub fn now(&mut self) -> bool {
+        *self.0.get_or_insert_with(|| heap_gate(STEP_BOUND, 0))
+    }
+}
+
 /// Set by every event we care about; the main loop clears it.
 static WORK: AtomicBool = AtomicBool::new(true);
 
@@ -306,6 +322,7 @@ fn main(si: &'static StartInfo) {
         let mut rounds = 0;
         loop {
             let mut moved = false;
+            let mut step_room = Room::new();
             for g in guests.iter_mut().filter(|g| g.alive) {
                 if let Some(s) = g.store.as_mut()
                     && s.pump(&mut xs)
@@ -342,14 +359,14 @@ fn main(si: &'static StartInfo) {
                 }
                 // A step allocates (paths, store requests): only with room
                 // for it, else on a later pass (the store stays dirty).
-                let step_room = heap_gate(STEP_BOUND, 0);
-                if !step_room {
-                    stepped_all = false;
-                }
                 for v in d.vbds.iter_mut() {
                     // Handshake states change only through the store.
-                    if step_room && (store_dirty || v.wants_step()) && v.step(&mut xs, &mut local, kick) {
-                        moved = true;
+                    if store_dirty || v.wants_step() {
+                        if !step_room.now() {
+                            stepped_all = false;
+                        } else if v.step(&mut xs, &mut local, kick) {
+                            moved = true;
+                        }
                     }
                     while v.serve(&mut d.disk) {
                         moved = true;
@@ -358,7 +375,7 @@ fn main(si: &'static StartInfo) {
             }
             store_dirty = !stepped_all;
             stepped_all = true;
-            if echoes.pump(&mut xs, &mut local, kick, heap_gate(STEP_BOUND, 0)) {
+            if echoes.pump(&mut xs, &mut local, kick, &mut step_room) {
                 moved = true;
             }
             rounds += 1;

@@ -83,6 +83,19 @@ impl StoreRing {
     /// consumes what it took. Returns whether anything was consumed;
     /// `Err` once the ring is broken.
     fn read_requests(&mut self, xs: &mut Xenstore) -> Result<bool, ()> {
+        let p = &self.page;
+        let cons = p.load_u32(REQ_CONS);
+        let prod = p.load_u32(REQ_PROD);
+        p.read_fence();
+        let avail = prod.wrapping_sub(cons);
+        if avail > RING {
+            self.fail(ERROR_RINGIDX);
+            return Err(());
+        }
+        if avail == 0 {
+            return Ok(false);
+        }
+        // Only with bytes waiting: the heap gate probes the allocator.
         if let Some(hold) = xs.hold(self.conn) {
             if hold == xenstore::Hold::Heap {
                 if !self.held_heap
@@ -109,18 +122,6 @@ impl StoreRing {
                     xs.memory_used(self.conn).unwrap_or(0)
                 );
             }
-            return Ok(false);
-        }
-        let p = &self.page;
-        let cons = p.load_u32(REQ_CONS);
-        let prod = p.load_u32(REQ_PROD);
-        p.read_fence();
-        let avail = prod.wrapping_sub(cons);
-        if avail > RING {
-            self.fail(ERROR_RINGIDX);
-            return Err(());
-        }
-        if avail == 0 {
             return Ok(false);
         }
         let mut buf = [0u8; XENSTORE_RING_SIZE];
