@@ -138,6 +138,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     let gsis = arch::ioapic::init();
     info!("I/O APICs: {gsis} interrupt lines, all masked");
     time::init();
+    start_cpus(si.rsdp_paddr);
 
     let audit = boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1");
     hypercall::AUDIT_EVERY_CALL.store(audit, core::sync::atomic::Ordering::Relaxed);
@@ -233,6 +234,37 @@ fn connect_service(hv: &mut domain::Hv) {
         boot_fail(format_args!("service domain: device access: {e:?}"));
     }
     info!("service domain {s}: store and console channels allocated for {} domains; device access granted", hv.domains.len() - 1);
+}
+
+/// Physical memory for the ACPI parser, through the direct map (RAM and
+/// the BIOS area below it).
+struct Phys;
+
+impl microvisor_core::acpi::PhysRead for Phys {
+    fn read(&self, pa: u64, out: &mut [u8]) -> bool {
+        if pa.checked_add(out.len() as u64).is_none_or(|end| end > mm::max_phys()) {
+            return false;
+        }
+        mm::read_phys(pa, out);
+        true
+    }
+}
+
+/// Finds the CPUs in ACPI's MADT and starts the others (they halt for
+/// now: guests run on this one; docs/smp.md). Without usable tables the
+/// hypervisor runs on this CPU alone and says why.
+fn start_cpus(rsdp_hint: u64) {
+    use microvisor_core::acpi;
+    static SCRATCH: spin::Mutex<[u8; 64 * 1024]> = spin::Mutex::new([0; 64 * 1024]);
+    let ids = acpi::find_rsdp(&Phys, rsdp_hint).and_then(|r| acpi::madt_apic_ids(&Phys, r, &mut SCRATCH.lock()[..]));
+    match ids {
+        Ok(ids) if ids.len() > 1 => {
+            let up = arch::smp::start_aps(&ids);
+            info!("cpus: {} of {} up (APIC ids {:?}); guests run on cpu 0", up + 1, ids.len(), ids.as_slice());
+        }
+        Ok(_) => info!("cpus: 1"),
+        Err(e) => info!("cpus: 1 ({e})"),
+    }
 }
 
 fn enable_protections() {

@@ -71,6 +71,15 @@ pub fn now_ns() -> u64 {
     scale_delta(cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)), mul, shift)
 }
 
+/// Busy-waits for `ns` nanoseconds (boot-time delays such as the ones
+/// INIT-SIPI-SIPI asks for).
+pub fn spin_ns(ns: u64) {
+    let end = now_ns().saturating_add(ns);
+    while now_ns() < end {
+        core::hint::spin_loop();
+    }
+}
+
 /// Writes vcpu_info[0].time of a domain's shared info page, as Xen does:
 /// version odd while updating, even when consistent.
 pub fn update_vcpu_time(page: mm::SharedFrame) {

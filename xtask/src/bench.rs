@@ -65,6 +65,7 @@ pub fn measuring_boot<'a>(kernel: &'a Path, initrd: &'a Path, icount: bool, time
         accel: Accel::Tcg,
         icount,
         cpu: CPU,
+        cpus: 1,
         memory_mib: 256,
         timeout,
         echo: false,

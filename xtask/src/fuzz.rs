@@ -210,6 +210,7 @@ fn boot_once(kdir: &Path, out_dir: &Path, o: &FuzzOpts, p: &Plan) -> Result<Boot
         accel: o.accel,
         icount: false,
         cpu: "max",
+        cpus: 1,
         memory_mib: 256,
         timeout: Duration::from_secs(secs),
         echo: false,

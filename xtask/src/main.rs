@@ -51,6 +51,9 @@ struct Opts {
     guest: Option<String>,
     /// `--qemu PATH`: the QEMU binary to launch instead of the default.
     qemu: Option<PathBuf>,
+    /// `--cpus N`: CPUs of the machine (run: default 2; test: for scenarios
+    /// without a `cpus` key, default 1).
+    cpus: Option<u32>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -68,6 +71,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         steps: 0,
         guest: None,
         qemu: None,
+        cpus: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -86,6 +90,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--steps" => o.steps = val("--steps")?.parse().map_err(|_| "error: --steps takes a count".to_string())?,
             "--guest" => o.guest = Some(val("--guest")?),
             "--qemu" => o.qemu = Some(PathBuf::from(val("--qemu")?)),
+            "--cpus" => {
+                o.cpus = Some(val("--cpus")?.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| "error: --cpus takes a count from 1 to 64".to_string())?)
+            }
             other => return Err(format!("error: unknown option '{other}' (see `cargo xtask help`)")),
         }
     }
@@ -94,13 +101,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 
 const HELP: &str = "usage: cargo xtask <command> [options]
   build                          build the hypervisor and all guests
-  run  [--manifest FILE] [--disk IMG] [--accel tcg|kvm] [--timeout S]
+  run  [--manifest FILE] [--disk IMG] [--accel tcg|kvm] [--timeout S] [--cpus N]
                                  boot a manifest (default: examples/default.manifest);
                                  a manifest with a service domain gets IMG (default
                                  target/run/disk.img, 64 MiB, kept between runs) as
-                                 its virtio disk
-  test [--accel tcg|kvm] [--filter TEXT]
+                                 its virtio disk; N CPUs (default 2)
+  test [--accel tcg|kvm] [--filter TEXT] [--cpus N]
                                  host unit tests, kernel checks and QEMU scenarios
+                                 (N CPUs for scenarios without a `cpus` key; default 1)
   test --on-xen [--accel ..] [--filter TEXT]
                                  single-domain scenarios on the microvisor and on
                                  real Xen 4.17, compared (tests/xen-allowlist.toml)
@@ -224,6 +232,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         accel: o.accel,
         icount: false,
         cpu: "max",
+        cpus: o.cpus.unwrap_or(2),
         memory_mib: 512,
         timeout: Duration::from_secs(o.timeout),
         echo: true,
@@ -330,7 +339,10 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
-    let scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?.into_iter().filter(|s| want(&s.name)).collect();
+    let mut scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?.into_iter().filter(|s| want(&s.name)).collect();
+    for s in scenarios.iter_mut().filter(|s| s.cpus.is_none() && s.target.as_deref() != Some("xen")) {
+        s.cpus = o.cpus;
+    }
     let log_dir = root.join("target/scenarios");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
     println!("== {} QEMU scenarios ({:?}), logs in {}", scenarios.len(), o.accel, log_dir.display());

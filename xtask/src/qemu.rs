@@ -317,6 +317,8 @@ pub struct Boot<'a> {
     pub accel: Accel,
     pub icount: bool,
     pub cpu: &'a str,
+    /// CPUs the machine has (`-smp`).
+    pub cpus: u32,
     pub memory_mib: u32,
     pub timeout: Duration,
     /// Also echo the console to our stdout as it arrives.
@@ -399,6 +401,7 @@ impl Boot<'_> {
         c.args(["-M", self.machine, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
             .args(["-cpu", self.cpu])
+            .args(["-smp", &self.cpus.max(1).to_string()])
             .args(["-m", &format!("{}M", self.memory_mib)])
             .arg("-kernel").arg(self.kernel)
             .arg("-initrd").arg(initrd)
@@ -649,6 +652,7 @@ mod tests {
             accel: Accel::Tcg,
             icount: false,
             cpu: "max",
+            cpus: 1,
             memory_mib: 256,
             timeout: Duration::from_secs(1),
             echo: false,

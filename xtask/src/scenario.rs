@@ -52,6 +52,10 @@ pub struct Scenario {
     /// scenarios whose guests measure time-based shares deterministically.
     #[serde(default)]
     pub icount: bool,
+    /// CPUs of the machine (`-smp`); without the key, `test --cpus N`'s
+    /// value (default 1).
+    #[serde(default)]
+    pub cpus: Option<u32>,
     /// Text typed on the serial console (QEMU's stdin) once the console
     /// shows `console_input_after` (both or neither).
     #[serde(default)]
@@ -212,6 +216,9 @@ impl Scenario {
             (Some(_), None) | (None, Some(_)) => return Err("console_input and console_input_after go together: the text to type and the console text to wait for".into()),
             (_, Some(m)) if m.is_empty() => return Err("console_input_after must not be empty text".into()),
             _ => {}
+        }
+        if self.cpus.is_some_and(|n| !(1..=64).contains(&n)) {
+            return Err("cpus: a count from 1 to 64".into());
         }
         self.min_qemu = match &self.raw_min_qemu {
             None => None,
@@ -661,6 +668,7 @@ pub fn run_boots(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Res
             accel,
             icount: s.icount && accel == Accel::Tcg,
             cpu: "max",
+            cpus: s.cpus.unwrap_or(1),
             memory_mib: s.memory_mib,
             timeout: Duration::from_secs(s.timeout),
             echo: false,

@@ -63,6 +63,7 @@ impl Dom0<'_> {
             accel: self.accel,
             icount: self.icount,
             cpu: self.cpu,
+            cpus: 1,
             memory_mib: 512,
             timeout: self.timeout,
             echo: false,

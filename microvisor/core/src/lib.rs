@@ -9,6 +9,7 @@
 //! panics on input it did not create itself: malformed input always comes back
 //! as an error value.
 
+pub mod acpi;
 pub mod bootmem;
 pub mod cpio;
 pub mod decode;

@@ -42,6 +42,30 @@ pub fn init() {
     write(LVT_TIMER, 1 << 16);
 }
 
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+
+/// Sends an inter-processor interrupt command (`icr`: delivery mode,
+/// level, vector) to the CPU with local-APIC ID `apic_id` (xAPIC: 8 bits),
+/// then waits until the APIC has sent it.
+fn send_ipi(apic_id: u32, icr: u32) {
+    write(ICR_HIGH, (apic_id & 0xff) << 24);
+    write(ICR_LOW, icr);
+    while read(ICR_LOW) & (1 << 12) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// INIT (asserted, level-triggered), the first half of waking an AP.
+pub fn send_init(apic_id: u32) {
+    send_ipi(apic_id, 0x4500);
+}
+
+/// Start-up IPI: the AP begins in real mode at `page` * 4096 (`page` < 256).
+pub fn send_startup(apic_id: u32, page: u8) {
+    send_ipi(apic_id, 0x4600 | u32::from(page));
+}
+
 /// This CPU's local APIC id.
 pub fn id() -> u32 {
     read(0x20) >> 24

@@ -38,6 +38,34 @@ pub fn cr4() -> u64 {
     v
 }
 
+/// Reads CR0.
+pub fn cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Writes CR0.
+///
+/// # Safety
+/// The value must keep protected mode, paging and the hypervisor's other
+/// assumptions (an AP copies the boot CPU's value).
+pub unsafe fn write_cr0(v: u64) {
+    // SAFETY: per the contract.
+    unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack, preserves_flags)) }
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// As for `write_cr0`: PAE must stay set, and the features enabled must be
+/// ones the CPU has (an AP copies the boot CPU's value).
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: per the contract.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
+}
+
 /// Sets bits in CR4 (feature enables only: SMEP, SMAP, PGE, OSFXSR...).
 pub fn cr4_set(bits: u64) {
     let v = cr4() | bits;
@@ -229,6 +257,7 @@ pub fn set_gs_base(base: u64) {
     unsafe { wrmsr(0xC000_0101, base) }
 }
 
+pub const MSR_GS_BASE: u32 = 0xC000_0101;
 pub const MSR_STAR: u32 = 0xC000_0081;
 pub const MSR_LSTAR: u32 = 0xC000_0082;
 pub const MSR_CSTAR: u32 = 0xC000_0083;

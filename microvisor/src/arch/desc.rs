@@ -223,6 +223,57 @@ fn note_tables() {
     unsafe { *(&raw mut ANY_GUEST_TABLES) = *(&raw const GUEST_LOADED) > 1 || *(&raw const LDT_LOADED) != 0 };
 }
 
+/// Bytes an application processor's GDT takes (the full 8192 entries: the
+/// reserved selectors sit at 0xE000 and up).
+pub const AP_GDT_BYTES: u64 = (GDT_ENTRIES * 8) as u64;
+
+/// Sets up and loads an application processor's own descriptor tables:
+/// its GDT at `gdt` (an `AP_GDT_BYTES` zeroed block) with the hypervisor's
+/// reserved entries and a TSS descriptor for its TSS at `tss` (one zeroed
+/// page), whose RSP0 is `rsp0` and IST stacks `ist`; the IDT is shared.
+/// Both are direct-map addresses of frames allocated for this CPU alone.
+///
+/// # Safety
+/// Runs once on the AP it is for, with interrupts off; `gdt` and `tss`
+/// must be writable memory of the sizes above that nothing else uses, and
+/// stay so for as long as the CPU runs.
+pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
+    // SAFETY: per the contract, `gdt` and `tss` are this CPU's own memory;
+    // the BSP's GDT is only read (its reserved entries never change after
+    // boot).
+    unsafe {
+        let mine = &mut *(gdt as *mut Gdt);
+        let bsp = &*(&raw const GDT);
+        mine.0[FIRST_RESERVED..].copy_from_slice(&bsp.0[FIRST_RESERVED..]);
+        let t = &mut *(tss as *mut Tss);
+        *t = Tss { _r0: 0, rsp: [rsp0, 0, 0], _r1: 0, ist: [ist[0], ist[1], ist[2], 0, 0, 0, 0], _r2: 0, _r3: 0, iomap: size_of::<Tss>() as u16 };
+        let limit = size_of::<Tss>() as u64 - 1;
+        mine.0[FIRST_RESERVED + 7] = (limit & 0xffff) | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((tss >> 24) & 0xff) << 56);
+        mine.0[FIRST_RESERVED + 8] = tss >> 32;
+        let gp = Pointer { limit: (size_of::<Gdt>() - 1) as u16, base: gdt };
+        asm!(
+            "lgdt [{gp}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ss, {ds:x}",
+            "mov ds, {zero:x}",
+            "mov es, {zero:x}",
+            "ltr {tss:x}",
+            gp = in(reg) &gp,
+            cs = in(reg) HV_CS as u64,
+            tmp = out(reg) _,
+            ds = in(reg) HV_DS as u64,
+            zero = in(reg) 0u64,
+            tss = in(reg) TSS_SEL as u64,
+        );
+        let ip = Pointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: (&raw const IDT) as u64 };
+        asm!("lidt [{}]", in(reg) &ip, options(nostack));
+    }
+}
+
 /// How many guest entries are currently loaded below the reserved area.
 static mut GUEST_LOADED: usize = 0;
 

@@ -8,3 +8,4 @@ pub mod desc;
 pub mod entry;
 pub mod ioapic;
 pub mod port;
+pub mod smp;
