@@ -221,6 +221,27 @@ pub struct GnttabUnmapGrantRef {
 }
 const _: () = assert!(size_of::<GnttabUnmapGrantRef>() == 24);
 
+/// `GNTTABOP_unmap_and_replace` element (24 bytes): removes the grant
+/// mapping `handle` at `host_addr`, puts the entry that maps `new_addr`
+/// there instead, and clears `new_addr`'s entry.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabUnmapAndReplace {
+    /// In: the grant mapping's virtual address.
+    pub host_addr: u64,
+    /// In: the virtual address whose mapping replaces it (and is cleared).
+    pub new_addr: u64,
+    /// In: handle from the map.
+    pub handle: u32,
+    /// Out: `GNTST_*` status.
+    pub status: i16,
+    /// Explicit padding (zero).
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<GnttabUnmapAndReplace>() == 24);
+
 /// `GNTTABOP_setup_table` argument (24 bytes).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,

@@ -139,7 +139,7 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     })
     .map_err(|e| err(format_args!("domain '{}': bootstrap page tables do not validate: {e:?}", spec.name)))?;
 
-    crate::grant::register(id);
+    crate::grant::create(id).map_err(|st| err(format_args!("domain '{}': no memory for its grant table (status {st})", spec.name)))?;
 
     // start_info.
     let mut si = StartInfo::new_zeroed();

@@ -14,8 +14,9 @@ use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
     GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE,
-    GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_GRANT_REF, GnttabCopy, GnttabGetVersion, GnttabMapGrantRef,
-    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapGrantRef, GrantEntryV1,
+    GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE, GNTTABOP_UNMAP_GRANT_REF, GnttabCopy,
+    GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace,
+    GnttabUnmapGrantRef, GrantEntryV1,
 };
 use microvisor_core::frametable::{ExternalRef, Flush, FrameTable};
 use microvisor_core::grant::{self, GrantMemory, GrantTable, MAPTRACK_ENTRIES};
@@ -134,12 +135,13 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
             guest::write(cr3, uop, &op)?;
             return r.map(|()| Flow::Ret(0));
         }
-        GNTTABOP_MAP_GRANT_REF | GNTTABOP_UNMAP_GRANT_REF | GNTTABOP_COPY => {}
+        GNTTABOP_MAP_GRANT_REF | GNTTABOP_UNMAP_GRANT_REF | GNTTABOP_UNMAP_AND_REPLACE | GNTTABOP_COPY => {}
         _ => return Err(Errno::ENOSYS),
     }
     let size: u64 = match cmd {
         GNTTABOP_MAP_GRANT_REF => size_of::<GnttabMapGrantRef>() as u64,
         GNTTABOP_UNMAP_GRANT_REF => size_of::<GnttabUnmapGrantRef>() as u64,
+        GNTTABOP_UNMAP_AND_REPLACE => size_of::<GnttabUnmapAndReplace>() as u64,
         _ => size_of::<GnttabCopy>() as u64,
     };
     let mut flush = Flush::NONE;
@@ -157,6 +159,7 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         let r = match cmd {
             GNTTABOP_MAP_GRANT_REF => map_one(dom, cr3, va),
             GNTTABOP_UNMAP_GRANT_REF => unmap_one(dom, cr3, va).map(|f| flush = flush.merge(f)),
+            GNTTABOP_UNMAP_AND_REPLACE => replace_one(dom, cr3, va).map(|f| flush = flush.merge(f)),
             _ => copy_one(dom, cr3, va),
         };
         if let Err(e) = r {
@@ -183,34 +186,7 @@ fn apply(f: Flush) {
 #[inline(never)]
 fn setup_table(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Errno> {
     let mut op: GnttabSetupTable = guest::read(cr3, uop)?;
-    let target = if op.dom == grant::DOMID_SELF { dom } else { op.dom };
-    // The policy wants frames already assigned to the domain; get them
-    // first (as many as the request could need), give back what it left.
-    let have = with(|t, _, _| grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames()));
-    let want = op.nr_frames.min(MAX_FRAMES).saturating_sub(have) as usize;
-    let mut spare: heapless::Vec<u64, { MAX_FRAMES as usize }> = heapless::Vec::new();
-    for _ in 0..want {
-        let Some(mfn) = mm::alloc_zeroed() else { break };
-        if frames::with(|ft, _| ft.assign(mfn, target)).is_err() {
-            let _ = mm::with_allocator(|a| a.free(mfn));
-            break;
-        }
-        let _ = spare.push(mfn);
-    }
-    let mut next = 0;
-    let res = with(|t, ft, mem| {
-        grant::setup_table(t, ft, mem, dom, &op, privileged, || {
-            let m = spare.get(next).copied();
-            next += 1;
-            m
-        })
-    });
-    for &mfn in spare.iter().skip(next.min(spare.len())) {
-        if frames::with(|ft, _| ft.release(mfn, target)).is_ok() {
-            let _ = mm::with_allocator(|a| a.free(mfn));
-        }
-    }
-    match res {
+    match grow(dom, privileged, &op) {
         Ok(frames) => {
             op.status = GNTST_OKAY;
             for (k, &f) in frames.as_slice().iter().enumerate() {
@@ -224,6 +200,46 @@ fn setup_table(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Er
     }
     guest::write(cr3, uop, &op)?;
     Ok(0)
+}
+
+/// The policy's `setup_table` for `op` by `dom`, with the frames it may
+/// need allocated and assigned first (what it leaves is given back).
+fn grow(dom: u16, privileged: bool, op: &GnttabSetupTable) -> Result<grant::TableFrames, i16> {
+    let target = if op.dom == grant::DOMID_SELF { dom } else { op.dom };
+    let have = with(|t, _, _| grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames()));
+    let want = op.nr_frames.min(MAX_FRAMES).saturating_sub(have) as usize;
+    let mut spare: heapless::Vec<u64, { MAX_FRAMES as usize }> = heapless::Vec::new();
+    for _ in 0..want {
+        let Some(mfn) = mm::alloc_zeroed() else { break };
+        if frames::with(|ft, _| ft.assign(mfn, target)).is_err() {
+            let _ = mm::with_allocator(|a| a.free(mfn));
+            break;
+        }
+        let _ = spare.push(mfn);
+    }
+    let mut next = 0;
+    let res = with(|t, ft, mem| {
+        grant::setup_table(t, ft, mem, dom, op, privileged, || {
+            let m = spare.get(next).copied();
+            next += 1;
+            m
+        })
+    });
+    for &mfn in spare.iter().skip(next.min(spare.len())) {
+        if frames::with(|ft, _| ft.release(mfn, target)).is_ok() {
+            let _ = mm::with_allocator(|a| a.free(mfn));
+        }
+    }
+    res
+}
+
+/// Gives a new domain its grant table with its first frame, as Xen does
+/// when it creates a domain (so a reference below 512 exists before the
+/// guest's first `setup_table`, which then returns that frame).
+pub fn create(id: u16) -> Result<(), i16> {
+    register(id);
+    let op = GnttabSetupTable { dom: id, nr_frames: 1, ..Default::default() };
+    grow(id, true, &op).map(|_| ())
 }
 
 fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
@@ -256,6 +272,45 @@ fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
             let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
             ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
         })
+    });
+    let flush = match r {
+        Ok(f) => {
+            op.status = GNTST_OKAY;
+            f
+        }
+        Err(st) => {
+            op.status = st;
+            Flush::NONE
+        }
+    };
+    guest::write(cr3, va, &op)?;
+    Ok(flush)
+}
+
+/// One `GNTTABOP_unmap_and_replace` element: the grant entry gives way to
+/// the caller's entry at `new_addr` (found through its current tables),
+/// which is cleared (`FrameTable::replace_grant_entry`).
+fn replace_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
+    let mut op: GnttabUnmapAndReplace = guest::read(cr3, va)?;
+    let l4 = cr3 / PAGE;
+    let new_addr = op.new_addr;
+    let r = with(|t, ft, mem| {
+        grant::unmap_and_replace(
+            t,
+            ft,
+            mem,
+            dom,
+            &op,
+            |ft, mem, m| {
+                let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+                ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
+            },
+            |ft, mem, m| {
+                let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+                let Ok(from) = ft.find_l1_entry(mem, dom, l4, new_addr) else { return false };
+                ft.replace_grant_entry(mem, dom, at, m.pte(), from).is_ok()
+            },
+        )
     });
     let flush = match r {
         Ok(f) => {

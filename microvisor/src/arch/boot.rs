@@ -27,6 +27,7 @@ boot_gdt:
     .quad 0
     .quad 0x00AF9A000000FFFF
     .quad 0x00CF92000000FFFF
+    .globl boot_gdtr
 boot_gdtr:
     .word 23
     .long boot_gdt

@@ -880,6 +880,42 @@ impl<'a> FrameTable<'a> {
         Ok(Flush::NEEDED)
     }
 
+    /// `GNTTABOP_unmap_and_replace`'s page-table half (Xen's
+    /// `replace_grant_pv_mapping`): the grant entry `expected` at `entry_ma`
+    /// (checked as by [`FrameTable::remove_grant_entry`]) is replaced by the
+    /// entry found at `new_ma`, another L1 entry of `dom`, and `new_ma` is
+    /// cleared. The moved entry keeps its references (only its slot
+    /// changes, within the same domain's live L1 tables). `EINVAL`, with
+    /// nothing changed, if either slot is not in a live L1 of `dom`, the
+    /// grant entry is not there, `new_ma` is `entry_ma`, or the entry at
+    /// `new_ma` is itself a grant mapping (its handle records where it is).
+    pub fn replace_grant_entry<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        dom: u16,
+        entry_ma: u64,
+        expected: u64,
+        new_ma: u64,
+    ) -> Result<Flush, Errno> {
+        let at = self.grant_slot(dom, entry_ma)?;
+        let from = self.grant_slot(dom, new_ma)?;
+        if entry_ma == new_ma {
+            return Err(Errno::EINVAL);
+        }
+        let old = mem.read(at.mfn, at.idx);
+        let ignore = pte::ACCESSED | pte::DIRTY;
+        if !pte::present(old) || !pte::is_grant(old) || (old ^ expected) & !ignore != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let moved = mem.read(from.mfn, from.idx);
+        if pte::present(moved) && pte::is_grant(moved) {
+            return Err(Errno::EINVAL);
+        }
+        mem.write(from.mfn, from.idx, 0);
+        mem.write(at.mfn, at.idx, moved);
+        Ok(Flush::NEEDED)
+    }
+
     /// The slot of a grant entry: `entry_ma` 8-byte aligned in a live L1 of
     /// `dom`.
     fn grant_slot(&self, dom: u16, entry_ma: u64) -> Result<Slot, Errno> {

@@ -1417,3 +1417,29 @@ fn audit_catches_a_bad_descriptor_in_a_segment_page() {
     mem.write(f, 7, 0x0000_e900_0000_0067);
     assert!(matches!(audit(&ft, &mem, &ext).map_err(|e| e.kind), Err(AuditErrorKind::BadEntry { index: 7, .. })));
 }
+
+/// unmap_and_replace's page-table half: the grant entry is replaced by the
+/// entry of another slot, which is cleared; the moved entry keeps its
+/// references (same counts, audit clean once the grant's own references
+/// are dropped by the policy). Refused with nothing changed: the same
+/// slot, a grant entry as the replacement, a grant value that is not there.
+#[test]
+fn grant_entry_replaced_by_another_slots_entry() {
+    world!(ft, mem, ext);
+    let g = grant_map_36(&mut ft, &mut mem, &mut ext);
+    let moved = ent(11, P | W | U);
+    assert!(upd(&mut ft, &mut mem, D1, 5, 31, moved).is_ok());
+    let before = info(&ft, 11);
+    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g, ma(5, 30)), Err(Errno::EINVAL));
+    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g & !pte::RW, ma(5, 31)), Err(Errno::EINVAL));
+    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 31), moved, ma(5, 30)), Err(Errno::EINVAL));
+    assert_eq!((mem.read(5, 30), mem.read(5, 31)), (g, moved));
+    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g, ma(5, 31)), Ok(Flush::NEEDED));
+    assert_eq!((mem.read(5, 30), mem.read(5, 31)), (moved, 0));
+    let after = info(&ft, 11);
+    assert_eq!((after.count(), after.type_count()), (before.count(), before.type_count()));
+    ft.put_page_type(&mut mem, 36);
+    ft.put_page(36);
+    ext.pop();
+    clean(&ft, &mem, &ext);
+}

@@ -1,6 +1,6 @@
 //! Grant tables, version 1: the policy behind `grant_table_op`
-//! (setup_table, query_size, map_grant_ref, unmap_grant_ref, copy,
-//! get_version, set_version) and the grant side of domain death.
+//! (setup_table, query_size, map_grant_ref with host and device halves,
+//! unmap_grant_ref, unmap_and_replace, copy, get_version, set_version) and the grant side of domain death.
 //!
 //! A granter shares a frame by writing an entry `{flags, domid, frame}` in
 //! its table; the grantee maps it (by granter and reference) or has the
@@ -52,9 +52,9 @@
 //!
 //! # Not modelled
 //! Grant table v2 (`set_version(2)` gets `ENOSYS`, as from a Xen built with
-//! `gnttab=max_ver:1`), device (`GNTMAP_device_map`) mappings, transitive
-//! and sub-page grants, `GNTTABOP_transfer`, `unmap_and_replace`,
-//! `swap_grant_ref` and `dump_table`, and I/O-memory grants.
+//! `gnttab=max_ver:1`), transitive and sub-page grants,
+//! `GNTTABOP_transfer`, `swap_grant_ref` and `dump_table`, and I/O-memory
+//! grants.
 
 mod table;
 
@@ -71,11 +71,11 @@ pub use table::{
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
     GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE,
-    GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_BAD_COPY_ARG, GNTST_BAD_DOMAIN,
+    GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR, GNTST_BAD_DOMAIN,
     GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE, GNTST_GENERAL_ERROR, GNTST_NO_SPACE,
     GNTST_PERMISSION_DENIED, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_SUB_PAGE,
     GTF_TYPE_MASK, GTF_WRITING, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabSetupTable,
-    GnttabUnmapGrantRef, GrantEntryV1,
+    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
 };
 use guest_abi::types::DomId;
 
@@ -488,9 +488,14 @@ fn unpin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
 /// `contains_pte`, at the machine address of an L1 entry of the caller, and
 /// return false (nothing written) if it cannot; everything is then undone.
 ///
+/// With `GNTMAP_device_map` the mapping also (or only) has a device half:
+/// the frame held for DMA at its machine address (reported as
+/// `dev_bus_addr`; a PV domain has no IOMMU). Each half takes its own pin
+/// and frame references, and is unmapped by itself ([`unmap_grant_ref`]).
+/// A virtual `host_addr` maps the page it lies in, at any offset (Xen).
+///
 /// Statuses, in Xen's order: `GNTST_bad_gntref` if neither host nor device
-/// mapping is asked for; `GNTST_general_error` for a device mapping (not
-/// supported); `GNTST_bad_domain` if `op.dom` is not an existing domain
+/// mapping is asked for; `GNTST_bad_domain` if `op.dom` is not an existing domain
 /// (`DOMID_SELF` included, as in Xen) or is dying; `GNTST_general_error` if
 /// the caller is dying; `GNTST_no_space` if the caller holds [`MAPTRACK_ENTRIES`] mappings (Xen before 4.16 said
 /// `GNTST_no_device_space`); `GNTST_bad_gntref` if the reference is beyond
@@ -501,9 +506,8 @@ fn unpin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
 /// the entry keeps changing under the compare-and-exchange;
 /// `GNTST_bad_page` if the granted frame is not a live frame of the granter;
 /// `GNTST_general_error` if the frame cannot be typed writable (it is a
-/// page table or descriptor page), if `host_addr` is misaligned (not a page
-/// boundary, or with `contains_pte` not 8-byte aligned: XSA-227), or if
-/// `install` fails.
+/// page table or descriptor page), if `host_addr` with `contains_pte` is
+/// not 8-byte aligned (XSA-227), or if `install` fails.
 pub fn map_grant_ref<'a, D, M, F>(
     world: &mut D,
     ft: &mut FrameTable<'a>,
@@ -518,12 +522,11 @@ where
     F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
     let flags = op.flags;
-    if flags & (GNTMAP_DEVICE_MAP | GNTMAP_HOST_MAP) == 0 {
+    let halves = flags & (GNTMAP_DEVICE_MAP | GNTMAP_HOST_MAP);
+    if halves == 0 {
         return Err(GNTST_BAD_GNTREF);
     }
-    if flags & GNTMAP_DEVICE_MAP != 0 {
-        return Err(GNTST_GENERAL_ERROR);
-    }
+    let host = flags & GNTMAP_HOST_MAP != 0;
     let readonly = flags & GNTMAP_READONLY != 0;
     let rd = op.dom;
     if !is_domain(rd) || world.get(rd).is_none_or(|t| t.is_dying()) {
@@ -541,41 +544,74 @@ where
         readonly,
         mapping: true,
     };
-    let mfn = pin_grant(world, ft, mem, req)?;
-    if !readonly && ft.get_page_type(mem, mfn, PageType::Writable, rd).is_err() {
-        unpin_grant(world, ft, mem, rd, gref, mfn, readonly);
-        return Err(GNTST_GENERAL_ERROR);
+    // Each half (host, device) holds its own pin, general reference and,
+    // when writable, writable type reference, as in Xen.
+    let mut mfn = 0;
+    let mut held = 0;
+    for _ in 0..halves.count_ones() {
+        let m = match pin_grant(world, ft, mem, req) {
+            Ok(m) => m,
+            Err(e) => {
+                unhold(world, ft, mem, req, mfn, held);
+                return Err(e);
+            }
+        };
+        if !readonly && ft.get_page_type(mem, m, PageType::Writable, rd).is_err() {
+            unpin_grant(world, ft, mem, rd, gref, m, readonly);
+            unhold(world, ft, mem, req, mfn, held);
+            return Err(GNTST_GENERAL_ERROR);
+        }
+        mfn = m;
+        held += 1;
     }
+    let contains_pte = flags & GNTMAP_CONTAINS_PTE != 0;
+    // A virtual address maps the page it lies in (Xen accepts any offset);
+    // a PTE's machine address must be 8-byte aligned (XSA-227).
+    let host_addr = match (host, contains_pte) {
+        (false, _) => 0,
+        (true, true) => op.host_addr,
+        (true, false) => op.host_addr & !u64::from(PAGE - 1),
+    };
     let mapping = Mapping {
         handle,
         granter: rd,
         gref,
         mfn,
-        host_addr: op.host_addr,
+        host_addr,
         flags: flags
-            & (GNTMAP_HOST_MAP | GNTMAP_READONLY | GNTMAP_APPLICATION_MAP | GNTMAP_CONTAINS_PTE),
-    };
-    let align = if flags & GNTMAP_CONTAINS_PTE != 0 {
-        8
-    } else {
-        u64::from(PAGE)
+            & (GNTMAP_DEVICE_MAP
+                | GNTMAP_HOST_MAP
+                | GNTMAP_READONLY
+                | GNTMAP_APPLICATION_MAP
+                | GNTMAP_CONTAINS_PTE),
     };
     // The handle is recorded before the entry exists, so an installed entry
     // is never without the mapping that holds its references.
-    let recorded = op.host_addr.is_multiple_of(align)
-        && world.get(caller).is_some_and(|lgt| lgt.record(&mapping));
-    let installed = recorded && install(ft, mem, &mapping);
+    let aligned = !(host && contains_pte) || op.host_addr.is_multiple_of(8);
+    let recorded = aligned && world.get(caller).is_some_and(|lgt| lgt.record(&mapping));
+    let installed = recorded && (!host || install(ft, mem, &mapping));
     if !installed {
         if recorded && let Some(lgt) = world.get(caller) {
             let _ = lgt.take(handle);
         }
-        if !readonly {
-            ft.put_page_type(mem, mfn);
-        }
-        unpin_grant(world, ft, mem, rd, gref, mfn, readonly);
+        unhold(world, ft, mem, req, mfn, held);
         return Err(GNTST_GENERAL_ERROR);
     }
     Ok(mapping)
+}
+
+/// Drops `held` halves' worth of what [`map_grant_ref`] took on `mfn`.
+fn unhold<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, req: PinRequest, mfn: u64, held: u32)
+where
+    D: Domains + ?Sized,
+    M: TableMemory + GrantMemory + ?Sized,
+{
+    for _ in 0..held {
+        if !req.readonly {
+            ft.put_page_type(mem, mfn);
+        }
+        unpin_grant(world, ft, mem, req.rd, req.gref, mfn, req.readonly);
+    }
 }
 
 /// `GNTTABOP_unmap_grant_ref` (one element) by `caller`: removes the host
@@ -588,13 +624,17 @@ where
 /// `mapping.pte()`, and return false (nothing changed) otherwise. As in Xen,
 /// `op.host_addr == 0` removes nothing, keeps the mapping and succeeds.
 ///
+/// The host half goes when `op.host_addr` is non-zero (an address in the
+/// mapped page, or the PTE address), the device half when
+/// `op.dev_bus_addr` is; the handle with the last half.
+///
 /// Statuses, in Xen's order: `GNTST_bad_handle` for a handle out of range or
-/// not in use (a double unmap, a guessed handle); `GNTST_general_error` if
-/// `op.dev_bus_addr` is non-zero and not the frame's address, if
-/// `op.host_addr` is non-zero and not the address mapped (stricter than
-/// Xen, which accepts any address whose entry maps the same frame), or if
-/// `remove` fails. Returns the flush the caller owes: needed once an entry
-/// was removed.
+/// not in use (a double unmap, a guessed handle); `GNTST_bad_dev_addr` if
+/// `op.dev_bus_addr` is non-zero and not the frame's address (Xen 4.17);
+/// `GNTST_general_error` if `op.host_addr` is not in the page mapped
+/// (stricter than Xen, which accepts any address whose entry maps the same
+/// frame), or if `remove` fails. Returns the flush the caller owes: needed
+/// once an entry was removed.
 pub fn unmap_grant_ref<'a, D, M, F>(
     world: &mut D,
     ft: &mut FrameTable<'a>,
@@ -608,8 +648,60 @@ where
     M: TableMemory + GrantMemory + ?Sized,
     F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
+    unmap_common(world, ft, mem, caller, (op.handle, op.host_addr, op.dev_bus_addr), remove)
+}
+
+/// `GNTTABOP_unmap_and_replace` (one element) by `caller`: as
+/// [`unmap_grant_ref`] of the host half of `op.handle` at `op.host_addr`,
+/// except that, with a non-zero `op.new_addr`, the grant entry is replaced
+/// by the caller's own entry at `op.new_addr`, which is cleared
+/// (`replace(ft, mem, &mapping)` does that, as
+/// [`FrameTable::replace_grant_entry`], and returns false if it cannot);
+/// with `op.new_addr == 0` the entry is just removed (`remove`). The device
+/// half, if any, stays.
+///
+/// Statuses as [`unmap_grant_ref`]'s; a mapping made with
+/// `GNTMAP_contains_pte` cannot be replaced (`GNTST_general_error`).
+pub fn unmap_and_replace<'a, D, M, R, P>(
+    world: &mut D,
+    ft: &mut FrameTable<'a>,
+    mem: &mut M,
+    caller: u16,
+    op: &GnttabUnmapAndReplace,
+    remove: R,
+    replace: P,
+) -> Result<Flush, i16>
+where
+    D: Domains + ?Sized,
+    M: TableMemory + GrantMemory + ?Sized,
+    R: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+    P: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+{
+    let what = (op.handle, op.host_addr, 0);
+    if op.new_addr == 0 {
+        unmap_common(world, ft, mem, caller, what, remove)
+    } else {
+        unmap_common(world, ft, mem, caller, what, |ft, mem, m| !m.contains_pte() && replace(ft, mem, m))
+    }
+}
+
+/// Xen's `unmap_common`: `(handle, host_addr, dev_bus_addr)`; `take_host`
+/// removes (or replaces) the host entry.
+fn unmap_common<'a, D, M, F>(
+    world: &mut D,
+    ft: &mut FrameTable<'a>,
+    mem: &mut M,
+    caller: u16,
+    (handle, host_addr, dev_bus_addr): (u32, u64, u64),
+    take_host: F,
+) -> Result<Flush, i16>
+where
+    D: Domains + ?Sized,
+    M: TableMemory + GrantMemory + ?Sized,
+    F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+{
     let lgt = world.get(caller).ok_or(GNTST_BAD_HANDLE)?;
-    let m = lgt.mapping(op.handle).ok_or(GNTST_BAD_HANDLE)?;
+    let m = lgt.mapping(handle).ok_or(GNTST_BAD_HANDLE)?;
     // The granter's table outlives every mapping of its grants (module
     // docs); should the caller have dropped it anyway, the mapping still
     // owns its frame references and is released below.
@@ -618,28 +710,34 @@ where
     {
         return Err(GNTST_BAD_HANDLE);
     }
-    if op.dev_bus_addr != 0 && op.dev_bus_addr != m.dev_bus_addr() {
-        return Err(GNTST_GENERAL_ERROR);
+    if dev_bus_addr != 0 && dev_bus_addr != m.dev_bus_addr() {
+        return Err(GNTST_BAD_DEV_ADDR);
     }
-    if op.host_addr == 0 {
-        return Ok(Flush::NONE);
+    let mut flush = Flush::NONE;
+    if host_addr != 0 && m.has_host() {
+        let at = if m.contains_pte() { host_addr } else { host_addr & !u64::from(PAGE - 1) };
+        if at != m.host_addr || !take_host(ft, mem, &m) {
+            return Err(GNTST_GENERAL_ERROR);
+        }
+        release_half(world, ft, mem, caller, m.handle, GNTMAP_HOST_MAP);
+        flush = Flush::NEEDED;
     }
-    if op.host_addr != m.host_addr || !remove(ft, mem, &m) {
-        return Err(GNTST_GENERAL_ERROR);
+    if dev_bus_addr != 0 && m.has_device() {
+        release_half(world, ft, mem, caller, m.handle, GNTMAP_DEVICE_MAP);
     }
-    release_mapping(world, ft, mem, caller, m.handle);
-    Ok(Flush::NEEDED)
+    Ok(flush)
 }
 
-/// Frees handle `handle` of `dom` and drops what its mapping held: the
-/// writable type reference, the general reference and the pin. A free
-/// handle does nothing, so nothing is ever dropped twice.
-fn release_mapping<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, dom: u16, handle: u32)
+/// Removes half `half` of mapping `handle` of `dom` and drops what that
+/// half held: the writable type reference, the general reference and the
+/// pin. A half not mapped (or a free handle) does nothing, so nothing is
+/// ever dropped twice.
+fn release_half<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, dom: u16, handle: u32, half: u32)
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
 {
-    let Some(m) = world.get(dom).and_then(|t| t.take(handle)) else {
+    let Some(m) = world.get(dom).and_then(|t| t.drop_half(handle, half)) else {
         return;
     };
     if !m.readonly() {
@@ -647,6 +745,17 @@ where
     }
     ft.put_page(m.mfn);
     unpin(world, mem, m.granter, m.gref, m.readonly());
+}
+
+/// Frees handle `handle` of `dom` and drops what both halves of its
+/// mapping held.
+fn release_mapping<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, dom: u16, handle: u32)
+where
+    D: Domains + ?Sized,
+    M: TableMemory + GrantMemory + ?Sized,
+{
+    release_half(world, ft, mem, dom, handle, GNTMAP_HOST_MAP);
+    release_half(world, ft, mem, dom, handle, GNTMAP_DEVICE_MAP);
 }
 
 /// One side of a copy, claimed: the frame and what is held on it.

@@ -14,7 +14,7 @@ use std::vec::Vec;
 
 use guest_abi::grant_table::{
     GNTST_BAD_COPY_ARG, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE,
-    GNTST_GENERAL_ERROR, GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_READONLY,
+    GNTST_BAD_DEV_ADDR, GNTST_GENERAL_ERROR, GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_READONLY,
 };
 use proptest::prelude::*;
 
@@ -194,6 +194,8 @@ fn map_flags() -> impl Strategy<Value = u32> {
         6 => Just(GNTMAP_HOST_MAP | GNTMAP_READONLY),
         1 => Just(GNTMAP_HOST_MAP | GNTMAP_CONTAINS_PTE),
         1 => Just(GNTMAP_DEVICE_MAP),
+        1 => Just(GNTMAP_DEVICE_MAP | GNTMAP_READONLY),
+        2 => Just(GNTMAP_HOST_MAP | GNTMAP_DEVICE_MAP),
         1 => Just(0u32),
         1 => any::<u32>(),
     ]
@@ -408,6 +410,7 @@ fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op
                 None
             };
             let handle = target.map_or(sel, |m| m.handle);
+            let before = t.mapping(handle);
             let right = target.map_or(host_addr(caller, 0), |m| m.host_addr);
             let host = match addr {
                 0 => right,
@@ -430,12 +433,19 @@ fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op
             };
             match r {
                 Ok(flush) => {
-                    let gone = w.t(caller).mapping(handle).is_none();
-                    assert_eq!(flush.is_needed(), gone);
-                    assert_eq!(gone, host != 0);
+                    // Each half goes only when its address is given.
+                    let m = before.expect("a live handle");
+                    let host_gone = host != 0 && m.has_host();
+                    let dev_gone = dev_addr != 0 && m.has_device();
+                    let left = m.halves() - host_gone as u32 - dev_gone as u32;
+                    assert_eq!(flush.is_needed(), host_gone);
+                    assert_eq!(w.t(caller).mapping(handle).is_none(), left == 0);
+                    if let Some(now) = w.t(caller).mapping(handle) {
+                        assert_eq!(now.halves(), left);
+                    }
                 }
                 Err(s) => assert!(
-                    [GNTST_BAD_HANDLE, GNTST_GENERAL_ERROR].contains(&s),
+                    [GNTST_BAD_HANDLE, GNTST_GENERAL_ERROR, GNTST_BAD_DEV_ADDR].contains(&s),
                     "unmap status {s}"
                 ),
             }
@@ -540,13 +550,17 @@ fn check(ft: &FrameTable<'_>, mem: &Mem, w: &World, sim: &Sim) {
             n += 1;
             let e = want.entry((m.granter, m.gref)).or_insert((0, 0, d as u16));
             assert_eq!(e.2, d as u16, "one grant pinned by two grantees");
+            // One pin per mapped half.
             if m.readonly() {
-                e.0 += 1;
+                e.0 += m.halves();
             } else {
-                e.1 += 1;
+                e.1 += m.halves();
             }
-            assert!(m.host_addr % 8 == 0);
-            ptes.insert(m.host_addr, m.pte());
+            assert!(m.halves() > 0);
+            if m.has_host() {
+                assert!(m.host_addr % 8 == 0);
+                ptes.insert(m.host_addr, m.pte());
+            }
         }
         assert_eq!(n, t.nr_mappings());
         if sim.dead[d] {

@@ -7,7 +7,7 @@
 
 use guest_abi::arch::pte::{ACCESSED, ADDR_MASK, DIRTY, GUEST_KERNEL, NX, PRESENT, RW, USER};
 use guest_abi::grant_table::{
-    GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE, GNTMAP_HOST_MAP, GNTMAP_READONLY,
+    GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE, GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY,
     GRANT_ENTRIES_V1_PER_PAGE, GnttabMapGrantRef,
 };
 
@@ -30,8 +30,11 @@ pub const GRANT_PTE_TAG: u64 = 1 << 62;
 /// each 8-bit count before incrementing: `act->pin & 0x80808080`).
 const PIN_LIMIT: u8 = 0x80;
 /// Mapping flags a maptrack entry remembers.
-const KEPT_MAP_FLAGS: u32 =
-    GNTMAP_HOST_MAP | GNTMAP_READONLY | GNTMAP_APPLICATION_MAP | GNTMAP_CONTAINS_PTE;
+const KEPT_MAP_FLAGS: u32 = GNTMAP_DEVICE_MAP
+    | GNTMAP_HOST_MAP
+    | GNTMAP_READONLY
+    | GNTMAP_APPLICATION_MAP
+    | GNTMAP_CONTAINS_PTE;
 
 const ENTRIES: usize = MAX_GRANT_ENTRIES as usize;
 const HANDLES: usize = MAPTRACK_ENTRIES as usize;
@@ -91,8 +94,8 @@ struct MapEntry {
     gref: u32,
     mfn: u32,
     dom: u16,
-    /// `GNTMAP_*` bits kept ([`KEPT_MAP_FLAGS`]); always has `HOST_MAP`
-    /// while in use.
+    /// `GNTMAP_*` bits kept ([`KEPT_MAP_FLAGS`]); while in use, `HOST_MAP`
+    /// and/or `DEVICE_MAP`: the halves still mapped.
     flags: u16,
 }
 
@@ -106,8 +109,10 @@ impl MapEntry {
     };
 }
 
-/// A host mapping of a grant: what `map_grant_ref` created and what the
-/// caller installs (and later removes) as a page-table entry.
+/// A mapping of a grant under one handle: a host half (a page-table entry
+/// the caller installs and later removes) and/or a device half (the frame
+/// held for DMA at [`Mapping::dev_bus_addr`]). Each half holds its own pin
+/// and frame references, as in Xen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// The handle the mapper unmaps it by.
@@ -165,8 +170,26 @@ impl Mapping {
         e
     }
 
-    /// The reference this mapping holds on [`Mapping::mfn`], for
-    /// [`crate::frametable::FrameTable::audit`].
+    /// True while the host half (a page-table entry) is mapped.
+    #[must_use]
+    pub const fn has_host(&self) -> bool {
+        self.flags & GNTMAP_HOST_MAP != 0
+    }
+
+    /// True while the device half is mapped.
+    #[must_use]
+    pub const fn has_device(&self) -> bool {
+        self.flags & GNTMAP_DEVICE_MAP != 0
+    }
+
+    /// How many halves are mapped (each holds [`Mapping::external_ref`]).
+    #[must_use]
+    pub const fn halves(&self) -> u32 {
+        self.has_host() as u32 + self.has_device() as u32
+    }
+
+    /// The reference each half of this mapping holds on [`Mapping::mfn`],
+    /// for [`crate::frametable::FrameTable::audit`].
     #[must_use]
     pub const fn external_ref(&self) -> ExternalRef {
         if self.readonly() {
@@ -177,11 +200,15 @@ impl Mapping {
     }
 
     /// Fills the output fields of a successful `GNTTABOP_map_grant_ref`
-    /// element: status okay, handle, and `dev_bus_addr`.
+    /// element: status okay, handle, and, for a device mapping,
+    /// `dev_bus_addr` (the frame's machine address: a PV domain has no
+    /// IOMMU translation).
     pub fn write_to(&self, op: &mut GnttabMapGrantRef) {
         op.status = guest_abi::grant_table::GNTST_OKAY;
         op.handle = self.handle;
-        op.dev_bus_addr = self.dev_bus_addr();
+        if self.has_device() {
+            op.dev_bus_addr = self.dev_bus_addr();
+        }
     }
 }
 
@@ -332,7 +359,7 @@ impl GrantTable {
         frames
             .iter()
             .map(|&f| (f, ExternalRef::HvWritable))
-            .chain(maps.map(|m| (m.mfn, m.external_ref())))
+            .chain(maps.flat_map(|m| (0..m.halves()).map(move |_| (m.mfn, m.external_ref()))))
     }
 
     // ------------------------------------------------------------------
@@ -427,7 +454,10 @@ impl GrantTable {
         if e.flags != 0 {
             return false;
         }
-        let kept = (m.flags & KEPT_MAP_FLAGS) | GNTMAP_HOST_MAP;
+        let kept = m.flags & KEPT_MAP_FLAGS;
+        if kept & (GNTMAP_HOST_MAP | GNTMAP_DEVICE_MAP) == 0 {
+            return false;
+        }
         *e = MapEntry {
             host_addr: m.host_addr,
             gref: m.gref,
@@ -441,6 +471,24 @@ impl GrantTable {
             self.free_hint = self.free_hint.saturating_add(1);
         }
         true
+    }
+
+    /// Removes half `half` (`GNTMAP_HOST_MAP` or `GNTMAP_DEVICE_MAP`) of
+    /// mapping `handle`, returning the mapping as it was; the handle is freed
+    /// with its last half. `None` (no change) if the handle is free or the
+    /// half is not mapped.
+    pub(super) fn drop_half(&mut self, handle: u32, half: u32) -> Option<Mapping> {
+        let m = self.mapping(handle)?;
+        if m.flags & half == 0 {
+            return None;
+        }
+        if m.flags & !half & (GNTMAP_HOST_MAP | GNTMAP_DEVICE_MAP) == 0 {
+            return self.take(handle);
+        }
+        let e = self.maptrack.get_mut(usize::try_from(handle).ok()?)?;
+        // `half` is one of bits 0..=1.
+        e.flags &= !(half as u16);
+        Some(m)
     }
 
     /// Frees `handle`, returning the mapping it held (`None`, and no change,
