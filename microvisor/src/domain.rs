@@ -88,6 +88,13 @@ pub struct PvState {
     /// and shadow-mapped at `paging::LDT_VA` while this vCPU runs (Xen's
     /// lazily filled shadow LDT).
     pub ldt_frames: [u64; LDT_PAGES],
+    /// Debug registers (set_debugreg, `mov` to and from %drN): DR0-DR3
+    /// and DR7 are in the CPU while the vCPU runs with a breakpoint
+    /// enabled; DR6 is virtual.
+    pub dbg: microvisor_core::pv::debugreg::DebugRegs,
+    /// Virtual CR4.DE (set by an emulated `mov` to %cr4): DR4/DR5 stop
+    /// aliasing DR6/DR7 and I/O breakpoints become allowed.
+    pub cr4_de: bool,
 }
 
 /// Pages of the largest LDT (8192 descriptors).
@@ -144,6 +151,8 @@ impl PvState {
             ldt_base: 0,
             ldt_ents: 0,
             ldt_frames: [0; LDT_PAGES],
+            dbg: microvisor_core::pv::debugreg::DebugRegs::new(),
+            cr4_de: false,
         }
     }
 }

@@ -31,7 +31,7 @@ pub const NR_LIGHT: usize = 64;
 /// ([`full_entry_for`]): `audit=1` the memory ones, `selftest=pagefault` all.
 pub static LIGHT_HYPERCALLS: [core::sync::atomic::AtomicU8; NR_LIGHT] = {
     let mut t = [const { core::sync::atomic::AtomicU8::new(0) }; NR_LIGHT];
-    let light = [2, 3, 4, 5, 14, 15, 17, 24, 25, 30, 32, 33, 34];
+    let light = [2, 3, 4, 5, 8, 9, 14, 15, 17, 24, 25, 30, 32, 33, 34];
     let mut i = 0;
     while i < light.len() {
         t[light[i]] = core::sync::atomic::AtomicU8::new(1);
@@ -268,6 +268,8 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         3 => pv::stack_switch(hv, a[0], a[1]),
         4 => pv::set_callbacks(hv, a[0], a[1], a[2]),
         5 => pv::fpu_taskswitch(hv, a[0]),
+        8 => pv::set_debugreg(hv, a[0], a[1]),
+        9 => pv::get_debugreg(hv, a[0]),
         10 => pv::update_descriptor(hv, a[0], a[1]),
         14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),

@@ -141,6 +141,63 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
     deliver_exception(hv, frame, 7, None, format_args!("unhandled exception #NM at rip {rip:#x}"));
 }
 
+/// set_debugreg(reg, value) (nr 8), with Xen's checks
+/// (`microvisor_core::pv::debugreg`): `reg` is the argument's low 32 bits,
+/// as Xen's `int`; ENODEV for no such register, EINVAL for a 32-bit
+/// register given more, EPERM for a value the guest may not use.
+pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
+    let pv = &mut hv.domains[hv.current].pv;
+    pv.dbg.write(reg as u32, value, pv.cr4_de).map_err(|e| e.errno())?;
+    load_breakpoints(&pv.dbg);
+    Ok(0)
+}
+
+/// get_debugreg(reg) (nr 9): the register's value (ENODEV for none).
+pub fn get_debugreg(hv: &mut Hv, reg: u64) -> Result<u64, Errno> {
+    let pv = &hv.domains[hv.current].pv;
+    pv.dbg.read(reg as u32, pv.cr4_de).map_err(|e| e.errno())
+}
+
+/// Set once any vCPU has enabled a breakpoint: until then the vCPU switch
+/// has no debug registers to look at.
+pub static BREAKPOINTS_USED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Puts the running vCPU's breakpoints in the CPU (or turns them off when
+/// it enables none).
+pub fn load_breakpoints(dbg: &microvisor_core::pv::debugreg::DebugRegs) {
+    if dbg.active() {
+        BREAKPOINTS_USED.store(true, core::sync::atomic::Ordering::Relaxed);
+        crate::arch::cpu::load_breakpoints(&dbg.addr, dbg.dr7);
+    } else {
+        crate::arch::cpu::breakpoints_off();
+    }
+}
+
+/// A debug exception from guest context: what the CPU reported joins the
+/// vCPU's virtual DR6 (the CPU's is reset for the next one) and #DB goes
+/// to the guest's handler (none: the domain is killed).
+pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
+    let hw = crate::arch::cpu::read_dr6();
+    crate::arch::cpu::clear_dr6();
+    hv.domains[hv.current].pv.dbg.merge_dr6(hw);
+    let rip = frame.rip;
+    deliver_exception(hv, frame, 1, None, format_args!("unhandled exception #DB at rip {rip:#x}, dr6 {hw:#x}"));
+}
+
+/// After an emulated port access: the I/O breakpoints it hit (`io`, DR6
+/// B-bits), recorded in DR6 and delivered as #DB, as Xen does. (Single
+/// step is not reported for an emulated instruction: Xen 4.17 does not
+/// either, the trap comes after the next instruction the CPU runs, as the
+/// `debugregs` guest shows on both.)
+#[inline]
+fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
+    if io != 0 {
+        hv.domains[hv.current].pv.dbg.record(io);
+        let rip = frame.rip;
+        deliver_exception(hv, frame, 1, None, format_args!("unhandled exception #DB (I/O breakpoint) at rip {rip:#x}"));
+    }
+}
+
 /// Sets FS (0), user GS (1) or kernel GS (2) base of the running vCPU.
 fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
     if !policy::canonical(base) {
@@ -703,6 +760,9 @@ pub enum Emulated {
     NotEmulated,
     /// The vCPU blocked (hlt) or the domain died: the frame was switched.
     Switched,
+    /// Emulated, and the instruction raises this exception instead: #UD
+    /// (no error code) or #GP(0).
+    Raise(u8),
 }
 
 /// physdev_op(cmd, arg): PHYSDEVOP_set_iopl (6, any domain, as Xen: the
@@ -733,7 +793,7 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// allows it: a port the domain may use is really accessed; any other
 /// (the hypervisor's own, or every port for an unprivileged domain) reads
 /// as all ones and ignores writes, as Xen.
-fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: Port, width: u8) {
+fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: Port, width: u8) -> u16 {
     let port = match port {
         Port::Imm(p) => u16::from(p),
         Port::Dx => frame.rdx as u16,
@@ -751,6 +811,7 @@ fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: P
     } else if permitted {
         crate::arch::port::out_width(port, width, frame.rax as u32);
     }
+    port
 }
 
 /// #GP from the guest: emulates, as Xen, what its virtual IOPL allows
@@ -759,6 +820,15 @@ fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: P
 /// guest kernel only, hlt, clts, control-register reads and the emulated
 /// MSRs.
 pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
+    let mut io_hits = 0;
+    let r = emulate_gp_op(hv, frame, &mut io_hits);
+    if let Emulated::Done = r {
+        emulated_debug_conditions(hv, frame, io_hits);
+    }
+    r
+}
+
+fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emulated {
     let cur = hv.current;
     let d = &hv.domains[cur];
     let user = d.pv.user_mode;
@@ -780,7 +850,9 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
                 return Emulated::NotEmulated;
             }
             let is_in = matches!(insn.op, Op::In { .. });
-            emulate_port_io(frame, hv.domains[cur].privileged, is_in, port, width);
+            let port = emulate_port_io(frame, hv.domains[cur].privileged, is_in, port, width);
+            let pv = &hv.domains[cur].pv;
+            *io_hits = pv.dbg.io_hits(port, width, pv.cr4_de);
             frame.rip = next;
             Emulated::Done
         }
@@ -817,10 +889,36 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
                 0 => 0x8005_0033 | if hv.domains[cur].pv.virtual_ts { 8 } else { 0 },
                 2 => crate::mm::read_u64(hv.domains[cur].shared_info_mfn * crate::mm::PAGE + 16),
                 3 => cr3,
-                4 => 0x620, // PAE | OSFXSR | OSXMMEXCPT
+                4 => policy::guest_cr4(hv.domains[cur].pv.cr4_de),
                 _ => return Emulated::NotEmulated,
             };
             *gpr(frame, reg) = val;
+            frame.rip = next;
+            Emulated::Done
+        }
+        Op::MovToCr { cr: 4, gpr: reg } => {
+            // Accepted whatever the value, as on Xen; only DE is the
+            // guest's (`policy::cr4_write_de`).
+            hv.domains[cur].pv.cr4_de = policy::cr4_write_de(*gpr(frame, reg));
+            frame.rip = next;
+            Emulated::Done
+        }
+        Op::MovFromDr { dr, gpr: reg } => {
+            let pv = &hv.domains[cur].pv;
+            match pv.dbg.read(u32::from(dr), pv.cr4_de) {
+                Ok(v) => *gpr(frame, reg) = v,
+                Err(e) => return Emulated::Raise(e.vector()),
+            }
+            frame.rip = next;
+            Emulated::Done
+        }
+        Op::MovToDr { dr, gpr: reg } => {
+            let v = *gpr(frame, reg);
+            let pv = &mut hv.domains[cur].pv;
+            if let Err(e) = pv.dbg.write(u32::from(dr), v, pv.cr4_de) {
+                return Emulated::Raise(e.vector());
+            }
+            load_breakpoints(&pv.dbg);
             frame.rip = next;
             Emulated::Done
         }

@@ -279,6 +279,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         if hv.domains[next].pv.virtual_ts {
             cpu::set_ts();
         }
+        if crate::pv::BREAKPOINTS_USED.load(core::sync::atomic::Ordering::Relaxed) {
+            switch_breakpoints(hv, cur, next);
+        }
     }
     hv.current = next;
     let d = &mut hv.domains[next];
@@ -316,6 +319,19 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             // Guest L1 entries may be global: drop the last domain's.
             cpu::flush_tlb_all();
         }
+    }
+}
+
+/// Breakpoints on a switch (as Xen): loaded for a vCPU that enables one,
+/// turned off after one that did; nothing when neither does. Until some
+/// vCPU first enables a breakpoint the switch does not even look.
+#[inline(never)]
+fn switch_breakpoints(hv: &Hv, cur: usize, next: usize) {
+    let next_dbg = &hv.domains[next].pv.dbg;
+    if next_dbg.active() {
+        cpu::load_breakpoints(&next_dbg.addr, next_dbg.dr7);
+    } else if hv.domains.get(cur).is_some_and(|d| d.pv.dbg.active()) {
+        cpu::breakpoints_off();
     }
 }
 

@@ -71,6 +71,9 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
             frame.rip = fix;
             return;
         }
+        if v == 1 {
+            return hypervisor_debug_exception(frame);
+        }
         hypervisor_fault(frame);
     }
     if v == 2 || (32..256).contains(&v) {
@@ -109,6 +112,12 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             }
             match pv::emulate_gp(hv, frame) {
                 pv::Emulated::Done | pv::Emulated::Switched => {}
+                pv::Emulated::Raise(v) => {
+                    let rip = frame.rip;
+                    let name = NAMES[v as usize];
+                    let err = (v == 13).then_some(0);
+                    pv::deliver_exception(hv, frame, v, err, format_args!("debug register access at rip {rip:#x} ({name})"));
+                }
                 pv::Emulated::NotEmulated => {
                     let what = pv::decode_at(hv.domains[hv.current].active_cr3(), frame.rip).ok().filter(|i| i.op.privileged());
                     let rip = frame.rip;
@@ -121,6 +130,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 }
             }
         }
+        1 => pv::debug_exception(hv, frame),
         7 => pv::device_not_available(hv, frame),
         6 => {
             if let Some(v) = injected_vector(hv, frame) {
@@ -150,6 +160,27 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             let rip = frame.rip;
             pv::deliver_exception(hv, frame, v as u8, err, format_args!("unhandled exception {name} at rip {rip:#x}, error {:#x}", err.unwrap_or(0)));
         }
+    }
+}
+
+/// A debug exception in the hypervisor. Guest breakpoints are live while
+/// it runs (as on Xen: loading DR7 on every exit would cost every
+/// hypercall), but hold guest addresses only, so the one way to get here
+/// is a guest data breakpoint on memory the hypervisor copied to or from
+/// for the guest (a hypercall argument, a bounce frame). The access is done
+/// (data breakpoints trap after it), so it is ignored, as Xen 4.17 does:
+/// the guest sees no #DB and its DR6 does not change. Should anything else
+/// ever cause one (single step, an execute breakpoint), which would repeat
+/// forever, TF is cleared or the breakpoints turned off.
+fn hypervisor_debug_exception(frame: &mut TrapFrame) {
+    let dr6 = cpu::read_dr6();
+    cpu::clear_dr6();
+    if dr6 & (1 << 14) != 0 {
+        frame.rflags &= !(1 << 8);
+    }
+    let dr7 = cpu::read_dr7();
+    if (0..4).any(|bp| dr6 & (1 << bp) != 0 && dr7 & (3 << (2 * bp)) != 0 && (dr7 >> (16 + 4 * bp)) & 3 == 0) {
+        cpu::breakpoints_off();
     }
 }
 

@@ -8,6 +8,8 @@
 use guest_abi::arch::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_MASK_EVENTS, TrapInfo};
 use guest_abi::errno::Errno;
 
+pub mod debugreg;
+
 /// The hypervisor's reserved part of the address space (Xen's x86_64 PV
 /// layout): no guest code, stack or callback may lie here.
 pub const HV_START: u64 = 0xFFFF_8000_0000_0000;
@@ -268,6 +270,27 @@ pub const fn iopl_allows(kernel_mode: bool, architectural_iopl: bool, iopl: u8) 
 /// not a fault: a read gives all ones and a write is dropped.
 pub fn port_permitted(privileged: bool, port: u16, width: u16) -> bool {
     privileged && !port_reserved(port, width)
+}
+
+/// CR4 as a PV guest kernel reads it with CR4.DE clear: PAE, OSFXSR and
+/// OSXMMEXCPT.
+pub const GUEST_CR4: u64 = 0x620;
+/// CR4.DE (debugging extensions).
+pub const CR4_DE: u64 = 1 << 3;
+
+/// The virtual CR4.DE after the guest kernel writes `value` to CR4. As on
+/// Xen every value is accepted: of the bits Xen lets a PV guest choose
+/// (TSD, DE, FSGSBASE, OSXSAVE) this hypervisor offers DE only (FSGSBASE
+/// is hidden from CPUID, as Xen then also drops it; TSD and OSXSAVE are
+/// not offered), and the rest of CR4 is the hypervisor's, so the written
+/// value's other bits change nothing.
+pub const fn cr4_write_de(value: u64) -> bool {
+    value & CR4_DE != 0
+}
+
+/// CR4 as the guest kernel reads it with virtual CR4.DE `de`.
+pub const fn guest_cr4(de: bool) -> u64 {
+    GUEST_CR4 | if de { CR4_DE } else { 0 }
 }
 
 /// `sysctl` and `domctl` interface versions of Xen 4.17, the ABI spoken.

@@ -262,3 +262,62 @@ pub const MSR_STAR: u32 = 0xC000_0081;
 pub const MSR_LSTAR: u32 = 0xC000_0082;
 pub const MSR_CSTAR: u32 = 0xC000_0083;
 pub const MSR_FMASK: u32 = 0xC000_0084;
+
+/// DR6 as it reads with no debug condition recorded.
+pub const DR6_CLEAR: u64 = 0xffff_0ff0;
+/// DR7 with every breakpoint disabled.
+pub const DR7_OFF: u64 = 0x400;
+
+/// Reads DR6 (the conditions of the last debug exception).
+pub fn read_dr6() -> u64 {
+    let v: u64;
+    // SAFETY: reading DR6 in ring 0 has no side effects.
+    unsafe { asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Puts DR6 back to its default after a debug exception, so the next one
+/// reports only its own conditions.
+pub fn clear_dr6() {
+    // SAFETY: the default value has no bit above 31 set (no #GP); DR6 only
+    // reports conditions.
+    unsafe { asm!("mov dr6, {}", in(reg) DR6_CLEAR, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads DR7.
+pub fn read_dr7() -> u64 {
+    let v: u64;
+    // SAFETY: reading DR7 in ring 0 has no side effects.
+    unsafe { asm!("mov {}, dr7", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Disables every hardware breakpoint.
+pub fn breakpoints_off() {
+    // SAFETY: DR7 with nothing enabled (and GD clear) changes nothing but
+    // turns breakpoints off.
+    unsafe { asm!("mov dr7, {}", in(reg) DR7_OFF, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Loads a vCPU's breakpoints: addresses into DR0-DR3, then `dr7`. The
+/// values come from `microvisor_core::pv::debugreg::DebugRegs`, which
+/// keeps addresses in guest space (so no breakpoint can match the
+/// hypervisor's code or data, and a data breakpoint hit while the
+/// hypervisor copies guest memory is ignored by the #DB handler) and DR7
+/// 32 bits wide with GD clear (so the load cannot fault and debug-register
+/// accesses here never trap).
+pub fn load_breakpoints(addr: &[u64; 4], dr7: u64) {
+    // SAFETY: as above: loading these values cannot fault nor make a
+    // breakpoint hit hypervisor code or data.
+    unsafe {
+        asm!(
+            "mov dr0, {0}",
+            "mov dr1, {1}",
+            "mov dr2, {2}",
+            "mov dr3, {3}",
+            "mov dr7, {4}",
+            in(reg) addr[0], in(reg) addr[1], in(reg) addr[2], in(reg) addr[3], in(reg) dr7,
+            options(nomem, nostack, preserves_flags)
+        )
+    }
+}

@@ -53,6 +53,16 @@ fn decodes_every_emulated_form() {
     // Debug registers.
     assert_eq!(ok(&[0x0f, 0x21, 0xf8]), (Op::MovFromDr { dr: 7, gpr: 0 }, 3));
     assert_eq!(ok(&[0x0f, 0x23, 0xc1]), (Op::MovToDr { dr: 0, gpr: 1 }, 3));
+    // `mov %r9, %dr3` and `mov %dr6, %r15` (REX.B names the register),
+    // DR4/DR5 (the policy decides what they mean), the ignored mod field,
+    // and DR8-15 (REX.R), which do not exist: not decoded, #GP.
+    assert_eq!(ok(&[0x41, 0x0f, 0x23, 0xd9]), (Op::MovToDr { dr: 3, gpr: 9 }, 4));
+    assert_eq!(ok(&[0x41, 0x0f, 0x21, 0xf7]), (Op::MovFromDr { dr: 6, gpr: 15 }, 4));
+    assert_eq!(ok(&[0x0f, 0x21, 0xe0]), (Op::MovFromDr { dr: 4, gpr: 0 }, 3));
+    assert_eq!(ok(&[0x0f, 0x23, 0xe8]), (Op::MovToDr { dr: 5, gpr: 0 }, 3));
+    assert_eq!(ok(&[0x0f, 0x23, 0x38]), (Op::MovToDr { dr: 7, gpr: 0 }, 3));
+    assert_eq!(decode(&[0x44, 0x0f, 0x21, 0xc0]), Err(Refusal::Unknown));
+    assert_eq!(decode(&[0x0f, 0x23]), Err(Refusal::Truncated));
     // MSRs and cpuid.
     assert_eq!(ok(&[0x0f, 0x32]), (Op::Rdmsr, 2));
     assert_eq!(ok(&[0x0f, 0x30]), (Op::Wrmsr, 2));
