@@ -33,9 +33,11 @@ use pv_guest_kernel::{println, test::Reporter, StartInfo};
 #[repr(align(64))]
 struct Vars([AtomicU64; 8]);
 static VARS: Vars = Vars([const { AtomicU64::new(0) }; 8]);
-/// A buffer the hypervisor writes (xen_version's extraversion).
+/// A buffer the hypervisor writes (xen_version's extraversion); only its
+/// address is used here (watched by a data breakpoint, handed to the
+/// hypercall), never its bytes.
 #[repr(align(64))]
-struct Buf([u8; 64]);
+struct Buf(#[allow(dead_code)] [u8; 64]);
 static mut BUF: Buf = Buf([0; 64]);
 
 /// What the #DB handler saw last, and how many it took.
