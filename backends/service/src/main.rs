@@ -111,7 +111,8 @@ struct Disks {
 
 /// With `vbd=a,b` on the command line: probes the virtio disk, routes its
 /// interrupt to an event channel, and gives each named domain an equal
-/// slice of it as virtual disk `xvda`.
+/// slice of it as a virtual disk, `xvda` or the one an entry names as xl's
+/// `vdev` does (`vbd=a:hda,b:xvdb`; `blkback::vdev`).
 fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, guests: &[Guest]) -> Option<Disks> {
     let names = cmdline_list(si, "vbd");
     if names.is_empty() {
@@ -149,7 +150,8 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
             }
         }
         for name in &names {
-            if let Some(g) = guests.iter().find(|g| &g.name == name) {
+            let name = name.split(':').next().unwrap_or("");
+            if let Some(g) = guests.iter().find(|g| g.name == name) {
                 for (key, ns) in &figures {
                     let _ = local.write(xs, &format!("/local/domain/{}/bench/{key}", g.domid), format!("{ns}").as_bytes());
                 }
@@ -158,12 +160,20 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
     }
     let share = usable / names.len() as u64;
     let mut vbds = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let Some(g) = guests.iter().find(|g| &g.name == name) else {
+    for (i, entry) in names.iter().enumerate() {
+        let (name, vdev_name) = entry.split_once(':').unwrap_or((entry.as_str(), blk::DEFAULT_VDEV));
+        let vdev = match blkback::vdev::parse(vdev_name) {
+            Ok(v) => v,
+            Err(e) => {
+                println!("service: vbd for {name}: '{vdev_name}': {e}");
+                continue;
+            }
+        };
+        let Some(g) = guests.iter().find(|g| g.name == name) else {
             println!("service: vbd for unknown domain '{name}'");
             continue;
         };
-        match blk::Vbd::create(xs, local, g.domid, name, i as u64 * share, share, 64 + i as u64) {
+        match blk::Vbd::create(xs, local, g.domid, name, vdev, i as u64 * share, share, 64 + i as u64) {
             Ok(v) => vbds.push(v),
             Err(e) => println!("service: vbd for {name}: {e:?}"),
         }
