@@ -39,10 +39,12 @@ impl Frames {
 
 /// Builds one domain from its manifest entry and image bytes.
 /// `extra_cmdline` is appended to the manifest's command line (the service
-/// domain learns the other domains' ids and names this way).
+/// domain learns the other domains' ids and names this way). `served`: a
+/// service domain will serve this domain's store and console (it is not the
+/// service domain itself), so start_info names a store and both ports.
 /// Returns the domain and the registers it starts with (for
 /// `entry::set_frame`).
-pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], extra_cmdline: &str) -> Result<(Domain, TrapFrame), BuildError> {
+pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], extra_cmdline: &str, served: bool) -> Result<(Domain, TrapFrame), BuildError> {
     let image = microvisor_core::elfimage::GuestImage::parse(image_bytes)
         .map_err(|e| err(format_args!("domain '{}': image '{}': {}", spec.name, spec.image, e)))?;
     let nr_pages = spec.nr_pages();
@@ -148,15 +150,28 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     si.nr_pages = nr_pages;
     si.shared_info = shared_info_mfn * PAGE;
     si.flags = if spec.privileged { 1 | 2 } else { 0 };
-    si.store_mfn = frames.mfn(pfn_of(layout.xenstore));
-    si.store_evtchn = 1;
+    // Store and console as Xen's builders give them: a domU whose
+    // xenstored and xenconsoled exist gets both pages and both ports (here
+    // 1 and 2, allocated unbound for the service domain by
+    // `connect_service`). Without a service domain nothing serves a store,
+    // and the service domain's own start_info store would be served by
+    // nobody either (it runs xenstore in-process): store_mfn and
+    // store_evtchn stay 0, as Xen's dom0 builder leaves them, and so does
+    // the console port, so that no port is advertised that nothing binds
+    // (a guest's own first binding, e.g. Mini-OS's VIRQ_TIMER, gets port 1).
+    // The console page itself is always given: the hypervisor drains it
+    // when no back-end serves it (docs/split-drivers.md).
+    if served {
+        si.store_mfn = frames.mfn(pfn_of(layout.xenstore));
+        si.store_evtchn = 1;
+    }
     si.console.mfn = frames.mfn(pfn_of(layout.console));
     // The hypervisor drains the ring (writing out_cons) whenever no console
     // back-end has bound it, which may happen at any time until the domain
     // dies: it holds a write reference for that long.
     let console_mfn = si.console.mfn;
     let console_page = mm::frames::hv_writable(console_mfn, id).map_err(|e| err(format_args!("domain '{}': console page: {e:?}", spec.name)))?;
-    si.console.evtchn = 2;
+    si.console.evtchn = if served { 2 } else { 0 };
     si.pt_base = layout.pt_start;
     si.nr_pt_frames = layout.nr_pt_frames;
     si.mfn_list = layout.p2m.start;
@@ -213,6 +228,8 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         service: spec.service,
         frames_waiting: 0,
         console: heapless::Vec::new(),
+        ring_line: heapless::Vec::new(),
+        console_out: spec.console,
         pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
         fpu: crate::arch::cpu::FpuState::initial(),
         cap: spec.cap,

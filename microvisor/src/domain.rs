@@ -157,6 +157,22 @@ impl PvState {
     }
 }
 
+/// Appends console bytes to a domain's line buffer, writing out each
+/// complete line (and a full buffer) with the domain's prefix; `\r` is
+/// dropped.
+fn assemble(id: u16, name: &str, line: &mut heapless::Vec<u8, 256>, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'\n' {
+            crate::log::guest_line(id, name, line);
+            line.clear();
+        } else if b != b'\r' && line.push(b).is_err() {
+            crate::log::guest_line(id, name, line);
+            line.clear();
+            let _ = line.push(b);
+        }
+    }
+}
+
 /// One domain (one vCPU each, for now).
 pub struct Domain {
     pub id: u16,
@@ -189,8 +205,15 @@ pub struct Domain {
     /// After death: frames still mapped by other domains (freed later by
     /// `Hv::collect_dead`).
     pub frames_waiting: u64,
-    /// Pending console output, flushed per line.
+    /// Pending `console_io` output, flushed per line.
     pub console: heapless::Vec<u8, 256>,
+    /// Pending output drained from its console ring, flushed per line (its
+    /// own buffer, so a partial `console_io` line never mixes with ring
+    /// bytes).
+    pub ring_line: heapless::Vec<u8, 256>,
+    /// Which of its console outputs the serial line shows (manifest
+    /// `console`; docs/split-drivers.md, "Consoles").
+    pub console_out: microvisor_core::manifest::ConsoleOutput,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
     pub pv: PvState,
     /// x87/SSE registers while the vCPU is not running.
@@ -372,11 +395,18 @@ impl Hv {
     }
 
     /// Drains a live domain's console ring (the `out` half of its console
-    /// page) to the serial line, unless a console back-end bound the ring's
-    /// event channel. A guest writes its ring only while it runs, so the
-    /// scheduler drains the vCPU it takes off the CPU (also at a tick): a
-    /// guest that writes and waits for the ring to empty never hangs, and
-    /// no switch scans every domain.
+    /// page) to the serial line, unless a console back-end serves it. A
+    /// guest writes its ring only while it runs, so the scheduler drains the
+    /// vCPU it takes off the CPU (also at a tick): a guest that writes and
+    /// waits for the ring to empty never hangs, and no switch scans every
+    /// domain.
+    ///
+    /// Each ring has one reader: a domain whose start_info names a console
+    /// port (`console_evtchn` != 0: a service domain exists to serve it) is
+    /// the service domain's from boot, as xenconsoled's, even before it binds
+    /// the port; its bytes wait in the ring until then. Only if the service
+    /// domain has ended does the hypervisor take such rings over, so that
+    /// their writers never hang.
     pub fn drain_console(&mut self, i: usize) {
         let Some(d) = self.domains.get(i) else { return };
         // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
@@ -385,8 +415,7 @@ impl Hv {
         if both as u32 == (both >> 32) as u32 || !d.is_live() {
             return;
         }
-        // A console back-end bound to the ring's event channel owns it.
-        if matches!(self.channels[i].state(d.console_evtchn), Some(microvisor_core::evtchn::PortState::Interdomain { .. })) {
+        if d.console_evtchn != 0 && self.domains.iter().any(|s| s.service && s.is_live()) {
             return;
         }
         self.drain_console_ring(i);
@@ -404,7 +433,11 @@ impl Hv {
             *b = page.u8_at(1024 + u64::from(cons & 2047)).load(Ordering::Relaxed);
             cons = cons.wrapping_add(1);
         }
-        self.console_write(i, &buf[..avail as usize]);
+        // Consumed either way; shown unless the manifest hides the ring.
+        let d = &mut self.domains[i];
+        if d.console_out.shows_ring() {
+            assemble(d.id, d.name, &mut d.ring_line, &buf[..avail as usize]);
+        }
         page.u32_at(3080).store(prod, Ordering::Relaxed);
     }
 
@@ -427,28 +460,24 @@ impl Hv {
         }
     }
 
-    /// Flushes whatever partial console line a domain left.
+    /// Flushes whatever partial console lines a domain left.
     pub fn flush_console(&mut self, idx: usize) {
-        if let Some(d) = self.domains.get_mut(idx)
-            && !d.console.is_empty()
-        {
-            crate::log::guest_line(d.id, d.name, &d.console);
-            d.console.clear();
+        if let Some(d) = self.domains.get_mut(idx) {
+            for line in [&mut d.console, &mut d.ring_line] {
+                if !line.is_empty() {
+                    crate::log::guest_line(d.id, d.name, line);
+                    line.clear();
+                }
+            }
         }
     }
 
-    /// Appends guest console bytes, emitting complete lines.
+    /// Appends a domain's `console_io` bytes, emitting complete lines
+    /// (dropped if the manifest shows only its ring).
     pub fn console_write(&mut self, idx: usize, bytes: &[u8]) {
-        for &b in bytes {
-            let Some(d) = self.domains.get_mut(idx) else { return };
-            if b == b'\n' {
-                crate::log::guest_line(d.id, d.name, &d.console);
-                d.console.clear();
-            } else if b != b'\r' && d.console.push(b).is_err() {
-                crate::log::guest_line(d.id, d.name, &d.console);
-                d.console.clear();
-                let _ = d.console.push(b);
-            }
+        let Some(d) = self.domains.get_mut(idx) else { return };
+        if d.console_out.shows_io() {
+            assemble(d.id, d.name, &mut d.console, bytes);
         }
     }
 

@@ -177,12 +177,21 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             let sep = if names.is_empty() { "domains=" } else { "," };
             let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}:{}", spec.name));
         }
+        // And whose console rings it consumes without showing them
+        // (manifest `console = io`).
+        let mut first = true;
+        for (i, _) in manifest.domains().iter().enumerate().filter(|(_, s)| !s.service && !s.console.shows_ring()) {
+            let sep = if first { " hide_ring=" } else { "," };
+            first = false;
+            let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}"));
+        }
+        let has_service = manifest.domains().iter().any(|s| s.service);
         for (i, spec) in manifest.domains().iter().enumerate() {
             let Some(image) = archive.get(spec.image) else {
                 boot_fail(format_args!("domain '{}': image '{}' is not in the boot bundle", spec.name, spec.image))
             };
             let extra = if spec.service { names.as_str() } else { "" };
-            match build::build(i as u16, spec, image, extra) {
+            match build::build(i as u16, spec, image, extra, has_service && !spec.service) {
                 Ok((d, frame)) => {
                     let idx = hv.domains.len();
                     arch::entry::set_frame(idx, &frame);

@@ -342,8 +342,18 @@ pub struct Extras<'a> {
     /// Kill QEMU with SIGKILL (no clean shutdown) as soon as this text
     /// appears on the console. Empty text is ignored.
     pub kill_on: Option<&'a str>,
-    /// Type `.1` on the serial console (QEMU's stdin) once `.0` appears.
-    pub input: Option<(&'a str, &'a str)>,
+    /// Type text on the serial console (QEMU's stdin) once a marker has
+    /// appeared a number of times.
+    pub input: Option<Input<'a>>,
+}
+
+/// Console input typed once the console shows `after` for the `times`-th
+/// time.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    pub after: &'a str,
+    pub times: usize,
+    pub text: &'a str,
 }
 
 /// QEMU arguments attaching a raw image as a virtio-blk device.
@@ -380,6 +390,25 @@ pub struct Outcome {
 
 /// True when `needle` ends within `hay[from..]` (searching from a little
 /// before `from` so a needle split across reads is found).
+/// How many occurrences of `needle` in `hay` end after `from` (those not
+/// already counted when `hay` was `from` bytes long; non-overlapping
+/// occurrences, counted from the start, so a running total is exact).
+fn count_since(hay: &[u8], from: usize, needle: &[u8]) -> usize {
+    if needle.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(p) = hay.get(at..).and_then(|h| h.windows(needle.len()).position(|w| w == needle)) {
+        let end = at + p + needle.len();
+        if end > from {
+            n += 1;
+        }
+        at = end;
+    }
+    n
+}
+
 fn found_since(hay: &[u8], from: usize, needle: &[u8]) -> bool {
     if needle.is_empty() || hay.len() < needle.len() {
         return false;
@@ -439,7 +468,9 @@ impl Boot<'_> {
         let stop_flag = stopped.clone();
         let kill_on: Vec<u8> = extras.kill_on.unwrap_or("").as_bytes().to_vec();
         let mut stdin = child.stdin.take();
-        let (input_after, input): (Vec<u8>, Vec<u8>) = extras.input.map_or((Vec::new(), Vec::new()), |(m, t)| (m.as_bytes().to_vec(), t.as_bytes().to_vec()));
+        let (input_after, input_times, input): (Vec<u8>, usize, Vec<u8>) =
+            extras.input.map_or((Vec::new(), 1, Vec::new()), |i| (i.after.as_bytes().to_vec(), i.times.max(1), i.text.as_bytes().to_vec()));
+        let mut input_seen = 0usize;
         let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let kill_flag = killed.clone();
         // The reader wakes the waiting loop below the moment the kill marker
@@ -459,7 +490,10 @@ impl Boot<'_> {
                         }
                         let before = all.len();
                         all.extend_from_slice(&buf[..n]);
-                        if let Some(mut w) = stdin.take_if(|_| found_since(&all, before, &input_after)) {
+                        if stdin.is_some() {
+                            input_seen += count_since(&all, before, &input_after);
+                        }
+                        if let Some(mut w) = stdin.take_if(|_| input_seen >= input_times) {
                             use std::io::Write;
                             let _ = w.write_all(&input);
                             let _ = w.flush();
@@ -625,6 +659,24 @@ mod tests {
         assert_eq!(debian_codename(os).as_deref(), Some("bookworm"));
         assert_eq!(debian_codename("ID=ubuntu\nVERSION_CODENAME=noble\nID_LIKE=debian\n"), None);
         assert_eq!(debian_codename("ID=debian\n"), None);
+    }
+
+    #[test]
+    fn input_marker_counted_across_reads() {
+        let text = b"T(s=1)\nT(s=2)\nT(s=3)\n";
+        // Read in pieces that split the marker: the running total is exact.
+        let mut total = 0;
+        let mut before = 0;
+        for end in [3, 9, 10, 16, text.len()] {
+            total += count_since(&text[..end], before, b"T(s=");
+            before = end;
+        }
+        assert_eq!(total, 3);
+        assert_eq!(count_since(text, 0, b"T(s="), 3);
+        assert_eq!(count_since(text, 7, b"T(s="), 2);
+        assert_eq!(count_since(text, text.len(), b"T(s="), 0);
+        assert_eq!(count_since(b"aaaa", 0, b"aa"), 2, "non-overlapping");
+        assert_eq!(count_since(text, 0, b""), 0);
     }
 
     #[test]

@@ -30,10 +30,17 @@ pub struct Scenario {
     /// the previous one's match (a text listed twice must appear twice).
     #[serde(default)]
     pub ordered: Vec<String>,
+    /// Console lines to count: `{ text = "...", exactly = N }` or
+    /// `{ text = "...", at_least = N }` (lines containing the text).
+    #[serde(default)]
+    pub counts: Vec<Count>,
     /// How many `Test result: SUCCESS` lines must appear.
     #[serde(default)]
     pub successes: usize,
-    /// Extra bundle entries: name -> "text:<bytes>" or "hex:<hex bytes>".
+    /// Extra bundle entries: name -> "text:<bytes>", "hex:<hex bytes>" or
+    /// "file:<path>" (test data kept outside the repository, relative to
+    /// its root, e.g. `file:../shared/guests/mini-os/mini-os-xenbus`; the
+    /// scenario is skipped, with the reason, where the file is absent).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
     /// Hypervisor command line (default "loglvl=info").
@@ -62,6 +69,10 @@ pub struct Scenario {
     pub console_input: Option<String>,
     #[serde(default)]
     pub console_input_after: Option<String>,
+    /// Type only once `console_input_after` has appeared this many times
+    /// (default 1).
+    #[serde(default)]
+    pub console_input_after_count: Option<usize>,
     /// `min_qemu = "9.1"`: the oldest QEMU whose emulation the scenario's
     /// guests need (checked form of the key; the scenario is skipped, with
     /// the reason, on an older QEMU).
@@ -100,6 +111,29 @@ pub struct Scenario {
     /// `expect_disk`: bytes the image must hold after the last boot.
     #[serde(skip)]
     pub expect_disk: Vec<DiskExpect>,
+}
+
+/// A `counts` entry: how many console lines must contain `text`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Count {
+    pub text: String,
+    #[serde(default)]
+    pub exactly: Option<usize>,
+    #[serde(default)]
+    pub at_least: Option<usize>,
+}
+
+impl Count {
+    /// Why `serial` does not satisfy this count, if it does not.
+    pub fn reason(&self, serial: &str) -> Option<String> {
+        let n = serial.lines().filter(|l| l.contains(self.text.as_str())).count();
+        match (self.exactly, self.at_least) {
+            (Some(e), _) if n != e => Some(format!("{n} lines with {:?}, expected exactly {e}", self.text)),
+            (_, Some(a)) if n < a => Some(format!("{n} lines with {:?}, expected at least {a}", self.text)),
+            _ => None,
+        }
+    }
 }
 
 /// The largest `disk_mib` (a pattern-filled image is written in full).
@@ -219,6 +253,21 @@ impl Scenario {
         }
         if self.cpus.is_some_and(|n| !(1..=64).contains(&n)) {
             return Err("cpus: a count from 1 to 64".into());
+        }
+        match self.console_input_after_count {
+            Some(_) if self.console_input_after.is_none() => return Err("console_input_after_count needs console_input_after".into()),
+            Some(0) => return Err("console_input_after_count must be at least 1".into()),
+            _ => {}
+        }
+        for (i, c) in self.counts.iter().enumerate() {
+            if c.text.is_empty() || c.exactly.is_some() == c.at_least.is_some() {
+                return Err(format!("counts[{i}]: give a non-empty text and one of exactly = N or at_least = N"));
+            }
+        }
+        for (name, spec) in &self.files {
+            if !["text:", "hex:", "file:"].iter().any(|p| spec.starts_with(p)) {
+                return Err(format!("files: '{name}' must start with text:, hex: or file:"));
+            }
         }
         self.min_qemu = match &self.raw_min_qemu {
             None => None,
@@ -445,8 +494,24 @@ pub fn make_bundle(manifest: &str, kdir: &Path, extra: &BTreeMap<String, String>
     Ok(crate::bundle::pack(&files))
 }
 
+/// The file a `file:` bundle entry names (relative to the repository root).
+pub fn spec_file(spec: &str) -> Option<PathBuf> {
+    spec.strip_prefix("file:").map(|p| crate::root().join(p))
+}
+
+/// Why a scenario cannot run here: a `file:` bundle entry whose file is
+/// absent (test data outside the repository, which a clone may not have).
+pub fn missing_file(files: &BTreeMap<String, String>) -> Option<String> {
+    files.values().find_map(|spec| {
+        let p = spec_file(spec)?;
+        (!p.is_file()).then(|| format!("test data {} is not here (it is kept outside the repository)", spec.trim_start_matches("file:")))
+    })
+}
+
 fn decode_spec(spec: &str) -> Result<Vec<u8>, String> {
-    if let Some(t) = spec.strip_prefix("text:") {
+    if let Some(p) = spec_file(spec) {
+        std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
+    } else if let Some(t) = spec.strip_prefix("text:") {
         Ok(t.as_bytes().to_vec())
     } else if let Some(h) = spec.strip_prefix("hex:") {
         let h: String = h.chars().filter(|c| !c.is_whitespace()).collect();
@@ -455,7 +520,7 @@ fn decode_spec(spec: &str) -> Result<Vec<u8>, String> {
             .map(|i| u8::from_str_radix(h.get(i..i + 2).unwrap_or("x"), 16).map_err(|_| format!("error: bad hex in file spec '{spec}'")))
             .collect()
     } else {
-        Err(format!("error: file spec '{spec}' must start with text: or hex:"))
+        Err(format!("error: file spec '{spec}' must start with text:, hex: or file:"))
     }
 }
 
@@ -543,6 +608,7 @@ fn text_reasons(s: &Scenario, serial: &str, reasons: &mut Vec<String>) {
     if let Some(why) = order_reason(&s.ordered, serial) {
         reasons.push(why);
     }
+    reasons.extend(s.counts.iter().filter_map(|c| c.reason(serial)));
     if serial.contains("PANIC") && !s.markers.iter().any(|m| m.contains("PANIC")) {
         reasons.push("PANIC on the console".into());
     }
@@ -620,6 +686,9 @@ pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Resul
     if let Some(why) = qemu_too_old(s.min_qemu, crate::qemu::version()) {
         return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(why) });
     }
+    if let Some(why) = missing_file(&s.files) {
+        return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(why) });
+    }
     if s.target.as_deref() == Some("xen") {
         return run_on_xen(s, kdir, log_dir, accel);
     }
@@ -677,7 +746,11 @@ pub fn run_boots(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Res
             stop_on: &[],
         };
         let kill_on = s.kill_marker(i as usize - 1);
-        let input = s.console_input_after.as_deref().zip(s.console_input.as_deref());
+        let input = s.console_input_after.as_deref().zip(s.console_input.as_deref()).map(|(after, text)| crate::qemu::Input {
+            after,
+            times: s.console_input_after_count.unwrap_or(1),
+            text,
+        });
         let extras = crate::qemu::Extras { disk: s.disk.map(|_| disk.as_path()), kill_on, input };
         let out = boot.run_with(&extras)?;
         if s.boots > 1 {
@@ -762,6 +835,41 @@ mod tests {
         assert!(s.kill_after.is_empty() && s.expect_disk.is_empty());
         assert_eq!(s.append_for_boot(1), "loglvl=info");
         assert_eq!(s.kill_marker(0), None);
+    }
+
+    #[test]
+    fn external_files_skip_where_absent() {
+        let s = with("[files]\nimg = \"file:../no-such-dir/mini-os\"\n").unwrap();
+        let why = missing_file(&s.files).unwrap();
+        assert_eq!(why, "test data ../no-such-dir/mini-os is not here (it is kept outside the repository)");
+        // A file that exists (relative to the repository root) is read.
+        let here = with("[files]\nimg = \"file:Cargo.toml\"\n").unwrap();
+        assert_eq!(missing_file(&here.files), None);
+        let bytes = decode_spec(&here.files["img"]).unwrap();
+        assert_eq!(bytes, std::fs::read(crate::root().join("Cargo.toml")).unwrap());
+        assert!(err("[files]\nimg = \"path:x\"\n").contains("must start with text:, hex: or file:"));
+    }
+
+    #[test]
+    fn counts_are_lines_containing_the_text() {
+        let s = with("counts = [{ text = \"T(s=\", at_least = 3 }, { text = \"Bootstrapping\", exactly = 1 }]").unwrap();
+        let ok = "(d1 m) Bootstrapping...\r\n(d1 m) T(s=1)\n(d1 m) T(s=2)\n(d1 m) T(s=3)\n";
+        assert!(s.counts.iter().all(|c| c.reason(ok).is_none()));
+        let short = "(d1 m) Bootstrapping...\n(d1 m) T(s=1)\n(d1 m) T(s=2)\n";
+        assert_eq!(s.counts[0].reason(short).unwrap(), "2 lines with \"T(s=\", expected at least 3");
+        let twice = format!("{ok}(d0 service) [m] Bootstrapping...\n");
+        assert_eq!(s.counts[1].reason(&twice).unwrap(), "2 lines with \"Bootstrapping\", expected exactly 1");
+        assert!(err("counts = [{ text = \"x\" }]").contains("one of exactly = N or at_least = N"));
+        assert!(err("counts = [{ text = \"\", exactly = 1 }]").contains("non-empty text"));
+        assert!(err("counts = [{ text = \"x\", exactly = 1, at_least = 2 }]").contains("one of exactly"));
+    }
+
+    #[test]
+    fn console_input_after_count_parses() {
+        let s = with("console_input = \"x\"\nconsole_input_after = \"T(s=\"\nconsole_input_after_count = 5\n").unwrap();
+        assert_eq!(s.console_input_after_count, Some(5));
+        assert!(err("console_input = \"x\"\nconsole_input_after = \"T\"\nconsole_input_after_count = 0\n").contains("at least 1"));
+        assert!(err("console_input_after_count = 2\n").contains("needs console_input_after"));
     }
 
     #[test]

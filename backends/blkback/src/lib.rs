@@ -9,7 +9,9 @@
 //!   completely before any disk or grant access, executes it and answers it
 //!   on the ring; it returns whether to send the front-end an event;
 //! - [`xenbus`] holds the xenstore side: the nodes the back-end publishes, the
-//!   parsing of what the front-end publishes, and the reaction to its state.
+//!   parsing of what the front-end publishes, and the reaction to its state;
+//! - [`vdev`] turns a disk's configured name (`xvda`, `hda`, ...) into the
+//!   virtual device number the front-end finds under `device/vbd/`.
 //!
 //! Everything the front-end writes is hostile. A malformed request is
 //! answered with `BLKIF_RSP_ERROR` (or `BLKIF_RSP_EOPNOTSUPP` for an
@@ -24,6 +26,7 @@ extern crate alloc;
 
 #[cfg(test)]
 mod tests;
+pub mod vdev;
 pub mod xenbus;
 
 use alloc::vec::Vec;

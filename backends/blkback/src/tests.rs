@@ -805,6 +805,11 @@ fn backend_reacts_to_frontend_state() {
         on_frontend_state(S::Unknown),
         BackendStep::Disconnect(S::Closed)
     );
+    // After a clean close only a front-end starting again reopens.
+    assert!(crate::xenbus::reopens(S::Initialising));
+    for s in [S::Unknown, S::InitWait, S::Initialised, S::Connected, S::Closing, S::Closed] {
+        assert!(!crate::xenbus::reopens(s), "{s:?}");
+    }
 }
 
 /// A heap with no room for the staging buffer: no request is taken from

@@ -154,6 +154,17 @@ pub enum BackendStep {
     Disconnect(XenbusState),
 }
 
+/// Whether a back-end that went to `Closed` because its front-end closed
+/// (not because the front-end broke its ring or died) takes a new
+/// connection: when the front-end starts again (`Initialising`) it goes back
+/// to `InitWait`, as Linux's blkback does ("prepare for reconnect"). Mini-OS's
+/// blkfront closes this way at shutdown (Closing, Closed, then Initialising)
+/// and waits to see `InitWait`.
+#[must_use]
+pub fn reopens(front: XenbusState) -> bool {
+    front == XenbusState::Initialising
+}
+
 /// The back-end's reaction to the front-end entering `front`.
 #[must_use]
 pub fn on_frontend_state(front: XenbusState) -> BackendStep {

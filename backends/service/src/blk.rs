@@ -21,8 +21,8 @@ use xenstore::Xenstore;
 
 use crate::store::Local;
 
-/// Xen's device id of the first virtual disk (`xvda`: 202 << 8).
-pub const XVDA: u32 = 51712;
+/// The virtual disk name a `vbd=` entry gets when it names none.
+pub const DEFAULT_VDEV: &str = "xvda";
 const PAGE: usize = 4096;
 
 /// A slice of the real disk: sectors `start..start + sectors`.
@@ -143,6 +143,9 @@ pub struct Vbd {
     /// Where its ring is mapped in our address space.
     ring_slot: u64,
     closed: bool,
+    /// Closed because the front-end closed: a new connection may follow
+    /// (`blkback::xenbus::reopens`).
+    reopenable: bool,
     /// The front-end broke its ring: never reconnect it, but still follow
     /// it to Closed.
     failed: bool,
@@ -156,18 +159,20 @@ fn state_text(s: XenbusState) -> String {
 }
 
 impl Vbd {
-    /// The toolstack's part: the front-end's `device/vbd/<id>` and our
-    /// `backend/vbd/<dom>/<id>` directories, each readable by the other
+    /// The toolstack's part: the front-end's `device/vbd/<vdev>` and our
+    /// `backend/vbd/<dom>/<vdev>` directories, each readable by the other
     /// side, and our device nodes; the back-end then waits in InitWait.
-    pub fn create(xs: &mut Xenstore, local: &mut Local, fe_dom: u16, name: &str, start: u64, sectors: u64, ring_slot: u64) -> Result<Self, guest_abi::errno::Errno> {
-        let be_path = format!("/local/domain/0/backend/vbd/{fe_dom}/{XVDA}");
-        let fe_path = format!("/local/domain/{fe_dom}/device/vbd/{XVDA}");
+    /// `vdev` is the virtual device number (`blkback::vdev::parse`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(xs: &mut Xenstore, local: &mut Local, fe_dom: u16, name: &str, vdev: u32, start: u64, sectors: u64, ring_slot: u64) -> Result<Self, guest_abi::errno::Errno> {
+        let be_path = format!("/local/domain/0/backend/vbd/{fe_dom}/{vdev}");
+        let fe_path = format!("/local/domain/{fe_dom}/device/vbd/{vdev}");
         let fe_perms = format!("n{fe_dom}\0r0\0");
         let be_perms = format!("n0\0r{fe_dom}\0");
         local.write(xs, &format!("{fe_path}/backend"), be_path.as_bytes())?;
         local.write(xs, &format!("{fe_path}/backend-id"), b"0")?;
         local.write(xs, &format!("{fe_path}/state"), state_text(XenbusState::Initialising).as_bytes())?;
-        local.write(xs, &format!("{fe_path}/virtual-device"), format!("{XVDA}").as_bytes())?;
+        local.write(xs, &format!("{fe_path}/virtual-device"), format!("{vdev}").as_bytes())?;
         local.write(xs, &format!("{fe_path}/device-type"), b"disk")?;
         for n in ["", "/backend", "/backend-id", "/state", "/virtual-device", "/device-type"] {
             local.set_perms(xs, &format!("{fe_path}{n}"), fe_perms.as_bytes())?;
@@ -189,7 +194,7 @@ impl Vbd {
         for n in nodes {
             local.set_perms(xs, &format!("{be_path}{n}"), be_perms.as_bytes())?;
         }
-        Ok(Self { fe_dom, name: String::from(name), be_path, fe_path, start, sectors, conn: None, ring_slot, closed: false, failed: false, announce: None })
+        Ok(Self { fe_dom, name: String::from(name), be_path, fe_path, start, sectors, conn: None, ring_slot, closed: false, reopenable: false, failed: false, announce: None })
     }
 
     fn set_state(&self, xs: &mut Xenstore, local: &mut Local, s: XenbusState) {
@@ -204,10 +209,20 @@ impl Vbd {
             self.set_state(xs, local, s);
             changed = true;
         }
-        if self.closed {
+        if self.closed && !self.reopenable {
             return changed;
         }
         let front = local.read(xs, &format!("{}/state", self.fe_path)).ok().and_then(|t| XenbusState::parse(&t)).unwrap_or(XenbusState::Unknown);
+        if self.closed {
+            if blkback::xenbus::reopens(front) {
+                self.closed = false;
+                self.reopenable = false;
+                self.set_state(xs, local, XenbusState::InitWait);
+                pv_guest_kernel::println!("blkback: {}: front-end starts again; back-end in InitWait", self.name);
+                return true;
+            }
+            return changed;
+        }
         match blkback::xenbus::on_frontend_state(front) {
             blkback::xenbus::BackendStep::Connect if self.conn.is_none() && !self.failed => match self.connect(xs, local, kick) {
                 Ok(()) => {
@@ -227,6 +242,7 @@ impl Vbd {
                 self.set_state(xs, local, s);
                 if s == XenbusState::Closed {
                     self.closed = true;
+                    self.reopenable = !self.failed;
                 }
                 true
             }
@@ -256,6 +272,7 @@ impl Vbd {
     pub fn front_end_gone(&mut self) {
         self.disconnect();
         self.closed = true;
+        self.reopenable = false;
         self.announce = None;
     }
 

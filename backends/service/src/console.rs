@@ -2,7 +2,9 @@
 //! guest's console ring page (`struct xencons_interface`: `in[1024]`,
 //! `out[2048]`, then `in_cons`, `in_prod`, `out_cons`, `out_prod`) and
 //! writes every complete line to the serial console prefixed with the
-//! guest's name; forwards input bytes into one chosen guest's `in` ring.
+//! guest's name (unless the manifest shows only the guest's `console_io`
+//! copy: its ring is then consumed without being written out); forwards
+//! input bytes into one chosen guest's `in` ring.
 //! Indices come from the guest and are checked: a producer more than a ring
 //! ahead is clamped to one ring of output (as the hypervisor's own drain
 //! does), never trusted as a length.
@@ -45,16 +47,18 @@ pub struct Console {
     pub port: u32,
     pub name: String,
     line: Vec<u8>,
-    /// Bytes written out so far.
+    /// Bytes consumed from the ring so far.
     pub bytes: u64,
+    /// Whether its lines are written out (false: consumed only).
+    shown: bool,
 }
 
 impl Console {
-    pub fn new(page: MappedPage, port: u32, name: String) -> Self {
+    pub fn new(page: MappedPage, port: u32, name: String, shown: bool) -> Self {
         // The line never grows past LINE_MAX (it is written out there), so
         // this is the only allocation a console makes: nothing the guest
         // writes allocates in the service domain.
-        Self { page, port, name, line: Vec::with_capacity(LINE_MAX), bytes: 0 }
+        Self { page, port, name, line: Vec::with_capacity(LINE_MAX), bytes: 0, shown }
     }
 
     /// Drains the `out` ring; returns whether anything was consumed (the
@@ -67,9 +71,11 @@ impl Console {
         if avail == 0 {
             return false;
         }
-        for i in 0..avail {
-            let b = self.page.read_u8(OUT + (cons.wrapping_add(i) % OUT_SIZE) as usize);
-            self.byte(b);
+        if self.shown {
+            for i in 0..avail {
+                let b = self.page.read_u8(OUT + (cons.wrapping_add(i) % OUT_SIZE) as usize);
+                self.byte(b);
+            }
         }
         self.page.fence();
         self.page.store_u32(OUT_CONS, cons.wrapping_add(avail));
@@ -93,9 +99,11 @@ impl Console {
         }
     }
 
-    /// Writes out a partial line (at the guest's death, say).
+    /// Writes out a line (a partial one at the guest's death, say).
     pub fn flush(&mut self) {
-        pv_guest_kernel::println!("[{}] {}", self.name, Lossy(&self.line));
+        if self.shown {
+            pv_guest_kernel::println!("[{}] {}", self.name, Lossy(&self.line));
+        }
         self.line.clear();
     }
 

@@ -9,7 +9,9 @@
 //! hypervisor allocated unbound for this domain). It maps each ring page with
 //! a foreign `mmu_update`, binds each channel, introduces the domain to the
 //! store (home directory, `name`, `domid`), then serves events until every
-//! other domain has ended, noticing deaths through `VIRQ_DOM_EXC`.
+//! other domain has ended, noticing deaths through `VIRQ_DOM_EXC`. Lines
+//! typed on the serial console are toolstack commands (`xl shutdown NAME`,
+//! see `toolstack`) unless `console_input=NAME` routes them to a guest.
 //!
 //! Guests' indices and bytes are hostile: see `store` and `console`.
 #![no_std]
@@ -26,6 +28,7 @@ mod console;
 mod disk;
 mod echo;
 mod store;
+mod toolstack;
 
 use alloc::format;
 use alloc::string::String;
@@ -108,7 +111,8 @@ struct Disks {
 
 /// With `vbd=a,b` on the command line: probes the virtio disk, routes its
 /// interrupt to an event channel, and gives each named domain an equal
-/// slice of it as virtual disk `xvda`.
+/// slice of it as a virtual disk, `xvda` or the one an entry names as xl's
+/// `vdev` does (`vbd=a:hda,b:xvdb`; `blkback::vdev`).
 fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, guests: &[Guest]) -> Option<Disks> {
     let names = cmdline_list(si, "vbd");
     if names.is_empty() {
@@ -146,7 +150,8 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
             }
         }
         for name in &names {
-            if let Some(g) = guests.iter().find(|g| &g.name == name) {
+            let name = name.split(':').next().unwrap_or("");
+            if let Some(g) = guests.iter().find(|g| g.name == name) {
                 for (key, ns) in &figures {
                     let _ = local.write(xs, &format!("/local/domain/{}/bench/{key}", g.domid), format!("{ns}").as_bytes());
                 }
@@ -155,12 +160,20 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
     }
     let share = usable / names.len() as u64;
     let mut vbds = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let Some(g) = guests.iter().find(|g| &g.name == name) else {
+    for (i, entry) in names.iter().enumerate() {
+        let (name, vdev_name) = entry.split_once(':').unwrap_or((entry.as_str(), blk::DEFAULT_VDEV));
+        let vdev = match blkback::vdev::parse(vdev_name) {
+            Ok(v) => v,
+            Err(e) => {
+                println!("service: vbd for {name}: '{vdev_name}': {e}");
+                continue;
+            }
+        };
+        let Some(g) = guests.iter().find(|g| g.name == name) else {
             println!("service: vbd for unknown domain '{name}'");
             continue;
         };
-        match blk::Vbd::create(xs, local, g.domid, name, i as u64 * share, share, 64 + i as u64) {
+        match blk::Vbd::create(xs, local, g.domid, name, vdev, i as u64 * share, share, 64 + i as u64) {
             Ok(v) => vbds.push(v),
             Err(e) => println!("service: vbd for {name}: {e:?}"),
         }
@@ -199,7 +212,7 @@ fn domain_list(si: &StartInfo) -> Vec<(u16, String)> {
         .collect()
 }
 
-fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, name: &str) -> Result<Guest, Errno> {
+fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, name: &str, ring_shown: bool) -> Result<Guest, Errno> {
     let dom = DomId(domid);
     let store_mfn = hvm_get_param(dom, HVM_PARAM_STORE_PFN)?;
     let store_port = hvm_get_param(dom, HVM_PARAM_STORE_EVTCHN)? as u32;
@@ -220,7 +233,7 @@ fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, n
         domid,
         name: String::from(name),
         store: Some(store::StoreRing::new(spage, conn, sport)),
-        console: Some(console::Console::new(cpage, cport, String::from(name))),
+        console: Some(console::Console::new(cpage, cport, String::from(name), ring_shown)),
         alive: true,
         relayed: 0,
         release_pending: false,
@@ -274,6 +287,27 @@ fn disconnect(xs: &mut Xenstore, local: &mut store::Local, g: &mut Guest) {
     println!("service: domain {} ({}) ended; its rings are released", g.domid, g.name);
 }
 
+/// Runs one typed toolstack command (see `toolstack`).
+fn run_command(xs: &mut Xenstore, local: &mut store::Local, guests: &[Guest], line: &str) {
+    let cmd = match toolstack::parse(line) {
+        Ok(c) => c,
+        Err(why) => return println!("service: {why}"),
+    };
+    let Some(g) = guests.iter().find(|g| g.name == cmd.domain || cmd.domain.parse() == Ok(g.domid)) else {
+        return println!("service: {}: no domain '{}'", cmd.verb, cmd.domain);
+    };
+    if !g.alive {
+        return println!("service: {}: domain {} ({}) has already ended", cmd.verb, g.domid, g.name);
+    }
+    let path = format!("/local/domain/{}/control/shutdown", g.domid);
+    match local.write(xs, &path, cmd.value.as_bytes()) {
+        Ok(()) => println!("service: {} {}: wrote '{}' to {path}", cmd.verb, g.name, cmd.value),
+        Err(e) => println!("service: {} {}: cannot write {path}: {e:?}", cmd.verb, g.name),
+    }
+    // Its watch event is queued for the guest: deliver it on the next pass.
+    WORK.store(true, Ordering::SeqCst);
+}
+
 fn main(si: &'static StartInfo) {
     events::init().expect("event channels");
     time::init().expect("timer");
@@ -291,8 +325,12 @@ fn main(si: &'static StartInfo) {
     let mut local = store::Local::new(&mut xs);
     let _ = events::bind_virq(guest_abi::event_channel::VIRQ_DOM_EXC, kick).expect("VIRQ_DOM_EXC");
     let mut guests: Vec<Guest> = Vec::new();
+    // Domains whose rings are consumed but not written out (the manifest
+    // shows their console_io copy only).
+    let hidden = cmdline_list(si, "hide_ring");
     for (slot, (domid, name)) in domain_list(si).into_iter().enumerate() {
-        match connect(&mut xs, &mut local, slot as u64, domid, &name) {
+        let shown = !hidden.iter().any(|h| h.parse() == Ok(domid));
+        match connect(&mut xs, &mut local, slot as u64, domid, &name, shown) {
             Ok(g) => guests.push(g),
             // Dead already (it ran and ended before we got here): nothing to serve.
             Err(Errno::ESRCH | Errno::EBUSY) => println!("service: domain {domid} ({name}) ended before the service domain reached it"),
@@ -308,6 +346,9 @@ fn main(si: &'static StartInfo) {
     if let Some(name) = &input_to {
         println!("service: console input goes to {name}");
     }
+    // Otherwise typed lines are toolstack commands, read every POLL_NS.
+    let mut commands = toolstack::LineReader::new();
+    let mut next_input = 0u64;
     events::enable();
     println!("service: serving xenstore and consoles for {} domains", guests.len());
 
@@ -381,6 +422,19 @@ fn main(si: &'static StartInfo) {
             rounds += 1;
             if !moved || rounds > 64 {
                 break;
+            }
+        }
+        if input_to.is_none() && time::now_ns() >= next_input {
+            next_input = time::now_ns() + POLL_NS;
+            let mut typed = [0u8; 64];
+            let n = guest_abi::hypercall::console_io_read(&mut typed).unwrap_or(0);
+            let mut lines: Vec<Result<String, &'static str>> = Vec::new();
+            commands.feed(&typed[..n.min(typed.len())], |l| lines.push(l.map(String::from)));
+            for l in lines {
+                match l {
+                    Ok(text) => run_command(&mut xs, &mut local, &guests, &text),
+                    Err(why) => println!("service: {why}"),
+                }
             }
         }
         for g in guests.iter_mut().filter(|g| g.release_pending) {

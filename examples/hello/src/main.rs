@@ -30,7 +30,9 @@ fn main(si: &'static StartInfo) {
     );
     say!("start_info: shared_info at machine address {:#x}", si.shared_info);
     say!("start_info: page tables at {:#x} ({} frames), p2m list at {:#x}", si.pt_base, si.nr_pt_frames, si.mfn_list);
-    say!("start_info: store mfn {:#x} evtchn {}, console mfn {:#x} evtchn {}", si.store_mfn, si.store_evtchn, si.console.mfn, si.console.evtchn);
+    // A domain no xenstored serves (Xen's dom0; here, any domain without a
+    // service domain) finds store evtchn 0 and mfn 0, and console evtchn 0.
+    say!("start_info: store evtchn {} mfn {:#x}, console evtchn {} mfn {:#x}", si.store_evtchn, si.store_mfn, si.console.evtchn, si.console.mfn);
     say!("command line: {cmdline:?}");
 
     // The heap works: build something that needs it.

@@ -18,6 +18,7 @@
 //! expect = poweroff        # poweroff|reboot|suspend|crash|watchdog|killed; default poweroff
 //! weight = 256             # scheduler weight 1-65535; default 256
 //! cap = 50                  # at most this percent of the CPU (1-100); default none
+//! console = both           # which console output the serial line shows: both|io|ring
 //! ```
 //!
 //! * Lines are `key = value`; spaces around the key, the `=` and the value are
@@ -121,6 +122,54 @@ impl fmt::Display for Expect {
     }
 }
 
+/// Which of a domain's two console outputs the serial line shows (the
+/// manifest's `console` key). A Xen PV domain has two: `console_io` writes
+/// (Xen's own console, where Xen shows a domU's lines only at
+/// `guest_loglvl=all`) and its console ring (served by xenconsoled, seen
+/// with `xl console`). Here both end on the one serial line: the hypervisor
+/// prints `console_io` lines as `(dN name) ...`, and the ring's reader (the
+/// service domain as `[name] ...`, or the hypervisor's own drain when no
+/// service domain exists) prints the ring. A guest that copies every line
+/// to both, as Mini-OS does, would show each line twice: `io` or `ring`
+/// shows one copy. The hidden output is still consumed (a ring is still
+/// drained, so the guest never waits on it; a `console_io` write still
+/// succeeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsoleOutput {
+    /// Both outputs (the default).
+    Both,
+    /// Only `console_io` lines; the ring is consumed without being shown.
+    Io,
+    /// Only the ring; `console_io` writes are accepted and dropped.
+    Ring,
+}
+
+impl ConsoleOutput {
+    /// The manifest spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Io => "io",
+            Self::Ring => "ring",
+        }
+    }
+
+    /// Parses the manifest spelling.
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Both, Self::Io, Self::Ring].into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether `console_io` lines are shown.
+    pub const fn shows_io(self) -> bool {
+        !matches!(self, Self::Ring)
+    }
+
+    /// Whether the ring's lines are shown.
+    pub const fn shows_ring(self) -> bool {
+        !matches!(self, Self::Io)
+    }
+}
+
 /// One `[domain NAME]` section, with defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DomainSpec<'a> {
@@ -147,6 +196,8 @@ pub struct DomainSpec<'a> {
     pub weight: u16,
     /// CPU cap in percent of one CPU (1-100), 0 = no cap.
     pub cap: u8,
+    /// Which console output the serial line shows.
+    pub console: ConsoleOutput,
 }
 
 impl DomainSpec<'_> {
@@ -167,6 +218,7 @@ const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
     expect: Expect::Poweroff,
     weight: DEFAULT_WEIGHT,
     cap: 0,
+    console: ConsoleOutput::Both,
 };
 
 /// A parsed manifest: one to [`MAX_DOMAINS`] domain specs in file order.
@@ -223,6 +275,7 @@ struct Partial<'a> {
     expect: Option<Expect>,
     weight: Option<u16>,
     cap: Option<u8>,
+    console: Option<ConsoleOutput>,
 }
 
 impl<'a> Partial<'a> {
@@ -239,6 +292,7 @@ impl<'a> Partial<'a> {
             expect: None,
             weight: None,
             cap: None,
+            console: None,
         }
     }
 
@@ -267,6 +321,7 @@ impl<'a> Partial<'a> {
             expect: self.expect.unwrap_or(Expect::Poweroff),
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
             cap: self.cap.unwrap_or(0),
+            console: self.console.unwrap_or(ConsoleOutput::Both),
         })
     }
 }
@@ -460,6 +515,10 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 let cap = parse_cap(value).map_err(|what| err(what, None))?;
                 set_once(&mut section.cap, cap, duplicate)?;
             }
+            "console" => {
+                let c = ConsoleOutput::from_name(value).ok_or(err("console must be both, io or ring", None))?;
+                set_once(&mut section.console, c, duplicate)?;
+            }
             _ => return Err(err("unknown key", Some(key))),
         }
     }
@@ -561,6 +620,7 @@ expect = killed
                 expect: Expect::Poweroff,
                 weight: 512,
                 cap: 50,
+                console: ConsoleOutput::Both,
             }
         );
         assert_eq!(d[0].nr_pages(), 4096);
@@ -577,6 +637,7 @@ expect = killed
                 expect: Expect::Crash,
                 weight: 256,
                 cap: 0,
+                console: ConsoleOutput::Both,
             }
         );
         assert_eq!(d[2].memory_bytes, 1 << 30);
@@ -603,6 +664,18 @@ expect = killed
             error(&format!("{two}{}", two.replace("[domain s]", "[domain t]"))),
             "manifest line 11: more than one service domain"
         );
+    }
+
+    #[test]
+    fn console_output() {
+        let m = parse("[domain a]\nimage = a\nmemory = 16M\nconsole = io\n[domain b]\nimage = a\nmemory = 16M\nconsole = ring # only the ring\n[domain c]\nimage = a\nmemory = 16M\n").unwrap();
+        let d = m.domains();
+        assert_eq!((d[0].console, d[1].console, d[2].console), (ConsoleOutput::Io, ConsoleOutput::Ring, ConsoleOutput::Both));
+        assert!(d[0].console.shows_io() && !d[0].console.shows_ring());
+        assert!(!d[1].console.shows_io() && d[1].console.shows_ring());
+        assert!(d[2].console.shows_io() && d[2].console.shows_ring());
+        assert_eq!(error("[domain a]\nimage = a\nmemory = 16M\nconsole = serial\n"), "manifest line 4: console must be both, io or ring");
+        assert_eq!(error("[domain a]\nimage = a\nmemory = 16M\nconsole = io\nconsole = io\n"), "manifest line 5: duplicate key 'console'");
     }
 
     #[test]
