@@ -54,6 +54,30 @@ struct Opts {
     /// `--cpus N`: CPUs of the machine (run: default 2; test: for scenarios
     /// without a `cpus` key, default 1).
     cpus: Option<u32>,
+    /// The options given, in order (to refuse one a command does not take).
+    given: Vec<String>,
+}
+
+/// The options each command takes (`fuzz` parses its own).
+fn options_of(cmd: &str) -> &'static [&'static str] {
+    match cmd {
+        "build" => &[],
+        "run" => &["--manifest", "--disk", "--accel", "--timeout", "--qemu", "--cpus"],
+        "test" => &["--accel", "--filter", "--on-xen", "--timeout", "--qemu", "--cpus"],
+        "bench" => &["--vs-xen", "--qemu", "--timeout"],
+        "profile" => &["--manifest", "--at", "--when", "--skip", "--steps", "--guest", "--qemu", "--timeout"],
+        _ => &[],
+    }
+}
+
+/// Refuses an option `cmd` does not take, naming the ones it does.
+fn check_options(cmd: &str, given: &[String]) -> Result<(), String> {
+    let ok = options_of(cmd);
+    match given.iter().find(|g| !ok.contains(&g.as_str())) {
+        None => Ok(()),
+        Some(g) if ok.is_empty() => Err(format!("error: `{cmd}` takes no options ({g} given; see `cargo xtask help`)")),
+        Some(g) => Err(format!("error: `{cmd}` does not take {g}; it takes {} (see `cargo xtask help`)", ok.join(", "))),
+    }
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -72,9 +96,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         guest: None,
         qemu: None,
         cpus: None,
+        given: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        o.given.push(a.clone());
         let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("error: {name} needs a value"));
         match a.as_str() {
             "--accel" => o.accel = qemu::parse_accel(&val("--accel")?)?,
@@ -140,11 +166,16 @@ fn main() -> ExitCode {
         eprintln!("{HELP}{}", fuzz::USAGE);
         return ExitCode::FAILURE;
     };
+    if args[1..].iter().any(|a| a == "--help" || a == "-h") {
+        println!("{HELP}{}", fuzz::USAGE);
+        return ExitCode::SUCCESS;
+    }
     // `fuzz` has options of its own.
     let res = if cmd == "fuzz" { fuzz(&args[1..]) } else { parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
             Err(format!("error: `{c}` takes neither --on-xen nor --vs-xen: use `test --on-xen` or `bench --vs-xen`"))
         }
+        c @ ("build" | "run" | "test" | "bench" | "profile") if check_options(c, &o.given).is_err() => check_options(c, &o.given).map(|()| false),
         "build" => build_all().map(|_| true),
         "run" => run(&o),
         "test" => test(&o),
@@ -393,6 +424,13 @@ fn test(o: &Opts) -> Result<bool, String> {
         println!("{skipped} skipped (see the SKIP lines for why)");
     }
     println!("{} passed, {} failed", passed, failed.len());
+    if let Some(f) = o.filter.as_deref()
+        && passed + failed.len() + skipped == 0
+    {
+        return Err(format!(
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests or no-vector-registers"
+        ));
+    }
     Ok(failed.is_empty())
 }
 
@@ -401,4 +439,27 @@ fn bench(o: &Opts) -> Result<bool, String> {
     let kdir = build_all()?;
     let timeout = Duration::from_secs(o.timeout.max(300));
     if o.vs_xen { bench::vs_xen(&kdir, timeout) } else { bench::bench(&kdir, timeout) }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    fn given(args: &[&str]) -> Vec<String> {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap().given
+    }
+
+    /// Each command refuses options it does not take, naming the ones it
+    /// does (`run --filter` used to be ignored silently).
+    #[test]
+    fn commands_refuse_options_they_do_not_take() {
+        assert_eq!(check_options("test", &given(&["--filter", "x", "--cpus", "2"])), Ok(()));
+        assert_eq!(check_options("run", &given(&["--manifest", "m", "--cpus", "2"])), Ok(()));
+        let e = check_options("run", &given(&["--filter", "x"])).unwrap_err();
+        assert!(e.starts_with("error: `run` does not take --filter; it takes --manifest"), "{e}");
+        let e = check_options("build", &given(&["--cpus", "2"])).unwrap_err();
+        assert!(e.starts_with("error: `build` takes no options"), "{e}");
+        assert!(check_options("bench", &given(&["--filter", "x"])).is_err());
+        assert_eq!(check_options("bench", &given(&["--vs-xen"])), Ok(()));
+    }
 }
