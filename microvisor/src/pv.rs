@@ -158,15 +158,22 @@ pub fn get_debugreg(hv: &mut Hv, reg: u64) -> Result<u64, Errno> {
     pv.dbg.read(reg as u32, pv.cr4_de).map_err(|e| e.errno())
 }
 
-/// Set once any vCPU has enabled a breakpoint: until then the vCPU switch
-/// has no debug registers to look at.
-pub static BREAKPOINTS_USED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Set once any vCPU has used state that a vCPU switch must load and
+/// rarely exists: breakpoints, GDT entries of its own, an LDT. Until then
+/// the switch tests this one flag and loads none of them
+/// (`sched::switch_rare_state`).
+pub static RARE_STATE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Notes that some vCPU now has rare switch state (`RARE_STATE`).
+pub fn note_rare_state() {
+    RARE_STATE.store(true, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// Puts the running vCPU's breakpoints in the CPU (or turns them off when
 /// it enables none).
 pub fn load_breakpoints(dbg: &microvisor_core::pv::debugreg::DebugRegs) {
     if dbg.active() {
-        BREAKPOINTS_USED.store(true, core::sync::atomic::Ordering::Relaxed);
+        note_rare_state();
         crate::arch::cpu::load_breakpoints(&dbg.addr, dbg.dr7);
     } else {
         crate::arch::cpu::breakpoints_off();
@@ -325,6 +332,9 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     if old != 0 {
         crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, old));
     }
+    if entries > 1 {
+        note_rare_state();
+    }
     let pv = &mut hv.domains[cur].pv;
     pv.gdt = table;
     pv.gdt_entries = entries as usize;
@@ -363,6 +373,9 @@ pub fn set_ldt(hv: &mut Hv, va: u64, entries: u64) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     let pv = &mut hv.domains[hv.current].pv;
+    if ents != 0 {
+        note_rare_state();
+    }
     if pv.ldt_ents != ents || pv.ldt_base != base {
         destroy_ldt(pv);
         pv.ldt_base = base;
@@ -387,17 +400,10 @@ pub fn destroy_ldt(pv: &mut crate::domain::PvState) {
     }
 }
 
-/// On a switch: loads the incoming vCPU's GDT entries and LDT (nothing to
-/// do when neither it nor the last vCPU has either).
-#[inline]
+/// On a switch (once `RARE_STATE` is set): loads the incoming vCPU's GDT
+/// entries and LDT (each skipped when neither it nor the last vCPU has
+/// one).
 pub fn load_descriptor_tables(pv: &crate::domain::PvState) {
-    if pv.gdt_entries > 1 || pv.ldt_ents != 0 || crate::arch::desc::any_guest_tables() {
-        reload_descriptor_tables(pv);
-    }
-}
-
-#[inline(never)]
-fn reload_descriptor_tables(pv: &crate::domain::PvState) {
     load_guest_gdt(pv);
     load_ldt(pv);
 }

@@ -279,8 +279,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         if hv.domains[next].pv.virtual_ts {
             cpu::set_ts();
         }
-        if crate::pv::BREAKPOINTS_USED.load(core::sync::atomic::Ordering::Relaxed) {
-            switch_breakpoints(hv, cur, next);
+        // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
+        if crate::pv::RARE_STATE.load(core::sync::atomic::Ordering::Relaxed) {
+            switch_rare_state(hv, cur, next);
         }
     }
     hv.current = next;
@@ -304,9 +305,8 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         d.time_stamp = now;
     }
     if next != cur {
-        // Its GDT entries and LDT first: the selectors are checked against
-        // them.
-        crate::pv::load_descriptor_tables(&d.pv);
+        // (Its GDT entries and LDT are loaded: the selectors are checked
+        // against them.)
         crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
     }
     crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
@@ -322,11 +322,13 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     }
 }
 
-/// Breakpoints on a switch (as Xen): loaded for a vCPU that enables one,
-/// turned off after one that did; nothing when neither does. Until some
-/// vCPU first enables a breakpoint the switch does not even look.
+/// What a switch loads only once some vCPU has used it (`pv::RARE_STATE`):
+/// the incoming vCPU's GDT entries and LDT, and its breakpoints (as Xen:
+/// loaded for a vCPU that enables one, turned off after one that did,
+/// nothing when neither does).
 #[inline(never)]
-fn switch_breakpoints(hv: &Hv, cur: usize, next: usize) {
+fn switch_rare_state(hv: &Hv, cur: usize, next: usize) {
+    crate::pv::load_descriptor_tables(&hv.domains[next].pv);
     let next_dbg = &hv.domains[next].pv.dbg;
     if next_dbg.active() {
         cpu::load_breakpoints(&next_dbg.addr, next_dbg.dr7);

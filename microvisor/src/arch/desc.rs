@@ -198,7 +198,6 @@ pub fn load_ldt(base: u64, entries: u32) {
         }
         *(&raw mut LDT_LOADED) = entries;
     }
-    note_tables();
 }
 
 /// Descriptors in the LDT loaded now.
@@ -208,20 +207,6 @@ pub fn ldt_loaded() -> u32 {
     unsafe { *(&raw const LDT_LOADED) }
 }
 
-/// Whether any guest descriptor is loaded: GDT entries of a vCPU's own
-/// beyond the null one, or an LDT (one load for the switch's fast path).
-static mut ANY_GUEST_TABLES: bool = false;
-
-#[inline]
-pub fn any_guest_tables() -> bool {
-    // SAFETY: single CPU; reading what is loaded.
-    unsafe { *(&raw const ANY_GUEST_TABLES) }
-}
-
-fn note_tables() {
-    // SAFETY: single CPU; called after either table changed.
-    unsafe { *(&raw mut ANY_GUEST_TABLES) = *(&raw const GUEST_LOADED) > 1 || *(&raw const LDT_LOADED) != 0 };
-}
 
 /// Bytes an application processor's GDT takes (the full 8192 entries: the
 /// reserved selectors sit at 0xE000 and up).
@@ -323,5 +308,4 @@ fn replace_guest_entries(entries: &[u64], loaded: usize) {
         }
         *(&raw mut GUEST_LOADED) = n;
     }
-    note_tables();
 }
