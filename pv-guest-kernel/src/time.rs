@@ -57,13 +57,27 @@ pub fn timer_events() -> u64 {
     TICKS.load(Ordering::SeqCst)
 }
 
+/// Whether sleeping can work: shared info mapped (the clock and event
+/// delivery live there) and VIRQ_TIMER bound, doing `events::init` and
+/// [`init`] first when they were not.
+fn ready() -> bool {
+    (shared::mapped() || crate::events::init().is_ok()) && (TIMER_PORT.load(Ordering::SeqCst) != 0 || init().is_ok())
+}
+
 /// Blocks the vCPU until system time `deadline` (other domains run
-/// meanwhile). Events are delivered while sleeping. Binds VIRQ_TIMER first
-/// if [`init`] was not called (needs event channels: `events::init`);
-/// returns at once if it cannot.
+/// meanwhile). Events are delivered while sleeping. Does `events::init`
+/// and binds VIRQ_TIMER ([`init`]) first if they were not done; returns at
+/// once if it cannot.
+///
+/// ```no_run
+/// // Without events::init first: sleep sets events up itself.
+/// let t0 = pv_guest_kernel::time::now_ns();
+/// pv_guest_kernel::time::sleep(1_000_000);
+/// assert!(pv_guest_kernel::time::now_ns() >= t0 + 1_000_000);
+/// ```
 pub fn sleep_until(deadline: u64) {
     // The timer wakes a blocked vCPU only through a bound VIRQ_TIMER.
-    if TIMER_PORT.load(Ordering::SeqCst) == 0 && init().is_err() {
+    if !ready() {
         return;
     }
     while now_ns() < deadline {
@@ -78,7 +92,10 @@ pub fn sleep_until(deadline: u64) {
     }
 }
 
-/// Sleeps for `ns` nanoseconds.
+/// Sleeps for `ns` nanoseconds (as [`sleep_until`]; the clock is read
+/// once events are set up, so the deadline is a real one).
 pub fn sleep(ns: u64) {
-    sleep_until(now_ns() + ns);
+    if ready() {
+        sleep_until(now_ns() + ns);
+    }
 }
