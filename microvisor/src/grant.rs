@@ -267,24 +267,31 @@ fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
     let mut op: GnttabUnmapGrantRef = guest::read(cr3, va)?;
     let l4 = cr3 / PAGE;
-    let r = with(|t, ft, mem| {
-        grant::unmap_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
-            let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
-            ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
-        })
-    });
-    let flush = match r {
+    let r = with(|t, ft, mem| grant::unmap_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| remove_entry(ft, mem, dom, l4, m)));
+    let flush = unmap_status(r, &mut op.status);
+    guest::write(cr3, va, &op)?;
+    Ok(flush)
+}
+
+/// The `remove` step of an unmap: clears the grant entry of mapping `m`
+/// (only if it still is that mapping's).
+fn remove_entry(ft: &mut FrameTable<'static>, mem: &mut frames::DirectMap, dom: u16, l4: u64, m: &grant::Mapping) -> bool {
+    let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+    ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
+}
+
+/// An unmap's status for the guest, and the flush it owes.
+fn unmap_status(r: Result<Flush, i16>, status: &mut i16) -> Flush {
+    match r {
         Ok(f) => {
-            op.status = GNTST_OKAY;
+            *status = GNTST_OKAY;
             f
         }
         Err(st) => {
-            op.status = st;
+            *status = st;
             Flush::NONE
         }
-    };
-    guest::write(cr3, va, &op)?;
-    Ok(flush)
+    }
 }
 
 /// One `GNTTABOP_unmap_and_replace` element: the grant entry gives way to
@@ -301,10 +308,7 @@ fn replace_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
             mem,
             dom,
             &op,
-            |ft, mem, m| {
-                let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
-                ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
-            },
+            |ft, mem, m| remove_entry(ft, mem, dom, l4, m),
             |ft, mem, m| {
                 let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
                 let Ok(from) = ft.find_l1_entry(mem, dom, l4, new_addr) else { return false };
@@ -312,16 +316,7 @@ fn replace_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
             },
         )
     });
-    let flush = match r {
-        Ok(f) => {
-            op.status = GNTST_OKAY;
-            f
-        }
-        Err(st) => {
-            op.status = st;
-            Flush::NONE
-        }
-    };
+    let flush = unmap_status(r, &mut op.status);
     guest::write(cr3, va, &op)?;
     Ok(flush)
 }

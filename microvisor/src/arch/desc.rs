@@ -113,25 +113,7 @@ pub fn init() {
             | (((limit >> 16) & 0xf) << 48)
             | (((base >> 24) & 0xff) << 56);
         gdt.0[FIRST_RESERVED + 8] = base >> 32;
-        let gp = Pointer { limit: (size_of::<Gdt>() - 1) as u16, base: (&raw const GDT) as u64 };
-        asm!(
-            "lgdt [{gp}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov ss, {ds:x}",
-            "mov ds, {zero:x}",
-            "mov es, {zero:x}",
-            "ltr {tss:x}",
-            gp = in(reg) &gp,
-            cs = in(reg) HV_CS as u64,
-            tmp = out(reg) _,
-            ds = in(reg) HV_DS as u64,
-            zero = in(reg) 0u64,
-            tss = in(reg) TSS_SEL as u64,
-        );
+        load_gdt_and_tss((&raw const GDT) as u64);
 
         let idt = &mut *(&raw mut IDT);
         let stubs = (&raw const trap_stubs) as u64;
@@ -208,6 +190,39 @@ pub fn ldt_loaded() -> u32 {
 }
 
 
+/// Loads the GDT at `gdt` (the full 8192 entries), reloads CS, SS, DS and
+/// ES with the hypervisor's selectors and loads the task register.
+///
+/// # Safety
+/// `gdt` must hold the hypervisor's reserved entries (code, data, a
+/// not-busy TSS descriptor for this CPU's TSS) and stay valid while the CPU
+/// runs; interrupts off.
+unsafe fn load_gdt_and_tss(gdt: u64) {
+    let gp = Pointer { limit: (size_of::<Gdt>() - 1) as u16, base: gdt };
+    // SAFETY: per the contract; the far return reloads CS with the ring-0
+    // code selector the table holds.
+    unsafe {
+        asm!(
+            "lgdt [{gp}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ss, {ds:x}",
+            "mov ds, {zero:x}",
+            "mov es, {zero:x}",
+            "ltr {tss:x}",
+            gp = in(reg) &gp,
+            cs = in(reg) HV_CS as u64,
+            tmp = out(reg) _,
+            ds = in(reg) HV_DS as u64,
+            zero = in(reg) 0u64,
+            tss = in(reg) TSS_SEL as u64,
+        );
+    }
+}
+
 /// Bytes an application processor's GDT takes (the full 8192 entries: the
 /// reserved selectors sit at 0xE000 and up).
 pub const AP_GDT_BYTES: u64 = (GDT_ENTRIES * 8) as u64;
@@ -235,25 +250,7 @@ pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
         let limit = size_of::<Tss>() as u64 - 1;
         mine.0[FIRST_RESERVED + 7] = (limit & 0xffff) | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((tss >> 24) & 0xff) << 56);
         mine.0[FIRST_RESERVED + 8] = tss >> 32;
-        let gp = Pointer { limit: (size_of::<Gdt>() - 1) as u16, base: gdt };
-        asm!(
-            "lgdt [{gp}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov ss, {ds:x}",
-            "mov ds, {zero:x}",
-            "mov es, {zero:x}",
-            "ltr {tss:x}",
-            gp = in(reg) &gp,
-            cs = in(reg) HV_CS as u64,
-            tmp = out(reg) _,
-            ds = in(reg) HV_DS as u64,
-            zero = in(reg) 0u64,
-            tss = in(reg) TSS_SEL as u64,
-        );
+        load_gdt_and_tss(gdt);
         let ip = Pointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: (&raw const IDT) as u64 };
         asm!("lidt [{}]", in(reg) &ip, options(nostack));
     }
