@@ -56,6 +56,15 @@ pvh_start32:
     movl $(boot_pd + 3), boot_pdpt
     movl $(boot_pdpt + 3), boot_pml4
     movl $(boot_pdpt + 3), boot_pml4 + 261 * 8
+    mov $bsp64, %ebp
+    jmp boot_enter_long_mode
+
+    /* Shared by the boot CPU and the APs (arch::smp), in 32-bit protected
+       mode with flat segments: the boot page tables, PAE, EFER (LME, NXE,
+       SCE), paging, the boot GDT; then 64-bit mode with DS, ES, SS = 0x10,
+       FS and GS null, continuing at the low address in %ebp. %esi is kept. */
+    .globl boot_enter_long_mode
+boot_enter_long_mode:
     mov $boot_pml4, %eax
     mov %eax, %cr3
     mov %cr4, %eax
@@ -78,6 +87,10 @@ pvh_start32:
     xor %eax, %eax
     mov %ax, %fs
     mov %ax, %gs
+    mov %ebp, %ebp
+    jmp *%rbp
+
+bsp64:
     movabs $boot_stack_top, %rsp
     mov %esi, %edi
     movabs ${entry}, %rax

@@ -47,28 +47,10 @@ ap_start32:
     mov %ax, %ds
     mov %ax, %es
     mov %ax, %ss
-    mov $boot_pml4, %eax
-    mov %eax, %cr3
-    mov %cr4, %eax
-    or $0x20, %eax
-    mov %eax, %cr4
-    mov $0xC0000080, %ecx
-    rdmsr
-    or $0x901, %eax
-    wrmsr
-    mov %cr0, %eax
-    or $0x80010001, %eax
-    mov %eax, %cr0
-    lgdt boot_gdtr
-    ljmp $0x08, $2f
+    mov $ap64, %ebp
+    jmp boot_enter_long_mode
     .code64
-2:  mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    xor %eax, %eax
-    mov %ax, %fs
-    mov %ax, %gs
+ap64:
     movabs $ap_high, %rax
     jmp *%rax
 
