@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use blkback::{BadGrant, BlkBack, DeviceInfo, Disk, DiskError, Fatal, GrantIo, SECTOR_SIZE};
 use guest_abi::io::blkif::{
-    BLKIF_OP_WRITE, BLKIF_RING_SIZE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequest,
-    BlkifResponse,
+    BLKIF_OP_WRITE, BLKIF_RING_SIZE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BlkifRequest, BlkifResponse,
 };
 use guest_abi::io::ring::SharedPage;
 use guest_abi::{GrantRef, PAGE_SIZE};
@@ -67,10 +67,17 @@ struct MemDisk {
 
 impl MemDisk {
     fn range(&self, sector: u64, len: usize) -> core::ops::Range<usize> {
-        assert!(len > 0 && len % SECTOR_SIZE == 0, "disk access of {len} bytes");
-        let start = usize::try_from(sector).ok().and_then(|s| s.checked_mul(SECTOR_SIZE));
+        assert!(
+            len > 0 && len % SECTOR_SIZE == 0,
+            "disk access of {len} bytes"
+        );
+        let start = usize::try_from(sector)
+            .ok()
+            .and_then(|s| s.checked_mul(SECTOR_SIZE));
         let r = start.and_then(|s| Some(s..s.checked_add(len)?));
-        r.filter(|r| r.end <= self.data.len()).unwrap_or_else(|| panic!("disk access at sector {sector}, {len} bytes, outside the disk"))
+        r.filter(|r| r.end <= self.data.len()).unwrap_or_else(|| {
+            panic!("disk access at sector {sector}, {len} bytes, outside the disk")
+        })
     }
 }
 
@@ -99,7 +106,11 @@ impl Disk for MemDisk {
         Ok(())
     }
     fn flush(&mut self) -> core::result::Result<(), DiskError> {
-        if self.fail { Err(DiskError::Io) } else { Ok(()) }
+        if self.fail {
+            Err(DiskError::Io)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -107,15 +118,33 @@ impl Disk for MemDisk {
 struct MemGrants(BTreeMap<u32, Vec<u8>>);
 
 impl GrantIo for MemGrants {
-    fn read(&mut self, gref: GrantRef, offset: usize, buf: &mut [u8]) -> core::result::Result<(), BadGrant> {
+    fn read(
+        &mut self,
+        gref: GrantRef,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> core::result::Result<(), BadGrant> {
         let page = self.0.get(&gref.0).ok_or(BadGrant)?;
-        assert!(offset + buf.len() <= PAGE_SIZE, "grant read at {offset}+{}", buf.len());
+        assert!(
+            offset + buf.len() <= PAGE_SIZE,
+            "grant read at {offset}+{}",
+            buf.len()
+        );
         buf.copy_from_slice(&page[offset..offset + buf.len()]);
         Ok(())
     }
-    fn write(&mut self, gref: GrantRef, offset: usize, data: &[u8]) -> core::result::Result<(), BadGrant> {
+    fn write(
+        &mut self,
+        gref: GrantRef,
+        offset: usize,
+        data: &[u8],
+    ) -> core::result::Result<(), BadGrant> {
         let page = self.0.get_mut(&gref.0).ok_or(BadGrant)?;
-        assert!(offset + data.len() <= PAGE_SIZE, "grant write at {offset}+{}", data.len());
+        assert!(
+            offset + data.len() <= PAGE_SIZE,
+            "grant write at {offset}+{}",
+            data.len()
+        );
         page[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
@@ -132,7 +161,11 @@ fn request(u: &mut Unstructured) -> Result<BlkifRequest> {
         operation: u.int_in_range(0..=7u8)?,
         nr_segments: u.int_in_range(0..=12u8)?,
         id: u.arbitrary()?,
-        sector_number: if u.ratio(3, 4)? { u.int_in_range(0..=39u64)? } else { u.arbitrary()? },
+        sector_number: if u.ratio(3, 4)? {
+            u.int_in_range(0..=39u64)?
+        } else {
+            u.arbitrary()?
+        },
         ..Default::default()
     };
     for s in r.seg.iter_mut() {
@@ -148,7 +181,13 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let page = Page(RefCell::new(vec![0xEE; PAGE_SIZE]));
     page.set(REQ_PROD, 0);
     page.set(RSP_PROD, 0);
-    let mut disk = MemDisk { data: (0..SECTORS as usize * SECTOR_SIZE).map(|i| (i % 251) as u8).collect(), read_only, fail: false };
+    let mut disk = MemDisk {
+        data: (0..SECTORS as usize * SECTOR_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect(),
+        read_only,
+        fail: false,
+    };
     let mut back = BlkBack::new(&page, DeviceInfo::of(&disk));
     let mut grants = MemGrants((0..4u32).map(|g| (g, vec![g as u8; PAGE_SIZE])).collect());
     let mut cons = 0u32;
@@ -160,7 +199,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
             let o = slot_off(cons.wrapping_add(i));
             page.0.borrow_mut()[o..o + ENTRY].copy_from_slice(r.as_bytes());
         }
-        let prod = if u.ratio(1, 8)? { u.arbitrary()? } else { cons.wrapping_add(n) };
+        let prod = if u.ratio(1, 8)? {
+            u.arbitrary()?
+        } else {
+            cons.wrapping_add(n)
+        };
         page.set(REQ_PROD, prod);
         let snap = page.0.borrow().clone();
         let pending = prod.wrapping_sub(cons);
@@ -174,10 +217,18 @@ fn run(u: &mut Unstructured) -> Result<()> {
         assert_eq!(page.get(RSP_PROD), prod);
         for i in 0..pending {
             let idx = cons.wrapping_add(i);
-            let q = BlkifRequest::read_from_prefix(&snap[slot_off(idx)..]).unwrap().0;
-            let r = BlkifResponse::read_from_prefix(&page.0.borrow()[slot_off(idx)..]).unwrap().0;
+            let q = BlkifRequest::read_from_prefix(&snap[slot_off(idx)..])
+                .unwrap()
+                .0;
+            let r = BlkifResponse::read_from_prefix(&page.0.borrow()[slot_off(idx)..])
+                .unwrap()
+                .0;
             assert_eq!((r.id, r.operation), (q.id, q.operation));
-            assert!([BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP].contains(&r.status), "status {}", r.status);
+            assert!(
+                [BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP].contains(&r.status),
+                "status {}",
+                r.status
+            );
             assert!(!(read_only && q.operation == BLKIF_OP_WRITE && r.status == BLKIF_RSP_OKAY));
             assert!(!(disk.fail && r.status == BLKIF_RSP_OKAY && q.operation == BLKIF_OP_WRITE));
         }

@@ -15,7 +15,10 @@ fuzz_target!(|bytes: &[u8]| {
             assert!(ar.get(name).is_some(), "{name:?} not found by name");
             assert!(data.len() <= bytes.len());
             let r = data.as_ptr_range();
-            assert!(data.is_empty() || (range.start <= r.start && r.end <= range.end), "{name:?}: data outside the archive");
+            assert!(
+                data.is_empty() || (range.start <= r.start && r.end <= range.end),
+                "{name:?}: data outside the archive"
+            );
         }
         assert_eq!(n, ar.len());
         assert_eq!(ar.is_empty(), n == 0);

@@ -13,16 +13,30 @@ fuzz_target!(|bytes: &[u8]| {
     match decode(bytes) {
         Ok(i) => {
             let len = usize::from(i.len);
-            assert!((1..=MAX_LEN).contains(&len) && len <= bytes.len(), "length {len} for {bytes:02x?}");
+            assert!(
+                (1..=MAX_LEN).contains(&len) && len <= bytes.len(),
+                "length {len} for {bytes:02x?}"
+            );
             assert_eq!(decode(&bytes[..len]), Ok(i), "{bytes:02x?}");
-            assert_eq!(decode(&bytes[..len - 1]), Err(Refusal::Truncated), "{bytes:02x?}");
+            assert_eq!(
+                decode(&bytes[..len - 1]),
+                Err(Refusal::Truncated),
+                "{bytes:02x?}"
+            );
         }
-        Err(Refusal::Truncated) => assert!(bytes.len() < MAX_LEN, "truncated with {} bytes: {bytes:02x?}", bytes.len()),
+        Err(Refusal::Truncated) => assert!(
+            bytes.len() < MAX_LEN,
+            "truncated with {} bytes: {bytes:02x?}",
+            bytes.len()
+        ),
         Err(Refusal::TooLong) => assert!(bytes.len() >= MAX_LEN, "{bytes:02x?}"),
         Err(_) => {}
     }
     if let Some(n) = forced_cpuid(bytes) {
-        assert!(n <= bytes.len() && n <= MAX_LEN, "forced cpuid of {n} bytes: {bytes:02x?}");
+        assert!(
+            n <= bytes.len() && n <= MAX_LEN,
+            "forced cpuid of {n} bytes: {bytes:02x?}"
+        );
     }
     if let Some(v) = injected_vector(bytes) {
         assert!(matches!(v, 5 | 17 | 19));

@@ -14,7 +14,11 @@ fuzz_target!(|bytes: &[u8]| {
         assert!(g.virt_base <= g.virt_kstart);
         for seg in g.segments() {
             assert!(seg.virt >= g.virt_kstart);
-            assert!(seg.virt.checked_add(seg.memsz).is_some_and(|end| end <= g.virt_kend));
+            assert!(
+                seg.virt
+                    .checked_add(seg.memsz)
+                    .is_some_and(|end| end <= g.virt_kend)
+            );
             assert!(seg.data.len() as u64 <= seg.memsz);
         }
         let mut loaded = 0;

@@ -10,11 +10,29 @@ fuzz_target!(|bytes: &[u8]| {
     let text = String::from_utf8_lossy(bytes);
     if let Ok(m) = parse(&text) {
         let doms = m.domains();
-        assert!(!doms.is_empty() && doms.len() <= MAX_DOMAINS, "{} domains", doms.len());
+        assert!(
+            !doms.is_empty() && doms.len() <= MAX_DOMAINS,
+            "{} domains",
+            doms.len()
+        );
         for (i, d) in doms.iter().enumerate() {
-            assert!(doms[..i].iter().all(|e| e.name != d.name), "duplicate domain {:?}", d.name);
-            assert!(m.get(d.name).is_some_and(|g| core::ptr::eq(g, d)), "{:?} not found by name", d.name);
-            assert_eq!(d.memory_bytes % 4096, 0, "{:?}: memory {}", d.name, d.memory_bytes);
+            assert!(
+                doms[..i].iter().all(|e| e.name != d.name),
+                "duplicate domain {:?}",
+                d.name
+            );
+            assert!(
+                m.get(d.name).is_some_and(|g| core::ptr::eq(g, d)),
+                "{:?} not found by name",
+                d.name
+            );
+            assert_eq!(
+                d.memory_bytes % 4096,
+                0,
+                "{:?}: memory {}",
+                d.name,
+                d.memory_bytes
+            );
         }
     }
 });

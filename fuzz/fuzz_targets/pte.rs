@@ -50,10 +50,18 @@ struct Mem(Vec<[u64; ENTRIES]>);
 
 impl TableMemory for Mem {
     fn read(&self, mfn: u64, idx: usize) -> u64 {
-        *usize::try_from(mfn).ok().and_then(|m| self.0.get(m)).and_then(|f| f.get(idx)).expect("policy read outside the machine")
+        *usize::try_from(mfn)
+            .ok()
+            .and_then(|m| self.0.get(m))
+            .and_then(|f| f.get(idx))
+            .expect("policy read outside the machine")
     }
     fn write(&mut self, mfn: u64, idx: usize, val: u64) {
-        *usize::try_from(mfn).ok().and_then(|m| self.0.get_mut(m)).and_then(|f| f.get_mut(idx)).expect("policy write outside the machine") = val;
+        *usize::try_from(mfn)
+            .ok()
+            .and_then(|m| self.0.get_mut(m))
+            .and_then(|f| f.get_mut(idx))
+            .expect("policy write outside the machine") = val;
     }
     fn flush_tlbs(&mut self) {}
 }
@@ -81,7 +89,11 @@ impl<'a> Machine<'a> {
     /// domain starts on a four-level tree (L4 at 2 resp. 33, then L3, L2, L1
     /// mapping two writable and one read-only frame) as its base pointer.
     fn boot(pages: &'a mut [PageInfo]) -> Self {
-        let mut m = Machine { ft: FrameTable::new(pages, HV), mem: Mem(vec![[0; ENTRIES]; N]), base: [None; 3] };
+        let mut m = Machine {
+            ft: FrameTable::new(pages, HV),
+            mem: Mem(vec![[0; ENTRIES]; N]),
+            base: [None; 3],
+        };
         m.ft.reserve_for_hypervisor(0).unwrap();
         m.ft.reserve_for_hypervisor(1).unwrap();
         for f in 2..N as u64 {
@@ -101,7 +113,11 @@ impl<'a> Machine<'a> {
     }
 
     fn externals(&self) -> Vec<(u64, ExternalRef)> {
-        self.base.iter().flatten().map(|&m| (m, ExternalRef::PageAndType(PageType::L4))).collect()
+        self.base
+            .iter()
+            .flatten()
+            .map(|&m| (m, ExternalRef::PageAndType(PageType::L4)))
+            .collect()
     }
 
     fn drop_base(&mut self, d: u16) {
@@ -171,11 +187,23 @@ fn entry(u: &mut Unstructured) -> Result<u64> {
 
 fn va(u: &mut Unstructured) -> Result<u64> {
     let l4 = [0u64, 0, 0, 0, 1, 2, 255, 256, 511][u.choose_index(9)?];
-    let l3 = if u.ratio(1, 5)? { u.int_in_range(1..=2u64)? } else { 0 };
-    let l2 = if u.ratio(1, 5)? { u.int_in_range(1..=2u64)? } else { 0 };
+    let l3 = if u.ratio(1, 5)? {
+        u.int_in_range(1..=2u64)?
+    } else {
+        0
+    };
+    let l2 = if u.ratio(1, 5)? {
+        u.int_in_range(1..=2u64)?
+    } else {
+        0
+    };
     let l1 = u.int_in_range(0..=3u64)?;
     let va = (l4 << 39) | (l3 << 30) | (l2 << 21) | (l1 << 12);
-    Ok(if l4 >= 256 { va | 0xFFFF_0000_0000_0000 } else { va })
+    Ok(if l4 >= 256 {
+        va | 0xFFFF_0000_0000_0000
+    } else {
+        va
+    })
 }
 
 fn wrong(u: &mut Unstructured) -> Result<bool> {
@@ -195,7 +223,11 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
         }
         2..=5 => {
             let (w, f) = (wrong(u)?, hot(u)?);
-            let level = if u.ratio(9, 10)? { u.int_in_range(1..=4u8)? } else { u.int_in_range(0..=5u8)? };
+            let level = if u.ratio(9, 10)? {
+                u.int_in_range(1..=4u8)?
+            } else {
+                u.int_in_range(0..=5u8)?
+            };
             let d = m.issuer(f, w);
             m.ft.pin(&mut m.mem, d, f, level)
         }
@@ -205,19 +237,33 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
             m.ft.unpin(&mut m.mem, d, f)
         }
         9..=24 => {
-            let (w, foreign, table, i, val, preserve) = (wrong(u)?, u.ratio(1, 10)?, hot(u)?, idx(u)?, entry(u)?, u.arbitrary()?);
+            let (w, foreign, table, i, val, preserve) = (
+                wrong(u)?,
+                u.ratio(1, 10)?,
+                hot(u)?,
+                idx(u)?,
+                entry(u)?,
+                u.arbitrary()?,
+            );
             let d = m.issuer(table, w);
             let pg_owner = if foreign { other(d) } else { d };
             // Now and then an entry address that is not 8-byte aligned.
-            let addr = if u.ratio(1, 50)? { ma(table, i) | u.int_in_range(1..=7u64)? } else { ma(table, i) };
-            m.ft.mod_entry(&mut m.mem, d, pg_owner, addr, val, preserve).map(|_| ())
+            let addr = if u.ratio(1, 50)? {
+                ma(table, i) | u.int_in_range(1..=7u64)?
+            } else {
+                ma(table, i)
+            };
+            m.ft.mod_entry(&mut m.mem, d, pg_owner, addr, val, preserve)
+                .map(|_| ())
         }
         25..=28 => {
             // The guest writes through a writable mapping it could hold:
             // into any frame of its own that is not a page table in use.
             let (f, i, v) = (hot(u)?, idx(u)?, entry(u)?);
             let writable = m.ft.info(f).is_some_and(|p| {
-                p.owner() < DOMID_SELF && !p.is_dying() && (p.type_count() == 0 || p.page_type() == PageType::Writable)
+                p.owner() < DOMID_SELF
+                    && !p.is_dying()
+                    && (p.type_count() == 0 || p.page_type() == PageType::Writable)
             });
             if writable {
                 m.mem.write(f, i, v);
@@ -228,7 +274,8 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
             let (w, f) = (wrong(u)?, hot(u)?);
             let d = m.issuer(f, w);
             let old = m.base[usize::from(d)];
-            m.ft.new_baseptr(&mut m.mem, d, f, old).map(|()| m.base[usize::from(d)] = Some(f))
+            m.ft.new_baseptr(&mut m.mem, d, f, old)
+                .map(|()| m.base[usize::from(d)] = Some(f))
         }
         32 => {
             let d = dom(u)?;
@@ -238,7 +285,10 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
         33..=37 => {
             let (d, v, e) = (dom(u)?, va(u)?, entry(u)?);
             match m.base[usize::from(d)] {
-                Some(l4) => m.ft.update_va_mapping(&mut m.mem, d, d, l4, v, e).map(|_| ()),
+                Some(l4) => {
+                    m.ft.update_va_mapping(&mut m.mem, d, d, l4, v, e)
+                        .map(|_| ())
+                }
                 None => Err(Errno::EINVAL),
             }
         }
@@ -250,7 +300,11 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
             let mut freed = Vec::new();
             m.ft.relinquish_domain(&mut m.mem, d, |f| freed.push(f));
             for f in freed {
-                assert_eq!(m.ft.info(f), Some(PageInfo::FREE), "frame {f} freed but not free");
+                assert_eq!(
+                    m.ft.info(f),
+                    Some(PageInfo::FREE),
+                    "frame {f} freed but not free"
+                );
             }
             Ok(())
         }
@@ -264,7 +318,8 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
 fn run(u: &mut Unstructured) {
     let mut pages = vec![PageInfo::default(); N];
     let mut m = Machine::boot(&mut pages);
-    m.ft.audit(&m.mem, &m.externals()).expect("audit after boot");
+    m.ft.audit(&m.mem, &m.externals())
+        .expect("audit after boot");
     let mut n = 0;
     while !u.is_empty() && n < 200 {
         n += 1;

@@ -11,7 +11,8 @@ use core::cell::RefCell;
 use guest_abi::PAGE_SIZE;
 use guest_abi::io::blkif::{BlkifRequest, BlkifResponse};
 use guest_abi::io::ring::{
-    BackRing, FrontRing, RingEntry, RingError, SRING_ENTRIES_OFFSET, SharedPage, entry_size_of, init_shared_ring,
+    BackRing, FrontRing, RingEntry, RingError, SRING_ENTRIES_OFFSET, SharedPage, entry_size_of,
+    init_shared_ring,
 };
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +23,10 @@ struct Page(RefCell<Vec<u8>>);
 
 impl Page {
     fn access(&self, off: usize, len: usize) {
-        assert!(off.checked_add(len).is_some_and(|e| e <= PAGE_SIZE), "access {off}+{len} outside the page");
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= PAGE_SIZE),
+            "access {off}+{len} outside the page"
+        );
     }
 }
 
@@ -69,7 +73,11 @@ fn step<'a>(u: &mut Unstructured<'a>) -> Result<Step<'a>> {
         }
         // One of the four indices.
         2 => Step::Scribble(u.int_in_range(0..=3usize)? * 4, u.bytes(4.min(u.len()))?),
-        3..=5 => Step::Produce(if u.ratio(2, 3)? { u.int_in_range(0..=39u32)? } else { u.arbitrary()? }),
+        3..=5 => Step::Produce(if u.ratio(2, 3)? {
+            u.int_in_range(0..=39u32)?
+        } else {
+            u.arbitrary()?
+        }),
         6..=9 => Step::Consume,
         10..=12 => Step::Respond,
         13 => Step::FinalCheck,
@@ -109,11 +117,14 @@ fn back_end(u: &mut Unstructured) -> Result<()> {
                         assert_eq!(r.as_bytes(), &expect[..]);
                         assert_eq!(back.req_cons(), before.0.wrapping_add(1));
                     }
-                    Ok(None) | Err(RingError::Overrun) => assert_eq!((back.req_cons(), back.rsp_prod_pvt()), before),
+                    Ok(None) | Err(RingError::Overrun) => {
+                        assert_eq!((back.req_cons(), back.rsp_prod_pvt()), before)
+                    }
                 }
             }
             Step::Respond => {
-                let rsp = BlkifResponse::read_from_bytes(&[0x11u8; size_of::<BlkifResponse>()][..]).unwrap();
+                let rsp = BlkifResponse::read_from_bytes(&[0x11u8; size_of::<BlkifResponse>()][..])
+                    .unwrap();
                 let r = back.push_response(&rsp);
                 // A response only for a request taken and not yet answered.
                 assert_eq!(r.is_ok(), before.0 != before.1);
@@ -161,7 +172,8 @@ fn front_end(u: &mut Unstructured) -> Result<()> {
             }
             Step::Respond => {
                 // The front end's own move: publish a request if there is room.
-                let req = BlkifRequest::read_from_bytes(&[0x22u8; size_of::<BlkifRequest>()][..]).unwrap();
+                let req = BlkifRequest::read_from_bytes(&[0x22u8; size_of::<BlkifRequest>()][..])
+                    .unwrap();
                 let full = front.is_full();
                 assert_eq!(front.push_request(&req).is_err(), full);
                 front.push_requests();
@@ -181,7 +193,13 @@ fn front_end(u: &mut Unstructured) -> Result<()> {
 }
 
 fuzz_target!(|bytes: &[u8]| {
-    let Some((&which, rest)) = bytes.split_first() else { return };
+    let Some((&which, rest)) = bytes.split_first() else {
+        return;
+    };
     let u = &mut Unstructured::new(rest);
-    let _ = if which & 1 == 0 { back_end(u) } else { front_end(u) };
+    let _ = if which & 1 == 0 {
+        back_end(u)
+    } else {
+        front_end(u)
+    };
 });

@@ -19,7 +19,10 @@ fn check_parse(bytes: &[u8]) {
         Ok(m) => {
             assert!(m.payload.len() <= XENSTORE_PAYLOAD_MAX);
             assert_eq!(bytes.len(), HEADER_SIZE + m.header.len as usize);
-            assert_eq!(wire::encode(m.header.type_, m.header.req_id, m.header.tx_id, m.payload), bytes);
+            assert_eq!(
+                wire::encode(m.header.type_, m.header.req_id, m.header.tx_id, m.payload),
+                bytes
+            );
             let n = wire::count_strings(m.payload);
             assert_eq!(wire::strings(m.payload).count(), n);
             if let Ok(arg) = wire::one_arg(m.payload) {
@@ -82,7 +85,9 @@ fn check_service(u: &mut Unstructured) -> Result<()> {
     let mut xs = Xenstore::new();
     let dom0 = xs.connect(DomId(0), true);
     xs.create_home(DomId(1)).expect("home of domain 1");
-    let guest = xs.introduce(DomId(1), 0x1001, 5).expect("introduce domain 1");
+    let guest = xs
+        .introduce(DomId(1), 0x1001, 5)
+        .expect("introduce domain 1");
     let stream = xs.connect(DomId(4), false);
     let conns = [dom0, guest, stream];
     while !u.is_empty() {
@@ -119,11 +124,16 @@ fn check_service(u: &mut Unstructured) -> Result<()> {
 }
 
 fuzz_target!(|bytes: &[u8]| {
-    let Some((&mode, rest)) = bytes.split_first() else { return };
+    let Some((&mode, rest)) = bytes.split_first() else {
+        return;
+    };
     match mode % 3 {
         0 => check_parse(rest),
         1 => {
-            let split = rest.first().map_or(0, |&n| usize::from(n) % 16).min(rest.len().saturating_sub(1));
+            let split = rest
+                .first()
+                .map_or(0, |&n| usize::from(n) % 16)
+                .min(rest.len().saturating_sub(1));
             let (cuts, stream) = rest.get(1..).unwrap_or(&[]).split_at(split);
             check_reassembly(stream, cuts);
         }

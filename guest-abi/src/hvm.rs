@@ -25,7 +25,9 @@ pub const HVM_PARAM_CONSOLE_PFN: u32 = 17;
 pub const HVM_PARAM_CONSOLE_EVTCHN: u32 = 18;
 
 /// `struct xen_hvm_param` (16 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct XenHvmParam {
     /// The domain asked about (`DOMID_SELF` allowed).

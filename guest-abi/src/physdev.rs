@@ -22,7 +22,9 @@ pub const MAP_PIRQ_TYPE_GSI: i32 = 1;
 pub const XENIRQSTAT_NEEDS_EOI: u32 = 1;
 
 /// `struct physdev_eoi`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct PhysdevEoi {
     /// The pirq.
@@ -30,7 +32,9 @@ pub struct PhysdevEoi {
 }
 
 /// `struct physdev_irq_status_query`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct PhysdevIrqStatusQuery {
     /// The pirq (in).
@@ -40,7 +44,9 @@ pub struct PhysdevIrqStatusQuery {
 }
 
 /// `struct physdev_map_pirq` (40 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct PhysdevMapPirq {
     /// The domain the pirq is for (`DOMID_SELF` allowed).
@@ -67,7 +73,9 @@ pub struct PhysdevMapPirq {
 const _: () = assert!(size_of::<PhysdevMapPirq>() == 40);
 
 /// `struct physdev_unmap_pirq`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct PhysdevUnmapPirq {
     /// The domain.

@@ -9,7 +9,7 @@
 use crate::arch::desc::{GUEST_CS64, GUEST_DS};
 use crate::arch::entry::TrapFrame;
 use crate::domain::{Domain, RunState};
-use crate::mm::{self, paging, PAGE};
+use crate::mm::{self, PAGE, paging};
 use core::fmt::Write;
 use guest_abi::start_info::StartInfo;
 use microvisor_core::layout::{Layout, LayoutInput};
@@ -44,9 +44,19 @@ impl Frames {
 /// service domain itself), so start_info names a store and both ports.
 /// Returns the domain and the registers it starts with (for
 /// `entry::set_frame`).
-pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], extra_cmdline: &str, served: bool) -> Result<(Domain, TrapFrame), BuildError> {
-    let image = microvisor_core::elfimage::GuestImage::parse(image_bytes)
-        .map_err(|e| err(format_args!("domain '{}': image '{}': {}", spec.name, spec.image, e)))?;
+pub fn build(
+    id: u16,
+    spec: &DomainSpec<'static>,
+    image_bytes: &'static [u8],
+    extra_cmdline: &str,
+    served: bool,
+) -> Result<(Domain, TrapFrame), BuildError> {
+    let image = microvisor_core::elfimage::GuestImage::parse(image_bytes).map_err(|e| {
+        err(format_args!(
+            "domain '{}': image '{}': {}",
+            spec.name, spec.image, e
+        ))
+    })?;
     let nr_pages = spec.nr_pages();
     let layout = Layout::compute(&LayoutInput {
         virt_base: image.virt_base,
@@ -63,9 +73,17 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     // pfn's frame through it; all other frames come one by one.
     let p2m_first = pfn_of(layout.p2m.start);
     let p2m_frames = pfn_of(layout.p2m.end) - p2m_first;
-    let p2m_base = mm::with_allocator(|a| a.alloc_contiguous(p2m_frames, 1))
-        .ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?;
-    let frames = Frames { p2m_base_pa: p2m_base * PAGE, nr_pages };
+    let p2m_base = mm::with_allocator(|a| a.alloc_contiguous(p2m_frames, 1)).ok_or_else(|| {
+        err(format_args!(
+            "domain '{}': out of memory for {} KiB",
+            spec.name,
+            spec.memory_bytes / 1024
+        ))
+    })?;
+    let frames = Frames {
+        p2m_base_pa: p2m_base * PAGE,
+        nr_pages,
+    };
     for i in 0..p2m_frames {
         mm::zero_frame(p2m_base + i);
     }
@@ -76,17 +94,36 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     for pfn in p2m_range {
         let mfn = p2m_base + (pfn - p2m_first);
         mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
-        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| err(format_args!("domain '{}': frame {mfn:#x} not assignable: {e:?}", spec.name)))?;
+        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| {
+            err(format_args!(
+                "domain '{}': frame {mfn:#x} not assignable: {e:?}",
+                spec.name
+            ))
+        })?;
         mm::frames::set_m2p(mfn, pfn);
     }
     let others = nr_pages - p2m_frames;
-    let stride = [7919u64, 7907, 7901, 1].into_iter().find(|s| others % s != 0 || *s == 1).unwrap_or(1);
+    let stride = [7919u64, 7907, 7901, 1]
+        .into_iter()
+        .find(|s| others % s != 0 || *s == 1)
+        .unwrap_or(1);
     for j in 0..others {
         let k = (j * stride) % others;
         let pfn = if k < p2m_first { k } else { k + p2m_frames };
-        let mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory for {} KiB", spec.name, spec.memory_bytes / 1024)))?;
+        let mfn = mm::alloc_zeroed().ok_or_else(|| {
+            err(format_args!(
+                "domain '{}': out of memory for {} KiB",
+                spec.name,
+                spec.memory_bytes / 1024
+            ))
+        })?;
         mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
-        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| err(format_args!("domain '{}': frame {mfn:#x} not assignable: {e:?}", spec.name)))?;
+        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| {
+            err(format_args!(
+                "domain '{}': frame {mfn:#x} not assignable: {e:?}",
+                spec.name
+            ))
+        })?;
         mm::frames::set_m2p(mfn, pfn);
     }
 
@@ -94,26 +131,41 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     let virt_base = layout.virt_base;
     image
         .load(|va, bytes| copy_in(&frames, virt_base, va, bytes))
-        .map_err(|()| err(format_args!("domain '{}': image segment outside the domain's memory", spec.name)))?;
+        .map_err(|()| {
+            err(format_args!(
+                "domain '{}': image segment outside the domain's memory",
+                spec.name
+            ))
+        })?;
 
     // Hypercall page.
     if let Some(hp) = image.hypercall_page {
         let mut page = [0u8; 4096];
         microvisor_core::hypercall_page::fill(&mut page);
-        copy_in(&frames, virt_base, hp, &page).map_err(|()| err(format_args!("domain '{}': hypercall page outside memory", spec.name)))?;
+        copy_in(&frames, virt_base, hp, &page).map_err(|()| {
+            err(format_args!(
+                "domain '{}': hypercall page outside memory",
+                spec.name
+            ))
+        })?;
     }
 
     // Shared info: a hypervisor-allocated frame outside the pseudo-physical
     // map, all upcalls masked.
-    let shared_info_mfn = mm::alloc_zeroed().ok_or_else(|| err(format_args!("domain '{}': out of memory", spec.name)))?;
+    let shared_info_mfn = mm::alloc_zeroed()
+        .ok_or_else(|| err(format_args!("domain '{}': out of memory", spec.name)))?;
     // Owned by the domain (so it may map it writable), outside its p2m.
     // The hypervisor writes the page on its own until the domain dies, so it
     // holds a write reference: decrease_reservation cannot take the page
     // away, and it can never become a page table, GDT or LDT frame.
-    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id)).map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
-    let shared = mm::frames::hv_writable(shared_info_mfn, id).map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
+    mm::frames::with(|ft, _| ft.assign(shared_info_mfn, id))
+        .map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
+    let shared = mm::frames::hv_writable(shared_info_mfn, id)
+        .map_err(|e| err(format_args!("domain '{}': shared info: {e:?}", spec.name)))?;
     for v in 0..32u64 {
-        shared.u8_at(v * 64 + 1).store(1, core::sync::atomic::Ordering::Relaxed);
+        shared
+            .u8_at(v * 64 + 1)
+            .store(1, core::sync::atomic::Ordering::Relaxed);
     }
     crate::time::init_wallclock(shared);
     crate::time::update_vcpu_time(shared);
@@ -123,7 +175,10 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     for t in 0..layout.nr_pt_frames {
         let table_pa = frames.mfn(pt_first + t) * PAGE;
         layout.table_entries(t, |idx, target_pfn, flags| {
-            mm::write_u64(table_pa + idx as u64 * 8, (frames.mfn(target_pfn) * PAGE) | flags);
+            mm::write_u64(
+                table_pa + idx as u64 * 8,
+                (frames.mfn(target_pfn) * PAGE) | flags,
+            );
         });
         if t == 0 {
             for slot in paging::HV_SLOT_FIRST..=paging::HV_SLOT_LAST {
@@ -139,9 +194,19 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
         ft.pin(mem, id, l4, 4)?;
         ft.new_baseptr(mem, id, l4, None)
     })
-    .map_err(|e| err(format_args!("domain '{}': bootstrap page tables do not validate: {e:?}", spec.name)))?;
+    .map_err(|e| {
+        err(format_args!(
+            "domain '{}': bootstrap page tables do not validate: {e:?}",
+            spec.name
+        ))
+    })?;
 
-    crate::grant::create(id).map_err(|st| err(format_args!("domain '{}': no memory for its grant table (status {st})", spec.name)))?;
+    crate::grant::create(id).map_err(|st| {
+        err(format_args!(
+            "domain '{}': no memory for its grant table (status {st})",
+            spec.name
+        ))
+    })?;
 
     // start_info.
     let mut si = StartInfo::new_zeroed();
@@ -170,7 +235,8 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     // back-end has bound it, which may happen at any time until the domain
     // dies: it holds a write reference for that long.
     let console_mfn = si.console.mfn;
-    let console_page = mm::frames::hv_writable(console_mfn, id).map_err(|e| err(format_args!("domain '{}': console page: {e:?}", spec.name)))?;
+    let console_page = mm::frames::hv_writable(console_mfn, id)
+        .map_err(|e| err(format_args!("domain '{}': console page: {e:?}", spec.name)))?;
     si.console.evtchn = if served { 2 } else { 0 };
     si.pt_base = layout.pt_start;
     si.nr_pt_frames = layout.nr_pt_frames;
@@ -209,42 +275,49 @@ pub fn build(id: u16, spec: &DomainSpec<'static>, image_bytes: &'static [u8], ex
     );
     Ok((
         Domain {
-        id,
-        name: spec.name,
-        privileged: spec.privileged,
-        expect: spec.expect,
-        state: RunState::Runnable,
-        cr3,
-        user_cr3: 0,
-        tot_pages: nr_pages,
-        max_pages: spec.maxmem_bytes / PAGE,
-        shared_info_mfn,
-        shared,
-        console_mfn,
-        console_page,
-        store_mfn: si.store_mfn,
-        store_evtchn: si.store_evtchn,
-        console_evtchn: si.console.evtchn,
-        service: spec.service,
-        frames_waiting: 0,
-        console: heapless::Vec::new(),
-        ring_line: heapless::Vec::new(),
-        console_out: spec.console,
-        pv: crate::domain::PvState { kernel_ss: GUEST_DS, kernel_sp: layout.stack_top, ..crate::domain::PvState::new() },
-        fpu: crate::arch::cpu::FpuState::initial(),
-        cap: spec.cap,
-        slice_vruntime: crate::sched::slice_vruntime(spec.weight),
-        vr_mul: crate::sched::vruntime_mul(spec.weight),
-        vruntime: 0,
-        period_used: 0,
-        last_start: 0,
-        runstate: crate::domain::Runstate { state: 1, ..Default::default() },
-        timer_deadline: 0,
-        periodic_ns: 0,
-        periodic_next: 0,
-        poll_ports: heapless::Vec::new(),
-        poll_deadline: 0,
-        time_stamp: crate::time::now_ns(),
+            id,
+            name: spec.name,
+            privileged: spec.privileged,
+            expect: spec.expect,
+            state: RunState::Runnable,
+            cr3,
+            user_cr3: 0,
+            tot_pages: nr_pages,
+            max_pages: spec.maxmem_bytes / PAGE,
+            shared_info_mfn,
+            shared,
+            console_mfn,
+            console_page,
+            store_mfn: si.store_mfn,
+            store_evtchn: si.store_evtchn,
+            console_evtchn: si.console.evtchn,
+            service: spec.service,
+            frames_waiting: 0,
+            console: heapless::Vec::new(),
+            ring_line: heapless::Vec::new(),
+            console_out: spec.console,
+            pv: crate::domain::PvState {
+                kernel_ss: GUEST_DS,
+                kernel_sp: layout.stack_top,
+                ..crate::domain::PvState::new()
+            },
+            fpu: crate::arch::cpu::FpuState::initial(),
+            cap: spec.cap,
+            slice_vruntime: crate::sched::slice_vruntime(spec.weight),
+            vr_mul: crate::sched::vruntime_mul(spec.weight),
+            vruntime: 0,
+            period_used: 0,
+            last_start: 0,
+            runstate: crate::domain::Runstate {
+                state: 1,
+                ..Default::default()
+            },
+            timer_deadline: 0,
+            periodic_ns: 0,
+            periodic_next: 0,
+            poll_ports: heapless::Vec::new(),
+            poll_deadline: 0,
+            time_stamp: crate::time::now_ns(),
         },
         frame,
     ))

@@ -3,8 +3,8 @@
 //! no memory policy (see `build` for construction); never trusts a guest
 //! value it stores without the caller having validated it.
 
-use microvisor_core::manifest::Expect;
 use core::sync::atomic::Ordering;
+use microvisor_core::manifest::Expect;
 use spin::Mutex;
 
 /// Most domains one boot can run.
@@ -110,12 +110,20 @@ impl PvState {
         self.iopl = iopl & 3;
         self.vm_assist = vm_assist;
         let architectural = vm_assist & microvisor_core::pv::VMASST_ARCHITECTURAL_IOPL != 0;
-        self.bounce_iopl = if architectural { u64::from(self.iopl) << 12 } else { 0 };
+        self.bounce_iopl = if architectural {
+            u64::from(self.iopl) << 12
+        } else {
+            0
+        };
     }
 
     /// The GS base of the vCPU's current mode (kernel or user).
     pub fn gs_base(&self) -> u64 {
-        if self.user_mode { self.gs_base_user } else { self.gs_base_kernel }
+        if self.user_mode {
+            self.gs_base_user
+        } else {
+            self.gs_base_kernel
+        }
     }
 
     /// Records the live FS base and current-mode GS base.
@@ -130,10 +138,22 @@ impl PvState {
 
     pub const fn new() -> Self {
         Self {
-            traps: [TrapEntry { address: 0, flags: 0 }; 256],
-            event: Callback { address: 0, mask_events: false },
-            failsafe: Callback { address: 0, mask_events: false },
-            syscall: Callback { address: 0, mask_events: false },
+            traps: [TrapEntry {
+                address: 0,
+                flags: 0,
+            }; 256],
+            event: Callback {
+                address: 0,
+                mask_events: false,
+            },
+            failsafe: Callback {
+                address: 0,
+                mask_events: false,
+            },
+            syscall: Callback {
+                address: 0,
+                mask_events: false,
+            },
             kernel_ss: 0,
             kernel_sp: 0,
             virtual_ts: false,
@@ -276,7 +296,11 @@ impl Domain {
 
     /// The L4 the CPU must use for the vCPU's current mode.
     pub fn active_cr3(&self) -> u64 {
-        if self.pv.user_mode { self.user_cr3 } else { self.cr3 }
+        if self.pv.user_mode {
+            self.user_cr3
+        } else {
+            self.cr3
+        }
     }
 
     /// vcpu_info[0].evtchn_upcall_mask: the virtual interrupt flag (1 = off).
@@ -322,7 +346,9 @@ pub static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: heapless::Vec::new(),
     current: 0,
     channels: [const { microvisor_core::evtchn::Channels::new(1) }; MAX_DOMAINS],
-    bits: [crate::events::SharedBits { page: crate::mm::SharedFrame::NONE }; MAX_DOMAINS],
+    bits: [crate::events::SharedBits {
+        page: crate::mm::SharedFrame::NONE,
+    }; MAX_DOMAINS],
     timers_due: 0,
     runnable: 0,
 });
@@ -353,7 +379,9 @@ impl Hv {
     /// Changes a domain's run state (the only place that does, so the
     /// scheduler's set of runnable domains stays true).
     pub fn set_state(&mut self, i: usize, state: RunState) {
-        let Some(d) = self.domains.get_mut(i) else { return };
+        let Some(d) = self.domains.get_mut(i) else {
+            return;
+        };
         d.state = state;
         if state == RunState::Runnable {
             self.runnable |= 1 << i;
@@ -381,14 +409,21 @@ impl Hv {
             let _ = roots.push(d.user_cr3);
             let _ = written.push(d.shared_info_mfn);
             let _ = written.push(d.console_mfn);
-            for &f in core::iter::once(&d.pv.gdt_frame).chain(&d.pv.ldt_frames).filter(|&&f| f != 0) {
+            for &f in core::iter::once(&d.pv.gdt_frame)
+                .chain(&d.pv.ldt_frames)
+                .filter(|&&f| f != 0)
+            {
                 let _ = segs.push(f);
             }
         }
         match crate::mm::frames::audit(&roots, &written, &segs) {
             Ok(()) => crate::debug!("audit after {when}: clean"),
             Err(e) => {
-                crate::error!("audit after {when} failed: frame {:#x}: {:?}", e.mfn, e.kind);
+                crate::error!(
+                    "audit after {when} failed: frame {:#x}: {:?}",
+                    e.mfn,
+                    e.kind
+                );
                 crate::arch::cpu::qemu_exit(false);
             }
         }
@@ -430,7 +465,9 @@ impl Hv {
         let avail = prod.wrapping_sub(cons).min(2048);
         let mut buf = [0u8; 2048];
         for b in buf.iter_mut().take(avail as usize) {
-            *b = page.u8_at(1024 + u64::from(cons & 2047)).load(Ordering::Relaxed);
+            *b = page
+                .u8_at(1024 + u64::from(cons & 2047))
+                .load(Ordering::Relaxed);
             cons = cons.wrapping_add(1);
         }
         // Consumed either way; shown unless the manifest hides the ring.
@@ -454,7 +491,9 @@ impl Hv {
             let id = d.id;
             let (freed, waiting) = crate::mm::frames::relinquish(id, &[]);
             if freed > 0 {
-                crate::info!("domain {id}: {freed} more frames freed after their last mapping elsewhere went ({waiting} still mapped)");
+                crate::info!(
+                    "domain {id}: {freed} more frames freed after their last mapping elsewhere went ({waiting} still mapped)"
+                );
             }
             self.domains[i].frames_waiting = waiting;
         }
@@ -475,7 +514,9 @@ impl Hv {
     /// Appends a domain's `console_io` bytes, emitting complete lines
     /// (dropped if the manifest shows only its ring).
     pub fn console_write(&mut self, idx: usize, bytes: &[u8]) {
-        let Some(d) = self.domains.get_mut(idx) else { return };
+        let Some(d) = self.domains.get_mut(idx) else {
+            return;
+        };
         if d.console_out.shows_io() {
             assemble(d.id, d.name, &mut d.console, bytes);
         }
@@ -486,7 +527,9 @@ impl Hv {
         // Its last words: what is left in its ring, then a partial line.
         self.drain_console(idx);
         self.flush_console(idx);
-        let Some(d) = self.domains.get(idx) else { return };
+        let Some(d) = self.domains.get(idx) else {
+            return;
+        };
         if !d.is_live() {
             return;
         }
@@ -499,15 +542,25 @@ impl Hv {
         d.runstate.enter(3, crate::time::now_ns());
         match end {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),
-            End::Shutdown(r) => crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r)),
+            End::Shutdown(r) => {
+                crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r))
+            }
         }
-        let (cr3, user_cr3, shared, gdt, console) = (d.cr3, d.user_cr3, d.shared_info_mfn, d.pv.gdt_frame, d.console_mfn);
+        let (cr3, user_cr3, shared, gdt, console) = (
+            d.cr3,
+            d.user_cr3,
+            d.shared_info_mfn,
+            d.pv.gdt_frame,
+            d.console_mfn,
+        );
         // The hypervisor writes neither page any more: its handles go with
         // their write references. Then the segment-type reference of a
         // registered GDT.
         d.shared = crate::mm::SharedFrame::NONE;
         d.console_page = crate::mm::SharedFrame::NONE;
-        self.bits[idx] = crate::events::SharedBits { page: crate::mm::SharedFrame::NONE };
+        self.bits[idx] = crate::events::SharedBits {
+            page: crate::mm::SharedFrame::NONE,
+        };
         crate::mm::frames::drop_hv_writable(shared);
         crate::mm::frames::drop_hv_writable(console);
         if gdt != 0 {
@@ -527,7 +580,9 @@ impl Hv {
             unsafe { crate::arch::cpu::write_cr3(crate::mm::paging::hv_l4()) };
         }
         let (freed, waiting) = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
-        crate::debug!("domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere");
+        crate::debug!(
+            "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
+        );
         self.domains[idx].frames_waiting = waiting;
         // Its own teardown may have let go of frames of domains that died
         // before it.

@@ -21,7 +21,10 @@ const MASK: u64 = 2560;
 impl SharedBits {
     fn word(&self, base: u64, port: u32) -> (&'static core::sync::atomic::AtomicU64, u64) {
         // The bitmaps hold 4096 bits (512 bytes) each.
-        (self.page.u64_at(base + (u64::from(port) / 64 % 64) * 8), 1u64 << (port % 64))
+        (
+            self.page.u64_at(base + (u64::from(port) / 64 % 64) * 8),
+            1u64 << (port % 64),
+        )
     }
 }
 
@@ -52,7 +55,10 @@ impl EventBits for SharedBits {
         w.fetch_or(b, Ordering::SeqCst) & b != 0
     }
     fn test_and_set_upcall_pending(&mut self, vcpu: u32) -> bool {
-        self.page.u8_at(u64::from(vcpu % 32) * 64).swap(1, Ordering::SeqCst) != 0
+        self.page
+            .u8_at(u64::from(vcpu % 32) * 64)
+            .swap(1, Ordering::SeqCst)
+            != 0
     }
 }
 

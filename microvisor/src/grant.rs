@@ -7,16 +7,16 @@
 //! through the frame table, and flushes TLBs when an unmap asks.
 
 use crate::arch::cpu;
-use crate::hypercall::Flow;
 use crate::domain::{Hv, MAX_DOMAINS};
-use crate::mm::{self, frames, guest, PAGE};
+use crate::hypercall::Flow;
+use crate::mm::{self, PAGE, frames, guest};
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
-    GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE,
-    GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE, GNTTABOP_UNMAP_GRANT_REF, GnttabCopy,
-    GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace,
-    GnttabUnmapGrantRef, GrantEntryV1,
+    GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF,
+    GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE,
+    GNTTABOP_UNMAP_GRANT_REF, GnttabCopy, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize,
+    GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
 };
 use microvisor_core::frametable::{ExternalRef, Flush, FrameTable};
 use microvisor_core::grant::{self, GrantMemory, GrantTable, MAPTRACK_ENTRIES};
@@ -71,7 +71,12 @@ impl GrantMemory for frames::DirectMap {
         GrantEntryV1::read_from_bytes(&v.to_le_bytes()).unwrap_or_default()
     }
     fn cmpxchg_header(&mut self, mfn: u64, slot: usize, old: u32, new: u32) -> u32 {
-        match mm::atomic_u32(entry_pa(mfn, slot)).compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst) {
+        match mm::atomic_u32(entry_pa(mfn, slot)).compare_exchange(
+            old,
+            new,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
             Ok(v) | Err(v) => v,
         }
     }
@@ -79,18 +84,30 @@ impl GrantMemory for frames::DirectMap {
         mm::atomic_u16(entry_pa(mfn, slot)).fetch_and(!bits, Ordering::SeqCst);
     }
     fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize) {
-        mm::move_phys(dst * PAGE + dst_off as u64, src * PAGE + src_off as u64, len as u64);
+        mm::move_phys(
+            dst * PAGE + dst_off as u64,
+            src * PAGE + src_off as u64,
+            len as u64,
+        );
     }
 }
 
 /// Runs `f` with the grant tables, the frame table and memory.
-fn with<R>(f: impl FnOnce(&mut Tables, &mut FrameTable<'static>, &mut frames::DirectMap) -> R) -> R {
+fn with<R>(
+    f: impl FnOnce(&mut Tables, &mut FrameTable<'static>, &mut frames::DirectMap) -> R,
+) -> R {
     let mut t = TABLES.lock();
     frames::with(|ft, mem| f(&mut t, ft, mem))
 }
 
 /// Where a mapping's entry lives: the machine address of the L1 entry.
-fn entry_ma(ft: &FrameTable<'_>, mem: &frames::DirectMap, dom: u16, l4_mfn: u64, m: &grant::Mapping) -> Option<u64> {
+fn entry_ma(
+    ft: &FrameTable<'_>,
+    mem: &frames::DirectMap,
+    dom: u16,
+    l4_mfn: u64,
+    m: &grant::Mapping,
+) -> Option<u64> {
     if m.contains_pte() {
         Some(m.host_addr)
     } else {
@@ -103,11 +120,17 @@ fn entry_ma(ft: &FrameTable<'_>, mem: &frames::DirectMap, dom: u16, l4_mfn: u64,
 /// done, `count` reduced).
 pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
-    let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
+    let (dom, privileged, cr3) = (
+        hv.domains[cur].id,
+        hv.domains[cur].privileged,
+        hv.domains[cur].cr3,
+    );
     let count = count as u32 as u64;
     let cmd = cmd as u32;
     match cmd {
-        GNTTABOP_SETUP_TABLE | GNTTABOP_QUERY_SIZE | GNTTABOP_GET_VERSION if count != 1 => return Err(Errno::EINVAL),
+        GNTTABOP_SETUP_TABLE | GNTTABOP_QUERY_SIZE | GNTTABOP_GET_VERSION if count != 1 => {
+            return Err(Errno::EINVAL);
+        }
         GNTTABOP_SETUP_TABLE => return setup_table(dom, privileged, cr3, uop).map(Flow::Ret),
         GNTTABOP_QUERY_SIZE => {
             let mut op: GnttabQuerySize = guest::read(cr3, uop)?;
@@ -135,7 +158,10 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
             guest::write(cr3, uop, &op)?;
             return r.map(|()| Flow::Ret(0));
         }
-        GNTTABOP_MAP_GRANT_REF | GNTTABOP_UNMAP_GRANT_REF | GNTTABOP_UNMAP_AND_REPLACE | GNTTABOP_COPY => {}
+        GNTTABOP_MAP_GRANT_REF
+        | GNTTABOP_UNMAP_GRANT_REF
+        | GNTTABOP_UNMAP_AND_REPLACE
+        | GNTTABOP_COPY => {}
         _ => return Err(Errno::ENOSYS),
     }
     let size: u64 = match cmd {
@@ -153,7 +179,13 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
             if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
                 hv.collect_dead();
             }
-            return Ok(Flow::Again([u64::from(cmd), uop.wrapping_add(i * size), count - i, 0, 0]));
+            return Ok(Flow::Again([
+                u64::from(cmd),
+                uop.wrapping_add(i * size),
+                count - i,
+                0,
+                0,
+            ]));
         }
         let va = uop.wrapping_add(i * size);
         let r = match cmd {
@@ -205,7 +237,11 @@ fn setup_table(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Er
 /// The policy's `setup_table` for `op` by `dom`, with the frames it may
 /// need allocated and assigned first (what it leaves is given back).
 fn grow(dom: u16, privileged: bool, op: &GnttabSetupTable) -> Result<grant::TableFrames, i16> {
-    let target = if op.dom == grant::DOMID_SELF { dom } else { op.dom };
+    let target = if op.dom == grant::DOMID_SELF {
+        dom
+    } else {
+        op.dom
+    };
     let have = with(|t, _, _| grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames()));
     let want = op.nr_frames.min(MAX_FRAMES).saturating_sub(have) as usize;
     let mut spare: heapless::Vec<u64, { MAX_FRAMES as usize }> = heapless::Vec::new();
@@ -238,7 +274,11 @@ fn grow(dom: u16, privileged: bool, op: &GnttabSetupTable) -> Result<grant::Tabl
 /// guest's first `setup_table`, which then returns that frame).
 pub fn create(id: u16) -> Result<(), i16> {
     register(id);
-    let op = GnttabSetupTable { dom: id, nr_frames: 1, ..Default::default() };
+    let op = GnttabSetupTable {
+        dom: id,
+        nr_frames: 1,
+        ..Default::default()
+    };
     grow(id, true, &op).map(|_| ())
 }
 
@@ -247,7 +287,9 @@ fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
     let l4 = cr3 / PAGE;
     let r = with(|t, ft, mem| {
         grant::map_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
-            let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+            let Some(at) = entry_ma(ft, mem, dom, l4, m) else {
+                return false;
+            };
             match ft.install_grant_entry(mem, dom, at, m.pte()) {
                 Ok(f) => {
                     apply(f);
@@ -267,7 +309,11 @@ fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
     let mut op: GnttabUnmapGrantRef = guest::read(cr3, va)?;
     let l4 = cr3 / PAGE;
-    let r = with(|t, ft, mem| grant::unmap_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| remove_entry(ft, mem, dom, l4, m)));
+    let r = with(|t, ft, mem| {
+        grant::unmap_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
+            remove_entry(ft, mem, dom, l4, m)
+        })
+    });
     let flush = unmap_status(r, &mut op.status);
     guest::write(cr3, va, &op)?;
     Ok(flush)
@@ -275,8 +321,16 @@ fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
 
 /// The `remove` step of an unmap: clears the grant entry of mapping `m`
 /// (only if it still is that mapping's).
-fn remove_entry(ft: &mut FrameTable<'static>, mem: &mut frames::DirectMap, dom: u16, l4: u64, m: &grant::Mapping) -> bool {
-    let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
+fn remove_entry(
+    ft: &mut FrameTable<'static>,
+    mem: &mut frames::DirectMap,
+    dom: u16,
+    l4: u64,
+    m: &grant::Mapping,
+) -> bool {
+    let Some(at) = entry_ma(ft, mem, dom, l4, m) else {
+        return false;
+    };
     ft.remove_grant_entry(mem, dom, at, m.pte()).is_ok()
 }
 
@@ -310,8 +364,12 @@ fn replace_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
             &op,
             |ft, mem, m| remove_entry(ft, mem, dom, l4, m),
             |ft, mem, m| {
-                let Some(at) = entry_ma(ft, mem, dom, l4, m) else { return false };
-                let Ok(from) = ft.find_l1_entry(mem, dom, l4, new_addr) else { return false };
+                let Some(at) = entry_ma(ft, mem, dom, l4, m) else {
+                    return false;
+                };
+                let Ok(from) = ft.find_l1_entry(mem, dom, l4, new_addr) else {
+                    return false;
+                };
                 ft.replace_grant_entry(mem, dom, at, m.pte(), from).is_ok()
             },
         )

@@ -5,7 +5,7 @@
 //! -ENOSYS.
 
 use crate::arch::entry::TrapFrame;
-use crate::domain::{End, Hv, RunState, HV};
+use crate::domain::{End, HV, Hv, RunState};
 use crate::mm::guest;
 use crate::pv;
 use crate::sched::{self, Why};
@@ -15,7 +15,8 @@ use microvisor_core::pv as policy;
 type HResult = Result<u64, Errno>;
 
 /// Set at boot by `selftest=pagefault`: fault in ring 0 on the first hypercall.
-pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// Hypercall numbers below this are looked up in [`LIGHT_HYPERCALLS`].
 pub const NR_LIGHT: usize = 64;
@@ -64,10 +65,19 @@ pub struct LightExit {
 /// them (rdi, rsi, rdx, r10, r8). The guest's other registers stay live in
 /// the CPU, so nothing here may switch vCPUs. Neither the audit nor the
 /// fault self-test runs here: they take these hypercalls off the light table.
-pub extern "C" fn on_light_syscall(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, nr: u64) -> LightExit {
+pub extern "C" fn on_light_syscall(
+    a0: u64,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+    a4: u64,
+    nr: u64,
+) -> LightExit {
     let mut hv = HV.lock();
     let res = match nr {
-        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => crate::events::send_op(&mut hv, a1),
+        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => {
+            crate::events::send_op(&mut hv, a1)
+        }
         17 => xen_version(&mut hv, a0, a1),
         _ => dispatch_simple(&mut hv, nr, [a0, a1, a2, a3, a4]),
     };
@@ -75,7 +85,10 @@ pub extern "C" fn on_light_syscall(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, 
         Ok(v) => v,
         Err(e) => (-(e.0 as i64)) as u64,
     };
-    LightExit { rax, upcall: u64::from(pv::upcall_due(&hv)) }
+    LightExit {
+        rax,
+        upcall: u64::from(pv::upcall_due(&hv)),
+    }
 }
 
 /// After a light hypercall that left an event upcall due: the stub has
@@ -119,7 +132,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         }
         29 => switching(sched_op(&mut hv, frame, frame.rdi, frame.rsi)),
         _ => {
-            let r = dispatch(&mut hv, nr, [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8]);
+            let r = dispatch(
+                &mut hv,
+                nr,
+                [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8],
+            );
             flow(&mut hv, frame, nr, r)
         }
     };
@@ -193,7 +210,10 @@ pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
 #[cold]
 #[inline(never)]
 fn continue_later(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, args: [u64; 5]) {
-    crate::debug!("domain {}: hypercall {nr} preempted (continuation)", hv.domains[hv.current].id);
+    crate::debug!(
+        "domain {}: hypercall {nr} preempted (continuation)",
+        hv.domains[hv.current].id
+    );
     frame.rax = nr;
     frame.rdi = args[0];
     frame.rsi = args[1];
@@ -219,9 +239,20 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
     let cb = hv.domains[hv.current].pv.syscall;
     if cb.address == 0 {
         let rip = frame.rip;
-        crate::pv::kill(hv, frame, format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"));
+        crate::pv::kill(
+            hv,
+            frame,
+            format_args!("syscall from guest user mode at {rip:#x} with no syscall callback"),
+        );
     } else {
-        crate::pv::bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("a guest system call"));
+        crate::pv::bounce(
+            hv,
+            frame,
+            cb.address,
+            None,
+            cb.mask_events,
+            format_args!("a guest system call"),
+        );
     }
     crate::pv::deliver_events(hv, crate::arch::entry::live(frame));
 }
@@ -241,7 +272,8 @@ pub const AUDITED_HYPERCALLS: [(usize, &str); 8] = [
 
 /// How many audits followed each of `AUDITED_HYPERCALLS` (reported at the
 /// end of an `audit=1` run, so a test can see the audit really ran).
-static AUDITS: [core::sync::atomic::AtomicU32; AUDITED_HYPERCALLS.len()] = [const { core::sync::atomic::AtomicU32::new(0) }; AUDITED_HYPERCALLS.len()];
+static AUDITS: [core::sync::atomic::AtomicU32; AUDITED_HYPERCALLS.len()] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; AUDITED_HYPERCALLS.len()];
 
 /// At the end of an `audit=1` run: one line per hypercall the audit
 /// followed, with how many times.
@@ -259,7 +291,8 @@ pub fn report_audits() {
 
 /// Set at boot by `audit=1`: audit the frame table after every memory
 /// hypercall (slow; for hostile-memory scenarios).
-pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// Hypercalls that never switch vCPUs and always finish (the light entry's).
 pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
@@ -289,7 +322,10 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),
         36 => control_op(hv, a[0], policy::XEN_DOMCTL_INTERFACE_VERSION, true),
         _ => {
-            crate::debug!("domain {}: hypercall {nr} not implemented", hv.domains[hv.current].id);
+            crate::debug!(
+                "domain {}: hypercall {nr} not implemented",
+                hv.domains[hv.current].id
+            );
             Err(Errno::ENOSYS)
         }
     }
@@ -306,11 +342,19 @@ fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     let cr3 = cr3(hv);
     let mut p: XenHvmParam = guest::read(cr3, arg)?;
     let me = &hv.domains[hv.current];
-    let target = if p.domid == guest_abi::types::DomId::SELF.0 { me.id } else { p.domid };
+    let target = if p.domid == guest_abi::types::DomId::SELF.0 {
+        me.id
+    } else {
+        p.domid
+    };
     if target != me.id && !me.privileged {
         return Err(Errno::EPERM);
     }
-    let d = hv.domains.iter().find(|d| d.id == target && d.is_live()).ok_or(Errno::ESRCH)?;
+    let d = hv
+        .domains
+        .iter()
+        .find(|d| d.id == target && d.is_live())
+        .ok_or(Errno::ESRCH)?;
     p.value = match p.index {
         HVM_PARAM_STORE_PFN => d.store_mfn,
         HVM_PARAM_STORE_EVTCHN => u64::from(d.store_evtchn),
@@ -408,7 +452,9 @@ pub const XEN_MAJOR: u64 = 4;
 pub const XEN_MINOR: u64 = 19;
 
 fn put(hv: &Hv, va: u64, bytes: &[u8]) -> HResult {
-    guest::copy_to(cr3(hv), va, bytes).map(|_| 0).map_err(|_| Errno::EFAULT)
+    guest::copy_to(cr3(hv), va, bytes)
+        .map(|_| 0)
+        .map_err(|_| Errno::EFAULT)
 }
 
 /// Copies `s` into a zero-filled fixed-size buffer (no stack rubble, XSA-122).
@@ -603,7 +649,8 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             guest::copy_from(cr3(hv), arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let ports_va = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
             let nr = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
-            let timeout = u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]);
+            let timeout =
+                u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]);
             if nr > microvisor_core::evtchn::POLL_MAX_PORTS {
                 return Err(Errno::EINVAL);
             }
@@ -611,7 +658,12 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             guest::copy_from(cr3(hv), ports_va, &mut raw[..nr * 4]).map_err(|_| Errno::EFAULT)?;
             let mut ports = [0u32; microvisor_core::evtchn::POLL_MAX_PORTS];
             for (i, p) in ports.iter_mut().enumerate().take(nr) {
-                *p = u32::from_le_bytes([raw[i * 4], raw[i * 4 + 1], raw[i * 4 + 2], raw[i * 4 + 3]]);
+                *p = u32::from_le_bytes([
+                    raw[i * 4],
+                    raw[i * 4 + 1],
+                    raw[i * 4 + 2],
+                    raw[i * 4 + 3],
+                ]);
             }
             let me = hv.domains[cur].id;
             if microvisor_core::evtchn::any_pending(hv, me, &ports[..nr])? {

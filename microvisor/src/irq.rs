@@ -34,7 +34,11 @@ struct Lines {
     count: [u64; N],
 }
 
-static LINES: Mutex<Lines> = Mutex::new(Lines { mapped: [None; N], port: [None; N], count: [0; N] });
+static LINES: Mutex<Lines> = Mutex::new(Lines {
+    mapped: [None; N],
+    port: [None; N],
+    count: [0; N],
+});
 
 /// True for a device-interrupt vector.
 pub fn is_device_vector(v: u64) -> bool {
@@ -100,7 +104,11 @@ fn caller(hv: &Hv) -> (u16, bool, u64) {
 pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let (me, service, cr3) = caller(hv);
     let mut m: PhysdevMapPirq = guest::read(cr3, arg)?;
-    let target = if m.domid == guest_abi::types::DomId::SELF.0 { me } else { m.domid };
+    let target = if m.domid == guest_abi::types::DomId::SELF.0 {
+        me
+    } else {
+        m.domid
+    };
     if !service || target != me {
         return Err(Errno::EPERM);
     }
@@ -185,7 +193,10 @@ pub fn domain_died(dom: u16) {
             l.mapped[gsi] = None;
             l.port[gsi] = None;
             ioapic::set_masked(gsi as u32, true);
-            crate::info!("domain {dom}: GSI {gsi} released after {} interrupts", l.count[gsi]);
+            crate::info!(
+                "domain {dom}: GSI {gsi} released after {} interrupts",
+                l.count[gsi]
+            );
         }
     }
 }

@@ -47,7 +47,15 @@ impl Write for Serial {
 
 /// Programs COM1: 115200 8n1, FIFOs on, interrupts off.
 pub fn init() {
-    for (off, v) in [(1u16, 0u8), (3, 0x80), (0, 1), (1, 0), (3, 3), (2, 0xc7), (4, 0x03)] {
+    for (off, v) in [
+        (1u16, 0u8),
+        (3, 0x80),
+        (0, 1),
+        (1, 0),
+        (3, 3),
+        (2, 0xc7),
+        (4, 0x03),
+    ] {
         outb(COM1 + off, v);
     }
 }
@@ -117,7 +125,11 @@ pub fn guest_line(domid: u16, name: &str, line: &[u8]) {
     let mut s = SERIAL.lock();
     let _ = write!(s, "(d{domid} {name}) ");
     for &b in line {
-        let c = if b == b'\t' || (0x20..0x7f).contains(&b) { b } else { b'.' };
+        let c = if b == b'\t' || (0x20..0x7f).contains(&b) {
+            b
+        } else {
+            b'.'
+        };
         Serial::putc(c);
     }
     let _ = s.write_str("\n");

@@ -41,7 +41,9 @@ pub fn boot_cmdline() -> &'static str {
 
 /// True when `selftest=<name>` is on the hypervisor command line.
 pub fn selftest(name: &str) -> bool {
-    boot_cmdline().split_ascii_whitespace().any(|w| w.strip_prefix("selftest=") == Some(name))
+    boot_cmdline()
+        .split_ascii_whitespace()
+        .any(|w| w.strip_prefix("selftest=") == Some(name))
 }
 
 /// The bytes the boot page tables identity-map (see `mm::check`).
@@ -49,7 +51,10 @@ const EARLY_WINDOW: u64 = 1 << 30;
 
 /// Reads a boot structure before the hypervisor's page tables exist, or says
 /// why it cannot (it lies beyond the boot identity map).
-fn early_read<T: FromBytes + KnownLayout + Immutable>(what: &'static str, pa: u64) -> Result<T, bootmem::BootError> {
+fn early_read<T: FromBytes + KnownLayout + Immutable>(
+    what: &'static str,
+    pa: u64,
+) -> Result<T, bootmem::BootError> {
     let mut buf = [0u8; 64];
     let n = core::mem::size_of::<T>();
     bootmem::early_readable(what, pa, n as u64, EARLY_WINDOW)?;
@@ -72,7 +77,10 @@ unsafe extern "C" {
 /// PVH's hvm_start_info (the boot page tables identity-map the first GiB).
 pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     log::init();
-    let si = match early_read::<[u8; core::mem::size_of::<HvmStartInfo>()]>("start info", start_info_pa as u64) {
+    let si = match early_read::<[u8; core::mem::size_of::<HvmStartInfo>()]>(
+        "start info",
+        start_info_pa as u64,
+    ) {
         Ok(bytes) => bootmem::parse_start_info(&bytes),
         Err(e) => Err(e),
     };
@@ -91,7 +99,11 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         }
     }
     log::configure(boot_cmdline());
-    info!("microvisor {} booting (cmdline: \"{}\")", env!("CARGO_PKG_VERSION"), boot_cmdline());
+    info!(
+        "microvisor {} booting (cmdline: \"{}\")",
+        env!("CARGO_PKG_VERSION"),
+        boot_cmdline()
+    );
 
     // Memory map and boot module → what the hypervisor maps and allocates.
     let (memmap_paddr, entries) = si.memmap();
@@ -101,18 +113,34 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     let mut map = [HvmMemmapEntry::default(); MAX_MEMMAP];
     let n = (entries as usize).min(MAX_MEMMAP);
     for (i, e) in map.iter_mut().enumerate().take(n) {
-        *e = early_read::<HvmMemmapEntry>("memory map", memmap_paddr + i as u64 * bootmem::MEMMAP_ENTRY_SIZE).unwrap_or_else(|e| early_boot_fail(e));
+        *e = early_read::<HvmMemmapEntry>(
+            "memory map",
+            memmap_paddr + i as u64 * bootmem::MEMMAP_ENTRY_SIZE,
+        )
+        .unwrap_or_else(|e| early_boot_fail(e));
     }
     let module = if si.nr_modules > 0 {
-        Some(early_read::<HvmModlistEntry>("module list", si.modlist_paddr).unwrap_or_else(|e| early_boot_fail(e)))
+        Some(
+            early_read::<HvmModlistEntry>("module list", si.modlist_paddr)
+                .unwrap_or_else(|e| early_boot_fail(e)),
+        )
     } else {
         None
     };
     // SAFETY: only the address of the linker symbol is taken.
     let kernel_end = unsafe { &__kernel_end_phys as *const u8 as u64 };
-    let layout = bootmem::layout(&map[..n], module, kernel_end, mm::MAX_FRAMES as u64 * mm::PAGE).unwrap_or_else(|e| early_boot_fail(e));
+    let layout = bootmem::layout(
+        &map[..n],
+        module,
+        kernel_end,
+        mm::MAX_FRAMES as u64 * mm::PAGE,
+    )
+    .unwrap_or_else(|e| early_boot_fail(e));
     if layout.ram_truncated {
-        warn!("RAM above {} MiB is not used", (mm::MAX_FRAMES as u64 * mm::PAGE) >> 20);
+        warn!(
+            "RAM above {} MiB is not used",
+            (mm::MAX_FRAMES as u64 * mm::PAGE) >> 20
+        );
     }
     let nr_frames = layout.nr_frames;
     mm::init_allocator(nr_frames);
@@ -127,7 +155,11 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             let _ = a.reserve_range(first, end);
         }
     });
-    info!("memory: {} MiB of RAM, {} frames free", layout.ram_end >> 20, mm::with_allocator(|a| a.free_count()));
+    info!(
+        "memory: {} MiB of RAM, {} frames free",
+        layout.ram_end >> 20,
+        mm::with_allocator(|a| a.free_count())
+    );
 
     mm::paging::init(nr_frames * mm::PAGE);
     mm::frames::init(nr_frames);
@@ -140,7 +172,9 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     time::init();
     start_cpus(si.rsdp_paddr);
 
-    let audit = boot_cmdline().split_ascii_whitespace().any(|w| w == "audit=1");
+    let audit = boot_cmdline()
+        .split_ascii_whitespace()
+        .any(|w| w == "audit=1");
     hypercall::AUDIT_EVERY_CALL.store(audit, core::sync::atomic::Ordering::Relaxed);
     if audit {
         let audited = hypercall::AUDITED_HYPERCALLS.map(|(nr, _)| nr);
@@ -154,7 +188,9 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     if selftest("panic") {
         panic!("selftest: deliberate hypervisor panic");
     }
-    let Some(module) = module else { boot_fail(format_args!("no boot bundle: pass one with -initrd")) };
+    let Some(module) = module else {
+        boot_fail(format_args!("no boot bundle: pass one with -initrd"))
+    };
     // SAFETY: the module's frames are reserved in the allocator above and the
     // hypervisor never writes them.
     let bundle = unsafe { mm::phys_slice(module.paddr, module.size) };
@@ -162,8 +198,12 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         Ok(a) => a,
         Err(e) => boot_fail(format_args!("boot bundle: {e}")),
     };
-    let Some(mtext) = archive.get("manifest") else { boot_fail(format_args!("boot bundle has no 'manifest' file")) };
-    let Ok(mtext) = core::str::from_utf8(mtext) else { boot_fail(format_args!("boot bundle: manifest is not UTF-8 text")) };
+    let Some(mtext) = archive.get("manifest") else {
+        boot_fail(format_args!("boot bundle has no 'manifest' file"))
+    };
+    let Ok(mtext) = core::str::from_utf8(mtext) else {
+        boot_fail(format_args!("boot bundle: manifest is not UTF-8 text"))
+    };
     let manifest = match manifest::parse(mtext) {
         Ok(m) => m,
         Err(e) => boot_fail(format_args!("boot bundle: {e}")),
@@ -173,14 +213,24 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         // The service domain learns the others' ids and names from its
         // command line (the toolstack knowledge Xen keeps in xenstore).
         let mut names: heapless::String<1024> = heapless::String::new();
-        for (i, spec) in manifest.domains().iter().enumerate().filter(|(_, s)| !s.service) {
+        for (i, spec) in manifest
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.service)
+        {
             let sep = if names.is_empty() { "domains=" } else { "," };
             let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}:{}", spec.name));
         }
         // And whose console rings it consumes without showing them
         // (manifest `console = io`).
         let mut first = true;
-        for (i, _) in manifest.domains().iter().enumerate().filter(|(_, s)| !s.service && !s.console.shows_ring()) {
+        for (i, _) in manifest
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.service && !s.console.shows_ring())
+        {
             let sep = if first { " hide_ring=" } else { "," };
             first = false;
             let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}"));
@@ -188,7 +238,10 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         let has_service = manifest.domains().iter().any(|s| s.service);
         for (i, spec) in manifest.domains().iter().enumerate() {
             let Some(image) = archive.get(spec.image) else {
-                boot_fail(format_args!("domain '{}': image '{}' is not in the boot bundle", spec.name, spec.image))
+                boot_fail(format_args!(
+                    "domain '{}': image '{}' is not in the boot bundle",
+                    spec.name, spec.image
+                ))
             };
             let extra = if spec.service { names.as_str() } else { "" };
             match build::build(i as u16, spec, image, extra, has_service && !spec.service) {
@@ -215,19 +268,29 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
 /// channels (start_info's ports) are allocated unbound for it, as Xen's
 /// builders do for xenstored and xenconsoled.
 fn connect_service(hv: &mut domain::Hv) {
-    let Some(s) = hv.domains.iter().find(|d| d.service).map(|d| d.id) else { return };
+    let Some(s) = hv.domains.iter().find(|d| d.service).map(|d| d.id) else {
+        return;
+    };
     if s != 0 {
-        boot_fail(format_args!("the service domain must be the first domain of the manifest (domain 0)"));
+        boot_fail(format_args!(
+            "the service domain must be the first domain of the manifest (domain 0)"
+        ));
     }
     for i in 0..hv.domains.len() {
-        let (id, store, console) = (hv.domains[i].id, hv.domains[i].store_evtchn, hv.domains[i].console_evtchn);
+        let (id, store, console) = (
+            hv.domains[i].id,
+            hv.domains[i].store_evtchn,
+            hv.domains[i].console_evtchn,
+        );
         if id == s {
             continue;
         }
         for want in [store, console] {
             match microvisor_core::evtchn::alloc_unbound(hv, id, id, s, true) {
                 Ok(p) if p == want => {}
-                other => boot_fail(format_args!("domain {id}: event channel {want} for the service domain: {other:?}")),
+                other => boot_fail(format_args!(
+                    "domain {id}: event channel {want} for the service domain: {other:?}"
+                )),
             }
         }
     }
@@ -242,7 +305,10 @@ fn connect_service(hv: &mut domain::Hv) {
     if let Err(e) = io {
         boot_fail(format_args!("service domain: device access: {e:?}"));
     }
-    info!("service domain {s}: store and console channels allocated for {} domains; device access granted", hv.domains.len() - 1);
+    info!(
+        "service domain {s}: store and console channels allocated for {} domains; device access granted",
+        hv.domains.len() - 1
+    );
 }
 
 /// Physical memory for the ACPI parser, through the direct map (RAM and
@@ -251,7 +317,10 @@ struct Phys;
 
 impl microvisor_core::acpi::PhysRead for Phys {
     fn read(&self, pa: u64, out: &mut [u8]) -> bool {
-        if pa.checked_add(out.len() as u64).is_none_or(|end| end > mm::max_phys()) {
+        if pa
+            .checked_add(out.len() as u64)
+            .is_none_or(|end| end > mm::max_phys())
+        {
             return false;
         }
         mm::read_phys(pa, out);
@@ -265,11 +334,17 @@ impl microvisor_core::acpi::PhysRead for Phys {
 fn start_cpus(rsdp_hint: u64) {
     use microvisor_core::acpi;
     static SCRATCH: spin::Mutex<[u8; 64 * 1024]> = spin::Mutex::new([0; 64 * 1024]);
-    let ids = acpi::find_rsdp(&Phys, rsdp_hint).and_then(|r| acpi::madt_apic_ids(&Phys, r, &mut SCRATCH.lock()[..]));
+    let ids = acpi::find_rsdp(&Phys, rsdp_hint)
+        .and_then(|r| acpi::madt_apic_ids(&Phys, r, &mut SCRATCH.lock()[..]));
     match ids {
         Ok(ids) if ids.len() > 1 => {
             let up = arch::smp::start_aps(&ids);
-            info!("cpus: {} of {} up (APIC ids {:?}); guests run on cpu 0", up + 1, ids.len(), ids.as_slice());
+            info!(
+                "cpus: {} of {} up (APIC ids {:?}); guests run on cpu 0",
+                up + 1,
+                ids.len(),
+                ids.as_slice()
+            );
         }
         Ok(_) => info!("cpus: 1"),
         Err(e) => info!("cpus: 1 ({e})"),
@@ -291,9 +366,22 @@ fn enable_protections() {
     // Mask the legacy PICs: no device interrupts are routed yet.
     arch::port::outb(0x21, 0xff);
     arch::port::outb(0xa1, 0xff);
-    info!("cpu protections:{}", if on.is_empty() { " none available" } else { on.as_str() });
+    info!(
+        "cpu protections:{}",
+        if on.is_empty() {
+            " none available"
+        } else {
+            on.as_str()
+        }
+    );
     let (_, _, ecx1, edx1) = cpu::cpuid(1, 0);
-    info!("cpu: x2apic {} tsc {} apic {} tsc-deadline {}", ecx1 >> 21 & 1, edx1 >> 4 & 1, edx1 >> 9 & 1, ecx1 >> 24 & 1);
+    info!(
+        "cpu: x2apic {} tsc {} apic {} tsc-deadline {}",
+        ecx1 >> 21 & 1,
+        edx1 >> 4 & 1,
+        edx1 >> 9 & 1,
+        ecx1 >> 24 & 1
+    );
 }
 
 /// A boot-time error in the bundle or a domain: one clear line, failing exit.

@@ -7,7 +7,7 @@
 
 use crate::domain::Hv;
 use crate::hypercall::Flow;
-use crate::mm::{self, frames, guest, PAGE};
+use crate::mm::{self, PAGE, frames, guest};
 use guest_abi::errno::Errno;
 
 const DOMID_SELF: u16 = 0x7FF0;
@@ -42,11 +42,17 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     let start = cmd >> 6;
     use guest_abi::memory as m;
     match op {
-        m::XENMEM_INCREASE_RESERVATION | m::XENMEM_DECREASE_RESERVATION | m::XENMEM_POPULATE_PHYSMAP => {
+        m::XENMEM_INCREASE_RESERVATION
+        | m::XENMEM_DECREASE_RESERVATION
+        | m::XENMEM_POPULATE_PHYSMAP => {
             let mut b = [0u8; 32];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-            let (list, nr, order) = (q(0), q(8), u32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4])));
+            let (list, nr, order) = (
+                q(0),
+                q(8),
+                u32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4])),
+            );
             let domid = u16::from_le_bytes([b[24], b[25]]);
             // Extents of 2^order machine-contiguous frames (what drivers
             // need for DMA) for increase_reservation; single frames
@@ -60,7 +66,10 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             }
             let mut done = start;
             while done < nr {
-                if done > start && (done - start) % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
+                if done > start
+                    && (done - start) % PREEMPT_CHECK == 0
+                    && crate::mmu::should_preempt(hv)
+                {
                     return Ok(Flow::Again([u64::from(op) | (done << 6), arg, 0, 0, 0]));
                 }
                 let slot = list.checked_add(done * 8).ok_or(Errno::EFAULT)?;
@@ -152,7 +161,8 @@ fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), E
     if hv.domains[cur].tot_pages + n > hv.domains[cur].max_pages {
         return Err(Errno::ENOMEM);
     }
-    guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+    guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes())
+        .map_err(|_| Errno::EFAULT)?;
     let first = mm::with_allocator(|a| a.alloc_contiguous(n, n)).ok_or(Errno::ENOMEM)?;
     for mfn in first..first + n {
         mm::zero_frame(mfn);
@@ -180,9 +190,18 @@ fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), 
     if hv.domains[cur].tot_pages >= hv.domains[cur].max_pages {
         return Err(Errno::ENOMEM);
     }
-    let pfn = if populate { Some(guest::read::<u64>(cr3, slot)?) } else { None };
+    let pfn = if populate {
+        Some(guest::read::<u64>(cr3, slot)?)
+    } else {
+        None
+    };
     // Check the slot is writable before taking a frame.
-    guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot).unwrap_or(0).to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+    guest::copy_to(
+        cr3,
+        slot,
+        &guest::read::<u64>(cr3, slot).unwrap_or(0).to_le_bytes(),
+    )
+    .map_err(|_| Errno::EFAULT)?;
     let mfn = mm::alloc_zeroed().ok_or(Errno::ENOMEM)?;
     if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
         let _ = mm::with_allocator(|a| a.free(mfn));

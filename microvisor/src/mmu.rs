@@ -8,9 +8,9 @@
 use crate::arch::cpu;
 use crate::domain::Hv;
 use crate::hypercall::Flow;
-use crate::mm::{frames, guest, PAGE};
+use crate::mm::{PAGE, frames, guest};
 use guest_abi::errno::Errno;
-use microvisor_core::frametable::{resolve_pg_owner, Flush};
+use microvisor_core::frametable::{Flush, resolve_pg_owner};
 
 /// mmu_update entries handled between preemption checks in a long batch.
 const PREEMPT_CHECK: u64 = 512;
@@ -41,7 +41,9 @@ fn apply_flush(f: Flush) {
 /// calling vCPU itself must take. Whether another vCPU is runnable does not
 /// matter here: the tick's scheduling decision makes that choice.
 pub(crate) fn should_preempt(hv: &Hv) -> bool {
-    crate::pv::upcall_due(hv) || crate::time::now_ns() >= hv.timers_due || crate::arch::apic::interrupt_pending()
+    crate::pv::upcall_due(hv)
+        || crate::time::now_ns() >= hv.timers_due
+        || crate::arch::apic::interrupt_pending()
 }
 
 /// The count a batch (mmu_update, mmuext_op) still has to do and what it
@@ -53,7 +55,11 @@ fn resumed(cr3: u64, count: u64, pdone: u64) -> (u64, u64) {
         return (count, 0);
     }
     let mut b = [0u8; 4];
-    let done = if pdone != 0 && guest::copy_from(cr3, pdone, &mut b).is_ok() { u64::from(u32::from_le_bytes(b)) } else { 0 };
+    let done = if pdone != 0 && guest::copy_from(cr3, pdone, &mut b).is_ok() {
+        u64::from(u32::from_le_bytes(b))
+    } else {
+        0
+    };
     (count & !PREEMPTED, done)
 }
 
@@ -61,9 +67,19 @@ fn resumed(cr3: u64, count: u64, pdone: u64) -> (u64, u64) {
 /// whatever is due and continues with Xen's encoding: `reqs` advanced past
 /// the entries done, the count of those left with `MMU_UPDATE_PREEMPTED`,
 /// the entries done so far in `*done` (read back on continuation).
-pub fn mmu_update(hv: &mut Hv, reqs: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Flow, Errno> {
+pub fn mmu_update(
+    hv: &mut Hv,
+    reqs: u64,
+    count: u64,
+    pdone: u64,
+    foreigndom: u64,
+) -> Result<Flow, Errno> {
     let cur = hv.current;
-    let (dom, privileged, cr3) = (hv.domains[cur].id, hv.domains[cur].privileged, hv.domains[cur].cr3);
+    let (dom, privileged, cr3) = (
+        hv.domains[cur].id,
+        hv.domains[cur].privileged,
+        hv.domains[cur].cr3,
+    );
     let (count, done) = resumed(cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     // The frame table is locked once for the batch (guest reads take no
@@ -81,10 +97,13 @@ pub fn mmu_update(hv: &mut Hv, reqs: u64, count: u64, pdone: u64, foreigndom: u6
                 Err(e) => return (Err(e), i, flush, false),
             };
             let r = match ptr & 7 {
-                0 | 2 => ft.mod_entry(mem, dom, pg_owner, ptr & !7, val, ptr & 7 == 2).map(|f| flush = flush.merge(f)),
+                0 | 2 => ft
+                    .mod_entry(mem, dom, pg_owner, ptr & !7, val, ptr & 7 == 2)
+                    .map(|f| flush = flush.merge(f)),
                 1 => {
                     let mfn = ptr >> 12;
-                    ft.check_machphys_update(pg_owner, mfn).map(|()| frames::set_m2p(mfn, val))
+                    ft.check_machphys_update(pg_owner, mfn)
+                        .map(|()| frames::set_m2p(mfn, val))
                 }
                 _ => Err(Errno::ENOSYS),
             };
@@ -101,7 +120,13 @@ pub fn mmu_update(hv: &mut Hv, reqs: u64, count: u64, pdone: u64, foreigndom: u6
             let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
         }
         collect_released(hv);
-        return Ok(Flow::Again([reqs.wrapping_add(i * 16), (count - i) | PREEMPTED, pdone, foreigndom, 0]));
+        return Ok(Flow::Again([
+            reqs.wrapping_add(i * 16),
+            (count - i) | PREEMPTED,
+            pdone,
+            foreigndom,
+            0,
+        ]));
     }
     apply_flush(flush);
     if pdone != 0 {
@@ -140,7 +165,13 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
 
 /// mmuext_op(ops, count, done, foreigndom). A long batch stops for whatever
 /// is due and continues with Xen's encoding, as `mmu_update`'s.
-pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64) -> Result<Flow, Errno> {
+pub fn mmuext_op(
+    hv: &mut Hv,
+    ops: u64,
+    count: u64,
+    pdone: u64,
+    foreigndom: u64,
+) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged) = (hv.domains[cur].id, hv.domains[cur].privileged);
     let (count, done) = resumed(hv.domains[cur].cr3, count, pdone);
@@ -150,9 +181,19 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
     while i < count {
         if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
             if pdone != 0 {
-                let _ = guest::copy_to(hv.domains[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
+                let _ = guest::copy_to(
+                    hv.domains[cur].cr3,
+                    pdone,
+                    &((done + i) as u32).to_le_bytes(),
+                );
             }
-            return Ok(Flow::Again([ops.wrapping_add(i * 24), (count - i) | PREEMPTED, pdone, foreigndom, 0]));
+            return Ok(Flow::Again([
+                ops.wrapping_add(i * 24),
+                (count - i) | PREEMPTED,
+                pdone,
+                foreigndom,
+                0,
+            ]));
         }
         // Re-read the base pointer each time: an op may have switched it, and
         // only the current (referenced, validated) L4 may be walked.
@@ -184,14 +225,24 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
             13 => crate::pv::set_ldt(hv, arg1, arg2),
             15 => new_user_baseptr(hv, arg1),
             16 => frames::with(|ft, mem| {
-                ft.get_page_and_type(mem, arg1, microvisor_core::frametable::PageType::Writable, dom)?;
+                ft.get_page_and_type(
+                    mem,
+                    arg1,
+                    microvisor_core::frametable::PageType::Writable,
+                    dom,
+                )?;
                 crate::mm::zero_frame(arg1);
                 ft.put_page_and_type(mem, arg1);
                 Ok(())
             }),
             17 => frames::with(|ft, mem| {
                 ft.get_page(arg2, dom)?;
-                if let Err(e) = ft.get_page_and_type(mem, arg1, microvisor_core::frametable::PageType::Writable, dom) {
+                if let Err(e) = ft.get_page_and_type(
+                    mem,
+                    arg1,
+                    microvisor_core::frametable::PageType::Writable,
+                    dom,
+                ) {
                     ft.put_page(arg2);
                     return Err(e);
                 }
@@ -213,7 +264,11 @@ pub fn mmuext_op(hv: &mut Hv, ops: u64, count: u64, pdone: u64, foreigndom: u64)
         i += 1;
     }
     if pdone != 0 {
-        let _ = guest::copy_to(hv.domains[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
+        let _ = guest::copy_to(
+            hv.domains[cur].cr3,
+            pdone,
+            &((done + i) as u32).to_le_bytes(),
+        );
     }
     result.map(Flow::Ret)
 }
@@ -285,7 +340,8 @@ pub fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
             Ok(v) => v,
             Err(e) => (-(e.0 as i64)) as u64,
         };
-        guest::copy_to(hv.domains[cur].cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+        guest::copy_to(hv.domains[cur].cr3, va + 8, &raw.to_le_bytes())
+            .map_err(|_| Errno::EFAULT)?;
         if op == 23 || op == 29 || op == 13 {
             break;
         }

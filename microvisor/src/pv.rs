@@ -17,7 +17,9 @@ use crate::mm::guest;
 use core::fmt::Write;
 use guest_abi::errno::Errno;
 use microvisor_core::decode::{self, Op, Port};
-use microvisor_core::pv::{self as policy, CallbackSlot, MsrRead, MsrWrite, SegmentBase, TrapTableEntry};
+use microvisor_core::pv::{
+    self as policy, CallbackSlot, MsrRead, MsrWrite, SegmentBase, TrapTableEntry,
+};
 
 /// RFLAGS bits.
 const IF: u64 = policy::RFLAGS_IF;
@@ -44,13 +46,23 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
     // done.
     for i in 0u64.. {
         if i > 0 && i % 64 == 0 && crate::mmu::should_preempt(hv) {
-            return Ok(crate::hypercall::Flow::Again([table.wrapping_add(i * 16), 0, 0, 0, 0]));
+            return Ok(crate::hypercall::Flow::Again([
+                table.wrapping_add(i * 16),
+                0,
+                0,
+                0,
+                0,
+            ]));
         }
         let va = table.checked_add(i * 16).ok_or(Errno::EFAULT)?;
         let e: guest_abi::arch::TrapInfo = guest::read(cr3, va).map_err(|_| Errno::EFAULT)?;
         match policy::trap_table_entry(&e)? {
             TrapTableEntry::End => return Ok(crate::hypercall::Flow::Ret(0)),
-            TrapTableEntry::Set { vector, address, flags } => hv.domains[cur].pv.traps[usize::from(vector)] = TrapEntry { address, flags },
+            TrapTableEntry::Set {
+                vector,
+                address,
+                flags,
+            } => hv.domains[cur].pv.traps[usize::from(vector)] = TrapEntry { address, flags },
         }
     }
     Ok(crate::hypercall::Flow::Ret(0))
@@ -62,9 +74,18 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
         policy::callback_address(a)?;
     }
     let pv = &mut hv.domains[hv.current].pv;
-    pv.event = Callback { address: event, mask_events: true };
-    pv.failsafe = Callback { address: failsafe, mask_events: true };
-    pv.syscall = Callback { address: syscall, mask_events: false };
+    pv.event = Callback {
+        address: event,
+        mask_events: true,
+    };
+    pv.failsafe = Callback {
+        address: failsafe,
+        mask_events: true,
+    };
+    pv.syscall = Callback {
+        address: syscall,
+        mask_events: false,
+    };
     Ok(0)
 }
 
@@ -82,9 +103,17 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd {
         0 => {
             let slot = policy::callback_slot(ty)?;
-            let cb = Callback { address: policy::callback_address(address)?, mask_events: flags & 1 != 0 };
+            let cb = Callback {
+                address: policy::callback_address(address)?,
+                mask_events: flags & 1 != 0,
+            };
             match slot {
-                CallbackSlot::Event => pv.event = Callback { mask_events: true, ..cb },
+                CallbackSlot::Event => {
+                    pv.event = Callback {
+                        mask_events: true,
+                        ..cb
+                    }
+                }
                 CallbackSlot::Failsafe => pv.failsafe = cb,
                 CallbackSlot::Syscall => pv.syscall = cb,
                 CallbackSlot::Ignored => {}
@@ -138,7 +167,13 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
     }
     hv.domains[cur].pv.virtual_ts = false;
     let rip = frame.rip;
-    deliver_exception(hv, frame, 7, None, format_args!("unhandled exception #NM at rip {rip:#x}"));
+    deliver_exception(
+        hv,
+        frame,
+        7,
+        None,
+        format_args!("unhandled exception #NM at rip {rip:#x}"),
+    );
 }
 
 /// set_debugreg(reg, value) (nr 8), with Xen's checks
@@ -147,7 +182,9 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
 /// register given more, EPERM for a value the guest may not use.
 pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
     let pv = &mut hv.domains[hv.current].pv;
-    pv.dbg.write(reg as u32, value, pv.cr4_de).map_err(|e| e.errno())?;
+    pv.dbg
+        .write(reg as u32, value, pv.cr4_de)
+        .map_err(|e| e.errno())?;
     load_breakpoints(&pv.dbg);
     Ok(0)
 }
@@ -188,7 +225,13 @@ pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
     crate::arch::cpu::clear_dr6();
     hv.domains[hv.current].pv.dbg.merge_dr6(hw);
     let rip = frame.rip;
-    deliver_exception(hv, frame, 1, None, format_args!("unhandled exception #DB at rip {rip:#x}, dr6 {hw:#x}"));
+    deliver_exception(
+        hv,
+        frame,
+        1,
+        None,
+        format_args!("unhandled exception #DB at rip {rip:#x}, dr6 {hw:#x}"),
+    );
 }
 
 /// After an emulated port access: the I/O breakpoints it hit (`io`, DR6
@@ -201,7 +244,13 @@ fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
     if io != 0 {
         hv.domains[hv.current].pv.dbg.record(io);
         let rip = frame.rip;
-        deliver_exception(hv, frame, 1, None, format_args!("unhandled exception #DB (I/O breakpoint) at rip {rip:#x}"));
+        deliver_exception(
+            hv,
+            frame,
+            1,
+            None,
+            format_args!("unhandled exception #DB (I/O breakpoint) at rip {rip:#x}"),
+        );
     }
 }
 
@@ -246,7 +295,11 @@ pub struct SegState {
 impl SegState {
     /// Reads it from the CPU.
     pub fn read() -> Self {
-        Self { selectors: crate::arch::cpu::data_selectors(), fs_base: crate::arch::cpu::fs_base(), gs_base: crate::arch::cpu::gs_base() }
+        Self {
+            selectors: crate::arch::cpu::data_selectors(),
+            fs_base: crate::arch::cpu::fs_base(),
+            gs_base: crate::arch::cpu::gs_base(),
+        }
     }
 }
 
@@ -265,7 +318,11 @@ pub fn save_segments(pv: &mut crate::domain::PvState) -> SegState {
 /// loaded already; a selector they no longer allow (the guest changed its
 /// GDT) becomes null.
 pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
-    let want = if pv.selectors == [0; 4] { [0; 4] } else { pv.selectors.map(|s| if selector_ok(pv, s) { s } else { 0 }) };
+    let want = if pv.selectors == [0; 4] {
+        [0; 4]
+    } else {
+        pv.selectors.map(|s| if selector_ok(pv, s) { s } else { 0 })
+    };
     // Loading FS or GS replaces that base: then both are written.
     let reloaded = cpu.selectors != want;
     if reloaded {
@@ -293,7 +350,8 @@ pub fn toggle_mode(hv: &mut Hv) {
     let d = &mut hv.domains[cur];
     save_bases(&mut d.pv);
     d.pv.user_mode = !d.pv.user_mode;
-    crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
+    crate::arch::entry::GUEST_USER_MODE
+        .store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     load_segment_bases(&d.pv);
     let cr3 = d.active_cr3();
     if crate::arch::cpu::cr3() != cr3 {
@@ -348,7 +406,11 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
 /// needs its page already shadow-mapped (so the load cannot fault in the
 /// hypervisor) and a loadable descriptor there.
 fn selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
-    if sel & 4 == 0 { crate::arch::desc::data_selector_ok(sel) } else { ldt_selector_ok(pv, sel) }
+    if sel & 4 == 0 {
+        crate::arch::desc::data_selector_ok(sel)
+    } else {
+        ldt_selector_ok(pv, sel)
+    }
 }
 
 #[cold]
@@ -358,7 +420,9 @@ fn ldt_selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
     let page = (i / 512) as usize;
     i < u64::from(pv.ldt_ents)
         && pv.ldt_frames[page] != 0
-        && policy::data_descriptor_loadable(crate::mm::read_u64(pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8))
+        && policy::data_descriptor_loadable(crate::mm::read_u64(
+            pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8,
+        ))
 }
 
 /// MMUEXT_SET_LDT(linear address, entries), as Xen: the address must be
@@ -437,10 +501,21 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let pv = &mut d.pv;
     let linear = pv.ldt_base.wrapping_add(off);
     if off < u64::from(pv.ldt_ents) * 8 && pv.ldt_frames[page] == 0 {
-        let mapped = guest::translate(cr3, pv.ldt_base + page as u64 * crate::mm::PAGE, false).ok().and_then(|pa| {
-            let mfn = pa / crate::mm::PAGE;
-            crate::mm::frames::with(|ft, mem| ft.get_page_and_type(mem, mfn, microvisor_core::frametable::PageType::Segment, dom)).ok().map(|()| mfn)
-        });
+        let mapped = guest::translate(cr3, pv.ldt_base + page as u64 * crate::mm::PAGE, false)
+            .ok()
+            .and_then(|pa| {
+                let mfn = pa / crate::mm::PAGE;
+                crate::mm::frames::with(|ft, mem| {
+                    ft.get_page_and_type(
+                        mem,
+                        mfn,
+                        microvisor_core::frametable::PageType::Segment,
+                        dom,
+                    )
+                })
+                .ok()
+                .map(|()| mfn)
+            });
         if let Some(mfn) = mapped {
             pv.ldt_frames[page] = mfn;
             crate::mm::paging::set_ldt_page(page, mfn);
@@ -450,11 +525,23 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let rip = frame.rip;
     if !policy::canonical(linear) {
         let ec = (off & !3) | 4;
-        return deliver_exception(hv, frame, 13, Some(ec), format_args!("LDT access at non-canonical {linear:#x}, rip {rip:#x} (#GP)"));
+        return deliver_exception(
+            hv,
+            frame,
+            13,
+            Some(ec),
+            format_args!("LDT access at non-canonical {linear:#x}, rip {rip:#x} (#GP)"),
+        );
     }
     d.set_cr2(linear);
     let err = page_fault_error(d, frame.error_code);
-    deliver_exception(hv, frame, 14, Some(err), format_args!("page fault on LDT page at {linear:#x}, rip {rip:#x}, error {err:#x}"));
+    deliver_exception(
+        hv,
+        frame,
+        14,
+        Some(err),
+        format_args!("page fault on LDT page at {linear:#x}, rip {rip:#x}, error {err:#x}"),
+    );
 }
 
 /// A page fault's error code as a PV guest sees it (Xen): the user bit
@@ -475,7 +562,9 @@ pub fn page_fault_error(d: &crate::domain::Domain, raw: u64) -> u64 {
 /// write to its GDT frame, and its LDT is read from the frame itself.
 pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
-    let d = policy::check_descriptor(desc).filter(|_| ma % 8 == 0).ok_or(Errno::EINVAL)?;
+    let d = policy::check_descriptor(desc)
+        .filter(|_| ma % 8 == 0)
+        .ok_or(Errno::EINVAL)?;
     let cur = hv.current;
     let dom = hv.domains[cur].id;
     let mfn = ma / crate::mm::PAGE;
@@ -484,8 +573,14 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
         // A descriptor page keeps its type; anything else must take the
         // Writable type (refused for a page table or a frame typed
         // otherwise).
-        let seg = ft.info(mfn).is_some_and(|p| p.page_type() == PageType::Segment);
-        let ty = if seg { PageType::Segment } else { PageType::Writable };
+        let seg = ft
+            .info(mfn)
+            .is_some_and(|p| p.page_type() == PageType::Segment);
+        let ty = if seg {
+            PageType::Segment
+        } else {
+            PageType::Writable
+        };
         if let Err(e) = ft.get_page_type(mem, mfn, ty, dom) {
             ft.put_page(mfn);
             return Err(e);
@@ -533,7 +628,11 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
     let Ok(ctx) = guest::read::<policy::IretContext>(cr3, frame.rsp) else {
         let sp = frame.rsp;
-        return kill(hv, frame, format_args!("iret with an unreadable stack at {sp:#x}"));
+        return kill(
+            hv,
+            frame,
+            format_args!("iret with an unreadable stack at {sp:#x}"),
+        );
     };
     let d = &hv.domains[cur];
     let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0) {
@@ -566,7 +665,14 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
 /// (RPL 0 in kernel mode, saved upcall mask in bits 32-39), rflags (IF =
 /// virtual interrupt flag), rsp, ss. Returns false (after killing the
 /// domain) when the frame cannot be written.
-pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool, what: core::fmt::Arguments) -> bool {
+pub fn bounce(
+    hv: &mut Hv,
+    frame: &mut TrapFrame,
+    handler: u64,
+    error: Option<u64>,
+    mask_events: bool,
+    what: core::fmt::Arguments,
+) -> bool {
     let cur = hv.current;
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
@@ -608,11 +714,19 @@ pub fn bounce(hv: &mut Hv, frame: &mut TrapFrame, handler: u64, error: Option<u6
             // Name the stack the frame was to go on: from user mode that is
             // the stack_switch kernel stack, not the user's rsp.
             let which = if from_user { "kernel stack" } else { "stack" };
-            kill(hv, frame, format_args!("bounce frame for {what} at a bad {which} {sp:#x}"));
+            kill(
+                hv,
+                frame,
+                format_args!("bounce frame for {what} at a bad {which} {sp:#x}"),
+            );
             false
         }
         Err(PushError::Unwritable(at)) => {
-            kill(hv, frame, format_args!("cannot write the bounce frame for {what} at {at:#x}"));
+            kill(
+                hv,
+                frame,
+                format_args!("cannot write the bounce frame for {what} at {at:#x}"),
+            );
             false
         }
     }
@@ -632,7 +746,10 @@ enum PushError {
 fn push_frame(cr3: u64, sp: u64, words: &[u64]) -> Result<u64, PushError> {
     let bytes = zerocopy::IntoBytes::as_bytes(words);
     // One check covers both ends: the whole frame lies in guest space.
-    let new_sp = sp.checked_sub(bytes.len() as u64).filter(|&s| guest::range_ok(s, bytes.len())).ok_or(PushError::BadStack)?;
+    let new_sp = sp
+        .checked_sub(bytes.len() as u64)
+        .filter(|&s| guest::range_ok(s, bytes.len()))
+        .ok_or(PushError::BadStack)?;
     guest::copy_to(cr3, new_sp, bytes).map_err(|_| PushError::Unwritable(new_sp))?;
     Ok(new_sp)
 }
@@ -651,12 +768,25 @@ fn enter_handler(frame: &mut TrapFrame, handler: u64, sp: u64) {
 
 /// Delivers exception `vector` to the guest's trap table entry, or kills
 /// the domain when it has none.
-pub fn deliver_exception(hv: &mut Hv, frame: &mut TrapFrame, vector: u8, error: Option<u64>, what: core::fmt::Arguments) {
+pub fn deliver_exception(
+    hv: &mut Hv,
+    frame: &mut TrapFrame,
+    vector: u8,
+    error: Option<u64>,
+    what: core::fmt::Arguments,
+) {
     let t = hv.domains[hv.current].pv.traps[vector as usize];
     if t.address == 0 {
         return kill(hv, frame, format_args!("{what} with no handler registered"));
     }
-    bounce(hv, frame, t.address, error, t.flags & 4 != 0, format_args!("vector {vector}"));
+    bounce(
+        hv,
+        frame,
+        t.address,
+        error,
+        t.flags & 4 != 0,
+        format_args!("vector {vector}"),
+    );
 }
 
 /// Whether the running vCPU has an event upcall to take now: runnable,
@@ -664,9 +794,12 @@ pub fn deliver_exception(hv: &mut Hv, frame: &mut TrapFrame, vector: u8, error: 
 /// registered.
 #[inline]
 pub fn upcall_due(hv: &Hv) -> bool {
-    hv.domains
-        .get(hv.current)
-        .is_some_and(|d| d.state == RunState::Runnable && d.upcall_pending() && !d.upcall_mask() && d.pv.event.address != 0)
+    hv.domains.get(hv.current).is_some_and(|d| {
+        d.state == RunState::Runnable
+            && d.upcall_pending()
+            && !d.upcall_mask()
+            && d.pv.event.address != 0
+    })
 }
 
 /// Before returning to a guest: delivers a pending event upcall when the
@@ -686,7 +819,15 @@ fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
     // and events were enabled (`upcall_due`), so the saved mask is 0 and the
     // saved IF 1.
     if !d.pv.user_mode {
-        let words = [frame.rcx, frame.r11, frame.rip, frame.cs & 0xfffc, frame.rflags | IF | d.pv.bounce_iopl, frame.rsp, frame.ss];
+        let words = [
+            frame.rcx,
+            frame.r11,
+            frame.rip,
+            frame.cs & 0xfffc,
+            frame.rflags | IF | d.pv.bounce_iopl,
+            frame.rsp,
+            frame.ss,
+        ];
         if let Ok(new_sp) = push_frame(d.cr3, frame.rsp & !0xf, &words) {
             if cb.mask_events {
                 d.set_upcall_mask(true);
@@ -696,7 +837,14 @@ fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
         }
     }
     // From user mode, or a bad stack (which `bounce` reports and kills).
-    bounce(hv, frame, cb.address, None, cb.mask_events, format_args!("an event upcall"));
+    bounce(
+        hv,
+        frame,
+        cb.address,
+        None,
+        cb.mask_events,
+        format_args!("an event upcall"),
+    );
 }
 
 // ---- emulation ----------------------------------------------------------
@@ -706,7 +854,11 @@ pub fn fetch(cr3: u64, rip: u64, out: &mut [u8; decode::MAX_LEN]) -> usize {
     if guest::copy_from(cr3, rip, out).is_ok() {
         return out.len();
     }
-    (0..out.len()).take_while(|&i| guest::copy_from(cr3, rip.wrapping_add(i as u64), &mut out[i..i + 1]).is_ok()).count()
+    (0..out.len())
+        .take_while(|&i| {
+            guest::copy_from(cr3, rip.wrapping_add(i as u64), &mut out[i..i + 1]).is_ok()
+        })
+        .count()
 }
 
 /// Decodes the instruction at the guest's rip through page tables `cr3`.
@@ -741,8 +893,18 @@ fn gpr(frame: &mut TrapFrame, n: u8) -> &mut u64 {
 /// and FSGSBASE, plus Xen's hypervisor leaves.
 fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
-        0x4000_0000 => (0x4000_0002, u32::from_le_bytes(*b"XenV"), u32::from_le_bytes(*b"MMXe"), u32::from_le_bytes(*b"nVMM")),
-        0x4000_0001 => ((crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32, 0, 0, 0),
+        0x4000_0000 => (
+            0x4000_0002,
+            u32::from_le_bytes(*b"XenV"),
+            u32::from_le_bytes(*b"MMXe"),
+            u32::from_le_bytes(*b"nVMM"),
+        ),
+        0x4000_0001 => (
+            (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32,
+            0,
+            0,
+            0,
+        ),
         0x4000_0002 => (1, 0x4000_0000, 0, 0),
         0x4000_0003..=0x4000_00ff => (0, 0, 0, 0),
         _ => {
@@ -799,7 +961,13 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// allows it: a port the domain may use is really accessed; any other
 /// (the hypervisor's own, or every port for an unprivileged domain) reads
 /// as all ones and ignores writes, as Xen.
-fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: Port, width: u8) -> u16 {
+fn emulate_port_io(
+    frame: &mut TrapFrame,
+    privileged: bool,
+    is_in: bool,
+    port: Port,
+    width: u8,
+) -> u16 {
     let port = match port {
         Port::Imm(p) => u16::from(p),
         Port::Dx => frame.rdx as u16,
@@ -807,13 +975,21 @@ fn emulate_port_io(frame: &mut TrapFrame, privileged: bool, is_in: bool, port: P
     let width = u16::from(width);
     let permitted = policy::port_permitted(privileged, port, width);
     if is_in {
-        let v = if permitted { crate::arch::port::in_width(port, width) } else { u32::MAX };
+        let v = if permitted {
+            crate::arch::port::in_width(port, width)
+        } else {
+            u32::MAX
+        };
         let mask: u64 = match width {
             1 => 0xff,
             2 => 0xffff,
             _ => 0xffff_ffff,
         };
-        frame.rax = if width == 4 { v as u64 } else { (frame.rax & !mask) | (v as u64 & mask) };
+        frame.rax = if width == 4 {
+            v as u64
+        } else {
+            (frame.rax & !mask) | (v as u64 & mask)
+        };
     } else if permitted {
         crate::arch::port::out_width(port, width, frame.rax as u32);
     }
@@ -838,7 +1014,11 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
     let cur = hv.current;
     let d = &hv.domains[cur];
     let user = d.pv.user_mode;
-    let io_ok = policy::iopl_allows(!user, d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0, d.pv.iopl);
+    let io_ok = policy::iopl_allows(
+        !user,
+        d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0,
+        d.pv.iopl,
+    );
     if user && !io_ok {
         // Nothing else is emulated for guest user code: its #GP goes to
         // the kernel.
@@ -993,7 +1173,10 @@ pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
 /// decoded rather than the error code trusted).
 pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<(u8, u8)> {
     match decode_at(hv.domains[hv.current].active_cr3(), frame.rip) {
-        Ok(decode::Insn { op: Op::Int(n), len }) => Some((n, len)),
+        Ok(decode::Insn {
+            op: Op::Int(n),
+            len,
+        }) => Some((n, len)),
         _ => None,
     }
 }

@@ -32,7 +32,9 @@ pub enum Why {
 /// Charges the running vCPU for the time since it last started.
 fn account(hv: &mut Hv, now: u64) {
     let cur = hv.current;
-    let Some(d) = hv.domains.get_mut(cur) else { return };
+    let Some(d) = hv.domains.get_mut(cur) else {
+        return;
+    };
     if d.runstate.state != 0 {
         return;
     }
@@ -68,7 +70,11 @@ fn cap_period(hv: &mut Hv, now: u64) {
         // Overrun past a cap (up to one tick) is carried into the next
         // period as debt, so the average share converges on the cap.
         for d in hv.domains.iter_mut() {
-            let budget = if d.cap == 0 { u64::MAX } else { CAP_PERIOD_NS * d.cap as u64 / 100 };
+            let budget = if d.cap == 0 {
+                u64::MAX
+            } else {
+                CAP_PERIOD_NS * d.cap as u64 / 100
+            };
             d.period_used = d.period_used.saturating_sub(budget);
         }
         // SAFETY: single CPU, domain lock held.
@@ -79,7 +85,11 @@ fn cap_period(hv: &mut Hv, now: u64) {
 /// Makes a blocked vCPU runnable. Its virtual run time is pulled up to
 /// within one slice of the others', so a long sleep earns no burst.
 pub fn wake(hv: &mut Hv, i: usize) {
-    if hv.domains.get(i).is_none_or(|d| d.state != RunState::Blocked) {
+    if hv
+        .domains
+        .get(i)
+        .is_none_or(|d| d.state != RunState::Blocked)
+    {
         return;
     }
     let mut floor = None;
@@ -197,7 +207,17 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
     hv.domains
         .iter()
         .filter(|d| d.is_live())
-        .flat_map(|d| [d.timer_deadline, d.poll_deadline, if d.periodic_ns != 0 && d.state != RunState::Blocked { d.periodic_next } else { 0 }])
+        .flat_map(|d| {
+            [
+                d.timer_deadline,
+                d.poll_deadline,
+                if d.periodic_ns != 0 && d.state != RunState::Blocked {
+                    d.periodic_next
+                } else {
+                    0
+                },
+            ]
+        })
         .filter(|&t| t != 0)
         .min()
 }
@@ -220,14 +240,24 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
         cap_period(hv, now);
         fire_timers(hv, now);
         crate::irq::deliver(hv);
-        let still_runnable = || hv.domains.get(cur).is_some_and(|d| d.state == RunState::Runnable && !capped(d));
+        let still_runnable = || {
+            hv.domains
+                .get(cur)
+                .is_some_and(|d| d.state == RunState::Runnable && !capped(d))
+        };
         let choice = match why {
             Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
             Why::Leave => pick(hv, None),
             Why::Preempt => {
                 let other = pick(hv, Some(cur));
                 match other {
-                    Some(o) if still_runnable() && hv.domains[o].vruntime + hv.domains[o].slice_vruntime > hv.domains[cur].vruntime => Some(cur),
+                    Some(o)
+                        if still_runnable()
+                            && hv.domains[o].vruntime + hv.domains[o].slice_vruntime
+                                > hv.domains[cur].vruntime =>
+                    {
+                        Some(cur)
+                    }
                     Some(o) => Some(o),
                     None => still_runnable().then_some(cur),
                 }
@@ -254,7 +284,8 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
         if let Some(d) = hv.domains.get_mut(cur)
             && d.runstate.state == 0
         {
-            d.runstate.enter(if d.state == RunState::Blocked { 2 } else { 1 }, now);
+            d.runstate
+                .enter(if d.state == RunState::Blocked { 2 } else { 1 }, now);
         }
         cpu::idle_wait();
         now = crate::time::now_ns();
@@ -309,7 +340,8 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         // against them.)
         crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
     }
-    crate::arch::entry::GUEST_USER_MODE.store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
+    crate::arch::entry::GUEST_USER_MODE
+        .store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // SAFETY: every domain's L4 was validated by the builder and carries
@@ -351,7 +383,13 @@ pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
 pub fn start() -> ! {
     let (first, cr3) = {
         let mut hv = crate::domain::HV.lock();
-        let Some(first) = hv.domains.iter().position(|d| d.state == RunState::Runnable) else { hv.finish() };
+        let Some(first) = hv
+            .domains
+            .iter()
+            .position(|d| d.state == RunState::Runnable)
+        else {
+            hv.finish()
+        };
         let now = crate::time::now_ns();
         for d in hv.domains.iter_mut() {
             d.runstate.entry_time = now;

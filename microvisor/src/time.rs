@@ -37,7 +37,11 @@ pub fn scale_for(hz: u64) -> (u32, i8) {
 }
 
 fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
-    let d = if shift >= 0 { delta << shift } else { delta >> (-shift) };
+    let d = if shift >= 0 {
+        delta << shift
+    } else {
+        delta >> (-shift)
+    };
     ((d as u128 * mul as u128) >> 32) as u64
 }
 
@@ -57,7 +61,12 @@ pub fn init() {
     let (mul, shift) = scale_for(hz);
     SCALE.store(mul as u64 | ((shift as u8 as u64) << 32), Ordering::Relaxed);
     BOOT_WALL.store(read_rtc(), Ordering::Relaxed);
-    crate::info!("time: TSC {} kHz, scale mul {:#x} shift {}", hz / 1000, mul, shift);
+    crate::info!(
+        "time: TSC {} kHz, scale mul {:#x} shift {}",
+        hz / 1000,
+        mul,
+        shift
+    );
 }
 
 fn scale() -> (u32, i8) {
@@ -68,7 +77,11 @@ fn scale() -> (u32, i8) {
 /// Nanoseconds since boot (Xen's "system time").
 pub fn now_ns() -> u64 {
     let (mul, shift) = scale();
-    scale_delta(cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)), mul, shift)
+    scale_delta(
+        cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)),
+        mul,
+        shift,
+    )
 }
 
 /// Busy-waits for `ns` nanoseconds (boot-time delays such as the ones
@@ -86,7 +99,11 @@ pub fn update_vcpu_time(page: mm::SharedFrame) {
     const T: u64 = 32; // vcpu_info[0].time
     let (mul, shift) = scale();
     let tsc = cpu::rdtsc();
-    let sys = scale_delta(tsc.wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)), mul, shift);
+    let sys = scale_delta(
+        tsc.wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)),
+        mul,
+        shift,
+    );
     let version = page.u32_at(T).load(Ordering::Relaxed);
     let v = version.wrapping_add(1) | 1;
     page.u32_at(T).store(v, Ordering::Release);
@@ -105,7 +122,8 @@ pub fn init_wallclock(page: mm::SharedFrame) {
     page.u32_at(W).store(1, Ordering::Release);
     page.u32_at(W + 4).store(secs as u32, Ordering::Relaxed);
     page.u32_at(W + 8).store(0, Ordering::Relaxed);
-    page.u32_at(W + 12).store((secs >> 32) as u32, Ordering::Relaxed);
+    page.u32_at(W + 12)
+        .store((secs >> 32) as u32, Ordering::Relaxed);
     page.u32_at(W).store(2, Ordering::Release);
 }
 
@@ -118,14 +136,31 @@ fn read_rtc() -> u64 {
     };
     while reg(0x0a) & 0x80 != 0 {}
     let bcd = reg(0x0b) & 4 == 0;
-    let conv = |v: u8| if bcd { (v & 0x0f) as u64 + ((v >> 4) as u64) * 10 } else { v as u64 };
-    let (s, m, h, d, mo, y) = (conv(reg(0)), conv(reg(2)), conv(reg(4) & 0x7f), conv(reg(7)), conv(reg(8)), conv(reg(9)));
+    let conv = |v: u8| {
+        if bcd {
+            (v & 0x0f) as u64 + ((v >> 4) as u64) * 10
+        } else {
+            v as u64
+        }
+    };
+    let (s, m, h, d, mo, y) = (
+        conv(reg(0)),
+        conv(reg(2)),
+        conv(reg(4) & 0x7f),
+        conv(reg(7)),
+        conv(reg(8)),
+        conv(reg(9)),
+    );
     if mo == 0 || mo > 12 || d == 0 {
         return 0;
     }
     let year = 2000 + y;
     // Days from 1970-01-01 to the date (civil-from-days inverse).
-    let (yy, mm) = if mo <= 2 { (year - 1, mo + 9) } else { (year, mo - 3) };
+    let (yy, mm) = if mo <= 2 {
+        (year - 1, mo + 9)
+    } else {
+        (year, mo - 3)
+    };
     let era = yy / 400;
     let yoe = yy - era * 400;
     let doy = (153 * mm + 2) / 5 + d - 1;

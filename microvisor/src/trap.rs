@@ -10,8 +10,9 @@ use crate::pv;
 use microvisor_core::decode;
 
 const NAMES: [&str; 32] = [
-    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
-    "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
+    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS",
+    "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25",
+    "#26", "#27", "#HV", "#VC", "#SX", "#31",
 ];
 
 /// Set at boot by `selftest=inject`: a guest `ud2` followed by the byte 5,
@@ -19,7 +20,8 @@ const NAMES: [&str; 32] = [
 /// QEMU's TCG never raises #AC or #XM (nor does real Xen under it) and no
 /// 64-bit instruction raises #BR, so this is how a test reaches their
 /// delivery: trap table entry, error code, frame.
-pub static INJECT_SELFTEST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static INJECT_SELFTEST: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// The vector `selftest=inject` asks for at the faulting `ud2`, if any.
 fn injected_vector(hv: &crate::domain::Hv, frame: &TrapFrame) -> Option<u8> {
@@ -101,14 +103,31 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
                 let t = hv.domains[hv.current].pv.traps[n as usize];
-                let min_dpl = if hv.domains[hv.current].pv.user_mode { 3 } else { 1 };
+                let min_dpl = if hv.domains[hv.current].pv.user_mode {
+                    3
+                } else {
+                    1
+                };
                 if t.address != 0 && t.flags & 3 >= min_dpl {
                     frame.rip = frame.rip.wrapping_add(u64::from(len));
-                    let _ = pv::bounce(hv, frame, t.address, None, t.flags & 4 != 0, format_args!("a software interrupt"));
+                    let _ = pv::bounce(
+                        hv,
+                        frame,
+                        t.address,
+                        None,
+                        t.flags & 4 != 0,
+                        format_args!("a software interrupt"),
+                    );
                     return;
                 }
                 let rip = frame.rip;
-                return pv::deliver_exception(hv, frame, 13, Some(((n as u64) << 3) | 2), format_args!("int ${n:#x} at rip {rip:#x} (#GP)"));
+                return pv::deliver_exception(
+                    hv,
+                    frame,
+                    13,
+                    Some(((n as u64) << 3) | 2),
+                    format_args!("int ${n:#x} at rip {rip:#x} (#GP)"),
+                );
             }
             match pv::emulate_gp(hv, frame) {
                 pv::Emulated::Done | pv::Emulated::Switched => {}
@@ -116,16 +135,41 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                     let rip = frame.rip;
                     let name = NAMES[v as usize];
                     let err = (v == 13).then_some(0);
-                    pv::deliver_exception(hv, frame, v, err, format_args!("debug register access at rip {rip:#x} ({name})"));
+                    pv::deliver_exception(
+                        hv,
+                        frame,
+                        v,
+                        err,
+                        format_args!("debug register access at rip {rip:#x} ({name})"),
+                    );
                 }
                 pv::Emulated::NotEmulated => {
-                    let what = pv::decode_at(hv.domains[hv.current].active_cr3(), frame.rip).ok().filter(|i| i.op.privileged());
+                    let what = pv::decode_at(hv.domains[hv.current].active_cr3(), frame.rip)
+                        .ok()
+                        .filter(|i| i.op.privileged());
                     let rip = frame.rip;
                     let err = frame.error_code;
                     if let Some(what) = what {
-                        pv::deliver_exception(hv, frame, 13, Some(err), format_args!("privileged instruction {} at rip {rip:#x} ({name})", what.op.mnemonic()));
+                        pv::deliver_exception(
+                            hv,
+                            frame,
+                            13,
+                            Some(err),
+                            format_args!(
+                                "privileged instruction {} at rip {rip:#x} ({name})",
+                                what.op.mnemonic()
+                            ),
+                        );
                     } else {
-                        pv::deliver_exception(hv, frame, 13, Some(err), format_args!("unhandled exception {name} at rip {rip:#x}, error {err:#x}"));
+                        pv::deliver_exception(
+                            hv,
+                            frame,
+                            13,
+                            Some(err),
+                            format_args!(
+                                "unhandled exception {name} at rip {rip:#x}, error {err:#x}"
+                            ),
+                        );
                     }
                 }
             }
@@ -136,11 +180,23 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if let Some(v) = injected_vector(hv, frame) {
                 let rip = frame.rip;
                 let name = NAMES[v as usize];
-                return pv::deliver_exception(hv, frame, v, has_error_code(u64::from(v)).then_some(0), format_args!("unhandled exception {name} (injected) at rip {rip:#x}"));
+                return pv::deliver_exception(
+                    hv,
+                    frame,
+                    v,
+                    has_error_code(u64::from(v)).then_some(0),
+                    format_args!("unhandled exception {name} (injected) at rip {rip:#x}"),
+                );
             }
             if !pv::emulate_ud(hv, frame) {
                 let rip = frame.rip;
-                pv::deliver_exception(hv, frame, 6, None, format_args!("unhandled exception {name} at rip {rip:#x}, error 0x0"));
+                pv::deliver_exception(
+                    hv,
+                    frame,
+                    6,
+                    None,
+                    format_args!("unhandled exception {name} at rip {rip:#x}, error 0x0"),
+                );
             }
         }
         14 => {
@@ -153,12 +209,29 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             // The user bit as the guest's mode says, as on Xen.
             let err = pv::page_fault_error(&hv.domains[hv.current], frame.error_code);
             let rip = frame.rip;
-            pv::deliver_exception(hv, frame, 14, Some(err), format_args!("unhandled page fault ({name}) at rip {rip:#x}, address {cr2:#x}, error {err:#x}"));
+            pv::deliver_exception(
+                hv,
+                frame,
+                14,
+                Some(err),
+                format_args!(
+                    "unhandled page fault ({name}) at rip {rip:#x}, address {cr2:#x}, error {err:#x}"
+                ),
+            );
         }
         _ => {
             let err = has_error_code(v).then_some(frame.error_code);
             let rip = frame.rip;
-            pv::deliver_exception(hv, frame, v as u8, err, format_args!("unhandled exception {name} at rip {rip:#x}, error {:#x}", err.unwrap_or(0)));
+            pv::deliver_exception(
+                hv,
+                frame,
+                v as u8,
+                err,
+                format_args!(
+                    "unhandled exception {name} at rip {rip:#x}, error {:#x}",
+                    err.unwrap_or(0)
+                ),
+            );
         }
     }
 }
@@ -179,7 +252,9 @@ fn hypervisor_debug_exception(frame: &mut TrapFrame) {
         frame.rflags &= !(1 << 8);
     }
     let dr7 = cpu::read_dr7();
-    if (0..4).any(|bp| dr6 & (1 << bp) != 0 && dr7 & (3 << (2 * bp)) != 0 && (dr7 >> (16 + 4 * bp)) & 3 == 0) {
+    if (0..4).any(|bp| {
+        dr6 & (1 << bp) != 0 && dr7 & (3 << (2 * bp)) != 0 && (dr7 >> (16 + 4 * bp)) & 3 == 0
+    }) {
         cpu::breakpoints_off();
     }
 }
@@ -201,7 +276,26 @@ pub fn crash_report_tail(f: Option<&TrapFrame>) -> ! {
     if let Some(f) = f {
         crate::log::raw(format_args!(
             "(MV)   rax {:016x} rbx {:016x} rcx {:016x} rdx {:016x}\n(MV)   rsi {:016x} rdi {:016x} rbp {:016x} rsp {:016x}\n(MV)   r8  {:016x} r9  {:016x} r10 {:016x} r11 {:016x}\n(MV)   r12 {:016x} r13 {:016x} r14 {:016x} r15 {:016x}\n(MV)   cs {:x} ss {:x} rflags {:x} cr3 {:x}\n",
-            f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15, f.cs, f.ss, f.rflags, cpu::cr3()
+            f.rax,
+            f.rbx,
+            f.rcx,
+            f.rdx,
+            f.rsi,
+            f.rdi,
+            f.rbp,
+            f.rsp,
+            f.r8,
+            f.r9,
+            f.r10,
+            f.r11,
+            f.r12,
+            f.r13,
+            f.r14,
+            f.r15,
+            f.cs,
+            f.ss,
+            f.rflags,
+            cpu::cr3()
         ));
     }
     match crate::domain::CURRENT.load(core::sync::atomic::Ordering::Relaxed) {

@@ -24,7 +24,8 @@ pub type PortHandler = fn(u32);
 const NR_PORTS: usize = 4096;
 /// Each port's handler. The upcall reads it without a lock: a lock taken
 /// with events on could be held by the code the upcall interrupted.
-static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] = [const { crate::arch::HandlerSlot::empty() }; NR_PORTS];
+static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] =
+    [const { crate::arch::HandlerSlot::empty() }; NR_PORTS];
 
 const PENDING: usize = 2048;
 const MASK: usize = 2560;
@@ -92,12 +93,14 @@ pub fn unmask(port: u32) -> Result<(), Errno> {
 
 /// Whether a port is pending.
 pub fn is_pending(port: u32) -> bool {
-    shared::u64_at(PENDING + (port as usize / 64) * 8).load(Ordering::SeqCst) & (1 << (port % 64)) != 0
+    shared::u64_at(PENDING + (port as usize / 64) * 8).load(Ordering::SeqCst) & (1 << (port % 64))
+        != 0
 }
 
 /// Clears a port's pending bit.
 pub fn clear(port: u32) {
-    shared::u64_at(PENDING + (port as usize / 64) * 8).fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
+    shared::u64_at(PENDING + (port as usize / 64) * 8)
+        .fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
 }
 
 /// Binds a VIRQ on vCPU 0 and installs `h` for it (unmasked).
@@ -126,7 +129,11 @@ pub fn alloc_unbound(remote: u16, h: PortHandler) -> Result<u32, Errno> {
 
 /// Binds to another domain's unbound port, with handler `h`.
 pub fn bind_interdomain(remote: u16, remote_port: u32, h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_bind_interdomain(guest_abi::types::DomId(remote), Port(remote_port))?.0;
+    let p = guest_abi::hypercall::evtchn_bind_interdomain(
+        guest_abi::types::DomId(remote),
+        Port(remote_port),
+    )?
+    .0;
     set_handler(p, h);
     unmask(p)?;
     Ok(p)
@@ -156,14 +163,18 @@ pub fn dispatch_pending() {
         while words != 0 {
             let w = words.trailing_zeros() as usize;
             words &= words - 1;
-            let pend = shared::u64_at(PENDING + w * 8).load(Ordering::SeqCst) & !shared::u64_at(MASK + w * 8).load(Ordering::SeqCst);
+            let pend = shared::u64_at(PENDING + w * 8).load(Ordering::SeqCst)
+                & !shared::u64_at(MASK + w * 8).load(Ordering::SeqCst);
             let mut bits = pend;
             while bits != 0 {
                 let b = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let port = (w * 64 + b) as u32;
                 clear(port);
-                if let Some(h) = HANDLERS.get(port as usize).and_then(crate::arch::HandlerSlot::get) {
+                if let Some(h) = HANDLERS
+                    .get(port as usize)
+                    .and_then(crate::arch::HandlerSlot::get)
+                {
                     h(port);
                 }
             }
@@ -191,7 +202,11 @@ pub fn bind_gsi(gsi: u32, h: PortHandler) -> Result<(u32, u32), Errno> {
     // SAFETY: the hypervisor reads and writes one `PhysdevMapPirq` in `m`.
     unsafe { guest_abi::hypercall::physdev_op(PHYSDEVOP_MAP_PIRQ, (&raw mut m) as u64)? };
     let pirq = u32::try_from(m.pirq).map_err(|_| Errno::EINVAL)?;
-    let mut b = guest_abi::event_channel::EvtchnBindPirq { pirq, flags: 0, port: 0 };
+    let mut b = guest_abi::event_channel::EvtchnBindPirq {
+        pirq,
+        flags: 0,
+        port: 0,
+    };
     guest_abi::hypercall::event_channel_op(&mut b)?;
     set_handler(b.port, h);
     unmask(b.port)?;
@@ -203,6 +218,8 @@ pub fn bind_gsi(gsi: u32, h: PortHandler) -> Result<(u32, u32), Errno> {
 pub fn pirq_eoi(pirq: u32) -> Result<(), Errno> {
     let mut e = guest_abi::physdev::PhysdevEoi { irq: pirq };
     // SAFETY: the hypervisor reads one `PhysdevEoi` in `e`.
-    unsafe { guest_abi::hypercall::physdev_op(guest_abi::physdev::PHYSDEVOP_EOI, (&raw mut e) as u64)? };
+    unsafe {
+        guest_abi::hypercall::physdev_op(guest_abi::physdev::PHYSDEVOP_EOI, (&raw mut e) as u64)?
+    };
     Ok(())
 }

@@ -26,9 +26,9 @@ use crate::mm;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
-    GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_OKAY, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF,
-    GNTTABOP_UNMAP_GRANT_REF, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GnttabCopy, GnttabMapGrantRef,
-    GnttabUnmapGrantRef, GrantEntryV1,
+    GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_OKAY, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_COPY,
+    GNTTABOP_MAP_GRANT_REF, GNTTABOP_UNMAP_GRANT_REF, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
+    GTF_WRITING, GnttabCopy, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantEntryV1,
 };
 use guest_abi::types::DomId;
 use spin::Mutex;
@@ -56,7 +56,10 @@ struct State {
     free: alloc::vec::Vec<u32>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State { nr_entries: 0, free: alloc::vec::Vec::new() });
+static STATE: Mutex<State> = Mutex::new(State {
+    nr_entries: 0,
+    free: alloc::vec::Vec::new(),
+});
 
 /// Sets up our grant table with `nr_frames` frames (1..=4; 512 references
 /// each, the first 8 reserved as on Xen) and maps it at [`TABLE_VA`].
@@ -90,7 +93,11 @@ fn flags_of(gref: u32) -> &'static AtomicU16 {
 }
 
 fn check(gref: u32) -> Result<(), Errno> {
-    if gref < STATE.lock().nr_entries { Ok(()) } else { Err(Errno::EINVAL) }
+    if gref < STATE.lock().nr_entries {
+        Ok(())
+    } else {
+        Err(Errno::EINVAL)
+    }
 }
 
 /// Writes entry `gref` as granting `domid` access to machine frame `mfn`
@@ -117,7 +124,11 @@ pub fn entry(gref: u32) -> Result<GrantEntryV1, Errno> {
     check(gref)?;
     // SAFETY: as in `flags_of`; a plain 8-byte read of our own entry.
     let v = unsafe { core::ptr::read_volatile(entry_va(gref) as *const u64) };
-    Ok(GrantEntryV1 { flags: v as u16, domid: (v >> 16) as u16, frame: (v >> 32) as u32 })
+    Ok(GrantEntryV1 {
+        flags: v as u16,
+        domid: (v >> 16) as u16,
+        frame: (v >> 32) as u32,
+    })
 }
 
 /// Grants `domid` access to our machine frame `mfn`; returns the reference
@@ -195,15 +206,27 @@ pub fn map(dom: u16, gref: u32, va: u64, readonly: bool) -> Result<u32, i16> {
         ..Default::default()
     };
     let r = map_raw(op).map_err(|_| guest_abi::grant_table::GNTST_GENERAL_ERROR)?;
-    if r.status == GNTST_OKAY { Ok(r.handle) } else { Err(r.status) }
+    if r.status == GNTST_OKAY {
+        Ok(r.handle)
+    } else {
+        Err(r.status)
+    }
 }
 
 /// Removes the grant mapping `handle` at `va` (then flushed by the
 /// hypervisor); the `GNTST_*` status on refusal.
 pub fn unmap(va: u64, handle: u32) -> Result<(), i16> {
-    let mut op = GnttabUnmapGrantRef { host_addr: va, dev_bus_addr: 0, handle, status: 0, _pad: 0 };
+    let mut op = GnttabUnmapGrantRef {
+        host_addr: va,
+        dev_bus_addr: 0,
+        handle,
+        status: 0,
+        _pad: 0,
+    };
     // SAFETY: one element in `op`; the mapping removed is one we created.
-    let r = unsafe { guest_abi::hypercall::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &raw mut op as u64, 1) };
+    let r = unsafe {
+        guest_abi::hypercall::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &raw mut op as u64, 1)
+    };
     match r {
         Ok(_) if op.status == GNTST_OKAY => Ok(()),
         Ok(_) => Err(op.status),
@@ -238,7 +261,10 @@ impl GrantedPage {
         let handle = map(dom, gref, va, false)?;
         // SAFETY: `va` is now mapped writable by grant, page-aligned, and
         // stays so until this value unmaps it (drop or `unmap`).
-        Ok(Self { page: unsafe { crate::page::MappedPage::new(va) }, handle })
+        Ok(Self {
+            page: unsafe { crate::page::MappedPage::new(va) },
+            handle,
+        })
     }
 
     /// Removes the mapping now; the `GNTST_*` status on failure.

@@ -61,7 +61,11 @@ pub(crate) fn init(si: &StartInfo) {
     // SAFETY: [HEAP_BASE, +HEAP_SIZE) was just mapped writable over frames
     // used by nothing else (their 1:1 alias is not used by this library).
     unsafe { heap.init(HEAP_BASE as *mut u8, HEAP_SIZE) };
-    *HEAP.0.lock() = Some(State { heap, top: HEAP_BASE + HEAP_SIZE as u64, next_pfn: next });
+    *HEAP.0.lock() = Some(State {
+        heap,
+        top: HEAP_BASE + HEAP_SIZE as u64,
+        next_pfn: next,
+    });
 }
 
 /// One more frame for the heap: an unused page of the domain, else a new
@@ -82,7 +86,13 @@ fn take_frame(st: &mut State) -> Option<u64> {
         _pad: [0; 6],
     };
     // SAFETY: the reservation and its one-entry list live across the call.
-    let n = unsafe { guest_abi::hypercall::raw::hypercall2(12, guest_abi::memory::XENMEM_INCREASE_RESERVATION as u64, (&raw mut r) as u64) };
+    let n = unsafe {
+        guest_abi::hypercall::raw::hypercall2(
+            12,
+            guest_abi::memory::XENMEM_INCREASE_RESERVATION as u64,
+            (&raw mut r) as u64,
+        )
+    };
     (n == 1).then_some(mfn[0])
 }
 
@@ -105,7 +115,10 @@ fn grow(st: &mut State, bytes: usize) -> bool {
             }
         }
         let va = st.top;
-        if got == 0 || va + got as u64 * 4096 > HEAP_LIMIT || crate::mm::map_frames(va, &batch[..got], crate::mm::DATA).is_err() {
+        if got == 0
+            || va + got as u64 * 4096 > HEAP_LIMIT
+            || crate::mm::map_frames(va, &batch[..got], crate::mm::DATA).is_err()
+        {
             return done > 0;
         }
         st.top += got as u64 * 4096;
@@ -125,7 +138,9 @@ fn grow(st: &mut State, bytes: usize) -> bool {
 unsafe impl GlobalAlloc for GrowingHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut g = self.0.lock();
-        let Some(st) = g.as_mut() else { return core::ptr::null_mut() };
+        let Some(st) = g.as_mut() else {
+            return core::ptr::null_mut();
+        };
         if let Ok(p) = st.heap.allocate_first_fit(layout) {
             return p.as_ptr();
         }
@@ -190,7 +205,10 @@ pub fn headroom() -> usize {
         (Ok(max), Ok(cur)) => max.saturating_sub(cur),
         _ => 0,
     };
-    let growth = unused_pages.saturating_add(more).saturating_mul(4096).min(HEAP_LIMIT.saturating_sub(top));
+    let growth = unused_pages
+        .saturating_add(more)
+        .saturating_mul(4096)
+        .min(HEAP_LIMIT.saturating_sub(top));
     free.saturating_add(usize::try_from(growth).unwrap_or(usize::MAX))
 }
 
@@ -207,8 +225,12 @@ pub fn can_allocate(bytes: usize) -> bool {
     // 16 more: the allocator does not split off a remainder smaller than
     // its 16-byte free-block header, so the last allocation in the block
     // may need that much beyond its size.
-    let Some(size) = bytes.checked_add(16) else { return false };
-    let Ok(layout) = Layout::from_size_align(size, 8) else { return false };
+    let Some(size) = bytes.checked_add(16) else {
+        return false;
+    };
+    let Ok(layout) = Layout::from_size_align(size, 8) else {
+        return false;
+    };
     let block = match st.heap.allocate_first_fit(layout) {
         Ok(p) => p,
         Err(()) => {

@@ -131,7 +131,8 @@ static POOL: Mutex<(u64, u64)> = Mutex::new((0, 0));
 fn pool_page() -> Result<u64, Errno> {
     let mut p = POOL.lock();
     if p.0 == 0 {
-        let start = crate::heap::heap_start(crate::rt::start_info()) + crate::heap::HEAP_SIZE as u64;
+        let start =
+            crate::heap::heap_start(crate::rt::start_info()) + crate::heap::HEAP_SIZE as u64;
         *p = (start, start + 256 * 1024);
     }
     if p.0 >= p.1 {
@@ -157,7 +158,9 @@ pub fn alloc_page() -> Result<(u64, u64), Errno> {
 pub fn alloc_table() -> Result<u64, Errno> {
     let (va, mfn) = alloc_page()?;
     // SAFETY: remaps one of our own pool pages read-only.
-    unsafe { guest_abi::hypercall::update_va_mapping(va, (mfn << 12) | RO, guest_abi::mmu::UVMF_INVLPG)? };
+    unsafe {
+        guest_abi::hypercall::update_va_mapping(va, (mfn << 12) | RO, guest_abi::mmu::UVMF_INVLPG)?
+    };
     Ok(mfn)
 }
 
@@ -185,10 +188,21 @@ pub fn switch_to(l4_mfn: u64) -> Result<(), Errno> {
 
 /// Issues one mmuext_op.
 pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> Result<(), Errno> {
-    let op = guest_abi::mmu::MmuextOp { cmd, _pad: 0, arg1, arg2 };
+    let op = guest_abi::mmu::MmuextOp {
+        cmd,
+        _pad: 0,
+        arg1,
+        arg2,
+    };
     // SAFETY: the hypervisor validates the operation; table operations on
     // frames this library manages keep its own mappings consistent.
-    let r = unsafe { guest_abi::hypercall::mmuext_op(core::slice::from_ref(&op), None, guest_abi::types::DomId::SELF.0 as u32) };
+    let r = unsafe {
+        guest_abi::hypercall::mmuext_op(
+            core::slice::from_ref(&op),
+            None,
+            guest_abi::types::DomId::SELF.0 as u32,
+        )
+    };
     if r.is_ok() && cmd == guest_abi::mmu::MMUEXT_NEW_BASEPTR {
         L4.store(arg1, core::sync::atomic::Ordering::Relaxed);
     }
@@ -212,7 +226,11 @@ impl Default for Batch {
 impl Batch {
     /// An empty batch.
     pub const fn new() -> Self {
-        Self { reqs: heapless::Vec::new(), flush: false, submitted: 0 }
+        Self {
+            reqs: heapless::Vec::new(),
+            flush: false,
+            submitted: 0,
+        }
     }
 
     /// Queues a raw update of the entry at machine address `entry_ma`.
@@ -272,7 +290,13 @@ impl Batch {
         let mut done = 0u32;
         // SAFETY: every request names an entry of this domain's own tables;
         // the hypervisor validates each one.
-        let r = unsafe { guest_abi::hypercall::mmu_update(&self.reqs, Some(&mut done), guest_abi::types::DomId::SELF.0 as u32) };
+        let r = unsafe {
+            guest_abi::hypercall::mmu_update(
+                &self.reqs,
+                Some(&mut done),
+                guest_abi::types::DomId::SELF.0 as u32,
+            )
+        };
         self.submitted += done as u64;
         self.reqs.clear();
         r
@@ -410,7 +434,12 @@ pub fn alloc_dma(pages: usize) -> Result<(u64, u64), Errno> {
     };
     // SAFETY: the reservation and its one-entry list live across the call;
     // the hypervisor writes the extent's first frame into the list.
-    let done = unsafe { guest_abi::hypercall::memory_op(guest_abi::memory::XENMEM_INCREASE_RESERVATION, (&raw mut r) as u64)? };
+    let done = unsafe {
+        guest_abi::hypercall::memory_op(
+            guest_abi::memory::XENMEM_INCREASE_RESERVATION,
+            (&raw mut r) as u64,
+        )?
+    };
     if done != 1 {
         return Err(Errno::ENOMEM);
     }
@@ -438,11 +467,16 @@ pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
     for i in 0..n {
         let v = va + i * PAGE;
         let l1 = ensure_l1(v)?;
-        reqs.push(MmuUpdate { ptr: (l1 << 12) | ((v >> 12) & 511) * 8, val: ((ma & ADDR) + i * PAGE) | DATA | PCD | PWT });
+        reqs.push(MmuUpdate {
+            ptr: (l1 << 12) | ((v >> 12) & 511) * 8,
+            val: ((ma & ADDR) + i * PAGE) | DATA | PCD | PWT,
+        });
     }
     // SAFETY: maps device registers at fresh addresses of the I/O window
     // that nothing else uses; `DOMID_IO` names I/O memory.
-    unsafe { guest_abi::hypercall::mmu_update(&reqs, None, u32::from(guest_abi::types::DomId::IO.0))? };
+    unsafe {
+        guest_abi::hypercall::mmu_update(&reqs, None, u32::from(guest_abi::types::DomId::IO.0))?
+    };
     *next += n * PAGE;
     Ok(va + (ma & (PAGE - 1)))
 }

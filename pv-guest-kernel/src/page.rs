@@ -73,7 +73,8 @@ impl MappedPage {
 
 impl SharedPage for MappedPage {
     fn load_u32(&self, off: usize) -> u32 {
-        self.atomic_u32(off).map_or(0, |a| a.load(Ordering::Relaxed))
+        self.atomic_u32(off)
+            .map_or(0, |a| a.load(Ordering::Relaxed))
     }
     fn store_u32(&self, off: usize, v: u32) {
         if let Some(a) = self.atomic_u32(off) {
@@ -83,10 +84,15 @@ impl SharedPage for MappedPage {
     fn read_bytes(&self, off: usize, out: &mut [u8]) {
         // Whole aligned words where possible (ring entries are), each read
         // once; bytes for the rest.
-        let words = if off % 8 == 0 && Self::in_page(off, out.len()) { out.len() / 8 } else { 0 };
+        let words = if off % 8 == 0 && Self::in_page(off, out.len()) {
+            out.len() / 8
+        } else {
+            0
+        };
         for (i, chunk) in out.chunks_exact_mut(8).take(words).enumerate() {
             // SAFETY: aligned and inside the mapped page (checked above).
-            let w = unsafe { core::ptr::read_volatile((self.va + (off + i * 8) as u64) as *const u64) };
+            let w =
+                unsafe { core::ptr::read_volatile((self.va + (off + i * 8) as u64) as *const u64) };
             chunk.copy_from_slice(&w.to_le_bytes());
         }
         for (i, b) in out.iter_mut().enumerate().skip(words * 8) {
@@ -94,9 +100,15 @@ impl SharedPage for MappedPage {
         }
     }
     fn write_bytes(&self, off: usize, data: &[u8]) {
-        let words = if off % 8 == 0 && Self::in_page(off, data.len()) { data.len() / 8 } else { 0 };
+        let words = if off % 8 == 0 && Self::in_page(off, data.len()) {
+            data.len() / 8
+        } else {
+            0
+        };
         for (i, chunk) in data.chunks_exact(8).take(words).enumerate() {
-            let w = u64::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
+            let w = u64::from_le_bytes([
+                chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+            ]);
             // SAFETY: aligned and inside the mapped page (checked above).
             unsafe { core::ptr::write_volatile((self.va + (off + i * 8) as u64) as *mut u64, w) };
         }
@@ -123,7 +135,10 @@ pub fn map_foreign(dom: u16, mfn: u64, va: u64) -> Result<MappedPage, Errno> {
         return Err(Errno::EINVAL);
     }
     let l1 = mm::ensure_l1(va)?;
-    let req = [MmuUpdate { ptr: (l1 << 12) | ((va >> 12) & 511) * 8, val: (mfn << 12) | mm::DATA }];
+    let req = [MmuUpdate {
+        ptr: (l1 << 12) | ((va >> 12) & 511) * 8,
+        val: (mfn << 12) | mm::DATA,
+    }];
     // SAFETY: the entry maps `va`, a window the caller reserves for this
     // page; the hypervisor checks the frame belongs to `dom`.
     unsafe { guest_abi::hypercall::mmu_update(&req, None, u32::from(dom))? };
@@ -136,7 +151,10 @@ pub fn map_foreign(dom: u16, mfn: u64, va: u64) -> Result<MappedPage, Errno> {
 pub fn unmap(page: MappedPage) -> Result<(), Errno> {
     let va = page.va;
     let l1 = mm::ensure_l1(va)?;
-    let req = [MmuUpdate { ptr: (l1 << 12) | ((va >> 12) & 511) * 8, val: 0 }];
+    let req = [MmuUpdate {
+        ptr: (l1 << 12) | ((va >> 12) & 511) * 8,
+        val: 0,
+    }];
     // SAFETY: clears the entry of a page we mapped; no reference into it
     // survives (`page` is consumed).
     // SAFETY: as above; then the TLB entry for `va` goes too.
@@ -168,14 +186,18 @@ impl PageBuffer {
     /// `pages` (at least 1) pages from the heap.
     pub fn new(pages: usize) -> Result<Self, Errno> {
         let pages = pages.max(1);
-        let layout = core::alloc::Layout::from_size_align(pages * PAGE, PAGE).map_err(|_| Errno::EINVAL)?;
+        let layout =
+            core::alloc::Layout::from_size_align(pages * PAGE, PAGE).map_err(|_| Errno::EINVAL)?;
         // SAFETY: a non-zero-sized layout; the memory belongs to this
         // buffer for the rest of the domain's life.
         let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
         if p.is_null() {
             return Err(Errno::ENOMEM);
         }
-        Ok(Self { va: p as u64, pages })
+        Ok(Self {
+            va: p as u64,
+            pages,
+        })
     }
 
     /// Size in bytes.
@@ -205,6 +227,12 @@ impl PageBuffer {
 
     /// The machine frames of its pages, in order.
     pub fn frames(&self) -> Result<alloc::vec::Vec<u64>, Errno> {
-        (0..self.pages as u64).map(|i| mm::virt_to_machine(self.va + i * PAGE as u64).map(|ma| ma >> 12).ok_or(Errno::EFAULT)).collect()
+        (0..self.pages as u64)
+            .map(|i| {
+                mm::virt_to_machine(self.va + i * PAGE as u64)
+                    .map(|ma| ma >> 12)
+                    .ok_or(Errno::EFAULT)
+            })
+            .collect()
     }
 }

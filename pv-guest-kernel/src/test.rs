@@ -32,7 +32,10 @@ impl Default for Reporter {
 impl Reporter {
     /// A reporter with no steps yet.
     pub const fn new() -> Self {
-        Self { failed: 0, passed: 0 }
+        Self {
+            failed: 0,
+            passed: 0,
+        }
     }
 
     /// Records a step that passed.
@@ -49,7 +52,11 @@ impl Reporter {
 
     /// Records `cond` as a step: ok if true, else FAIL with `why`.
     pub fn check(&mut self, step: &str, cond: bool, why: core::fmt::Arguments) {
-        if cond { self.ok(step) } else { self.fail(step, why) }
+        if cond {
+            self.ok(step)
+        } else {
+            self.fail(step, why)
+        }
     }
 
     /// The verdict so far.

@@ -168,8 +168,22 @@ struct Sched {
 impl Sched {
     fn new() -> Self {
         let mut threads = Vec::with_capacity(8);
-        threads.push(Thread { id: 0, name: "main", state: State::Runnable, rsp: 0, stack: None, entry: None, permit: false, joiner: None });
-        Sched { threads, current: 0, prev: 0, next_id: 1 }
+        threads.push(Thread {
+            id: 0,
+            name: "main",
+            state: State::Runnable,
+            rsp: 0,
+            stack: None,
+            entry: None,
+            permit: false,
+            joiner: None,
+        });
+        Sched {
+            threads,
+            current: 0,
+            prev: 0,
+            next_id: 1,
+        }
     }
 
     fn index(&self, id: usize) -> Option<usize> {
@@ -233,21 +247,39 @@ pub fn init() -> Result<(), ThreadError> {
 /// Creates a thread named `name` that runs `f(arg)` on a heap stack of
 /// `stack_size` bytes. The thread is runnable but does not run until the
 /// caller yields or blocks. It exits when `f` returns.
-pub fn spawn(name: &'static str, f: fn(usize), arg: usize, stack_size: usize) -> Result<ThreadId, ThreadError> {
+pub fn spawn(
+    name: &'static str,
+    f: fn(usize),
+    arg: usize,
+    stack_size: usize,
+) -> Result<ThreadId, ThreadError> {
     init()?;
     if stack_size < MIN_STACK_SIZE {
         return Err(ThreadError::StackTooSmall);
     }
     let mut stack = Vec::new();
-    stack.try_reserve_exact(stack_size).map_err(|_| ThreadError::NoMemory)?;
+    stack
+        .try_reserve_exact(stack_size)
+        .map_err(|_| ThreadError::NoMemory)?;
     stack.resize(stack_size, 0);
     stack[..8].copy_from_slice(&CANARY.to_le_bytes());
     let rsp = arch::initial_frame(&mut stack);
     with(|s| {
-        s.threads.try_reserve(1).map_err(|_| ThreadError::NoMemory)?;
+        s.threads
+            .try_reserve(1)
+            .map_err(|_| ThreadError::NoMemory)?;
         let id = s.next_id;
         s.next_id += 1;
-        s.threads.push(Thread { id, name, state: State::Runnable, rsp, stack: Some(stack), entry: Some((f, arg)), permit: false, joiner: None });
+        s.threads.push(Thread {
+            id,
+            name,
+            state: State::Runnable,
+            rsp,
+            stack: Some(stack),
+            entry: Some((f, arg)),
+            permit: false,
+            joiner: None,
+        });
         Ok(ThreadId(id))
     })
 }
@@ -373,7 +405,10 @@ fn schedule() {
         let mut g = SCHED.lock();
         let s = g.get_or_insert_with(Sched::new);
         let mut earliest: Option<u64> = None;
-        if s.threads.iter().any(|t| matches!(t.state, State::Sleeping(_))) {
+        if s.threads
+            .iter()
+            .any(|t| matches!(t.state, State::Sleeping(_)))
+        {
             let now = time::now_ns();
             for t in s.threads.iter_mut() {
                 if let State::Sleeping(d) = t.state {
@@ -387,11 +422,16 @@ fn schedule() {
         }
         let n = s.threads.len();
         let cur = s.index(s.current).expect("the current thread has an entry");
-        let next = (1..=n).map(|k| (cur + k) % n).find(|&i| s.threads[i].state == State::Runnable);
+        let next = (1..=n)
+            .map(|k| (cur + k) % n)
+            .find(|&i| s.threads[i].state == State::Runnable);
         match next {
             Some(i) if i == cur => break,
             Some(i) => {
-                let overflowed = s.threads[cur].stack.as_ref().is_some_and(|st| st[..8] != CANARY.to_le_bytes());
+                let overflowed = s.threads[cur]
+                    .stack
+                    .as_ref()
+                    .is_some_and(|st| st[..8] != CANARY.to_le_bytes());
                 if overflowed {
                     let (id, name) = (s.threads[cur].id, s.threads[cur].name);
                     drop(g);
@@ -442,11 +482,17 @@ fn idle(earliest: Option<u64>) {
 /// for the caller to free once the lock is released.
 fn finish_switch(prev_rsp: u64) -> Option<Vec<u8>> {
     let mut g = SCHED.lock();
-    let s = g.as_mut().expect("the scheduler is set up before any switch");
+    let s = g
+        .as_mut()
+        .expect("the scheduler is set up before any switch");
     let prev = s.prev;
     let t = s.get(prev)?;
     t.rsp = prev_rsp;
-    if t.state == State::Exited { t.stack.take() } else { None }
+    if t.state == State::Exited {
+        t.stack.take()
+    } else {
+        None
+    }
 }
 
 /// Where a new thread starts (called by `pv_thread_start` in

@@ -29,7 +29,11 @@ pub fn now_ns() -> u64 {
             continue;
         }
         let delta = tsc.wrapping_sub(tsc_ts);
-        let d = if shift >= 0 { delta << shift } else { delta >> (-shift) };
+        let d = if shift >= 0 {
+            delta << shift
+        } else {
+            delta >> (-shift)
+        };
         return sys + ((d as u128 * mul as u128) >> 32) as u64;
     }
 }
@@ -61,7 +65,8 @@ pub fn timer_events() -> u64 {
 /// delivery live there) and VIRQ_TIMER bound, doing `events::init` and
 /// [`init`] first when they were not.
 fn ready() -> bool {
-    (shared::mapped() || crate::events::init().is_ok()) && (TIMER_PORT.load(Ordering::SeqCst) != 0 || init().is_ok())
+    (shared::mapped() || crate::events::init().is_ok())
+        && (TIMER_PORT.load(Ordering::SeqCst) != 0 || init().is_ok())
 }
 
 /// Blocks the vCPU until system time `deadline` (other domains run

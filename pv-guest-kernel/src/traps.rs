@@ -4,7 +4,7 @@
 //! shut the domain down with SHUTDOWN_crash and the vector named).
 
 use crate::arch::traps as arch;
-pub use crate::arch::traps::{enter_user, TrapFrame};
+pub use crate::arch::traps::{TrapFrame, enter_user};
 use guest_abi::arch::TrapInfo;
 use spin::Mutex;
 
@@ -34,10 +34,26 @@ const KERNEL_CS: u16 = 0xe030;
 /// the trap table, and the event-upcall stub as the event callback.
 pub fn init() -> Result<(), guest_abi::errno::Errno> {
     // One entry per stub and a zero one that ends the table.
-    let mut table = [TrapInfo { vector: 0, flags: 0, cs: 0, _pad: [0; 4], address: 0 }; arch::STUBS + 1];
+    let mut table = [TrapInfo {
+        vector: 0,
+        flags: 0,
+        cs: 0,
+        _pad: [0; 4],
+        address: 0,
+    }; arch::STUBS + 1];
     for (i, (v, addr)) in arch::stubs().iter().enumerate() {
-        let dpl = if *v == 3 || *v == 4 || *v == 0x80 { 3 } else { 0 };
-        table[i] = TrapInfo { vector: *v, flags: dpl, cs: KERNEL_CS, _pad: [0; 4], address: *addr };
+        let dpl = if *v == 3 || *v == 4 || *v == 0x80 {
+            3
+        } else {
+            0
+        };
+        table[i] = TrapInfo {
+            vector: *v,
+            flags: dpl,
+            cs: KERNEL_CS,
+            _pad: [0; 4],
+            address: *addr,
+        };
     }
     // SAFETY: every address is one of this library's stubs, which follow
     // the bounce-frame convention; the last entry (address 0) ends the table.
@@ -77,8 +93,22 @@ pub fn set_event_handler(h: fn(&mut TrapFrame)) {
 /// resumes). Also registers the library's syscall and failsafe callbacks.
 pub fn set_syscall_handler(h: fn(&mut TrapFrame)) -> Result<(), guest_abi::errno::Errno> {
     *SYSCALL_HANDLER.lock() = Some(h);
-    for (ty, addr) in [(guest_abi::callback::CALLBACKTYPE_SYSCALL, arch::syscall_stub()), (guest_abi::callback::CALLBACKTYPE_FAILSAFE, arch::failsafe_stub())] {
-        let reg = guest_abi::callback::CallbackRegister { type_: ty, flags: 0, _pad: 0, address: addr };
+    for (ty, addr) in [
+        (
+            guest_abi::callback::CALLBACKTYPE_SYSCALL,
+            arch::syscall_stub(),
+        ),
+        (
+            guest_abi::callback::CALLBACKTYPE_FAILSAFE,
+            arch::failsafe_stub(),
+        ),
+    ] {
+        let reg = guest_abi::callback::CallbackRegister {
+            type_: ty,
+            flags: 0,
+            _pad: 0,
+            address: addr,
+        };
         // SAFETY: the stubs follow the bounce-frame convention.
         unsafe { guest_abi::hypercall::callback_register(&reg)? };
     }
@@ -87,7 +117,11 @@ pub fn set_syscall_handler(h: fn(&mut TrapFrame)) -> Result<(), guest_abi::errno
 
 /// Addresses of the library's system-call and failsafe callback stubs.
 pub fn callback_stubs() -> (u64, u64, u64) {
-    (arch::event_stub(), arch::failsafe_stub(), arch::syscall_stub())
+    (
+        arch::event_stub(),
+        arch::failsafe_stub(),
+        arch::syscall_stub(),
+    )
 }
 
 /// Called by the stubs.
@@ -104,22 +138,35 @@ pub(crate) extern "C" fn dispatch(frame: &mut TrapFrame) {
         let h = *SYSCALL_HANDLER.lock();
         match h {
             Some(h) => return h(frame),
-            None => panic!("system call from user mode at {:#x} with no handler", frame.rip),
+            None => panic!(
+                "system call from user mode at {:#x} with no handler",
+                frame.rip
+            ),
         }
     }
     if frame.vector == 0x103 {
-        panic!("failsafe callback: a segment reload failed at {:#x}", frame.rip);
+        panic!(
+            "failsafe callback: a segment reload failed at {:#x}",
+            frame.rip
+        );
     }
     let h = HANDLERS.lock()[frame.vector as usize & 0xff];
     if let Some(h) = h {
         return h(frame);
     }
     if arch::recovery_armed() {
-        *LAST_FAULT.lock() = Some(Fault { vector: frame.vector as u8, error_code: frame.error_code, rip: frame.rip });
+        *LAST_FAULT.lock() = Some(Fault {
+            vector: frame.vector as u8,
+            error_code: frame.error_code,
+            rip: frame.rip,
+        });
         arch::redirect_to_recovery(frame);
         return;
     }
-    panic!("unhandled exception {} at rip {:#x}, error {:#x}", frame.vector, frame.rip, frame.error_code);
+    panic!(
+        "unhandled exception {} at rip {:#x}, error {:#x}",
+        frame.vector, frame.rip, frame.error_code
+    );
 }
 
 /// Runs `f` expecting it to fault: returns the fault, or None if `f`

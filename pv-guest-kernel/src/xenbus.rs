@@ -106,7 +106,11 @@ impl<P: RingPage, T: Transport> Store for Client<P, T> {
 /// `dir/key` (just `key` if `dir` is empty).
 #[must_use]
 pub fn join(dir: &str, key: &str) -> String {
-    if dir.is_empty() { String::from(key) } else { format!("{}/{key}", dir.trim_end_matches('/')) }
+    if dir.is_empty() {
+        String::from(key)
+    } else {
+        format!("{}/{key}", dir.trim_end_matches('/'))
+    }
 }
 
 /// A front-end's directory for device `devid` of `ty`, relative to its home.
@@ -152,22 +156,37 @@ fn children<S: Store + ?Sized>(s: &mut S, path: &str) -> Result<Vec<String>, Err
 
 /// The devices of type `ty` this domain is the front-end of (the
 /// directories under `device/<ty>`), in the store's order.
-pub fn frontend_devices<S: Store + ?Sized>(s: &mut S, ty: &str) -> Result<Vec<FrontendDevice>, Errno> {
+pub fn frontend_devices<S: Store + ?Sized>(
+    s: &mut S,
+    ty: &str,
+) -> Result<Vec<FrontendDevice>, Errno> {
     Ok(children(s, &format!("device/{ty}"))?
         .into_iter()
-        .map(|devid| FrontendDevice { dir: frontend_dir(ty, &devid), devid })
+        .map(|devid| FrontendDevice {
+            dir: frontend_dir(ty, &devid),
+            devid,
+        })
         .collect())
 }
 
 /// The devices of type `ty` this domain is the back-end of, for every
 /// front-end domain (`backend/<ty>/<domid>/<devid>`). Entries whose domain
 /// name is not a domain id are skipped.
-pub fn backend_devices<S: Store + ?Sized>(s: &mut S, ty: &str) -> Result<Vec<BackendDevice>, Errno> {
+pub fn backend_devices<S: Store + ?Sized>(
+    s: &mut S,
+    ty: &str,
+) -> Result<Vec<BackendDevice>, Errno> {
     let mut out = Vec::new();
     for dom in children(s, &format!("backend/{ty}"))? {
-        let Some(domid) = parse_u64(dom.as_bytes()).and_then(|d| u16::try_from(d).ok()) else { continue };
+        let Some(domid) = parse_u64(dom.as_bytes()).and_then(|d| u16::try_from(d).ok()) else {
+            continue;
+        };
         for devid in children(s, &format!("backend/{ty}/{dom}"))? {
-            out.push(BackendDevice { frontend_domid: domid, dir: backend_dir(ty, domid, &devid), devid });
+            out.push(BackendDevice {
+                frontend_domid: domid,
+                dir: backend_dir(ty, domid, &devid),
+                devid,
+            });
         }
     }
     Ok(out)
@@ -194,13 +213,22 @@ fn read_state_tx<S: Store + ?Sized>(s: &mut S, tx: u32, dir: &str) -> Result<Xen
 }
 
 /// Writes `state` to `dir/state`.
-pub fn write_state<S: Store + ?Sized>(s: &mut S, tx: u32, dir: &str, state: XenbusState) -> Result<(), Errno> {
+pub fn write_state<S: Store + ?Sized>(
+    s: &mut S,
+    tx: u32,
+    dir: &str,
+    state: XenbusState,
+) -> Result<(), Errno> {
     s.write(tx, &join(dir, "state"), state.as_text().as_bytes())
 }
 
 /// Moves this end to `state`: writes it unless `dir/state` already holds it
 /// (in a transaction, so a concurrent change is not overwritten unseen).
-pub fn switch_state<S: Store + ?Sized>(s: &mut S, dir: &str, state: XenbusState) -> Result<(), Errno> {
+pub fn switch_state<S: Store + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    state: XenbusState,
+) -> Result<(), Errno> {
     transaction(s, |s, tx| {
         if read_state_tx(s, tx, dir)? == state {
             return Ok(());
@@ -259,9 +287,16 @@ static WAIT_TOKENS: AtomicU32 = AtomicU32::new(0);
 /// (`ENOENT`, or `EACCES` once the peer's directory is removed) counts as the
 /// peer gone. Errors of the store (including [`Store::wait_watch_event`]'s)
 /// end the wait; the watch is removed either way.
-pub fn wait_for_state<S: Store + ?Sized>(s: &mut S, dir: &str, target: XenbusState) -> Result<XenbusState, Errno> {
+pub fn wait_for_state<S: Store + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    target: XenbusState,
+) -> Result<XenbusState, Errno> {
     let node = join(dir, "state");
-    let token = format!("xenbus-wait-{}", WAIT_TOKENS.fetch_add(1, Ordering::Relaxed));
+    let token = format!(
+        "xenbus-wait-{}",
+        WAIT_TOKENS.fetch_add(1, Ordering::Relaxed)
+    );
     s.watch(&node, &token)?;
     let result = loop {
         let current = match read_state(s, dir) {
@@ -289,7 +324,12 @@ pub fn wait_for_state<S: Store + ?Sized>(s: &mut S, dir: &str, target: XenbusSta
 /// The unsigned integer in `dir/key`, or `default` if the node is absent or
 /// does not hold a decimal number (as Xen's front- and back-ends read
 /// optional parameters). Other store errors are returned.
-pub fn read_u64_or<S: Store + ?Sized>(s: &mut S, dir: &str, key: &str, default: u64) -> Result<u64, Errno> {
+pub fn read_u64_or<S: Store + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    key: &str,
+    default: u64,
+) -> Result<u64, Errno> {
     match s.read(NO_TX, &join(dir, key)) {
         Ok(v) => Ok(parse_u64(&v).unwrap_or(default)),
         Err(Errno::ENOENT) => Ok(default),
@@ -305,7 +345,12 @@ pub fn read_u64<S: Store + ?Sized>(s: &mut S, dir: &str, key: &str) -> Result<u6
 
 /// The flag in `dir/key`: a nonzero number is true, zero false; absent or
 /// unreadable as a number gives `default`.
-pub fn read_bool_or<S: Store + ?Sized>(s: &mut S, dir: &str, key: &str, default: bool) -> Result<bool, Errno> {
+pub fn read_bool_or<S: Store + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    key: &str,
+    default: bool,
+) -> Result<bool, Errno> {
     Ok(read_u64_or(s, dir, key, u64::from(default))? != 0)
 }
 
@@ -347,7 +392,11 @@ where
 
 /// Writes every `(key, value)` under `dir` in one transaction (retried on
 /// conflicts, see [`transaction`]): the peer sees all of them or none.
-pub fn write_nodes<S: Store + ?Sized>(s: &mut S, dir: &str, nodes: &[(&str, &str)]) -> Result<(), Errno> {
+pub fn write_nodes<S: Store + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    nodes: &[(&str, &str)],
+) -> Result<(), Errno> {
     transaction(s, |s, tx| {
         for (key, value) in nodes {
             s.write(tx, &join(dir, key), value.as_bytes())?;
@@ -365,9 +414,15 @@ pub struct Peer {
     pub domid: u16,
 }
 
-fn read_peer<S: Store + ?Sized>(s: &mut S, dir: &str, path_key: &str, id_key: &str) -> Result<Peer, Errno> {
+fn read_peer<S: Store + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    path_key: &str,
+    id_key: &str,
+) -> Result<Peer, Errno> {
     let raw = s.read(NO_TX, &join(dir, path_key))?;
-    let path = String::from_utf8(raw.strip_suffix(&[0]).unwrap_or(&raw).to_vec()).map_err(|_| Errno::EINVAL)?;
+    let path = String::from_utf8(raw.strip_suffix(&[0]).unwrap_or(&raw).to_vec())
+        .map_err(|_| Errno::EINVAL)?;
     if path.is_empty() {
         return Err(Errno::EINVAL);
     }
@@ -393,6 +448,7 @@ pub fn read_frontend<S: Store + ?Sized>(s: &mut S, dir: &str) -> Result<Peer, Er
 mod tests {
     use super::*;
     use crate::xenstore::sim::{self, Config, Server, SimClient};
+    use XenbusState as S;
     use alloc::boxed::Box;
     use alloc::collections::BTreeMap;
     use alloc::rc::Rc;
@@ -401,7 +457,6 @@ mod tests {
     use core::cell::RefCell;
     use guest_abi::io::xenstore::{XS_MKDIR, XS_TRANSACTION_START, XS_WRITE, XsdSockmsg};
     use zerocopy::FromBytes;
-    use XenbusState as S;
 
     const BE: &str = "/local/domain/0/backend/vif/1/0";
 
@@ -425,7 +480,17 @@ mod tests {
     #[test]
     fn check_state_tolerates_skips_and_fails_on_close() {
         use StateCheck::*;
-        let all = [S::Unknown, S::Initialising, S::InitWait, S::Initialised, S::Connected, S::Closing, S::Closed, S::Reconfiguring, S::Reconfigured];
+        let all = [
+            S::Unknown,
+            S::Initialising,
+            S::InitWait,
+            S::Initialised,
+            S::Connected,
+            S::Closing,
+            S::Closed,
+            S::Reconfiguring,
+            S::Reconfigured,
+        ];
         for cur in all {
             assert_eq!(check_state(cur, S::Unknown), Reached);
         }
@@ -455,14 +520,25 @@ mod tests {
             {
                 let mut s = srv.borrow_mut();
                 if !skip {
-                    s.idle_steps.push_back(Box::new(|s| set_be_state(s, S::InitWait)));
-                    s.idle_steps.push_back(Box::new(|s| s.admin_write("/local/domain/1/mine/x", "")));
+                    s.idle_steps
+                        .push_back(Box::new(|s| set_be_state(s, S::InitWait)));
+                    s.idle_steps
+                        .push_back(Box::new(|s| s.admin_write("/local/domain/1/mine/x", "")));
                 }
-                s.idle_steps.push_back(Box::new(|s| set_be_state(s, S::Connected)));
+                s.idle_steps
+                    .push_back(Box::new(|s| set_be_state(s, S::Connected)));
             }
-            assert_eq!(wait_for_state(&mut xs, BE, S::Connected), Ok(S::Connected), "skip {skip}");
+            assert_eq!(
+                wait_for_state(&mut xs, BE, S::Connected),
+                Ok(S::Connected),
+                "skip {skip}"
+            );
             let conn = srv.borrow().conn;
-            assert_eq!(srv.borrow().xs.connection(conn).unwrap().watch_count(), 1, "only the caller's watch is left");
+            assert_eq!(
+                srv.borrow().xs.connection(conn).unwrap().watch_count(),
+                1,
+                "only the caller's watch is left"
+            );
             assert_eq!(xs.poll_watch_event().unwrap().unwrap().token, "own");
             if !skip {
                 assert_eq!(xs.poll_watch_event().unwrap().unwrap().path, "mine/x");
@@ -477,17 +553,27 @@ mod tests {
     fn wait_for_state_fails_when_the_peer_closes() {
         let (mut xs, srv) = frontend();
         set_be_state(&mut srv.borrow_mut(), S::InitWait);
-        srv.borrow_mut().idle_steps.push_back(Box::new(|s| set_be_state(s, S::Closing)));
-        assert_eq!(wait_for_state(&mut xs, BE, S::Connected), Err(Errno::ENOTCONN));
+        srv.borrow_mut()
+            .idle_steps
+            .push_back(Box::new(|s| set_be_state(s, S::Closing)));
+        assert_eq!(
+            wait_for_state(&mut xs, BE, S::Connected),
+            Err(Errno::ENOTCONN)
+        );
         // ... and waiting for the close then succeeds, also when the peer's
         // directory disappears.
-        srv.borrow_mut().idle_steps.push_back(Box::new(|s| s.admin_rm(BE)));
+        srv.borrow_mut()
+            .idle_steps
+            .push_back(Box::new(|s| s.admin_rm(BE)));
         assert_eq!(wait_for_state(&mut xs, BE, S::Closed), Ok(S::Unknown));
         let conn = srv.borrow().conn;
         assert_eq!(srv.borrow().xs.connection(conn).unwrap().watch_count(), 0);
         // A peer that never moves: the transport's error comes back, and the
         // watch is still removed.
-        assert_eq!(wait_for_state(&mut xs, "device/vif/9", S::Connected), Err(Errno::ETIMEDOUT));
+        assert_eq!(
+            wait_for_state(&mut xs, "device/vif/9", S::Connected),
+            Err(Errno::ETIMEDOUT)
+        );
         assert_eq!(srv.borrow().xs.connection(conn).unwrap().watch_count(), 0);
     }
 
@@ -505,7 +591,10 @@ mod tests {
         assert_eq!(read_state(&mut xs, &dir), Ok(S::Connected));
         xs.write("device/vif/0/state", b"garbage").unwrap();
         assert_eq!(read_state(&mut xs, &dir), Ok(S::Unknown));
-        assert_eq!(read_state(&mut xs, "/local/domain/0/private"), Err(Errno::EACCES));
+        assert_eq!(
+            read_state(&mut xs, "/local/domain/0/private"),
+            Err(Errno::EACCES)
+        );
     }
 
     #[test]
@@ -513,7 +602,14 @@ mod tests {
         let (mut xs, srv) = frontend();
         {
             let mut s = srv.borrow_mut();
-            for (k, v) in [("feature-on", "1"), ("feature-off", "0"), ("feature-junk", "yes"), ("feature-many", " 7\0"), ("ring-page-order", "3"), ("backend-id", "0")] {
+            for (k, v) in [
+                ("feature-on", "1"),
+                ("feature-off", "0"),
+                ("feature-junk", "yes"),
+                ("feature-many", " 7\0"),
+                ("ring-page-order", "3"),
+                ("backend-id", "0"),
+            ] {
                 s.admin_write(&join(BE, k), v);
             }
         }
@@ -530,7 +626,10 @@ mod tests {
         assert_eq!(read_u64(&mut xs, BE, "max-queues"), Err(Errno::ENOENT));
         assert_eq!(read_u64(&mut xs, BE, "feature-junk"), Err(Errno::EINVAL));
         // Where the caller may not look, the error is not hidden by a default.
-        assert_eq!(has_feature(&mut xs, "/local/domain/0/x", "on"), Err(Errno::EACCES));
+        assert_eq!(
+            has_feature(&mut xs, "/local/domain/0/x", "on"),
+            Err(Errno::EACCES)
+        );
     }
 
     #[test]
@@ -545,20 +644,43 @@ mod tests {
         assert_eq!(
             devs,
             [
-                FrontendDevice { devid: "0".into(), dir: "device/vif/0".into() },
-                FrontendDevice { devid: "1".into(), dir: "device/vif/1".into() },
+                FrontendDevice {
+                    devid: "0".into(),
+                    dir: "device/vif/0".into()
+                },
+                FrontendDevice {
+                    devid: "1".into(),
+                    dir: "device/vif/1".into()
+                },
             ]
         );
 
-        let (mut be, _srv) = sim::client(Config { domid: 0, privileged: true, ..Config::default() });
+        let (mut be, _srv) = sim::client(Config {
+            domid: 0,
+            privileged: true,
+            ..Config::default()
+        });
         assert_eq!(backend_devices(&mut be, "vbd"), Ok(vec![]));
-        for p in ["backend/vbd/1/51712/state", "backend/vbd/2/768/state", "backend/vbd/2/832/state", "backend/vbd/junk/1/state", "backend/vbd/99999/1/state"] {
+        for p in [
+            "backend/vbd/1/51712/state",
+            "backend/vbd/2/768/state",
+            "backend/vbd/2/832/state",
+            "backend/vbd/junk/1/state",
+            "backend/vbd/99999/1/state",
+        ] {
             be.write(p, b"1").unwrap();
         }
         let mut devs = backend_devices(&mut be, "vbd").unwrap();
         devs.sort_by(|a, b| (a.frontend_domid, &a.devid).cmp(&(b.frontend_domid, &b.devid)));
-        let want: Vec<(u16, &str, &str)> = vec![(1, "51712", "backend/vbd/1/51712"), (2, "768", "backend/vbd/2/768"), (2, "832", "backend/vbd/2/832")];
-        let got: Vec<(u16, &str, &str)> = devs.iter().map(|d| (d.frontend_domid, d.devid.as_str(), d.dir.as_str())).collect();
+        let want: Vec<(u16, &str, &str)> = vec![
+            (1, "51712", "backend/vbd/1/51712"),
+            (2, "768", "backend/vbd/2/768"),
+            (2, "832", "backend/vbd/2/832"),
+        ];
+        let got: Vec<(u16, &str, &str)> = devs
+            .iter()
+            .map(|d| (d.frontend_domid, d.devid.as_str(), d.dir.as_str()))
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -568,14 +690,27 @@ mod tests {
         let dir = frontend_dir("vif", "0");
         assert_eq!(read_backend(&mut xs, &dir), Err(Errno::ENOENT));
         write_nodes(&mut xs, &dir, &[("backend", BE), ("backend-id", "0")]).unwrap();
-        assert_eq!(read_backend(&mut xs, &dir), Ok(Peer { path: BE.into(), domid: 0 }));
+        assert_eq!(
+            read_backend(&mut xs, &dir),
+            Ok(Peer {
+                path: BE.into(),
+                domid: 0
+            })
+        );
         xs.write("device/vif/0/backend-id", b"70000").unwrap();
         assert_eq!(read_backend(&mut xs, &dir), Err(Errno::EINVAL));
         xs.write("device/vif/0/backend", b"").unwrap();
         assert_eq!(read_backend(&mut xs, &dir), Err(Errno::EINVAL));
-        srv.borrow_mut().admin_write(&join(BE, "frontend"), "/local/domain/1/device/vif/0");
+        srv.borrow_mut()
+            .admin_write(&join(BE, "frontend"), "/local/domain/1/device/vif/0");
         srv.borrow_mut().admin_write(&join(BE, "frontend-id"), "1");
-        assert_eq!(read_frontend(&mut xs, BE), Ok(Peer { path: "/local/domain/1/device/vif/0".into(), domid: 1 }));
+        assert_eq!(
+            read_frontend(&mut xs, BE),
+            Ok(Peer {
+                path: "/local/domain/1/device/vif/0".into(),
+                domid: 1
+            })
+        );
     }
 
     #[test]
@@ -602,7 +737,16 @@ mod tests {
             true
         }));
         let dir = frontend_dir("vif", "0");
-        write_nodes(&mut xs, &dir, &[("ring-ref", "8"), ("event-channel", "5"), ("request-rx-copy", "1")]).unwrap();
+        write_nodes(
+            &mut xs,
+            &dir,
+            &[
+                ("ring-ref", "8"),
+                ("event-channel", "5"),
+                ("request-rx-copy", "1"),
+            ],
+        )
+        .unwrap();
         assert_eq!(*starts.borrow(), 2);
         assert_eq!(xs.read("device/vif/0/ring-ref").unwrap(), b"8");
         assert_eq!(xs.read("device/vif/0/event-channel").unwrap(), b"5");
@@ -678,11 +822,17 @@ mod tests {
 
     #[test]
     fn transactions_retry_a_bounded_number_of_times() {
-        let mut s = MapStore { conflicts: 3, ..MapStore::default() };
+        let mut s = MapStore {
+            conflicts: 3,
+            ..MapStore::default()
+        };
         write_nodes(&mut s, "d", &[("a", "1"), ("b", "2")]).unwrap();
         assert_eq!(s.starts, 4);
         assert_eq!(read_u64(&mut s, "d", "b"), Ok(2));
-        let mut s = MapStore { conflicts: usize::MAX, ..MapStore::default() };
+        let mut s = MapStore {
+            conflicts: usize::MAX,
+            ..MapStore::default()
+        };
         assert_eq!(write_nodes(&mut s, "d", &[("a", "1")]), Err(Errno::EAGAIN));
         assert_eq!(s.starts, TRANSACTION_RETRIES + 1);
         assert!(s.nodes.is_empty());
@@ -697,7 +847,10 @@ mod tests {
         s.write(NO_TX, "device/vbd/768/state", b"4").unwrap();
         assert_eq!(frontend_devices(&mut s, "vbd").unwrap().len(), 1);
         assert_eq!(read_state(&mut s, "device/vbd/768"), Ok(S::Connected));
-        assert_eq!(wait_for_state(&mut s, "device/vbd/768", S::Connected), Ok(S::Connected));
+        assert_eq!(
+            wait_for_state(&mut s, "device/vbd/768", S::Connected),
+            Ok(S::Connected)
+        );
         assert_eq!(join("a/", "b"), "a/b");
         assert_eq!(join("", "b"), "b");
     }

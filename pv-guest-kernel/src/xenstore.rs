@@ -38,10 +38,10 @@ use core::mem::{offset_of, size_of};
 
 use guest_abi::errno::Errno;
 use guest_abi::io::xenstore::{
-    XENSTORE_PAYLOAD_MAX, XENSTORE_RING_SIZE, XENSTORE_SERVER_FEATURE_ERROR, XENSTORE_ERROR_NONE, XS_DIRECTORY,
-    XS_DIRECTORY_PART, XS_ERROR, XS_GET_DOMAIN_PATH, XS_GET_PERMS, XS_MKDIR, XS_READ, XS_RM, XS_SET_PERMS,
-    XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XS_WRITE, XenstoreDomainInterface,
-    XsdSockmsg, parse_error,
+    XENSTORE_ERROR_NONE, XENSTORE_PAYLOAD_MAX, XENSTORE_RING_SIZE, XENSTORE_SERVER_FEATURE_ERROR,
+    XS_DIRECTORY, XS_DIRECTORY_PART, XS_ERROR, XS_GET_DOMAIN_PATH, XS_GET_PERMS, XS_MKDIR, XS_READ,
+    XS_RM, XS_SET_PERMS, XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH,
+    XS_WATCH_EVENT, XS_WRITE, XenstoreDomainInterface, XsdSockmsg, parse_error,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -202,7 +202,9 @@ fn text(bytes: &[u8]) -> String {
 /// the last NUL are ignored.
 fn strings(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
     let end = payload.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
-    payload[..end].split_inclusive(|&b| b == 0).map(|s| &s[..s.len() - 1])
+    payload[..end]
+        .split_inclusive(|&b| b == 0)
+        .map(|s| &s[..s.len() - 1])
 }
 
 /// A reply's single string (a trailing NUL, if any, removed).
@@ -233,7 +235,16 @@ impl<P: RingPage, T: Transport> Client<P, T> {
     pub fn new(page: P, transport: T) -> Self {
         let req_prod = page.load(Field::ReqProd);
         let rsp_cons = page.load(Field::RspCons);
-        Self { page, transport, req_prod, rsp_cons, next_req_id: 1, rx: Vec::new(), events: VecDeque::new(), broken: false }
+        Self {
+            page,
+            transport,
+            req_prod,
+            rsp_cons,
+            next_req_id: 1,
+            rx: Vec::new(),
+            events: VecDeque::new(),
+            broken: false,
+        }
     }
 
     /// The transport (to inspect it, or to reach its hooks).
@@ -324,7 +335,13 @@ impl<P: RingPage, T: Transport> Client<P, T> {
                 let Ok((header, payload)) = XsdSockmsg::read_from_prefix(&bytes) else {
                     return self.protocol_error();
                 };
-                return Ok((consumed, Some(Message { header, payload: payload.to_vec() })));
+                return Ok((
+                    consumed,
+                    Some(Message {
+                        header,
+                        payload: payload.to_vec(),
+                    }),
+                ));
             }
             let prod = self.page.load(Field::RspProd);
             // Read the bytes only after the index that covers them.
@@ -366,7 +383,10 @@ impl<P: RingPage, T: Transport> Client<P, T> {
             if m.header.type_ == XS_WATCH_EVENT {
                 let mut parts = strings(&m.payload);
                 if let (Some(path), Some(token)) = (parts.next(), parts.next()) {
-                    self.events.push_back(WatchEvent { path: text(path), token: text(token) });
+                    self.events.push_back(WatchEvent {
+                        path: text(path),
+                        token: text(token),
+                    });
                 }
             } else if Some(m.header.req_id) == expect {
                 reply = Some(m);
@@ -392,7 +412,12 @@ impl<P: RingPage, T: Transport> Client<P, T> {
         self.check_page_error()?;
         let req_id = self.next_req_id;
         self.next_req_id = self.next_req_id.wrapping_add(1);
-        let header = XsdSockmsg { type_: ty, req_id, tx_id: tx, len: payload.len() as u32 };
+        let header = XsdSockmsg {
+            type_: ty,
+            req_id,
+            tx_id: tx,
+            len: payload.len() as u32,
+        };
         let mut msg = Vec::with_capacity(HEADER + payload.len());
         msg.extend_from_slice(header.as_bytes());
         msg.extend_from_slice(payload);
@@ -420,7 +445,12 @@ impl<P: RingPage, T: Transport> Client<P, T> {
 
     /// One round of [`request`](Self::request): send what fits, take what
     /// arrived, wait if neither moved anything.
-    fn request_step(&mut self, msg: &[u8], sent: &mut usize, req_id: u32) -> Result<Option<Message>, Errno> {
+    fn request_step(
+        &mut self,
+        msg: &[u8],
+        sent: &mut usize,
+        req_id: u32,
+    ) -> Result<Option<Message>, Errno> {
         let mut moved = false;
         if *sent < msg.len() {
             let n = self.send_some(&msg[*sent..])?;
@@ -504,7 +534,10 @@ impl<P: RingPage, T: Transport> Client<P, T> {
     /// The children of `path` in transaction `tx`.
     pub fn directory_tx(&mut self, tx: u32, path: &str) -> Result<Vec<String>, Errno> {
         match self.request(XS_DIRECTORY, tx, &arg(path)?) {
-            Ok(reply) => Ok(strings(&reply).filter(|s| !s.is_empty()).map(text).collect()),
+            Ok(reply) => Ok(strings(&reply)
+                .filter(|s| !s.is_empty())
+                .map(text)
+                .collect()),
             Err(Errno::E2BIG) => self.directory_parts(tx, path),
             Err(e) => Err(e),
         }
@@ -521,7 +554,9 @@ impl<P: RingPage, T: Transport> Client<P, T> {
                 let mut p = arg(path)?;
                 push_arg(&mut p, &format!("{offset}"))?;
                 let reply = self.request(XS_DIRECTORY_PART, tx, &p)?;
-                let Some(nul) = reply.iter().position(|&b| b == 0) else { return Err(Errno::EIO) };
+                let Some(nul) = reply.iter().position(|&b| b == 0) else {
+                    return Err(Errno::EIO);
+                };
                 let (generation_now, mut rest) = (&reply[..nul], &reply[nul + 1..]);
                 match &generation {
                     Some(g) if g.as_slice() != generation_now => continue 'restart,
@@ -601,7 +636,9 @@ impl<P: RingPage, T: Transport> Client<P, T> {
     /// Starts a transaction; returns its id.
     pub fn transaction_start(&mut self) -> Result<u32, Errno> {
         let reply = self.request(XS_TRANSACTION_START, NO_TX, b"\0")?;
-        let id = core::str::from_utf8(one_string(&reply)).ok().and_then(|s| s.parse::<u32>().ok());
+        let id = core::str::from_utf8(one_string(&reply))
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok());
         match id {
             Some(id) if id != NO_TX => Ok(id),
             _ => Err(Errno::EIO),
@@ -679,11 +716,17 @@ impl MappedRing {
     /// nothing else in this guest may access that page meanwhile (the store
     /// does, concurrently: hence volatile accesses only).
     pub unsafe fn new(va: u64) -> Self {
-        Self { base: va as *mut u8 }
+        Self {
+            base: va as *mut u8,
+        }
     }
 
     fn ring_ptr(&self, ring: usize, off: usize, len: usize) -> *mut u8 {
-        assert!(off.checked_add(len).is_some_and(|end| end <= XENSTORE_RING_SIZE), "ring range out of bounds");
+        assert!(
+            off.checked_add(len)
+                .is_some_and(|end| end <= XENSTORE_RING_SIZE),
+            "ring range out of bounds"
+        );
         self.base.wrapping_add(ring + off)
     }
 }
@@ -811,17 +854,16 @@ pub fn connect() -> Result<KernelClient, Errno> {
     from_start_info(crate::rt::start_info())
 }
 
-
 /// A simulated store for host tests: the real service core
 /// (`backends/xenstore`) behind an in-memory ring page, pumped from the
 /// client's [`Transport`] hooks, plus a scripted (hostile) store.
 #[cfg(test)]
 pub(crate) mod sim {
     use super::*;
+    use ::xenstore::{ConnId, Xenstore};
     use alloc::boxed::Box;
     use alloc::rc::Rc;
     use core::cell::RefCell;
-    use ::xenstore::{ConnId, Xenstore};
     use guest_abi::types::DomId;
 
     /// A ring page in plain memory.
@@ -940,11 +982,15 @@ pub(crate) mod sim {
                 {
                     self.before_receive = Some(hook);
                 }
-                self.xs.receive(self.conn, &req).expect("the client frames its requests");
+                self.xs
+                    .receive(self.conn, &req)
+                    .expect("the client frames its requests");
             }
             let mut budget = self.chunk;
             while budget > 0 {
-                let Some(out) = self.xs.peek_output(self.conn) else { break };
+                let Some(out) = self.xs.peek_output(self.conn) else {
+                    break;
+                };
                 let mut p = self.page.0.borrow_mut();
                 let free = (RING - p.rsp_prod.wrapping_sub(p.rsp_cons)) as usize;
                 let n = free.min(out.len()).min(budget);
@@ -966,7 +1012,12 @@ pub(crate) mod sim {
 
         /// Runs a request on the admin connection; returns its reply payload.
         pub(crate) fn admin(&mut self, ty: u32, tx: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
-            let h = XsdSockmsg { type_: ty, req_id: 0x5151, tx_id: tx, len: payload.len() as u32 };
+            let h = XsdSockmsg {
+                type_: ty,
+                req_id: 0x5151,
+                tx_id: tx,
+                len: payload.len() as u32,
+            };
             let mut msg = h.as_bytes().to_vec();
             msg.extend_from_slice(payload);
             self.xs.handle(self.admin, &msg).expect("well framed");
@@ -975,7 +1026,11 @@ pub(crate) mod sim {
                 if h.type_ == XS_WATCH_EVENT {
                     continue;
                 }
-                return if h.type_ == XS_ERROR { Err(parse_error(p).unwrap()) } else { Ok(p.to_vec()) };
+                return if h.type_ == XS_ERROR {
+                    Err(parse_error(p).unwrap())
+                } else {
+                    Ok(p.to_vec())
+                };
             }
             panic!("no reply on the admin connection")
         }
@@ -1022,7 +1077,9 @@ pub(crate) mod sim {
                 return Ok(());
             }
             // Idle: let the test act, as another domain would meanwhile.
-            let Some(step) = s.idle_steps.pop_front() else { return Err(Errno::ETIMEDOUT) };
+            let Some(step) = s.idle_steps.pop_front() else {
+                return Err(Errno::ETIMEDOUT);
+            };
             step(&mut s);
             s.pump();
             Ok(())
@@ -1045,7 +1102,13 @@ pub(crate) mod sim {
 
     impl Default for Config {
         fn default() -> Self {
-            Self { domid: 1, privileged: false, chunk: 4096, eager: true, start: 0 }
+            Self {
+                domid: 1,
+                privileged: false,
+                chunk: 4096,
+                eager: true,
+                start: 0,
+            }
         }
     }
 
@@ -1053,17 +1116,44 @@ pub(crate) mod sim {
     /// moving a byte at a time, one needing waits and odd piece sizes, and
     /// indices about to wrap.
     pub(crate) const CONFIGS: &[Config] = &[
-        Config { domid: 1, privileged: false, chunk: 4096, eager: true, start: 0 },
-        Config { domid: 1, privileged: false, chunk: 1, eager: false, start: 0 },
-        Config { domid: 1, privileged: false, chunk: 7, eager: false, start: 0xffff_fc05 },
-        Config { domid: 1, privileged: false, chunk: 700, eager: true, start: u32::MAX - 3 },
+        Config {
+            domid: 1,
+            privileged: false,
+            chunk: 4096,
+            eager: true,
+            start: 0,
+        },
+        Config {
+            domid: 1,
+            privileged: false,
+            chunk: 1,
+            eager: false,
+            start: 0,
+        },
+        Config {
+            domid: 1,
+            privileged: false,
+            chunk: 7,
+            eager: false,
+            start: 0xffff_fc05,
+        },
+        Config {
+            domid: 1,
+            privileged: false,
+            chunk: 700,
+            eager: true,
+            start: u32::MAX - 3,
+        },
     ];
 
     /// A client of domain `c.domid` (home created, owned by it) on a fresh
     /// store, and the store.
     pub(crate) fn client(c: Config) -> (SimClient, Rc<RefCell<Server>>) {
         // Room for values as long as a message allows, even unprivileged.
-        let mut xs = Xenstore::with_limits(::xenstore::Limits { node_size: 2 * XENSTORE_PAYLOAD_MAX, ..Default::default() });
+        let mut xs = Xenstore::with_limits(::xenstore::Limits {
+            node_size: 2 * XENSTORE_PAYLOAD_MAX,
+            ..Default::default()
+        });
         let conn = xs.connect(DomId(c.domid), c.privileged);
         let admin = xs.connect(DomId(0), true);
         if c.domid != 0 {
@@ -1082,7 +1172,10 @@ pub(crate) mod sim {
             waits: 0,
             notifies: 0,
         }));
-        (Client::new(Shared(page), SimTransport(server.clone())), server)
+        (
+            Client::new(Shared(page), SimTransport(server.clone())),
+            server,
+        )
     }
 
     /// One action of a scripted store.
@@ -1109,13 +1202,21 @@ pub(crate) mod sim {
     /// A client on a scripted store.
     pub(crate) fn scripted(script: Vec<Action>) -> (Client<Shared, Scripted>, Rc<MemPage>) {
         let page = MemPage::new(0);
-        let t = Scripted { page: page.clone(), script: script.into() };
+        let t = Scripted {
+            page: page.clone(),
+            script: script.into(),
+        };
         (Client::new(Shared(page.clone()), t), page)
     }
 
     /// A whole message.
     pub(crate) fn message(ty: u32, req_id: u32, payload: &[u8]) -> Vec<u8> {
-        let h = XsdSockmsg { type_: ty, req_id, tx_id: 0, len: payload.len() as u32 };
+        let h = XsdSockmsg {
+            type_: ty,
+            req_id,
+            tx_id: 0,
+            len: payload.len() as u32,
+        };
         let mut m = h.as_bytes().to_vec();
         m.extend_from_slice(payload);
         m
@@ -1132,7 +1233,10 @@ mod tests {
     use guest_abi::io::xenstore::XENSTORE_ERROR_PROTO;
 
     fn ev(path: &str, token: &str) -> WatchEvent {
-        WatchEvent { path: path.to_string(), token: token.to_string() }
+        WatchEvent {
+            path: path.to_string(),
+            token: token.to_string(),
+        }
     }
 
     #[test]
@@ -1228,7 +1332,8 @@ mod tests {
         assert_eq!(xs.write("/top", b"x"), Err(Errno::EACCES));
         srv.borrow_mut().admin_write("/local/domain/0/secret", "s");
         assert_eq!(xs.read("/local/domain/0/secret"), Err(Errno::EACCES));
-        srv.borrow_mut().admin_set_perms("/local/domain/0/secret", &["n0", "r1"]);
+        srv.borrow_mut()
+            .admin_set_perms("/local/domain/0/secret", &["n0", "r1"]);
         assert_eq!(xs.read("/local/domain/0/secret").unwrap(), b"s");
         assert_eq!(xs.write("/local/domain/0/secret", b"t"), Err(Errno::EACCES));
         assert_eq!(xs.unwatch("nowatch", "tok"), Err(Errno::ENOENT));
@@ -1241,7 +1346,10 @@ mod tests {
         assert_eq!(xs.set_perms("w", &["n1\0r2"]), Err(Errno::EINVAL));
         // Too long for one message: refused before anything is sent.
         let before = srv.borrow().page.load(Field::ReqProd);
-        assert_eq!(xs.write("big", &[b'v'; XENSTORE_PAYLOAD_MAX - 3]), Err(Errno::E2BIG));
+        assert_eq!(
+            xs.write("big", &[b'v'; XENSTORE_PAYLOAD_MAX - 3]),
+            Err(Errno::E2BIG)
+        );
         assert_eq!(srv.borrow().page.load(Field::ReqProd), before);
         assert!(!xs.is_broken());
         xs.write("w", b"still fine").unwrap();
@@ -1286,10 +1394,16 @@ mod tests {
             assert_eq!(xs.read("other").unwrap(), b"o", "{c:?}");
             assert_eq!(xs.queued_watch_events(), 4);
             // Waiting for one token leaves the other's events queued in order.
-            assert_eq!(xs.wait_watch_event("B").unwrap(), ev("/local/domain/1/v", "B"));
+            assert_eq!(
+                xs.wait_watch_event("B").unwrap(),
+                ev("/local/domain/1/v", "B")
+            );
             assert_eq!(xs.poll_watch_event().unwrap(), Some(ev("w", "A")));
             assert_eq!(xs.next_watch_event().unwrap(), ev("w/x", "A"));
-            assert_eq!(xs.next_watch_event().unwrap(), ev("/local/domain/1/v/sub", "B"));
+            assert_eq!(
+                xs.next_watch_event().unwrap(),
+                ev("/local/domain/1/v/sub", "B")
+            );
             assert_eq!(xs.poll_watch_event().unwrap(), None);
 
             // Events arriving while a long request is still being streamed.
@@ -1303,10 +1417,17 @@ mod tests {
             assert_eq!(xs.next_watch_event().unwrap(), ev("w/y", "A"));
 
             // Blocking for an event another domain causes later.
-            srv.borrow_mut().idle_steps.push_back(Box::new(|s| s.admin_rm("/local/domain/1/w/x")));
+            srv.borrow_mut()
+                .idle_steps
+                .push_back(Box::new(|s| s.admin_rm("/local/domain/1/w/x")));
             assert_eq!(xs.next_watch_event().unwrap(), ev("w/x", "A"));
-            srv.borrow_mut().idle_steps.push_back(Box::new(|s| s.admin_write("/local/domain/1/v", "9")));
-            assert_eq!(xs.wait_watch_event("B").unwrap(), ev("/local/domain/1/v", "B"));
+            srv.borrow_mut()
+                .idle_steps
+                .push_back(Box::new(|s| s.admin_write("/local/domain/1/v", "9")));
+            assert_eq!(
+                xs.wait_watch_event("B").unwrap(),
+                ev("/local/domain/1/v", "B")
+            );
             // Nothing more comes: the simulated channel gives up, the client
             // reports it.
             assert_eq!(xs.next_watch_event(), Err(Errno::ETIMEDOUT));
@@ -1328,7 +1449,9 @@ mod tests {
         for &c in CONFIGS {
             let (mut xs, srv) = sim::client(c);
             // The largest request: "path\0" plus value = 4096 bytes.
-            let value: Vec<u8> = (0..XENSTORE_PAYLOAD_MAX - 4).map(|i| (i % 251) as u8).collect();
+            let value: Vec<u8> = (0..XENSTORE_PAYLOAD_MAX - 4)
+                .map(|i| (i % 251) as u8)
+                .collect();
             xs.write("big", &value).unwrap();
             assert_eq!(xs.read("big").unwrap(), value);
             let waits = srv.borrow().waits;
@@ -1345,9 +1468,15 @@ mod tests {
     #[test]
     fn long_directory_comes_in_parts() {
         for &c in CONFIGS {
-            let cfg = Config { domid: 0, privileged: true, ..c };
+            let cfg = Config {
+                domid: 0,
+                privileged: true,
+                ..c
+            };
             let (mut xs, srv) = sim::client(cfg);
-            let mut want: Vec<String> = (0..300).map(|i| format!("a-rather-long-child-name-{i:04}")).collect();
+            let mut want: Vec<String> = (0..300)
+                .map(|i| format!("a-rather-long-child-name-{i:04}"))
+                .collect();
             for n in &want {
                 srv.borrow_mut().admin_write(&format!("/big/{n}"), "");
             }
@@ -1378,7 +1507,10 @@ mod tests {
             want.push("zz-late".into());
             want.sort();
             assert!(got == want, "{c:?}: {} names", got.len());
-            assert!(srv.borrow().before_receive.is_none(), "the listing restarted");
+            assert!(
+                srv.borrow().before_receive.is_none(),
+                "the listing restarted"
+            );
         }
     }
 
@@ -1392,7 +1524,12 @@ mod tests {
     #[test]
     fn oversized_header_is_a_protocol_error() {
         let (mut xs, _p) = script(vec![Box::new(|p| {
-            let h = XsdSockmsg { type_: XS_READ, req_id: 1, tx_id: 0, len: XENSTORE_PAYLOAD_MAX as u32 + 1 };
+            let h = XsdSockmsg {
+                type_: XS_READ,
+                req_id: 1,
+                tx_id: 0,
+                len: XENSTORE_PAYLOAD_MAX as u32 + 1,
+            };
             p.push_rsp(h.as_bytes());
             p.push_rsp(&[0; 100]);
         })]);
@@ -1500,12 +1637,19 @@ mod tests {
             let mut steps: Vec<sim::Action> = Vec::new();
             for _ in 0..4 {
                 let r = next();
-                let bytes: Vec<u8> = (0..(r % 64) as usize).map(|i| (r >> (i % 8 * 8)) as u8).collect();
+                let bytes: Vec<u8> = (0..(r % 64) as usize)
+                    .map(|i| (r >> (i % 8 * 8)) as u8)
+                    .collect();
                 let r2 = next();
                 steps.push(Box::new(move |p| {
                     p.take_req();
                     if r2 % 5 == 0 {
-                        let h = XsdSockmsg { type_: (r2 >> 8) as u32 % 24, req_id: 1, tx_id: 0, len: (r2 >> 40) as u32 % 5000 };
+                        let h = XsdSockmsg {
+                            type_: (r2 >> 8) as u32 % 24,
+                            req_id: 1,
+                            tx_id: 0,
+                            len: (r2 >> 40) as u32 % 5000,
+                        };
                         p.push_rsp(h.as_bytes());
                     }
                     p.push_rsp(&bytes);

@@ -24,10 +24,14 @@ struct Run {
 }
 
 fn parse(serial: &str) -> Run {
-    let mut run = Run { rows: Vec::new(), notes: Vec::new() };
+    let mut run = Run {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
     for l in serial.lines().map(|l| l.trim_end_matches('\r')) {
         if let Some((_, r)) = l.split_once("BENCH|") {
-            run.rows.push(r.split('|').map(|f| f.trim().to_string()).collect());
+            run.rows
+                .push(r.split('|').map(|f| f.trim().to_string()).collect());
         } else if let Some(i) = l.find("bench: ") {
             run.notes.push(l[i..].to_string());
         }
@@ -57,7 +61,12 @@ const BLK_MANIFEST: &str = "[domain service]\nimage = service\nmemory = 16M\nmax
 
 /// How benchmark and profiling boots run the microvisor: TCG, the bench CPU
 /// model, 256 MiB, warnings only; `icount` for repeatable figures.
-pub fn measuring_boot<'a>(kernel: &'a Path, initrd: &'a Path, icount: bool, timeout: Duration) -> Boot<'a> {
+pub fn measuring_boot<'a>(
+    kernel: &'a Path,
+    initrd: &'a Path,
+    icount: bool,
+    timeout: Duration,
+) -> Boot<'a> {
     Boot {
         kernel,
         initrd,
@@ -75,7 +84,13 @@ pub fn measuring_boot<'a>(kernel: &'a Path, initrd: &'a Path, icount: bool, time
     }
 }
 
-fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &str, name: &str) -> Result<Run, String> {
+fn boot_microvisor(
+    kdir: &Path,
+    out_dir: &Path,
+    timeout: Duration,
+    manifest: &str,
+    name: &str,
+) -> Result<Run, String> {
     let bundle = crate::scenario::make_bundle(manifest, kdir, &Default::default())?;
     let bpath = out_dir.join(format!("{name}.cpio"));
     std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
@@ -84,10 +99,16 @@ fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &st
     let disk = out_dir.join(format!("{name}.disk"));
     let with_disk = manifest.contains("image = service");
     if with_disk {
-        let f = std::fs::File::create(&disk).map_err(|e| format!("error: {}: {e}", disk.display()))?;
-        f.set_len(64 << 20).map_err(|e| format!("error: {}: {e}", disk.display()))?;
+        let f =
+            std::fs::File::create(&disk).map_err(|e| format!("error: {}: {e}", disk.display()))?;
+        f.set_len(64 << 20)
+            .map_err(|e| format!("error: {}: {e}", disk.display()))?;
     }
-    let extras = crate::qemu::Extras { disk: with_disk.then_some(disk.as_path()), kill_on: None, input: None };
+    let extras = crate::qemu::Extras {
+        disk: with_disk.then_some(disk.as_path()),
+        kill_on: None,
+        input: None,
+    };
     let out = boot.run_with(&extras)?;
     std::fs::write(out_dir.join(format!("{name}.log")), &out.serial).map_err(|e| e.to_string())?;
     let run = parse(&out.serial);
@@ -106,10 +127,12 @@ fn boot_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration, manifest: &st
 const FUZZ_MANIFEST: &str = "[domain hcfuzz]\nimage = hcfuzz\nmemory = 8M\ncmdline = seed=1 calls=20000 every=1000000 bench=1\n";
 
 fn on_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
-    let single = "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
+    let single =
+        "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| boot_microvisor(kdir, out_dir, timeout, single, "bench"));
-        let b = s.spawn(|| boot_microvisor(kdir, out_dir, timeout, &multi_manifest(), "bench-multi"));
+        let b =
+            s.spawn(|| boot_microvisor(kdir, out_dir, timeout, &multi_manifest(), "bench-multi"));
         (a.join(), b.join())
     });
     let mut run = a.map_err(|_| "error: benchmark thread panicked".to_string())??;
@@ -126,7 +149,16 @@ fn on_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, 
 }
 
 fn on_xen(xen: &Path, kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
-    let dom0 = crate::xen::Dom0 { xen, guest: kdir.join("bench"), cmdline: "", mem_mib: 64, accel: Accel::Tcg, icount: true, cpu: CPU, timeout };
+    let dom0 = crate::xen::Dom0 {
+        xen,
+        guest: kdir.join("bench"),
+        cmdline: "",
+        mem_mib: 64,
+        accel: Accel::Tcg,
+        icount: true,
+        cpu: CPU,
+        timeout,
+    };
     let out = dom0.run(&out_dir.join("bench-xen.log"))?;
     let run = parse(&out.serial);
     let end = crate::xen::dom0_end(&out.serial);
@@ -145,8 +177,13 @@ pub fn bench(kdir: &Path, timeout: Duration) -> Result<bool, String> {
     let out_dir = crate::root().join("target/bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
     let run = on_microvisor(kdir, &out_dir, timeout)?;
-    println!("microvisor benchmarks: QEMU TCG, -icount shift=0 (1 instruction = 1 virtual ns), -cpu {CPU}");
-    println!("{:<44} {:>14} {:>14} {:>8}", "operation", "ns/op", "baseline ns", "ratio");
+    println!(
+        "microvisor benchmarks: QEMU TCG, -icount shift=0 (1 instruction = 1 virtual ns), -cpu {CPU}"
+    );
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "operation", "ns/op", "baseline ns", "ratio"
+    );
     for r in &run.rows {
         match r.as_slice() {
             [name, v, base, ratio] => println!("{name:<44} {v:>14} {base:>14} {ratio:>8}"),
@@ -175,7 +212,11 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
     let (mv, xn) = std::thread::scope(|sc| {
         let x = sc.spawn(|| on_xen(&xen, kdir, &out_dir, timeout));
         let m = on_microvisor(kdir, &out_dir, timeout);
-        (m, x.join().unwrap_or_else(|_| Err("error: the Xen benchmark thread panicked".into())))
+        (
+            m,
+            x.join()
+                .unwrap_or_else(|_| Err("error: the Xen benchmark thread panicked".into())),
+        )
     });
     let mv = mv?;
     let xen_ok = xn.is_ok();
@@ -183,18 +224,39 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
         Ok(r) => (r.rows, r.notes),
         Err(e) => (Vec::new(), vec![e]),
     };
-    let figure = |rows: &[Vec<String>], name: &str| rows.iter().find(|r| r.first().is_some_and(|n| n == name)).and_then(|r| r.get(1)?.parse::<u64>().ok());
+    let figure = |rows: &[Vec<String>], name: &str| {
+        rows.iter()
+            .find(|r| r.first().is_some_and(|n| n == name))
+            .and_then(|r| r.get(1)?.parse::<u64>().ok())
+    };
     let mut names: Vec<&str> = Vec::new();
     for r in mv.rows.iter().chain(&xrows) {
         if let Some(n) = r.first().filter(|n| !names.contains(&n.as_str())) {
             names.push(n);
         }
     }
-    println!("the bench guest on real Xen 4.17 (as dom0) and on the microvisor: QEMU TCG, -icount shift=0, -cpu {CPU}");
+    println!(
+        "the bench guest on real Xen 4.17 (as dom0) and on the microvisor: QEMU TCG, -icount shift=0, -cpu {CPU}"
+    );
     println!("instructions per operation (1 instruction = 1 virtual ns); ratio = microvisor / Xen");
-    let w = names.iter().map(|n| n.len()).max().unwrap_or(0).max("operation".len());
-    println!("| {:<w$} | {:>9} | {:>10} | {:>6} |", "operation", "Xen", "microvisor", "ratio");
-    println!("|{:-<w2$}|{:->11}|{:->12}|{:->8}|", "", "", "", "", w2 = w + 2);
+    let w = names
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(0)
+        .max("operation".len());
+    println!(
+        "| {:<w$} | {:>9} | {:>10} | {:>6} |",
+        "operation", "Xen", "microvisor", "ratio"
+    );
+    println!(
+        "|{:-<w2$}|{:->11}|{:->12}|{:->8}|",
+        "",
+        "",
+        "",
+        "",
+        w2 = w + 2
+    );
     let show = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
     for name in names {
         let (x, m) = (figure(&xrows, name), figure(&mv.rows, name));
@@ -202,7 +264,11 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
             (Some(x), Some(m)) if x > 0 => format!("{:.2}", m as f64 / x as f64),
             _ => "n/a".into(),
         };
-        println!("| {name:<w$} | {:>9} | {:>10} | {ratio:>6} |", show(x), show(m));
+        println!(
+            "| {name:<w$} | {:>9} | {:>10} | {ratio:>6} |",
+            show(x),
+            show(m)
+        );
     }
     for n in &xnotes {
         println!("Xen: {n}");

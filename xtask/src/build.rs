@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Kernel packages: the hypervisor and every guest image.
-pub const KERNEL_PACKAGES: &[&str] = &["microvisor", "hello", "pagetables", "pingpong", "blk-demo", "scenario-guests", "service"];
+pub const KERNEL_PACKAGES: &[&str] = &[
+    "microvisor",
+    "hello",
+    "pagetables",
+    "pingpong",
+    "blk-demo",
+    "scenario-guests",
+    "service",
+];
 
 /// Where the kernel binaries land.
 pub fn kernel_dir(root: &Path) -> PathBuf {
@@ -19,7 +27,10 @@ pub fn build_kernels(root: &Path, tc: &KernelToolchain) -> Result<PathBuf, Strin
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root)
         .args(["build", "--release", "--target", "x86_64-unknown-none"])
-        .args(["-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"])
+        .args([
+            "-Zbuild-std=core,alloc",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
         .args(["--target-dir", "target/kernel"]);
     for p in KERNEL_PACKAGES {
         cmd.args(["-p", p]);
@@ -38,7 +49,9 @@ pub fn build_kernels(root: &Path, tc: &KernelToolchain) -> Result<PathBuf, Strin
     } else {
         cmd.env_remove("RUSTC");
     }
-    let st = cmd.status().map_err(|e| format!("error: cannot run cargo: {e}"))?;
+    let st = cmd
+        .status()
+        .map_err(|e| format!("error: cannot run cargo: {e}"))?;
     if !st.success() {
         return Err("error: kernel build failed (see the compiler output above)".into());
     }

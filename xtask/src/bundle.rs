@@ -7,7 +7,16 @@ fn entry(out: &mut Vec<u8>, ino: u32, name: &str, data: &[u8]) {
     let mode = if name == "TRAILER!!!" { 0 } else { 0o100644 };
     let hdr = format!(
         "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
-        0, 0, 1, 0, data.len(), 0, 0, 0, 0, 0
+        0,
+        0,
+        1,
+        0,
+        data.len(),
+        0,
+        0,
+        0,
+        0,
+        0
     );
     out.extend_from_slice(hdr.as_bytes());
     out.extend_from_slice(name.as_bytes());

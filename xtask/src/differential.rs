@@ -24,14 +24,26 @@ fn excluded(s: &Scenario, kdir: &Path) -> Option<&'static str> {
     if s.disk.is_some() || s.boots > 1 || !s.kill_after.is_empty() {
         return Some("uses a disk image or several boots");
     }
-    let body: Vec<&str> = s.manifest.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).collect();
+    let body: Vec<&str> = s
+        .manifest
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
     if body.iter().filter(|l| l.starts_with('[')).count() != 1 {
         return Some("not exactly one domain");
     }
-    if !s.files.is_empty() || scenario::manifest_images(&s.manifest).iter().any(|i| !kdir.join(i).is_file()) {
+    if !s.files.is_empty()
+        || scenario::manifest_images(&s.manifest)
+            .iter()
+            .any(|i| !kdir.join(i).is_file())
+    {
         return Some("bundle-loader test: its image is not a built guest");
     }
-    if body.iter().skip(1).any(|l| l.split_once('=').is_none_or(|(k, _)| !XEN_KEYS.contains(&k.trim()))) {
+    if body.iter().skip(1).any(|l| {
+        l.split_once('=')
+            .is_none_or(|(k, _)| !XEN_KEYS.contains(&k.trim()))
+    }) {
         return Some("malformed manifest: a line Xen's dom0 cannot carry");
     }
     if s.append.as_deref().is_some_and(|a| a.contains("selftest=")) {
@@ -97,15 +109,28 @@ impl Names {
 }
 
 fn load_allowlist(path: &Path) -> Result<Vec<Allow>, String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
-    let f: AllowFile = toml::from_str(&text).map_err(|e| format!("error: {}: {e}", path.display()))?;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let f: AllowFile =
+        toml::from_str(&text).map_err(|e| format!("error: {}: {e}", path.display()))?;
     if let Some(a) = f.allow.iter().find(|a| a.reason.trim().is_empty()) {
-        return Err(format!("error: {}: the entry for {} has no reason: say why the difference is right", path.display(), a.scenario.list().join(", ")));
+        return Err(format!(
+            "error: {}: the entry for {} has no reason: say why the difference is right",
+            path.display(),
+            a.scenario.list().join(", ")
+        ));
     }
     let mut f = f;
     for a in &mut f.allow {
         if let Some(v) = &a.qemu_before {
-            a.before = Some(v.parse().map_err(|e| format!("error: {}: the entry for {}: qemu_before: {e}", path.display(), a.scenario.list().join(", ")))?);
+            a.before = Some(v.parse().map_err(|e| {
+                format!(
+                    "error: {}: the entry for {}: qemu_before: {e}",
+                    path.display(),
+                    a.scenario.list().join(", ")
+                )
+            })?);
         }
     }
     Ok(f.allow)
@@ -121,14 +146,24 @@ struct Observed {
     steps: Vec<(String, String)>,
 }
 
-fn observe<'s>(serial: &'s str, end: String, guest_line: impl Fn(&'s str) -> Option<&'s str>) -> Observed {
+fn observe<'s>(
+    serial: &'s str,
+    end: String,
+    guest_line: impl Fn(&'s str) -> Option<&'s str>,
+) -> Observed {
     let mut result = "none".to_string();
     let mut steps = Vec::new();
-    for line in serial.lines().filter_map(|l| guest_line(l.trim_end_matches('\r'))) {
+    for line in serial
+        .lines()
+        .filter_map(|l| guest_line(l.trim_end_matches('\r')))
+    {
         // Console output has no line discipline: a write of raw bytes (Xen's
         // console_io prints what it could read before an EFAULT) can run
         // into the next line, so a line counts from its last control byte.
-        let line = line.rsplit(|c: char| (c.is_control() && c != '\t') || c == '\u{fffd}').next().unwrap_or(line);
+        let line = line
+            .rsplit(|c: char| (c.is_control() && c != '\t') || c == '\u{fffd}')
+            .next()
+            .unwrap_or(line);
         if let Some(r) = line.strip_prefix("Test result: ") {
             result = r.trim().to_string();
         } else if let Some(step) = line.strip_prefix("ok ") {
@@ -157,7 +192,13 @@ fn microvisor_end(serial: &str, timed_out: bool, code: Option<i32>) -> String {
         let (_, after) = rest.split_once("): ended ")?;
         Some(after.split(',').next().unwrap_or(after).to_string())
     });
-    ended.unwrap_or_else(|| if timed_out { "no end (timed out)".into() } else { format!("no end (QEMU exit {code:?})") })
+    ended.unwrap_or_else(|| {
+        if timed_out {
+            "no end (timed out)".into()
+        } else {
+            format!("no end (QEMU exit {code:?})")
+        }
+    })
 }
 
 fn xen_end(serial: &str, timed_out: bool) -> String {
@@ -183,10 +224,19 @@ struct Diff {
 fn compare(mv: &Observed, xen: &Observed) -> Vec<Diff> {
     let mut diffs = Vec::new();
     if mv.end != xen.end {
-        diffs.push(Diff { kind: Kind::End, what: format!("ended {} on the microvisor, {} on Xen", mv.end, xen.end) });
+        diffs.push(Diff {
+            kind: Kind::End,
+            what: format!("ended {} on the microvisor, {} on Xen", mv.end, xen.end),
+        });
     }
     if mv.result != xen.result {
-        diffs.push(Diff { kind: Kind::Result, what: format!("Test result {} on the microvisor, {} on Xen", mv.result, xen.result) });
+        diffs.push(Diff {
+            kind: Kind::Result,
+            what: format!(
+                "Test result {} on the microvisor, {} on Xen",
+                mv.result, xen.result
+            ),
+        });
     }
     let mut names: Vec<&str> = Vec::new();
     for (n, _) in mv.steps.iter().chain(&xen.steps) {
@@ -195,7 +245,12 @@ fn compare(mv: &Observed, xen: &Observed) -> Vec<Diff> {
         }
     }
     let outcomes = |o: &Observed, name: &str| -> String {
-        let v: Vec<&str> = o.steps.iter().filter(|(n, _)| n == name).map(|(_, r)| r.as_str()).collect();
+        let v: Vec<&str> = o
+            .steps
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, r)| r.as_str())
+            .collect();
         match v.as_slice() {
             [] => "missing".into(),
             [one] => one.to_string(),
@@ -205,7 +260,10 @@ fn compare(mv: &Observed, xen: &Observed) -> Vec<Diff> {
     for name in names {
         let (a, b) = (outcomes(mv, name), outcomes(xen, name));
         if a != b {
-            diffs.push(Diff { kind: Kind::Step(name.to_string()), what: format!("{name}: microvisor {a}, Xen {b}") });
+            diffs.push(Diff {
+                kind: Kind::Step(name.to_string()),
+                what: format!("{name}: microvisor {a}, Xen {b}"),
+            });
         }
     }
     diffs
@@ -213,11 +271,17 @@ fn compare(mv: &Observed, xen: &Observed) -> Vec<Diff> {
 
 /// The allow-list entries (indices) that cover `diffs`, and the diffs left.
 fn apply<'d>(name: &str, diffs: &'d [Diff], allow: &[Allow]) -> (Vec<usize>, Vec<&'d Diff>) {
-    let mine: Vec<usize> = (0..allow.len()).filter(|&i| allow[i].scenario.has(name)).collect();
+    let mine: Vec<usize> = (0..allow.len())
+        .filter(|&i| allow[i].scenario.has(name))
+        .collect();
     if let Some(&i) = mine.iter().find(|&&i| allow[i].step.is_none()) {
         return (if diffs.is_empty() { vec![] } else { vec![i] }, vec![]);
     }
-    let step_entry = |step: &str| mine.iter().copied().find(|&i| allow[i].step.as_ref().is_some_and(|s| s.has(step)));
+    let step_entry = |step: &str| {
+        mine.iter()
+            .copied()
+            .find(|&i| allow[i].step.as_ref().is_some_and(|s| s.has(step)))
+    };
     let mut used = Vec::new();
     let mut left = Vec::new();
     for d in diffs {
@@ -268,21 +332,39 @@ pub fn run(root: &Path, kdir: &Path, accel: Accel, filter: Option<&str>) -> Resu
     }
     for name in allow.iter().flat_map(|a| a.scenario.list()) {
         if !chosen.iter().any(|s| s.name == name) {
-            return Err(format!("error: {}: '{name}' is not a scenario the suite compares: remove it from its entry", allow_path.display()));
+            return Err(format!(
+                "error: {}: '{name}' is not a scenario the suite compares: remove it from its entry",
+                allow_path.display()
+            ));
         }
     }
     // Entries for emulation quirks the QEMU in use no longer has.
-    let (allow, unneeded): (Vec<Allow>, Vec<Allow>) = allow.into_iter().partition(|a| applies(a.before, crate::qemu::version()));
+    let (allow, unneeded): (Vec<Allow>, Vec<Allow>) = allow
+        .into_iter()
+        .partition(|a| applies(a.before, crate::qemu::version()));
     for a in &unneeded {
-        let have = crate::qemu::version().map_or_else(|| "of unknown version".to_string(), |v| v.to_string());
-        println!("xtask: allow-list entry for {} not used: QEMU {have} is not older than {}", a.scenario.list().join(", "), a.qemu_before.as_deref().unwrap_or(""));
+        let have = crate::qemu::version()
+            .map_or_else(|| "of unknown version".to_string(), |v| v.to_string());
+        println!(
+            "xtask: allow-list entry for {} not used: QEMU {have} is not older than {}",
+            a.scenario.list().join(", "),
+            a.qemu_before.as_deref().unwrap_or("")
+        );
     }
     chosen.retain(|s| filter.is_none_or(|f| s.name.contains(f)));
-    let dirs = [root.join("target/xen-diff/microvisor"), root.join("target/xen-diff/xen")];
+    let dirs = [
+        root.join("target/xen-diff/microvisor"),
+        root.join("target/xen-diff/xen"),
+    ];
     for d in &dirs {
-        std::fs::create_dir_all(d).map_err(|e| format!("error: cannot create {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| format!("error: cannot create {}: {e}", d.display()))?;
     }
-    println!("== {} scenarios on the microvisor and as dom0 of real Xen 4.17 ({accel:?}), logs in {}", chosen.len(), root.join("target/xen-diff").display());
+    println!(
+        "== {} scenarios on the microvisor and as dom0 of real Xen 4.17 ({accel:?}), logs in {}",
+        chosen.len(),
+        root.join("target/xen-diff").display()
+    );
     let mut reasons: Vec<&str> = Vec::new();
     for (_, why) in &left_out {
         if !reasons.contains(why) {
@@ -290,13 +372,20 @@ pub fn run(root: &Path, kdir: &Path, accel: Accel, filter: Option<&str>) -> Resu
         }
     }
     for why in reasons {
-        let names: Vec<&str> = left_out.iter().filter(|(_, w)| *w == why).map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = left_out
+            .iter()
+            .filter(|(_, w)| *w == why)
+            .map(|(n, _)| n.as_str())
+            .collect();
         println!("left out ({why}): {}", names.join(", "));
     }
 
     let results = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 2);
     std::thread::scope(|sc| {
         for _ in 0..workers {
             sc.spawn(|| {
@@ -313,27 +402,47 @@ pub fn run(root: &Path, kdir: &Path, accel: Accel, filter: Option<&str>) -> Resu
     });
     let results = results.into_inner().expect("results lock");
     let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
-    let mv_failed = results.iter().filter(|r| r.microvisor_fail.is_some()).count();
+    let mv_failed = results
+        .iter()
+        .filter(|r| r.microvisor_fail.is_some())
+        .count();
     // Every scenario and step an entry names must still differ.
     let mut stale = 0;
     for (i, a) in allow.iter().enumerate() {
         for name in a.scenario.list() {
-            let Some(r) = results.iter().find(|r| r.name == name) else { continue };
+            let Some(r) = results.iter().find(|r| r.name == name) else {
+                continue;
+            };
             let unused: Vec<String> = match &a.step {
                 None if r.used.contains(&i) => vec![],
                 None => vec![String::new()],
-                Some(steps) => steps.list().into_iter().filter(|s| !r.differing_steps.iter().any(|d| d == s)).map(|s| format!(" step {s}")).collect(),
+                Some(steps) => steps
+                    .list()
+                    .into_iter()
+                    .filter(|s| !r.differing_steps.iter().any(|d| d == s))
+                    .map(|s| format!(" step {s}"))
+                    .collect(),
             };
             for step in unused {
                 stale += 1;
-                println!("STALE allow-list entry {name}{step}: it matched no difference: remove it from {}", allow_path.display());
+                println!(
+                    "STALE allow-list entry {name}{step}: it matched no difference: remove it from {}",
+                    allow_path.display()
+                );
             }
         }
     }
     if mv_failed > 0 {
-        println!("{mv_failed} scenarios failed their own checks on the microvisor (see the FAIL lines)");
+        println!(
+            "{mv_failed} scenarios failed their own checks on the microvisor (see the FAIL lines)"
+        );
     }
-    println!("{} same, {} allowed, {} different", count(Outcome::Same), count(Outcome::Allowed), count(Outcome::Different));
+    println!(
+        "{} same, {} allowed, {} different",
+        count(Outcome::Same),
+        count(Outcome::Allowed),
+        count(Outcome::Different)
+    );
     Ok(count(Outcome::Different) == 0 && mv_failed == 0 && stale == 0)
 }
 
@@ -354,7 +463,14 @@ struct Compared {
     used: Vec<usize>,
 }
 
-fn compare_one(s: &Scenario, kdir: &Path, xen: &Path, dirs: &[std::path::PathBuf; 2], accel: Accel, allow: &[Allow]) -> Compared {
+fn compare_one(
+    s: &Scenario,
+    kdir: &Path,
+    xen: &Path,
+    dirs: &[std::path::PathBuf; 2],
+    accel: Accel,
+    allow: &[Allow],
+) -> Compared {
     let different = |why: String| Compared {
         name: s.name.clone(),
         differing_steps: vec![],
@@ -368,12 +484,22 @@ fn compare_one(s: &Scenario, kdir: &Path, xen: &Path, dirs: &[std::path::PathBuf
         Err(e) => return different(format!("microvisor run failed: {e}")),
     };
     let mv_verdict = scenario::judge(s, mv_out.exit_code, mv_out.timed_out, &mv_out.serial);
-    let mv = observe(&mv_out.serial, microvisor_end(&mv_out.serial, mv_out.timed_out, mv_out.exit_code), microvisor_guest_line);
-    let xen_out = match scenario::xen_dom0(s, xen, kdir, accel).and_then(|d| d.run(&dirs[1].join(format!("{}.log", s.name)))) {
+    let mv = observe(
+        &mv_out.serial,
+        microvisor_end(&mv_out.serial, mv_out.timed_out, mv_out.exit_code),
+        microvisor_guest_line,
+    );
+    let xen_out = match scenario::xen_dom0(s, xen, kdir, accel)
+        .and_then(|d| d.run(&dirs[1].join(format!("{}.log", s.name))))
+    {
         Ok(o) => o,
         Err(e) => return different(format!("Xen run failed: {e}")),
     };
-    let xv = observe(&xen_out.serial, xen_end(&xen_out.serial, xen_out.timed_out), |l| (!l.starts_with("(XEN)")).then_some(l));
+    let xv = observe(
+        &xen_out.serial,
+        xen_end(&xen_out.serial, xen_out.timed_out),
+        |l| (!l.starts_with("(XEN)")).then_some(l),
+    );
     let diffs = compare(&mv, &xv);
     let (used, left) = apply(&s.name, &diffs, allow);
     let microvisor_fail = (!mv_verdict.pass).then(|| mv_verdict.reasons.join("; "));
@@ -384,23 +510,54 @@ fn compare_one(s: &Scenario, kdir: &Path, xen: &Path, dirs: &[std::path::PathBuf
             .iter()
             .map(|&i| match &allow[i].step {
                 Some(_) => {
-                    let steps: Vec<&str> = diffs.iter().filter_map(|d| match &d.kind {
-                        Kind::Step(st) if allow[i].step.as_ref().is_some_and(|n| n.has(st)) => Some(st.as_str()),
-                        _ => None,
-                    }).collect();
+                    let steps: Vec<&str> = diffs
+                        .iter()
+                        .filter_map(|d| match &d.kind {
+                            Kind::Step(st) if allow[i].step.as_ref().is_some_and(|n| n.has(st)) => {
+                                Some(st.as_str())
+                            }
+                            _ => None,
+                        })
+                        .collect();
                     format!("{}: {}", steps.join(", "), allow[i].reason)
                 }
                 None => allow[i].reason.clone(),
             })
             .collect();
-        (format!("ALLOWED {}: {}", s.name, why.join(" | ")), Outcome::Allowed)
+        (
+            format!("ALLOWED {}: {}", s.name, why.join(" | ")),
+            Outcome::Allowed,
+        )
     } else {
         let what: Vec<&str> = left.iter().map(|d| d.what.as_str()).collect();
-        let also = if used.is_empty() { String::new() } else { format!(" (and {} allowed)", used.len()) };
-        (format!("DIFF {}: {}{also}", s.name, what.join("; ")), Outcome::Different)
+        let also = if used.is_empty() {
+            String::new()
+        } else {
+            format!(" (and {} allowed)", used.len())
+        };
+        (
+            format!("DIFF {}: {}{also}", s.name, what.join("; ")),
+            Outcome::Different,
+        )
     };
-    let differing_steps = diffs.iter().filter_map(|d| if let Kind::Step(st) = &d.kind { Some(st.clone()) } else { None }).collect();
-    Compared { name: s.name.clone(), differing_steps, line, outcome, microvisor_fail, used }
+    let differing_steps = diffs
+        .iter()
+        .filter_map(|d| {
+            if let Kind::Step(st) = &d.kind {
+                Some(st.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    Compared {
+        name: s.name.clone(),
+        differing_steps,
+        line,
+        outcome,
+        microvisor_fail,
+        used,
+    }
 }
 
 #[cfg(test)]
@@ -408,7 +565,9 @@ mod tests {
     use super::*;
 
     fn allow(text: &str) -> Vec<Allow> {
-        toml::from_str::<AllowFile>(text).expect("allow-list parses").allow
+        toml::from_str::<AllowFile>(text)
+            .expect("allow-list parses")
+            .allow
     }
 
     #[test]
@@ -425,28 +584,68 @@ mod tests {
         let f = dir.join("a.toml");
         std::fs::write(&f, "[[allow]]\nscenario = \"traps\"\nstep = \"int81-gp\"\nreason = \"r\"\nqemu_before = \"9.1\"\n").unwrap();
         assert_eq!(load_allowlist(&f).unwrap()[0].before, b);
-        std::fs::write(&f, "[[allow]]\nscenario = \"traps\"\nreason = \"r\"\nqemu_before = \"soon\"\n").unwrap();
-        assert!(load_allowlist(&f).err().unwrap().contains("qemu_before: 'soon' is not a QEMU version"));
+        std::fs::write(
+            &f,
+            "[[allow]]\nscenario = \"traps\"\nreason = \"r\"\nqemu_before = \"soon\"\n",
+        )
+        .unwrap();
+        assert!(
+            load_allowlist(&f)
+                .err()
+                .unwrap()
+                .contains("qemu_before: 'soon' is not a QEMU version")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn guest_lines_lose_their_prefix() {
-        assert_eq!(microvisor_guest_line("(d0 hc) ok enosys"), Some("ok enosys"));
-        assert_eq!(microvisor_guest_line("(d12 a b) FAIL x: y"), Some("FAIL x: y"));
-        assert_eq!(microvisor_guest_line("(MV) domain 0 (hc): ended poweroff"), None);
+        assert_eq!(
+            microvisor_guest_line("(d0 hc) ok enosys"),
+            Some("ok enosys")
+        );
+        assert_eq!(
+            microvisor_guest_line("(d12 a b) FAIL x: y"),
+            Some("FAIL x: y")
+        );
+        assert_eq!(
+            microvisor_guest_line("(MV) domain 0 (hc): ended poweroff"),
+            None
+        );
     }
 
     #[test]
     fn steps_survive_unterminated_binary_output() {
-        let o = observe("junk\u{1f}ok straddling\r\nFAIL enosys: hypercall 7\nok enosys\nTest result: FAILURE\n", "poweroff".into(), Some);
-        let steps: Vec<(&str, &str)> = o.steps.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        assert_eq!(steps, [("straddling", "ok"), ("enosys", "FAIL: hypercall 7"), ("enosys", "ok")]);
+        let o = observe(
+            "junk\u{1f}ok straddling\r\nFAIL enosys: hypercall 7\nok enosys\nTest result: FAILURE\n",
+            "poweroff".into(),
+            Some,
+        );
+        let steps: Vec<(&str, &str)> = o
+            .steps
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("straddling", "ok"),
+                ("enosys", "FAIL: hypercall 7"),
+                ("enosys", "ok")
+            ]
+        );
         assert_eq!(o.result, "FAILURE");
     }
 
     fn obs(end: &str, result: &str, steps: &[(&str, &str)]) -> Observed {
-        Observed { end: end.into(), result: result.into(), steps: steps.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() }
+        Observed {
+            end: end.into(),
+            result: result.into(),
+            steps: steps
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -455,14 +654,18 @@ mod tests {
         let xen = obs("shutdown code 77", "none", &[("a", "FAIL: x")]);
         let diffs = compare(&mv, &xen);
         assert_eq!(diffs.len(), 4);
-        let list = allow("[[allow]]\nscenario = [\"s\", \"t\"]\nstep = [\"a\", \"b\"]\nreason = \"r\"\n");
+        let list =
+            allow("[[allow]]\nscenario = [\"s\", \"t\"]\nstep = [\"a\", \"b\"]\nreason = \"r\"\n");
         let (used, left) = apply("s", &diffs, &list);
         assert_eq!((used, left.len()), (vec![0], 0));
         // With only step a allowed, b and the verdict remain differences.
         let list = allow("[[allow]]\nscenario = \"s\"\nstep = \"a\"\nreason = \"r\"\n");
         assert_eq!(apply("s", &diffs, &list).1.len(), 3);
         // A verdict difference with no step difference is never allowed by a step entry.
-        let diffs = compare(&obs("poweroff", "SUCCESS", &[]), &obs("crash", "SUCCESS", &[]));
+        let diffs = compare(
+            &obs("poweroff", "SUCCESS", &[]),
+            &obs("crash", "SUCCESS", &[]),
+        );
         assert_eq!(apply("s", &diffs, &list).1.len(), 1);
         // A scenario-wide entry allows everything.
         let list = allow("[[allow]]\nscenario = \"s\"\nreason = \"r\"\n");

@@ -65,11 +65,25 @@ pub const USAGE: &str = "  fuzz [--calls N] [--seed S] [--per-boot M] [--audit o
 
 /// Parses the arguments after `fuzz`.
 pub fn parse(args: &[String]) -> Result<FuzzOpts, String> {
-    let mut o = FuzzOpts { calls: 100_000, seed: 1, per_boot: 200_000, audit: Audit::Alternate, audit_calls: 20_000, huge: false, trace_from: None, timeout: None, accel: Accel::Tcg, guest_args: String::new(), qemu: None };
+    let mut o = FuzzOpts {
+        calls: 100_000,
+        seed: 1,
+        per_boot: 200_000,
+        audit: Audit::Alternate,
+        audit_calls: 20_000,
+        huge: false,
+        trace_from: None,
+        timeout: None,
+        accel: Accel::Tcg,
+        guest_args: String::new(),
+        qemu: None,
+    };
     let mut it = args.iter();
     let num = |name: &str, v: Option<&String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("error: {name} needs a value"))?;
-        v.replace('_', "").parse::<u64>().map_err(|_| format!("error: {name} takes a number, not '{v}'"))
+        v.replace('_', "")
+            .parse::<u64>()
+            .map_err(|_| format!("error: {name} takes a number, not '{v}'"))
     };
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -80,18 +94,34 @@ pub fn parse(args: &[String]) -> Result<FuzzOpts, String> {
             "--trace-from" => o.trace_from = Some(num("--trace-from", it.next())?),
             "--timeout" => o.timeout = Some(num("--timeout", it.next())?),
             "--huge" => o.huge = true,
-            "--guest-args" => o.guest_args = it.next().ok_or("error: --guest-args needs a value")?.clone(),
+            "--guest-args" => {
+                o.guest_args = it
+                    .next()
+                    .ok_or("error: --guest-args needs a value")?
+                    .clone()
+            }
             "--audit" => {
                 o.audit = match it.next().map(String::as_str) {
                     Some("on") => Audit::On,
                     Some("off") => Audit::Off,
                     Some("alternate") => Audit::Alternate,
-                    v => return Err(format!("error: --audit takes on, off or alternate, not {v:?}")),
+                    v => {
+                        return Err(format!(
+                            "error: --audit takes on, off or alternate, not {v:?}"
+                        ));
+                    }
                 }
             }
-            "--accel" => o.accel = crate::qemu::parse_accel(it.next().ok_or("error: --accel needs a value")?)?,
+            "--accel" => {
+                o.accel =
+                    crate::qemu::parse_accel(it.next().ok_or("error: --accel needs a value")?)?
+            }
             "--qemu" => o.qemu = Some(it.next().ok_or("error: --qemu needs a value")?.into()),
-            other => return Err(format!("error: unknown fuzz option '{other}' (see `cargo xtask help`)")),
+            other => {
+                return Err(format!(
+                    "error: unknown fuzz option '{other}' (see `cargo xtask help`)"
+                ));
+            }
         }
     }
     Ok(o)
@@ -116,15 +146,28 @@ pub fn manifest(seed: u64, calls: u64, huge: bool, trace_from: Option<u64>) -> S
 }
 
 /// Why a boot failed (empty: it did not).
-pub fn failures(serial: &str, exit_code: Option<i32>, timed_out: bool, seed: u64, calls: u64) -> Vec<String> {
+pub fn failures(
+    serial: &str,
+    exit_code: Option<i32>,
+    timed_out: bool,
+    seed: u64,
+    calls: u64,
+) -> Vec<String> {
     let mut why = Vec::new();
     if timed_out {
         why.push("timed out (a hypercall that never ends, or a domain wedged)".to_string());
     } else if exit_code != Some(33) {
-        why.push(format!("QEMU exit code {exit_code:?}, expected 33 (every domain ended as expected)"));
+        why.push(format!(
+            "QEMU exit code {exit_code:?}, expected 33 (every domain ended as expected)"
+        ));
     }
     let lines: Vec<&str> = serial.lines().collect();
-    let find = |needle: &str| lines.iter().find(|l| l.contains(needle)).map(|l| l.trim().to_string());
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .map(|l| l.trim().to_string())
+    };
     for (needle, what) in [
         ("PANIC", "hypervisor panic or fault"),
         ("hypervisor fault", "hypervisor fault"),
@@ -140,8 +183,13 @@ pub fn failures(serial: &str, exit_code: Option<i32>, timed_out: bool, seed: u64
         }
     }
     if !serial.contains(&format!("(d1 hcfuzz) fuzz: seed {seed} done {calls} calls")) {
-        let end = find("domain 1 (hcfuzz)").filter(|l| l.contains("shut down")).map_or(String::new(), |l| format!("; {l}"));
-        why.push(format!("the fuzzer did not finish its {calls} calls (last reached: {}){end}", last_progress(serial, seed)));
+        let end = find("domain 1 (hcfuzz)")
+            .filter(|l| l.contains("shut down"))
+            .map_or(String::new(), |l| format!("; {l}"));
+        why.push(format!(
+            "the fuzzer did not finish its {calls} calls (last reached: {}){end}",
+            last_progress(serial, seed)
+        ));
     }
     if !serial.contains("(d2 bystander) ok bystander-outlived") {
         why.push("the bystander did not outlive the fuzzer".to_string());
@@ -152,23 +200,32 @@ pub fn failures(serial: &str, exit_code: Option<i32>, timed_out: bool, seed: u64
 /// The last call index the guest reported reaching (0 if none).
 pub fn last_progress(serial: &str, seed: u64) -> u64 {
     let pre = format!("fuzz: seed {seed} at call ");
-    serial.lines().filter_map(|l| l.split_once(&pre).and_then(|(_, n)| n.trim().parse().ok())).next_back().unwrap_or(0)
+    serial
+        .lines()
+        .filter_map(|l| l.split_once(&pre).and_then(|(_, n)| n.trim().parse().ok()))
+        .next_back()
+        .unwrap_or(0)
 }
 
 /// The last traced call: its index and the whole trace line.
 pub fn last_trace(serial: &str, seed: u64) -> Option<(u64, String)> {
     let pre = format!("fuzz: seed {seed} call ");
-    serial.lines().filter_map(|l| {
-        let (_, rest) = l.split_once(&pre)?;
-        let i = rest.split_whitespace().next()?.parse().ok()?;
-        Some((i, l.trim().to_string()))
-    }).next_back()
+    serial
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(&pre)?;
+            let i = rest.split_whitespace().next()?.parse().ok()?;
+            Some((i, l.trim().to_string()))
+        })
+        .next_back()
 }
 
 /// The guest's own count and rate: (calls, milliseconds).
 pub fn guest_rate(serial: &str, seed: u64) -> Option<(u64, u64)> {
     let pre = format!("fuzz: seed {seed} done ");
-    let l = serial.lines().find_map(|l| l.split_once(&pre).map(|(_, r)| r.to_string()))?;
+    let l = serial
+        .lines()
+        .find_map(|l| l.split_once(&pre).map(|(_, r)| r.to_string()))?;
     let mut w = l.split_whitespace();
     let calls = w.next()?.parse().ok()?;
     let ms = w.nth(2)?.parse().ok()?;
@@ -192,21 +249,37 @@ struct Plan<'a> {
 }
 
 fn boot_once(kdir: &Path, out_dir: &Path, o: &FuzzOpts, p: &Plan) -> Result<BootResult, String> {
-    let Plan { seed, calls, audit, trace_from, tag } = *p;
+    let Plan {
+        seed,
+        calls,
+        audit,
+        trace_from,
+        tag,
+    } = *p;
     let mut m = manifest(seed, calls, o.huge, trace_from);
     if !o.guest_args.is_empty() {
-        m = m.replacen(&format!("calls={calls} "), &format!("calls={calls} {} ", o.guest_args), 1);
+        m = m.replacen(
+            &format!("calls={calls} "),
+            &format!("calls={calls} {} ", o.guest_args),
+            1,
+        );
     }
     let bundle = crate::scenario::make_bundle(&m, kdir, &Default::default())?;
     let bpath = out_dir.join(format!("seed-{seed}{tag}.cpio"));
     std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
     let kernel = crate::qemu::kernel_path(kdir);
     // Generous: audited boots run a few hundred calls a second under TCG.
-    let secs = o.timeout.unwrap_or(120 + calls / if audit { 100 } else { 300 });
+    let secs = o
+        .timeout
+        .unwrap_or(120 + calls / if audit { 100 } else { 300 });
     let boot = Boot {
         kernel: &kernel,
         initrd: &bpath,
-        append: if audit { "loglvl=info audit=1".into() } else { "loglvl=info".into() },
+        append: if audit {
+            "loglvl=info audit=1".into()
+        } else {
+            "loglvl=info".into()
+        },
         accel: o.accel,
         icount: false,
         cpu: "max",
@@ -222,9 +295,14 @@ fn boot_once(kdir: &Path, out_dir: &Path, o: &FuzzOpts, p: &Plan) -> Result<Boot
     let out = boot.run()?;
     let took = t0.elapsed().as_secs_f64();
     let log = out_dir.join(format!("seed-{seed}{tag}.log"));
-    std::fs::write(&log, &out.serial).map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
+    std::fs::write(&log, &out.serial)
+        .map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
     let reasons = failures(&out.serial, out.exit_code, out.timed_out, seed, calls);
-    Ok(BootResult { serial: out.serial, reasons, secs: took })
+    Ok(BootResult {
+        serial: out.serial,
+        reasons,
+        secs: took,
+    })
 }
 
 /// `cargo xtask fuzz ...`.
@@ -238,19 +316,43 @@ pub fn run(args: &[String]) -> Result<bool, String> {
     let mut seed = o.seed;
     let mut boots = 0u64;
     let (mut done, mut wall, mut guest_calls, mut guest_ms) = (0u64, 0f64, 0u64, 0u64);
-    println!("fuzz: {} calls from seed {} in boots of at most {} (logs in {})", o.calls, o.seed, o.per_boot, out_dir.display());
+    println!(
+        "fuzz: {} calls from seed {} in boots of at most {} (logs in {})",
+        o.calls,
+        o.seed,
+        o.per_boot,
+        out_dir.display()
+    );
     while left > 0 {
         let audit = match o.audit {
             Audit::On => true,
             Audit::Off => false,
             Audit::Alternate => boots.is_multiple_of(2),
         };
-        let calls = left.min(if audit { o.per_boot.min(o.audit_calls) } else { o.per_boot });
-        let r = boot_once(&kdir, &out_dir, &o, &Plan { seed, calls, audit, trace_from: o.trace_from, tag: "" })?;
+        let calls = left.min(if audit {
+            o.per_boot.min(o.audit_calls)
+        } else {
+            o.per_boot
+        });
+        let r = boot_once(
+            &kdir,
+            &out_dir,
+            &o,
+            &Plan {
+                seed,
+                calls,
+                audit,
+                trace_from: o.trace_from,
+                tag: "",
+            },
+        )?;
         boots += 1;
         wall += r.secs;
         if !r.reasons.is_empty() {
-            println!("FAIL seed {seed} ({calls} calls{}):", if audit { ", audit=1" } else { "" });
+            println!(
+                "FAIL seed {seed} ({calls} calls{}):",
+                if audit { ", audit=1" } else { "" }
+            );
             for why in &r.reasons {
                 println!("  {why}");
             }
@@ -270,7 +372,10 @@ pub fn run(args: &[String]) -> Result<bool, String> {
             if audit { " with audit=1" } else { "" },
             r.secs,
             calls as f64 / r.secs,
-            rate.map_or(String::new(), |(c, ms)| format!(", {} calls/s in the guest", c * 1000 / ms.max(1)))
+            rate.map_or(String::new(), |(c, ms)| format!(
+                ", {} calls/s in the guest",
+                c * 1000 / ms.max(1)
+            ))
         );
         seed += 1;
     }
@@ -284,25 +389,70 @@ pub fn run(args: &[String]) -> Result<bool, String> {
 
 /// Boots the failing seed again, tracing from its last progress report,
 /// and names the call the failure followed.
-fn report_failure(kdir: &Path, out_dir: &Path, o: &FuzzOpts, seed: u64, calls: u64, audit: bool, serial: &str) -> Result<(), String> {
+fn report_failure(
+    kdir: &Path,
+    out_dir: &Path,
+    o: &FuzzOpts,
+    seed: u64,
+    calls: u64,
+    audit: bool,
+    serial: &str,
+) -> Result<(), String> {
     let from = last_progress(serial, seed);
-    println!("  log: {}", out_dir.join(format!("seed-{seed}.log")).display());
+    println!(
+        "  log: {}",
+        out_dir.join(format!("seed-{seed}.log")).display()
+    );
     println!("  replaying seed {seed} with every call from {from} traced...");
-    let r = boot_once(kdir, out_dir, o, &Plan { seed, calls, audit, trace_from: Some(from), tag: ".trace" })?;
-    let audit_opt = if audit { "on --audit-calls {calls}" } else { "off" }.replace("{calls}", &calls.to_string());
+    let r = boot_once(
+        kdir,
+        out_dir,
+        o,
+        &Plan {
+            seed,
+            calls,
+            audit,
+            trace_from: Some(from),
+            tag: ".trace",
+        },
+    )?;
+    let audit_opt = if audit {
+        "on --audit-calls {calls}"
+    } else {
+        "off"
+    }
+    .replace("{calls}", &calls.to_string());
     let huge = if o.huge { " --huge" } else { "" };
     match last_trace(&r.serial, seed) {
         Some((i, line)) => {
             println!("  the failure follows call {i} of seed {seed}: {line}");
-            println!("  {}", if r.reasons.is_empty() { "(the traced replay did not fail: timing-dependent)".to_string() } else { format!("replay failed too: {}", r.reasons[0]) });
-            println!("  replay: cargo xtask fuzz --seed {seed} --calls {} --per-boot {} --audit {audit_opt}{huge} --trace-from {i}", i + 1, i + 1);
+            println!(
+                "  {}",
+                if r.reasons.is_empty() {
+                    "(the traced replay did not fail: timing-dependent)".to_string()
+                } else {
+                    format!("replay failed too: {}", r.reasons[0])
+                }
+            );
+            println!(
+                "  replay: cargo xtask fuzz --seed {seed} --calls {} --per-boot {} --audit {audit_opt}{huge} --trace-from {i}",
+                i + 1,
+                i + 1
+            );
         }
         None => {
-            println!("  no call was traced (the failure came before call {from}, or the fuzzer never started)");
-            println!("  replay: cargo xtask fuzz --seed {seed} --calls {calls} --per-boot {calls} --audit {audit_opt}{huge} --trace-from 0");
+            println!(
+                "  no call was traced (the failure came before call {from}, or the fuzzer never started)"
+            );
+            println!(
+                "  replay: cargo xtask fuzz --seed {seed} --calls {calls} --per-boot {calls} --audit {audit_opt}{huge} --trace-from 0"
+            );
         }
     }
-    println!("  traced log: {}", out_dir.join(format!("seed-{seed}.trace.log")).display());
+    println!(
+        "  traced log: {}",
+        out_dir.join(format!("seed-{seed}.trace.log")).display()
+    );
     Ok(())
 }
 
@@ -317,13 +467,39 @@ mod tests {
     #[test]
     fn options() {
         let o = parse(&args("--calls 10_000_000 --seed 7 --per-boot 500000 --audit off --audit-calls 9 --huge --trace-from 12")).unwrap();
-        assert_eq!((o.calls, o.seed, o.per_boot, o.audit, o.audit_calls, o.huge, o.trace_from), (10_000_000, 7, 500_000, Audit::Off, 9, true, Some(12)));
+        assert_eq!(
+            (
+                o.calls,
+                o.seed,
+                o.per_boot,
+                o.audit,
+                o.audit_calls,
+                o.huge,
+                o.trace_from
+            ),
+            (10_000_000, 7, 500_000, Audit::Off, 9, true, Some(12))
+        );
         let d = parse(&[]).unwrap();
-        assert_eq!((d.calls, d.seed, d.audit, d.huge), (100_000, 1, Audit::Alternate, false));
-        assert!(parse(&args("--calls")).unwrap_err().contains("--calls needs a value"));
-        assert!(parse(&args("--seed x")).unwrap_err().contains("takes a number"));
+        assert_eq!(
+            (d.calls, d.seed, d.audit, d.huge),
+            (100_000, 1, Audit::Alternate, false)
+        );
+        assert!(
+            parse(&args("--calls"))
+                .unwrap_err()
+                .contains("--calls needs a value")
+        );
+        assert!(
+            parse(&args("--seed x"))
+                .unwrap_err()
+                .contains("takes a number")
+        );
         assert!(parse(&args("--audit sometimes")).is_err());
-        assert!(parse(&args("--bogus")).unwrap_err().contains("unknown fuzz option"));
+        assert!(
+            parse(&args("--bogus"))
+                .unwrap_err()
+                .contains("unknown fuzz option")
+        );
     }
 
     #[test]
@@ -332,14 +508,20 @@ mod tests {
         assert!(m.contains("cmdline = seed=3 calls=5000 every=1000 huge=1 trace=40"));
         assert!(m.contains("cmdline = watch=1"));
         let doms: Vec<&str> = m.lines().filter(|l| l.starts_with("[domain")).collect();
-        assert_eq!(doms, ["[domain service]", "[domain hcfuzz]", "[domain bystander]"]);
+        assert_eq!(
+            doms,
+            ["[domain service]", "[domain hcfuzz]", "[domain bystander]"]
+        );
     }
 
     const GOOD: &str = "(d1 hcfuzz) fuzz: seed 4 at call 1000\n(d1 hcfuzz) fuzz: seed 4 done 2000 calls in 500 ms (4000 calls/s)\n(d2 bystander) ok bystander-outlived\n(MV) all domains ended as expected\n";
 
     #[test]
     fn a_clean_boot_passes() {
-        assert_eq!(failures(GOOD, Some(33), false, 4, 2000), Vec::<String>::new());
+        assert_eq!(
+            failures(GOOD, Some(33), false, 4, 2000),
+            Vec::<String>::new()
+        );
         assert_eq!(guest_rate(GOOD, 4), Some((2000, 500)));
     }
 
@@ -349,15 +531,36 @@ mod tests {
         assert!(f[0].contains("exit code"));
         assert!(failures(GOOD, None, true, 4, 2000)[0].contains("timed out"));
         let panic = format!("{GOOD}(MV) PANIC: hypervisor fault: vector 14\n");
-        assert!(failures(&panic, Some(33), false, 4, 2000).iter().any(|w| w.contains("hypervisor panic or fault")));
-        let audit = format!("{GOOD}(MV) error: audit after a memory hypercall failed: frame 0x12\n");
-        assert!(failures(&audit, Some(33), false, 4, 2000).iter().any(|w| w.contains("audit failure")));
+        assert!(
+            failures(&panic, Some(33), false, 4, 2000)
+                .iter()
+                .any(|w| w.contains("hypervisor panic or fault"))
+        );
+        let audit =
+            format!("{GOOD}(MV) error: audit after a memory hypercall failed: frame 0x12\n");
+        assert!(
+            failures(&audit, Some(33), false, 4, 2000)
+                .iter()
+                .any(|w| w.contains("audit failure"))
+        );
         let killed = format!("{GOOD}(MV) error: domain 1 killed: bad\n");
-        assert!(failures(&killed, Some(33), false, 4, 2000).iter().any(|w| w.contains("killed")));
+        assert!(
+            failures(&killed, Some(33), false, 4, 2000)
+                .iter()
+                .any(|w| w.contains("killed"))
+        );
         let short = GOOD.replace("done 2000", "done 1999");
-        assert!(failures(&short, Some(33), false, 4, 2000).iter().any(|w| w.contains("last reached: 1000")));
+        assert!(
+            failures(&short, Some(33), false, 4, 2000)
+                .iter()
+                .any(|w| w.contains("last reached: 1000"))
+        );
         let lonely = GOOD.replace("ok bystander-outlived", "FAIL bystander-outlived");
-        assert!(failures(&lonely, Some(33), false, 4, 2000).iter().any(|w| w.contains("bystander")));
+        assert!(
+            failures(&lonely, Some(33), false, 4, 2000)
+                .iter()
+                .any(|w| w.contains("bystander"))
+        );
     }
 
     #[test]

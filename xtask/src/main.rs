@@ -29,7 +29,10 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 struct Opts {
@@ -62,10 +65,33 @@ struct Opts {
 fn options_of(cmd: &str) -> &'static [&'static str] {
     match cmd {
         "build" => &[],
-        "run" => &["--manifest", "--disk", "--accel", "--timeout", "--qemu", "--cpus"],
-        "test" => &["--accel", "--filter", "--on-xen", "--timeout", "--qemu", "--cpus"],
+        "run" => &[
+            "--manifest",
+            "--disk",
+            "--accel",
+            "--timeout",
+            "--qemu",
+            "--cpus",
+        ],
+        "test" => &[
+            "--accel",
+            "--filter",
+            "--on-xen",
+            "--timeout",
+            "--qemu",
+            "--cpus",
+        ],
         "bench" => &["--vs-xen", "--qemu", "--timeout"],
-        "profile" => &["--manifest", "--at", "--when", "--skip", "--steps", "--guest", "--qemu", "--timeout"],
+        "profile" => &[
+            "--manifest",
+            "--at",
+            "--when",
+            "--skip",
+            "--steps",
+            "--guest",
+            "--qemu",
+            "--timeout",
+        ],
         _ => &[],
     }
 }
@@ -75,8 +101,13 @@ fn check_options(cmd: &str, given: &[String]) -> Result<(), String> {
     let ok = options_of(cmd);
     match given.iter().find(|g| !ok.contains(&g.as_str())) {
         None => Ok(()),
-        Some(g) if ok.is_empty() => Err(format!("error: `{cmd}` takes no options ({g} given; see `cargo xtask help`)")),
-        Some(g) => Err(format!("error: `{cmd}` does not take {g}; it takes {} (see `cargo xtask help`)", ok.join(", "))),
+        Some(g) if ok.is_empty() => Err(format!(
+            "error: `{cmd}` takes no options ({g} given; see `cargo xtask help`)"
+        )),
+        Some(g) => Err(format!(
+            "error: `{cmd}` does not take {g}; it takes {} (see `cargo xtask help`)",
+            ok.join(", ")
+        )),
     }
 }
 
@@ -101,25 +132,51 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         o.given.push(a.clone());
-        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("error: {name} needs a value"));
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("error: {name} needs a value"))
+        };
         match a.as_str() {
             "--accel" => o.accel = qemu::parse_accel(&val("--accel")?)?,
             "--manifest" => o.manifest = Some(PathBuf::from(val("--manifest")?)),
             "--disk" => o.disk = Some(PathBuf::from(val("--disk")?)),
             "--filter" => o.filter = Some(val("--filter")?),
-            "--timeout" => o.timeout = val("--timeout")?.parse().map_err(|_| "error: --timeout takes seconds".to_string())?,
+            "--timeout" => {
+                o.timeout = val("--timeout")?
+                    .parse()
+                    .map_err(|_| "error: --timeout takes seconds".to_string())?
+            }
             "--on-xen" => o.on_xen = true,
             "--vs-xen" => o.vs_xen = true,
             "--at" => o.at = Some(val("--at")?),
             "--when" => o.when = Some(val("--when")?),
-            "--skip" => o.skip = val("--skip")?.parse().map_err(|_| "error: --skip takes a count".to_string())?,
-            "--steps" => o.steps = val("--steps")?.parse().map_err(|_| "error: --steps takes a count".to_string())?,
+            "--skip" => {
+                o.skip = val("--skip")?
+                    .parse()
+                    .map_err(|_| "error: --skip takes a count".to_string())?
+            }
+            "--steps" => {
+                o.steps = val("--steps")?
+                    .parse()
+                    .map_err(|_| "error: --steps takes a count".to_string())?
+            }
             "--guest" => o.guest = Some(val("--guest")?),
             "--qemu" => o.qemu = Some(PathBuf::from(val("--qemu")?)),
             "--cpus" => {
-                o.cpus = Some(val("--cpus")?.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| "error: --cpus takes a count from 1 to 64".to_string())?)
+                o.cpus = Some(
+                    val("--cpus")?
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| "error: --cpus takes a count from 1 to 64".to_string())?,
+                )
             }
-            other => return Err(format!("error: unknown option '{other}' (see `cargo xtask help`)")),
+            other => {
+                return Err(format!(
+                    "error: unknown option '{other}' (see `cargo xtask help`)"
+                ));
+            }
         }
     }
     Ok(o)
@@ -171,7 +228,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // `fuzz` has options of its own.
-    let res = if cmd == "fuzz" { fuzz(&args[1..]) } else { parse(&args[1..]).and_then(|o| match cmd.as_str() {
+    let res = if cmd == "fuzz" {
+        fuzz(&args[1..])
+    } else {
+        parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
             Err(format!("error: `{c}` takes neither --on-xen nor --vs-xen: use `test --on-xen` or `bench --vs-xen`"))
         }
@@ -186,7 +246,8 @@ fn main() -> ExitCode {
             Ok(true)
         }
         other => Err(format!("error: unknown command '{other}'\n{HELP}{}", fuzz::USAGE)),
-    }) };
+    })
+    };
     match res {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -209,7 +270,8 @@ fn fuzz(args: &[String]) -> Result<bool, String> {
 
 fn profile(o: &Opts) -> Result<bool, String> {
     let manifest = match &o.manifest {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("error: cannot read manifest {}: {e}", p.display()))?,
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("error: cannot read manifest {}: {e}", p.display()))?,
         None => profile::DEFAULT_MANIFEST.to_string(),
     };
     qemu::ensure(o.qemu.as_deref())?;
@@ -222,7 +284,12 @@ fn profile(o: &Opts) -> Result<bool, String> {
         steps: o.steps,
         guest: o.guest.as_deref(),
     };
-    profile::profile(&kdir, &root().join("target/profile"), &spec, Duration::from_secs(o.timeout))
+    profile::profile(
+        &kdir,
+        &root().join("target/profile"),
+        &spec,
+        Duration::from_secs(o.timeout),
+    )
 }
 
 fn build_all() -> Result<PathBuf, String> {
@@ -232,8 +299,12 @@ fn build_all() -> Result<PathBuf, String> {
 }
 
 fn run(o: &Opts) -> Result<bool, String> {
-    let mpath = o.manifest.clone().unwrap_or_else(|| root().join("examples/default.manifest"));
-    let manifest = std::fs::read_to_string(&mpath).map_err(|e| format!("error: cannot read manifest {}: {e}", mpath.display()))?;
+    let mpath = o
+        .manifest
+        .clone()
+        .unwrap_or_else(|| root().join("examples/default.manifest"));
+    let manifest = std::fs::read_to_string(&mpath)
+        .map_err(|e| format!("error: cannot read manifest {}: {e}", mpath.display()))?;
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     let base = mpath.parent().unwrap_or(Path::new("."));
@@ -243,10 +314,20 @@ fn run(o: &Opts) -> Result<bool, String> {
         if !kdir.join(&img).is_file() {
             let p = base.join(&img);
             if p.is_file() {
-                let data = std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
-                extra.insert(img.clone(), format!("hex:{}", data.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+                let data = std::fs::read(&p)
+                    .map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
+                extra.insert(
+                    img.clone(),
+                    format!(
+                        "hex:{}",
+                        data.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    ),
+                );
             } else {
-                return Err(format!("error: manifest {} names image '{img}', which is neither a built guest nor a file beside the manifest", mpath.display()));
+                return Err(format!(
+                    "error: manifest {} names image '{img}', which is neither a built guest nor a file beside the manifest",
+                    mpath.display()
+                ));
             }
         }
     }
@@ -272,7 +353,9 @@ fn run(o: &Opts) -> Result<bool, String> {
         stop_on: &[],
     };
     // A service domain drives a disk: the one given, or one kept in target/run.
-    let has_service = manifest.lines().any(|l| l.split('#').next().unwrap_or("").replace(' ', "") == "service=true");
+    let has_service = manifest
+        .lines()
+        .any(|l| l.split('#').next().unwrap_or("").replace(' ', "") == "service=true");
     let disk = match (&o.disk, has_service) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => Some(out_dir.join("disk.img")),
@@ -281,20 +364,31 @@ fn run(o: &Opts) -> Result<bool, String> {
     if let Some(d) = &disk
         && !d.exists()
     {
-        let f = std::fs::File::create(d).map_err(|e| format!("error: cannot create disk image {}: {e}", d.display()))?;
-        f.set_len(64 << 20).map_err(|e| format!("error: cannot size disk image {}: {e}", d.display()))?;
+        let f = std::fs::File::create(d)
+            .map_err(|e| format!("error: cannot create disk image {}: {e}", d.display()))?;
+        f.set_len(64 << 20)
+            .map_err(|e| format!("error: cannot size disk image {}: {e}", d.display()))?;
         eprintln!("xtask: created a 64 MiB disk image {}", d.display());
     }
-    let extras = qemu::Extras { disk: disk.as_deref(), kill_on: None, input: None };
+    let extras = qemu::Extras {
+        disk: disk.as_deref(),
+        kill_on: None,
+        input: None,
+    };
     let out = boot.run_with(&extras)?;
     if out.timed_out {
-        eprintln!("xtask: QEMU did not finish within {} s and was stopped", o.timeout);
+        eprintln!(
+            "xtask: QEMU did not finish within {} s and was stopped",
+            o.timeout
+        );
         return Ok(false);
     }
     match out.exit_code {
         Some(33) => Ok(true),
         Some(35) => {
-            eprintln!("xtask: the microvisor reported failure (a domain did not end as its manifest expects)");
+            eprintln!(
+                "xtask: the microvisor reported failure (a domain did not end as its manifest expects)"
+            );
             Ok(false)
         }
         c => {
@@ -318,13 +412,22 @@ fn check_no_vector_regs(kernel: &Path) -> Result<(), String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let total = text.lines().filter(|l| l.contains(":\t")).count();
     if total < 100 {
-        return Err(format!("disassembly has only {total} instructions: not the hypervisor?"));
+        return Err(format!(
+            "disassembly has only {total} instructions: not the hypervisor?"
+        ));
     }
-    let bad: Vec<&str> = text.lines().filter(|l| l.contains("%xmm") || l.contains("%ymm") || l.contains("%zmm")).collect();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("%xmm") || l.contains("%ymm") || l.contains("%zmm"))
+        .collect();
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} instructions use vector registers, e.g. {}", bad.len(), bad[0].trim()))
+        Err(format!(
+            "{} instructions use vector registers, e.g. {}",
+            bad.len(),
+            bad[0].trim()
+        ))
     }
 }
 
@@ -343,7 +446,28 @@ fn test(o: &Opts) -> Result<bool, String> {
         println!("== host unit tests");
         let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["test", "-q", "-p", "guest-abi", "-p", "microvisor-core", "-p", "xtask", "-p", "xenstore", "-p", "blkback", "-p", "blkfront", "-p", "echoback", "-p", "echofront", "-p", "pv-guest-kernel"])
+            .args([
+                "test",
+                "-q",
+                "-p",
+                "guest-abi",
+                "-p",
+                "microvisor-core",
+                "-p",
+                "xtask",
+                "-p",
+                "xenstore",
+                "-p",
+                "blkback",
+                "-p",
+                "blkfront",
+                "-p",
+                "echoback",
+                "-p",
+                "echofront",
+                "-p",
+                "pv-guest-kernel",
+            ])
             .status()
             .map_err(|e| format!("error: cannot run cargo test: {e}"))?;
         if st.success() {
@@ -370,35 +494,63 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
-    let mut scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?.into_iter().filter(|s| want(&s.name)).collect();
-    for s in scenarios.iter_mut().filter(|s| s.cpus.is_none() && s.target.as_deref() != Some("xen")) {
+    let mut scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?
+        .into_iter()
+        .filter(|s| want(&s.name))
+        .collect();
+    for s in scenarios
+        .iter_mut()
+        .filter(|s| s.cpus.is_none() && s.target.as_deref() != Some("xen"))
+    {
         s.cpus = o.cpus;
     }
     let log_dir = root.join("target/scenarios");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
-    println!("== {} QEMU scenarios ({:?}), logs in {}", scenarios.len(), o.accel, log_dir.display());
+    println!(
+        "== {} QEMU scenarios ({:?}), logs in {}",
+        scenarios.len(),
+        o.accel,
+        log_dir.display()
+    );
     let results = std::sync::Mutex::new(Vec::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
     std::thread::scope(|sc| {
         for _ in 0..workers {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(s) = scenarios.get(i) else { break };
-                let r = scenario::run_one(s, &kdir, &log_dir, o.accel);
-                let line = match &r {
-                    Ok(Verdict { skipped: Some(why), .. }) => format!("SKIP {}: {why}", s.name),
-                    Ok(v) if v.pass => format!("PASS {}", s.name),
-                    Ok(v) => format!("FAIL {} ({}): {}", s.name, s.description, v.reasons.join("; ")),
-                    Err(e) => format!("FAIL {}: {e}", s.name),
-                };
-                println!("{line}");
-                let outcome = match &r {
-                    Ok(Verdict { skipped: Some(_), .. }) => None,
-                    Ok(v) => Some(v.pass),
-                    Err(_) => Some(false),
-                };
-                results.lock().expect("results lock").push((s.name.clone(), outcome));
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(s) = scenarios.get(i) else { break };
+                    let r = scenario::run_one(s, &kdir, &log_dir, o.accel);
+                    let line = match &r {
+                        Ok(Verdict {
+                            skipped: Some(why), ..
+                        }) => format!("SKIP {}: {why}", s.name),
+                        Ok(v) if v.pass => format!("PASS {}", s.name),
+                        Ok(v) => format!(
+                            "FAIL {} ({}): {}",
+                            s.name,
+                            s.description,
+                            v.reasons.join("; ")
+                        ),
+                        Err(e) => format!("FAIL {}: {e}", s.name),
+                    };
+                    println!("{line}");
+                    let outcome = match &r {
+                        Ok(Verdict {
+                            skipped: Some(_), ..
+                        }) => None,
+                        Ok(v) => Some(v.pass),
+                        Err(_) => Some(false),
+                    };
+                    results
+                        .lock()
+                        .expect("results lock")
+                        .push((s.name.clone(), outcome));
+                }
             });
         }
     });
@@ -438,7 +590,11 @@ fn bench(o: &Opts) -> Result<bool, String> {
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     let timeout = Duration::from_secs(o.timeout.max(300));
-    if o.vs_xen { bench::vs_xen(&kdir, timeout) } else { bench::bench(&kdir, timeout) }
+    if o.vs_xen {
+        bench::vs_xen(&kdir, timeout)
+    } else {
+        bench::bench(&kdir, timeout)
+    }
 }
 
 #[cfg(test)]
@@ -446,17 +602,28 @@ mod option_tests {
     use super::*;
 
     fn given(args: &[&str]) -> Vec<String> {
-        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap().given
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .given
     }
 
     /// Each command refuses options it does not take, naming the ones it
     /// does (`run --filter` used to be ignored silently).
     #[test]
     fn commands_refuse_options_they_do_not_take() {
-        assert_eq!(check_options("test", &given(&["--filter", "x", "--cpus", "2"])), Ok(()));
-        assert_eq!(check_options("run", &given(&["--manifest", "m", "--cpus", "2"])), Ok(()));
+        assert_eq!(
+            check_options("test", &given(&["--filter", "x", "--cpus", "2"])),
+            Ok(())
+        );
+        assert_eq!(
+            check_options("run", &given(&["--manifest", "m", "--cpus", "2"])),
+            Ok(())
+        );
         let e = check_options("run", &given(&["--filter", "x"])).unwrap_err();
-        assert!(e.starts_with("error: `run` does not take --filter; it takes --manifest"), "{e}");
+        assert!(
+            e.starts_with("error: `run` does not take --filter; it takes --manifest"),
+            "{e}"
+        );
         let e = check_options("build", &given(&["--cpus", "2"])).unwrap_err();
         assert!(e.starts_with("error: `build` takes no options"), "{e}");
         assert!(check_options("bench", &given(&["--filter", "x"])).is_err());

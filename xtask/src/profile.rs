@@ -35,7 +35,8 @@ pub struct Spec<'a> {
 
 /// The benchmark guest alone: `--when '$rax==32 && $rdi==4' --skip 2000`
 /// traces one masked event send.
-pub const DEFAULT_MANIFEST: &str = "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
+pub const DEFAULT_MANIFEST: &str =
+    "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
 
 const SCRIPT: &str = r#"
 import gdb, os
@@ -78,12 +79,22 @@ gdb.execute("kill")
 "#;
 
 fn have_gdb() -> bool {
-    Command::new("gdb").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("gdb")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs the trace and prints the report; false if gdb never reached the
 /// starting point.
-pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> Result<bool, String> {
+pub fn profile(
+    kdir: &Path,
+    out_dir: &Path,
+    spec: &Spec,
+    timeout: Duration,
+) -> Result<bool, String> {
     if !have_gdb() {
         return Err("error: `cargo xtask profile` needs gdb: apt-get install gdb".into());
     }
@@ -91,7 +102,10 @@ pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> R
         Some(g) => {
             let p = kdir.join(g);
             if !p.is_file() {
-                return Err(format!("error: --guest {g}: no such built guest in {}", kdir.display()));
+                return Err(format!(
+                    "error: --guest {g}: no such built guest in {}",
+                    kdir.display()
+                ));
             }
             Some(p)
         }
@@ -105,7 +119,10 @@ pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> R
     std::fs::write(&script, SCRIPT).map_err(|e| e.to_string())?;
     let trace = out_dir.join("trace.txt");
     let _ = std::fs::remove_file(&trace);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("error: no free local port for gdb: {e}"))?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("error: no free local port for gdb: {e}"))?
+        .port();
 
     let kernel = crate::qemu::kernel_path(kdir);
     // icount: the guest and hypervisor see virtual time that stands still
@@ -114,25 +131,41 @@ pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> R
     let mut qemu = boot.command_with(&Default::default());
     qemu.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
     let serial = std::fs::File::create(out_dir.join("serial.log")).map_err(|e| e.to_string())?;
-    let mut child = qemu.stdin(Stdio::null()).stdout(serial).stderr(Stdio::null()).spawn().map_err(|e| format!("error: cannot start QEMU: {e}"))?;
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(serial)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("error: cannot start QEMU: {e}"))?;
     std::thread::sleep(Duration::from_millis(500));
 
     let mut gdb = Command::new("gdb");
     gdb.args(["-q", "-batch", "-x"]).arg(&script).arg(&kernel);
-    gdb.env("MV_PORT", port.to_string()).env("MV_AT", spec.at).env("MV_SKIP", spec.skip.to_string());
-    gdb.env("MV_STEPS", spec.steps.to_string()).env("MV_OUT", &trace).env("MV_WHEN", spec.when.unwrap_or(""));
+    gdb.env("MV_PORT", port.to_string())
+        .env("MV_AT", spec.at)
+        .env("MV_SKIP", spec.skip.to_string());
+    gdb.env("MV_STEPS", spec.steps.to_string())
+        .env("MV_OUT", &trace)
+        .env("MV_WHEN", spec.when.unwrap_or(""));
     if let Some(g) = &guest_elf {
         gdb.env("MV_GUEST", g);
     }
     let log = std::fs::File::create(out_dir.join("gdb.log")).map_err(|e| e.to_string())?;
-    let status = gdb.stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log).status();
+    let status = gdb
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .status();
     let _ = child.kill();
     let _ = child.wait();
     status.map_err(|e| format!("error: cannot run gdb: {e}"))?;
     let text = match std::fs::read_to_string(&trace) {
         Ok(t) => t,
         Err(_) => {
-            eprintln!("xtask: gdb never reached {} (see {})", spec.at, out_dir.join("gdb.log").display());
+            eprintln!(
+                "xtask: gdb never reached {} (see {})",
+                spec.at,
+                out_dir.join("gdb.log").display()
+            );
             return Ok(false);
         }
     };
@@ -140,7 +173,11 @@ pub fn profile(kdir: &Path, out_dir: &Path, spec: &Spec, timeout: Duration) -> R
         .lines()
         .filter_map(|l| {
             let mut p = l.splitn(3, ' ');
-            Some((u64::from_str_radix(p.next()?, 16).ok()?, p.next()?.parse().ok()?, without_crate_hashes(p.next()?)))
+            Some((
+                u64::from_str_radix(p.next()?, 16).ok()?,
+                p.next()?.parse().ok()?,
+                without_crate_hashes(p.next()?),
+            ))
         })
         .collect();
     let rows: Vec<(u64, u8, &str)> = rows.iter().map(|(a, r, n)| (*a, *r, n.as_str())).collect();
@@ -154,7 +191,9 @@ fn without_crate_hashes(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
     while let Some(i) = rest.find('[') {
-        let hash = rest.get(i + 1..i + 17).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let hash = rest
+            .get(i + 1..i + 17)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
         if hash.is_some() && rest[i + 17..].starts_with(']') {
             out.push_str(&rest[..i]);
             rest = &rest[i + 18..];
@@ -173,7 +212,10 @@ pub fn report(rows: &[(u64, u8, &str)]) -> String {
     let mut out = String::new();
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
     let mut i = 0;
-    out.push_str(&format!("{} instructions\n\nin order (instructions, ring, function):\n", rows.len()));
+    out.push_str(&format!(
+        "{} instructions\n\nin order (instructions, ring, function):\n",
+        rows.len()
+    ));
     while i < rows.len() {
         let (_, ring, name) = rows[i];
         let start = i;
@@ -199,16 +241,28 @@ mod tests {
     #[test]
     fn crate_hashes_dropped() {
         assert_eq!(
-            without_crate_hashes("microvisor_core[eecbcdad0c23d022]::evtchn::send::<microvisor[68f81739a432e524]::domain::Hv>"),
+            without_crate_hashes(
+                "microvisor_core[eecbcdad0c23d022]::evtchn::send::<microvisor[68f81739a432e524]::domain::Hv>"
+            ),
             "microvisor_core::evtchn::send::<microvisor::domain::Hv>"
         );
-        assert_eq!(without_crate_hashes("<[u8] as Foo>::bar"), "<[u8] as Foo>::bar");
+        assert_eq!(
+            without_crate_hashes("<[u8] as Foo>::bar"),
+            "<[u8] as Foo>::bar"
+        );
         assert_eq!(without_crate_hashes("x[0123]"), "x[0123]");
     }
 
     #[test]
     fn report_groups_runs_and_totals() {
-        let rows = [(1, 3, "guest"), (2, 0, "entry"), (3, 0, "entry"), (4, 0, "work"), (5, 0, "entry"), (6, 3, "guest")];
+        let rows = [
+            (1, 3, "guest"),
+            (2, 0, "entry"),
+            (3, 0, "entry"),
+            (4, 0, "work"),
+            (5, 0, "entry"),
+            (6, 3, "guest"),
+        ];
         let r = report(&rows);
         assert!(r.starts_with("6 instructions\n"));
         assert!(r.contains("      1     2  r0  entry\n"));

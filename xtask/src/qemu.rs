@@ -27,8 +27,13 @@ pub fn parse_accel(s: &str) -> Result<Accel, String> {
     match s {
         "tcg" => Ok(Accel::Tcg),
         "kvm" if hardware_kvm() => Ok(Accel::Kvm),
-        "kvm" => Err("error: --accel kvm needs hardware KVM (kvm_intel or kvm_amd loaded); use --accel tcg".into()),
-        _ => Err(format!("error: unknown accelerator '{s}': use --accel tcg or --accel kvm")),
+        "kvm" => Err(
+            "error: --accel kvm needs hardware KVM (kvm_intel or kvm_amd loaded); use --accel tcg"
+                .into(),
+        ),
+        _ => Err(format!(
+            "error: unknown accelerator '{s}': use --accel tcg or --accel kvm"
+        )),
     }
 }
 
@@ -51,8 +56,18 @@ impl std::str::FromStr for Version {
         if !(2..=3).contains(&parts.len()) {
             return Err(bad());
         }
-        let num = |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<u32>().map_err(|_| bad()) } else { Err(bad()) };
-        Ok(Version(num(parts[0])?, num(parts[1])?, if parts.len() == 3 { num(parts[2])? } else { 0 }))
+        let num = |p: &str| {
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                p.parse::<u32>().map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        };
+        Ok(Version(
+            num(parts[0])?,
+            num(parts[1])?,
+            if parts.len() == 3 { num(parts[2])? } else { 0 },
+        ))
     }
 }
 
@@ -66,7 +81,10 @@ pub const REAL_GUESTS: Version = Version(9, 1, 0);
 /// ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-...)").
 pub fn parse_version(text: &str) -> Option<Version> {
     let rest = &text[text.find("version ")? + "version ".len()..];
-    let word: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     word.trim_end_matches('.').parse().ok()
 }
 
@@ -92,7 +110,9 @@ static SELECTED: std::sync::OnceLock<Selected> = std::sync::OnceLock::new();
 /// The QEMU binary to launch (`--qemu PATH`, else `qemu-system-x86_64` from
 /// PATH).
 pub fn binary() -> PathBuf {
-    SELECTED.get().map_or_else(|| PathBuf::from(QEMU), |s| s.path.clone())
+    SELECTED
+        .get()
+        .map_or_else(|| PathBuf::from(QEMU), |s| s.path.clone())
 }
 
 /// The version of the QEMU in use, once `ensure` has run and could read it.
@@ -103,8 +123,14 @@ pub fn version() -> Option<Version> {
 /// Runs `qemu --version`: `None` when it cannot run, else what it says
 /// (`Some(None)` when the version is unreadable).
 fn probe(qemu: &Path) -> Option<Option<Version>> {
-    let out = Command::new(qemu).arg("--version").stdin(Stdio::null()).output().ok()?;
-    out.status.success().then(|| parse_version(&String::from_utf8_lossy(&out.stdout)))
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| parse_version(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Where xtask runs, as far as installing QEMU goes.
@@ -148,10 +174,14 @@ pub fn backports_commands(h: &Host) -> Vec<String> {
     let sudo = if h.root { "" } else { "sudo " };
     let mut c = Vec::new();
     if !h.has_backports {
-        c.push(format!("echo '{BACKPORTS_LINE}' | {sudo}tee {BACKPORTS_FILE}"));
+        c.push(format!(
+            "echo '{BACKPORTS_LINE}' | {sudo}tee {BACKPORTS_FILE}"
+        ));
     }
     c.push(format!("{sudo}apt-get update"));
-    c.push(format!("{sudo}apt-get install -y -t bookworm-backports qemu-system-x86"));
+    c.push(format!(
+        "{sudo}apt-get install -y -t bookworm-backports qemu-system-x86"
+    ));
     c
 }
 
@@ -168,47 +198,86 @@ pub fn plan(found: Option<Option<Version>>, h: &Host) -> Plan {
     }
     if h.bookworm && !(h.system_has_wanted && found.is_some()) {
         return match (h.root, found) {
-            (true, _) => Plan::InstallBackports { add_suite: !h.has_backports },
+            (true, _) => Plan::InstallBackports {
+                add_suite: !h.has_backports,
+            },
             (false, Some(_)) => Plan::Advise(backports_commands(h)),
-            (false, None) => Plan::Fail(format!("error: {QEMU} not found: run `{}`", backports_commands(h).join(" && "))),
+            (false, None) => Plan::Fail(format!(
+                "error: {QEMU} not found: run `{}`",
+                backports_commands(h).join(" && ")
+            )),
         };
     }
     match (found, h.debian, h.root) {
         (Some(_), _, _) => Plan::Use,
         (None, true, true) => Plan::InstallDefault,
-        (None, true, false) => Plan::Fail(format!("error: {QEMU} not found: run `sudo apt-get install -y qemu-system-x86`")),
-        (None, false, _) => Plan::Fail(format!("error: {QEMU} not found: install QEMU 10 for x86_64 (or pass --qemu PATH)")),
+        (None, true, false) => Plan::Fail(format!(
+            "error: {QEMU} not found: run `sudo apt-get install -y qemu-system-x86`"
+        )),
+        (None, false, _) => Plan::Fail(format!(
+            "error: {QEMU} not found: install QEMU 10 for x86_64 (or pass --qemu PATH)"
+        )),
     }
 }
 
 /// True when an `apt` source text lists bookworm-backports (a one-line
 /// `deb` entry or a deb822 `Suites:` field, not commented out).
 pub fn lists_backports(source: &str) -> bool {
-    source.lines().map(str::trim).filter(|l| !l.starts_with('#')).any(|l| {
-        let l = l.split('#').next().unwrap_or("");
-        (l.starts_with("deb ") || l.starts_with("Suites:")) && l.split_whitespace().any(|w| w == "bookworm-backports")
-    })
+    source
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| {
+            let l = l.split('#').next().unwrap_or("");
+            (l.starts_with("deb ") || l.starts_with("Suites:"))
+                && l.split_whitespace().any(|w| w == "bookworm-backports")
+        })
 }
 
 /// The `VERSION_CODENAME` of a Debian /etc/os-release (`None` elsewhere).
 pub fn debian_codename(os_release: &str) -> Option<String> {
     let val = |key: &str| {
-        os_release.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches('"').to_string()))
+        os_release.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix('=')
+                .map(|v| v.trim().trim_matches('"').to_string())
+        })
     };
-    (val("ID").as_deref() == Some("debian")).then(|| val("VERSION_CODENAME")).flatten()
+    (val("ID").as_deref() == Some("debian"))
+        .then(|| val("VERSION_CODENAME"))
+        .flatten()
 }
 
 fn host() -> Host {
-    let debian = Path::new("/etc/debian_version").exists() && Path::new("/usr/bin/apt-get").exists();
-    let codename = std::fs::read_to_string("/etc/os-release").ok().and_then(|t| debian_codename(&t));
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let debian =
+        Path::new("/etc/debian_version").exists() && Path::new("/usr/bin/apt-get").exists();
+    let codename = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| debian_codename(&t));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
     let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        sources.extend(dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources")));
+        sources.extend(
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources")),
+        );
     }
-    let has_backports = sources.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|t| lists_backports(&t)));
+    let has_backports = sources
+        .iter()
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| lists_backports(&t)));
     let system_has_wanted = matches!(probe(Path::new(SYSTEM_QEMU)), Some(Some(v)) if v >= WANTED);
-    Host { debian, bookworm: debian && codename.as_deref() == Some("bookworm"), root, has_backports, system_has_wanted }
+    Host {
+        debian,
+        bookworm: debian && codename.as_deref() == Some("bookworm"),
+        root,
+        has_backports,
+        system_has_wanted,
+    }
 }
 
 /// Runs one apt-get step quietly; on failure, gives its last output line.
@@ -222,25 +291,51 @@ fn apt(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    Err(format!("apt-get {} failed: {}", args.join(" "), text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()))
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    Err(format!(
+        "apt-get {} failed: {}",
+        args.join(" "),
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+    ))
 }
 
 fn install(p: &Plan) -> Result<(), String> {
     match p {
         Plan::InstallBackports { add_suite } => {
-            eprintln!("xtask: installing QEMU 10 (qemu-system-x86) from bookworm-backports with apt-get");
+            eprintln!(
+                "xtask: installing QEMU 10 (qemu-system-x86) from bookworm-backports with apt-get"
+            );
             if *add_suite {
-                std::fs::write(BACKPORTS_FILE, format!("{BACKPORTS_LINE}\n")).map_err(|e| format!("cannot write {BACKPORTS_FILE}: {e}"))?;
+                std::fs::write(BACKPORTS_FILE, format!("{BACKPORTS_LINE}\n"))
+                    .map_err(|e| format!("cannot write {BACKPORTS_FILE}: {e}"))?;
                 eprintln!("xtask: added bookworm-backports to the apt sources ({BACKPORTS_FILE})");
             }
             apt(&["update", "-qq"])?;
-            apt(&["install", "-y", "-qq", "--no-install-recommends", "-t", "bookworm-backports", "qemu-system-x86"])
+            apt(&[
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "-t",
+                "bookworm-backports",
+                "qemu-system-x86",
+            ])
         }
         Plan::InstallDefault => {
             eprintln!("xtask: {QEMU} not found; installing qemu-system-x86 with apt-get");
             apt(&["update", "-qq"])?;
-            apt(&["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"])
+            apt(&[
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "qemu-system-x86",
+            ])
         }
         _ => Ok(()),
     }
@@ -259,50 +354,86 @@ pub fn ensure(explicit: Option<&Path>) -> Result<(), String> {
             // A path with a directory part is made absolute (runs may change
             // directory); a bare name is looked up in PATH.
             let path = if p.components().count() > 1 {
-                std::fs::canonicalize(p).map_err(|e| format!("error: --qemu {}: {e}", p.display()))?
+                std::fs::canonicalize(p)
+                    .map_err(|e| format!("error: --qemu {}: {e}", p.display()))?
             } else {
                 p.to_path_buf()
             };
             let Some(v) = probe(&path) else {
-                return Err(format!("error: --qemu {}: `{} --version` does not run", p.display(), path.display()));
+                return Err(format!(
+                    "error: --qemu {}: `{} --version` does not run",
+                    p.display(),
+                    path.display()
+                ));
             };
             (path, v)
         }
         None => {
             let found = probe(Path::new(QEMU));
             // QEMU 10 or later: nothing to decide (and nothing printed).
-            let h = if matches!(found, Some(Some(v)) if v >= WANTED) { Host { debian: false, bookworm: false, root: false, has_backports: false, system_has_wanted: true } } else { host() };
+            let h = if matches!(found, Some(Some(v)) if v >= WANTED) {
+                Host {
+                    debian: false,
+                    bookworm: false,
+                    root: false,
+                    has_backports: false,
+                    system_has_wanted: true,
+                }
+            } else {
+                host()
+            };
             let p = plan(found, &h);
             let v = match &p {
                 Plan::Use => found.flatten(),
                 Plan::Fail(e) => return Err(e.clone()),
                 Plan::Advise(cmds) => {
-                    eprintln!("xtask: QEMU {} is the default; install it with: {}", WANTED.0, cmds.join(" && "));
+                    eprintln!(
+                        "xtask: QEMU {} is the default; install it with: {}",
+                        WANTED.0,
+                        cmds.join(" && ")
+                    );
                     found.flatten()
                 }
-                Plan::InstallBackports { .. } | Plan::InstallDefault => match (install(&p), probe(Path::new(QEMU))) {
-                    (Ok(()), Some(v)) => v,
-                    (r, _) => {
-                        let why = r.err().unwrap_or_else(|| format!("{QEMU} still does not run"));
-                        match found {
-                            Some(v) => {
-                                eprintln!("xtask: installing QEMU {} failed ({why}); using the QEMU found", WANTED.0);
-                                v
-                            }
-                            None => {
-                                let fix = if h.bookworm { backports_commands(&h).join(" && ") } else { "apt-get install -y qemu-system-x86".into() };
-                                return Err(format!("error: installing QEMU failed ({why}): run `{fix}`"));
+                Plan::InstallBackports { .. } | Plan::InstallDefault => {
+                    match (install(&p), probe(Path::new(QEMU))) {
+                        (Ok(()), Some(v)) => v,
+                        (r, _) => {
+                            let why = r
+                                .err()
+                                .unwrap_or_else(|| format!("{QEMU} still does not run"));
+                            match found {
+                                Some(v) => {
+                                    eprintln!(
+                                        "xtask: installing QEMU {} failed ({why}); using the QEMU found",
+                                        WANTED.0
+                                    );
+                                    v
+                                }
+                                None => {
+                                    let fix = if h.bookworm {
+                                        backports_commands(&h).join(" && ")
+                                    } else {
+                                        "apt-get install -y qemu-system-x86".into()
+                                    };
+                                    return Err(format!(
+                                        "error: installing QEMU failed ({why}): run `{fix}`"
+                                    ));
+                                }
                             }
                         }
                     }
-                },
+                }
             };
             (PathBuf::from(QEMU), v)
         }
     };
     match version {
         Some(v) if v < REAL_GUESTS => eprintln!("{}", old_qemu_note(v)),
-        None => eprintln!("xtask: note: cannot read the version of {}: assuming QEMU {} or later", path.display(), WANTED.0),
+        None => eprintln!(
+            "xtask: note: cannot read the version of {}: assuming QEMU {} or later",
+            path.display(),
+            WANTED.0
+        ),
         _ => {}
     }
     let _ = SELECTED.set(Selected { path, version });
@@ -373,7 +504,12 @@ pub fn disk_args(image: &Path) -> Vec<std::ffi::OsString> {
     let mut drive = std::ffi::OsString::from("file=");
     drive.push(image.as_os_str().to_string_lossy().replace(',', ",,"));
     drive.push(",if=none,id=disk0,format=raw,cache=writeback");
-    vec!["-drive".into(), drive, "-device".into(), "virtio-blk-device,drive=disk0".into()]
+    vec![
+        "-drive".into(),
+        drive,
+        "-device".into(),
+        "virtio-blk-device,drive=disk0".into(),
+    ]
 }
 
 /// What a boot produced.
@@ -399,7 +535,10 @@ fn count_since(hay: &[u8], from: usize, needle: &[u8]) -> usize {
     }
     let mut n = 0;
     let mut at = 0;
-    while let Some(p) = hay.get(at..).and_then(|h| h.windows(needle.len()).position(|w| w == needle)) {
+    while let Some(p) = hay
+        .get(at..)
+        .and_then(|h| h.windows(needle.len()).position(|w| w == needle))
+    {
         let end = at + p + needle.len();
         if end > from {
             n += 1;
@@ -427,16 +566,31 @@ impl Boot<'_> {
             // QEMU's multiboot loader splits modules at commas; ",," is a comma.
             initrd.push(self.initrd_args.replace(',', ",,"));
         }
-        c.args(["-M", self.machine, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
-            .args(["-cpu", self.cpu])
-            .args(["-smp", &self.cpus.max(1).to_string()])
-            .args(["-m", &format!("{}M", self.memory_mib)])
-            .arg("-kernel").arg(self.kernel)
-            .arg("-initrd").arg(initrd)
-            .args(["-append", &self.append])
-            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-            .args(["-serial", "stdio", "-monitor", "none"]);
+        c.args([
+            "-M",
+            self.machine,
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args([
+            "-accel",
+            match self.accel {
+                Accel::Tcg => "tcg",
+                Accel::Kvm => "kvm",
+            },
+        ])
+        .args(["-cpu", self.cpu])
+        .args(["-smp", &self.cpus.max(1).to_string()])
+        .args(["-m", &format!("{}M", self.memory_mib)])
+        .arg("-kernel")
+        .arg(self.kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &self.append])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-serial", "stdio", "-monitor", "none"]);
         if self.icount {
             c.args(["-icount", "shift=0"]);
         }
@@ -455,7 +609,11 @@ impl Boot<'_> {
     pub fn run_with(&self, extras: &Extras) -> Result<Outcome, String> {
         let mut child = self
             .command_with(extras)
-            .stdin(if extras.input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if extras.input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -469,7 +627,13 @@ impl Boot<'_> {
         let kill_on: Vec<u8> = extras.kill_on.unwrap_or("").as_bytes().to_vec();
         let mut stdin = child.stdin.take();
         let (input_after, input_times, input): (Vec<u8>, usize, Vec<u8>) =
-            extras.input.map_or((Vec::new(), 1, Vec::new()), |i| (i.after.as_bytes().to_vec(), i.times.max(1), i.text.as_bytes().to_vec()));
+            extras.input.map_or((Vec::new(), 1, Vec::new()), |i| {
+                (
+                    i.after.as_bytes().to_vec(),
+                    i.times.max(1),
+                    i.text.as_bytes().to_vec(),
+                )
+            });
         let mut input_seen = 0usize;
         let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let kill_flag = killed.clone();
@@ -500,7 +664,9 @@ impl Boot<'_> {
                             // Kept open: QEMU treats a closed stdin as gone.
                             std::mem::forget(w);
                         }
-                        if !kill_flag.load(std::sync::atomic::Ordering::SeqCst) && found_since(&all, before, &kill_on) {
+                        if !kill_flag.load(std::sync::atomic::Ordering::SeqCst)
+                            && found_since(&all, before, &kill_on)
+                        {
                             kill_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                             let _ = wake.send(());
                         }
@@ -547,7 +713,9 @@ impl Boot<'_> {
             }
             // Sleeps 5 ms unless the reader wakes it (after the reader has
             // ended, `recv_timeout` returns at once: sleep instead).
-            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = woken.recv_timeout(Duration::from_millis(5)) {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                woken.recv_timeout(Duration::from_millis(5))
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
@@ -580,27 +748,70 @@ mod tests {
     #[test]
     fn versions_parse_from_qemu_output() {
         assert_eq!(
-            parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright (c) 2003-2025"),
+            parse_version(
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright (c) 2003-2025"
+            ),
             Some(Version(10, 0, 2))
         );
-        assert_eq!(parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"), Some(Version(7, 2, 22)));
-        assert_eq!(parse_version("QEMU emulator version 9.1.0\n"), Some(Version(9, 1, 0)));
-        assert_eq!(parse_version("QEMU emulator version 8.2 (v8.2.0)"), Some(Version(8, 2, 0)));
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some(Version(7, 2, 22))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 9.1.0\n"),
+            Some(Version(9, 1, 0))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 8.2 (v8.2.0)"),
+            Some(Version(8, 2, 0))
+        );
         assert_eq!(parse_version("qemu-system-x86_64: unknown option"), None);
         assert_eq!(parse_version("version x"), None);
-        assert!(Version(7, 2, 22) < REAL_GUESTS && Version(9, 0, 9) < REAL_GUESTS && Version(9, 1, 0) >= REAL_GUESTS);
+        assert!(
+            Version(7, 2, 22) < REAL_GUESTS
+                && Version(9, 0, 9) < REAL_GUESTS
+                && Version(9, 1, 0) >= REAL_GUESTS
+        );
         assert!(Version(9, 2, 0) < WANTED && Version(10, 0, 0) >= WANTED);
         assert_eq!("9.1".parse::<Version>(), Ok(Version(9, 1, 0)));
-        assert!("9".parse::<Version>().is_err() && "9.1.2.3".parse::<Version>().is_err() && "9.-1".parse::<Version>().is_err());
+        assert!(
+            "9".parse::<Version>().is_err()
+                && "9.1.2.3".parse::<Version>().is_err()
+                && "9.-1".parse::<Version>().is_err()
+        );
         let note = old_qemu_note(Version(7, 2, 22));
-        assert!(!note.contains('\n') && note.contains("QEMU 7.2.22 is older than 9.1") && note.contains("iretq") && note.contains("int n"));
+        assert!(
+            !note.contains('\n')
+                && note.contains("QEMU 7.2.22 is older than 9.1")
+                && note.contains("iretq")
+                && note.contains("int n")
+        );
     }
 
-    const BOOKWORM: Host = Host { debian: true, bookworm: true, root: true, has_backports: false, system_has_wanted: false };
+    const BOOKWORM: Host = Host {
+        debian: true,
+        bookworm: true,
+        root: true,
+        has_backports: false,
+        system_has_wanted: false,
+    };
 
     #[test]
     fn qemu_10_is_used_as_it_is() {
-        for h in [BOOKWORM, Host { root: false, ..BOOKWORM }, Host { debian: false, bookworm: false, root: false, has_backports: false, system_has_wanted: false }] {
+        for h in [
+            BOOKWORM,
+            Host {
+                root: false,
+                ..BOOKWORM
+            },
+            Host {
+                debian: false,
+                bookworm: false,
+                root: false,
+                has_backports: false,
+                system_has_wanted: false,
+            },
+        ] {
             assert_eq!(plan(Some(Some(Version(10, 0, 2))), &h), Plan::Use);
             assert_eq!(plan(Some(Some(Version(10, 1, 0))), &h), Plan::Use);
         }
@@ -609,11 +820,29 @@ mod tests {
     #[test]
     fn debian_12_gets_qemu_10_from_backports() {
         let old = Some(Some(Version(7, 2, 22)));
-        assert_eq!(plan(old, &BOOKWORM), Plan::InstallBackports { add_suite: true });
-        assert_eq!(plan(None, &BOOKWORM), Plan::InstallBackports { add_suite: true });
-        assert_eq!(plan(old, &Host { has_backports: true, ..BOOKWORM }), Plan::InstallBackports { add_suite: false });
+        assert_eq!(
+            plan(old, &BOOKWORM),
+            Plan::InstallBackports { add_suite: true }
+        );
+        assert_eq!(
+            plan(None, &BOOKWORM),
+            Plan::InstallBackports { add_suite: true }
+        );
+        assert_eq!(
+            plan(
+                old,
+                &Host {
+                    has_backports: true,
+                    ..BOOKWORM
+                }
+            ),
+            Plan::InstallBackports { add_suite: false }
+        );
         // Not root: the exact commands, then the old QEMU.
-        let user = Host { root: false, ..BOOKWORM };
+        let user = Host {
+            root: false,
+            ..BOOKWORM
+        };
         assert_eq!(
             plan(old, &user),
             Plan::Advise(vec![
@@ -623,41 +852,99 @@ mod tests {
             ])
         );
         assert_eq!(
-            plan(old, &Host { has_backports: true, ..user }),
-            Plan::Advise(vec!["sudo apt-get update".into(), "sudo apt-get install -y -t bookworm-backports qemu-system-x86".into()])
+            plan(
+                old,
+                &Host {
+                    has_backports: true,
+                    ..user
+                }
+            ),
+            Plan::Advise(vec![
+                "sudo apt-get update".into(),
+                "sudo apt-get install -y -t bookworm-backports qemu-system-x86".into()
+            ])
         );
         // QEMU 10 is installed but an older one comes first on PATH: used.
-        assert_eq!(plan(old, &Host { system_has_wanted: true, ..BOOKWORM }), Plan::Use);
-        assert_eq!(plan(None, &Host { system_has_wanted: true, ..BOOKWORM }), Plan::InstallBackports { add_suite: true });
+        assert_eq!(
+            plan(
+                old,
+                &Host {
+                    system_has_wanted: true,
+                    ..BOOKWORM
+                }
+            ),
+            Plan::Use
+        );
+        assert_eq!(
+            plan(
+                None,
+                &Host {
+                    system_has_wanted: true,
+                    ..BOOKWORM
+                }
+            ),
+            Plan::InstallBackports { add_suite: true }
+        );
         match plan(None, &user) {
-            Plan::Fail(e) => assert!(e.contains("sudo apt-get install -y -t bookworm-backports qemu-system-x86") && !e.contains('\n'), "{e}"),
+            Plan::Fail(e) => assert!(
+                e.contains("sudo apt-get install -y -t bookworm-backports qemu-system-x86")
+                    && !e.contains('\n'),
+                "{e}"
+            ),
             p => panic!("{p:?}"),
         }
     }
 
     #[test]
     fn elsewhere_whatever_qemu_exists_is_used() {
-        let trixie = Host { debian: true, bookworm: false, root: true, has_backports: false, system_has_wanted: false };
+        let trixie = Host {
+            debian: true,
+            bookworm: false,
+            root: true,
+            has_backports: false,
+            system_has_wanted: false,
+        };
         assert_eq!(plan(Some(Some(Version(7, 2, 0))), &trixie), Plan::Use);
         assert_eq!(plan(Some(None), &trixie), Plan::Use);
         assert_eq!(plan(None, &trixie), Plan::InstallDefault);
-        assert!(matches!(plan(None, &Host { root: false, ..trixie }), Plan::Fail(e) if e.contains("sudo apt-get install -y qemu-system-x86")));
-        let other = Host { debian: false, bookworm: false, root: true, has_backports: false, system_has_wanted: false };
+        assert!(
+            matches!(plan(None, &Host { root: false, ..trixie }), Plan::Fail(e) if e.contains("sudo apt-get install -y qemu-system-x86"))
+        );
+        let other = Host {
+            debian: false,
+            bookworm: false,
+            root: true,
+            has_backports: false,
+            system_has_wanted: false,
+        };
         assert_eq!(plan(Some(Some(Version(8, 2, 0))), &other), Plan::Use);
         assert!(matches!(plan(None, &other), Plan::Fail(e) if e.contains("--qemu PATH")));
     }
 
     #[test]
     fn apt_sources_and_os_release() {
-        assert!(lists_backports("deb http://deb.debian.org/debian bookworm-backports main\n"));
+        assert!(lists_backports(
+            "deb http://deb.debian.org/debian bookworm-backports main\n"
+        ));
         assert!(lists_backports(&format!("{BACKPORTS_LINE}\n")));
-        assert!(lists_backports("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates bookworm-backports\n"));
-        assert!(!lists_backports("# deb http://deb.debian.org/debian bookworm-backports main\n"));
-        assert!(!lists_backports("Types: deb\nSuites: bookworm bookworm-updates\n# Suites: bookworm-backports\n"));
-        assert!(!lists_backports("deb http://deb.debian.org/debian bookworm main # not bookworm-backports\n"));
+        assert!(lists_backports(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates bookworm-backports\n"
+        ));
+        assert!(!lists_backports(
+            "# deb http://deb.debian.org/debian bookworm-backports main\n"
+        ));
+        assert!(!lists_backports(
+            "Types: deb\nSuites: bookworm bookworm-updates\n# Suites: bookworm-backports\n"
+        ));
+        assert!(!lists_backports(
+            "deb http://deb.debian.org/debian bookworm main # not bookworm-backports\n"
+        ));
         let os = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\nID=debian\n";
         assert_eq!(debian_codename(os).as_deref(), Some("bookworm"));
-        assert_eq!(debian_codename("ID=ubuntu\nVERSION_CODENAME=noble\nID_LIKE=debian\n"), None);
+        assert_eq!(
+            debian_codename("ID=ubuntu\nVERSION_CODENAME=noble\nID_LIKE=debian\n"),
+            None
+        );
         assert_eq!(debian_codename("ID=debian\n"), None);
     }
 
@@ -692,10 +979,18 @@ mod tests {
 
     #[test]
     fn disk_is_virtio_blk_with_writeback_cache() {
-        let args: Vec<String> = disk_args(Path::new("/t/a,b.disk")).into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<String> = disk_args(Path::new("/t/a,b.disk"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         assert_eq!(
             args,
-            ["-drive", "file=/t/a,,b.disk,if=none,id=disk0,format=raw,cache=writeback", "-device", "virtio-blk-device,drive=disk0"]
+            [
+                "-drive",
+                "file=/t/a,,b.disk,if=none,id=disk0,format=raw,cache=writeback",
+                "-device",
+                "virtio-blk-device,drive=disk0"
+            ]
         );
         let boot = Boot {
             kernel: Path::new("k"),
@@ -712,11 +1007,27 @@ mod tests {
             initrd_args: "",
             stop_on: &[],
         };
-        let plain: Vec<_> = boot.command_with(&Extras::default()).get_args().map(|a| a.to_owned()).collect();
-        let extras = Extras { disk: Some(Path::new("d.disk")), kill_on: None, input: None };
-        let with: Vec<_> = boot.command_with(&extras).get_args().map(|a| a.to_owned()).collect();
+        let plain: Vec<_> = boot
+            .command_with(&Extras::default())
+            .get_args()
+            .map(|a| a.to_owned())
+            .collect();
+        let extras = Extras {
+            disk: Some(Path::new("d.disk")),
+            kill_on: None,
+            input: None,
+        };
+        let with: Vec<_> = boot
+            .command_with(&extras)
+            .get_args()
+            .map(|a| a.to_owned())
+            .collect();
         assert!(!plain.iter().any(|a| a == "-drive"));
-        assert_eq!(with[..plain.len()], plain[..], "the disk only adds arguments");
+        assert_eq!(
+            with[..plain.len()],
+            plain[..],
+            "the disk only adds arguments"
+        );
         assert_eq!(with[plain.len()..], disk_args(Path::new("d.disk"))[..]);
     }
 }

@@ -127,10 +127,19 @@ pub struct Count {
 impl Count {
     /// Why `serial` does not satisfy this count, if it does not.
     pub fn reason(&self, serial: &str) -> Option<String> {
-        let n = serial.lines().filter(|l| l.contains(self.text.as_str())).count();
+        let n = serial
+            .lines()
+            .filter(|l| l.contains(self.text.as_str()))
+            .count();
         match (self.exactly, self.at_least) {
-            (Some(e), _) if n != e => Some(format!("{n} lines with {:?}, expected exactly {e}", self.text)),
-            (_, Some(a)) if n < a => Some(format!("{n} lines with {:?}, expected at least {a}", self.text)),
+            (Some(e), _) if n != e => Some(format!(
+                "{n} lines with {:?}, expected exactly {e}",
+                self.text
+            )),
+            (_, Some(a)) if n < a => Some(format!(
+                "{n} lines with {:?}, expected at least {a}",
+                self.text
+            )),
             _ => None,
         }
     }
@@ -188,12 +197,22 @@ fn default_mem() -> u32 {
 
 pub fn load_all(dir: &Path) -> Result<Vec<Scenario>, String> {
     let mut v = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("error: cannot read {}: {e}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| format!("error: cannot read {}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
     paths.sort();
     for p in paths {
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
-        let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
+        let name = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         v.push(parse(&name, &text).map_err(|e| format!("error: {}: {e}", p.display()))?);
     }
     Ok(v)
@@ -203,7 +222,9 @@ pub fn load_all(dir: &Path) -> Result<Vec<Scenario>, String> {
 pub fn parse(name: &str, text: &str) -> Result<Scenario, String> {
     let mut s: Scenario = toml::from_str(text).map_err(|e| {
         // One line: where, then what (TOML's own text spans several).
-        let line = e.span().map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+        let line = e
+            .span()
+            .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
         let msg = e.message().trim().replace('\n', " ");
         match line {
             Some(l) => format!("line {l}: {msg}"),
@@ -240,7 +261,9 @@ fn parse_hex(h: &str) -> Option<Vec<u8>> {
     if h.is_empty() || !h.len().is_multiple_of(2) {
         return None;
     }
-    h.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok()).collect()
+    h.chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
 }
 
 impl Scenario {
@@ -255,18 +278,27 @@ impl Scenario {
             return Err("cpus: a count from 1 to 64".into());
         }
         match self.console_input_after_count {
-            Some(_) if self.console_input_after.is_none() => return Err("console_input_after_count needs console_input_after".into()),
+            Some(_) if self.console_input_after.is_none() => {
+                return Err("console_input_after_count needs console_input_after".into());
+            }
             Some(0) => return Err("console_input_after_count must be at least 1".into()),
             _ => {}
         }
         for (i, c) in self.counts.iter().enumerate() {
             if c.text.is_empty() || c.exactly.is_some() == c.at_least.is_some() {
-                return Err(format!("counts[{i}]: give a non-empty text and one of exactly = N or at_least = N"));
+                return Err(format!(
+                    "counts[{i}]: give a non-empty text and one of exactly = N or at_least = N"
+                ));
             }
         }
         for (name, spec) in &self.files {
-            if !["text:", "hex:", "file:"].iter().any(|p| spec.starts_with(p)) {
-                return Err(format!("files: '{name}' must start with text:, hex: or file:"));
+            if !["text:", "hex:", "file:"]
+                .iter()
+                .any(|p| spec.starts_with(p))
+            {
+                return Err(format!(
+                    "files: '{name}' must start with text:, hex: or file:"
+                ));
             }
         }
         self.min_qemu = match &self.raw_min_qemu {
@@ -282,30 +314,52 @@ impl Scenario {
                 ("expect_disk", self.raw_expect_disk.is_some()),
             ];
             if let Some((key, _)) = given.iter().find(|(_, g)| *g) {
-                return Err(format!("{key} is for the microvisor only: a target = \"xen\" scenario cannot have it"));
+                return Err(format!(
+                    "{key} is for the microvisor only: a target = \"xen\" scenario cannot have it"
+                ));
             }
         }
         self.disk = match &self.raw_disk_mib {
             None => None,
             Some(v) => {
-                let mib = whole(v, 1, MAX_DISK_MIB as i64)
-                    .ok_or_else(|| format!("disk_mib must be a whole number of MiB from 1 to {MAX_DISK_MIB}, not {}", shown(v)))?;
-                Some(Disk { mib: mib as u64, fill: Fill::Zero })
+                let mib = whole(v, 1, MAX_DISK_MIB as i64).ok_or_else(|| {
+                    format!(
+                        "disk_mib must be a whole number of MiB from 1 to {MAX_DISK_MIB}, not {}",
+                        shown(v)
+                    )
+                })?;
+                Some(Disk {
+                    mib: mib as u64,
+                    fill: Fill::Zero,
+                })
             }
         };
         if let Some(v) = &self.raw_disk_fill {
             let fill = match v.as_str() {
                 Some("zero") => Fill::Zero,
                 Some("pattern") => Fill::Pattern,
-                _ => return Err(format!("disk_fill must be \"zero\" or \"pattern\", not {}", shown(v))),
+                _ => {
+                    return Err(format!(
+                        "disk_fill must be \"zero\" or \"pattern\", not {}",
+                        shown(v)
+                    ));
+                }
             };
-            let disk = self.disk.as_mut().ok_or("disk_fill needs disk_mib (the size of the disk)")?;
+            let disk = self
+                .disk
+                .as_mut()
+                .ok_or("disk_fill needs disk_mib (the size of the disk)")?;
             disk.fill = fill;
         }
         self.boot_arg = self.raw_boots.is_some();
         self.boots = match &self.raw_boots {
             None => 1,
-            Some(v) => whole(v, 1, MAX_BOOTS as i64).ok_or_else(|| format!("boots must be a whole number from 1 to {MAX_BOOTS}, not {}", shown(v)))? as u32,
+            Some(v) => whole(v, 1, MAX_BOOTS as i64).ok_or_else(|| {
+                format!(
+                    "boots must be a whole number from 1 to {MAX_BOOTS}, not {}",
+                    shown(v)
+                )
+            })? as u32,
         };
         let n = self.boots as usize;
         self.kill_after = match &self.raw_kill_after {
@@ -315,7 +369,9 @@ impl Scenario {
                     return Err("kill_after must not be empty text (it would match at once)".into());
                 }
                 if n < 2 {
-                    return Err(format!("kill_after = {m:?} kills every boot but the last, so it needs boots = 2 or more"));
+                    return Err(format!(
+                        "kill_after = {m:?} kills every boot but the last, so it needs boots = 2 or more"
+                    ));
                 }
                 let mut v = vec![m.clone(); n - 1];
                 v.push(String::new());
@@ -328,30 +384,50 @@ impl Scenario {
                     .collect::<Option<_>>()
                     .ok_or("kill_after must be text or a list of texts, one per boot (\"\" for a boot not killed)")?;
                 if list.len() != n {
-                    return Err(format!("kill_after lists {} markers for {n} boots: give one per boot (\"\" for a boot not killed)", list.len()));
+                    return Err(format!(
+                        "kill_after lists {} markers for {n} boots: give one per boot (\"\" for a boot not killed)",
+                        list.len()
+                    ));
                 }
                 if list.iter().all(String::is_empty) {
                     return Err("kill_after lists no marker: leave it out, or give a marker for the boots to kill".into());
                 }
                 list
             }
-            Some(v) => return Err(format!("kill_after must be text or a list of texts, one per boot, not {}", shown(v))),
+            Some(v) => {
+                return Err(format!(
+                    "kill_after must be text or a list of texts, one per boot, not {}",
+                    shown(v)
+                ));
+            }
         };
         self.expect_disk = match &self.raw_expect_disk {
             None => Vec::new(),
             Some(v) => {
-                let disk = self.disk.ok_or("expect_disk needs disk_mib (a disk to check)")?;
+                let disk = self
+                    .disk
+                    .ok_or("expect_disk needs disk_mib (a disk to check)")?;
                 let form = "expect_disk must be a list of { offset = N, hex = \"...\" } tables (optionally with repeat = N)";
                 let list = v.as_array().ok_or(form)?;
                 let mut out = Vec::new();
                 for (i, e) in list.iter().enumerate() {
                     let t = e.as_table().ok_or(form)?;
-                    if let Some(k) = t.keys().find(|k| !matches!(k.as_str(), "offset" | "hex" | "repeat")) {
-                        return Err(format!("expect_disk[{i}]: unknown key {k:?} (the keys are offset, hex and repeat)"));
+                    if let Some(k) = t
+                        .keys()
+                        .find(|k| !matches!(k.as_str(), "offset" | "hex" | "repeat"))
+                    {
+                        return Err(format!(
+                            "expect_disk[{i}]: unknown key {k:?} (the keys are offset, hex and repeat)"
+                        ));
                     }
                     let offset = match t.get("offset") {
                         None => return Err(format!("expect_disk[{i}]: offset is missing")),
-                        Some(o) => whole(o, 0, i64::MAX).ok_or_else(|| format!("expect_disk[{i}]: offset must be a whole number of bytes, not {}", shown(o)))?,
+                        Some(o) => whole(o, 0, i64::MAX).ok_or_else(|| {
+                            format!(
+                                "expect_disk[{i}]: offset must be a whole number of bytes, not {}",
+                                shown(o)
+                            )
+                        })?,
                     } as u64;
                     let bytes = match t.get("hex") {
                         None => return Err(format!("expect_disk[{i}]: hex is missing")),
@@ -362,10 +438,17 @@ impl Scenario {
                     };
                     let repeat = match t.get("repeat") {
                         None => 1,
-                        Some(r) => whole(r, 1, disk.bytes() as i64).ok_or_else(|| format!("expect_disk[{i}]: repeat must be a whole number from 1, not {}", shown(r)))?,
+                        Some(r) => whole(r, 1, disk.bytes() as i64).ok_or_else(|| {
+                            format!(
+                                "expect_disk[{i}]: repeat must be a whole number from 1, not {}",
+                                shown(r)
+                            )
+                        })?,
                     } as usize;
                     let bytes = bytes.repeat(repeat);
-                    let end = offset.checked_add(bytes.len() as u64).filter(|&e| e <= disk.bytes());
+                    let end = offset
+                        .checked_add(bytes.len() as u64)
+                        .filter(|&e| e <= disk.bytes());
                     if end.is_none() {
                         return Err(format!(
                             "expect_disk[{i}]: {} bytes at offset {offset} run past the end of the {} MiB disk ({} bytes)",
@@ -384,7 +467,10 @@ impl Scenario {
 
     /// The text that ends boot `i` (from 0) with SIGKILL, if any.
     pub fn kill_marker(&self, i: usize) -> Option<&str> {
-        self.kill_after.get(i).map(String::as_str).filter(|m| !m.is_empty())
+        self.kill_after
+            .get(i)
+            .map(String::as_str)
+            .filter(|m| !m.is_empty())
     }
 
     /// The manifest for boot `i` (from 1): `{boot}` replaced by `i`.
@@ -395,14 +481,19 @@ impl Scenario {
     /// The hypervisor command line for boot `i` (from 1).
     pub fn append_for_boot(&self, i: u32) -> String {
         let base = self.append.clone().unwrap_or_else(|| "loglvl=info".into());
-        if self.boot_arg { format!("{base} boot={i}") } else { base }
+        if self.boot_arg {
+            format!("{base} boot={i}")
+        } else {
+            base
+        }
     }
 }
 
 /// Creates a fresh image at `path` (replacing any old one).
 pub fn create_disk(path: &Path, disk: Disk) -> Result<(), String> {
     use std::io::Write;
-    let err = |e: std::io::Error| format!("error: cannot create disk image {}: {e}", path.display());
+    let err =
+        |e: std::io::Error| format!("error: cannot create disk image {}: {e}", path.display());
     let mut f = std::fs::File::create(path).map_err(err)?;
     match disk.fill {
         Fill::Zero => f.set_len(disk.bytes()).map_err(err)?,
@@ -428,11 +519,19 @@ pub fn disk_mismatch(offset: u64, want: &[u8], got: &[u8]) -> Option<String> {
     }
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     if got.len() < want.len() {
-        return Some(format!("disk at offset {offset}: expected {} bytes, the image ends after {}", want.len(), got.len()));
+        return Some(format!(
+            "disk at offset {offset}: expected {} bytes, the image ends after {}",
+            want.len(),
+            got.len()
+        ));
     }
     const SHOW: usize = 32;
     if want.len() <= SHOW {
-        return Some(format!("disk at offset {offset}: expected {}, found {}", hex(want), hex(got)));
+        return Some(format!(
+            "disk at offset {offset}: expected {}, found {}",
+            hex(want),
+            hex(got)
+        ));
     }
     // A long run: show where it first differs.
     let d = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(0);
@@ -456,7 +555,10 @@ pub fn check_disk(path: &Path, expect: &[DiskExpect]) -> Result<Vec<String>, Str
     for e in expect {
         f.seek(SeekFrom::Start(e.offset)).map_err(err)?;
         let mut got = Vec::with_capacity(e.bytes.len());
-        (&mut f).take(e.bytes.len() as u64).read_to_end(&mut got).map_err(err)?;
+        (&mut f)
+            .take(e.bytes.len() as u64)
+            .read_to_end(&mut got)
+            .map_err(err)?;
         reasons.extend(disk_mismatch(e.offset, &e.bytes, &got));
     }
     Ok(reasons)
@@ -476,7 +578,11 @@ pub fn manifest_images(manifest: &str) -> Vec<String> {
 
 /// Packs a bundle for a manifest: the manifest plus every referenced image
 /// that exists among the built guests, plus extra files.
-pub fn make_bundle(manifest: &str, kdir: &Path, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+pub fn make_bundle(
+    manifest: &str,
+    kdir: &Path,
+    extra: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, String> {
     let mut files = vec![("manifest".to_string(), manifest.as_bytes().to_vec())];
     for img in manifest_images(manifest) {
         if extra.contains_key(&img) || files.iter().any(|(n, _)| *n == img) {
@@ -484,7 +590,8 @@ pub fn make_bundle(manifest: &str, kdir: &Path, extra: &BTreeMap<String, String>
         }
         let p = kdir.join(&img);
         if img != "microvisor" && p.is_file() {
-            let data = std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
+            let data = std::fs::read(&p)
+                .map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
             files.push((img, data));
         }
     }
@@ -504,7 +611,12 @@ pub fn spec_file(spec: &str) -> Option<PathBuf> {
 pub fn missing_file(files: &BTreeMap<String, String>) -> Option<String> {
     files.values().find_map(|spec| {
         let p = spec_file(spec)?;
-        (!p.is_file()).then(|| format!("test data {} is not here (it is kept outside the repository)", spec.trim_start_matches("file:")))
+        (!p.is_file()).then(|| {
+            format!(
+                "test data {} is not here (it is kept outside the repository)",
+                spec.trim_start_matches("file:")
+            )
+        })
     })
 }
 
@@ -517,10 +629,15 @@ fn decode_spec(spec: &str) -> Result<Vec<u8>, String> {
         let h: String = h.chars().filter(|c| !c.is_whitespace()).collect();
         (0..h.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(h.get(i..i + 2).unwrap_or("x"), 16).map_err(|_| format!("error: bad hex in file spec '{spec}'")))
+            .map(|i| {
+                u8::from_str_radix(h.get(i..i + 2).unwrap_or("x"), 16)
+                    .map_err(|_| format!("error: bad hex in file spec '{spec}'"))
+            })
             .collect()
     } else {
-        Err(format!("error: file spec '{spec}' must start with text:, hex: or file:"))
+        Err(format!(
+            "error: file spec '{spec}' must start with text:, hex: or file:"
+        ))
     }
 }
 
@@ -543,10 +660,18 @@ pub fn manifest_value<'m>(manifest: &'m str, key: &str) -> Option<&'m str> {
 /// A single-domain manifest as dom0 of real Xen: the manifest's cmdline
 /// becomes the multiboot module's command line and its memory dom0_mem (at
 /// least 64M).
-pub fn xen_dom0<'a>(s: &'a Scenario, xen: &'a Path, kdir: &Path, accel: Accel) -> Result<crate::xen::Dom0<'a>, String> {
+pub fn xen_dom0<'a>(
+    s: &'a Scenario,
+    xen: &'a Path,
+    kdir: &Path,
+    accel: Accel,
+) -> Result<crate::xen::Dom0<'a>, String> {
     let images = manifest_images(&s.manifest);
     let [image] = images.as_slice() else {
-        return Err(format!("error: scenario {}: a Xen run needs exactly one domain", s.name));
+        return Err(format!(
+            "error: scenario {}: a Xen run needs exactly one domain",
+            s.name
+        ));
     };
     Ok(crate::xen::Dom0 {
         xen,
@@ -564,14 +689,27 @@ pub fn xen_dom0<'a>(s: &'a Scenario, xen: &'a Path, kdir: &Path, accel: Accel) -
 fn run_on_xen(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Result<Verdict, String> {
     let xen = match crate::xen::find() {
         Ok(x) => x,
-        Err(why) => return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(format!("real Xen unavailable: {why}")) }),
+        Err(why) => {
+            return Ok(Verdict {
+                pass: false,
+                reasons: vec![],
+                skipped: Some(format!("real Xen unavailable: {why}")),
+            });
+        }
     };
     let out = xen_dom0(s, &xen, kdir, accel)?.run(&log_dir.join(format!("{}.log", s.name)))?;
     // Xen halts rather than exiting: turn its end-of-dom0 message into the
     // exit code the microvisor would have given.
     let expect = manifest_value(&s.manifest, "expect").unwrap_or("poweroff");
-    let ended_as_expected = crate::xen::dom0_end(&out.serial).is_some_and(|e| e == expect || (e == "killed" && expect == "crash"));
-    let code = if !out.stopped { out.exit_code } else if ended_as_expected { Some(33) } else { Some(35) };
+    let ended_as_expected = crate::xen::dom0_end(&out.serial)
+        .is_some_and(|e| e == expect || (e == "killed" && expect == "crash"));
+    let code = if !out.stopped {
+        out.exit_code
+    } else if ended_as_expected {
+        Some(33)
+    } else {
+        Some(35)
+    };
     Ok(judge(s, code, out.timed_out, &out.serial))
 }
 
@@ -579,17 +717,30 @@ pub fn judge(s: &Scenario, exit_code: Option<i32>, timed_out: bool, serial: &str
     let mut reasons = Vec::new();
     exit_reasons(s, "", exit_code, timed_out, &mut reasons);
     text_reasons(s, serial, &mut reasons);
-    Verdict { pass: reasons.is_empty(), reasons, skipped: None }
+    Verdict {
+        pass: reasons.is_empty(),
+        reasons,
+        skipped: None,
+    }
 }
 
 /// How one boot ended, against `expect_exit` (`tag` names the boot).
-fn exit_reasons(s: &Scenario, tag: &str, exit_code: Option<i32>, timed_out: bool, reasons: &mut Vec<String>) {
+fn exit_reasons(
+    s: &Scenario,
+    tag: &str,
+    exit_code: Option<i32>,
+    timed_out: bool,
+    reasons: &mut Vec<String>,
+) {
     if timed_out {
         reasons.push(format!("{tag}timed out after {} s", s.timeout));
     }
     let want = if s.expect_exit == "success" { 33 } else { 35 };
     if !timed_out && exit_code != Some(want) {
-        reasons.push(format!("{tag}QEMU exit code {exit_code:?}, expected {want} ({})", s.expect_exit));
+        reasons.push(format!(
+            "{tag}QEMU exit code {exit_code:?}, expected {want} ({})",
+            s.expect_exit
+        ));
     }
 }
 
@@ -614,7 +765,10 @@ fn text_reasons(s: &Scenario, serial: &str, reasons: &mut Vec<String>) {
     }
     let successes = serial.matches("Test result: SUCCESS").count();
     if successes != s.successes {
-        reasons.push(format!("{successes} 'Test result: SUCCESS' lines, expected {}", s.successes));
+        reasons.push(format!(
+            "{successes} 'Test result: SUCCESS' lines, expected {}",
+            s.successes
+        ));
     }
     for bad in ["Test result: FAILURE", "Test result: ERROR"] {
         if serial.contains(bad) && !s.markers.iter().any(|m| m.contains(bad)) {
@@ -630,7 +784,11 @@ fn order_reason(ordered: &[String], serial: &str) -> Option<String> {
         match serial[at..].find(m.as_str()) {
             Some(p) => at += p + m.len(),
             None => {
-                let after = if i == 0 { String::new() } else { format!(" after {:?} (ordered item {i})", ordered[i - 1]) };
+                let after = if i == 0 {
+                    String::new()
+                } else {
+                    format!(" after {:?} (ordered item {i})", ordered[i - 1])
+                };
                 return Some(format!("ordered marker {m:?} missing{after}"));
             }
         }
@@ -642,13 +800,25 @@ fn order_reason(ordered: &[String], serial: &str) -> Option<String> {
 /// failed): each boot's end, then the console checks on `serial`, all boots'
 /// output together, then `disk_reasons` (from `check_disk`). A boot killed
 /// at its `kill_after` marker ended as planned, whatever its exit code.
-pub fn judge_boots(s: &Scenario, boots: &[crate::qemu::Outcome], serial: &str, disk_reasons: Vec<String>) -> Verdict {
+pub fn judge_boots(
+    s: &Scenario,
+    boots: &[crate::qemu::Outcome],
+    serial: &str,
+    disk_reasons: Vec<String>,
+) -> Verdict {
     let mut reasons = Vec::new();
     for (i, o) in boots.iter().enumerate() {
-        let tag = if s.boots > 1 { format!("boot {}: ", i + 1) } else { String::new() };
+        let tag = if s.boots > 1 {
+            format!("boot {}: ", i + 1)
+        } else {
+            String::new()
+        };
         match s.kill_marker(i) {
             Some(_) if o.killed => {}
-            Some(m) if !o.timed_out => reasons.push(format!("{tag}kill_after marker {m:?} never appeared (QEMU exit code {:?})", o.exit_code)),
+            Some(m) if !o.timed_out => reasons.push(format!(
+                "{tag}kill_after marker {m:?} never appeared (QEMU exit code {:?})",
+                o.exit_code
+            )),
             _ => exit_reasons(s, &tag, o.exit_code, o.timed_out, &mut reasons),
         }
     }
@@ -657,7 +827,11 @@ pub fn judge_boots(s: &Scenario, boots: &[crate::qemu::Outcome], serial: &str, d
     }
     text_reasons(s, serial, &mut reasons);
     reasons.extend(disk_reasons);
-    Verdict { pass: reasons.is_empty(), reasons, skipped: None }
+    Verdict {
+        pass: reasons.is_empty(),
+        reasons,
+        skipped: None,
+    }
 }
 
 /// True when a boot ended the way the scenario planned, so the next may run.
@@ -674,9 +848,15 @@ fn boot_as_planned(s: &Scenario, i: usize, o: &crate::qemu::Outcome) -> bool {
 
 /// Why a scenario needing QEMU `min` cannot run on QEMU `have` (`None`:
 /// it can, or the version in use is unknown).
-pub fn qemu_too_old(min: Option<crate::qemu::Version>, have: Option<crate::qemu::Version>) -> Option<String> {
+pub fn qemu_too_old(
+    min: Option<crate::qemu::Version>,
+    have: Option<crate::qemu::Version>,
+) -> Option<String> {
     match (min, have) {
-        (Some(m), Some(h)) if h < m => Some(format!("needs QEMU {}.{} or later, this is QEMU {h} (--qemu PATH picks another)", m.0, m.1)),
+        (Some(m), Some(h)) if h < m => Some(format!(
+            "needs QEMU {}.{} or later, this is QEMU {h} (--qemu PATH picks another)",
+            m.0, m.1
+        )),
         _ => None,
     }
 }
@@ -684,10 +864,18 @@ pub fn qemu_too_old(min: Option<crate::qemu::Version>, have: Option<crate::qemu:
 /// Boots one scenario and judges it; saves the serial log.
 pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Result<Verdict, String> {
     if let Some(why) = qemu_too_old(s.min_qemu, crate::qemu::version()) {
-        return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(why) });
+        return Ok(Verdict {
+            pass: false,
+            reasons: vec![],
+            skipped: Some(why),
+        });
     }
     if let Some(why) = missing_file(&s.files) {
-        return Ok(Verdict { pass: false, reasons: vec![], skipped: Some(why) });
+        return Ok(Verdict {
+            pass: false,
+            reasons: vec![],
+            skipped: Some(why),
+        });
     }
     if s.target.as_deref() == Some("xen") {
         return run_on_xen(s, kdir, log_dir, accel);
@@ -724,12 +912,20 @@ pub fn run_boots(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Res
     }
     let log = log_dir.join(format!("{}.log", s.name));
     let kernel = crate::qemu::kernel_path(kdir);
-    let mut run = Run { boots: Vec::new(), serial: String::new() };
+    let mut run = Run {
+        boots: Vec::new(),
+        serial: String::new(),
+    };
     for i in 1..=s.boots {
         let bundle = make_bundle(&s.manifest_for_boot(i), kdir, &s.files)?;
-        let bname = if s.boots > 1 { format!("{}.boot{i}.bundle", s.name) } else { format!("{}.bundle", s.name) };
+        let bname = if s.boots > 1 {
+            format!("{}.boot{i}.bundle", s.name)
+        } else {
+            format!("{}.bundle", s.name)
+        };
         let bpath = log_dir.join(bname);
-        std::fs::write(&bpath, &bundle).map_err(|e| format!("error: cannot write {}: {e}", bpath.display()))?;
+        std::fs::write(&bpath, &bundle)
+            .map_err(|e| format!("error: cannot write {}: {e}", bpath.display()))?;
         let boot = Boot {
             kernel: &kernel,
             initrd: &bpath,
@@ -746,27 +942,40 @@ pub fn run_boots(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Res
             stop_on: &[],
         };
         let kill_on = s.kill_marker(i as usize - 1);
-        let input = s.console_input_after.as_deref().zip(s.console_input.as_deref()).map(|(after, text)| crate::qemu::Input {
-            after,
-            times: s.console_input_after_count.unwrap_or(1),
-            text,
-        });
-        let extras = crate::qemu::Extras { disk: s.disk.map(|_| disk.as_path()), kill_on, input };
+        let input = s
+            .console_input_after
+            .as_deref()
+            .zip(s.console_input.as_deref())
+            .map(|(after, text)| crate::qemu::Input {
+                after,
+                times: s.console_input_after_count.unwrap_or(1),
+                text,
+            });
+        let extras = crate::qemu::Extras {
+            disk: s.disk.map(|_| disk.as_path()),
+            kill_on,
+            input,
+        };
         let out = boot.run_with(&extras)?;
         if s.boots > 1 {
             if !run.serial.is_empty() && !run.serial.ends_with('\n') {
                 run.serial.push('\n');
             }
-            run.serial.push_str(&format!("[xtask] boot {i} of {}\n", s.boots));
+            run.serial
+                .push_str(&format!("[xtask] boot {i} of {}\n", s.boots));
         }
         run.serial.push_str(&out.serial);
         if s.boots > 1 && kill_on.is_some() && out.killed {
             if !run.serial.ends_with('\n') {
                 run.serial.push('\n');
             }
-            run.serial.push_str(&format!("[xtask] boot {i} of {} killed with SIGKILL at its kill_after marker\n", s.boots));
+            run.serial.push_str(&format!(
+                "[xtask] boot {i} of {} killed with SIGKILL at its kill_after marker\n",
+                s.boots
+            ));
         }
-        std::fs::write(&log, &run.serial).map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
+        std::fs::write(&log, &run.serial)
+            .map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
         let go_on = boot_as_planned(s, i as usize - 1, &out);
         run.boots.push(out);
         if !go_on {
@@ -778,11 +987,20 @@ pub fn run_boots(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Res
 
 /// Boots a scenario on the microvisor (every boot, as `run_boots`) and
 /// gives the last boot's outcome with all boots' console output.
-pub fn boot_microvisor(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Result<crate::qemu::Outcome, String> {
+pub fn boot_microvisor(
+    s: &Scenario,
+    kdir: &Path,
+    log_dir: &Path,
+    accel: Accel,
+) -> Result<crate::qemu::Outcome, String> {
     let run = run_boots(s, kdir, log_dir, accel)?;
     let timed_out = run.boots.iter().any(|o| o.timed_out);
     let last = run.boots.into_iter().last().ok_or("error: no boot ran")?;
-    Ok(crate::qemu::Outcome { serial: run.serial, timed_out, ..last })
+    Ok(crate::qemu::Outcome {
+        serial: run.serial,
+        timed_out,
+        ..last
+    })
 }
 
 #[cfg(test)]
@@ -798,13 +1016,25 @@ mod tests {
         let s = parse("t", &format!("{BASE}min_qemu = \"9.1\"\n")).unwrap();
         assert_eq!(s.min_qemu, Some(Version(9, 1, 0)));
         let why = qemu_too_old(s.min_qemu, Some(Version(7, 2, 22))).unwrap();
-        assert_eq!(why, "needs QEMU 9.1 or later, this is QEMU 7.2.22 (--qemu PATH picks another)");
+        assert_eq!(
+            why,
+            "needs QEMU 9.1 or later, this is QEMU 7.2.22 (--qemu PATH picks another)"
+        );
         assert_eq!(qemu_too_old(s.min_qemu, Some(Version(9, 1, 0))), None);
         assert_eq!(qemu_too_old(s.min_qemu, Some(Version(10, 0, 2))), None);
-        assert_eq!(qemu_too_old(s.min_qemu, None), None, "unknown version: run it");
+        assert_eq!(
+            qemu_too_old(s.min_qemu, None),
+            None,
+            "unknown version: run it"
+        );
         assert_eq!(qemu_too_old(None, Some(Version(7, 2, 0))), None);
-        let e = parse("t", &format!("{BASE}min_qemu = \"nine\"\n")).err().unwrap();
-        assert!(e.starts_with("min_qemu: 'nine' is not a QEMU version"), "{e}");
+        let e = parse("t", &format!("{BASE}min_qemu = \"nine\"\n"))
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("min_qemu: 'nine' is not a QEMU version"),
+            "{e}"
+        );
     }
 
     fn with(keys: &str) -> Result<Scenario, String> {
@@ -818,7 +1048,13 @@ mod tests {
     }
 
     fn outcome(exit_code: Option<i32>, timed_out: bool, killed: bool) -> Outcome {
-        Outcome { stopped: false, exit_code, timed_out, serial: String::new(), killed }
+        Outcome {
+            stopped: false,
+            exit_code,
+            timed_out,
+            serial: String::new(),
+            killed,
+        }
     }
 
     /// A file in a fresh temporary directory of this test's own.
@@ -841,13 +1077,21 @@ mod tests {
     fn external_files_skip_where_absent() {
         let s = with("[files]\nimg = \"file:../no-such-dir/mini-os\"\n").unwrap();
         let why = missing_file(&s.files).unwrap();
-        assert_eq!(why, "test data ../no-such-dir/mini-os is not here (it is kept outside the repository)");
+        assert_eq!(
+            why,
+            "test data ../no-such-dir/mini-os is not here (it is kept outside the repository)"
+        );
         // A file that exists (relative to the repository root) is read.
         let here = with("[files]\nimg = \"file:Cargo.toml\"\n").unwrap();
         assert_eq!(missing_file(&here.files), None);
         let bytes = decode_spec(&here.files["img"]).unwrap();
-        assert_eq!(bytes, std::fs::read(crate::root().join("Cargo.toml")).unwrap());
-        assert!(err("[files]\nimg = \"path:x\"\n").contains("must start with text:, hex: or file:"));
+        assert_eq!(
+            bytes,
+            std::fs::read(crate::root().join("Cargo.toml")).unwrap()
+        );
+        assert!(
+            err("[files]\nimg = \"path:x\"\n").contains("must start with text:, hex: or file:")
+        );
     }
 
     #[test]
@@ -856,12 +1100,21 @@ mod tests {
         let ok = "(d1 m) Bootstrapping...\r\n(d1 m) T(s=1)\n(d1 m) T(s=2)\n(d1 m) T(s=3)\n";
         assert!(s.counts.iter().all(|c| c.reason(ok).is_none()));
         let short = "(d1 m) Bootstrapping...\n(d1 m) T(s=1)\n(d1 m) T(s=2)\n";
-        assert_eq!(s.counts[0].reason(short).unwrap(), "2 lines with \"T(s=\", expected at least 3");
+        assert_eq!(
+            s.counts[0].reason(short).unwrap(),
+            "2 lines with \"T(s=\", expected at least 3"
+        );
         let twice = format!("{ok}(d0 service) [m] Bootstrapping...\n");
-        assert_eq!(s.counts[1].reason(&twice).unwrap(), "2 lines with \"Bootstrapping\", expected exactly 1");
+        assert_eq!(
+            s.counts[1].reason(&twice).unwrap(),
+            "2 lines with \"Bootstrapping\", expected exactly 1"
+        );
         assert!(err("counts = [{ text = \"x\" }]").contains("one of exactly = N or at_least = N"));
         assert!(err("counts = [{ text = \"\", exactly = 1 }]").contains("non-empty text"));
-        assert!(err("counts = [{ text = \"x\", exactly = 1, at_least = 2 }]").contains("one of exactly"));
+        assert!(
+            err("counts = [{ text = \"x\", exactly = 1, at_least = 2 }]")
+                .contains("one of exactly")
+        );
     }
 
     #[test]
@@ -878,7 +1131,12 @@ mod tests {
         for s in load_all(&dir).unwrap() {
             // Without `boots`, one boot on the usual command line.
             if !s.boot_arg {
-                assert_eq!((s.boots, s.append_for_boot(1)), (1, s.append.clone().unwrap_or_else(|| "loglvl=info".into())), "{}", s.name);
+                assert_eq!(
+                    (s.boots, s.append_for_boot(1)),
+                    (1, s.append.clone().unwrap_or_else(|| "loglvl=info".into())),
+                    "{}",
+                    s.name
+                );
             }
         }
     }
@@ -886,22 +1144,49 @@ mod tests {
     #[test]
     fn disk_keys_parse() {
         let s = with("disk_mib = 8").unwrap();
-        assert_eq!(s.disk, Some(Disk { mib: 8, fill: Fill::Zero }));
+        assert_eq!(
+            s.disk,
+            Some(Disk {
+                mib: 8,
+                fill: Fill::Zero
+            })
+        );
         let s = with("disk_mib = 2\ndisk_fill = \"pattern\"").unwrap();
-        assert_eq!(s.disk, Some(Disk { mib: 2, fill: Fill::Pattern }));
+        assert_eq!(
+            s.disk,
+            Some(Disk {
+                mib: 2,
+                fill: Fill::Pattern
+            })
+        );
         assert_eq!(s.disk.unwrap().bytes(), 2 << 20);
-        assert_eq!(with("disk_mib = 2\ndisk_fill = \"zero\"").unwrap().disk.unwrap().fill, Fill::Zero);
+        assert_eq!(
+            with("disk_mib = 2\ndisk_fill = \"zero\"")
+                .unwrap()
+                .disk
+                .unwrap()
+                .fill,
+            Fill::Zero
+        );
     }
 
     #[test]
     fn bad_disk_keys_are_clear() {
-        assert!(err("disk_mib = 0").contains("disk_mib must be a whole number of MiB from 1 to 1024, not 0"));
+        assert!(
+            err("disk_mib = 0")
+                .contains("disk_mib must be a whole number of MiB from 1 to 1024, not 0")
+        );
         assert!(err("disk_mib = 1025").contains("not 1025"));
         assert!(err("disk_mib = \"8M\"").contains("not \"8M\""));
         assert!(err("disk_mib = 1.5").contains("disk_mib must be"));
         assert!(err("disk_fill = \"pattern\"").contains("disk_fill needs disk_mib"));
-        assert!(err("disk_mib = 1\ndisk_fill = \"random\"").contains("disk_fill must be \"zero\" or \"pattern\", not \"random\""));
-        assert!(err("disk_mib = 1\ntarget = \"xen\"").contains("disk_mib is for the microvisor only"));
+        assert!(
+            err("disk_mib = 1\ndisk_fill = \"random\"")
+                .contains("disk_fill must be \"zero\" or \"pattern\", not \"random\"")
+        );
+        assert!(
+            err("disk_mib = 1\ntarget = \"xen\"").contains("disk_mib is for the microvisor only")
+        );
         assert!(err("boots = 2\ntarget = \"xen\"").contains("boots is for the microvisor only"));
         assert!(err("disk_mb = 1").starts_with("line 4: unknown field `disk_mb`, expected one of"));
     }
@@ -911,13 +1196,27 @@ mod tests {
         let s = with("boots = 3\nkill_after = \"flushed\"").unwrap();
         assert_eq!((s.boots, s.boot_arg), (3, true));
         assert_eq!(s.kill_after, ["flushed", "flushed", ""]);
-        assert_eq!((s.kill_marker(0), s.kill_marker(1), s.kill_marker(2)), (Some("flushed"), Some("flushed"), None));
-        let s = with("boots = 3\nkill_after = [\"\", \"two\", \"three\"]\nappend = \"loglvl=debug\"").unwrap();
-        assert_eq!((s.kill_marker(0), s.kill_marker(1), s.kill_marker(2)), (None, Some("two"), Some("three")));
+        assert_eq!(
+            (s.kill_marker(0), s.kill_marker(1), s.kill_marker(2)),
+            (Some("flushed"), Some("flushed"), None)
+        );
+        let s =
+            with("boots = 3\nkill_after = [\"\", \"two\", \"three\"]\nappend = \"loglvl=debug\"")
+                .unwrap();
+        assert_eq!(
+            (s.kill_marker(0), s.kill_marker(1), s.kill_marker(2)),
+            (None, Some("two"), Some("three"))
+        );
         assert_eq!(s.append_for_boot(2), "loglvl=debug boot=2");
-        assert_eq!(s.manifest_for_boot(2), "[domain a]\nimage = hello\ncmdline = boot=2\n");
+        assert_eq!(
+            s.manifest_for_boot(2),
+            "[domain a]\nimage = hello\ncmdline = boot=2\n"
+        );
         // An explicit single boot still says which boot it is.
-        assert_eq!(with("boots = 1").unwrap().append_for_boot(1), "loglvl=info boot=1");
+        assert_eq!(
+            with("boots = 1").unwrap().append_for_boot(1),
+            "loglvl=info boot=1"
+        );
     }
 
     #[test]
@@ -927,35 +1226,71 @@ mod tests {
         assert!(err("boots = \"2\"").contains("not \"2\""));
         assert!(err("kill_after = \"x\"").contains("needs boots = 2 or more"));
         assert!(err("boots = 2\nkill_after = \"\"").contains("must not be empty"));
-        assert!(err("boots = 2\nkill_after = [\"x\"]").contains("kill_after lists 1 markers for 2 boots"));
+        assert!(
+            err("boots = 2\nkill_after = [\"x\"]")
+                .contains("kill_after lists 1 markers for 2 boots")
+        );
         assert!(err("boots = 2\nkill_after = [\"\", \"\"]").contains("lists no marker"));
-        assert!(err("boots = 2\nkill_after = [\"x\", 3]").contains("kill_after must be text or a list of texts"));
+        assert!(
+            err("boots = 2\nkill_after = [\"x\", 3]")
+                .contains("kill_after must be text or a list of texts")
+        );
         assert!(err("boots = 2\nkill_after = 3").contains("not 3"));
     }
 
     #[test]
     fn expect_disk_parses() {
         let s = with("disk_mib = 1\nexpect_disk = [{ offset = 4096, hex = \"de ad be ef\" }, { offset = 0, hex = \"00\", repeat = 512 }]").unwrap();
-        assert_eq!(s.expect_disk[0], DiskExpect { offset: 4096, bytes: vec![0xde, 0xad, 0xbe, 0xef] });
-        assert_eq!(s.expect_disk[1], DiskExpect { offset: 0, bytes: vec![0; 512] });
+        assert_eq!(
+            s.expect_disk[0],
+            DiskExpect {
+                offset: 4096,
+                bytes: vec![0xde, 0xad, 0xbe, 0xef]
+            }
+        );
+        assert_eq!(
+            s.expect_disk[1],
+            DiskExpect {
+                offset: 0,
+                bytes: vec![0; 512]
+            }
+        );
         // The last bytes of the disk may be checked.
         assert!(with("disk_mib = 1\nexpect_disk = [{ offset = 1048575, hex = \"ff\" }]").is_ok());
     }
 
     #[test]
     fn bad_expect_disk_is_clear() {
-        assert!(err("expect_disk = [{ offset = 0, hex = \"00\" }]").contains("expect_disk needs disk_mib"));
+        assert!(
+            err("expect_disk = [{ offset = 0, hex = \"00\" }]")
+                .contains("expect_disk needs disk_mib")
+        );
         let e = |k: &str| err(&format!("disk_mib = 1\nexpect_disk = {k}"));
-        assert!(e("{ offset = 0, hex = \"00\" }").contains("must be a list of { offset = N, hex = \"...\" } tables"));
+        assert!(
+            e("{ offset = 0, hex = \"00\" }")
+                .contains("must be a list of { offset = N, hex = \"...\" } tables")
+        );
         assert!(e("[4096]").contains("must be a list of"));
         assert!(e("[{ hex = \"00\" }]").contains("expect_disk[0]: offset is missing"));
         assert!(e("[{ offset = 0 }]").contains("expect_disk[0]: hex is missing"));
-        assert!(e("[{ offset = -1, hex = \"00\" }]").contains("offset must be a whole number of bytes, not -1"));
-        assert!(e("[{ offset = 0, hex = \"0\" }]").contains("hex must be a non-empty even number of hex digits, not \"0\""));
+        assert!(
+            e("[{ offset = -1, hex = \"00\" }]")
+                .contains("offset must be a whole number of bytes, not -1")
+        );
+        assert!(
+            e("[{ offset = 0, hex = \"0\" }]")
+                .contains("hex must be a non-empty even number of hex digits, not \"0\"")
+        );
         assert!(e("[{ offset = 0, hex = \"zz\" }]").contains("not \"zz\""));
         assert!(e("[{ offset = 0, hex = \"\" }]").contains("hex must be"));
-        assert!(e("[{ offset = 0, hex = \"00\", repeat = 0 }]").contains("repeat must be a whole number from 1"));
-        assert!(e("[{ offset = 0, hex = \"00\", size = 2 }]").contains("expect_disk[0]: unknown key \"size\""));
+        assert!(
+            e("[{ offset = 0, hex = \"00\", repeat = 0 }]")
+                .contains("repeat must be a whole number from 1")
+        );
+        assert!(
+            e("[{ offset = 0, hex = \"00\", size = 2 }]")
+                .contains("expect_disk[0]: unknown key \"size\"")
+        );
         assert!(e("[{ offset = 0, hex = \"00\" }, { offset = 1048575, hex = \"0000\" }]")
             .contains("expect_disk[1]: 2 bytes at offset 1048575 run past the end of the 1 MiB disk (1048576 bytes)"));
     }
@@ -969,7 +1304,11 @@ mod tests {
         assert_eq!(pattern_byte(512), 1); // sector 1 starts one higher
         assert_eq!(pattern_byte(512 * 3 + 7), 10);
         for i in [0u64, 1, 700, 4095, 1 << 20, (1 << 20) + 513, 12345678] {
-            assert_eq!(pattern_byte(i), ((i / 512 + i % 512) % 256) as u8, "offset {i}");
+            assert_eq!(
+                pattern_byte(i),
+                ((i / 512 + i % 512) % 256) as u8,
+                "offset {i}"
+            );
         }
     }
 
@@ -977,27 +1316,70 @@ mod tests {
     fn fresh_images_are_filled_as_asked() {
         let p = temp_file("fill");
         std::fs::write(&p, b"old contents").unwrap();
-        create_disk(&p, Disk { mib: 1, fill: Fill::Zero }).unwrap();
+        create_disk(
+            &p,
+            Disk {
+                mib: 1,
+                fill: Fill::Zero,
+            },
+        )
+        .unwrap();
         let data = std::fs::read(&p).unwrap();
         assert_eq!(data.len(), 1 << 20);
         assert!(data.iter().all(|&b| b == 0), "the old image is replaced");
-        create_disk(&p, Disk { mib: 2, fill: Fill::Pattern }).unwrap();
+        create_disk(
+            &p,
+            Disk {
+                mib: 2,
+                fill: Fill::Pattern,
+            },
+        )
+        .unwrap();
         let data = std::fs::read(&p).unwrap();
         assert_eq!(data.len(), 2 << 20);
-        assert!(data.iter().enumerate().all(|(i, &b)| b == pattern_byte(i as u64)));
+        assert!(
+            data.iter()
+                .enumerate()
+                .all(|(i, &b)| b == pattern_byte(i as u64))
+        );
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn expect_disk_names_offset_and_both_values() {
         let p = temp_file("check");
-        create_disk(&p, Disk { mib: 1, fill: Fill::Pattern }).unwrap();
-        let ok = [DiskExpect { offset: 512, bytes: vec![1, 2, 3] }, DiskExpect { offset: 0, bytes: (0..=255).collect() }];
+        create_disk(
+            &p,
+            Disk {
+                mib: 1,
+                fill: Fill::Pattern,
+            },
+        )
+        .unwrap();
+        let ok = [
+            DiskExpect {
+                offset: 512,
+                bytes: vec![1, 2, 3],
+            },
+            DiskExpect {
+                offset: 0,
+                bytes: (0..=255).collect(),
+            },
+        ];
         assert_eq!(check_disk(&p, &ok).unwrap(), Vec::<String>::new());
         let bad = [
-            DiskExpect { offset: 4096, bytes: vec![0xde, 0xad, 0xbe, 0xef] },
-            DiskExpect { offset: 512, bytes: vec![1, 2, 3] },
-            DiskExpect { offset: (1 << 20) - 2, bytes: vec![0xfe, 0xff, 0] },
+            DiskExpect {
+                offset: 4096,
+                bytes: vec![0xde, 0xad, 0xbe, 0xef],
+            },
+            DiskExpect {
+                offset: 512,
+                bytes: vec![1, 2, 3],
+            },
+            DiskExpect {
+                offset: (1 << 20) - 2,
+                bytes: vec![0xfe, 0xff, 0],
+            },
         ];
         assert_eq!(
             check_disk(&p, &bad).unwrap(),
@@ -1007,7 +1389,11 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
-        assert!(check_disk(&p, &ok).unwrap_err().contains("cannot read disk image"));
+        assert!(
+            check_disk(&p, &ok)
+                .unwrap_err()
+                .contains("cannot read disk image")
+        );
     }
 
     #[test]
@@ -1025,12 +1411,25 @@ mod tests {
     fn killed_boots_count_as_planned() {
         let s = with("boots = 3\nkill_after = \"flushed\"\nsuccesses = 1").unwrap();
         let serial = "flushed\nflushed\nTest result: SUCCESS\n";
-        let boots = [outcome(None, false, true), outcome(None, false, true), outcome(Some(33), false, false)];
+        let boots = [
+            outcome(None, false, true),
+            outcome(None, false, true),
+            outcome(Some(33), false, false),
+        ];
         let v = judge_boots(&s, &boots, serial, vec![]);
         assert!(v.pass, "{:?}", v.reasons);
         // A planned kill that never came, a failed last boot, a disk mismatch.
-        let boots = [outcome(None, false, true), outcome(Some(33), false, false), outcome(Some(35), false, false)];
-        let v = judge_boots(&s, &boots, serial, vec!["disk at offset 0: expected 01, found 00".into()]);
+        let boots = [
+            outcome(None, false, true),
+            outcome(Some(33), false, false),
+            outcome(Some(35), false, false),
+        ];
+        let v = judge_boots(
+            &s,
+            &boots,
+            serial,
+            vec!["disk at offset 0: expected 01, found 00".into()],
+        );
         assert_eq!(
             v.reasons,
             [
@@ -1041,7 +1440,14 @@ mod tests {
         );
         // A boot that timed out stops the run: the rest are reported unrun.
         let v = judge_boots(&s, &[outcome(None, true, false)], "", vec![]);
-        assert_eq!(v.reasons, ["boot 1: timed out after 60 s", "boots 2 to 3 not run", "0 'Test result: SUCCESS' lines, expected 1"]);
+        assert_eq!(
+            v.reasons,
+            [
+                "boot 1: timed out after 60 s",
+                "boots 2 to 3 not run",
+                "0 'Test result: SUCCESS' lines, expected 1"
+            ]
+        );
         assert!(!boot_as_planned(&s, 0, &outcome(None, true, false)));
         assert!(boot_as_planned(&s, 0, &outcome(None, false, true)));
         assert!(boot_as_planned(&s, 2, &outcome(Some(33), false, false)));
@@ -1061,15 +1467,27 @@ mod tests {
             order_reason(&o(&["start", "tick", "done"]), "start done tick"),
             Some("ordered marker \"done\" missing after \"tick\" (ordered item 2)".into())
         );
-        assert_eq!(order_reason(&o(&["z"]), "abc"), Some("ordered marker \"z\" missing".into()));
+        assert_eq!(
+            order_reason(&o(&["z"]), "abc"),
+            Some("ordered marker \"z\" missing".into())
+        );
         let s = with("ordered = [\"x\", \"y\"]").unwrap();
-        assert!(judge_boots(&s, &[outcome(Some(33), false, false)], "y x", vec![]).reasons.iter().any(|r| r.contains("ordered marker")));
+        assert!(
+            judge_boots(&s, &[outcome(Some(33), false, false)], "y x", vec![])
+                .reasons
+                .iter()
+                .any(|r| r.contains("ordered marker"))
+        );
     }
 
     #[test]
     fn single_boot_verdict_is_unchanged() {
         let s = with("successes = 1\nmarkers = [\"hi\"]").unwrap();
-        for (code, timed_out, serial) in [(Some(33), false, "hi Test result: SUCCESS"), (Some(35), false, "PANIC"), (None, true, "")] {
+        for (code, timed_out, serial) in [
+            (Some(33), false, "hi Test result: SUCCESS"),
+            (Some(35), false, "PANIC"),
+            (None, true, ""),
+        ] {
             let old = judge(&s, code, timed_out, serial);
             let new = judge_boots(&s, &[outcome(code, timed_out, false)], serial, vec![]);
             assert_eq!((old.pass, &old.reasons), (new.pass, &new.reasons));

@@ -32,7 +32,9 @@ pub fn cache_root() -> PathBuf {
     }
     let base = std::env::var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache")
+        });
     base.join("microvisor")
 }
 
@@ -47,36 +49,55 @@ pub fn find() -> Result<KernelToolchain, String> {
         ));
     }
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        return Ok(KernelToolchain { rustc: None, linker, origin: "rustup rust-src".into() });
+        return Ok(KernelToolchain {
+            rustc: None,
+            linker,
+            origin: "rustup rust-src".into(),
+        });
     }
     let dir = debian_pair()?;
-    Ok(KernelToolchain { rustc: Some(dir.join("rustc-wrapper")), linker, origin: format!("Debian rustc-web in {}", dir.display()) })
+    Ok(KernelToolchain {
+        rustc: Some(dir.join("rustc-wrapper")),
+        linker,
+        origin: format!("Debian rustc-web in {}", dir.display()),
+    })
 }
 
 fn run_capture(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 const FIX: &str = "run `rustup component add rust-src`, or on Debian 12 make `apt-get download rustc-web rust-web-src` work (apt-get update)";
 
 fn debian_pair() -> Result<PathBuf, String> {
-    let policy = run_capture(Command::new("apt-cache").args(["policy", "rustc-web"]))
-        .ok_or_else(|| format!("error: no Rust library source for build-std and no apt-cache: {FIX}"))?;
+    let policy =
+        run_capture(Command::new("apt-cache").args(["policy", "rustc-web"])).ok_or_else(|| {
+            format!("error: no Rust library source for build-std and no apt-cache: {FIX}")
+        })?;
     let version = policy
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_string())
+        })
         .filter(|v| v != "(none)")
         .ok_or_else(|| format!("error: apt knows no rustc-web package: {FIX}"))?;
-    let dir = cache_root().join("toolchain").join(version.replace([':', '~', '+'], "_"));
+    let dir = cache_root()
+        .join("toolchain")
+        .join(version.replace([':', '~', '+'], "_"));
     if dir.join("rustc-wrapper").exists() {
         return Ok(dir);
     }
     // libstd-rust-web-<major.minor> and the libllvm it links against.
     let mm: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
     let libstd = format!("libstd-rust-web-{mm}");
-    let show = run_capture(Command::new("apt-cache").args(["show", &format!("{libstd}={version}")]))
-        .ok_or_else(|| format!("error: apt knows no {libstd}={version}: {FIX}"))?;
+    let show =
+        run_capture(Command::new("apt-cache").args(["show", &format!("{libstd}={version}")]))
+            .ok_or_else(|| format!("error: apt knows no {libstd}={version}: {FIX}"))?;
     let llvm = show
         .lines()
         .filter(|l| l.starts_with("Depends:"))
@@ -84,11 +105,15 @@ fn debian_pair() -> Result<PathBuf, String> {
         .find(|w| w.starts_with("libllvm"))
         .ok_or_else(|| format!("error: cannot tell which libllvm {libstd} needs: {FIX}"))?
         .to_string();
-    eprintln!("xtask: fetching Debian's rustc-web {version} + library source into {}", dir.display());
+    eprintln!(
+        "xtask: fetching Debian's rustc-web {version} + library source into {}",
+        dir.display()
+    );
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     let debs = tmp.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| format!("error: cannot create {}: {e}", debs.display()))?;
+    std::fs::create_dir_all(&debs)
+        .map_err(|e| format!("error: cannot create {}: {e}", debs.display()))?;
     let pkgs = [
         format!("rustc-web={version}"),
         format!("rust-web-src={version}"),
@@ -103,12 +128,20 @@ fn debian_pair() -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("error: cannot run apt-get ({e}): {FIX}"))?;
     if !st.success() {
-        return Err(format!("error: apt-get download {} failed: {FIX}", pkgs.join(" ")));
+        return Err(format!(
+            "error: apt-get download {} failed: {FIX}",
+            pkgs.join(" ")
+        ));
     }
     let root = tmp.join("root");
     for entry in std::fs::read_dir(&debs).map_err(|e| e.to_string())? {
         let p = entry.map_err(|e| e.to_string())?.path();
-        let st = Command::new("dpkg").arg("-x").arg(&p).arg(&root).status().map_err(|e| format!("error: cannot run dpkg ({e}): {FIX}"))?;
+        let st = Command::new("dpkg")
+            .arg("-x")
+            .arg(&p)
+            .arg(&root)
+            .status()
+            .map_err(|e| format!("error: cannot run dpkg ({e}): {FIX}"))?;
         if !st.success() {
             return Err(format!("error: dpkg -x {} failed", p.display()));
         }
@@ -120,8 +153,18 @@ fn debian_pair() -> Result<PathBuf, String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("llvm-"))
         .collect();
-    let mut ld = vec![dir.join("root/usr/lib/x86_64-linux-gnu").display().to_string()];
-    ld.extend(llvm_dirs.iter().map(|d| dir.join("root/usr/lib").join(d).join("lib").display().to_string()));
+    let mut ld = vec![
+        dir.join("root/usr/lib/x86_64-linux-gnu")
+            .display()
+            .to_string(),
+    ];
+    ld.extend(llvm_dirs.iter().map(|d| {
+        dir.join("root/usr/lib")
+            .join(d)
+            .join("lib")
+            .display()
+            .to_string()
+    }));
     let wrapper = format!(
         "#!/bin/sh\nLD_LIBRARY_PATH={}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec {} \"$@\"\n",
         ld.join(":"),
@@ -129,16 +172,26 @@ fn debian_pair() -> Result<PathBuf, String> {
     );
     write_exec(&tmp.join("rustc-wrapper"), &wrapper)?;
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| format!("error: cannot move toolchain into {}: {e}", dir.display()))?;
-    let ok = Command::new(dir.join("rustc-wrapper")).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    std::fs::rename(&tmp, &dir)
+        .map_err(|e| format!("error: cannot move toolchain into {}: {e}", dir.display()))?;
+    let ok = Command::new(dir.join("rustc-wrapper"))
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
-        return Err(format!("error: the unpacked rustc in {} does not run: remove it and retry, or {FIX}", dir.display()));
+        return Err(format!(
+            "error: the unpacked rustc in {} does not run: remove it and retry, or {FIX}",
+            dir.display()
+        ));
     }
     Ok(dir)
 }
 
 fn write_exec(path: &Path, text: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+    std::fs::write(path, text)
+        .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())
 }

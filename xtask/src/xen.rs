@@ -13,13 +13,20 @@ use std::time::Duration;
 const PACKAGE: &str = "xen-hypervisor-4.17-amd64";
 
 /// Serial lines with which Xen reports the end of dom0.
-pub const END_MARKERS: &[&str] = &["Hardware Dom0 halted", "Hardware Dom0 crashed", "Hardware Dom0 shutdown", "Panic on CPU"];
+pub const END_MARKERS: &[&str] = &[
+    "Hardware Dom0 halted",
+    "Hardware Dom0 crashed",
+    "Hardware Dom0 shutdown",
+    "Panic on CPU",
+];
 
 /// Xen's command line for a one-guest dom0 run.
 pub fn append(dom0_mem_mib: u64) -> String {
     // max: as well, so that dom0 cannot grow past its manifest size (the
     // microvisor's reservation limit); without it Xen leaves dom0 unlimited.
-    format!("console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem={dom0_mem_mib}M,max:{dom0_mem_mib}M dom0_max_vcpus=1 noreboot")
+    format!(
+        "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem={dom0_mem_mib}M,max:{dom0_mem_mib}M dom0_max_vcpus=1 noreboot"
+    )
 }
 
 /// dom0_mem for a manifest's `memory = N[K|M|G]` (default 64M): Xen's dom0
@@ -72,7 +79,8 @@ impl Dom0<'_> {
             stop_on: END_MARKERS,
         };
         let out = boot.run()?;
-        std::fs::write(log, &out.serial).map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
+        std::fs::write(log, &out.serial)
+            .map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
         Ok(out)
     }
 }
@@ -83,14 +91,26 @@ impl Dom0<'_> {
 /// None when Xen reported no end.
 pub fn dom0_end(serial: &str) -> Option<String> {
     let (_, rest) = serial.split_once("Hardware Dom0 ")?;
-    if let Some(code) = rest.strip_prefix("shutdown (unknown reason ").and_then(|r| r.split_once(')')).map(|(c, _)| c) {
-        return Some(if code == "2" { "suspend".into() } else { format!("shutdown code {code}") });
+    if let Some(code) = rest
+        .strip_prefix("shutdown (unknown reason ")
+        .and_then(|r| r.split_once(')'))
+        .map(|(c, _)| c)
+    {
+        return Some(if code == "2" {
+            "suspend".into()
+        } else {
+            format!("shutdown code {code}")
+        });
     }
     Some(String::from(if rest.starts_with("halted") {
         "poweroff"
     } else if rest.starts_with("crashed") {
         // domain_crash() logs its caller before shutting the domain down.
-        if serial.contains("domain_crash") { "killed" } else { "crash" }
+        if serial.contains("domain_crash") {
+            "killed"
+        } else {
+            "crash"
+        }
     } else if rest.starts_with("shutdown: rebooting") {
         "reboot"
     } else if rest.starts_with("shutdown: watchdog") {
@@ -116,15 +136,26 @@ fn fetch() -> Result<PathBuf, String> {
     let text = String::from_utf8_lossy(&policy.stdout);
     let version = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_string())
+        })
         .filter(|v| v != "(none)")
-        .ok_or_else(|| format!("apt knows no {PACKAGE} (Debian 12 with `apt-get update` has it)"))?;
-    let dir = crate::toolchain::cache_root().join("xen").join(version.replace([':', '~', '+'], "_"));
+        .ok_or_else(|| {
+            format!("apt knows no {PACKAGE} (Debian 12 with `apt-get update` has it)")
+        })?;
+    let dir = crate::toolchain::cache_root()
+        .join("xen")
+        .join(version.replace([':', '~', '+'], "_"));
     let xen = dir.join("xen-4.17-amd64");
     if xen.is_file() {
         return Ok(xen);
     }
-    eprintln!("xtask: fetching Debian's {PACKAGE} {version} into {}", dir.display());
+    eprintln!(
+        "xtask: fetching Debian's {PACKAGE} {version} into {}",
+        dir.display()
+    );
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
@@ -144,11 +175,22 @@ fn fetch() -> Result<PathBuf, String> {
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or("apt-get download produced no .deb")?;
     let root = tmp.join("root");
-    if !Command::new("dpkg").arg("-x").arg(&deb).arg(&root).status().map(|s| s.success()).unwrap_or(false) {
+    if !Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+    {
         return Err(format!("dpkg -x {} failed", deb.display()));
     }
     let gz = root.join("boot/xen-4.17-amd64.gz");
-    let out = Command::new("gzip").arg("-dc").arg(&gz).output().map_err(|e| format!("cannot run gzip: {e}"))?;
+    let out = Command::new("gzip")
+        .arg("-dc")
+        .arg(&gz)
+        .output()
+        .map_err(|e| format!("cannot run gzip: {e}"))?;
     if !out.status.success() || out.stdout.len() < 4 || &out.stdout[..4] != b"\x7fELF" {
         return Err(format!("{} is not a gzipped ELF", gz.display()));
     }
@@ -156,7 +198,8 @@ fn fetch() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&deb);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move Xen into {}: {e}", dir.display()))?;
+    std::fs::rename(&tmp, &dir)
+        .map_err(|e| format!("cannot move Xen into {}: {e}", dir.display()))?;
     Ok(xen)
 }
 
@@ -175,13 +218,35 @@ mod tests {
 
     #[test]
     fn ends_read_from_xen_messages() {
-        assert_eq!(dom0_end("(XEN) Hardware Dom0 halted: halting machine").as_deref(), Some("poweroff"));
-        assert_eq!(dom0_end("(XEN) Hardware Dom0 crashed: ").as_deref(), Some("crash"));
-        assert_eq!(dom0_end("(XEN) domain_crash called from x.c:1\n(XEN) Hardware Dom0 crashed: ").as_deref(), Some("killed"));
-        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown: rebooting machine").as_deref(), Some("reboot"));
-        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown: watchdog rebooting machine").as_deref(), Some("watchdog"));
-        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown (unknown reason 2): ").as_deref(), Some("suspend"));
-        assert_eq!(dom0_end("(XEN) Hardware Dom0 shutdown (unknown reason 77): ").as_deref(), Some("shutdown code 77"));
+        assert_eq!(
+            dom0_end("(XEN) Hardware Dom0 halted: halting machine").as_deref(),
+            Some("poweroff")
+        );
+        assert_eq!(
+            dom0_end("(XEN) Hardware Dom0 crashed: ").as_deref(),
+            Some("crash")
+        );
+        assert_eq!(
+            dom0_end("(XEN) domain_crash called from x.c:1\n(XEN) Hardware Dom0 crashed: ")
+                .as_deref(),
+            Some("killed")
+        );
+        assert_eq!(
+            dom0_end("(XEN) Hardware Dom0 shutdown: rebooting machine").as_deref(),
+            Some("reboot")
+        );
+        assert_eq!(
+            dom0_end("(XEN) Hardware Dom0 shutdown: watchdog rebooting machine").as_deref(),
+            Some("watchdog")
+        );
+        assert_eq!(
+            dom0_end("(XEN) Hardware Dom0 shutdown (unknown reason 2): ").as_deref(),
+            Some("suspend")
+        );
+        assert_eq!(
+            dom0_end("(XEN) Hardware Dom0 shutdown (unknown reason 77): ").as_deref(),
+            Some("shutdown code 77")
+        );
         assert_eq!(dom0_end("(XEN) Panic on CPU 0"), None);
     }
 }

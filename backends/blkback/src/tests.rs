@@ -636,7 +636,10 @@ fn arb_request() -> impl Strategy<Value = BlkifRequest> {
 /// Cases for a fuzz property: `default`, or `MICROVISOR_FUZZ_CASES` (set by
 /// `cargo xtask fuzz --host`).
 fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("MICROVISOR_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("MICROVISOR_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 proptest! {
@@ -807,7 +810,14 @@ fn backend_reacts_to_frontend_state() {
     );
     // After a clean close only a front-end starting again reopens.
     assert!(crate::xenbus::reopens(S::Initialising));
-    for s in [S::Unknown, S::InitWait, S::Initialised, S::Connected, S::Closing, S::Closed] {
+    for s in [
+        S::Unknown,
+        S::InitWait,
+        S::Initialised,
+        S::Connected,
+        S::Closing,
+        S::Closed,
+    ] {
         assert!(!crate::xenbus::reopens(s), "{s:?}");
     }
 }
@@ -820,25 +830,41 @@ fn backend_reacts_to_frontend_state() {
 fn no_room_for_the_buffer_leaves_requests_in_the_ring() {
     let mut b = Bench::new(64, false);
     b.grants.grant(10, 0x5A);
-    b.submit(&[req(W, 1, 0, &[seg(10, 0, 7)]), req(R, 2, 0, &[seg(10, 0, 0)])]);
+    b.submit(&[
+        req(W, 1, 0, &[seg(10, 0, 7)]),
+        req(R, 2, 0, &[seg(10, 0, 0)]),
+    ]);
     let asked = core::cell::Cell::new(0);
     let no = |n: usize| {
         asked.set(n);
         false
     };
-    let w = b.back.process_gated(&mut b.disk, &mut b.grants, &no).unwrap();
+    let w = b
+        .back
+        .process_gated(&mut b.disk, &mut b.grants, &no)
+        .unwrap();
     assert!(w.held && w.handled == 0);
     assert_eq!(asked.get(), STAGING_MAX);
     assert!(b.replies().is_empty());
     assert_eq!(b.back.buffer_bytes(), 0, "nothing allocated");
-    assert_eq!(b.back.ring().unconsumed_requests().unwrap(), 2, "both wait in the ring");
-    let w = b.back.process_gated(&mut b.disk, &mut b.grants, &|_| true).unwrap();
+    assert_eq!(
+        b.back.ring().unconsumed_requests().unwrap(),
+        2,
+        "both wait in the ring"
+    );
+    let w = b
+        .back
+        .process_gated(&mut b.disk, &mut b.grants, &|_| true)
+        .unwrap();
     assert!(!w.held && w.handled == 2);
     assert_eq!(b.replies(), [(1, W, OK), (2, R, OK)]);
     assert_eq!(b.back.buffer_bytes(), STAGING_MAX);
     // Grown once: later requests never ask the heap.
     b.submit(&[req(R, 3, 0, &[seg(10, 0, 7)])]);
-    let w = b.back.process_gated(&mut b.disk, &mut b.grants, &no).unwrap();
+    let w = b
+        .back
+        .process_gated(&mut b.disk, &mut b.grants, &no)
+        .unwrap();
     assert!(!w.held && w.handled == 1);
     assert_eq!(b.replies(), [(3, R, OK)]);
 }

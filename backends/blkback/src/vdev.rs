@@ -70,7 +70,11 @@ pub fn parse(name: &str) -> Result<u32, VdevError> {
 }
 
 fn xvd(disk: u32, part: u32) -> u32 {
-    if disk <= 15 && part <= 15 { 202 << 8 | disk << 4 | part } else { 1 << 28 | disk << 8 | part }
+    if disk <= 15 && part <= 15 {
+        202 << 8 | disk << 4 | part
+    } else {
+        1 << 28 | disk << 8 | part
+    }
 }
 
 /// `<letters>[<partition>]` after a prefix: the disk (bijective base 26)
@@ -106,7 +110,8 @@ fn letters_and_partition(s: &str, disk_max: u32, part_max: u32) -> Result<(u32, 
 
 /// A decimal number: digits only, no leading zero (but "0").
 fn decimal(s: &str) -> Result<u32, VdevError> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return Err(VdevError::Syntax);
     }
     s.parse().map_err(|_| VdevError::OutOfRange)

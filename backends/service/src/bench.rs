@@ -28,7 +28,11 @@ pub fn direct<D: Disk + ?Sized>(disk: &mut D, first: u64) -> Vec<(&'static str, 
         let start = time::now_ns();
         let mut ok = true;
         for i in 0..ops {
-            let r = if write { disk.write(first + i * sectors, &buf) } else { disk.read(first + i * sectors, &mut buf) };
+            let r = if write {
+                disk.write(first + i * sectors, &buf)
+            } else {
+                disk.read(first + i * sectors, &mut buf)
+            };
             ok &= r.is_ok();
         }
         if write {
@@ -49,15 +53,27 @@ pub fn direct<D: Disk + ?Sized>(disk: &mut D, first: u64) -> Vec<(&'static str, 
 /// to pin), for `len` bytes: ns per call. Shows how much of a request's
 /// data movement is the hypercall and how much the copy.
 pub fn copy_cost(len: u16) -> Option<u64> {
-    use guest_abi::grant_table::{GnttabCopy, GnttabCopyPtr, GNTST_OKAY};
+    use guest_abi::grant_table::{GNTST_OKAY, GnttabCopy, GnttabCopyPtr};
     use guest_abi::types::DomId;
     let (_, a) = pv_guest_kernel::mm::alloc_page().ok()?;
     let (_, b) = pv_guest_kernel::mm::alloc_page().ok()?;
-    let side = |mfn| GnttabCopyPtr { u: mfn, domid: DomId::SELF.0, offset: 0, _pad: 0 };
+    let side = |mfn| GnttabCopyPtr {
+        u: mfn,
+        domid: DomId::SELF.0,
+        offset: 0,
+        _pad: 0,
+    };
     const N: u64 = 200;
     let start = time::now_ns();
     for _ in 0..N {
-        let mut op = [GnttabCopy { source: side(a), dest: side(b), len, flags: 0, status: 1, _pad: 0 }];
+        let mut op = [GnttabCopy {
+            source: side(a),
+            dest: side(b),
+            len,
+            flags: 0,
+            status: 1,
+            _pad: 0,
+        }];
         if pv_guest_kernel::gnttab::copy(&mut op).is_err() || op[0].status != GNTST_OKAY {
             return None;
         }

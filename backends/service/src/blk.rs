@@ -13,7 +13,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use blkback::{BadGrant, BlkBack, DeviceInfo, Disk, DiskError, GrantIo};
-use guest_abi::grant_table::{GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTST_OKAY, GnttabCopy, GnttabCopyPtr};
+use guest_abi::grant_table::{
+    GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTST_OKAY, GnttabCopy, GnttabCopyPtr,
+};
 use guest_abi::io::xenbus::XenbusState;
 use guest_abi::types::{DomId, GrantRef};
 use pv_guest_kernel::{events, gnttab, mm};
@@ -73,7 +75,13 @@ pub struct CopyGrants {
 impl CopyGrants {
     /// All of a request's spans in one `GNTTABOP_copy`, each split where
     /// our buffer crosses a page.
-    fn batch(&mut self, spans: &[blkback::GrantSpan], local: *const u8, len: usize, to_guest: bool) -> Result<(), BadGrant> {
+    fn batch(
+        &mut self,
+        spans: &[blkback::GrantSpan],
+        local: *const u8,
+        len: usize,
+        to_guest: bool,
+    ) -> Result<(), BadGrant> {
         // At most 11 spans, each split at most once where our buffer crosses
         // a page: a fixed array, no allocation on the request path.
         let mut ops: heapless::Vec<GnttabCopy, 24> = heapless::Vec::new();
@@ -87,17 +95,43 @@ impl CopyGrants {
                 let va = local as u64 + (at + done) as u64;
                 let n = (PAGE - (va as usize % PAGE)).min(s.len - done);
                 let ma = mm::virt_to_machine(va).ok_or(BadGrant)?;
-                let ours = GnttabCopyPtr { u: ma >> 12, domid: DomId::SELF.0, offset: (ma & 0xfff) as u16, _pad: 0 };
-                let theirs = GnttabCopyPtr { u: u64::from(s.gref.0), domid: self.dom, offset: (s.offset + done) as u16, _pad: 0 };
-                let (source, dest, flags) = if to_guest { (ours, theirs, GNTCOPY_DEST_GREF) } else { (theirs, ours, GNTCOPY_SOURCE_GREF) };
-                ops.push(GnttabCopy { source, dest, len: n as u16, flags, status: 0, _pad: 0 }).map_err(|_| BadGrant)?;
+                let ours = GnttabCopyPtr {
+                    u: ma >> 12,
+                    domid: DomId::SELF.0,
+                    offset: (ma & 0xfff) as u16,
+                    _pad: 0,
+                };
+                let theirs = GnttabCopyPtr {
+                    u: u64::from(s.gref.0),
+                    domid: self.dom,
+                    offset: (s.offset + done) as u16,
+                    _pad: 0,
+                };
+                let (source, dest, flags) = if to_guest {
+                    (ours, theirs, GNTCOPY_DEST_GREF)
+                } else {
+                    (theirs, ours, GNTCOPY_SOURCE_GREF)
+                };
+                ops.push(GnttabCopy {
+                    source,
+                    dest,
+                    len: n as u16,
+                    flags,
+                    status: 0,
+                    _pad: 0,
+                })
+                .map_err(|_| BadGrant)?;
                 done += n;
             }
             at += s.len;
         }
         gnttab::copy(&mut ops).map_err(|_| BadGrant)?;
         self.copies += ops.len() as u64;
-        if ops.iter().all(|o| o.status == GNTST_OKAY) { Ok(()) } else { Err(BadGrant) }
+        if ops.iter().all(|o| o.status == GNTST_OKAY) {
+            Ok(())
+        } else {
+            Err(BadGrant)
+        }
     }
 }
 
@@ -112,14 +146,22 @@ impl GrantIo for CopyGrants {
         if offset + buf.len() > PAGE {
             return Err(BadGrant);
         }
-        let span = blkback::GrantSpan { gref, offset, len: buf.len() };
+        let span = blkback::GrantSpan {
+            gref,
+            offset,
+            len: buf.len(),
+        };
         self.batch(&[span], buf.as_mut_ptr(), buf.len(), false)
     }
     fn write(&mut self, gref: GrantRef, offset: usize, data: &[u8]) -> Result<(), BadGrant> {
         if offset + data.len() > PAGE {
             return Err(BadGrant);
         }
-        let span = blkback::GrantSpan { gref, offset, len: data.len() };
+        let span = blkback::GrantSpan {
+            gref,
+            offset,
+            len: data.len(),
+        };
         self.batch(&[span], data.as_ptr(), data.len(), true)
     }
 }
@@ -164,46 +206,117 @@ impl Vbd {
     /// side, and our device nodes; the back-end then waits in InitWait.
     /// `vdev` is the virtual device number (`blkback::vdev::parse`).
     #[allow(clippy::too_many_arguments)]
-    pub fn create(xs: &mut Xenstore, local: &mut Local, fe_dom: u16, name: &str, vdev: u32, start: u64, sectors: u64, ring_slot: u64) -> Result<Self, guest_abi::errno::Errno> {
+    pub fn create(
+        xs: &mut Xenstore,
+        local: &mut Local,
+        fe_dom: u16,
+        name: &str,
+        vdev: u32,
+        start: u64,
+        sectors: u64,
+        ring_slot: u64,
+    ) -> Result<Self, guest_abi::errno::Errno> {
         let be_path = format!("/local/domain/0/backend/vbd/{fe_dom}/{vdev}");
         let fe_path = format!("/local/domain/{fe_dom}/device/vbd/{vdev}");
         let fe_perms = format!("n{fe_dom}\0r0\0");
         let be_perms = format!("n0\0r{fe_dom}\0");
         local.write(xs, &format!("{fe_path}/backend"), be_path.as_bytes())?;
         local.write(xs, &format!("{fe_path}/backend-id"), b"0")?;
-        local.write(xs, &format!("{fe_path}/state"), state_text(XenbusState::Initialising).as_bytes())?;
-        local.write(xs, &format!("{fe_path}/virtual-device"), format!("{vdev}").as_bytes())?;
+        local.write(
+            xs,
+            &format!("{fe_path}/state"),
+            state_text(XenbusState::Initialising).as_bytes(),
+        )?;
+        local.write(
+            xs,
+            &format!("{fe_path}/virtual-device"),
+            format!("{vdev}").as_bytes(),
+        )?;
         local.write(xs, &format!("{fe_path}/device-type"), b"disk")?;
-        for n in ["", "/backend", "/backend-id", "/state", "/virtual-device", "/device-type"] {
+        for n in [
+            "",
+            "/backend",
+            "/backend-id",
+            "/state",
+            "/virtual-device",
+            "/device-type",
+        ] {
             local.set_perms(xs, &format!("{fe_path}{n}"), fe_perms.as_bytes())?;
         }
-        local.set_perms(xs, &format!("/local/domain/{fe_dom}/device"), fe_perms.as_bytes())?;
-        local.set_perms(xs, &format!("/local/domain/{fe_dom}/device/vbd"), fe_perms.as_bytes())?;
-        let info = DeviceInfo { sectors, read_only: false, physical_sector_size: 512 };
+        local.set_perms(
+            xs,
+            &format!("/local/domain/{fe_dom}/device"),
+            fe_perms.as_bytes(),
+        )?;
+        local.set_perms(
+            xs,
+            &format!("/local/domain/{fe_dom}/device/vbd"),
+            fe_perms.as_bytes(),
+        )?;
+        let info = DeviceInfo {
+            sectors,
+            read_only: false,
+            physical_sector_size: 512,
+        };
         local.write(xs, &format!("{be_path}/frontend"), fe_path.as_bytes())?;
-        local.write(xs, &format!("{be_path}/frontend-id"), format!("{fe_dom}").as_bytes())?;
+        local.write(
+            xs,
+            &format!("{be_path}/frontend-id"),
+            format!("{fe_dom}").as_bytes(),
+        )?;
         for (k, v) in blkback::xenbus::backend_nodes(&info) {
             local.write(xs, &format!("{be_path}/{k}"), v.as_bytes())?;
         }
-        local.write(xs, &format!("{be_path}/state"), state_text(XenbusState::InitWait).as_bytes())?;
+        local.write(
+            xs,
+            &format!("{be_path}/state"),
+            state_text(XenbusState::InitWait).as_bytes(),
+        )?;
         // Everything under the back-end directory readable by the front-end.
-        let mut nodes: Vec<String> = Vec::from([String::new(), String::from("/frontend"), String::from("/frontend-id"), String::from("/state")]);
+        let mut nodes: Vec<String> = Vec::from([
+            String::new(),
+            String::from("/frontend"),
+            String::from("/frontend-id"),
+            String::from("/state"),
+        ]);
         for (k, _) in blkback::xenbus::backend_nodes(&info) {
             nodes.push(format!("/{k}"));
         }
         for n in nodes {
             local.set_perms(xs, &format!("{be_path}{n}"), be_perms.as_bytes())?;
         }
-        Ok(Self { fe_dom, name: String::from(name), be_path, fe_path, start, sectors, conn: None, ring_slot, closed: false, reopenable: false, failed: false, announce: None })
+        Ok(Self {
+            fe_dom,
+            name: String::from(name),
+            be_path,
+            fe_path,
+            start,
+            sectors,
+            conn: None,
+            ring_slot,
+            closed: false,
+            reopenable: false,
+            failed: false,
+            announce: None,
+        })
     }
 
     fn set_state(&self, xs: &mut Xenstore, local: &mut Local, s: XenbusState) {
-        let _ = local.write(xs, &format!("{}/state", self.be_path), state_text(s).as_bytes());
+        let _ = local.write(
+            xs,
+            &format!("{}/state", self.be_path),
+            state_text(s).as_bytes(),
+        );
     }
 
     /// Follows the front-end's state: connects when it is Initialised,
     /// disconnects when it closes. Returns whether something changed.
-    pub fn step(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> bool {
+    pub fn step(
+        &mut self,
+        xs: &mut Xenstore,
+        local: &mut Local,
+        kick: events::PortHandler,
+    ) -> bool {
         let mut changed = false;
         if let Some(s) = self.announce.take() {
             self.set_state(xs, local, s);
@@ -212,32 +325,48 @@ impl Vbd {
         if self.closed && !self.reopenable {
             return changed;
         }
-        let front = local.read(xs, &format!("{}/state", self.fe_path)).ok().and_then(|t| XenbusState::parse(&t)).unwrap_or(XenbusState::Unknown);
+        let front = local
+            .read(xs, &format!("{}/state", self.fe_path))
+            .ok()
+            .and_then(|t| XenbusState::parse(&t))
+            .unwrap_or(XenbusState::Unknown);
         if self.closed {
             if blkback::xenbus::reopens(front) {
                 self.closed = false;
                 self.reopenable = false;
                 self.set_state(xs, local, XenbusState::InitWait);
-                pv_guest_kernel::println!("blkback: {}: front-end starts again; back-end in InitWait", self.name);
+                pv_guest_kernel::println!(
+                    "blkback: {}: front-end starts again; back-end in InitWait",
+                    self.name
+                );
                 return true;
             }
             return changed;
         }
         match blkback::xenbus::on_frontend_state(front) {
-            blkback::xenbus::BackendStep::Connect if self.conn.is_none() && !self.failed => match self.connect(xs, local, kick) {
-                Ok(()) => {
-                    self.set_state(xs, local, XenbusState::Connected);
-                    pv_guest_kernel::println!("blkback: {} connected ({} sectors at {})", self.name, self.sectors, self.start);
-                    true
+            blkback::xenbus::BackendStep::Connect if self.conn.is_none() && !self.failed => {
+                match self.connect(xs, local, kick) {
+                    Ok(()) => {
+                        self.set_state(xs, local, XenbusState::Connected);
+                        pv_guest_kernel::println!(
+                            "blkback: {} connected ({} sectors at {})",
+                            self.name,
+                            self.sectors,
+                            self.start
+                        );
+                        true
+                    }
+                    Err(why) => {
+                        pv_guest_kernel::println!("blkback: {}: cannot connect: {why}", self.name);
+                        self.set_state(xs, local, XenbusState::Closed);
+                        self.closed = true;
+                        true
+                    }
                 }
-                Err(why) => {
-                    pv_guest_kernel::println!("blkback: {}: cannot connect: {why}", self.name);
-                    self.set_state(xs, local, XenbusState::Closed);
-                    self.closed = true;
-                    true
-                }
-            },
-            blkback::xenbus::BackendStep::Disconnect(s) if self.conn.is_some() || s == XenbusState::Closed => {
+            }
+            blkback::xenbus::BackendStep::Disconnect(s)
+                if self.conn.is_some() || s == XenbusState::Closed =>
+            {
                 self.disconnect();
                 self.set_state(xs, local, s);
                 if s == XenbusState::Closed {
@@ -256,13 +385,48 @@ impl Vbd {
         self.announce.is_some()
     }
 
-    fn connect(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> Result<(), String> {
+    fn connect(
+        &mut self,
+        xs: &mut Xenstore,
+        local: &mut Local,
+        kick: events::PortHandler,
+    ) -> Result<(), String> {
         use blkback::xenbus::{KEY_EVENT_CHANNEL, KEY_PROTOCOL, KEY_RING_PAGE_ORDER, KEY_RING_REF};
-        let nodes = crate::store::read_nodes(xs, local, &self.fe_path, &[KEY_RING_REF, KEY_EVENT_CHANNEL, KEY_PROTOCOL, KEY_RING_PAGE_ORDER]);
-        let cfg = blkback::xenbus::parse_frontend(|k| nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())).map_err(|e| format!("{e:?}"))?;
-        let (page, port) = crate::store::attach_ring(self.fe_dom, cfg.ring_ref.0, cfg.event_channel.0, self.ring_slot, kick)?;
-        let info = DeviceInfo { sectors: self.sectors, read_only: false, physical_sector_size: 512 };
-        self.conn = Some(Connected { back: BlkBack::new(page, info), port, grants: CopyGrants { dom: self.fe_dom, copies: 0 } });
+        let nodes = crate::store::read_nodes(
+            xs,
+            local,
+            &self.fe_path,
+            &[
+                KEY_RING_REF,
+                KEY_EVENT_CHANNEL,
+                KEY_PROTOCOL,
+                KEY_RING_PAGE_ORDER,
+            ],
+        );
+        let cfg = blkback::xenbus::parse_frontend(|k| {
+            nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        let (page, port) = crate::store::attach_ring(
+            self.fe_dom,
+            cfg.ring_ref.0,
+            cfg.event_channel.0,
+            self.ring_slot,
+            kick,
+        )?;
+        let info = DeviceInfo {
+            sectors: self.sectors,
+            read_only: false,
+            physical_sector_size: 512,
+        };
+        self.conn = Some(Connected {
+            back: BlkBack::new(page, info),
+            port,
+            grants: CopyGrants {
+                dom: self.fe_dom,
+                copies: 0,
+            },
+        });
         Ok(())
     }
 
@@ -297,11 +461,20 @@ impl Vbd {
     /// Serves the ring; returns whether to look again soon.
     pub fn serve<D: Disk + ?Sized>(&mut self, disk: &mut D) -> bool {
         let (start, sectors) = (self.start, self.sectors);
-        let Some(c) = self.conn.as_mut() else { return false };
-        let mut slice = Slice { disk, start, sectors };
+        let Some(c) = self.conn.as_mut() else {
+            return false;
+        };
+        let mut slice = Slice {
+            disk,
+            start,
+            sectors,
+        };
         // Requests wait in the ring while the heap has no room for the
         // staging buffer (grown once, then never again).
-        match c.back.process_gated(&mut slice, &mut c.grants, &|n| crate::heap_gate(n, 0)) {
+        match c
+            .back
+            .process_gated(&mut slice, &mut c.grants, &|n| crate::heap_gate(n, 0))
+        {
             Ok(w) => {
                 if w.notify {
                     let _ = events::send(c.port);
@@ -309,7 +482,10 @@ impl Vbd {
                 w.more
             }
             Err(fatal) => {
-                pv_guest_kernel::println!("blkback: {}: {fatal}; disconnecting this front-end", self.name);
+                pv_guest_kernel::println!(
+                    "blkback: {}: {fatal}; disconnecting this front-end",
+                    self.name
+                );
                 self.disconnect();
                 // Tell it (Closing) and follow it to Closed; never serve it
                 // again.

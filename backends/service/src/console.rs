@@ -58,7 +58,14 @@ impl Console {
         // The line never grows past LINE_MAX (it is written out there), so
         // this is the only allocation a console makes: nothing the guest
         // writes allocates in the service domain.
-        Self { page, port, name, line: Vec::with_capacity(LINE_MAX), bytes: 0, shown }
+        Self {
+            page,
+            port,
+            name,
+            line: Vec::with_capacity(LINE_MAX),
+            bytes: 0,
+            shown,
+        }
     }
 
     /// Drains the `out` ring; returns whether anything was consumed (the
@@ -73,7 +80,9 @@ impl Console {
         }
         if self.shown {
             for i in 0..avail {
-                let b = self.page.read_u8(OUT + (cons.wrapping_add(i) % OUT_SIZE) as usize);
+                let b = self
+                    .page
+                    .read_u8(OUT + (cons.wrapping_add(i) % OUT_SIZE) as usize);
                 self.byte(b);
             }
         }

@@ -118,7 +118,9 @@ pub fn probe() -> Result<VirtioDisk, ProbeError> {
     let window = mm::map_io(VIRTIO_MMIO_BASE, MMIO_WINDOW_PAGES).map_err(ProbeError::MapIo)?;
     for slot in (0..VIRTIO_MMIO_SLOTS).rev() {
         let va = window + (slot * VIRTIO_MMIO_STRIDE) as u64;
-        let Some(header) = NonNull::new(ptr::with_exposed_provenance_mut::<VirtIOHeader>(va as usize)) else {
+        let Some(header) = NonNull::new(ptr::with_exposed_provenance_mut::<VirtIOHeader>(
+            va as usize,
+        )) else {
             continue;
         };
         // SAFETY: `header` is the start of this slot's 0x200-byte register
@@ -246,7 +248,9 @@ impl Disk for VirtioDisk {
         self.check(sector, data.len())?;
         let mut at = sector;
         for chunk in data.chunks(MAX_REQUEST_BYTES) {
-            self.blk.write_blocks(at as usize, chunk).map_err(io_error)?;
+            self.blk
+                .write_blocks(at as usize, chunk)
+                .map_err(io_error)?;
             at += (chunk.len() / SECTOR_SIZE) as u64;
         }
         Ok(())
@@ -309,7 +313,11 @@ const MAX_REGION_PAGES: usize = u64::BITS as usize;
 impl BounceRegion {
     /// Lends `n` consecutive free pages; returns the first one's index.
     fn take(&mut self, n: usize) -> Option<usize> {
-        let run = if n >= MAX_REGION_PAGES { u64::MAX } else { (1u64 << n) - 1 };
+        let run = if n >= MAX_REGION_PAGES {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
+        };
         let last = self.pages.checked_sub(n)?;
         let first = (0..=last).find(|&i| self.used & (run << i) == 0)?;
         self.used |= run << first;
@@ -318,7 +326,11 @@ impl BounceRegion {
 
     /// Returns `n` pages from index `first`.
     fn give_back(&mut self, first: usize, n: usize) {
-        let run = if n >= MAX_REGION_PAGES { u64::MAX } else { (1u64 << n) - 1 };
+        let run = if n >= MAX_REGION_PAGES {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
+        };
         self.used &= !(run << first);
     }
 
@@ -343,22 +355,38 @@ impl Pool {
     }
 
     fn push(&mut self, r: BounceRegion) -> &mut BounceRegion {
-        assert!(self.count < MAX_BOUNCE_REGIONS, "virtio bounce pool: all {MAX_BOUNCE_REGIONS} regions in use");
+        assert!(
+            self.count < MAX_BOUNCE_REGIONS,
+            "virtio bounce pool: all {MAX_BOUNCE_REGIONS} regions in use"
+        );
         self.regions[self.count] = r;
         self.count += 1;
         &mut self.regions[self.count - 1]
     }
 }
 
-const NO_REGION: BounceRegion = BounceRegion { va: 0, ma: 0, pages: 0, used: 0 };
+const NO_REGION: BounceRegion = BounceRegion {
+    va: 0,
+    ma: 0,
+    pages: 0,
+    used: 0,
+};
 
 /// The bounce pool. Only task code touches it (never an event handler), and
 /// pv-guest-kernel threads are cooperative, so the lock is never contended.
-static BOUNCE: Mutex<Pool> = Mutex::new(Pool { regions: [NO_REGION; MAX_BOUNCE_REGIONS], count: 0 });
+static BOUNCE: Mutex<Pool> = Mutex::new(Pool {
+    regions: [NO_REGION; MAX_BOUNCE_REGIONS],
+    count: 0,
+});
 
 fn new_region(pages: usize) -> Result<BounceRegion, Errno> {
     let (va, ma) = mm::alloc_dma(pages)?;
-    Ok(BounceRegion { va, ma, pages, used: 0 })
+    Ok(BounceRegion {
+        va,
+        ma,
+        pages,
+        used: 0,
+    })
 }
 
 impl PvHal {
@@ -376,7 +404,10 @@ impl PvHal {
 
     /// Lends `pages` machine-contiguous pages; returns (va, machine address).
     fn bounce_take(pages: usize) -> (u64, u64) {
-        assert!(pages <= MAX_REGION_PAGES, "virtio buffer of {pages} pages is too large to bounce");
+        assert!(
+            pages <= MAX_REGION_PAGES,
+            "virtio buffer of {pages} pages is too large to bounce"
+        );
         let mut pool = BOUNCE.lock();
         for r in pool.regions() {
             if let Some(i) = r.take(pages) {
@@ -477,7 +508,13 @@ unsafe impl Hal for PvHal {
             // the `len` bytes from the same offset of the region are its
             // bounce copy, which the device has finished with; the caller
             // guarantees `buffer` is valid and not otherwise accessed.
-            unsafe { ptr::copy_nonoverlapping(va_ptr(r.va + (paddr - r.ma)), buffer.cast::<u8>().as_ptr(), len) };
+            unsafe {
+                ptr::copy_nonoverlapping(
+                    va_ptr(r.va + (paddr - r.ma)),
+                    buffer.cast::<u8>().as_ptr(),
+                    len,
+                )
+            };
         }
         r.give_back(first, len.div_ceil(PAGE_SIZE));
     }

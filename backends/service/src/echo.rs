@@ -54,7 +54,13 @@ impl EchoDev {
     /// The toolstack's part, as `blk::Vbd::create`: the front-end's
     /// `device/echo/0` and our `backend/echo/<dom>/0`, each naming the other
     /// and readable by the other side; our features; then InitWait.
-    fn create(xs: &mut Xenstore, local: &mut Local, fe_dom: u16, name: &str, ring_slot: u64) -> Result<Self, Errno> {
+    fn create(
+        xs: &mut Xenstore,
+        local: &mut Local,
+        fe_dom: u16,
+        name: &str,
+        ring_slot: u64,
+    ) -> Result<Self, Errno> {
         let be_path = format!("/local/domain/0/backend/echo/{fe_dom}/{DEVID}");
         let fe_path = format!("/local/domain/{fe_dom}/device/echo/{DEVID}");
         // Owner first (full access), then who else may read.
@@ -62,30 +68,67 @@ impl EchoDev {
         let be_perms = format!("n0\0r{fe_dom}\0");
         local.write(xs, &format!("{fe_path}/backend"), be_path.as_bytes())?;
         local.write(xs, &format!("{fe_path}/backend-id"), b"0")?;
-        local.write(xs, &format!("{fe_path}/state"), XenbusState::Initialising.as_text().as_bytes())?;
+        local.write(
+            xs,
+            &format!("{fe_path}/state"),
+            XenbusState::Initialising.as_text().as_bytes(),
+        )?;
         for n in ["", "/backend", "/backend-id", "/state"] {
             local.set_perms(xs, &format!("{fe_path}{n}"), fe_perms.as_bytes())?;
         }
-        local.set_perms(xs, &format!("/local/domain/{fe_dom}/device"), fe_perms.as_bytes())?;
-        local.set_perms(xs, &format!("/local/domain/{fe_dom}/device/echo"), fe_perms.as_bytes())?;
+        local.set_perms(
+            xs,
+            &format!("/local/domain/{fe_dom}/device"),
+            fe_perms.as_bytes(),
+        )?;
+        local.set_perms(
+            xs,
+            &format!("/local/domain/{fe_dom}/device/echo"),
+            fe_perms.as_bytes(),
+        )?;
         local.write(xs, &format!("{be_path}/frontend"), fe_path.as_bytes())?;
-        local.write(xs, &format!("{be_path}/frontend-id"), format!("{fe_dom}").as_bytes())?;
+        local.write(
+            xs,
+            &format!("{be_path}/frontend-id"),
+            format!("{fe_dom}").as_bytes(),
+        )?;
         let features = echoback::xenbus::backend_nodes(&Features::default());
         for (k, v) in features {
             local.write(xs, &format!("{be_path}/{k}"), v.as_bytes())?;
         }
         // Last: the front-end waits for this state before it reads the rest.
-        local.write(xs, &format!("{be_path}/state"), XenbusState::InitWait.as_text().as_bytes())?;
-        let mut nodes: Vec<String> = Vec::from([String::new(), String::from("/frontend"), String::from("/frontend-id"), String::from("/state")]);
+        local.write(
+            xs,
+            &format!("{be_path}/state"),
+            XenbusState::InitWait.as_text().as_bytes(),
+        )?;
+        let mut nodes: Vec<String> = Vec::from([
+            String::new(),
+            String::from("/frontend"),
+            String::from("/frontend-id"),
+            String::from("/state"),
+        ]);
         nodes.extend(features.iter().map(|(k, _)| format!("/{k}")));
         for n in nodes {
             local.set_perms(xs, &format!("{be_path}{n}"), be_perms.as_bytes())?;
         }
-        Ok(Self { fe_dom, name: String::from(name), be_path, fe_path, conn: None, ring_slot, closed: false })
+        Ok(Self {
+            fe_dom,
+            name: String::from(name),
+            be_path,
+            fe_path,
+            conn: None,
+            ring_slot,
+            closed: false,
+        })
     }
 
     fn set_state(&self, xs: &mut Xenstore, local: &mut Local, s: XenbusState) {
-        let _ = local.write(xs, &format!("{}/state", self.be_path), s.as_text().as_bytes());
+        let _ = local.write(
+            xs,
+            &format!("{}/state", self.be_path),
+            s.as_text().as_bytes(),
+        );
     }
 
     /// Follows the front-end's state: connects when it is Initialised,
@@ -94,7 +137,11 @@ impl EchoDev {
         if self.closed {
             return false;
         }
-        let front = local.read(xs, &format!("{}/state", self.fe_path)).ok().and_then(|t| XenbusState::parse(&t)).unwrap_or(XenbusState::Unknown);
+        let front = local
+            .read(xs, &format!("{}/state", self.fe_path))
+            .ok()
+            .and_then(|t| XenbusState::parse(&t))
+            .unwrap_or(XenbusState::Unknown);
         match echoback::xenbus::on_frontend_state(front) {
             BackendStep::Connect if self.conn.is_none() => {
                 match self.connect(xs, local, kick) {
@@ -122,11 +169,29 @@ impl EchoDev {
 
     /// Reads and checks the front-end's nodes, maps its ring page by grant
     /// and binds its event channel.
-    fn connect(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler) -> Result<(), String> {
-        let nodes = crate::store::read_nodes(xs, local, &self.fe_path, &[KEY_RING_REF, KEY_EVENT_CHANNEL]);
-        let cfg = echoback::xenbus::parse_frontend(|k| nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())).map_err(|e| format!("{e}"))?;
-        let (page, port) = crate::store::attach_ring(self.fe_dom, cfg.ring_ref.0, cfg.event_channel.0, self.ring_slot, kick)?;
-        self.conn = Some(Connected { back: EchoBack::new(page, Features::default()), port });
+    fn connect(
+        &mut self,
+        xs: &mut Xenstore,
+        local: &mut Local,
+        kick: events::PortHandler,
+    ) -> Result<(), String> {
+        let nodes =
+            crate::store::read_nodes(xs, local, &self.fe_path, &[KEY_RING_REF, KEY_EVENT_CHANNEL]);
+        let cfg = echoback::xenbus::parse_frontend(|k| {
+            nodes.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+        })
+        .map_err(|e| format!("{e}"))?;
+        let (page, port) = crate::store::attach_ring(
+            self.fe_dom,
+            cfg.ring_ref.0,
+            cfg.event_channel.0,
+            self.ring_slot,
+            kick,
+        )?;
+        self.conn = Some(Connected {
+            back: EchoBack::new(page, Features::default()),
+            port,
+        });
         Ok(())
     }
 
@@ -144,7 +209,9 @@ impl EchoDev {
 
     /// Serves the ring; returns whether to look again soon.
     fn serve(&mut self, xs: &mut Xenstore, local: &mut Local) -> bool {
-        let Some(c) = self.conn.as_mut() else { return false };
+        let Some(c) = self.conn.as_mut() else {
+            return false;
+        };
         match c.back.process() {
             Ok(w) => {
                 if w.notify {
@@ -153,7 +220,10 @@ impl EchoDev {
                 w.more
             }
             Err(fatal) => {
-                println!("echoback: {}: {fatal}; disconnecting this front-end", self.name);
+                println!(
+                    "echoback: {}: {fatal}; disconnecting this front-end",
+                    self.name
+                );
                 self.disconnect();
                 self.set_state(xs, local, XenbusState::Closed);
                 self.closed = true;
@@ -171,7 +241,12 @@ pub struct Echoes {
 impl Echoes {
     /// With `echo=a,b` on the command line: one echo device for each named
     /// domain. Without it: none, and the other calls do nothing.
-    pub fn setup(si: &StartInfo, xs: &mut Xenstore, local: &mut Local, guests: &[crate::Guest]) -> Self {
+    pub fn setup(
+        si: &StartInfo,
+        xs: &mut Xenstore,
+        local: &mut Local,
+        guests: &[crate::Guest],
+    ) -> Self {
         let mut devs = Vec::new();
         for (i, name) in crate::cmdline_list(si, "echo").iter().enumerate() {
             let Some(g) = guests.iter().find(|g| &g.name == name) else {
@@ -190,7 +265,13 @@ impl Echoes {
     /// Returns whether anything changed in xenstore or is left to do.
     /// Steps only with `step_room` (the heap can give a step's
     /// allocations); serving allocates nothing.
-    pub fn pump(&mut self, xs: &mut Xenstore, local: &mut Local, kick: events::PortHandler, step_room: &mut crate::Room) -> bool {
+    pub fn pump(
+        &mut self,
+        xs: &mut Xenstore,
+        local: &mut Local,
+        kick: events::PortHandler,
+        step_room: &mut crate::Room,
+    ) -> bool {
         let mut moved = false;
         for d in self.devs.iter_mut() {
             if step_room.now() {

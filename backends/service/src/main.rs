@@ -35,7 +35,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use guest_abi::errno::Errno;
-use guest_abi::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+use guest_abi::hvm::{
+    HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
+};
 use guest_abi::hypercall::hvm_get_param;
 use guest_abi::types::DomId;
 use pv_guest_kernel::{StartInfo, events, page, println, rt, time};
@@ -113,7 +115,12 @@ struct Disks {
 /// interrupt to an event channel, and gives each named domain an equal
 /// slice of it as a virtual disk, `xvda` or the one an entry names as xl's
 /// `vdev` does (`vbd=a:hda,b:xvdb`; `blkback::vdev`).
-fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, guests: &[Guest]) -> Option<Disks> {
+fn setup_disks(
+    si: &StartInfo,
+    xs: &mut Xenstore,
+    local: &mut store::Local,
+    guests: &[Guest],
+) -> Option<Disks> {
     let names = cmdline_list(si, "vbd");
     if names.is_empty() {
         return None;
@@ -127,10 +134,20 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
     };
     use blkback::Disk;
     let total = disk.sectors();
-    println!("service: virtio-blk in slot {} at {:#x} ({} sectors, flush {}), GSI {}", disk.slot(), disk.mmio_base(), total, disk.has_flush(), disk.gsi());
+    println!(
+        "service: virtio-blk in slot {} at {:#x} ({} sectors, flush {}), GSI {}",
+        disk.slot(),
+        disk.mmio_base(),
+        total,
+        disk.has_flush(),
+        disk.gsi()
+    );
     let pirq = match events::bind_gsi(disk.gsi(), disk_irq) {
         Ok((pirq, port)) => {
-            println!("service: disk interrupt GSI {} bound as pirq {pirq} to port {port}", disk.gsi());
+            println!(
+                "service: disk interrupt GSI {} bound as pirq {pirq} to port {port}",
+                disk.gsi()
+            );
             pirq
         }
         Err(e) => {
@@ -146,14 +163,20 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
         let figures = bench::direct(&mut disk, total / 2);
         for len in [8u16, 4096] {
             if let Some(ns) = bench::copy_cost(len) {
-                println!("bench: GNTTABOP_copy of {len} bytes between two of its own frames: {ns} ns per call");
+                println!(
+                    "bench: GNTTABOP_copy of {len} bytes between two of its own frames: {ns} ns per call"
+                );
             }
         }
         for name in &names {
             let name = name.split(':').next().unwrap_or("");
             if let Some(g) = guests.iter().find(|g| g.name == name) {
                 for (key, ns) in &figures {
-                    let _ = local.write(xs, &format!("/local/domain/{}/bench/{key}", g.domid), format!("{ns}").as_bytes());
+                    let _ = local.write(
+                        xs,
+                        &format!("/local/domain/{}/bench/{key}", g.domid),
+                        format!("{ns}").as_bytes(),
+                    );
                 }
             }
         }
@@ -161,7 +184,9 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
     let share = usable / names.len() as u64;
     let mut vbds = Vec::new();
     for (i, entry) in names.iter().enumerate() {
-        let (name, vdev_name) = entry.split_once(':').unwrap_or((entry.as_str(), blk::DEFAULT_VDEV));
+        let (name, vdev_name) = entry
+            .split_once(':')
+            .unwrap_or((entry.as_str(), blk::DEFAULT_VDEV));
         let vdev = match blkback::vdev::parse(vdev_name) {
             Ok(v) => v,
             Err(e) => {
@@ -173,12 +198,26 @@ fn setup_disks(si: &StartInfo, xs: &mut Xenstore, local: &mut store::Local, gues
             println!("service: vbd for unknown domain '{name}'");
             continue;
         };
-        match blk::Vbd::create(xs, local, g.domid, name, vdev, i as u64 * share, share, 64 + i as u64) {
+        match blk::Vbd::create(
+            xs,
+            local,
+            g.domid,
+            name,
+            vdev,
+            i as u64 * share,
+            share,
+            64 + i as u64,
+        ) {
             Ok(v) => vbds.push(v),
             Err(e) => println!("service: vbd for {name}: {e:?}"),
         }
     }
-    Some(Disks { disk, pirq, interrupts: 0, vbds })
+    Some(Disks {
+        disk,
+        pirq,
+        interrupts: 0,
+        vbds,
+    })
 }
 
 /// Where foreign ring pages are mapped: two pages per guest.
@@ -201,7 +240,10 @@ struct Guest {
 
 /// `domains=1:name,2:other` from the command line.
 fn domain_list(si: &StartInfo) -> Vec<(u16, String)> {
-    let Some(list) = cmdline(si).split_ascii_whitespace().find_map(|w| w.strip_prefix("domains=")) else {
+    let Some(list) = cmdline(si)
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("domains="))
+    else {
         return Vec::new();
     };
     list.split(',')
@@ -212,7 +254,14 @@ fn domain_list(si: &StartInfo) -> Vec<(u16, String)> {
         .collect()
 }
 
-fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, name: &str, ring_shown: bool) -> Result<Guest, Errno> {
+fn connect(
+    xs: &mut Xenstore,
+    local: &mut store::Local,
+    slot: u64,
+    domid: u16,
+    name: &str,
+    ring_shown: bool,
+) -> Result<Guest, Errno> {
     let dom = DomId(domid);
     let store_mfn = hvm_get_param(dom, HVM_PARAM_STORE_PFN)?;
     let store_port = hvm_get_param(dom, HVM_PARAM_STORE_EVTCHN)? as u32;
@@ -233,7 +282,12 @@ fn connect(xs: &mut Xenstore, local: &mut store::Local, slot: u64, domid: u16, n
         domid,
         name: String::from(name),
         store: Some(store::StoreRing::new(spage, conn, sport)),
-        console: Some(console::Console::new(cpage, cport, String::from(name), ring_shown)),
+        console: Some(console::Console::new(
+            cpage,
+            cport,
+            String::from(name),
+            ring_shown,
+        )),
         alive: true,
         relayed: 0,
         release_pending: false,
@@ -277,14 +331,20 @@ fn disconnect(xs: &mut Xenstore, local: &mut store::Local, g: &mut Guest) {
         home.push(0);
         let _ = local.op(xs, guest_abi::io::xenstore::XS_RM, 0, &home);
         if xs.release(DomId(g.domid)) == Err(Errno::ENOMEM) {
-            println!("service: domain {}: no heap to release its store nodes yet; will retry", g.domid);
+            println!(
+                "service: domain {}: no heap to release its store nodes yet; will retry",
+                g.domid
+            );
             g.release_pending = true;
         }
         let _ = events::close(s.port);
         let _ = page::unmap(s.page);
     }
     let _ = xs.take_actions();
-    println!("service: domain {} ({}) ended; its rings are released", g.domid, g.name);
+    println!(
+        "service: domain {} ({}) ended; its rings are released",
+        g.domid, g.name
+    );
 }
 
 /// Runs one typed toolstack command (see `toolstack`).
@@ -293,16 +353,28 @@ fn run_command(xs: &mut Xenstore, local: &mut store::Local, guests: &[Guest], li
         Ok(c) => c,
         Err(why) => return println!("service: {why}"),
     };
-    let Some(g) = guests.iter().find(|g| g.name == cmd.domain || cmd.domain.parse() == Ok(g.domid)) else {
+    let Some(g) = guests
+        .iter()
+        .find(|g| g.name == cmd.domain || cmd.domain.parse() == Ok(g.domid))
+    else {
         return println!("service: {}: no domain '{}'", cmd.verb, cmd.domain);
     };
     if !g.alive {
-        return println!("service: {}: domain {} ({}) has already ended", cmd.verb, g.domid, g.name);
+        return println!(
+            "service: {}: domain {} ({}) has already ended",
+            cmd.verb, g.domid, g.name
+        );
     }
     let path = format!("/local/domain/{}/control/shutdown", g.domid);
     match local.write(xs, &path, cmd.value.as_bytes()) {
-        Ok(()) => println!("service: {} {}: wrote '{}' to {path}", cmd.verb, g.name, cmd.value),
-        Err(e) => println!("service: {} {}: cannot write {path}: {e:?}", cmd.verb, g.name),
+        Ok(()) => println!(
+            "service: {} {}: wrote '{}' to {path}",
+            cmd.verb, g.name, cmd.value
+        ),
+        Err(e) => println!(
+            "service: {} {}: cannot write {path}: {e:?}",
+            cmd.verb, g.name
+        ),
     }
     // Its watch event is queued for the guest: deliver it on the next pass.
     WORK.store(true, Ordering::SeqCst);
@@ -316,9 +388,17 @@ fn main(si: &'static StartInfo) {
     // (`xs_memory_total=BYTES` sets another total: the scenario
     // service-heap-pressure lifts it past the heap to show the heap gate
     // alone keeps the service alive.)
-    let own_bytes = usize::try_from(si.nr_pages).unwrap_or(0).saturating_mul(4096);
-    let memory_total = cmdline_list(si, "xs_memory_total").first().and_then(|v| v.parse().ok()).unwrap_or(own_bytes / 4);
-    let mut xs = Xenstore::with_limits(xenstore::Limits { memory_total, ..xenstore::Limits::default() });
+    let own_bytes = usize::try_from(si.nr_pages)
+        .unwrap_or(0)
+        .saturating_mul(4096);
+    let memory_total = cmdline_list(si, "xs_memory_total")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(own_bytes / 4);
+    let mut xs = Xenstore::with_limits(xenstore::Limits {
+        memory_total,
+        ..xenstore::Limits::default()
+    });
     // Every allocation xenstore makes for a client is asked of the heap
     // first.
     xs.set_heap_gate(heap_gate);
@@ -333,7 +413,9 @@ fn main(si: &'static StartInfo) {
         match connect(&mut xs, &mut local, slot as u64, domid, &name, shown) {
             Ok(g) => guests.push(g),
             // Dead already (it ran and ended before we got here): nothing to serve.
-            Err(Errno::ESRCH | Errno::EBUSY) => println!("service: domain {domid} ({name}) ended before the service domain reached it"),
+            Err(Errno::ESRCH | Errno::EBUSY) => println!(
+                "service: domain {domid} ({name}) ended before the service domain reached it"
+            ),
             Err(e) => println!("service: domain {domid} ({name}): cannot connect its rings: {e:?}"),
         }
     }
@@ -350,7 +432,10 @@ fn main(si: &'static StartInfo) {
     let mut commands = toolstack::LineReader::new();
     let mut next_input = 0u64;
     events::enable();
-    println!("service: serving xenstore and consoles for {} domains", guests.len());
+    println!(
+        "service: serving xenstore and consoles for {} domains",
+        guests.len()
+    );
 
     // The store changed since the vbds last looked (true at first).
     let mut store_dirty = true;
@@ -382,11 +467,17 @@ fn main(si: &'static StartInfo) {
                 let mut typed = [0u8; 64];
                 let n = guest_abi::hypercall::console_io_read(&mut typed).unwrap_or(0);
                 if n > 0
-                    && let Some(c) = guests.iter_mut().filter(|g| g.alive && &g.name == name).find_map(|g| g.console.as_mut())
+                    && let Some(c) = guests
+                        .iter_mut()
+                        .filter(|g| g.alive && &g.name == name)
+                        .find_map(|g| g.console.as_mut())
                 {
                     let taken = c.input(&typed[..n]);
                     if taken < n {
-                        println!("service: console input for {name}: ring full, {} bytes dropped", n - taken);
+                        println!(
+                            "service: console input for {name}: ring full, {} bytes dropped",
+                            n - taken
+                        );
                     }
                     let _ = events::send(c.port);
                     moved = true;
@@ -429,7 +520,9 @@ fn main(si: &'static StartInfo) {
             let mut typed = [0u8; 64];
             let n = guest_abi::hypercall::console_io_read(&mut typed).unwrap_or(0);
             let mut lines: Vec<Result<String, &'static str>> = Vec::new();
-            commands.feed(&typed[..n.min(typed.len())], |l| lines.push(l.map(String::from)));
+            commands.feed(&typed[..n.min(typed.len())], |l| {
+                lines.push(l.map(String::from))
+            });
             for l in lines {
                 match l {
                     Ok(text) => run_command(&mut xs, &mut local, &guests, &text),
@@ -457,7 +550,10 @@ fn main(si: &'static StartInfo) {
     }
     let out: u64 = guests.iter().map(|g| g.relayed).sum();
     if let Some(d) = disks.as_ref() {
-        println!("service: disk interrupts delivered as events: {}", d.interrupts);
+        println!(
+            "service: disk interrupts delivered as events: {}",
+            d.interrupts
+        );
         if d.interrupts > 0 {
             println!("service: disk interrupts arrive through the event channel");
         }

@@ -49,7 +49,15 @@ pub struct StoreRing {
 
 impl StoreRing {
     pub fn new(page: MappedPage, conn: ConnId, port: u32) -> Self {
-        Self { page, conn, port, broken: false, held: false, held_heap: false, refusals_logged: false }
+        Self {
+            page,
+            conn,
+            port,
+            broken: false,
+            held: false,
+            held_heap: false,
+            refusals_logged: false,
+        }
     }
 
     /// Copies queued output into the response ring and feeds request
@@ -66,8 +74,12 @@ impl StoreRing {
         // A few rounds, so a request arriving while we answer is served now;
         // bounded, so one busy guest leaves the others their turn.
         for _ in 0..4 {
-            let Ok(wrote) = self.write_output(xs) else { return true };
-            let Ok(read) = self.read_requests(xs) else { return true };
+            let Ok(wrote) = self.write_output(xs) else {
+                return true;
+            };
+            let Ok(read) = self.read_requests(xs) else {
+                return true;
+            };
             moved |= wrote || read;
             if !read {
                 break;
@@ -106,7 +118,8 @@ impl StoreRing {
                         "xenstore: domain {} held back: the service's heap is short ({} bytes free, {} more it can grow); its requests stay in its ring",
                         c.domid().0,
                         pv_guest_kernel::heap::free(),
-                        pv_guest_kernel::heap::headroom().saturating_sub(pv_guest_kernel::heap::free())
+                        pv_guest_kernel::heap::headroom()
+                            .saturating_sub(pv_guest_kernel::heap::free())
                     );
                 }
                 return Ok(false);
@@ -170,7 +183,9 @@ impl StoreRing {
                 return Err(());
             }
             let room = (RING - used) as usize;
-            let Some(out) = xs.peek_output(self.conn) else { break };
+            let Some(out) = xs.peek_output(self.conn) else {
+                break;
+            };
             let n = out.len().min(room);
             if n == 0 {
                 break;
@@ -189,7 +204,10 @@ impl StoreRing {
     fn fail(&mut self, code: u32) {
         self.broken = true;
         self.page.store_u32(ERROR, code);
-        pv_guest_kernel::println!("xenstore: connection {:?}: ring error {code}; ignoring it", self.conn);
+        pv_guest_kernel::println!(
+            "xenstore: connection {:?}: ring error {code}; ignoring it",
+            self.conn
+        );
     }
 }
 
@@ -201,11 +219,20 @@ pub struct Local {
 
 impl Local {
     pub fn new(xs: &mut Xenstore) -> Self {
-        Self { conn: xs.connect(DomId(0), true), next_req: 1 }
+        Self {
+            conn: xs.connect(DomId(0), true),
+            next_req: 1,
+        }
     }
 
     /// Runs one request; the reply payload, or the error it carried.
-    pub fn op(&mut self, xs: &mut Xenstore, ty: u32, tx: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+    pub fn op(
+        &mut self,
+        xs: &mut Xenstore,
+        ty: u32,
+        tx: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
         let msg = xenstore::wire::encode(ty, req, tx, payload);
@@ -215,7 +242,9 @@ impl Local {
         })?;
         // Our own watch events may be queued ahead of the reply: skip them.
         while let Some(m) = xs.pop_output(self.conn) {
-            let Ok(parsed) = xenstore::wire::parse(&m) else { return Err(Errno::EIO) };
+            let Ok(parsed) = xenstore::wire::parse(&m) else {
+                return Err(Errno::EIO);
+            };
             let h: XsdSockmsg = parsed.header;
             if h.req_id != req || h.type_ == guest_abi::io::xenstore::XS_WATCH_EVENT {
                 continue;
@@ -234,7 +263,8 @@ impl Local {
         p.extend_from_slice(path.as_bytes());
         p.push(0);
         p.extend_from_slice(value);
-        self.op(xs, guest_abi::io::xenstore::XS_WRITE, 0, &p).map(|_| ())
+        self.op(xs, guest_abi::io::xenstore::XS_WRITE, 0, &p)
+            .map(|_| ())
     }
 
     /// Reads `path`.
@@ -251,13 +281,19 @@ impl Local {
         p.extend_from_slice(path.as_bytes());
         p.push(0);
         p.extend_from_slice(perms);
-        self.op(xs, guest_abi::io::xenstore::XS_SET_PERMS, 0, &p).map(|_| ())
+        self.op(xs, guest_abi::io::xenstore::XS_SET_PERMS, 0, &p)
+            .map(|_| ())
     }
 }
 
 /// Reads the front-end's nodes `keys` under `dir` (those present), as text,
 /// for a back-end's `parse_frontend`.
-pub fn read_nodes(xs: &mut Xenstore, local: &mut Local, dir: &str, keys: &[&'static str]) -> Vec<(&'static str, alloc::string::String)> {
+pub fn read_nodes(
+    xs: &mut Xenstore,
+    local: &mut Local,
+    dir: &str,
+    keys: &[&'static str],
+) -> Vec<(&'static str, alloc::string::String)> {
     let mut nodes = Vec::new();
     for &k in keys {
         if let Ok(v) = local.read(xs, &alloc::format!("{dir}/{k}")) {
@@ -271,11 +307,19 @@ pub fn read_nodes(xs: &mut Xenstore, local: &mut Local, dir: &str, keys: &[&'sta
 /// at grant-mapping slot `slot` and binds its event channel (the
 /// hypervisor checks the grant is the front-end's and the port is meant
 /// for us). On failure nothing stays mapped or bound.
-pub fn attach_ring(fe_dom: u16, ring_ref: u32, event_channel: u32, slot: u64, kick: pv_guest_kernel::events::PortHandler) -> Result<(pv_guest_kernel::gnttab::GrantedPage, u32), alloc::string::String> {
+pub fn attach_ring(
+    fe_dom: u16,
+    ring_ref: u32,
+    event_channel: u32,
+    slot: u64,
+    kick: pv_guest_kernel::events::PortHandler,
+) -> Result<(pv_guest_kernel::gnttab::GrantedPage, u32), alloc::string::String> {
     use pv_guest_kernel::{events, gnttab};
     let va = gnttab::map_slot_va(slot).ok_or("no ring slot")?;
-    let page = gnttab::GrantedPage::map(fe_dom, ring_ref, va).map_err(|st| alloc::format!("ring grant {ring_ref}: status {st}"))?;
+    let page = gnttab::GrantedPage::map(fe_dom, ring_ref, va)
+        .map_err(|st| alloc::format!("ring grant {ring_ref}: status {st}"))?;
     // Dropping `page` on the error path unmaps it.
-    let port = events::bind_interdomain(fe_dom, event_channel, kick).map_err(|e| alloc::format!("event channel {event_channel}: {e:?}"))?;
+    let port = events::bind_interdomain(fe_dom, event_channel, kick)
+        .map_err(|e| alloc::format!("event channel {event_channel}: {e:?}"))?;
     Ok((page, port))
 }

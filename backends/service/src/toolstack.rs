@@ -35,9 +35,17 @@ pub fn parse(line: &str) -> Result<Shutdown<'_>, String> {
     let (verb, value) = match words.as_slice() {
         ["xl", "shutdown", _] => ("xl shutdown", "poweroff"),
         ["xl", "reboot", _] => ("xl reboot", "reboot"),
-        _ => return Err(alloc::format!("unknown command '{line}' (commands: xl shutdown DOMAIN, xl reboot DOMAIN)")),
+        _ => {
+            return Err(alloc::format!(
+                "unknown command '{line}' (commands: xl shutdown DOMAIN, xl reboot DOMAIN)"
+            ));
+        }
     };
-    Ok(Shutdown { verb, domain: words[2], value })
+    Ok(Shutdown {
+        verb,
+        domain: words[2],
+        value,
+    })
 }
 
 /// Serial bytes assembled into command lines.
@@ -49,7 +57,10 @@ pub struct LineReader {
 
 impl LineReader {
     pub fn new() -> Self {
-        Self { line: String::with_capacity(LINE_MAX), overflow: false }
+        Self {
+            line: String::with_capacity(LINE_MAX),
+            overflow: false,
+        }
     }
 
     /// Takes typed bytes; calls `done` with each complete, non-empty line

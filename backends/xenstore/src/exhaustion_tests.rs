@@ -361,7 +361,11 @@ fn domains_together_are_held_to_the_total_quota() {
     for &g in &guests {
         assert!(b.xs.memory_used(g).unwrap() <= limits.memory_per_domain);
         let k = guests.iter().position(|&x| x == g).unwrap();
-        let want = if written[k] > 0 { Ok(1024) } else { Err(err(Errno::ENOENT)) };
+        let want = if written[k] > 0 {
+            Ok(1024)
+        } else {
+            Err(err(Errno::ENOENT))
+        };
         assert_eq!(b.read(g, "n0").map(|v| v.len()), want);
     }
     // The first gives its nodes back: the last can write again.

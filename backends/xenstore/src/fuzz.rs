@@ -13,18 +13,44 @@ use crate::wire::{self, FrameError, HEADER_SIZE, Reassembler};
 
 /// Cases for a fuzz property: `default`, or `MICROVISOR_FUZZ_CASES`.
 pub(crate) fn cases(default: u32) -> u32 {
-    std::env::var("MICROVISOR_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("MICROVISOR_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A header with a length near the limits, then bytes: plausible streams.
 fn stream() -> impl Strategy<Value = Vec<u8>> {
-    let len = prop_oneof![0u32..64, Just(XENSTORE_PAYLOAD_MAX as u32), Just(XENSTORE_PAYLOAD_MAX as u32 + 1), any::<u32>()];
-    let msg = (any::<u32>(), any::<u32>(), any::<u32>(), len, prop::collection::vec(any::<u8>(), 0..80)).prop_map(|(ty, id, tx, len, body)| {
-        let mut m = XsdSockmsg { type_: ty, req_id: id, tx_id: tx, len }.as_bytes().to_vec();
-        m.extend(body);
-        m
-    });
-    prop::collection::vec(prop_oneof![msg, prop::collection::vec(any::<u8>(), 0..40)], 0..6).prop_map(|v| v.concat())
+    let len = prop_oneof![
+        0u32..64,
+        Just(XENSTORE_PAYLOAD_MAX as u32),
+        Just(XENSTORE_PAYLOAD_MAX as u32 + 1),
+        any::<u32>()
+    ];
+    let msg = (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        len,
+        prop::collection::vec(any::<u8>(), 0..80),
+    )
+        .prop_map(|(ty, id, tx, len, body)| {
+            let mut m = XsdSockmsg {
+                type_: ty,
+                req_id: id,
+                tx_id: tx,
+                len,
+            }
+            .as_bytes()
+            .to_vec();
+            m.extend(body);
+            m
+        });
+    prop::collection::vec(
+        prop_oneof![msg, prop::collection::vec(any::<u8>(), 0..40)],
+        0..6,
+    )
+    .prop_map(|v| v.concat())
 }
 
 proptest! {

@@ -57,5 +57,8 @@ pub fn btree_insert(len: usize, slot: usize) -> usize {
 /// bytes by a few takes: one or two reallocations to double its capacity.
 #[must_use]
 pub fn vec_growth(len: usize, elem: usize) -> usize {
-    len.saturating_add(2).saturating_mul(elem).saturating_mul(4).saturating_add(4 * ALLOC)
+    len.saturating_add(2)
+        .saturating_mul(elem)
+        .saturating_mul(4)
+        .saturating_add(4 * ALLOC)
 }

@@ -114,7 +114,9 @@ pub(crate) fn checked<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     TRACK.set(false);
     if let Some((size, used, budget)) = OVERRUN.take() {
-        panic!("an allocation of {size} bytes was not covered by the heap gate: {used} bytes counted against a budget of {budget}");
+        panic!(
+            "an allocation of {size} bytes was not covered by the heap gate: {used} bytes counted against a budget of {budget}"
+        );
     }
     r
 }
@@ -153,13 +155,15 @@ fn bounds_cover_wide_deep_and_shared_nodes() {
     // A directory with many children and long names, made by dom0 (no
     // node-size quota), writable by the guest.
     for i in 0..300 {
-        b.write(d0, &format!("/wide/child-with-a-long-name-{i:04}"), "v").unwrap();
+        b.write(d0, &format!("/wide/child-with-a-long-name-{i:04}"), "v")
+            .unwrap();
     }
     b.set_perms(d0, "/wide", &["n0", "b1"]).unwrap();
     let many: Vec<String> = (0..600).map(|i| format!("r{}", 2 + i)).collect();
     let mut perms: Vec<&str> = vec!["n0"];
     perms.extend(many.iter().map(String::as_str));
-    b.set_perms(d0, "/wide/child-with-a-long-name-0001", &perms).unwrap();
+    b.set_perms(d0, "/wide/child-with-a-long-name-0001", &perms)
+        .unwrap();
     // Too big a parent for a guest (ENOSPC), then a middle-sized one.
     b.write(g, "/wide/new", "x").unwrap_err();
     for i in 0..40 {
@@ -170,25 +174,38 @@ fn bounds_cover_wide_deep_and_shared_nodes() {
     // Open transactions share every node with the shared store.
     let t0 = b.tx_start(d0);
     let t1 = b.tx_start(g);
-    b.write(g, "/wide/child-with-a-long-name-0001", "y").unwrap_err();
-    b.write(d0, "/wide/child-with-a-long-name-0002", &"z".repeat(4000)).unwrap();
+    b.write(g, "/wide/child-with-a-long-name-0001", "y")
+        .unwrap_err();
+    b.write(d0, "/wide/child-with-a-long-name-0002", &"z".repeat(4000))
+        .unwrap();
     b.read(d0, "/wide/child-with-a-long-name-0002").unwrap();
     b.dir(d0, "/wide").unwrap_err();
     let mut part = nul("/wide");
     part.extend(nul("100"));
     b.req(d0, XS_DIRECTORY_PART, 0, &part).unwrap();
-    b.get_perms(d0, "/wide/child-with-a-long-name-0001").unwrap();
+    b.get_perms(d0, "/wide/child-with-a-long-name-0001")
+        .unwrap();
     // Deep creation in a transaction and outside.
-    let deep: String = (0..40).map(|i| format!("level{i}")).collect::<Vec<_>>().join("/");
-    b.write_tx(g, t1, &format!("/wide/mid/{deep}"), "v").unwrap();
+    let deep: String = (0..40)
+        .map(|i| format!("level{i}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    b.write_tx(g, t1, &format!("/wide/mid/{deep}"), "v")
+        .unwrap();
     b.tx_end(g, t1, true).unwrap();
     b.write(g, &format!("/wide/mid/x/{deep}"), "v").unwrap();
-    b.write_tx(d0, t0, "/wide/child-with-a-long-name-0003", "t").unwrap();
+    b.write_tx(d0, t0, "/wide/child-with-a-long-name-0003", "t")
+        .unwrap();
     b.rm_tx(d0, t0, "/wide").unwrap();
     b.tx_end(d0, t0, true).unwrap_err();
     // Watches everywhere, then a removal that fires them all.
     for i in 0..100 {
-        b.watch(g, &format!("/wide/child-with-a-long-name-{i:04}"), &format!("token-{i}")).unwrap();
+        b.watch(
+            g,
+            &format!("/wide/child-with-a-long-name-{i:04}"),
+            &format!("token-{i}"),
+        )
+        .unwrap();
     }
     b.watch(d0, "/wide", "all").unwrap();
     let t2 = b.tx_start(g);
@@ -210,7 +227,12 @@ fn feeding_a_ring_stays_within_the_gate() {
     let g = b.guest(1);
     let mut stream = Vec::new();
     for i in 0..30u32 {
-        stream.extend(wire::encode(XS_WRITE, i, 0, &write_req(&format!("n{i}"), &[b'v'; 2000])));
+        stream.extend(wire::encode(
+            XS_WRITE,
+            i,
+            0,
+            &write_req(&format!("n{i}"), &[b'v'; 2000]),
+        ));
         stream.extend(wire::encode(XS_READ, i, 0, &nul(&format!("n{i}"))));
     }
     let mut at = 0;
@@ -224,13 +246,35 @@ fn feeding_a_ring_stays_within_the_gate() {
 
 /// A request from the generated mix, sent by one of three clients.
 fn hostile_request() -> impl Strategy<Value = (usize, u32, bool, Vec<u8>)> {
-    let path = prop::sample::select(vec!["a", "a/b", "a/b/c", "/wide", "/wide/k", "@releaseDomain", "/local/domain/1", "/"]);
+    let path = prop::sample::select(vec![
+        "a",
+        "a/b",
+        "a/b/c",
+        "/wide",
+        "/wide/k",
+        "@releaseDomain",
+        "/local/domain/1",
+        "/",
+    ]);
     let value = prop_oneof![Just(0usize), 1usize..64, Just(2000), Just(4000)];
     (
         0usize..3,
         prop::sample::select(vec![
-            XS_READ, XS_WRITE, XS_MKDIR, XS_RM, XS_DIRECTORY, XS_DIRECTORY_PART, XS_GET_PERMS, XS_SET_PERMS, XS_WATCH,
-            XS_UNWATCH, XS_TRANSACTION_START, XS_TRANSACTION_END, XS_RELEASE, XS_INTRODUCE, XS_RESET_WATCHES,
+            XS_READ,
+            XS_WRITE,
+            XS_MKDIR,
+            XS_RM,
+            XS_DIRECTORY,
+            XS_DIRECTORY_PART,
+            XS_GET_PERMS,
+            XS_SET_PERMS,
+            XS_WATCH,
+            XS_UNWATCH,
+            XS_TRANSACTION_START,
+            XS_TRANSACTION_END,
+            XS_RELEASE,
+            XS_INTRODUCE,
+            XS_RESET_WATCHES,
         ]),
         any::<bool>(),
         (path, value, 0usize..20),
@@ -317,14 +361,27 @@ fn no_room_answers_enomem_and_changes_nothing() {
     let before: Vec<String> = b.xs.store().paths().map(String::from).collect();
     // Enough to answer, short of any request's own bound.
     set_room(PRE_BOUND + 2048 + limits.heap_reserve);
-    assert_eq!(b.req(g, XS_WRITE, 0, &write_req("new", b"v")), err(Errno::ENOMEM));
-    assert_eq!(b.req(g, XS_WRITE, 0, &write_req("kept", b"2")), err(Errno::ENOMEM));
+    assert_eq!(
+        b.req(g, XS_WRITE, 0, &write_req("new", b"v")),
+        err(Errno::ENOMEM)
+    );
+    assert_eq!(
+        b.req(g, XS_WRITE, 0, &write_req("kept", b"2")),
+        err(Errno::ENOMEM)
+    );
     assert_eq!(b.req(g, XS_MKDIR, 0, &nul("dir")), err(Errno::ENOMEM));
-    assert_eq!(b.req(g, XS_WATCH, 0, &[nul("kept"), nul("tok")].concat()), err(Errno::ENOMEM));
+    assert_eq!(
+        b.req(g, XS_WATCH, 0, &[nul("kept"), nul("tok")].concat()),
+        err(Errno::ENOMEM)
+    );
     assert_eq!(b.req(g, XS_TRANSACTION_START, 0, b"\0"), err(Errno::ENOMEM));
     let after: Vec<String> = b.xs.store().paths().map(String::from).collect();
     assert_eq!(before, after, "nothing changed");
-    assert_eq!(b.read(g, "kept"), Err(String::from("ENOMEM")), "even a read needs its bound");
+    assert_eq!(
+        b.read(g, "kept"),
+        Err(String::from("ENOMEM")),
+        "even a read needs its bound"
+    );
     let c = b.xs.connection(g).unwrap();
     assert_eq!((c.watch_count(), c.transaction_count()), (0, 0));
     assert_eq!(c.heap_refusals(), 6);
@@ -358,7 +415,10 @@ fn no_room_to_answer_holds_the_ring() {
     assert!(!b.xs.accepts_input(g));
     assert_eq!(checked(|| b.xs.feed(g, &req)).unwrap().consumed, 0);
     assert_eq!(checked(|| b.xs.receive(g, &req)), Ok(0));
-    assert!(b.xs.pop_output(g).is_none(), "nothing answered, nothing dropped");
+    assert!(
+        b.xs.pop_output(g).is_none(),
+        "nothing answered, nothing dropped"
+    );
     assert_eq!(b.xs.handle(g, &req), Err(HandleError::NoMemory));
     assert!(b.xs.store().get("/local/domain/1/x").is_none());
     set_room(usize::MAX);

@@ -17,10 +17,10 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use guest_abi::io::xenstore::{
-    XENSTORE_PAYLOAD_MAX, XS_CONTROL, XS_GET_DOMAIN_PATH, XS_INTRODUCE, XS_IS_DOMAIN_INTRODUCED,
-    XS_GET_PERMS, XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_RM, XS_SET_PERMS, XS_SET_TARGET,
-    XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XS_WRITE,
-    XsdSockmsg,
+    XENSTORE_PAYLOAD_MAX, XS_CONTROL, XS_GET_DOMAIN_PATH, XS_GET_PERMS, XS_INTRODUCE,
+    XS_IS_DOMAIN_INTRODUCED, XS_MKDIR, XS_RELEASE, XS_RESET_WATCHES, XS_RESUME, XS_RM,
+    XS_SET_PERMS, XS_SET_TARGET, XS_TRANSACTION_END, XS_TRANSACTION_START, XS_UNWATCH, XS_WATCH,
+    XS_WATCH_EVENT, XS_WRITE, XsdSockmsg,
 };
 use guest_abi::{DomId, Errno};
 
@@ -253,8 +253,10 @@ impl Xenstore {
             return Err(Errno::EINVAL);
         }
         let intro = Introduction { mfn, evtchn };
-        let need = heap::btree_insert(self.conns.len(), core::mem::size_of::<(ConnId, Connection)>())
-            + heap::btree_insert(self.domains.len(), 8)
+        let need = heap::btree_insert(
+            self.conns.len(),
+            core::mem::size_of::<(ConnId, Connection)>(),
+        ) + heap::btree_insert(self.domains.len(), 8)
             + heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>())
             + 4 * ALLOC;
         if !(self.heap)(need, 0) {
@@ -296,7 +298,10 @@ impl Xenstore {
         let need = self
             .store
             .forget_cost(domid.0)
-            .saturating_add(heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>()));
+            .saturating_add(heap::vec_growth(
+                self.actions.len(),
+                core::mem::size_of::<Action>(),
+            ));
         if !(self.heap)(need, 0) {
             return Err(Errno::ENOMEM);
         }
@@ -456,7 +461,10 @@ impl Xenstore {
         // Nothing is taken unless the heap can give what reading and
         // answering one message takes, and the reply's queue slot.
         let room = {
-            let c = self.conns.get(&conn).ok_or(HandleError::UnknownConnection)?;
+            let c = self
+                .conns
+                .get(&conn)
+                .ok_or(HandleError::UnknownConnection)?;
             let need = INPUT_BOUND.saturating_add(c.out.growth_bytes());
             heap_room(self.heap, &self.store, &self.limits, c, need)
         };
@@ -588,7 +596,10 @@ impl Xenstore {
         }
         match op {
             XS_WATCH => base
-                .saturating_add(heap::vec_growth(c.watches.len(), core::mem::size_of::<Watch>()))
+                .saturating_add(heap::vec_growth(
+                    c.watches.len(),
+                    core::mem::size_of::<Watch>(),
+                ))
                 .saturating_add(2 * MSG),
             XS_TRANSACTION_START => base
                 .saturating_add(self.store.clone_heap_cost())
@@ -601,16 +612,25 @@ impl Xenstore {
                 None => base,
             },
             XS_INTRODUCE => base
-                .saturating_add(heap::btree_insert(self.conns.len(), core::mem::size_of::<(ConnId, Connection)>()))
+                .saturating_add(heap::btree_insert(
+                    self.conns.len(),
+                    core::mem::size_of::<(ConnId, Connection)>(),
+                ))
                 .saturating_add(heap::btree_insert(self.domains.len(), 8))
-                .saturating_add(heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>())),
+                .saturating_add(heap::vec_growth(
+                    self.actions.len(),
+                    core::mem::size_of::<Action>(),
+                )),
             XS_RELEASE => {
                 let domid = wire::one_arg(payload)
                     .ok()
                     .and_then(|a| path::parse_domid(a).ok())
                     .unwrap_or(0);
                 base.saturating_add(self.store.forget_cost(domid))
-                    .saturating_add(heap::vec_growth(self.actions.len(), core::mem::size_of::<Action>()))
+                    .saturating_add(heap::vec_growth(
+                        self.actions.len(),
+                        core::mem::size_of::<Action>(),
+                    ))
             }
             _ => base,
         }
@@ -965,13 +985,16 @@ impl Xenstore {
             }
             // Only if the heap can give the events (as they would be
             // dropped past the quotas).
-            let (n, bytes) = c
-                .watches
-                .iter()
-                .filter(matches)
-                .fold((0usize, 0usize), |(n, b), w| {
-                    (n + 1, b.saturating_add(w.path.len().max(ch.path.len()) + w.token.len()))
-                });
+            let (n, bytes) =
+                c.watches
+                    .iter()
+                    .filter(matches)
+                    .fold((0usize, 0usize), |(n, b), w| {
+                        (
+                            n + 1,
+                            b.saturating_add(w.path.len().max(ch.path.len()) + w.token.len()),
+                        )
+                    });
             let need = bytes
                 .saturating_add(n.saturating_mul(wire::HEADER_SIZE + 2 + 3 * ALLOC))
                 .saturating_mul(2)
@@ -1004,7 +1027,9 @@ fn heap_room(gate: HeapGate, store: &Store, limits: &Limits, c: &Connection, nee
     let keep = if c.privileged {
         0
     } else if usage(store, c) > limits.light_usage {
-        limits.heap_reserve.saturating_add(limits.heap_reserve_light)
+        limits
+            .heap_reserve
+            .saturating_add(limits.heap_reserve_light)
     } else {
         limits.heap_reserve
     };
@@ -1078,12 +1103,18 @@ fn store_op_bound(view: &Store, limits: &Limits, who: Who, op: u32, payload: &[u
                     .saturating_add(nodes.saturating_mul(ALLOC))
                     .saturating_add(2 * perm_bytes)
                     .saturating_add(heap::vec_growth(nodes, 24))
-                    .saturating_add(heap::vec_growth(nodes, core::mem::size_of::<crate::store::Removed>()))
+                    .saturating_add(heap::vec_growth(
+                        nodes,
+                        core::mem::size_of::<crate::store::Removed>(),
+                    ))
                     .saturating_add(heap::vec_growth(nodes, core::mem::size_of::<Change>()))
                     .saturating_add(
                         view.journal()
                             .map_or(0, |j| j.entry_cost(nodes + 2, len, perms))
-                            .saturating_add(view.journal().map_or(0, |_| 4 * path_bytes + 2 * perm_bytes)),
+                            .saturating_add(
+                                view.journal()
+                                    .map_or(0, |_| 4 * path_bytes + 2 * perm_bytes),
+                            ),
                     )
             }
             None => reads,
@@ -1169,7 +1200,14 @@ fn event_message(w: &Watch, changed: &str) -> Option<Vec<u8>> {
 /// `total` is what every unprivileged domain together makes the service
 /// hold ([`total_usage`]); an event past [`Limits::memory_total`] is
 /// dropped too. Returns whether the event was queued.
-fn queue_event(store: &Store, c: &mut Connection, limits: &Limits, total: usize, event: Vec<u8>, dedup: bool) -> bool {
+fn queue_event(
+    store: &Store,
+    c: &mut Connection,
+    limits: &Limits,
+    total: usize,
+    event: Vec<u8>,
+    dedup: bool,
+) -> bool {
     if !c.privileged
         && (c.out.bytes().saturating_add(event.len()) > limits.queued_bytes
             || usage(store, c).saturating_add(event.len()) > limits.memory_per_domain
@@ -1192,7 +1230,13 @@ fn total_usage(store: &Store, conns: &BTreeMap<ConnId, Connection>) -> usize {
 
 /// True when `extra` more bytes for unprivileged `c` would pass its own
 /// memory quota or the quota of all unprivileged domains together.
-fn over_quota(store: &Store, conns: &BTreeMap<ConnId, Connection>, limits: &Limits, c: &Connection, extra: usize) -> bool {
+fn over_quota(
+    store: &Store,
+    conns: &BTreeMap<ConnId, Connection>,
+    limits: &Limits,
+    c: &Connection,
+    extra: usize,
+) -> bool {
     usage(store, c).saturating_add(extra) > limits.memory_per_domain
         || total_usage(store, conns).saturating_add(extra) > limits.memory_total
 }

@@ -174,7 +174,11 @@ impl Journal {
     /// make the event list reallocate.
     #[must_use]
     pub fn entry_cost(&self, entries: usize, path_len: usize, perms: usize) -> usize {
-        let len = self.accessed.len().max(self.event_index.len()).saturating_add(entries);
+        let len = self
+            .accessed
+            .len()
+            .max(self.event_index.len())
+            .saturating_add(entries);
         let slot = core::mem::size_of::<String>() + core::mem::size_of::<Seen>();
         let one = 4 * (path_len + crate::heap::ALLOC)
             + perms
@@ -182,7 +186,10 @@ impl Journal {
             + 2 * crate::heap::btree_insert(len, slot);
         entries
             .saturating_mul(one)
-            .saturating_add(crate::heap::vec_growth(self.events.len() + entries, core::mem::size_of::<(String, bool)>()))
+            .saturating_add(crate::heap::vec_growth(
+                self.events.len() + entries,
+                core::mem::size_of::<(String, bool)>(),
+            ))
     }
 
     /// What the journal and the nodes it changed cost: the memory a
@@ -650,7 +657,9 @@ impl Store {
             .nodes
             .range::<str, _>((Bound::Excluded(path), Bound::Unbounded))
         {
-            let beneath = k.strip_prefix(path).is_some_and(|rest| top_level || rest.starts_with('/'));
+            let beneath = k
+                .strip_prefix(path)
+                .is_some_and(|rest| top_level || rest.starts_with('/'));
             if !beneath {
                 // Keys beneath `path` sort directly after it, except that
                 // `path` followed by a byte below '/' ('-') sorts between:

@@ -155,7 +155,11 @@ impl Reassembler {
     pub fn push(&mut self, data: &[u8]) -> Result<(usize, Option<Vec<u8>>), FrameError> {
         let mut used = 0;
         if self.want.is_none() {
-            if self.buf.try_reserve_exact(HEADER_SIZE - self.buf.len()).is_err() {
+            if self
+                .buf
+                .try_reserve_exact(HEADER_SIZE - self.buf.len())
+                .is_err()
+            {
                 return Ok((0, None));
             }
             let take = (HEADER_SIZE - self.buf.len()).min(data.len());
@@ -172,7 +176,11 @@ impl Reassembler {
             self.want = Some(HEADER_SIZE + header.len as usize);
         }
         let want = self.want.unwrap_or(HEADER_SIZE);
-        if self.buf.try_reserve_exact(want.saturating_sub(self.buf.len())).is_err() {
+        if self
+            .buf
+            .try_reserve_exact(want.saturating_sub(self.buf.len()))
+            .is_err()
+        {
             return Ok((used, None));
         }
         let rest = &data[used..];

@@ -106,9 +106,15 @@ fn main(_si: &'static StartInfo) {
         fail("reading sector 0", e);
     }
     let got = &back.bytes()[..GREETING.len()];
-    println!("blk-demo: read back \"{}\"", core::str::from_utf8(got).unwrap_or("<not UTF-8>"));
+    println!(
+        "blk-demo: read back \"{}\"",
+        core::str::from_utf8(got).unwrap_or("<not UTF-8>")
+    );
     if got != GREETING {
-        fail("comparing", "the sector read back differs from what was written");
+        fail(
+            "comparing",
+            "the sector read back differs from what was written",
+        );
     }
     println!("blk-demo: done, powering off");
     // Returning from main powers the domain off. (The back-end notices

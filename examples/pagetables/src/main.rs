@@ -7,14 +7,18 @@
 #![no_main]
 
 use pv_guest_kernel::mm::{self, Batch};
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 /// Where the example maps its region: 1 GiB, outside the bootstrap mapping.
 const REGION: u64 = 0x4000_0000;
 
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
-    t.check("trap-table", pv_guest_kernel::traps::init().is_ok(), format_args!("set_trap_table failed"));
+    t.check(
+        "trap-table",
+        pv_guest_kernel::traps::init().is_ok(),
+        format_args!("set_trap_table failed"),
+    );
     let old = mm::current_l4_mfn();
     // Tables for the region (an L1, and an L2 for the second GiB), made
     // read-only before the clone so no address space maps them writable.
@@ -24,7 +28,10 @@ fn main(si: &'static StartInfo) {
     let l1 = mm::alloc_table().and_then(|l1| mm::pin(l1, 1).map(|_| l1));
     let l2 = mm::alloc_table().and_then(|l2| mm::pin(l2, 2).map(|_| l2));
     let (Ok(l1), Ok(l2)) = (l1, l2) else {
-        t.fail("tables", format_args!("could not allocate and pin tables: L1 {l1:?}, L2 {l2:?}"));
+        t.fail(
+            "tables",
+            format_args!("could not allocate and pin tables: L1 {l1:?}, L2 {l2:?}"),
+        );
         t.finish()
     };
 
@@ -37,8 +44,15 @@ fn main(si: &'static StartInfo) {
     };
     println!("pagetables: built a new address space, L4 mfn {new:#x} (was {old:#x}), pinned");
     let r = mm::switch_to(new);
-    t.check("switch", r.is_ok() && mm::current_l4_mfn() == new, format_args!("{r:?}"));
-    println!("pagetables: switched to it; still running, cr3 = {:#x}", mm::current_l4_mfn() << 12);
+    t.check(
+        "switch",
+        r.is_ok() && mm::current_l4_mfn() == new,
+        format_args!("{r:?}"),
+    );
+    println!(
+        "pagetables: switched to it; still running, cr3 = {:#x}",
+        mm::current_l4_mfn() << 12
+    );
 
     let l3 = {
         let l4e = pv_guest_kernel::mm::lookup(0); // keep the walk helpers exercised
@@ -52,28 +66,50 @@ fn main(si: &'static StartInfo) {
     let ok = b.push((l3 << 12) | 8, (l2 << 12) | mm::TABLE).is_ok()
         && b.push(l2 << 12, (l1 << 12) | mm::TABLE).is_ok()
         && b.submit().is_ok();
-    t.check("link-tables", ok, format_args!("linking the new L2/L1 failed"));
+    t.check(
+        "link-tables",
+        ok,
+        format_args!("linking the new L2/L1 failed"),
+    );
     let mut b = Batch::new();
-    let r = b.map_range(REGION, first_pfn, pages, mm::DATA).and_then(|_| b.submit());
-    t.check("map-batch", r.is_ok() && b.submitted == pages, format_args!("{r:?}, {} submitted", b.submitted));
+    let r = b
+        .map_range(REGION, first_pfn, pages, mm::DATA)
+        .and_then(|_| b.submit());
+    t.check(
+        "map-batch",
+        r.is_ok() && b.submitted == pages,
+        format_args!("{r:?}, {} submitted", b.submitted),
+    );
     println!("pagetables: mapped {pages} pages at {REGION:#x} in one mmu_update");
 
     // SAFETY: the region was just mapped writable and is used by nothing else.
-    let region = unsafe { core::slice::from_raw_parts_mut(REGION as *mut u64, (pages * 512) as usize) };
+    let region =
+        unsafe { core::slice::from_raw_parts_mut(REGION as *mut u64, (pages * 512) as usize) };
     for (i, w) in region.iter_mut().enumerate() {
         *w = i as u64 ^ 0x5a5a;
     }
-    let good = region.iter().enumerate().all(|(i, &w)| w == i as u64 ^ 0x5a5a);
+    let good = region
+        .iter()
+        .enumerate()
+        .all(|(i, &w)| w == i as u64 ^ 0x5a5a);
     t.check("region-rw", good, format_args!("data mismatch"));
 
     let mut b = Batch::new();
     let r = b.unmap_range(REGION, pages).and_then(|_| b.submit());
-    t.check("unmap-batch", r.is_ok() && mm::lookup(REGION) == 0, format_args!("{r:?}"));
+    t.check(
+        "unmap-batch",
+        r.is_ok() && mm::lookup(REGION) == 0,
+        format_args!("{r:?}"),
+    );
     let f = pv_guest_kernel::traps::expect_fault(|| {
         // SAFETY: deliberately reads the unmapped region; must fault.
         let _ = unsafe { core::ptr::read_volatile(REGION as *const u64) };
     });
-    t.check("unmapped-faults", f.map(|f| f.vector) == Some(14), format_args!("{f:?}"));
+    t.check(
+        "unmapped-faults",
+        f.map(|f| f.vector) == Some(14),
+        format_args!("{f:?}"),
+    );
     println!("pagetables: unmapped them in one batch; the region now faults");
     let r = mm::switch_to(old);
     t.check("switch-back", r.is_ok(), format_args!("{r:?}"));

@@ -45,7 +45,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::types::{DomId, Port};
-use pv_guest_kernel::{events, println, test::Reporter, time, StartInfo};
+use pv_guest_kernel::{StartInfo, events, println, test::Reporter, time};
 
 /// Events the upcall handler has seen on the channel (`wait=block`).
 static EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -160,7 +160,9 @@ impl core::fmt::Display for Why {
 }
 
 fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// Ping's side of the rendezvous: the port pong allocated, then ours bound to it.
@@ -183,7 +185,10 @@ fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
     let (remote, port) = match connect(peer) {
         Ok(p) => p,
         Err(e) => {
-            t.fail("rendezvous", format_args!("binding to domain {peer}: {e:?}"));
+            t.fail(
+                "rendezvous",
+                format_args!("binding to domain {peer}: {e:?}"),
+            );
             return;
         }
     };
@@ -203,7 +208,11 @@ fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
             why = Some((i, "send failed", Some(e)));
             break;
         }
-        let timeout = if i == 1 { START_TIMEOUT_NS } else { ROUND_TIMEOUT_NS };
+        let timeout = if i == 1 {
+            START_TIMEOUT_NS
+        } else {
+            ROUND_TIMEOUT_NS
+        };
         if !end.wait_for(i, timeout) {
             why = Some((i, "no reply (lost event)", None));
             break;
@@ -215,14 +224,32 @@ fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
         done = i;
     }
     match why {
-        Some((i, what, e)) => t.fail("all-replies", format_args!("round {i} of {rounds}: {what}{}; {} replies", Why(e), end.received())),
-        None => t.check("all-replies", end.received() == rounds, format_args!("{} replies to {rounds} pings", end.received())),
+        Some((i, what, e)) => t.fail(
+            "all-replies",
+            format_args!(
+                "round {i} of {rounds}: {what}{}; {} replies",
+                Why(e),
+                end.received()
+            ),
+        ),
+        None => t.check(
+            "all-replies",
+            end.received() == rounds,
+            format_args!("{} replies to {rounds} pings", end.received()),
+        ),
     }
     if done > 0 {
-        println!("pingpong: {done} round trips, min {min} ns, avg {} ns, max {max} ns (wait={wait:?})", sum / done);
+        println!(
+            "pingpong: {done} round trips, min {min} ns, avg {} ns, max {max} ns (wait={wait:?})",
+            sum / done
+        );
     }
     let extra = end.extra(rounds);
-    t.check("no-extra-events", extra == 0, format_args!("{extra} events beyond {rounds}"));
+    t.check(
+        "no-extra-events",
+        extra == 0,
+        format_args!("{extra} events beyond {rounds}"),
+    );
 }
 
 fn pong(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
@@ -230,7 +257,10 @@ fn pong(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
     let port = match events::alloc_unbound(peer, on_event) {
         Ok(p) => p,
         Err(e) => {
-            t.fail("rendezvous", format_args!("alloc_unbound for domain {peer}: {e:?}"));
+            t.fail(
+                "rendezvous",
+                format_args!("alloc_unbound for domain {peer}: {e:?}"),
+            );
             return;
         }
     };
@@ -239,7 +269,11 @@ fn pong(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
     let mut end = start(port, wait);
     let mut why = None;
     for i in 1..=rounds {
-        let timeout = if i == 1 { START_TIMEOUT_NS } else { ROUND_TIMEOUT_NS };
+        let timeout = if i == 1 {
+            START_TIMEOUT_NS
+        } else {
+            ROUND_TIMEOUT_NS
+        };
         if !end.wait_for(i, timeout) {
             why = Some((i, "no ping (lost event)", None));
             break;
@@ -250,17 +284,37 @@ fn pong(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
         }
     }
     match why {
-        Some((i, what, e)) => t.fail("all-pings", format_args!("round {i} of {rounds}: {what}{}; {} pings", Why(e), end.received())),
-        None => t.check("all-pings", end.received() == rounds, format_args!("{} pings, {rounds} expected", end.received())),
+        Some((i, what, e)) => t.fail(
+            "all-pings",
+            format_args!(
+                "round {i} of {rounds}: {what}{}; {} pings",
+                Why(e),
+                end.received()
+            ),
+        ),
+        None => t.check(
+            "all-pings",
+            end.received() == rounds,
+            format_args!("{} pings, {rounds} expected", end.received()),
+        ),
     }
     println!("pong: answered {} pings", end.received());
     let extra = end.extra(rounds);
-    t.check("no-extra-events", extra == 0, format_args!("{extra} events beyond {rounds}"));
+    t.check(
+        "no-extra-events",
+        extra == 0,
+        format_args!("{extra} events beyond {rounds}"),
+    );
 }
 
 /// Sets up waiting on `port` once the channel exists.
 fn start(port: u32, wait: Wait) -> End {
-    let mut end = End { port, wait, polled: 0, ticks: 0 };
+    let mut end = End {
+        port,
+        wait,
+        polled: 0,
+        ticks: 0,
+    };
     if wait == Wait::Block {
         // Bound only now, so the channel got the lowest port.
         if time::init().is_ok() {
@@ -285,7 +339,10 @@ fn main(si: &'static StartInfo) {
         Some(_) => None,
     };
     let (Some(peer), Some(rounds), Some(wait)) = (peer, rounds, wait) else {
-        t.fail("cmdline", format_args!("{cmdline:?}: want role=ping|pong peer=N [rounds=N] [wait=block|poll]"));
+        t.fail(
+            "cmdline",
+            format_args!("{cmdline:?}: want role=ping|pong peer=N [rounds=N] [wait=block|poll]"),
+        );
         t.finish()
     };
     if let Err(e) = events::init() {
@@ -295,7 +352,10 @@ fn main(si: &'static StartInfo) {
     match role {
         Some("ping") => ping(&mut t, peer, rounds, wait),
         Some("pong") => pong(&mut t, peer, rounds, wait),
-        _ => t.fail("cmdline", format_args!("{cmdline:?}: role must be ping or pong")),
+        _ => t.fail(
+            "cmdline",
+            format_args!("{cmdline:?}: role must be ping or pong"),
+        ),
     }
     t.finish()
 }

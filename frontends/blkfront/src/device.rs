@@ -28,7 +28,6 @@ use pv_guest_kernel::{events, gnttab};
 
 use crate::{BlkFront, Completion, DeviceInfo, Error, GrantError, Grants, Segment, plan_io};
 
-
 /// Set by the event channel's handler.
 static EVENT: AtomicBool = AtomicBool::new(false);
 
@@ -107,7 +106,10 @@ impl BlkDevice {
     /// `ring-ref`, `event-channel` and `protocol`, switches to Initialised,
     /// waits for Connected and reads the disk's size and features.
     pub fn connect<S: Store + ?Sized>(xs: &mut S) -> Result<Self, DeviceError> {
-        let dev = xb::frontend_devices(xs, "vbd")?.into_iter().next().ok_or(DeviceError::Errno(Errno::ENODEV))?;
+        let dev = xb::frontend_devices(xs, "vbd")?
+            .into_iter()
+            .next()
+            .ok_or(DeviceError::Errno(Errno::ENODEV))?;
         let peer = xb::read_backend(xs, &dev.dir)?;
         xb::wait_for_state(xs, &peer.path, XenbusState::InitWait)?;
         let (page, ring_mfn) = pv_guest_kernel::page::alloc_shared()?;
@@ -120,17 +122,39 @@ impl BlkDevice {
         xb::switch_state(xs, &dev.dir, XenbusState::Initialised)?;
         xb::wait_for_state(xs, &peer.path, XenbusState::Connected)?;
         let mut values: Vec<(String, String)> = Vec::new();
-        for k in [crate::xenbus::KEY_SECTORS, crate::xenbus::KEY_INFO, crate::xenbus::KEY_SECTOR_SIZE, crate::xenbus::KEY_FEATURE_FLUSH_CACHE, crate::xenbus::KEY_FEATURE_BARRIER] {
+        for k in [
+            crate::xenbus::KEY_SECTORS,
+            crate::xenbus::KEY_INFO,
+            crate::xenbus::KEY_SECTOR_SIZE,
+            crate::xenbus::KEY_FEATURE_FLUSH_CACHE,
+            crate::xenbus::KEY_FEATURE_BARRIER,
+        ] {
             if let Ok(v) = xs.read(NO_TX, &xb::join(&peer.path, k)) {
                 values.push((String::from(k), text(v)));
             }
         }
-        let info: DeviceInfo = crate::xenbus::parse_backend(|k| values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-            .map_err(|e| DeviceError::Negotiation(format!("{e:?}")))?;
+        let info: DeviceInfo = crate::xenbus::parse_backend(|k| {
+            values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| DeviceError::Negotiation(format!("{e:?}")))?;
         xb::switch_state(xs, &dev.dir, XenbusState::Connected)?;
         let handle = dev.devid.parse::<u32>().unwrap_or(0) as u16;
-        let front = BlkFront::new(ring, KernelGrants { backend: peer.domid }, info, handle);
-        Ok(Self { front, port, dir: dev.dir, backend: peer.domid, next_tag: 1, finished: Vec::new() })
+        let front = BlkFront::new(
+            ring,
+            KernelGrants {
+                backend: peer.domid,
+            },
+            info,
+            handle,
+        );
+        Ok(Self {
+            front,
+            port,
+            dir: dev.dir,
+            backend: peer.domid,
+            next_tag: 1,
+            finished: Vec::new(),
+        })
     }
 
     /// The disk's size and features.
@@ -166,7 +190,9 @@ impl BlkDevice {
             let done: Vec<Completion> = self.front.poll()?;
             if done.is_empty() {
                 events::disable();
-                if !EVENT.swap(false, Ordering::SeqCst) && !self.front.ring().final_check_for_responses() {
+                if !EVENT.swap(false, Ordering::SeqCst)
+                    && !self.front.ring().final_check_for_responses()
+                {
                     // Re-enables delivery atomically: no event is lost.
                     let _ = guest_abi::hypercall::sched_block();
                 } else {
@@ -183,7 +209,13 @@ impl BlkDevice {
         self.next_tag
     }
 
-    fn transfer(&mut self, write: bool, sector: u64, buf: &Buffer, len: usize) -> Result<(), DeviceError> {
+    fn transfer(
+        &mut self,
+        write: bool,
+        sector: u64,
+        buf: &Buffer,
+        len: usize,
+    ) -> Result<(), DeviceError> {
         let frames = buf.frames()?;
         let plan = plan_io(sector, len as u64, &frames)?;
         self.run_plan(write, plan)
@@ -196,7 +228,11 @@ impl BlkDevice {
         for chunk in plan {
             let tag = self.tag();
             loop {
-                let r = if write { self.front.submit_write(chunk.sector, &chunk.segments, tag) } else { self.front.submit_read(chunk.sector, &chunk.segments, tag) };
+                let r = if write {
+                    self.front.submit_write(chunk.sector, &chunk.segments, tag)
+                } else {
+                    self.front.submit_read(chunk.sector, &chunk.segments, tag)
+                };
                 match r {
                     Ok(notify) => {
                         if notify {
@@ -221,12 +257,26 @@ impl BlkDevice {
     /// pages of `buf` as their data (so for reads its contents are
     /// whichever request finished last): keeps the ring full, as a
     /// streaming reader or writer would. For benchmarks.
-    pub fn stream(&mut self, write: bool, sector: u64, count: u64, req_bytes: usize, buf: &Buffer) -> Result<(), DeviceError> {
+    pub fn stream(
+        &mut self,
+        write: bool,
+        sector: u64,
+        count: u64,
+        req_bytes: usize,
+        buf: &Buffer,
+    ) -> Result<(), DeviceError> {
         let frames = buf.frames()?;
         let one = plan_io(0, req_bytes as u64, &frames)?;
-        let [first] = one.as_slice() else { return Err(DeviceError::Front(Error::BadLength)) };
+        let [first] = one.as_slice() else {
+            return Err(DeviceError::Front(Error::BadLength));
+        };
         let per = (req_bytes / 512) as u64;
-        let plan = (0..count).map(|i| crate::IoChunk { sector: sector + i * per, segments: first.segments.clone() }).collect();
+        let plan = (0..count)
+            .map(|i| crate::IoChunk {
+                sector: sector + i * per,
+                segments: first.segments.clone(),
+            })
+            .collect();
         self.run_plan(write, plan)
     }
 

@@ -20,9 +20,9 @@
 
 extern crate alloc;
 
+pub mod device;
 #[cfg(test)]
 mod tests;
-pub mod device;
 pub mod xenbus;
 
 use alloc::vec::Vec;

@@ -53,7 +53,8 @@ fn sum(bytes: &[u8]) -> u8 {
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(off..off + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -87,7 +88,11 @@ fn rsdp_at(mem: &dyn PhysRead, pa: u64) -> Option<Rsdp> {
     }
     let len = u32_at(&b, 20) as usize;
     // The extended checksum covers the whole (36-byte) structure.
-    let xsdt = if len >= 36 && sum(&b) == 0 { u64_at(&b, 24) } else { 0 };
+    let xsdt = if len >= 36 && sum(&b) == 0 {
+        u64_at(&b, 24)
+    } else {
+        0
+    };
     Some(Rsdp { rsdt, xsdt })
 }
 
@@ -100,12 +105,20 @@ pub fn find_rsdp(mem: &dyn PhysRead, hint: u64) -> Result<Rsdp, AcpiError> {
     {
         return Ok(r);
     }
-    (0xE0000u64..0x100000).step_by(16).find_map(|pa| rsdp_at(mem, pa)).ok_or(AcpiError::NoRsdp)
+    (0xE0000u64..0x100000)
+        .step_by(16)
+        .find_map(|pa| rsdp_at(mem, pa))
+        .ok_or(AcpiError::NoRsdp)
 }
 
 /// Reads a whole table at `pa` into `buf` (checked length and checksum);
 /// returns its length.
-fn table<'b>(mem: &dyn PhysRead, pa: u64, buf: &'b mut [u8], what: &'static str) -> Result<&'b [u8], AcpiError> {
+fn table<'b>(
+    mem: &dyn PhysRead,
+    pa: u64,
+    buf: &'b mut [u8],
+    what: &'static str,
+) -> Result<&'b [u8], AcpiError> {
     let mut h = [0u8; 36];
     if !mem.read(pa, &mut h) {
         return Err(AcpiError::Unreadable(what));
@@ -128,15 +141,27 @@ fn table<'b>(mem: &dyn PhysRead, pa: u64, buf: &'b mut [u8], what: &'static str)
 /// APIC entries, type 0, and processor local x2APIC entries, type 9, with
 /// the Enabled flag), in table order, without duplicates. `buf` is scratch
 /// for one table (at least 64 KiB accepts any table this parser allows).
-pub fn madt_apic_ids(mem: &dyn PhysRead, rsdp: Rsdp, buf: &mut [u8]) -> Result<Vec<u32, MAX_CPUS>, AcpiError> {
+pub fn madt_apic_ids(
+    mem: &dyn PhysRead,
+    rsdp: Rsdp,
+    buf: &mut [u8],
+) -> Result<Vec<u32, MAX_CPUS>, AcpiError> {
     // The root table: XSDT (64-bit entries) when there is one, else RSDT.
-    let (root, width) = if rsdp.xsdt != 0 { (rsdp.xsdt, 8) } else { (u64::from(rsdp.rsdt), 4) };
+    let (root, width) = if rsdp.xsdt != 0 {
+        (rsdp.xsdt, 8)
+    } else {
+        (u64::from(rsdp.rsdt), 4)
+    };
     let mut entries: Vec<u64, 64> = Vec::new();
     {
         let t = table(mem, root, buf, if width == 8 { "XSDT" } else { "RSDT" })?;
         let body = t.get(36..).unwrap_or(&[]);
         for e in body.chunks_exact(width) {
-            let pa = if width == 8 { u64_at(e, 0) } else { u64::from(u32_at(e, 0)) };
+            let pa = if width == 8 {
+                u64_at(e, 0)
+            } else {
+                u64::from(u32_at(e, 0))
+            };
             if entries.push(pa).is_err() {
                 break;
             }

@@ -44,7 +44,11 @@ impl HvmStartInfo {
     /// The memory map's address and entry count; none before version 1,
     /// whose structure ends before these fields.
     pub fn memmap(&self) -> (u64, u32) {
-        if self.version >= 1 { (self.memmap_paddr, self.memmap_entries) } else { (0, 0) }
+        if self.version >= 1 {
+            (self.memmap_paddr, self.memmap_entries)
+        } else {
+            (0, 0)
+        }
     }
 }
 
@@ -78,7 +82,12 @@ pub enum BootError {
     BadMagic(u32),
     /// A boot structure lies where the hypervisor cannot read it yet (the
     /// boot page tables map only the first `limit` bytes).
-    OutOfEarlyWindow { what: &'static str, paddr: u64, len: u64, limit: u64 },
+    OutOfEarlyWindow {
+        what: &'static str,
+        paddr: u64,
+        len: u64,
+        limit: u64,
+    },
     /// The memory map has no entries.
     NoMemoryMap,
     /// A memory-map entry's end does not fit in 64 bits.
@@ -90,7 +99,11 @@ pub enum BootError {
     /// The boot module is empty or its end does not fit in 64 bits.
     BadModule { paddr: u64, size: u64 },
     /// The boot module overlaps the hypervisor's image (or the memory below it).
-    ModuleOverlapsImage { paddr: u64, size: u64, image_end: u64 },
+    ModuleOverlapsImage {
+        paddr: u64,
+        size: u64,
+        image_end: u64,
+    },
     /// Part of the boot module is in no memory-map range.
     ModuleOutsideMemory { paddr: u64, size: u64, hole: u64 },
     /// The boot module ends above the memory the hypervisor can manage.
@@ -100,25 +113,61 @@ pub enum BootError {
 impl core::fmt::Display for BootError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            Self::BadMagic(m) => write!(f, "not booted by PVH: hvm_start_info magic {m:#x}, expected {HVM_START_MAGIC:#x}"),
-            Self::OutOfEarlyWindow { what, paddr, len, limit } => {
-                write!(f, "PVH {what} at {paddr:#x}+{len:#x} is beyond the first {} MiB the boot page tables map", limit >> 20)
+            Self::BadMagic(m) => write!(
+                f,
+                "not booted by PVH: hvm_start_info magic {m:#x}, expected {HVM_START_MAGIC:#x}"
+            ),
+            Self::OutOfEarlyWindow {
+                what,
+                paddr,
+                len,
+                limit,
+            } => {
+                write!(
+                    f,
+                    "PVH {what} at {paddr:#x}+{len:#x} is beyond the first {} MiB the boot page tables map",
+                    limit >> 20
+                )
             }
-            Self::NoMemoryMap => write!(f, "PVH start info has no memory map (hvm_start_info version 1 with memmap entries needed)"),
-            Self::EntryOverflows { addr, size } => write!(f, "memory map entry {addr:#x}+{size:#x} overflows"),
+            Self::NoMemoryMap => write!(
+                f,
+                "PVH start info has no memory map (hvm_start_info version 1 with memmap entries needed)"
+            ),
+            Self::EntryOverflows { addr, size } => {
+                write!(f, "memory map entry {addr:#x}+{size:#x} overflows")
+            }
             Self::NoRam => write!(f, "the memory map lists no usable RAM"),
             Self::RamBelowImage { ram_end, image_end } => {
-                write!(f, "RAM ends at {ram_end:#x}, below the end of the hypervisor image at {image_end:#x}")
+                write!(
+                    f,
+                    "RAM ends at {ram_end:#x}, below the end of the hypervisor image at {image_end:#x}"
+                )
             }
-            Self::BadModule { paddr, size } => write!(f, "boot module {paddr:#x}+{size:#x} is empty or overflows"),
-            Self::ModuleOverlapsImage { paddr, size, image_end } => {
-                write!(f, "boot module {paddr:#x}+{size:#x} overlaps the hypervisor image (which ends at {image_end:#x})")
+            Self::BadModule { paddr, size } => {
+                write!(f, "boot module {paddr:#x}+{size:#x} is empty or overflows")
+            }
+            Self::ModuleOverlapsImage {
+                paddr,
+                size,
+                image_end,
+            } => {
+                write!(
+                    f,
+                    "boot module {paddr:#x}+{size:#x} overlaps the hypervisor image (which ends at {image_end:#x})"
+                )
             }
             Self::ModuleOutsideMemory { paddr, size, hole } => {
-                write!(f, "boot module {paddr:#x}+{size:#x} is not all in the memory map (nothing listed at {hole:#x})")
+                write!(
+                    f,
+                    "boot module {paddr:#x}+{size:#x} is not all in the memory map (nothing listed at {hole:#x})"
+                )
             }
             Self::ModuleTooHigh { paddr, size, limit } => {
-                write!(f, "boot module {paddr:#x}+{size:#x} ends above the {} MiB the hypervisor can manage", limit >> 20)
+                write!(
+                    f,
+                    "boot module {paddr:#x}+{size:#x} ends above the {} MiB the hypervisor can manage",
+                    limit >> 20
+                )
             }
         }
     }
@@ -135,10 +184,20 @@ pub fn parse_start_info(bytes: &[u8]) -> Result<HvmStartInfo, BootError> {
 
 /// Checks that `len` bytes at `paddr` lie below `limit` (the part of memory
 /// readable before the hypervisor's own page tables exist).
-pub fn early_readable(what: &'static str, paddr: u64, len: u64, limit: u64) -> Result<(), BootError> {
+pub fn early_readable(
+    what: &'static str,
+    paddr: u64,
+    len: u64,
+    limit: u64,
+) -> Result<(), BootError> {
     match paddr.checked_add(len) {
         Some(end) if end <= limit => Ok(()),
-        _ => Err(BootError::OutOfEarlyWindow { what, paddr, len, limit }),
+        _ => Err(BootError::OutOfEarlyWindow {
+            what,
+            paddr,
+            len,
+            limit,
+        }),
     }
 }
 
@@ -163,7 +222,12 @@ pub struct Layout {
 /// memory the hypervisor can manage. RAM above `limit` is left out; a module
 /// that is not wholly in listed memory, overlaps the image or lies above
 /// `limit` is an error.
-pub fn layout(map: &[HvmMemmapEntry], module: Option<HvmModlistEntry>, image_end: u64, limit: u64) -> Result<Layout, BootError> {
+pub fn layout(
+    map: &[HvmMemmapEntry],
+    module: Option<HvmModlistEntry>,
+    image_end: u64,
+    limit: u64,
+) -> Result<Layout, BootError> {
     if map.is_empty() {
         return Err(BootError::NoMemoryMap);
     }
@@ -171,7 +235,13 @@ pub fn layout(map: &[HvmMemmapEntry], module: Option<HvmModlistEntry>, image_end
     let mut ram_end = 0u64;
     let mut ram_truncated = false;
     for e in map {
-        let end = e.addr.checked_add(e.size).ok_or(BootError::EntryOverflows { addr: e.addr, size: e.size })?;
+        let end = e
+            .addr
+            .checked_add(e.size)
+            .ok_or(BootError::EntryOverflows {
+                addr: e.addr,
+                size: e.size,
+            })?;
         if e.kind == E820_RAM && e.size > 0 {
             if end > limit {
                 ram_truncated = true;
@@ -199,7 +269,11 @@ pub fn layout(map: &[HvmMemmapEntry], module: Option<HvmModlistEntry>, image_end
             _ => return Err(BootError::BadModule { paddr, size }),
         };
         if paddr < image_end {
-            return Err(BootError::ModuleOverlapsImage { paddr, size, image_end });
+            return Err(BootError::ModuleOverlapsImage {
+                paddr,
+                size,
+                image_end,
+            });
         }
         if let Some(hole) = first_unlisted(map, paddr, end) {
             return Err(BootError::ModuleOutsideMemory { paddr, size, hole });
@@ -211,7 +285,12 @@ pub fn layout(map: &[HvmMemmapEntry], module: Option<HvmModlistEntry>, image_end
         mapped_end = mapped_end.max(end_frame * PAGE_SIZE);
         module_frames = Some((paddr / PAGE_SIZE, end_frame));
     }
-    Ok(Layout { ram_end, nr_frames: mapped_end / PAGE_SIZE, module_frames, ram_truncated })
+    Ok(Layout {
+        ram_end,
+        nr_frames: mapped_end / PAGE_SIZE,
+        module_frames,
+        ram_truncated,
+    })
 }
 
 /// The first address in `[start, end)` that no memory-map entry (of any
@@ -244,15 +323,29 @@ mod tests {
     const IMAGE_END: u64 = 0x40_0000;
 
     fn e(addr: u64, size: u64, kind: u32) -> HvmMemmapEntry {
-        HvmMemmapEntry { addr, size, kind, reserved: 0 }
+        HvmMemmapEntry {
+            addr,
+            size,
+            kind,
+            reserved: 0,
+        }
     }
     fn module(paddr: u64, size: u64) -> Option<HvmModlistEntry> {
-        Some(HvmModlistEntry { paddr, size, cmdline_paddr: 0, reserved: 0 })
+        Some(HvmModlistEntry {
+            paddr,
+            size,
+            cmdline_paddr: 0,
+            reserved: 0,
+        })
     }
 
     /// QEMU 7.2 `-M microvm -m 256M` with qboot: RAM to the end of memory.
     fn qboot_map() -> [HvmMemmapEntry; 3] {
-        [e(0, 0x9_fc00, 1), e(0x10_0000, 0xff0_0000, 1), e(0xfeff_c000, 0x4000, 2)]
+        [
+            e(0, 0x9_fc00, 1),
+            e(0x10_0000, 0xff0_0000, 1),
+            e(0xfeff_c000, 0x4000, 2),
+        ]
     }
 
     /// QEMU 10.0 `-M microvm -m 256M` with SeaBIOS: the top page of RAM is
@@ -270,15 +363,35 @@ mod tests {
 
     #[test]
     fn qboot_layout_is_all_ram() {
-        let l = layout(&qboot_map(), module(0xfde_a000, 0x21_5b60), IMAGE_END, LIMIT).unwrap();
-        assert_eq!(l, Layout { ram_end: 256 * MIB, nr_frames: 65536, module_frames: Some((0xfdea, 0x10000)), ram_truncated: false });
+        let l = layout(
+            &qboot_map(),
+            module(0xfde_a000, 0x21_5b60),
+            IMAGE_END,
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            Layout {
+                ram_end: 256 * MIB,
+                nr_frames: 65536,
+                module_frames: Some((0xfdea, 0x10000)),
+                ram_truncated: false
+            }
+        );
     }
 
     #[test]
     fn module_reaching_into_reserved_top_page_is_mapped_not_freed() {
         // The QEMU 10 boot that used to panic: the module ends at 0xffffb60,
         // inside the page SeaBIOS reserved.
-        let l = layout(&seabios_map(), module(0xfde_a000, 0x21_5b60), IMAGE_END, LIMIT).unwrap();
+        let l = layout(
+            &seabios_map(),
+            module(0xfde_a000, 0x21_5b60),
+            IMAGE_END,
+            LIMIT,
+        )
+        .unwrap();
         assert_eq!(l.ram_end, 0xfff_f000);
         assert_eq!(l.nr_frames, 0x10000, "the module's last frame is mapped");
         assert_eq!(l.module_frames, Some((0xfdea, 0x10000)));
@@ -293,21 +406,42 @@ mod tests {
         // 0xa0000..0xf0000 is listed by nothing.
         assert_eq!(
             layout(&seabios_map(), module(0x9_f000, 0x2000), 0x1000, LIMIT),
-            Err(BootError::ModuleOutsideMemory { paddr: 0x9_f000, size: 0x2000, hole: 0xa_0000 })
+            Err(BootError::ModuleOutsideMemory {
+                paddr: 0x9_f000,
+                size: 0x2000,
+                hole: 0xa_0000
+            })
         );
         // Beyond every entry.
         assert_eq!(
             layout(&seabios_map(), module(0xfff_f000, 0x2000), IMAGE_END, LIMIT),
-            Err(BootError::ModuleOutsideMemory { paddr: 0xfff_f000, size: 0x2000, hole: 0x1000_0000 })
+            Err(BootError::ModuleOutsideMemory {
+                paddr: 0xfff_f000,
+                size: 0x2000,
+                hole: 0x1000_0000
+            })
         );
         assert_eq!(
             layout(&qboot_map(), module(0x20_0000, 0x1000), IMAGE_END, LIMIT),
-            Err(BootError::ModuleOverlapsImage { paddr: 0x20_0000, size: 0x1000, image_end: IMAGE_END })
+            Err(BootError::ModuleOverlapsImage {
+                paddr: 0x20_0000,
+                size: 0x1000,
+                image_end: IMAGE_END
+            })
         );
-        assert_eq!(layout(&qboot_map(), module(0x80_0000, 0), IMAGE_END, LIMIT), Err(BootError::BadModule { paddr: 0x80_0000, size: 0 }));
+        assert_eq!(
+            layout(&qboot_map(), module(0x80_0000, 0), IMAGE_END, LIMIT),
+            Err(BootError::BadModule {
+                paddr: 0x80_0000,
+                size: 0
+            })
+        );
         assert_eq!(
             layout(&qboot_map(), module(u64::MAX - 10, 0x100), IMAGE_END, LIMIT),
-            Err(BootError::BadModule { paddr: u64::MAX - 10, size: 0x100 })
+            Err(BootError::BadModule {
+                paddr: u64::MAX - 10,
+                size: 0x100
+            })
         );
     }
 
@@ -323,38 +457,78 @@ mod tests {
     fn ram_above_the_limit_is_left_out_and_a_module_there_refused() {
         let map = [e(0, 0xa_0000, 1), e(0x10_0000, 16 << 30, 1)];
         let l = layout(&map, module(0x100_0000, 0x1000), IMAGE_END, LIMIT).unwrap();
-        assert_eq!((l.ram_end, l.nr_frames, l.ram_truncated), (LIMIT, LIMIT / PAGE_SIZE, true));
+        assert_eq!(
+            (l.ram_end, l.nr_frames, l.ram_truncated),
+            (LIMIT, LIMIT / PAGE_SIZE, true)
+        );
         assert_eq!(
             layout(&map, module(LIMIT - 0x1000, 0x2000), IMAGE_END, LIMIT),
-            Err(BootError::ModuleTooHigh { paddr: LIMIT - 0x1000, size: 0x2000, limit: LIMIT })
+            Err(BootError::ModuleTooHigh {
+                paddr: LIMIT - 0x1000,
+                size: 0x2000,
+                limit: LIMIT
+            })
         );
     }
 
     #[test]
     fn maps_without_usable_ram_are_refused() {
-        assert_eq!(layout(&[], None, IMAGE_END, LIMIT), Err(BootError::NoMemoryMap));
-        assert_eq!(layout(&[e(0, 256 * MIB, 2)], None, IMAGE_END, LIMIT), Err(BootError::NoRam));
+        assert_eq!(
+            layout(&[], None, IMAGE_END, LIMIT),
+            Err(BootError::NoMemoryMap)
+        );
+        assert_eq!(
+            layout(&[e(0, 256 * MIB, 2)], None, IMAGE_END, LIMIT),
+            Err(BootError::NoRam)
+        );
         // Less than one whole frame of RAM.
-        assert_eq!(layout(&[e(0x1001, 0xffe, 1)], None, 0, LIMIT), Err(BootError::NoRam));
-        assert_eq!(layout(&[e(0, 0x20_0000, 1)], None, IMAGE_END, LIMIT), Err(BootError::RamBelowImage { ram_end: 0x20_0000, image_end: IMAGE_END }));
-        assert_eq!(layout(&[e(u64::MAX, 2, 1)], None, IMAGE_END, LIMIT), Err(BootError::EntryOverflows { addr: u64::MAX, size: 2 }));
+        assert_eq!(
+            layout(&[e(0x1001, 0xffe, 1)], None, 0, LIMIT),
+            Err(BootError::NoRam)
+        );
+        assert_eq!(
+            layout(&[e(0, 0x20_0000, 1)], None, IMAGE_END, LIMIT),
+            Err(BootError::RamBelowImage {
+                ram_end: 0x20_0000,
+                image_end: IMAGE_END
+            })
+        );
+        assert_eq!(
+            layout(&[e(u64::MAX, 2, 1)], None, IMAGE_END, LIMIT),
+            Err(BootError::EntryOverflows {
+                addr: u64::MAX,
+                size: 2
+            })
+        );
     }
 
     #[test]
     fn start_info_magic_and_early_window() {
         let mut bytes = [0u8; 56];
-        assert_eq!(parse_start_info(&bytes).unwrap_err(), BootError::BadMagic(0));
+        assert_eq!(
+            parse_start_info(&bytes).unwrap_err(),
+            BootError::BadMagic(0)
+        );
         bytes[..4].copy_from_slice(&HVM_START_MAGIC.to_le_bytes());
         bytes[40..48].copy_from_slice(&0x1234u64.to_le_bytes());
         bytes[48..52].copy_from_slice(&6u32.to_le_bytes());
-        assert_eq!(parse_start_info(&bytes).unwrap().memmap(), (0, 0), "version 0 has no memory map");
+        assert_eq!(
+            parse_start_info(&bytes).unwrap().memmap(),
+            (0, 0),
+            "version 0 has no memory map"
+        );
         bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(parse_start_info(&bytes).unwrap().memmap(), (0x1234, 6));
         assert!(parse_start_info(&bytes[..10]).is_err());
         assert!(early_readable("memory map", 0x1000, 24 * 6, 1 << 30).is_ok());
         assert_eq!(
             early_readable("memory map", (1 << 30) - 8, 24, 1 << 30),
-            Err(BootError::OutOfEarlyWindow { what: "memory map", paddr: (1 << 30) - 8, len: 24, limit: 1 << 30 })
+            Err(BootError::OutOfEarlyWindow {
+                what: "memory map",
+                paddr: (1 << 30) - 8,
+                len: 24,
+                limit: 1 << 30
+            })
         );
         assert!(early_readable("module list", u64::MAX, 2, 1 << 30).is_err());
     }
@@ -363,11 +537,24 @@ mod tests {
     fn errors_are_one_line() {
         let errs = [
             BootError::BadMagic(1),
-            BootError::OutOfEarlyWindow { what: "memory map", paddr: 1, len: 2, limit: 1 << 30 },
+            BootError::OutOfEarlyWindow {
+                what: "memory map",
+                paddr: 1,
+                len: 2,
+                limit: 1 << 30,
+            },
             BootError::NoMemoryMap,
             BootError::NoRam,
-            BootError::ModuleOutsideMemory { paddr: 1, size: 2, hole: 3 },
-            BootError::ModuleTooHigh { paddr: 1, size: 2, limit: LIMIT },
+            BootError::ModuleOutsideMemory {
+                paddr: 1,
+                size: 2,
+                hole: 3,
+            },
+            BootError::ModuleTooHigh {
+                paddr: 1,
+                size: 2,
+                limit: LIMIT,
+            },
         ];
         for e in errs {
             let s = e.to_string();

@@ -259,18 +259,39 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, Refusal> {
         0xfa => Op::Cli,
         0xfb => Op::Sti,
         0xf4 => Op::Hlt,
-        0xe4 | 0xe5 => Op::In { port: Port::Imm(c.next()?), width: if op == 0xe4 { 1 } else { wide } },
-        0xe6 | 0xe7 => Op::Out { port: Port::Imm(c.next()?), width: if op == 0xe6 { 1 } else { wide } },
-        0xec | 0xed => Op::In { port: Port::Dx, width: if op == 0xec { 1 } else { wide } },
-        0xee | 0xef => Op::Out { port: Port::Dx, width: if op == 0xee { 1 } else { wide } },
-        0x6c | 0x6d => Op::Ins { width: if op == 0x6c { 1 } else { wide }, rep: p.rep },
-        0x6e | 0x6f => Op::Outs { width: if op == 0x6e { 1 } else { wide }, rep: p.rep },
+        0xe4 | 0xe5 => Op::In {
+            port: Port::Imm(c.next()?),
+            width: if op == 0xe4 { 1 } else { wide },
+        },
+        0xe6 | 0xe7 => Op::Out {
+            port: Port::Imm(c.next()?),
+            width: if op == 0xe6 { 1 } else { wide },
+        },
+        0xec | 0xed => Op::In {
+            port: Port::Dx,
+            width: if op == 0xec { 1 } else { wide },
+        },
+        0xee | 0xef => Op::Out {
+            port: Port::Dx,
+            width: if op == 0xee { 1 } else { wide },
+        },
+        0x6c | 0x6d => Op::Ins {
+            width: if op == 0x6c { 1 } else { wide },
+            rep: p.rep,
+        },
+        0x6e | 0x6f => Op::Outs {
+            width: if op == 0x6e { 1 } else { wide },
+            rep: p.rep,
+        },
         0xcd => Op::Int(c.next()?),
         0x0f => two_byte(&mut c, p.rex)?,
         _ => return Err(Refusal::Unknown),
     };
     // The cursor never passes MAX_LEN nor the input.
-    Ok(Insn { op, len: c.at as u8 })
+    Ok(Insn {
+        op,
+        len: c.at as u8,
+    })
 }
 
 /// The 0F opcode map.

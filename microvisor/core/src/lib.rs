@@ -45,5 +45,8 @@ pub const fn is_page_aligned(value: u64) -> bool {
 /// --host` sets it for long campaigns).
 #[cfg(test)]
 pub(crate) fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("MICROVISOR_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("MICROVISOR_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

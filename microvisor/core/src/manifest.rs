@@ -156,7 +156,9 @@ impl ConsoleOutput {
 
     /// Parses the manifest spelling.
     pub fn from_name(s: &str) -> Option<Self> {
-        [Self::Both, Self::Io, Self::Ring].into_iter().find(|c| c.as_str() == s)
+        [Self::Both, Self::Io, Self::Ring]
+            .into_iter()
+            .find(|c| c.as_str() == s)
     }
 
     /// Whether `console_io` lines are shown.
@@ -516,7 +518,8 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 set_once(&mut section.cap, cap, duplicate)?;
             }
             "console" => {
-                let c = ConsoleOutput::from_name(value).ok_or(err("console must be both, io or ring", None))?;
+                let c = ConsoleOutput::from_name(value)
+                    .ok_or(err("console must be both, io or ring", None))?;
                 set_once(&mut section.console, c, duplicate)?;
             }
             _ => return Err(err("unknown key", Some(key))),
@@ -670,12 +673,21 @@ expect = killed
     fn console_output() {
         let m = parse("[domain a]\nimage = a\nmemory = 16M\nconsole = io\n[domain b]\nimage = a\nmemory = 16M\nconsole = ring # only the ring\n[domain c]\nimage = a\nmemory = 16M\n").unwrap();
         let d = m.domains();
-        assert_eq!((d[0].console, d[1].console, d[2].console), (ConsoleOutput::Io, ConsoleOutput::Ring, ConsoleOutput::Both));
+        assert_eq!(
+            (d[0].console, d[1].console, d[2].console),
+            (ConsoleOutput::Io, ConsoleOutput::Ring, ConsoleOutput::Both)
+        );
         assert!(d[0].console.shows_io() && !d[0].console.shows_ring());
         assert!(!d[1].console.shows_io() && d[1].console.shows_ring());
         assert!(d[2].console.shows_io() && d[2].console.shows_ring());
-        assert_eq!(error("[domain a]\nimage = a\nmemory = 16M\nconsole = serial\n"), "manifest line 4: console must be both, io or ring");
-        assert_eq!(error("[domain a]\nimage = a\nmemory = 16M\nconsole = io\nconsole = io\n"), "manifest line 5: duplicate key 'console'");
+        assert_eq!(
+            error("[domain a]\nimage = a\nmemory = 16M\nconsole = serial\n"),
+            "manifest line 4: console must be both, io or ring"
+        );
+        assert_eq!(
+            error("[domain a]\nimage = a\nmemory = 16M\nconsole = io\nconsole = io\n"),
+            "manifest line 5: duplicate key 'console'"
+        );
     }
 
     #[test]

@@ -57,7 +57,11 @@ pub fn trap_table_entry(e: &TrapInfo) -> Result<TrapTableEntry, Errno> {
     if !kernel_cs_ok(e.cs) || !guest_addr_ok(e.address) {
         return Err(Errno::EPERM);
     }
-    Ok(TrapTableEntry::Set { vector: e.vector, address: e.address, flags: e.flags })
+    Ok(TrapTableEntry::Set {
+        vector: e.vector,
+        address: e.address,
+        flags: e.flags,
+    })
 }
 
 /// Whether a trap-table entry's flags ask to mask events on entry.
@@ -86,14 +90,21 @@ pub fn callback_slot(ty: u16) -> Result<CallbackSlot, Errno> {
         CALLBACKTYPE_EVENT => Ok(CallbackSlot::Event),
         CALLBACKTYPE_FAILSAFE => Ok(CallbackSlot::Failsafe),
         CALLBACKTYPE_SYSCALL => Ok(CallbackSlot::Syscall),
-        CALLBACKTYPE_SYSENTER_DEPRECATED | CALLBACKTYPE_NMI | CALLBACKTYPE_SYSENTER | CALLBACKTYPE_SYSCALL32 => Ok(CallbackSlot::Ignored),
+        CALLBACKTYPE_SYSENTER_DEPRECATED
+        | CALLBACKTYPE_NMI
+        | CALLBACKTYPE_SYSENTER
+        | CALLBACKTYPE_SYSCALL32 => Ok(CallbackSlot::Ignored),
         _ => Err(Errno::EINVAL),
     }
 }
 
 /// A callback entry point must lie in guest space (`EINVAL`, as Xen).
 pub fn callback_address(address: u64) -> Result<u64, Errno> {
-    if guest_addr_ok(address) { Ok(address) } else { Err(Errno::EINVAL) }
+    if guest_addr_ok(address) {
+        Ok(address)
+    } else {
+        Err(Errno::EINVAL)
+    }
 }
 
 /// Xen's descriptor check for a 64-bit PV guest (`check_descriptor`): the
@@ -198,7 +209,11 @@ impl core::fmt::Display for IretRefusal {
 
 /// Checks an iret context issued from guest `user_mode` (or kernel mode),
 /// with or without a user page table.
-pub fn check_iret(ctx: &IretContext, user_mode: bool, has_user_page_table: bool) -> Result<IretTarget, IretRefusal> {
+pub fn check_iret(
+    ctx: &IretContext,
+    user_mode: bool,
+    has_user_page_table: bool,
+) -> Result<IretTarget, IretRefusal> {
     if !guest_addr_ok(ctx.rip) {
         return Err(IretRefusal::Rip(ctx.rip));
     }
@@ -213,8 +228,18 @@ pub fn check_iret(ctx: &IretContext, user_mode: bool, has_user_page_table: bool)
         return Err(IretRefusal::NoUserPageTable);
     }
     let rflags = guest_rflags(ctx.rflags);
-    let (rcx, r11) = if ctx.flags & VGCF_IN_SYSCALL != 0 { (ctx.rip, rflags) } else { (ctx.rcx, ctx.r11) };
-    Ok(IretTarget { to_user, mask_events: ctx.rflags & RFLAGS_IF == 0, rflags, rcx, r11 })
+    let (rcx, r11) = if ctx.flags & VGCF_IN_SYSCALL != 0 {
+        (ctx.rip, rflags)
+    } else {
+        (ctx.rcx, ctx.r11)
+    };
+    Ok(IretTarget {
+        to_user,
+        mask_events: ctx.rflags & RFLAGS_IF == 0,
+        rflags,
+        rcx,
+        r11,
+    })
 }
 
 /// Ports the hypervisor keeps for itself (PICs, PIT, CMOS/RTC, the QEMU
@@ -222,7 +247,16 @@ pub fn check_iret(ctx: &IretContext, user_mode: bool, has_user_page_table: bool)
 /// `port` touching any of them is refused.
 pub fn port_reserved(port: u16, width: u16) -> bool {
     let end = port.saturating_add(width.max(1) - 1);
-    [(0x20u16, 0x21u16), (0x40, 0x43), (0x70, 0x71), (0xa0, 0xa1), (0xf4, 0xf7), (0x3f8, 0x3ff)].iter().any(|&(a, b)| port <= b && end >= a)
+    [
+        (0x20u16, 0x21u16),
+        (0x40, 0x43),
+        (0x70, 0x71),
+        (0xa0, 0xa1),
+        (0xf4, 0xf7),
+        (0x3f8, 0x3ff),
+    ]
+    .iter()
+    .any(|&(a, b)| port <= b && end >= a)
 }
 
 /// The `vm_assist` types a 64-bit PV guest may enable or disable (Xen

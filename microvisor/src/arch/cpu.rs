@@ -74,7 +74,6 @@ pub fn cr4_set(bits: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
 }
 
-
 /// Writes an MSR.
 ///
 /// # Safety
@@ -82,7 +81,9 @@ pub fn cr4_set(bits: u64) {
 /// (e.g. syscall entry points must point at valid entry code).
 pub unsafe fn wrmsr(msr: u32, val: u64) {
     // SAFETY: delegated to the caller.
-    unsafe { asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32, options(nostack, preserves_flags)) }
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32, options(nostack, preserves_flags))
+    }
 }
 
 /// CPUID leaf/subleaf → (eax, ebx, ecx, edx).
@@ -90,8 +91,6 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     (r.eax, r.ebx, r.ecx, r.edx)
 }
-
-
 
 /// Invalidates one TLB entry.
 pub fn invlpg(va: u64) {
@@ -205,7 +204,9 @@ fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: only called with architectural MSRs of every x86-64 CPU
     // (FS_BASE, GS_BASE), which cannot fault.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 

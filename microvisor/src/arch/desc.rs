@@ -43,7 +43,15 @@ struct Tss {
 struct Stack([u8; 16384]);
 
 static mut GDT: Gdt = Gdt([0; GDT_ENTRIES]);
-static mut TSS: Tss = Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap: size_of::<Tss>() as u16 };
+static mut TSS: Tss = Tss {
+    _r0: 0,
+    rsp: [0; 3],
+    _r1: 0,
+    ist: [0; 7],
+    _r2: 0,
+    _r3: 0,
+    iomap: size_of::<Tss>() as u16,
+};
 static mut IST_STACKS: [Stack; 3] = [const { Stack([0; 16384]) }; 3];
 /// The stack every entry from a guest runs on.
 static mut HV_STACK: Stack = Stack([0; 16384]);
@@ -66,7 +74,15 @@ struct Gate {
     _r: u32,
 }
 
-static mut IDT: [Gate; 256] = [Gate { off_lo: 0, sel: 0, ist: 0, attr: 0, off_mid: 0, off_hi: 0, _r: 0 }; 256];
+static mut IDT: [Gate; 256] = [Gate {
+    off_lo: 0,
+    sel: 0,
+    ist: 0,
+    attr: 0,
+    off_mid: 0,
+    off_hi: 0,
+    _r: 0,
+}; 256];
 
 unsafe extern "C" {
     /// Entry stubs for vectors 0..=255, 16 bytes apart (see `entry`).
@@ -137,12 +153,18 @@ pub fn init() {
                 _r: 0,
             };
         }
-        let ip = Pointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: (&raw const IDT) as u64 };
+        let ip = Pointer {
+            limit: (size_of::<[Gate; 256]>() - 1) as u16,
+            base: (&raw const IDT) as u64,
+        };
         asm!("lidt [{}]", in(reg) &ip, options(nostack));
 
         // syscall: enter at HV_CS; sysret uses GUEST_CS32 + 8/16. Mask IF, TF,
         // DF, AC, NT on entry.
-        wrmsr(cpu::MSR_STAR, ((GUEST_CS32 as u64) << 48) | ((HV_CS as u64) << 32));
+        wrmsr(
+            cpu::MSR_STAR,
+            ((GUEST_CS32 as u64) << 48) | ((HV_CS as u64) << 32),
+        );
         wrmsr(cpu::MSR_LSTAR, syscall_entry as *const () as u64);
         wrmsr(cpu::MSR_CSTAR, cstar_entry as *const () as u64);
         super::entry::init(hv_stack_top());
@@ -174,7 +196,11 @@ pub fn load_ldt(base: u64, entries: u32) {
             let limit = u64::from(entries) * 8 - 1;
             let gdt = &mut *(&raw mut GDT);
             let i = usize::from(LDT_SEL >> 3);
-            gdt.0[i] = (limit & 0xffff) | ((base & 0xff_ffff) << 16) | (0x82 << 40) | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+            gdt.0[i] = (limit & 0xffff)
+                | ((base & 0xff_ffff) << 16)
+                | (0x82 << 40)
+                | (((limit >> 16) & 0xf) << 48)
+                | (((base >> 24) & 0xff) << 56);
             gdt.0[i + 1] = base >> 32;
             asm!("lldt {0:x}", in(reg) u64::from(LDT_SEL), options(nostack, preserves_flags));
         }
@@ -189,7 +215,6 @@ pub fn ldt_loaded() -> u32 {
     unsafe { *(&raw const LDT_LOADED) }
 }
 
-
 /// Loads the GDT at `gdt` (the full 8192 entries), reloads CS, SS, DS and
 /// ES with the hypervisor's selectors and loads the task register.
 ///
@@ -198,7 +223,10 @@ pub fn ldt_loaded() -> u32 {
 /// not-busy TSS descriptor for this CPU's TSS) and stay valid while the CPU
 /// runs; interrupts off.
 unsafe fn load_gdt_and_tss(gdt: u64) {
-    let gp = Pointer { limit: (size_of::<Gdt>() - 1) as u16, base: gdt };
+    let gp = Pointer {
+        limit: (size_of::<Gdt>() - 1) as u16,
+        base: gdt,
+    };
     // SAFETY: per the contract; the far return reloads CS with the ring-0
     // code selector the table holds.
     unsafe {
@@ -246,12 +274,27 @@ pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
         let bsp = &*(&raw const GDT);
         mine.0[FIRST_RESERVED..].copy_from_slice(&bsp.0[FIRST_RESERVED..]);
         let t = &mut *(tss as *mut Tss);
-        *t = Tss { _r0: 0, rsp: [rsp0, 0, 0], _r1: 0, ist: [ist[0], ist[1], ist[2], 0, 0, 0, 0], _r2: 0, _r3: 0, iomap: size_of::<Tss>() as u16 };
+        *t = Tss {
+            _r0: 0,
+            rsp: [rsp0, 0, 0],
+            _r1: 0,
+            ist: [ist[0], ist[1], ist[2], 0, 0, 0, 0],
+            _r2: 0,
+            _r3: 0,
+            iomap: size_of::<Tss>() as u16,
+        };
         let limit = size_of::<Tss>() as u64 - 1;
-        mine.0[FIRST_RESERVED + 7] = (limit & 0xffff) | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((tss >> 24) & 0xff) << 56);
+        mine.0[FIRST_RESERVED + 7] = (limit & 0xffff)
+            | ((tss & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((tss >> 24) & 0xff) << 56);
         mine.0[FIRST_RESERVED + 8] = tss >> 32;
         load_gdt_and_tss(gdt);
-        let ip = Pointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: (&raw const IDT) as u64 };
+        let ip = Pointer {
+            limit: (size_of::<[Gate; 256]>() - 1) as u16,
+            base: (&raw const IDT) as u64,
+        };
         asm!("lidt [{}]", in(reg) &ip, options(nostack));
     }
 }

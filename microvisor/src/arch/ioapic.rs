@@ -15,7 +15,10 @@ pub const VECTOR_BASE: u8 = 0x30;
 pub const NR_GSIS: u32 = 48;
 /// Machine frames of the I/O APICs (kept from every guest).
 pub const FRAMES: [u64; 2] = [0xFEC00, 0xFEC10];
-const VA: [u64; 2] = [crate::arch::apic::APIC_VA + 0x1000, crate::arch::apic::APIC_VA + 0x2000];
+const VA: [u64; 2] = [
+    crate::arch::apic::APIC_VA + 0x1000,
+    crate::arch::apic::APIC_VA + 0x2000,
+];
 
 static mut PRESENT: [u32; 2] = [0; 2];
 
@@ -49,7 +52,11 @@ pub fn init() -> u32 {
     for chip in 0..2 {
         paging::map_mmio(VA[chip], FRAMES[chip] << 12);
         let ver = read(chip, 1);
-        let n = if ver == u32::MAX { 0 } else { ((ver >> 16) & 0xff) + 1 };
+        let n = if ver == u32::MAX {
+            0
+        } else {
+            ((ver >> 16) & 0xff) + 1
+        };
         // SAFETY: boot, single CPU, before any reader.
         unsafe { (*(&raw mut PRESENT))[chip] = n.min(24) };
         for pin in 0..n.min(24) {
@@ -74,11 +81,17 @@ pub fn exists(gsi: u32) -> bool {
 /// for GSIs above 15 (shared, PCI-style lines and microvm's virtio-mmio),
 /// edge for the ISA range; active high.
 pub fn route(gsi: u32) -> bool {
-    let Some((chip, pin)) = locate(gsi) else { return false };
+    let Some((chip, pin)) = locate(gsi) else {
+        return false;
+    };
     let apic_id = crate::arch::apic::id();
     let level = if gsi >= 16 { 1 << 15 } else { 0 };
     write(chip, 0x11 + 2 * pin, apic_id << 24);
-    write(chip, 0x10 + 2 * pin, (1 << 16) | level | u32::from(VECTOR_BASE) + gsi);
+    write(
+        chip,
+        0x10 + 2 * pin,
+        (1 << 16) | level | u32::from(VECTOR_BASE) + gsi,
+    );
     true
 }
 
@@ -86,6 +99,14 @@ pub fn route(gsi: u32) -> bool {
 pub fn set_masked(gsi: u32, masked: bool) {
     if let Some((chip, pin)) = locate(gsi) {
         let lo = read(chip, 0x10 + 2 * pin);
-        write(chip, 0x10 + 2 * pin, if masked { lo | 1 << 16 } else { lo & !(1 << 16) });
+        write(
+            chip,
+            0x10 + 2 * pin,
+            if masked {
+                lo | 1 << 16
+            } else {
+                lo & !(1 << 16)
+            },
+        );
     }
 }

@@ -134,7 +134,13 @@ fn ap_memory() -> Option<ApMemory> {
         *top = va(alloc_frames(STACK_FRAMES)? + STACK_FRAMES);
     }
     let percpu = alloc_frames(1)?;
-    Some(ApMemory { gdt: va(gdt), tss: va(tss), stack_top: va(stack + STACK_FRAMES), ist, percpu: va(percpu) })
+    Some(ApMemory {
+        gdt: va(gdt),
+        tss: va(tss),
+        stack_top: va(stack + STACK_FRAMES),
+        ist,
+        percpu: va(percpu),
+    })
 }
 
 /// Reads this CPU's per-CPU block through its GS base.
@@ -142,7 +148,9 @@ fn this_cpu() -> &'static PerCpu {
     let p: u64;
     // SAFETY: on an AP, GS base points at its `PerCpu` (set in `ap_entry`
     // before anything calls this), whose first field is its own address.
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
+    };
     // SAFETY: `p` is that block, which lives (never freed) as long as the
     // CPU runs.
     unsafe { &*(p as *const PerCpu) }
@@ -199,7 +207,14 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
         // SAFETY: `block` is a zeroed page allocated just now for this AP;
         // both structures fit in it without overlapping.
         unsafe {
-            core::ptr::write(block as *mut PerCpu, PerCpu { this: block, cpu, apic_id: id });
+            core::ptr::write(
+                block as *mut PerCpu,
+                PerCpu {
+                    this: block,
+                    cpu,
+                    apic_id: id,
+                },
+            );
             core::ptr::write(desc as *mut ApMemory, m);
         }
         AP_PERCPU.store(desc, Ordering::Release);

@@ -4,8 +4,8 @@
 //! Policy lives in `microvisor_core::frametable`; this module only provides
 //! storage, memory access and TLB flushes.
 
-use super::{paging, read_u64, write_u64, SharedFrame, PAGE};
-use microvisor_core::frametable::{FrameTable, PageInfo, TableMemory, HV_L4_SLOTS};
+use super::{PAGE, SharedFrame, paging, read_u64, write_u64};
+use microvisor_core::frametable::{FrameTable, HV_L4_SLOTS, PageInfo, TableMemory};
 use spin::Mutex;
 
 /// The frame table, created at boot.
@@ -37,11 +37,15 @@ impl TableMemory for DirectMap {
 /// Runs `f` with the frame table and RAM.
 pub fn with<R>(f: impl FnOnce(&mut FrameTable<'static>, &mut DirectMap) -> R) -> R {
     let mut g = FT.lock();
-    f(g.as_mut().expect("frame table initialised at boot"), &mut DirectMap)
+    f(
+        g.as_mut().expect("frame table initialised at boot"),
+        &mut DirectMap,
+    )
 }
 
 fn alloc_contiguous_zeroed(frames: u64) -> u64 {
-    let base = super::with_allocator(|a| a.alloc_contiguous(frames, 1)).expect("memory for the frame table and M2P");
+    let base = super::with_allocator(|a| a.alloc_contiguous(frames, 1))
+        .expect("memory for the frame table and M2P");
     for f in base..base + frames {
         super::zero_frame(f);
     }
@@ -58,7 +62,10 @@ pub fn init(nr_frames: u64) {
     // through this slice; PageInfo is plain data for which any bytes written
     // by `FrameTable::new` (which initialises every element) are valid.
     let pages: &'static mut [PageInfo] = unsafe {
-        core::slice::from_raw_parts_mut((super::DIRECTMAP_BASE + base * PAGE) as *mut PageInfo, nr_frames as usize)
+        core::slice::from_raw_parts_mut(
+            (super::DIRECTMAP_BASE + base * PAGE) as *mut PageInfo,
+            nr_frames as usize,
+        )
     };
     let mut slots = [0u64; HV_L4_SLOTS];
     let m2p_bytes = nr_frames * 8;
@@ -131,7 +138,9 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
 /// own (up to 5 per domain) and every grant mapping.
 const AUDIT_REFS: usize = crate::domain::MAX_DOMAINS * 5 + crate::grant::MAX_EXTERNAL_REFS;
 
-static AUDIT_EXT: Mutex<heapless::Vec<(u64, microvisor_core::frametable::ExternalRef), AUDIT_REFS>> = Mutex::new(heapless::Vec::new());
+static AUDIT_EXT: Mutex<
+    heapless::Vec<(u64, microvisor_core::frametable::ExternalRef), AUDIT_REFS>,
+> = Mutex::new(heapless::Vec::new());
 
 /// Frames the audit recounts per walk of the page tables (256 KiB of
 /// scratch): 256 MiB of RAM takes four walks. With a small stack buffer an
@@ -149,7 +158,11 @@ static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALL
 /// console page); the audit fails if one is not writable-typed.
 /// `segs` are registered GDT frames (segment-typed references). The grant
 /// tables' mappings are added here.
-pub fn audit(roots: &[u64], written: &[u64], segs: &[u64]) -> Result<(), microvisor_core::frametable::AuditError> {
+pub fn audit(
+    roots: &[u64],
+    written: &[u64],
+    segs: &[u64],
+) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
     let mut ext = AUDIT_EXT.lock();
     ext.clear();

@@ -5,7 +5,7 @@
 //! hypervisor fault.
 
 use super::paging::{ADDR_MASK, P, PS, RW, US};
-use super::{max_phys, read_phys, read_u64, write_phys, PAGE};
+use super::{PAGE, max_phys, read_phys, read_u64, write_phys};
 
 /// A guest address that does not translate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,9 +180,13 @@ pub fn fixup(rip: u64) -> Option<u64> {
         Some(mv_copy_guest_fixup as *const () as u64)
     } else if rip == nq || rip == nb {
         Some(mv_copy_guest_nosmap_fixup as *const () as u64)
-    } else if rip == mv_load_guest_u32_at as *const () as u64 || rip == mv_load_guest_u64_at as *const () as u64 {
+    } else if rip == mv_load_guest_u32_at as *const () as u64
+        || rip == mv_load_guest_u64_at as *const () as u64
+    {
         Some(mv_load_guest_fixup as *const () as u64)
-    } else if rip == mv_load_guest_nosmap_u32 as *const () as u64 || rip == mv_load_guest_nosmap_u64 as *const () as u64 {
+    } else if rip == mv_load_guest_nosmap_u32 as *const () as u64
+        || rip == mv_load_guest_nosmap_u64 as *const () as u64
+    {
         Some(mv_load_guest_nosmap_fixup as *const () as u64)
     } else {
         None
@@ -198,7 +202,9 @@ pub fn range_ok(va: u64, len: usize) -> bool {
 
 #[inline]
 fn guest_range(va: u64, len: usize) -> bool {
-    let Some(end) = va.checked_add(len as u64) else { return false };
+    let Some(end) = va.checked_add(len as u64) else {
+        return false;
+    };
     let low = end <= 0x0000_8000_0000_0000;
     let high = va >= 0xFFFF_8800_0000_0000;
     low || high
@@ -213,7 +219,11 @@ fn copy_fast(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Fault> {
     // the guest side is fixed up into a return of 1 (see `fixup`); CR0.WP
     // makes writes to read-only guest pages fault too.
     let r = unsafe {
-        if SMAP.load(core::sync::atomic::Ordering::Relaxed) { mv_copy_guest(dst, src, len) } else { mv_copy_guest_nosmap(dst, src, len) }
+        if SMAP.load(core::sync::atomic::Ordering::Relaxed) {
+            mv_copy_guest(dst, src, len)
+        } else {
+            mv_copy_guest_nosmap(dst, src, len)
+        }
     };
     if r == 0 { Ok(()) } else { Err(Fault) }
 }
@@ -282,7 +292,9 @@ fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
 /// -EFAULT when any byte does not translate. Inlined: a 4- or 8-byte value
 /// from the running guest is one load.
 #[inline]
-pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable>(
+pub fn read<
+    T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+>(
     cr3: u64,
     va: u64,
 ) -> Result<T, guest_abi::errno::Errno> {
@@ -304,7 +316,8 @@ pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout
         if r.fault != 0 {
             return Err(guest_abi::errno::Errno::EFAULT);
         }
-        return T::read_from_bytes(&r.value.to_le_bytes()[..size]).map_err(|_| guest_abi::errno::Errno::EFAULT);
+        return T::read_from_bytes(&r.value.to_le_bytes()[..size])
+            .map_err(|_| guest_abi::errno::Errno::EFAULT);
     }
     let mut v = T::new_zeroed();
     copy_from(cr3, va, v.as_mut_bytes()).map_err(|_| guest_abi::errno::Errno::EFAULT)?;
@@ -312,6 +325,10 @@ pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout
 }
 
 /// Writes a plain-data value to guest virtual `va`; -EFAULT on failure.
-pub fn write<T: zerocopy::IntoBytes + zerocopy::Immutable>(cr3: u64, va: u64, v: &T) -> Result<(), guest_abi::errno::Errno> {
+pub fn write<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+    cr3: u64,
+    va: u64,
+    v: &T,
+) -> Result<(), guest_abi::errno::Errno> {
     copy_to(cr3, va, v.as_bytes()).map_err(|_| guest_abi::errno::Errno::EFAULT)
 }

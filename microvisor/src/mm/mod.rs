@@ -31,7 +31,10 @@ static mut MAX_PHYS: u64 = 0;
 pub fn init_allocator(nr_frames: u64) {
     // SAFETY: called once at boot before anything else uses BITMAP.
     let bits: &'static mut [u64] = unsafe { &mut *(&raw mut BITMAP) };
-    *ALLOC.lock() = Some(FrameAllocator::new(bits, nr_frames.min(MAX_FRAMES as u64)).expect("bitmap sized for MAX_FRAMES"));
+    *ALLOC.lock() = Some(
+        FrameAllocator::new(bits, nr_frames.min(MAX_FRAMES as u64))
+            .expect("bitmap sized for MAX_FRAMES"),
+    );
     // SAFETY: single CPU, boot time.
     unsafe { *(&raw mut MAX_PHYS) = nr_frames.min(MAX_FRAMES as u64) * PAGE };
 }
@@ -174,11 +177,16 @@ impl SharedFrame {
     pub(super) fn of(mfn: u64) -> SharedFrame {
         check(mfn * PAGE, PAGE);
         // SAFETY: the direct map is the only way frames are reached from here on.
-        assert!(unsafe { *(&raw const DIRECTMAP_READY) }, "shared frame before the direct map");
+        assert!(
+            unsafe { *(&raw const DIRECTMAP_READY) },
+            "shared frame before the direct map"
+        );
         // SAFETY: a page-aligned RAM frame inside the direct map (checked),
         // mapped for the hypervisor's lifetime; the guest may write it at
         // any time, which atomics allow.
-        SharedFrame(unsafe { &*((DIRECTMAP_BASE + mfn * PAGE) as *const [core::sync::atomic::AtomicU64; 512]) })
+        SharedFrame(unsafe {
+            &*((DIRECTMAP_BASE + mfn * PAGE) as *const [core::sync::atomic::AtomicU64; 512])
+        })
     }
 
     /// The aligned u64 at byte offset `off & !7` (wrapped into the page).
@@ -191,7 +199,11 @@ impl SharedFrame {
         let off = off as usize & (PAGE as usize - 4);
         // SAFETY: an aligned u32 inside the page this handle refers to,
         // which stays mapped; guests may write it, which atomics allow.
-        unsafe { core::sync::atomic::AtomicU32::from_ptr((self.0.as_ptr() as *mut u8).add(off) as *mut u32) }
+        unsafe {
+            core::sync::atomic::AtomicU32::from_ptr(
+                (self.0.as_ptr() as *mut u8).add(off) as *mut u32
+            )
+        }
     }
 
     /// The byte at offset `off` (wrapped into the page).

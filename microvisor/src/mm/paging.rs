@@ -3,7 +3,7 @@
 //! 256-271 that every guest L4 receives. Never maps anything writable and
 //! executable, and never gives a hypervisor mapping the user bit.
 
-use super::{alloc_zeroed, read_u64, write_u64, DIRECTMAP_BASE, KERNEL_VMA, PAGE};
+use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64, write_u64};
 use crate::arch::cpu;
 
 pub const P: u64 = 1;
@@ -46,7 +46,11 @@ pub fn ldt_page(i: usize) -> u64 {
 /// reference on `mfn` for as long as it stays mapped here.
 pub fn set_ldt_page(i: usize, mfn: u64) {
     assert!(i < LDT_PAGES);
-    let e = if mfn == 0 { 0 } else { mfn * PAGE | P | RW | A | D | NX };
+    let e = if mfn == 0 {
+        0
+    } else {
+        mfn * PAGE | P | RW | A | D | NX
+    };
     let at = ldt_l1() + i as u64 * 8;
     if read_u64(at) != e {
         write_u64(at, e);
@@ -144,7 +148,10 @@ pub fn map_user_readonly(va: u64, pa: u64, frames: u64) {
         let l3 = next_user(l4, (v >> 39) & 511);
         let l2 = next_user(l3, (v >> 30) & 511);
         let l1 = next_user(l2, (v >> 21) & 511);
-        write_u64(l1 + ((v >> 12) & 511) * 8, (pa + i * PAGE) | P | US | NX | A);
+        write_u64(
+            l1 + ((v >> 12) & 511) * 8,
+            (pa + i * PAGE) | P | US | NX | A,
+        );
     }
     crate::arch::cpu::flush_tlb_all();
 }
@@ -177,7 +184,10 @@ pub fn init(max_phys: u64) {
     for i in HV_SLOT_FIRST..=HV_SLOT_LAST {
         next(l4, i as u64);
     }
-    let ldt_l1 = next(next(next(l4, (LDT_VA >> 39) & 511), (LDT_VA >> 30) & 511), (LDT_VA >> 21) & 511);
+    let ldt_l1 = next(
+        next(next(l4, (LDT_VA >> 39) & 511), (LDT_VA >> 30) & 511),
+        (LDT_VA >> 21) & 511,
+    );
     // SAFETY: single CPU, boot time.
     unsafe {
         *(&raw mut HV_L4) = l4;

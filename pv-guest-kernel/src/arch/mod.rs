@@ -22,7 +22,10 @@ impl HandlerSlot {
     }
 
     pub(crate) fn set(&self, h: Option<fn(u32)>) {
-        self.0.store(h.map_or(0, |f| f as usize), core::sync::atomic::Ordering::Release);
+        self.0.store(
+            h.map_or(0, |f| f as usize),
+            core::sync::atomic::Ordering::Release,
+        );
     }
 
     pub(crate) fn get(&self) -> Option<fn(u32)> {

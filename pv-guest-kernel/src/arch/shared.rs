@@ -2,7 +2,7 @@
 //! `update_va_mapping`, as Xen PV kernels do, then read and written with
 //! atomic and volatile accesses only (the hypervisor writes it concurrently).
 
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 #[repr(C, align(4096))]
 pub(crate) struct Page([u8; 4096]);

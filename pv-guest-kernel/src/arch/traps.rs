@@ -222,7 +222,8 @@ pv_try_recover:
 
 /// 1: every return goes through the iret hypercall (see the module docs).
 #[unsafe(no_mangle)]
-pub(crate) static IRET_HYPERCALL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+pub(crate) static IRET_HYPERCALL: core::sync::atomic::AtomicU8 =
+    core::sync::atomic::AtomicU8::new(0);
 
 /// Stack pointer to resume at when a fault hits inside `pv_try`; 0 = none.
 #[unsafe(no_mangle)]

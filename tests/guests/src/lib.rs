@@ -33,14 +33,18 @@ pub fn remap(va: u64, pte: u64) -> Result<(), guest_abi::errno::Errno> {
 pub fn load_ds(sel: u16) {
     // SAFETY: DS is not used for addressing in 64-bit mode; a bad selector
     // faults, which callers catch with `traps::expect_fault`.
-    unsafe { core::arch::asm!("mov ds, {0:x}", in(reg) u64::from(sel), options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov ds, {0:x}", in(reg) u64::from(sel), options(nostack, preserves_flags))
+    };
 }
 
 /// The DS selector.
 pub fn read_ds() -> u16 {
     let v: u64;
     // SAFETY: reads a segment register.
-    unsafe { core::arch::asm!("mov {0:x}, ds", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {0:x}, ds", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v as u16
 }
 
@@ -53,8 +57,11 @@ pub fn last_cr2() -> u64 {
     let mut va = VA.load(Ordering::Relaxed);
     if va == 0 {
         let si = pv_guest_kernel::rt::start_info();
-        va = pv_guest_kernel::mm::alloc_page().expect("a page for shared info").0;
-        remap(va, (si.shared_info & !0xfff) | pv_guest_kernel::mm::RO).expect("shared info mapped read-only");
+        va = pv_guest_kernel::mm::alloc_page()
+            .expect("a page for shared info")
+            .0;
+        remap(va, (si.shared_info & !0xfff) | pv_guest_kernel::mm::RO)
+            .expect("shared info mapped read-only");
         VA.store(va, Ordering::Relaxed);
     }
     // SAFETY: `va` maps shared info read-only; cr2 is at offset 16

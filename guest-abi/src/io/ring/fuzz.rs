@@ -16,7 +16,10 @@ use super::*;
 use crate::io::blkif::{BlkifRequest, BlkifResponse};
 
 fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("MICROVISOR_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("MICROVISOR_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The shared page; every access is checked to lie inside it, aligned.
@@ -24,7 +27,10 @@ struct Page(RefCell<Vec<u8>>);
 
 impl Page {
     fn access(&self, off: usize, len: usize) {
-        assert!(off.checked_add(len).is_some_and(|e| e <= PAGE_SIZE), "access {off}+{len} outside the page");
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= PAGE_SIZE),
+            "access {off}+{len} outside the page"
+        );
     }
 }
 
@@ -54,10 +60,15 @@ impl SharedPage for Page {
 #[derive(Clone, Debug)]
 enum Step {
     /// The peer writes `bytes` at `off` (clipped to the page).
-    Scribble { off: usize, bytes: Vec<u8> },
+    Scribble {
+        off: usize,
+        bytes: Vec<u8>,
+    },
     /// The peer sets its producer index to the consumer's plus `ahead`
     /// (a plausible index when small, hostile when not).
-    Produce { ahead: u32 },
+    Produce {
+        ahead: u32,
+    },
     Consume,
     Respond,
     FinalCheck,

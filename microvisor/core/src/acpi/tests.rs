@@ -109,7 +109,13 @@ fn cpus(m: &Mem, hint: u64) -> Result<std::vec::Vec<u32>, AcpiError> {
 
 #[test]
 fn finds_enabled_cpus_through_rsdt_and_xsdt() {
-    let entries = [lapic(0, 0, 1), lapic(1, 1, 1), lapic(2, 4, 0), x2apic(300, 1), x2apic(1, 1)];
+    let entries = [
+        lapic(0, 0, 1),
+        lapic(1, 1, 1),
+        lapic(2, 4, 0),
+        x2apic(300, 1),
+        x2apic(1, 1),
+    ];
     for rev in [0, 2] {
         let m = machine(rev, &entries);
         // Found by scanning (no hint), and at a hint.

@@ -17,48 +17,255 @@ fn decodes_every_emulated_form() {
     assert_eq!(ok(&[0xf4]), (Op::Hlt, 1));
     assert_eq!(ok(&[0x0f, 0x06]), (Op::Clts, 2));
     // Port I/O, immediate and DX forms, each width.
-    assert_eq!(ok(&[0xe4, 0x60]), (Op::In { port: Port::Imm(0x60), width: 1 }, 2));
-    assert_eq!(ok(&[0x66, 0xe5, 0x71]), (Op::In { port: Port::Imm(0x71), width: 2 }, 3));
-    assert_eq!(ok(&[0xe5, 0x71]), (Op::In { port: Port::Imm(0x71), width: 4 }, 2));
-    assert_eq!(ok(&[0xe6, 0x80]), (Op::Out { port: Port::Imm(0x80), width: 1 }, 2));
-    assert_eq!(ok(&[0x66, 0xe7, 0x80]), (Op::Out { port: Port::Imm(0x80), width: 2 }, 3));
-    assert_eq!(ok(&[0xe7, 0x80]), (Op::Out { port: Port::Imm(0x80), width: 4 }, 2));
-    assert_eq!(ok(&[0xec]), (Op::In { port: Port::Dx, width: 1 }, 1));
-    assert_eq!(ok(&[0x66, 0xed]), (Op::In { port: Port::Dx, width: 2 }, 2));
-    assert_eq!(ok(&[0xed]), (Op::In { port: Port::Dx, width: 4 }, 1));
-    assert_eq!(ok(&[0xee]), (Op::Out { port: Port::Dx, width: 1 }, 1));
-    assert_eq!(ok(&[0x66, 0xef]), (Op::Out { port: Port::Dx, width: 2 }, 2));
-    assert_eq!(ok(&[0xef]), (Op::Out { port: Port::Dx, width: 4 }, 1));
+    assert_eq!(
+        ok(&[0xe4, 0x60]),
+        (
+            Op::In {
+                port: Port::Imm(0x60),
+                width: 1
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0x66, 0xe5, 0x71]),
+        (
+            Op::In {
+                port: Port::Imm(0x71),
+                width: 2
+            },
+            3
+        )
+    );
+    assert_eq!(
+        ok(&[0xe5, 0x71]),
+        (
+            Op::In {
+                port: Port::Imm(0x71),
+                width: 4
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0xe6, 0x80]),
+        (
+            Op::Out {
+                port: Port::Imm(0x80),
+                width: 1
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0x66, 0xe7, 0x80]),
+        (
+            Op::Out {
+                port: Port::Imm(0x80),
+                width: 2
+            },
+            3
+        )
+    );
+    assert_eq!(
+        ok(&[0xe7, 0x80]),
+        (
+            Op::Out {
+                port: Port::Imm(0x80),
+                width: 4
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0xec]),
+        (
+            Op::In {
+                port: Port::Dx,
+                width: 1
+            },
+            1
+        )
+    );
+    assert_eq!(
+        ok(&[0x66, 0xed]),
+        (
+            Op::In {
+                port: Port::Dx,
+                width: 2
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0xed]),
+        (
+            Op::In {
+                port: Port::Dx,
+                width: 4
+            },
+            1
+        )
+    );
+    assert_eq!(
+        ok(&[0xee]),
+        (
+            Op::Out {
+                port: Port::Dx,
+                width: 1
+            },
+            1
+        )
+    );
+    assert_eq!(
+        ok(&[0x66, 0xef]),
+        (
+            Op::Out {
+                port: Port::Dx,
+                width: 2
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0xef]),
+        (
+            Op::Out {
+                port: Port::Dx,
+                width: 4
+            },
+            1
+        )
+    );
     // REX.W does not widen port I/O past 32 bits, and overrides 0x66.
-    assert_eq!(ok(&[0x48, 0xed]), (Op::In { port: Port::Dx, width: 4 }, 2));
-    assert_eq!(ok(&[0x66, 0x48, 0xe5, 0x60]), (Op::In { port: Port::Imm(0x60), width: 4 }, 4));
-    assert_eq!(ok(&[0x48, 0x66, 0xe5, 0x60]), (Op::In { port: Port::Imm(0x60), width: 2 }, 4));
+    assert_eq!(
+        ok(&[0x48, 0xed]),
+        (
+            Op::In {
+                port: Port::Dx,
+                width: 4
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0x66, 0x48, 0xe5, 0x60]),
+        (
+            Op::In {
+                port: Port::Imm(0x60),
+                width: 4
+            },
+            4
+        )
+    );
+    assert_eq!(
+        ok(&[0x48, 0x66, 0xe5, 0x60]),
+        (
+            Op::In {
+                port: Port::Imm(0x60),
+                width: 2
+            },
+            4
+        )
+    );
     // String port I/O, plain and repeated.
-    assert_eq!(ok(&[0x6c]), (Op::Ins { width: 1, rep: false }, 1));
-    assert_eq!(ok(&[0xf3, 0x6d]), (Op::Ins { width: 4, rep: true }, 2));
-    assert_eq!(ok(&[0x6e]), (Op::Outs { width: 1, rep: false }, 1));
-    assert_eq!(ok(&[0xf3, 0x66, 0x6f]), (Op::Outs { width: 2, rep: true }, 3));
+    assert_eq!(
+        ok(&[0x6c]),
+        (
+            Op::Ins {
+                width: 1,
+                rep: false
+            },
+            1
+        )
+    );
+    assert_eq!(
+        ok(&[0xf3, 0x6d]),
+        (
+            Op::Ins {
+                width: 4,
+                rep: true
+            },
+            2
+        )
+    );
+    assert_eq!(
+        ok(&[0x6e]),
+        (
+            Op::Outs {
+                width: 1,
+                rep: false
+            },
+            1
+        )
+    );
+    assert_eq!(
+        ok(&[0xf3, 0x66, 0x6f]),
+        (
+            Op::Outs {
+                width: 2,
+                rep: true
+            },
+            3
+        )
+    );
     // Control registers: mov %cr3,%rax; mov %cr0,%rax; %cr2; %cr4; %cr8
     // (REX.R); into r8 (REX.B); mov %rax,%cr3.
-    assert_eq!(ok(&[0x0f, 0x20, 0xd8]), (Op::MovFromCr { cr: 3, gpr: 0 }, 3));
-    assert_eq!(ok(&[0x0f, 0x20, 0xc0]), (Op::MovFromCr { cr: 0, gpr: 0 }, 3));
-    assert_eq!(ok(&[0x0f, 0x20, 0xd3]), (Op::MovFromCr { cr: 2, gpr: 3 }, 3));
-    assert_eq!(ok(&[0x0f, 0x20, 0xe7]), (Op::MovFromCr { cr: 4, gpr: 7 }, 3));
-    assert_eq!(ok(&[0x44, 0x0f, 0x20, 0xc0]), (Op::MovFromCr { cr: 8, gpr: 0 }, 4));
-    assert_eq!(ok(&[0x41, 0x0f, 0x20, 0xd8]), (Op::MovFromCr { cr: 3, gpr: 8 }, 4));
+    assert_eq!(
+        ok(&[0x0f, 0x20, 0xd8]),
+        (Op::MovFromCr { cr: 3, gpr: 0 }, 3)
+    );
+    assert_eq!(
+        ok(&[0x0f, 0x20, 0xc0]),
+        (Op::MovFromCr { cr: 0, gpr: 0 }, 3)
+    );
+    assert_eq!(
+        ok(&[0x0f, 0x20, 0xd3]),
+        (Op::MovFromCr { cr: 2, gpr: 3 }, 3)
+    );
+    assert_eq!(
+        ok(&[0x0f, 0x20, 0xe7]),
+        (Op::MovFromCr { cr: 4, gpr: 7 }, 3)
+    );
+    assert_eq!(
+        ok(&[0x44, 0x0f, 0x20, 0xc0]),
+        (Op::MovFromCr { cr: 8, gpr: 0 }, 4)
+    );
+    assert_eq!(
+        ok(&[0x41, 0x0f, 0x20, 0xd8]),
+        (Op::MovFromCr { cr: 3, gpr: 8 }, 4)
+    );
     assert_eq!(ok(&[0x0f, 0x22, 0xd8]), (Op::MovToCr { cr: 3, gpr: 0 }, 3));
-    assert_eq!(ok(&[0x41, 0x0f, 0x22, 0xdf]), (Op::MovToCr { cr: 3, gpr: 15 }, 4));
+    assert_eq!(
+        ok(&[0x41, 0x0f, 0x22, 0xdf]),
+        (Op::MovToCr { cr: 3, gpr: 15 }, 4)
+    );
     // The mod field is ignored: still a register move, three bytes.
-    assert_eq!(ok(&[0x0f, 0x20, 0x18]), (Op::MovFromCr { cr: 3, gpr: 0 }, 3));
+    assert_eq!(
+        ok(&[0x0f, 0x20, 0x18]),
+        (Op::MovFromCr { cr: 3, gpr: 0 }, 3)
+    );
     // Debug registers.
-    assert_eq!(ok(&[0x0f, 0x21, 0xf8]), (Op::MovFromDr { dr: 7, gpr: 0 }, 3));
+    assert_eq!(
+        ok(&[0x0f, 0x21, 0xf8]),
+        (Op::MovFromDr { dr: 7, gpr: 0 }, 3)
+    );
     assert_eq!(ok(&[0x0f, 0x23, 0xc1]), (Op::MovToDr { dr: 0, gpr: 1 }, 3));
     // `mov %r9, %dr3` and `mov %dr6, %r15` (REX.B names the register),
     // DR4/DR5 (the policy decides what they mean), the ignored mod field,
     // and DR8-15 (REX.R), which do not exist: not decoded, #GP.
-    assert_eq!(ok(&[0x41, 0x0f, 0x23, 0xd9]), (Op::MovToDr { dr: 3, gpr: 9 }, 4));
-    assert_eq!(ok(&[0x41, 0x0f, 0x21, 0xf7]), (Op::MovFromDr { dr: 6, gpr: 15 }, 4));
-    assert_eq!(ok(&[0x0f, 0x21, 0xe0]), (Op::MovFromDr { dr: 4, gpr: 0 }, 3));
+    assert_eq!(
+        ok(&[0x41, 0x0f, 0x23, 0xd9]),
+        (Op::MovToDr { dr: 3, gpr: 9 }, 4)
+    );
+    assert_eq!(
+        ok(&[0x41, 0x0f, 0x21, 0xf7]),
+        (Op::MovFromDr { dr: 6, gpr: 15 }, 4)
+    );
+    assert_eq!(
+        ok(&[0x0f, 0x21, 0xe0]),
+        (Op::MovFromDr { dr: 4, gpr: 0 }, 3)
+    );
     assert_eq!(ok(&[0x0f, 0x23, 0xe8]), (Op::MovToDr { dr: 5, gpr: 0 }, 3));
     assert_eq!(ok(&[0x0f, 0x23, 0x38]), (Op::MovToDr { dr: 7, gpr: 0 }, 3));
     assert_eq!(decode(&[0x44, 0x0f, 0x21, 0xc0]), Err(Refusal::Unknown));
@@ -99,14 +306,35 @@ fn decodes_every_emulated_form() {
 fn prefixes_are_counted_and_rex_only_counts_before_the_opcode() {
     assert_eq!(ok(&[0x2e, 0xfa]), (Op::Cli, 2));
     assert_eq!(ok(&[0x40, 0xfb]), (Op::Sti, 2));
-    assert_eq!(ok(&[0x26, 0x36, 0x3e, 0x64, 0x65, 0x67, 0xf4]), (Op::Hlt, 7));
+    assert_eq!(
+        ok(&[0x26, 0x36, 0x3e, 0x64, 0x65, 0x67, 0xf4]),
+        (Op::Hlt, 7)
+    );
     // A legacy prefix after REX makes the CPU ignore the REX.
-    assert_eq!(ok(&[0x41, 0x66, 0x0f, 0x20, 0xd8]), (Op::MovFromCr { cr: 3, gpr: 0 }, 5));
-    assert_eq!(ok(&[0x66, 0x41, 0x0f, 0x20, 0xd8]), (Op::MovFromCr { cr: 3, gpr: 8 }, 5));
+    assert_eq!(
+        ok(&[0x41, 0x66, 0x0f, 0x20, 0xd8]),
+        (Op::MovFromCr { cr: 3, gpr: 0 }, 5)
+    );
+    assert_eq!(
+        ok(&[0x66, 0x41, 0x0f, 0x20, 0xd8]),
+        (Op::MovFromCr { cr: 3, gpr: 8 }, 5)
+    );
     // Of two REX prefixes the last counts.
-    assert_eq!(ok(&[0x41, 0x40, 0x0f, 0x20, 0xd8]), (Op::MovFromCr { cr: 3, gpr: 0 }, 5));
+    assert_eq!(
+        ok(&[0x41, 0x40, 0x0f, 0x20, 0xd8]),
+        (Op::MovFromCr { cr: 3, gpr: 0 }, 5)
+    );
     // Operand size from 0x66 anywhere among the prefixes.
-    assert_eq!(ok(&[0x66, 0x2e, 0xed]), (Op::In { port: Port::Dx, width: 2 }, 3));
+    assert_eq!(
+        ok(&[0x66, 0x2e, 0xed]),
+        (
+            Op::In {
+                port: Port::Dx,
+                width: 2
+            },
+            3
+        )
+    );
     // Fourteen prefixes and a one-byte opcode: exactly 15 bytes.
     let mut b = [0x66u8; 15];
     b[14] = 0xfa;
@@ -117,7 +345,20 @@ fn prefixes_are_counted_and_rex_only_counts_before_the_opcode() {
 fn refuses_what_it_does_not_decode() {
     use Refusal::*;
     // Truncated: nothing, only prefixes, or an operand missing.
-    for b in [&[][..], &[0x66], &[0x41], &[0x0f], &[0x0f, 0x01], &[0x0f, 0x20], &[0xe4], &[0xe7], &[0xcd], &[0x0f, 0x01, 0x15, 0, 0], &[0x0f, 0x01, 0x14], &[0x0f, 0x00, 0x50]] {
+    for b in [
+        &[][..],
+        &[0x66],
+        &[0x41],
+        &[0x0f],
+        &[0x0f, 0x01],
+        &[0x0f, 0x20],
+        &[0xe4],
+        &[0xe7],
+        &[0xcd],
+        &[0x0f, 0x01, 0x15, 0, 0],
+        &[0x0f, 0x01, 0x14],
+        &[0x0f, 0x00, 0x50],
+    ] {
         assert_eq!(decode(b), Err(Truncated), "{b:02x?}");
     }
     // Longer than 15 bytes.
@@ -130,7 +371,17 @@ fn refuses_what_it_does_not_decode() {
     b[10..14].copy_from_slice(&[0x0f, 0x01, 0x15, 0]);
     assert_eq!(decode(&b), Err(TooLong));
     // LOCK anywhere; REP except on string port I/O.
-    for b in [&[0xf0, 0xfa][..], &[0xf0, 0x0f, 0x20, 0xc0], &[0xf0, 0xf3, 0x6c], &[0xf2, 0x6c], &[0xf3, 0xf2, 0x6f], &[0xf3, 0xfa], &[0xf2, 0xec], &[0xf3, 0x0f, 0x01, 0xf8], &[0xf2, 0x0f, 0x32]] {
+    for b in [
+        &[0xf0, 0xfa][..],
+        &[0xf0, 0x0f, 0x20, 0xc0],
+        &[0xf0, 0xf3, 0x6c],
+        &[0xf2, 0x6c],
+        &[0xf3, 0xf2, 0x6f],
+        &[0xf3, 0xfa],
+        &[0xf2, 0xec],
+        &[0xf3, 0x0f, 0x01, 0xf8],
+        &[0xf2, 0x0f, 0x32],
+    ] {
         assert_eq!(decode(b), Err(BadPrefix), "{b:02x?}");
     }
     // Other instructions, and encodings the CPU rejects: cr1, cr5, cr9,
@@ -168,12 +419,24 @@ fn names_match_the_log_lines() {
 
 #[test]
 fn forced_emulation_and_injection() {
-    assert_eq!(forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2, 0x90]), Some(7));
+    assert_eq!(
+        forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2, 0x90]),
+        Some(7)
+    );
     assert_eq!(forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x0f]), None);
-    assert_eq!(forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0x32]), None);
-    assert_eq!(forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'x', 0x0f, 0xa2]), None);
+    assert_eq!(
+        forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0x32]),
+        None
+    );
+    assert_eq!(
+        forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'x', 0x0f, 0xa2]),
+        None
+    );
     // A prefixed cpuid still fits in 15 bytes; one that would not is refused.
-    assert_eq!(forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x66, 0x0f, 0xa2]), Some(8));
+    assert_eq!(
+        forced_cpuid(&[0x0f, 0x0b, b'x', b'e', b'n', 0x66, 0x0f, 0xa2]),
+        Some(8)
+    );
     let mut b = [0x66u8; 20];
     b[..5].copy_from_slice(&FORCED_EMULATION_PREFIX);
     b[14..16].copy_from_slice(&[0x0f, 0xa2]);
@@ -191,136 +454,201 @@ fn forced_emulation_and_injection() {
 /// legacy prefixes, an optional REX, and the form's bytes; with the
 /// instruction it must decode to.
 fn encoding() -> impl Strategy<Value = (Vec<u8>, Insn)> {
-    let legacy = prop::collection::vec(prop::sample::select(&[0x26u8, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67][..]), 0..5);
+    let legacy = prop::collection::vec(
+        prop::sample::select(&[0x26u8, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67][..]),
+        0..5,
+    );
     let rex = prop::option::of(0x40u8..=0x4f);
     let mem = (0u8..3, 0u8..8, any::<u8>(), any::<[u8; 4]>());
-    (legacy, rex, 0u8..27, any::<u8>(), any::<u8>(), mem, any::<bool>()).prop_map(|(legacy, rex, form, a, b, (md, rm, sib, disp), rep)| {
-        let opsize16 = legacy.contains(&0x66) && rex.is_none_or(|r| r & 8 == 0);
-        let wide = if opsize16 { 2 } else { 4 };
-        let mut pre = legacy.clone();
-        let mut rex = rex.unwrap_or(0);
-        let mut body: Vec<u8> = Vec::new();
-        let memory = |reg: u8, md: u8, body: &mut Vec<u8>| {
-            body.push(md << 6 | reg << 3 | rm);
-            if md == 3 {
-                return;
-            }
-            let mut d = [0usize, 1, 4][md as usize];
-            if rm == 4 {
-                body.push(sib);
-                if md == 0 && sib & 7 == 5 {
+    (
+        legacy,
+        rex,
+        0u8..27,
+        any::<u8>(),
+        any::<u8>(),
+        mem,
+        any::<bool>(),
+    )
+        .prop_map(|(legacy, rex, form, a, b, (md, rm, sib, disp), rep)| {
+            let opsize16 = legacy.contains(&0x66) && rex.is_none_or(|r| r & 8 == 0);
+            let wide = if opsize16 { 2 } else { 4 };
+            let mut pre = legacy.clone();
+            let mut rex = rex.unwrap_or(0);
+            let mut body: Vec<u8> = Vec::new();
+            let memory = |reg: u8, md: u8, body: &mut Vec<u8>| {
+                body.push(md << 6 | reg << 3 | rm);
+                if md == 3 {
+                    return;
+                }
+                let mut d = [0usize, 1, 4][md as usize];
+                if rm == 4 {
+                    body.push(sib);
+                    if md == 0 && sib & 7 == 5 {
+                        d = 4;
+                    }
+                } else if md == 0 && rm == 5 {
                     d = 4;
                 }
-            } else if md == 0 && rm == 5 {
-                d = 4;
-            }
-            body.extend_from_slice(&disp[..d]);
-        };
-        let op = match form {
-            0 => {
-                body.push(0xfa);
-                Op::Cli
-            }
-            1 => {
-                body.push(0xfb);
-                Op::Sti
-            }
-            2 => {
-                body.push(0xf4);
-                Op::Hlt
-            }
-            3 => {
-                body.extend([0x0f, 0x06]);
-                Op::Clts
-            }
-            4 => {
-                body.extend([0x0f, 0x08]);
-                Op::Invd
-            }
-            5 => {
-                body.extend([0x0f, 0x09]);
-                Op::Wbinvd
-            }
-            6 => {
-                body.extend([0x0f, 0x0b]);
-                Op::Ud2
-            }
-            7 => {
-                body.extend([0x0f, 0x30]);
-                Op::Wrmsr
-            }
-            8 => {
-                body.extend([0x0f, 0x32]);
-                Op::Rdmsr
-            }
-            9 => {
-                body.extend([0x0f, 0xa2]);
-                Op::Cpuid
-            }
-            10 => {
-                body.extend([0x0f, 0x01, 0xf8]);
-                Op::Swapgs
-            }
-            11 | 12 => {
-                let byte = a & 1 == 0;
-                body.extend([if form == 11 { 0xe4 } else { 0xe6 } | u8::from(!byte), b]);
-                let width = if byte { 1 } else { wide };
-                if form == 11 { Op::In { port: Port::Imm(b), width } } else { Op::Out { port: Port::Imm(b), width } }
-            }
-            13 | 14 => {
-                let byte = a & 1 == 0;
-                body.push(if form == 13 { 0xec } else { 0xee } | u8::from(!byte));
-                let width = if byte { 1 } else { wide };
-                if form == 13 { Op::In { port: Port::Dx, width } } else { Op::Out { port: Port::Dx, width } }
-            }
-            15 | 16 => {
-                let byte = a & 1 == 0;
-                if rep {
-                    pre.push(0xf3);
+                body.extend_from_slice(&disp[..d]);
+            };
+            let op = match form {
+                0 => {
+                    body.push(0xfa);
+                    Op::Cli
                 }
-                body.push(if form == 15 { 0x6c } else { 0x6e } | u8::from(!byte));
-                let width = if byte { 1 } else { wide };
-                if form == 15 { Op::Ins { width, rep } } else { Op::Outs { width, rep } }
+                1 => {
+                    body.push(0xfb);
+                    Op::Sti
+                }
+                2 => {
+                    body.push(0xf4);
+                    Op::Hlt
+                }
+                3 => {
+                    body.extend([0x0f, 0x06]);
+                    Op::Clts
+                }
+                4 => {
+                    body.extend([0x0f, 0x08]);
+                    Op::Invd
+                }
+                5 => {
+                    body.extend([0x0f, 0x09]);
+                    Op::Wbinvd
+                }
+                6 => {
+                    body.extend([0x0f, 0x0b]);
+                    Op::Ud2
+                }
+                7 => {
+                    body.extend([0x0f, 0x30]);
+                    Op::Wrmsr
+                }
+                8 => {
+                    body.extend([0x0f, 0x32]);
+                    Op::Rdmsr
+                }
+                9 => {
+                    body.extend([0x0f, 0xa2]);
+                    Op::Cpuid
+                }
+                10 => {
+                    body.extend([0x0f, 0x01, 0xf8]);
+                    Op::Swapgs
+                }
+                11 | 12 => {
+                    let byte = a & 1 == 0;
+                    body.extend([if form == 11 { 0xe4 } else { 0xe6 } | u8::from(!byte), b]);
+                    let width = if byte { 1 } else { wide };
+                    if form == 11 {
+                        Op::In {
+                            port: Port::Imm(b),
+                            width,
+                        }
+                    } else {
+                        Op::Out {
+                            port: Port::Imm(b),
+                            width,
+                        }
+                    }
+                }
+                13 | 14 => {
+                    let byte = a & 1 == 0;
+                    body.push(if form == 13 { 0xec } else { 0xee } | u8::from(!byte));
+                    let width = if byte { 1 } else { wide };
+                    if form == 13 {
+                        Op::In {
+                            port: Port::Dx,
+                            width,
+                        }
+                    } else {
+                        Op::Out {
+                            port: Port::Dx,
+                            width,
+                        }
+                    }
+                }
+                15 | 16 => {
+                    let byte = a & 1 == 0;
+                    if rep {
+                        pre.push(0xf3);
+                    }
+                    body.push(if form == 15 { 0x6c } else { 0x6e } | u8::from(!byte));
+                    let width = if byte { 1 } else { wide };
+                    if form == 15 {
+                        Op::Ins { width, rep }
+                    } else {
+                        Op::Outs { width, rep }
+                    }
+                }
+                17 => {
+                    body.extend([0xcd, b]);
+                    Op::Int(b)
+                }
+                18 | 19 => {
+                    let cr = [0u8, 2, 3, 4, 8][a as usize % 5];
+                    rex = if rex == 0 && cr != 8 && b & 8 == 0 {
+                        0
+                    } else {
+                        0x40 | (rex & 0xa) | if cr == 8 { 4 } else { 0 } | (b >> 3 & 1)
+                    };
+                    body.extend([
+                        0x0f,
+                        if form == 18 { 0x20 } else { 0x22 },
+                        (b >> 6) << 6 | (cr & 7) << 3 | (b & 7),
+                    ]);
+                    let gpr = b & 15;
+                    if form == 18 {
+                        Op::MovFromCr { cr, gpr }
+                    } else {
+                        Op::MovToCr { cr, gpr }
+                    }
+                }
+                20 | 21 => {
+                    let dr = a & 7;
+                    rex = if rex == 0 && b & 8 == 0 {
+                        0
+                    } else {
+                        0x40 | (rex & 0xa) | (b >> 3 & 1)
+                    };
+                    body.extend([
+                        0x0f,
+                        if form == 20 { 0x21 } else { 0x23 },
+                        0xc0 | dr << 3 | (b & 7),
+                    ]);
+                    let gpr = b & 15;
+                    if form == 20 {
+                        Op::MovFromDr { dr, gpr }
+                    } else {
+                        Op::MovToDr { dr, gpr }
+                    }
+                }
+                22..=24 => {
+                    body.extend([0x0f, 0x01]);
+                    let (reg, op) =
+                        [(2, Op::Lgdt), (3, Op::Lidt), (7, Op::Invlpg)][form as usize - 22];
+                    memory(reg, md, &mut body);
+                    op
+                }
+                _ => {
+                    body.extend([0x0f, 0x00]);
+                    let (reg, op) = if form == 25 {
+                        (2, Op::Lldt)
+                    } else {
+                        (3, Op::Ltr)
+                    };
+                    // Register forms too.
+                    memory(reg, if a & 1 == 0 { 3 } else { md }, &mut body);
+                    op
+                }
+            };
+            if rex != 0 {
+                pre.push(rex);
             }
-            17 => {
-                body.extend([0xcd, b]);
-                Op::Int(b)
-            }
-            18 | 19 => {
-                let cr = [0u8, 2, 3, 4, 8][a as usize % 5];
-                rex = if rex == 0 && cr != 8 && b & 8 == 0 { 0 } else { 0x40 | (rex & 0xa) | if cr == 8 { 4 } else { 0 } | (b >> 3 & 1) };
-                body.extend([0x0f, if form == 18 { 0x20 } else { 0x22 }, (b >> 6) << 6 | (cr & 7) << 3 | (b & 7)]);
-                let gpr = b & 15;
-                if form == 18 { Op::MovFromCr { cr, gpr } } else { Op::MovToCr { cr, gpr } }
-            }
-            20 | 21 => {
-                let dr = a & 7;
-                rex = if rex == 0 && b & 8 == 0 { 0 } else { 0x40 | (rex & 0xa) | (b >> 3 & 1) };
-                body.extend([0x0f, if form == 20 { 0x21 } else { 0x23 }, 0xc0 | dr << 3 | (b & 7)]);
-                let gpr = b & 15;
-                if form == 20 { Op::MovFromDr { dr, gpr } } else { Op::MovToDr { dr, gpr } }
-            }
-            22..=24 => {
-                body.extend([0x0f, 0x01]);
-                let (reg, op) = [(2, Op::Lgdt), (3, Op::Lidt), (7, Op::Invlpg)][form as usize - 22];
-                memory(reg, md, &mut body);
-                op
-            }
-            _ => {
-                body.extend([0x0f, 0x00]);
-                let (reg, op) = if form == 25 { (2, Op::Lldt) } else { (3, Op::Ltr) };
-                // Register forms too.
-                memory(reg, if a & 1 == 0 { 3 } else { md }, &mut body);
-                op
-            }
-        };
-        if rex != 0 {
-            pre.push(rex);
-        }
-        let len = pre.len() + body.len();
-        pre.extend(body);
-        (pre, Insn { op, len: len as u8 })
-    })
+            let len = pre.len() + body.len();
+            pre.extend(body);
+            (pre, Insn { op, len: len as u8 })
+        })
 }
 
 /// The iced-x86 decoder's view of the same bytes (the reference).
@@ -343,17 +671,47 @@ fn same_as_reference(op: Op, i: &iced_x86::Instruction) -> bool {
         Op::Sti => i.mnemonic() == M::Sti,
         Op::Hlt => i.mnemonic() == M::Hlt,
         Op::Clts => i.mnemonic() == M::Clts,
-        Op::In { port: p, width } => i.mnemonic() == M::In && i.op0_register().size() == width as usize && port(p, 1),
-        Op::Out { port: p, width } => i.mnemonic() == M::Out && i.op1_register().size() == width as usize && port(p, 0),
-        Op::Ins { width, rep } => i.mnemonic() == [M::Insb, M::Insw, M::Insd][width as usize / 2] && i.has_rep_prefix() == rep,
-        Op::Outs { width, rep } => i.mnemonic() == [M::Outsb, M::Outsw, M::Outsd][width as usize / 2] && i.has_rep_prefix() == rep,
+        Op::In { port: p, width } => {
+            i.mnemonic() == M::In && i.op0_register().size() == width as usize && port(p, 1)
+        }
+        Op::Out { port: p, width } => {
+            i.mnemonic() == M::Out && i.op1_register().size() == width as usize && port(p, 0)
+        }
+        Op::Ins { width, rep } => {
+            i.mnemonic() == [M::Insb, M::Insw, M::Insd][width as usize / 2]
+                && i.has_rep_prefix() == rep
+        }
+        Op::Outs { width, rep } => {
+            i.mnemonic() == [M::Outsb, M::Outsw, M::Outsd][width as usize / 2]
+                && i.has_rep_prefix() == rep
+        }
         Op::Rdmsr => i.mnemonic() == M::Rdmsr,
         Op::Wrmsr => i.mnemonic() == M::Wrmsr,
         Op::Cpuid => i.mnemonic() == M::Cpuid,
-        Op::MovFromCr { cr, gpr: g } => i.mnemonic() == M::Mov && gpr(i.op0_register(), g) && i.op1_register().is_cr() && i.op1_register().number() == cr as usize,
-        Op::MovToCr { cr, gpr: g } => i.mnemonic() == M::Mov && gpr(i.op1_register(), g) && i.op0_register().is_cr() && i.op0_register().number() == cr as usize,
-        Op::MovFromDr { dr, gpr: g } => i.mnemonic() == M::Mov && gpr(i.op0_register(), g) && i.op1_register().is_dr() && i.op1_register().number() == dr as usize,
-        Op::MovToDr { dr, gpr: g } => i.mnemonic() == M::Mov && gpr(i.op1_register(), g) && i.op0_register().is_dr() && i.op0_register().number() == dr as usize,
+        Op::MovFromCr { cr, gpr: g } => {
+            i.mnemonic() == M::Mov
+                && gpr(i.op0_register(), g)
+                && i.op1_register().is_cr()
+                && i.op1_register().number() == cr as usize
+        }
+        Op::MovToCr { cr, gpr: g } => {
+            i.mnemonic() == M::Mov
+                && gpr(i.op1_register(), g)
+                && i.op0_register().is_cr()
+                && i.op0_register().number() == cr as usize
+        }
+        Op::MovFromDr { dr, gpr: g } => {
+            i.mnemonic() == M::Mov
+                && gpr(i.op0_register(), g)
+                && i.op1_register().is_dr()
+                && i.op1_register().number() == dr as usize
+        }
+        Op::MovToDr { dr, gpr: g } => {
+            i.mnemonic() == M::Mov
+                && gpr(i.op1_register(), g)
+                && i.op0_register().is_dr()
+                && i.op0_register().number() == dr as usize
+        }
         Op::Lgdt => i.mnemonic() == M::Lgdt,
         Op::Lidt => i.mnemonic() == M::Lidt,
         Op::Lldt => i.mnemonic() == M::Lldt,
@@ -373,9 +731,35 @@ fn same_as_reference(op: Op, i: &iced_x86::Instruction) -> bool {
 fn reference_is_covered(i: &iced_x86::Instruction) -> bool {
     use iced_x86::Mnemonic as M;
     match i.mnemonic() {
-        M::Cli | M::Sti | M::Hlt | M::Clts | M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => true,
-        M::Rdmsr | M::Wrmsr | M::Cpuid | M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Invlpg | M::Swapgs | M::Invd | M::Wbinvd | M::Int | M::Ud2 => true,
-        M::Mov => (0..i.op_count()).any(|k| i.op_kind(k) == iced_x86::OpKind::Register && (i.op_register(k).is_cr() || i.op_register(k).is_dr())),
+        M::Cli
+        | M::Sti
+        | M::Hlt
+        | M::Clts
+        | M::In
+        | M::Out
+        | M::Insb
+        | M::Insw
+        | M::Insd
+        | M::Outsb
+        | M::Outsw
+        | M::Outsd => true,
+        M::Rdmsr
+        | M::Wrmsr
+        | M::Cpuid
+        | M::Lgdt
+        | M::Lidt
+        | M::Lldt
+        | M::Ltr
+        | M::Invlpg
+        | M::Swapgs
+        | M::Invd
+        | M::Wbinvd
+        | M::Int
+        | M::Ud2 => true,
+        M::Mov => (0..i.op_count()).any(|k| {
+            i.op_kind(k) == iced_x86::OpKind::Register
+                && (i.op_register(k).is_cr() || i.op_register(k).is_dr())
+        }),
         _ => false,
     }
 }
@@ -384,25 +768,51 @@ fn reference_is_covered(i: &iced_x86::Instruction) -> bool {
 /// and REP among them), then one of their opcodes or a random byte, then
 /// random bytes.
 fn biased_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let prefix = prop::sample::select(&[0x26u8, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x40, 0x41, 0x44, 0x48, 0x4f][..]);
+    let prefix = prop::sample::select(
+        &[
+            0x26u8, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x40, 0x41, 0x44,
+            0x48, 0x4f,
+        ][..],
+    );
     let opcode = prop_oneof![
-        prop::sample::select(&[0xfau8, 0xfb, 0xf4, 0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d, 0x6e, 0x6f, 0xcd, 0x0f, 0x0f, 0x0f, 0x0f][..]),
+        prop::sample::select(
+            &[
+                0xfau8, 0xfb, 0xf4, 0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d,
+                0x6e, 0x6f, 0xcd, 0x0f, 0x0f, 0x0f, 0x0f
+            ][..]
+        ),
         any::<u8>(),
     ];
-    let second = prop_oneof![prop::sample::select(&[0x00u8, 0x01, 0x06, 0x08, 0x09, 0x0b, 0x20, 0x21, 0x22, 0x23, 0x30, 0x32, 0xa2][..]), any::<u8>()];
-    (prop::collection::vec(prefix, 0..4), opcode, second, prop::collection::vec(any::<u8>(), 0..13)).prop_map(|(mut b, op, second, tail)| {
-        b.push(op);
-        b.push(second);
-        b.extend(tail);
-        b
-    })
+    let second = prop_oneof![
+        prop::sample::select(
+            &[
+                0x00u8, 0x01, 0x06, 0x08, 0x09, 0x0b, 0x20, 0x21, 0x22, 0x23, 0x30, 0x32, 0xa2
+            ][..]
+        ),
+        any::<u8>()
+    ];
+    (
+        prop::collection::vec(prefix, 0..4),
+        opcode,
+        second,
+        prop::collection::vec(any::<u8>(), 0..13),
+    )
+        .prop_map(|(mut b, op, second, tail)| {
+            b.push(op);
+            b.push(second);
+            b.extend(tail);
+            b
+        })
 }
 
 fn check_contract(bytes: &[u8]) -> Result<(), TestCaseError> {
     match decode(bytes) {
         Ok(i) => {
             let len = i.len as usize;
-            prop_assert!((1..=MAX_LEN).contains(&len) && len <= bytes.len(), "length {len} for {bytes:02x?}");
+            prop_assert!(
+                (1..=MAX_LEN).contains(&len) && len <= bytes.len(),
+                "length {len} for {bytes:02x?}"
+            );
             // Only the instruction's own bytes matter: cut to its length it
             // decodes the same, one byte shorter it is truncated.
             prop_assert_eq!(decode(&bytes[..len]), Ok(i));
@@ -410,7 +820,11 @@ fn check_contract(bytes: &[u8]) -> Result<(), TestCaseError> {
         }
         Err(Refusal::Truncated) => {
             // More bytes could complete it; never with the 15 already there.
-            prop_assert!(bytes.len() < MAX_LEN, "truncated with {} bytes: {bytes:02x?}", bytes.len());
+            prop_assert!(
+                bytes.len() < MAX_LEN,
+                "truncated with {} bytes: {bytes:02x?}",
+                bytes.len()
+            );
         }
         Err(Refusal::TooLong) => prop_assert!(bytes.len() >= MAX_LEN),
         Err(_) => {}
@@ -422,13 +836,40 @@ fn check_reference(bytes: &[u8]) -> Result<(), TestCaseError> {
     let ours = decode(bytes);
     let theirs = reference(&bytes[..bytes.len().min(MAX_LEN)]);
     if let Ok(i) = ours {
-        let r = theirs.ok_or_else(|| TestCaseError::fail(format!("{bytes:02x?}: decoded {i:?}, iced-x86 refuses")))?;
-        prop_assert_eq!(r.len(), i.len as usize, "{:02x?}: {:?} vs {:?}", bytes, i, r.code());
-        prop_assert!(same_as_reference(i.op, &r), "{:02x?}: {:?} vs {:?}", bytes, i, r.code());
+        let r = theirs.ok_or_else(|| {
+            TestCaseError::fail(format!("{bytes:02x?}: decoded {i:?}, iced-x86 refuses"))
+        })?;
+        prop_assert_eq!(
+            r.len(),
+            i.len as usize,
+            "{:02x?}: {:?} vs {:?}",
+            bytes,
+            i,
+            r.code()
+        );
+        prop_assert!(
+            same_as_reference(i.op, &r),
+            "{:02x?}: {:?} vs {:?}",
+            bytes,
+            i,
+            r.code()
+        );
     } else if let Some(r) = theirs {
-        let prefixes = bytes.iter().take_while(|b| matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f));
+        let prefixes = bytes.iter().take_while(|b| {
+            matches!(
+                b,
+                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40
+                    ..=0x4f
+            )
+        });
         let lock_or_rep = prefixes.clone().any(|b| matches!(b, 0xf0 | 0xf2 | 0xf3));
-        prop_assert!(lock_or_rep || !reference_is_covered(&r), "{:02x?}: refused ({:?}) but iced-x86 decodes {:?}", bytes, ours, r.code());
+        prop_assert!(
+            lock_or_rep || !reference_is_covered(&r),
+            "{:02x?}: refused ({:?}) but iced-x86 decodes {:?}",
+            bytes,
+            ours,
+            r.code()
+        );
     }
     Ok(())
 }
@@ -467,7 +908,12 @@ proptest! {
 fn every_two_byte_sequence_and_0f_prefix_triples() {
     for a in 0..=255u8 {
         for b in 0..=255u8 {
-            for bytes in [&[a, b][..], &[0x0f, a, b], &[0x66, 0x0f, a, b], &[0x41, 0x0f, 0x01, a, b]] {
+            for bytes in [
+                &[a, b][..],
+                &[0x0f, a, b],
+                &[0x66, 0x0f, a, b],
+                &[0x41, 0x0f, 0x01, a, b],
+            ] {
                 check_contract(bytes).unwrap();
                 check_reference(bytes).unwrap();
             }

@@ -338,7 +338,12 @@ pub const NR_PIRQS: u32 = 48;
 /// Errors, in Xen's order: `EINVAL` for a negative IRQ number or one beyond
 /// [`NR_PIRQS`]; `EPERM` without access; `EEXIST` if the caller has `pirq`
 /// bound already; `ENOSPC` with no free port.
-pub fn bind_pirq<D: Domains>(world: &mut D, caller: u16, pirq: u32, may_use: bool) -> Result<u32, Errno> {
+pub fn bind_pirq<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    pirq: u32,
+    may_use: bool,
+) -> Result<u32, Errno> {
     if pirq > i32::MAX as u32 {
         return Err(Errno::EINVAL);
     }
@@ -364,7 +369,11 @@ pub fn bind_pirq<D: Domains>(world: &mut D, caller: u16, pirq: u32, may_use: boo
 /// pending.
 pub fn raise_pirq<D: Domains>(world: &mut D, dom: u16, port: u32, pirq: u32) -> Option<Kick> {
     let (chans, bits) = world.get(dom)?;
-    if chans.state(port)? != (PortState::Pirq { pirq: u16::try_from(pirq).ok()? }) {
+    if chans.state(port)?
+        != (PortState::Pirq {
+            pirq: u16::try_from(pirq).ok()?,
+        })
+    {
         return None;
     }
     let vcpu = chans.notify_vcpu(port)?;
@@ -432,7 +441,9 @@ pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<
             Ok(raise(bits, caller, vcpu, port))
         }
         PortState::Unbound { .. } => Ok(None),
-        PortState::Free | PortState::Reserved | PortState::Virq { .. } | PortState::Pirq { .. } => Err(Errno::EINVAL),
+        PortState::Free | PortState::Reserved | PortState::Virq { .. } | PortState::Pirq { .. } => {
+            Err(Errno::EINVAL)
+        }
     }
 }
 
@@ -457,7 +468,10 @@ fn close_port<D: Domains>(world: &mut D, dom: u16, port: u32) -> Result<(), Errn
                 rchans.rebind(rport, PortState::Unbound { remote_dom: dom });
             }
         }
-        PortState::Unbound { .. } | PortState::Virq { .. } | PortState::Ipi | PortState::Pirq { .. } => {}
+        PortState::Unbound { .. }
+        | PortState::Virq { .. }
+        | PortState::Ipi
+        | PortState::Pirq { .. } => {}
     }
     let (chans, bits) = world.get(dom).ok_or(Errno::ESRCH)?;
     chans.release(port, bits);
@@ -580,7 +594,9 @@ pub fn status<D: Domains>(
             virq: u32::from(virq),
         },
         PortState::Ipi => StatusKind::Ipi,
-        PortState::Pirq { pirq } => StatusKind::Pirq { pirq: u32::from(pirq) },
+        PortState::Pirq { pirq } => StatusKind::Pirq {
+            pirq: u32::from(pirq),
+        },
     };
     Ok(Status {
         kind,

@@ -1625,7 +1625,12 @@ fn evtchn_random_operations_reach_connected_states() {
     use proptest::test_runner::{Config, TestRunner};
     // A fixed seed: this checks that the generator reaches connected states,
     // which must not depend on luck.
-    let mut runner = TestRunner::new_with_rng(Config::default(), proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha));
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
     let strategy = proptest::collection::vec(op(), 100..150);
     let mut max_inter = 0;
     let mut max_virq = 0;

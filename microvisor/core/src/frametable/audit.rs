@@ -313,7 +313,9 @@ impl FrameTable<'_> {
             if p.page_type() == PageType::Segment && p.is_validated() {
                 // A descriptor page the CPU may read as a GDT or LDT holds
                 // only descriptors a guest may have.
-                if let Some(index) = (0..ENTRIES).find(|&i| !crate::pv::descriptor_ok(mem.read(mfn, i))) {
+                if let Some(index) =
+                    (0..ENTRIES).find(|&i| !crate::pv::descriptor_ok(mem.read(mfn, i)))
+                {
                     return Err(err(
                         mfn,
                         AuditErrorKind::BadEntry {

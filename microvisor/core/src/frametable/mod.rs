@@ -416,7 +416,11 @@ impl<'a> FrameTable<'a> {
         if self.io_domains.contains(&dom) {
             return Ok(());
         }
-        let slot = self.io_domains.iter_mut().find(|d| **d == u16::MAX).ok_or(Errno::ENOSPC)?;
+        let slot = self
+            .io_domains
+            .iter_mut()
+            .find(|d| **d == u16::MAX)
+            .ok_or(Errno::ENOSPC)?;
         *slot = dom;
         Ok(())
     }
@@ -424,7 +428,11 @@ impl<'a> FrameTable<'a> {
     /// Keeps I/O frames `start..end` from every guest (the hypervisor's own
     /// devices). `ENOSPC` when the list is full.
     pub fn deny_io(&mut self, start: u64, end: u64) -> Result<(), Errno> {
-        let slot = self.io_denied.iter_mut().find(|r| r.0 == r.1).ok_or(Errno::ENOSPC)?;
+        let slot = self
+            .io_denied
+            .iter_mut()
+            .find(|r| r.0 == r.1)
+            .ok_or(Errno::ENOSPC)?;
         *slot = (start, end);
         Ok(())
     }
@@ -1086,7 +1094,11 @@ impl<'a> FrameTable<'a> {
     /// untyped (descriptors before the bad one may have been fixed up).
     #[cold]
     #[inline(never)]
-    fn validate_descriptors<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mfn: u64) -> Result<(), Errno> {
+    fn validate_descriptors<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        mfn: u64,
+    ) -> Result<(), Errno> {
         let ok = (0..ENTRIES).all(|i| {
             let d = mem.read(mfn, i);
             match crate::pv::check_descriptor(d) {
@@ -1385,7 +1397,11 @@ impl<'a> FrameTable<'a> {
         };
         if pte::present(new) {
             let io = at.level == 1 && self.pg(pte::frame(new)).is_none();
-            let bad = if io { pte::disallowed_io(new) } else { pte::disallowed(at.level, new) };
+            let bad = if io {
+                pte::disallowed_io(new)
+            } else {
+                pte::disallowed(at.level, new)
+            };
             if bad != 0 {
                 return Err(Errno::EINVAL);
             }

@@ -131,7 +131,11 @@ fn audit(ft: &FrameTable<'_>, mem: &Mem, ext: &[(u64, ExternalRef)]) -> Result<(
     let r = ft.audit(mem, ext);
     for size in [1, 5, N - 1, N, 3 * N] {
         let mut scratch = vec![AuditTally::ZERO; size];
-        assert_eq!(ft.audit_with(mem, ext, &mut scratch), r, "scratch of {size} tallies");
+        assert_eq!(
+            ft.audit_with(mem, ext, &mut scratch),
+            r,
+            "scratch of {size} tallies"
+        );
     }
     r
 }
@@ -1113,10 +1117,7 @@ fn audit_detects_corruption() {
     clean(&ft, &mem, &ext);
     // A forgotten external reference.
     assert!(audit(&ft, &mem, &ext[..1]).is_err());
-    assert!(
-        audit(&ft, &mem, &[(2, BASE), (32, BASE), (6, ExternalRef::Page)])
-            .is_err()
-    );
+    assert!(audit(&ft, &mem, &[(2, BASE), (32, BASE), (6, ExternalRef::Page)]).is_err());
 }
 
 // ----------------------------------------------------------------------
@@ -1131,7 +1132,10 @@ fn grant_map_36(ft: &mut FrameTable<'_>, mem: &mut Mem, ext: &mut Ext) -> u64 {
     ft.get_page_type(mem, 36, PageType::Writable, D2).unwrap();
     ext.push((36, ExternalRef::PageAndType(PageType::Writable)));
     let g = ent(36, P | W | U | A | D | NX | BIT62);
-    assert_eq!(ft.install_grant_entry(mem, D1, ma(5, 30), g), Ok(Flush::NONE));
+    assert_eq!(
+        ft.install_grant_entry(mem, D1, ma(5, 30), g),
+        Ok(Flush::NONE)
+    );
     g
 }
 
@@ -1141,12 +1145,19 @@ fn grant_entry_holds_no_references_and_audits_clean() {
     let before = info(&ft, 36).count();
     let g = grant_map_36(&mut ft, &mut mem, &mut ext);
     assert_eq!(mem.read(5, 30), g);
-    assert_eq!(info(&ft, 36).count(), before + 1, "only the mapping's reference");
+    assert_eq!(
+        info(&ft, 36).count(),
+        before + 1,
+        "only the mapping's reference"
+    );
     clean(&ft, &mem, &ext);
     // Found through the page tables as host_addr would be.
     let va = 30u64 << 12;
     assert_eq!(ft.find_l1_entry(&mem, D1, 2, va), Ok(ma(5, 30)));
-    assert_eq!(ft.remove_grant_entry(&mut mem, D1, ma(5, 30), g), Ok(Flush::NEEDED));
+    assert_eq!(
+        ft.remove_grant_entry(&mut mem, D1, ma(5, 30), g),
+        Ok(Flush::NEEDED)
+    );
     assert_eq!(mem.read(5, 30), 0);
     ft.put_page_type(&mut mem, 36);
     ft.put_page(36);
@@ -1160,21 +1171,51 @@ fn guest_cannot_overwrite_or_forge_a_grant_entry() {
     let g = grant_map_36(&mut ft, &mut mem, &mut ext);
     // Clearing it, changing only whitelisted bits, or remapping: refused.
     assert_eq!(upd(&mut ft, &mut mem, D1, 5, 30, 0), Err(Errno::EINVAL));
-    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 30, g & !BIT62), Err(Errno::EINVAL));
-    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 30, ent(11, P | W)), Err(Errno::EINVAL));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 30, g & !BIT62),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 30, ent(11, P | W)),
+        Err(Errno::EINVAL)
+    );
     // Writing the tag itself anywhere is refused.
-    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 31, ent(11, P | BIT62)), Err(Errno::EINVAL));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 31, ent(11, P | BIT62)),
+        Err(Errno::EINVAL)
+    );
     assert_eq!(mem.read(5, 30), g);
     clean(&ft, &mem, &ext);
     // A second grant over it is refused; removal with another value too.
-    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 30), g), Err(Errno::EBUSY));
-    assert_eq!(ft.remove_grant_entry(&mut mem, D1, ma(5, 30), g & !pte::RW), Err(Errno::EINVAL));
-    assert_eq!(ft.remove_grant_entry(&mut mem, D1, ma(5, 31), g), Err(Errno::EINVAL));
+    assert_eq!(
+        ft.install_grant_entry(&mut mem, D1, ma(5, 30), g),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(
+        ft.remove_grant_entry(&mut mem, D1, ma(5, 30), g & !pte::RW),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.remove_grant_entry(&mut mem, D1, ma(5, 31), g),
+        Err(Errno::EINVAL)
+    );
     // Not an L1 of D1 / misaligned / not a grant value.
-    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(35, 30), g), Err(Errno::EINVAL));
-    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(4, 30), g), Err(Errno::EINVAL));
-    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 31) | 4, g), Err(Errno::EINVAL));
-    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 31), g & !BIT62), Err(Errno::EINVAL));
+    assert_eq!(
+        ft.install_grant_entry(&mut mem, D1, ma(35, 30), g),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.install_grant_entry(&mut mem, D1, ma(4, 30), g),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.install_grant_entry(&mut mem, D1, ma(5, 31) | 4, g),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.install_grant_entry(&mut mem, D1, ma(5, 31), g & !BIT62),
+        Err(Errno::EINVAL)
+    );
     clean(&ft, &mem, &ext);
 }
 
@@ -1187,7 +1228,10 @@ fn grant_entry_replaces_an_ordinary_one_dropping_its_references() {
     ft.get_page(36, D2).unwrap();
     ext.push((36, ExternalRef::Page));
     let g = ent(36, P | U | A | D | NX | BIT62);
-    assert_eq!(ft.install_grant_entry(&mut mem, D1, ma(5, 30), g), Ok(Flush::NEEDED));
+    assert_eq!(
+        ft.install_grant_entry(&mut mem, D1, ma(5, 30), g),
+        Ok(Flush::NEEDED)
+    );
     let after = info(&ft, 11);
     assert_eq!((after.count(), after.type_count()), (1, 0));
     clean(&ft, &mem, &ext);
@@ -1219,21 +1263,49 @@ fn io_memory_only_for_allowed_domains_and_frames() {
     let io = N as u64 + 100;
     let e = ent(io, P | W | PCD | PWT);
     // Nobody is allowed yet; privileged requests name DOMID_IO.
-    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 40), e, false), Err(Errno::EPERM));
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 40), e, false),
+        Err(Errno::EPERM)
+    );
     ft.allow_io(D1).unwrap();
-    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 40), e, false), Ok(Flush::NONE));
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 40), e, false),
+        Ok(Flush::NONE)
+    );
     assert_eq!(mem.read(5, 40), e | U | pte::GUEST_KERNEL);
     // Its own id works too (Xen: a domain with I/O-memory capabilities).
-    assert_eq!(ft.mod_entry(&mut mem, D1, D1, ma(5, 41), ent(io + 1, P | PCD), false), Ok(Flush::NONE));
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(5, 41), ent(io + 1, P | PCD), false),
+        Ok(Flush::NONE)
+    );
     clean(&ft, &mem, &ext);
     // Another domain may not; a PAT/PSE bit is still refused; so is an
     // I/O frame in an upper-level entry.
-    assert_eq!(ft.mod_entry(&mut mem, D2, DOMID_IO, ma(35, 40), e, false), Err(Errno::EPERM));
-    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 42), ent(io, P | PSE), false), Err(Errno::EINVAL));
-    assert_eq!(ft.mod_entry(&mut mem, D1, D1, ma(4, 42), ent(io, P | W), false), Err(Errno::EINVAL));
+    assert_eq!(
+        ft.mod_entry(&mut mem, D2, DOMID_IO, ma(35, 40), e, false),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 42), ent(io, P | PSE), false),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.mod_entry(&mut mem, D1, D1, ma(4, 42), ent(io, P | W), false),
+        Err(Errno::EINVAL)
+    );
     // Denied frames (the hypervisor's devices) stay out of reach.
     ft.deny_io(io + 5, io + 6).unwrap();
-    assert_eq!(ft.mod_entry(&mut mem, D1, DOMID_IO, ma(5, 43), ent(io + 5, P | W | PCD), false), Err(Errno::EPERM));
+    assert_eq!(
+        ft.mod_entry(
+            &mut mem,
+            D1,
+            DOMID_IO,
+            ma(5, 43),
+            ent(io + 5, P | W | PCD),
+            false
+        ),
+        Err(Errno::EPERM)
+    );
     // Unmapping takes no references away; the table revalidates.
     assert!(upd(&mut ft, &mut mem, D1, 5, 40, 0).is_ok());
     assert!(ft.pin(&mut mem, D1, 5, 1).is_ok());
@@ -1258,14 +1330,21 @@ fn hypervisor_written_frame_never_takes_another_type() {
     assert_eq!(info(&ft, f).hv_writers(), 1);
     clean(&ft, &mem, &ext);
     for level in 1..=4 {
-        assert_eq!(ft.pin(&mut mem, D1, f, level), Err(Errno::EINVAL), "pin as L{level}");
+        assert_eq!(
+            ft.pin(&mut mem, D1, f, level),
+            Err(Errno::EINVAL),
+            "pin as L{level}"
+        );
     }
     assert_eq!(
         ft.get_page_and_type(&mut mem, f, PageType::Segment, D1),
         Err(Errno::EINVAL)
     );
     // Linked into the L2 as an L1 table: refused (Xen: EINVAL).
-    assert_eq!(upd(&mut ft, &mut mem, D1, 4, 7, ent(f, P | W | U)), Err(Errno::EINVAL));
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 4, 7, ent(f, P | W | U)),
+        Err(Errno::EINVAL)
+    );
     // The guest may still map it writable (it shares the writable type).
     let _ = upd(&mut ft, &mut mem, D1, 5, 20, ent(f, P | W | U)).unwrap();
     assert_eq!(ft.release(f, D1), Err(Errno::EBUSY));
@@ -1362,7 +1441,9 @@ fn audit_recounts_hypervisor_write_references() {
         io_denied: [(0, 0); MAX_IO_DENIED],
     };
     assert_eq!(
-        audit(&ft2, &mem, &ext).map(|()| 0).map_err(|e| (e.mfn, e.kind)),
+        audit(&ft2, &mem, &ext)
+            .map(|()| 0)
+            .map_err(|e| (e.mfn, e.kind)),
         Err((f, AuditErrorKind::HypervisorWritten("not writable-typed")))
     );
 }
@@ -1379,19 +1460,31 @@ fn descriptor_pages_are_validated_whole() {
     let f = 18;
     mem.write(f, 1, 0x00cf_f200_0000_ffff); // DPL-3 data
     mem.write(f, 2, 0x00af_9a00_0000_ffff); // DPL-0 code
-    for (idx, bad) in [(511, 0x0000_e900_0000_0067u64), (300, 0x0000_ec00_0000_0000)] {
+    for (idx, bad) in [
+        (511, 0x0000_e900_0000_0067u64),
+        (300, 0x0000_ec00_0000_0000),
+    ] {
         mem.write(f, idx, bad);
-        assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Err(Errno::EINVAL));
+        assert_eq!(
+            ft.get_page_and_type(&mut mem, f, PageType::Segment, D1),
+            Err(Errno::EINVAL)
+        );
         clean(&ft, &mem, &ext);
         mem.write(f, idx, 0);
     }
-    assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    assert_eq!(
+        ft.get_page_and_type(&mut mem, f, PageType::Segment, D1),
+        Ok(())
+    );
     assert_eq!(mem.read(f, 2), 0x00af_fa00_0000_ffff);
     assert_eq!(mem.read(f, 1), 0x00cf_f200_0000_ffff);
     ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
     clean(&ft, &mem, &ext);
     // A second reference does not validate again, and needs no more.
-    assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    assert_eq!(
+        ft.get_page_and_type(&mut mem, f, PageType::Segment, D1),
+        Ok(())
+    );
     ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
     clean(&ft, &mem, &ext);
     ft.put_page_and_type(&mut mem, f);
@@ -1406,16 +1499,26 @@ fn audit_catches_a_bad_descriptor_in_a_segment_page() {
     world!(ft, mem, mut_ext);
     let mut ext = mut_ext;
     let f = 19;
-    assert_eq!(ft.get_page_and_type(&mut mem, f, PageType::Segment, D1), Ok(()));
+    assert_eq!(
+        ft.get_page_and_type(&mut mem, f, PageType::Segment, D1),
+        Ok(())
+    );
     ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
     clean(&ft, &mem, &ext);
     mem.write(f, 7, 0x00af_9a00_0000_ffff);
     assert!(matches!(
         audit(&ft, &mem, &ext).map_err(|e| e.kind),
-        Err(AuditErrorKind::BadEntry { index: 7, entry: 0x00af_9a00_0000_ffff, .. })
+        Err(AuditErrorKind::BadEntry {
+            index: 7,
+            entry: 0x00af_9a00_0000_ffff,
+            ..
+        })
     ));
     mem.write(f, 7, 0x0000_e900_0000_0067);
-    assert!(matches!(audit(&ft, &mem, &ext).map_err(|e| e.kind), Err(AuditErrorKind::BadEntry { index: 7, .. })));
+    assert!(matches!(
+        audit(&ft, &mem, &ext).map_err(|e| e.kind),
+        Err(AuditErrorKind::BadEntry { index: 7, .. })
+    ));
 }
 
 /// unmap_and_replace's page-table half: the grant entry is replaced by the
@@ -1430,14 +1533,29 @@ fn grant_entry_replaced_by_another_slots_entry() {
     let moved = ent(11, P | W | U);
     assert!(upd(&mut ft, &mut mem, D1, 5, 31, moved).is_ok());
     let before = info(&ft, 11);
-    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g, ma(5, 30)), Err(Errno::EINVAL));
-    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g & !pte::RW, ma(5, 31)), Err(Errno::EINVAL));
-    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 31), moved, ma(5, 30)), Err(Errno::EINVAL));
+    assert_eq!(
+        ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g, ma(5, 30)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g & !pte::RW, ma(5, 31)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.replace_grant_entry(&mut mem, D1, ma(5, 31), moved, ma(5, 30)),
+        Err(Errno::EINVAL)
+    );
     assert_eq!((mem.read(5, 30), mem.read(5, 31)), (g, moved));
-    assert_eq!(ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g, ma(5, 31)), Ok(Flush::NEEDED));
+    assert_eq!(
+        ft.replace_grant_entry(&mut mem, D1, ma(5, 30), g, ma(5, 31)),
+        Ok(Flush::NEEDED)
+    );
     assert_eq!((mem.read(5, 30), mem.read(5, 31)), (moved, 0));
     let after = info(&ft, 11);
-    assert_eq!((after.count(), after.type_count()), (before.count(), before.type_count()));
+    assert_eq!(
+        (after.count(), after.type_count()),
+        (before.count(), before.type_count())
+    );
     ft.put_page_type(&mut mem, 36);
     ft.put_page(36);
     ext.pop();

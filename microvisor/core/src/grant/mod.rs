@@ -71,11 +71,11 @@ pub use table::{
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
     GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE,
-    GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR, GNTST_BAD_DOMAIN,
-    GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE, GNTST_GENERAL_ERROR, GNTST_NO_SPACE,
-    GNTST_PERMISSION_DENIED, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_SUB_PAGE,
-    GTF_TYPE_MASK, GTF_WRITING, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabSetupTable,
-    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
+    GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR,
+    GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE, GNTST_GENERAL_ERROR,
+    GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
+    GTF_SUB_PAGE, GTF_TYPE_MASK, GTF_WRITING, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
+    GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
 };
 use guest_abi::types::DomId;
 
@@ -601,8 +601,14 @@ where
 }
 
 /// Drops `held` halves' worth of what [`map_grant_ref`] took on `mfn`.
-fn unhold<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, req: PinRequest, mfn: u64, held: u32)
-where
+fn unhold<D, M>(
+    world: &mut D,
+    ft: &mut FrameTable<'_>,
+    mem: &mut M,
+    req: PinRequest,
+    mfn: u64,
+    held: u32,
+) where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
 {
@@ -648,7 +654,14 @@ where
     M: TableMemory + GrantMemory + ?Sized,
     F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
-    unmap_common(world, ft, mem, caller, (op.handle, op.host_addr, op.dev_bus_addr), remove)
+    unmap_common(
+        world,
+        ft,
+        mem,
+        caller,
+        (op.handle, op.host_addr, op.dev_bus_addr),
+        remove,
+    )
 }
 
 /// `GNTTABOP_unmap_and_replace` (one element) by `caller`: as
@@ -681,7 +694,9 @@ where
     if op.new_addr == 0 {
         unmap_common(world, ft, mem, caller, what, remove)
     } else {
-        unmap_common(world, ft, mem, caller, what, |ft, mem, m| !m.contains_pte() && replace(ft, mem, m))
+        unmap_common(world, ft, mem, caller, what, |ft, mem, m| {
+            !m.contains_pte() && replace(ft, mem, m)
+        })
     }
 }
 
@@ -715,7 +730,11 @@ where
     }
     let mut flush = Flush::NONE;
     if host_addr != 0 && m.has_host() {
-        let at = if m.contains_pte() { host_addr } else { host_addr & !u64::from(PAGE - 1) };
+        let at = if m.contains_pte() {
+            host_addr
+        } else {
+            host_addr & !u64::from(PAGE - 1)
+        };
         if at != m.host_addr || !take_host(ft, mem, &m) {
             return Err(GNTST_GENERAL_ERROR);
         }
@@ -732,8 +751,14 @@ where
 /// half held: the writable type reference, the general reference and the
 /// pin. A half not mapped (or a free handle) does nothing, so nothing is
 /// ever dropped twice.
-fn release_half<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, dom: u16, handle: u32, half: u32)
-where
+fn release_half<D, M>(
+    world: &mut D,
+    ft: &mut FrameTable<'_>,
+    mem: &mut M,
+    dom: u16,
+    handle: u32,
+    half: u32,
+) where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
 {

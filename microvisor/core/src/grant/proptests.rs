@@ -13,8 +13,8 @@ use std::vec;
 use std::vec::Vec;
 
 use guest_abi::grant_table::{
-    GNTST_BAD_COPY_ARG, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE,
-    GNTST_BAD_DEV_ADDR, GNTST_GENERAL_ERROR, GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_READONLY,
+    GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE,
+    GNTST_BAD_PAGE, GNTST_GENERAL_ERROR, GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_READONLY,
 };
 use proptest::prelude::*;
 
@@ -509,7 +509,9 @@ fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op
         Op::Grow { d, nr } => {
             // The caller hands out each frame once.
             let mut next = (w.t(d).nr_frames() == 1).then(|| table_frame(d, 1));
-            let r = setup_table(w, ft, mem, d, &setup_op(DOMID_SELF, nr), false, || next.take());
+            let r = setup_table(w, ft, mem, d, &setup_op(DOMID_SELF, nr), false, || {
+                next.take()
+            });
             if let Err(s) = r {
                 assert_eq!(s, GNTST_GENERAL_ERROR);
             }

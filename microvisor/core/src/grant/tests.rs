@@ -313,10 +313,19 @@ fn grant_boot_tables_hold_frame_refs() {
     // reference, so the guest cannot give it back while it is a grant
     // table, nor make it a page table or a descriptor page.
     assert_eq!(count(&ft, table_frame(D1, 0)), (2, 1));
-    assert_eq!(ft.info(table_frame(D1, 0)).unwrap().page_type(), PageType::Writable);
+    assert_eq!(
+        ft.info(table_frame(D1, 0)).unwrap().page_type(),
+        PageType::Writable
+    );
     assert_eq!(ft.info(table_frame(D1, 0)).unwrap().hv_writers(), 1);
     assert_eq!(ft.release(table_frame(D1, 0), D1), Err(Errno::EBUSY));
-    for ty in [PageType::L1, PageType::L2, PageType::L3, PageType::L4, PageType::Segment] {
+    for ty in [
+        PageType::L1,
+        PageType::L2,
+        PageType::L3,
+        PageType::L4,
+        PageType::Segment,
+    ] {
         assert_eq!(
             ft.get_page_and_type(&mut mem, table_frame(D1, 0), ty, D1),
             Err(Errno::EINVAL),
@@ -335,18 +344,39 @@ fn grant_boot_tables_hold_frame_refs() {
 fn grant_setup_table_grows_and_reports() {
     world!(ft, mem, w);
     let mut next = Some(table_frame(D1, 1));
-    let got = setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || next.take()).unwrap();
+    let got = setup_table(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D1,
+        &setup_op(D1, 2),
+        false,
+        || next.take(),
+    )
+    .unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D1, 0), table_frame(D1, 1)]);
     assert_eq!(w.t(D1).nr_entries(), 1024);
     // Asking for fewer reports a prefix; the table never shrinks.
-    let got = setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(DOMID_SELF, 1), false, || {
-        None
-    })
+    let got = setup_table(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D1,
+        &setup_op(DOMID_SELF, 1),
+        false,
+        || None,
+    )
     .unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D1, 0)]);
-    let got = setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(DOMID_SELF, 0), false, || {
-        None
-    })
+    let got = setup_table(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D1,
+        &setup_op(DOMID_SELF, 0),
+        false,
+        || None,
+    )
     .unwrap();
     assert!(got.as_slice().is_empty());
     assert_eq!(w.t(D1).nr_frames(), 2);
@@ -368,7 +398,15 @@ fn grant_setup_table_errors() {
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(9, 1), true, &mut never),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D1,
+            &setup_op(9, 1),
+            true,
+            &mut never
+        ),
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
@@ -384,38 +422,85 @@ fn grant_setup_table_errors() {
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D2, 1), false, &mut never),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D1,
+            &setup_op(D2, 1),
+            false,
+            &mut never
+        ),
         Err(GNTST_PERMISSION_DENIED)
     );
     // Privileged: another domain's table.
-    let got = setup_table(&mut w, &mut ft, &mut mem, D0, &setup_op(D2, 1), true, &mut never).unwrap();
+    let got = setup_table(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D0,
+        &setup_op(D2, 1),
+        true,
+        &mut never,
+    )
+    .unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D2, 0)]);
     // Allocation failure: general error, nothing added.
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || None),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D1,
+            &setup_op(D1, 2),
+            false,
+            || None
+        ),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // A frame the domain does not own is refused and not recorded.
     let mut foreign = Some(data(D2, 0));
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || foreign
-            .take()),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D1,
+            &setup_op(D1, 2),
+            false,
+            || foreign.take()
+        ),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // So is a frame the table already has.
     let mut again = Some(table_frame(D1, 0));
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 2), false, || again
-            .take()),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D1,
+            &setup_op(D1, 2),
+            false,
+            || again.take()
+        ),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // Partial growth is kept: frame 1 arrives, frame 2 does not.
     let mut one = Some(table_frame(D1, 1));
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &setup_op(D1, 3), false, || one.take()),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D1,
+            &setup_op(D1, 3),
+            false,
+            || one.take()
+        ),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).frames(), &[table_frame(D1, 0), table_frame(D1, 1)]);
@@ -1596,9 +1681,15 @@ fn grant_mapper_death_releases_its_mappings() {
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D2, &setup_op(DOMID_SELF, 1), false, || {
-            None
-        }),
+        setup_table(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D2,
+            &setup_op(DOMID_SELF, 1),
+            false,
+            || { None }
+        ),
         Err(GNTST_GENERAL_ERROR)
     );
 }
@@ -1761,22 +1852,50 @@ fn grant_device_and_host_halves() {
     assert_eq!(count(&ft, frame), (base.0 + 2, base.1 + 2));
     audit(&ft, &mem, &w);
     // A wrong bus address: refused, nothing changes.
-    let wrong = GnttabUnmapGrantRef { dev_bus_addr: (frame + 1) << 12, ..unmap_op(m.handle, 0) };
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &wrong, remove), Err(GNTST_BAD_DEV_ADDR));
+    let wrong = GnttabUnmapGrantRef {
+        dev_bus_addr: (frame + 1) << 12,
+        ..unmap_op(m.handle, 0)
+    };
+    assert_eq!(
+        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &wrong, remove),
+        Err(GNTST_BAD_DEV_ADDR)
+    );
     assert_eq!(count(&ft, frame), (base.0 + 2, base.1 + 2));
     // The device half alone: the host entry stays, no flush owed.
-    let dev = GnttabUnmapGrantRef { dev_bus_addr: frame << 12, ..unmap_op(m.handle, 0) };
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove), Ok(Flush::NONE));
+    let dev = GnttabUnmapGrantRef {
+        dev_bus_addr: frame << 12,
+        ..unmap_op(m.handle, 0)
+    };
+    assert_eq!(
+        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove),
+        Ok(Flush::NONE)
+    );
     assert_eq!(w.t(D2).mapping(m.handle).map(|m| m.halves()), Some(1));
     assert!(mem.ptes.contains_key(&VA));
     assert_eq!(count(&ft, frame), (base.0 + 1, base.1 + 1));
-    assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT | GTF_READING | GTF_WRITING);
+    assert_eq!(
+        flags_of(&mem, &w, D1, 8),
+        PERMIT | GTF_READING | GTF_WRITING
+    );
     audit(&ft, &mem, &w);
     // Again: the device half is gone, so nothing more (and still Ok).
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove), Ok(Flush::NONE));
+    assert_eq!(
+        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove),
+        Ok(Flush::NONE)
+    );
     assert_eq!(count(&ft, frame), (base.0 + 1, base.1 + 1));
     // The host half, named by any address in its page: the handle goes.
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &unmap_op(m.handle, VA + 0x10), remove), Ok(Flush::NEEDED));
+    assert_eq!(
+        unmap_grant_ref(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D2,
+            &unmap_op(m.handle, VA + 0x10),
+            remove
+        ),
+        Ok(Flush::NEEDED)
+    );
     assert!(w.t(D2).mapping(m.handle).is_none());
     assert_eq!(count(&ft, frame), base);
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -1784,23 +1903,52 @@ fn grant_device_and_host_halves() {
 
     // Device only, read-only: no entry installed, no type reference.
     let op = map_op(D1, 8, GNTMAP_DEVICE_MAP | RO, 0);
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, |_, _, _| panic!("no host half to install")).unwrap();
+    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, |_, _, _| {
+        panic!("no host half to install")
+    })
+    .unwrap();
     assert_eq!((m.halves(), m.has_host()), (1, false));
     assert_eq!(count(&ft, frame), (base.0 + 1, base.1));
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT | GTF_READING);
     audit(&ft, &mem, &w);
     // A host address for a mapping with no host half removes nothing.
-    let both = GnttabUnmapGrantRef { dev_bus_addr: frame << 12, ..unmap_op(m.handle, VA) };
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &both, |_, _, _| panic!("no host half")), Ok(Flush::NONE));
+    let both = GnttabUnmapGrantRef {
+        dev_bus_addr: frame << 12,
+        ..unmap_op(m.handle, VA)
+    };
+    assert_eq!(
+        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &both, |_, _, _| panic!(
+            "no host half"
+        )),
+        Ok(Flush::NONE)
+    );
     assert!(w.t(D2).mapping(m.handle).is_none());
     assert_eq!(count(&ft, frame), base);
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
 
     // A virtual address off a page boundary maps that page (Xen).
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &map_op(D1, 8, HOST | RO, VA + 8), install).unwrap();
+    let m = map_grant_ref(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D2,
+        &map_op(D1, 8, HOST | RO, VA + 8),
+        install,
+    )
+    .unwrap();
     assert_eq!(m.host_addr, VA);
     assert!(mem.ptes.contains_key(&VA));
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &unmap_op(m.handle, VA), remove), Ok(Flush::NEEDED));
+    assert_eq!(
+        unmap_grant_ref(
+            &mut w,
+            &mut ft,
+            &mut mem,
+            D2,
+            &unmap_op(m.handle, VA),
+            remove
+        ),
+        Ok(Flush::NEEDED)
+    );
     audit(&ft, &mem, &w);
 }
 
@@ -1811,7 +1959,15 @@ fn grant_dying_mapper_releases_both_halves() {
     let frame = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, frame);
     let base = count(&ft, frame);
-    map_grant_ref(&mut w, &mut ft, &mut mem, D2, &map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA), install).unwrap();
+    map_grant_ref(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D2,
+        &map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA),
+        install,
+    )
+    .unwrap();
     assert_eq!(release_domain(&mut w, &mut ft, &mut mem, D2), 0);
     assert_eq!(count(&ft, frame), base);
     assert_eq!(w.t(D1).pins(8).unwrap().writable, 0);
@@ -1830,32 +1986,101 @@ fn grant_unmap_and_replace() {
     let frame = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, frame);
     let base = count(&ft, frame);
-    let replace = |_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping| mem.ptes.remove(&m.host_addr).is_some();
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA), install).unwrap();
-    let op = GnttabUnmapAndReplace { host_addr: VA, new_addr: VA + 0x1000, handle: m.handle, ..Default::default() };
+    let replace = |_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping| {
+        mem.ptes.remove(&m.host_addr).is_some()
+    };
+    let m = map_grant_ref(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D2,
+        &map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA),
+        install,
+    )
+    .unwrap();
+    let op = GnttabUnmapAndReplace {
+        host_addr: VA,
+        new_addr: VA + 0x1000,
+        handle: m.handle,
+        ..Default::default()
+    };
     let refuse = |_: &mut FrameTable<'_>, _: &mut Mem, _: &Mapping| false;
-    assert_eq!(unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse), Err(GNTST_GENERAL_ERROR));
+    assert_eq!(
+        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse),
+        Err(GNTST_GENERAL_ERROR)
+    );
     assert_eq!(count(&ft, frame), (base.0 + 2, base.1 + 2));
-    assert_eq!(unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace), Ok(Flush::NEEDED));
+    assert_eq!(
+        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        Ok(Flush::NEEDED)
+    );
     assert!(!mem.ptes.contains_key(&VA));
-    assert_eq!(w.t(D2).mapping(m.handle).map(|m| m.has_device()), Some(true));
+    assert_eq!(
+        w.t(D2).mapping(m.handle).map(|m| m.has_device()),
+        Some(true)
+    );
     assert_eq!(count(&ft, frame), (base.0 + 1, base.1 + 1));
-    assert_eq!(unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace), Ok(Flush::NONE), "no host half left");
-    let dev = GnttabUnmapGrantRef { dev_bus_addr: frame << 12, ..unmap_op(m.handle, 0) };
-    assert_eq!(unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove), Ok(Flush::NONE));
-    assert_eq!(unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace), Err(GNTST_BAD_HANDLE));
+    assert_eq!(
+        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        Ok(Flush::NONE),
+        "no host half left"
+    );
+    let dev = GnttabUnmapGrantRef {
+        dev_bus_addr: frame << 12,
+        ..unmap_op(m.handle, 0)
+    };
+    assert_eq!(
+        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove),
+        Ok(Flush::NONE)
+    );
+    assert_eq!(
+        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        Err(GNTST_BAD_HANDLE)
+    );
     assert_eq!(count(&ft, frame), base);
     audit(&ft, &mem, &w);
     // new_addr 0: a plain removal.
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &map_op(D1, 8, HOST | RO, VA), install).unwrap();
-    let op = GnttabUnmapAndReplace { host_addr: VA, new_addr: 0, handle: m.handle, ..Default::default() };
-    assert_eq!(unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse), Ok(Flush::NEEDED));
+    let m = map_grant_ref(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D2,
+        &map_op(D1, 8, HOST | RO, VA),
+        install,
+    )
+    .unwrap();
+    let op = GnttabUnmapAndReplace {
+        host_addr: VA,
+        new_addr: 0,
+        handle: m.handle,
+        ..Default::default()
+    };
+    assert_eq!(
+        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse),
+        Ok(Flush::NEEDED)
+    );
     assert!(w.t(D2).mapping(m.handle).is_none());
     assert_eq!(count(&ft, frame), base);
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
     // contains_pte: never replaced.
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &map_op(D1, 8, HOST | PTE | RO, VA + 8), install).unwrap();
-    let op = GnttabUnmapAndReplace { host_addr: VA + 8, new_addr: VA + 0x1000, handle: m.handle, ..Default::default() };
-    assert_eq!(unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace), Err(GNTST_GENERAL_ERROR));
+    let m = map_grant_ref(
+        &mut w,
+        &mut ft,
+        &mut mem,
+        D2,
+        &map_op(D1, 8, HOST | PTE | RO, VA + 8),
+        install,
+    )
+    .unwrap();
+    let op = GnttabUnmapAndReplace {
+        host_addr: VA + 8,
+        new_addr: VA + 0x1000,
+        handle: m.handle,
+        ..Default::default()
+    };
+    assert_eq!(
+        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        Err(GNTST_GENERAL_ERROR)
+    );
     audit(&ft, &mem, &w);
 }

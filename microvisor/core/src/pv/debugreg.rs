@@ -103,7 +103,12 @@ impl Default for DebugRegs {
 impl DebugRegs {
     /// A new vCPU's: no breakpoints, DR6 and DR7 at their defaults.
     pub const fn new() -> Self {
-        Self { addr: [0; 4], dr6: DR6_DEFAULT, dr7: DR7_DEFAULT, dr7_io: 0 }
+        Self {
+            addr: [0; 4],
+            dr6: DR6_DEFAULT,
+            dr7: DR7_DEFAULT,
+            dr7_io: 0,
+        }
     }
 
     /// Whether the CPU must run this vCPU with its DR7 (some breakpoint

@@ -5,7 +5,13 @@ use proptest::prelude::*;
 const KCS: u16 = FLAT_KERNEL_CS64;
 
 fn ti(vector: u8, flags: u8, cs: u16, address: u64) -> TrapInfo {
-    TrapInfo { vector, flags, cs, _pad: [0; 4], address }
+    TrapInfo {
+        vector,
+        flags,
+        cs,
+        _pad: [0; 4],
+        address,
+    }
 }
 
 #[test]
@@ -32,21 +38,55 @@ fn selectors() {
 #[test]
 fn trap_table_entries() {
     assert_eq!(trap_table_entry(&ti(3, 3, 0, 0)), Ok(TrapTableEntry::End));
-    assert_eq!(trap_table_entry(&ti(14, 4, KCS, 0x40_1000)), Ok(TrapTableEntry::Set { vector: 14, address: 0x40_1000, flags: 4 }));
-    assert_eq!(trap_table_entry(&ti(14, 0, 0xe030, 0xffff_8800_0000_0000)), Ok(TrapTableEntry::Set { vector: 14, address: 0xffff_8800_0000_0000, flags: 0 }));
+    assert_eq!(
+        trap_table_entry(&ti(14, 4, KCS, 0x40_1000)),
+        Ok(TrapTableEntry::Set {
+            vector: 14,
+            address: 0x40_1000,
+            flags: 4
+        })
+    );
+    assert_eq!(
+        trap_table_entry(&ti(14, 0, 0xe030, 0xffff_8800_0000_0000)),
+        Ok(TrapTableEntry::Set {
+            vector: 14,
+            address: 0xffff_8800_0000_0000,
+            flags: 0
+        })
+    );
     // A hypervisor or non-canonical handler, or another selector.
-    assert_eq!(trap_table_entry(&ti(3, 3, KCS, 0x8000_0000_0000_0000)), Err(Errno::EPERM));
-    assert_eq!(trap_table_entry(&ti(3, 3, KCS, 0xffff_8280_0010_0000)), Err(Errno::EPERM));
-    assert_eq!(trap_table_entry(&ti(3, 3, 0xe008, 0x40_1000)), Err(Errno::EPERM));
+    assert_eq!(
+        trap_table_entry(&ti(3, 3, KCS, 0x8000_0000_0000_0000)),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(
+        trap_table_entry(&ti(3, 3, KCS, 0xffff_8280_0010_0000)),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(
+        trap_table_entry(&ti(3, 3, 0xe008, 0x40_1000)),
+        Err(Errno::EPERM)
+    );
     assert!(trap_masks_events(4) && !trap_masks_events(3));
 }
 
 #[test]
 fn callbacks() {
     assert_eq!(callback_slot(CALLBACKTYPE_EVENT), Ok(CallbackSlot::Event));
-    assert_eq!(callback_slot(CALLBACKTYPE_FAILSAFE), Ok(CallbackSlot::Failsafe));
-    assert_eq!(callback_slot(CALLBACKTYPE_SYSCALL), Ok(CallbackSlot::Syscall));
-    for t in [CALLBACKTYPE_SYSENTER_DEPRECATED, CALLBACKTYPE_NMI, CALLBACKTYPE_SYSENTER, CALLBACKTYPE_SYSCALL32] {
+    assert_eq!(
+        callback_slot(CALLBACKTYPE_FAILSAFE),
+        Ok(CallbackSlot::Failsafe)
+    );
+    assert_eq!(
+        callback_slot(CALLBACKTYPE_SYSCALL),
+        Ok(CallbackSlot::Syscall)
+    );
+    for t in [
+        CALLBACKTYPE_SYSENTER_DEPRECATED,
+        CALLBACKTYPE_NMI,
+        CALLBACKTYPE_SYSENTER,
+        CALLBACKTYPE_SYSCALL32,
+    ] {
         assert_eq!(callback_slot(t), Ok(CallbackSlot::Ignored));
     }
     assert_eq!(callback_slot(6), Err(Errno::EINVAL));
@@ -64,13 +104,27 @@ fn descriptors() {
     assert!(descriptor_ok(0x00cf_f200_0000_ffff));
     assert!(descriptor_ok(0x00af_fa00_0000_ffff));
     // DPL 0 code and DPL 1 data: accepted with DPL 3 (Xen), so not as is.
-    assert_eq!(check_descriptor(0x00af_9a00_0000_ffff), Some(0x00af_fa00_0000_ffff));
-    assert_eq!(check_descriptor(0x00cf_b200_0000_ffff), Some(0x00cf_f200_0000_ffff));
+    assert_eq!(
+        check_descriptor(0x00af_9a00_0000_ffff),
+        Some(0x00af_fa00_0000_ffff)
+    );
+    assert_eq!(
+        check_descriptor(0x00cf_b200_0000_ffff),
+        Some(0x00cf_f200_0000_ffff)
+    );
     assert!(!descriptor_ok(0x00af_9a00_0000_ffff));
     // The invalid system type 0, present (a gate's second half): kept.
-    assert_eq!(check_descriptor(0x0000_8000_0000_1234), Some(0x0000_8000_0000_1234));
+    assert_eq!(
+        check_descriptor(0x0000_8000_0000_1234),
+        Some(0x0000_8000_0000_1234)
+    );
     // A DPL-3 call gate, a DPL-3 TSS, an LDT descriptor, an interrupt gate.
-    for d in [0x0000_ec00_0000_0000u64, 0x0000_e900_0000_0067, 0x0000_e200_0000_0fff, 0x0000_ee00_0000_0000] {
+    for d in [
+        0x0000_ec00_0000_0000u64,
+        0x0000_e900_0000_0067,
+        0x0000_e200_0000_0fff,
+        0x0000_ee00_0000_0000,
+    ] {
         assert_eq!(check_descriptor(d), None, "{d:#x}");
         assert!(!descriptor_ok(d));
     }
@@ -84,30 +138,78 @@ fn descriptors() {
 }
 
 fn ctx(rip: u64, cs: u64, rflags: u64, flags: u64) -> IretContext {
-    IretContext { rax: 1, r11: 2, rcx: 3, flags, rip, cs, rflags, rsp: 0x1000, ss: 0xe02b }
+    IretContext {
+        rax: 1,
+        r11: 2,
+        rcx: 3,
+        flags,
+        rip,
+        cs,
+        rflags,
+        rsp: 0x1000,
+        ss: 0xe02b,
+    }
 }
 
 #[test]
 fn iret_contexts() {
     let t = check_iret(&ctx(0x40_0000, 0xe030, 0x246, 0), false, false).unwrap();
-    assert_eq!(t, IretTarget { to_user: false, mask_events: false, rflags: 0x246, rcx: 3, r11: 2 });
+    assert_eq!(
+        t,
+        IretTarget {
+            to_user: false,
+            mask_events: false,
+            rflags: 0x246,
+            rcx: 3,
+            r11: 2
+        }
+    );
     // IF clear masks events; IOPL and VM cannot be set; IF is always on.
     let t = check_iret(&ctx(0x40_0000, 0xe033, 0x2_3000, 0), false, true).unwrap();
-    assert_eq!(t, IretTarget { to_user: true, mask_events: true, rflags: 0x202, rcx: 3, r11: 2 });
+    assert_eq!(
+        t,
+        IretTarget {
+            to_user: true,
+            mask_events: true,
+            rflags: 0x202,
+            rcx: 3,
+            r11: 2
+        }
+    );
     // VGCF_in_syscall: rcx = rip, r11 = rflags.
     let t = check_iret(&ctx(0x40_0000, 0xe033, 0x246, VGCF_IN_SYSCALL), false, true).unwrap();
     assert_eq!((t.rcx, t.r11), (0x40_0000, 0x246));
-    assert_eq!(check_iret(&ctx(0x8000_0000_0000_0000, 0xe033, 0, 0), false, true), Err(IretRefusal::Rip(0x8000_0000_0000_0000)));
-    assert_eq!(check_iret(&ctx(0xffff_8000_0000_1000, 0xe033, 0, 0), false, true), Err(IretRefusal::Rip(0xffff_8000_0000_1000)));
-    assert_eq!(check_iret(&ctx(0x1000, 0xe008, 0, 0), false, true), Err(IretRefusal::Cs(0xe008)));
-    assert_eq!(check_iret(&ctx(0x1000, 0xe033, 0, 0), true, true), Err(IretRefusal::FromUserMode));
-    assert_eq!(check_iret(&ctx(0x1000, 0xe033, 0, 0), false, false), Err(IretRefusal::NoUserPageTable));
-    assert_eq!(std::format!("{}", IretRefusal::Cs(0x10)), "iret to an invalid code selector 0x10");
+    assert_eq!(
+        check_iret(&ctx(0x8000_0000_0000_0000, 0xe033, 0, 0), false, true),
+        Err(IretRefusal::Rip(0x8000_0000_0000_0000))
+    );
+    assert_eq!(
+        check_iret(&ctx(0xffff_8000_0000_1000, 0xe033, 0, 0), false, true),
+        Err(IretRefusal::Rip(0xffff_8000_0000_1000))
+    );
+    assert_eq!(
+        check_iret(&ctx(0x1000, 0xe008, 0, 0), false, true),
+        Err(IretRefusal::Cs(0xe008))
+    );
+    assert_eq!(
+        check_iret(&ctx(0x1000, 0xe033, 0, 0), true, true),
+        Err(IretRefusal::FromUserMode)
+    );
+    assert_eq!(
+        check_iret(&ctx(0x1000, 0xe033, 0, 0), false, false),
+        Err(IretRefusal::NoUserPageTable)
+    );
+    assert_eq!(
+        std::format!("{}", IretRefusal::Cs(0x10)),
+        "iret to an invalid code selector 0x10"
+    );
 }
 
 #[test]
 fn reserved_ports() {
-    for p in [0x20u16, 0x21, 0x40, 0x43, 0x70, 0x71, 0xa0, 0xa1, 0xf4, 0xf7, 0x3f8, 0x3fd, 0x3ff] {
+    for p in [
+        0x20u16, 0x21, 0x40, 0x43, 0x70, 0x71, 0xa0, 0xa1, 0xf4, 0xf7, 0x3f8, 0x3fd, 0x3ff,
+    ] {
         assert!(port_reserved(p, 1), "{p:#x}");
     }
     for p in [0x22u16, 0x60, 0x80, 0x3f7, 0x400, 0xcf8, 0xffff] {
@@ -121,18 +223,36 @@ fn reserved_ports() {
 #[test]
 fn msrs() {
     assert_eq!(rdmsr(msr::FS_BASE), Some(MsrRead::Base(SegmentBase::Fs)));
-    assert_eq!(rdmsr(msr::GS_BASE), Some(MsrRead::Base(SegmentBase::GsKernel)));
-    assert_eq!(rdmsr(msr::KERNEL_GS_BASE), Some(MsrRead::Base(SegmentBase::GsUser)));
+    assert_eq!(
+        rdmsr(msr::GS_BASE),
+        Some(MsrRead::Base(SegmentBase::GsKernel))
+    );
+    assert_eq!(
+        rdmsr(msr::KERNEL_GS_BASE),
+        Some(MsrRead::Base(SegmentBase::GsUser))
+    );
     assert_eq!(rdmsr(msr::EFER), Some(MsrRead::Value(0xd01)));
     assert_eq!(rdmsr(msr::TSC), Some(MsrRead::Tsc));
     assert_eq!(rdmsr(msr::PAT), Some(MsrRead::Value(0x0007_0406_0007_0406)));
     assert_eq!(rdmsr(msr::PLATFORM_INFO), Some(MsrRead::Value(0)));
     assert_eq!(rdmsr(msr::MISC_FEATURES_ENABLES), Some(MsrRead::Value(0)));
-    assert_eq!(rdmsr(msr::MISC_ENABLE), Some(MsrRead::Value(GUEST_MISC_ENABLE)));
+    assert_eq!(
+        rdmsr(msr::MISC_ENABLE),
+        Some(MsrRead::Value(GUEST_MISC_ENABLE))
+    );
     assert_eq!(rdmsr(0x1b), None); // APIC base
-    assert_eq!(wrmsr(msr::FS_BASE, 5), Some(MsrWrite::Base(SegmentBase::Fs)));
-    assert_eq!(wrmsr(msr::GS_BASE, 5), Some(MsrWrite::Base(SegmentBase::GsKernel)));
-    assert_eq!(wrmsr(msr::KERNEL_GS_BASE, 5), Some(MsrWrite::Base(SegmentBase::GsUser)));
+    assert_eq!(
+        wrmsr(msr::FS_BASE, 5),
+        Some(MsrWrite::Base(SegmentBase::Fs))
+    );
+    assert_eq!(
+        wrmsr(msr::GS_BASE, 5),
+        Some(MsrWrite::Base(SegmentBase::GsKernel))
+    );
+    assert_eq!(
+        wrmsr(msr::KERNEL_GS_BASE, 5),
+        Some(MsrWrite::Base(SegmentBase::GsUser))
+    );
     assert_eq!(wrmsr(msr::EFER, GUEST_EFER), Some(MsrWrite::Ignore));
     assert_eq!(wrmsr(msr::EFER, GUEST_EFER & !0x800), None);
     assert_eq!(wrmsr(msr::MISC_FEATURES_ENABLES, 0), Some(MsrWrite::Ignore));

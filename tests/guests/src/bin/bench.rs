@@ -73,7 +73,7 @@ use guest_abi::errno::Errno;
 use guest_abi::hypercall;
 use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
 use guest_abi::types::{DomId, Port, VcpuId};
-use pv_guest_kernel::{events, println, time, StartInfo};
+use pv_guest_kernel::{StartInfo, events, println, time};
 
 const ITERS: u64 = 4096;
 
@@ -118,7 +118,10 @@ fn measure_pair(iters: u64, overhead: u64, mut a: impl FnMut(), mut b: impl FnMu
             tb += t2 - t1;
         }
     }
-    ((ta / iters).saturating_sub(overhead), (tb / iters).saturating_sub(overhead))
+    (
+        (ta / iters).saturating_sub(overhead),
+        (tb / iters).saturating_sub(overhead),
+    )
 }
 
 /// What `measure_pair` counts for an empty call.
@@ -142,7 +145,9 @@ fn empty_loop() -> u64 {
 /// back with sysret and -ENOSYS. It is the baseline for a ring transition.
 fn bare_syscall() {
     // SAFETY: a hypercall with no arguments and no memory effects.
-    unsafe { asm!("syscall", inout("rax") u64::MAX => _, out("rcx") _, out("r11") _, options(nostack)) }
+    unsafe {
+        asm!("syscall", inout("rax") u64::MAX => _, out("rcx") _, out("r11") _, options(nostack))
+    }
 }
 
 fn page_xen_version() {
@@ -156,12 +161,18 @@ fn page_xen_version() {
 
 fn row(name: &str, ns: u64, base: u64) {
     let ratio_x100 = ns * 100 / base.max(1);
-    println!("BENCH|{name}|{ns}|{base}|{}.{:02}", ratio_x100 / 100, ratio_x100 % 100);
+    println!(
+        "BENCH|{name}|{ns}|{base}|{}.{:02}",
+        ratio_x100 / 100,
+        ratio_x100 % 100
+    );
 }
 
 fn main(si: &'static StartInfo) {
     let peer = scenario_guests::arg(si, "peer").and_then(|v| v.parse::<u16>().ok());
-    let blocked = scenario_guests::arg(si, "blocked").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let blocked = scenario_guests::arg(si, "blocked")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let rows = scenario_guests::arg(si, "rows").unwrap_or("all");
     let events_ok = match events::init() {
         Ok(()) => true,
@@ -185,12 +196,20 @@ fn main(si: &'static StartInfo) {
         _ => None,
     };
     let others = blocked + u64::from(peer.is_some());
-    let ctx = if others == 0 { String::new() } else { format!(", {others} other domains blocked") };
+    let ctx = if others == 0 {
+        String::new()
+    } else {
+        format!(", {others} other domains blocked")
+    };
     if rows != "multi" {
         single_rows(si, events_ok, &ctx);
     }
     let sp = spin(SPIN_NS);
-    let what = if others == 0 { String::from("alone") } else { format!("with {others} blocked domains") };
+    let what = if others == 0 {
+        String::from("alone")
+    } else {
+        format!("with {others} blocked domains")
+    };
     let share_x10000 = (sp.elapsed - sp.stolen) * 10_000 / sp.elapsed.max(1);
     println!(
         "BENCH|CPU-bound loop {what}: ns of 100 ms it keeps|{}|{}|{}.{:02}%",
@@ -216,11 +235,19 @@ fn single_rows(si: &'static StartInfo, events_ok: bool, ctx: &str) {
     row("null hypercall xen_version(0), raw syscall", raw, base);
     row("null hypercall xen_version(0), hypercall page", page, base);
 
-    match if events_ok { masked_loopback_port() } else { Err("shared info is not mapped") } {
-        Ok(port) => row("event_channel_op send, masked loopback port", measure(|| {
-            let _ = hypercall::evtchn_send(Port(port));
-        })
-        .saturating_sub(empty), base),
+    match if events_ok {
+        masked_loopback_port()
+    } else {
+        Err("shared info is not mapped")
+    } {
+        Ok(port) => row(
+            "event_channel_op send, masked loopback port",
+            measure(|| {
+                let _ = hypercall::evtchn_send(Port(port));
+            })
+            .saturating_sub(empty),
+            base,
+        ),
         Err(e) => println!("bench: no masked loopback port: {e}"),
     }
     let y = measure(|| {
@@ -303,7 +330,11 @@ fn spin(span: u64) -> Spin {
         }
     }
     let fastest = if fastest == u64::MAX { 0 } else { fastest };
-    Spin { elapsed: prev - start, stolen: gap_sum.saturating_sub(gaps * fastest), gaps }
+    Spin {
+        elapsed: prev - start,
+        stolen: gap_sum.saturating_sub(gaps * fastest),
+        gaps,
+    }
 }
 
 /// What the hypervisor's own interruptions (its 1 ms tick here; Xen's are
@@ -329,7 +360,8 @@ fn timer_rows(ctx: &str) {
         println!("bench: periodic timer: {r:?}, {fired} events: periodic-timer row skipped");
         return;
     }
-    let background = (alone.stolen as u128 * with.elapsed as u128 / alone.elapsed.max(1) as u128) as u64;
+    let background =
+        (alone.stolen as u128 * with.elapsed as u128 / alone.elapsed.max(1) as u128) as u64;
     let extra = with.stolen.saturating_sub(background) / fired;
     println!("BENCH|timer interrupt: 1 ms guest periodic timer, extra per event{ctx}|{extra}");
     println!(
@@ -403,14 +435,19 @@ fn multi_rows(port: u32) {
         let _ = hypercall::sched_yield();
     });
     println!("BENCH|sched_op yield round trip between two domains|{y2}");
-    println!("BENCH|domain switch (half that round trip: one yield + one switch)|{}", y2 / 2);
+    println!(
+        "BENCH|domain switch (half that round trip: one yield + one switch)|{}",
+        y2 / 2
+    );
 }
 
 /// An IPI port (loopback: a send notifies the sender), masked in shared
 /// info and already pending, so every timed send takes the full hypercall
 /// path and changes nothing.
 fn masked_loopback_port() -> Result<u32, &'static str> {
-    let port = hypercall::evtchn_bind_ipi(VcpuId(0)).map_err(|_| "bind_ipi failed")?.0;
+    let port = hypercall::evtchn_bind_ipi(VcpuId(0))
+        .map_err(|_| "bind_ipi failed")?
+        .0;
     events::mask(port);
     hypercall::evtchn_send(Port(port)).map_err(|_| "send failed")?;
     if !events::is_pending(port) {
@@ -490,7 +527,9 @@ impl Scratch {
             let page = va + i * 4096;
             // Linked at 1 MiB with no VIRT_BASE: virtual = pseudo-physical.
             // SAFETY: mfn_list holds nr_pages entries; page is in the image.
-            let mfn = unsafe { core::ptr::read_volatile((si.mfn_list as *const u64).add((page >> 12) as usize)) };
+            let mfn = unsafe {
+                core::ptr::read_volatile((si.mfn_list as *const u64).add((page >> 12) as usize))
+            };
             let pte_ma = l1_entry_ma(page)?;
             // The walk must land on the entry that maps this very frame.
             let pte = table_entry(pte_ma >> 12, (pte_ma & 0xfff) / 8)?;
@@ -502,16 +541,25 @@ impl Scratch {
         }
         let sc = Self { va, map, unmap };
         let checks = [
-            ("mmu_update unmapping one scratch page", sc.update(&sc.unmap[..1])),
+            (
+                "mmu_update unmapping one scratch page",
+                sc.update(&sc.unmap[..1]),
+            ),
             ("mmu_update mapping it back", sc.update(&sc.map[..1])),
-            ("mmu_update unmapping 512 scratch pages", sc.update(&sc.unmap)),
+            (
+                "mmu_update unmapping 512 scratch pages",
+                sc.update(&sc.unmap),
+            ),
             ("mmu_update mapping them back", sc.update(&sc.map)),
             ("update_va_mapping unmapping a scratch page", sc.uvm(0)),
             ("update_va_mapping mapping it back", sc.uvm(sc.map[0].val)),
         ];
         for (what, r) in checks {
             if let Err(e) = r {
-                println!("bench: {what} (L1 entry at machine address {:#x}): {e:?}", sc.map[0].ptr);
+                println!(
+                    "bench: {what} (L1 entry at machine address {:#x}): {e:?}",
+                    sc.map[0].ptr
+                );
                 return Err("a page-table update was refused");
             }
         }
@@ -532,43 +580,74 @@ impl Scratch {
 
     fn bench(&self, base: u64) {
         let ov = pair_overhead();
-        let (map, unmap) = measure_pair(ITERS, ov, || {
-            let _ = self.update(&self.map[..1]);
-        }, || {
-            let _ = self.update(&self.unmap[..1]);
-        });
+        let (map, unmap) = measure_pair(
+            ITERS,
+            ov,
+            || {
+                let _ = self.update(&self.map[..1]);
+            },
+            || {
+                let _ = self.update(&self.unmap[..1]);
+            },
+        );
         row("mmu_update, one L1 entry per call", (map + unmap) / 2, base);
         row("mmu_update, one L1 entry per call: map", map, base);
         row("mmu_update, one L1 entry per call: unmap", unmap, base);
 
         for n in [8usize, 64] {
-            let (map, unmap) = measure_pair(64, ov, || {
-                let _ = self.update(&self.map[..n]);
-            }, || {
-                let _ = self.update(&self.unmap[..n]);
-            });
+            let (map, unmap) = measure_pair(
+                64,
+                ov,
+                || {
+                    let _ = self.update(&self.map[..n]);
+                },
+                || {
+                    let _ = self.update(&self.unmap[..n]);
+                },
+            );
             let mut name: heapless::String<64> = heapless::String::new();
-            let _ = core::fmt::Write::write_fmt(&mut name, format_args!("mmu_update, per entry in a {n}-entry batch"));
+            let _ = core::fmt::Write::write_fmt(
+                &mut name,
+                format_args!("mmu_update, per entry in a {n}-entry batch"),
+            );
             row(&name, (map + unmap) / 2 / n as u64, base);
         }
 
-        let (map, unmap) = measure_pair(64, ov, || {
-            let _ = self.update(&self.map);
-        }, || {
-            let _ = self.update(&self.unmap);
-        });
+        let (map, unmap) = measure_pair(
+            64,
+            ov,
+            || {
+                let _ = self.update(&self.map);
+            },
+            || {
+                let _ = self.update(&self.unmap);
+            },
+        );
         let (map, unmap) = (map / BATCH as u64, unmap / BATCH as u64);
-        row("mmu_update, per entry in a 512-entry batch", (map + unmap) / 2, base);
+        row(
+            "mmu_update, per entry in a 512-entry batch",
+            (map + unmap) / 2,
+            base,
+        );
         row("mmu_update, 512-entry batch, per entry: map", map, base);
         row("mmu_update, 512-entry batch, per entry: unmap", unmap, base);
 
         let pte = self.map[0].val;
-        let (map, unmap) = measure_pair(ITERS, ov, || {
-            let _ = self.uvm(pte);
-        }, || {
-            let _ = self.uvm(0);
-        });
-        row("update_va_mapping with UVMF_INVLPG", (map + unmap) / 2, base);
+        let (map, unmap) = measure_pair(
+            ITERS,
+            ov,
+            || {
+                let _ = self.uvm(pte);
+            },
+            || {
+                let _ = self.uvm(0);
+            },
+        );
+        row(
+            "update_va_mapping with UVMF_INVLPG",
+            (map + unmap) / 2,
+            base,
+        );
         row("update_va_mapping with UVMF_INVLPG: map", map, base);
         row("update_va_mapping with UVMF_INVLPG: unmap", unmap, base);
         // Leave every scratch page mapped, as the image was loaded.

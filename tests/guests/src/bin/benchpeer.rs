@@ -17,7 +17,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use pv_guest_kernel::{events, println, StartInfo};
+use pv_guest_kernel::{StartInfo, events, println};
 use scenario_guests::arg;
 
 /// Events seen by the upcall handler on the channel.
@@ -35,14 +35,18 @@ fn block_forever() -> ! {
 
 fn pong(si: &StartInfo) -> Result<(), &'static str> {
     let num = |k: &str, d: u64| arg(si, k).map_or(Some(d), |v| v.parse::<u64>().ok());
-    let peer = arg(si, "peer").and_then(|v| v.parse::<u16>().ok()).ok_or("want peer=N")?;
+    let peer = arg(si, "peer")
+        .and_then(|v| v.parse::<u16>().ok())
+        .ok_or("want peer=N")?;
     let (Some(rounds), Some(yields)) = (num("rounds", 1040), num("yields", 8192)) else {
         return Err("rounds= and yields= must be numbers");
     };
     events::init().map_err(|_| "events::init failed")?;
     // First event-channel operation: the channel is port 1.
     let port = events::alloc_unbound(peer, on_event).map_err(|_| "alloc_unbound failed")?;
-    println!("benchpeer: pong on port {port} for domain {peer}: {rounds} rounds, then {yields} yields");
+    println!(
+        "benchpeer: pong on port {port} for domain {peer}: {rounds} rounds, then {yields} yields"
+    );
     for i in 1..=rounds {
         loop {
             events::disable();
@@ -59,7 +63,10 @@ fn pong(si: &StartInfo) -> Result<(), &'static str> {
     for _ in 0..yields {
         let _ = guest_abi::hypercall::sched_yield();
     }
-    println!("benchpeer: answered {} events, yielded {yields} times", EVENTS.load(Ordering::SeqCst));
+    println!(
+        "benchpeer: answered {} events, yielded {yields} times",
+        EVENTS.load(Ordering::SeqCst)
+    );
     Ok(())
 }
 
@@ -72,7 +79,10 @@ fn main(si: &'static StartInfo) {
                 pv_guest_kernel::rt::shutdown(guest_abi::sched::ShutdownReason::Crash)
             }
         }
-        _ => println!("benchpeer: want role=blocked|pong, got {:?}", scenario_guests::cmdline(si)),
+        _ => println!(
+            "benchpeer: want role=blocked|pong, got {:?}",
+            scenario_guests::cmdline(si)
+        ),
     }
 }
 

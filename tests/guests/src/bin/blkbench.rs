@@ -37,7 +37,11 @@ fn main(_si: &'static StartInfo) {
         let start = time::now_ns();
         let mut ok = true;
         for i in 0..ops {
-            let r = if write { disk.write(i * sectors, &buf, bytes) } else { disk.read(i * sectors, &mut buf, bytes) };
+            let r = if write {
+                disk.write(i * sectors, &buf, bytes)
+            } else {
+                disk.read(i * sectors, &mut buf, bytes)
+            };
             ok &= r.is_ok();
         }
         if write {
@@ -55,10 +59,34 @@ fn main(_si: &'static StartInfo) {
     // 1 MiB transfers.
     let mut big = Buffer::new(256).expect("buffer");
     for (key, what, bytes, ops, write) in [
-        ("write4k", "sequential write 4 KiB, ring kept full", 4096usize, 256u64, true),
-        ("read4k", "sequential read 4 KiB, ring kept full", 4096, 256, false),
-        ("write64k", "sequential write 64 KiB, ring kept full", 65536, 64, true),
-        ("read64k", "sequential read 64 KiB, ring kept full", 65536, 64, false),
+        (
+            "write4k",
+            "sequential write 4 KiB, ring kept full",
+            4096usize,
+            256u64,
+            true,
+        ),
+        (
+            "read4k",
+            "sequential read 4 KiB, ring kept full",
+            4096,
+            256,
+            false,
+        ),
+        (
+            "write64k",
+            "sequential write 64 KiB, ring kept full",
+            65536,
+            64,
+            true,
+        ),
+        (
+            "read64k",
+            "sequential read 64 KiB, ring kept full",
+            65536,
+            64,
+            false,
+        ),
     ] {
         let start = time::now_ns();
         let r = if bytes == 4096 {
@@ -67,7 +95,11 @@ fn main(_si: &'static StartInfo) {
             // 16 units per 1 MiB transfer.
             (0..ops / 16).try_for_each(|i| {
                 let sector = i * 2048;
-                if write { disk.write(sector, &big, 1 << 20) } else { disk.read(sector, &mut big, 1 << 20) }
+                if write {
+                    disk.write(sector, &big, 1 << 20)
+                } else {
+                    disk.read(sector, &mut big, 1 << 20)
+                }
             })
         };
         let ok = r.is_ok() && (!write || disk.flush().is_ok());
@@ -84,11 +116,24 @@ fn main(_si: &'static StartInfo) {
 /// Prints the row for `what` (`ns` per operation) beside the service
 /// domain's direct figure for `key`, which it left in our xenstore home.
 fn report<S: Store>(xs: &mut S, key: &str, what: &str, versus: &str, ns: u64) {
-    let direct = xs.read(NO_TX, &alloc::format!("bench/{key}")).ok().and_then(|v| core::str::from_utf8(&v).ok()?.trim_end_matches('\0').parse::<u64>().ok());
+    let direct = xs
+        .read(NO_TX, &alloc::format!("bench/{key}"))
+        .ok()
+        .and_then(|v| {
+            core::str::from_utf8(&v)
+                .ok()?
+                .trim_end_matches('\0')
+                .parse::<u64>()
+                .ok()
+        });
     match direct {
         Some(d) if ns > 0 => {
             let pct_x10 = d * 1000 / ns;
-            println!("BENCH|blkfront {what} ({versus})|{ns}|{d}|{}.{}%", pct_x10 / 10, pct_x10 % 10);
+            println!(
+                "BENCH|blkfront {what} ({versus})|{ns}|{d}|{}.{}%",
+                pct_x10 / 10,
+                pct_x10 % 10
+            );
         }
         _ => println!("BENCH|blkfront {what}|{ns}"),
     }

@@ -41,8 +41,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use blkfront::device::Buffer;
 use blkfront::{BlkifRequest, BlkifResponse, FrontRing, SharedPage};
 use guest_abi::io::blkif::{
-    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RING_SIZE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY, BlkifRequestSegment,
+    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
+    BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RING_SIZE,
+    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequestSegment,
 };
 use pv_guest_kernel::page::{self, MappedPage};
 use pv_guest_kernel::xenbus::{self as xb, Store, XenbusState};
@@ -76,7 +77,11 @@ fn on_event(_port: u32) {
 
 /// Byte `i` of a page filled for `seed`: never all-zero, different per seed.
 fn pattern(seed: u64, i: usize) -> u8 {
-    ((i as u64).wrapping_mul(7).wrapping_add(seed.wrapping_mul(13)) % 251) as u8 | 1
+    ((i as u64)
+        .wrapping_mul(7)
+        .wrapping_add(seed.wrapping_mul(13))
+        % 251) as u8
+        | 1
 }
 
 /// xorshift64*: reproducible garbage.
@@ -97,9 +102,19 @@ impl Rng {
 /// A read or write request over `(gref, first_sect, last_sect)` segments;
 /// `nr_segments` is the number given, whatever it is.
 fn req(op: u8, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest {
-    let mut r = BlkifRequest { operation: op, nr_segments: segs.len() as u8, sector_number: sector, ..BlkifRequest::default() };
+    let mut r = BlkifRequest {
+        operation: op,
+        nr_segments: segs.len() as u8,
+        sector_number: sector,
+        ..BlkifRequest::default()
+    };
     for (dst, &(gref, first_sect, last_sect)) in r.seg.iter_mut().zip(segs) {
-        *dst = BlkifRequestSegment { gref, first_sect, last_sect, _pad: 0 };
+        *dst = BlkifRequestSegment {
+            gref,
+            first_sect,
+            last_sect,
+            _pad: 0,
+        };
     }
     r
 }
@@ -160,7 +175,11 @@ struct Ask {
 }
 
 fn ask(step: &str, req: BlkifRequest, want: i16) -> Ask {
-    Ask { step: String::from(step), req, want }
+    Ask {
+        step: String::from(step),
+        req,
+        want,
+    }
 }
 
 /// The misbehaving front-end: the raw ring, its event channel and the
@@ -189,13 +208,19 @@ impl Hostile {
     }
 
     fn fill(&mut self, i: usize, seed: u64) {
-        for (k, b) in self.pages.bytes_mut()[i * 4096..(i + 1) * 4096].iter_mut().enumerate() {
+        for (k, b) in self.pages.bytes_mut()[i * 4096..(i + 1) * 4096]
+            .iter_mut()
+            .enumerate()
+        {
             *b = pattern(seed, k);
         }
     }
 
     fn holds(&self, i: usize, seed: u64) -> bool {
-        self.page(i).iter().enumerate().all(|(k, &b)| b == pattern(seed, k))
+        self.page(i)
+            .iter()
+            .enumerate()
+            .all(|(k, &b)| b == pattern(seed, k))
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -235,7 +260,10 @@ impl Hostile {
             }
             let _ = guest_abi::hypercall::set_timer_op(deadline);
             events::disable();
-            if EVENT.swap(false, Ordering::SeqCst) || self.ring.final_check_for_responses() || time::now_ns() >= deadline {
+            if EVENT.swap(false, Ordering::SeqCst)
+                || self.ring.final_check_for_responses()
+                || time::now_ns() >= deadline
+            {
                 events::enable();
                 continue;
             }
@@ -261,14 +289,26 @@ impl Hostile {
         let start = time::now_ns();
         let got = self.collect(sent.len(), ANSWER_NS)?;
         if got.len() < sent.len() {
-            return Err(format!("{} of {} responses within {} s", got.len(), sent.len(), ANSWER_NS / 1_000_000_000));
+            return Err(format!(
+                "{} of {} responses within {} s",
+                got.len(),
+                sent.len(),
+                ANSWER_NS / 1_000_000_000
+            ));
         }
         for (q, a) in sent.iter().zip(&got) {
             if a.id != q.id || a.operation != q.operation {
-                return Err(format!("response {a:?} does not answer id {:#x} op {}", q.id, q.operation));
+                return Err(format!(
+                    "response {a:?} does not answer id {:#x} op {}",
+                    q.id, q.operation
+                ));
             }
         }
-        println!("blkhostile: {} requests answered in {} ms", sent.len(), (time::now_ns() - start) / MS);
+        println!(
+            "blkhostile: {} requests answered in {} ms",
+            sent.len(),
+            (time::now_ns() - start) / MS
+        );
         Ok(got)
     }
 
@@ -279,8 +319,23 @@ impl Hostile {
         match self.batch(&reqs) {
             Ok(got) => {
                 for (a, r) in asks.iter().zip(&got) {
-                    println!("blkhostile: {}: back-end answered {} ({})", a.step, r.status, status_name(r.status));
-                    t.check(&a.step, r.status == a.want, format_args!("status {} ({}), expected {} ({})", r.status, status_name(r.status), a.want, status_name(a.want)));
+                    println!(
+                        "blkhostile: {}: back-end answered {} ({})",
+                        a.step,
+                        r.status,
+                        status_name(r.status)
+                    );
+                    t.check(
+                        &a.step,
+                        r.status == a.want,
+                        format_args!(
+                            "status {} ({}), expected {} ({})",
+                            r.status,
+                            status_name(r.status),
+                            a.want,
+                            status_name(a.want)
+                        ),
+                    );
                 }
                 Some(got.iter().map(|r| r.status).collect())
             }
@@ -318,9 +373,18 @@ impl Hostile {
         let stray = self.ring.unconsumed_responses();
         let (w, r) = (self.write_of(0, ALIVE_SECTOR), self.read_of(ALIVE_SECTOR));
         let got = self.batch(&[w, r]);
-        let statuses: Option<Vec<i16>> = got.as_ref().ok().map(|v| v.iter().map(|a| a.status).collect());
+        let statuses: Option<Vec<i16>> = got
+            .as_ref()
+            .ok()
+            .map(|v| v.iter().map(|a| a.status).collect());
         let same = self.page(1) == self.page(0);
-        t.check(step, stray == Ok(0) && statuses.as_deref() == Some(&[BLKIF_RSP_OKAY, BLKIF_RSP_OKAY]) && same, format_args!("left over {stray:?}, answers {got:?}, read back intact {same}"));
+        t.check(
+            step,
+            stray == Ok(0)
+                && statuses.as_deref() == Some(&[BLKIF_RSP_OKAY, BLKIF_RSP_OKAY])
+                && same,
+            format_args!("left over {stray:?}, answers {got:?}, read back intact {same}"),
+        );
     }
 }
 
@@ -330,23 +394,39 @@ impl Hostile {
 /// back-end's.
 #[allow(clippy::type_complexity)]
 fn connect(xs: &mut impl Store) -> Result<(Ring, u32, u32, u16, u16, u64, String, String), String> {
-    let dev = xb::frontend_devices(xs, "vbd").map_err(|e| format!("{e:?}"))?.into_iter().next().ok_or("no vbd")?;
+    let dev = xb::frontend_devices(xs, "vbd")
+        .map_err(|e| format!("{e:?}"))?
+        .into_iter()
+        .next()
+        .ok_or("no vbd")?;
     let peer = xb::read_backend(xs, &dev.dir).map_err(|e| format!("backend: {e:?}"))?;
-    xb::wait_for_state(xs, &peer.path, XenbusState::InitWait).map_err(|e| format!("InitWait: {e:?}"))?;
+    xb::wait_for_state(xs, &peer.path, XenbusState::InitWait)
+        .map_err(|e| format!("InitWait: {e:?}"))?;
     let (page, mfn) = page::alloc_shared().map_err(|e| format!("ring page: {e:?}"))?;
     let ring = Ring::init(page);
-    let ring_ref = gnttab::grant_access(peer.domid, mfn, false).map_err(|e| format!("ring grant: {e:?}"))?;
+    let ring_ref =
+        gnttab::grant_access(peer.domid, mfn, false).map_err(|e| format!("ring grant: {e:?}"))?;
     let port = events::alloc_unbound(peer.domid, on_event).map_err(|e| format!("port: {e:?}"))?;
     let entries = blkfront::xenbus::frontend_entries(ring_ref, port);
     let nodes: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
     xb::write_nodes(xs, &dev.dir, &nodes).map_err(|e| format!("nodes: {e:?}"))?;
-    xb::switch_state(xs, &dev.dir, XenbusState::Initialised).map_err(|e| format!("Initialised: {e:?}"))?;
-    xb::wait_for_state(xs, &peer.path, XenbusState::Connected).map_err(|e| format!("Connected: {e:?}"))?;
-    let sectors = xs.read(NO_TX, &xb::join(&peer.path, "sectors")).map_err(|e| format!("sectors: {e:?}"))?;
-    let sectors: u64 = core::str::from_utf8(&sectors).ok().and_then(|s| s.trim_end_matches('\0').trim().parse().ok()).ok_or("sectors unreadable")?;
-    xb::switch_state(xs, &dev.dir, XenbusState::Connected).map_err(|e| format!("Connected: {e:?}"))?;
+    xb::switch_state(xs, &dev.dir, XenbusState::Initialised)
+        .map_err(|e| format!("Initialised: {e:?}"))?;
+    xb::wait_for_state(xs, &peer.path, XenbusState::Connected)
+        .map_err(|e| format!("Connected: {e:?}"))?;
+    let sectors = xs
+        .read(NO_TX, &xb::join(&peer.path, "sectors"))
+        .map_err(|e| format!("sectors: {e:?}"))?;
+    let sectors: u64 = core::str::from_utf8(&sectors)
+        .ok()
+        .and_then(|s| s.trim_end_matches('\0').trim().parse().ok())
+        .ok_or("sectors unreadable")?;
+    xb::switch_state(xs, &dev.dir, XenbusState::Connected)
+        .map_err(|e| format!("Connected: {e:?}"))?;
     let handle = dev.devid.parse::<u16>().unwrap_or(0);
-    Ok((ring, ring_ref, port, peer.domid, handle, sectors, dev.dir, peer.path))
+    Ok((
+        ring, ring_ref, port, peer.domid, handle, sectors, dev.dir, peer.path,
+    ))
 }
 
 fn main(si: &'static StartInfo) {
@@ -354,7 +434,9 @@ fn main(si: &'static StartInfo) {
     events::init().expect("events");
     time::init().expect("timer");
     gnttab::init(1).expect("grant table");
-    let other: u16 = scenario_guests::arg(si, "other").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let other: u16 = scenario_guests::arg(si, "other")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let mut xs = xenstore::connect().expect("xenstore");
     let (ring, ring_ref, port, backend, handle, sectors, fe_dir, be_path) = match connect(&mut xs) {
         Ok(c) => c,
@@ -364,8 +446,17 @@ fn main(si: &'static StartInfo) {
         }
     };
     events::enable();
-    t.check("connected", sectors >= 8192 && gnttab::in_use(ring_ref), format_args!("{sectors} sectors, ring mapped by the back-end: {}", gnttab::in_use(ring_ref)));
-    println!("blkhostile: raw ring connected to domain {backend}, {sectors} sectors, event channel {port}");
+    t.check(
+        "connected",
+        sectors >= 8192 && gnttab::in_use(ring_ref),
+        format_args!(
+            "{sectors} sectors, ring mapped by the back-end: {}",
+            gnttab::in_use(ring_ref)
+        ),
+    );
+    println!(
+        "blkhostile: raw ring connected to domain {backend}, {sectors} sectors, event channel {port}"
+    );
 
     let pages = Buffer::new(7).expect("pages");
     let frames = pages.frames().expect("frames");
@@ -373,7 +464,19 @@ fn main(si: &'static StartInfo) {
     for (i, g) in grefs.iter_mut().enumerate() {
         *g = gnttab::grant_access(backend, frames[i], i != 1).expect("grant");
     }
-    let mut h = Hostile { ring, ring_ref, port, backend, handle, sectors, next_id: 0, pages, frames, grefs, seed: 0 };
+    let mut h = Hostile {
+        ring,
+        ring_ref,
+        port,
+        backend,
+        handle,
+        sectors,
+        next_id: 0,
+        pages,
+        frames,
+        grefs,
+        seed: 0,
+    };
     for b in h.pages.bytes_mut()[2 * 4096..3 * 4096].iter_mut() {
         *b = 0xEE;
     }
@@ -395,16 +498,34 @@ fn main(si: &'static StartInfo) {
 /// Writes guard data (page 5, seed `seed`) at `sector`, sends `bad` (which
 /// must be refused) and reads the sectors back: they must still hold the
 /// guard data.
-fn nothing_written(t: &mut Reporter, h: &mut Hostile, step: &str, seed: u64, sector: u64, bad: BlkifRequest) {
+fn nothing_written(
+    t: &mut Reporter,
+    h: &mut Hostile,
+    step: &str,
+    seed: u64,
+    sector: u64,
+    bad: BlkifRequest,
+) {
     h.fill(5, seed);
     let reqs = [h.write_of(5, sector), bad, h.read_of(sector)];
     let got = h.batch(&reqs);
-    let statuses: Option<Vec<i16>> = got.as_ref().ok().map(|v| v.iter().map(|a| a.status).collect());
+    let statuses: Option<Vec<i16>> = got
+        .as_ref()
+        .ok()
+        .map(|v| v.iter().map(|a| a.status).collect());
     let intact = h.page(1) == h.page(5);
     if let Some(s) = &statuses {
-        println!("blkhostile: {step}: back-end answered {} ({}); guard data intact: {intact}", s[1], status_name(s[1]));
+        println!(
+            "blkhostile: {step}: back-end answered {} ({}); guard data intact: {intact}",
+            s[1],
+            status_name(s[1])
+        );
     }
-    t.check(step, statuses.as_deref() == Some(&[BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY]) && intact, format_args!("answers {got:?}, guard data intact {intact}"));
+    t.check(
+        step,
+        statuses.as_deref() == Some(&[BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY]) && intact,
+        format_args!("answers {got:?}, guard data intact {intact}"),
+    );
 }
 
 /// Case 1: requests no back-end can execute, then whole rings of random
@@ -423,16 +544,39 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
     ] {
         asks.push(ask(name, req(op, ALIVE_SECTOR, &one), BLKIF_RSP_EOPNOTSUPP));
     }
-    asks.push(ask("garbage-read-0-segments", req(BLKIF_OP_READ, ALIVE_SECTOR, &[]), BLKIF_RSP_ERROR));
-    asks.push(ask("garbage-write-0-segments", req(BLKIF_OP_WRITE, ALIVE_SECTOR, &[]), BLKIF_RSP_ERROR));
-    for (n, name) in [(200u8, "garbage-read-200-segments"), (12, "garbage-read-12-segments")] {
+    asks.push(ask(
+        "garbage-read-0-segments",
+        req(BLKIF_OP_READ, ALIVE_SECTOR, &[]),
+        BLKIF_RSP_ERROR,
+    ));
+    asks.push(ask(
+        "garbage-write-0-segments",
+        req(BLKIF_OP_WRITE, ALIVE_SECTOR, &[]),
+        BLKIF_RSP_ERROR,
+    ));
+    for (n, name) in [
+        (200u8, "garbage-read-200-segments"),
+        (12, "garbage-read-12-segments"),
+    ] {
         let mut r = req(BLKIF_OP_READ, ALIVE_SECTOR, &one);
         r.nr_segments = n;
         asks.push(ask(name, r, BLKIF_RSP_ERROR));
     }
-    asks.push(ask("garbage-last-sect-9", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(g, 0, 9)]), BLKIF_RSP_ERROR));
-    asks.push(ask("garbage-last-sect-8", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(g, 0, 8)]), BLKIF_RSP_ERROR));
-    asks.push(ask("garbage-first-after-last", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(g, 5, 2)]), BLKIF_RSP_ERROR));
+    asks.push(ask(
+        "garbage-last-sect-9",
+        req(BLKIF_OP_READ, ALIVE_SECTOR, &[(g, 0, 9)]),
+        BLKIF_RSP_ERROR,
+    ));
+    asks.push(ask(
+        "garbage-last-sect-8",
+        req(BLKIF_OP_READ, ALIVE_SECTOR, &[(g, 0, 8)]),
+        BLKIF_RSP_ERROR,
+    ));
+    asks.push(ask(
+        "garbage-first-after-last",
+        req(BLKIF_OP_READ, ALIVE_SECTOR, &[(g, 5, 2)]),
+        BLKIF_RSP_ERROR,
+    ));
     let mut r = req(BLKIF_OP_WRITE_BARRIER, GUARD_SECTOR, &[(h.grefs[2], 0, 7)]);
     r.nr_segments = 200;
     asks.push(ask("garbage-barrier-200-segments", r, BLKIF_RSP_ERROR));
@@ -440,8 +584,19 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
 
     // A write whose second segment is invalid writes nothing, not even its
     // valid first segment.
-    let bad = req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(h.grefs[2], 0, 7), (h.grefs[2], 0, 9)]);
-    nothing_written(t, h, "garbage-second-segment-bad-wrote-nothing", 0x5A, GUARD_SECTOR, bad);
+    let bad = req(
+        BLKIF_OP_WRITE,
+        GUARD_SECTOR,
+        &[(h.grefs[2], 0, 7), (h.grefs[2], 0, 9)],
+    );
+    nothing_written(
+        t,
+        h,
+        "garbage-second-segment-bad-wrote-nothing",
+        0x5A,
+        GUARD_SECTOR,
+        bad,
+    );
 
     // Two full rings of random requests (every byte random but the sector,
     // which has bit 63 set so nothing can reach the disk), answered in
@@ -450,11 +605,19 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
     let mut rng = Rng(0x6A09_E667_F3BC_C908);
     let mut tally = [0u32; 3];
     for batch in 0..2 {
-        let step = if batch == 0 { "garbage-random-ring-1" } else { "garbage-random-ring-2" };
+        let step = if batch == 0 {
+            "garbage-random-ring-1"
+        } else {
+            "garbage-random-ring-2"
+        };
         let mut sent = Vec::new();
         for k in 0..BLKIF_RING_SIZE {
             let mut r = BlkifRequest::default();
-            r.operation = if k % 2 == 0 { rng.byte() % 8 } else { rng.byte() };
+            r.operation = if k % 2 == 0 {
+                rng.byte() % 8
+            } else {
+                rng.byte()
+            };
             r.nr_segments = match rng.byte() % 4 {
                 0 => 0,
                 1 => 1 + rng.byte() % 11,
@@ -466,12 +629,21 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
             r.sector_number = rng.next() | 1 << 63;
             for s in r.seg.iter_mut() {
                 let v = rng.next();
-                *s = BlkifRequestSegment { gref: v as u32, first_sect: (v >> 32) as u8 % 10, last_sect: (v >> 40) as u8 % 10, _pad: (v >> 48) as u16 };
+                *s = BlkifRequestSegment {
+                    gref: v as u32,
+                    first_sect: (v >> 32) as u8 % 10,
+                    last_sect: (v >> 40) as u8 % 10,
+                    _pad: (v >> 48) as u16,
+                };
             }
             // Mostly through the typed ring; every fourth one written byte
             // by byte over a placeholder, as raw memory.
             let idx = h.ring.req_prod_pvt();
-            let pushed = if k % 4 == 3 { h.ring.push_request(&BlkifRequest::default()) } else { h.ring.push_request(&r) };
+            let pushed = if k % 4 == 3 {
+                h.ring.push_request(&BlkifRequest::default())
+            } else {
+                h.ring.push_request(&r)
+            };
             if pushed.is_err() {
                 t.fail(step, format_args!("ring full at {k}"));
                 return;
@@ -484,7 +656,9 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
         h.publish();
         match h.collect(sent.len(), ANSWER_NS) {
             Ok(got) if got.len() == sent.len() => {
-                let bad = sent.iter().zip(&got).position(|(q, a)| a.id != q.id || a.operation != q.operation || a.status != expected_status(q));
+                let bad = sent.iter().zip(&got).position(|(q, a)| {
+                    a.id != q.id || a.operation != q.operation || a.status != expected_status(q)
+                });
                 for a in &got {
                     match a.status {
                         BLKIF_RSP_OKAY => tally[0] += 1,
@@ -494,14 +668,28 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
                 }
                 match bad {
                     None => t.ok(step),
-                    Some(i) => t.fail(step, format_args!("request {:?} answered {:?}, expected status {}", sent[i], got[i], expected_status(&sent[i]))),
+                    Some(i) => t.fail(
+                        step,
+                        format_args!(
+                            "request {:?} answered {:?}, expected status {}",
+                            sent[i],
+                            got[i],
+                            expected_status(&sent[i])
+                        ),
+                    ),
                 }
             }
-            Ok(got) => t.fail(step, format_args!("{} of {} responses", got.len(), sent.len())),
+            Ok(got) => t.fail(
+                step,
+                format_args!("{} of {} responses", got.len(), sent.len()),
+            ),
             Err(e) => t.fail(step, format_args!("{e}")),
         }
     }
-    println!("blkhostile: random requests answered OKAY {}, ERROR {}, EOPNOTSUPP {}", tally[0], tally[1], tally[2]);
+    println!(
+        "blkhostile: random requests answered OKAY {}, ERROR {}, EOPNOTSUPP {}",
+        tally[0], tally[1], tally[2]
+    );
 }
 
 /// Case 2: sector ranges outside the disk, for reads and writes (writes of
@@ -518,16 +706,38 @@ fn out_of_range(t: &mut Reporter, h: &mut Hostile) {
         ("range-u64max-3-4-sectors", u64::MAX - 3, (4, 7)),
         ("range-u64max", u64::MAX, (7, 7)),
     ] {
-        asks.push(ask(&format!("{name}-read"), req(BLKIF_OP_READ, sector, &[(rd, f, l)]), BLKIF_RSP_ERROR));
-        asks.push(ask(&format!("{name}-write"), req(BLKIF_OP_WRITE, sector, &[(wr, f, l)]), BLKIF_RSP_ERROR));
+        asks.push(ask(
+            &format!("{name}-read"),
+            req(BLKIF_OP_READ, sector, &[(rd, f, l)]),
+            BLKIF_RSP_ERROR,
+        ));
+        asks.push(ask(
+            &format!("{name}-write"),
+            req(BLKIF_OP_WRITE, sector, &[(wr, f, l)]),
+            BLKIF_RSP_ERROR,
+        ));
     }
     // Eleven segments of 8 sectors from 80 before the end: 8 too many.
-    asks.push(ask("range-11-segments-past-end-write", req(BLKIF_OP_WRITE, n - 80, &[(wr, 0, 7); 11]), BLKIF_RSP_ERROR));
+    asks.push(ask(
+        "range-11-segments-past-end-write",
+        req(BLKIF_OP_WRITE, n - 80, &[(wr, 0, 7); 11]),
+        BLKIF_RSP_ERROR,
+    ));
     // The last sector itself is there (and, never written, reads as zero).
-    asks.push(ask("range-last-sector-read", req(BLKIF_OP_READ, n - 1, &[(rd, 0, 0)]), BLKIF_RSP_OKAY));
-    if h.expect(t, &asks).is_some_and(|s| s.last() == Some(&BLKIF_RSP_OKAY)) {
+    asks.push(ask(
+        "range-last-sector-read",
+        req(BLKIF_OP_READ, n - 1, &[(rd, 0, 0)]),
+        BLKIF_RSP_OKAY,
+    ));
+    if h.expect(t, &asks)
+        .is_some_and(|s| s.last() == Some(&BLKIF_RSP_OKAY))
+    {
         let zero = h.page(1)[..512].iter().all(|&b| b == 0);
-        t.check("range-last-sector-untouched", zero, format_args!("the last sector holds data"));
+        t.check(
+            "range-last-sector-untouched",
+            zero,
+            format_args!("the last sector holds data"),
+        );
     }
 }
 
@@ -536,38 +746,94 @@ fn bad_grants(t: &mut Reporter, h: &mut Hostile, other: u16) {
     // Never granted: far above what this guest ever allocates.
     let never = 400;
     let e = gnttab::entry(never);
-    t.check("grant-400-is-empty", e.map(|e| e.flags) == Ok(0), format_args!("{e:?}"));
+    t.check(
+        "grant-400-is-empty",
+        e.map(|e| e.flags) == Ok(0),
+        format_args!("{e:?}"),
+    );
     let mut asks = Vec::new();
-    asks.push(ask("grant-never-granted-read", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(never, 0, 7)]), BLKIF_RSP_ERROR));
-    asks.push(ask("grant-never-granted-write", req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(never, 0, 7)]), BLKIF_RSP_ERROR));
+    asks.push(ask(
+        "grant-never-granted-read",
+        req(BLKIF_OP_READ, ALIVE_SECTOR, &[(never, 0, 7)]),
+        BLKIF_RSP_ERROR,
+    ));
+    asks.push(ask(
+        "grant-never-granted-write",
+        req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(never, 0, 7)]),
+        BLKIF_RSP_ERROR,
+    ));
     // A real, writable grant of a page, but to another domain.
     let foreign = gnttab::grant_access(other, h.frames[2], false);
     match foreign {
         Ok(f) => {
-            asks.push(ask("grant-to-other-domain-read", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(f, 0, 7)]), BLKIF_RSP_ERROR));
-            asks.push(ask("grant-to-other-domain-write", req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(f, 0, 7)]), BLKIF_RSP_ERROR));
+            asks.push(ask(
+                "grant-to-other-domain-read",
+                req(BLKIF_OP_READ, ALIVE_SECTOR, &[(f, 0, 7)]),
+                BLKIF_RSP_ERROR,
+            ));
+            asks.push(ask(
+                "grant-to-other-domain-write",
+                req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(f, 0, 7)]),
+                BLKIF_RSP_ERROR,
+            ));
         }
         Err(e) => t.fail("grant-to-other-domain", format_args!("cannot grant: {e:?}")),
     }
     // Beyond our one-frame table (512 entries).
-    for (gref, name) in [(512u32, "grant-512"), (100_000, "grant-100000"), (u32::MAX, "grant-u32max")] {
-        asks.push(ask(&format!("{name}-read"), req(BLKIF_OP_READ, ALIVE_SECTOR, &[(gref, 0, 7)]), BLKIF_RSP_ERROR));
-        asks.push(ask(&format!("{name}-write"), req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(gref, 0, 7)]), BLKIF_RSP_ERROR));
+    for (gref, name) in [
+        (512u32, "grant-512"),
+        (100_000, "grant-100000"),
+        (u32::MAX, "grant-u32max"),
+    ] {
+        asks.push(ask(
+            &format!("{name}-read"),
+            req(BLKIF_OP_READ, ALIVE_SECTOR, &[(gref, 0, 7)]),
+            BLKIF_RSP_ERROR,
+        ));
+        asks.push(ask(
+            &format!("{name}-write"),
+            req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(gref, 0, 7)]),
+            BLKIF_RSP_ERROR,
+        ));
     }
     // A read into a page granted read-only: the back-end may not write it.
     h.fill(0, 0xA11);
-    asks.push(ask("grant-readonly-for-read", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(h.grefs[0], 0, 7)]), BLKIF_RSP_ERROR));
+    asks.push(ask(
+        "grant-readonly-for-read",
+        req(BLKIF_OP_READ, ALIVE_SECTOR, &[(h.grefs[0], 0, 7)]),
+        BLKIF_RSP_ERROR,
+    ));
     h.expect(t, &asks);
     if let Ok(f) = foreign {
         let _ = gnttab::end_access(f);
     }
     let kept = h.holds(0, 0xA11);
-    t.check("grant-readonly-page-unchanged", kept, format_args!("the read-only page was written"));
+    t.check(
+        "grant-readonly-page-unchanged",
+        kept,
+        format_args!("the read-only page was written"),
+    );
 
     // One bad reference among good ones: the whole write is refused and
     // nothing reaches the disk (the back-end gathers before it writes).
-    let bad = req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(h.grefs[2], 0, 7), (h.grefs[2], 0, 7), (never, 0, 7), (h.grefs[2], 0, 7)]);
-    nothing_written(t, h, "grant-one-bad-of-four-wrote-nothing", 0x6B, GUARD_SECTOR, bad);
+    let bad = req(
+        BLKIF_OP_WRITE,
+        GUARD_SECTOR,
+        &[
+            (h.grefs[2], 0, 7),
+            (h.grefs[2], 0, 7),
+            (never, 0, 7),
+            (h.grefs[2], 0, 7),
+        ],
+    );
+    nothing_written(
+        t,
+        h,
+        "grant-one-bad-of-four-wrote-nothing",
+        0x6B,
+        GUARD_SECTOR,
+        bad,
+    );
 }
 
 /// Case 4: a grant revoked before the request is published, and one
@@ -587,18 +853,42 @@ fn revoked(t: &mut Reporter, h: &mut Hostile) {
     };
     let ended = gnttab::end_access(gref);
     let e = gnttab::entry(gref);
-    t.check("revoked-entry-cleared", ended.is_ok() && e.map(|e| e.flags) == Ok(0), format_args!("end_access {ended:?}, entry {e:?}"));
+    t.check(
+        "revoked-entry-cleared",
+        ended.is_ok() && e.map(|e| e.flags) == Ok(0),
+        format_args!("end_access {ended:?}, entry {e:?}"),
+    );
     h.fill(5, 0x7C);
     let asks = [
-        ask("revoked-guard-write", h.write_of(5, GUARD_SECTOR), BLKIF_RSP_OKAY),
-        ask("revoked-write", req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(gref, 0, 7)]), BLKIF_RSP_ERROR),
-        ask("revoked-read", req(BLKIF_OP_READ, ALIVE_SECTOR, &[(gref, 0, 7)]), BLKIF_RSP_ERROR),
-        ask("revoked-guard-read", h.read_of(GUARD_SECTOR), BLKIF_RSP_OKAY),
+        ask(
+            "revoked-guard-write",
+            h.write_of(5, GUARD_SECTOR),
+            BLKIF_RSP_OKAY,
+        ),
+        ask(
+            "revoked-write",
+            req(BLKIF_OP_WRITE, GUARD_SECTOR, &[(gref, 0, 7)]),
+            BLKIF_RSP_ERROR,
+        ),
+        ask(
+            "revoked-read",
+            req(BLKIF_OP_READ, ALIVE_SECTOR, &[(gref, 0, 7)]),
+            BLKIF_RSP_ERROR,
+        ),
+        ask(
+            "revoked-guard-read",
+            h.read_of(GUARD_SECTOR),
+            BLKIF_RSP_OKAY,
+        ),
     ];
     h.expect(t, &asks);
     let page_kept = h.holds(6, 0xDEAD);
     let intact = h.page(1) == h.page(5);
-    t.check("revoked-nothing-moved", page_kept && intact, format_args!("page kept {page_kept}, guard data intact {intact}"));
+    t.check(
+        "revoked-nothing-moved",
+        page_kept && intact,
+        format_args!("page kept {page_kept}, guard data intact {intact}"),
+    );
 
     // Revoked between publishing and the back-end's turn. The guard data
     // is still on the disk from above.
@@ -617,7 +907,10 @@ fn revoked(t: &mut Reporter, h: &mut Hostile) {
     let ended = gnttab::end_access(gref);
     let got = h.collect(1, ANSWER_NS);
     let read = h.read_back(GUARD_SECTOR);
-    let (old, new) = (read && h.page(1) == h.page(5), read && h.page(1) == h.page(6));
+    let (old, new) = (
+        read && h.page(1) == h.page(5),
+        read && h.page(1) == h.page(6),
+    );
     match got.as_deref() {
         Ok([a]) if a.id == r.id => {
             println!(
@@ -632,8 +925,16 @@ fn revoked(t: &mut Reporter, h: &mut Hostile) {
                     "wrong"
                 }
             );
-            let consistent = (a.status == BLKIF_RSP_ERROR && old) || (a.status == BLKIF_RSP_OKAY && new);
-            t.check("revoked-in-flight-consistent", ended.is_ok() && consistent, format_args!("end_access {ended:?}, status {}, disk old {old} new {new}", a.status));
+            let consistent =
+                (a.status == BLKIF_RSP_ERROR && old) || (a.status == BLKIF_RSP_OKAY && new);
+            t.check(
+                "revoked-in-flight-consistent",
+                ended.is_ok() && consistent,
+                format_args!(
+                    "end_access {ended:?}, status {}, disk old {old} new {new}",
+                    a.status
+                ),
+            );
         }
         other => t.fail("revoked-in-flight-consistent", format_args!("{other:?}")),
     }
@@ -669,7 +970,10 @@ fn rewrite_case(t: &mut Reporter, h: &mut Hostile) {
     b.id = (a.id & !0xff) | 0xB2;
     b.seg[0].gref = h.grefs[4];
     if h.grefs[3] >> 8 != h.grefs[4] >> 8 {
-        println!("blkhostile: rewrite: references {} and {} differ beyond their low byte", h.grefs[3], h.grefs[4]);
+        println!(
+            "blkhostile: rewrite: references {} and {} differ beyond their low byte",
+            h.grefs[3], h.grefs[4]
+        );
     }
     let off = Hostile::slot(h.ring.req_prod_pvt());
     let _ = h.ring.push_request(&a);
@@ -696,12 +1000,26 @@ fn rewrite_case(t: &mut Reporter, h: &mut Hostile) {
             } else {
                 "neither"
             };
-            println!("blkhostile: rewrite: one response, for version {served}, status {} ({}); the disk holds version {holds}", r.status, status_name(r.status));
+            println!(
+                "blkhostile: rewrite: one response, for version {served}, status {} ({}); the disk holds version {holds}",
+                r.status,
+                status_name(r.status)
+            );
             let status_ok = clobbered || r.status == BLKIF_RSP_OKAY;
-            t.check("rewrite-one-response", served != "neither" && status_ok && read, format_args!("response {r:?}, read back {read}"));
-            t.check("rewrite-disk-holds-one-version", holds == "A" || holds == "B", format_args!("the sectors hold {holds}"));
+            t.check(
+                "rewrite-one-response",
+                served != "neither" && status_ok && read,
+                format_args!("response {r:?}, read back {read}"),
+            );
+            t.check(
+                "rewrite-disk-holds-one-version",
+                holds == "A" || holds == "B",
+                format_args!("the sectors hold {holds}"),
+            );
             if (served == "A" || served == "B") && served != holds {
-                println!("blkhostile: rewrite: the back-end copied the slot mid-rewrite (id of {served}, data of {holds})");
+                println!(
+                    "blkhostile: rewrite: the back-end copied the slot mid-rewrite (id of {served}, data of {holds})"
+                );
             }
         }
         other => t.fail("rewrite-one-response", format_args!("{other:?}")),
@@ -721,7 +1039,10 @@ fn rewrite_case(t: &mut Reporter, h: &mut Hostile) {
     h.ring.page().write_bytes(off, &wire(&b));
     let got = h.collect(1, ANSWER_NS);
     let read = h.read_back(REWRITE_SECTOR);
-    let (old, new) = (read && h.page(1) == h.page(5), read && h.page(1) == h.page(3));
+    let (old, new) = (
+        read && h.page(1) == h.page(5),
+        read && h.page(1) == h.page(3),
+    );
     let guard_ok = matches!(guard.as_deref(), Ok([g]) if g.status == BLKIF_RSP_OKAY);
     match got.as_deref() {
         Ok([r]) if r.id == a.id => {
@@ -737,8 +1058,13 @@ fn rewrite_case(t: &mut Reporter, h: &mut Hostile) {
                     "wrong"
                 }
             );
-            let consistent = (r.status == BLKIF_RSP_ERROR && old) || (r.status == BLKIF_RSP_OKAY && new);
-            t.check("rewrite-to-invalid-consistent", guard_ok && consistent, format_args!("guard {guard:?}, status {}, old {old} new {new}", r.status));
+            let consistent =
+                (r.status == BLKIF_RSP_ERROR && old) || (r.status == BLKIF_RSP_OKAY && new);
+            t.check(
+                "rewrite-to-invalid-consistent",
+                guard_ok && consistent,
+                format_args!("guard {guard:?}, status {}, old {old} new {new}", r.status),
+            );
         }
         other => t.fail("rewrite-to-invalid-consistent", format_args!("{other:?}")),
     }
@@ -760,9 +1086,24 @@ fn overrun(t: &mut Reporter, h: &mut Hostile, xs: &mut impl Store, fe_dir: &str,
     }
     let mapped = gnttab::in_use(h.ring_ref);
     let rsp_after = h.ring.page().load_u32(RSP_PROD);
-    println!("blkhostile: overrun: event sent {sent:?}; ring unmapped by the back-end after {} ms: {}", (time::now_ns() - start) / MS, !mapped);
-    t.check("overrun-ring-dropped", !mapped, format_args!("the back-end still maps the ring after {} s", ANSWER_NS / 1_000_000_000));
-    t.check("overrun-no-response", rsp_after == rsp_before, format_args!("rsp_prod moved from {rsp_before} to {rsp_after}"));
+    println!(
+        "blkhostile: overrun: event sent {sent:?}; ring unmapped by the back-end after {} ms: {}",
+        (time::now_ns() - start) / MS,
+        !mapped
+    );
+    t.check(
+        "overrun-ring-dropped",
+        !mapped,
+        format_args!(
+            "the back-end still maps the ring after {} s",
+            ANSWER_NS / 1_000_000_000
+        ),
+    );
+    t.check(
+        "overrun-no-response",
+        rsp_after == rsp_before,
+        format_args!("rsp_prod moved from {rsp_before} to {rsp_after}"),
+    );
     let state = xb::read_state(xs, be_path);
     println!("blkhostile: overrun: back-end state now {state:?}");
 
@@ -774,7 +1115,11 @@ fn overrun(t: &mut Reporter, h: &mut Hostile, xs: &mut impl Store, fe_dir: &str,
     let _ = h.ring.push_requests_and_check_notify();
     let sent = events::send(h.port);
     let got = h.collect(1, 500 * MS);
-    t.check("overrun-disconnected", matches!(got.as_deref(), Ok([])) && h.ring.page().load_u32(RSP_PROD) == rsp_before, format_args!("after repairing the index: {got:?}"));
+    t.check(
+        "overrun-disconnected",
+        matches!(got.as_deref(), Ok([])) && h.ring.page().load_u32(RSP_PROD) == rsp_before,
+        format_args!("after repairing the index: {got:?}"),
+    );
     println!("blkhostile: after the overrun a valid request got no answer (event sent {sent:?})");
 
     // For the record (not a check): does the back-end still follow our
@@ -787,7 +1132,9 @@ fn overrun(t: &mut Reporter, h: &mut Hostile, xs: &mut impl Store, fe_dir: &str,
         time::sleep(50 * MS);
         state = xb::read_state(xs, be_path);
     }
-    println!("blkhostile: we switched to Closing ({closing:?}); the back-end's state 1 s later: {state:?}");
+    println!(
+        "blkhostile: we switched to Closing ({closing:?}); the back-end's state 1 s later: {state:?}"
+    );
 }
 
 pv_guest_kernel::main!(main);

@@ -11,14 +11,16 @@
 
 use guest_abi::errno::Errno;
 use guest_abi::types::{DomId, Port};
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     if let Some(d) = scenario_guests::arg(si, "watch").and_then(|v| v.parse::<u16>().ok()) {
         watch(t, d);
     }
-    let rounds: u32 = scenario_guests::arg(si, "rounds").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds: u32 = scenario_guests::arg(si, "rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut sum = 0u64;
     let mut ok = true;
     for i in 0..rounds {
@@ -28,13 +30,22 @@ fn main(si: &'static StartInfo) {
         ok &= r.is_ok() && sum == before + i as u64;
     }
     println!("bystander: yielded {rounds} times");
-    t.check("bystander-yields", ok, format_args!("a yield failed or state changed across a switch"));
-    t.check("bystander-sum", sum == (0..rounds as u64).sum::<u64>(), format_args!("sum {sum}"));
+    t.check(
+        "bystander-yields",
+        ok,
+        format_args!("a yield failed or state changed across a switch"),
+    );
+    t.check(
+        "bystander-sum",
+        sum == (0..rounds as u64).sum::<u64>(),
+        format_args!("sum {sum}"),
+    );
     t.finish()
 }
 
 fn watch(mut t: Reporter, dom: u16) -> ! {
-    let setup = pv_guest_kernel::events::init().and_then(|()| pv_guest_kernel::time::init().map(|_| ()));
+    let setup =
+        pv_guest_kernel::events::init().and_then(|()| pv_guest_kernel::time::init().map(|_| ()));
     t.check("bystander-timer", setup.is_ok(), format_args!("{setup:?}"));
     let mut rounds = 0u64;
     let mut sum = 0u64;
@@ -50,9 +61,21 @@ fn watch(mut t: Reporter, dom: u16) -> ! {
             other => break other,
         }
     };
-    println!("bystander: domain {dom} ended after {rounds} rounds of mine ({:?}); {} timer events", end, pv_guest_kernel::time::timer_events());
-    t.check("bystander-outlived", end == Err(Errno::ESRCH), format_args!("probe answered {end:?}"));
-    t.check("bystander-state", ok && rounds > 0, format_args!("state changed across a sleep"));
+    println!(
+        "bystander: domain {dom} ended after {rounds} rounds of mine ({:?}); {} timer events",
+        end,
+        pv_guest_kernel::time::timer_events()
+    );
+    t.check(
+        "bystander-outlived",
+        end == Err(Errno::ESRCH),
+        format_args!("probe answered {end:?}"),
+    );
+    t.check(
+        "bystander-state",
+        ok && rounds > 0,
+        format_args!("state changed across a sleep"),
+    );
     t.finish()
 }
 

@@ -13,12 +13,20 @@ fn main(si: &'static StartInfo) {
     let page = mm::mfn_to_pfn(si.console.mfn) * 4096;
     // SAFETY: our console page, mapped writable by the builder: `in` is
     // bytes 0..1024, `in_cons`/`in_prod` the u32s at 3072 and 3076.
-    let (in_cons, in_prod) = unsafe { (AtomicU32::from_ptr((page + 3072) as *mut u32), AtomicU32::from_ptr((page + 3076) as *mut u32)) };
+    let (in_cons, in_prod) = unsafe {
+        (
+            AtomicU32::from_ptr((page + 3072) as *mut u32),
+            AtomicU32::from_ptr((page + 3076) as *mut u32),
+        )
+    };
     println!("coninput: waiting for input");
     let mut line = heapless::Vec::<u8, 128>::new();
     let mut done = false;
     for _ in 0..3000 {
-        let (mut c, p) = (in_cons.load(Ordering::SeqCst), in_prod.load(Ordering::SeqCst));
+        let (mut c, p) = (
+            in_cons.load(Ordering::SeqCst),
+            in_prod.load(Ordering::SeqCst),
+        );
         while c != p {
             // SAFETY: inside the `in` ring of our console page.
             let b = unsafe { core::ptr::read_volatile((page + u64::from(c % 1024)) as *const u8) };
@@ -37,7 +45,11 @@ fn main(si: &'static StartInfo) {
     }
     let text = core::str::from_utf8(&line).unwrap_or("?");
     println!("coninput: got '{text}'");
-    t.check("console-input", text == "hello from the serial console", format_args!("{text:?}"));
+    t.check(
+        "console-input",
+        text == "hello from the serial console",
+        format_args!("{text:?}"),
+    );
     t.finish()
 }
 

@@ -6,7 +6,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
-use pv_guest_kernel::{mm, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, mm, test::Reporter};
 
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
@@ -21,7 +21,11 @@ fn main(si: &'static StartInfo) {
             AtomicU32::from_ptr((page + 3084) as *mut u32),
         )
     };
-    let lines: [&[u8]; 3] = [b"hello through the console ring\n", b"a second line, written in pieces", b" and finished later\n"];
+    let lines: [&[u8]; 3] = [
+        b"hello through the console ring\n",
+        b"a second line, written in pieces",
+        b" and finished later\n",
+    ];
     let mut spins = 0u64;
     for msg in lines {
         let mut prod = out_prod.load(Ordering::SeqCst);
@@ -41,7 +45,11 @@ fn main(si: &'static StartInfo) {
             let _ = guest_abi::hypercall::sched_yield();
         }
     }
-    t.check("ring-drained", out_cons.load(Ordering::SeqCst) == out_prod.load(Ordering::SeqCst), format_args!("cons/prod differ"));
+    t.check(
+        "ring-drained",
+        out_cons.load(Ordering::SeqCst) == out_prod.load(Ordering::SeqCst),
+        format_args!("cons/prod differ"),
+    );
     pv_guest_kernel::println!("consring: drained after {spins} yields");
     t.finish()
 }

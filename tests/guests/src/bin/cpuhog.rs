@@ -29,11 +29,13 @@ extern crate alloc;
 
 use alloc::format;
 use guest_abi::types::VcpuId;
-use pv_guest_kernel::{events, println, test::Reporter, time, StartInfo};
+use pv_guest_kernel::{StartInfo, events, println, test::Reporter, time};
 use scenario_guests::arg;
 
 fn running_ns() -> Option<u64> {
-    guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(0)).ok().map(|r| r.time[0])
+    guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(0))
+        .ok()
+        .map(|r| r.time[0])
 }
 
 fn spin_until(t: u64) {
@@ -51,7 +53,13 @@ fn main(si: &'static StartInfo) {
     let tol = num("tol");
     let modes = [num("share"), num("max"), num("min")];
     let Some(tol) = tol.filter(|_| modes.iter().flatten().count() == 1 && span_ms > 0) else {
-        t.fail("cmdline", format_args!("{:?}: want share=E|max=M|min=M tol=T [start=MS] [span=MS] (per mille, ms)", scenario_guests::cmdline(si)));
+        t.fail(
+            "cmdline",
+            format_args!(
+                "{:?}: want share=E|max=M|min=M tol=T [start=MS] [span=MS] (per mille, ms)",
+                scenario_guests::cmdline(si)
+            ),
+        );
         t.finish()
     };
     if let Err(e) = events::init() {
@@ -61,7 +69,10 @@ fn main(si: &'static StartInfo) {
     let (t0, t1) = (start_ms * 1_000_000, (start_ms + span_ms) * 1_000_000);
     let began = time::now_ns();
     if began >= t0 {
-        t.fail("start", format_args!("started at {began} ns, after the window's start {t0} ns: raise start="));
+        t.fail(
+            "start",
+            format_args!("started at {began} ns, after the window's start {t0} ns: raise start="),
+        );
         t.finish()
     }
     spin_until(t0);
@@ -80,14 +91,35 @@ fn main(si: &'static StartInfo) {
     // One decimal of per mille, for the report.
     let share10 = ran * 10_000 / window;
     let (lo, hi, what) = match modes {
-        [Some(e), ..] => (e.saturating_sub(tol), e + tol, format!("expected {e} +- {tol}")),
+        [Some(e), ..] => (
+            e.saturating_sub(tol),
+            e + tol,
+            format!("expected {e} +- {tol}"),
+        ),
         [_, Some(m), _] => (0, m + tol, format!("at most {m} + {tol}")),
-        [.., Some(m)] => (m.saturating_sub(tol), u64::MAX, format!("at least {m} - {tol}")),
+        [.., Some(m)] => (
+            m.saturating_sub(tol),
+            u64::MAX,
+            format!("at least {m} - {tol}"),
+        ),
         _ => unreachable!(),
     };
-    println!("cpuhog {name}: ran {ran} ns of {window} ns: share {}.{} per mille ({what}); runstate read at {at0} and {at1} ns: running {r0} and {r1} ns", share10 / 10, share10 % 10);
+    println!(
+        "cpuhog {name}: ran {ran} ns of {window} ns: share {}.{} per mille ({what}); runstate read at {at0} and {at1} ns: running {r0} and {r1} ns",
+        share10 / 10,
+        share10 % 10
+    );
     let ok = (lo..=hi).contains(&share);
-    t.check("share", ok, format_args!("{name}: share {}.{} per mille, {}", share10 / 10, share10 % 10, what));
+    t.check(
+        "share",
+        ok,
+        format_args!(
+            "{name}: share {}.{} per mille, {}",
+            share10 / 10,
+            share10 % 10,
+            what
+        ),
+    );
     t.finish()
 }
 

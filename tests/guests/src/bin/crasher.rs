@@ -3,7 +3,7 @@
 #![no_std]
 #![no_main]
 
-use pv_guest_kernel::{println, StartInfo};
+use pv_guest_kernel::{StartInfo, println};
 
 fn main(_si: &'static StartInfo) {
     println!("crasher: about to panic");

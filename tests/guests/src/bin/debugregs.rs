@@ -26,8 +26,8 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use guest_abi::errno::Errno;
 use guest_abi::hypercall::raw::{get_debugreg, hypercall1, hypercall2, set_debugreg};
-use pv_guest_kernel::traps::{expect_fault, TrapFrame};
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::traps::{TrapFrame, expect_fault};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 /// Watched variables, each on its own 8 bytes.
 #[repr(align(64))]
@@ -138,15 +138,31 @@ fn set_cr4(v: u64) -> Option<pv_guest_kernel::traps::Fault> {
 fn hypercall_interface(t: &mut Reporter) {
     let init: [_; 8] = core::array::from_fn(|r| get_debugreg(r as u32));
     println!("debugregs: initial {init:x?}");
-    t.check("initial", init[..4] == [Ok(0); 4] && init[6] == Ok(DR6_DEFAULT) && init[7] == Ok(0x400), format_args!("{init:x?}"));
+    t.check(
+        "initial",
+        init[..4] == [Ok(0); 4] && init[6] == Ok(DR6_DEFAULT) && init[7] == Ok(0x400),
+        format_args!("{init:x?}"),
+    );
 
     let a = var(0);
     let r = set_debugreg(0, a);
-    t.check("dr0-guest-address", r.is_ok() && get_debugreg(0) == Ok(a), format_args!("{r:?}"));
-    for (bad, what) in [(0xffff_8000_0000_0000u64, "hypervisor"), (0xffff_87ff_ffff_fff8, "hypervisor-end"), (0x0000_8000_0000_0000, "non-canonical")] {
+    t.check(
+        "dr0-guest-address",
+        r.is_ok() && get_debugreg(0) == Ok(a),
+        format_args!("{r:?}"),
+    );
+    for (bad, what) in [
+        (0xffff_8000_0000_0000u64, "hypervisor"),
+        (0xffff_87ff_ffff_fff8, "hypervisor-end"),
+        (0x0000_8000_0000_0000, "non-canonical"),
+    ] {
         let r = set_debugreg(1, bad);
         println!("debugregs: dr1 = {bad:#x} ({what}): {r:?}");
-        t.check("dr-address-refused", r == Err(Errno::EPERM) && get_debugreg(1) == Ok(0), format_args!("{what} {bad:#x}: {r:?}"));
+        t.check(
+            "dr-address-refused",
+            r == Err(Errno::EPERM) && get_debugreg(1) == Ok(0),
+            format_args!("{what} {bad:#x}: {r:?}"),
+        );
     }
     let r = set_debugreg(1, 0xffff_8800_0000_0000);
     t.check("dr-above-hypervisor-ok", r.is_ok(), format_args!("{r:?}"));
@@ -158,9 +174,19 @@ fn hypercall_interface(t: &mut Reporter) {
     let v1 = get_debugreg(6);
     let r2 = set_debugreg(6, 1 << 32);
     let v2 = get_debugreg(6);
-    println!("debugregs: dr6 = 0: {r0:?} -> {v0:x?}; ffffffff: {r1:?} -> {v1:x?}; 1<<32: {r2:?} -> {v2:x?}");
-    t.check("dr6-reserved-bits", r0.is_ok() && v0 == Ok(0xffff_0ff0) && r1.is_ok() && v1 == Ok(0xffff_efff), format_args!("{v0:x?} {v1:x?}"));
-    t.check("dr6-upper-einval", r2 == Err(Errno::EINVAL) && v2 == v1, format_args!("{r2:?} {v2:x?}"));
+    println!(
+        "debugregs: dr6 = 0: {r0:?} -> {v0:x?}; ffffffff: {r1:?} -> {v1:x?}; 1<<32: {r2:?} -> {v2:x?}"
+    );
+    t.check(
+        "dr6-reserved-bits",
+        r0.is_ok() && v0 == Ok(0xffff_0ff0) && r1.is_ok() && v1 == Ok(0xffff_efff),
+        format_args!("{v0:x?} {v1:x?}"),
+    );
+    t.check(
+        "dr6-upper-einval",
+        r2 == Err(Errno::EINVAL) && v2 == v1,
+        format_args!("{r2:?} {v2:x?}"),
+    );
     let _ = set_debugreg(6, 0);
 
     let r0 = set_debugreg(7, 0xd800);
@@ -168,29 +194,57 @@ fn hypercall_interface(t: &mut Reporter) {
     let r1 = set_debugreg(7, 0x2400);
     let r2 = set_debugreg(7, 1 << 32 | 0x400);
     println!("debugregs: dr7 = d800: {r0:?} -> {v0:x?}; GD: {r1:?}; 1<<32: {r2:?}");
-    t.check("dr7-reserved-bits", r0.is_ok() && v0 == Ok(0x400), format_args!("{v0:x?}"));
-    t.check("dr7-gd-eperm", r1 == Err(Errno::EPERM), format_args!("{r1:?}"));
-    t.check("dr7-upper-einval", r2 == Err(Errno::EINVAL), format_args!("{r2:?}"));
+    t.check(
+        "dr7-reserved-bits",
+        r0.is_ok() && v0 == Ok(0x400),
+        format_args!("{v0:x?}"),
+    );
+    t.check(
+        "dr7-gd-eperm",
+        r1 == Err(Errno::EPERM),
+        format_args!("{r1:?}"),
+    );
+    t.check(
+        "dr7-upper-einval",
+        r2 == Err(Errno::EINVAL),
+        format_args!("{r2:?}"),
+    );
 
     let g = get_debugreg(8);
     let s = set_debugreg(8, 0);
     let g2 = get_debugreg(u32::MAX);
     println!("debugregs: dr8: get {g:?} set {s:?}; reg -1: {g2:?}");
-    t.check("no-dr8-enodev", g == Err(Errno::ENODEV) && s == Err(Errno::ENODEV) && g2 == Err(Errno::ENODEV), format_args!("{g:?} {s:?} {g2:?}"));
+    t.check(
+        "no-dr8-enodev",
+        g == Err(Errno::ENODEV) && s == Err(Errno::ENODEV) && g2 == Err(Errno::ENODEV),
+        format_args!("{g:?} {s:?} {g2:?}"),
+    );
     // The register number is an `int`: bits 63:32 of the argument are not
     // looked at.
     // SAFETY: set_debugreg takes two plain values.
     let r = unsafe { hypercall2(8, 1 << 32 | 2, var(1)) };
     let v = get_debugreg(2);
     println!("debugregs: set_debugreg(1<<32 | 2): {r} -> dr2 {v:x?}");
-    t.check("reg-low-32-bits", r == 0 && v == Ok(var(1)), format_args!("{r} {v:x?}"));
+    t.check(
+        "reg-low-32-bits",
+        r == 0 && v == Ok(var(1)),
+        format_args!("{r} {v:x?}"),
+    );
     let _ = set_debugreg(2, 0);
 
     // DR4 and DR5 are DR6 and DR7 without CR4.DE.
     let r = set_debugreg(4, 1);
     let (v6, v4) = (get_debugreg(6), get_debugreg(4));
     let r5 = set_debugreg(5, 0x400);
-    t.check("dr4-dr5-alias", r.is_ok() && v6 == Ok(0xffff_0ff1) && v4 == v6 && r5.is_ok() && get_debugreg(5) == get_debugreg(7), format_args!("{r:?} {v6:x?} {v4:x?} {r5:?}"));
+    t.check(
+        "dr4-dr5-alias",
+        r.is_ok()
+            && v6 == Ok(0xffff_0ff1)
+            && v4 == v6
+            && r5.is_ok()
+            && get_debugreg(5) == get_debugreg(7),
+        format_args!("{r:?} {v6:x?} {v4:x?} {r5:?}"),
+    );
     let _ = set_debugreg(6, 0);
 
     // An enabled I/O breakpoint without CR4.DE; with nothing enabled the
@@ -199,7 +253,11 @@ fn hypercall_interface(t: &mut Reporter) {
     let r2 = set_debugreg(7, 0x400 | (0b10 << 16));
     let v2 = get_debugreg(7);
     println!("debugregs: io breakpoint without CR4.DE: {r:?}; not enabled: {r2:?} -> {v2:x?}");
-    t.check("io-breakpoint-needs-de", r == Err(Errno::EPERM) && r2.is_ok() && v2 == Ok(0x400 | (0b10 << 16)), format_args!("{r:?} {r2:?} {v2:x?}"));
+    t.check(
+        "io-breakpoint-needs-de",
+        r == Err(Errno::EPERM) && r2.is_ok() && v2 == Ok(0x400 | (0b10 << 16)),
+        format_args!("{r:?} {r2:?} {v2:x?}"),
+    );
     let _ = set_debugreg(7, 0x400);
 }
 
@@ -207,19 +265,43 @@ fn mov_emulation(t: &mut Reporter) {
     let v7 = read_dr(7);
     let _ = set_debugreg(0, var(2));
     let v0 = read_dr(0);
-    t.check("mov-from-dr", v7 == Ok(0x400) && v0 == Ok(var(2)), format_args!("{v7:x?} {v0:x?}"));
+    t.check(
+        "mov-from-dr",
+        v7 == Ok(0x400) && v0 == Ok(var(2)),
+        format_args!("{v7:x?} {v0:x?}"),
+    );
     let f = write_dr(0, var(3));
-    t.check("mov-to-dr0", f.is_none() && get_debugreg(0) == Ok(var(3)), format_args!("{f:?}"));
+    t.check(
+        "mov-to-dr0",
+        f.is_none() && get_debugreg(0) == Ok(var(3)),
+        format_args!("{f:?}"),
+    );
     let f = write_dr(0, 0xffff_8000_0000_1000);
-    t.check("mov-to-dr0-hypervisor-gp", f.map(|f| (f.vector, f.error_code)) == Some((13, 0)) && get_debugreg(0) == Ok(var(3)), format_args!("{f:?}"));
+    t.check(
+        "mov-to-dr0-hypervisor-gp",
+        f.map(|f| (f.vector, f.error_code)) == Some((13, 0)) && get_debugreg(0) == Ok(var(3)),
+        format_args!("{f:?}"),
+    );
     let f = write_dr(7, 0x2400);
-    t.check("mov-to-dr7-gd-gp", f.map(|f| (f.vector, f.error_code)) == Some((13, 0)), format_args!("{f:?}"));
+    t.check(
+        "mov-to-dr7-gd-gp",
+        f.map(|f| (f.vector, f.error_code)) == Some((13, 0)),
+        format_args!("{f:?}"),
+    );
     let f = write_dr(6, 1 << 32);
-    t.check("mov-to-dr6-upper-gp", f.map(|f| (f.vector, f.error_code)) == Some((13, 0)), format_args!("{f:?}"));
+    t.check(
+        "mov-to-dr6-upper-gp",
+        f.map(|f| (f.vector, f.error_code)) == Some((13, 0)),
+        format_args!("{f:?}"),
+    );
     let f = write_dr(4, 2);
     let v = read_dr(4);
     let v5 = read_dr(5);
-    t.check("mov-dr4-dr5-alias", f.is_none() && v == Ok(0xffff_0ff2) && v5 == Ok(0x400), format_args!("{f:?} {v:x?} {v5:x?}"));
+    t.check(
+        "mov-dr4-dr5-alias",
+        f.is_none() && v == Ok(0xffff_0ff2) && v5 == Ok(0x400),
+        format_args!("{f:?} {v:x?} {v5:x?}"),
+    );
     let _ = set_debugreg(6, 0);
     let _ = set_debugreg(0, 0);
 
@@ -228,14 +310,28 @@ fn mov_emulation(t: &mut Reporter) {
     let f = set_cr4(c | 8);
     let c2 = cr4();
     println!("debugregs: cr4 {c:#x}, after setting DE {c2:#x} ({f:?})");
-    t.check("cr4-de", c & 8 == 0 && f.is_none() && c2 == c | 8, format_args!("{c:#x} {f:?} {c2:#x}"));
+    t.check(
+        "cr4-de",
+        c & 8 == 0 && f.is_none() && c2 == c | 8,
+        format_args!("{c:#x} {f:?} {c2:#x}"),
+    );
     let r4 = read_dr(4);
     let w5 = write_dr(4, 0);
     let g4 = get_debugreg(4);
     let s5 = set_debugreg(5, 0x400);
-    println!("debugregs: with CR4.DE: mov dr4 {r4:x?}, mov to dr4 {w5:?}, get_debugreg(4) {g4:?}, set_debugreg(5) {s5:?}");
-    t.check("de-dr4-ud", r4.map_err(|f| f.vector) == Err(6) && w5.map(|f| f.vector) == Some(6), format_args!("{r4:x?} {w5:?}"));
-    t.check("de-dr4-enodev", g4 == Err(Errno::ENODEV) && s5 == Err(Errno::ENODEV), format_args!("{g4:?} {s5:?}"));
+    println!(
+        "debugregs: with CR4.DE: mov dr4 {r4:x?}, mov to dr4 {w5:?}, get_debugreg(4) {g4:?}, set_debugreg(5) {s5:?}"
+    );
+    t.check(
+        "de-dr4-ud",
+        r4.map_err(|f| f.vector) == Err(6) && w5.map(|f| f.vector) == Some(6),
+        format_args!("{r4:x?} {w5:?}"),
+    );
+    t.check(
+        "de-dr4-enodev",
+        g4 == Err(Errno::ENODEV) && s5 == Err(Errno::ENODEV),
+        format_args!("{g4:?} {s5:?}"),
+    );
     // An I/O breakpoint on port 0x80, hit by an emulated `in`.
     set_iopl(1);
     let _ = set_debugreg(0, 0x80);
@@ -248,11 +344,19 @@ fn mov_emulation(t: &mut Reporter) {
     let _ = al;
     let (n, dr6) = (DB_COUNT.load(SeqCst), DB_DR6.load(SeqCst));
     println!("debugregs: io breakpoint: set {r:?} dr7 {v:x?}; #DB {n} dr6 {dr6:#x}");
-    t.check("io-breakpoint", r.is_ok() && v == Ok(dr7(0, 0b10, 0)) && n == 1 && dr6 == DR6_DEFAULT | 1, format_args!("{r:?} {v:x?} {n} {dr6:#x}"));
+    t.check(
+        "io-breakpoint",
+        r.is_ok() && v == Ok(dr7(0, 0b10, 0)) && n == 1 && dr6 == DR6_DEFAULT | 1,
+        format_args!("{r:?} {v:x?} {n} {dr6:#x}"),
+    );
     reset();
     let _ = set_debugreg(0, 0);
     let f = set_cr4(c);
-    t.check("cr4-de-cleared", f.is_none() && cr4() == c, format_args!("{f:?} {:#x}", cr4()));
+    t.check(
+        "cr4-de-cleared",
+        f.is_none() && cr4() == c,
+        format_args!("{f:?} {:#x}", cr4()),
+    );
 }
 
 fn reset_counts() {
@@ -269,9 +373,19 @@ fn breakpoints(t: &mut Reporter) {
     let _ = set_debugreg(0, target);
     let _ = set_debugreg(7, dr7(0, 0b00, 0));
     let _ = core::hint::black_box(bp_target)();
-    let (n, rip, dr6) = (DB_COUNT.load(SeqCst), DB_RIP.load(SeqCst), DB_DR6.load(SeqCst));
-    println!("debugregs: execute breakpoint: #DB {n} at {rip:#x} (target {target:#x}) dr6 {dr6:#x}");
-    t.check("execute-breakpoint", n == 1 && rip == target && dr6 == DR6_DEFAULT | 1, format_args!("{n} {rip:#x} {dr6:#x}"));
+    let (n, rip, dr6) = (
+        DB_COUNT.load(SeqCst),
+        DB_RIP.load(SeqCst),
+        DB_DR6.load(SeqCst),
+    );
+    println!(
+        "debugregs: execute breakpoint: #DB {n} at {rip:#x} (target {target:#x}) dr6 {dr6:#x}"
+    );
+    t.check(
+        "execute-breakpoint",
+        n == 1 && rip == target && dr6 == DR6_DEFAULT | 1,
+        format_args!("{n} {rip:#x} {dr6:#x}"),
+    );
 
     // Write: a trap after the store, with B1.
     reset();
@@ -287,19 +401,32 @@ fn breakpoints(t: &mut Reporter) {
     }
     rip = DB_RIP.load(SeqCst);
     let (n, dr6) = (DB_COUNT.load(SeqCst), DB_DR6.load(SeqCst));
-    println!("debugregs: write breakpoint: #DB {n} (reads {n_read}) at {rip:#x} (after {after:#x}) dr6 {dr6:#x}");
-    t.check("write-breakpoint", n_read == 0 && n == 1 && rip == after && dr6 == DR6_DEFAULT | 2, format_args!("{n_read} {n} {rip:#x} {dr6:#x}"));
+    println!(
+        "debugregs: write breakpoint: #DB {n} (reads {n_read}) at {rip:#x} (after {after:#x}) dr6 {dr6:#x}"
+    );
+    t.check(
+        "write-breakpoint",
+        n_read == 0 && n == 1 && rip == after && dr6 == DR6_DEFAULT | 2,
+        format_args!("{n_read} {n} {rip:#x} {dr6:#x}"),
+    );
 
     // DR6 accumulates until the guest clears it: a second breakpoint's hit
     // adds its bit.
     let _ = set_debugreg(2, var(2));
-    let _ = set_debugreg(7, dr7(1, 0b01, 0b10) | (1 << 4) | (0b11 << 24) | (0b10 << 26));
+    let _ = set_debugreg(
+        7,
+        dr7(1, 0b01, 0b10) | (1 << 4) | (0b11 << 24) | (0b10 << 26),
+    );
     reset_counts();
     VARS.0[2].load(SeqCst);
     let dr6 = DB_DR6.load(SeqCst);
     let g = get_debugreg(6);
     println!("debugregs: read/write breakpoint after the write one: dr6 {dr6:#x}");
-    t.check("read-write-breakpoint-accumulates", DB_COUNT.load(SeqCst) == 1 && dr6 == DR6_DEFAULT | 2 | 4 && g == Ok(dr6), format_args!("{dr6:#x} {g:x?}"));
+    t.check(
+        "read-write-breakpoint-accumulates",
+        DB_COUNT.load(SeqCst) == 1 && dr6 == DR6_DEFAULT | 2 | 4 && g == Ok(dr6),
+        format_args!("{dr6:#x} {g:x?}"),
+    );
     reset();
     let _ = set_debugreg(1, 0);
     let _ = set_debugreg(2, 0);
@@ -322,9 +449,19 @@ fn single_step(t: &mut Reporter) {
             s = out(reg) second,
         )
     };
-    let (n, rip, dr6) = (DB_COUNT.load(SeqCst), DB_RIP.load(SeqCst), DB_DR6.load(SeqCst));
-    println!("debugregs: single step (popf): #DB {n} at {rip:#x} (expected {second:#x}) dr6 {dr6:#x}");
-    t.check("single-step-popf", n == 1 && rip == second && dr6 == DR6_DEFAULT | BS, format_args!("{n} {rip:#x} {dr6:#x}"));
+    let (n, rip, dr6) = (
+        DB_COUNT.load(SeqCst),
+        DB_RIP.load(SeqCst),
+        DB_DR6.load(SeqCst),
+    );
+    println!(
+        "debugregs: single step (popf): #DB {n} at {rip:#x} (expected {second:#x}) dr6 {dr6:#x}"
+    );
+    t.check(
+        "single-step-popf",
+        n == 1 && rip == second && dr6 == DR6_DEFAULT | BS,
+        format_args!("{n} {rip:#x} {dr6:#x}"),
+    );
 
     // TF in the iret hypercall's rflags: the #DB comes after the first
     // instruction of the code returned to.
@@ -356,9 +493,19 @@ fn single_step(t: &mut Reporter) {
             out("rax") _, out("rcx") _, out("r11") _,
         )
     };
-    let (n, rip, dr6) = (DB_COUNT.load(SeqCst), DB_RIP.load(SeqCst), DB_DR6.load(SeqCst));
-    println!("debugregs: single step (iret hypercall): #DB {n} at {rip:#x} (expected {after:#x}) dr6 {dr6:#x}");
-    t.check("single-step-iret", n == 1 && rip == after && dr6 == DR6_DEFAULT | BS, format_args!("{n} {rip:#x} {dr6:#x}"));
+    let (n, rip, dr6) = (
+        DB_COUNT.load(SeqCst),
+        DB_RIP.load(SeqCst),
+        DB_DR6.load(SeqCst),
+    );
+    println!(
+        "debugregs: single step (iret hypercall): #DB {n} at {rip:#x} (expected {after:#x}) dr6 {dr6:#x}"
+    );
+    t.check(
+        "single-step-iret",
+        n == 1 && rip == after && dr6 == DR6_DEFAULT | BS,
+        format_args!("{n} {rip:#x} {dr6:#x}"),
+    );
 
     // The first instruction returned to is emulated (`in`): Xen 4.17
     // reports no step for it, the #DB comes after the next instruction.
@@ -389,9 +536,19 @@ fn single_step(t: &mut Reporter) {
             out("rax") _, out("rcx") _, out("r11") _,
         )
     };
-    let (n, rip, dr6) = (DB_COUNT.load(SeqCst), DB_RIP.load(SeqCst), DB_DR6.load(SeqCst));
-    println!("debugregs: single step from an emulated in: #DB {n} at {rip:#x} (expected {after:#x}, after the next instruction) dr6 {dr6:#x}");
-    t.check("single-step-emulated", n == 1 && rip == after && dr6 == DR6_DEFAULT | BS, format_args!("{n} {rip:#x} {dr6:#x}"));
+    let (n, rip, dr6) = (
+        DB_COUNT.load(SeqCst),
+        DB_RIP.load(SeqCst),
+        DB_DR6.load(SeqCst),
+    );
+    println!(
+        "debugregs: single step from an emulated in: #DB {n} at {rip:#x} (expected {after:#x}, after the next instruction) dr6 {dr6:#x}"
+    );
+    t.check(
+        "single-step-emulated",
+        n == 1 && rip == after && dr6 == DR6_DEFAULT | BS,
+        format_args!("{n} {rip:#x} {dr6:#x}"),
+    );
     set_iopl(0);
     reset();
 }
@@ -410,8 +567,14 @@ fn hypervisor_copy(t: &mut Reporter) {
     // breakpoint: one #DB, from the guest's own access).
     let first = unsafe { core::ptr::read_volatile(buf as *const u8) };
     let n2 = DB_COUNT.load(SeqCst);
-    println!("debugregs: hypervisor wrote a watched buffer: result {r}, #DB {n}, dr6 {dr6:x?}; the guest's own read: #DB {n2}, byte {first:#x}");
-    t.check("hypervisor-copy-no-db", r == 0 && n == 0 && dr6 == Ok(DR6_DEFAULT) && first != 0 && n2 == 1, format_args!("{r} {n} {dr6:x?} {n2}"));
+    println!(
+        "debugregs: hypervisor wrote a watched buffer: result {r}, #DB {n}, dr6 {dr6:x?}; the guest's own read: #DB {n2}, byte {first:#x}"
+    );
+    t.check(
+        "hypervisor-copy-no-db",
+        r == 0 && n == 0 && dr6 == Ok(DR6_DEFAULT) && first != 0 && n2 == 1,
+        format_args!("{r} {n} {dr6:x?} {n2}"),
+    );
     reset();
     let _ = set_debugreg(0, 0);
 }
@@ -437,9 +600,17 @@ fn per_vcpu(t: &mut Reporter, role: &str) {
     }
     let n = DB_COUNT.load(SeqCst);
     let dr6 = DB_DR6.load(SeqCst);
-    let (want_n, want_dr6) = if mine.is_some() { (ROUNDS, DR6_DEFAULT | 2) } else { (0, 0) };
+    let (want_n, want_dr6) = if mine.is_some() {
+        (ROUNDS, DR6_DEFAULT | 2)
+    } else {
+        (0, 0)
+    };
     println!("debugregs: role {role}: {n} #DB over {ROUNDS} rounds, dr6 {dr6:#x}");
-    t.check("per-vcpu-breakpoints", n == want_n && dr6 == want_dr6, format_args!("role {role}: {n} {dr6:#x}"));
+    t.check(
+        "per-vcpu-breakpoints",
+        n == want_n && dr6 == want_dr6,
+        format_args!("role {role}: {n} {dr6:#x}"),
+    );
     reset();
     let _ = set_debugreg(1, 0);
 }
@@ -458,7 +629,10 @@ fn main(si: &'static StartInfo) {
             hypercall1(0, 0);
             asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop", "nop");
         }
-        t.fail("no-handler-killed", format_args!("single step with no handler returned"));
+        t.fail(
+            "no-handler-killed",
+            format_args!("single step with no handler returned"),
+        );
         t.finish();
     }
     pv_guest_kernel::traps::set_handler(1, on_db);

@@ -22,7 +22,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use echofront::device::EchoDevice;
-use guest_abi::io::echo::{ECHO_MAX_PAYLOAD, ECHO_OP_ECHO, ECHO_OP_UPPERCASE, ECHO_RSP_EOPNOTSUPP, ECHO_RSP_ERROR, EchoRequest};
+use guest_abi::io::echo::{
+    ECHO_MAX_PAYLOAD, ECHO_OP_ECHO, ECHO_OP_UPPERCASE, ECHO_RSP_EOPNOTSUPP, ECHO_RSP_ERROR,
+    EchoRequest,
+};
 use pv_guest_kernel::{StartInfo, events, gnttab, println, test::Reporter, xenstore};
 
 fn text(b: &[u8]) -> &str {
@@ -34,7 +37,10 @@ fn main(_si: &'static StartInfo) {
     events::init().expect("events");
     gnttab::init(1).expect("grant table");
     let mut xs = xenstore::connect().expect("xenstore");
-    let name = xs.read("name").map(|v| String::from(text(&v))).unwrap_or_default();
+    let name = xs
+        .read("name")
+        .map(|v| String::from(text(&v)))
+        .unwrap_or_default();
     let mut echo = match EchoDevice::connect(&mut xs) {
         Ok(d) => d,
         Err(e) => {
@@ -42,22 +48,41 @@ fn main(_si: &'static StartInfo) {
             t.finish()
         }
     };
-    t.check("features", echo.features().uppercase, format_args!("{:?}", echo.features()));
-    println!("echoclient: connected to the echo back-end in domain {} ({})", echo.backend, echo.backend_dir);
+    t.check(
+        "features",
+        echo.features().uppercase,
+        format_args!("{:?}", echo.features()),
+    );
+    println!(
+        "echoclient: connected to the echo back-end in domain {} ({})",
+        echo.backend, echo.backend_dir
+    );
 
     // One call each way.
     let greeting = format!("hello from {name}!");
     match echo.call(ECHO_OP_UPPERCASE, greeting.as_bytes()) {
         Ok(r) => {
-            println!("echoclient: sent \"{greeting}\", got \"{}\" (response {})", text(r.payload()), r.seq);
+            println!(
+                "echoclient: sent \"{greeting}\", got \"{}\" (response {})",
+                text(r.payload()),
+                r.seq
+            );
             let want = greeting.to_ascii_uppercase();
-            t.check("uppercase", r.is_ok() && r.payload() == want.as_bytes() && r.seq == 1, format_args!("{r:?}"));
+            t.check(
+                "uppercase",
+                r.is_ok() && r.payload() == want.as_bytes() && r.seq == 1,
+                format_args!("{r:?}"),
+            );
         }
         Err(e) => t.fail("uppercase", format_args!("{e:?}")),
     }
     let plain = b"Mixed Case, kept as is";
     match echo.call(ECHO_OP_ECHO, plain) {
-        Ok(r) => t.check("echo", r.is_ok() && r.payload() == plain && r.seq == 2, format_args!("{r:?}")),
+        Ok(r) => t.check(
+            "echo",
+            r.is_ok() && r.payload() == plain && r.seq == 2,
+            format_args!("{r:?}"),
+        ),
         Err(e) => t.fail("echo", format_args!("{e:?}")),
     }
 
@@ -93,29 +118,54 @@ fn main(_si: &'static StartInfo) {
             Err(e) => t.fail("wait", format_args!("{e:?}")),
         }
     }
-    t.check("full-ring", answered == 256 && wrong.is_empty(), format_args!("{answered} answered, wrong: {wrong:?}"));
+    t.check(
+        "full-ring",
+        answered == 256 && wrong.is_empty(),
+        format_args!("{answered} answered, wrong: {wrong:?}"),
+    );
 
     // Malformed requests: each refused, the ring goes on.
-    let too_long = EchoRequest { len: ECHO_MAX_PAYLOAD as u8 + 1, ..EchoRequest::default() };
+    let too_long = EchoRequest {
+        len: ECHO_MAX_PAYLOAD as u8 + 1,
+        ..EchoRequest::default()
+    };
     let mut reserved = EchoRequest::new(ECHO_OP_ECHO, b"x").unwrap_or_default();
     reserved._pad = [0xff; 6];
-    let unknown = EchoRequest { operation: 0x7f, ..EchoRequest::default() };
-    let tags: Vec<u64> = [too_long, reserved, unknown].into_iter().filter_map(|r| echo.submit_raw(r).ok()).collect();
+    let unknown = EchoRequest {
+        operation: 0x7f,
+        ..EchoRequest::default()
+    };
+    let tags: Vec<u64> = [too_long, reserved, unknown]
+        .into_iter()
+        .filter_map(|r| echo.submit_raw(r).ok())
+        .collect();
     match echo.wait(&tags) {
         Ok(r) => {
             let got: Vec<i16> = r.iter().map(|r| r.status).collect();
-            t.check("malformed-refused", got == [ECHO_RSP_ERROR, ECHO_RSP_ERROR, ECHO_RSP_EOPNOTSUPP], format_args!("{got:?}"));
+            t.check(
+                "malformed-refused",
+                got == [ECHO_RSP_ERROR, ECHO_RSP_ERROR, ECHO_RSP_EOPNOTSUPP],
+                format_args!("{got:?}"),
+            );
         }
         Err(e) => t.fail("malformed-refused", format_args!("{e:?}")),
     }
     match echo.call(ECHO_OP_UPPERCASE, b"still working") {
-        Ok(r) => t.check("after-malformed", r.payload() == b"STILL WORKING", format_args!("{r:?}")),
+        Ok(r) => t.check(
+            "after-malformed",
+            r.payload() == b"STILL WORKING",
+            format_args!("{r:?}"),
+        ),
         Err(e) => t.fail("after-malformed", format_args!("{e:?}")),
     }
     let last = echo.call(ECHO_OP_ECHO, b"").map(|r| r.seq);
     println!("echoclient: the back-end numbered its last response {last:?}");
     let errs = echo.front_mut().take_protocol_errors();
-    t.check("no-protocol-errors", errs.is_empty() && echo.front().protocol_error_count() == 0, format_args!("{errs:?}"));
+    t.check(
+        "no-protocol-errors",
+        errs.is_empty() && echo.front().protocol_error_count() == 0,
+        format_args!("{errs:?}"),
+    );
 
     let closed = echo.close(&mut xs);
     t.check("close", closed.is_ok(), format_args!("{closed:?}"));

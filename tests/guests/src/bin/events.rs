@@ -9,7 +9,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::types::{DomId, Port, VcpuId};
-use pv_guest_kernel::{events, println, test::Reporter, time, StartInfo};
+use pv_guest_kernel::{StartInfo, events, println, test::Reporter, time};
 
 static IPI_HITS: AtomicU32 = AtomicU32::new(0);
 
@@ -34,7 +34,11 @@ fn main(_si: &'static StartInfo) {
     }
     let t0 = time::now_ns();
     let t1 = time::now_ns();
-    t.check("system-time", t0 > 0 && t1 >= t0, format_args!("t0 {t0} t1 {t1}"));
+    t.check(
+        "system-time",
+        t0 > 0 && t1 >= t0,
+        format_args!("t0 {t0} t1 {t1}"),
+    );
 
     let tp = time::init();
     t.check("bind-virq-timer", tp.is_ok(), format_args!("{tp:?}"));
@@ -42,24 +46,47 @@ fn main(_si: &'static StartInfo) {
     let start = time::now_ns();
     time::sleep(5_000_000);
     let slept = time::now_ns() - start;
-    t.check("sleep-5ms", slept >= 5_000_000 && time::timer_events() >= 1, format_args!("slept {slept} ns, {} timer events", time::timer_events()));
+    t.check(
+        "sleep-5ms",
+        slept >= 5_000_000 && time::timer_events() >= 1,
+        format_args!("slept {slept} ns, {} timer events", time::timer_events()),
+    );
 
     let port = events::bind_ipi(on_ipi).unwrap_or(0);
     t.check("bind-ipi", port != 0, format_args!("no port"));
     let r = events::send(port);
-    t.check("ipi-delivered", r.is_ok() && IPI_HITS.load(Ordering::SeqCst) == 1, format_args!("send {r:?}, {} hits", IPI_HITS.load(Ordering::SeqCst)));
+    t.check(
+        "ipi-delivered",
+        r.is_ok() && IPI_HITS.load(Ordering::SeqCst) == 1,
+        format_args!("send {r:?}, {} hits", IPI_HITS.load(Ordering::SeqCst)),
+    );
 
     events::mask(port);
     let _ = events::send(port);
-    t.check("masked-stays-pending", IPI_HITS.load(Ordering::SeqCst) == 1 && events::is_pending(port), format_args!("hits {}", IPI_HITS.load(Ordering::SeqCst)));
+    t.check(
+        "masked-stays-pending",
+        IPI_HITS.load(Ordering::SeqCst) == 1 && events::is_pending(port),
+        format_args!("hits {}", IPI_HITS.load(Ordering::SeqCst)),
+    );
     let r = events::unmask(port);
-    t.check("unmask-delivers", r.is_ok() && IPI_HITS.load(Ordering::SeqCst) == 2, format_args!("unmask {r:?}, hits {}", IPI_HITS.load(Ordering::SeqCst)));
+    t.check(
+        "unmask-delivers",
+        r.is_ok() && IPI_HITS.load(Ordering::SeqCst) == 2,
+        format_args!("unmask {r:?}, hits {}", IPI_HITS.load(Ordering::SeqCst)),
+    );
 
     let was = events::save_and_disable();
     let _ = events::send(port);
     let during = IPI_HITS.load(Ordering::SeqCst);
     events::restore(was);
-    t.check("virtual-if", !was && during == 2 && IPI_HITS.load(Ordering::SeqCst) == 3, format_args!("was {was}, during {during}, after {}", IPI_HITS.load(Ordering::SeqCst)));
+    t.check(
+        "virtual-if",
+        !was && during == 2 && IPI_HITS.load(Ordering::SeqCst) == 3,
+        format_args!(
+            "was {was}, during {during}, after {}",
+            IPI_HITS.load(Ordering::SeqCst)
+        ),
+    );
 
     // The trap return re-enables events (they were enabled when int3 ran)
     // and must take the event left pending before main runs on, hypercall
@@ -73,15 +100,31 @@ fn main(_si: &'static StartInfo) {
     let after = IPI_HITS.load(Ordering::SeqCst);
     let masked = events::save_and_disable();
     events::restore(masked);
-    t.check("pending-taken-at-trap-return", tr.is_ok() && after == before + 1 && !masked, format_args!("{tr:?}, hits {before} then {after}, events masked {masked}"));
+    t.check(
+        "pending-taken-at-trap-return",
+        tr.is_ok() && after == before + 1 && !masked,
+        format_args!("{tr:?}, hits {before} then {after}, events masked {masked}"),
+    );
 
     let st = guest_abi::hypercall::evtchn_status(DomId::SELF, Port(port));
-    t.check("status-ipi", st.map(|s| s.status) == Ok(guest_abi::event_channel::EVTCHNSTAT_IPI), format_args!("{st:?}"));
+    t.check(
+        "status-ipi",
+        st.map(|s| s.status) == Ok(guest_abi::event_channel::EVTCHNSTAT_IPI),
+        format_args!("{st:?}"),
+    );
     let r = events::close(port);
     let s = events::send(port);
-    t.check("send-on-closed", r.is_ok() && s == Err(Errno::EINVAL), format_args!("close {r:?} send {s:?}"));
+    t.check(
+        "send-on-closed",
+        r.is_ok() && s == Err(Errno::EINVAL),
+        format_args!("close {r:?} send {s:?}"),
+    );
     let s = guest_abi::hypercall::evtchn_send(Port(5000));
-    t.check("send-out-of-range", s == Err(Errno::EINVAL), format_args!("{s:?}"));
+    t.check(
+        "send-out-of-range",
+        s == Err(Errno::EINVAL),
+        format_args!("{s:?}"),
+    );
     let b = guest_abi::hypercall::evtchn_bind_interdomain(DomId(77), Port(1));
     t.check("bind-nonexistent-domain", b.is_err(), format_args!("{b:?}"));
 
@@ -98,9 +141,19 @@ fn main(_si: &'static StartInfo) {
         }
         n += 1;
     }
-    t.check("port-exhaustion", last == Err(Errno::ENOSPC) && n > 4000 && n < 4096, format_args!("{n} ports then {last:?}"));
-    let closed = (first..first + n).filter(|&p| guest_abi::hypercall::evtchn_close(Port(p)).is_ok()).count();
-    t.check("close-all", closed == n as usize, format_args!("closed {closed} of {n}"));
+    t.check(
+        "port-exhaustion",
+        last == Err(Errno::ENOSPC) && n > 4000 && n < 4096,
+        format_args!("{n} ports then {last:?}"),
+    );
+    let closed = (first..first + n)
+        .filter(|&p| guest_abi::hypercall::evtchn_close(Port(p)).is_ok())
+        .count();
+    t.check(
+        "close-all",
+        closed == n as usize,
+        format_args!("closed {closed} of {n}"),
+    );
     // XSA-221: poll over the maximum number of ports, one pending.
     events::disable();
     let ipi = events::bind_ipi(on_ipi).unwrap_or(0);
@@ -125,9 +178,17 @@ fn main(_si: &'static StartInfo) {
     }
     let _ = guest_abi::hypercall::vcpu_stop_periodic_timer(VcpuId(0));
     let got = time::timer_events() - before;
-    t.check("periodic-timer", r.is_ok() && got >= 3, format_args!("{r:?}, {got} events at a 2 ms period within 2 s"));
+    t.check(
+        "periodic-timer",
+        r.is_ok() && got >= 3,
+        format_args!("{r:?}, {got} events at a 2 ms period within 2 s"),
+    );
     let rs = guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(0));
-    t.check("runstate", rs.as_ref().is_ok_and(|r| r.state == 0 && r.time[0] > 0), format_args!("{rs:?}"));
+    t.check(
+        "runstate",
+        rs.as_ref().is_ok_and(|r| r.state == 0 && r.time[0] > 0),
+        format_args!("{rs:?}"),
+    );
     println!("events: done");
     t.finish()
 }

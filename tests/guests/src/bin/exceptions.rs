@@ -16,8 +16,8 @@
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
-use pv_guest_kernel::traps::{self, expect_fault, TrapFrame};
-use pv_guest_kernel::{test::Reporter, StartInfo};
+use pv_guest_kernel::traps::{self, TrapFrame, expect_fault};
+use pv_guest_kernel::{StartInfo, test::Reporter};
 
 static DB_HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -34,11 +34,17 @@ fn injected(v: u8) -> (Option<traps::Fault>, u64) {
     let f = match v {
         // SAFETY: stores the marker's address, then executes `ud2`, which
         // faults; `expect_fault` resumes after the closure.
-        17 => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 17", a = out(reg) _, p = in(reg) p) }),
+        17 => expect_fault(|| unsafe {
+            asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 17", a = out(reg) _, p = in(reg) p)
+        }),
         // SAFETY: as above.
-        5 => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 5", a = out(reg) _, p = in(reg) p) }),
+        5 => expect_fault(|| unsafe {
+            asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 5", a = out(reg) _, p = in(reg) p)
+        }),
         // SAFETY: as above.
-        _ => expect_fault(|| unsafe { asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 19", a = out(reg) _, p = in(reg) p) }),
+        _ => expect_fault(|| unsafe {
+            asm!("lea {a}, [rip + 2f]", "mov [{p}], {a}", "2: ud2", ".byte 19", a = out(reg) _, p = in(reg) p)
+        }),
     };
     (f, at)
 }
@@ -50,16 +56,28 @@ fn main(si: &'static StartInfo) {
     // SAFETY: sets TF; the next instruction traps with #DB, whose handler
     // clears TF.
     unsafe { asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop", "nop") };
-    t.check("debug-single-step", DB_HITS.load(Ordering::SeqCst) == 1, format_args!("{} #DB", DB_HITS.load(Ordering::SeqCst)));
+    t.check(
+        "debug-single-step",
+        DB_HITS.load(Ordering::SeqCst) == 1,
+        format_args!("{} #DB", DB_HITS.load(Ordering::SeqCst)),
+    );
 
     // SAFETY: int 4 goes through the hypervisor's DPL-3 gate to our handler.
     let f = expect_fault(|| unsafe { asm!("int 4") });
-    t.check("overflow", f.map(|f| f.vector) == Some(4), format_args!("{f:?}"));
+    t.check(
+        "overflow",
+        f.map(|f| f.vector) == Some(4),
+        format_args!("{f:?}"),
+    );
 
     let r = guest_abi::hypercall::fpu_taskswitch(true);
     // SAFETY: an SSE register move; with TS set it raises #NM.
     let f = expect_fault(|| unsafe { asm!("movd xmm0, eax", in("eax") 1u32, out("xmm0") _) });
-    t.check("device-not-available", r.is_ok() && f.map(|f| f.vector) == Some(7), format_args!("{r:?} {f:?}"));
+    t.check(
+        "device-not-available",
+        r.is_ok() && f.map(|f| f.vector) == Some(7),
+        format_args!("{r:?} {f:?}"),
+    );
     // The bounce cleared the virtual TS: SSE works again.
     // SAFETY: as above.
     let f = expect_fault(|| unsafe { asm!("movd xmm0, eax", in("eax") 1u32, out("xmm0") _) });
@@ -73,9 +91,17 @@ fn main(si: &'static StartInfo) {
             format_args!("{f:?}, ud2 at {at:#x}"),
         );
         let (f, at) = injected(19);
-        t.check("simd-exception", f.is_some_and(|f| f.vector == 19 && f.rip == at), format_args!("{f:?}, ud2 at {at:#x}"));
+        t.check(
+            "simd-exception",
+            f.is_some_and(|f| f.vector == 19 && f.rip == at),
+            format_args!("{f:?}, ud2 at {at:#x}"),
+        );
         let (f, at) = injected(5);
-        t.check("bound-range", f.is_some_and(|f| f.vector == 5 && f.rip == at), format_args!("{f:?}, ud2 at {at:#x}"));
+        t.check(
+            "bound-range",
+            f.is_some_and(|f| f.vector == 5 && f.rip == at),
+            format_args!("{f:?}, ud2 at {at:#x}"),
+        );
     }
 
     t.finish()

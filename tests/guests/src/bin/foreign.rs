@@ -7,11 +7,13 @@
 
 use guest_abi::errno::Errno;
 use guest_abi::mmu::MmuUpdate;
-use pv_guest_kernel::{mm, println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, mm, println, test::Reporter};
 
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
-    let other: u16 = scenario_guests::arg(si, "other").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let other: u16 = scenario_guests::arg(si, "other")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let (scratch, _) = mm::alloc_page().expect("scratch page");
     let entry = mm::l1_entry_ma(mm::current_l4_mfn(), scratch).expect("mapped");
     // A machine frame with a valid M2P entry that is not ours belongs to
@@ -29,11 +31,18 @@ fn main(si: &'static StartInfo) {
         t.fail("find-foreign", format_args!("no foreign frame in the M2P"));
         t.finish()
     };
-    let req = [MmuUpdate { ptr: entry, val: (mfn << 12) | mm::RO }];
+    let req = [MmuUpdate {
+        ptr: entry,
+        val: (mfn << 12) | mm::RO,
+    }];
     // SAFETY: remaps only our scratch page; the hypervisor decides.
     let r = unsafe { guest_abi::hypercall::mmu_update(&req, None, other as u32) };
     if si.flags & 1 != 0 {
-        t.check("privileged-foreign-map", r.is_ok(), format_args!("mapping domain {other}'s frame {mfn:#x}: {r:?}"));
+        t.check(
+            "privileged-foreign-map",
+            r.is_ok(),
+            format_args!("mapping domain {other}'s frame {mfn:#x}: {r:?}"),
+        );
         // SAFETY: the page is mapped read-only over the other domain's frame.
         let v = unsafe { core::ptr::read_volatile(scratch as *const u64) };
         println!("foreign: read {v:#x} from domain {other}'s frame {mfn:#x}");
@@ -42,12 +51,20 @@ fn main(si: &'static StartInfo) {
         let unmap = [MmuUpdate { ptr: entry, val: 0 }];
         // SAFETY: as above.
         let r2 = unsafe {
-            let _ = guest_abi::hypercall::mmu_update(&unmap, None, guest_abi::types::DomId::SELF.0 as u32);
+            let _ = guest_abi::hypercall::mmu_update(
+                &unmap,
+                None,
+                guest_abi::types::DomId::SELF.0 as u32,
+            );
             guest_abi::hypercall::mmu_update(&req, None, guest_abi::types::DomId::SELF.0 as u32)
         };
         t.check("without-foreigndom", r2.is_err(), format_args!("{r2:?}"));
     } else {
-        t.check("unprivileged-refused", r == Err(Errno::EPERM), format_args!("{r:?}"));
+        t.check(
+            "unprivileged-refused",
+            r == Err(Errno::EPERM),
+            format_args!("{r:?}"),
+        );
     }
     t.finish()
 }

@@ -45,7 +45,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::hypercall::raw;
 use pv_guest_kernel::mm::{self, DATA};
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 const PAGE: u64 = 4096;
 /// Argument arena: `ARENA_PAGES` pages with an unmapped page on each side.
@@ -142,7 +142,13 @@ impl Arena {
         unsafe { core::ptr::write_bytes(ARENA_VA as *mut u8, 0, n) };
         if self.top < ARENA_LEN {
             // SAFETY: as above, [top, ARENA_LEN) is inside the arena.
-            unsafe { core::ptr::write_bytes((ARENA_VA + self.top as u64) as *mut u8, 0, ARENA_LEN - self.top) };
+            unsafe {
+                core::ptr::write_bytes(
+                    (ARENA_VA + self.top as u64) as *mut u8,
+                    0,
+                    ARENA_LEN - self.top,
+                )
+            };
         }
         self.used = 0;
         self.dirty = 0;
@@ -217,20 +223,40 @@ struct Gen<'a> {
 /// DF, AC or NT, which would break the fuzzer's own code).
 const IRET_RFLAGS: u64 = 0x20_0ad5;
 
-const IMPLEMENTED: [u64; 22] = [0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 17, 18, 20, 23, 24, 25, 26, 29, 30, 32, 33, 34];
+const IMPLEMENTED: [u64; 22] = [
+    0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 17, 18, 20, 23, 24, 25, 26, 29, 30, 32, 33, 34,
+];
 
 impl Gen<'_> {
     // ---- values ------------------------------------------------------
 
     fn boundary(&mut self) -> u64 {
-        self.r.pick(&[0, 1, 2, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 32, 1 << 63, u64::MAX, u64::MAX - 1, DOMID_SELF])
+        self.r.pick(&[
+            0,
+            1,
+            2,
+            0x7f,
+            0x80,
+            0xff,
+            0xffff,
+            0x7fff_ffff,
+            0x8000_0000,
+            0xffff_ffff,
+            1 << 32,
+            1 << 63,
+            u64::MAX,
+            u64::MAX - 1,
+            DOMID_SELF,
+        ])
     }
 
     fn dom(&mut self) -> u64 {
         match self.r.below(8) {
             0..=3 => self.r.below(4),
             4 => DOMID_SELF,
-            5 => self.r.pick(&[0x7FF1, 0x7FF2, 0x7FF3, 0x7FF4, 0x7FF5, 0x7FFF, 0xFFFF, 64]),
+            5 => self
+                .r
+                .pick(&[0x7FF1, 0x7FF2, 0x7FF3, 0x7FF4, 0x7FF5, 0x7FFF, 0xFFFF, 64]),
             _ => self.r.below(0x1_0000),
         }
     }
@@ -238,7 +264,9 @@ impl Gen<'_> {
     fn port(&mut self) -> u64 {
         match self.r.below(8) {
             0..=5 => self.r.below(24),
-            6 => self.r.pick(&[0, 63, 64, 1023, 1024, 4095, 4096, 0xffff_ffff]),
+            6 => self
+                .r
+                .pick(&[0, 63, 64, 1023, 1024, 4095, 4096, 0xffff_ffff]),
             _ => self.r.next() & 0xffff_ffff,
         }
     }
@@ -254,10 +282,24 @@ impl Gen<'_> {
             0..=2 => self.sandbox_mfn(),
             3 => self.w.precious[self.r.below(self.w.nprecious as u64) as usize],
             4 => self.w.tables[self.r.below(self.w.ntables as u64) as usize],
-            5 => self.r.pick(&[self.w.sandbox_l1, self.w.sandbox_l2, self.w.l4, self.w.shared_mfn]),
+            5 => self.r.pick(&[
+                self.w.sandbox_l1,
+                self.w.sandbox_l2,
+                self.w.l4,
+                self.w.shared_mfn,
+            ]),
             6 | 7 => self.r.below(self.w.max_mfn + 1),
             8 => self.r.below(0x800),
-            9 => self.r.pick(&[self.w.max_mfn, self.w.max_mfn + 1, (1 << 40) - 1, (1 << 40), (1 << 52) - 1, 1 << 32, 0, u64::MAX]),
+            9 => self.r.pick(&[
+                self.w.max_mfn,
+                self.w.max_mfn + 1,
+                (1 << 40) - 1,
+                (1 << 40),
+                (1 << 52) - 1,
+                1 << 32,
+                0,
+                u64::MAX,
+            ]),
             10 => self.w.max_mfn.saturating_sub(self.r.below(64)),
             _ => self.r.next(),
         }
@@ -266,7 +308,11 @@ impl Gen<'_> {
     /// A frame something may be written to: never a precious one.
     fn mfn_dst(&mut self) -> u64 {
         let m = self.mfn_any();
-        if self.w.is_precious(m) { self.sandbox_mfn() } else { m }
+        if self.w.is_precious(m) {
+            self.sandbox_mfn()
+        } else {
+            m
+        }
     }
 
     /// A frame for MMUEXT_NEW_BASEPTR: the current L4, its other tables
@@ -287,7 +333,20 @@ impl Gen<'_> {
 
     fn pte_flags(&mut self) -> u64 {
         let mut f = 0;
-        let bits: [(u64, u64); 12] = [(1, 90), (2, 50), (4, 60), (0x20, 50), (0x40, 40), (0x8, 10), (0x10, 10), (0x80, 8), (0x100, 10), (0xe00, 8), (1 << 63, 15), (1 << 62, 3)];
+        let bits: [(u64, u64); 12] = [
+            (1, 90),
+            (2, 50),
+            (4, 60),
+            (0x20, 50),
+            (0x40, 40),
+            (0x8, 10),
+            (0x10, 10),
+            (0x80, 8),
+            (0x100, 10),
+            (0xe00, 8),
+            (1 << 63, 15),
+            (1 << 62, 3),
+        ];
         for (b, pct) in bits {
             if self.r.chance(pct) {
                 f |= b;
@@ -308,7 +367,11 @@ impl Gen<'_> {
             1 => self.r.next(),
             _ => {
                 let f = self.pte_flags();
-                let m = if leaf && f & 2 == 0 { self.mfn_any() } else { self.mfn_dst() };
+                let m = if leaf && f & 2 == 0 {
+                    self.mfn_any()
+                } else {
+                    self.mfn_dst()
+                };
                 ((m & 0xff_ffff_ffff) << 12) | f
             }
         };
@@ -342,8 +405,21 @@ impl Gen<'_> {
             // builder maps the image writable).
             4 => self.w.pt_va + self.r.below(self.w.pt_len),
             5 => HV_START + self.r.below(1 << 20) * 8,
-            6 => self.r.pick(&[0x0000_7FFF_FFFF_F000, 0x4020_0000, 0x8000_0000, 0x7F_FFFF_F000, 0xFFFF_8800_0000_0000, 0xFFFF_FFFF_FFFF_F000]),
-            7 => self.r.pick(&[0x0000_8000_0000_0000, 0x0000_7FFF_FFFF_FFFC, 0xFFFF_7FFF_FFFF_FFF8, 0x8000_0000_0000_0000, 0x1234_5678_9ABC_DEF0]),
+            6 => self.r.pick(&[
+                0x0000_7FFF_FFFF_F000,
+                0x4020_0000,
+                0x8000_0000,
+                0x7F_FFFF_F000,
+                0xFFFF_8800_0000_0000,
+                0xFFFF_FFFF_FFFF_F000,
+            ]),
+            7 => self.r.pick(&[
+                0x0000_8000_0000_0000,
+                0x0000_7FFF_FFFF_FFFC,
+                0xFFFF_7FFF_FFFF_FFF8,
+                0x8000_0000_0000_0000,
+                0x1234_5678_9ABC_DEF0,
+            ]),
             8 => HV_START + (self.r.below(16) << 39) + self.r.below(1 << 39),
             9 => self.r.pick(&[u64::MAX, u64::MAX - 7, 0xFFFF_FFFF, 0]),
             10 => HUGE_PRIV_VA + self.r.below(PAGE),
@@ -355,7 +431,9 @@ impl Gen<'_> {
     /// write): in the arena (returned for the caller to fill) most often,
     /// else a bad pointer (`None` to fill).
     fn obj(&mut self, len: usize) -> (u64, bool) {
-        if self.r.chance(88) && let Some(va) = self.a.alloc(len) {
+        if self.r.chance(88)
+            && let Some(va) = self.a.alloc(len)
+        {
             return (va, true);
         }
         let p = self.bad_ptr();
@@ -367,7 +445,9 @@ impl Gen<'_> {
 
     /// A list of commands: only in the arena, or unreadable.
     fn list(&mut self, n: usize, size: usize) -> (u64, bool) {
-        if self.r.chance(93) && let Some(va) = self.a.alloc(n * size) {
+        if self.r.chance(93)
+            && let Some(va) = self.a.alloc(n * size)
+        {
             return (va, true);
         }
         (self.unreadable(), false)
@@ -377,7 +457,14 @@ impl Gen<'_> {
     /// page (running into it), the hypervisor's range, non-canonical,
     /// the wrap-around, an L3 slot of its own that stays empty.
     fn unreadable(&mut self) -> u64 {
-        self.r.pick(&[ARENA_VA - 8, HV_START, HV_START + (5 << 39), 0x0000_8000_0000_0000, u64::MAX - 15, 0x7F_FFFF_F000])
+        self.r.pick(&[
+            ARENA_VA - 8,
+            HV_START,
+            HV_START + (5 << 39),
+            0x0000_8000_0000_0000,
+            u64::MAX - 15,
+            0x7F_FFFF_F000,
+        ])
     }
 
     /// A batch of `n` commands of `size` bytes for a hypercall that takes a
@@ -412,7 +499,14 @@ impl Gen<'_> {
             0..=5 => n,
             6 => n + 1 + self.r.below(3),
             7 => 0,
-            8 => self.r.pick(&[0xffff_ffff, 0x8000_0000, 0x7fff_ffff, 1 << 32, (1 << 32) | n, u64::MAX]),
+            8 => self.r.pick(&[
+                0xffff_ffff,
+                0x8000_0000,
+                0x7fff_ffff,
+                1 << 32,
+                (1 << 32) | n,
+                u64::MAX,
+            ]),
             _ => n.saturating_sub(1),
         }
     }
@@ -425,14 +519,28 @@ impl Gen<'_> {
         let va = match self.r.below(10) {
             0..=4 => SANDBOX_VA + self.r.below(512) * PAGE,
             5 => SANDBOX_VA + self.r.below(1 << 30),
-            6 => 0xFFFF_0000_0000_0000 | ((272 + self.r.below(240)) << 39) | (self.r.below(1 << 39) & !0xfff),
+            6 => {
+                0xFFFF_0000_0000_0000
+                    | ((272 + self.r.below(240)) << 39)
+                    | (self.r.below(1 << 39) & !0xfff)
+            }
             7 => HV_START + (self.r.below(16) << 39) + self.r.below(1 << 39),
-            8 => self.r.pick(&[0x0000_8000_0000_0000, 0x0000_7FFF_FFFF_F000, 0x80_0000_0000, 0xFFFF_FFFF_FFFF_F000, 0x8000_0000_0000_0000]),
+            8 => self.r.pick(&[
+                0x0000_8000_0000_0000,
+                0x0000_7FFF_FFFF_F000,
+                0x80_0000_0000,
+                0xFFFF_FFFF_FFFF_F000,
+                0x8000_0000_0000_0000,
+            ]),
             _ => self.r.next(),
         };
         // Keep the unpredictable ones away from the first GiB (and the
         // canonical low half below the sandbox).
-        if va < SANDBOX_VA { SANDBOX_VA + (va & 0x1f_f000) } else { va }
+        if va < SANDBOX_VA {
+            SANDBOX_VA + (va & 0x1f_f000)
+        } else {
+            va
+        }
     }
 
     /// A code address for trap tables and callbacks (rejected or replaced
@@ -465,7 +573,19 @@ impl Gen<'_> {
         match self.r.below(100) {
             0..=74 => self.r.pick(&IMPLEMENTED),
             75..=96 => self.r.below(64),
-            _ => self.r.pick(&[64, 65, 100, 127, 128, 255, 256, 1 << 32 | 17, 1 << 63, u64::MAX - 1, 0xffff_ffff]),
+            _ => self.r.pick(&[
+                64,
+                65,
+                100,
+                127,
+                128,
+                255,
+                256,
+                1 << 32 | 17,
+                1 << 63,
+                u64::MAX - 1,
+                0xffff_ffff,
+            ]),
         }
     }
 
@@ -473,7 +593,11 @@ impl Gen<'_> {
     /// are refused by the hypervisor, so anything goes).
     fn call(&mut self, depth: u32) -> Call {
         let nr = self.pick_nr();
-        let mut c = Call { nr, args: [0; 5], kind: Kind::Plain };
+        let mut c = Call {
+            nr,
+            args: [0; 5],
+            kind: Kind::Plain,
+        };
         for k in 0..5 {
             c.args[k] = self.any_arg();
         }
@@ -512,7 +636,9 @@ impl Gen<'_> {
             }
             3 => {
                 let any = self.r.next() & 0xffff;
-                c.args[0] = self.r.pick(&[0xe02b, 0xe02b, 0xe028, 0xe033, 0, 0x1_e02b, u64::MAX, any]);
+                c.args[0] =
+                    self.r
+                        .pick(&[0xe02b, 0xe02b, 0xe028, 0xe033, 0, 0x1_e02b, u64::MAX, any]);
                 c.args[1] = self.bad_ptr();
             }
             4 => {
@@ -528,7 +654,15 @@ impl Gen<'_> {
                 if fill {
                     for i in 0..n {
                         let e = entries + i * 64;
-                        let sub = if depth < 2 { self.call(depth + 1) } else { Call { nr: self.r.below(64), args: [0; 5], kind: Kind::Plain } };
+                        let sub = if depth < 2 {
+                            self.call(depth + 1)
+                        } else {
+                            Call {
+                                nr: self.r.below(64),
+                                args: [0; 5],
+                                kind: Kind::Plain,
+                            }
+                        };
                         put64(e, sub.nr);
                         put64(e + 8, self.r.next());
                         for k in 0..5 {
@@ -551,7 +685,11 @@ impl Gen<'_> {
                 c.args[0] = self.r.pick(&[0, 1, 1000, u64::MAX, 1 << 63, any]);
             }
             17 => {
-                c.args[0] = if self.r.chance(85) { self.r.below(13) } else { self.boundary() };
+                c.args[0] = if self.r.chance(85) {
+                    self.r.below(13)
+                } else {
+                    self.boundary()
+                };
                 c.args[1] = self.obj(1024).0;
             }
             18 => self.console_io(&mut c),
@@ -567,7 +705,11 @@ impl Gen<'_> {
                 }
             }
             24 => {
-                let cmd = if self.r.chance(85) { self.r.below(16) } else { self.boundary() };
+                let cmd = if self.r.chance(85) {
+                    self.r.below(16)
+                } else {
+                    self.boundary()
+                };
                 let vcpu = self.r.pick(&[0, 0, 0, 1, 31, 32, 0xffff_ffff, u64::MAX]);
                 c.args[0] = cmd;
                 c.args[1] = vcpu;
@@ -584,7 +726,18 @@ impl Gen<'_> {
                             put64(p, if cmd == 5 { self.bad_ptr() } else { m });
                             put32(p + 8, self.r.below(4096));
                         }
-                        6 => put64(p, self.r.pick(&[0, 1, 999_999, 1_000_000, 2_000_000, 100_000_000, u64::MAX])),
+                        6 => put64(
+                            p,
+                            self.r.pick(&[
+                                0,
+                                1,
+                                999_999,
+                                1_000_000,
+                                2_000_000,
+                                100_000_000,
+                                u64::MAX,
+                            ]),
+                        ),
                         8 => {
                             let any = self.r.next() >> 16;
                             put64(p, self.r.pick(&[0, 1, u64::MAX, any]));
@@ -602,7 +755,15 @@ impl Gen<'_> {
             25 => {
                 c.args[0] = self.r.pick(&[0, 1, 2, 3, 4, u64::MAX]);
                 let any = self.r.next();
-                c.args[1] = self.r.pick(&[0, 0x1000, 0x0000_7FFF_FFFF_FFFF, 0x0000_8000_0000_0000, HV_START, 0xFFFF_FFFF_FFFF_F000, any]);
+                c.args[1] = self.r.pick(&[
+                    0,
+                    0x1000,
+                    0x0000_7FFF_FFFF_FFFF,
+                    0x0000_8000_0000_0000,
+                    HV_START,
+                    0xFFFF_FFFF_FFFF_F000,
+                    any,
+                ]);
             }
             26 => {
                 let n = self.r.below(12) + if self.r.chance(5) { 100 } else { 0 };
@@ -633,18 +794,30 @@ impl Gen<'_> {
             }
             32 => self.evtchn_op(&mut c),
             33 => {
-                c.args[0] = if self.r.chance(85) { self.r.below(32) } else { self.boundary() };
+                c.args[0] = if self.r.chance(85) {
+                    self.r.below(32)
+                } else {
+                    self.boundary()
+                };
                 let (p, fill) = self.list(1, 64);
                 if fill {
                     for k in 0..8 {
-                        let v = if self.r.chance(50) { self.r.below(64) } else { self.any_arg() };
+                        let v = if self.r.chance(50) {
+                            self.r.below(64)
+                        } else {
+                            self.any_arg()
+                        };
                         put64(p + k * 8, v);
                     }
                 }
                 c.args[1] = p;
             }
             34 => {
-                c.args[0] = if self.r.chance(80) { self.r.below(4) } else { self.boundary() };
+                c.args[0] = if self.r.chance(80) {
+                    self.r.below(4)
+                } else {
+                    self.boundary()
+                };
                 let (p, fill) = self.obj(16);
                 if fill {
                     put16(p, self.dom());
@@ -676,7 +849,16 @@ impl Gen<'_> {
     }
 
     fn foreigndom(&mut self) -> u64 {
-        if self.r.chance(70) { DOMID_SELF } else { self.dom() | if self.r.chance(10) { self.r.next() << 16 } else { 0 } }
+        if self.r.chance(70) {
+            DOMID_SELF
+        } else {
+            self.dom()
+                | if self.r.chance(10) {
+                    self.r.next() << 16
+                } else {
+                    0
+                }
+        }
     }
 
     fn trap_table(&mut self) -> u64 {
@@ -692,7 +874,11 @@ impl Gen<'_> {
                 put(e + 1, self.r.below(8), 1);
                 let cs = self.r.pick(&[0xe030, 0xe033, 0xe02b, 0x10, 0]);
                 put16(e + 2, cs);
-                let addr = if self.r.chance(90) { self.code_addr() | 1 } else { 0 };
+                let addr = if self.r.chance(90) {
+                    self.code_addr() | 1
+                } else {
+                    0
+                };
                 put64(e + 8, addr);
             }
         }
@@ -703,9 +889,18 @@ impl Gen<'_> {
     fn pt_req(&mut self) -> (u64, u64) {
         let cmd = self.r.pick(&[0, 0, 0, 2, 2, 3]);
         match self.r.below(12) {
-            0..=4 => ((self.w.sandbox_l1 << 12) | (self.r.below(512) * 8) | cmd, self.pte(true)),
-            5 => ((self.w.sandbox_l2 << 12) | ((1 + self.r.below(511)) * 8) | cmd, self.pte(false)),
-            6 => ((self.w.l4 << 12) | ((256 + self.r.below(256)) * 8) | cmd, self.pte(false)),
+            0..=4 => (
+                (self.w.sandbox_l1 << 12) | (self.r.below(512) * 8) | cmd,
+                self.pte(true),
+            ),
+            5 => (
+                (self.w.sandbox_l2 << 12) | ((1 + self.r.below(511)) * 8) | cmd,
+                self.pte(false),
+            ),
+            6 => (
+                (self.w.l4 << 12) | ((256 + self.r.below(256)) * 8) | cmd,
+                self.pte(false),
+            ),
             7 | 8 => {
                 let m = self.mfn_dst();
                 ((m << 12) | (self.r.below(512) * 8) | cmd, self.pte(false))
@@ -724,7 +919,11 @@ impl Gen<'_> {
             _ => {
                 let raw = self.r.next();
                 let m = (raw >> 12) & 0xf_ffff_ffff_ffff;
-                let ptr = if self.w.is_precious(m) { (self.sandbox_mfn() << 12) | (raw & 0xfff) } else { raw };
+                let ptr = if self.w.is_precious(m) {
+                    (self.sandbox_mfn() << 12) | (raw & 0xfff)
+                } else {
+                    raw
+                };
                 (ptr, self.pte(false))
             }
         }
@@ -758,8 +957,16 @@ impl Gen<'_> {
     }
 
     fn memory_op(&mut self, c: &mut Call) {
-        let op = if self.r.chance(85) { self.r.below(22) } else { self.r.below(64) };
-        let start = if self.r.chance(10) { self.r.pick(&[1, 2, 100, 1 << 20, u64::MAX >> 6]) } else { 0 };
+        let op = if self.r.chance(85) {
+            self.r.below(22)
+        } else {
+            self.r.below(64)
+        };
+        let start = if self.r.chance(10) {
+            self.r.pick(&[1, 2, 100, 1 << 20, u64::MAX >> 6])
+        } else {
+            0
+        };
         c.args[0] = op | (start << 6);
         // Reservations and memory maps carry addresses the hypervisor writes.
         let (p, fill) = self.list(1, 48);
@@ -787,10 +994,21 @@ impl Gen<'_> {
                 put64(p, list);
                 let count = self.count(n, over);
                 put64(p + 8, count);
-                let order = if self.r.chance(70) { 0 } else { self.r.pick(&[1, 2, 9, 10, 31, 0xffff_ffff]) };
+                let order = if self.r.chance(70) {
+                    0
+                } else {
+                    self.r.pick(&[1, 2, 9, 10, 31, 0xffff_ffff])
+                };
                 put32(p + 16, order);
                 put32(p + 20, self.r.next());
-                put16(p + 24, if self.r.chance(70) { DOMID_SELF } else { self.dom() });
+                put16(
+                    p + 24,
+                    if self.r.chance(70) {
+                        DOMID_SELF
+                    } else {
+                        self.dom()
+                    },
+                );
             }
             9 => {
                 put32(p, self.r.pick(&[0, 1, 2, 0xffff_ffff]));
@@ -798,7 +1016,14 @@ impl Gen<'_> {
                 put64(p + 8, b);
             }
             _ => {
-                put16(p, if self.r.chance(60) { DOMID_SELF } else { self.dom() });
+                put16(
+                    p,
+                    if self.r.chance(60) {
+                        DOMID_SELF
+                    } else {
+                        self.dom()
+                    },
+                );
                 for k in 1..6 {
                     put64(p + k * 8, self.any_arg());
                 }
@@ -813,7 +1038,11 @@ impl Gen<'_> {
             if let Some(buf) = self.a.alloc(n as usize + 1) {
                 // Only digits and 'x': no word a test looks for can form.
                 for i in 0..n {
-                    let ch = if self.r.chance(10) { b'x' } else { b'0' + self.r.below(10) as u8 };
+                    let ch = if self.r.chance(10) {
+                        b'x'
+                    } else {
+                        b'0' + self.r.below(10) as u8
+                    };
                     put(buf + i, ch as u64, 1);
                 }
                 let nl = self.r.chance(50);
@@ -827,14 +1056,24 @@ impl Gen<'_> {
         }
         // Unreadable buffers with any count: nothing is printed.
         c.args[1] = self.r.pick(&[1, 64, 4096, 0xffff_ffff, u64::MAX]);
-        c.args[2] = self.r.pick(&[HV_START, 0x0000_8000_0000_0000 - 8, ARENA_VA - 8, u64::MAX - 3, HV_START + (6 << 39)]);
+        c.args[2] = self.r.pick(&[
+            HV_START,
+            0x0000_8000_0000_0000 - 8,
+            ARENA_VA - 8,
+            u64::MAX - 3,
+            HV_START + (6 << 39),
+        ]);
         if c.args[0] == 1 {
             c.args[2] = self.obj(256).0;
         }
     }
 
     fn grant_op(&mut self, c: &mut Call) {
-        let cmd = if self.r.chance(85) { self.r.below(13) } else { self.boundary() };
+        let cmd = if self.r.chance(85) {
+            self.r.below(13)
+        } else {
+            self.boundary()
+        };
         let n = self.r.below(6);
         let size = match cmd {
             0 => 32,
@@ -846,7 +1085,11 @@ impl Gen<'_> {
         let (p, fill, over) = self.batch(n.max(1) as usize, size);
         c.args[0] = cmd;
         c.args[1] = p;
-        c.args[2] = if matches!(cmd, 2 | 6 | 10) && self.r.chance(80) { 1 } else { self.count(n, over) };
+        c.args[2] = if matches!(cmd, 2 | 6 | 10) && self.r.chance(80) {
+            1
+        } else {
+            self.count(n, over)
+        };
         if !fill {
             return;
         }
@@ -854,9 +1097,18 @@ impl Gen<'_> {
             let e = p + i * size as u64;
             match cmd {
                 0 => {
-                    let flags = self.r.next() & 0x1f | if self.r.chance(5) { self.r.next() & !0x1f } else { 0 };
+                    let flags = self.r.next() & 0x1f
+                        | if self.r.chance(5) {
+                            self.r.next() & !0x1f
+                        } else {
+                            0
+                        };
                     let host = if flags & 0x10 != 0 {
-                        let t = if self.r.chance(60) { self.w.sandbox_l1 } else { self.mfn_dst() };
+                        let t = if self.r.chance(60) {
+                            self.w.sandbox_l1
+                        } else {
+                            self.mfn_dst()
+                        };
                         (t << 12) | self.r.below(512) * 8
                     } else {
                         self.va_map()
@@ -867,7 +1119,11 @@ impl Gen<'_> {
                     put16(e + 16, self.dom());
                 }
                 1 => {
-                    let host = if self.r.chance(30) { (self.w.sandbox_l1 << 12) | self.r.below(512) * 8 } else { self.va_map() };
+                    let host = if self.r.chance(30) {
+                        (self.w.sandbox_l1 << 12) | self.r.below(512) * 8
+                    } else {
+                        self.va_map()
+                    };
                     put64(e, host);
                     let any = self.r.next();
                     put64(e + 8, self.r.pick(&[0, any]));
@@ -880,12 +1136,29 @@ impl Gen<'_> {
                     put64(e + 16, l);
                 }
                 5 => {
-                    let flags = self.r.below(4) | if self.r.chance(5) { self.r.next() & 0xfffc } else { 0 };
-                    let src = if flags & 1 != 0 { self.gref() } else { self.mfn_any() };
-                    let dst = if flags & 2 != 0 { self.gref() } else { self.mfn_dst() };
+                    let flags = self.r.below(4)
+                        | if self.r.chance(5) {
+                            self.r.next() & 0xfffc
+                        } else {
+                            0
+                        };
+                    let src = if flags & 1 != 0 {
+                        self.gref()
+                    } else {
+                        self.mfn_any()
+                    };
+                    let dst = if flags & 2 != 0 {
+                        self.gref()
+                    } else {
+                        self.mfn_dst()
+                    };
                     put64(e, src);
                     put16(e + 8, self.dom());
-                    let (o1, o2, l) = (self.r.next() & 0xfff, self.r.next() & 0xfff, self.r.next() & 0xfff);
+                    let (o1, o2, l) = (
+                        self.r.next() & 0xfff,
+                        self.r.next() & 0xfff,
+                        self.r.next() & 0xfff,
+                    );
                     put16(e + 10, self.r.pick(&[0, 8, 4095, 4096, 0xffff, o1]));
                     put64(e + 16, dst);
                     put16(e + 24, self.dom());
@@ -918,7 +1191,13 @@ impl Gen<'_> {
             15 => 4,
             16 => 5,
             17 => 6,
-            _ => if self.r.chance(50) { self.r.below(16) } else { self.boundary() },
+            _ => {
+                if self.r.chance(50) {
+                    self.r.below(16)
+                } else {
+                    self.boundary()
+                }
+            }
         };
         c.args[0] = cmd;
         if depth > 0 {
@@ -970,7 +1249,11 @@ impl Gen<'_> {
     }
 
     fn evtchn_op(&mut self, c: &mut Call) {
-        let cmd = if self.r.chance(90) { self.r.below(15) } else { self.boundary() };
+        let cmd = if self.r.chance(90) {
+            self.r.below(15)
+        } else {
+            self.boundary()
+        };
         c.args[0] = cmd;
         let (p, fill) = self.obj(24);
         c.args[1] = p;
@@ -983,7 +1266,14 @@ impl Gen<'_> {
                 put32(p + 4, self.port());
             }
             1 => {
-                put32(p, if self.r.chance(70) { self.r.below(24) } else { self.r.next() });
+                put32(
+                    p,
+                    if self.r.chance(70) {
+                        self.r.below(24)
+                    } else {
+                        self.r.next()
+                    },
+                );
                 put32(p + 4, self.r.pick(&[0, 0, 0, 1, 0xffff_ffff]));
             }
             2 => {
@@ -996,7 +1286,14 @@ impl Gen<'_> {
                 put32(p + 4, self.port());
             }
             6 => {
-                put16(p, if self.r.chance(50) { DOMID_SELF } else { self.dom() });
+                put16(
+                    p,
+                    if self.r.chance(50) {
+                        DOMID_SELF
+                    } else {
+                        self.dom()
+                    },
+                );
                 put16(p + 2, self.dom());
             }
             7 => put32(p, self.r.pick(&[0, 0, 1, 0xffff_ffff])),
@@ -1004,7 +1301,14 @@ impl Gen<'_> {
                 put32(p, self.port());
                 put32(p + 4, self.r.pick(&[0, 0, 1, 0xffff_ffff]));
             }
-            10 => put16(p, if self.r.chance(50) { DOMID_SELF } else { self.dom() }),
+            10 => put16(
+                p,
+                if self.r.chance(50) {
+                    DOMID_SELF
+                } else {
+                    self.dom()
+                },
+            ),
             _ => {
                 for k in 0..3 {
                     put64(p + k * 8, self.any_arg());
@@ -1027,7 +1331,10 @@ fn ensure_timer() -> bool {
     use guest_abi::event_channel::{EVTCHNSTAT_VIRQ, VIRQ_TIMER};
     use guest_abi::types::{DomId, Port};
     let p = TIMER_PORT.load(Ordering::Relaxed) as u32;
-    let bound = |p: u32| guest_abi::hypercall::evtchn_status(DomId::SELF, Port(p)).is_ok_and(|s| s.status == EVTCHNSTAT_VIRQ && s.u[0] == VIRQ_TIMER && s.vcpu == 0);
+    let bound = |p: u32| {
+        guest_abi::hypercall::evtchn_status(DomId::SELF, Port(p))
+            .is_ok_and(|s| s.status == EVTCHNSTAT_VIRQ && s.u[0] == VIRQ_TIMER && s.vcpu == 0)
+    };
     let port = if p != 0 && bound(p) {
         Some(p)
     } else {
@@ -1051,8 +1358,16 @@ fn ensure_timer() -> bool {
 fn repair(stack_top: u64) {
     let _ = pv_guest_kernel::traps::init();
     let (_, failsafe, syscall) = pv_guest_kernel::traps::callback_stubs();
-    for (ty, addr) in [(guest_abi::callback::CALLBACKTYPE_FAILSAFE, failsafe), (guest_abi::callback::CALLBACKTYPE_SYSCALL, syscall)] {
-        let reg = guest_abi::callback::CallbackRegister { type_: ty, flags: 0, _pad: 0, address: addr };
+    for (ty, addr) in [
+        (guest_abi::callback::CALLBACKTYPE_FAILSAFE, failsafe),
+        (guest_abi::callback::CALLBACKTYPE_SYSCALL, syscall),
+    ] {
+        let reg = guest_abi::callback::CallbackRegister {
+            type_: ty,
+            flags: 0,
+            _pad: 0,
+            address: addr,
+        };
         // SAFETY: the library's own stubs.
         let _ = unsafe { guest_abi::hypercall::callback_register(&reg) };
     }
@@ -1117,7 +1432,8 @@ fn image_hash() -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for va in (0x10_0000..end).step_by(8) {
         // SAFETY: the guest's own image, mapped since boot.
-        h = (h ^ unsafe { core::ptr::read_volatile(va as *const u64) }).wrapping_mul(0x100_0000_01b3);
+        h = (h ^ unsafe { core::ptr::read_volatile(va as *const u64) })
+            .wrapping_mul(0x100_0000_01b3);
     }
     h
 }
@@ -1132,7 +1448,9 @@ fn canary_word(seed: u64, i: usize) -> u64 {
 fn fill_canary(seed: u64) {
     for i in 0..512 {
         // SAFETY: single-threaded; nothing else touches CANARY.
-        unsafe { core::ptr::write_volatile((&raw mut CANARY).cast::<u64>().add(i), canary_word(seed, i)) };
+        unsafe {
+            core::ptr::write_volatile((&raw mut CANARY).cast::<u64>().add(i), canary_word(seed, i))
+        };
     }
 }
 
@@ -1181,7 +1499,9 @@ fn setup(si: &StartInfo, w: &mut World) -> Result<(), Errno> {
     w.pt_len = si.nr_pt_frames * PAGE;
     // The first pfn the builder left unmapped (the heap will not grow:
     // nothing allocates once fuzzing starts).
-    let start = pv_guest_kernel::heap::heap_start(si) + pv_guest_kernel::heap::HEAP_SIZE as u64 + 256 * 1024;
+    let start = pv_guest_kernel::heap::heap_start(si)
+        + pv_guest_kernel::heap::HEAP_SIZE as u64
+        + 256 * 1024;
     let mut first = start / PAGE;
     while first < si.nr_pages && mm::lookup(first * PAGE) != 0 {
         first += 1;
@@ -1190,7 +1510,8 @@ fn setup(si: &StartInfo, w: &mut World) -> Result<(), Errno> {
     if free < ARENA_PAGES + 1 + SANDBOX_MAPPED + 8 {
         return Err(Errno::ENOMEM);
     }
-    let arena: [u64; ARENA_PAGES as usize] = core::array::from_fn(|i| mm::pfn_to_mfn(first + i as u64));
+    let arena: [u64; ARENA_PAGES as usize] =
+        core::array::from_fn(|i| mm::pfn_to_mfn(first + i as u64));
     w.huge_mfn = mm::pfn_to_mfn(first + ARENA_PAGES);
     mm::map_frames(ARENA_VA, &arena, DATA)?;
     mm::map_frames(HUGE_PRIV_VA, &[w.huge_mfn], DATA)?;
@@ -1267,7 +1588,8 @@ const HUGE_VICTIM_VA: u64 = HUGE_AREA + (1 << 30);
 /// address.
 fn setup_huge(w: &World, mib: u64) -> Result<u64, Errno> {
     let l1 = mm::ensure_l1(HUGE_AREA)?;
-    let victim = mm::l1_entry_ma(w.l4, HUGE_VICTIM_VA).map_or_else(|| mm::ensure_l1(HUGE_VICTIM_VA).map(|m| m << 12), Ok)?;
+    let victim = mm::l1_entry_ma(w.l4, HUGE_VICTIM_VA)
+        .map_or_else(|| mm::ensure_l1(HUGE_VICTIM_VA).map(|m| m << 12), Ok)?;
     let l3 = (entry(w.l4, (HUGE_AREA >> 39) & 511) >> 12) & 0xff_ffff_ffff;
     let l2 = (entry(l3, 0) >> 12) & 0xff_ffff_ffff;
     let mut b = mm::Batch::new();
@@ -1292,20 +1614,38 @@ fn huge_call(victim: u64, r: &mut Rng) -> Call {
             // TLB_FLUSH_LOCAL.
             0 => 6,
             // multicall: 64-byte entries of xen_version(XENVER_version).
-            1 => if off % 64 == 0 { 17 } else { 0 },
+            1 => {
+                if off % 64 == 0 {
+                    17
+                } else {
+                    0
+                }
+            }
             // mmu_update: the victim entry set to 0, again and again.
-            _ => if off % 16 == 0 { victim } else { 0 },
+            _ => {
+                if off % 16 == 0 {
+                    victim
+                } else {
+                    0
+                }
+            }
         };
         // SAFETY: the huge frame is ours, mapped writable at HUGE_PRIV_VA.
         unsafe { core::ptr::write_volatile((HUGE_PRIV_VA + off) as *mut u64, v) };
     }
     let nr = [26, 13, 1][kind as usize];
     let count = r.pick(&[0xffff_ffffu64, 0x7fff_ffff, 1 << 24]);
-    Call { nr, args: [HUGE_AREA, count, 0, DOMID_SELF, 0], kind: Kind::Plain }
+    Call {
+        nr,
+        args: [HUGE_AREA, count, 0, DOMID_SELF, 0],
+        kind: Kind::Plain,
+    }
 }
 
 fn arg_u64(si: &StartInfo, key: &str, default: u64) -> u64 {
-    scenario_guests::arg(si, key).and_then(|v| v.parse().ok()).unwrap_or(default)
+    scenario_guests::arg(si, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main(si: &'static StartInfo) {
@@ -1358,7 +1698,11 @@ fn main(si: &'static StartInfo) {
     // Grant entries of our own for the fuzz to map and copy.
     let grants = pv_guest_kernel::gnttab::TABLE_VA;
     pv_guest_kernel::events::disable();
-    let mut arena = Arena { used: 0, dirty: ARENA_LEN, top: ARENA_LEN };
+    let mut arena = Arena {
+        used: 0,
+        dirty: ARENA_LEN,
+        top: ARENA_LEN,
+    };
     let mut stats = [[0u64; 2]; 65];
     let t0 = pv_guest_kernel::time::now_ns();
     for i in 0..calls {
@@ -1366,11 +1710,20 @@ fn main(si: &'static StartInfo) {
         if have_grants && i % 64 == 0 {
             // Refresh some of our grant entries (the table frame is ours
             // and mapped; writable grants get frames that may be written).
-            let mut g = Gen { r: Rng::for_call(seed ^ 0x5eed, i), w, a: &mut arena };
+            let mut g = Gen {
+                r: Rng::for_call(seed ^ 0x5eed, i),
+                w,
+                a: &mut arena,
+            };
             for _ in 0..8 {
                 let gref = 8 + g.r.below(504);
-                let flags = g.r.pick(&[1u64, 1, 5, 5, 0x19, 0x1d, 0, 2, 3, g.r.0 & 0xffff]);
-                let frame = if flags & 4 != 0 { g.mfn_any() } else { g.mfn_dst() };
+                let flags =
+                    g.r.pick(&[1u64, 1, 5, 5, 0x19, 0x1d, 0, 2, 3, g.r.0 & 0xffff]);
+                let frame = if flags & 4 != 0 {
+                    g.mfn_any()
+                } else {
+                    g.mfn_dst()
+                };
                 let e = (flags & 0xffff) | (g.dom() & 0xffff) << 16 | (frame & 0xffff_ffff) << 32;
                 // SAFETY: our grant table frame, mapped writable at TABLE_VA.
                 unsafe { core::ptr::write_volatile((grants + gref * 8) as *mut u64, e) };
@@ -1381,12 +1734,22 @@ fn main(si: &'static StartInfo) {
         let c = if huge {
             huge_call(victim, &mut r)
         } else {
-            let mut g = Gen { r, w, a: &mut arena };
+            let mut g = Gen {
+                r,
+                w,
+                a: &mut arena,
+            };
             g.call(0)
         };
         if trace.is_some_and(|from| i >= from) {
-            println!("fuzz: seed {seed} call {i} nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}", c.nr, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4]);
-            if (c.nr == 1 || c.nr == 26) && c.args[0] >= ARENA_VA && c.args[0] < ARENA_VA + ARENA_LEN as u64 {
+            println!(
+                "fuzz: seed {seed} call {i} nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}",
+                c.nr, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4]
+            );
+            if (c.nr == 1 || c.nr == 26)
+                && c.args[0] >= ARENA_VA
+                && c.args[0] < ARENA_VA + ARENA_LEN as u64
+            {
                 // The batch as generated: [ptr, val] or [cmd, arg1, arg2].
                 let size = if c.nr == 1 { 16 } else { 24 };
                 for k in 0..(c.args[1] & 0xffff_ffff).min(12) {
@@ -1396,7 +1759,12 @@ fn main(si: &'static StartInfo) {
                     }
                     // SAFETY: inside the arena, just written by the generator.
                     let rd = |o: u64| unsafe { core::ptr::read_volatile((e + o) as *const u64) };
-                    println!("fuzz:   item {k}: {:#x} {:#x} {:#x}", rd(0), rd(8), if size == 24 { rd(16) } else { 0 });
+                    println!(
+                        "fuzz:   item {k}: {:#x} {:#x} {:#x}",
+                        rd(0),
+                        rd(8),
+                        if size == 24 { rd(16) } else { 0 }
+                    );
                 }
             }
             if c.nr == 13 && c.args[0] >= ARENA_VA && c.args[0] < ARENA_VA + ARENA_LEN as u64 {
@@ -1405,16 +1773,30 @@ fn main(si: &'static StartInfo) {
                     let e = c.args[0] + k * 64;
                     // SAFETY: inside the arena, just written by the generator.
                     let rd = |o: u64| unsafe { core::ptr::read_volatile((e + o) as *const u64) };
-                    if e + 64 > ARENA_VA + ARENA_LEN as u64 || (rd(0) == 0 && rd(16) == 0 && rd(24) == 0) {
+                    if e + 64 > ARENA_VA + ARENA_LEN as u64
+                        || (rd(0) == 0 && rd(16) == 0 && rd(24) == 0)
+                    {
                         break;
                     }
-                    println!("fuzz:   entry {k}: nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}", rd(0), rd(16), rd(24), rd(32), rd(40), rd(48));
+                    println!(
+                        "fuzz:   entry {k}: nr {:#x} args {:#x} {:#x} {:#x} {:#x} {:#x}",
+                        rd(0),
+                        rd(16),
+                        rd(24),
+                        rd(32),
+                        rd(40),
+                        rd(48)
+                    );
                 }
             }
         }
         let ret = match c.kind {
             Kind::Plain => {
-                if c.nr == 29 && c.args[0] == 3 && c.args[1] >= ARENA_VA && c.args[1] < ARENA_VA + ARENA_LEN as u64 - 24 {
+                if c.nr == 29
+                    && c.args[0] == 3
+                    && c.args[1] >= ARENA_VA
+                    && c.args[1] < ARENA_VA + ARENA_LEN as u64 - 24
+                {
                     // SCHEDOP_poll: a near timeout, set now.
                     let when = pv_guest_kernel::time::now_ns() + (c.args[2] % 2_000_000);
                     put64(c.args[1] + 16, when.max(1));
@@ -1423,7 +1805,9 @@ fn main(si: &'static StartInfo) {
             }
             Kind::Block => {
                 if ensure_timer() {
-                    let _ = guest_abi::hypercall::set_timer_op(pv_guest_kernel::time::now_ns() + 100_000 + c.args[1] % 2_000_000);
+                    let _ = guest_abi::hypercall::set_timer_op(
+                        pv_guest_kernel::time::now_ns() + 100_000 + c.args[1] % 2_000_000,
+                    );
                     issue(&c)
                 } else {
                     guest_abi::hypercall::sched_yield().map_or(-1, |()| 0)
@@ -1436,7 +1820,10 @@ fn main(si: &'static StartInfo) {
         };
         pv_guest_kernel::events::disable();
         if huge {
-            println!("fuzz: seed {seed} call {i}: huge nr {} count {:#x} returned {ret}", c.nr, c.args[1]);
+            println!(
+                "fuzz: seed {seed} call {i}: huge nr {} count {:#x} returned {ret}",
+                c.nr, c.args[1]
+            );
         }
         let b = (c.nr.min(64)) as usize;
         stats[b][0] += 1;
@@ -1458,7 +1845,14 @@ fn main(si: &'static StartInfo) {
     let mut line: heapless::String<512> = heapless::String::new();
     for (nr, s) in stats.iter().enumerate().filter(|(_, s)| s[0] > 0) {
         use core::fmt::Write;
-        let _ = write!(line, " {}{}:{}/{}", if nr == 64 { ">=" } else { "" }, nr, s[1], s[0]);
+        let _ = write!(
+            line,
+            " {}{}:{}/{}",
+            if nr == 64 { ">=" } else { "" },
+            nr,
+            s[1],
+            s[0]
+        );
         if line.len() > 400 {
             println!("fuzz: ok/calls by nr{line}");
             line.clear();
@@ -1467,17 +1861,35 @@ fn main(si: &'static StartInfo) {
     if !line.is_empty() {
         println!("fuzz: ok/calls by nr{line}");
     }
-    println!("fuzz: seed {seed} done {calls} calls in {} ms ({} calls/s)", ns / 1_000_000, calls * 1_000_000_000 / ns);
+    println!(
+        "fuzz: seed {seed} done {calls} calls in {} ms ({} calls/s)",
+        ns / 1_000_000,
+        calls * 1_000_000_000 / ns
+    );
     if bench && calls > 0 {
-        println!("BENCH|fuzzer: mixed hypercall (seed {seed}, {calls} calls)|{}", ns / calls);
-        println!("bench: fuzzer ran {calls} calls at {} calls per virtual second", calls * 1_000_000_000 / ns);
+        println!(
+            "BENCH|fuzzer: mixed hypercall (seed {seed}, {calls} calls)|{}",
+            ns / calls
+        );
+        println!(
+            "bench: fuzzer ran {calls} calls at {} calls per virtual second",
+            calls * 1_000_000_000 / ns
+        );
     }
     // It survived every call; its own memory must be as it left it, and its
     // timer must still wake it.
     let bad = check_canary(seed);
-    t.check("own-memory-intact", bad.is_none(), format_args!("canary word {bad:?} changed: the hypervisor wrote where no call allowed it"));
+    t.check(
+        "own-memory-intact",
+        bad.is_none(),
+        format_args!("canary word {bad:?} changed: the hypervisor wrote where no call allowed it"),
+    );
     let now = image_hash();
-    t.check("own-code-intact", now == image, format_args!("code hash {image:#x} became {now:#x}"));
+    t.check(
+        "own-code-intact",
+        now == image,
+        format_args!("code hash {image:#x} became {now:#x}"),
+    );
     let woke = ensure_timer() && {
         let deadline = pv_guest_kernel::time::now_ns() + 1_000_000;
         while pv_guest_kernel::time::now_ns() < deadline {
@@ -1486,7 +1898,11 @@ fn main(si: &'static StartInfo) {
         }
         true
     };
-    t.check("timer-after-fuzz", woke, format_args!("VIRQ_TIMER cannot be bound any more"));
+    t.check(
+        "timer-after-fuzz",
+        woke,
+        format_args!("VIRQ_TIMER cannot be bound any more"),
+    );
     t.finish()
 }
 

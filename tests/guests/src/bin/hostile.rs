@@ -9,7 +9,7 @@
 #![no_main]
 
 use core::arch::asm;
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 /// Enters the iret stub with a forged `[flags, rip, cs, rflags, rsp, ss]`.
 fn forged_iret(rip: u64, cs: u64) -> ! {
@@ -65,7 +65,8 @@ fn main(si: &'static StartInfo) {
         "bad-kernel-stack-from-user" => {
             pv_guest_kernel::traps::init().expect("trap table");
             let l4 = pv_guest_kernel::mm::current_l4_mfn();
-            pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0).expect("user page table");
+            pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0)
+                .expect("user page table");
             // SAFETY: a kernel stack the hypervisor can never write: the
             // #UD from user mode below must kill us, naming this stack.
             let r = unsafe { guest_abi::hypercall::stack_switch(0xe02b, BAD_KERNEL_STACK) };
@@ -76,15 +77,43 @@ fn main(si: &'static StartInfo) {
         }
         "callbacks-in-hypervisor" => {
             for (ty, name) in [(0u16, "event"), (1, "failsafe"), (2, "syscall")] {
-                let reg = guest_abi::callback::CallbackRegister { type_: ty, flags: 0, _pad: 0, address: 0xffff_8280_0010_0000 };
+                let reg = guest_abi::callback::CallbackRegister {
+                    type_: ty,
+                    flags: 0,
+                    _pad: 0,
+                    address: 0xffff_8280_0010_0000,
+                };
                 // SAFETY: the hypervisor must refuse the address.
                 let r = unsafe { guest_abi::hypercall::callback_register(&reg) };
-                t.check(name, r == Err(guest_abi::errno::Errno::EINVAL), format_args!("{name} callback in hypervisor space: {r:?}"));
+                t.check(
+                    name,
+                    r == Err(guest_abi::errno::Errno::EINVAL),
+                    format_args!("{name} callback in hypervisor space: {r:?}"),
+                );
             }
             // SAFETY: as above, through the older hypercall.
             let r = unsafe { guest_abi::hypercall::set_callbacks(0xffff_8280_0010_0000, 0, 0) };
-            t.check("set-callbacks", r == Err(guest_abi::errno::Errno::EINVAL), format_args!("{r:?}"));
-            let bad = [guest_abi::arch::TrapInfo { vector: 3, flags: 3, cs: 0xe030, _pad: [0; 4], address: 0x8000_0000_0000_0000 }, guest_abi::arch::TrapInfo { vector: 0, flags: 0, cs: 0, _pad: [0; 4], address: 0 }];
+            t.check(
+                "set-callbacks",
+                r == Err(guest_abi::errno::Errno::EINVAL),
+                format_args!("{r:?}"),
+            );
+            let bad = [
+                guest_abi::arch::TrapInfo {
+                    vector: 3,
+                    flags: 3,
+                    cs: 0xe030,
+                    _pad: [0; 4],
+                    address: 0x8000_0000_0000_0000,
+                },
+                guest_abi::arch::TrapInfo {
+                    vector: 0,
+                    flags: 0,
+                    cs: 0,
+                    _pad: [0; 4],
+                    address: 0,
+                },
+            ];
             // SAFETY: the hypervisor must refuse the non-canonical handler.
             let r = unsafe { guest_abi::hypercall::set_trap_table(&bad) };
             t.check("trap-table-noncanonical", r.is_err(), format_args!("{r:?}"));
@@ -92,7 +121,10 @@ fn main(si: &'static StartInfo) {
         }
         _ => println!("hostile: unknown op"),
     }
-    t.fail("hostile-survived", format_args!("{op} did not end this domain"));
+    t.fail(
+        "hostile-survived",
+        format_args!("{op} did not end this domain"),
+    );
     t.finish()
 }
 

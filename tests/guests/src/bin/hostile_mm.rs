@@ -12,7 +12,7 @@
 use guest_abi::errno::Errno;
 use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
 use pv_guest_kernel::mm::{self, DATA, RO, TABLE};
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 fn mmu1(ptr: u64, val: u64) -> Result<(), Errno> {
     let r = [MmuUpdate { ptr, val }];
@@ -55,15 +55,26 @@ fn main(si: &'static StartInfo) {
     let r = uvm(scratch, ((top + 64) << 12) | RO);
     t.check("foreign-frame", ebusy_or_einval(r), format_args!("{r:?}"));
     let r = uvm(scratch, (0x100u64 << 12) | RO);
-    t.check("hypervisor-frame", ebusy_or_einval(r) || r == Err(Errno::EPERM), format_args!("{r:?}"));
+    t.check(
+        "hypervisor-frame",
+        ebusy_or_einval(r) || r == Err(Errno::EPERM),
+        format_args!("{r:?}"),
+    );
     let _ = uvm(scratch, (scratch_mfn << 12) | DATA);
     // 4. A hypervisor L4 slot.
     let r = mmu1((l4 << 12) | 256 * 8, (l4 << 12) | RO);
-    t.check("hv-l4-slot", r == Err(Errno::EINVAL) || r == Err(Errno::EPERM), format_args!("{r:?}"));
+    t.check(
+        "hv-l4-slot",
+        r == Err(Errno::EINVAL) || r == Err(Errno::EPERM),
+        format_args!("{r:?}"),
+    );
     // 5. PSE in an L2 entry (a 2 MiB superpage over our first frames).
     let l3 = (mm_entry(l4, 0) >> 12) & 0xff_ffff_ffff;
     let l2 = (mm_entry(l3, 0) >> 12) & 0xff_ffff_ffff;
-    let r = mmu1((l2 << 12) | 100 * 8, (mm::pfn_to_mfn(0) << 12) | DATA | 0x80);
+    let r = mmu1(
+        (l2 << 12) | 100 * 8,
+        (mm::pfn_to_mfn(0) << 12) | DATA | 0x80,
+    );
     t.check("pse-l2", r == Err(Errno::EINVAL), format_args!("{r:?}"));
     // 6. Linear page tables: read-write refused, read-only one level allowed.
     let r = mmu1((l4 << 12) | 300 * 8, (l4 << 12) | TABLE);
@@ -72,7 +83,11 @@ fn main(si: &'static StartInfo) {
     t.check("linear-ro", r.is_ok(), format_args!("{r:?}"));
     // 7. XSA-182: the read-only self-map made writable by a flag-only update.
     let r = mmu1((l4 << 12) | 300 * 8, (l4 << 12) | TABLE);
-    t.check("xsa182-rw-fastpath", ebusy_or_einval(r), format_args!("{r:?}"));
+    t.check(
+        "xsa182-rw-fastpath",
+        ebusy_or_einval(r),
+        format_args!("{r:?}"),
+    );
     let r = mmu1((l4 << 12) | 300 * 8, 0);
     t.check("linear-remove", r.is_ok(), format_args!("{r:?}"));
     // 8. NEW_BASEPTR to a frame full of garbage, and to a frame not ours.
@@ -87,27 +102,45 @@ fn main(si: &'static StartInfo) {
     // 9. Unpin of a table that is not pinned.
     let l1 = mm::alloc_table().expect("a table page");
     let r = mm::unpin(l1);
-    t.check("unpin-unpinned", r == Err(Errno::EINVAL), format_args!("{r:?}"));
+    t.check(
+        "unpin-unpinned",
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
     // 10. Giving back a frame in use as a (pinned) page table.
     let pin = mm::pin(l1, 1);
     let mut list = [l1];
     let n = reservation(guest_abi::memory::XENMEM_DECREASE_RESERVATION, &mut list);
-    t.check("release-page-table", pin.is_ok() && n == 0, format_args!("pin {pin:?}, {n} extents released"));
+    t.check(
+        "release-page-table",
+        pin.is_ok() && n == 0,
+        format_args!("pin {pin:?}, {n} extents released"),
+    );
     let _ = mm::unpin(l1);
     // The shared info frame is the hypervisor's to keep writing: not given back.
     let mut list = [si.shared_info >> 12];
     let n = reservation(guest_abi::memory::XENMEM_DECREASE_RESERVATION, &mut list);
-    t.check("release-shared-info", n == 0, format_args!("{n} extents released"));
+    t.check(
+        "release-shared-info",
+        n == 0,
+        format_args!("{n} extents released"),
+    );
 
     // 11. Map/unmap cycles (`cycles=`, default 10,000; the audit at domain
     //     death finds any reference leak).
-    let cycles: u32 = scenario_guests::arg(si, "cycles").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let cycles: u32 = scenario_guests::arg(si, "cycles")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let mut fails = 0;
     for _ in 0..cycles {
         fails += uvm(scratch, 0).is_err() as u32;
         fails += uvm(scratch, (scratch_mfn << 12) | DATA).is_err() as u32;
     }
-    t.check("map-unmap-cycles", fails == 0, format_args!("{fails} failures in {cycles} cycles"));
+    t.check(
+        "map-unmap-cycles",
+        fails == 0,
+        format_args!("{fails} failures in {cycles} cycles"),
+    );
     println!("hostile-mm: {cycles} map/unmap cycles");
 
     // 12. Reservation: current/maximum, the limit, and scrubbing on reuse.
@@ -122,23 +155,52 @@ fn main(si: &'static StartInfo) {
     t.check("increase", n == 1, format_args!("{n}"));
     let r = uvm(scratch, (got[0] << 12) | DATA);
     // SAFETY: the new frame is ours and was just mapped writable.
-    let zero = r.is_ok() && unsafe { core::slice::from_raw_parts(scratch as *const u8, 4096) }.iter().all(|&b| b == 0);
+    let zero = r.is_ok()
+        && unsafe { core::slice::from_raw_parts(scratch as *const u8, 4096) }
+            .iter()
+            .all(|&b| b == 0);
     t.check("scrubbed", zero, format_args!("map {r:?}: a reused frame must be all zero (got mfn {:#x}, gave back {scratch_mfn:#x})", got[0]));
     let mut more = [0u64; 4];
     let n = reservation(guest_abi::memory::XENMEM_INCREASE_RESERVATION, &mut more);
-    t.check("limit", n == 0, format_args!("{n} frames granted beyond the limit"));
+    t.check(
+        "limit",
+        n == 0,
+        format_args!("{n} frames granted beyond the limit"),
+    );
     let mut pfns = [si.nr_pages, si.nr_pages + 1];
     let n = reservation(guest_abi::memory::XENMEM_POPULATE_PHYSMAP, &mut pfns);
-    t.check("populate-limit", n == 0, format_args!("{n} frames populated beyond the limit"));
+    t.check(
+        "populate-limit",
+        n == 0,
+        format_args!("{n} frames populated beyond the limit"),
+    );
     let cur = guest_abi::hypercall::memory_current_reservation(guest_abi::types::DomId::SELF);
     let max = guest_abi::hypercall::memory_maximum_reservation(guest_abi::types::DomId::SELF);
-    t.check("reservation-queries", cur == Ok(si.nr_pages) && max == Ok(si.nr_pages), format_args!("current {cur:?}, maximum {max:?}, nr_pages {}", si.nr_pages));
-    let mut map = [guest_abi::memory::E820Entry { addr: 0, size: 0, type_: 0 }; 4];
+    t.check(
+        "reservation-queries",
+        cur == Ok(si.nr_pages) && max == Ok(si.nr_pages),
+        format_args!("current {cur:?}, maximum {max:?}, nr_pages {}", si.nr_pages),
+    );
+    let mut map = [guest_abi::memory::E820Entry {
+        addr: 0,
+        size: 0,
+        type_: 0,
+    }; 4];
     let r = guest_abi::hypercall::memory_map(&mut map);
-    t.check("memory-map", r == Ok(1) && map[0].addr == 0 && map[0].size == si.nr_pages * 4096 && map[0].type_ == 1, format_args!("{r:?} {:?}", map[0]));
+    t.check(
+        "memory-map",
+        r == Ok(1) && map[0].addr == 0 && map[0].size == si.nr_pages * 4096 && map[0].type_ == 1,
+        format_args!("{r:?} {:?}", map[0]),
+    );
     // The builder scatters guest memory: the p2m is far from contiguous.
-    let breaks = (1..si.nr_pages).filter(|&p| mm::pfn_to_mfn(p) != mm::pfn_to_mfn(p - 1) + 1).count() as u64;
-    t.check("p2m-scattered", breaks > si.nr_pages / 2, format_args!("{breaks} discontinuities in {} pages", si.nr_pages));
+    let breaks = (1..si.nr_pages)
+        .filter(|&p| mm::pfn_to_mfn(p) != mm::pfn_to_mfn(p - 1) + 1)
+        .count() as u64;
+    t.check(
+        "p2m-scattered",
+        breaks > si.nr_pages / 2,
+        format_args!("{breaks} discontinuities in {} pages", si.nr_pages),
+    );
     println!("hostile-mm: done");
     t.finish()
 }

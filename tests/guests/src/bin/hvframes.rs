@@ -24,7 +24,7 @@ use guest_abi::errno::Errno;
 use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
 use guest_abi::types::{DomId, VcpuId};
 use pv_guest_kernel::mm::{self, DATA, TABLE};
-use pv_guest_kernel::{println, test::Reporter, traps, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter, traps};
 use scenario_guests::{last_cr2, load_ds, set_ldt};
 
 fn mmu1(ptr: u64, val: u64) -> Result<(), Errno> {
@@ -55,17 +55,30 @@ fn frame(e: u64) -> u64 {
 
 /// The first unused slot of `table` among `range` (highest first).
 fn free_slot(table: u64, range: core::ops::Range<u64>) -> u64 {
-    range.rev().find(|&i| entry(table, i) & 1 == 0).expect("a free slot")
+    range
+        .rev()
+        .find(|&i| entry(table, i) & 1 == 0)
+        .expect("a free slot")
 }
 
 /// The canonical virtual address of L4/L3/L2/L1 indexes.
 fn va_of(l4: u64, l3: u64, l2: u64, l1: u64) -> u64 {
     let va = (l4 << 39) | (l3 << 30) | (l2 << 21) | (l1 << 12);
-    if l4 >= 256 { va | 0xFFFF_0000_0000_0000 } else { va }
+    if l4 >= 256 {
+        va | 0xFFFF_0000_0000_0000
+    } else {
+        va
+    }
 }
 
 /// `what-step` as a check name.
-fn check(t: &mut Reporter, what: &str, step: core::fmt::Arguments, cond: bool, why: core::fmt::Arguments) {
+fn check(
+    t: &mut Reporter,
+    what: &str,
+    step: core::fmt::Arguments,
+    cond: bool,
+    why: core::fmt::Arguments,
+) {
     let mut name: heapless::String<64> = heapless::String::new();
     let _ = core::fmt::Write::write_fmt(&mut name, format_args!("{what}-{step}"));
     t.check(&name, cond, why);
@@ -77,7 +90,13 @@ fn check(t: &mut Reporter, what: &str, step: core::fmt::Arguments, cond: bool, w
 fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
     for level in 1..=4u8 {
         let r = mm::pin(f, level);
-        check(t, what, format_args!("pin-l{level}"), r == Err(Errno::EINVAL), format_args!("{r:?}"));
+        check(
+            t,
+            what,
+            format_args!("pin-l{level}"),
+            r == Err(Errno::EINVAL),
+            format_args!("{r:?}"),
+        );
     }
     let l4 = mm::current_l4_mfn();
     let l3 = frame(entry(l4, 0));
@@ -86,25 +105,61 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
     // slot (all slots unused, so nothing else changes if one were taken).
     let s2 = free_slot(l2, 1..512);
     let r = mmu1((l2 << 12) | s2 * 8, (f << 12) | TABLE);
-    check(t, what, format_args!("link-as-l1"), r == Err(Errno::EINVAL), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("link-as-l1"),
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
     let s3 = free_slot(l3, 1..512);
     let r = mmu1((l3 << 12) | s3 * 8, (f << 12) | TABLE);
-    check(t, what, format_args!("link-as-l2"), r == Err(Errno::EINVAL), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("link-as-l2"),
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
     let s4 = free_slot(l4, 272..512);
     let r = mmu1((l4 << 12) | s4 * 8, (f << 12) | TABLE);
-    check(t, what, format_args!("link-as-l3"), r == Err(Errno::EINVAL), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("link-as-l3"),
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
     // SAFETY: the hypervisor checks the frame; refused, nothing changes.
     let r = unsafe { guest_abi::hypercall::set_gdt(&[f], 16) };
-    check(t, what, format_args!("gdt"), r == Err(Errno::EINVAL), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("gdt"),
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
     // As an LDT page: mapped read-only (so no mapping of the guest's own
     // stands in the way), registered (accepted, as Xen looks at no page
     // yet), then a selector load makes the CPU read it: the segment type
     // must be refused and the load must fault at the LDT's address.
     let (va, own) = mm::alloc_page().expect("a scratch page");
     let r = uvm(va, (f << 12) | mm::RO);
-    check(t, what, format_args!("ldt-map-ro"), r.is_ok(), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("ldt-map-ro"),
+        r.is_ok(),
+        format_args!("{r:?}"),
+    );
     let r = set_ldt(va, 512);
-    check(t, what, format_args!("ldt-set"), r.is_ok(), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("ldt-set"),
+        r.is_ok(),
+        format_args!("{r:?}"),
+    );
     let fault = traps::expect_fault(|| load_ds(0x7));
     let cr2 = last_cr2();
     check(
@@ -115,7 +170,13 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
         format_args!("loading LDT selector 0x7 over it: {fault:?}, cr2 {cr2:#x} (LDT at {va:#x})"),
     );
     let r = set_ldt(0, 0);
-    check(t, what, format_args!("ldt-cleared"), r.is_ok(), format_args!("{r:?}"));
+    check(
+        t,
+        what,
+        format_args!("ldt-cleared"),
+        r.is_ok(),
+        format_args!("{r:?}"),
+    );
     let _ = uvm(va, (own << 12) | DATA);
 }
 
@@ -133,14 +194,22 @@ fn escape(t: &mut Reporter, si: &StartInfo) {
     let _ = uvm(scratch, (scratch_mfn << 12) | DATA);
     // 2. Pin it as an L1 table.
     let pin = mm::pin(f, 1);
-    t.check("escape-pin-refused", pin == Err(Errno::EINVAL), format_args!("MMUEXT_PIN_L1_TABLE on shared info: {pin:?}"));
+    t.check(
+        "escape-pin-refused",
+        pin == Err(Errno::EINVAL),
+        format_args!("MMUEXT_PIN_L1_TABLE on shared info: {pin:?}"),
+    );
     // 3. Link it into its own L2.
     let l4 = mm::current_l4_mfn();
     let l3 = frame(entry(l4, 0));
     let l2 = frame(entry(l3, 0));
     let k = free_slot(l2, 1..512);
     let link = mmu1((l2 << 12) | k * 8, (f << 12) | TABLE);
-    t.check("escape-link-refused", link == Err(Errno::EINVAL), format_args!("shared info as an L1 under L2 slot {k}: {link:?}"));
+    t.check(
+        "escape-link-refused",
+        link == Err(Errno::EINVAL),
+        format_args!("shared info as an L1 under L2 slot {k}: {link:?}"),
+    );
     // 4. Forge entry 257 (the pending bits of ports 64..127): its own L4,
     //    writable, through event sends.
     let forged = (l4 << 12) | 0x7;
@@ -171,7 +240,11 @@ fn escape(t: &mut Reporter, si: &StartInfo) {
         let v = unsafe { core::ptr::read_volatile(l4_alias as *const u64) };
         println!("hvframes: the forged entry maps something: {v:#x}");
     });
-    t.check("escape-forged-entry-unmapped", probe.is_some(), format_args!("the forged L1 entry at {l4_alias:#x} was usable"));
+    t.check(
+        "escape-forged-entry-unmapped",
+        probe.is_some(),
+        format_args!("the forged L1 entry at {l4_alias:#x} was usable"),
+    );
     // 6. Had it worked: L4[300] -> A (L3) -> B (L2) -> C (L1) -> frames it
     //    does not own, then read them.
     let (a, a_mfn) = mm::alloc_page().expect("page A");
@@ -199,13 +272,19 @@ fn escape(t: &mut Reporter, si: &StartInfo) {
             // SAFETY: must fault: nothing maps this address unless the
             // escape worked.
             let v = unsafe { core::ptr::read_volatile(va as *const u64) };
-            println!("hvframes: ESCAPE: read machine frame {m:#x}, which this domain does not own: {v:#x}");
+            println!(
+                "hvframes: ESCAPE: read machine frame {m:#x}, which this domain does not own: {v:#x}"
+            );
         });
         if got.is_none() {
             leaked += 1;
         }
     }
-    t.check("escape-no-foreign-frame-read", leaked == 0, format_args!("{leaked} frames outside the domain were read"));
+    t.check(
+        "escape-no-foreign-frame-read",
+        leaked == 0,
+        format_args!("{leaked} frames outside the domain were read"),
+    );
     println!("hvframes: escape attempt over ({leaked} foreign frames read)");
 }
 

@@ -28,7 +28,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::types::{DomId, Port, VcpuId};
 use pv_guest_kernel::mm::{self, DATA, RO, TABLE};
-use pv_guest_kernel::{events, println, test::Reporter, time, StartInfo};
+use pv_guest_kernel::{StartInfo, events, println, test::Reporter, time};
 
 /// L4 slot of the aliased range (a guest slot above the hypervisor's).
 const ALIAS_SLOT: u64 = 300;
@@ -71,9 +71,13 @@ fn alias_page(fill: impl Fn(usize) -> u8) -> u64 {
         prev = t_mfn;
     }
     let l4 = mm::current_l4_mfn();
-    let r = [guest_abi::mmu::MmuUpdate { ptr: (l4 << 12) | ALIAS_SLOT * 8, val: (prev << 12) | TABLE }];
+    let r = [guest_abi::mmu::MmuUpdate {
+        ptr: (l4 << 12) | ALIAS_SLOT * 8,
+        val: (prev << 12) | TABLE,
+    }];
     // SAFETY: links our own validated L3 into an unused L4 slot.
-    unsafe { guest_abi::hypercall::mmu_update(&r, None, DomId::SELF.0 as u32) }.expect("alias linked");
+    unsafe { guest_abi::hypercall::mmu_update(&r, None, DomId::SELF.0 as u32) }
+        .expect("alias linked");
     page
 }
 
@@ -87,7 +91,9 @@ fn on_own_timer(_port: u32) {
     if n == OWN_TICKS {
         // SAFETY: set once before the timer started; only read here.
         let (call, rep) = unsafe { (*(&raw const CALL), (*(&raw mut REPORTER)).take()) };
-        println!("preempt: {call} huge batch still running after {n} own timer events: ending the domain");
+        println!(
+            "preempt: {call} huge batch still running after {n} own timer events: ending the domain"
+        );
         if let Some(mut t) = rep {
             t.ok("huge-batch-preempted");
             t.finish();
@@ -116,12 +122,22 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
         "mmu_update" => {
             let l1e = mm::l1_entry_ma(mm::current_l4_mfn(), scratch).expect("scratch mapped");
             let val = (scratch_mfn << 12) | DATA;
-            alias_page(|off| if off % 16 < 8 { (l1e >> (8 * (off % 8))) as u8 } else { (val >> (8 * (off % 8))) as u8 });
+            alias_page(|off| {
+                if off % 16 < 8 {
+                    (l1e >> (8 * (off % 8))) as u8
+                } else {
+                    (val >> (8 * (off % 8))) as u8
+                }
+            });
             let n = 300_000;
             println!("preempt: mmu_update batch started");
             let r = hc(1, [ALIAS, n, pdone, DomId::SELF.0 as u64]);
             println!("preempt: mmu_update batch done: {r}, {done} done");
-            t.check("batch-complete", r == 0 && u64::from(done) == n, format_args!("rc {r}, done {done} of {n}"));
+            t.check(
+                "batch-complete",
+                r == 0 && u64::from(done) == n,
+                format_args!("rc {r}, done {done} of {n}"),
+            );
         }
         "mmuext_op" => {
             // Every 8-byte word is 6 (MMUEXT_TLB_FLUSH_LOCAL), so every
@@ -131,7 +147,11 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             println!("preempt: mmuext_op batch started");
             let r = hc(26, [ALIAS, n, pdone, DomId::SELF.0 as u64]);
             println!("preempt: mmuext_op batch done: {r}, {done} done");
-            t.check("batch-complete", r == 0 && u64::from(done) == n, format_args!("rc {r}, done {done} of {n}"));
+            t.check(
+                "batch-complete",
+                r == 0 && u64::from(done) == n,
+                format_args!("rc {r}, done {done} of {n}"),
+            );
             // A preempted entry inside a multicall continues from itself:
             // entry 0 is the same long mmuext_op, entry 1 a version query.
             let mut done2: u32 = 0;
@@ -145,11 +165,17 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             calls[1][1] = u64::MAX;
             let r = hc(13, [calls.as_mut_ptr() as u64, 2, 0, 0]);
             let version = hc(17, [0, 0, 0, 0]) as u64;
-            println!("preempt: multicall of a long mmuext_op: {r}, results {} and {:#x}, {done2} done", calls[0][1] as i64, calls[1][1]);
+            println!(
+                "preempt: multicall of a long mmuext_op: {r}, results {} and {:#x}, {done2} done",
+                calls[0][1] as i64, calls[1][1]
+            );
             t.check(
                 "multicall-entry-continued",
                 r == 0 && calls[0][1] == 0 && u64::from(done2) == n && calls[1][1] == version,
-                format_args!("rc {r}, entry results {:#x} {:#x}, done {done2}", calls[0][1], calls[1][1]),
+                format_args!(
+                    "rc {r}, entry results {:#x} {:#x}, done {done2}",
+                    calls[0][1], calls[1][1]
+                ),
             );
         }
         "multicall" => {
@@ -162,7 +188,11 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             let res = unsafe { core::ptr::read_volatile((ALIAS + 8) as *const u64) };
             let version = hc(17, [0, 0, 0, 0]) as u64;
             println!("preempt: multicall batch done: {r}, result {res:#x}");
-            t.check("batch-complete", r == 0 && res == version, format_args!("rc {r}, entry result {res:#x}, version {version:#x}"));
+            t.check(
+                "batch-complete",
+                r == 0 && res == version,
+                format_args!("rc {r}, entry result {res:#x}, version {version:#x}"),
+            );
         }
         "grant_table_op" => {
             // 128 map operations per page (32 bytes each), each naming
@@ -170,8 +200,8 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             // its status.
             let peer = peer_of(si);
             alias_page(|off| match off % 32 {
-                8 => 2,                // flags: GNTMAP_host_map
-                12..=15 => 0xff,       // ref
+                8 => 2,          // flags: GNTMAP_host_map
+                12..=15 => 0xff, // ref
                 16 => peer as u8,
                 17 => (peer >> 8) as u8, // dom
                 _ => 0,
@@ -182,7 +212,11 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             // SAFETY: the alias maps our own page; op 0's status field.
             let st = unsafe { core::ptr::read_volatile((ALIAS + 18) as *const i16) };
             println!("preempt: grant_table_op batch done: {r}, status {st}");
-            t.check("batch-complete", r == 0 && st == guest_abi::grant_table::GNTST_BAD_GNTREF, format_args!("rc {r}, status {st}"));
+            t.check(
+                "batch-complete",
+                r == 0 && st == guest_abi::grant_table::GNTST_BAD_GNTREF,
+                format_args!("rc {r}, status {st}"),
+            );
         }
         "memory_op" => {
             // Every frame up to the limit, one extent at a time.
@@ -199,10 +233,24 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
                 _pad: [0; 6],
             };
             println!("preempt: memory_op batch started");
-            let r = hc(12, [u64::from(guest_abi::memory::XENMEM_INCREASE_RESERVATION), (&raw mut res) as u64, 0, 0]);
+            let r = hc(
+                12,
+                [
+                    u64::from(guest_abi::memory::XENMEM_INCREASE_RESERVATION),
+                    (&raw mut res) as u64,
+                    0,
+                    0,
+                ],
+            );
             let after = guest_abi::hypercall::memory_current_reservation(DomId::SELF).unwrap_or(0);
-            println!("preempt: memory_op batch done: {r} of {n} extents, reservation {before} -> {after}");
-            t.check("batch-complete", r as u64 == n && after == max, format_args!("{r} of {n}, reservation {after} of {max}"));
+            println!(
+                "preempt: memory_op batch done: {r} of {n} extents, reservation {before} -> {after}"
+            );
+            t.check(
+                "batch-complete",
+                r as u64 == n && after == max,
+                format_args!("{r} of {n}, reservation {after} of {max}"),
+            );
         }
         _ => {
             // console_io: 16 MiB of carriage returns, which print nothing.
@@ -231,7 +279,9 @@ fn phase2(call: &str) -> i64 {
 }
 
 fn peer_of(si: &StartInfo) -> u16 {
-    scenario_guests::arg(si, "peer").and_then(|v| v.parse().ok()).unwrap_or(1)
+    scenario_guests::arg(si, "peer")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 fn batch(si: &'static StartInfo) -> ! {
@@ -256,7 +306,10 @@ fn batch(si: &'static StartInfo) -> ! {
     guest_abi::hypercall::vcpu_set_periodic_timer(VcpuId(0), 1_000_000).expect("periodic timer");
     events::enable();
     let r = phase2(call);
-    println!("preempt: FAIL {call} huge batch returned {r} after {} own timer events", OWN.load(Ordering::SeqCst));
+    println!(
+        "preempt: FAIL {call} huge batch returned {r} after {} own timer events",
+        OWN.load(Ordering::SeqCst)
+    );
     // SAFETY: the handler never ran to the end, so the reporter is here.
     let t = unsafe { (*(&raw mut REPORTER)).take() };
     if let Some(mut t) = t {
@@ -269,7 +322,9 @@ fn batch(si: &'static StartInfo) -> ! {
 }
 
 fn ticker(si: &'static StartInfo) -> ! {
-    let peer: u16 = scenario_guests::arg(si, "peer").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let peer: u16 = scenario_guests::arg(si, "peer")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut t = Reporter::new();
     events::init().expect("events");
     // The peer's port number: the lowest free one, as our own first.
@@ -289,7 +344,8 @@ fn ticker(si: &'static StartInfo) -> ! {
             None => mine = events::bind_interdomain(peer, probe.0, |_| {}).ok(),
             Some(p) => {
                 let st = guest_abi::hypercall::evtchn_status(DomId::SELF, Port(p));
-                let bound = st.is_ok_and(|s| s.status == guest_abi::event_channel::EVTCHNSTAT_INTERDOMAIN);
+                let bound =
+                    st.is_ok_and(|s| s.status == guest_abi::event_channel::EVTCHNSTAT_INTERDOMAIN);
                 if !bound {
                     println!("ticker: peer ended after {ticks} ticks");
                     break;

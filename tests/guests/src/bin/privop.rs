@@ -5,7 +5,7 @@
 #![no_main]
 
 use core::arch::asm;
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 fn main(si: &'static StartInfo) {
     let op = scenario_guests::arg(si, "op").unwrap_or("none");
@@ -35,7 +35,10 @@ fn main(si: &'static StartInfo) {
         }
     }
     let mut t = Reporter::new();
-    t.fail("privop-killed", format_args!("{op} returned in ring 3 instead of killing the domain"));
+    t.fail(
+        "privop-killed",
+        format_args!("{op} returned in ring 3 instead of killing the domain"),
+    );
     t.finish()
 }
 

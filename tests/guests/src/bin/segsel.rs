@@ -12,7 +12,7 @@
 #![no_main]
 
 use core::arch::asm;
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 static mut FS_WORD: u64 = 0;
 static mut GS_WORD: u64 = 0;
@@ -20,7 +20,9 @@ static mut GS_WORD: u64 = 0;
 fn selectors() -> [u16; 4] {
     let (ds, es, fs, gs): (u16, u16, u16, u16);
     // SAFETY: reading segment registers has no side effects.
-    unsafe { asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs", out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs) };
+    unsafe {
+        asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs", out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs)
+    };
     [ds, es, fs, gs]
 }
 
@@ -40,12 +42,20 @@ fn rdmsr(msr: u32) -> u64 {
 }
 
 fn main(si: &'static StartInfo) {
-    let sel: u16 = scenario_guests::arg(si, "sel").and_then(|v| u16::from_str_radix(v.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
-    let magic: u64 = scenario_guests::arg(si, "magic").and_then(|v| v.parse().ok()).unwrap_or(1);
-    let rounds: u32 = scenario_guests::arg(si, "rounds").and_then(|v| v.parse().ok()).unwrap_or(50);
+    let sel: u16 = scenario_guests::arg(si, "sel")
+        .and_then(|v| u16::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    let magic: u64 = scenario_guests::arg(si, "magic")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let rounds: u32 = scenario_guests::arg(si, "rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let mut t = Reporter::new();
     // SAFETY: loading a null selector or the flat ring-3 data selector.
-    unsafe { asm!("mov ds, {0:x}", "mov es, {0:x}", "mov fs, {0:x}", "mov gs, {0:x}", in(reg) sel) };
+    unsafe {
+        asm!("mov ds, {0:x}", "mov es, {0:x}", "mov fs, {0:x}", "mov gs, {0:x}", in(reg) sel)
+    };
     // SAFETY: single-threaded; plain statics of this guest.
     let (fs_va, gs_va) = unsafe {
         *(&raw mut FS_WORD) = magic;
@@ -54,7 +64,9 @@ fn main(si: &'static StartInfo) {
     };
     // SAFETY: nothing here uses FS or GS for thread-local data.
     let r = unsafe { guest_abi::hypercall::set_segment_base(guest_abi::arch::SEGBASE_FS, fs_va) }
-        .and_then(|()| unsafe { guest_abi::hypercall::set_segment_base(guest_abi::arch::SEGBASE_GS_KERNEL, gs_va) });
+        .and_then(|()| unsafe {
+            guest_abi::hypercall::set_segment_base(guest_abi::arch::SEGBASE_GS_KERNEL, gs_va)
+        });
     t.check("bases-set", r.is_ok(), format_args!("{r:?}"));
     let mut bad = None;
     for i in 0..rounds {
@@ -65,8 +77,16 @@ fn main(si: &'static StartInfo) {
             bad = Some((i, s, f, g));
         }
     }
-    t.check("selectors-kept", bad.is_none_or(|(_, s, _, _)| s == [sel; 4]), format_args!("{bad:x?} (want {sel:#x})"));
-    t.check("bases-kept", bad.is_none_or(|(_, _, f, g)| f == magic && g == !magic), format_args!("{bad:x?}"));
+    t.check(
+        "selectors-kept",
+        bad.is_none_or(|(_, s, _, _)| s == [sel; 4]),
+        format_args!("{bad:x?} (want {sel:#x})"),
+    );
+    t.check(
+        "bases-kept",
+        bad.is_none_or(|(_, _, f, g)| f == magic && g == !magic),
+        format_args!("{bad:x?}"),
+    );
     if sel != 0 {
         // SAFETY: reloading the same flat selector; the base becomes 0 and
         // nothing reads through FS afterwards.
@@ -76,7 +96,11 @@ fn main(si: &'static StartInfo) {
             let _ = guest_abi::hypercall::sched_yield();
         }
         let after = rdmsr(0xC000_0100);
-        t.check("fs-base-from-selector-load", before == 0 && after == 0, format_args!("FS base {before:#x} after the load, {after:#x} after switches"));
+        t.check(
+            "fs-base-from-selector-load",
+            before == 0 && after == 0,
+            format_args!("FS base {before:#x} after the load, {after:#x} after switches"),
+        );
     }
     println!("segsel: selector {sel:#x}, {rounds} switches");
     t.finish()

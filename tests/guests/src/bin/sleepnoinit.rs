@@ -5,7 +5,7 @@
 #![no_std]
 #![no_main]
 
-use pv_guest_kernel::{println, test::Reporter, time, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter, time};
 
 fn main(_si: &'static StartInfo) {
     let mut t = Reporter::new();
@@ -14,7 +14,11 @@ fn main(_si: &'static StartInfo) {
     t.check("clock-runs", t0 > 0, format_args!("now_ns {t0}"));
     time::sleep(5_000_000);
     let t1 = time::now_ns();
-    t.check("slept-past-the-deadline", t1 >= t0 + 5_000_000, format_args!("{t0} -> {t1}"));
+    t.check(
+        "slept-past-the-deadline",
+        t1 >= t0 + 5_000_000,
+        format_args!("{t0} -> {t1}"),
+    );
     println!("sleepnoinit: done");
     t.finish()
 }

@@ -14,7 +14,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_abi::types::VcpuId;
 use pv_guest_kernel::thread::{self, ThreadError, ThreadId, ThreadState};
-use pv_guest_kernel::{events, heap, println, test::Reporter, time, StartInfo};
+use pv_guest_kernel::{StartInfo, events, heap, println, test::Reporter, time};
 
 const ROUNDS: usize = 4;
 static LOG: [AtomicUsize; 32] = [const { AtomicUsize::new(0) }; 32];
@@ -40,7 +40,10 @@ fn sleeper(ns: usize) {
     let t0 = time::now_ns();
     thread::sleep_ns(ns as u64);
     SLEPT_NS.store(time::now_ns() - t0, Ordering::SeqCst);
-    PROGRESS.store(WORKER_COUNT.load(Ordering::SeqCst) - before, Ordering::SeqCst);
+    PROGRESS.store(
+        WORKER_COUNT.load(Ordering::SeqCst) - before,
+        Ordering::SeqCst,
+    );
     SLEEPER_DONE.store(true, Ordering::SeqCst);
 }
 
@@ -77,7 +80,10 @@ fn waiter(_arg: usize) {
 
 fn sender(_arg: usize) {
     let w = ThreadId::from_usize(WAITER.load(Ordering::SeqCst));
-    SENDER_SAW_BLOCKED.store(thread::state(w) == Some(ThreadState::Blocked), Ordering::SeqCst);
+    SENDER_SAW_BLOCKED.store(
+        thread::state(w) == Some(ThreadState::Blocked),
+        Ordering::SeqCst,
+    );
     let r = events::send(IPI_PORT.load(Ordering::SeqCst) as u32);
     SEND_OK.store(r.is_ok(), Ordering::SeqCst);
 }
@@ -85,13 +91,21 @@ fn sender(_arg: usize) {
 fn nothing(_arg: usize) {}
 
 fn blocked_ns() -> u64 {
-    guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(0)).map(|r| r.time[2]).unwrap_or(0)
+    guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(0))
+        .map(|r| r.time[2])
+        .unwrap_or(0)
 }
 
 fn main(_si: &'static StartInfo) {
     let mut t = Reporter::new();
     let r = thread::init();
-    t.check("init", r.is_ok() && thread::current() == ThreadId::MAIN && thread::name(ThreadId::MAIN) == Some("main"), format_args!("{r:?}, current {}", thread::current()));
+    t.check(
+        "init",
+        r.is_ok()
+            && thread::current() == ThreadId::MAIN
+            && thread::name(ThreadId::MAIN) == Some("main"),
+        format_args!("{r:?}, current {}", thread::current()),
+    );
     if r.is_err() {
         t.finish()
     }
@@ -99,10 +113,16 @@ fn main(_si: &'static StartInfo) {
 
     let big = thread::spawn("big", nothing, 0, usize::MAX);
     let tiny = thread::spawn("tiny", nothing, 0, 64);
-    t.check("spawn-errors", big == Err(ThreadError::NoMemory) && tiny == Err(ThreadError::StackTooSmall), format_args!("usize::MAX stack: {big:?}, 64-byte stack: {tiny:?}"));
+    t.check(
+        "spawn-errors",
+        big == Err(ThreadError::NoMemory) && tiny == Err(ThreadError::StackTooSmall),
+        format_args!("usize::MAX stack: {big:?}, 64-byte stack: {tiny:?}"),
+    );
 
     // Round robin: a, b, c each log their id then yield, four times over.
-    let ids: [_; 3] = core::array::from_fn(|_| thread::spawn("interleaver", interleaver, 0, thread::DEFAULT_STACK_SIZE));
+    let ids: [_; 3] = core::array::from_fn(|_| {
+        thread::spawn("interleaver", interleaver, 0, thread::DEFAULT_STACK_SIZE)
+    });
     let spawned = ids.iter().all(|r| r.is_ok());
     t.check("spawn-3", spawned, format_args!("{ids:?}"));
     if !spawned {
@@ -111,13 +131,22 @@ fn main(_si: &'static StartInfo) {
     let ids = ids.map(|r| r.unwrap_or(ThreadId::MAIN));
     let joins = ids.map(thread::join);
     let n = LOG_LEN.load(Ordering::SeqCst);
-    let order_ok = n == 3 * ROUNDS && (0..n).all(|i| LOG[i].load(Ordering::SeqCst) == ids[i % 3].as_usize());
+    let order_ok =
+        n == 3 * ROUNDS && (0..n).all(|i| LOG[i].load(Ordering::SeqCst) == ids[i % 3].as_usize());
     let mut got = [0usize; 3 * ROUNDS];
     for (i, g) in got.iter_mut().enumerate() {
         *g = LOG[i].load(Ordering::SeqCst);
     }
-    t.check("round-robin-order", order_ok, format_args!("log {:?} (len {n}) for threads {ids:?}", &got));
-    t.check("join-3", joins.iter().all(|r| r.is_ok()) && ids.iter().all(|&i| thread::state(i).is_none()), format_args!("{joins:?}"));
+    t.check(
+        "round-robin-order",
+        order_ok,
+        format_args!("log {:?} (len {n}) for threads {ids:?}", &got),
+    );
+    t.check(
+        "join-3",
+        joins.iter().all(|r| r.is_ok()) && ids.iter().all(|&i| thread::state(i).is_none()),
+        format_args!("{joins:?}"),
+    );
 
     // A thread sleeps 5 ms while another runs.
     let s = thread::spawn("sleeper", sleeper, 5_000_000, thread::DEFAULT_STACK_SIZE);
@@ -126,7 +155,13 @@ fn main(_si: &'static StartInfo) {
     let jw = w.and_then(thread::join);
     let slept = SLEPT_NS.load(Ordering::SeqCst);
     let progress = PROGRESS.load(Ordering::SeqCst);
-    t.check("sleep-5ms-while-others-run", js.is_ok() && jw.is_ok() && slept >= 5_000_000 && progress > 0, format_args!("join {js:?}/{jw:?}, slept {slept} ns, worker made {progress} rounds meanwhile"));
+    t.check(
+        "sleep-5ms-while-others-run",
+        js.is_ok() && jw.is_ok() && slept >= 5_000_000 && progress > 0,
+        format_args!(
+            "join {js:?}/{jw:?}, slept {slept} ns, worker made {progress} rounds meanwhile"
+        ),
+    );
 
     // Nothing else runnable: the scheduler blocks the vCPU until the timer.
     let b0 = blocked_ns();
@@ -134,12 +169,20 @@ fn main(_si: &'static StartInfo) {
     thread::sleep_ns(5_000_000);
     let slept = time::now_ns() - t0;
     let blocked = blocked_ns() - b0;
-    t.check("idle-blocks-vcpu", slept >= 5_000_000 && blocked > 0, format_args!("slept {slept} ns, blocked {blocked} ns"));
+    t.check(
+        "idle-blocks-vcpu",
+        slept >= 5_000_000 && blocked > 0,
+        format_args!("slept {slept} ns, blocked {blocked} ns"),
+    );
 
     // A wake before the block leaves a permit.
     let woke = thread::wake(thread::current());
     thread::block_current();
-    t.check("wake-permit", woke, format_args!("wake of the current thread returned false"));
+    t.check(
+        "wake-permit",
+        woke,
+        format_args!("wake of the current thread returned false"),
+    );
 
     // An event handler wakes a blocked thread; another thread sends the IPI.
     let port = events::bind_ipi(on_ipi);
@@ -173,15 +216,27 @@ fn main(_si: &'static StartInfo) {
         ),
     );
     let stale = wt.map(thread::wake);
-    t.check("wake-joined-thread", stale == Ok(false), format_args!("{stale:?}"));
+    t.check(
+        "wake-joined-thread",
+        stale == Ok(false),
+        format_args!("{stale:?}"),
+    );
 
     let me = thread::join(thread::current());
     let again = thread::join(ids[0]);
-    t.check("join-errors", me == Err(ThreadError::JoinSelf) && again == Err(ThreadError::NoSuchThread), format_args!("self {me:?}, joined twice {again:?}"));
+    t.check(
+        "join-errors",
+        me == Err(ThreadError::JoinSelf) && again == Err(ThreadError::NoSuchThread),
+        format_args!("self {me:?}, joined twice {again:?}"),
+    );
 
     let used_after = heap::size() - heap::free();
     let diff = used_after.abs_diff(used_before);
-    t.check("stacks-freed", diff <= 256, format_args!("heap bytes in use: {used_before} before, {used_after} after"));
+    t.check(
+        "stacks-freed",
+        diff <= 256,
+        format_args!("heap bytes in use: {used_before} before, {used_after} after"),
+    );
     println!("threads: done");
     t.finish()
 }

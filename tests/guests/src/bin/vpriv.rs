@@ -22,17 +22,25 @@ use core::arch::asm;
 use guest_abi::errno::Errno;
 use guest_abi::vm_assist::*;
 use pv_guest_kernel::traps::expect_fault;
-use pv_guest_kernel::{println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 fn set_iopl(level: u32) -> Result<(), Errno> {
     let arg = level;
     // SAFETY: PHYSDEVOP_set_iopl reads one u32.
     let r = unsafe { guest_abi::hypercall::raw::hypercall2(33, 6, &arg as *const u32 as u64) };
-    if r == 0 { Ok(()) } else { Err(Errno((-r) as i32 as _)) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno((-r) as i32 as _))
+    }
 }
 
 fn errno(r: i64) -> Result<(), Errno> {
-    if r == 0 { Ok(()) } else { Err(Errno((-r) as i32 as _)) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno((-r) as i32 as _))
+    }
 }
 
 /// sysctl or domctl with a 144-byte argument: `cmd`, `version`, `domain`.
@@ -96,23 +104,43 @@ fn main(si: &'static StartInfo) {
         let on = guest_abi::hypercall::vm_assist(VMASST_CMD_ENABLE, ty);
         let off = guest_abi::hypercall::vm_assist(VMASST_CMD_DISABLE, ty);
         println!("vpriv: vm_assist type {ty}: enable {on:?} disable {off:?}");
-        t.check("vm-assist-valid", on.is_ok() && off.is_ok(), format_args!("type {ty}: {on:?} {off:?}"));
+        t.check(
+            "vm-assist-valid",
+            on.is_ok() && off.is_ok(),
+            format_args!("type {ty}: {on:?} {off:?}"),
+        );
     }
     for ty in [6, 31, 33, 63, 64, 1000] {
         let on = guest_abi::hypercall::vm_assist(VMASST_CMD_ENABLE, ty);
         println!("vpriv: vm_assist type {ty}: enable {on:?}");
-        t.check("vm-assist-invalid", on == Err(Errno::EINVAL), format_args!("type {ty}: {on:?}"));
+        t.check(
+            "vm-assist-invalid",
+            on == Err(Errno::EINVAL),
+            format_args!("type {ty}: {on:?}"),
+        );
     }
     let r = guest_abi::hypercall::vm_assist(7, VMASST_TYPE_PAE_EXTENDED_CR3);
-    t.check("vm-assist-bad-cmd", r == Err(Errno::ENOSYS), format_args!("{r:?}"));
+    t.check(
+        "vm-assist-bad-cmd",
+        r == Err(Errno::ENOSYS),
+        format_args!("{r:?}"),
+    );
 
     // IOPL 0: the kernel's cli, sti, in, out are #GP(0).
     pv_guest_kernel::events::disable();
     // SAFETY: sti/cli fault here (caught) or are emulated on the event mask.
     let f = expect_fault(|| unsafe { asm!("sti") });
-    t.check("sti-needs-iopl", f.map(|f| (f.vector, f.error_code)) == Some((13, 0)) && mask() == 1, format_args!("{f:?}, mask {}", mask()));
+    t.check(
+        "sti-needs-iopl",
+        f.map(|f| (f.vector, f.error_code)) == Some((13, 0)) && mask() == 1,
+        format_args!("{f:?}, mask {}", mask()),
+    );
     let (f, _) = in80();
-    t.check("in-needs-iopl", f.map(|f| (f.vector, f.error_code)) == Some((13, 0)), format_args!("{f:?}"));
+    t.check(
+        "in-needs-iopl",
+        f.map(|f| (f.vector, f.error_code)) == Some((13, 0)),
+        format_args!("{f:?}"),
+    );
 
     let r = set_iopl(4);
     t.check("set-iopl-4", r == Err(Errno::EINVAL), format_args!("{r:?}"));
@@ -122,20 +150,36 @@ fn main(si: &'static StartInfo) {
     // kernel masks events in vcpu_info, never with cli/sti.
     // SAFETY: as above.
     let f = expect_fault(|| unsafe { asm!("sti") });
-    t.check("sti-allowed-no-effect", f.is_none() && mask() == 1, format_args!("{f:?}, mask {}", mask()));
+    t.check(
+        "sti-allowed-no-effect",
+        f.is_none() && mask() == 1,
+        format_args!("{f:?}, mask {}", mask()),
+    );
     pv_guest_kernel::events::enable();
     // SAFETY: as above.
     let f = expect_fault(|| unsafe { asm!("cli") });
     let m = mask();
     pv_guest_kernel::events::disable();
-    t.check("cli-allowed-no-effect", f.is_none() && m == 0, format_args!("{f:?}, mask {m}"));
+    t.check(
+        "cli-allowed-no-effect",
+        f.is_none() && m == 0,
+        format_args!("{f:?}, mask {m}"),
+    );
     // A bounce frame's rflags hold IOPL 0 (the virtual IOPL shows there
     // only with the architectural_iopl assist, below).
     pv_guest_kernel::traps::set_handler(3, on_bp);
     let fl = bp_rflags();
-    t.check("bounce-frame-iopl-0", (fl >> 12) & 3 == 0, format_args!("{fl:#x}"));
+    t.check(
+        "bounce-frame-iopl-0",
+        (fl >> 12) & 3 == 0,
+        format_args!("{fl:#x}"),
+    );
     let (f, v) = in80();
-    t.check("in-emulated", f.is_none(), format_args!("{f:?} value {v:#x}"));
+    t.check(
+        "in-emulated",
+        f.is_none(),
+        format_args!("{f:?} value {v:#x}"),
+    );
     if domu {
         // No I/O permission at all: every port reads as all ones.
         t.check("in-unpermitted-all-ones", v == 0xff, format_args!("{v:#x}"));
@@ -148,26 +192,46 @@ fn main(si: &'static StartInfo) {
     let mut lsr = 0u8;
     // SAFETY: an emulated read.
     let f = expect_fault(|| unsafe { asm!("in al, dx", in("dx") 0x3fdu16, out("al") lsr) });
-    t.check("hv-port-all-ones", f.is_none() && lsr == 0xff, format_args!("{f:?} {lsr:#x}"));
+    t.check(
+        "hv-port-all-ones",
+        f.is_none() && lsr == 0xff,
+        format_args!("{f:?} {lsr:#x}"),
+    );
 
     // architectural_iopl: the kernel is ring 0, so IOPL 0 is enough.
     let r = set_iopl(0);
     let (f, _) = in80();
-    t.check("iopl-0-in-faults-again", r.is_ok() && f.is_some(), format_args!("{r:?} {f:?}"));
+    t.check(
+        "iopl-0-in-faults-again",
+        r.is_ok() && f.is_some(),
+        format_args!("{r:?} {f:?}"),
+    );
     let r = guest_abi::hypercall::vm_assist(VMASST_CMD_ENABLE, VMASST_TYPE_ARCHITECTURAL_IOPL);
     let (f, _) = in80();
-    t.check("architectural-iopl-ring-0", r.is_ok() && f.is_none(), format_args!("{r:?} {f:?}"));
+    t.check(
+        "architectural-iopl-ring-0",
+        r.is_ok() && f.is_none(),
+        format_args!("{r:?} {f:?}"),
+    );
     let r = set_iopl(2);
     let fl = bp_rflags();
     println!("vpriv: rflags in a bounce frame at IOPL 2 with architectural_iopl: {fl:#x}");
-    t.check("architectural-iopl-bounce-frame", r.is_ok() && (fl >> 12) & 3 == 2, format_args!("{r:?} {fl:#x}"));
+    t.check(
+        "architectural-iopl-bounce-frame",
+        r.is_ok() && (fl >> 12) & 3 == 2,
+        format_args!("{r:?} {fl:#x}"),
+    );
     // ... and an iret (the hypercall) sets it from the rflags it restores.
     pv_guest_kernel::traps::set_iret_hypercall(true);
     RETURN_IOPL.store(1 + 1, core::sync::atomic::Ordering::SeqCst);
     let _ = bp_rflags();
     pv_guest_kernel::traps::set_iret_hypercall(false);
     let fl = bp_rflags();
-    t.check("architectural-iopl-from-iret", (fl >> 12) & 3 == 1, format_args!("{fl:#x}"));
+    t.check(
+        "architectural-iopl-from-iret",
+        (fl >> 12) & 3 == 1,
+        format_args!("{fl:#x}"),
+    );
     let _ = set_iopl(0);
     let _ = guest_abi::hypercall::vm_assist(VMASST_CMD_DISABLE, VMASST_TYPE_ARCHITECTURAL_IOPL);
     // Without the assist, an iret leaves the virtual IOPL alone.
@@ -183,27 +247,55 @@ fn main(si: &'static StartInfo) {
 
     // sysctl (35) and domctl (36): the interface version first.
     let r = ctl(35, 6, 0xdead, 0);
-    t.check("sysctl-bad-version", r == Err(Errno::EACCES), format_args!("{r:?}"));
+    t.check(
+        "sysctl-bad-version",
+        r == Err(Errno::EACCES),
+        format_args!("{r:?}"),
+    );
     let r = ctl(36, 5, 0xdead, 0);
-    t.check("domctl-bad-version", r == Err(Errno::EACCES), format_args!("{r:?}"));
+    t.check(
+        "domctl-bad-version",
+        r == Err(Errno::EACCES),
+        format_args!("{r:?}"),
+    );
     if domu {
         // XEN_SYSCTL_physinfo (3); XEN_DOMCTL_getdomaininfo (5).
         let r = ctl(35, 3, 0x15, 0);
-        t.check("sysctl-eperm", r == Err(Errno::EPERM), format_args!("{r:?}"));
+        t.check(
+            "sysctl-eperm",
+            r == Err(Errno::EPERM),
+            format_args!("{r:?}"),
+        );
         // createdomain (1) names no domain: straight to the privilege check.
         let r = ctl(36, 1, 0x15, 0);
-        t.check("domctl-eperm", r == Err(Errno::EPERM), format_args!("{r:?}"));
+        t.check(
+            "domctl-eperm",
+            r == Err(Errno::EPERM),
+            format_args!("{r:?}"),
+        );
         let r = ctl(36, 5, 0x15, 999);
-        t.check("domctl-no-such-domain", r == Err(Errno::ESRCH), format_args!("{r:?}"));
+        t.check(
+            "domctl-no-such-domain",
+            r == Err(Errno::ESRCH),
+            format_args!("{r:?}"),
+        );
     } else {
         // The versions of Xen 4.17 are the right ones: dom0 of real Xen
         // gets past the check (physinfo succeeds there).
         let r = ctl(35, 3, 0x15, 0);
         println!("vpriv: sysctl physinfo with version 0x15: {r:?}");
-        t.check("sysctl-version-accepted", r != Err(Errno::EACCES), format_args!("{r:?}"));
+        t.check(
+            "sysctl-version-accepted",
+            r != Err(Errno::EACCES),
+            format_args!("{r:?}"),
+        );
         let r = ctl(36, 5, 0x15, 0);
         println!("vpriv: domctl getdomaininfo with version 0x15: {r:?}");
-        t.check("domctl-version-accepted", r != Err(Errno::EACCES), format_args!("{r:?}"));
+        t.check(
+            "domctl-version-accepted",
+            r != Err(Errno::EACCES),
+            format_args!("{r:?}"),
+        );
     }
     println!("vpriv: done");
     t.finish()

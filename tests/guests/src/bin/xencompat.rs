@@ -12,7 +12,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::callback::{self as cb, CallbackRegister};
 use pv_guest_kernel::traps::{self, TrapFrame};
-use pv_guest_kernel::{arch, mm, println, test::Reporter, StartInfo};
+use pv_guest_kernel::{StartInfo, arch, mm, println, test::Reporter};
 
 #[repr(C, align(16))]
 struct Stack([u8; 16384]);
@@ -45,7 +45,11 @@ extern "C" fn user_main() -> ! {
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     // Trap table (cs 0xe030) and the event callback.
-    t.check("set-trap-table", traps::init().is_ok(), format_args!("failed"));
+    t.check(
+        "set-trap-table",
+        traps::init().is_ok(),
+        format_args!("failed"),
+    );
     // callback_op for all five types; 32-bit ones are accepted, never used.
     let (event, failsafe, syscall) = traps::callback_stubs();
     for (ty, addr, name) in [
@@ -55,22 +59,45 @@ fn main(si: &'static StartInfo) {
         (cb::CALLBACKTYPE_SYSCALL32, syscall, "syscall32"),
         (cb::CALLBACKTYPE_SYSENTER, syscall, "sysenter"),
     ] {
-        let reg = CallbackRegister { type_: ty, flags: if ty == 0 { cb::CALLBACKF_MASK_EVENTS } else { 0 }, _pad: 0, address: addr };
+        let reg = CallbackRegister {
+            type_: ty,
+            flags: if ty == 0 {
+                cb::CALLBACKF_MASK_EVENTS
+            } else {
+                0
+            },
+            _pad: 0,
+            address: addr,
+        };
         // SAFETY: each address is one of the library's bounce-frame stubs.
         let r = unsafe { guest_abi::hypercall::callback_register(&reg) };
-        t.check(name, r.is_ok(), format_args!("callback_op register {name}: {r:?}"));
+        t.check(
+            name,
+            r.is_ok(),
+            format_args!("callback_op register {name}: {r:?}"),
+        );
     }
     // SAFETY: the same stubs, through the older hypercall.
     let r = unsafe { guest_abi::hypercall::set_callbacks(event, failsafe, syscall) };
     t.check("set-callbacks", r.is_ok(), format_args!("{r:?}"));
-    t.check("syscall-handler", traps::set_syscall_handler(on_syscall).is_ok(), format_args!("failed"));
+    t.check(
+        "syscall-handler",
+        traps::set_syscall_handler(on_syscall).is_ok(),
+        format_args!("failed"),
+    );
 
     // A GDT page: one DPL-3 data descriptor at entry 1, mapped read-only.
     let (gdt_va, gdt_mfn) = mm::alloc_page().expect("a page");
     // SAFETY: our own pool page, still writable here.
     unsafe { core::ptr::write_volatile((gdt_va + 8) as *mut u64, 0x00cf_f200_0000_ffff) };
     // SAFETY: remaps our own page read-only.
-    let r = unsafe { guest_abi::hypercall::update_va_mapping(gdt_va, (gdt_mfn << 12) | mm::RO, guest_abi::mmu::UVMF_INVLPG) };
+    let r = unsafe {
+        guest_abi::hypercall::update_va_mapping(
+            gdt_va,
+            (gdt_mfn << 12) | mm::RO,
+            guest_abi::mmu::UVMF_INVLPG,
+        )
+    };
     t.check("gdt-read-only", r.is_ok(), format_args!("{r:?}"));
     let frames = [gdt_mfn];
     // SAFETY: the frame holds only a null and a DPL-3 data descriptor.
@@ -92,7 +119,11 @@ fn main(si: &'static StartInfo) {
     t.ok("segment-loads");
     // CR3 read, then the same tables as the user page table (as Mini-OS).
     let l4 = mm::current_l4_mfn();
-    t.check("new-user-baseptr", mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0).is_ok(), format_args!("failed"));
+    t.check(
+        "new-user-baseptr",
+        mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0).is_ok(),
+        format_args!("failed"),
+    );
     // Forced-emulation CPUID.
     let (a, b): (u32, u32);
     // SAFETY: ud2a; "xen"; cpuid, with rbx preserved around it.
@@ -100,7 +131,11 @@ fn main(si: &'static StartInfo) {
         asm!("mov {t:r}, rbx", ".byte 0x0f, 0x0b, 0x78, 0x65, 0x6e, 0x0f, 0xa2", "xchg {t:r}, rbx",
             t = out(reg) b, inout("eax") 0x4000_0000u32 => a, inout("ecx") 0 => _, out("edx") _)
     };
-    t.check("cpuid", a >= 0x4000_0002 && b == u32::from_le_bytes(*b"XenV"), format_args!("{a:#x} {b:#x}"));
+    t.check(
+        "cpuid",
+        a >= 0x4000_0002 && b == u32::from_le_bytes(*b"XenV"),
+        format_args!("{a:#x} {b:#x}"),
+    );
     // FS and GS base writes.
     // SAFETY: emulated MSR writes of canonical bases.
     unsafe {
@@ -109,7 +144,11 @@ fn main(si: &'static StartInfo) {
     }
     t.ok("fs-gs-base");
     // Shared info, then unmap page 0.
-    t.check("shared-info", pv_guest_kernel::events::init().is_ok(), format_args!("failed"));
+    t.check(
+        "shared-info",
+        pv_guest_kernel::events::init().is_ok(),
+        format_args!("failed"),
+    );
     // SAFETY: nothing of ours lives at page 0.
     let r = unsafe { guest_abi::hypercall::update_va_mapping(0, 0, guest_abi::mmu::UVMF_INVLPG) };
     t.check("unmap-page-0", r.is_ok(), format_args!("{r:?}"));
@@ -120,14 +159,22 @@ fn main(si: &'static StartInfo) {
     traps::set_handler(3, on_bp);
     // SAFETY: int3 traps to on_bp.
     unsafe { asm!("int3") };
-    t.check("exception-iret", BP_HITS.load(Ordering::SeqCst) == 1, format_args!("{} hits", BP_HITS.load(Ordering::SeqCst)));
+    t.check(
+        "exception-iret",
+        BP_HITS.load(Ordering::SeqCst) == 1,
+        format_args!("{} hits", BP_HITS.load(Ordering::SeqCst)),
+    );
 
     // Guest user mode and back through a system call.
     let usp = (&raw const USER_STACK) as u64 + 16384;
     let completed = arch::traps::try_call(|| traps::enter_user(user_main as *const () as u64, usp));
     let rax = SYSCALL_RAX.load(Ordering::SeqCst);
     let cs = SYSCALL_CS.load(Ordering::SeqCst);
-    t.check("user-mode-syscall", !completed && rax == 0x5ca1 && cs & 3 == 3, format_args!("completed {completed}, rax {rax:#x}, cs {cs:#x}"));
+    t.check(
+        "user-mode-syscall",
+        !completed && rax == 0x5ca1 && cs & 3 == 3,
+        format_args!("completed {completed}, rax {rax:#x}, cs {cs:#x}"),
+    );
     println!("xencompat: back in the kernel after a user-mode system call");
     let _ = si;
     t.finish()

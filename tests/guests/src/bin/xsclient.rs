@@ -25,7 +25,12 @@ fn ring_print(si: &StartInfo, text: &[u8]) -> bool {
     let page = mm::mfn_to_pfn(si.console.mfn) * 4096;
     // SAFETY: the console page is ours, mapped writable by the builder;
     // `out` is bytes 1024..3072, its indexes u32s at 3080 and 3084.
-    let (out_cons, out_prod) = unsafe { (AtomicU32::from_ptr((page + 3080) as *mut u32), AtomicU32::from_ptr((page + 3084) as *mut u32)) };
+    let (out_cons, out_prod) = unsafe {
+        (
+            AtomicU32::from_ptr((page + 3080) as *mut u32),
+            AtomicU32::from_ptr((page + 3084) as *mut u32),
+        )
+    };
     let mut prod = out_prod.load(Ordering::SeqCst);
     for &b in text {
         // SAFETY: inside the out ring of our console page.
@@ -56,49 +61,101 @@ fn main(si: &'static StartInfo) {
         }
     };
     let name = xs.read("name");
-    t.check("toolstack-name", name.as_deref() == Ok(if role_b { b"xs-b" as &[u8] } else { b"xs-a" }), format_args!("{name:?}"));
+    t.check(
+        "toolstack-name",
+        name.as_deref() == Ok(if role_b { b"xs-b" as &[u8] } else { b"xs-a" }),
+        format_args!("{name:?}"),
+    );
     let domid = xs.read("domid");
-    t.check("toolstack-domid", domid == Ok(format!("{me}").into_bytes()), format_args!("{domid:?}"));
+    t.check(
+        "toolstack-domid",
+        domid == Ok(format!("{me}").into_bytes()),
+        format_args!("{domid:?}"),
+    );
     let path = xs.get_domain_path(me);
-    t.check("get-domain-path", path.as_deref() == Ok(format!("/local/domain/{me}").as_str()), format_args!("{path:?}"));
+    t.check(
+        "get-domain-path",
+        path.as_deref() == Ok(format!("/local/domain/{me}").as_str()),
+        format_args!("{path:?}"),
+    );
 
     // Local operations.
     let w = xs.write("data/x", b"1");
     let r = xs.read("data/x");
-    t.check("write-read", w.is_ok() && r.as_deref() == Ok(b"1" as &[u8]), format_args!("{w:?} {r:?}"));
+    t.check(
+        "write-read",
+        w.is_ok() && r.as_deref() == Ok(b"1" as &[u8]),
+        format_args!("{w:?} {r:?}"),
+    );
     let m = xs.mkdir("data/dir");
     let d = xs.directory("data");
     t.check(
         "mkdir-directory",
-        m.is_ok() && d.as_ref().is_ok_and(|d| d.iter().any(|e| e == "x") && d.iter().any(|e| e == "dir")),
+        m.is_ok()
+            && d.as_ref()
+                .is_ok_and(|d| d.iter().any(|e| e == "x") && d.iter().any(|e| e == "dir")),
         format_args!("{m:?} {d:?}"),
     );
     let rm = xs.rm("data/dir");
     let gone = xs.read("data/dir");
-    t.check("rm", rm.is_ok() && gone == Err(Errno::ENOENT), format_args!("{rm:?} {gone:?}"));
+    t.check(
+        "rm",
+        rm.is_ok() && gone == Err(Errno::ENOENT),
+        format_args!("{rm:?} {gone:?}"),
+    );
     let missing = xs.read("no/such/node");
-    t.check("enoent", missing == Err(Errno::ENOENT), format_args!("{missing:?}"));
+    t.check(
+        "enoent",
+        missing == Err(Errno::ENOENT),
+        format_args!("{missing:?}"),
+    );
     let other = xs.read(&format!("/local/domain/{peer}/name"));
-    t.check("eacces-other-home", other == Err(Errno::EACCES), format_args!("{other:?}"));
+    t.check(
+        "eacces-other-home",
+        other == Err(Errno::EACCES),
+        format_args!("{other:?}"),
+    );
     let bad = xs.write("bad//path", b"x");
-    t.check("einval-bad-path", bad == Err(Errno::EINVAL), format_args!("{bad:?}"));
+    t.check(
+        "einval-bad-path",
+        bad == Err(Errno::EINVAL),
+        format_args!("{bad:?}"),
+    );
     let perms = xs.get_perms("data/x");
-    t.check("get-perms", perms.as_ref().is_ok_and(|p| p.first().map(String::as_str) == Some(&*format!("n{me}"))), format_args!("{perms:?}"));
+    t.check(
+        "get-perms",
+        perms
+            .as_ref()
+            .is_ok_and(|p| p.first().map(String::as_str) == Some(&*format!("n{me}"))),
+        format_args!("{perms:?}"),
+    );
 
     // A value larger than the ring (1 KiB) travels in pieces (xenstored's
     // default node quota is 2 KiB).
     let big = vec![b'z'; 1800];
     let wb = xs.write("data/big", &big);
     let rb = xs.read("data/big");
-    t.check("bigger-than-ring", wb.is_ok() && rb.as_deref() == Ok(&big[..]), format_args!("{wb:?} {:?}", rb.map(|v| v.len())));
+    t.check(
+        "bigger-than-ring",
+        wb.is_ok() && rb.as_deref() == Ok(&big[..]),
+        format_args!("{wb:?} {:?}", rb.map(|v| v.len())),
+    );
 
     // A watch on our own subtree.
     let wa = xs.watch("data", "local-token");
     let first = xs.wait_watch_event("local-token");
-    t.check("watch-initial-event", wa.is_ok() && first.is_ok(), format_args!("{wa:?} {first:?}"));
+    t.check(
+        "watch-initial-event",
+        wa.is_ok() && first.is_ok(),
+        format_args!("{wa:?} {first:?}"),
+    );
     let _ = xs.write("data/y", b"2");
     let ev = xs.wait_watch_event("local-token");
-    t.check("watch-fires", ev.as_ref().is_ok_and(|e| e.path.ends_with("data/y")), format_args!("{ev:?}"));
+    t.check(
+        "watch-fires",
+        ev.as_ref().is_ok_and(|e| e.path.ends_with("data/y")),
+        format_args!("{ev:?}"),
+    );
 
     // Transactions: one commits; one conflicts with a write made meanwhile.
     let tx = xs.transaction_start();
@@ -107,7 +164,11 @@ fn main(si: &'static StartInfo) {
         xs.transaction_end(tx, true)
     });
     let tv = xs.read("data/t");
-    t.check("transaction-commits", committed.is_ok() && tv.as_deref() == Ok(b"in-tx" as &[u8]), format_args!("{committed:?} {tv:?}"));
+    t.check(
+        "transaction-commits",
+        committed.is_ok() && tv.as_deref() == Ok(b"in-tx" as &[u8]),
+        format_args!("{committed:?} {tv:?}"),
+    );
     let tx2 = xs.transaction_start();
     let conflict = tx2.and_then(|tx| {
         let _ = xs.read_tx(tx, "data/x")?;
@@ -116,14 +177,22 @@ fn main(si: &'static StartInfo) {
         xs.transaction_end(tx, true)
     });
     let after = xs.read("data/x");
-    t.check("transaction-conflict-eagain", conflict == Err(Errno::EAGAIN) && after.as_deref() == Ok(b"outside" as &[u8]), format_args!("{conflict:?} {after:?}"));
+    t.check(
+        "transaction-conflict-eagain",
+        conflict == Err(Errno::EAGAIN) && after.as_deref() == Ok(b"outside" as &[u8]),
+        format_args!("{conflict:?} {after:?}"),
+    );
 
     // Between the two domains: b shares a node readable by a; a watches it.
     let shared = format!("/local/domain/2/shared");
     if role_b {
         let mk = xs.write(&shared, b"ready");
         let sp = xs.set_perms(&shared, &["n2", "r1"]);
-        t.check("share-with-peer", mk.is_ok() && sp.is_ok(), format_args!("{mk:?} {sp:?}"));
+        t.check(
+            "share-with-peer",
+            mk.is_ok() && sp.is_ok(),
+            format_args!("{mk:?} {sp:?}"),
+        );
         // Wait for a's answer in our own subtree (a cannot write there, so
         // it writes its own node and shares it back).
         let _ = xs.watch("/local/domain/1/answer", "answer");
@@ -135,7 +204,11 @@ fn main(si: &'static StartInfo) {
             }
             let _ = xs.wait_watch_event("answer");
         }
-        t.check("peer-answer", got.as_deref() == Some(b"seen ready" as &[u8]), format_args!("{got:?}"));
+        t.check(
+            "peer-answer",
+            got.as_deref() == Some(b"seen ready" as &[u8]),
+            format_args!("{got:?}"),
+        );
     } else {
         let _ = xs.watch(&shared, "peer");
         let mut seen = None;
@@ -146,14 +219,33 @@ fn main(si: &'static StartInfo) {
             }
             let _ = xs.wait_watch_event("peer");
         }
-        t.check("read-peer-shared-node", seen.as_deref() == Some(b"ready" as &[u8]), format_args!("{seen:?}"));
+        t.check(
+            "read-peer-shared-node",
+            seen.as_deref() == Some(b"ready" as &[u8]),
+            format_args!("{seen:?}"),
+        );
         let w = xs.write("answer", b"seen ready");
         let sp = xs.set_perms("answer", &["n1", "r2"]);
-        t.check("answer-peer", w.is_ok() && sp.is_ok(), format_args!("{w:?} {sp:?}"));
+        t.check(
+            "answer-peer",
+            w.is_ok() && sp.is_ok(),
+            format_args!("{w:?} {sp:?}"),
+        );
     }
 
-    let printed = ring_print(si, format!("hello from {} through the console ring\n", if role_b { "b" } else { "a" }).as_bytes());
-    t.check("console-ring-drained", printed, format_args!("the back-end never consumed the ring"));
+    let printed = ring_print(
+        si,
+        format!(
+            "hello from {} through the console ring\n",
+            if role_b { "b" } else { "a" }
+        )
+        .as_bytes(),
+    );
+    t.check(
+        "console-ring-drained",
+        printed,
+        format_args!("the back-end never consumed the ring"),
+    );
     println!("xsclient: {} done", if role_b { "b" } else { "a" });
     t.finish()
 }

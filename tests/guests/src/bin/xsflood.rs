@@ -65,8 +65,18 @@ impl ReplyCounter {
         }
         self.header.push(b);
         if self.header.len() == 16 {
-            let ty = u32::from_ne_bytes([self.header[0], self.header[1], self.header[2], self.header[3]]);
-            let len = u32::from_ne_bytes([self.header[12], self.header[13], self.header[14], self.header[15]]);
+            let ty = u32::from_ne_bytes([
+                self.header[0],
+                self.header[1],
+                self.header[2],
+                self.header[3],
+            ]);
+            let len = u32::from_ne_bytes([
+                self.header[12],
+                self.header[13],
+                self.header[14],
+                self.header[15],
+            ]);
             self.header.clear();
             self.skip = len as usize;
             if ty == XS_WATCH_EVENT {
@@ -90,7 +100,10 @@ fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     events::init().expect("events");
     time::init().expect("timer");
-    let flood_ns = scenario_guests::arg(si, "flood_ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(20_000) * 1_000_000;
+    let flood_ns = scenario_guests::arg(si, "flood_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(20_000)
+        * 1_000_000;
     let mut xs = xenstore::connect().expect("xenstore");
 
     let big = [b'b'; 2000];
@@ -110,7 +123,11 @@ fn main(si: &'static StartInfo) {
         }
     };
     println!("xsflood: {set} watches, then {refusal:?}");
-    t.check("huge-watch-count-refused", refusal.is_some_and(quota_error), format_args!("{set} watches, then {refusal:?}"));
+    t.check(
+        "huge-watch-count-refused",
+        refusal.is_some_and(quota_error),
+        format_args!("{set} watches, then {refusal:?}"),
+    );
     // Take the initial events, so the reply ring starts empty (and the
     // flood below starts between two messages).
     for _ in 0..3 {
@@ -131,7 +148,11 @@ fn main(si: &'static StartInfo) {
         let cons = page.load(Field::ReqCons);
         page.fence();
         loop {
-            let msg = if sent % 8 != 7 { message(XS_READ, sent as u32, b"big\0") } else { message(XS_WRITE, sent as u32, b"n/0\0y") };
+            let msg = if sent % 8 != 7 {
+                message(XS_READ, sent as u32, b"big\0")
+            } else {
+                message(XS_WRITE, sent as u32, b"n/0\0y")
+            };
             if RING - prod.wrapping_sub(cons) < msg.len() as u32 {
                 break;
             }
@@ -152,7 +173,11 @@ fn main(si: &'static StartInfo) {
     // (as small as 19 bytes each) worth of requests, of at most 21 bytes.
     let bound = (OUTSTANDING + RING / 19 + 2) * 21;
     println!("xsflood: flooded {sent} requests ({offered} bytes); the store took {taken} bytes");
-    t.check("flood-held-back", taken <= bound && u64::from(taken) < offered, format_args!("the store took {taken} bytes of {offered} (bound {bound})"));
+    t.check(
+        "flood-held-back",
+        taken <= bound && u64::from(taken) < offered,
+        format_args!("the store took {taken} bytes of {offered} (bound {bound})"),
+    );
 
     // Now read: the store resumes, and answers every request once.
     let mut rounds: u64 = 0;
@@ -178,8 +203,15 @@ fn main(si: &'static StartInfo) {
         }
         let _ = guest_abi::hypercall::sched_yield();
     }
-    println!("xsflood: read {} replies and {} watch events", counter.replies, counter.events);
-    t.check("flood-every-request-answered", counter.replies == sent, format_args!("{} replies to {sent} requests", counter.replies));
+    println!(
+        "xsflood: read {} replies and {} watch events",
+        counter.replies, counter.events
+    );
+    t.check(
+        "flood-every-request-answered",
+        counter.replies == sent,
+        format_args!("{} replies to {sent} requests", counter.replies),
+    );
 
     // A client picking up where the ring stands.
     let mut xs = xenstore::connect().expect("xenstore");
@@ -195,7 +227,11 @@ fn main(si: &'static StartInfo) {
         }
     };
     println!("xsflood: {made} nodes, then {refusal:?}");
-    t.check("many-nodes-refused", refusal.is_some_and(quota_error), format_args!("{made} nodes, then {refusal:?}"));
+    t.check(
+        "many-nodes-refused",
+        refusal.is_some_and(quota_error),
+        format_args!("{made} nodes, then {refusal:?}"),
+    );
 
     // 4. Giant transactions (the nodes of step 3 go first, so the memory
     // quota is what binds).
@@ -231,8 +267,15 @@ fn main(si: &'static StartInfo) {
         }
     }
     println!("xsflood: {writes} writes in transactions");
-    println!("xsflood: {} transactions open, then {tx_refusal:?}; writes refused with {write_refusal:?}", opened.len());
-    t.check("giant-transactions-refused", tx_refusal.is_some_and(quota_error) && write_refusal.is_some_and(quota_error), format_args!("{tx_refusal:?} {write_refusal:?}"));
+    println!(
+        "xsflood: {} transactions open, then {tx_refusal:?}; writes refused with {write_refusal:?}",
+        opened.len()
+    );
+    t.check(
+        "giant-transactions-refused",
+        tx_refusal.is_some_and(quota_error) && write_refusal.is_some_and(quota_error),
+        format_args!("{tx_refusal:?} {write_refusal:?}"),
+    );
     t.finish()
 }
 

@@ -30,7 +30,9 @@ fn refused(e: Errno) -> bool {
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     time::init().expect("timer");
-    let hold_ms: u64 = scenario_guests::arg(si, "hold_ms").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let hold_ms: u64 = scenario_guests::arg(si, "hold_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let mut xs = xenstore::connect().expect("xenstore");
     let value = [b'h'; 1900];
     let mut enomem = 0u32;
@@ -48,7 +50,11 @@ fn main(si: &'static StartInfo) {
     };
     enomem += u32::from(first == Some(Errno::ENOMEM));
     println!("xshog: {nodes} nodes, then {first:?}");
-    t.check("nodes-refused", first.is_some_and(refused), format_args!("{nodes} nodes, then {first:?}"));
+    t.check(
+        "nodes-refused",
+        first.is_some_and(refused),
+        format_args!("{nodes} nodes, then {first:?}"),
+    );
 
     // 2. Transactions, each filled until refused.
     let mut open = Vec::new();
@@ -74,8 +80,15 @@ fn main(si: &'static StartInfo) {
         }
     }
     enomem += u32::from(tx_refusal == Some(Errno::ENOMEM));
-    println!("xshog: {} transactions with {writes} writes, then {tx_refusal:?}", open.len());
-    t.check("transactions-refused", tx_refusal.is_some_and(refused), format_args!("{tx_refusal:?}"));
+    println!(
+        "xshog: {} transactions with {writes} writes, then {tx_refusal:?}",
+        open.len()
+    );
+    t.check(
+        "transactions-refused",
+        tx_refusal.is_some_and(refused),
+        format_args!("{tx_refusal:?}"),
+    );
 
     // 3. Watches with long tokens.
     let token: alloc::string::String = core::iter::repeat_n('w', 1000).collect();
@@ -91,7 +104,11 @@ fn main(si: &'static StartInfo) {
     };
     enomem += u32::from(w_refusal == Some(Errno::ENOMEM));
     println!("xshog: {watches} watches, then {w_refusal:?}");
-    t.check("watches-refused", w_refusal.is_some_and(refused), format_args!("{w_refusal:?}"));
+    t.check(
+        "watches-refused",
+        w_refusal.is_some_and(refused),
+        format_args!("{w_refusal:?}"),
+    );
     println!("xshog: {enomem} refusals were ENOMEM; holding everything for {hold_ms} ms");
 
     // Then end, without another request: with every hog at its limit, a

@@ -15,12 +15,28 @@ fn new_vcpu_defaults() {
 #[test]
 fn breakpoint_addresses_only_in_guest_space() {
     let mut d = DebugRegs::new();
-    for ok in [0, 0x0000_7fff_ffff_ffff, 0xffff_8800_0000_0000, u64::MAX, 0x40_1000] {
+    for ok in [
+        0,
+        0x0000_7fff_ffff_ffff,
+        0xffff_8800_0000_0000,
+        u64::MAX,
+        0x40_1000,
+    ] {
         assert_eq!(d.write(1, ok, false), Ok(()), "{ok:#x}");
         assert_eq!(d.read(1, false), Ok(ok));
     }
-    for bad in [0x0000_8000_0000_0000, 0x8000_0000_0000_0000, 0xffff_8000_0000_0000, 0xffff_87ff_ffff_ffff, 0xffff_7fff_ffff_ffff] {
-        assert_eq!(d.write(2, bad, false), Err(DrError::NotPermitted), "{bad:#x}");
+    for bad in [
+        0x0000_8000_0000_0000,
+        0x8000_0000_0000_0000,
+        0xffff_8000_0000_0000,
+        0xffff_87ff_ffff_ffff,
+        0xffff_7fff_ffff_ffff,
+    ] {
+        assert_eq!(
+            d.write(2, bad, false),
+            Err(DrError::NotPermitted),
+            "{bad:#x}"
+        );
     }
     assert_eq!(d.read(2, false), Ok(0), "a refused write changes nothing");
 }
@@ -65,7 +81,10 @@ fn io_breakpoints_need_cr4_de() {
     assert_eq!(d.write(7, 0x400 | (0b10 << 20), false), Ok(()));
     assert_eq!(d.read(7, false), Ok(0x400 | (0b10 << 20)));
     // Any enable bit makes every I/O field count, enabled or not.
-    assert_eq!(d.write(7, 0x400 | (0b10 << 20) | 1, false), Err(DrError::NotPermitted));
+    assert_eq!(
+        d.write(7, 0x400 | (0b10 << 20) | 1, false),
+        Err(DrError::NotPermitted)
+    );
     // With CR4.DE: accepted, reads back whole, but the CPU does not see
     // the I/O breakpoint's enable.
     assert_eq!(d.write(7, v, true), Ok(()));
@@ -124,12 +143,21 @@ fn io_breakpoint_hits() {
     d.write(0, 0x80, true).unwrap();
     d.write(2, 0x71, true).unwrap();
     // Breakpoint 0: I/O, 1 byte; breakpoint 2: I/O, 4 bytes (LEN 11b).
-    d.write(7, 0x400 | 0b01 | (0b10 << 16) | 0b1_0000 | (0b1110 << 24), true).unwrap();
+    d.write(
+        7,
+        0x400 | 0b01 | (0b10 << 16) | 0b1_0000 | (0b1110 << 24),
+        true,
+    )
+    .unwrap();
     assert_eq!(d.io_hits(0x80, 1, true), 1);
     assert_eq!(d.io_hits(0x7f, 2, true), 1);
     assert_eq!(d.io_hits(0x7e, 2, true), 0);
     assert_eq!(d.io_hits(0x81, 4, true), 0);
-    assert_eq!(d.io_hits(0x74, 1, true), 1 << 2, "not aligned down, as Xen 4.17");
+    assert_eq!(
+        d.io_hits(0x74, 1, true),
+        1 << 2,
+        "not aligned down, as Xen 4.17"
+    );
     assert_eq!(d.io_hits(0x70, 1, true), 0);
     assert_eq!(d.io_hits(0x80, 1, false), 0, "only while CR4.DE is set");
     d.write(7, 0x400, true).unwrap();
