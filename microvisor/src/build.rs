@@ -8,7 +8,7 @@
 
 use crate::arch::desc::{GUEST_CS64, GUEST_DS};
 use crate::arch::entry::TrapFrame;
-use crate::domain::{Domain, RunState};
+use crate::domain::{Domain, VcpuInfo};
 use crate::mm::{self, PAGE, paging};
 use core::fmt::Write;
 use guest_abi::start_info::StartInfo;
@@ -50,7 +50,7 @@ pub fn build(
     image_bytes: &'static [u8],
     extra_cmdline: &str,
     served: bool,
-) -> Result<(Domain, TrapFrame), BuildError> {
+) -> Result<(Domain, FirstVcpu, TrapFrame), BuildError> {
     let image = microvisor_core::elfimage::GuestImage::parse(image_bytes).map_err(|e| {
         err(format_args!(
             "domain '{}': image '{}': {}",
@@ -168,7 +168,7 @@ pub fn build(
             .store(1, core::sync::atomic::Ordering::Relaxed);
     }
     crate::time::init_wallclock(shared);
-    crate::time::update_vcpu_time(shared);
+    crate::time::update_vcpu_time(VcpuInfo::in_shared(shared, 0));
 
     // Bootstrap page tables.
     let pt_first = pfn_of(layout.pt_start);
@@ -279,9 +279,7 @@ pub fn build(
             name: spec.name,
             privileged: spec.privileged,
             expect: spec.expect,
-            state: RunState::Runnable,
-            cr3,
-            user_cr3: 0,
+            end: None,
             tot_pages: nr_pages,
             max_pages: spec.maxmem_bytes / PAGE,
             shared_info_mfn,
@@ -296,31 +294,26 @@ pub fn build(
             console: heapless::Vec::new(),
             ring_line: heapless::Vec::new(),
             console_out: spec.console,
-            pv: crate::domain::PvState {
-                kernel_ss: GUEST_DS,
-                kernel_sp: layout.stack_top,
-                ..crate::domain::PvState::new()
-            },
-            fpu: crate::arch::cpu::FpuState::initial(),
             cap: spec.cap,
             slice_vruntime: crate::sched::slice_vruntime(spec.weight),
             vr_mul: crate::sched::vruntime_mul(spec.weight),
-            vruntime: 0,
             period_used: 0,
-            last_start: 0,
-            runstate: crate::domain::Runstate {
-                state: 1,
-                ..Default::default()
-            },
-            timer_deadline: 0,
-            periodic_ns: 0,
-            periodic_next: 0,
-            poll_ports: heapless::Vec::new(),
-            poll_deadline: 0,
-            time_stamp: crate::time::now_ns(),
+            vcpus: heapless::Vec::new(),
+        },
+        FirstVcpu {
+            cr3,
+            kernel_sp: layout.stack_top,
         },
         frame,
     ))
+}
+
+/// What a new domain's vCPU 0 starts with besides its frame: its page
+/// tables and kernel stack (the caller makes the `domain::Vcpu` in place;
+/// the structure is too large to pass around on the boot stack).
+pub struct FirstVcpu {
+    pub cr3: u64,
+    pub kernel_sp: u64,
 }
 
 /// Copies bytes to guest virtual `va` of a domain being built (the

@@ -9,8 +9,13 @@ use spin::Mutex;
 
 /// Most domains one boot can run.
 pub const MAX_DOMAINS: usize = 16;
-// `Hv::runnable` has a bit per domain.
-const _: () = assert!(MAX_DOMAINS <= 32);
+/// Most vCPUs of one domain (the vcpu_info slots of shared info, Xen's
+/// XEN_LEGACY_MAX_VCPUS).
+pub const MAX_VCPUS_PER_DOMAIN: usize = 32;
+/// Most vCPUs of all domains together.
+pub const MAX_VCPUS: usize = 64;
+// `Hv::runnable` has a bit per vCPU.
+const _: () = assert!(MAX_VCPUS <= 64 && MAX_DOMAINS <= MAX_VCPUS);
 
 /// How a domain ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,10 +27,13 @@ pub enum End {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A vCPU's scheduling state.
 pub enum RunState {
     Runnable,
     Blocked,
-    Dead(End),
+    /// Not running and not to be run: never brought up, VCPUOP_down, or
+    /// its domain has ended.
+    Down,
 }
 
 /// One virtual IDT entry (set_trap_table).
@@ -193,17 +201,15 @@ fn assemble(id: u16, name: &str, line: &mut heapless::Vec<u8, 256>, bytes: &[u8]
     }
 }
 
-/// One domain (one vCPU each, for now).
+/// One domain: identity, memory, its shared pages and consoles, and the
+/// indexes of its vCPUs in `Hv::vcpus`.
 pub struct Domain {
     pub id: u16,
     pub name: &'static str,
     pub privileged: bool,
     pub expect: Expect,
-    pub state: RunState,
-    /// Machine address of the current L4 (guest kernel page tables).
-    pub cr3: u64,
-    /// Machine address of the guest user L4 (NEW_USER_BASEPTR), 0 = none.
-    pub user_cr3: u64,
+    /// How it ended (`None` while it lives).
+    pub end: Option<End>,
     /// Frames the domain owns (its reservation) and its limit.
     pub tot_pages: u64,
     pub max_pages: u64,
@@ -234,12 +240,9 @@ pub struct Domain {
     /// Which of its console outputs the serial line shows (manifest
     /// `console`; docs/split-drivers.md, "Consoles").
     pub console_out: microvisor_core::manifest::ConsoleOutput,
-    /// Trap table, callbacks, kernel stack and other PV vCPU state.
-    pub pv: PvState,
-    /// x87/SSE registers while the vCPU is not running.
-    pub fpu: crate::arch::cpu::FpuState,
-    /// Scheduler cap (percent of one CPU, 0 = none); the manifest's weight
-    /// lives on in `slice_vruntime` and `vr_mul`.
+    /// Scheduler cap (percent of one CPU, 0 = none), over all its vCPUs
+    /// together (as Xen's credit scheduler); the manifest's weight lives on
+    /// in `slice_vruntime` and `vr_mul`.
     pub cap: u8,
     /// One minimum slice in virtual run time (`sched::slice_vruntime`),
     /// fixed with the weight at build.
@@ -247,10 +250,72 @@ pub struct Domain {
     /// Run time to virtual run time: `ns * vr_mul >> 16` is `ns * 256 /
     /// weight` (`sched::vruntime_mul`, fixed with the weight at build).
     pub vr_mul: u64,
+    /// Run time its vCPUs were charged in the current cap period.
+    pub period_used: u64,
+    /// Its vCPUs: `vcpus[n]` is the index in `Hv::vcpus` of vCPU n.
+    pub vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
+}
+
+/// Where a vCPU's `vcpu_info` lives: its slot in shared info (vCPUs 0-31)
+/// or wherever VCPUOP_register_vcpu_info moved it.
+#[derive(Clone, Copy)]
+pub struct VcpuInfo {
+    pub page: crate::mm::SharedFrame,
+    /// Byte offset of the structure in the page (64 bytes long).
+    pub off: u64,
+}
+
+impl VcpuInfo {
+    /// None (reads zeroes until written; never a guest's frame).
+    pub const NONE: VcpuInfo = VcpuInfo {
+        page: crate::mm::SharedFrame::NONE,
+        off: 0,
+    };
+
+    /// The slot of vCPU `vcpu` in a shared info page.
+    pub fn in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo {
+        VcpuInfo {
+            page,
+            off: u64::from(vcpu % 32) * 64,
+        }
+    }
+
+    pub fn u8_at(&self, o: u64) -> &'static core::sync::atomic::AtomicU8 {
+        self.page.u8_at(self.off + o)
+    }
+    pub fn u32_at(&self, o: u64) -> &'static core::sync::atomic::AtomicU32 {
+        self.page.u32_at(self.off + o)
+    }
+    pub fn u64_at(&self, o: u64) -> &'static core::sync::atomic::AtomicU64 {
+        self.page.u64_at(self.off + o)
+    }
+}
+
+/// One virtual CPU: its registers' home (`arch::entry`'s frame of the same
+/// index), its PV state, address space, timers and scheduler accounting.
+pub struct Vcpu {
+    /// Index of its domain in `Hv::domains`.
+    pub dom: usize,
+    /// Its number within the domain (Xen's vcpu_id).
+    pub vid: u32,
+    pub state: RunState,
+    /// It has a context (built, or VCPUOP_initialise): it may be brought up.
+    pub initialised: bool,
+    /// Machine address of the current L4 (guest kernel page tables).
+    pub cr3: u64,
+    /// Machine address of the guest user L4 (NEW_USER_BASEPTR), 0 = none.
+    pub user_cr3: u64,
+    /// Its vcpu_info.
+    pub info: VcpuInfo,
+    /// The frame VCPUOP_register_vcpu_info moved `info` to (holding a
+    /// hypervisor write reference), 0 = still in shared info.
+    pub info_mfn: u64,
+    /// Trap table, callbacks, kernel stack and other PV vCPU state.
+    pub pv: PvState,
+    /// x87/SSE registers while the vCPU is not running.
+    pub fpu: crate::arch::cpu::FpuState,
     /// Weighted virtual run time (ns * 256 / weight).
     pub vruntime: u64,
-    /// Run time charged in the current cap period.
-    pub period_used: u64,
     /// System time when the vCPU last started running.
     pub last_start: u64,
     /// Xen runstate accounting: state and entry time, time in each state.
@@ -291,7 +356,38 @@ impl Runstate {
 
 impl Domain {
     pub fn is_live(&self) -> bool {
-        !matches!(self.state, RunState::Dead(_))
+        self.end.is_none()
+    }
+}
+
+impl Vcpu {
+    /// A vCPU that exists but is down and has no context yet (vCPUs 1 and
+    /// up of a new domain, as Xen creates them).
+    pub fn offline(dom: usize, vid: u32, shared: crate::mm::SharedFrame) -> Vcpu {
+        Vcpu {
+            dom,
+            vid,
+            state: RunState::Down,
+            initialised: false,
+            cr3: 0,
+            user_cr3: 0,
+            info: VcpuInfo::in_shared(shared, vid),
+            info_mfn: 0,
+            pv: PvState::new(),
+            fpu: crate::arch::cpu::FpuState::initial(),
+            vruntime: 0,
+            last_start: 0,
+            runstate: Runstate {
+                state: 3,
+                ..Default::default()
+            },
+            timer_deadline: 0,
+            periodic_ns: 0,
+            periodic_next: 0,
+            poll_ports: heapless::Vec::new(),
+            poll_deadline: 0,
+            time_stamp: 0,
+        }
     }
 
     /// The L4 the CPU must use for the vCPU's current mode.
@@ -303,36 +399,38 @@ impl Domain {
         }
     }
 
-    /// vcpu_info[0].evtchn_upcall_mask: the virtual interrupt flag (1 = off).
+    /// evtchn_upcall_mask: the virtual interrupt flag (1 = off).
     pub fn upcall_mask(&self) -> bool {
-        self.shared.u8_at(1).load(Ordering::Relaxed) != 0
+        self.info.u8_at(1).load(Ordering::Relaxed) != 0
     }
 
     pub fn set_upcall_mask(&self, masked: bool) {
-        self.shared.u8_at(1).store(masked as u8, Ordering::Relaxed);
+        self.info.u8_at(1).store(masked as u8, Ordering::Relaxed);
     }
 
-    /// vcpu_info[0].evtchn_upcall_pending.
+    /// evtchn_upcall_pending.
     pub fn upcall_pending(&self) -> bool {
-        self.shared.u8_at(0).load(Ordering::Relaxed) != 0
+        self.info.u8_at(0).load(Ordering::Relaxed) != 0
     }
 
-    /// Records a page-fault address in vcpu_info[0].arch.cr2.
+    /// Records a page-fault address in its vcpu_info's arch.cr2.
     pub fn set_cr2(&self, cr2: u64) {
-        self.shared.u64_at(16).store(cr2, Ordering::Relaxed);
+        self.info.u64_at(16).store(cr2, Ordering::Relaxed);
     }
 }
 
-/// All domains and which one runs.
+/// All domains, all vCPUs, and which vCPU runs.
 pub struct Hv {
     pub domains: heapless::Vec<Domain, MAX_DOMAINS>,
+    pub vcpus: heapless::Vec<Vcpu, MAX_VCPUS>,
+    /// Index in `vcpus` of the running vCPU.
     pub current: usize,
     /// Event-channel tables, by domain index (= domain id).
     pub channels: [microvisor_core::evtchn::Channels; MAX_DOMAINS],
     /// Event delivery bits (each domain's shared info), by domain index.
     pub bits: [crate::events::SharedBits; MAX_DOMAINS],
-    /// Bit i set when domain index i is Runnable (kept by `set_state`).
-    pub runnable: u32,
+    /// Bit i set when vCPU index i is Runnable (kept by `set_state`).
+    pub runnable: u64,
     /// No guest timer or poll deadline is due before this system time
     /// (a lower bound: `sched::fire_timers` scans only from then on).
     pub timers_due: u64,
@@ -344,11 +442,10 @@ pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU3
 
 pub static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: heapless::Vec::new(),
+    vcpus: heapless::Vec::new(),
     current: 0,
     channels: [const { microvisor_core::evtchn::Channels::new(1) }; MAX_DOMAINS],
-    bits: [crate::events::SharedBits {
-        page: crate::mm::SharedFrame::NONE,
-    }; MAX_DOMAINS],
+    bits: [crate::events::SharedBits::NONE; MAX_DOMAINS],
     timers_due: 0,
     runnable: 0,
 });
@@ -376,10 +473,44 @@ pub fn as_expected(end: End, expect: Expect) -> bool {
 }
 
 impl Hv {
-    /// Changes a domain's run state (the only place that does, so the
-    /// scheduler's set of runnable domains stays true).
+    /// The running vCPU.
+    #[inline(always)]
+    pub fn cur(&self) -> &Vcpu {
+        &self.vcpus[self.current]
+    }
+
+    #[inline(always)]
+    pub fn cur_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpus[self.current]
+    }
+
+    /// The running vCPU's domain.
+    #[inline(always)]
+    pub fn cur_dom(&self) -> &Domain {
+        &self.domains[self.vcpus[self.current].dom]
+    }
+
+    #[inline(always)]
+    pub fn cur_dom_mut(&mut self) -> &mut Domain {
+        let d = self.vcpus[self.current].dom;
+        &mut self.domains[d]
+    }
+
+    /// Index in `domains` of the running vCPU's domain.
+    #[inline(always)]
+    pub fn cur_dom_idx(&self) -> usize {
+        self.vcpus[self.current].dom
+    }
+
+    /// The index in `vcpus` of vCPU `vid` of domain index `dom`.
+    pub fn vcpu_of(&self, dom: usize, vid: u32) -> Option<usize> {
+        self.domains.get(dom)?.vcpus.get(vid as usize).copied()
+    }
+
+    /// Changes a vCPU's run state (the only place that does, so the
+    /// scheduler's set of runnable vCPUs stays true).
     pub fn set_state(&mut self, i: usize, state: RunState) {
-        let Some(d) = self.domains.get_mut(i) else {
+        let Some(d) = self.vcpus.get_mut(i) else {
             return;
         };
         d.state = state;
@@ -401,14 +532,22 @@ impl Hv {
     /// Runs the frame-table audit over every live domain's base pointers;
     /// logs the result. A failure is a hypervisor bug: it fails the run.
     pub fn audit(&self, when: &str) {
-        let mut roots: heapless::Vec<u64, 32> = heapless::Vec::new();
-        let mut written: heapless::Vec<u64, 32> = heapless::Vec::new();
-        let mut segs: heapless::Vec<u64, { MAX_DOMAINS * (1 + LDT_PAGES) }> = heapless::Vec::new();
+        // (A list that overflows leaves references unexplained: the audit
+        // then fails, it never passes wrongly.)
+        let mut roots: heapless::Vec<u64, { 2 * MAX_VCPUS }> = heapless::Vec::new();
+        let mut written: heapless::Vec<u64, { 2 * MAX_DOMAINS + MAX_VCPUS }> = heapless::Vec::new();
+        let mut segs: heapless::Vec<u64, 256> = heapless::Vec::new();
         for d in self.domains.iter().filter(|d| d.is_live()) {
-            let _ = roots.push(d.cr3);
-            let _ = roots.push(d.user_cr3);
             let _ = written.push(d.shared_info_mfn);
             let _ = written.push(d.console_mfn);
+        }
+        for v in self.vcpus.iter().filter(|v| self.domains[v.dom].is_live()) {
+            let d = v;
+            let _ = roots.push(d.cr3);
+            let _ = roots.push(d.user_cr3);
+            if d.info_mfn != 0 {
+                let _ = written.push(d.info_mfn);
+            }
             for &f in core::iter::once(&d.pv.gdt_frame)
                 .chain(&d.pv.ldt_frames)
                 .filter(|&&f| f != 0)
@@ -522,7 +661,7 @@ impl Hv {
         }
     }
 
-    /// Ends a domain. Its vCPU never runs again.
+    /// Ends a domain. Its vCPUs never run again.
     pub fn end(&mut self, idx: usize, end: End, why: &str) {
         // Its last words: what is left in its ring, then a partial line.
         self.drain_console(idx);
@@ -537,36 +676,47 @@ impl Hv {
         // Peers' ends of its channels become unbound (while it is still live:
         // the event code does not touch dead domains).
         microvisor_core::evtchn::close_all(self, id);
-        self.set_state(idx, RunState::Dead(end));
+        let now = crate::time::now_ns();
         let d = &mut self.domains[idx];
-        d.runstate.enter(3, crate::time::now_ns());
+        d.end = Some(end);
         match end {
             End::Killed => crate::error!("domain {} killed: {}", d.id, why),
             End::Shutdown(r) => {
                 crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r))
             }
         }
-        let (cr3, user_cr3, shared, gdt, console) = (
-            d.cr3,
-            d.user_cr3,
-            d.shared_info_mfn,
-            d.pv.gdt_frame,
-            d.console_mfn,
-        );
+        let (shared, console) = (d.shared_info_mfn, d.console_mfn);
         // The hypervisor writes neither page any more: its handles go with
-        // their write references. Then the segment-type reference of a
-        // registered GDT.
+        // their write references.
         d.shared = crate::mm::SharedFrame::NONE;
         d.console_page = crate::mm::SharedFrame::NONE;
-        self.bits[idx] = crate::events::SharedBits {
-            page: crate::mm::SharedFrame::NONE,
-        };
+        self.bits[idx] = crate::events::SharedBits::NONE;
         crate::mm::frames::drop_hv_writable(shared);
         crate::mm::frames::drop_hv_writable(console);
-        if gdt != 0 {
-            crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
+        // Each vCPU: stopped for good; its registered vcpu_info, GDT and
+        // LDT references go; its base pointers are handed to `relinquish`.
+        let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
+        let vcpus = self.domains[idx].vcpus.clone();
+        for &v in &vcpus {
+            self.set_state(v, RunState::Down);
+            let vc = &mut self.vcpus[v];
+            vc.runstate.enter(3, now);
+            vc.timer_deadline = 0;
+            vc.periodic_ns = 0;
+            vc.poll_deadline = 0;
+            let _ = bases.push(vc.cr3);
+            let _ = bases.push(vc.user_cr3);
+            let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn);
+            vc.info = VcpuInfo::NONE;
+            vc.info_mfn = 0;
+            if info != 0 {
+                crate::mm::frames::drop_hv_writable(info);
+            }
+            if gdt != 0 {
+                crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
+            }
+            crate::pv::destroy_ldt(&mut self.vcpus[v].pv);
         }
-        crate::pv::destroy_ldt(&mut self.domains[idx].pv);
         // Mappings it holds go (their references with them); its table
         // frames are released. Grants others still map keep those frames.
         crate::irq::domain_died(id);
@@ -575,11 +725,11 @@ impl Hv {
             crate::debug!("domain {id}: {still_mapped} of its grants still mapped by others");
         }
         // Leave its address space before its frames are scrubbed.
-        if crate::arch::cpu::cr3() == cr3 || crate::arch::cpu::cr3() == user_cr3 {
+        if bases.contains(&crate::arch::cpu::cr3()) {
             // SAFETY: the hypervisor's own L4 maps everything it needs.
             unsafe { crate::arch::cpu::write_cr3(crate::mm::paging::hv_l4()) };
         }
-        let (freed, waiting) = crate::mm::frames::relinquish(id, &[cr3, user_cr3]);
+        let (freed, waiting) = crate::mm::frames::relinquish(id, &bases);
         crate::debug!(
             "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
         );
@@ -602,9 +752,9 @@ impl Hv {
         crate::hypercall::report_audits();
         let mut ok = true;
         for d in self.domains.iter() {
-            let (got, good) = match d.state {
-                RunState::Dead(e) => (e, as_expected(e, d.expect)),
-                _ => (End::Killed, false),
+            let (got, good) = match d.end {
+                Some(e) => (e, as_expected(e, d.expect)),
+                None => (End::Killed, false),
             };
             let got_name = match got {
                 End::Killed => "killed",

@@ -9,16 +9,41 @@ use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use microvisor_core::evtchn::{self, Channels, EventBits, Kick};
 
-/// A domain's 2-level event bits in its shared info page.
+/// A domain's 2-level event bits: the bitmaps in its shared info page, the
+/// selector and upcall flag in each vCPU's vcpu_info.
 #[derive(Clone, Copy)]
 pub struct SharedBits {
     pub page: mm::SharedFrame,
+    /// Each vCPU's vcpu_info, by vCPU number.
+    pub info: [crate::domain::VcpuInfo; crate::domain::MAX_VCPUS_PER_DOMAIN],
 }
 
 const PENDING: u64 = 2048;
 const MASK: u64 = 2560;
 
 impl SharedBits {
+    /// Bits of no domain (a dead one's).
+    pub const NONE: SharedBits = SharedBits {
+        page: mm::SharedFrame::NONE,
+        info: [crate::domain::VcpuInfo::NONE; crate::domain::MAX_VCPUS_PER_DOMAIN],
+    };
+
+    /// A new domain's: every vcpu_info in its slot of shared info.
+    pub fn new(page: mm::SharedFrame) -> SharedBits {
+        let mut b = SharedBits {
+            page,
+            info: Self::NONE.info,
+        };
+        for (v, i) in b.info.iter_mut().enumerate() {
+            *i = crate::domain::VcpuInfo::in_shared(page, v as u32);
+        }
+        b
+    }
+
+    fn vinfo(&self, vcpu: u32) -> &crate::domain::VcpuInfo {
+        &self.info[vcpu as usize % crate::domain::MAX_VCPUS_PER_DOMAIN]
+    }
+
     fn word(&self, base: u64, port: u32) -> (&'static core::sync::atomic::AtomicU64, u64) {
         // The bitmaps hold 4096 bits (512 bytes) each.
         (
@@ -50,15 +75,12 @@ impl EventBits for SharedBits {
         w.fetch_and(!b, Ordering::SeqCst) & b != 0
     }
     fn test_and_set_selector(&mut self, vcpu: u32, word: u32) -> bool {
-        let w = self.page.u64_at(u64::from(vcpu % 32) * 64 + 8);
+        let w = self.vinfo(vcpu).u64_at(8);
         let b = 1u64 << word;
         w.fetch_or(b, Ordering::SeqCst) & b != 0
     }
     fn test_and_set_upcall_pending(&mut self, vcpu: u32) -> bool {
-        self.page
-            .u8_at(u64::from(vcpu % 32) * 64)
-            .swap(1, Ordering::SeqCst)
-            != 0
+        self.vinfo(vcpu).u8_at(0).swap(1, Ordering::SeqCst) != 0
     }
 }
 
@@ -85,24 +107,30 @@ impl evtchn::Domains for Hv {
 #[inline(always)]
 pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     let Some(k) = k else { return };
-    let i = k.dom as usize;
-    let Some(d) = hv.domains.get(i) else { return };
-    if d.state == RunState::Blocked && (k.upcall || d.poll_ports.contains(&k.port)) {
+    let Some(i) = hv.vcpu_of(k.dom as usize, k.vcpu) else {
+        return;
+    };
+    let v = &hv.vcpus[i];
+    if v.state == RunState::Blocked && (k.upcall || v.poll_ports.contains(&k.port)) {
         crate::sched::wake(hv, i);
     }
 }
 
-/// Raises a VIRQ on vCPU 0 of domain index `dom`.
+/// Raises a VIRQ on vCPU 0 of domain index `dom` (a global VIRQ).
 pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
-    let k = evtchn::raise_virq(hv, dom as u16, virq, 0);
+    raise_vcpu_virq(hv, dom, virq, 0);
+}
+
+/// Raises a per-vCPU VIRQ on vCPU `vid` of domain index `dom`.
+pub fn raise_vcpu_virq(hv: &mut Hv, dom: usize, virq: u32, vid: u32) {
+    let k = evtchn::raise_virq(hv, dom as u16, virq, vid);
     kick(hv, k);
 }
 
 /// EVTCHNOP_send, the hot one (also decoded first by the hypercall entry).
 #[inline(always)]
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
-    let d = &hv.domains[hv.current];
-    let (me, cr3) = (d.id, d.cr3);
+    let (me, cr3) = (hv.cur_dom().id, hv.cur().cr3);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
     let k = evtchn::send(hv, me, a.port)?;
     kick(hv, k);
@@ -112,10 +140,9 @@ pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 /// event_channel_op(cmd, arg).
 pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     use guest_abi::event_channel as ec;
-    let cur = hv.current;
-    let me = hv.domains[cur].id;
-    let privileged = hv.domains[cur].privileged;
-    let cr3 = hv.domains[cur].cr3;
+    let me = hv.cur_dom().id;
+    let privileged = hv.cur_dom().privileged;
+    let cr3 = hv.cur().cr3;
     match cmd as u32 {
         ec::EVTCHNOP_ALLOC_UNBOUND => {
             let mut a: ec::EvtchnAllocUnbound = guest::read(cr3, arg)?;

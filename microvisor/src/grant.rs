@@ -120,11 +120,7 @@ fn entry_ma(
 /// done, `count` reduced).
 pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
-    let (dom, privileged, cr3) = (
-        hv.domains[cur].id,
-        hv.domains[cur].privileged,
-        hv.domains[cur].cr3,
-    );
+    let (dom, privileged, cr3) = (hv.cur_dom().id, hv.cur_dom().privileged, hv.vcpus[cur].cr3);
     let count = count as u32 as u64;
     let cmd = cmd as u32;
     match cmd {

@@ -212,7 +212,7 @@ pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
 fn continue_later(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, args: [u64; 5]) {
     crate::debug!(
         "domain {}: hypercall {nr} preempted (continuation)",
-        hv.domains[hv.current].id
+        hv.cur_dom().id
     );
     frame.rax = nr;
     frame.rdi = args[0];
@@ -236,7 +236,7 @@ fn switching(r: Result<Option<u64>, Errno>) -> HResult {
 /// bounce to its syscall callback (rcx/r11 already hold rip/rflags).
 #[cold]
 fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cb = hv.domains[hv.current].pv.syscall;
+    let cb = hv.vcpus[hv.current].pv.syscall;
     if cb.address == 0 {
         let rip = frame.rip;
         crate::pv::kill(
@@ -308,7 +308,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
         21 => {
-            let pv = &mut hv.domains[hv.current].pv;
+            let pv = &mut hv.vcpus[hv.current].pv;
             let bits = policy::vm_assist(pv.vm_assist, a[0], a[1])?;
             pv.set_iopl(pv.iopl, bits);
             Ok(0)
@@ -322,10 +322,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),
         36 => control_op(hv, a[0], policy::XEN_DOMCTL_INTERFACE_VERSION, true),
         _ => {
-            crate::debug!(
-                "domain {}: hypercall {nr} not implemented",
-                hv.domains[hv.current].id
-            );
+            crate::debug!("domain {}: hypercall {nr} not implemented", hv.cur_dom().id);
             Err(Errno::ENOSYS)
         }
     }
@@ -341,7 +338,7 @@ fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     }
     let cr3 = cr3(hv);
     let mut p: XenHvmParam = guest::read(cr3, arg)?;
-    let me = &hv.domains[hv.current];
+    let me = hv.cur_dom();
     let target = if p.domid == guest_abi::types::DomId::SELF.0 {
         me.id
     } else {
@@ -389,14 +386,14 @@ fn control_op(hv: &Hv, arg: u64, version: u32, domctl: bool) -> HResult {
             return Err(Errno::ESRCH);
         }
     }
-    if !hv.domains[hv.current].privileged {
+    if !hv.cur_dom().privileged {
         return Err(Errno::EPERM);
     }
     Err(Errno::ENOSYS)
 }
 
 fn cr3(hv: &Hv) -> u64 {
-    hv.domains[hv.current].cr3
+    hv.vcpus[hv.current].cr3
 }
 
 const CONSOLE_CHUNK: usize = 256;
@@ -421,8 +418,8 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno
                 let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
                 let va = buf.checked_add(off).ok_or(Errno::EFAULT)?;
                 guest::copy_from(cr3, va, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
-                let cur = hv.current;
-                hv.console_write(cur, &chunk[..n]);
+                let d = hv.cur_dom_idx();
+                hv.console_write(d, &chunk[..n]);
                 off += n as u64;
             }
             Ok(Flow::Ret(0))
@@ -431,8 +428,7 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno
         // service domain (which routes it to a guest's console ring);
         // other domains have none.
         1 => {
-            let cur = hv.current;
-            if !hv.domains[cur].service {
+            if !hv.cur_dom().service {
                 return Ok(Flow::Ret(0));
             }
             let mut chunk = [0u8; CONSOLE_CHUNK];
@@ -499,7 +495,7 @@ fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
         7 => Ok(4096),
         8 => put(hv, arg, &[0u8; 16]),
         9 => {
-            if !hv.domains[hv.current].privileged {
+            if !hv.cur_dom().privileged {
                 return Err(Errno::EPERM);
             }
             put(hv, arg, &fixed::<1024>(crate::boot_cmdline().as_bytes()))
@@ -519,11 +515,12 @@ fn guest_abi_virt_start() -> u64 {
 /// past fires at once.
 fn set_timer_op(hv: &mut Hv, deadline: u64) -> HResult {
     let cur = hv.current;
-    hv.domains[cur].timer_deadline = deadline;
+    hv.vcpus[cur].timer_deadline = deadline;
     hv.timer_set(deadline);
     if deadline != 0 && deadline <= crate::time::now_ns() {
-        hv.domains[cur].timer_deadline = 0;
-        crate::events::raise_virq(hv, cur, guest_abi::event_channel::VIRQ_TIMER);
+        hv.vcpus[cur].timer_deadline = 0;
+        let (dom, vid) = (hv.vcpus[cur].dom, hv.vcpus[cur].vid);
+        crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
     }
     Ok(0)
 }
@@ -543,7 +540,7 @@ fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
         3 => Ok(1),
         // VCPUOP_get_runstate_info
         4 => {
-            let rs = hv.domains[cur].runstate;
+            let rs = hv.vcpus[cur].runstate;
             let mut time = rs.time;
             if let Some(t) = time.get_mut(rs.state as usize) {
                 *t += now.saturating_sub(rs.entry_time);
@@ -564,14 +561,14 @@ fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
             if period < 1_000_000 {
                 return Err(Errno::EINVAL);
             }
-            let d = &mut hv.domains[cur];
+            let d = &mut hv.vcpus[cur];
             d.periodic_ns = period;
             d.periodic_next = now + period;
             hv.timer_set(now + period);
             Ok(0)
         }
         7 => {
-            hv.domains[cur].periodic_ns = 0;
+            hv.vcpus[cur].periodic_ns = 0;
             Ok(0)
         }
         // VCPUOP_set_singleshot_timer {timeout_abs_ns, flags}
@@ -586,7 +583,7 @@ fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
             set_timer_op(hv, deadline.max(1))
         }
         9 => {
-            hv.domains[cur].timer_deadline = 0;
+            hv.vcpus[cur].timer_deadline = 0;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
@@ -609,7 +606,7 @@ fn yield_now(hv: &mut Hv, frame: &mut TrapFrame) {
 fn block(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.rax = 0;
     let cur = hv.current;
-    let d = &hv.domains[cur];
+    let d = &hv.vcpus[cur];
     d.set_upcall_mask(false);
     if d.upcall_pending() {
         return;
@@ -639,7 +636,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if reason > 5 {
                 return Err(Errno::EINVAL);
             }
-            hv.end(cur, End::Shutdown(reason), "");
+            hv.end(hv.cur_dom_idx(), End::Shutdown(reason), "");
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }
@@ -665,12 +662,12 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                     raw[i * 4 + 3],
                 ]);
             }
-            let me = hv.domains[cur].id;
+            let me = hv.cur_dom().id;
             if microvisor_core::evtchn::any_pending(hv, me, &ports[..nr])? {
                 return Ok(Some(0));
             }
             // An upcall already deliverable ends the poll at once, as on Xen.
-            let d = &hv.domains[cur];
+            let d = &hv.vcpus[cur];
             if d.upcall_pending() && !d.upcall_mask() {
                 return Ok(Some(0));
             }
@@ -678,7 +675,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 return Ok(Some(0));
             }
             frame.rax = 0;
-            let d = &mut hv.domains[cur];
+            let d = &mut hv.vcpus[cur];
             d.poll_ports.clear();
             for &p in &ports[..nr] {
                 let _ = d.poll_ports.push(p);
@@ -691,7 +688,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
         }
         // SCHEDOP_remote_shutdown {domain_id, reason}: privileged only.
         4 => {
-            if !hv.domains[cur].privileged {
+            if !hv.cur_dom().privileged {
                 return Err(Errno::EPERM);
             }
             let mut b = [0u8; 8];
@@ -705,7 +702,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 return Err(Errno::ESRCH);
             }
             hv.end(target, End::Shutdown(reason), "");
-            if target == cur {
+            if target == hv.cur_dom_idx() {
                 sched::reschedule(hv, frame, Why::Leave);
                 return Ok(None);
             }

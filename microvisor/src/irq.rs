@@ -94,8 +94,8 @@ pub fn any_bound() -> bool {
 }
 
 fn caller(hv: &Hv) -> (u16, bool, u64) {
-    let d = &hv.domains[hv.current];
-    (d.id, d.service, d.cr3)
+    let d = hv.cur_dom();
+    (d.id, d.service, hv.cur().cr3)
 }
 
 /// `PHYSDEVOP_map_pirq` for a GSI: the service domain only (`EPERM`);
@@ -138,7 +138,7 @@ pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 /// `EVTCHNOP_bind_pirq`: binds a pirq mapped for the caller to a new port
 /// and unmasks the line.
 pub fn bind_pirq(hv: &mut Hv, pirq: u32) -> Result<u32, Errno> {
-    let me = hv.domains[hv.current].id;
+    let me = hv.cur_dom().id;
     let mapped = (pirq as usize) < N && LINES.lock().mapped[pirq as usize] == Some(me);
     let port = microvisor_core::evtchn::bind_pirq(hv, me, pirq, mapped)?;
     LINES.lock().port[pirq as usize] = Some(port);

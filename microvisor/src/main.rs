@@ -245,16 +245,47 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             };
             let extra = if spec.service { names.as_str() } else { "" };
             match build::build(i as u16, spec, image, extra, has_service && !spec.service) {
-                Ok((d, frame)) => {
+                Ok((mut d, first, frame)) => {
                     let idx = hv.domains.len();
-                    arch::entry::set_frame(idx, &frame);
-                    hv.bits[idx] = events::SharedBits { page: d.shared };
-                    hv.channels[idx].reinit(1);
-                    let state = d.state;
+                    let nr = usize::from(spec.vcpus);
+                    if hv.vcpus.len() + nr > domain::MAX_VCPUS {
+                        boot_fail(format_args!(
+                            "domain '{}': too many vCPUs in all (at most {} together)",
+                            spec.name,
+                            domain::MAX_VCPUS
+                        ));
+                    }
+                    hv.bits[idx] = events::SharedBits::new(d.shared);
+                    hv.channels[idx].reinit(nr as u32);
+                    // vCPU 0 runs the image; the others exist, offline, until
+                    // the guest initialises and brings them up.
+                    for vid in 0..nr {
+                        let vi = hv.vcpus.len();
+                        if hv
+                            .vcpus
+                            .push(domain::Vcpu::offline(idx, vid as u32, d.shared))
+                            .is_err()
+                        {
+                            boot_fail(format_args!("too many vCPUs"));
+                        }
+                        let _ = d.vcpus.push(vi);
+                        if vid == 0 {
+                            arch::entry::set_frame(vi, &frame);
+                            let v = &mut hv.vcpus[vi];
+                            v.initialised = true;
+                            v.cr3 = first.cr3;
+                            v.pv.kernel_ss = arch::desc::GUEST_DS;
+                            v.pv.kernel_sp = first.kernel_sp;
+                            v.runstate.state = 1;
+                            v.time_stamp = time::now_ns();
+                            hv.set_state(vi, domain::RunState::Runnable);
+                        } else {
+                            arch::entry::set_frame(vi, &arch::entry::TrapFrame::ZERO);
+                        }
+                    }
                     if hv.domains.push(d).is_err() {
                         boot_fail(format_args!("too many domains"));
                     }
-                    hv.set_state(idx, state);
                 }
                 Err(e) => boot_fail(format_args!("{e}")),
             }

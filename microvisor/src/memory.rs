@@ -14,12 +14,11 @@ const DOMID_SELF: u16 = 0x7FF0;
 
 /// The domain index an argument names: only the caller itself for now.
 fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
-    let cur = hv.current;
-    let me = hv.domains[cur].id;
+    let me = hv.cur_dom().id;
     if domid == DOMID_SELF || domid == me {
-        return Ok(cur);
+        return Ok(hv.cur_dom_idx());
     }
-    if !hv.domains[cur].privileged {
+    if !hv.cur_dom().privileged {
         return Err(Errno::EPERM);
     }
     match hv.domains.iter().position(|d| d.id == domid && d.is_live()) {
@@ -37,7 +36,7 @@ const PREEMPT_CHECK: u64 = 16;
 /// (`MEMOP_EXTENT_SHIFT`); the final result counts every extent done.
 pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
-    let cr3 = hv.domains[cur].cr3;
+    let cr3 = hv.vcpus[cur].cr3;
     let op = (cmd & 0x3f) as u32;
     let start = cmd >> 6;
     use guest_abi::memory as m;
@@ -61,7 +60,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 return Err(Errno::EINVAL);
             }
             let t = target(hv, domid)?;
-            if t != cur {
+            if t != hv.cur_dom_idx() {
                 return Err(Errno::EPERM);
             }
             let mut done = start;
@@ -109,7 +108,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 return Err(Errno::EINVAL);
             }
             let mut e = [0u8; 20];
-            e[8..16].copy_from_slice(&(hv.domains[cur].max_pages * PAGE).to_le_bytes());
+            e[8..16].copy_from_slice(&(hv.cur_dom().max_pages * PAGE).to_le_bytes());
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
             guest::copy_to(cr3, buffer, &e).map_err(|_| Errno::EFAULT)?;
             guest::copy_to(cr3, arg, &1u32.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
@@ -129,8 +128,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
 
 /// Gives one frame (named by machine frame number, as PV guests do) back.
 fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
-    let cur = hv.current;
-    let dom = hv.domains[cur].id;
+    let dom = hv.cur_dom().id;
     let mfn = guest::read::<u64>(cr3, slot)?;
     frames::with(|ft, mem| {
         ft.release(mfn, dom)?;
@@ -140,7 +138,7 @@ fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
     mm::zero_frame(mfn);
     frames::set_m2p(mfn, u64::MAX);
     let _ = mm::with_allocator(|a| a.free(mfn));
-    hv.domains[cur].tot_pages -= 1;
+    hv.cur_dom_mut().tot_pages -= 1;
     Ok(())
 }
 
@@ -155,10 +153,9 @@ const MAX_ORDER: u32 = 9;
 /// Adds one extent of `2^order` machine-contiguous frames, aligned to its
 /// size, within the domain's limit; the slot receives the first frame.
 fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), Errno> {
-    let cur = hv.current;
-    let dom = hv.domains[cur].id;
+    let dom = hv.cur_dom().id;
     let n = 1u64 << order;
-    if hv.domains[cur].tot_pages + n > hv.domains[cur].max_pages {
+    if hv.cur_dom().tot_pages + n > hv.cur_dom().max_pages {
         return Err(Errno::ENOMEM);
     }
     guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes())
@@ -178,16 +175,15 @@ fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), E
             return Err(e);
         }
     }
-    hv.domains[cur].tot_pages += n;
+    hv.cur_dom_mut().tot_pages += n;
     guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }
 
 /// Adds one frame to the domain, within its limit. For populate_physmap the
 /// slot holds the pfn it backs (M2P set) and receives the mfn.
 fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), Errno> {
-    let cur = hv.current;
-    let dom = hv.domains[cur].id;
-    if hv.domains[cur].tot_pages >= hv.domains[cur].max_pages {
+    let dom = hv.cur_dom().id;
+    if hv.cur_dom().tot_pages >= hv.cur_dom().max_pages {
         return Err(Errno::ENOMEM);
     }
     let pfn = if populate {
@@ -210,6 +206,6 @@ fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), 
     if let Some(p) = pfn {
         frames::set_m2p(mfn, p);
     }
-    hv.domains[cur].tot_pages += 1;
+    hv.cur_dom_mut().tot_pages += 1;
     guest::copy_to(cr3, slot, &mfn.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }

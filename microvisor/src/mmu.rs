@@ -21,7 +21,7 @@ const PREEMPT_CHECK_OPS: u64 = 16;
 const PREEMPTED: u64 = 1 << 31;
 
 fn cr3_mfn(hv: &Hv) -> u64 {
-    hv.domains[hv.current].cr3 / PAGE
+    hv.vcpus[hv.current].cr3 / PAGE
 }
 
 /// Guests may set the global bit in L1 entries (as on Xen), so every
@@ -75,11 +75,7 @@ pub fn mmu_update(
     foreigndom: u64,
 ) -> Result<Flow, Errno> {
     let cur = hv.current;
-    let (dom, privileged, cr3) = (
-        hv.domains[cur].id,
-        hv.domains[cur].privileged,
-        hv.domains[cur].cr3,
-    );
+    let (dom, privileged, cr3) = (hv.cur_dom().id, hv.cur_dom().privileged, hv.vcpus[cur].cr3);
     let (count, done) = resumed(cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     // The frame table is locked once for the batch (guest reads take no
@@ -147,8 +143,7 @@ fn collect_released(hv: &mut Hv) {
 /// update_va_mapping(va, pte, flags): one checked L1 update found through the
 /// current page tables; flushes as `flags` asks only if it succeeded.
 pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
-    let cur = hv.current;
-    let dom = hv.domains[cur].id;
+    let dom = hv.cur_dom().id;
     let l4 = cr3_mfn(hv);
     let f = frames::with(|ft, mem| ft.update_va_mapping(mem, dom, dom, l4, va, val))?;
     // As on Xen, flushing after a successful update is the guest's choice
@@ -173,19 +168,16 @@ pub fn mmuext_op(
     foreigndom: u64,
 ) -> Result<Flow, Errno> {
     let cur = hv.current;
-    let (dom, privileged) = (hv.domains[cur].id, hv.domains[cur].privileged);
-    let (count, done) = resumed(hv.domains[cur].cr3, count, pdone);
+    let (dom, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
+    let (count, done) = resumed(hv.vcpus[cur].cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let mut i = 0;
     let mut result = Ok(0);
     while i < count {
         if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
             if pdone != 0 {
-                let _ = guest::copy_to(
-                    hv.domains[cur].cr3,
-                    pdone,
-                    &((done + i) as u32).to_le_bytes(),
-                );
+                let _ =
+                    guest::copy_to(hv.vcpus[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
             }
             return Ok(Flow::Again([
                 ops.wrapping_add(i * 24),
@@ -197,7 +189,7 @@ pub fn mmuext_op(
         }
         // Re-read the base pointer each time: an op may have switched it, and
         // only the current (referenced, validated) L4 may be walked.
-        let cr3 = hv.domains[cur].cr3;
+        let cr3 = hv.vcpus[cur].cr3;
         let [cmd, arg1, arg2] = match guest::read::<[u64; 3]>(cr3, ops.wrapping_add(i * 24)) {
             Ok(r) => r,
             Err(e) => {
@@ -264,21 +256,17 @@ pub fn mmuext_op(
         i += 1;
     }
     if pdone != 0 {
-        let _ = guest::copy_to(
-            hv.domains[cur].cr3,
-            pdone,
-            &((done + i) as u32).to_le_bytes(),
-        );
+        let _ = guest::copy_to(hv.vcpus[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
     result.map(Flow::Ret)
 }
 
 fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let cur = hv.current;
-    let dom = hv.domains[cur].id;
-    let old = hv.domains[cur].cr3 / PAGE;
+    let dom = hv.cur_dom().id;
+    let old = hv.vcpus[cur].cr3 / PAGE;
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, Some(old)))?;
-    hv.domains[cur].cr3 = mfn * PAGE;
+    hv.vcpus[cur].cr3 = mfn * PAGE;
     // SAFETY: the new L4 was validated by the frame table, which installs
     // the hypervisor's slots 256-271 in every validated L4.
     unsafe { cpu::write_cr3(mfn * PAGE) };
@@ -287,17 +275,17 @@ fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
 
 fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let cur = hv.current;
-    let dom = hv.domains[cur].id;
-    let old = hv.domains[cur].user_cr3 / PAGE;
+    let dom = hv.cur_dom().id;
+    let old = hv.vcpus[cur].user_cr3 / PAGE;
     if mfn == 0 {
         if old != 0 {
             frames::with(|ft, mem| ft.put_page_and_type(mem, old));
         }
-        hv.domains[cur].user_cr3 = 0;
+        hv.vcpus[cur].user_cr3 = 0;
         return Ok(());
     }
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, (old != 0).then_some(old)))?;
-    hv.domains[cur].user_cr3 = mfn * PAGE;
+    hv.vcpus[cur].user_cr3 = mfn * PAGE;
     Ok(())
 }
 
@@ -317,7 +305,7 @@ pub fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
         if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
             return Ok(Flow::Again([va, n - i, 0, 0, 0]));
         }
-        let cr3 = hv.domains[cur].cr3;
+        let cr3 = hv.vcpus[cur].cr3;
         let e = guest::read::<[u64; 8]>(cr3, va)?;
         let op = e[0];
         let args = [e[2], e[3], e[4], e[5], e[6]];
@@ -330,7 +318,7 @@ pub fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
                     for (k, a) in more.iter().enumerate() {
                         b[k * 8..k * 8 + 8].copy_from_slice(&a.to_le_bytes());
                     }
-                    guest::copy_to(hv.domains[cur].cr3, va + 16, &b).map_err(|_| Errno::EFAULT)?;
+                    guest::copy_to(hv.vcpus[cur].cr3, va + 16, &b).map_err(|_| Errno::EFAULT)?;
                     return Ok(Flow::Again([va, n - i, 0, 0, 0]));
                 }
                 Err(e) => Err(e),
@@ -340,12 +328,11 @@ pub fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
             Ok(v) => v,
             Err(e) => (-(e.0 as i64)) as u64,
         };
-        guest::copy_to(hv.domains[cur].cr3, va + 8, &raw.to_le_bytes())
-            .map_err(|_| Errno::EFAULT)?;
+        guest::copy_to(hv.vcpus[cur].cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
         if op == 23 || op == 29 || op == 13 {
             break;
         }
-        if hv.domains.get(cur).is_none_or(|d| !d.is_live()) {
+        if !hv.cur_dom().is_live() {
             break;
         }
     }

@@ -36,9 +36,9 @@ const IOPL: u64 = 3 << 12;
 /// a NULL array clears the table.
 pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow, Errno> {
     let cur = hv.current;
-    let cr3 = hv.domains[cur].cr3;
+    let cr3 = hv.vcpus[cur].cr3;
     if table == 0 {
-        hv.domains[cur].pv.traps = [TrapEntry::default(); 256];
+        hv.vcpus[cur].pv.traps = [TrapEntry::default(); 256];
         return Ok(crate::hypercall::Flow::Ret(0));
     }
     // As on Xen the list runs to its first zero address, however long;
@@ -62,7 +62,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
                 vector,
                 address,
                 flags,
-            } => hv.domains[cur].pv.traps[usize::from(vector)] = TrapEntry { address, flags },
+            } => hv.vcpus[cur].pv.traps[usize::from(vector)] = TrapEntry { address, flags },
         }
     }
     Ok(crate::hypercall::Flow::Ret(0))
@@ -73,7 +73,7 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
     for a in [event, failsafe, syscall] {
         policy::callback_address(a)?;
     }
-    let pv = &mut hv.domains[hv.current].pv;
+    let pv = &mut hv.vcpus[hv.current].pv;
     pv.event = Callback {
         address: event,
         mask_events: true,
@@ -92,14 +92,14 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
 /// callback_op(register | unregister, struct callback_register/unregister).
 pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let cur = hv.current;
-    let cr3 = hv.domains[cur].cr3;
+    let cr3 = hv.vcpus[cur].cr3;
     let mut b = [0u8; 16];
     let len = if cmd == 0 { 16 } else { 4 };
     guest::copy_from(cr3, arg, &mut b[..len]).map_err(|_| Errno::EFAULT)?;
     let ty = u16::from_le_bytes([b[0], b[1]]);
     let flags = u16::from_le_bytes([b[2], b[3]]);
     let address = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-    let pv = &mut hv.domains[cur].pv;
+    let pv = &mut hv.vcpus[cur].pv;
     match cmd {
         0 => {
             let slot = policy::callback_slot(ty)?;
@@ -138,7 +138,7 @@ pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
     if !policy::kernel_ss_ok(ss) {
         return Err(Errno::EPERM);
     }
-    let pv = &mut hv.domains[hv.current].pv;
+    let pv = &mut hv.vcpus[hv.current].pv;
     pv.kernel_ss = GUEST_DS;
     pv.kernel_sp = sp;
     Ok(0)
@@ -147,7 +147,7 @@ pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
 /// fpu_taskswitch(set): the virtual CR0.TS, made real while the vCPU runs
 /// so its next x87/SSE instruction raises #NM for the guest.
 pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
-    hv.domains[hv.current].pv.virtual_ts = set != 0;
+    hv.vcpus[hv.current].pv.virtual_ts = set != 0;
     if set != 0 {
         crate::arch::cpu::set_ts();
     } else {
@@ -161,11 +161,11 @@ pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
 pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
     crate::arch::cpu::clts();
     let cur = hv.current;
-    if !hv.domains[cur].pv.virtual_ts {
+    if !hv.vcpus[cur].pv.virtual_ts {
         // Spurious: TS was not ours to set. Retry the instruction.
         return;
     }
-    hv.domains[cur].pv.virtual_ts = false;
+    hv.vcpus[cur].pv.virtual_ts = false;
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -181,7 +181,7 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
 /// as Xen's `int`; ENODEV for no such register, EINVAL for a 32-bit
 /// register given more, EPERM for a value the guest may not use.
 pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
-    let pv = &mut hv.domains[hv.current].pv;
+    let pv = &mut hv.vcpus[hv.current].pv;
     pv.dbg
         .write(reg as u32, value, pv.cr4_de)
         .map_err(|e| e.errno())?;
@@ -191,7 +191,7 @@ pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
 
 /// get_debugreg(reg) (nr 9): the register's value (ENODEV for none).
 pub fn get_debugreg(hv: &mut Hv, reg: u64) -> Result<u64, Errno> {
-    let pv = &hv.domains[hv.current].pv;
+    let pv = &hv.vcpus[hv.current].pv;
     pv.dbg.read(reg as u32, pv.cr4_de).map_err(|e| e.errno())
 }
 
@@ -223,7 +223,7 @@ pub fn load_breakpoints(dbg: &microvisor_core::pv::debugreg::DebugRegs) {
 pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
     let hw = crate::arch::cpu::read_dr6();
     crate::arch::cpu::clear_dr6();
-    hv.domains[hv.current].pv.dbg.merge_dr6(hw);
+    hv.vcpus[hv.current].pv.dbg.merge_dr6(hw);
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -242,7 +242,7 @@ pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
 #[inline]
 fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
     if io != 0 {
-        hv.domains[hv.current].pv.dbg.record(io);
+        hv.vcpus[hv.current].pv.dbg.record(io);
         let rip = frame.rip;
         deliver_exception(
             hv,
@@ -259,7 +259,7 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
     if !policy::canonical(base) {
         return Err(Errno::EINVAL);
     }
-    let pv = &mut hv.domains[hv.current].pv;
+    let pv = &mut hv.vcpus[hv.current].pv;
     save_bases(pv);
     match which {
         0 => pv.fs_base = base,
@@ -347,7 +347,7 @@ pub fn load_segment_bases(pv: &crate::domain::PvState) {
 /// (Xen's toggle_guest_mode): page table and GS base.
 pub fn toggle_mode(hv: &mut Hv) {
     let cur = hv.current;
-    let d = &mut hv.domains[cur];
+    let d = &mut hv.vcpus[cur];
     save_bases(&mut d.pv);
     d.pv.user_mode = !d.pv.user_mode;
     crate::arch::entry::GUEST_USER_MODE
@@ -368,7 +368,7 @@ pub fn toggle_mode(hv: &mut Hv) {
 pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
     let cur = hv.current;
-    let (dom, cr3) = (hv.domains[cur].id, hv.domains[cur].cr3);
+    let (dom, cr3) = (hv.cur_dom().id, hv.vcpus[cur].cr3);
     if entries > crate::domain::GUEST_GDT_ENTRIES as u64 {
         return Err(Errno::EINVAL);
     }
@@ -386,14 +386,14 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         }
         new_frame = mfn;
     }
-    let old = hv.domains[cur].pv.gdt_frame;
+    let old = hv.vcpus[cur].pv.gdt_frame;
     if old != 0 {
         crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, old));
     }
     if entries > 1 {
         note_rare_state();
     }
-    let pv = &mut hv.domains[cur].pv;
+    let pv = &mut hv.vcpus[cur].pv;
     pv.gdt = table;
     pv.gdt_entries = entries as usize;
     pv.gdt_frame = new_frame;
@@ -436,7 +436,7 @@ pub fn set_ldt(hv: &mut Hv, va: u64, entries: u64) -> Result<(), Errno> {
     if base % crate::mm::PAGE != 0 || !policy::guest_addr_ok(base) || ents > 8192 {
         return Err(Errno::EINVAL);
     }
-    let pv = &mut hv.domains[hv.current].pv;
+    let pv = &mut hv.vcpus[hv.current].pv;
     if ents != 0 {
         note_rare_state();
     }
@@ -496,8 +496,9 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let cur = hv.current;
     let off = cr2 - crate::mm::paging::LDT_VA;
     let page = (off / crate::mm::PAGE) as usize;
-    let d = &mut hv.domains[cur];
-    let (dom, cr3) = (d.id, d.cr3);
+    let dom = hv.cur_dom().id;
+    let d = &mut hv.vcpus[cur];
+    let cr3 = d.cr3;
     let pv = &mut d.pv;
     let linear = pv.ldt_base.wrapping_add(off);
     if off < u64::from(pv.ldt_ents) * 8 && pv.ldt_frames[page] == 0 {
@@ -548,7 +549,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
 /// says whether the guest was in user mode, whatever the CPU reported
 /// (the guest kernel runs in ring 3; descriptor-table reads are supervisor
 /// accesses).
-pub fn page_fault_error(d: &crate::domain::Domain, raw: u64) -> u64 {
+pub fn page_fault_error(d: &crate::domain::Vcpu, raw: u64) -> u64 {
     (raw & !4) | (u64::from(d.pv.user_mode) << 2)
 }
 
@@ -566,7 +567,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
         .filter(|_| ma % 8 == 0)
         .ok_or(Errno::EINVAL)?;
     let cur = hv.current;
-    let dom = hv.domains[cur].id;
+    let dom = hv.cur_dom().id;
     let mfn = ma / crate::mm::PAGE;
     let ty = crate::mm::frames::with(|ft, mem| {
         ft.get_page(mfn, dom)?;
@@ -592,7 +593,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
         ft.put_page_type(mem, mfn);
         ft.put_page(mfn);
     });
-    let pv = &mut hv.domains[cur].pv;
+    let pv = &mut hv.vcpus[cur].pv;
     if ty == PageType::Segment && mfn == pv.gdt_frame {
         let i = ((ma % crate::mm::PAGE) / 8) as usize;
         if i < pv.gdt_entries {
@@ -613,8 +614,7 @@ pub fn load_guest_gdt(pv: &crate::domain::PvState) {
 pub fn kill(hv: &mut Hv, regs: &mut TrapFrame, why: core::fmt::Arguments) {
     let mut s: heapless::String<192> = heapless::String::new();
     let _ = s.write_fmt(why);
-    let cur = hv.current;
-    hv.end(cur, End::Killed, &s);
+    hv.end(hv.cur_dom_idx(), End::Killed, &s);
     crate::sched::reschedule(hv, regs, crate::sched::Why::Leave);
 }
 
@@ -624,7 +624,7 @@ pub fn kill(hv: &mut Hv, regs: &mut TrapFrame, why: core::fmt::Arguments) {
 /// context kills the domain.
 pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     let cur = hv.current;
-    let cr3 = hv.domains[cur].cr3;
+    let cr3 = hv.vcpus[cur].cr3;
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
     let Ok(ctx) = guest::read::<policy::IretContext>(cr3, frame.rsp) else {
         let sp = frame.rsp;
@@ -634,7 +634,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
             format_args!("iret with an unreadable stack at {sp:#x}"),
         );
     };
-    let d = &hv.domains[cur];
+    let d = &hv.vcpus[cur];
     let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0) {
         Ok(t) => t,
         Err(why) => return kill(hv, frame, format_args!("{why}")),
@@ -642,7 +642,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     d.set_upcall_mask(t.mask_events);
     if d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
         // The assist's virtual IOPL follows the rflags the guest restores.
-        let pv = &mut hv.domains[cur].pv;
+        let pv = &mut hv.vcpus[cur].pv;
         pv.set_iopl(((ctx.rflags >> 12) & 3) as u8, pv.vm_assist);
     }
     frame.rax = ctx.rax;
@@ -676,11 +676,11 @@ pub fn bounce(
     let cur = hv.current;
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
-    let from_user = hv.domains[cur].pv.user_mode;
+    let from_user = hv.vcpus[cur].pv.user_mode;
     if from_user {
         toggle_mode(hv);
     }
-    let d = &hv.domains[cur];
+    let d = &hv.vcpus[cur];
     let saved_mask = d.upcall_mask();
     let sp = if from_user { d.pv.kernel_sp } else { frame.rsp } & !0xf;
     // The frame, lowest address first: [rcx, r11, (error,) rip, cs, rflags,
@@ -775,7 +775,7 @@ pub fn deliver_exception(
     error: Option<u64>,
     what: core::fmt::Arguments,
 ) {
-    let t = hv.domains[hv.current].pv.traps[vector as usize];
+    let t = hv.vcpus[hv.current].pv.traps[vector as usize];
     if t.address == 0 {
         return kill(hv, frame, format_args!("{what} with no handler registered"));
     }
@@ -794,7 +794,7 @@ pub fn deliver_exception(
 /// registered.
 #[inline]
 pub fn upcall_due(hv: &Hv) -> bool {
-    hv.domains.get(hv.current).is_some_and(|d| {
+    hv.vcpus.get(hv.current).is_some_and(|d| {
         d.state == RunState::Runnable
             && d.upcall_pending()
             && !d.upcall_mask()
@@ -813,7 +813,7 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
 
 #[inline(never)]
 fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
-    let d = &hv.domains[hv.current];
+    let d = &hv.vcpus[hv.current];
     let cb = d.pv.event;
     // The hot case, from guest kernel mode: no error code, no mode change,
     // and events were enabled (`upcall_due`), so the saved mask is 0 and the
@@ -941,12 +941,12 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd {
         6 => {
             let mut b = [0u8; 4];
-            guest::copy_from(hv.domains[cur].cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            guest::copy_from(hv.vcpus[cur].cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let iopl = u32::from_le_bytes(b);
             if iopl > 3 {
                 return Err(Errno::EINVAL);
             }
-            let pv = &mut hv.domains[cur].pv;
+            let pv = &mut hv.vcpus[cur].pv;
             pv.set_iopl(iopl as u8, pv.vm_assist);
             Ok(0)
         }
@@ -1012,7 +1012,7 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
 
 fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emulated {
     let cur = hv.current;
-    let d = &hv.domains[cur];
+    let d = &hv.vcpus[cur];
     let user = d.pv.user_mode;
     let io_ok = policy::iopl_allows(
         !user,
@@ -1036,8 +1036,8 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
                 return Emulated::NotEmulated;
             }
             let is_in = matches!(insn.op, Op::In { .. });
-            let port = emulate_port_io(frame, hv.domains[cur].privileged, is_in, port, width);
-            let pv = &hv.domains[cur].pv;
+            let port = emulate_port_io(frame, hv.cur_dom().privileged, is_in, port, width);
+            let pv = &hv.vcpus[cur].pv;
             *io_hits = pv.dbg.io_hits(port, width, pv.cr4_de);
             frame.rip = next;
             Emulated::Done
@@ -1052,7 +1052,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         _ if user => Emulated::NotEmulated,
         Op::Clts => {
             // Clears the virtual TS.
-            hv.domains[cur].pv.virtual_ts = false;
+            hv.vcpus[cur].pv.virtual_ts = false;
             crate::arch::cpu::clts();
             frame.rip = next;
             Emulated::Done
@@ -1060,7 +1060,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::Hlt => {
             // Block until an event (SCHEDOP_block semantics).
             frame.rip = next;
-            let d = &hv.domains[cur];
+            let d = &hv.vcpus[cur];
             d.set_upcall_mask(false);
             if !d.upcall_pending() {
                 hv.set_state(cur, RunState::Blocked);
@@ -1072,10 +1072,10 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovFromCr { cr, gpr: reg } => {
             let val = match cr {
                 // PE MP ET NE WP AM PG, plus the virtual TS.
-                0 => 0x8005_0033 | if hv.domains[cur].pv.virtual_ts { 8 } else { 0 },
-                2 => crate::mm::read_u64(hv.domains[cur].shared_info_mfn * crate::mm::PAGE + 16),
+                0 => 0x8005_0033 | if hv.vcpus[cur].pv.virtual_ts { 8 } else { 0 },
+                2 => crate::mm::read_u64(hv.cur_dom().shared_info_mfn * crate::mm::PAGE + 16),
                 3 => cr3,
-                4 => policy::guest_cr4(hv.domains[cur].pv.cr4_de),
+                4 => policy::guest_cr4(hv.vcpus[cur].pv.cr4_de),
                 _ => return Emulated::NotEmulated,
             };
             *gpr(frame, reg) = val;
@@ -1085,12 +1085,12 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovToCr { cr: 4, gpr: reg } => {
             // Accepted whatever the value, as on Xen; only DE is the
             // guest's (`policy::cr4_write_de`).
-            hv.domains[cur].pv.cr4_de = policy::cr4_write_de(*gpr(frame, reg));
+            hv.vcpus[cur].pv.cr4_de = policy::cr4_write_de(*gpr(frame, reg));
             frame.rip = next;
             Emulated::Done
         }
         Op::MovFromDr { dr, gpr: reg } => {
-            let pv = &hv.domains[cur].pv;
+            let pv = &hv.vcpus[cur].pv;
             match pv.dbg.read(u32::from(dr), pv.cr4_de) {
                 Ok(v) => *gpr(frame, reg) = v,
                 Err(e) => return Emulated::Raise(e.vector()),
@@ -1100,7 +1100,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         }
         Op::MovToDr { dr, gpr: reg } => {
             let v = *gpr(frame, reg);
-            let pv = &mut hv.domains[cur].pv;
+            let pv = &mut hv.vcpus[cur].pv;
             if let Err(e) = pv.dbg.write(u32::from(dr), v, pv.cr4_de) {
                 return Emulated::Raise(e.vector());
             }
@@ -1112,8 +1112,8 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             let Some(what) = policy::rdmsr(frame.rcx as u32) else {
                 return Emulated::NotEmulated;
             };
-            save_bases(&mut hv.domains[cur].pv);
-            let pv = &hv.domains[cur].pv;
+            save_bases(&mut hv.vcpus[cur].pv);
+            let pv = &hv.vcpus[cur].pv;
             let v = match what {
                 MsrRead::Base(SegmentBase::Fs) => pv.fs_base,
                 MsrRead::Base(SegmentBase::GsKernel) => pv.gs_base_kernel,
@@ -1152,7 +1152,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
 pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
-    let cr3 = hv.domains[hv.current].active_cr3();
+    let cr3 = hv.vcpus[hv.current].active_cr3();
     let mut b = [0u8; decode::MAX_LEN];
     let n = fetch(cr3, frame.rip, &mut b);
     let Some(len) = decode::forced_cpuid(&b[..n]) else {
@@ -1172,7 +1172,7 @@ pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
 /// reports a different error code than hardware, so the instruction is
 /// decoded rather than the error code trusted).
 pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<(u8, u8)> {
-    match decode_at(hv.domains[hv.current].active_cr3(), frame.rip) {
+    match decode_at(hv.vcpus[hv.current].active_cr3(), frame.rip) {
         Ok(decode::Insn {
             op: Op::Int(n),
             len,

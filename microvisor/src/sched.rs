@@ -29,19 +29,31 @@ pub enum Why {
     Preempt,
 }
 
+/// The Xen runstate (runnable 1, blocked 2, offline 3) of a vCPU in `state`
+/// that is not running.
+pub fn runstate_of(state: RunState) -> u32 {
+    match state {
+        RunState::Runnable => 1,
+        RunState::Blocked => 2,
+        RunState::Down => 3,
+    }
+}
+
 /// Charges the running vCPU for the time since it last started.
 fn account(hv: &mut Hv, now: u64) {
     let cur = hv.current;
-    let Some(d) = hv.domains.get_mut(cur) else {
+    let Some(v) = hv.vcpus.get_mut(cur) else {
         return;
     };
-    if d.runstate.state != 0 {
+    if v.runstate.state != 0 {
         return;
     }
-    let ran = now.saturating_sub(d.last_start);
-    d.vruntime += ((u128::from(ran) * u128::from(d.vr_mul)) >> 16) as u64;
-    d.period_used += ran;
-    d.last_start = now;
+    let ran = now.saturating_sub(v.last_start);
+    v.last_start = now;
+    let di = v.dom;
+    let vr_mul = hv.domains[di].vr_mul;
+    hv.vcpus[cur].vruntime += ((u128::from(ran) * u128::from(vr_mul)) >> 16) as u64;
+    hv.domains[di].period_used += ran;
 }
 
 /// The multiplier that turns run time into virtual run time for weight
@@ -60,6 +72,11 @@ pub fn slice_vruntime(weight: u16) -> u64 {
 
 fn capped(d: &crate::domain::Domain) -> bool {
     d.cap != 0 && d.period_used * 100 >= CAP_PERIOD_NS * d.cap as u64
+}
+
+/// Whether vCPU index `i`'s domain used up its cap for this period.
+fn vcpu_capped(hv: &Hv, i: usize) -> bool {
+    capped(&hv.domains[hv.vcpus[i].dom])
 }
 
 /// Starts a new cap period when the old one is over.
@@ -85,28 +102,25 @@ fn cap_period(hv: &mut Hv, now: u64) {
 /// Makes a blocked vCPU runnable. Its virtual run time is pulled up to
 /// within one slice of the others', so a long sleep earns no burst.
 pub fn wake(hv: &mut Hv, i: usize) {
-    if hv
-        .domains
-        .get(i)
-        .is_none_or(|d| d.state != RunState::Blocked)
-    {
+    if hv.vcpus.get(i).is_none_or(|d| d.state != RunState::Blocked) {
         return;
     }
     let mut floor = None;
     let mut m = hv.runnable;
     while m != 0 {
-        let d = &hv.domains[m.trailing_zeros() as usize];
+        let d = &hv.vcpus[m.trailing_zeros() as usize];
         m &= m - 1;
         if floor.is_none_or(|f| d.vruntime < f) {
             floor = Some(d.vruntime);
         }
     }
     hv.set_state(i, RunState::Runnable);
-    let d = &mut hv.domains[i];
+    let slice = hv.domains[hv.vcpus[i].dom].slice_vruntime;
+    let d = &mut hv.vcpus[i];
     d.poll_ports.clear();
     d.poll_deadline = 0;
     if let Some(f) = floor {
-        d.vruntime = d.vruntime.max(f.saturating_sub(d.slice_vruntime));
+        d.vruntime = d.vruntime.max(f.saturating_sub(slice));
     }
     let now = crate::time::now_ns();
     d.runstate.enter(1, now);
@@ -129,11 +143,12 @@ pub fn fire_timers(hv: &mut Hv, now: u64) {
 
 #[inline(never)]
 fn fire_due_timers(hv: &mut Hv, now: u64) {
-    for i in 0..hv.domains.len() {
-        let d = &mut hv.domains[i];
-        if !d.is_live() {
+    for i in 0..hv.vcpus.len() {
+        let d = &mut hv.vcpus[i];
+        if d.state == RunState::Down {
             continue;
         }
+        let (dom, vid) = (d.dom, d.vid);
         let mut fire = false;
         if d.timer_deadline != 0 && d.timer_deadline <= now {
             d.timer_deadline = 0;
@@ -154,7 +169,7 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
             }
         }
         if fire {
-            crate::events::raise_virq(hv, i, guest_abi::event_channel::VIRQ_TIMER);
+            crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
         }
     }
     hv.timers_due = earliest_timer(hv).unwrap_or(u64::MAX);
@@ -168,7 +183,7 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     let mut m = hv.runnable;
     if let Some(x) = exclude {
-        m &= !(1u32 << x);
+        m &= !(1u64 << x);
     }
     // None or one candidate (the common cases: a yield alone, a peer just
     // woken): nothing to compare.
@@ -177,24 +192,24 @@ fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
             return None;
         }
         let i = m.trailing_zeros() as usize;
-        return hv.domains.get(i).filter(|d| !capped(d)).map(|_| i);
+        return (!vcpu_capped(hv, i)).then_some(i);
     }
     pick_among(hv, m)
 }
 
 #[inline(never)]
-fn pick_among(hv: &Hv, mut m: u32) -> Option<usize> {
-    let n = hv.domains.len();
+fn pick_among(hv: &Hv, mut m: u64) -> Option<usize> {
+    let n = hv.vcpus.len();
     let cur = hv.current;
     // (vruntime, place in the round after the current one, index)
     let mut best: Option<(u64, usize, usize)> = None;
     while m != 0 {
         let i = m.trailing_zeros() as usize;
         m &= m - 1;
-        let d = &hv.domains[i];
-        if capped(d) {
+        if vcpu_capped(hv, i) {
             continue;
         }
+        let d = &hv.vcpus[i];
         let place = if i > cur { i - cur } else { i + n - cur };
         if best.is_none_or(|(v, p, _)| (d.vruntime, place) < (v, p)) {
             best = Some((d.vruntime, place, i));
@@ -204,9 +219,9 @@ fn pick_among(hv: &Hv, mut m: u32) -> Option<usize> {
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {
-    hv.domains
+    hv.vcpus
         .iter()
-        .filter(|d| d.is_live())
+        .filter(|d| d.state != RunState::Down)
         .flat_map(|d| {
             [
                 d.timer_deadline,
@@ -233,18 +248,14 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// the CPU, can never switch vCPUs (it has nothing to pass).
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current;
-    hv.drain_console(cur);
+    hv.drain_console(hv.vcpus[cur].dom);
     let mut now = crate::time::now_ns();
     account(hv, now);
     let next = loop {
         cap_period(hv, now);
         fire_timers(hv, now);
         crate::irq::deliver(hv);
-        let still_runnable = || {
-            hv.domains
-                .get(cur)
-                .is_some_and(|d| d.state == RunState::Runnable && !capped(d))
-        };
+        let still_runnable = || hv.vcpus[cur].state == RunState::Runnable && !vcpu_capped(hv, cur);
         let choice = match why {
             Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
             Why::Leave => pick(hv, None),
@@ -253,8 +264,9 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
                 match other {
                     Some(o)
                         if still_runnable()
-                            && hv.domains[o].vruntime + hv.domains[o].slice_vruntime
-                                > hv.domains[cur].vruntime =>
+                            && hv.vcpus[o].vruntime
+                                + hv.domains[hv.vcpus[o].dom].slice_vruntime
+                                > hv.vcpus[cur].vruntime =>
                     {
                         Some(cur)
                     }
@@ -267,7 +279,7 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
             break n;
         }
         let any_live = hv.domains.iter().any(|d| d.is_live());
-        let capped_waiting = hv.domains.iter().any(|d| d.state == RunState::Runnable);
+        let capped_waiting = hv.runnable != 0;
         if !any_live {
             hv.finish();
         }
@@ -281,11 +293,10 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
             hv.finish();
         }
         // Idle until the next tick.
-        if let Some(d) = hv.domains.get_mut(cur)
+        if let Some(d) = hv.vcpus.get_mut(cur)
             && d.runstate.state == 0
         {
-            d.runstate
-                .enter(if d.state == RunState::Blocked { 2 } else { 1 }, now);
+            d.runstate.enter(runstate_of(d.state), now);
         }
         cpu::idle_wait();
         now = crate::time::now_ns();
@@ -298,16 +309,16 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     if next != cur {
         // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
         cpu::clts();
-        if let Some(d) = hv.domains.get_mut(cur)
-            && d.is_live()
+        let live = hv.domains[hv.vcpus[cur].dom].is_live();
+        if let Some(d) = hv.vcpus.get_mut(cur)
+            && live
         {
             cpu::fpu_save(&mut d.fpu);
             segs = Some(crate::pv::save_segments(&mut d.pv));
-            let st = if d.state == RunState::Blocked { 2 } else { 1 };
-            d.runstate.enter(st, now);
+            d.runstate.enter(runstate_of(d.state), now);
         }
-        cpu::fpu_restore(&hv.domains[next].fpu);
-        if hv.domains[next].pv.virtual_ts {
+        cpu::fpu_restore(&hv.vcpus[next].fpu);
+        if hv.vcpus[next].pv.virtual_ts {
             cpu::set_ts();
         }
         // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
@@ -316,8 +327,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         }
     }
     hv.current = next;
-    let d = &mut hv.domains[next];
-    crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
+    let id = hv.domains[hv.vcpus[next].dom].id;
+    crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
+    let d = &mut hv.vcpus[next];
     if d.runstate.state != 0 {
         d.runstate.enter(0, now);
     }
@@ -332,7 +344,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
     if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-        crate::time::update_vcpu_time(d.shared);
+        crate::time::update_vcpu_time(d.info);
         d.time_stamp = now;
     }
     if next != cur {
@@ -360,11 +372,11 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
 /// nothing when neither does).
 #[inline(never)]
 fn switch_rare_state(hv: &Hv, cur: usize, next: usize) {
-    crate::pv::load_descriptor_tables(&hv.domains[next].pv);
-    let next_dbg = &hv.domains[next].pv.dbg;
+    crate::pv::load_descriptor_tables(&hv.vcpus[next].pv);
+    let next_dbg = &hv.vcpus[next].pv.dbg;
     if next_dbg.active() {
         cpu::load_breakpoints(&next_dbg.addr, next_dbg.dr7);
-    } else if hv.domains.get(cur).is_some_and(|d| d.pv.dbg.active()) {
+    } else if hv.vcpus.get(cur).is_some_and(|d| d.pv.dbg.active()) {
         cpu::breakpoints_off();
     }
 }
@@ -383,23 +395,20 @@ pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
 pub fn start() -> ! {
     let (first, cr3) = {
         let mut hv = crate::domain::HV.lock();
-        let Some(first) = hv
-            .domains
-            .iter()
-            .position(|d| d.state == RunState::Runnable)
-        else {
+        let Some(first) = hv.vcpus.iter().position(|d| d.state == RunState::Runnable) else {
             hv.finish()
         };
         let now = crate::time::now_ns();
-        for d in hv.domains.iter_mut() {
+        for d in hv.vcpus.iter_mut() {
             d.runstate.entry_time = now;
         }
         hv.current = first;
-        let d = &mut hv.domains[first];
+        let id = hv.domains[hv.vcpus[first].dom].id;
+        crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
+        let d = &mut hv.vcpus[first];
         d.runstate.enter(0, now);
         d.last_start = now;
-        crate::domain::CURRENT.store(d.id as u32, core::sync::atomic::Ordering::Relaxed);
-        crate::time::update_vcpu_time(d.shared);
+        crate::time::update_vcpu_time(d.info);
         crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
         cpu::fpu_restore(&d.fpu);
         (first, d.cr3)

@@ -95,8 +95,8 @@ pub fn spin_ns(ns: u64) {
 
 /// Writes vcpu_info[0].time of a domain's shared info page, as Xen does:
 /// version odd while updating, even when consistent.
-pub fn update_vcpu_time(page: mm::SharedFrame) {
-    const T: u64 = 32; // vcpu_info[0].time
+pub fn update_vcpu_time(page: crate::domain::VcpuInfo) {
+    const T: u64 = 32; // vcpu_info.time
     let (mul, shift) = scale();
     let tsc = cpu::rdtsc();
     let sys = scale_delta(

@@ -29,7 +29,7 @@ fn injected_vector(hv: &crate::domain::Hv, frame: &TrapFrame) -> Option<u8> {
         return None;
     }
     let mut bytes = [0u8; decode::MAX_LEN];
-    let n = pv::fetch(hv.domains[hv.current].active_cr3(), frame.rip, &mut bytes);
+    let n = pv::fetch(hv.vcpus[hv.current].active_cr3(), frame.rip, &mut bytes);
     decode::injected_vector(&bytes[..n])
 }
 
@@ -102,8 +102,8 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if let Some((n, len)) = pv::soft_int_vector(hv, frame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
-                let t = hv.domains[hv.current].pv.traps[n as usize];
-                let min_dpl = if hv.domains[hv.current].pv.user_mode {
+                let t = hv.vcpus[hv.current].pv.traps[n as usize];
+                let min_dpl = if hv.vcpus[hv.current].pv.user_mode {
                     3
                 } else {
                     1
@@ -144,7 +144,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                     );
                 }
                 pv::Emulated::NotEmulated => {
-                    let what = pv::decode_at(hv.domains[hv.current].active_cr3(), frame.rip)
+                    let what = pv::decode_at(hv.vcpus[hv.current].active_cr3(), frame.rip)
                         .ok()
                         .filter(|i| i.op.privileged());
                     let rip = frame.rip;
@@ -205,9 +205,9 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if (ldt..ldt + crate::mm::paging::LDT_PAGES as u64 * crate::mm::PAGE).contains(&cr2) {
                 return pv::ldt_fault(hv, frame, cr2);
             }
-            hv.domains[hv.current].set_cr2(cr2);
+            hv.vcpus[hv.current].set_cr2(cr2);
             // The user bit as the guest's mode says, as on Xen.
-            let err = pv::page_fault_error(&hv.domains[hv.current], frame.error_code);
+            let err = pv::page_fault_error(hv.cur(), frame.error_code);
             let rip = frame.rip;
             pv::deliver_exception(
                 hv,

@@ -18,6 +18,7 @@
 //! expect = poweroff        # poweroff|reboot|suspend|crash|watchdog|killed; default poweroff
 //! weight = 256             # scheduler weight 1-65535; default 256
 //! cap = 50                  # at most this percent of the CPU (1-100); default none
+//! vcpus = 4                # virtual CPUs (1-32); default 1; vCPU 0 starts, the guest brings up the others
 //! console = both           # which console output the serial line shows: both|io|ring
 //! ```
 //!
@@ -37,6 +38,8 @@ use core::fmt;
 
 /// Most domains one manifest may declare.
 pub const MAX_DOMAINS: usize = 16;
+/// Most vCPUs one domain may have (the vcpu_info slots in shared info).
+pub const MAX_VCPUS: usize = 32;
 /// Longest domain name in bytes.
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest command line in bytes (`start_info.cmd_line` holds 1024 with the NUL).
@@ -198,6 +201,8 @@ pub struct DomainSpec<'a> {
     pub weight: u16,
     /// CPU cap in percent of one CPU (1-100), 0 = no cap.
     pub cap: u8,
+    /// Number of vCPUs (1 to [`MAX_VCPUS`]).
+    pub vcpus: u8,
     /// Which console output the serial line shows.
     pub console: ConsoleOutput,
 }
@@ -220,6 +225,7 @@ const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
     expect: Expect::Poweroff,
     weight: DEFAULT_WEIGHT,
     cap: 0,
+    vcpus: 1,
     console: ConsoleOutput::Both,
 };
 
@@ -277,6 +283,7 @@ struct Partial<'a> {
     expect: Option<Expect>,
     weight: Option<u16>,
     cap: Option<u8>,
+    vcpus: Option<u8>,
     console: Option<ConsoleOutput>,
 }
 
@@ -294,6 +301,7 @@ impl<'a> Partial<'a> {
             expect: None,
             weight: None,
             cap: None,
+            vcpus: None,
             console: None,
         }
     }
@@ -323,6 +331,7 @@ impl<'a> Partial<'a> {
             expect: self.expect.unwrap_or(Expect::Poweroff),
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
             cap: self.cap.unwrap_or(0),
+            vcpus: self.vcpus.unwrap_or(1),
             console: self.console.unwrap_or(ConsoleOutput::Both),
         })
     }
@@ -517,6 +526,14 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 let cap = parse_cap(value).map_err(|what| err(what, None))?;
                 set_once(&mut section.cap, cap, duplicate)?;
             }
+            "vcpus" => {
+                let n = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|n| (1..=MAX_VCPUS as u8).contains(n))
+                    .ok_or(err("vcpus must be a number from 1 to 32", None))?;
+                set_once(&mut section.vcpus, n, duplicate)?;
+            }
             "console" => {
                 let c = ConsoleOutput::from_name(value)
                     .ok_or(err("console must be both, io or ring", None))?;
@@ -596,6 +613,7 @@ cmdline = console=hvc0 # kept
 expect = poweroff
 weight = 512
 cap = 50
+vcpus = 4
 
 [domain guest_1-b]   # second
 image=./guest.elf
@@ -623,6 +641,7 @@ expect = killed
                 expect: Expect::Poweroff,
                 weight: 512,
                 cap: 50,
+                vcpus: 4,
                 console: ConsoleOutput::Both,
             }
         );
@@ -640,6 +659,7 @@ expect = killed
                 expect: Expect::Crash,
                 weight: 256,
                 cap: 0,
+                vcpus: 1,
                 console: ConsoleOutput::Both,
             }
         );
@@ -847,6 +867,14 @@ expect = killed
             (
                 "[domain x]\nweight = +5\n",
                 "manifest line 2: weight must be a number from 1 to 65535",
+            ),
+            (
+                "[domain x]\nvcpus = 0\n",
+                "manifest line 2: vcpus must be a number from 1 to 32",
+            ),
+            (
+                "[domain x]\nvcpus = 33\n",
+                "manifest line 2: vcpus must be a number from 1 to 32",
             ),
             (
                 "[domain x]\ncmdline = a\0b\n",

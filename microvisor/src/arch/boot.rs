@@ -34,7 +34,7 @@ boot_gdtr:
 
     .section .bss
     .balign 16
-boot_stack: .space 65536
+boot_stack: .space 131072
     .globl boot_stack_top
 boot_stack_top:
 

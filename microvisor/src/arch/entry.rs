@@ -309,7 +309,7 @@ pub static GUEST_USER_MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::A
 #[unsafe(no_mangle)]
 static mut SYSCALL_SCRATCH: u64 = 0;
 
-/// Every domain's saved registers, by domain index. The running vCPU's
+/// Every vCPU's saved registers, by vCPU index (`Hv::vcpus`). The running vCPU's
 /// frame is also where the entry stubs save its registers (TSS.RSP0 and
 /// `FRAME_TOP` are its end) and where the exit path restores them from
 /// (`CURRENT_FRAME`): a vCPU switch changes these pointers, it copies no
@@ -319,10 +319,10 @@ static mut SYSCALL_SCRATCH: u64 = 0;
 /// Each frame's end must be 16-byte aligned: the CPU aligns RSP0 down to 16
 /// bytes before pushing an exception frame, and a frame pushed 8 bytes low
 /// would not be where the stubs expect it.
-static mut FRAMES: Frames = Frames([TrapFrame::ZERO; crate::domain::MAX_DOMAINS]);
+static mut FRAMES: Frames = Frames([TrapFrame::ZERO; crate::domain::MAX_VCPUS]);
 
 #[repr(C, align(64))]
-struct Frames([TrapFrame; crate::domain::MAX_DOMAINS]);
+struct Frames([TrapFrame; crate::domain::MAX_VCPUS]);
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() % 16 == 0);
 
@@ -341,8 +341,8 @@ unsafe extern "C" {
 }
 
 fn frame_addr(i: usize) -> u64 {
-    // Domain indexes are below MAX_DOMAINS (the domain table's capacity).
-    let i = i.min(crate::domain::MAX_DOMAINS - 1);
+    // vCPU indexes are below MAX_VCPUS (the vCPU table's capacity).
+    let i = i.min(crate::domain::MAX_VCPUS - 1);
     (&raw const FRAMES) as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
 }
 
@@ -352,7 +352,7 @@ pub fn init(hv_stack_top: u64) {
     unsafe { *(&raw mut HV_STACK_TOP) = hv_stack_top };
 }
 
-/// Makes domain index `i`'s frame the one entries save into and the exit
+/// Makes vCPU index `i`'s frame the one entries save into and the exit
 /// path restores from (the vCPU switch).
 pub fn set_current(i: usize) {
     let f = frame_addr(i);
@@ -366,7 +366,7 @@ pub fn set_current(i: usize) {
     super::desc::set_rsp0(top);
 }
 
-/// Installs the first frame of domain index `i` (the builder's).
+/// Installs the first frame of vCPU index `i` (the builder's, or a VCPUOP_initialise context).
 pub fn set_frame(i: usize, frame: &TrapFrame) {
     let f = frame_addr(i);
     // SAFETY: `f` is FRAMES[i]; the domain has not run yet, so no reference
@@ -391,7 +391,7 @@ pub fn live(frame: &mut TrapFrame) -> &mut TrapFrame {
     }
 }
 
-/// Starts running domain index `i` from its frame: the common exit path.
+/// Starts running vCPU index `i` from its frame: the common exit path.
 pub fn enter_guest(i: usize) -> ! {
     set_current(i);
     // SAFETY: the exit path pops domain `i`'s frame (built by the domain
