@@ -479,11 +479,6 @@ impl Hv {
         &self.vcpus[self.current]
     }
 
-    #[inline(always)]
-    pub fn cur_mut(&mut self) -> &mut Vcpu {
-        &mut self.vcpus[self.current]
-    }
-
     /// The running vCPU's domain.
     #[inline(always)]
     pub fn cur_dom(&self) -> &Domain {

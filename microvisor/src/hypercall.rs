@@ -85,9 +85,11 @@ pub extern "C" fn on_light_syscall(
         Ok(v) => v,
         Err(e) => (-(e.0 as i64)) as u64,
     };
+    // (A vCPU that took itself down leaves through the upcall path too,
+    // which has the full frame.)
     LightExit {
         rax,
-        upcall: u64::from(pv::upcall_due(&hv)),
+        upcall: u64::from(pv::upcall_due(&hv) || hv.cur().state == RunState::Down),
     }
 }
 
@@ -95,7 +97,17 @@ pub extern "C" fn on_light_syscall(
 /// completed the frame; bounce to the event callback.
 pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
     let mut hv = HV.lock();
-    crate::pv::deliver_events(&mut hv, frame);
+    leave_if_down(&mut hv, frame);
+    crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
+}
+
+/// A running vCPU that a hypercall took down (VCPUOP_down of itself, or its
+/// domain's end) leaves the CPU before returning to the guest.
+#[inline]
+fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
+    if hv.cur().state == RunState::Down {
+        sched::reschedule(hv, frame, Why::Leave);
+    }
 }
 
 /// Called by the syscall stub with the guest's registers for the
@@ -151,6 +163,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         hv.audit("a memory hypercall");
         AUDITS[i].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
+    leave_if_down(&mut hv, crate::arch::entry::live(frame));
     crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
 
@@ -307,13 +320,17 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         14 => crate::mmu::update_va_mapping(hv, a[0], a[1], a[2]),
         15 => set_timer_op(hv, a[0]),
         17 => xen_version(hv, a[0], a[1]),
+        // vm_assist: the domain's assists (kept in each of its vCPUs).
         21 => {
-            let pv = &mut hv.vcpus[hv.current].pv;
-            let bits = policy::vm_assist(pv.vm_assist, a[0], a[1])?;
-            pv.set_iopl(pv.iopl, bits);
+            let bits = policy::vm_assist(hv.cur().pv.vm_assist, a[0], a[1])?;
+            let vcpus = hv.cur_dom().vcpus.clone();
+            for v in vcpus {
+                let pv = &mut hv.vcpus[v].pv;
+                pv.set_iopl(pv.iopl, bits);
+            }
             Ok(0)
         }
-        24 => vcpu_op(hv, a[0], a[1], a[2]),
+        24 => crate::vcpu::vcpu_op(hv, a[0], a[1], a[2]),
         25 => pv::set_segment_base(hv, a[0], a[1]),
         30 => pv::callback_op(hv, a[0], a[1]),
         32 => crate::events::event_channel_op(hv, a[0], a[1]),
@@ -511,83 +528,11 @@ fn guest_abi_virt_start() -> u64 {
     0xFFFF_8000_0000_0000
 }
 
-/// set_timer_op(abs_ns): the one-shot timer; 0 cancels; a time already
-/// past fires at once.
+/// set_timer_op(abs_ns): the running vCPU's one-shot timer; 0 cancels; a
+/// time already past fires at once.
 fn set_timer_op(hv: &mut Hv, deadline: u64) -> HResult {
-    let cur = hv.current;
-    hv.vcpus[cur].timer_deadline = deadline;
-    hv.timer_set(deadline);
-    if deadline != 0 && deadline <= crate::time::now_ns() {
-        hv.vcpus[cur].timer_deadline = 0;
-        let (dom, vid) = (hv.vcpus[cur].dom, hv.vcpus[cur].vid);
-        crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
-    }
+    crate::vcpu::set_timer(hv, deadline);
     Ok(0)
-}
-
-/// vcpu_op(cmd, vcpu, arg) for the single vCPU 0.
-#[inline(never)]
-fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> HResult {
-    if vcpu != 0 {
-        return Err(Errno::ENOENT);
-    }
-    let cur = hv.current;
-    let cr3 = cr3(hv);
-    let now = crate::time::now_ns();
-    match cmd {
-        // VCPUOP_up of the running vCPU, VCPUOP_is_up.
-        1 => Ok(0),
-        3 => Ok(1),
-        // VCPUOP_get_runstate_info
-        4 => {
-            let rs = hv.vcpus[cur].runstate;
-            let mut time = rs.time;
-            if let Some(t) = time.get_mut(rs.state as usize) {
-                *t += now.saturating_sub(rs.entry_time);
-            }
-            let mut b = [0u8; 48];
-            b[..4].copy_from_slice(&rs.state.to_le_bytes());
-            b[8..16].copy_from_slice(&rs.entry_time.to_le_bytes());
-            for (i, t) in time.iter().enumerate() {
-                b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
-            }
-            put(hv, arg, &b)
-        }
-        // VCPUOP_set_periodic_timer: at least 1 ms, as Xen requires.
-        6 => {
-            let mut b = [0u8; 8];
-            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
-            let period = u64::from_le_bytes(b);
-            if period < 1_000_000 {
-                return Err(Errno::EINVAL);
-            }
-            let d = &mut hv.vcpus[cur];
-            d.periodic_ns = period;
-            d.periodic_next = now + period;
-            hv.timer_set(now + period);
-            Ok(0)
-        }
-        7 => {
-            hv.vcpus[cur].periodic_ns = 0;
-            Ok(0)
-        }
-        // VCPUOP_set_singleshot_timer {timeout_abs_ns, flags}
-        8 => {
-            let mut b = [0u8; 12];
-            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
-            let deadline = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            let flags = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-            if flags & 1 != 0 && deadline < now {
-                return Err(Errno::ETIME);
-            }
-            set_timer_op(hv, deadline.max(1))
-        }
-        9 => {
-            hv.vcpus[cur].timer_deadline = 0;
-            Ok(0)
-        }
-        _ => Err(Errno::ENOSYS),
-    }
 }
 
 /// SCHEDOP_yield: returns 0 after any other runnable vCPU has had its turn

@@ -21,6 +21,7 @@ mod pv;
 mod sched;
 mod time;
 mod trap;
+mod vcpu;
 
 use arch::cpu;
 use microvisor_core::bootmem::{self, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};

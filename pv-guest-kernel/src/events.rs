@@ -27,11 +27,30 @@ const NR_PORTS: usize = 4096;
 static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] =
     [const { crate::arch::HandlerSlot::empty() }; NR_PORTS];
 
+/// The vCPU each port notifies (Xen: vCPU 0 unless bound to another): an
+/// upcall on one vCPU handles only its own ports and leaves the others
+/// pending for theirs (their selector bits are set too), as Linux's
+/// per-CPU event mask does.
+static PORT_VCPU: [core::sync::atomic::AtomicU8; NR_PORTS] =
+    [const { core::sync::atomic::AtomicU8::new(0) }; NR_PORTS];
+
+fn set_vcpu(port: u32, vcpu: u32) {
+    if let Some(v) = PORT_VCPU.get(port as usize) {
+        v.store(vcpu as u8, Ordering::Relaxed);
+    }
+}
+
 const PENDING: usize = 2048;
 const MASK: usize = 2560;
 const UPCALL_PENDING: usize = 0;
 const UPCALL_MASK: usize = 1;
 const PENDING_SEL: usize = 8;
+
+/// Offset of the running vCPU's `vcpu_info` in shared info (its slot:
+/// 64 bytes per vCPU).
+fn vi() -> usize {
+    crate::smp::vcpu_id() as usize % crate::smp::MAX_VCPUS * 64
+}
 
 /// Maps shared info and installs the event upcall (trap table too).
 pub fn init() -> Result<(), Errno> {
@@ -43,7 +62,7 @@ pub fn init() -> Result<(), Errno> {
 
 /// Disables event delivery; returns the previous state for [`restore`].
 pub fn save_and_disable() -> bool {
-    shared::u8_at(UPCALL_MASK).swap(1, Ordering::SeqCst) != 0
+    shared::u8_at(vi() + UPCALL_MASK).swap(1, Ordering::SeqCst) != 0
 }
 
 /// Restores the state [`save_and_disable`] returned; re-enabling delivers
@@ -57,15 +76,15 @@ pub fn restore(was_disabled: bool) {
 /// Enables event delivery. If an event arrived while disabled, a no-op
 /// hypercall makes the hypervisor deliver it now.
 pub fn enable() {
-    shared::u8_at(UPCALL_MASK).store(0, Ordering::SeqCst);
-    if shared::u8_at(UPCALL_PENDING).load(Ordering::SeqCst) != 0 {
+    shared::u8_at(vi() + UPCALL_MASK).store(0, Ordering::SeqCst);
+    if shared::u8_at(vi() + UPCALL_PENDING).load(Ordering::SeqCst) != 0 {
         let _ = guest_abi::hypercall::xen_version_raw(0, None);
     }
 }
 
 /// Disables event delivery.
 pub fn disable() {
-    shared::u8_at(UPCALL_MASK).store(1, Ordering::SeqCst);
+    shared::u8_at(vi() + UPCALL_MASK).store(1, Ordering::SeqCst);
 }
 
 /// Sets or clears the handler of `port` (one atomic store: an upcall
@@ -105,7 +124,14 @@ pub fn clear(port: u32) {
 
 /// Binds a VIRQ on vCPU 0 and installs `h` for it (unmasked).
 pub fn bind_virq(virq: u32, h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_bind_virq(virq, VcpuId(0))?.0;
+    bind_virq_on(virq, 0, h)
+}
+
+/// Binds `virq` on vCPU `vcpu` (a per-vCPU VIRQ such as VIRQ_TIMER is
+/// raised for that vCPU; its upcalls run there).
+pub fn bind_virq_on(virq: u32, vcpu: u32, h: PortHandler) -> Result<u32, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_virq(virq, VcpuId(vcpu))?.0;
+    set_vcpu(p, vcpu);
     set_handler(p, h);
     unmask(p)?;
     Ok(p)
@@ -113,7 +139,13 @@ pub fn bind_virq(virq: u32, h: PortHandler) -> Result<u32, Errno> {
 
 /// Binds an IPI port on vCPU 0 and installs `h` for it.
 pub fn bind_ipi(h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_bind_ipi(VcpuId(0))?.0;
+    bind_ipi_on(0, h)
+}
+
+/// Binds an IPI port notifying vCPU `vcpu`.
+pub fn bind_ipi_on(vcpu: u32, h: PortHandler) -> Result<u32, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_ipi(VcpuId(vcpu))?.0;
+    set_vcpu(p, vcpu);
     set_handler(p, h);
     unmask(p)?;
     Ok(p)
@@ -147,6 +179,7 @@ pub fn send(port: u32) -> Result<(), Errno> {
 /// Closes a port.
 pub fn close(port: u32) -> Result<(), Errno> {
     put_handler(port, None);
+    set_vcpu(port, 0);
     guest_abi::hypercall::evtchn_close(Port(port))
 }
 
@@ -154,11 +187,12 @@ pub fn close(port: u32) -> Result<(), Errno> {
 /// upcall_pending, take the selector, scan each selected word.
 pub fn dispatch_pending() {
     loop {
-        shared::u8_at(UPCALL_PENDING).store(0, Ordering::SeqCst);
-        let sel = shared::u64_at(PENDING_SEL).swap(0, Ordering::SeqCst);
+        shared::u8_at(vi() + UPCALL_PENDING).store(0, Ordering::SeqCst);
+        let sel = shared::u64_at(vi() + PENDING_SEL).swap(0, Ordering::SeqCst);
         if sel == 0 {
             return;
         }
+        let me = crate::smp::vcpu_id() as u8;
         let mut words = sel;
         while words != 0 {
             let w = words.trailing_zeros() as usize;
@@ -170,6 +204,9 @@ pub fn dispatch_pending() {
                 let b = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let port = (w * 64 + b) as u32;
+                if PORT_VCPU[port as usize % NR_PORTS].load(Ordering::Relaxed) != me {
+                    continue;
+                }
                 clear(port);
                 if let Some(h) = HANDLERS
                     .get(port as usize)

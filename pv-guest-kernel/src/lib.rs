@@ -28,6 +28,7 @@ pub mod heap;
 pub mod mm;
 pub mod page;
 pub mod rt;
+pub mod smp;
 pub mod test;
 pub mod thread;
 pub mod time;

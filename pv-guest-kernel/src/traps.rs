@@ -115,6 +115,33 @@ pub fn set_syscall_handler(h: fn(&mut TrapFrame)) -> Result<(), guest_abi::errno
     Ok(())
 }
 
+/// The trap table [`init`] registers, as a `vcpu_guest_context` holds it
+/// (indexed by vector), for a secondary vCPU ([`crate::smp::start`]).
+pub fn context_table() -> [TrapInfo; 256] {
+    let mut t = [TrapInfo {
+        vector: 0,
+        flags: 0,
+        cs: 0,
+        _pad: [0; 4],
+        address: 0,
+    }; 256];
+    for (v, addr) in arch::stubs().iter() {
+        let dpl = if *v == 3 || *v == 4 || *v == 0x80 {
+            3
+        } else {
+            0
+        };
+        t[usize::from(*v)] = TrapInfo {
+            vector: *v,
+            flags: dpl,
+            cs: KERNEL_CS,
+            _pad: [0; 4],
+            address: *addr,
+        };
+    }
+    t
+}
+
 /// Addresses of the library's system-call and failsafe callback stubs.
 pub fn callback_stubs() -> (u64, u64, u64) {
     (

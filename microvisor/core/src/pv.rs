@@ -8,6 +8,7 @@
 use guest_abi::arch::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_MASK_EVENTS, TrapInfo};
 use guest_abi::errno::Errno;
 
+pub mod context;
 pub mod debugreg;
 
 /// The hypervisor's reserved part of the address space (Xen's x86_64 PV

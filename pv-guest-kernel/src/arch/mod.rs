@@ -10,6 +10,7 @@ pub mod mem;
 pub mod shared;
 pub mod thread;
 pub mod traps;
+pub mod vcpu;
 use guest_abi::start_info::StartInfo;
 
 /// A port handler (`fn(u32)`) stored as a word, read and written without a

@@ -138,6 +138,10 @@ pv_trap_common:
     jne 9f
     cmpb $0, {mapped}(%rip)
     je 9f
+    /* With several vCPUs the mask below is not necessarily this one's:
+       the iret hypercall restores the right vCPU's. */
+    cmpb $0, {smp_on}(%rip)
+    jne 9f
     /* Only to the guest kernel's own 64-bit code and stack selectors. */
     cmpw $0xe030, 18*8(%rsp)
     jne 9f
@@ -216,6 +220,7 @@ pv_try_recover:
     recovery = sym RECOVERY_RSP,
     force_hc = sym IRET_HYPERCALL,
     mapped = sym crate::arch::shared::MAPPED,
+    smp_on = sym crate::smp::ON,
     shared = sym crate::arch::shared::SHARED_PAGE,
     options(att_syntax)
 );

@@ -1,0 +1,322 @@
+//! `vcpu_op`: a domain's vCPUs as Xen's VCPUOP_* show them. vCPU 0 starts
+//! with the domain; the others exist from the start, down and without a
+//! context, until the guest gives one a context (`VCPUOP_initialise`,
+//! checked by `microvisor_core::pv::context`) and brings it up. Also each
+//! vCPU's timers, runstate and `vcpu_info` location. Never touches another
+//! domain's vCPUs.
+
+use crate::arch::entry::TrapFrame;
+use crate::domain::{Callback, Hv, RunState, TrapEntry, VcpuInfo};
+use crate::mm::{PAGE, frames, guest};
+use guest_abi::errno::Errno;
+use guest_abi::vcpu as op;
+use microvisor_core::frametable::PageType;
+use microvisor_core::pv::{self as policy, TrapTableEntry, context};
+
+/// vcpu_op(cmd, vcpu, arg) on vCPU `vcpu` of the caller's domain (`ENOENT`
+/// when it has no such vCPU, as Xen).
+pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno> {
+    let dom = hv.cur_dom_idx();
+    let vi = u32::try_from(vcpu)
+        .ok()
+        .and_then(|v| hv.vcpu_of(dom, v))
+        .ok_or(Errno::ENOENT)?;
+    let is_current = vi == hv.current;
+    let cr3 = hv.cur().cr3;
+    let now = crate::time::now_ns();
+    match cmd as u32 {
+        op::VCPUOP_INITIALISE => initialise(hv, vi, arg).map(|()| 0),
+        op::VCPUOP_UP => {
+            if !hv.vcpus[vi].initialised {
+                return Err(Errno::EINVAL);
+            }
+            if hv.vcpus[vi].state == RunState::Down {
+                // Up from down: as a wake-up (its virtual time is brought
+                // level with the others').
+                hv.set_state(vi, RunState::Blocked);
+                crate::sched::wake(hv, vi);
+            }
+            Ok(0)
+        }
+        op::VCPUOP_DOWN => {
+            // The last vCPU going down powers the domain off (Xen).
+            let others_up = hv.domains[dom]
+                .vcpus
+                .iter()
+                .any(|&v| v != vi && hv.vcpus[v].state != RunState::Down);
+            if !others_up {
+                hv.end(dom, crate::domain::End::Shutdown(0), "");
+                return Ok(0);
+            }
+            if hv.vcpus[vi].state != RunState::Down {
+                hv.set_state(vi, RunState::Down);
+                let v = &mut hv.vcpus[vi];
+                v.poll_ports.clear();
+                v.poll_deadline = 0;
+                if !is_current {
+                    v.runstate.enter(3, now);
+                }
+                // The running one leaves the CPU on its way out of the
+                // hypercall (`hypercall::on_syscall`, `on_light_upcall`).
+            }
+            Ok(0)
+        }
+        op::VCPUOP_IS_UP => Ok(u64::from(hv.vcpus[vi].state != RunState::Down)),
+        op::VCPUOP_GET_RUNSTATE_INFO => {
+            let rs = hv.vcpus[vi].runstate;
+            let mut time = rs.time;
+            if let Some(t) = time.get_mut(rs.state as usize) {
+                *t += now.saturating_sub(rs.entry_time);
+            }
+            let mut b = [0u8; 48];
+            b[..4].copy_from_slice(&rs.state.to_le_bytes());
+            b[8..16].copy_from_slice(&rs.entry_time.to_le_bytes());
+            for (i, t) in time.iter().enumerate() {
+                b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
+            }
+            put(cr3, arg, &b)
+        }
+        op::VCPUOP_REGISTER_VCPU_INFO => register_vcpu_info(hv, vi, arg).map(|()| 0),
+        // Periodic timers: any vCPU of the domain; at least 1 ms, as Xen.
+        op::VCPUOP_SET_PERIODIC_TIMER => {
+            let period: u64 = guest::read(cr3, arg).map_err(|_| Errno::EFAULT)?;
+            if period < 1_000_000 {
+                return Err(Errno::EINVAL);
+            }
+            let v = &mut hv.vcpus[vi];
+            v.periodic_ns = period;
+            v.periodic_next = now + period;
+            hv.timer_set(now + period);
+            Ok(0)
+        }
+        op::VCPUOP_STOP_PERIODIC_TIMER => {
+            hv.vcpus[vi].periodic_ns = 0;
+            Ok(0)
+        }
+        // One-shot timers: only the calling vCPU's (EINVAL otherwise, Xen).
+        op::VCPUOP_SET_SINGLESHOT_TIMER => {
+            if !is_current {
+                return Err(Errno::EINVAL);
+            }
+            let mut b = [0u8; 12];
+            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            let deadline = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            let flags = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+            if flags & 1 != 0 && deadline < now {
+                return Err(Errno::ETIME);
+            }
+            set_timer(hv, deadline.max(1));
+            Ok(0)
+        }
+        op::VCPUOP_STOP_SINGLESHOT_TIMER => {
+            if !is_current {
+                return Err(Errno::EINVAL);
+            }
+            hv.vcpus[vi].timer_deadline = 0;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// set_timer_op(abs_ns) for the running vCPU: the one-shot timer; 0
+/// cancels; a time already past fires at once.
+pub fn set_timer(hv: &mut Hv, deadline: u64) {
+    let cur = hv.current;
+    hv.vcpus[cur].timer_deadline = deadline;
+    hv.timer_set(deadline);
+    if deadline != 0 && deadline <= crate::time::now_ns() {
+        hv.vcpus[cur].timer_deadline = 0;
+        let (dom, vid) = (hv.vcpus[cur].dom, hv.vcpus[cur].vid);
+        crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
+    }
+}
+
+fn put(cr3: u64, va: u64, bytes: &[u8]) -> Result<u64, Errno> {
+    guest::copy_to(cr3, va, bytes)
+        .map(|_| 0)
+        .map_err(|_| Errno::EFAULT)
+}
+
+/// Where VCPUOP_initialise reads a context (5 KiB: too large for the
+/// hypervisor stack). Taken only under the hypervisor lock.
+static CONTEXT: spin::Mutex<[u64; CONTEXT_WORDS]> = spin::Mutex::new([0; CONTEXT_WORDS]);
+const CONTEXT_WORDS: usize = core::mem::size_of::<guest_abi::arch::VcpuGuestContext>() / 8;
+
+/// VCPUOP_initialise: gives a vCPU that has none its context (`EEXIST` if
+/// it has one, as Xen; `EINVAL` for a context Xen refuses or frames that
+/// cannot be its page tables or GDT). The vCPU stays down until
+/// VCPUOP_up. Either everything is taken or nothing is.
+fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
+    use zerocopy::{FromBytes, IntoBytes};
+    let mut buf = CONTEXT.lock();
+    guest::copy_from(hv.cur().cr3, arg, buf.as_mut_bytes()).map_err(|_| Errno::EFAULT)?;
+    let c = guest_abi::arch::VcpuGuestContext::ref_from_bytes(buf.as_bytes())
+        .map_err(|_| Errno::EFAULT)?;
+    if hv.vcpus[vi].initialised {
+        return Err(Errno::EEXIST);
+    }
+    let dom = hv.cur_dom().id;
+    let s = context::check(c)?;
+    let trap = |i: usize| {
+        let e = guest_abi::arch::TrapInfo {
+            vector: i as u8,
+            ..c.trap_ctxt[i]
+        };
+        policy::trap_table_entry(&e).map_err(|_| Errno::EINVAL)
+    };
+    for i in 0..256 {
+        trap(i)?;
+    }
+    // The frames: kernel and user page tables, the GDT page.
+    frames::with(|ft, mem| ft.new_baseptr(mem, dom, s.cr3_mfn, None)).map_err(|_| Errno::EINVAL)?;
+    let undo_cr3 = |with_user: bool| {
+        frames::with(|ft, mem| ft.put_page_and_type(mem, s.cr3_mfn));
+        if with_user {
+            frames::with(|ft, mem| ft.put_page_and_type(mem, s.user_cr3_mfn));
+        }
+    };
+    if s.user_cr3_mfn != 0
+        && frames::with(|ft, mem| ft.new_baseptr(mem, dom, s.user_cr3_mfn, None)).is_err()
+    {
+        undo_cr3(false);
+        return Err(Errno::EINVAL);
+    }
+    if s.gdt_ents != 0
+        && frames::with(|ft, mem| ft.get_page_and_type(mem, s.gdt_frame, PageType::Segment, dom))
+            .is_err()
+    {
+        undo_cr3(s.user_cr3_mfn != 0);
+        return Err(Errno::EINVAL);
+    }
+    if s.gdt_ents > 1 || s.ldt_ents != 0 {
+        crate::pv::note_rare_state();
+    }
+    // vm_assist is the domain's (Xen keeps it in the domain).
+    let vcpus = hv.domains[hv.vcpus[vi].dom].vcpus.clone();
+    for &o in &vcpus {
+        let pv = &mut hv.vcpus[o].pv;
+        pv.set_iopl(pv.iopl, s.vm_assist);
+    }
+    let v = &mut hv.vcpus[vi];
+    v.cr3 = s.cr3_mfn * PAGE;
+    v.user_cr3 = s.user_cr3_mfn * PAGE;
+    let pv = &mut v.pv;
+    for (i, slot) in pv.traps.iter_mut().enumerate() {
+        *slot = match trap(i) {
+            Ok(TrapTableEntry::Set { address, flags, .. }) => TrapEntry { address, flags },
+            _ => TrapEntry::default(),
+        };
+    }
+    // Xen masks events for every event upcall.
+    pv.event = Callback {
+        address: s.event,
+        mask_events: true,
+    };
+    pv.failsafe = Callback {
+        address: s.failsafe,
+        mask_events: s.failsafe_masks_events,
+    };
+    pv.syscall = Callback {
+        address: s.syscall,
+        mask_events: s.syscall_masks_events,
+    };
+    pv.kernel_ss = s.kernel_ss;
+    pv.kernel_sp = s.kernel_sp;
+    pv.fs_base = s.fs_base;
+    pv.gs_base_kernel = s.gs_base_kernel;
+    pv.gs_base_user = s.gs_base_user;
+    pv.selectors = s.selectors;
+    pv.user_mode = !s.in_kernel;
+    pv.set_iopl(s.iopl, s.vm_assist);
+    for (i, slot) in pv.gdt.iter_mut().enumerate() {
+        *slot = if (i as u64) < s.gdt_ents {
+            crate::mm::read_u64(s.gdt_frame * PAGE + i as u64 * 8)
+        } else {
+            0
+        };
+    }
+    pv.gdt_entries = s.gdt_ents as usize;
+    pv.gdt_frame = if s.gdt_ents != 0 { s.gdt_frame } else { 0 };
+    pv.ldt_base = s.ldt_base;
+    pv.ldt_ents = s.ldt_ents as u32;
+    if s.fpu_valid {
+        v.fpu.0 = c.fpu_ctxt;
+        context::sanitize_fxsave(&mut v.fpu.0);
+    }
+    let g = s.gprs;
+    let frame = TrapFrame {
+        r15: g[0],
+        r14: g[1],
+        r13: g[2],
+        r12: g[3],
+        rbp: g[4],
+        rbx: g[5],
+        r11: g[6],
+        r10: g[7],
+        r9: g[8],
+        r8: g[9],
+        rax: g[10],
+        rcx: g[11],
+        rdx: g[12],
+        rsi: g[13],
+        rdi: g[14],
+        vector: 0,
+        error_code: 0,
+        rip: s.rip,
+        cs: u64::from(s.cs),
+        rflags: s.rflags,
+        rsp: s.rsp,
+        ss: u64::from(s.ss),
+    };
+    crate::arch::entry::set_frame(vi, &frame);
+    v.initialised = true;
+    Ok(())
+}
+
+/// VCPUOP_register_vcpu_info {mfn, offset}: moves a vCPU's `vcpu_info` out
+/// of shared info into a frame of the domain's, as Xen: once per vCPU, for
+/// the caller itself or a vCPU that is down, the 64 bytes within one page;
+/// `EINVAL` otherwise. The frame is taken with a hypervisor write reference
+/// (so it can never become a page table or descriptor page while the
+/// hypervisor writes it). The old contents move with it; then every
+/// selector bit and the upcall flag are set so nothing pending is lost.
+fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
+    let a: guest_abi::vcpu::VcpuRegisterVcpuInfo =
+        guest::read(hv.cur().cr3, arg).map_err(|_| Errno::EFAULT)?;
+    let v = &hv.vcpus[vi];
+    if u64::from(a.offset) > PAGE - 64
+        || v.info_mfn != 0
+        || (vi != hv.current && v.state != RunState::Down)
+    {
+        return Err(Errno::EINVAL);
+    }
+    let (dom_idx, vid) = (v.dom, v.vid);
+    let dom = hv.domains[dom_idx].id;
+    let page = frames::hv_writable(a.mfn, dom).map_err(|_| Errno::EINVAL)?;
+    let new = VcpuInfo {
+        page,
+        off: u64::from(a.offset),
+    };
+    let old = v.info;
+    for w in 0..8 {
+        let x = old
+            .u64_at(w * 8)
+            .load(core::sync::atomic::Ordering::Relaxed);
+        new.u64_at(w * 8)
+            .store(x, core::sync::atomic::Ordering::Relaxed);
+    }
+    let v = &mut hv.vcpus[vi];
+    v.info = new;
+    v.info_mfn = a.mfn;
+    hv.bits[dom_idx].info[vid as usize] = new;
+    new.u64_at(8)
+        .store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
+    new.u8_at(0).store(1, core::sync::atomic::Ordering::SeqCst);
+    crate::time::update_vcpu_time(new);
+    hv.vcpus[vi].time_stamp = crate::time::now_ns();
+    if hv.vcpus[vi].state == RunState::Blocked {
+        crate::sched::wake(hv, vi);
+    }
+    Ok(())
+}
