@@ -299,6 +299,7 @@ pub fn build(
             vr_mul: crate::sched::vruntime_mul(spec.weight),
             period_used: 0,
             vcpus: heapless::Vec::new(),
+            teardown_pending: false,
         },
         FirstVcpu {
             cr3,

@@ -254,6 +254,9 @@ pub struct Domain {
     pub period_used: u64,
     /// Its vCPUs: `vcpus[n]` is the index in `Hv::vcpus` of vCPU n.
     pub vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
+    /// Dead, but another CPU still held one of its vCPUs: its memory goes
+    /// once they let go (`Hv::finish_teardowns`).
+    pub teardown_pending: bool,
 }
 
 /// Where a vCPU's `vcpu_info` lives: its slot in shared info (vCPUs 0-31)
@@ -331,6 +334,8 @@ pub struct Vcpu {
     pub poll_deadline: u64,
     /// System time of the last write of its vcpu_time_info.
     pub time_stamp: u64,
+    /// The CPU it runs on, or last ran on.
+    pub processor: u32,
 }
 
 /// Xen's vcpu_runstate_info, kept by the scheduler.
@@ -387,6 +392,7 @@ impl Vcpu {
             poll_ports: heapless::Vec::new(),
             poll_deadline: 0,
             time_stamp: 0,
+            processor: 0,
         }
     }
 
@@ -431,6 +437,11 @@ pub struct Hv {
     pub bits: [crate::events::SharedBits; MAX_DOMAINS],
     /// Bit i set when vCPU index i is Runnable (kept by `set_state`).
     pub runnable: u64,
+    /// Bit i set while some CPU holds vCPU index i (runs it, or idles with
+    /// its state loaded): no other CPU may pick it.
+    pub running: u64,
+    /// Some dead domain waits for its teardown (`finish_teardowns`).
+    pub teardowns_waiting: bool,
     /// No guest timer or poll deadline is due before this system time
     /// (a lower bound: `sched::fire_timers` scans only from then on).
     pub timers_due: u64,
@@ -440,7 +451,8 @@ pub struct Hv {
 /// outside the lock so a crash report can name it.
 pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
 
-pub static HV: Mutex<Hv> = Mutex::new(Hv {
+/// All hypervisor state; taken through [`lock`].
+static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: heapless::Vec::new(),
     vcpus: heapless::Vec::new(),
     current: 0,
@@ -448,7 +460,65 @@ pub static HV: Mutex<Hv> = Mutex::new(Hv {
     bits: [crate::events::SharedBits::NONE; MAX_DOMAINS],
     timers_due: 0,
     runnable: 0,
+    running: 0,
+    teardowns_waiting: false,
 });
+
+/// The hypervisor lock, taken by every entry that needs hypervisor state:
+/// `Hv::current` is then the vCPU this CPU holds (put back when the guard
+/// goes). While it waits, the CPU serves other CPUs' TLB-flush requests
+/// (the holder may be waiting for exactly that).
+pub fn lock() -> HvGuard {
+    let g = loop {
+        if let Some(g) = HV.try_lock() {
+            break g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    };
+    let mut g = HvGuard(g);
+    let v = crate::arch::percpu::this_cpu()
+        .vcpu
+        .load(core::sync::atomic::Ordering::Relaxed);
+    g.current = if v == crate::arch::percpu::NO_VCPU {
+        NO_VCPU
+    } else {
+        v as usize
+    };
+    g
+}
+
+/// `Hv::current` while this CPU holds no vCPU (it idles).
+pub const NO_VCPU: usize = usize::MAX;
+
+/// The held hypervisor lock (`lock`).
+pub struct HvGuard(spin::MutexGuard<'static, Hv>);
+
+impl core::ops::Deref for HvGuard {
+    type Target = Hv;
+    fn deref(&self) -> &Hv {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for HvGuard {
+    fn deref_mut(&mut self) -> &mut Hv {
+        &mut self.0
+    }
+}
+
+impl Drop for HvGuard {
+    fn drop(&mut self) {
+        let v = if self.0.current == NO_VCPU {
+            crate::arch::percpu::NO_VCPU
+        } else {
+            self.0.current as u64
+        };
+        crate::arch::percpu::this_cpu()
+            .vcpu
+            .store(v, core::sync::atomic::Ordering::Release);
+    }
+}
 
 /// The name Xen gives each shutdown reason.
 pub fn reason_name(r: u32) -> &'static str {
@@ -680,6 +750,53 @@ impl Hv {
                 crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r))
             }
         }
+        // Its vCPUs stop for good. One another CPU still runs must leave it
+        // (kicked: it enters the hypervisor and finds its vCPU down) before
+        // the domain's memory can go: until then the teardown waits
+        // (`finish_teardowns`).
+        let vcpus = self.domains[idx].vcpus.clone();
+        let mut elsewhere = false;
+        for &v in &vcpus {
+            self.set_state(v, RunState::Down);
+            if self.running & (1u64 << v) != 0 && v != self.current {
+                elsewhere = true;
+                crate::arch::smp::kick(self.vcpus[v].processor);
+            }
+        }
+        if elsewhere {
+            self.domains[idx].teardown_pending = true;
+            self.teardowns_waiting = true;
+            return;
+        }
+        self.teardown(idx, now);
+    }
+
+    /// Dead domains whose vCPUs every CPU has now let go of are torn down
+    /// (called when a CPU gives up a vCPU).
+    pub fn finish_teardowns(&mut self) {
+        self.teardowns_waiting = false;
+        for idx in 0..self.domains.len() {
+            if !self.domains[idx].teardown_pending {
+                continue;
+            }
+            let held = self.domains[idx]
+                .vcpus
+                .iter()
+                .any(|&v| self.running & (1u64 << v) != 0);
+            if held {
+                self.teardowns_waiting = true;
+            } else {
+                self.domains[idx].teardown_pending = false;
+                self.teardown(idx, crate::time::now_ns());
+            }
+        }
+    }
+
+    /// The rest of a domain's end, once no CPU runs any of its vCPUs: its
+    /// pages, grants, interrupts and memory go.
+    fn teardown(&mut self, idx: usize, now: u64) {
+        let d = &mut self.domains[idx];
+        let id = d.id;
         let (shared, console) = (d.shared_info_mfn, d.console_mfn);
         // The hypervisor writes neither page any more: its handles go with
         // their write references.

@@ -113,6 +113,9 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     let v = &hv.vcpus[i];
     if v.state == RunState::Blocked && (k.upcall || v.poll_ports.contains(&k.port)) {
         crate::sched::wake(hv, i);
+    } else if k.upcall && v.state == RunState::Runnable && i != hv.current {
+        // Running on another CPU: make it take the upcall now.
+        crate::sched::kick_for(hv, i);
     }
 }
 

@@ -6,7 +6,6 @@
 //! statuses out, installs and removes the grant-tagged page-table entries
 //! through the frame table, and flushes TLBs when an unmap asks.
 
-use crate::arch::cpu;
 use crate::domain::{Hv, MAX_DOMAINS};
 use crate::hypercall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
@@ -207,7 +206,7 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
 
 fn apply(f: Flush) {
     if f.is_needed() {
-        cpu::flush_tlb_all();
+        crate::arch::smp::flush_tlb_everywhere();
     }
 }
 

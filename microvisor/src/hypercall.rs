@@ -5,7 +5,7 @@
 //! -ENOSYS.
 
 use crate::arch::entry::TrapFrame;
-use crate::domain::{End, HV, Hv, RunState};
+use crate::domain::{End, Hv, RunState};
 use crate::mm::guest;
 use crate::pv;
 use crate::sched::{self, Why};
@@ -73,7 +73,7 @@ pub extern "C" fn on_light_syscall(
     a4: u64,
     nr: u64,
 ) -> LightExit {
-    let mut hv = HV.lock();
+    let mut hv = crate::domain::lock();
     let res = match nr {
         32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => {
             crate::events::send_op(&mut hv, a1)
@@ -96,7 +96,7 @@ pub extern "C" fn on_light_syscall(
 /// After a light hypercall that left an event upcall due: the stub has
 /// completed the frame; bounce to the event callback.
 pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
-    let mut hv = HV.lock();
+    let mut hv = crate::domain::lock();
     leave_if_down(&mut hv, frame);
     crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
@@ -105,7 +105,12 @@ pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
 /// domain's end) leaves the CPU before returning to the guest.
 #[inline]
 fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
-    if hv.cur().state == RunState::Down {
+    // (After a switch to idle this CPU holds no vCPU.)
+    if hv
+        .vcpus
+        .get(hv.current)
+        .is_some_and(|v| v.state == RunState::Down)
+    {
         sched::reschedule(hv, frame, Why::Leave);
     }
 }
@@ -114,10 +119,10 @@ fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
 /// hypercalls that may switch vCPUs or use the frame, and for every
 /// `syscall` from guest user mode. The hot ones are decoded straight from the
 /// frame; the rest go through `dispatch_simple`, as inside a multicall.
-/// `from_user` is `arch::entry::GUEST_USER_MODE` as the stub read it (the
+/// `from_user` is the per-CPU user-mode flag as the stub read it (the
 /// running vCPU's `pv.user_mode`).
 pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
-    let mut hv = HV.lock();
+    let mut hv = crate::domain::lock();
     if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
         crate::mm::selftest_fault();
     }

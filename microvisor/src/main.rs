@@ -210,7 +210,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         Err(e) => boot_fail(format_args!("boot bundle: {e}")),
     };
     {
-        let mut hv = domain::HV.lock();
+        let mut hv = domain::lock();
         // The service domain learns the others' ids and names from its
         // command line (the toolstack knowledge Xen keeps in xenstore).
         let mut names: heapless::String<1024> = heapless::String::new();
@@ -372,7 +372,7 @@ fn start_cpus(rsdp_hint: u64) {
         Ok(ids) if ids.len() > 1 => {
             let up = arch::smp::start_aps(&ids);
             info!(
-                "cpus: {} of {} up (APIC ids {:?}); guests run on cpu 0",
+                "cpus: {} of {} up (APIC ids {:?}); guests run on every one",
                 up + 1,
                 ids.len(),
                 ids.as_slice()

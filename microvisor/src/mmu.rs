@@ -28,7 +28,7 @@ fn cr3_mfn(hv: &Hv) -> u64 {
 /// guest-visible flush also drops global entries.
 fn apply_flush(f: Flush) {
     if f.is_needed() {
-        cpu::flush_tlb_all();
+        crate::arch::smp::flush_tlb_everywhere();
     }
 }
 
@@ -149,7 +149,10 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
     // As on Xen, flushing after a successful update is the guest's choice
     // (UVMF flags). Safety does not depend on it: the frame table flushes
     // every TLB before a frame whose mappings may be stale changes type.
+    // UVMF_ALL and UVMF_MULTI reach the other CPUs too.
+    let remote = flags & !3 != 0 && crate::arch::smp::active();
     match flags & 3 {
+        1 | 2 if remote => crate::arch::smp::flush_tlb_everywhere(),
         1 => cpu::flush_tlb_all(),
         2 => cpu::invlpg(va),
         _ => {}
@@ -206,11 +209,26 @@ pub fn mmuext_op(
             0..=3 => frames::with(|ft, mem| ft.pin(mem, pg_owner, arg1, cmd as u8 + 1)),
             4 => frames::with(|ft, mem| ft.unpin(mem, pg_owner, arg1)),
             5 => new_baseptr(hv, arg1),
-            6 | 8 | 10 => {
+            // TLB_FLUSH_LOCAL, INVLPG_LOCAL: this CPU.
+            6 => {
                 cpu::flush_tlb_all();
                 Ok(())
             }
-            7 | 9 | 11 => {
+            7 => {
+                cpu::invlpg(arg1);
+                Ok(())
+            }
+            // _MULTI and _ALL: every CPU that may hold the domain's
+            // translations (all that hold a vCPU).
+            8 | 10 => {
+                crate::arch::smp::flush_tlb_everywhere();
+                Ok(())
+            }
+            9 | 11 if crate::arch::smp::active() => {
+                crate::arch::smp::flush_tlb_everywhere();
+                Ok(())
+            }
+            9 | 11 => {
                 cpu::invlpg(arg1);
                 Ok(())
             }

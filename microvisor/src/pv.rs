@@ -350,8 +350,7 @@ pub fn toggle_mode(hv: &mut Hv) {
     let d = &mut hv.vcpus[cur];
     save_bases(&mut d.pv);
     d.pv.user_mode = !d.pv.user_mode;
-    crate::arch::entry::GUEST_USER_MODE
-        .store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
+    crate::arch::entry::set_user_mode(d.pv.user_mode);
     load_segment_bases(&d.pv);
     let cr3 = d.active_cr3();
     if crate::arch::cpu::cr3() != cr3 {
@@ -481,7 +480,19 @@ pub fn load_ldt(pv: &crate::domain::PvState) {
     for (i, &f) in pv.ldt_frames.iter().enumerate() {
         crate::mm::paging::set_ldt_page(i, f);
     }
-    crate::arch::desc::load_ldt(crate::mm::paging::LDT_VA, pv.ldt_ents);
+    crate::arch::desc::load_ldt(crate::mm::paging::ldt_va(), pv.ldt_ents);
+}
+
+/// Unloads whatever LDT this CPU has (shadow pages and LDT register): a
+/// CPU that gives up its vCPU keeps no mapping of that vCPU's LDT.
+pub fn unload_ldt() {
+    if crate::arch::desc::ldt_loaded() == 0 {
+        return;
+    }
+    for i in 0..crate::mm::paging::LDT_PAGES {
+        crate::mm::paging::set_ldt_page(i, 0);
+    }
+    crate::arch::desc::load_ldt(0, 0);
 }
 
 /// A page fault in the LDT shadow area while a guest ran: the CPU needs
@@ -494,7 +505,7 @@ pub fn load_ldt(pv: &crate::domain::PvState) {
 /// that address is not canonical).
 pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let cur = hv.current;
-    let off = cr2 - crate::mm::paging::LDT_VA;
+    let off = cr2 - crate::mm::paging::ldt_va();
     let page = (off / crate::mm::PAGE) as usize;
     let dom = hv.cur_dom().id;
     let d = &mut hv.vcpus[cur];

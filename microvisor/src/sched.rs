@@ -7,7 +7,7 @@
 //! saved frame, CR3 and segment bases. Never runs a dead domain.
 
 use crate::arch::{apic, cpu, entry::TrapFrame};
-use crate::domain::{End, Hv, RunState};
+use crate::domain::{End, Hv, NO_VCPU, RunState};
 
 /// Scheduler tick: 1 ms.
 pub const TICK_NS: u64 = 1_000_000;
@@ -115,6 +115,7 @@ pub fn wake(hv: &mut Hv, i: usize) {
         }
     }
     hv.set_state(i, RunState::Runnable);
+    kick_for(hv, i);
     let slice = hv.domains[hv.vcpus[i].dom].slice_vruntime;
     let d = &mut hv.vcpus[i];
     d.poll_ports.clear();
@@ -128,6 +129,19 @@ pub fn wake(hv: &mut Hv, i: usize) {
     if d.periodic_ns != 0 {
         let next = d.periodic_next;
         hv.timer_set(next);
+    }
+}
+
+/// With several CPUs: makes sure a CPU notices vCPU `i` (just woken, or
+/// with an upcall due): the CPU that holds it, else the idle ones.
+pub fn kick_for(hv: &Hv, i: usize) {
+    if !crate::arch::smp::active() {
+        return;
+    }
+    if hv.running & (1u64 << i) != 0 {
+        crate::arch::smp::kick(hv.vcpus[i].processor);
+    } else {
+        crate::arch::smp::kick_idle();
     }
 }
 
@@ -181,7 +195,13 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
 /// cost nothing here.
 #[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
-    let mut m = hv.runnable;
+    // Not one another CPU holds (this CPU's own is a candidate).
+    let own = if hv.current < 64 {
+        1u64 << hv.current
+    } else {
+        0
+    };
+    let mut m = hv.runnable & (!hv.running | own);
     if let Some(x) = exclude {
         m &= !(1u64 << x);
     }
@@ -200,7 +220,7 @@ fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
 #[inline(never)]
 fn pick_among(hv: &Hv, mut m: u64) -> Option<usize> {
     let n = hv.vcpus.len();
-    let cur = hv.current;
+    let cur = if hv.current < n { hv.current } else { n - 1 };
     // (vruntime, place in the round after the current one, index)
     let mut best: Option<(u64, usize, usize)> = None;
     while m != 0 {
@@ -249,59 +269,118 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current;
     hv.drain_console(hv.vcpus[cur].dom);
-    let mut now = crate::time::now_ns();
+    let now = crate::time::now_ns();
     account(hv, now);
-    let next = loop {
-        cap_period(hv, now);
-        fire_timers(hv, now);
-        crate::irq::deliver(hv);
-        let still_runnable = || hv.vcpus[cur].state == RunState::Runnable && !vcpu_capped(hv, cur);
-        let choice = match why {
-            Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
-            Why::Leave => pick(hv, None),
-            Why::Preempt => {
-                let other = pick(hv, Some(cur));
-                match other {
-                    Some(o)
-                        if still_runnable()
-                            && hv.vcpus[o].vruntime
-                                + hv.domains[hv.vcpus[o].dom].slice_vruntime
-                                > hv.vcpus[cur].vruntime =>
-                    {
-                        Some(cur)
-                    }
-                    Some(o) => Some(o),
-                    None => still_runnable().then_some(cur),
+    cap_period(hv, now);
+    fire_timers(hv, now);
+    crate::irq::deliver(hv);
+    let still_runnable = || hv.vcpus[cur].state == RunState::Runnable && !vcpu_capped(hv, cur);
+    let choice = match why {
+        Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
+        Why::Leave => pick(hv, None),
+        Why::Preempt => {
+            let other = pick(hv, Some(cur));
+            match other {
+                Some(o)
+                    if still_runnable()
+                        && hv.vcpus[o].vruntime + hv.domains[hv.vcpus[o].dom].slice_vruntime
+                            > hv.vcpus[cur].vruntime =>
+                {
+                    Some(cur)
                 }
+                Some(o) => Some(o),
+                None => still_runnable().then_some(cur),
             }
-        };
-        if let Some(n) = choice {
-            break n;
         }
-        let any_live = hv.domains.iter().any(|d| d.is_live());
-        let capped_waiting = hv.runnable != 0;
-        if !any_live {
-            hv.finish();
-        }
-        if earliest_timer(hv).is_none() && !capped_waiting && !crate::irq::any_bound() {
-            crate::error!("every live domain is blocked and nothing can wake it: ending the run");
-            for i in 0..hv.domains.len() {
-                if hv.domains[i].is_live() {
-                    hv.end(i, End::Killed, "blocked forever (deadlock)");
-                }
+    };
+    match choice {
+        Some(n) => switch_to(hv, cur, n, now),
+        None => go_idle(hv, cur, now),
+    }
+}
+
+/// Ends the run when no domain is live, or when every live one is blocked
+/// with nothing that could wake it (then each is killed as deadlocked).
+fn check_end(hv: &mut Hv) {
+    if !hv.domains.iter().any(|d| d.is_live()) {
+        hv.finish();
+    }
+    if earliest_timer(hv).is_none() && hv.runnable == 0 && !crate::irq::any_bound() {
+        crate::error!("every live domain is blocked and nothing can wake it: ending the run");
+        for i in 0..hv.domains.len() {
+            if hv.domains[i].is_live() {
+                hv.end(i, End::Killed, "blocked forever (deadlock)");
             }
-            hv.finish();
         }
-        // Idle until the next tick.
-        if let Some(d) = hv.vcpus.get_mut(cur)
-            && d.runstate.state == 0
+        hv.finish();
+    }
+}
+
+/// Nothing to run: the CPU goes idle when this entry returns (the exit path
+/// enters `idle_loop`). The vCPU that ran stays `hv.current` with its state
+/// in the CPU: if it is the next to run, nothing is reloaded.
+fn go_idle(hv: &mut Hv, cur: usize, now: u64) {
+    check_end(hv);
+    if let Some(d) = hv.vcpus.get_mut(cur)
+        && d.runstate.state == 0
+    {
+        d.runstate.enter(runstate_of(d.state), now);
+    }
+    if crate::arch::smp::active() && cur != NO_VCPU {
+        release_vcpu(hv, cur);
+    }
+    crate::arch::entry::set_current_idle();
+}
+
+/// With several CPUs, an idle CPU gives up the vCPU it held, so that any
+/// CPU may run it next: its FPU and segment state go back to its `Vcpu`,
+/// its breakpoints and LDT leave this CPU, and the CPU continues on the
+/// hypervisor's page tables with its TLB flushed (an idle CPU holds no
+/// guest translation, so TLB shootdowns skip it).
+fn release_vcpu(hv: &mut Hv, cur: usize) {
+    cpu::clts();
+    let d = &mut hv.vcpus[cur];
+    if hv.domains[d.dom].is_live() {
+        cpu::fpu_save(&mut d.fpu);
+        crate::pv::save_segments(&mut d.pv);
+    }
+    if d.pv.dbg.active() {
+        cpu::breakpoints_off();
+    }
+    crate::pv::unload_ldt();
+    hv.running &= !(1u64 << cur);
+    hv.current = NO_VCPU;
+    // SAFETY: the hypervisor's own L4 maps everything it needs.
+    unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
+    cpu::flush_tlb_all();
+    if hv.teardowns_waiting {
+        hv.finish_teardowns();
+    }
+}
+
+/// The idle loop, entered through the exit path (ring 0, idle stack,
+/// interrupts off) when nothing can run: waits for an interrupt, then
+/// looks for a vCPU to run (timers, device interrupts and wake-ups), and
+/// runs it. Interrupts that arrive meanwhile only acknowledge
+/// (`trap::on_trap`); the work is done here, under the lock.
+pub extern "C" fn idle_loop() -> ! {
+    loop {
         {
-            d.runstate.enter(runstate_of(d.state), now);
+            let mut hv = crate::domain::lock();
+            let now = crate::time::now_ns();
+            cap_period(&mut hv, now);
+            fire_timers(&mut hv, now);
+            crate::irq::deliver(&mut hv);
+            if let Some(next) = pick(&hv, None) {
+                let cur = hv.current;
+                switch_to(&mut hv, cur, next, now);
+                drop(hv);
+                crate::arch::entry::resume_guest();
+            }
+            check_end(&mut hv);
         }
         cpu::idle_wait();
-        now = crate::time::now_ns();
-    };
-    switch_to(hv, cur, next, now);
+    }
 }
 
 fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
@@ -309,13 +388,16 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     if next != cur {
         // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
         cpu::clts();
-        let live = hv.domains[hv.vcpus[cur].dom].is_live();
-        if let Some(d) = hv.vcpus.get_mut(cur)
-            && live
-        {
-            cpu::fpu_save(&mut d.fpu);
-            segs = Some(crate::pv::save_segments(&mut d.pv));
-            d.runstate.enter(runstate_of(d.state), now);
+        // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
+        if cur != NO_VCPU {
+            let live = hv.domains[hv.vcpus[cur].dom].is_live();
+            let d = &mut hv.vcpus[cur];
+            if live {
+                cpu::fpu_save(&mut d.fpu);
+                segs = Some(crate::pv::save_segments(&mut d.pv));
+                d.runstate.enter(runstate_of(d.state), now);
+            }
+            hv.running &= !(1u64 << cur);
         }
         cpu::fpu_restore(&hv.vcpus[next].fpu);
         if hv.vcpus[next].pv.virtual_ts {
@@ -327,6 +409,14 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         }
     }
     hv.current = next;
+    hv.running |= 1u64 << next;
+    let me = crate::arch::percpu::this_cpu()
+        .cpu
+        .load(core::sync::atomic::Ordering::Relaxed);
+    if me != 0 && hv.vcpus[next].processor != me {
+        first_run_here(hv, next, me);
+    }
+    hv.vcpus[next].processor = me;
     let id = hv.domains[hv.vcpus[next].dom].id;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     let d = &mut hv.vcpus[next];
@@ -334,11 +424,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         d.runstate.enter(0, now);
     }
     d.last_start = now;
-    if next != cur {
-        // The outgoing vCPU's registers stay in its own frame; the exit path
-        // restores the incoming one's.
-        crate::arch::entry::set_current(next);
-    }
+    // The outgoing vCPU's registers stay in its own frame; the exit path
+    // restores the incoming one's (also after the idle loop ran).
+    crate::arch::entry::set_current(next);
     // The TSC runs at a constant rate and system time is computed from it
     // with the very scale the guest is given, so its vcpu_time_info stays
     // exact; it is rewritten about once a second (as Xen recalibrates),
@@ -352,8 +440,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         // against them.)
         crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
     }
-    crate::arch::entry::GUEST_USER_MODE
-        .store(d.pv.user_mode as u8, core::sync::atomic::Ordering::Relaxed);
+    crate::arch::entry::set_user_mode(d.pv.user_mode);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // SAFETY: every domain's L4 was validated by the builder and carries
@@ -363,6 +450,25 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             // Guest L1 entries may be global: drop the last domain's.
             cpu::flush_tlb_all();
         }
+    }
+    if hv.teardowns_waiting {
+        hv.finish_teardowns();
+    }
+}
+
+/// The first time an application processor runs a vCPU: logged, so a run
+/// shows that guests ran there.
+#[cold]
+fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
+    static FIRST: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let d = &hv.domains[hv.vcpus[v].dom];
+    if FIRST.fetch_or(1 << cpu, core::sync::atomic::Ordering::Relaxed) & (1 << cpu) == 0 {
+        crate::info!(
+            "cpu {cpu} runs its first vCPU: domain {} ({}) vCPU {}",
+            d.id,
+            d.name,
+            hv.vcpus[v].vid
+        );
     }
 }
 
@@ -394,7 +500,7 @@ pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
 /// Enters the first runnable domain; never returns.
 pub fn start() -> ! {
     let (first, cr3) = {
-        let mut hv = crate::domain::HV.lock();
+        let mut hv = crate::domain::lock();
         let Some(first) = hv.vcpus.iter().position(|d| d.state == RunState::Runnable) else {
             hv.finish()
         };
@@ -403,6 +509,7 @@ pub fn start() -> ! {
             d.runstate.entry_time = now;
         }
         hv.current = first;
+        hv.running |= 1u64 << first;
         let id = hv.domains[hv.vcpus[first].dom].id;
         crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
         let d = &mut hv.vcpus[first];
@@ -414,6 +521,9 @@ pub fn start() -> ! {
         (first, d.cr3)
     };
     apic::start_periodic(TICK_NS as u32);
+    // The other CPUs may now run the rest.
+    crate::arch::smp::join_scheduler();
+    crate::arch::smp::scheduler_ready();
     // SAFETY: as in `switch_to`.
     unsafe { cpu::write_cr3(cr3) };
     crate::arch::entry::enter_guest(first)

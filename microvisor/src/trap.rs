@@ -5,7 +5,7 @@
 //! APIC timer drives the scheduler tick.
 
 use crate::arch::{cpu, entry::TrapFrame};
-use crate::domain::HV;
+
 use crate::pv;
 use microvisor_core::decode;
 
@@ -47,7 +47,7 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
             crate::arch::apic::eoi();
             return;
         }
-        let mut hv = HV.lock();
+        let mut hv = crate::domain::lock();
         crate::sched::on_tick(&mut hv, frame);
         pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
         return;
@@ -55,10 +55,25 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
     if v == crate::arch::apic::SPURIOUS_VECTOR as u64 {
         return;
     }
+    if v == crate::arch::smp::FLUSH_VECTOR as u64 {
+        crate::arch::smp::serve_flush();
+        crate::arch::apic::eoi();
+        return;
+    }
+    if v == crate::arch::smp::RESCHED_VECTOR as u64 {
+        crate::arch::apic::eoi();
+        if frame.from_guest() {
+            // An upcall for the vCPU running here, or work to look at.
+            let mut hv = crate::domain::lock();
+            pv::deliver_events(&mut hv, frame);
+        }
+        // In the idle loop, which looks for work when hlt returns.
+        return;
+    }
     if crate::irq::is_device_vector(v) {
         crate::irq::on_interrupt(v);
         if frame.from_guest() {
-            let mut hv = HV.lock();
+            let mut hv = crate::domain::lock();
             crate::irq::deliver(&mut hv);
             pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
         }
@@ -85,7 +100,7 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
     if v == 8 || v == 18 {
         hypervisor_fault(frame);
     }
-    let mut hv = HV.lock();
+    let mut hv = crate::domain::lock();
     guest_exception(&mut hv, frame);
     pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
@@ -201,7 +216,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
         }
         14 => {
             let cr2 = cpu::cr2();
-            let ldt = crate::mm::paging::LDT_VA;
+            let ldt = crate::mm::paging::ldt_va();
             if (ldt..ldt + crate::mm::paging::LDT_PAGES as u64 * crate::mm::PAGE).contains(&cr2) {
                 return pv::ldt_fault(hv, frame, cr2);
             }

@@ -36,6 +36,12 @@ fn write(reg: u64, v: u32) {
 /// Maps and software-enables the local APIC, timer masked.
 pub fn init() {
     paging::map_mmio(APIC_VA, APIC_PA);
+    init_local();
+}
+
+/// Software-enables this CPU's local APIC (the mapping is shared), timer
+/// masked.
+pub fn init_local() {
     write(TPR, 0);
     write(SVR, 0x100 | SPURIOUS_VECTOR as u32);
     write(TIMER_DIV, 0xb); // divide by 1
@@ -64,6 +70,11 @@ pub fn send_init(apic_id: u32) {
 /// Start-up IPI: the AP begins in real mode at `page` * 4096 (`page` < 256).
 pub fn send_startup(apic_id: u32, page: u8) {
     send_ipi(apic_id, 0x4600 | u32::from(page));
+}
+
+/// A fixed interrupt with `vector` to the CPU with local-APIC ID `apic_id`.
+pub fn send_fixed(apic_id: u32, vector: u8) {
+    send_ipi(apic_id, 0x4000 | u32::from(vector));
 }
 
 /// This CPU's local APIC id.

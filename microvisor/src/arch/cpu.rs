@@ -218,7 +218,9 @@ pub fn fs_base() -> u64 {
 
 /// The GS base the CPU holds (the guest's current mode's).
 pub fn gs_base() -> u64 {
-    rdmsr(0xC000_0101)
+    // While the hypervisor runs, the guest's GS base is parked in
+    // KERNEL_GS_BASE (the entry stubs' swapgs; `percpu`).
+    rdmsr(MSR_KERNEL_GS_BASE)
 }
 
 /// The DS, ES, FS and GS selectors the CPU holds (the guest's: the
@@ -242,7 +244,10 @@ pub unsafe fn load_data_selectors(s: [u16; 4]) {
     // SAFETY: delegated to the caller; in 64-bit mode DS and ES bases and
     // limits are ignored, so the hypervisor's own accesses are unaffected.
     unsafe {
-        asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}", in(reg) s[0], in(reg) s[1], in(reg) s[2], in(reg) s[3], options(nostack, preserves_flags));
+        // GS is loaded with the guest's base live (swapgs around it), so
+        // the load replaces the guest's base, never the hypervisor's
+        // per-CPU one; interrupts are off.
+        asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "swapgs", "mov gs, {3:x}", "swapgs", in(reg) s[0], in(reg) s[1], in(reg) s[2], in(reg) s[3], options(nostack, preserves_flags));
     }
 }
 
@@ -254,11 +259,14 @@ pub fn set_fs_base(base: u64) {
 
 /// Sets the GS base the guest runs with (the hypervisor never uses GS).
 pub fn set_gs_base(base: u64) {
-    // SAFETY: the hypervisor does not use GS; callers pass canonical values.
-    unsafe { wrmsr(0xC000_0101, base) }
+    // SAFETY: the guest's GS base waits in KERNEL_GS_BASE while the
+    // hypervisor runs (`percpu`); callers pass canonical values.
+    unsafe { wrmsr(MSR_KERNEL_GS_BASE, base) }
 }
 
 pub const MSR_GS_BASE: u32 = 0xC000_0101;
+/// The GS base `swapgs` exchanges with `MSR_GS_BASE`.
+pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 pub const MSR_STAR: u32 = 0xC000_0081;
 pub const MSR_LSTAR: u32 = 0xC000_0082;
 pub const MSR_CSTAR: u32 = 0xC000_0083;

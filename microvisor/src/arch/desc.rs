@@ -6,6 +6,7 @@
 use super::cpu::{self, wrmsr};
 use core::arch::asm;
 use core::mem::size_of;
+use core::sync::atomic::Ordering;
 
 /// Hypervisor code selector (Xen's __HYPERVISOR_CS).
 pub const HV_CS: u16 = 0xe008;
@@ -99,9 +100,16 @@ pub fn hv_stack_top() -> u64 {
 /// Sets TSS.RSP0: where the CPU pushes a frame when an interrupt or
 /// exception leaves ring 3 (the running vCPU's frame, see `entry`).
 pub fn set_rsp0(top: u64) {
-    // SAFETY: single CPU; the TSS is read by the CPU only on a ring-3 to
-    // ring-0 transition, which cannot happen while the hypervisor runs.
-    unsafe { (*(&raw mut TSS)).rsp[0] = top };
+    let tss = super::percpu::this_cpu().tss.load(Ordering::Relaxed) as *mut Tss;
+    // SAFETY: this CPU's own TSS (`percpu`), read by the CPU only on a
+    // ring-3 to ring-0 transition, which cannot happen while the
+    // hypervisor runs on it.
+    unsafe { (*tss).rsp[0] = top };
+}
+
+/// This CPU's GDT.
+fn this_gdt() -> *mut Gdt {
+    super::percpu::this_cpu().gdt.load(Ordering::Relaxed) as *mut Gdt
 }
 
 /// Builds and loads the GDT, TSS and IDT and programs syscall.
@@ -109,6 +117,12 @@ pub fn init() {
     // SAFETY: called once at boot on the only CPU, before any guest runs and
     // with interrupts off; nothing else references these statics yet.
     unsafe {
+        // The boot CPU's per-CPU block first: everything below reaches its
+        // tables through it.
+        let me = super::percpu::bsp();
+        super::percpu::install(me, 0, 0);
+        me.gdt.store((&raw const GDT) as u64, Ordering::Relaxed);
+        me.tss.store((&raw const TSS) as u64, Ordering::Relaxed);
         let gdt = &mut *(&raw mut GDT);
         gdt.0[FIRST_RESERVED + 1] = 0x00AF_9A00_0000_FFFF; // 0xe008 ring-0 code64
         gdt.0[FIRST_RESERVED + 2] = 0x00CF_9200_0000_FFFF; // 0xe010 ring-0 data
@@ -159,32 +173,38 @@ pub fn init() {
         };
         asm!("lidt [{}]", in(reg) &ip, options(nostack));
 
-        // syscall: enter at HV_CS; sysret uses GUEST_CS32 + 8/16. Mask IF, TF,
-        // DF, AC, NT on entry.
+        init_syscall();
+        super::entry::init_cpu(hv_stack_top(), None);
+    }
+}
+
+/// Programs this CPU's syscall MSRs: enter at HV_CS (`syscall_entry`,
+/// `cstar_entry`); sysret uses GUEST_CS32 + 8/16. Mask IF, TF, DF, AC, NT
+/// on entry.
+pub fn init_syscall() {
+    // SAFETY: the entry points are the hypervisor's syscall stubs; the
+    // selectors are in every CPU's GDT.
+    unsafe {
         wrmsr(
             cpu::MSR_STAR,
             ((GUEST_CS32 as u64) << 48) | ((HV_CS as u64) << 32),
         );
         wrmsr(cpu::MSR_LSTAR, syscall_entry as *const () as u64);
         wrmsr(cpu::MSR_CSTAR, cstar_entry as *const () as u64);
-        super::entry::init(hv_stack_top());
         wrmsr(cpu::MSR_FMASK, 0x4_4700);
     }
 }
-
-/// Descriptors of the LDT loaded now (0: none, LDTR null).
-static mut LDT_LOADED: u32 = 0;
 
 /// Loads an LDT of `entries` descriptors (at most 8192) at `base`, a
 /// supervisor-only area the hypervisor maps; 0 entries loads none. Skips
 /// the reload when nothing changes.
 pub fn load_ldt(base: u64, entries: u32) {
-    // SAFETY: single CPU; reading what is loaded.
-    if unsafe { *(&raw const LDT_LOADED) } == entries {
+    let me = super::percpu::this_cpu();
+    if me.ldt_loaded.load(Ordering::Relaxed) == u64::from(entries) {
         return;
     }
     assert!(entries <= 8192);
-    // SAFETY: single CPU. The descriptor written is an LDT system descriptor
+    // SAFETY: this CPU's own GDT. The descriptor written is an LDT system descriptor
     // in the hypervisor's reserved area, covering exactly `entries`
     // descriptors of the shadow area, which maps only segment-typed frames
     // (descriptors validated by the frame table) or nothing (a fault the
@@ -194,7 +214,7 @@ pub fn load_ldt(base: u64, entries: u32) {
             asm!("lldt {0:x}", in(reg) 0u64, options(nostack, preserves_flags));
         } else {
             let limit = u64::from(entries) * 8 - 1;
-            let gdt = &mut *(&raw mut GDT);
+            let gdt = &mut *this_gdt();
             let i = usize::from(LDT_SEL >> 3);
             gdt.0[i] = (limit & 0xffff)
                 | ((base & 0xff_ffff) << 16)
@@ -204,15 +224,14 @@ pub fn load_ldt(base: u64, entries: u32) {
             gdt.0[i + 1] = base >> 32;
             asm!("lldt {0:x}", in(reg) u64::from(LDT_SEL), options(nostack, preserves_flags));
         }
-        *(&raw mut LDT_LOADED) = entries;
     }
+    me.ldt_loaded.store(u64::from(entries), Ordering::Relaxed);
 }
 
 /// Descriptors in the LDT loaded now.
 #[inline]
 pub fn ldt_loaded() -> u32 {
-    // SAFETY: single CPU; reading what is loaded.
-    unsafe { *(&raw const LDT_LOADED) }
+    super::percpu::this_cpu().ldt_loaded.load(Ordering::Relaxed) as u32
 }
 
 /// Loads the GDT at `gdt` (the full 8192 entries), reloads CS, SS, DS and
@@ -299,9 +318,6 @@ pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
     }
 }
 
-/// How many guest entries are currently loaded below the reserved area.
-static mut GUEST_LOADED: usize = 0;
-
 /// Loads a vCPU's own GDT entries (indices 0..n, 0 kept null) and clears
 /// whatever the previous vCPU had beyond them. Entries were checked by
 /// `pv::set_gdt`: present ones are DPL-3 code/data descriptors only.
@@ -316,15 +332,16 @@ pub fn data_selector_ok(sel: u16) -> bool {
     if sel & 4 != 0 {
         return false;
     }
-    // SAFETY: single CPU; reads one entry of the live GDT (sel >> 3 < 8192).
-    let d = unsafe { (*(&raw const GDT)).0[usize::from(sel >> 3)] };
+    // SAFETY: reads one entry of this CPU's live GDT (sel >> 3 < 8192).
+    let d = unsafe { (*this_gdt()).0[usize::from(sel >> 3)] };
     microvisor_core::pv::data_descriptor_loadable(d)
 }
 
 #[inline]
 pub fn load_guest_entries(entries: &[u64]) {
-    // SAFETY: single CPU; reading how many guest entries are loaded.
-    let loaded = unsafe { *(&raw const GUEST_LOADED) };
+    let loaded = super::percpu::this_cpu()
+        .guest_loaded
+        .load(Ordering::Relaxed) as usize;
     if entries.len() <= 1 && loaded <= 1 {
         // Neither vCPU has entries of its own (entry 0 is the null one).
         return;
@@ -334,18 +351,20 @@ pub fn load_guest_entries(entries: &[u64]) {
 
 #[inline(never)]
 fn replace_guest_entries(entries: &[u64], loaded: usize) {
-    // SAFETY: single CPU; the GDT's guest area (below index 7168) holds only
-    // descriptors validated by set_gdt; the hypervisor's own entries are
-    // never touched here.
+    let n = entries.len().min(FIRST_RESERVED);
+    // SAFETY: this CPU's own GDT; its guest area (below index 7168) holds
+    // only descriptors validated by set_gdt; the hypervisor's own entries
+    // are never touched here.
     unsafe {
-        let gdt = &mut *(&raw mut GDT);
-        let n = entries.len().min(FIRST_RESERVED);
+        let gdt = &mut *this_gdt();
         for (i, e) in entries.iter().take(n).enumerate().skip(1) {
             gdt.0[i] = *e;
         }
         for i in n.max(1)..loaded.min(FIRST_RESERVED) {
             gdt.0[i] = 0;
         }
-        *(&raw mut GUEST_LOADED) = n;
     }
+    super::percpu::this_cpu()
+        .guest_loaded
+        .store(n as u64, Ordering::Relaxed);
 }

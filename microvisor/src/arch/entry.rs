@@ -7,6 +7,7 @@
 //! the only choice they make is which of those entries a hypercall takes.
 
 use core::arch::global_asm;
+use core::sync::atomic::Ordering;
 
 /// Saved guest (or hypervisor) state, exactly as the stubs lay it out on the
 /// stack, lowest address first.
@@ -134,20 +135,21 @@ trap_common:
 3:  mov %rsp, %rdi
     testb $3, 18*8(%rsp)
     jz 4f
-    /* From a guest: the CPU pushed at TSS.RSP0, the end of the vCPU's own
-       frame, so the frame is complete in place; an IST vector (NMI, #DF,
-       #MC) put it on its own stack: copy it over. Then run on the
-       hypervisor stack. */
-    cmp {current}(%rip), %rsp
+    /* From a guest: the hypervisor's GS base first (percpu). The CPU
+       pushed at TSS.RSP0, the end of the vCPU's own frame, so the frame is
+       complete in place; an IST vector (NMI, #DF, #MC) put it on its own
+       stack: copy it over. Then run on the hypervisor stack. */
+    swapgs
+    cmp %gs:{off_current}, %rsp
     jne 7f
-8:  mov {hv_top}(%rip), %rsp
+8:  mov %gs:{off_hv_top}, %rsp
     call {on_trap}
     jmp return_to_guest
 7:  mov %rsp, %rsi
-    mov {current}(%rip), %rdi
+    mov %gs:{off_current}, %rdi
     mov $22, %ecx
     rep movsq
-    mov {current}(%rip), %rdi
+    mov %gs:{off_current}, %rdi
     jmp 8b
     /* From the hypervisor itself (a guest-copy fault, an interrupt while
        idle): handled and returned from on the stack it arrived on. */
@@ -159,18 +161,20 @@ trap_common:
     .balign 16
     .globl syscall_entry
 syscall_entry:
+    /* Only ever from a guest (ring 3): the hypervisor's GS base first. */
+    swapgs
     /* Hypercall number ~0 is the benchmark baseline: the shortest possible
        round trip, answering -ENOSYS like any unknown number. */
     cmp $-1, %rax
     jne 2f
-    cmpb $0, {user_mode}(%rip)
+    cmpb $0, %gs:{off_user_mode}
     je 1f
     /* Registers are saved into the running vCPU's own frame (its end is
-       FRAME_TOP); Rust then runs on the hypervisor stack. */
-2:  mov %rsp, {scratch}(%rip)
-    mov {frame_top}(%rip), %rsp
+       the per-CPU frame_top); Rust then runs on the hypervisor stack. */
+2:  mov %rsp, %gs:{off_scratch}
+    mov %gs:{off_frame_top}, %rsp
     pushq $0xe02b
-    pushq {scratch}(%rip)
+    pushq %gs:{off_scratch}
     push %r11
     pushq $0xe033
     push %rcx
@@ -180,14 +184,14 @@ syscall_entry:
        registers. sched_op (the blocking and yielding one) is tested first. */
     cmp $29, %rax
     je 5f
-    cmpb $0, {user_mode}(%rip)
+    cmpb $0, %gs:{off_user_mode}
     jne 5f
     cmp ${nr_light}, %rax
     jae 5f
     lea {light}(%rip), %r11
     cmpb $0, (%r11,%rax)
     je 5f
-    mov {hv_top}(%rip), %rsp
+    mov %gs:{off_hv_top}, %rsp
     push %rdi
     push %rsi
     push %rdx
@@ -202,16 +206,17 @@ syscall_entry:
     pop_args
     /* Back to the iretq words in the frame; rcx and r11 hold rip and
        rflags after a syscall, as on the full path. */
-    mov {frame_top}(%rip), %rsp
+    mov %gs:{off_frame_top}, %rsp
     sub $40, %rsp
     mov (%rsp), %rcx
     mov 16(%rsp), %r11
+    swapgs
     iretq
 
     /* An event upcall is due: complete the frame (rax holds the result)
        and let Rust build the bounce. */
 6:  pop_args
-    mov {frame_top}(%rip), %rsp
+    mov %gs:{off_frame_top}, %rsp
     sub $40, %rsp
     pushq $0
     pushq $0x100
@@ -231,7 +236,7 @@ syscall_entry:
     push %r14
     push %r15
     mov %rsp, %rdi
-    mov {hv_top}(%rip), %rsp
+    mov %gs:{off_hv_top}, %rsp
     call {on_light_upcall}
     jmp return_to_guest
 
@@ -240,14 +245,14 @@ syscall_entry:
     pushq $0x100
     push_gprs
     mov %rsp, %rdi
-    movzbl {user_mode}(%rip), %esi
-    mov {hv_top}(%rip), %rsp
+    movzbl %gs:{off_user_mode}, %esi
+    mov %gs:{off_hv_top}, %rsp
     call {on_syscall}
 
     /* To whichever vCPU runs now: its frame is CURRENT_FRAME. */
     .globl return_to_guest
 return_to_guest:
-    mov {current}(%rip), %rsp
+    mov %gs:{off_current}, %rsp
 pop_frame:
     pop %r15
     pop %r14
@@ -265,23 +270,32 @@ pop_frame:
     pop %rbx
     pop %rax
     add $16, %rsp
-    iretq
+    /* To ring 3: the guest's GS base back (to ring 0, the idle loop or an
+       interrupted hypervisor, nothing to swap). */
+    testb $3, 8(%rsp)
+    jz 9f
+    swapgs
+9:  iretq
 
 1:  mov $-38, %rax
+    swapgs
     sysretq
 
     .balign 16
     .globl cstar_entry
 cstar_entry:
-    mov %rsp, {scratch}(%rip)
-    mov {frame_top}(%rip), %rsp
+    swapgs
+    mov %rsp, %gs:{off_scratch}
+    mov %gs:{off_frame_top}, %rsp
     pushq $0xe02b
-    pushq {scratch}(%rip)
+    pushq %gs:{off_scratch}
     push %r11
     pushq $0xe023
     push %rcx
     pushq $0
     pushq $0x101
+    /* trap_common swaps again for a ring-3 frame. */
+    swapgs
     jmp trap_common
     .text
 "#,
@@ -291,50 +305,41 @@ cstar_entry:
     on_light_upcall = sym crate::hypercall::on_light_upcall,
     light = sym crate::hypercall::LIGHT_HYPERCALLS,
     nr_light = const crate::hypercall::NR_LIGHT,
-    scratch = sym SYSCALL_SCRATCH,
-    frame_top = sym FRAME_TOP,
-    current = sym CURRENT_FRAME,
-    hv_top = sym HV_STACK_TOP,
-    user_mode = sym GUEST_USER_MODE,
+    off_scratch = const super::percpu::OFF_SYSCALL_SCRATCH,
+    off_frame_top = const super::percpu::OFF_FRAME_TOP,
+    off_current = const super::percpu::OFF_CURRENT_FRAME,
+    off_hv_top = const super::percpu::OFF_HV_STACK_TOP,
+    off_user_mode = const super::percpu::OFF_USER_MODE,
     smap = sym crate::mm::guest::SMAP,
     options(att_syntax)
 );
 
-/// 1 while the running vCPU is in guest user mode: its `syscall` is the
-/// guest kernel's, never a hypercall, so the baseline shortcut is skipped.
-#[unsafe(no_mangle)]
-pub static GUEST_USER_MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-
-/// Guest rsp parked by the syscall stub while it switches stacks.
-#[unsafe(no_mangle)]
-static mut SYSCALL_SCRATCH: u64 = 0;
-
 /// Every vCPU's saved registers, by vCPU index (`Hv::vcpus`). The running vCPU's
 /// frame is also where the entry stubs save its registers (TSS.RSP0 and
-/// `FRAME_TOP` are its end) and where the exit path restores them from
-/// (`CURRENT_FRAME`): a vCPU switch changes these pointers, it copies no
-/// frame. Outside `Hv`, so a `&mut TrapFrame` into it never aliases the
+/// the per-CPU `frame_top` are its end) and where the exit path restores
+/// them from (the per-CPU `current_frame`): a vCPU switch changes these
+/// pointers, it copies no frame. Outside `Hv`, so a `&mut TrapFrame` into it never aliases the
 /// domain table.
 ///
 /// Each frame's end must be 16-byte aligned: the CPU aligns RSP0 down to 16
 /// bytes before pushing an exception frame, and a frame pushed 8 bytes low
 /// would not be where the stubs expect it.
-static mut FRAMES: Frames = Frames([TrapFrame::ZERO; crate::domain::MAX_VCPUS]);
+static mut FRAMES: Frames = Frames([TrapFrame::ZERO; NR_FRAMES]);
+
+/// One frame per vCPU, then the boot CPU's idle context.
+const NR_FRAMES: usize = crate::domain::MAX_VCPUS + 1;
+const IDLE_FRAME: usize = crate::domain::MAX_VCPUS;
 
 #[repr(C, align(64))]
-struct Frames([TrapFrame; crate::domain::MAX_VCPUS]);
+struct Frames([TrapFrame; NR_FRAMES]);
+
+/// The stack the idle loop runs on (entered afresh each time the CPU goes
+/// idle: nothing on it outlives one idle period).
+#[repr(C, align(16))]
+struct IdleStack([u8; 16384]);
+static mut IDLE_STACK: IdleStack = IdleStack([0; 16384]);
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() % 16 == 0);
-
-/// Address of the running vCPU's frame in `FRAMES`.
-#[unsafe(no_mangle)]
-static mut CURRENT_FRAME: u64 = 0;
-/// Its end: where the syscall stub starts pushing (= TSS.RSP0).
-#[unsafe(no_mangle)]
-static mut FRAME_TOP: u64 = 0;
-/// The hypervisor stack Rust runs on after an entry from a guest.
-#[unsafe(no_mangle)]
-static mut HV_STACK_TOP: u64 = 0;
 
 unsafe extern "C" {
     fn return_to_guest() -> !;
@@ -342,28 +347,71 @@ unsafe extern "C" {
 
 fn frame_addr(i: usize) -> u64 {
     // vCPU indexes are below MAX_VCPUS (the vCPU table's capacity).
-    let i = i.min(crate::domain::MAX_VCPUS - 1);
+    let i = i.min(NR_FRAMES - 1);
     (&raw const FRAMES) as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
 }
 
-/// Boot: where Rust runs after an entry from a guest.
-pub fn init(hv_stack_top: u64) {
-    // SAFETY: boot, single CPU, before any guest runs.
-    unsafe { *(&raw mut HV_STACK_TOP) = hv_stack_top };
+/// Boot: this CPU's hypervisor stack (where Rust runs after an entry from
+/// a guest) and idle context; the boot CPU's idle frame and stack are
+/// statics, an AP's are given.
+pub fn init_cpu(hv_stack_top: u64, idle: Option<(u64, u64)>) {
+    let me = super::percpu::this_cpu();
+    me.hv_stack_top.store(hv_stack_top, Ordering::Relaxed);
+    let (frame, stack_top) = idle.unwrap_or((
+        frame_addr(IDLE_FRAME),
+        (&raw const IDLE_STACK) as u64 + core::mem::size_of::<IdleStack>() as u64,
+    ));
+    me.idle_frame.store(frame, Ordering::Relaxed);
+    me.idle_stack_top.store(stack_top, Ordering::Relaxed);
 }
 
 /// Makes vCPU index `i`'s frame the one entries save into and the exit
-/// path restores from (the vCPU switch).
+/// path restores from (the vCPU switch), on this CPU.
 pub fn set_current(i: usize) {
     let f = frame_addr(i);
     let top = f + core::mem::size_of::<TrapFrame>() as u64;
-    // SAFETY: single CPU, hypervisor code (no guest entry can race); the
-    // stubs read these only on the next entry or exit.
-    unsafe {
-        *(&raw mut CURRENT_FRAME) = f;
-        *(&raw mut FRAME_TOP) = top;
-    }
+    let me = super::percpu::this_cpu();
+    // The stubs read these only on this CPU's next entry or exit.
+    me.current_frame.store(f, Ordering::Relaxed);
+    me.frame_top.store(top, Ordering::Relaxed);
     super::desc::set_rsp0(top);
+}
+
+/// Sets whether the running vCPU is in guest user mode (the syscall stub's
+/// test: its `syscall` is then the guest kernel's, never a hypercall).
+pub fn set_user_mode(user: bool) {
+    super::percpu::this_cpu()
+        .user_mode
+        .store(u64::from(user), Ordering::Relaxed);
+}
+
+/// Makes the exit path enter the idle loop (`sched::idle_loop`, ring 0,
+/// on this CPU's idle stack, interrupts off) instead of a vCPU: the CPU
+/// goes idle when the current entry returns. The vCPU that ran keeps its
+/// registers in its own frame.
+pub fn set_current_idle() {
+    let me = super::percpu::this_cpu();
+    let f = TrapFrame {
+        rip: crate::sched::idle_loop as *const () as u64,
+        cs: u64::from(super::desc::HV_CS),
+        rflags: 2,
+        rsp: me.idle_stack_top.load(Ordering::Relaxed),
+        ss: u64::from(super::desc::HV_DS),
+        ..TrapFrame::ZERO
+    };
+    let a = me.idle_frame.load(Ordering::Relaxed);
+    // SAFETY: this CPU's idle frame is used only by its exit path, after
+    // this entry's Rust code returned; nothing holds a reference to it.
+    unsafe { core::ptr::write(a as *mut TrapFrame, f) };
+    me.current_frame.store(a, Ordering::Relaxed);
+}
+
+/// From the idle loop: runs the vCPU made current (`set_current`) through
+/// the common exit path; the idle stack is abandoned.
+pub fn resume_guest() -> ! {
+    // SAFETY: this CPU's current frame is a vCPU's, with a ring-3 cs/ss
+    // (`set_current`); nothing on the idle stack is needed again.
+    unsafe { core::arch::asm!("jmp {}", sym return_to_guest, options(noreturn)) }
 }
 
 /// Installs the first frame of vCPU index `i` (the builder's, or a VCPUOP_initialise context).
@@ -378,15 +426,16 @@ pub fn set_frame(i: usize, frame: &TrapFrame) {
 /// vCPUs since it was handed `frame` (the running vCPU's when it was
 /// entered): `frame` itself when no switch happened.
 pub fn live(frame: &mut TrapFrame) -> &mut TrapFrame {
-    // SAFETY: single CPU; reading the pointer.
-    let cur = unsafe { *(&raw const CURRENT_FRAME) };
+    let cur = super::percpu::this_cpu()
+        .current_frame
+        .load(Ordering::Relaxed);
     if cur == frame as *mut TrapFrame as u64 {
         frame
     } else {
         // SAFETY: `cur` is another element of FRAMES than `frame` (checked
-        // above), the running vCPU's, to which no other reference exists
-        // while the hypervisor runs (only the stubs touch it, at entry and
-        // exit).
+        // above), the vCPU running on this CPU, to which no other reference
+        // exists while the hypervisor runs (only this CPU's stubs touch it,
+        // at entry and exit).
         unsafe { &mut *(cur as *mut TrapFrame) }
     }
 }

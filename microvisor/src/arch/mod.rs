@@ -7,5 +7,6 @@ pub mod cpu;
 pub mod desc;
 pub mod entry;
 pub mod ioapic;
+pub mod percpu;
 pub mod port;
 pub mod smp;

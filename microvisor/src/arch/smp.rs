@@ -94,14 +94,7 @@ static APS_UP: AtomicU32 = AtomicU32::new(0);
 static BSP_CR0: AtomicU64 = AtomicU64::new(0);
 static BSP_CR4: AtomicU64 = AtomicU64::new(0);
 
-/// What a CPU's GS base points at: its own block, first field itself (so
-/// `gs:[0]` gives its address), then its number and local-APIC ID.
-#[repr(C)]
-pub struct PerCpu {
-    pub this: u64,
-    pub cpu: u32,
-    pub apic_id: u32,
-}
+use super::percpu::PerCpu;
 
 /// Stack bytes of an AP (and of each of its IST stacks).
 const STACK_FRAMES: u64 = 4;
@@ -114,6 +107,10 @@ struct ApMemory {
     stack_top: u64,
     ist: [u64; 3],
     percpu: u64,
+    idle_frame: u64,
+    idle_stack_top: u64,
+    cpu: u32,
+    apic_id: u32,
 }
 
 fn alloc_frames(n: u64) -> Option<u64> {
@@ -134,26 +131,19 @@ fn ap_memory() -> Option<ApMemory> {
         *top = va(alloc_frames(STACK_FRAMES)? + STACK_FRAMES);
     }
     let percpu = alloc_frames(1)?;
+    let idle_frame = alloc_frames(1)?;
+    let idle_stack = alloc_frames(STACK_FRAMES)?;
     Some(ApMemory {
+        idle_frame: va(idle_frame),
+        idle_stack_top: va(idle_stack + STACK_FRAMES),
         gdt: va(gdt),
         tss: va(tss),
         stack_top: va(stack + STACK_FRAMES),
         ist,
         percpu: va(percpu),
+        cpu: 0,
+        apic_id: 0,
     })
-}
-
-/// Reads this CPU's per-CPU block through its GS base.
-fn this_cpu() -> &'static PerCpu {
-    let p: u64;
-    // SAFETY: on an AP, GS base points at its `PerCpu` (set in `ap_entry`
-    // before anything calls this), whose first field is its own address.
-    unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
-    };
-    // SAFETY: `p` is that block, which lives (never freed) as long as the
-    // CPU runs.
-    unsafe { &*(p as *const PerCpu) }
 }
 
 /// An AP's first Rust code, on its own stack with the hypervisor's page
@@ -169,13 +159,38 @@ extern "C" fn ap_entry() -> ! {
         crate::arch::cpu::write_cr4(BSP_CR4.load(Ordering::Relaxed));
         let m = &*(desc as *const ApMemory);
         crate::arch::desc::init_ap(m.gdt, m.tss, m.stack_top, m.ist);
-        crate::arch::cpu::wrmsr(crate::arch::cpu::MSR_GS_BASE, m.percpu);
+        let me = &*(m.percpu as *const PerCpu);
+        super::percpu::install(me, m.cpu, m.apic_id);
+        me.gdt.store(m.gdt, Ordering::Relaxed);
+        me.tss.store(m.tss, Ordering::Relaxed);
     }
-    let me = this_cpu();
-    crate::info!("cpu {} (APIC id {}) up", me.cpu, me.apic_id);
+    // SAFETY: the description stays valid (a page of this AP's own).
+    let m = unsafe { &*(desc as *const ApMemory) };
+    crate::arch::desc::init_syscall();
+    crate::arch::apic::init_local();
+    crate::arch::entry::init_cpu(m.stack_top, Some((m.idle_frame, m.idle_stack_top)));
+    let me = super::percpu::this_cpu();
+    crate::info!(
+        "cpu {} (APIC id {}) up",
+        me.cpu.load(Ordering::Relaxed),
+        me.apic_id.load(Ordering::Relaxed)
+    );
     APS_UP.fetch_add(1, Ordering::AcqRel);
-    crate::arch::cpu::halt_forever()
+    // Guests run here once every domain is built.
+    while SCHED_READY.load(Ordering::Acquire) == 0 {
+        core::hint::spin_loop();
+    }
+    if !RUN_ON_APS.load(Ordering::Relaxed) {
+        crate::arch::cpu::halt_forever()
+    }
+    join_scheduler();
+    crate::arch::apic::start_periodic(crate::sched::TICK_NS as u32);
+    crate::sched::idle_loop()
 }
+
+/// Whether the APs run guests (boot option `smp=up` keeps them halted:
+/// guests then run on the boot CPU only, as before SMP scheduling).
+pub static RUN_ON_APS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
 /// Starts every CPU in `apic_ids` other than this one, one at a time
 /// (INIT, 10 ms, SIPI, 200 us, SIPI, then up to 100 ms for it to report),
@@ -195,28 +210,22 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
     BSP_CR4.store(crate::arch::cpu::cr4(), Ordering::Relaxed);
     let mut cpu = 1u32;
     for &id in apic_ids.iter().filter(|&&id| id != own) {
-        let Some(m) = ap_memory() else {
+        let Some(mut m) = ap_memory() else {
             crate::warn!("cpu with APIC id {id}: no memory for its stacks and tables; not started");
             break;
         };
-        // The per-CPU block (itself, its number, its APIC id) at the start
-        // of its page, the description of its memory after it, where
-        // `ap_entry` finds it (AP_PERCPU).
+        // The per-CPU block at the start of its page, the description of
+        // its memory in the second half, where `ap_entry` finds it
+        // (AP_PERCPU).
         let (block, stack_top) = (m.percpu, m.stack_top);
-        let desc = block + 64;
+        // The AP fills in its block (zeroed: every field 0) itself.
+        const _: () = assert!(core::mem::size_of::<PerCpu>() <= 2048);
+        let desc = block + 2048;
+        m.cpu = cpu;
+        m.apic_id = id;
         // SAFETY: `block` is a zeroed page allocated just now for this AP;
-        // both structures fit in it without overlapping.
-        unsafe {
-            core::ptr::write(
-                block as *mut PerCpu,
-                PerCpu {
-                    this: block,
-                    cpu,
-                    apic_id: id,
-                },
-            );
-            core::ptr::write(desc as *mut ApMemory, m);
-        }
+        // the description fits in its second half.
+        unsafe { core::ptr::write(desc as *mut ApMemory, m) };
         AP_PERCPU.store(desc, Ordering::Release);
         AP_RSP.store(stack_top, Ordering::Release);
         let before = APS_UP.load(Ordering::Acquire);
@@ -237,4 +246,109 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
         cpu += 1;
     }
     APS_UP.load(Ordering::Acquire)
+}
+
+// ---------------------------------------------------------------------------
+// Running guests on every CPU (docs/smp.md). For now one lock (`domain::lock`)
+// still serialises the hypervisor; guests run in parallel.
+
+/// Reschedule IPI: an idle CPU looks for work; a CPU running a vCPU enters
+/// the hypervisor, which delivers that vCPU's pending upcall on the way out.
+pub const RESCHED_VECTOR: u8 = 0xf1;
+/// TLB-flush IPI (`flush_tlb_everywhere`).
+pub const FLUSH_VECTOR: u8 = 0xf2;
+
+/// CPUs that run the scheduler (bit per CPU number).
+static SCHED_CPUS: AtomicU64 = AtomicU64::new(0);
+/// Set by the boot CPU once every domain is built: APs wait for it.
+static SCHED_READY: AtomicU32 = AtomicU32::new(0);
+/// TLB-flush requests so far (each CPU records how many it served).
+static FLUSH_REQ: AtomicU64 = AtomicU64::new(0);
+
+/// Whether more than one CPU runs guests.
+#[inline]
+pub fn active() -> bool {
+    SCHED_CPUS.load(Ordering::Relaxed).count_ones() > 1
+}
+
+/// This CPU joins the scheduler (the boot CPU when the first domain starts;
+/// each AP once the boot CPU is ready).
+pub fn join_scheduler() {
+    let me = super::percpu::this_cpu().cpu.load(Ordering::Relaxed);
+    SCHED_CPUS.fetch_or(1 << me, Ordering::AcqRel);
+}
+
+/// The boot CPU: every domain is built, APs may start running guests.
+pub fn scheduler_ready() {
+    SCHED_READY.store(1, Ordering::Release);
+}
+
+fn others() -> impl Iterator<Item = &'static super::percpu::PerCpu> {
+    let me = super::percpu::this_cpu().cpu.load(Ordering::Relaxed);
+    let set = SCHED_CPUS.load(Ordering::Acquire) & !(1u64 << me);
+    (0..64usize)
+        .filter(move |c| set & (1 << c) != 0)
+        .filter_map(super::percpu::cpu)
+}
+
+/// Flushes every TLB entry (global ones too) on this CPU and on every other
+/// CPU that may hold a guest's (one running or holding a vCPU), and waits
+/// until they did: after this no CPU can still use a translation the
+/// caller removed. Each CPU serves requests in its flush IPI handler and
+/// while it waits for the hypervisor lock (`serve_flush`).
+pub fn flush_tlb_everywhere() {
+    crate::arch::cpu::flush_tlb_all();
+    let me = super::percpu::this_cpu();
+    if !active() {
+        return;
+    }
+    let n = FLUSH_REQ.fetch_add(1, Ordering::AcqRel) + 1;
+    me.flushes_done.store(n, Ordering::Release);
+    let mut waiting: u64 = 0;
+    for c in others() {
+        if c.vcpu.load(Ordering::Acquire) != super::percpu::NO_VCPU {
+            waiting |= 1 << c.cpu.load(Ordering::Relaxed);
+            crate::arch::apic::send_fixed(c.apic_id.load(Ordering::Relaxed), FLUSH_VECTOR);
+        }
+    }
+    for c in others() {
+        if waiting & (1 << c.cpu.load(Ordering::Relaxed)) != 0 {
+            while c.flushes_done.load(Ordering::Acquire) < n {
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Serves flush requests other CPUs made (from the flush IPI, and while
+/// waiting for the hypervisor lock).
+pub fn serve_flush() {
+    let me = super::percpu::this_cpu();
+    let want = FLUSH_REQ.load(Ordering::Acquire);
+    if me.flushes_done.load(Ordering::Relaxed) < want {
+        crate::arch::cpu::flush_tlb_all();
+        me.flushes_done.store(want, Ordering::Release);
+    }
+}
+
+/// Sends a reschedule IPI to CPU `cpu` (not this one).
+pub fn kick(cpu: u32) {
+    if cpu == super::percpu::this_cpu().cpu.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(c) = super::percpu::cpu(cpu as usize) {
+        crate::arch::apic::send_fixed(c.apic_id.load(Ordering::Relaxed), RESCHED_VECTOR);
+    }
+}
+
+/// Wakes the idle CPUs (work became runnable).
+pub fn kick_idle() {
+    if !active() {
+        return;
+    }
+    for c in others() {
+        if c.vcpu.load(Ordering::Acquire) == super::percpu::NO_VCPU {
+            crate::arch::apic::send_fixed(c.apic_id.load(Ordering::Relaxed), RESCHED_VECTOR);
+        }
+    }
 }

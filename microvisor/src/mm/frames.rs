@@ -30,7 +30,8 @@ impl TableMemory for DirectMap {
         write_u64(mfn * PAGE + idx as u64 * 8, val)
     }
     fn flush_tlbs(&mut self) {
-        crate::arch::cpu::flush_tlb_all();
+        // Every CPU that may cache a translation (`smp`), not just this one.
+        crate::arch::smp::flush_tlb_everywhere();
     }
 }
 

@@ -36,9 +36,28 @@ fn ldt_l1() -> u64 {
     unsafe { *(&raw const LDT_L1) }
 }
 
-/// The frame shadow-mapped as LDT page `i` (`< LDT_PAGES`), 0 if none.
+/// CPUs with an LDT window of their own (the L1 under `LDT_VA` has 512
+/// entries: `LDT_PAGES` for each).
+pub const LDT_CPUS: usize = 512 / LDT_PAGES;
+
+/// This CPU's first entry in the LDT window's L1.
+fn ldt_slot0() -> u64 {
+    let cpu = crate::arch::percpu::this_cpu()
+        .cpu
+        .load(core::sync::atomic::Ordering::Relaxed) as u64;
+    cpu.min(LDT_CPUS as u64 - 1) * LDT_PAGES as u64
+}
+
+/// Where this CPU's LDT is shadow-mapped (each CPU has its own window of
+/// `LDT_PAGES` pages in slot 260).
+pub fn ldt_va() -> u64 {
+    LDT_VA + ldt_slot0() * PAGE
+}
+
+/// The frame shadow-mapped as LDT page `i` (`< LDT_PAGES`) on this CPU, 0
+/// if none.
 pub fn ldt_page(i: usize) -> u64 {
-    (read_u64(ldt_l1() + i as u64 * 8) & ADDR_MASK) / PAGE
+    (read_u64(ldt_l1() + (ldt_slot0() + i as u64) * 8) & ADDR_MASK) / PAGE
 }
 
 /// Shadow-maps frame `mfn` as LDT page `i` (`< LDT_PAGES`), or unmaps it
@@ -51,10 +70,10 @@ pub fn set_ldt_page(i: usize, mfn: u64) {
     } else {
         mfn * PAGE | P | RW | A | D | NX
     };
-    let at = ldt_l1() + i as u64 * 8;
+    let at = ldt_l1() + (ldt_slot0() + i as u64) * 8;
     if read_u64(at) != e {
         write_u64(at, e);
-        cpu::invlpg(LDT_VA + i as u64 * PAGE);
+        cpu::invlpg(ldt_va() + i as u64 * PAGE);
     }
 }
 
