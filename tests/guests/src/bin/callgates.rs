@@ -108,6 +108,17 @@ fn far_call(sel: u16) -> Option<Fault> {
     })
 }
 
+/// `lcall *m16:64` (REX.W FF /3) through `sel`: the fault, if any.
+fn far_call_64(sel: u16) -> Option<Fault> {
+    let operand: [u64; 2] = [0x1000, u64::from(sel)];
+    traps::expect_fault(|| {
+        // SAFETY: as `far_call`.
+        unsafe {
+            core::arch::asm!(".byte 0x48, 0xff, 0x18", in("rax") &raw const operand, options(nostack))
+        }
+    })
+}
+
 /// `ljmp *m16:32` (FF /5) through `sel`: the fault (a target reached
 /// stops at its ud2, #UD).
 fn far_jump(sel: u16) -> Option<Fault> {
@@ -238,6 +249,12 @@ fn gdt(t: &mut Reporter) {
     let f = far_call(0x13);
     t.check(
         "gdt-call-rpl3-gp",
+        is(f, 13, 0x10) && HITS.load(Ordering::Relaxed) == 0,
+        format_args!("{f:?}"),
+    );
+    let f = far_call_64(0x10);
+    t.check(
+        "gdt-call-m16-64-gp",
         is(f, 13, 0x10) && HITS.load(Ordering::Relaxed) == 0,
         format_args!("{f:?}"),
     );
