@@ -14,6 +14,9 @@
 //!   one #GP(selector); a gate beyond the LDT limit or the registered GDT
 //!   entries is #GP(selector); the direct far call and jump (9A, EA) are
 //!   #UD in 64-bit mode.
+//! - `role=nohandler`: a far call through a gate with no trap table kills
+//!   the domain (Xen crashes it), the hypervisor's line naming the call
+//!   and the gate's selector.
 #![no_std]
 #![no_main]
 
@@ -386,8 +389,29 @@ fn ldt(t: &mut Reporter) {
     );
 }
 
-fn main(_si: &'static StartInfo) {
+/// A far call through a GDT gate with no trap table at all.
+fn no_handler(t: &mut Reporter) {
+    let call = callgates_call_target as *const () as u64;
+    let (_, mfn) = descriptor_page(&[(1, CODE3), (2, gate(call, 0x08, 3, true))]);
+    // SAFETY: the page holds a code segment and a call gate.
+    let r = unsafe { guest_abi::hypercall::set_gdt(&[mfn], 4) };
+    t.check("nohandler-gdt-set", r.is_ok(), format_args!("{r:?}"));
+    println!("callgates: far call through gate 0x10 with no #GP handler");
+    let operand: u64 = 0x10 << 32;
+    // SAFETY: #GP with no handler: the domain ends here.
+    unsafe { core::arch::asm!(".byte 0xff, 0x18", in("rax") &raw const operand, options(nostack)) };
+    t.fail(
+        "no-handler-killed",
+        format_args!("far call through a gate returned"),
+    );
+}
+
+fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
+    if scenario_guests::arg(si, "role") == Some("nohandler") {
+        no_handler(&mut t);
+        t.finish()
+    }
     traps::init().expect("trap table");
     checks(&mut t);
     gdt(&mut t);
