@@ -161,10 +161,24 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 pv::Emulated::NotEmulated => {
                     let what = pv::decode_at(hv.vcpus[hv.current].active_cr3(), frame.rip)
                         .ok()
-                        .filter(|i| i.op.privileged());
+                        .filter(|i| i.op.privileged() || i.op.far_transfer());
                     let rip = frame.rip;
                     let err = frame.error_code;
-                    if let Some(what) = what {
+                    if let Some(what) = what.filter(|i| i.op.far_transfer()) {
+                        // Through a call gate (DPL 0, docs/abi.md#call-gates)
+                        // or any selector the CPU refused: the error code
+                        // names it.
+                        pv::deliver_exception(
+                            hv,
+                            frame,
+                            13,
+                            Some(err),
+                            format_args!(
+                                "{} through selector {err:#x} at rip {rip:#x} ({name})",
+                                what.op.mnemonic()
+                            ),
+                        );
+                    } else if let Some(what) = what {
                         pv::deliver_exception(
                             hv,
                             frame,

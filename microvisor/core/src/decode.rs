@@ -12,7 +12,8 @@
 //! (64-bit mode): the privileged instructions a PV kernel may use (cli, sti,
 //! hlt, clts, port I/O, rdmsr/wrmsr, moves to and from control and debug
 //! registers, descriptor-table loads, invlpg, swapgs, invd, wbinvd),
-//! `int n`, `ud2` and `cpuid`. Everything else is
+//! `int n`, `ud2`, `cpuid`, and the indirect far call and jump (which fault
+//! through a call gate, named in a kill line). Everything else is
 //! [`Refusal::Unknown`]: for the hypervisor that means "not emulated", and
 //! the guest gets the fault the CPU raised.
 //!
@@ -91,6 +92,11 @@ pub enum Op {
     Int(u8),
     /// `ud2`.
     Ud2,
+    /// `lcall m16:16/32/64` (FF /3): a far call through a memory operand
+    /// (the direct form, 9A, is #UD in 64-bit mode).
+    FarCall,
+    /// `ljmp m16:16/32/64` (FF /5).
+    FarJmp,
 }
 
 impl Op {
@@ -121,6 +127,8 @@ impl Op {
             Self::Wbinvd => "wbinvd",
             Self::Int(_) => "int",
             Self::Ud2 => "ud2",
+            Self::FarCall => "far call",
+            Self::FarJmp => "far jump",
         }
     }
 
@@ -128,7 +136,13 @@ impl Op {
     /// it is privileged (or, for `int n`, because the gate is not the
     /// guest's to use): what a #GP at it is explained by.
     pub fn privileged(self) -> bool {
-        !matches!(self, Self::Ud2 | Self::Cpuid)
+        !matches!(self, Self::Ud2 | Self::Cpuid | Self::FarCall | Self::FarJmp)
+    }
+
+    /// Whether it is a far call or jump, whose #GP names the selector it
+    /// went through (a call gate's, for a PV guest: gates have DPL 0).
+    pub fn far_transfer(self) -> bool {
+        matches!(self, Self::FarCall | Self::FarJmp)
     }
 }
 
@@ -284,6 +298,18 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, Refusal> {
             rep: p.rep,
         },
         0xcd => Op::Int(c.next()?),
+        0xff => {
+            // Group 5: only the far forms, which take a memory operand
+            // (the register form is #UD).
+            let modrm = c.next()?;
+            let op = match (modrm >> 3) & 7 {
+                3 if modrm >> 6 != 3 => Op::FarCall,
+                5 if modrm >> 6 != 3 => Op::FarJmp,
+                _ => return Err(Refusal::Unknown),
+            };
+            c.memory_operand(modrm)?;
+            op
+        }
         0x0f => two_byte(&mut c, p.rex)?,
         _ => return Err(Refusal::Unknown),
     };

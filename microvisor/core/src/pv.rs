@@ -114,23 +114,56 @@ pub fn callback_address(address: u64) -> Result<u64, Errno> {
 /// segment: accepted with its DPL raised to 3 when lower, since the guest
 /// kernel runs in ring 3 (Linux's boot GDT has DPL-0 kernel segments).
 /// The invalid system type 0 (the second half of a 16-byte gate): kept,
-/// its use faults. Every other system descriptor (TSS, LDT, interrupt and
-/// trap gates, and call gates, which Xen accepts and emulates but this
-/// hypervisor does not yet) is refused.
+/// its use faults. A 64-bit call gate: accepted as [`check_call_gate`]
+/// says. Every other system descriptor (TSS, LDT, interrupt and trap
+/// gates) is refused.
 pub const fn check_descriptor(d: u64) -> Option<u64> {
-    const P: u64 = 1 << 47;
-    const S: u64 = 1 << 44;
-    const DPL: u64 = 3 << 45;
-    if d & P == 0 {
+    if d & DESC_P == 0 {
         return Some(d);
     }
-    if d & S != 0 {
-        return Some(d | DPL);
+    if d & DESC_S != 0 {
+        return Some(d | DESC_DPL);
     }
-    if (d >> 40) & 0xf == 0 {
-        return Some(d);
+    match (d >> 40) & 0xf {
+        0 => Some(d),
+        SYS_CALL_GATE => check_call_gate(d),
+        _ => None,
     }
-    None
+}
+
+/// Descriptor bits: present, code/data (not system), DPL.
+const DESC_P: u64 = 1 << 47;
+const DESC_S: u64 = 1 << 44;
+const DESC_DPL: u64 = 3 << 45;
+/// The system type of a 64-bit call gate.
+const SYS_CALL_GATE: u64 = 0xc;
+
+/// Xen's check of the low half of a present 64-bit call gate for a 64-bit
+/// PV guest: its target selector must be a guest one
+/// ([`gate_target_ok`]) and bits 32-39 (the IST and parameter-count field,
+/// reserved in a 64-bit gate) clear, else `None`. The gate is fixed up as
+/// Xen does: its DPL becomes 0, so the guest (kernel or user, both ring 3)
+/// can never pass through it (every use is #GP with the gate's selector,
+/// delivered to the guest: Xen 4.17 emulates gate use only for 32-bit PV
+/// guests), and the DPL the guest asked for, raised to the guest kernel's
+/// 3, is kept in the target selector's RPL. The gate's second half is
+/// checked on its own, as the invalid system type 0 (or not present).
+pub const fn check_call_gate(d: u64) -> Option<u64> {
+    let target = (d >> 16) as u16;
+    if !gate_target_ok(target) || (d >> 32) & 0xff != 0 {
+        return None;
+    }
+    Some((d & !DESC_DPL) | (3 << 16))
+}
+
+/// Whether a gate may name code selector `sel` (Xen's
+/// `guest_gate_selector_okay` for 64-bit PV): a GDT selector below the
+/// hypervisor's reserved entries (0xE000), Xen's flat kernel code selector
+/// exactly as 0xE033 (not its RPL-0 form), or any LDT selector.
+pub const fn gate_target_ok(sel: u16) -> bool {
+    (sel as usize) < guest_abi::arch::FIRST_RESERVED_GDT_BYTE
+        || sel == FLAT_KERNEL_CS64
+        || sel & 4 != 0
 }
 
 /// Whether a descriptor may sit in a guest's GDT or LDT page as it is:

@@ -415,6 +415,37 @@ fn names_match_the_log_lines() {
     assert!(ok(&[0xf4]).0.privileged());
     assert!(!ok(&[0x0f, 0x0b]).0.privileged());
     assert!(!ok(&[0x0f, 0xa2]).0.privileged());
+    // The callgates scenario's kill line names this.
+    assert_eq!(ok(&[0xff, 0x18]).0.mnemonic(), "far call");
+    assert!(!ok(&[0xff, 0x18]).0.privileged() && ok(&[0xff, 0x18]).0.far_transfer());
+    assert!(!ok(&[0xf4]).0.far_transfer());
+}
+
+#[test]
+fn far_calls_and_jumps() {
+    // m16:32, m16:64 (REX.W), m16:16 (0x66), with SIB and displacements.
+    assert_eq!(ok(&[0xff, 0x18]), (Op::FarCall, 2));
+    assert_eq!(ok(&[0x48, 0xff, 0x18]), (Op::FarCall, 3));
+    assert_eq!(ok(&[0x66, 0xff, 0x5c, 0x24, 0x08]), (Op::FarCall, 5));
+    assert_eq!(ok(&[0xff, 0x2d, 1, 2, 3, 4]), (Op::FarJmp, 6));
+    assert_eq!(ok(&[0x41, 0xff, 0xa8, 1, 2, 3, 4]), (Op::FarJmp, 7));
+    // The register forms are #UD; the other group-5 forms are not decoded;
+    // the direct forms do not exist in 64-bit mode; LOCK is refused.
+    for b in [
+        &[0xff, 0xd8][..],
+        &[0xff, 0xe8],
+        &[0xff, 0x10],
+        &[0xff, 0x20],
+        &[0xff, 0x30],
+        &[0xff, 0x00],
+        &[0x9a, 0, 0, 0, 0, 0x10, 0],
+        &[0xea, 0, 0, 0, 0, 0x10, 0],
+    ] {
+        assert_eq!(decode(b), Err(Refusal::Unknown), "{b:02x?}");
+    }
+    assert_eq!(decode(&[0xf0, 0xff, 0x18]), Err(Refusal::BadPrefix));
+    assert_eq!(decode(&[0xff]), Err(Refusal::Truncated));
+    assert_eq!(decode(&[0xff, 0x98, 1, 2]), Err(Refusal::Truncated));
 }
 
 #[test]
@@ -463,7 +494,7 @@ fn encoding() -> impl Strategy<Value = (Vec<u8>, Insn)> {
     (
         legacy,
         rex,
-        0u8..27,
+        0u8..29,
         any::<u8>(),
         any::<u8>(),
         mem,
@@ -630,6 +661,16 @@ fn encoding() -> impl Strategy<Value = (Vec<u8>, Insn)> {
                     memory(reg, md, &mut body);
                     op
                 }
+                27 | 28 => {
+                    body.push(0xff);
+                    let (reg, op) = if form == 27 {
+                        (3, Op::FarCall)
+                    } else {
+                        (5, Op::FarJmp)
+                    };
+                    memory(reg, md, &mut body);
+                    op
+                }
                 _ => {
                     body.extend([0x0f, 0x00]);
                     let (reg, op) = if form == 25 {
@@ -722,6 +763,8 @@ fn same_as_reference(op: Op, i: &iced_x86::Instruction) -> bool {
         Op::Wbinvd => i.mnemonic() == M::Wbinvd,
         Op::Int(n) => i.mnemonic() == M::Int && i.immediate8() == n,
         Op::Ud2 => i.mnemonic() == M::Ud2,
+        Op::FarCall => i.is_call_far_indirect(),
+        Op::FarJmp => i.is_jmp_far_indirect(),
     }
 }
 
@@ -756,6 +799,7 @@ fn reference_is_covered(i: &iced_x86::Instruction) -> bool {
         | M::Wbinvd
         | M::Int
         | M::Ud2 => true,
+        M::Call | M::Jmp => i.is_call_far_indirect() || i.is_jmp_far_indirect(),
         M::Mov => (0..i.op_count()).any(|k| {
             i.op_kind(k) == iced_x86::OpKind::Register
                 && (i.op_register(k).is_cr() || i.op_register(k).is_dr())
@@ -778,7 +822,7 @@ fn biased_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop::sample::select(
             &[
                 0xfau8, 0xfb, 0xf4, 0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d,
-                0x6e, 0x6f, 0xcd, 0x0f, 0x0f, 0x0f, 0x0f
+                0x6e, 0x6f, 0xcd, 0xff, 0x0f, 0x0f, 0x0f, 0x0f
             ][..]
         ),
         any::<u8>(),

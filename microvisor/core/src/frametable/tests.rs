@@ -1450,9 +1450,10 @@ fn audit_recounts_hypervisor_write_references() {
 
 /// A descriptor page (GDT or LDT) is validated whole when it first takes
 /// the segment type: one descriptor a guest may not hold anywhere in its
-/// 512 (a TSS, a call gate), and the type is refused with `EINVAL`,
-/// leaving the frame untyped; a page of valid ones is accepted, with
-/// DPL-0 segments raised to DPL 3 in place (Xen).
+/// 512 (a TSS, a call gate to the hypervisor's code selector), and the
+/// type is refused with `EINVAL`, leaving the frame untyped; a page of
+/// valid ones is accepted, with DPL-0 segments raised to DPL 3 and call
+/// gates given DPL 0 and a target RPL of 3, in place (Xen).
 #[test]
 fn descriptor_pages_are_validated_whole() {
     world!(ft, mem, mut_ext);
@@ -1460,9 +1461,11 @@ fn descriptor_pages_are_validated_whole() {
     let f = 18;
     mem.write(f, 1, 0x00cf_f200_0000_ffff); // DPL-3 data
     mem.write(f, 2, 0x00af_9a00_0000_ffff); // DPL-0 code
+    mem.write(f, 4, 0x0000_ec00_0008_1000); // DPL-3 call gate to 0x08
+    mem.write(f, 5, 0); // its second half
     for (idx, bad) in [
         (511, 0x0000_e900_0000_0067u64),
-        (300, 0x0000_ec00_0000_0000),
+        (300, 0x0000_ec00_e008_0000),
     ] {
         mem.write(f, idx, bad);
         assert_eq!(
@@ -1478,6 +1481,7 @@ fn descriptor_pages_are_validated_whole() {
     );
     assert_eq!(mem.read(f, 2), 0x00af_fa00_0000_ffff);
     assert_eq!(mem.read(f, 1), 0x00cf_f200_0000_ffff);
+    assert_eq!(mem.read(f, 4), 0x0000_8c00_000b_1000);
     ext.push((f, ExternalRef::PageAndType(PageType::Segment)));
     clean(&ft, &mem, &ext);
     // A second reference does not validate again, and needs no more.
@@ -1519,6 +1523,14 @@ fn audit_catches_a_bad_descriptor_in_a_segment_page() {
         audit(&ft, &mem, &ext).map_err(|e| e.kind),
         Err(AuditErrorKind::BadEntry { index: 7, .. })
     ));
+    // A call gate ring 3 could pass through (DPL 3, not fixed up).
+    mem.write(f, 7, 0x0000_ec00_000b_1000);
+    assert!(matches!(
+        audit(&ft, &mem, &ext).map_err(|e| e.kind),
+        Err(AuditErrorKind::BadEntry { index: 7, .. })
+    ));
+    mem.write(f, 7, 0x0000_8c00_000b_1000);
+    clean(&ft, &mem, &ext);
 }
 
 /// unmap_and_replace's page-table half: the grant entry is replaced by the

@@ -118,12 +118,12 @@ fn descriptors() {
         check_descriptor(0x0000_8000_0000_1234),
         Some(0x0000_8000_0000_1234)
     );
-    // A DPL-3 call gate, a DPL-3 TSS, an LDT descriptor, an interrupt gate.
+    // A DPL-3 TSS, an LDT descriptor, an interrupt gate, a trap gate.
     for d in [
-        0x0000_ec00_0000_0000u64,
-        0x0000_e900_0000_0067,
+        0x0000_e900_0000_0067u64,
         0x0000_e200_0000_0fff,
-        0x0000_ee00_0000_0000,
+        0x0000_ee00_0008_0000,
+        0x0000_ef00_0008_0000,
     ] {
         assert_eq!(check_descriptor(d), None, "{d:#x}");
         assert!(!descriptor_ok(d));
@@ -135,6 +135,59 @@ fn descriptors() {
     assert!(!data_descriptor_loadable(0x00af_f800_0000_ffff));
     assert!(!data_descriptor_loadable(0x00cf_9200_0000_ffff));
     assert!(!data_descriptor_loadable(0x00cf_7200_0000_ffff));
+}
+
+/// A 64-bit call gate's low half: offset 0x1234_5678, target `sel`, DPL
+/// `dpl`, present.
+fn gate(sel: u16, dpl: u64) -> u64 {
+    0x1234_8c00_0000_5678 | (u64::from(sel) << 16) | (dpl << 45)
+}
+
+#[test]
+fn call_gates() {
+    // Accepted with DPL 0 and the (raised) DPL 3 in the target's RPL,
+    // whatever DPL and RPL the guest gave (Xen's fix-up for 64-bit PV).
+    for dpl in 0..4 {
+        for sel in [0x08u16, 0x0b, 0x10, 0xdff8, 0xdfff] {
+            let want = gate(sel | 3, 0);
+            assert_eq!(check_descriptor(gate(sel, dpl)), Some(want), "{sel:#x}");
+            assert!(descriptor_ok(want));
+        }
+    }
+    assert!(!descriptor_ok(gate(0x08, 3)));
+    assert!(!descriptor_ok(gate(0x0b, 3)));
+    // The null selector is below the reserved entries: accepted (any use
+    // faults).
+    assert_eq!(check_descriptor(gate(0, 3)), Some(gate(3, 0)));
+    // Xen's flat kernel code selector only as 0xe033; any LDT selector.
+    assert_eq!(check_descriptor(gate(0xe033, 3)), Some(gate(0xe033, 0)));
+    assert_eq!(check_descriptor(gate(0xe030, 3)), None);
+    assert_eq!(check_descriptor(gate(0xe031, 3)), None);
+    assert_eq!(check_descriptor(gate(0x0c, 1)), Some(gate(0x0f, 0)));
+    assert_eq!(check_descriptor(gate(0xfffc, 3)), Some(gate(0xffff, 0)));
+    // The hypervisor's other selectors and anything above them.
+    for sel in [
+        0xe000u16, 0xe008, 0xe010, 0xe023, 0xe02b, 0xe038, 0xe048, 0xfff8,
+    ] {
+        assert_eq!(check_descriptor(gate(sel, 3)), None, "{sel:#x}");
+        assert!(!gate_target_ok(sel));
+    }
+    assert!(gate_target_ok(0xdfff) && gate_target_ok(0xe033) && gate_target_ok(0xe034));
+    // Bits 32-39 (IST / parameter count) are reserved in a 64-bit gate.
+    for bit in 32..40 {
+        assert_eq!(
+            check_descriptor(gate(0x08, 3) | 1 << bit),
+            None,
+            "bit {bit}"
+        );
+    }
+    // Not present: kept as is, DPL and all, even with a bad target.
+    let absent = gate(0xe008, 3) & !(1 << 47);
+    assert_eq!(check_descriptor(absent), Some(absent));
+    // The 16-bit/32-bit call gate type (4) does not exist in long mode.
+    assert_eq!(check_descriptor(0x0000_e400_0008_0000), None);
+    // A gate's second half: the offset's high bits, type 0.
+    assert!(descriptor_ok(0xffff_ffff));
 }
 
 fn ctx(rip: u64, cs: u64, rflags: u64, flags: u64) -> IretContext {
@@ -301,13 +354,29 @@ proptest! {
     #[test]
     fn fuzz_pv_descriptors_callbacks_ports(d in any::<u64>(), ty in any::<u16>(), addr in any::<u64>(), port in any::<u16>(), width in 0u16..8) {
         if let Some(f) = check_descriptor(d) {
-            // Idempotent, changes only the DPL, and a present result is a
-            // DPL-3 code/data segment or the unusable system type 0.
+            // Idempotent, changes only the DPL (and a gate's target RPL),
+            // and a present result is a DPL-3 code/data segment, the
+            // unusable system type 0, or a DPL-0 call gate to a guest
+            // code selector with RPL 3.
             prop_assert_eq!(check_descriptor(f), Some(f));
-            prop_assert_eq!(f & !(3 << 45), d & !(3 << 45));
+            prop_assert_eq!(f & !(3 << 45 | 3 << 16), d & !(3 << 45 | 3 << 16));
             if f & (1 << 47) != 0 {
                 let seg = f & (1 << 44) != 0;
-                prop_assert!((seg && (f >> 45) & 3 == 3) || (!seg && (f >> 40) & 0xf == 0));
+                let ty = (f >> 40) & 0xf;
+                let gate = !seg
+                    && ty == 0xc
+                    && (f >> 45) & 3 == 0
+                    && (f >> 16) & 3 == 3
+                    && gate_target_ok((d >> 16) as u16)
+                    && (f >> 32) & 0xff == 0;
+                prop_assert!((seg && (f >> 45) & 3 == 3) || (!seg && ty == 0) || gate);
+                if seg {
+                    prop_assert_eq!(f, d | 3 << 45);
+                } else if ty == 0 {
+                    prop_assert_eq!(f, d);
+                }
+            } else {
+                prop_assert_eq!(f, d);
             }
         }
         prop_assert_eq!(descriptor_ok(d), check_descriptor(d) == Some(d));
