@@ -982,6 +982,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<bool, String> {
         } else {
             f
         };
+        if !path.exists() {
+            return Err(format!(
+                "error: no file {}: give a guest ELF's path, or the name of a built guest (in {})",
+                path.display(),
+                kdir.display()
+            ));
+        }
         let findings = lint_file(&path)?;
         let (allowed, problems) = exp.check(&image_name(&path), &findings);
         print!(
