@@ -16,6 +16,7 @@ mod bundle;
 mod differential;
 mod fuzz;
 mod hostfuzz;
+mod lint;
 mod profile;
 mod qemu;
 mod scenario;
@@ -220,16 +221,18 @@ Every command that boots QEMU (run, test, bench, profile, fuzz) takes
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        eprintln!("{HELP}{}", fuzz::USAGE);
+        eprintln!("{HELP}{}{}", fuzz::USAGE, lint::USAGE);
         return ExitCode::FAILURE;
     };
     if args[1..].iter().any(|a| a == "--help" || a == "-h") {
-        println!("{HELP}{}", fuzz::USAGE);
+        println!("{HELP}{}{}", fuzz::USAGE, lint::USAGE);
         return ExitCode::SUCCESS;
     }
-    // `fuzz` has options of its own.
+    // `fuzz` and `lint-guest` have options of their own.
     let res = if cmd == "fuzz" {
         fuzz(&args[1..])
+    } else if cmd == "lint-guest" {
+        lint::run(&root(), &args[1..])
     } else {
         parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
@@ -242,7 +245,7 @@ fn main() -> ExitCode {
         "bench" => bench(&o),
         "profile" => profile(&o),
         "help" | "--help" | "-h" => {
-            println!("{HELP}{}", fuzz::USAGE);
+            println!("{HELP}{}{}", fuzz::USAGE, lint::USAGE);
             Ok(true)
         }
         other => Err(format!("error: unknown command '{other}'\n{HELP}{}", fuzz::USAGE)),
@@ -494,6 +497,19 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
+    if want("guest-lint") {
+        match lint::check_guests(&root, &kdir) {
+            Ok(n) => {
+                passed += 1;
+                println!("PASS guest-lint ({n} guest images, tests/guest-lint.toml)");
+            }
+            Err(e) => {
+                failed.push("guest-lint".into());
+                println!("FAIL guest-lint: {e}");
+            }
+        }
+    }
+
     let mut scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?
         .into_iter()
         .filter(|s| want(&s.name))
@@ -580,7 +596,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         && passed + failed.len() + skipped == 0
     {
         return Err(format!(
-            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests or no-vector-registers"
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, no-vector-registers or guest-lint"
         ));
     }
     Ok(failed.is_empty())
