@@ -10,6 +10,7 @@ use std::process::Command;
 pub const KERNEL_PACKAGES: &[&str] = &[
     "microvisor",
     "hello",
+    "bare",
     "pagetables",
     "pingpong",
     "blk-demo",
