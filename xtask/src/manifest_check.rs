@@ -240,3 +240,39 @@ mod tests {
         assert_eq!(extra["hello"], "file:/x/hello");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    /// Every manifest the repository ships parses as the hypervisor parses
+    /// it, and names only guests the workspace builds.
+    #[test]
+    fn example_manifests_are_valid() {
+        let root = crate::root();
+        let mut found = 0;
+        let mut files = vec![root.join("examples/default.manifest")];
+        for e in std::fs::read_dir(root.join("examples")).unwrap() {
+            let dir = e.unwrap().path();
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                files.extend(
+                    rd.filter_map(|f| f.ok().map(|f| f.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "manifest")),
+                );
+            }
+        }
+        let built: Vec<&str> = crate::build::KERNEL_PACKAGES.to_vec();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            super::syntax(&text, &f.display().to_string()).unwrap();
+            for (_, img) in super::image_lines(&text) {
+                let known = built.contains(&img.as_str())
+                    || root
+                        .join("tests/guests/src/bin")
+                        .join(format!("{img}.rs"))
+                        .is_file();
+                assert!(known, "{}: image {img} is not built here", f.display());
+            }
+            found += 1;
+        }
+        assert!(found >= 4, "only {found} manifests found");
+    }
+}
