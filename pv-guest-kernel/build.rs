@@ -1,7 +1,6 @@
-//! Tells dependent guest binaries where the guest linker script is.
+//! Tells dependent guest binaries where the guest linker script is: the
+//! SDK's one, from guest-abi, passed on as DEP_PV_GUEST_KERNEL_LDSCRIPT.
 fn main() {
-    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rerun-if-changed=guest.ld");
-    // Exposed to dependents' build scripts as DEP_PV_GUEST_KERNEL_LDSCRIPT.
-    println!("cargo:ldscript={dir}/guest.ld");
+    let ld = std::env::var("DEP_GUEST_ABI_LDSCRIPT").expect("guest-abi exports its linker script");
+    println!("cargo:ldscript={ld}");
 }

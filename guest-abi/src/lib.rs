@@ -13,7 +13,8 @@
 //!
 //! The crate is `no_std`, uses no floating point, and contains no `unsafe` code
 //! outside [`hypercall::raw`], the module that executes the hypercall
-//! instruction.
+//! instruction, and [`boot::start_info_from_entry`], which turns the entry
+//! `rsi` into a reference.
 //!
 //! Map of the crate:
 //! - [`nr`]: hypercall numbers; [`errno`]: error codes and result decoding;
@@ -23,7 +24,9 @@
 //! - one module per hypercall family: [`mmu`], [`sched`], [`console_io`],
 //!   [`version`] (+ [`features`]), [`vm_assist`], [`vcpu`], [`callback`],
 //!   [`event_channel`], [`grant_table`], [`memory`], [`multicall`];
-//! - start of day: [`start_info`], [`shared_info`], [`elfnote`];
+//! - start of day: [`start_info`], [`shared_info`], [`elfnote`], and
+//!   [`boot`]: macros that emit a PV kernel's ELF notes, hypercall page and
+//!   entry point, so a kernel needs no guest library (`examples/bare`);
 //! - split-driver wire formats: [`io`];
 //! - typed hypercall wrappers for guests: [`hypercall`].
 
@@ -32,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod boot;
 pub mod callback;
 pub mod console_io;
 pub mod elfnote;

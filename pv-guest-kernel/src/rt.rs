@@ -2,7 +2,7 @@
 //! the guest's `main` (declared with [`crate::main!`]), and turns a panic into
 //! a crash shutdown that carries the message.
 
-use crate::{arch, heap};
+use crate::heap;
 use guest_abi::sched::ShutdownReason;
 use guest_abi::start_info::StartInfo;
 
@@ -20,10 +20,9 @@ unsafe extern "Rust" {
     fn __pv_guest_main(si: &'static StartInfo);
 }
 
-/// Called by the entry stub with the start_info address from `rsi`.
-pub extern "C" fn start(rsi: u64) -> ! {
-    // SAFETY: `rsi` is exactly what the hypervisor passed at entry.
-    let si = unsafe { arch::start_info_from_entry(rsi) };
+/// Called by the entry stub (`_start`, from `guest_abi::pv_entry!`) with the
+/// start_info page the hypervisor passed.
+pub fn start(si: &'static StartInfo) -> ! {
     // SAFETY: single-threaded start of day; nothing has read START_INFO yet.
     unsafe { *(&raw mut START_INFO) = Some(si) };
     heap::init(si);

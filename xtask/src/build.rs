@@ -10,12 +10,21 @@ use std::process::Command;
 pub const KERNEL_PACKAGES: &[&str] = &[
     "microvisor",
     "hello",
+    "bare",
     "pagetables",
     "pingpong",
     "blk-demo",
     "scenario-guests",
     "service",
 ];
+
+/// The kernel code-generation flags (also those of the SDK's sysroot and of
+/// crates made by `new-guest`): position-independent code generation
+/// (RIP-relative accesses work at the hypervisor's high-half address) linked
+/// as a fixed, non-PIE executable (absolute addresses in ELF notes and the
+/// 32-bit trampoline resolve at link time; nothing needs relocating at run
+/// time). Soft-float and no red zone come from the target itself.
+pub const KERNEL_RUSTFLAGS: &str = "-Crelocation-model=pie -Clink-arg=--no-pie";
 
 /// Where the kernel binaries land.
 pub fn kernel_dir(root: &Path) -> PathBuf {
@@ -35,12 +44,7 @@ pub fn build_kernels(root: &Path, tc: &KernelToolchain) -> Result<PathBuf, Strin
     for p in KERNEL_PACKAGES {
         cmd.args(["-p", p]);
     }
-    // Position-independent code generation (RIP-relative accesses work at the
-    // hypervisor's high-half address) linked as a fixed, non-PIE executable
-    // (absolute addresses in ELF notes and the 32-bit trampoline resolve at
-    // link time; nothing needs relocating at run time). Soft-float and no red
-    // zone come from the target itself.
-    cmd.env("RUSTFLAGS", "-Crelocation-model=pie -Clink-arg=--no-pie")
+    cmd.env("RUSTFLAGS", KERNEL_RUSTFLAGS)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER", &tc.linker)
         .env_remove("RUSTC_WRAPPER");

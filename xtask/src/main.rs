@@ -8,7 +8,8 @@
 //! `cargo xtask profile` traces one operation instruction by instruction;
 //! `cargo xtask fuzz` runs hypercall-fuzzing campaigns (its own options:
 //! `fuzz.rs`);
-//! `cargo xtask build` builds.
+//! `cargo xtask build` builds; `new-guest`, `toolchain` and `boot` serve
+//! guests outside the repository (`sdk.rs`).
 
 mod bench;
 mod build;
@@ -17,9 +18,11 @@ mod differential;
 mod fuzz;
 mod hostfuzz;
 mod lint;
+mod manifest_check;
 mod profile;
 mod qemu;
 mod scenario;
+mod sdk;
 mod toolchain;
 mod xen;
 
@@ -83,6 +86,7 @@ fn options_of(cmd: &str) -> &'static [&'static str] {
             "--cpus",
         ],
         "bench" => &["--vs-xen", "--qemu", "--timeout"],
+        "boot" => &["--accel", "--timeout", "--qemu", "--cpus"],
         "profile" => &[
             "--manifest",
             "--at",
@@ -186,7 +190,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 const HELP: &str = "usage: cargo xtask <command> [options]
   build                          build the hypervisor and all guests
   run  [--manifest FILE] [--disk IMG] [--accel tcg|kvm] [--timeout S] [--cpus N]
-                                 boot a manifest (default: examples/default.manifest);
+                                 boot a manifest (default: examples/default.manifest),
+                                 checked first with the hypervisor's own parser;
+                                 `image = NAME` is a built guest or a file beside the
+                                 manifest (both: an error), `image = ./x` or `a/b` a path
+                                 relative to the manifest;
                                  a manifest with a service domain gets IMG (default
                                  target/run/disk.img, 64 MiB, kept between runs) as
                                  its virtio disk; N CPUs (default 2)
@@ -211,7 +219,7 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  of untrusted bytes (host, no QEMU): proptest
                                  properties (--cases N each, default), or the
                                  fuzz/ crate's cargo-fuzz targets (--seconds N each)
-Every command that boots QEMU (run, test, bench, profile, fuzz) takes
+Every command that boots QEMU (run, boot, test, bench, profile, fuzz) takes
   --qemu PATH                    the qemu-system-x86_64 binary to launch; without it
                                  xtask uses QEMU 10 from PATH, installing it from
                                  bookworm-backports on Debian 12 (as root; else it
@@ -221,18 +229,24 @@ Every command that boots QEMU (run, test, bench, profile, fuzz) takes
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        eprintln!("{HELP}{}{}", fuzz::USAGE, lint::USAGE);
+        eprintln!("{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE);
         return ExitCode::FAILURE;
     };
     if args[1..].iter().any(|a| a == "--help" || a == "-h") {
-        println!("{HELP}{}{}", fuzz::USAGE, lint::USAGE);
+        println!("{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE);
         return ExitCode::SUCCESS;
     }
-    // `fuzz` and `lint-guest` have options of their own.
+    // `fuzz`, `lint-guest` and the SDK's commands have options of their own.
     let res = if cmd == "fuzz" {
         fuzz(&args[1..])
     } else if cmd == "lint-guest" {
         lint::run(&root(), &args[1..])
+    } else if cmd == "new-guest" {
+        sdk::new_guest(&args[1..])
+    } else if cmd == "toolchain" {
+        sdk::toolchain_cmd(&args[1..])
+    } else if cmd == "boot" {
+        sdk::boot(&args[1..])
     } else {
         parse(&args[1..]).and_then(|o| match cmd.as_str() {
         c if (o.on_xen && c != "test") || (o.vs_xen && c != "bench") => {
@@ -245,10 +259,10 @@ fn main() -> ExitCode {
         "bench" => bench(&o),
         "profile" => profile(&o),
         "help" | "--help" | "-h" => {
-            println!("{HELP}{}{}", fuzz::USAGE, lint::USAGE);
+            println!("{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE);
             Ok(true)
         }
-        other => Err(format!("error: unknown command '{other}'\n{HELP}{}", fuzz::USAGE)),
+        other => Err(format!("error: unknown command '{other}'\n{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE)),
     })
     };
     match res {
@@ -308,33 +322,32 @@ fn run(o: &Opts) -> Result<bool, String> {
         .unwrap_or_else(|| root().join("examples/default.manifest"));
     let manifest = std::fs::read_to_string(&mpath)
         .map_err(|e| format!("error: cannot read manifest {}: {e}", mpath.display()))?;
+    let base = mpath.parent().unwrap_or(Path::new("."));
+    run_manifest(
+        o,
+        &manifest,
+        &mpath.display().to_string(),
+        Some(base),
+        Default::default(),
+    )
+}
+
+/// Boots `manifest` (named `label` in messages): checked on the host first
+/// (syntax before anything is built or started, then which file each image
+/// is: `manifest_check`), images beside `base` or already in `extra`
+/// (bundle name -> `file:PATH`) packed with the built guests.
+fn run_manifest(
+    o: &Opts,
+    manifest: &str,
+    label: &str,
+    base: Option<&Path>,
+    mut extra: std::collections::BTreeMap<String, String>,
+) -> Result<bool, String> {
+    manifest_check::syntax(manifest, label)?;
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
-    let base = mpath.parent().unwrap_or(Path::new("."));
-    // Images named in a user manifest may be built guests or files beside it.
-    let mut extra = std::collections::BTreeMap::new();
-    for img in scenario::manifest_images(&manifest) {
-        if !kdir.join(&img).is_file() {
-            let p = base.join(&img);
-            if p.is_file() {
-                let data = std::fs::read(&p)
-                    .map_err(|e| format!("error: cannot read {}: {e}", p.display()))?;
-                extra.insert(
-                    img.clone(),
-                    format!(
-                        "hex:{}",
-                        data.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                    ),
-                );
-            } else {
-                return Err(format!(
-                    "error: manifest {} names image '{img}', which is neither a built guest nor a file beside the manifest",
-                    mpath.display()
-                ));
-            }
-        }
-    }
-    let bundle = scenario::make_bundle(&manifest, &kdir, &extra)?;
+    manifest_check::images(manifest, label, base, &kdir, &mut extra)?;
+    let bundle = scenario::make_bundle(manifest, &kdir, &extra)?;
     let out_dir = root().join("target/run");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
     let bpath = out_dir.join("bundle.cpio");
@@ -356,9 +369,8 @@ fn run(o: &Opts) -> Result<bool, String> {
         stop_on: &[],
     };
     // A service domain drives a disk: the one given, or one kept in target/run.
-    let has_service = manifest
-        .lines()
-        .any(|l| l.split('#').next().unwrap_or("").replace(' ', "") == "service=true");
+    let has_service = microvisor_core::manifest::parse(manifest)
+        .is_ok_and(|m| m.domains().iter().any(|d| d.service));
     let disk = match (&o.disk, has_service) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => Some(out_dir.join("disk.img")),
@@ -388,9 +400,15 @@ fn run(o: &Opts) -> Result<bool, String> {
     }
     match out.exit_code {
         Some(33) => Ok(true),
+        Some(35) if out.serial.contains("boot failed: no domains started") => {
+            eprintln!(
+                "xtask: the microvisor refused to boot this bundle (its (MV) error line above says why)"
+            );
+            Ok(false)
+        }
         Some(35) => {
             eprintln!(
-                "xtask: the microvisor reported failure (a domain did not end as its manifest expects)"
+                "xtask: the microvisor reported failure: a domain did not end as its manifest's `expect` says (default poweroff); see its (MV) line above"
             );
             Ok(false)
         }
@@ -484,6 +502,19 @@ fn test(o: &Opts) -> Result<bool, String> {
 
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
+    if want("new-guest") {
+        println!("== new-guest: a crate generated outside the repository, cargo build, cargo run");
+        match sdk::check_new_guest(&root) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS new-guest");
+            }
+            Err(e) => {
+                failed.push("new-guest".into());
+                println!("FAIL new-guest: {e}");
+            }
+        }
+    }
     if want("no-vector-registers") {
         match check_no_vector_regs(&qemu::kernel_path(&kdir)) {
             Ok(()) => {
@@ -596,7 +627,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         && passed + failed.len() + skipped == 0
     {
         return Err(format!(
-            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, no-vector-registers or guest-lint"
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, no-vector-registers, guest-lint or new-guest"
         ));
     }
     Ok(failed.is_empty())

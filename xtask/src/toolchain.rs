@@ -18,7 +18,8 @@ pub struct KernelToolchain {
     pub origin: String,
 }
 
-fn host_sysroot() -> Result<PathBuf, String> {
+/// The active rustup toolchain's sysroot.
+pub fn host_sysroot() -> Result<PathBuf, String> {
     let out = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()

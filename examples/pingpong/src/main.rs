@@ -11,7 +11,8 @@
 //!
 //! # Rendezvous without xenstore
 //!
-//! There is no xenstore yet, so the two ends meet by convention:
+//! The example uses no xenstore (it runs without a service domain), so the
+//! two ends meet by convention:
 //!
 //! 1. Pong's *first* event-channel operation is
 //!    `alloc_unbound(remote = peer)`. Ports are handed out lowest-first, so it

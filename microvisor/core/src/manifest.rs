@@ -13,7 +13,7 @@
 //! memory = 16M             # required: bytes, or a number with K, M or G (powers of 1024)
 //! maxmem = 32M             # most memory it may grow to (memory_op); default = memory
 //! privileged = true        # true or false; default false
-//! service = true           # serves xenstore and consoles (needs privileged; at most one)
+//! service = true           # serves xenstore and consoles (needs privileged; at most one, the first domain)
 //! cmdline = console=hvc0 # not a comment
 //! expect = poweroff        # poweroff|reboot|suspend|crash|watchdog|killed; default poweroff
 //! weight = 256             # scheduler weight 1-65535; default 256
@@ -313,7 +313,9 @@ impl<'a> Partial<'a> {
             detail: Some(self.name),
         };
         if self.service == Some(true) && self.privileged != Some(true) {
-            return Err(err("a service domain must be privileged"));
+            return Err(err(
+                "service = true needs privileged = true as well, in domain",
+            ));
         }
         let memory = self.memory.ok_or(err("missing memory for domain"))?;
         let maxmem = self.maxmem.unwrap_or(memory);
@@ -446,7 +448,7 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 ));
             }
             if let Some(done) = current.take() {
-                push(&mut manifest, done.finish()?, line)?;
+                add(&mut manifest, done, line)?;
             }
             if manifest.get(name).is_some() {
                 return Err(err("duplicate domain name", Some(name)));
@@ -544,7 +546,7 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
     }
 
     if let Some(done) = current.take() {
-        push(&mut manifest, done.finish()?, last_line)?;
+        add(&mut manifest, done, last_line)?;
     }
     if manifest.len == 0 {
         return Err(ManifestError {
@@ -574,6 +576,26 @@ fn set_once<'a, T>(
     }
     *slot = Some(value);
     Ok(())
+}
+
+/// Finishes a section and appends it. The service domain must come first
+/// (it is domain 0, Xen's dom0); a second service domain is reported once
+/// the whole file is read.
+fn add<'a>(
+    manifest: &mut Manifest<'a>,
+    done: Partial<'a>,
+    line: usize,
+) -> Result<(), ManifestError<'a>> {
+    let header = done.line;
+    let spec = done.finish()?;
+    if spec.service && manifest.domains().first().is_some_and(|d| !d.service) {
+        return Err(ManifestError {
+            line: header,
+            what: "the service domain must be the first domain of the manifest (domain 0):",
+            detail: Some(spec.name),
+        });
+    }
+    push(manifest, spec, line)
 }
 
 /// Appends a finished spec.
@@ -676,7 +698,13 @@ expect = killed
         assert!(!m.domains()[1].service);
         assert_eq!(
             error("[domain s]\nimage = a\nmemory = 16M\nservice = true\n"),
-            "manifest line 1: a service domain must be privileged 's'"
+            "manifest line 1: service = true needs privileged = true as well, in domain 's'"
+        );
+        assert_eq!(
+            error(
+                "[domain u]\nimage = a\nmemory = 16M\n[domain s]\nimage = a\nmemory = 16M\nprivileged = true\nservice = true\n"
+            ),
+            "manifest line 4: the service domain must be the first domain of the manifest (domain 0): 's'"
         );
         assert_eq!(
             error("[domain s]\nimage = a\nmemory = 16M\nprivileged = true\nservice = yes\n"),

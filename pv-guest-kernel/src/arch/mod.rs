@@ -3,15 +3,11 @@
 //! (ring 3, `rsi` = start_info) and the boot stack. All of the library's
 //! `unsafe` is here.
 
-#[cfg(target_os = "none")]
-use core::arch::global_asm;
-
 pub mod mem;
 pub mod shared;
 pub mod thread;
 pub mod traps;
 pub mod vcpu;
-use guest_abi::start_info::StartInfo;
 
 /// A port handler (`fn(u32)`) stored as a word, read and written without a
 /// lock (the event upcall reads it).
@@ -40,92 +36,18 @@ impl HandlerSlot {
 /// Size of the boot stack the entry point switches to.
 pub const STACK_SIZE: usize = 64 * 1024;
 
+// The Xen ELF notes, the hypercall page and `_start` (a switch to the boot
+// stack, then `rt::start` with the start_info page), from guest-abi's macros.
 #[cfg(target_os = "none")]
-global_asm!(
-    r#"
-    /* Xen ELF notes: GUEST_OS, GUEST_VERSION, XEN_VERSION, LOADER, ENTRY,
-       HYPERCALL_PAGE. */
-    .section .note.Xen, "a"
-    .balign 4
-    .long 4, 20, 6
-    .asciz "Xen"
-    .balign 4
-    .asciz "microvisor-pv-guest"
-    .balign 4
-    .section .note.Xen, "a"
-    .balign 4
-    .long 4, 4, 7
-    .asciz "Xen"
-    .balign 4
-    .asciz "0.1"
-    .balign 4
-    .section .note.Xen, "a"
-    .balign 4
-    .long 4, 8, 5
-    .asciz "Xen"
-    .balign 4
-    .asciz "xen-3.0"
-    .balign 4
-    .section .note.Xen, "a"
-    .balign 4
-    .long 4, 8, 8
-    .asciz "Xen"
-    .balign 4
-    .asciz "generic"
-    .balign 4
-    .section .note.Xen, "a"
-    .balign 4
-    .long 4, 8, 1
-    .asciz "Xen"
-    .balign 4
-    .quad _start
-    .balign 4
-    .section .note.Xen, "a"
-    .balign 4
-    .long 4, 8, 2
-    .asciz "Xen"
-    .balign 4
-    .quad hypercall_page
-    .balign 4
-
-    .section .text.hypercall_page, "ax"
-    .balign 4096
-    .globl hypercall_page
-hypercall_page:
-    .fill 4096, 1, 0xcc
-
-    .section .bss
-    .balign 16
-pv_boot_stack:
-    .space {stack}
-pv_boot_stack_top:
-
-    .section .text.entry, "ax"
-    .globl _start
-_start:
-    lea pv_boot_stack_top(%rip), %rsp
-    mov %rsi, %rdi
-    xor %ebp, %ebp
-    call {start}
-    ud2
-    .text
-"#,
-    stack = const STACK_SIZE,
-    start = sym crate::rt::start,
-    options(att_syntax)
-);
-
-/// Turns the `rsi` the hypervisor passed into a reference.
-///
-/// # Safety
-/// Must be called only with the value the hypervisor put in `rsi` at entry,
-/// which points at the start_info page it mapped (read/write, never
-/// unmapped by this library).
-pub unsafe fn start_info_from_entry(rsi: u64) -> &'static StartInfo {
-    // SAFETY: per the contract above; StartInfo is plain old data and the page
-    // is 4 KiB aligned, which satisfies its alignment.
-    unsafe { &*(rsi as *const StartInfo) }
+guest_abi::xen_elfnotes! {
+    guest_os: "microvisor-pv-guest",
+    guest_version: "0.1",
+    entry: _start,
 }
+#[cfg(target_os = "none")]
+guest_abi::hypercall_page!();
+#[cfg(target_os = "none")]
+guest_abi::pv_entry!(crate::rt::start, stack = STACK_SIZE);
 
 unsafe extern "C" {
     static hypercall_page: [u8; 4096];

@@ -1,0 +1,725 @@
+//! The SDK for guests that live outside this repository.
+//!
+//! - `new-guest PATH`: writes a guest crate that builds with plain
+//!   `cargo build` and boots with `cargo run`;
+//! - `toolchain [--print-env]`: the kernel toolchain's settings, as cargo
+//!   environment variables for any crate;
+//! - `boot IMAGE [WORDS...]`: boots one kernel image as the only domain
+//!   (the generated crate's `cargo run` runner);
+//! - the `new-guest` check of `test`: generates a crate in a temporary
+//!   directory outside the repository, builds and boots it.
+//!
+//! Plain `cargo build` cannot use `-Zbuild-std` (cargo honours it only
+//! with `RUSTC_BOOTSTRAP` in its own environment), so the SDK builds
+//! `core`, `alloc` and `compiler_builtins` for `x86_64-unknown-none` once per
+//! compiler, with the kernel flags, into a sysroot under the cache
+//! (`~/.cache/microvisor/sysroot/<rustc release>-<commit>/`); a crate then
+//! needs only stable settings: that compiler (`build.rustc`), `--sysroot`,
+//! the relocation flags, and rustup's `rust-lld` as the linker.
+
+use crate::build::KERNEL_RUSTFLAGS;
+use crate::toolchain;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The kernel target.
+pub const TARGET: &str = "x86_64-unknown-none";
+
+/// Usage lines for `cargo xtask help`.
+pub const USAGE: &str =
+    "  new-guest PATH                 create a guest crate in PATH (outside this repository)
+                                 that builds with `cargo build` and boots with
+                                 `cargo run`; its ./xtask runs these commands there
+  toolchain [--print-env]        the kernel toolchain; --print-env prints it as cargo
+                                 variables: eval \"$(cargo xtask toolchain --print-env)\"
+  boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
+                                 boot one kernel image as the only domain (SIZE default
+                                 32M; WORDS: its command line)
+";
+
+/// What `cargo build` needs to build a kernel outside this workspace.
+pub struct KernelEnv {
+    /// The rustc that built the sysroot (for `build.rustc`).
+    pub rustc: PathBuf,
+    /// rustup's rust-lld.
+    pub linker: PathBuf,
+    /// The sysroot holding core, alloc and compiler_builtins for [`TARGET`].
+    pub sysroot: PathBuf,
+    /// Where the compiler came from, for messages.
+    pub origin: String,
+}
+
+impl KernelEnv {
+    /// The target's rustflags: the sysroot, then the kernel flags.
+    pub fn rustflags(&self) -> Vec<String> {
+        let mut f = vec![format!("--sysroot={}", self.sysroot.display())];
+        f.extend(KERNEL_RUSTFLAGS.split(' ').map(String::from));
+        f
+    }
+}
+
+/// Finds the kernel toolchain and makes sure its sysroot is built.
+pub fn kernel_env() -> Result<KernelEnv, String> {
+    let tc = toolchain::find()?;
+    let rustc = match tc.rustc {
+        Some(r) => r,
+        None => toolchain::host_sysroot()?.join("bin/rustc"),
+    };
+    let sysroot = ensure_sysroot(&rustc, &tc.linker)?;
+    Ok(KernelEnv {
+        rustc,
+        linker: tc.linker,
+        sysroot,
+        origin: tc.origin,
+    })
+}
+
+/// `release-commit` of a rustc: what its sysroot's crates must match.
+fn rustc_key(rustc: &Path) -> Result<String, String> {
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("error: cannot run {} ({e})", rustc.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    let release = field("release:").ok_or_else(|| {
+        format!(
+            "error: {} -vV printed no release: is it a rustc?",
+            rustc.display()
+        )
+    })?;
+    let commit = field("commit-hash:").unwrap_or_else(|| "unknown".into());
+    let key = format!("{release}-{}", &commit[..commit.len().min(12)]);
+    Ok(key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect())
+}
+
+fn lib_dir(sysroot: &Path) -> PathBuf {
+    sysroot.join("lib/rustlib").join(TARGET).join("lib")
+}
+
+/// Builds (once per compiler) the sysroot of `rustc` for [`TARGET`].
+fn ensure_sysroot(rustc: &Path, linker: &Path) -> Result<PathBuf, String> {
+    let key = rustc_key(rustc)?;
+    let parent = toolchain::cache_root().join("sysroot");
+    let dir = parent.join(&key);
+    let has_core = |d: &Path| {
+        std::fs::read_dir(lib_dir(d)).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+        })
+    };
+    if has_core(&dir) {
+        return Ok(dir);
+    }
+    eprintln!(
+        "xtask: building core and alloc for {TARGET} into {} (once per compiler)",
+        dir.display()
+    );
+    let work = parent.join(format!("{key}.build"));
+    let _ = std::fs::remove_dir_all(&work);
+    let src = work.join("src");
+    std::fs::create_dir_all(&src)
+        .map_err(|e| format!("error: cannot create {}: {e}", src.display()))?;
+    write(
+        &work.join("Cargo.toml"),
+        "[package]\nname = \"sysroot-seed\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n\
+         [lib]\npath = \"src/lib.rs\"\n\n[profile.release]\npanic = \"abort\"\ndebug = 1\n\n[workspace]\n",
+    )?;
+    write(
+        &src.join("lib.rs"),
+        "//! Nothing: built only for the standard crates beneath it.\n#![no_std]\n",
+    )?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&work)
+        .args(["build", "--release", "--target", TARGET])
+        .args([
+            "-Zbuild-std=core,alloc",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .env("RUSTC", rustc)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTFLAGS", KERNEL_RUSTFLAGS)
+        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER", linker)
+        .env("CARGO_TARGET_DIR", work.join("target"));
+    for v in [
+        "RUSTC_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTC",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(v);
+    }
+    let st = cmd
+        .status()
+        .map_err(|e| format!("error: cannot run cargo: {e}"))?;
+    if !st.success() {
+        return Err(format!(
+            "error: building core and alloc for {TARGET} failed (output above; the work directory is {})",
+            work.display()
+        ));
+    }
+    let deps = work.join("target").join(TARGET).join("release/deps");
+    let tmp = parent.join(format!("{key}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = lib_dir(&tmp);
+    std::fs::create_dir_all(&out)
+        .map_err(|e| format!("error: cannot create {}: {e}", out.display()))?;
+    for e in std::fs::read_dir(&deps).map_err(|e| format!("error: {}: {e}", deps.display()))? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.ends_with(".rlib") && !name.starts_with("libsysroot_seed-") {
+            std::fs::copy(&p, out.join(&name))
+                .map_err(|e| format!("error: cannot copy {}: {e}", p.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)
+        .map_err(|e| format!("error: cannot move the sysroot into {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&work);
+    if !has_core(&dir) {
+        return Err(format!(
+            "error: the build left no libcore in {}",
+            lib_dir(&dir).display()
+        ));
+    }
+    Ok(dir)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("error: cannot write {}: {e}", path.display()))
+}
+
+fn write_exec(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("error: cannot make {} executable: {e}", path.display()))
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Quotes `s` as a TOML basic string.
+fn toml_str(s: &str) -> String {
+    format!("{:?}", s)
+}
+
+/// `toolchain [--print-env]`.
+pub fn toolchain_cmd(args: &[String]) -> Result<bool, String> {
+    let print_env = match args {
+        [] => false,
+        [a] if a == "--print-env" => true,
+        _ => {
+            return Err(format!(
+                "error: `toolchain` takes only --print-env ({} given)",
+                args.join(" ")
+            ));
+        }
+    };
+    let env = kernel_env()?;
+    let flags = env.rustflags().join(" ");
+    if print_env {
+        // Cargo reads these as its config (build.target, build.rustc, the
+        // target's linker and rustflags).
+        println!("export CARGO_BUILD_TARGET={TARGET}");
+        println!(
+            "export CARGO_BUILD_RUSTC={}",
+            sh_quote(&env.rustc.display().to_string())
+        );
+        println!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER={}",
+            sh_quote(&env.linker.display().to_string())
+        );
+        println!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS={}",
+            sh_quote(&flags)
+        );
+    } else {
+        println!("kernel toolchain: {}", env.origin);
+        println!("  target     {TARGET}");
+        println!("  rustc      {}", env.rustc.display());
+        println!(
+            "  sysroot    {} (core, alloc, compiler_builtins)",
+            env.sysroot.display()
+        );
+        println!("  linker     {}", env.linker.display());
+        println!("  rustflags  {flags}");
+        println!(
+            "  ldscript   {} (DEP_GUEST_ABI_LDSCRIPT / DEP_PV_GUEST_KERNEL_LDSCRIPT in a build.rs)",
+            crate::root().join("guest-abi/guest.ld").display()
+        );
+    }
+    Ok(true)
+}
+
+/// Why `name` cannot name a generated crate, if it cannot.
+fn bad_crate_name(name: &str) -> Option<&'static str> {
+    let Some(first) = name.chars().next() else {
+        return Some("it is empty");
+    };
+    if !(first.is_ascii_alphabetic() || first == '_') {
+        return Some("it must start with a letter or _");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Some("it may hold only letters, digits, - and _");
+    }
+    if name.len() > 32 {
+        return Some("it is longer than 32 characters (a domain name's limit)");
+    }
+    let taken = [
+        "core",
+        "alloc",
+        "std",
+        "test",
+        "proc_macro",
+        "compiler_builtins",
+        "guest-abi",
+        "guest_abi",
+        "pv-guest-kernel",
+        "pv_guest_kernel",
+    ];
+    taken
+        .contains(&name)
+        .then_some("a crate it depends on has that name")
+}
+
+/// The generated crate's files (path relative to the crate, text, executable).
+fn crate_files(name: &str, sdk: &Path, env: &KernelEnv) -> Vec<(&'static str, String, bool)> {
+    let sdk_s = sdk.display().to_string();
+    let flags = env
+        .rustflags()
+        .iter()
+        .map(|f| toml_str(f))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cargo_toml = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[[bin]]
+name = "{name}"
+test = false
+bench = false
+
+[dependencies]
+# The microvisor SDK, by path. From git instead:
+#   pv-guest-kernel = {{ git = "URL of the microvisor repository" }}
+#   guest-abi = {{ git = "URL of the microvisor repository" }}
+# (add `rev = "..."` to pin one commit).
+pv-guest-kernel = {{ path = {pvk} }}
+guest-abi = {{ path = {abi} }}
+
+[profile.dev]
+panic = "abort"
+
+[profile.release]
+panic = "abort"
+
+# Its own workspace, even inside another one.
+[workspace]
+"#,
+        pvk = toml_str(&format!("{sdk_s}/pv-guest-kernel")),
+        abi = toml_str(&format!("{sdk_s}/guest-abi")),
+    );
+    let config = format!(
+        r#"# Written by `cargo xtask new-guest` (the microvisor SDK). Plain `cargo build`
+# builds the kernel for {TARGET} (soft-float, no red zone) against the
+# SDK's prebuilt core and alloc (`cargo xtask toolchain` shows where they
+# come from); `cargo run` boots it with ./xtask boot.
+[build]
+target = "{TARGET}"
+# The compiler that built the sysroot below: a sysroot fits one compiler.
+rustc = {rustc}
+
+[target.{TARGET}]
+# rustup's rust-lld (a Debian rustc has none).
+linker = {linker}
+# The sysroot, then position-independent code linked as a fixed executable
+# (absolute addresses in the ELF notes resolve at link time).
+rustflags = [{flags}]
+# `cargo run [-- WORDS]`: boot the kernel as the only domain of a
+# microvisor (WORDS become its command line).
+runner = ["./xtask", "boot"]
+"#,
+        rustc = toml_str(&env.rustc.display().to_string()),
+        linker = toml_str(&env.linker.display().to_string()),
+    );
+    let build_rs = r#"//! Links the kernel with the SDK's guest linker script (the freestanding
+//! target only; pv-guest-kernel exports its path).
+fn main() {
+    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {
+        let ld = std::env::var("DEP_PV_GUEST_KERNEL_LDSCRIPT")
+            .expect("pv-guest-kernel exports the guest linker script");
+        println!("cargo:rustc-link-arg-bins=-T{ld}");
+        println!("cargo:rustc-link-arg-bins=-zmax-page-size=4096");
+        println!("cargo:rustc-link-arg-bins=--build-id=none");
+    }
+}
+"#
+    .to_string();
+    let main_rs = format!(
+        r#"//! {name}: a guest kernel for the microvisor (and for Xen: the image is an
+//! ordinary Xen x86_64 PV kernel), made by `cargo xtask new-guest`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use pv_guest_kernel::{{StartInfo, println}};
+
+fn main(si: &'static StartInfo) {{
+    let cmdline = guest_abi::types::until_nul_str(&si.cmd_line).unwrap_or("");
+    println!("{name}: hello from a guest built outside the microvisor repository");
+    println!("{name}: {{}} KiB of memory, command line \"{{cmdline}}\"", si.nr_pages * 4);
+    let squares: Vec<u64> = (1..=10).map(|n| n * n).collect();
+    println!("{name}: the heap works: sum of the first 10 squares = {{}}", squares.iter().sum::<u64>());
+    // Returning powers the domain off.
+}}
+
+pv_guest_kernel::main!(main);
+"#
+    );
+    let xtask = format!(
+        r#"#!/bin/sh
+# The microvisor SDK's `cargo xtask`, run from this crate: ./xtask help.
+# It builds the xtask of the SDK's repository there, then runs it here, so
+# paths in its options are relative to where you are.
+set -e
+sdk={sdk}
+unset CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_RUSTC CARGO_BUILD_RUSTFLAGS \
+    CARGO_ENCODED_RUSTFLAGS RUSTFLAGS RUSTC RUSTC_WRAPPER
+(cd "$sdk" && cargo build -q -p xtask)
+exec "$sdk/target/debug/xtask" "$@"
+"#,
+        sdk = sh_quote(&sdk_s)
+    );
+    let readme = format!(
+        r#"# {name}
+
+A guest kernel for the microvisor, made by `cargo xtask new-guest` (see the
+SDK's docs/first-guest.md).
+
+    cargo build                  # target/{TARGET}/debug/{name}
+    cargo run                    # boot it as the only domain (./xtask boot)
+    cargo run -- key=value       # ... with that command line
+    ./xtask help                 # the SDK's other commands, from here
+    ./xtask run --manifest FILE  # boot a manifest (image = paths are relative to FILE)
+
+The SDK is at {sdk_s}; `.cargo/config.toml` and `./xtask` name it and its
+toolchain by absolute path.
+"#
+    );
+    vec![
+        ("Cargo.toml", cargo_toml, false),
+        (".cargo/config.toml", config, false),
+        ("build.rs", build_rs, false),
+        ("src/main.rs", main_rs, false),
+        ("xtask", xtask, true),
+        ("README.md", readme, false),
+        (".gitignore", "/target\n".to_string(), false),
+    ]
+}
+
+/// `new-guest PATH`.
+pub fn new_guest(args: &[String]) -> Result<bool, String> {
+    let [path] = args else {
+        return Err(
+            "error: usage: cargo xtask new-guest PATH (a new directory; its name names the crate)"
+                .into(),
+        );
+    };
+    let path = PathBuf::from(path);
+    if path.exists()
+        && std::fs::read_dir(&path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(format!(
+            "error: {} already exists and is not an empty directory: name a new one",
+            path.display()
+        ));
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(why) = bad_crate_name(&name) {
+        return Err(format!(
+            "error: '{name}' (the last part of {}) cannot name the crate: {why}",
+            path.display()
+        ));
+    }
+    let env = kernel_env()?;
+    for (rel, text, exec) in crate_files(&name, &crate::root(), &env) {
+        let p = path.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("error: cannot create {}: {e}", parent.display()))?;
+        }
+        if exec {
+            write_exec(&p, &text)?;
+        } else {
+            write(&p, &text)?;
+        }
+    }
+    println!("created the guest crate {name} in {}", path.display());
+    println!("  cd {}", path.display());
+    println!("  cargo build      # target/{TARGET}/debug/{name}");
+    println!("  cargo run        # boots it on the microvisor as the only domain");
+    println!("  ./xtask help     # the SDK's commands, from the crate");
+    Ok(true)
+}
+
+/// A domain name for an image file name: its legal characters, at most 32.
+fn domain_name(file: &str) -> String {
+    let n: String = file
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(32)
+        .collect();
+    if n.is_empty() { "guest".into() } else { n }
+}
+
+/// The one-domain manifest `boot` generates.
+pub fn boot_manifest(name: &str, memory: &str, cmdline: &str) -> String {
+    format!("[domain {name}]\nimage = {name}\nmemory = {memory}\ncmdline = {cmdline}\n")
+}
+
+/// `boot [options] IMAGE [WORDS...]`.
+pub fn boot(args: &[String]) -> Result<bool, String> {
+    let mut opts = Vec::new();
+    let mut memory = "32M".to_string();
+    let mut it = args.iter();
+    let image = loop {
+        let Some(a) = it.next() else {
+            return Err(
+                "error: usage: cargo xtask boot [--memory SIZE] [options] IMAGE [WORDS...]".into(),
+            );
+        };
+        if !a.starts_with("--") {
+            break PathBuf::from(a);
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| format!("error: {a} needs a value"))?;
+        if a == "--memory" {
+            memory = v.clone();
+        } else {
+            opts.extend([a.clone(), v.clone()]);
+        }
+    };
+    let words: Vec<&str> = it.map(String::as_str).collect();
+    let o = crate::parse(&opts)?;
+    crate::check_options("boot", &o.given)?;
+    if !image.is_file() {
+        return Err(format!(
+            "error: no kernel image at {} (build it first: cargo build)",
+            image.display()
+        ));
+    }
+    let file = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = domain_name(&file);
+    let abs =
+        std::fs::canonicalize(&image).map_err(|e| format!("error: {}: {e}", image.display()))?;
+    let manifest = boot_manifest(&name, &memory, &words.join(" "));
+    let extra = BTreeMap::from([(name.clone(), format!("file:{}", abs.display()))]);
+    crate::run_manifest(
+        &o,
+        &manifest,
+        &format!("boot {}", image.display()),
+        None,
+        extra,
+    )
+}
+
+/// The `new-guest` check of `cargo xtask test`: `new-guest` into a fresh
+/// directory under the system's temporary directory (outside the
+/// repository), then plain `cargo build` and `cargo run -- WORDS` there, and
+/// the console must show the template's lines with those words. Its cargo
+/// builds share `target/new-guest` (`CARGO_TARGET_DIR`) between runs, so
+/// only the first run compiles the dependencies.
+pub fn check_new_guest(root: &Path) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("microvisor-new-guest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let krate = dir.join("first-guest");
+    let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
+    let result = (|| {
+        let out = Command::new(&xtask)
+            .arg("new-guest")
+            .arg(&krate)
+            .output()
+            .map_err(|e| format!("cannot run xtask new-guest: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "xtask new-guest failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let cargo = |args: &[&str]| {
+            let mut c = Command::new("cargo");
+            c.current_dir(&krate)
+                .args(args)
+                .env("CARGO_TARGET_DIR", root.join("target/new-guest"));
+            for v in [
+                "RUSTFLAGS",
+                "RUSTC",
+                "RUSTC_WRAPPER",
+                "RUSTC_BOOTSTRAP",
+                "CARGO_ENCODED_RUSTFLAGS",
+                "CARGO_BUILD_TARGET",
+                "CARGO_BUILD_RUSTC",
+            ] {
+                c.env_remove(v);
+            }
+            c.output()
+                .map_err(|e| format!("cannot run cargo {}: {e}", args.join(" ")))
+        };
+        let b = cargo(&["build"])?;
+        if !b.status.success() {
+            return Err(format!(
+                "cargo build in {} failed:\n{}",
+                krate.display(),
+                String::from_utf8_lossy(&b.stderr)
+            ));
+        }
+        let r = cargo(&["run", "--", "greeting=hi", "from-cargo-run"])?;
+        let console = String::from_utf8_lossy(&r.stdout).into_owned();
+        let logs = root.join("target/scenarios");
+        let _ = std::fs::create_dir_all(&logs);
+        let _ = std::fs::write(logs.join("new-guest.log"), &console);
+        let want = [
+            "(d0 first-guest) first-guest: hello from a guest built outside the microvisor repository",
+            "(d0 first-guest) first-guest: 32768 KiB of memory, command line \"greeting=hi from-cargo-run\"",
+            "(d0 first-guest) first-guest: the heap works: sum of the first 10 squares = 385",
+            "(MV) all domains ended as expected",
+        ];
+        let missing: Vec<&str> = want
+            .iter()
+            .copied()
+            .filter(|w| !console.contains(w))
+            .collect();
+        if !r.status.success() || !missing.is_empty() {
+            return Err(format!(
+                "cargo run in {} ({}): missing {:?}; its stderr:\n{}",
+                krate.display(),
+                r.status,
+                missing,
+                String::from_utf8_lossy(&r.stderr)
+            ));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_names() {
+        assert_eq!(bad_crate_name("first-guest"), None);
+        assert_eq!(bad_crate_name("_x9"), None);
+        assert!(bad_crate_name("9lives").is_some());
+        assert!(bad_crate_name("my guest").is_some());
+        assert!(bad_crate_name("core").is_some());
+        assert!(bad_crate_name("guest-abi").is_some());
+        assert!(bad_crate_name(&"a".repeat(33)).is_some());
+        assert!(bad_crate_name("").is_some());
+    }
+
+    #[test]
+    fn domain_names_from_files() {
+        assert_eq!(domain_name("first-guest"), "first-guest");
+        assert_eq!(domain_name("a.elf"), "a-elf");
+        assert_eq!(domain_name(&"x".repeat(40)).len(), 32);
+        assert_eq!(domain_name(""), "guest");
+    }
+
+    #[test]
+    fn the_boot_manifest_parses() {
+        let m = boot_manifest("first-guest", "32M", "greeting=hi two");
+        let p = microvisor_core::manifest::parse(&m).unwrap();
+        let d = &p.domains()[0];
+        assert_eq!((d.name, d.image), ("first-guest", "first-guest"));
+        assert_eq!(d.cmdline, "greeting=hi two");
+        assert_eq!(d.memory_bytes, 32 << 20);
+        assert!(!d.privileged);
+    }
+
+    #[test]
+    fn generated_files_name_the_sdk_and_toolchain() {
+        let env = KernelEnv {
+            rustc: "/r/rustc".into(),
+            linker: "/l/rust-lld".into(),
+            sysroot: "/s/sys".into(),
+            origin: "test".into(),
+        };
+        let files = crate_files("g", Path::new("/sdk"), &env);
+        let get = |n: &str| {
+            files
+                .iter()
+                .find(|(p, _, _)| *p == n)
+                .map(|(_, t, _)| t.clone())
+                .unwrap()
+        };
+        let cargo: toml::Value = toml::from_str(&get("Cargo.toml")).unwrap();
+        assert_eq!(
+            cargo["dependencies"]["pv-guest-kernel"]["path"].as_str(),
+            Some("/sdk/pv-guest-kernel")
+        );
+        assert_eq!(cargo["package"]["name"].as_str(), Some("g"));
+        let config: toml::Value = toml::from_str(&get(".cargo/config.toml")).unwrap();
+        assert_eq!(config["build"]["target"].as_str(), Some(TARGET));
+        assert_eq!(config["build"]["rustc"].as_str(), Some("/r/rustc"));
+        let t = &config["target"][TARGET];
+        assert_eq!(t["linker"].as_str(), Some("/l/rust-lld"));
+        let flags: Vec<&str> = t["rustflags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(flags[0], "--sysroot=/s/sys");
+        assert_eq!(flags[1..].join(" "), KERNEL_RUSTFLAGS);
+        assert!(get("xtask").contains("sdk='/sdk'"));
+        assert!(files.iter().any(|(p, _, exec)| *p == "xtask" && *exec));
+    }
+}

@@ -1,0 +1,42 @@
+//! xtask as a user runs it: a bad manifest is refused on the host, with the
+//! hypervisor parser's message and line, before anything is built or booted.
+
+use std::process::Command;
+
+#[test]
+fn a_bad_manifest_fails_before_boot_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("xtask-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = dir.join("bad.manifest");
+    std::fs::write(&m, "[domain one]\nimage = hello\ncolour = blue\n").unwrap();
+    // A QEMU that does not exist: reaching it (or the build) would fail
+    // differently.
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run", "--qemu", "/nonexistent/qemu", "--manifest"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: {}: manifest line 3: unknown key 'colour'",
+            m.display()
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn boot_needs_an_image() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["boot", "/nonexistent/kernel"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: no kernel image at /nonexistent/kernel (build it first: cargo build)"
+    );
+}
