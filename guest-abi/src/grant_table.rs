@@ -1,9 +1,12 @@
-//! Grant tables, version 1 (`grant_table.h`): `grant_table_op(cmd, args, count)`.
+//! Grant tables, versions 1 and 2 (`grant_table.h`):
+//! `grant_table_op(cmd, args, count)`.
 //!
 //! A domain shares a frame by writing an entry in its grant table naming the
 //! grantee; the grantee maps or copies it by (domain, reference). This module
-//! owns the v1 entry layout, its flag bits, the `GNTTABOP_*` numbers, the
-//! per-operation argument structures and the `GNTST_*` status codes.
+//! owns the v1 and v2 entry layouts (v2: 16-byte entries whose in-use bits
+//! live apart, in status frames of [`GrantStatus`] words the hypervisor
+//! writes), their flag bits, the `GNTTABOP_*` numbers, the per-operation
+//! argument structures and the `GNTST_*` status codes.
 
 #![forbid(unsafe_code)]
 
@@ -81,6 +84,69 @@ const _: () = assert!(size_of::<GrantEntryV1>() == 8);
 
 /// v1 entries per 4 KiB table frame.
 pub const GRANT_ENTRIES_V1_PER_PAGE: usize = crate::types::PAGE_SIZE / size_of::<GrantEntryV1>();
+
+/// One v2 grant entry (`union grant_entry_v2`, 16 bytes; 256 per page).
+///
+/// The union's members share the header (`flags`, `domid`) and differ in the
+/// other 12 bytes, which this struct keeps raw (`word1` at offset 4, `frame`
+/// at offset 8); the accessors name them as `full_page`, `sub_page` and
+/// `transitive` do. The in-use bits (`GTF_reading`, `GTF_writing`) are not in
+/// `flags` but in the entry's [`GrantStatus`] word of the status frames.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GrantEntryV2 {
+    /// `GTF_*` type and flags (`hdr.flags`).
+    pub flags: u16,
+    /// The grantee domain (`hdr.domid`).
+    pub domid: u16,
+    /// Bytes 4..8: `full_page.pad0`, `sub_page.{page_off, length}` or
+    /// `transitive.{trans_domid, pad0}`.
+    pub word1: u32,
+    /// Bytes 8..16: `full_page.frame` / `sub_page.frame`; the low 32 bits are
+    /// `transitive.gref`.
+    pub frame: u64,
+}
+const _: () = assert!(size_of::<GrantEntryV2>() == 16);
+
+impl GrantEntryV2 {
+    /// `sub_page.page_off`: first byte granted.
+    #[must_use]
+    pub const fn page_off(&self) -> u16 {
+        self.word1 as u16
+    }
+    /// `sub_page.length`: bytes granted from `page_off`.
+    #[must_use]
+    pub const fn length(&self) -> u16 {
+        (self.word1 >> 16) as u16
+    }
+    /// `transitive.trans_domid`: the domain whose grant is passed on.
+    #[must_use]
+    pub const fn trans_domid(&self) -> u16 {
+        self.word1 as u16
+    }
+    /// `transitive.gref`: that domain's grant reference.
+    #[must_use]
+    pub const fn trans_gref(&self) -> u32 {
+        self.frame as u32
+    }
+    /// A `sub_page` entry's bytes 4..8 for `page_off` and `length`.
+    #[must_use]
+    pub const fn sub_page_word(page_off: u16, length: u16) -> u32 {
+        (page_off as u32) | ((length as u32) << 16)
+    }
+}
+
+/// v2 entries per 4 KiB table frame.
+pub const GRANT_ENTRIES_V2_PER_PAGE: usize = crate::types::PAGE_SIZE / size_of::<GrantEntryV2>();
+
+/// A v2 entry's status word (`grant_status_t`): `GTF_reading` and
+/// `GTF_writing`, written by the hypervisor in the status frames.
+pub type GrantStatus = u16;
+
+/// Status words per 4 KiB status frame.
+pub const GRANT_STATUS_PER_PAGE: usize = crate::types::PAGE_SIZE / size_of::<GrantStatus>();
 
 /// Entry type: grants nothing.
 pub const GTF_INVALID: u16 = 0;
@@ -361,3 +427,20 @@ pub struct GnttabGetVersion {
     pub version: u32,
 }
 const _: () = assert!(size_of::<GnttabGetVersion>() == 8);
+
+/// `GNTTABOP_get_status_frames` argument (16 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GnttabGetStatusFrames {
+    /// In: how many status frames to list.
+    pub nr_frames: u32,
+    /// In: domain (`DOMID_SELF` allowed).
+    pub dom: u16,
+    /// Out: `GNTST_*`.
+    pub status: i16,
+    /// In: guest address of `nr_frames` u64 frame numbers (written).
+    pub frame_list: u64,
+}
+const _: () = assert!(size_of::<GnttabGetStatusFrames>() == 16);

@@ -261,6 +261,28 @@ fn grant_table_layouts() {
     assert_eq!(GTF_READING, 1 << 3);
     assert_eq!(GTF_WRITING, 1 << 4);
     assert_eq!(GNTST_EAGAIN, -12);
+    // v2: the union's members at Xen's offsets, 256 entries and 2048 status
+    // words per page.
+    assert_eq!(size_of::<GrantEntryV2>(), 16);
+    assert_eq!(GRANT_ENTRIES_V2_PER_PAGE, 256);
+    assert_eq!(GRANT_STATUS_PER_PAGE, 2048);
+    assert_eq!(offset_of!(GrantEntryV2, domid), 2);
+    assert_eq!(offset_of!(GrantEntryV2, word1), 4);
+    assert_eq!(offset_of!(GrantEntryV2, frame), 8);
+    let sub = GrantEntryV2 {
+        word1: GrantEntryV2::sub_page_word(0x123, 0x456),
+        frame: 0x1_0000_0007,
+        ..Default::default()
+    };
+    let b = zerocopy::IntoBytes::as_bytes(&sub);
+    assert_eq!(&b[4..8], &[0x23, 0x01, 0x56, 0x04]);
+    assert_eq!((sub.page_off(), sub.length()), (0x123, 0x456));
+    assert_eq!((sub.trans_domid(), sub.trans_gref()), (0x123, 7));
+    assert_eq!(size_of::<GnttabGetStatusFrames>(), 16);
+    assert_eq!(offset_of!(GnttabGetStatusFrames, dom), 4);
+    assert_eq!(offset_of!(GnttabGetStatusFrames, status), 6);
+    assert_eq!(offset_of!(GnttabGetStatusFrames, frame_list), 8);
+    assert_eq!(crate::memory::XENMAPIDX_GRANT_TABLE_STATUS, 0x8000_0000);
 }
 
 #[test]

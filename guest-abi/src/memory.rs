@@ -48,6 +48,9 @@ pub const XENMAPSPACE_GMFN_RANGE: u32 = 3;
 pub const XENMAPSPACE_GMFN_FOREIGN: u32 = 4;
 /// `XenAddToPhysmap::space`: device MMIO.
 pub const XENMAPSPACE_DEV_MMIO: u32 = 5;
+/// `XenAddToPhysmap::idx` bit with `XENMAPSPACE_grant_table`: a v2 status
+/// frame rather than a shared frame.
+pub const XENMAPIDX_GRANT_TABLE_STATUS: u64 = 0x8000_0000;
 
 /// Argument of increase/decrease_reservation and populate_physmap (32 bytes).
 #[derive(

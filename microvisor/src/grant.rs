@@ -1,6 +1,6 @@
 //! Grant tables in the hypervisor: `grant_table_op` decoding, each domain's
-//! table storage, the shared entries and frame contents reached through the
-//! direct map, and the grant side of domain death. Every rule (who may map
+//! table storage, the shared entries, v2 status words and frame contents
+//! reached through the direct map, and the grant side of domain death. Every rule (who may map
 //! what, pins, reference counts, `GNTST_*` statuses) is the host-tested
 //! policy in `microvisor_core::grant`; this module copies arguments in and
 //! statuses out, installs and removes the grant-tagged page-table entries
@@ -12,13 +12,16 @@ use crate::mm::{self, PAGE, frames, guest};
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
-    GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF,
-    GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE,
-    GNTTABOP_UNMAP_GRANT_REF, GnttabCopy, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize,
-    GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
+    GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_STATUS_FRAMES,
+    GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION,
+    GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE, GNTTABOP_UNMAP_GRANT_REF, GnttabCopy,
+    GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion,
+    GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
 };
 use microvisor_core::frametable::{ExternalRef, Flush, FrameTable};
-use microvisor_core::grant::{self, GrantMemory, GrantTable, MAPTRACK_ENTRIES};
+use microvisor_core::grant::{
+    self, GrantMemory, GrantTable, MAPTRACK_ENTRIES, MAX_STATUS_FRAMES, status_frames_for,
+};
 use spin::Mutex;
 use zerocopy::FromBytes;
 
@@ -62,6 +65,10 @@ fn entry_pa(mfn: u64, slot: usize) -> u64 {
     mfn * PAGE + slot as u64 * 8
 }
 
+fn status_pa(mfn: u64, index: usize) -> u64 {
+    mfn * PAGE + index as u64 * 2
+}
+
 /// The shared grant entries and frame contents, through the direct map
 /// (the same memory the frame table sees as page tables).
 impl GrantMemory for frames::DirectMap {
@@ -81,6 +88,32 @@ impl GrantMemory for frames::DirectMap {
     }
     fn clear_flags(&mut self, mfn: u64, slot: usize, bits: u16) {
         mm::atomic_u16(entry_pa(mfn, slot)).fetch_and(!bits, Ordering::SeqCst);
+    }
+    fn read_entry_v2(&self, mfn: u64, slot: usize) -> GrantEntryV2 {
+        // The header first (what the granter writes last), then the rest.
+        let lo = mm::atomic_u64(entry_pa(mfn, 2 * slot)).load(Ordering::SeqCst);
+        let hi = mm::atomic_u64(entry_pa(mfn, 2 * slot + 1)).load(Ordering::SeqCst);
+        GrantEntryV2 {
+            flags: lo as u16,
+            domid: (lo >> 16) as u16,
+            word1: (lo >> 32) as u32,
+            frame: hi,
+        }
+    }
+    fn status_set(&mut self, mfn: u64, index: usize, bits: u16) {
+        mm::atomic_u16(status_pa(mfn, index)).fetch_or(bits, Ordering::SeqCst);
+    }
+    fn status_clear(&mut self, mfn: u64, index: usize, bits: u16) {
+        mm::atomic_u16(status_pa(mfn, index)).fetch_and(!bits, Ordering::SeqCst);
+    }
+    fn read_status(&self, mfn: u64, index: usize) -> u16 {
+        mm::atomic_u16(status_pa(mfn, index)).load(Ordering::SeqCst)
+    }
+    fn write_raw(&mut self, mfn: u64, slot: usize, value: u64) {
+        mm::atomic_u64(entry_pa(mfn, slot)).store(value, Ordering::SeqCst);
+    }
+    fn zero_frame(&mut self, mfn: u64) {
+        mm::zero_frame(mfn);
     }
     fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize) {
         mm::move_phys(
@@ -123,8 +156,16 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
     let count = count as u32 as u64;
     let cmd = cmd as u32;
     match cmd {
-        GNTTABOP_SETUP_TABLE | GNTTABOP_QUERY_SIZE | GNTTABOP_GET_VERSION if count != 1 => {
+        GNTTABOP_SETUP_TABLE
+        | GNTTABOP_QUERY_SIZE
+        | GNTTABOP_GET_VERSION
+        | GNTTABOP_GET_STATUS_FRAMES
+            if count != 1 =>
+        {
             return Err(Errno::EINVAL);
+        }
+        GNTTABOP_GET_STATUS_FRAMES => {
+            return get_status_frames(dom, privileged, cr3, uop).map(Flow::Ret);
         }
         GNTTABOP_SETUP_TABLE => return setup_table(dom, privileged, cr3, uop).map(Flow::Ret),
         GNTTABOP_QUERY_SIZE => {
@@ -148,7 +189,7 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         }
         GNTTABOP_SET_VERSION => {
             let mut op: GnttabSetVersion = guest::read(cr3, uop)?;
-            let (v, r) = grant::set_version(op.version);
+            let (v, r) = set_version(dom, op.version);
             op.version = v;
             guest::write(cr3, uop, &op)?;
             return r.map(|()| Flow::Ret(0));
@@ -229,39 +270,143 @@ fn setup_table(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Er
     Ok(0)
 }
 
+/// Zeroed frames assigned to a domain ahead of a grant operation that may
+/// take them (the allocator is not called under the grant lock); what the
+/// operation leaves is given back by [`Spares::give_back`].
+struct Spares {
+    dom: u16,
+    frames: heapless::Vec<u64, { (MAX_FRAMES + MAX_STATUS_FRAMES) as usize }>,
+    next: usize,
+}
+
+impl Spares {
+    /// Up to `n` frames for `dom` (fewer if memory runs out).
+    fn new(dom: u16, n: usize) -> Self {
+        let mut frames = heapless::Vec::new();
+        for _ in 0..n {
+            let Some(mfn) = mm::alloc_zeroed() else { break };
+            if frames::with(|ft, _| ft.assign(mfn, dom)).is_err() {
+                let _ = mm::with_allocator(|a| a.free(mfn));
+                break;
+            }
+            if frames.push(mfn).is_err() {
+                release_frame(mfn, dom);
+                break;
+            }
+        }
+        Self {
+            dom,
+            frames,
+            next: 0,
+        }
+    }
+
+    /// The next spare frame, for the policy's `alloc`.
+    fn take(&mut self) -> Option<u64> {
+        let m = self.frames.get(self.next).copied();
+        self.next += 1;
+        m
+    }
+
+    /// Releases and frees the frames not taken.
+    fn give_back(self) {
+        for &mfn in self.frames.iter().skip(self.next.min(self.frames.len())) {
+            release_frame(mfn, self.dom);
+        }
+    }
+}
+
+/// Takes an unused frame back from `dom` and frees it.
+fn release_frame(mfn: u64, dom: u16) {
+    if frames::with(|ft, _| ft.release(mfn, dom)).is_ok() {
+        let _ = mm::with_allocator(|a| a.free(mfn));
+    }
+}
+
+/// Status frames a v2 table of `dom` still needs for `nr_frames` frames
+/// (0 for a v1 table).
+fn status_wanted(t: &mut Tables, dom: u16, nr_frames: u32) -> u32 {
+    grant::Domains::get(t, dom).map_or(0, |gt| {
+        if gt.version() == 2 {
+            let have = gt.status_frames().len() as u32;
+            status_frames_for(nr_frames.max(gt.nr_frames()).max(1)).saturating_sub(have)
+        } else {
+            0
+        }
+    })
+}
+
 /// The policy's `setup_table` for `op` by `dom`, with the frames it may
-/// need allocated and assigned first (what it leaves is given back).
+/// need (table frames, and status frames for a v2 table) allocated and
+/// assigned first (what it leaves is given back).
 fn grow(dom: u16, privileged: bool, op: &GnttabSetupTable) -> Result<grant::TableFrames, i16> {
     let target = if op.dom == grant::DOMID_SELF {
         dom
     } else {
         op.dom
     };
-    let have = with(|t, _, _| grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames()));
-    let want = op.nr_frames.min(MAX_FRAMES).saturating_sub(have) as usize;
-    let mut spare: heapless::Vec<u64, { MAX_FRAMES as usize }> = heapless::Vec::new();
-    for _ in 0..want {
-        let Some(mfn) = mm::alloc_zeroed() else { break };
-        if frames::with(|ft, _| ft.assign(mfn, target)).is_err() {
-            let _ = mm::with_allocator(|a| a.free(mfn));
-            break;
-        }
-        let _ = spare.push(mfn);
-    }
-    let mut next = 0;
-    let res = with(|t, ft, mem| {
-        grant::setup_table(t, ft, mem, dom, op, privileged, || {
-            let m = spare.get(next).copied();
-            next += 1;
-            m
+    let nr = op.nr_frames.min(MAX_FRAMES);
+    let want = with(|t, _, _| {
+        let have = grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames());
+        nr.saturating_sub(have) + status_wanted(t, target, nr)
+    });
+    let mut spare = Spares::new(target, want as usize);
+    let res =
+        with(|t, ft, mem| grant::setup_table(t, ft, mem, dom, op, privileged, || spare.take()));
+    spare.give_back();
+    res
+}
+
+/// `GNTTABOP_set_version` by `dom`: the policy's switch, with the status
+/// frames a switch to v2 needs allocated first and those a switch to v1
+/// gives back scrubbed and freed. Returns the version now in effect and the
+/// hypercall's result.
+fn set_version(dom: u16, requested: u32) -> (u32, Result<(), Errno>) {
+    let want = with(|t, _, _| {
+        grant::Domains::get(t, dom).map_or(0, |gt| {
+            if requested == 2 && gt.version() == 1 {
+                status_frames_for(gt.nr_frames().max(1))
+            } else {
+                0
+            }
         })
     });
-    for &mfn in spare.iter().skip(next.min(spare.len())) {
-        if frames::with(|ft, _| ft.release(mfn, target)).is_ok() {
-            let _ = mm::with_allocator(|a| a.free(mfn));
+    let mut spare = Spares::new(dom, want as usize);
+    let r = with(|t, ft, mem| {
+        grant::set_version(
+            t,
+            ft,
+            mem,
+            dom,
+            requested,
+            || spare.take(),
+            |mfn| {
+                mm::zero_frame(mfn);
+                let _ = mm::with_allocator(|a| a.free(mfn));
+            },
+        )
+    });
+    spare.give_back();
+    r
+}
+
+#[inline(never)]
+fn get_status_frames(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Errno> {
+    let mut op: GnttabGetStatusFrames = guest::read(cr3, uop)?;
+    let r = with(|t, _, _| grant::get_status_frames(t, dom, op.dom, op.nr_frames, privileged));
+    match r {
+        Ok(frames) => {
+            op.status = GNTST_OKAY;
+            for (k, &f) in frames.as_slice().iter().enumerate() {
+                if guest::write(cr3, op.frame_list.wrapping_add(k as u64 * 8), &f).is_err() {
+                    op.status = GNTST_BAD_VIRT_ADDR;
+                }
+            }
         }
+        Err(st) => op.status = st,
     }
-    res
+    guest::write(cr3, uop, &op)?;
+    Ok(0)
 }
 
 /// Gives a new domain its grant table with its first frame, as Xen does
@@ -391,7 +536,8 @@ pub fn release_domain(dom: u16) -> u32 {
 }
 
 /// Calls `f` with every reference the grant tables hold outside page tables
-/// (each live mapping's), for the frame-table audit.
+/// (each live mapping's, and the hypervisor write reference on every table
+/// and v2 status frame), for the frame-table audit.
 pub fn for_each_external_ref(mut f: impl FnMut(u64, ExternalRef)) {
     let t = TABLES.lock();
     for gt in t.tables.iter().take(t.known) {
@@ -401,5 +547,7 @@ pub fn for_each_external_ref(mut f: impl FnMut(u64, ExternalRef)) {
     }
 }
 
-/// Most external references the grant tables can hold.
-pub const MAX_EXTERNAL_REFS: usize = MAX_DOMAINS * MAPTRACK_ENTRIES as usize;
+/// External references the audit makes room for: one per mapping and one
+/// per table and status frame.
+pub const MAX_EXTERNAL_REFS: usize =
+    MAX_DOMAINS * (MAPTRACK_ENTRIES + MAX_FRAMES + MAX_STATUS_FRAMES) as usize;

@@ -27,6 +27,32 @@ fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
     }
 }
 
+/// `XENMEM_add_to_physmap`: a PV domain has no physmap to add to, so once
+/// the argument is read and its domain found, Xen 4.17 answers `EACCES`
+/// (`xatp_permission_check` refuses every domain that is not translated),
+/// whatever the space: a PV guest finds its grant and status frames with
+/// `setup_table` and `get_status_frames` and maps them itself. Before that,
+/// Xen's order: `EDOM` for a continuation count beyond 16 bits, `EFAULT`,
+/// `ENOSYS` for `XENMAPSPACE_gmfn_foreign`, `ESRCH` for no such domain.
+fn add_to_physmap(hv: &Hv, cr3: u64, start: u64, arg: u64) -> Result<Flow, Errno> {
+    use guest_abi::memory as m;
+    if start > u64::from(u16::MAX) {
+        return Err(Errno::EDOM);
+    }
+    let xatp: m::XenAddToPhysmap = guest::read(cr3, arg)?;
+    if xatp.space == m::XENMAPSPACE_GMFN_FOREIGN {
+        return Err(Errno::ENOSYS);
+    }
+    let me = hv.domains[hv.current].id;
+    let exists = xatp.domid == DOMID_SELF
+        || xatp.domid == me
+        || hv.domains.iter().any(|d| d.id == xatp.domid && d.is_live());
+    if !exists {
+        return Err(Errno::ESRCH);
+    }
+    Err(Errno::EACCES)
+}
+
 /// Extents handled between preemption checks.
 const PREEMPT_CHECK: u64 = 16;
 
@@ -97,6 +123,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             }))
         }
         m::XENMEM_MAXIMUM_RAM_PAGE => Ok(Flow::Ret(mm::max_phys() / PAGE - 1)),
+        m::XENMEM_ADD_TO_PHYSMAP => add_to_physmap(hv, cr3, start, arg),
         m::XENMEM_MEMORY_MAP => {
             // No map set by a toolstack: one RAM region covering the
             // domain's maximum reservation, as Xen fabricates for PV.

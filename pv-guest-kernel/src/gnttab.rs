@@ -1,4 +1,4 @@
-//! Grant tables, version 1, both sides: granting our frames to another
+//! Grant tables, versions 1 and 2, both sides: granting our frames to another
 //! domain (writing entries of our own table, which the hypervisor reads) and
 //! using another domain's grants (map, unmap, copy through
 //! `grant_table_op`).
@@ -21,14 +21,22 @@
 //! and `frame` first and writes `flags` last; revoking compares and
 //! exchanges the flags, failing while the hypervisor has `GTF_reading` or
 //! `GTF_writing` set (the grant is mapped).
+//!
+//! [`set_version`] switches our table to version 2 (16-byte entries, 256 a
+//! frame; in-use bits in separate status frames the hypervisor writes,
+//! mapped read-only at [`STATUS_VA`]) and back. [`set_entry`],
+//! [`grant_access`], [`revoke`], [`end_access`] and [`in_use`] work in
+//! either version; [`set_sub_page_entry`] and [`set_transitive_entry`]
+//! write the v2-only kinds.
 
 use crate::mm;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
     GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_OKAY, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_COPY,
-    GNTTABOP_MAP_GRANT_REF, GNTTABOP_UNMAP_GRANT_REF, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
-    GTF_WRITING, GnttabCopy, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantEntryV1,
+    GNTTABOP_MAP_GRANT_REF, GNTTABOP_SET_VERSION, GNTTABOP_UNMAP_GRANT_REF, GTF_PERMIT_ACCESS,
+    GTF_READING, GTF_READONLY, GTF_SUB_PAGE, GTF_TRANSITIVE, GTF_WRITING, GnttabCopy,
+    GnttabMapGrantRef, GnttabSetVersion, GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
 };
 use guest_abi::types::DomId;
 use spin::Mutex;
@@ -41,7 +49,10 @@ pub const MAX_FRAMES: usize = 4;
 pub const MAP_AREA: u64 = 0x1F00_0000;
 /// Pages in [`MAP_AREA`].
 pub const MAP_SLOTS: u64 = 1024;
+/// Where our v2 status frames are mapped, read-only (after the table).
+pub const STATUS_VA: u64 = TABLE_VA + MAX_FRAMES as u64 * PAGE;
 const ENTRIES_PER_FRAME: u32 = 512;
+const ENTRIES_PER_FRAME_V2: u32 = 256;
 const PAGE: u64 = 4096;
 
 /// The address of page `i` of [`MAP_AREA`] (`None` beyond it).
@@ -52,12 +63,20 @@ pub fn map_slot_va(i: u64) -> Option<u64> {
 
 struct State {
     nr_entries: u32,
+    nr_frames: u32,
+    /// 1 or 2.
+    version: u32,
+    /// Status frames mapped at [`STATUS_VA`] (v2).
+    nr_status: usize,
     /// Free references, as a stack (refs below the reserved ones never).
     free: alloc::vec::Vec<u32>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     nr_entries: 0,
+    nr_frames: 0,
+    version: 1,
+    nr_status: 0,
     free: alloc::vec::Vec::new(),
 });
 
@@ -73,15 +92,110 @@ pub fn init(nr_frames: usize) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     mm::map_frames(TABLE_VA, &frames[..nr_frames], mm::DATA)?;
-    let n = nr_frames as u32 * ENTRIES_PER_FRAME;
     let mut s = STATE.lock();
+    s.nr_frames = nr_frames as u32;
+    let n = s.nr_frames
+        * if s.version == 2 {
+            ENTRIES_PER_FRAME_V2
+        } else {
+            ENTRIES_PER_FRAME
+        };
     s.nr_entries = n;
     s.free = (GNTTAB_NR_RESERVED_ENTRIES..n).rev().collect();
     Ok(())
 }
 
+/// The version of our table (1 until [`set_version`] switches it).
+pub fn version() -> u32 {
+    STATE.lock().version
+}
+
+/// Issues `GNTTABOP_set_version` with `version` as it is and returns the
+/// version in effect afterwards (the hypervisor writes it back even on
+/// error) with the result. Low-level: [`set_version`] also keeps this
+/// module's view of the table (and the status-frame mapping) right.
+pub fn set_version_raw(version: u32) -> (u32, Result<(), Errno>) {
+    let mut op = GnttabSetVersion { version };
+    // SAFETY: one `GnttabSetVersion` in `op`, read and written; switching
+    // rewrites only our own table frames.
+    let r = unsafe {
+        guest_abi::hypercall::grant_table_op(GNTTABOP_SET_VERSION, &raw mut op as u64, 1)
+    };
+    (op.version, r.map(|_| ()))
+}
+
+/// Switches our table (after [`init`]) to `version` (1 or 2), as Xen
+/// allows: `EBUSY` while a reference from 8 on is mapped by anyone. Every
+/// entry from 8 on is cleared by the switch, so every such reference is free
+/// again afterwards. To v2 the status frames are mapped read-only at
+/// [`STATUS_VA`]; back to v1 they are unmapped first (the hypervisor takes
+/// them back only when nothing maps them) and mapped again if the switch
+/// fails.
+pub fn set_version(version: u32) -> Result<(), Errno> {
+    let (cur, nr_frames, nr_status) = {
+        let s = STATE.lock();
+        (s.version, s.nr_frames, s.nr_status)
+    };
+    if nr_frames == 0 {
+        return Err(Errno::EINVAL);
+    }
+    if cur == 2 && version == 1 {
+        unmap_status(nr_status)?;
+    }
+    let (now, r) = set_version_raw(version);
+    if let Err(e) = r {
+        if cur == 2 && version == 1 {
+            map_status(nr_frames)?;
+        }
+        return Err(e);
+    }
+    let nr_status = if now == 2 { map_status(nr_frames)? } else { 0 };
+    let mut s = STATE.lock();
+    s.version = now;
+    s.nr_status = nr_status;
+    let per = if now == 2 {
+        ENTRIES_PER_FRAME_V2
+    } else {
+        ENTRIES_PER_FRAME
+    };
+    s.nr_entries = nr_frames * per;
+    s.free = (GNTTAB_NR_RESERVED_ENTRIES..s.nr_entries).rev().collect();
+    Ok(())
+}
+
+/// Maps our status frames (as many as `nr_frames` table frames need)
+/// read-only at [`STATUS_VA`]; returns how many.
+fn map_status(nr_frames: u32) -> Result<usize, Errno> {
+    let n = (nr_frames * ENTRIES_PER_FRAME_V2).div_ceil(2048) as usize;
+    let mut frames = [0u64; MAX_FRAMES];
+    let got = guest_abi::hypercall::gnttab_get_status_frames(DomId::SELF, &mut frames[..n])?;
+    if got.status != GNTST_OKAY {
+        return Err(Errno::EINVAL);
+    }
+    mm::map_frames(STATUS_VA, &frames[..n], mm::RO)?;
+    Ok(n)
+}
+
+fn unmap_status(n: usize) -> Result<(), Errno> {
+    let mut b = mm::Batch::new();
+    for i in 0..n as u64 {
+        b.unmap(STATUS_VA + i * PAGE)?;
+    }
+    b.submit()
+}
+
 fn entry_va(gref: u32) -> u64 {
-    TABLE_VA + u64::from(gref) * 8
+    let size = if STATE.lock().version == 2 { 16 } else { 8 };
+    TABLE_VA + u64::from(gref) * size
+}
+
+/// The status word of v2 reference `gref` (the caller checked the version
+/// and the bound).
+fn status_of(gref: u32) -> &'static AtomicU16 {
+    // SAFETY: in v2 our status frames are mapped read-only at STATUS_VA,
+    // one u16 per reference below the table size; the hypervisor updates
+    // them concurrently, so they are only loaded atomically.
+    unsafe { AtomicU16::from_ptr((STATUS_VA + u64::from(gref) * 2) as *mut u16) }
 }
 
 fn flags_of(gref: u32) -> &'static AtomicU16 {
@@ -105,6 +219,10 @@ fn check(gref: u32) -> Result<(), Errno> {
 /// reference.
 pub fn set_entry(gref: u32, domid: u16, mfn: u64, readonly: bool) -> Result<(), Errno> {
     check(gref)?;
+    let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+    if version() == 2 {
+        return write_v2(gref, flags, domid, 0, mfn);
+    }
     let frame = u32::try_from(mfn).map_err(|_| Errno::EINVAL)?;
     let va = entry_va(gref);
     // SAFETY: as in `flags_of`: the entry is ours and mapped; domid (offset
@@ -114,14 +232,99 @@ pub fn set_entry(gref: u32, domid: u16, mfn: u64, readonly: bool) -> Result<(), 
         core::ptr::write_volatile((va + 2) as *mut u16, domid);
         core::ptr::write_volatile((va + 4) as *mut u32, frame);
     }
-    let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
     flags_of(gref).store(flags, Ordering::SeqCst);
     Ok(())
 }
 
-/// Reads entry `gref` of our table.
+/// Writes v2 entry `gref`: everything but the flags first, the flags last.
+fn write_v2(gref: u32, flags: u16, domid: u16, word1: u32, frame: u64) -> Result<(), Errno> {
+    let va = entry_va(gref);
+    // SAFETY: as in `flags_of`, for a 16-byte v2 entry of ours: domid
+    // (offset 2), the sub-page or transitive word (4) and the frame (8) are
+    // written while the flags still say invalid.
+    unsafe {
+        core::ptr::write_volatile((va + 2) as *mut u16, domid);
+        core::ptr::write_volatile((va + 4) as *mut u32, word1);
+        core::ptr::write_volatile((va + 8) as *mut u64, frame);
+    }
+    flags_of(gref).store(flags, Ordering::SeqCst);
+    Ok(())
+}
+
+/// v2 only: grants `domid` bytes `[off, off + len)` of our frame `mfn`
+/// (`GTF_sub_page`: copies only, never mapped). `EINVAL` in v1.
+pub fn set_sub_page_entry(
+    gref: u32,
+    domid: u16,
+    mfn: u64,
+    off: u16,
+    len: u16,
+    readonly: bool,
+) -> Result<(), Errno> {
+    check(gref)?;
+    if version() != 2 {
+        return Err(Errno::EINVAL);
+    }
+    let flags = GTF_PERMIT_ACCESS | GTF_SUB_PAGE | if readonly { GTF_READONLY } else { 0 };
+    write_v2(
+        gref,
+        flags,
+        domid,
+        GrantEntryV2::sub_page_word(off, len),
+        mfn,
+    )
+}
+
+/// v2 only: lets `domid` use `trans_domid`'s grant `trans_gref` as ours
+/// (`GTF_transitive`). `EINVAL` in v1.
+pub fn set_transitive_entry(
+    gref: u32,
+    domid: u16,
+    trans_domid: u16,
+    trans_gref: u32,
+) -> Result<(), Errno> {
+    check(gref)?;
+    if version() != 2 {
+        return Err(Errno::EINVAL);
+    }
+    write_v2(
+        gref,
+        GTF_TRANSITIVE,
+        domid,
+        u32::from(trans_domid),
+        u64::from(trans_gref),
+    )
+}
+
+/// v2 only: entry `gref` of our table and its status word. `EINVAL` in v1.
+pub fn entry_v2(gref: u32) -> Result<(GrantEntryV2, u16), Errno> {
+    check(gref)?;
+    if version() != 2 {
+        return Err(Errno::EINVAL);
+    }
+    let va = entry_va(gref);
+    // SAFETY: as in `flags_of`; two plain 8-byte reads of our own entry.
+    let (lo, hi) = unsafe {
+        (
+            core::ptr::read_volatile(va as *const u64),
+            core::ptr::read_volatile((va + 8) as *const u64),
+        )
+    };
+    let e = GrantEntryV2 {
+        flags: lo as u16,
+        domid: (lo >> 16) as u16,
+        word1: (lo >> 32) as u32,
+        frame: hi,
+    };
+    Ok((e, status_of(gref).load(Ordering::SeqCst)))
+}
+
+/// Reads entry `gref` of our v1 table (`EINVAL` in v2: see [`entry_v2`]).
 pub fn entry(gref: u32) -> Result<GrantEntryV1, Errno> {
     check(gref)?;
+    if version() == 2 {
+        return Err(Errno::EINVAL);
+    }
     // SAFETY: as in `flags_of`; a plain 8-byte read of our own entry.
     let v = unsafe { core::ptr::read_volatile(entry_va(gref) as *const u64) };
     Ok(GrantEntryV1 {
@@ -143,9 +346,25 @@ pub fn grant_access(domid: u16, mfn: u64, readonly: bool) -> Result<u32, Errno> 
 }
 
 /// Revokes reference `gref` if no one has it mapped (`EBUSY` otherwise:
-/// the entry is left as it is and the caller retries later).
+/// the caller retries later). In v1 the entry is then left as it is. In v2
+/// the flags are cleared first and the status word checked after (Xen's v2
+/// protocol: the hypervisor sets the status bits, then re-reads the entry),
+/// so on `EBUSY` the entry no longer grants new access while the existing
+/// mapping stays until it is unmapped.
 pub fn revoke(gref: u32) -> Result<(), Errno> {
     check(gref)?;
+    if version() == 2 {
+        let st = status_of(gref);
+        if st.load(Ordering::SeqCst) & (GTF_READING | GTF_WRITING) != 0 {
+            return Err(Errno::EBUSY);
+        }
+        flags_of(gref).store(0, Ordering::SeqCst);
+        return if st.load(Ordering::SeqCst) & (GTF_READING | GTF_WRITING) != 0 {
+            Err(Errno::EBUSY)
+        } else {
+            Ok(())
+        };
+    }
     let f = flags_of(gref);
     let mut cur = f.load(Ordering::SeqCst);
     loop {
@@ -171,7 +390,15 @@ pub fn end_access(gref: u32) -> Result<(), Errno> {
 
 /// True when the hypervisor marks `gref` as mapped (reading or writing).
 pub fn in_use(gref: u32) -> bool {
-    check(gref).is_ok() && flags_of(gref).load(Ordering::SeqCst) & (GTF_READING | GTF_WRITING) != 0
+    if check(gref).is_err() {
+        return false;
+    }
+    let bits = if version() == 2 {
+        status_of(gref).load(Ordering::SeqCst)
+    } else {
+        flags_of(gref).load(Ordering::SeqCst)
+    };
+    bits & (GTF_READING | GTF_WRITING) != 0
 }
 
 /// The header word (flags and domid) of entry `gref`, for tests that race

@@ -34,17 +34,18 @@ use zerocopy::IntoBytes;
 
 pub use raw::{
     callback_register, callback_unregister, console_io_read, console_io_write, domctl,
-    event_channel_op, fpu_taskswitch, get_debugreg, gnttab_dump_table, gnttab_get_version,
-    gnttab_query_size, gnttab_set_version, gnttab_setup_table, grant_table_op, hvm_get_param,
-    memory_current_reservation, memory_machphys_mapping, memory_map, memory_maximum_gpfn,
-    memory_maximum_ram_page, memory_maximum_reservation, memory_op, mmu_update, mmuext_op,
-    multicall, physdev_op, sched_block, sched_poll, sched_remote_shutdown, sched_shutdown,
-    sched_shutdown_code, sched_watchdog, sched_yield, set_callbacks, set_debugreg, set_gdt,
-    set_segment_base, set_timer_op, set_trap_table, stack_switch, sysctl, update_descriptor,
-    update_va_mapping, update_va_mapping_otherdomain, vcpu_down, vcpu_get_physid,
-    vcpu_get_runstate_info, vcpu_initialise, vcpu_is_up, vcpu_register_runstate_memory_area,
-    vcpu_register_vcpu_info, vcpu_send_nmi, vcpu_set_periodic_timer, vcpu_set_singleshot_timer,
-    vcpu_stop_periodic_timer, vcpu_stop_singleshot_timer, vcpu_up, vm_assist, xen_version_raw,
+    event_channel_op, fpu_taskswitch, get_debugreg, gnttab_dump_table, gnttab_get_status_frames,
+    gnttab_get_version, gnttab_query_size, gnttab_set_version, gnttab_setup_table, grant_table_op,
+    hvm_get_param, memory_current_reservation, memory_machphys_mapping, memory_map,
+    memory_maximum_gpfn, memory_maximum_ram_page, memory_maximum_reservation, memory_op,
+    mmu_update, mmuext_op, multicall, physdev_op, sched_block, sched_poll, sched_remote_shutdown,
+    sched_shutdown, sched_shutdown_code, sched_watchdog, sched_yield, set_callbacks, set_debugreg,
+    set_gdt, set_segment_base, set_timer_op, set_trap_table, stack_switch, sysctl,
+    update_descriptor, update_va_mapping, update_va_mapping_otherdomain, vcpu_down,
+    vcpu_get_physid, vcpu_get_runstate_info, vcpu_initialise, vcpu_is_up,
+    vcpu_register_runstate_memory_area, vcpu_register_vcpu_info, vcpu_send_nmi,
+    vcpu_set_periodic_timer, vcpu_set_singleshot_timer, vcpu_stop_periodic_timer,
+    vcpu_stop_singleshot_timer, vcpu_up, vm_assist, xen_version_raw,
 };
 
 use crate::errno::Errno;

@@ -28,9 +28,9 @@ use crate::console_io::{CONSOLEIO_READ, CONSOLEIO_WRITE};
 use crate::errno::{Errno, result_from_raw};
 use crate::event_channel::EvtchnOp;
 use crate::grant_table::{
-    GNTTABOP_DUMP_TABLE, GNTTABOP_GET_VERSION, GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION,
-    GNTTABOP_SETUP_TABLE, GnttabDumpTable, GnttabGetVersion, GnttabQuerySize, GnttabSetVersion,
-    GnttabSetupTable,
+    GNTTABOP_DUMP_TABLE, GNTTABOP_GET_STATUS_FRAMES, GNTTABOP_GET_VERSION, GNTTABOP_QUERY_SIZE,
+    GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GnttabDumpTable, GnttabGetStatusFrames,
+    GnttabGetVersion, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable,
 };
 use crate::memory::{
     E820Entry, XENMEM_CURRENT_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_GPFN,
@@ -643,6 +643,33 @@ pub fn gnttab_get_version(dom: DomId) -> Result<u32, Errno> {
         )
     };
     unit(ret).map(|()| arg.version)
+}
+
+/// Get the machine frames of `dom`'s v2 status frames into `frames`, one
+/// per element (`GNTTABOP_get_status_frames`); check the returned `status`
+/// too.
+pub fn gnttab_get_status_frames(
+    dom: DomId,
+    frames: &mut [u64],
+) -> Result<GnttabGetStatusFrames, Errno> {
+    let nr_frames = u32::try_from(frames.len()).map_err(|_| Errno::E2BIG)?;
+    let mut arg = GnttabGetStatusFrames {
+        nr_frames,
+        dom: dom.0,
+        status: 0,
+        frame_list: addr_mut(frames),
+    };
+    // SAFETY: reads/writes `arg` and writes at most `nr_frames` `u64`s at
+    // `frame_list`, i.e. inside `frames`; maps nothing.
+    let ret = unsafe {
+        hypercall3(
+            nr::GRANT_TABLE_OP,
+            GNTTABOP_GET_STATUS_FRAMES.into(),
+            addr_mut(&mut arg),
+            1,
+        )
+    };
+    unit(ret).map(|()| arg)
 }
 
 /// Ask for grant-table `version`; returns the version in effect

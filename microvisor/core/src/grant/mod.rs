@@ -1,10 +1,14 @@
-//! Grant tables, version 1: the policy behind `grant_table_op`
+//! Grant tables, versions 1 and 2: the policy behind `grant_table_op`
 //! (setup_table, query_size, map_grant_ref with host and device halves,
-//! unmap_grant_ref, unmap_and_replace, copy, get_version, set_version) and the grant side of domain death.
+//! unmap_grant_ref, unmap_and_replace, copy, get_version, set_version,
+//! get_status_frames) and the grant side of domain death.
 //!
 //! A granter shares a frame by writing an entry `{flags, domid, frame}` in
 //! its table; the grantee maps it (by granter and reference) or has the
-//! hypervisor copy to or from it. This module owns each domain's
+//! hypervisor copy to or from it. In version 2 (see [`set_version`]) entries
+//! are 16 bytes and may grant a sub-range of a page (copies only), and the
+//! in-use bits the hypervisor keeps live apart from the entries, in status
+//! frames the hypervisor owns a write reference on. This module owns each domain's
 //! [`GrantTable`]: which machine frames hold its shared entries, the active
 //! state of each of its references (pins, grantee, pinned frame) and its
 //! maptrack table (the mappings it holds, by handle). It never owns the
@@ -44,29 +48,35 @@
 //!   (present, same frame, same RW bit, grant tag), else fail (XSA-234).
 //! * Honour the [`Flush`] an unmap returns before the mapper runs again.
 //! * Pass every table's [`GrantTable::external_refs`] to
-//!   [`FrameTable::audit`].
+//!   [`FrameTable::audit`] (table and status frames are declared there as
+//!   hypervisor-written).
 //! * Keep a dying domain's table reachable through [`Domains`] until
 //!   [`GrantTable::pinned_grants`] and [`GrantTable::nr_mappings`] are 0,
 //!   and call [`FrameTable::relinquish_domain`] again for a dead granter
 //!   after the last mapping of its frames is unmapped.
 //!
 //! # Not modelled
-//! Grant table v2 (`set_version(2)` gets `ENOSYS`, as from a Xen built with
-//! `gnttab=max_ver:1`), transitive and sub-page grants,
-//! `GNTTABOP_transfer`, `swap_grant_ref` and `dump_table`, and I/O-memory
-//! grants.
+//! Transitive grants (v2 `GTF_transitive`): maps are refused as in Xen, and
+//! copies are refused with `GNTST_general_error` as a Xen booted with
+//! `gnttab=transitive:0` refuses them; `GNTTABOP_transfer`,
+//! `swap_grant_ref` and `dump_table`, and I/O-memory grants.
 
 mod table;
+mod v2;
 
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v2_tests;
 
 pub use table::{
-    ENTRIES_PER_FRAME, GRANT_PTE_TAG, GrantTable, MAPTRACK_ENTRIES, MAX_GRANT_ENTRIES,
-    MAX_GRANT_FRAMES, Mapping, Pins,
+    ENTRIES_PER_FRAME, ENTRIES_PER_FRAME_V2, GRANT_PTE_TAG, GrantTable, MAPTRACK_ENTRIES,
+    MAX_GRANT_ENTRIES, MAX_GRANT_ENTRIES_V2, MAX_GRANT_FRAMES, MAX_STATUS_FRAMES, Mapping, Pins,
+    STATUS_PER_FRAME, status_frames_for,
 };
+pub use v2::{StatusFrames, get_status_frames, set_version};
 
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
@@ -74,15 +84,16 @@ use guest_abi::grant_table::{
     GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR,
     GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE, GNTST_GENERAL_ERROR,
     GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
-    GTF_SUB_PAGE, GTF_TYPE_MASK, GTF_WRITING, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
-    GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
+    GTF_SUB_PAGE, GTF_TRANSITIVE, GTF_TYPE_MASK, GTF_WRITING, GnttabCopy, GnttabCopyPtr,
+    GnttabMapGrantRef, GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
+    GrantEntryV2,
 };
 use guest_abi::types::DomId;
 
 use crate::frametable::{Flush, FrameTable, PageType, TableMemory};
-use table::Active;
+use table::{Active, EntryAt, Range};
 
-/// The only table version supported.
+/// The version every table starts with.
 pub const GNTTAB_VERSION: u32 = 1;
 /// `DOMID_SELF`: "the calling domain" where Xen accepts it.
 pub const DOMID_SELF: u16 = DomId::SELF.0;
@@ -92,16 +103,32 @@ const PAGE: u32 = 4096;
 /// in all before declaring the entry unstable (a livelock guard).
 const CMPXCHG_TRIES: u32 = 5;
 
-/// Access to the shared v1 entries, which live in frames the granting guest
-/// writes concurrently, and to frame contents for copies. The hypervisor
-/// implements each method as one atomic operation on the real page (the
-/// entry read as one aligned 64-bit load); tests use arrays. Callers
-/// guarantee `slot < 512` and that `mfn` is a table frame the policy was
-/// given; offsets and lengths passed to [`GrantMemory::copy`] stay within
-/// their frames.
+/// Access to the shared entries, which live in frames the granting guest
+/// writes concurrently, to the v2 status words, and to frame contents for
+/// copies and version switches. The hypervisor implements each method as one
+/// atomic operation on the real page (a v1 entry read as one aligned 64-bit
+/// load, a v2 entry as two); tests use arrays. Callers guarantee `slot <
+/// 512` (8-byte units) for v1 accesses and [`GrantMemory::write_raw`],
+/// `slot < 256` for v2 entries, `index < 2048` for status words, and that
+/// `mfn` is a table or status frame the policy was given; offsets and
+/// lengths passed to [`GrantMemory::copy`] stay within their frames.
 pub trait GrantMemory {
-    /// Reads entry `slot` of table frame `mfn`.
+    /// Reads v1 entry `slot` of table frame `mfn`.
     fn read_entry(&self, mfn: u64, slot: usize) -> GrantEntryV1;
+    /// Reads v2 entry `slot` (16 bytes at `slot * 16`) of table frame `mfn`:
+    /// the header as one 32-bit load, then the rest.
+    fn read_entry_v2(&self, mfn: u64, slot: usize) -> GrantEntryV2;
+    /// Sets `bits` in status word `index` of status frame `mfn` atomically.
+    fn status_set(&mut self, mfn: u64, index: usize, bits: u16);
+    /// Clears `bits` in status word `index` of status frame `mfn` atomically.
+    fn status_clear(&mut self, mfn: u64, index: usize, bits: u16);
+    /// Reads status word `index` of status frame `mfn`.
+    fn read_status(&self, mfn: u64, index: usize) -> u16;
+    /// Writes the 8 bytes at `slot * 8` of table frame `mfn` (a version
+    /// switch restoring the reserved entries).
+    fn write_raw(&mut self, mfn: u64, slot: usize, value: u64);
+    /// Zeroes table frame `mfn` (a version switch clearing the old format).
+    fn zero_frame(&mut self, mfn: u64);
     /// Compares the entry's first 32 bits (`flags | domid << 16`, see
     /// [`entry_header`]) with `old` and, if equal, replaces them with `new`,
     /// atomically. Returns the value found (equal to `old` on success).
@@ -196,7 +223,8 @@ fn target_domain<D: Domains + ?Sized>(
 /// is not privileged; `GNTST_general_error` if `nr_frames` exceeds the
 /// domain's maximum, if the domain is dying, or if `alloc` fails or hands
 /// out a frame the domain does not own or the table already has (the table
-/// keeps the frames obtained before that). The caller checks `count == 1` (`EINVAL`) and the
+/// keeps the frames obtained before that). A v2 table also gets the status
+/// frames its new size needs, from `alloc` too. The caller checks `count == 1` (`EINVAL`) and the
 /// `frame_list` buffer (`EFAULT`) first, and reports a failed copy of a
 /// frame number as `GNTST_bad_virt_addr`, as Xen does.
 pub fn setup_table<D: Domains + ?Sized, M: TableMemory + ?Sized>(
@@ -222,6 +250,11 @@ pub fn setup_table<D: Domains + ?Sized, M: TableMemory + ?Sized>(
             ft.put_hv_writable(mem, mfn);
             return Err(GNTST_GENERAL_ERROR);
         }
+    }
+    // A v2 table has a status word per entry (one status frame covers every
+    // table size allowed here, but the rule is Xen's).
+    if gt.version() == 2 && v2::grow_status(gt, ft, mem, dom, &mut alloc).is_err() {
+        return Err(GNTST_GENERAL_ERROR);
     }
     let mut out = TableFrames {
         frames: [0; MAX_GRANT_FRAMES as usize],
@@ -254,8 +287,8 @@ pub fn query_size<D: Domains + ?Sized>(
     })
 }
 
-/// `GNTTABOP_get_version` for `dom` (`DOMID_SELF` allowed): always
-/// [`GNTTAB_VERSION`].
+/// `GNTTABOP_get_version` for `dom` (`DOMID_SELF` allowed): the version of
+/// its table.
 ///
 /// Errors (the hypercall's return value; this op has no status field):
 /// `ESRCH` if `dom` does not exist; `EPERM` if it is not the caller and the
@@ -267,24 +300,89 @@ pub fn get_version<D: Domains + ?Sized>(
     privileged: bool,
 ) -> Result<u32, Errno> {
     match target_domain(world, caller, dom, privileged) {
-        Ok(_) => Ok(GNTTAB_VERSION),
+        Ok(d) => Ok(world.get(d).map_or(GNTTAB_VERSION, |t| t.version())),
         Err(GNTST_PERMISSION_DENIED) => Err(Errno::EPERM),
         Err(_) => Err(Errno::ESRCH),
     }
 }
 
-/// `GNTTABOP_set_version` with `requested`: returns the version in effect,
-/// which the caller writes back into `op.version` in every case (Xen does so
-/// even on error), and the hypercall result: `Ok` for 1 (already in
-/// effect), `ENOSYS` for 2 (v2 is not supported: Xen's answer when built or
-/// booted with `max_ver:1`), `EINVAL` for anything else.
-pub const fn set_version(requested: u32) -> (u32, Result<(), Errno>) {
-    let result = match requested {
-        GNTTAB_VERSION => Ok(()),
-        2 => Err(Errno::ENOSYS),
-        _ => Err(Errno::EINVAL),
+/// Xen's `_set_status`: marks the entry at `at` as in use by `ldom`, in its
+/// flags (v1, [`set_status_v1`]) or in its status word (v2,
+/// [`set_status_v2`]).
+fn set_status<M: GrantMemory + ?Sized>(
+    mem: &mut M,
+    at: EntryAt,
+    pinned: bool,
+    readonly: bool,
+    mapping: bool,
+    ldom: u16,
+) -> Result<(), i16> {
+    match at {
+        EntryAt::V1 { mfn, slot } => {
+            set_status_v1(mem, (mfn, slot), pinned, readonly, mapping, ldom)
+        }
+        EntryAt::V2 {
+            mfn,
+            slot,
+            status,
+            index,
+        } => {
+            let words = ((mfn, slot), (status, index));
+            set_status_v2(mem, words, pinned, readonly, mapping, ldom)
+        }
+    }
+}
+
+/// Xen's `_set_status_v2`: the hypervisor never writes a v2 entry, so
+/// instead of a compare-and-exchange it sets the in-use bits in the status
+/// word, then reads the entry again and takes the bits back if the granter
+/// changed it meanwhile (type, grantee, or `GTF_readonly` for a writable
+/// pin). Unless the reference is already pinned, the entry must permit
+/// access to `ldom` (a copy also accepts a transitive entry here; a mapping
+/// accepts neither a transitive nor a sub-page entry). Every failure is
+/// `GNTST_general_error`.
+fn set_status_v2<M: GrantMemory + ?Sized>(
+    mem: &mut M,
+    ((mfn, slot), (smfn, index)): ((u64, usize), (u64, usize)),
+    pinned: bool,
+    readonly: bool,
+    mapping: bool,
+    ldom: u16,
+) -> Result<(), i16> {
+    let mask = if mapping {
+        GTF_TYPE_MASK | GTF_SUB_PAGE
+    } else {
+        GTF_TYPE_MASK
     };
-    (GNTTAB_VERSION, result)
+    let grants = |e: &GrantEntryV2| {
+        let ty = e.flags & mask;
+        (ty == GTF_PERMIT_ACCESS || (!mapping && ty == GTF_TRANSITIVE)) && e.domid == ldom
+    };
+    let e = mem.read_entry_v2(mfn, slot);
+    if !pinned && !grants(&e) {
+        return Err(GNTST_GENERAL_ERROR);
+    }
+    if !readonly && e.flags & GTF_READONLY != 0 {
+        return Err(GNTST_GENERAL_ERROR);
+    }
+    let bits = if readonly {
+        GTF_READING
+    } else {
+        GTF_READING | GTF_WRITING
+    };
+    mem.status_set(smfn, index, bits);
+    // The granter may have rewritten the entry before it saw the bits.
+    let e = mem.read_entry_v2(mfn, slot);
+    if !pinned {
+        if !grants(&e) || (!readonly && e.flags & GTF_READONLY != 0) {
+            mem.status_clear(smfn, index, GTF_READING | GTF_WRITING);
+            return Err(GNTST_GENERAL_ERROR);
+        }
+    } else if e.flags & GTF_READONLY != 0 {
+        mem.status_clear(smfn, index, GTF_WRITING);
+        return Err(GNTST_GENERAL_ERROR);
+    }
+    Ok(())
 }
 
 /// Xen's `_set_status_v1`: marks entry `at` of a granter as in use by
@@ -295,7 +393,7 @@ pub const fn set_version(requested: u32) -> (u32, Result<(), Errno>) {
 /// sub-page grant) to `ldom`; a writable pin needs an entry without
 /// `GTF_readonly`. Gives up after [`CMPXCHG_TRIES`] lost races. Every
 /// failure is `GNTST_general_error`.
-fn set_status<M: GrantMemory + ?Sized>(
+fn set_status_v1<M: GrantMemory + ?Sized>(
     mem: &mut M,
     at: (u64, usize),
     pinned: bool,
@@ -340,7 +438,7 @@ fn set_status<M: GrantMemory + ?Sized>(
 /// at all is left (Xen's `gnttab_clear_flags` calls).
 fn clear_unjustified<M: GrantMemory + ?Sized>(
     mem: &mut M,
-    at: (u64, usize),
+    at: EntryAt,
     a: &Active,
     readonly: bool,
 ) {
@@ -351,8 +449,45 @@ fn clear_unjustified<M: GrantMemory + ?Sized>(
     if !a.is_pinned() {
         bits |= GTF_READING;
     }
-    if bits != 0 {
-        mem.clear_flags(at.0, at.1, bits);
+    if bits == 0 {
+        return;
+    }
+    match at {
+        EntryAt::V1 { mfn, slot } => mem.clear_flags(mfn, slot, bits),
+        EntryAt::V2 { status, index, .. } => mem.status_clear(status, index, bits),
+    }
+}
+
+/// The frame a not yet pinned entry grants and the bytes of it: a v1 entry
+/// or a v2 `full_page` entry grants the whole page, a v2 entry with
+/// `GTF_sub_page` its `[page_off, page_off + length)` (the offset kept to 15
+/// bits, as Xen's active entry keeps it).
+fn entry_frame<M: GrantMemory + ?Sized>(mem: &M, at: EntryAt) -> (u64, Range) {
+    match at {
+        EntryAt::V1 { mfn, slot } => (u64::from(mem.read_entry(mfn, slot).frame), Range::PAGE),
+        EntryAt::V2 { mfn, slot, .. } => {
+            let e = mem.read_entry_v2(mfn, slot);
+            if e.flags & GTF_SUB_PAGE == 0 {
+                (e.frame, Range::PAGE)
+            } else {
+                let r = Range {
+                    start: e.page_off() & 0x7fff,
+                    length: e.length(),
+                    sub_page: true,
+                };
+                (e.frame, r)
+            }
+        }
+    }
+}
+
+/// True for a v2 entry whose type is `GTF_transitive` now.
+fn is_transitive<M: GrantMemory + ?Sized>(mem: &M, at: EntryAt) -> bool {
+    match at {
+        EntryAt::V1 { .. } => false,
+        EntryAt::V2 { mfn, slot, .. } => {
+            mem.read_entry_v2(mfn, slot).flags & GTF_TYPE_MASK == GTF_TRANSITIVE
+        }
     }
 }
 
@@ -398,11 +533,13 @@ struct PinRequest {
 /// Takes a pin on reference `gref` of `rd` for `ldom` and a general
 /// reference on its frame: Xen's shared first half of `map_grant_ref` and
 /// `acquire_grant_for_copy` (the caller has checked that `rd` exists and is
-/// not dying). Returns the pinned frame.
+/// not dying). Returns the pinned frame and the bytes of it granted.
 ///
 /// Statuses: `GNTST_bad_gntref` beyond the table; `GNTST_general_error` if
 /// the reference is pinned by another grantee or a pin count is at its
-/// limit, or if [`set_status`] fails; when the reference was not pinned,
+/// limit, for a mapping if it is pinned from a sub-page entry, or if
+/// [`set_status`] fails; for a copy of a v2 entry that is transitive
+/// (transitive grants are off); when the reference was not pinned,
 /// `GNTST_bad_page` if its frame is not a live frame of `rd`. When it was,
 /// the pinned frame failing to take a reference is `GNTST_general_error`
 /// for a mapping (Xen's "could not pin") and `GNTST_bad_domain` for a copy.
@@ -411,7 +548,7 @@ fn pin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
     ft: &mut FrameTable<'_>,
     mem: &mut M,
     req: PinRequest,
-) -> Result<u64, i16> {
+) -> Result<(u64, Range), i16> {
     let PinRequest {
         ldom,
         rd,
@@ -423,24 +560,30 @@ fn pin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
     let at = rgt.locate(gref).ok_or(GNTST_BAD_GNTREF)?;
     let act = rgt.active(gref).ok_or(GNTST_BAD_GNTREF)?;
     let pinned = act.is_pinned();
-    if pinned && (act.domid != ldom || act.at_limit()) {
+    let held = rgt.range(gref);
+    if pinned && (act.domid != ldom || act.at_limit() || (mapping && held.sub_page)) {
         return Err(GNTST_GENERAL_ERROR);
     }
     if !pinned || (!readonly && act.writers == 0) {
         set_status(mem, at, pinned, readonly, mapping, ldom)?;
     }
-    let mfn = if pinned {
-        u64::from(act.mfn)
-    } else {
-        u64::from(mem.read_entry(at.0, at.1).frame)
-    };
-    let next = Active {
-        // From a u32 field either way.
-        mfn: mfn as u32,
-        domid: ldom,
-        ..act
+    if !mapping && is_transitive(mem, at) {
+        clear_unjustified(mem, at, &act, readonly);
+        return Err(GNTST_GENERAL_ERROR);
     }
-    .pinned_once_more(readonly);
+    let (mfn, range) = if pinned {
+        (u64::from(act.mfn), held)
+    } else {
+        entry_frame(mem, at)
+    };
+    let next = u32::try_from(mfn).ok().and_then(|m| {
+        Active {
+            mfn: m,
+            domid: ldom,
+            ..act
+        }
+        .pinned_once_more(readonly)
+    });
     let refused = if !pinned {
         GNTST_BAD_PAGE
     } else if mapping {
@@ -450,14 +593,22 @@ fn pin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
     };
     let Some(next) = next else {
         clear_unjustified(mem, at, &act, readonly);
-        return Err(GNTST_GENERAL_ERROR);
+        // A frame number beyond 32 bits names no frame here.
+        return Err(if u32::try_from(mfn).is_err() {
+            refused
+        } else {
+            GNTST_GENERAL_ERROR
+        });
     };
     if ft.get_page(mfn, rd).is_err() {
         clear_unjustified(mem, at, &act, readonly);
         return Err(refused);
     }
     rgt.set_active(gref, next);
-    Ok(mfn)
+    if !pinned {
+        rgt.set_range(gref, range);
+    }
+    Ok((mfn, range))
 }
 
 /// Undoes [`pin_grant`]: drops the frame reference and the pin.
@@ -550,7 +701,7 @@ where
     let mut held = 0;
     for _ in 0..halves.count_ones() {
         let m = match pin_grant(world, ft, mem, req) {
-            Ok(m) => m,
+            Ok((m, _)) => m,
             Err(e) => {
                 unhold(world, ft, mem, req, mfn, held);
                 return Err(e);
@@ -792,6 +943,8 @@ struct CopyBuf {
     /// The reference pinned, for a grant side.
     gref: Option<u32>,
     readonly: bool,
+    /// The bytes of the frame the side may touch.
+    range: Range,
 }
 
 /// Xen's `gnttab_copy_lock_domain`: only `DOMID_SELF` may name a frame
@@ -847,7 +1000,7 @@ where
         is_gref,
         readonly,
     } = side;
-    let (mfn, gref) = if is_gref {
+    let (mfn, gref, range) = if is_gref {
         if world.get(dom).is_none_or(|t| t.is_dying()) {
             return Err(GNTST_BAD_DOMAIN);
         }
@@ -861,13 +1014,13 @@ where
             readonly,
             mapping: false,
         };
-        let mfn = pin_grant(world, ft, mem, req)?;
-        (mfn, Some(gref))
+        let (mfn, range) = pin_grant(world, ft, mem, req)?;
+        (mfn, Some(gref), range)
     } else {
         if ft.get_page(ptr.u, dom).is_err() {
             return Err(GNTST_BAD_PAGE);
         }
-        (ptr.u, None)
+        (ptr.u, None, Range::PAGE)
     };
     let buf = CopyBuf {
         dom,
@@ -875,6 +1028,7 @@ where
         offset: ptr.offset,
         gref,
         readonly,
+        range,
     };
     if !readonly && ft.get_page_type(mem, mfn, PageType::Writable, dom).is_err() {
         release(world, ft, mem, &buf, false);
@@ -917,8 +1071,10 @@ where
 /// named frame) is not a live frame of that domain; `GNTST_bad_domain` if a
 /// pinned grant's frame no longer takes references;
 /// `GNTST_general_error` if the destination frame cannot be typed
-/// writable; finally `GNTST_bad_copy_arg` if `offset + len` exceeds a page
-/// on either side. Nothing stays held after the call, whatever the status.
+/// writable; then `GNTST_bad_copy_arg` if `offset + len` exceeds a page
+/// on either side; finally `GNTST_general_error` if a grant side reaches
+/// outside the bytes its v2 sub-page entry grants. Nothing stays held after
+/// the call, whatever the status.
 pub fn copy<D, M>(
     world: &mut D,
     ft: &mut FrameTable<'_>,
@@ -954,7 +1110,15 @@ where
     };
     let len = u32::from(op.len);
     let fits = |off: u16| u32::from(off) + len <= PAGE;
-    let status = if fits(src.offset) && fits(dst.offset) {
+    let within = |b: &CopyBuf| {
+        let (start, end) = (u32::from(b.range.start), u32::from(b.range.length));
+        u32::from(b.offset) >= start && u32::from(b.offset) + len <= start + end
+    };
+    let status = if !fits(src.offset) || !fits(dst.offset) {
+        Err(GNTST_BAD_COPY_ARG)
+    } else if !within(&src) || !within(&dst) {
+        Err(GNTST_GENERAL_ERROR)
+    } else {
         mem.copy(
             dst.mfn,
             usize::from(dst.offset),
@@ -963,8 +1127,6 @@ where
             usize::from(op.len),
         );
         Ok(())
-    } else {
-        Err(GNTST_BAD_COPY_ARG)
     };
     release(world, ft, mem, &src, false);
     release(world, ft, mem, &dst, true);
@@ -972,9 +1134,10 @@ where
 }
 
 /// Domain death, grant side (Xen's `gnttab_release_mappings`, plus the
-/// table frames): marks `dom`'s table dying, drops the general reference on
-/// each of its table frames (so [`FrameTable::relinquish_domain`] can free
-/// them: its shared entries are never read or written again), and releases
+/// table frames): marks `dom`'s table dying, drops the hypervisor write
+/// reference on each of its table and status frames (so
+/// [`FrameTable::relinquish_domain`] can free them: its shared entries and
+/// status words are never read or written again), and releases
 /// every mapping `dom` holds, dropping each mapping's references and pin
 /// and clearing the granters' in-use bits as an unmap would. Its entries
 /// need not be removed first: `dom` never runs again and the frame table
@@ -997,7 +1160,7 @@ where
         return 0;
     };
     if gt.set_dying() {
-        for &f in gt.frames() {
+        for &f in gt.frames().iter().chain(gt.status_frames()) {
             ft.put_hv_writable(mem, f);
         }
     }

@@ -152,7 +152,7 @@ fn grantee(mem: &Mem, w: &World, g: u16, gref: u32) -> u16 {
         .get(usize::from(g))
         .and_then(|t| t.as_deref())
         .filter(|t| !t.is_dying())
-        .and_then(|t| t.locate(gref))
+        .and_then(|t| t.locate_v1(gref))
         .map(|(tf, slot)| mem.read_entry(tf, slot).domid)
         .filter(|&d| d <= D3)
         .unwrap_or(D1)
@@ -323,7 +323,7 @@ fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op
             if sim.dead[usize::from(g)] {
                 return;
             }
-            let Some((tf, slot)) = w.t(g).locate(gref) else {
+            let Some((tf, slot)) = w.t(g).locate_v1(gref) else {
                 return;
             };
             let keep = mem.read_entry(tf, slot).flags & (GTF_READING | GTF_WRITING);
@@ -342,7 +342,7 @@ fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op
             if sim.dead[usize::from(g)] {
                 return;
             }
-            let Some((tf, slot)) = w.t(g).locate(gref) else {
+            let Some((tf, slot)) = w.t(g).locate_v1(gref) else {
                 return;
             };
             let e = mem.read_entry(tf, slot);
@@ -582,7 +582,7 @@ fn check(ft: &FrameTable<'_>, mem: &Mem, w: &World, sim: &Sim) {
             if t.is_dying() {
                 continue;
             }
-            let (tf, slot) = t.locate(gref).unwrap();
+            let (tf, slot) = t.locate_v1(gref).unwrap();
             let flags = mem.read_entry(tf, slot).flags;
             assert_eq!(flags & GTF_READING != 0, r + wr > 0, "reading {g}:{gref}");
             assert_eq!(flags & GTF_WRITING != 0, wr > 0, "writing {g}:{gref}");
@@ -609,7 +609,7 @@ fn run(ops: &[Op]) {
             let k = k as u64;
             let to = 1 + (g + k as u16) % 3;
             let flags = GTF_PERMIT_ACCESS | if gref == 10 { GTF_READONLY } else { 0 };
-            let (tf, slot) = w.t(g).locate(gref).unwrap();
+            let (tf, slot) = w.t(g).locate_v1(gref).unwrap();
             let frame = u32::try_from(data(g, k)).unwrap();
             mem.write_entry(
                 tf,

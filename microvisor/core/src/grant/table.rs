@@ -1,14 +1,16 @@
-//! One domain's grant state, fixed size: the machine frames of its shared v1
-//! table (as granter), the *active* record of each of its grant references
-//! (how many mappings pin it, by whom, which frame), and its *maptrack*
-//! table (as grantee: every mapping it holds, indexed by handle). Every
-//! lookup by a guest-supplied reference or handle is bounds-checked and
-//! answers `None` instead of panicking.
+//! One domain's grant state, fixed size: the version of its table, the
+//! machine frames of its shared table and, in version 2, of its status
+//! frames (as granter), the *active* record of each of its grant references
+//! (how many mappings pin it, by whom, which frame, which bytes of it), and
+//! its *maptrack* table (as grantee: every mapping it holds, indexed by
+//! handle). Every lookup by a guest-supplied reference or handle is
+//! bounds-checked and answers `None` instead of panicking.
 
 use guest_abi::arch::pte::{ACCESSED, ADDR_MASK, DIRTY, GUEST_KERNEL, NX, PRESENT, RW, USER};
 use guest_abi::grant_table::{
     GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE, GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP,
-    GNTMAP_READONLY, GRANT_ENTRIES_V1_PER_PAGE, GnttabMapGrantRef,
+    GNTMAP_READONLY, GRANT_ENTRIES_V1_PER_PAGE, GRANT_ENTRIES_V2_PER_PAGE, GRANT_STATUS_PER_PAGE,
+    GnttabMapGrantRef,
 };
 
 use crate::frametable::{ExternalRef, PageType};
@@ -17,8 +19,25 @@ use crate::frametable::{ExternalRef, PageType};
 pub const MAX_GRANT_FRAMES: u32 = 4;
 /// v1 entries per table frame.
 pub const ENTRIES_PER_FRAME: u32 = GRANT_ENTRIES_V1_PER_PAGE as u32;
-/// Most grant references a domain may have: [`MAX_GRANT_FRAMES`] frames.
+/// v2 entries per table frame (16 bytes each).
+pub const ENTRIES_PER_FRAME_V2: u32 = GRANT_ENTRIES_V2_PER_PAGE as u32;
+/// Status words per v2 status frame.
+pub const STATUS_PER_FRAME: u32 = GRANT_STATUS_PER_PAGE as u32;
+/// Most grant references a domain may have: [`MAX_GRANT_FRAMES`] frames of
+/// v1 entries (v2 has half as many).
 pub const MAX_GRANT_ENTRIES: u32 = MAX_GRANT_FRAMES * ENTRIES_PER_FRAME;
+/// Most v2 references: [`MAX_GRANT_FRAMES`] frames of 256.
+pub const MAX_GRANT_ENTRIES_V2: u32 = MAX_GRANT_FRAMES * ENTRIES_PER_FRAME_V2;
+/// Most status frames a v2 table has (Xen's `grant_to_status_frames` of
+/// [`MAX_GRANT_FRAMES`]).
+pub const MAX_STATUS_FRAMES: u32 = status_frames_for(MAX_GRANT_FRAMES);
+
+/// Status frames a v2 table of `nr_frames` frames needs (Xen's
+/// `grant_to_status_frames`: one status word per entry, rounded up).
+#[must_use]
+pub const fn status_frames_for(nr_frames: u32) -> u32 {
+    (nr_frames * ENTRIES_PER_FRAME_V2).div_ceil(STATUS_PER_FRAME)
+}
 /// Mappings one domain may hold at once (handles `0..MAPTRACK_ENTRIES`).
 pub const MAPTRACK_ENTRIES: u32 = 1024;
 /// Bit 62 of a page-table entry: marks an entry as a grant mapping (Xen's
@@ -37,8 +56,63 @@ const KEPT_MAP_FLAGS: u32 = GNTMAP_DEVICE_MAP
     | GNTMAP_CONTAINS_PTE;
 
 const ENTRIES: usize = MAX_GRANT_ENTRIES as usize;
+const ENTRIES_V2: usize = MAX_GRANT_ENTRIES_V2 as usize;
 const HANDLES: usize = MAPTRACK_ENTRIES as usize;
 const FRAMES: usize = MAX_GRANT_FRAMES as usize;
+const STATUS_FRAMES: usize = MAX_STATUS_FRAMES as usize;
+
+/// Where a grant reference's shared entry and in-use bits live: in v1 the
+/// 8-byte entry `slot` of table frame `mfn` (its flags carry the in-use
+/// bits); in v2 the 16-byte entry `slot` of table frame `mfn` and status
+/// word `index` of status frame `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EntryAt {
+    /// A v1 entry.
+    V1 { mfn: u64, slot: usize },
+    /// A v2 entry and its status word.
+    V2 {
+        mfn: u64,
+        slot: usize,
+        status: u64,
+        index: usize,
+    },
+}
+
+/// The bytes of its frame a pinned reference grants (Xen's `start`,
+/// `length` and `is_sub_page` of the active entry): the whole page unless a
+/// v2 `sub_page` entry was pinned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Range {
+    /// First byte.
+    pub(super) start: u16,
+    /// Bytes from `start`.
+    pub(super) length: u16,
+    /// Pinned from a sub-page entry (such a pin refuses mappings).
+    pub(super) sub_page: bool,
+}
+
+impl Range {
+    /// A whole page.
+    pub(super) const PAGE: Self = Self {
+        start: 0,
+        length: 4096,
+        sub_page: false,
+    };
+
+    /// Packed in 32 bits: `start` (15 bits) and the sub-page flag in the
+    /// low half, `length` in the high half.
+    const fn pack(self) -> u32 {
+        (self.start & 0x7fff) as u32 | ((self.sub_page as u32) << 15) | ((self.length as u32) << 16)
+    }
+
+    const fn unpack(v: u32) -> Self {
+        Self {
+            start: (v & 0x7fff) as u16,
+            length: (v >> 16) as u16,
+            sub_page: v & 0x8000 != 0,
+        }
+    }
+}
 
 /// The active state of one grant reference of a granter (Xen's
 /// `active_grant_entry`): pins by host mappings and in-flight copies, the
@@ -225,14 +299,22 @@ pub struct Pins {
     pub writable: u32,
 }
 
-/// The grant state of one domain. About 40 KiB; see the size assertion.
+/// The grant state of one domain. About 44 KiB; see the size assertion.
 #[derive(Clone, Debug)]
 pub struct GrantTable {
     active: [Active; ENTRIES],
+    /// The granted byte range of each pinned v2 reference (v1 pins are
+    /// always whole pages; v2 has at most [`MAX_GRANT_ENTRIES_V2`] refs).
+    ranges: [u32; ENTRIES_V2],
     maptrack: [MapEntry; HANDLES],
     frames: [u64; FRAMES],
+    /// The v2 status frames (none in v1).
+    status: [u64; STATUS_FRAMES],
     nr_frames: u8,
     max_frames: u8,
+    nr_status: u8,
+    /// The table's version, 1 or 2 (`GNTTABOP_set_version`).
+    version: u8,
     /// Set by `release_domain`: the table frames' references are gone and
     /// the shared entries are never touched again.
     dying: bool,
@@ -243,7 +325,7 @@ pub struct GrantTable {
 }
 
 // 16 domains must stay well under 1 MiB of static memory.
-const _: () = assert!(size_of::<GrantTable>() <= 41 * 1024);
+const _: () = assert!(size_of::<GrantTable>() <= 45 * 1024);
 const _: () = assert!(size_of::<Active>() == 8);
 
 impl GrantTable {
@@ -260,11 +342,15 @@ impl GrantTable {
         };
         Self {
             active: [Active::IDLE; ENTRIES],
+            ranges: [Range::PAGE.pack(); ENTRIES_V2],
             maptrack: [MapEntry::FREE; HANDLES],
             frames: [0; FRAMES],
+            status: [0; STATUS_FRAMES],
             // `max <= MAX_GRANT_FRAMES` fits in a u8.
             nr_frames: 0,
             max_frames: max as u8,
+            nr_status: 0,
+            version: 1,
             dying: false,
             free_hint: 0,
             nr_maps: 0,
@@ -291,10 +377,28 @@ impl GrantTable {
             .unwrap_or(&[])
     }
 
-    /// Number of grant references (`nr_frames * 512`).
+    /// Number of grant references (`nr_frames * 512` in v1, `* 256` in v2).
     #[must_use]
     pub const fn nr_entries(&self) -> u32 {
-        self.nr_frames() * ENTRIES_PER_FRAME
+        if self.version == 2 {
+            self.nr_frames() * ENTRIES_PER_FRAME_V2
+        } else {
+            self.nr_frames() * ENTRIES_PER_FRAME
+        }
+    }
+
+    /// The table's version (1 until `set_version(2)`).
+    #[must_use]
+    pub const fn version(&self) -> u32 {
+        self.version as u32
+    }
+
+    /// The machine frames of the v2 status frames, in order (empty in v1).
+    #[must_use]
+    pub fn status_frames(&self) -> &[u64] {
+        self.status
+            .get(..usize::from(self.nr_status))
+            .unwrap_or(&[])
     }
 
     /// True once the domain died (`release_domain` ran).
@@ -349,15 +453,21 @@ impl GrantTable {
 
     /// Every frame reference this table holds outside page tables, for
     /// [`crate::frametable::FrameTable::audit`]: a hypervisor write reference
-    /// on each table frame (until the domain dies) and, per mapping, a general
-    /// reference plus, when writable, a [`PageType::Writable`] type reference
-    /// on the mapped frame. Chain the iterators of every domain's table
-    /// (dying ones included) into the audit's external list.
+    /// on each table frame and each v2 status frame (until the domain dies)
+    /// and, per mapping, a general reference plus, when writable, a
+    /// [`PageType::Writable`] type reference on the mapped frame. Chain the
+    /// iterators of every domain's table (dying ones included) into the
+    /// audit's external list.
     pub fn external_refs(&self) -> impl Iterator<Item = (u64, ExternalRef)> + '_ {
-        let frames: &[u64] = if self.dying { &[] } else { self.frames() };
+        let (frames, status): (&[u64], &[u64]) = if self.dying {
+            (&[], &[])
+        } else {
+            (self.frames(), self.status_frames())
+        };
         let maps = (0..MAPTRACK_ENTRIES).filter_map(|h| self.mapping(h));
         frames
             .iter()
+            .chain(status)
             .map(|&f| (f, ExternalRef::HvWritable))
             .chain(maps.flat_map(|m| (0..m.halves()).map(move |_| (m.mfn, m.external_ref()))))
     }
@@ -376,21 +486,95 @@ impl GrantTable {
         true
     }
 
+    /// Appends a status frame; false if there is no room.
+    pub(super) fn push_status_frame(&mut self, mfn: u64) -> bool {
+        let Some(slot) = self.status.get_mut(usize::from(self.nr_status)) else {
+            return false;
+        };
+        *slot = mfn;
+        self.nr_status = self.nr_status.saturating_add(1);
+        true
+    }
+
+    /// Forgets every status frame (the caller released them).
+    pub(super) fn clear_status_frames(&mut self) {
+        self.status = [0; STATUS_FRAMES];
+        self.nr_status = 0;
+    }
+
+    /// Records the version now in effect (1 or 2).
+    pub(super) fn set_version(&mut self, version: u32) {
+        self.version = if version == 2 { 2 } else { 1 };
+    }
+
     /// Marks the domain dead; false if it already was.
     pub(super) fn set_dying(&mut self) -> bool {
         !core::mem::replace(&mut self.dying, true)
     }
 
-    /// The table frame and slot holding entry `gref`, if it exists.
-    pub(super) fn locate(&self, gref: u32) -> Option<(u64, usize)> {
+    /// Where entry `gref` (and, in v2, its status word) lives, if it exists.
+    pub(super) fn locate(&self, gref: u32) -> Option<EntryAt> {
         if gref >= self.nr_entries() {
             return None;
         }
-        let frame = *self
+        if self.version == 2 {
+            let mfn = *self
+                .frames
+                .get(usize::try_from(gref / ENTRIES_PER_FRAME_V2).ok()?)?;
+            let status = *self
+                .status_frames()
+                .get(usize::try_from(gref / STATUS_PER_FRAME).ok()?)?;
+            return Some(EntryAt::V2 {
+                mfn,
+                slot: usize::try_from(gref % ENTRIES_PER_FRAME_V2).ok()?,
+                status,
+                index: usize::try_from(gref % STATUS_PER_FRAME).ok()?,
+            });
+        }
+        let mfn = *self
             .frames
             .get(usize::try_from(gref / ENTRIES_PER_FRAME).ok()?)?;
         let slot = usize::try_from(gref % ENTRIES_PER_FRAME).ok()?;
-        Some((frame, slot))
+        Some(EntryAt::V1 { mfn, slot })
+    }
+
+    /// The v1 table frame and slot of entry `gref` (tests of the v1 paths).
+    #[cfg(test)]
+    pub(super) fn locate_v1(&self, gref: u32) -> Option<(u64, usize)> {
+        match self.locate(gref)? {
+            EntryAt::V1 { mfn, slot } => Some((mfn, slot)),
+            EntryAt::V2 { .. } => None,
+        }
+    }
+
+    /// The granted byte range of a pinned reference (the whole page for v1
+    /// and for references beyond the v2 range).
+    pub(super) fn range(&self, gref: u32) -> Range {
+        usize::try_from(gref)
+            .ok()
+            .and_then(|i| self.ranges.get(i))
+            .map_or(Range::PAGE, |&v| Range::unpack(v))
+    }
+
+    /// Records the granted byte range of `gref` at its first pin (a range
+    /// other than the whole page only for a v2 reference).
+    pub(super) fn set_range(&mut self, gref: u32, r: Range) {
+        if let Some(slot) = usize::try_from(gref)
+            .ok()
+            .and_then(|i| self.ranges.get_mut(i))
+        {
+            *slot = r.pack();
+        }
+    }
+
+    /// True if any reference at or above `first` is pinned (Xen's
+    /// `set_version` check, which lets the reserved entries stay in use).
+    pub(super) fn pinned_from(&self, first: u32) -> bool {
+        let n = usize::try_from(self.nr_entries()).unwrap_or(0);
+        let first = usize::try_from(first).unwrap_or(usize::MAX);
+        self.active
+            .get(first..n)
+            .is_some_and(|a| a.iter().any(Active::is_pinned))
     }
 
     /// The active state of `gref`, `None` beyond the table.
