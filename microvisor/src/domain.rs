@@ -440,6 +440,9 @@ pub struct Hv {
     /// Bit i set while some CPU holds vCPU index i (runs it, or idles with
     /// its state loaded): no other CPU may pick it.
     pub running: u64,
+    /// Bit i of `affine[c]` set when vCPU index i may run on CPU c (its
+    /// domain's manifest `cpus`, Xen's hard affinity).
+    pub affine: [u64; crate::arch::percpu::MAX_CPUS],
     /// Some dead domain waits for its teardown (`finish_teardowns`).
     pub teardowns_waiting: bool,
     /// No guest timer or poll deadline is due before this system time
@@ -461,6 +464,7 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     timers_due: 0,
     runnable: 0,
     running: 0,
+    affine: [0; crate::arch::percpu::MAX_CPUS],
     teardowns_waiting: false,
 });
 

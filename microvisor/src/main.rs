@@ -249,6 +249,14 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                 Ok((mut d, first, frame)) => {
                     let idx = hv.domains.len();
                     let nr = usize::from(spec.vcpus);
+                    let online = arch::smp::online_mask();
+                    if spec.cpus & online == 0 {
+                        boot_fail(format_args!(
+                            "domain '{}': cpus names no CPU this machine has (it has {}): give QEMU more (cargo xtask run --cpus N) or change the manifest",
+                            spec.name,
+                            online.count_ones()
+                        ));
+                    }
                     if hv.vcpus.len() + nr > domain::MAX_VCPUS {
                         boot_fail(format_args!(
                             "domain '{}': too many vCPUs in all (at most {} together)",
@@ -270,6 +278,11 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             boot_fail(format_args!("too many vCPUs"));
                         }
                         let _ = d.vcpus.push(vi);
+                        for (c, a) in hv.affine.iter_mut().enumerate() {
+                            if spec.cpus & (1 << c) != 0 {
+                                *a |= 1 << vi;
+                            }
+                        }
                         if vid == 0 {
                             arch::entry::set_frame(vi, &frame);
                             let v = &mut hv.vcpus[vi];

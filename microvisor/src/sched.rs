@@ -201,7 +201,11 @@ fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     } else {
         0
     };
-    let mut m = hv.runnable & (!hv.running | own);
+    // And allowed here (manifest `cpus`).
+    let cpu = crate::arch::percpu::this_cpu()
+        .cpu
+        .load(core::sync::atomic::Ordering::Relaxed) as usize;
+    let mut m = hv.runnable & (!hv.running | own) & hv.affine[cpu % hv.affine.len()];
     if let Some(x) = exclude {
         m &= !(1u64 << x);
     }

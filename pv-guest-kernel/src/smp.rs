@@ -116,6 +116,7 @@ pub fn start(vcpu: u32, entry: fn(u32) -> !, stack_top: u64) -> Result<(), Errno
 }
 
 /// Where a secondary vCPU's stub lands: runs its entry function.
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
 pub(crate) extern "C" fn secondary_start(vcpu: u64) -> ! {
     let entry = ENTRIES.lock().get(vcpu as usize).copied().flatten();
     match entry {

@@ -14,6 +14,7 @@ pub const KERNEL_PACKAGES: &[&str] = &[
     "pagetables",
     "pingpong",
     "blk-demo",
+    "smp",
     "scenario-guests",
     "service",
 ];

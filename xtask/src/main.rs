@@ -515,6 +515,33 @@ fn test(o: &Opts) -> Result<bool, String> {
             }
         }
     }
+    if want("rustfmt") {
+        // Every crate of the workspace (and the excluded fuzz crate) is in
+        // rustfmt's style.
+        let fmt = |dir: &Path| {
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(dir)
+                .args(["fmt", "--all", "--check"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let have = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["fmt", "--version"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have {
+            println!("SKIP rustfmt (no rustfmt here: `rustup component add rustfmt`)");
+        } else if fmt(&root) && fmt(&root.join("fuzz")) {
+            passed += 1;
+            println!("PASS rustfmt");
+        } else {
+            failed.push("rustfmt".into());
+            println!("FAIL rustfmt (run `cargo fmt --all` here and in fuzz/)");
+        }
+    }
     if want("no-vector-registers") {
         match check_no_vector_regs(&qemu::kernel_path(&kdir)) {
             Ok(()) => {
@@ -627,7 +654,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         && passed + failed.len() + skipped == 0
     {
         return Err(format!(
-            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, no-vector-registers, guest-lint or new-guest"
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, rustfmt, no-vector-registers, guest-lint or new-guest"
         ));
     }
     Ok(failed.is_empty())

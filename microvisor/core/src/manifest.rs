@@ -19,6 +19,7 @@
 //! weight = 256             # scheduler weight 1-65535; default 256
 //! cap = 50                  # at most this percent of the CPU (1-100); default none
 //! vcpus = 4                # virtual CPUs (1-32); default 1; vCPU 0 starts, the guest brings up the others
+//! cpus = 0-1               # physical CPUs its vCPUs may run on (Xen's affinity: N, N-M, lists with ','); default all
 //! console = both           # which console output the serial line shows: both|io|ring
 //! ```
 //!
@@ -203,6 +204,9 @@ pub struct DomainSpec<'a> {
     pub cap: u8,
     /// Number of vCPUs (1 to [`MAX_VCPUS`]).
     pub vcpus: u8,
+    /// Physical CPUs its vCPUs may run on: bit n for CPU n (`u64::MAX`:
+    /// any).
+    pub cpus: u64,
     /// Which console output the serial line shows.
     pub console: ConsoleOutput,
 }
@@ -226,6 +230,7 @@ const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
     weight: DEFAULT_WEIGHT,
     cap: 0,
     vcpus: 1,
+    cpus: u64::MAX,
     console: ConsoleOutput::Both,
 };
 
@@ -284,6 +289,7 @@ struct Partial<'a> {
     weight: Option<u16>,
     cap: Option<u8>,
     vcpus: Option<u8>,
+    cpus: Option<u64>,
     console: Option<ConsoleOutput>,
 }
 
@@ -302,6 +308,7 @@ impl<'a> Partial<'a> {
             weight: None,
             cap: None,
             vcpus: None,
+            cpus: None,
             console: None,
         }
     }
@@ -334,6 +341,7 @@ impl<'a> Partial<'a> {
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
             cap: self.cap.unwrap_or(0),
             vcpus: self.vcpus.unwrap_or(1),
+            cpus: self.cpus.unwrap_or(u64::MAX),
             console: self.console.unwrap_or(ConsoleOutput::Both),
         })
     }
@@ -396,6 +404,35 @@ fn parse_cap(value: &str) -> Result<u8, &'static str> {
         Ok(c @ 1..=100) => Ok(c),
         _ => Err(MSG),
     }
+}
+
+/// Parses a CPU list (`3`, `0-1`, `0,2-3`) into a mask of CPUs 0-63; `None`
+/// for anything else (empty items, a range backwards, a CPU above 63).
+pub fn parse_cpus(value: &str) -> Option<u64> {
+    let num = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<u32>().ok())
+            .flatten()
+            .filter(|&n| n < 64)
+    };
+    let mut mask = 0u64;
+    for item in value.split(',') {
+        let item = item.trim();
+        let (a, b) = match item.split_once('-') {
+            Some((a, b)) => (num(a.trim())?, num(b.trim())?),
+            None => {
+                let n = num(item)?;
+                (n, n)
+            }
+        };
+        if a > b {
+            return None;
+        }
+        for c in a..=b {
+            mask |= 1 << c;
+        }
+    }
+    Some(mask)
 }
 
 /// Parses a scheduler weight.
@@ -536,6 +573,13 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                     .ok_or(err("vcpus must be a number from 1 to 32", None))?;
                 set_once(&mut section.vcpus, n, duplicate)?;
             }
+            "cpus" => {
+                let m = parse_cpus(value).ok_or(err(
+                    "cpus must be CPU numbers 0-63 or ranges N-M, separated by ','",
+                    None,
+                ))?;
+                set_once(&mut section.cpus, m, duplicate)?;
+            }
             "console" => {
                 let c = ConsoleOutput::from_name(value)
                     .ok_or(err("console must be both, io or ring", None))?;
@@ -624,6 +668,17 @@ mod tests {
     }
 
     #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("3"), Some(1 << 3));
+        assert_eq!(parse_cpus("0-1"), Some(3));
+        assert_eq!(parse_cpus("0, 2-3"), Some(0b1101));
+        assert_eq!(parse_cpus("63"), Some(1 << 63));
+        for bad in ["", "a", "-1", "1-", "3-2", "64", "+1", "0,,1"] {
+            assert_eq!(parse_cpus(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn full_manifest() {
         let text = "\
 # boot bundle for the demo
@@ -664,6 +719,7 @@ expect = killed
                 weight: 512,
                 cap: 50,
                 vcpus: 4,
+                cpus: u64::MAX,
                 console: ConsoleOutput::Both,
             }
         );
@@ -682,6 +738,7 @@ expect = killed
                 weight: 256,
                 cap: 0,
                 vcpus: 1,
+                cpus: u64::MAX,
                 console: ConsoleOutput::Both,
             }
         );
@@ -895,6 +952,18 @@ expect = killed
             (
                 "[domain x]\nweight = +5\n",
                 "manifest line 2: weight must be a number from 1 to 65535",
+            ),
+            (
+                "[domain x]\ncpus = 1-0\n",
+                "manifest line 2: cpus must be CPU numbers 0-63 or ranges N-M, separated by ','",
+            ),
+            (
+                "[domain x]\ncpus = 64\n",
+                "manifest line 2: cpus must be CPU numbers 0-63 or ranges N-M, separated by ','",
+            ),
+            (
+                "[domain x]\ncpus = 0,,1\n",
+                "manifest line 2: cpus must be CPU numbers 0-63 or ranges N-M, separated by ','",
             ),
             (
                 "[domain x]\nvcpus = 0\n",

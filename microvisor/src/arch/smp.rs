@@ -271,6 +271,13 @@ pub fn active() -> bool {
     SCHED_CPUS.load(Ordering::Relaxed).count_ones() > 1
 }
 
+/// The CPUs that started (bit per CPU number).
+pub fn online_mask() -> u64 {
+    (0..super::percpu::MAX_CPUS)
+        .filter(|&c| super::percpu::cpu(c).is_some())
+        .fold(0, |m, c| m | 1 << c)
+}
+
 /// This CPU joins the scheduler (the boot CPU when the first domain starts;
 /// each AP once the boot CPU is ready).
 pub fn join_scheduler() {
