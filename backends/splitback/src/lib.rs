@@ -41,6 +41,8 @@
 
 extern crate alloc;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -246,6 +248,12 @@ impl Slots {
                 self.free.push(s);
             }
         }
+    }
+
+    /// Slots in the pool.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.count
     }
 
     /// Slots free now.

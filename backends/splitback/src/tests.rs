@@ -1,141 +1,19 @@
 //! Host tests: the framework over an in-memory store, a simulated platform
 //! (grants are a table of plain-memory pages) and a small echo back-end.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
+use std::collections::BTreeSet;
 
 use guest_abi::io::echo::{ECHO_OP_ECHO, EchoRequest, EchoResponse};
 use guest_abi::io::ring::testing::MemPage;
 use guest_abi::io::ring::{BackRing, FrontRing};
 use proptest::prelude::*;
 
+use super::testing::{MemStore, SimPage, SimPlatform};
 use super::*;
 
-/// The service's store: values and permissions.
-#[derive(Default)]
-struct MapStore {
-    nodes: BTreeMap<String, Vec<u8>>,
-    perms: BTreeMap<String, Vec<u8>>,
-    /// Writes under this prefix fail.
-    refuse: Option<String>,
-}
-
-impl Store for MapStore {
-    fn read(&mut self, path: &str) -> Result<Vec<u8>, Errno> {
-        self.nodes.get(path).cloned().ok_or(Errno::ENOENT)
-    }
-    fn write(&mut self, path: &str, value: &[u8]) -> Result<(), Errno> {
-        if self.refuse.as_deref().is_some_and(|p| path.starts_with(p)) {
-            return Err(Errno::ENOSPC);
-        }
-        self.nodes.insert(path.into(), value.to_vec());
-        Ok(())
-    }
-    fn set_perms(&mut self, path: &str, perms: &[u8]) -> Result<(), Errno> {
-        self.perms.insert(path.into(), perms.to_vec());
-        Ok(())
-    }
-}
-
-impl MapStore {
-    fn get(&self, path: &str) -> Option<String> {
-        self.nodes
-            .get(path)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-    fn state(&self, dir: &str) -> XenbusState {
-        XenbusState::parse(&self.nodes[&format!("{dir}/state")]).unwrap()
-    }
-    fn front(&mut self, dir: &str, nodes: &[(&str, &str)]) {
-        for (k, v) in nodes {
-            self.nodes
-                .insert(format!("{dir}/{k}"), v.as_bytes().to_vec());
-        }
-    }
-    fn front_state(&mut self, dir: &str, s: XenbusState) {
-        self.front(dir, &[("state", s.as_text())]);
-    }
-}
-
-/// A mapped ring page; counts the live mappings.
-struct TestPage {
-    page: MemPage,
-    live: Rc<Cell<usize>>,
-}
-
-impl Drop for TestPage {
-    fn drop(&mut self) {
-        self.live.set(self.live.get() - 1);
-    }
-}
-
-impl SharedPage for TestPage {
-    fn load_u32(&self, off: usize) -> u32 {
-        self.page.load_u32(off)
-    }
-    fn store_u32(&self, off: usize, v: u32) {
-        self.page.store_u32(off, v);
-    }
-    fn read_bytes(&self, off: usize, out: &mut [u8]) {
-        self.page.read_bytes(off, out);
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        self.page.write_bytes(off, data);
-    }
-    fn fence(&self) {}
-}
-
-/// Grants (dom, gref) → page; unbound ports (dom, port) the front-ends
-/// offered; our bound ports; events sent; log lines.
-#[derive(Default)]
-struct World {
-    grants: BTreeMap<(u16, u32), MemPage>,
-    offered: BTreeSet<(u16, u32)>,
-    bound: BTreeSet<u32>,
-    next_port: u32,
-    notified: Vec<u32>,
-    log: Vec<String>,
-    live: Rc<Cell<usize>>,
-    slots_used: Vec<u64>,
-}
-
-impl Platform for World {
-    type Page = TestPage;
-    fn map_ring(&mut self, dom: u16, gref: u32, slot: u64) -> Result<TestPage, String> {
-        let page = self.grants.get(&(dom, gref)).ok_or("status -4")?.clone();
-        self.live.set(self.live.get() + 1);
-        self.slots_used.push(slot);
-        Ok(TestPage {
-            page,
-            live: self.live.clone(),
-        })
-    }
-    fn bind(&mut self, dom: u16, port: u32) -> Result<u32, String> {
-        if !self.offered.remove(&(dom, port)) {
-            return Err("EINVAL".into());
-        }
-        self.next_port += 1;
-        self.bound.insert(self.next_port);
-        Ok(self.next_port)
-    }
-    fn notify(&mut self, port: u32) {
-        assert!(self.bound.contains(&port), "event on a closed port");
-        self.notified.push(port);
-    }
-    fn unbind(&mut self, port: u32) {
-        assert!(self.bound.remove(&port), "closing a port twice");
-    }
-    fn log(&mut self, line: &str) {
-        self.log.push(line.into());
-    }
-}
-
-impl World {
-    fn logged(&self, text: &str) -> bool {
-        self.log.iter().any(|l| l.contains(text))
-    }
-}
+type MapStore = MemStore;
+type TestPage = SimPage;
+type World = SimPlatform;
 
 /// A small echo back-end: one ring (or `rings` rings, served in turn),
 /// answers with the payload; a request with operation 0xFF is "fatal".
@@ -266,9 +144,7 @@ impl Bench {
         ring
     }
     fn nothing_held(&self) -> bool {
-        self.world.live.get() == 0
-            && self.world.bound.is_empty()
-            && self.slots.available() == self.slots.count
+        self.world.holds_nothing() && self.slots.available() == self.slots.capacity()
     }
 }
 
@@ -325,8 +201,8 @@ fn connects_serves_closes_and_reopens() {
     assert!(!b.step(), "nothing to do before the front-end moves");
     let mut ring = b.share(1, 9, 5);
     b.store
-        .front(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Connected);
     assert!(b.world.logged("echoback: alice connected (device 7)"));
@@ -334,7 +210,7 @@ fn connects_serves_closes_and_reopens() {
     assert_eq!(b.world.live.get(), 1);
     assert_eq!(b.slots.available(), 7);
     // Its Connected changes nothing.
-    b.store.front_state(FE, XenbusState::Connected);
+    b.store.put_state(FE, XenbusState::Connected);
     assert!(!b.step());
 
     ring.push_request(&EchoRequest::new(ECHO_OP_ECHO, b"hi").unwrap())
@@ -346,26 +222,26 @@ fn connects_serves_closes_and_reopens() {
     assert_eq!(ring.consume_response().unwrap().unwrap().payload(), b"hi");
     assert_eq!(b.devs.devices()[0].data, 8);
 
-    b.store.front_state(FE, XenbusState::Closing);
+    b.store.put_state(FE, XenbusState::Closing);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Closing);
     assert!(b.world.logged("echoback: alice disconnected: 1 requests"));
     assert!(b.nothing_held());
-    b.store.front_state(FE, XenbusState::Closed);
+    b.store.put_state(FE, XenbusState::Closed);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Closed);
     assert_eq!(b.devs.devices()[0].phase(), Phase::Closed);
     assert!(!b.step());
 
     // It starts again: a new connection on new grants.
-    b.store.front_state(FE, XenbusState::Initialising);
+    b.store.put_state(FE, XenbusState::Initialising);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::InitWait);
     assert!(b.world.logged("alice: front-end starts again"));
     let _ring = b.share(1, 10, 6);
     b.store
-        .front(FE, &[("ring-ref", "10"), ("event-channel", "6")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(FE, &[("ring-ref", "10"), ("event-channel", "6")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Connected);
     assert_eq!(b.world.live.get(), 1);
@@ -376,14 +252,14 @@ fn a_vanished_state_node_closes_the_device() {
     let mut b = bench();
     let _ring = b.share(1, 9, 5);
     b.store
-        .front(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Connected);
+        .put(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Connected);
     assert!(b.step());
     b.store.nodes.remove(&format!("{FE}/state"));
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Closed);
     assert!(b.nothing_held());
-    b.store.front(FE, &[("state", "garbage")]);
+    b.store.put(FE, &[("state", "garbage")]);
     assert!(!b.step());
 }
 
@@ -422,8 +298,8 @@ fn bad_front_end_nodes_close_the_device_with_nothing_held() {
     for (nodes, why) in cases {
         let mut b = bench();
         let _ring = b.share(1, 9, 5);
-        b.store.front(FE, nodes);
-        b.store.front_state(FE, XenbusState::Initialised);
+        b.store.put(FE, nodes);
+        b.store.put_state(FE, XenbusState::Initialised);
         assert!(b.step());
         assert!(b.world.logged(why), "{nodes:?}: {:?}", b.world.log);
         assert!(b.world.logged("alice: cannot connect"));
@@ -431,7 +307,7 @@ fn bad_front_end_nodes_close_the_device_with_nothing_held() {
         assert!(b.nothing_held(), "{nodes:?}");
         assert_eq!(b.devs.devices()[0].phase(), Phase::Finished);
         // A device that could not connect is not taken back.
-        b.store.front_state(FE, XenbusState::Initialising);
+        b.store.put_state(FE, XenbusState::Initialising);
         assert!(!b.step());
     }
 }
@@ -441,8 +317,8 @@ fn whitespace_and_a_trailing_nul_are_tolerated() {
     let mut b = bench();
     let _ring = b.share(1, 9, 5);
     b.store
-        .front(FE, &[("ring-ref", " 9\n"), ("event-channel", "5\0")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(FE, &[("ring-ref", " 9\n"), ("event-channel", "5\0")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Connected);
 }
@@ -452,7 +328,7 @@ fn a_refused_protocol_maps_nothing() {
     let mut b = bench();
     b.devs.backend_mut().refuse_protocol = true;
     let _ring = b.share(1, 9, 5);
-    b.store.front(
+    b.store.put(
         FE,
         &[
             ("ring-ref", "9"),
@@ -460,7 +336,7 @@ fn a_refused_protocol_maps_nothing() {
             ("protocol", "x86_32-abi"),
         ],
     );
-    b.store.front_state(FE, XenbusState::Initialised);
+    b.store.put_state(FE, XenbusState::Initialised);
     assert!(b.step());
     assert!(b.world.logged("unsupported ring protocol `x86_32-abi`"));
     assert!(b.world.slots_used.is_empty());
@@ -475,12 +351,12 @@ fn grant_mapping_slots_are_bounded_and_given_back() {
     let _r1 = b.share(1, 9, 5);
     let _r2 = b.share(2, 9, 5);
     b.store
-        .front(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
+        .put(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
     b.store
-        .front(fe2, &[("ring-ref", "9"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(fe2, &[("ring-ref", "9"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     assert!(b.step());
-    b.store.front_state(fe2, XenbusState::Initialised);
+    b.store.put_state(fe2, XenbusState::Initialised);
     assert!(b.step());
     assert!(
         b.world
@@ -492,7 +368,7 @@ fn grant_mapping_slots_are_bounded_and_given_back() {
     );
     assert_eq!(b.world.live.get(), 1);
     assert_eq!(b.world.slots_used, [64]);
-    b.store.front_state(FE, XenbusState::Closing);
+    b.store.put_state(FE, XenbusState::Closing);
     assert!(b.step());
     assert_eq!(b.slots.available(), 1);
 }
@@ -524,7 +400,7 @@ fn two_rings_are_mapped_in_their_keys_order() {
     let rx_page = MemPage::new();
     let mut rx = FrontRing::<_, EchoRequest, EchoResponse>::init(rx_page.clone());
     b.world.grants.insert((1, 21), rx_page);
-    b.store.front(
+    b.store.put(
         FE,
         &[
             ("tx-ring-ref", "20"),
@@ -532,7 +408,7 @@ fn two_rings_are_mapped_in_their_keys_order() {
             ("event-channel", "5"),
         ],
     );
-    b.store.front_state(FE, XenbusState::Initialised);
+    b.store.put_state(FE, XenbusState::Initialised);
     assert!(b.step());
     assert_eq!(b.world.live.get(), 2);
     assert_eq!(b.slots.available(), 6);
@@ -548,15 +424,15 @@ fn two_rings_are_mapped_in_their_keys_order() {
     let mut b = bench_with(&["tx-ring-ref", "rx-ring-ref"], 8);
     let _tx = b.share(1, 20, 5);
     b.store
-        .front(FE, &[("tx-ring-ref", "20"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(FE, &[("tx-ring-ref", "20"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     b.step();
     assert!(b.world.logged("`rx-ring-ref` is missing"));
     assert!(b.nothing_held());
     // A second ring that is not a grant: the first is unmapped again.
     let mut b = bench_with(&["tx-ring-ref", "rx-ring-ref"], 8);
     let _tx = b.share(1, 20, 5);
-    b.store.front(
+    b.store.put(
         FE,
         &[
             ("tx-ring-ref", "20"),
@@ -564,7 +440,7 @@ fn two_rings_are_mapped_in_their_keys_order() {
             ("event-channel", "5"),
         ],
     );
-    b.store.front_state(FE, XenbusState::Initialised);
+    b.store.put_state(FE, XenbusState::Initialised);
     b.step();
     assert!(b.world.logged("ring grant 77"));
     assert_eq!(b.world.slots_used.len(), 1);
@@ -576,8 +452,8 @@ fn a_broken_ring_disconnects_that_front_end_for_good() {
     let mut b = bench();
     let mut ring = b.share(1, 9, 5);
     b.store
-        .front(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     b.step();
     let mut poison = EchoRequest::new(ECHO_OP_ECHO, b"x").unwrap();
     poison.operation = 0xFF;
@@ -594,10 +470,10 @@ fn a_broken_ring_disconnects_that_front_end_for_good() {
     assert_eq!(b.store.state(BE), XenbusState::Closing);
     assert!(!b.devs.wants_step());
     // It is followed to Closed and never connected again.
-    b.store.front_state(FE, XenbusState::Closed);
+    b.store.put_state(FE, XenbusState::Closed);
     assert!(b.step());
     assert_eq!(b.store.state(BE), XenbusState::Closed);
-    b.store.front_state(FE, XenbusState::Initialising);
+    b.store.put_state(FE, XenbusState::Initialising);
     assert!(!b.step());
     assert_eq!(b.devs.devices()[0].phase(), Phase::Finished);
     // An overrun producer index is fatal too.
@@ -607,8 +483,8 @@ fn a_broken_ring_disconnects_that_front_end_for_good() {
     b.world.grants.insert((1, 9), page.clone());
     b.world.offered.insert((1, 5));
     b.store
-        .front(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Initialised);
+        .put(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Initialised);
     b.step();
     page.set_u32(0, 1000);
     b.serve();
@@ -621,8 +497,8 @@ fn a_dead_domain_is_let_go_and_never_stepped_again() {
     let mut b = bench();
     let _ring = b.share(1, 9, 5);
     b.store
-        .front(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
-    b.store.front_state(FE, XenbusState::Connected);
+        .put(FE, &[("ring-ref", "9"), ("event-channel", "5")]);
+    b.store.put_state(FE, XenbusState::Connected);
     b.step();
     b.devs.domain_died(2, &mut b.world, &mut b.slots);
     assert_eq!(
@@ -634,7 +510,7 @@ fn a_dead_domain_is_let_go_and_never_stepped_again() {
     assert!(b.nothing_held());
     assert!(!b.step());
     assert!(!b.serve());
-    b.store.front_state(FE, XenbusState::Initialising);
+    b.store.put_state(FE, XenbusState::Initialising);
     assert!(!b.step());
 }
 
@@ -679,9 +555,9 @@ proptest! {
     ) {
         let mut b = bench();
         let _ring = b.share(1, 9, 5);
-        b.store.front(FE, &[("ring-ref", ring_ref.as_str()), ("event-channel", port.as_str())]);
+        b.store.put(FE, &[("ring-ref", ring_ref.as_str()), ("event-channel", port.as_str())]);
         for s in states {
-            b.store.front(FE, &[("state", format!("{s}").as_str())]);
+            b.store.put(FE, &[("state", format!("{s}").as_str())]);
             b.step();
             b.serve();
             let d = &b.devs.devices()[0];

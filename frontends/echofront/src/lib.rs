@@ -368,3 +368,25 @@ impl<P: SharedPage> EchoFront<P> {
         Some(reply)
     }
 }
+
+/// The echo device's front-end for the framework (`splitfront`): reads
+/// `feature-uppercase` at `InitWait`, one ring, nothing else to publish.
+impl<P: SharedPage> splitfront::Frontend<P> for EchoFront<P> {
+    const TYPE: &'static str = "echo";
+    const FEATURE_KEYS: &'static [&'static str] = &[xenbus::KEY_FEATURE_UPPERCASE];
+    type Offer = Features;
+
+    fn negotiate(features: &splitfront::Nodes) -> Result<Features, alloc::string::String> {
+        xenbus::parse_backend(|k| features.get(k)).map_err(|e| alloc::format!("{e:?}"))
+    }
+
+    fn connected(
+        offer: Features,
+        _at: &splitfront::Connected<'_>,
+        rings: Vec<P>,
+    ) -> Result<Self, alloc::string::String> {
+        let page = rings.into_iter().next().ok_or("no ring")?;
+        // The framework initialised the header before granting the page.
+        Ok(Self::new(FrontRing::attach(page, 0), offer))
+    }
+}
