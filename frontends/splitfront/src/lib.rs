@@ -227,7 +227,7 @@ pub struct Link<K: Kernel> {
     pub backend: u16,
     port: u32,
     ring_refs: Vec<u32>,
-    grants: DataGrants,
+    data_limit: usize,
 }
 
 /// Chooses which device [`connect`] takes.
@@ -271,7 +271,7 @@ where
         backend: peer.domid,
         port: 0,
         ring_refs: Vec::new(),
-        grants: DataGrants::new(peer.domid, F::DATA_GRANTS),
+        data_limit: F::DATA_GRANTS,
     };
     let mut pages = Vec::with_capacity(F::RINGS.len());
     let shared = (|| -> Result<(), Errno> {
@@ -362,10 +362,20 @@ impl<K: Kernel> Link<K> {
         self.kernel.wait(self.port, &mut ready);
     }
 
-    /// The budget of data-page grants ([`Frontend::DATA_GRANTS`] at most
-    /// at once), with the kernel to make them.
-    pub fn data_grants(&mut self) -> (&mut DataGrants, &mut K) {
-        (&mut self.grants, &mut self.kernel)
+    /// The budget of data-page grants to the back-end
+    /// ([`Frontend::DATA_GRANTS`] at most at once). Take it once, for the
+    /// core that grants data pages.
+    #[must_use]
+    pub fn data_grants(&self) -> DataGrants<K>
+    where
+        K: Clone,
+    {
+        DataGrants {
+            kernel: self.kernel.clone(),
+            backend: self.backend,
+            limit: self.data_limit,
+            in_use: 0,
+        }
     }
 
     /// Ends the ring grants and closes the port (best effort).
@@ -410,35 +420,23 @@ impl<K: Kernel> Link<K> {
 /// request completes, so no front-end holds more than its
 /// [`Frontend::DATA_GRANTS`] at once.
 #[derive(Debug)]
-pub struct DataGrants {
+pub struct DataGrants<K: Kernel> {
+    kernel: K,
     backend: u16,
     limit: usize,
     in_use: usize,
 }
 
-impl DataGrants {
-    fn new(backend: u16, limit: usize) -> Self {
-        Self {
-            backend,
-            limit,
-            in_use: 0,
-        }
-    }
-
+impl<K: Kernel> DataGrants<K> {
     /// Grants `frame` to the back-end (read-only if `readonly`).
     ///
     /// # Errors
     /// `ENOSPC` when the budget is spent (or the table full).
-    pub fn grant<K: Kernel>(
-        &mut self,
-        k: &mut K,
-        frame: u64,
-        readonly: bool,
-    ) -> Result<u32, Errno> {
+    pub fn grant(&mut self, frame: u64, readonly: bool) -> Result<u32, Errno> {
         if self.in_use >= self.limit {
             return Err(Errno::ENOSPC);
         }
-        let gref = k.grant(self.backend, frame, readonly)?;
+        let gref = self.kernel.grant(self.backend, frame, readonly)?;
         self.in_use += 1;
         Ok(gref)
     }
@@ -447,8 +445,8 @@ impl DataGrants {
     ///
     /// # Errors
     /// `EBUSY` while the back-end still maps it (then it stays counted).
-    pub fn end<K: Kernel>(&mut self, k: &mut K, gref: u32) -> Result<(), Errno> {
-        k.end_grant(gref)?;
+    pub fn end(&mut self, gref: u32) -> Result<(), Errno> {
+        self.kernel.end_grant(gref)?;
         self.in_use = self.in_use.saturating_sub(1);
         Ok(())
     }
