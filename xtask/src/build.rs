@@ -15,6 +15,8 @@ pub const KERNEL_PACKAGES: &[&str] = &[
     "blk-demo",
     "scenario-guests",
     "service",
+    "counter",
+    "counter-service",
 ];
 
 /// Where the kernel binaries land.
