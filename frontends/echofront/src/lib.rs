@@ -8,9 +8,10 @@
 //!   checks it. It reaches the ring page only through [`SharedPage`], so it
 //!   is plain safe code tested on the host (against the real back-end core,
 //!   `echoback`, and against a hostile one);
-//! - [`device::EchoDevice`], the glue in a running guest: the xenbus
-//!   handshake, the ring page granted to the back-end, the event channel,
-//!   and blocking calls built on the core.
+//! - [`device::EchoDevice`], blocking calls in a running guest; the xenbus
+//!   handshake, the granted ring page, the event channel, waiting and close
+//!   are the driver framework's (`splitfront`; `EchoFront` is its
+//!   `Frontend`).
 //!
 //! Everything the back-end writes (ring indices, ids, operations, lengths,
 //! sequence numbers, xenstore values) is untrusted: a bad value is reported

@@ -11,10 +11,7 @@ use guest_abi::io::ring::testing::MemPage;
 use guest_abi::io::xenbus::XenbusState;
 use proptest::prelude::*;
 
-use super::xenbus::{
-    KEY_EVENT_CHANNEL, KEY_FEATURE_UPPERCASE, KEY_RING_REF, XenbusError, frontend_entries,
-    parse_backend,
-};
+use super::xenbus::{KEY_FEATURE_UPPERCASE, XenbusError, parse_backend};
 use super::*;
 
 const RSP_PROD: usize = 8;
@@ -359,13 +356,6 @@ fn poll_rearms_the_response_event() {
 
 #[test]
 fn xenbus_nodes() {
-    assert_eq!(
-        frontend_entries(8, 5),
-        [
-            (KEY_RING_REF, "8".to_string()),
-            (KEY_EVENT_CHANNEL, "5".to_string())
-        ]
-    );
     let read =
         |v: Option<&'static str>| move |k: &str| if k == KEY_FEATURE_UPPERCASE { v } else { None };
     assert_eq!(parse_backend(read(None)), Ok(Features { uppercase: false }));
