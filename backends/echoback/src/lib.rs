@@ -96,12 +96,20 @@ impl From<RingError> for Fatal {
     }
 }
 
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Fatal {
+    /// What happened, for the log.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
             Self::RingOverrun => "front-end's request producer index ran past the ring",
             Self::NoResponseSlot => "no ring slot for a response",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -295,8 +303,12 @@ impl<P: SharedPage> splitback::Backend<P> for Echo {
         let page = rings.into_iter().next().ok_or("no ring")?;
         Ok(EchoBack::new(page, self.features))
     }
-    fn serve(&mut self, _dev: &mut (), conn: &mut EchoBack<P>) -> Result<splitback::Work, String> {
-        let w = conn.process().map_err(|f| format!("{f}"))?;
+    fn serve(
+        &mut self,
+        _dev: &mut (),
+        conn: &mut EchoBack<P>,
+    ) -> Result<splitback::Work, &'static str> {
+        let w = conn.process().map_err(|f| f.as_str())?;
         Ok(splitback::Work {
             notify: w.notify,
             more: w.more,

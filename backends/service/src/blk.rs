@@ -252,7 +252,7 @@ impl Backend<GrantedPage> for Blk {
             },
         })
     }
-    fn serve(&mut self, dev: &mut Vbd, conn: &mut Connected) -> Result<Work, String> {
+    fn serve(&mut self, dev: &mut Vbd, conn: &mut Connected) -> Result<Work, &'static str> {
         let disk = self.disk.as_mut().ok_or("no disk")?;
         let mut slice = Slice {
             disk,
@@ -264,7 +264,7 @@ impl Backend<GrantedPage> for Blk {
         let w = conn
             .back
             .process_gated(&mut slice, &mut conn.grants, &|n| crate::heap_gate(n, 0))
-            .map_err(|fatal| format!("{fatal}"))?;
+            .map_err(|fatal| fatal.as_str())?;
         Ok(Work {
             notify: w.notify,
             more: w.more,

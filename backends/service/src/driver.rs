@@ -48,7 +48,7 @@ impl splitback::Platform for KernelPlatform {
     fn unbind(&mut self, port: u32) {
         let _ = events::close(port);
     }
-    fn log(&mut self, line: &str) {
+    fn log(&mut self, line: core::fmt::Arguments<'_>) {
         println!("{line}");
     }
 }

@@ -49,6 +49,7 @@ mod tests;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 
 use guest_abi::errno::Errno;
 pub use guest_abi::io::ring::SharedPage;
@@ -100,8 +101,9 @@ pub trait Platform {
     fn notify(&mut self, port: u32);
     /// Closes our port `port`.
     fn unbind(&mut self, port: u32);
-    /// Prints one line on the service domain's console.
-    fn log(&mut self, line: &str);
+    /// Prints one line on the service domain's console (formatted straight
+    /// to it: logging allocates nothing).
+    fn log(&mut self, line: fmt::Arguments<'_>);
 }
 
 /// What one [`Backend::serve`] call did.
@@ -198,10 +200,15 @@ pub trait Backend<P: SharedPage> {
     /// no allocation per request.
     ///
     /// # Errors
-    /// A broken ring (indices a correct front-end cannot produce): the
+    /// A broken ring (indices a correct front-end cannot produce), with a
+    /// fixed text for the log (nothing is allocated on this path): the
     /// front-end is disconnected and never served again. Problems with a
     /// single request are answered on the ring instead.
-    fn serve(&mut self, dev: &mut Self::Device, conn: &mut Self::Conn) -> Result<Work, String>;
+    fn serve(
+        &mut self,
+        dev: &mut Self::Device,
+        conn: &mut Self::Conn,
+    ) -> Result<Work, &'static str>;
     /// Text added to the "connected" log line (` (16384 sectors at 0)`).
     fn connected_note(&self, _dev: &Self::Device) -> String {
         String::new()
@@ -551,7 +558,7 @@ impl<B: Backend<P>, P: SharedPage> Devices<B, P> {
                 d.closed = false;
                 d.reopenable = false;
                 Self::set_state(store, &d.be_path, XenbusState::InitWait);
-                platform.log(&format!(
+                platform.log(format_args!(
                     "{log}: {}: front-end starts again; back-end in InitWait",
                     d.name
                 ));
@@ -566,11 +573,11 @@ impl<B: Backend<P>, P: SharedPage> Devices<B, P> {
                         let d = &self.devices[i];
                         Self::set_state(store, &d.be_path, XenbusState::Connected);
                         let note = self.backend.connected_note(&d.data);
-                        platform.log(&format!("{log}: {} connected{note}", d.name));
+                        platform.log(format_args!("{log}: {} connected{note}", d.name));
                     }
                     Err(why) => {
                         let d = &mut self.devices[i];
-                        platform.log(&format!("{log}: {}: cannot connect: {why}", d.name));
+                        platform.log(format_args!("{log}: {}: cannot connect: {why}", d.name));
                         Self::set_state(store, &d.be_path, XenbusState::Closed);
                         d.closed = true;
                         d.failed = true;
@@ -695,9 +702,9 @@ impl<B: Backend<P>, P: SharedPage> Devices<B, P> {
             let stats = self.backend.disconnected(&mut d.data, link.conn);
             slots.give(link.slots);
             if stats.is_empty() {
-                platform.log(&format!("{log}: {} disconnected", d.name));
+                platform.log(format_args!("{log}: {} disconnected", d.name));
             } else {
-                platform.log(&format!("{log}: {} disconnected: {stats}", d.name));
+                platform.log(format_args!("{log}: {} disconnected: {stats}", d.name));
             }
         }
     }
@@ -723,7 +730,7 @@ impl<B: Backend<P>, P: SharedPage> Devices<B, P> {
                 }
                 Err(fatal) => {
                     let log = self.backend.log_name();
-                    platform.log(&format!(
+                    platform.log(format_args!(
                         "{log}: {}: {fatal}; disconnecting this front-end",
                         d.name
                     ));

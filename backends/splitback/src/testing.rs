@@ -170,9 +170,10 @@ impl Platform for SimPlatform {
     fn unbind(&mut self, port: u32) {
         assert!(self.bound.remove(&port).is_some(), "closing a port twice");
     }
-    fn log(&mut self, line: &str) {
+    fn log(&mut self, line: core::fmt::Arguments<'_>) {
+        let line = alloc::format!("{line}");
         std::println!("(service) {line}");
-        self.log.push(line.into());
+        self.log.push(line);
     }
 }
 

@@ -60,12 +60,15 @@ impl<P: SharedPage> Backend<P> for Echo {
         assert_eq!(rings.len(), self.rings.len());
         Ok((rings.into_iter().map(Ring::new).collect(), 0))
     }
-    fn serve(&mut self, dev: &mut u32, conn: &mut Self::Conn) -> Result<Work, String> {
+    fn serve(&mut self, dev: &mut u32, conn: &mut Self::Conn) -> Result<Work, &'static str> {
         let mut w = Work::default();
         for ring in &mut conn.0 {
-            while let Some(req) = ring.consume_request().map_err(|e| format!("{e}"))? {
+            while let Some(req) = ring
+                .consume_request()
+                .map_err(|_| "peer's producer index ran past the ring")?
+            {
                 if req.operation == 0xFF {
-                    return Err("poisoned".into());
+                    return Err("poisoned");
                 }
                 let rsp = EchoResponse {
                     id: req.id,

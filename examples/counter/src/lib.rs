@@ -127,11 +127,14 @@ impl<P: SharedPage> splitback::Backend<P> for CounterBack {
         &mut self,
         total: &mut u64,
         (ring, n): &mut Self::Conn,
-    ) -> Result<splitback::Work, String> {
+    ) -> Result<splitback::Work, &'static str> {
         let mut work = splitback::Work::default();
         // Bounded: two rings' worth, then the others' turn.
         for _ in 0..2 * RING_SIZE {
-            let Some(req) = ring.consume_request().map_err(|e| format!("{e}"))? else {
+            let Some(req) = ring
+                .consume_request()
+                .map_err(|_| "request index ran past the ring")?
+            else {
                 work.notify |= ring.push_responses_and_check_notify();
                 if ring.final_check_for_requests() {
                     continue;
@@ -139,7 +142,7 @@ impl<P: SharedPage> splitback::Backend<P> for CounterBack {
                 return Ok(work);
             };
             ring.push_response(&answer(&req, total, self.max_add))
-                .map_err(|e| format!("{e}"))?;
+                .map_err(|_| "no ring slot for a response")?;
             *n += 1;
         }
         work.notify |= ring.push_responses_and_check_notify();

@@ -44,7 +44,7 @@ impl splitback::Backend<SimPage> for Back {
     ) -> Result<Self::Conn, String> {
         Ok(BackRing::new(rings.into_iter().next().unwrap()))
     }
-    fn serve(&mut self, _: &mut (), _: &mut Self::Conn) -> Result<splitback::Work, String> {
+    fn serve(&mut self, _: &mut (), _: &mut Self::Conn) -> Result<splitback::Work, &'static str> {
         Ok(splitback::Work::default())
     }
     fn disconnected(&mut self, _: &mut (), _: Self::Conn) -> String {
