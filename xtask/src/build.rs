@@ -17,6 +17,8 @@ pub const KERNEL_PACKAGES: &[&str] = &[
     "smp",
     "scenario-guests",
     "service",
+    "counter",
+    "counter-service",
 ];
 
 /// The kernel code-generation flags (also those of the SDK's sysroot and of

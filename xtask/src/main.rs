@@ -487,6 +487,12 @@ fn test(o: &Opts) -> Result<bool, String> {
                 "-p",
                 "echofront",
                 "-p",
+                "splitback",
+                "-p",
+                "splitfront",
+                "-p",
+                "counter",
+                "-p",
                 "pv-guest-kernel",
             ])
             .status()

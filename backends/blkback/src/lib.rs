@@ -249,12 +249,20 @@ impl From<RingError> for Fatal {
     }
 }
 
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Fatal {
+    /// What happened, for the log.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
             Self::RingOverrun => "front-end's request producer index ran past the ring",
             Self::NoResponseSlot => "no ring slot for a response",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

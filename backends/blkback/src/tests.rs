@@ -1,13 +1,11 @@
 //! Host tests: a simulated front-end on an in-memory ring page, an in-memory
 //! disk and in-memory grants.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 use guest_abi::io::blkif::*;
-use guest_abi::io::ring::{FrontRing, SharedPage};
-use guest_abi::io::xenbus::XenbusState;
+use guest_abi::io::ring::FrontRing;
+use guest_abi::io::ring::testing::MemPage;
 use guest_abi::{PAGE_SIZE, Port};
 use proptest::prelude::*;
 use zerocopy::{FromBytes, IntoBytes};
@@ -20,59 +18,8 @@ const REQ_EVENT: usize = 4;
 const RSP_PROD: usize = 8;
 const ENTRY: usize = size_of::<BlkifRequest>();
 
-type Hook = Box<dyn FnMut(&mut [u8])>;
-
-struct PageInner {
-    mem: RefCell<Vec<u8>>,
-    /// Runs right after the back-end stores `req_event`: a front-end racing
-    /// the back-end's final check.
-    on_req_event: RefCell<Option<Hook>>,
-}
-
 /// One ring page of plain memory, shared by the simulated ends.
-#[derive(Clone)]
-struct Page(Rc<PageInner>);
-
-impl Page {
-    fn new() -> Self {
-        Self(Rc::new(PageInner {
-            mem: RefCell::new(vec![0xEE; PAGE_SIZE]),
-            on_req_event: RefCell::new(None),
-        }))
-    }
-    fn snapshot(&self) -> Vec<u8> {
-        self.0.mem.borrow().clone()
-    }
-    fn with<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        f(&mut self.0.mem.borrow_mut())
-    }
-    fn on_req_event(&self, hook: impl FnMut(&mut [u8]) + 'static) {
-        *self.0.on_req_event.borrow_mut() = Some(Box::new(hook));
-    }
-}
-
-impl SharedPage for Page {
-    fn load_u32(&self, off: usize) -> u32 {
-        get_u32(&self.0.mem.borrow(), off)
-    }
-    fn store_u32(&self, off: usize, v: u32) {
-        set_u32(&mut self.0.mem.borrow_mut(), off, v);
-        if off == REQ_EVENT {
-            let hook = self.0.on_req_event.borrow_mut().take();
-            if let Some(mut h) = hook {
-                h(&mut self.0.mem.borrow_mut());
-                *self.0.on_req_event.borrow_mut() = Some(h);
-            }
-        }
-    }
-    fn read_bytes(&self, off: usize, out: &mut [u8]) {
-        out.copy_from_slice(&self.0.mem.borrow()[off..off + out.len()]);
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        self.0.mem.borrow_mut()[off..off + data.len()].copy_from_slice(data);
-    }
-    fn fence(&self) {}
-}
+type Page = MemPage;
 
 fn get_u32(mem: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(mem[off..off + 4].try_into().unwrap())
@@ -362,7 +309,7 @@ fn request_racing_the_final_check_is_served() {
     let mut b = Bench::new(16, false);
     b.grants.grant(1, 9);
     let mut once = true;
-    b.page.on_req_event(move |m| {
+    b.page.on_store(REQ_EVENT, move |m| {
         if once {
             once = false;
             put_req(m, 1, &req(R, 2, 0, &[seg(1, 0, 0)]));
@@ -385,7 +332,7 @@ fn a_front_end_that_never_stops_is_cut_off_by_the_budget() {
     let mut b = Bench::new(16, false);
     b.grants.grant(1, 0);
     let mut next = 0u32;
-    b.page.on_req_event(move |m| {
+    b.page.on_store(REQ_EVENT, move |m| {
         put_req(m, next, &req(R, u64::from(next), 0, &[seg(1, 0, 0)]));
         next += 1;
         set_u32(m, REQ_PROD, next);
@@ -787,39 +734,6 @@ fn frontend_nodes_are_checked() {
         parse(&[("ring-ref", "4294967295"), ("event-channel", "5")]).map(|c| c.ring_ref),
         Ok(GrantRef(u32::MAX))
     );
-}
-
-#[test]
-fn backend_reacts_to_frontend_state() {
-    use XenbusState as S;
-    assert_eq!(on_frontend_state(S::Initialised), BackendStep::Connect);
-    assert_eq!(on_frontend_state(S::Connected), BackendStep::Connect);
-    assert_eq!(on_frontend_state(S::Initialising), BackendStep::Wait);
-    assert_eq!(on_frontend_state(S::InitWait), BackendStep::Wait);
-    assert_eq!(
-        on_frontend_state(S::Closing),
-        BackendStep::Disconnect(S::Closing)
-    );
-    assert_eq!(
-        on_frontend_state(S::Closed),
-        BackendStep::Disconnect(S::Closed)
-    );
-    assert_eq!(
-        on_frontend_state(S::Unknown),
-        BackendStep::Disconnect(S::Closed)
-    );
-    // After a clean close only a front-end starting again reopens.
-    assert!(crate::xenbus::reopens(S::Initialising));
-    for s in [
-        S::Unknown,
-        S::InitWait,
-        S::Initialised,
-        S::Connected,
-        S::Closing,
-        S::Closed,
-    ] {
-        assert!(!crate::xenbus::reopens(s), "{s:?}");
-    }
 }
 
 /// A heap with no room for the staging buffer: no request is taken from

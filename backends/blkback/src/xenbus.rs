@@ -1,18 +1,16 @@
 //! The xenstore side of a block connection, as pure functions over key and
 //! value text (key names as in Xen's `io/blkif.h`).
 //!
-//! The back-end writes [`backend_nodes`] into its own device directory and
-//! switches to `InitWait`; when the front-end's state calls for it
-//! ([`on_frontend_state`]), the back-end reads the front-end's directory,
-//! checks it with [`parse_frontend`], maps the ring and binds the event
-//! channel, and switches to `Connected`.
+//! The split-driver framework (`splitback`) runs the handshake; the block
+//! back-end publishes [`backend_nodes`] and checks the front-end's
+//! `protocol` and `ring-page-order` with [`parse_frontend`] before its ring
+//! is mapped.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
 use guest_abi::io::blkif::VDISK_READONLY;
-use guest_abi::io::xenbus::XenbusState;
 use guest_abi::{GrantRef, Port};
 
 use crate::{DeviceInfo, SECTOR_SIZE};
@@ -140,42 +138,4 @@ pub fn parse_frontend<'a>(
         ring_ref,
         event_channel: Port(port),
     })
-}
-
-/// What the back-end does when the front-end's `state` node changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendStep {
-    /// Nothing yet (stay in, or after publishing the nodes go to, `InitWait`).
-    Wait,
-    /// Read the front-end's nodes ([`parse_frontend`]), map the ring, bind the
-    /// event channel and switch to `Connected` (if not connected already).
-    Connect,
-    /// Drop the ring and event channel, then switch to this state.
-    Disconnect(XenbusState),
-}
-
-/// Whether a back-end that went to `Closed` because its front-end closed
-/// (not because the front-end broke its ring or died) takes a new
-/// connection: when the front-end starts again (`Initialising`) it goes back
-/// to `InitWait`, as Linux's blkback does ("prepare for reconnect"). Mini-OS's
-/// blkfront closes this way at shutdown (Closing, Closed, then Initialising)
-/// and waits to see `InitWait`.
-#[must_use]
-pub fn reopens(front: XenbusState) -> bool {
-    front == XenbusState::Initialising
-}
-
-/// The back-end's reaction to the front-end entering `front`.
-#[must_use]
-pub fn on_frontend_state(front: XenbusState) -> BackendStep {
-    match front {
-        XenbusState::Initialised | XenbusState::Connected => BackendStep::Connect,
-        XenbusState::Closing => BackendStep::Disconnect(XenbusState::Closing),
-        // A front-end that vanished (node removed) or closed: close too.
-        XenbusState::Closed | XenbusState::Unknown => BackendStep::Disconnect(XenbusState::Closed),
-        XenbusState::Initialising
-        | XenbusState::InitWait
-        | XenbusState::Reconfiguring
-        | XenbusState::Reconfigured => BackendStep::Wait,
-    }
 }

@@ -2,18 +2,19 @@
 //! ([`guest_abi::io::echo`]), the split device `docs/tutorial-frontend.md`
 //! is built around.
 //!
-//! The service domain owns the real pieces: the ring page mapped by grant
-//! (any [`SharedPage`]), the event channel and the xenstore directories
-//! (`backends/service/src/echo.rs`). This crate holds the policy in between,
-//! as plain safe code tested on the host against a simulated front-end:
+//! The split-driver framework (`splitback`) owns the xenstore directories,
+//! the handshake, the ring mapping and the event channel; [`Echo`] is this
+//! device's [`splitback::Backend`], the few lines that are about echo. The
+//! service domain serves it with `echo=NAME,..` on its command line. The
+//! policy is plain safe code tested on the host against a simulated
+//! front-end:
 //!
 //! - [`EchoBack::process`] drains the request ring, answers every request
 //!   with exactly one response, and says whether to send the front-end an
 //!   event;
 //! - [`answer`] is the whole per-request decision: it validates every field
 //!   of a request and builds its response, touching nothing else;
-//! - [`xenbus`] holds the xenstore side: the nodes the back-end publishes,
-//!   the parsing of the front-end's nodes, and the reaction to its state.
+//! - [`xenbus`] holds the node the back-end publishes.
 //!
 //! Everything the front-end writes is hostile. A malformed request is
 //! answered with `ECHO_RSP_ERROR` (or `ECHO_RSP_EOPNOTSUPP` for an operation
@@ -35,6 +36,11 @@ use guest_abi::io::echo::{
     ECHO_RSP_ERROR, ECHO_RSP_OKAY, EchoRequest, EchoResponse, transform,
 };
 use guest_abi::io::ring::{BackRing, RingError, SharedPage};
+
+extern crate alloc;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 
 /// Most requests one [`EchoBack::process`] call answers before it returns
 /// with [`Work::more`] set, so that a front-end refilling its ring as fast as
@@ -90,12 +96,20 @@ impl From<RingError> for Fatal {
     }
 }
 
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Fatal {
+    /// What happened, for the log.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
             Self::RingOverrun => "front-end's request producer index ran past the ring",
             Self::NoResponseSlot => "no ring slot for a response",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -253,5 +267,58 @@ impl<P: SharedPage> EchoBack<P> {
             ECHO_RSP_EOPNOTSUPP => s.unsupported = s.unsupported.wrapping_add(1),
             _ => s.invalid = s.invalid.wrapping_add(1),
         }
+    }
+}
+
+/// The echo device's back-end for the framework: one ring, the
+/// `feature-uppercase` node, [`EchoBack`] per connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo {
+    /// What every echo device offers.
+    pub features: Features,
+}
+
+impl<P: SharedPage> splitback::Backend<P> for Echo {
+    type Device = ();
+    type Conn = EchoBack<P>;
+
+    fn device_type(&self) -> &'static str {
+        "echo"
+    }
+    fn log_name(&self) -> &'static str {
+        "echoback"
+    }
+    fn backend_nodes(&self, _dev: &()) -> Vec<(&'static str, String)> {
+        xenbus::backend_nodes(&self.features)
+            .iter()
+            .map(|(k, v)| (*k, String::from(*v)))
+            .collect()
+    }
+    fn connect(
+        &mut self,
+        _dev: &mut (),
+        _front: &splitback::Frontend<'_>,
+        rings: Vec<P>,
+    ) -> Result<EchoBack<P>, String> {
+        let page = rings.into_iter().next().ok_or("no ring")?;
+        Ok(EchoBack::new(page, self.features))
+    }
+    fn serve(
+        &mut self,
+        _dev: &mut (),
+        conn: &mut EchoBack<P>,
+    ) -> Result<splitback::Work, &'static str> {
+        let w = conn.process().map_err(|f| f.as_str())?;
+        Ok(splitback::Work {
+            notify: w.notify,
+            more: w.more,
+        })
+    }
+    fn disconnected(&mut self, _dev: &mut (), conn: EchoBack<P>) -> String {
+        let s = conn.stats();
+        format!(
+            "{} requests ({} answered, {} invalid, {} unsupported), {} bytes echoed",
+            s.requests, s.ok, s.invalid, s.unsupported, s.bytes
+        )
     }
 }

@@ -2,14 +2,12 @@
 //! in-memory ring page. The well-behaved front-end uses guest-abi's
 //! `FrontRing`; the hostile one writes the page directly.
 
+use guest_abi::io::echo::*;
+use guest_abi::io::ring::FrontRing;
+use guest_abi::io::ring::testing::MemPage;
+use proptest::prelude::*;
 use std::cell::RefCell;
 use std::rc::Rc;
-
-use guest_abi::io::echo::*;
-use guest_abi::io::ring::{FrontRing, SharedPage};
-use guest_abi::io::xenbus::XenbusState;
-use guest_abi::{GrantRef, PAGE_SIZE, Port};
-use proptest::prelude::*;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::xenbus::*;
@@ -20,56 +18,8 @@ const REQ_EVENT: usize = 4;
 const RSP_PROD: usize = 8;
 const ENTRY: usize = ECHO_RING_ENTRY_SIZE;
 
-type Hook = Box<dyn FnMut(&mut [u8])>;
-
-struct PageInner {
-    mem: RefCell<Vec<u8>>,
-    /// Runs right after the back-end stores `req_event`: a front-end racing
-    /// the back-end's final check.
-    on_req_event: RefCell<Option<Hook>>,
-}
-
 /// One ring page of plain memory, shared by both simulated ends.
-#[derive(Clone)]
-struct Page(Rc<PageInner>);
-
-impl Page {
-    fn new() -> Self {
-        Self(Rc::new(PageInner {
-            mem: RefCell::new(vec![0xEE; PAGE_SIZE]),
-            on_req_event: RefCell::new(None),
-        }))
-    }
-    fn with<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        f(&mut self.0.mem.borrow_mut())
-    }
-    fn on_req_event(&self, hook: impl FnMut(&mut [u8]) + 'static) {
-        *self.0.on_req_event.borrow_mut() = Some(Box::new(hook));
-    }
-}
-
-impl SharedPage for Page {
-    fn load_u32(&self, off: usize) -> u32 {
-        get_u32(&self.0.mem.borrow(), off)
-    }
-    fn store_u32(&self, off: usize, v: u32) {
-        set_u32(&mut self.0.mem.borrow_mut(), off, v);
-        if off == REQ_EVENT {
-            let hook = self.0.on_req_event.borrow_mut().take();
-            if let Some(mut h) = hook {
-                h(&mut self.0.mem.borrow_mut());
-                *self.0.on_req_event.borrow_mut() = Some(h);
-            }
-        }
-    }
-    fn read_bytes(&self, off: usize, out: &mut [u8]) {
-        out.copy_from_slice(&self.0.mem.borrow()[off..off + out.len()]);
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        self.0.mem.borrow_mut()[off..off + data.len()].copy_from_slice(data);
-    }
-    fn fence(&self) {}
-}
+type Page = MemPage;
 
 fn get_u32(mem: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(mem[off..off + 4].try_into().unwrap())
@@ -315,7 +265,7 @@ fn a_request_published_during_the_final_check_is_not_missed() {
     let f = fired.clone();
     // The first time the back-end arms req_event, the front-end slips in
     // one more request (index 1) without notifying.
-    page.on_req_event(move |mem| {
+    page.on_store(REQ_EVENT, move |mem| {
         if !*f.borrow() {
             *f.borrow_mut() = true;
             put_req(mem, 1, &req(99, ECHO_OP_UPPERCASE, b"late"));
@@ -348,7 +298,7 @@ fn a_front_end_that_never_stops_gets_bounded_calls() {
         set_u32(mem, REQ_PROD, start + ECHO_RING_SIZE);
     };
     page.with(fill.clone());
-    page.on_req_event(fill);
+    page.on_store(REQ_EVENT, fill);
     let w = back.process().unwrap();
     assert_eq!(w.handled, MAX_REQUESTS_PER_CALL);
     assert!(w.more, "stopped at the bound, without the final check");
@@ -401,65 +351,6 @@ fn indices_wrap_around() {
         }
     }
     assert!(back.ring().req_cons() < start, "the index wrapped");
-}
-
-#[test]
-fn frontend_nodes_are_parsed_strictly() {
-    let nodes = |pairs: &'static [(&'static str, &'static str)]| {
-        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
-    };
-    assert_eq!(
-        parse_frontend(nodes(&[("ring-ref", "8"), ("event-channel", " 5\0")])),
-        Ok(FrontendConfig {
-            ring_ref: GrantRef(8),
-            event_channel: Port(5)
-        })
-    );
-    assert_eq!(
-        parse_frontend(nodes(&[("event-channel", "5")])),
-        Err(XenbusError::Missing(KEY_RING_REF))
-    );
-    assert_eq!(
-        parse_frontend(nodes(&[("ring-ref", "8")])),
-        Err(XenbusError::Missing(KEY_EVENT_CHANNEL))
-    );
-    for bad in ["", "-1", "+8", "0x8", "8a", "4294967296", "1 2"] {
-        let pairs: &'static [(&str, &str)] =
-            Box::leak(Box::new([("ring-ref", bad), ("event-channel", "5")]));
-        assert_eq!(
-            parse_frontend(nodes(pairs)),
-            Err(XenbusError::Invalid(KEY_RING_REF)),
-            "{bad:?}"
-        );
-    }
-    assert_eq!(
-        parse_frontend(nodes(&[("ring-ref", "8"), ("event-channel", "0")])),
-        Err(XenbusError::Invalid(KEY_EVENT_CHANNEL))
-    );
-    assert_eq!(
-        XenbusError::Missing(KEY_RING_REF).to_string(),
-        "front-end node `ring-ref` is missing"
-    );
-}
-
-#[test]
-fn follows_the_front_end_state() {
-    use BackendStep::*;
-    use XenbusState as S;
-    let table = [
-        (S::Unknown, Disconnect(S::Closed)),
-        (S::Initialising, Wait),
-        (S::InitWait, Wait),
-        (S::Initialised, Connect),
-        (S::Connected, Connect),
-        (S::Closing, Disconnect(S::Closing)),
-        (S::Closed, Disconnect(S::Closed)),
-        (S::Reconfiguring, Wait),
-        (S::Reconfigured, Wait),
-    ];
-    for (front, step) in table {
-        assert_eq!(on_frontend_state(front), step, "{front:?}");
-    }
 }
 
 proptest! {
@@ -521,4 +412,46 @@ proptest! {
             Err(e) => prop_assert!(false, "{:?}", e),
         }
     }
+}
+
+/// The device through the framework, as the service domain runs it:
+/// directories, connect, serve, the counters at disconnect.
+#[test]
+fn serves_through_the_framework() {
+    use guest_abi::io::xenbus::XenbusState;
+    use splitback::testing::{MemStore, SimPlatform};
+    use splitback::{Devices, Slots};
+    let mut store = MemStore::default();
+    let mut platform = SimPlatform::default();
+    let mut slots = Slots::new(64, 4);
+    let mut devs = Devices::new(Echo::default(), 0);
+    devs.add(&mut store, 3, "carol", 0, ()).unwrap();
+    let be = "/local/domain/0/backend/echo/3/0";
+    let fe = "/local/domain/3/device/echo/0";
+    assert_eq!(
+        store.get(&format!("{be}/feature-uppercase")).as_deref(),
+        Some("1")
+    );
+    let page = Page::new();
+    let mut front = Front::init(page.clone());
+    platform.grants.insert((3, 8), page);
+    platform.offered.insert((3, 4));
+    store.put(fe, &[("ring-ref", "8"), ("event-channel", "4")]);
+    store.put_state(fe, XenbusState::Initialised);
+    assert!(devs.step(&mut store, &mut platform, &mut slots));
+    assert_eq!(store.state(be), XenbusState::Connected);
+    front
+        .push_request(&req(1, ECHO_OP_UPPERCASE, b"abc"))
+        .unwrap();
+    front.push_request(&req(2, 9, b"")).unwrap();
+    front.push_requests_and_check_notify();
+    devs.serve(&mut platform, &mut slots);
+    assert_eq!(platform.notified.len(), 1);
+    assert_eq!(front.consume_response().unwrap().unwrap().payload(), b"ABC");
+    store.put_state(fe, XenbusState::Closing);
+    devs.step(&mut store, &mut platform, &mut slots);
+    assert!(platform.logged(
+        "echoback: carol disconnected: 2 requests (1 answered, 0 invalid, 1 unsupported), 3 bytes echoed"
+    ));
+    assert!(platform.holds_nothing());
 }

@@ -73,7 +73,7 @@ fn main(_si: &'static StartInfo) {
         "blk-demo: disk xvda has {} sectors ({} KiB), served by domain {}",
         info.sectors,
         info.sectors * SECTOR as u64 / 1024,
-        disk.backend
+        disk.link().backend
     );
 
     // Data goes through whole pages the back-end is granted access to, so

@@ -1,7 +1,7 @@
-//! The block front-end in a running guest: the xenbus handshake over
-//! pv-guest-kernel's xenstore client, the ring page and data pages granted
-//! to the back-end with pv-guest-kernel's grant table, the event channel,
-//! and blocking `read`/`write`/`flush` built on [`BlkFront`].
+//! The block front-end in a running guest: [`BlkFront`] connected through
+//! the split-driver framework (`splitfront`: the xenbus handshake, the
+//! granted ring page, the event channel, a bounded budget of data-page
+//! grants, waiting and close), plus blocking `read`/`write`/`flush`.
 //!
 //! ```ignore
 //! let mut xs = pv_guest_kernel::xenstore::connect()?;
@@ -13,39 +13,26 @@
 //! disk.flush()?;
 //! ```
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use guest_abi::errno::Errno;
-use guest_abi::io::ring::FrontRing;
-use guest_abi::io::xenbus::XenbusState;
-use pv_guest_kernel::page::MappedPage;
-use pv_guest_kernel::xenbus::{self as xb, Store};
-use pv_guest_kernel::xenstore::NO_TX;
-use pv_guest_kernel::{events, gnttab};
+use pv_guest_kernel::xenbus::Store;
+use splitfront::kernel::Guest;
+use splitfront::{Connected, DataGrants, Kernel, Link, Nodes, Which};
 
-use crate::{BlkFront, Completion, DeviceInfo, Error, GrantError, Grants, Segment, plan_io};
+use crate::{
+    BlkFront, BlkFrontRing, Completion, DeviceInfo, Error, GrantError, Grants, MAX_SEGMENTS,
+    Segment, plan_io,
+};
 
-/// Set by the event channel's handler.
-static EVENT: AtomicBool = AtomicBool::new(false);
-
-fn on_event(_port: u32) {
-    EVENT.store(true, Ordering::SeqCst);
-}
-
-/// Grants through pv-guest-kernel's grant table, to one back-end domain.
-pub struct KernelGrants {
-    backend: u16,
-}
-
-impl Grants for KernelGrants {
+/// Data pages are granted through the framework's bounded budget.
+impl<K: Kernel> Grants for DataGrants<K> {
     fn grant(&mut self, gfn: u64, readonly: bool) -> Result<u32, GrantError> {
-        gnttab::grant_access(self.backend, gfn, readonly).map_err(|_| GrantError::Exhausted)
+        DataGrants::grant(self, gfn, readonly).map_err(|_| GrantError::Exhausted)
     }
     fn end(&mut self, gref: u32) -> Result<(), GrantError> {
-        match gnttab::end_access(gref) {
+        match DataGrants::end(self, gref) {
             Ok(()) => Ok(()),
             Err(Errno::EBUSY) => Err(GrantError::InUse),
             Err(_) => Err(GrantError::BadRef),
@@ -53,24 +40,67 @@ impl Grants for KernelGrants {
     }
 }
 
+/// What the handshake yields for a virtual disk: the ring, the disk's
+/// parameters and the device handle. The block device's
+/// [`splitfront::Frontend`]: publishes `protocol`, reads the disk's size
+/// and features once the back-end is `Connected`; data pages are granted
+/// per request from a budget of a full ring's worth of segments.
+pub struct Negotiated<P> {
+    /// The ring (header initialised by the framework).
+    pub ring: BlkFrontRing<P>,
+    /// The disk.
+    pub info: DeviceInfo,
+    /// The device handle (the device id).
+    pub handle: u16,
+}
+
+impl<P: SharedPage> splitfront::Frontend<P> for Negotiated<P> {
+    const TYPE: &'static str = "vbd";
+    const CONNECTED_KEYS: &'static [&'static str] = &[
+        crate::xenbus::KEY_SECTORS,
+        crate::xenbus::KEY_INFO,
+        crate::xenbus::KEY_SECTOR_SIZE,
+        crate::xenbus::KEY_FEATURE_FLUSH_CACHE,
+        crate::xenbus::KEY_FEATURE_BARRIER,
+    ];
+    const DATA_GRANTS: usize = BlkFrontRing::<P>::SIZE as usize * MAX_SEGMENTS;
+    type Offer = ();
+
+    fn negotiate(_features: &Nodes) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn frontend_nodes(_offer: &()) -> Vec<(&'static str, String)> {
+        Vec::from([(
+            crate::xenbus::KEY_PROTOCOL,
+            String::from(crate::xenbus::PROTOCOL_X86_64),
+        )])
+    }
+
+    fn connected(_offer: (), at: &Connected<'_>, rings: Vec<P>) -> Result<Self, String> {
+        let info = crate::xenbus::parse_backend(|k| at.nodes.get(k))
+            .map_err(|e| alloc::format!("{e:?}"))?;
+        let page = rings.into_iter().next().ok_or("no ring")?;
+        Ok(Self {
+            ring: BlkFrontRing::attach(page, 0),
+            info,
+            handle: at.devid.parse::<u32>().unwrap_or(0) as u16,
+        })
+    }
+}
+
+use crate::SharedPage;
+
 /// Page-aligned memory whose frames the back-end is granted.
 pub use pv_guest_kernel::page::PageBuffer as Buffer;
 
 /// A connected virtual disk.
-pub struct BlkDevice {
-    front: BlkFront<MappedPage, KernelGrants>,
-    port: u32,
-    /// The device's front-end directory (`device/vbd/<id>`).
-    pub dir: String,
-    /// The back-end's domain.
-    pub backend: u16,
+pub struct BlkDevice<K: Kernel + Clone = Guest> {
+    front: BlkFront<K::Page, DataGrants<K>>,
+    link: Link<K>,
     next_tag: u64,
     /// Completions received while waiting for other requests, by tag.
     finished: Vec<(u64, i16)>,
-}
-
-fn text(v: Vec<u8>) -> String {
-    String::from_utf8_lossy(v.strip_suffix(&[0]).unwrap_or(&v)).into_owned()
 }
 
 /// An error of the device layer: a xenstore/hypercall errno, or the
@@ -99,62 +129,49 @@ impl From<Error> for DeviceError {
     }
 }
 
-impl BlkDevice {
-    /// Finds the first `vbd` device in our xenstore home and connects to
-    /// its back-end: waits for it to publish its nodes (InitWait), grants
-    /// it a fresh ring page, offers it an event channel, publishes
-    /// `ring-ref`, `event-channel` and `protocol`, switches to Initialised,
-    /// waits for Connected and reads the disk's size and features.
-    pub fn connect<S: Store + ?Sized>(xs: &mut S) -> Result<Self, DeviceError> {
-        let dev = xb::frontend_devices(xs, "vbd")?
-            .into_iter()
-            .next()
-            .ok_or(DeviceError::Errno(Errno::ENODEV))?;
-        let peer = xb::read_backend(xs, &dev.dir)?;
-        xb::wait_for_state(xs, &peer.path, XenbusState::InitWait)?;
-        let (page, ring_mfn) = pv_guest_kernel::page::alloc_shared()?;
-        let ring = FrontRing::init(page);
-        let ring_ref = gnttab::grant_access(peer.domid, ring_mfn, false)?;
-        let port = events::alloc_unbound(peer.domid, on_event)?;
-        let entries = crate::xenbus::frontend_entries(ring_ref, port);
-        let nodes: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        xb::write_nodes(xs, &dev.dir, &nodes)?;
-        xb::switch_state(xs, &dev.dir, XenbusState::Initialised)?;
-        xb::wait_for_state(xs, &peer.path, XenbusState::Connected)?;
-        let mut values: Vec<(String, String)> = Vec::new();
-        for k in [
-            crate::xenbus::KEY_SECTORS,
-            crate::xenbus::KEY_INFO,
-            crate::xenbus::KEY_SECTOR_SIZE,
-            crate::xenbus::KEY_FEATURE_FLUSH_CACHE,
-            crate::xenbus::KEY_FEATURE_BARRIER,
-        ] {
-            if let Ok(v) = xs.read(NO_TX, &xb::join(&peer.path, k)) {
-                values.push((String::from(k), text(v)));
-            }
+impl From<splitfront::Error> for DeviceError {
+    fn from(e: splitfront::Error) -> Self {
+        match e {
+            splitfront::Error::Errno(e) => Self::Errno(e),
+            splitfront::Error::Negotiation(why) => Self::Negotiation(why),
         }
-        let info: DeviceInfo = crate::xenbus::parse_backend(|k| {
-            values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
-        .map_err(|e| DeviceError::Negotiation(format!("{e:?}")))?;
-        xb::switch_state(xs, &dev.dir, XenbusState::Connected)?;
-        let handle = dev.devid.parse::<u32>().unwrap_or(0) as u16;
-        let front = BlkFront::new(
-            ring,
-            KernelGrants {
-                backend: peer.domid,
-            },
-            info,
-            handle,
-        );
+    }
+}
+
+impl BlkDevice<Guest> {
+    /// Connects to the first `vbd` device in our xenstore home (the
+    /// framework's handshake, see `splitfront::connect`): the back-end's
+    /// `InitWait`, a granted ring page, an event channel, `ring-ref`,
+    /// `event-channel` and `protocol`, `Initialised`, then its `Connected`
+    /// and the disk's size and features.
+    ///
+    /// # Errors
+    /// `ENODEV` without a virtual disk; a store or hypercall failure;
+    /// unusable back-end nodes.
+    pub fn connect<S: Store + ?Sized>(xs: &mut S) -> Result<Self, DeviceError> {
+        Self::connect_with(xs, Guest)
+    }
+}
+
+impl<K: Kernel + Clone> BlkDevice<K> {
+    /// [`BlkDevice::connect`] on another kernel.
+    ///
+    /// # Errors
+    /// As [`BlkDevice::connect`].
+    pub fn connect_with<S: Store + ?Sized>(xs: &mut S, kernel: K) -> Result<Self, DeviceError> {
+        let (n, link): (Negotiated<K::Page>, _) = splitfront::connect(xs, kernel, Which::First)?;
+        let front = BlkFront::new(n.ring, link.data_grants(), n.info, n.handle);
         Ok(Self {
             front,
-            port,
-            dir: dev.dir,
-            backend: peer.domid,
+            link,
             next_tag: 1,
             finished: Vec::new(),
         })
+    }
+
+    /// The connection: our directory, the back-end's, its domain, our port.
+    pub fn link(&self) -> &Link<K> {
+        &self.link
     }
 
     /// The disk's size and features.
@@ -163,7 +180,7 @@ impl BlkDevice {
     }
 
     /// The front-end core (statistics, protocol errors).
-    pub fn front(&self) -> &BlkFront<MappedPage, KernelGrants> {
+    pub fn front(&self) -> &BlkFront<K::Page, DataGrants<K>> {
         &self.front
     }
 
@@ -189,15 +206,9 @@ impl BlkDevice {
             }
             let done: Vec<Completion> = self.front.poll()?;
             if done.is_empty() {
-                events::disable();
-                if !EVENT.swap(false, Ordering::SeqCst)
-                    && !self.front.ring().final_check_for_responses()
-                {
-                    // Re-enables delivery atomically: no event is lost.
-                    let _ = guest_abi::hypercall::sched_block();
-                } else {
-                    events::enable();
-                }
+                let front = &self.front;
+                self.link
+                    .wait_until(|| front.ring().final_check_for_responses());
                 continue;
             }
             self.finished.extend(done.iter().map(|c| (c.tag, c.status)));
@@ -235,9 +246,7 @@ impl BlkDevice {
                 };
                 match r {
                     Ok(notify) => {
-                        if notify {
-                            let _ = events::send(self.port);
-                        }
+                        self.link.notify_if(notify);
                         pending.push(tag);
                         break;
                     }
@@ -296,9 +305,8 @@ impl BlkDevice {
     /// Makes every acknowledged write durable (flush or barrier).
     pub fn flush(&mut self) -> Result<(), DeviceError> {
         let tag = self.tag();
-        if self.front.submit_flush(tag)? {
-            let _ = events::send(self.port);
-        }
+        let notify = self.front.submit_flush(tag)?;
+        self.link.notify_if(notify);
         self.wait_for(Vec::from([tag]))
     }
 
@@ -306,9 +314,8 @@ impl BlkDevice {
     /// front-end), waiting for its answer; returns the back-end's status.
     pub fn raw_read(&mut self, sector: u64, segments: &[Segment]) -> Result<i16, DeviceError> {
         let tag = self.tag();
-        if self.front.submit_read(sector, segments, tag)? {
-            let _ = events::send(self.port);
-        }
+        let notify = self.front.submit_read(sector, segments, tag)?;
+        self.link.notify_if(notify);
         match self.wait_for(Vec::from([tag])) {
             Ok(()) => Ok(0),
             Err(DeviceError::Status(s)) => Ok(s),
@@ -318,6 +325,15 @@ impl BlkDevice {
 
     /// The event channel to the back-end.
     pub fn port(&self) -> u32 {
-        self.port
+        self.link.port()
+    }
+
+    /// Disconnects (the framework's close: `Closing`, the back-end lets go
+    /// of the ring, the grant ends, the port closes, `Closed`).
+    ///
+    /// # Errors
+    /// A store failure, or `EBUSY` if the back-end still maps the ring.
+    pub fn close<S: Store + ?Sized>(self, xs: &mut S) -> Result<(), DeviceError> {
+        Ok(self.link.close(xs)?)
     }
 }

@@ -10,6 +10,7 @@ use guest_abi::io::blkif::{
     BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, VDISK_READONLY,
 };
 use guest_abi::io::ring::BackRing;
+use guest_abi::io::ring::testing::MemPage;
 use proptest::prelude::*;
 
 use super::*;
@@ -20,24 +21,7 @@ const SECTOR: usize = 512;
 const RSP_PROD: usize = 8;
 
 /// The ring page; both ends hold a clone.
-#[derive(Clone)]
-struct Page(Rc<RefCell<Vec<u8>>>);
-
-impl SharedPage for Page {
-    fn load_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
-    }
-    fn store_u32(&self, off: usize, v: u32) {
-        self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn read_bytes(&self, off: usize, out: &mut [u8]) {
-        out.copy_from_slice(&self.0.borrow()[off..off + out.len()]);
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        self.0.borrow_mut()[off..off + data.len()].copy_from_slice(data);
-    }
-    fn fence(&self) {}
-}
+type Page = MemPage;
 
 struct GrantEntry {
     gfn: u64,
@@ -169,7 +153,7 @@ struct Sim {
 }
 
 fn sim_with(info: DeviceInfo) -> Sim {
-    let page = Page(Rc::new(RefCell::new(vec![0xEE; PAGE])));
+    let page = Page::new();
     let world = Rc::new(RefCell::new(World {
         frames: HashMap::new(),
         grants: HashMap::new(),

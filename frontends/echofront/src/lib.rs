@@ -8,9 +8,10 @@
 //!   checks it. It reaches the ring page only through [`SharedPage`], so it
 //!   is plain safe code tested on the host (against the real back-end core,
 //!   `echoback`, and against a hostile one);
-//! - [`device::EchoDevice`], the glue in a running guest: the xenbus
-//!   handshake, the ring page granted to the back-end, the event channel,
-//!   and blocking calls built on the core.
+//! - [`device::EchoDevice`], blocking calls in a running guest; the xenbus
+//!   handshake, the granted ring page, the event channel, waiting and close
+//!   are the driver framework's (`splitfront`; `EchoFront` is its
+//!   `Frontend`).
 //!
 //! Everything the back-end writes (ring indices, ids, operations, lengths,
 //! sequence numbers, xenstore values) is untrusted: a bad value is reported
@@ -366,5 +367,27 @@ impl<P: SharedPage> EchoFront<P> {
             }
         }
         Some(reply)
+    }
+}
+
+/// The echo device's front-end for the framework (`splitfront`): reads
+/// `feature-uppercase` at `InitWait`, one ring, nothing else to publish.
+impl<P: SharedPage> splitfront::Frontend<P> for EchoFront<P> {
+    const TYPE: &'static str = "echo";
+    const FEATURE_KEYS: &'static [&'static str] = &[xenbus::KEY_FEATURE_UPPERCASE];
+    type Offer = Features;
+
+    fn negotiate(features: &splitfront::Nodes) -> Result<Features, alloc::string::String> {
+        xenbus::parse_backend(|k| features.get(k)).map_err(|e| alloc::format!("{e:?}"))
+    }
+
+    fn connected(
+        offer: Features,
+        _at: &splitfront::Connected<'_>,
+        rings: Vec<P>,
+    ) -> Result<Self, alloc::string::String> {
+        let page = rings.into_iter().next().ok_or("no ring")?;
+        // The framework initialised the header before granting the page.
+        Ok(Self::new(FrontRing::attach(page, 0), offer))
     }
 }

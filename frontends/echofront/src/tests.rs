@@ -2,49 +2,22 @@
 //! (`echoback`) on an in-memory ring page, and against a hostile back-end
 //! that writes responses straight into the page.
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::rc::Rc;
 
 use echoback::EchoBack;
-use guest_abi::PAGE_SIZE;
 use guest_abi::io::echo::*;
 use guest_abi::io::ring::BackRing;
+use guest_abi::io::ring::testing::MemPage;
+use guest_abi::io::xenbus::XenbusState;
 use proptest::prelude::*;
 
-use super::xenbus::{
-    KEY_EVENT_CHANNEL, KEY_FEATURE_UPPERCASE, KEY_RING_REF, XenbusError, frontend_entries,
-    parse_backend,
-};
+use super::xenbus::{KEY_FEATURE_UPPERCASE, XenbusError, parse_backend};
 use super::*;
 
 const RSP_PROD: usize = 8;
 
 /// The ring page; both ends hold a clone.
-#[derive(Clone)]
-struct Page(Rc<RefCell<Vec<u8>>>);
-
-impl Page {
-    fn new() -> Self {
-        Self(Rc::new(RefCell::new(vec![0xEE; PAGE_SIZE])))
-    }
-}
-
-impl SharedPage for Page {
-    fn load_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
-    }
-    fn store_u32(&self, off: usize, v: u32) {
-        self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn read_bytes(&self, off: usize, out: &mut [u8]) {
-        out.copy_from_slice(&self.0.borrow()[off..off + out.len()]);
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        self.0.borrow_mut()[off..off + data.len()].copy_from_slice(data);
-    }
-    fn fence(&self) {}
-}
+type Page = MemPage;
 
 const ALL: Features = Features { uppercase: true };
 
@@ -383,13 +356,6 @@ fn poll_rearms_the_response_event() {
 
 #[test]
 fn xenbus_nodes() {
-    assert_eq!(
-        frontend_entries(8, 5),
-        [
-            (KEY_RING_REF, "8".to_string()),
-            (KEY_EVENT_CHANNEL, "5".to_string())
-        ]
-    );
     let read =
         |v: Option<&'static str>| move |k: &str| if k == KEY_FEATURE_UPPERCASE { v } else { None };
     assert_eq!(parse_backend(read(None)), Ok(Features { uppercase: false }));
@@ -457,4 +423,78 @@ proptest! {
         }
         prop_assert_eq!(front.in_flight(), n - completed.len());
     }
+}
+
+/// The whole device on the host: the real back-end (`echoback::Echo`) in
+/// the framework's back-end, this front-end through the framework's
+/// handshake, calls, and close, over the loopback store and pages.
+#[test]
+fn connects_calls_and_closes_against_the_real_back_end() {
+    use crate::device::EchoDevice;
+    use splitfront::testing::Loopback;
+    let lo = Loopback::new(echoback::Echo::default(), 1);
+    lo.add("alice", 0, ());
+    let mut xs = lo.store();
+    let mut echo = EchoDevice::connect_with(&mut xs, lo.kernel()).unwrap();
+    assert!(echo.features().uppercase);
+    assert_eq!(echo.link().backend_dir, "/local/domain/0/backend/echo/1/0");
+    let r = echo.call(ECHO_OP_UPPERCASE, b"loop").unwrap();
+    assert_eq!(r.seq, 1);
+    assert_eq!(r.payload(), b"LOOP");
+    // The whole ring in flight, answered in one go.
+    let mut tags = Vec::new();
+    while echo.front().free_slots() > 0 {
+        tags.push(echo.submit(ECHO_OP_ECHO, b"x").unwrap());
+    }
+    assert_eq!(tags.len(), 64);
+    assert_eq!(echo.wait(&tags).unwrap().len(), 64);
+    echo.close(&mut xs).unwrap();
+    lo.run_backend();
+    lo.with(|w| {
+        assert!(w.platform.logged("echoback: alice connected"));
+        assert!(
+            w.platform
+                .logged("alice disconnected: 65 requests (65 answered")
+        );
+        assert!(w.platform.holds_nothing());
+        assert!(w.platform.grants.is_empty(), "the ring grant ended");
+        assert_eq!(
+            w.store.state("/local/domain/1/device/echo/0"),
+            XenbusState::Closed
+        );
+        assert_eq!(
+            w.store.state("/local/domain/0/backend/echo/1/0"),
+            XenbusState::Closed
+        );
+    });
+}
+
+/// No device, and a back-end without a usable feature node: errors, with
+/// nothing left granted or bound.
+#[test]
+fn connect_failures_release_everything() {
+    use crate::device::{DeviceError, EchoDevice};
+    use guest_abi::errno::Errno;
+    use splitfront::testing::Loopback;
+    let lo = Loopback::new(echoback::Echo::default(), 1);
+    let mut xs = lo.store();
+    assert!(matches!(
+        EchoDevice::connect_with(&mut xs, lo.kernel()),
+        Err(DeviceError::Errno(Errno::ENODEV))
+    ));
+    lo.add("alice", 0, ());
+    lo.with(|w| {
+        w.store.put(
+            "/local/domain/0/backend/echo/1/0",
+            &[("feature-uppercase", "yes")],
+        );
+    });
+    assert!(matches!(
+        EchoDevice::connect_with(&mut xs, lo.kernel()),
+        Err(DeviceError::Negotiation(_))
+    ));
+    lo.with(|w| {
+        assert!(w.platform.grants.is_empty());
+        assert!(w.platform.offered.is_empty());
+    });
 }

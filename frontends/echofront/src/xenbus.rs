@@ -1,24 +1,12 @@
-//! Xenstore negotiation for the echo front-end, as pure functions over the
-//! text of xenstore nodes.
-//!
-//! The sequence, seen from the front-end ([`crate::device::EchoDevice::connect`]
-//! runs it): wait for the back-end to reach `InitWait` and read its features
-//! with [`parse_backend`]; initialise and grant the ring page, allocate an
-//! event channel, write [`frontend_entries`] under the device's front-end
-//! directory and switch to `Initialised`; wait for the back-end to reach
-//! `Connected`, then switch to `Connected` too.
-
-use alloc::format;
-use alloc::string::String;
+//! Xenstore negotiation for the echo front-end: the back-end's one feature
+//! node, as a pure function over its text. The handshake itself (ring
+//! reference, event channel, states) is the framework's
+//! (`splitfront::connect`, through [`crate::EchoFront`]'s `Frontend`).
 
 use crate::Features;
 
 /// Back-end node: `ECHO_OP_UPPERCASE` is served if nonzero.
 pub const KEY_FEATURE_UPPERCASE: &str = "feature-uppercase";
-/// Front-end node: grant reference of the ring page.
-pub const KEY_RING_REF: &str = "ring-ref";
-/// Front-end node: our event channel port for the back-end.
-pub const KEY_EVENT_CHANNEL: &str = "event-channel";
 
 /// Why the back-end's nodes are unusable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,14 +44,4 @@ pub fn parse_backend<S: AsRef<str>>(
     Ok(Features {
         uppercase: flag(KEY_FEATURE_UPPERCASE)?,
     })
-}
-
-/// The nodes the front-end writes into its own directory before switching
-/// to `Initialised`: the ring's grant reference and the event channel port.
-#[must_use]
-pub fn frontend_entries(ring_ref: u32, event_channel: u32) -> [(&'static str, String); 2] {
-    [
-        (KEY_RING_REF, format!("{ring_ref}")),
-        (KEY_EVENT_CHANNEL, format!("{event_channel}")),
-    ]
 }

@@ -20,6 +20,8 @@
 mod endpoint;
 #[cfg(test)]
 mod fuzz;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -122,7 +122,8 @@ fn main(si: &'static StartInfo) {
     );
     println!(
         "blkclient: xvda has {} sectors, backend domain {}",
-        info.sectors, disk.backend
+        info.sectors,
+        disk.link().backend
     );
 
     const PAGES: usize = 24; // 96 KiB: three requests of up to 11 pages

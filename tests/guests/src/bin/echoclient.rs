@@ -55,7 +55,8 @@ fn main(_si: &'static StartInfo) {
     );
     println!(
         "echoclient: connected to the echo back-end in domain {} ({})",
-        echo.backend, echo.backend_dir
+        echo.link().backend,
+        echo.link().backend_dir
     );
 
     // One call each way.
