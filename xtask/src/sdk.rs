@@ -579,6 +579,12 @@ pub fn check_new_guest(root: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     let krate = dir.join("first-guest");
     let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
+    // An xtask rebuilt while this one runs (the host tests build it) leaves
+    // this one's file deleted: the new one at the same path does as well.
+    let xtask = match xtask.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => xtask,
+    };
     let result = (|| {
         let out = Command::new(&xtask)
             .arg("new-guest")

@@ -78,10 +78,14 @@ fn word(va: u64) -> u64 {
     unsafe { read_volatile(va as *const u64) }
 }
 
-fn main(_si: &'static StartInfo) {
+fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     traps::init().expect("trap table");
-    let me = 0u16; // the only domain here, and dom0 on Xen
+    // Its own domain id: 0 (the only domain here, and dom0 on Xen) unless
+    // the command line says `me=N` (beside other domains).
+    let me = scenario_guests::arg(si, "me")
+        .and_then(|v| v.parse::<u16>().ok())
+        .unwrap_or(0);
     let (scratch, _) = mm::alloc_page().expect("page");
     let (spare, _) = mm::alloc_page().expect("page");
 
