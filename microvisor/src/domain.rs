@@ -472,25 +472,30 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
 /// `Hv::current` is then the vCPU this CPU holds (put back when the guard
 /// goes). While it waits, the CPU serves other CPUs' TLB-flush requests
 /// (the holder may be waiting for exactly that).
+#[inline(always)]
 pub fn lock() -> HvGuard {
-    let g = loop {
-        if let Some(g) = HV.try_lock() {
-            break g;
-        }
-        crate::arch::smp::serve_flush();
-        core::hint::spin_loop();
+    let g = match HV.try_lock() {
+        Some(g) => g,
+        None => lock_contended(),
     };
     let mut g = HvGuard(g);
-    let v = crate::arch::percpu::this_cpu()
-        .vcpu
-        .load(core::sync::atomic::Ordering::Relaxed);
-    g.current = if v == crate::arch::percpu::NO_VCPU {
-        NO_VCPU
-    } else {
-        v as usize
-    };
+    // (NO_VCPU is the same all-ones value in both types.)
+    g.current = crate::arch::percpu::vcpu() as usize;
     g
 }
+
+#[inline(never)]
+fn lock_contended() -> spin::MutexGuard<'static, Hv> {
+    loop {
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+        if let Some(g) = HV.try_lock() {
+            return g;
+        }
+    }
+}
+
+const _: () = assert!(NO_VCPU as u64 == crate::arch::percpu::NO_VCPU);
 
 /// `Hv::current` while this CPU holds no vCPU (it idles).
 pub const NO_VCPU: usize = usize::MAX;
@@ -500,27 +505,23 @@ pub struct HvGuard(spin::MutexGuard<'static, Hv>);
 
 impl core::ops::Deref for HvGuard {
     type Target = Hv;
+    #[inline(always)]
     fn deref(&self) -> &Hv {
         &self.0
     }
 }
 
 impl core::ops::DerefMut for HvGuard {
+    #[inline(always)]
     fn deref_mut(&mut self) -> &mut Hv {
         &mut self.0
     }
 }
 
 impl Drop for HvGuard {
+    #[inline(always)]
     fn drop(&mut self) {
-        let v = if self.0.current == NO_VCPU {
-            crate::arch::percpu::NO_VCPU
-        } else {
-            self.0.current as u64
-        };
-        crate::arch::percpu::this_cpu()
-            .vcpu
-            .store(v, core::sync::atomic::Ordering::Release);
+        crate::arch::percpu::set_vcpu(self.0.current as u64);
     }
 }
 
@@ -606,11 +607,14 @@ impl Hv {
         let mut roots: heapless::Vec<u64, { 2 * MAX_VCPUS }> = heapless::Vec::new();
         let mut written: heapless::Vec<u64, { 2 * MAX_DOMAINS + MAX_VCPUS }> = heapless::Vec::new();
         let mut segs: heapless::Vec<u64, 256> = heapless::Vec::new();
-        for d in self.domains.iter().filter(|d| d.is_live()) {
+        // (A dead domain whose teardown waits for other CPUs to let go of
+        // its vCPUs still holds all of these references.)
+        let held = |d: &Domain| d.is_live() || d.teardown_pending;
+        for d in self.domains.iter().filter(|d| held(d)) {
             let _ = written.push(d.shared_info_mfn);
             let _ = written.push(d.console_mfn);
         }
-        for v in self.vcpus.iter().filter(|v| self.domains[v.dom].is_live()) {
+        for v in self.vcpus.iter().filter(|v| held(&self.domains[v.dom])) {
             let d = v;
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
@@ -762,6 +766,9 @@ impl Hv {
         let mut elsewhere = false;
         for &v in &vcpus {
             self.set_state(v, RunState::Down);
+            if v == self.current {
+                crate::arch::percpu::set_leave_now(true);
+            }
             if self.running & (1u64 << v) != 0 && v != self.current {
                 elsewhere = true;
                 crate::arch::smp::kick(self.vcpus[v].processor);

@@ -89,7 +89,7 @@ pub extern "C" fn on_light_syscall(
     // which has the full frame.)
     LightExit {
         rax,
-        upcall: u64::from(pv::upcall_due(&hv) || hv.cur().state == RunState::Down),
+        upcall: u64::from(pv::upcall_due(&hv) || crate::arch::percpu::leave_now()),
     }
 }
 
@@ -105,13 +105,17 @@ pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
 /// domain's end) leaves the CPU before returning to the guest.
 #[inline]
 fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
-    // (After a switch to idle this CPU holds no vCPU.)
-    if hv
-        .vcpus
-        .get(hv.current)
-        .is_some_and(|v| v.state == RunState::Down)
-    {
-        sched::reschedule(hv, frame, Why::Leave);
+    // (Set when the running vCPU went down: VCPUOP_down or its domain's
+    // end.)
+    if crate::arch::percpu::leave_now() {
+        crate::arch::percpu::set_leave_now(false);
+        if hv
+            .vcpus
+            .get(hv.current)
+            .is_some_and(|v| v.state == RunState::Down)
+        {
+            sched::reschedule(hv, frame, Why::Leave);
+        }
     }
 }
 
@@ -168,8 +172,9 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         hv.audit("a memory hypercall");
         AUDITS[i].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
-    leave_if_down(&mut hv, crate::arch::entry::live(frame));
-    crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
+    let live = crate::arch::entry::live(frame);
+    leave_if_down(&mut hv, live);
+    crate::pv::deliver_events(&mut hv, crate::arch::entry::live(live));
 }
 
 /// Not an errno: the hypercall left the frame as it should return (another

@@ -202,9 +202,7 @@ fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
         0
     };
     // And allowed here (manifest `cpus`).
-    let cpu = crate::arch::percpu::this_cpu()
-        .cpu
-        .load(core::sync::atomic::Ordering::Relaxed) as usize;
+    let cpu = crate::arch::percpu::cpu_id();
     let mut m = hv.runnable & (!hv.running | own) & hv.affine[cpu % hv.affine.len()];
     if let Some(x) = exclude {
         m &= !(1u64 << x);
@@ -378,6 +376,8 @@ pub extern "C" fn idle_loop() -> ! {
             if let Some(next) = pick(&hv, None) {
                 let cur = hv.current;
                 switch_to(&mut hv, cur, next, now);
+                // Its frame, not the idle one, on the way out.
+                crate::arch::entry::set_current(next);
                 drop(hv);
                 crate::arch::entry::resume_guest();
             }
@@ -387,7 +387,28 @@ pub extern "C" fn idle_loop() -> ! {
     }
 }
 
+#[inline(always)]
 fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
+    if next == cur {
+        // The same vCPU, its state still in this CPU (the idle loop makes
+        // its frame current again itself).
+        let d = &mut hv.vcpus[next];
+        if d.runstate.state != 0 {
+            d.runstate.enter(0, now);
+        }
+        d.last_start = now;
+        if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
+            crate::time::update_vcpu_time(d.info);
+            d.time_stamp = now;
+        }
+        return;
+    }
+    switch_to_other(hv, cur, next, now);
+}
+
+/// `switch_to` another vCPU than the one this CPU holds (or held none).
+#[inline(never)]
+fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let mut segs = None;
     if next != cur {
         // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
@@ -414,9 +435,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     }
     hv.current = next;
     hv.running |= 1u64 << next;
-    let me = crate::arch::percpu::this_cpu()
-        .cpu
-        .load(core::sync::atomic::Ordering::Relaxed);
+    let me = crate::arch::percpu::cpu_id() as u32;
     if me != 0 && hv.vcpus[next].processor != me {
         first_run_here(hv, next, me);
     }

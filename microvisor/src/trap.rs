@@ -63,9 +63,17 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
     if v == crate::arch::smp::RESCHED_VECTOR as u64 {
         crate::arch::apic::eoi();
         if frame.from_guest() {
-            // An upcall for the vCPU running here, or work to look at.
+            // An upcall for the vCPU running here, or its domain ended on
+            // another CPU (it leaves), or work to look at.
             let mut hv = crate::domain::lock();
-            pv::deliver_events(&mut hv, frame);
+            if hv
+                .vcpus
+                .get(hv.current)
+                .is_some_and(|v| v.state == crate::domain::RunState::Down)
+            {
+                crate::sched::reschedule(&mut hv, frame, crate::sched::Why::Leave);
+            }
+            pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
         }
         // In the idle loop, which looks for work when hlt returns.
         return;

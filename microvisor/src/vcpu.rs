@@ -50,6 +50,9 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             }
             if hv.vcpus[vi].state != RunState::Down {
                 hv.set_state(vi, RunState::Down);
+                if is_current {
+                    crate::arch::percpu::set_leave_now(true);
+                }
                 let v = &mut hv.vcpus[vi];
                 v.poll_ports.clear();
                 v.poll_deadline = 0;

@@ -100,7 +100,7 @@ pub fn hv_stack_top() -> u64 {
 /// Sets TSS.RSP0: where the CPU pushes a frame when an interrupt or
 /// exception leaves ring 3 (the running vCPU's frame, see `entry`).
 pub fn set_rsp0(top: u64) {
-    let tss = super::percpu::this_cpu().tss.load(Ordering::Relaxed) as *mut Tss;
+    let tss = super::percpu::tss() as *mut Tss;
     // SAFETY: this CPU's own TSS (`percpu`), read by the CPU only on a
     // ring-3 to ring-0 transition, which cannot happen while the
     // hypervisor runs on it.

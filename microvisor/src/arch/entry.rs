@@ -370,19 +370,15 @@ pub fn init_cpu(hv_stack_top: u64, idle: Option<(u64, u64)>) {
 pub fn set_current(i: usize) {
     let f = frame_addr(i);
     let top = f + core::mem::size_of::<TrapFrame>() as u64;
-    let me = super::percpu::this_cpu();
     // The stubs read these only on this CPU's next entry or exit.
-    me.current_frame.store(f, Ordering::Relaxed);
-    me.frame_top.store(top, Ordering::Relaxed);
+    super::percpu::set_frame(f, top);
     super::desc::set_rsp0(top);
 }
 
 /// Sets whether the running vCPU is in guest user mode (the syscall stub's
 /// test: its `syscall` is then the guest kernel's, never a hypercall).
 pub fn set_user_mode(user: bool) {
-    super::percpu::this_cpu()
-        .user_mode
-        .store(u64::from(user), Ordering::Relaxed);
+    super::percpu::set_user_mode(u64::from(user));
 }
 
 /// Makes the exit path enter the idle loop (`sched::idle_loop`, ring 0,

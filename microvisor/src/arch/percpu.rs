@@ -43,6 +43,9 @@ pub struct PerCpu {
     /// A TLB flush another CPU asked for (`smp::flush_tlb_everywhere`):
     /// the request count this CPU has served up to.
     pub flushes_done: AtomicU64,
+    /// The vCPU running here went down during this entry (VCPUOP_down of
+    /// itself, its domain's end): it leaves the CPU on the way out.
+    pub leave_now: AtomicU64,
 }
 
 /// `PerCpu::vcpu` when the CPU holds no vCPU's state.
@@ -83,6 +86,7 @@ impl PerCpu {
             ldt_loaded: AtomicU64::new(0),
             vcpu: AtomicU64::new(NO_VCPU),
             flushes_done: AtomicU64::new(0),
+            leave_now: AtomicU64::new(0),
         }
     }
 }
@@ -131,6 +135,75 @@ pub unsafe fn install(block: &'static PerCpu, cpu: u32, apic_id: u32) {
 /// The boot CPU's block, installed (`install`) during boot.
 pub fn bsp() -> &'static PerCpu {
     &BSP
+}
+
+/// Reads the `u64` field at `off` of this CPU's block (one instruction).
+#[inline(always)]
+fn gs_read<const OFF: usize>() -> u64 {
+    let v: u64;
+    // SAFETY: from `install` on, in the hypervisor the GS base points at
+    // this CPU's block; `OFF` is the offset of one of its `u64` fields.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[{off}]", out(reg) v, off = const OFF, options(nostack, readonly, preserves_flags))
+    };
+    v
+}
+
+/// Writes the `u64` field at `off` of this CPU's block.
+#[inline(always)]
+fn gs_write<const OFF: usize>(v: u64) {
+    // SAFETY: as for `gs_read`; the field is an atomic only this CPU
+    // writes.
+    unsafe {
+        core::arch::asm!("mov gs:[{off}], {}", in(reg) v, off = const OFF, options(nostack, preserves_flags))
+    };
+}
+
+/// The vCPU this CPU holds (`PerCpu::vcpu`).
+#[inline(always)]
+pub fn vcpu() -> u64 {
+    gs_read::<{ core::mem::offset_of!(PerCpu, vcpu) }>()
+}
+
+#[inline(always)]
+pub fn set_vcpu(v: u64) {
+    gs_write::<{ core::mem::offset_of!(PerCpu, vcpu) }>(v)
+}
+
+/// Whether the vCPU running here must leave on the way out (`leave_now`).
+#[inline(always)]
+pub fn leave_now() -> bool {
+    gs_read::<{ core::mem::offset_of!(PerCpu, leave_now) }>() != 0
+}
+
+#[inline(always)]
+pub fn set_leave_now(v: bool) {
+    gs_write::<{ core::mem::offset_of!(PerCpu, leave_now) }>(u64::from(v))
+}
+
+/// This CPU's number.
+#[inline(always)]
+pub fn cpu_id() -> usize {
+    (gs_read::<{ core::mem::offset_of!(PerCpu, cpu) }>() & 0xffff_ffff) as usize
+}
+
+/// Sets this CPU's current frame and frame top (`entry::set_current`).
+#[inline(always)]
+pub fn set_frame(frame: u64, top: u64) {
+    gs_write::<OFF_CURRENT_FRAME>(frame);
+    gs_write::<OFF_FRAME_TOP>(top);
+}
+
+/// This CPU's TSS.
+#[inline(always)]
+pub fn tss() -> u64 {
+    gs_read::<{ core::mem::offset_of!(PerCpu, tss) }>()
+}
+
+/// Sets whether this CPU's vCPU is in guest user mode.
+#[inline(always)]
+pub fn set_user_mode(user: u64) {
+    gs_write::<OFF_USER_MODE>(user)
 }
 
 /// This CPU's block.
