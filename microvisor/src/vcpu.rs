@@ -288,7 +288,10 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     let a: guest_abi::vcpu::VcpuRegisterVcpuInfo =
         guest::read(hv.cur().cr3, arg).map_err(|_| Errno::EFAULT)?;
     let v = &hv.vcpus[vi];
+    // (An offset that is not 8-byte aligned is refused too: the selector
+    // word must be one aligned atomic word.)
     if u64::from(a.offset) > PAGE - 64
+        || a.offset % 8 != 0
         || v.info_mfn != 0
         || (vi != hv.current && v.state != RunState::Down)
     {
