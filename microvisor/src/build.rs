@@ -8,7 +8,7 @@
 
 use crate::arch::desc::{GUEST_CS64, GUEST_DS};
 use crate::arch::entry::TrapFrame;
-use crate::domain::{Domain, VcpuInfo};
+use crate::domain::Domain;
 use crate::mm::{self, PAGE, paging};
 use core::fmt::Write;
 use guest_abi::start_info::StartInfo;
@@ -168,7 +168,7 @@ pub fn build(
             .store(1, core::sync::atomic::Ordering::Relaxed);
     }
     crate::time::init_wallclock(shared);
-    crate::time::update_vcpu_time(VcpuInfo::in_shared(shared, 0));
+    crate::time::update_vcpu_time(crate::domain::vcpu_info_in_shared(shared, 0));
 
     // Bootstrap page tables.
     let pt_first = pfn_of(layout.pt_start);

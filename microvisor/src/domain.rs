@@ -260,38 +260,13 @@ pub struct Domain {
 }
 
 /// Where a vCPU's `vcpu_info` lives: its slot in shared info (vCPUs 0-31)
-/// or wherever VCPUOP_register_vcpu_info moved it.
-#[derive(Clone, Copy)]
-pub struct VcpuInfo {
-    pub page: crate::mm::SharedFrame,
-    /// Byte offset of the structure in the page (64 bytes long).
-    pub off: u64,
-}
+/// or wherever VCPUOP_register_vcpu_info moved it (64 bytes of a frame the
+/// hypervisor writes, `mm::SharedSlot`).
+pub type VcpuInfo = crate::mm::SharedSlot;
 
-impl VcpuInfo {
-    /// None (reads zeroes until written; never a guest's frame).
-    pub const NONE: VcpuInfo = VcpuInfo {
-        page: crate::mm::SharedFrame::NONE,
-        off: 0,
-    };
-
-    /// The slot of vCPU `vcpu` in a shared info page.
-    pub fn in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo {
-        VcpuInfo {
-            page,
-            off: u64::from(vcpu % 32) * 64,
-        }
-    }
-
-    pub fn u8_at(&self, o: u64) -> &'static core::sync::atomic::AtomicU8 {
-        self.page.u8_at(self.off + o)
-    }
-    pub fn u32_at(&self, o: u64) -> &'static core::sync::atomic::AtomicU32 {
-        self.page.u32_at(self.off + o)
-    }
-    pub fn u64_at(&self, o: u64) -> &'static core::sync::atomic::AtomicU64 {
-        self.page.u64_at(self.off + o)
-    }
+/// The slot of vCPU `vcpu` in a shared info page.
+pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo {
+    page.slot(u64::from(vcpu % 32) * 64)
 }
 
 /// One virtual CPU: its registers' home (`arch::entry`'s frame of the same
@@ -376,7 +351,7 @@ impl Vcpu {
             initialised: false,
             cr3: 0,
             user_cr3: 0,
-            info: VcpuInfo::in_shared(shared, vid),
+            info: vcpu_info_in_shared(shared, vid),
             info_mfn: 0,
             pv: PvState::new(),
             fpu: crate::arch::cpu::FpuState::initial(),

@@ -35,7 +35,7 @@ impl SharedBits {
             info: Self::NONE.info,
         };
         for (v, i) in b.info.iter_mut().enumerate() {
-            *i = crate::domain::VcpuInfo::in_shared(page, v as u32);
+            *i = crate::domain::vcpu_info_in_shared(page, v as u32);
         }
         b
     }

@@ -300,10 +300,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     let (dom_idx, vid) = (v.dom, v.vid);
     let dom = hv.domains[dom_idx].id;
     let page = frames::hv_writable(a.mfn, dom).map_err(|_| Errno::EINVAL)?;
-    let new = VcpuInfo {
-        page,
-        off: u64::from(a.offset),
-    };
+    let new: VcpuInfo = page.slot(u64::from(a.offset));
     let old = v.info;
     for w in 0..8 {
         let x = old

@@ -206,12 +206,60 @@ impl SharedFrame {
         }
     }
 
+    /// The 64 bytes at offset `off & !7` (moved back to end in the page).
+    pub fn slot(self, off: u64) -> SharedSlot {
+        let i = (off as usize / 8).min(512 - 8);
+        match self.0[i..i + 8].try_into() {
+            Ok(s) => SharedSlot(s),
+            Err(_) => SharedSlot::NONE,
+        }
+    }
+
     /// The byte at offset `off` (wrapped into the page).
     pub fn u8_at(self, off: u64) -> &'static core::sync::atomic::AtomicU8 {
         let off = off as usize & (PAGE as usize - 1);
         // SAFETY: inside the page this handle refers to, which stays mapped;
         // a byte has no alignment requirement.
         unsafe { core::sync::atomic::AtomicU8::from_ptr((self.0.as_ptr() as *mut u8).add(off)) }
+    }
+}
+
+/// 64 bytes of a [`SharedFrame`] (a vcpu_info), 8-byte aligned: the same
+/// guarantees, with the offset computed once.
+#[derive(Clone, Copy)]
+pub struct SharedSlot(&'static [core::sync::atomic::AtomicU64; 8]);
+
+static SPARE_SLOT: [core::sync::atomic::AtomicU64; 8] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; 8];
+
+impl SharedSlot {
+    /// Belongs to no domain (reads zeroes until written).
+    pub const NONE: SharedSlot = SharedSlot(&SPARE_SLOT);
+
+    /// The aligned u64 at byte offset `o & !7` (wrapped into the slot).
+    #[inline(always)]
+    pub fn u64_at(self, o: u64) -> &'static core::sync::atomic::AtomicU64 {
+        &self.0[(o as usize / 8) & 7]
+    }
+
+    /// The aligned u32 at byte offset `o & !3` (wrapped into the slot).
+    #[inline(always)]
+    pub fn u32_at(self, o: u64) -> &'static core::sync::atomic::AtomicU32 {
+        let o = o as usize & 60;
+        // SAFETY: an aligned u32 inside the slot, which stays mapped; guests
+        // may write it, which atomics allow.
+        unsafe {
+            core::sync::atomic::AtomicU32::from_ptr((self.0.as_ptr() as *mut u8).add(o) as *mut u32)
+        }
+    }
+
+    /// The byte at offset `o` (wrapped into the slot).
+    #[inline(always)]
+    pub fn u8_at(self, o: u64) -> &'static core::sync::atomic::AtomicU8 {
+        let o = o as usize & 63;
+        // SAFETY: inside the slot, which stays mapped; a byte has no
+        // alignment requirement.
+        unsafe { core::sync::atomic::AtomicU8::from_ptr((self.0.as_ptr() as *mut u8).add(o)) }
     }
 }
 
