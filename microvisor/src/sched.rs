@@ -376,8 +376,10 @@ pub extern "C" fn idle_loop() -> ! {
             if let Some(next) = pick(&hv, None) {
                 let cur = hv.current;
                 switch_to(&mut hv, cur, next, now);
-                // Its frame, not the idle one, on the way out.
+                // Its frame, not the idle one, on the way out, with the
+                // upcall that woke it delivered as on every exit.
                 crate::arch::entry::set_current(next);
+                crate::pv::deliver_events(&mut hv, crate::arch::entry::current_frame());
                 drop(hv);
                 crate::arch::entry::resume_guest();
             }

@@ -402,6 +402,19 @@ pub fn set_current_idle() {
     me.current_frame.store(a, Ordering::Relaxed);
 }
 
+/// The frame of the vCPU this CPU runs (`set_current`), for the idle
+/// loop, which has none handed to it.
+pub fn current_frame() -> &'static mut TrapFrame {
+    let cur = super::percpu::this_cpu()
+        .current_frame
+        .load(Ordering::Relaxed);
+    // SAFETY: this CPU's current frame is an element of FRAMES (the idle
+    // loop calls this after `set_current`), to which no other reference
+    // exists while the hypervisor runs on this CPU (only its stubs touch
+    // it, at entry and exit).
+    unsafe { &mut *(cur as *mut TrapFrame) }
+}
+
 /// From the idle loop: runs the vCPU made current (`set_current`) through
 /// the common exit path; the idle stack is abandoned.
 pub fn resume_guest() -> ! {
