@@ -529,6 +529,14 @@ impl Hv {
         &self.vcpus[self.current]
     }
 
+    /// Whether this CPU runs a vCPU that has gone down (VCPUOP_down, or its
+    /// domain ended here or on another CPU): it must leave the CPU.
+    pub fn current_is_down(&self) -> bool {
+        self.vcpus
+            .get(self.current)
+            .is_some_and(|v| v.state == RunState::Down)
+    }
+
     /// The running vCPU's domain.
     #[inline(always)]
     pub fn cur_dom(&self) -> &Domain {

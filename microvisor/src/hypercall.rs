@@ -109,11 +109,7 @@ fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
     // end.)
     if crate::arch::percpu::leave_now() {
         crate::arch::percpu::set_leave_now(false);
-        if hv
-            .vcpus
-            .get(hv.current)
-            .is_some_and(|v| v.state == RunState::Down)
-        {
+        if hv.current_is_down() {
             sched::reschedule(hv, frame, Why::Leave);
         }
     }

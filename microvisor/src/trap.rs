@@ -66,11 +66,7 @@ pub extern "C" fn on_trap(frame: &mut TrapFrame) {
             // An upcall for the vCPU running here, or its domain ended on
             // another CPU (it leaves), or work to look at.
             let mut hv = crate::domain::lock();
-            if hv
-                .vcpus
-                .get(hv.current)
-                .is_some_and(|v| v.state == crate::domain::RunState::Down)
-            {
+            if hv.current_is_down() {
                 crate::sched::reschedule(&mut hv, frame, crate::sched::Why::Leave);
             }
             pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
