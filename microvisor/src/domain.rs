@@ -406,10 +406,6 @@ pub struct Hv {
     pub vcpus: heapless::Vec<Vcpu, MAX_VCPUS>,
     /// Index in `vcpus` of the running vCPU.
     pub current: usize,
-    /// Event-channel tables, by domain index (= domain id).
-    pub channels: [microvisor_core::evtchn::Channels; MAX_DOMAINS],
-    /// Event delivery bits (each domain's shared info), by domain index.
-    pub bits: [crate::events::SharedBits; MAX_DOMAINS],
     /// Bit i set when vCPU index i is Runnable (kept by `set_state`).
     pub runnable: u64,
     /// Bit i set while some CPU holds vCPU index i (runs it, or idles with
@@ -425,6 +421,43 @@ pub struct Hv {
     pub timers_due: u64,
 }
 
+/// What the lock-free hypercall paths (`hypercall::on_light_syscall`) read
+/// of a vCPU, by its index in `Hv::vcpus`. Written under the hypervisor
+/// lock by the code that changes the `Vcpu` field it mirrors.
+pub struct VcpuLight {
+    /// Its `RunState` (`light_state`), kept by `Hv::set_state`. A sender
+    /// without the lock sets an event pending, then reads this and takes
+    /// the lock to wake the vCPU if it reads Blocked; a vCPU blocks by
+    /// storing Blocked, then looks for pending events once more
+    /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
+    pub state: core::sync::atomic::AtomicU8,
+    /// Its domain's id (= index in `Hv::domains`).
+    pub dom: core::sync::atomic::AtomicU16,
+    /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
+    pub cr3: core::sync::atomic::AtomicU64,
+    /// Its vcpu_info (`Vcpu::info`, kept by `Hv::set_info`).
+    pub info: crate::mm::SlotCell,
+}
+
+/// Every vCPU's [`VcpuLight`].
+pub static LIGHT: [VcpuLight; MAX_VCPUS] = [const {
+    VcpuLight {
+        state: core::sync::atomic::AtomicU8::new(light_state(RunState::Down)),
+        dom: core::sync::atomic::AtomicU16::new(0),
+        cr3: core::sync::atomic::AtomicU64::new(0),
+        info: crate::mm::SlotCell::new(),
+    }
+}; MAX_VCPUS];
+
+/// A `RunState` as [`VcpuLight::state`] holds it.
+pub const fn light_state(s: RunState) -> u8 {
+    match s {
+        RunState::Runnable => 0,
+        RunState::Blocked => 1,
+        RunState::Down => 2,
+    }
+}
+
 /// Id of the domain whose vCPU runs (`u32::MAX` before the first), kept
 /// outside the lock so a crash report can name it.
 pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
@@ -434,8 +467,6 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: heapless::Vec::new(),
     vcpus: heapless::Vec::new(),
     current: 0,
-    channels: [const { microvisor_core::evtchn::Channels::new(1) }; MAX_DOMAINS],
-    bits: [crate::events::SharedBits::NONE; MAX_DOMAINS],
     timers_due: 0,
     runnable: 0,
     running: 0,
@@ -567,11 +598,54 @@ impl Hv {
             return;
         };
         d.state = state;
+        LIGHT[i].state.store(light_state(state), Ordering::SeqCst);
         if state == RunState::Runnable {
             self.runnable |= 1 << i;
         } else {
             self.runnable &= !(1 << i);
         }
+    }
+
+    /// Adds vCPU `v` to `Hv::vcpus` (its `LIGHT` entry with it); returns its
+    /// index, or `None` when there is no room.
+    pub fn add_vcpu(&mut self, v: Vcpu) -> Option<usize> {
+        let i = self.vcpus.len();
+        // (A domain's index is its id.)
+        let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
+        self.vcpus.push(v).ok()?;
+        let l = &LIGHT[i];
+        l.dom.store(dom, Ordering::Relaxed);
+        l.cr3.store(cr3, Ordering::Relaxed);
+        l.info.store(info);
+        l.state.store(light_state(state), Ordering::SeqCst);
+        Some(i)
+    }
+
+    /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
+    pub fn set_cr3(&mut self, i: usize, cr3: u64) {
+        self.vcpus[i].cr3 = cr3;
+        LIGHT[i].cr3.store(cr3, Ordering::Relaxed);
+    }
+
+    /// Sets where vCPU `i`'s vcpu_info lives (`Vcpu::info`).
+    pub fn set_info(&mut self, i: usize, info: VcpuInfo) {
+        self.vcpus[i].info = info;
+        LIGHT[i].info.store(info);
+    }
+
+    /// Blocks the running vCPU `i` unless `pending` (its events, read after
+    /// the state is Blocked) says it has something to do: then it stays
+    /// runnable and this returns false. In this order, a sender that sets
+    /// an event pending without the lock either is seen here or sees
+    /// Blocked (`VcpuLight::state`) and takes the lock to wake it.
+    pub fn block_unless(&mut self, i: usize, pending: impl FnOnce(&Hv) -> bool) -> bool {
+        self.set_state(i, RunState::Blocked);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        if pending(self) {
+            self.set_state(i, RunState::Runnable);
+            return false;
+        }
+        true
     }
 
     /// Records that a guest timer or poll deadline was set for system time
@@ -731,7 +805,7 @@ impl Hv {
         let id = d.id;
         // Peers' ends of its channels become unbound (while it is still live:
         // the event code does not touch dead domains).
-        microvisor_core::evtchn::close_all(self, id);
+        crate::events::domain_ended(id);
         let now = crate::time::now_ns();
         let d = &mut self.domains[idx];
         d.end = Some(end);
@@ -796,7 +870,7 @@ impl Hv {
         // their write references.
         d.shared = crate::mm::SharedFrame::NONE;
         d.console_page = crate::mm::SharedFrame::NONE;
-        self.bits[idx] = crate::events::SharedBits::NONE;
+        crate::events::domain_gone(id);
         crate::mm::frames::drop_hv_writable(shared);
         crate::mm::frames::drop_hv_writable(console);
         // Each vCPU: stopped for good; its registered vcpu_info, GDT and
@@ -814,6 +888,7 @@ impl Hv {
             let _ = bases.push(vc.user_cr3);
             let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn);
             vc.info = VcpuInfo::NONE;
+            LIGHT[v].info.store(VcpuInfo::NONE);
             vc.info_mfn = 0;
             if info != 0 {
                 crate::mm::frames::drop_hv_writable(info);

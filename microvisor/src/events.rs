@@ -3,11 +3,12 @@
 //! decoding, and kicks (waking a blocked vCPU). The state machine itself is
 //! `microvisor_core::evtchn` (host-tested); this module only adapts it.
 
-use crate::domain::{Hv, RunState};
+use crate::domain::{Hv, MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN, RunState};
 use crate::mm::{self, guest};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_abi::errno::Errno;
 use microvisor_core::evtchn::{self, Channels, EventBits, Kick};
+use spin::{Mutex, MutexGuard};
 
 /// A domain's 2-level event bits: the bitmaps in its shared info page, the
 /// selector and upcall flag in each vCPU's vcpu_info.
@@ -15,7 +16,7 @@ use microvisor_core::evtchn::{self, Channels, EventBits, Kick};
 pub struct SharedBits {
     pub page: mm::SharedFrame,
     /// Each vCPU's vcpu_info, by vCPU number.
-    pub info: [crate::domain::VcpuInfo; crate::domain::MAX_VCPUS_PER_DOMAIN],
+    pub info: [crate::domain::VcpuInfo; MAX_VCPUS_PER_DOMAIN],
 }
 
 const PENDING: u64 = 2048;
@@ -84,21 +85,149 @@ impl EventBits for SharedBits {
     }
 }
 
-impl evtchn::Domains for Hv {
+/// One domain's event channels: its port table and delivery bits, under
+/// its own lock (Xen's per-domain event lock). Index = domain id.
+pub struct DomainEvents {
+    pub channels: Channels,
+    pub bits: SharedBits,
+    /// Its vCPUs' indices in `Hv::vcpus`, by vCPU number (for kicks).
+    pub vcpus: [u8; MAX_VCPUS_PER_DOMAIN],
+    /// Live: its ports may fire and bind. Cleared (under the lock) when the
+    /// domain ends, before its shared info can go.
+    pub live: bool,
+}
+
+static EVENTS: [Mutex<DomainEvents>; MAX_DOMAINS] = [const {
+    Mutex::new(DomainEvents {
+        channels: Channels::new(1),
+        bits: SharedBits::NONE,
+        vcpus: [0; MAX_VCPUS_PER_DOMAIN],
+        live: false,
+    })
+}; MAX_DOMAINS];
+
+/// Domains that exist (dying ones too): their ids are below this.
+static NR_DOMAINS: AtomicUsize = AtomicUsize::new(0);
+
+/// Some domains' event locks, taken in id order (the lock order of
+/// docs/smp.md), as the policy's [`evtchn::Domains`]: it reaches only these
+/// domains. An operation that wanted another one (a binding that changed
+/// under a lock-free send) finds it missing and is retried with it.
+pub struct Held {
+    g: [Option<MutexGuard<'static, DomainEvents>>; MAX_DOMAINS],
+    /// A domain asked for but not held.
+    missed: Option<u16>,
+}
+
+impl Held {
+    /// Takes the event locks of the domains whose bits are set in `mask`
+    /// (bit i: domain id i), lowest id first.
+    pub fn lock(mask: u32) -> Held {
+        let mut h = Held {
+            g: [const { None }; MAX_DOMAINS],
+            missed: None,
+        };
+        let mut m = mask & ((1u32 << MAX_DOMAINS) - 1);
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            h.g[i] = Some(lock_serving(&EVENTS[i]));
+        }
+        h
+    }
+
+    /// Every domain's event lock (operations that may reach any domain:
+    /// binding, closing, a domain's end).
+    pub fn all() -> Held {
+        Held::lock(u32::MAX)
+    }
+
+    /// One domain's event lock.
+    pub fn one(dom: u16) -> Held {
+        Held::lock(1u32.checked_shl(u32::from(dom)).unwrap_or(0))
+    }
+
+    /// Domain `dom`'s events, when held.
+    pub fn events(&mut self, dom: u16) -> Option<&mut DomainEvents> {
+        self.g.get_mut(dom as usize)?.as_deref_mut()
+    }
+}
+
+/// Takes `m`, serving other CPUs' TLB-flush requests while it waits (the
+/// holder may be waiting for this CPU's flush).
+#[inline(always)]
+fn lock_serving<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
+    loop {
+        if let Some(g) = m.try_lock() {
+            return g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    }
+}
+
+impl evtchn::Domains for Held {
     type Bits = SharedBits;
 
     #[inline(always)]
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
-        let i = dom as usize;
-        // A dead domain's shared info frame has been freed: never touch it.
-        if !self.domains.get(i).is_some_and(|d| d.is_live()) {
-            return None;
+        match self.g.get_mut(dom as usize) {
+            // A dead domain's shared info frame may be gone: never touch it.
+            Some(Some(g)) if g.live => {
+                let e: &mut DomainEvents = g;
+                Some((&mut e.channels, &mut e.bits))
+            }
+            Some(None) if (dom as usize) < NR_DOMAINS.load(Ordering::Acquire) => {
+                self.missed = Some(dom);
+                None
+            }
+            _ => None,
         }
-        Some((&mut self.channels[i], &mut self.bits[i]))
     }
 
     fn exists(&self, dom: u16) -> bool {
-        (dom as usize) < self.domains.len()
+        (dom as usize) < NR_DOMAINS.load(Ordering::Acquire)
+    }
+}
+
+/// Boot: domain `dom` (the next id) exists, with vCPUs whose indices in
+/// `Hv::vcpus` are `vcpus`, delivering through `shared`.
+pub fn domain_built(dom: u16, vcpus: &[usize], shared: mm::SharedFrame) {
+    {
+        let mut h = Held::one(dom);
+        let Some(e) = h.events(dom) else { return };
+        e.bits = SharedBits::new(shared);
+        e.channels.reinit(vcpus.len() as u32);
+        for (n, &i) in vcpus.iter().enumerate().take(MAX_VCPUS_PER_DOMAIN) {
+            e.vcpus[n] = i as u8;
+        }
+        e.live = true;
+    }
+    NR_DOMAINS.fetch_max(usize::from(dom) + 1, Ordering::Release);
+}
+
+/// A domain ends: its peers' ends of its channels become unbound (while it
+/// is still live: the policy does not touch dead domains), then no port of
+/// it fires again.
+pub fn domain_ended(dom: u16) {
+    let mut h = Held::all();
+    evtchn::close_all(&mut h, dom);
+    if let Some(e) = h.events(dom) {
+        e.live = false;
+    }
+}
+
+/// A dead domain's shared info goes: nothing may reach its bits.
+pub fn domain_gone(dom: u16) {
+    if let Some(e) = Held::one(dom).events(dom) {
+        e.bits = SharedBits::NONE;
+    }
+}
+
+/// VCPUOP_register_vcpu_info moved vCPU `vid` of `dom`'s vcpu_info.
+pub fn vcpu_info_moved(dom: u16, vid: u32, info: crate::domain::VcpuInfo) {
+    if let Some(e) = Held::one(dom).events(dom) {
+        e.bits.info[vid as usize % MAX_VCPUS_PER_DOMAIN] = info;
     }
 }
 
@@ -119,6 +248,71 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     }
 }
 
+/// EVTCHNOP_send's event part: `me` sends on `port`, with the event locks
+/// of the sender and, for an interdomain port, its peer (a binding that
+/// changed meanwhile shows as a missed domain: tried again with it, at most
+/// once per domain there is). Returns the kick, if any, with the index in
+/// `Hv::vcpus` of the vCPU it is for.
+#[inline(always)]
+fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
+    let mut mask = 1u32 << (me as usize % MAX_DOMAINS);
+    for _ in 0..=MAX_DOMAINS {
+        let mut h = Held::lock(mask);
+        let r = evtchn::send(&mut h, me, port);
+        if let Some(d) = h.missed {
+            mask |= 1u32 << (d as usize % MAX_DOMAINS);
+            continue;
+        }
+        let Some(k) = r? else { return Ok(None) };
+        let t = h.events(k.dom).map_or(usize::MAX, |e| {
+            usize::from(e.vcpus[k.vcpu as usize % MAX_VCPUS_PER_DOMAIN])
+        });
+        return Ok(Some((k, t)));
+    }
+    Err(Errno::EAGAIN)
+}
+
+/// EVTCHNOP_send without the hypervisor lock (the light entry), from the
+/// running vCPU with the argument at `arg`. Takes the hypervisor lock only
+/// when the vCPU to notify may be blocked, or runs on another CPU and must
+/// be kicked to take its upcall.
+pub fn send_light(arg: u64) -> Result<u64, Errno> {
+    use crate::domain::{LIGHT, light_state};
+    let v = crate::arch::percpu::vcpu() as usize;
+    let light = LIGHT.get(v).ok_or(Errno::ESRCH)?;
+    let me = light.dom.load(Ordering::Relaxed);
+    let cr3 = light.cr3.load(Ordering::Relaxed);
+    let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
+    let Some((k, t)) = send_events(me, a.port)? else {
+        return Ok(0);
+    };
+    if t == v {
+        // Itself: the exit delivers the upcall.
+        return Ok(0);
+    }
+    // (SeqCst after the pending bits were set: see `VcpuLight::state`.)
+    let st = LIGHT
+        .get(t)
+        .map_or(u8::MAX, |l| l.state.load(Ordering::SeqCst));
+    if st == light_state(RunState::Blocked) || (k.upcall && st == light_state(RunState::Runnable)) {
+        let mut hv = crate::domain::lock();
+        kick(&mut hv, Some(k));
+    }
+    Ok(0)
+}
+
+/// Whether the running vCPU has an event upcall pending and unmasked,
+/// read without the hypervisor lock (the light exit; the upcall path then
+/// checks the rest under the lock).
+#[inline(always)]
+pub fn upcall_pending_light() -> bool {
+    let v = crate::arch::percpu::vcpu() as usize;
+    crate::domain::LIGHT.get(v).is_some_and(|l| {
+        let info = l.info.load();
+        info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
+    })
+}
+
 /// Raises a VIRQ on vCPU 0 of domain index `dom` (a global VIRQ).
 pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
     raise_vcpu_virq(hv, dom, virq, 0);
@@ -126,17 +320,17 @@ pub fn raise_virq(hv: &mut Hv, dom: usize, virq: u32) {
 
 /// Raises a per-vCPU VIRQ on vCPU `vid` of domain index `dom`.
 pub fn raise_vcpu_virq(hv: &mut Hv, dom: usize, virq: u32, vid: u32) {
-    let k = evtchn::raise_virq(hv, dom as u16, virq, vid);
+    let k = evtchn::raise_virq(&mut Held::one(dom as u16), dom as u16, virq, vid);
     kick(hv, k);
 }
 
-/// EVTCHNOP_send, the hot one (also decoded first by the hypercall entry).
-#[inline(always)]
+/// EVTCHNOP_send with the hypervisor lock held (inside a multicall).
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let (me, cr3) = (hv.cur_dom().id, hv.cur().cr3);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
-    let k = evtchn::send(hv, me, a.port)?;
-    kick(hv, k);
+    if let Some((k, _)) = send_events(me, a.port)? {
+        kick(hv, Some(k));
+    }
     Ok(0)
 }
 
@@ -149,50 +343,51 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd as u32 {
         ec::EVTCHNOP_ALLOC_UNBOUND => {
             let mut a: ec::EvtchnAllocUnbound = guest::read(cr3, arg)?;
-            a.port = evtchn::alloc_unbound(hv, me, a.dom, a.remote_dom, privileged)?;
+            a.port = evtchn::alloc_unbound(&mut Held::all(), me, a.dom, a.remote_dom, privileged)?;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_INTERDOMAIN => {
             let mut a: ec::EvtchnBindInterdomain = guest::read(cr3, arg)?;
-            let (port, k) = evtchn::bind_interdomain(hv, me, a.remote_dom, a.remote_port)?;
+            let (port, k) =
+                evtchn::bind_interdomain(&mut Held::all(), me, a.remote_dom, a.remote_port)?;
             a.local_port = port;
             guest::write(cr3, arg, &a)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_BIND_VIRQ => {
             let mut a: ec::EvtchnBindVirq = guest::read(cr3, arg)?;
-            a.port = evtchn::bind_virq(hv, me, a.virq, a.vcpu)?;
+            a.port = evtchn::bind_virq(&mut Held::all(), me, a.virq, a.vcpu)?;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_IPI => {
             let mut a: ec::EvtchnBindIpi = guest::read(cr3, arg)?;
-            a.port = evtchn::bind_ipi(hv, me, a.vcpu)?;
+            a.port = evtchn::bind_ipi(&mut Held::all(), me, a.vcpu)?;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_VCPU => {
             let a: ec::EvtchnBindVcpu = guest::read(cr3, arg)?;
-            evtchn::bind_vcpu(hv, me, a.port, a.vcpu)?;
+            evtchn::bind_vcpu(&mut Held::all(), me, a.port, a.vcpu)?;
         }
         ec::EVTCHNOP_CLOSE => {
             let a: ec::EvtchnClose = guest::read(cr3, arg)?;
-            evtchn::close(hv, me, a.port)?;
+            evtchn::close(&mut Held::all(), me, a.port)?;
             crate::irq::port_closed(me, a.port);
         }
         ec::EVTCHNOP_SEND => return send_op(hv, arg),
         ec::EVTCHNOP_STATUS => {
             let mut a: ec::EvtchnStatus = guest::read(cr3, arg)?;
-            let st = evtchn::status(hv, me, a.dom, a.port, privileged)?;
+            let st = evtchn::status(&mut Held::all(), me, a.dom, a.port, privileged)?;
             st.write_to(&mut a);
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_UNMASK => {
             let a: ec::EvtchnUnmask = guest::read(cr3, arg)?;
-            let k = evtchn::unmask(hv, me, a.port)?;
+            let k = evtchn::unmask(&mut Held::all(), me, a.port)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_RESET => {
             let a: ec::EvtchnReset = guest::read(cr3, arg)?;
-            evtchn::reset(hv, me, a.dom, privileged)?;
+            evtchn::reset(&mut Held::all(), me, a.dom, privileged)?;
         }
         ec::EVTCHNOP_BIND_PIRQ => {
             let mut a: ec::EvtchnBindPirq = guest::read(cr3, arg)?;

@@ -5,7 +5,7 @@
 //! -ENOSYS.
 
 use crate::arch::entry::TrapFrame;
-use crate::domain::{End, Hv, RunState};
+use crate::domain::{End, Hv};
 use crate::mm::guest;
 use crate::pv;
 use crate::sched::{self, Why};
@@ -73,23 +73,37 @@ pub extern "C" fn on_light_syscall(
     a4: u64,
     nr: u64,
 ) -> LightExit {
-    let mut hv = crate::domain::lock();
+    // The null hypercall and event sends take no hypervisor lock
+    // (docs/smp.md, "What runs concurrently").
     let res = match nr {
         32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => {
-            crate::events::send_op(&mut hv, a1)
+            crate::events::send_light(a1)
         }
-        17 => xen_version(&mut hv, a0, a1),
-        _ => dispatch_simple(&mut hv, nr, [a0, a1, a2, a3, a4]),
+        17 if a0 == 0 => Ok(XEN_VERSION),
+        _ => locked_light(nr, [a0, a1, a2, a3, a4]),
     };
     let rax = match res {
         Ok(v) => v,
         Err(e) => (-(e.0 as i64)) as u64,
     };
-    // (A vCPU that took itself down leaves through the upcall path too,
-    // which has the full frame.)
+    // Read without the lock: the upcall path checks the rest (the vCPU
+    // runnable, a callback registered) under it. (A vCPU that took itself
+    // down leaves through the upcall path too, which has the full frame.)
     LightExit {
         rax,
-        upcall: u64::from(pv::upcall_due(&hv) || crate::arch::percpu::leave_now()),
+        upcall: u64::from(
+            crate::events::upcall_pending_light() || crate::arch::percpu::leave_now(),
+        ),
+    }
+}
+
+/// The light hypercalls that need the hypervisor lock.
+#[inline(never)]
+fn locked_light(nr: u64, a: [u64; 5]) -> HResult {
+    let mut hv = crate::domain::lock();
+    match nr {
+        17 => xen_version(&mut hv, a[0], a[1]),
+        _ => dispatch_simple(&mut hv, nr, a),
     }
 }
 
@@ -469,6 +483,8 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno
 /// Version reported by XENVER_version: we speak Xen 4.19's public interface.
 pub const XEN_MAJOR: u64 = 4;
 pub const XEN_MINOR: u64 = 19;
+/// xen_version(XENVER_version): major << 16 | minor.
+pub const XEN_VERSION: u64 = (XEN_MAJOR << 16) | XEN_MINOR;
 
 fn put(hv: &Hv, va: u64, bytes: &[u8]) -> HResult {
     guest::copy_to(cr3(hv), va, bytes)
@@ -486,7 +502,7 @@ fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
 
 fn xen_version(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     match cmd {
-        0 => Ok((XEN_MAJOR << 16) | XEN_MINOR),
+        0 => Ok(XEN_VERSION),
         _ => xen_version_query(hv, cmd, arg),
     }
 }
@@ -557,13 +573,10 @@ fn yield_now(hv: &mut Hv, frame: &mut TrapFrame) {
 fn block(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.rax = 0;
     let cur = hv.current;
-    let d = &hv.vcpus[cur];
-    d.set_upcall_mask(false);
-    if d.upcall_pending() {
-        return;
+    hv.vcpus[cur].set_upcall_mask(false);
+    if hv.block_unless(cur, |hv| hv.vcpus[cur].upcall_pending()) {
+        sched::reschedule(hv, frame, Why::Leave);
     }
-    hv.set_state(cur, RunState::Blocked);
-    sched::reschedule(hv, frame, Why::Leave);
 }
 
 #[inline(never)]
@@ -614,25 +627,38 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 ]);
             }
             let me = hv.cur_dom().id;
-            if microvisor_core::evtchn::any_pending(hv, me, &ports[..nr])? {
-                return Ok(Some(0));
-            }
-            // An upcall already deliverable ends the poll at once, as on Xen.
-            let d = &hv.vcpus[cur];
-            if d.upcall_pending() && !d.upcall_mask() {
+            let ports = &ports[..nr];
+            // A named port pending, or an upcall already deliverable, ends
+            // the poll at once, as on Xen (looked at again once the vCPU is
+            // Blocked: a sender without the lock then sees it).
+            let ready = |hv: &Hv| {
+                let d = &hv.vcpus[cur];
+                (d.upcall_pending() && !d.upcall_mask())
+                    || microvisor_core::evtchn::any_pending(
+                        &mut crate::events::Held::one(me),
+                        me,
+                        ports,
+                    ) != Ok(false)
+            };
+            if ready(hv) {
+                // (A bad port is the error.)
+                microvisor_core::evtchn::any_pending(&mut crate::events::Held::one(me), me, ports)?;
                 return Ok(Some(0));
             }
             if timeout != 0 && timeout <= crate::time::now_ns() {
                 return Ok(Some(0));
             }
-            frame.rax = 0;
             let d = &mut hv.vcpus[cur];
             d.poll_ports.clear();
-            for &p in &ports[..nr] {
+            for &p in ports {
                 let _ = d.poll_ports.push(p);
             }
-            d.poll_deadline = timeout;
-            hv.set_state(cur, RunState::Blocked);
+            if !hv.block_unless(cur, ready) {
+                hv.vcpus[cur].poll_ports.clear();
+                return Ok(Some(0));
+            }
+            frame.rax = 0;
+            hv.vcpus[cur].poll_deadline = timeout;
             hv.timer_set(timeout);
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)

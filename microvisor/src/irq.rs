@@ -81,7 +81,12 @@ fn deliver_pending(hv: &mut Hv) {
             }
         };
         if let Some((dom, port)) = target {
-            let k = microvisor_core::evtchn::raise_pirq(hv, dom, port, gsi as u32);
+            let k = microvisor_core::evtchn::raise_pirq(
+                &mut crate::events::Held::one(dom),
+                dom,
+                port,
+                gsi as u32,
+            );
             crate::events::kick(hv, k);
         }
     }
@@ -140,7 +145,8 @@ pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 pub fn bind_pirq(hv: &mut Hv, pirq: u32) -> Result<u32, Errno> {
     let me = hv.cur_dom().id;
     let mapped = (pirq as usize) < N && LINES.lock().mapped[pirq as usize] == Some(me);
-    let port = microvisor_core::evtchn::bind_pirq(hv, me, pirq, mapped)?;
+    let port =
+        microvisor_core::evtchn::bind_pirq(&mut crate::events::Held::one(me), me, pirq, mapped)?;
     LINES.lock().port[pirq as usize] = Some(port);
     ioapic::set_masked(pirq, false);
     Ok(port)

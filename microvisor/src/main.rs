@@ -264,19 +264,14 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             domain::MAX_VCPUS
                         ));
                     }
-                    hv.bits[idx] = events::SharedBits::new(d.shared);
-                    hv.channels[idx].reinit(nr as u32);
                     // vCPU 0 runs the image; the others exist, offline, until
                     // the guest initialises and brings them up.
                     for vid in 0..nr {
-                        let vi = hv.vcpus.len();
-                        if hv
-                            .vcpus
-                            .push(domain::Vcpu::offline(idx, vid as u32, d.shared))
-                            .is_err()
-                        {
+                        let Some(vi) =
+                            hv.add_vcpu(domain::Vcpu::offline(idx, vid as u32, d.shared))
+                        else {
                             boot_fail(format_args!("too many vCPUs"));
-                        }
+                        };
                         let _ = d.vcpus.push(vi);
                         for (c, a) in hv.affine.iter_mut().enumerate() {
                             if spec.cpus & (1 << c) != 0 {
@@ -287,16 +282,17 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             arch::entry::set_frame(vi, &frame);
                             let v = &mut hv.vcpus[vi];
                             v.initialised = true;
-                            v.cr3 = first.cr3;
                             v.pv.kernel_ss = arch::desc::GUEST_DS;
                             v.pv.kernel_sp = first.kernel_sp;
                             v.runstate.state = 1;
                             v.time_stamp = time::now_ns();
+                            hv.set_cr3(vi, first.cr3);
                             hv.set_state(vi, domain::RunState::Runnable);
                         } else {
                             arch::entry::set_frame(vi, &arch::entry::TrapFrame::ZERO);
                         }
                     }
+                    events::domain_built(d.id, &d.vcpus, d.shared);
                     if hv.domains.push(d).is_err() {
                         boot_fail(format_args!("too many domains"));
                     }
@@ -331,7 +327,13 @@ fn connect_service(hv: &mut domain::Hv) {
             continue;
         }
         for want in [store, console] {
-            match microvisor_core::evtchn::alloc_unbound(hv, id, id, s, true) {
+            match microvisor_core::evtchn::alloc_unbound(
+                &mut events::Held::one(id),
+                id,
+                id,
+                s,
+                true,
+            ) {
                 Ok(p) if p == want => {}
                 other => boot_fail(format_args!(
                     "domain {id}: event channel {want} for the service domain: {other:?}"

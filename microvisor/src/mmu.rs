@@ -284,7 +284,7 @@ fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
     let old = hv.vcpus[cur].cr3 / PAGE;
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, Some(old)))?;
-    hv.vcpus[cur].cr3 = mfn * PAGE;
+    hv.set_cr3(cur, mfn * PAGE);
     // SAFETY: the new L4 was validated by the frame table, which installs
     // the hypervisor's slots 256-271 in every validated L4.
     unsafe { cpu::write_cr3(mfn * PAGE) };

@@ -1071,10 +1071,8 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::Hlt => {
             // Block until an event (SCHEDOP_block semantics).
             frame.rip = next;
-            let d = &hv.vcpus[cur];
-            d.set_upcall_mask(false);
-            if !d.upcall_pending() {
-                hv.set_state(cur, RunState::Blocked);
+            hv.vcpus[cur].set_upcall_mask(false);
+            if hv.block_unless(cur, |hv| hv.vcpus[cur].upcall_pending()) {
                 crate::sched::reschedule(hv, frame, crate::sched::Why::Leave);
                 return Emulated::Switched;
             }

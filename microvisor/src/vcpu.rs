@@ -201,8 +201,8 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         let pv = &mut hv.vcpus[o].pv;
         pv.set_iopl(pv.iopl, s.vm_assist);
     }
+    hv.set_cr3(vi, s.cr3_mfn * PAGE);
     let v = &mut hv.vcpus[vi];
-    v.cr3 = s.cr3_mfn * PAGE;
     v.user_cr3 = s.user_cr3_mfn * PAGE;
     let pv = &mut v.pv;
     for (i, slot) in pv.traps.iter_mut().enumerate() {
@@ -309,10 +309,9 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         new.u64_at(w * 8)
             .store(x, core::sync::atomic::Ordering::Relaxed);
     }
-    let v = &mut hv.vcpus[vi];
-    v.info = new;
-    v.info_mfn = a.mfn;
-    hv.bits[dom_idx].info[vid as usize] = new;
+    hv.set_info(vi, new);
+    hv.vcpus[vi].info_mfn = a.mfn;
+    crate::events::vcpu_info_moved(dom, vid, new);
     new.u64_at(8)
         .store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
     new.u8_at(0).store(1, core::sync::atomic::Ordering::SeqCst);

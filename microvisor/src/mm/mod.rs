@@ -263,6 +263,43 @@ impl SharedSlot {
     }
 }
 
+/// A [`SharedSlot`] that code without the hypervisor lock may read: the
+/// lock-free hypercall paths find the running vCPU's `vcpu_info` here.
+/// Only ever holds a `SharedSlot` (a `'static` reference), so a load can
+/// hand one back.
+pub struct SlotCell(core::sync::atomic::AtomicPtr<[core::sync::atomic::AtomicU64; 8]>);
+
+impl SlotCell {
+    /// Holds [`SharedSlot::NONE`].
+    pub const fn new() -> SlotCell {
+        SlotCell(core::sync::atomic::AtomicPtr::new(
+            (&raw const SPARE_SLOT) as *mut [core::sync::atomic::AtomicU64; 8],
+        ))
+    }
+
+    #[inline(always)]
+    pub fn load(&self) -> SharedSlot {
+        let p = self.0.load(core::sync::atomic::Ordering::Acquire);
+        // SAFETY: every pointer stored here came from a `SharedSlot`'s
+        // `'static` reference (`new`, `store`), so it is valid for ever.
+        SharedSlot(unsafe { &*p })
+    }
+
+    #[inline(always)]
+    pub fn store(&self, s: SharedSlot) {
+        self.0.store(
+            (s.0 as *const [core::sync::atomic::AtomicU64; 8]).cast_mut(),
+            core::sync::atomic::Ordering::Release,
+        );
+    }
+}
+
+impl Default for SlotCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Writes an aligned u64 to physical memory.
 #[inline]
 pub fn write_u64(pa: u64, v: u64) {
