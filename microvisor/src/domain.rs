@@ -437,6 +437,8 @@ pub struct VcpuLight {
     pub cr3: core::sync::atomic::AtomicU64,
     /// Its vcpu_info (`Vcpu::info`, kept by `Hv::set_info`).
     pub info: crate::mm::SlotCell,
+    /// Its domain has a scheduler cap (fixed at build).
+    pub capped: core::sync::atomic::AtomicBool,
 }
 
 /// Every vCPU's [`VcpuLight`].
@@ -446,8 +448,25 @@ pub static LIGHT: [VcpuLight; MAX_VCPUS] = [const {
         dom: core::sync::atomic::AtomicU16::new(0),
         cr3: core::sync::atomic::AtomicU64::new(0),
         info: crate::mm::SlotCell::new(),
+        capped: core::sync::atomic::AtomicBool::new(false),
     }
 }; MAX_VCPUS];
+
+/// `Hv::runnable`, `running`, `timers_due` and `affine` as the lock-free
+/// yield (`sched::yield_alone`) reads them; kept where those change.
+pub struct SchedView {
+    pub runnable: core::sync::atomic::AtomicU64,
+    pub running: core::sync::atomic::AtomicU64,
+    pub timers_due: core::sync::atomic::AtomicU64,
+    pub affine: [core::sync::atomic::AtomicU64; crate::arch::percpu::MAX_CPUS],
+}
+
+pub static SCHED_VIEW: SchedView = SchedView {
+    runnable: core::sync::atomic::AtomicU64::new(0),
+    running: core::sync::atomic::AtomicU64::new(0),
+    timers_due: core::sync::atomic::AtomicU64::new(0),
+    affine: [const { core::sync::atomic::AtomicU64::new(0) }; crate::arch::percpu::MAX_CPUS],
+};
 
 /// A `RunState` as [`VcpuLight::state`] holds it.
 pub const fn light_state(s: RunState) -> u8 {
@@ -604,6 +623,7 @@ impl Hv {
         } else {
             self.runnable &= !(1 << i);
         }
+        SCHED_VIEW.runnable.store(self.runnable, Ordering::SeqCst);
     }
 
     /// Adds vCPU `v` to `Hv::vcpus` (its `LIGHT` entry with it); returns its
@@ -619,6 +639,26 @@ impl Hv {
         l.info.store(info);
         l.state.store(light_state(state), Ordering::SeqCst);
         Some(i)
+    }
+
+    /// This CPU now holds vCPU `i` (runs it): no other CPU may pick it.
+    #[inline(always)]
+    pub fn hold(&mut self, i: usize) {
+        self.running |= 1u64 << i;
+        SCHED_VIEW.running.store(self.running, Ordering::Release);
+    }
+
+    /// This CPU lets go of vCPU `i`: any CPU may pick it again.
+    #[inline(always)]
+    pub fn let_go(&mut self, i: usize) {
+        self.running &= !(1u64 << i);
+        SCHED_VIEW.running.store(self.running, Ordering::Release);
+    }
+
+    /// Sets the earliest guest timer deadline (`timers_due`).
+    pub fn set_timers_due(&mut self, t: u64) {
+        self.timers_due = t;
+        SCHED_VIEW.timers_due.store(t, Ordering::Relaxed);
     }
 
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
@@ -653,6 +693,9 @@ impl Hv {
     pub fn timer_set(&mut self, t: u64) {
         if t != 0 {
             self.timers_due = self.timers_due.min(t);
+            SCHED_VIEW
+                .timers_due
+                .store(self.timers_due, Ordering::Relaxed);
         }
     }
 

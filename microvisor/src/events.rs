@@ -109,61 +109,120 @@ static EVENTS: [Mutex<DomainEvents>; MAX_DOMAINS] = [const {
 /// Domains that exist (dying ones too): their ids are below this.
 static NR_DOMAINS: AtomicUsize = AtomicUsize::new(0);
 
-/// Some domains' event locks, taken in id order (the lock order of
-/// docs/smp.md), as the policy's [`evtchn::Domains`]: it reaches only these
-/// domains. An operation that wanted another one (a binding that changed
-/// under a lock-free send) finds it missing and is retried with it.
+type Guard = MutexGuard<'static, DomainEvents>;
+
+/// The event locks of one or two domains, as the policy's
+/// [`evtchn::Domains`]: a second domain's lock is taken when the policy
+/// first asks for it (an interdomain send reaches its peer), waiting only
+/// in id order (the lock order of docs/smp.md); a lower id it cannot have
+/// at once is recorded as missed, and the caller tries again with both
+/// locks taken in order. Operations that may reach any number of domains
+/// use [`Every`].
 pub struct Held {
-    g: [Option<MutexGuard<'static, DomainEvents>>; MAX_DOMAINS],
+    a: Option<(u16, Guard)>,
+    b: Option<(u16, Guard)>,
     /// A domain asked for but not held.
     missed: Option<u16>,
 }
 
 impl Held {
-    /// Takes the event locks of the domains whose bits are set in `mask`
-    /// (bit i: domain id i), lowest id first.
-    pub fn lock(mask: u32) -> Held {
-        let mut h = Held {
-            g: [const { None }; MAX_DOMAINS],
-            missed: None,
-        };
-        let mut m = mask & ((1u32 << MAX_DOMAINS) - 1);
-        while m != 0 {
-            let i = m.trailing_zeros() as usize;
-            m &= m - 1;
-            h.g[i] = Some(lock_serving(&EVENTS[i]));
-        }
-        h
-    }
-
-    /// Every domain's event lock (operations that may reach any domain:
-    /// binding, closing, a domain's end).
-    pub fn all() -> Held {
-        Held::lock(u32::MAX)
-    }
-
-    /// One domain's event lock.
+    /// Domain `dom`'s event lock.
+    #[inline(always)]
     pub fn one(dom: u16) -> Held {
-        Held::lock(1u32.checked_shl(u32::from(dom)).unwrap_or(0))
+        Held {
+            a: take(dom),
+            b: None,
+            missed: None,
+        }
+    }
+
+    /// The event locks of `x` and `y` (one lock when they are the same),
+    /// the lower id first.
+    #[inline(always)]
+    pub fn two(x: u16, y: u16) -> Held {
+        if x == y {
+            return Held::one(x);
+        }
+        let (lo, hi) = (x.min(y), x.max(y));
+        let a = take(lo);
+        Held {
+            a,
+            b: take(hi),
+            missed: None,
+        }
+    }
+
+    /// Takes domain `dom`'s lock as well, when there is room: waiting for
+    /// it only when its id is above the one held (the lock order), else
+    /// only if it is free at once; when it is not, records it as missed
+    /// (the caller tries again with both, in order).
+    #[inline(never)]
+    fn add(&mut self, dom: u16) {
+        let Some(m) = EVENTS.get(dom as usize).filter(|_| exists(dom)) else {
+            return;
+        };
+        let (Some((held, _)), None) = (&self.a, &self.b) else {
+            self.missed = Some(dom);
+            return;
+        };
+        let g = if dom > *held {
+            Some(lock_serving(m))
+        } else {
+            m.try_lock()
+        };
+        match g {
+            Some(g) => self.b = Some((dom, g)),
+            None => self.missed = Some(dom),
+        }
     }
 
     /// Domain `dom`'s events, when held.
+    #[inline(always)]
     pub fn events(&mut self, dom: u16) -> Option<&mut DomainEvents> {
-        self.g.get_mut(dom as usize)?.as_deref_mut()
+        match (&mut self.a, &mut self.b) {
+            (Some((d, g)), _) if *d == dom => Some(g),
+            (_, Some((d, g))) if *d == dom => Some(g),
+            _ => None,
+        }
     }
+}
+
+/// Domain `dom`'s event lock (`None` for an id no domain can have).
+#[inline(always)]
+fn take(dom: u16) -> Option<(u16, Guard)> {
+    Some((dom, lock_serving(EVENTS.get(dom as usize)?)))
 }
 
 /// Takes `m`, serving other CPUs' TLB-flush requests while it waits (the
 /// holder may be waiting for this CPU's flush).
 #[inline(always)]
 fn lock_serving<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
+    match m.try_lock() {
+        Some(g) => g,
+        None => lock_contended(m),
+    }
+}
+
+#[inline(never)]
+fn lock_contended<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
     loop {
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
         if let Some(g) = m.try_lock() {
             return g;
         }
-        crate::arch::smp::serve_flush();
-        core::hint::spin_loop();
     }
+}
+
+/// What `Domains::get` hands out of a held domain: nothing once it is dead
+/// (its shared info frame may be gone).
+#[inline(always)]
+fn live(e: &mut DomainEvents) -> Option<(&mut Channels, &mut SharedBits)> {
+    e.live.then_some((&mut e.channels, &mut e.bits))
+}
+
+fn exists(dom: u16) -> bool {
+    (dom as usize) < NR_DOMAINS.load(Ordering::Acquire)
 }
 
 impl evtchn::Domains for Held {
@@ -171,22 +230,37 @@ impl evtchn::Domains for Held {
 
     #[inline(always)]
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
-        match self.g.get_mut(dom as usize) {
-            // A dead domain's shared info frame may be gone: never touch it.
-            Some(Some(g)) if g.live => {
-                let e: &mut DomainEvents = g;
-                Some((&mut e.channels, &mut e.bits))
-            }
-            Some(None) if (dom as usize) < NR_DOMAINS.load(Ordering::Acquire) => {
-                self.missed = Some(dom);
-                None
-            }
-            _ => None,
+        if self.events(dom).is_none() {
+            self.add(dom);
         }
+        live(self.events(dom)?)
     }
 
     fn exists(&self, dom: u16) -> bool {
-        (dom as usize) < NR_DOMAINS.load(Ordering::Acquire)
+        exists(dom)
+    }
+}
+
+/// Every domain's event lock, in id order: for the operations that may
+/// reach any number of domains (binding, closing, a domain's end), all of
+/// which also hold the hypervisor lock.
+pub struct Every([Guard; MAX_DOMAINS]);
+
+impl Every {
+    pub fn lock() -> Every {
+        Every(core::array::from_fn(|i| lock_serving(&EVENTS[i])))
+    }
+}
+
+impl evtchn::Domains for Every {
+    type Bits = SharedBits;
+
+    fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
+        live(self.0.get_mut(dom as usize)?)
+    }
+
+    fn exists(&self, dom: u16) -> bool {
+        exists(dom)
     }
 }
 
@@ -210,9 +284,9 @@ pub fn domain_built(dom: u16, vcpus: &[usize], shared: mm::SharedFrame) {
 /// is still live: the policy does not touch dead domains), then no port of
 /// it fires again.
 pub fn domain_ended(dom: u16) {
-    let mut h = Held::all();
+    let mut h = Every::lock();
     evtchn::close_all(&mut h, dom);
-    if let Some(e) = h.events(dom) {
+    if let Some(e) = h.0.get_mut(dom as usize) {
         e.live = false;
     }
 }
@@ -250,17 +324,17 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
 
 /// EVTCHNOP_send's event part: `me` sends on `port`, with the event locks
 /// of the sender and, for an interdomain port, its peer (a binding that
-/// changed meanwhile shows as a missed domain: tried again with it, at most
-/// once per domain there is). Returns the kick, if any, with the index in
+/// changed meanwhile shows as a missed domain: tried again with that one,
+/// a bounded number of times). Returns the kick, if any, with the index in
 /// `Hv::vcpus` of the vCPU it is for.
 #[inline(always)]
 fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
-    let mut mask = 1u32 << (me as usize % MAX_DOMAINS);
+    let mut peer = me;
     for _ in 0..=MAX_DOMAINS {
-        let mut h = Held::lock(mask);
+        let mut h = Held::two(me, peer);
         let r = evtchn::send(&mut h, me, port);
         if let Some(d) = h.missed {
-            mask |= 1u32 << (d as usize % MAX_DOMAINS);
+            peer = d;
             continue;
         }
         let Some(k) = r? else { return Ok(None) };
@@ -343,51 +417,52 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd as u32 {
         ec::EVTCHNOP_ALLOC_UNBOUND => {
             let mut a: ec::EvtchnAllocUnbound = guest::read(cr3, arg)?;
-            a.port = evtchn::alloc_unbound(&mut Held::all(), me, a.dom, a.remote_dom, privileged)?;
+            a.port =
+                evtchn::alloc_unbound(&mut Every::lock(), me, a.dom, a.remote_dom, privileged)?;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_INTERDOMAIN => {
             let mut a: ec::EvtchnBindInterdomain = guest::read(cr3, arg)?;
             let (port, k) =
-                evtchn::bind_interdomain(&mut Held::all(), me, a.remote_dom, a.remote_port)?;
+                evtchn::bind_interdomain(&mut Every::lock(), me, a.remote_dom, a.remote_port)?;
             a.local_port = port;
             guest::write(cr3, arg, &a)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_BIND_VIRQ => {
             let mut a: ec::EvtchnBindVirq = guest::read(cr3, arg)?;
-            a.port = evtchn::bind_virq(&mut Held::all(), me, a.virq, a.vcpu)?;
+            a.port = evtchn::bind_virq(&mut Every::lock(), me, a.virq, a.vcpu)?;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_IPI => {
             let mut a: ec::EvtchnBindIpi = guest::read(cr3, arg)?;
-            a.port = evtchn::bind_ipi(&mut Held::all(), me, a.vcpu)?;
+            a.port = evtchn::bind_ipi(&mut Every::lock(), me, a.vcpu)?;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_BIND_VCPU => {
             let a: ec::EvtchnBindVcpu = guest::read(cr3, arg)?;
-            evtchn::bind_vcpu(&mut Held::all(), me, a.port, a.vcpu)?;
+            evtchn::bind_vcpu(&mut Every::lock(), me, a.port, a.vcpu)?;
         }
         ec::EVTCHNOP_CLOSE => {
             let a: ec::EvtchnClose = guest::read(cr3, arg)?;
-            evtchn::close(&mut Held::all(), me, a.port)?;
+            evtchn::close(&mut Every::lock(), me, a.port)?;
             crate::irq::port_closed(me, a.port);
         }
         ec::EVTCHNOP_SEND => return send_op(hv, arg),
         ec::EVTCHNOP_STATUS => {
             let mut a: ec::EvtchnStatus = guest::read(cr3, arg)?;
-            let st = evtchn::status(&mut Held::all(), me, a.dom, a.port, privileged)?;
+            let st = evtchn::status(&mut Every::lock(), me, a.dom, a.port, privileged)?;
             st.write_to(&mut a);
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_UNMASK => {
             let a: ec::EvtchnUnmask = guest::read(cr3, arg)?;
-            let k = evtchn::unmask(&mut Held::all(), me, a.port)?;
+            let k = evtchn::unmask(&mut Held::one(me), me, a.port)?;
             kick(hv, k);
         }
         ec::EVTCHNOP_RESET => {
             let a: ec::EvtchnReset = guest::read(cr3, arg)?;
-            evtchn::reset(&mut Held::all(), me, a.dom, privileged)?;
+            evtchn::reset(&mut Every::lock(), me, a.dom, privileged)?;
         }
         ec::EVTCHNOP_BIND_PIRQ => {
             let mut a: ec::EvtchnBindPirq = guest::read(cr3, arg)?;

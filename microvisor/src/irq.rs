@@ -55,6 +55,12 @@ pub fn on_interrupt(vector: u64) {
     PENDING.fetch_or(1 << gsi, Ordering::SeqCst);
 }
 
+/// Some line fired and waits for `deliver`.
+#[inline(always)]
+pub fn pending() -> bool {
+    PENDING.load(Ordering::Relaxed) != 0
+}
+
 /// Raises the event of every line that fired in the domain it is bound to
 /// (waking it). A line nobody has bound stays masked.
 #[inline]

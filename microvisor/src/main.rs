@@ -273,9 +273,14 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             boot_fail(format_args!("too many vCPUs"));
                         };
                         let _ = d.vcpus.push(vi);
+                        domain::LIGHT[vi]
+                            .capped
+                            .store(d.cap != 0, core::sync::atomic::Ordering::Relaxed);
                         for (c, a) in hv.affine.iter_mut().enumerate() {
                             if spec.cpus & (1 << c) != 0 {
                                 *a |= 1 << vi;
+                                domain::SCHED_VIEW.affine[c]
+                                    .store(*a, core::sync::atomic::Ordering::Relaxed);
                             }
                         }
                         if vid == 0 {

@@ -145,6 +145,34 @@ pub fn kick_for(hv: &Hv, i: usize) {
     }
 }
 
+/// SCHEDOP_yield without the hypervisor lock: true when the running vCPU
+/// would be picked again anyway, so the yield is over at once (Xen's yield
+/// with nothing else runnable). That is when no other vCPU this CPU may
+/// run is runnable and free, no guest timer is due, no device interrupt
+/// waits to be delivered, the vCPU is not going down, and its domain has
+/// no cap (a capped one is accounted under the lock). Accounting and the
+/// console drain wait for the next tick or reschedule, as they would for
+/// a vCPU that did not yield. False means: do the full yield.
+#[inline(always)]
+pub fn yield_alone() -> bool {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+    let v = crate::arch::percpu::vcpu() as usize;
+    let cpu = crate::arch::percpu::cpu_id();
+    let view = &crate::domain::SCHED_VIEW;
+    let (Some(light), Some(affine)) = (crate::domain::LIGHT.get(v), view.affine.get(cpu)) else {
+        return false;
+    };
+    let others = view.runnable.load(SeqCst)
+        & !view.running.load(Acquire)
+        & affine.load(Relaxed)
+        & !(1u64 << v);
+    others == 0
+        && !light.capped.load(Relaxed)
+        && !crate::arch::percpu::leave_now()
+        && !crate::irq::pending()
+        && crate::time::now_ns() < view.timers_due.load(Relaxed)
+}
+
 /// Fires expired guest timers (VIRQ_TIMER) and poll timeouts. Scans the
 /// domains only once the earliest deadline recorded in `Hv::timers_due` has
 /// come; every place that sets a deadline lowers it (`Hv::timer_set`).
@@ -186,7 +214,8 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
             crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
         }
     }
-    hv.timers_due = earliest_timer(hv).unwrap_or(u64::MAX);
+    let due = earliest_timer(hv).unwrap_or(u64::MAX);
+    hv.set_timers_due(due);
 }
 
 /// The runnable vCPU furthest behind in virtual time (not `exclude`, not
@@ -350,7 +379,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
         cpu::breakpoints_off();
     }
     crate::pv::unload_ldt();
-    hv.running &= !(1u64 << cur);
+    hv.let_go(cur);
     hv.current = NO_VCPU;
     // SAFETY: the hypervisor's own L4 maps everything it needs.
     unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
@@ -424,7 +453,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
                 segs = Some(crate::pv::save_segments(&mut d.pv));
                 d.runstate.enter(runstate_of(d.state), now);
             }
-            hv.running &= !(1u64 << cur);
+            hv.let_go(cur);
         }
         cpu::fpu_restore(&hv.vcpus[next].fpu);
         if hv.vcpus[next].pv.virtual_ts {
@@ -436,7 +465,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         }
     }
     hv.current = next;
-    hv.running |= 1u64 << next;
+    hv.hold(next);
     let me = crate::arch::percpu::cpu_id() as u32;
     if me != 0 && hv.vcpus[next].processor != me {
         first_run_here(hv, next, me);
@@ -534,7 +563,7 @@ pub fn start() -> ! {
             d.runstate.entry_time = now;
         }
         hv.current = first;
-        hv.running |= 1u64 << first;
+        hv.hold(first);
         let id = hv.domains[hv.vcpus[first].dom].id;
         crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
         let d = &mut hv.vcpus[first];
