@@ -72,6 +72,13 @@ impl Reporter {
 
     /// Prints the final verdict line and powers the domain off.
     pub fn finish(self) -> ! {
+        self.print_verdict();
+        crate::rt::shutdown(guest_abi::sched::ShutdownReason::Poweroff)
+    }
+
+    /// Prints the final verdict line (for a domain that must live on after
+    /// its checks, e.g. until another domain ends it).
+    pub fn print_verdict(&self) {
         let v = self.verdict();
         let word = match v {
             Verdict::Success => "SUCCESS",
@@ -80,6 +87,5 @@ impl Reporter {
             Verdict::Failure => "FAILURE",
         };
         println!("Test result: {word}");
-        crate::rt::shutdown(guest_abi::sched::ShutdownReason::Poweroff)
     }
 }

@@ -1,7 +1,8 @@
 //! foreigndom: the privileged domain maps a frame of another domain through
 //! mmu_update with foreigndom (as a run-time domain builder must), finding
 //! one through the machine-to-physical table; an unprivileged domain asking
-//! the same is refused with -EPERM.
+//! the same is refused with -EPERM, then stays alive until the privileged
+//! one ends it (SCHEDOP_remote_shutdown), so its frames are there to find.
 #![no_std]
 #![no_main]
 
@@ -59,12 +60,24 @@ fn main(si: &'static StartInfo) {
             guest_abi::hypercall::mmu_update(&req, None, guest_abi::types::DomId::SELF.0 as u32)
         };
         t.check("without-foreigndom", r2.is_err(), format_args!("{r2:?}"));
+        // The other domain waits for this one to be done with its frames.
+        let end = guest_abi::hypercall::raw::sched_remote_shutdown(
+            guest_abi::types::DomId(other),
+            guest_abi::sched::ShutdownReason::Poweroff,
+        );
+        t.check("ended-other", end.is_ok(), format_args!("{end:?}"));
     } else {
         t.check(
             "unprivileged-refused",
             r == Err(Errno::EPERM),
             format_args!("{r:?}"),
         );
+        // Alive (and so its frames in the M2P) until the privileged domain
+        // has searched them and ends it: however the two are scheduled.
+        t.print_verdict();
+        loop {
+            let _ = guest_abi::hypercall::raw::sched_block();
+        }
     }
     t.finish()
 }
