@@ -193,13 +193,14 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
         ec::EVTCHNOP_RESET => {
             let a: ec::EvtchnReset = guest::read(cr3, arg)?;
             evtchn::reset(hv, me, a.dom, privileged)?;
+            crate::fifo::after_reset(hv, me, a.dom);
         }
         ec::EVTCHNOP_BIND_PIRQ => {
             let mut a: ec::EvtchnBindPirq = guest::read(cr3, arg)?;
             a.port = crate::irq::bind_pirq(hv, a.pirq)?;
             guest::write(cr3, arg, &a)?;
         }
-        _ => return Err(Errno::ENOSYS),
+        cmd => return crate::fifo::event_channel_op(hv, cmd, arg),
     }
     Ok(0)
 }
