@@ -72,12 +72,14 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u32, arg: u64) -> Result<u64, Errno> {
         ec::EVTCHNOP_INIT_CONTROL => {
             let mut a: ec::EvtchnInitControl = guest::read(cr3, arg)?;
             evtchn::init_control(hv, me, a.vcpu, a.control_gfn, a.offset, take(me))?;
+            audit(hv, 0, "EVTCHNOP_init_control");
             a.link_bits = ec::EVTCHN_FIFO_LINK_BITS as u8;
             guest::write(cr3, arg, &a)?;
         }
         ec::EVTCHNOP_EXPAND_ARRAY => {
             let a: ec::EvtchnExpandArray = guest::read(cr3, arg)?;
             let kicks = evtchn::expand_array(hv, me, a.array_gfn, take(me))?;
+            audit(hv, 1, "EVTCHNOP_expand_array");
             apply(hv, me, kicks);
         }
         ec::EVTCHNOP_SET_PRIORITY => {
@@ -87,6 +89,23 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u32, arg: u64) -> Result<u64, Errno> {
         _ => return Err(Errno::ENOSYS),
     }
     Ok(0)
+}
+
+/// Whether an `audit=1` run has said yet that it audits after each op.
+static AUDIT_SAID: [core::sync::atomic::AtomicBool; 2] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; 2];
+
+/// With `audit=1`: the frame table is audited after each op that took a
+/// frame (so a FIFO frame the audit was not told of fails the run); the
+/// first time for each op a line says so.
+fn audit(hv: &Hv, which: usize, name: &str) {
+    if !crate::hypercall::AUDIT_EVERY_CALL.load(Ordering::Relaxed) {
+        return;
+    }
+    hv.audit(name);
+    if !AUDIT_SAID[which % 2].swap(true, Ordering::Relaxed) {
+        crate::info!("audit=1 audits after {name}: clean");
+    }
 }
 
 /// Kicks the vCPUs whose events expand_array raised: an upcall for those in
