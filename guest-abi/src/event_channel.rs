@@ -323,6 +323,101 @@ pub struct EvtchnReset {
 }
 evtchn_op!(EvtchnReset, EVTCHNOP_RESET, 2);
 
+/// `EVTCHNOP_init_control` (24 bytes): registers `vcpu`'s FIFO control
+/// block at byte `offset` of frame `control_gfn`; the first call switches
+/// the domain from the 2-level ABI to FIFO.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct EvtchnInitControl {
+    /// In: the frame holding the control block (a machine frame for PV).
+    pub control_gfn: u64,
+    /// In: byte offset of the control block in that frame (8-aligned, the
+    /// whole [`EvtchnFifoControlBlock`] inside the page).
+    pub offset: u32,
+    /// In: the vCPU the control block belongs to.
+    pub vcpu: u32,
+    /// Out: bits in an event word's link field ([`EVTCHN_FIFO_LINK_BITS`]).
+    pub link_bits: u8,
+    /// Padding.
+    pub pad: [u8; 7],
+}
+evtchn_op!(EvtchnInitControl, EVTCHNOP_INIT_CONTROL, 24);
+
+/// `EVTCHNOP_expand_array` (8 bytes): adds one page of event words (the
+/// next [`EVTCHN_FIFO_WORDS_PER_PAGE`] ports) to the FIFO event array.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct EvtchnExpandArray {
+    /// In: the frame to add.
+    pub array_gfn: u64,
+}
+evtchn_op!(EvtchnExpandArray, EVTCHNOP_EXPAND_ARRAY, 8);
+
+/// `EVTCHNOP_set_priority` (8 bytes): the FIFO queue `port`'s future
+/// events go to.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct EvtchnSetPriority {
+    /// In: the port.
+    pub port: u32,
+    /// In: [`EVTCHN_FIFO_PRIORITY_MAX`] (0, highest) to
+    /// [`EVTCHN_FIFO_PRIORITY_MIN`] (15, lowest).
+    pub priority: u32,
+}
+evtchn_op!(EvtchnSetPriority, EVTCHNOP_SET_PRIORITY, 8);
+
+/// FIFO event word bit: the event is pending.
+pub const EVTCHN_FIFO_PENDING: u32 = 31;
+/// FIFO event word bit: the event is masked.
+pub const EVTCHN_FIFO_MASKED: u32 = 30;
+/// FIFO event word bit: the event is on a queue.
+pub const EVTCHN_FIFO_LINKED: u32 = 29;
+/// FIFO event word bit: the hypervisor is changing the link field (the
+/// guest must not clear MASKED itself while it is set).
+pub const EVTCHN_FIFO_BUSY: u32 = 28;
+/// Bits of the link field (the next port on the queue) of an event word.
+pub const EVTCHN_FIFO_LINK_BITS: u32 = 17;
+/// The link field of an event word.
+pub const EVTCHN_FIFO_LINK_MASK: u32 = (1 << EVTCHN_FIFO_LINK_BITS) - 1;
+/// Ports the FIFO ABI can name.
+pub const EVTCHN_FIFO_NR_CHANNELS: u32 = 1 << EVTCHN_FIFO_LINK_BITS;
+/// Highest priority (queue 0).
+pub const EVTCHN_FIFO_PRIORITY_MAX: u32 = 0;
+/// Priority of a newly bound port.
+pub const EVTCHN_FIFO_PRIORITY_DEFAULT: u32 = 7;
+/// Lowest priority (queue 15).
+pub const EVTCHN_FIFO_PRIORITY_MIN: u32 = 15;
+/// Queues per vCPU, one per priority.
+pub const EVTCHN_FIFO_MAX_QUEUES: u32 = EVTCHN_FIFO_PRIORITY_MIN + 1;
+/// Event words (ports) per event-array page.
+pub const EVTCHN_FIFO_WORDS_PER_PAGE: u32 = 4096 / 4;
+/// Most event-array pages a domain can add (Xen's limit).
+pub const EVTCHN_FIFO_MAX_EVENT_ARRAY_PAGES: u32 =
+    EVTCHN_FIFO_NR_CHANNELS / EVTCHN_FIFO_WORDS_PER_PAGE;
+
+/// A vCPU's FIFO control block (72 bytes, in guest memory): `ready` has
+/// bit `q` set while queue `q` may hold events; `head[q]` is the first
+/// port of queue `q` when the hypervisor linked onto an empty queue.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct EvtchnFifoControlBlock {
+    /// Bit per queue with events ready.
+    pub ready: u32,
+    /// Reserved.
+    pub rsvd: u32,
+    /// Each queue's head port.
+    pub head: [u32; EVTCHN_FIFO_MAX_QUEUES as usize],
+}
+const _: () = assert!(size_of::<EvtchnFifoControlBlock>() == 72);
+
 impl EvtchnAllocUnbound {
     /// A request for the caller to allocate a port `remote` may bind.
     #[must_use]

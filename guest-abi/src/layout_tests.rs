@@ -223,6 +223,22 @@ fn event_channel_layouts() {
     assert_eq!(EvtchnUnmask::CMD, 9);
     assert_eq!(EvtchnReset::CMD, 10);
     assert_eq!(EVTCHN_2L_NR_CHANNELS, 4096);
+    // FIFO ABI (public/event_channel.h).
+    assert_eq!(size_of::<EvtchnInitControl>(), 24);
+    assert_eq!(offset_of!(EvtchnInitControl, offset), 8);
+    assert_eq!(offset_of!(EvtchnInitControl, vcpu), 12);
+    assert_eq!(offset_of!(EvtchnInitControl, link_bits), 16);
+    assert_eq!(EvtchnInitControl::CMD, 11);
+    assert_eq!(size_of::<EvtchnExpandArray>(), 8);
+    assert_eq!(EvtchnExpandArray::CMD, 12);
+    assert_eq!(size_of::<EvtchnSetPriority>(), 8);
+    assert_eq!(offset_of!(EvtchnSetPriority, priority), 4);
+    assert_eq!(EvtchnSetPriority::CMD, 13);
+    assert_eq!(size_of::<EvtchnFifoControlBlock>(), 72);
+    assert_eq!(offset_of!(EvtchnFifoControlBlock, head), 8);
+    assert_eq!(EVTCHN_FIFO_LINK_MASK, 0x1_FFFF);
+    assert_eq!(EVTCHN_FIFO_MAX_EVENT_ARRAY_PAGES, 128);
+    assert_eq!(EVTCHN_FIFO_PRIORITY_DEFAULT, 7);
     assert_eq!(NR_VIRQS, 24);
 }
 

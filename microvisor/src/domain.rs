@@ -728,7 +728,8 @@ impl Hv {
                 let _ = segs.push(f);
             }
         }
-        match crate::mm::frames::audit(&roots, &written, &segs) {
+        let fifo = crate::fifo::frames_held(self, held);
+        match crate::mm::frames::audit(&roots, &written, &segs, fifo) {
             Ok(()) => crate::debug!("audit after {when}: clean"),
             Err(e) => {
                 crate::error!(
@@ -916,6 +917,8 @@ impl Hv {
         crate::events::domain_gone(id);
         crate::mm::frames::drop_hv_writable(shared);
         crate::mm::frames::drop_hv_writable(console);
+        // Its FIFO control blocks and event-array pages likewise.
+        crate::fifo::destroy(idx);
         // Each vCPU: stopped for good; its registered vcpu_info, GDT and
         // LDT references go; its base pointers are handed to `relinquish`.
         let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();

@@ -298,6 +298,12 @@ pub fn domain_gone(dom: u16) {
     }
 }
 
+/// Runs `f` on domain `dom`'s port table under its event lock, live or
+/// dead (`None` for an id no domain can have).
+pub fn channels_of<R>(dom: u16, f: impl FnOnce(&mut Channels) -> R) -> Option<R> {
+    Held::one(dom).events(dom).map(|e| f(&mut e.channels))
+}
+
 /// VCPUOP_register_vcpu_info moved vCPU `vid` of `dom`'s vcpu_info.
 pub fn vcpu_info_moved(dom: u16, vid: u32, info: crate::domain::VcpuInfo) {
     if let Some(e) = Held::one(dom).events(dom) {
@@ -463,13 +469,14 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
         ec::EVTCHNOP_RESET => {
             let a: ec::EvtchnReset = guest::read(cr3, arg)?;
             evtchn::reset(&mut Every::lock(), me, a.dom, privileged)?;
+            crate::fifo::after_reset(me, a.dom);
         }
         ec::EVTCHNOP_BIND_PIRQ => {
             let mut a: ec::EvtchnBindPirq = guest::read(cr3, arg)?;
             a.port = crate::irq::bind_pirq(hv, a.pirq)?;
             guest::write(cr3, arg, &a)?;
         }
-        _ => return Err(Errno::ENOSYS),
+        cmd => return crate::fifo::event_channel_op(hv, cmd, arg),
     }
     Ok(0)
 }

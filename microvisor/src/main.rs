@@ -10,6 +10,7 @@ mod arch;
 mod build;
 mod domain;
 mod events;
+mod fifo;
 mod grant;
 mod hypercall;
 mod irq;

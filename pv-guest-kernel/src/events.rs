@@ -101,23 +101,35 @@ fn set_handler(port: u32, h: PortHandler) {
 
 /// Masks a port.
 pub fn mask(port: u32) {
+    if crate::fifo::is_active() {
+        return crate::fifo::mask(port);
+    }
     shared::u64_at(MASK + (port as usize / 64) * 8).fetch_or(1 << (port % 64), Ordering::SeqCst);
 }
 
 /// Unmasks a port through the hypervisor, which re-checks pending and
 /// raises the upcall if needed (so no event is lost between the two).
 pub fn unmask(port: u32) -> Result<(), Errno> {
+    if crate::fifo::is_active() {
+        crate::fifo::unmasking(port);
+    }
     guest_abi::hypercall::evtchn_unmask(Port(port))
 }
 
 /// Whether a port is pending.
 pub fn is_pending(port: u32) -> bool {
+    if crate::fifo::is_active() {
+        return crate::fifo::is_pending(port);
+    }
     shared::u64_at(PENDING + (port as usize / 64) * 8).load(Ordering::SeqCst) & (1 << (port % 64))
         != 0
 }
 
 /// Clears a port's pending bit.
 pub fn clear(port: u32) {
+    if crate::fifo::is_active() {
+        return crate::fifo::clear(port);
+    }
     shared::u64_at(PENDING + (port as usize / 64) * 8)
         .fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
 }
@@ -186,6 +198,10 @@ pub fn close(port: u32) -> Result<(), Errno> {
 /// Dispatches every pending, unmasked port (Xen's 2-level walk): clear
 /// upcall_pending, take the selector, scan each selected word.
 pub fn dispatch_pending() {
+    if crate::fifo::is_active() {
+        shared::u8_at(vi() + UPCALL_PENDING).store(0, Ordering::SeqCst);
+        return crate::fifo::dispatch(run_handler);
+    }
     loop {
         shared::u8_at(vi() + UPCALL_PENDING).store(0, Ordering::SeqCst);
         let sel = shared::u64_at(vi() + PENDING_SEL).swap(0, Ordering::SeqCst);
@@ -216,6 +232,16 @@ pub fn dispatch_pending() {
                 }
             }
         }
+    }
+}
+
+/// Runs `port`'s handler, if it has one.
+fn run_handler(port: u32) {
+    if let Some(h) = HANDLERS
+        .get(port as usize)
+        .and_then(crate::arch::HandlerSlot::get)
+    {
+        h(port);
     }
 }
 

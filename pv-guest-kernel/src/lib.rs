@@ -23,6 +23,7 @@ extern crate alloc;
 pub mod arch;
 pub mod console;
 pub mod events;
+pub mod fifo;
 pub mod gnttab;
 pub mod heap;
 pub mod mm;

@@ -51,7 +51,8 @@ pub use raw::{
 use crate::errno::Errno;
 use crate::event_channel::{
     EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq,
-    EvtchnClose, EvtchnSend, EvtchnStatus, EvtchnUnmask,
+    EvtchnClose, EvtchnExpandArray, EvtchnInitControl, EvtchnSend, EvtchnSetPriority, EvtchnStatus,
+    EvtchnUnmask,
 };
 use crate::types::{DomId, Port, VcpuId};
 use crate::version::{
@@ -201,6 +202,34 @@ pub fn evtchn_close(port: Port) -> Result<(), Errno> {
 /// Unmask `port`, re-raising it if pending (`EVTCHNOP_unmask`).
 pub fn evtchn_unmask(port: Port) -> Result<(), Errno> {
     event_channel_op(&mut EvtchnUnmask { port: port.0 })
+}
+
+/// Register `vcpu`'s FIFO control block at byte `offset` of frame `mfn`
+/// (`EVTCHNOP_init_control`; the first call switches the domain to the
+/// FIFO ABI). Returns the link field's width.
+pub fn evtchn_init_control(mfn: u64, offset: u32, vcpu: VcpuId) -> Result<u8, Errno> {
+    let mut op = EvtchnInitControl {
+        control_gfn: mfn,
+        offset,
+        vcpu: vcpu.0,
+        ..Default::default()
+    };
+    event_channel_op(&mut op).map(|()| op.link_bits)
+}
+
+/// Add frame `mfn` as the next page of the FIFO event array
+/// (`EVTCHNOP_expand_array`).
+pub fn evtchn_expand_array(mfn: u64) -> Result<(), Errno> {
+    event_channel_op(&mut EvtchnExpandArray { array_gfn: mfn })
+}
+
+/// Set the FIFO priority of `port` (`EVTCHNOP_set_priority`; 0 highest,
+/// 15 lowest).
+pub fn evtchn_set_priority(port: Port, priority: u32) -> Result<(), Errno> {
+    event_channel_op(&mut EvtchnSetPriority {
+        port: port.0,
+        priority,
+    })
 }
 
 /// State of `port` of `dom` (`EVTCHNOP_status`).

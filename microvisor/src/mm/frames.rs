@@ -136,8 +136,11 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
 }
 
 /// Room for every external reference one audit declares: the hypervisor's
-/// own (up to 5 per domain) and every grant mapping.
-const AUDIT_REFS: usize = crate::domain::MAX_DOMAINS * 5 + crate::grant::MAX_EXTERNAL_REFS;
+/// own (up to 5 per domain, and each domain's FIFO event-channel frames)
+/// and every grant mapping.
+const AUDIT_REFS: usize = crate::domain::MAX_DOMAINS
+    * (5 + microvisor_core::evtchn::MAX_ARRAY_PAGES + crate::domain::MAX_VCPUS_PER_DOMAIN)
+    + crate::grant::MAX_EXTERNAL_REFS;
 
 static AUDIT_EXT: Mutex<
     heapless::Vec<(u64, microvisor_core::frametable::ExternalRef), AUDIT_REFS>,
@@ -157,12 +160,14 @@ static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALL
 /// `written` are the frames the hypervisor writes on its own and holds a
 /// write reference on ([`hv_writable`]: each domain's shared info and
 /// console page); the audit fails if one is not writable-typed.
-/// `segs` are registered GDT frames (segment-typed references). The grant
+/// `segs` are registered GDT frames (segment-typed references). `fifo`
+/// are the FIFO event-channel frames (hypervisor-written too). The grant
 /// tables' mappings are added here.
 pub fn audit(
     roots: &[u64],
     written: &[u64],
     segs: &[u64],
+    fifo: impl Iterator<Item = u64>,
 ) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
     let mut ext = AUDIT_EXT.lock();
@@ -170,7 +175,7 @@ pub fn audit(
     for &r in roots.iter().filter(|&&r| r != 0) {
         let _ = ext.push((r / PAGE, ExternalRef::PageAndType(PageType::L4)));
     }
-    for &m in written {
+    for m in written.iter().copied().chain(fifo) {
         let _ = ext.push((m, ExternalRef::HvWritable));
     }
     for &m in segs {

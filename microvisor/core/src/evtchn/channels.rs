@@ -5,6 +5,7 @@
 
 use guest_abi::errno::Errno;
 
+use super::fifo::{Fifo, FifoWords};
 use super::{EventBits, MAX_VCPUS, NR_PORTS, NR_VIRQS, VirqKind, virq_kind};
 
 const PORTS: usize = NR_PORTS as usize;
@@ -73,10 +74,13 @@ pub struct Channels {
     dying: bool,
     /// Every port below this one is in use (allocation starts here).
     free_hint: u16,
+    /// The FIFO ABI's state (inactive while the domain uses 2-level).
+    pub(super) fifo: Fifo,
 }
 
-// 16 domains must stay well under 1 MiB of static memory.
-const _: () = assert!(size_of::<Channels>() <= 31 * 1024);
+// 16 domains must stay well under 1 MiB of static memory (the FIFO state
+// is about 10 KiB of it).
+const _: () = assert!(size_of::<Channels>() <= 42 * 1024);
 const _: () = assert!(size_of::<PortState>() <= 6);
 
 /// Index of `port` in the per-port arrays, if it names a port.
@@ -98,6 +102,7 @@ impl Channels {
             nr_vcpus: clamp_vcpus(nr_vcpus),
             dying: false,
             free_hint: 1,
+            fifo: Fifo::new(),
         }
     }
 
@@ -117,6 +122,13 @@ impl Channels {
         self.nr_vcpus = clamp_vcpus(nr_vcpus);
         self.dying = false;
         self.free_hint = 1;
+        self.fifo.reinit();
+    }
+
+    /// The domain's FIFO state (inactive under the 2-level ABI).
+    #[must_use]
+    pub fn fifo(&self) -> &Fifo {
+        &self.fifo
     }
 
     /// Number of vCPUs the domain has.
@@ -171,15 +183,22 @@ impl Channels {
     }
 
     /// The lowest free port (Xen's `get_free_port`): `EINVAL` once the domain
-    /// is dying, `ENOSPC` when all [`NR_PORTS`] ports are taken. Nothing is
+    /// is dying, `ENOSPC` when all [`NR_PORTS`] ports are taken. Under FIFO a
+    /// free port still on a queue (LINKED: the guest has not consumed its
+    /// last event) is skipped, as Xen's `evtchn_is_busy`. Nothing is
     /// allocated until [`Channels::occupy`].
-    pub(super) fn find_free(&self) -> Result<u32, Errno> {
+    pub(super) fn find_free<W: FifoWords>(&self, words: &W) -> Result<u32, Errno> {
         if self.dying {
             return Err(Errno::EINVAL);
         }
         let start = usize::from(self.free_hint);
         let tail = self.states.get(start..).unwrap_or(&[]);
-        match tail.iter().position(|s| *s == PortState::Free) {
+        let free = tail.iter().enumerate().position(|(off, s)| {
+            *s == PortState::Free
+                && !(self.fifo.is_active()
+                    && u32::try_from(start + off).is_ok_and(|p| self.fifo.is_busy(words, p)))
+        });
+        match free {
             Some(offset) => u32::try_from(start + offset).map_err(|_| Errno::ENOSPC),
             None => Err(Errno::ENOSPC),
         }
@@ -216,6 +235,7 @@ impl Channels {
             *s = state;
             *n = vcpu8;
         }
+        self.fifo.port_init(port);
         if usize::from(self.free_hint) == i {
             self.free_hint = self.free_hint.saturating_add(1);
         }
@@ -245,7 +265,7 @@ impl Channels {
 
     /// Frees `port` (Xen's `evtchn_free`): drops its VIRQ binding, clears
     /// its pending bit (never its mask), and resets its vCPU to 0.
-    pub(super) fn release<B: EventBits>(&mut self, port: u32, bits: &mut B) {
+    pub(super) fn release<B: EventBits + FifoWords>(&mut self, port: u32, bits: &mut B) {
         let Some(i) = index(port) else { return };
         let Some(state) = self.states.get(i).copied() else {
             return;
@@ -262,7 +282,11 @@ impl Channels {
                 }
             }
         }
-        bits.clear_pending(port);
+        if self.fifo.is_active() {
+            self.fifo.clear_pending(bits, port);
+        } else {
+            bits.clear_pending(port);
+        }
         if let (Some(s), Some(n)) = (self.states.get_mut(i), self.notify.get_mut(i)) {
             *s = PortState::Free;
             *n = 0;

@@ -21,6 +21,9 @@
 //! [`Domains`], so no two mutable borrows ever coexist.
 
 mod channels;
+mod fifo;
+#[cfg(test)]
+mod fifo_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +36,7 @@ use guest_abi::event_channel::{
 use guest_abi::types::DomId;
 
 pub use channels::{Channels, PortState};
+pub use fifo::{CONTROL_BLOCK_SIZE, Fifo, FifoWords, Kicks, MAX_ARRAY_PAGES};
 
 /// Ports a domain has under the 2-level ABI on a 64-bit guest (64 × 64).
 pub const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS;
@@ -125,12 +129,28 @@ pub struct Kick {
     pub upcall: bool,
 }
 
+/// Port `port` of `dom` fired, notifying `vcpu`: the FIFO rule
+/// ([`Fifo`]) once the domain switched, the 2-level one before.
+#[inline(always)]
+fn raise<B: EventBits + FifoWords>(
+    chans: &mut Channels,
+    bits: &mut B,
+    dom: u16,
+    vcpu: u32,
+    port: u32,
+) -> Option<Kick> {
+    if chans.fifo.is_active() {
+        return chans.fifo.set_pending(bits, dom, vcpu, port);
+    }
+    raise_2l(bits, dom, vcpu, port)
+}
+
 /// The 2-level "set pending" rule (Xen's `evtchn_2l_set_pending`): set the
 /// pending bit; only if it was clear and the port is unmasked, set the
 /// selector bit of the port's word; only if that was clear, set
 /// `upcall_pending`.
 #[inline(always)]
-fn raise<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Option<Kick> {
+fn raise_2l<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Option<Kick> {
     if bits.test_and_set_pending(port) {
         return None;
     }
@@ -165,8 +185,8 @@ fn unmask_bits<B: EventBits>(bits: &mut B, dom: u16, vcpu: u32, port: u32) -> Op
 /// by the hypervisor over its domain table (and by tests over arrays).
 /// `get` must answer consistently for the same id within one operation.
 pub trait Domains {
-    /// The domain's delivery bits.
-    type Bits: EventBits;
+    /// The domain's delivery bits (2-level) and guest words (FIFO).
+    type Bits: EventBits + FifoWords;
 
     /// The port table and bits of domain `dom`, or `None` if no such live
     /// domain (special ids such as `DOMID_SELF` are resolved before this is
@@ -211,8 +231,8 @@ pub fn alloc_unbound<D: Domains>(
     is_privileged: bool,
 ) -> Result<u32, Errno> {
     let dom = resolve(caller, dom);
-    let (chans, _) = world.get(dom).ok_or(Errno::ESRCH)?;
-    let port = chans.find_free()?;
+    let (chans, bits) = world.get(dom).ok_or(Errno::ESRCH)?;
+    let port = chans.find_free(bits)?;
     if dom != caller && !is_privileged {
         return Err(Errno::EPERM);
     }
@@ -241,7 +261,10 @@ pub fn bind_interdomain<D: Domains>(
     if !world.exists(rdom) {
         return Err(Errno::ESRCH);
     }
-    let lport = world.get(caller).ok_or(Errno::ESRCH)?.0.find_free()?;
+    let lport = {
+        let (lchans, lbits) = world.get(caller).ok_or(Errno::ESRCH)?;
+        lchans.find_free(lbits)?
+    };
     {
         let (rchans, _) = world.get(rdom).ok_or(Errno::ESRCH)?;
         match rchans.state(remote_port) {
@@ -263,7 +286,7 @@ pub fn bind_interdomain<D: Domains>(
     let bound = world.get(caller).and_then(|(lchans, lbits)| {
         lchans
             .occupy(lport, local, 0)
-            .then(|| raise(lbits, caller, 0, lport))
+            .then(|| raise(lchans, lbits, caller, 0, lport))
     });
     match bound {
         Some(kick) => Ok((lport, kick)),
@@ -295,7 +318,7 @@ pub fn bind_virq<D: Domains>(
         return Err(Errno::EINVAL);
     }
     let handler = world.global_virq_handler(virq);
-    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
     if vcpu >= chans.nr_vcpus() {
         return Err(Errno::ENOENT);
     }
@@ -305,7 +328,7 @@ pub fn bind_virq<D: Domains>(
     if chans.virq_port(virq, vcpu).is_some() {
         return Err(Errno::EEXIST);
     }
-    let port = chans.find_free()?;
+    let port = chans.find_free(bits)?;
     // `virq < NR_VIRQS` fits in a u8.
     chans.occupy(port, PortState::Virq { virq: virq as u8 }, vcpu);
     Ok(port)
@@ -317,11 +340,11 @@ pub fn bind_virq<D: Domains>(
 /// Errors: `ENOENT` if `vcpu` is not one of the caller's vCPUs; `EINVAL` if
 /// the caller is dying, `ENOSPC` if it has no free port.
 pub fn bind_ipi<D: Domains>(world: &mut D, caller: u16, vcpu: u32) -> Result<u32, Errno> {
-    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
     if vcpu >= chans.nr_vcpus() {
         return Err(Errno::ENOENT);
     }
-    let port = chans.find_free()?;
+    let port = chans.find_free(bits)?;
     chans.occupy(port, PortState::Ipi, vcpu);
     Ok(port)
 }
@@ -353,12 +376,12 @@ pub fn bind_pirq<D: Domains>(
     if pirq >= NR_PIRQS {
         return Err(Errno::EINVAL);
     }
-    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
     let state = PortState::Pirq { pirq: pirq as u16 };
     if chans.find_state(state).is_some() {
         return Err(Errno::EEXIST);
     }
-    let port = chans.find_free()?;
+    let port = chans.find_free(bits)?;
     chans.occupy(port, state, 0);
     Ok(port)
 }
@@ -377,7 +400,7 @@ pub fn raise_pirq<D: Domains>(world: &mut D, dom: u16, port: u32, pirq: u32) -> 
         return None;
     }
     let vcpu = chans.notify_vcpu(port)?;
-    raise(bits, dom, vcpu, port)
+    raise(chans, bits, dom, vcpu, port)
 }
 
 /// `EVTCHNOP_bind_vcpu`: makes `port` of the caller notify `vcpu` from now
@@ -434,11 +457,11 @@ pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<
                 return Ok(None);
             }
             let vcpu = rchans.notify_vcpu(rport).unwrap_or(0);
-            Ok(raise(rbits, remote_dom, vcpu, rport))
+            Ok(raise(rchans, rbits, remote_dom, vcpu, rport))
         }
         PortState::Ipi => {
             let vcpu = chans.notify_vcpu(port).unwrap_or(0);
-            Ok(raise(bits, caller, vcpu, port))
+            Ok(raise(chans, bits, caller, vcpu, port))
         }
         PortState::Unbound { .. } => Ok(None),
         PortState::Free | PortState::Reserved | PortState::Virq { .. } | PortState::Pirq { .. } => {
@@ -617,6 +640,9 @@ pub fn unmask<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Optio
         return Ok(None);
     }
     let vcpu = chans.notify_vcpu(port).unwrap_or(0);
+    if chans.fifo.is_active() {
+        return Ok(chans.fifo.unmask(bits, caller, vcpu, port));
+    }
     Ok(unmask_bits(bits, caller, vcpu, port))
 }
 
@@ -632,7 +658,7 @@ pub fn raise_virq<D: Domains>(world: &mut D, dom: u16, virq: u32, vcpu: u32) -> 
         VirqKind::Vcpu => vcpu,
         VirqKind::Domain | VirqKind::Global => chans.notify_vcpu(port)?,
     };
-    raise(bits, dom, target, port)
+    raise(chans, bits, dom, target, port)
 }
 
 /// The hypervisor raises the global VIRQ `virq` in whichever domain handles
@@ -664,7 +690,12 @@ pub fn any_pending<D: Domains>(world: &mut D, caller: u16, ports: &[u32]) -> Res
     for &port in ports {
         match chans.state(port) {
             Some(state) if state.is_bound() => {
-                if bits.is_pending(port) {
+                let pending = if chans.fifo.is_active() {
+                    chans.fifo.is_pending(bits, port)
+                } else {
+                    bits.is_pending(port)
+                };
+                if pending {
                     return Ok(true);
                 }
             }
@@ -721,4 +752,98 @@ pub fn close_all<D: Domains>(world: &mut D, dom: u16) {
     };
     chans.set_dying();
     close_every_port(world, dom);
+}
+
+/// `EVTCHNOP_init_control`: registers the control block of `vcpu` of the
+/// caller at byte `offset` of frame `mfn`; the first registration switches
+/// the domain to the FIFO ABI (every queue empty, no event-array page yet,
+/// every bound port at the default priority with its 2-level pending state
+/// kept and raised again once its event-array page is added). `take` takes
+/// the hypervisor's write reference on the frame (refusing a frame that is
+/// not the caller's or cannot be writable-typed); it is called last, only
+/// when every other check passed, and nothing changes if it fails.
+///
+/// Errors, in Xen's order: `ENOENT` if `vcpu` is not one of the caller's
+/// vCPUs; `EINVAL` if the block would cross the page end or `offset` is not
+/// 8-byte aligned; `EINVAL` if `vcpu` has a control block already; then
+/// whatever `take` returns (Xen: `EINVAL`).
+pub fn init_control<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    vcpu: u32,
+    mfn: u64,
+    offset: u32,
+    take: impl FnOnce(u64) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
+    if vcpu >= chans.nr_vcpus() {
+        return Err(Errno::ENOENT);
+    }
+    fifo::check_offset(offset)?;
+    if chans.fifo.register_control(vcpu, mfn, offset, take)? {
+        for port in 1..NR_PORTS {
+            if chans.state(port).is_some_and(PortState::is_bound) && bits.is_pending(port) {
+                chans.fifo.save_pending(port);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `EVTCHNOP_expand_array`: adds frame `mfn` as the caller's next
+/// event-array page (`take` as for [`init_control`]), then raises the
+/// events that came for ports of that page while it was missing. Returns
+/// the vCPUs to kick.
+///
+/// Errors, in Xen's order: `EOPNOTSUPP` before `init_control`; `ENOSPC`
+/// once [`MAX_ARRAY_PAGES`] pages were added; whatever `take` returns.
+pub fn expand_array<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    mfn: u64,
+    take: impl FnOnce(u64) -> Result<(), Errno>,
+) -> Result<Kicks, Errno> {
+    let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
+    let ports = chans.fifo.add_page(mfn, take)?;
+    let mut kicks = Kicks::default();
+    for port in ports.start.max(1)..ports.end.min(NR_PORTS) {
+        let bound = chans.state(port).is_some_and(PortState::is_bound);
+        if bound && chans.fifo.take_saved(port) {
+            let vcpu = chans.notify_vcpu(port).unwrap_or(0);
+            kicks.add(chans.fifo.set_pending(bits, caller, vcpu, port));
+        }
+    }
+    Ok(kicks)
+}
+
+/// `EVTCHNOP_set_priority`: `port` of the caller's future events go to the
+/// queue of `priority` (0 highest, 15 lowest; an event already linked
+/// stays where it is, as in Xen).
+///
+/// Errors, in Xen's order: `EINVAL` if `port >= NR_PORTS`; `ENOSYS` under
+/// the 2-level ABI (it has no priorities); `EINVAL` if `priority > 15`.
+pub fn set_priority<D: Domains>(
+    world: &mut D,
+    caller: u16,
+    port: u32,
+    priority: u32,
+) -> Result<(), Errno> {
+    let (chans, _) = world.get(caller).ok_or(Errno::ESRCH)?;
+    chans.state(port).ok_or(Errno::EINVAL)?;
+    if !chans.fifo.is_active() {
+        return Err(Errno::ENOSYS);
+    }
+    chans.fifo.set_priority(port, priority)
+}
+
+/// Returns a domain to the 2-level ABI (Xen's `evtchn_fifo_destroy`, at
+/// the end of `EVTCHNOP_reset` and at domain death): `put` is called once
+/// for each frame the FIFO state held (each control block, each
+/// event-array page), to drop the hypervisor's write reference, and the
+/// state is forgotten. Close the ports first ([`reset`], [`close_all`]).
+pub fn fifo_destroy(chans: &mut Channels, mut put: impl FnMut(u64)) {
+    for mfn in chans.fifo.frames() {
+        put(mfn);
+    }
+    chans.fifo.reinit();
 }
