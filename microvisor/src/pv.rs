@@ -733,10 +733,22 @@ pub fn bounce(
             false
         }
         Err(PushError::Unwritable(at)) => {
+            // The frame's page is unmapped but the page above it (the
+            // bottom of the stack in use) is not: the stack ran off its
+            // bottom into a guard page.
+            let above = (at | 0xfff).wrapping_add(1);
+            let overflow = !from_user
+                && guest::copy_from(d.cr3, at, &mut [0u8]).is_err()
+                && guest::copy_from(d.cr3, above, &mut [0u8]).is_ok();
+            let why = if overflow {
+                ": stack overflow (the page below the stack is not mapped)"
+            } else {
+                ""
+            };
             kill(
                 hv,
                 frame,
-                format_args!("cannot write the bounce frame for {what} at {at:#x}"),
+                format_args!("cannot write the bounce frame for {what} at {at:#x}{why}"),
             );
             false
         }

@@ -36,5 +36,8 @@ pub mod traps;
 pub mod xenbus;
 pub mod xenstore;
 
+pub use guest_abi::arch::PteFlags;
+pub use guest_abi::errno::Errno;
 pub use guest_abi::start_info::StartInfo;
+pub use guest_abi::types::{DomId, GrantRef, Port, VcpuId};
 pub use rt::{shutdown, start_info};
