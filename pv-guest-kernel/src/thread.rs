@@ -1,6 +1,6 @@
 //! Threads: a small cooperative scheduler, like Mini-OS's.
 //!
-//! ```ignore
+//! ```no_run
 //! use pv_guest_kernel::thread;
 //! thread::init().unwrap();
 //! fn worker(n: usize) {
@@ -8,6 +8,7 @@
 //!         thread::yield_now();
 //!     }
 //! }
+//! // A 16 KiB heap stack with an unmapped guard page under it.
 //! let t = thread::spawn("worker", worker, 3, thread::DEFAULT_STACK_SIZE).unwrap();
 //! thread::sleep_ns(1_000_000);
 //! thread::join(t).unwrap();

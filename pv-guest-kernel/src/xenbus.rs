@@ -16,16 +16,19 @@
 //! ([`crate::xenstore::Client`]) implements and which a store running in the
 //! same domain can implement directly:
 //!
-//! ```ignore
+//! ```no_run
 //! use pv_guest_kernel::xenbus::{self, XenbusState};
+//! # fn demo() -> Result<(), pv_guest_kernel::Errno> {
 //! let mut xs = pv_guest_kernel::xenstore::connect()?;
 //! for dev in xenbus::frontend_devices(&mut xs, "vbd")? {
-//!     let be = xenbus::read_backend(&mut xs, &dev.dir)?;
+//!     let be = xenbus::read_backend(&mut xs, &dev.dir)?; // its path and DomId
 //!     xenbus::wait_for_state(&mut xs, &be.path, XenbusState::InitWait)?;
 //!     xenbus::write_nodes(&mut xs, &dev.dir, &[("ring-ref", "8"), ("event-channel", "5")])?;
 //!     xenbus::switch_state(&mut xs, &dev.dir, XenbusState::Initialised)?;
 //!     xenbus::wait_for_state(&mut xs, &be.path, XenbusState::Connected)?;
 //! }
+//! # Ok(())
+//! # }
 //! ```
 
 use alloc::format;

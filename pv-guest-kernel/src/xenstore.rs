@@ -22,12 +22,16 @@
 //! [`from_start_info`]) reaches the page through the bootstrap 1:1 mapping and
 //! waits on the store port with `SCHEDOP_poll`:
 //!
-//! ```ignore
+//! ```no_run
+//! # fn demo() -> Result<(), pv_guest_kernel::Errno> {
 //! let mut xs = pv_guest_kernel::xenstore::connect()?;
 //! let name = xs.read("name")?;                      // relative to the home path
 //! xs.write("data/greeting", b"hello")?;
 //! xs.watch("control/shutdown", "shutdown")?;
 //! let ev = xs.next_watch_event()?;                  // blocks on the store port
+//! # let _ = (name, ev);
+//! # Ok(())
+//! # }
 //! ```
 
 use alloc::collections::VecDeque;
