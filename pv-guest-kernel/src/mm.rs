@@ -597,11 +597,17 @@ pub struct Stack {
 
 impl Stack {
     /// A stack of at least `bytes` bytes (rounded up to whole pages), plus
-    /// its guard page. `ENOMEM` when the heap cannot supply it.
+    /// its guard page. `ENOMEM` when the heap cannot supply it (or the size
+    /// cannot be a block's).
     pub fn new(bytes: usize) -> Result<Self, Errno> {
-        let size = bytes.max(1).div_ceil(PAGE as usize) * PAGE as usize;
-        let layout = core::alloc::Layout::from_size_align(size + PAGE as usize, PAGE as usize)
-            .map_err(|_| Errno::EINVAL)?;
+        let page = PAGE as usize;
+        let size = bytes
+            .max(1)
+            .checked_next_multiple_of(page)
+            .ok_or(Errno::ENOMEM)?;
+        let total = size.checked_add(page).ok_or(Errno::ENOMEM)?;
+        let layout =
+            core::alloc::Layout::from_size_align(total, page).map_err(|_| Errno::ENOMEM)?;
         // SAFETY: a non-zero-sized layout.
         let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
         if p.is_null() {
