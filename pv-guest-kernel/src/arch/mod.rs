@@ -207,6 +207,75 @@ impl HandlerSlot {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ctx {
+        hits: AtomicU32,
+        last: AtomicU32,
+    }
+
+    impl Ctx {
+        const fn new() -> Self {
+            Self {
+                hits: AtomicU32::new(0),
+                last: AtomicU32::new(0),
+            }
+        }
+        fn on_event(&self, port: Port) {
+            self.hits.fetch_add(1, Ordering::SeqCst);
+            self.last.store(port.0, Ordering::SeqCst);
+        }
+    }
+
+    static A: Ctx = Ctx::new();
+    static B: Ctx = Ctx::new();
+    static PLAIN: AtomicU32 = AtomicU32::new(0);
+
+    fn plain(port: Port) {
+        PLAIN.store(port.0, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn each_handler_reaches_its_own_context() {
+        let slot = HandlerSlot::empty();
+        assert!(slot.get().is_none());
+        slot.set(Some(Handler::with(&A, Ctx::on_event)));
+        slot.get().expect("set").call(Port(7));
+        slot.set(Some(Handler::with(&B, Ctx::on_event)));
+        slot.get().expect("set").call(Port(9));
+        slot.get().expect("set").call(Port(10));
+        assert_eq!(A.hits.load(Ordering::SeqCst), 1);
+        assert_eq!(A.last.load(Ordering::SeqCst), 7);
+        assert_eq!(B.hits.load(Ordering::SeqCst), 2);
+        assert_eq!(B.last.load(Ordering::SeqCst), 10);
+        // A context on the heap, as a driver's state would be.
+        let heap: &'static Ctx = Box::leak(Box::new(Ctx::new()));
+        slot.set(Some(Handler::with(heap, Ctx::on_event)));
+        slot.get().expect("set").call(Port(11));
+        assert_eq!(heap.last.load(Ordering::SeqCst), 11);
+        assert_eq!(B.hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn plain_functions_and_closures() {
+        let slot = HandlerSlot::empty();
+        slot.set(Some(Handler::new(plain)));
+        slot.get().expect("set").call(Port(3));
+        assert_eq!(PLAIN.load(Ordering::SeqCst), 3);
+        slot.set(Some(plain.into_handler()));
+        slot.get().expect("set").call(Port(4));
+        assert_eq!(PLAIN.load(Ordering::SeqCst), 4);
+        let closure = |p: Port| PLAIN.store(p.0 + 100, Ordering::SeqCst);
+        slot.set(Some(closure.into_handler()));
+        slot.get().expect("set").call(Port(5));
+        assert_eq!(PLAIN.load(Ordering::SeqCst), 105);
+        slot.set(None);
+        assert!(slot.get().is_none());
+    }
+}
+
 /// Size of the boot stack the entry point switches to.
 pub const STACK_SIZE: usize = 64 * 1024;
 
