@@ -545,7 +545,7 @@ pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
 /// Nothing may use the page at `va` until [`unguard`] maps it again.
 pub(crate) unsafe fn guard(va: u64) -> Result<u64, Errno> {
     let e = lookup(va);
-    if va % PAGE != 0 || e & P == 0 {
+    if !va.is_multiple_of(PAGE) || e & P == 0 {
         return Err(Errno::EINVAL);
     }
     // SAFETY: the caller gives the page up until `unguard`.
