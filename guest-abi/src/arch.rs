@@ -415,31 +415,107 @@ const _: () = assert!(size_of::<ArchSharedInfo>() == 48);
 // Page-table entries.
 // ---------------------------------------------------------------------------
 
-/// Page-table entry bits as PV guests write them.
+bitflags::bitflags! {
+    /// The flag bits of an x86_64 page-table entry as PV guests write them
+    /// (everything but the machine address, [`pte::ADDR_MASK`]). The one
+    /// definition of these bits: [`pte`] gives the same values as plain
+    /// `u64` constants for code that builds raw entries.
+    ///
+    /// ```
+    /// use guest_abi::arch::{PteFlags, pte};
+    /// let mfn = 0x1234u64;
+    /// let entry = (mfn << 12) | PteFlags::DATA.bits();
+    /// assert_eq!(entry & pte::ADDR_MASK, 0x1234000);
+    /// let f = PteFlags::from_entry(entry);
+    /// assert!(f.contains(PteFlags::PRESENT | PteFlags::RW));
+    /// assert!(!PteFlags::READ_ONLY.contains(PteFlags::RW));
+    /// ```
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    #[repr(transparent)]
+    pub struct PteFlags: u64 {
+        /// Present.
+        const PRESENT = 1 << 0;
+        /// Writable.
+        const RW = 1 << 1;
+        /// User accessible (the hypervisor forces it on, guests run in ring 3).
+        const USER = 1 << 2;
+        /// Write-through.
+        const PWT = 1 << 3;
+        /// Cache disable.
+        const PCD = 1 << 4;
+        /// Accessed.
+        const ACCESSED = 1 << 5;
+        /// Dirty.
+        const DIRTY = 1 << 6;
+        /// In an L1 entry: PAT index bit. In higher levels: page size
+        /// (guests may not set it).
+        const PAT_OR_PSE = 1 << 7;
+        /// Global.
+        const GLOBAL = 1 << 8;
+        /// Set by the hypervisor on validated L1 entries of guest-kernel
+        /// pages.
+        const GUEST_KERNEL = 1 << 52;
+        /// No-execute.
+        const NX = 1 << 63;
+
+        /// A writable data page: present, writable, user, accessed and
+        /// dirty (accessed and dirty preset, so the CPU never sets them).
+        const DATA = Self::PRESENT.bits() | Self::RW.bits() | Self::USER.bits()
+            | Self::ACCESSED.bits() | Self::DIRTY.bits();
+        /// A read-only page: present, user, accessed (how a guest must map
+        /// its page-table frames).
+        const READ_ONLY = Self::PRESENT.bits() | Self::USER.bits() | Self::ACCESSED.bits();
+        /// An entry pointing at a lower-level table (the same bits as
+        /// [`Self::DATA`]; the table itself is what is kept read-only).
+        const TABLE = Self::DATA.bits();
+        /// Uncached device memory (I/O registers): [`Self::DATA`] with
+        /// write-through and cache disable.
+        const IO = Self::DATA.bits() | Self::PWT.bits() | Self::PCD.bits();
+    }
+}
+
+impl PteFlags {
+    /// The flag bits of page-table entry `entry` (its machine address and
+    /// any bit not named here dropped).
+    #[must_use]
+    pub const fn from_entry(entry: u64) -> Self {
+        Self::from_bits_truncate(entry & !pte::ADDR_MASK)
+    }
+
+    /// The entry mapping machine frame `mfn` with these flags.
+    #[must_use]
+    pub const fn entry(self, mfn: u64) -> u64 {
+        ((mfn << crate::types::PAGE_SHIFT) & pte::ADDR_MASK) | self.bits()
+    }
+}
+
+/// Page-table entry bits as plain `u64` values, each taken from
+/// [`PteFlags`] (defined there once).
 pub mod pte {
+    use super::PteFlags;
     /// Present.
-    pub const PRESENT: u64 = 1 << 0;
+    pub const PRESENT: u64 = PteFlags::PRESENT.bits();
     /// Writable.
-    pub const RW: u64 = 1 << 1;
+    pub const RW: u64 = PteFlags::RW.bits();
     /// User accessible (the hypervisor forces it on, guests run in ring 3).
-    pub const USER: u64 = 1 << 2;
+    pub const USER: u64 = PteFlags::USER.bits();
     /// Write-through.
-    pub const PWT: u64 = 1 << 3;
+    pub const PWT: u64 = PteFlags::PWT.bits();
     /// Cache disable.
-    pub const PCD: u64 = 1 << 4;
+    pub const PCD: u64 = PteFlags::PCD.bits();
     /// Accessed.
-    pub const ACCESSED: u64 = 1 << 5;
+    pub const ACCESSED: u64 = PteFlags::ACCESSED.bits();
     /// Dirty.
-    pub const DIRTY: u64 = 1 << 6;
+    pub const DIRTY: u64 = PteFlags::DIRTY.bits();
     /// In an L1 entry: PAT index bit. In higher levels: page size (guests may
     /// not set it).
-    pub const PAT_OR_PSE: u64 = 1 << 7;
+    pub const PAT_OR_PSE: u64 = PteFlags::PAT_OR_PSE.bits();
     /// Global.
-    pub const GLOBAL: u64 = 1 << 8;
+    pub const GLOBAL: u64 = PteFlags::GLOBAL.bits();
     /// Set by the hypervisor on validated L1 entries of guest-kernel pages.
-    pub const GUEST_KERNEL: u64 = 1 << 52;
+    pub const GUEST_KERNEL: u64 = PteFlags::GUEST_KERNEL.bits();
     /// No-execute.
-    pub const NX: u64 = 1 << 63;
+    pub const NX: u64 = PteFlags::NX.bits();
     /// The machine-address bits of an entry.
     pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 }

@@ -315,8 +315,18 @@ macro_rules! hypercall_page {
 /// `pv_entry!(kmain);` or `pv_entry!(kmain, stack = 256 * 1024);` where
 /// `fn kmain(si: &'static StartInfo) -> !`. Name the entry in the notes with
 /// `entry: _start` (see [`xen_elfnotes!`](crate::xen_elfnotes)), or rely on
-/// the ELF entry point. The stack has no guard page below it: an overflow
-/// writes over whatever `.bss` precedes it.
+/// the ELF entry point.
+///
+/// Under the stack lies a page-aligned, page-sized guard,
+/// `__guest_abi_boot_stack_guard` (a hidden global symbol). The builder
+/// maps it like the rest of `.bss`; a kernel that unmaps it at start of day
+/// (`update_va_mapping(guard, 0, UVMF_INVLPG)`, as pv-guest-kernel does)
+/// makes a stack overflow fault there instead of writing over whatever
+/// `.bss` precedes the stack. The fault cannot be delivered on the
+/// overflowed stack, so the hypervisor ends the domain (the microvisor says
+/// the stack overflowed; Xen crashes the domain from its bounce-frame code).
+/// Reach it with
+/// `unsafe extern "C" { static __guest_abi_boot_stack_guard: [u8; 4096]; }`.
 #[macro_export]
 macro_rules! pv_entry {
     ($main:path) => {
@@ -325,7 +335,11 @@ macro_rules! pv_entry {
     ($main:path, stack = $size:expr) => {
         ::core::arch::global_asm!(
             ".pushsection .bss.guest_abi_boot_stack, \"aw\", @nobits",
-            ".balign 16",
+            ".balign 4096",
+            ".globl __guest_abi_boot_stack_guard",
+            ".hidden __guest_abi_boot_stack_guard",
+            "__guest_abi_boot_stack_guard:",
+            ".space 4096",
             "__guest_abi_boot_stack:",
             ".space {size}",
             ".balign 16",

@@ -244,6 +244,65 @@ pub const fn status_name(status: i16) -> Option<&'static str> {
     })
 }
 
+/// Why a grant operation failed: the `GNTST_*` status the hypervisor wrote
+/// into the operation's element (a per-element refusal), or the error of the
+/// hypercall itself (the whole call refused, e.g. `EFAULT`).
+///
+/// ```
+/// use guest_abi::grant_table::{GrantError, GNTST_BAD_GNTREF, GNTST_OKAY};
+/// assert_eq!(GrantError::check(GNTST_OKAY), Ok(()));
+/// let e = GrantError::check(GNTST_BAD_GNTREF).unwrap_err();
+/// assert_eq!(e, GrantError::Status(GNTST_BAD_GNTREF));
+/// assert_eq!(e.status(), GNTST_BAD_GNTREF);
+/// assert_eq!(format!("{e}"), "GNTST -3 (bad grant reference)");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// The element's `GNTST_*` status (negative, never [`GNTST_OKAY`]).
+    Status(i16),
+    /// The hypercall itself failed.
+    Hypercall(crate::errno::Errno),
+}
+
+impl GrantError {
+    /// `Ok` for [`GNTST_OKAY`], else the status as an error.
+    pub const fn check(status: i16) -> Result<(), Self> {
+        if status == GNTST_OKAY {
+            Ok(())
+        } else {
+            Err(Self::Status(status))
+        }
+    }
+
+    /// The `GNTST_*` status this error stands for ([`GNTST_GENERAL_ERROR`]
+    /// for a failed hypercall, which names no element's status).
+    #[must_use]
+    pub const fn status(self) -> i16 {
+        match self {
+            Self::Status(s) => s,
+            Self::Hypercall(_) => GNTST_GENERAL_ERROR,
+        }
+    }
+}
+
+impl From<crate::errno::Errno> for GrantError {
+    fn from(e: crate::errno::Errno) -> Self {
+        Self::Hypercall(e)
+    }
+}
+
+impl core::fmt::Display for GrantError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Status(s) => match status_name(s) {
+                Some(n) => write!(f, "GNTST {s} ({n})"),
+                None => write!(f, "GNTST {s}"),
+            },
+            Self::Hypercall(e) => write!(f, "grant_table_op failed: {e}"),
+        }
+    }
+}
+
 /// `GNTTABOP_map_grant_ref` element (32 bytes).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,

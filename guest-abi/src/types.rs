@@ -174,6 +174,18 @@ pub struct Port(pub u32);
 #[repr(transparent)]
 pub struct GrantRef(pub u32);
 
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for GrantRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A virtual CPU number within a domain.
 #[derive(
     Clone,
@@ -192,6 +204,12 @@ pub struct GrantRef(pub u32);
 )]
 #[repr(transparent)]
 pub struct VcpuId(pub u32);
+
+impl fmt::Display for VcpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// The prefix of `bytes` before its first NUL byte (all of `bytes` if there
 /// is none). Xen's fixed-size string fields are NUL-padded, not

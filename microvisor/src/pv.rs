@@ -733,14 +733,31 @@ pub fn bounce(
             false
         }
         Err(PushError::Unwritable(at)) => {
+            let why = if !from_user && ran_off_stack(d.cr3, at) {
+                STACK_OVERFLOW
+            } else {
+                ""
+            };
             kill(
                 hv,
                 frame,
-                format_args!("cannot write the bounce frame for {what} at {at:#x}"),
+                format_args!("cannot write the bounce frame for {what} at {at:#x}{why}"),
             );
             false
         }
     }
+}
+
+/// Said after a kill caused by a guest stack running off its bottom.
+const STACK_OVERFLOW: &str = ": stack overflow (unmapped page below the stack)";
+
+/// Whether `addr` (just below a guest stack pointer, or where a bounce
+/// frame was to go) is unmapped while the page above it is mapped: the
+/// guest kernel's stack ran off its bottom into a guard page.
+fn ran_off_stack(cr3: u64, addr: u64) -> bool {
+    let above = (addr | 0xfff).wrapping_add(1);
+    guest::copy_from(cr3, addr, &mut [0u8]).is_err()
+        && guest::copy_from(cr3, above, &mut [0u8]).is_ok()
 }
 
 /// Why a bounce frame could not be written.
@@ -788,7 +805,17 @@ pub fn deliver_exception(
 ) {
     let t = hv.vcpus[hv.current].pv.traps[vector as usize];
     if t.address == 0 {
-        return kill(hv, frame, format_args!("{what} with no handler registered"));
+        let d = &hv.vcpus[hv.current];
+        let why = if !d.pv.user_mode && ran_off_stack(d.cr3, frame.rsp.wrapping_sub(8)) {
+            STACK_OVERFLOW
+        } else {
+            ""
+        };
+        return kill(
+            hv,
+            frame,
+            format_args!("{what} with no handler registered{why}"),
+        );
     }
     bounce(
         hv,

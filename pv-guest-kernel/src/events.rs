@@ -4,22 +4,32 @@
 //! `vcpu_info.evtchn_upcall_mask`, never in RFLAGS: a ring-3 `popf` cannot
 //! change IF (the hypervisor would not see it anyway).
 //!
-//! ```ignore
-//! pv_guest_kernel::events::init().unwrap();
-//! let port = pv_guest_kernel::events::bind_virq(guest_abi::event_channel::VIRQ_TIMER, |port| {
+//! A handler is a function item or capture-free closure, a plain
+//! `fn(Port)` ([`Handler::new`]), or a function with a context
+//! ([`Handler::with`]), so a driver's state need not be a static the handler
+//! names.
+//!
+//! ```no_run
+//! use pv_guest_kernel::events;
+//! use guest_abi::event_channel::VIRQ_TIMER;
+//! use guest_abi::types::Port;
+//!
+//! fn on_timer(_port: Port) {
 //!     // runs in the upcall, events masked
-//! }).unwrap();
-//! pv_guest_kernel::events::enable();
+//! }
+//! events::init().unwrap();
+//! let port: Port = events::bind_virq(VIRQ_TIMER, on_timer).unwrap();
+//! events::enable();
+//! # let _ = port;
 //! ```
 
 use crate::arch::shared;
 use crate::traps::TrapFrame;
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
-use guest_abi::types::{Port, VcpuId};
+use guest_abi::types::{DomId, Port, VcpuId};
 
-/// A per-port handler, called with the port from the event upcall.
-pub type PortHandler = fn(u32);
+pub use crate::arch::{Handler, IntoHandler};
 
 const NR_PORTS: usize = 4096;
 /// Each port's handler. The upcall reads it without a lock: a lock taken
@@ -34,9 +44,9 @@ static HANDLERS: [crate::arch::HandlerSlot; NR_PORTS] =
 static PORT_VCPU: [core::sync::atomic::AtomicU8; NR_PORTS] =
     [const { core::sync::atomic::AtomicU8::new(0) }; NR_PORTS];
 
-fn set_vcpu(port: u32, vcpu: u32) {
-    if let Some(v) = PORT_VCPU.get(port as usize) {
-        v.store(vcpu as u8, Ordering::Relaxed);
+fn set_vcpu(port: Port, vcpu: VcpuId) {
+    if let Some(v) = PORT_VCPU.get(port.0 as usize) {
+        v.store(vcpu.0 as u8, Ordering::Relaxed);
     }
 }
 
@@ -49,7 +59,7 @@ const PENDING_SEL: usize = 8;
 /// Offset of the running vCPU's `vcpu_info` in shared info (its slot:
 /// 64 bytes per vCPU).
 fn vi() -> usize {
-    crate::smp::vcpu_id() as usize % crate::smp::MAX_VCPUS * 64
+    crate::smp::vcpu_id().0 as usize % crate::smp::MAX_VCPUS * 64
 }
 
 /// Maps shared info and installs the event upcall (trap table too).
@@ -89,110 +99,111 @@ pub fn disable() {
 
 /// Sets or clears the handler of `port` (one atomic store: an upcall
 /// arriving meanwhile sees the old handler or the new one).
-fn put_handler(port: u32, h: Option<PortHandler>) {
-    if let Some(slot) = HANDLERS.get(port as usize) {
+fn put_handler(port: Port, h: Option<Handler>) {
+    if let Some(slot) = HANDLERS.get(port.0 as usize) {
         slot.set(h);
     }
 }
 
-fn set_handler(port: u32, h: PortHandler) {
+/// Installs `h` for `port` and unmasks it.
+fn install(port: Port, h: Handler) -> Result<Port, Errno> {
     put_handler(port, Some(h));
+    unmask(port)?;
+    Ok(port)
+}
+
+/// The word and bit of `port` in the pending and mask bitmaps.
+fn word_bit(port: Port) -> (usize, u64) {
+    ((port.0 as usize / 64) * 8, 1 << (port.0 % 64))
 }
 
 /// Masks a port.
-pub fn mask(port: u32) {
+pub fn mask(port: Port) {
     if crate::fifo::is_active() {
-        return crate::fifo::mask(port);
+        return crate::fifo::mask(port.0);
     }
-    shared::u64_at(MASK + (port as usize / 64) * 8).fetch_or(1 << (port % 64), Ordering::SeqCst);
+    let (w, b) = word_bit(port);
+    shared::u64_at(MASK + w).fetch_or(b, Ordering::SeqCst);
 }
 
 /// Unmasks a port through the hypervisor, which re-checks pending and
 /// raises the upcall if needed (so no event is lost between the two).
-pub fn unmask(port: u32) -> Result<(), Errno> {
+pub fn unmask(port: Port) -> Result<(), Errno> {
     if crate::fifo::is_active() {
-        crate::fifo::unmasking(port);
+        crate::fifo::unmasking(port.0);
     }
-    guest_abi::hypercall::evtchn_unmask(Port(port))
+    guest_abi::hypercall::evtchn_unmask(port)
 }
 
 /// Whether a port is pending.
-pub fn is_pending(port: u32) -> bool {
+pub fn is_pending(port: Port) -> bool {
     if crate::fifo::is_active() {
-        return crate::fifo::is_pending(port);
+        return crate::fifo::is_pending(port.0);
     }
-    shared::u64_at(PENDING + (port as usize / 64) * 8).load(Ordering::SeqCst) & (1 << (port % 64))
-        != 0
+    let (w, b) = word_bit(port);
+    shared::u64_at(PENDING + w).load(Ordering::SeqCst) & b != 0
 }
 
 /// Clears a port's pending bit.
-pub fn clear(port: u32) {
+pub fn clear(port: Port) {
     if crate::fifo::is_active() {
-        return crate::fifo::clear(port);
+        return crate::fifo::clear(port.0);
     }
-    shared::u64_at(PENDING + (port as usize / 64) * 8)
-        .fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
+    let (w, b) = word_bit(port);
+    shared::u64_at(PENDING + w).fetch_and(!b, Ordering::SeqCst);
 }
 
 /// Binds a VIRQ on vCPU 0 and installs `h` for it (unmasked).
-pub fn bind_virq(virq: u32, h: PortHandler) -> Result<u32, Errno> {
-    bind_virq_on(virq, 0, h)
+pub fn bind_virq(virq: u32, h: impl IntoHandler) -> Result<Port, Errno> {
+    bind_virq_on(virq, VcpuId(0), h)
 }
 
 /// Binds `virq` on vCPU `vcpu` (a per-vCPU VIRQ such as VIRQ_TIMER is
 /// raised for that vCPU; its upcalls run there).
-pub fn bind_virq_on(virq: u32, vcpu: u32, h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_bind_virq(virq, VcpuId(vcpu))?.0;
+pub fn bind_virq_on(virq: u32, vcpu: VcpuId, h: impl IntoHandler) -> Result<Port, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_virq(virq, vcpu)?;
     set_vcpu(p, vcpu);
-    set_handler(p, h);
-    unmask(p)?;
-    Ok(p)
+    install(p, h.into_handler())
 }
 
 /// Binds an IPI port on vCPU 0 and installs `h` for it.
-pub fn bind_ipi(h: PortHandler) -> Result<u32, Errno> {
-    bind_ipi_on(0, h)
+pub fn bind_ipi(h: impl IntoHandler) -> Result<Port, Errno> {
+    bind_ipi_on(VcpuId(0), h)
 }
 
 /// Binds an IPI port notifying vCPU `vcpu`.
-pub fn bind_ipi_on(vcpu: u32, h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_bind_ipi(VcpuId(vcpu))?.0;
+pub fn bind_ipi_on(vcpu: VcpuId, h: impl IntoHandler) -> Result<Port, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_ipi(vcpu)?;
     set_vcpu(p, vcpu);
-    set_handler(p, h);
-    unmask(p)?;
-    Ok(p)
+    install(p, h.into_handler())
 }
 
-/// Allocates a port another domain can bind to, with handler `h`.
-pub fn alloc_unbound(remote: u16, h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_alloc_unbound(guest_abi::types::DomId(remote))?.0;
-    set_handler(p, h);
-    unmask(p)?;
-    Ok(p)
+/// Allocates a port domain `remote` can bind to, with handler `h`.
+pub fn alloc_unbound(remote: DomId, h: impl IntoHandler) -> Result<Port, Errno> {
+    let p = guest_abi::hypercall::evtchn_alloc_unbound(remote)?;
+    install(p, h.into_handler())
 }
 
-/// Binds to another domain's unbound port, with handler `h`.
-pub fn bind_interdomain(remote: u16, remote_port: u32, h: PortHandler) -> Result<u32, Errno> {
-    let p = guest_abi::hypercall::evtchn_bind_interdomain(
-        guest_abi::types::DomId(remote),
-        Port(remote_port),
-    )?
-    .0;
-    set_handler(p, h);
-    unmask(p)?;
-    Ok(p)
+/// Binds to domain `remote`'s unbound port `remote_port`, with handler `h`.
+pub fn bind_interdomain(
+    remote: DomId,
+    remote_port: Port,
+    h: impl IntoHandler,
+) -> Result<Port, Errno> {
+    let p = guest_abi::hypercall::evtchn_bind_interdomain(remote, remote_port)?;
+    install(p, h.into_handler())
 }
 
 /// Notifies the other end of a port.
-pub fn send(port: u32) -> Result<(), Errno> {
-    guest_abi::hypercall::evtchn_send(Port(port))
+pub fn send(port: Port) -> Result<(), Errno> {
+    guest_abi::hypercall::evtchn_send(port)
 }
 
 /// Closes a port.
-pub fn close(port: u32) -> Result<(), Errno> {
+pub fn close(port: Port) -> Result<(), Errno> {
     put_handler(port, None);
-    set_vcpu(port, 0);
-    guest_abi::hypercall::evtchn_close(Port(port))
+    set_vcpu(port, VcpuId(0));
+    guest_abi::hypercall::evtchn_close(port)
 }
 
 /// Dispatches every pending, unmasked port (Xen's 2-level walk): clear
@@ -208,7 +219,7 @@ pub fn dispatch_pending() {
         if sel == 0 {
             return;
         }
-        let me = crate::smp::vcpu_id() as u8;
+        let me = crate::smp::vcpu_id().0 as u8;
         let mut words = sel;
         while words != 0 {
             let w = words.trailing_zeros() as usize;
@@ -219,16 +230,16 @@ pub fn dispatch_pending() {
             while bits != 0 {
                 let b = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let port = (w * 64 + b) as u32;
-                if PORT_VCPU[port as usize % NR_PORTS].load(Ordering::Relaxed) != me {
+                let port = Port((w * 64 + b) as u32);
+                if PORT_VCPU[port.0 as usize % NR_PORTS].load(Ordering::Relaxed) != me {
                     continue;
                 }
                 clear(port);
                 if let Some(h) = HANDLERS
-                    .get(port as usize)
+                    .get(port.0 as usize)
                     .and_then(crate::arch::HandlerSlot::get)
                 {
-                    h(port);
+                    h.call(port);
                 }
             }
         }
@@ -241,7 +252,7 @@ fn run_handler(port: u32) {
         .get(port as usize)
         .and_then(crate::arch::HandlerSlot::get)
     {
-        h(port);
+        h.call(Port(port));
     }
 }
 
@@ -253,7 +264,7 @@ fn upcall(_f: &mut TrapFrame) {
 /// service domain only) and binds it to a new port with handler `h`.
 /// Returns `(pirq, port)`. After handling each event, acknowledge the
 /// device, then call [`pirq_eoi`] so the line can fire again.
-pub fn bind_gsi(gsi: u32, h: PortHandler) -> Result<(u32, u32), Errno> {
+pub fn bind_gsi(gsi: u32, h: impl IntoHandler) -> Result<(u32, Port), Errno> {
     use guest_abi::physdev::{MAP_PIRQ_TYPE_GSI, PHYSDEVOP_MAP_PIRQ, PhysdevMapPirq};
     let mut m = PhysdevMapPirq {
         domid: guest_abi::types::DomId::SELF.0,
@@ -271,9 +282,8 @@ pub fn bind_gsi(gsi: u32, h: PortHandler) -> Result<(u32, u32), Errno> {
         port: 0,
     };
     guest_abi::hypercall::event_channel_op(&mut b)?;
-    set_handler(b.port, h);
-    unmask(b.port)?;
-    Ok((pirq, b.port))
+    let port = install(Port(b.port), h.into_handler())?;
+    Ok((pirq, port))
 }
 
 /// Signals end of interrupt for `pirq` (`PHYSDEVOP_eoi`): its line is

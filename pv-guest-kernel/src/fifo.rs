@@ -92,7 +92,8 @@ pub fn init() -> Result<(), Errno> {
 }
 
 /// Registers a control block for `vcpu` (`EVTCHNOP_init_control`).
-pub fn init_vcpu(vcpu: u32) -> Result<(), Errno> {
+pub fn init_vcpu(vcpu: VcpuId) -> Result<(), Errno> {
+    let VcpuId(vcpu) = vcpu;
     let slot = CONTROL.get(vcpu as usize).ok_or(Errno::EINVAL)?;
     let (va, mfn) = mm::alloc_page()?;
     guest_abi::hypercall::evtchn_init_control(mfn, 0, VcpuId(vcpu))?;
@@ -105,8 +106,8 @@ pub fn init_vcpu(vcpu: u32) -> Result<(), Errno> {
 
 /// `vcpu`'s control block: its virtual address and machine frame.
 #[must_use]
-pub fn control_block(vcpu: u32) -> Option<(u64, u64)> {
-    let va = CONTROL.get(vcpu as usize)?.load(Ordering::Acquire);
+pub fn control_block(vcpu: VcpuId) -> Option<(u64, u64)> {
+    let va = CONTROL.get(vcpu.0 as usize)?.load(Ordering::Acquire);
     (va != 0).then(|| (va, mm::pfn_to_mfn(va / 4096)))
 }
 
@@ -138,8 +139,8 @@ pub fn expand() -> Result<u32, Errno> {
 
 /// Sets the queue `port`'s future events go to (0 highest, 15 lowest;
 /// `EVTCHNOP_set_priority`).
-pub fn set_priority(port: u32, priority: u32) -> Result<(), Errno> {
-    guest_abi::hypercall::evtchn_set_priority(Port(port), priority)
+pub fn set_priority(port: Port, priority: u32) -> Result<(), Errno> {
+    guest_abi::hypercall::evtchn_set_priority(port, priority)
 }
 
 /// After `EVTCHNOP_reset` (which returns the domain to 2-level): this
@@ -216,7 +217,7 @@ pub(crate) fn clear(port: u32) {
 /// `handle` for each pending unmasked event (its PENDING cleared first), as
 /// Linux's FIFO upcall does. The caller has cleared `upcall_pending`.
 pub(crate) fn dispatch(handle: fn(u32)) {
-    let me = crate::smp::vcpu_id() as usize;
+    let me = crate::smp::vcpu_id().0 as usize;
     let Some(cb) = CONTROL.get(me).map(|c| c.load(Ordering::Acquire)) else {
         return;
     };

@@ -3,16 +3,26 @@
 //! using another domain's grants (map, unmap, copy through
 //! `grant_table_op`).
 //!
-//! ```ignore
-//! use pv_guest_kernel::gnttab;
-//! gnttab::init(1)?;                                  // one table frame, 512 refs
-//! let gref = gnttab::grant_access(backend, mfn, false)?;
-//! // ... publish gref; later, once the peer unmapped it:
-//! gnttab::end_access(gref)?;                         // EBUSY while mapped
-//!
-//! // The other side:
-//! let h = gnttab::map(frontend, gref, va, false)?;   // a GNTST_* status on error
-//! gnttab::unmap(va, h)?;
+//! ```no_run
+//! use pv_guest_kernel::{gnttab, page, DomId};
+//! use pv_guest_kernel::gnttab::GrantError;
+//! fn share(backend: DomId) -> Result<(), GrantError> {
+//!     gnttab::init(1)?;                               // one table frame, 512 refs
+//!     let (_page, mfn) = page::alloc_shared()?;       // a page of ours to share
+//!     let gref = gnttab::grant_access(backend, mfn, false)?;
+//!     // ... publish gref; later, once the peer unmapped it:
+//!     gnttab::end_access(gref)?;                      // EBUSY while mapped
+//!     Ok(())
+//! }
+//! // The other side maps it into a window it reserves:
+//! fn use_it(frontend: DomId, gref: pv_guest_kernel::GrantRef) -> Result<(), GrantError> {
+//!     let va = gnttab::map_slot_va(0).unwrap();
+//!     // SAFETY: slot 0 of the map area is ours and nothing else maps it.
+//!     let handle = unsafe { gnttab::map(frontend, gref, va, false)? }; // GNTST_* on refusal
+//!     // SAFETY: no reference into the page at `va` is left.
+//!     unsafe { gnttab::unmap(va, handle) }
+//! }
+//! # let _ = (share(DomId(0)), use_it(DomId(1), pv_guest_kernel::GrantRef(8)));
 //! ```
 //!
 //! Our table frames are mapped at [`TABLE_VA`]; [`MAP_AREA`] is a window
@@ -32,13 +42,14 @@
 use crate::mm;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use guest_abi::errno::Errno;
+pub use guest_abi::grant_table::GrantError;
 use guest_abi::grant_table::{
     GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_OKAY, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_COPY,
     GNTTABOP_MAP_GRANT_REF, GNTTABOP_SET_VERSION, GNTTABOP_UNMAP_GRANT_REF, GTF_PERMIT_ACCESS,
     GTF_READING, GTF_READONLY, GTF_SUB_PAGE, GTF_TRANSITIVE, GTF_WRITING, GnttabCopy,
     GnttabMapGrantRef, GnttabSetVersion, GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
 };
-use guest_abi::types::DomId;
+use guest_abi::types::{DomId, GrantRef};
 use spin::Mutex;
 
 /// Where our own table frames are mapped (up to [`MAX_FRAMES`] pages).
@@ -91,7 +102,8 @@ pub fn init(nr_frames: usize) -> Result<(), Errno> {
     if r.status != GNTST_OKAY {
         return Err(Errno::EINVAL);
     }
-    mm::map_frames(TABLE_VA, &frames[..nr_frames], mm::DATA)?;
+    // SAFETY: TABLE_VA is this module's own window, used by nothing else.
+    unsafe { mm::map_frames(TABLE_VA, &frames[..nr_frames], mm::PteFlags::DATA)? };
     let mut s = STATE.lock();
     s.nr_frames = nr_frames as u32;
     let n = s.nr_frames
@@ -172,33 +184,34 @@ fn map_status(nr_frames: u32) -> Result<usize, Errno> {
     if got.status != GNTST_OKAY {
         return Err(Errno::EINVAL);
     }
-    mm::map_frames(STATUS_VA, &frames[..n], mm::RO)?;
+    // SAFETY: STATUS_VA is this module's own window, used by nothing else.
+    unsafe { mm::map_frames(STATUS_VA, &frames[..n], mm::PteFlags::READ_ONLY)? };
     Ok(n)
 }
 
 fn unmap_status(n: usize) -> Result<(), Errno> {
     let mut b = mm::Batch::new();
-    for i in 0..n as u64 {
-        b.unmap(STATUS_VA + i * PAGE)?;
-    }
+    // SAFETY: the status frames at STATUS_VA are read through `status_of`
+    // only, which the caller stops using (the table is going back to v1).
+    unsafe { b.unmap_range(STATUS_VA, n as u64)? };
     b.submit()
 }
 
-fn entry_va(gref: u32) -> u64 {
+fn entry_va(gref: GrantRef) -> u64 {
     let size = if STATE.lock().version == 2 { 16 } else { 8 };
-    TABLE_VA + u64::from(gref) * size
+    TABLE_VA + u64::from(gref.0) * size
 }
 
 /// The status word of v2 reference `gref` (the caller checked the version
 /// and the bound).
-fn status_of(gref: u32) -> &'static AtomicU16 {
+fn status_of(gref: GrantRef) -> &'static AtomicU16 {
     // SAFETY: in v2 our status frames are mapped read-only at STATUS_VA,
     // one u16 per reference below the table size; the hypervisor updates
     // them concurrently, so they are only loaded atomically.
-    unsafe { AtomicU16::from_ptr((STATUS_VA + u64::from(gref) * 2) as *mut u16) }
+    unsafe { AtomicU16::from_ptr((STATUS_VA + u64::from(gref.0) * 2) as *mut u16) }
 }
 
-fn flags_of(gref: u32) -> &'static AtomicU16 {
+fn flags_of(gref: GrantRef) -> &'static AtomicU16 {
     // SAFETY: `gref` is below the table size (checked by every caller), so
     // the entry lies in a table frame mapped writable at TABLE_VA for the
     // rest of the domain's life; the hypervisor updates the flags
@@ -206,8 +219,8 @@ fn flags_of(gref: u32) -> &'static AtomicU16 {
     unsafe { AtomicU16::from_ptr(entry_va(gref) as *mut u16) }
 }
 
-fn check(gref: u32) -> Result<(), Errno> {
-    if gref < STATE.lock().nr_entries {
+fn check(gref: GrantRef) -> Result<(), Errno> {
+    if gref.0 < STATE.lock().nr_entries {
         Ok(())
     } else {
         Err(Errno::EINVAL)
@@ -217,7 +230,7 @@ fn check(gref: u32) -> Result<(), Errno> {
 /// Writes entry `gref` as granting `domid` access to machine frame `mfn`
 /// (read-only if asked). Low-level: [`grant_access`] also allocates the
 /// reference.
-pub fn set_entry(gref: u32, domid: u16, mfn: u64, readonly: bool) -> Result<(), Errno> {
+pub fn set_entry(gref: GrantRef, domid: DomId, mfn: u64, readonly: bool) -> Result<(), Errno> {
     check(gref)?;
     let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
     if version() == 2 {
@@ -229,7 +242,7 @@ pub fn set_entry(gref: u32, domid: u16, mfn: u64, readonly: bool) -> Result<(), 
     // 2) and frame (offset 4) are written while flags are still invalid, so
     // the hypervisor never uses a half-written entry.
     unsafe {
-        core::ptr::write_volatile((va + 2) as *mut u16, domid);
+        core::ptr::write_volatile((va + 2) as *mut u16, domid.0);
         core::ptr::write_volatile((va + 4) as *mut u32, frame);
     }
     flags_of(gref).store(flags, Ordering::SeqCst);
@@ -237,13 +250,13 @@ pub fn set_entry(gref: u32, domid: u16, mfn: u64, readonly: bool) -> Result<(), 
 }
 
 /// Writes v2 entry `gref`: everything but the flags first, the flags last.
-fn write_v2(gref: u32, flags: u16, domid: u16, word1: u32, frame: u64) -> Result<(), Errno> {
+fn write_v2(gref: GrantRef, flags: u16, domid: DomId, word1: u32, frame: u64) -> Result<(), Errno> {
     let va = entry_va(gref);
     // SAFETY: as in `flags_of`, for a 16-byte v2 entry of ours: domid
     // (offset 2), the sub-page or transitive word (4) and the frame (8) are
     // written while the flags still say invalid.
     unsafe {
-        core::ptr::write_volatile((va + 2) as *mut u16, domid);
+        core::ptr::write_volatile((va + 2) as *mut u16, domid.0);
         core::ptr::write_volatile((va + 4) as *mut u32, word1);
         core::ptr::write_volatile((va + 8) as *mut u64, frame);
     }
@@ -254,8 +267,8 @@ fn write_v2(gref: u32, flags: u16, domid: u16, word1: u32, frame: u64) -> Result
 /// v2 only: grants `domid` bytes `[off, off + len)` of our frame `mfn`
 /// (`GTF_sub_page`: copies only, never mapped). `EINVAL` in v1.
 pub fn set_sub_page_entry(
-    gref: u32,
-    domid: u16,
+    gref: GrantRef,
+    domid: DomId,
     mfn: u64,
     off: u16,
     len: u16,
@@ -278,10 +291,10 @@ pub fn set_sub_page_entry(
 /// v2 only: lets `domid` use `trans_domid`'s grant `trans_gref` as ours
 /// (`GTF_transitive`). `EINVAL` in v1.
 pub fn set_transitive_entry(
-    gref: u32,
-    domid: u16,
-    trans_domid: u16,
-    trans_gref: u32,
+    gref: GrantRef,
+    domid: DomId,
+    trans_domid: DomId,
+    trans_gref: GrantRef,
 ) -> Result<(), Errno> {
     check(gref)?;
     if version() != 2 {
@@ -291,13 +304,13 @@ pub fn set_transitive_entry(
         gref,
         GTF_TRANSITIVE,
         domid,
-        u32::from(trans_domid),
-        u64::from(trans_gref),
+        u32::from(trans_domid.0),
+        u64::from(trans_gref.0),
     )
 }
 
 /// v2 only: entry `gref` of our table and its status word. `EINVAL` in v1.
-pub fn entry_v2(gref: u32) -> Result<(GrantEntryV2, u16), Errno> {
+pub fn entry_v2(gref: GrantRef) -> Result<(GrantEntryV2, u16), Errno> {
     check(gref)?;
     if version() != 2 {
         return Err(Errno::EINVAL);
@@ -320,7 +333,7 @@ pub fn entry_v2(gref: u32) -> Result<(GrantEntryV2, u16), Errno> {
 }
 
 /// Reads entry `gref` of our v1 table (`EINVAL` in v2: see [`entry_v2`]).
-pub fn entry(gref: u32) -> Result<GrantEntryV1, Errno> {
+pub fn entry(gref: GrantRef) -> Result<GrantEntryV1, Errno> {
     check(gref)?;
     if version() == 2 {
         return Err(Errno::EINVAL);
@@ -336,10 +349,10 @@ pub fn entry(gref: u32) -> Result<GrantEntryV1, Errno> {
 
 /// Grants `domid` access to our machine frame `mfn`; returns the reference
 /// to publish. `ENOSPC` when every reference is in use.
-pub fn grant_access(domid: u16, mfn: u64, readonly: bool) -> Result<u32, Errno> {
-    let gref = STATE.lock().free.pop().ok_or(Errno::ENOSPC)?;
+pub fn grant_access(domid: DomId, mfn: u64, readonly: bool) -> Result<GrantRef, Errno> {
+    let gref = GrantRef(STATE.lock().free.pop().ok_or(Errno::ENOSPC)?);
     if let Err(e) = set_entry(gref, domid, mfn, readonly) {
-        STATE.lock().free.push(gref);
+        STATE.lock().free.push(gref.0);
         return Err(e);
     }
     Ok(gref)
@@ -351,7 +364,7 @@ pub fn grant_access(domid: u16, mfn: u64, readonly: bool) -> Result<u32, Errno> 
 /// protocol: the hypervisor sets the status bits, then re-reads the entry),
 /// so on `EBUSY` the entry no longer grants new access while the existing
 /// mapping stays until it is unmapped.
-pub fn revoke(gref: u32) -> Result<(), Errno> {
+pub fn revoke(gref: GrantRef) -> Result<(), Errno> {
     check(gref)?;
     if version() == 2 {
         let st = status_of(gref);
@@ -379,17 +392,17 @@ pub fn revoke(gref: u32) -> Result<(), Errno> {
 }
 
 /// [`revoke`]s `gref` and returns it to the free references.
-pub fn end_access(gref: u32) -> Result<(), Errno> {
+pub fn end_access(gref: GrantRef) -> Result<(), Errno> {
     revoke(gref)?;
     let mut s = STATE.lock();
-    if gref >= GNTTAB_NR_RESERVED_ENTRIES && !s.free.contains(&gref) {
-        s.free.push(gref);
+    if gref.0 >= GNTTAB_NR_RESERVED_ENTRIES && !s.free.contains(&gref.0) {
+        s.free.push(gref.0);
     }
     Ok(())
 }
 
 /// True when the hypervisor marks `gref` as mapped (reading or writing).
-pub fn in_use(gref: u32) -> bool {
+pub fn in_use(gref: GrantRef) -> bool {
     if check(gref).is_err() {
         return false;
     }
@@ -403,7 +416,7 @@ pub fn in_use(gref: u32) -> bool {
 
 /// The header word (flags and domid) of entry `gref`, for tests that race
 /// the hypervisor on purpose.
-pub fn header(gref: u32) -> Option<&'static AtomicU32> {
+pub fn header(gref: GrantRef) -> Option<&'static AtomicU32> {
     check(gref).ok()?;
     // SAFETY: as in `flags_of`; the first 4 bytes of the entry, aligned.
     Some(unsafe { AtomicU32::from_ptr(entry_va(gref) as *mut u32) })
@@ -412,7 +425,12 @@ pub fn header(gref: u32) -> Option<&'static AtomicU32> {
 /// Issues one `map_grant_ref` as given (creating the L1 table for a host
 /// address first); returns the element with its status, handle and bus
 /// address filled in.
-pub fn map_raw(mut op: GnttabMapGrantRef) -> Result<GnttabMapGrantRef, Errno> {
+///
+/// # Safety
+/// A mapping the element asks for replaces whatever `host_addr` mapped (or
+/// the entry a `GNTMAP_contains_pte` address names): nothing may rely on
+/// the old contents there, and no Rust reference may cover that page.
+pub unsafe fn map_raw(mut op: GnttabMapGrantRef) -> Result<GnttabMapGrantRef, Errno> {
     if op.flags & guest_abi::grant_table::GNTMAP_CONTAINS_PTE == 0 && op.host_addr != 0 {
         mm::ensure_l1(op.host_addr & !(PAGE - 1))?;
     }
@@ -423,26 +441,34 @@ pub fn map_raw(mut op: GnttabMapGrantRef) -> Result<GnttabMapGrantRef, Errno> {
 }
 
 /// Maps `dom`'s grant `gref` at our page-aligned address `va`; returns the
-/// handle to unmap it with, or the `GNTST_*` status (negative) on refusal.
-pub fn map(dom: u16, gref: u32, va: u64, readonly: bool) -> Result<u32, i16> {
+/// handle to unmap it with, or [`GrantError::Status`] with the `GNTST_*`
+/// status on refusal ([`GrantError::Hypercall`] if the hypercall itself
+/// failed).
+///
+/// # Safety
+/// The mapping replaces whatever `va` mapped: `va` must be a page of a
+/// window the caller reserves (e.g. [`map_slot_va`]), with nothing relying
+/// on its old contents and no Rust reference covering it.
+pub unsafe fn map(dom: DomId, gref: GrantRef, va: u64, readonly: bool) -> Result<u32, GrantError> {
     let op = GnttabMapGrantRef {
         host_addr: va,
         flags: GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 },
-        ref_: gref,
-        dom,
+        ref_: gref.0,
+        dom: dom.0,
         ..Default::default()
     };
-    let r = map_raw(op).map_err(|_| guest_abi::grant_table::GNTST_GENERAL_ERROR)?;
-    if r.status == GNTST_OKAY {
-        Ok(r.handle)
-    } else {
-        Err(r.status)
-    }
+    // SAFETY: the caller's contract is `map_raw`'s for `va`.
+    let r = unsafe { map_raw(op)? };
+    GrantError::check(r.status).map(|()| r.handle)
 }
 
 /// Removes the grant mapping `handle` at `va` (then flushed by the
-/// hypervisor); the `GNTST_*` status on refusal.
-pub fn unmap(va: u64, handle: u32) -> Result<(), i16> {
+/// hypervisor); [`GrantError::Status`] with the `GNTST_*` status on refusal.
+///
+/// # Safety
+/// Nothing may use the page at `va` afterwards (no Rust reference into it
+/// may remain): it is unmapped.
+pub unsafe fn unmap(va: u64, handle: u32) -> Result<(), GrantError> {
     let mut op = GnttabUnmapGrantRef {
         host_addr: va,
         dev_bus_addr: 0,
@@ -454,11 +480,8 @@ pub fn unmap(va: u64, handle: u32) -> Result<(), i16> {
     let r = unsafe {
         guest_abi::hypercall::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &raw mut op as u64, 1)
     };
-    match r {
-        Ok(_) if op.status == GNTST_OKAY => Ok(()),
-        Ok(_) => Err(op.status),
-        Err(_) => Err(guest_abi::grant_table::GNTST_GENERAL_ERROR),
-    }
+    r?;
+    GrantError::check(op.status)
 }
 
 /// Runs a batch of `GNTTABOP_copy` elements in one hypercall; each element
@@ -482,10 +505,15 @@ pub struct GrantedPage {
 
 impl GrantedPage {
     /// Maps `dom`'s grant `gref` writable at our page-aligned address `va`
-    /// (a window the caller reserves, e.g. [`map_slot_va`]); the `GNTST_*`
-    /// status on refusal.
-    pub fn map(dom: u16, gref: u32, va: u64) -> Result<Self, i16> {
-        let handle = map(dom, gref, va, false)?;
+    /// (a window the caller reserves, e.g. [`map_slot_va`]);
+    /// [`GrantError::Status`] with the `GNTST_*` status on refusal.
+    ///
+    /// # Safety
+    /// As for [`map`]: `va` is the caller's to replace, and stays reserved
+    /// for this page while the value lives.
+    pub unsafe fn map(dom: DomId, gref: GrantRef, va: u64) -> Result<Self, GrantError> {
+        // SAFETY: the caller's contract.
+        let handle = unsafe { map(dom, gref, va, false)? };
         // SAFETY: `va` is now mapped writable by grant, page-aligned, and
         // stays so until this value unmaps it (drop or `unmap`).
         Ok(Self {
@@ -495,8 +523,9 @@ impl GrantedPage {
     }
 
     /// Removes the mapping now; the `GNTST_*` status on failure.
-    pub fn unmap(self) -> Result<(), i16> {
-        let r = unmap(self.page.va(), self.handle);
+    pub fn unmap(self) -> Result<(), GrantError> {
+        // SAFETY: the page is reached only through `self`, consumed here.
+        let r = unsafe { unmap(self.page.va(), self.handle) };
         core::mem::forget(self);
         r
     }
@@ -504,7 +533,8 @@ impl GrantedPage {
 
 impl Drop for GrantedPage {
     fn drop(&mut self) {
-        let _ = unmap(self.page.va(), self.handle);
+        // SAFETY: the page is reached only through `self`, going away.
+        let _ = unsafe { unmap(self.page.va(), self.handle) };
     }
 }
 

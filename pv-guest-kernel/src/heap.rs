@@ -48,7 +48,8 @@ pub(crate) fn init(si: &StartInfo) {
     for (i, m) in mfns.iter_mut().enumerate() {
         *m = crate::mm::pfn_to_mfn(start / 4096 + i as u64);
     }
-    if crate::mm::map_frames(HEAP_BASE, &mfns, crate::mm::DATA).is_err() {
+    // SAFETY: the heap window is this module's own, used by nothing yet.
+    if unsafe { crate::mm::map_frames(HEAP_BASE, &mfns, crate::mm::PteFlags::DATA) }.is_err() {
         panic!("cannot map the heap");
     }
     // The first pfn the builder left unmapped: the bootstrap mapping ends at
@@ -117,7 +118,10 @@ fn grow(st: &mut State, bytes: usize) -> bool {
         let va = st.top;
         if got == 0
             || va + got as u64 * 4096 > HEAP_LIMIT
-            || crate::mm::map_frames(va, &batch[..got], crate::mm::DATA).is_err()
+            // SAFETY: the pages above the heap's top, in its own window,
+            // which nothing maps or uses yet.
+            || unsafe { crate::mm::map_frames(va, &batch[..got], crate::mm::PteFlags::DATA) }
+                .is_err()
         {
             return done > 0;
         }

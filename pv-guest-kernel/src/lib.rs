@@ -8,15 +8,28 @@
 //! start_info access, console `print!`/`println!`, a heap, a panic handler
 //! that shuts the domain down with `SHUTDOWN_crash`, and a test reporter.
 //!
-//! ```ignore
-//! #![no_std]
-//! #![no_main]
+//! ```no_run
+//! # // Doctests build for the host, where std supplies `main` and the panic
+//! # // handler: the freestanding build (no_std, no_main) is the real one.
+//! #![cfg_attr(target_os = "none", no_std)]
+//! #![cfg_attr(target_os = "none", no_main)]
 //! use pv_guest_kernel::{println, StartInfo};
-//! fn main(si: &'static StartInfo) {
+//! fn kmain(si: &'static StartInfo) {
 //!     println!("hello from a domain with {} pages", si.nr_pages);
 //! }
-//! pv_guest_kernel::main!(main);
+//! pv_guest_kernel::main!(kmain);
+//! # #[cfg(not(target_os = "none"))]
+//! # fn main() {}
 //! ```
+//!
+//! The API follows guest-abi's conventions: guest-abi's newtypes for
+//! identifiers ([`Port`], [`DomId`], [`GrantRef`], [`VcpuId`]) and flags
+//! ([`PteFlags`]), [`Errno`] for errors (a grant mapping's refusal is a
+//! [`gnttab::GrantError`] with Xen's `GNTST_*` status), event handlers that
+//! may carry a context ([`events::Handler`]), and `unsafe` (with a
+//! `# Safety` section) on everything that changes what an address maps.
+//! Every stack it sets up has an unmapped guard page under it
+//! ([`mm::Stack`]).
 
 extern crate alloc;
 
@@ -37,5 +50,8 @@ pub mod traps;
 pub mod xenbus;
 pub mod xenstore;
 
+pub use guest_abi::arch::PteFlags;
+pub use guest_abi::errno::Errno;
 pub use guest_abi::start_info::StartInfo;
+pub use guest_abi::types::{DomId, GrantRef, Port, VcpuId};
 pub use rt::{shutdown, start_info};

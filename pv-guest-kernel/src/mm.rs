@@ -5,13 +5,24 @@
 //! helpers, page-table page allocation and pinning, switching to a new
 //! address space, and mapping new memory.
 //!
-//! ```ignore
-//! use pv_guest_kernel::mm::{self, Batch};
+//! Functions that change what an address maps are `unsafe`: the caller
+//! promises no Rust reference covers what they replace or remove (guest-abi
+//! makes the same rule for its hypercall wrappers).
+//!
+//! ```no_run
+//! use pv_guest_kernel::mm::{self, Batch, PteFlags};
+//! # fn demo(pfn: u64, va: u64, other_va: u64) -> Result<(), pv_guest_kernel::Errno> {
 //! let mut b = Batch::new();
 //! let mfn = mm::pfn_to_mfn(pfn);
-//! b.map(va, mfn, mm::RW)?;        // queued
-//! b.unmap(other_va)?;            // queued
-//! b.submit()?;                   // one mmu_update + one flush
+//! // SAFETY: `va` and `other_va` are pages of a window this code owns, and
+//! // no reference into them is alive.
+//! unsafe {
+//!     b.map(va, mfn, PteFlags::DATA)?; // queued
+//!     b.unmap(other_va)?;              // queued
+//! }
+//! b.submit()?;                         // one mmu_update + one flush
+//! # Ok(())
+//! # }
 //! ```
 
 use crate::arch::mem;
@@ -19,23 +30,9 @@ use guest_abi::errno::Errno;
 use guest_abi::mmu::MmuUpdate;
 use spin::Mutex;
 
-/// Present.
-pub const P: u64 = 1;
-/// Writable.
-pub const RW: u64 = 2;
-/// User (the hypervisor forces it on for 64-bit PV guests).
-pub const US: u64 = 4;
-/// Accessed.
-pub const A: u64 = 0x20;
-/// Dirty.
-pub const D: u64 = 0x40;
-/// Flags for a writable data page.
-pub const DATA: u64 = P | RW | US | A | D;
-/// Flags for a read-only page (page tables must be mapped like this).
-pub const RO: u64 = P | US | A;
-/// Flags for a page-table entry pointing at a lower-level table.
-pub const TABLE: u64 = P | RW | US | A | D;
-const ADDR: u64 = 0x000f_ffff_ffff_f000;
+pub use guest_abi::arch::PteFlags;
+use guest_abi::arch::pte::ADDR_MASK as ADDR;
+const P: u64 = PteFlags::PRESENT.bits();
 const M2P: u64 = 0xFFFF_8000_0000_0000;
 const PAGE: u64 = 4096;
 
@@ -159,7 +156,11 @@ pub fn alloc_table() -> Result<u64, Errno> {
     let (va, mfn) = alloc_page()?;
     // SAFETY: remaps one of our own pool pages read-only.
     unsafe {
-        guest_abi::hypercall::update_va_mapping(va, (mfn << 12) | RO, guest_abi::mmu::UVMF_INVLPG)?
+        guest_abi::hypercall::update_va_mapping(
+            va,
+            PteFlags::READ_ONLY.entry(mfn),
+            guest_abi::mmu::UVMF_INVLPG,
+        )?
     };
     Ok(mfn)
 }
@@ -173,21 +174,34 @@ pub fn pin(mfn: u64, level: u8) -> Result<(), Errno> {
         4 => guest_abi::mmu::MMUEXT_PIN_L4_TABLE,
         _ => return Err(Errno::EINVAL),
     };
-    mmuext(cmd, mfn, 0)
+    // SAFETY: pinning changes no mapping.
+    unsafe { mmuext(cmd, mfn, 0) }
 }
 
 /// Unpins table `mfn`.
 pub fn unpin(mfn: u64) -> Result<(), Errno> {
-    mmuext(guest_abi::mmu::MMUEXT_UNPIN_TABLE, mfn, 0)
+    // SAFETY: unpinning changes no mapping.
+    unsafe { mmuext(guest_abi::mmu::MMUEXT_UNPIN_TABLE, mfn, 0) }
 }
 
 /// Switches to the address space rooted at L4 `mfn` (MMUEXT_NEW_BASEPTR).
-pub fn switch_to(l4_mfn: u64) -> Result<(), Errno> {
-    mmuext(guest_abi::mmu::MMUEXT_NEW_BASEPTR, l4_mfn, 0)
+///
+/// # Safety
+/// The new address space must map everything the running code uses (its
+/// code, stack, statics, heap and every live reference) as the current one
+/// does, e.g. one made by [`clone_low_gib`].
+pub unsafe fn switch_to(l4_mfn: u64) -> Result<(), Errno> {
+    // SAFETY: the caller's contract.
+    unsafe { mmuext(guest_abi::mmu::MMUEXT_NEW_BASEPTR, l4_mfn, 0) }
 }
 
 /// Issues one mmuext_op.
-pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> Result<(), Errno> {
+///
+/// # Safety
+/// Some operations change the address space (a new base pointer, a new
+/// user base pointer) or the TLB: for those the caller gives
+/// [`switch_to`]'s promise. Pinning, unpinning and flushes are harmless.
+pub unsafe fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> Result<(), Errno> {
     let op = guest_abi::mmu::MmuextOp {
         cmd,
         _pad: 0,
@@ -234,7 +248,12 @@ impl Batch {
     }
 
     /// Queues a raw update of the entry at machine address `entry_ma`.
-    pub fn push(&mut self, entry_ma: u64, val: u64) -> Result<(), Errno> {
+    ///
+    /// # Safety
+    /// Whatever the entry mapped (at every address it covers) must not be
+    /// in use by anything the change would break: no Rust reference may
+    /// cover a page whose mapping goes away or changes.
+    pub unsafe fn push(&mut self, entry_ma: u64, val: u64) -> Result<(), Errno> {
         if self.reqs.is_full() {
             self.submit_no_flush()?;
         }
@@ -244,41 +263,70 @@ impl Batch {
 
     /// Queues mapping `va` to machine frame `mfn` with `flags` in the current
     /// address space (its L1 table must exist).
-    pub fn map(&mut self, va: u64, mfn: u64, flags: u64) -> Result<(), Errno> {
+    ///
+    /// # Safety
+    /// Whatever `va` mapped is replaced: nothing may rely on it and no Rust
+    /// reference may cover that page.
+    pub unsafe fn map(&mut self, va: u64, mfn: u64, flags: PteFlags) -> Result<(), Errno> {
         let ma = l1_entry_ma(l4(), va).ok_or(Errno::ENOENT)?;
-        self.push(ma, (mfn << 12) | flags)
+        // SAFETY: the caller's contract, for the entry mapping `va`.
+        unsafe { self.push(ma, flags.entry(mfn)) }
     }
 
     /// Queues removing the mapping of `va`.
-    pub fn unmap(&mut self, va: u64) -> Result<(), Errno> {
+    ///
+    /// # Safety
+    /// Nothing may use the page at `va` afterwards (no Rust reference into
+    /// it may remain).
+    pub unsafe fn unmap(&mut self, va: u64) -> Result<(), Errno> {
         let ma = l1_entry_ma(l4(), va).ok_or(Errno::ENOENT)?;
         self.flush = true;
-        self.push(ma, 0)
+        // SAFETY: the caller's contract, for the entry mapping `va`.
+        unsafe { self.push(ma, 0) }
     }
 
     /// Queues changing the flags of the mapping of `va`.
-    pub fn protect(&mut self, va: u64, flags: u64) -> Result<(), Errno> {
+    ///
+    /// # Safety
+    /// Nothing may rely on the old permissions (e.g. a `&mut` into a page
+    /// made read-only).
+    pub unsafe fn protect(&mut self, va: u64, flags: PteFlags) -> Result<(), Errno> {
         let e = lookup(va);
         if e & P == 0 {
             return Err(Errno::ENOENT);
         }
         self.flush = true;
-        self.map(va, (e & ADDR) >> 12, flags)
+        // SAFETY: the same frame, new flags: the caller's contract.
+        unsafe { self.map(va, (e & ADDR) >> 12, flags) }
     }
 
     /// Maps `pages` consecutive pages from `va` to the frames of pfns
     /// starting at `pfn`.
-    pub fn map_range(&mut self, va: u64, pfn: u64, pages: u64, flags: u64) -> Result<(), Errno> {
+    ///
+    /// # Safety
+    /// As [`Batch::map`], for every page of the range.
+    pub unsafe fn map_range(
+        &mut self,
+        va: u64,
+        pfn: u64,
+        pages: u64,
+        flags: PteFlags,
+    ) -> Result<(), Errno> {
         for i in 0..pages {
-            self.map(va + i * PAGE, pfn_to_mfn(pfn + i), flags)?;
+            // SAFETY: the caller's contract covers the range.
+            unsafe { self.map(va + i * PAGE, pfn_to_mfn(pfn + i), flags)? };
         }
         Ok(())
     }
 
     /// Unmaps `pages` consecutive pages from `va`.
-    pub fn unmap_range(&mut self, va: u64, pages: u64) -> Result<(), Errno> {
+    ///
+    /// # Safety
+    /// As [`Batch::unmap`], for every page of the range.
+    pub unsafe fn unmap_range(&mut self, va: u64, pages: u64) -> Result<(), Errno> {
         for i in 0..pages {
-            self.unmap(va + i * PAGE)?;
+            // SAFETY: the caller's contract covers the range.
+            unsafe { self.unmap(va + i * PAGE)? };
         }
         Ok(())
     }
@@ -307,7 +355,8 @@ impl Batch {
     pub fn submit(&mut self) -> Result<(), Errno> {
         self.submit_no_flush()?;
         if core::mem::take(&mut self.flush) {
-            mmuext(guest_abi::mmu::MMUEXT_TLB_FLUSH_LOCAL, 0, 0)?;
+            // SAFETY: a flush changes no mapping.
+            unsafe { mmuext(guest_abi::mmu::MMUEXT_TLB_FLUSH_LOCAL, 0, 0)? };
         }
         Ok(())
     }
@@ -326,7 +375,8 @@ pub fn ensure_l1(va: u64) -> Result<u64, Errno> {
         } else {
             let new = alloc_table()?;
             let mut b = Batch::new();
-            b.push((t << 12) | idx * 8, (new << 12) | TABLE)?;
+            // SAFETY: fills an empty entry: nothing was mapped there.
+            unsafe { b.push((t << 12) | idx * 8, PteFlags::TABLE.entry(new))? };
             b.submit()?;
             new
         };
@@ -336,12 +386,17 @@ pub fn ensure_l1(va: u64) -> Result<u64, Errno> {
 
 /// Maps machine frames at consecutive pages from `va` (creating tables as
 /// needed), in batches.
-pub fn map_frames(va: u64, mfns: &[u64], flags: u64) -> Result<(), Errno> {
+///
+/// # Safety
+/// As [`Batch::map`], for every page from `va` on: whatever they mapped is
+/// replaced.
+pub unsafe fn map_frames(va: u64, mfns: &[u64], flags: PteFlags) -> Result<(), Errno> {
     let mut b = Batch::new();
     for (i, &mfn) in mfns.iter().enumerate() {
         let v = va + i as u64 * PAGE;
         let l1 = ensure_l1(v)?;
-        b.push((l1 << 12) | ((v >> 12) & 511) * 8, (mfn << 12) | flags)?;
+        // SAFETY: the caller's contract covers every page from `va` on.
+        unsafe { b.push((l1 << 12) | ((v >> 12) & 511) * 8, flags.entry(mfn))? };
     }
     b.submit()
 }
@@ -366,24 +421,26 @@ pub fn clone_low_gib() -> Result<u64, Errno> {
         }
     }
     let mut b = Batch::new();
+    // SAFETY (every push below): the entries written belong to the new
+    // tables, which no address space uses yet.
     for &(i, l1) in &l1s {
         let old_l1 = (entry(old_l2, i) & ADDR) >> 12;
         for j in 0..512u64 {
             let pte = entry(old_l1, j);
             if pte & P != 0 {
-                b.push((l1 << 12) | j * 8, pte)?;
+                unsafe { b.push((l1 << 12) | j * 8, pte)? };
             }
         }
         b.submit()?;
         pin(l1, 1)?;
-        b.push((l2 << 12) | i * 8, (l1 << 12) | TABLE)?;
+        unsafe { b.push((l2 << 12) | i * 8, PteFlags::TABLE.entry(l1))? };
     }
     b.submit()?;
     pin(l2, 2)?;
-    b.push(l3 << 12, (l2 << 12) | TABLE)?;
+    unsafe { b.push(l3 << 12, PteFlags::TABLE.entry(l2))? };
     b.submit()?;
     pin(l3, 3)?;
-    b.push(l4 << 12, (l3 << 12) | TABLE)?;
+    unsafe { b.push(l4 << 12, PteFlags::TABLE.entry(l3))? };
     b.submit()?;
     pin(l4, 4)?;
     Ok(l4)
@@ -444,7 +501,9 @@ pub fn alloc_dma(pages: usize) -> Result<(u64, u64), Errno> {
         return Err(Errno::ENOMEM);
     }
     let mfns: alloc::vec::Vec<u64> = (first[0]..first[0] + n).collect();
-    map_frames(*va, &mfns, DATA)?;
+    // SAFETY: fresh addresses of the DMA window, which only this function
+    // hands out.
+    unsafe { map_frames(*va, &mfns, PteFlags::DATA)? };
     let at = *va;
     *va += n * PAGE;
     Ok((at, first[0] << 12))
@@ -455,8 +514,6 @@ pub fn alloc_dma(pages: usize) -> Result<(u64, u64), Errno> {
 /// hypervisor gave device access (the service domain) may; the hypervisor
 /// keeps its own devices out of reach.
 pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
-    const PWT: u64 = 1 << 3;
-    const PCD: u64 = 1 << 4;
     let n = pages as u64;
     let mut next = IO_NEXT.lock();
     let va = *next;
@@ -469,7 +526,7 @@ pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
         let l1 = ensure_l1(v)?;
         reqs.push(MmuUpdate {
             ptr: (l1 << 12) | ((v >> 12) & 511) * 8,
-            val: ((ma & ADDR) + i * PAGE) | DATA | PCD | PWT,
+            val: ((ma & ADDR) + i * PAGE) | PteFlags::IO.bits(),
         });
     }
     // SAFETY: maps device registers at fresh addresses of the I/O window
@@ -479,4 +536,147 @@ pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
     };
     *next += n * PAGE;
     Ok(va + (ma & (PAGE - 1)))
+}
+
+/// Unmaps the page at `va` (page-aligned, mapped) so that any access to it
+/// faults: a guard page. Returns its machine frame, for [`unguard`].
+///
+/// # Safety
+/// Nothing may use the page at `va` until [`unguard`] maps it again.
+pub(crate) unsafe fn guard(va: u64) -> Result<u64, Errno> {
+    let e = lookup(va);
+    if !va.is_multiple_of(PAGE) || e & P == 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: the caller gives the page up until `unguard`.
+    unsafe { guest_abi::hypercall::update_va_mapping(va, 0, guest_abi::mmu::UVMF_INVLPG)? };
+    Ok((e & ADDR) >> 12)
+}
+
+/// Maps a guard page made by [`guard`] again (writable, frame `mfn`).
+fn unguard(va: u64, mfn: u64) -> Result<(), Errno> {
+    // SAFETY: `va` is unmapped (a guard page), so nothing used it.
+    unsafe {
+        guest_abi::hypercall::update_va_mapping(
+            va,
+            PteFlags::DATA.entry(mfn),
+            guest_abi::mmu::UVMF_INVLPG,
+        )
+    }
+}
+
+#[cfg(target_os = "none")]
+unsafe extern "C" {
+    /// The page under the boot stack (`guest_abi::pv_entry!`).
+    static __guest_abi_boot_stack_guard: [u8; 4096];
+}
+
+/// Unmaps the guard page under the boot stack, so that overflowing the
+/// stack faults (the hypervisor then ends the domain, saying the stack
+/// overflowed) instead of overwriting the statics below it.
+#[cfg(target_os = "none")]
+pub(crate) fn guard_boot_stack() -> Result<(), Errno> {
+    let va = (&raw const __guest_abi_boot_stack_guard) as u64;
+    // SAFETY: the page is reserved as the boot stack's guard: nothing
+    // uses it.
+    unsafe { guard(va).map(drop) }
+}
+
+/// A stack from the heap with an unmapped guard page under it, so that
+/// running off its bottom faults instead of overwriting the heap. The
+/// thread and vCPU stacks of this library are these.
+#[derive(Debug)]
+pub struct Stack {
+    /// The guard page; the stack follows it.
+    base: u64,
+    /// Usable bytes (whole pages).
+    size: usize,
+    /// The guard page's frame, mapped again on drop.
+    guard_mfn: u64,
+}
+
+impl Stack {
+    /// A stack of at least `bytes` bytes (rounded up to whole pages), plus
+    /// its guard page. `ENOMEM` when the heap cannot supply it (or the size
+    /// cannot be a block's).
+    pub fn new(bytes: usize) -> Result<Self, Errno> {
+        let page = PAGE as usize;
+        let size = bytes
+            .max(1)
+            .checked_next_multiple_of(page)
+            .ok_or(Errno::ENOMEM)?;
+        let total = size.checked_add(page).ok_or(Errno::ENOMEM)?;
+        let layout =
+            core::alloc::Layout::from_size_align(total, page).map_err(|_| Errno::ENOMEM)?;
+        // SAFETY: a non-zero-sized layout.
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(Errno::ENOMEM);
+        }
+        let base = p as u64;
+        // SAFETY: the page is the first of a block just allocated for this
+        // stack, used by nothing else.
+        match unsafe { guard(base) } {
+            Ok(guard_mfn) => Ok(Self {
+                base,
+                size,
+                guard_mfn,
+            }),
+            Err(e) => {
+                // SAFETY: allocated above with this layout, and still mapped.
+                unsafe { alloc::alloc::dealloc(p, layout) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The lowest usable address (just above the guard page).
+    #[must_use]
+    pub fn bottom(&self) -> u64 {
+        self.base + PAGE
+    }
+
+    /// The address just above the stack, 16-byte aligned: the initial stack
+    /// pointer.
+    #[must_use]
+    pub fn top(&self) -> u64 {
+        self.bottom() + self.size as u64
+    }
+
+    /// The usable bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the stack owns `size` mapped, writable bytes from
+        // `bottom()`; `&mut self` keeps the slice unique.
+        unsafe { core::slice::from_raw_parts_mut(self.bottom() as *mut u8, self.size) }
+    }
+
+    /// The stack's first word (its lowest), where threads keep a canary.
+    #[must_use]
+    pub fn lowest_word(&self) -> u64 {
+        // SAFETY: the first usable word of the stack, mapped.
+        unsafe { core::ptr::read_volatile(self.bottom() as *const u64) }
+    }
+
+    /// Keeps the stack for the rest of the domain's life (a vCPU's);
+    /// returns its top.
+    pub fn leak(self) -> u64 {
+        let top = self.top();
+        core::mem::forget(self);
+        top
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // The heap gets the block back only with its guard page mapped
+        // again; if that fails, the block is leaked rather than handed out
+        // with a hole in it.
+        if unguard(self.base, self.guard_mfn).is_ok() {
+            let layout =
+                core::alloc::Layout::from_size_align(self.size + PAGE as usize, PAGE as usize)
+                    .expect("the layout `new` used");
+            // SAFETY: allocated by `new` with this layout; mapped again.
+            unsafe { alloc::alloc::dealloc(self.base as *mut u8, layout) };
+        }
+    }
 }

@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU32, Ordering, fence};
 use guest_abi::errno::Errno;
 use guest_abi::io::ring::SharedPage;
 use guest_abi::mmu::MmuUpdate;
+use guest_abi::types::DomId;
 
 const PAGE: usize = 4096;
 
@@ -130,18 +131,23 @@ impl SharedPage for MappedPage {
 /// Maps machine frame `mfn` of domain `dom` writable at our page-aligned
 /// address `va` (creating page tables as needed). Needs a privileged domain;
 /// the hypervisor refuses a frame `dom` does not own.
-pub fn map_foreign(dom: u16, mfn: u64, va: u64) -> Result<MappedPage, Errno> {
+///
+/// # Safety
+/// Whatever `va` mapped is replaced: it must be a page of a window the
+/// caller reserves, with no Rust reference covering it, and stay reserved
+/// for this page while the returned value lives.
+pub unsafe fn map_foreign(dom: DomId, mfn: u64, va: u64) -> Result<MappedPage, Errno> {
     if va % PAGE as u64 != 0 {
         return Err(Errno::EINVAL);
     }
     let l1 = mm::ensure_l1(va)?;
     let req = [MmuUpdate {
         ptr: (l1 << 12) | ((va >> 12) & 511) * 8,
-        val: (mfn << 12) | mm::DATA,
+        val: mm::PteFlags::DATA.entry(mfn),
     }];
     // SAFETY: the entry maps `va`, a window the caller reserves for this
     // page; the hypervisor checks the frame belongs to `dom`.
-    unsafe { guest_abi::hypercall::mmu_update(&req, None, u32::from(dom))? };
+    unsafe { guest_abi::hypercall::mmu_update(&req, None, u32::from(dom.0))? };
     // SAFETY: just mapped writable at `va`, page-aligned.
     Ok(unsafe { MappedPage::new(va) })
 }

@@ -25,6 +25,10 @@ unsafe extern "Rust" {
 pub fn start(si: &'static StartInfo) -> ! {
     // SAFETY: single-threaded start of day; nothing has read START_INFO yet.
     unsafe { *(&raw mut START_INFO) = Some(si) };
+    #[cfg(target_os = "none")]
+    if let Err(e) = crate::mm::guard_boot_stack() {
+        crate::println!("pv-guest-kernel: no guard page under the boot stack ({e})");
+    }
     heap::init(si);
     // SAFETY: the symbol is defined by the `main!` macro with this signature.
     unsafe { __pv_guest_main(si) };

@@ -9,24 +9,24 @@
 //! guest-kernel GS base) and takes events on its own `vcpu_info`
 //! ([`crate::events`] works per vCPU once [`init`] ran).
 //!
-//! ```ignore
-//! use pv_guest_kernel::{events, smp};
-//! fn worker(vcpu: u32) -> ! {
+//! ```no_run
+//! use pv_guest_kernel::{events, smp, VcpuId};
+//! fn worker(vcpu: VcpuId) -> ! {
 //!     events::enable();
 //!     // ... work, then leave the CPU for good:
 //!     smp::down_self()
 //! }
-//! fn main(_si: &'static pv_guest_kernel::StartInfo) {
+//! fn main() {
 //!     events::init().unwrap();
 //!     smp::init().unwrap();
-//!     let stack = smp::alloc_stack(16 * 1024);
-//!     smp::start(1, worker, stack).unwrap();
+//!     let stack = smp::alloc_stack(16 * 1024).unwrap();
+//!     smp::start(VcpuId(1), worker, stack).unwrap();
 //! }
 //! ```
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_abi::errno::Errno;
-use guest_abi::types::VcpuId;
+use guest_abi::types::{Port, VcpuId};
 
 /// Most vCPUs a domain has (the `vcpu_info` slots of shared info).
 pub const MAX_VCPUS: usize = 32;
@@ -51,7 +51,7 @@ static BLOCKS: [PerVcpu; MAX_VCPUS] = [const {
 /// event-return stub too).
 pub(crate) static ON: AtomicBool = AtomicBool::new(false);
 /// Each secondary vCPU's entry function, set by [`start`].
-static ENTRIES: SpinLock<[Option<fn(u32) -> !>; MAX_VCPUS]> = SpinLock::new([None; MAX_VCPUS]);
+static ENTRIES: SpinLock<[Option<fn(VcpuId) -> !>; MAX_VCPUS]> = SpinLock::new([None; MAX_VCPUS]);
 
 /// Sets up per-vCPU data on vCPU 0 (its GS base points at its block).
 /// Call once, on vCPU 0, before [`start`].
@@ -68,27 +68,28 @@ pub fn init() -> Result<(), Errno> {
 }
 
 /// The running vCPU's number (0 before [`init`]).
-pub fn vcpu_id() -> u32 {
+pub fn vcpu_id() -> VcpuId {
     if ON.load(Ordering::Relaxed) {
-        crate::arch::vcpu::gs_word0() as u32
+        VcpuId(crate::arch::vcpu::gs_word0() as u32)
     } else {
-        0
+        VcpuId(0)
     }
 }
 
-/// A stack of `bytes` from the heap for a secondary vCPU (never freed: a
-/// vCPU keeps its stack); returns its top.
-pub fn alloc_stack(bytes: usize) -> u64 {
-    let s = alloc::vec![0u8; bytes].leak();
-    (s.as_ptr() as u64 + bytes as u64) & !0xf
+/// A stack of `bytes` (rounded up to whole pages) from the heap for a
+/// secondary vCPU, with an unmapped guard page under it (see
+/// [`crate::mm::Stack`]); never freed: a vCPU keeps its stack. Returns its
+/// top.
+pub fn alloc_stack(bytes: usize) -> Result<u64, Errno> {
+    crate::mm::Stack::new(bytes).map(crate::mm::Stack::leak)
 }
 
 /// Gives down vCPU `vcpu` a context and brings it up: it starts in guest
 /// kernel mode on the stack `stack_top`, with this vCPU's page tables, trap
 /// table and event callback, and calls `entry(vcpu)`. Errors are Xen's:
 /// `ENOENT` (no such vCPU), `EEXIST` (it already had a context), `EINVAL`.
-pub fn start(vcpu: u32, entry: fn(u32) -> !, stack_top: u64) -> Result<(), Errno> {
-    let slot = vcpu as usize;
+pub fn start(vcpu: VcpuId, entry: fn(VcpuId) -> !, stack_top: u64) -> Result<(), Errno> {
+    let slot = vcpu.0 as usize;
     if !ON.load(Ordering::SeqCst) || slot >= MAX_VCPUS || slot == 0 {
         return Err(Errno::EINVAL);
     }
@@ -98,7 +99,7 @@ pub fn start(vcpu: u32, entry: fn(u32) -> !, stack_top: u64) -> Result<(), Errno
     c.flags = guest_abi::arch::VGCF_IN_KERNEL;
     c.user_regs.rip = crate::arch::vcpu::entry_address();
     c.user_regs.rsp = stack_top;
-    c.user_regs.rdi = u64::from(vcpu);
+    c.user_regs.rdi = u64::from(vcpu.0);
     c.user_regs.cs = guest_abi::arch::FLAT_KERNEL_CS64;
     c.user_regs.ss = guest_abi::arch::FLAT_KERNEL_SS64;
     c.user_regs.rflags = 0x202;
@@ -111,8 +112,8 @@ pub fn start(vcpu: u32, entry: fn(u32) -> !, stack_top: u64) -> Result<(), Errno
     c.gs_base_kernel = (&raw const BLOCKS[slot]) as u64;
     // SAFETY: the context names this image's own page tables, stubs and a
     // stack the caller handed over for the vCPU's exclusive use.
-    unsafe { guest_abi::hypercall::vcpu_initialise(VcpuId(vcpu), &c)? };
-    guest_abi::hypercall::vcpu_up(VcpuId(vcpu))
+    unsafe { guest_abi::hypercall::vcpu_initialise(vcpu, &c)? };
+    guest_abi::hypercall::vcpu_up(vcpu)
 }
 
 /// Where a secondary vCPU's stub lands: runs its entry function.
@@ -120,7 +121,7 @@ pub fn start(vcpu: u32, entry: fn(u32) -> !, stack_top: u64) -> Result<(), Errno
 pub(crate) extern "C" fn secondary_start(vcpu: u64) -> ! {
     let entry = ENTRIES.lock().get(vcpu as usize).copied().flatten();
     match entry {
-        Some(f) => f(vcpu as u32),
+        Some(f) => f(VcpuId(vcpu as u32)),
         None => down_self(),
     }
 }
@@ -130,17 +131,17 @@ pub(crate) extern "C" fn secondary_start(vcpu: u64) -> ! {
 /// down powers the domain off (Xen).
 pub fn down_self() -> ! {
     loop {
-        let _ = guest_abi::hypercall::vcpu_down(VcpuId(vcpu_id()));
+        let _ = guest_abi::hypercall::vcpu_down(vcpu_id());
     }
 }
 
 /// Binds an IPI port delivered to vCPU `vcpu`, with its handler (runs on
 /// that vCPU, events masked).
-pub fn bind_ipi(vcpu: u32, h: crate::events::PortHandler) -> Result<u32, Errno> {
+pub fn bind_ipi(vcpu: VcpuId, h: impl crate::events::IntoHandler) -> Result<Port, Errno> {
     crate::events::bind_ipi_on(vcpu, h)
 }
 
 /// Sends an IPI: notifies the port's vCPU.
-pub fn send_ipi(port: u32) -> Result<(), Errno> {
+pub fn send_ipi(port: Port) -> Result<(), Errno> {
     crate::events::send(port)
 }

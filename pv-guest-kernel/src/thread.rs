@@ -1,6 +1,6 @@
 //! Threads: a small cooperative scheduler, like Mini-OS's.
 //!
-//! ```ignore
+//! ```no_run
 //! use pv_guest_kernel::thread;
 //! thread::init().unwrap();
 //! fn worker(n: usize) {
@@ -8,6 +8,7 @@
 //!         thread::yield_now();
 //!     }
 //! }
+//! // A 16 KiB heap stack with an unmapped guard page under it.
 //! let t = thread::spawn("worker", worker, 3, thread::DEFAULT_STACK_SIZE).unwrap();
 //! thread::sleep_ns(1_000_000);
 //! thread::join(t).unwrap();
@@ -150,7 +151,7 @@ struct Thread {
     /// Saved stack pointer while switched out.
     rsp: u64,
     /// The heap stack (None for the boot thread, and once freed).
-    stack: Option<Vec<u8>>,
+    stack: Option<crate::mm::Stack>,
     entry: Option<(fn(usize), usize)>,
     permit: bool,
     joiner: Option<usize>,
@@ -257,13 +258,9 @@ pub fn spawn(
     if stack_size < MIN_STACK_SIZE {
         return Err(ThreadError::StackTooSmall);
     }
-    let mut stack = Vec::new();
-    stack
-        .try_reserve_exact(stack_size)
-        .map_err(|_| ThreadError::NoMemory)?;
-    stack.resize(stack_size, 0);
-    stack[..8].copy_from_slice(&CANARY.to_le_bytes());
-    let rsp = arch::initial_frame(&mut stack);
+    let mut stack = crate::mm::Stack::new(stack_size).map_err(|_| ThreadError::NoMemory)?;
+    stack.bytes_mut()[..8].copy_from_slice(&CANARY.to_le_bytes());
+    let rsp = arch::initial_frame(stack.bytes_mut());
     with(|s| {
         s.threads
             .try_reserve(1)
@@ -431,7 +428,7 @@ fn schedule() {
                 let overflowed = s.threads[cur]
                     .stack
                     .as_ref()
-                    .is_some_and(|st| st[..8] != CANARY.to_le_bytes());
+                    .is_some_and(|st| st.lowest_word() != CANARY);
                 if overflowed {
                     let (id, name) = (s.threads[cur].id, s.threads[cur].name);
                     drop(g);
@@ -480,7 +477,7 @@ fn idle(earliest: Option<u64>) {
 /// Run first in every context that resumes: records the stack pointer of
 /// the thread just switched away from. Returns its stack if it has exited,
 /// for the caller to free once the lock is released.
-fn finish_switch(prev_rsp: u64) -> Option<Vec<u8>> {
+fn finish_switch(prev_rsp: u64) -> Option<crate::mm::Stack> {
     let mut g = SCHED.lock();
     let s = g
         .as_mut()

@@ -41,18 +41,18 @@ pub fn now_ns() -> u64 {
 static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
 
-fn on_timer(_port: u32) {
+fn on_timer(_port: guest_abi::types::Port) {
     TICKS.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Binds VIRQ_TIMER (once); returns its port.
-pub fn init() -> Result<u32, guest_abi::errno::Errno> {
+pub fn init() -> Result<guest_abi::types::Port, guest_abi::errno::Errno> {
     let p = TIMER_PORT.load(Ordering::SeqCst);
     if p != 0 {
-        return Ok(p);
+        return Ok(guest_abi::types::Port(p));
     }
     let p = crate::events::bind_virq(guest_abi::event_channel::VIRQ_TIMER, on_timer)?;
-    TIMER_PORT.store(p, Ordering::SeqCst);
+    TIMER_PORT.store(p.0, Ordering::SeqCst);
     Ok(p)
 }
 
@@ -64,27 +64,31 @@ pub fn timer_events() -> u64 {
 /// Whether sleeping can work: shared info mapped (the clock and event
 /// delivery live there) and VIRQ_TIMER bound, doing `events::init` and
 /// [`init`] first when they were not.
-fn ready() -> bool {
-    (shared::mapped() || crate::events::init().is_ok())
-        && (TIMER_PORT.load(Ordering::SeqCst) != 0 || init().is_ok())
+fn ready() -> Result<(), guest_abi::errno::Errno> {
+    if !shared::mapped() {
+        crate::events::init()?;
+    }
+    if TIMER_PORT.load(Ordering::SeqCst) == 0 {
+        init()?;
+    }
+    Ok(())
 }
 
 /// Blocks the vCPU until system time `deadline` (other domains run
 /// meanwhile). Events are delivered while sleeping. Does `events::init`
-/// and binds VIRQ_TIMER ([`init`]) first if they were not done; returns at
-/// once if it cannot.
+/// and binds VIRQ_TIMER ([`init`]) first if they were not done; if that
+/// fails, returns its error at once instead of sleeping (a vCPU blocked
+/// without a bound timer would never wake).
 ///
 /// ```no_run
 /// // Without events::init first: sleep sets events up itself.
 /// let t0 = pv_guest_kernel::time::now_ns();
-/// pv_guest_kernel::time::sleep(1_000_000);
+/// pv_guest_kernel::time::sleep(1_000_000).expect("timers");
 /// assert!(pv_guest_kernel::time::now_ns() >= t0 + 1_000_000);
 /// ```
-pub fn sleep_until(deadline: u64) {
+pub fn sleep_until(deadline: u64) -> Result<(), guest_abi::errno::Errno> {
     // The timer wakes a blocked vCPU only through a bound VIRQ_TIMER.
-    if !ready() {
-        return;
-    }
+    ready()?;
     while now_ns() < deadline {
         let _ = guest_abi::hypercall::set_timer_op(deadline);
         crate::events::disable();
@@ -95,12 +99,12 @@ pub fn sleep_until(deadline: u64) {
         // SCHEDOP_block re-enables delivery atomically: no lost wake-up.
         let _ = guest_abi::hypercall::sched_block();
     }
+    Ok(())
 }
 
 /// Sleeps for `ns` nanoseconds (as [`sleep_until`]; the clock is read
 /// once events are set up, so the deadline is a real one).
-pub fn sleep(ns: u64) {
-    if ready() {
-        sleep_until(now_ns() + ns);
-    }
+pub fn sleep(ns: u64) -> Result<(), guest_abi::errno::Errno> {
+    ready()?;
+    sleep_until(now_ns() + ns)
 }

@@ -16,16 +16,19 @@
 //! ([`crate::xenstore::Client`]) implements and which a store running in the
 //! same domain can implement directly:
 //!
-//! ```ignore
+//! ```no_run
 //! use pv_guest_kernel::xenbus::{self, XenbusState};
+//! # fn demo() -> Result<(), pv_guest_kernel::Errno> {
 //! let mut xs = pv_guest_kernel::xenstore::connect()?;
 //! for dev in xenbus::frontend_devices(&mut xs, "vbd")? {
-//!     let be = xenbus::read_backend(&mut xs, &dev.dir)?;
+//!     let be = xenbus::read_backend(&mut xs, &dev.dir)?; // its path and DomId
 //!     xenbus::wait_for_state(&mut xs, &be.path, XenbusState::InitWait)?;
 //!     xenbus::write_nodes(&mut xs, &dev.dir, &[("ring-ref", "8"), ("event-channel", "5")])?;
 //!     xenbus::switch_state(&mut xs, &dev.dir, XenbusState::Initialised)?;
 //!     xenbus::wait_for_state(&mut xs, &be.path, XenbusState::Connected)?;
 //! }
+//! # Ok(())
+//! # }
 //! ```
 
 use alloc::format;
@@ -35,6 +38,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use guest_abi::errno::Errno;
 pub use guest_abi::io::xenbus::XenbusState;
+use guest_abi::types::DomId;
 
 use crate::xenstore::{Client, NO_TX, RingPage, Transport, WatchEvent};
 
@@ -122,8 +126,8 @@ pub fn frontend_dir(ty: &str, devid: &str) -> String {
 /// A back-end's directory for device `devid` of `ty` in domain `frontend`,
 /// relative to the back-end's home.
 #[must_use]
-pub fn backend_dir(ty: &str, frontend: u16, devid: &str) -> String {
-    format!("backend/{ty}/{frontend}/{devid}")
+pub fn backend_dir(ty: &str, frontend: DomId, devid: &str) -> String {
+    format!("backend/{ty}/{}/{devid}", frontend.0)
 }
 
 /// A device as its front-end sees it.
@@ -139,7 +143,7 @@ pub struct FrontendDevice {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendDevice {
     /// The front-end's domain.
-    pub frontend_domid: u16,
+    pub frontend_domid: DomId,
     /// The device id.
     pub devid: String,
     /// Its directory, `backend/<type>/<frontend_domid>/<devid>`.
@@ -178,7 +182,10 @@ pub fn backend_devices<S: Store + ?Sized>(
 ) -> Result<Vec<BackendDevice>, Errno> {
     let mut out = Vec::new();
     for dom in children(s, &format!("backend/{ty}"))? {
-        let Some(domid) = parse_u64(dom.as_bytes()).and_then(|d| u16::try_from(d).ok()) else {
+        let Some(domid) = parse_u64(dom.as_bytes())
+            .and_then(|d| u16::try_from(d).ok())
+            .map(DomId)
+        else {
             continue;
         };
         for devid in children(s, &format!("backend/{ty}/{dom}"))? {
@@ -411,7 +418,7 @@ pub struct Peer {
     /// The peer's device directory (an absolute path).
     pub path: String,
     /// The peer's domain.
-    pub domid: u16,
+    pub domid: DomId,
 }
 
 fn read_peer<S: Store + ?Sized>(
@@ -426,7 +433,7 @@ fn read_peer<S: Store + ?Sized>(
     if path.is_empty() {
         return Err(Errno::EINVAL);
     }
-    let domid = u16::try_from(read_u64(s, dir, id_key)?).map_err(|_| Errno::EINVAL)?;
+    let domid = DomId(u16::try_from(read_u64(s, dir, id_key)?).map_err(|_| Errno::EINVAL)?);
     Ok(Peer { path, domid })
 }
 
@@ -679,7 +686,7 @@ mod tests {
         ];
         let got: Vec<(u16, &str, &str)> = devs
             .iter()
-            .map(|d| (d.frontend_domid, d.devid.as_str(), d.dir.as_str()))
+            .map(|d| (d.frontend_domid.0, d.devid.as_str(), d.dir.as_str()))
             .collect();
         assert_eq!(got, want);
     }
@@ -694,7 +701,7 @@ mod tests {
             read_backend(&mut xs, &dir),
             Ok(Peer {
                 path: BE.into(),
-                domid: 0
+                domid: DomId(0)
             })
         );
         xs.write("device/vif/0/backend-id", b"70000").unwrap();
@@ -708,7 +715,7 @@ mod tests {
             read_frontend(&mut xs, BE),
             Ok(Peer {
                 path: "/local/domain/1/device/vif/0".into(),
-                domid: 1
+                domid: DomId(1)
             })
         );
     }

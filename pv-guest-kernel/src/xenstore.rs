@@ -22,12 +22,16 @@
 //! [`from_start_info`]) reaches the page through the bootstrap 1:1 mapping and
 //! waits on the store port with `SCHEDOP_poll`:
 //!
-//! ```ignore
+//! ```no_run
+//! # fn demo() -> Result<(), pv_guest_kernel::Errno> {
 //! let mut xs = pv_guest_kernel::xenstore::connect()?;
 //! let name = xs.read("name")?;                      // relative to the home path
 //! xs.write("data/greeting", b"hello")?;
 //! xs.watch("control/shutdown", "shutdown")?;
 //! let ev = xs.next_watch_event()?;                  // blocks on the store port
+//! # let _ = (name, ev);
+//! # Ok(())
+//! # }
 //! ```
 
 use alloc::collections::VecDeque;
@@ -654,8 +658,8 @@ impl<P: RingPage, T: Transport> Client<P, T> {
     }
 
     /// The home path of domain `domid` (`/local/domain/<domid>`).
-    pub fn get_domain_path(&mut self, domid: u16) -> Result<String, Errno> {
-        let reply = self.request(XS_GET_DOMAIN_PATH, NO_TX, &arg(&format!("{domid}"))?)?;
+    pub fn get_domain_path(&mut self, domid: guest_abi::types::DomId) -> Result<String, Errno> {
+        let reply = self.request(XS_GET_DOMAIN_PATH, NO_TX, &arg(&format!("{}", domid.0))?)?;
         Ok(text(one_string(&reply)))
     }
 
@@ -781,7 +785,7 @@ impl RingPage for MappedRing {
 /// miss an event (the pending bit stays set until [`Transport::wait`] clears
 /// it, which it does before the client looks at the rings again).
 pub struct StoreEvents {
-    port: u32,
+    port: guest_abi::types::Port,
 }
 
 impl StoreEvents {
@@ -789,13 +793,13 @@ impl StoreEvents {
     /// store: masks it, so that event upcalls leave its pending bit alone.
     /// Needs the shared info page mapped (`events::init` or
     /// `arch::shared::map`).
-    pub fn new(port: u32) -> Self {
+    pub fn new(port: guest_abi::types::Port) -> Self {
         crate::events::mask(port);
         Self { port }
     }
 
     /// The port.
-    pub fn port(&self) -> u32 {
+    pub fn port(&self) -> guest_abi::types::Port {
         self.port
     }
 }
@@ -809,7 +813,7 @@ impl Transport for StoreEvents {
         if !crate::events::is_pending(self.port) {
             // Returns once the port is pending (or an upcall is deliverable:
             // a spurious wake-up the client tolerates).
-            guest_abi::hypercall::sched_poll(&[guest_abi::types::Port(self.port)], 0)?;
+            guest_abi::hypercall::sched_poll(&[self.port], 0)?;
         }
         crate::events::clear(self.port);
         Ok(())
@@ -835,12 +839,14 @@ pub fn from_start_info(si: &guest_abi::start_info::StartInfo) -> Result<KernelCl
     }
     let va = pfn * 4096;
     let pte = crate::mm::lookup(va);
-    let mapped_rw = crate::mm::P | crate::mm::RW;
-    if pte & mapped_rw != mapped_rw || (pte & 0x000f_ffff_ffff_f000) >> 12 != si.store_mfn {
+    let mapped_rw = crate::mm::PteFlags::PRESENT | crate::mm::PteFlags::RW;
+    if !crate::mm::PteFlags::from_entry(pte).contains(mapped_rw)
+        || (pte & guest_abi::arch::pte::ADDR_MASK) >> 12 != si.store_mfn
+    {
         return Err(Errno::EFAULT);
     }
     crate::arch::shared::map(si.shared_info)?;
-    let events = StoreEvents::new(si.store_evtchn);
+    let events = StoreEvents::new(guest_abi::types::Port(si.store_evtchn));
     // SAFETY: `va` was just checked to map the store frame writable. That
     // bootstrap mapping is never removed by this library (the heap and page
     // pool use other pages), and this library touches the store page only
@@ -1253,8 +1259,15 @@ mod tests {
     fn every_operation() {
         for &c in CONFIGS {
             let (mut xs, _srv) = sim::client(c);
-            assert_eq!(xs.get_domain_path(1).unwrap(), "/local/domain/1", "{c:?}");
-            assert_eq!(xs.get_domain_path(7).unwrap(), "/local/domain/7");
+            assert_eq!(
+                xs.get_domain_path(guest_abi::types::DomId(1)).unwrap(),
+                "/local/domain/1",
+                "{c:?}"
+            );
+            assert_eq!(
+                xs.get_domain_path(guest_abi::types::DomId(7)).unwrap(),
+                "/local/domain/7"
+            );
 
             xs.write("a", b"1").unwrap();
             assert_eq!(xs.read("a").unwrap(), b"1");

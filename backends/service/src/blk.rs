@@ -290,9 +290,9 @@ impl Backend<GrantedPage> for Blk {
 /// Set by the disk's interrupt (its pirq's event channel).
 static DISK_IRQ: AtomicBool = AtomicBool::new(false);
 
-fn disk_irq(_port: u32) {
+fn disk_irq(port: pv_guest_kernel::Port) {
     DISK_IRQ.store(true, Ordering::SeqCst);
-    crate::kick(0);
+    crate::kick(port);
 }
 
 /// The block driver: the real disk, its interrupt, and the virtual disks

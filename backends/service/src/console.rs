@@ -12,6 +12,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use guest_abi::io::ring::SharedPage;
+use guest_abi::types::Port;
 use pv_guest_kernel::page::MappedPage;
 
 const IN: usize = 0;
@@ -44,7 +45,7 @@ impl core::fmt::Display for Lossy<'_> {
 /// One guest's console.
 pub struct Console {
     pub page: MappedPage,
-    pub port: u32,
+    pub port: Port,
     pub name: String,
     line: Vec<u8>,
     /// Bytes consumed from the ring so far.
@@ -54,7 +55,7 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn new(page: MappedPage, port: u32, name: String, shown: bool) -> Self {
+    pub fn new(page: MappedPage, port: Port, name: String, shown: bool) -> Self {
         // The line never grows past LINE_MAX (it is written out there), so
         // this is the only allocation a console makes: nothing the guest
         // writes allocates in the service domain.

@@ -22,8 +22,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use guest_abi::errno::Errno;
-use pv_guest_kernel::gnttab::{self, GrantedPage};
-use pv_guest_kernel::{events, println};
+use pv_guest_kernel::gnttab::GrantedPage;
+use pv_guest_kernel::{DomId, GrantRef, Port, events, println};
 use splitback::{Backend, Devices, Slots};
 use xenstore::Xenstore;
 
@@ -36,17 +36,20 @@ pub struct KernelPlatform;
 impl splitback::Platform for KernelPlatform {
     type Page = GrantedPage;
     fn map_ring(&mut self, dom: u16, gref: u32, slot: u64) -> Result<GrantedPage, String> {
-        let va = gnttab::map_slot_va(slot).ok_or_else(|| format!("no mapping slot {slot}"))?;
-        GrantedPage::map(dom, gref, va).map_err(|st| format!("status {st}"))
+        crate::mapping::map_ring(DomId(dom), GrantRef(gref), slot)
+            .ok_or_else(|| format!("no mapping slot {slot}"))?
+            .map_err(|e| format!("{e}"))
     }
     fn bind(&mut self, dom: u16, port: u32) -> Result<u32, String> {
-        events::bind_interdomain(dom, port, crate::kick).map_err(|e| format!("{e:?}"))
+        events::bind_interdomain(DomId(dom), Port(port), crate::kick)
+            .map(|p| p.0)
+            .map_err(|e| format!("{e:?}"))
     }
     fn notify(&mut self, port: u32) {
-        let _ = events::send(port);
+        let _ = events::send(Port(port));
     }
     fn unbind(&mut self, port: u32) {
-        let _ = events::close(port);
+        let _ = events::close(Port(port));
     }
     fn log(&mut self, line: core::fmt::Arguments<'_>) {
         println!("{line}");

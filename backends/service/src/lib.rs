@@ -19,7 +19,8 @@
 //!
 //! Guests' indices and bytes are hostile: see `store` and `console`.
 #![no_std]
-// Only the virtio HAL (DMA memory and device registers) needs `unsafe`.
+// Only the virtio HAL (DMA memory and device registers) and the mappings of
+// other domains' pages (`mapping`) need `unsafe`.
 #![deny(unsafe_code)]
 
 extern crate alloc;
@@ -30,6 +31,8 @@ mod console;
 #[allow(unsafe_code)]
 mod disk;
 pub mod driver;
+#[allow(unsafe_code)]
+pub mod mapping;
 pub mod store;
 mod toolstack;
 
@@ -46,7 +49,7 @@ use guest_abi::hvm::{
     HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
 use guest_abi::hypercall::hvm_get_param;
-use guest_abi::types::DomId;
+use guest_abi::types::{DomId, Port};
 use pv_guest_kernel::{StartInfo, events, page, println, rt, time};
 use xenstore::Xenstore;
 
@@ -83,7 +86,7 @@ impl Room {
 static WORK: AtomicBool = AtomicBool::new(true);
 
 /// The handler of every port the service binds: wakes its loop.
-pub(crate) fn kick(_port: u32) {
+pub(crate) fn kick(_port: Port) {
     WORK.store(true, Ordering::SeqCst);
 }
 
@@ -155,16 +158,16 @@ fn connect(
     let cons_mfn = hvm_get_param(dom, HVM_PARAM_CONSOLE_PFN)?;
     let cons_port = hvm_get_param(dom, HVM_PARAM_CONSOLE_EVTCHN)? as u32;
 
-    let spage = page::map_foreign(domid, store_mfn, WINDOW + slot * 2 * 4096)?;
-    let sport = events::bind_interdomain(domid, store_port, kick)?;
+    let spage = mapping::map_guest_page(dom, store_mfn, WINDOW + slot * 2 * 4096)?;
+    let sport = events::bind_interdomain(dom, Port(store_port), kick)?;
     let conn = xs.introduce(dom, store_mfn, store_port)?;
     xs.create_home(dom)?;
     let home = format!("/local/domain/{domid}");
     local.write(xs, &format!("{home}/name"), name.as_bytes())?;
     local.write(xs, &format!("{home}/domid"), format!("{domid}").as_bytes())?;
 
-    let cpage = page::map_foreign(domid, cons_mfn, WINDOW + slot * 2 * 4096 + 4096)?;
-    let cport = events::bind_interdomain(domid, cons_port, kick)?;
+    let cpage = mapping::map_guest_page(dom, cons_mfn, WINDOW + slot * 2 * 4096 + 4096)?;
+    let cport = events::bind_interdomain(dom, Port(cons_port), kick)?;
     Ok(Guest {
         domid,
         name: String::from(name),

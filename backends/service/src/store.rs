@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use guest_abi::errno::Errno;
 use guest_abi::io::ring::SharedPage;
 use guest_abi::io::xenstore::{XENSTORE_RING_SIZE, XS_ERROR, XsdSockmsg, parse_error};
-use guest_abi::types::DomId;
+use guest_abi::types::{DomId, Port};
 use pv_guest_kernel::page::MappedPage;
 use xenstore::{ConnId, Xenstore};
 
@@ -35,7 +35,7 @@ const RING: u32 = XENSTORE_RING_SIZE as u32;
 pub struct StoreRing {
     pub page: MappedPage,
     pub conn: ConnId,
-    pub port: u32,
+    pub port: Port,
     broken: bool,
     /// The core stopped taking this guest's requests at least once (it had
     /// not read its replies): logged the first time only, so a guest cannot
@@ -48,7 +48,7 @@ pub struct StoreRing {
 }
 
 impl StoreRing {
-    pub fn new(page: MappedPage, conn: ConnId, port: u32) -> Self {
+    pub fn new(page: MappedPage, conn: ConnId, port: Port) -> Self {
         Self {
             page,
             conn,
@@ -312,14 +312,14 @@ pub fn attach_ring(
     ring_ref: u32,
     event_channel: u32,
     slot: u64,
-    kick: pv_guest_kernel::events::PortHandler,
-) -> Result<(pv_guest_kernel::gnttab::GrantedPage, u32), alloc::string::String> {
-    use pv_guest_kernel::{events, gnttab};
-    let va = gnttab::map_slot_va(slot).ok_or("no ring slot")?;
-    let page = gnttab::GrantedPage::map(fe_dom, ring_ref, va)
-        .map_err(|st| alloc::format!("ring grant {ring_ref}: status {st}"))?;
+    kick: pv_guest_kernel::events::Handler,
+) -> Result<(pv_guest_kernel::gnttab::GrantedPage, Port), alloc::string::String> {
+    use pv_guest_kernel::{DomId, GrantRef, events};
+    let page = crate::mapping::map_ring(DomId(fe_dom), GrantRef(ring_ref), slot)
+        .ok_or("no ring slot")?
+        .map_err(|e| alloc::format!("ring grant {ring_ref}: {e}"))?;
     // Dropping `page` on the error path unmaps it.
-    let port = events::bind_interdomain(fe_dom, event_channel, kick)
+    let port = events::bind_interdomain(DomId(fe_dom), Port(event_channel), kick)
         .map_err(|e| alloc::format!("event channel {event_channel}: {e:?}"))?;
     Ok((page, port))
 }

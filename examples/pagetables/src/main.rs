@@ -6,7 +6,7 @@
 #![no_std]
 #![no_main]
 
-use pv_guest_kernel::mm::{self, Batch};
+use pv_guest_kernel::mm::{self, Batch, PteFlags};
 use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 /// Where the example maps its region: 1 GiB, outside the bootstrap mapping.
@@ -43,7 +43,9 @@ fn main(si: &'static StartInfo) {
         }
     };
     println!("pagetables: built a new address space, L4 mfn {new:#x} (was {old:#x}), pinned");
-    let r = mm::switch_to(new);
+    // SAFETY: the clone maps the low GiB exactly as the current address
+    // space does, and this guest uses nothing outside it.
+    let r = unsafe { mm::switch_to(new) };
     t.check(
         "switch",
         r.is_ok() && mm::current_l4_mfn() == new,
@@ -63,8 +65,10 @@ fn main(si: &'static StartInfo) {
         e
     };
     let mut b = Batch::new();
-    let ok = b.push((l3 << 12) | 8, (l2 << 12) | mm::TABLE).is_ok()
-        && b.push(l2 << 12, (l1 << 12) | mm::TABLE).is_ok()
+    // SAFETY: fills empty entries (the region's new tables): nothing was
+    // mapped there.
+    let ok = unsafe { b.push((l3 << 12) | 8, PteFlags::TABLE.entry(l2)) }.is_ok()
+        && unsafe { b.push(l2 << 12, PteFlags::TABLE.entry(l1)) }.is_ok()
         && b.submit().is_ok();
     t.check(
         "link-tables",
@@ -72,9 +76,9 @@ fn main(si: &'static StartInfo) {
         format_args!("linking the new L2/L1 failed"),
     );
     let mut b = Batch::new();
-    let r = b
-        .map_range(REGION, first_pfn, pages, mm::DATA)
-        .and_then(|_| b.submit());
+    // SAFETY: the region is this example's own and mapped nothing before.
+    let r =
+        unsafe { b.map_range(REGION, first_pfn, pages, PteFlags::DATA) }.and_then(|_| b.submit());
     t.check(
         "map-batch",
         r.is_ok() && b.submitted == pages,
@@ -95,7 +99,8 @@ fn main(si: &'static StartInfo) {
     t.check("region-rw", good, format_args!("data mismatch"));
 
     let mut b = Batch::new();
-    let r = b.unmap_range(REGION, pages).and_then(|_| b.submit());
+    // SAFETY: `region` is not used after this point.
+    let r = unsafe { b.unmap_range(REGION, pages) }.and_then(|_| b.submit());
     t.check(
         "unmap-batch",
         r.is_ok() && mm::lookup(REGION) == 0,
@@ -111,7 +116,9 @@ fn main(si: &'static StartInfo) {
         format_args!("{f:?}"),
     );
     println!("pagetables: unmapped them in one batch; the region now faults");
-    let r = mm::switch_to(old);
+    // SAFETY: back to the original address space, which still maps
+    // everything this guest uses.
+    let r = unsafe { mm::switch_to(old) };
     t.check("switch-back", r.is_ok(), format_args!("{r:?}"));
     t.finish()
 }

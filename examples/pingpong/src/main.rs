@@ -56,7 +56,7 @@ const ROUND_TIMEOUT_NS: u64 = 5_000_000_000;
 /// Longest wait for the peer to show up (rendezvous, first ping).
 const START_TIMEOUT_NS: u64 = 30_000_000_000;
 
-fn on_event(_port: u32) {
+fn on_event(_port: Port) {
     EVENTS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -68,7 +68,7 @@ enum Wait {
 
 /// One end of the channel and how it waits.
 struct End {
-    port: u32,
+    port: Port,
     wait: Wait,
     /// Events consumed so far (poll mode counts here, block mode in EVENTS).
     polled: u64,
@@ -113,7 +113,7 @@ impl End {
             },
             Wait::Poll => {
                 let deadline = start + timeout_ns;
-                let ports = [Port(self.port)];
+                let ports = [self.port];
                 loop {
                     if events::is_pending(self.port) {
                         events::clear(self.port);
@@ -167,13 +167,13 @@ fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Ping's side of the rendezvous: the port pong allocated, then ours bound to it.
-fn connect(peer: u16) -> Result<(u32, u32), Errno> {
+fn connect(peer: DomId) -> Result<(Port, Port), Errno> {
     let probe = guest_abi::hypercall::evtchn_alloc_unbound(DomId::SELF)?;
     guest_abi::hypercall::evtchn_close(probe)?;
     let deadline = time::now_ns() + START_TIMEOUT_NS;
     loop {
-        match events::bind_interdomain(peer, probe.0, on_event) {
-            Ok(local) => return Ok((probe.0, local)),
+        match events::bind_interdomain(peer, probe, on_event) {
+            Ok(local) => return Ok((probe, local)),
             Err(Errno::EINVAL) if time::now_ns() < deadline => {
                 let _ = guest_abi::hypercall::sched_yield();
             }
@@ -183,7 +183,7 @@ fn connect(peer: u16) -> Result<(u32, u32), Errno> {
 }
 
 fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
-    let (remote, port) = match connect(peer) {
+    let (remote, port) = match connect(DomId(peer)) {
         Ok(p) => p,
         Err(e) => {
             t.fail(
@@ -193,7 +193,7 @@ fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
             return;
         }
     };
-    let st = guest_abi::hypercall::evtchn_status(DomId::SELF, Port(port));
+    let st = guest_abi::hypercall::evtchn_status(DomId::SELF, port);
     let linked = st.is_ok_and(|s| s.status == guest_abi::event_channel::EVTCHNSTAT_INTERDOMAIN);
     t.check("rendezvous", linked, format_args!("status {st:?}"));
     println!("ping: local port {port} bound to port {remote} of domain {peer}");
@@ -255,7 +255,7 @@ fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
 
 fn pong(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
     // First event-channel operation of this domain: see the convention above.
-    let port = match events::alloc_unbound(peer, on_event) {
+    let port = match events::alloc_unbound(DomId(peer), on_event) {
         Ok(p) => p,
         Err(e) => {
             t.fail(
@@ -309,7 +309,7 @@ fn pong(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
 }
 
 /// Sets up waiting on `port` once the channel exists.
-fn start(port: u32, wait: Wait) -> End {
+fn start(port: Port, wait: Wait) -> End {
     let mut end = End {
         port,
         wait,

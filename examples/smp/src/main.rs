@@ -11,7 +11,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
-use pv_guest_kernel::{StartInfo, events, println, smp, time};
+use pv_guest_kernel::{Port, StartInfo, VcpuId, events, println, smp, time};
 
 const N: u64 = 4_000_000;
 const PARTS: u32 = 4;
@@ -31,27 +31,29 @@ fn part(vcpu: u32) -> u64 {
     (first..first + chunk).sum()
 }
 
-fn worker(vcpu: u32) -> ! {
-    let s = part(vcpu);
+fn worker(vcpu: VcpuId) -> ! {
+    let s = part(vcpu.0);
     *TOTAL.lock() += s;
     DONE.fetch_add(1, Ordering::SeqCst);
-    let _ = smp::send_ipi(PORT.load(Ordering::Acquire));
+    let _ = smp::send_ipi(Port(PORT.load(Ordering::Acquire)));
     smp::down_self()
 }
 
-fn on_ipi(_port: u32) {
+fn on_ipi(_port: Port) {
     // Only a wake-up: the workers count themselves in DONE.
 }
 
 fn main(_si: &'static StartInfo) {
     events::init().expect("event channels");
     smp::init().expect("per-vCPU data");
-    let port = smp::bind_ipi(0, on_ipi).expect("IPI port");
-    PORT.store(port, Ordering::Release);
+    let port = smp::bind_ipi(VcpuId(0), on_ipi).expect("IPI port");
+    PORT.store(port.0, Ordering::Release);
     events::enable();
     let t0 = time::now_ns();
     for v in 1..PARTS {
-        if let Err(e) = smp::start(v, worker, smp::alloc_stack(16 * 1024)) {
+        let started =
+            smp::alloc_stack(16 * 1024).and_then(|stack| smp::start(VcpuId(v), worker, stack));
+        if let Err(e) = started {
             println!("smp: cannot start vCPU {v}: {e:?} (does the manifest give vcpus = 4?)");
             return;
         }

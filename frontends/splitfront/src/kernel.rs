@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_abi::errno::Errno;
 use pv_guest_kernel::page::MappedPage;
-use pv_guest_kernel::{events, gnttab};
+use pv_guest_kernel::{DomId, GrantRef, Port, events, gnttab};
 
 use crate::Kernel;
 
@@ -19,7 +19,7 @@ const PORTS: usize = 4096;
 /// One bit per port: an event arrived since its last wait.
 static FIRED: [AtomicU64; PORTS / 64] = [const { AtomicU64::new(0) }; PORTS / 64];
 
-fn on_event(port: u32) {
+fn on_event(Port(port): Port) {
     if let Some(w) = FIRED.get(port as usize / 64) {
         w.fetch_or(1 << (port % 64), Ordering::SeqCst);
     }
@@ -43,22 +43,22 @@ impl Kernel for Guest {
         pv_guest_kernel::page::alloc_shared()
     }
     fn grant(&mut self, dom: u16, frame: u64, readonly: bool) -> Result<u32, Errno> {
-        gnttab::grant_access(dom, frame, readonly)
+        gnttab::grant_access(DomId(dom), frame, readonly).map(|g| g.0)
     }
     fn end_grant(&mut self, gref: u32) -> Result<(), Errno> {
-        gnttab::end_access(gref)
+        gnttab::end_access(GrantRef(gref))
     }
     fn alloc_port(&mut self, dom: u16) -> Result<u32, Errno> {
-        let port = events::alloc_unbound(dom, on_event)?;
-        take_event(port);
-        Ok(port)
+        let port = events::alloc_unbound(DomId(dom), on_event)?;
+        take_event(port.0);
+        Ok(port.0)
     }
     fn close_port(&mut self, port: u32) {
-        let _ = events::close(port);
+        let _ = events::close(Port(port));
         take_event(port);
     }
     fn notify(&mut self, port: u32) {
-        let _ = events::send(port);
+        let _ = events::send(Port(port));
     }
     fn wait(&mut self, port: u32, ready: &mut dyn FnMut() -> bool) {
         events::disable();

@@ -268,7 +268,7 @@ where
         dir: dev.dir,
         devid: dev.devid,
         backend_dir: peer.path,
-        backend: peer.domid,
+        backend: peer.domid.0,
         port: 0,
         ring_refs: Vec::new(),
         data_limit: F::DATA_GRANTS,

@@ -4,6 +4,36 @@
 
 use pv_guest_kernel::StartInfo;
 
+/// Page-table flag sets as raw `u64` bits, for the guests that write
+/// entries by hand (taken from guest-abi's `PteFlags`, defined there once).
+pub mod pte {
+    use pv_guest_kernel::PteFlags;
+    /// A writable data page.
+    pub const DATA: u64 = PteFlags::DATA.bits();
+    /// A read-only page.
+    pub const RO: u64 = PteFlags::READ_ONLY.bits();
+    /// An entry pointing at a lower-level table.
+    pub const TABLE: u64 = PteFlags::TABLE.bits();
+}
+
+/// `gnttab::map` of `dom`'s grant `gref` at `va`, a page of gnttab's map
+/// area (which the scenario guests reserve for exactly this), with a refusal
+/// as the plain `GNTST_*` number the checks compare with.
+pub fn gmap(dom: u16, gref: u32, va: u64, readonly: bool) -> Result<u32, i16> {
+    use pv_guest_kernel::{DomId, GrantRef, gnttab};
+    // SAFETY: `va` is a page of the map area, used for grant mappings only.
+    unsafe { gnttab::map(DomId(dom), GrantRef(gref), va, readonly) }
+        .map_err(gnttab::GrantError::status)
+}
+
+/// `gnttab::unmap` of a mapping [`gmap`] made, with a refusal as the plain
+/// `GNTST_*` number.
+pub fn gunmap(va: u64, handle: u32) -> Result<(), i16> {
+    // SAFETY: the scenario guests keep no reference into grant mappings.
+    unsafe { pv_guest_kernel::gnttab::unmap(va, handle) }
+        .map_err(pv_guest_kernel::gnttab::GrantError::status)
+}
+
 /// The command line as text.
 pub fn cmdline(si: &StartInfo) -> &str {
     guest_abi::types::until_nul_str(&si.cmd_line).unwrap_or("")
@@ -19,7 +49,8 @@ pub fn arg<'a>(si: &'a StartInfo, key: &str) -> Option<&'a str> {
 
 /// MMUEXT_SET_LDT: the LDT at `va` with `entries` descriptors (0: none).
 pub fn set_ldt(va: u64, entries: u32) -> Result<(), guest_abi::errno::Errno> {
-    pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_SET_LDT, va, u64::from(entries))
+    // SAFETY: loading an LDT changes no mapping.
+    unsafe { pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_SET_LDT, va, u64::from(entries)) }
 }
 
 /// update_va_mapping of one of this guest's own pages, with a local flush.
@@ -60,8 +91,7 @@ pub fn last_cr2() -> u64 {
         va = pv_guest_kernel::mm::alloc_page()
             .expect("a page for shared info")
             .0;
-        remap(va, (si.shared_info & !0xfff) | pv_guest_kernel::mm::RO)
-            .expect("shared info mapped read-only");
+        remap(va, (si.shared_info & !0xfff) | pte::RO).expect("shared info mapped read-only");
         VA.store(va, Ordering::Relaxed);
     }
     // SAFETY: `va` maps shared info read-only; cr2 is at offset 16

@@ -271,7 +271,7 @@ fn single_rows(si: &'static StartInfo, events_ok: bool, ctx: &str) {
 
 static IPI_HITS: AtomicU64 = AtomicU64::new(0);
 
-fn on_ipi(_port: u32) {
+fn on_ipi(_port: pv_guest_kernel::Port) {
     IPI_HITS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -379,7 +379,7 @@ fn settle() {
 
 static PONGS: AtomicU64 = AtomicU64::new(0);
 
-fn on_pong(_port: u32) {
+fn on_pong(_port: pv_guest_kernel::Port) {
     PONGS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -387,10 +387,10 @@ fn on_pong(_port: u32) {
 /// end, with the pending bit the bind sets cleared.
 fn connect(peer: u16) -> Result<u32, String> {
     for _ in 0..10_000 {
-        match events::bind_interdomain(peer, 1, on_pong) {
+        match events::bind_interdomain(guest_abi::types::DomId(peer), Port(1), on_pong) {
             Ok(port) => {
                 events::clear(port);
-                return Ok(port);
+                return Ok(port.0);
             }
             // Not allocated yet: let the peer run.
             Err(Errno::EINVAL) => {
@@ -410,7 +410,7 @@ fn multi_rows(port: u32) {
     PONGS.store(0, Ordering::SeqCst);
     events::enable();
     let round = |i: u64| {
-        let _ = events::send(port);
+        let _ = events::send(Port(port));
         loop {
             events::disable();
             if PONGS.load(Ordering::SeqCst) >= i {
@@ -448,9 +448,9 @@ fn masked_loopback_port() -> Result<u32, &'static str> {
     let port = hypercall::evtchn_bind_ipi(VcpuId(0))
         .map_err(|_| "bind_ipi failed")?
         .0;
-    events::mask(port);
+    events::mask(Port(port));
     hypercall::evtchn_send(Port(port)).map_err(|_| "send failed")?;
-    if !events::is_pending(port) {
+    if !events::is_pending(Port(port)) {
         return Err("a send did not set the pending bit");
     }
     Ok(port)

@@ -23,7 +23,7 @@ use scenario_guests::arg;
 /// Events seen by the upcall handler on the channel.
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 
-fn on_event(_port: u32) {
+fn on_event(_port: pv_guest_kernel::Port) {
     EVENTS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -43,7 +43,8 @@ fn pong(si: &StartInfo) -> Result<(), &'static str> {
     };
     events::init().map_err(|_| "events::init failed")?;
     // First event-channel operation: the channel is port 1.
-    let port = events::alloc_unbound(peer, on_event).map_err(|_| "alloc_unbound failed")?;
+    let port = events::alloc_unbound(guest_abi::types::DomId(peer), on_event)
+        .map_err(|_| "alloc_unbound failed")?;
     println!(
         "benchpeer: pong on port {port} for domain {peer}: {rounds} rounds, then {yields} yields"
     );

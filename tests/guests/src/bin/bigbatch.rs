@@ -7,8 +7,9 @@
 #![no_main]
 
 use guest_abi::mmu::MmuUpdate;
-use pv_guest_kernel::mm::{self, Batch, RO, TABLE};
+use pv_guest_kernel::mm::{self, Batch};
 use pv_guest_kernel::{StartInfo, println, test::Reporter};
+use scenario_guests::pte::{RO, TABLE};
 
 const REGION: u64 = 0x8000_0000; // 2 GiB: L4 entry 0, L3 entry 2
 const TOTAL: u32 = 1_000_000;
@@ -23,7 +24,11 @@ fn main(_si: &'static StartInfo) {
     let reqs = unsafe { core::slice::from_raw_parts_mut(req_va as *mut MmuUpdate, 256) };
     for (i, r) in reqs.iter_mut().enumerate() {
         // Alternate read-only and writable mappings of the scratch frame.
-        let flags = if i % 2 == 0 { RO } else { mm::DATA };
+        let flags = if i % 2 == 0 {
+            RO
+        } else {
+            scenario_guests::pte::DATA
+        };
         *r = MmuUpdate {
             ptr: target,
             val: (scratch_mfn << 12) | flags,
@@ -38,15 +43,15 @@ fn main(_si: &'static StartInfo) {
     }
     let mut b = Batch::new();
     let mut ok = true;
+    // SAFETY (every push here): the entries are those of a region of fresh
+    // tables that nothing used before.
     for &l1 in &l1s {
         for j in 0..512u64 {
-            ok &= b.push((l1 << 12) | j * 8, (req_mfn << 12) | RO).is_ok();
+            ok &= unsafe { b.push((l1 << 12) | j * 8, (req_mfn << 12) | RO) }.is_ok();
         }
     }
     for (i, &l1) in l1s.iter().enumerate() {
-        ok &= b
-            .push((l2 << 12) | (i as u64) * 8, (l1 << 12) | TABLE)
-            .is_ok();
+        ok &= unsafe { b.push((l2 << 12) | (i as u64) * 8, (l1 << 12) | TABLE) }.is_ok();
     }
     let l3 = {
         let pfn = mm::mfn_to_pfn(l4);
@@ -54,7 +59,7 @@ fn main(_si: &'static StartInfo) {
         (unsafe { core::ptr::read_volatile((pfn * 4096) as *const u64) } & 0x000f_ffff_ffff_f000)
             >> 12
     };
-    ok &= b.push((l3 << 12) | 2 * 8, (l2 << 12) | TABLE).is_ok();
+    ok &= unsafe { b.push((l3 << 12) | 2 * 8, (l2 << 12) | TABLE) }.is_ok();
     let r = b.submit();
     t.check("build-region", ok && r.is_ok(), format_args!("{r:?}"));
     // SAFETY: the region maps the request page 4096 times (read-only).

@@ -96,7 +96,7 @@ fn main(si: &'static StartInfo) {
         .unwrap_or(1);
     if let Some(ms) = scenario_guests::arg(si, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
         pv_guest_kernel::time::init().expect("timer");
-        pv_guest_kernel::time::sleep(ms * 1_000_000);
+        let _ = pv_guest_kernel::time::sleep(ms * 1_000_000);
         println!("blkclient: starting after {ms} ms");
     }
     let mut xs = xenstore::connect().expect("xenstore");
@@ -144,7 +144,7 @@ fn main(si: &'static StartInfo) {
             println!("blkclient: pattern written and flushed");
             // The scenario kills QEMU here; keep the domain alive meanwhile.
             for _ in 0..1000 {
-                pv_guest_kernel::time::sleep(10_000_000);
+                let _ = pv_guest_kernel::time::sleep(10_000_000);
             }
         }
         "persist" => {

@@ -37,6 +37,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
+use pv_guest_kernel::{DomId, GrantRef};
 
 use blkfront::device::Buffer;
 use blkfront::{BlkifRequest, BlkifResponse, FrontRing, SharedPage};
@@ -71,7 +72,7 @@ const GUARD_SECTOR: u64 = 6144;
 /// Set by the ring's event channel.
 static EVENT: AtomicBool = AtomicBool::new(false);
 
-fn on_event(_port: u32) {
+fn on_event(_port: pv_guest_kernel::Port) {
     EVENT.store(true, Ordering::SeqCst);
 }
 
@@ -237,7 +238,7 @@ impl Hostile {
     /// says: a hostile front-end kicks as it likes).
     fn publish(&mut self) {
         let _ = self.ring.push_requests_and_check_notify();
-        let _ = events::send(self.port);
+        let _ = events::send(pv_guest_kernel::Port(self.port));
     }
 
     /// Waits (blocking on the event channel, bounded by `timeout`) until `n`
@@ -404,9 +405,12 @@ fn connect(xs: &mut impl Store) -> Result<(Ring, u32, u32, u16, u16, u64, String
         .map_err(|e| format!("InitWait: {e:?}"))?;
     let (page, mfn) = page::alloc_shared().map_err(|e| format!("ring page: {e:?}"))?;
     let ring = Ring::init(page);
-    let ring_ref =
-        gnttab::grant_access(peer.domid, mfn, false).map_err(|e| format!("ring grant: {e:?}"))?;
-    let port = events::alloc_unbound(peer.domid, on_event).map_err(|e| format!("port: {e:?}"))?;
+    let ring_ref = gnttab::grant_access(peer.domid, mfn, false)
+        .map(|g| g.0)
+        .map_err(|e| format!("ring grant: {e:?}"))?;
+    let port = events::alloc_unbound(peer.domid, on_event)
+        .map(|p| p.0)
+        .map_err(|e| format!("port: {e:?}"))?;
     let entries = blkfront::xenbus::frontend_entries(ring_ref, port);
     let nodes: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
     xb::write_nodes(xs, &dev.dir, &nodes).map_err(|e| format!("nodes: {e:?}"))?;
@@ -425,7 +429,14 @@ fn connect(xs: &mut impl Store) -> Result<(Ring, u32, u32, u16, u16, u64, String
         .map_err(|e| format!("Connected: {e:?}"))?;
     let handle = dev.devid.parse::<u16>().unwrap_or(0);
     Ok((
-        ring, ring_ref, port, peer.domid, handle, sectors, dev.dir, peer.path,
+        ring,
+        ring_ref,
+        port,
+        peer.domid.0,
+        handle,
+        sectors,
+        dev.dir,
+        peer.path,
     ))
 }
 
@@ -448,10 +459,10 @@ fn main(si: &'static StartInfo) {
     events::enable();
     t.check(
         "connected",
-        sectors >= 8192 && gnttab::in_use(ring_ref),
+        sectors >= 8192 && gnttab::in_use(GrantRef(ring_ref)),
         format_args!(
             "{sectors} sectors, ring mapped by the back-end: {}",
-            gnttab::in_use(ring_ref)
+            gnttab::in_use(GrantRef(ring_ref))
         ),
     );
     println!(
@@ -462,7 +473,9 @@ fn main(si: &'static StartInfo) {
     let frames = pages.frames().expect("frames");
     let mut grefs = [0u32; 6];
     for (i, g) in grefs.iter_mut().enumerate() {
-        *g = gnttab::grant_access(backend, frames[i], i != 1).expect("grant");
+        *g = gnttab::grant_access(DomId(backend), frames[i], i != 1)
+            .expect("grant")
+            .0;
     }
     let mut h = Hostile {
         ring,
@@ -745,7 +758,7 @@ fn out_of_range(t: &mut Reporter, h: &mut Hostile) {
 fn bad_grants(t: &mut Reporter, h: &mut Hostile, other: u16) {
     // Never granted: far above what this guest ever allocates.
     let never = 400;
-    let e = gnttab::entry(never);
+    let e = gnttab::entry(GrantRef(never));
     t.check(
         "grant-400-is-empty",
         e.map(|e| e.flags) == Ok(0),
@@ -763,7 +776,7 @@ fn bad_grants(t: &mut Reporter, h: &mut Hostile, other: u16) {
         BLKIF_RSP_ERROR,
     ));
     // A real, writable grant of a page, but to another domain.
-    let foreign = gnttab::grant_access(other, h.frames[2], false);
+    let foreign = gnttab::grant_access(DomId(other), h.frames[2], false).map(|g| g.0);
     match foreign {
         Ok(f) => {
             asks.push(ask(
@@ -805,7 +818,7 @@ fn bad_grants(t: &mut Reporter, h: &mut Hostile, other: u16) {
     ));
     h.expect(t, &asks);
     if let Ok(f) = foreign {
-        let _ = gnttab::end_access(f);
+        let _ = gnttab::end_access(GrantRef(f));
     }
     let kept = h.holds(0, 0xA11);
     t.check(
@@ -844,15 +857,15 @@ fn revoked(t: &mut Reporter, h: &mut Hostile) {
     // Page 6 gets a fresh writable grant, then loses it. No other grant is
     // made until the reference has been used, so it is not reissued.
     h.fill(6, 0xDEAD);
-    let gref = match gnttab::grant_access(h.backend, h.frames[6], false) {
-        Ok(g) => g,
+    let gref = match gnttab::grant_access(DomId(h.backend), h.frames[6], false) {
+        Ok(g) => g.0,
         Err(e) => {
             t.fail("revoked", format_args!("cannot grant: {e:?}"));
             return;
         }
     };
-    let ended = gnttab::end_access(gref);
-    let e = gnttab::entry(gref);
+    let ended = gnttab::end_access(GrantRef(gref));
+    let e = gnttab::entry(GrantRef(gref));
     t.check(
         "revoked-entry-cleared",
         ended.is_ok() && e.map(|e| e.flags) == Ok(0),
@@ -892,8 +905,8 @@ fn revoked(t: &mut Reporter, h: &mut Hostile) {
 
     // Revoked between publishing and the back-end's turn. The guard data
     // is still on the disk from above.
-    let gref = match gnttab::grant_access(h.backend, h.frames[6], true) {
-        Ok(g) => g,
+    let gref = match gnttab::grant_access(DomId(h.backend), h.frames[6], true) {
+        Ok(g) => g.0,
         Err(e) => {
             t.fail("revoked-in-flight", format_args!("cannot grant: {e:?}"));
             return;
@@ -904,7 +917,7 @@ fn revoked(t: &mut Reporter, h: &mut Hostile) {
     r.handle = h.handle;
     let _ = h.ring.push_request(&r);
     h.publish();
-    let ended = gnttab::end_access(gref);
+    let ended = gnttab::end_access(GrantRef(gref));
     let got = h.collect(1, ANSWER_NS);
     let read = h.read_back(GUARD_SECTOR);
     let (old, new) = (
@@ -1079,12 +1092,12 @@ fn overrun(t: &mut Reporter, h: &mut Hostile, xs: &mut impl Store, fe_dir: &str,
     let rsp_before = h.ring.page().load_u32(RSP_PROD);
     h.ring.page().store_u32(REQ_PROD, idx.wrapping_add(1000));
     h.ring.page().fence();
-    let sent = events::send(h.port);
+    let sent = events::send(pv_guest_kernel::Port(h.port));
     let start = time::now_ns();
-    while gnttab::in_use(h.ring_ref) && time::now_ns() - start < ANSWER_NS {
-        time::sleep(10 * MS);
+    while gnttab::in_use(GrantRef(h.ring_ref)) && time::now_ns() - start < ANSWER_NS {
+        let _ = time::sleep(10 * MS);
     }
-    let mapped = gnttab::in_use(h.ring_ref);
+    let mapped = gnttab::in_use(GrantRef(h.ring_ref));
     let rsp_after = h.ring.page().load_u32(RSP_PROD);
     println!(
         "blkhostile: overrun: event sent {sent:?}; ring unmapped by the back-end after {} ms: {}",
@@ -1113,7 +1126,7 @@ fn overrun(t: &mut Reporter, h: &mut Hostile, xs: &mut impl Store, fe_dir: &str,
     let r = h.read_of(ALIVE_SECTOR);
     let _ = h.ring.push_request(&r);
     let _ = h.ring.push_requests_and_check_notify();
-    let sent = events::send(h.port);
+    let sent = events::send(pv_guest_kernel::Port(h.port));
     let got = h.collect(1, 500 * MS);
     t.check(
         "overrun-disconnected",
@@ -1129,7 +1142,7 @@ fn overrun(t: &mut Reporter, h: &mut Hostile, xs: &mut impl Store, fe_dir: &str,
     let start = time::now_ns();
     let mut state = xb::read_state(xs, be_path);
     while matches!(state, Ok(XenbusState::Connected)) && time::now_ns() - start < 1_000 * MS {
-        time::sleep(50 * MS);
+        let _ = time::sleep(50 * MS);
         state = xb::read_state(xs, be_path);
     }
     println!(

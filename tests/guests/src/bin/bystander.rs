@@ -52,7 +52,7 @@ fn watch(mut t: Reporter, dom: u16) -> ! {
     let mut ok = true;
     let end = loop {
         let before = sum;
-        pv_guest_kernel::time::sleep(1_000_000);
+        let _ = pv_guest_kernel::time::sleep(1_000_000);
         rounds += 1;
         sum = sum.wrapping_add(rounds);
         ok &= sum == before.wrapping_add(rounds);

@@ -22,9 +22,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
-use pv_guest_kernel::mm::{self, RO};
+use pv_guest_kernel::mm;
 use pv_guest_kernel::traps::{self, Fault};
 use pv_guest_kernel::{StartInfo, println, test::Reporter};
+use scenario_guests::pte::RO;
 use scenario_guests::{remap, set_ldt};
 
 /// Present, DPL 3, readable 64-bit code.

@@ -41,7 +41,7 @@ fn main(si: &'static StartInfo) {
         if done {
             break;
         }
-        time::sleep(10_000_000);
+        let _ = time::sleep(10_000_000);
     }
     let text = core::str::from_utf8(&line).unwrap_or("?");
     println!("coninput: got '{text}'");

@@ -39,7 +39,7 @@ fn main(si: &'static StartInfo) {
         out_prod.store(prod, Ordering::SeqCst);
         // Tell the console back-end, if one is bound (without one the
         // hypervisor drains the ring and the send fails harmlessly).
-        let _ = pv_guest_kernel::events::send(si.console.evtchn);
+        let _ = pv_guest_kernel::events::send(pv_guest_kernel::Port(si.console.evtchn));
         while out_cons.load(Ordering::SeqCst) != out_prod.load(Ordering::SeqCst) {
             spins += 1;
             let _ = guest_abi::hypercall::sched_yield();

@@ -17,8 +17,9 @@
 #![no_main]
 
 use guest_abi::errno::Errno;
-use pv_guest_kernel::mm::{self, DATA, RO};
+use pv_guest_kernel::mm;
 use pv_guest_kernel::{StartInfo, println, test::Reporter, traps};
+use scenario_guests::pte::{DATA, RO};
 use scenario_guests::{last_cr2, load_ds, read_ds, remap, set_ldt};
 
 const DATA3: u64 = 0x00cf_f200_0000_ffff; // present, DPL 3, writable data

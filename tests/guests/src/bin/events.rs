@@ -9,20 +9,45 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::types::{DomId, Port, VcpuId};
+use pv_guest_kernel::events::Handler;
 use pv_guest_kernel::{StartInfo, events, println, test::Reporter, time};
+
+extern crate alloc;
 
 static IPI_HITS: AtomicU32 = AtomicU32::new(0);
 
-fn on_ipi(_p: u32) {
+fn on_ipi(_p: pv_guest_kernel::Port) {
     IPI_HITS.fetch_add(1, Ordering::SeqCst);
 }
 
 static BP_PORT: AtomicU32 = AtomicU32::new(0);
 
+/// A handler's context: its events and the port of the last one.
+struct Tally {
+    hits: AtomicU32,
+    last: AtomicU32,
+}
+
+impl Tally {
+    const fn new() -> Self {
+        Self {
+            hits: AtomicU32::new(0),
+            last: AtomicU32::new(0),
+        }
+    }
+
+    fn on_event(&self, port: Port) {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        self.last.store(port.0, Ordering::SeqCst);
+    }
+}
+
+static TALLY_B: Tally = Tally::new();
+
 /// A trap handler that leaves an event pending with events disabled.
 fn on_bp_send(_f: &mut pv_guest_kernel::traps::TrapFrame) {
     events::disable();
-    let _ = events::send(BP_PORT.load(Ordering::SeqCst));
+    let _ = events::send(Port(BP_PORT.load(Ordering::SeqCst)));
 }
 
 fn main(_si: &'static StartInfo) {
@@ -44,16 +69,17 @@ fn main(_si: &'static StartInfo) {
     t.check("bind-virq-timer", tp.is_ok(), format_args!("{tp:?}"));
     events::enable();
     let start = time::now_ns();
-    time::sleep(5_000_000);
+    let r = time::sleep(5_000_000);
     let slept = time::now_ns() - start;
+    t.check("sleep-ok", r.is_ok(), format_args!("{r:?}"));
     t.check(
         "sleep-5ms",
         slept >= 5_000_000 && time::timer_events() >= 1,
         format_args!("slept {slept} ns, {} timer events", time::timer_events()),
     );
 
-    let port = events::bind_ipi(on_ipi).unwrap_or(0);
-    t.check("bind-ipi", port != 0, format_args!("no port"));
+    let port = events::bind_ipi(on_ipi).unwrap_or(Port(0));
+    t.check("bind-ipi", port != Port(0), format_args!("no port"));
     let r = events::send(port);
     t.check(
         "ipi-delivered",
@@ -88,11 +114,41 @@ fn main(_si: &'static StartInfo) {
         ),
     );
 
+    // Handlers with a context: two ports, one function, each its own
+    // state (one on the heap): each event reaches its own context, with its
+    // own port.
+    let a: &'static Tally = alloc::boxed::Box::leak(alloc::boxed::Box::new(Tally::new()));
+    let pa = events::bind_ipi(Handler::with(a, Tally::on_event));
+    let pb = events::bind_ipi(Handler::with(&TALLY_B, Tally::on_event));
+    if let (Ok(pa), Ok(pb)) = (pa, pb) {
+        let _ = events::send(pa);
+        let _ = events::send(pb);
+        let _ = events::send(pb);
+        t.check(
+            "handler-context",
+            a.hits.load(Ordering::SeqCst) == 1
+                && a.last.load(Ordering::SeqCst) == pa.0
+                && TALLY_B.hits.load(Ordering::SeqCst) == 2
+                && TALLY_B.last.load(Ordering::SeqCst) == pb.0,
+            format_args!(
+                "a: {} hits, last {} (port {pa}); b: {} hits, last {} (port {pb})",
+                a.hits.load(Ordering::SeqCst),
+                a.last.load(Ordering::SeqCst),
+                TALLY_B.hits.load(Ordering::SeqCst),
+                TALLY_B.last.load(Ordering::SeqCst)
+            ),
+        );
+        let _ = events::close(pa);
+        let _ = events::close(pb);
+    } else {
+        t.fail("handler-context", format_args!("bind: {pa:?} {pb:?}"));
+    }
+
     // The trap return re-enables events (they were enabled when int3 ran)
     // and must take the event left pending before main runs on, hypercall
     // or not (the SDK returns to kernel mode without one).
     let tr = pv_guest_kernel::traps::init();
-    BP_PORT.store(port, Ordering::SeqCst);
+    BP_PORT.store(port.0, Ordering::SeqCst);
     pv_guest_kernel::traps::set_handler(3, on_bp_send);
     let before = IPI_HITS.load(Ordering::SeqCst);
     // SAFETY: int3 traps to on_bp_send, which returns.
@@ -106,7 +162,7 @@ fn main(_si: &'static StartInfo) {
         format_args!("{tr:?}, hits {before} then {after}, events masked {masked}"),
     );
 
-    let st = guest_abi::hypercall::evtchn_status(DomId::SELF, Port(port));
+    let st = guest_abi::hypercall::evtchn_status(DomId::SELF, port);
     t.check(
         "status-ipi",
         st.map(|s| s.status) == Ok(guest_abi::event_channel::EVTCHNSTAT_IPI),
@@ -156,9 +212,9 @@ fn main(_si: &'static StartInfo) {
     );
     // XSA-221: poll over the maximum number of ports, one pending.
     events::disable();
-    let ipi = events::bind_ipi(on_ipi).unwrap_or(0);
+    let ipi = events::bind_ipi(on_ipi).unwrap_or(Port(0));
     let _ = events::send(ipi);
-    let polled = [Port(ipi); 128];
+    let polled = [ipi; 128];
     let r = guest_abi::hypercall::sched_poll(&polled, 0);
     t.check("poll-128-ports", r.is_ok(), format_args!("{r:?}"));
     let too_many = [Port(1); 129];

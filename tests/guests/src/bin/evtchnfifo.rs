@@ -18,17 +18,17 @@ use guest_abi::errno::Errno;
 use guest_abi::event_channel::{EVTCHN_FIFO_LINK_BITS, EvtchnReset};
 use guest_abi::hypercall::{evtchn_expand_array, evtchn_init_control};
 use guest_abi::mmu::UVMF_INVLPG;
-use guest_abi::types::{DomId, VcpuId};
+use guest_abi::types::{DomId, Port, VcpuId};
 use pv_guest_kernel::{StartInfo, events, fifo, mm, println, test::Reporter};
 
 /// The ports handled, in order (up to 16).
 static LOG: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
 static LOG_N: AtomicU32 = AtomicU32::new(0);
 
-fn on_event(port: u32) {
+fn on_event(port: Port) {
     let n = LOG_N.fetch_add(1, Ordering::SeqCst) as usize;
     if let Some(slot) = LOG.get(n) {
-        slot.store(port, Ordering::SeqCst);
+        slot.store(port.0, Ordering::SeqCst);
     }
 }
 
@@ -52,7 +52,7 @@ fn logged(expect: &[u32]) -> (bool, [u32; 16], usize) {
 fn burst(ports: &[u32]) -> Result<(), Errno> {
     events::disable();
     for &p in ports {
-        events::send(p)?;
+        events::send(Port(p))?;
     }
     events::enable();
     Ok(())
@@ -68,12 +68,12 @@ fn uvm(va: u64, val: u64) -> Result<(), Errno> {
 /// meanwhile (the upcall writes the control block).
 fn try_pin(va: u64, mfn: u64) -> Result<(), Errno> {
     events::disable();
-    let pin = uvm(va, (mfn << 12) | mm::RO).and_then(|()| {
+    let pin = uvm(va, (mfn << 12) | scenario_guests::pte::RO).and_then(|()| {
         let pin = mm::pin(mfn, 1);
         if pin.is_ok() {
             let _ = mm::unpin(mfn);
         }
-        uvm(va, (mfn << 12) | mm::DATA).and(pin)
+        uvm(va, (mfn << 12) | scenario_guests::pte::DATA).and(pin)
     });
     events::enable();
     pin
@@ -94,8 +94,8 @@ fn main(_si: &'static StartInfo) {
     let _ = scratch_va;
 
     // Before the switch: no priorities, no array.
-    let p0 = events::bind_ipi(on_event).unwrap_or(0);
-    let sp = fifo::set_priority(p0, 3);
+    let p0 = events::bind_ipi(on_event).map_or(0, |p| p.0);
+    let sp = fifo::set_priority(Port(p0), 3);
     let ex = evtchn_expand_array(scratch);
     t.check(
         "fifo-ops-before-init-control",
@@ -123,7 +123,7 @@ fn main(_si: &'static StartInfo) {
         ),
     );
     // Still 2-level after the refusals.
-    let sp = fifo::set_priority(p0, 3);
+    let sp = fifo::set_priority(Port(p0), 3);
     t.check(
         "refusals-leave-2-level",
         sp == Err(Errno::ENOSYS),
@@ -141,11 +141,11 @@ fn main(_si: &'static StartInfo) {
     // Back to 2-level, and the library's own switch (its control block at
     // offset 0 of a page of its own, one array page).
     let r = reset_self();
-    let p0 = events::bind_ipi(on_event).unwrap_or(0);
-    events::mask(p0);
-    let _ = events::send(p0);
+    let p0 = events::bind_ipi(on_event).map_or(0, |p| p.0);
+    events::mask(Port(p0));
+    let _ = events::send(Port(p0));
     // An event pending (masked) under 2-level, to carry over.
-    let carried = events::is_pending(p0);
+    let carried = events::is_pending(Port(p0));
     let lib = fifo::init();
     t.check(
         "switch",
@@ -157,9 +157,9 @@ fn main(_si: &'static StartInfo) {
     }
 
     // The 2-level pending event came over, masked: queued on unmask.
-    let pending = events::is_pending(p0);
+    let pending = events::is_pending(Port(p0));
     let before = take_log().1;
-    let un = events::unmask(p0);
+    let un = events::unmask(Port(p0));
     let (ok, got, n) = logged(&[p0]);
     t.check(
         "pending-carried-over-unmask-links",
@@ -172,9 +172,9 @@ fn main(_si: &'static StartInfo) {
     );
 
     // Arrival order within one queue.
-    let a = events::bind_ipi(on_event).unwrap_or(0);
-    let b = events::bind_ipi(on_event).unwrap_or(0);
-    let c = events::bind_ipi(on_event).unwrap_or(0);
+    let a = events::bind_ipi(on_event).map_or(0, |p| p.0);
+    let b = events::bind_ipi(on_event).map_or(0, |p| p.0);
+    let c = events::bind_ipi(on_event).map_or(0, |p| p.0);
     let r = burst(&[b, c, a]);
     let (ok, got, n) = logged(&[b, c, a]);
     t.check(
@@ -192,8 +192,8 @@ fn main(_si: &'static StartInfo) {
     );
 
     // Priorities: a 2, c default (7), b 12; the highest goes first.
-    let s1 = fifo::set_priority(a, 2);
-    let s2 = fifo::set_priority(b, 12);
+    let s1 = fifo::set_priority(Port(a), 2);
+    let s2 = fifo::set_priority(Port(b), 12);
     let r = burst(&[b, c, a]);
     let (ok, got, n) = logged(&[a, c, b]);
     t.check(
@@ -201,10 +201,10 @@ fn main(_si: &'static StartInfo) {
         s1.is_ok() && s2.is_ok() && r.is_ok() && ok,
         format_args!("{s1:?} {s2:?} {r:?}, handled {:?}", &got[..n]),
     );
-    let big = fifo::set_priority(a, 16);
-    let far = fifo::set_priority(100_000, 3);
-    let top = fifo::set_priority(c, 0);
-    let low = fifo::set_priority(c, 15);
+    let big = fifo::set_priority(Port(a), 16);
+    let far = fifo::set_priority(Port(100_000), 3);
+    let top = fifo::set_priority(Port(c), 0);
+    let low = fifo::set_priority(Port(c), 15);
     t.check(
         "set-priority-checks",
         big == Err(Errno::EINVAL) && far == Err(Errno::EINVAL) && top.is_ok() && low.is_ok(),
@@ -212,10 +212,10 @@ fn main(_si: &'static StartInfo) {
     );
 
     // Masked: pending, not delivered; unmask links and delivers it.
-    events::mask(a);
-    let s = events::send(a);
-    let held = take_log().1 == 0 && events::is_pending(a);
-    let un = events::unmask(a);
+    events::mask(Port(a));
+    let s = events::send(Port(a));
+    let held = take_log().1 == 0 && events::is_pending(Port(a));
+    let un = events::unmask(Port(a));
     let (ok, got, n) = logged(&[a]);
     t.check(
         "mask-unmask-relinks",
@@ -228,11 +228,11 @@ fn main(_si: &'static StartInfo) {
     // Masked while queued: skipped by the consumer, still pending, and
     // delivered once on unmask.
     events::disable();
-    let s = events::send(a);
-    events::mask(a);
+    let s = events::send(Port(a));
+    events::mask(Port(a));
     events::enable();
-    let held = take_log().1 == 0 && events::is_pending(a);
-    let un = events::unmask(a);
+    let held = take_log().1 == 0 && events::is_pending(Port(a));
+    let un = events::unmask(Port(a));
     let (ok, got, n) = logged(&[a]);
     t.check(
         "masked-while-queued",
@@ -249,7 +249,7 @@ fn main(_si: &'static StartInfo) {
     while last < 1024 {
         match events::bind_ipi(on_event) {
             Ok(p) => {
-                last = p;
+                last = p.0;
                 extra += 1;
             }
             Err(e) => {
@@ -258,8 +258,8 @@ fn main(_si: &'static StartInfo) {
             }
         }
     }
-    let s = events::send(last);
-    let waiting = take_log().1 == 0 && !events::is_pending(last);
+    let s = events::send(Port(last));
+    let waiting = take_log().1 == 0 && !events::is_pending(Port(last));
     let grown = fifo::expand();
     let (ok, got, n) = logged(&[last]);
     t.check(
@@ -271,7 +271,7 @@ fn main(_si: &'static StartInfo) {
         ),
     );
     for p in (last + 1 - extra)..=last {
-        let _ = events::close(p);
+        let _ = events::close(Port(p));
     }
     // Xen's limit: 128 pages (the rest all one scratch frame).
     let mut added = 2;
@@ -290,7 +290,7 @@ fn main(_si: &'static StartInfo) {
     );
 
     // Frames the hypervisor writes never become page tables.
-    let (cb_va, cb_mfn) = fifo::control_block(0).expect("control block");
+    let (cb_va, cb_mfn) = fifo::control_block(VcpuId(0)).expect("control block");
     let pin_cb = try_pin(cb_va, cb_mfn);
     let w = fifo::word(a).expect("word") as *const AtomicU32 as u64 & !0xFFF;
     let pin_arr = try_pin(w, mm::pfn_to_mfn(w / 4096));
@@ -311,10 +311,10 @@ fn main(_si: &'static StartInfo) {
     // EVTCHNOP_reset: every port closed, back to 2-level.
     let r = reset_self();
     fifo::forget();
-    let sp = fifo::set_priority(a, 3);
+    let sp = fifo::set_priority(Port(a), 3);
     let ex = evtchn_expand_array(scratch);
-    let q = events::bind_ipi(on_event).unwrap_or(0);
-    let s = events::send(q);
+    let q = events::bind_ipi(on_event).map_or(0, |p| p.0);
+    let s = events::send(Port(q));
     let (ok, got, n) = logged(&[q]);
     t.check(
         "reset-back-to-2-level",
@@ -330,13 +330,13 @@ fn main(_si: &'static StartInfo) {
             &got[..n]
         ),
     );
-    let sp = fifo::set_priority(q, 3);
+    let sp = fifo::set_priority(Port(q), 3);
     let again = fifo::init();
     // (Real Xen may raise a port again here whose event once waited for
     // its array page: its flag for that outlives the port. Spurious events
     // are allowed; only the send below is checked.)
     let _ = take_log();
-    let s = events::send(q);
+    let s = events::send(Port(q));
     let (ok, got, n) = logged(&[q]);
     t.check(
         "fifo-again-after-reset",

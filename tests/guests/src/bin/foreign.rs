@@ -34,7 +34,7 @@ fn main(si: &'static StartInfo) {
     };
     let req = [MmuUpdate {
         ptr: entry,
-        val: (mfn << 12) | mm::RO,
+        val: (mfn << 12) | scenario_guests::pte::RO,
     }];
     // SAFETY: remaps only our scratch page; the hypervisor decides.
     let r = unsafe { guest_abi::hypercall::mmu_update(&req, None, other as u32) };

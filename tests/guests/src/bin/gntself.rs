@@ -104,7 +104,13 @@ fn main(si: &'static StartInfo) {
     let (page, page_mfn) = mm::alloc_page().expect("page");
     // SAFETY: our own page.
     unsafe { write_volatile(page as *mut u64, 0x5e1f_0000_0001) };
-    gnttab::set_entry(8, me, page_mfn, false).expect("entry 8");
+    gnttab::set_entry(
+        pv_guest_kernel::GrantRef(8),
+        pv_guest_kernel::DomId(me),
+        page_mfn,
+        false,
+    )
+    .expect("entry 8");
 
     // A host mapping.
     let op = map(me, 8, scratch, GNTMAP_HOST_MAP);

@@ -18,6 +18,7 @@ use guest_abi::memory::{
     XENMAPIDX_GRANT_TABLE_STATUS, XENMAPSPACE_GMFN_FOREIGN, XENMAPSPACE_GRANT_TABLE,
     XENMEM_ADD_TO_PHYSMAP, XenAddToPhysmap,
 };
+use pv_guest_kernel::{DomId, GrantRef};
 use pv_guest_kernel::{StartInfo, gnttab, mm, println, test::Reporter, traps};
 
 fn op<T>(cmd: u32, arg: &mut T) -> Result<u64, Errno> {
@@ -155,8 +156,8 @@ fn main(_si: &'static StartInfo) {
 
     gnttab::init(1).expect("grant table");
     // Reserved entry 1 mapped (allowed to stay in use); entry 9 mapped too.
-    gnttab::set_entry(1, me, a_mfn, false).expect("entry 1");
-    gnttab::set_entry(9, me, b_mfn, false).expect("entry 9");
+    gnttab::set_entry(GrantRef(1), DomId(me), a_mfn, false).expect("entry 1");
+    gnttab::set_entry(GrantRef(9), DomId(me), b_mfn, false).expect("entry 9");
     let m1 = map(me, 1, scratch, GNTMAP_HOST_MAP);
     let m9 = map(me, 9, scratch2, GNTMAP_HOST_MAP);
     let (now, r) = gnttab::set_version_raw(2);
@@ -185,14 +186,14 @@ fn main(_si: &'static StartInfo) {
         r1.is_ok() && s1 == GNTST_OKAY && r2.is_ok() && s2 == GNTST_GENERAL_ERROR,
         format_args!("{r1:?} {s1} {r2:?} {s2}"),
     );
-    let e1 = gnttab::entry_v2(1);
+    let e1 = gnttab::entry_v2(GrantRef(1));
     t.check(
         "reserved-entry-carried-to-v2",
         matches!(e1, Ok((e, st)) if e.flags == GTF_PERMIT_ACCESS && e.domid == me
             && e.frame == a_mfn && st == GTF_READING | GTF_WRITING),
         format_args!("{e1:?}"),
     );
-    let e9 = gnttab::entry_v2(9);
+    let e9 = gnttab::entry_v2(GrantRef(9));
     t.check(
         "other-entries-cleared",
         matches!(e9, Ok((e, 0)) if e == GrantEntryV2::default()),
@@ -214,10 +215,10 @@ fn main(_si: &'static StartInfo) {
 
     // A full-page v2 grant: the in-use bits go to the status word, never to
     // the entry.
-    gnttab::set_entry(10, me, b_mfn, false).expect("entry 10");
+    gnttab::set_entry(GrantRef(10), DomId(me), b_mfn, false).expect("entry 10");
     let m = map(me, 10, scratch2, GNTMAP_HOST_MAP);
     let seen = word(scratch2);
-    let e = gnttab::entry_v2(10);
+    let e = gnttab::entry_v2(GrantRef(10));
     t.check(
         "v2-map",
         m.status == GNTST_OKAY
@@ -226,24 +227,24 @@ fn main(_si: &'static StartInfo) {
                 && st == GTF_READING | GTF_WRITING),
         format_args!("{} {seen:#x} {e:?}", m.status),
     );
-    let rv = gnttab::revoke(10);
+    let rv = gnttab::revoke(GrantRef(10));
     t.check(
         "v2-revoke-while-mapped",
         rv == Err(Errno::EBUSY),
         format_args!("{rv:?}"),
     );
     let st = unmap(scratch2, m.handle);
-    let e = gnttab::entry_v2(10);
+    let e = gnttab::entry_v2(GrantRef(10));
     t.check(
         "v2-unmap",
         st == GNTST_OKAY && matches!(e, Ok((_, 0))),
         format_args!("{st} {e:?}"),
     );
     // Read-only entries: no writable map; a read-only one sets reading.
-    gnttab::set_entry(11, me, b_mfn, true).expect("entry 11");
+    gnttab::set_entry(GrantRef(11), DomId(me), b_mfn, true).expect("entry 11");
     let w = map(me, 11, scratch2, GNTMAP_HOST_MAP);
     let ro = map(me, 11, scratch2, GNTMAP_HOST_MAP | GNTMAP_READONLY);
-    let e = gnttab::entry_v2(11);
+    let e = gnttab::entry_v2(GrantRef(11));
     t.check(
         "v2-readonly-entry",
         w.status == GNTST_GENERAL_ERROR
@@ -255,7 +256,7 @@ fn main(_si: &'static StartInfo) {
     t.check("v2-unmap-readonly", st == GNTST_OKAY, format_args!("{st}"));
 
     // Sub-page grants: bytes [128, 192) of b, for copies only.
-    gnttab::set_sub_page_entry(12, me, b_mfn, 128, 64, false).expect("entry 12");
+    gnttab::set_sub_page_entry(GrantRef(12), DomId(me), b_mfn, 128, 64, false).expect("entry 12");
     let m = map(me, 12, scratch2, GNTMAP_HOST_MAP | GNTMAP_READONLY);
     t.check(
         "sub-page-not-mapped",
@@ -280,10 +281,11 @@ fn main(_si: &'static StartInfo) {
     );
     // A transitive grant (here of our own grant 10: self-referential, which
     // Xen refuses too) is neither mapped nor copied.
-    gnttab::set_transitive_entry(13, me, me, 10).expect("entry 13");
+    gnttab::set_transitive_entry(GrantRef(13), DomId(me), DomId(me), GrantRef(10))
+        .expect("entry 13");
     let m = map(me, 13, scratch2, GNTMAP_HOST_MAP | GNTMAP_READONLY);
     let c = copy(13, 0, mine_mfn, 8, true);
-    let e = gnttab::entry_v2(13);
+    let e = gnttab::entry_v2(GrantRef(13));
     t.check(
         "transitive-refused",
         m.status == GNTST_GENERAL_ERROR && c == GNTST_GENERAL_ERROR && matches!(e, Ok((_, 0))),
@@ -317,14 +319,14 @@ fn main(_si: &'static StartInfo) {
         now == 2 && r == Err(Errno::EBUSY),
         format_args!("{now} {r:?}"),
     );
-    gnttab::set_transitive_entry(2, me, me, 10).expect("entry 2");
+    gnttab::set_transitive_entry(GrantRef(2), DomId(me), DomId(me), GrantRef(10)).expect("entry 2");
     let (now, r) = gnttab::set_version_raw(1);
     t.check(
         "v1-erange-for-transitive-reserved",
         now == 2 && r == Err(Errno::ERANGE),
         format_args!("{now} {r:?}"),
     );
-    let _ = gnttab::revoke(2);
+    let _ = gnttab::revoke(GrantRef(2));
     let r = gnttab::set_version(1);
     let v = get_version();
     let (rs, ss) = status_frames(1, &mut list);
@@ -333,8 +335,8 @@ fn main(_si: &'static StartInfo) {
         r.is_ok() && v == Ok(1) && rs.is_ok() && ss == GNTST_GENERAL_ERROR,
         format_args!("{r:?} {v:?} {rs:?} {ss}"),
     );
-    let e1 = gnttab::entry(1);
-    let e10 = gnttab::entry(10);
+    let e1 = gnttab::entry(GrantRef(1));
+    let e10 = gnttab::entry(GrantRef(10));
     t.check(
         "reserved-entry-carried-to-v1",
         matches!(e1, Ok(e) if e.flags == GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING
@@ -343,7 +345,7 @@ fn main(_si: &'static StartInfo) {
         format_args!("{e1:?} {e10:?}"),
     );
     let st = unmap(scratch, m1.handle);
-    let e1 = gnttab::entry(1);
+    let e1 = gnttab::entry(GrantRef(1));
     t.check(
         "unmap-reserved-in-v1",
         st == GNTST_OKAY && matches!(e1, Ok(e) if e.flags == GTF_PERMIT_ACCESS),

@@ -17,7 +17,7 @@ use guest_abi::errno::Errno;
 use guest_abi::grant_table::*;
 use guest_abi::mmu::MmuUpdate;
 use guest_abi::sched::ShutdownReason;
-use guest_abi::types::DomId;
+use guest_abi::types::{DomId, GrantRef};
 use pv_guest_kernel::{StartInfo, gnttab, mm, println, rt, test::Reporter, traps};
 
 const PATTERN_A: u64 = 0xA5A5_0000_0000_0000;
@@ -101,16 +101,16 @@ fn granter() -> ! {
     fill(a, PATTERN_A);
     fill(b, PATTERN_B);
     let refs = [
-        gnttab::grant_access(1, a_mfn, false),
-        gnttab::grant_access(1, b_mfn, true),
-        gnttab::grant_access(5, c_mfn, false),
-        gnttab::grant_access(1, d_mfn, false),
-        gnttab::grant_access(2, e_mfn, false),
+        gnttab::grant_access(DomId(1), a_mfn, false),
+        gnttab::grant_access(DomId(1), b_mfn, true),
+        gnttab::grant_access(DomId(5), c_mfn, false),
+        gnttab::grant_access(DomId(1), d_mfn, false),
+        gnttab::grant_access(DomId(2), e_mfn, false),
     ];
     let want = [REF_A, REF_B, REF_C, REF_D, REF_E];
     t.check(
         "grant-refs",
-        refs.iter().zip(want).all(|(r, w)| *r == Ok(w)),
+        refs.iter().zip(want).all(|(r, w)| *r == Ok(GrantRef(w))),
         format_args!("{refs:?}"),
     );
 
@@ -121,13 +121,13 @@ fn granter() -> ! {
         mapped,
         format_args!("A[0] = {:#x}", word(a, 0)),
     );
-    let e8 = gnttab::entry(REF_A).unwrap_or_default();
+    let e8 = gnttab::entry(GrantRef(REF_A)).unwrap_or_default();
     t.check(
         "reading-writing-set",
         e8.flags & (GTF_READING | GTF_WRITING) == GTF_READING | GTF_WRITING,
         format_args!("flags {:#x}", e8.flags),
     );
-    let rv = gnttab::revoke(REF_A);
+    let rv = gnttab::revoke(GrantRef(REF_A));
     t.check(
         "revoke-while-mapped-busy",
         rv == Err(Errno::EBUSY),
@@ -146,17 +146,21 @@ fn granter() -> ! {
     set_word(a, 1, REWRITTEN);
 
     let unmapped = wait("the mapper's unmaps", || {
-        !gnttab::in_use(REF_A) && !gnttab::in_use(REF_B)
+        !gnttab::in_use(GrantRef(REF_A)) && !gnttab::in_use(GrantRef(REF_B))
     });
     t.check(
         "unmapped-flags-cleared",
         unmapped,
-        format_args!("A {:?} B {:?}", gnttab::entry(REF_A), gnttab::entry(REF_B)),
+        format_args!(
+            "A {:?} B {:?}",
+            gnttab::entry(GrantRef(REF_A)),
+            gnttab::entry(GrantRef(REF_B))
+        ),
     );
     let ends = [
-        gnttab::end_access(REF_A),
-        gnttab::end_access(REF_B),
-        gnttab::end_access(REF_C),
+        gnttab::end_access(GrantRef(REF_A)),
+        gnttab::end_access(GrantRef(REF_B)),
+        gnttab::end_access(GrantRef(REF_C)),
     ];
     t.check(
         "end-access",
@@ -177,13 +181,13 @@ fn granter() -> ! {
         seen,
         format_args!("E[0] = {:#x}", word(e, 0)),
     );
-    let released = wait("the dier's death", || !gnttab::in_use(REF_E));
+    let released = wait("the dier's death", || !gnttab::in_use(GrantRef(REF_E)));
     t.check(
         "released-at-death",
         released,
-        format_args!("{:?}", gnttab::entry(REF_E)),
+        format_args!("{:?}", gnttab::entry(GrantRef(REF_E))),
     );
-    let end_e = gnttab::end_access(REF_E);
+    let end_e = gnttab::end_access(GrantRef(REF_E));
     t.check(
         "end-access-after-death",
         end_e.is_ok(),
@@ -199,7 +203,7 @@ fn mapper() -> ! {
     let scratch = gnttab::map_slot_va(2).unwrap_or(0);
     let mut h_a = Err(0);
     let ok = wait("the granter's grant", || {
-        h_a = gnttab::map(0, REF_A, va_a, false);
+        h_a = scenario_guests::gmap(0, REF_A, va_a, false);
         h_a.is_ok()
     });
     t.check("map-writable", ok, format_args!("{h_a:?}"));
@@ -215,22 +219,22 @@ fn mapper() -> ! {
     let cases: [(&str, Result<u32, i16>, i16); 4] = [
         (
             "not-granted-to-us",
-            gnttab::map(0, REF_C, scratch, true),
+            scenario_guests::gmap(0, REF_C, scratch, true),
             GNTST_GENERAL_ERROR,
         ),
         (
             "readonly-grant-mapped-writable",
-            gnttab::map(0, REF_B, scratch, false),
+            scenario_guests::gmap(0, REF_B, scratch, false),
             GNTST_GENERAL_ERROR,
         ),
         (
             "ref-beyond-table",
-            gnttab::map(0, 5000, scratch, true),
+            scenario_guests::gmap(0, 5000, scratch, true),
             GNTST_BAD_GNTREF,
         ),
         (
             "no-such-domain",
-            gnttab::map(7, REF_A, scratch, true),
+            scenario_guests::gmap(7, REF_A, scratch, true),
             GNTST_BAD_DOMAIN,
         ),
     ];
@@ -242,9 +246,9 @@ fn mapper() -> ! {
         );
     }
     // An address off a page boundary maps the page it lies in, as on Xen.
-    let h = gnttab::map(0, REF_A, scratch + 8, true);
+    let h = scenario_guests::gmap(0, REF_A, scratch + 8, true);
     let read = h.is_ok() && word(scratch, 0) == word(va_a, 0) && word(scratch, 5) == word(va_a, 5);
-    let un = h.map(|h| gnttab::unmap(scratch, h));
+    let un = h.map(|h| scenario_guests::gunmap(scratch, h));
     t.check(
         "misaligned-address-maps-its-page",
         read && un == Ok(Ok(())),
@@ -266,13 +270,13 @@ fn mapper() -> ! {
         r == Err(Errno::EINVAL),
         format_args!("{r:?}"),
     );
-    let bad = gnttab::unmap(va_a, h_a + 100);
+    let bad = scenario_guests::gunmap(va_a, h_a + 100);
     t.check(
         "unmap-bad-handle",
         bad == Err(GNTST_BAD_HANDLE),
         format_args!("{bad:?}"),
     );
-    let wrong_va = gnttab::unmap(scratch, h_a);
+    let wrong_va = scenario_guests::gunmap(scratch, h_a);
     t.check(
         "unmap-wrong-address",
         wrong_va == Err(GNTST_GENERAL_ERROR),
@@ -280,7 +284,7 @@ fn mapper() -> ! {
     );
 
     // B read-only: readable, a write faults.
-    let h_b = gnttab::map(0, REF_B, va_b, true);
+    let h_b = scenario_guests::gmap(0, REF_B, va_b, true);
     t.check(
         "map-readonly",
         h_b.is_ok() && filled(va_b, PATTERN_B, 0),
@@ -370,8 +374,8 @@ fn mapper() -> ! {
         format_args!("A[2] = {:#x}", word(va_a, 2)),
     );
 
-    let u1 = gnttab::unmap(va_a, h_a);
-    let u2 = gnttab::unmap(va_a, h_a);
+    let u1 = scenario_guests::gunmap(va_a, h_a);
+    let u2 = scenario_guests::gunmap(va_a, h_a);
     t.check(
         "unmap-then-stale-handle",
         u1.is_ok() && u2 == Err(GNTST_BAD_HANDLE),
@@ -385,7 +389,7 @@ fn mapper() -> ! {
         gone.is_some_and(|f| f.vector == 14),
         format_args!("{gone:?}"),
     );
-    let ub = h_b.map(|h| gnttab::unmap(va_b, h));
+    let ub = h_b.map(|h| scenario_guests::gunmap(va_b, h));
     t.check("unmap-readonly", ub == Ok(Ok(())), format_args!("{ub:?}"));
     t.finish()
 }
@@ -394,7 +398,7 @@ fn dier() -> ! {
     let va = gnttab::map_slot_va(0).unwrap_or(0);
     let mut h = Err(0);
     if wait("the granter's grant", || {
-        h = gnttab::map(0, REF_E, va, false);
+        h = scenario_guests::gmap(0, REF_E, va, false);
         h.is_ok()
     }) {
         set_word(va, 0, DIER_MAPPED);
@@ -408,8 +412,8 @@ fn lender() -> ! {
     gnttab::init(1).expect("grant table");
     let (page, mfn) = mm::alloc_page().expect("page");
     fill(page, PATTERN_A);
-    let r = gnttab::grant_access(4, mfn, false);
-    if wait("the borrower's mapping", || gnttab::in_use(REF_A)) {
+    let r = gnttab::grant_access(DomId(4), mfn, false);
+    if wait("the borrower's mapping", || gnttab::in_use(GrantRef(REF_A))) {
         println!("lender: grant {r:?} is mapped; dying with it lent out");
     }
     rt::shutdown(ShutdownReason::Poweroff)
@@ -423,14 +427,14 @@ fn borrower() -> ! {
     let va = gnttab::map_slot_va(0).unwrap_or(0);
     let mut h = Err(0);
     let ok = wait("the lender's grant", || {
-        h = gnttab::map(3, REF_A, va, false);
+        h = scenario_guests::gmap(3, REF_A, va, false);
         h.is_ok()
     });
     t.check("borrow", ok, format_args!("{h:?}"));
     // The lender is gone once new maps of its grants say so.
     let scratch = gnttab::map_slot_va(1).unwrap_or(0);
     let dead = wait("the lender's death", || {
-        gnttab::map(3, REF_A, scratch, true) == Err(GNTST_BAD_DOMAIN)
+        scenario_guests::gmap(3, REF_A, scratch, true) == Err(GNTST_BAD_DOMAIN)
     });
     t.check(
         "lender-died",
@@ -443,7 +447,7 @@ fn borrower() -> ! {
         filled(va, PATTERN_A, 1) && word(va, 0) == 0x1234,
         format_args!("{:#x}", word(va, 1)),
     );
-    let u = h.map(|h| gnttab::unmap(va, h));
+    let u = h.map(|h| scenario_guests::gunmap(va, h));
     t.check(
         "unmap-after-granter-death",
         u == Ok(Ok(())),

@@ -44,8 +44,10 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::hypercall::raw;
-use pv_guest_kernel::mm::{self, DATA};
+use pv_guest_kernel::PteFlags;
+use pv_guest_kernel::mm;
 use pv_guest_kernel::{StartInfo, println, test::Reporter};
+use scenario_guests::pte::DATA;
 
 const PAGE: u64 = 4096;
 /// Argument arena: `ARENA_PAGES` pages with an unmapped page on each side.
@@ -1323,7 +1325,7 @@ impl Gen<'_> {
 /// The port VIRQ_TIMER is bound to (0: unknown).
 static TIMER_PORT: AtomicU64 = AtomicU64::new(0);
 
-fn on_timer(_port: u32) {}
+fn on_timer(_port: pv_guest_kernel::Port) {}
 
 /// Makes sure VIRQ_TIMER is bound on vCPU 0 to a known, unmasked port (the
 /// fuzz may have closed or reset it). False if it cannot be.
@@ -1339,7 +1341,7 @@ fn ensure_timer() -> bool {
         Some(p)
     } else {
         match pv_guest_kernel::events::bind_virq(VIRQ_TIMER, on_timer) {
-            Ok(p) => Some(p),
+            Ok(p) => Some(p.0),
             // Bound elsewhere (on another port, or another vCPU): find it.
             Err(_) => (1..1024).find(|&q| bound(q)),
         }
@@ -1347,7 +1349,7 @@ fn ensure_timer() -> bool {
     match port {
         Some(p) => {
             TIMER_PORT.store(p as u64, Ordering::Relaxed);
-            pv_guest_kernel::events::unmask(p).is_ok()
+            pv_guest_kernel::events::unmask(Port(p)).is_ok()
         }
         None => false,
     }
@@ -1513,8 +1515,10 @@ fn setup(si: &StartInfo, w: &mut World) -> Result<(), Errno> {
     let arena: [u64; ARENA_PAGES as usize] =
         core::array::from_fn(|i| mm::pfn_to_mfn(first + i as u64));
     w.huge_mfn = mm::pfn_to_mfn(first + ARENA_PAGES);
-    mm::map_frames(ARENA_VA, &arena, DATA)?;
-    mm::map_frames(HUGE_PRIV_VA, &[w.huge_mfn], DATA)?;
+    // SAFETY (all three windows): addresses this guest reserves for them,
+    // unused until now.
+    unsafe { mm::map_frames(ARENA_VA, &arena, PteFlags::DATA)? };
+    unsafe { mm::map_frames(HUGE_PRIV_VA, &[w.huge_mfn], PteFlags::DATA)? };
     let sb_first = first + ARENA_PAGES + 1;
     for pfn in sb_first..si.nr_pages {
         if w.nsandbox < MAX_SANDBOX {
@@ -1523,7 +1527,7 @@ fn setup(si: &StartInfo, w: &mut World) -> Result<(), Errno> {
         }
     }
     let premap: [u64; SANDBOX_MAPPED as usize] = core::array::from_fn(|i| w.sandbox[i]);
-    mm::map_frames(SANDBOX_VA, &premap, DATA)?;
+    unsafe { mm::map_frames(SANDBOX_VA, &premap, PteFlags::DATA)? };
     w.sandbox_l1 = mm::l1_entry_ma(w.l4, SANDBOX_VA).ok_or(Errno::ENOENT)? >> 12;
     let l3 = (entry(w.l4, 0) >> 12) & 0xff_ffff_ffff;
     w.sandbox_l2 = (entry(l3, 1) >> 12) & 0xff_ffff_ffff;
@@ -1593,11 +1597,17 @@ fn setup_huge(w: &World, mib: u64) -> Result<u64, Errno> {
     let l3 = (entry(w.l4, (HUGE_AREA >> 39) & 511) >> 12) & 0xff_ffff_ffff;
     let l2 = (entry(l3, 0) >> 12) & 0xff_ffff_ffff;
     let mut b = mm::Batch::new();
+    // SAFETY (both loops): the huge area's own fresh tables.
     for slot in 0..512u64 {
-        b.push((l1 << 12) | slot * 8, (w.huge_mfn << 12) | DATA)?;
+        unsafe { b.push((l1 << 12) | slot * 8, (w.huge_mfn << 12) | DATA)? };
     }
     for slot in 1..(mib / 2).clamp(1, 512) {
-        b.push((l2 << 12) | slot * 8, (l1 << 12) | mm::TABLE)?;
+        unsafe {
+            b.push(
+                (l2 << 12) | slot * 8,
+                (l1 << 12) | scenario_guests::pte::TABLE,
+            )?
+        };
     }
     b.submit()?;
     Ok(victim & !0xfff)

@@ -65,7 +65,8 @@ fn main(si: &'static StartInfo) {
         "bad-kernel-stack-from-user" => {
             pv_guest_kernel::traps::init().expect("trap table");
             let l4 = pv_guest_kernel::mm::current_l4_mfn();
-            pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0)
+            // SAFETY: user mode runs only the faulting instruction below.
+            unsafe { pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0) }
                 .expect("user page table");
             // SAFETY: a kernel stack the hypervisor can never write: the
             // #UD from user mode below must kill us, naming this stack.

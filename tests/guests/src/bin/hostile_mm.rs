@@ -11,8 +11,9 @@
 
 use guest_abi::errno::Errno;
 use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
-use pv_guest_kernel::mm::{self, DATA, RO, TABLE};
+use pv_guest_kernel::mm;
 use pv_guest_kernel::{StartInfo, println, test::Reporter};
+use scenario_guests::pte::{DATA, RO, TABLE};
 
 fn mmu1(ptr: u64, val: u64) -> Result<(), Errno> {
     let r = [MmuUpdate { ptr, val }];
@@ -93,9 +94,11 @@ fn main(si: &'static StartInfo) {
     // 8. NEW_BASEPTR to a frame full of garbage, and to a frame not ours.
     //    SAFETY: the scratch page is ours and mapped writable.
     unsafe { core::ptr::write_bytes(scratch as *mut u8, 0xff, 4096) };
-    let r = mm::switch_to(scratch_mfn);
+    // SAFETY (both): refused; were either accepted, the domain would fault
+    // and be ended, which is the failure the checks report.
+    let r = unsafe { mm::switch_to(scratch_mfn) };
     t.check("baseptr-garbage", r.is_err(), format_args!("{r:?}"));
-    let r = mm::switch_to(0x100);
+    let r = unsafe { mm::switch_to(0x100) };
     t.check("baseptr-foreign", r.is_err(), format_args!("{r:?}"));
     // SAFETY: as above.
     unsafe { core::ptr::write_bytes(scratch as *mut u8, 0, 4096) };

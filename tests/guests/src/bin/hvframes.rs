@@ -23,8 +23,9 @@
 use guest_abi::errno::Errno;
 use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
 use guest_abi::types::{DomId, VcpuId};
-use pv_guest_kernel::mm::{self, DATA, TABLE};
+use pv_guest_kernel::mm;
 use pv_guest_kernel::{StartInfo, println, test::Reporter, traps};
+use scenario_guests::pte::{DATA, TABLE};
 use scenario_guests::{last_cr2, load_ds, set_ldt};
 
 fn mmu1(ptr: u64, val: u64) -> Result<(), Errno> {
@@ -144,7 +145,7 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
     // yet), then a selector load makes the CPU read it: the segment type
     // must be refused and the load must fault at the LDT's address.
     let (va, own) = mm::alloc_page().expect("a scratch page");
-    let r = uvm(va, (f << 12) | mm::RO);
+    let r = uvm(va, (f << 12) | scenario_guests::pte::RO);
     check(
         t,
         what,

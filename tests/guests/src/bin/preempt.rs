@@ -27,8 +27,9 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::types::{DomId, Port, VcpuId};
-use pv_guest_kernel::mm::{self, DATA, RO, TABLE};
+use pv_guest_kernel::mm;
 use pv_guest_kernel::{StartInfo, events, println, test::Reporter, time};
+use scenario_guests::pte::{DATA, RO, TABLE};
 
 /// L4 slot of the aliased range (a guest slot above the hypervisor's).
 const ALIAS_SLOT: u64 = 300;
@@ -86,7 +87,7 @@ static mut REPORTER: Option<Reporter> = None;
 static mut CALL: &str = "";
 
 /// Phase 2's own timer handler: ends the domain from inside the hypercall.
-fn on_own_timer(_port: u32) {
+fn on_own_timer(_port: pv_guest_kernel::Port) {
     let n = OWN.fetch_add(1, Ordering::SeqCst) + 1;
     if n == OWN_TICKS {
         // SAFETY: set once before the timer started; only read here.
@@ -105,7 +106,7 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
     if call == "set_trap_table" {
         // Entries for vector 200 (unused), all the same, without end.
         let cs = guest_abi::arch::FLAT_KERNEL_CS64;
-        let handler = (on_own_timer as fn(u32)) as usize as u64;
+        let handler = (on_own_timer as fn(Port)) as usize as u64;
         alias_page(|off| match off % 16 {
             0 => 200,
             2 => cs as u8,
@@ -290,7 +291,7 @@ fn batch(si: &'static StartInfo) -> ! {
     events::init().expect("events");
     // First event-channel operation: the port the ticker binds to (the
     // lowest free one, which the ticker computes the same way).
-    let port = events::alloc_unbound(peer, |_| {}).expect("a port for the ticker");
+    let port = events::alloc_unbound(DomId(peer), |_: Port| {}).expect("a port for the ticker");
     println!("preempt: port {port} offered to domain {peer}");
     let mut t = Reporter::new();
     phase1(&mut t, si, call);
@@ -337,13 +338,13 @@ fn ticker(si: &'static StartInfo) -> ! {
         // 1 ms from now, not from the last deadline: a ticker kept off the
         // CPU for a long time prints one tick when it gets back, never a
         // burst of the ticks it missed.
-        time::sleep(1_000_000);
+        let _ = time::sleep(1_000_000);
         ticks += 1;
         println!("ticker: tick {ticks}");
         match mine {
-            None => mine = events::bind_interdomain(peer, probe.0, |_| {}).ok(),
+            None => mine = events::bind_interdomain(DomId(peer), probe, |_: Port| {}).ok(),
             Some(p) => {
-                let st = guest_abi::hypercall::evtchn_status(DomId::SELF, Port(p));
+                let st = guest_abi::hypercall::evtchn_status(DomId::SELF, p);
                 let bound =
                     st.is_ok_and(|s| s.status == guest_abi::event_channel::EVTCHNSTAT_INTERDOMAIN);
                 if !bound {

@@ -19,7 +19,7 @@
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::sched::ShutdownReason;
-use guest_abi::types::DomId;
+use guest_abi::types::{DomId, Port};
 use pv_guest_kernel::test::Reporter;
 use pv_guest_kernel::{StartInfo, events, println, smp, time};
 
@@ -37,15 +37,15 @@ static ODD: AtomicI32 = AtomicI32::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 static EVENTS_SEEN: AtomicU64 = AtomicU64::new(0);
 
-fn on_event(_port: u32) {
+fn on_event(_port: Port) {
     EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
 }
 
 fn victim(mut r: Reporter) -> ! {
     let mut ok = true;
     for want in 1..=PORTS {
-        match events::alloc_unbound(0, on_event) {
-            Ok(p) if p == want => {}
+        match events::alloc_unbound(DomId(0), on_event) {
+            Ok(p) if p == Port(want) => {}
             other => {
                 ok = false;
                 r.fail("ports", format_args!("port {want}: {other:?}"));
@@ -57,7 +57,7 @@ fn victim(mut r: Reporter) -> ! {
     }
     r.print_verdict();
     // Ready (its verdict printed): one more port, the sender's signal.
-    let _ = events::alloc_unbound(0, on_event);
+    let _ = events::alloc_unbound(DomId(0), on_event);
     events::enable();
     // Ended by domain 0.
     loop {
@@ -72,7 +72,7 @@ fn sender_vcpu(_v: u32) -> ! {
             core::hint::spin_loop();
             continue;
         }
-        match events::send(p) {
+        match events::send(Port(p)) {
             Ok(()) => {}
             Err(Errno::EINVAL) => {
                 EINVALS.fetch_add(1, Ordering::Relaxed);
@@ -114,7 +114,7 @@ fn sender(mut r: Reporter, victims: u16) -> ! {
         // offers (after its own checks).
         let deadline = time::now_ns() + 5_000_000_000;
         loop {
-            if let Ok(l) = events::bind_interdomain(v, PORTS + 1, on_event) {
+            if let Ok(l) = events::bind_interdomain(DomId(v), Port(PORTS + 1), on_event) {
                 let _ = events::close(l);
                 break;
             }
@@ -129,7 +129,7 @@ fn sender(mut r: Reporter, victims: u16) -> ! {
         for rp in 1..=PORTS {
             let deadline = time::now_ns() + 5_000_000_000;
             let local = loop {
-                match events::bind_interdomain(v, rp, on_event) {
+                match events::bind_interdomain(DomId(v), Port(rp), on_event) {
                     Ok(l) => break Some(l),
                     Err(_) if time::now_ns() < deadline => {
                         let _ = guest_abi::hypercall::sched_yield();
@@ -142,7 +142,7 @@ fn sender(mut r: Reporter, victims: u16) -> ! {
             };
             let Some(local) = local else { continue };
             binds += 1;
-            PORT.store(local, Ordering::SeqCst);
+            PORT.store(local.0, Ordering::SeqCst);
             progress &= let_it_send();
             if rp < PORTS {
                 let _ = events::close(local);
@@ -159,12 +159,11 @@ fn sender(mut r: Reporter, victims: u16) -> ! {
                 progress &= let_it_send();
                 // Its peer gone, the port is unbound (Xen's evtchn_close of
                 // the dead end), waiting for domain v again.
-                let st =
-                    guest_abi::hypercall::evtchn_status(DomId::SELF, guest_abi::types::Port(local));
+                let st = guest_abi::hypercall::evtchn_status(DomId::SELF, local);
                 if !matches!(st, Ok(s) if s.status == guest_abi::event_channel::EVTCHNSTAT_UNBOUND)
                 {
                     unbound_after_death = false;
-                    println!("sendrace: port {local} after domain {v} died: {st:?}");
+                    println!("sendrace: port {} after domain {v} died: {st:?}", local.0);
                 }
                 PORT.store(0, Ordering::SeqCst);
                 let _ = events::close(local);

@@ -9,10 +9,11 @@ use pv_guest_kernel::{StartInfo, println, test::Reporter, time};
 
 fn main(_si: &'static StartInfo) {
     let mut t = Reporter::new();
-    time::sleep(2_000_000);
+    let r = time::sleep(2_000_000);
+    t.check("sleep-returns-ok", r.is_ok(), format_args!("{r:?}"));
     let t0 = time::now_ns();
     t.check("clock-runs", t0 > 0, format_args!("now_ns {t0}"));
-    time::sleep(5_000_000);
+    let _ = time::sleep(5_000_000);
     let t1 = time::now_ns();
     t.check(
         "slept-past-the-deadline",

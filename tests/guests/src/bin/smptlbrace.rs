@@ -39,7 +39,7 @@ fn write_w(val: u64) {
     unsafe { core::ptr::write_volatile((W + SLOT * 8) as *mut u64, val) };
 }
 
-fn racer(_v: u32) -> ! {
+fn racer(_v: VcpuId) -> ! {
     let mut r = 1;
     while r <= ROUNDS {
         while ROUND.load(Ordering::Acquire) < r {
@@ -88,7 +88,13 @@ fn main(_si: &'static StartInfo) {
         && map(R, p, 0x5)
         && guest_abi::hypercall::vcpu_is_up(VcpuId(1)) == Ok(false);
     rep.check("setup", setup, format_args!("windows"));
-    if smp::start(1, racer, smp::alloc_stack(16 * 1024)).is_err() {
+    if smp::start(
+        VcpuId(1),
+        racer,
+        smp::alloc_stack(16 * 1024).expect("a stack"),
+    )
+    .is_err()
+    {
         rep.fail("start", format_args!("vCPU 1"));
         rep.finish();
     }

@@ -32,12 +32,12 @@ static SUMS: [AtomicU64; N as usize] = [const { AtomicU64::new(0) }; N as usize]
 static SEEN_ID: [AtomicU32; N as usize] = [const { AtomicU32::new(u32::MAX) }; N as usize];
 static RESUMED: [AtomicU32; N as usize] = [const { AtomicU32::new(0) }; N as usize];
 
-fn on_timer(_port: u32) {
-    TIMER_HITS[smp::vcpu_id() as usize % N as usize].fetch_add(1, Ordering::SeqCst);
+fn on_timer(_port: pv_guest_kernel::Port) {
+    TIMER_HITS[smp::vcpu_id().0 as usize % N as usize].fetch_add(1, Ordering::SeqCst);
 }
 
-fn on_ipi(_port: u32) {
-    IPI_HITS[smp::vcpu_id() as usize % N as usize].fetch_add(1, Ordering::SeqCst);
+fn on_ipi(_port: pv_guest_kernel::Port) {
+    IPI_HITS[smp::vcpu_id().0 as usize % N as usize].fetch_add(1, Ordering::SeqCst);
 }
 
 /// Blocks the running vCPU until `done` holds (events wake it).
@@ -53,11 +53,11 @@ fn block_until(done: impl Fn() -> bool) {
     }
 }
 
-fn worker(v: u32) -> ! {
+fn worker(VcpuId(v): VcpuId) -> ! {
     let i = v as usize;
-    SEEN_ID[i].store(smp::vcpu_id(), Ordering::SeqCst);
+    SEEN_ID[i].store(smp::vcpu_id().0, Ordering::SeqCst);
     // A timer of its own: bound on this vCPU, set from this vCPU.
-    if events::bind_virq_on(guest_abi::event_channel::VIRQ_TIMER, v, on_timer).is_ok() {
+    if events::bind_virq_on(guest_abi::event_channel::VIRQ_TIMER, VcpuId(v), on_timer).is_ok() {
         events::enable();
         let at = time::now_ns() + 2_000_000;
         let _ = guest_abi::hypercall::vcpu_set_singleshot_timer(VcpuId(v), at, 0);
@@ -68,8 +68,8 @@ fn worker(v: u32) -> ! {
     let sum: u64 = (base..base + CHUNK).sum();
     SUMS[i].store(sum, Ordering::SeqCst);
     // An IPI port of its own; wait for vCPU 0's IPI.
-    if let Ok(p) = smp::bind_ipi(v, on_ipi) {
-        IPI_PORT[i].store(p, Ordering::SeqCst);
+    if let Ok(p) = smp::bind_ipi(VcpuId(v), on_ipi) {
+        IPI_PORT[i].store(p.0, Ordering::SeqCst);
     }
     block_until(|| IPI_HITS[i].load(Ordering::SeqCst) > 0);
     loop {
@@ -122,8 +122,8 @@ fn main(_si: &'static StartInfo) {
     );
 
     for v in 1..N {
-        let stack = smp::alloc_stack(16 * 1024);
-        if let Err(e) = smp::start(v, worker, stack) {
+        let stack = smp::alloc_stack(16 * 1024).expect("a vCPU stack");
+        if let Err(e) = smp::start(VcpuId(v), worker, stack) {
             r.fail("start", format_args!("vCPU {v}: {e:?}"));
         }
     }
@@ -132,7 +132,7 @@ fn main(_si: &'static StartInfo) {
         (0..N).all(|v| up(v) == Ok(true)),
         format_args!("is_up: {:?}", [up(0), up(1), up(2), up(3)]),
     );
-    let again = smp::start(1, worker, smp::alloc_stack(4096));
+    let again = smp::start(VcpuId(1), worker, smp::alloc_stack(4096).expect("a stack"));
     r.check(
         "second-initialise-eexist",
         again == Err(Errno::EEXIST),
@@ -162,7 +162,9 @@ fn main(_si: &'static StartInfo) {
         format_args!("total {total}, want {want}"),
     );
     for v in 1..N {
-        let _ = smp::send_ipi(IPI_PORT[v as usize].load(Ordering::SeqCst));
+        let _ = smp::send_ipi(pv_guest_kernel::Port(
+            IPI_PORT[v as usize].load(Ordering::SeqCst),
+        ));
     }
     let ipis = wait(|| (1..N).all(|v| IPI_HITS[v as usize].load(Ordering::SeqCst) == 1));
     r.check(

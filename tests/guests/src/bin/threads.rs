@@ -64,7 +64,7 @@ static SENDER_SAW_BLOCKED: AtomicBool = AtomicBool::new(false);
 static SEND_OK: AtomicBool = AtomicBool::new(false);
 
 /// Runs in the event upcall, so it only calls `wake`.
-fn on_ipi(_port: u32) {
+fn on_ipi(_port: pv_guest_kernel::Port) {
     IPI_HITS.fetch_add(1, Ordering::SeqCst);
     let woke = thread::wake(ThreadId::from_usize(WAITER.load(Ordering::SeqCst)));
     HANDLER_WOKE.store(woke, Ordering::SeqCst);
@@ -84,7 +84,7 @@ fn sender(_arg: usize) {
         thread::state(w) == Some(ThreadState::Blocked),
         Ordering::SeqCst,
     );
-    let r = events::send(IPI_PORT.load(Ordering::SeqCst) as u32);
+    let r = events::send(pv_guest_kernel::Port(IPI_PORT.load(Ordering::SeqCst) as u32));
     SEND_OK.store(r.is_ok(), Ordering::SeqCst);
 }
 
@@ -187,7 +187,7 @@ fn main(_si: &'static StartInfo) {
     // An event handler wakes a blocked thread; another thread sends the IPI.
     let port = events::bind_ipi(on_ipi);
     t.check("bind-ipi", port.is_ok(), format_args!("{port:?}"));
-    IPI_PORT.store(port.unwrap_or(0) as usize, Ordering::SeqCst);
+    IPI_PORT.store(port.map_or(0, |p| p.0) as usize, Ordering::SeqCst);
     let wt = thread::spawn("waiter", waiter, 0, thread::DEFAULT_STACK_SIZE);
     if let Ok(id) = wt {
         WAITER.store(id.as_usize(), Ordering::SeqCst);

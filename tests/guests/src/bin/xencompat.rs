@@ -94,7 +94,7 @@ fn main(si: &'static StartInfo) {
     let r = unsafe {
         guest_abi::hypercall::update_va_mapping(
             gdt_va,
-            (gdt_mfn << 12) | mm::RO,
+            (gdt_mfn << 12) | scenario_guests::pte::RO,
             guest_abi::mmu::UVMF_INVLPG,
         )
     };
@@ -121,7 +121,9 @@ fn main(si: &'static StartInfo) {
     let l4 = mm::current_l4_mfn();
     t.check(
         "new-user-baseptr",
-        mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0).is_ok(),
+        // SAFETY: the user page table is used only by user mode, which
+        // this guest never enters.
+        unsafe { mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0) }.is_ok(),
         format_args!("failed"),
     );
     // Forced-emulation CPUID.

@@ -38,7 +38,7 @@ fn ring_print(si: &StartInfo, text: &[u8]) -> bool {
         prod = prod.wrapping_add(1);
     }
     out_prod.store(prod, Ordering::SeqCst);
-    let _ = events::send(si.console.evtchn);
+    let _ = events::send(pv_guest_kernel::Port(si.console.evtchn));
     for _ in 0..100_000 {
         if out_cons.load(Ordering::SeqCst) == prod {
             return true;
@@ -72,7 +72,7 @@ fn main(si: &'static StartInfo) {
         domid == Ok(format!("{me}").into_bytes()),
         format_args!("{domid:?}"),
     );
-    let path = xs.get_domain_path(me);
+    let path = xs.get_domain_path(pv_guest_kernel::DomId(me));
     t.check(
         "get-domain-path",
         path.as_deref() == Ok(format!("/local/domain/{me}").as_str()),

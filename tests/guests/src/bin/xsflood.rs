@@ -132,12 +132,12 @@ fn main(si: &'static StartInfo) {
     // flood below starts between two messages).
     for _ in 0..3 {
         while let Ok(Some(_)) = xs.poll_watch_event() {}
-        time::sleep(50_000_000);
+        let _ = time::sleep(50_000_000);
     }
 
     // 2. The flood, on the raw ring: never consume a reply.
     let page = xs.page();
-    let port = si.store_evtchn;
+    let port = pv_guest_kernel::Port(si.store_evtchn);
     let start_cons = page.load(Field::ReqCons);
     let mut prod = page.load(Field::ReqProd);
     let mut counter = ReplyCounter::default();

@@ -114,7 +114,7 @@ fn main(si: &'static StartInfo) {
     // Then end, without another request: with every hog at its limit, a
     // request could be held back until memory is freed, which only a
     // hog's end does.
-    time::sleep(hold_ms * 1_000_000);
+    let _ = time::sleep(hold_ms * 1_000_000);
     t.finish()
 }
 
