@@ -19,7 +19,7 @@
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::sched::ShutdownReason;
-use guest_abi::types::{DomId, Port};
+use guest_abi::types::{DomId, Port, VcpuId};
 use pv_guest_kernel::test::Reporter;
 use pv_guest_kernel::{StartInfo, events, println, smp, time};
 
@@ -65,7 +65,7 @@ fn victim(mut r: Reporter) -> ! {
     }
 }
 
-fn sender_vcpu(_v: u32) -> ! {
+fn sender_vcpu(_v: VcpuId) -> ! {
     while !STOP.load(Ordering::SeqCst) {
         let p = PORT.load(Ordering::SeqCst);
         if p == 0 {
@@ -101,8 +101,8 @@ fn let_it_send() -> bool {
 
 fn sender(mut r: Reporter, victims: u16) -> ! {
     smp::init().expect("smp");
-    let stack = smp::alloc_stack(16 * 1024);
-    if let Err(e) = smp::start(1, sender_vcpu, stack) {
+    let stack = smp::alloc_stack(16 * 1024).expect("a vCPU stack");
+    if let Err(e) = smp::start(VcpuId(1), sender_vcpu, stack) {
         r.fail("start", format_args!("{e:?}"));
         r.finish()
     }
