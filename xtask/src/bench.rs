@@ -78,7 +78,7 @@ const TPUT_CALLS: u64 = 2_000_000;
 const TPUT_BATCHES: u64 = 1_000;
 /// Boots of each throughput configuration, alternating; the best of each
 /// counts (the host's other load only ever slows a boot down).
-const TPUT_REPEAT: usize = 2;
+const TPUT_REPEAT: usize = 3;
 
 /// The throughput boot (`-smp 2`, no icount): two bench guests, one per CPU
 /// (`spread`) or both on cpu 0.
