@@ -78,7 +78,7 @@ const TPUT_CALLS: u64 = 2_000_000;
 const TPUT_BATCHES: u64 = 1_000;
 /// Boots of each throughput configuration, alternating; the best of each
 /// counts (the host's other load only ever slows a boot down).
-const TPUT_REPEAT: usize = 3;
+const TPUT_REPEAT: usize = 5;
 
 /// The throughput boot (`-smp 2`, no icount): two bench guests, one per CPU
 /// (`spread`) or both on cpu 0.
@@ -272,6 +272,13 @@ fn aggregate_rate(phases: &[Phase], op: &str) -> Option<f64> {
 /// The throughput rows: the same two domains on two CPUs, then both on
 /// cpu 0, `TPUT_REPEAT` times, each boot alone on the host (wall clock).
 fn throughput(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
+    // The host's load decides these figures as much as the hypervisor: say
+    // what it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     // [spread, packed]: each boot's phases.
     let mut phases: [Vec<Vec<Phase>>; 2] = [Vec::new(), Vec::new()];
     for i in 0..TPUT_REPEAT {
@@ -310,7 +317,7 @@ fn throughput(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, Str
             format!("{:.2}", best(&two) / best(&one)),
         ]);
         run.notes.push(format!(
-            "bench: {what} of two domains, {unit}/s (wall clock, no icount, a shared host; best of each counts): one per CPU {}, both on cpu 0 {}",
+            "bench: {what} of two domains, {unit}/s (wall clock, no icount; {cores} host cores, load average {load} before; best of each counts): one per CPU {}, both on cpu 0 {}",
             list(&two),
             list(&one)
         ));
