@@ -432,8 +432,14 @@ fn connect(peer: u16) -> Result<u32, String> {
 }
 
 /// `connect`, with the port's handler.
+/// Gives up after 10,000 tries and 10 s of system time both (without
+/// icount a peer on another CPU may start late: its CPU is a host thread).
 fn connect_with(peer: u16, h: events::PortHandler) -> Result<u32, String> {
-    for _ in 0..10_000 {
+    let t0 = time::now_ns();
+    for i in 0u64.. {
+        if i >= 10_000 && time::now_ns() - t0 > 10_000_000_000 {
+            break;
+        }
         match events::bind_interdomain(peer, 1, h) {
             Ok(port) => {
                 events::clear(port);
