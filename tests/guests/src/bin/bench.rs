@@ -431,8 +431,7 @@ fn connect(peer: u16) -> Result<u32, String> {
     connect_with(peer, on_pong)
 }
 
-/// `connect`, with the port's handler.
-/// Gives up after 10,000 tries and 10 s of system time both (without
+/// `connect`, with the port's handler. Gives up after 10,000 tries and 10 s of system time both (without
 /// icount a peer on another CPU may start late: its CPU is a host thread).
 fn connect_with(peer: u16, h: events::PortHandler) -> Result<u32, String> {
     let t0 = time::now_ns();
@@ -554,11 +553,13 @@ fn smp_rows(si: &'static StartInfo) -> Result<(), String> {
     Ok(())
 }
 
-/// vCPU 1's loop in `rows=tlb`: spins in the guest (so its CPU holds this
-/// domain's translations) until told to stop, then goes down.
+/// Rounds of vCPU 1's loop in `rows=tlb`.
 static SPINS: AtomicU64 = AtomicU64::new(0);
+/// Set to 1 to end that loop.
 static STOP: AtomicU64 = AtomicU64::new(0);
 
+/// vCPU 1's loop in `rows=tlb`: spins in the guest (so its CPU holds this
+/// domain's translations) until told to stop, then goes down.
 fn spinner(_vcpu: u32) -> ! {
     while STOP.load(Ordering::Acquire) == 0 {
         SPINS.fetch_add(1, Ordering::Relaxed);
@@ -694,7 +695,7 @@ fn tput(si: &'static StartInfo) -> Result<(), String> {
         .and_then(|v| v.parse::<u16>().ok())
         .ok_or("want peer=DOMID")?;
     let lead = num("lead", 0)? == 1;
-    let (calls, batches) = (num("calls", 2_000_000)?, num("batches", 2_000)?);
+    let (calls, batches) = (num("calls", 2_000_000)?, num("batches", 1_000)?);
     // The follower's first event-channel operation: its port 1.
     let port = if lead {
         let p = connect_with(peer, on_tput)?;
