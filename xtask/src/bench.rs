@@ -6,6 +6,14 @@
 //! table sets Xen's figure beside ours for every row. A last boot runs the
 //! hypercall fuzzer (hcfuzz, seed 1, 20000 calls) alone for its row: mean
 //! virtual ns per fuzzed call, and a note with its calls per second.
+//!
+//! The SMP rows (issue 13) come from three more boots with `-smp 2`: the
+//! event ping-pong across CPUs and the remote TLB shootdown under icount
+//! (instructions of both CPUs, which QEMU then runs round-robin), and the
+//! throughput of two independent domains on two CPUs against both pinned
+//! to one, without icount (MTTCG: one host thread per CPU; wall clock, so
+//! those two boots run alone, after the others, and are as noisy as the
+//! host).
 
 use crate::qemu::{Accel, Boot};
 use std::path::Path;
@@ -54,6 +62,34 @@ fn multi_manifest() -> String {
     m
 }
 
+/// The SMP ping-pong boot (`-smp 2`, icount): the bench guest and a pong
+/// domain on cpu 0, a second pong on cpu 1 that also answers polling.
+const SMP_MANIFEST: &str = "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\ncpus = 0\ncmdline = rows=smp near=1 peer=2\nexpect = poweroff\n\n\
+     [domain near]\nimage = benchpeer\nmemory = 8M\ncpus = 0\ncmdline = role=pong peer=0 yields=0 linger=1\n\n\
+     [domain far]\nimage = benchpeer\nmemory = 8M\ncpus = 1\ncmdline = role=pong peer=0 spins=1040 yields=0 linger=1\n";
+
+/// The remote TLB shootdown boot (`-smp 2`, icount): the bench guest with
+/// two vCPUs, one spinning on each CPU.
+const TLB_MANIFEST: &str = "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nvcpus = 2\ncmdline = rows=tlb\nexpect = poweroff\n";
+
+/// Null hypercalls and 512-entry mmu_update batches each throughput domain
+/// makes (each phase one to three seconds of wall clock under MTTCG).
+const TPUT_CALLS: u64 = 2_000_000;
+const TPUT_BATCHES: u64 = 1_000;
+/// Boots of each throughput configuration, alternating; the best of each
+/// counts (the host's other load only ever slows a boot down).
+const TPUT_REPEAT: usize = 5;
+
+/// The throughput boot (`-smp 2`, no icount): two bench guests, one per CPU
+/// (`spread`) or both on cpu 0.
+fn tput_manifest(spread: bool, calls: u64, batches: u64) -> String {
+    let other = if spread { 1 } else { 0 };
+    format!(
+        "[domain a]\nimage = bench\nmemory = 16M\ncpus = 0\ncmdline = rows=tput lead=1 peer=1 calls={calls} batches={batches}\n\n\
+         [domain b]\nimage = bench\nmemory = 16M\ncpus = {other}\ncmdline = rows=tput lead=0 peer=0 calls={calls} batches={batches}\n"
+    )
+}
+
 /// The block benchmark boot: the service domain (its direct-access
 /// baseline first) and the blkbench guest on a fresh disk image.
 const BLK_MANIFEST: &str = "[domain service]\nimage = service\nmemory = 16M\nmaxmem = 24M\nprivileged = true\nservice = true\ncmdline = vbd=blkbench bench=1\n\n\
@@ -91,11 +127,26 @@ fn boot_microvisor(
     manifest: &str,
     name: &str,
 ) -> Result<Run, String> {
+    boot_microvisor_on(kdir, out_dir, timeout, manifest, name, 1, true).map(|(r, _)| r)
+}
+
+/// `boot_microvisor` on `cpus` CPUs, with or without icount; also returns
+/// the serial log.
+fn boot_microvisor_on(
+    kdir: &Path,
+    out_dir: &Path,
+    timeout: Duration,
+    manifest: &str,
+    name: &str,
+    cpus: u32,
+    icount: bool,
+) -> Result<(Run, String), String> {
     let bundle = crate::scenario::make_bundle(manifest, kdir, &Default::default())?;
     let bpath = out_dir.join(format!("{name}.cpio"));
     std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
     let kernel = crate::qemu::kernel_path(kdir);
-    let boot = measuring_boot(&kernel, &bpath, true, timeout);
+    let mut boot = measuring_boot(&kernel, &bpath, icount, timeout);
+    boot.cpus = cpus;
     let disk = out_dir.join(format!("{name}.disk"));
     let with_disk = manifest.contains("image = service");
     if with_disk {
@@ -112,13 +163,14 @@ fn boot_microvisor(
     let out = boot.run_with(&extras)?;
     std::fs::write(out_dir.join(format!("{name}.log")), &out.serial).map_err(|e| e.to_string())?;
     let run = parse(&out.serial);
-    if run.rows.is_empty() || out.exit_code != Some(33) {
+    let tput = out.serial.contains("TPUT|");
+    if (run.rows.is_empty() && !tput) || out.exit_code != Some(33) {
         return Err(format!(
             "error: the benchmark guest did not finish cleanly on the microvisor (exit {:?}, timed out {}); see target/bench/{name}.log",
             out.exit_code, out.timed_out
         ));
     }
-    Ok(run)
+    Ok((run, out.serial))
 }
 
 /// The fuzzer's throughput boot: the hcfuzz guest alone, a fixed seed and
@@ -126,25 +178,150 @@ fn boot_microvisor(
 /// second).
 const FUZZ_MANIFEST: &str = "[domain hcfuzz]\nimage = hcfuzz\nmemory = 8M\ncmdline = seed=1 calls=20000 every=1000000 bench=1\n";
 
+/// Every icount boot of the microvisor: the one-domain, multi-domain and
+/// SMP boots at once (icount figures do not depend on the host's load),
+/// then the block and fuzzer boots.
 fn on_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
     let single =
         "[domain bench]\nimage = bench\nmemory = 16M\nprivileged = true\nexpect = poweroff\n";
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot_microvisor(kdir, out_dir, timeout, single, "bench"));
-        let b =
-            s.spawn(|| boot_microvisor(kdir, out_dir, timeout, &multi_manifest(), "bench-multi"));
-        (a.join(), b.join())
+    let multi = multi_manifest();
+    let boots: [(&str, &str, u32); 4] = [
+        (single, "bench", 1),
+        (&multi, "bench-multi", 1),
+        (SMP_MANIFEST, "bench-smp", 2),
+        (TLB_MANIFEST, "bench-tlb", 2),
+    ];
+    let runs: Vec<Result<Run, String>> = std::thread::scope(|s| {
+        let threads: Vec<_> = boots
+            .iter()
+            .map(|&(m, name, cpus)| {
+                s.spawn(move || {
+                    boot_microvisor_on(kdir, out_dir, timeout, m, name, cpus, true).map(|(r, _)| r)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("error: benchmark thread panicked".to_string()))
+            })
+            .collect()
     });
-    let mut run = a.map_err(|_| "error: benchmark thread panicked".to_string())??;
-    let multi = b.map_err(|_| "error: benchmark thread panicked".to_string())??;
-    run.rows.extend(multi.rows);
-    run.notes.extend(multi.notes);
+    let mut run = Run {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    for r in runs {
+        let r = r?;
+        run.rows.extend(r.rows);
+        run.notes.extend(r.notes);
+    }
     let blk = boot_microvisor(kdir, out_dir, timeout, BLK_MANIFEST, "bench-blk")?;
     run.rows.extend(blk.rows);
     run.notes.extend(blk.notes);
     let fuzz = boot_microvisor(kdir, out_dir, timeout, FUZZ_MANIFEST, "bench-fuzz")?;
     run.rows.extend(fuzz.rows);
     run.notes.extend(fuzz.notes);
+    Ok(run)
+}
+
+/// One phase of a throughput boot as a domain printed it:
+/// `TPUT|op|count|start ns|end ns` (system time).
+#[derive(Debug, PartialEq)]
+struct Phase {
+    op: String,
+    count: u64,
+    start: u64,
+    end: u64,
+}
+
+fn tput_phases(serial: &str) -> Vec<Phase> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let (_, r) = l.trim_end_matches('\r').split_once("TPUT|")?;
+            let f: Vec<&str> = r.split('|').map(str::trim).collect();
+            let [op, count, start, end] = f.as_slice() else {
+                return None;
+            };
+            Some(Phase {
+                op: op.to_string(),
+                count: count.parse().ok()?,
+                start: start.parse().ok()?,
+                end: end.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Operations per second of `op` over both domains: all their operations
+/// over the span from the first start to the last end. None unless exactly
+/// two domains reported it.
+fn aggregate_rate(phases: &[Phase], op: &str) -> Option<f64> {
+    let of: Vec<&Phase> = phases.iter().filter(|p| p.op == op).collect();
+    if of.len() != 2 {
+        return None;
+    }
+    let start = of.iter().map(|p| p.start).min()?;
+    let end = of.iter().map(|p| p.end).max()?;
+    let ops: u64 = of.iter().map(|p| p.count).sum();
+    (end > start).then(|| ops as f64 * 1e9 / (end - start) as f64)
+}
+
+/// The throughput rows: the same two domains on two CPUs, then both on
+/// cpu 0, `TPUT_REPEAT` times, each boot alone on the host (wall clock).
+fn throughput(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
+    // The host's load decides these figures as much as the hypervisor: say
+    // what it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // [spread, packed]: each boot's phases.
+    let mut phases: [Vec<Vec<Phase>>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..TPUT_REPEAT {
+        for (spread, cfg) in [(true, "2cpu"), (false, "1cpu")] {
+            let m = tput_manifest(spread, TPUT_CALLS, TPUT_BATCHES);
+            let name = format!("bench-tput-{cfg}-{}", i + 1);
+            let (_, serial) = boot_microvisor_on(kdir, out_dir, timeout, &m, &name, 2, false)?;
+            phases[usize::from(!spread)].push(tput_phases(&serial));
+        }
+    }
+    let mut run = Run {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    for (op, what, unit) in [
+        ("null", "null hypercalls", "calls"),
+        ("mmu512", "512-entry mmu_update batches", "batches"),
+    ] {
+        let rates = |boots: &[Vec<Phase>]| -> Option<Vec<f64>> {
+            boots.iter().map(|p| aggregate_rate(p, op)).collect()
+        };
+        let (Some(two), Some(one)) = (rates(&phases[0]), rates(&phases[1])) else {
+            return Err(format!(
+                "error: a throughput boot did not report its {what}; see target/bench/bench-tput-*.log"
+            ));
+        };
+        let best = |r: &[f64]| r.iter().copied().fold(0.0, f64::max);
+        let list = |r: &[f64]| {
+            r.iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        run.rows.push(vec![
+            format!("two domains' {what}: throughput on 2 CPUs / on 1 (MTTCG, wall clock)"),
+            format!("{:.2}", best(&two) / best(&one)),
+        ]);
+        run.notes.push(format!(
+            "bench: {what} of two domains, {unit}/s (wall clock, no icount; {cores} host cores, load average {load} before; best of each counts): one per CPU {}, both on cpu 0 {}",
+            list(&two),
+            list(&one)
+        ));
+    }
     Ok(run)
 }
 
@@ -176,7 +353,10 @@ fn on_xen(xen: &Path, kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<
 pub fn bench(kdir: &Path, timeout: Duration) -> Result<bool, String> {
     let out_dir = crate::root().join("target/bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    let run = on_microvisor(kdir, &out_dir, timeout)?;
+    let mut run = on_microvisor(kdir, &out_dir, timeout)?;
+    let tput = throughput(kdir, &out_dir, timeout)?;
+    run.rows.extend(tput.rows);
+    run.notes.extend(tput.notes);
     println!(
         "microvisor benchmarks: QEMU TCG, -icount shift=0 (1 instruction = 1 virtual ns), -cpu {CPU}"
     );
@@ -218,16 +398,21 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
                 .unwrap_or_else(|_| Err("error: the Xen benchmark thread panicked".into())),
         )
     });
-    let mv = mv?;
+    let mut mv = mv?;
+    // After the Xen boot: the throughput boots need the host to themselves.
+    let tput = throughput(kdir, &out_dir, timeout)?;
+    mv.rows.extend(tput.rows);
+    mv.notes.extend(tput.notes);
     let xen_ok = xn.is_ok();
     let (xrows, xnotes) = match xn {
         Ok(r) => (r.rows, r.notes),
         Err(e) => (Vec::new(), vec![e]),
     };
+    // A figure is an instruction count, or (the throughput rows) a ratio.
     let figure = |rows: &[Vec<String>], name: &str| {
         rows.iter()
             .find(|r| r.first().is_some_and(|n| n == name))
-            .and_then(|r| r.get(1)?.parse::<u64>().ok())
+            .and_then(|r| r.get(1).cloned())
     };
     let mut names: Vec<&str> = Vec::new();
     for r in mv.rows.iter().chain(&xrows) {
@@ -257,17 +442,17 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
         "",
         w2 = w + 2
     );
-    let show = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
+    let count = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<u64>().ok());
     for name in names {
         let (x, m) = (figure(&xrows, name), figure(&mv.rows, name));
-        let ratio = match (x, m) {
+        let ratio = match (count(&x), count(&m)) {
             (Some(x), Some(m)) if x > 0 => format!("{:.2}", m as f64 / x as f64),
             _ => "n/a".into(),
         };
         println!(
             "| {name:<w$} | {:>9} | {:>10} | {ratio:>6} |",
-            show(x),
-            show(m)
+            x.as_deref().unwrap_or("n/a"),
+            m.as_deref().unwrap_or("n/a")
         );
     }
     for n in &xnotes {
@@ -277,4 +462,49 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
         println!("microvisor: {n}");
     }
     Ok(xen_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "(d0 a) TPUT|null|100|1000|2000\r\n(d1 b) TPUT|null|100|1500|3000\n\
+                       (d0 a) TPUT|mmu512|10|4000|5000\nTPUT|broken|x|1|2\n";
+
+    #[test]
+    fn phases_are_parsed_and_bad_lines_skipped() {
+        let p = tput_phases(LOG);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[1],
+            Phase {
+                op: "null".into(),
+                count: 100,
+                start: 1500,
+                end: 3000
+            }
+        );
+    }
+
+    #[test]
+    fn aggregate_spans_first_start_to_last_end() {
+        let p = tput_phases(LOG);
+        // 200 calls in 2000 ns.
+        assert_eq!(aggregate_rate(&p, "null"), Some(1e8));
+        // One domain only: no figure.
+        assert_eq!(aggregate_rate(&p, "mmu512"), None);
+        assert_eq!(aggregate_rate(&p, "other"), None);
+    }
+
+    #[test]
+    fn tput_manifests_pin_as_named() {
+        let spread = tput_manifest(true, 5, 6);
+        let packed = tput_manifest(false, 5, 6);
+        for (m, b_cpu) in [(&spread, 1), (&packed, 0)] {
+            let parsed = microvisor_core::manifest::parse(m).expect("manifest");
+            assert_eq!(parsed.domains().len(), 2);
+            assert!(m.contains(&format!("cpus = {b_cpu}\ncmdline = rows=tput lead=0")));
+            assert!(m.contains("calls=5 batches=6"));
+        }
+    }
 }

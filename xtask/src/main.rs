@@ -204,7 +204,9 @@ const HELP: &str = "usage: cargo xtask <command> [options]
   test --on-xen [--accel ..] [--filter TEXT]
                                  single-domain scenarios on the microvisor and on
                                  real Xen 4.17, compared (tests/xen-allowlist.toml)
-  bench [--vs-xen]               benchmarks under -icount shift=0 (beside real Xen's)
+  bench [--vs-xen]               benchmarks under -icount shift=0 (beside real Xen's),
+                                 SMP rows on 2 CPUs; two domains' throughput on 2 CPUs
+                                 vs 1 (MTTCG, wall clock)
   profile [--manifest FILE] [--at SYMBOL] [--when GDB-CONDITION] [--skip N]
           [--steps N] [--guest IMAGE]
                                  single-step one operation under gdb (needs gdb) and

@@ -441,6 +441,7 @@ pub fn ensure(explicit: Option<&Path>) -> Result<(), String> {
 }
 
 /// One QEMU boot.
+#[derive(Clone)]
 pub struct Boot<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
@@ -557,6 +558,18 @@ fn found_since(hay: &[u8], from: usize, needle: &[u8]) -> bool {
 }
 
 impl Boot<'_> {
+    /// `-accel`'s value. Several CPUs under TCG without icount run on one
+    /// host thread each (MTTCG, QEMU's default there, said explicitly:
+    /// `cargo xtask bench`'s throughput rows depend on it); with icount
+    /// QEMU runs them round-robin on one thread.
+    fn accel_arg(&self) -> &'static str {
+        match self.accel {
+            Accel::Tcg if self.cpus > 1 && !self.icount => "tcg,thread=multi",
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+
     /// The QEMU command line, with any extra devices.
     pub fn command_with(&self, extras: &Extras) -> Command {
         let mut c = Command::new(binary());
@@ -574,13 +587,7 @@ impl Boot<'_> {
             "-nographic",
             "-no-reboot",
         ])
-        .args([
-            "-accel",
-            match self.accel {
-                Accel::Tcg => "tcg",
-                Accel::Kvm => "kvm",
-            },
-        ])
+        .args(["-accel", self.accel_arg()])
         .args(["-cpu", self.cpu])
         .args(["-smp", &self.cpus.max(1).to_string()])
         .args(["-m", &format!("{}M", self.memory_mib)])
@@ -1029,5 +1036,17 @@ mod tests {
             "the disk only adds arguments"
         );
         assert_eq!(with[plain.len()..], disk_args(Path::new("d.disk"))[..]);
+        // One host thread per CPU only where there are several and no icount.
+        let accel = |cpus: u32, icount: bool| {
+            Boot {
+                cpus,
+                icount,
+                ..boot.clone()
+            }
+            .accel_arg()
+        };
+        assert_eq!(accel(1, false), "tcg");
+        assert_eq!(accel(2, false), "tcg,thread=multi");
+        assert_eq!(accel(2, true), "tcg");
     }
 }

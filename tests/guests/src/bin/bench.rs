@@ -53,6 +53,33 @@
 //!
 //! Without `peer=` the multi-domain rows are not printed at all.
 //!
+//! Three more modes are the SMP rows (issue 13; `cargo xtask bench` boots
+//! each with `-smp 2`), and print nothing else:
+//!
+//! - `rows=smp near=N peer=M` (this domain pinned to cpu 0): the event
+//!   ping-pong round trip with a pong domain on the same CPU (`near`, pinned
+//!   to cpu 0 too), then across CPUs with one pinned to cpu 1 (`peer`):
+//!   first both sides blocking (the woken CPU comes out of halt), then both
+//!   polling with events on (the event reaches a running vCPU through the
+//!   reschedule IPI); the far pong needs `spins=1040`. Under `-icount` QEMU
+//!   runs the CPUs round-robin on one thread and virtual time advances with
+//!   the instructions of both, so a cross-CPU figure counts the
+//!   instructions both CPUs execute in a round trip (a halted CPU executes
+//!   none; the spin loops `pause`, which hands QEMU to the other CPU).
+//! - `rows=tlb` (a domain with `vcpus = 2` on 2 CPUs): vCPU 1 spins in the
+//!   guest on the other CPU while vCPU 0 times `MMUEXT_TLB_FLUSH_LOCAL`
+//!   (no other CPU involved) and `MMUEXT_TLB_FLUSH_MULTI` /
+//!   `MMUEXT_INVLPG_MULTI` naming vCPU 1 (a shootdown IPI to its CPU,
+//!   waited for).
+//! - `rows=tput peer=N lead=0|1 [calls=C] [batches=B]`: one of two
+//!   independent domains (`lead=1` binds to port 1 of the other, `lead=0`
+//!   allocates it) doing `C` null hypercalls, then `B` 512-entry mmu_update
+//!   batches, each phase started together by an event handshake (and a
+//!   last one before either ends). Each phase prints
+//!   `TPUT|op|count|start ns|end ns` in system time; xtask runs the pair on
+//!   two CPUs and pinned to one (MTTCG, no icount: wall clock) and reports
+//!   the aggregate throughput ratio.
+//!
 //! The page-table rows map and unmap scratch pages of this image's .bss
 //! (each back to its own frame, `P|RW|U`), alternating, and report the mean
 //! of the two plus each half on its own row; the L1 entries' machine
@@ -181,6 +208,21 @@ fn main(si: &'static StartInfo) {
             false
         }
     };
+    if matches!(rows, "smp" | "tlb" | "tput") {
+        if !events_ok {
+            println!("bench: the {rows} rows need events: skipped");
+            return;
+        }
+        let r = match rows {
+            "smp" => smp_rows(si),
+            "tlb" => tlb_rows(),
+            _ => tput(si),
+        };
+        if let Err(e) = r {
+            println!("bench: {rows} rows skipped: {e}");
+        }
+        return;
+    }
     // Let every other domain run until it blocks, then meet the pong domain.
     let channel = match peer {
         Some(p) if events_ok => {
@@ -386,8 +428,18 @@ fn on_pong(_port: pv_guest_kernel::Port) {
 /// Binds to port 1 of the pong domain (its first allocation); returns our
 /// end, with the pending bit the bind sets cleared.
 fn connect(peer: u16) -> Result<u32, String> {
-    for _ in 0..10_000 {
-        match events::bind_interdomain(guest_abi::types::DomId(peer), Port(1), on_pong) {
+    connect_with(peer, on_pong)
+}
+
+/// `connect`, with the port's handler. Gives up after 10,000 tries and 10 s of system time both (without
+/// icount a peer on another CPU may start late: its CPU is a host thread).
+fn connect_with(peer: u16, h: impl events::IntoHandler + Copy) -> Result<u32, String> {
+    let t0 = time::now_ns();
+    for i in 0u64.. {
+        if i >= 10_000 && time::now_ns() - t0 > 10_000_000_000 {
+            break;
+        }
+        match events::bind_interdomain(guest_abi::types::DomId(peer), Port(1), h) {
             Ok(port) => {
                 events::clear(port);
                 return Ok(port.0);
@@ -405,12 +457,35 @@ fn connect(peer: u16) -> Result<u32, String> {
 /// Round trips over the channel, then yields with the pong domain, which
 /// yields back after it has answered every event (benchpeer.rs).
 fn multi_rows(port: u32) {
+    let rtt = round_trips::<false>(port);
+    println!("BENCH|interdomain event ping-pong round trip (block + upcall)|{rtt}");
+    let y2 = measure(|| {
+        let _ = hypercall::sched_yield();
+    });
+    println!("BENCH|sched_op yield round trip between two domains|{y2}");
+    println!(
+        "BENCH|domain switch (half that round trip: one yield + one switch)|{}",
+        y2 / 2
+    );
+}
+
+/// Instructions per round trip over `port` (16 warm-up rounds, then 1024
+/// timed): send, then wait for the peer's answer, blocking (`POLL` false:
+/// events off, check, `SCHEDOP_block`) or polling with events on (`POLL`
+/// true; the peer must poll too, benchpeer's `spins`).
+fn round_trips<const POLL: bool>(port: u32) -> u64 {
     const WARM: u64 = 16;
     const ROUNDS: u64 = 1024;
     PONGS.store(0, Ordering::SeqCst);
     events::enable();
     let round = |i: u64| {
         let _ = events::send(Port(port));
+        if POLL {
+            while PONGS.load(Ordering::SeqCst) < i {
+                core::hint::spin_loop();
+            }
+            return;
+        }
         loop {
             events::disable();
             if PONGS.load(Ordering::SeqCst) >= i {
@@ -430,15 +505,242 @@ fn multi_rows(port: u32) {
     }
     let rtt = (rdtsc() - t0) / ROUNDS;
     events::disable();
-    println!("BENCH|interdomain event ping-pong round trip (block + upcall)|{rtt}");
-    let y2 = measure(|| {
-        let _ = hypercall::sched_yield();
-    });
-    println!("BENCH|sched_op yield round trip between two domains|{y2}");
-    println!(
-        "BENCH|domain switch (half that round trip: one yield + one switch)|{}",
-        y2 / 2
+    rtt
+}
+
+/// The bare syscall baseline of this boot (instructions per round trip).
+fn baseline() -> u64 {
+    let empty = empty_loop();
+    measure(bare_syscall).saturating_sub(empty)
+}
+
+/// `rows=smp`: the ping-pong round trip on one CPU of two, and across CPUs
+/// (the peers are pinned by the manifest: this domain and `near` to cpu 0,
+/// `peer` to cpu 1).
+fn smp_rows(si: &'static StartInfo) -> Result<(), String> {
+    let id = |k: &str| {
+        scenario_guests::arg(si, k)
+            .and_then(|v| v.parse::<u16>().ok())
+            .ok_or(format!("want {k}=DOMID"))
+    };
+    let (near, far) = (id("near")?, id("peer")?);
+    settle();
+    let base = baseline();
+    println!("BENCH|bare syscall/sysret round trip (baseline), 2 CPUs|{base}");
+    let near_port = connect(near)?;
+    row(
+        "interdomain event ping-pong round trip, both on one CPU of 2",
+        round_trips::<false>(near_port),
+        base,
     );
+    let far_port = connect(far)?;
+    row(
+        "interdomain event ping-pong round trip across CPUs (block + IPI + upcall)",
+        round_trips::<false>(far_port),
+        base,
+    );
+    row(
+        "interdomain event ping-pong round trip across CPUs, both polling (IPI + upcall)",
+        round_trips::<true>(far_port),
+        base,
+    );
+    // The pongs wait for this (`linger=1`): had they ended after their last
+    // answer, the teardown of a domain would have been timed in the last
+    // round.
+    for port in [near_port, far_port] {
+        events::send(Port(port)).map_err(|e| format!("send: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// Rounds of vCPU 1's loop in `rows=tlb`.
+static SPINS: AtomicU64 = AtomicU64::new(0);
+/// Set to 1 to end that loop.
+static STOP: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU 1's loop in `rows=tlb`: spins in the guest (so its CPU holds this
+/// domain's translations) until told to stop, then goes down.
+fn spinner(_vcpu: guest_abi::types::VcpuId) -> ! {
+    while STOP.load(Ordering::Acquire) == 0 {
+        SPINS.fetch_add(1, Ordering::Relaxed);
+        // `pause`: under QEMU's round-robin TCG it lets the other CPU run.
+        core::hint::spin_loop();
+    }
+    pv_guest_kernel::smp::down_self()
+}
+
+/// `rows=tlb`: TLB flushes with vCPU 1 running on the other CPU.
+fn tlb_rows() -> Result<(), String> {
+    use guest_abi::mmu::{MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_TLB_FLUSH_MULTI};
+    use pv_guest_kernel::{mm, smp};
+    smp::init().map_err(|e| format!("smp::init: {e:?}"))?;
+    smp::start(
+        guest_abi::types::VcpuId(1),
+        spinner,
+        smp::alloc_stack(16 * 1024).map_err(|e| format!("stack: {e:?}"))?,
+    )
+    .map_err(|e| format!("starting vCPU 1: {e:?}"))?;
+    // vCPU 1 runs beside this one when its count moves while this vCPU
+    // never enters the hypervisor.
+    let seen = SPINS.load(Ordering::Relaxed);
+    let mut beside = false;
+    for _ in 0..100_000_000u64 {
+        if SPINS.load(Ordering::Relaxed) > seen + 64 {
+            beside = true;
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    let stop = || {
+        STOP.store(1, Ordering::Release);
+        while hypercall::vcpu_is_up(VcpuId(1)) == Ok(true) {
+            core::hint::spin_loop();
+        }
+    };
+    if !beside {
+        stop();
+        return Err(String::from("vCPU 1 never ran beside vCPU 0"));
+    }
+    let empty = empty_loop();
+    let base = measure(bare_syscall).saturating_sub(empty);
+    println!("BENCH|bare syscall/sysret round trip (baseline), 2 vCPUs on 2 CPUs|{base}");
+    // Xen reads the mask (a bitmap of vCPUs) through this pointer.
+    let mask: u64 = 1 << 1;
+    let mask_ptr = (&raw const mask) as u64;
+    let va = (&raw const SPINS) as u64;
+    let mut failed = None;
+    // Only TLB flushes: nothing in the address space changes.
+    let mut op = |name: &'static str, cmd: u32, arg1: u64, arg2: u64| {
+        // SAFETY: a TLB flush changes no mapping.
+        if let Err(e) = unsafe { mm::mmuext(cmd, arg1, arg2) } {
+            failed.get_or_insert(format!("{name}: {e:?}"));
+            return None;
+        }
+        Some(
+            measure(|| {
+                // SAFETY: as above.
+                let _ = unsafe { mm::mmuext(cmd, arg1, arg2) };
+            })
+            .saturating_sub(empty),
+        )
+    };
+    let rows = [
+        (
+            "mmuext TLB_FLUSH_LOCAL, the other vCPU running on the other CPU",
+            op("TLB_FLUSH_LOCAL", MMUEXT_TLB_FLUSH_LOCAL, 0, 0),
+        ),
+        (
+            "remote TLB shootdown: mmuext TLB_FLUSH_MULTI naming a vCPU on the other CPU",
+            op("TLB_FLUSH_MULTI", MMUEXT_TLB_FLUSH_MULTI, 0, mask_ptr),
+        ),
+        (
+            "remote TLB shootdown: mmuext INVLPG_MULTI naming a vCPU on the other CPU",
+            op("INVLPG_MULTI", MMUEXT_INVLPG_MULTI, va, mask_ptr),
+        ),
+    ];
+    let running = hypercall::vcpu_is_up(VcpuId(1)) == Ok(true);
+    stop();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if !running {
+        return Err(String::from("vCPU 1 went down during the measurement"));
+    }
+    for (name, n) in rows {
+        row(name, n.unwrap_or(0), base);
+    }
+    Ok(())
+}
+
+/// Events the other throughput domain sent (`rows=tput`).
+static TPUT_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+fn on_tput(_port: Port) {
+    TPUT_EVENTS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Waits (blocking) until the other domain has sent `n` events.
+fn wait_events(n: u64) {
+    loop {
+        events::disable();
+        if TPUT_EVENTS.load(Ordering::SeqCst) >= n {
+            events::enable();
+            return;
+        }
+        let _ = hypercall::sched_block();
+    }
+}
+
+/// Start of phase `k` of `rows=tput`, for both domains at once: the
+/// follower says it is ready and waits for the go; the leader waits for
+/// ready, then says go. The leader's first event (its hello once bound,
+/// before which the follower's sends would be dropped) counts as one of
+/// the follower's. Each event is sent only after the other side counted
+/// the one before, so no two ever merge in one pending bit.
+fn start_phase(port: u32, lead: bool, k: u64) -> Result<(), String> {
+    let send = || events::send(Port(port)).map_err(|e| format!("send: {e:?}"));
+    if lead {
+        wait_events(k);
+        send()
+    } else {
+        send()?;
+        wait_events(k + 1);
+        Ok(())
+    }
+}
+
+/// `rows=tput`: null hypercalls, then 512-entry mmu_update batches, each
+/// phase started with the other domain; prints each phase's system time.
+fn tput(si: &'static StartInfo) -> Result<(), String> {
+    let num = |k: &str, d: u64| {
+        scenario_guests::arg(si, k).map_or(Ok(d), |v| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{k}= must be a number"))
+        })
+    };
+    let peer = scenario_guests::arg(si, "peer")
+        .and_then(|v| v.parse::<u16>().ok())
+        .ok_or("want peer=DOMID")?;
+    let lead = num("lead", 0)? == 1;
+    let (calls, batches) = (num("calls", 2_000_000)?, num("batches", 1_000)?);
+    // The follower's first event-channel operation: its port 1.
+    let port = if lead {
+        let p = connect_with(peer, on_tput)?;
+        events::enable();
+        events::send(Port(p)).map_err(|e| format!("send: {e:?}"))?;
+        p
+    } else {
+        let p = events::alloc_unbound(guest_abi::types::DomId(peer), on_tput)
+            .map_err(|e| format!("alloc_unbound: {e:?}"))?;
+        events::enable();
+        // Until the leader has bound its end, sends would be dropped.
+        wait_events(1);
+        p.0
+    };
+    let sc = Scratch::new(si)?;
+    start_phase(port, lead, 1)?;
+    let t0 = time::now_ns();
+    for _ in 0..calls {
+        page_xen_version();
+    }
+    let t1 = time::now_ns();
+    println!("TPUT|null|{calls}|{t0}|{t1}");
+    start_phase(port, lead, 2)?;
+    let t0 = time::now_ns();
+    for i in 0..batches {
+        let reqs = if i % 2 == 0 { &sc.unmap } else { &sc.map };
+        sc.update(reqs).map_err(|e| format!("mmu_update: {e:?}"))?;
+    }
+    let t1 = time::now_ns();
+    // Leave every scratch page mapped, as the image was loaded.
+    let _ = sc.update(&sc.map);
+    println!("TPUT|mmu512|{batches}|{t0}|{t1}");
+    // Neither domain ends before the other is done: a domain's teardown
+    // (scrubbing its memory) would be timed in the other's phase when they
+    // share a CPU, and not when they do not.
+    start_phase(port, lead, 3)?;
+    events::disable();
+    Ok(())
 }
 
 /// An IPI port (loopback: a send notifies the sender), masked in shared

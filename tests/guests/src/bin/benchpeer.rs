@@ -9,10 +9,14 @@
 //!   channel is its port 1 (the lowest port; the bench guest binds to it).
 //!   It then answers exactly `rounds` events (default 1040: the bench
 //!   guest's 16 warm-up plus 1024 timed round trips), waiting as a kernel
-//!   does (events off, check, `SCHEDOP_block`, upcall), then calls
-//!   `SCHEDOP_yield` `yields` times (default 8192: more than the bench
-//!   guest's 16 + 4096 timed yields, so it is still there to yield back to
-//!   when that measurement ends) and powers off.
+//!   does (events off, check, `SCHEDOP_block`, upcall), then `spins` more
+//!   (default 0) polling with events on instead of blocking (the SMP boot's
+//!   cross-CPU round trip into a running vCPU), then calls `SCHEDOP_yield`
+//!   `yields` times (default 8192: more than the bench guest's 16 + 4096
+//!   timed yields, so it is still there to yield back to when that
+//!   measurement ends) and powers off; with `linger=1` it first waits for
+//!   one more event (the SMP boot's pongs: so that no domain ends, and is
+//!   torn down, while the bench guest still measures).
 #![no_std]
 #![no_main]
 
@@ -33,36 +37,57 @@ fn block_forever() -> ! {
     }
 }
 
+/// Waits as a kernel does until `n` events came: events off, check,
+/// `SCHEDOP_block` (which re-enables delivery atomically: an event that
+/// arrived after the check makes it return at once), upcall.
+fn wait_for(n: u64) {
+    loop {
+        events::disable();
+        if EVENTS.load(Ordering::SeqCst) >= n {
+            events::enable();
+            return;
+        }
+        let _ = guest_abi::hypercall::sched_block();
+    }
+}
+
 fn pong(si: &StartInfo) -> Result<(), &'static str> {
     let num = |k: &str, d: u64| arg(si, k).map_or(Some(d), |v| v.parse::<u64>().ok());
     let peer = arg(si, "peer")
         .and_then(|v| v.parse::<u16>().ok())
         .ok_or("want peer=N")?;
-    let (Some(rounds), Some(yields)) = (num("rounds", 1040), num("yields", 8192)) else {
-        return Err("rounds= and yields= must be numbers");
+    let (Some(rounds), Some(spins), Some(yields), Some(linger)) = (
+        num("rounds", 1040),
+        num("spins", 0),
+        num("yields", 8192),
+        num("linger", 0),
+    ) else {
+        return Err("rounds=, spins=, yields= and linger= must be numbers");
     };
     events::init().map_err(|_| "events::init failed")?;
     // First event-channel operation: the channel is port 1.
     let port = events::alloc_unbound(guest_abi::types::DomId(peer), on_event)
         .map_err(|_| "alloc_unbound failed")?;
     println!(
-        "benchpeer: pong on port {port} for domain {peer}: {rounds} rounds, then {yields} yields"
+        "benchpeer: pong on port {port} for domain {peer}: {rounds} rounds, {spins} polling, then {yields} yields"
     );
     for i in 1..=rounds {
-        loop {
-            events::disable();
-            if EVENTS.load(Ordering::SeqCst) >= i {
-                events::enable();
-                break;
-            }
-            // Re-enables delivery atomically: an event that arrived after
-            // the check makes this return at once.
-            let _ = guest_abi::hypercall::sched_block();
+        wait_for(i);
+        events::send(port).map_err(|_| "send failed")?;
+    }
+    // Events stay on: the upcall arrives while this loop runs.
+    for i in rounds + 1..=rounds + spins {
+        while EVENTS.load(Ordering::SeqCst) < i {
+            // `pause`: under QEMU's round-robin TCG it lets the other CPU run.
+            core::hint::spin_loop();
         }
         events::send(port).map_err(|_| "send failed")?;
     }
     for _ in 0..yields {
         let _ = guest_abi::hypercall::sched_yield();
+    }
+    if linger == 1 {
+        wait_for(rounds + spins + 1);
     }
     println!(
         "benchpeer: answered {} events, yielded {yields} times",
