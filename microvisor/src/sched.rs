@@ -133,7 +133,8 @@ pub fn wake(hv: &mut Hv, i: usize) {
 }
 
 /// With several CPUs: makes sure a CPU notices vCPU `i` (just woken, or
-/// with an upcall due): the CPU that holds it, else the idle ones.
+/// with an upcall due): the CPU that holds it, else the idle ones it may
+/// run on.
 pub fn kick_for(hv: &Hv, i: usize) {
     if !crate::arch::smp::active() {
         return;
@@ -141,7 +142,15 @@ pub fn kick_for(hv: &Hv, i: usize) {
     if hv.running & (1u64 << i) != 0 {
         crate::arch::smp::kick(hv.vcpus[i].processor);
     } else {
-        crate::arch::smp::kick_idle();
+        // Only CPUs it may run on (its domain's `cpus`).
+        let bit = 1u64 << (i % 64);
+        let cpus = hv
+            .affine
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| *a & bit != 0)
+            .fold(0u64, |m, (c, _)| m | 1u64 << (c % 64));
+        crate::arch::smp::kick_idle(cpus);
     }
 }
 

@@ -348,13 +348,16 @@ pub fn kick(cpu: u32) {
     }
 }
 
-/// Wakes the idle CPUs (work became runnable).
-pub fn kick_idle() {
+/// Wakes the idle CPUs among `cpus` (bit c: CPU c), those that may run
+/// the work that became runnable.
+pub fn kick_idle(cpus: u64) {
     if !active() {
         return;
     }
     for c in others() {
-        if c.vcpu.load(Ordering::Acquire) == super::percpu::NO_VCPU {
+        if cpus & (1u64 << (c.cpu.load(Ordering::Relaxed) % 64)) != 0
+            && c.vcpu.load(Ordering::Acquire) == super::percpu::NO_VCPU
+        {
             crate::arch::apic::send_fixed(c.apic_id.load(Ordering::Relaxed), RESCHED_VECTOR);
         }
     }
