@@ -56,7 +56,7 @@ static HEADS: [[AtomicU32; QUEUES]; VCPUS] =
 
 /// The 32-bit word at byte `off` of a page of ours mapped writable at `va`.
 fn at(va: u64, off: u64) -> &'static AtomicU32 {
-    debug_assert!(va != 0 && va % 4096 == 0 && off < 4096 && off % 4 == 0);
+    debug_assert!(va != 0 && va.is_multiple_of(4096) && off < 4096 && off.is_multiple_of(4));
     // SAFETY: `va` is a page this module allocated (mapped writable, never
     // freed) and `off` an aligned offset inside it; the hypervisor writes
     // the same words concurrently, which atomics allow.

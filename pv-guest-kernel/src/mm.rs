@@ -110,7 +110,7 @@ pub fn l1_entry_ma(l4: u64, va: u64) -> Option<u64> {
         }
         t = (e & ADDR) >> 12;
     }
-    Some((t << 12) | ((va >> 12) & 511) * 8)
+    Some((t << 12) | (((va >> 12) & 511) * 8))
 }
 
 /// The L1 entry currently mapping `va` (0 if none).
@@ -376,7 +376,7 @@ pub fn ensure_l1(va: u64) -> Result<u64, Errno> {
             let new = alloc_table()?;
             let mut b = Batch::new();
             // SAFETY: fills an empty entry: nothing was mapped there.
-            unsafe { b.push((t << 12) | idx * 8, PteFlags::TABLE.entry(new))? };
+            unsafe { b.push((t << 12) | (idx * 8), PteFlags::TABLE.entry(new))? };
             b.submit()?;
             new
         };
@@ -396,7 +396,7 @@ pub unsafe fn map_frames(va: u64, mfns: &[u64], flags: PteFlags) -> Result<(), E
         let v = va + i as u64 * PAGE;
         let l1 = ensure_l1(v)?;
         // SAFETY: the caller's contract covers every page from `va` on.
-        unsafe { b.push((l1 << 12) | ((v >> 12) & 511) * 8, flags.entry(mfn))? };
+        unsafe { b.push((l1 << 12) | (((v >> 12) & 511) * 8), flags.entry(mfn))? };
     }
     b.submit()
 }
@@ -428,12 +428,12 @@ pub fn clone_low_gib() -> Result<u64, Errno> {
         for j in 0..512u64 {
             let pte = entry(old_l1, j);
             if pte & P != 0 {
-                unsafe { b.push((l1 << 12) | j * 8, pte)? };
+                unsafe { b.push((l1 << 12) | (j * 8), pte)? };
             }
         }
         b.submit()?;
         pin(l1, 1)?;
-        unsafe { b.push((l2 << 12) | i * 8, PteFlags::TABLE.entry(l1))? };
+        unsafe { b.push((l2 << 12) | (i * 8), PteFlags::TABLE.entry(l1))? };
     }
     b.submit()?;
     pin(l2, 2)?;
@@ -525,7 +525,7 @@ pub fn map_io(ma: u64, pages: usize) -> Result<u64, Errno> {
         let v = va + i * PAGE;
         let l1 = ensure_l1(v)?;
         reqs.push(MmuUpdate {
-            ptr: (l1 << 12) | ((v >> 12) & 511) * 8,
+            ptr: (l1 << 12) | (((v >> 12) & 511) * 8),
             val: ((ma & ADDR) + i * PAGE) | PteFlags::IO.bits(),
         });
     }

@@ -63,7 +63,7 @@ impl MappedPage {
     }
 
     fn atomic_u32(&self, off: usize) -> Option<&AtomicU32> {
-        if !Self::in_page(off, 4) || off % 4 != 0 {
+        if !Self::in_page(off, 4) || !off.is_multiple_of(4) {
             return None;
         }
         // SAFETY: aligned and inside the mapped page; the peer writes it
@@ -85,7 +85,7 @@ impl SharedPage for MappedPage {
     fn read_bytes(&self, off: usize, out: &mut [u8]) {
         // Whole aligned words where possible (ring entries are), each read
         // once; bytes for the rest.
-        let words = if off % 8 == 0 && Self::in_page(off, out.len()) {
+        let words = if off.is_multiple_of(8) && Self::in_page(off, out.len()) {
             out.len() / 8
         } else {
             0
@@ -101,7 +101,7 @@ impl SharedPage for MappedPage {
         }
     }
     fn write_bytes(&self, off: usize, data: &[u8]) {
-        let words = if off % 8 == 0 && Self::in_page(off, data.len()) {
+        let words = if off.is_multiple_of(8) && Self::in_page(off, data.len()) {
             data.len() / 8
         } else {
             0
@@ -137,12 +137,12 @@ impl SharedPage for MappedPage {
 /// caller reserves, with no Rust reference covering it, and stay reserved
 /// for this page while the returned value lives.
 pub unsafe fn map_foreign(dom: DomId, mfn: u64, va: u64) -> Result<MappedPage, Errno> {
-    if va % PAGE as u64 != 0 {
+    if !va.is_multiple_of(PAGE as u64) {
         return Err(Errno::EINVAL);
     }
     let l1 = mm::ensure_l1(va)?;
     let req = [MmuUpdate {
-        ptr: (l1 << 12) | ((va >> 12) & 511) * 8,
+        ptr: (l1 << 12) | (((va >> 12) & 511) * 8),
         val: mm::PteFlags::DATA.entry(mfn),
     }];
     // SAFETY: the entry maps `va`, a window the caller reserves for this
@@ -158,7 +158,7 @@ pub fn unmap(page: MappedPage) -> Result<(), Errno> {
     let va = page.va;
     let l1 = mm::ensure_l1(va)?;
     let req = [MmuUpdate {
-        ptr: (l1 << 12) | ((va >> 12) & 511) * 8,
+        ptr: (l1 << 12) | (((va >> 12) & 511) * 8),
         val: 0,
     }];
     // SAFETY: clears the entry of a page we mapped; no reference into it

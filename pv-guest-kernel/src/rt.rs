@@ -12,7 +12,7 @@ static mut START_INFO: Option<&'static StartInfo> = None;
 pub fn start_info() -> &'static StartInfo {
     // SAFETY: written once in `start` before any other code of the guest runs;
     // the guest is single-threaded.
-    unsafe { *(&raw const START_INFO) }.expect("start_info is set before main runs")
+    unsafe { START_INFO }.expect("start_info is set before main runs")
 }
 
 unsafe extern "Rust" {
@@ -24,7 +24,7 @@ unsafe extern "Rust" {
 /// start_info page the hypervisor passed.
 pub fn start(si: &'static StartInfo) -> ! {
     // SAFETY: single-threaded start of day; nothing has read START_INFO yet.
-    unsafe { *(&raw mut START_INFO) = Some(si) };
+    unsafe { START_INFO = Some(si) };
     #[cfg(target_os = "none")]
     if let Err(e) = crate::mm::guard_boot_stack() {
         crate::println!("pv-guest-kernel: no guard page under the boot stack ({e})");

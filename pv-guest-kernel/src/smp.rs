@@ -50,8 +50,10 @@ static BLOCKS: [PerVcpu; MAX_VCPUS] = [const {
 /// Set by [`init`]: vCPU numbers come from the GS block (read by the
 /// event-return stub too).
 pub(crate) static ON: AtomicBool = AtomicBool::new(false);
+/// A secondary vCPU's entry function.
+type Entry = fn(VcpuId) -> !;
 /// Each secondary vCPU's entry function, set by [`start`].
-static ENTRIES: SpinLock<[Option<fn(VcpuId) -> !>; MAX_VCPUS]> = SpinLock::new([None; MAX_VCPUS]);
+static ENTRIES: SpinLock<[Option<Entry>; MAX_VCPUS]> = SpinLock::new([None; MAX_VCPUS]);
 
 /// Sets up per-vCPU data on vCPU 0 (its GS base points at its block).
 /// Call once, on vCPU 0, before [`start`].

@@ -507,12 +507,11 @@ pub(crate) extern "C" fn thread_entry(prev_rsp: u64) -> ! {
         let me = s.current;
         let t = s.cur();
         t.state = State::Exited;
-        if let Some(j) = t.joiner {
-            if let Some(jt) = s.get(j) {
-                if jt.state == State::Joining(me) {
-                    jt.state = State::Runnable;
-                }
-            }
+        if let Some(j) = t.joiner
+            && let Some(jt) = s.get(j)
+            && jt.state == State::Joining(me)
+        {
+            jt.state = State::Runnable;
         }
     });
     schedule();

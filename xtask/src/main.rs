@@ -14,6 +14,7 @@
 mod bench;
 mod build;
 mod bundle;
+mod clippy;
 mod differential;
 mod fuzz;
 mod hostfuzz;
@@ -467,36 +468,12 @@ fn test(o: &Opts) -> Result<bool, String> {
 
     if want("host-unit-tests") {
         println!("== host unit tests");
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args([
-                "test",
-                "-q",
-                "-p",
-                "guest-abi",
-                "-p",
-                "microvisor-core",
-                "-p",
-                "xtask",
-                "-p",
-                "xenstore",
-                "-p",
-                "blkback",
-                "-p",
-                "blkfront",
-                "-p",
-                "echoback",
-                "-p",
-                "echofront",
-                "-p",
-                "splitback",
-                "-p",
-                "splitfront",
-                "-p",
-                "counter",
-                "-p",
-                "pv-guest-kernel",
-            ])
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&root).args(["test", "-q"]);
+        for p in clippy::HOST_PACKAGES {
+            cmd.args(["-p", p]);
+        }
+        let st = cmd
             .status()
             .map_err(|e| format!("error: cannot run cargo test: {e}"))?;
         if st.success() {
@@ -548,6 +525,24 @@ fn test(o: &Opts) -> Result<bool, String> {
         } else {
             failed.push("rustfmt".into());
             println!("FAIL rustfmt (run `cargo fmt --all` here and in fuzz/)");
+        }
+    }
+    let mut checks_skipped = 0usize;
+    if want("clippy-host") {
+        println!("== clippy-host: cargo clippy -D warnings on the host crates");
+        match clippy::host(&root) {
+            clippy::Outcome::Pass => {
+                passed += 1;
+                println!("PASS clippy-host");
+            }
+            clippy::Outcome::Skip(why) => {
+                checks_skipped += 1;
+                println!("SKIP clippy-host ({why})");
+            }
+            clippy::Outcome::Fail(why) => {
+                failed.push("clippy-host".into());
+                println!("FAIL clippy-host: {why}");
+            }
         }
     }
     if want("no-vector-registers") {
@@ -636,7 +631,7 @@ fn test(o: &Opts) -> Result<bool, String> {
             });
         }
     });
-    let mut skipped = 0usize;
+    let mut skipped = checks_skipped;
     for (name, outcome) in results.into_inner().expect("results lock") {
         if outcome.is_none() {
             skipped += 1;
@@ -662,7 +657,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         && passed + failed.len() + skipped == 0
     {
         return Err(format!(
-            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, rustfmt, no-vector-registers, guest-lint or new-guest"
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, rustfmt, clippy-host, clippy-kernel, no-vector-registers, guest-lint or new-guest"
         ));
     }
     Ok(failed.is_empty())

@@ -41,7 +41,7 @@ fn base() -> u64 {
 /// An atomic view of the u64 at `offset` in shared info.
 #[inline]
 pub fn u64_at(offset: usize) -> &'static AtomicU64 {
-    assert!(offset % 8 == 0 && offset + 8 <= 4096);
+    assert!(offset.is_multiple_of(8) && offset + 8 <= 4096);
     // SAFETY: in bounds and aligned (checked); the page is mapped for the
     // guest's lifetime and every access to it is atomic.
     unsafe { AtomicU64::from_ptr((base() + offset as u64) as *mut u64) }
@@ -58,7 +58,7 @@ pub fn u8_at(offset: usize) -> &'static AtomicU8 {
 /// Reads the u32 at `offset` (volatile).
 #[inline]
 pub fn read_u32(offset: usize) -> u32 {
-    assert!(offset % 4 == 0 && offset + 4 <= 4096);
+    assert!(offset.is_multiple_of(4) && offset + 4 <= 4096);
     // SAFETY: in bounds and aligned (checked).
     unsafe { core::ptr::read_volatile((base() + offset as u64) as *const u32) }
 }

@@ -332,13 +332,13 @@ pub fn enter_user(rip: u64, rsp: u64) -> ! {
 /// Whether a fault now would be recovered by `try_call`.
 pub fn recovery_armed() -> bool {
     // SAFETY: single-threaded guest; plain read of a word.
-    unsafe { *(&raw const RECOVERY_RSP) != 0 }
+    unsafe { RECOVERY_RSP != 0 }
 }
 
 /// Redirects an interrupted context to the recovery point of `try_call`.
 pub fn redirect_to_recovery(frame: &mut TrapFrame) {
     // SAFETY: single-threaded guest; plain read of a word.
-    frame.rsp = unsafe { *(&raw const RECOVERY_RSP) };
+    frame.rsp = unsafe { RECOVERY_RSP };
     frame.rip = pv_try_recover as *const () as u64;
     // Resume in guest kernel mode (RPL 0 in the saved cs), whatever mode
     // the fault came from.

@@ -518,7 +518,7 @@ impl Fifo {
 /// Whether `offset` can hold a control block: the whole block inside the
 /// page and 8-byte aligned (Xen's two `EINVAL` checks, in its order).
 pub(super) const fn check_offset(offset: u32) -> Result<(), Errno> {
-    if offset > PAGE - CONTROL_BLOCK_SIZE || offset % 8 != 0 {
+    if offset > PAGE - CONTROL_BLOCK_SIZE || !offset.is_multiple_of(8) {
         return Err(Errno::EINVAL);
     }
     Ok(())

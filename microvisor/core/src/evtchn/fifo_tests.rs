@@ -526,11 +526,10 @@ proptest! {
                     outstanding.insert(b[i]);
                 }
                 Op::Mask(i) => set_word(&mut w, 0, b[i], |x| x | MASKED),
-                Op::GuestUnmask(i) => {
-                    if word(&w, 0, b[i]) & BUSY == 0 {
+                Op::GuestUnmask(i)
+                    if word(&w, 0, b[i]) & BUSY == 0 => {
                         set_word(&mut w, 0, b[i], |x| x & !MASKED);
                     }
-                }
                 Op::Unmask(i) => {
                     unmask(&mut w, 0, b[i]).unwrap();
                 }

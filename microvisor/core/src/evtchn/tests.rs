@@ -32,12 +32,12 @@ impl FakeBits {
 
     /// The word at byte `offset` of guest frame `mfn` (created zeroed).
     pub(super) fn word_mut(&mut self, mfn: u64, offset: u32) -> &mut u32 {
-        assert!(offset % 4 == 0 && offset < 4096, "offset {offset}");
+        assert!(offset.is_multiple_of(4) && offset < 4096, "offset {offset}");
         &mut self.frames.entry(mfn).or_insert_with(|| vec![0; 1024])[offset as usize / 4]
     }
 
     pub(super) fn word(&self, mfn: u64, offset: u32) -> u32 {
-        assert!(offset % 4 == 0 && offset < 4096, "offset {offset}");
+        assert!(offset.is_multiple_of(4) && offset < 4096, "offset {offset}");
         self.frames.get(&mfn).map_or(0, |f| f[offset as usize / 4])
     }
 

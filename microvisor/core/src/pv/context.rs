@@ -88,7 +88,7 @@ pub fn check(c: &VcpuGuestContext) -> Result<StartContext, Errno> {
         }
     }
     if c.ldt_ents > MAX_LDT_ENTRIES
-        || (c.ldt_ents != 0 && (c.ldt_base % 4096 != 0 || !guest_addr_ok(c.ldt_base)))
+        || (c.ldt_ents != 0 && (!c.ldt_base.is_multiple_of(4096) || !guest_addr_ok(c.ldt_base)))
     {
         return Err(Errno::EINVAL);
     }

@@ -1,0 +1,59 @@
+//! The suite's clippy steps: every crate linted with `-D warnings`, host
+//! crates with the installed `cargo clippy`, kernel crates for their own
+//! target (`x86_64-unknown-none`) with the clippy that matches the kernel
+//! compiler (rustup's, or Debian's `rust-web-clippy` beside `rustc-web`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// How a clippy step ended.
+pub enum Outcome {
+    Pass,
+    /// Not run, with the one-line reason.
+    Skip(String),
+    Fail(String),
+}
+
+/// Crates that build for the host (the host unit tests' packages).
+pub const HOST_PACKAGES: &[&str] = &[
+    "guest-abi",
+    "microvisor-core",
+    "xtask",
+    "xenstore",
+    "blkback",
+    "blkfront",
+    "echoback",
+    "echofront",
+    "splitback",
+    "splitfront",
+    "counter",
+    "pv-guest-kernel",
+];
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// `cargo clippy --all-targets -- -D warnings` on the host crates.
+pub fn host(root: &Path) -> Outcome {
+    let have = cargo()
+        .args(["clippy", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        return Outcome::Skip("no cargo clippy here: `rustup component add clippy`".into());
+    }
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["clippy", "-q", "--keep-going", "--all-targets"]);
+    for p in HOST_PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    match cmd.args(["--", "-D", "warnings"]).status() {
+        Ok(s) if s.success() => Outcome::Pass,
+        Ok(_) => Outcome::Fail("see the lints above".into()),
+        Err(e) => Outcome::Fail(format!("cannot run cargo clippy: {e}")),
+    }
+}
