@@ -3,6 +3,8 @@
 //! target (`x86_64-unknown-none`) with the clippy that matches the kernel
 //! compiler (rustup's, or Debian's `rust-web-clippy` beside `rustc-web`).
 
+use crate::build::{KERNEL_PACKAGES, KERNEL_RUSTFLAGS};
+use crate::toolchain::{self, KernelToolchain};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -55,5 +57,47 @@ pub fn host(root: &Path) -> Outcome {
         Ok(s) if s.success() => Outcome::Pass,
         Ok(_) => Outcome::Fail("see the lints above".into()),
         Err(e) => Outcome::Fail(format!("cannot run cargo clippy: {e}")),
+    }
+}
+
+/// `cargo check` of the kernel crates for `x86_64-unknown-none` (build-std,
+/// the kernel build's flags) with the matching clippy-driver as workspace
+/// wrapper and `-D warnings`, in `target/kernel-clippy` so the kernel
+/// build's own artifacts are never invalidated. Skipped when no matching
+/// clippy can be had.
+pub fn kernel(root: &Path, tc: &KernelToolchain) -> Outcome {
+    let driver = match toolchain::kernel_clippy(tc) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Skip(e.trim_start_matches("error: ").to_string()),
+    };
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["check", "-q", "--keep-going", "--release"])
+        .args(["--target", "x86_64-unknown-none"])
+        .args([
+            "-Zbuild-std=core,alloc",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .args(["--target-dir", "target/kernel-clippy"]);
+    for p in KERNEL_PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    // cargo-clippy's way of handing lint flags to clippy-driver.
+    cmd.env(
+        "CLIPPY_ARGS",
+        "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+    )
+    .env("RUSTC_WORKSPACE_WRAPPER", &driver)
+    .env("RUSTFLAGS", KERNEL_RUSTFLAGS)
+    .env("RUSTC_BOOTSTRAP", "1")
+    .env_remove("RUSTC_WRAPPER");
+    match &tc.rustc {
+        Some(rustc) => cmd.env("RUSTC", rustc),
+        None => cmd.env_remove("RUSTC"),
+    };
+    match cmd.status() {
+        Ok(s) if s.success() => Outcome::Pass,
+        Ok(_) => Outcome::Fail("see the lints above".into()),
+        Err(e) => Outcome::Fail(format!("cannot run cargo check: {e}")),
     }
 }

@@ -545,6 +545,23 @@ fn test(o: &Opts) -> Result<bool, String> {
             }
         }
     }
+    if want("clippy-kernel") {
+        println!("== clippy-kernel: clippy -D warnings on the kernel crates (x86_64-unknown-none)");
+        match toolchain::find().map(|tc| clippy::kernel(&root, &tc)) {
+            Ok(clippy::Outcome::Pass) => {
+                passed += 1;
+                println!("PASS clippy-kernel");
+            }
+            Ok(clippy::Outcome::Skip(why)) => {
+                checks_skipped += 1;
+                println!("SKIP clippy-kernel ({why})");
+            }
+            Ok(clippy::Outcome::Fail(why)) | Err(why) => {
+                failed.push("clippy-kernel".into());
+                println!("FAIL clippy-kernel: {why}");
+            }
+        }
+    }
     if want("no-vector-registers") {
         match check_no_vector_regs(&qemu::kernel_path(&kdir)) {
             Ok(()) => {

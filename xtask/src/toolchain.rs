@@ -73,12 +73,13 @@ fn run_capture(cmd: &mut Command) -> Option<String> {
 
 const FIX: &str = "run `rustup component add rust-src`, or on Debian 12 make `apt-get download rustc-web rust-web-src` work (apt-get update)";
 
-fn debian_pair() -> Result<PathBuf, String> {
+/// The rustc-web version apt would fetch.
+fn rustc_web_candidate() -> Result<String, String> {
     let policy =
         run_capture(Command::new("apt-cache").args(["policy", "rustc-web"])).ok_or_else(|| {
             format!("error: no Rust library source for build-std and no apt-cache: {FIX}")
         })?;
-    let version = policy
+    policy
         .lines()
         .find_map(|l| {
             l.trim()
@@ -86,7 +87,11 @@ fn debian_pair() -> Result<PathBuf, String> {
                 .map(|v| v.trim().to_string())
         })
         .filter(|v| v != "(none)")
-        .ok_or_else(|| format!("error: apt knows no rustc-web package: {FIX}"))?;
+        .ok_or_else(|| format!("error: apt knows no rustc-web package: {FIX}"))
+}
+
+fn debian_pair() -> Result<PathBuf, String> {
+    let version = rustc_web_candidate()?;
     let dir = cache_root()
         .join("toolchain")
         .join(version.replace([':', '~', '+'], "_"));
@@ -148,27 +153,9 @@ fn debian_pair() -> Result<PathBuf, String> {
         }
     }
     std::fs::remove_dir_all(&debs).ok();
-    let llvm_dirs: Vec<String> = std::fs::read_dir(root.join("usr/lib"))
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("llvm-"))
-        .collect();
-    let mut ld = vec![
-        dir.join("root/usr/lib/x86_64-linux-gnu")
-            .display()
-            .to_string(),
-    ];
-    ld.extend(llvm_dirs.iter().map(|d| {
-        dir.join("root/usr/lib")
-            .join(d)
-            .join("lib")
-            .display()
-            .to_string()
-    }));
+    let ld = ld_library_path(&root, &dir)?;
     let wrapper = format!(
-        "#!/bin/sh\nLD_LIBRARY_PATH={}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec {} \"$@\"\n",
-        ld.join(":"),
+        "#!/bin/sh\nLD_LIBRARY_PATH={ld}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec {} \"$@\"\n",
         dir.join("root/usr/bin/rustc").display()
     );
     write_exec(&tmp.join("rustc-wrapper"), &wrapper)?;
@@ -187,6 +174,113 @@ fn debian_pair() -> Result<PathBuf, String> {
         ));
     }
     Ok(dir)
+}
+
+/// The library path the unpacked toolchain under `root` needs once it lives
+/// in `dir` (its `root/`): Debian's multiarch directory and any LLVM one.
+fn ld_library_path(root: &Path, dir: &Path) -> Result<String, String> {
+    let llvm_dirs: Vec<String> = std::fs::read_dir(root.join("usr/lib"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("llvm-"))
+        .collect();
+    let mut ld = vec![
+        dir.join("root/usr/lib/x86_64-linux-gnu")
+            .display()
+            .to_string(),
+    ];
+    ld.extend(llvm_dirs.iter().map(|d| {
+        dir.join("root/usr/lib")
+            .join(d)
+            .join("lib")
+            .display()
+            .to_string()
+    }));
+    Ok(ld.join(":"))
+}
+
+/// The `clippy-driver` that matches the kernel compiler, to be cargo's
+/// `RUSTC_WORKSPACE_WRAPPER` (called with the rustc path first). rustup's
+/// when the kernels build with rustup's rustc; else Debian's
+/// `rust-web-clippy` of the same version as the unpacked `rustc-web`,
+/// fetched with `apt-get download` and unpacked beside it once. Err is a
+/// one-line reason it cannot be had.
+pub fn kernel_clippy(tc: &KernelToolchain) -> Result<PathBuf, String> {
+    let Some(rustc) = &tc.rustc else {
+        let driver = host_sysroot()?.join("bin/clippy-driver");
+        return if driver.exists() {
+            Ok(driver)
+        } else {
+            Err("no clippy-driver in the rustup toolchain: `rustup component add clippy`".into())
+        };
+    };
+    let dir = rustc
+        .parent()
+        .ok_or("the kernel rustc has no directory")?
+        .to_path_buf();
+    let wrapper = dir.join("clippy-wrapper");
+    if wrapper.exists() {
+        return Ok(wrapper);
+    }
+    let version = rustc_web_candidate()?;
+    let fix = format!("make `apt-get download rust-web-clippy={version}` work (apt-get update)");
+    let tmp = dir.join("clippy.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let debs = tmp.join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| format!("cannot create {}: {e}", debs.display()))?;
+    eprintln!(
+        "xtask: fetching Debian's rust-web-clippy {version} into {}",
+        dir.display()
+    );
+    let ok = Command::new("apt-get")
+        .arg("download")
+        .arg(format!("rust-web-clippy={version}"))
+        .current_dir(&debs)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Err(format!(
+            "apt-get download rust-web-clippy={version} failed: {fix}"
+        ));
+    }
+    for entry in std::fs::read_dir(&debs).map_err(|e| e.to_string())? {
+        let p = entry.map_err(|e| e.to_string())?.path();
+        let ok = Command::new("dpkg")
+            .arg("-x")
+            .arg(&p)
+            .arg(tmp.join("root"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("dpkg -x {} failed", p.display()));
+        }
+    }
+    std::fs::remove_dir_all(&debs).ok();
+    let unpacked = dir.join("clippy");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::rename(&tmp, &unpacked)
+        .map_err(|e| format!("cannot move clippy into {}: {e}", unpacked.display()))?;
+    // Cargo passes the rustc path first; Debian's clippy-driver recognises
+    // only a path named `rustc`, so the wrapper drops it.
+    let ld = ld_library_path(&dir.join("root"), &dir)?;
+    let text = format!(
+        "#!/bin/sh\nshift\nLD_LIBRARY_PATH={ld}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec {} \"$@\"\n",
+        unpacked.join("root/usr/bin/clippy-driver").display()
+    );
+    write_exec(&wrapper.with_extension("partial"), &text)?;
+    let ok = Command::new(wrapper.with_extension("partial"))
+        .args(["rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return Err(format!(
+            "the unpacked clippy-driver in {} does not run: remove it and retry",
+            unpacked.display()
+        ));
+    }
+    std::fs::rename(wrapper.with_extension("partial"), &wrapper).map_err(|e| e.to_string())?;
+    Ok(wrapper)
 }
 
 fn write_exec(path: &Path, text: &str) -> Result<(), String> {
