@@ -44,6 +44,8 @@ impl Frames {
 /// service domain itself), so start_info names a store and both ports.
 /// Returns the domain and the registers it starts with (for
 /// `entry::set_frame`).
+// The error is a fixed-size message (no heap at boot), built once per domain.
+#[allow(clippy::result_large_err)]
 pub fn build(
     id: u16,
     spec: &DomainSpec<'static>,
@@ -105,7 +107,7 @@ pub fn build(
     let others = nr_pages - p2m_frames;
     let stride = [7919u64, 7907, 7901, 1]
         .into_iter()
-        .find(|s| others % s != 0 || *s == 1)
+        .find(|s| !others.is_multiple_of(*s) || *s == 1)
         .unwrap_or(1);
     for j in 0..others {
         let k = (j * stride) % others;

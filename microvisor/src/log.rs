@@ -105,7 +105,7 @@ pub fn log(l: Level, args: fmt::Arguments) {
         Level::Info | Level::Debug => "",
     };
     let mut s = SERIAL.lock();
-    let _ = write!(s, "(MV) {tag}{args}\n");
+    let _ = writeln!(s, "(MV) {tag}{args}");
 }
 
 /// Writes raw text (crash reports) without a prefix, even if the lock is

@@ -37,7 +37,9 @@ static mut CMDLINE_LEN: usize = 0;
 /// The hypervisor's own command line (from PVH).
 pub fn boot_cmdline() -> &'static str {
     // SAFETY: written once at boot before any reader runs.
-    let (buf, len) = unsafe { (&*(&raw const CMDLINE), *(&raw const CMDLINE_LEN)) };
+    // Not clippy's `&STATIC`: a reference to a static mut is an error.
+    #[allow(clippy::deref_addrof)]
+    let (buf, len) = unsafe { (&*(&raw const CMDLINE), CMDLINE_LEN) };
     core::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
@@ -95,9 +97,11 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         let len = buf[..room].iter().position(|&b| b == 0).unwrap_or(room);
         // SAFETY: boot, single CPU, before any reader.
         unsafe {
+            // Not clippy's `&STATIC`: a reference to a static mut is an error.
+            #[allow(clippy::deref_addrof)]
             let dst = &mut *(&raw mut CMDLINE);
             dst[..len].copy_from_slice(&buf[..len]);
-            *(&raw mut CMDLINE_LEN) = len;
+            CMDLINE_LEN = len;
         }
     }
     log::configure(boot_cmdline());

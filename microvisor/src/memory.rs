@@ -92,7 +92,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             let mut done = start;
             while done < nr {
                 if done > start
-                    && (done - start) % PREEMPT_CHECK == 0
+                    && (done - start).is_multiple_of(PREEMPT_CHECK)
                     && crate::mmu::should_preempt(hv)
                 {
                     return Ok(Flow::Again([u64::from(op) | (done << 6), arg, 0, 0, 0]));

@@ -575,7 +575,7 @@ pub fn page_fault_error(d: &crate::domain::Vcpu, raw: u64) -> u64 {
 pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
     let d = policy::check_descriptor(desc)
-        .filter(|_| ma % 8 == 0)
+        .filter(|_| ma.is_multiple_of(8))
         .ok_or(Errno::EINVAL)?;
     let cur = hv.current;
     let dom = hv.cur_dom().id;
@@ -959,6 +959,8 @@ fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
 }
 
 /// What emulation decided.
+// `NotEmulated` names the decision better than a shortened variant would.
+#[allow(clippy::enum_variant_names)]
 pub enum Emulated {
     /// Done; resume the guest.
     Done,

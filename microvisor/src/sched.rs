@@ -82,7 +82,7 @@ fn vcpu_capped(hv: &Hv, i: usize) -> bool {
 /// Starts a new cap period when the old one is over.
 fn cap_period(hv: &mut Hv, now: u64) {
     // SAFETY-free static access: single CPU, called with the domain lock held.
-    let start = unsafe { *(&raw const CAP_PERIOD_START) };
+    let start = unsafe { CAP_PERIOD_START };
     if now.saturating_sub(start) >= CAP_PERIOD_NS {
         // Overrun past a cap (up to one tick) is carried into the next
         // period as debt, so the average share converges on the cap.
@@ -95,7 +95,7 @@ fn cap_period(hv: &mut Hv, now: u64) {
             d.period_used = d.period_used.saturating_sub(budget);
         }
         // SAFETY: single CPU, domain lock held.
-        unsafe { *(&raw mut CAP_PERIOD_START) = now };
+        unsafe { CAP_PERIOD_START = now };
     }
 }
 

@@ -291,7 +291,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     // (An offset that is not 8-byte aligned is refused too: the selector
     // word must be one aligned atomic word.)
     if u64::from(a.offset) > PAGE - 64
-        || a.offset % 8 != 0
+        || !a.offset.is_multiple_of(8)
         || v.info_mfn != 0
         || (vi != hv.current && v.state != RunState::Down)
     {

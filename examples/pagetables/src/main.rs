@@ -61,8 +61,8 @@ fn main(si: &'static StartInfo) {
         let _ = l4e;
         // The L3 of the first 512 GiB is the target of L4 entry 0.
         let cr3_l4 = mm::current_l4_mfn();
-        let e = unsafe_free_read(cr3_l4);
-        e
+
+        unsafe_free_read(cr3_l4)
     };
     let mut b = Batch::new();
     // SAFETY: fills empty entries (the region's new tables): nothing was

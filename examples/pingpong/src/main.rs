@@ -239,10 +239,9 @@ fn ping(t: &mut Reporter, peer: u16, rounds: u64, wait: Wait) {
             format_args!("{} replies to {rounds} pings", end.received()),
         ),
     }
-    if done > 0 {
+    if let Some(avg) = sum.checked_div(done) {
         println!(
-            "pingpong: {done} round trips, min {min} ns, avg {} ns, max {max} ns (wait={wait:?})",
-            sum / done
+            "pingpong: {done} round trips, min {min} ns, avg {avg} ns, max {max} ns (wait={wait:?})"
         );
     }
     let extra = end.extra(rounds);

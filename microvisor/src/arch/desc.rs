@@ -123,13 +123,19 @@ pub fn init() {
         super::percpu::install(me, 0, 0);
         me.gdt.store((&raw const GDT) as u64, Ordering::Relaxed);
         me.tss.store((&raw const TSS) as u64, Ordering::Relaxed);
+        // Not clippy's `&STATIC`: a reference to a static mut is an error.
+        #[allow(clippy::deref_addrof)]
         let gdt = &mut *(&raw mut GDT);
         gdt.0[FIRST_RESERVED + 1] = 0x00AF_9A00_0000_FFFF; // 0xe008 ring-0 code64
         gdt.0[FIRST_RESERVED + 2] = 0x00CF_9200_0000_FFFF; // 0xe010 ring-0 data
         gdt.0[FIRST_RESERVED + 4] = 0x00CF_FA00_0000_FFFF; // 0xe023 ring-3 code32
         gdt.0[FIRST_RESERVED + 5] = 0x00CF_F200_0000_FFFF; // 0xe02b ring-3 data
         gdt.0[FIRST_RESERVED + 6] = 0x00AF_FA00_0000_FFFF; // 0xe033 ring-3 code64
+        // Not clippy's `&STATIC`: a reference to a static mut is an error.
+        #[allow(clippy::deref_addrof)]
         let tss = &mut *(&raw mut TSS);
+        // Not clippy's `&STATIC`: a reference to a static mut is an error.
+        #[allow(clippy::deref_addrof)]
         let stacks = &*(&raw const IST_STACKS);
         for (i, s) in stacks.iter().enumerate() {
             tss.ist[i] = s.0.as_ptr() as u64 + size_of::<Stack>() as u64;
@@ -145,6 +151,8 @@ pub fn init() {
         gdt.0[FIRST_RESERVED + 8] = base >> 32;
         load_gdt_and_tss((&raw const GDT) as u64);
 
+        // Not clippy's `&STATIC`: a reference to a static mut is an error.
+        #[allow(clippy::deref_addrof)]
         let idt = &mut *(&raw mut IDT);
         let stubs = (&raw const trap_stubs) as u64;
         for (v, g) in idt.iter_mut().enumerate() {
@@ -290,6 +298,8 @@ pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
     // boot).
     unsafe {
         let mine = &mut *(gdt as *mut Gdt);
+        // Not clippy's `&STATIC`: a reference to a static mut is an error.
+        #[allow(clippy::deref_addrof)]
         let bsp = &*(&raw const GDT);
         mine.0[FIRST_RESERVED..].copy_from_slice(&bsp.0[FIRST_RESERVED..]);
         let t = &mut *(tss as *mut Tss);

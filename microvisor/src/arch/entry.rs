@@ -70,6 +70,8 @@ impl TrapFrame {
     };
 
     /// True when the frame was interrupted in ring 3 (a guest).
+    // A predicate ("did this frame come from a guest"), not a constructor.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_guest(&self) -> bool {
         self.cs & 3 == 3
     }
@@ -339,7 +341,7 @@ struct Frames([TrapFrame; NR_FRAMES]);
 struct IdleStack([u8; 16384]);
 static mut IDLE_STACK: IdleStack = IdleStack([0; 16384]);
 
-const _: () = assert!(core::mem::size_of::<TrapFrame>() % 16 == 0);
+const _: () = assert!(core::mem::size_of::<TrapFrame>().is_multiple_of(16));
 
 unsafe extern "C" {
     fn return_to_guest() -> !;

@@ -43,7 +43,7 @@ fn write(chip: usize, reg: u32, v: u32) {
 /// Lines of chip `chip` (0 if absent).
 fn lines(chip: usize) -> u32 {
     // SAFETY: written once by `init`, before any reader.
-    unsafe { (*(&raw const PRESENT))[chip] }
+    unsafe { PRESENT[chip] }
 }
 
 /// Maps both I/O APICs and masks every line. Returns how many GSIs exist.
@@ -58,7 +58,7 @@ pub fn init() -> u32 {
             ((ver >> 16) & 0xff) + 1
         };
         // SAFETY: boot, single CPU, before any reader.
-        unsafe { (*(&raw mut PRESENT))[chip] = n.min(24) };
+        unsafe { PRESENT[chip] = n.min(24) };
         for pin in 0..n.min(24) {
             write(chip, 0x10 + 2 * pin, 1 << 16);
         }
@@ -90,7 +90,7 @@ pub fn route(gsi: u32) -> bool {
     write(
         chip,
         0x10 + 2 * pin,
-        (1 << 16) | level | u32::from(VECTOR_BASE) + gsi,
+        (1 << 16) | level | (u32::from(VECTOR_BASE) + gsi),
     );
     true
 }

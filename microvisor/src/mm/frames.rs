@@ -80,8 +80,8 @@ pub fn init(nr_frames: u64) {
     }
     // SAFETY: boot, single CPU, before any reader.
     unsafe {
-        *(&raw mut M2P_BASE_PA) = m2p * PAGE;
-        *(&raw mut M2P_ENTRIES) = nr_frames;
+        M2P_BASE_PA = m2p * PAGE;
+        M2P_ENTRIES = nr_frames;
     }
     *FT.lock() = Some(FrameTable::new(pages, slots));
 }
@@ -89,7 +89,7 @@ pub fn init(nr_frames: u64) {
 /// Sets M2P[mfn] = pfn (the hypervisor's copy, read by guests).
 pub fn set_m2p(mfn: u64, pfn: u64) {
     // SAFETY: written once at boot.
-    let (base, n) = unsafe { (*(&raw const M2P_BASE_PA), *(&raw const M2P_ENTRIES)) };
+    let (base, n) = unsafe { (M2P_BASE_PA, M2P_ENTRIES) };
     if mfn < n {
         write_u64(base + mfn * 8, pfn);
     }

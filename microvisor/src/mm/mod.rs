@@ -30,13 +30,15 @@ static mut MAX_PHYS: u64 = 0;
 /// Creates the frame allocator (every frame initially used).
 pub fn init_allocator(nr_frames: u64) {
     // SAFETY: called once at boot before anything else uses BITMAP.
+    // Not clippy's `&STATIC`: a reference to a static mut is an error.
+    #[allow(clippy::deref_addrof)]
     let bits: &'static mut [u64] = unsafe { &mut *(&raw mut BITMAP) };
     *ALLOC.lock() = Some(
         FrameAllocator::new(bits, nr_frames.min(MAX_FRAMES as u64))
             .expect("bitmap sized for MAX_FRAMES"),
     );
     // SAFETY: single CPU, boot time.
-    unsafe { *(&raw mut MAX_PHYS) = nr_frames.min(MAX_FRAMES as u64) * PAGE };
+    unsafe { MAX_PHYS = nr_frames.min(MAX_FRAMES as u64) * PAGE };
 }
 
 /// Runs `f` with the frame allocator.
@@ -56,13 +58,13 @@ pub fn alloc_zeroed() -> Option<u64> {
 #[inline]
 pub fn max_phys() -> u64 {
     // SAFETY: written once at boot.
-    unsafe { *(&raw const MAX_PHYS) }
+    unsafe { MAX_PHYS }
 }
 
 #[inline]
 fn ptr(pa: u64) -> *mut u8 {
     // SAFETY: DIRECTMAP_READY only changes once at boot.
-    if unsafe { *(&raw const DIRECTMAP_READY) } {
+    if unsafe { DIRECTMAP_READY } {
         (DIRECTMAP_BASE + pa) as *mut u8
     } else {
         pa as *mut u8
@@ -71,7 +73,7 @@ fn ptr(pa: u64) -> *mut u8 {
 
 pub(crate) fn set_directmap_ready() {
     // SAFETY: single CPU, boot time, right after the CR3 switch.
-    unsafe { *(&raw mut DIRECTMAP_READY) = true };
+    unsafe { DIRECTMAP_READY = true };
 }
 
 #[inline]
@@ -109,7 +111,7 @@ pub fn read_phys(pa: u64, out: &mut [u8]) {
 #[inline]
 pub fn read_u64(pa: u64) -> u64 {
     check(pa, 8);
-    assert!(pa % 8 == 0);
+    assert!(pa.is_multiple_of(8));
     // SAFETY: aligned, inside RAM (checked). Volatile: guests may change it.
     unsafe { core::ptr::read_volatile(ptr(pa) as *const u64) }
 }
@@ -117,7 +119,7 @@ pub fn read_u64(pa: u64) -> u64 {
 /// An aligned u64 of RAM shared with a guest, for atomic bit operations.
 pub fn atomic_u64(pa: u64) -> &'static core::sync::atomic::AtomicU64 {
     check(pa, 8);
-    assert!(pa % 8 == 0);
+    assert!(pa.is_multiple_of(8));
     // SAFETY: aligned, inside RAM (checked) and mapped for the hypervisor's
     // lifetime; the guest may write it concurrently, which atomics allow.
     unsafe { core::sync::atomic::AtomicU64::from_ptr(ptr(pa) as *mut u64) }
@@ -126,7 +128,7 @@ pub fn atomic_u64(pa: u64) -> &'static core::sync::atomic::AtomicU64 {
 /// An aligned u32 of RAM shared with a guest, for atomic operations.
 pub fn atomic_u32(pa: u64) -> &'static core::sync::atomic::AtomicU32 {
     check(pa, 4);
-    assert!(pa % 4 == 0);
+    assert!(pa.is_multiple_of(4));
     // SAFETY: aligned, inside RAM (checked) and mapped for the hypervisor's
     // lifetime; the guest may write it concurrently, which atomics allow.
     unsafe { core::sync::atomic::AtomicU32::from_ptr(ptr(pa) as *mut u32) }
@@ -135,7 +137,7 @@ pub fn atomic_u32(pa: u64) -> &'static core::sync::atomic::AtomicU32 {
 /// An aligned u16 of RAM shared with a guest, for atomic operations.
 pub fn atomic_u16(pa: u64) -> &'static core::sync::atomic::AtomicU16 {
     check(pa, 2);
-    assert!(pa % 2 == 0);
+    assert!(pa.is_multiple_of(2));
     // SAFETY: as for `atomic_u32`.
     unsafe { core::sync::atomic::AtomicU16::from_ptr(ptr(pa) as *mut u16) }
 }
@@ -178,7 +180,7 @@ impl SharedFrame {
         check(mfn * PAGE, PAGE);
         // SAFETY: the direct map is the only way frames are reached from here on.
         assert!(
-            unsafe { *(&raw const DIRECTMAP_READY) },
+            unsafe { DIRECTMAP_READY },
             "shared frame before the direct map"
         );
         // SAFETY: a page-aligned RAM frame inside the direct map (checked),
@@ -304,7 +306,7 @@ impl Default for SlotCell {
 #[inline]
 pub fn write_u64(pa: u64, v: u64) {
     check(pa, 8);
-    assert!(pa % 8 == 0);
+    assert!(pa.is_multiple_of(8));
     // SAFETY: aligned, inside RAM (checked).
     unsafe { core::ptr::write_volatile(ptr(pa) as *mut u64, v) }
 }

@@ -33,7 +33,7 @@ static mut LDT_L1: u64 = 0;
 
 fn ldt_l1() -> u64 {
     // SAFETY: written once at boot.
-    unsafe { *(&raw const LDT_L1) }
+    unsafe { LDT_L1 }
 }
 
 /// CPUs with an LDT window of their own (the L1 under `LDT_VA` has 512
@@ -68,7 +68,7 @@ pub fn set_ldt_page(i: usize, mfn: u64) {
     let e = if mfn == 0 {
         0
     } else {
-        mfn * PAGE | P | RW | A | D | NX
+        (mfn * PAGE) | P | RW | A | D | NX
     };
     let at = ldt_l1() + (ldt_slot0() + i as u64) * 8;
     if read_u64(at) != e {
@@ -89,7 +89,7 @@ unsafe extern "C" {
 /// Physical address of the hypervisor's L4.
 pub fn hv_l4() -> u64 {
     // SAFETY: written once at boot.
-    unsafe { *(&raw const HV_L4) }
+    unsafe { HV_L4 }
 }
 
 /// The hypervisor's entry for L4 slot `i` (256..=271), to copy into guest L4s.
@@ -209,8 +209,8 @@ pub fn init(max_phys: u64) {
     );
     // SAFETY: single CPU, boot time.
     unsafe {
-        *(&raw mut HV_L4) = l4;
-        *(&raw mut LDT_L1) = ldt_l1;
+        HV_L4 = l4;
+        LDT_L1 = ldt_l1;
     }
     // Global pages survive guest CR3 switches.
     cpu::cr4_set(1 << 7);

@@ -47,11 +47,11 @@ fn main(_si: &'static StartInfo) {
     // tables that nothing used before.
     for &l1 in &l1s {
         for j in 0..512u64 {
-            ok &= unsafe { b.push((l1 << 12) | j * 8, (req_mfn << 12) | RO) }.is_ok();
+            ok &= unsafe { b.push((l1 << 12) | (j * 8), (req_mfn << 12) | RO) }.is_ok();
         }
     }
     for (i, &l1) in l1s.iter().enumerate() {
-        ok &= unsafe { b.push((l2 << 12) | (i as u64) * 8, (l1 << 12) | TABLE) }.is_ok();
+        ok &= unsafe { b.push((l2 << 12) | ((i as u64) * 8), (l1 << 12) | TABLE) }.is_ok();
     }
     let l3 = {
         let pfn = mm::mfn_to_pfn(l4);
@@ -59,7 +59,7 @@ fn main(_si: &'static StartInfo) {
         (unsafe { core::ptr::read_volatile((pfn * 4096) as *const u64) } & 0x000f_ffff_ffff_f000)
             >> 12
     };
-    ok &= unsafe { b.push((l3 << 12) | 2 * 8, (l2 << 12) | TABLE) }.is_ok();
+    ok &= unsafe { b.push((l3 << 12) | (2 * 8), (l2 << 12) | TABLE) }.is_ok();
     let r = b.submit();
     t.check("build-region", ok && r.is_ok(), format_args!("{r:?}"));
     // SAFETY: the region maps the request page 4096 times (read-only).

@@ -625,11 +625,14 @@ fn garbage(t: &mut Reporter, h: &mut Hostile) {
         };
         let mut sent = Vec::new();
         for k in 0..BLKIF_RING_SIZE {
-            let mut r = BlkifRequest::default();
-            r.operation = if k % 2 == 0 {
+            let operation = if k % 2 == 0 {
                 rng.byte() % 8
             } else {
                 rng.byte()
+            };
+            let mut r = BlkifRequest {
+                operation,
+                ..Default::default()
             };
             r.nr_segments = match rng.byte() % 4 {
                 0 => 0,

@@ -1111,7 +1111,7 @@ impl Gen<'_> {
                         } else {
                             self.mfn_dst()
                         };
-                        (t << 12) | self.r.below(512) * 8
+                        (t << 12) | (self.r.below(512) * 8)
                     } else {
                         self.va_map()
                     };
@@ -1122,7 +1122,7 @@ impl Gen<'_> {
                 }
                 1 => {
                     let host = if self.r.chance(30) {
-                        (self.w.sandbox_l1 << 12) | self.r.below(512) * 8
+                        (self.w.sandbox_l1 << 12) | (self.r.below(512) * 8)
                     } else {
                         self.va_map()
                     };
@@ -1599,12 +1599,12 @@ fn setup_huge(w: &World, mib: u64) -> Result<u64, Errno> {
     let mut b = mm::Batch::new();
     // SAFETY (both loops): the huge area's own fresh tables.
     for slot in 0..512u64 {
-        unsafe { b.push((l1 << 12) | slot * 8, (w.huge_mfn << 12) | DATA)? };
+        unsafe { b.push((l1 << 12) | (slot * 8), (w.huge_mfn << 12) | DATA)? };
     }
     for slot in 1..(mib / 2).clamp(1, 512) {
         unsafe {
             b.push(
-                (l2 << 12) | slot * 8,
+                (l2 << 12) | (slot * 8),
                 (l1 << 12) | scenario_guests::pte::TABLE,
             )?
         };
@@ -1678,6 +1678,8 @@ fn main(si: &'static StartInfo) {
     fill_canary(seed);
     let image = image_hash();
     // SAFETY: WORLD is written only here, before any other use.
+    // Not clippy's `&STATIC`: a reference to a static mut is an error.
+    #[allow(clippy::deref_addrof)]
     let w: &'static mut World = unsafe { &mut *(&raw mut WORLD) };
     w.huge = scenario_guests::arg(si, "huge") == Some("1");
     if let Err(e) = setup(si, w) {

@@ -63,7 +63,7 @@ fn main(si: &'static StartInfo) {
     );
     let _ = uvm(scratch, (scratch_mfn << 12) | DATA);
     // 4. A hypervisor L4 slot.
-    let r = mmu1((l4 << 12) | 256 * 8, (l4 << 12) | RO);
+    let r = mmu1((l4 << 12) | (256 * 8), (l4 << 12) | RO);
     t.check(
         "hv-l4-slot",
         r == Err(Errno::EINVAL) || r == Err(Errno::EPERM),
@@ -73,23 +73,23 @@ fn main(si: &'static StartInfo) {
     let l3 = (mm_entry(l4, 0) >> 12) & 0xff_ffff_ffff;
     let l2 = (mm_entry(l3, 0) >> 12) & 0xff_ffff_ffff;
     let r = mmu1(
-        (l2 << 12) | 100 * 8,
+        (l2 << 12) | (100 * 8),
         (mm::pfn_to_mfn(0) << 12) | DATA | 0x80,
     );
     t.check("pse-l2", r == Err(Errno::EINVAL), format_args!("{r:?}"));
     // 6. Linear page tables: read-write refused, read-only one level allowed.
-    let r = mmu1((l4 << 12) | 300 * 8, (l4 << 12) | TABLE);
+    let r = mmu1((l4 << 12) | (300 * 8), (l4 << 12) | TABLE);
     t.check("linear-rw", ebusy_or_einval(r), format_args!("{r:?}"));
-    let r = mmu1((l4 << 12) | 300 * 8, (l4 << 12) | RO);
+    let r = mmu1((l4 << 12) | (300 * 8), (l4 << 12) | RO);
     t.check("linear-ro", r.is_ok(), format_args!("{r:?}"));
     // 7. XSA-182: the read-only self-map made writable by a flag-only update.
-    let r = mmu1((l4 << 12) | 300 * 8, (l4 << 12) | TABLE);
+    let r = mmu1((l4 << 12) | (300 * 8), (l4 << 12) | TABLE);
     t.check(
         "xsa182-rw-fastpath",
         ebusy_or_einval(r),
         format_args!("{r:?}"),
     );
-    let r = mmu1((l4 << 12) | 300 * 8, 0);
+    let r = mmu1((l4 << 12) | (300 * 8), 0);
     t.check("linear-remove", r.is_ok(), format_args!("{r:?}"));
     // 8. NEW_BASEPTR to a frame full of garbage, and to a frame not ours.
     //    SAFETY: the scratch page is ours and mapped writable.

@@ -105,7 +105,7 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
     // As an L1 under an L2 slot, an L2 under an L3 slot, an L3 under an L4
     // slot (all slots unused, so nothing else changes if one were taken).
     let s2 = free_slot(l2, 1..512);
-    let r = mmu1((l2 << 12) | s2 * 8, (f << 12) | TABLE);
+    let r = mmu1((l2 << 12) | (s2 * 8), (f << 12) | TABLE);
     check(
         t,
         what,
@@ -114,7 +114,7 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
         format_args!("{r:?}"),
     );
     let s3 = free_slot(l3, 1..512);
-    let r = mmu1((l3 << 12) | s3 * 8, (f << 12) | TABLE);
+    let r = mmu1((l3 << 12) | (s3 * 8), (f << 12) | TABLE);
     check(
         t,
         what,
@@ -123,7 +123,7 @@ fn try_all_types(t: &mut Reporter, what: &str, f: u64) {
         format_args!("{r:?}"),
     );
     let s4 = free_slot(l4, 272..512);
-    let r = mmu1((l4 << 12) | s4 * 8, (f << 12) | TABLE);
+    let r = mmu1((l4 << 12) | (s4 * 8), (f << 12) | TABLE);
     check(
         t,
         what,
@@ -205,7 +205,7 @@ fn escape(t: &mut Reporter, si: &StartInfo) {
     let l3 = frame(entry(l4, 0));
     let l2 = frame(entry(l3, 0));
     let k = free_slot(l2, 1..512);
-    let link = mmu1((l2 << 12) | k * 8, (f << 12) | TABLE);
+    let link = mmu1((l2 << 12) | (k * 8), (f << 12) | TABLE);
     t.check(
         "escape-link-refused",
         link == Err(Errno::EINVAL),

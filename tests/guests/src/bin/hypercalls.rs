@@ -171,7 +171,9 @@ fn main(si: &'static StartInfo) {
     println!("Test result: {word}");
     let r = call3(29, 2, &reason as *const u32 as u64, 0);
     println!("FAIL shutdown returned {r}");
-    loop {}
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 pv_guest_kernel::main!(main);

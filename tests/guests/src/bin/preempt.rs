@@ -73,7 +73,7 @@ fn alias_page(fill: impl Fn(usize) -> u8) -> u64 {
     }
     let l4 = mm::current_l4_mfn();
     let r = [guest_abi::mmu::MmuUpdate {
-        ptr: (l4 << 12) | ALIAS_SLOT * 8,
+        ptr: (l4 << 12) | (ALIAS_SLOT * 8),
         val: (prev << 12) | TABLE,
     }];
     // SAFETY: links our own validated L3 into an unused L4 slot.
@@ -91,7 +91,9 @@ fn on_own_timer(_port: pv_guest_kernel::Port) {
     let n = OWN.fetch_add(1, Ordering::SeqCst) + 1;
     if n == OWN_TICKS {
         // SAFETY: set once before the timer started; only read here.
-        let (call, rep) = unsafe { (*(&raw const CALL), (*(&raw mut REPORTER)).take()) };
+        // Not clippy's `&STATIC`: a reference to a static mut is an error.
+        #[allow(clippy::deref_addrof)]
+        let (call, rep) = unsafe { (CALL, (*(&raw mut REPORTER)).take()) };
         println!(
             "preempt: {call} huge batch still running after {n} own timer events: ending the domain"
         );
@@ -300,8 +302,8 @@ fn batch(si: &'static StartInfo) -> ! {
     }
     // SAFETY: set before the timer that reads them starts.
     unsafe {
-        *(&raw mut CALL) = call;
-        *(&raw mut REPORTER) = Some(t);
+        CALL = call;
+        REPORTER = Some(t);
     }
     events::bind_virq(guest_abi::event_channel::VIRQ_TIMER, on_own_timer).expect("timer");
     guest_abi::hypercall::vcpu_set_periodic_timer(VcpuId(0), 1_000_000).expect("periodic timer");
@@ -312,6 +314,8 @@ fn batch(si: &'static StartInfo) -> ! {
         OWN.load(Ordering::SeqCst)
     );
     // SAFETY: the handler never ran to the end, so the reporter is here.
+    // Not clippy's `&STATIC`: a reference to a static mut is an error.
+    #[allow(clippy::deref_addrof)]
     let t = unsafe { (*(&raw mut REPORTER)).take() };
     if let Some(mut t) = t {
         t.fail("huge-batch-preempted", format_args!("returned {r}"));

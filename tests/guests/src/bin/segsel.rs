@@ -58,8 +58,8 @@ fn main(si: &'static StartInfo) {
     };
     // SAFETY: single-threaded; plain statics of this guest.
     let (fs_va, gs_va) = unsafe {
-        *(&raw mut FS_WORD) = magic;
-        *(&raw mut GS_WORD) = !magic;
+        FS_WORD = magic;
+        GS_WORD = !magic;
         ((&raw const FS_WORD) as u64, (&raw const GS_WORD) as u64)
     };
     // SAFETY: nothing here uses FS or GS for thread-local data.

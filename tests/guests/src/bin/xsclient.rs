@@ -184,7 +184,7 @@ fn main(si: &'static StartInfo) {
     );
 
     // Between the two domains: b shares a node readable by a; a watches it.
-    let shared = format!("/local/domain/2/shared");
+    let shared = String::from("/local/domain/2/shared");
     if role_b {
         let mk = xs.write(&shared, b"ready");
         let sp = xs.set_perms(&shared, &["n2", "r1"]);
