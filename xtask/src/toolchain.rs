@@ -224,7 +224,6 @@ pub fn kernel_clippy(tc: &KernelToolchain) -> Result<PathBuf, String> {
         return Ok(wrapper);
     }
     let version = rustc_web_candidate()?;
-    let fix = format!("make `apt-get download rust-web-clippy={version}` work (apt-get update)");
     let tmp = dir.join("clippy.partial");
     let _ = std::fs::remove_dir_all(&tmp);
     let debs = tmp.join("debs");
@@ -240,8 +239,9 @@ pub fn kernel_clippy(tc: &KernelToolchain) -> Result<PathBuf, String> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
+        let _ = std::fs::remove_dir_all(&tmp);
         return Err(format!(
-            "apt-get download rust-web-clippy={version} failed: {fix}"
+            "`apt-get download rust-web-clippy={version}` failed: make it work (apt-get update)"
         ));
     }
     for entry in std::fs::read_dir(&debs).map_err(|e| e.to_string())? {
