@@ -68,7 +68,7 @@ struct MemDisk {
 impl MemDisk {
     fn range(&self, sector: u64, len: usize) -> core::ops::Range<usize> {
         assert!(
-            len > 0 && len % SECTOR_SIZE == 0,
+            len > 0 && len.is_multiple_of(SECTOR_SIZE),
             "disk access of {len} bytes"
         );
         let start = usize::try_from(sector)

@@ -36,7 +36,8 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// `cargo clippy --all-targets -- -D warnings` on the host crates.
+/// `cargo clippy --all-targets -- -D warnings` on the host crates and the
+/// fuzz crate.
 pub fn host(root: &Path) -> Outcome {
     let have = cargo()
         .args(["clippy", "--version"])
@@ -53,10 +54,41 @@ pub fn host(root: &Path) -> Outcome {
     for p in HOST_PACKAGES {
         cmd.args(["-p", p]);
     }
-    match cmd.args(["--", "-D", "warnings"]).status() {
-        Ok(s) if s.success() => Outcome::Pass,
-        Ok(_) => Outcome::Fail("see the lints above".into()),
-        Err(e) => Outcome::Fail(format!("cannot run cargo clippy: {e}")),
+    let ok = |st: std::io::Result<std::process::ExitStatus>| {
+        st.map(|s| s.success())
+            .map_err(|e| format!("cannot run cargo clippy: {e}"))
+    };
+    let workspace = match ok(cmd.args(["--", "-D", "warnings"]).status()) {
+        Ok(w) => w,
+        Err(e) => return Outcome::Fail(e),
+    };
+    // The excluded fuzz crate (its own workspace): libfuzzer-sys's build
+    // script compiles libFuzzer, so it needs a C++ compiler.
+    let have_cxx = Command::new("c++")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let fuzz = if have_cxx {
+        let st = cargo()
+            .current_dir(root.join("fuzz"))
+            .args(["clippy", "-q", "--all-targets", "--target-dir"])
+            .arg(root.join("target/fuzz-clippy"))
+            .args(["--", "-D", "warnings"])
+            .status();
+        match ok(st) {
+            Ok(f) => f,
+            Err(e) => return Outcome::Fail(e),
+        }
+    } else {
+        println!("note: fuzz/ not linted (no C++ compiler `c++` for libfuzzer-sys to build with)");
+        true
+    };
+    if workspace && fuzz {
+        Outcome::Pass
+    } else {
+        Outcome::Fail("see the lints above".into())
     }
 }
 
