@@ -10,7 +10,7 @@
 //! Ports beyond the array's pages get their events once [`expand`] adds the
 //! page that holds them (events that came before are delivered then).
 //!
-//! ```ignore
+//! ```no_run
 //! pv_guest_kernel::events::init().unwrap();
 //! pv_guest_kernel::fifo::init().unwrap(); // this vCPU's control block, one array page
 //! let port = pv_guest_kernel::events::bind_ipi(|_| {}).unwrap();
