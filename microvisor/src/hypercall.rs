@@ -642,21 +642,16 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             }
             let me = hv.cur_dom().id;
             let ports = &ports[..nr];
-            // A named port pending, or an upcall already deliverable, ends
-            // the poll at once, as on Xen (looked at again once the vCPU is
-            // Blocked: a sender without the lock then sees it).
-            let ready = |hv: &Hv| {
-                let d = &hv.vcpus[cur];
-                (d.upcall_pending() && !d.upcall_mask())
-                    || microvisor_core::evtchn::any_pending(
-                        &mut crate::events::Held::one(me),
-                        me,
-                        ports,
-                    ) != Ok(false)
+            let port_pending = || {
+                microvisor_core::evtchn::any_pending(&mut crate::events::Held::one(me), me, ports)
             };
-            if ready(hv) {
-                // (A bad port is the error.)
-                microvisor_core::evtchn::any_pending(&mut crate::events::Held::one(me), me, ports)?;
+            let upcall = |hv: &Hv| {
+                let d = &hv.vcpus[cur];
+                d.upcall_pending() && !d.upcall_mask()
+            };
+            // A named port pending (a bad port is the error), or an upcall
+            // already deliverable, ends the poll at once, as on Xen.
+            if port_pending()? || upcall(hv) {
                 return Ok(Some(0));
             }
             if timeout != 0 && timeout <= crate::time::now_ns() {
@@ -667,7 +662,9 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             for &p in ports {
                 let _ = d.poll_ports.push(p);
             }
-            if !hv.block_unless(cur, ready) {
+            // Looked at again once the vCPU is Blocked: a sender without
+            // the lock then sees it (`Hv::block_unless`).
+            if !hv.block_unless(cur, |hv| upcall(hv) || port_pending() != Ok(false)) {
                 hv.vcpus[cur].poll_ports.clear();
                 return Ok(Some(0));
             }
