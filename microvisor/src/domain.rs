@@ -997,6 +997,7 @@ impl Hv {
                 if good { "ok" } else { "MISMATCH" }
             );
         }
+        crate::mm::stacks::report();
         if ok {
             crate::info!("all domains ended as expected");
         } else {

@@ -14,7 +14,8 @@ use microvisor_core::pv as policy;
 
 type HResult = Result<u64, Errno>;
 
-/// Set at boot by `selftest=pagefault`: fault in ring 0 on the first hypercall.
+/// Set at boot by `selftest=pagefault` or `selftest=stack-overflow`: fault
+/// in ring 0 on the first hypercall (`mm::selftest_fault`).
 pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(false);
 

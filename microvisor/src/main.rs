@@ -186,8 +186,11 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         let audited = hypercall::AUDITED_HYPERCALLS.map(|(nr, _)| nr);
         hypercall::full_entry_for(Some(&audited));
     }
-    hypercall::FAULT_SELFTEST.store(selftest("pagefault"), core::sync::atomic::Ordering::Relaxed);
-    if selftest("pagefault") {
+    let overflow = selftest("stack-overflow");
+    mm::stacks::OVERFLOW_SELFTEST.store(overflow, core::sync::atomic::Ordering::Relaxed);
+    let fault = selftest("pagefault") || overflow;
+    hypercall::FAULT_SELFTEST.store(fault, core::sync::atomic::Ordering::Relaxed);
+    if fault {
         hypercall::full_entry_for(None);
     }
     trap::INJECT_SELFTEST.store(selftest("inject"), core::sync::atomic::Ordering::Relaxed);

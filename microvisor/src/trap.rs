@@ -294,6 +294,17 @@ fn hypervisor_debug_exception(frame: &mut TrapFrame) {
 
 fn hypervisor_fault(f: &TrapFrame) -> ! {
     let name = NAMES.get(f.vector as usize).copied().unwrap_or("interrupt");
+    // A stack that reached its guard page: the #PF could not be pushed
+    // there either, so it arrives as a #DF on its IST stack.
+    if let Some((kind, cpu)) = crate::mm::stacks::guard_hit(cpu::cr2()) {
+        crate::log::raw(format_args!(
+            "
+(MV) PANIC: hypervisor stack overflow: cpu {cpu}'s {} stack reached its guard page (rsp {:#x})
+",
+            kind.name(),
+            f.rsp
+        ));
+    }
     crate::log::raw(format_args!(
         "\n(MV) PANIC: hypervisor fault: vector {} ({name}) error {:#x} at rip {:#x}, cr2 {:#x}\n",
         f.vector,

@@ -604,6 +604,10 @@ impl Boot<'_> {
         if let Some(disk) = extras.disk {
             c.args(disk_args(disk));
         }
+        // A developer hook (docs/testing.md): extra QEMU arguments, e.g. a gdbstub.
+        if let Ok(x) = std::env::var("MV_QEMU_EXTRA_ARGS") {
+            c.args(x.split_whitespace());
+        }
         c
     }
 

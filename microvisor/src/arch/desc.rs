@@ -8,6 +8,13 @@ use core::arch::asm;
 use core::mem::size_of;
 use core::sync::atomic::Ordering;
 
+use crate::mm::stacks;
+
+/// One of the boot CPU's stacks (`mm::stacks`): its top.
+fn stack(bytes: u64, kind: stacks::Kind) -> u64 {
+    stacks::alloc(bytes, kind, 0).unwrap_or_else(|| panic!("no memory for the boot CPU's stacks"))
+}
+
 /// Hypervisor code selector (Xen's __HYPERVISOR_CS).
 pub const HV_CS: u16 = 0xe008;
 /// Hypervisor data selector.
@@ -40,9 +47,6 @@ struct Tss {
     iomap: u16,
 }
 
-#[repr(C, align(16))]
-struct Stack([u8; 16384]);
-
 static mut GDT: Gdt = Gdt([0; GDT_ENTRIES]);
 static mut TSS: Tss = Tss {
     _r0: 0,
@@ -53,9 +57,7 @@ static mut TSS: Tss = Tss {
     _r3: 0,
     iomap: size_of::<Tss>() as u16,
 };
-static mut IST_STACKS: [Stack; 3] = [const { Stack([0; 16384]) }; 3];
 /// The stack every entry from a guest runs on.
-static mut HV_STACK: Stack = Stack([0; 16384]);
 
 #[repr(C, packed)]
 struct Pointer {
@@ -92,10 +94,6 @@ unsafe extern "C" {
     fn cstar_entry();
 }
 
-/// Top of the hypervisor stack Rust runs on after every guest entry.
-pub fn hv_stack_top() -> u64 {
-    (&raw const HV_STACK) as u64 + size_of::<Stack>() as u64
-}
 
 /// Sets TSS.RSP0: where the CPU pushes a frame when an interrupt or
 /// exception leaves ring 3 (the running vCPU's frame, see `entry`).
@@ -134,13 +132,13 @@ pub fn init() {
         // Not clippy's `&STATIC`: a reference to a static mut is an error.
         #[allow(clippy::deref_addrof)]
         let tss = &mut *(&raw mut TSS);
-        // Not clippy's `&STATIC`: a reference to a static mut is an error.
-        #[allow(clippy::deref_addrof)]
-        let stacks = &*(&raw const IST_STACKS);
-        for (i, s) in stacks.iter().enumerate() {
-            tss.ist[i] = s.0.as_ptr() as u64 + size_of::<Stack>() as u64;
+        let mut ist = tss.ist;
+        for top in ist.iter_mut().take(3) {
+            *top = stack(stacks::IST_BYTES, stacks::Kind::Ist);
         }
-        tss.rsp[0] = hv_stack_top();
+        tss.ist = ist;
+        let hv_top = stack(stacks::HV_BYTES, stacks::Kind::Hypervisor);
+        tss.rsp[0] = hv_top;
         let base = (&raw const TSS) as u64;
         let limit = size_of::<Tss>() as u64 - 1;
         gdt.0[FIRST_RESERVED + 7] = (limit & 0xffff)
@@ -182,7 +180,8 @@ pub fn init() {
         asm!("lidt [{}]", in(reg) &ip, options(nostack));
 
         init_syscall();
-        super::entry::init_cpu(hv_stack_top(), None);
+        let idle_top = stack(stacks::IDLE_BYTES, stacks::Kind::Idle);
+        super::entry::init_cpu(hv_top, idle_top, None);
     }
 }
 

@@ -335,12 +335,6 @@ const IDLE_FRAME: usize = crate::domain::MAX_VCPUS;
 #[repr(C, align(64))]
 struct Frames([TrapFrame; NR_FRAMES]);
 
-/// The stack the idle loop runs on (entered afresh each time the CPU goes
-/// idle: nothing on it outlives one idle period).
-#[repr(C, align(16))]
-struct IdleStack([u8; 16384]);
-static mut IDLE_STACK: IdleStack = IdleStack([0; 16384]);
-
 const _: () = assert!(core::mem::size_of::<TrapFrame>().is_multiple_of(16));
 
 unsafe extern "C" {
@@ -354,17 +348,15 @@ fn frame_addr(i: usize) -> u64 {
 }
 
 /// Boot: this CPU's hypervisor stack (where Rust runs after an entry from
-/// a guest) and idle context; the boot CPU's idle frame and stack are
-/// statics, an AP's are given.
-pub fn init_cpu(hv_stack_top: u64, idle: Option<(u64, u64)>) {
+/// a guest), idle stack (the idle loop's, entered afresh each time the CPU
+/// goes idle: nothing on it outlives one idle period) and idle frame; the
+/// boot CPU's idle frame is in `FRAMES`, an AP's is given.
+pub fn init_cpu(hv_stack_top: u64, idle_stack_top: u64, idle_frame: Option<u64>) {
     let me = super::percpu::this_cpu();
     me.hv_stack_top.store(hv_stack_top, Ordering::Relaxed);
-    let (frame, stack_top) = idle.unwrap_or((
-        frame_addr(IDLE_FRAME),
-        (&raw const IDLE_STACK) as u64 + core::mem::size_of::<IdleStack>() as u64,
-    ));
+    let frame = idle_frame.unwrap_or(frame_addr(IDLE_FRAME));
     me.idle_frame.store(frame, Ordering::Relaxed);
-    me.idle_stack_top.store(stack_top, Ordering::Relaxed);
+    me.idle_stack_top.store(idle_stack_top, Ordering::Relaxed);
 }
 
 /// Makes vCPU index `i`'s frame the one entries save into and the exit

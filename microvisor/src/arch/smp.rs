@@ -5,7 +5,7 @@
 //! reports and halts: guests still run on the boot CPU (docs/smp.md, step
 //! 1). The APs' APIC IDs come from ACPI's MADT (`microvisor_core::acpi`).
 
-use crate::mm::{self, PAGE};
+use crate::mm::{self, PAGE, stacks};
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -96,11 +96,9 @@ static BSP_CR4: AtomicU64 = AtomicU64::new(0);
 
 use super::percpu::PerCpu;
 
-/// Stack bytes of an AP (and of each of its IST stacks).
-const STACK_FRAMES: u64 = 4;
-
-/// Frames for one AP: its GDT, TSS page, stack, three IST stacks and the
-/// per-CPU block; `None` when memory is short.
+/// Memory for one AP: its GDT, TSS page, per-CPU block and idle frame, and
+/// its hypervisor, idle and three IST stacks (`mm::stacks`); `None` when
+/// memory is short.
 struct ApMemory {
     gdt: u64,
     tss: u64,
@@ -121,24 +119,24 @@ fn alloc_frames(n: u64) -> Option<u64> {
     Some(first)
 }
 
-fn ap_memory() -> Option<ApMemory> {
+fn ap_memory(cpu: u32) -> Option<ApMemory> {
     let va = |f: u64| mm::DIRECTMAP_BASE + f * PAGE;
     let gdt = alloc_frames(crate::arch::desc::AP_GDT_BYTES / PAGE)?;
     let tss = alloc_frames(1)?;
-    let stack = alloc_frames(STACK_FRAMES)?;
+    let stack_top = stacks::alloc(stacks::HV_BYTES, stacks::Kind::Hypervisor, cpu)?;
     let mut ist = [0; 3];
     for top in ist.iter_mut() {
-        *top = va(alloc_frames(STACK_FRAMES)? + STACK_FRAMES);
+        *top = stacks::alloc(stacks::IST_BYTES, stacks::Kind::Ist, cpu)?;
     }
     let percpu = alloc_frames(1)?;
     let idle_frame = alloc_frames(1)?;
-    let idle_stack = alloc_frames(STACK_FRAMES)?;
+    let idle_stack_top = stacks::alloc(stacks::IDLE_BYTES, stacks::Kind::Idle, cpu)?;
     Some(ApMemory {
         idle_frame: va(idle_frame),
-        idle_stack_top: va(idle_stack + STACK_FRAMES),
+        idle_stack_top,
         gdt: va(gdt),
         tss: va(tss),
-        stack_top: va(stack + STACK_FRAMES),
+        stack_top,
         ist,
         percpu: va(percpu),
         cpu: 0,
@@ -168,7 +166,7 @@ extern "C" fn ap_entry() -> ! {
     let m = unsafe { &*(desc as *const ApMemory) };
     crate::arch::desc::init_syscall();
     crate::arch::apic::init_local();
-    crate::arch::entry::init_cpu(m.stack_top, Some((m.idle_frame, m.idle_stack_top)));
+    crate::arch::entry::init_cpu(m.stack_top, m.idle_stack_top, Some(m.idle_frame));
     let me = super::percpu::this_cpu();
     crate::info!(
         "cpu {} (APIC id {}) up",
@@ -210,7 +208,7 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
     BSP_CR4.store(crate::arch::cpu::cr4(), Ordering::Relaxed);
     let mut cpu = 1u32;
     for &id in apic_ids.iter().filter(|&&id| id != own) {
-        let Some(mut m) = ap_memory() else {
+        let Some(mut m) = ap_memory(cpu) else {
             crate::warn!("cpu with APIC id {id}: no memory for its stacks and tables; not started");
             break;
         };

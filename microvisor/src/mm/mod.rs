@@ -9,6 +9,7 @@
 pub mod frames;
 pub mod guest;
 pub mod paging;
+pub mod stacks;
 
 use microvisor_core::frame_alloc::FrameAllocator;
 use spin::Mutex;
@@ -324,8 +325,13 @@ pub unsafe fn phys_slice(pa: u64, len: u64) -> &'static [u8] {
 
 /// Self-test of the crash path (`selftest=pagefault` on the command line):
 /// reads an address in an unmapped hypervisor slot, which must produce a
-/// crash report and a failing exit.
+/// crash report and a failing exit. With `selftest=stack-overflow` it
+/// overflows the hypervisor stack instead, which must be reported as such.
 pub fn selftest_fault() -> ! {
+    if stacks::OVERFLOW_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
+        let n = stacks::selftest_overflow(0);
+        panic!("selftest recursion ended ({n})");
+    }
     // SAFETY: the address is in L4 slot 270, which the hypervisor never maps:
     // the read faults and the fault handler never returns here.
     let v = unsafe { core::ptr::read_volatile(0xFFFF_8700_0000_0000 as *const u64) };

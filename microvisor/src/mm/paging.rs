@@ -146,6 +146,13 @@ pub fn map_mmio(va: u64, pa: u64) {
     crate::arch::cpu::invlpg(va);
 }
 
+/// Maps one page of a hypervisor stack (`stacks`): writable, NX, global.
+/// The stack area's L3 is one of the hypervisor's shared ones, so every
+/// address space sees the page.
+pub fn map_stack_page(va: u64, pa: u64) {
+    map_4k(hv_l4(), va, pa, P | RW | G | NX | A | D);
+}
+
 /// Like `next`, but the entry allows user access (for the M2P slot only).
 fn next_user(table: u64, idx: u64) -> u64 {
     let e = read_u64(table + idx * 8);
