@@ -60,6 +60,8 @@ mod pte;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod smp_tests;
+#[cfg(test)]
 mod tests;
 
 pub use audit::{AuditError, AuditErrorKind, AuditTally};
