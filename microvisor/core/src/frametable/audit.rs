@@ -190,10 +190,11 @@ impl FrameTable<'_> {
         for &(mfn, r) in external {
             self.check_external(mfn, r)?;
         }
-        for (mfn, p) in (0u64..).zip(self.pages.iter().map(PageInfo::snap)) {
-            if let Some(level) = live_level(&p) {
+        for (mfn, p) in (0u64..).zip(self.pages.iter()) {
+            if let Some(level) = p.live_level() {
+                let owner = p.snap().owner;
                 for idx in 0..ENTRIES {
-                    self.check_entry(mem, mfn, p.owner, level, idx)?;
+                    self.check_entry(mem, mfn, owner, level, idx)?;
                 }
             }
         }
@@ -246,8 +247,8 @@ impl FrameTable<'_> {
                 }
             }
         }
-        for (table, p) in (0u64..).zip(self.pages.iter().map(PageInfo::snap)) {
-            let Some(level) = live_level(&p) else {
+        for (table, p) in (0u64..).zip(self.pages.iter()) {
+            let Some(level) = p.live_level() else {
                 continue;
             };
             for idx in 0..ENTRIES {
@@ -274,7 +275,7 @@ impl FrameTable<'_> {
                 if target == table {
                     continue;
                 }
-                let linear = self.snap(target).and_then(|t| t.table_level()) == Some(level);
+                let linear = self.pg(target).and_then(PageInfo::type_level) == Some(level);
                 if let Some(t) = tally_at(tally, base, len, target) {
                     bump(&mut t.general);
                     bump(&mut t.ty);

@@ -201,6 +201,22 @@ impl PageInfo {
         )
     }
 
+    /// The level of a table whose entries hold references (validated, in
+    /// use), from the type word alone.
+    pub(super) fn live_level(&self) -> Option<u8> {
+        let t = self.t.load(Ordering::Relaxed);
+        if t & T_VALIDATED != 0 && t_count(t) > 0 {
+            t_type(t).level()
+        } else {
+            None
+        }
+    }
+
+    /// The table level of the frame's type, from the type word alone.
+    pub(super) fn type_level(&self) -> Option<u8> {
+        t_type(self.t.load(Ordering::Relaxed)).level()
+    }
+
     /// The owning domain, [`OWNER_FREE`] or [`OWNER_XEN`](super::OWNER_XEN).
     #[must_use]
     pub fn owner(&self) -> u16 {
@@ -274,28 +290,15 @@ pub(super) struct Snap {
 
 impl Snap {
     pub(super) const fn decode(c: u64, t: u64) -> Self {
-        let mut flags = 0;
-        if t & T_VALIDATED != 0 {
-            flags |= F_VALIDATED;
-        }
-        if t & T_PINNED != 0 {
-            flags |= F_PINNED;
-        }
-        if t & T_STALE != 0 {
-            flags |= F_STALE;
-        }
-        if c_dying(c) {
-            flags |= F_DYING;
-        }
-        if t & T_LOCKED != 0 {
-            flags |= F_LOCKED;
-        }
-        if t & T_BUSY != 0 {
-            flags |= F_BUSY;
-        }
-        if c & C_SPARE != 0 {
-            flags |= F_SPARE;
-        }
+        // Branch-free: the audit decodes every frame on every pass.
+        const _: () = assert!(T_VALIDATED == 1 << 35 && T_PINNED == 1 << 36 && T_STALE == 1 << 37);
+        const _: () = assert!(T_LOCKED == 1 << 38 && T_BUSY == 1 << 39);
+        // Validated, pinned, stale (bits 35..=37) map to flag bits 0..=2,
+        // locked and busy (bits 38..=39) to bits 4..=5.
+        let flags = ((t >> 35) & 0b111) as u8
+            | (c_dying(c) as u8) * F_DYING
+            | (((t >> 38) & 0b11) as u8) << 4
+            | ((c & C_SPARE != 0) as u8) * F_SPARE;
         Self {
             owner: c_owner(c),
             linear: t_linear(t),
