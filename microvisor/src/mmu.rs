@@ -198,9 +198,23 @@ fn update_batch(
 /// update_va_mapping(va, pte, flags): one checked L1 update found through the
 /// current page tables; flushes as `flags` asks only if it succeeded.
 pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
-    let dom = hv.cur_dom().id;
-    let l4 = cr3_mfn(hv);
+    uvm(hv.cur_dom().id, cr3_mfn(hv), va, val, flags)
+}
+
+/// update_va_mapping without the hypervisor lock (the light entry): the
+/// running vCPU's domain and page tables from `domain::LIGHT`.
+pub fn update_va_mapping_unlocked(va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
+    let v = crate::arch::percpu::vcpu() as usize;
+    let light = crate::domain::LIGHT.get(v).ok_or(Errno::ESRCH)?;
+    let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
+    let l4 = light.cr3.load(core::sync::atomic::Ordering::Relaxed) / PAGE;
+    uvm(dom, l4, va, val, flags)
+}
+
+fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
+    let ops = frames::operation();
     let f = frames::with(|ft, mem| ft.update_va_mapping(mem, dom, dom, l4, va, val))?;
+    drop(ops);
     // As on Xen, flushing after a successful update is the guest's choice
     // (UVMF flags). Safety does not depend on it: the frame table flushes
     // every TLB before a frame whose mappings may be stale changes type.
