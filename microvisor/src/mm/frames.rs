@@ -161,6 +161,22 @@ const AUDIT_TALLIES: usize = 16384;
 static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALLIES]> =
     Mutex::new([microvisor_core::frametable::AuditTally::ZERO; AUDIT_TALLIES]);
 
+/// Frame-table work done without the hypervisor lock (`mmu::mmu_update_unlocked`)
+/// holds this shared; the audit holds it alone, so it never sees an
+/// operation half done (Xen stops the other CPUs for the same reason).
+static OPS: spin::RwLock<()> = spin::RwLock::new(());
+
+/// Held around frame-table work done without the hypervisor lock.
+pub fn operation() -> spin::RwLockReadGuard<'static, ()> {
+    loop {
+        if let Some(g) = OPS.try_read() {
+            return g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    }
+}
+
 /// Audits every frame count against the live page tables. `roots` are the
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
 /// `written` are the frames the hypervisor writes on its own and holds a
@@ -182,6 +198,16 @@ pub fn audit(
     fifo: impl Iterator<Item = u64>,
 ) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
+    // No operation in flight (those under the hypervisor lock cannot be:
+    // the caller holds it). Waiting, serve flushes: one in flight may wait
+    // for this CPU's.
+    let _alone = loop {
+        if let Some(g) = OPS.try_write() {
+            break g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    };
     let mut ext = AUDIT_EXT.lock();
     ext.clear();
     for &r in roots.iter().filter(|&&r| r != 0) {
