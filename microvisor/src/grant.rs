@@ -125,9 +125,7 @@ impl GrantMemory for frames::DirectMap {
 }
 
 /// Runs `f` with the grant tables, the frame table and memory.
-fn with<R>(
-    f: impl FnOnce(&mut Tables, &mut FrameTable<'static>, &mut frames::DirectMap) -> R,
-) -> R {
+fn with<R>(f: impl FnOnce(&mut Tables, &FrameTable<'static>, &mut frames::DirectMap) -> R) -> R {
     let mut t = TABLES.lock();
     frames::with(|ft, mem| f(&mut t, ft, mem))
 }
@@ -462,7 +460,7 @@ fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
 /// The `remove` step of an unmap: clears the grant entry of mapping `m`
 /// (only if it still is that mapping's).
 fn remove_entry(
-    ft: &mut FrameTable<'static>,
+    ft: &FrameTable<'static>,
     mem: &mut frames::DirectMap,
     dom: u16,
     l4: u64,

@@ -74,13 +74,15 @@ pub extern "C" fn on_light_syscall(
     a4: u64,
     nr: u64,
 ) -> LightExit {
-    // The null hypercall and event sends take no hypervisor lock
-    // (docs/smp.md, "What runs concurrently").
+    // The null hypercall, event sends and update_va_mapping take no
+    // hypervisor lock (docs/smp.md, "What runs concurrently").
     let res = match nr {
         32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => {
             crate::events::send_light(a1)
         }
         17 if a0 == 0 => Ok(XEN_VERSION),
+        // (Off the light table while every memory hypercall is audited.)
+        14 => crate::mmu::update_va_mapping_unlocked(a0, a1, a2),
         _ => locked_light(nr, [a0, a1, a2, a3, a4]),
     };
     let rax = match res {
@@ -137,18 +139,10 @@ fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
 /// `from_user` is the per-CPU user-mode flag as the stub read it (the
 /// running vCPU's `pv.user_mode`).
 pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
-    // SCHEDOP_yield with nothing else to run here: no lock.
-    if frame.rax == 29
-        && frame.rdi == 0
-        && from_user == 0
+    if from_user == 0
         && !FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed)
-        && sched::yield_alone()
+        && unlocked(frame)
     {
-        frame.rax = 0;
-        if crate::events::upcall_pending_light() {
-            let mut hv = crate::domain::lock();
-            crate::pv::deliver_events(&mut hv, frame);
-        }
         return;
     }
     let mut hv = crate::domain::lock();
@@ -197,9 +191,62 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         hv.audit("a memory hypercall");
         AUDITS[i].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
+    exit_locked(&mut hv, frame);
+}
+
+/// The full-entry hypercalls that may run without the hypervisor lock
+/// (docs/smp.md): SCHEDOP_yield with nothing else to run here, and
+/// mmu_update on the caller's own frames (unless every memory hypercall
+/// is audited). Returns false, having done nothing, for any other; true
+/// when it handled the hypercall (taking the lock only for what needs it:
+/// a continuation, a dead domain's frames to free, an upcall to deliver).
+#[inline]
+fn unlocked(frame: &mut TrapFrame) -> bool {
+    let res = match frame.rax {
+        29 if frame.rdi == 0 && sched::yield_alone() => Ok(0),
+        1 if !AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) => {
+            let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10];
+            let Some((r, released)) = crate::mmu::mmu_update_unlocked(args) else {
+                return false;
+            };
+            match r {
+                Ok(Flow::Ret(v)) if !released => Ok(v),
+                Err(e) if !released => Err(e),
+                // A continuation (a reschedule) or frames to free.
+                _ => {
+                    let mut hv = crate::domain::lock();
+                    if released {
+                        hv.collect_dead();
+                    }
+                    match flow(&mut hv, frame, 1, r) {
+                        Ok(v) => frame.rax = v,
+                        Err(SWITCHED) => {}
+                        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+                    }
+                    exit_locked(&mut hv, frame);
+                    return true;
+                }
+            }
+        }
+        _ => return false,
+    };
+    frame.rax = match res {
+        Ok(v) => v,
+        Err(e) => (-(e.0 as i64)) as u64,
+    };
+    if crate::events::upcall_pending_light() || crate::arch::percpu::leave_now() {
+        exit_locked(&mut crate::domain::lock(), frame);
+    }
+    true
+}
+
+/// The end of every full-entry hypercall: a vCPU that went down leaves,
+/// and a due event upcall is delivered (to whichever vCPU runs now).
+#[inline]
+fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
     let live = crate::arch::entry::live(frame);
-    leave_if_down(&mut hv, live);
-    crate::pv::deliver_events(&mut hv, crate::arch::entry::live(live));
+    leave_if_down(hv, live);
+    crate::pv::deliver_events(hv, crate::arch::entry::live(live));
 }
 
 /// Not an errno: the hypercall left the frame as it should return (another

@@ -76,16 +76,81 @@ pub fn mmu_update(
 ) -> Result<Flow, Errno> {
     let cur = hv.current;
     let (dom, privileged, cr3) = (hv.cur_dom().id, hv.cur_dom().privileged, hv.vcpus[cur].cr3);
-    let (count, done) = resumed(cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
-    // The frame table is locked once for the batch (guest reads take no
-    // lock of theirs).
     let hv_ro: &Hv = hv;
+    let (r, released) = update_batch(
+        Caller { dom, pg_owner, cr3 },
+        [reqs, count, pdone, foreigndom],
+        || should_preempt(hv_ro),
+    );
+    if released {
+        hv.collect_dead();
+    }
+    r
+}
+
+/// Who runs an mmu_update batch: its domain, the domain whose frames it
+/// maps (`foreigndom` resolved), and its page tables.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub dom: u16,
+    pub pg_owner: u16,
+    pub cr3: u64,
+}
+
+/// mmu_update of the running vCPU on its own domain's frames, without the
+/// hypervisor lock (`hypercall::on_syscall`): the frame table takes no
+/// lock, the caller's domain and page tables come from `domain::LIGHT`.
+/// `None` when it must take the locked path instead: a foreign domain's
+/// frames (whose owner may be dying elsewhere), or while every memory
+/// hypercall is audited. The boolean is true when a dead domain's last
+/// frames were released, for `Hv::collect_dead` (under the lock).
+pub fn mmu_update_unlocked(args: [u64; 4]) -> Option<(Result<Flow, Errno>, bool)> {
+    let v = crate::arch::percpu::vcpu() as usize;
+    let light = crate::domain::LIGHT.get(v)?;
+    let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
+    let asked = (args[3] & 0xffff) as u16;
+    if asked != guest_abi::types::DomId::SELF.0 && asked != dom {
+        return None;
+    }
+    let cr3 = light.cr3.load(core::sync::atomic::Ordering::Relaxed);
+    Some(update_batch(
+        Caller {
+            dom,
+            pg_owner: dom,
+            cr3,
+        },
+        args,
+        should_preempt_unlocked,
+    ))
+}
+
+/// `should_preempt` without the hypervisor lock.
+fn should_preempt_unlocked() -> bool {
+    crate::events::upcall_pending_light()
+        || crate::time::now_ns()
+            >= crate::domain::SCHED_VIEW
+                .timers_due
+                .load(core::sync::atomic::Ordering::Relaxed)
+        || crate::arch::apic::interrupt_pending()
+}
+
+/// The batch itself, for either path: `[reqs, count, pdone, foreigndom]`.
+/// Returns its outcome and whether a dead domain's frames were released.
+fn update_batch(
+    c: Caller,
+    [reqs, count, pdone, foreigndom]: [u64; 4],
+    preempt: impl Fn() -> bool,
+) -> (Result<Flow, Errno>, bool) {
+    let Caller { dom, pg_owner, cr3 } = c;
+    let (count, done) = resumed(cr3, count, pdone);
+    // (Guest reads take no lock; nor does the frame table.)
+    let _ops = frames::operation();
     let (result, i, flush, preempted) = frames::with(|ft, mem| {
         let mut flush = Flush::NONE;
         let mut i = 0;
         while i < count {
-            if i > 0 && i % PREEMPT_CHECK == 0 && should_preempt(hv_ro) {
+            if i > 0 && i % PREEMPT_CHECK == 0 && preempt() {
                 return (Ok(0), i, flush, true);
             }
             let [ptr, val] = match guest::read::<[u64; 2]>(cr3, reqs.wrapping_add(i * 16)) {
@@ -110,42 +175,46 @@ pub fn mmu_update(
         }
         (Ok(0), i, flush, false)
     });
-    if preempted {
-        apply_flush(flush);
-        if pdone != 0 {
-            let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
-        }
-        collect_released(hv);
-        return Ok(Flow::Again([
-            reqs.wrapping_add(i * 16),
-            (count - i) | PREEMPTED,
-            pdone,
-            foreigndom,
-            0,
-        ]));
-    }
     apply_flush(flush);
     if pdone != 0 {
         let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
-    collect_released(hv);
-    result.map(Flow::Ret)
-}
-
-/// An unmapping may have dropped the last reference to a dead domain's
-/// frame (a back-end letting go of a ring page): free what is free now.
-fn collect_released(hv: &mut Hv) {
-    if frames::with(|ft, _| ft.take_released_dying()) {
-        hv.collect_dead();
+    let released = frames::with(|ft, _| ft.take_released_dying());
+    if preempted {
+        return (
+            Ok(Flow::Again([
+                reqs.wrapping_add(i * 16),
+                (count - i) | PREEMPTED,
+                pdone,
+                foreigndom,
+                0,
+            ])),
+            released,
+        );
     }
+    (result.map(Flow::Ret), released)
 }
 
 /// update_va_mapping(va, pte, flags): one checked L1 update found through the
 /// current page tables; flushes as `flags` asks only if it succeeded.
 pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
-    let dom = hv.cur_dom().id;
-    let l4 = cr3_mfn(hv);
+    uvm(hv.cur_dom().id, cr3_mfn(hv), va, val, flags)
+}
+
+/// update_va_mapping without the hypervisor lock (the light entry): the
+/// running vCPU's domain and page tables from `domain::LIGHT`.
+pub fn update_va_mapping_unlocked(va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
+    let v = crate::arch::percpu::vcpu() as usize;
+    let light = crate::domain::LIGHT.get(v).ok_or(Errno::ESRCH)?;
+    let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
+    let l4 = light.cr3.load(core::sync::atomic::Ordering::Relaxed) / PAGE;
+    uvm(dom, l4, va, val, flags)
+}
+
+fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
+    let ops = frames::operation();
     let f = frames::with(|ft, mem| ft.update_va_mapping(mem, dom, dom, l4, va, val))?;
+    drop(ops);
     // As on Xen, flushing after a successful update is the guest's choice
     // (UVMF flags). Safety does not depend on it: the frame table flushes
     // every TLB before a frame whose mappings may be stale changes type.

@@ -319,6 +319,9 @@ pub fn flush_tlb_everywhere() {
     for c in others() {
         if waiting & (1 << c.cpu.load(Ordering::Relaxed)) != 0 {
             while c.flushes_done.load(Ordering::Acquire) < n {
+                // Two CPUs may flush at once (the frame table takes no
+                // lock): each serves the other's request while it waits.
+                serve_flush();
                 core::hint::spin_loop();
             }
         }

@@ -6,10 +6,12 @@
 
 use super::{PAGE, SharedFrame, paging, read_u64, write_u64};
 use microvisor_core::frametable::{FrameTable, HV_L4_SLOTS, PageInfo, TableMemory};
-use spin::Mutex;
+use spin::{Mutex, Once};
 
-/// The frame table, created at boot.
-pub static FT: Mutex<Option<FrameTable<'static>>> = Mutex::new(None);
+/// The frame table, created at boot. No lock: every frame's counts change
+/// with compare-and-exchange on the frame's own words (docs/smp.md, "The
+/// frame table without a lock"), so any CPU may use it at any time.
+pub static FT: Once<FrameTable<'static>> = Once::new();
 
 static mut M2P_BASE_PA: u64 = 0;
 static mut M2P_ENTRIES: u64 = 0;
@@ -33,13 +35,17 @@ impl TableMemory for DirectMap {
         // Every CPU that may cache a translation (`smp`), not just this one.
         crate::arch::smp::flush_tlb_everywhere();
     }
+    fn relax(&mut self) {
+        // The CPU this one waits for may be waiting for our flush.
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    }
 }
 
-/// Runs `f` with the frame table and RAM.
-pub fn with<R>(f: impl FnOnce(&mut FrameTable<'static>, &mut DirectMap) -> R) -> R {
-    let mut g = FT.lock();
+/// Runs `f` with the frame table and RAM. Takes no lock.
+pub fn with<R>(f: impl FnOnce(&FrameTable<'static>, &mut DirectMap) -> R) -> R {
     f(
-        g.as_mut().expect("frame table initialised at boot"),
+        FT.get().expect("frame table initialised at boot"),
         &mut DirectMap,
     )
 }
@@ -59,9 +65,9 @@ pub fn init(nr_frames: u64) {
     let size = nr_frames * core::mem::size_of::<PageInfo>() as u64;
     let base = alloc_contiguous_zeroed(size.div_ceil(PAGE));
     // SAFETY: `base` starts `size` bytes of RAM just allocated for this
-    // purpose, reachable through the direct map, never freed and used only
-    // through this slice; PageInfo is plain data for which any bytes written
-    // by `FrameTable::new` (which initialises every element) are valid.
+    // purpose (zeroed), reachable through the direct map, never freed and
+    // used only through this slice; PageInfo is two atomic words, for which
+    // any bytes are valid, and `FrameTable::new` initialises every element.
     let pages: &'static mut [PageInfo] = unsafe {
         core::slice::from_raw_parts_mut(
             (super::DIRECTMAP_BASE + base * PAGE) as *mut PageInfo,
@@ -83,7 +89,7 @@ pub fn init(nr_frames: u64) {
         M2P_BASE_PA = m2p * PAGE;
         M2P_ENTRIES = nr_frames;
     }
-    *FT.lock() = Some(FrameTable::new(pages, slots));
+    FT.call_once(|| FrameTable::new(pages, slots));
 }
 
 /// Sets M2P[mfn] = pfn (the hypervisor's copy, read by guests).
@@ -155,6 +161,22 @@ const AUDIT_TALLIES: usize = 16384;
 static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALLIES]> =
     Mutex::new([microvisor_core::frametable::AuditTally::ZERO; AUDIT_TALLIES]);
 
+/// Frame-table work done without the hypervisor lock (`mmu::mmu_update_unlocked`)
+/// holds this shared; the audit holds it alone, so it never sees an
+/// operation half done (Xen stops the other CPUs for the same reason).
+static OPS: spin::RwLock<()> = spin::RwLock::new(());
+
+/// Held around frame-table work done without the hypervisor lock.
+pub fn operation() -> spin::RwLockReadGuard<'static, ()> {
+    loop {
+        if let Some(g) = OPS.try_read() {
+            return g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    }
+}
+
 /// Audits every frame count against the live page tables. `roots` are the
 /// base pointers the hypervisor holds (each domain's kernel and user L4).
 /// `written` are the frames the hypervisor writes on its own and holds a
@@ -163,6 +185,12 @@ static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALL
 /// `segs` are registered GDT frames (segment-typed references). `fifo`
 /// are the FIFO event-channel frames (hypervisor-written too). The grant
 /// tables' mappings are added here.
+///
+/// The audit assumes no frame-table operation is in flight on another CPU
+/// (it reads every frame's words as they are). Today every caller of the
+/// frame table holds the hypervisor lock (`domain::lock`), as this one
+/// does; once page-table updates run without it, the audit must stop the
+/// other CPUs first (docs/smp.md).
 pub fn audit(
     roots: &[u64],
     written: &[u64],
@@ -170,6 +198,16 @@ pub fn audit(
     fifo: impl Iterator<Item = u64>,
 ) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
+    // No operation in flight (those under the hypervisor lock cannot be:
+    // the caller holds it). Waiting, serve flushes: one in flight may wait
+    // for this CPU's.
+    let _alone = loop {
+        if let Some(g) = OPS.try_write() {
+            break g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    };
     let mut ext = AUDIT_EXT.lock();
     ext.clear();
     for &r in roots.iter().filter(|&&r| r != 0) {

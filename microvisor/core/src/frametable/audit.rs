@@ -6,12 +6,17 @@
 //! into a scratch buffer of [`AuditTally`] the caller lends (a small stack
 //! buffer for [`FrameTable::audit`]); the tables are walked once per chunk of
 //! target frames that fits in it, so a larger buffer means fewer walks.
+//!
+//! The audit reads each frame's words with plain loads and assumes no
+//! frame-table operation is in flight on any CPU (the caller stops them);
+//! a frame left locked or busy is an error.
 
 use core::fmt;
 
+use super::page::{F_BUSY, F_DYING, F_LOCKED, F_PINNED, F_STALE, F_VALIDATED};
 use super::{
-    ENTRIES, ExternalRef, F_DYING, F_PINNED, F_STALE, F_VALIDATED, FrameTable, HV_L4_FIRST,
-    OWNER_FREE, OWNER_XEN, PageInfo, PageType, TableMemory, is_domain, is_hv_slot, pte,
+    ENTRIES, ExternalRef, FrameTable, HV_L4_FIRST, OWNER_FREE, OWNER_XEN, PageInfo, PageType, Snap,
+    TableMemory, is_domain, is_hv_slot, pte,
 };
 
 /// Target frames counted per pass over the tables by [`FrameTable::audit`].
@@ -143,7 +148,7 @@ const fn bad_state(mfn: u64, why: &'static str) -> AuditError {
 }
 
 /// The level of a table whose entries hold references (validated, in use).
-fn live_level(p: &PageInfo) -> Option<u8> {
+fn live_level(p: &Snap) -> Option<u8> {
     if p.is_validated() && p.type_count > 0 {
         p.table_level()
     } else {
@@ -179,16 +184,17 @@ impl FrameTable<'_> {
         if scratch.is_empty() {
             return self.audit(mem, external);
         }
-        for (mfn, p) in (0u64..).zip(self.pages.iter()) {
-            check_state(mfn, p)?;
+        for (mfn, p) in (0u64..).zip(self.pages.iter().map(PageInfo::snap)) {
+            check_state(mfn, &p)?;
         }
         for &(mfn, r) in external {
             self.check_external(mfn, r)?;
         }
         for (mfn, p) in (0u64..).zip(self.pages.iter()) {
-            if let Some(level) = live_level(p) {
+            if let Some(level) = p.live_level() {
+                let owner = p.snap().owner;
                 for idx in 0..ENTRIES {
-                    self.check_entry(mem, mfn, p.owner, level, idx)?;
+                    self.check_entry(mem, mfn, owner, level, idx)?;
                 }
             }
         }
@@ -213,7 +219,7 @@ impl FrameTable<'_> {
     ) -> Result<(), AuditError> {
         tally.fill(Tally::ZERO);
         for mfn in base..base + len {
-            let (Some(p), Some(t)) = (self.pg(mfn), tally_at(tally, base, len, mfn)) else {
+            let (Some(p), Some(t)) = (self.snap(mfn), tally_at(tally, base, len, mfn)) else {
                 continue;
             };
             if is_domain(p.owner) && !p.is_dying() {
@@ -242,7 +248,9 @@ impl FrameTable<'_> {
             }
         }
         for (table, p) in (0u64..).zip(self.pages.iter()) {
-            let Some(level) = live_level(p) else { continue };
+            let Some(level) = p.live_level() else {
+                continue;
+            };
             for idx in 0..ENTRIES {
                 if level == 4 && is_hv_slot(idx) {
                     continue;
@@ -267,7 +275,7 @@ impl FrameTable<'_> {
                 if target == table {
                     continue;
                 }
-                let linear = self.pg(target).and_then(PageInfo::table_level) == Some(level);
+                let linear = self.pg(target).and_then(PageInfo::type_level) == Some(level);
                 if let Some(t) = tally_at(tally, base, len, target) {
                     bump(&mut t.general);
                     bump(&mut t.ty);
@@ -281,7 +289,7 @@ impl FrameTable<'_> {
             }
         }
         for mfn in base..base + len {
-            let (Some(p), Some(t)) = (self.pg(mfn), tally_at(tally, base, len, mfn)) else {
+            let (Some(p), Some(t)) = (self.snap(mfn), tally_at(tally, base, len, mfn)) else {
                 continue;
             };
             if p.count != t.general {
@@ -343,7 +351,7 @@ impl FrameTable<'_> {
 
     fn check_external(&self, mfn: u64, r: ExternalRef) -> Result<(), AuditError> {
         let bad = |why| Err(err(mfn, AuditErrorKind::BadExternal(why)));
-        let Some(p) = self.pg(mfn) else {
+        let Some(p) = self.snap(mfn) else {
             return bad("frame outside the table");
         };
         if !is_domain(p.owner) {
@@ -407,12 +415,12 @@ impl FrameTable<'_> {
         if level == 1 && pte::is_grant(e) {
             // A grant mapping: its references are the mapping's (declared by
             // the grant tables as external references), not the entry's.
-            return match self.pg(pte::frame(e)) {
+            return match self.snap(pte::frame(e)) {
                 Some(t) if is_domain(t.owner) => Ok(()),
                 _ => bad("grant entry maps a free, hypervisor or unknown frame"),
             };
         }
-        if level == 1 && self.pg(pte::frame(e)).is_none() {
+        if level == 1 && self.snap(pte::frame(e)).is_none() {
             return if !self.io_allowed(owner, pte::frame(e)) {
                 bad("maps I/O memory its domain may not map")
             } else if pte::disallowed_io(e) != 0 {
@@ -428,7 +436,7 @@ impl FrameTable<'_> {
             return bad("USER not forced on");
         }
         let target = pte::frame(e);
-        let Some(t) = self.pg(target) else {
+        let Some(t) = self.snap(target) else {
             return bad("frame outside the table");
         };
         if level == 1 {
@@ -450,7 +458,7 @@ impl FrameTable<'_> {
         if t.owner != owner || t.is_dying() {
             return bad("names a table of another domain");
         }
-        let tl = live_level(t);
+        let tl = live_level(&t);
         if tl == Some(level - 1) {
             Ok(())
         } else if tl == Some(level) {
@@ -466,12 +474,16 @@ impl FrameTable<'_> {
 }
 
 /// The invariants of one frame on its own.
-fn check_state(mfn: u64, p: &PageInfo) -> Result<(), AuditError> {
+fn check_state(mfn: u64, p: &Snap) -> Result<(), AuditError> {
     let Some(ty) = PageType::from_bits(p.ty) else {
         return Err(bad_state(mfn, "unknown type"));
     };
-    if p.flags & !(F_VALIDATED | F_PINNED | F_STALE | F_DYING) != 0 {
+    if p.flags & !(F_VALIDATED | F_PINNED | F_STALE | F_DYING | F_LOCKED | F_BUSY) != 0 {
         return Err(bad_state(mfn, "unknown flag"));
+    }
+    if p.flags & (F_LOCKED | F_BUSY) != 0 {
+        // The audit runs with no frame-table operation in flight.
+        return Err(bad_state(mfn, "page lock or type transition left behind"));
     }
     if p.owner == OWNER_FREE || p.owner == OWNER_XEN {
         let idle = p.count == 0

@@ -36,9 +36,12 @@
 //! * Implement [`TableMemory::flush_tlbs`] as a full flush of every CPU: it is
 //!   called when a frame whose type count recently dropped to 0 changes type
 //!   (e.g. a formerly writable frame becoming a page table), as Xen does, so
-//!   no stale writable translation survives the type change. Call
-//!   [`FrameTable::tlbs_flushed`] after flushing on your own to avoid a
-//!   redundant flush.
+//!   no stale writable translation survives the type change. Wrap flushes
+//!   you do on your own in [`FrameTable::tlb_flush_begin`] and
+//!   [`FrameTable::tlb_flush_done`] to avoid a redundant flush.
+//! * Implement [`TableMemory::relax`] so that a CPU waiting for another
+//!   one (a frame being validated, a page lock) keeps serving what the other
+//!   may wait for (TLB-flush requests).
 //! * Decide privilege: `pg_owner` other than the caller's own domain is only
 //!   allowed for a privileged caller (see [`resolve_pg_owner`]).
 //! * Guest L1 entries may carry the global bit (Xen allows it); run guests
@@ -51,16 +54,27 @@
 //! in a non-present entry).
 
 mod audit;
+mod page;
 mod pte;
 
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod smp_tests;
+#[cfg(test)]
 mod tests;
 
 pub use audit::{AuditError, AuditErrorKind, AuditTally};
+pub use page::PageInfo;
+
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use guest_abi::errno::Errno;
+use page::{
+    C_DYING, C_FREE, C_HVW_ONE, Snap, T_BUSY, T_COUNT, T_LOCKED, T_PINNED, T_STALE, T_STAMP,
+    T_VALIDATED, c_count, c_dying, c_hvw, c_make, c_owner, t_count, t_linear, t_stamp, t_type,
+    t_with_linear, t_with_stamp, t_with_type,
+};
 
 /// Entries in one page-table frame.
 pub const ENTRIES: usize = 512;
@@ -104,9 +118,17 @@ pub trait TableMemory {
     /// Writes entry `idx` (`< 512`) of frame `mfn`. Only called for frames
     /// inside the frame table.
     fn write(&mut self, mfn: u64, idx: usize, val: u64);
-    /// Flushes every TLB (all CPUs, global entries included). Called before a
-    /// frame whose mappings may still be cached changes type.
+    /// Flushes every TLB (all CPUs, global entries included). Called when a
+    /// frame whose mappings may still be cached changes type, before the
+    /// frame is used as its new type.
     fn flush_tlbs(&mut self);
+    /// Called in every loop that waits for another CPU (a frame it
+    /// validates, a page lock it holds). The hypervisor serves other CPUs'
+    /// TLB-flush requests here (the CPU waited for may be waiting for this
+    /// one's flush); the default just hints the CPU.
+    fn relax(&mut self) {
+        core::hint::spin_loop();
+    }
 }
 
 /// What a frame is currently used as. Exclusive: a frame has one type, which
@@ -166,127 +188,6 @@ impl PageType {
             6 => Some(Self::Writable),
             _ => None,
         }
-    }
-}
-
-/// The table has been validated (all entries hold their references).
-const F_VALIDATED: u8 = 1 << 0;
-/// Pinned: holds one general and one type reference of its own.
-const F_PINNED: u8 = 1 << 1;
-/// The type count dropped to 0 at flush epoch `stamp`; TLBs may still cache
-/// mappings of (or through) this frame until the next flush.
-const F_STALE: u8 = 1 << 2;
-/// The owner died while others still referenced the frame: it has no
-/// allocation reference, takes no new references, and is freed by a later
-/// [`FrameTable::relinquish_domain`] once unreferenced.
-const F_DYING: u8 = 1 << 3;
-
-/// Per-frame state, 16 bytes. The caller provides the storage (one per
-/// machine frame); [`FrameTable::new`] initialises it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageInfo {
-    owner: u16,
-    /// `> 0`: number of linear entries this table holds; `< 0`: number of
-    /// linear entries of other tables naming this one (never both, XSA-240).
-    linear: i16,
-    count: u32,
-    type_count: u32,
-    ty: u8,
-    flags: u8,
-    stamp: u8,
-    /// Hypervisor write references ([`FrameTable::get_hv_writable`]): each
-    /// also holds a general and a [`PageType::Writable`] type reference.
-    hv_writers: u8,
-}
-
-// 16 bytes: the hot paths copy and index it (at 20 bytes mmu_update cost
-// about 20 more instructions per entry).
-const _: () = assert!(core::mem::size_of::<PageInfo>() == 16);
-
-impl Default for PageInfo {
-    fn default() -> Self {
-        Self::FREE
-    }
-}
-
-impl PageInfo {
-    /// A free frame: no owner, no references, no type.
-    pub const FREE: Self = Self::with_owner(OWNER_FREE);
-
-    const fn with_owner(owner: u16) -> Self {
-        Self {
-            owner,
-            linear: 0,
-            count: 0,
-            type_count: 0,
-            ty: PageType::None as u8,
-            flags: 0,
-            stamp: 0,
-            hv_writers: 0,
-        }
-    }
-
-    /// The owning domain, [`OWNER_FREE`] or [`OWNER_XEN`].
-    #[must_use]
-    pub const fn owner(&self) -> u16 {
-        self.owner
-    }
-
-    /// General reference count (allocation, mappings, pins, external).
-    #[must_use]
-    pub const fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// The current type (meaningful while [`PageInfo::type_count`] > 0).
-    #[must_use]
-    pub const fn page_type(&self) -> PageType {
-        match PageType::from_bits(self.ty) {
-            Some(t) => t,
-            None => PageType::None,
-        }
-    }
-
-    /// Number of type references.
-    #[must_use]
-    pub const fn type_count(&self) -> u32 {
-        self.type_count
-    }
-
-    /// True when pinned.
-    #[must_use]
-    pub const fn is_pinned(&self) -> bool {
-        self.flags & F_PINNED != 0
-    }
-
-    /// True when validated as its (table or segment) type.
-    #[must_use]
-    pub const fn is_validated(&self) -> bool {
-        self.flags & F_VALIDATED != 0
-    }
-
-    /// True when the owner died and the frame waits for its last references.
-    #[must_use]
-    pub const fn is_dying(&self) -> bool {
-        self.flags & F_DYING != 0
-    }
-
-    /// Linear-mapping balance: entries held (> 0) or uses by others (< 0).
-    #[must_use]
-    pub const fn linear_count(&self) -> i16 {
-        self.linear
-    }
-
-    /// How many hypervisor write references the frame holds
-    /// ([`FrameTable::get_hv_writable`]); while any is held the frame is
-    /// writable-typed and can take no other type.
-    #[must_use]
-    pub const fn hv_writers(&self) -> u8 {
-        self.hv_writers
-    }
-
-    const fn table_level(&self) -> Option<u8> {
-        self.page_type().level()
     }
 }
 
@@ -364,46 +265,79 @@ pub fn resolve_pg_owner(caller: u16, requested: u16, privileged: bool) -> Result
     Ok(requested)
 }
 
+/// A flush announced with [`FrameTable::tlb_flush_begin`]: hand it back to
+/// [`FrameTable::tlb_flush_done`] once every TLB was flushed.
+#[must_use = "a flush only counts once it is reported done"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushTicket(u8);
+
 /// The frame table over caller-provided storage, one [`PageInfo`] per frame.
+/// Every method takes `&self`: the table holds no lock and may be used from
+/// every CPU at once (see docs/smp.md, "The frame table without a lock").
 pub struct FrameTable<'a> {
-    pages: &'a mut [PageInfo],
+    pages: &'a [PageInfo],
     hv_l4_slots: [u64; HV_L4_SLOTS],
-    /// Counts TLB flushes (mod 2^8); a frame whose `stamp` equals it may
-    /// still be cached. A wrap can only make an old stamp look current,
-    /// which costs one unneeded flush, never a missing one.
-    epoch: u8,
+    /// Flushes started (mod 2^8): a frame whose type count drops to 0 is
+    /// stamped with this value.
+    flushes_started: AtomicU8,
+    /// The ticket of the latest flush known finished (mod 2^8): a frame
+    /// whose stamp is not older than this may still be cached.
+    flushes_done: AtomicU8,
     /// A dying frame lost its last general reference since
     /// [`FrameTable::take_released_dying`] was last asked.
-    released_dying: bool,
+    released_dying: AtomicBool,
     /// Domains whose L1 entries may map I/O memory (frames outside the
     /// table), 0xFFFF = unused slot.
-    io_domains: [u16; MAX_IO_DOMAINS],
+    io_domains: [AtomicU16; MAX_IO_DOMAINS],
     /// I/O frame ranges `[start, end)` nobody may map (the hypervisor's own
-    /// devices: local APIC, I/O APIC).
-    io_denied: [(u64, u64); MAX_IO_DENIED],
+    /// devices: local APIC, I/O APIC); an empty range is an unused slot.
+    io_denied: [(AtomicU64, AtomicU64); MAX_IO_DENIED],
+    /// Slots of `io_denied` handed out.
+    io_denied_used: AtomicUsize,
 }
 
 impl core::fmt::Debug for FrameTable<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("FrameTable")
             .field("frames", &self.pages.len())
-            .field("epoch", &self.epoch)
+            .field("flushes_started", &self.flushes_started)
+            .field("flushes_done", &self.flushes_done)
             .finish_non_exhaustive()
     }
+}
+
+const ACQ: Ordering = Ordering::Acquire;
+const ACQ_REL: Ordering = Ordering::AcqRel;
+
+/// One compare-and-exchange loop on `word`: `f` maps the current value to
+/// the new one, or refuses (`None`). Returns the value replaced.
+#[inline]
+fn update(word: &AtomicU64, f: impl FnMut(u64) -> Option<u64>) -> Result<u64, u64> {
+    word.fetch_update(ACQ_REL, ACQ, f)
+}
+
+/// True for a type whose first reference validates the frame's contents.
+const fn needs_validation(ty: PageType) -> bool {
+    matches!(
+        ty,
+        PageType::L1 | PageType::L2 | PageType::L3 | PageType::L4 | PageType::Segment
+    )
 }
 
 impl<'a> FrameTable<'a> {
     /// Tracks frames `0..pages.len()`, all free. `hv_l4_slots[i]` is what
     /// every guest L4 holds in slot `256 + i` once validated.
     pub fn new(pages: &'a mut [PageInfo], hv_l4_slots: [u64; HV_L4_SLOTS]) -> Self {
-        pages.fill(PageInfo::FREE);
+        pages.fill(PageInfo::free());
         Self {
             pages,
             hv_l4_slots,
-            epoch: 0,
-            released_dying: false,
-            io_domains: [u16::MAX; MAX_IO_DOMAINS],
-            io_denied: [(0, 0); MAX_IO_DENIED],
+            flushes_started: AtomicU8::new(0),
+            flushes_done: AtomicU8::new(0),
+            released_dying: AtomicBool::new(false),
+            io_domains: [const { AtomicU16::new(u16::MAX) }; MAX_IO_DOMAINS],
+            io_denied: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_IO_DENIED],
+            io_denied_used: AtomicUsize::new(0),
         }
     }
 
@@ -412,36 +346,43 @@ impl<'a> FrameTable<'a> {
     /// references, when the request names `DOMID_IO` (or the domain itself,
     /// when a table holding such entries is validated again). `ENOSPC` when
     /// [`MAX_IO_DOMAINS`] domains already have it.
-    pub fn allow_io(&mut self, dom: u16) -> Result<(), Errno> {
-        if self.io_domains.contains(&dom) {
+    pub fn allow_io(&self, dom: u16) -> Result<(), Errno> {
+        if self.io_domains.iter().any(|d| d.load(ACQ) == dom) {
             return Ok(());
         }
-        let slot = self
+        let claimed = self
             .io_domains
-            .iter_mut()
-            .find(|d| **d == u16::MAX)
-            .ok_or(Errno::ENOSPC)?;
-        *slot = dom;
-        Ok(())
+            .iter()
+            .any(|d| d.compare_exchange(u16::MAX, dom, ACQ_REL, ACQ).is_ok());
+        if claimed { Ok(()) } else { Err(Errno::ENOSPC) }
     }
 
     /// Keeps I/O frames `start..end` from every guest (the hypervisor's own
-    /// devices). `ENOSPC` when the list is full.
-    pub fn deny_io(&mut self, start: u64, end: u64) -> Result<(), Errno> {
+    /// devices). Takes effect when it returns. `ENOSPC` when the list is
+    /// full.
+    pub fn deny_io(&self, start: u64, end: u64) -> Result<(), Errno> {
+        if start >= end {
+            return Ok(());
+        }
         let slot = self
-            .io_denied
-            .iter_mut()
-            .find(|r| r.0 == r.1)
-            .ok_or(Errno::ENOSPC)?;
-        *slot = (start, end);
+            .io_denied_used
+            .fetch_update(ACQ_REL, ACQ, |n| (n < MAX_IO_DENIED).then_some(n + 1))
+            .map_err(|_| Errno::ENOSPC)?;
+        let (s, e) = self.io_denied.get(slot).ok_or(Errno::ENOSPC)?;
+        // Start first: until the end is stored the slot's range is empty.
+        s.store(start, Ordering::Release);
+        e.store(end, Ordering::Release);
         Ok(())
     }
 
     /// True when `dom` may map I/O frame `mfn` (outside the table).
     fn io_allowed(&self, dom: u16, mfn: u64) -> bool {
         self.pg(mfn).is_none()
-            && self.io_domains.contains(&dom)
-            && !self.io_denied.iter().any(|&(s, e)| mfn >= s && mfn < e)
+            && self.io_domains.iter().any(|d| d.load(ACQ) == dom)
+            && !self.io_denied.iter().any(|(s, e)| {
+                let end = e.load(ACQ);
+                mfn >= s.load(ACQ) && mfn < end
+            })
     }
 
     /// Number of frames tracked.
@@ -453,20 +394,64 @@ impl<'a> FrameTable<'a> {
     /// A copy of the state of `mfn`, `None` outside the table.
     #[must_use]
     pub fn info(&self, mfn: u64) -> Option<PageInfo> {
-        self.pg(mfn).copied()
+        self.pg(mfn).cloned()
     }
 
     /// The owner of `mfn` (a domain, [`OWNER_FREE`] or [`OWNER_XEN`]); `None`
     /// outside the table. A dying frame still reports its dead owner.
     #[must_use]
     pub fn owner(&self, mfn: u64) -> Option<u16> {
-        self.pg(mfn).map(|p| p.owner)
+        self.pg(mfn).map(|p| c_owner(p.c.load(ACQ)))
     }
 
-    /// Tells the table that every TLB was just flushed, so frames whose type
-    /// count dropped earlier need no flush when they change type.
-    pub fn tlbs_flushed(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1);
+    // ------------------------------------------------------------------
+    // The TLB-flush clock
+    // ------------------------------------------------------------------
+
+    /// Announces a flush of every TLB the caller is about to do on its own
+    /// (call it before flushing, then [`FrameTable::tlb_flush_done`] after),
+    /// so frames whose type count dropped before it need no flush of their
+    /// own when they change type.
+    pub fn tlb_flush_begin(&self) -> FlushTicket {
+        FlushTicket(self.flushes_started.fetch_add(1, ACQ_REL).wrapping_add(1))
+    }
+
+    /// Reports the flush announced by `ticket` finished on every CPU.
+    pub fn tlb_flush_done(&self, ticket: FlushTicket) {
+        // Keep the latest: flushes may finish out of order.
+        let _ = self.flushes_done.fetch_update(ACQ_REL, ACQ, |done| {
+            (ticket.0.wrapping_sub(done).cast_signed() > 0).then_some(ticket.0)
+        });
+    }
+
+    /// Flushes every TLB through `mem`, on the clock.
+    fn flush<M: TableMemory + ?Sized>(&self, mem: &mut M) {
+        let ticket = self.tlb_flush_begin();
+        mem.flush_tlbs();
+        self.tlb_flush_done(ticket);
+    }
+
+    /// True when a frame with type word `t` (type count 0) may still be
+    /// cached by some TLB: it is stale and no flush started after its
+    /// stamp has finished. The stamp is at most a few flushes (those in
+    /// flight) ahead of the done counter, so the signed difference is exact
+    /// for recent stamps; a stamp 128 or more flushes old may read as
+    /// recent, which costs a needless flush, never a missing one.
+    fn may_be_cached(&self, t: u64) -> bool {
+        t & T_STALE != 0
+            && self
+                .flushes_done
+                .load(ACQ)
+                .wrapping_sub(t_stamp(t))
+                .cast_signed()
+                <= 0
+    }
+
+    /// The type word `t` with its count set to 0, marked stale at the
+    /// current stamp (read now: after the mapping that held the last
+    /// reference was removed).
+    fn stale_at_zero(&self, t: u64) -> u64 {
+        t_with_stamp((t & !T_COUNT) | T_STALE, self.flushes_started.load(ACQ))
     }
 
     // ------------------------------------------------------------------
@@ -475,28 +460,28 @@ impl<'a> FrameTable<'a> {
 
     /// Marks a free frame as the hypervisor's: it can never be mapped, typed
     /// or assigned. `EINVAL` outside the table, `EBUSY` if not free.
-    pub fn reserve_for_hypervisor(&mut self, mfn: u64) -> Result<(), Errno> {
-        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
-        if p.owner != OWNER_FREE {
-            return Err(Errno::EBUSY);
-        }
-        *p = PageInfo::with_owner(OWNER_XEN);
-        Ok(())
+    pub fn reserve_for_hypervisor(&self, mfn: u64) -> Result<(), Errno> {
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        p.c.compare_exchange(C_FREE, c_make(OWNER_XEN, 0), ACQ_REL, ACQ)
+            .map(|_| ())
+            .map_err(|_| Errno::EBUSY)
     }
 
     /// Gives free frame `mfn` to `dom`, taking its allocation reference.
     /// `EINVAL` outside the table or for a reserved `dom`; `EBUSY` if the
     /// frame is not free.
-    pub fn assign(&mut self, mfn: u64, dom: u16) -> Result<(), Errno> {
+    pub fn assign(&self, mfn: u64, dom: u16) -> Result<(), Errno> {
         if !is_domain(dom) {
             return Err(Errno::EINVAL);
         }
-        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
-        if p.owner != OWNER_FREE {
-            return Err(Errno::EBUSY);
-        }
-        *p = PageInfo::with_owner(dom);
-        p.count = 1;
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        // Owned with count 0: nobody can take a reference yet.
+        p.c.compare_exchange(C_FREE, c_make(dom, 0), ACQ_REL, ACQ)
+            .map_err(|_| Errno::EBUSY)?;
+        // Nobody else touches the type word now; keep the TLB stamp.
+        let t = p.t.load(ACQ);
+        p.t.store(t & (T_STALE | T_STAMP), Ordering::Release);
+        p.c.store(c_make(dom, 1), Ordering::Release);
         Ok(())
     }
 
@@ -513,15 +498,35 @@ impl<'a> FrameTable<'a> {
     /// for them to keep that case distinguishable. The caller turns any
     /// error into a short `decrease_reservation` count and must flush TLBs
     /// before reusing the frame.
-    pub fn release(&mut self, mfn: u64, dom: u16) -> Result<(), Errno> {
-        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
-        if !is_domain(dom) || p.owner != dom || p.is_dying() {
-            return Err(Errno::EINVAL);
+    pub fn release(&self, mfn: u64, dom: u16) -> Result<(), Errno> {
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        let mut c = p.c.load(ACQ);
+        loop {
+            if !is_domain(dom) || c_owner(c) != dom || c_dying(c) {
+                return Err(Errno::EINVAL);
+            }
+            let t = p.t.load(ACQ);
+            if c != c_make(dom, 1) || t_count(t) != 0 || t & T_PINNED != 0 {
+                return Err(Errno::EBUSY);
+            }
+            // Count 1 → 0: the allocation reference was the only one, so
+            // no type reference is held (each comes with a general one) and
+            // none can be taken from now on.
+            match p.c.compare_exchange(c, c_make(dom, 0), ACQ_REL, ACQ) {
+                Ok(_) => break,
+                Err(now) => c = now,
+            }
         }
-        if p.count != 1 || p.type_count != 0 || p.is_pinned() {
+        let t = p.t.load(ACQ);
+        if t_count(t) != 0 || t & T_PINNED != 0 {
+            // A type reference without a general one (a caller broke the
+            // rule): give the frame back untouched.
+            p.c.store(c, Ordering::Release);
             return Err(Errno::EBUSY);
         }
-        *p = PageInfo::FREE;
+        // Free frames carry no TLB stamp: whoever reuses one flushes first.
+        p.t.store(0, Ordering::Release);
+        p.c.store(C_FREE, Ordering::Release);
         Ok(())
     }
 
@@ -533,8 +538,12 @@ impl<'a> FrameTable<'a> {
     /// holds such as this domain's base pointers) stay owned by `dom`,
     /// marked dying; drop those references and call again to collect them.
     /// Returns how many of `dom`'s frames are still waiting.
+    ///
+    /// The caller must already refuse new operations naming `dom` (as Xen's
+    /// `get_pg_owner` refuses a dying domain); operations in flight on other
+    /// CPUs are safe (each frame's step is its own compare-and-exchange).
     pub fn relinquish_domain<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         mut free: impl FnMut(u64),
@@ -542,40 +551,30 @@ impl<'a> FrameTable<'a> {
         if !is_domain(dom) {
             return 0;
         }
-        let n = self.nr_frames();
-        for mfn in 0..n {
-            let pinned = self
-                .pg(mfn)
-                .is_some_and(|p| p.owner == dom && p.is_pinned());
-            if pinned {
-                if let Some(p) = self.pg_mut(mfn) {
-                    p.flags &= !F_PINNED;
-                }
+        let owned = |p: &PageInfo| c_owner(p.c.load(ACQ)) == dom;
+        for (mfn, p) in (0u64..).zip(self.pages) {
+            if owned(p) && update(&p.t, |t| (t & T_PINNED != 0).then_some(t & !T_PINNED)).is_ok() {
                 self.put_page_type(mem, mfn);
                 self.put_page(mfn);
             }
         }
         for level in (1..=4u8).rev() {
-            for mfn in 0..n {
-                let Some(p) = self.pg_mut(mfn) else { continue };
-                if p.owner == dom && p.table_level() == Some(level) && p.is_validated() {
-                    p.flags &= !F_VALIDATED;
-                    self.devalidate(mem, mfn, level);
+            for (mfn, p) in (0u64..).zip(self.pages) {
+                if owned(p) {
+                    self.force_devalidate(mem, p, mfn, level);
                 }
             }
         }
         let mut waiting = 0;
-        for mfn in 0..n {
-            let Some(p) = self.pg_mut(mfn) else { continue };
-            if p.owner != dom {
+        for (mfn, p) in (0u64..).zip(self.pages) {
+            if !owned(p) {
                 continue;
             }
-            if !p.is_dying() {
-                p.flags |= F_DYING;
-                p.count = p.count.saturating_sub(1);
-            }
-            if p.count == 0 && p.type_count == 0 {
-                *p = PageInfo::FREE;
+            // Dying, without the allocation reference (once).
+            let _ = update(&p.c, |c| {
+                (c_owner(c) == dom && !c_dying(c) && c_count(c) > 0).then_some((c | C_DYING) - 1)
+            });
+            if self.free_dead(p, dom) {
                 free(mfn);
             } else {
                 waiting += 1;
@@ -584,13 +583,72 @@ impl<'a> FrameTable<'a> {
         waiting
     }
 
+    /// Forced devalidation of a still-validated level-`level` table of a
+    /// dead domain (its base pointers are gone, so a type count left means
+    /// circular linear references or references from its own tables). The
+    /// claiming CAS (waiting for a page lock to go first) clears validated,
+    /// sets busy and takes a type reference of its own, so no concurrent
+    /// drop can take the count to 0 while the entries are dropped.
+    fn force_devalidate<M: TableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        p: &PageInfo,
+        mfn: u64,
+        level: u8,
+    ) {
+        let mut t = p.t.load(ACQ);
+        loop {
+            if t_type(t).level() != Some(level)
+                || t & T_VALIDATED == 0
+                || t_count(t) == 0
+                || t_count(t) == u32::MAX
+            {
+                return;
+            }
+            if t & (T_LOCKED | T_BUSY) != 0 {
+                mem.relax();
+                t = p.t.load(ACQ);
+                continue;
+            }
+            let claimed = ((t & !T_VALIDATED) | T_BUSY) + 1;
+            match p.t.compare_exchange_weak(t, claimed, ACQ_REL, ACQ) {
+                Ok(_) => break,
+                Err(now) => t = now,
+            }
+        }
+        self.devalidate(mem, mfn, level);
+    }
+
+    /// Frees a dying frame of `dom` that has no reference left; false if it
+    /// still has some (or is not such a frame).
+    fn free_dead(&self, p: &PageInfo, dom: u16) -> bool {
+        let dead = c_make(dom, 0) | C_DYING;
+        // Dying with count 0 → owned with count 0: the one CPU whose CAS
+        // succeeds frees it.
+        if p.c
+            .compare_exchange(dead, c_make(dom, 0), ACQ_REL, ACQ)
+            .is_err()
+        {
+            return false;
+        }
+        let t = p.t.load(ACQ);
+        if t_count(t) != 0 {
+            p.c.store(dead, Ordering::Release);
+            return false;
+        }
+        // Free frames carry no TLB stamp: whoever reuses one flushes first.
+        p.t.store(0, Ordering::Release);
+        p.c.store(C_FREE, Ordering::Release);
+        true
+    }
+
     // ------------------------------------------------------------------
     // References
     // ------------------------------------------------------------------
 
     /// Takes a general reference on `mfn` for `dom` (which must own it).
     /// `EINVAL` otherwise (Xen's `get_page_from_mfn` failure in its callers).
-    pub fn get_page(&mut self, mfn: u64, dom: u16) -> Result<(), Errno> {
+    pub fn get_page(&self, mfn: u64, dom: u16) -> Result<(), Errno> {
         if self.try_get_page(mfn, dom) {
             Ok(())
         } else {
@@ -600,12 +658,13 @@ impl<'a> FrameTable<'a> {
 
     /// Drops a general reference taken with [`FrameTable::get_page`].
     /// Never frees: frames leave only through release or relinquish.
-    pub fn put_page(&mut self, mfn: u64) {
-        if let Some(p) = self.pg_mut(mfn) {
-            p.count = p.count.saturating_sub(1);
-            if p.count == 0 && p.is_dying() {
-                self.released_dying = true;
-            }
+    pub fn put_page(&self, mfn: u64) {
+        let Some(p) = self.pg(mfn) else { return };
+        if let Ok(old) = update(&p.c, |c| (c_count(c) > 0).then(|| c - 1))
+            && c_count(old) == 1
+            && c_dying(old)
+        {
+            self.released_dying.store(true, Ordering::Release);
         }
     }
 
@@ -613,8 +672,8 @@ impl<'a> FrameTable<'a> {
     /// at its death) has lost its last general reference since the last
     /// call: time to call [`FrameTable::relinquish_domain`] again for dead
     /// domains. Lets the caller skip that scan after every other update.
-    pub fn take_released_dying(&mut self) -> bool {
-        core::mem::take(&mut self.released_dying)
+    pub fn take_released_dying(&self) -> bool {
+        self.released_dying.swap(false, ACQ_REL)
     }
 
     /// Takes a type reference of type `ty` on `mfn`, owned by `dom`. The
@@ -622,22 +681,29 @@ impl<'a> FrameTable<'a> {
     /// references); a type change happens only at type count 0 and may flush
     /// TLBs. The first [`PageType::Segment`] reference checks and fixes up
     /// all 512 descriptors (`pv::check_descriptor`). Only a type reference is
-    /// taken; hold a general reference alongside it
-    /// ([`FrameTable::get_page_and_type`]).
+    /// taken: the caller must hold a general reference alongside it for as
+    /// long as it holds the type reference
+    /// ([`FrameTable::get_page_and_type`]). While another CPU validates the
+    /// frame, this waits for it ([`TableMemory::relax`]).
     ///
     /// Errors: `EINVAL` for a frame that is not `dom`'s, for `PageType::None`,
     /// for a type mismatch or a count overflow (Xen's `_get_page_type`);
     /// otherwise the error of the first entry that fails validation (see
     /// [`FrameTable::mod_entry`]).
     pub fn get_page_type<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         mfn: u64,
         ty: PageType,
         dom: u16,
     ) -> Result<(), Errno> {
-        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
-        if !is_domain(dom) || p.owner != dom || p.is_dying() || ty == PageType::None {
+        let c = self.pg(mfn).ok_or(Errno::EINVAL)?.c.load(ACQ);
+        if !is_domain(dom)
+            || c_owner(c) != dom
+            || c_dying(c)
+            || c_count(c) == 0
+            || ty == PageType::None
+        {
             return Err(Errno::EINVAL);
         }
         self.get_type_ref(mem, mfn, ty)
@@ -645,8 +711,8 @@ impl<'a> FrameTable<'a> {
 
     /// Drops a type reference; the last one of a table devalidates it
     /// (dropping the references of all its entries).
-    pub fn put_page_type<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mfn: u64) {
-        if let Some(level) = self.drop_type_ref(mfn) {
+    pub fn put_page_type<M: TableMemory + ?Sized>(&self, mem: &mut M, mfn: u64) {
+        if let Some(level) = self.drop_type_ref(mfn, 0) {
             self.devalidate(mem, mfn, level);
         }
     }
@@ -654,7 +720,7 @@ impl<'a> FrameTable<'a> {
     /// [`FrameTable::get_page`] then [`FrameTable::get_page_type`], undoing
     /// the first if the second fails. Errors as those.
     pub fn get_page_and_type<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         mfn: u64,
         ty: PageType,
@@ -669,7 +735,7 @@ impl<'a> FrameTable<'a> {
     }
 
     /// Drops the type then the general reference.
-    pub fn put_page_and_type<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mfn: u64) {
+    pub fn put_page_and_type<M: TableMemory + ?Sized>(&self, mem: &mut M, mfn: u64) {
         self.put_page_type(mem, mfn);
         self.put_page(mfn);
     }
@@ -691,17 +757,19 @@ impl<'a> FrameTable<'a> {
     /// frame is not `dom`'s or is already typed as something else, e.g. a
     /// page table), and `EINVAL` when the counter would overflow.
     pub fn get_hv_writable<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         mfn: u64,
         dom: u16,
     ) -> Result<(), Errno> {
-        if self.pg(mfn).is_some_and(|p| p.hv_writers == u8::MAX) {
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        if c_hvw(p.c.load(ACQ)) == u8::MAX {
             return Err(Errno::EINVAL);
         }
         self.get_page_and_type(mem, mfn, PageType::Writable, dom)?;
-        if let Some(p) = self.pg_mut(mfn) {
-            p.hv_writers += 1;
+        if update(&p.c, |c| (c_hvw(c) < u8::MAX).then(|| c + C_HVW_ONE)).is_err() {
+            self.put_page_and_type(mem, mfn);
+            return Err(Errno::EINVAL);
         }
         Ok(())
     }
@@ -709,13 +777,11 @@ impl<'a> FrameTable<'a> {
     /// Drops a reference taken with [`FrameTable::get_hv_writable`] once the
     /// hypervisor no longer writes the frame. Does nothing for a frame that
     /// holds none.
-    pub fn put_hv_writable<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mfn: u64) {
-        let Some(p) = self.pg_mut(mfn) else { return };
-        if p.hv_writers == 0 {
-            return;
+    pub fn put_hv_writable<M: TableMemory + ?Sized>(&self, mem: &mut M, mfn: u64) {
+        let Some(p) = self.pg(mfn) else { return };
+        if update(&p.c, |c| (c_hvw(c) > 0).then(|| c - C_HVW_ONE)).is_ok() {
+            self.put_page_and_type(mem, mfn);
         }
-        p.hv_writers -= 1;
-        self.put_page_and_type(mem, mfn);
     }
 
     // ------------------------------------------------------------------
@@ -734,9 +800,12 @@ impl<'a> FrameTable<'a> {
     /// forced (see the module docs); with `preserve_ad` the old accessed and
     /// dirty bits are kept. An update touching only A/D/USER/NX/G/available
     /// bits is written without re-validation; granting RW never is (XSA-182).
+    /// The update holds the table's page lock (Xen's `page_lock`), so
+    /// updates of one table from several CPUs happen one after the other.
     ///
     /// If the frame is not a page table (type count 0, or writable-typed)
-    /// this is a plain write of `new`, as in Xen.
+    /// this is a plain write of `new` under a writable type reference, as
+    /// in Xen.
     ///
     /// Errors (Xen's `do_mmu_update`/`mod_lN_entry`/`get_page_from_lNe`):
     /// * `EINVAL`: misaligned `entry_ma`; frame outside the table, not
@@ -754,7 +823,7 @@ impl<'a> FrameTable<'a> {
     ///   non-privileged attempt to map I/O memory).
     /// * Validation of a new table below the entry can return any of these.
     pub fn mod_entry<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         pg_owner: u16,
@@ -762,34 +831,55 @@ impl<'a> FrameTable<'a> {
         new: u64,
         preserve_ad: bool,
     ) -> Result<Flush, Errno> {
+        self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, preserve_ad, None)
+    }
+
+    /// [`FrameTable::mod_entry`], requiring a table of level `want` when
+    /// given (checked under the page lock).
+    #[allow(clippy::too_many_arguments)]
+    fn mod_entry_in<M: TableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        dom: u16,
+        pg_owner: u16,
+        entry_ma: u64,
+        new: u64,
+        preserve_ad: bool,
+        want: Option<u8>,
+    ) -> Result<Flush, Errno> {
         if entry_ma & 7 != 0 {
             return Err(Errno::EINVAL);
         }
         let mfn = entry_ma >> 12;
         // In range by construction: a page offset divided by 8.
         let idx = usize::try_from((entry_ma & 0xFFF) >> 3).map_err(|_| Errno::EINVAL)?;
-        let p = *self.pg(mfn).ok_or(Errno::EINVAL)?;
-        if !is_domain(dom) || p.owner != dom || p.is_dying() {
+        if !self.try_get_page(mfn, dom) {
             return Err(Errno::EINVAL);
         }
-        if p.type_count > 0 {
-            if let Some(level) = p.table_level() {
-                if !p.is_validated() {
-                    return Err(Errno::EINVAL);
-                }
+        let result = if let Some(level) = self.page_lock(mem, mfn) {
+            let r = if want.is_none_or(|w| w == level) {
                 let at = Slot { mfn, level, idx };
-                return self.mod_table_entry(mem, dom, pg_owner, at, new, preserve_ad);
-            }
-            if p.page_type() == PageType::Writable {
-                mem.write(mfn, idx, new);
-                return Ok(Flush::NONE);
-            }
-            return Err(Errno::EINVAL);
-        }
-        self.get_type_ref(mem, mfn, PageType::Writable)?;
-        mem.write(mfn, idx, new);
-        self.put_page_type(mem, mfn);
-        Ok(Flush::NONE)
+                self.mod_table_entry(mem, dom, pg_owner, at, new, preserve_ad)
+            } else {
+                Err(Errno::EINVAL)
+            };
+            self.page_unlock(mem, mfn);
+            r
+        } else if want.is_some() {
+            Err(Errno::EINVAL)
+        } else {
+            // Not a (usable) table: a plain write, under a writable type
+            // reference so the frame cannot become a table meanwhile.
+            self.get_type_ref(mem, mfn, PageType::Writable)
+                .map(|()| {
+                    mem.write(mfn, idx, new);
+                    self.put_page_type(mem, mfn);
+                    Flush::NONE
+                })
+                .map_err(|_| Errno::EINVAL)
+        };
+        self.put_page(mfn);
+        result
     }
 
     /// `update_va_mapping`: replaces the L1 entry mapping `va` in the address
@@ -800,7 +890,7 @@ impl<'a> FrameTable<'a> {
     /// owned by `dom` (Xen's `map_guest_l1e` path). On error nothing changed
     /// and nothing must be flushed.
     pub fn update_va_mapping<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         pg_owner: u16,
@@ -809,7 +899,7 @@ impl<'a> FrameTable<'a> {
         new: u64,
     ) -> Result<Flush, Errno> {
         let entry_ma = self.find_l1e(mem, dom, l4_mfn, va)?;
-        self.mod_entry(mem, dom, pg_owner, entry_ma, new, false)
+        self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, false, Some(1))
     }
 
     /// `MMU_MACHPHYS_UPDATE` check: the frame must be owned by `dom` (the
@@ -817,8 +907,8 @@ impl<'a> FrameTable<'a> {
     /// mach->phys update"). The caller refuses a foreign page-table owner
     /// with `EPERM` first, as Xen does.
     pub fn check_machphys_update(&self, dom: u16, mfn: u64) -> Result<(), Errno> {
-        match self.pg(mfn) {
-            Some(p) if is_domain(dom) && p.owner == dom && !p.is_dying() => Ok(()),
+        match self.pg(mfn).map(|p| p.c.load(ACQ)) {
+            Some(c) if is_domain(dom) && c_owner(c) == dom && !c_dying(c) => Ok(()),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -847,23 +937,27 @@ impl<'a> FrameTable<'a> {
     /// entry is refused (`EBUSY`), as is a frame that is not a live L1 of
     /// `dom` or a misaligned address (`EINVAL`).
     pub fn install_grant_entry<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         entry_ma: u64,
         new: u64,
     ) -> Result<Flush, Errno> {
-        let at = self.grant_slot(dom, entry_ma)?;
-        if !pte::present(new) || !pte::is_grant(new) {
-            return Err(Errno::EINVAL);
-        }
-        let old = mem.read(at.mfn, at.idx);
-        if pte::present(old) && pte::is_grant(old) {
-            return Err(Errno::EBUSY);
-        }
-        mem.write(at.mfn, at.idx, new);
-        self.put_entry(mem, at, old);
-        Ok(flush_for(old, new))
+        let at = self.grant_lock(mem, dom, entry_ma)?;
+        let result = if !pte::present(new) || !pte::is_grant(new) {
+            Err(Errno::EINVAL)
+        } else {
+            let old = mem.read(at.mfn, at.idx);
+            if pte::present(old) && pte::is_grant(old) {
+                Err(Errno::EBUSY)
+            } else {
+                mem.write(at.mfn, at.idx, new);
+                self.put_entry(mem, at, old);
+                Ok(flush_for(old, new))
+            }
+        };
+        self.grant_unlock(mem, at.mfn);
+        result
     }
 
     /// Removes grant entry `expected` from the L1 entry `entry_ma` of a live
@@ -872,20 +966,22 @@ impl<'a> FrameTable<'a> {
     /// rewrote or moved the entry cannot make the unmap drop references twice
     /// (XSA-234). `EINVAL` otherwise, with nothing changed.
     pub fn remove_grant_entry<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         entry_ma: u64,
         expected: u64,
     ) -> Result<Flush, Errno> {
-        let at = self.grant_slot(dom, entry_ma)?;
+        let at = self.grant_lock(mem, dom, entry_ma)?;
         let old = mem.read(at.mfn, at.idx);
-        let ignore = pte::ACCESSED | pte::DIRTY;
-        if !pte::present(old) || !pte::is_grant(old) || (old ^ expected) & !ignore != 0 {
-            return Err(Errno::EINVAL);
-        }
-        mem.write(at.mfn, at.idx, 0);
-        Ok(Flush::NEEDED)
+        let result = if is_grant_entry(old, expected) {
+            mem.write(at.mfn, at.idx, 0);
+            Ok(Flush::NEEDED)
+        } else {
+            Err(Errno::EINVAL)
+        };
+        self.grant_unlock(mem, at.mfn);
+        result
     }
 
     /// `GNTTABOP_unmap_and_replace`'s page-table half (Xen's
@@ -897,42 +993,86 @@ impl<'a> FrameTable<'a> {
     /// nothing changed, if either slot is not in a live L1 of `dom`, the
     /// grant entry is not there, `new_ma` is `entry_ma`, or the entry at
     /// `new_ma` is itself a grant mapping (its handle records where it is).
+    /// Both tables are locked, in frame order.
     pub fn replace_grant_entry<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         entry_ma: u64,
         expected: u64,
         new_ma: u64,
     ) -> Result<Flush, Errno> {
-        let at = self.grant_slot(dom, entry_ma)?;
-        let from = self.grant_slot(dom, new_ma)?;
         if entry_ma == new_ma {
             return Err(Errno::EINVAL);
         }
+        let (lo, hi) = if entry_ma >> 12 <= new_ma >> 12 {
+            (entry_ma, new_ma)
+        } else {
+            (new_ma, entry_ma)
+        };
+        let first = self.grant_lock(mem, dom, lo)?;
+        let second = if hi >> 12 == first.mfn {
+            slot_of(hi)
+        } else {
+            self.grant_lock(mem, dom, hi)
+        };
+        let second = match second {
+            Ok(s) => s,
+            Err(e) => {
+                self.grant_unlock(mem, first.mfn);
+                return Err(e);
+            }
+        };
+        let (at, from) = if lo == entry_ma {
+            (first, second)
+        } else {
+            (second, first)
+        };
         let old = mem.read(at.mfn, at.idx);
-        let ignore = pte::ACCESSED | pte::DIRTY;
-        if !pte::present(old) || !pte::is_grant(old) || (old ^ expected) & !ignore != 0 {
-            return Err(Errno::EINVAL);
-        }
         let moved = mem.read(from.mfn, from.idx);
-        if pte::present(moved) && pte::is_grant(moved) {
-            return Err(Errno::EINVAL);
+        let result =
+            if !is_grant_entry(old, expected) || pte::present(moved) && pte::is_grant(moved) {
+                Err(Errno::EINVAL)
+            } else {
+                mem.write(from.mfn, from.idx, 0);
+                mem.write(at.mfn, at.idx, moved);
+                Ok(Flush::NEEDED)
+            };
+        if second.mfn != first.mfn {
+            self.grant_unlock(mem, second.mfn);
         }
-        mem.write(from.mfn, from.idx, 0);
-        mem.write(at.mfn, at.idx, moved);
-        Ok(Flush::NEEDED)
+        self.grant_unlock(mem, first.mfn);
+        result
     }
 
-    /// The slot of a grant entry: `entry_ma` 8-byte aligned in a live L1 of
-    /// `dom`.
-    fn grant_slot(&self, dom: u16, entry_ma: u64) -> Result<Slot, Errno> {
-        let mfn = entry_ma >> 12;
-        if entry_ma & 7 != 0 || !self.is_live_table(mfn, dom, 1) {
+    /// Locks the live L1 of `dom` holding entry `entry_ma` (8-byte aligned)
+    /// for a grant entry update: a general reference and the page lock.
+    fn grant_lock<M: TableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        dom: u16,
+        entry_ma: u64,
+    ) -> Result<Slot, Errno> {
+        let at = slot_of(entry_ma)?;
+        if !self.try_get_page(at.mfn, dom) {
             return Err(Errno::EINVAL);
         }
-        let idx = usize::try_from((entry_ma & 0xFFF) >> 3).map_err(|_| Errno::EINVAL)?;
-        Ok(Slot { mfn, level: 1, idx })
+        match self.page_lock(mem, at.mfn) {
+            Some(1) => Ok(at),
+            locked => {
+                if locked.is_some() {
+                    self.page_unlock(mem, at.mfn);
+                }
+                self.put_page(at.mfn);
+                Err(Errno::EINVAL)
+            }
+        }
+    }
+
+    /// Undoes [`FrameTable::grant_lock`].
+    fn grant_unlock<M: TableMemory + ?Sized>(&self, mem: &mut M, mfn: u64) {
+        self.page_unlock(mem, mfn);
+        self.put_page(mfn);
     }
 
     // ------------------------------------------------------------------
@@ -946,7 +1086,7 @@ impl<'a> FrameTable<'a> {
     /// frame that is not `dom`'s, a type mismatch, or an already pinned
     /// table; otherwise the validation error of the first bad entry.
     pub fn pin<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         mfn: u64,
@@ -954,30 +1094,29 @@ impl<'a> FrameTable<'a> {
     ) -> Result<(), Errno> {
         let ty = PageType::table(level).ok_or(Errno::EINVAL)?;
         self.get_page_and_type(mem, mfn, ty, dom)?;
-        let Some(p) = self.pg_mut(mfn) else {
-            return Err(Errno::EINVAL);
-        };
-        if p.is_pinned() {
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        if update(&p.t, |t| (t & T_PINNED == 0).then_some(t | T_PINNED)).is_err() {
             self.put_page_and_type(mem, mfn);
             return Err(Errno::EINVAL);
         }
-        p.flags |= F_PINNED;
         Ok(())
     }
 
     /// `MMUEXT_UNPIN_TABLE`. Errors: `EINVAL` for a frame that is not `dom`'s
     /// or not pinned (Xen: "mfn not pinned").
     pub fn unpin<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         mfn: u64,
     ) -> Result<(), Errno> {
-        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
-        if !is_domain(dom) || p.owner != dom || p.is_dying() || !p.is_pinned() {
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        let c = p.c.load(ACQ);
+        if !is_domain(dom) || c_owner(c) != dom || c_dying(c) {
             return Err(Errno::EINVAL);
         }
-        p.flags &= !F_PINNED;
+        update(&p.t, |t| (t & T_PINNED != 0).then_some(t & !T_PINNED))
+            .map_err(|_| Errno::EINVAL)?;
         self.put_page_and_type(mem, mfn);
         Ok(())
     }
@@ -992,7 +1131,7 @@ impl<'a> FrameTable<'a> {
     /// `dom` or not usable as an L4; a validation error otherwise. The caller
     /// refuses a foreign `foreigndom` with `EPERM` first.
     pub fn new_baseptr<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         new_l4: u64,
@@ -1016,86 +1155,107 @@ impl<'a> FrameTable<'a> {
         self.pages.get(usize::try_from(mfn).ok()?)
     }
 
-    fn pg_mut(&mut self, mfn: u64) -> Option<&mut PageInfo> {
-        self.pages.get_mut(usize::try_from(mfn).ok()?)
+    /// A decoded copy of `mfn`'s state.
+    fn snap(&self, mfn: u64) -> Option<Snap> {
+        self.pg(mfn).map(PageInfo::snap)
     }
 
-    /// Takes a general reference if `dom` owns the (live) frame.
-    fn try_get_page(&mut self, mfn: u64, dom: u16) -> bool {
-        let Some(p) = self.pg_mut(mfn) else {
+    /// Takes a general reference if `dom` owns the (live) frame: one CAS
+    /// checking owner, liveness and count in the word it increments.
+    fn try_get_page(&self, mfn: u64, dom: u16) -> bool {
+        let Some(p) = self.pg(mfn) else {
             return false;
         };
-        if !is_domain(dom) || p.owner != dom || p.is_dying() || p.count == 0 {
+        if !is_domain(dom) {
             return false;
         }
-        match p.count.checked_add(1) {
-            Some(c) => {
-                p.count = c;
-                true
-            }
-            None => false,
-        }
+        update(&p.c, |c| {
+            let n = c_count(c);
+            (c_owner(c) == dom && !c_dying(c) && n > 0 && n < u32::MAX).then(|| c + 1)
+        })
+        .is_ok()
     }
 
-    /// Takes a type reference; validates a table on its first one.
+    /// Takes a type reference (the caller holds a general one); the first
+    /// one claims the frame (busy), flushes TLBs if the type changes while
+    /// its old mappings may be cached, then validates a table or descriptor
+    /// page. Waits while another CPU holds the frame busy.
     fn get_type_ref<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         mfn: u64,
         ty: PageType,
     ) -> Result<(), Errno> {
-        let epoch = self.epoch;
-        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
-        // A frame the hypervisor writes on its own holds a Writable type
-        // reference (type_count > 0), so any other type is refused just
-        // below: types are exclusive and change only at type count 0.
-        if p.type_count > 0 {
-            if p.page_type() != ty || (ty.level().is_some() && !p.is_validated()) {
-                return Err(Errno::EINVAL);
-            }
-            p.type_count = p.type_count.checked_add(1).ok_or(Errno::EINVAL)?;
-            return Ok(());
-        }
-        let mut flush = false;
-        if p.page_type() != ty {
-            flush = p.flags & F_STALE != 0 && p.stamp == epoch;
-            p.flags &= !(F_STALE | F_VALIDATED);
-            p.ty = ty as u8;
-        }
-        p.type_count = 1;
-        if flush {
-            mem.flush_tlbs();
-            self.tlbs_flushed();
-        }
-        let Some(level) = ty.level() else {
-            if ty == PageType::Segment {
-                return self.validate_descriptors(mem, mfn);
-            }
-            return Ok(());
-        };
-        let result = self.validate(mem, mfn, level);
-        if let Some(p) = self.pg_mut(mfn) {
-            match result {
-                Ok(()) => p.flags |= F_VALIDATED,
-                Err(_) => {
-                    p.type_count = 0;
-                    p.ty = PageType::None as u8;
-                    p.flags &= !F_VALIDATED;
+        let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
+        let mut t = p.t.load(ACQ);
+        let flush = loop {
+            let n = t_count(t);
+            if n > 0 {
+                // A frame the hypervisor writes on its own holds a Writable
+                // type reference (type count > 0), so any other type is
+                // refused here: types are exclusive and change only at type
+                // count 0.
+                if t_type(t) != ty {
+                    return Err(Errno::EINVAL);
                 }
+                if t & T_BUSY != 0 {
+                    // Another CPU is validating (or devalidating) it: wait
+                    // for the outcome, then decide again.
+                    mem.relax();
+                    t = p.t.load(ACQ);
+                    continue;
+                }
+                if (needs_validation(ty) && t & T_VALIDATED == 0) || n == u32::MAX {
+                    return Err(Errno::EINVAL);
+                }
+                match p.t.compare_exchange_weak(t, t + 1, ACQ_REL, ACQ) {
+                    Ok(_) => return Ok(()),
+                    Err(now) => t = now,
+                }
+                continue;
             }
+            // Type count 0: this CAS claims the frame (count 1, busy).
+            let mut claim = (t & !(T_VALIDATED | T_LOCKED)) | T_BUSY | 1;
+            let mut flush = false;
+            if t_type(t) != ty {
+                flush = self.may_be_cached(t);
+                claim = t_with_type(claim & !T_STALE, ty);
+            }
+            match p.t.compare_exchange_weak(t, claim, ACQ_REL, ACQ) {
+                Ok(_) => break flush,
+                Err(now) => t = now,
+            }
+        };
+        // Safety actions only now that the claim keeps everyone else from
+        // taking the old type again (XSA-401).
+        if flush {
+            self.flush(mem);
         }
+        let result = match ty.level() {
+            Some(level) => self.validate(mem, mfn, level),
+            None if ty == PageType::Segment => self.validate_descriptors(mem, mfn),
+            None => Ok(()),
+        };
+        let done = if needs_validation(ty) { T_VALIDATED } else { 0 };
+        let _ = update(&p.t, |t| {
+            Some(match result {
+                Ok(()) => (t & !T_BUSY) | done,
+                Err(_) => t_with_type(t & !(T_BUSY | T_VALIDATED | T_COUNT), PageType::None),
+            })
+        });
         result
     }
 
     /// A descriptor page (GDT or LDT) taking its first Segment reference:
     /// every one of its 512 descriptors is checked and fixed up in place
     /// (`pv::check_descriptor`), not only those a table's limit reaches, as
-    /// Xen validates a descriptor page. On failure the frame is left
-    /// untyped (descriptors before the bad one may have been fixed up).
+    /// Xen validates a descriptor page. On failure the caller leaves the
+    /// frame untyped (descriptors before the bad one may have been fixed
+    /// up).
     #[cold]
     #[inline(never)]
     fn validate_descriptors<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         mfn: u64,
     ) -> Result<(), Errno> {
@@ -1110,38 +1270,83 @@ impl<'a> FrameTable<'a> {
                 None => false,
             }
         });
-        let p = self.pg_mut(mfn).ok_or(Errno::EINVAL)?;
-        if ok {
-            p.flags |= F_VALIDATED;
-            Ok(())
+        if ok { Ok(()) } else { Err(Errno::EINVAL) }
+    }
+
+    /// Drops one type reference, clearing `also` (the page lock) in the same
+    /// CAS. When that was the last reference of a validated table, the
+    /// frame is left busy with count 1 and validated clear, and its level is
+    /// returned: the caller must devalidate it ([`FrameTable::devalidate`]
+    /// finishes with the count at 0).
+    fn drop_type_ref(&self, mfn: u64, also: u64) -> Option<u8> {
+        let p = self.pg(mfn)?;
+        let old = update(&p.t, |t| {
+            let t = t & !also;
+            match t_count(t) {
+                0 => None,
+                1 if t_type(t).level().is_some() && t & T_VALIDATED != 0 => {
+                    Some((t & !T_VALIDATED) | T_BUSY)
+                }
+                1 => Some(self.stale_at_zero(t) & !T_VALIDATED),
+                _ => Some(t - 1),
+            }
+        })
+        .ok()?;
+        let old = old & !also;
+        if t_count(old) == 1 && old & T_VALIDATED != 0 {
+            t_type(old).level()
         } else {
-            p.type_count = 0;
-            p.ty = PageType::None as u8;
-            p.flags &= !F_VALIDATED;
-            Err(Errno::EINVAL)
+            None
         }
     }
 
-    /// Drops one type reference. Returns the table level when that was the
-    /// last reference of a validated table, which the caller must then
-    /// devalidate (its validated flag is already clear).
-    fn drop_type_ref(&mut self, mfn: u64) -> Option<u8> {
-        let epoch = self.epoch;
-        let p = self.pg_mut(mfn)?;
-        match p.type_count {
-            0 => None,
-            1 => {
-                p.type_count = 0;
-                p.flags |= F_STALE;
-                p.stamp = epoch;
-                let was_valid = p.is_validated();
-                p.flags &= !F_VALIDATED;
-                p.table_level().filter(|_| was_valid)
+    /// Ends a devalidation: drops the devalidator's type reference and the
+    /// busy flag, stamping the frame if the count reaches 0.
+    fn finish_devalidation(&self, mfn: u64) {
+        let Some(p) = self.pg(mfn) else { return };
+        let _ = update(&p.t, |t| {
+            let t = t & !T_BUSY;
+            Some(match t_count(t) {
+                0 => t,
+                1 => self.stale_at_zero(t),
+                _ => t - 1,
+            })
+        });
+    }
+
+    /// The page lock (Xen's `page_lock`): on a validated, not busy table,
+    /// sets the lock bit and takes a type reference, waiting while another
+    /// CPU holds the lock. Returns the table's level, `None` (nothing
+    /// taken) when the frame is not such a table.
+    fn page_lock<M: TableMemory + ?Sized>(&self, mem: &mut M, mfn: u64) -> Option<u8> {
+        let p = self.pg(mfn)?;
+        let mut t = p.t.load(ACQ);
+        loop {
+            let level = t_type(t).level()?;
+            let n = t_count(t);
+            if n == 0 || n == u32::MAX || t & T_VALIDATED == 0 || t & T_BUSY != 0 {
+                return None;
             }
-            n => {
-                p.type_count = n - 1;
-                None
+            if t & T_LOCKED != 0 {
+                mem.relax();
+                t = p.t.load(ACQ);
+                continue;
             }
+            match p
+                .t
+                .compare_exchange_weak(t, (t + 1) | T_LOCKED, ACQ_REL, ACQ)
+            {
+                Ok(_) => return Some(level),
+                Err(now) => t = now,
+            }
+        }
+    }
+
+    /// Releases the page lock and its type reference (devalidating the
+    /// table if that was the last).
+    fn page_unlock<M: TableMemory + ?Sized>(&self, mem: &mut M, mfn: u64) {
+        if let Some(level) = self.drop_type_ref(mfn, T_LOCKED) {
+            self.devalidate(mem, mfn, level);
         }
     }
 
@@ -1150,12 +1355,12 @@ impl<'a> FrameTable<'a> {
     /// On failure every reference taken so far is dropped again. Recursion:
     /// at most one call per level (4), linear entries never validate.
     fn validate<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         mfn: u64,
         level: u8,
     ) -> Result<(), Errno> {
-        let owner = self.pg(mfn).ok_or(Errno::EINVAL)?.owner;
+        let owner = self.owner(mfn).ok_or(Errno::EINVAL)?;
         for idx in 0..ENTRIES {
             if level == 4 && is_hv_slot(idx) {
                 continue;
@@ -1191,7 +1396,7 @@ impl<'a> FrameTable<'a> {
     /// Takes the references present entry `e` needs at slot `at` of a table
     /// owned by `dom`, whose L1 entries may map `pg_owner`'s frames.
     fn get_entry_refs<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         at: Slot,
         e: u64,
@@ -1245,8 +1450,10 @@ impl<'a> FrameTable<'a> {
     /// Xen's `get_lN_linear_pagetable` after XSA-240: a read-only entry may
     /// name its own table (no references) or another validated table of the
     /// same level owned by `dom`, provided the containing table is not itself
-    /// a linear target and the target holds no linear entries.
-    fn get_linear(&mut self, at: Slot, e: u64, dom: u16) -> bool {
+    /// a linear target and the target holds no linear entries. Each balance
+    /// changes in one CAS that checks its sign; the target's together with
+    /// its type reference.
+    fn get_linear(&self, at: Slot, e: u64, dom: u16) -> bool {
         if pte::writable(e) {
             return false;
         }
@@ -1257,38 +1464,50 @@ impl<'a> FrameTable<'a> {
         let (Some(container), Some(t)) = (self.pg(at.mfn), self.pg(target)) else {
             return false;
         };
-        let acceptable = container.linear >= 0
-            && container.linear < i16::MAX
-            && t.linear <= 0
-            && t.linear > i16::MIN
-            && t.table_level() == Some(at.level)
-            && t.is_validated()
-            && t.type_count > 0
-            && t.type_count < u32::MAX;
-        if !acceptable || !self.try_get_page(target, dom) {
+        if !self.try_get_page(target, dom) {
             return false;
         }
-        if let Some(c) = self.pg_mut(at.mfn) {
-            c.linear += 1;
+        let entries = update(&container.t, |w| {
+            let l = t_linear(w);
+            (l >= 0 && l < i16::MAX).then(|| t_with_linear(w, l + 1))
+        });
+        if entries.is_err() {
+            self.put_page(target);
+            return false;
         }
-        if let Some(t) = self.pg_mut(target) {
-            t.linear -= 1;
-            t.type_count += 1;
+        let uses = update(&t.t, |w| {
+            let l = t_linear(w);
+            let n = t_count(w);
+            let ok = l <= 0
+                && l > i16::MIN
+                && t_type(w).level() == Some(at.level)
+                && w & T_VALIDATED != 0
+                && w & T_BUSY == 0
+                && n > 0
+                && n < u32::MAX;
+            ok.then(|| t_with_linear(w, l - 1) + 1)
+        });
+        if uses.is_err() {
+            let _ = update(&container.t, |w| {
+                Some(t_with_linear(w, t_linear(w).saturating_sub(1)))
+            });
+            self.put_page(target);
+            return false;
         }
         true
     }
 
     /// Drops the references held by entry `e` of slot `at`, devalidating
     /// any table that loses its last type reference.
-    fn put_entry<M: TableMemory + ?Sized>(&mut self, mem: &mut M, at: Slot, e: u64) {
+    fn put_entry<M: TableMemory + ?Sized>(&self, mem: &mut M, at: Slot, e: u64) {
         if let Some((child, level)) = self.drop_entry_refs(at, e) {
             self.devalidate(mem, child, level);
         }
     }
 
     /// Drops the references of one entry. Returns a table that lost its last
-    /// type reference and must be devalidated.
-    fn drop_entry_refs(&mut self, at: Slot, e: u64) -> Option<(u64, u8)> {
+    /// type reference and must be devalidated (it is left busy).
+    fn drop_entry_refs(&self, at: Slot, e: u64) -> Option<(u64, u8)> {
         if !pte::present(e) {
             return None;
         }
@@ -1300,7 +1519,7 @@ impl<'a> FrameTable<'a> {
         if at.level == 1 {
             if pte::writable(e) {
                 // A writable type never needs devalidation.
-                let _ = self.drop_type_ref(target);
+                let _ = self.drop_type_ref(target, 0);
             }
             self.put_page(target);
             return None;
@@ -1308,28 +1527,35 @@ impl<'a> FrameTable<'a> {
         if target == at.mfn {
             return None;
         }
-        let tty = self.pg(target)?.page_type();
+        // The entry's type reference keeps the target's type.
+        let tty = self.snap(target)?.page_type();
         if tty.level() == Some(at.level) {
-            if let Some(c) = self.pg_mut(at.mfn) {
-                c.linear = c.linear.saturating_sub(1);
+            if let Some(c) = self.pg(at.mfn) {
+                let _ = update(&c.t, |w| {
+                    Some(t_with_linear(w, t_linear(w).saturating_sub(1)))
+                });
             }
-            if let Some(t) = self.pg_mut(target) {
-                t.linear = t.linear.saturating_add(1);
+            if let Some(t) = self.pg(target) {
+                let _ = update(&t.t, |w| {
+                    Some(t_with_linear(w, t_linear(w).saturating_add(1)))
+                });
             }
         } else if tty.level() != Some(at.level - 1) {
             // Cannot happen for an entry of a validated table; audit reports.
             return None;
         }
-        let devalidate = self.drop_type_ref(target);
+        let devalidate = self.drop_type_ref(target, 0);
         self.put_page(target);
         devalidate.map(|level| (target, level))
     }
 
-    /// Drops the references of every entry of `root` (already marked not
-    /// validated), and of every table that thereby loses its last type
-    /// reference. Iterative with a fixed stack: levels only decrease, except
-    /// one hop into a linear target, which holds no linear entries itself.
-    fn devalidate<M: TableMemory + ?Sized>(&mut self, mem: &mut M, root: u64, level: u8) {
+    /// Drops the references of every entry of `root` (busy, validated flag
+    /// clear), and of every table that thereby loses its last type
+    /// reference, then ends each one's devalidation
+    /// ([`FrameTable::finish_devalidation`]). Iterative with a fixed stack:
+    /// levels only decrease, except one hop into a linear target, which
+    /// holds no linear entries itself.
+    fn devalidate<M: TableMemory + ?Sized>(&self, mem: &mut M, root: u64, level: u8) {
         let mut stack = [Slot {
             mfn: 0,
             level: 0,
@@ -1343,7 +1569,9 @@ impl<'a> FrameTable<'a> {
         let mut depth: usize = 1;
         while let Some(top) = depth.checked_sub(1).and_then(|d| stack.get_mut(d)) {
             if top.idx >= ENTRIES {
+                let done = top.mfn;
                 depth -= 1;
+                self.finish_devalidation(done);
                 continue;
             }
             let at = *top;
@@ -1352,25 +1580,28 @@ impl<'a> FrameTable<'a> {
                 continue;
             }
             let e = mem.read(at.mfn, at.idx);
-            // A chain deeper than the stack is impossible (see
-            // DEVALIDATE_DEPTH); were it to happen the child's entries would
-            // keep their references, which audit() reports.
-            if let Some((child, child_level)) = self.drop_entry_refs(at, e)
-                && let Some(slot) = stack.get_mut(depth)
-            {
-                *slot = Slot {
-                    mfn: child,
-                    level: child_level,
-                    idx: 0,
-                };
-                depth += 1;
+            if let Some((child, child_level)) = self.drop_entry_refs(at, e) {
+                if let Some(slot) = stack.get_mut(depth) {
+                    *slot = Slot {
+                        mfn: child,
+                        level: child_level,
+                        idx: 0,
+                    };
+                    depth += 1;
+                } else {
+                    // A chain deeper than the stack is impossible (see
+                    // DEVALIDATE_DEPTH); were it to happen the child's
+                    // entries would keep their references, which audit()
+                    // reports, and the child must not stay busy.
+                    self.finish_devalidation(child);
+                }
             }
         }
     }
 
-    /// The table-entry path of `mod_entry`.
+    /// The table-entry path of `mod_entry` (the page lock is held).
     fn mod_table_entry<M: TableMemory + ?Sized>(
-        &mut self,
+        &self,
         mem: &mut M,
         dom: u16,
         pg_owner: u16,
@@ -1423,7 +1654,8 @@ impl<'a> FrameTable<'a> {
     }
 
     /// Walks the address space rooted at `l4_mfn` to the machine address of
-    /// the L1 entry mapping `va`.
+    /// the L1 entry mapping `va`. Reads without locks: the update that
+    /// follows checks the L1 again under its page lock.
     fn find_l1e<M: TableMemory + ?Sized>(
         &self,
         mem: &M,
@@ -1463,7 +1695,7 @@ impl<'a> FrameTable<'a> {
 
     /// True for a validated, in-use level-`level` table owned by `dom`.
     fn is_live_table(&self, mfn: u64, dom: u16, level: u8) -> bool {
-        self.pg(mfn).is_some_and(|p| {
+        self.snap(mfn).is_some_and(|p| {
             p.owner == dom
                 && !p.is_dying()
                 && p.table_level() == Some(level)
@@ -1471,6 +1703,26 @@ impl<'a> FrameTable<'a> {
                 && p.type_count > 0
         })
     }
+}
+
+/// The slot of L1 entry `entry_ma` (8-byte aligned).
+fn slot_of(entry_ma: u64) -> Result<Slot, Errno> {
+    if entry_ma & 7 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let idx = usize::try_from((entry_ma & 0xFFF) >> 3).map_err(|_| Errno::EINVAL)?;
+    Ok(Slot {
+        mfn: entry_ma >> 12,
+        level: 1,
+        idx,
+    })
+}
+
+/// True when `old` is the grant entry `expected` (accessed and dirty may
+/// differ).
+const fn is_grant_entry(old: u64, expected: u64) -> bool {
+    let ignore = pte::ACCESSED | pte::DIRTY;
+    pte::present(old) && pte::is_grant(old) && (old ^ expected) & !ignore == 0
 }
 
 /// One entry position: table frame, its level, entry index.

@@ -284,7 +284,8 @@ impl<'a> Machine<'a> {
                 Ok(())
             }
             Op::Flushed => {
-                self.ft.tlbs_flushed();
+                let ticket = self.ft.tlb_flush_begin();
+                self.ft.tlb_flush_done(ticket);
                 Ok(())
             }
         }

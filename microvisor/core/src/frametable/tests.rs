@@ -867,7 +867,8 @@ fn type_change_after_writable_use_flushes_first() {
         Ok(Flush::NONE)
     );
     assert_eq!(upd(&mut ft, &mut mem, D1, 5, 41, 0), Ok(Flush::NEEDED));
-    ft.tlbs_flushed();
+    let ticket = ft.tlb_flush_begin();
+    ft.tlb_flush_done(ticket);
     assert_eq!(ft.pin(&mut mem, D1, 12, 1), Ok(()));
     assert_eq!(mem.flushes, before + 1);
     // A devalidated table becoming writable is flushed too.
@@ -1090,7 +1091,7 @@ fn machphys_update_needs_ownership() {
 #[test]
 fn audit_detects_corruption() {
     world!(ft, mem, ext);
-    ft.pages[6].count += 1;
+    ft.pages[6].c.fetch_add(1, Ordering::SeqCst);
     assert_eq!(
         audit(&ft, &mem, &ext).map_err(|e| (e.mfn, e.kind)),
         Err((
@@ -1101,7 +1102,7 @@ fn audit_detects_corruption() {
             }
         ))
     );
-    ft.pages[6].count -= 1;
+    ft.pages[6].c.fetch_sub(1, Ordering::SeqCst);
     clean(&ft, &mem, &ext);
     // An entry written behind the policy's back.
     let saved = mem.read(5, 4);
@@ -1430,18 +1431,13 @@ fn audit_recounts_hypervisor_write_references() {
     ext.push((f, ExternalRef::HvWritable));
     clean(&ft, &mem, &ext);
     // A corrupted frame: write references on a page-table type.
-    let mut pages = ft.pages.to_vec();
-    pages[usize::try_from(f).unwrap()].ty = PageType::L1 as u8;
-    let ft2 = FrameTable {
-        pages: &mut pages,
-        hv_l4_slots: HV,
-        epoch: 0,
-        released_dying: false,
-        io_domains: [u16::MAX; MAX_IO_DOMAINS],
-        io_denied: [(0, 0); MAX_IO_DENIED],
-    };
+    let p = &ft.pages[usize::try_from(f).unwrap()];
+    p.t.store(
+        page::t_with_type(p.t.load(Ordering::SeqCst), PageType::L1),
+        Ordering::SeqCst,
+    );
     assert_eq!(
-        audit(&ft2, &mem, &ext)
+        audit(&ft, &mem, &ext)
             .map(|()| 0)
             .map_err(|e| (e.mfn, e.kind)),
         Err((f, AuditErrorKind::HypervisorWritten("not writable-typed")))

@@ -229,7 +229,7 @@ fn target_domain<D: Domains + ?Sized>(
 /// frame number as `GNTST_bad_virt_addr`, as Xen does.
 pub fn setup_table<D: Domains + ?Sized, M: TableMemory + ?Sized>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     caller: u16,
     op: &GnttabSetupTable,
@@ -545,7 +545,7 @@ struct PinRequest {
 /// for a mapping (Xen's "could not pin") and `GNTST_bad_domain` for a copy.
 fn pin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     req: PinRequest,
 ) -> Result<(u64, Range), i16> {
@@ -614,7 +614,7 @@ fn pin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
 /// Undoes [`pin_grant`]: drops the frame reference and the pin.
 fn unpin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     rd: u16,
     gref: u32,
@@ -661,7 +661,7 @@ fn unpin_grant<D: Domains + ?Sized, M: GrantMemory + ?Sized>(
 /// not 8-byte aligned (XSA-227), or if `install` fails.
 pub fn map_grant_ref<'a, D, M, F>(
     world: &mut D,
-    ft: &mut FrameTable<'a>,
+    ft: &FrameTable<'a>,
     mem: &mut M,
     caller: u16,
     op: &GnttabMapGrantRef,
@@ -670,7 +670,7 @@ pub fn map_grant_ref<'a, D, M, F>(
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
-    F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+    F: FnOnce(&FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
     let flags = op.flags;
     let halves = flags & (GNTMAP_DEVICE_MAP | GNTMAP_HOST_MAP);
@@ -754,7 +754,7 @@ where
 /// Drops `held` halves' worth of what [`map_grant_ref`] took on `mfn`.
 fn unhold<D, M>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     req: PinRequest,
     mfn: u64,
@@ -794,7 +794,7 @@ fn unhold<D, M>(
 /// once an entry was removed.
 pub fn unmap_grant_ref<'a, D, M, F>(
     world: &mut D,
-    ft: &mut FrameTable<'a>,
+    ft: &FrameTable<'a>,
     mem: &mut M,
     caller: u16,
     op: &GnttabUnmapGrantRef,
@@ -803,7 +803,7 @@ pub fn unmap_grant_ref<'a, D, M, F>(
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
-    F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+    F: FnOnce(&FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
     unmap_common(
         world,
@@ -828,7 +828,7 @@ where
 /// `GNTMAP_contains_pte` cannot be replaced (`GNTST_general_error`).
 pub fn unmap_and_replace<'a, D, M, R, P>(
     world: &mut D,
-    ft: &mut FrameTable<'a>,
+    ft: &FrameTable<'a>,
     mem: &mut M,
     caller: u16,
     op: &GnttabUnmapAndReplace,
@@ -838,8 +838,8 @@ pub fn unmap_and_replace<'a, D, M, R, P>(
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
-    R: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
-    P: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+    R: FnOnce(&FrameTable<'a>, &mut M, &Mapping) -> bool,
+    P: FnOnce(&FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
     let what = (op.handle, op.host_addr, 0);
     if op.new_addr == 0 {
@@ -855,7 +855,7 @@ where
 /// removes (or replaces) the host entry.
 fn unmap_common<'a, D, M, F>(
     world: &mut D,
-    ft: &mut FrameTable<'a>,
+    ft: &FrameTable<'a>,
     mem: &mut M,
     caller: u16,
     (handle, host_addr, dev_bus_addr): (u32, u64, u64),
@@ -864,7 +864,7 @@ fn unmap_common<'a, D, M, F>(
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
-    F: FnOnce(&mut FrameTable<'a>, &mut M, &Mapping) -> bool,
+    F: FnOnce(&FrameTable<'a>, &mut M, &Mapping) -> bool,
 {
     let lgt = world.get(caller).ok_or(GNTST_BAD_HANDLE)?;
     let m = lgt.mapping(handle).ok_or(GNTST_BAD_HANDLE)?;
@@ -904,7 +904,7 @@ where
 /// ever dropped twice.
 fn release_half<D, M>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     dom: u16,
     handle: u32,
@@ -925,7 +925,7 @@ fn release_half<D, M>(
 
 /// Frees handle `handle` of `dom` and drops what both halves of its
 /// mapping held.
-fn release_mapping<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, dom: u16, handle: u32)
+fn release_mapping<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, dom: u16, handle: u32)
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
@@ -985,7 +985,7 @@ struct CopySide {
 /// (`GNTST_general_error` if the frame is a page table or descriptor page).
 fn claim<D, M>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     caller: u16,
     side: CopySide,
@@ -1039,7 +1039,7 @@ where
 
 /// Xen's `gnttab_copy_release_buf`: unpins the grant, drops the writable
 /// type reference (if `typed`) and the general reference.
-fn release<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, buf: &CopyBuf, typed: bool)
+fn release<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, buf: &CopyBuf, typed: bool)
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
@@ -1077,7 +1077,7 @@ where
 /// the call, whatever the status.
 pub fn copy<D, M>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     caller: u16,
     op: &GnttabCopy,
@@ -1151,7 +1151,7 @@ where
 /// `GNTST_bad_domain`. Returns how many of `dom`'s grant references are
 /// still pinned by others; call again (harmless) to re-count. Does nothing
 /// and returns 0 if `dom` has no table.
-pub fn release_domain<D, M>(world: &mut D, ft: &mut FrameTable<'_>, mem: &mut M, dom: u16) -> u32
+pub fn release_domain<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, dom: u16) -> u32
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,

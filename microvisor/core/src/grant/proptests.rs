@@ -286,7 +286,7 @@ struct Sim {
     freed: Vec<u64>,
 }
 
-fn die(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, d: u16) {
+fn die(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, d: u16) {
     let _ = release_domain(w, ft, mem, d);
     sim.dead[usize::from(d)] = true;
     // Its page tables are torn down: the installed entries go with them.
@@ -297,7 +297,7 @@ fn die(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, d: 
 }
 
 /// Frees what dead domains no longer have referenced, canary-filling it.
-fn collect(ft: &mut FrameTable<'_>, mem: &mut Mem, sim: &mut Sim) {
+fn collect(ft: &FrameTable<'_>, mem: &mut Mem, sim: &mut Sim) {
     for d in DOMS {
         if !sim.dead[usize::from(d)] {
             continue;
@@ -311,7 +311,7 @@ fn collect(ft: &mut FrameTable<'_>, mem: &mut Mem, sim: &mut Sim) {
     }
 }
 
-fn step(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &Op) {
+fn step(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &Op) {
     match *op {
         Op::Grant {
             g,

@@ -209,7 +209,7 @@ impl World {
 }
 
 /// The fake installer: writes the entry unless one is already there.
-pub(super) fn install(_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> bool {
+pub(super) fn install(_: &FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> bool {
     if mem.ptes.contains_key(&m.host_addr) {
         return false;
     }
@@ -219,7 +219,7 @@ pub(super) fn install(_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> boo
 
 /// The fake remover: clears the entry only if it is exactly the mapping's
 /// (XSA-234).
-pub(super) fn remove(_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> bool {
+pub(super) fn remove(_: &FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> bool {
     if mem.ptes.get(&m.host_addr) != Some(&m.pte()) {
         return false;
     }
@@ -229,7 +229,7 @@ pub(super) fn remove(_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping) -> bool
 
 /// Frame table and world at boot: frames assigned, each domain 1..=3 with a
 /// one-frame table, domain 0 with none.
-pub(super) fn boot(ft: &mut FrameTable<'_>, mem: &mut Mem, w: &mut World) {
+pub(super) fn boot(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World) {
     ft.reserve_for_hypervisor(0).unwrap();
     ft.reserve_for_hypervisor(1).unwrap();
     for d in [D1, D2, D3] {
@@ -2027,9 +2027,8 @@ fn grant_unmap_and_replace() {
     let frame = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, frame);
     let base = count(&ft, frame);
-    let replace = |_: &mut FrameTable<'_>, mem: &mut Mem, m: &Mapping| {
-        mem.ptes.remove(&m.host_addr).is_some()
-    };
+    let replace =
+        |_: &FrameTable<'_>, mem: &mut Mem, m: &Mapping| mem.ptes.remove(&m.host_addr).is_some();
     let m = map_grant_ref(
         &mut w,
         &mut ft,
@@ -2045,7 +2044,7 @@ fn grant_unmap_and_replace() {
         handle: m.handle,
         ..Default::default()
     };
-    let refuse = |_: &mut FrameTable<'_>, _: &mut Mem, _: &Mapping| false;
+    let refuse = |_: &FrameTable<'_>, _: &mut Mem, _: &Mapping| false;
     assert_eq!(
         unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse),
         Err(GNTST_GENERAL_ERROR)

@@ -80,7 +80,7 @@ pub fn get_status_frames<D: Domains + ?Sized>(
 /// so far stay (they are valid status frames).
 pub(super) fn grow_status<M: TableMemory + ?Sized>(
     gt: &mut GrantTable,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     dom: u16,
     alloc: &mut impl FnMut() -> Option<u64>,
@@ -219,7 +219,7 @@ fn restore_reserved<M: GrantMemory + ?Sized>(
 ///   v2 reserved entry becomes empty). Entries 8 and above start empty.
 pub fn set_version<D, M>(
     world: &mut D,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     caller: u16,
     requested: u32,
@@ -272,7 +272,7 @@ where
 /// freed while in use; the callers check first).
 fn drop_status_frames<M: TableMemory + ?Sized>(
     gt: &mut GrantTable,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut M,
     dom: u16,
     free: &mut impl FnMut(u64),

@@ -21,7 +21,7 @@ const STATUS: u64 = data(D1, 17);
 /// can give; returns the result and the frames handed to `free`.
 fn switch(
     w: &mut World,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut Mem,
     v: u32,
 ) -> ((u32, Result<(), Errno>), Vec<u64>) {
@@ -87,20 +87,14 @@ fn copy_op2(src: (u64, u16, u16), dst: (u64, u16, u16), len: u16, flags: u16) ->
 
 fn map(
     w: &mut World,
-    ft: &mut FrameTable<'_>,
+    ft: &FrameTable<'_>,
     mem: &mut Mem,
     op: &GnttabMapGrantRef,
 ) -> Result<Mapping, i16> {
     map_grant_ref(w, ft, mem, D2, op, install)
 }
 
-fn unmap(
-    w: &mut World,
-    ft: &mut FrameTable<'_>,
-    mem: &mut Mem,
-    h: u32,
-    va: u64,
-) -> Result<(), i16> {
+fn unmap(w: &mut World, ft: &FrameTable<'_>, mem: &mut Mem, h: u32, va: u64) -> Result<(), i16> {
     unmap_grant_ref(w, ft, mem, D2, &unmap_op(h, va), remove).map(|f| assert!(f.is_needed()))
 }
 
