@@ -766,7 +766,10 @@ fn text_reasons(s: &Scenario, serial: &str, reasons: &mut Vec<String>) {
     // The hypervisor's stacks keep a quarter of themselves spare in every
     // scenario (mm::stacks::report), so a deeper path than the tests take
     // does not reach the guard page.
-    if let Some(line) = serial.lines().find(|l| l.contains("(MV) warning: stack margin")) {
+    if let Some(line) = serial
+        .lines()
+        .find(|l| l.contains("(MV) warning: stack margin"))
+    {
         reasons.push(format!("a hypervisor stack ran short: {}", line.trim()));
     }
     let successes = serial.matches("Test result: SUCCESS").count();

@@ -57,7 +57,6 @@ static mut TSS: Tss = Tss {
     _r3: 0,
     iomap: size_of::<Tss>() as u16,
 };
-/// The stack every entry from a guest runs on.
 
 #[repr(C, packed)]
 struct Pointer {
@@ -93,7 +92,6 @@ unsafe extern "C" {
     fn syscall_entry();
     fn cstar_entry();
 }
-
 
 /// Sets TSS.RSP0: where the CPU pushes a frame when an interrupt or
 /// exception leaves ring 3 (the running vCPU's frame, see `entry`).

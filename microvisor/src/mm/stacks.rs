@@ -138,7 +138,12 @@ pub fn report() {
             .map(|i| (deepest_use(i), BYTES[i].load(Ordering::Relaxed)))
             .max();
         if let Some((used, size)) = deepest {
-            crate::info!("stacks: deepest {} stack use {} of {} bytes", k.name(), used, size);
+            crate::info!(
+                "stacks: deepest {} stack use {} of {} bytes",
+                k.name(),
+                used,
+                size
+            );
         }
     }
     for i in 0..n {
