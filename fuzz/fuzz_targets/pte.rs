@@ -309,7 +309,9 @@ fn step(m: &mut Machine, u: &mut Unstructured) -> Result<core::result::Result<()
             Ok(())
         }
         _ => {
-            m.ft.tlbs_flushed();
+            // Every CPU flushed: the flush clock moves on.
+            let ticket = m.ft.tlb_flush_begin();
+            m.ft.tlb_flush_done(ticket);
             Ok(())
         }
     })

@@ -1469,7 +1469,7 @@ impl<'a> FrameTable<'a> {
         }
         let entries = update(&container.t, |w| {
             let l = t_linear(w);
-            (l >= 0 && l < i16::MAX).then(|| t_with_linear(w, l + 1))
+            (0..i16::MAX).contains(&l).then(|| t_with_linear(w, l + 1))
         });
         if entries.is_err() {
             self.put_page(target);

@@ -296,9 +296,9 @@ impl Snap {
         // Validated, pinned, stale (bits 35..=37) map to flag bits 0..=2,
         // locked and busy (bits 38..=39) to bits 4..=5.
         let flags = ((t >> 35) & 0b111) as u8
-            | (c_dying(c) as u8) * F_DYING
+            | ((c_dying(c) as u8) * F_DYING)
             | (((t >> 38) & 0b11) as u8) << 4
-            | ((c & C_SPARE != 0) as u8) * F_SPARE;
+            | (((c & C_SPARE != 0) as u8) * F_SPARE);
         Self {
             owner: c_owner(c),
             linear: t_linear(t),
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn fields_round_trip_through_the_words() {
-        let c = c_make(0x7FEF, 0xFFFF_FFFE) | C_HVW_ONE * 0xFF | C_DYING;
+        let c = c_make(0x7FEF, 0xFFFF_FFFE) | (C_HVW_ONE * 0xFF) | C_DYING;
         let mut t = t_with_type(0xFFFF_FFFF, PageType::Writable);
         t = t_with_stamp(t, 0xA5);
         t = t_with_linear(t, -32768);

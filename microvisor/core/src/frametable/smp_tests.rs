@@ -132,7 +132,7 @@ fn expected(r: Result<(), Errno>, what: &str) {
 /// One thread's share of the hammering; returns the frames it left pinned.
 fn hammer(ft: &FrameTable<'_>, shared: &SharedMem, i: usize, rounds: u32) -> Vec<u64> {
     let mut mem = Mem(shared);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1) * 0x1234_5678);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1234_5678));
     let mut pins = Vec::new();
     for _ in 0..rounds {
         match rng.below(9) {
@@ -316,7 +316,7 @@ fn race<A, B, C, X>(
         let mut spins = 0u32;
         while what.load(Ordering::SeqCst) < round && !stop.load(Ordering::SeqCst) {
             spins += 1;
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 thread::yield_now();
             }
             core::hint::spin_loop();

@@ -598,10 +598,10 @@ fn check(ft: &FrameTable<'_>, mem: &Mem, w: &World, sim: &Sim) {
 
 fn run(ops: &[Op]) {
     let mut pages = vec![PageInfo::default(); N];
-    let mut ft = FrameTable::new(&mut pages, [0; HV_L4_SLOTS]);
+    let ft = FrameTable::new(&mut pages, [0; HV_L4_SLOTS]);
     let mut mem = Mem::new();
     let mut w = World { tables: Vec::new() };
-    boot(&mut ft, &mut mem, &mut w);
+    boot(&ft, &mut mem, &mut w);
     // Each domain starts out granting its hot references 8..=10 to the two
     // others and to itself (10 read-only), each on a frame of its own.
     for g in [D1, D2, D3] {
@@ -628,12 +628,12 @@ fn run(ops: &[Op]) {
     };
     check(&ft, &mem, &w, &sim);
     for op in ops {
-        step(&mut ft, &mut mem, &mut w, &mut sim, op);
+        step(&ft, &mut mem, &mut w, &mut sim, op);
         check(&ft, &mem, &w, &sim);
     }
     // Everyone dies: everything is released and every frame comes back.
     for d in DOMS {
-        die(&mut ft, &mut mem, &mut w, &mut sim, d);
+        die(&ft, &mut mem, &mut w, &mut sim, d);
         check(&ft, &mem, &w, &sim);
     }
     for d in [D1, D2, D3] {

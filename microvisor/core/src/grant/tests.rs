@@ -390,22 +390,16 @@ fn grant_boot_tables_hold_frame_refs() {
 fn grant_setup_table_grows_and_reports() {
     world!(ft, mem, w);
     let mut next = Some(table_frame(D1, 1));
-    let got = setup_table(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D1,
-        &setup_op(D1, 2),
-        false,
-        || next.take(),
-    )
+    let got = setup_table(&mut w, &ft, &mut mem, D1, &setup_op(D1, 2), false, || {
+        next.take()
+    })
     .unwrap();
     assert_eq!(got.as_slice(), &[table_frame(D1, 0), table_frame(D1, 1)]);
     assert_eq!(w.t(D1).nr_entries(), 1024);
     // Asking for fewer reports a prefix; the table never shrinks.
     let got = setup_table(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D1,
         &setup_op(DOMID_SELF, 1),
@@ -416,7 +410,7 @@ fn grant_setup_table_grows_and_reports() {
     assert_eq!(got.as_slice(), &[table_frame(D1, 0)]);
     let got = setup_table(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D1,
         &setup_op(DOMID_SELF, 0),
@@ -435,30 +429,22 @@ fn grant_setup_table_errors() {
     let mut never = || -> Option<u64> { panic!("no allocation expected") };
     let over = setup_op(DOMID_SELF, MAX_GRANT_FRAMES + 1);
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &over, false, &mut never),
+        setup_table(&mut w, &ft, &mut mem, D1, &over, false, &mut never),
         Err(GNTST_GENERAL_ERROR)
     );
     let huge = setup_op(DOMID_SELF, u32::MAX);
     assert_eq!(
-        setup_table(&mut w, &mut ft, &mut mem, D1, &huge, false, &mut never),
+        setup_table(&mut w, &ft, &mut mem, D1, &huge, false, &mut never),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(
-        setup_table(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &setup_op(9, 1),
-            true,
-            &mut never
-        ),
+        setup_table(&mut w, &ft, &mut mem, D1, &setup_op(9, 1), true, &mut never),
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
         setup_table(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D1,
             &setup_op(DOMID_IO, 1),
@@ -470,7 +456,7 @@ fn grant_setup_table_errors() {
     assert_eq!(
         setup_table(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D1,
             &setup_op(D2, 1),
@@ -482,7 +468,7 @@ fn grant_setup_table_errors() {
     // Privileged: another domain's table.
     let got = setup_table(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D0,
         &setup_op(D2, 1),
@@ -493,60 +479,32 @@ fn grant_setup_table_errors() {
     assert_eq!(got.as_slice(), &[table_frame(D2, 0)]);
     // Allocation failure: general error, nothing added.
     assert_eq!(
-        setup_table(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &setup_op(D1, 2),
-            false,
-            || None
-        ),
+        setup_table(&mut w, &ft, &mut mem, D1, &setup_op(D1, 2), false, || None),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // A frame the domain does not own is refused and not recorded.
     let mut foreign = Some(data(D2, 0));
     assert_eq!(
-        setup_table(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &setup_op(D1, 2),
-            false,
-            || foreign.take()
-        ),
+        setup_table(&mut w, &ft, &mut mem, D1, &setup_op(D1, 2), false, || {
+            foreign.take()
+        }),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // So is a frame the table already has.
     let mut again = Some(table_frame(D1, 0));
     assert_eq!(
-        setup_table(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &setup_op(D1, 2),
-            false,
-            || again.take()
-        ),
+        setup_table(&mut w, &ft, &mut mem, D1, &setup_op(D1, 2), false, || again
+            .take()),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).nr_frames(), 1);
     // Partial growth is kept: frame 1 arrives, frame 2 does not.
     let mut one = Some(table_frame(D1, 1));
     assert_eq!(
-        setup_table(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &setup_op(D1, 3),
-            false,
-            || one.take()
-        ),
+        setup_table(&mut w, &ft, &mut mem, D1, &setup_op(D1, 3), false, || one
+            .take()),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).frames(), &[table_frame(D1, 0), table_frame(D1, 1)]);
@@ -595,7 +553,7 @@ fn grant_map_writable_pins_and_references() {
     let frame = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, frame);
     let mut op = map_op(D1, 8, HOST, VA);
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install).unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
     assert_eq!(
         m,
         Mapping {
@@ -645,19 +603,12 @@ fn grant_map_readonly_and_application() {
     grant(&mut mem, &w, D1, 9, PERMIT | GTF_READONLY, D2, frame);
     // A writable mapping of a read-only grant is refused, entry untouched.
     assert_eq!(
-        map_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &map_op(D1, 9, HOST, VA),
-            install
-        ),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 9, HOST, VA), install),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(flags_of(&mem, &w, D1, 9), PERMIT | GTF_READONLY);
     let op = map_op(D1, 9, HOST | RO | GNTMAP_APPLICATION_MAP, VA);
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install).unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
     assert!(m.readonly());
     assert_eq!(m.external_ref(), ExternalRef::Page);
     let pte = mem.ptes[&VA];
@@ -698,7 +649,7 @@ fn grant_map_request_errors() {
     ];
     for (op, want) in cases {
         assert_eq!(
-            map_grant_ref(&mut w, &mut ft, &mut mem, D2, op, install),
+            map_grant_ref(&mut w, &ft, &mut mem, D2, op, install),
             Err(*want),
             "{op:?}"
         );
@@ -713,7 +664,7 @@ fn grant_map_request_errors() {
     // An 8-byte aligned PTE address is fine with contains_pte.
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | PTE, VA + 8),
@@ -749,7 +700,7 @@ fn grant_map_entry_errors() {
         grant(&mut mem, &w, D1, 8, flags, domid, frame);
         let op = map_op(D1, 8, map_flags, VA);
         assert_eq!(
-            map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install),
+            map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install),
             Err(want),
             "{flags:#x} {domid} {frame}"
         );
@@ -768,14 +719,7 @@ fn grant_map_of_page_table_frame() {
     ft.pin(&mut mem, D1, f, 1).unwrap();
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f);
     assert_eq!(
-        map_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &map_op(D1, 8, HOST, VA),
-            install
-        ),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -784,7 +728,7 @@ fn grant_map_of_page_table_frame() {
     // Read-only is fine.
     map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA),
@@ -795,7 +739,7 @@ fn grant_map_of_page_table_frame() {
     assert_eq!(
         map_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &map_op(D1, 8, HOST, VA + 0x1000),
@@ -814,7 +758,7 @@ fn grant_map_install_failure_undoes_everything() {
     grant(&mut mem, &w, D1, 8, PERMIT, D2, data(D1, 0));
     let op = map_op(D1, 8, HOST, VA);
     assert_eq!(
-        map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, |_, _, _| false),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &op, |_, _, _| false),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -823,9 +767,9 @@ fn grant_map_install_failure_undoes_everything() {
     assert_eq!(w.t(D2).mapping(0), None);
     audit(&ft, &mem, &w);
     // A second mapping at an occupied address fails in the installer only.
-    map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install).unwrap();
+    map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
     assert_eq!(
-        map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(w.t(D1).pins(8).unwrap().writable, 1);
@@ -837,15 +781,7 @@ fn grant_map_install_failure_undoes_everything() {
 fn grant_map_pinned_by_another_grantee() {
     world!(ft, mem, w);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, data(D1, 0));
-    map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     // The granter re-points the entry at D3 while it is mapped: the active
     // grantee still wins.
     grant(
@@ -860,7 +796,7 @@ fn grant_map_pinned_by_another_grantee() {
     assert_eq!(
         map_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D3,
             &map_op(D1, 8, HOST | RO, VA),
@@ -878,14 +814,14 @@ fn grant_map_pin_limit() {
     grant(&mut mem, &w, D1, 8, PERMIT, D2, data(D1, 0));
     for i in 0..128u64 {
         let op = map_op(D1, 8, HOST | RO, VA + i * 0x1000);
-        map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install).unwrap();
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
     }
     let more = VA + 200 * 0x1000;
     for flags in [HOST | RO, HOST] {
         assert_eq!(
             map_grant_ref(
                 &mut w,
-                &mut ft,
+                &ft,
                 &mut mem,
                 D2,
                 &map_op(D1, 8, flags, more),
@@ -917,14 +853,14 @@ fn grant_map_maptrack_full() {
     for i in 0..MAPTRACK_ENTRIES {
         let gref = 8 + i % 8;
         let op = map_op(D1, gref, HOST | RO, VA + u64::from(i) * 0x1000);
-        let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install).unwrap();
+        let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
         assert_eq!(m.handle, i);
     }
     let last = VA + 0x1000_0000;
     assert_eq!(
         map_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &map_op(D1, 8, HOST | RO, last),
@@ -936,7 +872,7 @@ fn grant_map_maptrack_full() {
     assert_eq!(
         map_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &map_op(9, 8, HOST, last),
@@ -947,7 +883,7 @@ fn grant_map_maptrack_full() {
     assert_eq!(
         map_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &map_op(D1, 9999, HOST, last),
@@ -963,7 +899,7 @@ fn grant_map_maptrack_full() {
     assert_eq!(
         unmap_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &unmap_op(500, m.host_addr),
@@ -973,7 +909,7 @@ fn grant_map_maptrack_full() {
     );
     let again = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 12, HOST | RO, last),
@@ -996,29 +932,14 @@ fn grant_map_races_with_the_granter() {
         mem.races.push_back((flags, D2));
     }
     mem.cmpxchgs = 0;
-    let m = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     assert_eq!(mem.cmpxchgs, 5);
     assert_eq!(
         flags_of(&mem, &w, D1, 8),
         PERMIT | GTF_READING | GTF_WRITING
     );
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     // Five lost races: the entry is unstable.
@@ -1028,14 +949,7 @@ fn grant_map_races_with_the_granter() {
         mem.races.push_back((flags, D2));
     }
     assert_eq!(
-        map_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &map_op(D1, 8, HOST, VA),
-            install
-        ),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install),
         Err(GNTST_GENERAL_ERROR)
     );
     assert!(mem.races.is_empty());
@@ -1050,7 +964,7 @@ fn grant_map_races_with_the_granter() {
         assert_eq!(
             map_grant_ref(
                 &mut w,
-                &mut ft,
+                &ft,
                 &mut mem,
                 D2,
                 &map_op(D1, 8, map_flags, VA),
@@ -1068,26 +982,11 @@ fn grant_map_races_with_the_granter() {
 fn grant_self_map() {
     world!(ft, mem, w);
     grant(&mut mem, &w, D1, 8, PERMIT, D1, data(D1, 0));
-    let m = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D1,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D1, &map_op(D1, 8, HOST, VA), install).unwrap();
     assert_eq!(m.granter, D1);
     audit(&ft, &mem, &w);
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D1, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -1101,23 +1000,8 @@ fn grant_unmap_drops_exactly_what_map_took() {
     world!(ft, mem, w);
     let f = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f);
-    let m = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
-    let flush = unmap_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &unmap_op(m.handle, VA),
-        remove,
-    );
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
+    let flush = unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove);
     assert_eq!(flush, Ok(Flush::NEEDED));
     assert!(mem.ptes.is_empty());
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -1126,14 +1010,7 @@ fn grant_unmap_drops_exactly_what_map_took() {
     audit(&ft, &mem, &w);
     // Double unmap: bad handle, no count moves (XSA-224).
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Err(GNTST_BAD_HANDLE)
     );
     assert_eq!(count(&ft, f), (1, 0));
@@ -1150,15 +1027,7 @@ fn grant_unmap_errors_change_nothing() {
     world!(ft, mem, w);
     let f = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f);
-    let m = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     let dev = f << 12;
     let cases: &[(GnttabUnmapGrantRef, i16)] = &[
         (unmap_op(1, VA), GNTST_BAD_HANDLE),
@@ -1175,13 +1044,13 @@ fn grant_unmap_errors_change_nothing() {
     ];
     for (op, want) in cases {
         assert_eq!(
-            unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, op, remove),
+            unmap_grant_ref(&mut w, &ft, &mut mem, D2, op, remove),
             Err(*want),
             "{op:?}"
         );
         // Another domain cannot unmap D2's handle either.
         assert_eq!(
-            unmap_grant_ref(&mut w, &mut ft, &mut mem, D3, op, remove),
+            unmap_grant_ref(&mut w, &ft, &mut mem, D3, op, remove),
             Err(GNTST_BAD_HANDLE)
         );
         assert_eq!(w.t(D2).mapping(0), Some(m));
@@ -1194,7 +1063,7 @@ fn grant_unmap_errors_change_nothing() {
     }
     // host_addr 0 removes nothing and succeeds (as in Xen), mapping kept.
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &unmap_op(0, 0), remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(0, 0), remove),
         Ok(Flush::NONE)
     );
     assert_eq!(w.t(D2).mapping(0), Some(m));
@@ -1203,7 +1072,7 @@ fn grant_unmap_errors_change_nothing() {
     let ro = m.pte() & !guest_abi::arch::pte::RW;
     mem.ptes.insert(VA, ro);
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &unmap_op(0, VA), remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(0, VA), remove),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(count(&ft, f), (2, 1));
@@ -1214,7 +1083,7 @@ fn grant_unmap_errors_change_nothing() {
         ..unmap_op(0, VA)
     };
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &op, remove),
         Ok(Flush::NEEDED)
     );
     assert_eq!(count(&ft, f), (1, 0));
@@ -1226,18 +1095,10 @@ fn grant_unmap_last_of_each_kind_clears_its_flag() {
     world!(ft, mem, w);
     let f = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f);
-    let rw = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    let rw = map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     let ro = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA + 0x1000),
@@ -1246,7 +1107,7 @@ fn grant_unmap_last_of_each_kind_clears_its_flag() {
     .unwrap();
     let rw2 = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST, VA + 0x2000),
@@ -1256,14 +1117,7 @@ fn grant_unmap_last_of_each_kind_clears_its_flag() {
     assert_eq!(count(&ft, f), (4, 2));
     audit(&ft, &mem, &w);
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(rw.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(rw.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     assert_eq!(
@@ -1273,7 +1127,7 @@ fn grant_unmap_last_of_each_kind_clears_its_flag() {
     assert_eq!(
         unmap_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &unmap_op(rw2.handle, VA + 0x2000),
@@ -1287,7 +1141,7 @@ fn grant_unmap_last_of_each_kind_clears_its_flag() {
     assert_eq!(
         unmap_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &unmap_op(ro.handle, VA + 0x1000),
@@ -1326,15 +1180,7 @@ fn grant_revocation_while_mapped_cannot_take_the_frame() {
     world!(ft, mem, w);
     let f = data(D1, 0);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f);
-    let m = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     // A well-behaved granter's revocation fails while in use.
     assert!(!guest_end_access(&mut mem, &w, D1, 8));
     assert_eq!(
@@ -1356,7 +1202,7 @@ fn grant_revocation_while_mapped_cannot_take_the_frame() {
     // grantee uses the pinned frame, not the new one.
     let m2 = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA + 0x1000),
@@ -1367,20 +1213,13 @@ fn grant_revocation_while_mapped_cannot_take_the_frame() {
     assert_eq!(count(&ft, data(D1, 5)), (1, 0));
     audit(&ft, &mem, &w);
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     assert_eq!(
         unmap_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &unmap_op(m2.handle, VA + 0x1000),
@@ -1392,14 +1231,7 @@ fn grant_revocation_while_mapped_cannot_take_the_frame() {
     ft.release(f, D1).unwrap();
     // Once unpinned, the (now invalid) entry is checked again.
     assert_eq!(
-        map_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &map_op(D1, 8, HOST, VA),
-            install
-        ),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install),
         Err(GNTST_GENERAL_ERROR)
     );
     audit(&ft, &mem, &w);
@@ -1411,7 +1243,7 @@ fn grant_revocation_after_unmap_succeeds() {
     grant(&mut mem, &w, D1, 8, PERMIT, D2, data(D1, 0));
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA),
@@ -1420,14 +1252,7 @@ fn grant_revocation_after_unmap_succeeds() {
     .unwrap();
     assert!(!guest_end_access(&mut mem, &w, D1, 8));
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     assert!(guest_end_access(&mut mem, &w, D1, 8));
@@ -1470,7 +1295,7 @@ fn grant_copy_between_frames_and_grants() {
         10,
         GNTCOPY_DEST_GREF,
     );
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &op), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &op), Ok(()));
     assert_eq!(&mem.frames[dst as usize][4000..4010], b"0123456789");
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
     assert_eq!(count(&ft, dst), (1, 0));
@@ -1484,7 +1309,7 @@ fn grant_copy_between_frames_and_grants() {
         10,
         GNTCOPY_SOURCE_GREF,
     );
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &op), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &op), Ok(()));
     assert_eq!(&mem.frames[src as usize][0..10], b"0123456789");
     // Grant to grant, the whole page; a grant reference in `u` keeps only
     // its low 32 bits.
@@ -1495,7 +1320,7 @@ fn grant_copy_between_frames_and_grants() {
         4096,
         GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF,
     );
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &op), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &op), Ok(()));
     assert_eq!(&mem.frames[data(D3, 0) as usize][4000..4010], b"0123456789");
     // Empty copies at the very end of a page are fine.
     let op = copy_op(
@@ -1504,7 +1329,7 @@ fn grant_copy_between_frames_and_grants() {
         0,
         0,
     );
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &op), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &op), Ok(()));
     for g in [8, 9] {
         assert_eq!(flags_of(&mem, &w, D1, g) & (GTF_READING | GTF_WRITING), 0);
     }
@@ -1588,11 +1413,7 @@ fn grant_copy_errors() {
     let before: Vec<u16> = (8..12).map(|r| flags_of(&mem, &w, D1, r)).collect();
     let frames = mem.frames.clone();
     for (op, want) in cases {
-        assert_eq!(
-            copy(&mut w, &mut ft, &mut mem, D2, op),
-            Err(*want),
-            "{op:?}"
-        );
+        assert_eq!(copy(&mut w, &ft, &mut mem, D2, op), Err(*want), "{op:?}");
         let now: Vec<u16> = (8..12).map(|r| flags_of(&mem, &w, D1, r)).collect();
         assert_eq!(now, before, "{op:?}");
         assert!(mem.frames == frames, "{op:?} wrote memory");
@@ -1609,7 +1430,7 @@ fn grant_copy_while_mapped() {
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f);
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA),
@@ -1623,15 +1444,12 @@ fn grant_copy_while_mapped() {
         16,
         GNTCOPY_DEST_GREF,
     );
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &op), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &op), Ok(()));
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT | GTF_READING);
     assert_eq!(w.t(D1).pins(8).unwrap().readonly, 1);
     assert_eq!(w.t(D1).pins(8).unwrap().writable, 0);
     // D3 may not use a grant pinned by D2 (nor name D2's frame as its own).
-    assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D3, &op),
-        Err(GNTST_BAD_PAGE)
-    );
+    assert_eq!(copy(&mut w, &ft, &mut mem, D3, &op), Err(GNTST_BAD_PAGE));
     let op3 = copy_op(
         copy_ptr(8, D1, 0),
         copy_ptr(data(D3, 0), DOMID_SELF, 0),
@@ -1639,19 +1457,12 @@ fn grant_copy_while_mapped() {
         GNTCOPY_SOURCE_GREF,
     );
     assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D3, &op3),
+        copy(&mut w, &ft, &mut mem, D3, &op3),
         Err(GNTST_GENERAL_ERROR)
     );
     audit(&ft, &mem, &w);
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -1666,25 +1477,17 @@ fn grant_mapper_death_releases_its_mappings() {
     let (f0, f1) = (data(D1, 0), data(D1, 1));
     grant(&mut mem, &w, D1, 8, PERMIT, D2, f0);
     grant(&mut mem, &w, D1, 9, PERMIT, D2, f1);
+    map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     map_grant_ref(
         &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
-    map_grant_ref(
-        &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 9, HOST | RO, VA + 0x1000),
         install,
     )
     .unwrap();
-    assert_eq!(release_domain(&mut w, &mut ft, &mut mem, D2), 0);
+    assert_eq!(release_domain(&mut w, &ft, &mut mem, D2), 0);
     assert_eq!(w.t(D2).nr_mappings(), 0);
     assert!(w.t(D2).is_dying());
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -1692,7 +1495,7 @@ fn grant_mapper_death_releases_its_mappings() {
     assert_eq!((count(&ft, f0), count(&ft, f1)), ((1, 0), (1, 0)));
     audit(&ft, &mem, &w);
     // Twice is harmless (no second drop of the table frame).
-    assert_eq!(release_domain(&mut w, &mut ft, &mut mem, D2), 0);
+    assert_eq!(release_domain(&mut w, &ft, &mut mem, D2), 0);
     audit(&ft, &mem, &w);
     let mut freed = Vec::new();
     assert_eq!(ft.relinquish_domain(&mut mem, D2, |m| freed.push(m)), 0);
@@ -1700,31 +1503,17 @@ fn grant_mapper_death_releases_its_mappings() {
     audit(&ft, &mem, &w);
     // A dead domain maps nothing and is granted nothing.
     assert_eq!(
-        map_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &map_op(D1, 8, HOST, VA),
-            install
-        ),
+        map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(
-        map_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D1,
-            &map_op(D2, 8, HOST, VA),
-            install
-        ),
+        map_grant_ref(&mut w, &ft, &mut mem, D1, &map_op(D2, 8, HOST, VA), install),
         Err(GNTST_BAD_DOMAIN)
     );
     assert_eq!(
         setup_table(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &setup_op(DOMID_SELF, 1),
@@ -1744,18 +1533,10 @@ fn grant_granter_death_keeps_mapped_frames_until_unmapped() {
     // D1 also maps one of D2's grants and one of its own.
     grant(&mut mem, &w, D2, 8, PERMIT, D1, data(D2, 0));
     grant(&mut mem, &w, D1, 10, PERMIT, D1, data(D1, 2));
-    let m = map_grant_ref(
-        &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D1,
         &map_op(D2, 8, HOST, VA + 0x1000),
@@ -1764,7 +1545,7 @@ fn grant_granter_death_keeps_mapped_frames_until_unmapped() {
     .unwrap();
     map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D1,
         &map_op(D1, 10, HOST, VA + 0x2000),
@@ -1773,7 +1554,7 @@ fn grant_granter_death_keeps_mapped_frames_until_unmapped() {
     .unwrap();
     audit(&ft, &mem, &w);
 
-    assert_eq!(release_domain(&mut w, &mut ft, &mut mem, D1), 1);
+    assert_eq!(release_domain(&mut w, &ft, &mut mem, D1), 1);
     assert_eq!(flags_of(&mem, &w, D2, 8), PERMIT);
     audit(&ft, &mem, &w);
     let mut freed = Vec::new();
@@ -1791,7 +1572,7 @@ fn grant_granter_death_keeps_mapped_frames_until_unmapped() {
     assert_eq!(
         map_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &map_op(D1, 8, HOST | RO, VA + 0x1000),
@@ -1805,22 +1586,12 @@ fn grant_granter_death_keeps_mapped_frames_until_unmapped() {
         1,
         GNTCOPY_SOURCE_GREF,
     );
-    assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D2, &op),
-        Err(GNTST_BAD_DOMAIN)
-    );
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &op), Err(GNTST_BAD_DOMAIN));
     assert_eq!(w.t(D1).pinned_grants(), 1);
 
     // D2 unmaps: its references go, D1's dead table is left alone.
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     assert!(mem.frames[table_frame(D1, 0) as usize] == canary);
@@ -1838,18 +1609,10 @@ fn grant_external_refs_list() {
     world!(ft, mem, w);
     grant(&mut mem, &w, D1, 8, PERMIT, D2, data(D1, 0));
     grant(&mut mem, &w, D1, 9, PERMIT | GTF_READONLY, D2, data(D1, 1));
+    map_grant_ref(&mut w, &ft, &mut mem, D2, &map_op(D1, 8, HOST, VA), install).unwrap();
     map_grant_ref(
         &mut w,
-        &mut ft,
-        &mut mem,
-        D2,
-        &map_op(D1, 8, HOST, VA),
-        install,
-    )
-    .unwrap();
-    map_grant_ref(
-        &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 9, HOST | RO, VA + 0x1000),
@@ -1885,7 +1648,7 @@ fn grant_device_and_host_halves() {
     grant(&mut mem, &w, D1, 8, PERMIT, D2, frame);
     let base = count(&ft, frame);
     let mut op = map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA);
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, install).unwrap();
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
     m.write_to(&mut op);
     assert_eq!(op.dev_bus_addr, frame << 12);
     assert_eq!(m.halves(), 2);
@@ -1898,7 +1661,7 @@ fn grant_device_and_host_halves() {
         ..unmap_op(m.handle, 0)
     };
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &wrong, remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &wrong, remove),
         Err(GNTST_BAD_DEV_ADDR)
     );
     assert_eq!(count(&ft, frame), (base.0 + 2, base.1 + 2));
@@ -1908,7 +1671,7 @@ fn grant_device_and_host_halves() {
         ..unmap_op(m.handle, 0)
     };
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &dev, remove),
         Ok(Flush::NONE)
     );
     assert_eq!(w.t(D2).mapping(m.handle).map(|m| m.halves()), Some(1));
@@ -1921,7 +1684,7 @@ fn grant_device_and_host_halves() {
     audit(&ft, &mem, &w);
     // Again: the device half is gone, so nothing more (and still Ok).
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &dev, remove),
         Ok(Flush::NONE)
     );
     assert_eq!(count(&ft, frame), (base.0 + 1, base.1 + 1));
@@ -1929,7 +1692,7 @@ fn grant_device_and_host_halves() {
     assert_eq!(
         unmap_grant_ref(
             &mut w,
-            &mut ft,
+            &ft,
             &mut mem,
             D2,
             &unmap_op(m.handle, VA + 0x10),
@@ -1944,7 +1707,7 @@ fn grant_device_and_host_halves() {
 
     // Device only, read-only: no entry installed, no type reference.
     let op = map_op(D1, 8, GNTMAP_DEVICE_MAP | RO, 0);
-    let m = map_grant_ref(&mut w, &mut ft, &mut mem, D2, &op, |_, _, _| {
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, |_, _, _| {
         panic!("no host half to install")
     })
     .unwrap();
@@ -1958,7 +1721,7 @@ fn grant_device_and_host_halves() {
         ..unmap_op(m.handle, VA)
     };
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &both, |_, _, _| panic!(
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &both, |_, _, _| panic!(
             "no host half"
         )),
         Ok(Flush::NONE)
@@ -1970,7 +1733,7 @@ fn grant_device_and_host_halves() {
     // A virtual address off a page boundary maps that page (Xen).
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA + 8),
@@ -1980,14 +1743,7 @@ fn grant_device_and_host_halves() {
     assert_eq!(m.host_addr, VA);
     assert!(mem.ptes.contains_key(&VA));
     assert_eq!(
-        unmap_grant_ref(
-            &mut w,
-            &mut ft,
-            &mut mem,
-            D2,
-            &unmap_op(m.handle, VA),
-            remove
-        ),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
         Ok(Flush::NEEDED)
     );
     audit(&ft, &mem, &w);
@@ -2002,14 +1758,14 @@ fn grant_dying_mapper_releases_both_halves() {
     let base = count(&ft, frame);
     map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA),
         install,
     )
     .unwrap();
-    assert_eq!(release_domain(&mut w, &mut ft, &mut mem, D2), 0);
+    assert_eq!(release_domain(&mut w, &ft, &mut mem, D2), 0);
     assert_eq!(count(&ft, frame), base);
     assert_eq!(w.t(D1).pins(8).unwrap().writable, 0);
     assert_eq!(flags_of(&mem, &w, D1, 8), PERMIT);
@@ -2031,7 +1787,7 @@ fn grant_unmap_and_replace() {
         |_: &FrameTable<'_>, mem: &mut Mem, m: &Mapping| mem.ptes.remove(&m.host_addr).is_some();
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | GNTMAP_DEVICE_MAP, VA),
@@ -2046,12 +1802,12 @@ fn grant_unmap_and_replace() {
     };
     let refuse = |_: &FrameTable<'_>, _: &mut Mem, _: &Mapping| false;
     assert_eq!(
-        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse),
+        unmap_and_replace(&mut w, &ft, &mut mem, D2, &op, remove, refuse),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(count(&ft, frame), (base.0 + 2, base.1 + 2));
     assert_eq!(
-        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        unmap_and_replace(&mut w, &ft, &mut mem, D2, &op, remove, replace),
         Ok(Flush::NEEDED)
     );
     assert!(!mem.ptes.contains_key(&VA));
@@ -2061,7 +1817,7 @@ fn grant_unmap_and_replace() {
     );
     assert_eq!(count(&ft, frame), (base.0 + 1, base.1 + 1));
     assert_eq!(
-        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        unmap_and_replace(&mut w, &ft, &mut mem, D2, &op, remove, replace),
         Ok(Flush::NONE),
         "no host half left"
     );
@@ -2070,11 +1826,11 @@ fn grant_unmap_and_replace() {
         ..unmap_op(m.handle, 0)
     };
     assert_eq!(
-        unmap_grant_ref(&mut w, &mut ft, &mut mem, D2, &dev, remove),
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &dev, remove),
         Ok(Flush::NONE)
     );
     assert_eq!(
-        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        unmap_and_replace(&mut w, &ft, &mut mem, D2, &op, remove, replace),
         Err(GNTST_BAD_HANDLE)
     );
     assert_eq!(count(&ft, frame), base);
@@ -2082,7 +1838,7 @@ fn grant_unmap_and_replace() {
     // new_addr 0: a plain removal.
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | RO, VA),
@@ -2096,7 +1852,7 @@ fn grant_unmap_and_replace() {
         ..Default::default()
     };
     assert_eq!(
-        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, refuse),
+        unmap_and_replace(&mut w, &ft, &mut mem, D2, &op, remove, refuse),
         Ok(Flush::NEEDED)
     );
     assert!(w.t(D2).mapping(m.handle).is_none());
@@ -2105,7 +1861,7 @@ fn grant_unmap_and_replace() {
     // contains_pte: never replaced.
     let m = map_grant_ref(
         &mut w,
-        &mut ft,
+        &ft,
         &mut mem,
         D2,
         &map_op(D1, 8, HOST | PTE | RO, VA + 8),
@@ -2119,7 +1875,7 @@ fn grant_unmap_and_replace() {
         ..Default::default()
     };
     assert_eq!(
-        unmap_and_replace(&mut w, &mut ft, &mut mem, D2, &op, remove, replace),
+        unmap_and_replace(&mut w, &ft, &mut mem, D2, &op, remove, replace),
         Err(GNTST_GENERAL_ERROR)
     );
     audit(&ft, &mem, &w);

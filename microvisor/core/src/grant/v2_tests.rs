@@ -103,16 +103,10 @@ fn set_version_arguments_and_the_status_frame() {
     world!(ft, mem, w);
     // Neither 1 nor 2: EINVAL, the version in effect reported back.
     for v in [0, 3, u32::MAX] {
-        assert_eq!(
-            switch(&mut w, &mut ft, &mut mem, v).0,
-            (1, Err(Errno::EINVAL))
-        );
+        assert_eq!(switch(&mut w, &ft, &mut mem, v).0, (1, Err(Errno::EINVAL)));
     }
     // The version in effect: nothing to do.
-    assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 1),
-        ((1, Ok(())), Vec::new())
-    );
+    assert_eq!(switch(&mut w, &ft, &mut mem, 1), ((1, Ok(())), Vec::new()));
     assert_eq!(w.t(D1).nr_entries(), 512);
     // v1 has no status frames: only 0 of them can be listed.
     assert_eq!(
@@ -124,10 +118,7 @@ fn set_version_arguments_and_the_status_frame() {
         Err(GNTST_GENERAL_ERROR)
     );
 
-    assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 2),
-        ((2, Ok(())), Vec::new())
-    );
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2), ((2, Ok(())), Vec::new()));
     assert_eq!(get_version(&mut w, D1, DOMID_SELF, false), Ok(2));
     assert_eq!(get_version(&mut w, D0, D1, true), Ok(2));
     assert_eq!(get_version(&mut w, D2, DOMID_SELF, false), Ok(1));
@@ -169,7 +160,7 @@ fn set_version_arguments_and_the_status_frame() {
     // Growing a v2 table keeps one status frame (it covers 8 frames' worth).
     let mut next = Some(table_frame(D1, 1));
     let op = setup_op(DOMID_SELF, 2);
-    setup_table(&mut w, &mut ft, &mut mem, D1, &op, false, || next.take()).unwrap();
+    setup_table(&mut w, &ft, &mut mem, D1, &op, false, || next.take()).unwrap();
     assert_eq!(
         (w.t(D1).nr_entries(), w.t(D1).status_frames().len()),
         (512, 1)
@@ -177,10 +168,10 @@ fn set_version_arguments_and_the_status_frame() {
     audit(&ft, &mem, &w);
 
     // Back to v1: the status frame is released from D1 and handed back.
-    let (r, freed) = switch(&mut w, &mut ft, &mut mem, 1);
+    let (r, freed) = switch(&mut w, &ft, &mut mem, 1);
     assert_eq!(r, (1, Ok(())));
     assert_eq!(freed, [STATUS]);
-    assert_eq!(ft.info(STATUS).unwrap().owner(), PageInfo::FREE.owner());
+    assert_eq!(ft.info(STATUS).unwrap().owner(), PageInfo::free().owner());
     assert!(w.t(D1).status_frames().is_empty());
     assert_eq!(w.t(D1).nr_entries(), 1024);
     audit(&ft, &mem, &w);
@@ -193,13 +184,13 @@ fn switching_keeps_the_reserved_entries_and_clears_the_rest() {
     grant(&mut mem, &w, D1, 1, PERMIT, D2, data(D1, 1));
     grant(&mut mem, &w, D1, 7, PERMIT | GTF_READONLY, D3, data(D1, 2));
     grant(&mut mem, &w, D1, 9, PERMIT, D2, data(D1, 3));
-    let m = map(&mut w, &mut ft, &mut mem, &map_op(D1, 1, HOST, VA)).unwrap();
+    let m = map(&mut w, &ft, &mut mem, &map_op(D1, 1, HOST, VA)).unwrap();
     assert_eq!(
         entry(&mem, &w, D1, 1).flags,
         PERMIT | GTF_READING | GTF_WRITING
     );
 
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 2).0, (2, Ok(())));
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2).0, (2, Ok(())));
     // Entry 1 is a full_page entry now; its in-use bits moved to the status
     // word. Entry 7 keeps its flags; entry 9 (not reserved) is gone.
     let (e1, s1) = entry2(&mem, &w, D1, 1);
@@ -217,17 +208,17 @@ fn switching_keeps_the_reserved_entries_and_clears_the_rest() {
     audit(&ft, &mem, &w);
 
     // The mapping made under v1 unmaps under v2: the status word clears.
-    unmap(&mut w, &mut ft, &mut mem, m.handle, VA).unwrap();
+    unmap(&mut w, &ft, &mut mem, m.handle, VA).unwrap();
     assert_eq!(entry2(&mem, &w, D1, 1).1, 0);
     assert_eq!(entry2(&mem, &w, D1, 1).0.flags, PERMIT);
 
     // Mapped again under v2, then back to v1 while mapped (a reserved
     // entry): the bits return to the flags.
-    let m = map(&mut w, &mut ft, &mut mem, &map_op(D1, 1, HOST | RO, VA)).unwrap();
+    let m = map(&mut w, &ft, &mut mem, &map_op(D1, 1, HOST | RO, VA)).unwrap();
     assert_eq!(entry2(&mem, &w, D1, 1).1, GTF_READING);
     grant2(&mut mem, &w, D1, 3, GTF_ACCEPT_TRANSFER, D2, 0, 77);
     grant2(&mut mem, &w, D1, 12, PERMIT, D2, 0, data(D1, 4));
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 1).0, (1, Ok(())));
+    assert_eq!(switch(&mut w, &ft, &mut mem, 1).0, (1, Ok(())));
     assert_eq!(
         entry(&mem, &w, D1, 1),
         GrantEntryV1 {
@@ -242,7 +233,7 @@ fn switching_keeps_the_reserved_entries_and_clears_the_rest() {
     for gref in [12, 24, 25] {
         assert_eq!(entry(&mem, &w, D1, gref), GrantEntryV1::default());
     }
-    unmap(&mut w, &mut ft, &mut mem, m.handle, VA).unwrap();
+    unmap(&mut w, &ft, &mut mem, m.handle, VA).unwrap();
     assert_eq!(entry(&mem, &w, D1, 1).flags, PERMIT);
     audit(&ft, &mem, &w);
 }
@@ -252,9 +243,9 @@ fn set_version_refusals() {
     world!(ft, mem, w);
     // A reference from 8 on in use: EBUSY, nothing changes.
     grant(&mut mem, &w, D1, 8, PERMIT, D2, data(D1, 1));
-    let m = map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST, VA)).unwrap();
+    let m = map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST, VA)).unwrap();
     assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 2),
+        switch(&mut w, &ft, &mut mem, 2),
         ((1, Err(Errno::EBUSY)), Vec::new())
     );
     assert_eq!(
@@ -262,19 +253,19 @@ fn set_version_refusals() {
         PERMIT | GTF_READING | GTF_WRITING
     );
     assert!(w.t(D1).status_frames().is_empty());
-    unmap(&mut w, &mut ft, &mut mem, m.handle, VA).unwrap();
+    unmap(&mut w, &ft, &mut mem, m.handle, VA).unwrap();
     // No frame for the status array: ENOMEM.
-    let r = set_version(&mut w, &mut ft, &mut mem, D1, 2, || None, |_| ());
+    let r = set_version(&mut w, &ft, &mut mem, D1, 2, || None, |_| ());
     assert_eq!(r, (1, Err(Errno::ENOMEM)));
     audit(&ft, &mem, &w);
 
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 2).0, (2, Ok(())));
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2).0, (2, Ok(())));
     // The guest maps its status frame (a writable L1 entry's references):
     // v1 must wait until it is unmapped.
     ft.get_page_and_type(&mut mem, STATUS, PageType::Writable, D1)
         .unwrap();
     assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 1),
+        switch(&mut w, &ft, &mut mem, 1),
         ((2, Err(Errno::EBUSY)), Vec::new())
     );
     assert_eq!(w.t(D1).status_frames(), &[STATUS]);
@@ -282,21 +273,15 @@ fn set_version_refusals() {
     // A reserved entry v1 cannot say: a transitive one, a frame beyond 32
     // bits. ERANGE, and the entry stays.
     grant2(&mut mem, &w, D1, 2, GTF_TRANSITIVE, D2, u32::from(D3), 9);
-    assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 1).0,
-        (2, Err(Errno::ERANGE))
-    );
+    assert_eq!(switch(&mut w, &ft, &mut mem, 1).0, (2, Err(Errno::ERANGE)));
     grant2(&mut mem, &w, D1, 2, PERMIT, D2, 0, 1 << 32);
-    assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 1).0,
-        (2, Err(Errno::ERANGE))
-    );
+    assert_eq!(switch(&mut w, &ft, &mut mem, 1).0, (2, Err(Errno::ERANGE)));
     assert_eq!(entry2(&mem, &w, D1, 2).0.frame, 1 << 32);
     // Beyond the reserved entries anything goes.
     grant2(&mut mem, &w, D1, 8, GTF_TRANSITIVE, D2, u32::from(D3), 9);
     grant2(&mut mem, &w, D1, 2, 0, 0, 0, 0);
     assert_eq!(
-        switch(&mut w, &mut ft, &mut mem, 1),
+        switch(&mut w, &ft, &mut mem, 1),
         ((1, Ok(())), vec![STATUS])
     );
     audit(&ft, &mem, &w);
@@ -305,10 +290,10 @@ fn set_version_refusals() {
 #[test]
 fn v2_maps_use_the_status_word() {
     world!(ft, mem, w);
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 2).0, (2, Ok(())));
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2).0, (2, Ok(())));
     let frame = data(D1, 1);
     grant2(&mut mem, &w, D1, 8, PERMIT, D2, 0, frame);
-    let m = map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST, VA)).unwrap();
+    let m = map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST, VA)).unwrap();
     assert_eq!(m.mfn, frame);
     // The entry is never written by the hypervisor; the status word is.
     let (e, st) = entry2(&mem, &w, D1, 8);
@@ -320,10 +305,10 @@ fn v2_maps_use_the_status_word() {
     audit(&ft, &mem, &w);
     // References from 256 on do not exist in a one-frame v2 table.
     assert_eq!(
-        map(&mut w, &mut ft, &mut mem, &map_op(D1, 256, HOST, VA + 4096)),
+        map(&mut w, &ft, &mut mem, &map_op(D1, 256, HOST, VA + 4096)),
         Err(GNTST_BAD_GNTREF)
     );
-    unmap(&mut w, &mut ft, &mut mem, m.handle, VA).unwrap();
+    unmap(&mut w, &ft, &mut mem, m.handle, VA).unwrap();
     assert_eq!(entry2(&mem, &w, D1, 8).1, 0);
 
     // Refusals, each leaving the status word clear: a writable map of a
@@ -345,7 +330,7 @@ fn v2_maps_use_the_status_word() {
     for (flags, to, word1, f, want) in refusals {
         grant2(&mut mem, &w, D1, 9, flags, to, word1, f);
         assert_eq!(
-            map(&mut w, &mut ft, &mut mem, &map_op(D1, 9, HOST, VA)),
+            map(&mut w, &ft, &mut mem, &map_op(D1, 9, HOST, VA)),
             Err(want),
             "{flags:#x}"
         );
@@ -354,9 +339,9 @@ fn v2_maps_use_the_status_word() {
     }
     // A read-only map of a read-only entry works.
     grant2(&mut mem, &w, D1, 9, PERMIT | GTF_READONLY, D2, 0, frame);
-    let m = map(&mut w, &mut ft, &mut mem, &map_op(D1, 9, HOST | RO, VA)).unwrap();
+    let m = map(&mut w, &ft, &mut mem, &map_op(D1, 9, HOST | RO, VA)).unwrap();
     assert_eq!(entry2(&mem, &w, D1, 9).1, GTF_READING);
-    unmap(&mut w, &mut ft, &mut mem, m.handle, VA).unwrap();
+    unmap(&mut w, &ft, &mut mem, m.handle, VA).unwrap();
     assert_eq!(entry2(&mem, &w, D1, 9).1, 0);
     audit(&ft, &mem, &w);
 }
@@ -364,7 +349,7 @@ fn v2_maps_use_the_status_word() {
 #[test]
 fn v2_status_is_taken_back_when_the_granter_races() {
     world!(ft, mem, w);
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 2).0, (2, Ok(())));
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2).0, (2, Ok(())));
     grant2(&mut mem, &w, D1, 8, PERMIT, D2, 0, data(D1, 1));
     let Some(EntryAt::V2 { mfn, slot, .. }) = w.t(D1).locate(8) else {
         panic!()
@@ -373,7 +358,7 @@ fn v2_status_is_taken_back_when_the_granter_races() {
     // policy sees it on its second look and takes the bits back.
     mem.v2_races.push_back((mfn, slot, 0));
     assert_eq!(
-        map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST, VA)),
+        map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST, VA)),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(entry2(&mem, &w, D1, 8).1, 0);
@@ -381,20 +366,20 @@ fn v2_status_is_taken_back_when_the_granter_races() {
     grant2(&mut mem, &w, D1, 8, PERMIT, D2, 0, data(D1, 1));
     mem.v2_races.push_back((mfn, slot, PERMIT | GTF_READONLY));
     assert_eq!(
-        map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST, VA)),
+        map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST, VA)),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(entry2(&mem, &w, D1, 8).1, 0);
     // A second, writable map of a reference pinned read-only checks again.
     grant2(&mut mem, &w, D1, 8, PERMIT, D2, 0, data(D1, 1));
-    let m = map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST | RO, VA)).unwrap();
+    let m = map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST | RO, VA)).unwrap();
     mem.v2_races.push_back((mfn, slot, PERMIT | GTF_READONLY));
     assert_eq!(
-        map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST, VA + 4096)),
+        map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST, VA + 4096)),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(entry2(&mem, &w, D1, 8).1, GTF_READING);
-    unmap(&mut w, &mut ft, &mut mem, m.handle, VA).unwrap();
+    unmap(&mut w, &ft, &mut mem, m.handle, VA).unwrap();
     assert_eq!(entry2(&mem, &w, D1, 8).1, 0);
     audit(&ft, &mem, &w);
 }
@@ -402,7 +387,7 @@ fn v2_status_is_taken_back_when_the_granter_races() {
 #[test]
 fn v2_copies_respect_sub_page_ranges_and_refuse_transitive_grants() {
     world!(ft, mem, w);
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 2).0, (2, Ok(())));
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2).0, (2, Ok(())));
     let frame = data(D1, 1);
     let mine = data(D2, 0);
     mem.frames[frame as usize][100..108].copy_from_slice(b"subpage!");
@@ -425,31 +410,31 @@ fn v2_copies_respect_sub_page_ranges_and_refuse_transitive_grants() {
             GNTCOPY_SOURCE_GREF,
         )
     };
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &read(100, 8)), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &read(100, 8)), Ok(()));
     assert_eq!(&mem.frames[mine as usize][..8], b"subpage!");
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &read(96, 64)), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &read(96, 64)), Ok(()));
     // Outside the granted bytes: general error; outside the page: bad copy arg.
     assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D2, &read(95, 8)),
+        copy(&mut w, &ft, &mut mem, D2, &read(95, 8)),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D2, &read(150, 11)),
+        copy(&mut w, &ft, &mut mem, D2, &read(150, 11)),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D2, &read(4090, 8)),
+        copy(&mut w, &ft, &mut mem, D2, &read(4090, 8)),
         Err(GNTST_BAD_COPY_ARG)
     );
     assert_eq!(entry2(&mem, &w, D1, 8).1, 0);
     // Writing into it: the range and the status word's writing bit.
     mem.frames[mine as usize][..8].copy_from_slice(b"written!");
     let write = copy_op2((mine, DOMID_SELF, 0), (8, D1, 120), 8, GNTCOPY_DEST_GREF);
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &write), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &write), Ok(()));
     assert_eq!(&mem.frames[frame as usize][120..128], b"written!");
     // Mapping a sub-page grant is refused.
     assert_eq!(
-        map(&mut w, &mut ft, &mut mem, &map_op(D1, 8, HOST | RO, VA)),
+        map(&mut w, &ft, &mut mem, &map_op(D1, 8, HOST | RO, VA)),
         Err(GNTST_GENERAL_ERROR)
     );
     // A full-page v2 grant copies anywhere in the page.
@@ -460,12 +445,12 @@ fn v2_copies_respect_sub_page_ranges_and_refuse_transitive_grants() {
         4096,
         GNTCOPY_SOURCE_GREF,
     );
-    assert_eq!(copy(&mut w, &mut ft, &mut mem, D2, &whole), Ok(()));
+    assert_eq!(copy(&mut w, &ft, &mut mem, D2, &whole), Ok(()));
     // Transitive grants are off: refused, the status word left clear.
     grant2(&mut mem, &w, D1, 11, GTF_TRANSITIVE, D2, u32::from(D3), 8);
     let trans = copy_op2((11, D1, 0), (mine, DOMID_SELF, 0), 8, GNTCOPY_SOURCE_GREF);
     assert_eq!(
-        copy(&mut w, &mut ft, &mut mem, D2, &trans),
+        copy(&mut w, &ft, &mut mem, D2, &trans),
         Err(GNTST_GENERAL_ERROR)
     );
     assert_eq!(entry2(&mem, &w, D1, 11).1, 0);
@@ -479,8 +464,8 @@ fn v2_copies_respect_sub_page_ranges_and_refuse_transitive_grants() {
 #[test]
 fn a_dying_v2_domain_gives_its_status_frame_back() {
     world!(ft, mem, w);
-    assert_eq!(switch(&mut w, &mut ft, &mut mem, 2).0, (2, Ok(())));
-    assert_eq!(release_domain(&mut w, &mut ft, &mut mem, D1), 0);
+    assert_eq!(switch(&mut w, &ft, &mut mem, 2).0, (2, Ok(())));
+    assert_eq!(release_domain(&mut w, &ft, &mut mem, D1), 0);
     // Only the allocation reference is left: relinquish frees it.
     let p = ft.info(STATUS).unwrap();
     assert_eq!((p.count(), p.type_count(), p.hv_writers()), (1, 0, 0));
