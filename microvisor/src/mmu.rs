@@ -230,6 +230,44 @@ fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
     Ok(0)
 }
 
+/// The vCPUs (as `Hv::vcpus` indexes) a guest's `vcpumask` names: a
+/// bitmap of the calling domain's vCPU ids in 64-bit words at guest
+/// address `ptr`, read as far as the domain has vCPUs (Xen reads no
+/// further; bits past its last vCPU are ignored). `EINVAL` when a word
+/// cannot be read, as Xen's mmuext_op answers.
+fn vcpumask(hv: &Hv, cr3: u64, ptr: u64) -> Result<u64, Errno> {
+    let vcpus = &hv.cur_dom().vcpus;
+    let mut set = 0u64;
+    for (w, ids) in vcpus.chunks(64).enumerate() {
+        let word: u64 =
+            guest::read(cr3, ptr.wrapping_add(w as u64 * 8)).map_err(|_| Errno::EINVAL)?;
+        for (bit, &v) in ids.iter().enumerate() {
+            if word & (1u64 << bit) != 0 && v < 64 {
+                set |= 1u64 << v;
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Flushes the TLBs of the CPUs that hold the vCPUs in `set` (`Hv::vcpus`
+/// indexes): this CPU's when its vCPU is named, the others' by IPI. With
+/// `one`, only `va`'s translation here (the other CPUs flush everything)
+/// and nothing for an address outside the guest's range, as Xen.
+fn flush_vcpus(hv: &Hv, set: u64, one: bool, va: u64) {
+    if one && !guest::guest_address(va) {
+        return;
+    }
+    if set & (1u64 << hv.current) != 0 {
+        if one {
+            cpu::invlpg(va);
+        } else {
+            cpu::flush_tlb_all();
+        }
+    }
+    crate::arch::smp::flush_tlb_vcpus(set & !(1u64 << hv.current));
+}
+
 /// mmuext_op(ops, count, done, foreigndom). A long batch stops for whatever
 /// is due and continues with Xen's encoding, as `mmu_update`'s.
 pub fn mmuext_op(
@@ -287,18 +325,17 @@ pub fn mmuext_op(
                 cpu::invlpg(arg1);
                 Ok(())
             }
-            // _MULTI and _ALL: every CPU that may hold the domain's
-            // translations (all that hold a vCPU).
-            8 | 10 => {
-                crate::arch::smp::flush_tlb_everywhere();
-                Ok(())
-            }
-            9 | 11 if crate::arch::smp::active() => {
-                crate::arch::smp::flush_tlb_everywhere();
-                Ok(())
-            }
-            9 | 11 => {
-                cpu::invlpg(arg1);
+            // _MULTI: the CPUs of the vCPUs the mask names (Xen's
+            // vcpumask_to_pcpumask; a mask that cannot be read is EINVAL).
+            8 | 9 => vcpumask(hv, cr3, arg2).map(|set| flush_vcpus(hv, set, cmd == 9, arg1)),
+            // _ALL: the CPUs of every vCPU of the domain.
+            10 | 11 => {
+                let set = hv
+                    .cur_dom()
+                    .vcpus
+                    .iter()
+                    .fold(0u64, |m, &v| m | (1u64 << v));
+                flush_vcpus(hv, set, cmd == 11, arg1);
                 Ok(())
             }
             13 => crate::pv::set_ldt(hv, arg1, arg2),

@@ -303,16 +303,42 @@ fn others() -> impl Iterator<Item = &'static super::percpu::PerCpu> {
 /// while it waits for the hypervisor lock (`serve_flush`).
 pub fn flush_tlb_everywhere() {
     crate::arch::cpu::flush_tlb_all();
+    flush_other_cpus(|v| v != super::percpu::NO_VCPU);
+}
+
+/// Flushes every TLB entry on each other CPU that runs (or holds) one of
+/// the vCPUs in `vcpus` (bit i: vCPU index i), and waits until they did.
+/// A CPU holds guest translations only of the vCPU it holds (every switch
+/// to another vCPU, and every release to idle, flushes everything), so
+/// these are the CPUs where the named vCPUs' stale entries can be; a
+/// vCPU that starts running elsewhere meanwhile starts with an empty TLB.
+/// This CPU is the caller's to flush.
+pub fn flush_tlb_vcpus(vcpus: u64) {
+    flush_other_cpus(|v| v < 64 && vcpus & (1u64 << v) != 0);
+}
+
+/// Flushes the other CPUs whose held vCPU index (`PerCpu::vcpu`,
+/// `NO_VCPU` when none) `wanted` picks, and waits for them.
+///
+/// This CPU flushes too, after taking its request number, so that its own
+/// `flushes_done` (which other CPUs waiting for it read) only ever claims
+/// flushes it did after the requests they cover were made.
+fn flush_other_cpus(wanted: impl Fn(u64) -> bool) {
     let me = super::percpu::this_cpu();
     if !active() {
         return;
     }
+    let waiting = others()
+        .filter(|c| wanted(c.vcpu.load(Ordering::Acquire)))
+        .fold(0u64, |m, c| m | 1 << c.cpu.load(Ordering::Relaxed));
+    if waiting == 0 {
+        return;
+    }
     let n = FLUSH_REQ.fetch_add(1, Ordering::AcqRel) + 1;
+    crate::arch::cpu::flush_tlb_all();
     me.flushes_done.store(n, Ordering::Release);
-    let mut waiting: u64 = 0;
     for c in others() {
-        if c.vcpu.load(Ordering::Acquire) != super::percpu::NO_VCPU {
-            waiting |= 1 << c.cpu.load(Ordering::Relaxed);
+        if waiting & (1 << c.cpu.load(Ordering::Relaxed)) != 0 {
             crate::arch::apic::send_fixed(c.apic_id.load(Ordering::Relaxed), FLUSH_VECTOR);
         }
     }

@@ -18,6 +18,12 @@ fn canonical_lower(va: u64) -> bool {
     hi == 0 || hi == 0x1ffff && !(0xFFFF_8000_0000_0000..0xFFFF_8800_0000_0000).contains(&va)
 }
 
+/// True for an address a guest may map: canonical and outside the
+/// hypervisor's L4 slots (Xen's `__addr_ok` for a PV guest).
+pub fn guest_address(va: u64) -> bool {
+    canonical_lower(va)
+}
+
 /// Translates a guest virtual address to a physical address.
 pub fn translate(cr3: u64, va: u64, write: bool) -> Result<u64, Fault> {
     if !canonical_lower(va) {

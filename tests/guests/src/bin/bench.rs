@@ -68,7 +68,8 @@
 //!   none; the spin loops `pause`, which hands QEMU to the other CPU).
 //! - `rows=tlb` (a domain with `vcpus = 2` on 2 CPUs): vCPU 1 spins in the
 //!   guest on the other CPU while vCPU 0 times `MMUEXT_TLB_FLUSH_LOCAL`
-//!   (no other CPU involved) and `MMUEXT_TLB_FLUSH_MULTI` /
+//!   (no other CPU involved), `MMUEXT_TLB_FLUSH_MULTI` naming only vCPU 0
+//!   (no other CPU either: the mask decides) and `MMUEXT_TLB_FLUSH_MULTI` /
 //!   `MMUEXT_INVLPG_MULTI` naming vCPU 1 (a shootdown IPI to its CPU,
 //!   waited for).
 //! - `rows=tput peer=N lead=0|1 [calls=C] [batches=B]`: one of two
@@ -607,6 +608,8 @@ fn tlb_rows() -> Result<(), String> {
     // Xen reads the mask (a bitmap of vCPUs) through this pointer.
     let mask: u64 = 1 << 1;
     let mask_ptr = (&raw const mask) as u64;
+    let only_me: u64 = 1 << 0;
+    let only_me_ptr = (&raw const only_me) as u64;
     let va = (&raw const SPINS) as u64;
     let mut failed = None;
     // Only TLB flushes: nothing in the address space changes.
@@ -628,6 +631,15 @@ fn tlb_rows() -> Result<(), String> {
         (
             "mmuext TLB_FLUSH_LOCAL, the other vCPU running on the other CPU",
             op("TLB_FLUSH_LOCAL", MMUEXT_TLB_FLUSH_LOCAL, 0, 0),
+        ),
+        (
+            "mmuext TLB_FLUSH_MULTI naming only itself, the other vCPU running on the other CPU",
+            op(
+                "TLB_FLUSH_MULTI self",
+                MMUEXT_TLB_FLUSH_MULTI,
+                0,
+                only_me_ptr,
+            ),
         ),
         (
             "remote TLB shootdown: mmuext TLB_FLUSH_MULTI naming a vCPU on the other CPU",

@@ -1,0 +1,157 @@
+//! `MMUEXT_TLB_FLUSH_MULTI`, `INVLPG_MULTI` and `TLB_FLUSH_ALL` reach the
+//! CPU of the vCPU they name (a domain with `vcpus = 2` on 2 CPUs):
+//! vCPU 1 keeps reading one page through a window address, so its CPU holds
+//! the translation; vCPU 0 points the window at another page with
+//! update_va_mapping and no flush (the hypervisor has no reason to flush:
+//! both pages stay ordinary writable pages), then flushes with a vCPU mask.
+//! vCPU 1 must read the new page afterwards. A mask naming only vCPU 0 is
+//! accepted (what vCPU 1 reads then is QEMU's TLB's business, printed, not
+//! judged), and a mask the hypervisor cannot read is EINVAL, as Xen's
+//! mmuext_op answers.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::errno::Errno;
+use guest_abi::mmu::{
+    MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_MULTI, UVMF_INVLPG, UVMF_NONE,
+};
+use guest_abi::types::VcpuId;
+use pv_guest_kernel::test::Reporter;
+use pv_guest_kernel::{StartInfo, mm, println, smp, time};
+
+/// The window vCPU 1 reads through (the first page's own address).
+static WINDOW: AtomicU64 = AtomicU64::new(0);
+/// The last word vCPU 1 read there.
+static SEEN: AtomicU64 = AtomicU64::new(0);
+/// Set to end vCPU 1's loop.
+static STOP: AtomicU64 = AtomicU64::new(0);
+
+const A: u64 = 0xAAAA_0000_0000_000A;
+const B: u64 = 0xBBBB_0000_0000_000B;
+
+fn reader(_vcpu: VcpuId) -> ! {
+    let w = WINDOW.load(Ordering::Acquire) as *const u64;
+    while STOP.load(Ordering::Acquire) == 0 {
+        // SAFETY: the window is always mapped (to one page or the other);
+        // a volatile read goes through the TLB every time.
+        SEEN.store(unsafe { core::ptr::read_volatile(w) }, Ordering::Release);
+        core::hint::spin_loop();
+    }
+    smp::down_self()
+}
+
+/// Waits up to 2 s of system time for vCPU 1 to read `want`.
+fn sees(want: u64) -> bool {
+    let deadline = time::now_ns() + 2_000_000_000;
+    while SEEN.load(Ordering::Acquire) != want {
+        if time::now_ns() > deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// Points the window at `mfn` without any flush.
+fn point(w: u64, mfn: u64) -> Result<(), Errno> {
+    // SAFETY: the window is one of this guest's own data pages; only vCPU 1
+    // reads through it, and it tolerates either page.
+    unsafe {
+        guest_abi::hypercall::update_va_mapping(
+            w,
+            (mfn << 12) | scenario_guests::pte::DATA,
+            UVMF_NONE,
+        )
+    }
+}
+
+fn flush(cmd: u32, va: u64, mask: *const u64) -> Result<(), Errno> {
+    // SAFETY: TLB flushes change no mapping.
+    unsafe { mm::mmuext(cmd, va, mask as u64) }
+}
+
+fn main(_si: &'static StartInfo) {
+    let mut r = Reporter::new();
+    let (Ok((w, ma)), Ok((vb, mb))) = (mm::alloc_page(), mm::alloc_page()) else {
+        r.fail("setup", format_args!("no pages"));
+        r.finish()
+    };
+    // SAFETY: two pages just allocated, mapped writable at `w` and `vb`.
+    unsafe {
+        core::ptr::write_volatile(w as *mut u64, A);
+        core::ptr::write_volatile(vb as *mut u64, B);
+    }
+    WINDOW.store(w, Ordering::Release);
+    let started =
+        smp::init().and_then(|()| smp::start(VcpuId(1), reader, smp::alloc_stack(16 * 1024)?));
+    r.check(
+        "setup",
+        started.is_ok() && sees(A),
+        format_args!("{started:?}"),
+    );
+
+    let only_me: u64 = 1 << 0;
+    let vcpu1: u64 = 1 << 1;
+    // Named: vCPU 0 only. Accepted; vCPU 1's view is not judged.
+    let moved = point(w, mb);
+    let res = flush(MMUEXT_TLB_FLUSH_MULTI, 0, &only_me);
+    r.check(
+        "mask-naming-only-me",
+        moved.is_ok() && res.is_ok(),
+        format_args!("{moved:?} {res:?}"),
+    );
+    println!(
+        "tlbmulti: vCPU 1 read {:#x} after a flush naming only vCPU 0",
+        SEEN.load(Ordering::Acquire)
+    );
+    // Named: vCPU 1. It must read the new page.
+    let res = flush(MMUEXT_TLB_FLUSH_MULTI, 0, &vcpu1);
+    r.check(
+        "tlb-flush-multi-reaches-vcpu",
+        res.is_ok() && sees(B),
+        format_args!("{res:?}"),
+    );
+
+    let moved = point(w, ma);
+    let res = flush(MMUEXT_INVLPG_MULTI, w, &vcpu1);
+    r.check(
+        "invlpg-multi-reaches-vcpu",
+        moved.is_ok() && res.is_ok() && sees(A),
+        format_args!("{moved:?} {res:?}"),
+    );
+
+    let moved = point(w, mb);
+    let res = flush(MMUEXT_TLB_FLUSH_ALL, 0, core::ptr::null());
+    r.check(
+        "tlb-flush-all-reaches-vcpu",
+        moved.is_ok() && res.is_ok() && sees(B),
+        format_args!("{moved:?} {res:?}"),
+    );
+
+    // A mask pointer that does not translate (nothing is mapped at 112 TiB)
+    // or lies in the hypervisor's range.
+    let bad = [0x7000_0000_0000u64, 0xFFFF_8000_0000_0000];
+    let got = bad.map(|p| flush(MMUEXT_TLB_FLUSH_MULTI, 0, p as *const u64));
+    r.check(
+        "unreadable-mask-einval",
+        got == [Err(Errno::EINVAL); 2],
+        format_args!("{got:?}"),
+    );
+
+    STOP.store(1, Ordering::Release);
+    while guest_abi::hypercall::vcpu_is_up(VcpuId(1)) == Ok(true) {
+        core::hint::spin_loop();
+    }
+    // SAFETY: the window back on its own page, flushed here.
+    let _ = unsafe {
+        guest_abi::hypercall::update_va_mapping(
+            w,
+            (ma << 12) | scenario_guests::pte::DATA,
+            UVMF_INVLPG,
+        )
+    };
+    r.finish()
+}
+
+pv_guest_kernel::main!(main);
