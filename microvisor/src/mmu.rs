@@ -24,11 +24,19 @@ fn cr3_mfn(hv: &Hv) -> u64 {
     hv.vcpus[hv.current].cr3 / PAGE
 }
 
-/// Guests may set the global bit in L1 entries (as on Xen), so every
-/// guest-visible flush also drops global entries.
-fn apply_flush(f: Flush) {
+/// After a batch that took access away: every CPU that may hold a
+/// translation through the changed tables, which are `dom`'s own (the
+/// caller's), so the CPUs holding one of its vCPUs (a CPU holds guest
+/// translations only of the vCPU it holds), this one included. Other
+/// domains' CPUs are left alone: they cannot have loaded these tables.
+/// (Xen leaves L1 flushes to the guest; isolation does not depend on this
+/// one either: the frame table flushes before a frame whose mappings may
+/// be stale changes type or is freed.) Guests may set the global bit in L1
+/// entries (as on Xen), so the flush drops global entries too.
+fn apply_flush(f: Flush, dom: u16) {
     if f.is_needed() {
-        crate::arch::smp::flush_tlb_everywhere();
+        cpu::flush_tlb_all();
+        crate::arch::smp::flush_tlb_vcpus(crate::domain::vcpus_of(dom));
     }
 }
 
@@ -175,7 +183,7 @@ fn update_batch(
         }
         (Ok(0), i, flush, false)
     });
-    apply_flush(flush);
+    apply_flush(flush, dom);
     if pdone != 0 {
         let _ = guest::copy_to(cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
