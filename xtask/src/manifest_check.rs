@@ -33,6 +33,16 @@ fn built_in(kdir: &Path, name: &str) -> Option<PathBuf> {
     (!name.contains(['/', '.']) && name != "microvisor" && p.is_file()).then_some(p)
 }
 
+/// The bundle spec of a user's file: `file:` and its absolute path. A
+/// relative `file:` spec means a path below the repository's root (test
+/// data), so a path relative to where the user is (`--manifest
+/// my.manifest` in the guest's own crate, through its `./xtask`) must not
+/// stay relative: it would be looked for in the SDK's clone.
+fn file_spec(p: &Path) -> String {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    format!("file:{}", abs.display())
+}
+
 /// Each `image =` value of a syntactically valid manifest with its 1-based
 /// line number, in file order.
 fn image_lines(text: &str) -> Vec<(usize, String)> {
@@ -74,7 +84,7 @@ pub fn images(
                     p.display()
                 ));
             }
-            extra.insert(img.clone(), format!("file:{}", p.display()));
+            extra.insert(img.clone(), file_spec(&p));
             p
         } else {
             let beside = base.map(|b| b.join(&img)).filter(|p| p.is_file());
@@ -88,7 +98,7 @@ pub fn images(
                 }
                 (Some(b), None) => b,
                 (None, Some(f)) => {
-                    extra.insert(img.clone(), format!("file:{}", f.display()));
+                    extra.insert(img.clone(), file_spec(&f));
                     f
                 }
                 (None, None) => {
@@ -222,6 +232,33 @@ mod tests {
         assert!(check("[domain a]\nimage = hello.d\nmemory = 16M\n", &m, &k).is_err());
         let e = check("[domain a]\nimage = ./gone\nmemory = 16M\n", &m, &k).unwrap_err();
         assert!(e.contains("is a path, and there is no file"), "{e}");
+    }
+
+    /// A manifest named by a relative path (`./xtask run --manifest
+    /// my.manifest` in a guest's crate) has a relative directory; its
+    /// files must reach the bundle as absolute paths, since `file:` specs
+    /// are otherwise read below the SDK's root (they were, and the run
+    /// failed with "cannot read <SDK>/target/...").
+    #[test]
+    fn files_beside_a_relative_manifest_are_packed_by_absolute_path() {
+        let (k, _) = dirs("relative");
+        // Tests run in the xtask crate's directory: `src/` is relative to it.
+        // A manifest in the current directory: its directory is "".
+        let extra = check(
+            "[domain a]\nimage = src/main.rs\nmemory = 16M\n",
+            Path::new(""),
+            &k,
+        )
+        .unwrap();
+        let want = std::env::current_dir().unwrap().join("src/main.rs");
+        assert_eq!(extra["src/main.rs"], format!("file:{}", want.display()));
+        let extra = check(
+            "[domain a]\nimage = main.rs\nmemory = 16M\n",
+            Path::new("src"),
+            &k,
+        )
+        .unwrap();
+        assert_eq!(extra["main.rs"], format!("file:{}", want.display()));
     }
 
     #[test]
