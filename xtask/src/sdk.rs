@@ -35,7 +35,8 @@ pub const USAGE: &str =
                                  variables: eval \"$(cargo xtask toolchain --print-env)\"
   boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
                                  boot one kernel image as the only domain (SIZE default
-                                 32M; WORDS: its command line)
+                                 32M; WORDS: its command line); IMAGE: an ELF file,
+                                 or the name of a guest the SDK builds (hello, bare)
 ";
 
 /// What `cargo build` needs to build a kernel outside this workspace.
@@ -513,6 +514,12 @@ fn domain_name(file: &str) -> String {
     if n.is_empty() { "guest".into() } else { n }
 }
 
+/// Whether `boot`'s IMAGE, when no such file exists, names a guest the SDK
+/// builds: a plain name that is also a legal domain name.
+fn is_guest_name(s: &str) -> bool {
+    !s.is_empty() && domain_name(s) == s
+}
+
 /// The one-domain manifest `boot` generates.
 pub fn boot_manifest(name: &str, memory: &str, cmdline: &str) -> String {
     format!("[domain {name}]\nimage = {name}\nmemory = {memory}\ncmdline = {cmdline}\n")
@@ -545,8 +552,22 @@ pub fn boot(args: &[String]) -> Result<bool, String> {
     let o = crate::parse(&opts)?;
     crate::check_options("boot", &o.given)?;
     if !image.is_file() {
+        let name = image.to_string_lossy();
+        if is_guest_name(&name) {
+            // Not a file here: a guest the SDK builds (`boot hello`),
+            // found (or refused, naming where it looked) by the manifest
+            // check after the build.
+            let manifest = boot_manifest(&name, &memory, &words.join(" "));
+            return crate::run_manifest(
+                &o,
+                &manifest,
+                &format!("boot {name}"),
+                None,
+                BTreeMap::new(),
+            );
+        }
         return Err(format!(
-            "error: no kernel image at {} (build it first: cargo build)",
+            "error: no kernel image at {} (give a kernel ELF file, e.g. target/x86_64-unknown-none/debug/NAME after cargo build, or the name of a guest the SDK builds, e.g. hello)",
             image.display()
         ));
     }
@@ -677,6 +698,15 @@ mod tests {
         assert_eq!(domain_name("a.elf"), "a-elf");
         assert_eq!(domain_name(&"x".repeat(40)).len(), 32);
         assert_eq!(domain_name(""), "guest");
+    }
+
+    #[test]
+    fn boot_takes_a_built_guests_name() {
+        assert!(is_guest_name("hello"));
+        assert!(is_guest_name("counter-client"));
+        assert!(!is_guest_name("target/x86_64-unknown-none/debug/x"));
+        assert!(!is_guest_name("x.elf"));
+        assert!(!is_guest_name(""));
     }
 
     #[test]
