@@ -301,11 +301,20 @@ mod shipped {
             let text = std::fs::read_to_string(&f).unwrap();
             super::syntax(&text, &f.display().to_string()).unwrap();
             for (_, img) in super::image_lines(&text) {
+                // A package's own binary, the scenario guests' or an
+                // example's extra binary (examples/counter's counter-client).
                 let known = built.contains(&img.as_str())
                     || root
                         .join("tests/guests/src/bin")
                         .join(format!("{img}.rs"))
-                        .is_file();
+                        .is_file()
+                    || built.iter().any(|p| {
+                        root.join("examples")
+                            .join(p)
+                            .join("src/bin")
+                            .join(format!("{img}.rs"))
+                            .is_file()
+                    });
                 assert!(known, "{}: image {img} is not built here", f.display());
             }
             found += 1;
