@@ -222,21 +222,38 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  of untrusted bytes (host, no QEMU): proptest
                                  properties (--cases N each, default), or the
                                  fuzz/ crate's cargo-fuzz targets (--seconds N each)
-Every command that boots QEMU (run, boot, test, bench, profile, fuzz) takes
+";
+
+/// The end of `cargo xtask help`, after every command's lines.
+const HELP_QEMU: &str =
+    "Every command that boots QEMU (run, boot, test, bench, profile, fuzz) takes
   --qemu PATH                    the qemu-system-x86_64 binary to launch; without it
                                  xtask uses QEMU 10 from PATH, installing it from
                                  bookworm-backports on Debian 12 (as root; else it
                                  prints the commands and uses the QEMU it finds)
 ";
 
+/// `cargo xtask help`: every command, one block each, then the QEMU option.
+fn help_text() -> String {
+    let mut h = String::new();
+    for part in [HELP, sdk::USAGE, fuzz::USAGE, lint::USAGE] {
+        h.push_str(part);
+        if !h.ends_with('\n') {
+            h.push('\n');
+        }
+    }
+    h.push_str(HELP_QEMU);
+    h
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        eprintln!("{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE);
+        eprint!("{}", help_text());
         return ExitCode::FAILURE;
     };
     if args[1..].iter().any(|a| a == "--help" || a == "-h") {
-        println!("{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE);
+        print!("{}", help_text());
         return ExitCode::SUCCESS;
     }
     // `fuzz`, `lint-guest` and the SDK's commands have options of their own.
@@ -262,10 +279,10 @@ fn main() -> ExitCode {
         "bench" => bench(&o),
         "profile" => profile(&o),
         "help" | "--help" | "-h" => {
-            println!("{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE);
+            print!("{}", help_text());
             Ok(true)
         }
-        other => Err(format!("error: unknown command '{other}'\n{HELP}{}{}{}", sdk::USAGE, fuzz::USAGE, lint::USAGE)),
+        other => Err(format!("error: unknown command '{other}'\n{}", help_text())),
     })
     };
     match res {
@@ -694,6 +711,28 @@ fn bench(o: &Opts) -> Result<bool, String> {
 #[cfg(test)]
 mod option_tests {
     use super::*;
+
+    /// Every command of `help` starts a line of its own (`lint-guest` once
+    /// ran on at the end of `fuzz`'s last line), and the QEMU note is last.
+    #[test]
+    fn help_lists_each_command_on_its_own_line() {
+        let h = help_text();
+        for cmd in [
+            "build",
+            "run",
+            "test",
+            "bench",
+            "profile",
+            "new-guest",
+            "toolchain",
+            "boot",
+            "fuzz",
+            "lint-guest",
+        ] {
+            assert!(h.contains(&format!("\n  {cmd} ")), "{cmd}:\n{h}");
+        }
+        assert!(h.trim_end().ends_with("uses the QEMU it finds)"), "{h}");
+    }
 
     fn given(args: &[&str]) -> Vec<String> {
         parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())

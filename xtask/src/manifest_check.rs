@@ -33,6 +33,16 @@ fn built_in(kdir: &Path, name: &str) -> Option<PathBuf> {
     (!name.contains(['/', '.']) && name != "microvisor" && p.is_file()).then_some(p)
 }
 
+/// The bundle spec of a user's file: `file:` and its absolute path. A
+/// relative `file:` spec means a path below the repository's root (test
+/// data), so a path relative to where the user is (`--manifest
+/// my.manifest` in the guest's own crate, through its `./xtask`) must not
+/// stay relative: it would be looked for in the SDK's clone.
+fn file_spec(p: &Path) -> String {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    format!("file:{}", abs.display())
+}
+
 /// Each `image =` value of a syntactically valid manifest with its 1-based
 /// line number, in file order.
 fn image_lines(text: &str) -> Vec<(usize, String)> {
@@ -74,7 +84,7 @@ pub fn images(
                     p.display()
                 ));
             }
-            extra.insert(img.clone(), format!("file:{}", p.display()));
+            extra.insert(img.clone(), file_spec(&p));
             p
         } else {
             let beside = base.map(|b| b.join(&img)).filter(|p| p.is_file());
@@ -88,7 +98,7 @@ pub fn images(
                 }
                 (Some(b), None) => b,
                 (None, Some(f)) => {
-                    extra.insert(img.clone(), format!("file:{}", f.display()));
+                    extra.insert(img.clone(), file_spec(&f));
                     f
                 }
                 (None, None) => {
@@ -224,6 +234,33 @@ mod tests {
         assert!(e.contains("is a path, and there is no file"), "{e}");
     }
 
+    /// A manifest named by a relative path (`./xtask run --manifest
+    /// my.manifest` in a guest's crate) has a relative directory; its
+    /// files must reach the bundle as absolute paths, since `file:` specs
+    /// are otherwise read below the SDK's root (they were, and the run
+    /// failed with "cannot read <SDK>/target/...").
+    #[test]
+    fn files_beside_a_relative_manifest_are_packed_by_absolute_path() {
+        let (k, _) = dirs("relative");
+        // Tests run in the xtask crate's directory: `src/` is relative to it.
+        // A manifest in the current directory: its directory is "".
+        let extra = check(
+            "[domain a]\nimage = src/main.rs\nmemory = 16M\n",
+            Path::new(""),
+            &k,
+        )
+        .unwrap();
+        let want = std::env::current_dir().unwrap().join("src/main.rs");
+        assert_eq!(extra["src/main.rs"], format!("file:{}", want.display()));
+        let extra = check(
+            "[domain a]\nimage = main.rs\nmemory = 16M\n",
+            Path::new("src"),
+            &k,
+        )
+        .unwrap();
+        assert_eq!(extra["main.rs"], format!("file:{}", want.display()));
+    }
+
     #[test]
     fn explicit_images_are_kept() {
         let (k, m) = dirs("explicit");
@@ -264,11 +301,20 @@ mod shipped {
             let text = std::fs::read_to_string(&f).unwrap();
             super::syntax(&text, &f.display().to_string()).unwrap();
             for (_, img) in super::image_lines(&text) {
+                // A package's own binary, the scenario guests' or an
+                // example's extra binary (examples/counter's counter-client).
                 let known = built.contains(&img.as_str())
                     || root
                         .join("tests/guests/src/bin")
                         .join(format!("{img}.rs"))
-                        .is_file();
+                        .is_file()
+                    || built.iter().any(|p| {
+                        root.join("examples")
+                            .join(p)
+                            .join("src/bin")
+                            .join(format!("{img}.rs"))
+                            .is_file()
+                    });
                 assert!(known, "{}: image {img} is not built here", f.display());
             }
             found += 1;

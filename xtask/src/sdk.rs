@@ -28,14 +28,16 @@ pub const TARGET: &str = "x86_64-unknown-none";
 
 /// Usage lines for `cargo xtask help`.
 pub const USAGE: &str =
-    "  new-guest PATH                 create a guest crate in PATH (outside this repository)
+    "  new-guest [--bare] PATH        create a guest crate in PATH (outside this repository)
                                  that builds with `cargo build` and boots with
-                                 `cargo run`; its ./xtask runs these commands there
+                                 `cargo run`; its ./xtask runs these commands there.
+                                 --bare: a kernel on guest-abi alone (no pv-guest-kernel)
   toolchain [--print-env]        the kernel toolchain; --print-env prints it as cargo
                                  variables: eval \"$(cargo xtask toolchain --print-env)\"
   boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
                                  boot one kernel image as the only domain (SIZE default
-                                 32M; WORDS: its command line)
+                                 32M; WORDS: its command line); IMAGE: an ELF file,
+                                 or the name of a guest the SDK builds (hello, bare)
 ";
 
 /// What `cargo build` needs to build a kernel outside this workspace.
@@ -307,7 +309,12 @@ fn bad_crate_name(name: &str) -> Option<&'static str> {
 }
 
 /// The generated crate's files (path relative to the crate, text, executable).
-fn crate_files(name: &str, sdk: &Path, env: &KernelEnv) -> Vec<(&'static str, String, bool)> {
+fn crate_files(
+    name: &str,
+    sdk: &Path,
+    env: &KernelEnv,
+    bare: bool,
+) -> Vec<(&'static str, String, bool)> {
     let sdk_s = sdk.display().to_string();
     let flags = env
         .rustflags()
@@ -315,6 +322,8 @@ fn crate_files(name: &str, sdk: &Path, env: &KernelEnv) -> Vec<(&'static str, St
         .map(|f| toml_str(f))
         .collect::<Vec<_>>()
         .join(", ");
+    let pvk = toml_str(&format!("{sdk_s}/pv-guest-kernel"));
+    let abi = toml_str(&format!("{sdk_s}/guest-abi"));
     let cargo_toml = format!(
         r#"[package]
 name = "{name}"
@@ -328,13 +337,7 @@ test = false
 bench = false
 
 [dependencies]
-# The microvisor SDK, by path. From git instead:
-#   pv-guest-kernel = {{ git = "URL of the microvisor repository" }}
-#   guest-abi = {{ git = "URL of the microvisor repository" }}
-# (add `rev = "..."` to pin one commit).
-pv-guest-kernel = {{ path = {pvk} }}
-guest-abi = {{ path = {abi} }}
-
+{deps}
 [profile.dev]
 panic = "abort"
 
@@ -344,8 +347,23 @@ panic = "abort"
 # Its own workspace, even inside another one.
 [workspace]
 "#,
-        pvk = toml_str(&format!("{sdk_s}/pv-guest-kernel")),
-        abi = toml_str(&format!("{sdk_s}/guest-abi")),
+        deps = if bare {
+            format!(
+                "# The microvisor SDK's wire contract, by path. From git instead:\n\
+                 #   guest-abi = {{ git = \"URL of the microvisor repository\" }}\n\
+                 # (add `rev = \"...\"` to pin one commit).\n\
+                 guest-abi = {{ path = {abi} }}\n"
+            )
+        } else {
+            format!(
+                "# The microvisor SDK, by path. From git instead:\n\
+                 #   pv-guest-kernel = {{ git = \"URL of the microvisor repository\" }}\n\
+                 #   guest-abi = {{ git = \"URL of the microvisor repository\" }}\n\
+                 # (add `rev = \"...\"` to pin one commit).\n\
+                 pv-guest-kernel = {{ path = {pvk} }}\n\
+                 guest-abi = {{ path = {abi} }}\n"
+            )
+        },
     );
     let config = format!(
         r#"# Written by `cargo xtask new-guest` (the microvisor SDK). Plain `cargo build`
@@ -370,21 +388,30 @@ runner = ["./xtask", "boot"]
         rustc = toml_str(&env.rustc.display().to_string()),
         linker = toml_str(&env.linker.display().to_string()),
     );
-    let build_rs = r#"//! Links the kernel with the SDK's guest linker script (the freestanding
-//! target only; pv-guest-kernel exports its path).
-fn main() {
-    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {
-        let ld = std::env::var("DEP_PV_GUEST_KERNEL_LDSCRIPT")
-            .expect("pv-guest-kernel exports the guest linker script");
-        println!("cargo:rustc-link-arg-bins=-T{ld}");
+    let (lib, var) = if bare {
+        ("guest-abi", "DEP_GUEST_ABI_LDSCRIPT")
+    } else {
+        ("pv-guest-kernel", "DEP_PV_GUEST_KERNEL_LDSCRIPT")
+    };
+    let build_rs = format!(
+        r#"//! Links the kernel with the SDK's guest linker script (the freestanding
+//! target only; {lib} exports its path).
+fn main() {{
+    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {{
+        let ld = std::env::var("{var}")
+            .expect("{lib} exports the guest linker script");
+        println!("cargo:rustc-link-arg-bins=-T{{ld}}");
         println!("cargo:rustc-link-arg-bins=-zmax-page-size=4096");
         println!("cargo:rustc-link-arg-bins=--build-id=none");
-    }
-}
+    }}
+}}
 "#
-    .to_string();
-    let main_rs = format!(
-        r#"//! {name}: a guest kernel for the microvisor (and for Xen: the image is an
+    );
+    let main_rs = if bare {
+        bare_main(name)
+    } else {
+        format!(
+            r#"//! {name}: a guest kernel for the microvisor (and for Xen: the image is an
 //! ordinary Xen x86_64 PV kernel), made by `cargo xtask new-guest`.
 #![no_std]
 #![no_main]
@@ -405,7 +432,8 @@ fn main(si: &'static StartInfo) {{
 
 pv_guest_kernel::main!(main);
 "#
-    );
+        )
+    };
     let xtask = format!(
         r#"#!/bin/sh
 # The microvisor SDK's `cargo xtask`, run from this crate: ./xtask help.
@@ -447,14 +475,79 @@ toolchain by absolute path.
     ]
 }
 
-/// `new-guest PATH`.
+/// `src/main.rs` of a `new-guest --bare` crate: a kernel on guest-abi alone
+/// (its macros write the ELF notes and the entry; no heap, no library).
+fn bare_main(name: &str) -> String {
+    format!(
+        r#"//! {name}: a Xen x86_64 PV kernel on guest-abi alone (no guest library),
+//! made by `cargo xtask new-guest --bare`. guest-abi's macros emit the ELF
+//! notes the domain builder reads and the entry point (a static stack, then
+//! `kmain`); the rest is typed hypercalls.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use guest_abi::hypercall::{{console_write_str, sched_shutdown}};
+use guest_abi::sched::ShutdownReason;
+use guest_abi::start_info::StartInfo;
+use guest_abi::types::until_nul_str;
+
+guest_abi::xen_elfnotes! {{
+    guest_os: "{name}",
+    guest_version: "0.1",
+    entry: _start,
+}}
+guest_abi::pv_entry!(kmain);
+
+/// The console (`console_io`), for `writeln!`.
+struct Console;
+
+impl Write for Console {{
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {{
+        console_write_str(s).map_err(|_| core::fmt::Error)
+    }}
+}}
+
+fn kmain(si: &'static StartInfo) -> ! {{
+    let cmdline = until_nul_str(&si.cmd_line).unwrap_or("");
+    let _ = writeln!(Console, "{name}: hello from a kernel on guest-abi alone");
+    let _ = writeln!(Console, "{name}: {{}} KiB of memory, command line \"{{cmdline}}\"", si.nr_pages * 4);
+    off(ShutdownReason::Poweroff)
+}}
+
+/// Ends the domain (a shutdown that returns is retried).
+fn off(reason: ShutdownReason) -> ! {{
+    loop {{
+        let _ = sched_shutdown(reason);
+    }}
+}}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {{
+    let _ = writeln!(Console, "{name}: panic: {{info}}");
+    off(ShutdownReason::Crash)
+}}
+"#
+    )
+}
+
+/// `new-guest [--bare] PATH`.
 pub fn new_guest(args: &[String]) -> Result<bool, String> {
-    let [path] = args else {
+    let (bare, rest) = match args {
+        [flag, rest @ ..] if flag == "--bare" => (true, rest),
+        _ => (false, args),
+    };
+    let [path] = rest else {
         return Err(
-            "error: usage: cargo xtask new-guest PATH (a new directory; its name names the crate)"
+            "error: usage: cargo xtask new-guest [--bare] PATH (a new directory; its name names the crate)"
                 .into(),
         );
     };
+    if path.starts_with("--") {
+        return Err(format!(
+            "error: new-guest takes --bare and a PATH, not {path}"
+        ));
+    }
     let path = PathBuf::from(path);
     if path.exists()
         && std::fs::read_dir(&path)
@@ -477,7 +570,7 @@ pub fn new_guest(args: &[String]) -> Result<bool, String> {
         ));
     }
     let env = kernel_env()?;
-    for (rel, text, exec) in crate_files(&name, &crate::root(), &env) {
+    for (rel, text, exec) in crate_files(&name, &crate::root(), &env, bare) {
         let p = path.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)
@@ -513,6 +606,12 @@ fn domain_name(file: &str) -> String {
     if n.is_empty() { "guest".into() } else { n }
 }
 
+/// Whether `boot`'s IMAGE, when no such file exists, names a guest the SDK
+/// builds: a plain name that is also a legal domain name.
+fn is_guest_name(s: &str) -> bool {
+    !s.is_empty() && domain_name(s) == s
+}
+
 /// The one-domain manifest `boot` generates.
 pub fn boot_manifest(name: &str, memory: &str, cmdline: &str) -> String {
     format!("[domain {name}]\nimage = {name}\nmemory = {memory}\ncmdline = {cmdline}\n")
@@ -545,8 +644,22 @@ pub fn boot(args: &[String]) -> Result<bool, String> {
     let o = crate::parse(&opts)?;
     crate::check_options("boot", &o.given)?;
     if !image.is_file() {
+        let name = image.to_string_lossy();
+        if is_guest_name(&name) {
+            // Not a file here: a guest the SDK builds (`boot hello`),
+            // found (or refused, naming where it looked) by the manifest
+            // check after the build.
+            let manifest = boot_manifest(&name, &memory, &words.join(" "));
+            return crate::run_manifest(
+                &o,
+                &manifest,
+                &format!("boot {name}"),
+                None,
+                BTreeMap::new(),
+            );
+        }
         return Err(format!(
-            "error: no kernel image at {} (build it first: cargo build)",
+            "error: no kernel image at {} (give a kernel ELF file, e.g. target/x86_64-unknown-none/debug/NAME after cargo build, or the name of a guest the SDK builds, e.g. hello)",
             image.display()
         ));
     }
@@ -568,16 +681,22 @@ pub fn boot(args: &[String]) -> Result<bool, String> {
     )
 }
 
-/// The `new-guest` check of `cargo xtask test`: `new-guest` into a fresh
-/// directory under the system's temporary directory (outside the
-/// repository), then plain `cargo build` and `cargo run -- WORDS` there, and
-/// the console must show the template's lines with those words. Its cargo
-/// builds share `target/new-guest` (`CARGO_TARGET_DIR`) between runs, so
-/// only the first run compiles the dependencies.
+/// The `new-guest` check of `cargo xtask test`, docs/first-guest.md as a
+/// user types it, in a fresh directory under the system's temporary
+/// directory (outside the repository):
+/// - `new-guest first-guest`, plain `cargo build` and `cargo run -- WORDS`
+///   there: the console must show the template's lines with those words;
+/// - section 4: a manifest beside that crate naming the built kernel by a
+///   path relative to the manifest and a built guest (`hello`), booted with
+///   the crate's `./xtask run --manifest first.manifest` (a relative path);
+/// - `new-guest --bare bare-guest` (a kernel on guest-abi alone), built and
+///   booted the same way.
+///
+/// Its cargo builds share `target/new-guest` (`CARGO_TARGET_DIR`) between
+/// runs, so only the first run compiles the dependencies.
 pub fn check_new_guest(root: &Path) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("microvisor-new-guest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let krate = dir.join("first-guest");
     let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
     // An xtask rebuilt while this one runs (the host tests build it) leaves
     // this one's file deleted: the new one at the same path does as well.
@@ -585,74 +704,169 @@ pub fn check_new_guest(root: &Path) -> Result<(), String> {
         Some(p) => std::path::PathBuf::from(p),
         None => xtask,
     };
+    let target = root.join("target/new-guest");
+    let logs = root.join("target/scenarios");
+    let _ = std::fs::create_dir_all(&logs);
+    let mut log = String::new();
     let result = (|| {
-        let out = Command::new(&xtask)
-            .arg("new-guest")
-            .arg(&krate)
-            .output()
-            .map_err(|e| format!("cannot run xtask new-guest: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "xtask new-guest failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let cargo = |args: &[&str]| {
-            let mut c = Command::new("cargo");
-            c.current_dir(&krate)
-                .args(args)
-                .env("CARGO_TARGET_DIR", root.join("target/new-guest"));
-            for v in [
-                "RUSTFLAGS",
-                "RUSTC",
-                "RUSTC_WRAPPER",
-                "RUSTC_BOOTSTRAP",
-                "CARGO_ENCODED_RUSTFLAGS",
-                "CARGO_BUILD_TARGET",
-                "CARGO_BUILD_RUSTC",
-            ] {
-                c.env_remove(v);
-            }
-            c.output()
-                .map_err(|e| format!("cannot run cargo {}: {e}", args.join(" ")))
-        };
-        let b = cargo(&["build"])?;
-        if !b.status.success() {
-            return Err(format!(
-                "cargo build in {} failed:\n{}",
-                krate.display(),
-                String::from_utf8_lossy(&b.stderr)
-            ));
-        }
-        let r = cargo(&["run", "--", "greeting=hi", "from-cargo-run"])?;
-        let console = String::from_utf8_lossy(&r.stdout).into_owned();
-        let logs = root.join("target/scenarios");
-        let _ = std::fs::create_dir_all(&logs);
-        let _ = std::fs::write(logs.join("new-guest.log"), &console);
-        let want = [
-            "(d0 first-guest) first-guest: hello from a guest built outside the microvisor repository",
-            "(d0 first-guest) first-guest: 32768 KiB of memory, command line \"greeting=hi from-cargo-run\"",
-            "(d0 first-guest) first-guest: the heap works: sum of the first 10 squares = 385",
-            "(MV) all domains ended as expected",
-        ];
-        let missing: Vec<&str> = want
-            .iter()
-            .copied()
-            .filter(|w| !console.contains(w))
-            .collect();
-        if !r.status.success() || !missing.is_empty() {
-            return Err(format!(
-                "cargo run in {} ({}): missing {:?}; its stderr:\n{}",
-                krate.display(),
-                r.status,
-                missing,
-                String::from_utf8_lossy(&r.stderr)
-            ));
-        }
+        let first = new_guest_boots(
+            &xtask,
+            &dir,
+            "first-guest",
+            false,
+            &target,
+            &[
+                "(d0 first-guest) first-guest: hello from a guest built outside the microvisor repository",
+                "(d0 first-guest) first-guest: 32768 KiB of memory, command line \"greeting=hi from-cargo-run\"",
+                "(d0 first-guest) first-guest: the heap works: sum of the first 10 squares = 385",
+                "(MV) all domains ended as expected",
+            ],
+            &mut log,
+        )?;
+        // Section 4: the manifest beside the crate. The check's kernel is in
+        // CARGO_TARGET_DIR, not the crate's target/: copy it beside.
+        let built = target.join(TARGET).join("debug/first-guest");
+        std::fs::create_dir_all(first.join("out")).map_err(|e| e.to_string())?;
+        std::fs::copy(&built, first.join("out/first-guest"))
+            .map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+        std::fs::write(
+            first.join("first.manifest"),
+            "[domain first]\nimage = out/first-guest\nmemory = 32M\ncmdline = greeting=one\n\n\
+             [domain hello]\nimage = hello\nmemory = 16M\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let r = command_in(
+            &first,
+            "./xtask",
+            &["run", "--manifest", "first.manifest"],
+            &target,
+        )?;
+        expect_console(
+            "./xtask run --manifest first.manifest",
+            &r,
+            &[
+                "(d0 first) first-guest: 32768 KiB of memory, command line \"greeting=one\"",
+                "(d1 hello) goodbye",
+                "(MV) all domains ended as expected",
+            ],
+            &mut log,
+        )?;
+        new_guest_boots(
+            &xtask,
+            &dir,
+            "bare-guest",
+            true,
+            &target,
+            &[
+                "(d0 bare-guest) bare-guest: hello from a kernel on guest-abi alone",
+                "(d0 bare-guest) bare-guest: 32768 KiB of memory, command line \"greeting=hi from-cargo-run\"",
+                "(MV) all domains ended as expected",
+            ],
+            &mut log,
+        )?;
         Ok(())
     })();
+    let _ = std::fs::write(logs.join("new-guest.log"), &log);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// `new-guest [--bare] DIR/NAME`, `cargo build` and `cargo run -- WORDS`
+/// in the new crate, whose console must show `want`; the crate's path.
+fn new_guest_boots(
+    xtask: &Path,
+    dir: &Path,
+    name: &str,
+    bare: bool,
+    target: &Path,
+    want: &[&str],
+    log: &mut String,
+) -> Result<PathBuf, String> {
+    let krate = dir.join(name);
+    let mut args = vec!["new-guest"];
+    if bare {
+        args.push("--bare");
+    }
+    let out = Command::new(xtask)
+        .args(&args)
+        .arg(&krate)
+        .output()
+        .map_err(|e| format!("cannot run xtask new-guest: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "xtask {} {name} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let b = command_in(&krate, "cargo", &["build"], target)?;
+    if !b.status.success() {
+        return Err(format!(
+            "cargo build in {} failed:\n{}",
+            krate.display(),
+            String::from_utf8_lossy(&b.stderr)
+        ));
+    }
+    let r = command_in(
+        &krate,
+        "cargo",
+        &["run", "--", "greeting=hi", "from-cargo-run"],
+        target,
+    )?;
+    expect_console(&format!("cargo run in {}", krate.display()), &r, want, log)?;
+    Ok(krate)
+}
+
+/// Runs `program args` in `dir` as a user would there (none of the
+/// variables a surrounding cargo sets), its builds in `target`.
+fn command_in(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    target: &Path,
+) -> Result<std::process::Output, String> {
+    let mut c = Command::new(program);
+    c.current_dir(dir)
+        .args(args)
+        .env("CARGO_TARGET_DIR", target);
+    for v in [
+        "RUSTFLAGS",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_BOOTSTRAP",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTC",
+    ] {
+        c.env_remove(v);
+    }
+    c.output()
+        .map_err(|e| format!("cannot run {program} {}: {e}", args.join(" ")))
+}
+
+/// Whether a boot succeeded with every line of `want` on its console
+/// (which goes into `log`); the error names what is missing.
+fn expect_console(
+    what: &str,
+    r: &std::process::Output,
+    want: &[&str],
+    log: &mut String,
+) -> Result<(), String> {
+    let console = String::from_utf8_lossy(&r.stdout);
+    log.push_str(&format!("==== {what}\n{console}"));
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|w| !console.contains(w))
+        .collect();
+    if !r.status.success() || !missing.is_empty() {
+        return Err(format!(
+            "{what} ({}): missing {missing:?}; its stderr:\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.stderr)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -680,6 +894,15 @@ mod tests {
     }
 
     #[test]
+    fn boot_takes_a_built_guests_name() {
+        assert!(is_guest_name("hello"));
+        assert!(is_guest_name("counter-client"));
+        assert!(!is_guest_name("target/x86_64-unknown-none/debug/x"));
+        assert!(!is_guest_name("x.elf"));
+        assert!(!is_guest_name(""));
+    }
+
+    #[test]
     fn the_boot_manifest_parses() {
         let m = boot_manifest("first-guest", "32M", "greeting=hi two");
         let p = microvisor_core::manifest::parse(&m).unwrap();
@@ -691,6 +914,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_crate_depends_on_guest_abi_alone() {
+        let env = KernelEnv {
+            rustc: "/r/rustc".into(),
+            linker: "/l/rust-lld".into(),
+            sysroot: "/s/sys".into(),
+            origin: "test".into(),
+        };
+        let files = crate_files("b", Path::new("/sdk"), &env, true);
+        let get = |n: &str| {
+            files
+                .iter()
+                .find(|(p, _, _)| *p == n)
+                .map(|(_, t, _)| t.clone())
+                .unwrap()
+        };
+        let cargo: toml::Value = toml::from_str(&get("Cargo.toml")).unwrap();
+        let deps = cargo["dependencies"].as_table().unwrap();
+        assert_eq!(deps.keys().collect::<Vec<_>>(), ["guest-abi"]);
+        assert_eq!(deps["guest-abi"]["path"].as_str(), Some("/sdk/guest-abi"));
+        assert!(get("build.rs").contains("DEP_GUEST_ABI_LDSCRIPT"));
+        let main = get("src/main.rs");
+        assert!(main.contains("guest_abi::pv_entry!(kmain);"), "{main}");
+        assert!(!main.contains("pv_guest_kernel"), "{main}");
+    }
+
+    #[test]
     fn generated_files_name_the_sdk_and_toolchain() {
         let env = KernelEnv {
             rustc: "/r/rustc".into(),
@@ -698,7 +947,7 @@ mod tests {
             sysroot: "/s/sys".into(),
             origin: "test".into(),
         };
-        let files = crate_files("g", Path::new("/sdk"), &env);
+        let files = crate_files("g", Path::new("/sdk"), &env, false);
         let get = |n: &str| {
             files
                 .iter()

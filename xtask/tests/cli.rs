@@ -37,6 +37,25 @@ fn boot_needs_an_image() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "error: no kernel image at /nonexistent/kernel (build it first: cargo build)"
+        "error: no kernel image at /nonexistent/kernel (give a kernel ELF file, e.g. target/x86_64-unknown-none/debug/NAME after cargo build, or the name of a guest the SDK builds, e.g. hello)"
     );
+}
+
+/// A plain name that is no file is a guest the SDK builds: it goes on to
+/// the build and QEMU (here a QEMU that does not exist), not the "no
+/// kernel image" error.
+#[test]
+fn boot_takes_a_built_guests_name() {
+    let dir = std::env::temp_dir().join(format!("xtask-cli-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(&dir)
+        .args(["boot", "--qemu", "/nonexistent/qemu", "hello"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("no kernel image"), "{err}");
+    assert!(err.contains("/nonexistent/qemu"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
