@@ -452,18 +452,11 @@ pub static LIGHT: [VcpuLight; MAX_VCPUS] = [const {
     }
 }; MAX_VCPUS];
 
-/// The vCPU indexes (bit i: `LIGHT[i]`) whose domain is `dom`, read
-/// without the lock: a vCPU that joins the domain later starts on a CPU
-/// that flushed its TLB when it switched to it. Unused slots read as
-/// domain 0's; no CPU holds them.
-pub fn vcpus_of(dom: u16) -> u64 {
-    LIGHT.iter().enumerate().fold(0u64, |m, (i, l)| {
-        if l.dom.load(core::sync::atomic::Ordering::Relaxed) == dom {
-            m | (1u64 << i)
-        } else {
-            m
-        }
-    })
+/// The domain of vCPU index `v` as the lock-free paths see it
+/// (`LIGHT[v].dom`); `None` past the table.
+pub fn vcpu_domain(v: u64) -> Option<u16> {
+    let l = LIGHT.get(usize::try_from(v).ok()?)?;
+    Some(l.dom.load(core::sync::atomic::Ordering::Relaxed))
 }
 
 /// `Hv::runnable`, `running`, `timers_due` and `affine` as the lock-free

@@ -36,7 +36,7 @@ fn cr3_mfn(hv: &Hv) -> u64 {
 fn apply_flush(f: Flush, dom: u16) {
     if f.is_needed() {
         cpu::flush_tlb_all();
-        crate::arch::smp::flush_tlb_vcpus(crate::domain::vcpus_of(dom));
+        crate::arch::smp::flush_tlb_holding(|v| crate::domain::vcpu_domain(v) == Some(dom));
     }
 }
 

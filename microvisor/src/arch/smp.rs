@@ -317,6 +317,12 @@ pub fn flush_tlb_vcpus(vcpus: u64) {
     flush_other_cpus(|v| v < 64 && vcpus & (1u64 << v) != 0);
 }
 
+/// As `flush_tlb_vcpus`, for the other CPUs whose held vCPU index `wanted`
+/// picks (asked only of CPUs that hold one).
+pub fn flush_tlb_holding(wanted: impl Fn(u64) -> bool) {
+    flush_other_cpus(|v| v != super::percpu::NO_VCPU && wanted(v));
+}
+
 /// Flushes the other CPUs whose held vCPU index (`PerCpu::vcpu`,
 /// `NO_VCPU` when none) `wanted` picks, and waits for them.
 ///
