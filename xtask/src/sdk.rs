@@ -873,6 +873,25 @@ fn expect_console(
 mod tests {
     use super::*;
 
+    /// A toolchain description for generated files (paths never used).
+    fn test_env() -> KernelEnv {
+        KernelEnv {
+            rustc: "/r/rustc".into(),
+            linker: "/l/rust-lld".into(),
+            sysroot: "/s/sys".into(),
+            origin: "test".into(),
+        }
+    }
+
+    /// The text `crate_files` generated for the file `name`.
+    fn file_text(files: &[(&str, String, bool)], name: &str) -> String {
+        files
+            .iter()
+            .find(|(p, _, _)| *p == name)
+            .map(|(_, t, _)| t.clone())
+            .unwrap()
+    }
+
     #[test]
     fn crate_names() {
         assert_eq!(bad_crate_name("first-guest"), None);
@@ -915,20 +934,8 @@ mod tests {
 
     #[test]
     fn a_bare_crate_depends_on_guest_abi_alone() {
-        let env = KernelEnv {
-            rustc: "/r/rustc".into(),
-            linker: "/l/rust-lld".into(),
-            sysroot: "/s/sys".into(),
-            origin: "test".into(),
-        };
-        let files = crate_files("b", Path::new("/sdk"), &env, true);
-        let get = |n: &str| {
-            files
-                .iter()
-                .find(|(p, _, _)| *p == n)
-                .map(|(_, t, _)| t.clone())
-                .unwrap()
-        };
+        let files = crate_files("b", Path::new("/sdk"), &test_env(), true);
+        let get = |n: &str| file_text(&files, n);
         let cargo: toml::Value = toml::from_str(&get("Cargo.toml")).unwrap();
         let deps = cargo["dependencies"].as_table().unwrap();
         assert_eq!(deps.keys().collect::<Vec<_>>(), ["guest-abi"]);
@@ -941,20 +948,9 @@ mod tests {
 
     #[test]
     fn generated_files_name_the_sdk_and_toolchain() {
-        let env = KernelEnv {
-            rustc: "/r/rustc".into(),
-            linker: "/l/rust-lld".into(),
-            sysroot: "/s/sys".into(),
-            origin: "test".into(),
-        };
+        let env = test_env();
         let files = crate_files("g", Path::new("/sdk"), &env, false);
-        let get = |n: &str| {
-            files
-                .iter()
-                .find(|(p, _, _)| *p == n)
-                .map(|(_, t, _)| t.clone())
-                .unwrap()
-        };
+        let get = |n: &str| file_text(&files, n);
         let cargo: toml::Value = toml::from_str(&get("Cargo.toml")).unwrap();
         assert_eq!(
             cargo["dependencies"]["pv-guest-kernel"]["path"].as_str(),
