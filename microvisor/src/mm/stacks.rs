@@ -95,15 +95,20 @@ pub fn alloc(bytes: u64, kind: Kind, cpu: u32) -> Option<u64> {
     Some(top)
 }
 
+/// Stack `i`'s kind: its index in `KINDS` and the kind.
+fn kind_of(i: usize) -> (usize, Kind) {
+    let k = (KIND[i].load(Ordering::Relaxed) as usize).min(KINDS.len() - 1);
+    (k, KINDS[k])
+}
+
 /// The stack whose guard page holds `addr`: its kind and CPU.
 pub fn guard_hit(addr: u64) -> Option<(Kind, u32)> {
     let n = COUNT.load(Ordering::Acquire);
     (0..n).find_map(|i| {
         let bottom = BOTTOM[i].load(Ordering::Relaxed);
-        (bottom - PAGE..bottom).contains(&addr).then(|| {
-            let k = KIND[i].load(Ordering::Relaxed) as usize;
-            (KINDS[k.min(2)], CPU[i].load(Ordering::Relaxed) as u32)
-        })
+        (bottom - PAGE..bottom)
+            .contains(&addr)
+            .then(|| (kind_of(i).1, CPU[i].load(Ordering::Relaxed) as u32))
     })
 }
 
@@ -132,29 +137,28 @@ fn deepest_use(i: usize) -> u64 {
 /// tests take from reaching the guard page.
 pub fn report() {
     let n = COUNT.load(Ordering::Acquire);
-    for k in KINDS {
-        let deepest = (0..n)
-            .filter(|&i| KIND[i].load(Ordering::Relaxed) == k as u64)
-            .map(|i| (deepest_use(i), BYTES[i].load(Ordering::Relaxed)))
-            .max();
-        if let Some((used, size)) = deepest {
-            crate::info!(
-                "stacks: deepest {} stack use {} of {} bytes",
-                k.name(),
+    // The deepest (use, size) of each kind, each stack scanned once.
+    let mut deepest = [None::<(u64, u64)>; KINDS.len()];
+    for i in 0..n {
+        let used = deepest_use(i);
+        let size = BYTES[i].load(Ordering::Relaxed);
+        let (k, kind) = kind_of(i);
+        deepest[k] = deepest[k].max(Some((used, size)));
+        if used > size / 4 * 3 {
+            crate::warn!(
+                "stack margin: cpu {}'s {} stack used {} of {} bytes (over three quarters)",
+                CPU[i].load(Ordering::Relaxed),
+                kind.name(),
                 used,
                 size
             );
         }
     }
-    for i in 0..n {
-        let used = deepest_use(i);
-        let size = BYTES[i].load(Ordering::Relaxed);
-        if used > size / 4 * 3 {
-            let k = KINDS[(KIND[i].load(Ordering::Relaxed) as usize).min(2)];
-            crate::warn!(
-                "stack margin: cpu {}'s {} stack used {} of {} bytes (over three quarters)",
-                CPU[i].load(Ordering::Relaxed),
-                k.name(),
+    for (kind, d) in KINDS.iter().zip(deepest) {
+        if let Some((used, size)) = d {
+            crate::info!(
+                "stacks: deepest {} stack use {} of {} bytes",
+                kind.name(),
                 used,
                 size
             );
