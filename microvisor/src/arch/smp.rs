@@ -269,6 +269,23 @@ pub fn active() -> bool {
     SCHED_CPUS.load(Ordering::Relaxed).count_ones() > 1
 }
 
+/// The CPUs that run the scheduler (bit per CPU number), or, while the
+/// domains are built and none runs it yet, those that will: every CPU that
+/// started (the boot CPU alone with `smp=up`).
+pub fn scheduler_cpus() -> u64 {
+    match SCHED_CPUS.load(Ordering::Acquire) {
+        0 if RUN_ON_APS.load(Ordering::Relaxed) => online_mask(),
+        0 => 1,
+        s => s,
+    }
+}
+
+/// The CPUs that joined the scheduler (0 while domains are built).
+#[inline]
+pub fn scheduler_cpus_joined() -> u64 {
+    SCHED_CPUS.load(Ordering::Relaxed)
+}
+
 /// The CPUs that started (bit per CPU number).
 pub fn online_mask() -> u64 {
     (0..super::percpu::MAX_CPUS)
