@@ -436,7 +436,7 @@ fn fifo_destroy_and_reset_return_to_2_level() {
     setup(&mut w, 0, 2, 2);
     let p = bind_ipi(&mut w, 0, 0).unwrap();
     send(&mut w, 0, p).unwrap();
-    reset(&mut w, 0, DOMID_SELF, false).unwrap();
+    reset(&mut w, 0, DOMID_SELF, false, false, || false).unwrap();
     assert_eq!(word(&w, 0, p) & PENDING, 0, "closing clears PENDING");
     let mut put = Vec::new();
     fifo_destroy(&mut w.doms[0].as_mut().unwrap().chans, |m| put.push(m));
