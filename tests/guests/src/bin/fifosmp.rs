@@ -5,8 +5,10 @@
 //!   not exist is ENOENT; for a vCPU that exists but is down it succeeds
 //!   (vCPU 1's block, registered by vCPU 0); twice for one vCPU is EINVAL;
 //! - `event-before-control-block`: an event for vCPU 1 sent before vCPU 1
-//!   had a control block is left pending and unlinked, and reaches vCPU 1
-//!   once it unmasks the port (EVTCHNOP_unmask re-raises it);
+//!   has a control block is dropped, not even marked pending (Xen 4.17
+//!   logs `d0v1 has no FIFO event channel control block`); when vCPU 1
+//!   later unmasks the port nothing comes (its queue step below would show
+//!   it);
 //! - `queues-per-vcpu-N`: each vCPU from 2 on registers its own control
 //!   block; every secondary vCPU binds three IPI ports on itself (priorities
 //!   2, 12 and the default 7), vCPU 0 sends on them while that vCPU has
@@ -196,18 +198,14 @@ fn main(_si: &'static StartInfo) {
         }
     }
 
-    // The early event reached vCPU 1 once it unmasked the port.
-    let reached = wait(|| LOG_N[1].load(Ordering::SeqCst) > 0);
-    let log1 = take_log(1);
+    // The early event was dropped: neither pending nor linked.
     let pending = word & (1 << EVTCHN_FIFO_PENDING) != 0;
     let linked = word & (1 << EVTCHN_FIFO_LINKED) != 0;
     t.check(
         "event-before-control-block",
-        sent.is_ok() && pending && !linked && reached && log1.is(&[early]),
+        early != 0 && sent.is_ok() && !pending && !linked,
         format_args!(
-            "send {sent:?}; word {word:#x} (pending {pending}, linked {linked}); handled on \
-             vCPU 1: {:?}",
-            log1.as_slice()
+            "port {early}: send {sent:?}; word {word:#x} (pending {pending}, linked {linked})"
         ),
     );
 
