@@ -22,6 +22,10 @@
 //! - `reset-eagain-port-bound-meanwhile` (under FIFO): the handler binds a
 //!   port, which gets port 1 (already passed): the reset ends with EAGAIN,
 //!   that port still bound and the FIFO ABI kept;
+//! - `reset-in-multicall`: the same reset as a multicall's one entry: the
+//!   entry's arguments are rewritten to reset_cont and the multicall itself
+//!   is re-issued for that entry (the upcall frame shows it), then
+//!   completes with 0;
 //! - `reset-cont-none-in-progress`: EBUSY; `reset-other-domain`: ESRCH for
 //!   a domain that does not exist.
 #![no_std]
@@ -30,9 +34,10 @@
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::event_channel::{
-    EVTCHNOP_RESET_CONT, EVTCHNSTAT_CLOSED, EVTCHNSTAT_IPI, EvtchnBindIpi, EvtchnReset,
-    EvtchnStatus,
+    EVTCHNOP_RESET, EVTCHNOP_RESET_CONT, EVTCHNSTAT_CLOSED, EVTCHNSTAT_IPI, EvtchnBindIpi,
+    EvtchnReset, EvtchnStatus,
 };
+use guest_abi::multicall::MulticallEntry;
 use guest_abi::types::{DomId, Port};
 use pv_guest_kernel::arch::shared;
 use pv_guest_kernel::test::Reporter;
@@ -57,6 +62,9 @@ enum Mode {
     Finish = 1,
     /// Binds a new port.
     Bind = 2,
+    /// Nothing (the reset runs in a multicall: the frame is the
+    /// multicall's).
+    Multicall = 3,
 }
 
 static MODE: AtomicU32 = AtomicU32::new(0);
@@ -73,6 +81,12 @@ static INNER: AtomicI64 = AtomicI64::new(1);
 static STATUS_64: AtomicU32 = AtomicU32::new(u32::MAX);
 static STATUS_65: AtomicU32 = AtomicU32::new(u32::MAX);
 static BOUND: AtomicU32 = AtomicU32::new(0);
+/// The multicall entry running the reset, and its first argument as the
+/// handler found it.
+static ENTRY: AtomicU64 = AtomicU64::new(0);
+static ENTRY_ARG0: AtomicU64 = AtomicU64::new(0);
+/// multicall's hypercall number.
+const MULTICALL: u64 = 13;
 
 fn raw(r: Result<(), Errno>) -> i64 {
     match r {
@@ -130,7 +144,15 @@ fn upcall(f: &mut TrapFrame) {
         let continuation = f.rax == EVENT_CHANNEL_OP
             && f.rdi == u64::from(EVTCHNOP_RESET_CONT)
             && f.rsi == ARG.load(Ordering::SeqCst);
-        if continuation {
+        let entry = ENTRY.load(Ordering::SeqCst);
+        let multicall = f.rax == MULTICALL && f.rdi == entry && f.rsi == 1;
+        if multicall && MODE.load(Ordering::SeqCst) == Mode::Multicall as u32 {
+            CONTINUATIONS.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: `entry` is the live multicall entry of `armed_reset`'s
+            // frame, which is suspended in the re-issued multicall.
+            let e = unsafe { core::ptr::read_volatile(entry as *const MulticallEntry) };
+            ENTRY_ARG0.store(e.args[0], Ordering::SeqCst);
+        } else if continuation {
             CONTINUATIONS.fetch_add(1, Ordering::SeqCst);
             match MODE.load(Ordering::SeqCst) {
                 m if m == Mode::Look as u32 => {
@@ -182,7 +204,19 @@ fn armed_reset(mode: Mode, rebind: impl Fn() -> Result<(), Errno>) -> (Result<()
         // Enabled without the hypercall `events::enable` makes to deliver
         // what is pending: the reset is the next hypercall.
         shared::u8_at(UPCALL_MASK).store(0, Ordering::SeqCst);
-        result = guest_abi::hypercall::event_channel_op(&mut a);
+        result = if mode == Mode::Multicall {
+            let mut e = [MulticallEntry::new(
+                EVENT_CHANNEL_OP,
+                &[u64::from(EVTCHNOP_RESET), &raw mut a as u64],
+            )];
+            ENTRY.store(&raw mut e[0] as u64, Ordering::SeqCst);
+            // SAFETY: one event_channel_op entry whose argument `a` lives
+            // until the multicall returns.
+            let r = unsafe { guest_abi::hypercall::multicall(&mut e) };
+            r.and_then(|()| e[0].decoded_result().map(|_| ()))
+        } else {
+            guest_abi::hypercall::event_channel_op(&mut a)
+        };
         IN_RESET.store(false, Ordering::SeqCst);
         let n = CONTINUATIONS.load(Ordering::SeqCst);
         if n > 0 || OTHER.load(Ordering::SeqCst) == 0 {
@@ -291,6 +325,19 @@ fn main(_si: &'static StartInfo) {
             "reset {r:?}, preempted {n} times; bound in the handler: port {bound} (status \
              {kept}); status of {PORTS} {last}; set_priority on it {fifo_kept:?}; reset again \
              {again:?}, status after {after}"
+        ),
+    );
+
+    // In a multicall: the entry rewritten, the multicall re-issued.
+    let (r, n) = armed_reset(Mode::Multicall, bind_many);
+    let arg0 = ENTRY_ARG0.load(Ordering::SeqCst);
+    let last = status(PORTS);
+    t.check(
+        "reset-in-multicall",
+        r.is_ok() && n == 1 && arg0 == u64::from(EVTCHNOP_RESET_CONT) && last == EVTCHNSTAT_CLOSED,
+        format_args!(
+            "multicall {r:?}, re-issued {n} times with the entry's command {arg0}; status of \
+             {PORTS} after: {last}"
         ),
     );
 
