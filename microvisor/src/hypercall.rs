@@ -126,11 +126,13 @@ fn locked_light(nr: u64, a: [u64; 5], again: &mut bool) -> HResult {
 
 const MAX_CPUS: usize = crate::arch::percpu::MAX_CPUS;
 
+/// A continuation: the hypercall number and its five arguments.
+type Again = Option<(u64, [u64; 5])>;
+
 /// A light hypercall's continuation, per CPU, from [`locked_light`] to
 /// the [`on_light_upcall`] its stub calls next on the same CPU (nothing
 /// runs between them: the vCPU is not switched and interrupts are off).
-static LIGHT_AGAIN: [spin::Mutex<Option<(u64, [u64; 5])>>; MAX_CPUS] =
-    [const { spin::Mutex::new(None) }; MAX_CPUS];
+static LIGHT_AGAIN: [spin::Mutex<Again>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
 
 /// After a light hypercall that left an event upcall due, or a
 /// continuation: the stub has completed the frame; arrange the

@@ -222,7 +222,7 @@ fn main(_si: &'static StartInfo) {
         let log = take_log(v);
         let on0 = take_log(0);
         t.check(
-            &alloc_name(v),
+            step_name(v),
             ready && setup == 0 && done && log.is(&[a, c, b]) && on0.is(&[]),
             format_args!(
                 "setup errno {setup}; ports a {a} (priority 2), b {b} (12), c {c} (7) sent b, c, \
@@ -272,7 +272,7 @@ fn main(_si: &'static StartInfo) {
 }
 
 /// The step name for vCPU `v`'s queues.
-fn alloc_name(v: usize) -> &'static str {
+fn step_name(v: usize) -> &'static str {
     [
         "queues-per-vcpu-0",
         "queues-per-vcpu-1",
