@@ -241,21 +241,16 @@ pub fn toolchain_cmd(args: &[String]) -> Result<bool, String> {
     let env = kernel_env()?;
     let flags = env.rustflags().join(" ");
     if print_env {
-        // Cargo reads these as its config (build.target, build.rustc, the
-        // target's linker and rustflags).
-        println!("export CARGO_BUILD_TARGET={TARGET}");
-        println!(
-            "export CARGO_BUILD_RUSTC={}",
-            sh_quote(&env.rustc.display().to_string())
-        );
-        println!(
-            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER={}",
-            sh_quote(&env.linker.display().to_string())
-        );
-        println!(
-            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS={}",
-            sh_quote(&flags)
-        );
+        let root = crate::root();
+        let runner = sdk_runner_script(&root);
+        if let Some(dir) = runner.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("error: cannot create {}: {e}", dir.display()))?;
+        }
+        write_exec(&runner, &xtask_script(&root))?;
+        for line in print_env_lines(&env, &runner) {
+            println!("{line}");
+        }
     } else {
         println!("kernel toolchain: {}", env.origin);
         println!("  target     {TARGET}");
@@ -266,6 +261,7 @@ pub fn toolchain_cmd(args: &[String]) -> Result<bool, String> {
         );
         println!("  linker     {}", env.linker.display());
         println!("  rustflags  {flags}");
+        println!("  runner     ./xtask boot IMAGE (a crate of new-guest), or what --print-env names");
         println!(
             "  ldscript   {} (DEP_GUEST_ABI_LDSCRIPT / DEP_PV_GUEST_KERNEL_LDSCRIPT in a build.rs)",
             crate::root().join("guest-abi/guest.ld").display()
@@ -306,6 +302,62 @@ fn bad_crate_name(name: &str) -> Option<&'static str> {
     taken
         .contains(&name)
         .then_some("a crate it depends on has that name")
+}
+
+/// The SDK's `cargo xtask` as a shell script runnable from anywhere: it
+/// builds the xtask of the SDK's clone `sdk` there, then runs it where it
+/// was started, so relative paths in its options are the caller's. The
+/// kernel toolchain's variables (`toolchain --print-env`) are unset first:
+/// they are for the caller's kernel, not for xtask, a host program.
+fn xtask_script(sdk: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+# The microvisor SDK's `cargo xtask`, runnable from anywhere: ./xtask help.
+# It builds the xtask of the SDK's repository there, then runs it here, so
+# paths in its options are relative to where you are.
+set -e
+sdk={sdk}
+unset CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_RUSTC CARGO_BUILD_RUSTFLAGS \
+    CARGO_ENCODED_RUSTFLAGS RUSTFLAGS RUSTC RUSTC_WRAPPER \
+    CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS \
+    CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER
+(cd "$sdk" && cargo build -q -p xtask)
+exec "$sdk/target/debug/xtask" "$@"
+"#,
+        sdk = sh_quote(&sdk.display().to_string())
+    )
+}
+
+/// Where `toolchain --print-env` writes [`xtask_script`] for its runner.
+fn sdk_runner_script(root: &Path) -> PathBuf {
+    root.join("target/sdk/xtask")
+}
+
+/// The lines `toolchain --print-env` prints: cargo's configuration as
+/// environment variables (build.target, build.rustc, the kernel target's
+/// linker, rustflags and runner). `runner` is the SDK's xtask script, so
+/// `cargo run` boots the kernel on the microvisor: without a runner cargo
+/// would execute the kernel on the host.
+fn print_env_lines(env: &KernelEnv, runner: &Path) -> Vec<String> {
+    vec![
+        format!("export CARGO_BUILD_TARGET={TARGET}"),
+        format!(
+            "export CARGO_BUILD_RUSTC={}",
+            sh_quote(&env.rustc.display().to_string())
+        ),
+        format!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER={}",
+            sh_quote(&env.linker.display().to_string())
+        ),
+        format!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS={}",
+            sh_quote(&env.rustflags().join(" "))
+        ),
+        format!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER={}",
+            sh_quote(&format!("{} boot", runner.display()))
+        ),
+    ]
 }
 
 /// The generated crate's files (path relative to the crate, text, executable).
@@ -434,20 +486,7 @@ pv_guest_kernel::main!(main);
 "#
         )
     };
-    let xtask = format!(
-        r#"#!/bin/sh
-# The microvisor SDK's `cargo xtask`, run from this crate: ./xtask help.
-# It builds the xtask of the SDK's repository there, then runs it here, so
-# paths in its options are relative to where you are.
-set -e
-sdk={sdk}
-unset CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_RUSTC CARGO_BUILD_RUSTFLAGS \
-    CARGO_ENCODED_RUSTFLAGS RUSTFLAGS RUSTC RUSTC_WRAPPER
-(cd "$sdk" && cargo build -q -p xtask)
-exec "$sdk/target/debug/xtask" "$@"
-"#,
-        sdk = sh_quote(&sdk_s)
-    );
+    let xtask = xtask_script(sdk);
     let readme = format!(
         r#"# {name}
 
@@ -930,6 +969,31 @@ mod tests {
         assert_eq!(d.cmdline, "greeting=hi two");
         assert_eq!(d.memory_bytes, 32 << 20);
         assert!(!d.privileged);
+    }
+
+    /// `toolchain --print-env` sets a runner (without one, `cargo run`
+    /// executed the kernel on the host, where it spun issuing hypercall
+    /// numbers as Linux system calls), and the script it names clears the
+    /// very variables those lines set before it builds xtask.
+    #[test]
+    fn print_env_sets_a_runner_that_boots() {
+        let lines = print_env_lines(&test_env(), Path::new("/sdk/target/sdk/xtask"));
+        assert!(
+            lines.contains(
+                &"export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER='/sdk/target/sdk/xtask boot'"
+                    .to_string()
+            ),
+            "{lines:?}"
+        );
+        let script = xtask_script(Path::new("/sdk"));
+        for l in &lines {
+            let var = l
+                .strip_prefix("export ")
+                .and_then(|v| v.split_once('='))
+                .unwrap()
+                .0;
+            assert!(script.contains(var), "the script keeps {var}");
+        }
     }
 
     #[test]
