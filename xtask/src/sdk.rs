@@ -656,6 +656,21 @@ pub fn boot_manifest(name: &str, memory: &str, cmdline: &str) -> String {
     format!("[domain {name}]\nimage = {name}\nmemory = {memory}\ncmdline = {cmdline}\n")
 }
 
+/// Refuses a file that is no ELF image before anything is built or booted
+/// (the hypervisor would refuse it after the boot, naming a domain).
+fn not_elf(image: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(image).and_then(|mut f| f.read_exact(&mut magic));
+    if read.is_ok() && magic == *b"\x7fELF" {
+        return Ok(());
+    }
+    Err(format!(
+        "error: {} is not an ELF file: give a kernel image, e.g. target/{TARGET}/debug/NAME after cargo build",
+        image.display()
+    ))
+}
+
 /// `boot [options] IMAGE [WORDS...]`.
 pub fn boot(args: &[String]) -> Result<bool, String> {
     let mut opts = Vec::new();
@@ -702,6 +717,7 @@ pub fn boot(args: &[String]) -> Result<bool, String> {
             image.display()
         ));
     }
+    not_elf(&image)?;
     let file = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -958,6 +974,21 @@ mod tests {
         assert!(!is_guest_name("target/x86_64-unknown-none/debug/x"));
         assert!(!is_guest_name("x.elf"));
         assert!(!is_guest_name(""));
+    }
+
+    #[test]
+    fn boot_refuses_a_file_that_is_no_elf_image() {
+        let dir = std::env::temp_dir().join(format!("xtask-not-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (text, elf, short) = (dir.join("Cargo.toml"), dir.join("k"), dir.join("s"));
+        std::fs::write(&text, "[package]\n").unwrap();
+        std::fs::write(&elf, b"\x7fELF\x02\x01\x01").unwrap();
+        std::fs::write(&short, b"\x7fE").unwrap();
+        let e = not_elf(&text).unwrap_err();
+        assert!(e.contains("Cargo.toml is not an ELF file"), "{e}");
+        assert!(not_elf(&short).is_err());
+        assert_eq!(not_elf(&elf), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
