@@ -253,7 +253,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.starts_with("error: boot nosuch: 'nosuch' is neither a file here nor a guest the SDK builds"),
+            e.starts_with(
+                "error: boot nosuch: 'nosuch' is neither a file here nor a guest the SDK builds"
+            ),
             "{e}"
         );
         assert!(!e.contains("line"), "{e}");

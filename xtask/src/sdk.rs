@@ -261,7 +261,9 @@ pub fn toolchain_cmd(args: &[String]) -> Result<bool, String> {
         );
         println!("  linker     {}", env.linker.display());
         println!("  rustflags  {flags}");
-        println!("  runner     ./xtask boot IMAGE (a crate of new-guest), or what --print-env names");
+        println!(
+            "  runner     ./xtask boot IMAGE (a crate of new-guest), or what --print-env names"
+        );
         println!(
             "  ldscript   {} (DEP_GUEST_ABI_LDSCRIPT / DEP_PV_GUEST_KERNEL_LDSCRIPT in a build.rs)",
             crate::root().join("guest-abi/guest.ld").display()
