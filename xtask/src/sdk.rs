@@ -27,11 +27,13 @@ use std::process::Command;
 pub const TARGET: &str = "x86_64-unknown-none";
 
 /// Usage lines for `cargo xtask help`.
-pub const USAGE: &str =
-    "  new-guest [--bare] PATH        create a guest crate in PATH (outside this repository)
+pub const USAGE: &str = "  new-guest [--bare|--device] PATH
+                                 create a guest crate in PATH (outside this repository)
                                  that builds with `cargo build` and boots with
                                  `cargo run`; its ./xtask runs these commands there.
-                                 --bare: a kernel on guest-abi alone (no pv-guest-kernel)
+                                 --bare: a kernel on guest-abi alone (no pv-guest-kernel);
+                                 --device: a split device of your own (front-end, back-end,
+                                 a guest and a service image using them, a manifest)
   toolchain [--print-env]        the kernel toolchain; --print-env prints it as cargo
                                  variables: eval \"$(cargo xtask toolchain --print-env)\"
   boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
@@ -362,6 +364,29 @@ fn print_env_lines(env: &KernelEnv, runner: &Path) -> Vec<String> {
     ]
 }
 
+/// Why `name` cannot name a `--device` crate: the device type is a
+/// xenstore path element and a service command-line key (`NAME=dom`),
+/// the log says `NAMEback`.
+fn bad_device_name(name: &str) -> Option<&'static str> {
+    (!name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    .then_some("a device type takes lower-case letters, digits and - only")
+    .or_else(|| {
+        [
+            "service",
+            "splitfront",
+            "splitback",
+            "zerocopy",
+            "vbd",
+            "echo",
+            "console",
+        ]
+        .contains(&name)
+        .then_some("a crate it depends on, or a device the service has, has that name")
+    })
+}
+
 /// The generated crate's files (path relative to the crate, text, executable).
 fn crate_files(
     name: &str,
@@ -516,6 +541,112 @@ toolchain by absolute path.
     ]
 }
 
+/// The files of a `new-guest --device` crate that replace or join the
+/// generated guest's (path, text, executable): a split device of one's own
+/// (wire format, back-end, front-end: `src/lib.rs`, from
+/// `xtask/templates/device/`), its host test, a guest using it and a
+/// service image serving it (`src/bin/`), and a manifest booting both.
+fn device_files(name: &str, sdk: &Path) -> Vec<(String, String, bool)> {
+    let ident = name.replace('-', "_");
+    let fill = |t: &str| t.replace("__NAME__", name).replace("__CRATE__", &ident);
+    let dep = |rel: &str| toml_str(&format!("{}/{rel}", sdk.display()));
+    let cargo_toml = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+# Two kernels: a guest using the device and the service image serving it.
+[[bin]]
+name = "{name}-client"
+test = false
+bench = false
+
+[[bin]]
+name = "{name}-service"
+test = false
+bench = false
+
+[dependencies]
+# The microvisor SDK, by path (or `git = "URL of the microvisor repository"`).
+pv-guest-kernel = {{ path = {pvk} }}
+guest-abi = {{ path = {abi} }}
+splitfront = {{ path = {front} }}   # the driver framework's front-end half
+splitback = {{ path = {back} }}     # its back-end half
+service = {{ path = {service} }}    # service::run, CmdlineDevices
+zerocopy = {{ version = "0.8", features = ["derive"] }}
+
+# Host tests: cargo test --target x86_64-unknown-linux-gnu --lib
+[dev-dependencies]
+guest-abi = {{ path = {abi}, features = ["testing"] }}
+splitfront = {{ path = {front}, features = ["testing"] }}
+
+[profile.dev]
+panic = "abort"
+
+[profile.release]
+panic = "abort"
+
+# Its own workspace, even inside another one.
+[workspace]
+"#,
+        pvk = dep("pv-guest-kernel"),
+        abi = dep("guest-abi"),
+        front = dep("frontends/splitfront"),
+        back = dep("backends/splitback"),
+        service = dep("backends/service"),
+    );
+    let readme = format!(
+        r#"# {name}
+
+A split device of one's own for the microvisor, made by `cargo xtask
+new-guest --device` (see the SDK's docs/tutorial-frontend.md, "Your device
+outside the repository"): the wire format, back-end and front-end in
+`src/lib.rs`, a guest using it (`src/bin/{name}-client.rs`) and a service
+image serving it (`src/bin/{name}-service.rs`).
+
+    cargo build                                        # both kernels
+    ./xtask run --manifest {name}.manifest             # boot them together
+    cargo test --target x86_64-unknown-linux-gnu --lib # the device on the host
+    ./xtask help                                       # the SDK's other commands
+
+The SDK is at {sdk}; `.cargo/config.toml` and `./xtask` name it and its
+toolchain by absolute path.
+"#,
+        sdk = sdk.display()
+    );
+    vec![
+        ("README.md".into(), readme, false),
+        ("Cargo.toml".into(), cargo_toml, false),
+        (
+            "src/lib.rs".into(),
+            fill(include_str!("../templates/device/lib.rs")),
+            false,
+        ),
+        (
+            "src/tests.rs".into(),
+            fill(include_str!("../templates/device/tests.rs")),
+            false,
+        ),
+        (
+            format!("src/bin/{name}-client.rs"),
+            fill(include_str!("../templates/device/client.rs")),
+            false,
+        ),
+        (
+            format!("src/bin/{name}-service.rs"),
+            fill(include_str!("../templates/device/service.rs")),
+            false,
+        ),
+        (
+            format!("{name}.manifest"),
+            fill(include_str!("../templates/device/manifest")),
+            false,
+        ),
+    ]
+}
+
 /// `src/main.rs` of a `new-guest --bare` crate: a kernel on guest-abi alone
 /// (its macros write the ELF notes and the entry; no heap, no library).
 fn bare_main(name: &str) -> String {
@@ -572,21 +703,22 @@ fn panic(info: &core::panic::PanicInfo) -> ! {{
     )
 }
 
-/// `new-guest [--bare] PATH`.
+/// `new-guest [--bare|--device] PATH`.
 pub fn new_guest(args: &[String]) -> Result<bool, String> {
-    let (bare, rest) = match args {
-        [flag, rest @ ..] if flag == "--bare" => (true, rest),
-        _ => (false, args),
+    let (bare, device, rest) = match args {
+        [flag, rest @ ..] if flag == "--bare" => (true, false, rest),
+        [flag, rest @ ..] if flag == "--device" => (false, true, rest),
+        _ => (false, false, args),
     };
     let [path] = rest else {
         return Err(
-            "error: usage: cargo xtask new-guest [--bare] PATH (a new directory; its name names the crate)"
+            "error: usage: cargo xtask new-guest [--bare|--device] PATH (a new directory; its name names the crate)"
                 .into(),
         );
     };
     if path.starts_with("--") {
         return Err(format!(
-            "error: new-guest takes --bare and a PATH, not {path}"
+            "error: new-guest takes --bare or --device, and a PATH, not {path}"
         ));
     }
     let path = PathBuf::from(path);
@@ -611,7 +743,19 @@ pub fn new_guest(args: &[String]) -> Result<bool, String> {
         ));
     }
     let env = kernel_env()?;
-    for (rel, text, exec) in crate_files(&name, &crate::root(), &env, bare) {
+    let mut files: Vec<(String, String, bool)> = crate_files(&name, &crate::root(), &env, bare)
+        .into_iter()
+        .map(|(p, t, x)| (p.to_string(), t, x))
+        .collect();
+    if device {
+        if let Some(why) = bad_device_name(&name) {
+            return Err(format!("error: '{name}' cannot name a device crate: {why}"));
+        }
+        let more = device_files(&name, &crate::root());
+        files.retain(|(p, _, _)| p != "src/main.rs" && !more.iter().any(|(m, _, _)| m == p));
+        files.extend(more);
+    }
+    for (rel, text, exec) in files {
         let p = path.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)
@@ -625,8 +769,14 @@ pub fn new_guest(args: &[String]) -> Result<bool, String> {
     }
     println!("created the guest crate {name} in {}", path.display());
     println!("  cd {}", path.display());
-    println!("  cargo build      # target/{TARGET}/debug/{name}");
-    println!("  cargo run        # boots it on the microvisor as the only domain");
+    if device {
+        println!("  cargo build                      # {name}-client and {name}-service");
+        println!("  ./xtask run --manifest {name}.manifest   # both kernels, one boot");
+        println!("  cargo test --target x86_64-unknown-linux-gnu --lib   # the device on the host");
+    } else {
+        println!("  cargo build      # target/{TARGET}/debug/{name}");
+        println!("  cargo run        # boots it on the microvisor as the only domain");
+    }
     println!("  ./xtask help     # the SDK's commands, from the crate");
     Ok(true)
 }
@@ -821,11 +971,84 @@ pub fn check_new_guest(root: &Path) -> Result<(), String> {
             ],
             &mut log,
         )?;
-        Ok(())
+        device_crate_works(&xtask, &dir, &target, &mut log)
     })();
     let _ = std::fs::write(logs.join("new-guest.log"), &log);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// `new-guest --device DIR/tally` as tutorial-frontend.md's last section
+/// uses it: `cargo build` (both kernels), `./xtask run --manifest
+/// tally.manifest` (the generated manifest, the kernels copied where it
+/// names them since the check's builds go to `target`), and the host test.
+fn device_crate_works(
+    xtask: &Path,
+    dir: &Path,
+    target: &Path,
+    log: &mut String,
+) -> Result<(), String> {
+    let krate = dir.join("tally");
+    let out = Command::new(xtask)
+        .args(["new-guest", "--device"])
+        .arg(&krate)
+        .output()
+        .map_err(|e| format!("cannot run xtask new-guest --device: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "xtask new-guest --device tally failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let b = command_in(&krate, "cargo", &["build"], target)?;
+    if !b.status.success() {
+        return Err(format!(
+            "cargo build in {} failed:\n{}",
+            krate.display(),
+            String::from_utf8_lossy(&b.stderr)
+        ));
+    }
+    let beside = krate.join("target").join(TARGET).join("debug");
+    std::fs::create_dir_all(&beside).map_err(|e| e.to_string())?;
+    for k in ["tally-client", "tally-service"] {
+        let built = target.join(TARGET).join("debug").join(k);
+        std::fs::copy(&built, beside.join(k))
+            .map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    }
+    let r = command_in(
+        &krate,
+        "./xtask",
+        &["run", "--manifest", "tally.manifest"],
+        target,
+    )?;
+    expect_console(
+        "./xtask run --manifest tally.manifest",
+        &r,
+        &[
+            "(d0 service) tallyback: alice connected",
+            "(d1 alice) tally-client: register was Ok(7), set to Ok(123), now Ok(123)",
+            "(d0 service) tallyback: alice disconnected: 3 requests, register at 123",
+            "(d1 alice) tally-client: closed",
+            "(MV) all domains ended as expected",
+        ],
+        log,
+    )?;
+    let t = command_in(
+        &krate,
+        "cargo",
+        &["test", "--target", "x86_64-unknown-linux-gnu", "--lib"],
+        target,
+    )?;
+    let text = String::from_utf8_lossy(&t.stdout);
+    log.push_str(&format!("==== cargo test in {}\n{text}", krate.display()));
+    if !t.status.success() || !text.contains("test tests::gets_sets_refuses_and_closes ... ok") {
+        return Err(format!(
+            "cargo test --target x86_64-unknown-linux-gnu --lib in {} failed:\n{text}\n{}",
+            krate.display(),
+            String::from_utf8_lossy(&t.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// `new-guest [--bare] DIR/NAME`, `cargo build` and `cargo run -- WORDS`
@@ -991,6 +1214,60 @@ mod tests {
         assert!(not_elf(&short).is_err());
         assert_eq!(not_elf(&elf), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A `--device` crate's files: both kernels as `[[bin]]`s, the
+    /// framework's crates by path, every placeholder filled, and a manifest
+    /// the hypervisor's parser takes naming the two kernels.
+    #[test]
+    fn a_device_crate_names_its_kernels_and_the_framework() {
+        let files = device_files("my-dev", Path::new("/sdk"));
+        let get = |n: &str| {
+            files
+                .iter()
+                .find(|(p, _, _)| p == n)
+                .map(|(_, t, _)| t.clone())
+                .unwrap()
+        };
+        let cargo: toml::Value = toml::from_str(&get("Cargo.toml")).unwrap();
+        let bins: Vec<&str> = cargo["bin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(bins, ["my-dev-client", "my-dev-service"]);
+        let deps = cargo["dependencies"].as_table().unwrap();
+        assert_eq!(
+            deps["splitback"]["path"].as_str(),
+            Some("/sdk/backends/splitback")
+        );
+        assert_eq!(
+            deps["service"]["path"].as_str(),
+            Some("/sdk/backends/service")
+        );
+        for (p, text, _) in &files {
+            assert!(
+                !text.contains("__NAME__") && !text.contains("__CRATE__"),
+                "{p}"
+            );
+        }
+        assert!(get("src/bin/my-dev-client.rs").contains("use my_dev::Device;"));
+        assert!(get("src/lib.rs").contains("pub const TYPE: &str = \"my-dev\";"));
+        let text = get("my-dev.manifest");
+        let m = microvisor_core::manifest::parse(&text).unwrap();
+        let images: Vec<&str> = m.domains().iter().map(|d| d.image).collect();
+        assert_eq!(
+            images,
+            [
+                "target/x86_64-unknown-none/debug/my-dev-service",
+                "target/x86_64-unknown-none/debug/my-dev-client"
+            ]
+        );
+        assert!(m.domains()[0].service);
+        assert_eq!(bad_device_name("my-dev"), None);
+        assert!(bad_device_name("My_Dev").is_some());
+        assert!(bad_device_name("echo").is_some());
     }
 
     #[test]
