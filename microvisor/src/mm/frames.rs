@@ -13,8 +13,14 @@ use spin::{Mutex, Once};
 /// frame table without a lock"), so any CPU may use it at any time.
 pub static FT: Once<FrameTable<'static>> = Once::new();
 
-static mut M2P_BASE_PA: u64 = 0;
-static mut M2P_ENTRIES: u64 = 0;
+/// Where the M2P table is (physical address) and how many entries it
+/// has; set once by `init`.
+struct M2p {
+    base_pa: u64,
+    entries: u64,
+}
+
+static M2P: Once<M2p> = Once::new();
 
 /// Guest-visible base of the read-only M2P table (Xen's MACH2PHYS_VIRT_START).
 pub const M2P_VA: u64 = 0xFFFF_8000_0000_0000;
@@ -84,20 +90,17 @@ pub fn init(nr_frames: u64) {
     for (i, s) in slots.iter_mut().enumerate() {
         *s = paging::hv_l4_entry(paging::HV_SLOT_FIRST + i);
     }
-    // SAFETY: boot, single CPU, before any reader.
-    unsafe {
-        M2P_BASE_PA = m2p * PAGE;
-        M2P_ENTRIES = nr_frames;
-    }
+    M2P.call_once(|| M2p {
+        base_pa: m2p * PAGE,
+        entries: nr_frames,
+    });
     FT.call_once(|| FrameTable::new(pages, slots));
 }
 
 /// Sets M2P[mfn] = pfn (the hypervisor's copy, read by guests).
 pub fn set_m2p(mfn: u64, pfn: u64) {
-    // SAFETY: written once at boot.
-    let (base, n) = unsafe { (M2P_BASE_PA, M2P_ENTRIES) };
-    if mfn < n {
-        write_u64(base + mfn * 8, pfn);
+    if let Some(m) = M2P.get().filter(|m| mfn < m.entries) {
+        write_u64(m.base_pa + mfn * 8, pfn);
     }
 }
 

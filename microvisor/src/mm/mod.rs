@@ -11,6 +11,8 @@ pub mod guest;
 pub mod paging;
 pub mod stacks;
 
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use microvisor_core::frame_alloc::FrameAllocator;
 use spin::Mutex;
 
@@ -23,23 +25,62 @@ pub const KERNEL_VMA: u64 = 0xFFFF_8280_0000_0000;
 /// Frames the allocator can track (8 GiB of RAM).
 pub const MAX_FRAMES: usize = 2 * 1024 * 1024;
 
-static mut BITMAP: [u64; MAX_FRAMES / 64] = [0; MAX_FRAMES / 64];
+/// A value handed out once, as `&'static mut`, to whoever asks first:
+/// storage that one owner needs for the whole run (the allocator's
+/// bitmap), without a `static mut`. A second `take` gets `None`, so two
+/// mutable references can never exist.
+pub struct TakeOnce<T> {
+    value: UnsafeCell<T>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the value is reachable only through the one `&mut` that `take`
+// hands out (the flag is swapped atomically, so exactly one caller gets
+// it); sharing a `TakeOnce` between CPUs shares nothing else.
+unsafe impl<T: Send> Sync for TakeOnce<T> {}
+
+impl<T> TakeOnce<T> {
+    pub const fn new(value: T) -> TakeOnce<T> {
+        TakeOnce {
+            value: UnsafeCell::new(value),
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    /// The value, the first time; `None` ever after.
+    // Deliberate: the `&mut` comes from a shared static, which the `taken`
+    // flag makes sound (one caller ever gets it), as `static_cell` does.
+    #[allow(clippy::mut_from_ref)]
+    pub fn take(&'static self) -> Option<&'static mut T> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the first and only caller to see `taken` false: no other
+        // reference to the value exists or will ever be made.
+        Some(unsafe { &mut *self.value.get() })
+    }
+}
+
+/// The allocator's bitmap (256 KiB in the image: it is needed before the
+/// allocator can hand out memory).
+static BITMAP: TakeOnce<[u64; MAX_FRAMES / 64]> = TakeOnce::new([0; MAX_FRAMES / 64]);
 static ALLOC: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
-static mut DIRECTMAP_READY: bool = false;
-static mut MAX_PHYS: u64 = 0;
+/// Whether physical memory is reached through the direct map (from the
+/// switch to the hypervisor's page tables on) or the boot identity map.
+static DIRECTMAP_READY: AtomicBool = AtomicBool::new(false);
+/// RAM the hypervisor manages (bytes); set once by `init_allocator`.
+static MAX_PHYS: AtomicU64 = AtomicU64::new(0);
 
 /// Creates the frame allocator (every frame initially used).
 pub fn init_allocator(nr_frames: u64) {
-    // SAFETY: called once at boot before anything else uses BITMAP.
-    // Not clippy's `&STATIC`: a reference to a static mut is an error.
-    #[allow(clippy::deref_addrof)]
-    let bits: &'static mut [u64] = unsafe { &mut *(&raw mut BITMAP) };
+    let bits = BITMAP
+        .take()
+        .expect("the frame allocator is created once");
     *ALLOC.lock() = Some(
         FrameAllocator::new(bits, nr_frames.min(MAX_FRAMES as u64))
             .expect("bitmap sized for MAX_FRAMES"),
     );
-    // SAFETY: single CPU, boot time.
-    unsafe { MAX_PHYS = nr_frames.min(MAX_FRAMES as u64) * PAGE };
+    MAX_PHYS.store(nr_frames.min(MAX_FRAMES as u64) * PAGE, Ordering::Release);
 }
 
 /// Runs `f` with the frame allocator.
@@ -58,14 +99,12 @@ pub fn alloc_zeroed() -> Option<u64> {
 /// Highest physical address + 1 that the hypervisor manages.
 #[inline]
 pub fn max_phys() -> u64 {
-    // SAFETY: written once at boot.
-    unsafe { MAX_PHYS }
+    MAX_PHYS.load(Ordering::Acquire)
 }
 
 #[inline]
 fn ptr(pa: u64) -> *mut u8 {
-    // SAFETY: DIRECTMAP_READY only changes once at boot.
-    if unsafe { DIRECTMAP_READY } {
+    if DIRECTMAP_READY.load(Ordering::Acquire) {
         (DIRECTMAP_BASE + pa) as *mut u8
     } else {
         pa as *mut u8
@@ -73,8 +112,7 @@ fn ptr(pa: u64) -> *mut u8 {
 }
 
 pub(crate) fn set_directmap_ready() {
-    // SAFETY: single CPU, boot time, right after the CR3 switch.
-    unsafe { DIRECTMAP_READY = true };
+    DIRECTMAP_READY.store(true, Ordering::Release);
 }
 
 #[inline]
@@ -179,9 +217,8 @@ impl SharedFrame {
     /// frame writable-typed while the hypervisor writes it.
     pub(super) fn of(mfn: u64) -> SharedFrame {
         check(mfn * PAGE, PAGE);
-        // SAFETY: the direct map is the only way frames are reached from here on.
         assert!(
-            unsafe { DIRECTMAP_READY },
+            DIRECTMAP_READY.load(Ordering::Acquire),
             "shared frame before the direct map"
         );
         // SAFETY: a page-aligned RAM frame inside the direct map (checked),

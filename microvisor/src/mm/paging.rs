@@ -5,6 +5,7 @@
 
 use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64, write_u64};
 use crate::arch::cpu;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 pub const P: u64 = 1;
 pub const RW: u64 = 1 << 1;
@@ -20,7 +21,9 @@ pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 pub const HV_SLOT_FIRST: usize = 256;
 pub const HV_SLOT_LAST: usize = 271;
 
-static mut HV_L4: u64 = 0;
+/// Physical address of the hypervisor's L4; set once by `init`, before
+/// any other CPU starts.
+static HV_L4: AtomicU64 = AtomicU64::new(0);
 
 /// Where the running vCPU's LDT is shadow-mapped: L4 slot 260, as Xen's
 /// per-domain area. The CPU reads descriptors there (and sets their
@@ -28,12 +31,12 @@ static mut HV_L4: u64 = 0;
 pub const LDT_VA: u64 = 0xFFFF_8200_0000_0000;
 /// Pages of the largest LDT (8192 descriptors of 8 bytes).
 pub const LDT_PAGES: usize = 16;
-/// Physical address of the L1 table that maps the LDT shadow area.
-static mut LDT_L1: u64 = 0;
+/// Physical address of the L1 table that maps the LDT shadow area (every
+/// CPU's window); set once by `init`, before any other CPU starts.
+static LDT_L1: AtomicU64 = AtomicU64::new(0);
 
 fn ldt_l1() -> u64 {
-    // SAFETY: written once at boot.
-    unsafe { LDT_L1 }
+    LDT_L1.load(Ordering::Acquire)
 }
 
 /// CPUs with an LDT window of their own (the L1 under `LDT_VA` has 512
@@ -42,9 +45,7 @@ pub const LDT_CPUS: usize = 512 / LDT_PAGES;
 
 /// This CPU's first entry in the LDT window's L1.
 fn ldt_slot0() -> u64 {
-    let cpu = crate::arch::percpu::this_cpu()
-        .cpu
-        .load(core::sync::atomic::Ordering::Relaxed) as u64;
+    let cpu = crate::arch::percpu::this_cpu().cpu.load(Ordering::Relaxed) as u64;
     cpu.min(LDT_CPUS as u64 - 1) * LDT_PAGES as u64
 }
 
@@ -88,8 +89,7 @@ unsafe extern "C" {
 
 /// Physical address of the hypervisor's L4.
 pub fn hv_l4() -> u64 {
-    // SAFETY: written once at boot.
-    unsafe { HV_L4 }
+    HV_L4.load(Ordering::Acquire)
 }
 
 /// The hypervisor's entry for L4 slot `i` (256..=271), to copy into guest L4s.
@@ -214,11 +214,8 @@ pub fn init(max_phys: u64) {
         next(next(l4, (LDT_VA >> 39) & 511), (LDT_VA >> 30) & 511),
         (LDT_VA >> 21) & 511,
     );
-    // SAFETY: single CPU, boot time.
-    unsafe {
-        HV_L4 = l4;
-        LDT_L1 = ldt_l1;
-    }
+    HV_L4.store(l4, Ordering::Release);
+    LDT_L1.store(ldt_l1, Ordering::Release);
     // Global pages survive guest CR3 switches.
     cpu::cr4_set(1 << 7);
     // SAFETY: the new tables map the image (code, rodata, data, stacks) at
