@@ -580,30 +580,17 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     let cur = hv.current;
     let dom = hv.cur_dom().id;
     let mfn = ma / crate::mm::PAGE;
-    let ty = crate::mm::frames::with(|ft, mem| {
-        ft.get_page(mfn, dom)?;
-        // A descriptor page keeps its type; anything else must take the
-        // Writable type (refused for a page table or a frame typed
-        // otherwise).
-        let seg = ft
-            .info(mfn)
-            .is_some_and(|p| p.page_type() == PageType::Segment);
-        let ty = if seg {
-            PageType::Segment
-        } else {
-            PageType::Writable
-        };
-        if let Err(e) = ft.get_page_type(mem, mfn, ty, dom) {
-            ft.put_page(mfn);
-            return Err(e);
-        }
-        Ok(ty)
-    })?;
-    crate::mm::write_u64(ma, d);
-    crate::mm::frames::with(|ft, mem| {
-        ft.put_page_type(mem, mfn);
-        ft.put_page(mfn);
-    });
+    // A descriptor page keeps its type; anything else must take the
+    // Writable type (refused for a page table or a frame typed otherwise,
+    // and for a frame whose type changes meanwhile).
+    let seg = crate::mm::frames::with(|ft, _| ft.info(mfn))
+        .is_some_and(|p| p.page_type() == PageType::Segment);
+    let ty = if seg {
+        PageType::Segment
+    } else {
+        PageType::Writable
+    };
+    crate::mm::frames::WriteRef::new(mfn, dom, ty)?.write_u64(ma % crate::mm::PAGE, d);
     let pv = &mut hv.vcpus[cur].pv;
     if ty == PageType::Segment && mfn == pv.gdt_frame {
         let i = ((ma % crate::mm::PAGE) / 8) as usize;

@@ -115,7 +115,8 @@ struct ApMemory {
 pub(super) fn alloc_frames(n: u64) -> Option<u64> {
     let first = mm::with_allocator(|a| a.alloc_contiguous(n, 1))?;
     for f in first..first + n {
-        mm::zero_frame(f);
+        // SAFETY: just taken from the allocator: nobody else has it.
+        unsafe { mm::zero_frame(f) };
     }
     Some(first)
 }
@@ -203,7 +204,9 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
         let end = &raw const ap_trampoline_end;
         core::slice::from_raw_parts(start, end as usize - start as usize)
     };
-    mm::write_phys(TRAMPOLINE, blob);
+    // SAFETY: the trampoline's page is low memory the allocator never hands
+    // out (see `TRAMPOLINE`); only this function writes it.
+    unsafe { mm::write_phys(TRAMPOLINE, blob) };
     AP_CR3.store(crate::mm::paging::hv_l4(), Ordering::Relaxed);
     BSP_CR0.store(crate::arch::cpu::cr0(), Ordering::Relaxed);
     BSP_CR4.store(crate::arch::cpu::cr4(), Ordering::Relaxed);

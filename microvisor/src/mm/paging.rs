@@ -3,7 +3,7 @@
 //! 256-271 that every guest L4 receives. Never maps anything writable and
 //! executable, and never gives a hypervisor mapping the user bit.
 
-use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64, write_u64};
+use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64};
 use crate::arch::cpu;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -73,7 +73,7 @@ pub fn set_ldt_page(i: usize, mfn: u64) {
     };
     let at = ldt_l1() + (ldt_slot0() + i as u64) * 8;
     if read_u64(at) != e {
-        write_u64(at, e);
+        set_entry(at, e);
         cpu::invlpg(ldt_va() + i as u64 * PAGE);
     }
 }
@@ -97,6 +97,15 @@ pub fn hv_l4_entry(i: usize) -> u64 {
     read_u64(hv_l4() + i as u64 * 8)
 }
 
+/// Writes the entry at `pa` of one of the hypervisor's own page tables:
+/// the one way this module writes memory.
+fn set_entry(pa: u64, v: u64) {
+    // SAFETY: every caller passes an entry of a table of the hypervisor's
+    // own address space (allocated by `table_alloc`, reached from `hv_l4`,
+    // or the LDT windows' L1), which only this module writes.
+    unsafe { super::write_u64(pa, v) }
+}
+
 fn table_alloc() -> u64 {
     alloc_zeroed().expect("out of memory building hypervisor page tables") * PAGE
 }
@@ -110,7 +119,7 @@ fn next(table: u64, idx: u64) -> u64 {
     let t = table_alloc();
     // Accessed preset: the CPU never writes these entries (every guest L4
     // holds an exact copy of the hypervisor's slots, which audits compare).
-    write_u64(table + idx * 8, t | P | RW | A);
+    set_entry(table + idx * 8, t | P | RW | A);
     t
 }
 
@@ -118,13 +127,13 @@ fn map_4k(l4: u64, va: u64, pa: u64, flags: u64) {
     let l3 = next(l4, (va >> 39) & 511);
     let l2 = next(l3, (va >> 30) & 511);
     let l1 = next(l2, (va >> 21) & 511);
-    write_u64(l1 + ((va >> 12) & 511) * 8, pa | flags);
+    set_entry(l1 + ((va >> 12) & 511) * 8, pa | flags);
 }
 
 fn map_2m(l4: u64, va: u64, pa: u64, flags: u64) {
     let l3 = next(l4, (va >> 39) & 511);
     let l2 = next(l3, (va >> 30) & 511);
-    write_u64(l2 + ((va >> 21) & 511) * 8, pa | flags | PS);
+    set_entry(l2 + ((va >> 21) & 511) * 8, pa | flags | PS);
 }
 
 fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
@@ -157,11 +166,11 @@ pub fn map_stack_page(va: u64, pa: u64) {
 fn next_user(table: u64, idx: u64) -> u64 {
     let e = read_u64(table + idx * 8);
     if e & P != 0 {
-        write_u64(table + idx * 8, e | US | A);
+        set_entry(table + idx * 8, e | US | A);
         return e & ADDR_MASK;
     }
     let t = table_alloc();
-    write_u64(table + idx * 8, t | P | RW | US | A);
+    set_entry(table + idx * 8, t | P | RW | US | A);
     t
 }
 
@@ -174,7 +183,7 @@ pub fn map_user_readonly(va: u64, pa: u64, frames: u64) {
         let l3 = next_user(l4, (v >> 39) & 511);
         let l2 = next_user(l3, (v >> 30) & 511);
         let l1 = next_user(l2, (v >> 21) & 511);
-        write_u64(
+        set_entry(
             l1 + ((v >> 12) & 511) * 8,
             (pa + i * PAGE) | P | US | NX | A,
         );
