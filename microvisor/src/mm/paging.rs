@@ -7,15 +7,11 @@ use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64};
 use crate::arch::cpu;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-pub const P: u64 = 1;
-pub const RW: u64 = 1 << 1;
-pub const US: u64 = 1 << 2;
-pub const A: u64 = 1 << 5;
-pub const D: u64 = 1 << 6;
-pub const PS: u64 = 1 << 7;
-pub const G: u64 = 1 << 8;
-pub const NX: u64 = 1 << 63;
-pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+// The entry bits, from their one definition (`guest_abi::arch::PteFlags`).
+pub use guest_abi::arch::pte::{
+    ACCESSED as A, ADDR_MASK, DIRTY as D, GLOBAL as G, NX, PAT_OR_PSE as PS, PCD, PRESENT as P,
+    PWT, RW, USER as US,
+};
 
 /// First and last (inclusive) L4 slots owned by the hypervisor.
 pub const HV_SLOT_FIRST: usize = 256;
@@ -143,10 +139,6 @@ fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
         va += PAGE;
     }
 }
-
-/// Cache-disable and write-through bits, for device registers.
-pub const PCD: u64 = 1 << 4;
-pub const PWT: u64 = 1 << 3;
 
 /// Maps one 4 KiB page of device registers (uncached, NX) at `va` in the
 /// hypervisor's slots. Only for device pages the hypervisor owns.
