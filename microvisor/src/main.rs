@@ -416,8 +416,8 @@ fn enable_protections() {
         let _ = on.push_str(" SMAP");
     }
     // Mask the legacy PICs: no device interrupts are routed yet.
-    arch::port::outb(0x21, 0xff);
-    arch::port::outb(0xa1, 0xff);
+    arch::port::Port::PIC1_MASK.outb(0xff);
+    arch::port::Port::PIC2_MASK.outb(0xff);
     info!(
         "cpu protections:{}",
         if on.is_empty() {

@@ -1000,13 +1000,9 @@ fn emulate_port_io(
         Port::Dx => frame.rdx as u16,
     };
     let width = u16::from(width);
-    let permitted = policy::port_permitted(privileged, port, width);
+    let permitted = crate::arch::port::Port::for_guest(privileged, port, width);
     if is_in {
-        let v = if permitted {
-            crate::arch::port::in_width(port, width)
-        } else {
-            u32::MAX
-        };
+        let v = permitted.map_or(u32::MAX, |p| p.read(width));
         let mask: u64 = match width {
             1 => 0xff,
             2 => 0xffff,
@@ -1017,8 +1013,8 @@ fn emulate_port_io(
         } else {
             (frame.rax & !mask) | (v as u64 & mask)
         };
-    } else if permitted {
-        crate::arch::port::out_width(port, width, frame.rax as u32);
+    } else if let Some(p) = permitted {
+        p.write(width, frame.rax as u32);
     }
     port
 }
