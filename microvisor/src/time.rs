@@ -106,10 +106,10 @@ pub fn init_wallclock(page: mm::SharedFrame) {
 
 /// Seconds since the Unix epoch from the CMOS RTC (0 if it looks absent).
 fn read_rtc() -> u64 {
-    use crate::arch::port::{inb, outb};
+    use crate::arch::port::Port;
     let reg = |r: u8| {
-        outb(0x70, r);
-        inb(0x71)
+        Port::CMOS_INDEX.outb(r);
+        Port::CMOS_DATA.inb()
     };
     while reg(0x0a) & 0x80 != 0 {}
     let fields = microvisor_core::time::RtcFields {
