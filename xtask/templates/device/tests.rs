@@ -21,8 +21,13 @@ fn gets_sets_refuses_and_closes() {
     d.close(&mut xs).unwrap();
     lo.run_backend();
     lo.with(|w| {
-        assert!(w.platform.logged("__NAME__back: alice connected"));
-        assert!(w.platform.logged("alice disconnected: 5 requests, register at 42"));
+        // On a failure, the message shows every line the back-end logged.
+        let log = &w.platform.log;
+        assert!(w.platform.logged("__NAME__back: alice connected"), "{log:#?}");
+        assert!(
+            w.platform.logged("alice disconnected: 5 requests, register at 42"),
+            "{log:#?}"
+        );
         assert!(w.platform.holds_nothing());
     });
 }
