@@ -49,13 +49,22 @@ pub enum TrapTableEntry {
     Set { vector: u8, address: u64, flags: u8 },
 }
 
-/// Checks one `trap_info` entry: the handler must use the kernel code
-/// selector and lie in guest space (`EPERM` otherwise, as Xen answers).
+/// Checks one `trap_info` entry as Xen's `do_set_trap_table` does for a
+/// 64-bit PV guest: a non-canonical handler is `EINVAL`. The selector is
+/// never refused: Xen only raises its RPL to the guest kernel's, and a
+/// 64-bit guest's exceptions are always delivered on Xen's flat kernel code
+/// selector whatever the entry names (Linux registers its own `__KERNEL_CS`,
+/// 0x10), so the entry's `cs` is not kept. Stricter than Xen: a handler in
+/// the hypervisor's range is refused (`EPERM`) rather than left to fault at
+/// its first delivery.
 pub fn trap_table_entry(e: &TrapInfo) -> Result<TrapTableEntry, Errno> {
     if e.address == 0 {
         return Ok(TrapTableEntry::End);
     }
-    if !kernel_cs_ok(e.cs) || !guest_addr_ok(e.address) {
+    if !canonical(e.address) {
+        return Err(Errno::EINVAL);
+    }
+    if !guest_addr_ok(e.address) {
         return Err(Errno::EPERM);
     }
     Ok(TrapTableEntry::Set {
