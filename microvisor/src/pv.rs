@@ -358,6 +358,10 @@ pub fn toggle_mode(hv: &mut Hv) {
         // and carry the hypervisor's slots.
         unsafe { crate::arch::cpu::write_cr3(cr3) };
     }
+    if d.runstate_pending && !d.pv.user_mode {
+        // A runstate update that came due in user mode (Xen's toggle).
+        crate::vcpu::update_runstate_area(d);
+    }
 }
 
 /// set_gdt(frame_list, entries): the guest's own descriptor table (one
