@@ -452,6 +452,10 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         34 => hvm_op(hv, a[0], a[1]),
         35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),
         36 => control_op(hv, a[0], policy::XEN_DOMCTL_INTERFACE_VERSION, true),
+        // xenpmu_op: every operation EOPNOTSUPP, as Xen 4.17 answers a PV
+        // guest while its virtual PMU is off (the default; Linux then
+        // carries on without one).
+        40 => Err(Errno::EOPNOTSUPP),
         _ => {
             crate::debug!("domain {}: hypercall {nr} not implemented", hv.cur_dom().id);
             Err(Errno::ENOSYS)
