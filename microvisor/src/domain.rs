@@ -999,6 +999,8 @@ impl Hv {
             self.set_state(v, RunState::Down);
             let vc = &mut self.vcpus[v];
             vc.runstate.enter(3, now);
+            // Nothing is written into its memory any more.
+            vc.runstate_area = 0;
             vc.timer_deadline = 0;
             vc.periodic_ns = 0;
             vc.poll_deadline = 0;
