@@ -342,7 +342,7 @@ impl Runstate {
 
     /// As Xen's `vcpu_runstate_info` (48 bytes): state, entry time, the
     /// time spent in each state.
-    pub fn to_bytes(&self) -> [u8; 48] {
+    pub fn to_bytes(self) -> [u8; 48] {
         let mut b = [0u8; 48];
         b[..4].copy_from_slice(&self.state.to_le_bytes());
         b[8..16].copy_from_slice(&self.entry_time.to_le_bytes());
