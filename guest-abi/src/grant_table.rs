@@ -187,6 +187,13 @@ pub const GNTMAP_READONLY: u32 = 1 << 2;
 pub const GNTMAP_APPLICATION_MAP: u32 = 1 << 3;
 /// Map flag: `host_addr` is the machine address of the PTE to write.
 pub const GNTMAP_CONTAINS_PTE: u32 = 1 << 4;
+/// Map flags from this bit up are the guest's own bits for the host
+/// mapping's page-table entry (`_GNTMAP_guest_avail0`): with
+/// `XENFEAT_gnttab_map_avail_bits`, bits 16-18 land in the entry's
+/// available bits 9-11.
+pub const GNTMAP_GUEST_AVAIL0: u32 = 16;
+/// Every map-flag bit that carries guest-available PTE bits.
+pub const GNTMAP_GUEST_AVAIL_MASK: u32 = !0 << GNTMAP_GUEST_AVAIL0;
 
 /// Copy flag: the source is a grant reference (else a local frame).
 pub const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;

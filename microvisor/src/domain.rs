@@ -298,6 +298,13 @@ pub struct Vcpu {
     pub last_start: u64,
     /// Xen runstate accounting: state and entry time, time in each state.
     pub runstate: Runstate,
+    /// Guest virtual address of its runstate area
+    /// (VCPUOP_register_runstate_memory_area), 0 = none.
+    pub runstate_area: u64,
+    /// The area's last update was due while the guest's kernel page tables
+    /// were not loaded: it is written when the vCPU next enters guest kernel
+    /// mode (Xen's `need_update_runstate_area`).
+    pub runstate_pending: bool,
     /// One-shot timer deadline (system time, ns), 0 = none.
     pub timer_deadline: u64,
     /// Periodic timer period and next expiry, 0 = none.
@@ -332,6 +339,28 @@ impl Runstate {
         self.state = state;
         self.entry_time = now;
     }
+
+    /// As Xen's `vcpu_runstate_info` (48 bytes): state, entry time, the
+    /// time spent in each state.
+    pub fn to_bytes(self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        b[..4].copy_from_slice(&self.state.to_le_bytes());
+        b[8..16].copy_from_slice(&self.entry_time.to_le_bytes());
+        for (i, t) in self.time.iter().enumerate() {
+            b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
+        }
+        b
+    }
+
+    /// The runstate as Xen's `vcpu_runstate_get` gives it at `now`: the
+    /// time in the current state counted up to now.
+    pub fn at(&self, now: u64) -> Runstate {
+        let mut rs = *self;
+        if let Some(t) = rs.time.get_mut(rs.state as usize) {
+            *t += now.saturating_sub(rs.entry_time);
+        }
+        rs
+    }
 }
 
 impl Domain {
@@ -361,6 +390,8 @@ impl Vcpu {
                 state: 3,
                 ..Default::default()
             },
+            runstate_area: 0,
+            runstate_pending: false,
             timer_deadline: 0,
             periodic_ns: 0,
             periodic_next: 0,
@@ -968,6 +999,8 @@ impl Hv {
             self.set_state(v, RunState::Down);
             let vc = &mut self.vcpus[v];
             vc.runstate.enter(3, now);
+            // Nothing is written into its memory any more.
+            vc.runstate_area = 0;
             vc.timer_deadline = 0;
             vc.periodic_ns = 0;
             vc.poll_deadline = 0;

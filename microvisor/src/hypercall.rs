@@ -452,6 +452,10 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         34 => hvm_op(hv, a[0], a[1]),
         35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),
         36 => control_op(hv, a[0], policy::XEN_DOMCTL_INTERFACE_VERSION, true),
+        // xenpmu_op: every operation EOPNOTSUPP, as Xen 4.17 answers a PV
+        // guest while its virtual PMU is off (the default; Linux then
+        // carries on without one).
+        40 => Err(Errno::EOPNOTSUPP),
         _ => {
             crate::debug!("domain {}: hypercall {nr} not implemented", hv.cur_dom().id);
             Err(Errno::ENOSYS)
@@ -621,7 +625,11 @@ fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
             let mut fi = [0u8; 8];
             guest::copy_from(cr3(hv), arg, &mut fi[..4]).map_err(|_| Errno::EFAULT)?;
             let idx = u32::from_le_bytes([fi[0], fi[1], fi[2], fi[3]]);
-            let map: u32 = if idx == 0 { FEATURES_0 } else { 0 };
+            if idx != 0 {
+                // Xen: only submap 0 exists.
+                return Err(Errno::EINVAL);
+            }
+            let map = features_0(hv.cur_dom().privileged);
             fi[4..].copy_from_slice(&map.to_le_bytes());
             put(hv, arg, &fi)
         }
@@ -637,8 +645,31 @@ fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     }
 }
 
-/// XENFEAT bits we offer in submap 0: pae_pgdir_above_4gb (4).
-const FEATURES_0: u32 = 1 << 4;
+/// XENFEAT submap 0 as Xen 4.17 gives a 64-bit PV domain: for every PV
+/// guest mmu_pt_update_preserve_ad (5: mmu_update's
+/// `MMU_PT_UPDATE_PRESERVE_AD` keeps the entry's accessed and dirty bits),
+/// highmem_assist (6: `MMUEXT_CLEAR_PAGE`/`COPY_PAGE`),
+/// gnttab_map_avail_bits (7: a grant mapping's PTE carries the guest's
+/// `GNTMAP_guest_avail` bits in bits 9-11) and direct_mapped (17: not
+/// translated); dom0 (11) for the privileged domain, which start_info calls
+/// the initial domain. Linux panics without 5 and 7. Also
+/// pae_pgdir_above_4gb (4), always (meaningless for a 64-bit guest, and a
+/// feature a guest's ELF note may require: `elfimage::REQUIRABLE`), where
+/// Xen sets it only with the pae_extended_cr3 assist. Not offered:
+/// memory_op_vnode_supported (13), since `XENMEM_get_vnumainfo` is not
+/// implemented.
+fn features_0(privileged: bool) -> u32 {
+    use guest_abi::features::*;
+    let mut f = 1 << XENFEAT_PAE_PGDIR_ABOVE_4GB
+        | 1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD
+        | 1 << XENFEAT_HIGHMEM_ASSIST
+        | 1 << XENFEAT_GNTTAB_MAP_AVAIL_BITS
+        | 1 << XENFEAT_DIRECT_MAPPED;
+    if privileged {
+        f |= 1 << XENFEAT_DOM0;
+    }
+    f
+}
 
 fn guest_abi_virt_start() -> u64 {
     0xFFFF_8000_0000_0000

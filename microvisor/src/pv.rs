@@ -358,6 +358,10 @@ pub fn toggle_mode(hv: &mut Hv) {
         // and carry the hypervisor's slots.
         unsafe { crate::arch::cpu::write_cr3(cr3) };
     }
+    if d.runstate_pending && !d.pv.user_mode {
+        // A runstate update that came due in user mode (Xen's toggle).
+        crate::vcpu::update_runstate_area(d);
+    }
 }
 
 /// set_gdt(frame_list, entries): the guest's own descriptor table (one
@@ -987,7 +991,9 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// Emulates `in`/`out` (imm8 or dx forms) for a vCPU whose virtual IOPL
 /// allows it: a port the domain may use is really accessed; any other
 /// (the hypervisor's own, or every port for an unprivileged domain) reads
-/// as all ones and ignores writes, as Xen.
+/// as all ones and ignores writes, as Xen, byte by byte, except what Xen
+/// passes to the hardware for the privileged domain: PIT channel 2 and
+/// port 0x61 ([`policy::hwdom_port_byte`]).
 fn emulate_port_io(
     frame: &mut TrapFrame,
     privileged: bool,
@@ -1002,7 +1008,10 @@ fn emulate_port_io(
     let width = u16::from(width);
     let permitted = crate::arch::port::Port::for_guest(privileged, port, width);
     if is_in {
-        let v = permitted.map_or(u32::MAX, |p| p.read(width));
+        let v = match permitted {
+            Some(p) => p.read(width),
+            None => refused_read(privileged, port, width),
+        };
         let mask: u64 = match width {
             1 => 0xff,
             2 => 0xffff,
@@ -1015,8 +1024,45 @@ fn emulate_port_io(
         };
     } else if let Some(p) = permitted {
         p.write(width, frame.rax as u32);
+    } else {
+        refused_write(privileged, port, width, frame.rax as u32);
     }
     port
+}
+
+/// A read of ports the domain may not use: all ones, but for the bytes Xen
+/// reads from the hardware for the privileged domain.
+#[inline(never)]
+fn refused_read(privileged: bool, port: u16, width: u16) -> u32 {
+    let mut v = u32::MAX;
+    for i in 0..width.min(4) {
+        let p = port.wrapping_add(i);
+        if let policy::PortByte::Hardware(_) = policy::hwdom_port_byte(privileged, p, None)
+            && let Some(hw) = crate::arch::port::Port::pit_for_hwdom(p)
+        {
+            let shift = 8 * u32::from(i);
+            v = (v & !(0xff << shift)) | u32::from(hw.inb()) << shift;
+        }
+    }
+    v
+}
+
+/// A write to ports the domain may not use: dropped, but for the bytes Xen
+/// writes to the hardware for the privileged domain.
+#[inline(never)]
+fn refused_write(privileged: bool, port: u16, width: u16, value: u32) {
+    for i in 0..width.min(4) {
+        let p = port.wrapping_add(i);
+        let byte = (value >> (8 * u32::from(i))) as u8;
+        let Some(hw) = crate::arch::port::Port::pit_for_hwdom(p) else {
+            continue;
+        };
+        match policy::hwdom_port_byte(privileged, p, Some(byte)) {
+            policy::PortByte::Hardware(b) => hw.outb(b),
+            policy::PortByte::SpeakerBits(bits) => hw.outb((hw.inb() & !3) | bits),
+            policy::PortByte::Refused => {}
+        }
+    }
 }
 
 /// #GP from the guest: emulates, as Xen, what its virtual IOPL allows

@@ -358,6 +358,7 @@ fn go_idle(hv: &mut Hv, cur: usize, now: u64) {
         && d.runstate.state == 0
     {
         d.runstate.enter(runstate_of(d.state), now);
+        crate::vcpu::update_runstate_area(d);
     }
     if crate::arch::smp::active() && cur != NO_VCPU {
         release_vcpu(hv, cur);
@@ -428,6 +429,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         let d = &mut hv.vcpus[next];
         if d.runstate.state != 0 {
             d.runstate.enter(0, now);
+            crate::vcpu::update_runstate_area(d);
         }
         d.last_start = now;
         if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
@@ -454,6 +456,8 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
                 cpu::fpu_save(&mut d.fpu);
                 segs = Some(crate::pv::save_segments(&mut d.pv));
                 d.runstate.enter(runstate_of(d.state), now);
+                // (Its page tables are still the loaded ones.)
+                crate::vcpu::update_runstate_area(d);
             }
             hv.let_go(cur);
         }
@@ -508,6 +512,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             cpu::flush_tlb_all();
         }
     }
+    crate::vcpu::update_runstate_area(d);
     if hv.teardowns_waiting {
         hv.finish_teardowns();
     }

@@ -65,19 +65,30 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             Ok(0)
         }
         op::VCPUOP_IS_UP => Ok(u64::from(hv.vcpus[vi].state != RunState::Down)),
-        op::VCPUOP_GET_RUNSTATE_INFO => {
-            let rs = hv.vcpus[vi].runstate;
-            let mut time = rs.time;
-            if let Some(t) = time.get_mut(rs.state as usize) {
-                *t += now.saturating_sub(rs.entry_time);
+        op::VCPUOP_GET_RUNSTATE_INFO => put(cr3, arg, &hv.vcpus[vi].runstate.at(now).to_bytes()),
+        op::VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
+            // As Xen: the address must be a guest one (its start: Xen's
+            // `guest_handle_okay`), else EFAULT; 0 stops the updates. The
+            // runstate is copied there at once through the caller's page
+            // tables (a failure is ignored), then at every switch.
+            let va: u64 = guest::read(cr3, arg).map_err(|_| Errno::EFAULT)?;
+            if !guest::guest_address(va) {
+                return Err(Errno::EFAULT);
             }
-            let mut b = [0u8; 48];
-            b[..4].copy_from_slice(&rs.state.to_le_bytes());
-            b[8..16].copy_from_slice(&rs.entry_time.to_le_bytes());
-            for (i, t) in time.iter().enumerate() {
-                b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
+            let v = &mut hv.vcpus[vi];
+            v.runstate_area = va;
+            v.runstate_pending = false;
+            if va != 0 {
+                // The running caller's own runstate as it stands; another
+                // vCPU's counted up to now (Xen's `vcpu_runstate_get`).
+                let rs = if is_current {
+                    v.runstate
+                } else {
+                    v.runstate.at(now)
+                };
+                let _ = guest::copy_to(cr3, va, &rs.to_bytes());
             }
-            put(cr3, arg, &b)
+            Ok(0)
         }
         op::VCPUOP_REGISTER_VCPU_INFO => register_vcpu_info(hv, vi, arg).map(|()| 0),
         // Periodic timers: any vCPU of the domain; at least 1 ms, as Xen.
@@ -133,6 +144,49 @@ pub fn set_timer(hv: &mut Hv, deadline: u64) {
         let (dom, vid) = (hv.vcpus[cur].dom, hv.vcpus[cur].vid);
         crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
     }
+}
+
+/// Xen's `update_runstate_area`, at every switch of `v` in or out (and when
+/// a deferred update comes due): writes its runstate into its registered
+/// area through its own page tables, which must be the loaded ones, as
+/// Xen's copy to the guest uses them: a write only where the guest has a
+/// writable mapping at that moment, and an address that does not translate
+/// is skipped silently. While the vCPU is in guest user mode (its kernel
+/// page tables not loaded) the update waits until it enters kernel mode
+/// ([`crate::pv::toggle_mode`]), as on Xen. With the domain's
+/// `runstate_update_flag` assist, `XEN_RUNSTATE_UPDATE` is set in
+/// `state_entry_time` (its top byte written first) for the length of the
+/// update, so a reader can tell a torn copy.
+#[inline]
+pub fn update_runstate_area(v: &mut crate::domain::Vcpu) {
+    if v.runstate_area != 0 {
+        write_runstate_area(v);
+    }
+}
+
+#[inline(never)]
+fn write_runstate_area(v: &mut crate::domain::Vcpu) {
+    if v.pv.user_mode || crate::arch::cpu::cr3() != v.cr3 {
+        v.runstate_pending = true;
+        return;
+    }
+    v.runstate_pending = false;
+    let (va, cr3) = (v.runstate_area, v.cr3);
+    let mut b = v.runstate.to_bytes();
+    let assist = 1u64 << guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG;
+    if v.pv.vm_assist & assist == 0 {
+        let _ = guest::copy_to(cr3, va, &b);
+        return;
+    }
+    // The top byte of state_entry_time (offset 15) holds the flag.
+    let top = va.wrapping_add(15);
+    let flagged = ((v.runstate.entry_time | guest_abi::vcpu::XEN_RUNSTATE_UPDATE) >> 56) as u8;
+    if guest::copy_to(cr3, top, &[flagged]).is_err() {
+        return;
+    }
+    b[15] = flagged;
+    let _ = guest::copy_to(cr3, va, &b);
+    let _ = guest::copy_to(cr3, top, &[(v.runstate.entry_time >> 56) as u8]);
 }
 
 fn put(cr3: u64, va: u64, bytes: &[u8]) -> Result<u64, Errno> {

@@ -49,13 +49,22 @@ pub enum TrapTableEntry {
     Set { vector: u8, address: u64, flags: u8 },
 }
 
-/// Checks one `trap_info` entry: the handler must use the kernel code
-/// selector and lie in guest space (`EPERM` otherwise, as Xen answers).
+/// Checks one `trap_info` entry as Xen's `do_set_trap_table` does for a
+/// 64-bit PV guest: a non-canonical handler is `EINVAL`. The selector is
+/// never refused: Xen only raises its RPL to the guest kernel's, and a
+/// 64-bit guest's exceptions are always delivered on Xen's flat kernel code
+/// selector whatever the entry names (Linux registers its own `__KERNEL_CS`,
+/// 0x10), so the entry's `cs` is not kept. Stricter than Xen: a handler in
+/// the hypervisor's range is refused (`EPERM`) rather than left to fault at
+/// its first delivery.
 pub fn trap_table_entry(e: &TrapInfo) -> Result<TrapTableEntry, Errno> {
     if e.address == 0 {
         return Ok(TrapTableEntry::End);
     }
-    if !kernel_cs_ok(e.cs) || !guest_addr_ok(e.address) {
+    if !canonical(e.address) {
+        return Err(Errno::EINVAL);
+    }
+    if !guest_addr_ok(e.address) {
         return Err(Errno::EPERM);
     }
     Ok(TrapTableEntry::Set {
@@ -276,14 +285,16 @@ pub fn check_iret(
     })
 }
 
-/// Ports the hypervisor keeps for itself (PICs, PIT, CMOS/RTC, the QEMU
-/// exit device, the console UART): guest port I/O of `width` bytes at
+/// Ports the hypervisor keeps for itself (PICs, PIT, system port B 0x61 as
+/// Xen keeps it from dom0, CMOS/RTC, the QEMU exit device, the console
+/// UART): guest port I/O of `width` bytes at
 /// `port` touching any of them is refused.
 pub fn port_reserved(port: u16, width: u16) -> bool {
     let end = port.saturating_add(width.max(1) - 1);
     [
         (0x20u16, 0x21u16),
         (0x40, 0x43),
+        (0x61, 0x61),
         (0x70, 0x71),
         (0xa0, 0xa1),
         (0xf4, 0xf7),
@@ -338,6 +349,54 @@ pub const fn iopl_allows(kernel_mode: bool, architectural_iopl: bool, iopl: u8) 
 /// not a fault: a read gives all ones and a write is dropped.
 pub fn port_permitted(privileged: bool, port: u16, width: u16) -> bool {
     privileged && !port_reserved(port, width)
+}
+
+/// What a guest's byte-wide access to a port it may not use directly does
+/// (Xen's `guest_io_read`/`guest_io_write` fallbacks), for the ports Xen
+/// emulates for the hardware domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortByte {
+    /// Read the hardware port (a read), or write this byte to it.
+    Hardware(u8),
+    /// Port 0x61: write the hardware's bits 2-7 as they are with bits 0-1
+    /// (PIT channel 2's gate and the speaker) from this byte.
+    SpeakerBits(u8),
+    /// Nothing reaches the hardware: a read gives all ones, a write is
+    /// dropped.
+    Refused,
+}
+
+/// PIT channel 2's data port, the PIT's mode port and the system control
+/// port B (speaker, channel 2 gate and output).
+pub const PIT_CH2: u16 = 0x42;
+pub const PIT_MODE: u16 = 0x43;
+pub const SYSTEM_PORT_B: u16 = 0x61;
+
+/// A byte the privileged domain reads from (`write == None`) or writes to
+/// `port` where it has no direct permission: as Xen's `hwdom_pit_access`
+/// when the hypervisor does not use the PIT itself (it never does here),
+/// channel 2 and port 0x61 are the hardware's. Channel 2's data port both
+/// ways; port 0x61 read as it is, written in bits 0-1 only; the mode port
+/// written with a channel-2 control word (select 0x80), or a read-back
+/// command naming channel 2 (its channel 0 and 1 bits and reserved bit 0
+/// cleared); reads of the mode port (write-only on the hardware) and
+/// everything about channels 0 and 1, which Xen gives its own emulated
+/// PIT, are refused. Any other domain, or any other port: refused.
+pub const fn hwdom_port_byte(privileged: bool, port: u16, write: Option<u8>) -> PortByte {
+    if !privileged {
+        return PortByte::Refused;
+    }
+    match (port, write) {
+        (PIT_CH2, None) | (SYSTEM_PORT_B, None) => PortByte::Hardware(0),
+        (PIT_CH2, Some(v)) => PortByte::Hardware(v),
+        (SYSTEM_PORT_B, Some(v)) => PortByte::SpeakerBits(v & 3),
+        (PIT_MODE, Some(v)) => match v & 0xc0 {
+            0x80 => PortByte::Hardware(v),
+            0xc0 if v & 0x08 != 0 => PortByte::Hardware(v & 0xf8),
+            _ => PortByte::Refused,
+        },
+        _ => PortByte::Refused,
+    }
 }
 
 /// CR4 as a PV guest kernel reads it with CR4.DE clear: PAE, OSFXSR and

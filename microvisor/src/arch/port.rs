@@ -25,6 +25,15 @@ impl Port {
     /// QEMU's isa-debug-exit device.
     pub const DEBUG_EXIT: Port = Port(0xf4);
 
+    /// The PIT's channel 2 and mode ports and system port B (0x61), which
+    /// the hypervisor never uses: reached only for the privileged domain's
+    /// accesses Xen passes to the hardware
+    /// (`microvisor_core::pv::hwdom_port_byte`).
+    pub fn pit_for_hwdom(port: u16) -> Option<Port> {
+        use microvisor_core::pv::{PIT_CH2, PIT_MODE, SYSTEM_PORT_B};
+        matches!(port, PIT_CH2 | PIT_MODE | SYSTEM_PORT_B).then_some(Port(port))
+    }
+
     /// Port `port` for an access of `width` bytes by a domain (privileged
     /// or not), if Xen's permissions let it through (never one of the
     /// hypervisor's own ports).

@@ -81,12 +81,12 @@ pub use v2::{StatusFrames, get_status_frames, set_version};
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
     GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE,
-    GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY, GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR,
-    GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_BAD_PAGE, GNTST_GENERAL_ERROR,
-    GNTST_NO_SPACE, GNTST_PERMISSION_DENIED, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
-    GTF_SUB_PAGE, GTF_TRANSITIVE, GTF_TYPE_MASK, GTF_WRITING, GnttabCopy, GnttabCopyPtr,
-    GnttabMapGrantRef, GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1,
-    GrantEntryV2,
+    GNTMAP_DEVICE_MAP, GNTMAP_GUEST_AVAIL_MASK, GNTMAP_HOST_MAP, GNTMAP_READONLY,
+    GNTST_BAD_COPY_ARG, GNTST_BAD_DEV_ADDR, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE,
+    GNTST_BAD_PAGE, GNTST_GENERAL_ERROR, GNTST_NO_SPACE, GNTST_PERMISSION_DENIED,
+    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_SUB_PAGE, GTF_TRANSITIVE, GTF_TYPE_MASK,
+    GTF_WRITING, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabSetupTable,
+    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
 };
 use guest_abi::types::DomId;
 
@@ -734,7 +734,8 @@ where
                 | GNTMAP_HOST_MAP
                 | GNTMAP_READONLY
                 | GNTMAP_APPLICATION_MAP
-                | GNTMAP_CONTAINS_PTE),
+                | GNTMAP_CONTAINS_PTE
+                | GNTMAP_GUEST_AVAIL_MASK),
     };
     // The handle is recorded before the entry exists, so an installed entry
     // is never without the mapping that holds its references.

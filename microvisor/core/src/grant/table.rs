@@ -8,9 +8,9 @@
 
 use guest_abi::arch::pte::{ACCESSED, ADDR_MASK, DIRTY, GUEST_KERNEL, NX, PRESENT, RW, USER};
 use guest_abi::grant_table::{
-    GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE, GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP,
-    GNTMAP_READONLY, GRANT_ENTRIES_V1_PER_PAGE, GRANT_ENTRIES_V2_PER_PAGE, GRANT_STATUS_PER_PAGE,
-    GnttabMapGrantRef,
+    GNTMAP_APPLICATION_MAP, GNTMAP_CONTAINS_PTE, GNTMAP_DEVICE_MAP, GNTMAP_GUEST_AVAIL0,
+    GNTMAP_HOST_MAP, GNTMAP_READONLY, GRANT_ENTRIES_V1_PER_PAGE, GRANT_ENTRIES_V2_PER_PAGE,
+    GRANT_STATUS_PER_PAGE, GnttabMapGrantRef,
 };
 
 use crate::frametable::{ExternalRef, PageType};
@@ -54,6 +54,10 @@ const KEPT_MAP_FLAGS: u32 = GNTMAP_DEVICE_MAP
     | GNTMAP_READONLY
     | GNTMAP_APPLICATION_MAP
     | GNTMAP_CONTAINS_PTE;
+
+/// The map-flag bits (from `GNTMAP_guest_avail0`) a PTE has room for: its
+/// available bits 9-11.
+const AVAIL_BITS: u32 = 0x7;
 
 const ENTRIES: usize = MAX_GRANT_ENTRIES as usize;
 const ENTRIES_V2: usize = MAX_GRANT_ENTRIES_V2 as usize;
@@ -171,6 +175,8 @@ struct MapEntry {
     /// `GNTMAP_*` bits kept ([`KEPT_MAP_FLAGS`]); while in use, `HOST_MAP`
     /// and/or `DEVICE_MAP`: the halves still mapped.
     flags: u16,
+    /// The guest-available PTE bits asked for (map flags 16-18).
+    avail: u8,
 }
 
 impl MapEntry {
@@ -180,6 +186,7 @@ impl MapEntry {
         mfn: 0,
         dom: 0,
         flags: 0,
+        avail: 0,
     };
 }
 
@@ -202,7 +209,8 @@ pub struct Mapping {
     /// aligned machine address of the L1 entry to write.
     pub host_addr: u64,
     /// The `GNTMAP_*` flags of the request that matter here: host_map,
-    /// readonly, application_map, contains_pte.
+    /// readonly, application_map, contains_pte, and the guest-available
+    /// PTE bits (16-18, `GNTMAP_guest_avail`).
     pub flags: u32,
 }
 
@@ -231,10 +239,20 @@ impl Mapping {
     /// after `adjust_guest_l1e`: present, accessed, dirty, NX, the grant tag
     /// ([`GRANT_PTE_TAG`]), RW unless read-only, USER always (64-bit PV
     /// kernels run in ring 3) with GUEST_KERNEL unless
-    /// `GNTMAP_application_map`. Never global, no cache attributes.
+    /// `GNTMAP_application_map`, and the guest's available bits 9-11 from
+    /// map flags 16-18 (`XENFEAT_gnttab_map_avail_bits`). Never global, no
+    /// cache attributes.
     #[must_use]
     pub const fn pte(&self) -> u64 {
-        let mut e = self.dev_bus_addr() | PRESENT | ACCESSED | DIRTY | NX | GRANT_PTE_TAG | USER;
+        let avail = ((self.flags >> GNTMAP_GUEST_AVAIL0) & AVAIL_BITS) as u64;
+        let mut e = self.dev_bus_addr()
+            | PRESENT
+            | ACCESSED
+            | DIRTY
+            | NX
+            | GRANT_PTE_TAG
+            | USER
+            | avail << 9;
         if !self.readonly() {
             e |= RW;
         }
@@ -447,7 +465,7 @@ impl GrantTable {
             gref: e.gref,
             mfn: u64::from(e.mfn),
             host_addr: e.host_addr,
-            flags: u32::from(e.flags),
+            flags: u32::from(e.flags) | u32::from(e.avail) << GNTMAP_GUEST_AVAIL0,
         })
     }
 
@@ -649,6 +667,7 @@ impl GrantTable {
             dom: m.granter,
             // Only bits 0..=4 are kept.
             flags: kept as u16,
+            avail: ((m.flags >> GNTMAP_GUEST_AVAIL0) & AVAIL_BITS) as u8,
         };
         self.nr_maps = self.nr_maps.saturating_add(1);
         if usize::from(self.free_hint) == h {

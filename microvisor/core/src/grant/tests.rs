@@ -626,6 +626,34 @@ fn grant_map_readonly_and_application() {
     audit(&ft, &mem, &w);
 }
 
+/// `XENFEAT_gnttab_map_avail_bits`: map flags 16-18 become the entry's
+/// available bits 9-11 (higher flag bits have no room and are dropped, as
+/// Xen's `MASK_INSR` into `_PAGE_AVAIL`), the mapping remembers them, and
+/// unmapping finds the entry it installed.
+#[test]
+fn grant_map_guest_avail_bits() {
+    world!(ft, mem, w);
+    let frame = data(D1, 0);
+    grant(&mut mem, &w, D1, 8, PERMIT, D2, frame);
+    let avail = 5 << guest_abi::grant_table::GNTMAP_GUEST_AVAIL0;
+    let high = 1 << 20;
+    let op = map_op(D1, 8, HOST | avail | high, VA);
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
+    use guest_abi::arch::pte::{ACCESSED, DIRTY, GUEST_KERNEL, NX, PRESENT, RW, USER};
+    let pte = mem.ptes[&VA];
+    let plain =
+        (frame << 12) | PRESENT | RW | USER | ACCESSED | DIRTY | NX | GUEST_KERNEL | GRANT_PTE_TAG;
+    assert_eq!(pte, plain | 5 << 9);
+    assert_eq!(w.t(D2).mapping(m.handle).map(|x| x.pte()), Some(pte));
+    audit(&ft, &mem, &w);
+    assert_eq!(
+        unmap_grant_ref(&mut w, &ft, &mut mem, D2, &unmap_op(m.handle, VA), remove),
+        Ok(Flush::NEEDED)
+    );
+    assert!(mem.ptes.is_empty());
+    audit(&ft, &mem, &w);
+}
+
 #[test]
 fn grant_map_request_errors() {
     world!(ft, mem, w);

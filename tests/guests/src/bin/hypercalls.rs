@@ -113,7 +113,6 @@ fn main(si: &'static StartInfo) {
         37,
         38,
         39,
-        40,
         41,
         42,
         63,

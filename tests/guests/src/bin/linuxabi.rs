@@ -1,0 +1,539 @@
+//! What a stock Linux kernel needs of a PV hypervisor in its first steps
+//! (issue 16's blockers), each shown without Linux, with Xen's semantics,
+//! on the microvisor and on real Xen alike. The command line's `part=`
+//! picks one:
+//!
+//! - `features`: `XENVER_get_features` submap 0 offers what Xen offers
+//!   every PV guest (Linux panics without `mmu_pt_update_preserve_ad` and
+//!   `gnttab_map_avail_bits`), and what they promise holds: an
+//!   `MMU_PT_UPDATE_PRESERVE_AD` update keeps the entry's accessed and dirty
+//!   bits where a normal one writes the value given; a grant mapping (at a
+//!   virtual address or at a PTE's machine address) carries map flags 16-18
+//!   in the entry's available bits 9-11.
+//! - `traps`: trap-table entries naming Linux's own kernel code selector
+//!   (0x10) or none at all are accepted, and the handler runs on Xen's flat
+//!   kernel selector; a non-canonical handler is EINVAL.
+//! - `runstate`: `VCPUOP_register_runstate_memory_area`: the runstate is
+//!   copied at once, then rewritten by the hypervisor at every switch out
+//!   and in (a block shows as blocked time in the area, equal to what
+//!   `VCPUOP_get_runstate_info` says), with `XEN_RUNSTATE_UPDATE` never
+//!   left set under `VMASST_TYPE_runstate_update_flag`; address 0 stops the
+//!   updates; a read-only page (the guest's own L4) is never written; a
+//!   hypervisor address is EFAULT.
+//! - `misc`: `mov %cr4` writing back what it read (Linux's
+//!   `native_write_cr4`), or with bits a PV guest does not own (PSE, PGE),
+//!   succeeds and changes nothing the guest sees, as Xen's
+//!   `pv_fixup_guest_cr4`; `xenpmu_op` is EOPNOTSUPP (Xen without a
+//!   virtual PMU, its default); unknown `vm_assist` types are EINVAL.
+//! - `pit` (a privileged domain): with a virtual IOPL from
+//!   `PHYSDEVOP_set_iopl`, PIT channel 2 is the hardware's, as Xen gives the
+//!   hardware domain: programmed through the mode port and read back
+//!   latched, its count runs; channel 0's data port reads as all ones.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::arch::TrapInfo;
+use guest_abi::errno::Errno;
+use guest_abi::features::*;
+use guest_abi::grant_table::*;
+use guest_abi::hypercall as hc;
+use guest_abi::mmu::MmuUpdate;
+use pv_guest_kernel::traps::{self, TrapFrame};
+use pv_guest_kernel::{StartInfo, arch, gnttab, mm, println, test::Reporter};
+
+/// `DOMID_SELF` as `mmu_update`'s `foreigndom`.
+const SELF: u32 = 0x7ff0;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
+const AVAIL: u64 = 0x7 << 9;
+
+fn main(si: &'static StartInfo) {
+    let mut t = Reporter::new();
+    traps::init().expect("trap table");
+    match scenario_guests::arg(si, "part") {
+        Some("features") => features(&mut t, si),
+        Some("traps") => trap_selectors(&mut t),
+        Some("runstate") => runstate(&mut t, si),
+        Some("misc") => misc(&mut t),
+        Some("pit") => pit(&mut t),
+        other => t.fail("part", format_args!("unknown part {other:?}")),
+    }
+    println!("linuxabi: done");
+    t.finish()
+}
+
+// ---------------------------------------------------------------- features
+
+fn features(t: &mut Reporter, si: &StartInfo) {
+    let f = hc::xen_get_features(0);
+    println!("linuxabi: get_features(0) = {f:x?}");
+    let f = f.unwrap_or(0);
+    for (bit, name) in [
+        (
+            XENFEAT_MMU_PT_UPDATE_PRESERVE_AD,
+            "feature-mmu-pt-update-preserve-ad",
+        ),
+        (XENFEAT_HIGHMEM_ASSIST, "feature-highmem-assist"),
+        (
+            XENFEAT_GNTTAB_MAP_AVAIL_BITS,
+            "feature-gnttab-map-avail-bits",
+        ),
+        (XENFEAT_DIRECT_MAPPED, "feature-direct-mapped"),
+    ] {
+        t.check(name, f & 1 << bit != 0, format_args!("submap {f:#x}"));
+    }
+    // A PV guest keeps its own page tables and physical-to-machine map.
+    let translated = 1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP | 1 << XENFEAT_WRITABLE_PAGE_TABLES;
+    t.check(
+        "feature-not-translated",
+        f & translated == 0,
+        format_args!("submap {f:#x}"),
+    );
+    let r = hc::xen_get_features(1);
+    t.check(
+        "features-submap-1-einval",
+        r == Err(Errno::EINVAL),
+        format_args!("{r:x?}"),
+    );
+    preserve_ad(t);
+    grant_avail_bits(t, si);
+}
+
+fn pte_update(u: MmuUpdate) -> Result<(), Errno> {
+    // SAFETY: rewrites the entry of a scratch page of this guest's with its
+    // own frame and flags (only A/D differ); no reference into it is live.
+    unsafe { hc::mmu_update(&[u], None, SELF) }
+}
+
+/// `MMU_PT_UPDATE_PRESERVE_AD` against `MMU_NORMAL_PT_UPDATE` on the entry
+/// of a page the CPU has marked accessed and dirty.
+fn preserve_ad(t: &mut Reporter) {
+    let (va, _) = mm::alloc_page().expect("page");
+    // SAFETY: our own scratch page; the write makes the CPU set A and D.
+    unsafe { write_volatile(va as *mut u64, 0xad) };
+    let ma = mm::l1_entry_ma(mm::current_l4_mfn(), va).expect("L1 entry");
+    let touched = mm::lookup(va);
+    t.check(
+        "cpu-sets-accessed-dirty",
+        touched & (ACCESSED | DIRTY) == ACCESSED | DIRTY,
+        format_args!("{touched:#x}"),
+    );
+    let bare = touched & !(ACCESSED | DIRTY);
+    let r = pte_update(MmuUpdate::preserve_ad(ma, bare));
+    let kept = mm::lookup(va);
+    println!("linuxabi: preserve_ad of {bare:#x}: {r:?}, entry {kept:#x}");
+    t.check(
+        "preserve-ad-keeps-accessed-dirty",
+        r.is_ok() && kept == touched,
+        format_args!("{r:?} {kept:#x} (was {touched:#x})"),
+    );
+    let r = pte_update(MmuUpdate::normal(ma, bare));
+    let plain = mm::lookup(va);
+    t.check(
+        "normal-update-writes-value-given",
+        r.is_ok() && plain == bare,
+        format_args!("{r:?} {plain:#x} (asked {bare:#x})"),
+    );
+    // Back to a dirty page: a preserving update of a value with A and D
+    // set keeps them too (it ORs, never clears).
+    let r = pte_update(MmuUpdate::preserve_ad(ma, touched));
+    let again = mm::lookup(va);
+    t.check(
+        "preserve-ad-sets-given-bits",
+        r.is_ok() && again == touched,
+        format_args!("{r:?} {again:#x}"),
+    );
+}
+
+fn map(dom: u16, gref: u32, host_addr: u64, flags: u32) -> GnttabMapGrantRef {
+    let mut op = GnttabMapGrantRef {
+        host_addr,
+        flags,
+        ref_: gref,
+        dom,
+        ..Default::default()
+    };
+    // SAFETY: maps one of this domain's own pages over a scratch page of
+    // its own (or is refused); only the entry and the page's words are read.
+    let _ = unsafe { hc::raw::grant_table_op(GNTTABOP_MAP_GRANT_REF, &mut op as *mut _ as u64, 1) };
+    op
+}
+
+fn unmap(host_addr: u64, handle: u32) -> i16 {
+    let mut op = GnttabUnmapGrantRef {
+        host_addr,
+        handle,
+        ..Default::default()
+    };
+    // SAFETY: removes a mapping this guest made.
+    let _ =
+        unsafe { hc::raw::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &mut op as *mut _ as u64, 1) };
+    op.status
+}
+
+/// Grant mappings with `GNTMAP_guest_avail` bits, of a page this domain
+/// grants itself (domain id `me=N`, default 0: dom0 on Xen).
+fn grant_avail_bits(t: &mut Reporter, si: &StartInfo) {
+    let me = scenario_guests::arg(si, "me")
+        .and_then(|v| v.parse::<u16>().ok())
+        .unwrap_or(0);
+    gnttab::init(1).expect("grant table");
+    let (page, page_mfn) = mm::alloc_page().expect("page");
+    // SAFETY: our own page.
+    unsafe { write_volatile(page as *mut u64, 0x11a5_0000_0016) };
+    gnttab::set_entry(
+        pv_guest_kernel::GrantRef(8),
+        pv_guest_kernel::DomId(me),
+        page_mfn,
+        false,
+    )
+    .expect("entry 8");
+
+    // At a virtual address: bits 16-18 = 0b101.
+    let (scratch, _) = mm::alloc_page().expect("page");
+    let op = map(me, 8, scratch, GNTMAP_HOST_MAP | 5 << GNTMAP_GUEST_AVAIL0);
+    let pte = mm::lookup(scratch);
+    // The page zeroed through `scratch` may still be in the TLB: Xen does
+    // not flush an entry a grant mapping replaces.
+    // SAFETY: invalidates one translation of this guest's.
+    let _ = unsafe { mm::mmuext(guest_abi::mmu::MMUEXT_INVLPG_LOCAL, scratch, 0) };
+    // SAFETY: `scratch` now maps the granted page (or its old page).
+    let seen = unsafe { read_volatile(scratch as *const u64) };
+    println!(
+        "linuxabi: grant map, avail 5: status {}, entry {pte:#x}",
+        op.status
+    );
+    t.check(
+        "grant-map-avail-bits",
+        op.status == GNTST_OKAY && pte & AVAIL == 5 << 9 && seen == 0x11a5_0000_0016,
+        format_args!("{} {pte:#x} {seen:#x}", op.status),
+    );
+    let st = unmap(scratch, op.handle);
+    t.check(
+        "grant-unmap-avail-bits",
+        st == GNTST_OKAY,
+        format_args!("{st}"),
+    );
+
+    // At a PTE's machine address (GNTMAP_contains_pte): bits 16-18 = 0b011.
+    let (other, _) = mm::alloc_page().expect("page");
+    let ma = mm::l1_entry_ma(mm::current_l4_mfn(), other).expect("L1 entry");
+    let op = map(
+        me,
+        8,
+        ma,
+        GNTMAP_HOST_MAP | GNTMAP_CONTAINS_PTE | 3 << GNTMAP_GUEST_AVAIL0,
+    );
+    let pte = mm::lookup(other);
+    println!(
+        "linuxabi: grant map by pte, avail 3: status {}, entry {pte:#x}",
+        op.status
+    );
+    t.check(
+        "grant-map-pte-avail-bits",
+        op.status == GNTST_OKAY && pte & AVAIL == 3 << 9 && pte >> 12 & 0xff_ffff_ffff == page_mfn,
+        format_args!("{} {pte:#x}", op.status),
+    );
+    let st = unmap(ma, op.handle);
+    t.check(
+        "grant-unmap-pte-avail-bits",
+        st == GNTST_OKAY && mm::lookup(other) == 0,
+        format_args!("{st} {:#x}", mm::lookup(other)),
+    );
+}
+
+// ---------------------------------------------------------------- traps
+
+static BP_HITS: AtomicU64 = AtomicU64::new(0);
+static BP_CS: AtomicU64 = AtomicU64::new(0);
+
+/// The int3 handler: counts, and records the code selector it runs on.
+fn on_bp(_f: &mut TrapFrame) {
+    let cs: u64;
+    // SAFETY: reads the CS register.
+    unsafe { asm!("mov {0:r}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    BP_CS.store(cs & 0xffff, Ordering::SeqCst);
+    BP_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn table(cs: u16, address: u64) -> [TrapInfo; 2] {
+    [
+        TrapInfo {
+            vector: 3,
+            flags: 3,
+            cs,
+            _pad: [0; 4],
+            address,
+        },
+        TrapInfo {
+            vector: 0,
+            flags: 0,
+            cs: 0,
+            _pad: [0; 4],
+            address: 0,
+        },
+    ]
+}
+
+fn trap_selectors(t: &mut Reporter) {
+    traps::set_handler(3, on_bp);
+    let stub = arch::traps::stubs()
+        .iter()
+        .find(|(v, _)| *v == 3)
+        .map(|&(_, a)| a)
+        .expect("int3 stub");
+    // Linux's __KERNEL_CS, its __USER_CS, no selector, Xen's own.
+    for cs in [0x10u16, 0x33, 0, 0xe030] {
+        // SAFETY: the int3 entry points at the library's stub.
+        let r = unsafe { hc::set_trap_table(&table(cs, stub)) };
+        let before = BP_HITS.load(Ordering::SeqCst);
+        BP_CS.store(0, Ordering::SeqCst);
+        if r.is_ok() {
+            // SAFETY: int3 is delivered to the stub registered just now.
+            unsafe { asm!("int3") };
+        }
+        let hits = BP_HITS.load(Ordering::SeqCst) - before;
+        let on = BP_CS.load(Ordering::SeqCst);
+        println!("linuxabi: trap entry cs {cs:#x}: {r:?}, delivered {hits} time(s) on cs {on:#x}");
+        let step = match cs {
+            0x10 => "trap-cs-linux-kernel",
+            0x33 => "trap-cs-linux-user",
+            0 => "trap-cs-null",
+            _ => "trap-cs-xen-flat",
+        };
+        t.check(
+            step,
+            r.is_ok() && hits == 1 && on == 0xe033,
+            format_args!("{r:?} hits {hits} cs {on:#x}"),
+        );
+    }
+    // SAFETY: refused: nothing is installed.
+    let r = unsafe { hc::set_trap_table(&table(0x10, 0x8000_0000_0000_0000)) };
+    t.check(
+        "trap-noncanonical-einval",
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
+    traps::init().expect("trap table again");
+}
+
+// ---------------------------------------------------------------- misc
+
+fn cr4() -> u64 {
+    let v: u64;
+    // SAFETY: emulated by the hypervisor (the guest kernel's view of CR4).
+    unsafe { asm!("mov {}, cr4", out(reg) v) };
+    v
+}
+
+fn misc(t: &mut Reporter) {
+    // CR4: the PV view always has PAE, OSFXSR and OSXMMEXCPT.
+    let c = cr4();
+    let f = traps::expect_fault(|| {
+        // SAFETY: emulated: only the bits a PV guest owns take effect.
+        unsafe { asm!("mov cr4, {}", in(reg) c) }
+    });
+    let after = cr4();
+    println!("linuxabi: cr4 {c:#x}, rewritten: {f:?}, then {after:#x}");
+    t.check(
+        "cr4-write-back",
+        c & 0x620 == 0x620 && f.is_none() && after == c,
+        format_args!("{c:#x} {f:?} {after:#x}"),
+    );
+    // PSE (4) and PGE (7) are Xen's, not the guest's: accepted, dropped.
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above.
+        unsafe { asm!("mov cr4, {}", in(reg) c | 1 << 4 | 1 << 7) }
+    });
+    let after = cr4();
+    t.check(
+        "cr4-foreign-bits-dropped",
+        f.is_none() && after == c,
+        format_args!("{f:?} {after:#x} (was {c:#x})"),
+    );
+    // SAFETY: xenpmu_op with a null argument reads nothing when refused.
+    let r = unsafe { hc::raw::hypercall2(40, 0, 0) };
+    t.check(
+        "xenpmu-op-eopnotsupp",
+        r == -(Errno::EOPNOTSUPP.0 as i64),
+        format_args!("{r}"),
+    );
+    let r = hc::raw::vm_assist(0, 6);
+    t.check(
+        "vm-assist-unknown-einval",
+        r == Err(Errno::EINVAL),
+        format_args!("{r:?}"),
+    );
+    let r = hc::raw::vm_assist(0, guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
+    t.check("vm-assist-runstate-flag", r.is_ok(), format_args!("{r:?}"));
+}
+
+// ---------------------------------------------------------------- pit
+
+fn outb(port: u16, v: u8) {
+    // SAFETY: emulated port output (the virtual IOPL allows it).
+    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) }
+}
+
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: emulated port input.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
+    v
+}
+
+/// Channel 2's count, latched (counter latch command) and read low, high.
+fn ch2_count() -> u16 {
+    outb(0x43, 0x80);
+    let lo = inb(0x42);
+    let hi = inb(0x42);
+    u16::from_le_bytes([lo, hi])
+}
+
+fn pit(t: &mut Reporter) {
+    let iopl: u32 = 1;
+    // SAFETY: PHYSDEVOP_set_iopl reads the u32.
+    let r = unsafe { hc::raw::physdev_op(6, &iopl as *const u32 as u64) };
+    t.check("set-iopl", r.is_ok(), format_args!("{r:?}"));
+    let b61 = inb(0x61);
+    // Gate on, speaker off; channel 2: low then high byte, mode 0, binary,
+    // counting down from 0xffff.
+    outb(0x61, (b61 & !3) | 1);
+    outb(0x43, 0xb0);
+    outb(0x42, 0xff);
+    outb(0x42, 0xff);
+    let first = ch2_count();
+    // It runs at 1.19 MHz: a later latch differs within a few reads (the
+    // bound only ends a run whose channel never moves).
+    let mut later = first;
+    let mut reads = 0;
+    while later == first && reads < 1_000_000 {
+        later = ch2_count();
+        reads += 1;
+    }
+    println!(
+        "linuxabi: port 0x61 {b61:#x}; channel 2 {first:#x}, then {later:#x} after {reads} reads"
+    );
+    t.check(
+        "pit-channel-2-hardware",
+        later != first,
+        format_args!("{first:#x} {later:#x} after {reads} reads"),
+    );
+    outb(0x61, b61 & !3);
+    // Channel 0's data port is not the domain's to read (Xen emulates
+    // channel 0 for it; here it reads as all ones): only shown.
+    println!("linuxabi: channel 0 data port reads {:#x}", inb(0x40));
+}
+
+// ---------------------------------------------------------------- runstate
+
+#[repr(C, align(64))]
+struct Area([u64; 6]);
+static mut AREA: Area = Area([0; 6]);
+
+fn area() -> [u64; 6] {
+    // SAFETY: the hypervisor writes the area only while this vCPU is not
+    // running guest code, and nothing else does; volatile reads.
+    unsafe {
+        let p = &raw const AREA.0;
+        core::array::from_fn(|i| read_volatile((p as *const u64).add(i)))
+    }
+}
+
+fn register(va: u64) -> Result<(), Errno> {
+    let arg = guest_abi::vcpu::VcpuRegisterRunstateMemoryArea { addr: va };
+    // SAFETY: the area is this guest's static (or a page it only reads).
+    unsafe { hc::vcpu_register_runstate_memory_area(pv_guest_kernel::VcpuId(0), &arg) }
+}
+
+/// Sleeps 5 ms (blocking the vCPU) until the area's blocked time grows, at
+/// most 5 times (a host stall longer than the sleep lets the timer fire
+/// before the block, legitimately leaving nothing blocked); the area before
+/// and after the last try.
+fn block_once() -> ([u64; 6], [u64; 6]) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = area();
+        pv_guest_kernel::time::sleep(5_000_000).expect("timer");
+        let after = area();
+        if after[4] > before[4] || tries == 5 {
+            return (before, after);
+        }
+    }
+}
+
+fn runstate(t: &mut Reporter, si: &StartInfo) {
+    let va = (&raw const AREA) as u64;
+    let r = register(va);
+    let a = area();
+    println!("linuxabi: registered runstate area: {r:?}, {a:x?}");
+    t.check(
+        "runstate-copied-at-once",
+        r.is_ok() && a[0] as u32 == 0 && a[1] != 0,
+        format_args!("{r:?} {a:x?}"),
+    );
+
+    let (before, after) = block_once();
+    let info = hc::vcpu_get_runstate_info(pv_guest_kernel::VcpuId(0));
+    println!("linuxabi: around a block: {before:x?} -> {after:x?}; get_runstate_info {info:x?}");
+    t.check(
+        "runstate-written-at-switches",
+        after[0] as u32 == 0 && after[4] > before[4] && after[1] > before[1],
+        format_args!("{before:x?} -> {after:x?}"),
+    );
+    t.check(
+        "runstate-area-matches-get-runstate-info",
+        info.is_ok_and(|i| i.time[2] == after[4] && i.state == 0),
+        format_args!("{info:x?} area {after:x?}"),
+    );
+
+    // With the update flag: XEN_RUNSTATE_UPDATE is set only during an update.
+    let r = hc::raw::vm_assist(0, guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
+    let (before, after) = block_once();
+    t.check(
+        "runstate-update-flag-cleared",
+        r.is_ok()
+            && after[4] > before[4]
+            && after[1] & guest_abi::vcpu::XEN_RUNSTATE_UPDATE == 0
+            && after[1] > before[1],
+        format_args!("{r:?} {before:x?} -> {after:x?}"),
+    );
+
+    // Address 0: no more updates.
+    let r = register(0);
+    let (before, after) = block_once();
+    t.check(
+        "runstate-area-zero-stops-updates",
+        r.is_ok() && before == after,
+        format_args!("{r:?} {before:x?} -> {after:x?}"),
+    );
+
+    // The guest's own L4, mapped read-only: accepted, never written.
+    let l4 = si.pt_base;
+    let read_l4 = || -> [u64; 6] {
+        // SAFETY: the bootstrap L4 is mapped (read-only) at pt_base.
+        core::array::from_fn(|i| unsafe { read_volatile((l4 as *const u64).add(i)) })
+    };
+    let was = read_l4();
+    let r = register(l4);
+    pv_guest_kernel::time::sleep(5_000_000).expect("timer");
+    let now = read_l4();
+    t.check(
+        "runstate-read-only-page-untouched",
+        r.is_ok() && was == now,
+        format_args!("{r:?} {was:x?} -> {now:x?}"),
+    );
+    let r = register(0xffff_8000_0000_0000);
+    t.check(
+        "runstate-hypervisor-address-efault",
+        r == Err(Errno::EFAULT),
+        format_args!("{r:?}"),
+    );
+    let _ = register(0);
+}
+
+pv_guest_kernel::main!(main);
