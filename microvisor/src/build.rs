@@ -29,6 +29,7 @@ fn err(args: core::fmt::Arguments) -> BuildError {
 struct Frames {
     p2m_base_pa: u64,
     nr_pages: u64,
+    dom: u16,
 }
 
 impl Frames {
@@ -75,33 +76,28 @@ pub fn build(
     // pfn's frame through it; all other frames come one by one.
     let p2m_first = pfn_of(layout.p2m.start);
     let p2m_frames = pfn_of(layout.p2m.end) - p2m_first;
-    let p2m_base = mm::with_allocator(|a| a.alloc_contiguous(p2m_frames, 1)).ok_or_else(|| {
+    // Written while the builder alone has it (`mm::Owned`), then given to
+    // the domain whole.
+    let mut p2m = mm::Owned::alloc_zeroed(p2m_frames, 1).ok_or_else(|| {
         err(format_args!(
             "domain '{}': out of memory for {} KiB",
             spec.name,
             spec.memory_bytes / 1024
         ))
     })?;
+    let p2m_base = p2m.first();
     let frames = Frames {
         p2m_base_pa: p2m_base * PAGE,
         nr_pages,
+        dom: id,
     };
-    for i in 0..p2m_frames {
-        mm::zero_frame(p2m_base + i);
-    }
     // Every other pfn gets a frame in a scattered order (a stride
     // permutation over the non-p2m pfns), so guest memory is deliberately
     // not machine-contiguous: guests must go through their p2m.
     let p2m_range = p2m_first..p2m_first + p2m_frames;
     for pfn in p2m_range {
         let mfn = p2m_base + (pfn - p2m_first);
-        mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
-        mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| {
-            err(format_args!(
-                "domain '{}': frame {mfn:#x} not assignable: {e:?}",
-                spec.name
-            ))
-        })?;
+        p2m.write_u64(pfn * 8, mfn);
         mm::frames::set_m2p(mfn, pfn);
     }
     let others = nr_pages - p2m_frames;
@@ -119,7 +115,7 @@ pub fn build(
                 spec.memory_bytes / 1024
             ))
         })?;
-        mm::write_u64(frames.p2m_base_pa + pfn * 8, mfn);
+        p2m.write_u64(pfn * 8, mfn);
         mm::frames::with(|ft, _| ft.assign(mfn, id)).map_err(|e| {
             err(format_args!(
                 "domain '{}': frame {mfn:#x} not assignable: {e:?}",
@@ -128,6 +124,14 @@ pub fn build(
         })?;
         mm::frames::set_m2p(mfn, pfn);
     }
+    mm::frames::assign(p2m, id).map_err(|(p2m, e)| {
+        let first = p2m.first();
+        p2m.free();
+        err(format_args!(
+            "domain '{}': p2m frames from {first:#x} not assignable: {e:?}",
+            spec.name
+        ))
+    })?;
 
     // Kernel image.
     let virt_base = layout.virt_base;
@@ -174,17 +178,17 @@ pub fn build(
 
     // Bootstrap page tables.
     let pt_first = pfn_of(layout.pt_start);
+    // Each written under a writable reference (dropped before the pin
+    // below validates it as a table).
     for t in 0..layout.nr_pt_frames {
-        let table_pa = frames.mfn(pt_first + t) * PAGE;
+        let mut table = mm::frames::WriteRef::writable(frames.mfn(pt_first + t), id)
+            .map_err(|e| err(format_args!("domain '{}': page table: {e:?}", spec.name)))?;
         layout.table_entries(t, |idx, target_pfn, flags| {
-            mm::write_u64(
-                table_pa + idx as u64 * 8,
-                (frames.mfn(target_pfn) * PAGE) | flags,
-            );
+            table.write_u64(idx as u64 * 8, (frames.mfn(target_pfn) * PAGE) | flags);
         });
         if t == 0 {
             for slot in paging::HV_SLOT_FIRST..=paging::HV_SLOT_LAST {
-                mm::write_u64(table_pa + slot as u64 * 8, paging::hv_l4_entry(slot));
+                table.write_u64(slot as u64 * 8, paging::hv_l4_entry(slot));
             }
         }
     }
@@ -253,7 +257,9 @@ pub fn build(
     }
     let n = cmdline.len().min(si.cmd_line.len() - 1);
     si.cmd_line[..n].copy_from_slice(&cmdline[..n]);
-    mm::write_phys(frames.mfn(pfn_of(layout.start_info)) * PAGE, si.as_bytes());
+    mm::frames::WriteRef::writable(frames.mfn(pfn_of(layout.start_info)), id)
+        .map_err(|e| err(format_args!("domain '{}': start info: {e:?}", spec.name)))?
+        .write(0, si.as_bytes());
 
     let frame = TrapFrame {
         rip: image.entry,
@@ -332,7 +338,11 @@ fn copy_in(f: &Frames, virt_base: u64, va: u64, bytes: &[u8]) -> Result<(), ()> 
         }
         let in_page = (PAGE - (cur & (PAGE - 1))) as usize;
         let n = in_page.min(bytes.len() - off);
-        mm::write_phys(f.mfn(pfn) * PAGE + (cur & (PAGE - 1)), &bytes[off..off + n]);
+        // Under a writable reference: the frame is the domain's (it has not
+        // run yet) and no page table.
+        mm::frames::WriteRef::writable(f.mfn(pfn), f.dom)
+            .map_err(|_| ())?
+            .write(cur & (PAGE - 1), &bytes[off..off + n]);
         off += n;
     }
     Ok(())

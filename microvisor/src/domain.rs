@@ -406,8 +406,17 @@ pub struct Hv {
     pub vcpus: heapless::Vec<Vcpu, MAX_VCPUS>,
     /// Index in `vcpus` of the running vCPU.
     pub current: usize,
-    /// Bit i set when vCPU index i is Runnable (kept by `set_state`).
+    /// Bit i set when vCPU index i is Runnable (kept by `set_state`): the
+    /// union of the run queues.
     pub runnable: u64,
+    /// CPU c's run queue: bit i set when vCPU index i is Runnable and
+    /// assigned to CPU c (`Vcpu::processor`; a vCPU is in exactly one queue
+    /// while runnable, the running one included). Kept by `set_state`
+    /// (placement: `sched::place`) and `assign` (migration).
+    pub queue: [u64; crate::arch::percpu::MAX_CPUS],
+    /// Start of the current cap period (system time, ns): caps are
+    /// accounted per period across every CPU (`sched::cap_period`).
+    pub cap_period_start: u64,
     /// Bit i set while some CPU holds vCPU index i (runs it, or idles with
     /// its state loaded): no other CPU may pick it.
     pub running: u64,
@@ -495,6 +504,8 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     current: 0,
     timers_due: 0,
     runnable: 0,
+    queue: [0; crate::arch::percpu::MAX_CPUS],
+    cap_period_start: 0,
     running: 0,
     affine: [0; crate::arch::percpu::MAX_CPUS],
     teardowns_waiting: false,
@@ -625,12 +636,35 @@ impl Hv {
         };
         d.state = state;
         LIGHT[i].state.store(light_state(state), Ordering::SeqCst);
+        let bit = 1u64 << i;
+        let last = d.processor as usize % self.queue.len();
+        self.queue[last] &= !bit;
         if state == RunState::Runnable {
-            self.runnable |= 1 << i;
+            let c = crate::sched::place(self, i);
+            self.vcpus[i].processor = c as u32;
+            self.queue[c] |= bit;
+            self.runnable |= bit;
         } else {
-            self.runnable &= !(1 << i);
+            self.runnable &= !bit;
         }
         SCHED_VIEW.runnable.store(self.runnable, Ordering::SeqCst);
+    }
+
+    /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a
+    /// migration: the CPU that takes it from another's queue calls this).
+    #[inline]
+    pub fn assign(&mut self, i: usize, cpu: usize) {
+        let bit = 1u64 << i;
+        let cpu = cpu % self.queue.len();
+        let Some(d) = self.vcpus.get_mut(i) else {
+            return;
+        };
+        let last = d.processor as usize % self.queue.len();
+        d.processor = cpu as u32;
+        if self.runnable & bit != 0 && last != cpu {
+            self.queue[last] &= !bit;
+            self.queue[cpu] |= bit;
+        }
     }
 
     /// Adds vCPU `v` to `Hv::vcpus` (its `LIGHT` entry with it); returns its

@@ -4,6 +4,7 @@
 //! `microvisor_core::evtchn` (host-tested); this module only adapts it.
 
 use crate::domain::{Hv, MAX_VCPUS_PER_DOMAIN, RunState};
+use crate::hypercall::Flow;
 use crate::mm::{self, guest};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_abi::errno::Errno;
@@ -506,8 +507,59 @@ pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     Ok(0)
 }
 
-/// event_channel_op(cmd, arg).
-pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
+/// event_channel_op(cmd, arg): every command finishes at once but
+/// `EVTCHNOP_reset`, which may stop early and continue as
+/// `EVTCHNOP_reset_cont` ([`reset_op`]).
+pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
+    use guest_abi::event_channel as ec;
+    match cmd as u32 {
+        c @ (ec::EVTCHNOP_RESET | ec::EVTCHNOP_RESET_CONT) => {
+            reset_op(hv, c == ec::EVTCHNOP_RESET_CONT, arg)
+        }
+        _ => event_channel_op_now(hv, cmd, arg).map(Flow::Ret),
+    }
+}
+
+/// `EVTCHNOP_reset` (`resuming` false) and `EVTCHNOP_reset_cont`
+/// (`resuming` true), as Xen's: the ports are closed in port order and the
+/// loop stops for whatever is due ([`crate::mmu::should_preempt`], looked
+/// at every [`evtchn::RESET_PREEMPT_EVERY`] ports); the guest then issues
+/// `EVTCHNOP_reset_cont` with the same argument (Xen's continuation:
+/// the command rewritten, the argument kept), which goes on from there.
+/// Once every port is closed the domain is back on the 2-level ABI.
+/// Status codes: see [`evtchn::reset`].
+fn reset_op(hv: &mut Hv, resuming: bool, arg: u64) -> Result<Flow, Errno> {
+    use guest_abi::event_channel as ec;
+    let me = hv.cur_dom().id;
+    let privileged = hv.cur_dom().privileged;
+    let cr3 = hv.cur().cr3;
+    let a: ec::EvtchnReset = guest::read(cr3, arg)?;
+    let hv_ro: &Hv = hv;
+    let step = evtchn::reset(&mut Every::lock(), me, a.dom, privileged, resuming, || {
+        crate::mmu::should_preempt(hv_ro)
+    });
+    // Lines whose ports the reset closed (so far) are unbound and masked.
+    crate::irq::ports_reset(me);
+    match step? {
+        evtchn::ResetStep::Done => {
+            crate::fifo::after_reset(me, a.dom);
+            Ok(Flow::Ret(0))
+        }
+        evtchn::ResetStep::Preempted => {
+            crate::debug!("domain {me}: EVTCHNOP_reset preempted, continues as reset_cont");
+            Ok(Flow::Again([
+                u64::from(ec::EVTCHNOP_RESET_CONT),
+                arg,
+                0,
+                0,
+                0,
+            ]))
+        }
+    }
+}
+
+/// The event_channel_op commands that always finish at once.
+fn event_channel_op_now(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     use guest_abi::event_channel as ec;
     let me = hv.cur_dom().id;
     let privileged = hv.cur_dom().privileged;
@@ -557,11 +609,6 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             let a: ec::EvtchnUnmask = guest::read(cr3, arg)?;
             let k = evtchn::unmask(&mut Held::one(me), me, a.port)?;
             kick(hv, k);
-        }
-        ec::EVTCHNOP_RESET => {
-            let a: ec::EvtchnReset = guest::read(cr3, arg)?;
-            evtchn::reset(&mut Every::lock(), me, a.dom, privileged)?;
-            crate::fifo::after_reset(me, a.dom);
         }
         ec::EVTCHNOP_BIND_PIRQ => {
             let mut a: ec::EvtchnBindPirq = guest::read(cr3, arg)?;

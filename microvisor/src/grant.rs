@@ -144,10 +144,10 @@ impl GrantMemory for frames::DirectMap {
         mm::atomic_u64(entry_pa(mfn, slot)).store(value, Ordering::SeqCst);
     }
     fn zero_frame(&mut self, mfn: u64) {
-        mm::zero_frame(mfn);
+        frames::DirectMap::zero_frame(self, mfn);
     }
     fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize) {
-        mm::move_phys(
+        self.move_bytes(
             dst * PAGE + dst_off as u64,
             src * PAGE + src_off as u64,
             len as u64,
@@ -416,10 +416,7 @@ fn set_version(dom: u16, requested: u32) -> (u32, Result<(), Errno>) {
             dom,
             requested,
             || spare.take(),
-            |mfn| {
-                mm::zero_frame(mfn);
-                let _ = mm::with_allocator(|a| a.free(mfn));
-            },
+            frames::free_released,
         )
     });
     spare.give_back();

@@ -24,7 +24,9 @@ pub const NR_LIGHT: usize = 64;
 
 /// 1 for the hypercalls the syscall stub takes on its light entry: those
 /// that never switch vCPUs, never touch the frame and never stop early for
-/// a continuation (every number `dispatch_simple` serves). The stub then saves only
+/// a continuation (every number `dispatch_simple` serves, and
+/// event_channel_op, whose one preemptible command, `EVTCHNOP_reset`,
+/// hands its continuation to the upcall path: [`on_light_upcall`]). The stub then saves only
 /// the registers Rust may clobber and calls [`on_light_syscall`]; everything
 /// else (and any syscall from guest user mode) takes the full entry to
 /// [`on_syscall`].
@@ -76,6 +78,7 @@ pub extern "C" fn on_light_syscall(
 ) -> LightExit {
     // The null hypercall, event sends and update_va_mapping take no
     // hypervisor lock (docs/smp.md, "What runs concurrently").
+    let mut again = false;
     let res = match nr {
         32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => {
             crate::events::send_light(a1)
@@ -83,7 +86,7 @@ pub extern "C" fn on_light_syscall(
         17 if a0 == 0 => Ok(XEN_VERSION),
         // (Off the light table while every memory hypercall is audited.)
         14 => crate::mmu::update_va_mapping_unlocked(a0, a1, a2),
-        _ => locked_light(nr, [a0, a1, a2, a3, a4]),
+        _ => locked_light(nr, [a0, a1, a2, a3, a4], &mut again),
     };
     let rax = match res {
         Ok(v) => v,
@@ -91,29 +94,58 @@ pub extern "C" fn on_light_syscall(
     };
     // Read without the lock: the upcall path checks the rest (the vCPU
     // runnable, a callback registered) under it. (A vCPU that took itself
-    // down leaves through the upcall path too, which has the full frame.)
+    // down leaves through the upcall path too, which has the full frame;
+    // so does a continuation, which needs it.)
     LightExit {
         rax,
         upcall: u64::from(
-            crate::events::upcall_pending_light() || crate::arch::percpu::leave_now(),
+            again || crate::events::upcall_pending_light() || crate::arch::percpu::leave_now(),
         ),
     }
 }
 
-/// The light hypercalls that need the hypervisor lock.
+/// The light hypercalls that need the hypervisor lock. One that stops
+/// early (`EVTCHNOP_reset`) leaves its continuation for
+/// [`on_light_upcall`], which has the whole frame, and sets `again`.
 #[inline(never)]
-fn locked_light(nr: u64, a: [u64; 5]) -> HResult {
+fn locked_light(nr: u64, a: [u64; 5], again: &mut bool) -> HResult {
     let mut hv = crate::domain::lock();
     match nr {
         17 => xen_version(&mut hv, a[0], a[1]),
+        32 => match crate::events::event_channel_op(&mut hv, a[0], a[1])? {
+            Flow::Ret(v) => Ok(v),
+            Flow::Again(args) => {
+                *LIGHT_AGAIN[crate::arch::percpu::cpu_id() % MAX_CPUS].lock() = Some((nr, args));
+                *again = true;
+                Ok(0)
+            }
+        },
         _ => dispatch_simple(&mut hv, nr, a),
     }
 }
 
-/// After a light hypercall that left an event upcall due: the stub has
-/// completed the frame; bounce to the event callback.
+const MAX_CPUS: usize = crate::arch::percpu::MAX_CPUS;
+
+/// A continuation: the hypercall number and its five arguments.
+type Again = Option<(u64, [u64; 5])>;
+
+/// A light hypercall's continuation, per CPU, from [`locked_light`] to
+/// the [`on_light_upcall`] its stub calls next on the same CPU (nothing
+/// runs between them: the vCPU is not switched and interrupts are off).
+static LIGHT_AGAIN: [spin::Mutex<Again>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+
+/// After a light hypercall that left an event upcall due, or a
+/// continuation: the stub has completed the frame; arrange the
+/// continuation, then bounce to the event callback.
 pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
     let mut hv = crate::domain::lock();
+    let again = LIGHT_AGAIN[crate::arch::percpu::cpu_id() % MAX_CPUS]
+        .lock()
+        .take();
+    if let Some((nr, args)) = again {
+        continue_later(&mut hv, frame, nr, args);
+        return exit_locked(&mut hv, frame);
+    }
     leave_if_down(&mut hv, frame);
     crate::pv::deliver_events(&mut hv, crate::arch::entry::live(frame));
 }
@@ -295,6 +327,7 @@ pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
         18 => console_io(hv, a[0], a[1], a[2]),
         20 => crate::grant::grant_table_op(hv, a[0], a[1], a[2]),
         26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),
+        32 => crate::events::event_channel_op(hv, a[0], a[1]),
         _ => dispatch_simple(hv, nr, a).map(Flow::Ret),
     }
 }
@@ -415,7 +448,6 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         24 => crate::vcpu::vcpu_op(hv, a[0], a[1], a[2]),
         25 => pv::set_segment_base(hv, a[0], a[1]),
         30 => pv::callback_op(hv, a[0], a[1]),
-        32 => crate::events::event_channel_op(hv, a[0], a[1]),
         33 => pv::physdev_op(hv, a[0], a[1]),
         34 => hvm_op(hv, a[0], a[1]),
         35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),

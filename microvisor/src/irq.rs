@@ -197,6 +197,29 @@ pub fn port_closed(dom: u16, port: u32) {
     }
 }
 
+/// EVTCHNOP_reset closed ports of `dom`: each of its lines whose port is
+/// no longer bound to it is masked and unbound, as [`port_closed`] does
+/// for one port (a line bound again meanwhile is left as it is).
+pub fn ports_reset(dom: u16) {
+    let bound: [Option<u32>; N] = {
+        let l = LINES.lock();
+        core::array::from_fn(|gsi| l.port[gsi].filter(|_| l.mapped[gsi] == Some(dom)))
+    };
+    for (gsi, port) in bound.iter().enumerate() {
+        let Some(port) = *port else { continue };
+        let still = crate::events::channels_of(dom, |c| {
+            c.state(port) == Some(microvisor_core::evtchn::PortState::Pirq { pirq: gsi as u16 })
+        });
+        if still != Some(true) {
+            let mut l = LINES.lock();
+            if l.mapped[gsi] == Some(dom) && l.port[gsi] == Some(port) {
+                l.port[gsi] = None;
+                ioapic::set_masked(gsi as u32, true);
+            }
+        }
+    }
+}
+
 /// Domain `dom` died: every line it had is masked and forgotten.
 pub fn domain_died(dom: u16) {
     let mut l = LINES.lock();

@@ -4,11 +4,9 @@
 //! line-buffered per domain so that interleaved domains never mix within a
 //! line. Never blocks on anything but the UART.
 
-use crate::arch::port::{inb, outb};
+use crate::arch::port::Port;
 use core::fmt::{self, Write};
 use spin::Mutex;
-
-const COM1: u16 = 0x3f8;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Level {
@@ -26,10 +24,10 @@ pub struct Serial;
 impl Serial {
     fn putc(b: u8) {
         let mut spins = 0u32;
-        while inb(COM1 + 5) & 0x20 == 0 && spins < 1_000_000 {
+        while Port::com1(5).inb() & 0x20 == 0 && spins < 1_000_000 {
             spins += 1;
         }
-        outb(COM1, b);
+        Port::com1(0).outb(b);
     }
 }
 
@@ -56,7 +54,7 @@ pub fn init() {
         (2, 0xc7),
         (4, 0x03),
     ] {
-        outb(COM1 + off, v);
+        Port::com1(off).outb(v);
     }
 }
 
@@ -64,8 +62,8 @@ pub fn init() {
 /// UART's receive FIFO holds 16). Returns how many.
 pub fn read_input(out: &mut [u8]) -> usize {
     let mut n = 0;
-    while n < out.len() && inb(COM1 + 5) & 1 != 0 {
-        out[n] = inb(COM1);
+    while n < out.len() && Port::com1(5).inb() & 1 != 0 {
+        out[n] = Port::com1(0).inb();
         n += 1;
     }
     n

@@ -34,16 +34,15 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 const MAX_MEMMAP: usize = 64;
 
-static mut CMDLINE: [u8; 256] = [0; 256];
-static mut CMDLINE_LEN: usize = 0;
+/// The hypervisor's command line (from PVH), kept once at boot.
+static CMDLINE: spin::Once<heapless::Vec<u8, 256>> = spin::Once::new();
 
 /// The hypervisor's own command line (from PVH).
 pub fn boot_cmdline() -> &'static str {
-    // SAFETY: written once at boot before any reader runs.
-    // Not clippy's `&STATIC`: a reference to a static mut is an error.
-    #[allow(clippy::deref_addrof)]
-    let (buf, len) = unsafe { (&*(&raw const CMDLINE), CMDLINE_LEN) };
-    core::str::from_utf8(&buf[..len]).unwrap_or("")
+    CMDLINE
+        .get()
+        .and_then(|c| core::str::from_utf8(c).ok())
+        .unwrap_or("")
 }
 
 /// True when `selftest=<name>` is on the hypervisor command line.
@@ -98,14 +97,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         let room = EARLY_WINDOW.saturating_sub(si.cmdline_paddr).min(255) as usize;
         mm::read_phys(si.cmdline_paddr, &mut buf[..room]);
         let len = buf[..room].iter().position(|&b| b == 0).unwrap_or(room);
-        // SAFETY: boot, single CPU, before any reader.
-        unsafe {
-            // Not clippy's `&STATIC`: a reference to a static mut is an error.
-            #[allow(clippy::deref_addrof)]
-            let dst = &mut *(&raw mut CMDLINE);
-            dst[..len].copy_from_slice(&buf[..len]);
-            CMDLINE_LEN = len;
-        }
+        CMDLINE.call_once(|| heapless::Vec::from_slice(&buf[..len]).unwrap_or_default());
     }
     log::configure(boot_cmdline());
     info!(
@@ -446,8 +438,8 @@ fn enable_protections() {
         let _ = on.push_str(" SMAP");
     }
     // Mask the legacy PICs: no device interrupts are routed yet.
-    arch::port::outb(0x21, 0xff);
-    arch::port::outb(0xa1, 0xff);
+    arch::port::Port::PIC1_MASK.outb(0xff);
+    arch::port::Port::PIC2_MASK.outb(0xff);
     info!(
         "cpu protections:{}",
         if on.is_empty() {

@@ -157,21 +157,11 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
 fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
     let mfn = guest::read::<u64>(cr3, slot)?;
-    frames::with(|ft, mem| {
-        ft.release(mfn, dom)?;
-        mem_flush(mem);
-        Ok::<(), Errno>(())
-    })?;
-    mm::zero_frame(mfn);
+    let frame = frames::release(mfn, dom)?;
     frames::set_m2p(mfn, u64::MAX);
-    let _ = mm::with_allocator(|a| a.free(mfn));
+    frame.free();
     hv.cur_dom_mut().tot_pages -= 1;
     Ok(())
-}
-
-fn mem_flush(mem: &mut frames::DirectMap) {
-    use microvisor_core::frametable::TableMemory;
-    mem.flush_tlbs();
 }
 
 /// Largest extent order accepted (Xen's default for guests: 2 MiB).
@@ -187,21 +177,14 @@ fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), E
     }
     guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes())
         .map_err(|_| Errno::EFAULT)?;
-    let first = mm::with_allocator(|a| a.alloc_contiguous(n, n)).ok_or(Errno::ENOMEM)?;
-    for mfn in first..first + n {
-        mm::zero_frame(mfn);
-        if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
-            // Cannot happen for frames just taken from the allocator; give
-            // everything back rather than leave a half-owned extent.
-            for m in first..mfn {
-                let _ = frames::with(|ft, _| ft.release(m, dom));
-            }
-            for m in first..first + n {
-                let _ = mm::with_allocator(|a| a.free(m));
-            }
-            return Err(e);
-        }
-    }
+    let extent = mm::Owned::alloc_zeroed(n, n).ok_or(Errno::ENOMEM)?;
+    let first = extent.first();
+    // An error cannot happen for frames just taken from the allocator;
+    // everything goes back rather than leave a half-owned extent.
+    frames::assign(extent, dom).map_err(|(extent, e)| {
+        extent.free();
+        e
+    })?;
     hv.cur_dom_mut().tot_pages += n;
     guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }

@@ -348,36 +348,13 @@ pub fn mmuext_op(
             }
             13 => crate::pv::set_ldt(hv, arg1, arg2),
             15 => new_user_baseptr(hv, arg1),
-            16 => frames::with(|ft, mem| {
-                ft.get_page_and_type(
-                    mem,
-                    arg1,
-                    microvisor_core::frametable::PageType::Writable,
-                    dom,
-                )?;
-                crate::mm::zero_frame(arg1);
-                ft.put_page_and_type(mem, arg1);
-                Ok(())
-            }),
-            17 => frames::with(|ft, mem| {
-                ft.get_page(arg2, dom)?;
-                if let Err(e) = ft.get_page_and_type(
-                    mem,
-                    arg1,
-                    microvisor_core::frametable::PageType::Writable,
-                    dom,
-                ) {
-                    ft.put_page(arg2);
-                    return Err(e);
-                }
-                let mut buf = [0u8; 512];
-                for off in (0..PAGE).step_by(512) {
-                    crate::mm::read_phys(arg2 * PAGE + off, &mut buf);
-                    crate::mm::write_phys(arg1 * PAGE + off, &buf);
-                }
-                ft.put_page_and_type(mem, arg1);
-                ft.put_page(arg2);
-                Ok(())
+            16 => frames::WriteRef::writable(arg1, dom).map(|mut f| f.zero()),
+            17 => frames::with(|ft, _| ft.get_page(arg2, dom)).and_then(|()| {
+                // The source's general reference keeps it the domain's
+                // while it is read.
+                let r = frames::WriteRef::writable(arg1, dom).map(|mut f| f.copy_page_from(arg2));
+                frames::with(|ft, _| ft.put_page(arg2));
+                r
             }),
             _ => Err(Errno::ENOSYS),
         };

@@ -580,30 +580,17 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     let cur = hv.current;
     let dom = hv.cur_dom().id;
     let mfn = ma / crate::mm::PAGE;
-    let ty = crate::mm::frames::with(|ft, mem| {
-        ft.get_page(mfn, dom)?;
-        // A descriptor page keeps its type; anything else must take the
-        // Writable type (refused for a page table or a frame typed
-        // otherwise).
-        let seg = ft
-            .info(mfn)
-            .is_some_and(|p| p.page_type() == PageType::Segment);
-        let ty = if seg {
-            PageType::Segment
-        } else {
-            PageType::Writable
-        };
-        if let Err(e) = ft.get_page_type(mem, mfn, ty, dom) {
-            ft.put_page(mfn);
-            return Err(e);
-        }
-        Ok(ty)
-    })?;
-    crate::mm::write_u64(ma, d);
-    crate::mm::frames::with(|ft, mem| {
-        ft.put_page_type(mem, mfn);
-        ft.put_page(mfn);
-    });
+    // A descriptor page keeps its type; anything else must take the
+    // Writable type (refused for a page table or a frame typed otherwise,
+    // and for a frame whose type changes meanwhile).
+    let seg = crate::mm::frames::with(|ft, _| ft.info(mfn))
+        .is_some_and(|p| p.page_type() == PageType::Segment);
+    let ty = if seg {
+        PageType::Segment
+    } else {
+        PageType::Writable
+    };
+    crate::mm::frames::WriteRef::new(mfn, dom, ty)?.write_u64(ma % crate::mm::PAGE, d);
     let pv = &mut hv.vcpus[cur].pv;
     if ty == PageType::Segment && mfn == pv.gdt_frame {
         let i = ((ma % crate::mm::PAGE) / 8) as usize;
@@ -1013,13 +1000,9 @@ fn emulate_port_io(
         Port::Dx => frame.rdx as u16,
     };
     let width = u16::from(width);
-    let permitted = policy::port_permitted(privileged, port, width);
+    let permitted = crate::arch::port::Port::for_guest(privileged, port, width);
     if is_in {
-        let v = if permitted {
-            crate::arch::port::in_width(port, width)
-        } else {
-            u32::MAX
-        };
+        let v = permitted.map_or(u32::MAX, |p| p.read(width));
         let mask: u64 = match width {
             1 => 0xff,
             2 => 0xffff,
@@ -1030,8 +1013,8 @@ fn emulate_port_io(
         } else {
             (frame.rax & !mask) | (v as u64 & mask)
         };
-    } else if permitted {
-        crate::arch::port::out_width(port, width, frame.rax as u32);
+    } else if let Some(p) = permitted {
+        p.write(width, frame.rax as u32);
     }
     port
 }

@@ -11,12 +11,7 @@ use crate::domain::{End, Hv, NO_VCPU, RunState};
 
 /// Scheduler tick: 1 ms.
 pub const TICK_NS: u64 = 1_000_000;
-/// A vCPU runs at least this long before a tick preempts it for another.
-const MIN_SLICE_NS: u64 = 1_000_000;
-/// Caps are enforced over periods of this length.
-const CAP_PERIOD_NS: u64 = 10_000_000;
-
-static mut CAP_PERIOD_START: u64 = 0;
+use microvisor_core::sched as policy;
 
 /// How the current vCPU leaves the CPU.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -52,26 +47,14 @@ fn account(hv: &mut Hv, now: u64) {
     v.last_start = now;
     let di = v.dom;
     let vr_mul = hv.domains[di].vr_mul;
-    hv.vcpus[cur].vruntime += ((u128::from(ran) * u128::from(vr_mul)) >> 16) as u64;
+    hv.vcpus[cur].vruntime += policy::charge(ran, vr_mul);
     hv.domains[di].period_used += ran;
 }
 
-/// The multiplier that turns run time into virtual run time for weight
-/// `weight` (`ns * 256 / weight` as `ns * mul >> 16`, no division on the
-/// switch path; exact for power-of-two weights, within one part in 10^5
-/// otherwise).
-pub fn vruntime_mul(weight: u16) -> u64 {
-    (256u64 << 16) / u64::from(weight.max(1))
-}
-
-/// One minimum slice of run time in the virtual run time of a vCPU of
-/// weight `weight`.
-pub fn slice_vruntime(weight: u16) -> u64 {
-    MIN_SLICE_NS * 256 / weight.max(1) as u64
-}
+pub use policy::{slice_vruntime, vruntime_mul};
 
 fn capped(d: &crate::domain::Domain) -> bool {
-    d.cap != 0 && d.period_used * 100 >= CAP_PERIOD_NS * d.cap as u64
+    policy::over_cap(d.period_used, u16::from(d.cap))
 }
 
 /// Whether vCPU index `i`'s domain used up its cap for this period.
@@ -81,21 +64,11 @@ fn vcpu_capped(hv: &Hv, i: usize) -> bool {
 
 /// Starts a new cap period when the old one is over.
 fn cap_period(hv: &mut Hv, now: u64) {
-    // SAFETY-free static access: single CPU, called with the domain lock held.
-    let start = unsafe { CAP_PERIOD_START };
-    if now.saturating_sub(start) >= CAP_PERIOD_NS {
-        // Overrun past a cap (up to one tick) is carried into the next
-        // period as debt, so the average share converges on the cap.
+    if policy::period_over(hv.cap_period_start, now) {
         for d in hv.domains.iter_mut() {
-            let budget = if d.cap == 0 {
-                u64::MAX
-            } else {
-                CAP_PERIOD_NS * d.cap as u64 / 100
-            };
-            d.period_used = d.period_used.saturating_sub(budget);
+            d.period_used = policy::carry_over(d.period_used, u16::from(d.cap));
         }
-        // SAFETY: single CPU, domain lock held.
-        unsafe { CAP_PERIOD_START = now };
+        hv.cap_period_start = now;
     }
 }
 
@@ -120,9 +93,7 @@ pub fn wake(hv: &mut Hv, i: usize) {
     let d = &mut hv.vcpus[i];
     d.poll_ports.clear();
     d.poll_deadline = 0;
-    if let Some(f) = floor {
-        d.vruntime = d.vruntime.max(f.saturating_sub(slice));
-    }
+    d.vruntime = policy::wake_vruntime(d.vruntime, floor, slice);
     let now = crate::time::now_ns();
     d.runstate.enter(1, now);
     // Its periodic timer, paused while it was blocked, runs again.
@@ -133,25 +104,58 @@ pub fn wake(hv: &mut Hv, i: usize) {
 }
 
 /// With several CPUs: makes sure a CPU notices vCPU `i` (just woken, or
-/// with an upcall due): the CPU that holds it, else the idle ones it may
-/// run on.
+/// with an upcall due): the CPU that holds it, else the CPU whose queue it
+/// is on if that one is idle. When that CPU is busy, no other is woken: the
+/// busy one runs it when it blocks or at a tick, or an idle CPU takes it
+/// at its own next tick (docs/scheduler.md, "Run queues", says why).
 pub fn kick_for(hv: &Hv, i: usize) {
     if !crate::arch::smp::active() {
         return;
     }
+    let processor = hv.vcpus[i].processor;
     if hv.running & (1u64 << i) != 0 {
-        crate::arch::smp::kick(hv.vcpus[i].processor);
+        crate::arch::smp::kick(processor);
     } else {
-        // Only CPUs it may run on (its domain's `cpus`).
-        let bit = 1u64 << (i % 64);
-        let cpus = hv
-            .affine
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| *a & bit != 0)
-            .fold(0u64, |m, (c, _)| m | 1u64 << (c % 64));
-        crate::arch::smp::kick_idle(cpus);
+        crate::arch::smp::kick_idle(1u64 << (processor % 64));
     }
+}
+
+/// The CPUs vCPU `i` may run on (manifest `cpus`) among those that run
+/// the scheduler (or will: while domains are built).
+fn allowed_cpus(hv: &Hv, i: usize) -> u64 {
+    let bit = 1u64 << i;
+    let cpus = crate::arch::smp::scheduler_cpus();
+    (0..hv.affine.len())
+        .filter(|&c| cpus & (1u64 << c) != 0 && hv.affine[c] & bit != 0)
+        .fold(0u64, |m, c| m | 1u64 << c)
+}
+
+/// The CPU whose run queue vCPU `i` joins as it becomes runnable
+/// (`microvisor_core::sched::place`): the one it is on while a CPU holds
+/// it or while it may run there, else the allowed CPU with the shortest
+/// queue. While domains are built every vCPU goes to the shortest queue,
+/// so they start spread over the CPUs.
+#[inline]
+pub fn place(hv: &Hv, i: usize) -> usize {
+    let last = hv.vcpus[i].processor as usize % hv.queue.len();
+    let building = crate::arch::smp::scheduler_cpus_joined() == 0;
+    if !building && hv.affine[last] & (1u64 << i) != 0 || hv.running & (1u64 << i) != 0 {
+        return last;
+    }
+    place_among(hv, i, if building { usize::MAX } else { last })
+}
+
+#[inline(never)]
+fn place_among(hv: &Hv, i: usize, last: usize) -> usize {
+    let bit = 1u64 << i;
+    let queued = |c: usize| {
+        hv.queue
+            .get(c)
+            .map_or(u32::MAX, |q| (q & !bit).count_ones())
+    };
+    let c = policy::place(last, allowed_cpus(hv, i), queued);
+    // (`last` is past the table only while building with nothing allowed.)
+    if c < hv.queue.len() { c } else { 0 }
 }
 
 /// SCHEDOP_yield without the hypervisor lock: true when the running vCPU
@@ -227,10 +231,28 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
     hv.set_timers_due(due);
 }
 
-/// The runnable vCPU furthest behind in virtual time (not `exclude`, not
-/// capped); among equals the first after the current one in domain order.
-/// Looks only at the runnable ones (`Hv::runnable`), so blocked domains
-/// cost nothing here.
+/// What the policy reads of the vCPUs (`microvisor_core::sched::Vcpus`).
+struct View<'a>(&'a Hv);
+
+impl policy::Vcpus for View<'_> {
+    #[inline(always)]
+    fn vruntime(&self, i: usize) -> u64 {
+        self.0.vcpus[i].vruntime
+    }
+    #[inline(always)]
+    fn slice(&self, i: usize) -> u64 {
+        self.0.domains[self.0.vcpus[i].dom].slice_vruntime
+    }
+    #[inline(always)]
+    fn capped(&self, i: usize) -> bool {
+        vcpu_capped(self.0, i)
+    }
+}
+
+/// The vCPU this CPU runs next (not `exclude`, not capped), by
+/// `microvisor_core::sched::pick`: from its own run queue, or one that
+/// migrates here from another CPU's (the switch moves it to this CPU's
+/// queue: `Hv::assign`).
 #[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     // Not one another CPU holds (this CPU's own is a candidate).
@@ -240,42 +262,19 @@ fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
         0
     };
     // And allowed here (manifest `cpus`).
-    let cpu = crate::arch::percpu::cpu_id();
-    let mut m = hv.runnable & (!hv.running | own) & hv.affine[cpu % hv.affine.len()];
+    let cpu = crate::arch::percpu::cpu_id() % hv.queue.len();
+    let mut free = (!hv.running | own) & hv.affine[cpu];
     if let Some(x) = exclude {
-        m &= !(1u64 << x);
+        free &= !(1u64 << x);
     }
-    // None or one candidate (the common cases: a yield alone, a peer just
-    // woken): nothing to compare.
-    if m & m.wrapping_sub(1) == 0 {
-        if m == 0 {
-            return None;
-        }
-        let i = m.trailing_zeros() as usize;
-        return (!vcpu_capped(hv, i)).then_some(i);
-    }
-    pick_among(hv, m)
-}
-
-#[inline(never)]
-fn pick_among(hv: &Hv, mut m: u64) -> Option<usize> {
-    let n = hv.vcpus.len();
-    let cur = if hv.current < n { hv.current } else { n - 1 };
-    // (vruntime, place in the round after the current one, index)
-    let mut best: Option<(u64, usize, usize)> = None;
-    while m != 0 {
-        let i = m.trailing_zeros() as usize;
-        m &= m - 1;
-        if vcpu_capped(hv, i) {
-            continue;
-        }
-        let d = &hv.vcpus[i];
-        let place = if i > cur { i - cur } else { i + n - cur };
-        if best.is_none_or(|(v, p, _)| (d.vruntime, place) < (v, p)) {
-            best = Some((d.vruntime, place, i));
-        }
-    }
-    best.map(|(_, _, i)| i)
+    let masks = policy::PickMasks {
+        queue: hv.queue[cpu],
+        runnable: hv.runnable,
+        free,
+        current: hv.current,
+        n: hv.vcpus.len(),
+    };
+    policy::pick(&View(hv), masks)
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {
@@ -321,13 +320,7 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
         Why::Preempt => {
             let other = pick(hv, Some(cur));
             match other {
-                Some(o)
-                    if still_runnable()
-                        && hv.vcpus[o].vruntime + hv.domains[hv.vcpus[o].dom].slice_vruntime
-                            > hv.vcpus[cur].vruntime =>
-                {
-                    Some(cur)
-                }
+                Some(o) if still_runnable() && policy::keeps_cpu(&View(hv), cur, o) => Some(cur),
                 Some(o) => Some(o),
                 None => still_runnable().then_some(cur),
             }
@@ -474,12 +467,13 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         }
     }
     hv.current = next;
-    hv.hold(next);
     let me = crate::arch::percpu::cpu_id() as u32;
-    if me != 0 && hv.vcpus[next].processor != me {
+    if me != 0 {
         first_run_here(hv, next, me);
     }
-    hv.vcpus[next].processor = me;
+    // (A vCPU taken from another CPU's queue moves to this one's.)
+    hv.assign(next, me as usize);
+    hv.hold(next);
     let id = hv.domains[hv.vcpus[next].dom].id;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     let d = &mut hv.vcpus[next];
@@ -521,11 +515,15 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
 
 /// The first time an application processor runs a vCPU: logged, so a run
 /// shows that guests ran there.
-#[cold]
+#[inline]
 fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
     static FIRST: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let bit = 1u64 << (cpu % 64);
+    if FIRST.load(core::sync::atomic::Ordering::Relaxed) & bit != 0 {
+        return;
+    }
     let d = &hv.domains[hv.vcpus[v].dom];
-    if FIRST.fetch_or(1 << cpu, core::sync::atomic::Ordering::Relaxed) & (1 << cpu) == 0 {
+    if FIRST.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
         crate::info!(
             "cpu {cpu} runs its first vCPU: domain {} ({}) vCPU {}",
             d.id,
@@ -564,9 +562,16 @@ pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
 pub fn start() -> ! {
     let (first, cr3) = {
         let mut hv = crate::domain::lock();
-        let Some(first) = hv.vcpus.iter().position(|d| d.state == RunState::Runnable) else {
+        // The first runnable vCPU this CPU may run (any, if none may).
+        let runnable = |d: &crate::domain::Vcpu| d.state == RunState::Runnable;
+        let here = hv.affine[0];
+        let Some(first) = (hv.vcpus.iter().enumerate())
+            .position(|(i, d)| runnable(d) && here & (1u64 << i) != 0)
+            .or_else(|| hv.vcpus.iter().position(runnable))
+        else {
             hv.finish()
         };
+        hv.assign(first, 0);
         let now = crate::time::now_ns();
         for d in hv.vcpus.iter_mut() {
             d.runstate.entry_time = now;

@@ -2,11 +2,13 @@
 //! nanoseconds since boot, Xen's per-vCPU `vcpu_time_info` (version seqlock,
 //! tsc_timestamp, system_time, tsc_to_system_mul/shift) and the wall clock in
 //! shared info. Never trusts guest values: guests only read what is written
-//! here.
+//! here. The arithmetic (the scale, the calibration, the RTC's date) is
+//! `microvisor_core::time`.
 
 use crate::arch::{apic, cpu};
 use crate::mm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use microvisor_core::time::{scale_delta, scale_for};
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
@@ -21,30 +23,6 @@ const CALIBRATION_NS: u32 = 10_000_000;
 /// rewritten at the latest.
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
-/// Xen's scale: ns = ((tsc_delta << shift) * mul) >> 32, mul < 2^32.
-pub fn scale_for(hz: u64) -> (u32, i8) {
-    let mut shift: i8 = 0;
-    let mut f = hz;
-    while f <= 1_000_000_000 {
-        f <<= 1;
-        shift += 1;
-    }
-    while f > 4_000_000_000 {
-        f >>= 1;
-        shift -= 1;
-    }
-    (((1_000_000_000u128 << 32) / f as u128) as u32, shift)
-}
-
-fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
-    let d = if shift >= 0 {
-        delta << shift
-    } else {
-        delta >> (-shift)
-    };
-    ((d as u128 * mul as u128) >> 32) as u64
-}
-
 /// Measures the TSC frequency over 10 ms of the APIC timer.
 pub fn init() {
     apic::start_masked(u32::MAX);
@@ -54,8 +32,7 @@ pub fn init() {
     let t1 = cpu::rdtsc();
     let elapsed_ns = c0.wrapping_sub(apic::current_count()) as u64;
     apic::start_masked(0);
-    let hz = (t1 - t0) as u128 * 1_000_000_000 / elapsed_ns.max(1) as u128;
-    let hz = hz as u64;
+    let hz = microvisor_core::time::hz_from(t1.wrapping_sub(t0), elapsed_ns);
     TSC_HZ.store(hz, Ordering::Relaxed);
     BOOT_TSC.store(t1, Ordering::Relaxed);
     let (mul, shift) = scale_for(hz);
@@ -129,42 +106,20 @@ pub fn init_wallclock(page: mm::SharedFrame) {
 
 /// Seconds since the Unix epoch from the CMOS RTC (0 if it looks absent).
 fn read_rtc() -> u64 {
-    use crate::arch::port::{inb, outb};
+    use crate::arch::port::Port;
     let reg = |r: u8| {
-        outb(0x70, r);
-        inb(0x71)
+        Port::CMOS_INDEX.outb(r);
+        Port::CMOS_DATA.inb()
     };
     while reg(0x0a) & 0x80 != 0 {}
-    let bcd = reg(0x0b) & 4 == 0;
-    let conv = |v: u8| {
-        if bcd {
-            (v & 0x0f) as u64 + ((v >> 4) as u64) * 10
-        } else {
-            v as u64
-        }
+    let fields = microvisor_core::time::RtcFields {
+        sec: reg(0),
+        min: reg(2),
+        hour: reg(4) & 0x7f,
+        day: reg(7),
+        month: reg(8),
+        year: reg(9),
+        bcd: reg(0x0b) & 4 == 0,
     };
-    let (s, m, h, d, mo, y) = (
-        conv(reg(0)),
-        conv(reg(2)),
-        conv(reg(4) & 0x7f),
-        conv(reg(7)),
-        conv(reg(8)),
-        conv(reg(9)),
-    );
-    if mo == 0 || mo > 12 || d == 0 {
-        return 0;
-    }
-    let year = 2000 + y;
-    // Days from 1970-01-01 to the date (civil-from-days inverse).
-    let (yy, mm) = if mo <= 2 {
-        (year - 1, mo + 9)
-    } else {
-        (year, mo - 3)
-    };
-    let era = yy / 400;
-    let yoe = yy - era * 400;
-    let doy = (153 * mm + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + h * 3600 + m * 60 + s
+    microvisor_core::time::rtc_to_unix(fields).unwrap_or(0)
 }

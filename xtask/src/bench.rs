@@ -393,6 +393,7 @@ fn on_xen(xen: &Path, kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<
         guest: kdir.join("bench"),
         cmdline: "",
         mem_mib: 64,
+        vcpus: 1,
         accel: Accel::Tcg,
         icount: true,
         cpu: CPU,

@@ -246,14 +246,58 @@ fn help_text() -> String {
     h
 }
 
+/// The commands that boot QEMU (and so take `--qemu PATH`).
+const QEMU_COMMANDS: [&str; 6] = ["run", "boot", "test", "bench", "profile", "fuzz"];
+
+/// `cargo xtask CMD --help` (or `help CMD`): CMD's lines of the whole help
+/// (every block whose first word is CMD), then `--qemu` if CMD boots QEMU;
+/// None for a command the help does not list.
+fn command_help(cmd: &str) -> Option<String> {
+    let mut blocks = String::new();
+    let mut mine = false;
+    for part in [HELP, sdk::USAGE, fuzz::USAGE, lint::USAGE] {
+        for line in part.lines() {
+            // A command's block starts at a line indented by two spaces;
+            // deeper lines continue it.
+            if let Some(rest) = line.strip_prefix("  ")
+                && !rest.starts_with(' ')
+            {
+                mine = rest.split_whitespace().next() == Some(cmd);
+            } else if !line.starts_with(' ') {
+                mine = false;
+            }
+            if mine {
+                blocks.push_str(line);
+                blocks.push('\n');
+            }
+        }
+    }
+    if blocks.is_empty() {
+        return None;
+    }
+    let mut h = format!("usage: cargo xtask {cmd} [options]\n{blocks}");
+    if QEMU_COMMANDS.contains(&cmd) {
+        h.push_str(
+            "  --qemu PATH                    the qemu-system-x86_64 binary (default: QEMU 10\n                                 from PATH; `cargo xtask help` says more)\n",
+        );
+    }
+    Some(h)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprint!("{}", help_text());
         return ExitCode::FAILURE;
     };
-    if args[1..].iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", help_text());
+    let asks_help = |a: &String| a == "--help" || a == "-h";
+    if args[1..].iter().any(asks_help) || (cmd == "help" && args.len() > 1) {
+        // `CMD --help` and `help CMD`: that command's lines alone.
+        let named = if cmd == "help" { &args[1] } else { cmd };
+        match command_help(named) {
+            Some(h) => print!("{h}"),
+            None => print!("{}", help_text()),
+        }
         return ExitCode::SUCCESS;
     }
     // `fuzz`, `lint-guest` and the SDK's commands have options of their own.

@@ -102,13 +102,18 @@ pub fn images(
                     f
                 }
                 (None, None) => {
-                    let where_ = base.map_or(String::new(), |b| {
-                        format!(" nor a file {}", b.join(&img).display())
+                    return Err(match base {
+                        Some(b) => format!(
+                            "error: {label} line {line}: image '{img}' is neither a built guest (a file in {}) nor a file {}",
+                            kdir.display(),
+                            b.join(&img).display()
+                        ),
+                        // No manifest file (`boot NAME`): no line to name.
+                        None => format!(
+                            "error: {label}: '{img}' is neither a file here nor a guest the SDK builds (those are the files in {}, e.g. hello, bare, threads); give your kernel's path, e.g. target/x86_64-unknown-none/debug/NAME",
+                            kdir.display()
+                        ),
                     });
-                    return Err(format!(
-                        "error: {label} line {line}: image '{img}' is neither a built guest (a file in {}){where_}",
-                        kdir.display()
-                    ));
                 }
             }
         };
@@ -232,6 +237,29 @@ mod tests {
         assert!(check("[domain a]\nimage = hello.d\nmemory = 16M\n", &m, &k).is_err());
         let e = check("[domain a]\nimage = ./gone\nmemory = 16M\n", &m, &k).unwrap_err();
         assert!(e.contains("is a path, and there is no file"), "{e}");
+    }
+
+    /// `boot NAME` has no manifest of the user's: its error names no line
+    /// (it named "line 2" of the generated one) and says what to give.
+    #[test]
+    fn a_missing_boot_image_names_no_manifest_line() {
+        let (k, _) = dirs("boot-missing");
+        let e = images(
+            "[domain nosuch]\nimage = nosuch\nmemory = 32M\n",
+            "boot nosuch",
+            None,
+            &k,
+            &mut BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "error: boot nosuch: 'nosuch' is neither a file here nor a guest the SDK builds"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("line"), "{e}");
+        assert!(e.contains("target/x86_64-unknown-none/debug/NAME"), "{e}");
     }
 
     /// A manifest named by a relative path (`./xtask run --manifest

@@ -584,7 +584,8 @@ impl Boot<'_> {
             self.machine,
             "-nodefaults",
             "-no-user-config",
-            "-nographic",
+            "-display",
+            "none",
             "-no-reboot",
         ])
         .args(["-accel", self.accel_arg()])

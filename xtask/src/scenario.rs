@@ -678,11 +678,23 @@ pub fn xen_dom0<'a>(
         guest: kdir.join(image),
         cmdline: manifest_value(&s.manifest, "cmdline").unwrap_or(""),
         mem_mib: crate::xen::dom0_mem_mib(manifest_value(&s.manifest, "memory")),
+        vcpus: dom0_vcpus(&s.manifest)?,
         accel,
         icount: false,
         cpu: "max",
         timeout: Duration::from_secs(s.timeout),
     })
+}
+
+/// dom0's vCPUs for a manifest: its `vcpus = N` (1 to 8), else 1.
+fn dom0_vcpus(manifest: &str) -> Result<u32, String> {
+    let Some(v) = manifest_value(manifest, "vcpus") else {
+        return Ok(1);
+    };
+    v.parse()
+        .ok()
+        .filter(|n| (1..=8).contains(n))
+        .ok_or_else(|| format!("error: vcpus = {v}: a Xen run gives dom0 1 to 8 vCPUs"))
 }
 
 /// Boots a single-domain scenario on real Xen, as dom0.

@@ -27,11 +27,13 @@ use std::process::Command;
 pub const TARGET: &str = "x86_64-unknown-none";
 
 /// Usage lines for `cargo xtask help`.
-pub const USAGE: &str =
-    "  new-guest [--bare] PATH        create a guest crate in PATH (outside this repository)
+pub const USAGE: &str = "  new-guest [--bare|--device] PATH
+                                 create a guest crate in PATH (outside this repository)
                                  that builds with `cargo build` and boots with
                                  `cargo run`; its ./xtask runs these commands there.
-                                 --bare: a kernel on guest-abi alone (no pv-guest-kernel)
+                                 --bare: a kernel on guest-abi alone (no pv-guest-kernel);
+                                 --device: a split device of your own (front-end, back-end,
+                                 a guest and a service image using them, a manifest)
   toolchain [--print-env]        the kernel toolchain; --print-env prints it as cargo
                                  variables: eval \"$(cargo xtask toolchain --print-env)\"
   boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
@@ -241,21 +243,16 @@ pub fn toolchain_cmd(args: &[String]) -> Result<bool, String> {
     let env = kernel_env()?;
     let flags = env.rustflags().join(" ");
     if print_env {
-        // Cargo reads these as its config (build.target, build.rustc, the
-        // target's linker and rustflags).
-        println!("export CARGO_BUILD_TARGET={TARGET}");
-        println!(
-            "export CARGO_BUILD_RUSTC={}",
-            sh_quote(&env.rustc.display().to_string())
-        );
-        println!(
-            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER={}",
-            sh_quote(&env.linker.display().to_string())
-        );
-        println!(
-            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS={}",
-            sh_quote(&flags)
-        );
+        let root = crate::root();
+        let runner = sdk_runner_script(&root);
+        if let Some(dir) = runner.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("error: cannot create {}: {e}", dir.display()))?;
+        }
+        write_exec(&runner, &xtask_script(&root))?;
+        for line in print_env_lines(&env, &runner) {
+            println!("{line}");
+        }
     } else {
         println!("kernel toolchain: {}", env.origin);
         println!("  target     {TARGET}");
@@ -266,6 +263,9 @@ pub fn toolchain_cmd(args: &[String]) -> Result<bool, String> {
         );
         println!("  linker     {}", env.linker.display());
         println!("  rustflags  {flags}");
+        println!(
+            "  runner     ./xtask boot IMAGE (a crate of new-guest), or what --print-env names"
+        );
         println!(
             "  ldscript   {} (DEP_GUEST_ABI_LDSCRIPT / DEP_PV_GUEST_KERNEL_LDSCRIPT in a build.rs)",
             crate::root().join("guest-abi/guest.ld").display()
@@ -306,6 +306,85 @@ fn bad_crate_name(name: &str) -> Option<&'static str> {
     taken
         .contains(&name)
         .then_some("a crate it depends on has that name")
+}
+
+/// The SDK's `cargo xtask` as a shell script runnable from anywhere: it
+/// builds the xtask of the SDK's clone `sdk` there, then runs it where it
+/// was started, so relative paths in its options are the caller's. The
+/// kernel toolchain's variables (`toolchain --print-env`) are unset first:
+/// they are for the caller's kernel, not for xtask, a host program.
+fn xtask_script(sdk: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+# The microvisor SDK's `cargo xtask`, runnable from anywhere: ./xtask help.
+# It builds the xtask of the SDK's repository there, then runs it here, so
+# paths in its options are relative to where you are.
+set -e
+sdk={sdk}
+unset CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_RUSTC CARGO_BUILD_RUSTFLAGS \
+    CARGO_ENCODED_RUSTFLAGS RUSTFLAGS RUSTC RUSTC_WRAPPER \
+    CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS \
+    CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER
+(cd "$sdk" && cargo build -q -p xtask)
+exec "$sdk/target/debug/xtask" "$@"
+"#,
+        sdk = sh_quote(&sdk.display().to_string())
+    )
+}
+
+/// Where `toolchain --print-env` writes [`xtask_script`] for its runner.
+fn sdk_runner_script(root: &Path) -> PathBuf {
+    root.join("target/sdk/xtask")
+}
+
+/// The lines `toolchain --print-env` prints: cargo's configuration as
+/// environment variables (build.target, build.rustc, the kernel target's
+/// linker, rustflags and runner). `runner` is the SDK's xtask script, so
+/// `cargo run` boots the kernel on the microvisor: without a runner cargo
+/// would execute the kernel on the host.
+fn print_env_lines(env: &KernelEnv, runner: &Path) -> Vec<String> {
+    vec![
+        format!("export CARGO_BUILD_TARGET={TARGET}"),
+        format!(
+            "export CARGO_BUILD_RUSTC={}",
+            sh_quote(&env.rustc.display().to_string())
+        ),
+        format!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER={}",
+            sh_quote(&env.linker.display().to_string())
+        ),
+        format!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS={}",
+            sh_quote(&env.rustflags().join(" "))
+        ),
+        format!(
+            "export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER={}",
+            sh_quote(&format!("{} boot", runner.display()))
+        ),
+    ]
+}
+
+/// Why `name` cannot name a `--device` crate: the device type is a
+/// xenstore path element and a service command-line key (`NAME=dom`),
+/// the log says `NAMEback`.
+fn bad_device_name(name: &str) -> Option<&'static str> {
+    (!name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    .then_some("a device type takes lower-case letters, digits and - only")
+    .or_else(|| {
+        [
+            "service",
+            "splitfront",
+            "splitback",
+            "zerocopy",
+            "vbd",
+            "echo",
+            "console",
+        ]
+        .contains(&name)
+        .then_some("a crate it depends on, or a device the service has, has that name")
+    })
 }
 
 /// The generated crate's files (path relative to the crate, text, executable).
@@ -434,20 +513,7 @@ pv_guest_kernel::main!(main);
 "#
         )
     };
-    let xtask = format!(
-        r#"#!/bin/sh
-# The microvisor SDK's `cargo xtask`, run from this crate: ./xtask help.
-# It builds the xtask of the SDK's repository there, then runs it here, so
-# paths in its options are relative to where you are.
-set -e
-sdk={sdk}
-unset CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_RUSTC CARGO_BUILD_RUSTFLAGS \
-    CARGO_ENCODED_RUSTFLAGS RUSTFLAGS RUSTC RUSTC_WRAPPER
-(cd "$sdk" && cargo build -q -p xtask)
-exec "$sdk/target/debug/xtask" "$@"
-"#,
-        sdk = sh_quote(&sdk_s)
-    );
+    let xtask = xtask_script(sdk);
     let readme = format!(
         r#"# {name}
 
@@ -472,6 +538,112 @@ toolchain by absolute path.
         ("xtask", xtask, true),
         ("README.md", readme, false),
         (".gitignore", "/target\n".to_string(), false),
+    ]
+}
+
+/// The files of a `new-guest --device` crate that replace or join the
+/// generated guest's (path, text, executable): a split device of one's own
+/// (wire format, back-end, front-end: `src/lib.rs`, from
+/// `xtask/templates/device/`), its host test, a guest using it and a
+/// service image serving it (`src/bin/`), and a manifest booting both.
+fn device_files(name: &str, sdk: &Path) -> Vec<(String, String, bool)> {
+    let ident = name.replace('-', "_");
+    let fill = |t: &str| t.replace("__NAME__", name).replace("__CRATE__", &ident);
+    let dep = |rel: &str| toml_str(&format!("{}/{rel}", sdk.display()));
+    let cargo_toml = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+# Two kernels: a guest using the device and the service image serving it.
+[[bin]]
+name = "{name}-client"
+test = false
+bench = false
+
+[[bin]]
+name = "{name}-service"
+test = false
+bench = false
+
+[dependencies]
+# The microvisor SDK, by path (or `git = "URL of the microvisor repository"`).
+pv-guest-kernel = {{ path = {pvk} }}
+guest-abi = {{ path = {abi} }}
+splitfront = {{ path = {front} }}   # the driver framework's front-end half
+splitback = {{ path = {back} }}     # its back-end half
+service = {{ path = {service} }}    # service::run, CmdlineDevices
+zerocopy = {{ version = "0.8", features = ["derive"] }}
+
+# Host tests: cargo test --target x86_64-unknown-linux-gnu --lib
+[dev-dependencies]
+guest-abi = {{ path = {abi}, features = ["testing"] }}
+splitfront = {{ path = {front}, features = ["testing"] }}
+
+[profile.dev]
+panic = "abort"
+
+[profile.release]
+panic = "abort"
+
+# Its own workspace, even inside another one.
+[workspace]
+"#,
+        pvk = dep("pv-guest-kernel"),
+        abi = dep("guest-abi"),
+        front = dep("frontends/splitfront"),
+        back = dep("backends/splitback"),
+        service = dep("backends/service"),
+    );
+    let readme = format!(
+        r#"# {name}
+
+A split device of one's own for the microvisor, made by `cargo xtask
+new-guest --device` (see the SDK's docs/tutorial-frontend.md, "Your device
+outside the repository"): the wire format, back-end and front-end in
+`src/lib.rs`, a guest using it (`src/bin/{name}-client.rs`) and a service
+image serving it (`src/bin/{name}-service.rs`).
+
+    cargo build                                        # both kernels
+    ./xtask run --manifest {name}.manifest             # boot them together
+    cargo test --target x86_64-unknown-linux-gnu --lib # the device on the host
+    ./xtask help                                       # the SDK's other commands
+
+The SDK is at {sdk}; `.cargo/config.toml` and `./xtask` name it and its
+toolchain by absolute path.
+"#,
+        sdk = sdk.display()
+    );
+    vec![
+        ("README.md".into(), readme, false),
+        ("Cargo.toml".into(), cargo_toml, false),
+        (
+            "src/lib.rs".into(),
+            fill(include_str!("../templates/device/lib.rs")),
+            false,
+        ),
+        (
+            "src/tests.rs".into(),
+            fill(include_str!("../templates/device/tests.rs")),
+            false,
+        ),
+        (
+            format!("src/bin/{name}-client.rs"),
+            fill(include_str!("../templates/device/client.rs")),
+            false,
+        ),
+        (
+            format!("src/bin/{name}-service.rs"),
+            fill(include_str!("../templates/device/service.rs")),
+            false,
+        ),
+        (
+            format!("{name}.manifest"),
+            fill(include_str!("../templates/device/manifest")),
+            false,
+        ),
     ]
 }
 
@@ -531,21 +703,22 @@ fn panic(info: &core::panic::PanicInfo) -> ! {{
     )
 }
 
-/// `new-guest [--bare] PATH`.
+/// `new-guest [--bare|--device] PATH`.
 pub fn new_guest(args: &[String]) -> Result<bool, String> {
-    let (bare, rest) = match args {
-        [flag, rest @ ..] if flag == "--bare" => (true, rest),
-        _ => (false, args),
+    let (bare, device, rest) = match args {
+        [flag, rest @ ..] if flag == "--bare" => (true, false, rest),
+        [flag, rest @ ..] if flag == "--device" => (false, true, rest),
+        _ => (false, false, args),
     };
     let [path] = rest else {
         return Err(
-            "error: usage: cargo xtask new-guest [--bare] PATH (a new directory; its name names the crate)"
+            "error: usage: cargo xtask new-guest [--bare|--device] PATH (a new directory; its name names the crate)"
                 .into(),
         );
     };
     if path.starts_with("--") {
         return Err(format!(
-            "error: new-guest takes --bare and a PATH, not {path}"
+            "error: new-guest takes --bare or --device, and a PATH, not {path}"
         ));
     }
     let path = PathBuf::from(path);
@@ -570,7 +743,19 @@ pub fn new_guest(args: &[String]) -> Result<bool, String> {
         ));
     }
     let env = kernel_env()?;
-    for (rel, text, exec) in crate_files(&name, &crate::root(), &env, bare) {
+    let mut files: Vec<(String, String, bool)> = crate_files(&name, &crate::root(), &env, bare)
+        .into_iter()
+        .map(|(p, t, x)| (p.to_string(), t, x))
+        .collect();
+    if device {
+        if let Some(why) = bad_device_name(&name) {
+            return Err(format!("error: '{name}' cannot name a device crate: {why}"));
+        }
+        let more = device_files(&name, &crate::root());
+        files.retain(|(p, _, _)| p != "src/main.rs" && !more.iter().any(|(m, _, _)| m == p));
+        files.extend(more);
+    }
+    for (rel, text, exec) in files {
         let p = path.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)
@@ -584,8 +769,14 @@ pub fn new_guest(args: &[String]) -> Result<bool, String> {
     }
     println!("created the guest crate {name} in {}", path.display());
     println!("  cd {}", path.display());
-    println!("  cargo build      # target/{TARGET}/debug/{name}");
-    println!("  cargo run        # boots it on the microvisor as the only domain");
+    if device {
+        println!("  cargo build                      # {name}-client and {name}-service");
+        println!("  ./xtask run --manifest {name}.manifest   # both kernels, one boot");
+        println!("  cargo test --target x86_64-unknown-linux-gnu --lib   # the device on the host");
+    } else {
+        println!("  cargo build      # target/{TARGET}/debug/{name}");
+        println!("  cargo run        # boots it on the microvisor as the only domain");
+    }
     println!("  ./xtask help     # the SDK's commands, from the crate");
     Ok(true)
 }
@@ -615,6 +806,21 @@ fn is_guest_name(s: &str) -> bool {
 /// The one-domain manifest `boot` generates.
 pub fn boot_manifest(name: &str, memory: &str, cmdline: &str) -> String {
     format!("[domain {name}]\nimage = {name}\nmemory = {memory}\ncmdline = {cmdline}\n")
+}
+
+/// Refuses a file that is no ELF image before anything is built or booted
+/// (the hypervisor would refuse it after the boot, naming a domain).
+fn not_elf(image: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(image).and_then(|mut f| f.read_exact(&mut magic));
+    if read.is_ok() && magic == *b"\x7fELF" {
+        return Ok(());
+    }
+    Err(format!(
+        "error: {} is not an ELF file: give a kernel image, e.g. target/{TARGET}/debug/NAME after cargo build",
+        image.display()
+    ))
 }
 
 /// `boot [options] IMAGE [WORDS...]`.
@@ -663,6 +869,7 @@ pub fn boot(args: &[String]) -> Result<bool, String> {
             image.display()
         ));
     }
+    not_elf(&image)?;
     let file = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -764,11 +971,84 @@ pub fn check_new_guest(root: &Path) -> Result<(), String> {
             ],
             &mut log,
         )?;
-        Ok(())
+        device_crate_works(&xtask, &dir, &target, &mut log)
     })();
     let _ = std::fs::write(logs.join("new-guest.log"), &log);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// `new-guest --device DIR/tally` as tutorial-frontend.md's last section
+/// uses it: `cargo build` (both kernels), `./xtask run --manifest
+/// tally.manifest` (the generated manifest, the kernels copied where it
+/// names them since the check's builds go to `target`), and the host test.
+fn device_crate_works(
+    xtask: &Path,
+    dir: &Path,
+    target: &Path,
+    log: &mut String,
+) -> Result<(), String> {
+    let krate = dir.join("tally");
+    let out = Command::new(xtask)
+        .args(["new-guest", "--device"])
+        .arg(&krate)
+        .output()
+        .map_err(|e| format!("cannot run xtask new-guest --device: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "xtask new-guest --device tally failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let b = command_in(&krate, "cargo", &["build"], target)?;
+    if !b.status.success() {
+        return Err(format!(
+            "cargo build in {} failed:\n{}",
+            krate.display(),
+            String::from_utf8_lossy(&b.stderr)
+        ));
+    }
+    let beside = krate.join("target").join(TARGET).join("debug");
+    std::fs::create_dir_all(&beside).map_err(|e| e.to_string())?;
+    for k in ["tally-client", "tally-service"] {
+        let built = target.join(TARGET).join("debug").join(k);
+        std::fs::copy(&built, beside.join(k))
+            .map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    }
+    let r = command_in(
+        &krate,
+        "./xtask",
+        &["run", "--manifest", "tally.manifest"],
+        target,
+    )?;
+    expect_console(
+        "./xtask run --manifest tally.manifest",
+        &r,
+        &[
+            "(d0 service) tallyback: alice connected",
+            "(d1 alice) tally-client: register was Ok(7), set to Ok(123), now Ok(123)",
+            "(d0 service) tallyback: alice disconnected: 3 requests, register at 123",
+            "(d1 alice) tally-client: closed",
+            "(MV) all domains ended as expected",
+        ],
+        log,
+    )?;
+    let t = command_in(
+        &krate,
+        "cargo",
+        &["test", "--target", "x86_64-unknown-linux-gnu", "--lib"],
+        target,
+    )?;
+    let text = String::from_utf8_lossy(&t.stdout);
+    log.push_str(&format!("==== cargo test in {}\n{text}", krate.display()));
+    if !t.status.success() || !text.contains("test tests::gets_sets_refuses_and_closes ... ok") {
+        return Err(format!(
+            "cargo test --target x86_64-unknown-linux-gnu --lib in {} failed:\n{text}\n{}",
+            krate.display(),
+            String::from_utf8_lossy(&t.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// `new-guest [--bare] DIR/NAME`, `cargo build` and `cargo run -- WORDS`
@@ -922,6 +1202,75 @@ mod tests {
     }
 
     #[test]
+    fn boot_refuses_a_file_that_is_no_elf_image() {
+        let dir = std::env::temp_dir().join(format!("xtask-not-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (text, elf, short) = (dir.join("Cargo.toml"), dir.join("k"), dir.join("s"));
+        std::fs::write(&text, "[package]\n").unwrap();
+        std::fs::write(&elf, b"\x7fELF\x02\x01\x01").unwrap();
+        std::fs::write(&short, b"\x7fE").unwrap();
+        let e = not_elf(&text).unwrap_err();
+        assert!(e.contains("Cargo.toml is not an ELF file"), "{e}");
+        assert!(not_elf(&short).is_err());
+        assert_eq!(not_elf(&elf), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A `--device` crate's files: both kernels as `[[bin]]`s, the
+    /// framework's crates by path, every placeholder filled, and a manifest
+    /// the hypervisor's parser takes naming the two kernels.
+    #[test]
+    fn a_device_crate_names_its_kernels_and_the_framework() {
+        let files = device_files("my-dev", Path::new("/sdk"));
+        let get = |n: &str| {
+            files
+                .iter()
+                .find(|(p, _, _)| p == n)
+                .map(|(_, t, _)| t.clone())
+                .unwrap()
+        };
+        let cargo: toml::Value = toml::from_str(&get("Cargo.toml")).unwrap();
+        let bins: Vec<&str> = cargo["bin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(bins, ["my-dev-client", "my-dev-service"]);
+        let deps = cargo["dependencies"].as_table().unwrap();
+        assert_eq!(
+            deps["splitback"]["path"].as_str(),
+            Some("/sdk/backends/splitback")
+        );
+        assert_eq!(
+            deps["service"]["path"].as_str(),
+            Some("/sdk/backends/service")
+        );
+        for (p, text, _) in &files {
+            assert!(
+                !text.contains("__NAME__") && !text.contains("__CRATE__"),
+                "{p}"
+            );
+        }
+        assert!(get("src/bin/my-dev-client.rs").contains("use my_dev::Device;"));
+        assert!(get("src/lib.rs").contains("pub const TYPE: &str = \"my-dev\";"));
+        let text = get("my-dev.manifest");
+        let m = microvisor_core::manifest::parse(&text).unwrap();
+        let images: Vec<&str> = m.domains().iter().map(|d| d.image).collect();
+        assert_eq!(
+            images,
+            [
+                "target/x86_64-unknown-none/debug/my-dev-service",
+                "target/x86_64-unknown-none/debug/my-dev-client"
+            ]
+        );
+        assert!(m.domains()[0].service);
+        assert_eq!(bad_device_name("my-dev"), None);
+        assert!(bad_device_name("My_Dev").is_some());
+        assert!(bad_device_name("echo").is_some());
+    }
+
+    #[test]
     fn the_boot_manifest_parses() {
         let m = boot_manifest("first-guest", "32M", "greeting=hi two");
         let p = microvisor_core::manifest::parse(&m).unwrap();
@@ -930,6 +1279,31 @@ mod tests {
         assert_eq!(d.cmdline, "greeting=hi two");
         assert_eq!(d.memory_bytes, 32 << 20);
         assert!(!d.privileged);
+    }
+
+    /// `toolchain --print-env` sets a runner (without one, `cargo run`
+    /// executed the kernel on the host, where it spun issuing hypercall
+    /// numbers as Linux system calls), and the script it names clears the
+    /// very variables those lines set before it builds xtask.
+    #[test]
+    fn print_env_sets_a_runner_that_boots() {
+        let lines = print_env_lines(&test_env(), Path::new("/sdk/target/sdk/xtask"));
+        assert!(
+            lines.contains(
+                &"export CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER='/sdk/target/sdk/xtask boot'"
+                    .to_string()
+            ),
+            "{lines:?}"
+        );
+        let script = xtask_script(Path::new("/sdk"));
+        for l in &lines {
+            let var = l
+                .strip_prefix("export ")
+                .and_then(|v| v.split_once('='))
+                .unwrap()
+                .0;
+            assert!(script.contains(var), "the script keeps {var}");
+        }
     }
 
     #[test]

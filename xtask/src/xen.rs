@@ -20,12 +20,12 @@ pub const END_MARKERS: &[&str] = &[
     "Panic on CPU",
 ];
 
-/// Xen's command line for a one-guest dom0 run.
-pub fn append(dom0_mem_mib: u64) -> String {
+/// Xen's command line for a one-guest dom0 run with `vcpus` vCPUs.
+pub fn append(dom0_mem_mib: u64, vcpus: u32) -> String {
     // max: as well, so that dom0 cannot grow past its manifest size (the
     // microvisor's reservation limit); without it Xen leaves dom0 unlimited.
     format!(
-        "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem={dom0_mem_mib}M,max:{dom0_mem_mib}M dom0_max_vcpus=1 noreboot"
+        "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem={dom0_mem_mib}M,max:{dom0_mem_mib}M dom0_max_vcpus={vcpus} noreboot"
     )
 }
 
@@ -53,6 +53,9 @@ pub struct Dom0<'a> {
     /// dom0's command line (the multiboot module's words after the file name).
     pub cmdline: &'a str,
     pub mem_mib: u64,
+    /// dom0's vCPUs (`dom0_max_vcpus`); QEMU gets as many CPUs, since Xen
+    /// gives dom0 no more vCPUs than it has CPUs.
+    pub vcpus: u32,
     pub accel: Accel,
     pub icount: bool,
     pub cpu: &'a str,
@@ -66,11 +69,11 @@ impl Dom0<'_> {
         let boot = Boot {
             kernel: self.xen,
             initrd: &self.guest,
-            append: append(self.mem_mib),
+            append: append(self.mem_mib, self.vcpus),
             accel: self.accel,
             icount: self.icount,
             cpu: self.cpu,
-            cpus: 1,
+            cpus: self.vcpus,
             memory_mib: 512,
             timeout: self.timeout,
             echo: false,

@@ -59,3 +59,57 @@ fn boot_takes_a_built_guests_name() {
     assert!(err.contains("/nonexistent/qemu"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `CMD --help` prints that command's lines, not the whole help (it printed
+/// every command's); `help CMD` the same.
+#[test]
+fn a_commands_help_is_its_own() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ng = help(&["new-guest", "--help"]);
+    assert!(ng.starts_with("usage: cargo xtask new-guest"), "{ng}");
+    assert!(ng.contains("--bare"), "{ng}");
+    assert!(!ng.contains("toolchain") && !ng.contains("bench"), "{ng}");
+    assert!(!ng.contains("--qemu"), "{ng}");
+    let boot = help(&["help", "boot"]);
+    assert!(
+        boot.contains("IMAGE [WORDS...]") && boot.contains("--qemu"),
+        "{boot}"
+    );
+    assert!(!boot.contains("new-guest"), "{boot}");
+    // Both blocks of a command with two forms.
+    let test = help(&["test", "-h"]);
+    assert!(
+        test.contains("--on-xen") && test.contains("--filter"),
+        "{test}"
+    );
+    assert!(!test.contains("bench"), "{test}");
+    // Every command the help lists has lines of its own.
+    for cmd in [
+        "build",
+        "run",
+        "test",
+        "bench",
+        "profile",
+        "fuzz",
+        "new-guest",
+        "toolchain",
+        "boot",
+        "lint-guest",
+    ] {
+        let h = help(&[cmd, "--help"]);
+        assert!(
+            h.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with(&format!("  {cmd}"))),
+            "{cmd}: {h}"
+        );
+        assert!(!h.contains("usage: cargo xtask <command>"), "{cmd}: {h}");
+    }
+}

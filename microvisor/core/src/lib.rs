@@ -25,6 +25,8 @@ pub mod hypercall_page;
 pub mod layout;
 pub mod manifest;
 pub mod pv;
+pub mod sched;
+pub mod time;
 
 /// Size of a guest or machine page in bytes (x86_64 4 KiB pages).
 pub const PAGE_SIZE: u64 = 4096;

@@ -195,7 +195,7 @@ pub fn halt_forever() -> ! {
 /// Ends the QEMU run through the isa-debug-exit device (0x10 → exit 33 =
 /// success, 0x11 → 35 = failure), or halts if the device is absent.
 pub fn qemu_exit(success: bool) -> ! {
-    super::port::outl(0xf4, if success { 0x10 } else { 0x11 });
+    super::port::Port::DEBUG_EXIT.outl(if success { 0x10 } else { 0x11 });
     halt_forever()
 }
 

@@ -1,7 +1,10 @@
 //! The GDT (with Xen's reserved flat selectors at 0xe000 and up), the TSS
-//! with its IST stacks, the IDT, and the syscall MSRs. Set up once at boot;
-//! never changed afterwards except TSS.RSP0, which points at the end of the
-//! running vCPU's frame slot (`entry::set_current`).
+//! with its IST stacks, the IDT, and the syscall MSRs. Every CPU, the boot
+//! CPU included, has its GDT and TSS in frames of its own (reached through
+//! its `percpu` block); the IDT is one table for all, built once. Each CPU
+//! changes only its own tables afterwards: TSS.RSP0, which points at the
+//! end of the running vCPU's frame slot (`entry::set_current`), the guest
+//! entries below 0xe000 and the LDT descriptor.
 
 use super::cpu::{self, wrmsr};
 use core::arch::asm;
@@ -47,17 +50,6 @@ struct Tss {
     iomap: u16,
 }
 
-static mut GDT: Gdt = Gdt([0; GDT_ENTRIES]);
-static mut TSS: Tss = Tss {
-    _r0: 0,
-    rsp: [0; 3],
-    _r1: 0,
-    ist: [0; 7],
-    _r2: 0,
-    _r3: 0,
-    iomap: size_of::<Tss>() as u16,
-};
-
 #[repr(C, packed)]
 struct Pointer {
     limit: u16,
@@ -76,15 +68,66 @@ struct Gate {
     _r: u32,
 }
 
-static mut IDT: [Gate; 256] = [Gate {
-    off_lo: 0,
-    sel: 0,
-    ist: 0,
-    attr: 0,
-    off_mid: 0,
-    off_hi: 0,
-    _r: 0,
-}; 256];
+/// The IDT, one for every CPU.
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+/// The one IDT. It stays a static (not per-CPU memory) because every CPU
+/// loads the same table and the CPU reads it, by address, on every
+/// interrupt for the whole run. It is built once, by the first
+/// [`load_idt`] (the boot CPU's, before any AP starts), and never written
+/// afterwards; `Once` makes that the only way to reach it, so no
+/// `static mut` and no reference to it can change under a reader.
+static IDT: spin::Once<Idt> = spin::Once::new();
+
+/// Builds the gates: every vector enters its 16-byte stub (`entry`).
+fn build_idt() -> Idt {
+    let stubs = (&raw const trap_stubs) as u64;
+    let mut idt = Idt([Gate {
+        off_lo: 0,
+        sel: 0,
+        ist: 0,
+        attr: 0,
+        off_mid: 0,
+        off_hi: 0,
+        _r: 0,
+    }; 256]);
+    for (v, g) in idt.0.iter_mut().enumerate() {
+        let off = stubs + v as u64 * 16;
+        // Interrupt gates; int3/into are callable from ring 3 (DPL 3) as on Xen.
+        let dpl: u8 = if v == 3 || v == 4 { 3 } else { 0 };
+        let ist = match v {
+            2 => 2,  // NMI
+            8 => 1,  // #DF
+            18 => 3, // #MC
+            _ => 0,
+        };
+        *g = Gate {
+            off_lo: off as u16,
+            sel: HV_CS,
+            ist,
+            attr: 0x8e | (dpl << 5),
+            off_mid: (off >> 16) as u16,
+            off_hi: (off >> 32) as u32,
+            _r: 0,
+        };
+    }
+    idt
+}
+
+/// Loads the IDT on this CPU (building it on the first call): the one
+/// place that reaches [`IDT`].
+fn load_idt() {
+    let idt = IDT.call_once(build_idt);
+    let ip = Pointer {
+        limit: (size_of::<Idt>() - 1) as u16,
+        base: idt as *const Idt as u64,
+    };
+    // SAFETY: the table lives (unchanged) for the whole run; every gate
+    // enters a hypervisor stub through the ring-0 code selector that every
+    // CPU's GDT holds.
+    unsafe { asm!("lidt [{}]", in(reg) &ip, options(nostack)) };
+}
 
 unsafe extern "C" {
     /// Entry stubs for vectors 0..=255, 16 bytes apart (see `entry`).
@@ -108,79 +151,46 @@ fn this_gdt() -> *mut Gdt {
     super::percpu::this_cpu().gdt.load(Ordering::Relaxed) as *mut Gdt
 }
 
-/// Builds and loads the GDT, TSS and IDT and programs syscall.
+/// The hypervisor's own GDT entries, by index from `FIRST_RESERVED`
+/// (the TSS descriptor, at +7 and +8, is each CPU's own).
+const RESERVED: [(usize, u64); 5] = [
+    (1, 0x00AF_9A00_0000_FFFF), // 0xe008 ring-0 code64
+    (2, 0x00CF_9200_0000_FFFF), // 0xe010 ring-0 data
+    (4, 0x00CF_FA00_0000_FFFF), // 0xe023 ring-3 code32
+    (5, 0x00CF_F200_0000_FFFF), // 0xe02b ring-3 data
+    (6, 0x00AF_FA00_0000_FFFF), // 0xe033 ring-3 code64
+];
+
+/// Builds and loads the boot CPU's GDT and TSS (in frames of its own, as
+/// every AP's: no CPU's tables are statics), loads the IDT and programs
+/// syscall.
 pub fn init() {
-    // SAFETY: called once at boot on the only CPU, before any guest runs and
-    // with interrupts off; nothing else references these statics yet.
-    unsafe {
-        // The boot CPU's per-CPU block first: everything below reaches its
-        // tables through it.
-        let me = super::percpu::bsp();
-        super::percpu::install(me, 0, 0);
-        me.gdt.store((&raw const GDT) as u64, Ordering::Relaxed);
-        me.tss.store((&raw const TSS) as u64, Ordering::Relaxed);
-        // Not clippy's `&STATIC`: a reference to a static mut is an error.
-        #[allow(clippy::deref_addrof)]
-        let gdt = &mut *(&raw mut GDT);
-        gdt.0[FIRST_RESERVED + 1] = 0x00AF_9A00_0000_FFFF; // 0xe008 ring-0 code64
-        gdt.0[FIRST_RESERVED + 2] = 0x00CF_9200_0000_FFFF; // 0xe010 ring-0 data
-        gdt.0[FIRST_RESERVED + 4] = 0x00CF_FA00_0000_FFFF; // 0xe023 ring-3 code32
-        gdt.0[FIRST_RESERVED + 5] = 0x00CF_F200_0000_FFFF; // 0xe02b ring-3 data
-        gdt.0[FIRST_RESERVED + 6] = 0x00AF_FA00_0000_FFFF; // 0xe033 ring-3 code64
-        // Not clippy's `&STATIC`: a reference to a static mut is an error.
-        #[allow(clippy::deref_addrof)]
-        let tss = &mut *(&raw mut TSS);
-        let mut ist = tss.ist;
-        for top in ist.iter_mut().take(3) {
-            *top = stack(stacks::IST_BYTES, stacks::Kind::Ist);
-        }
-        tss.ist = ist;
-        let hv_top = stack(stacks::HV_BYTES, stacks::Kind::Hypervisor);
-        tss.rsp[0] = hv_top;
-        let base = (&raw const TSS) as u64;
-        let limit = size_of::<Tss>() as u64 - 1;
-        gdt.0[FIRST_RESERVED + 7] = (limit & 0xffff)
-            | ((base & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((limit >> 16) & 0xf) << 48)
-            | (((base >> 24) & 0xff) << 56);
-        gdt.0[FIRST_RESERVED + 8] = base >> 32;
-        load_gdt_and_tss((&raw const GDT) as u64);
-
-        // Not clippy's `&STATIC`: a reference to a static mut is an error.
-        #[allow(clippy::deref_addrof)]
-        let idt = &mut *(&raw mut IDT);
-        let stubs = (&raw const trap_stubs) as u64;
-        for (v, g) in idt.iter_mut().enumerate() {
-            let off = stubs + v as u64 * 16;
-            // Interrupt gates; int3/into are callable from ring 3 (DPL 3) as on Xen.
-            let dpl: u8 = if v == 3 || v == 4 { 3 } else { 0 };
-            let ist = match v {
-                2 => 2,  // NMI
-                8 => 1,  // #DF
-                18 => 3, // #MC
-                _ => 0,
-            };
-            *g = Gate {
-                off_lo: off as u16,
-                sel: HV_CS,
-                ist,
-                attr: 0x8e | (dpl << 5),
-                off_mid: (off >> 16) as u16,
-                off_hi: (off >> 32) as u32,
-                _r: 0,
-            };
-        }
-        let ip = Pointer {
-            limit: (size_of::<[Gate; 256]>() - 1) as u16,
-            base: (&raw const IDT) as u64,
-        };
-        asm!("lidt [{}]", in(reg) &ip, options(nostack));
-
-        init_syscall();
-        let idle_top = stack(stacks::IDLE_BYTES, stacks::Kind::Idle);
-        super::entry::init_cpu(hv_top, idle_top, None);
+    // The boot CPU's per-CPU block first: everything below reaches its
+    // tables through it.
+    let me = super::percpu::bsp();
+    // SAFETY: the boot CPU's own block (a static), installed once, before
+    // anything reads GS.
+    unsafe { super::percpu::install(me, 0, 0) };
+    let frames = |n: u64| {
+        super::smp::alloc_frames(n)
+            .map(|f| crate::mm::DIRECTMAP_BASE + f * crate::mm::PAGE)
+            .unwrap_or_else(|| panic!("no memory for the boot CPU's GDT and TSS"))
+    };
+    let gdt = frames(GDT_BYTES / crate::mm::PAGE);
+    let tss = frames(1);
+    let mut ist = [0; 3];
+    for top in ist.iter_mut() {
+        *top = stack(stacks::IST_BYTES, stacks::Kind::Ist);
     }
+    let hv_top = stack(stacks::HV_BYTES, stacks::Kind::Hypervisor);
+    // SAFETY: `gdt` and `tss` are zeroed frames just allocated for this
+    // CPU alone and never freed; boot, interrupts off.
+    unsafe { init_tables(gdt, tss, hv_top, ist) };
+    me.gdt.store(gdt, Ordering::Relaxed);
+    me.tss.store(tss, Ordering::Relaxed);
+    init_syscall();
+    let idle_top = stack(stacks::IDLE_BYTES, stacks::Kind::Idle);
+    super::entry::init_cpu(hv_top, idle_top, None);
 }
 
 /// Programs this CPU's syscall MSRs: enter at HV_CS (`syscall_entry`,
@@ -275,30 +285,27 @@ unsafe fn load_gdt_and_tss(gdt: u64) {
     }
 }
 
-/// Bytes an application processor's GDT takes (the full 8192 entries: the
-/// reserved selectors sit at 0xE000 and up).
-pub const AP_GDT_BYTES: u64 = (GDT_ENTRIES * 8) as u64;
+/// Bytes a CPU's GDT takes (the full 8192 entries: the reserved
+/// selectors sit at 0xE000 and up).
+pub const GDT_BYTES: u64 = (GDT_ENTRIES * 8) as u64;
 
-/// Sets up and loads an application processor's own descriptor tables:
-/// its GDT at `gdt` (an `AP_GDT_BYTES` zeroed block) with the hypervisor's
-/// reserved entries and a TSS descriptor for its TSS at `tss` (one zeroed
-/// page), whose RSP0 is `rsp0` and IST stacks `ist`; the IDT is shared.
-/// Both are direct-map addresses of frames allocated for this CPU alone.
+/// Sets up and loads a CPU's own descriptor tables: its GDT at `gdt` (a
+/// `GDT_BYTES` zeroed block) with the hypervisor's reserved entries and a
+/// TSS descriptor for its TSS at `tss` (one zeroed page), whose RSP0 is
+/// `rsp0` and IST stacks `ist`; then the (shared) IDT. Both are
+/// direct-map addresses of frames allocated for this CPU alone.
 ///
 /// # Safety
-/// Runs once on the AP it is for, with interrupts off; `gdt` and `tss`
+/// Runs once on the CPU it is for, with interrupts off; `gdt` and `tss`
 /// must be writable memory of the sizes above that nothing else uses, and
 /// stay so for as long as the CPU runs.
-pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
-    // SAFETY: per the contract, `gdt` and `tss` are this CPU's own memory;
-    // the BSP's GDT is only read (its reserved entries never change after
-    // boot).
+pub unsafe fn init_tables(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
+    // SAFETY: per the contract, `gdt` and `tss` are this CPU's own memory.
     unsafe {
         let mine = &mut *(gdt as *mut Gdt);
-        // Not clippy's `&STATIC`: a reference to a static mut is an error.
-        #[allow(clippy::deref_addrof)]
-        let bsp = &*(&raw const GDT);
-        mine.0[FIRST_RESERVED..].copy_from_slice(&bsp.0[FIRST_RESERVED..]);
+        for (i, d) in RESERVED {
+            mine.0[FIRST_RESERVED + i] = d;
+        }
         let t = &mut *(tss as *mut Tss);
         *t = Tss {
             _r0: 0,
@@ -317,12 +324,8 @@ pub unsafe fn init_ap(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
             | (((tss >> 24) & 0xff) << 56);
         mine.0[FIRST_RESERVED + 8] = tss >> 32;
         load_gdt_and_tss(gdt);
-        let ip = Pointer {
-            limit: (size_of::<[Gate; 256]>() - 1) as u16,
-            base: (&raw const IDT) as u64,
-        };
-        asm!("lidt [{}]", in(reg) &ip, options(nostack));
     }
+    load_idt();
 }
 
 /// Loads a vCPU's own GDT entries (indices 0..n, 0 kept null) and clears

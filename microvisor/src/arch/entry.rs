@@ -7,6 +7,7 @@
 //! the only choice they make is which of those entries a hypercall takes.
 
 use core::arch::global_asm;
+use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
 
 /// Saved guest (or hypervisor) state, exactly as the stubs lay it out on the
@@ -326,14 +327,27 @@ cstar_entry:
 /// Each frame's end must be 16-byte aligned: the CPU aligns RSP0 down to 16
 /// bytes before pushing an exception frame, and a frame pushed 8 bytes low
 /// would not be where the stubs expect it.
-static mut FRAMES: Frames = Frames([TrapFrame::ZERO; NR_FRAMES]);
+///
+/// Discipline (why this `Sync` static needs no lock): the array is only
+/// ever reached through [`frame_addr`], as a raw address, never as a
+/// reference to the whole; a vCPU's frame is written by the CPU that holds
+/// that vCPU (its stubs at entry and exit, its Rust code through the
+/// `&mut TrapFrame` the entry hands over), or, before the vCPU first runs,
+/// by whoever builds it under the hypervisor lock (`set_frame`). A vCPU is
+/// held by at most one CPU at a time (`Hv::running`), so no two CPUs touch
+/// one frame at once.
+static FRAMES: Frames = Frames(UnsafeCell::new([TrapFrame::ZERO; NR_FRAMES]));
 
 /// One frame per vCPU, then the boot CPU's idle context.
 const NR_FRAMES: usize = crate::domain::MAX_VCPUS + 1;
 const IDLE_FRAME: usize = crate::domain::MAX_VCPUS;
 
 #[repr(C, align(64))]
-struct Frames([TrapFrame; NR_FRAMES]);
+struct Frames(UnsafeCell<[TrapFrame; NR_FRAMES]>);
+
+// SAFETY: see `FRAMES`: each frame has one user at a time, and only raw
+// addresses of frames are handed out.
+unsafe impl Sync for Frames {}
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>().is_multiple_of(16));
 
@@ -344,7 +358,7 @@ unsafe extern "C" {
 fn frame_addr(i: usize) -> u64 {
     // vCPU indexes are below MAX_VCPUS (the vCPU table's capacity).
     let i = i.min(NR_FRAMES - 1);
-    (&raw const FRAMES) as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
+    FRAMES.0.get() as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
 }
 
 /// Boot: this CPU's hypervisor stack (where Rust runs after an entry from

@@ -6,6 +6,7 @@
 //! CPU. Every line starts masked; `irq` unmasks the ones a domain binds.
 
 use crate::mm::paging;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 const REGSEL: u64 = 0x00;
 const WIN: u64 = 0x10;
@@ -20,7 +21,8 @@ const VA: [u64; 2] = [
     crate::arch::apic::APIC_VA + 0x2000,
 ];
 
-static mut PRESENT: [u32; 2] = [0; 2];
+/// Lines of each chip (0: absent); written by `init` at boot.
+static PRESENT: [AtomicU32; 2] = [const { AtomicU32::new(0) }; 2];
 
 fn read(chip: usize, reg: u32) -> u32 {
     // SAFETY: VA[chip] maps the I/O APIC's register page uncached (`init`);
@@ -42,8 +44,7 @@ fn write(chip: usize, reg: u32, v: u32) {
 
 /// Lines of chip `chip` (0 if absent).
 fn lines(chip: usize) -> u32 {
-    // SAFETY: written once by `init`, before any reader.
-    unsafe { PRESENT[chip] }
+    PRESENT[chip].load(Ordering::Relaxed)
 }
 
 /// Maps both I/O APICs and masks every line. Returns how many GSIs exist.
@@ -57,8 +58,7 @@ pub fn init() -> u32 {
         } else {
             ((ver >> 16) & 0xff) + 1
         };
-        // SAFETY: boot, single CPU, before any reader.
-        unsafe { PRESENT[chip] = n.min(24) };
+        PRESENT[chip].store(n.min(24), Ordering::Relaxed);
         for pin in 0..n.min(24) {
             write(chip, 0x10 + 2 * pin, 1 << 16);
         }

@@ -1,40 +1,69 @@
-//! Port I/O instructions. Owns nothing else; callers decide which ports.
+//! Port I/O. A port is reached only through a [`Port`], the token that
+//! says whose it is: one of the hypervisor's own devices (the named
+//! constants), or a port a guest may use (`Port::for_guest`, which asks
+//! `microvisor_core::pv::port_permitted`). So no caller can reach, say, the
+//! PCI configuration ports or the interrupt controllers by passing a
+//! number: the raw instructions below are private.
 
 use core::arch::asm;
 
-/// Writes a byte to an I/O port.
-pub fn outb(port: u16, val: u8) {
-    // SAFETY: port output has no memory-safety effect on the hypervisor; the
-    // ports used (COM1, the debug-exit device) are owned by the hypervisor.
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags))
+/// An I/O port someone may use (see the module).
+#[derive(Clone, Copy)]
+pub struct Port(u16);
+
+impl Port {
+    /// COM1's register `reg` (0..8), the hypervisor's serial console.
+    pub const fn com1(reg: u16) -> Port {
+        Port(0x3f8 + (reg & 7))
+    }
+    /// The legacy PICs' mask registers (masked at boot, never unmasked).
+    pub const PIC1_MASK: Port = Port(0x21);
+    pub const PIC2_MASK: Port = Port(0xa1);
+    /// The CMOS RTC's index and data registers (read once at boot).
+    pub const CMOS_INDEX: Port = Port(0x70);
+    pub const CMOS_DATA: Port = Port(0x71);
+    /// QEMU's isa-debug-exit device.
+    pub const DEBUG_EXIT: Port = Port(0xf4);
+
+    /// Port `port` for an access of `width` bytes by a domain (privileged
+    /// or not), if Xen's permissions let it through (never one of the
+    /// hypervisor's own ports).
+    pub fn for_guest(privileged: bool, port: u16, width: u16) -> Option<Port> {
+        microvisor_core::pv::port_permitted(privileged, port, width).then_some(Port(port))
+    }
+
+    /// Writes a byte.
+    pub fn outb(self, val: u8) {
+        out_width(self.0, 1, u32::from(val));
+    }
+
+    /// Reads a byte.
+    pub fn inb(self) -> u8 {
+        in_width(self.0, 1) as u8
+    }
+
+    /// Writes a 32-bit value.
+    pub fn outl(self, val: u32) {
+        out_width(self.0, 4, val);
+    }
+
+    /// Reads 1, 2 or 4 bytes.
+    pub fn read(self, width: u16) -> u32 {
+        in_width(self.0, width)
+    }
+
+    /// Writes 1, 2 or 4 bytes.
+    pub fn write(self, width: u16, val: u32) {
+        out_width(self.0, width, val);
     }
 }
 
-/// Reads a byte from an I/O port.
-pub fn inb(port: u16) -> u8 {
-    let v: u8;
-    // SAFETY: as for `outb`.
-    unsafe {
-        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-
-/// Writes a 32-bit value to an I/O port.
-pub fn outl(port: u16, val: u32) {
-    // SAFETY: as for `outb`.
-    unsafe {
-        asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags))
-    }
-}
-
-/// Reads 1, 2 or 4 bytes from an I/O port (for a guest with I/O privilege;
-/// the caller has excluded the hypervisor's own ports).
-pub fn in_width(port: u16, width: u16) -> u32 {
+/// Reads 1, 2 or 4 bytes from an I/O port.
+fn in_width(port: u16, width: u16) -> u32 {
     let v: u32;
-    // SAFETY: port input has no memory effect on the hypervisor; the caller
-    // keeps the hypervisor's ports out of reach.
+    // SAFETY: port input touches no memory; `port` came from a `Port`,
+    // which only this module makes (the hypervisor's devices, or a port
+    // the policy gives a guest).
     unsafe {
         match width {
             1 => {
@@ -55,9 +84,9 @@ pub fn in_width(port: u16, width: u16) -> u32 {
     v
 }
 
-/// Writes 1, 2 or 4 bytes to an I/O port (see `in_width`).
-pub fn out_width(port: u16, width: u16, val: u32) {
-    // SAFETY: as for `in_width`.
+/// Writes 1, 2 or 4 bytes to an I/O port.
+fn out_width(port: u16, width: u16, val: u32) {
+    // SAFETY: as for `in_width`: a port a `Port` vouches for.
     unsafe {
         match width {
             1 => {

@@ -111,17 +111,19 @@ struct ApMemory {
     apic_id: u32,
 }
 
-fn alloc_frames(n: u64) -> Option<u64> {
+/// `n` contiguous zeroed frames (the first), for one CPU's own tables.
+pub(super) fn alloc_frames(n: u64) -> Option<u64> {
     let first = mm::with_allocator(|a| a.alloc_contiguous(n, 1))?;
     for f in first..first + n {
-        mm::zero_frame(f);
+        // SAFETY: just taken from the allocator: nobody else has it.
+        unsafe { mm::zero_frame(f) };
     }
     Some(first)
 }
 
 fn ap_memory(cpu: u32) -> Option<ApMemory> {
     let va = |f: u64| mm::DIRECTMAP_BASE + f * PAGE;
-    let gdt = alloc_frames(crate::arch::desc::AP_GDT_BYTES / PAGE)?;
+    let gdt = alloc_frames(crate::arch::desc::GDT_BYTES / PAGE)?;
     let tss = alloc_frames(1)?;
     let stack_top = stacks::alloc(stacks::HV_BYTES, stacks::Kind::Hypervisor, cpu)?;
     let mut ist = [0; 3];
@@ -156,7 +158,7 @@ extern "C" fn ap_entry() -> ! {
         crate::arch::cpu::write_cr0(BSP_CR0.load(Ordering::Relaxed));
         crate::arch::cpu::write_cr4(BSP_CR4.load(Ordering::Relaxed));
         let m = &*(desc as *const ApMemory);
-        crate::arch::desc::init_ap(m.gdt, m.tss, m.stack_top, m.ist);
+        crate::arch::desc::init_tables(m.gdt, m.tss, m.stack_top, m.ist);
         let me = &*(m.percpu as *const PerCpu);
         super::percpu::install(me, m.cpu, m.apic_id);
         me.gdt.store(m.gdt, Ordering::Relaxed);
@@ -202,7 +204,9 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
         let end = &raw const ap_trampoline_end;
         core::slice::from_raw_parts(start, end as usize - start as usize)
     };
-    mm::write_phys(TRAMPOLINE, blob);
+    // SAFETY: the trampoline's page is low memory the allocator never hands
+    // out (see `TRAMPOLINE`); only this function writes it.
+    unsafe { mm::write_phys(TRAMPOLINE, blob) };
     AP_CR3.store(crate::mm::paging::hv_l4(), Ordering::Relaxed);
     BSP_CR0.store(crate::arch::cpu::cr0(), Ordering::Relaxed);
     BSP_CR4.store(crate::arch::cpu::cr4(), Ordering::Relaxed);
@@ -267,6 +271,23 @@ static FLUSH_REQ: AtomicU64 = AtomicU64::new(0);
 #[inline]
 pub fn active() -> bool {
     SCHED_CPUS.load(Ordering::Relaxed).count_ones() > 1
+}
+
+/// The CPUs that run the scheduler (bit per CPU number), or, while the
+/// domains are built and none runs it yet, those that will: every CPU that
+/// started (the boot CPU alone with `smp=up`).
+pub fn scheduler_cpus() -> u64 {
+    match SCHED_CPUS.load(Ordering::Acquire) {
+        0 if RUN_ON_APS.load(Ordering::Relaxed) => online_mask(),
+        0 => 1,
+        s => s,
+    }
+}
+
+/// The CPUs that joined the scheduler (0 while domains are built).
+#[inline]
+pub fn scheduler_cpus_joined() -> u64 {
+    SCHED_CPUS.load(Ordering::Relaxed)
 }
 
 /// The CPUs that started (bit per CPU number).

@@ -13,14 +13,24 @@ use spin::{Mutex, Once};
 /// frame table without a lock"), so any CPU may use it at any time.
 pub static FT: Once<FrameTable<'static>> = Once::new();
 
-static mut M2P_BASE_PA: u64 = 0;
-static mut M2P_ENTRIES: u64 = 0;
+/// Where the M2P table is (physical address) and how many entries it
+/// has; set once by `init`.
+struct M2p {
+    base_pa: u64,
+    entries: u64,
+}
+
+static M2P: Once<M2p> = Once::new();
 
 /// Guest-visible base of the read-only M2P table (Xen's MACH2PHYS_VIRT_START).
 pub const M2P_VA: u64 = 0xFFFF_8000_0000_0000;
 
-/// RAM seen as page tables by the policy.
-pub struct DirectMap;
+/// RAM seen as page tables by the policy: the memory token of
+/// `microvisor_core`'s policies (the frame table's `TableMemory`, the
+/// grant tables' `GrantMemory`). Only [`with`] makes one, so whoever writes
+/// through it runs inside a frame-table operation, and writes only what
+/// the policy handed it.
+pub struct DirectMap(());
 
 impl TableMemory for DirectMap {
     #[inline]
@@ -29,7 +39,9 @@ impl TableMemory for DirectMap {
     }
     #[inline]
     fn write(&mut self, mfn: u64, idx: usize, val: u64) {
-        write_u64(mfn * PAGE + idx as u64 * 8, val)
+        // SAFETY: the frame-table policy writes only entries of page tables
+        // it holds claimed or page-locked (`TableMemory`'s contract).
+        unsafe { write_u64(mfn * PAGE + idx as u64 * 8, val) }
     }
     fn flush_tlbs(&mut self) {
         // Every CPU that may cache a translation (`smp`), not just this one.
@@ -46,15 +58,147 @@ impl TableMemory for DirectMap {
 pub fn with<R>(f: impl FnOnce(&FrameTable<'static>, &mut DirectMap) -> R) -> R {
     f(
         FT.get().expect("frame table initialised at boot"),
-        &mut DirectMap,
+        &mut DirectMap(()),
     )
+}
+
+impl DirectMap {
+    /// Zeroes frame `mfn`, which the policy that called (`GrantMemory`)
+    /// handed this memory to write.
+    pub fn zero_frame(&mut self, mfn: u64) {
+        // SAFETY: the policies write only frames they hold claimed (their
+        // memory traits' contract); this token exists only inside `with`.
+        unsafe { super::zero_frame(mfn) }
+    }
+
+    /// Copies `len` bytes within RAM (`memmove`), for a policy that holds
+    /// the destination writable (`GrantMemory::copy`).
+    pub fn move_bytes(&mut self, dst: u64, src: u64, len: u64) {
+        // SAFETY: as for `zero_frame`: the policy holds the destination
+        // writable-typed.
+        unsafe { super::move_phys(dst, src, len) }
+    }
+}
+
+/// A writable-type reference on a guest frame (`get_page_and_type`), held
+/// for as long as this lives: the proof that the hypervisor may write the
+/// frame on the guest's behalf (it cannot be a page table or descriptor
+/// frame meanwhile, nor change owner). The way code outside `mm` writes a
+/// guest frame (`MMUEXT_CLEAR_PAGE`, `MMUEXT_COPY_PAGE`, the domain builder).
+pub struct WriteRef {
+    mfn: u64,
+}
+
+impl WriteRef {
+    /// Takes a `ty` reference (`Writable`, or `Segment` for a descriptor
+    /// write, whose caller checks the descriptor) on `dom`'s frame `mfn`.
+    pub fn new(
+        mfn: u64,
+        dom: u16,
+        ty: microvisor_core::frametable::PageType,
+    ) -> Result<WriteRef, guest_abi::errno::Errno> {
+        use microvisor_core::frametable::PageType;
+        if !matches!(ty, PageType::Writable | PageType::Segment) {
+            return Err(guest_abi::errno::Errno::EINVAL);
+        }
+        with(|ft, mem| ft.get_page_and_type(mem, mfn, ty, dom))?;
+        Ok(WriteRef { mfn })
+    }
+
+    /// A writable reference on `dom`'s frame `mfn`.
+    pub fn writable(mfn: u64, dom: u16) -> Result<WriteRef, guest_abi::errno::Errno> {
+        Self::new(mfn, dom, microvisor_core::frametable::PageType::Writable)
+    }
+
+    /// Zeroes the frame.
+    pub fn zero(&mut self) {
+        // SAFETY: the frame is held writable-typed (this reference).
+        unsafe { super::zero_frame(self.mfn) }
+    }
+
+    /// Copies `bytes` to byte offset `off` (panics beyond the page: a
+    /// hypervisor bug).
+    pub fn write(&mut self, off: u64, bytes: &[u8]) {
+        assert!(
+            off.checked_add(bytes.len() as u64)
+                .is_some_and(|e| e <= PAGE)
+        );
+        // SAFETY: inside the frame held writable (this reference).
+        unsafe { super::write_phys(self.mfn * PAGE + off, bytes) }
+    }
+
+    /// Writes the aligned u64 at byte offset `off` of the frame.
+    pub fn write_u64(&mut self, off: u64, v: u64) {
+        assert!(off < PAGE);
+        // SAFETY: inside the frame held writable (this reference).
+        unsafe { write_u64(self.mfn * PAGE + off, v) }
+    }
+
+    /// Copies the whole of frame `src` into this one.
+    pub fn copy_page_from(&mut self, src: u64) {
+        let mut buf = [0u8; 512];
+        for off in (0..PAGE).step_by(512) {
+            super::read_phys(src * PAGE + off, &mut buf);
+            self.write(off, &buf);
+        }
+    }
+}
+
+impl Drop for WriteRef {
+    fn drop(&mut self) {
+        with(|ft, mem| ft.put_page_and_type(mem, self.mfn));
+    }
+}
+
+/// Gives frames the caller alone has to domain `dom` (its allocation
+/// references; `FrameTable::assign`), all or none: on an error the frames
+/// come back.
+pub fn assign(
+    frames: super::Owned,
+    dom: u16,
+) -> Result<(), (super::Owned, guest_abi::errno::Errno)> {
+    let (first, count) = (frames.first(), frames.count());
+    for mfn in first..first + count {
+        if let Err(e) = with(|ft, _| ft.assign(mfn, dom)) {
+            for m in first..mfn {
+                let _ = with(|ft, _| ft.release(m, dom));
+            }
+            return Err((frames, e));
+        }
+    }
+    let _ = frames.into_frames();
+    Ok(())
+}
+
+/// Takes frame `mfn` back from `dom` (`FrameTable::release`: refused while
+/// anything else references it) and flushes the TLBs that may still map
+/// it; the frame is then the caller's alone.
+pub fn release(mfn: u64, dom: u16) -> Result<super::Owned, guest_abi::errno::Errno> {
+    with(|ft, mem| {
+        ft.release(mfn, dom)?;
+        mem.flush_tlbs();
+        Ok(super::Owned::reclaimed(mfn, 1))
+    })
+}
+
+/// Scrubs and frees frame `mfn`, which a policy just took back from its
+/// domain and handed over (`grant::set_version`'s freed status frames).
+/// Refused (and reported) unless the frame table has it free.
+pub fn free_released(mfn: u64) {
+    let owner = with(|ft, _| ft.owner(mfn));
+    if owner == Some(microvisor_core::frametable::OWNER_FREE) {
+        super::Owned::reclaimed(mfn, 1).free();
+    } else {
+        crate::warn!("frame {mfn:#x} handed back while owned ({owner:?}): not freed");
+    }
 }
 
 fn alloc_contiguous_zeroed(frames: u64) -> u64 {
     let base = super::with_allocator(|a| a.alloc_contiguous(frames, 1))
         .expect("memory for the frame table and M2P");
     for f in base..base + frames {
-        super::zero_frame(f);
+        // SAFETY: just taken from the allocator: nobody else has it.
+        unsafe { super::zero_frame(f) };
     }
     base
 }
@@ -78,26 +222,26 @@ pub fn init(nr_frames: u64) {
     let m2p_bytes = nr_frames * 8;
     let m2p = alloc_contiguous_zeroed(m2p_bytes.div_ceil(PAGE));
     for i in 0..nr_frames {
-        write_u64(m2p * PAGE + i * 8, u64::MAX);
+        // SAFETY: the M2P table, just allocated; only `set_m2p` writes it.
+        unsafe { write_u64(m2p * PAGE + i * 8, u64::MAX) };
     }
     paging::map_user_readonly(M2P_VA, m2p * PAGE, m2p_bytes.div_ceil(PAGE));
     for (i, s) in slots.iter_mut().enumerate() {
         *s = paging::hv_l4_entry(paging::HV_SLOT_FIRST + i);
     }
-    // SAFETY: boot, single CPU, before any reader.
-    unsafe {
-        M2P_BASE_PA = m2p * PAGE;
-        M2P_ENTRIES = nr_frames;
-    }
+    M2P.call_once(|| M2p {
+        base_pa: m2p * PAGE,
+        entries: nr_frames,
+    });
     FT.call_once(|| FrameTable::new(pages, slots));
 }
 
 /// Sets M2P[mfn] = pfn (the hypervisor's copy, read by guests).
 pub fn set_m2p(mfn: u64, pfn: u64) {
-    // SAFETY: written once at boot.
-    let (base, n) = unsafe { (M2P_BASE_PA, M2P_ENTRIES) };
-    if mfn < n {
-        write_u64(base + mfn * 8, pfn);
+    if let Some(m) = M2P.get().filter(|m| mfn < m.entries) {
+        // SAFETY: an entry of the M2P table (`mfn` checked against its
+        // size), which guests only read (mapped read-only).
+        unsafe { write_u64(m.base_pa + mfn * 8, pfn) };
     }
 }
 
@@ -132,9 +276,9 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
         }
         mem.flush_tlbs();
         ft.relinquish_domain(mem, dom, |mfn| {
-            super::zero_frame(mfn);
             set_m2p(mfn, u64::MAX);
-            let _ = super::with_allocator(|a| a.free(mfn));
+            // The table freed the frame: nobody else has it.
+            super::Owned::reclaimed(mfn, 1).free();
             freed += 1;
         })
     });

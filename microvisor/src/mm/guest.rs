@@ -288,7 +288,11 @@ fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
         let cur = va + done as u64;
         let n = ((PAGE - (cur & (PAGE - 1))) as usize).min(data.len() - done);
         let pa = translate(cr3, cur, true)?;
-        write_phys(pa, &data[done..done + n]);
+        // SAFETY: `pa` is the frame a validated guest page table maps
+        // writable for the guest (`translate` with `write`), so the frame
+        // table has it writable-typed: the same write the guest itself
+        // could make through that mapping.
+        unsafe { write_phys(pa, &data[done..done + n]) };
         done += n;
     }
     Ok(())

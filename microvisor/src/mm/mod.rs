@@ -12,6 +12,8 @@ pub mod heap;
 pub mod paging;
 pub mod stacks;
 
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use microvisor_core::frame_alloc::FrameAllocator;
 use spin::Mutex;
 
@@ -24,23 +26,60 @@ pub const KERNEL_VMA: u64 = 0xFFFF_8280_0000_0000;
 /// Frames the allocator can track (8 GiB of RAM).
 pub const MAX_FRAMES: usize = 2 * 1024 * 1024;
 
-static mut BITMAP: [u64; MAX_FRAMES / 64] = [0; MAX_FRAMES / 64];
+/// A value handed out once, as `&'static mut`, to whoever asks first:
+/// storage that one owner needs for the whole run (the allocator's
+/// bitmap), without a `static mut`. A second `take` gets `None`, so two
+/// mutable references can never exist.
+pub struct TakeOnce<T> {
+    value: UnsafeCell<T>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the value is reachable only through the one `&mut` that `take`
+// hands out (the flag is swapped atomically, so exactly one caller gets
+// it); sharing a `TakeOnce` between CPUs shares nothing else.
+unsafe impl<T: Send> Sync for TakeOnce<T> {}
+
+impl<T> TakeOnce<T> {
+    pub const fn new(value: T) -> TakeOnce<T> {
+        TakeOnce {
+            value: UnsafeCell::new(value),
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    /// The value, the first time; `None` ever after.
+    // Deliberate: the `&mut` comes from a shared static, which the `taken`
+    // flag makes sound (one caller ever gets it), as `static_cell` does.
+    #[allow(clippy::mut_from_ref)]
+    pub fn take(&'static self) -> Option<&'static mut T> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the first and only caller to see `taken` false: no other
+        // reference to the value exists or will ever be made.
+        Some(unsafe { &mut *self.value.get() })
+    }
+}
+
+/// The allocator's bitmap (256 KiB in the image: it is needed before the
+/// allocator can hand out memory).
+static BITMAP: TakeOnce<[u64; MAX_FRAMES / 64]> = TakeOnce::new([0; MAX_FRAMES / 64]);
 static ALLOC: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
-static mut DIRECTMAP_READY: bool = false;
-static mut MAX_PHYS: u64 = 0;
+/// Whether physical memory is reached through the direct map (from the
+/// switch to the hypervisor's page tables on) or the boot identity map.
+static DIRECTMAP_READY: AtomicBool = AtomicBool::new(false);
+/// RAM the hypervisor manages (bytes); set once by `init_allocator`.
+static MAX_PHYS: AtomicU64 = AtomicU64::new(0);
 
 /// Creates the frame allocator (every frame initially used).
 pub fn init_allocator(nr_frames: u64) {
-    // SAFETY: called once at boot before anything else uses BITMAP.
-    // Not clippy's `&STATIC`: a reference to a static mut is an error.
-    #[allow(clippy::deref_addrof)]
-    let bits: &'static mut [u64] = unsafe { &mut *(&raw mut BITMAP) };
+    let bits = BITMAP.take().expect("the frame allocator is created once");
     *ALLOC.lock() = Some(
         FrameAllocator::new(bits, nr_frames.min(MAX_FRAMES as u64))
             .expect("bitmap sized for MAX_FRAMES"),
     );
-    // SAFETY: single CPU, boot time.
-    unsafe { MAX_PHYS = nr_frames.min(MAX_FRAMES as u64) * PAGE };
+    MAX_PHYS.store(nr_frames.min(MAX_FRAMES as u64) * PAGE, Ordering::Release);
 }
 
 /// Runs `f` with the frame allocator.
@@ -52,21 +91,84 @@ pub fn with_allocator<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R
 /// Allocates one zeroed frame.
 pub fn alloc_zeroed() -> Option<u64> {
     let f = with_allocator(|a| a.alloc())?;
-    zero_frame(f);
+    // SAFETY: just taken from the allocator: nobody else has it.
+    unsafe { zero_frame(f) };
     Some(f)
+}
+
+/// Frames the holder alone has: taken from the allocator (zeroed) and not
+/// yet given to a domain, or given back by the frame table (`frames::release`).
+/// Holding one is the proof that writing those frames harms nobody, so its
+/// write methods are safe where [`write_phys`] is not. Not `Clone`: there
+/// is one holder. Ends by [`Owned::free`] (scrubbed, back to the
+/// allocator) or [`Owned::into_frames`] (handed on: to the frame table
+/// with `frames::assign`, or kept by the hypervisor).
+#[must_use = "frames leak unless freed or handed on"]
+pub struct Owned {
+    first: u64,
+    count: u64,
+}
+
+impl Owned {
+    /// `count` contiguous zeroed frames, the first a multiple of `align`
+    /// frames; `None` when memory is short.
+    pub fn alloc_zeroed(count: u64, align: u64) -> Option<Owned> {
+        let first = with_allocator(|a| a.alloc_contiguous(count, align))?;
+        for f in first..first + count {
+            // SAFETY: just taken from the allocator: nobody else has them.
+            unsafe { zero_frame(f) };
+        }
+        Some(Owned { first, count })
+    }
+
+    /// Frames `first..first + count` that the caller alone has (the frame
+    /// table just gave them back).
+    pub(super) fn reclaimed(first: u64, count: u64) -> Owned {
+        Owned { first, count }
+    }
+
+    /// The first frame.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// How many frames.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the aligned u64 at byte offset `off` of the frames.
+    pub fn write_u64(&mut self, off: u64, v: u64) {
+        assert!(off < self.count * PAGE);
+        // SAFETY: inside frames this token owns.
+        unsafe { write_u64(self.first * PAGE + off, v) }
+    }
+
+    /// Scrubs the frames and gives them back to the allocator.
+    pub fn free(self) {
+        for f in self.first..self.first + self.count {
+            // SAFETY: frames this token owns, leaving the hypervisor now.
+            unsafe { zero_frame(f) };
+            let _ = with_allocator(|a| a.free(f));
+        }
+    }
+
+    /// Hands the frames on (`frames::assign`, or the hypervisor keeps
+    /// them): this token no longer writes them.
+    pub fn into_frames(self) -> core::ops::Range<u64> {
+        self.first..self.first + self.count
+    }
 }
 
 /// Highest physical address + 1 that the hypervisor manages.
 #[inline]
 pub fn max_phys() -> u64 {
-    // SAFETY: written once at boot.
-    unsafe { MAX_PHYS }
+    MAX_PHYS.load(Ordering::Acquire)
 }
 
 #[inline]
 fn ptr(pa: u64) -> *mut u8 {
-    // SAFETY: DIRECTMAP_READY only changes once at boot.
-    if unsafe { DIRECTMAP_READY } {
+    if DIRECTMAP_READY.load(Ordering::Acquire) {
         (DIRECTMAP_BASE + pa) as *mut u8
     } else {
         pa as *mut u8
@@ -74,8 +176,7 @@ fn ptr(pa: u64) -> *mut u8 {
 }
 
 pub(crate) fn set_directmap_ready() {
-    // SAFETY: single CPU, boot time, right after the CR3 switch.
-    unsafe { DIRECTMAP_READY = true };
+    DIRECTMAP_READY.store(true, Ordering::Release);
 }
 
 #[inline]
@@ -87,18 +188,29 @@ fn check(pa: u64, len: u64) {
 }
 
 /// Zeroes one frame.
-pub fn zero_frame(mfn: u64) {
+///
+/// # Safety
+/// The caller must be the frame's one writer: a frame it alone has
+/// ([`Owned`]: fresh from the allocator, or freed by the frame table), or a
+/// frame the frame-table policy lets it write (a writable-type reference,
+/// `frames::WriteRef`; the policy's own writes through `frames::DirectMap`).
+/// Never the hypervisor's image, tables or stacks in use, never a
+/// validated page table or descriptor frame. Ranges must be RAM (checked).
+pub unsafe fn zero_frame(mfn: u64) {
     check(mfn * PAGE, PAGE);
-    // SAFETY: the frame is RAM inside the direct map (checked) and owned by
-    // the caller (a hypervisor or freshly allocated guest frame).
+    // SAFETY: the frame is RAM inside the direct map (checked); the caller
+    // is its one writer (the contract).
     unsafe { core::ptr::write_bytes(ptr(mfn * PAGE), 0, PAGE as usize) }
 }
 
 /// Copies bytes into physical memory.
-pub fn write_phys(pa: u64, data: &[u8]) {
+///
+/// # Safety
+/// As for [`zero_frame`], for every frame of the range.
+pub unsafe fn write_phys(pa: u64, data: &[u8]) {
     check(pa, data.len() as u64);
-    // SAFETY: the range is RAM inside the direct map (checked); callers only
-    // write frames they own; the source is a distinct Rust slice.
+    // SAFETY: the range is RAM inside the direct map (checked); the caller
+    // is its one writer (the contract); the source is a distinct Rust slice.
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ptr(pa), data.len()) }
 }
 
@@ -146,11 +258,14 @@ pub fn atomic_u16(pa: u64) -> &'static core::sync::atomic::AtomicU16 {
 
 /// Copies `len` bytes between two physical ranges that may overlap
 /// (`memmove`).
-pub fn move_phys(dst: u64, src: u64, len: u64) {
+///
+/// # Safety
+/// As for [`zero_frame`], for every frame of the destination.
+pub unsafe fn move_phys(dst: u64, src: u64, len: u64) {
     check(dst, len);
     check(src, len);
-    // SAFETY: both ranges are RAM inside the direct map (checked); `copy`
-    // allows overlap. Guests may write either range concurrently; the bytes
+    // SAFETY: both ranges are RAM inside the direct map (checked), the
+    // caller may write the destination (the contract); `copy` allows overlap. Guests may write either range concurrently; the bytes
     // copied are then some mix, which is what a guest racing its own copy
     // gets on Xen too.
     unsafe { core::ptr::copy(ptr(src), ptr(dst), len as usize) }
@@ -180,9 +295,8 @@ impl SharedFrame {
     /// frame writable-typed while the hypervisor writes it.
     pub(super) fn of(mfn: u64) -> SharedFrame {
         check(mfn * PAGE, PAGE);
-        // SAFETY: the direct map is the only way frames are reached from here on.
         assert!(
-            unsafe { DIRECTMAP_READY },
+            DIRECTMAP_READY.load(Ordering::Acquire),
             "shared frame before the direct map"
         );
         // SAFETY: a page-aligned RAM frame inside the direct map (checked),
@@ -305,11 +419,15 @@ impl Default for SlotCell {
 }
 
 /// Writes an aligned u64 to physical memory.
+///
+/// # Safety
+/// As for [`zero_frame`], for the frame holding `pa`.
 #[inline]
-pub fn write_u64(pa: u64, v: u64) {
+pub unsafe fn write_u64(pa: u64, v: u64) {
     check(pa, 8);
     assert!(pa.is_multiple_of(8));
-    // SAFETY: aligned, inside RAM (checked).
+    // SAFETY: aligned, inside RAM (checked); the caller may write it (the
+    // contract).
     unsafe { core::ptr::write_volatile(ptr(pa) as *mut u64, v) }
 }
 

@@ -3,24 +3,23 @@
 //! 256-271 that every guest L4 receives. Never maps anything writable and
 //! executable, and never gives a hypervisor mapping the user bit.
 
-use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64, write_u64};
+use super::{DIRECTMAP_BASE, KERNEL_VMA, PAGE, alloc_zeroed, read_u64};
 use crate::arch::cpu;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-pub const P: u64 = 1;
-pub const RW: u64 = 1 << 1;
-pub const US: u64 = 1 << 2;
-pub const A: u64 = 1 << 5;
-pub const D: u64 = 1 << 6;
-pub const PS: u64 = 1 << 7;
-pub const G: u64 = 1 << 8;
-pub const NX: u64 = 1 << 63;
-pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+// The entry bits, from their one definition (`guest_abi::arch::PteFlags`).
+pub use guest_abi::arch::pte::{
+    ACCESSED as A, ADDR_MASK, DIRTY as D, GLOBAL as G, NX, PAT_OR_PSE as PS, PCD, PRESENT as P,
+    PWT, RW, USER as US,
+};
 
 /// First and last (inclusive) L4 slots owned by the hypervisor.
 pub const HV_SLOT_FIRST: usize = 256;
 pub const HV_SLOT_LAST: usize = 271;
 
-static mut HV_L4: u64 = 0;
+/// Physical address of the hypervisor's L4; set once by `init`, before
+/// any other CPU starts.
+static HV_L4: AtomicU64 = AtomicU64::new(0);
 
 /// Where the running vCPU's LDT is shadow-mapped: L4 slot 260, as Xen's
 /// per-domain area. The CPU reads descriptors there (and sets their
@@ -28,12 +27,12 @@ static mut HV_L4: u64 = 0;
 pub const LDT_VA: u64 = 0xFFFF_8200_0000_0000;
 /// Pages of the largest LDT (8192 descriptors of 8 bytes).
 pub const LDT_PAGES: usize = 16;
-/// Physical address of the L1 table that maps the LDT shadow area.
-static mut LDT_L1: u64 = 0;
+/// Physical address of the L1 table that maps the LDT shadow area (every
+/// CPU's window); set once by `init`, before any other CPU starts.
+static LDT_L1: AtomicU64 = AtomicU64::new(0);
 
 fn ldt_l1() -> u64 {
-    // SAFETY: written once at boot.
-    unsafe { LDT_L1 }
+    LDT_L1.load(Ordering::Acquire)
 }
 
 /// CPUs with an LDT window of their own (the L1 under `LDT_VA` has 512
@@ -42,9 +41,7 @@ pub const LDT_CPUS: usize = 512 / LDT_PAGES;
 
 /// This CPU's first entry in the LDT window's L1.
 fn ldt_slot0() -> u64 {
-    let cpu = crate::arch::percpu::this_cpu()
-        .cpu
-        .load(core::sync::atomic::Ordering::Relaxed) as u64;
+    let cpu = crate::arch::percpu::this_cpu().cpu.load(Ordering::Relaxed) as u64;
     cpu.min(LDT_CPUS as u64 - 1) * LDT_PAGES as u64
 }
 
@@ -72,7 +69,7 @@ pub fn set_ldt_page(i: usize, mfn: u64) {
     };
     let at = ldt_l1() + (ldt_slot0() + i as u64) * 8;
     if read_u64(at) != e {
-        write_u64(at, e);
+        set_entry(at, e);
         cpu::invlpg(ldt_va() + i as u64 * PAGE);
     }
 }
@@ -88,13 +85,21 @@ unsafe extern "C" {
 
 /// Physical address of the hypervisor's L4.
 pub fn hv_l4() -> u64 {
-    // SAFETY: written once at boot.
-    unsafe { HV_L4 }
+    HV_L4.load(Ordering::Acquire)
 }
 
 /// The hypervisor's entry for L4 slot `i` (256..=271), to copy into guest L4s.
 pub fn hv_l4_entry(i: usize) -> u64 {
     read_u64(hv_l4() + i as u64 * 8)
+}
+
+/// Writes the entry at `pa` of one of the hypervisor's own page tables:
+/// the one way this module writes memory.
+fn set_entry(pa: u64, v: u64) {
+    // SAFETY: every caller passes an entry of a table of the hypervisor's
+    // own address space (allocated by `table_alloc`, reached from `hv_l4`,
+    // or the LDT windows' L1), which only this module writes.
+    unsafe { super::write_u64(pa, v) }
 }
 
 fn table_alloc() -> u64 {
@@ -110,7 +115,7 @@ fn next(table: u64, idx: u64) -> u64 {
     let t = table_alloc();
     // Accessed preset: the CPU never writes these entries (every guest L4
     // holds an exact copy of the hypervisor's slots, which audits compare).
-    write_u64(table + idx * 8, t | P | RW | A);
+    set_entry(table + idx * 8, t | P | RW | A);
     t
 }
 
@@ -118,13 +123,13 @@ fn map_4k(l4: u64, va: u64, pa: u64, flags: u64) {
     let l3 = next(l4, (va >> 39) & 511);
     let l2 = next(l3, (va >> 30) & 511);
     let l1 = next(l2, (va >> 21) & 511);
-    write_u64(l1 + ((va >> 12) & 511) * 8, pa | flags);
+    set_entry(l1 + ((va >> 12) & 511) * 8, pa | flags);
 }
 
 fn map_2m(l4: u64, va: u64, pa: u64, flags: u64) {
     let l3 = next(l4, (va >> 39) & 511);
     let l2 = next(l3, (va >> 30) & 511);
-    write_u64(l2 + ((va >> 21) & 511) * 8, pa | flags | PS);
+    set_entry(l2 + ((va >> 21) & 511) * 8, pa | flags | PS);
 }
 
 fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
@@ -134,10 +139,6 @@ fn map_range(l4: u64, start: u64, end: u64, flags: u64) {
         va += PAGE;
     }
 }
-
-/// Cache-disable and write-through bits, for device registers.
-pub const PCD: u64 = 1 << 4;
-pub const PWT: u64 = 1 << 3;
 
 /// Maps one 4 KiB page of device registers (uncached, NX) at `va` in the
 /// hypervisor's slots. Only for device pages the hypervisor owns.
@@ -157,11 +158,11 @@ pub fn map_stack_page(va: u64, pa: u64) {
 fn next_user(table: u64, idx: u64) -> u64 {
     let e = read_u64(table + idx * 8);
     if e & P != 0 {
-        write_u64(table + idx * 8, e | US | A);
+        set_entry(table + idx * 8, e | US | A);
         return e & ADDR_MASK;
     }
     let t = table_alloc();
-    write_u64(table + idx * 8, t | P | RW | US | A);
+    set_entry(table + idx * 8, t | P | RW | US | A);
     t
 }
 
@@ -174,7 +175,7 @@ pub fn map_user_readonly(va: u64, pa: u64, frames: u64) {
         let l3 = next_user(l4, (v >> 39) & 511);
         let l2 = next_user(l3, (v >> 30) & 511);
         let l1 = next_user(l2, (v >> 21) & 511);
-        write_u64(
+        set_entry(
             l1 + ((v >> 12) & 511) * 8,
             (pa + i * PAGE) | P | US | NX | A,
         );
@@ -214,11 +215,8 @@ pub fn init(max_phys: u64) {
         next(next(l4, (LDT_VA >> 39) & 511), (LDT_VA >> 30) & 511),
         (LDT_VA >> 21) & 511,
     );
-    // SAFETY: single CPU, boot time.
-    unsafe {
-        HV_L4 = l4;
-        LDT_L1 = ldt_l1;
-    }
+    HV_L4.store(l4, Ordering::Release);
+    LDT_L1.store(ldt_l1, Ordering::Release);
     // Global pages survive guest CR3 switches.
     cpu::cr4_set(1 << 7);
     // SAFETY: the new tables map the image (code, rodata, data, stacks) at
@@ -236,7 +234,7 @@ fn try_next(table: u64, idx: u64) -> Option<u64> {
         return Some(e & ADDR_MASK);
     }
     let t = alloc_zeroed()? * PAGE;
-    write_u64(table + idx * 8, t | P | RW | A);
+    set_entry(table + idx * 8, t | P | RW | A);
     Some(t)
 }
 
@@ -254,6 +252,6 @@ pub fn map_heap_page(va: u64, pa: u64) -> bool {
     let Some(l1) = try_next(l2, (va >> 21) & 511) else {
         return false;
     };
-    write_u64(l1 + ((va >> 12) & 511) * 8, pa | P | RW | G | NX | A | D);
+    set_entry(l1 + ((va >> 12) & 511) * 8, pa | P | RW | G | NX | A | D);
     true
 }

@@ -74,6 +74,11 @@ pub struct Channels {
     dying: bool,
     /// Every port below this one is in use (allocation starts here).
     free_hint: u16,
+    /// Number of ports in a bound state (Xen's `active_evtchns`).
+    active: u16,
+    /// Where an `EVTCHNOP_reset` in progress continues (Xen's
+    /// `next_evtchn`): 0 when none is in progress.
+    reset_next: u16,
     /// The FIFO ABI's state (inactive while the domain uses 2-level).
     pub(super) fifo: Fifo,
 }
@@ -102,6 +107,8 @@ impl Channels {
             nr_vcpus: clamp_vcpus(nr_vcpus),
             dying: false,
             free_hint: 1,
+            active: 0,
+            reset_next: 0,
             fifo: Fifo::new(),
         }
     }
@@ -122,6 +129,8 @@ impl Channels {
         self.nr_vcpus = clamp_vcpus(nr_vcpus);
         self.dying = false;
         self.free_hint = 1;
+        self.active = 0;
+        self.reset_next = 0;
         self.fifo.reinit();
     }
 
@@ -170,10 +179,28 @@ impl Channels {
         (port != 0).then_some(u32::from(port))
     }
 
-    /// Number of ports in a bound state (port 0 excluded).
+    /// Number of ports in a bound state (port 0 excluded), counted.
     #[must_use]
     pub fn bound_count(&self) -> usize {
         self.states.iter().filter(|s| s.is_bound()).count()
+    }
+
+    /// Number of ports in a bound state, as kept on every bind and close
+    /// (equal to [`Channels::bound_count`], without the scan).
+    #[must_use]
+    pub fn active(&self) -> u32 {
+        u32::from(self.active)
+    }
+
+    /// Where the `EVTCHNOP_reset` in progress continues, 0 if none is.
+    #[must_use]
+    pub fn reset_cursor(&self) -> u32 {
+        u32::from(self.reset_next)
+    }
+
+    pub(super) fn set_reset_cursor(&mut self, port: u32) {
+        // Cursors are ports, below `NR_PORTS`.
+        self.reset_next = u16::try_from(port).unwrap_or(0);
     }
 
     /// The first port in `state`, if any (a linear scan).
@@ -236,6 +263,7 @@ impl Channels {
             *n = vcpu8;
         }
         self.fifo.port_init(port);
+        self.active = self.active.saturating_add(1);
         if usize::from(self.free_hint) == i {
             self.free_hint = self.free_hint.saturating_add(1);
         }
@@ -291,6 +319,7 @@ impl Channels {
             *s = PortState::Free;
             *n = 0;
         }
+        self.active = self.active.saturating_sub(1);
         if i < usize::from(self.free_hint) {
             // `i < NR_PORTS` fits in a u16.
             self.free_hint = i as u16;

@@ -343,8 +343,7 @@ impl Fifo {
     /// `upcall_pending`. Returns a [`Kick`] when PENDING went from clear to
     /// set or the upcall was raised. Without an event word the event is
     /// remembered until the page is added; without a control block on
-    /// `vcpu` it stays pending, unlinked (the guest cannot have unmasked it
-    /// yet).
+    /// `vcpu` it is dropped (not even PENDING is set), as in Xen 4.17.
     pub(super) fn set_pending<B: EventBits + FifoWords>(
         &mut self,
         bits: &mut B,
@@ -358,13 +357,14 @@ impl Fifo {
             }
             return None;
         };
+        // No control block on `vcpu`: the event is dropped, PENDING left
+        // as it was, as Xen 4.17 does ("dNvM has no FIFO event channel
+        // control block"; the guest must not unmask an event for a vCPU
+        // before that vCPU's block is registered).
+        let cb = self.control.get(vcpu as usize).copied().flatten()?;
         let was_pending = bits.fetch_or(mfn, off, PENDING) & PENDING != 0;
         let mut upcall = false;
-        let control = self.control.get(vcpu as usize).copied().flatten();
-        if let Some(cb) = control
-            && bits.load(mfn, off) & MASKED == 0
-            && bits.fetch_or(mfn, off, LINKED) & LINKED == 0
-        {
+        if bits.load(mfn, off) & MASKED == 0 && bits.fetch_or(mfn, off, LINKED) & LINKED == 0 {
             let meta = self.meta(port);
             let priority = meta.priority();
             let (old_v, old_p) = meta.last_queue();

@@ -705,41 +705,111 @@ pub fn any_pending<D: Domains>(world: &mut D, caller: u16, ports: &[u32]) -> Res
     Ok(false)
 }
 
-/// Closes every port of `dom` (ports 1..NR_PORTS in order); peers of its
-/// interdomain ports fall back to unbound.
+/// Closes every port of `dom` (ports 1..NR_PORTS in order, stopping once
+/// none is left); peers of its interdomain ports fall back to unbound.
 fn close_every_port<D: Domains>(world: &mut D, dom: u16) {
     for port in 1..NR_PORTS {
-        let bound = world
-            .get(dom)
-            .and_then(|(chans, _)| chans.state(port))
-            .is_some_and(PortState::is_bound);
-        if bound {
+        let Some((chans, _)) = world.get(dom) else {
+            return;
+        };
+        if chans.active() == 0 {
+            return;
+        }
+        if chans.state(port).is_some_and(PortState::is_bound) {
             // Cannot fail: the port is bound and `dom` exists.
             let _ = close_port(world, dom, port);
         }
     }
 }
 
-/// `EVTCHNOP_reset`: closes every port of `dom` (`DOMID_SELF` allowed); its
-/// peers' ends go unbound.
+/// Ports [`reset`] closes between two looks at whether it must stop (Xen
+/// looks after each port that is a multiple of 64).
+pub const RESET_PREEMPT_EVERY: u32 = 64;
+
+/// How a call of [`reset`] ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetStep {
+    /// Every port is closed: the caller returns the domain to the 2-level
+    /// ABI (dropping its FIFO state, [`fifo_destroy`]) and answers 0.
+    Done,
+    /// Stopped because `preempt` said so: the caller arranges for the
+    /// guest to issue `EVTCHNOP_reset_cont` with the same argument (Xen's
+    /// hypercall continuation), which goes on from where this one stopped.
+    Preempted,
+}
+
+/// `EVTCHNOP_reset` (`resuming` false) and `EVTCHNOP_reset_cont`
+/// (`resuming` true), as Xen's `evtchn_reset`: closes every port of `dom`
+/// (`DOMID_SELF` allowed) in port order, the peers' ends of its
+/// interdomain ports going unbound. After each port that is a multiple of
+/// [`RESET_PREEMPT_EVERY`] it asks `preempt` (the hypervisor's
+/// `hypercall_preempt_check`) and, if told to, records where it is and
+/// returns [`ResetStep::Preempted`]; `reset_cont` goes on from there (the
+/// port it stopped after is looked at again: closing is idempotent). It
+/// stops looking once the domain has no bound port left.
 ///
-/// Errors: `ESRCH` if `dom` does not exist; `EPERM` if `dom` is not the
-/// caller and the caller is not privileged.
+/// While a reset is in progress (between a preemption and the
+/// `reset_cont` that finishes it) the domain may still bind ports (its
+/// upcall handler, another vCPU): a port bound then is not closed if the
+/// cursor has passed it, and the reset then fails with `EAGAIN` when it
+/// ends, leaving the FIFO ABI in place (Xen: "racing requests should
+/// either complete or be refused").
+///
+/// Errors, in Xen's order: `ESRCH` if `dom` does not exist; `EPERM` if `dom`
+/// is not the caller and the caller is not privileged; `EINVAL` if `dom` is
+/// not the caller (Xen resets another domain only while its controller
+/// has it paused, and nothing pauses a domain here); `EBUSY` for a reset
+/// while one is in progress, and for `reset_cont` with none in progress;
+/// `EAGAIN` as above.
 pub fn reset<D: Domains>(
     world: &mut D,
     caller: u16,
     dom: u16,
     is_privileged: bool,
-) -> Result<(), Errno> {
+    resuming: bool,
+    mut preempt: impl FnMut() -> bool,
+) -> Result<ResetStep, Errno> {
     let dom = resolve(caller, dom);
-    if world.get(dom).is_none() {
-        return Err(Errno::ESRCH);
+    let (chans, _) = world.get(dom).ok_or(Errno::ESRCH)?;
+    if dom != caller {
+        return Err(if is_privileged {
+            Errno::EINVAL
+        } else {
+            Errno::EPERM
+        });
     }
-    if dom != caller && !is_privileged {
-        return Err(Errno::EPERM);
+    let next = chans.reset_cursor();
+    let mut port = match (resuming, next) {
+        (false, 0) => 1,
+        (true, n) if n != 0 => n,
+        _ => return Err(Errno::EBUSY),
+    };
+    chans.set_reset_cursor(port);
+    loop {
+        let Some((chans, _)) = world.get(dom) else {
+            return Err(Errno::ESRCH);
+        };
+        if port >= NR_PORTS || chans.active() == 0 {
+            break;
+        }
+        if chans.state(port).is_some_and(PortState::is_bound) {
+            // Cannot fail: the port is bound and `dom` exists.
+            let _ = close_port(world, dom, port);
+        }
+        if port % RESET_PREEMPT_EVERY == 0 && preempt() {
+            if let Some((chans, _)) = world.get(dom) {
+                chans.set_reset_cursor(port);
+            }
+            return Ok(ResetStep::Preempted);
+        }
+        port += 1;
     }
-    close_every_port(world, dom);
-    Ok(())
+    let (chans, _) = world.get(dom).ok_or(Errno::ESRCH)?;
+    chans.set_reset_cursor(0);
+    if chans.active() > 0 {
+        return Err(Errno::EAGAIN);
+    }
+    Ok(ResetStep::Done)
 }
 
 /// Domain death (Xen's `evtchn_destroy`): marks `dom` dying, so it can

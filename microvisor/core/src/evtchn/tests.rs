@@ -227,6 +227,7 @@ fn check_invariants(w: &World) {
         let d = d as u16;
         let c = &dom.chans;
         assert_eq!(c.state(0), Some(PortState::Reserved), "port 0 of {d}");
+        assert_eq!(c.active() as usize, c.bound_count(), "active count of {d}");
         assert_eq!(c.state(NR_PORTS), None);
         for port in 0..NR_PORTS {
             let state = c.state(port).unwrap();
@@ -1195,20 +1196,114 @@ fn bind_ipi_raw(chans: &mut Channels) {
     chans.set_dying();
 }
 
+/// Resets `dom` on behalf of `caller` to the end, never preempted.
+fn reset_all(w: &mut World, caller: u16, dom: u16, privileged: bool) -> Result<(), Errno> {
+    reset(w, caller, dom, privileged, false, || false).map(|step| {
+        assert_eq!(step, ResetStep::Done);
+    })
+}
+
 #[test]
 fn evtchn_reset_op() {
     let mut w = world();
     let (p1, _) = connect(&mut w, 1, 2);
     bind_virq(&mut w, 2, VIRQ_DEBUG, 0).unwrap();
-    assert_eq!(reset(&mut w, 2, 55, true), Err(Errno::ESRCH));
-    assert_eq!(reset(&mut w, 1, 2, false), Err(Errno::EPERM));
-    reset(&mut w, 2, DOMID_SELF, false).unwrap();
+    assert_eq!(reset_all(&mut w, 2, 55, true), Err(Errno::ESRCH));
+    assert_eq!(reset_all(&mut w, 1, 2, false), Err(Errno::EPERM));
+    // Another domain only while its controller has it paused (never here).
+    assert_eq!(reset_all(&mut w, 0, 1, true), Err(Errno::EINVAL));
+    assert_eq!(w.dom(1).chans.bound_count(), 1);
+    reset_all(&mut w, 2, DOMID_SELF, false).unwrap();
     assert_eq!(w.dom(2).chans.bound_count(), 0);
     assert_eq!(w.state(1, p1), PortState::Unbound { remote_dom: 2 });
     // Not dying: it can bind again right away.
     assert_eq!(bind_interdomain(&mut w, 2, 1, p1).map(|(p, _)| p), Ok(1));
-    reset(&mut w, 0, 1, true).unwrap();
+    reset_all(&mut w, 1, 1, false).unwrap();
     assert_eq!(w.dom(1).chans.bound_count(), 0);
+    check_invariants(&w);
+}
+
+#[test]
+fn evtchn_reset_preempted_and_continued() {
+    let mut w = world();
+    let ports: Vec<u32> = (0..300).map(|_| bind_ipi(&mut w, 2, 0).unwrap()).collect();
+    assert_eq!(ports[299], 300);
+    // reset_cont with no reset in progress.
+    assert_eq!(
+        reset(&mut w, 2, DOMID_SELF, false, true, || true),
+        Err(Errno::EBUSY)
+    );
+    // Stops after port 64 (the first multiple of 64) when told to.
+    let mut asked = 0;
+    let step = reset(&mut w, 2, DOMID_SELF, false, false, || {
+        asked += 1;
+        true
+    });
+    assert_eq!((step, asked), (Ok(ResetStep::Preempted), 1));
+    assert_eq!(w.dom(2).chans.reset_cursor(), 64);
+    assert_eq!(w.state(2, 64), PortState::Free);
+    assert_eq!(w.state(2, 65), PortState::Ipi);
+    // A reset while one is in progress.
+    assert_eq!(
+        reset(&mut w, 2, DOMID_SELF, false, false, || false),
+        Err(Errno::EBUSY)
+    );
+    // Continued and stopped again: at the same port (Xen looks at the port
+    // it stopped after again), so nothing more is closed.
+    let step = reset(&mut w, 2, DOMID_SELF, false, true, || true);
+    assert_eq!(step, Ok(ResetStep::Preempted));
+    assert_eq!(w.dom(2).chans.reset_cursor(), 64);
+    assert_eq!(w.state(2, 65), PortState::Ipi);
+    assert_eq!(w.dom(2).chans.active(), 300 - 64);
+    // Continued, stopping at 128 and 192 and 256, not past the last bound
+    // port (300): 3 more looks.
+    let mut asked = 0;
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        match reset(&mut w, 2, DOMID_SELF, false, true, || {
+            asked += 1;
+            asked % 2 == 0
+        }) {
+            Ok(ResetStep::Preempted) => {}
+            Ok(ResetStep::Done) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    // Looks at 64 (no), 128 (yes); 128 (no), 192 (yes); 192 (no), 256 (yes);
+    // 256 (no), then done at 300.
+    assert_eq!((asked, steps), (7, 4));
+    assert_eq!(w.dom(2).chans.bound_count(), 0);
+    assert_eq!(w.dom(2).chans.active(), 0);
+    assert_eq!(w.dom(2).chans.reset_cursor(), 0);
+    assert_eq!(
+        reset(&mut w, 2, DOMID_SELF, false, true, || false),
+        Err(Errno::EBUSY)
+    );
+    check_invariants(&w);
+}
+
+#[test]
+fn evtchn_reset_refused_when_ports_bound_meanwhile() {
+    let mut w = world();
+    for _ in 0..100 {
+        bind_ipi(&mut w, 2, 0).unwrap();
+    }
+    let step = reset(&mut w, 2, DOMID_SELF, false, false, || true);
+    assert_eq!(step, Ok(ResetStep::Preempted));
+    // Bound while the reset is in progress: the lowest free port, behind
+    // the cursor.
+    assert_eq!(bind_ipi(&mut w, 2, 0), Ok(1));
+    assert_eq!(
+        reset(&mut w, 2, DOMID_SELF, false, true, || false),
+        Err(Errno::EAGAIN)
+    );
+    assert_eq!(w.state(2, 1), PortState::Ipi);
+    assert_eq!(w.dom(2).chans.active(), 1);
+    assert_eq!(w.dom(2).chans.reset_cursor(), 0);
+    // No reset in progress any more: a new one completes.
+    reset_all(&mut w, 2, DOMID_SELF, false).unwrap();
+    assert_eq!(w.dom(2).chans.bound_count(), 0);
     check_invariants(&w);
 }
 
@@ -1342,6 +1437,8 @@ enum Op {
         caller: u16,
         dom: u16,
         privileged: bool,
+        resuming: bool,
+        preempt: bool,
     },
     Die {
         dom: u16,
@@ -1405,8 +1502,15 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(dom, virq, vcpu)| Op::RaiseVirq { dom, virq, vcpu }),
         1 => (live_dom(), proptest::collection::vec(port_ref(), 0..140))
             .prop_map(|(caller, ports)| Op::Poll { caller, ports }),
-        1 => (live_dom(), dom_id(), any::<bool>())
-            .prop_map(|(caller, dom, privileged)| Op::Reset { caller, dom, privileged }),
+        1 => (live_dom(), dom_id(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(caller, dom, privileged, resuming, preempt)| Op::Reset {
+                caller,
+                dom,
+                privileged,
+                resuming,
+                preempt
+            }
+        ),
         1 => live_dom().prop_map(|dom| Op::Die { dom }),
         4 => (live_dom(), live_dom()).prop_map(|(a, b)| Op::Connect { a, b }),
     ]
@@ -1607,9 +1711,19 @@ fn apply(w: &mut World, op: &Op) {
             caller,
             dom,
             privileged,
-        } => match reset(w, caller, dom, privileged) {
-            Ok(()) => assert_eq!(w.dom(resolve(caller, dom)).chans.bound_count(), 0),
-            Err(e) => assert!(errno_ok(e)),
+            resuming,
+            preempt,
+        } => match reset(w, caller, dom, privileged, resuming, || preempt) {
+            Ok(ResetStep::Done) => {
+                let c = &w.dom(resolve(caller, dom)).chans;
+                assert_eq!((c.bound_count(), c.reset_cursor()), (0, 0));
+            }
+            Ok(ResetStep::Preempted) => {
+                let c = &w.dom(resolve(caller, dom)).chans;
+                assert_eq!(c.reset_cursor() % RESET_PREEMPT_EVERY, 0);
+                assert!(c.reset_cursor() > 0);
+            }
+            Err(e) => assert!(errno_ok(e) || e == Errno::EAGAIN, "{e:?}"),
         },
         &Op::Connect { a, b } => {
             if let Ok(pa) = alloc_unbound(w, a, DOMID_SELF, b, false) {
