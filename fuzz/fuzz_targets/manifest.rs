@@ -1,20 +1,16 @@
 //! Boot manifest text -> `microvisor_core::manifest::parse`: never a panic;
-//! an accepted manifest has 1 to `MAX_DOMAINS` domains with unique names,
+//! an accepted manifest has at least one domain, names unique,
 //! each found by name, and memory in whole 4 KiB pages.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use microvisor_core::manifest::{MAX_DOMAINS, parse};
+use microvisor_core::manifest::parse;
 
 fuzz_target!(|bytes: &[u8]| {
     let text = String::from_utf8_lossy(bytes);
     if let Ok(m) = parse(&text) {
         let doms = m.domains();
-        assert!(
-            !doms.is_empty() && doms.len() <= MAX_DOMAINS,
-            "{} domains",
-            doms.len()
-        );
+        assert!(!doms.is_empty(), "no domains");
         for (i, d) in doms.iter().enumerate() {
             assert!(
                 doms[..i].iter().all(|e| e.name != d.name),

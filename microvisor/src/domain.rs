@@ -7,15 +7,13 @@ use core::sync::atomic::Ordering;
 use microvisor_core::manifest::Expect;
 use spin::Mutex;
 
-/// Most domains one boot can run.
-pub const MAX_DOMAINS: usize = 16;
 /// Most vCPUs of one domain (the vcpu_info slots of shared info, Xen's
 /// XEN_LEGACY_MAX_VCPUS).
 pub const MAX_VCPUS_PER_DOMAIN: usize = 32;
 /// Most vCPUs of all domains together.
 pub const MAX_VCPUS: usize = 64;
 // `Hv::runnable` has a bit per vCPU.
-const _: () = assert!(MAX_VCPUS <= 64 && MAX_DOMAINS <= MAX_VCPUS);
+const _: () = assert!(MAX_VCPUS <= 64);
 
 /// How a domain ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,7 +431,9 @@ impl Vcpu {
 
 /// All domains, all vCPUs, and which vCPU runs.
 pub struct Hv {
-    pub domains: heapless::Vec<Domain, MAX_DOMAINS>,
+    /// Every domain built, by id (dead ones too: their records give the
+    /// verdict), on the heap; no fixed number.
+    pub domains: alloc::vec::Vec<Domain>,
     pub vcpus: heapless::Vec<Vcpu, MAX_VCPUS>,
     /// Index in `vcpus` of the running vCPU.
     pub current: usize,
@@ -530,7 +530,7 @@ pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU3
 
 /// All hypervisor state; taken through [`lock`].
 static HV: Mutex<Hv> = Mutex::new(Hv {
-    domains: heapless::Vec::new(),
+    domains: alloc::vec::Vec::new(),
     vcpus: heapless::Vec::new(),
     current: 0,
     timers_due: 0,
@@ -777,21 +777,26 @@ impl Hv {
         // (A list that overflows leaves references unexplained: the audit
         // then fails, it never passes wrongly.)
         let mut roots: heapless::Vec<u64, { 2 * MAX_VCPUS }> = heapless::Vec::new();
-        let mut written: heapless::Vec<u64, { 2 * MAX_DOMAINS + MAX_VCPUS }> = heapless::Vec::new();
+        let mut written: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
+        let write = |w: &mut alloc::vec::Vec<u64>, f: u64| {
+            if w.try_reserve(1).is_ok() {
+                w.push(f);
+            }
+        };
         let mut segs: heapless::Vec<u64, 256> = heapless::Vec::new();
         // (A dead domain whose teardown waits for other CPUs to let go of
         // its vCPUs still holds all of these references.)
         let held = |d: &Domain| d.is_live() || d.teardown_pending;
         for d in self.domains.iter().filter(|d| held(d)) {
-            let _ = written.push(d.shared_info_mfn);
-            let _ = written.push(d.console_mfn);
+            write(&mut written, d.shared_info_mfn);
+            write(&mut written, d.console_mfn);
         }
         for v in self.vcpus.iter().filter(|v| held(&self.domains[v.dom])) {
             let d = v;
             let _ = roots.push(d.cr3);
             let _ = roots.push(d.user_cr3);
             if d.info_mfn != 0 {
-                let _ = written.push(d.info_mfn);
+                write(&mut written, d.info_mfn);
             }
             for &f in core::iter::once(&d.pv.gdt_frame)
                 .chain(&d.pv.ldt_frames)
@@ -986,11 +991,12 @@ impl Hv {
         // their write references.
         d.shared = crate::mm::SharedFrame::NONE;
         d.console_page = crate::mm::SharedFrame::NONE;
+        // Its FIFO control blocks and event-array pages go, then its whole
+        // event state.
+        crate::fifo::destroy(idx);
         crate::events::domain_gone(id);
         crate::mm::frames::drop_hv_writable(shared);
         crate::mm::frames::drop_hv_writable(console);
-        // Its FIFO control blocks and event-array pages likewise.
-        crate::fifo::destroy(idx);
         // Each vCPU: stopped for good; its registered vcpu_info, GDT and
         // LDT references go; its base pointers are handed to `relinquish`.
         let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
@@ -1072,6 +1078,7 @@ impl Hv {
             );
         }
         crate::mm::stacks::report();
+        crate::footprint::check_freed(self);
         if ok {
             crate::info!("all domains ended as expected");
         } else {

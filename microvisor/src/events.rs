@@ -3,7 +3,7 @@
 //! decoding, and kicks (waking a blocked vCPU). The state machine itself is
 //! `microvisor_core::evtchn` (host-tested); this module only adapts it.
 
-use crate::domain::{Hv, MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN, RunState};
+use crate::domain::{Hv, MAX_VCPUS_PER_DOMAIN, RunState};
 use crate::hypercall::Flow;
 use crate::mm::{self, guest};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -98,27 +98,61 @@ pub struct DomainEvents {
     pub live: bool,
 }
 
-static EVENTS: [Mutex<DomainEvents>; MAX_DOMAINS] = [const {
-    Mutex::new(DomainEvents {
-        channels: Channels::new(1),
-        bits: SharedBits::NONE,
-        vcpus: [0; MAX_VCPUS_PER_DOMAIN],
-        live: false,
-    })
-}; MAX_DOMAINS];
+/// One domain id's event lock and, from the domain's build until its
+/// teardown, its event state (on the heap). The lock itself is never
+/// freed: a lock-free sender may hold a reference to it at any time
+/// (`send_light` looks up its peer without the hypervisor lock), so only
+/// what it guards goes, under it (docs/smp.md, "Per domain").
+type Slot = Mutex<Option<alloc::boxed::Box<DomainEvents>>>;
+
+/// Domain ids per chunk of slots.
+const CHUNK: usize = 256;
+
+/// `CHUNK` consecutive ids' slots (4 KiB), made when the first domain of
+/// its range is built and kept for ever (16 bytes an id).
+struct Chunk([Slot; CHUNK]);
+
+// (A template copied into the heap, never used in place.)
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_CHUNK: Chunk = Chunk([const { Mutex::new(None) }; CHUNK]);
+
+/// Every domain id's slot, by id: `DIR[id / CHUNK]`, then `id % CHUNK`.
+/// Reading needs no lock (one `Once` load); the chunks never go.
+static DIR: [spin::Once<&'static Chunk>; 65536 / CHUNK] =
+    [const { spin::Once::new() }; 65536 / CHUNK];
+
+/// Domain `dom`'s slot, if one was ever made.
+#[inline(always)]
+fn slot(dom: u16) -> Option<&'static Slot> {
+    let c = DIR[usize::from(dom) / CHUNK].get()?;
+    Some(&c.0[usize::from(dom) % CHUNK])
+}
+
+/// Domain `dom`'s slot, made if needed (`None`: no memory for it).
+fn slot_made(dom: u16) -> Option<&'static Slot> {
+    let c = DIR[usize::from(dom) / CHUNK]
+        .try_call_once(|| {
+            crate::mm::heap::try_box(|m| m.write(EMPTY_CHUNK))
+                .map(|b| &*alloc::boxed::Box::leak(b))
+                .ok_or(())
+        })
+        .ok()?;
+    Some(&c.0[usize::from(dom) % CHUNK])
+}
 
 /// Domains that exist (dying ones too): their ids are below this.
 static NR_DOMAINS: AtomicUsize = AtomicUsize::new(0);
 
-type Guard = MutexGuard<'static, DomainEvents>;
+type Guard = MutexGuard<'static, Option<alloc::boxed::Box<DomainEvents>>>;
 
 /// The event locks of one or two domains, as the policy's
 /// [`evtchn::Domains`]: a second domain's lock is taken when the policy
-/// first asks for it (an interdomain send reaches its peer), waiting only
-/// in id order (the lock order of docs/smp.md); a lower id it cannot have
-/// at once is recorded as missed, and the caller tries again with both
-/// locks taken in order. Operations that may reach any number of domains
-/// use [`Every`].
+/// first asks for it (an interdomain send reaches its peer) only if it is
+/// free at once; when it is not, it is recorded as missed and the caller
+/// tries again with both locks ([`Held::two`]). A holder of one of these
+/// never waits for another event lock (docs/smp.md, "Event channels"), so
+/// [`Every`] may take locks in any order. Operations that may reach any
+/// number of domains use [`Every`].
 pub struct Held {
     a: Option<(u16, Guard)>,
     b: Option<(u16, Guard)>,
@@ -137,61 +171,78 @@ impl Held {
         }
     }
 
-    /// The event locks of `x` and `y` (one lock when they are the same),
-    /// the lower id first.
+    /// The event locks of `x` and `y` (one lock when they are the same):
+    /// the lower id's, waited for, then the higher one's if it is free at
+    /// once; if not, both are let go and taken again (so this never waits
+    /// while it holds one).
     #[inline(always)]
     pub fn two(x: u16, y: u16) -> Held {
         if x == y {
             return Held::one(x);
         }
         let (lo, hi) = (x.min(y), x.max(y));
-        let a = take(lo);
-        Held {
-            a,
-            b: take(hi),
-            missed: None,
+        loop {
+            let a = take(lo);
+            let Some(s) = slot(hi) else {
+                return Held {
+                    a,
+                    b: None,
+                    missed: None,
+                };
+            };
+            if let Some(g) = s.try_lock() {
+                return Held {
+                    a,
+                    b: Some((hi, g)),
+                    missed: None,
+                };
+            }
+            drop(a);
+            relax();
         }
     }
 
-    /// Takes domain `dom`'s lock as well, when there is room: waiting for
-    /// it only when its id is above the one held (the lock order), else
-    /// only if it is free at once; when it is not, records it as missed
-    /// (the caller tries again with both, in order).
+    /// Takes domain `dom`'s lock as well, when there is room and it is
+    /// free at once; when it is not, records it as missed (the caller tries
+    /// again with both).
     #[inline(never)]
     fn add(&mut self, dom: u16) {
-        let Some(m) = EVENTS.get(dom as usize).filter(|_| exists(dom)) else {
+        let Some(m) = slot(dom).filter(|_| exists(dom)) else {
             return;
         };
-        let (Some((held, _)), None) = (&self.a, &self.b) else {
+        let (Some(_), None) = (&self.a, &self.b) else {
             self.missed = Some(dom);
             return;
         };
-        let g = if dom > *held {
-            Some(lock_serving(m))
-        } else {
-            m.try_lock()
-        };
-        match g {
+        match m.try_lock() {
             Some(g) => self.b = Some((dom, g)),
             None => self.missed = Some(dom),
         }
     }
 
-    /// Domain `dom`'s events, when held.
+    /// Domain `dom`'s events, when held (and not yet freed).
     #[inline(always)]
     pub fn events(&mut self, dom: u16) -> Option<&mut DomainEvents> {
         match (&mut self.a, &mut self.b) {
-            (Some((d, g)), _) if *d == dom => Some(g),
-            (_, Some((d, g))) if *d == dom => Some(g),
+            (Some((d, g)), _) if *d == dom => g.as_deref_mut(),
+            (_, Some((d, g))) if *d == dom => g.as_deref_mut(),
             _ => None,
         }
     }
 }
 
-/// Domain `dom`'s event lock (`None` for an id no domain can have).
+/// Domain `dom`'s event lock (`None` for an id no domain ever had).
 #[inline(always)]
 fn take(dom: u16) -> Option<(u16, Guard)> {
-    Some((dom, lock_serving(EVENTS.get(dom as usize)?)))
+    Some((dom, lock_serving(slot(dom)?)))
+}
+
+/// Waiting for a lock: serves other CPUs' TLB-flush requests (the holder
+/// may be waiting for this CPU's flush).
+#[inline(always)]
+fn relax() {
+    crate::arch::smp::serve_flush();
+    core::hint::spin_loop();
 }
 
 /// Takes `m`, serving other CPUs' TLB-flush requests while it waits (the
@@ -207,8 +258,7 @@ fn lock_serving<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
 #[inline(never)]
 fn lock_contended<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
     loop {
-        crate::arch::smp::serve_flush();
-        core::hint::spin_loop();
+        relax();
         if let Some(g) = m.try_lock() {
             return g;
         }
@@ -242,14 +292,34 @@ impl evtchn::Domains for Held {
     }
 }
 
-/// Every domain's event lock, in id order: for the operations that may
-/// reach any number of domains (binding, closing, a domain's end), all of
-/// which also hold the hypervisor lock.
-pub struct Every([Guard; MAX_DOMAINS]);
+/// The event locks of every domain an operation reaches, each taken when
+/// the policy first asks for it and all held until this goes: for the
+/// operations that may reach any number of domains (binding, closing, a
+/// domain's end), all of which also hold the hypervisor lock. Taking them
+/// in any order is safe: every other holder of an event lock either holds
+/// the hypervisor lock too (so cannot run now) or is a lock-free sender,
+/// which never waits for a lock while it holds one ([`Held::two`]).
+pub struct Every(alloc::vec::Vec<(u16, Guard)>);
 
 impl Every {
+    /// No lock yet; each is taken when first asked for.
     pub fn lock() -> Every {
-        Every(core::array::from_fn(|i| lock_serving(&EVENTS[i])))
+        Every(alloc::vec::Vec::new())
+    }
+
+    /// Domain `dom`'s events, its lock taken now if not yet held (`None`
+    /// for an id no domain has, a freed one, or no memory to note it).
+    fn events(&mut self, dom: u16) -> Option<&mut DomainEvents> {
+        let i = match self.0.iter().position(|(d, _)| *d == dom) {
+            Some(i) => i,
+            None => {
+                let s = slot(dom).filter(|_| exists(dom))?;
+                self.0.try_reserve(1).ok()?;
+                self.0.push((dom, lock_serving(s)));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].1.as_deref_mut()
     }
 }
 
@@ -257,7 +327,7 @@ impl evtchn::Domains for Every {
     type Bits = SharedBits;
 
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
-        live(self.0.get_mut(dom as usize)?)
+        live(self.events(dom)?)
     }
 
     fn exists(&self, dom: u16) -> bool {
@@ -266,19 +336,28 @@ impl evtchn::Domains for Every {
 }
 
 /// Boot: domain `dom` (the next id) exists, with vCPUs whose indices in
-/// `Hv::vcpus` are `vcpus`, delivering through `shared`.
-pub fn domain_built(dom: u16, vcpus: &[usize], shared: mm::SharedFrame) {
-    {
-        let mut h = Held::one(dom);
-        let Some(e) = h.events(dom) else { return };
-        e.bits = SharedBits::new(shared);
-        e.channels.reinit(vcpus.len() as u32);
-        for (n, &i) in vcpus.iter().enumerate().take(MAX_VCPUS_PER_DOMAIN) {
-            e.vcpus[n] = i as u8;
-        }
-        e.live = true;
+/// `Hv::vcpus` are `vcpus`, delivering through `shared`. Its event state
+/// is allocated here; `Err` when there is no memory for it (nothing is
+/// left allocated but the id's slot).
+pub fn domain_built(dom: u16, vcpus: &[usize], shared: mm::SharedFrame) -> Result<(), ()> {
+    /// A new domain's event state, before its bits and vCPUs are set.
+    const FRESH: DomainEvents = DomainEvents {
+        channels: Channels::new(1),
+        bits: SharedBits::NONE,
+        vcpus: [0; MAX_VCPUS_PER_DOMAIN],
+        live: false,
+    };
+    let s = slot_made(dom).ok_or(())?;
+    let mut e = crate::mm::heap::try_box(|m| m.write(FRESH)).ok_or(())?;
+    e.bits = SharedBits::new(shared);
+    e.channels.reinit(vcpus.len() as u32);
+    for (n, &i) in vcpus.iter().enumerate().take(MAX_VCPUS_PER_DOMAIN) {
+        e.vcpus[n] = i as u8;
     }
+    e.live = true;
+    *lock_serving(s) = Some(e);
     NR_DOMAINS.fetch_max(usize::from(dom) + 1, Ordering::Release);
+    Ok(())
 }
 
 /// A domain ends: its peers' ends of its channels become unbound (while it
@@ -287,16 +366,25 @@ pub fn domain_built(dom: u16, vcpus: &[usize], shared: mm::SharedFrame) {
 pub fn domain_ended(dom: u16) {
     let mut h = Every::lock();
     evtchn::close_all(&mut h, dom);
-    if let Some(e) = h.0.get_mut(dom as usize) {
+    if let Some(e) = h.events(dom) {
         e.live = false;
     }
 }
 
-/// A dead domain's shared info goes: nothing may reach its bits.
+/// A dead domain's shared info goes, and with it its whole event state
+/// (freed under its lock: a lock-free sender that still finds the lock
+/// finds nothing behind it).
 pub fn domain_gone(dom: u16) {
-    if let Some(e) = Held::one(dom).events(dom) {
-        e.bits = SharedBits::NONE;
+    if let Some(s) = slot(dom) {
+        let old = lock_serving(s).take();
+        // (Freed after the lock is let go: the heap has its own lock.)
+        drop(old);
     }
+}
+
+/// Whether domain `dom`'s event state is still allocated.
+pub fn state_held(dom: u16) -> bool {
+    slot(dom).is_some_and(|s| lock_serving(s).is_some())
 }
 
 /// Runs `f` on domain `dom`'s port table under its event lock, live or
@@ -329,6 +417,10 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     }
 }
 
+/// How often a send tries again when its port's binding changed under it
+/// (then `EAGAIN`).
+const SEND_TRIES: usize = 17;
+
 /// EVTCHNOP_send's event part: `me` sends on `port`, with the event locks
 /// of the sender and, for an interdomain port, its peer (a binding that
 /// changed meanwhile shows as a missed domain: tried again with that one,
@@ -337,7 +429,7 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
 #[inline(always)]
 fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
     let mut peer = me;
-    for _ in 0..=MAX_DOMAINS {
+    for _ in 0..SEND_TRIES {
         let mut h = Held::two(me, peer);
         let r = evtchn::send(&mut h, me, port);
         if let Some(d) = h.missed {

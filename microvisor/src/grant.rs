@@ -6,22 +6,21 @@
 //! statuses out, installs and removes the grant-tagged page-table entries
 //! through the frame table, and flushes TLBs when an unmap asks.
 
-use crate::domain::{Hv, MAX_DOMAINS};
+use crate::domain::Hv;
 use crate::hypercall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
-    GNTST_BAD_VIRT_ADDR, GNTST_OKAY, GNTTABOP_COPY, GNTTABOP_GET_STATUS_FRAMES,
-    GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION,
-    GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE, GNTTABOP_UNMAP_GRANT_REF, GnttabCopy,
-    GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion,
-    GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
+    GNTST_BAD_VIRT_ADDR, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTABOP_COPY,
+    GNTTABOP_GET_STATUS_FRAMES, GNTTABOP_GET_VERSION, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE,
+    GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GNTTABOP_UNMAP_AND_REPLACE,
+    GNTTABOP_UNMAP_GRANT_REF, GnttabCopy, GnttabGetStatusFrames, GnttabGetVersion,
+    GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace,
+    GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
 };
 use microvisor_core::frametable::{ExternalRef, Flush, FrameTable};
-use microvisor_core::grant::{
-    self, GrantMemory, GrantTable, MAPTRACK_ENTRIES, MAX_STATUS_FRAMES, status_frames_for,
-};
+use microvisor_core::grant::{self, GrantMemory, GrantTable, MAX_STATUS_FRAMES, status_frames_for};
 use spin::Mutex;
 use zerocopy::FromBytes;
 
@@ -31,34 +30,66 @@ pub const MAX_FRAMES: u32 = 4;
 
 /// Operations handled between preemption checks.
 const PREEMPT_CHECK: u64 = 64;
-/// Every domain's grant table, by domain id.
+/// Every domain's grant table, by domain id: on the heap from the
+/// domain's build until its table is no longer needed (it died and no
+/// other domain maps any of its grants: [`Tables::collect`]).
 struct Tables {
-    tables: [GrantTable; MAX_DOMAINS],
-    /// Domains known to the grant code (built; a dead one stays until the
-    /// hypervisor stops).
-    known: usize,
+    tables: alloc::vec::Vec<Option<alloc::boxed::Box<GrantTable>>>,
+    /// Tables of dead domains not yet freed (other domains still map some
+    /// of their grants).
+    dying: usize,
 }
 
 static TABLES: Mutex<Tables> = Mutex::new(Tables {
-    tables: [const { GrantTable::new(MAX_FRAMES) }; MAX_DOMAINS],
-    known: 0,
+    tables: alloc::vec::Vec::new(),
+    dying: 0,
 });
 
 impl grant::Domains for Tables {
     fn get(&mut self, dom: u16) -> Option<&mut GrantTable> {
-        let i = usize::from(dom);
-        if i >= self.known {
-            return None;
-        }
-        self.tables.get_mut(i)
+        self.tables.get_mut(usize::from(dom))?.as_deref_mut()
     }
 }
 
-/// Makes domain `id`'s (empty) table reachable; called by the builder in
-/// domain-id order.
-pub fn register(id: u16) {
+impl Tables {
+    /// Frees the tables of dead domains nothing maps any more: no grant of
+    /// theirs is pinned and they map nothing (their own mappings went at
+    /// their death).
+    fn collect(&mut self) {
+        if self.dying == 0 {
+            return;
+        }
+        let mut left = 0;
+        for t in self.tables.iter_mut() {
+            let Some(gt) = t.as_deref() else { continue };
+            if !gt.is_dying() {
+                continue;
+            }
+            if gt.pinned_grants() == 0 && gt.nr_mappings() == 0 {
+                *t = None;
+            } else {
+                left += 1;
+            }
+        }
+        self.dying = left;
+    }
+}
+
+/// Gives domain `id` its (empty) table; `Err` when there is no memory for
+/// it. Called by the builder.
+fn register(id: u16) -> Result<(), ()> {
+    /// A new table: no frames yet, nothing mapped.
+    const EMPTY: GrantTable = GrantTable::new(MAX_FRAMES);
+    let i = usize::from(id);
+    let gt = crate::mm::heap::try_box(|m| m.write(EMPTY)).ok_or(())?;
     let mut t = TABLES.lock();
-    t.known = t.known.max(usize::from(id) + 1);
+    if t.tables.len() <= i {
+        let more = i + 1 - t.tables.len();
+        t.tables.try_reserve(more).map_err(|_| ())?;
+        t.tables.resize_with(i + 1, || None);
+    }
+    t.tables[i] = Some(gt);
+    Ok(())
 }
 
 fn entry_pa(mfn: u64, slot: usize) -> u64 {
@@ -213,6 +244,9 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
             if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
                 hv.collect_dead();
             }
+            if cmd == GNTTABOP_UNMAP_GRANT_REF || cmd == GNTTABOP_UNMAP_AND_REPLACE {
+                collect();
+            }
             return Ok(Flow::Again([
                 u64::from(cmd),
                 uop.wrapping_add(i * size),
@@ -239,6 +273,10 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
     // mapped) go back now.
     if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
+    }
+    // A dead granter's table whose last mapping this unmap removed goes.
+    if cmd == GNTTABOP_UNMAP_GRANT_REF || cmd == GNTTABOP_UNMAP_AND_REPLACE {
+        collect();
     }
     result
 }
@@ -408,7 +446,7 @@ fn get_status_frames(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u
 /// when it creates a domain (so a reference below 512 exists before the
 /// guest's first `setup_table`, which then returns that frame).
 pub fn create(id: u16) -> Result<(), i16> {
-    register(id);
+    register(id).map_err(|()| GNTST_GENERAL_ERROR)?;
     let op = GnttabSetupTable {
         dom: id,
         nr_frames: 1,
@@ -527,7 +565,26 @@ fn copy_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 /// table frames (see `microvisor_core::grant::release_domain`). Returns how
 /// many of its grants other domains still map.
 pub fn release_domain(dom: u16) -> u32 {
-    with(|t, ft, mem| grant::release_domain(t, ft, mem, dom))
+    with(|t, ft, mem| {
+        let still = grant::release_domain(t, ft, mem, dom);
+        if grant::Domains::get(t, dom).is_some() {
+            t.dying += 1;
+        }
+        // Its own table (unless others still map its grants), and those of
+        // domains that died before it whose last mappings were its own.
+        t.collect();
+        still
+    })
+}
+
+/// Whether domain `dom`'s grant table is still allocated.
+pub fn table_held(dom: u16) -> bool {
+    grant::Domains::get(&mut *TABLES.lock(), dom).is_some()
+}
+
+/// Frees the tables of dead domains whose grants the last unmaps let go.
+fn collect() {
+    TABLES.lock().collect();
 }
 
 /// Calls `f` with every reference the grant tables hold outside page tables
@@ -535,14 +592,9 @@ pub fn release_domain(dom: u16) -> u32 {
 /// and v2 status frame), for the frame-table audit.
 pub fn for_each_external_ref(mut f: impl FnMut(u64, ExternalRef)) {
     let t = TABLES.lock();
-    for gt in t.tables.iter().take(t.known) {
+    for gt in t.tables.iter().flatten() {
         for (mfn, r) in gt.external_refs() {
             f(mfn, r);
         }
     }
 }
-
-/// External references the audit makes room for: one per mapping and one
-/// per table and status frame.
-pub const MAX_EXTERNAL_REFS: usize =
-    MAX_DOMAINS * (MAPTRACK_ENTRIES + MAX_FRAMES + MAX_STATUS_FRAMES) as usize;

@@ -6,11 +6,14 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod arch;
 mod build;
 mod domain;
 mod events;
 mod fifo;
+mod footprint;
 mod grant;
 mod hypercall;
 mod irq;
@@ -237,6 +240,19 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}"));
         }
         let has_service = manifest.domains().iter().any(|s| s.service);
+        // Room for every domain's record at once (its size is then exactly
+        // what the domains take, for the figure below).
+        if hv
+            .domains
+            .try_reserve_exact(manifest.domains().len())
+            .is_err()
+        {
+            boot_fail(format_args!(
+                "out of hypervisor memory for {} domains: give QEMU more memory, or the manifest fewer domains",
+                manifest.domains().len()
+            ));
+        }
+        let before = footprint::Snapshot::now();
         for (i, spec) in manifest.domains().iter().enumerate() {
             let Some(image) = archive.get(spec.image) else {
                 boot_fail(format_args!(
@@ -297,15 +313,21 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             arch::entry::set_frame(vi, &arch::entry::TrapFrame::ZERO);
                         }
                     }
-                    events::domain_built(d.id, &d.vcpus, d.shared);
-                    if hv.domains.push(d).is_err() {
-                        boot_fail(format_args!("too many domains"));
+                    if hv.domains.try_reserve(1).is_err()
+                        || events::domain_built(d.id, &d.vcpus, d.shared).is_err()
+                    {
+                        boot_fail(format_args!(
+                            "domain '{}': out of hypervisor memory for its state (give QEMU more memory, or the manifest fewer domains)",
+                            spec.name
+                        ));
                     }
+                    hv.domains.push(d);
                 }
                 Err(e) => boot_fail(format_args!("{e}")),
             }
         }
         connect_service(&mut hv);
+        footprint::Snapshot::now().report_per_domain(&before, &hv, &manifest);
     }
     sched::start()
 }

@@ -511,6 +511,11 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             // Guest L1 entries may be global: drop the last domain's.
             cpu::flush_tlb_all();
         }
+        // Its CPU time starts now, not before the switch: the address-space
+        // change is the machine's cost, charged to no vCPU (under TCG a
+        // flush of a large TLB takes milliseconds, which would otherwise
+        // push a vCPU that runs briefly and often far behind in the queue).
+        hv.vcpus[next].last_start = crate::time::now_ns();
     }
     crate::vcpu::update_runstate_area(d);
     if hv.teardowns_waiting {

@@ -223,7 +223,69 @@ fn on_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, 
     let fuzz = boot_microvisor(kdir, out_dir, timeout, FUZZ_MANIFEST, "bench-fuzz")?;
     run.rows.extend(fuzz.rows);
     run.notes.extend(fuzz.notes);
+    let density = density(kdir, out_dir, timeout)?;
+    run.rows.extend(density.rows);
+    run.notes.extend(density.notes);
     Ok(run)
+}
+
+/// Domains of the density boot (and of scenario `many-domains`, whose
+/// manifest is this one: a host test keeps them the same).
+const DENSITY_DOMAINS: usize = 64;
+
+/// The density boot: `DENSITY_DOMAINS` minimal domains (examples/bare,
+/// 4 MiB: its initial mapping needs 1024 pages), one vCPU each.
+fn density_manifest() -> String {
+    (0..DENSITY_DOMAINS)
+        .map(|i| format!("[domain d{i}]\nimage = bare\nmemory = 4M\n"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The figure the hypervisor logs after building the domains:
+/// `(MV) hypervisor memory per domain (N domains): BYTES bytes = ...`,
+/// as the bytes and the whole line.
+fn per_domain_bytes(serial: &str) -> Option<(u64, String)> {
+    serial.lines().find_map(|l| {
+        let (_, rest) = l.split_once("hypervisor memory per domain (")?;
+        let (_, after) = rest.split_once("): ")?;
+        let bytes = after.split_whitespace().next()?.parse().ok()?;
+        Some((
+            bytes,
+            l.trim_end_matches('\r')
+                .trim_start_matches("(MV) ")
+                .to_string(),
+        ))
+    })
+}
+
+/// The hypervisor's own memory per minimal domain (heap, frames and vCPU
+/// slots it holds beyond the domain's memory), from the density boot's
+/// log (not a timing: no icount needed). The density goal is 20 KiB.
+fn density(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
+    let bundle = crate::scenario::make_bundle(&density_manifest(), kdir, &Default::default())?;
+    let bpath = out_dir.join("bench-density.cpio");
+    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
+    let kernel = crate::qemu::kernel_path(kdir);
+    let mut boot = measuring_boot(&kernel, &bpath, false, timeout);
+    boot.append = "loglvl=info".into();
+    boot.memory_mib = 512;
+    let out = boot.run_with(&Default::default())?;
+    std::fs::write(out_dir.join("bench-density.log"), &out.serial).map_err(|e| e.to_string())?;
+    let Some((bytes, line)) = per_domain_bytes(&out.serial).filter(|_| out.exit_code == Some(33))
+    else {
+        return Err(format!(
+            "error: the density boot ({DENSITY_DOMAINS} domains) did not finish cleanly (exit {:?}, timed out {}); see target/bench/bench-density.log",
+            out.exit_code, out.timed_out
+        ));
+    };
+    Ok(Run {
+        rows: vec![vec![
+            format!("hypervisor bytes per domain ({DENSITY_DOMAINS} minimal; goal 20480)"),
+            bytes.to_string(),
+        ]],
+        notes: vec![format!("bench: {line}")],
+    })
 }
 
 /// One phase of a throughput boot as a domain printed it:
@@ -495,6 +557,29 @@ mod tests {
         // One domain only: no figure.
         assert_eq!(aggregate_rate(&p, "mmu512"), None);
         assert_eq!(aggregate_rate(&p, "other"), None);
+    }
+
+    #[test]
+    fn density_manifest_is_many_domains_scenario() {
+        let text = std::fs::read_to_string(crate::root().join("tests/scenarios/many-domains.toml"))
+            .unwrap();
+        let t: toml::Table = text.parse().unwrap();
+        let m = t["manifest"].as_str().unwrap();
+        assert_eq!(m.trim(), density_manifest().trim());
+        let parsed = microvisor_core::manifest::parse(m).unwrap();
+        assert_eq!(parsed.domains().len(), DENSITY_DOMAINS);
+    }
+
+    #[test]
+    fn per_domain_figure_is_read() {
+        let log = "(MV) cpus: 1\r\n(MV) hypervisor memory per domain (64 domains): 104928 bytes = heap 86720 (event channels 41536)\r\n";
+        let (b, l) = per_domain_bytes(log).unwrap();
+        assert_eq!(b, 104928);
+        assert!(l.starts_with("hypervisor memory per domain (64 domains): 104928 bytes"));
+        assert_eq!(
+            per_domain_bytes("(MV) hypervisor memory per domain (x): y bytes"),
+            None
+        );
     }
 
     #[test]

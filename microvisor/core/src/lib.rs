@@ -5,9 +5,12 @@
 //! piece of domain-builder arithmetic lives here as plain safe Rust that runs
 //! under `cargo test` on the host. The ring-0 binary calls into this crate and
 //! only performs the effects (copying bytes into frames, writing page-table
-//! entries). Nothing here allocates, touches hardware, uses floating point or
-//! panics on input it did not create itself: malformed input always comes back
-//! as an error value.
+//! entries). Nothing here touches hardware, uses floating point or panics on
+//! input it did not create itself: malformed input always comes back as an
+//! error value. Only the manifest parser allocates (its list of domains,
+//! fallibly: the hypervisor's heap, `microvisor::mm::heap`).
+
+extern crate alloc;
 
 pub mod acpi;
 pub mod bootmem;

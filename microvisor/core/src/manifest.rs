@@ -1,8 +1,9 @@
 //! Parser for the boot bundle's `manifest`, the text file that names the
 //! domains to build at boot. This module owns the manifest grammar and every
 //! rule about the values in it (name syntax, memory bounds, command-line
-//! length); it never looks inside the bundle, never allocates (at most
-//! [`MAX_DOMAINS`] specs live in a fixed array) and never panics on any text.
+//! length); it never looks inside the bundle and never panics on any text.
+//! It allocates one list of specs (no fixed number of domains), fallibly:
+//! a manifest with more domains than there is memory for is refused.
 //!
 //! # Format
 //!
@@ -28,17 +29,16 @@
 //!   value is everything after the `=` up to the end of the line (trimmed; may be
 //!   empty; at most 1023 bytes so it fits `start_info.cmd_line` with its NUL).
 //! * Each key may appear once per domain; keys before the first `[domain NAME]`
-//!   are errors. Domain names are unique. At most [`MAX_DOMAINS`] domains, at
-//!   least one.
+//!   are errors. Domain names are unique. At least one domain; no upper
+//!   limit but memory (each needs its `memory` and hypervisor state).
 //! * `memory` must be a multiple of 4 KiB, at least 1 MiB and at most 64 GiB.
 //! * `image` is a single word (no spaces); whether the file exists in the
 //!   bundle is the caller's check.
 //! * Lines may end in `\r\n`.
 
+use alloc::vec::Vec;
 use core::fmt;
 
-/// Most domains one manifest may declare.
-pub const MAX_DOMAINS: usize = 16;
 /// Most vCPUs one domain may have (the vcpu_info slots in shared info).
 pub const MAX_VCPUS: usize = 32;
 /// Longest domain name in bytes.
@@ -218,33 +218,16 @@ impl DomainSpec<'_> {
     }
 }
 
-const EMPTY_SPEC: DomainSpec<'static> = DomainSpec {
-    name: "",
-    image: "",
-    memory_bytes: 0,
-    maxmem_bytes: 0,
-    privileged: false,
-    service: false,
-    cmdline: "",
-    expect: Expect::Poweroff,
-    weight: DEFAULT_WEIGHT,
-    cap: 0,
-    vcpus: 1,
-    cpus: u64::MAX,
-    console: ConsoleOutput::Both,
-};
-
-/// A parsed manifest: one to [`MAX_DOMAINS`] domain specs in file order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A parsed manifest: one or more domain specs in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest<'a> {
-    specs: [DomainSpec<'a>; MAX_DOMAINS],
-    len: usize,
+    specs: Vec<DomainSpec<'a>>,
 }
 
 impl<'a> Manifest<'a> {
     /// The domains, in the order the manifest lists them.
     pub fn domains(&self) -> &[DomainSpec<'a>] {
-        self.specs.get(..self.len).unwrap_or(&[])
+        &self.specs
     }
 
     /// The domain called `name`, if any.
@@ -449,10 +432,7 @@ fn parse_weight(value: &str) -> Result<u16, &'static str> {
 
 /// Parses a whole manifest.
 pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
-    let mut manifest = Manifest {
-        specs: [EMPTY_SPEC; MAX_DOMAINS],
-        len: 0,
-    };
+    let mut manifest = Manifest { specs: Vec::new() };
     let mut current: Option<Partial<'_>> = None;
     let mut last_line = 1usize;
 
@@ -489,9 +469,6 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
             }
             if manifest.get(name).is_some() {
                 return Err(err("duplicate domain name", Some(name)));
-            }
-            if manifest.len >= MAX_DOMAINS {
-                return Err(err("too many domains (max 16)", None));
             }
             current = Some(Partial::new(name, line));
             continue;
@@ -592,7 +569,7 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
     if let Some(done) = current.take() {
         add(&mut manifest, done, last_line)?;
     }
-    if manifest.len == 0 {
+    if manifest.specs.is_empty() {
         return Err(ManifestError {
             line: last_line,
             what: "no domains",
@@ -648,13 +625,12 @@ fn push<'a>(
     spec: DomainSpec<'a>,
     line: usize,
 ) -> Result<(), ManifestError<'a>> {
-    let slot = manifest.specs.get_mut(manifest.len).ok_or(ManifestError {
+    manifest.specs.try_reserve(1).map_err(|_| ManifestError {
         line,
-        what: "too many domains (max 16)",
+        what: "out of memory for the manifest's domains",
         detail: None,
     })?;
-    *slot = spec;
-    manifest.len = manifest.len.saturating_add(1);
+    manifest.specs.push(spec);
     Ok(())
 }
 
@@ -877,13 +853,21 @@ expect = killed
             error("[domain x]\nimage = a\nmemory = 16Q\n"),
             "manifest line 3: memory must be like 16M"
         );
+        // No fixed number of domains: 1,000 parse, in order, and a
+        // duplicate name among them is still found.
         let mut many = String::new();
-        for i in 0..17 {
+        for i in 0..1000 {
             many.push_str(&format!("[domain d{i}]\n{ok_body}"));
         }
-        assert_eq!(error(&many), "manifest line 49: too many domains (max 16)");
-        let sixteen: String = many.lines().take(48).map(|l| format!("{l}\n")).collect();
-        assert_eq!(parse(&sixteen).unwrap().domains().len(), 16);
+        let m = parse(&many).unwrap();
+        assert_eq!(m.domains().len(), 1000);
+        assert_eq!(m.domains()[999].name, "d999");
+        assert_eq!(m.get("d500").map(|d| d.name), Some("d500"));
+        many.push_str(&format!("[domain d7]\n{ok_body}"));
+        assert_eq!(
+            error(&many),
+            "manifest line 3001: duplicate domain name 'd7'"
+        );
     }
 
     #[test]
@@ -1013,7 +997,7 @@ expect = killed
         ) {
             let text = lines.join("\n");
             if let Ok(m) = parse(&text) {
-                prop_assert!(!m.domains().is_empty() && m.domains().len() <= MAX_DOMAINS);
+                prop_assert!(!m.domains().is_empty());
                 for d in m.domains() {
                     prop_assert!(valid_name(d.name));
                     prop_assert!(d.memory_bytes >= MIN_MEMORY && d.memory_bytes <= MAX_MEMORY);

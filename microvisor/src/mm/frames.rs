@@ -285,16 +285,23 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
     (freed, waiting)
 }
 
-/// Room for every external reference one audit declares: the hypervisor's
-/// own (up to 5 per domain, and each domain's FIFO event-channel frames)
-/// and every grant mapping.
-const AUDIT_REFS: usize = crate::domain::MAX_DOMAINS
-    * (5 + microvisor_core::evtchn::MAX_ARRAY_PAGES + crate::domain::MAX_VCPUS_PER_DOMAIN)
-    + crate::grant::MAX_EXTERNAL_REFS;
+/// Every external reference one audit declares: the hypervisor's own (up
+/// to 5 per domain, and each domain's FIFO event-channel frames) and every
+/// grant mapping. On the heap, grown as needed and kept between audits; a
+/// reference it has no memory for is left out, and the audit then fails
+/// (it never passes wrongly).
+static AUDIT_EXT: Mutex<alloc::vec::Vec<(u64, microvisor_core::frametable::ExternalRef)>> =
+    Mutex::new(alloc::vec::Vec::new());
 
-static AUDIT_EXT: Mutex<
-    heapless::Vec<(u64, microvisor_core::frametable::ExternalRef), AUDIT_REFS>,
-> = Mutex::new(heapless::Vec::new());
+/// Appends `r` to the audit's list, unless there is no memory for it.
+fn note(
+    ext: &mut alloc::vec::Vec<(u64, microvisor_core::frametable::ExternalRef)>,
+    r: (u64, microvisor_core::frametable::ExternalRef),
+) {
+    if ext.try_reserve(1).is_ok() {
+        ext.push(r);
+    }
+}
 
 /// Frames the audit recounts per walk of the page tables (256 KiB of
 /// scratch): 256 MiB of RAM takes four walks. With a small stack buffer an
@@ -355,17 +362,15 @@ pub fn audit(
     let mut ext = AUDIT_EXT.lock();
     ext.clear();
     for &r in roots.iter().filter(|&&r| r != 0) {
-        let _ = ext.push((r / PAGE, ExternalRef::PageAndType(PageType::L4)));
+        note(&mut ext, (r / PAGE, ExternalRef::PageAndType(PageType::L4)));
     }
     for m in written.iter().copied().chain(fifo) {
-        let _ = ext.push((m, ExternalRef::HvWritable));
+        note(&mut ext, (m, ExternalRef::HvWritable));
     }
     for &m in segs {
-        let _ = ext.push((m, ExternalRef::PageAndType(PageType::Segment)));
+        note(&mut ext, (m, ExternalRef::PageAndType(PageType::Segment)));
     }
-    crate::grant::for_each_external_ref(|m, r| {
-        let _ = ext.push((m, r));
-    });
+    crate::grant::for_each_external_ref(|m, r| note(&mut ext, (m, r)));
     let mut scratch = AUDIT_SCRATCH.lock();
     with(|ft, mem| ft.audit_with(mem, &ext, &mut scratch[..]))
 }

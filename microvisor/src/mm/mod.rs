@@ -8,6 +8,7 @@
 
 pub mod frames;
 pub mod guest;
+pub mod heap;
 pub mod paging;
 pub mod stacks;
 

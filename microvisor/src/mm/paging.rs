@@ -224,3 +224,34 @@ pub fn init(max_phys: u64) {
     unsafe { cpu::write_cr3(l4) };
     super::set_directmap_ready();
 }
+
+/// Like `next`, but `None` instead of a panic when no frame is left for a
+/// new table (the heap grows at run time, where running out is a refusal,
+/// not a hypervisor bug).
+fn try_next(table: u64, idx: u64) -> Option<u64> {
+    let e = read_u64(table + idx * 8);
+    if e & P != 0 {
+        return Some(e & ADDR_MASK);
+    }
+    let t = alloc_zeroed()? * PAGE;
+    set_entry(table + idx * 8, t | P | RW | A);
+    Some(t)
+}
+
+/// Maps one page of the hypervisor heap (`heap`): writable, NX, global.
+/// The heap's L3 is one of the hypervisor's shared ones (made at boot), so
+/// every address space sees the page at once; the page was not mapped
+/// before, so no TLB holds a translation of it. `false` when no frame is
+/// left for a page table on the way (nothing is mapped then).
+pub fn map_heap_page(va: u64, pa: u64) -> bool {
+    let Some(l2) =
+        try_next(hv_l4(), (va >> 39) & 511).and_then(|l3| try_next(l3, (va >> 30) & 511))
+    else {
+        return false;
+    };
+    let Some(l1) = try_next(l2, (va >> 21) & 511) else {
+        return false;
+    };
+    set_entry(l1 + ((va >> 12) & 511) * 8, pa | P | RW | G | NX | A | D);
+    true
+}

@@ -73,8 +73,8 @@ mod v2_tests;
 
 pub use table::{
     ENTRIES_PER_FRAME, ENTRIES_PER_FRAME_V2, GRANT_PTE_TAG, GrantTable, MAPTRACK_ENTRIES,
-    MAX_GRANT_ENTRIES, MAX_GRANT_ENTRIES_V2, MAX_GRANT_FRAMES, MAX_STATUS_FRAMES, Mapping, Pins,
-    STATUS_PER_FRAME, status_frames_for,
+    MAPTRACK_GROW, MAX_GRANT_ENTRIES, MAX_GRANT_ENTRIES_V2, MAX_GRANT_FRAMES, MAX_STATUS_FRAMES,
+    Mapping, Pins, STATUS_PER_FRAME, status_frames_for,
 };
 pub use v2::{StatusFrames, get_status_frames, set_version};
 

@@ -40,6 +40,9 @@ pub const fn status_frames_for(nr_frames: u32) -> u32 {
 }
 /// Mappings one domain may hold at once (handles `0..MAPTRACK_ENTRIES`).
 pub const MAPTRACK_ENTRIES: u32 = 1024;
+/// Maptrack slots added at a time when a domain maps more grants than its
+/// maptrack has room for.
+pub const MAPTRACK_GROW: usize = 64;
 /// Bit 62 of a page-table entry: marks an entry as a grant mapping (Xen's
 /// `_PAGE_GNTTAB`, the frame table's reserved grant tag). Guests can never
 /// set it through `mmu_update`, so an entry carrying it was installed here.
@@ -317,14 +320,18 @@ pub struct Pins {
     pub writable: u32,
 }
 
-/// The grant state of one domain. About 44 KiB; see the size assertion.
+/// The grant state of one domain: about 20 KiB, plus its maptrack (24
+/// bytes a slot, grown [`MAPTRACK_GROW`] slots at a time as it maps grants,
+/// up to [`MAPTRACK_ENTRIES`]).
 #[derive(Clone, Debug)]
 pub struct GrantTable {
     active: [Active; ENTRIES],
     /// The granted byte range of each pinned v2 reference (v1 pins are
     /// always whole pages; v2 has at most [`MAX_GRANT_ENTRIES_V2`] refs).
     ranges: [u32; ENTRIES_V2],
-    maptrack: [MapEntry; HANDLES],
+    /// Its mappings by handle: empty until it maps a grant, then grown as
+    /// needed (as Xen grows a domain's maptrack a frame at a time).
+    maptrack: alloc::vec::Vec<MapEntry>,
     frames: [u64; FRAMES],
     /// The v2 status frames (none in v1).
     status: [u64; STATUS_FRAMES],
@@ -342,8 +349,8 @@ pub struct GrantTable {
     nr_maps: u16,
 }
 
-// 16 domains must stay well under 1 MiB of static memory.
-const _: () = assert!(size_of::<GrantTable>() <= 45 * 1024);
+// Every domain has one from its build (on the hypervisor's heap).
+const _: () = assert!(size_of::<GrantTable>() <= 21 * 1024);
 const _: () = assert!(size_of::<Active>() == 8);
 
 impl GrantTable {
@@ -361,7 +368,7 @@ impl GrantTable {
         Self {
             active: [Active::IDLE; ENTRIES],
             ranges: [Range::PAGE.pack(); ENTRIES_V2],
-            maptrack: [MapEntry::FREE; HANDLES],
+            maptrack: alloc::vec::Vec::new(),
             frames: [0; FRAMES],
             status: [0; STATUS_FRAMES],
             // `max <= MAX_GRANT_FRAMES` fits in a u8.
@@ -631,14 +638,22 @@ impl GrantTable {
 
     /// The lowest free handle, if any (not reserved: the caller records it
     /// with [`GrantTable::record`] within the same operation).
+    /// Past the slots the maptrack has, the next one (it grows when the
+    /// handle is recorded).
     pub(super) fn free_handle(&self) -> Option<u32> {
         let start = usize::from(self.free_hint);
-        let idx = self
-            .maptrack
-            .get(start..)?
-            .iter()
-            .position(|e| e.flags == 0)?;
-        u32::try_from(start.checked_add(idx)?).ok()
+        let idx = match self.maptrack.get(start..) {
+            Some(rest) => rest
+                .iter()
+                .position(|e| e.flags == 0)
+                .map_or(rest.len(), |i| i),
+            None => return None,
+        };
+        let h = start.checked_add(idx)?;
+        if h >= HANDLES {
+            return None;
+        }
+        u32::try_from(h).ok()
     }
 
     /// Records mapping `m` under `m.handle`; false if that handle is out of
@@ -650,6 +665,9 @@ impl GrantTable {
         let Ok(mfn) = u32::try_from(m.mfn) else {
             return false;
         };
+        if h >= self.maptrack.len() && !self.grow_maptrack(h) {
+            return false;
+        }
         let Some(e) = self.maptrack.get_mut(h) else {
             return false;
         };
@@ -674,6 +692,32 @@ impl GrantTable {
             self.free_hint = self.free_hint.saturating_add(1);
         }
         true
+    }
+
+    /// Grows the maptrack to hold handle `h` (`< MAPTRACK_ENTRIES`), by
+    /// whole steps of [`MAPTRACK_GROW`]; false when `h` is out of range or
+    /// there is no memory (nothing changes then).
+    fn grow_maptrack(&mut self, h: usize) -> bool {
+        if h >= HANDLES {
+            return false;
+        }
+        let want = h
+            .saturating_add(1)
+            .div_ceil(MAPTRACK_GROW)
+            .saturating_mul(MAPTRACK_GROW)
+            .min(HANDLES);
+        let more = want.saturating_sub(self.maptrack.len());
+        if self.maptrack.try_reserve_exact(more).is_err() {
+            return false;
+        }
+        self.maptrack.resize(want, MapEntry::FREE);
+        true
+    }
+
+    /// Maptrack slots it has now (grown as it maps grants).
+    #[must_use]
+    pub fn maptrack_slots(&self) -> usize {
+        self.maptrack.len()
     }
 
     /// Removes half `half` (`GNTMAP_HOST_MAP` or `GNTMAP_DEVICE_MAP`) of

@@ -1,0 +1,94 @@
+//! What the hypervisor itself holds for its domains (not their own memory):
+//! measured around the building of the manifest's domains and logged as
+//! one line per boot (`cargo xtask bench` turns it into its "hypervisor
+//! memory per domain" row), and checked again once every domain has ended
+//! (their event and grant state must all be back on the heap).
+
+use crate::domain::Hv;
+use crate::mm::{self, PAGE};
+use microvisor_core::manifest::Manifest;
+
+/// The hypervisor's memory at one moment.
+pub struct Snapshot {
+    /// Heap bytes in use.
+    heap_used: u64,
+    /// Frames mapped for the heap, in bytes.
+    heap_mapped: u64,
+    /// Free frames.
+    free: u64,
+}
+
+impl Snapshot {
+    pub fn now() -> Snapshot {
+        Snapshot {
+            heap_used: mm::heap::used(),
+            heap_mapped: mm::heap::mapped(),
+            free: mm::with_allocator(|a| a.free_count()),
+        }
+    }
+
+    /// Logs what building `manifest`'s domains cost the hypervisor, per
+    /// domain: heap bytes (event channels, grant table, record), the
+    /// static vCPU slots its vCPUs occupy, and the frames it holds beyond
+    /// the domain's own memory (shared info, grant-table frames, page
+    /// tables of the heap), from the difference between `before` (taken
+    /// before the first domain) and now.
+    pub fn report_per_domain(&self, before: &Snapshot, hv: &Hv, manifest: &Manifest<'_>) {
+        let n = manifest.domains().len().max(1) as u64;
+        let guest_pages: u64 = manifest.domains().iter().map(|d| d.nr_pages()).sum();
+        let heap_frames = self.heap_mapped.saturating_sub(before.heap_mapped) / PAGE;
+        let frames = before
+            .free
+            .saturating_sub(self.free)
+            .saturating_sub(guest_pages)
+            .saturating_sub(heap_frames);
+        let heap = self.heap_used.saturating_sub(before.heap_used);
+        let vcpu_bytes =
+            (size_of::<crate::domain::Vcpu>() + size_of::<crate::arch::entry::TrapFrame>()) as u64;
+        let vcpus = hv.vcpus.len() as u64;
+        let total = (heap + frames * PAGE + vcpus * vcpu_bytes) / n;
+        crate::info!(
+            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {}, grant table {}, record {}) + frames {} ({frames} frames in all: shared info, grant tables) + vCPU slots {} ({} bytes each)",
+            heap / n,
+            size_of::<crate::events::DomainEvents>(),
+            size_of::<microvisor_core::grant::GrantTable>(),
+            size_of::<crate::domain::Domain>(),
+            frames * PAGE / n,
+            vcpus * vcpu_bytes / n,
+            vcpu_bytes
+        );
+    }
+}
+
+/// Once every domain has ended: whether each dead domain's event state
+/// and grant table went back to the heap (a line says which did not).
+pub fn check_freed(hv: &Hv) {
+    let mut held = 0;
+    for d in hv
+        .domains
+        .iter()
+        .filter(|d| !d.is_live() && !d.teardown_pending)
+    {
+        let events = crate::events::state_held(d.id);
+        let grants = crate::grant::table_held(d.id);
+        if events || grants {
+            held += 1;
+            crate::warn!(
+                "domain {} ({}): dead, but its {} still held",
+                d.id,
+                d.name,
+                match (events, grants) {
+                    (true, true) => "event state and grant table are",
+                    (true, false) => "event state is",
+                    _ => "grant table is",
+                }
+            );
+        }
+    }
+    if held == 0 {
+        crate::info!(
+            "every dead domain's event state and grant table freed (heap in use: {} bytes)",
+            mm::heap::used()
+        );
+    }
+}
