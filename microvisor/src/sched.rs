@@ -515,7 +515,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         // change is the machine's cost, charged to no vCPU (under TCG a
         // flush of a large TLB takes milliseconds, which would otherwise
         // push a vCPU that runs briefly and often far behind in the queue).
-        hv.vcpus[next].last_start = crate::time::now_ns();
+        d.last_start = crate::time::now_ns();
     }
     crate::vcpu::update_runstate_area(d);
     if hv.teardowns_waiting {
