@@ -35,7 +35,8 @@ pub const USAGE: &str = "  new-guest [--bare|--device] PATH
                                  --device: a split device of your own (front-end, back-end,
                                  a guest and a service image using them, a manifest)
   toolchain [--print-env]        the kernel toolchain; --print-env prints it as cargo
-                                 variables: eval \"$(cargo xtask toolchain --print-env)\"
+                                 variables for a crate anywhere (SDK: this clone):
+                                 eval \"$(cd SDK && cargo xtask toolchain --print-env)\"
   boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
                                  boot one kernel image as the only domain (SIZE default
                                  32M; WORDS: its command line); IMAGE: an ELF file,
