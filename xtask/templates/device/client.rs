@@ -3,9 +3,10 @@
 #![no_std]
 #![no_main]
 
-use __CRATE__::Device;
 use pv_guest_kernel::{StartInfo, events, gnttab, println, xenstore};
 use splitfront::kernel::Guest;
+
+use __CRATE__::Device;
 
 fn main(_si: &'static StartInfo) {
     events::init().expect("events");
