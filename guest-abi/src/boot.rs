@@ -30,7 +30,11 @@
 //! `.text.hypercall_page` on its own page, and `.note.Xen` in a `PT_NOTE`
 //! segment.
 //!
-//! A whole kernel on this crate alone (`examples/bare`):
+//! A whole kernel on this crate alone (`examples/bare`). The `cfg_attr`s
+//! and the `cfg` on the panic handler only let this example compile as a
+//! host doctest too: a kernel crate writes plain `#![no_std]`,
+//! `#![no_main]` and `#[panic_handler]`, as `examples/bare/src/main.rs` does
+//! (docs/first-guest.md, "A crate made by hand", sets up the crate):
 //!
 //! ```no_run
 //! # // Doctests build for the host, where std supplies the panic handler

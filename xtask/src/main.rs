@@ -581,8 +581,17 @@ fn test(o: &Opts) -> Result<bool, String> {
         if !have {
             println!("SKIP rustfmt (no rustfmt here: `rustup component add rustfmt`)");
         } else if fmt(&root) && fmt(&root.join("fuzz")) {
-            passed += 1;
-            println!("PASS rustfmt");
+            // And what `new-guest` writes into a user's crate.
+            match sdk::check_generated_rustfmt() {
+                Ok(()) => {
+                    passed += 1;
+                    println!("PASS rustfmt");
+                }
+                Err(e) => {
+                    failed.push("rustfmt".into());
+                    println!("FAIL rustfmt: {e}");
+                }
+            }
         } else {
             failed.push("rustfmt".into());
             println!("FAIL rustfmt (run `cargo fmt --all` here and in fuzz/)");

@@ -35,7 +35,8 @@ pub const USAGE: &str = "  new-guest [--bare|--device] PATH
                                  --device: a split device of your own (front-end, back-end,
                                  a guest and a service image using them, a manifest)
   toolchain [--print-env]        the kernel toolchain; --print-env prints it as cargo
-                                 variables: eval \"$(cargo xtask toolchain --print-env)\"
+                                 variables for a crate anywhere (SDK: this clone):
+                                 eval \"$(cd SDK && cargo xtask toolchain --print-env)\"
   boot [--memory SIZE] [--accel ..] [--timeout S] [--qemu PATH] [--cpus N] IMAGE [WORDS...]
                                  boot one kernel image as the only domain (SIZE default
                                  32M; WORDS: its command line); IMAGE: an ELF file,
@@ -503,9 +504,11 @@ use pv_guest_kernel::{{StartInfo, println}};
 fn main(si: &'static StartInfo) {{
     let cmdline = guest_abi::types::until_nul_str(&si.cmd_line).unwrap_or("");
     println!("{name}: hello from a guest built outside the microvisor repository");
-    println!("{name}: {{}} KiB of memory, command line \"{{cmdline}}\"", si.nr_pages * 4);
+    let kib = si.nr_pages * 4;
+    println!("{name}: {{kib}} KiB of memory, command line \"{{cmdline}}\"");
     let squares: Vec<u64> = (1..=10).map(|n| n * n).collect();
-    println!("{name}: the heap works: sum of the first 10 squares = {{}}", squares.iter().sum::<u64>());
+    let sum: u64 = squares.iter().sum();
+    println!("{name}: the heap works: sum of the first 10 squares = {{sum}}");
     // Returning powers the domain off.
 }}
 
@@ -681,9 +684,13 @@ impl Write for Console {{
 }}
 
 fn kmain(si: &'static StartInfo) -> ! {{
-    let cmdline = until_nul_str(&si.cmd_line).unwrap_or("");
+    let command_line = until_nul_str(&si.cmd_line).unwrap_or("");
     let _ = writeln!(Console, "{name}: hello from a kernel on guest-abi alone");
-    let _ = writeln!(Console, "{name}: {{}} KiB of memory, command line \"{{cmdline}}\"", si.nr_pages * 4);
+    let kib = si.nr_pages * 4;
+    let _ = writeln!(
+        Console,
+        "{name}: {{kib}} KiB of memory, command line \"{{command_line}}\""
+    );
     off(ShutdownReason::Poweroff)
 }}
 
@@ -886,6 +893,67 @@ pub fn boot(args: &[String]) -> Result<bool, String> {
         None,
         extra,
     )
+}
+
+/// Every Rust file `new-guest` writes (plain, `--bare` and `--device`,
+/// with names sorting before and after the SDK's crates) is in rustfmt's
+/// style, so a first `cargo fmt` in a fresh crate changes nothing. Part of
+/// the `rustfmt` check of `cargo xtask test`.
+///
+/// # Errors
+/// What rustfmt would change, or why it could not run.
+pub fn check_generated_rustfmt() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("xtask-generated-fmt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = KernelEnv {
+        rustc: "/r/rustc".into(),
+        linker: "/l/rust-lld".into(),
+        sysroot: "/s/sys".into(),
+        origin: "rustfmt check".into(),
+    };
+    let sdk = Path::new("/sdk");
+    let mut files = Vec::new();
+    for name in ["a", "zz-guest"] {
+        for (kind, bare) in [("plain", false), ("bare", true)] {
+            for (path, text, _) in crate_files(name, sdk, &env, bare) {
+                files.push((format!("{kind}-{name}/{path}"), text));
+            }
+        }
+        for (path, text, _) in device_files(name, sdk) {
+            files.push((format!("device-{name}/{path}"), text));
+        }
+    }
+    let mut rs = Vec::new();
+    for (path, text) in files.iter().filter(|(p, _)| p.ends_with(".rs")) {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        write(&file, text)?;
+        rs.push(file);
+    }
+    // The rustfmt beside the cargo running us (what `cargo fmt` runs), else
+    // the one on PATH.
+    let rustfmt = std::env::var_os("CARGO")
+        .map(|c| PathBuf::from(c).with_file_name("rustfmt"))
+        .filter(|r| r.is_file())
+        .unwrap_or_else(|| "rustfmt".into());
+    let out = Command::new(rustfmt)
+        .args(["--edition", "2024", "--check"])
+        .args(&rs)
+        .output()
+        .map_err(|e| format!("cannot run rustfmt: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "what new-guest writes (xtask/src/sdk.rs, xtask/templates/) is not in rustfmt's style:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// The `new-guest` check of `cargo xtask test`, docs/first-guest.md as a

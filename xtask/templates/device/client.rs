@@ -3,9 +3,10 @@
 #![no_std]
 #![no_main]
 
-use __CRATE__::Device;
 use pv_guest_kernel::{StartInfo, events, gnttab, println, xenstore};
 use splitfront::kernel::Guest;
+
+use __CRATE__::Device;
 
 fn main(_si: &'static StartInfo) {
     events::init().expect("events");
@@ -14,7 +15,8 @@ fn main(_si: &'static StartInfo) {
     let mut dev = Device::connect(&mut xs, Guest).expect("a __NAME__ device");
     let start = dev.get();
     let set = dev.set(123);
-    println!("__NAME__-client: register was {start:?}, set to {set:?}, now {:?}", dev.get());
+    let now = dev.get();
+    println!("__NAME__-client: register was {start:?}, set to {set:?}, now {now:?}");
     dev.close(&mut xs).expect("close");
     println!("__NAME__-client: closed");
 }

@@ -173,9 +173,15 @@ impl<P: SharedPage> splitfront::Frontend<P> for Front<P> {
     type Offer = u64;
     fn negotiate(features: &Nodes) -> Result<u64, String> {
         let text = features.get(KEY_MAX_VALUE).ok_or("no max-value")?;
-        text.trim().parse().map_err(|_| format!("max-value '{text}'"))
+        text.trim()
+            .parse()
+            .map_err(|_| format!("max-value '{text}'"))
     }
-    fn connected(max_value: u64, _: &splitfront::Connected<'_>, rings: Vec<P>) -> Result<Self, String> {
+    fn connected(
+        max_value: u64,
+        _: &splitfront::Connected<'_>,
+        rings: Vec<P>,
+    ) -> Result<Self, String> {
         let page = rings.into_iter().next().ok_or("no ring")?;
         Ok(Self {
             ring: FrontRing::attach(page, 0),

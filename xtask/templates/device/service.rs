@@ -12,11 +12,15 @@ use alloc::vec::Vec;
 use service::CmdlineDevices;
 
 fn main(si: &'static pv_guest_kernel::StartInfo) {
-    let devices = CmdlineDevices::new(__CRATE__::Back { max_value: 1000 }, __CRATE__::TYPE, |_, arg| {
+    let back = __CRATE__::Back { max_value: 1000 };
+    let devices = CmdlineDevices::new(back, __CRATE__::TYPE, |_, arg| {
         let start = if arg.is_empty() { Ok(0) } else { arg.parse() };
-        Ok((0, start.map_err(|_| alloc::format!("value '{arg}' is not a number"))?))
+        let start = start.map_err(|_| alloc::format!("value '{arg}' is not a number"))?;
+        Ok((0, start))
     });
-    service::run(si, Vec::from([Box::new(devices) as Box<dyn service::Driver>]))
+    let mut drivers: Vec<Box<dyn service::Driver>> = Vec::new();
+    drivers.push(Box::new(devices));
+    service::run(si, drivers)
 }
 
 pv_guest_kernel::main!(main);

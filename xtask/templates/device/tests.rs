@@ -23,11 +23,10 @@ fn gets_sets_refuses_and_closes() {
     lo.with(|w| {
         // On a failure, the message shows every line the back-end logged.
         let log = &w.platform.log;
-        assert!(w.platform.logged("__NAME__back: alice connected"), "{log:#?}");
-        assert!(
-            w.platform.logged("alice disconnected: 5 requests, register at 42"),
-            "{log:#?}"
-        );
+        let connected = "__NAME__back: alice connected";
+        assert!(w.platform.logged(connected), "{log:#?}");
+        let closed = "alice disconnected: 5 requests, register at 42";
+        assert!(w.platform.logged(closed), "{log:#?}");
         assert!(w.platform.holds_nothing());
     });
 }
