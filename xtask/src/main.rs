@@ -19,6 +19,7 @@ mod differential;
 mod fuzz;
 mod hostfuzz;
 mod lint;
+mod linux;
 mod manifest_check;
 mod profile;
 mod qemu;

@@ -37,10 +37,13 @@ pub struct Scenario {
     /// How many `Test result: SUCCESS` lines must appear.
     #[serde(default)]
     pub successes: usize,
-    /// Extra bundle entries: name -> "text:<bytes>", "hex:<hex bytes>" or
+    /// Extra bundle entries: name -> "text:<bytes>", "hex:<hex bytes>",
     /// "file:<path>" (test data kept outside the repository, relative to
     /// its root, e.g. `file:../shared/guests/mini-os/mini-os-xenbus`; the
-    /// scenario is skipped, with the reason, where the file is absent).
+    /// scenario is skipped, with the reason, where the file is absent) or
+    /// "debian:vmlinux" / "debian:initramfs" (Debian's kernel and a busybox
+    /// initramfs, fetched by `linux.rs`; skipped, with the reason, where
+    /// the packages cannot be had).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
     /// Hypervisor command line (default "loglvl=info").
@@ -292,12 +295,14 @@ impl Scenario {
             }
         }
         for (name, spec) in &self.files {
-            if !["text:", "hex:", "file:"]
+            if let Some(what) = spec.strip_prefix("debian:") {
+                crate::linux::check_spec(what).map_err(|e| format!("files: '{name}': {e}"))?;
+            } else if !["text:", "hex:", "file:"]
                 .iter()
                 .any(|p| spec.starts_with(p))
             {
                 return Err(format!(
-                    "files: '{name}' must start with text:, hex: or file:"
+                    "files: '{name}' must start with text:, hex:, file: or debian:"
                 ));
             }
         }
@@ -610,6 +615,9 @@ pub fn spec_file(spec: &str) -> Option<PathBuf> {
 /// absent (test data outside the repository, which a clone may not have).
 pub fn missing_file(files: &BTreeMap<String, String>) -> Option<String> {
     files.values().find_map(|spec| {
+        if let Some(what) = spec.strip_prefix("debian:") {
+            return crate::linux::fetch_spec(what).err();
+        }
         let p = spec_file(spec)?;
         (!p.is_file()).then(|| {
             format!(
@@ -621,7 +629,10 @@ pub fn missing_file(files: &BTreeMap<String, String>) -> Option<String> {
 }
 
 fn decode_spec(spec: &str) -> Result<Vec<u8>, String> {
-    if let Some(p) = spec_file(spec) {
+    if let Some(what) = spec.strip_prefix("debian:") {
+        let p = crate::linux::fetch_spec(what).map_err(|e| format!("error: {e}"))?;
+        std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
+    } else if let Some(p) = spec_file(spec) {
         std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
     } else if let Some(t) = spec.strip_prefix("text:") {
         Ok(t.as_bytes().to_vec())
