@@ -650,10 +650,18 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
-    let mut scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?
-        .into_iter()
-        .filter(|s| want(&s.name))
-        .collect();
+    let (pending, mut scenarios) = scenario::split_pending(
+        scenario::load_all(&root.join("tests/scenarios"))?,
+        o.filter.as_deref(),
+    );
+    for s in &pending {
+        println!(
+            "PENDING {}: {} (not run; `--filter {}` runs it)",
+            s.name,
+            s.pending.as_deref().unwrap_or(""),
+            s.name
+        );
+    }
     for s in scenarios
         .iter_mut()
         .filter(|s| s.cpus.is_none() && s.target.as_deref() != Some("xen"))
@@ -730,6 +738,9 @@ fn test(o: &Opts) -> Result<bool, String> {
     }
     if skipped > 0 {
         println!("{skipped} skipped (see the SKIP lines for why)");
+    }
+    if !pending.is_empty() {
+        println!("{} pending, not run (see the PENDING lines)", pending.len());
     }
     println!("{} passed, {} failed", passed, failed.len());
     if let Some(f) = o.filter.as_deref()
