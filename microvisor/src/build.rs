@@ -38,7 +38,9 @@ impl Frames {
     }
 }
 
-/// Builds one domain from its manifest entry and image bytes.
+/// Builds one domain from its manifest entry, image bytes and boot module
+/// (`ramdisk`, the manifest's `ramdisk = FILE`), placed as Xen's toolstack
+/// places it (`Layout::place_module`).
 /// `extra_cmdline` is appended to the manifest's command line (the service
 /// domain learns the other domains' ids and names this way). `served`: a
 /// service domain will serve this domain's store and console (it is not the
@@ -51,6 +53,7 @@ pub fn build(
     id: u16,
     spec: &DomainSpec<'static>,
     image_bytes: &'static [u8],
+    ramdisk: Option<&'static [u8]>,
     extra_cmdline: &str,
     served: bool,
 ) -> Result<(Domain, FirstVcpu, TrapFrame), BuildError> {
@@ -61,14 +64,26 @@ pub fn build(
         ))
     })?;
     let nr_pages = spec.nr_pages();
+    // A kernel with the MOD_START_PFN note takes its module by pfn, outside
+    // the initial mapping; any other gets it mapped after the kernel.
+    let pfn_ok = image.mod_start_pfn;
     let layout = Layout::compute(&LayoutInput {
         virt_base: image.virt_base,
         virt_kstart: image.virt_kstart,
         virt_kend: image.virt_kend,
-        module_len: None,
+        module_len: ramdisk.filter(|_| !pfn_ok).map(|r| r.len() as u64),
         nr_pages,
     })
     .map_err(|e| err(format_args!("domain '{}': {}", spec.name, e)))?;
+    let module = ramdisk
+        .map(|r| layout.place_module(r.len() as u64, pfn_ok))
+        .transpose()
+        .map_err(|e| {
+            err(format_args!(
+                "domain '{}': ramdisk '{}': {}",
+                spec.name, spec.ramdisk, e
+            ))
+        })?;
     // Every address the layout produced lies in [virt_base, v_end).
     let pfn_of = |va: u64| (va - layout.virt_base) / PAGE;
 
@@ -143,6 +158,17 @@ pub fn build(
                 spec.name
             ))
         })?;
+
+    // Boot module: its pages are fresh (zero) frames, so the bytes past its
+    // length up to mod_len read as zero.
+    if let (Some(bytes), Some(m)) = (ramdisk, module) {
+        copy_in(&frames, virt_base, virt_base + m.first_pfn * PAGE, bytes).map_err(|()| {
+            err(format_args!(
+                "domain '{}': ramdisk outside the domain's memory",
+                spec.name
+            ))
+        })?;
+    }
 
     // Hypercall page.
     if let Some(hp) = image.hypercall_page {
@@ -221,6 +247,13 @@ pub fn build(
     si.nr_pages = nr_pages;
     si.shared_info = shared_info_mfn * PAGE;
     si.flags = if spec.privileged { 1 | 2 } else { 0 };
+    if let Some(m) = module {
+        si.mod_start = m.mod_start;
+        si.mod_len = m.mod_len;
+        if m.start_pfn {
+            si.flags |= guest_abi::start_info::SIF_MOD_START_PFN;
+        }
+    }
     // Store and console as Xen's builders give them: a domU whose
     // xenstored and xenconsoled exist gets both pages and both ports (here
     // 1 and 2, allocated unbound for the service domain by

@@ -260,8 +260,24 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                     spec.name, spec.image
                 ))
             };
+            let ramdisk = match spec.ramdisk {
+                "" => None,
+                name => Some(archive.get(name).unwrap_or_else(|| {
+                    boot_fail(format_args!(
+                        "domain '{}': ramdisk '{name}' is not in the boot bundle",
+                        spec.name
+                    ))
+                })),
+            };
             let extra = if spec.service { names.as_str() } else { "" };
-            match build::build(i as u16, spec, image, extra, has_service && !spec.service) {
+            match build::build(
+                i as u16,
+                spec,
+                image,
+                ramdisk,
+                extra,
+                has_service && !spec.service,
+            ) {
                 Ok((mut d, first, frame)) => {
                     let idx = hv.domains.len();
                     let nr = usize::from(spec.vcpus);

@@ -19,6 +19,7 @@ mod differential;
 mod fuzz;
 mod hostfuzz;
 mod lint;
+mod linux;
 mod manifest_check;
 mod profile;
 mod qemu;
@@ -658,10 +659,18 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
-    let mut scenarios: Vec<scenario::Scenario> = scenario::load_all(&root.join("tests/scenarios"))?
-        .into_iter()
-        .filter(|s| want(&s.name))
-        .collect();
+    let (pending, mut scenarios) = scenario::split_pending(
+        scenario::load_all(&root.join("tests/scenarios"))?,
+        o.filter.as_deref(),
+    );
+    for s in &pending {
+        println!(
+            "PENDING {}: {} (not run; `--filter {}` runs it)",
+            s.name,
+            s.pending.as_deref().unwrap_or(""),
+            s.name
+        );
+    }
     for s in scenarios
         .iter_mut()
         .filter(|s| s.cpus.is_none() && s.target.as_deref() != Some("xen"))
@@ -738,6 +747,9 @@ fn test(o: &Opts) -> Result<bool, String> {
     }
     if skipped > 0 {
         println!("{skipped} skipped (see the SKIP lines for why)");
+    }
+    if !pending.is_empty() {
+        println!("{} pending, not run (see the PENDING lines)", pending.len());
     }
     println!("{} passed, {} failed", passed, failed.len());
     if let Some(f) = o.filter.as_deref()

@@ -1,7 +1,7 @@
 //! Checks a user's manifest on the host before anything boots: the syntax
 //! with the hypervisor's own parser (`microvisor-core::manifest`, so the
 //! messages and line numbers are the ones the hypervisor would print), then
-//! which file each `image =` means.
+//! which file each `image =` (and `ramdisk =`) means.
 //!
 //! An image is found in one of two places:
 //! - a plain name (no `/`): a built guest (`target/kernel/.../release/NAME`)
@@ -43,15 +43,16 @@ fn file_spec(p: &Path) -> String {
     format!("file:{}", abs.display())
 }
 
-/// Each `image =` value of a syntactically valid manifest with its 1-based
-/// line number, in file order.
-fn image_lines(text: &str) -> Vec<(usize, String)> {
+/// Each `image =` and `ramdisk =` value of a syntactically valid manifest
+/// with its 1-based line number and key, in file order.
+fn image_lines(text: &str) -> Vec<(usize, &'static str, String)> {
     text.split('\n')
         .enumerate()
         .filter_map(|(i, l)| {
             let l = l.split('#').next().unwrap_or("").trim();
             let (k, v) = l.split_once('=')?;
-            (k.trim() == "image").then(|| (i + 1, v.trim().to_string()))
+            let key = ["image", "ramdisk"].into_iter().find(|x| *x == k.trim())?;
+            Some((i + 1, key, v.trim().to_string()))
         })
         .collect()
 }
@@ -69,7 +70,7 @@ pub fn images(
 ) -> Result<(), String> {
     // Bundle name without a leading "./" -> (as written, the file).
     let mut chosen: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
-    for (line, img) in image_lines(text) {
+    for (line, what, img) in image_lines(text) {
         let file = if let Some(spec) = extra.get(&img) {
             PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec))
         } else if img.contains('/') {
@@ -80,7 +81,7 @@ pub fn images(
             };
             if !p.is_file() {
                 return Err(format!(
-                    "error: {label} line {line}: image '{img}' is a path, and there is no file {}",
+                    "error: {label} line {line}: {what} '{img}' is a path, and there is no file {}",
                     p.display()
                 ));
             }
@@ -91,7 +92,7 @@ pub fn images(
             match (built_in(kdir, &img), beside) {
                 (Some(b), Some(f)) => {
                     return Err(format!(
-                        "error: {label} line {line}: image '{img}' is both the built guest {} and the file {}: rename the file, or write image = ./{img} to mean the file",
+                        "error: {label} line {line}: {what} '{img}' is both the built guest {} and the file {}: rename the file, or write {what} = ./{img} to mean the file",
                         b.display(),
                         f.display()
                     ));
@@ -104,7 +105,7 @@ pub fn images(
                 (None, None) => {
                     return Err(match base {
                         Some(b) => format!(
-                            "error: {label} line {line}: image '{img}' is neither a built guest (a file in {}) nor a file {}",
+                            "error: {label} line {line}: {what} '{img}' is neither a built guest (a file in {}) nor a file {}",
                             kdir.display(),
                             b.join(&img).display()
                         ),
@@ -122,7 +123,7 @@ pub fn images(
             && *other_file != file
         {
             return Err(format!(
-                "error: {label} line {line}: image '{img}' and image '{other}' name the same bundle file but different files ({} and {})",
+                "error: {label} line {line}: {what} '{img}' and '{other}' name the same bundle file but different files ({} and {})",
                 file.display(),
                 other_file.display()
             ));
@@ -328,7 +329,7 @@ mod shipped {
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
             super::syntax(&text, &f.display().to_string()).unwrap();
-            for (_, img) in super::image_lines(&text) {
+            for (_, _, img) in super::image_lines(&text) {
                 // A package's own binary, the scenario guests' or an
                 // example's extra binary (examples/counter's counter-client).
                 let known = built.contains(&img.as_str())

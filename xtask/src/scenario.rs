@@ -18,6 +18,11 @@ pub struct Scenario {
     pub description: String,
     /// The bundle's manifest text.
     pub manifest: String,
+    /// `pending = "why"`: a scenario that cannot pass yet (the reason names
+    /// what it waits for). The suite lists it as PENDING without running
+    /// it; `--filter` naming it runs it and judges it as any other.
+    #[serde(default)]
+    pub pending: Option<String>,
     /// "success" or "failure": how the hypervisor must end QEMU.
     pub expect_exit: String,
     /// Substrings that must all appear on the console.
@@ -37,10 +42,13 @@ pub struct Scenario {
     /// How many `Test result: SUCCESS` lines must appear.
     #[serde(default)]
     pub successes: usize,
-    /// Extra bundle entries: name -> "text:<bytes>", "hex:<hex bytes>" or
+    /// Extra bundle entries: name -> "text:<bytes>", "hex:<hex bytes>",
     /// "file:<path>" (test data kept outside the repository, relative to
     /// its root, e.g. `file:../shared/guests/mini-os/mini-os-xenbus`; the
-    /// scenario is skipped, with the reason, where the file is absent).
+    /// scenario is skipped, with the reason, where the file is absent) or
+    /// "debian:vmlinux" / "debian:initramfs" (Debian's kernel and a busybox
+    /// initramfs, fetched by `linux.rs`; skipped, with the reason, where
+    /// the packages cannot be had).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
     /// Hypervisor command line (default "loglvl=info").
@@ -218,6 +226,15 @@ pub fn load_all(dir: &Path) -> Result<Vec<Scenario>, String> {
     Ok(v)
 }
 
+/// The scenarios a filter keeps, as (pending ones to list without
+/// running, ones to run). Without a filter a scenario with `pending` is not
+/// run; a filter that names it runs it.
+pub fn split_pending(all: Vec<Scenario>, filter: Option<&str>) -> (Vec<Scenario>, Vec<Scenario>) {
+    all.into_iter()
+        .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
+        .partition(|s| s.pending.is_some() && filter.is_none())
+}
+
 /// Reads and checks one scenario file's text.
 pub fn parse(name: &str, text: &str) -> Result<Scenario, String> {
     let mut s: Scenario = toml::from_str(text).map_err(|e| {
@@ -232,6 +249,9 @@ pub fn parse(name: &str, text: &str) -> Result<Scenario, String> {
         }
     })?;
     s.name = name.to_string();
+    if s.pending.as_deref().is_some_and(|w| w.trim().is_empty()) {
+        return Err("pending must say why the scenario cannot pass yet".into());
+    }
     if !matches!(s.target.as_deref(), None | Some("microvisor") | Some("xen")) {
         return Err("target must be \"microvisor\" or \"xen\"".into());
     }
@@ -292,12 +312,14 @@ impl Scenario {
             }
         }
         for (name, spec) in &self.files {
-            if !["text:", "hex:", "file:"]
+            if let Some(what) = spec.strip_prefix("debian:") {
+                crate::linux::check_spec(what).map_err(|e| format!("files: '{name}': {e}"))?;
+            } else if !["text:", "hex:", "file:"]
                 .iter()
                 .any(|p| spec.starts_with(p))
             {
                 return Err(format!(
-                    "files: '{name}' must start with text:, hex: or file:"
+                    "files: '{name}' must start with text:, hex:, file: or debian:"
                 ));
             }
         }
@@ -610,6 +632,9 @@ pub fn spec_file(spec: &str) -> Option<PathBuf> {
 /// absent (test data outside the repository, which a clone may not have).
 pub fn missing_file(files: &BTreeMap<String, String>) -> Option<String> {
     files.values().find_map(|spec| {
+        if let Some(what) = spec.strip_prefix("debian:") {
+            return crate::linux::fetch_spec(what).err();
+        }
         let p = spec_file(spec)?;
         (!p.is_file()).then(|| {
             format!(
@@ -621,7 +646,10 @@ pub fn missing_file(files: &BTreeMap<String, String>) -> Option<String> {
 }
 
 fn decode_spec(spec: &str) -> Result<Vec<u8>, String> {
-    if let Some(p) = spec_file(spec) {
+    if let Some(what) = spec.strip_prefix("debian:") {
+        let p = crate::linux::fetch_spec(what).map_err(|e| format!("error: {e}"))?;
+        std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
+    } else if let Some(p) = spec_file(spec) {
         std::fs::read(&p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
     } else if let Some(t) = spec.strip_prefix("text:") {
         Ok(t.as_bytes().to_vec())
@@ -636,7 +664,7 @@ fn decode_spec(spec: &str) -> Result<Vec<u8>, String> {
             .collect()
     } else {
         Err(format!(
-            "error: file spec '{spec}' must start with text:, hex: or file:"
+            "error: file spec '{spec}' must start with text:, hex:, file: or debian:"
         ))
     }
 }
@@ -1032,6 +1060,34 @@ mod tests {
     const BASE: &str = "description = \"d\"\nexpect_exit = \"success\"\nmanifest = \"[domain a]\\nimage = hello\\ncmdline = boot={boot}\\n\"\n";
 
     #[test]
+    fn pending_scenarios_run_only_when_a_filter_names_them() {
+        let p = parse("linux-boot", &format!("{BASE}pending = \"blockers\"\n")).unwrap();
+        assert_eq!(p.pending.as_deref(), Some("blockers"));
+        let all = || {
+            vec![
+                parse("linux-boot", &format!("{BASE}pending = \"blockers\"\n")).unwrap(),
+                parse("hello", BASE).unwrap(),
+            ]
+        };
+        let names = |v: &[Scenario]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let (pending, run) = split_pending(all(), None);
+        assert_eq!(
+            (names(&pending), names(&run)),
+            (vec!["linux-boot".to_string()], vec!["hello".to_string()])
+        );
+        let (pending, run) = split_pending(all(), Some("linux"));
+        assert!(pending.is_empty());
+        assert_eq!(names(&run), ["linux-boot"]);
+        let (pending, run) = split_pending(all(), Some("hel"));
+        assert!(pending.is_empty());
+        assert_eq!(names(&run), ["hello"]);
+        let e = parse("t", &format!("{BASE}pending = \" \"\n"))
+            .err()
+            .unwrap();
+        assert!(e.contains("pending must say why"), "{e}");
+    }
+
+    #[test]
     fn min_qemu_skips_on_an_older_qemu_with_the_reason() {
         use crate::qemu::Version;
         let s = parse("t", &format!("{BASE}min_qemu = \"9.1\"\n")).unwrap();
@@ -1111,8 +1167,14 @@ mod tests {
             std::fs::read(crate::root().join("Cargo.toml")).unwrap()
         );
         assert!(
-            err("[files]\nimg = \"path:x\"\n").contains("must start with text:, hex: or file:")
+            err("[files]\nimg = \"path:x\"\n")
+                .contains("must start with text:, hex:, file: or debian:")
         );
+        assert!(
+            err("[files]\nimg = \"debian:kernel\"\n")
+                .contains("debian:kernel names nothing: debian:vmlinux is")
+        );
+        assert!(with("[files]\nk = \"debian:vmlinux\"\ni = \"debian:initramfs\"\n").is_ok());
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub enum LayoutError {
     NonCanonical,
     /// The mapped region overlaps the hypervisor's reserved range.
     OverlapsHypervisor,
+    /// A module of no bytes, or a placement the layout was not computed
+    /// for (a mapped module needs `module_len`, an unmapped one none).
+    BadModule,
     /// The mapped region needs more pages than the domain has.
     DomainTooSmall {
         /// Pages the mapped region needs.
@@ -70,6 +73,7 @@ impl fmt::Display for LayoutError {
             Self::BadKernelRange => f.write_str("kernel range not inside the mapped region"),
             Self::Overflow => f.write_str("layout addresses overflow"),
             Self::NonCanonical => f.write_str("layout leaves the canonical address space"),
+            Self::BadModule => f.write_str("ramdisk is empty"),
             Self::OverlapsHypervisor => {
                 f.write_str("layout overlaps the hypervisor's address range")
             }
@@ -103,6 +107,22 @@ pub struct PageRange {
     pub start: u64,
     /// End address (exclusive, page aligned).
     pub end: u64,
+}
+
+/// Where a boot module lies and how `start_info` describes it
+/// ([`Layout::place_module`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModulePlacement {
+    /// First pfn of the module's pages (contiguous pfns).
+    pub first_pfn: u64,
+    /// Number of pages.
+    pub pages: u64,
+    /// `start_info.mod_start`: a virtual address, or with `start_pfn` a pfn.
+    pub mod_start: u64,
+    /// `start_info.mod_len`: the module's whole pages, in bytes.
+    pub mod_len: u64,
+    /// `SIF_MOD_START_PFN` goes into `start_info.flags`.
+    pub start_pfn: bool,
 }
 
 /// Level of a bootstrap page table.
@@ -404,6 +424,55 @@ impl Layout {
         Some(level)
     }
 
+    /// Where the boot module (a ramdisk of `len` bytes) goes and what
+    /// `start_info` says of it, as Xen's toolstack builder places it. A
+    /// kernel without the `MOD_START_PFN` note (`pfn_ok` false) gets it in
+    /// the initial mapping right after the kernel (this layout must have
+    /// been computed with `module_len = Some(len)`), `mod_start` its virtual
+    /// address. A kernel with the note (Linux) gets it outside the initial
+    /// mapping, in the pfns right after `v_end` (computed with no
+    /// `module_len`), `mod_start` its first pfn and `SIF_MOD_START_PFN` set.
+    /// Either way `mod_len` is the module's whole pages (the toolstack's
+    /// segment length), the bytes past `len` zero.
+    pub fn place_module(&self, len: u64, pfn_ok: bool) -> Result<ModulePlacement, LayoutError> {
+        let ovf = LayoutError::Overflow;
+        if len == 0 {
+            return Err(LayoutError::BadModule);
+        }
+        let pages = page_round_up(len).ok_or(ovf)? / PAGE_SIZE;
+        if !pfn_ok {
+            let range = self.module.ok_or(LayoutError::BadModule)?;
+            if range.end - range.start != pages * PAGE_SIZE {
+                return Err(LayoutError::BadModule);
+            }
+            return Ok(ModulePlacement {
+                first_pfn: (range.start - self.virt_base) / PAGE_SIZE,
+                pages,
+                mod_start: range.start,
+                mod_len: pages * PAGE_SIZE,
+                start_pfn: false,
+            });
+        }
+        if self.module.is_some() {
+            return Err(LayoutError::BadModule);
+        }
+        let first_pfn = self.nr_mapped_pages;
+        let needed = first_pfn.checked_add(pages).ok_or(ovf)?;
+        if needed > self.nr_pages {
+            return Err(LayoutError::DomainTooSmall {
+                needed,
+                available: self.nr_pages,
+            });
+        }
+        Ok(ModulePlacement {
+            first_pfn,
+            pages,
+            mod_start: first_pfn,
+            mod_len: pages * PAGE_SIZE,
+            start_pfn: true,
+        })
+    }
+
     /// Entries of L1 table number `n` (0 = lowest).
     fn l1_entries(&self, n: u64, f: &mut impl FnMut(usize, u64, u64)) {
         let Some(block) = (self.virt_base >> L2_SHIFT).checked_add(n) else {
@@ -639,6 +708,56 @@ mod tests {
         );
         assert_eq!(l.p2m.start, 0x113000);
         check(&l, Some(0x1801));
+    }
+
+    #[test]
+    fn a_mapped_module_is_described_by_its_virtual_address_and_whole_pages() {
+        let mut inp = input(0x40_0000, 0x40_0000, 0x41_0800, 32768);
+        inp.module_len = Some(0x1801);
+        let l = Layout::compute(&inp).unwrap();
+        let m = l.place_module(0x1801, false).unwrap();
+        assert_eq!(
+            m,
+            ModulePlacement {
+                first_pfn: 0x11,
+                pages: 2,
+                mod_start: 0x41_1000,
+                mod_len: 0x2000,
+                start_pfn: false,
+            }
+        );
+        assert_eq!(l.va_of(m.first_pfn), Some(m.mod_start));
+        // Asked for the other placement, or another length: refused.
+        assert_eq!(l.place_module(0x1801, true), Err(LayoutError::BadModule));
+        assert_eq!(l.place_module(0x3001, false), Err(LayoutError::BadModule));
+        assert_eq!(l.place_module(0, false), Err(LayoutError::BadModule));
+    }
+
+    #[test]
+    fn an_unmapped_module_follows_the_initial_mapping_by_pfn() {
+        let l = Layout::compute(&input(0, 0x100000, 0x110800, 32768)).unwrap();
+        let m = l.place_module(0x2000, true).unwrap();
+        assert_eq!(m.first_pfn, l.nr_mapped_pages);
+        assert_eq!((m.mod_start, m.mod_len, m.pages), (m.first_pfn, 0x2000, 2));
+        assert!(m.start_pfn);
+        assert_eq!(l.va_of(m.first_pfn), None, "not in the initial mapping");
+        // It must fit the domain.
+        let room = (l.nr_pages - l.nr_mapped_pages) * PAGE_SIZE;
+        assert!(l.place_module(room, true).is_ok());
+        assert_eq!(
+            l.place_module(room + 1, true),
+            Err(LayoutError::DomainTooSmall {
+                needed: l.nr_pages + 1,
+                available: l.nr_pages
+            })
+        );
+        assert_eq!(l.place_module(u64::MAX, true), Err(LayoutError::Overflow));
+        assert_eq!(l.place_module(0, true), Err(LayoutError::BadModule));
+        // A layout with a mapped module has no unmapped one.
+        let mut inp = input(0, 0x100000, 0x110800, 32768);
+        inp.module_len = Some(1);
+        let l = Layout::compute(&inp).unwrap();
+        assert_eq!(l.place_module(1, true), Err(LayoutError::BadModule));
     }
 
     #[test]

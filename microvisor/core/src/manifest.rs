@@ -11,6 +11,7 @@
 //! # A comment: the whole line is ignored. Blank lines are ignored.
 //! [domain dom0]            # starts a domain; NAME is 1-32 of A-Z a-z 0-9 _ -
 //! image = hello            # bundle file holding the domain's ELF image (required)
+//! ramdisk = initrd.cpio    # bundle file given to the domain as its boot module (start_info mod_start/mod_len); default none
 //! memory = 16M             # required: bytes, or a number with K, M or G (powers of 1024)
 //! maxmem = 32M             # most memory it may grow to (memory_op); default = memory
 //! privileged = true        # true or false; default false
@@ -32,8 +33,8 @@
 //!   are errors. Domain names are unique. At least one domain; no upper
 //!   limit but memory (each needs its `memory` and hypervisor state).
 //! * `memory` must be a multiple of 4 KiB, at least 1 MiB and at most 64 GiB.
-//! * `image` is a single word (no spaces); whether the file exists in the
-//!   bundle is the caller's check.
+//! * `image` and `ramdisk` are single words (no spaces); whether the files
+//!   exist in the bundle is the caller's check.
 //! * Lines may end in `\r\n`.
 
 use alloc::vec::Vec;
@@ -183,6 +184,8 @@ pub struct DomainSpec<'a> {
     pub name: &'a str,
     /// Bundle file name of the ELF image.
     pub image: &'a str,
+    /// Bundle file name of the boot module (`ramdisk = FILE`); empty: none.
+    pub ramdisk: &'a str,
     /// Domain memory in bytes (a multiple of 4 KiB).
     pub memory_bytes: u64,
     /// Most memory the domain may grow to (`increase_reservation`), bytes;
@@ -263,6 +266,7 @@ struct Partial<'a> {
     name: &'a str,
     line: usize,
     image: Option<&'a str>,
+    ramdisk: Option<&'a str>,
     memory: Option<u64>,
     maxmem: Option<u64>,
     privileged: Option<bool>,
@@ -282,6 +286,7 @@ impl<'a> Partial<'a> {
             name,
             line,
             image: None,
+            ramdisk: None,
             memory: None,
             maxmem: None,
             privileged: None,
@@ -315,6 +320,7 @@ impl<'a> Partial<'a> {
         Ok(DomainSpec {
             name: self.name,
             image: self.image.ok_or(err("missing image for domain"))?,
+            ramdisk: self.ramdisk.unwrap_or(""),
             memory_bytes: memory,
             maxmem_bytes: maxmem,
             privileged: self.privileged.unwrap_or(false),
@@ -494,6 +500,12 @@ pub fn parse(text: &str) -> Result<Manifest<'_>, ManifestError<'_>> {
                 }
                 set_once(&mut section.image, value, duplicate)?;
             }
+            "ramdisk" => {
+                if value.is_empty() || value.contains(char::is_whitespace) {
+                    return Err(err("ramdisk must be one bundle file name", None));
+                }
+                set_once(&mut section.ramdisk, value, duplicate)?;
+            }
             "memory" => {
                 let bytes = parse_memory(value).map_err(|what| err(what, None))?;
                 set_once(&mut section.memory, bytes, duplicate)?;
@@ -670,6 +682,7 @@ vcpus = 4
 
 [domain guest_1-b]   # second
 image=./guest.elf
+ramdisk = initrd.cpio   # a comment
 memory=1048576
 cmdline =
 expect = crash\r
@@ -686,6 +699,7 @@ expect = killed
             DomainSpec {
                 name: "dom0",
                 image: "hello",
+                ramdisk: "",
                 memory_bytes: 16 << 20,
                 maxmem_bytes: 16 << 20,
                 privileged: true,
@@ -705,6 +719,7 @@ expect = killed
             DomainSpec {
                 name: "guest_1-b",
                 image: "./guest.elf",
+                ramdisk: "initrd.cpio",
                 memory_bytes: 1 << 20,
                 maxmem_bytes: 1 << 20,
                 privileged: false,
@@ -722,6 +737,25 @@ expect = killed
         assert_eq!(d[2].expect, Expect::Killed);
         assert_eq!(m.get("k").map(|s| s.image), Some("x"));
         assert!(m.get("nope").is_none());
+    }
+
+    #[test]
+    fn ramdisk_is_one_word_given_once() {
+        let base = "[domain d]\nimage = a\nmemory = 16M\n";
+        assert_eq!(
+            error(&format!("{base}ramdisk =\n")),
+            "manifest line 4: ramdisk must be one bundle file name"
+        );
+        assert_eq!(
+            error(&format!("{base}ramdisk = a b\n")),
+            "manifest line 4: ramdisk must be one bundle file name"
+        );
+        assert_eq!(
+            error(&format!("{base}ramdisk = r\nramdisk = r\n")),
+            "manifest line 5: duplicate key 'ramdisk'"
+        );
+        let text = format!("{base}ramdisk = r # c\n");
+        assert_eq!(parse(&text).map(|m| m.domains()[0].ramdisk), Ok("r"));
     }
 
     #[test]
