@@ -196,27 +196,10 @@ pub fn check_pv_elf(elf: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("the decompressed kernel is not a Xen PV ELF image: {e}"))
 }
 
-/// A candidate version of `package` from `apt-cache policy`.
-fn candidate(package: &str) -> Result<String, String> {
-    let out = Command::new("apt-cache")
-        .args(["policy", package])
-        .output()
-        .map_err(|_| format!("no apt-cache on this machine to fetch {package}"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Candidate:")
-                .map(|v| v.trim().to_string())
-        })
-        .filter(|v| v != "(none)")
-        .ok_or_else(|| format!("apt knows no {package} (Debian 12 with `apt-get update` has it)"))
-}
-
 /// The newest cloud kernel package the apt index has: what the
 /// `linux-image-cloud-amd64` metapackage's candidate depends on.
 fn kernel_package() -> Result<String, String> {
-    candidate(KERNEL_META)?;
+    crate::toolchain::apt_candidate(KERNEL_META)?;
     let out = Command::new("apt-cache")
         .args(["depends", KERNEL_META])
         .output()
@@ -274,7 +257,7 @@ fn cached(
     file: &str,
     make: impl FnOnce(&Path, &Path) -> Result<(), String>,
 ) -> Result<PathBuf, String> {
-    let version = candidate(package)?;
+    let version = crate::toolchain::apt_candidate(package)?;
     let dir = crate::toolchain::cache_root().join(kind).join(format!(
         "{package}_{}",
         version.replace([':', '~', '+'], "_")

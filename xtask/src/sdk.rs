@@ -388,6 +388,18 @@ fn bad_device_name(name: &str) -> Option<&'static str> {
     })
 }
 
+/// The end of every generated crate's Cargo.toml: kernels abort on panic,
+/// and the crate is its own workspace even inside another one.
+const CARGO_TOML_TAIL: &str = r#"[profile.dev]
+panic = "abort"
+
+[profile.release]
+panic = "abort"
+
+# Its own workspace, even inside another one.
+[workspace]
+"#;
+
 /// The generated crate's files (path relative to the crate, text, executable).
 fn crate_files(
     name: &str,
@@ -418,15 +430,8 @@ bench = false
 
 [dependencies]
 {deps}
-[profile.dev]
-panic = "abort"
-
-[profile.release]
-panic = "abort"
-
-# Its own workspace, even inside another one.
-[workspace]
-"#,
+{tail}"#,
+        tail = CARGO_TOML_TAIL,
         deps = if bare {
             format!(
                 "# The microvisor SDK's wire contract, by path. From git instead:\n\
@@ -585,15 +590,8 @@ zerocopy = {{ version = "0.8", features = ["derive"] }}
 guest-abi = {{ path = {abi}, features = ["testing"] }}
 splitfront = {{ path = {front}, features = ["testing"] }}
 
-[profile.dev]
-panic = "abort"
-
-[profile.release]
-panic = "abort"
-
-# Its own workspace, even inside another one.
-[workspace]
-"#,
+{tail}"#,
+        tail = CARGO_TOML_TAIL,
         pvk = dep("pv-guest-kernel"),
         abi = dep("guest-abi"),
         front = dep("frontends/splitfront"),

@@ -79,15 +79,28 @@ fn rustc_web_candidate() -> Result<String, String> {
         run_capture(Command::new("apt-cache").args(["policy", "rustc-web"])).ok_or_else(|| {
             format!("error: no Rust library source for build-std and no apt-cache: {FIX}")
         })?;
+    policy_candidate(&policy).ok_or_else(|| format!("error: apt knows no rustc-web package: {FIX}"))
+}
+
+/// The version apt would install, from the text of `apt-cache policy
+/// PACKAGE` (its `Candidate:` line); `None` when apt has none.
+pub fn policy_candidate(policy: &str) -> Option<String> {
     policy
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Candidate:")
-                .map(|v| v.trim().to_string())
-        })
-        .filter(|v| v != "(none)")
-        .ok_or_else(|| format!("error: apt knows no rustc-web package: {FIX}"))
+        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim()))
+        .filter(|v| !v.is_empty() && *v != "(none)")
+        .map(str::to_string)
+}
+
+/// The version apt would install for `package` (`apt-cache policy`); the
+/// error names the fix.
+pub fn apt_candidate(package: &str) -> Result<String, String> {
+    let out = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .map_err(|_| format!("no apt-cache on this machine to fetch {package}"))?;
+    policy_candidate(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| format!("apt knows no {package} (Debian 12 with `apt-get update` has it)"))
 }
 
 fn debian_pair() -> Result<PathBuf, String> {
@@ -289,4 +302,21 @@ fn write_exec(path: &Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::policy_candidate;
+
+    #[test]
+    fn candidate_is_read_from_apt_cache_policy() {
+        let known = "rustc-web:\n  Installed: (none)\n  Candidate: 1.96.0+dfsg1-1~deb12u2\n  Version table:\n";
+        assert_eq!(
+            policy_candidate(known).as_deref(),
+            Some("1.96.0+dfsg1-1~deb12u2")
+        );
+        let none = "xen-hypervisor-4.17-amd64:\n  Installed: (none)\n  Candidate: (none)\n";
+        assert_eq!(policy_candidate(none), None);
+        assert_eq!(policy_candidate(""), None);
+    }
 }

@@ -132,22 +132,7 @@ pub fn find() -> Result<PathBuf, String> {
 }
 
 fn fetch() -> Result<PathBuf, String> {
-    let policy = Command::new("apt-cache")
-        .args(["policy", PACKAGE])
-        .output()
-        .map_err(|_| format!("no apt-cache on this machine to fetch {PACKAGE}"))?;
-    let text = String::from_utf8_lossy(&policy.stdout);
-    let version = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Candidate:")
-                .map(|v| v.trim().to_string())
-        })
-        .filter(|v| v != "(none)")
-        .ok_or_else(|| {
-            format!("apt knows no {PACKAGE} (Debian 12 with `apt-get update` has it)")
-        })?;
+    let version = crate::toolchain::apt_candidate(PACKAGE)?;
     let dir = crate::toolchain::cache_root()
         .join("xen")
         .join(version.replace([':', '~', '+'], "_"));

@@ -90,7 +90,11 @@ fn a_commands_help_is_its_own() {
         "{test}"
     );
     assert!(!test.contains("bench"), "{test}");
-    // Every command the help lists has lines of its own.
+    // Every command starts a line of its own in the whole help (`lint-guest`
+    // once ran on at the end of `fuzz`'s last line), has lines of its own
+    // under `CMD --help`, and the QEMU note comes last.
+    let all = help(&["help"]);
+    assert!(all.trim_end().ends_with("uses the QEMU it finds)"), "{all}");
     for cmd in [
         "build",
         "run",
@@ -103,6 +107,7 @@ fn a_commands_help_is_its_own() {
         "boot",
         "lint-guest",
     ] {
+        assert!(all.contains(&format!("\n  {cmd} ")), "{cmd}:\n{all}");
         let h = help(&[cmd, "--help"]);
         assert!(
             h.lines()
