@@ -21,6 +21,7 @@ pub mod evtchn;
 pub mod frame_alloc;
 pub mod frametable;
 pub mod grant;
+pub mod guestwalk;
 pub mod hypercall_page;
 pub mod layout;
 pub mod manifest;
