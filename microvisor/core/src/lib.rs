@@ -25,6 +25,7 @@ pub mod guestwalk;
 pub mod hypercall_page;
 pub mod layout;
 pub mod manifest;
+pub mod pirq;
 pub mod pv;
 pub mod sched;
 pub mod time;
