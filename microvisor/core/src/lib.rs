@@ -27,6 +27,7 @@ pub mod layout;
 pub mod manifest;
 pub mod pirq;
 pub mod pv;
+pub mod reservation;
 pub mod sched;
 pub mod time;
 
