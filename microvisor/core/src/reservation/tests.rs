@@ -231,4 +231,16 @@ fn a_long_list_checks_for_preemption_every_sixteen_extents() {
     assert_eq!((out, n), (Outcome::Again(32), 16));
     let out = run(&res(40, 0), 32, || true, |_| Ok(()));
     assert_eq!(out, Outcome::Done(40));
+    // Counted from the start of this call, whatever that start is.
+    let mut n = 0;
+    let out = run(
+        &res(40, 0),
+        5,
+        || true,
+        |_| {
+            n += 1;
+            Ok(())
+        },
+    );
+    assert_eq!((out, n), (Outcome::Again(21), 16));
 }
