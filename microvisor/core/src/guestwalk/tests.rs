@@ -175,12 +175,12 @@ fn non_canonical_and_hypervisor_addresses_never_translate() {
         (0x0000_7fff_ffff_f000u64, true),
         (0x0000_8000_0000_0000, false),
         (0x1234_0000_0000_0000, false),
-        (0xFFFF_7fff_ffff_f000, false),
+        (0xFFFF_7FFF_FFFF_F000, false),
         (0xFFFF_8000_0000_0000, false),
         (0xFFFF_8300_0000_1000, false),
-        (0xFFFF_87ff_ffff_f000, false),
+        (0xFFFF_87FF_FFFF_F000, false),
         (0xFFFF_8800_0000_0000, true),
-        (0xFFFF_ffff_ffff_f000, true),
+        (0xFFFF_FFFF_FFFF_F000, true),
     ] {
         let mut m = Mem::new();
         let (l4, _, leaf) = map(&mut m, va, ALL);
@@ -230,12 +230,12 @@ fn ranges_stay_on_their_side_of_the_hole() {
     assert!(guest_range(0, 0));
     assert!(guest_range(0x7fff_ffff_fff8, 8));
     assert!(!guest_range(0x7fff_ffff_fff8, 9));
-    assert!(!guest_range(0xFFFF_87ff_ffff_fff8, 8));
+    assert!(!guest_range(0xFFFF_87FF_FFFF_FFF8, 8));
     assert!(guest_range(0xFFFF_8800_0000_0000, 4096));
-    assert!(guest_range(0xFFFF_ffff_ffff_fff0, 8));
+    assert!(guest_range(0xFFFF_FFFF_FFFF_FFF0, 8));
     // The end must be an address: the last bytes of the address space are
     // out of reach.
-    assert!(!guest_range(0xFFFF_ffff_ffff_fff8, 8));
+    assert!(!guest_range(0xFFFF_FFFF_FFFF_FFF8, 8));
     assert!(!guest_range(0x1000, usize::MAX as u64));
 }
 
