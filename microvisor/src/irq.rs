@@ -18,6 +18,7 @@ use crate::mm::guest;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::physdev::*;
+use microvisor_core::pirq::{MapRequest, PirqTable};
 use spin::Mutex;
 
 const N: usize = ioapic::NR_GSIS as usize;
@@ -25,20 +26,9 @@ const N: usize = ioapic::NR_GSIS as usize;
 /// GSIs that fired and wait for delivery, a bit each.
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
-struct Lines {
-    /// The domain each GSI is mapped for (`PHYSDEVOP_map_pirq`).
-    mapped: [Option<u16>; N],
-    /// The port each GSI is bound to in that domain.
-    port: [Option<u32>; N],
-    /// Interrupts delivered per GSI.
-    count: [u64; N],
-}
-
-static LINES: Mutex<Lines> = Mutex::new(Lines {
-    mapped: [None; N],
-    port: [None; N],
-    count: [0; N],
-});
+/// The pirq table (`microvisor_core::pirq`): the domain each GSI is
+/// mapped for, the port it is bound to there, interrupts delivered.
+static LINES: Mutex<PirqTable<N>> = Mutex::new(PirqTable::new());
 
 /// True for a device-interrupt vector.
 pub fn is_device_vector(v: u64) -> bool {
@@ -76,16 +66,7 @@ fn deliver_pending(hv: &mut Hv) {
     while p != 0 {
         let gsi = p.trailing_zeros() as usize;
         p &= p - 1;
-        let target = {
-            let mut l = LINES.lock();
-            match (l.mapped[gsi], l.port[gsi]) {
-                (Some(dom), Some(port)) => {
-                    l.count[gsi] += 1;
-                    Some((dom, port))
-                }
-                _ => None,
-            }
-        };
+        let target = LINES.lock().fired(gsi);
         if let Some((dom, port)) = target {
             let k = microvisor_core::evtchn::raise_pirq(
                 &mut crate::events::Held::one(dom),
@@ -101,7 +82,7 @@ fn deliver_pending(hv: &mut Hv) {
 /// True while some line is bound (a blocked domain may still be woken by a
 /// device).
 pub fn any_bound() -> bool {
-    LINES.lock().port.iter().any(Option::is_some)
+    LINES.lock().any_bound()
 }
 
 fn caller(hv: &Hv) -> (u16, bool, u64) {
@@ -111,32 +92,17 @@ fn caller(hv: &Hv) -> (u16, bool, u64) {
 
 /// `PHYSDEVOP_map_pirq` for a GSI: the service domain only (`EPERM`);
 /// `EINVAL` for another type or a GSI that does not exist; `EEXIST` if
-/// another domain has it. The pirq is the GSI.
+/// another domain has it. The pirq is the GSI (`PirqTable::map`).
 pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let (me, service, cr3) = caller(hv);
     let mut m: PhysdevMapPirq = guest::read(cr3, arg)?;
-    let target = if m.domid == guest_abi::types::DomId::SELF.0 {
-        me
-    } else {
-        m.domid
+    let req = MapRequest {
+        domid: m.domid,
+        type_: m.type_,
+        index: m.index,
+        pirq: m.pirq,
     };
-    if !service || target != me {
-        return Err(Errno::EPERM);
-    }
-    if m.type_ != MAP_PIRQ_TYPE_GSI {
-        return Err(Errno::EINVAL);
-    }
-    let gsi = u32::try_from(m.index).map_err(|_| Errno::EINVAL)?;
-    if !ioapic::exists(gsi) || gsi < 16 || (m.pirq >= 0 && m.pirq != m.index) {
-        return Err(Errno::EINVAL);
-    }
-    {
-        let mut l = LINES.lock();
-        match l.mapped[gsi as usize] {
-            Some(d) if d != me => return Err(Errno::EEXIST),
-            _ => l.mapped[gsi as usize] = Some(me),
-        }
-    }
+    let gsi = LINES.lock().map(me, service, &req, ioapic::exists)?;
     if !ioapic::route(gsi) {
         return Err(Errno::EINVAL);
     }
@@ -150,11 +116,12 @@ pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 /// and unmasks the line.
 pub fn bind_pirq(hv: &mut Hv, pirq: u32) -> Result<u32, Errno> {
     let me = hv.cur_dom().id;
-    let mapped = (pirq as usize) < N && LINES.lock().mapped[pirq as usize] == Some(me);
+    let mapped = LINES.lock().mapped_for(me, pirq);
     let port =
         microvisor_core::evtchn::bind_pirq(&mut crate::events::Held::one(me), me, pirq, mapped)?;
-    LINES.lock().port[pirq as usize] = Some(port);
-    ioapic::set_masked(pirq, false);
+    if LINES.lock().bound(pirq, port) {
+        ioapic::set_masked(pirq, false);
+    }
     Ok(port)
 }
 
@@ -162,12 +129,8 @@ pub fn bind_pirq(hv: &mut Hv, pirq: u32) -> Result<u32, Errno> {
 pub fn eoi(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let (me, _, cr3) = caller(hv);
     let e: PhysdevEoi = guest::read(cr3, arg)?;
-    let i = e.irq as usize;
     let l = LINES.lock();
-    if i >= N || l.mapped[i] != Some(me) {
-        return Err(Errno::EINVAL);
-    }
-    if l.port[i].is_some() {
+    if l.eoi(me, e.irq)? {
         ioapic::set_masked(e.irq, false);
     }
     Ok(0)
@@ -177,10 +140,7 @@ pub fn eoi(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 pub fn status_query(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let (me, _, cr3) = caller(hv);
     let mut q: PhysdevIrqStatusQuery = guest::read(cr3, arg)?;
-    let i = q.irq as usize;
-    if i >= N || LINES.lock().mapped[i] != Some(me) {
-        return Err(Errno::EINVAL);
-    }
+    LINES.lock().status(me, q.irq)?;
     q.flags = XENIRQSTAT_NEEDS_EOI;
     guest::write(cr3, arg, &q)?;
     Ok(0)
@@ -188,50 +148,31 @@ pub fn status_query(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 
 /// A port of `dom` was closed: if it carried a line, mask and unbind it.
 pub fn port_closed(dom: u16, port: u32) {
-    let mut l = LINES.lock();
-    for gsi in 0..N {
-        if l.mapped[gsi] == Some(dom) && l.port[gsi] == Some(port) {
-            l.port[gsi] = None;
-            ioapic::set_masked(gsi as u32, true);
-        }
-    }
+    LINES
+        .lock()
+        .port_closed(dom, port, |gsi| ioapic::set_masked(gsi, true));
 }
 
 /// EVTCHNOP_reset closed ports of `dom`: each of its lines whose port is
 /// no longer bound to it is masked and unbound, as [`port_closed`] does
 /// for one port (a line bound again meanwhile is left as it is).
 pub fn ports_reset(dom: u16) {
-    let bound: [Option<u32>; N] = {
-        let l = LINES.lock();
-        core::array::from_fn(|gsi| l.port[gsi].filter(|_| l.mapped[gsi] == Some(dom)))
-    };
+    let bound = LINES.lock().bound_ports(dom);
     for (gsi, port) in bound.iter().enumerate() {
         let Some(port) = *port else { continue };
         let still = crate::events::channels_of(dom, |c| {
             c.state(port) == Some(microvisor_core::evtchn::PortState::Pirq { pirq: gsi as u16 })
         });
-        if still != Some(true) {
-            let mut l = LINES.lock();
-            if l.mapped[gsi] == Some(dom) && l.port[gsi] == Some(port) {
-                l.port[gsi] = None;
-                ioapic::set_masked(gsi as u32, true);
-            }
+        if still != Some(true) && LINES.lock().unbind_if(dom, gsi, port) {
+            ioapic::set_masked(gsi as u32, true);
         }
     }
 }
 
 /// Domain `dom` died: every line it had is masked and forgotten.
 pub fn domain_died(dom: u16) {
-    let mut l = LINES.lock();
-    for gsi in 0..N {
-        if l.mapped[gsi] == Some(dom) {
-            l.mapped[gsi] = None;
-            l.port[gsi] = None;
-            ioapic::set_masked(gsi as u32, true);
-            crate::info!(
-                "domain {dom}: GSI {gsi} released after {} interrupts",
-                l.count[gsi]
-            );
-        }
-    }
+    LINES.lock().domain_died(dom, |gsi, count| {
+        ioapic::set_masked(gsi, true);
+        crate::info!("domain {dom}: GSI {gsi} released after {count} interrupts");
+    });
 }

@@ -9,21 +9,20 @@ use crate::domain::Hv;
 use crate::hypercall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
 use guest_abi::errno::Errno;
+use microvisor_core::reservation::{self, Outcome, Reservation, Target};
 
 const DOMID_SELF: u16 = 0x7FF0;
 
-/// The domain index an argument names: only the caller itself for now.
+/// The domain index an argument names (`microvisor_core::reservation::target`).
 fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
-    let me = hv.cur_dom().id;
-    if domid == DOMID_SELF || domid == me {
-        return Ok(hv.cur_dom_idx());
-    }
-    if !hv.cur_dom().privileged {
-        return Err(Errno::EPERM);
-    }
-    match hv.domains.iter().position(|d| d.id == domid && d.is_live()) {
-        Some(i) => Ok(i),
-        None => Err(Errno::ESRCH),
+    let d = hv.cur_dom();
+    match reservation::target(d.id, d.privileged, domid)? {
+        Target::Caller => Ok(hv.cur_dom_idx()),
+        Target::Other(id) => hv
+            .domains
+            .iter()
+            .position(|d| d.id == id && d.is_live())
+            .ok_or(Errno::ESRCH),
     }
 }
 
@@ -53,9 +52,6 @@ fn add_to_physmap(hv: &Hv, cr3: u64, start: u64, arg: u64) -> Result<Flow, Errno
     Err(Errno::EACCES)
 }
 
-/// Extents handled between preemption checks.
-const PREEMPT_CHECK: u64 = 16;
-
 /// memory_op(cmd, arg). The reservation operations run over any number of
 /// extents: a long list stops for whatever is due and continues as Xen's
 /// does, the extents done so far encoded in `cmd` above its low 6 bits
@@ -63,8 +59,7 @@ const PREEMPT_CHECK: u64 = 16;
 pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     let cur = hv.current;
     let cr3 = hv.vcpus[cur].cr3;
-    let op = (cmd & 0x3f) as u32;
-    let start = cmd >> 6;
+    let (op, start) = reservation::split_cmd(cmd);
     use guest_abi::memory as m;
     match op {
         m::XENMEM_INCREASE_RESERVATION
@@ -72,55 +67,42 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
         | m::XENMEM_POPULATE_PHYSMAP => {
             let mut b = [0u8; 32];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
-            let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-            let (list, nr, order) = (
-                q(0),
-                q(8),
-                u32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4])),
-            );
-            let domid = u16::from_le_bytes([b[24], b[25]]);
-            // Extents of 2^order machine-contiguous frames (what drivers
-            // need for DMA) for increase_reservation; single frames
-            // otherwise, as before.
-            if order > MAX_ORDER || (order != 0 && op != m::XENMEM_INCREASE_RESERVATION) {
-                return Err(Errno::EINVAL);
-            }
-            let t = target(hv, domid)?;
+            let r = Reservation::parse(&b);
+            r.check_order(op)?;
+            let t = target(hv, r.domid)?;
             if t != hv.cur_dom_idx() {
                 return Err(Errno::EPERM);
             }
-            let mut done = start;
-            while done < nr {
-                if done > start
-                    && (done - start).is_multiple_of(PREEMPT_CHECK)
-                    && crate::mmu::should_preempt(hv)
-                {
-                    return Ok(Flow::Again([u64::from(op) | (done << 6), arg, 0, 0, 0]));
-                }
-                let slot = list.checked_add(done * 8).ok_or(Errno::EFAULT)?;
-                let r = match op {
-                    m::XENMEM_DECREASE_RESERVATION => decrease_one(hv, cr3, slot),
-                    _ if order > 0 => increase_extent(hv, cr3, slot, order),
-                    _ => increase_one(hv, cr3, slot, op == m::XENMEM_POPULATE_PHYSMAP),
-                };
-                match r {
-                    Ok(()) => done += 1,
-                    Err(Errno::EFAULT) if done == start => return Err(Errno::EFAULT),
-                    Err(_) => break,
-                }
+            let out = reservation::run(
+                &r,
+                start,
+                &mut ListCall {
+                    hv,
+                    cr3,
+                    op,
+                    order: r.order,
+                },
+            );
+            match out {
+                Outcome::Done(n) => Ok(Flow::Ret(n)),
+                Outcome::Again(done) => Ok(Flow::Again([
+                    reservation::continuation(op, done),
+                    arg,
+                    0,
+                    0,
+                    0,
+                ])),
+                Outcome::Fail(e) => Err(e),
             }
-            Ok(Flow::Ret(done))
         }
         m::XENMEM_CURRENT_RESERVATION | m::XENMEM_MAXIMUM_RESERVATION | m::XENMEM_MAXIMUM_GPFN => {
             let mut b = [0u8; 2];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let t = target(hv, u16::from_le_bytes(b))?;
             let d = &hv.domains[t];
-            Ok(Flow::Ret(match op {
-                m::XENMEM_CURRENT_RESERVATION => d.tot_pages,
-                m::XENMEM_MAXIMUM_RESERVATION => d.max_pages,
-                _ => d.max_pages - 1,
-            }))
+            Ok(Flow::Ret(
+                reservation::stat(op, d.tot_pages, d.max_pages).ok_or(Errno::ENOSYS)?,
+            ))
         }
         m::XENMEM_MAXIMUM_RAM_PAGE => Ok(Flow::Ret(mm::max_phys() / PAGE - 1)),
         m::XENMEM_ADD_TO_PHYSMAP => add_to_physmap(hv, cr3, start, arg),
@@ -153,6 +135,29 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     }
 }
 
+/// One extent-list call in progress, for `reservation::run`.
+struct ListCall<'a> {
+    hv: &'a mut Hv,
+    cr3: u64,
+    op: u32,
+    order: u32,
+}
+
+impl reservation::Extents for ListCall<'_> {
+    fn preempt(&mut self) -> bool {
+        crate::mmu::should_preempt(self.hv)
+    }
+    fn extent(&mut self, slot: u64) -> Result<(), Errno> {
+        use guest_abi::memory as m;
+        let (hv, cr3) = (&mut *self.hv, self.cr3);
+        match self.op {
+            m::XENMEM_DECREASE_RESERVATION => decrease_one(hv, cr3, slot),
+            _ if self.order > 0 => increase_extent(hv, cr3, slot, self.order),
+            _ => increase_one(hv, cr3, slot, self.op == m::XENMEM_POPULATE_PHYSMAP),
+        }
+    }
+}
+
 /// Gives one frame (named by machine frame number, as PV guests do) back.
 fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
@@ -164,17 +169,12 @@ fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Largest extent order accepted (Xen's default for guests: 2 MiB).
-const MAX_ORDER: u32 = 9;
-
 /// Adds one extent of `2^order` machine-contiguous frames, aligned to its
 /// size, within the domain's limit; the slot receives the first frame.
 fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
     let n = 1u64 << order;
-    if hv.cur_dom().tot_pages + n > hv.cur_dom().max_pages {
-        return Err(Errno::ENOMEM);
-    }
+    reservation::room(hv.cur_dom().tot_pages, hv.cur_dom().max_pages, n)?;
     guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes())
         .map_err(|_| Errno::EFAULT)?;
     let extent = mm::Owned::alloc_zeroed(n, n).ok_or(Errno::ENOMEM)?;
@@ -193,9 +193,7 @@ fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), E
 /// slot holds the pfn it backs (M2P set) and receives the mfn.
 fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
-    if hv.cur_dom().tot_pages >= hv.cur_dom().max_pages {
-        return Err(Errno::ENOMEM);
-    }
+    reservation::room(hv.cur_dom().tot_pages, hv.cur_dom().max_pages, 1)?;
     let pfn = if populate {
         Some(guest::read::<u64>(cr3, slot)?)
     } else {

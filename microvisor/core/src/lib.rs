@@ -21,10 +21,13 @@ pub mod evtchn;
 pub mod frame_alloc;
 pub mod frametable;
 pub mod grant;
+pub mod guestwalk;
 pub mod hypercall_page;
 pub mod layout;
 pub mod manifest;
+pub mod pirq;
 pub mod pv;
+pub mod reservation;
 pub mod sched;
 pub mod time;
 

@@ -4,53 +4,34 @@
 //! allegation until this walk succeeds; failures become -EFAULT, never a
 //! hypervisor fault.
 
-use super::paging::{ADDR_MASK, P, PS, RW, US};
-use super::{PAGE, max_phys, read_phys, read_u64, write_phys};
+use super::{max_phys, read_phys, read_u64, write_phys};
+use microvisor_core::guestwalk::{self, Tables};
 
 /// A guest address that does not translate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fault;
+pub use microvisor_core::guestwalk::Fault;
 
-fn canonical_lower(va: u64) -> bool {
-    // Guest-accessible memory never lies in the hypervisor's slots; user-
-    // accessible mappings there do not exist, but refuse early anyway.
-    let hi = va >> 47;
-    hi == 0 || hi == 0x1ffff && !(0xFFFF_8000_0000_0000..0xFFFF_8800_0000_0000).contains(&va)
+/// Machine memory through the direct map, as the walk reads it.
+struct DirectMap;
+
+impl Tables for DirectMap {
+    fn max_phys(&self) -> u64 {
+        max_phys()
+    }
+    fn entry(&self, pa: u64) -> u64 {
+        read_u64(pa)
+    }
 }
 
 /// True for an address a guest may map: canonical and outside the
 /// hypervisor's L4 slots (Xen's `__addr_ok` for a PV guest).
 pub fn guest_address(va: u64) -> bool {
-    canonical_lower(va)
+    guestwalk::guest_address(va)
 }
 
-/// Translates a guest virtual address to a physical address.
+/// Translates a guest virtual address to a physical address
+/// (`microvisor_core::guestwalk::translate` over the direct map).
 pub fn translate(cr3: u64, va: u64, write: bool) -> Result<u64, Fault> {
-    if !canonical_lower(va) {
-        return Err(Fault);
-    }
-    let mut table = cr3 & ADDR_MASK;
-    for level in (0..4).rev() {
-        let idx = (va >> (12 + 9 * level)) & 511;
-        let pa = table + idx * 8;
-        if pa + 8 > max_phys() {
-            return Err(Fault);
-        }
-        let e = read_u64(pa);
-        if e & P == 0 || e & US == 0 || (write && e & RW == 0) {
-            return Err(Fault);
-        }
-        if level > 0 && e & PS != 0 {
-            // Guests cannot create superpages; never follow one.
-            return Err(Fault);
-        }
-        table = e & ADDR_MASK;
-    }
-    let pa = table | (va & (PAGE - 1));
-    if pa >= max_phys() {
-        return Err(Fault);
-    }
-    Ok(pa)
+    guestwalk::translate(&DirectMap, cr3, va, write)
 }
 
 // The fast path: copy through the guest's own mappings (its L4 is loaded)
@@ -208,12 +189,7 @@ pub fn range_ok(va: u64, len: usize) -> bool {
 
 #[inline]
 fn guest_range(va: u64, len: usize) -> bool {
-    let Some(end) = va.checked_add(len as u64) else {
-        return false;
-    };
-    let low = end <= 0x0000_8000_0000_0000;
-    let high = va >= 0xFFFF_8800_0000_0000;
-    low || high
+    guestwalk::guest_range(va, len as u64)
 }
 
 /// Copies through the loaded guest page tables; Err on any fault.
@@ -249,16 +225,10 @@ pub fn copy_from(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
 
 #[inline(never)]
 fn copy_from_walk(cr3: u64, va: u64, out: &mut [u8]) -> Result<(), Fault> {
-    let mut done = 0usize;
-    while done < out.len() {
-        let cur = va.checked_add(done as u64).ok_or(Fault)?;
-        let in_page = (PAGE - (cur & (PAGE - 1))) as usize;
-        let n = in_page.min(out.len() - done);
-        let pa = translate(cr3, cur, false)?;
-        read_phys(pa, &mut out[done..done + n]);
-        done += n;
-    }
-    Ok(())
+    let len = out.len();
+    guestwalk::for_each_piece(&DirectMap, cr3, va, len, false, |pa, off, n| {
+        read_phys(pa, &mut out[off..off + n])
+    })
 }
 
 /// Copies `data` to guest virtual `va` (every page must be guest-writable).
@@ -275,27 +245,15 @@ pub fn copy_to(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
 
 #[inline(never)]
 fn copy_to_walk(cr3: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
-    // Translate everything first so a failure writes nothing.
-    let mut done = 0usize;
-    while done < data.len() {
-        let cur = va.checked_add(done as u64).ok_or(Fault)?;
-        let n = ((PAGE - (cur & (PAGE - 1))) as usize).min(data.len() - done);
-        translate(cr3, cur, true)?;
-        done += n;
-    }
-    let mut done = 0usize;
-    while done < data.len() {
-        let cur = va + done as u64;
-        let n = ((PAGE - (cur & (PAGE - 1))) as usize).min(data.len() - done);
-        let pa = translate(cr3, cur, true)?;
+    // Every page is translated before any is written, so a failure writes
+    // nothing.
+    guestwalk::for_each_piece_all(&DirectMap, cr3, va, data.len(), true, |pa, off, n| {
         // SAFETY: `pa` is the frame a validated guest page table maps
-        // writable for the guest (`translate` with `write`), so the frame
+        // writable for the guest (the walk with `write`), so the frame
         // table has it writable-typed: the same write the guest itself
         // could make through that mapping.
-        unsafe { write_phys(pa, &data[done..done + n]) };
-        done += n;
-    }
-    Ok(())
+        unsafe { write_phys(pa, &data[off..off + n]) }
+    })
 }
 
 /// Reads a plain-data value from guest virtual `va` (a fallible copy);

@@ -1,0 +1,246 @@
+use super::*;
+
+/// Extents from two closures.
+struct F<P, X>(P, X);
+
+impl<P: FnMut() -> bool, X: FnMut(u64) -> Result<(), Errno>> Extents for F<P, X> {
+    fn preempt(&mut self) -> bool {
+        (self.0)()
+    }
+    fn extent(&mut self, slot: u64) -> Result<(), Errno> {
+        (self.1)(slot)
+    }
+}
+
+fn run(
+    r: &Reservation,
+    start: u64,
+    p: impl FnMut() -> bool,
+    x: impl FnMut(u64) -> Result<(), Errno>,
+) -> Outcome {
+    super::run(r, start, &mut F(p, x))
+}
+
+fn res(nr: u64, order: u32) -> Reservation {
+    Reservation {
+        list: 0x10_0000,
+        nr,
+        order,
+        domid: 0x7FF0,
+    }
+}
+
+#[test]
+fn the_structure_decodes_at_its_x86_64_offsets() {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+    b[8..16].copy_from_slice(&5u64.to_le_bytes());
+    b[16..20].copy_from_slice(&3u32.to_le_bytes());
+    b[20..24].copy_from_slice(&0xffff_ffffu32.to_le_bytes()); // mem_flags
+    b[24..26].copy_from_slice(&0x7FF0u16.to_le_bytes());
+    b[26..].fill(0xee);
+    let r = Reservation::parse(&b);
+    assert_eq!(
+        r,
+        Reservation {
+            list: 0x1122_3344_5566_7788,
+            nr: 5,
+            order: 3,
+            domid: 0x7FF0
+        }
+    );
+}
+
+#[test]
+fn continuation_round_trips_through_cmd() {
+    assert_eq!(split_cmd(0), (0, 0));
+    assert_eq!(split_cmd(continuation(6, 37)), (6, 37));
+    assert_eq!(split_cmd(continuation(1, 0)), (1, 0));
+    assert_eq!(continuation(6, 2), 6 | 2 << 6);
+    assert_eq!(split_cmd(u64::MAX), (63, u64::MAX >> 6));
+}
+
+#[test]
+fn orders_up_to_nine_only_for_increase_reservation() {
+    for op in [
+        m::XENMEM_INCREASE_RESERVATION,
+        m::XENMEM_DECREASE_RESERVATION,
+        m::XENMEM_POPULATE_PHYSMAP,
+    ] {
+        assert_eq!(res(1, 0).check_order(op), Ok(()));
+        assert_eq!(res(1, 10).check_order(op), Err(Errno::EINVAL));
+        assert_eq!(res(1, u32::MAX).check_order(op), Err(Errno::EINVAL));
+        let want = if op == m::XENMEM_INCREASE_RESERVATION {
+            Ok(())
+        } else {
+            Err(Errno::EINVAL)
+        };
+        assert_eq!(res(1, 1).check_order(op), want);
+        assert_eq!(res(1, 9).check_order(op), want);
+    }
+}
+
+#[test]
+fn only_a_privileged_caller_names_another_domain() {
+    assert_eq!(target(3, false, 0x7FF0), Ok(Target::Caller));
+    assert_eq!(target(3, false, 3), Ok(Target::Caller));
+    assert_eq!(target(3, false, 4), Err(Errno::EPERM));
+    assert_eq!(target(3, true, 4), Ok(Target::Other(4)));
+    assert_eq!(target(0, true, 0), Ok(Target::Caller));
+}
+
+#[test]
+fn growth_stops_at_the_limit() {
+    assert_eq!(room(9, 10, 1), Ok(()));
+    assert_eq!(room(10, 10, 1), Err(Errno::ENOMEM));
+    assert_eq!(room(0, 512, 512), Ok(()));
+    assert_eq!(room(1, 512, 512), Err(Errno::ENOMEM));
+    assert_eq!(room(u64::MAX, u64::MAX, 1), Err(Errno::ENOMEM));
+    assert_eq!(room(10, 10, 0), Ok(()));
+}
+
+#[test]
+fn stats_are_count_limit_and_limit_less_one() {
+    assert_eq!(stat(m::XENMEM_CURRENT_RESERVATION, 7, 9), Some(7));
+    assert_eq!(stat(m::XENMEM_MAXIMUM_RESERVATION, 7, 9), Some(9));
+    assert_eq!(stat(m::XENMEM_MAXIMUM_GPFN, 7, 9), Some(8));
+    assert_eq!(stat(m::XENMEM_INCREASE_RESERVATION, 7, 9), None);
+}
+
+#[test]
+fn every_extent_runs_at_its_slot() {
+    let mut slots = vec![];
+    let out = run(
+        &res(3, 0),
+        0,
+        || panic!("no check before 16"),
+        |s| {
+            slots.push(s);
+            Ok(())
+        },
+    );
+    assert_eq!(out, Outcome::Done(3));
+    assert_eq!(slots, [0x10_0000, 0x10_0008, 0x10_0010]);
+    // From a continuation, from its extent on.
+    slots.clear();
+    let out = run(
+        &res(3, 0),
+        2,
+        || false,
+        |s| {
+            slots.push(s);
+            Ok(())
+        },
+    );
+    assert_eq!(
+        (out, slots.as_slice()),
+        (Outcome::Done(3), &[0x10_0010u64][..])
+    );
+    // Nothing left to do.
+    assert_eq!(
+        run(&res(3, 0), 5, || false, |_| unreachable!()),
+        Outcome::Done(5)
+    );
+    assert_eq!(
+        run(&res(0, 0), 0, || false, |_| unreachable!()),
+        Outcome::Done(0)
+    );
+}
+
+#[test]
+fn a_failed_extent_gives_a_short_count_and_efault_first_is_an_error() {
+    let fail_at = |n: u64, e: Errno| {
+        let mut i = 0;
+        move |_| {
+            i += 1;
+            if i > n { Err(e) } else { Ok(()) }
+        }
+    };
+    assert_eq!(
+        run(&res(5, 0), 0, || false, fail_at(2, Errno::ENOMEM)),
+        Outcome::Done(2)
+    );
+    assert_eq!(
+        run(&res(5, 0), 0, || false, fail_at(2, Errno::EFAULT)),
+        Outcome::Done(2)
+    );
+    assert_eq!(
+        run(&res(5, 0), 0, || false, fail_at(0, Errno::ENOMEM)),
+        Outcome::Done(0)
+    );
+    assert_eq!(
+        run(&res(5, 0), 0, || false, fail_at(0, Errno::EFAULT)),
+        Outcome::Fail(Errno::EFAULT)
+    );
+    // The first extent of a continued call counts as first.
+    assert_eq!(
+        run(&res(5, 0), 3, || false, fail_at(0, Errno::EFAULT)),
+        Outcome::Fail(Errno::EFAULT)
+    );
+    assert_eq!(
+        run(&res(5, 0), 3, || false, fail_at(0, Errno::EBUSY)),
+        Outcome::Done(3)
+    );
+    // A list whose slots wrap the address space.
+    let wraps = Reservation {
+        list: u64::MAX - 7,
+        ..res(4, 0)
+    };
+    assert_eq!(
+        run(&wraps, 0, || false, |_| Ok(())),
+        Outcome::Fail(Errno::EFAULT)
+    );
+    assert_eq!(wraps.slot(0), Ok(u64::MAX - 7));
+    assert_eq!(wraps.slot(1), Err(Errno::EFAULT));
+    assert_eq!(res(1, 0).slot(u64::MAX), Err(Errno::EFAULT));
+}
+
+#[test]
+fn a_long_list_checks_for_preemption_every_sixteen_extents() {
+    let asked = std::cell::RefCell::new(vec![]);
+    let done = std::cell::Cell::new(0);
+    let out = run(
+        &res(40, 0),
+        0,
+        || {
+            asked.borrow_mut().push(done.get());
+            false
+        },
+        |_| {
+            done.set(done.get() + 1);
+            Ok(())
+        },
+    );
+    let asked = asked.into_inner();
+    assert_eq!(out, Outcome::Done(40));
+    assert_eq!(asked, [16, 32]);
+    // Preempted at the first check: continue after 16.
+    let out = run(&res(40, 0), 0, || true, |_| Ok(()));
+    assert_eq!(out, Outcome::Again(16));
+    // The continuation counts from its own start.
+    let mut n = 0;
+    let out = run(
+        &res(40, 0),
+        16,
+        || true,
+        |_| {
+            n += 1;
+            Ok(())
+        },
+    );
+    assert_eq!((out, n), (Outcome::Again(32), 16));
+    let out = run(&res(40, 0), 32, || true, |_| Ok(()));
+    assert_eq!(out, Outcome::Done(40));
+    // Counted from the start of this call, whatever that start is.
+    let mut n = 0;
+    let out = run(
+        &res(40, 0),
+        5,
+        || true,
+        |_| {
+            n += 1;
+            Ok(())
+        },
+    );
+    assert_eq!((out, n), (Outcome::Again(21), 16));
+}
