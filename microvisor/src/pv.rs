@@ -918,35 +918,18 @@ fn gpr(frame: &mut TrapFrame, n: u8) -> &mut u64 {
     }
 }
 
-/// The CPUID a PV guest sees: the host's, minus virtualization extensions
-/// and FSGSBASE, plus Xen's hypervisor leaves.
+/// The CPUID a PV guest sees: Xen's PV view of the host's
+/// (`microvisor_core::cpuid::guest_cpuid`).
 fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    match leaf {
-        0x4000_0000 => (
-            0x4000_0002,
-            u32::from_le_bytes(*b"XenV"),
-            u32::from_le_bytes(*b"MMXe"),
-            u32::from_le_bytes(*b"nVMM"),
-        ),
-        0x4000_0001 => (
-            (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32,
-            0,
-            0,
-            0,
-        ),
-        0x4000_0002 => (1, 0x4000_0000, 0, 0),
-        0x4000_0003..=0x4000_00ff => (0, 0, 0, 0),
-        _ => {
-            let (a, mut b, mut c, d) = crate::arch::cpu::cpuid(leaf, sub);
-            match leaf {
-                1 => c = (c & !(1 << 5) & !(1 << 6)) | (1 << 31), // no VMX/SMX; hypervisor present
-                7 if sub == 0 => b &= !1,                         // no FSGSBASE
-                0x8000_0001 => c &= !(1 << 2),                    // no SVM
-                _ => {}
-            }
-            (a, b, c, d)
-        }
-    }
+    let host = if (0x4000_0000..=0x4000_00ff).contains(&leaf) {
+        [0; 4]
+    } else {
+        let (a, b, c, d) = crate::arch::cpu::cpuid(leaf, sub);
+        [a, b, c, d]
+    };
+    let version = (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32;
+    let [a, b, c, d] = microvisor_core::cpuid::guest_cpuid(leaf, sub, host, version);
+    (a, b, c, d)
 }
 
 /// What emulation decided.

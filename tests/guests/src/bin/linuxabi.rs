@@ -25,6 +25,12 @@
 //!   succeeds and changes nothing the guest sees, as Xen's
 //!   `pv_fixup_guest_cr4`; `xenpmu_op` is EOPNOTSUPP (Xen without a
 //!   virtual PMU, its default); unknown `vm_assist` types are EINVAL.
+//! - `cpuid`: the forced-emulation CPUID (`ud2a; "xen"; cpuid`, Linux's
+//!   `xen_cpuid`) hides what Xen hides from a PV guest: PSE, PSE36 and
+//!   PAGE1GB (Linux would map its direct map with superpages, which
+//!   `mmu_update` refuses in an L2 entry, `hostile-mm`'s `pse-l2`), PGE, VME, MTRR, SMEP,
+//!   SMAP, VMX and SVM; the base features (FPU, PAE, CX8, SEP, FXSR, SSE2,
+//!   SYSCALL, NX, LM) stay and HYPERVISOR is set.
 //! - `pit` (a privileged domain): with a virtual IOPL from
 //!   `PHYSDEVOP_set_iopl`, PIT channel 2 is the hardware's, as Xen gives the
 //!   hardware domain: programmed through the mode port and read back
@@ -59,6 +65,7 @@ fn main(si: &'static StartInfo) {
         Some("runstate") => runstate(&mut t, si),
         Some("misc") => misc(&mut t),
         Some("pit") => pit(&mut t),
+        Some("cpuid") => cpuid_view(&mut t),
         other => t.fail("part", format_args!("unknown part {other:?}")),
     }
     println!("linuxabi: done");
@@ -369,6 +376,57 @@ fn misc(t: &mut Reporter) {
     );
     let r = hc::raw::vm_assist(0, guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
     t.check("vm-assist-runstate-flag", r.is_ok(), format_args!("{r:?}"));
+}
+
+// ---------------------------------------------------------------- cpuid
+
+/// Xen's enlightened CPUID: `ud2a; .ascii "xen"; cpuid`.
+fn xen_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the hypervisor emulates the prefixed cpuid (rbx is saved
+    // around it, the compiler may own it).
+    unsafe {
+        asm!("mov {t:r}, rbx", ".byte 0x0f, 0x0b, 0x78, 0x65, 0x6e, 0x0f, 0xa2", "xchg {t:r}, rbx",
+            t = out(reg) b, inout("eax") leaf => a, inout("ecx") sub => c, out("edx") d)
+    };
+    [a, b, c, d]
+}
+
+fn cpuid_view(t: &mut Reporter) {
+    let l1 = xen_cpuid(1, 0);
+    let l7 = xen_cpuid(7, 0);
+    let e1 = xen_cpuid(0x8000_0001, 0);
+    println!("linuxabi: cpuid 1 {l1:08x?} 7 {l7:08x?} 0x80000001 {e1:08x?}");
+    // VME 1, PSE 3, MTRR 12, PGE 13, PSE36 17 (leaf 1 EDX and AMD's copy
+    // in leaf 0x80000001 EDX); PAGE1GB 26 of the latter.
+    let paging = 1 << 1 | 1 << 3 | 1 << 12 | 1 << 13 | 1 << 17;
+    t.check(
+        "cpuid-no-superpages-or-global",
+        l1[3] & paging == 0 && e1[3] & (paging | 1 << 26) == 0,
+        format_args!("leaf 1 edx {:#x}, 0x80000001 edx {:#x}", l1[3], e1[3]),
+    );
+    // SMEP 7 and SMAP 20 (leaf 7 EBX): ring-0 protections; VMX 5 and SMX 6
+    // (leaf 1 ECX); SVM 2 (0x80000001 ECX).
+    t.check(
+        "cpuid-no-ring0-or-vmx",
+        l7[1] & (1 << 7 | 1 << 20) == 0 && l1[2] & (1 << 5 | 1 << 6) == 0 && e1[2] & 1 << 2 == 0,
+        format_args!(
+            "7 ebx {:#x}, 1 ecx {:#x}, 0x80000001 ecx {:#x}",
+            l7[1], l1[2], e1[2]
+        ),
+    );
+    // FPU 0, PAE 6, CX8 8, SEP 11, FXSR 24, SSE2 26; SYSCALL 11, NX 20,
+    // LM 29; HYPERVISOR 31.
+    let base = 1 | 1 << 6 | 1 << 8 | 1 << 11 | 1 << 24 | 1 << 26;
+    let long = 1 << 11 | 1 << 20 | 1 << 29;
+    t.check(
+        "cpuid-base-features",
+        l1[3] & base == base && e1[3] & long == long && l1[2] & 1 << 31 != 0,
+        format_args!(
+            "leaf 1 edx {:#x} ecx {:#x}, 0x80000001 edx {:#x}",
+            l1[3], l1[2], e1[3]
+        ),
+    );
 }
 
 // ---------------------------------------------------------------- pit
