@@ -928,7 +928,9 @@ fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
         [a, b, c, d]
     };
     let version = (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32;
-    let [a, b, c, d] = microvisor_core::cpuid::guest_cpuid(leaf, sub, host, version);
+    let (_, vb, vc, vd) = crate::arch::cpu::cpuid(0, 0);
+    let amd = microvisor_core::cpuid::no_long_mode_sysenter([0, vb, vc, vd]);
+    let [a, b, c, d] = microvisor_core::cpuid::guest_cpuid(leaf, sub, host, version, amd);
     (a, b, c, d)
 }
 
