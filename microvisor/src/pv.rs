@@ -134,10 +134,11 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 }
 
 /// stack_switch(ss, sp): the kernel stack for bounces from guest user mode.
-pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
-    if !policy::kernel_ss_ok(ss) {
-        return Err(Errno::EPERM);
-    }
+/// As on Xen (`do_stack_switch`) it never fails: Xen only raises the
+/// selector's RPL and keeps it, and a 64-bit guest's bounce frames always
+/// use Xen's flat kernel stack selector whatever was named (Linux names its
+/// own `__KERNEL_DS`, 0x18), so only the stack pointer is kept.
+pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
     let pv = &mut hv.vcpus[hv.current].pv;
     pv.kernel_ss = GUEST_DS;
     pv.kernel_sp = sp;
