@@ -272,10 +272,42 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
     Ok(0)
 }
 
-/// set_segment_base(which, base): FS, GS_USER, GS_KERNEL; non-canonical
-/// bases are refused (XSA-193).
+/// set_segment_base(which, base): FS, GS_USER, GS_KERNEL (non-canonical
+/// bases are refused, XSA-193), and GS_USER_SEL (3): `base` is a selector
+/// loaded into GS for guest user mode ([`load_user_gs_selector`]).
 pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
+    if which == u64::from(guest_abi::arch::SEGBASE_GS_USER_SEL) {
+        load_user_gs_selector(hv, base as u16);
+        return Ok(0);
+    }
     set_segment_base_of(hv, which, base)
+}
+
+/// `SEGBASE_GS_USER_SEL`, as Xen's `do_set_segment_base` does it: the
+/// selector (RPL raised to 3 unless null) is loaded into GS with the
+/// user-mode GS base live, so the user GS base becomes the descriptor's
+/// base (0 for a null selector, on every vendor); a selector that cannot be
+/// loaded is replaced by the null one. It never fails (Linux's
+/// `xen_load_gs_index` BUG()s if it does): a caller wanting to know reads
+/// GS back. The kernel-mode GS base is untouched.
+fn load_user_gs_selector(hv: &mut Hv, sel: u16) {
+    let pv = &mut hv.vcpus[hv.current].pv;
+    save_bases(pv);
+    let sel = if sel & !3 == 0 { 0 } else { sel | 3 };
+    let sel = if selector_ok(pv, sel) { sel } else { 0 };
+    let mut loaded = crate::arch::cpu::data_selectors();
+    loaded[3] = sel;
+    // SAFETY: GS is null or was just checked loadable against the vCPU's
+    // GDT or shadow-mapped LDT; the other three are what the CPU holds.
+    unsafe { crate::arch::cpu::load_data_selectors(loaded) };
+    let base = if sel == 0 {
+        0
+    } else {
+        crate::arch::cpu::gs_base()
+    };
+    pv.gs_base_user = base;
+    pv.selectors = loaded;
+    load_segment_bases(pv);
 }
 
 /// Copies the running vCPU's FS base and current-mode GS base from the CPU

@@ -31,6 +31,13 @@
 //!   `mmu_update` refuses in an L2 entry, `hostile-mm`'s `pse-l2`), PGE, VME, SMEP,
 //!   SMAP, VMX and SVM; the base features (FPU, PAE, CX8, SEP, FXSR, SSE2,
 //!   SYSCALL, NX, LM) stay and HYPERVISOR is set.
+//! - `segments`: `stack_switch` with Linux's own `__KERNEL_DS` (0x18, RPL
+//!   0) succeeds, as on Xen (it never fails; a 64-bit guest's bounces use
+//!   Xen's flat stack selector); `set_segment_base(SEGBASE_GS_USER_SEL)`
+//!   (Linux's `xen_load_gs_index`) loads the selector into GS with the user
+//!   GS base live: GS reads it back with RPL 3, the user GS base becomes
+//!   the descriptor's (0 for the flat one), the kernel GS base stays; a
+//!   selector past the GDT becomes null and the call still succeeds.
 //! - `pit` (a privileged domain): with a virtual IOPL from
 //!   `PHYSDEVOP_set_iopl`, PIT channel 2 is the hardware's, as Xen gives the
 //!   hardware domain: programmed through the mode port and read back
@@ -66,6 +73,7 @@ fn main(si: &'static StartInfo) {
         Some("misc") => misc(&mut t),
         Some("pit") => pit(&mut t),
         Some("cpuid") => cpuid_view(&mut t),
+        Some("segments") => segments(&mut t),
         other => t.fail("part", format_args!("unknown part {other:?}")),
     }
     println!("linuxabi: done");
@@ -428,6 +436,93 @@ fn cpuid_view(t: &mut Reporter) {
             l1[3], l1[2], e1[3]
         ),
     );
+}
+
+// ---------------------------------------------------------------- segments
+
+fn rdmsr(index: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: emulated for a PV guest kernel (the FS/GS base MSRs).
+    unsafe { asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+fn gs_selector() -> u16 {
+    let v: u16;
+    // SAFETY: reading a segment register has no side effects.
+    unsafe { asm!("mov {0:x}, gs", out(reg) v) };
+    v
+}
+
+const GS_BASE: u32 = 0xC000_0101;
+const KERNEL_GS_BASE: u32 = 0xC000_0102;
+/// Xen's flat ring-3 data selector, always in the GDT.
+const FLAT_USER_DS: u64 = 0xe02b;
+
+fn segments(t: &mut Reporter) {
+    // Linux's cpu_init → xen_load_sp0: stack_switch(__KERNEL_DS, sp0).
+    let sp: u64;
+    // SAFETY: reads the stack pointer.
+    unsafe { asm!("mov {}, rsp", out(reg) sp) };
+    // SAFETY: names our own current stack for bounces from user mode (this
+    // guest never enters user mode in this part).
+    let r = unsafe { hc::raw::stack_switch(0x18, sp) };
+    t.check("stack-switch-kernel-ds", r.is_ok(), format_args!("{r:?}"));
+    // SAFETY: as above, with Xen's own selector.
+    let r = unsafe { hc::raw::stack_switch(FLAT_USER_DS, sp) };
+    t.check("stack-switch-flat", r.is_ok(), format_args!("{r:?}"));
+
+    use guest_abi::arch::{SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL};
+    // A kernel GS base of our own, to see it survive (SMP is not started,
+    // so nothing here reads through GS).
+    // SAFETY: as above; restored at the end.
+    let old_gs = rdmsr(GS_BASE);
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_KERNEL, 0x7777_0000) };
+    let kernel_gs = rdmsr(GS_BASE);
+    // SAFETY: a user-mode GS base; this part never runs user code.
+    let r = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER, 0x1234_5000) };
+    let before = rdmsr(KERNEL_GS_BASE);
+    // Linux's xen_load_gs_index(__USER_DS) with a selector of RPL 0.
+    // SAFETY: loads a data selector for user mode only.
+    let s = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER_SEL, FLAT_USER_DS & !3) };
+    let (sel, user, kernel) = (gs_selector(), rdmsr(KERNEL_GS_BASE), rdmsr(GS_BASE));
+    println!(
+        "linuxabi: gs user base {before:#x} ({r:?}), GS_USER_SEL {s:?}: gs {sel:#x}, user base {user:#x}, kernel {kernel:#x} (was {kernel_gs:#x})"
+    );
+    t.check(
+        "gs-user-sel-loads-flat",
+        r.is_ok() && before == 0x1234_5000 && s.is_ok() && sel == FLAT_USER_DS as u16 && user == 0,
+        format_args!("{r:?} {before:#x} {s:?} gs {sel:#x} user {user:#x}"),
+    );
+    t.check(
+        "gs-user-sel-keeps-kernel-base",
+        kernel == kernel_gs && kernel == 0x7777_0000,
+        format_args!("{kernel:#x} (was {kernel_gs:#x})"),
+    );
+    // A selector past the GDT (index 0x1fff): nulled, and still 0.
+    // SAFETY: as above.
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER, 0x5000) };
+    // SAFETY: as above.
+    let s = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER_SEL, 0xfffb) };
+    let (sel, user) = (gs_selector(), rdmsr(KERNEL_GS_BASE));
+    t.check(
+        "gs-user-sel-bad-nulled",
+        s.is_ok() && sel & !3 == 0 && user == 0,
+        format_args!("{s:?} gs {sel:#x} user {user:#x}"),
+    );
+    // Null: the user base is 0 too.
+    // SAFETY: as above.
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER, 0x6000) };
+    // SAFETY: as above.
+    let s = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER_SEL, 0) };
+    let (sel, user) = (gs_selector(), rdmsr(KERNEL_GS_BASE));
+    t.check(
+        "gs-user-sel-null",
+        s.is_ok() && sel & !3 == 0 && user == 0 && rdmsr(GS_BASE) == kernel_gs,
+        format_args!("{s:?} gs {sel:#x} user {user:#x}"),
+    );
+    // SAFETY: the base this guest had.
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_KERNEL, old_gs) };
 }
 
 // ---------------------------------------------------------------- pit
