@@ -1234,6 +1234,78 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
     }
 }
 
+/// Writable page-table emulation (Xen's `ptwr`, always on for a PV
+/// guest): a page fault from guest kernel mode that is a write to a present
+/// read-only mapping of one of the domain's own L1 tables, by a 64-bit
+/// `mov`, `xchg` or `cmpxchg` ([`decode::pt_write`]) of the 8-byte entry
+/// at `cr2`, is carried out as the `mmu_update` of that entry would be,
+/// with all its checks; the instruction is then complete. Anything else,
+/// or a new entry the checks refuse, is left to be delivered to the guest
+/// as the page fault it is (Xen too gives the fault back). Linux relies on
+/// this: it clears and sets PTEs with plain stores (`ptep_get_and_clear`'s
+/// `xchg`). Returns whether the store was emulated. The old entry is read
+/// before the checked update: a guest racing stores to one entry from
+/// several vCPUs sees them in some order, but `cmpxchg` is not atomic
+/// against the others.
+pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
+    // Present, write, and from the guest kernel.
+    let cur = hv.current;
+    if error & 3 != 3 || hv.vcpus[cur].pv.user_mode || !cr2.is_multiple_of(8) {
+        return false;
+    }
+    let cr3 = hv.vcpus[cur].cr3;
+    let mut b = [0u8; decode::MAX_LEN];
+    let n = fetch(cr3, frame.rip, &mut b);
+    let Some(w) = decode::pt_write(&b[..n]) else {
+        return false;
+    };
+    let dom = hv.cur_dom().id;
+    // The L1 entry mapping cr2 names the table frame written.
+    let target =
+        crate::mm::frames::with(|ft, mem| ft.find_l1_entry(mem, dom, cr3 / crate::mm::PAGE, cr2))
+            .map(crate::mm::read_u64);
+    let Ok(pte) = target else {
+        return false;
+    };
+    if pte & 1 == 0 || pte & 2 != 0 {
+        return false;
+    }
+    let entry_ma = (pte & guest_abi::arch::pte::ADDR_MASK) | (cr2 & 0xff8);
+    let old = crate::mm::read_u64(entry_ma);
+    let new = match w.op {
+        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => *gpr(frame, r),
+        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => v,
+        decode::PtWriteOp::Xchg(r) => *gpr(frame, r),
+        decode::PtWriteOp::Cmpxchg(r) => {
+            if frame.rax != old {
+                frame.rax = old;
+                frame.rflags &= !RFLAGS_ZF;
+                frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+                return true;
+            }
+            *gpr(frame, r)
+        }
+    };
+    let ops = crate::mm::frames::operation();
+    let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new));
+    drop(ops);
+    // As for update_va_mapping, flushing is the guest's business; the frame
+    // table flushes before a frame whose mappings may be stale changes type.
+    if r.is_err() {
+        return false;
+    }
+    match w.op {
+        decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
+        decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= RFLAGS_ZF,
+        decode::PtWriteOp::Mov(_) => {}
+    }
+    frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+    true
+}
+
+/// RFLAGS.ZF.
+const RFLAGS_ZF: u64 = 1 << 6;
+
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
 pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {

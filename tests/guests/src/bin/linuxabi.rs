@@ -38,6 +38,14 @@
 //!   GS base live: GS reads it back with RPL 3, the user GS base becomes
 //!   the descriptor's (0 for the flat one), the kernel GS base stays; a
 //!   selector past the GDT becomes null and the call still succeeds.
+//! - `ptwr`: writable page-table emulation, as Xen always gives a PV guest
+//!   (Linux's `ptep_get_and_clear` is an `xchg` on the PTE): a 64-bit
+//!   `xchg`, `mov` and `lock cmpxchg` on an entry of one of the guest's own
+//!   L1 tables, through its read-only mapping, act as `mmu_update` of that
+//!   entry would (the old entry in the register, the mapping gone and
+//!   back); a failed `cmpxchg` writes nothing; a store the checks refuse (a
+//!   writable mapping of a page table) is the page fault it was, with the
+//!   entry unchanged.
 //! - `pit` (a privileged domain): with a virtual IOPL from
 //!   `PHYSDEVOP_set_iopl`, PIT channel 2 is the hardware's, as Xen gives the
 //!   hardware domain: programmed through the mode port and read back
@@ -74,6 +82,7 @@ fn main(si: &'static StartInfo) {
         Some("pit") => pit(&mut t),
         Some("cpuid") => cpuid_view(&mut t),
         Some("segments") => segments(&mut t),
+        Some("ptwr") => ptwr(&mut t),
         other => t.fail("part", format_args!("unknown part {other:?}")),
     }
     println!("linuxabi: done");
@@ -523,6 +532,94 @@ fn segments(t: &mut Reporter) {
     );
     // SAFETY: the base this guest had.
     let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_KERNEL, old_gs) };
+}
+
+// ---------------------------------------------------------------- ptwr
+
+fn ptwr(t: &mut Reporter) {
+    let (va, _) = mm::alloc_page().expect("page");
+    // SAFETY: our own scratch page.
+    unsafe { write_volatile(va as *mut u64, 0x5eed) };
+    let ma = mm::l1_entry_ma(mm::current_l4_mfn(), va).expect("L1 entry");
+    // The entry through the L1 table's read-only mapping (the bootstrap
+    // region maps every page of the domain at its pfn).
+    let entry = mm::mfn_to_pfn(ma >> 12) * 4096 + (ma & 0xfff);
+    let orig = mm::lookup(va);
+    let mut got = 0u64;
+    let f = traps::expect_fault(|| {
+        // SAFETY: a store to a read-only page-table entry; the hypervisor
+        // emulates it as an update of that entry (our own scratch page's,
+        // unmapped here and mapped back below).
+        unsafe { asm!("xchg {r}, [{p}]", r = inout(reg) 0u64 => got, p = in(reg) entry) };
+    });
+    let cleared = mm::lookup(va);
+    t.check(
+        "ptwr-xchg-clears",
+        f.is_none() && got == orig && cleared == 0,
+        format_args!("{f:?} old {got:#x} (was {orig:#x}), now {cleared:#x}"),
+    );
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above: maps the scratch page back as it was.
+        unsafe { asm!("mov [{p}], {v}", p = in(reg) entry, v = in(reg) orig) };
+    });
+    // SAFETY: mapped again (if the store worked).
+    let back = if f.is_none() {
+        unsafe { read_volatile(va as *const u64) }
+    } else {
+        0
+    };
+    t.check(
+        "ptwr-mov-maps",
+        f.is_none() && mm::lookup(va) == orig && back == 0x5eed,
+        format_args!("{f:?} entry {:#x}, reads {back:#x}", mm::lookup(va)),
+    );
+    // lock cmpxchg: a wrong expectation writes nothing and returns the
+    // entry; the right one writes (read-only now).
+    let ro = orig & !2;
+    let cmpxchg = |expect: u64, new: u64| {
+        let mut rax = expect;
+        let mut zf = 0u8;
+        let f = traps::expect_fault(|| {
+            // SAFETY: as above, on the scratch page's entry.
+            unsafe {
+                asm!("lock cmpxchg [{p}], {n}", "sete {z}", p = in(reg) entry, n = in(reg) new,
+                    z = out(reg_byte) zf, inout("rax") rax)
+            };
+        });
+        (f, rax, zf)
+    };
+    let (f, rax, zf) = cmpxchg(orig ^ 0x1000, ro);
+    t.check(
+        "ptwr-cmpxchg-mismatch",
+        f.is_none() && rax == orig && zf == 0 && mm::lookup(va) == orig,
+        format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
+    );
+    let (f, rax, zf) = cmpxchg(orig, ro);
+    t.check(
+        "ptwr-cmpxchg-writes",
+        f.is_none() && rax == orig && zf == 1 && mm::lookup(va) == ro,
+        format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
+    );
+    // Refused by the checks: a writable mapping of a page table (the L1
+    // itself, our L4). Each is the page fault it was.
+    for (name, bad) in [
+        ("ptwr-refused-writable-l1", (ma & !0xfff) | 0x67),
+        (
+            "ptwr-refused-writable-l4",
+            (mm::current_l4_mfn() << 12) | 0x67,
+        ),
+    ] {
+        let f = traps::expect_fault(|| {
+            // SAFETY: refused: the entry stays as it is.
+            unsafe { asm!("mov [{p}], {v}", p = in(reg) entry, v = in(reg) bad) };
+        });
+        let now = mm::lookup(va);
+        t.check(
+            name,
+            f.is_some_and(|f| f.vector == 14) && now == ro,
+            format_args!("{f:?} entry {now:#x}"),
+        );
+    }
 }
 
 // ---------------------------------------------------------------- pit
