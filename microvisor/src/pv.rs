@@ -1270,7 +1270,19 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     if pte & 1 == 0 || pte & 2 != 0 {
         return false;
     }
-    let entry_ma = (pte & guest_abi::arch::pte::ADDR_MASK) | (cr2 & 0xff8);
+    let table = (pte & guest_abi::arch::pte::ADDR_MASK) / crate::mm::PAGE;
+    // Only a frame of the caller's that is an L1 table now (never I/O
+    // memory, which is not read here); the update checks it again under
+    // the table's lock.
+    let l1 = microvisor_core::frametable::PageType::table(1);
+    let is_l1 = crate::mm::frames::with(|ft, _| {
+        ft.info(table)
+            .is_some_and(|p| p.owner() == dom && Some(p.page_type()) == l1 && p.is_validated())
+    });
+    if !is_l1 {
+        return false;
+    }
+    let entry_ma = table * crate::mm::PAGE | (cr2 & 0xff8);
     let old = crate::mm::read_u64(entry_ma);
     let new = match w.op {
         decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => *gpr(frame, r),
