@@ -1282,7 +1282,7 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     if !is_l1 {
         return false;
     }
-    let entry_ma = table * crate::mm::PAGE | (cr2 & 0xff8);
+    let entry_ma = (table * crate::mm::PAGE) | (cr2 & 0xff8);
     let old = crate::mm::read_u64(entry_ma);
     let new = match w.op {
         decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => *gpr(frame, r),
