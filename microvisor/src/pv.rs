@@ -134,10 +134,11 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 }
 
 /// stack_switch(ss, sp): the kernel stack for bounces from guest user mode.
-pub fn stack_switch(hv: &mut Hv, ss: u64, sp: u64) -> Result<u64, Errno> {
-    if !policy::kernel_ss_ok(ss) {
-        return Err(Errno::EPERM);
-    }
+/// As on Xen (`do_stack_switch`) it never fails: Xen only raises the
+/// selector's RPL and keeps it, and a 64-bit guest's bounce frames always
+/// use Xen's flat kernel stack selector whatever was named (Linux names its
+/// own `__KERNEL_DS`, 0x18), so only the stack pointer is kept.
+pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
     let pv = &mut hv.vcpus[hv.current].pv;
     pv.kernel_ss = GUEST_DS;
     pv.kernel_sp = sp;
@@ -271,10 +272,42 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
     Ok(0)
 }
 
-/// set_segment_base(which, base): FS, GS_USER, GS_KERNEL; non-canonical
-/// bases are refused (XSA-193).
+/// set_segment_base(which, base): FS, GS_USER, GS_KERNEL (non-canonical
+/// bases are refused, XSA-193), and GS_USER_SEL (3): `base` is a selector
+/// loaded into GS for guest user mode ([`load_user_gs_selector`]).
 pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
+    if which == u64::from(guest_abi::arch::SEGBASE_GS_USER_SEL) {
+        load_user_gs_selector(hv, base as u16);
+        return Ok(0);
+    }
     set_segment_base_of(hv, which, base)
+}
+
+/// `SEGBASE_GS_USER_SEL`, as Xen's `do_set_segment_base` does it: the
+/// selector (RPL raised to 3 unless null) is loaded into GS with the
+/// user-mode GS base live, so the user GS base becomes the descriptor's
+/// base (0 for a null selector, on every vendor); a selector that cannot be
+/// loaded is replaced by the null one. It never fails (Linux's
+/// `xen_load_gs_index` BUG()s if it does): a caller wanting to know reads
+/// GS back. The kernel-mode GS base is untouched.
+fn load_user_gs_selector(hv: &mut Hv, sel: u16) {
+    let pv = &mut hv.vcpus[hv.current].pv;
+    save_bases(pv);
+    let sel = if sel & !3 == 0 { 0 } else { sel | 3 };
+    let sel = if selector_ok(pv, sel) { sel } else { 0 };
+    let mut loaded = crate::arch::cpu::data_selectors();
+    loaded[3] = sel;
+    // SAFETY: GS is null or was just checked loadable against the vCPU's
+    // GDT or shadow-mapped LDT; the other three are what the CPU holds.
+    unsafe { crate::arch::cpu::load_data_selectors(loaded) };
+    let base = if sel == 0 {
+        0
+    } else {
+        crate::arch::cpu::gs_base()
+    };
+    pv.gs_base_user = base;
+    pv.selectors = loaded;
+    load_segment_bases(pv);
 }
 
 /// Copies the running vCPU's FS base and current-mode GS base from the CPU
@@ -918,35 +951,20 @@ fn gpr(frame: &mut TrapFrame, n: u8) -> &mut u64 {
     }
 }
 
-/// The CPUID a PV guest sees: the host's, minus virtualization extensions
-/// and FSGSBASE, plus Xen's hypervisor leaves.
+/// The CPUID a PV guest sees: Xen's PV view of the host's
+/// (`microvisor_core::cpuid::guest_cpuid`).
 fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    match leaf {
-        0x4000_0000 => (
-            0x4000_0002,
-            u32::from_le_bytes(*b"XenV"),
-            u32::from_le_bytes(*b"MMXe"),
-            u32::from_le_bytes(*b"nVMM"),
-        ),
-        0x4000_0001 => (
-            (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32,
-            0,
-            0,
-            0,
-        ),
-        0x4000_0002 => (1, 0x4000_0000, 0, 0),
-        0x4000_0003..=0x4000_00ff => (0, 0, 0, 0),
-        _ => {
-            let (a, mut b, mut c, d) = crate::arch::cpu::cpuid(leaf, sub);
-            match leaf {
-                1 => c = (c & !(1 << 5) & !(1 << 6)) | (1 << 31), // no VMX/SMX; hypervisor present
-                7 if sub == 0 => b &= !1,                         // no FSGSBASE
-                0x8000_0001 => c &= !(1 << 2),                    // no SVM
-                _ => {}
-            }
-            (a, b, c, d)
-        }
-    }
+    let host = if (0x4000_0000..=0x4000_00ff).contains(&leaf) {
+        [0; 4]
+    } else {
+        let (a, b, c, d) = crate::arch::cpu::cpuid(leaf, sub);
+        [a, b, c, d]
+    };
+    let version = (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32;
+    let (_, vb, vc, vd) = crate::arch::cpu::cpuid(0, 0);
+    let amd = microvisor_core::cpuid::no_long_mode_sysenter([0, vb, vc, vd]);
+    let [a, b, c, d] = microvisor_core::cpuid::guest_cpuid(leaf, sub, host, version, amd);
+    (a, b, c, d)
 }
 
 /// What emulation decided.
@@ -1215,6 +1233,90 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         _ => Emulated::NotEmulated,
     }
 }
+
+/// Writable page-table emulation (Xen's `ptwr`, always on for a PV
+/// guest): a page fault from guest kernel mode that is a write to a present
+/// read-only mapping of one of the domain's own L1 tables, by a 64-bit
+/// `mov`, `xchg` or `cmpxchg` ([`decode::pt_write`]) of the 8-byte entry
+/// at `cr2`, is carried out as the `mmu_update` of that entry would be,
+/// with all its checks; the instruction is then complete. Anything else,
+/// or a new entry the checks refuse, is left to be delivered to the guest
+/// as the page fault it is (Xen too gives the fault back). Linux relies on
+/// this: it clears and sets PTEs with plain stores (`ptep_get_and_clear`'s
+/// `xchg`). Returns whether the store was emulated. The old entry is read
+/// before the checked update: a guest racing stores to one entry from
+/// several vCPUs sees them in some order, but `cmpxchg` is not atomic
+/// against the others.
+pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
+    // Present, write, and from the guest kernel.
+    let cur = hv.current;
+    if error & 3 != 3 || hv.vcpus[cur].pv.user_mode || !cr2.is_multiple_of(8) {
+        return false;
+    }
+    let cr3 = hv.vcpus[cur].cr3;
+    let mut b = [0u8; decode::MAX_LEN];
+    let n = fetch(cr3, frame.rip, &mut b);
+    let Some(w) = decode::pt_write(&b[..n]) else {
+        return false;
+    };
+    let dom = hv.cur_dom().id;
+    // The L1 entry mapping cr2 names the table frame written.
+    let target =
+        crate::mm::frames::with(|ft, mem| ft.find_l1_entry(mem, dom, cr3 / crate::mm::PAGE, cr2))
+            .map(crate::mm::read_u64);
+    let Ok(pte) = target else {
+        return false;
+    };
+    if pte & 1 == 0 || pte & 2 != 0 {
+        return false;
+    }
+    let table = (pte & guest_abi::arch::pte::ADDR_MASK) / crate::mm::PAGE;
+    // Only a frame of the caller's that is an L1 table now (never I/O
+    // memory, which is not read here); the update checks it again under
+    // the table's lock.
+    let l1 = microvisor_core::frametable::PageType::table(1);
+    let is_l1 = crate::mm::frames::with(|ft, _| {
+        ft.info(table)
+            .is_some_and(|p| p.owner() == dom && Some(p.page_type()) == l1 && p.is_validated())
+    });
+    if !is_l1 {
+        return false;
+    }
+    let entry_ma = (table * crate::mm::PAGE) | (cr2 & 0xff8);
+    let old = crate::mm::read_u64(entry_ma);
+    let new = match w.op {
+        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => *gpr(frame, r),
+        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => v,
+        decode::PtWriteOp::Xchg(r) => *gpr(frame, r),
+        decode::PtWriteOp::Cmpxchg(r) => {
+            if frame.rax != old {
+                frame.rax = old;
+                frame.rflags &= !RFLAGS_ZF;
+                frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+                return true;
+            }
+            *gpr(frame, r)
+        }
+    };
+    let ops = crate::mm::frames::operation();
+    let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new));
+    drop(ops);
+    // As for update_va_mapping, flushing is the guest's business; the frame
+    // table flushes before a frame whose mappings may be stale changes type.
+    if r.is_err() {
+        return false;
+    }
+    match w.op {
+        decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
+        decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= RFLAGS_ZF,
+        decode::PtWriteOp::Mov(_) => {}
+    }
+    frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+    true
+}
+
+/// RFLAGS.ZF.
+const RFLAGS_ZF: u64 = 1 << 6;
 
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.

@@ -238,6 +238,9 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if (ldt..ldt + crate::mm::paging::LDT_PAGES as u64 * crate::mm::PAGE).contains(&cr2) {
                 return pv::ldt_fault(hv, frame, cr2);
             }
+            if pv::ptwr(hv, frame, cr2, frame.error_code) {
+                return;
+            }
             hv.vcpus[hv.current].set_cr2(cr2);
             // The user bit as the guest's mode says, as on Xen.
             let err = pv::page_fault_error(hv.cur(), frame.error_code);

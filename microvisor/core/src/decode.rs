@@ -379,6 +379,106 @@ fn two_byte(c: &mut Cursor<'_>, rex: u8) -> Result<Op, Refusal> {
     })
 }
 
+/// A 64-bit store to memory that writable page-table emulation (Xen's
+/// `ptwr`) carries out for a guest kernel writing an entry of one of its
+/// own L1 tables, which it may map only read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PtWriteOp {
+    /// `mov r64, m64` (0x89) or `mov imm32, m64` (0xC7 /0, sign-extended).
+    Mov(PtSource),
+    /// `xchg r64, m64` (0x87): the register gets the old entry.
+    Xchg(u8),
+    /// `cmpxchg r64, m64` (0x0F 0xB1): written if RAX equals the old
+    /// entry (ZF set), else RAX gets the old entry (ZF clear).
+    Cmpxchg(u8),
+}
+
+/// The value a `mov` stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PtSource {
+    /// General-purpose register 0-15.
+    Reg(u8),
+    /// A sign-extended immediate.
+    Imm(u64),
+}
+
+/// A decoded page-table store and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PtWrite {
+    pub op: PtWriteOp,
+    pub len: u8,
+}
+
+/// Decodes the store at the start of `bytes` for writable page-table
+/// emulation: only the 64-bit (REX.W) forms of `mov`, `xchg` and
+/// `cmpxchg` with a memory destination (the faulting address comes from
+/// CR2, so the operand's address is only skipped over). `lock` is allowed
+/// on `xchg` and `cmpxchg`, segment and address-size prefixes anywhere;
+/// anything else is `None` and the fault goes to the guest.
+pub fn pt_write(bytes: &[u8]) -> Option<PtWrite> {
+    let mut c = Cursor { bytes, at: 0 };
+    let mut lock = false;
+    let mut rex = 0u8;
+    let op = loop {
+        let b = c.next().ok()?;
+        match b {
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 => rex = 0,
+            0xf0 => {
+                lock = true;
+                rex = 0;
+            }
+            0x40..=0x4f => rex = b,
+            _ => break b,
+        }
+    };
+    if rex & 8 == 0 {
+        return None;
+    }
+    let reg_of = |modrm: u8| ((modrm >> 3) & 7) | ((rex & 4) << 1);
+    let op = match op {
+        0x89 | 0x87 => {
+            let modrm = c.next().ok()?;
+            if modrm >> 6 == 3 || (op == 0x89 && lock) {
+                return None;
+            }
+            c.memory_operand(modrm).ok()?;
+            if op == 0x89 {
+                PtWriteOp::Mov(PtSource::Reg(reg_of(modrm)))
+            } else {
+                PtWriteOp::Xchg(reg_of(modrm))
+            }
+        }
+        0xc7 => {
+            let modrm = c.next().ok()?;
+            if modrm >> 6 == 3 || (modrm >> 3) & 7 != 0 || lock {
+                return None;
+            }
+            c.memory_operand(modrm).ok()?;
+            let mut imm = [0u8; 4];
+            for b in &mut imm {
+                *b = c.next().ok()?;
+            }
+            PtWriteOp::Mov(PtSource::Imm(i32::from_le_bytes(imm) as i64 as u64))
+        }
+        0x0f => {
+            if c.next().ok()? != 0xb1 {
+                return None;
+            }
+            let modrm = c.next().ok()?;
+            if modrm >> 6 == 3 {
+                return None;
+            }
+            c.memory_operand(modrm).ok()?;
+            PtWriteOp::Cmpxchg(reg_of(modrm))
+        }
+        _ => return None,
+    };
+    Some(PtWrite {
+        op,
+        len: u8::try_from(c.at).ok()?,
+    })
+}
+
 /// Xen's forced-emulation prefix: `ud2a; .ascii "xen"`, followed by the
 /// instruction the guest wants emulated.
 pub const FORCED_EMULATION_PREFIX: [u8; 5] = [0x0f, 0x0b, b'x', b'e', b'n'];

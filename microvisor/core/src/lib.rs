@@ -15,6 +15,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod bootmem;
 pub mod cpio;
+pub mod cpuid;
 pub mod decode;
 pub mod elfimage;
 pub mod evtchn;

@@ -33,8 +33,9 @@ pub const fn kernel_cs_ok(cs: u16) -> bool {
     cs & !3 == FLAT_KERNEL_CS64 & !3
 }
 
-/// stack_switch's `ss`: Xen's flat kernel stack selector in either RPL
-/// form (the full 64-bit argument, so high garbage is refused).
+/// A vCPU context's kernel stack selector: Xen's flat kernel stack
+/// selector in either RPL form (the full 64-bit value, so high garbage is
+/// refused).
 pub const fn kernel_ss_ok(ss: u64) -> bool {
     ss <= 0xffff && (ss as u16) & !3 == FLAT_KERNEL_SS64 & !3
 }

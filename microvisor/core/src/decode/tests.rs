@@ -964,3 +964,68 @@ fn every_two_byte_sequence_and_0f_prefix_triples() {
         }
     }
 }
+
+mod pt_write {
+    use crate::decode::{PtSource, PtWrite, PtWriteOp, pt_write};
+
+    fn w(op: PtWriteOp, len: u8) -> Option<PtWrite> {
+        Some(PtWrite { op, len })
+    }
+
+    #[test]
+    fn linux_pte_stores() {
+        // xchg %rdx,(%rax): ptep_get_and_clear.
+        assert_eq!(pt_write(&[0x48, 0x87, 0x10]), w(PtWriteOp::Xchg(2), 3));
+        // mov %rsi,(%rdi); mov %r9,0x8(%rax,%rcx,8) (REX.R + SIB + disp8).
+        assert_eq!(
+            pt_write(&[0x48, 0x89, 0x37]),
+            w(PtWriteOp::Mov(PtSource::Reg(6)), 3)
+        );
+        assert_eq!(
+            pt_write(&[0x4c, 0x89, 0x4c, 0xc8, 0x08]),
+            w(PtWriteOp::Mov(PtSource::Reg(9)), 5)
+        );
+        // movq $0,(%rdi); movq $-1,0x10(%rdi).
+        assert_eq!(
+            pt_write(&[0x48, 0xc7, 0x07, 0, 0, 0, 0]),
+            w(PtWriteOp::Mov(PtSource::Imm(0)), 7)
+        );
+        assert_eq!(
+            pt_write(&[0x48, 0xc7, 0x47, 0x10, 0xff, 0xff, 0xff, 0xff]),
+            w(PtWriteOp::Mov(PtSource::Imm(u64::MAX)), 8)
+        );
+        // lock cmpxchg %rcx,(%rdx); with a segment prefix before it.
+        assert_eq!(
+            pt_write(&[0xf0, 0x48, 0x0f, 0xb1, 0x0a]),
+            w(PtWriteOp::Cmpxchg(1), 5)
+        );
+        assert_eq!(
+            pt_write(&[0x65, 0xf0, 0x48, 0x0f, 0xb1, 0x0a]),
+            w(PtWriteOp::Cmpxchg(1), 6)
+        );
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        // 32-bit forms, register destinations, a legacy prefix after REX,
+        // operand-size and rep prefixes, lock on mov, other opcodes and
+        // truncated bytes.
+        for bytes in [
+            &[0x89, 0x10][..],
+            &[0x48, 0x89, 0xd0],
+            &[0x48, 0x87, 0xd0],
+            &[0x48, 0xf0, 0x87, 0x10],
+            &[0x66, 0x48, 0x89, 0x10],
+            &[0xf3, 0x48, 0x89, 0x10],
+            &[0xf0, 0x48, 0x89, 0x10],
+            &[0x48, 0xc7, 0x0f, 0, 0, 0, 0],
+            &[0x48, 0x0f, 0xb0, 0x0a],
+            &[0x48, 0x01, 0x10],
+            &[0x48, 0xc7, 0x07, 0, 0],
+            &[0x48, 0x89],
+            &[],
+        ] {
+            assert_eq!(pt_write(bytes), None, "{bytes:02x?}");
+        }
+    }
+}

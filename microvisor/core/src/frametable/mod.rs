@@ -834,6 +834,21 @@ impl<'a> FrameTable<'a> {
         self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, preserve_ad, None)
     }
 
+    /// Writable page-table emulation (Xen's `ptwr`): a guest kernel's store
+    /// of `new` to the entry at `entry_ma`, checked as
+    /// [`FrameTable::mod_entry`] does (`MMU_NORMAL_PT_UPDATE`, `dom`'s own
+    /// frames), provided the frame is a live L1 table of `dom`; `EINVAL`
+    /// otherwise (Xen emulates only L1 writes).
+    pub fn ptwr_entry<M: TableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        dom: u16,
+        entry_ma: u64,
+        new: u64,
+    ) -> Result<Flush, Errno> {
+        self.mod_entry_in(mem, dom, dom, entry_ma, new, false, Some(1))
+    }
+
     /// [`FrameTable::mod_entry`], requiring a table of level `want` when
     /// given (checked under the page lock).
     #[allow(clippy::too_many_arguments)]

@@ -25,6 +25,27 @@
 //!   succeeds and changes nothing the guest sees, as Xen's
 //!   `pv_fixup_guest_cr4`; `xenpmu_op` is EOPNOTSUPP (Xen without a
 //!   virtual PMU, its default); unknown `vm_assist` types are EINVAL.
+//! - `cpuid`: the forced-emulation CPUID (`ud2a; "xen"; cpuid`, Linux's
+//!   `xen_cpuid`) hides what Xen hides from a PV guest: PSE, PSE36 and
+//!   PAGE1GB (Linux would map its direct map with superpages, which
+//!   `mmu_update` refuses in an L2 entry, `hostile-mm`'s `pse-l2`), PGE, VME, SMEP,
+//!   SMAP, VMX and SVM; the base features (FPU, PAE, CX8, SEP, FXSR, SSE2,
+//!   SYSCALL, NX, LM) stay and HYPERVISOR is set.
+//! - `segments`: `stack_switch` with Linux's own `__KERNEL_DS` (0x18, RPL
+//!   0) succeeds, as on Xen (it never fails; a 64-bit guest's bounces use
+//!   Xen's flat stack selector); `set_segment_base(SEGBASE_GS_USER_SEL)`
+//!   (Linux's `xen_load_gs_index`) loads the selector into GS with the user
+//!   GS base live: GS reads it back with RPL 3, the user GS base becomes
+//!   the descriptor's (0 for the flat one), the kernel GS base stays; a
+//!   selector past the GDT becomes null and the call still succeeds.
+//! - `ptwr`: writable page-table emulation, as Xen always gives a PV guest
+//!   (Linux's `ptep_get_and_clear` is an `xchg` on the PTE): a 64-bit
+//!   `xchg`, `mov` and `lock cmpxchg` on an entry of one of the guest's own
+//!   L1 tables, through its read-only mapping, act as `mmu_update` of that
+//!   entry would (the old entry in the register, the mapping gone and
+//!   back); a failed `cmpxchg` writes nothing; a store the checks refuse (a
+//!   writable mapping of a page table) is the page fault it was, with the
+//!   entry unchanged.
 //! - `pit` (a privileged domain): with a virtual IOPL from
 //!   `PHYSDEVOP_set_iopl`, PIT channel 2 is the hardware's, as Xen gives the
 //!   hardware domain: programmed through the mode port and read back
@@ -59,6 +80,9 @@ fn main(si: &'static StartInfo) {
         Some("runstate") => runstate(&mut t, si),
         Some("misc") => misc(&mut t),
         Some("pit") => pit(&mut t),
+        Some("cpuid") => cpuid_view(&mut t),
+        Some("segments") => segments(&mut t),
+        Some("ptwr") => ptwr(&mut t),
         other => t.fail("part", format_args!("unknown part {other:?}")),
     }
     println!("linuxabi: done");
@@ -369,6 +393,233 @@ fn misc(t: &mut Reporter) {
     );
     let r = hc::raw::vm_assist(0, guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
     t.check("vm-assist-runstate-flag", r.is_ok(), format_args!("{r:?}"));
+}
+
+// ---------------------------------------------------------------- cpuid
+
+/// Xen's enlightened CPUID: `ud2a; .ascii "xen"; cpuid`.
+fn xen_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the hypervisor emulates the prefixed cpuid (rbx is saved
+    // around it, the compiler may own it).
+    unsafe {
+        asm!("mov {t:r}, rbx", ".byte 0x0f, 0x0b, 0x78, 0x65, 0x6e, 0x0f, 0xa2", "xchg {t:r}, rbx",
+            t = out(reg) b, inout("eax") leaf => a, inout("ecx") sub => c, out("edx") d)
+    };
+    [a, b, c, d]
+}
+
+fn cpuid_view(t: &mut Reporter) {
+    let l1 = xen_cpuid(1, 0);
+    let l7 = xen_cpuid(7, 0);
+    let e1 = xen_cpuid(0x8000_0001, 0);
+    println!("linuxabi: cpuid 1 {l1:08x?} 7 {l7:08x?} 0x80000001 {e1:08x?}");
+    // VME 1, PSE 3, PGE 13, PSE36 17 (leaf 1 EDX and AMD's copy in leaf
+    // 0x80000001 EDX); PAGE1GB 26 of the latter. (MTRR, 12, is hidden here
+    // but shown by Xen to its hardware domain, as the xen- twin runs.)
+    let paging = 1 << 1 | 1 << 3 | 1 << 13 | 1 << 17;
+    t.check(
+        "cpuid-no-superpages-or-global",
+        l1[3] & paging == 0 && e1[3] & (paging | 1 << 26) == 0,
+        format_args!("leaf 1 edx {:#x}, 0x80000001 edx {:#x}", l1[3], e1[3]),
+    );
+    // SMEP 7 and SMAP 20 (leaf 7 EBX): ring-0 protections; VMX 5 and SMX 6
+    // (leaf 1 ECX); SVM 2 (0x80000001 ECX).
+    t.check(
+        "cpuid-no-ring0-or-vmx",
+        l7[1] & (1 << 7 | 1 << 20) == 0 && l1[2] & (1 << 5 | 1 << 6) == 0 && e1[2] & 1 << 2 == 0,
+        format_args!(
+            "7 ebx {:#x}, 1 ecx {:#x}, 0x80000001 ecx {:#x}",
+            l7[1], l1[2], e1[2]
+        ),
+    );
+    // FPU 0, PAE 6, CX8 8, FXSR 24, SSE2 26; SYSCALL 11, NX 20, LM 29;
+    // HYPERVISOR 31. (SEP depends on the vendor: none on AMD in long mode.)
+    let base = 1 | 1 << 6 | 1 << 8 | 1 << 24 | 1 << 26;
+    let long = 1 << 11 | 1 << 20 | 1 << 29;
+    t.check(
+        "cpuid-base-features",
+        l1[3] & base == base && e1[3] & long == long && l1[2] & 1 << 31 != 0,
+        format_args!(
+            "leaf 1 edx {:#x} ecx {:#x}, 0x80000001 edx {:#x}",
+            l1[3], l1[2], e1[3]
+        ),
+    );
+}
+
+// ---------------------------------------------------------------- segments
+
+fn rdmsr(index: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: emulated for a PV guest kernel (the FS/GS base MSRs).
+    unsafe { asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+fn gs_selector() -> u16 {
+    let v: u16;
+    // SAFETY: reading a segment register has no side effects.
+    unsafe { asm!("mov {0:x}, gs", out(reg) v) };
+    v
+}
+
+const GS_BASE: u32 = 0xC000_0101;
+const KERNEL_GS_BASE: u32 = 0xC000_0102;
+/// Xen's flat ring-3 data selector, always in the GDT.
+const FLAT_USER_DS: u64 = 0xe02b;
+
+fn segments(t: &mut Reporter) {
+    // Linux's cpu_init → xen_load_sp0: stack_switch(__KERNEL_DS, sp0).
+    let sp: u64;
+    // SAFETY: reads the stack pointer.
+    unsafe { asm!("mov {}, rsp", out(reg) sp) };
+    // SAFETY: names our own current stack for bounces from user mode (this
+    // guest never enters user mode in this part).
+    let r = unsafe { hc::raw::stack_switch(0x18, sp) };
+    t.check("stack-switch-kernel-ds", r.is_ok(), format_args!("{r:?}"));
+    // SAFETY: as above, with Xen's own selector.
+    let r = unsafe { hc::raw::stack_switch(FLAT_USER_DS, sp) };
+    t.check("stack-switch-flat", r.is_ok(), format_args!("{r:?}"));
+
+    use guest_abi::arch::{SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL};
+    // A kernel GS base of our own, to see it survive (SMP is not started,
+    // so nothing here reads through GS).
+    // SAFETY: as above; restored at the end.
+    let old_gs = rdmsr(GS_BASE);
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_KERNEL, 0x7777_0000) };
+    let kernel_gs = rdmsr(GS_BASE);
+    // SAFETY: a user-mode GS base; this part never runs user code.
+    let r = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER, 0x1234_5000) };
+    let before = rdmsr(KERNEL_GS_BASE);
+    // Linux's xen_load_gs_index(__USER_DS) with a selector of RPL 0.
+    // SAFETY: loads a data selector for user mode only.
+    let s = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER_SEL, FLAT_USER_DS & !3) };
+    let (sel, user, kernel) = (gs_selector(), rdmsr(KERNEL_GS_BASE), rdmsr(GS_BASE));
+    println!(
+        "linuxabi: gs user base {before:#x} ({r:?}), GS_USER_SEL {s:?}: gs {sel:#x}, user base {user:#x}, kernel {kernel:#x} (was {kernel_gs:#x})"
+    );
+    t.check(
+        "gs-user-sel-loads-flat",
+        r.is_ok() && before == 0x1234_5000 && s.is_ok() && sel == FLAT_USER_DS as u16 && user == 0,
+        format_args!("{r:?} {before:#x} {s:?} gs {sel:#x} user {user:#x}"),
+    );
+    t.check(
+        "gs-user-sel-keeps-kernel-base",
+        kernel == kernel_gs && kernel == 0x7777_0000,
+        format_args!("{kernel:#x} (was {kernel_gs:#x})"),
+    );
+    // A selector past the GDT (index 0x1fff): nulled, and still 0.
+    // SAFETY: as above.
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER, 0x5000) };
+    // SAFETY: as above.
+    let s = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER_SEL, 0xfffb) };
+    let (sel, user) = (gs_selector(), rdmsr(KERNEL_GS_BASE));
+    t.check(
+        "gs-user-sel-bad-nulled",
+        s.is_ok() && sel & !3 == 0 && user == 0,
+        format_args!("{s:?} gs {sel:#x} user {user:#x}"),
+    );
+    // Null: the user base is 0 too.
+    // SAFETY: as above.
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER, 0x6000) };
+    // SAFETY: as above.
+    let s = unsafe { hc::raw::set_segment_base(SEGBASE_GS_USER_SEL, 0) };
+    let (sel, user) = (gs_selector(), rdmsr(KERNEL_GS_BASE));
+    t.check(
+        "gs-user-sel-null",
+        s.is_ok() && sel & !3 == 0 && user == 0 && rdmsr(GS_BASE) == kernel_gs,
+        format_args!("{s:?} gs {sel:#x} user {user:#x}"),
+    );
+    // SAFETY: the base this guest had.
+    let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_KERNEL, old_gs) };
+}
+
+// ---------------------------------------------------------------- ptwr
+
+fn ptwr(t: &mut Reporter) {
+    let (va, _) = mm::alloc_page().expect("page");
+    // SAFETY: our own scratch page.
+    unsafe { write_volatile(va as *mut u64, 0x5eed) };
+    let ma = mm::l1_entry_ma(mm::current_l4_mfn(), va).expect("L1 entry");
+    // The entry through the L1 table's read-only mapping (the bootstrap
+    // region maps every page of the domain at its pfn).
+    let entry = mm::mfn_to_pfn(ma >> 12) * 4096 + (ma & 0xfff);
+    let orig = mm::lookup(va);
+    let mut got = 0u64;
+    let f = traps::expect_fault(|| {
+        // SAFETY: a store to a read-only page-table entry; the hypervisor
+        // emulates it as an update of that entry (our own scratch page's,
+        // unmapped here and mapped back below).
+        unsafe { asm!("xchg {r}, [{p}]", r = inout(reg) 0u64 => got, p = in(reg) entry) };
+    });
+    let cleared = mm::lookup(va);
+    t.check(
+        "ptwr-xchg-clears",
+        f.is_none() && got == orig && cleared == 0,
+        format_args!("{f:?} old {got:#x} (was {orig:#x}), now {cleared:#x}"),
+    );
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above: maps the scratch page back as it was.
+        unsafe { asm!("mov [{p}], {v}", p = in(reg) entry, v = in(reg) orig) };
+    });
+    // SAFETY: mapped again (if the store worked).
+    let back = if f.is_none() {
+        unsafe { read_volatile(va as *const u64) }
+    } else {
+        0
+    };
+    t.check(
+        "ptwr-mov-maps",
+        f.is_none() && mm::lookup(va) == orig && back == 0x5eed,
+        format_args!("{f:?} entry {:#x}, reads {back:#x}", mm::lookup(va)),
+    );
+    // lock cmpxchg: a wrong expectation writes nothing and returns the
+    // entry; the right one writes (read-only now).
+    let ro = orig & !2;
+    let cmpxchg = |expect: u64, new: u64| {
+        let mut rax = expect;
+        let mut zf = 0u8;
+        let f = traps::expect_fault(|| {
+            // SAFETY: as above, on the scratch page's entry.
+            unsafe {
+                asm!("lock cmpxchg [{p}], {n}", "sete {z}", p = in(reg) entry, n = in(reg) new,
+                    z = out(reg_byte) zf, inout("rax") rax)
+            };
+        });
+        (f, rax, zf)
+    };
+    let (f, rax, zf) = cmpxchg(orig ^ 0x1000, ro);
+    t.check(
+        "ptwr-cmpxchg-mismatch",
+        f.is_none() && rax == orig && zf == 0 && mm::lookup(va) == orig,
+        format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
+    );
+    let (f, rax, zf) = cmpxchg(orig, ro);
+    t.check(
+        "ptwr-cmpxchg-writes",
+        f.is_none() && rax == orig && zf == 1 && mm::lookup(va) == ro,
+        format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
+    );
+    // Refused by the checks: a writable mapping of a page table (the L1
+    // itself, our L4). Each is the page fault it was.
+    for (name, bad) in [
+        ("ptwr-refused-writable-l1", (ma & !0xfff) | 0x67),
+        (
+            "ptwr-refused-writable-l4",
+            (mm::current_l4_mfn() << 12) | 0x67,
+        ),
+    ] {
+        let f = traps::expect_fault(|| {
+            // SAFETY: refused: the entry stays as it is.
+            unsafe { asm!("mov [{p}], {v}", p = in(reg) entry, v = in(reg) bad) };
+        });
+        let now = mm::lookup(va);
+        t.check(
+            name,
+            f.is_some_and(|f| f.vector == 14) && now == ro,
+            format_args!("{f:?} entry {now:#x}"),
+        );
+    }
 }
 
 // ---------------------------------------------------------------- pit
