@@ -35,8 +35,9 @@ use guest_abi::event_channel::{
 };
 use guest_abi::types::DomId;
 
+pub use channels::{BUCKET_BYTES, PORTS_PER_BUCKET};
 pub use channels::{Channels, PortState};
-pub use fifo::{CONTROL_BLOCK_SIZE, Fifo, FifoWords, Kicks, MAX_ARRAY_PAGES};
+pub use fifo::{CONTROL_BLOCK_SIZE, Fifo, FifoWords, Kicks, MAX_ARRAY_PAGES, state_bytes};
 
 /// Ports a domain has under the 2-level ABI on a 64-bit guest (64 × 64).
 pub const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS;
@@ -835,7 +836,8 @@ pub fn close_all<D: Domains>(world: &mut D, dom: u16) {
 ///
 /// Errors, in Xen's order: `ENOENT` if `vcpu` is not one of the caller's
 /// vCPUs; `EINVAL` if the block would cross the page end or `offset` is not
-/// 8-byte aligned; `EINVAL` if `vcpu` has a control block already; then
+/// 8-byte aligned; `EINVAL` if `vcpu` has a control block already;
+/// `ENOMEM` if the first registration cannot allocate the FIFO state; then
 /// whatever `take` returns (Xen: `EINVAL`).
 pub fn init_control<D: Domains>(
     world: &mut D,
@@ -850,7 +852,11 @@ pub fn init_control<D: Domains>(
         return Err(Errno::ENOENT);
     }
     fifo::check_offset(offset)?;
-    if chans.fifo.register_control(vcpu, mfn, offset, take)? {
+    let nr_vcpus = chans.nr_vcpus();
+    if chans
+        .fifo
+        .register_control(nr_vcpus, vcpu, mfn, offset, take)?
+    {
         for port in 1..NR_PORTS {
             if chans.state(port).is_some_and(PortState::is_bound) && bits.is_pending(port) {
                 chans.fifo.save_pending(port);
