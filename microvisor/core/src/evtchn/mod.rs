@@ -3,16 +3,19 @@
 //! bind_vcpu, send, close, status, unmask, reset), the hypervisor's own VIRQ
 //! raising, and the port check behind `SCHEDOP_poll`.
 //!
-//! This module owns each domain's port table ([`Channels`]: [`NR_PORTS`]
-//! ports, port 0 reserved, per-vCPU VIRQ bindings) and the rule that turns
+//! This module owns each domain's port table ([`Channels`]: up to
+//! [`NR_PORTS`] ports in buckets of [`PORTS_PER_BUCKET`] made as ports are
+//! allocated, port 0 reserved, per-vCPU VIRQ bindings) and the rule that turns
 //! "port p fired" into pending, selector and upcall bits. It never owns those
 //! bits: they live in the guest-writable `shared_info` page, and the module
 //! touches them only through [`EventBits`], which the hypervisor implements
 //! with atomic read-modify-write operations (the guest changes the same words
 //! concurrently). It never blocks, wakes or schedules anything either: when a
 //! vCPU needs attention it returns a [`Kick`] and the caller acts on it. It
-//! must never panic, allocate, or trust a number a guest passed: every port,
-//! domain id, VIRQ and vCPU is checked and refused with Xen's errno.
+//! must never panic or trust a number a guest passed: every port, domain
+//! id, VIRQ and vCPU is checked and refused with Xen's errno. It allocates
+//! only through [`crate::fallible`] (a new bucket of ports, the FIFO state
+//! at `init_control`), and a failure is `ENOMEM` with nothing changed.
 //!
 //! Every operation assumes its caller serialises event-channel operations
 //! (one lock around all of them, as Xen's per-domain event locks do for a
