@@ -52,7 +52,10 @@ pub struct Callback {
 
 /// The paravirtual CPU state Xen keeps per vCPU beyond its registers.
 pub struct PvState {
-    pub traps: [TrapEntry; 256],
+    /// The virtual IDT (set_trap_table, VCPUOP_initialise), on the heap
+    /// from its first use ([`PvState::traps_mut`]); none: no vector has a
+    /// handler. Read through [`PvState::trap`].
+    pub traps: Option<alloc::boxed::Box<[TrapEntry; 256]>>,
     pub event: Callback,
     pub failsafe: Callback,
     pub syscall: Callback,
@@ -81,9 +84,10 @@ pub struct PvState {
     /// with the architectural_iopl assist, else 0 (Xen). Kept by
     /// `set_iopl`, so delivery reads one field.
     pub bounce_iopl: u64,
-    /// The guest's own GDT entries (set_gdt), loaded below 0xe000 while
-    /// the vCPU runs.
-    pub gdt: [u64; GUEST_GDT_ENTRIES],
+    /// A copy of the guest's own GDT entries (set_gdt, VCPUOP_initialise),
+    /// loaded below 0xe000 while the vCPU runs: on the heap while it has a
+    /// GDT of one entry or more (`gdt_entries` of them are meaningful).
+    pub gdt: Option<alloc::boxed::Box<[u64; GUEST_GDT_ENTRIES]>>,
     pub gdt_entries: usize,
     /// Frames holding the guest's GDT (segment-typed while registered).
     pub gdt_frame: u64,
@@ -103,13 +107,64 @@ pub struct PvState {
     pub cr4_de: bool,
 }
 
+/// A trap table with no handler, on the heap (`ENOMEM` without room).
+pub fn new_traps() -> Result<alloc::boxed::Box<[TrapEntry; 256]>, guest_abi::errno::Errno> {
+    crate::mm::heap::try_box(|m| m.write(NO_TRAPS)).ok_or(guest_abi::errno::Errno::ENOMEM)
+}
+
+/// An all-zero GDT copy, on the heap (`ENOMEM` without room).
+pub fn new_gdt() -> Result<alloc::boxed::Box<[u64; GUEST_GDT_ENTRIES]>, guest_abi::errno::Errno> {
+    crate::mm::heap::try_box(|m| m.write([0; GUEST_GDT_ENTRIES]))
+        .ok_or(guest_abi::errno::Errno::ENOMEM)
+}
+
 /// Pages of the largest LDT (8192 descriptors).
 pub const LDT_PAGES: usize = crate::mm::paging::LDT_PAGES;
 
 /// Guest GDT entries supported (one frame, as Linux and Mini-OS use).
 pub const GUEST_GDT_ENTRIES: usize = 512;
 
+/// Where a vCPU without a trap table finds its entries.
+const NO_TRAPS: [TrapEntry; 256] = [TrapEntry {
+    address: 0,
+    flags: 0,
+}; 256];
+
 impl PvState {
+    /// The virtual IDT entry of `vector` (no handler when the vCPU has no
+    /// trap table).
+    pub fn trap(&self, vector: u8) -> TrapEntry {
+        self.traps
+            .as_deref()
+            .map_or(TrapEntry::default(), |t| t[usize::from(vector)])
+    }
+
+    /// The trap table, allocated (every vector without a handler) if the
+    /// vCPU has none yet: `ENOMEM` when the heap cannot give it.
+    pub fn traps_mut(&mut self) -> Result<&mut [TrapEntry; 256], guest_abi::errno::Errno> {
+        if self.traps.is_none() {
+            self.traps = Some(new_traps()?);
+        }
+        self.traps
+            .as_deref_mut()
+            .ok_or(guest_abi::errno::Errno::ENOMEM)
+    }
+
+    /// The guest GDT entries in use (`gdt_entries` of them).
+    pub fn gdt_in_use(&self) -> &[u64] {
+        self.gdt
+            .as_deref()
+            .and_then(|g| g.get(..self.gdt_entries))
+            .unwrap_or(&[])
+    }
+
+    /// Frees the trap table and the GDT copy (the vCPU's domain is gone).
+    pub fn release_tables(&mut self) {
+        self.traps = None;
+        self.gdt = None;
+        self.gdt_entries = 0;
+    }
+
     /// Sets the virtual IOPL and assist bits together (they decide what
     /// bounce frames show).
     pub fn set_iopl(&mut self, iopl: u8, vm_assist: u64) {
@@ -144,10 +199,7 @@ impl PvState {
 
     pub const fn new() -> Self {
         Self {
-            traps: [TrapEntry {
-                address: 0,
-                flags: 0,
-            }; 256],
+            traps: None,
             event: Callback {
                 address: 0,
                 mask_events: false,
@@ -171,7 +223,7 @@ impl PvState {
             iopl: 0,
             vm_assist: 0,
             bounce_iopl: 0,
-            gdt: [0; GUEST_GDT_ENTRIES],
+            gdt: None,
             gdt_entries: 0,
             gdt_frame: 0,
             ldt_base: 0,
@@ -1023,6 +1075,7 @@ impl Hv {
                 crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
             }
             crate::pv::destroy_ldt(&mut self.vcpus[v].pv);
+            self.vcpus[v].pv.release_tables();
         }
         // Mappings it holds go (their references with them); its table
         // frames are released. Grants others still map keep those frames.

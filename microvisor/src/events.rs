@@ -340,17 +340,19 @@ impl evtchn::Domains for Every {
 /// is allocated here; `Err` when there is no memory for it (nothing is
 /// left allocated but the id's slot).
 pub fn domain_built(dom: u16, vcpus: &[usize], shared: mm::SharedFrame) -> Result<(), ()> {
-    /// A new domain's event state, before its bits and vCPUs are set.
-    const FRESH: DomainEvents = DomainEvents {
-        channels: Channels::new(1),
-        bits: SharedBits::NONE,
-        vcpus: [0; MAX_VCPUS_PER_DOMAIN],
-        live: false,
-    };
     let s = slot_made(dom).ok_or(())?;
-    let mut e = crate::mm::heap::try_box(|m| m.write(FRESH)).ok_or(())?;
+    let mut e = crate::mm::heap::try_box(|m| {
+        m.write(DomainEvents {
+            channels: Channels::EMPTY,
+            bits: SharedBits::NONE,
+            vcpus: [0; MAX_VCPUS_PER_DOMAIN],
+            live: false,
+        })
+    })
+    .ok_or(())?;
+    // Its first bucket of ports and VIRQ rows (Xen's `evtchn_init`).
+    e.channels = Channels::new(vcpus.len() as u32).map_err(|_| ())?;
     e.bits = SharedBits::new(shared);
-    e.channels.reinit(vcpus.len() as u32);
     for (n, &i) in vcpus.iter().enumerate().take(MAX_VCPUS_PER_DOMAIN) {
         e.vcpus[n] = i as u8;
     }

@@ -28,7 +28,8 @@ impl Snapshot {
     }
 
     /// Logs what building `manifest`'s domains cost the hypervisor, per
-    /// domain: heap bytes (event channels, grant table, record), the
+    /// domain: heap bytes (event channels: the record, the first bucket of
+    /// ports and the VIRQ rows; grant table; record), the
     /// static vCPU slots its vCPUs occupy, and the frames it holds beyond
     /// the domain's own memory (shared info, grant-table frames, page
     /// tables of the heap), from the difference between `before` (taken
@@ -47,11 +48,19 @@ impl Snapshot {
             (size_of::<crate::domain::Vcpu>() + size_of::<crate::arch::entry::TrapFrame>()) as u64;
         let vcpus = hv.vcpus.len() as u64;
         let total = (heap + frames * PAGE + vcpus * vcpu_bytes) / n;
+        // A fresh domain's event state: its record and the table's first
+        // bucket and VIRQ row (FIFO state only comes with init_control,
+        // more buckets with more ports); its grant table before any frame
+        // (active records come a frame at a time with setup_table).
+        let events = size_of::<crate::events::DomainEvents>()
+            + microvisor_core::evtchn::Channels::fresh_bytes(1);
         crate::info!(
-            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {}, grant table {}, record {}) + frames {} ({frames} frames in all: shared info, grant tables) + vCPU slots {} ({} bytes each)",
+            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {events}: record {} + first bucket {} + VIRQ row; grant table {} + {} a frame set up; record {}) + frames {} ({frames} frames in all: shared info, grant tables) + vCPU slots {} ({} bytes each; trap table and GDT copy on the heap from first use)",
             heap / n,
             size_of::<crate::events::DomainEvents>(),
+            microvisor_core::evtchn::BUCKET_BYTES,
             size_of::<microvisor_core::grant::GrantTable>(),
+            microvisor_core::grant::ACTIVE_BYTES_PER_FRAME,
             size_of::<crate::domain::Domain>(),
             frames * PAGE / n,
             vcpus * vcpu_bytes / n,

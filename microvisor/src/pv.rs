@@ -38,7 +38,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
     let cur = hv.current;
     let cr3 = hv.vcpus[cur].cr3;
     if table == 0 {
-        hv.vcpus[cur].pv.traps = [TrapEntry::default(); 256];
+        hv.vcpus[cur].pv.traps = None;
         return Ok(crate::hypercall::Flow::Ret(0));
     }
     // As on Xen the list runs to its first zero address, however long;
@@ -62,7 +62,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
                 vector,
                 address,
                 flags,
-            } => hv.vcpus[cur].pv.traps[usize::from(vector)] = TrapEntry { address, flags },
+            } => hv.vcpus[cur].pv.traps_mut()?[usize::from(vector)] = TrapEntry { address, flags },
         }
     }
     Ok(crate::hypercall::Flow::Ret(0))
@@ -409,15 +409,18 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         return Err(Errno::EINVAL);
     }
     let mut new_frame = 0;
-    let mut table = [0u64; crate::domain::GUEST_GDT_ENTRIES];
+    // The copy of the new entries (none for an empty GDT), allocated
+    // before any reference is taken.
+    let mut table = None;
     if entries > 0 {
         let mut b = [0u8; 8];
         guest::copy_from(cr3, list, &mut b).map_err(|_| Errno::EFAULT)?;
         let mfn = u64::from_le_bytes(b);
+        let t = table.insert(crate::domain::new_gdt()?);
         // The frame table checks every descriptor of the page as it takes
         // the segment type; the page cannot change while typed.
         crate::mm::frames::with(|ft, mem| ft.get_page_and_type(mem, mfn, PageType::Segment, dom))?;
-        for (i, slot) in table.iter_mut().enumerate().take(entries as usize) {
+        for (i, slot) in t.iter_mut().enumerate().take(entries as usize) {
             *slot = crate::mm::read_u64(mfn * crate::mm::PAGE + i as u64 * 8);
         }
         new_frame = mfn;
@@ -632,7 +635,9 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     if ty == PageType::Segment && mfn == pv.gdt_frame {
         let i = ((ma % crate::mm::PAGE) / 8) as usize;
         if i < pv.gdt_entries {
-            pv.gdt[i] = d;
+            if let Some(g) = pv.gdt.as_deref_mut() {
+                g[i] = d;
+            }
             load_guest_gdt(pv);
         }
     }
@@ -641,7 +646,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
 
 /// Loads a vCPU's GDT entries into the CPU's table.
 pub fn load_guest_gdt(pv: &crate::domain::PvState) {
-    crate::arch::desc::load_guest_entries(&pv.gdt[..pv.gdt_entries]);
+    crate::arch::desc::load_guest_entries(pv.gdt_in_use());
 }
 
 /// Kills the current domain with a reason and switches away (`regs`, the
@@ -827,7 +832,7 @@ pub fn deliver_exception(
     error: Option<u64>,
     what: core::fmt::Arguments,
 ) {
-    let t = hv.vcpus[hv.current].pv.traps[vector as usize];
+    let t = hv.vcpus[hv.current].pv.trap(vector);
     if t.address == 0 {
         let d = &hv.vcpus[hv.current];
         let why = if !d.pv.user_mode && ran_off_stack(d.cr3, frame.rsp.wrapping_sub(8)) {

@@ -121,7 +121,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if let Some((n, len)) = pv::soft_int_vector(hv, frame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
-                let t = hv.vcpus[hv.current].pv.traps[n as usize];
+                let t = hv.vcpus[hv.current].pv.trap(n);
                 let min_dpl = if hv.vcpus[hv.current].pv.user_mode {
                     3
                 } else {

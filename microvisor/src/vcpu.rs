@@ -222,9 +222,22 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         };
         policy::trap_table_entry(&e).map_err(|_| Errno::EINVAL)
     };
+    let mut any_trap = false;
     for i in 0..256 {
-        trap(i)?;
+        any_trap |= matches!(trap(i)?, TrapTableEntry::Set { .. });
     }
+    // Its trap table and GDT copy, allocated only if it has entries, and
+    // before any frame is taken (`ENOMEM` changes nothing).
+    let traps = if any_trap {
+        Some(crate::domain::new_traps()?)
+    } else {
+        None
+    };
+    let gdt = if s.gdt_ents != 0 {
+        Some(crate::domain::new_gdt()?)
+    } else {
+        None
+    };
     // The frames: kernel and user page tables, the GDT page.
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, s.cr3_mfn, None)).map_err(|_| Errno::EINVAL)?;
     let undo_cr3 = |with_user: bool| {
@@ -259,11 +272,14 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     let v = &mut hv.vcpus[vi];
     v.user_cr3 = s.user_cr3_mfn * PAGE;
     let pv = &mut v.pv;
-    for (i, slot) in pv.traps.iter_mut().enumerate() {
-        *slot = match trap(i) {
-            Ok(TrapTableEntry::Set { address, flags, .. }) => TrapEntry { address, flags },
-            _ => TrapEntry::default(),
-        };
+    pv.traps = traps;
+    if let Some(t) = pv.traps.as_deref_mut() {
+        for (i, slot) in t.iter_mut().enumerate() {
+            *slot = match trap(i) {
+                Ok(TrapTableEntry::Set { address, flags, .. }) => TrapEntry { address, flags },
+                _ => TrapEntry::default(),
+            };
+        }
     }
     // Xen masks events for every event upcall.
     pv.event = Callback {
@@ -286,12 +302,15 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     pv.selectors = s.selectors;
     pv.user_mode = !s.in_kernel;
     pv.set_iopl(s.iopl, s.vm_assist);
-    for (i, slot) in pv.gdt.iter_mut().enumerate() {
-        *slot = if (i as u64) < s.gdt_ents {
-            crate::mm::read_u64(s.gdt_frame * PAGE + i as u64 * 8)
-        } else {
-            0
-        };
+    pv.gdt = gdt;
+    if let Some(g) = pv.gdt.as_deref_mut() {
+        for (i, slot) in g.iter_mut().enumerate() {
+            *slot = if (i as u64) < s.gdt_ents {
+                crate::mm::read_u64(s.gdt_frame * PAGE + i as u64 * 8)
+            } else {
+                0
+            };
+        }
     }
     pv.gdt_entries = s.gdt_ents as usize;
     pv.gdt_frame = if s.gdt_ents != 0 { s.gdt_frame } else { 0 };

@@ -7,8 +7,10 @@
 //! only performs the effects (copying bytes into frames, writing page-table
 //! entries). Nothing here touches hardware, uses floating point or panics on
 //! input it did not create itself: malformed input always comes back as an
-//! error value. Only the manifest parser allocates (its list of domains,
-//! fallibly: the hypervisor's heap, `microvisor::mm::heap`).
+//! error value. What allocates (the manifest parser's list of domains, and
+//! the per-domain state a guest makes grow: event-channel buckets, FIFO
+//! state, grant-table entries and maptrack) does so fallibly, through
+//! [`fallible`], from the hypervisor's heap (`microvisor::mm::heap`).
 
 extern crate alloc;
 
@@ -19,6 +21,7 @@ pub mod cpuid;
 pub mod decode;
 pub mod elfimage;
 pub mod evtchn;
+pub mod fallible;
 pub mod frame_alloc;
 pub mod frametable;
 pub mod grant;

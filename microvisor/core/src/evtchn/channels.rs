@@ -1,16 +1,19 @@
 //! One domain's port table: the state of each of its [`NR_PORTS`] ports, the
-//! vCPU each port notifies, and which port each VIRQ is bound to. Fixed size,
-//! no heap; every lookup by a (possibly hostile) port, vCPU or VIRQ number is
+//! vCPU each port notifies, and which port each VIRQ is bound to. It grows a
+//! bucket of ports at a time (fallibly, through [`crate::fallible`]); every
+//! lookup by a (possibly hostile) port, vCPU or VIRQ number is
 //! bounds-checked and answers `None` instead of panicking.
 
+use alloc::vec::Vec;
 use guest_abi::errno::Errno;
+
+use crate::fallible;
 
 use super::fifo::{Fifo, FifoWords};
 use super::{EventBits, MAX_VCPUS, NR_PORTS, NR_VIRQS, VirqKind, virq_kind};
 
 const PORTS: usize = NR_PORTS as usize;
 const VIRQS: usize = NR_VIRQS as usize;
-const VCPUS: usize = MAX_VCPUS as usize;
 
 /// What a port is bound to. Port numbers are stored as `u16` (every port is
 /// below [`NR_PORTS`]) to keep [`Channels`] small; the vCPU a port notifies is
@@ -57,17 +60,44 @@ impl PortState {
     }
 }
 
-/// The event-channel table of one domain ([`NR_PORTS`] ports, port 0
-/// reserved). About 30 KiB; see the size assertion below.
+/// Ports per bucket: the port table grows a bucket at a time, as ports are
+/// allocated (Xen's `EVTCHNS_PER_BUCKET` buckets).
+pub const PORTS_PER_BUCKET: u32 = 64;
+const PER_BUCKET: usize = PORTS_PER_BUCKET as usize;
+/// Buckets of a full table.
+const BUCKETS: usize = PORTS / PER_BUCKET;
+
+/// One port's entry in a bucket: its state and the vCPU it notifies (0 for
+/// free ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Port {
+    state: PortState,
+    notify: u8,
+}
+
+impl Port {
+    const FREE: Port = Port {
+        state: PortState::Free,
+        notify: 0,
+    };
+}
+
+/// Heap bytes of one bucket (for the hypervisor's footprint report).
+pub const BUCKET_BYTES: usize = PER_BUCKET * size_of::<Port>();
+
+/// The event-channel table of one domain: up to [`NR_PORTS`] ports, port 0
+/// reserved. The ports are kept in buckets of [`PORTS_PER_BUCKET`], made
+/// as ports are allocated (the first with the table): a port beyond the
+/// buckets made so far is not valid (every lookup answers `None`, and the
+/// operations `EINVAL`, as Xen's `port_is_valid`). The VIRQ bindings have
+/// a row per vCPU of the domain. Buckets are only freed with the table.
 #[derive(Clone, Debug)]
 pub struct Channels {
-    /// State of each port.
-    states: [PortState; PORTS],
-    /// vCPU notified by each port (0 for free ports).
-    notify: [u8; PORTS],
+    /// The buckets made so far, in port order.
+    buckets: Vec<Vec<Port>>,
     /// `virqs[vcpu][virq]`: the port bound to that VIRQ, 0 if none. Per-vCPU
     /// VIRQs use the row of their vCPU; per-domain and global ones row 0.
-    virqs: [[u16; VIRQS]; VCPUS],
+    virqs: Vec<[u16; VIRQS]>,
     /// Number of vCPUs of the domain, in `1..=MAX_VCPUS`.
     nr_vcpus: u8,
     /// Set at domain death: no port may be allocated any more.
@@ -83,55 +113,92 @@ pub struct Channels {
     pub(super) fifo: Fifo,
 }
 
-// 16 domains must stay well under 1 MiB of static memory (the FIFO state
-// is about 10 KiB of it).
-const _: () = assert!(size_of::<Channels>() <= 42 * 1024);
+const _: () = assert!(size_of::<Channels>() <= 160);
 const _: () = assert!(size_of::<PortState>() <= 6);
+const _: () = assert!(size_of::<Port>() <= 8);
+const _: () = assert!(PORTS.is_multiple_of(PER_BUCKET));
 
-/// Index of `port` in the per-port arrays, if it names a port.
-fn index(port: u32) -> Option<usize> {
-    usize::try_from(port).ok().filter(|&i| i < PORTS)
+/// Bucket and slot of `port`, if it is below [`NR_PORTS`].
+fn split(port: u32) -> Option<(usize, usize)> {
+    let i = usize::try_from(port).ok().filter(|&i| i < PORTS)?;
+    Some((i / PER_BUCKET, i % PER_BUCKET))
+}
+
+/// A bucket of free ports.
+fn bucket() -> Result<Vec<Port>, Errno> {
+    fallible::filled(PER_BUCKET, Port::FREE).map_err(|_| Errno::ENOMEM)
 }
 
 impl Channels {
+    /// A table with no port at all, not even port 0 (a placeholder, before
+    /// [`Channels::new`]'s).
+    pub const EMPTY: Channels = Channels {
+        buckets: Vec::new(),
+        virqs: Vec::new(),
+        nr_vcpus: 1,
+        dying: false,
+        free_hint: 1,
+        active: 0,
+        reset_next: 0,
+        fifo: Fifo::new(),
+    };
+
     /// A fresh table for a domain with `nr_vcpus` vCPUs (clamped to
-    /// `1..=MAX_VCPUS`): every port free except port 0, no VIRQ bound.
-    #[must_use]
-    pub const fn new(nr_vcpus: u32) -> Self {
-        let mut states = [PortState::Free; PORTS];
-        states[0] = PortState::Reserved;
-        Self {
-            states,
-            notify: [0; PORTS],
-            virqs: [[0; VIRQS]; VCPUS],
-            nr_vcpus: clamp_vcpus(nr_vcpus),
+    /// `1..=MAX_VCPUS`): its first bucket (every port free but port 0) and
+    /// a VIRQ row per vCPU, none bound (Xen's `evtchn_init`). `ENOMEM` when
+    /// they cannot be allocated.
+    pub fn new(nr_vcpus: u32) -> Result<Self, Errno> {
+        let nr_vcpus = clamp_vcpus(nr_vcpus);
+        let mut first = bucket()?;
+        if let Some(p) = first.first_mut() {
+            p.state = PortState::Reserved;
+        }
+        let mut buckets = Vec::new();
+        fallible::push(&mut buckets, first).map_err(|_| Errno::ENOMEM)?;
+        Ok(Self {
+            buckets,
+            virqs: fallible::filled(usize::from(nr_vcpus), [0; VIRQS])
+                .map_err(|_| Errno::ENOMEM)?,
+            nr_vcpus,
             dying: false,
             free_hint: 1,
             active: 0,
             reset_next: 0,
             fifo: Fifo::new(),
-        }
+        })
     }
 
-    /// Resets the table in place to the state [`Channels::new`] builds (for
-    /// a new domain reusing a static slot), without a large stack temporary.
-    /// It does not touch any port of another domain: close the old ports
-    /// with [`close_all`](super::close_all) first.
-    pub fn reinit(&mut self, nr_vcpus: u32) {
-        self.states.fill(PortState::Free);
-        if let Some(first) = self.states.first_mut() {
-            *first = PortState::Reserved;
-        }
-        self.notify.fill(0);
-        for row in &mut self.virqs {
-            row.fill(0);
-        }
-        self.nr_vcpus = clamp_vcpus(nr_vcpus);
-        self.dying = false;
-        self.free_hint = 1;
-        self.active = 0;
-        self.reset_next = 0;
-        self.fifo.reinit();
+    /// Heap bytes a fresh table of a domain with `nr_vcpus` vCPUs holds
+    /// (for the hypervisor's footprint report).
+    #[must_use]
+    pub const fn fresh_bytes(nr_vcpus: u32) -> usize {
+        BUCKET_BYTES
+            + size_of::<Vec<Port>>()
+            + clamp_vcpus(nr_vcpus) as usize * size_of::<[u16; VIRQS]>()
+    }
+
+    /// Number of valid ports (the buckets made so far, times
+    /// [`PORTS_PER_BUCKET`]).
+    #[must_use]
+    pub fn valid_ports(&self) -> u32 {
+        // At most `NR_PORTS`.
+        (self.buckets.len() * PER_BUCKET) as u32
+    }
+
+    /// Port `port`'s entry, if valid.
+    fn port(&self, port: u32) -> Option<&Port> {
+        let (b, i) = split(port)?;
+        self.buckets.get(b)?.get(i)
+    }
+
+    fn port_mut(&mut self, port: u32) -> Option<&mut Port> {
+        let (b, i) = split(port)?;
+        self.buckets.get_mut(b)?.get_mut(i)
+    }
+
+    /// Every valid port's entry, in port order.
+    fn ports(&self) -> impl Iterator<Item = &Port> {
+        self.buckets.iter().flatten()
     }
 
     /// The domain's FIFO state (inactive under the 2-level ABI).
@@ -152,16 +219,16 @@ impl Channels {
         self.dying
     }
 
-    /// State of `port`, or `None` if `port >= NR_PORTS`.
+    /// State of `port`, or `None` if it is not valid (beyond the buckets).
     #[must_use]
     pub fn state(&self, port: u32) -> Option<PortState> {
-        self.states.get(index(port)?).copied()
+        self.port(port).map(|p| p.state)
     }
 
-    /// The vCPU `port` notifies, or `None` if `port >= NR_PORTS`.
+    /// The vCPU `port` notifies, or `None` if it is not valid.
     #[must_use]
     pub fn notify_vcpu(&self, port: u32) -> Option<u32> {
-        self.notify.get(index(port)?).map(|&v| u32::from(v))
+        self.port(port).map(|p| u32::from(p.notify))
     }
 
     /// The port bound to `virq` (looked up in `vcpu`'s row for a per-vCPU
@@ -182,7 +249,7 @@ impl Channels {
     /// Number of ports in a bound state (port 0 excluded), counted.
     #[must_use]
     pub fn bound_count(&self) -> usize {
-        self.states.iter().filter(|s| s.is_bound()).count()
+        self.ports().filter(|p| p.state.is_bound()).count()
     }
 
     /// Number of ports in a bound state, as kept on every bind and close
@@ -205,41 +272,52 @@ impl Channels {
 
     /// The first port in `state`, if any (a linear scan).
     pub(super) fn find_state(&self, state: PortState) -> Option<u32> {
-        let i = self.states.iter().position(|s| *s == state)?;
+        let i = self.ports().position(|p| p.state == state)?;
         u32::try_from(i).ok()
     }
 
     /// The lowest free port (Xen's `get_free_port`): `EINVAL` once the domain
     /// is dying, `ENOSPC` when all [`NR_PORTS`] ports are taken. Under FIFO a
     /// free port still on a queue (LINKED: the guest has not consumed its
-    /// last event) is skipped, as Xen's `evtchn_is_busy`. Nothing is
-    /// allocated until [`Channels::occupy`].
-    pub(super) fn find_free<W: FifoWords>(&self, words: &W) -> Result<u32, Errno> {
+    /// last event) is skipped, as Xen's `evtchn_is_busy`. When every valid
+    /// port is taken, the next bucket is made (`ENOMEM` if it cannot be);
+    /// the port itself is only allocated by [`Channels::occupy`].
+    pub(super) fn find_free<W: FifoWords>(&mut self, words: &W) -> Result<u32, Errno> {
         if self.dying {
             return Err(Errno::EINVAL);
         }
-        let start = usize::from(self.free_hint);
-        let tail = self.states.get(start..).unwrap_or(&[]);
-        let free = tail.iter().enumerate().position(|(off, s)| {
-            *s == PortState::Free
-                && !(self.fifo.is_active()
-                    && u32::try_from(start + off).is_ok_and(|p| self.fifo.is_busy(words, p)))
-        });
-        match free {
-            Some(offset) => u32::try_from(start + offset).map_err(|_| Errno::ENOSPC),
-            None => Err(Errno::ENOSPC),
+        let mut start = u32::from(self.free_hint);
+        // At most a bucket made per round, `BUCKETS` in all.
+        for _ in 0..=BUCKETS {
+            let valid = self.valid_ports();
+            let free = (start..valid).find(|&p| {
+                self.state(p) == Some(PortState::Free)
+                    && !(self.fifo.is_active() && self.fifo.is_busy(words, p))
+            });
+            if let Some(p) = free {
+                return Ok(p);
+            }
+            if valid >= NR_PORTS {
+                return Err(Errno::ENOSPC);
+            }
+            let b = bucket()?;
+            fallible::push(&mut self.buckets, b).map_err(|_| Errno::ENOMEM)?;
+            start = valid;
         }
+        Err(Errno::ENOSPC)
     }
 
     /// Puts the free `port` (as returned by [`Channels::find_free`]) into
     /// `state`, notifying `vcpu`, and records a VIRQ binding if `state` is
     /// one. Returns `false`, changing nothing, if `port` is not free.
     pub(super) fn occupy(&mut self, port: u32, state: PortState, vcpu: u32) -> bool {
-        let Some(i) = index(port) else { return false };
+        let Some(i) = split(port).map(|(b, i)| b * PER_BUCKET + i) else {
+            return false;
+        };
         let Ok(vcpu8) = u8::try_from(vcpu) else {
             return false;
         };
-        if self.states.get(i) != Some(&PortState::Free) || !state.is_bound() {
+        if self.state(port) != Some(PortState::Free) || !state.is_bound() {
             return false;
         }
         if let PortState::Virq { virq } = state {
@@ -258,9 +336,11 @@ impl Channels {
             // `port < NR_PORTS` fits in a u16.
             *slot = port as u16;
         }
-        if let (Some(s), Some(n)) = (self.states.get_mut(i), self.notify.get_mut(i)) {
-            *s = state;
-            *n = vcpu8;
+        if let Some(p) = self.port_mut(port) {
+            *p = Port {
+                state,
+                notify: vcpu8,
+            };
         }
         self.fifo.port_init(port);
         self.active = self.active.saturating_add(1);
@@ -273,29 +353,28 @@ impl Channels {
     /// Changes the state of an already bound `port` (an interdomain end
     /// connecting or falling back to unbound), keeping its vCPU.
     pub(super) fn rebind(&mut self, port: u32, state: PortState) {
-        if let Some(s) = index(port).and_then(|i| self.states.get_mut(i))
-            && s.is_bound()
+        if let Some(p) = self.port_mut(port)
+            && p.state.is_bound()
             && state.is_bound()
         {
-            *s = state;
+            p.state = state;
         }
     }
 
     /// Sets the vCPU `port` notifies.
     pub(super) fn set_notify(&mut self, port: u32, vcpu: u32) {
-        if let (Some(n), Ok(v)) = (
-            index(port).and_then(|i| self.notify.get_mut(i)),
-            u8::try_from(vcpu),
-        ) {
-            *n = v;
+        if let (Some(p), Ok(v)) = (self.port_mut(port), u8::try_from(vcpu)) {
+            p.notify = v;
         }
     }
 
     /// Frees `port` (Xen's `evtchn_free`): drops its VIRQ binding, clears
     /// its pending bit (never its mask), and resets its vCPU to 0.
     pub(super) fn release<B: EventBits + FifoWords>(&mut self, port: u32, bits: &mut B) {
-        let Some(i) = index(port) else { return };
-        let Some(state) = self.states.get(i).copied() else {
+        let Some(i) = split(port).map(|(b, i)| b * PER_BUCKET + i) else {
+            return;
+        };
+        let Some(state) = self.state(port) else {
             return;
         };
         if !state.is_bound() {
@@ -315,9 +394,8 @@ impl Channels {
         } else {
             bits.clear_pending(port);
         }
-        if let (Some(s), Some(n)) = (self.states.get_mut(i), self.notify.get_mut(i)) {
-            *s = PortState::Free;
-            *n = 0;
+        if let Some(p) = self.port_mut(port) {
+            *p = Port::FREE;
         }
         self.active = self.active.saturating_sub(1);
         if i < usize::from(self.free_hint) {

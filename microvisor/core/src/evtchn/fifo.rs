@@ -34,6 +34,8 @@ use guest_abi::event_channel::{
 };
 
 use super::{EventBits, Kick, MAX_VCPUS, NR_PORTS};
+use crate::fallible;
+use alloc::vec::Vec;
 
 const PORTS: usize = NR_PORTS as usize;
 const VCPUS: usize = MAX_VCPUS as usize;
@@ -123,19 +125,37 @@ impl PortMeta {
 }
 
 /// One domain's FIFO state (inactive: the domain uses the 2-level ABI).
+/// Inactive, it holds no memory; the first `init_control` allocates the
+/// rest (Xen's `evtchn_fifo_init_control` allocating its per-domain and
+/// per-vCPU state): a control-block slot and 16 queue tails per vCPU, the
+/// event-array page list (room for [`MAX_ARRAY_PAGES`], as Xen's fixed
+/// array) and the per-port bookkeeping, about 10 KiB for one vCPU. It goes
+/// again with [`Fifo::reinit`] (reset, domain death).
 #[derive(Clone, Debug)]
 pub struct Fifo {
     /// The domain switched to FIFO (its first `init_control`).
     active: bool,
-    /// Each vCPU's control block, if registered.
-    control: [Option<Control>; VCPUS],
+    /// Each vCPU's control block, if registered (one slot per vCPU of the
+    /// domain while active, none before).
+    control: Vec<Option<Control>>,
     /// `tails[vcpu][priority]`: the port last linked on that queue, 0 if
     /// none (Xen's `q->tail`).
-    tails: [[u16; QUEUES]; VCPUS],
-    /// The event-array frames, `nr_pages` of them in order.
-    pages: [u64; MAX_ARRAY_PAGES],
-    nr_pages: u8,
-    meta: [PortMeta; PORTS],
+    tails: Vec<[u16; QUEUES]>,
+    /// The event-array frames, in order (capacity for every page reserved
+    /// when the state is allocated, so adding one never allocates).
+    pages: Vec<u64>,
+    /// Each port's bookkeeping (`NR_PORTS` entries while active).
+    meta: Vec<PortMeta>,
+}
+
+/// Bytes the FIFO state of a domain with `nr_vcpus` vCPUs allocates at its
+/// first `init_control` (for the hypervisor's footprint report).
+#[must_use]
+pub const fn state_bytes(nr_vcpus: u32) -> usize {
+    let v = nr_vcpus as usize;
+    v * (size_of::<Option<Control>>() + size_of::<[u16; QUEUES]>())
+        + MAX_ARRAY_PAGES * size_of::<u64>()
+        + PORTS * size_of::<PortMeta>()
 }
 
 /// The ports whose events were just re-raised all at once (the pending
@@ -174,26 +194,46 @@ impl Fifo {
     pub const fn new() -> Self {
         Self {
             active: false,
-            control: [None; VCPUS],
-            tails: [[0; QUEUES]; VCPUS],
-            pages: [0; MAX_ARRAY_PAGES],
-            nr_pages: 0,
-            meta: [PortMeta(EVTCHN_FIFO_PRIORITY_DEFAULT as u16); PORTS],
+            control: Vec::new(),
+            tails: Vec::new(),
+            pages: Vec::new(),
+            meta: Vec::new(),
         }
     }
 
-    /// Back to the inactive state, in place. Frames are forgotten, not
-    /// released: the caller drops its references first ([`Fifo::frames`]).
+    /// The active state of a domain with `nr_vcpus` vCPUs (clamped to
+    /// `1..=MAX_VCPUS`): no control block, every queue empty, no page,
+    /// every port at the default priority. `ENOMEM` when any part of it
+    /// cannot be allocated (nothing is kept then).
+    fn allocate(nr_vcpus: u32) -> Result<Self, Errno> {
+        let v = (nr_vcpus as usize).clamp(1, VCPUS);
+        let mut pages = Vec::new();
+        fallible::reserve(&mut pages, MAX_ARRAY_PAGES).map_err(|_| Errno::ENOMEM)?;
+        Ok(Self {
+            active: true,
+            control: fallible::filled(v, None).map_err(|_| Errno::ENOMEM)?,
+            tails: fallible::filled(v, [0; QUEUES]).map_err(|_| Errno::ENOMEM)?,
+            pages,
+            meta: fallible::filled(PORTS, PortMeta(EVTCHN_FIFO_PRIORITY_DEFAULT as u16))
+                .map_err(|_| Errno::ENOMEM)?,
+        })
+    }
+
+    /// Back to the inactive state, its memory freed. Frames are forgotten,
+    /// not released: the caller drops its references first
+    /// ([`Fifo::frames`]).
     pub fn reinit(&mut self) {
-        self.active = false;
-        self.control = [None; VCPUS];
-        for row in &mut self.tails {
-            row.fill(0);
-        }
-        self.pages.fill(0);
-        self.nr_pages = 0;
-        self.meta
-            .fill(PortMeta(EVTCHN_FIFO_PRIORITY_DEFAULT as u16));
+        *self = Self::new();
+    }
+
+    /// Whether the state holds memory (only while active).
+    #[must_use]
+    pub fn is_allocated(&self) -> bool {
+        self.control.capacity()
+            + self.tails.capacity()
+            + self.pages.capacity()
+            + self.meta.capacity()
+            != 0
     }
 
     /// Whether the domain uses the FIFO ABI.
@@ -205,7 +245,8 @@ impl Fifo {
     /// Number of event-array pages added.
     #[must_use]
     pub const fn nr_pages(&self) -> u32 {
-        self.nr_pages as u32
+        // At most `MAX_ARRAY_PAGES`.
+        self.pages.len() as u32
     }
 
     /// Every frame the FIFO state names, each once per registration (each
@@ -216,7 +257,7 @@ impl Fifo {
             .iter()
             .flatten()
             .map(|c| c.mfn)
-            .chain(self.pages.iter().take(usize::from(self.nr_pages)).copied())
+            .chain(self.pages.iter().copied())
     }
 
     /// The frame and byte offset of `port`'s event word, if its page was
@@ -235,7 +276,7 @@ impl Fifo {
             .ok()
             .and_then(|i| self.meta.get(i))
             .copied()
-            .unwrap_or_default()
+            .unwrap_or(PortMeta(EVTCHN_FIFO_PRIORITY_DEFAULT as u16))
     }
 
     fn meta_mut(&mut self, port: u32) -> Option<&mut PortMeta> {
@@ -446,20 +487,33 @@ impl Fifo {
     /// then saves each bound port's 2-level pending state).
     pub(super) fn register_control(
         &mut self,
+        nr_vcpus: u32,
         vcpu: u32,
         mfn: u64,
         offset: u32,
         take: impl FnOnce(u64) -> Result<(), Errno>,
     ) -> Result<bool, Errno> {
-        let slot = self.control.get(vcpu as usize).ok_or(Errno::ENOENT)?;
-        if slot.is_some() {
-            return Err(Errno::EINVAL);
+        if vcpu >= nr_vcpus.min(MAX_VCPUS) {
+            return Err(Errno::ENOENT);
         }
-        take(mfn)?;
         let first = !self.active;
-        if first {
-            self.reinit();
-            self.active = true;
+        if !first {
+            let slot = self.control.get(vcpu as usize).ok_or(Errno::ENOENT)?;
+            if slot.is_some() {
+                return Err(Errno::EINVAL);
+            }
+        }
+        // The first registration allocates the state (Xen's
+        // `setup_event_array`, before it maps the control block): kept only
+        // if the frame is taken too.
+        let fresh = if first {
+            Some(Self::allocate(nr_vcpus)?)
+        } else {
+            None
+        };
+        take(mfn)?;
+        if let Some(f) = fresh {
+            *self = f;
         }
         if let Some(slot) = self.control.get_mut(vcpu as usize) {
             *slot = Some(Control { mfn, offset });
@@ -485,15 +539,14 @@ impl Fifo {
         if !self.active {
             return Err(Errno::EOPNOTSUPP);
         }
-        let n = usize::from(self.nr_pages);
-        if n >= MAX_ARRAY_PAGES {
+        let n = self.pages.len();
+        // (The capacity was reserved with the state: pushing never
+        // allocates.)
+        if n >= MAX_ARRAY_PAGES || n >= self.pages.capacity() {
             return Err(Errno::ENOSPC);
         }
         take(mfn)?;
-        if let Some(p) = self.pages.get_mut(n) {
-            *p = mfn;
-        }
-        self.nr_pages += 1;
+        self.pages.push(mfn);
         let first = self.nr_pages() * EVTCHN_FIFO_WORDS_PER_PAGE - EVTCHN_FIFO_WORDS_PER_PAGE;
         Ok(first..first + EVTCHN_FIFO_WORDS_PER_PAGE)
     }

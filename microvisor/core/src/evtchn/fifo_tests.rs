@@ -463,7 +463,7 @@ fn fifo_destroy_and_reset_return_to_2_level() {
     assert_eq!(word(&w, 0, q) & PENDING, 0);
     assert_eq!(w.dom(0).chans.fifo().frames().count(), 2);
     // reinit (slot reuse) starts at 2-level.
-    w.doms[0].as_mut().unwrap().chans.reinit(1);
+    w.doms[0].as_mut().unwrap().chans = Channels::new(1).unwrap();
     assert!(!w.dom(0).chans.fifo().is_active());
 }
 
@@ -569,4 +569,61 @@ proptest! {
             prop_assert_eq!(word(&w, 0, p) & (LINKED | BUSY), 0);
         }
     }
+}
+
+/// The FIFO state is allocated by the first `init_control` only: each of
+/// its allocations may fail, with `ENOMEM`, the frame not taken and the
+/// domain still on 2-level; `EVTCHNOP_reset` frees it again.
+#[test]
+fn fifo_state_allocated_by_init_control_enomem_changes_nothing() {
+    use crate::fallible::inject;
+    let mut w = World::new(&[2]);
+    assert!(!w.dom(0).chans.fifo().is_allocated());
+    let mut nth = 0;
+    loop {
+        inject::fail_nth(Some(nth));
+        let mut taken = false;
+        let r = init_control(&mut w, 0, 0, CB, CB_OFF, |_| {
+            taken = true;
+            Ok(())
+        });
+        if r.is_ok() {
+            assert!(inject::pending());
+            inject::fail_nth(None);
+            assert!(taken);
+            break;
+        }
+        assert_eq!(r, Err(Errno::ENOMEM), "allocation {nth} failing");
+        assert!(!taken, "no frame taken when the state cannot be had");
+        let f = w.dom(0).chans.fifo();
+        assert!(!f.is_active() && !f.is_allocated());
+        assert_eq!(f.frames().count(), 0);
+        nth += 1;
+    }
+    assert_eq!(nth, 4);
+    // A second vCPU's control block and the array pages allocate nothing.
+    inject::fail_nth(Some(0));
+    init_control(&mut w, 0, 1, CB + 1, CB_OFF, ok).unwrap();
+    for i in 0..3 {
+        expand_array(&mut w, 0, ARRAY + i, ok).unwrap();
+    }
+    assert!(inject::pending());
+    inject::fail_nth(None);
+    // A take that fails on the first registration keeps nothing either.
+    let mut v = World::new(&[1]);
+    assert_eq!(
+        init_control(&mut v, 0, 0, CB, CB_OFF, |_| Err(Errno::EINVAL)),
+        Err(Errno::EINVAL)
+    );
+    assert!(!v.dom(0).chans.fifo().is_allocated());
+    // Reset frees the state.
+    let mut put = Vec::new();
+    assert_eq!(
+        reset(&mut w, 0, DOMID_SELF, false, false, || false),
+        Ok(ResetStep::Done)
+    );
+    fifo_destroy(&mut w.doms[0].as_mut().unwrap().chans, |m| put.push(m));
+    assert_eq!(put.len(), 5);
+    assert!(!w.dom(0).chans.fifo().is_allocated());
+    assert!(state_bytes(1) > 8192);
 }

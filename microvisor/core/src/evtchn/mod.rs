@@ -3,16 +3,19 @@
 //! bind_vcpu, send, close, status, unmask, reset), the hypervisor's own VIRQ
 //! raising, and the port check behind `SCHEDOP_poll`.
 //!
-//! This module owns each domain's port table ([`Channels`]: [`NR_PORTS`]
-//! ports, port 0 reserved, per-vCPU VIRQ bindings) and the rule that turns
+//! This module owns each domain's port table ([`Channels`]: up to
+//! [`NR_PORTS`] ports in buckets of [`PORTS_PER_BUCKET`] made as ports are
+//! allocated, port 0 reserved, per-vCPU VIRQ bindings) and the rule that turns
 //! "port p fired" into pending, selector and upcall bits. It never owns those
 //! bits: they live in the guest-writable `shared_info` page, and the module
 //! touches them only through [`EventBits`], which the hypervisor implements
 //! with atomic read-modify-write operations (the guest changes the same words
 //! concurrently). It never blocks, wakes or schedules anything either: when a
 //! vCPU needs attention it returns a [`Kick`] and the caller acts on it. It
-//! must never panic, allocate, or trust a number a guest passed: every port,
-//! domain id, VIRQ and vCPU is checked and refused with Xen's errno.
+//! must never panic or trust a number a guest passed: every port, domain
+//! id, VIRQ and vCPU is checked and refused with Xen's errno. It allocates
+//! only through [`crate::fallible`] (a new bucket of ports, the FIFO state
+//! at `init_control`), and a failure is `ENOMEM` with nothing changed.
 //!
 //! Every operation assumes its caller serialises event-channel operations
 //! (one lock around all of them, as Xen's per-domain event locks do for a
@@ -35,8 +38,9 @@ use guest_abi::event_channel::{
 };
 use guest_abi::types::DomId;
 
+pub use channels::{BUCKET_BYTES, PORTS_PER_BUCKET};
 pub use channels::{Channels, PortState};
-pub use fifo::{CONTROL_BLOCK_SIZE, Fifo, FifoWords, Kicks, MAX_ARRAY_PAGES};
+pub use fifo::{CONTROL_BLOCK_SIZE, Fifo, FifoWords, Kicks, MAX_ARRAY_PAGES, state_bytes};
 
 /// Ports a domain has under the 2-level ABI on a 64-bit guest (64 × 64).
 pub const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS;
@@ -835,7 +839,8 @@ pub fn close_all<D: Domains>(world: &mut D, dom: u16) {
 ///
 /// Errors, in Xen's order: `ENOENT` if `vcpu` is not one of the caller's
 /// vCPUs; `EINVAL` if the block would cross the page end or `offset` is not
-/// 8-byte aligned; `EINVAL` if `vcpu` has a control block already; then
+/// 8-byte aligned; `EINVAL` if `vcpu` has a control block already;
+/// `ENOMEM` if the first registration cannot allocate the FIFO state; then
 /// whatever `take` returns (Xen: `EINVAL`).
 pub fn init_control<D: Domains>(
     world: &mut D,
@@ -850,7 +855,11 @@ pub fn init_control<D: Domains>(
         return Err(Errno::ENOENT);
     }
     fifo::check_offset(offset)?;
-    if chans.fifo.register_control(vcpu, mfn, offset, take)? {
+    let nr_vcpus = chans.nr_vcpus();
+    if chans
+        .fifo
+        .register_control(nr_vcpus, vcpu, mfn, offset, take)?
+    {
         for port in 1..NR_PORTS {
             if chans.state(port).is_some_and(PortState::is_bound) && bits.is_pending(port) {
                 chans.fifo.save_pending(port);

@@ -171,12 +171,14 @@ pub(super) struct World {
 
 impl World {
     pub(super) fn new(vcpus: &[u32]) -> Self {
+        // A new world starts with no injected allocation failure pending.
+        crate::fallible::inject::fail_nth(None);
         Self {
             doms: vcpus
                 .iter()
                 .map(|&n| {
                     Some(Box::new(Dom {
-                        chans: Channels::new(n),
+                        chans: Channels::new(n).unwrap(),
                         bits: FakeBits::new(),
                     }))
                 })
@@ -229,7 +231,17 @@ fn check_invariants(w: &World) {
         assert_eq!(c.state(0), Some(PortState::Reserved), "port 0 of {d}");
         assert_eq!(c.active() as usize, c.bound_count(), "active count of {d}");
         assert_eq!(c.state(NR_PORTS), None);
-        for port in 0..NR_PORTS {
+        // Whole buckets, the first made with the table; nothing beyond.
+        let valid = c.valid_ports();
+        assert!(valid >= PORTS_PER_BUCKET && valid.is_multiple_of(PORTS_PER_BUCKET));
+        assert!(valid <= NR_PORTS);
+        assert_eq!(
+            c.state(valid),
+            None,
+            "port {valid} of {d} beyond the buckets"
+        );
+        assert_eq!(c.notify_vcpu(valid), None);
+        for port in 0..valid {
             let state = c.state(port).unwrap();
             let vcpu = c.notify_vcpu(port).unwrap();
             assert!(vcpu < c.nr_vcpus(), "dom {d} port {port} vcpu {vcpu}");
@@ -800,10 +812,15 @@ fn evtchn_status_errors_and_abi() {
             remote_port: pa
         }
     );
+    // A free port of a bucket made is closed; one beyond the buckets is
+    // not valid (Xen's `port_is_valid`), though below NR_PORTS.
     assert_eq!(
-        status(&mut w, 1, 1, 3000, false).unwrap().kind,
+        status(&mut w, 1, 1, PORTS_PER_BUCKET - 1, false)
+            .unwrap()
+            .kind,
         StatusKind::Closed
     );
+    assert_eq!(status(&mut w, 1, 1, 3000, false), Err(Errno::EINVAL));
 
     let mut out = EvtchnStatus {
         dom: DOMID_SELF,
@@ -900,12 +917,18 @@ fn evtchn_2l_masked_port_pends_without_upcall_and_unmask_delivers() {
     // Unmask errors and no-ops.
     assert_eq!(unmask(&mut w, 1, NR_PORTS), Err(Errno::EINVAL));
     assert_eq!(unmask(&mut w, 1, u32::MAX), Err(Errno::EINVAL));
-    w.bits(1).guest_mask(1000);
-    assert_eq!(unmask(&mut w, 1, 1000), Ok(None));
+    w.bits(1).guest_mask(63);
+    assert_eq!(unmask(&mut w, 1, 63), Ok(None));
     assert!(
-        w.bits(1).is_masked(1000),
+        w.bits(1).is_masked(63),
         "a free port's mask is not Xen's to clear"
     );
+    // A port beyond the buckets made so far is not valid (Xen's
+    // `port_is_valid`), even below NR_PORTS.
+    assert_eq!(w.dom(1).chans.valid_ports(), PORTS_PER_BUCKET);
+    w.bits(1).guest_mask(1000);
+    assert_eq!(unmask(&mut w, 1, 1000), Err(Errno::EINVAL));
+    assert!(w.bits(1).is_masked(1000));
 }
 
 #[test]
@@ -1181,9 +1204,9 @@ fn evtchn_close_all_at_domain_death() {
     close_all(&mut w, 2); // Absent domain: nothing.
     check_invariants(&w);
     // A new domain in a reused slot starts clean.
-    let mut chans = Channels::new(4);
+    let mut chans = Channels::new(4).unwrap();
     bind_ipi_raw(&mut chans);
-    chans.reinit(2);
+    chans = Channels::new(2).unwrap();
     assert_eq!(chans.nr_vcpus(), 2);
     assert_eq!(chans.bound_count(), 0);
     assert!(!chans.is_dying());
@@ -1309,9 +1332,9 @@ fn evtchn_reset_refused_when_ports_bound_meanwhile() {
 
 #[test]
 fn evtchn_channels_clamps_vcpus() {
-    assert_eq!(Channels::new(0).nr_vcpus(), 1);
-    assert_eq!(Channels::new(1000).nr_vcpus(), MAX_VCPUS);
-    assert_eq!(Channels::new(MAX_VCPUS).nr_vcpus(), MAX_VCPUS);
+    assert_eq!(Channels::new(0).unwrap().nr_vcpus(), 1);
+    assert_eq!(Channels::new(1000).unwrap().nr_vcpus(), MAX_VCPUS);
+    assert_eq!(Channels::new(MAX_VCPUS).unwrap().nr_vcpus(), MAX_VCPUS);
 }
 
 // ------------------------------------------------ 100,000 round trips
@@ -1448,6 +1471,15 @@ enum Op {
         a: u16,
         b: u16,
     },
+    /// The `nth` allocation from now fails (the heap runs out once).
+    OutOfMemory {
+        nth: u32,
+    },
+    /// `count` IPI ports at once (so tables cross bucket boundaries).
+    Fill {
+        caller: u16,
+        count: u32,
+    },
 }
 
 const DOMS: u16 = 4;
@@ -1513,6 +1545,8 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => live_dom().prop_map(|dom| Op::Die { dom }),
         4 => (live_dom(), live_dom()).prop_map(|(a, b)| Op::Connect { a, b }),
+        1 => (0u32..3).prop_map(|nth| Op::OutOfMemory { nth }),
+        1 => (live_dom(), 1u32..80).prop_map(|(caller, count)| Op::Fill { caller, count }),
     ]
 }
 
@@ -1547,17 +1581,23 @@ fn any_bound(s: PortState) -> bool {
 
 /// Applies `op` and checks what it returned against the world after it.
 fn apply(w: &mut World, op: &Op) {
+    use crate::fallible::inject;
+    // `ENOMEM` only from an operation during which an injected failure
+    // fired.
+    let armed = inject::pending();
+    let no_memory = move |e: Errno| e == Errno::ENOMEM && armed && !inject::pending();
     let errno_ok = |e: Errno| {
-        [
-            Errno::EINVAL,
-            Errno::ESRCH,
-            Errno::EPERM,
-            Errno::ENOENT,
-            Errno::EEXIST,
-            Errno::EBUSY,
-            Errno::ENOSPC,
-        ]
-        .contains(&e)
+        no_memory(e)
+            || [
+                Errno::EINVAL,
+                Errno::ESRCH,
+                Errno::EPERM,
+                Errno::ENOENT,
+                Errno::EEXIST,
+                Errno::EBUSY,
+                Errno::ENOSPC,
+            ]
+            .contains(&e)
     };
     let check_kick = |w: &mut World, k: Option<Kick>| {
         if let Some(k) = k {
@@ -1725,9 +1765,25 @@ fn apply(w: &mut World, op: &Op) {
             }
             Err(e) => assert!(errno_ok(e) || e == Errno::EAGAIN, "{e:?}"),
         },
+        &Op::OutOfMemory { nth } => inject::fail_nth(Some(nth)),
+        &Op::Fill { caller, count } => {
+            for _ in 0..count {
+                match bind_ipi(w, caller, 0) {
+                    Ok(p) => assert_eq!(w.state(caller, p), PortState::Ipi),
+                    Err(e) if no_memory(e) => break,
+                    Err(e) => assert!(errno_ok(e), "{e:?}"),
+                }
+            }
+        }
         &Op::Connect { a, b } => {
             if let Ok(pa) = alloc_unbound(w, a, DOMID_SELF, b, false) {
-                let (pb, kick) = bind_interdomain(w, b, a, pa).unwrap();
+                let (pb, kick) = match bind_interdomain(w, b, a, pa) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        assert!(no_memory(e), "{e:?}");
+                        return;
+                    }
+                };
                 assert_eq!(
                     w.state(a, pa),
                     PortState::Interdomain {
@@ -1745,7 +1801,9 @@ fn apply(w: &mut World, op: &Op) {
             // Restart in the same slot so later operations still find it.
             let n = w.dom(dom).chans.nr_vcpus();
             let d = w.doms[usize::from(dom)].as_mut().unwrap();
-            d.chans.reinit(n);
+            // (Building a domain is not what this model tests.)
+            inject::fail_nth(None);
+            d.chans = Channels::new(n).unwrap();
             d.bits = FakeBits::new();
         }
     }
@@ -1772,11 +1830,13 @@ proptest! {
 
     #[test]
     fn evtchn_random_operations_keep_invariants(ops in proptest::collection::vec(op(), 1..150)) {
+        crate::fallible::inject::fail_nth(None);
         let mut w = World::new(&[1, 2, 1, 2]);
         for op in &ops {
             apply(&mut w, op);
             check_invariants(&w);
         }
+        crate::fallible::inject::fail_nth(None);
     }
 }
 
@@ -1811,4 +1871,102 @@ fn evtchn_random_operations_reach_connected_states() {
         "random runs never connected channels: {max_inter}"
     );
     assert!(max_virq >= 2, "random runs never bound VIRQs: {max_virq}");
+}
+
+/// The port table grows a bucket at a time as ports are allocated; each
+/// allocating operation that needs a bucket it cannot have answers
+/// `ENOMEM` (whichever of the bucket's two allocations fails) and changes
+/// nothing, on either side of an interdomain bind.
+#[test]
+fn evtchn_buckets_grow_on_demand_and_enomem_changes_nothing() {
+    use crate::fallible::inject;
+    let mut w = world();
+    assert_eq!(w.dom(1).chans.valid_ports(), PORTS_PER_BUCKET);
+    // Ports 1..=63 come from the first bucket, made with the table.
+    let before = inject::made();
+    for p in 1..PORTS_PER_BUCKET {
+        assert_eq!(bind_ipi(&mut w, 1, 0), Ok(p));
+    }
+    assert_eq!(
+        inject::made(),
+        before,
+        "the first bucket's ports allocate nothing"
+    );
+    let offer = alloc_unbound(&mut w, 2, DOMID_SELF, 1, false).unwrap();
+    for nth in 0..2 {
+        for op in 0..5 {
+            inject::fail_nth(Some(nth));
+            let r = match op {
+                0 => alloc_unbound(&mut w, 1, DOMID_SELF, 2, false),
+                1 => bind_ipi(&mut w, 1, 0),
+                2 => bind_virq(&mut w, 1, VIRQ_TIMER, 0),
+                3 => bind_interdomain(&mut w, 1, 2, offer).map(|(p, _)| p),
+                _ => bind_pirq(&mut w, 1, 5, true),
+            };
+            assert_eq!(r, Err(Errno::ENOMEM), "op {op}, allocation {nth} failing");
+            assert!(!inject::pending());
+            let c = &w.dom(1).chans;
+            assert_eq!(c.valid_ports(), PORTS_PER_BUCKET);
+            assert_eq!(c.active(), PORTS_PER_BUCKET - 1);
+            assert_eq!(c.virq_port(VIRQ_TIMER, 0), None);
+            assert_eq!(
+                w.dom(2).chans.state(offer),
+                Some(PortState::Unbound { remote_dom: 1 })
+            );
+            assert_eq!(
+                status(&mut w, 1, DOMID_SELF, PORTS_PER_BUCKET, false),
+                Err(Errno::EINVAL)
+            );
+            check_invariants(&w);
+        }
+    }
+    // With memory the same bind succeeds, in a new bucket.
+    let (p, _) = bind_interdomain(&mut w, 1, 2, offer).unwrap();
+    assert_eq!(p, PORTS_PER_BUCKET);
+    assert_eq!(w.dom(1).chans.valid_ports(), 2 * PORTS_PER_BUCKET);
+    assert_eq!(
+        status(&mut w, 1, DOMID_SELF, 2 * PORTS_PER_BUCKET - 1, false)
+            .unwrap()
+            .kind,
+        StatusKind::Closed
+    );
+    assert_eq!(send(&mut w, 2, offer).map(|k| k.is_some()), Ok(false));
+    check_invariants(&w);
+    // A freed port is reused before any new bucket is made.
+    close(&mut w, 1, 10).unwrap();
+    inject::fail_nth(Some(0));
+    assert_eq!(bind_ipi(&mut w, 1, 0), Ok(10));
+    assert!(
+        inject::pending(),
+        "no allocation for a port of a bucket made"
+    );
+    inject::fail_nth(None);
+}
+
+/// A new table makes its first bucket, the bucket list and the VIRQ rows:
+/// each may fail, with `ENOMEM` and nothing kept.
+#[test]
+fn evtchn_new_table_enomem_at_each_allocation() {
+    use crate::fallible::inject;
+    let mut nth = 0;
+    let table = loop {
+        inject::fail_nth(Some(nth));
+        match Channels::new(3) {
+            Err(e) => {
+                assert_eq!(e, Errno::ENOMEM);
+                assert!(!inject::pending());
+            }
+            Ok(c) => {
+                assert!(inject::pending());
+                inject::fail_nth(None);
+                break c;
+            }
+        }
+        nth += 1;
+    };
+    assert_eq!(nth, 3);
+    assert_eq!(table.valid_ports(), PORTS_PER_BUCKET);
+    assert_eq!(table.state(0), Some(PortState::Reserved));
+    assert_eq!(table.nr_vcpus(), 3);
+    assert!(!table.fifo().is_allocated());
 }

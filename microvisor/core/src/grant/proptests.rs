@@ -105,6 +105,8 @@ enum Op {
     Grow {
         d: u16,
         nr: u32,
+        /// The allocation (from the start of the op) that fails, if any.
+        oom: Option<u32>,
     },
     /// `decrease_reservation` of a data frame by its owner.
     GiveBack {
@@ -267,7 +269,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(caller, src, dst, src_off, dst_off, len)| Op::Copy {
                 caller, src, dst, src_off, dst_off, len,
             }),
-        1 => (1u16..=3, 0u32..6).prop_map(|(d, nr)| Op::Grow { d, nr }),
+        1 => (1u16..=3, 0u32..6, proptest::option::of(0u32..3))
+            .prop_map(|(d, nr, oom)| Op::Grow { d, nr, oom }),
         1 => (1u16..=3, 0u64..6).prop_map(|(d, i)| Op::GiveBack { d, i }),
         1 => (1u16..=3, 0u64..6).prop_map(|(d, i)| Op::PinL1 { d, i }),
         1 => (1u16..=3, 0u64..6).prop_map(|(d, i)| Op::Unpin { d, i }),
@@ -506,14 +509,26 @@ fn step(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &O
                 );
             }
         }
-        Op::Grow { d, nr } => {
+        Op::Grow { d, nr, oom } => {
+            use crate::fallible::inject;
             // The caller hands out each frame once.
             let mut next = (w.t(d).nr_frames() == 1).then(|| table_frame(d, 1));
+            let before = w.t(d).nr_frames();
+            // Maybe the heap runs out during the growth.
+            inject::fail_nth(oom);
             let r = setup_table(w, ft, mem, d, &setup_op(DOMID_SELF, nr), false, || {
                 next.take()
             });
+            let fired = oom.is_some() && !inject::pending();
+            inject::fail_nth(None);
             if let Err(s) = r {
                 assert_eq!(s, GNTST_GENERAL_ERROR);
+            }
+            if fired {
+                // Growth needs memory only for a frame it adds, and adds
+                // none it has no memory for.
+                assert!(r.is_err());
+                assert_eq!(w.t(d).nr_frames(), before);
             }
         }
         Op::GiveBack { d, i } => {

@@ -13,6 +13,7 @@ use guest_abi::grant_table::{
     GRANT_STATUS_PER_PAGE, GnttabMapGrantRef,
 };
 
+use crate::fallible;
 use crate::frametable::{ExternalRef, PageType};
 
 /// Most table frames a domain may have (Xen's `max_grant_frames`).
@@ -62,8 +63,6 @@ const KEPT_MAP_FLAGS: u32 = GNTMAP_DEVICE_MAP
 /// available bits 9-11.
 const AVAIL_BITS: u32 = 0x7;
 
-const ENTRIES: usize = MAX_GRANT_ENTRIES as usize;
-const ENTRIES_V2: usize = MAX_GRANT_ENTRIES_V2 as usize;
 const HANDLES: usize = MAPTRACK_ENTRIES as usize;
 const FRAMES: usize = MAX_GRANT_FRAMES as usize;
 const STATUS_FRAMES: usize = MAX_STATUS_FRAMES as usize;
@@ -320,15 +319,20 @@ pub struct Pins {
     pub writable: u32,
 }
 
-/// The grant state of one domain: about 20 KiB, plus its maptrack (24
-/// bytes a slot, grown [`MAPTRACK_GROW`] slots at a time as it maps grants,
-/// up to [`MAPTRACK_ENTRIES`]).
+/// The grant state of one domain: under 200 bytes, plus, for each table
+/// frame it set up, the active records of that frame's references
+/// ([`ACTIVE_BYTES_PER_FRAME`], grown with the table as Xen's
+/// `gnttab_grow_table` does), and its maptrack (24 bytes a slot, grown
+/// [`MAPTRACK_GROW`] slots at a time as it maps grants, up to
+/// [`MAPTRACK_ENTRIES`]).
 #[derive(Clone, Debug)]
 pub struct GrantTable {
-    active: [Active; ENTRIES],
+    /// The active record of each reference the frames set up so far can
+    /// hold (512 a frame: the v1 count, which covers v2's 256).
+    active: alloc::vec::Vec<Active>,
     /// The granted byte range of each pinned v2 reference (v1 pins are
-    /// always whole pages; v2 has at most [`MAX_GRANT_ENTRIES_V2`] refs).
-    ranges: [u32; ENTRIES_V2],
+    /// always whole pages): 256 a frame set up.
+    ranges: alloc::vec::Vec<u32>,
     /// Its mappings by handle: empty until it maps a grant, then grown as
     /// needed (as Xen grows a domain's maptrack a frame at a time).
     maptrack: alloc::vec::Vec<MapEntry>,
@@ -350,7 +354,12 @@ pub struct GrantTable {
 }
 
 // Every domain has one from its build (on the hypervisor's heap).
-const _: () = assert!(size_of::<GrantTable>() <= 21 * 1024);
+const _: () = assert!(size_of::<GrantTable>() <= 200);
+
+/// Heap bytes the active records of one table frame take (allocated when
+/// the frame is set up).
+pub const ACTIVE_BYTES_PER_FRAME: usize =
+    ENTRIES_PER_FRAME as usize * size_of::<Active>() + ENTRIES_PER_FRAME_V2 as usize * 4;
 const _: () = assert!(size_of::<Active>() == 8);
 
 impl GrantTable {
@@ -366,8 +375,8 @@ impl GrantTable {
             max_frames
         };
         Self {
-            active: [Active::IDLE; ENTRIES],
-            ranges: [Range::PAGE.pack(); ENTRIES_V2],
+            active: alloc::vec::Vec::new(),
+            ranges: alloc::vec::Vec::new(),
             maptrack: alloc::vec::Vec::new(),
             frames: [0; FRAMES],
             status: [0; STATUS_FRAMES],
@@ -501,9 +510,27 @@ impl GrantTable {
     // For the operations in the parent module
     // ------------------------------------------------------------------
 
-    /// Appends a table frame (the caller checked `nr_frames < max_frames`).
+    /// Appends a table frame (the caller checked `nr_frames < max_frames`),
+    /// with the active records of its references; false, changing
+    /// nothing, when there is no room or no memory for them.
     pub(super) fn push_frame(&mut self, mfn: u64) -> bool {
-        let Some(slot) = self.frames.get_mut(usize::from(self.nr_frames)) else {
+        let n = usize::from(self.nr_frames);
+        if n >= FRAMES {
+            return false;
+        }
+        let per = ENTRIES_PER_FRAME as usize;
+        let per_v2 = ENTRIES_PER_FRAME_V2 as usize;
+        let more = ((n + 1) * per).saturating_sub(self.active.len());
+        if fallible::extend(&mut self.active, more, Active::IDLE).is_err() {
+            return false;
+        }
+        let more_v2 = ((n + 1) * per_v2).saturating_sub(self.ranges.len());
+        if fallible::extend(&mut self.ranges, more_v2, Range::PAGE.pack()).is_err() {
+            // (The records grown for this frame stay: beyond `nr_entries`
+            // they are never read, and the next attempt finds them.)
+            return false;
+        }
+        let Some(slot) = self.frames.get_mut(n) else {
             return false;
         };
         *slot = mfn;
@@ -707,7 +734,7 @@ impl GrantTable {
             .saturating_mul(MAPTRACK_GROW)
             .min(HANDLES);
         let more = want.saturating_sub(self.maptrack.len());
-        if self.maptrack.try_reserve_exact(more).is_err() {
+        if fallible::reserve(&mut self.maptrack, more).is_err() {
             return false;
         }
         self.maptrack.resize(want, MapEntry::FREE);
