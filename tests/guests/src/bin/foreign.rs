@@ -60,6 +60,24 @@ fn main(si: &'static StartInfo) {
             guest_abi::hypercall::mmu_update(&req, None, guest_abi::types::DomId::SELF.0 as u32)
         };
         t.check("without-foreigndom", r2.is_err(), format_args!("{r2:?}"));
+        // The other domain has made its check once it offers us a port
+        // (on one CPU it may not have run yet: wait for that, so its
+        // verdict is always printed before it is ended).
+        let mut offered = false;
+        for _ in 0..200_000 {
+            offered = (1..16).any(|p| {
+                guest_abi::hypercall::evtchn_bind_interdomain(
+                    guest_abi::types::DomId(other),
+                    guest_abi::types::Port(p),
+                )
+                .is_ok()
+            });
+            if offered {
+                break;
+            }
+            let _ = guest_abi::hypercall::sched_yield();
+        }
+        t.check("other-checked", offered, format_args!("no port offered"));
         // The other domain waits for this one to be done with its frames.
         let end = guest_abi::hypercall::raw::sched_remote_shutdown(
             guest_abi::types::DomId(other),
@@ -75,6 +93,8 @@ fn main(si: &'static StartInfo) {
         // Alive (and so its frames in the M2P) until the privileged domain
         // has searched them and ends it: however the two are scheduled.
         t.print_verdict();
+        // Tells the privileged domain this check is made (it binds the port).
+        let _ = guest_abi::hypercall::evtchn_alloc_unbound(guest_abi::types::DomId(other));
         loop {
             let _ = guest_abi::hypercall::raw::sched_block();
         }
