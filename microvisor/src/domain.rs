@@ -980,10 +980,11 @@ impl Hv {
 
     /// Whether gone domain `idx`'s vCPU records are still held though none
     /// is in use (`reap_vcpus` missed them); for `footprint::check_freed`.
+    /// (Looks at every record held, not at the domain's list, which
+    /// `reap_vcpus` empties.)
     pub fn vcpus_left(&self, idx: usize) -> bool {
-        let d = &self.domains[idx];
-        !d.vcpus.iter().any(|&v| self.vcpu_in_use(v))
-            && d.vcpus.iter().any(|&v| self.vcpus.get(v).is_some())
+        let mine = || self.vcpus.live().filter(move |(_, v)| v.dom == idx);
+        !mine().any(|(i, _)| self.vcpu_in_use(i)) && mine().next().is_some()
     }
 
     /// Blocks the running vCPU `i` unless `pending` (its events, read after
@@ -1032,7 +1033,11 @@ impl Hv {
             write(&mut written, d.shared_info_mfn);
             write(&mut written, d.console_mfn);
         }
-        for (_, v) in self.vcpus.live().filter(|(_, v)| held(&self.domains[v.dom])) {
+        for (_, v) in self
+            .vcpus
+            .live()
+            .filter(|(_, v)| held(&self.domains[v.dom]))
+        {
             let d = v;
             write(&mut roots, d.cr3);
             write(&mut roots, d.user_cr3);

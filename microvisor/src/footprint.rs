@@ -67,14 +67,20 @@ impl Snapshot {
 /// not counted.
 pub fn check_freed(hv: &Hv) {
     let mut held = 0;
-    for (idx, d) in (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending) {
+    for (idx, d) in
+        (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending)
+    {
         let events = crate::events::state_held(d.id);
         let grants = crate::grant::table_held(d.id);
         let vcpus = hv.vcpus_left(idx);
         if events || grants || vcpus {
             held += 1;
             let mut what: heapless::Vec<&str, 3> = heapless::Vec::new();
-            for (h, name) in [(events, "event state"), (grants, "grant table"), (vcpus, "vCPU records")] {
+            for (h, name) in [
+                (events, "event state"),
+                (grants, "grant table"),
+                (vcpus, "vCPU records"),
+            ] {
                 if h {
                     let _ = what.push(name);
                 }

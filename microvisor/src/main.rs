@@ -292,10 +292,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                     // vCPU 0 runs the image; the others exist, offline, until
                     // the guest initialises and brings them up.
                     for vid in 0..nr {
-                        let Some(vi) =
-                            domain::Vcpu::offline(idx, vid as u32, d.shared).and_then(|v| {
-                                hv.add_vcpu(v, spec.cpus & online, d.cap != 0)
-                            })
+                        let Some(vi) = domain::Vcpu::offline(idx, vid as u32, d.shared)
+                            .and_then(|v| hv.add_vcpu(v, spec.cpus & online, d.cap != 0))
                         else {
                             boot_fail(format_args!(
                                 "domain '{}': out of hypervisor memory for its vCPU {vid} (give QEMU more memory, or the manifest fewer domains or vCPUs)",

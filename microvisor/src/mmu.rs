@@ -275,9 +275,7 @@ fn flush_vcpus(hv: &Hv, ids: u64, one: bool, va: u64) {
         }
     }
     let me = hv.current;
-    crate::arch::smp::flush_tlb_holding(|v| {
-        usize::try_from(v).is_ok_and(|v| v != me && named(v))
-    });
+    crate::arch::smp::flush_tlb_holding(|v| usize::try_from(v).is_ok_and(|v| v != me && named(v)));
 }
 
 /// mmuext_op(ops, count, done, foreigndom). A long batch stops for whatever

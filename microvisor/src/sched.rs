@@ -269,11 +269,7 @@ impl policy::PickWords for Sets<'_> {
     fn word(&self, w: usize) -> (u64, u64, u64) {
         let hv = self.hv;
         let bit = |i: usize| {
-            if i / 64 == w {
-                1u64 << (i % 64)
-            } else {
-                0
-            }
+            if i / 64 == w { 1u64 << (i % 64) } else { 0 }
         };
         let free = (!hv.running.word(w) | bit(hv.current))
             & hv.affine[self.cpu].word(w)
