@@ -579,7 +579,7 @@ pub struct VcpuLight {
 /// vCPU indices per chunk of [`VcpuLight`]s.
 const LIGHT_CHUNK: usize = 256;
 
-/// `LIGHT_CHUNK` consecutive indices' [`VcpuLight`]s (8 KiB), made when the
+/// `LIGHT_CHUNK` consecutive indices' [`VcpuLight`]s (6 KiB), made when the
 /// first vCPU of its range is (`Hv::add_vcpu`) and kept for ever: a
 /// lock-free reader may hold a reference into it at any time.
 struct LightChunk([VcpuLight; LIGHT_CHUNK]);
