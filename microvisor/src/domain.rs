@@ -495,6 +495,11 @@ impl VcpuTable {
         self.0.len()
     }
 
+    /// No index was ever made.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Records held now.
     pub fn held(&self) -> usize {
         self.0.iter().filter(|v| v.is_some()).count()
@@ -532,6 +537,12 @@ impl VcpuTable {
         if let Some(v) = self.0.get_mut(i) {
             *v = None;
         }
+    }
+}
+
+impl Default for VcpuTable {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -296,10 +296,10 @@ impl VcpuSet {
 
     /// Makes room for indices below `n`; `Err` when there is no memory
     /// (the set is then unchanged).
-    pub fn grow(&mut self, n: usize) -> Result<(), ()> {
+    pub fn grow(&mut self, n: usize) -> Result<(), alloc::collections::TryReserveError> {
         let words = n.div_ceil(64);
         if words > self.0.len() {
-            self.0.try_reserve(words - self.0.len()).map_err(|_| ())?;
+            self.0.try_reserve(words - self.0.len())?;
             self.0.resize(words, 0);
         }
         Ok(())
