@@ -495,11 +495,6 @@ impl VcpuTable {
         self.0.len()
     }
 
-    /// No index was ever made.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Records held now.
     pub fn held(&self) -> usize {
         self.0.iter().filter(|v| v.is_some()).count()
