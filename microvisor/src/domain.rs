@@ -10,10 +10,11 @@ use spin::Mutex;
 /// Most vCPUs of one domain (the vcpu_info slots of shared info, Xen's
 /// XEN_LEGACY_MAX_VCPUS).
 pub const MAX_VCPUS_PER_DOMAIN: usize = 32;
-/// Most vCPUs of all domains together.
-pub const MAX_VCPUS: usize = 64;
-// `Hv::runnable` has a bit per vCPU.
-const _: () = assert!(MAX_VCPUS <= 64);
+/// vCPU indices (`Hv::vcpus`) there can ever be: every domain's vCPUs
+/// together, counted as they are made (an index is not reused once its
+/// vCPU is gone). Far beyond what memory holds (at least 10 KiB each);
+/// only the lock-free directory (`light`) is sized by it.
+pub const MAX_VCPU_INDEX: usize = 1 << 20;
 
 /// How a domain ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,9 +320,15 @@ pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo 
     page.slot(u64::from(vcpu % 32) * 64)
 }
 
-/// One virtual CPU: its registers' home (`arch::entry`'s frame of the same
-/// index), its PV state, address space, timers and scheduler accounting.
+/// One virtual CPU: its registers' home (`frame`), its PV state, address
+/// space, timers and scheduler accounting. On the heap (`VcpuTable`) from
+/// its domain's build until the domain is gone (`Hv::reap_vcpus`).
 pub struct Vcpu {
+    /// Its saved registers (`arch::entry::VcpuFrame`).
+    pub frame: crate::arch::entry::VcpuFrame,
+    /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
+    /// affinity), as `Hv::affine` has it by CPU.
+    pub cpus: u64,
     /// Index of its domain in `Hv::domains`.
     pub dom: usize,
     /// Its number within the domain (Xen's vcpu_id).
@@ -421,9 +428,12 @@ impl Domain {
 
 impl Vcpu {
     /// A vCPU that exists but is down and has no context yet (vCPUs 1 and
-    /// up of a new domain, as Xen creates them).
-    pub fn offline(dom: usize, vid: u32, shared: crate::mm::SharedFrame) -> Vcpu {
-        Vcpu {
+    /// up of a new domain, as Xen creates them), its frame zeroed; `None`
+    /// when there is no memory for its frame.
+    pub fn offline(dom: usize, vid: u32, shared: crate::mm::SharedFrame) -> Option<Vcpu> {
+        Some(Vcpu {
+            frame: crate::arch::entry::VcpuFrame::new()?,
+            cpus: 0,
             dom,
             vid,
             state: RunState::Down,
@@ -449,7 +459,7 @@ impl Vcpu {
             poll_deadline: 0,
             time_stamp: 0,
             processor: 0,
-        }
+        })
     }
 
     /// The L4 the CPU must use for the vCPU's current mode.
@@ -486,36 +496,127 @@ pub struct Hv {
     /// Every domain built, by id (dead ones too: their records give the
     /// verdict), on the heap; no fixed number.
     pub domains: alloc::vec::Vec<Domain>,
-    pub vcpus: heapless::Vec<Vcpu, MAX_VCPUS>,
+    /// Every vCPU, by index, on the heap; no fixed number.
+    pub vcpus: VcpuTable,
     /// Index in `vcpus` of the running vCPU.
     pub current: usize,
-    /// Bit i set when vCPU index i is Runnable (kept by `set_state`): the
-    /// union of the run queues.
-    pub runnable: u64,
-    /// CPU c's run queue: bit i set when vCPU index i is Runnable and
+    /// vCPU index i is in it when Runnable (kept by `set_state`): the
+    /// union of the run queues. This and the other sets of vCPU indices
+    /// below grow with `vcpus` (`add_vcpu`).
+    pub runnable: VcpuSet,
+    /// CPU c's run queue: vCPU index i is in it when Runnable and
     /// assigned to CPU c (`Vcpu::processor`; a vCPU is in exactly one queue
     /// while runnable, the running one included). Kept by `set_state`
     /// (placement: `sched::place`) and `assign` (migration).
-    pub queue: [u64; crate::arch::percpu::MAX_CPUS],
+    pub queue: [VcpuSet; crate::arch::percpu::MAX_CPUS],
     /// Start of the current cap period (system time, ns): caps are
     /// accounted per period across every CPU (`sched::cap_period`).
     pub cap_period_start: u64,
-    /// Bit i set while some CPU holds vCPU index i (runs it, or idles with
-    /// its state loaded): no other CPU may pick it.
-    pub running: u64,
-    /// Bit i of `affine[c]` set when vCPU index i may run on CPU c (its
-    /// domain's manifest `cpus`, Xen's hard affinity).
-    pub affine: [u64; crate::arch::percpu::MAX_CPUS],
+    /// vCPU index i is in it while some CPU holds it (runs it, or idles
+    /// with its state loaded): no other CPU may pick it.
+    pub running: VcpuSet,
+    /// vCPU index i is in `affine[c]` when it may run on CPU c (its
+    /// domain's manifest `cpus`, Xen's hard affinity; `Vcpu::cpus`).
+    pub affine: [VcpuSet; crate::arch::percpu::MAX_CPUS],
     /// Some dead domain waits for its teardown (`finish_teardowns`).
     pub teardowns_waiting: bool,
+    /// Some torn-down domain's vCPU records wait until no CPU holds them
+    /// or was entered from them (`reap_vcpus`).
+    pub reap_waiting: bool,
     /// No guest timer or poll deadline is due before this system time
     /// (a lower bound: `sched::fire_timers` scans only from then on).
     pub timers_due: u64,
 }
 
+pub use microvisor_core::sched::VcpuSet;
+
+/// Every vCPU record, by index (`Hv::vcpus`): each on the heap from its
+/// domain's build (`Hv::add_vcpu`) until that domain is gone and no CPU
+/// holds it (`Hv::reap_vcpus`); an index is never reused. Indexing a freed
+/// record is a hypervisor bug (a panic, as an index past the table was).
+pub struct VcpuTable(alloc::vec::Vec<Option<alloc::boxed::Box<Vcpu>>>);
+
+impl VcpuTable {
+    pub const fn new() -> VcpuTable {
+        VcpuTable(alloc::vec::Vec::new())
+    }
+
+    /// Indices made so far (freed ones included).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Records held now.
+    pub fn held(&self) -> usize {
+        self.0.iter().filter(|v| v.is_some()).count()
+    }
+
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> Option<&Vcpu> {
+        self.0.get(i)?.as_deref()
+    }
+
+    #[inline(always)]
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut Vcpu> {
+        self.0.get_mut(i)?.as_deref_mut()
+    }
+
+    /// Every record held, with its index.
+    pub fn live(&self) -> impl Iterator<Item = (usize, &Vcpu)> {
+        (self.0.iter().enumerate()).filter_map(|(i, v)| Some((i, v.as_deref()?)))
+    }
+
+    /// Every record held, with its index, to change.
+    pub fn live_mut(&mut self) -> impl Iterator<Item = (usize, &mut Vcpu)> {
+        (self.0.iter_mut().enumerate()).filter_map(|(i, v)| Some((i, v.as_deref_mut()?)))
+    }
+
+    /// Adds a record at the next index; `None` when there is no memory.
+    fn push(&mut self, v: alloc::boxed::Box<Vcpu>) -> Option<usize> {
+        self.0.try_reserve(1).ok()?;
+        self.0.push(Some(v));
+        Some(self.0.len() - 1)
+    }
+
+    /// Frees record `i` (its frame with it).
+    fn free(&mut self, i: usize) {
+        if let Some(v) = self.0.get_mut(i) {
+            *v = None;
+        }
+    }
+}
+
+impl Default for VcpuTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::ops::Index<usize> for VcpuTable {
+    type Output = Vcpu;
+    #[inline(always)]
+    fn index(&self, i: usize) -> &Vcpu {
+        match self.get(i) {
+            Some(v) => v,
+            None => panic!("vCPU index {i}: no such record"),
+        }
+    }
+}
+
+impl core::ops::IndexMut<usize> for VcpuTable {
+    #[inline(always)]
+    fn index_mut(&mut self, i: usize) -> &mut Vcpu {
+        match self.get_mut(i) {
+            Some(v) => v,
+            None => panic!("vCPU index {i}: no such record"),
+        }
+    }
+}
+
 /// What the lock-free hypercall paths (`hypercall::on_light_syscall`) read
-/// of a vCPU, by its index in `Hv::vcpus`. Written under the hypervisor
-/// lock by the code that changes the `Vcpu` field it mirrors.
+/// of a vCPU, by its index in `Hv::vcpus` ([`light`]). Written under the
+/// hypervisor lock by the code that changes the `Vcpu` field it mirrors.
 pub struct VcpuLight {
     /// Its `RunState` (`light_state`), kept by `Hv::set_state`. A sender
     /// without the lock sets an event pending, then reads this and takes
@@ -533,38 +634,76 @@ pub struct VcpuLight {
     pub capped: core::sync::atomic::AtomicBool,
 }
 
-/// Every vCPU's [`VcpuLight`].
-pub static LIGHT: [VcpuLight; MAX_VCPUS] = [const {
-    VcpuLight {
-        state: core::sync::atomic::AtomicU8::new(light_state(RunState::Down)),
-        dom: core::sync::atomic::AtomicU16::new(0),
-        cr3: core::sync::atomic::AtomicU64::new(0),
-        info: crate::mm::SlotCell::new(),
-        capped: core::sync::atomic::AtomicBool::new(false),
-    }
-}; MAX_VCPUS];
+/// vCPU indices per chunk of [`VcpuLight`]s.
+const LIGHT_CHUNK: usize = 256;
+
+/// `LIGHT_CHUNK` consecutive indices' [`VcpuLight`]s (6 KiB), made when the
+/// first vCPU of its range is (`Hv::add_vcpu`) and kept for ever: a
+/// lock-free reader may hold a reference into it at any time.
+struct LightChunk([VcpuLight; LIGHT_CHUNK]);
+
+// (A template copied into the heap, never used in place.)
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_LIGHT: LightChunk = LightChunk(
+    [const {
+        VcpuLight {
+            state: core::sync::atomic::AtomicU8::new(light_state(RunState::Down)),
+            dom: core::sync::atomic::AtomicU16::new(0),
+            cr3: core::sync::atomic::AtomicU64::new(0),
+            info: crate::mm::SlotCell::new(),
+            capped: core::sync::atomic::AtomicBool::new(false),
+        }
+    }; LIGHT_CHUNK],
+);
+
+/// Every vCPU index's [`VcpuLight`]: `LIGHT_DIR[v / LIGHT_CHUNK]`, then
+/// `v % LIGHT_CHUNK`. Reading needs no lock (one `Once` load); chunks are
+/// added under the hypervisor lock and never go.
+static LIGHT_DIR: [spin::Once<&'static LightChunk>; MAX_VCPU_INDEX / LIGHT_CHUNK] =
+    [const { spin::Once::new() }; MAX_VCPU_INDEX / LIGHT_CHUNK];
+
+/// vCPU index `v`'s [`VcpuLight`], if its chunk was ever made.
+#[inline(always)]
+pub fn light(v: usize) -> Option<&'static VcpuLight> {
+    let c = LIGHT_DIR.get(v / LIGHT_CHUNK)?.get()?;
+    Some(&c.0[v % LIGHT_CHUNK])
+}
+
+/// vCPU index `v`'s [`VcpuLight`], its chunk made if needed (`None`: no
+/// memory for it, or `v` past `MAX_VCPU_INDEX`).
+fn light_made(v: usize) -> Option<&'static VcpuLight> {
+    let c = LIGHT_DIR
+        .get(v / LIGHT_CHUNK)?
+        .try_call_once(|| {
+            crate::mm::heap::try_box(|m| m.write(EMPTY_LIGHT))
+                .map(|b| &*alloc::boxed::Box::leak(b))
+                .ok_or(())
+        })
+        .ok()?;
+    Some(&c.0[v % LIGHT_CHUNK])
+}
 
 /// The domain of vCPU index `v` as the lock-free paths see it
-/// (`LIGHT[v].dom`); `None` past the table.
+/// (`VcpuLight::dom`); `None` past the table.
 pub fn vcpu_domain(v: u64) -> Option<u16> {
-    let l = LIGHT.get(usize::try_from(v).ok()?)?;
+    let l = light(usize::try_from(v).ok()?)?;
     Some(l.dom.load(core::sync::atomic::Ordering::Relaxed))
 }
 
-/// `Hv::runnable`, `running`, `timers_due` and `affine` as the lock-free
-/// yield (`sched::yield_alone`) reads them; kept where those change.
+/// What the lock-free yield (`sched::yield_alone`) reads of the scheduler:
+/// kept under the hypervisor lock where what it sums up changes.
 pub struct SchedView {
-    pub runnable: core::sync::atomic::AtomicU64,
-    pub running: core::sync::atomic::AtomicU64,
+    /// For each CPU c: how many vCPUs wait to run that c may take
+    /// (runnable, held by no CPU, allowed on c). Kept by `Hv::set_state`,
+    /// `hold` and `let_go` (`Hv::waiting_changed`).
+    pub waiting: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS],
+    /// `Hv::timers_due`.
     pub timers_due: core::sync::atomic::AtomicU64,
-    pub affine: [core::sync::atomic::AtomicU64; crate::arch::percpu::MAX_CPUS],
 }
 
 pub static SCHED_VIEW: SchedView = SchedView {
-    runnable: core::sync::atomic::AtomicU64::new(0),
-    running: core::sync::atomic::AtomicU64::new(0),
+    waiting: [const { core::sync::atomic::AtomicU32::new(0) }; crate::arch::percpu::MAX_CPUS],
     timers_due: core::sync::atomic::AtomicU64::new(0),
-    affine: [const { core::sync::atomic::AtomicU64::new(0) }; crate::arch::percpu::MAX_CPUS],
 };
 
 /// A `RunState` as [`VcpuLight::state`] holds it.
@@ -583,15 +722,16 @@ pub static CURRENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU3
 /// All hypervisor state; taken through [`lock`].
 static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: alloc::vec::Vec::new(),
-    vcpus: heapless::Vec::new(),
+    vcpus: VcpuTable::new(),
     current: 0,
     timers_due: 0,
-    runnable: 0,
-    queue: [0; crate::arch::percpu::MAX_CPUS],
+    runnable: VcpuSet::new(),
+    queue: [const { VcpuSet::new() }; crate::arch::percpu::MAX_CPUS],
     cap_period_start: 0,
-    running: 0,
-    affine: [0; crate::arch::percpu::MAX_CPUS],
+    running: VcpuSet::new(),
+    affine: [const { VcpuSet::new() }; crate::arch::percpu::MAX_CPUS],
     teardowns_waiting: false,
+    reap_waiting: false,
 });
 
 /// The hypervisor lock, taken by every entry that needs hypervisor state:
@@ -714,53 +854,104 @@ impl Hv {
     /// Changes a vCPU's run state (the only place that does, so the
     /// scheduler's set of runnable vCPUs stays true).
     pub fn set_state(&mut self, i: usize, state: RunState) {
+        let was = self.waiting(i);
         let Some(d) = self.vcpus.get_mut(i) else {
             return;
         };
         d.state = state;
-        LIGHT[i].state.store(light_state(state), Ordering::SeqCst);
-        let bit = 1u64 << i;
         let last = d.processor as usize % self.queue.len();
-        self.queue[last] &= !bit;
+        if let Some(l) = light(i) {
+            l.state.store(light_state(state), Ordering::SeqCst);
+        }
+        self.queue[last].remove(i);
         if state == RunState::Runnable {
             let c = crate::sched::place(self, i);
             self.vcpus[i].processor = c as u32;
-            self.queue[c] |= bit;
-            self.runnable |= bit;
+            self.queue[c].insert(i);
+            self.runnable.insert(i);
         } else {
-            self.runnable &= !bit;
+            self.runnable.remove(i);
         }
-        SCHED_VIEW.runnable.store(self.runnable, Ordering::SeqCst);
+        self.waiting_changed(i, was);
+    }
+
+    /// vCPU `i` waits to run: runnable and held by no CPU.
+    #[inline(always)]
+    fn waiting(&self, i: usize) -> bool {
+        self.runnable.contains(i) && !self.running.contains(i)
+    }
+
+    /// Keeps `SCHED_VIEW.waiting` true after vCPU `i`'s runnable or held
+    /// state changed (`was`: whether it waited before).
+    #[inline(always)]
+    fn waiting_changed(&self, i: usize, was: bool) {
+        let now = self.waiting(i);
+        if now == was {
+            return;
+        }
+        let Some(v) = self.vcpus.get(i) else { return };
+        let mut cpus = v.cpus;
+        while cpus != 0 {
+            let c = cpus.trailing_zeros() as usize;
+            cpus &= cpus - 1;
+            if let Some(w) = SCHED_VIEW.waiting.get(c) {
+                if now {
+                    w.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    w.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
     }
 
     /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a
     /// migration: the CPU that takes it from another's queue calls this).
     #[inline]
     pub fn assign(&mut self, i: usize, cpu: usize) {
-        let bit = 1u64 << i;
         let cpu = cpu % self.queue.len();
         let Some(d) = self.vcpus.get_mut(i) else {
             return;
         };
         let last = d.processor as usize % self.queue.len();
         d.processor = cpu as u32;
-        if self.runnable & bit != 0 && last != cpu {
-            self.queue[last] &= !bit;
-            self.queue[cpu] |= bit;
+        if self.runnable.contains(i) && last != cpu {
+            self.queue[last].remove(i);
+            self.queue[cpu].insert(i);
         }
     }
 
-    /// Adds vCPU `v` to `Hv::vcpus` (its `LIGHT` entry with it); returns its
-    /// index, or `None` when there is no room.
-    pub fn add_vcpu(&mut self, v: Vcpu) -> Option<usize> {
+    /// Adds vCPU `v` to `Hv::vcpus`, allowed on the CPUs of `cpus` (bit c:
+    /// CPU c), its domain capped or not: its record on the heap, room for
+    /// its index in every set of vCPUs, its `VcpuLight`. Returns its
+    /// index, or `None` when there is no memory for any of these (nothing
+    /// is added then; sets that grew stay grown).
+    pub fn add_vcpu(&mut self, mut v: Vcpu, cpus: u64, capped: bool) -> Option<usize> {
         let i = self.vcpus.len();
+        let grown = |s: &mut VcpuSet| s.grow(i + 1).is_ok();
+        if !(grown(&mut self.runnable)
+            && grown(&mut self.running)
+            && self.queue.iter_mut().all(grown)
+            && self.affine.iter_mut().all(grown))
+        {
+            return None;
+        }
+        let l = light_made(i)?;
+        v.cpus = cpus;
         // (A domain's index is its id.)
         let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
-        self.vcpus.push(v).ok()?;
-        let l = &LIGHT[i];
+        let b = crate::mm::heap::try_box(|m| m.write(v))?;
+        if self.vcpus.push(b)? != i {
+            return None;
+        }
+        for (c, a) in self.affine.iter_mut().enumerate() {
+            if c < 64 && cpus & (1u64 << c) != 0 {
+                a.insert(i);
+            }
+        }
         l.dom.store(dom, Ordering::Relaxed);
         l.cr3.store(cr3, Ordering::Relaxed);
         l.info.store(info);
+        l.capped.store(capped, Ordering::Relaxed);
         l.state.store(light_state(state), Ordering::SeqCst);
         Some(i)
     }
@@ -768,15 +959,17 @@ impl Hv {
     /// This CPU now holds vCPU `i` (runs it): no other CPU may pick it.
     #[inline(always)]
     pub fn hold(&mut self, i: usize) {
-        self.running |= 1u64 << i;
-        SCHED_VIEW.running.store(self.running, Ordering::Release);
+        let was = self.waiting(i);
+        self.running.insert(i);
+        self.waiting_changed(i, was);
     }
 
     /// This CPU lets go of vCPU `i`: any CPU may pick it again.
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) {
-        self.running &= !(1u64 << i);
-        SCHED_VIEW.running.store(self.running, Ordering::Release);
+        let was = self.waiting(i);
+        self.running.remove(i);
+        self.waiting_changed(i, was);
     }
 
     /// Sets the earliest guest timer deadline (`timers_due`).
@@ -788,13 +981,68 @@ impl Hv {
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
     pub fn set_cr3(&mut self, i: usize, cr3: u64) {
         self.vcpus[i].cr3 = cr3;
-        LIGHT[i].cr3.store(cr3, Ordering::Relaxed);
+        if let Some(l) = light(i) {
+            l.cr3.store(cr3, Ordering::Relaxed);
+        }
     }
 
     /// Sets where vCPU `i`'s vcpu_info lives (`Vcpu::info`).
     pub fn set_info(&mut self, i: usize, info: VcpuInfo) {
         self.vcpus[i].info = info;
-        LIGHT[i].info.store(info);
+        if let Some(l) = light(i) {
+            l.info.store(info);
+        }
+    }
+
+    /// Whether vCPU `i`'s record may be in use: some CPU holds it, or this
+    /// CPU, or another, entered the hypervisor from it (its frame is the
+    /// one that entry was handed, `arch::percpu::vcpu`).
+    fn vcpu_in_use(&self, i: usize) -> bool {
+        self.running.contains(i) || i == self.current || crate::arch::smp::entered_from(i as u64)
+    }
+
+    /// Frees the vCPU records (frames with them) of domains that are gone
+    /// (dead and torn down) once none of their vCPUs is in use
+    /// (`vcpu_in_use`); those still in use wait for a later call
+    /// (`reap_waiting`: at the next switch or release of a vCPU on any
+    /// CPU). Their `VcpuLight`s stay (the directory keeps its chunks),
+    /// reset to a vCPU that is down and has no `vcpu_info`; their indices
+    /// are not reused.
+    pub fn reap_vcpus(&mut self) {
+        self.reap_waiting = false;
+        for idx in 0..self.domains.len() {
+            let d = &self.domains[idx];
+            if d.is_live() || d.teardown_pending || d.vcpus.is_empty() {
+                continue;
+            }
+            if d.vcpus.iter().any(|&v| self.vcpu_in_use(v)) {
+                self.reap_waiting = true;
+                continue;
+            }
+            let vcpus = core::mem::take(&mut self.domains[idx].vcpus);
+            for v in vcpus {
+                for s in self.queue.iter_mut().chain(self.affine.iter_mut()) {
+                    s.remove(v);
+                }
+                self.runnable.remove(v);
+                self.vcpus.free(v);
+                if let Some(l) = light(v) {
+                    l.state.store(light_state(RunState::Down), Ordering::SeqCst);
+                    l.info.store(VcpuInfo::NONE);
+                    l.cr3.store(0, Ordering::Relaxed);
+                    l.capped.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Whether gone domain `idx`'s vCPU records are still held though none
+    /// is in use (`reap_vcpus` missed them); for `footprint::check_freed`.
+    /// (Looks at every record held, not at the domain's list, which
+    /// `reap_vcpus` empties.)
+    pub fn vcpus_left(&self, idx: usize) -> bool {
+        let mine = || self.vcpus.live().filter(move |(_, v)| v.dom == idx);
+        !mine().any(|(i, _)| self.vcpu_in_use(i)) && mine().next().is_some()
     }
 
     /// Blocks the running vCPU `i` unless `pending` (its events, read after
@@ -828,7 +1076,7 @@ impl Hv {
     pub fn audit(&self, when: &str) {
         // (A list that overflows leaves references unexplained: the audit
         // then fails, it never passes wrongly.)
-        let mut roots: heapless::Vec<u64, { 2 * MAX_VCPUS }> = heapless::Vec::new();
+        let mut roots: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
         let mut written: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
         let write = |w: &mut alloc::vec::Vec<u64>, f: u64| {
             if w.try_reserve(1).is_ok() {
@@ -843,10 +1091,14 @@ impl Hv {
             write(&mut written, d.shared_info_mfn);
             write(&mut written, d.console_mfn);
         }
-        for v in self.vcpus.iter().filter(|v| held(&self.domains[v.dom])) {
+        for (_, v) in self
+            .vcpus
+            .live()
+            .filter(|(_, v)| held(&self.domains[v.dom]))
+        {
             let d = v;
-            let _ = roots.push(d.cr3);
-            let _ = roots.push(d.user_cr3);
+            write(&mut roots, d.cr3);
+            write(&mut roots, d.user_cr3);
             if d.info_mfn != 0 {
                 write(&mut written, d.info_mfn);
             }
@@ -999,7 +1251,7 @@ impl Hv {
             if v == self.current {
                 crate::arch::percpu::set_leave_now(true);
             }
-            if self.running & (1u64 << v) != 0 && v != self.current {
+            if self.running.contains(v) && v != self.current {
                 elsewhere = true;
                 crate::arch::smp::kick(self.vcpus[v].processor);
             }
@@ -1023,7 +1275,7 @@ impl Hv {
             let held = self.domains[idx]
                 .vcpus
                 .iter()
-                .any(|&v| self.running & (1u64 << v) != 0);
+                .any(|&v| self.running.contains(v));
             if held {
                 self.teardowns_waiting = true;
             } else {
@@ -1066,7 +1318,9 @@ impl Hv {
             let _ = bases.push(vc.user_cr3);
             let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn);
             vc.info = VcpuInfo::NONE;
-            LIGHT[v].info.store(VcpuInfo::NONE);
+            if let Some(l) = light(v) {
+                l.info.store(VcpuInfo::NONE);
+            }
             vc.info_mfn = 0;
             if info != 0 {
                 crate::mm::frames::drop_hv_writable(info);
@@ -1104,6 +1358,8 @@ impl Hv {
             crate::events::raise_virq(self, s, guest_abi::event_channel::VIRQ_DOM_EXC);
         }
         self.audit("a domain's death");
+        // Its vCPU records go now, or once no CPU holds one.
+        self.reap_vcpus();
     }
 
     /// Prints the verdict and leaves QEMU: success only if every domain ended
@@ -1131,6 +1387,7 @@ impl Hv {
             );
         }
         crate::mm::stacks::report();
+        self.reap_vcpus();
         crate::footprint::check_freed(self);
         if ok {
             crate::info!("all domains ended as expected");

@@ -452,11 +452,11 @@ fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
 /// when the vCPU to notify may be blocked, or runs on another CPU and must
 /// be kicked to take its upcall.
 pub fn send_light(arg: u64) -> Result<u64, Errno> {
-    use crate::domain::{LIGHT, light_state};
+    use crate::domain::{light, light_state};
     let v = crate::arch::percpu::vcpu() as usize;
-    let light = LIGHT.get(v).ok_or(Errno::ESRCH)?;
-    let me = light.dom.load(Ordering::Relaxed);
-    let cr3 = light.cr3.load(Ordering::Relaxed);
+    let l = light(v).ok_or(Errno::ESRCH)?;
+    let me = l.dom.load(Ordering::Relaxed);
+    let cr3 = l.cr3.load(Ordering::Relaxed);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
     let Some((k, t)) = send_events(me, a.port)? else {
         return Ok(0);
@@ -466,9 +466,7 @@ pub fn send_light(arg: u64) -> Result<u64, Errno> {
         return Ok(0);
     }
     // (SeqCst after the pending bits were set: see `VcpuLight::state`.)
-    let st = LIGHT
-        .get(t)
-        .map_or(u8::MAX, |l| l.state.load(Ordering::SeqCst));
+    let st = light(t).map_or(u8::MAX, |l| l.state.load(Ordering::SeqCst));
     if st == light_state(RunState::Blocked) || (k.upcall && st == light_state(RunState::Runnable)) {
         let mut hv = crate::domain::lock();
         kick(&mut hv, Some(k));
@@ -482,7 +480,7 @@ pub fn send_light(arg: u64) -> Result<u64, Errno> {
 #[inline(always)]
 pub fn upcall_pending_light() -> bool {
     let v = crate::arch::percpu::vcpu() as usize;
-    crate::domain::LIGHT.get(v).is_some_and(|l| {
+    crate::domain::light(v).is_some_and(|l| {
         let info = l.info.load();
         info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
     })

@@ -2,7 +2,8 @@
 //! measured around the building of the manifest's domains and logged as
 //! one line per boot (`cargo xtask bench` turns it into its "hypervisor
 //! memory per domain" row), and checked again once every domain has ended
-//! (their event and grant state must all be back on the heap).
+//! (their event and grant state and their vCPU records must all be back on
+//! the heap).
 
 use crate::domain::Hv;
 use crate::mm::{self, PAGE};
@@ -29,8 +30,8 @@ impl Snapshot {
 
     /// Logs what building `manifest`'s domains cost the hypervisor, per
     /// domain: heap bytes (event channels: the record, the first bucket of
-    /// ports and the VIRQ rows; grant table; record), the
-    /// static vCPU slots its vCPUs occupy, and the frames it holds beyond
+    /// ports and the VIRQ rows; grant table; record; vCPU records and their
+    /// frames), and the frames it holds beyond
     /// the domain's own memory (shared info, grant-table frames, page
     /// tables of the heap), from the difference between `before` (taken
     /// before the first domain) and now.
@@ -44,10 +45,8 @@ impl Snapshot {
             .saturating_sub(guest_pages)
             .saturating_sub(heap_frames);
         let heap = self.heap_used.saturating_sub(before.heap_used);
-        let vcpu_bytes =
-            (size_of::<crate::domain::Vcpu>() + size_of::<crate::arch::entry::TrapFrame>()) as u64;
         let vcpus = hv.vcpus.len() as u64;
-        let total = (heap + frames * PAGE + vcpus * vcpu_bytes) / n;
+        let total = (heap + frames * PAGE) / n;
         // A fresh domain's event state: its record and the table's first
         // bucket and VIRQ row (FIFO state only comes with init_control,
         // more buckets with more ports); its grant table before any frame
@@ -55,49 +54,77 @@ impl Snapshot {
         let events = size_of::<crate::events::DomainEvents>()
             + microvisor_core::evtchn::Channels::fresh_bytes(1);
         crate::info!(
-            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {events}: record {} + first bucket {} + VIRQ row; grant table {} + {} a frame set up; record {}) + frames {} ({frames} frames in all: shared info, grant tables) + vCPU slots {} ({} bytes each; trap table and GDT copy on the heap from first use)",
+            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {events}: record {} + first bucket {} + VIRQ row; grant table {} + {} a frame set up; record {}; {} vCPUs of {} bytes and a {}-byte frame each, trap table and GDT copy from first use) + frames {} ({frames} frames in all: shared info, grant tables)",
             heap / n,
             size_of::<crate::events::DomainEvents>(),
             microvisor_core::evtchn::BUCKET_BYTES,
             size_of::<microvisor_core::grant::GrantTable>(),
             microvisor_core::grant::ACTIVE_BYTES_PER_FRAME,
             size_of::<crate::domain::Domain>(),
+            vcpus,
+            size_of::<crate::domain::Vcpu>(),
+            size_of::<crate::arch::entry::TrapFrame>(),
             frames * PAGE / n,
-            vcpus * vcpu_bytes / n,
-            vcpu_bytes
         );
     }
 }
 
-/// Once every domain has ended: whether each dead domain's event state
-/// and grant table went back to the heap (a line says which did not).
+/// Once every domain has ended: whether each dead domain's event state,
+/// grant table and vCPU records went back to the heap (a line says which
+/// did not). A domain's vCPU a CPU still holds, or ran last, keeps its
+/// domain's records until that CPU lets go (`Hv::reap_vcpus`): those are
+/// not counted.
 pub fn check_freed(hv: &Hv) {
     let mut held = 0;
-    for d in hv
-        .domains
-        .iter()
-        .filter(|d| !d.is_live() && !d.teardown_pending)
+    for (idx, d) in
+        (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending)
     {
         let events = crate::events::state_held(d.id);
         let grants = crate::grant::table_held(d.id);
-        if events || grants {
+        let vcpus = hv.vcpus_left(idx);
+        if events || grants || vcpus {
             held += 1;
+            let mut what: heapless::Vec<&str, 3> = heapless::Vec::new();
+            for (h, name) in [
+                (events, "event state"),
+                (grants, "grant table"),
+                (vcpus, "vCPU records"),
+            ] {
+                if h {
+                    let _ = what.push(name);
+                }
+            }
             crate::warn!(
                 "domain {} ({}): dead, but its {} still held",
                 d.id,
                 d.name,
-                match (events, grants) {
-                    (true, true) => "event state and grant table are",
-                    (true, false) => "event state is",
-                    _ => "grant table is",
-                }
+                Joined(&what)
             );
         }
     }
     if held == 0 {
         crate::info!(
-            "every dead domain's event state and grant table freed (heap in use: {} bytes)",
+            "every dead domain's event state, grant table and vCPU records freed ({} vCPU records left of {}, heap in use: {} bytes)",
+            hv.vcpus.held(),
+            hv.vcpus.len(),
             mm::heap::used()
         );
+    }
+}
+
+/// Names joined with commas and a final "and".
+struct Joined<'a>(&'a [&'a str]);
+
+impl core::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            let sep = match i {
+                0 => "",
+                _ if i + 1 == self.0.len() => " and ",
+                _ => ", ",
+            };
+            write!(f, "{sep}{s}")?;
+        }
+        Ok(())
     }
 }

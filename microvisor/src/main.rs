@@ -289,35 +289,21 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             online.count_ones()
                         ));
                     }
-                    if hv.vcpus.len() + nr > domain::MAX_VCPUS {
-                        boot_fail(format_args!(
-                            "domain '{}': too many vCPUs in all (at most {} together)",
-                            spec.name,
-                            domain::MAX_VCPUS
-                        ));
-                    }
                     // vCPU 0 runs the image; the others exist, offline, until
                     // the guest initialises and brings them up.
                     for vid in 0..nr {
-                        let Some(vi) =
-                            hv.add_vcpu(domain::Vcpu::offline(idx, vid as u32, d.shared))
+                        let Some(vi) = domain::Vcpu::offline(idx, vid as u32, d.shared)
+                            .and_then(|v| hv.add_vcpu(v, spec.cpus & online, d.cap != 0))
                         else {
-                            boot_fail(format_args!("too many vCPUs"));
+                            boot_fail(format_args!(
+                                "domain '{}': out of hypervisor memory for its vCPU {vid} (give QEMU more memory, or the manifest fewer domains or vCPUs)",
+                                spec.name
+                            ));
                         };
                         let _ = d.vcpus.push(vi);
-                        domain::LIGHT[vi]
-                            .capped
-                            .store(d.cap != 0, core::sync::atomic::Ordering::Relaxed);
-                        for (c, a) in hv.affine.iter_mut().enumerate() {
-                            if spec.cpus & (1 << c) != 0 {
-                                *a |= 1 << vi;
-                                domain::SCHED_VIEW.affine[c]
-                                    .store(*a, core::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
                         if vid == 0 {
-                            arch::entry::set_frame(vi, &frame);
                             let v = &mut hv.vcpus[vi];
+                            v.frame.install(&frame);
                             v.initialised = true;
                             v.pv.kernel_ss = arch::desc::GUEST_DS;
                             v.pv.kernel_sp = first.kernel_sp;
@@ -325,8 +311,6 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             v.time_stamp = time::now_ns();
                             hv.set_cr3(vi, first.cr3);
                             hv.set_state(vi, domain::RunState::Runnable);
-                        } else {
-                            arch::entry::set_frame(vi, &arch::entry::TrapFrame::ZERO);
                         }
                     }
                     if hv.domains.try_reserve(1).is_err()

@@ -115,7 +115,7 @@ pub struct Caller {
 /// frames were released, for `Hv::collect_dead` (under the lock).
 pub fn mmu_update_unlocked(args: [u64; 4]) -> Option<(Result<Flow, Errno>, bool)> {
     let v = crate::arch::percpu::vcpu() as usize;
-    let light = crate::domain::LIGHT.get(v)?;
+    let light = crate::domain::light(v)?;
     let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
     let asked = (args[3] & 0xffff) as u16;
     if asked != guest_abi::types::DomId::SELF.0 && asked != dom {
@@ -213,7 +213,7 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
 /// running vCPU's domain and page tables from `domain::LIGHT`.
 pub fn update_va_mapping_unlocked(va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
     let v = crate::arch::percpu::vcpu() as usize;
-    let light = crate::domain::LIGHT.get(v).ok_or(Errno::ESRCH)?;
+    let light = crate::domain::light(v).ok_or(Errno::ESRCH)?;
     let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
     let l4 = light.cr3.load(core::sync::atomic::Ordering::Relaxed) / PAGE;
     uvm(dom, l4, va, val, flags)
@@ -238,42 +238,44 @@ fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
     Ok(0)
 }
 
-/// The vCPUs (as `Hv::vcpus` indexes) a guest's `vcpumask` names: a
-/// bitmap of the calling domain's vCPU ids in 64-bit words at guest
-/// address `ptr`, read as far as the domain has vCPUs (Xen reads no
+/// The vCPUs a guest's `vcpumask` names, as a mask of the calling
+/// domain's vCPU ids (bit n: its vCPU n): a bitmap in 64-bit words at
+/// guest address `ptr`, read as far as the domain has vCPUs (Xen reads no
 /// further; bits past its last vCPU are ignored). `EINVAL` when a word
 /// cannot be read, as Xen's mmuext_op answers.
 fn vcpumask(hv: &Hv, cr3: u64, ptr: u64) -> Result<u64, Errno> {
-    let vcpus = &hv.cur_dom().vcpus;
+    let n = hv.cur_dom().vcpus.len();
     let mut set = 0u64;
-    for (w, ids) in vcpus.chunks(64).enumerate() {
-        let word: u64 =
-            guest::read(cr3, ptr.wrapping_add(w as u64 * 8)).map_err(|_| Errno::EINVAL)?;
-        for (bit, &v) in ids.iter().enumerate() {
-            if word & (1u64 << bit) != 0 && v < 64 {
-                set |= 1u64 << v;
-            }
-        }
+    // (A domain has at most 32 vCPUs: one word.)
+    if n > 0 {
+        let word: u64 = guest::read(cr3, ptr).map_err(|_| Errno::EINVAL)?;
+        set = word & (u64::MAX >> (64 - n.min(64)));
     }
     Ok(set)
 }
 
-/// Flushes the TLBs of the CPUs that hold the vCPUs in `set` (`Hv::vcpus`
-/// indexes): this CPU's when its vCPU is named, the others' by IPI. With
-/// `one`, only `va`'s translation here (the other CPUs flush everything)
-/// and nothing for an address outside the guest's range, as Xen.
-fn flush_vcpus(hv: &Hv, set: u64, one: bool, va: u64) {
+/// Flushes the TLBs of the CPUs that hold the running domain's vCPUs named
+/// by `ids` (bit n: its vCPU n): this CPU's when its vCPU is named, the
+/// others' by IPI. With `one`, only `va`'s translation here (the other
+/// CPUs flush everything) and nothing for an address outside the guest's
+/// range, as Xen.
+fn flush_vcpus(hv: &Hv, ids: u64, one: bool, va: u64) {
     if one && !guest::guest_address(va) {
         return;
     }
-    if set & (1u64 << hv.current) != 0 {
+    let vcpus = &hv.cur_dom().vcpus;
+    let named = |v: usize| {
+        (vcpus.iter().enumerate()).any(|(n, &i)| i == v && n < 64 && ids & (1u64 << n) != 0)
+    };
+    if named(hv.current) {
         if one {
             cpu::invlpg(va);
         } else {
             cpu::flush_tlb_all();
         }
     }
-    crate::arch::smp::flush_tlb_vcpus(set & !(1u64 << hv.current));
+    let me = hv.current;
+    crate::arch::smp::flush_tlb_holding(|v| usize::try_from(v).is_ok_and(|v| v != me && named(v)));
 }
 
 /// mmuext_op(ops, count, done, foreigndom). A long batch stops for whatever
@@ -338,12 +340,7 @@ pub fn mmuext_op(
             8 | 9 => vcpumask(hv, cr3, arg2).map(|set| flush_vcpus(hv, set, cmd == 9, arg1)),
             // _ALL: the CPUs of every vCPU of the domain.
             10 | 11 => {
-                let set = hv
-                    .cur_dom()
-                    .vcpus
-                    .iter()
-                    .fold(0u64, |m, &v| m | (1u64 << v));
-                flush_vcpus(hv, set, cmd == 11, arg1);
+                flush_vcpus(hv, u64::MAX, cmd == 11, arg1);
                 Ok(())
             }
             13 => crate::pv::set_ldt(hv, arg1, arg2),

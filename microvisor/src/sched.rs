@@ -79,10 +79,8 @@ pub fn wake(hv: &mut Hv, i: usize) {
         return;
     }
     let mut floor = None;
-    let mut m = hv.runnable;
-    while m != 0 {
-        let d = &hv.vcpus[m.trailing_zeros() as usize];
-        m &= m - 1;
+    for r in hv.runnable.iter() {
+        let d = &hv.vcpus[r];
         if floor.is_none_or(|f| d.vruntime < f) {
             floor = Some(d.vruntime);
         }
@@ -113,7 +111,7 @@ pub fn kick_for(hv: &Hv, i: usize) {
         return;
     }
     let processor = hv.vcpus[i].processor;
-    if hv.running & (1u64 << i) != 0 {
+    if hv.running.contains(i) {
         crate::arch::smp::kick(processor);
     } else {
         crate::arch::smp::kick_idle(1u64 << (processor % 64));
@@ -123,11 +121,7 @@ pub fn kick_for(hv: &Hv, i: usize) {
 /// The CPUs vCPU `i` may run on (manifest `cpus`) among those that run
 /// the scheduler (or will: while domains are built).
 fn allowed_cpus(hv: &Hv, i: usize) -> u64 {
-    let bit = 1u64 << i;
-    let cpus = crate::arch::smp::scheduler_cpus();
-    (0..hv.affine.len())
-        .filter(|&c| cpus & (1u64 << c) != 0 && hv.affine[c] & bit != 0)
-        .fold(0u64, |m, c| m | 1u64 << c)
+    crate::arch::smp::scheduler_cpus() & hv.vcpus[i].cpus
 }
 
 /// The CPU whose run queue vCPU `i` joins as it becomes runnable
@@ -139,7 +133,7 @@ fn allowed_cpus(hv: &Hv, i: usize) -> u64 {
 pub fn place(hv: &Hv, i: usize) -> usize {
     let last = hv.vcpus[i].processor as usize % hv.queue.len();
     let building = crate::arch::smp::scheduler_cpus_joined() == 0;
-    if !building && hv.affine[last] & (1u64 << i) != 0 || hv.running & (1u64 << i) != 0 {
+    if !building && hv.affine[last].contains(i) || hv.running.contains(i) {
         return last;
     }
     place_among(hv, i, if building { usize::MAX } else { last })
@@ -147,11 +141,10 @@ pub fn place(hv: &Hv, i: usize) -> usize {
 
 #[inline(never)]
 fn place_among(hv: &Hv, i: usize, last: usize) -> usize {
-    let bit = 1u64 << i;
     let queued = |c: usize| {
         hv.queue
             .get(c)
-            .map_or(u32::MAX, |q| (q & !bit).count_ones())
+            .map_or(u32::MAX, |q| q.count_without(i) as u32)
     };
     let c = policy::place(last, allowed_cpus(hv, i), queued);
     // (`last` is past the table only while building with nothing allowed.)
@@ -168,18 +161,15 @@ fn place_among(hv: &Hv, i: usize, last: usize) -> usize {
 /// a vCPU that did not yield. False means: do the full yield.
 #[inline(always)]
 pub fn yield_alone() -> bool {
-    use core::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+    use core::sync::atomic::Ordering::{Relaxed, SeqCst};
     let v = crate::arch::percpu::vcpu() as usize;
     let cpu = crate::arch::percpu::cpu_id();
     let view = &crate::domain::SCHED_VIEW;
-    let (Some(light), Some(affine)) = (crate::domain::LIGHT.get(v), view.affine.get(cpu)) else {
+    let (Some(light), Some(waiting)) = (crate::domain::light(v), view.waiting.get(cpu)) else {
         return false;
     };
-    let others = view.runnable.load(SeqCst)
-        & !view.running.load(Acquire)
-        & affine.load(Relaxed)
-        & !(1u64 << v);
-    others == 0
+    // (This CPU holds its vCPU: it is not among those waiting.)
+    waiting.load(SeqCst) == 0
         && !light.capped.load(Relaxed)
         && !crate::arch::percpu::leave_now()
         && !crate::irq::pending()
@@ -199,7 +189,9 @@ pub fn fire_timers(hv: &mut Hv, now: u64) {
 #[inline(never)]
 fn fire_due_timers(hv: &mut Hv, now: u64) {
     for i in 0..hv.vcpus.len() {
-        let d = &mut hv.vcpus[i];
+        let Some(d) = hv.vcpus.get_mut(i) else {
+            continue;
+        };
         if d.state == RunState::Down {
             continue;
         }
@@ -255,31 +247,49 @@ impl policy::Vcpus for View<'_> {
 /// queue: `Hv::assign`).
 #[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
-    // Not one another CPU holds (this CPU's own is a candidate).
-    let own = if hv.current < 64 {
-        1u64 << hv.current
-    } else {
-        0
-    };
-    // And allowed here (manifest `cpus`).
     let cpu = crate::arch::percpu::cpu_id() % hv.queue.len();
-    let mut free = (!hv.running | own) & hv.affine[cpu];
-    if let Some(x) = exclude {
-        free &= !(1u64 << x);
+    policy::pick(&View(hv), Sets { hv, cpu, exclude })
+}
+
+/// The sets `pick` reads, word by word: this CPU's run queue, every
+/// runnable vCPU, and those it may take: allowed here (manifest `cpus`),
+/// not held by another CPU (its own is a candidate), not `exclude`.
+struct Sets<'a> {
+    hv: &'a Hv,
+    cpu: usize,
+    exclude: Option<usize>,
+}
+
+impl policy::PickWords for Sets<'_> {
+    #[inline(always)]
+    fn words(&self) -> usize {
+        self.hv.runnable.words().len()
     }
-    let masks = policy::PickMasks {
-        queue: hv.queue[cpu],
-        runnable: hv.runnable,
-        free,
-        current: hv.current,
-        n: hv.vcpus.len(),
-    };
-    policy::pick(&View(hv), masks)
+    #[inline(always)]
+    fn word(&self, w: usize) -> (u64, u64, u64) {
+        let hv = self.hv;
+        let bit = |i: usize| {
+            if i / 64 == w { 1u64 << (i % 64) } else { 0 }
+        };
+        let free = (!hv.running.word(w) | bit(hv.current))
+            & hv.affine[self.cpu].word(w)
+            & !self.exclude.map_or(0, bit);
+        (hv.queue[self.cpu].word(w), hv.runnable.word(w), free)
+    }
+    #[inline(always)]
+    fn current(&self) -> usize {
+        self.hv.current
+    }
+    #[inline(always)]
+    fn n(&self) -> usize {
+        self.hv.vcpus.len()
+    }
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {
     hv.vcpus
-        .iter()
+        .live()
+        .map(|(_, d)| d)
         .filter(|d| d.state != RunState::Down)
         .flat_map(|d| {
             [
@@ -338,7 +348,7 @@ fn check_end(hv: &mut Hv) {
     if !hv.domains.iter().any(|d| d.is_live()) {
         hv.finish();
     }
-    if earliest_timer(hv).is_none() && hv.runnable == 0 && !crate::irq::any_bound() {
+    if earliest_timer(hv).is_none() && hv.runnable.is_empty() && !crate::irq::any_bound() {
         crate::error!("every live domain is blocked and nothing can wake it: ending the run");
         for i in 0..hv.domains.len() {
             if hv.domains[i].is_live() {
@@ -390,6 +400,9 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     if hv.teardowns_waiting {
         hv.finish_teardowns();
     }
+    if hv.reap_waiting {
+        hv.reap_vcpus();
+    }
 }
 
 /// The idle loop, entered through the exit path (ring 0, idle stack,
@@ -410,7 +423,7 @@ pub extern "C" fn idle_loop() -> ! {
                 switch_to(&mut hv, cur, next, now);
                 // Its frame, not the idle one, on the way out, with the
                 // upcall that woke it delivered as on every exit.
-                crate::arch::entry::set_current(next);
+                crate::arch::entry::set_current(&hv.vcpus[next].frame);
                 crate::pv::deliver_events(&mut hv, crate::arch::entry::current_frame());
                 drop(hv);
                 crate::arch::entry::resume_guest();
@@ -487,7 +500,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     d.last_start = now;
     // The outgoing vCPU's registers stay in its own frame; the exit path
     // restores the incoming one's (also after the idle loop ran).
-    crate::arch::entry::set_current(next);
+    crate::arch::entry::set_current(&d.frame);
     // The TSC runs at a constant rate and system time is computed from it
     // with the very scale the guest is given, so its vcpu_time_info stays
     // exact; it is rewritten about once a second (as Xen recalibrates),
@@ -520,6 +533,9 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     crate::vcpu::update_runstate_area(d);
     if hv.teardowns_waiting {
         hv.finish_teardowns();
+    }
+    if hv.reap_waiting {
+        hv.reap_vcpus();
     }
 }
 
@@ -570,20 +586,20 @@ pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
 
 /// Enters the first runnable domain; never returns.
 pub fn start() -> ! {
-    let (first, cr3) = {
+    let cr3 = {
         let mut hv = crate::domain::lock();
         // The first runnable vCPU this CPU may run (any, if none may).
         let runnable = |d: &crate::domain::Vcpu| d.state == RunState::Runnable;
-        let here = hv.affine[0];
-        let Some(first) = (hv.vcpus.iter().enumerate())
-            .position(|(i, d)| runnable(d) && here & (1u64 << i) != 0)
-            .or_else(|| hv.vcpus.iter().position(runnable))
+        let Some(first) = (hv.vcpus.live())
+            .find(|&(i, d)| runnable(d) && hv.affine[0].contains(i))
+            .or_else(|| hv.vcpus.live().find(|&(_, d)| runnable(d)))
+            .map(|(i, _)| i)
         else {
             hv.finish()
         };
         hv.assign(first, 0);
         let now = crate::time::now_ns();
-        for d in hv.vcpus.iter_mut() {
+        for (_, d) in hv.vcpus.live_mut() {
             d.runstate.entry_time = now;
         }
         hv.current = first;
@@ -596,7 +612,9 @@ pub fn start() -> ! {
         crate::time::update_vcpu_time(d.info);
         crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
         cpu::fpu_restore(&d.fpu);
-        (first, d.cr3)
+        // Its frame is the one the exit path restores.
+        crate::arch::entry::set_current(&d.frame);
+        d.cr3
     };
     apic::start_periodic(TICK_NS as u32);
     // The other CPUs may now run the rest.
@@ -604,5 +622,5 @@ pub fn start() -> ! {
     crate::arch::smp::scheduler_ready();
     // SAFETY: as in `switch_to`.
     unsafe { cpu::write_cr3(cr3) };
-    crate::arch::entry::enter_guest(first)
+    crate::arch::entry::resume_guest()
 }

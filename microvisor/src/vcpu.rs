@@ -345,7 +345,8 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         rsp: s.rsp,
         ss: u64::from(s.ss),
     };
-    crate::arch::entry::set_frame(vi, &frame);
+    // (Never initialised, so it never ran: no CPU holds it.)
+    v.frame.install(&frame);
     v.initialised = true;
     Ok(())
 }

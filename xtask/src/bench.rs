@@ -259,8 +259,8 @@ fn per_domain_bytes(serial: &str) -> Option<(u64, String)> {
     })
 }
 
-/// The hypervisor's own memory per minimal domain (heap, frames and vCPU
-/// slots it holds beyond the domain's memory), from the density boot's
+/// The hypervisor's own memory per minimal domain (heap, with its vCPU
+/// records, and frames it holds beyond the domain's memory), from the density boot's
 /// log (not a timing: no icount needed). The density goal is 20 KiB.
 fn density(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
     let bundle = crate::scenario::make_bundle(&density_manifest(), kdir, &Default::default())?;

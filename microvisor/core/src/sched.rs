@@ -3,7 +3,7 @@
 //! credit scheduler's aims, with a virtual-time clock instead of credits).
 //!
 //! The hypervisor's `sched` module keeps the state (each CPU's run queue as
-//! a bit mask of vCPU indices, every vCPU's virtual run time, every
+//! a set of vCPU indices (`VcpuSet`), every vCPU's virtual run time, every
 //! domain's cap and use of the current period) and performs the context
 //! switch; every decision it makes about that state is one of the functions
 //! here, so the policy runs under `cargo test` on the host, including a
@@ -103,7 +103,8 @@ pub trait Vcpus {
     fn capped(&self, i: usize) -> bool;
 }
 
-/// The run queues as one CPU sees them when it picks.
+/// The run queues as one CPU sees them when it picks, for at most 64
+/// vCPUs (one word of each set; [`PickWords`] is the general form).
 #[derive(Clone, Copy, Debug)]
 pub struct PickMasks {
     /// Its own run queue.
@@ -120,6 +121,52 @@ pub struct PickMasks {
     pub n: usize,
 }
 
+/// The run queues as one CPU sees them when it picks, a word of 64 vCPU
+/// indices at a time (word `w` holds indices `64 * w` to `64 * w + 63`):
+/// the hypervisor's sets ([`VcpuSet`]) grow with the vCPU table.
+pub trait PickWords {
+    /// Words in each set.
+    fn words(&self) -> usize;
+    /// Word `w` of its own run queue, of every runnable vCPU (the union of
+    /// all queues), and of the vCPUs it may take (allowed on it, not held
+    /// by another CPU, not excluded).
+    fn word(&self, w: usize) -> (u64, u64, u64);
+    /// The vCPU it holds (ties go to the first after it), or any index past
+    /// the table when it holds none.
+    fn current(&self) -> usize;
+    /// vCPUs in the table.
+    fn n(&self) -> usize;
+}
+
+impl PickWords for PickMasks {
+    fn words(&self) -> usize {
+        1
+    }
+    fn word(&self, _: usize) -> (u64, u64, u64) {
+        (self.queue, self.runnable, self.free)
+    }
+    fn current(&self) -> usize {
+        self.current
+    }
+    fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// The indices of the set bits of `words` (word `w` holds indices from
+/// `64 * w`), in order.
+fn indices(words: impl Iterator<Item = u64>) -> impl Iterator<Item = usize> {
+    words.enumerate().flat_map(|(w, mut m)| {
+        core::iter::from_fn(move || {
+            (m != 0).then(|| {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                w * 64 + i
+            })
+        })
+    })
+}
+
 /// The vCPU a CPU runs next, or `None`: the one of its own queue furthest
 /// behind in virtual time, not capped (among equals the first after the
 /// current one), unless a vCPU waiting in another CPU's queue that it may
@@ -128,25 +175,43 @@ pub struct PickMasks {
 /// queue). An idle CPU so steals any waiting vCPU, a busy one only when
 /// the machine's shares have drifted apart.
 #[inline(always)]
-pub fn pick(v: &impl Vcpus, m: PickMasks) -> Option<usize> {
-    let local = m.queue & m.free;
-    let remote = m.runnable & !m.queue & m.free;
-    if remote != 0 {
-        return pick_balanced(v, local, remote, m.current, m.n);
-    }
-    // None or one candidate (the common cases: a yield alone, a peer just
-    // woken): nothing to compare.
-    if local & local.wrapping_sub(1) == 0 {
-        if local == 0 {
-            return None;
+pub fn pick(v: &impl Vcpus, m: impl PickWords) -> Option<usize> {
+    let nw = m.words();
+    // Its own candidates: none, one (the common cases: a yield alone, a
+    // peer just woken: nothing to compare) or more; and whether others
+    // wait elsewhere.
+    let (mut count, mut only, mut remote) = (0usize, 0usize, false);
+    for w in 0..nw {
+        let (queue, runnable, free) = m.word(w);
+        let local = queue & free;
+        remote |= runnable & !queue & free != 0;
+        if local != 0 {
+            count += local.count_ones() as usize;
+            only = w * 64 + local.trailing_zeros() as usize;
         }
-        let i = local.trailing_zeros() as usize;
-        return (!v.capped(i)).then_some(i);
     }
-    pick_among(v, local, m.current, m.n)
+    let local = || {
+        indices((0..nw).map(|w| {
+            let (queue, _, free) = m.word(w);
+            queue & free
+        }))
+    };
+    if remote {
+        let remote = indices((0..nw).map(|w| {
+            let (queue, runnable, free) = m.word(w);
+            runnable & !queue & free
+        }));
+        return balanced(v, local(), remote, m.current(), m.n());
+    }
+    match count {
+        0 => None,
+        1 => (!v.capped(only)).then_some(only),
+        _ => best_of(v, local(), m.current(), m.n()),
+    }
 }
 
-/// [`pick`] when other CPUs' queues hold vCPUs that this CPU may take.
+/// [`pick`] when other CPUs' queues hold vCPUs that this CPU may take
+/// (one word of each: `local` its own candidates, `remote` the others').
 #[inline(never)]
 pub fn pick_balanced(
     v: &impl Vcpus,
@@ -155,8 +220,25 @@ pub fn pick_balanced(
     current: usize,
     n: usize,
 ) -> Option<usize> {
-    let mine = pick_among(v, local, current, n);
-    let Some(theirs) = pick_among(v, remote, current, n) else {
+    balanced(
+        v,
+        indices(core::iter::once(local)),
+        indices(core::iter::once(remote)),
+        current,
+        n,
+    )
+}
+
+#[inline(never)]
+fn balanced(
+    v: &impl Vcpus,
+    local: impl Iterator<Item = usize>,
+    remote: impl Iterator<Item = usize>,
+    current: usize,
+    n: usize,
+) -> Option<usize> {
+    let mine = best_of(v, local, current, n);
+    let Some(theirs) = best_of(v, remote, current, n) else {
         return mine;
     };
     match mine {
@@ -170,14 +252,22 @@ pub fn pick_balanced(
 /// Among the vCPUs of mask `m`, the one not capped furthest behind in
 /// virtual time; among equals the first after `current` in index order.
 #[inline(never)]
-pub fn pick_among(v: &impl Vcpus, mut m: u64, current: usize, n: usize) -> Option<usize> {
+pub fn pick_among(v: &impl Vcpus, m: u64, current: usize, n: usize) -> Option<usize> {
+    best_of(v, indices(core::iter::once(m)), current, n)
+}
+
+/// [`pick_among`] over any candidates, given in index order.
+fn best_of(
+    v: &impl Vcpus,
+    candidates: impl Iterator<Item = usize>,
+    current: usize,
+    n: usize,
+) -> Option<usize> {
     let n = n.max(1);
     let cur = current.min(n - 1);
     // (vruntime, place in the round after the current one, index)
     let mut best: Option<(u64, usize, usize)> = None;
-    while m != 0 {
-        let i = m.trailing_zeros() as usize;
-        m &= m - 1;
+    for i in candidates {
         if v.capped(i) {
             continue;
         }
@@ -188,6 +278,78 @@ pub fn pick_among(v: &impl Vcpus, mut m: u64, current: usize, n: usize) -> Optio
         }
     }
     best.map(|(_, _, i)| i)
+}
+
+/// A set of vCPU indices as the hypervisor keeps its run queues, its
+/// runnable, held and per-CPU allowed vCPUs: a bit per index, in words
+/// that grow with the vCPU table ([`VcpuSet::grow`], fallible: no memory
+/// is a refusal, never a panic). An index past the words is not in the
+/// set; adding one is the caller's bug, and is ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VcpuSet(alloc::vec::Vec<u64>);
+
+impl VcpuSet {
+    /// The empty set, with room for no index.
+    pub const fn new() -> VcpuSet {
+        VcpuSet(alloc::vec::Vec::new())
+    }
+
+    /// Makes room for indices below `n`; `Err` when there is no memory
+    /// (the set is then unchanged).
+    pub fn grow(&mut self, n: usize) -> Result<(), alloc::collections::TryReserveError> {
+        let words = n.div_ceil(64);
+        if words > self.0.len() {
+            self.0.try_reserve(words - self.0.len())?;
+            self.0.resize(words, 0);
+        }
+        Ok(())
+    }
+
+    /// Its words (word `w` holds indices `64 * w` to `64 * w + 63`).
+    #[inline(always)]
+    pub fn words(&self) -> &[u64] {
+        &self.0
+    }
+
+    /// Word `w`, 0 past the end.
+    #[inline(always)]
+    pub fn word(&self, w: usize) -> u64 {
+        self.0.get(w).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, i: usize) -> bool {
+        self.word(i / 64) & (1u64 << (i % 64)) != 0
+    }
+
+    #[inline(always)]
+    pub fn insert(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1u64 << (i % 64);
+        }
+    }
+
+    #[inline(always)]
+    pub fn remove(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1u64 << (i % 64));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// How many indices it holds, `i` left out.
+    pub fn count_without(&self, i: usize) -> usize {
+        let n: usize = self.0.iter().map(|w| w.count_ones() as usize).sum();
+        n - usize::from(self.contains(i))
+    }
+
+    /// Its indices in order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        indices(self.0.iter().copied())
+    }
 }
 
 /// On a tick: whether the running vCPU `cur` (still runnable, not capped)

@@ -317,66 +317,112 @@ cstar_entry:
     options(att_syntax)
 );
 
-/// Every vCPU's saved registers, by vCPU index (`Hv::vcpus`). The running vCPU's
-/// frame is also where the entry stubs save its registers (TSS.RSP0 and
-/// the per-CPU `frame_top` are its end) and where the exit path restores
-/// them from (the per-CPU `current_frame`): a vCPU switch changes these
-/// pointers, it copies no frame. Outside `Hv`, so a `&mut TrapFrame` into it never aliases the
-/// domain table.
+/// One vCPU's saved registers, on the heap from its creation
+/// (`VcpuFrame::new`) until its record goes (the frame with it). While the
+/// vCPU runs, its frame is also where the entry stubs save its registers
+/// (TSS.RSP0 and the per-CPU `frame_top` are its end) and where the exit
+/// path restores them from (the per-CPU `current_frame`): a vCPU switch
+/// changes these pointers, it copies no frame. Its own allocation, apart
+/// from the `Vcpu`, so that a `&mut TrapFrame` into it never aliases the
+/// vCPU table.
 ///
 /// Each frame's end must be 16-byte aligned: the CPU aligns RSP0 down to 16
 /// bytes before pushing an exception frame, and a frame pushed 8 bytes low
-/// would not be where the stubs expect it.
+/// would not be where the stubs expect it (`FrameCell` is 64-aligned and
+/// `TrapFrame` a multiple of 16 bytes).
 ///
-/// Discipline (why this `Sync` static needs no lock): the array is only
-/// ever reached through [`frame_addr`], as a raw address, never as a
-/// reference to the whole; a vCPU's frame is written by the CPU that holds
-/// that vCPU (its stubs at entry and exit, its Rust code through the
-/// `&mut TrapFrame` the entry hands over), or, before the vCPU first runs,
-/// by whoever builds it under the hypervisor lock (`set_frame`). A vCPU is
-/// held by at most one CPU at a time (`Hv::running`), so no two CPUs touch
-/// one frame at once.
-static FRAMES: Frames = Frames(UnsafeCell::new([TrapFrame::ZERO; NR_FRAMES]));
-
-/// One frame per vCPU, then the boot CPU's idle context.
-const NR_FRAMES: usize = crate::domain::MAX_VCPUS + 1;
-const IDLE_FRAME: usize = crate::domain::MAX_VCPUS;
+/// Discipline: the frame is only ever reached as a raw address
+/// (`VcpuFrame::addr`), never through a reference held by its owner; it is
+/// written by the CPU that holds the vCPU (its stubs at entry and exit,
+/// its Rust code through the `&mut TrapFrame` the entry hands over), or,
+/// while no CPU holds it, by whoever holds the hypervisor lock
+/// (`VcpuFrame::install`). A vCPU is held by at most one CPU at a time
+/// (`Hv::running`), so no two CPUs touch one frame at once; it is freed
+/// only once no CPU holds its vCPU or was entered from it
+/// (`Hv::reap_vcpus`).
+pub struct VcpuFrame(core::ptr::NonNull<FrameCell>);
 
 #[repr(C, align(64))]
-struct Frames(UnsafeCell<[TrapFrame; NR_FRAMES]>);
+struct FrameCell(UnsafeCell<TrapFrame>);
 
-// SAFETY: see `FRAMES`: each frame has one user at a time, and only raw
-// addresses of frames are handed out.
-unsafe impl Sync for Frames {}
+// SAFETY: see `VcpuFrame`: the frame has one user at a time, and only its
+// raw address is handed out.
+unsafe impl Send for VcpuFrame {}
+// SAFETY: as above; `&VcpuFrame` gives only the address and, under the
+// hypervisor lock while no CPU holds the vCPU, `install`.
+unsafe impl Sync for VcpuFrame {}
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>().is_multiple_of(16));
+
+impl VcpuFrame {
+    /// A zeroed frame on the heap; `None` when there is no memory.
+    pub fn new() -> Option<VcpuFrame> {
+        let layout = core::alloc::Layout::new::<FrameCell>();
+        // SAFETY: the layout has a non-zero size; an all-zero `TrapFrame`
+        // (plain integers) is a valid one.
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        core::ptr::NonNull::new(p.cast::<FrameCell>()).map(VcpuFrame)
+    }
+
+    /// Its address, as the stubs and `set_current` use it.
+    #[inline(always)]
+    pub fn addr(&self) -> u64 {
+        self.0.as_ptr() as u64
+    }
+
+    /// Installs the vCPU's first frame (the builder's, or a
+    /// VCPUOP_initialise context); called only while no CPU holds it.
+    pub fn install(&self, frame: &TrapFrame) {
+        // SAFETY: the frame is this allocation; its vCPU is held by no CPU
+        // (the caller's rule above), so no reference to it exists and no
+        // stub writes it.
+        unsafe { core::ptr::write(self.addr() as *mut TrapFrame, *frame) };
+    }
+}
+
+impl Drop for VcpuFrame {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `new` with this layout; dropped only with
+        // its `Vcpu`, which `Hv::reap_vcpus` frees only once no CPU holds
+        // the vCPU or was entered from it (nothing points into the frame).
+        unsafe {
+            alloc::alloc::dealloc(
+                self.0.as_ptr().cast(),
+                core::alloc::Layout::new::<FrameCell>(),
+            )
+        };
+    }
+}
+
+/// The boot CPU's idle context (an AP's is in its own frames).
+static BOOT_IDLE_FRAME: BootIdle = BootIdle(FrameCell(UnsafeCell::new(TrapFrame::ZERO)));
+
+struct BootIdle(FrameCell);
+
+// SAFETY: only the boot CPU's exit path and `set_current_idle` on the boot
+// CPU touch it, through its raw address.
+unsafe impl Sync for BootIdle {}
 
 unsafe extern "C" {
     fn return_to_guest() -> !;
 }
 
-fn frame_addr(i: usize) -> u64 {
-    // vCPU indexes are below MAX_VCPUS (the vCPU table's capacity).
-    let i = i.min(NR_FRAMES - 1);
-    FRAMES.0.get() as u64 + (i * core::mem::size_of::<TrapFrame>()) as u64
-}
-
 /// Boot: this CPU's hypervisor stack (where Rust runs after an entry from
 /// a guest), idle stack (the idle loop's, entered afresh each time the CPU
 /// goes idle: nothing on it outlives one idle period) and idle frame; the
-/// boot CPU's idle frame is in `FRAMES`, an AP's is given.
+/// boot CPU's idle frame is `BOOT_IDLE_FRAME`, an AP's is given.
 pub fn init_cpu(hv_stack_top: u64, idle_stack_top: u64, idle_frame: Option<u64>) {
     let me = super::percpu::this_cpu();
     me.hv_stack_top.store(hv_stack_top, Ordering::Relaxed);
-    let frame = idle_frame.unwrap_or(frame_addr(IDLE_FRAME));
+    let frame = idle_frame.unwrap_or(BOOT_IDLE_FRAME.0.0.get() as u64);
     me.idle_frame.store(frame, Ordering::Relaxed);
     me.idle_stack_top.store(idle_stack_top, Ordering::Relaxed);
 }
 
-/// Makes vCPU index `i`'s frame the one entries save into and the exit
-/// path restores from (the vCPU switch), on this CPU.
-pub fn set_current(i: usize) {
-    let f = frame_addr(i);
+/// Makes vCPU frame `frame` the one entries save into and the exit path
+/// restores from (the vCPU switch), on this CPU.
+pub fn set_current(frame: &VcpuFrame) {
+    let f = frame.addr();
     let top = f + core::mem::size_of::<TrapFrame>() as u64;
     // The stubs read these only on this CPU's next entry or exit.
     super::percpu::set_frame(f, top);
@@ -416,27 +462,21 @@ pub fn current_frame() -> &'static mut TrapFrame {
     let cur = super::percpu::this_cpu()
         .current_frame
         .load(Ordering::Relaxed);
-    // SAFETY: this CPU's current frame is an element of FRAMES (the idle
-    // loop calls this after `set_current`), to which no other reference
+    // SAFETY: this CPU's current frame is its vCPU's (the idle loop calls
+    // this after `set_current`), to which no other reference
     // exists while the hypervisor runs on this CPU (only its stubs touch
     // it, at entry and exit).
     unsafe { &mut *(cur as *mut TrapFrame) }
 }
 
-/// From the idle loop: runs the vCPU made current (`set_current`) through
-/// the common exit path; the idle stack is abandoned.
+/// From the idle loop, or to start the first vCPU at boot: runs the vCPU
+/// made current (`set_current`) through the common exit path; the idle
+/// (or boot) stack is abandoned.
 pub fn resume_guest() -> ! {
     // SAFETY: this CPU's current frame is a vCPU's, with a ring-3 cs/ss
-    // (`set_current`); nothing on the idle stack is needed again.
+    // (`set_current`; built by the domain builder or the guest's checked
+    // context); nothing on the idle or boot stack is needed again.
     unsafe { core::arch::asm!("jmp {}", sym return_to_guest, options(noreturn)) }
-}
-
-/// Installs the first frame of vCPU index `i` (the builder's, or a VCPUOP_initialise context).
-pub fn set_frame(i: usize, frame: &TrapFrame) {
-    let f = frame_addr(i);
-    // SAFETY: `f` is FRAMES[i]; the domain has not run yet, so no reference
-    // to that frame exists.
-    unsafe { core::ptr::write(f as *mut TrapFrame, *frame) };
 }
 
 /// The frame of whichever vCPU runs now, for code that may have switched
@@ -449,19 +489,10 @@ pub fn live(frame: &mut TrapFrame) -> &mut TrapFrame {
     if cur == frame as *mut TrapFrame as u64 {
         frame
     } else {
-        // SAFETY: `cur` is another element of FRAMES than `frame` (checked
-        // above), the vCPU running on this CPU, to which no other reference
+        // SAFETY: `cur` is another frame than `frame` (checked above), the
+        // vCPU's running on this CPU, to which no other reference
         // exists while the hypervisor runs (only this CPU's stubs touch it,
         // at entry and exit).
         unsafe { &mut *(cur as *mut TrapFrame) }
     }
-}
-
-/// Starts running vCPU index `i` from its frame: the common exit path.
-pub fn enter_guest(i: usize) -> ! {
-    set_current(i);
-    // SAFETY: the exit path pops domain `i`'s frame (built by the domain
-    // builder with a ring-3 cs/ss) and irets; the boot stack it leaves holds
-    // nothing needed again.
-    unsafe { core::arch::asm!("jmp {}", sym return_to_guest, options(noreturn)) }
 }

@@ -327,19 +327,23 @@ pub fn flush_tlb_everywhere() {
     flush_other_cpus(|v| v != super::percpu::NO_VCPU);
 }
 
+/// Whether some CPU (this one included) was last entered from, or holds,
+/// vCPU index `v` (its `PerCpu::vcpu`, set when it lets go of the
+/// hypervisor lock): such a vCPU's record must stay (`Hv::reap_vcpus`).
+pub fn entered_from(v: u64) -> bool {
+    (0..super::percpu::MAX_CPUS)
+        .filter_map(super::percpu::cpu)
+        .any(|c| c.vcpu.load(Ordering::Acquire) == v)
+}
+
 /// Flushes every TLB entry on each other CPU that runs (or holds) one of
-/// the vCPUs in `vcpus` (bit i: vCPU index i), and waits until they did.
+/// the vCPUs `wanted` picks (by vCPU index; asked only of CPUs that hold
+/// one), and waits until they did.
 /// A CPU holds guest translations only of the vCPU it holds (every switch
 /// to another vCPU, and every release to idle, flushes everything), so
 /// these are the CPUs where the named vCPUs' stale entries can be; a
 /// vCPU that starts running elsewhere meanwhile starts with an empty TLB.
 /// This CPU is the caller's to flush.
-pub fn flush_tlb_vcpus(vcpus: u64) {
-    flush_other_cpus(|v| v < 64 && vcpus & (1u64 << v) != 0);
-}
-
-/// As `flush_tlb_vcpus`, for the other CPUs whose held vCPU index `wanted`
-/// picks (asked only of CPUs that hold one).
 pub fn flush_tlb_holding(wanted: impl Fn(u64) -> bool) {
     flush_other_cpus(|v| v != super::percpu::NO_VCPU && wanted(v));
 }

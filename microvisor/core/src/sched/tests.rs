@@ -325,3 +325,96 @@ proptest! {
         prop_assert!(close(&shares, &want, 30), "{cpus} CPUs, weights {weights:?}: {shares:?}, want {want:?}");
     }
 }
+
+/// Several words of each set, as `PickWords` gives them.
+struct Words {
+    queue: VcpuSet,
+    runnable: VcpuSet,
+    free: VcpuSet,
+    current: usize,
+    n: usize,
+}
+
+impl PickWords for &Words {
+    fn words(&self) -> usize {
+        self.runnable.words().len()
+    }
+    fn word(&self, w: usize) -> (u64, u64, u64) {
+        (self.queue.word(w), self.runnable.word(w), self.free.word(w))
+    }
+    fn current(&self) -> usize {
+        self.current
+    }
+    fn n(&self) -> usize {
+        self.n
+    }
+}
+
+fn set(n: usize, members: &[usize]) -> VcpuSet {
+    let mut s = VcpuSet::new();
+    s.grow(n).unwrap();
+    for &i in members {
+        s.insert(i);
+    }
+    s
+}
+
+#[test]
+fn vcpu_set_grows_and_ignores_indices_past_it() {
+    let mut s = VcpuSet::new();
+    s.insert(3);
+    assert!(!s.contains(3) && s.is_empty());
+    s.grow(130).unwrap();
+    assert_eq!(s.words().len(), 3);
+    for i in [0, 63, 64, 129] {
+        s.insert(i);
+    }
+    s.insert(200);
+    assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 63, 64, 129]);
+    assert_eq!(s.count_without(64), 3);
+    assert_eq!(s.count_without(5), 4);
+    s.remove(63);
+    assert!(!s.contains(63) && s.contains(64) && !s.contains(1000));
+    // Growing again keeps what it holds.
+    s.grow(1000).unwrap();
+    assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 64, 129]);
+}
+
+#[test]
+fn pick_reaches_vcpus_past_the_first_word() {
+    // 200 vCPUs; the one furthest behind is index 150.
+    let mut vs = vec![(100, 10, false); 200];
+    vs[150].0 = 10;
+    vs[70].0 = 50;
+    let v = Fixed(vs);
+    let all: Vec<usize> = (0..200).collect();
+    let w = Words {
+        queue: set(200, &all),
+        runnable: set(200, &all),
+        free: set(200, &all),
+        current: 0,
+        n: 200,
+    };
+    assert_eq!(pick(&v, &w), Some(150));
+    // Only one candidate, far out.
+    let w = Words {
+        queue: set(200, &[199]),
+        runnable: set(200, &[199]),
+        free: set(200, &all),
+        current: 0,
+        n: 200,
+    };
+    assert_eq!(pick(&v, &w), Some(199));
+    // Own queue {70}; 150 waits in another queue, behind by more than a
+    // slice: it migrates. Not free (held elsewhere): 70 stays.
+    let w = |free: &[usize]| Words {
+        queue: set(200, &[70]),
+        runnable: set(200, &[70, 150]),
+        free: set(200, free),
+        current: 70,
+        n: 200,
+    };
+    assert_eq!(pick(&v, &w(&[70, 150])), Some(150));
+    assert_eq!(pick(&v, &w(&[70])), Some(70));
+    assert_eq!(pick(&v, &w(&[])), None);
+}
