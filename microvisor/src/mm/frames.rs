@@ -43,6 +43,20 @@ impl TableMemory for DirectMap {
         // it holds claimed or page-locked (`TableMemory`'s contract).
         unsafe { write_u64(mfn * PAGE + idx as u64 * 8, val) }
     }
+    #[inline]
+    fn compare_exchange(&mut self, mfn: u64, idx: usize, old: u64, val: u64) -> u64 {
+        // (`TableMemory`'s contract: an entry of a page table the policy
+        // holds page-locked.)
+        let cell = super::atomic_u64(mfn * PAGE + idx as u64 * 8);
+        match cell.compare_exchange(
+            old,
+            val,
+            core::sync::atomic::Ordering::SeqCst,
+            core::sync::atomic::Ordering::SeqCst,
+        ) {
+            Ok(v) | Err(v) => v,
+        }
+    }
     fn flush_tlbs(&mut self) {
         // Every CPU that may cache a translation (`smp`), not just this one.
         crate::arch::smp::flush_tlb_everywhere();

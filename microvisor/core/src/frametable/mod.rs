@@ -104,6 +104,36 @@ const fn is_domain(dom: u16) -> bool {
     dom < DOMID_SELF
 }
 
+/// Writes `val` over the entry at `at`, which held `old` when read under its
+/// page lock, and returns what was written. With `preserve_ad`
+/// (`MMU_PT_UPDATE_PRESERVE_AD`) the accessed and dirty bits the entry holds
+/// at the moment of the write are kept, not those of `old`: a CPU running
+/// the guest may set them in between, so the write is a compare-exchange
+/// retried with the bits it finds (as Xen's `update_intpte`). Bounded: under
+/// the page lock only a page walk changes the entry, and it only sets those
+/// two bits.
+fn write_entry<M: TableMemory + ?Sized>(
+    mem: &mut M,
+    at: Slot,
+    old: u64,
+    val: u64,
+    preserve_ad: bool,
+) -> u64 {
+    if !preserve_ad {
+        mem.write(at.mfn, at.idx, val);
+        return val;
+    }
+    let mut seen = old;
+    loop {
+        let want = val | (seen & (pte::ACCESSED | pte::DIRTY));
+        let found = mem.compare_exchange(at.mfn, at.idx, seen, want);
+        if found == seen {
+            return want;
+        }
+        seen = found;
+    }
+}
+
 /// True for an L4 index the hypervisor owns.
 const fn is_hv_slot(idx: usize) -> bool {
     idx >= HV_L4_FIRST && idx < HV_L4_FIRST + HV_L4_SLOTS
@@ -118,6 +148,18 @@ pub trait TableMemory {
     /// Writes entry `idx` (`< 512`) of frame `mfn`. Only called for frames
     /// inside the frame table.
     fn write(&mut self, mfn: u64, idx: usize, val: u64);
+    /// Writes `val` over entry `idx` of frame `mfn` if it still holds
+    /// `old`, atomically against a CPU's page walk (which sets accessed and
+    /// dirty bits in the entries it uses); returns the value it held. Only
+    /// called for frames inside the frame table, under their page lock. The
+    /// default reads then writes: enough for a memory no CPU walks.
+    fn compare_exchange(&mut self, mfn: u64, idx: usize, old: u64, val: u64) -> u64 {
+        let cur = self.read(mfn, idx);
+        if cur == old {
+            self.write(mfn, idx, val);
+        }
+        cur
+    }
     /// Flushes every TLB (all CPUs, global entries included). Called when a
     /// frame whose mappings may still be cached changes type, before the
     /// frame is used as its new type.
@@ -1636,11 +1678,6 @@ impl<'a> FrameTable<'a> {
             // an implicit unmap of a granted entry).
             return Err(Errno::EINVAL);
         }
-        let ad = if preserve_ad {
-            old & (pte::ACCESSED | pte::DIRTY)
-        } else {
-            0
-        };
         if pte::present(new) {
             let io = at.level == 1 && self.pg(pte::frame(new)).is_none();
             let bad = if io {
@@ -1652,18 +1689,15 @@ impl<'a> FrameTable<'a> {
                 return Err(Errno::EINVAL);
             }
             if pte::fast_path(old, new) {
-                let val = pte::adjust(at.level, new) | ad;
-                mem.write(at.mfn, at.idx, val);
+                let val = write_entry(mem, at, old, pte::adjust(at.level, new), preserve_ad);
                 return Ok(flush_for(old, val));
             }
             self.get_entry_refs(mem, at, new, dom, pg_owner)?;
-            let val = pte::adjust(at.level, new) | ad;
-            mem.write(at.mfn, at.idx, val);
+            let val = write_entry(mem, at, old, pte::adjust(at.level, new), preserve_ad);
             self.put_entry(mem, at, old);
             return Ok(flush_for(old, val));
         }
-        let val = new | ad;
-        mem.write(at.mfn, at.idx, val);
+        let val = write_entry(mem, at, old, new, preserve_ad);
         self.put_entry(mem, at, old);
         Ok(flush_for(old, val))
     }

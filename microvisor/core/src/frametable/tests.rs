@@ -906,6 +906,62 @@ fn preserve_ad_keeps_hardware_bits() {
     clean(&ft, &mem, &ext);
 }
 
+/// A memory where a CPU's page walk sets `bits` in the entry at `at` just
+/// before the policy's first compare-exchange of it (after the policy read
+/// the entry).
+struct WalkRace<'a> {
+    mem: &'a mut Mem,
+    at: (u64, usize),
+    bits: u64,
+    raced: bool,
+}
+
+impl TableMemory for WalkRace<'_> {
+    fn read(&self, mfn: u64, idx: usize) -> u64 {
+        self.mem.read(mfn, idx)
+    }
+    fn write(&mut self, mfn: u64, idx: usize, val: u64) {
+        self.mem.write(mfn, idx, val);
+    }
+    fn compare_exchange(&mut self, mfn: u64, idx: usize, old: u64, val: u64) -> u64 {
+        if (mfn, idx) == self.at && !self.raced {
+            self.raced = true;
+            let cur = self.mem.read(mfn, idx);
+            self.mem.write(mfn, idx, cur | self.bits);
+        }
+        let cur = self.mem.read(mfn, idx);
+        if cur == old {
+            self.mem.write(mfn, idx, val);
+        }
+        cur
+    }
+    fn flush_tlbs(&mut self) {
+        self.mem.flush_tlbs();
+    }
+}
+
+/// PRESERVE_AD keeps a dirty bit the CPU sets after the entry was read
+/// (Xen's compare-exchange loop); a plain update still replaces the bits.
+#[test]
+fn preserve_ad_keeps_bits_set_during_the_update() {
+    world!(ft, mem, ext);
+    let cur = mem.read(5, 0);
+    mem.write(5, 0, (cur & !D) | A);
+    for new in [ent(6, P | W | U | NX), ent(11, P | W | U)] {
+        let mut racing = WalkRace {
+            mem: &mut mem,
+            at: (5, 0),
+            bits: D,
+            raced: false,
+        };
+        assert!(ft.mod_entry(&mut racing, D1, D1, ma(5, 0), new, true).is_ok());
+        assert!(racing.raced);
+        assert_eq!(mem.read(5, 0), new | A | D, "{new:#x}");
+        mem.write(5, 0, mem.read(5, 0) & !D);
+    }
+    clean(&ft, &mem, &ext);
+}
+
 #[test]
 fn fast_path_keeps_references() {
     world!(ft, mem, ext);
