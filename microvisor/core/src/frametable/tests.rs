@@ -954,7 +954,10 @@ fn preserve_ad_keeps_bits_set_during_the_update() {
             bits: D,
             raced: false,
         };
-        assert!(ft.mod_entry(&mut racing, D1, D1, ma(5, 0), new, true).is_ok());
+        assert!(
+            ft.mod_entry(&mut racing, D1, D1, ma(5, 0), new, true)
+                .is_ok()
+        );
         assert!(racing.raced);
         assert_eq!(mem.read(5, 0), new | A | D, "{new:#x}");
         mem.write(5, 0, mem.read(5, 0) & !D);
