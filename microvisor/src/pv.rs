@@ -639,6 +639,21 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     Ok(0)
 }
 
+/// The descriptor the vCPU's GDT or LDT holds for `sel` right now (`None`
+/// for the null selector, one beyond its table, or an LDT page not yet
+/// shadow-mapped).
+fn guest_descriptor(pv: &crate::domain::PvState, sel: u16) -> Option<u64> {
+    let i = u64::from(sel >> 3);
+    if sel & 4 == 0 {
+        let i = i as usize;
+        (i != 0 && i < pv.gdt_entries).then(|| pv.gdt[i])
+    } else {
+        let page = (i / 512) as usize;
+        (i < u64::from(pv.ldt_ents) && pv.ldt_frames[page] != 0)
+            .then(|| crate::mm::read_u64(pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8))
+    }
+}
+
 /// Loads a vCPU's GDT entries into the CPU's table.
 pub fn load_guest_gdt(pv: &crate::domain::PvState) {
     crate::arch::desc::load_guest_entries(&pv.gdt[..pv.gdt_entries]);
@@ -670,7 +685,8 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
         );
     };
     let d = &hv.vcpus[cur];
-    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0) {
+    let cs_descriptor = guest_descriptor(&d.pv, ctx.cs as u16);
+    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0, cs_descriptor) {
         Ok(t) => t,
         Err(why) => return kill(hv, frame, format_args!("{why}")),
     };
@@ -684,6 +700,12 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.r11 = t.r11;
     frame.rcx = t.rcx;
     frame.rip = ctx.rip;
+    // A guest code selector that passed the check names a 64-bit DPL-3 code
+    // segment, so the vCPU runs on Xen's flat one, which is the same
+    // segment as far as the CPU is concerned (64-bit mode ignores base and
+    // limit). The hypervisor never loads a guest's own code or stack
+    // selector, so a descriptor the guest changes later can never make its
+    // return to the guest fault in ring 0.
     frame.cs = GUEST_CS64 as u64;
     frame.rflags = t.rflags;
     frame.rsp = ctx.rsp;
