@@ -1265,10 +1265,9 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 /// or a new entry the checks refuse, is left to be delivered to the guest
 /// as the page fault it is (Xen too gives the fault back). Linux relies on
 /// this: it clears and sets PTEs with plain stores (`ptep_get_and_clear`'s
-/// `xchg`). Returns whether the store was emulated. The old entry is read
-/// before the checked update: a guest racing stores to one entry from
-/// several vCPUs sees them in some order, but `cmpxchg` is not atomic
-/// against the others.
+/// `xchg`). Returns whether the store was emulated. The old entry is read,
+/// compared (`cmpxchg`) and replaced under the table's lock, so each
+/// emulated store is atomic against the other vCPUs' stores to it.
 pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     // Present, write, and from the guest kernel.
     let cur = hv.current;
@@ -1305,29 +1304,31 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
         return false;
     }
     let entry_ma = (table * crate::mm::PAGE) | (cr2 & 0xff8);
-    let old = crate::mm::read_u64(entry_ma);
-    let new = match w.op {
-        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => *gpr(frame, r),
-        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => v,
-        decode::PtWriteOp::Xchg(r) => *gpr(frame, r),
-        decode::PtWriteOp::Cmpxchg(r) => {
-            if frame.rax != old {
-                frame.rax = old;
-                frame.rflags &= !RFLAGS_ZF;
-                frame.rip = frame.rip.wrapping_add(u64::from(w.len));
-                return true;
-            }
-            *gpr(frame, r)
-        }
+    let (new, expect) = match w.op {
+        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => (*gpr(frame, r), None),
+        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => (v, None),
+        decode::PtWriteOp::Xchg(r) => (*gpr(frame, r), None),
+        decode::PtWriteOp::Cmpxchg(r) => (*gpr(frame, r), Some(frame.rax)),
     };
+    // The frame table reads the entry, compares it for cmpxchg and writes
+    // it under the table's lock: atomic against the other vCPUs' stores.
+    use microvisor_core::frametable::PtwrOutcome;
     let ops = crate::mm::frames::operation();
-    let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new));
+    let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new, expect));
     drop(ops);
     // As for update_va_mapping, flushing is the guest's business; the frame
     // table flushes before a frame whose mappings may be stale changes type.
-    if r.is_err() {
-        return false;
-    }
+    let old = match r {
+        Ok(PtwrOutcome::Written { old, .. }) => old,
+        Ok(PtwrOutcome::Differs(old)) => {
+            // cmpxchg's failure: rax gets the entry, ZF clear.
+            frame.rax = old;
+            frame.rflags &= !RFLAGS_ZF;
+            frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+            return true;
+        }
+        Err(_) => return false,
+    };
     match w.op {
         decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
         decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= RFLAGS_ZF,
