@@ -644,6 +644,21 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     Ok(0)
 }
 
+/// The descriptor the vCPU's GDT or LDT holds for `sel` right now (`None`
+/// for the null selector, one beyond its table, or an LDT page not yet
+/// shadow-mapped).
+fn guest_descriptor(pv: &crate::domain::PvState, sel: u16) -> Option<u64> {
+    let i = u64::from(sel >> 3);
+    if sel & 4 == 0 {
+        let i = i as usize;
+        (i != 0 && i < pv.gdt_entries).then(|| pv.gdt[i])
+    } else {
+        let page = (i / 512) as usize;
+        (i < u64::from(pv.ldt_ents) && pv.ldt_frames[page] != 0)
+            .then(|| crate::mm::read_u64(pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8))
+    }
+}
+
 /// Loads a vCPU's GDT entries into the CPU's table.
 pub fn load_guest_gdt(pv: &crate::domain::PvState) {
     crate::arch::desc::load_guest_entries(pv.gdt_in_use());
@@ -675,7 +690,8 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
         );
     };
     let d = &hv.vcpus[cur];
-    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0) {
+    let cs_descriptor = guest_descriptor(&d.pv, ctx.cs as u16);
+    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0, cs_descriptor) {
         Ok(t) => t,
         Err(why) => return kill(hv, frame, format_args!("{why}")),
     };
@@ -689,6 +705,12 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.r11 = t.r11;
     frame.rcx = t.rcx;
     frame.rip = ctx.rip;
+    // A guest code selector that passed the check names a 64-bit DPL-3 code
+    // segment, so the vCPU runs on Xen's flat one, which is the same
+    // segment as far as the CPU is concerned (64-bit mode ignores base and
+    // limit). The hypervisor never loads a guest's own code or stack
+    // selector, so a descriptor the guest changes later can never make its
+    // return to the guest fault in ring 0.
     frame.cs = GUEST_CS64 as u64;
     frame.rflags = t.rflags;
     frame.rsp = ctx.rsp;
@@ -1248,10 +1270,9 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 /// or a new entry the checks refuse, is left to be delivered to the guest
 /// as the page fault it is (Xen too gives the fault back). Linux relies on
 /// this: it clears and sets PTEs with plain stores (`ptep_get_and_clear`'s
-/// `xchg`). Returns whether the store was emulated. The old entry is read
-/// before the checked update: a guest racing stores to one entry from
-/// several vCPUs sees them in some order, but `cmpxchg` is not atomic
-/// against the others.
+/// `xchg`). Returns whether the store was emulated. The old entry is read,
+/// compared (`cmpxchg`) and replaced under the table's lock, so each
+/// emulated store is atomic against the other vCPUs' stores to it.
 pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     // Present, write, and from the guest kernel.
     let cur = hv.current;
@@ -1288,29 +1309,31 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
         return false;
     }
     let entry_ma = (table * crate::mm::PAGE) | (cr2 & 0xff8);
-    let old = crate::mm::read_u64(entry_ma);
-    let new = match w.op {
-        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => *gpr(frame, r),
-        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => v,
-        decode::PtWriteOp::Xchg(r) => *gpr(frame, r),
-        decode::PtWriteOp::Cmpxchg(r) => {
-            if frame.rax != old {
-                frame.rax = old;
-                frame.rflags &= !RFLAGS_ZF;
-                frame.rip = frame.rip.wrapping_add(u64::from(w.len));
-                return true;
-            }
-            *gpr(frame, r)
-        }
+    let (new, expect) = match w.op {
+        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => (*gpr(frame, r), None),
+        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => (v, None),
+        decode::PtWriteOp::Xchg(r) => (*gpr(frame, r), None),
+        decode::PtWriteOp::Cmpxchg(r) => (*gpr(frame, r), Some(frame.rax)),
     };
+    // The frame table reads the entry, compares it for cmpxchg and writes
+    // it under the table's lock: atomic against the other vCPUs' stores.
+    use microvisor_core::frametable::PtwrOutcome;
     let ops = crate::mm::frames::operation();
-    let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new));
+    let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new, expect));
     drop(ops);
     // As for update_va_mapping, flushing is the guest's business; the frame
     // table flushes before a frame whose mappings may be stale changes type.
-    if r.is_err() {
-        return false;
-    }
+    let old = match r {
+        Ok(PtwrOutcome::Written { old, .. }) => old,
+        Ok(PtwrOutcome::Differs(old)) => {
+            // cmpxchg's failure: rax gets the entry, ZF clear.
+            frame.rax = old;
+            frame.rflags &= !RFLAGS_ZF;
+            frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+            return true;
+        }
+        Err(_) => return false,
+    };
     match w.op {
         decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
         decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= RFLAGS_ZF,

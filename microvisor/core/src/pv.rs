@@ -196,6 +196,22 @@ pub const fn data_descriptor_loadable(d: u64) -> bool {
     present && code_or_data && dpl3 && (!code || readable)
 }
 
+/// Whether a descriptor of the guest's GDT or LDT is one a 64-bit PV
+/// guest's `iret` may name as its code segment (Linux's `__USER_CS`): a
+/// present code segment of DPL 3 in 64-bit mode (L set, D clear). That is
+/// what the CPU's `iretq` to ring 3 in 64-bit mode needs of it; a
+/// compatibility-mode (32-bit) segment is refused, as this hypervisor runs
+/// 64-bit PV guests only.
+pub const fn code64_descriptor_ok(d: u64) -> bool {
+    let present = d & (1 << 47) != 0;
+    let code_or_data = d & (1 << 44) != 0;
+    let code = d & (1 << 43) != 0;
+    let dpl3 = (d >> 45) & 3 == 3;
+    let long = d & (1 << 53) != 0;
+    let default32 = d & (1 << 54) != 0;
+    present && code_or_data && code && dpl3 && long && !default32
+}
+
 /// RFLAGS bits the hypervisor handles itself.
 pub const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_IOPL: u64 = 3 << 12;
@@ -232,7 +248,8 @@ pub struct IretTarget {
 pub enum IretRefusal {
     /// A non-canonical or hypervisor rip.
     Rip(u64),
-    /// Not the flat kernel code selector.
+    /// Neither Xen's flat code selector nor a selector of the guest's own
+    /// tables whose descriptor passes [`code64_descriptor_ok`].
     Cs(u64),
     /// The hypercall came from guest user mode.
     FromUserMode,
@@ -252,16 +269,23 @@ impl core::fmt::Display for IretRefusal {
 }
 
 /// Checks an iret context issued from guest `user_mode` (or kernel mode),
-/// with or without a user page table.
+/// with or without a user page table. `cs_descriptor` is the descriptor the
+/// guest's GDT or LDT holds for `ctx.cs` (`None` when the selector is null
+/// or beyond its table); it is consulted only for a selector other than
+/// Xen's flat one. As Xen's `do_iret`, the selector's RPL says whether the
+/// return is to user mode, and the segment runs with RPL 3 whatever it
+/// says; a guest selector must name a present DPL-3 64-bit code segment.
 pub fn check_iret(
     ctx: &IretContext,
     user_mode: bool,
     has_user_page_table: bool,
+    cs_descriptor: Option<u64>,
 ) -> Result<IretTarget, IretRefusal> {
     if !guest_addr_ok(ctx.rip) {
         return Err(IretRefusal::Rip(ctx.rip));
     }
-    if !kernel_cs_ok(ctx.cs as u16) {
+    let guest_cs_ok = matches!(cs_descriptor, Some(d) if code64_descriptor_ok(d));
+    if !kernel_cs_ok(ctx.cs as u16) && !guest_cs_ok {
         return Err(IretRefusal::Cs(ctx.cs));
     }
     if user_mode {

@@ -873,7 +873,8 @@ impl<'a> FrameTable<'a> {
         new: u64,
         preserve_ad: bool,
     ) -> Result<Flush, Errno> {
-        self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, preserve_ad, None)
+        self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, preserve_ad, None, None)
+            .map(PtwrOutcome::flush)
     }
 
     /// Writable page-table emulation (Xen's `ptwr`): a guest kernel's store
@@ -881,18 +882,26 @@ impl<'a> FrameTable<'a> {
     /// [`FrameTable::mod_entry`] does (`MMU_NORMAL_PT_UPDATE`, `dom`'s own
     /// frames), provided the frame is a live L1 table of `dom`; `EINVAL`
     /// otherwise (Xen emulates only L1 writes).
+    ///
+    /// The entry is read under the table's page lock, in the same critical
+    /// section as the update, so the emulated instruction is atomic against
+    /// every other vCPU's store to it: with `expect` (an emulated `cmpxchg`)
+    /// nothing is written unless the entry holds exactly that value, and
+    /// either way the answer carries the value the entry held.
     pub fn ptwr_entry<M: TableMemory + ?Sized>(
         &self,
         mem: &mut M,
         dom: u16,
         entry_ma: u64,
         new: u64,
-    ) -> Result<Flush, Errno> {
-        self.mod_entry_in(mem, dom, dom, entry_ma, new, false, Some(1))
+        expect: Option<u64>,
+    ) -> Result<PtwrOutcome, Errno> {
+        self.mod_entry_in(mem, dom, dom, entry_ma, new, false, Some(1), expect)
     }
 
     /// [`FrameTable::mod_entry`], requiring a table of level `want` when
-    /// given (checked under the page lock).
+    /// given and, with `expect`, the entry to hold that value (both checked
+    /// under the page lock).
     #[allow(clippy::too_many_arguments)]
     fn mod_entry_in<M: TableMemory + ?Sized>(
         &self,
@@ -903,7 +912,8 @@ impl<'a> FrameTable<'a> {
         new: u64,
         preserve_ad: bool,
         want: Option<u8>,
-    ) -> Result<Flush, Errno> {
+        expect: Option<u64>,
+    ) -> Result<PtwrOutcome, Errno> {
         if entry_ma & 7 != 0 {
             return Err(Errno::EINVAL);
         }
@@ -916,13 +926,19 @@ impl<'a> FrameTable<'a> {
         let result = if let Some(level) = self.page_lock(mem, mfn) {
             let r = if want.is_none_or(|w| w == level) {
                 let at = Slot { mfn, level, idx };
-                self.mod_table_entry(mem, dom, pg_owner, at, new, preserve_ad)
+                let old = mem.read(mfn, idx);
+                if expect.is_some_and(|e| e != old) {
+                    Ok(PtwrOutcome::Differs(old))
+                } else {
+                    self.mod_table_entry(mem, dom, pg_owner, at, new, preserve_ad)
+                        .map(|flush| PtwrOutcome::Written { old, flush })
+                }
             } else {
                 Err(Errno::EINVAL)
             };
             self.page_unlock(mem, mfn);
             r
-        } else if want.is_some() {
+        } else if want.is_some() || expect.is_some() {
             Err(Errno::EINVAL)
         } else {
             // Not a (usable) table: a plain write, under a writable type
@@ -931,7 +947,11 @@ impl<'a> FrameTable<'a> {
                 .map(|()| {
                     mem.write(mfn, idx, new);
                     self.put_page_type(mem, mfn);
-                    Flush::NONE
+                    // The old value is not read (nobody asks for it here).
+                    PtwrOutcome::Written {
+                        old: 0,
+                        flush: Flush::NONE,
+                    }
                 })
                 .map_err(|_| Errno::EINVAL)
         };
@@ -956,7 +976,8 @@ impl<'a> FrameTable<'a> {
         new: u64,
     ) -> Result<Flush, Errno> {
         let entry_ma = self.find_l1e(mem, dom, l4_mfn, va)?;
-        self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, false, Some(1))
+        self.mod_entry_in(mem, dom, pg_owner, entry_ma, new, false, Some(1), None)
+            .map(PtwrOutcome::flush)
     }
 
     /// `MMU_MACHPHYS_UPDATE` check: the frame must be owned by `dom` (the
@@ -1788,5 +1809,25 @@ const fn flush_for(old: u64, new: u64) -> Flush {
         Flush::NEEDED
     } else {
         Flush::NONE
+    }
+}
+
+/// What [`FrameTable::ptwr_entry`] did with a checked store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PtwrOutcome {
+    /// The entry held `old` and now holds the new value; `flush` says
+    /// whether stale translations must go.
+    Written { old: u64, flush: Flush },
+    /// The entry held this value, not the expected one: nothing written.
+    Differs(u64),
+}
+
+impl PtwrOutcome {
+    /// The flush a write needs (none when nothing was written).
+    pub const fn flush(self) -> Flush {
+        match self {
+            Self::Written { flush, .. } => flush,
+            Self::Differs(_) => Flush::NONE,
+        }
     }
 }

@@ -1628,3 +1628,52 @@ fn grant_entry_replaced_by_another_slots_entry() {
     ext.pop();
     clean(&ft, &mem, &ext);
 }
+
+#[test]
+fn ptwr_compares_and_writes_under_the_lock() {
+    world!(ft, mem, ext);
+    let cur = mem.read(5, 0);
+    let new = ent(11, P | W | U);
+    // cmpxchg with a stale expected value: nothing written, the entry's
+    // value handed back.
+    assert_eq!(
+        ft.ptwr_entry(&mut mem, D1, ma(5, 0), new, Some(cur ^ A)),
+        Ok(PtwrOutcome::Differs(cur))
+    );
+    assert_eq!(mem.read(5, 0), cur);
+    // With the value the entry holds: written, the old one reported.
+    assert_eq!(
+        ft.ptwr_entry(&mut mem, D1, ma(5, 0), new, Some(cur)),
+        Ok(PtwrOutcome::Written {
+            old: cur,
+            flush: Flush::NEEDED
+        })
+    );
+    assert_eq!(mem.read(5, 0), new);
+    // A plain store (mov, xchg) reports the old value too.
+    assert_eq!(
+        ft.ptwr_entry(&mut mem, D1, ma(5, 0), cur, None),
+        Ok(PtwrOutcome::Written {
+            old: new,
+            flush: Flush::NEEDED
+        })
+    );
+    assert_eq!(mem.read(5, 0), cur);
+    // Refused as before: not an L1 table, or a new entry the checks refuse
+    // (the expected value matching changes nothing).
+    let l2e = mem.read(4, 0);
+    assert_eq!(
+        ft.ptwr_entry(&mut mem, D1, ma(4, 0), 0, Some(l2e)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ft.ptwr_entry(&mut mem, D1, ma(6, 0), 0, Some(0)),
+        Err(Errno::EINVAL)
+    );
+    assert!(
+        ft.ptwr_entry(&mut mem, D1, ma(5, 0), ent(2, P | W | U), Some(cur))
+            .is_err()
+    );
+    assert_eq!(mem.read(5, 0), cur);
+    clean(&ft, &mem, &ext);
+}

@@ -214,7 +214,7 @@ fn ctx(rip: u64, cs: u64, rflags: u64, flags: u64) -> IretContext {
 
 #[test]
 fn iret_contexts() {
-    let t = check_iret(&ctx(0x40_0000, 0xe030, 0x246, 0), false, false).unwrap();
+    let t = check_iret(&ctx(0x40_0000, 0xe030, 0x246, 0), false, false, None).unwrap();
     assert_eq!(
         t,
         IretTarget {
@@ -226,7 +226,7 @@ fn iret_contexts() {
         }
     );
     // IF clear masks events; IOPL and VM cannot be set; IF is always on.
-    let t = check_iret(&ctx(0x40_0000, 0xe033, 0x2_3000, 0), false, true).unwrap();
+    let t = check_iret(&ctx(0x40_0000, 0xe033, 0x2_3000, 0), false, true, None).unwrap();
     assert_eq!(
         t,
         IretTarget {
@@ -238,27 +238,60 @@ fn iret_contexts() {
         }
     );
     // VGCF_in_syscall: rcx = rip, r11 = rflags.
-    let t = check_iret(&ctx(0x40_0000, 0xe033, 0x246, VGCF_IN_SYSCALL), false, true).unwrap();
+    let t = check_iret(
+        &ctx(0x40_0000, 0xe033, 0x246, VGCF_IN_SYSCALL),
+        false,
+        true,
+        None,
+    )
+    .unwrap();
     assert_eq!((t.rcx, t.r11), (0x40_0000, 0x246));
     assert_eq!(
-        check_iret(&ctx(0x8000_0000_0000_0000, 0xe033, 0, 0), false, true),
+        check_iret(&ctx(0x8000_0000_0000_0000, 0xe033, 0, 0), false, true, None),
         Err(IretRefusal::Rip(0x8000_0000_0000_0000))
     );
     assert_eq!(
-        check_iret(&ctx(0xffff_8000_0000_1000, 0xe033, 0, 0), false, true),
+        check_iret(&ctx(0xffff_8000_0000_1000, 0xe033, 0, 0), false, true, None),
         Err(IretRefusal::Rip(0xffff_8000_0000_1000))
     );
     assert_eq!(
-        check_iret(&ctx(0x1000, 0xe008, 0, 0), false, true),
+        check_iret(&ctx(0x1000, 0xe008, 0, 0), false, true, None),
         Err(IretRefusal::Cs(0xe008))
     );
     assert_eq!(
-        check_iret(&ctx(0x1000, 0xe033, 0, 0), true, true),
+        check_iret(&ctx(0x1000, 0xe033, 0, 0), true, true, None),
         Err(IretRefusal::FromUserMode)
     );
     assert_eq!(
-        check_iret(&ctx(0x1000, 0xe033, 0, 0), false, false),
+        check_iret(&ctx(0x1000, 0xe033, 0, 0), false, false, None),
         Err(IretRefusal::NoUserPageTable)
+    );
+    // A selector of the guest's own GDT (Linux's __USER_CS, 0x33): its
+    // descriptor decides. A present DPL-3 64-bit code segment is taken.
+    const CODE64: u64 = 0x00af_fa00_0000_ffff;
+    let t = check_iret(&ctx(0x40_0000, 0x33, 0x246, 0), false, true, Some(CODE64)).unwrap();
+    assert!(t.to_user);
+    // RPL 0 names the same segment for a kernel-mode return.
+    let t = check_iret(&ctx(0x40_0000, 0x30, 0x246, 0), false, true, Some(CODE64)).unwrap();
+    assert!(!t.to_user);
+    for bad in [
+        CODE64 & !(1 << 47),   // not present
+        CODE64 & !(3 << 45),   // DPL 0
+        CODE64 & !(1 << 43),   // data
+        CODE64 & !(1 << 44),   // system
+        CODE64 & !(1 << 53),   // not 64-bit
+        CODE64 | (1 << 54),    // L and D both set
+        0x00cf_fa00_0000_ffff, // 32-bit code
+    ] {
+        assert_eq!(
+            check_iret(&ctx(0x40_0000, 0x33, 0x246, 0), false, true, Some(bad)),
+            Err(IretRefusal::Cs(0x33)),
+            "{bad:#x}"
+        );
+    }
+    assert_eq!(
+        check_iret(&ctx(0x40_0000, 0x33, 0x246, 0), false, true, None),
+        Err(IretRefusal::Cs(0x33))
     );
     assert_eq!(
         std::format!("{}", IretRefusal::Cs(0x10)),
@@ -379,8 +412,8 @@ proptest! {
     fn fuzz_pv_iret_context(words in any::<[u64; 9]>(), user_mode in any::<bool>(), has_user in any::<bool>()) {
         let [rax, r11, rcx, flags, rip, cs, rflags, rsp, ss] = words;
         let c = IretContext { rax, r11, rcx, flags, rip, cs, rflags, rsp, ss };
-        if let Ok(t) = check_iret(&c, user_mode, has_user) {
-            prop_assert!(!user_mode && guest_addr_ok(c.rip) && kernel_cs_ok(c.cs as u16));
+        if let Ok(t) = check_iret(&c, user_mode, has_user, Some(rax)) {
+            prop_assert!(!user_mode && guest_addr_ok(c.rip) && (kernel_cs_ok(c.cs as u16) || code64_descriptor_ok(rax)));
             prop_assert!(!t.to_user || has_user);
             prop_assert_eq!(t.rflags & RFLAGS_IF, RFLAGS_IF);
             prop_assert_eq!(t.rflags & (RFLAGS_IOPL | 1 << 17), 0);

@@ -4,7 +4,11 @@
 //! cannot be written (on the current stack, or from guest user mode on a
 //! stack_switch kernel stack in hypervisor space), and callbacks inside
 //! hypervisor space. Each must end in an error code or in this domain alone
-//! being killed.
+//! being killed. `iret-guest-selector-ok` returns to user mode on a code
+//! selector of its own GDT (0x33, as Linux's `__USER_CS`) and sees its user
+//! code run; `iret-guest-selector` then makes that descriptor non-present,
+//! yields (its vCPU is switched out and back with the selector its iret
+//! named) and irets to it again, which must kill only this domain.
 #![no_std]
 #![no_main]
 
@@ -48,6 +52,110 @@ extern "C" fn user_ud2() -> ! {
     unsafe { asm!("ud2", options(noreturn)) }
 }
 
+/// A present, DPL-3, readable 64-bit code segment and a writable DPL-3
+/// data segment, at Linux's `__USER_CS` (index 6) and `__USER_DS` (5).
+const CODE3: u64 = 0x00af_fa00_0000_ffff;
+const DATA3: u64 = 0x00cf_f200_0000_ffff;
+const USER_CS: u64 = 0x33;
+const USER_DS: u64 = 0x2b;
+
+/// The machine address of the GDT page and whether to go on past the
+/// first user-mode entry (the hostile op).
+static mut GDT_MA: u64 = 0;
+static mut HOSTILE: bool = false;
+static mut KERNEL_STACK: Stack = Stack([0; 4096]);
+
+/// Guest user code reached through an own selector: reports with `ud2`.
+extern "C" fn user_ud2_own_cs() -> ! {
+    // SAFETY: raises #UD; control never comes back here.
+    unsafe { asm!("ud2", options(noreturn)) }
+}
+
+/// `HYPERVISOR_iret` to user mode at `rip`, `rsp` on the GDT's own
+/// selectors.
+fn iret_own_selectors(rip: u64, rsp: u64) -> ! {
+    let page = pv_guest_kernel::arch::hypercall_page_addr();
+    // SAFETY: an iret frame [flags, rip, cs, rflags, rsp, ss] on the
+    // current stack, then the iret stub, which never returns here.
+    unsafe {
+        asm!(
+            "push {ss}",
+            "push rsi",
+            "push 0x202",
+            "push {cs}",
+            "push rdi",
+            "push 0",
+            "jmp rdx",
+            ss = const USER_DS,
+            cs = const USER_CS,
+            in("rdi") rip,
+            in("rsi") rsp,
+            in("rdx") page + 23 * 32,
+            options(noreturn)
+        )
+    }
+}
+
+/// #UD from the user code: it ran on our selector.
+fn on_user_ud(f: &mut pv_guest_kernel::traps::TrapFrame) {
+    let mut t = Reporter::new();
+    // The ud2 comes right after the function's prologue.
+    let at = f.rip.wrapping_sub(user_ud2_own_cs as *const () as u64);
+    let ours = at < 16 && f.cs & 3 == 3;
+    t.check(
+        "iret-guest-cs-user-ran",
+        ours,
+        format_args!("#UD at {:#x} cs {:#x}", f.rip, f.cs),
+    );
+    // SAFETY: single vCPU; set before user mode was entered.
+    if !unsafe { HOSTILE } {
+        t.finish()
+    }
+    // SAFETY: our own GDT page, through the checked hypercall.
+    let ma = unsafe { GDT_MA };
+    let r = unsafe { guest_abi::hypercall::update_descriptor(ma + 6 * 8, CODE3 & !(1 << 47)) };
+    t.check(
+        "iret-guest-cs-made-not-present",
+        r.is_ok(),
+        format_args!("{r:?}"),
+    );
+    let r = guest_abi::hypercall::sched_yield();
+    t.check("iret-guest-cs-yielded", r.is_ok(), format_args!("{r:?}"));
+    println!("hostile: iret to the non-present selector {USER_CS:#x}");
+    let usp = (&raw const USER_STACK) as u64 + 4096;
+    iret_own_selectors(user_ud2_own_cs as *const () as u64, usp)
+}
+
+/// Enters user mode on selectors of a GDT of our own.
+fn own_selectors(t: &mut Reporter, hostile: bool) -> ! {
+    pv_guest_kernel::traps::init().expect("trap table");
+    pv_guest_kernel::traps::set_handler(6, on_user_ud);
+    let (va, mfn) = pv_guest_kernel::mm::alloc_page().expect("a page");
+    for (i, d) in [(5u64, DATA3), (6, CODE3)] {
+        // SAFETY: our own pool page, still writable here.
+        unsafe { core::ptr::write_volatile((va + i * 8) as *mut u64, d) };
+    }
+    scenario_guests::remap(va, (mfn << 12) | scenario_guests::pte::RO).expect("read-only");
+    // SAFETY: the page holds a null, a data and a code descriptor.
+    let r = unsafe { guest_abi::hypercall::set_gdt(&[mfn], 7) };
+    t.check("iret-guest-cs-gdt", r.is_ok(), format_args!("{r:?}"));
+    // SAFETY: single vCPU; read by the #UD handler.
+    unsafe {
+        GDT_MA = mfn << 12;
+        HOSTILE = hostile;
+    }
+    let l4 = pv_guest_kernel::mm::current_l4_mfn();
+    // SAFETY: user mode runs only the faulting instruction.
+    unsafe { pv_guest_kernel::mm::mmuext(guest_abi::mmu::MMUEXT_NEW_USER_BASEPTR, l4, 0) }
+        .expect("user page table");
+    let ksp = (&raw const KERNEL_STACK) as u64 + 4096;
+    // SAFETY: a kernel stack of our own for bounces from user mode.
+    let r = unsafe { guest_abi::hypercall::stack_switch(0xe02b, ksp) };
+    t.check("iret-guest-cs-stack", r.is_ok(), format_args!("{r:?}"));
+    let usp = (&raw const USER_STACK) as u64 + 4096;
+    iret_own_selectors(user_ud2_own_cs as *const () as u64, usp)
+}
+
 fn main(si: &'static StartInfo) {
     let op = scenario_guests::arg(si, "op").unwrap_or("none");
     println!("hostile: {op}");
@@ -76,6 +184,8 @@ fn main(si: &'static StartInfo) {
             println!("hostile: user stack {usp:#x}, kernel stack {BAD_KERNEL_STACK:#x}");
             pv_guest_kernel::traps::enter_user(user_ud2 as *const () as u64, usp)
         }
+        "iret-guest-selector-ok" => own_selectors(&mut t, false),
+        "iret-guest-selector" => own_selectors(&mut t, true),
         "callbacks-in-hypervisor" => {
             for (ty, name) in [(0u16, "event"), (1, "failsafe"), (2, "syscall")] {
                 let reg = guest_abi::callback::CallbackRegister {
