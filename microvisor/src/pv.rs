@@ -651,7 +651,9 @@ fn guest_descriptor(pv: &crate::domain::PvState, sel: u16) -> Option<u64> {
     let i = u64::from(sel >> 3);
     if sel & 4 == 0 {
         let i = i as usize;
-        (i != 0 && i < pv.gdt_entries).then(|| pv.gdt[i])
+        // (No copy yet: no entries registered.)
+        let gdt = pv.gdt.as_deref()?;
+        (i != 0 && i < pv.gdt_entries).then(|| gdt.get(i).copied())?
     } else {
         let page = (i / 512) as usize;
         (i < u64::from(pv.ldt_ents) && pv.ldt_frames[page] != 0)
