@@ -618,7 +618,7 @@ fn ptwr(t: &mut Reporter) {
         if (r >> (bits - 1)) & 1 != 0 {
             e |= SF;
         }
-        if (r & 0xff).count_ones() % 2 == 0 {
+        if (r & 0xff).count_ones().is_multiple_of(2) {
             e |= PF;
         }
         e
