@@ -651,9 +651,7 @@ fn guest_descriptor(pv: &crate::domain::PvState, sel: u16) -> Option<u64> {
     let i = u64::from(sel >> 3);
     if sel & 4 == 0 {
         let i = i as usize;
-        // (No copy yet: no entries registered.)
-        let gdt = pv.gdt.as_deref()?;
-        (i != 0 && i < pv.gdt_entries).then(|| gdt.get(i).copied())?
+        (i != 0).then(|| pv.gdt_in_use().get(i).copied()).flatten()
     } else {
         let page = (i / 512) as usize;
         (i < u64::from(pv.ldt_ents) && pv.ldt_frames[page] != 0)
@@ -1266,8 +1264,9 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 /// Writable page-table emulation (Xen's `ptwr`, always on for a PV
 /// guest): a page fault from guest kernel mode that is a write to a present
 /// read-only mapping of one of the domain's own L1 tables, by a 64-bit
-/// `mov`, `xchg` or `cmpxchg` ([`decode::pt_write`]) of the 8-byte entry
-/// at `cr2`, is carried out as the `mmu_update` of that entry would be,
+/// `mov`, `xchg` or `cmpxchg` of the 8-byte entry at `cr2`, or a
+/// read-modify-write (`and`/`or`/`xor`/`bts`/`btr`/`btc`, any operand size
+/// aligned within the entry, [`decode::pt_write`]), is carried out as the `mmu_update` of that entry would be,
 /// with all its checks; the instruction is then complete. Anything else,
 /// or a new entry the checks refuse, is left to be delivered to the guest
 /// as the page fault it is (Xen too gives the fault back). Linux relies on
@@ -1278,7 +1277,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     // Present, write, and from the guest kernel.
     let cur = hv.current;
-    if error & 3 != 3 || hv.vcpus[cur].pv.user_mode || !cr2.is_multiple_of(8) {
+    if error & 3 != 3 || hv.vcpus[cur].pv.user_mode {
         return false;
     }
     let cr3 = hv.vcpus[cur].cr3;
@@ -1287,6 +1286,11 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     let Some(w) = decode::pt_write(&b[..n]) else {
         return false;
     };
+    // Only an operand aligned to its size, so within one entry: a store
+    // straddling two entries is the guest's page fault.
+    if !cr2.is_multiple_of(u64::from(w.size())) {
+        return false;
+    }
     let dom = hv.cur_dom().id;
     // The L1 entry mapping cr2 names the table frame written.
     let target =
@@ -1311,15 +1315,46 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
         return false;
     }
     let entry_ma = (table * crate::mm::PAGE) | (cr2 & 0xff8);
+    use microvisor_core::frametable::PtwrOutcome;
+    if let decode::PtWriteOp::Rmw { op, size, src } = w.op {
+        // The new entry is computed from the old one and written only if
+        // the entry still holds it (under the table's lock); if another
+        // vCPU changed it meanwhile, computed again from what it holds.
+        // After a few such races the instruction is left to run again
+        // (and fault again), which keeps the loop the guest can lengthen
+        // preemptible.
+        let v = src_value(frame, src);
+        let offset = (cr2 & 7) as u8;
+        let mut old = crate::mm::read_u64(entry_ma);
+        for _ in 0..4 {
+            let Some((new, flags)) = decode::rmw(op, size, offset, old, v, frame.rflags) else {
+                return false;
+            };
+            let ops = crate::mm::frames::operation();
+            let r = crate::mm::frames::with(|ft, mem| {
+                ft.ptwr_entry(mem, dom, entry_ma, new, Some(old))
+            });
+            drop(ops);
+            match r {
+                Ok(PtwrOutcome::Written { .. }) => {
+                    frame.rflags = flags;
+                    frame.rip = frame.rip.wrapping_add(u64::from(w.len));
+                    return true;
+                }
+                Ok(PtwrOutcome::Differs(now)) => old = now,
+                Err(_) => return false,
+            }
+        }
+        return true;
+    }
     let (new, expect) = match w.op {
-        decode::PtWriteOp::Mov(decode::PtSource::Reg(r)) => (*gpr(frame, r), None),
-        decode::PtWriteOp::Mov(decode::PtSource::Imm(v)) => (v, None),
+        decode::PtWriteOp::Mov(s) => (src_value(frame, s), None),
         decode::PtWriteOp::Xchg(r) => (*gpr(frame, r), None),
         decode::PtWriteOp::Cmpxchg(r) => (*gpr(frame, r), Some(frame.rax)),
+        decode::PtWriteOp::Rmw { .. } => return false,
     };
     // The frame table reads the entry, compares it for cmpxchg and writes
     // it under the table's lock: atomic against the other vCPUs' stores.
-    use microvisor_core::frametable::PtwrOutcome;
     let ops = crate::mm::frames::operation();
     let r = crate::mm::frames::with(|ft, mem| ft.ptwr_entry(mem, dom, entry_ma, new, expect));
     drop(ops);
@@ -1339,10 +1374,21 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     match w.op {
         decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
         decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= RFLAGS_ZF,
-        decode::PtWriteOp::Mov(_) => {}
+        decode::PtWriteOp::Mov(_) | decode::PtWriteOp::Rmw { .. } => {}
     }
     frame.rip = frame.rip.wrapping_add(u64::from(w.len));
     true
+}
+
+/// The value a decoded page-table store takes from a register or an
+/// immediate (all 64 bits of the register; the emulation keeps the
+/// operand's width).
+fn src_value(frame: &mut TrapFrame, src: decode::PtSource) -> u64 {
+    match src {
+        decode::PtSource::Reg(r) => *gpr(frame, r),
+        decode::PtSource::RegHigh8(r) => *gpr(frame, r) >> 8,
+        decode::PtSource::Imm(v) => v,
+    }
 }
 
 /// RFLAGS.ZF.

@@ -379,9 +379,9 @@ fn two_byte(c: &mut Cursor<'_>, rex: u8) -> Result<Op, Refusal> {
     })
 }
 
-/// A 64-bit store to memory that writable page-table emulation (Xen's
-/// `ptwr`) carries out for a guest kernel writing an entry of one of its
-/// own L1 tables, which it may map only read-only.
+/// A store to memory that writable page-table emulation (Xen's `ptwr`)
+/// carries out for a guest kernel writing an entry of one of its own L1
+/// tables, which it may map only read-only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PtWriteOp {
     /// `mov r64, m64` (0x89) or `mov imm32, m64` (0xC7 /0, sign-extended).
@@ -391,13 +391,34 @@ pub enum PtWriteOp {
     /// `cmpxchg r64, m64` (0x0F 0xB1): written if RAX equals the old
     /// entry (ZF set), else RAX gets the old entry (ZF clear).
     Cmpxchg(u8),
+    /// A read-modify-write of `size` bytes (1, 2, 4 or 8) of the entry:
+    /// `and`/`or`/`xor` with a register or immediate, or `bts`/`btr`/`btc`
+    /// with a register or immediate bit index ([`rmw`] computes it).
+    Rmw { op: RmwOp, size: u8, src: PtSource },
 }
 
-/// The value a `mov` stores.
+/// The operation of a [`PtWriteOp::Rmw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RmwOp {
+    And,
+    Or,
+    Xor,
+    /// Bit test and set: CF gets the bit, which is then set.
+    Bts,
+    /// Bit test and reset.
+    Btr,
+    /// Bit test and complement.
+    Btc,
+}
+
+/// The value a `mov` stores, or the source of a read-modify-write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PtSource {
-    /// General-purpose register 0-15.
+    /// General-purpose register 0-15 (its low `size` bytes).
     Reg(u8),
+    /// Bits 8-15 of register 0-3 (`ah`, `ch`, `dh`, `bh`: a byte operand
+    /// without REX).
+    RegHigh8(u8),
     /// A sign-extended immediate.
     Imm(u64),
 }
@@ -409,15 +430,102 @@ pub struct PtWrite {
     pub len: u8,
 }
 
+impl PtWrite {
+    /// The number of bytes the instruction writes: its operand must lie
+    /// at an address that is a multiple of this, so within one entry.
+    pub fn size(&self) -> u8 {
+        match self.op {
+            PtWriteOp::Rmw { size, .. } => size,
+            _ => 8,
+        }
+    }
+}
+
+/// RFLAGS bits a read-modify-write sets.
+const FLAG_CF: u64 = 1 << 0;
+const FLAG_PF: u64 = 1 << 2;
+const FLAG_AF: u64 = 1 << 4;
+const FLAG_ZF: u64 = 1 << 6;
+const FLAG_SF: u64 = 1 << 7;
+const FLAG_OF: u64 = 1 << 11;
+
+/// Carries out a [`PtWriteOp::Rmw`] on the 8-byte entry `old` whose
+/// operand starts `offset` bytes into the entry (a multiple of `size`,
+/// checked: `None` otherwise, and for a size that is not 1, 2, 4 or 8).
+/// `src` is the source register's or immediate's value (for a bit index:
+/// taken modulo the operand's width in bits, as the CPU does once the
+/// faulting address already names the operand holding the bit). Returns
+/// the new entry and `rflags` as the CPU leaves them: for `and`/`or`/`xor`
+/// ZF, SF and PF from the result, CF, OF (and AF) clear; for the bit
+/// tests CF is the bit's old value, the rest unchanged.
+pub fn rmw(op: RmwOp, size: u8, offset: u8, old: u64, src: u64, rflags: u64) -> Option<(u64, u64)> {
+    if !matches!(size, 1 | 2 | 4 | 8) || offset >= 8 || !offset.is_multiple_of(size) {
+        return None;
+    }
+    let bits = u32::from(size) * 8;
+    let shift = u32::from(offset) * 8;
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    let val = (old >> shift) & mask;
+    let (res, flags) = match op {
+        RmwOp::And | RmwOp::Or | RmwOp::Xor => {
+            let s = src & mask;
+            let r = match op {
+                RmwOp::And => val & s,
+                RmwOp::Or => val | s,
+                _ => val ^ s,
+            };
+            let mut f = rflags & !(FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF);
+            if r == 0 {
+                f |= FLAG_ZF;
+            }
+            if (r >> (bits - 1)) & 1 != 0 {
+                f |= FLAG_SF;
+            }
+            if (r & 0xff).count_ones().is_multiple_of(2) {
+                f |= FLAG_PF;
+            }
+            (r, f)
+        }
+        RmwOp::Bts | RmwOp::Btr | RmwOp::Btc => {
+            let bit = 1u64 << (src % u64::from(bits));
+            let r = match op {
+                RmwOp::Bts => val | bit,
+                RmwOp::Btr => val & !bit,
+                _ => val ^ bit,
+            };
+            let f = if val & bit != 0 {
+                rflags | FLAG_CF
+            } else {
+                rflags & !FLAG_CF
+            };
+            (r, f)
+        }
+    };
+    Some(((old & !(mask << shift)) | (res << shift), flags))
+}
+
 /// Decodes the store at the start of `bytes` for writable page-table
-/// emulation: only the 64-bit (REX.W) forms of `mov`, `xchg` and
-/// `cmpxchg` with a memory destination (the faulting address comes from
-/// CR2, so the operand's address is only skipped over). `lock` is allowed
-/// on `xchg` and `cmpxchg`, segment and address-size prefixes anywhere;
-/// anything else is `None` and the fault goes to the guest.
+/// emulation, with a memory destination (the faulting address comes from
+/// CR2, so the operand's address is only skipped over):
+///
+/// * the 64-bit (REX.W) forms of `mov`, `xchg` and `cmpxchg`;
+/// * `and`, `or`, `xor` (0x20/0x21, 0x08/0x09, 0x30/0x31 with a register,
+///   0x80/0x81/0x83 /4, /1, /6 with an immediate) and `bts`, `btr`, `btc`
+///   (0x0F 0xAB/0xB3/0xBB with a register, 0x0F 0xBA /5, /6, /7 with an
+///   immediate) of any operand size (byte, or 16 with 0x66, 32, 64 with
+///   REX.W; the bit tests have no byte form).
+///
+/// `lock` is allowed on all but `mov`, segment and address-size prefixes
+/// anywhere, REX only last; anything else is `None` and the fault goes to
+/// the guest.
 pub fn pt_write(bytes: &[u8]) -> Option<PtWrite> {
     let mut c = Cursor { bytes, at: 0 };
     let mut lock = false;
+    let mut osize16 = false;
     let mut rex = 0u8;
     let op = loop {
         let b = c.next().ok()?;
@@ -427,21 +535,54 @@ pub fn pt_write(bytes: &[u8]) -> Option<PtWrite> {
                 lock = true;
                 rex = 0;
             }
+            0x66 => {
+                osize16 = true;
+                rex = 0;
+            }
             0x40..=0x4f => rex = b,
             _ => break b,
         }
     };
-    if rex & 8 == 0 {
-        return None;
-    }
+    let wide = rex & 8 != 0;
     let reg_of = |modrm: u8| ((modrm >> 3) & 7) | ((rex & 4) << 1);
+    // The operand size of a non-byte form.
+    let size = if wide {
+        8
+    } else if osize16 {
+        2
+    } else {
+        4
+    };
+    // A memory operand, skipped over: its ModRM byte.
+    let modrm_mem = |c: &mut Cursor| -> Option<u8> {
+        let modrm = c.next().ok()?;
+        if modrm >> 6 == 3 {
+            return None;
+        }
+        c.memory_operand(modrm).ok()?;
+        Some(modrm)
+    };
+    let imm = |c: &mut Cursor, n: usize| -> Option<u64> {
+        let mut v = [0u8; 8];
+        for b in &mut v[..n] {
+            *b = c.next().ok()?;
+        }
+        // Sign-extended from n bytes.
+        let sh = 64 - 8 * n as u32;
+        Some(((u64::from_le_bytes(v) << sh) as i64 >> sh) as u64)
+    };
+    let logic = |reg: u8| match reg {
+        4 => Some(RmwOp::And),
+        1 => Some(RmwOp::Or),
+        6 => Some(RmwOp::Xor),
+        _ => None,
+    };
     let op = match op {
         0x89 | 0x87 => {
-            let modrm = c.next().ok()?;
-            if modrm >> 6 == 3 || (op == 0x89 && lock) {
+            if !wide || osize16 || (op == 0x89 && lock) {
                 return None;
             }
-            c.memory_operand(modrm).ok()?;
+            let modrm = modrm_mem(&mut c)?;
             if op == 0x89 {
                 PtWriteOp::Mov(PtSource::Reg(reg_of(modrm)))
             } else {
@@ -449,28 +590,85 @@ pub fn pt_write(bytes: &[u8]) -> Option<PtWrite> {
             }
         }
         0xc7 => {
-            let modrm = c.next().ok()?;
-            if modrm >> 6 == 3 || (modrm >> 3) & 7 != 0 || lock {
+            if !wide || osize16 || lock {
                 return None;
             }
-            c.memory_operand(modrm).ok()?;
-            let mut imm = [0u8; 4];
-            for b in &mut imm {
-                *b = c.next().ok()?;
+            let modrm = modrm_mem(&mut c)?;
+            if (modrm >> 3) & 7 != 0 {
+                return None;
             }
-            PtWriteOp::Mov(PtSource::Imm(i32::from_le_bytes(imm) as i64 as u64))
+            PtWriteOp::Mov(PtSource::Imm(imm(&mut c, 4)?))
         }
-        0x0f => {
-            if c.next().ok()? != 0xb1 {
-                return None;
-            }
-            let modrm = c.next().ok()?;
-            if modrm >> 6 == 3 {
-                return None;
-            }
-            c.memory_operand(modrm).ok()?;
-            PtWriteOp::Cmpxchg(reg_of(modrm))
+        0x20 | 0x21 | 0x08 | 0x09 | 0x30 | 0x31 => {
+            let modrm = modrm_mem(&mut c)?;
+            let rop = match op & 0xf8 {
+                0x20 => RmwOp::And,
+                0x08 => RmwOp::Or,
+                _ => RmwOp::Xor,
+            };
+            let reg = reg_of(modrm);
+            // The even opcodes are the byte forms: without REX, registers
+            // 4-7 are ah, ch, dh, bh.
+            let (size, src) = if op & 1 == 1 {
+                (size, PtSource::Reg(reg))
+            } else if rex == 0 && reg >= 4 {
+                (1, PtSource::RegHigh8(reg - 4))
+            } else {
+                (1, PtSource::Reg(reg))
+            };
+            PtWriteOp::Rmw { op: rop, size, src }
         }
+        0x80 | 0x81 | 0x83 => {
+            let modrm = modrm_mem(&mut c)?;
+            let rop = logic((modrm >> 3) & 7)?;
+            let (size, v) = match op {
+                0x80 => (1, imm(&mut c, 1)?),
+                0x83 => (size, imm(&mut c, 1)?),
+                _ => (size, imm(&mut c, size.min(4).into())?),
+            };
+            PtWriteOp::Rmw {
+                op: rop,
+                size,
+                src: PtSource::Imm(v),
+            }
+        }
+        0x0f => match c.next().ok()? {
+            0xb1 => {
+                if !wide || osize16 {
+                    return None;
+                }
+                let modrm = modrm_mem(&mut c)?;
+                PtWriteOp::Cmpxchg(reg_of(modrm))
+            }
+            b @ (0xab | 0xb3 | 0xbb) => {
+                let modrm = modrm_mem(&mut c)?;
+                let op = match b {
+                    0xab => RmwOp::Bts,
+                    0xb3 => RmwOp::Btr,
+                    _ => RmwOp::Btc,
+                };
+                PtWriteOp::Rmw {
+                    op,
+                    size,
+                    src: PtSource::Reg(reg_of(modrm)),
+                }
+            }
+            0xba => {
+                let modrm = modrm_mem(&mut c)?;
+                let op = match (modrm >> 3) & 7 {
+                    5 => RmwOp::Bts,
+                    6 => RmwOp::Btr,
+                    7 => RmwOp::Btc,
+                    _ => return None,
+                };
+                PtWriteOp::Rmw {
+                    op,
+                    size,
+                    src: PtSource::Imm(imm(&mut c, 1)? & 0xff),
+                }
+            }
+            _ => return None,
+        },
         _ => return None,
     };
     Some(PtWrite {

@@ -966,7 +966,7 @@ fn every_two_byte_sequence_and_0f_prefix_triples() {
 }
 
 mod pt_write {
-    use crate::decode::{PtSource, PtWrite, PtWriteOp, pt_write};
+    use crate::decode::{PtSource, PtWrite, PtWriteOp, RmwOp, pt_write, rmw};
 
     fn w(op: PtWriteOp, len: u8) -> Option<PtWrite> {
         Some(PtWrite { op, len })
@@ -1003,6 +1003,143 @@ mod pt_write {
             pt_write(&[0x65, 0xf0, 0x48, 0x0f, 0xb1, 0x0a]),
             w(PtWriteOp::Cmpxchg(1), 6)
         );
+    }
+
+    fn rw(op: RmwOp, size: u8, src: PtSource, len: u8) -> Option<PtWrite> {
+        w(PtWriteOp::Rmw { op, size, src }, len)
+    }
+
+    #[test]
+    fn read_modify_write_forms() {
+        use PtSource::{Imm, Reg, RegHigh8};
+        use RmwOp::*;
+        // ds andb $0xfd,(%r15): Linux's ptep_set_wrprotect.
+        assert_eq!(
+            pt_write(&[0x3e, 0x41, 0x80, 0x27, 0xfd]),
+            rw(And, 1, Imm(u64::MAX - 2), 5)
+        );
+        // lock orb $0x2,0x1(%rdi); xorb $0x80,(%rax).
+        assert_eq!(
+            pt_write(&[0xf0, 0x80, 0x4f, 0x01, 0x02]),
+            rw(Or, 1, Imm(2), 5)
+        );
+        assert_eq!(
+            pt_write(&[0x80, 0x30, 0x80]),
+            rw(Xor, 1, Imm(u64::MAX - 0x7f), 3)
+        );
+        // Register sources: andb %ah,(%rdi) (no REX: ah), andb %spl,(%rdi),
+        // orw %si,(%rdi), xorl %r9d,(%rdi), lock andq %rdx,(%rax).
+        assert_eq!(pt_write(&[0x20, 0x27]), rw(And, 1, RegHigh8(0), 2));
+        assert_eq!(pt_write(&[0x40, 0x20, 0x27]), rw(And, 1, Reg(4), 3));
+        assert_eq!(pt_write(&[0x66, 0x09, 0x37]), rw(Or, 2, Reg(6), 3));
+        assert_eq!(pt_write(&[0x44, 0x31, 0x0f]), rw(Xor, 4, Reg(9), 3));
+        assert_eq!(pt_write(&[0xf0, 0x48, 0x21, 0x10]), rw(And, 8, Reg(2), 4));
+        // Immediates: andw $0xfffd (imm16), orl $0x2 (imm8 sign-extended),
+        // andq $-3 (imm8), xorq $0x100000 (imm32).
+        assert_eq!(
+            pt_write(&[0x66, 0x81, 0x27, 0xfd, 0xff]),
+            rw(And, 2, Imm(u64::MAX - 2), 5)
+        );
+        assert_eq!(pt_write(&[0x83, 0x0f, 0x02]), rw(Or, 4, Imm(2), 3));
+        assert_eq!(
+            pt_write(&[0x48, 0x83, 0x27, 0xfd]),
+            rw(And, 8, Imm(u64::MAX - 2), 4)
+        );
+        assert_eq!(
+            pt_write(&[0x48, 0x81, 0x37, 0, 0, 0x10, 0]),
+            rw(Xor, 8, Imm(0x10_0000), 7)
+        );
+        // Bit tests: lock btrq $1,(%rdi); btsl $63,8(%rdi); btcw $3,(%rdi);
+        // lock btsq %rax,(%rdx); btrl %ecx,(%rdi); btcq %r8,(%rdi).
+        assert_eq!(
+            pt_write(&[0xf0, 0x48, 0x0f, 0xba, 0x37, 0x01]),
+            rw(Btr, 8, Imm(1), 6)
+        );
+        assert_eq!(
+            pt_write(&[0x0f, 0xba, 0x6f, 0x08, 0x3f]),
+            rw(Bts, 4, Imm(63), 5)
+        );
+        assert_eq!(
+            pt_write(&[0x66, 0x0f, 0xba, 0x3f, 0x03]),
+            rw(Btc, 2, Imm(3), 5)
+        );
+        assert_eq!(
+            pt_write(&[0xf0, 0x48, 0x0f, 0xab, 0x02]),
+            rw(Bts, 8, Reg(0), 5)
+        );
+        assert_eq!(pt_write(&[0x0f, 0xb3, 0x0f]), rw(Btr, 4, Reg(1), 3));
+        assert_eq!(pt_write(&[0x4c, 0x0f, 0xbb, 0x07]), rw(Btc, 8, Reg(8), 4));
+    }
+
+    #[test]
+    fn read_modify_write_refusals() {
+        for bytes in [
+            // Register destinations.
+            &[0x80, 0xe0, 0xfd][..],
+            &[0x48, 0x21, 0xd0],
+            &[0x0f, 0xba, 0xe0, 0x01],
+            // Other group members: add, adc, sub, cmp; bt (no write).
+            &[0x80, 0x07, 0x01],
+            &[0x80, 0x17, 0x01],
+            &[0x80, 0x2f, 0x01],
+            &[0x80, 0x3f, 0x01],
+            &[0x0f, 0xba, 0x27, 0x01],
+            &[0x0f, 0xa3, 0x07],
+            // A rep prefix, REX before a legacy prefix, truncated immediates.
+            &[0xf3, 0x80, 0x27, 0xfd],
+            &[0x48, 0x66, 0x89, 0x10],
+            &[0x80, 0x27],
+            &[0x66, 0x81, 0x27, 0xfd],
+            &[0x81, 0x27, 0xfd, 0xff, 0xff],
+            &[0x0f, 0xba, 0x37],
+        ] {
+            assert_eq!(pt_write(bytes), None, "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn rmw_computes_the_entry_and_flags() {
+        use RmwOp::*;
+        const CF: u64 = 1;
+        const PF: u64 = 4;
+        const AF: u64 = 16;
+        const ZF: u64 = 64;
+        const SF: u64 = 128;
+        const OF: u64 = 1 << 11;
+        const IF: u64 = 1 << 9;
+        let pte = 0x8000_0000_1234_5067u64;
+        // andb $0xfd at offset 0: RW cleared; result 0x65 (4 bits: PF).
+        assert_eq!(
+            rmw(And, 1, 0, pte, !2, IF | CF | OF | AF | ZF | SF),
+            Some((0x8000_0000_1234_5065, IF | PF))
+        );
+        // orb $0x80 at offset 7 (byte 7 = 0x80): SF, odd parity.
+        assert_eq!(rmw(Or, 1, 7, pte, 0x80, IF), Some((pte, IF | SF)));
+        // xorw at offset 6: the top word 0x8000 becomes 0: ZF and PF.
+        assert_eq!(
+            rmw(Xor, 2, 6, pte, 0x8000, IF),
+            Some((0x1234_5067, IF | ZF | PF))
+        );
+        // andl at offset 4 keeps the low dword; andq with a wide source.
+        assert_eq!(
+            rmw(And, 4, 4, pte, 0, IF),
+            Some((0x1234_5067, IF | ZF | PF))
+        );
+        assert_eq!(rmw(And, 8, 0, pte, u64::MAX, 0), Some((pte, SF)));
+        // Bit tests: CF is the old bit, other flags unchanged; the index is
+        // taken modulo the operand's width.
+        assert_eq!(rmw(Btr, 8, 0, pte, 1, ZF), Some((pte & !2, ZF | CF)));
+        assert_eq!(rmw(Btr, 8, 0, pte, 65, ZF | CF), Some((pte & !2, ZF | CF)));
+        assert_eq!(rmw(Bts, 8, 0, pte, 3, CF), Some((pte | 8, 0)));
+        assert_eq!(rmw(Btc, 4, 4, pte, 31, 0), Some((0x1234_5067, CF)));
+        assert_eq!(rmw(Bts, 2, 2, pte, 16 + 4, 0), Some((pte | 1 << 20, CF)));
+        assert_eq!(rmw(Btc, 1, 1, pte, 1, 0), Some((pte ^ 0x200, 0)));
+        // Misaligned operands (one would straddle two entries) and bad sizes.
+        assert_eq!(rmw(And, 2, 7, pte, 0, 0), None);
+        assert_eq!(rmw(And, 4, 6, pte, 0, 0), None);
+        assert_eq!(rmw(And, 8, 4, pte, 0, 0), None);
+        assert_eq!(rmw(And, 1, 8, pte, 0, 0), None);
+        assert_eq!(rmw(And, 3, 0, pte, 0, 0), None);
     }
 
     #[test]

@@ -600,6 +600,135 @@ fn ptwr(t: &mut Reporter) {
         f.is_none() && rax == orig && zf == 1 && mm::lookup(va) == ro,
         format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
     );
+    // Read-modify-writes of part of the entry (Linux's
+    // ptep_set_wrprotect is `ds andb $0xfd,(%r15)`): the new entry is
+    // the old one changed, the flags as the CPU leaves them (CF, OF clear,
+    // ZF, SF, PF from the operand-sized result for the logic operations;
+    // CF the bit's old value for the bit tests).
+    const CF: u64 = 1;
+    const PF: u64 = 4;
+    const ZF: u64 = 0x40;
+    const SF: u64 = 0x80;
+    const OF: u64 = 0x800;
+    let logic_flags = |r: u64, bits: u32| {
+        let mut e = 0;
+        if r == 0 {
+            e |= ZF;
+        }
+        if (r >> (bits - 1)) & 1 != 0 {
+            e |= SF;
+        }
+        if (r & 0xff).count_ones().is_multiple_of(2) {
+            e |= PF;
+        }
+        e
+    };
+    let mut fl = 0u64;
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above, on the scratch page's entry (RW set again).
+        unsafe {
+            asm!("lock or byte ptr [{p}], 2", "pushfq", "pop {f}", p = in(reg) entry,
+                f = out(reg) fl)
+        };
+    });
+    t.check(
+        "ptwr-lock-or-byte",
+        f.is_none()
+            && mm::lookup(va) == orig
+            && fl & (CF | PF | ZF | SF | OF) == logic_flags(orig & 0xff, 8),
+        format_args!("{f:?} entry {:#x} flags {fl:#x}", mm::lookup(va)),
+    );
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above (RW cleared), with Linux's own encoding.
+        unsafe {
+            asm!(".byte 0x3e, 0x41, 0x80, 0x27, 0xfd", "pushfq", "pop {f}", in("r15") entry,
+                f = out(reg) fl)
+        };
+    });
+    t.check(
+        "ptwr-and-byte-wrprotect",
+        f.is_none()
+            && mm::lookup(va) == ro
+            && fl & (CF | PF | ZF | SF | OF) == logic_flags(ro & 0xff, 8),
+        format_args!("{f:?} entry {:#x} flags {fl:#x}", mm::lookup(va)),
+    );
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above: toggles RW (set) with a word-sized xor.
+        unsafe {
+            asm!("xor word ptr [{p}], 2", "pushfq", "pop {f}", p = in(reg) entry,
+                f = out(reg) fl)
+        };
+    });
+    t.check(
+        "ptwr-xor-word",
+        f.is_none()
+            && mm::lookup(va) == orig
+            && fl & (CF | PF | ZF | SF | OF) == logic_flags(orig & 0xffff, 16),
+        format_args!("{f:?} entry {:#x} flags {fl:#x}", mm::lookup(va)),
+    );
+    // btr with a register index (RW: set, so CF), then lock bts with an
+    // immediate (clear now: no CF).
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above: clears RW, then sets it again.
+        unsafe {
+            asm!("btr qword ptr [{p}], {i}", "pushfq", "pop {f}", p = in(reg) entry,
+                i = in(reg) 1u64, f = out(reg) fl)
+        };
+    });
+    let after_btr = (mm::lookup(va), fl & CF);
+    let f2 = traps::expect_fault(|| {
+        // SAFETY: as above.
+        unsafe {
+            asm!("lock bts qword ptr [{p}], 1", "pushfq", "pop {f}", p = in(reg) entry,
+                f = out(reg) fl)
+        };
+    });
+    t.check(
+        "ptwr-btr-bts",
+        f.is_none()
+            && f2.is_none()
+            && after_btr == (ro, CF)
+            && mm::lookup(va) == orig
+            && fl & CF == 0,
+        format_args!(
+            "{f:?} {f2:?} after btr {after_btr:#x?}, entry {:#x} flags {fl:#x}",
+            mm::lookup(va)
+        ),
+    );
+    // Refused: an or straddling two entries (bytes 7 and 8, setting NX;
+    // Xen writes nothing back for an operation that changes nothing, so
+    // this one must change the entry), and an xor
+    // giving a writable mapping of the L1 itself: the page fault each is,
+    // the entry unchanged.
+    let f = traps::expect_fault(|| {
+        // SAFETY: refused: the entry stays as it is.
+        unsafe { asm!("or word ptr [{p} + 7], 0x80", p = in(reg) entry) };
+    });
+    t.check(
+        "ptwr-rmw-straddle-refused",
+        f.is_some_and(|f| f.vector == 14) && mm::lookup(va) == orig,
+        format_args!("{f:?} entry {:#x}", mm::lookup(va)),
+    );
+    let to_l1 = orig ^ ((ma & !0xfff) | 0x67);
+    let f = traps::expect_fault(|| {
+        // SAFETY: refused: the entry stays as it is.
+        unsafe { asm!("xor qword ptr [{p}], {v}", p = in(reg) entry, v = in(reg) to_l1) };
+    });
+    t.check(
+        "ptwr-rmw-refused-writable-l1",
+        f.is_some_and(|f| f.vector == 14) && mm::lookup(va) == orig,
+        format_args!("{f:?} entry {:#x}", mm::lookup(va)),
+    );
+    // Read-only again for the checks below.
+    let f = traps::expect_fault(|| {
+        // SAFETY: as above.
+        unsafe { asm!("and byte ptr [{p}], 0xfd", p = in(reg) entry) };
+    });
+    t.check(
+        "ptwr-and-byte",
+        f.is_none() && mm::lookup(va) == ro,
+        format_args!("{f:?} entry {:#x}", mm::lookup(va)),
+    );
     // Refused by the checks: a writable mapping of a page table (the L1
     // itself, our L4). Each is the page fault it was.
     for (name, bad) in [
