@@ -1365,7 +1365,7 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
         Ok(PtwrOutcome::Differs(old)) => {
             // cmpxchg's failure: rax gets the entry, ZF clear.
             frame.rax = old;
-            frame.rflags &= !RFLAGS_ZF;
+            frame.rflags &= !decode::FLAG_ZF;
             frame.rip = frame.rip.wrapping_add(u64::from(w.len));
             return true;
         }
@@ -1373,7 +1373,7 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     };
     match w.op {
         decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
-        decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= RFLAGS_ZF,
+        decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= decode::FLAG_ZF,
         decode::PtWriteOp::Mov(_) | decode::PtWriteOp::Rmw { .. } => {}
     }
     frame.rip = frame.rip.wrapping_add(u64::from(w.len));
@@ -1390,9 +1390,6 @@ fn src_value(frame: &mut TrapFrame, src: decode::PtSource) -> u64 {
         decode::PtSource::Imm(v) => v,
     }
 }
-
-/// RFLAGS.ZF.
-const RFLAGS_ZF: u64 = 1 << 6;
 
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.

@@ -441,13 +441,19 @@ impl PtWrite {
     }
 }
 
-/// RFLAGS bits a read-modify-write sets.
-const FLAG_CF: u64 = 1 << 0;
-const FLAG_PF: u64 = 1 << 2;
-const FLAG_AF: u64 = 1 << 4;
-const FLAG_ZF: u64 = 1 << 6;
-const FLAG_SF: u64 = 1 << 7;
-const FLAG_OF: u64 = 1 << 11;
+/// RFLAGS bits an emulated page-table store sets (a read-modify-write's
+/// arithmetic flags; `cmpxchg`'s ZF).
+pub const FLAG_CF: u64 = 1 << 0;
+/// RFLAGS.PF.
+pub const FLAG_PF: u64 = 1 << 2;
+/// RFLAGS.AF.
+pub const FLAG_AF: u64 = 1 << 4;
+/// RFLAGS.ZF.
+pub const FLAG_ZF: u64 = 1 << 6;
+/// RFLAGS.SF.
+pub const FLAG_SF: u64 = 1 << 7;
+/// RFLAGS.OF.
+pub const FLAG_OF: u64 = 1 << 11;
 
 /// Carries out a [`PtWriteOp::Rmw`] on the 8-byte entry `old` whose
 /// operand starts `offset` bytes into the entry (a multiple of `size`,
