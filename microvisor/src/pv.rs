@@ -1363,9 +1363,10 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     let old = match r {
         Ok(PtwrOutcome::Written { old, .. }) => old,
         Ok(PtwrOutcome::Differs(old)) => {
-            // cmpxchg's failure: rax gets the entry, ZF clear.
+            // cmpxchg's failure: rax gets the entry, the flags those of
+            // comparing rax with it (ZF clear).
+            frame.rflags = decode::cmp_flags(frame.rax, old, frame.rflags);
             frame.rax = old;
-            frame.rflags &= !decode::FLAG_ZF;
             frame.rip = frame.rip.wrapping_add(u64::from(w.len));
             return true;
         }
@@ -1373,7 +1374,7 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     };
     match w.op {
         decode::PtWriteOp::Xchg(r) => *gpr(frame, r) = old,
-        decode::PtWriteOp::Cmpxchg(_) => frame.rflags |= decode::FLAG_ZF,
+        decode::PtWriteOp::Cmpxchg(_) => frame.rflags = decode::cmp_flags(old, old, frame.rflags),
         decode::PtWriteOp::Mov(_) | decode::PtWriteOp::Rmw { .. } => {}
     }
     frame.rip = frame.rip.wrapping_add(u64::from(w.len));

@@ -389,7 +389,8 @@ pub enum PtWriteOp {
     /// `xchg r64, m64` (0x87): the register gets the old entry.
     Xchg(u8),
     /// `cmpxchg r64, m64` (0x0F 0xB1): written if RAX equals the old
-    /// entry (ZF set), else RAX gets the old entry (ZF clear).
+    /// entry, else RAX gets the old entry; the arithmetic flags as a
+    /// `cmp` of RAX with the old entry leaves them ([`cmp_flags`]).
     Cmpxchg(u8),
     /// A read-modify-write of `size` bytes (1, 2, 4 or 8) of the entry:
     /// `and`/`or`/`xor` with a register or immediate, or `bts`/`btr`/`btc`
@@ -442,7 +443,7 @@ impl PtWrite {
 }
 
 /// RFLAGS bits an emulated page-table store sets (a read-modify-write's
-/// arithmetic flags; `cmpxchg`'s ZF).
+/// or `cmpxchg`'s arithmetic flags).
 pub const FLAG_CF: u64 = 1 << 0;
 /// RFLAGS.PF.
 pub const FLAG_PF: u64 = 1 << 2;
@@ -454,6 +455,37 @@ pub const FLAG_ZF: u64 = 1 << 6;
 pub const FLAG_SF: u64 = 1 << 7;
 /// RFLAGS.OF.
 pub const FLAG_OF: u64 = 1 << 11;
+
+/// RFLAGS after `cmpxchg` compared `acc` (RAX) with the entry's old value
+/// `dest`: the six arithmetic flags of the 64-bit subtraction `acc - dest`
+/// (as `cmp` sets them: ZF when equal, CF on borrow, OF on signed
+/// overflow, SF the result's sign, PF the parity of its low byte, AF the
+/// borrow out of bit 3), every other bit of `rflags` kept.
+pub fn cmp_flags(acc: u64, dest: u64, rflags: u64) -> u64 {
+    let (res, borrow) = acc.overflowing_sub(dest);
+    let mut f = rflags & !(FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF);
+    if borrow {
+        f |= FLAG_CF;
+    }
+    if res == 0 {
+        f |= FLAG_ZF;
+    }
+    if res >> 63 != 0 {
+        f |= FLAG_SF;
+    }
+    // Signed overflow: the operands' signs differ and the result's sign
+    // differs from the minuend's.
+    if ((acc ^ dest) & (acc ^ res)) >> 63 != 0 {
+        f |= FLAG_OF;
+    }
+    if (res & 0xff).count_ones().is_multiple_of(2) {
+        f |= FLAG_PF;
+    }
+    if (acc ^ dest ^ res) & 0x10 != 0 {
+        f |= FLAG_AF;
+    }
+    f
+}
 
 /// Carries out a [`PtWriteOp::Rmw`] on the 8-byte entry `old` whose
 /// operand starts `offset` bytes into the entry (a multiple of `size`,

@@ -1098,6 +1098,32 @@ mod pt_write {
     }
 
     #[test]
+    fn cmpxchg_sets_the_flags_of_cmp() {
+        use crate::decode::cmp_flags;
+        const CF: u64 = 1;
+        const PF: u64 = 4;
+        const AF: u64 = 16;
+        const ZF: u64 = 64;
+        const SF: u64 = 128;
+        const OF: u64 = 1 << 11;
+        const IF: u64 = 1 << 9;
+        // Equal: ZF and PF (a zero result has even parity), the rest clear.
+        assert_eq!(cmp_flags(5, 5, IF | CF | SF | OF | AF), IF | ZF | PF);
+        // 0 - 1: borrow, negative, 0xff even parity, borrow out of bit 3.
+        assert_eq!(cmp_flags(0, 1, IF | ZF), IF | CF | SF | PF | AF);
+        // i64::MIN - 1 overflows to i64::MAX.
+        assert_eq!(cmp_flags(1 << 63, 1, 0), OF | PF | AF);
+        // 0x10 - 1 = 0x0f: a half-carry, four bits set.
+        assert_eq!(cmp_flags(0x10, 1, 0), AF | PF);
+        // 3 - 1 = 2: one bit set, nothing else.
+        assert_eq!(cmp_flags(3, 1, IF | ZF), IF);
+        // A page-table entry against a wrong expectation (as linuxabi's).
+        let pte = 0x8000_0000_1234_5067u64;
+        assert_eq!(cmp_flags(pte ^ 0x1000, pte, 0), CF | SF | PF);
+        assert_eq!(cmp_flags(pte, pte ^ 0x1000, 0), PF);
+    }
+
+    #[test]
     fn rmw_computes_the_entry_and_flags() {
         use RmwOp::*;
         const CF: u64 = 1;

@@ -574,31 +574,54 @@ fn ptwr(t: &mut Reporter) {
         format_args!("{f:?} entry {:#x}, reads {back:#x}", mm::lookup(va)),
     );
     // lock cmpxchg: a wrong expectation writes nothing and returns the
-    // entry; the right one writes (read-only now).
+    // entry; the right one writes (read-only now). The arithmetic flags
+    // are those of comparing the expectation with the entry, as a native
+    // `cmp` of the same two values here leaves them.
+    const ARITH: u64 = 0x8d5; // CF PF AF ZF SF OF
     let ro = orig & !2;
     let cmpxchg = |expect: u64, new: u64| {
         let mut rax = expect;
-        let mut zf = 0u8;
+        let mut fl = 0u64;
         let f = traps::expect_fault(|| {
             // SAFETY: as above, on the scratch page's entry.
+            // The add leaves OF, SF, AF and PF set (i64::MAX + 1), flags
+            // neither outcome of the compare gives, so the emulation must
+            // set every one of them.
             unsafe {
-                asm!("lock cmpxchg [{p}], {n}", "sete {z}", p = in(reg) entry, n = in(reg) new,
-                    z = out(reg_byte) zf, inout("rax") rax)
+                asm!("mov {t}, {m}", "add {t}, 1", "lock cmpxchg [{p}], {n}", "pushfq", "pop {f}",
+                    p = in(reg) entry, n = in(reg) new, f = out(reg) fl, inout("rax") rax,
+                    m = in(reg) i64::MAX, t = out(reg) _)
             };
         });
-        (f, rax, zf)
+        (f, rax, fl & ARITH)
     };
-    let (f, rax, zf) = cmpxchg(orig ^ 0x1000, ro);
+    let cmp = |a: u64, b: u64| {
+        let fl: u64;
+        // SAFETY: a compare of two registers and a push/pop of RFLAGS.
+        unsafe {
+            asm!("cmp {a}, {b}", "pushfq", "pop {f}", a = in(reg) a, b = in(reg) b, f = out(reg) fl)
+        };
+        fl & ARITH
+    };
+    let wrong = orig ^ 0x1000;
+    let (f, rax, fl) = cmpxchg(wrong, ro);
     t.check(
         "ptwr-cmpxchg-mismatch",
-        f.is_none() && rax == orig && zf == 0 && mm::lookup(va) == orig,
-        format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
+        f.is_none() && rax == orig && fl == cmp(wrong, orig) && mm::lookup(va) == orig,
+        format_args!(
+            "{f:?} rax {rax:#x} flags {fl:#x} (cmp gives {:#x}) entry {:#x}",
+            cmp(wrong, orig),
+            mm::lookup(va)
+        ),
     );
-    let (f, rax, zf) = cmpxchg(orig, ro);
+    let (f, rax, fl) = cmpxchg(orig, ro);
     t.check(
         "ptwr-cmpxchg-writes",
-        f.is_none() && rax == orig && zf == 1 && mm::lookup(va) == ro,
-        format_args!("{f:?} rax {rax:#x} zf {zf} entry {:#x}", mm::lookup(va)),
+        f.is_none() && rax == orig && fl == cmp(orig, orig) && mm::lookup(va) == ro,
+        format_args!(
+            "{f:?} rax {rax:#x} flags {fl:#x} entry {:#x}",
+            mm::lookup(va)
+        ),
     );
     // Read-modify-writes of part of the entry (Linux's
     // ptep_set_wrprotect is `ds andb $0xfd,(%r15)`): the new entry is
