@@ -259,6 +259,19 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         undo_cr3(s.user_cr3_mfn != 0);
         return Err(Errno::EINVAL);
     }
+    // Selectors of the context's own GDT (Linux's __KERNEL_CS and
+    // __KERNEL_DS), read from the frame it now holds as a checked GDT.
+    let gdt_entry = |sel: u16| {
+        let i = u64::from(sel >> 3);
+        (i < s.gdt_ents).then(|| crate::mm::read_u64(s.gdt_frame * PAGE + i * 8))
+    };
+    if !context::selectors_ok(&s, gdt_entry) {
+        if s.gdt_ents != 0 {
+            frames::with(|ft, mem| ft.put_page_and_type(mem, s.gdt_frame));
+        }
+        undo_cr3(s.user_cr3_mfn != 0);
+        return Err(Errno::EINVAL);
+    }
     if s.gdt_ents > 1 || s.ldt_ents != 0 {
         crate::pv::note_rare_state();
     }

@@ -91,6 +91,38 @@ pub fn alloc_stack(bytes: usize) -> Result<u64, Errno> {
 /// table and event callback, and calls `entry(vcpu)`. Errors are Xen's:
 /// `ENOENT` (no such vCPU), `EEXIST` (it already had a context), `EINVAL`.
 pub fn start(vcpu: VcpuId, entry: fn(VcpuId) -> !, stack_top: u64) -> Result<(), Errno> {
+    let c = context(vcpu, entry, stack_top)?;
+    // SAFETY: the context names this image's own page tables, stubs and a
+    // stack the caller handed over for the vCPU's exclusive use.
+    unsafe { guest_abi::hypercall::vcpu_initialise(vcpu, &c)? };
+    guest_abi::hypercall::vcpu_up(vcpu)
+}
+
+/// The context [`start`] gives down vCPU `vcpu`, for a kernel that wants
+/// to change it before passing it to `VCPUOP_initialise` itself (its own
+/// GDT and selectors, as Linux's `cpu_initialize_context` does, for
+/// instance); `entry(vcpu)` is registered as the vCPU's entry function.
+/// `EINVAL` before [`init`], for vCPU 0 or beyond [`MAX_VCPUS`].
+///
+/// ```no_run
+/// use pv_guest_kernel::{smp, VcpuId};
+/// fn worker(_: VcpuId) -> ! {
+///     smp::down_self()
+/// }
+/// smp::init().unwrap();
+/// let stack = smp::alloc_stack(16 * 1024).unwrap();
+/// let mut c = smp::context(VcpuId(1), worker, stack).unwrap();
+/// c.user_regs.rflags |= 1 << 12; // e.g. start with virtual IOPL 1
+/// // SAFETY: the context names this image's page tables, stubs and a
+/// // stack that only vCPU 1 uses.
+/// unsafe { guest_abi::hypercall::vcpu_initialise(VcpuId(1), &c) }.unwrap();
+/// guest_abi::hypercall::vcpu_up(VcpuId(1)).unwrap();
+/// ```
+pub fn context(
+    vcpu: VcpuId,
+    entry: fn(VcpuId) -> !,
+    stack_top: u64,
+) -> Result<guest_abi::arch::VcpuGuestContext, Errno> {
     let slot = vcpu.0 as usize;
     if !ON.load(Ordering::SeqCst) || slot >= MAX_VCPUS || slot == 0 {
         return Err(Errno::EINVAL);
@@ -112,10 +144,7 @@ pub fn start(vcpu: VcpuId, entry: fn(VcpuId) -> !, stack_top: u64) -> Result<(),
     c.failsafe_callback_eip = failsafe;
     c.trap_ctxt = crate::traps::context_table();
     c.gs_base_kernel = (&raw const BLOCKS[slot]) as u64;
-    // SAFETY: the context names this image's own page tables, stubs and a
-    // stack the caller handed over for the vCPU's exclusive use.
-    unsafe { guest_abi::hypercall::vcpu_initialise(vcpu, &c)? };
-    guest_abi::hypercall::vcpu_up(vcpu)
+    Ok(c)
 }
 
 /// Where a secondary vCPU's stub lands: runs its entry function.

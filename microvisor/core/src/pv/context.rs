@@ -5,7 +5,7 @@
 //! names (page tables, GDT) are typed by the caller through the frame
 //! table, which refuses them with `EINVAL` as Xen does.
 
-use super::{canonical, guest_addr_ok, guest_rflags, kernel_cs_ok, kernel_ss_ok};
+use super::{canonical, code64_descriptor_ok, guest_addr_ok, guest_rflags, kernel_cs_ok, kernel_ss_ok};
 use guest_abi::arch::{
     FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_I387_VALID,
     VGCF_IN_KERNEL, VGCF_SYSCALL_DISABLES_EVENTS, VcpuGuestContext,
@@ -25,9 +25,15 @@ pub struct StartContext {
     pub gprs: [u64; 15],
     pub rip: u64,
     pub rsp: u64,
-    /// Selectors with RPL 3 (the guest kernel runs in ring 3).
+    /// Selectors with RPL 3 (the guest kernel runs in ring 3): Xen's flat
+    /// ones, which the vCPU runs on whatever the context named.
     pub cs: u16,
     pub ss: u16,
+    /// The code, stack and kernel stack selectors the context named, RPL
+    /// raised to 3 as Xen's fix-ups do. A selector other than Xen's flat
+    /// one must name a descriptor of the context's own GDT that
+    /// [`selectors_ok`] accepts.
+    pub named: [u16; 3],
     /// RFLAGS to run with (real IF on, IOPL 0).
     pub rflags: u64,
     /// Virtual IOPL, from the context's RFLAGS.IOPL (Xen keeps it apart).
@@ -62,9 +68,10 @@ pub struct StartContext {
 /// Checks a `vcpu_guest_context`: `EINVAL` for anything Xen refuses
 /// (non-canonical addresses, an LDT or GDT out of range, unknown
 /// `vm_assist` bits, no kernel page table) and for what this hypervisor
-/// does not support in a context (selectors other than Xen's flat 64-bit
-/// kernel ones, a GDT of more than one frame, callbacks in the
-/// hypervisor's range). Selectors get RPL 3 as Xen's fix-ups give them.
+/// does not support in a context (a GDT of more than one frame, callbacks
+/// in the hypervisor's range). Selectors get RPL 3 as Xen's fix-ups give
+/// them; those that are not Xen's flat ones are checked by
+/// [`selectors_ok`] once the caller holds the context's GDT.
 pub fn check(c: &VcpuGuestContext) -> Result<StartContext, Errno> {
     let r = &c.user_regs;
     let canon = [
@@ -98,11 +105,10 @@ pub fn check(c: &VcpuGuestContext) -> Result<StartContext, Errno> {
     if c.vm_assist & !super::VM_ASSIST_VALID != 0 {
         return Err(Errno::EINVAL);
     }
-    let cs = r.cs | 3;
-    let ss = r.ss | 3;
-    if !kernel_cs_ok(cs) || !kernel_ss_ok(u64::from(ss)) || !kernel_ss_ok(c.kernel_ss | 3) {
+    if c.kernel_ss > 0xffff {
         return Err(Errno::EINVAL);
     }
+    let named = [r.cs | 3, r.ss | 3, c.kernel_ss as u16 | 3];
     let cr3_mfn = c.ctrlreg[3] >> 12;
     if cr3_mfn == 0 {
         return Err(Errno::EINVAL);
@@ -122,6 +128,7 @@ pub fn check(c: &VcpuGuestContext) -> Result<StartContext, Errno> {
         rsp: r.rsp,
         cs: FLAT_KERNEL_CS64 | 3,
         ss: FLAT_KERNEL_SS64 | 3,
+        named,
         rflags: guest_rflags(r.rflags),
         iopl: ((r.rflags >> 12) & 3) as u8,
         selectors: [r.ds, r.es, r.fs, r.gs],
@@ -145,6 +152,47 @@ pub fn check(c: &VcpuGuestContext) -> Result<StartContext, Errno> {
         vm_assist: c.vm_assist,
         fpu_valid: c.flags & VGCF_I387_VALID != 0,
     })
+}
+
+/// Whether the selectors a checked context names ([`StartContext::named`])
+/// can be run: the code selector Xen's flat kernel one or a GDT selector
+/// whose descriptor [`code64_descriptor_ok`] accepts (Linux's
+/// `__KERNEL_CS`, its DPL raised to 3 by the GDT check), each stack
+/// selector Xen's flat one or a GDT selector of a [`stack_descriptor_ok`]
+/// descriptor (Linux's `__KERNEL_DS`). `gdt` gives the descriptor of a
+/// non-null selector of the context's GDT after that GDT's check, `None`
+/// beyond its entries. Xen takes any selector here and the first return
+/// to the vCPU faults into its failsafe callback on a bad one; this
+/// hypervisor runs the vCPU on its flat selectors, the same segments in
+/// 64-bit mode, so it refuses up front (`EINVAL`) what could not be
+/// loaded: LDT selectors (the LDT is mapped only once the vCPU runs),
+/// null ones, and descriptors of another kind.
+pub fn selectors_ok(s: &StartContext, gdt: impl Fn(u16) -> Option<u64>) -> bool {
+    let guest = |sel: u16| {
+        if sel & 4 != 0 || sel >> 3 == 0 {
+            None
+        } else {
+            gdt(sel)
+        }
+    };
+    let [cs, ss, kernel_ss] = s.named;
+    let cs_ok = kernel_cs_ok(cs) || guest(cs).is_some_and(code64_descriptor_ok);
+    let ss_ok = |sel: u16| {
+        kernel_ss_ok(u64::from(sel)) || guest(sel).is_some_and(stack_descriptor_ok)
+    };
+    cs_ok && ss_ok(ss) && ss_ok(kernel_ss)
+}
+
+/// Whether a descriptor may be a 64-bit guest's stack segment at CPL 3: a
+/// present writable data segment of DPL 3 (what `iretq` to ring 3 needs of
+/// the SS it loads).
+pub const fn stack_descriptor_ok(d: u64) -> bool {
+    let present = d & (1 << 47) != 0;
+    let code_or_data = d & (1 << 44) != 0;
+    let code = d & (1 << 43) != 0;
+    let writable = d & (1 << 41) != 0;
+    let dpl3 = (d >> 45) & 3 == 3;
+    present && code_or_data && !code && writable && dpl3
 }
 
 /// MXCSR bits a guest may set (the architectural default MXCSR_MASK
@@ -216,7 +264,7 @@ mod tests {
             |c| c.gdt_ents = 1,
             |c| c.vm_assist = 1 << 40,
             |c| c.ctrlreg[3] = 0,
-            |c| c.user_regs.cs = 0x10,
+            |c| c.kernel_ss = 0x1_0018,
         ];
         for (i, f) in cases.iter().enumerate() {
             let mut c = good();
@@ -232,6 +280,77 @@ mod tests {
         );
         c.ctrlreg[1] = 0x99 << 12;
         assert!(check(&c).is_ok_and(|s| !s.in_kernel && s.user_cr3_mfn == 0x99));
+    }
+
+    /// Linux's boot GDT entries (`__KERNEL_CS` at 2, `__KERNEL_DS` at 3)
+    /// after the GDT check raised their DPL to 3, and what else may sit
+    /// there.
+    const KERNEL_CS: u64 = 0x00af_fb00_0000_ffff;
+    const KERNEL_DS: u64 = 0x00cf_f300_0000_ffff;
+    const CODE32: u64 = 0x00cf_fb00_0000_ffff;
+    const READ_ONLY_DATA: u64 = 0x00cf_f100_0000_ffff;
+    const NOT_PRESENT_DS: u64 = 0x00cf_7300_0000_ffff;
+
+    fn linux_gdt(sel: u16) -> Option<u64> {
+        match sel >> 3 {
+            2 => Some(KERNEL_CS),
+            3 => Some(KERNEL_DS),
+            4 => Some(CODE32),
+            5 => Some(READ_ONLY_DATA),
+            6 => Some(NOT_PRESENT_DS),
+            i if i < 16 => Some(0),
+            _ => None,
+        }
+    }
+
+    fn named(cs: u16, ss: u16, kernel_ss: u64) -> Result<StartContext, Errno> {
+        let mut c = good();
+        c.user_regs.cs = cs;
+        c.user_regs.ss = ss;
+        c.kernel_ss = kernel_ss;
+        c.gdt_ents = 16;
+        c.gdt_frames[0] = 0x777;
+        check(&c)
+    }
+
+    #[test]
+    fn linux_selectors_of_the_contexts_own_gdt_are_taken() {
+        // Linux's cpu_initialize_context: __KERNEL_CS, __KERNEL_DS twice.
+        let s = named(0x10, 0x18, 0x18).unwrap();
+        assert_eq!(s.named, [0x13, 0x1b, 0x1b]);
+        assert!(selectors_ok(&s, linux_gdt));
+        // It still runs on the flat selectors.
+        assert_eq!((s.cs, s.ss, s.kernel_ss), (FLAT_KERNEL_CS64 | 3, FLAT_KERNEL_SS64 | 3, FLAT_KERNEL_SS64 | 3));
+        // Flat ones need no GDT.
+        let flat = check(&good()).unwrap();
+        assert!(selectors_ok(&flat, |_| None));
+        // Mixed: flat code, Linux's stack.
+        assert!(selectors_ok(&named(FLAT_KERNEL_CS64, 0x1b, 0x18).unwrap(), linux_gdt));
+    }
+
+    #[test]
+    fn selectors_that_could_not_be_loaded_are_refused() {
+        let refused = [
+            (0x10, 0x18, 0x18, "no GDT entries", true),
+            (0x18, 0x18, 0x18, "data as code", false),
+            (0x20, 0x18, 0x18, "32-bit code", false),
+            (0x10, 0x10, 0x18, "code as stack", false),
+            (0x10, 0x28, 0x18, "read-only stack", false),
+            (0x10, 0x18, 0x30, "not-present kernel stack", false),
+            (0x10, 0x18, 0x38, "null descriptor", false),
+            (0x14, 0x18, 0x18, "LDT code selector", false),
+            (0x10, 0x03, 0x18, "null stack selector", false),
+            (0x10, 0x18, 0x800, "beyond the GDT", false),
+        ];
+        for (cs, ss, kss, what, no_gdt) in refused {
+            let s = named(cs, ss, kss).unwrap();
+            let ok = if no_gdt {
+                selectors_ok(&s, |_| None)
+            } else {
+                selectors_ok(&s, linux_gdt)
+            };
+            assert!(!ok, "{what}");
+        }
     }
 
     #[test]

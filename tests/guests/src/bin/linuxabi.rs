@@ -38,6 +38,11 @@
 //!   GS base live: GS reads it back with RPL 3, the user GS base becomes
 //!   the descriptor's (0 for the flat one), the kernel GS base stays; a
 //!   selector past the GDT becomes null and the call still succeeds.
+//! - `vcpu` (2 vCPUs): Linux's `cpu_initialize_context` brings a
+//!   secondary vCPU up with a context naming its own GDT (one read-only
+//!   frame with DPL-0 kernel code and data descriptors) and Linux's
+//!   selectors, `__KERNEL_CS` (0x10) for code and `__KERNEL_DS` (0x18) for
+//!   both stacks: Xen fixes their RPLs up and the vCPU runs.
 //! - `ptwr`: writable page-table emulation, as Xen always gives a PV guest
 //!   (Linux's `ptep_get_and_clear` is an `xchg` on the PTE): a 64-bit
 //!   `xchg`, `mov` and `lock cmpxchg` on an entry of one of the guest's own
@@ -83,6 +88,7 @@ fn main(si: &'static StartInfo) {
         Some("cpuid") => cpuid_view(&mut t),
         Some("segments") => segments(&mut t),
         Some("ptwr") => ptwr(&mut t),
+        Some("vcpu") => vcpu_selectors(&mut t),
         other => t.fail("part", format_args!("unknown part {other:?}")),
     }
     println!("linuxabi: done");
@@ -940,3 +946,59 @@ fn runstate(t: &mut Reporter, si: &StartInfo) {
 }
 
 pv_guest_kernel::main!(main);
+
+/// Set by the secondary vCPU of the `vcpu` part: its number plus one.
+static SECONDARY_RAN: AtomicU64 = AtomicU64::new(0);
+
+fn secondary(v: guest_abi::types::VcpuId) -> ! {
+    SECONDARY_RAN.store(u64::from(v.0) + 1, Ordering::SeqCst);
+    pv_guest_kernel::smp::down_self()
+}
+
+/// Linux's `cpu_initialize_context` for vCPU 1: its GDT frame (Linux's
+/// boot GDT: DPL-0 64-bit kernel code at 2, kernel data at 3), `cs =
+/// __KERNEL_CS`, `ss = kernel_ss = __KERNEL_DS`.
+fn vcpu_selectors(t: &mut Reporter) {
+    use guest_abi::types::VcpuId;
+    use pv_guest_kernel::{events, smp};
+    const KERNEL_CS: u64 = 0x00af_9b00_0000_ffff;
+    const KERNEL_DS: u64 = 0x00cf_9300_0000_ffff;
+    let init = events::init().and_then(|()| smp::init());
+    t.check("vcpu-smp-init", init.is_ok(), format_args!("{init:?}"));
+    let (va, mfn) = mm::alloc_page().expect("a page");
+    // SAFETY: our own fresh page, writable until remapped below.
+    unsafe {
+        write_volatile((va + 2 * 8) as *mut u64, KERNEL_CS);
+        write_volatile((va + 3 * 8) as *mut u64, KERNEL_DS);
+    }
+    // A GDT frame may not be mapped writable: read-only from here on.
+    let ro = scenario_guests::remap(va, (mfn << 12) | scenario_guests::pte::RO);
+    let stack = smp::alloc_stack(16 * 1024).expect("a stack");
+    let mut c = smp::context(VcpuId(1), secondary, stack).expect("a context");
+    c.user_regs.cs = 0x10;
+    c.user_regs.ss = 0x18;
+    c.kernel_ss = 0x18;
+    c.gdt_frames[0] = mfn;
+    c.gdt_ents = 16;
+    // SAFETY: our page tables, stubs, a stack only vCPU 1 uses and a GDT
+    // frame that holds only the two segments.
+    let r = unsafe { hc::vcpu_initialise(VcpuId(1), &c) };
+    t.check(
+        "vcpu-linux-selectors-taken",
+        ro.is_ok() && r.is_ok(),
+        format_args!("remap {ro:?}, initialise {r:?}"),
+    );
+    let up = hc::vcpu_up(VcpuId(1));
+    // Bounded: vCPU 1 runs as soon as it is scheduled.
+    let mut spins = 0u32;
+    while SECONDARY_RAN.load(Ordering::SeqCst) == 0 && spins < 100_000 {
+        let _ = hc::sched_yield();
+        spins += 1;
+    }
+    let ran = SECONDARY_RAN.load(Ordering::SeqCst);
+    t.check(
+        "vcpu-linux-selectors-runs",
+        up.is_ok() && ran == 2,
+        format_args!("up {up:?}, vCPU 1 ran: {ran} (after {spins} yields)"),
+    );
+}
