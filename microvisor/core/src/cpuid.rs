@@ -125,9 +125,18 @@ pub fn guest_cpuid(leaf: u32, sub: u32, host: [u32; 4], version: u32, amd: bool)
         // One hypercall page, its MSR.
         0x4000_0002 => [1, XEN_LEAF_BASE, 0, 0],
         0x4000_0003..=0x4000_00ff => [0; 4],
+        // EBX's top byte, the initial APIC ID, is 0 for every PV vCPU, as
+        // Xen gives it (the physical CPU's would leak the host's topology
+        // and change as the vCPU moves; Linux checks it on each vCPU
+        // against the APIC IDs it made up itself).
         1 => {
             let sep = if amd { SEP } else { 0 };
-            [a, b, (c & LEAF1_ECX) | HYPERVISOR, d & LEAF1_EDX & !sep]
+            [
+                a,
+                b & 0x00ff_ffff,
+                (c & LEAF1_ECX) | HYPERVISOR,
+                d & LEAF1_EDX & !sep,
+            ]
         }
         7 if sub == 0 => [a, b & LEAF7_EBX, c & LEAF7_ECX, d & LEAF7_EDX],
         0x8000_0001 => [a, b, c & EXT1_ECX, d & EXT1_EDX],
@@ -184,6 +193,14 @@ mod tests {
         );
         assert_eq!(guest_cpuid(7, 1, ALL, 0, false), ALL);
         assert_eq!(guest_cpuid(0, 0, [7, 1, 2, 3], 0, false), [7, 1, 2, 3]);
+    }
+
+    #[test]
+    fn the_initial_apic_id_is_zero_the_rest_of_ebx_the_hosts() {
+        // Host: APIC ID 3, 16 logical processors, CLFLUSH size 8, brand 1.
+        let host = [0x000a_06a9, 0x0310_0801, 0, 0];
+        let [a, b, _, _] = guest_cpuid(1, 0, host, 0, false);
+        assert_eq!((a, b), (0x000a_06a9, 0x0010_0801));
     }
 
     #[test]

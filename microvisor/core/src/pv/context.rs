@@ -5,7 +5,9 @@
 //! names (page tables, GDT) are typed by the caller through the frame
 //! table, which refuses them with `EINVAL` as Xen does.
 
-use super::{canonical, code64_descriptor_ok, guest_addr_ok, guest_rflags, kernel_cs_ok, kernel_ss_ok};
+use super::{
+    canonical, code64_descriptor_ok, guest_addr_ok, guest_rflags, kernel_cs_ok, kernel_ss_ok,
+};
 use guest_abi::arch::{
     FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_I387_VALID,
     VGCF_IN_KERNEL, VGCF_SYSCALL_DISABLES_EVENTS, VcpuGuestContext,
@@ -177,9 +179,8 @@ pub fn selectors_ok(s: &StartContext, gdt: impl Fn(u16) -> Option<u64>) -> bool 
     };
     let [cs, ss, kernel_ss] = s.named;
     let cs_ok = kernel_cs_ok(cs) || guest(cs).is_some_and(code64_descriptor_ok);
-    let ss_ok = |sel: u16| {
-        kernel_ss_ok(u64::from(sel)) || guest(sel).is_some_and(stack_descriptor_ok)
-    };
+    let ss_ok =
+        |sel: u16| kernel_ss_ok(u64::from(sel)) || guest(sel).is_some_and(stack_descriptor_ok);
     cs_ok && ss_ok(ss) && ss_ok(kernel_ss)
 }
 
@@ -320,12 +321,22 @@ mod tests {
         assert_eq!(s.named, [0x13, 0x1b, 0x1b]);
         assert!(selectors_ok(&s, linux_gdt));
         // It still runs on the flat selectors.
-        assert_eq!((s.cs, s.ss, s.kernel_ss), (FLAT_KERNEL_CS64 | 3, FLAT_KERNEL_SS64 | 3, FLAT_KERNEL_SS64 | 3));
+        assert_eq!(
+            (s.cs, s.ss, s.kernel_ss),
+            (
+                FLAT_KERNEL_CS64 | 3,
+                FLAT_KERNEL_SS64 | 3,
+                FLAT_KERNEL_SS64 | 3
+            )
+        );
         // Flat ones need no GDT.
         let flat = check(&good()).unwrap();
         assert!(selectors_ok(&flat, |_| None));
         // Mixed: flat code, Linux's stack.
-        assert!(selectors_ok(&named(FLAT_KERNEL_CS64, 0x1b, 0x18).unwrap(), linux_gdt));
+        assert!(selectors_ok(
+            &named(FLAT_KERNEL_CS64, 0x1b, 0x18).unwrap(),
+            linux_gdt
+        ));
     }
 
     #[test]

@@ -42,7 +42,9 @@
 //!   secondary vCPU up with a context naming its own GDT (one read-only
 //!   frame with DPL-0 kernel code and data descriptors) and Linux's
 //!   selectors, `__KERNEL_CS` (0x10) for code and `__KERNEL_DS` (0x18) for
-//!   both stacks: Xen fixes their RPLs up and the vCPU runs.
+//!   both stacks: Xen fixes their RPLs up and the vCPU runs. Both vCPUs'
+//!   forced-emulation CPUID shows the initial APIC ID 0, as Xen gives every
+//!   PV vCPU.
 //! - `ptwr`: writable page-table emulation, as Xen always gives a PV guest
 //!   (Linux's `ptep_get_and_clear` is an `xchg` on the PTE): a 64-bit
 //!   `xchg`, `mov` and `lock cmpxchg` on an entry of one of the guest's own
@@ -950,7 +952,12 @@ pv_guest_kernel::main!(main);
 /// Set by the secondary vCPU of the `vcpu` part: its number plus one.
 static SECONDARY_RAN: AtomicU64 = AtomicU64::new(0);
 
+/// The initial APIC ID (leaf 1 EBX bits 24-31) the secondary vCPU's
+/// forced-emulation CPUID showed, plus one.
+static SECONDARY_APIC_ID: AtomicU64 = AtomicU64::new(0);
+
 fn secondary(v: guest_abi::types::VcpuId) -> ! {
+    SECONDARY_APIC_ID.store(u64::from(xen_cpuid(1, 0)[1] >> 24) + 1, Ordering::SeqCst);
     SECONDARY_RAN.store(u64::from(v.0) + 1, Ordering::SeqCst);
     pv_guest_kernel::smp::down_self()
 }
@@ -1000,5 +1007,17 @@ fn vcpu_selectors(t: &mut Reporter) {
         "vcpu-linux-selectors-runs",
         up.is_ok() && ran == 2,
         format_args!("up {up:?}, vCPU 1 ran: {ran} (after {spins} yields)"),
+    );
+    // Xen gives every PV vCPU the initial APIC ID 0 (Linux compares it
+    // with the IDs it made up; the physical CPU's would change as the vCPU
+    // moves). The scenario pins the domain to a CPU whose APIC ID is not 0.
+    let (id0, id1) = (
+        xen_cpuid(1, 0)[1] >> 24,
+        SECONDARY_APIC_ID.load(Ordering::SeqCst),
+    );
+    t.check(
+        "vcpu-initial-apic-id-zero",
+        id0 == 0 && id1 == 1,
+        format_args!("vCPU 0: {id0}, vCPU 1: {} (+1)", id1),
     );
 }
