@@ -644,7 +644,7 @@ pub fn rootdisk_initramfs() -> Result<PathBuf, String> {
 }
 
 /// e2fsprogs' programs the ext4 root disk needs on the host.
-pub const E2FSPROGS: [&str; 3] = ["mkfs.ext4", "debugfs", "e2fsck"];
+pub const E2FSPROGS: [&str; 4] = ["mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs"];
 
 /// The path of an e2fsprogs program (also looked for in /sbin and
 /// /usr/sbin, which a user's `PATH` may lack).
@@ -754,9 +754,32 @@ pub fn read_ext4_file(image: &Path, path: &str) -> Result<Vec<u8>, String> {
     Ok(run(format!("cat {path}"))?.stdout)
 }
 
-/// Runs `e2fsck -fn` on the image: `Err` with its report unless it finds
-/// the file system clean.
+/// Checks the image as a file system left by a clean unmount (or a
+/// read-only remount): `Err` if its journal still needs recovery
+/// (`needs_recovery` among the features `dumpe2fs -h` lists), or with
+/// `e2fsck -fn`'s report unless it finds the file system clean.
 pub fn check_ext4(image: &Path) -> Result<(), String> {
+    let out = Command::new(e2fs_tool("dumpe2fs")?)
+        .arg("-h")
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run dumpe2fs: {e}"))?;
+    let header = String::from_utf8_lossy(&out.stdout);
+    let features = header
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .ok_or_else(|| {
+            format!(
+                "dumpe2fs -h finds no ext4 superblock in {}",
+                image.display()
+            )
+        })?;
+    if features.split_whitespace().any(|f| f == "needs_recovery") {
+        return Err(format!(
+            "the ext4 image {} needs journal recovery: the guest neither unmounted it nor remounted it read-only",
+            image.display()
+        ));
+    }
     let out = Command::new(e2fs_tool("e2fsck")?)
         .arg("-fn")
         .arg(image)
@@ -1057,6 +1080,19 @@ mod tests {
         assert_eq!(read_ext4_file(&img, "/etc/hello").unwrap(), b"hello ext4\n");
         let e = read_ext4_file(&img, "/etc/absent").unwrap_err();
         assert!(e.contains("/etc/absent is not in the ext4 image"), "{e}");
+        check_ext4(&img).unwrap();
+        // A journal left needing recovery (as by a guest that powered off
+        // with the file system mounted read-write) is refused.
+        let clean = std::fs::read(&img).unwrap();
+        let set = Command::new(e2fs_tool("debugfs").unwrap())
+            .args(["-w", "-R", "feature needs_recovery"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(set.status.success());
+        let e = check_ext4(&img).unwrap_err();
+        assert!(e.contains("needs journal recovery"), "{e}");
+        std::fs::write(&img, &clean).unwrap();
         check_ext4(&img).unwrap();
         // Zero the first block group's descriptors (block 2 of 1 KiB
         // blocks): e2fsck -n must object.
