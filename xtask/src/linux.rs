@@ -488,8 +488,9 @@ pub const ROOTFS_TEXT: &str =
 /// What the root file system's init prints once it runs from the disk.
 pub const ROOTFS_MARKER: &str = "microvisor-rootfs: /sbin/init running from the ext4 disk";
 
-/// Debian's `xen-blkfront.ko` for the cloud kernel [`vmlinux`] is, fetched
-/// on first use (the package again: the kernel's cache keeps only vmlinux).
+/// Debian's `xen-blkfront.ko` from the package of the cloud kernel
+/// [`vmlinux`] uses, fetched on first use (the package again: the kernel's
+/// cache keeps only vmlinux).
 pub fn blkfront_module() -> Result<PathBuf, String> {
     static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     FOUND
