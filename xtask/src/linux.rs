@@ -474,12 +474,341 @@ pub fn initramfs() -> Result<PathBuf, String> {
     .clone()
 }
 
+/// Where Debian's kernel package keeps Xen's block front-end module, under
+/// `lib/modules/<release>/`: `xen-blkfront` is a module in the cloud
+/// flavour (`CONFIG_XEN_BLKDEV_FRONTEND=m`, no dependencies), ext4 is built
+/// in.
+pub const BLKFRONT_MODULE: &str = "kernel/drivers/block/xen-blkfront.ko";
+/// What the root-disk initramfs's /init prints before it loads blkfront.
+pub const ROOTDISK_MARKER: &str = "microvisor-initramfs: root on xvda";
+/// The file the root file system's init writes, and its bytes.
+pub const ROOTFS_FILE: &str = "/linux-blk/written-by-linux.txt";
+pub const ROOTFS_TEXT: &str =
+    "written by Linux through xen-blkfront and the service domain's blkback\n";
+/// What the root file system's init prints once it runs from the disk.
+pub const ROOTFS_MARKER: &str = "microvisor-rootfs: /sbin/init running from the ext4 disk";
+
+/// Debian's `xen-blkfront.ko` from the package of the cloud kernel
+/// [`vmlinux`] uses, fetched on first use (the package again: the kernel's
+/// cache keeps only vmlinux).
+pub fn blkfront_module() -> Result<PathBuf, String> {
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let package = kernel_package()?;
+            cached("linux-modules", &package, "xen-blkfront.ko", |root, out| {
+                let modules = root.join("lib/modules");
+                let ko = std::fs::read_dir(&modules)
+                    .map_err(|e| format!("{package} has no /lib/modules: {e}"))?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path().join(BLKFRONT_MODULE))
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| format!("{package} has no {BLKFRONT_MODULE}"))?;
+                std::fs::copy(&ko, out)
+                    .map(|_| ())
+                    .map_err(|e| format!("cannot copy {}: {e}", ko.display()))
+            })
+        })
+        .clone()
+}
+
+/// The root-disk initramfs's /init: mounts /proc, /sys and /dev, loads
+/// blkfront, waits for `/dev/xvda` (blkfront probes in the background once
+/// the back-end connects), mounts it as ext4 on /newroot, moves /dev there
+/// and switches root to its `/sbin/init`.
+pub fn rootdisk_init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /newroot /usr/bin /usr/sbin /sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s
+echo "{ROOTDISK_MARKER} (kernel $(uname -r))"
+fail() {{
+    echo "microvisor-initramfs: FAIL: $*"
+    poweroff -f
+}}
+insmod /lib/modules/xen-blkfront.ko || fail "insmod xen-blkfront.ko"
+n=0
+while [ ! -b /dev/xvda ]; do
+    n=$((n + 1))
+    [ $n -le 600 ] || fail "no /dev/xvda after 600 polls"
+    sleep 0.1
+done
+echo "microvisor-initramfs: /dev/xvda has $(cat /sys/block/xvda/size) sectors"
+mount -t ext4 /dev/xvda /newroot || fail "mount -t ext4 /dev/xvda"
+mount --move /dev /newroot/dev || fail "mount --move /dev"
+umount /sys
+umount /proc
+exec switch_root /newroot /sbin/init
+"#
+    )
+}
+
+/// The root file system's `/sbin/init`: shows the root mount, writes
+/// [`ROOTFS_TEXT`] to [`ROOTFS_FILE`], syncs, reads it back, remounts the
+/// root read-only (the journal checkpointed: the image is clean for
+/// `debugfs` and `e2fsck` on the host) and powers off.
+pub fn rootfs_init_script() -> String {
+    let dir = ROOTFS_FILE.rsplit_once('/').map_or("/", |(d, _)| d);
+    let text = ROOTFS_TEXT.trim_end_matches('\n');
+    format!(
+        r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo "{ROOTFS_MARKER}"
+echo "microvisor-rootfs: $(grep ' / ' /proc/mounts)"
+fail() {{
+    echo "microvisor-rootfs: FAIL: $*"
+    poweroff -f
+}}
+mkdir -p {dir} || fail "mkdir {dir}"
+echo "{text}" > {ROOTFS_FILE} || fail "write {ROOTFS_FILE}"
+sync || fail sync
+echo "microvisor-rootfs: read back: $(cat {ROOTFS_FILE})"
+mount -o remount,ro / || fail "remount / read-only"
+echo "microvisor-rootfs: / read-only, poweroff"
+poweroff -f
+"#
+    )
+}
+
+/// The root-disk initramfs around a static busybox and `xen-blkfront.ko`.
+pub fn rootdisk_initramfs_bytes(busybox: &[u8], blkfront: &[u8]) -> Vec<u8> {
+    let init = rootdisk_init_script();
+    let dir = |name| Node {
+        name,
+        mode: S_IFDIR | 0o755,
+        rdev: (0, 0),
+        data: &[],
+    };
+    newc(&[
+        dir("bin"),
+        dir("dev"),
+        Node {
+            name: "dev/console",
+            mode: S_IFCHR | 0o600,
+            rdev: (5, 1),
+            data: &[],
+        },
+        dir("lib"),
+        dir("lib/modules"),
+        Node {
+            name: "lib/modules/xen-blkfront.ko",
+            mode: S_IFREG | 0o644,
+            rdev: (0, 0),
+            data: blkfront,
+        },
+        dir("newroot"),
+        dir("proc"),
+        dir("sys"),
+        Node {
+            name: "bin/busybox",
+            mode: S_IFREG | 0o755,
+            rdev: (0, 0),
+            data: busybox,
+        },
+        Node {
+            name: "bin/sh",
+            mode: S_IFLNK | 0o777,
+            rdev: (0, 0),
+            data: b"busybox",
+        },
+        Node {
+            name: "init",
+            mode: S_IFREG | 0o755,
+            rdev: (0, 0),
+            data: init.as_bytes(),
+        },
+    ])
+}
+
+/// The root-disk initramfs, written into `target/linux/rootdisk.cpio` on
+/// first use.
+pub fn rootdisk_initramfs() -> Result<PathBuf, String> {
+    static MADE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let read =
+            |p: PathBuf| std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let bb = read(busybox()?)?;
+        let ko = read(blkfront_module()?)?;
+        let dir = crate::root().join("target/linux");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let out = dir.join("rootdisk.cpio");
+        std::fs::write(&out, rootdisk_initramfs_bytes(&bb, &ko))
+            .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+        Ok(out)
+    })
+    .clone()
+}
+
+/// e2fsprogs' programs the ext4 root disk needs on the host.
+pub const E2FSPROGS: [&str; 4] = ["mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs"];
+
+/// The path of an e2fsprogs program (also looked for in /sbin and
+/// /usr/sbin, which a user's `PATH` may lack).
+fn e2fs_tool(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("no {name} on this machine (Debian's e2fsprogs has it)"))
+}
+
+/// Why the ext4 root disk cannot be made here (the packages or e2fsprogs
+/// missing), if it cannot; fetches what it needs.
+pub fn rootfs_unavailable() -> Option<String> {
+    if let Some(e) = E2FSPROGS.iter().find_map(|t| e2fs_tool(t).err()) {
+        return Some(e);
+    }
+    busybox()
+        .err()
+        .map(|e| format!("Debian's busybox unavailable: {e}"))
+}
+
+/// The directory `mkfs.ext4 -d` copies into the root file system: busybox,
+/// its `sh` link, `/sbin/init` and the mount points; made fresh in
+/// `target/linux/rootfs`.
+fn rootfs_dir() -> Result<PathBuf, String> {
+    let bb = busybox()?;
+    let dir = crate::root().join("target/linux/rootfs");
+    let err = |p: &Path, e: std::io::Error| format!("cannot make {}: {e}", p.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["bin", "sbin", "dev", "proc", "sys"] {
+        let p = dir.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| err(&p, e))?;
+    }
+    let p = dir.join("bin/busybox");
+    std::fs::copy(&bb, &p).map_err(|e| err(&p, e))?;
+    let p = dir.join("bin/sh");
+    std::os::unix::fs::symlink("busybox", &p).map_err(|e| err(&p, e))?;
+    // Busybox's applets are links to it, made here so the script needs no
+    // --install on a disk it means to leave clean.
+    for applet in [
+        "mount", "umount", "echo", "grep", "mkdir", "cat", "sync", "poweroff",
+    ] {
+        let p = dir.join("bin").join(applet);
+        std::os::unix::fs::symlink("busybox", &p).map_err(|e| err(&p, e))?;
+    }
+    let p = dir.join("sbin/init");
+    std::fs::write(&p, rootfs_init_script()).map_err(|e| err(&p, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(|e| err(&p, e))?;
+    Ok(dir)
+}
+
+/// Makes `image` (`mib` MiB) the ext4 root disk: the root directory
+/// [`rootfs_dir`] makes, partition-less.
+pub fn make_rootfs_image(image: &Path, mib: u64) -> Result<(), String> {
+    make_ext4_image(image, mib, &rootfs_dir()?)
+}
+
+/// Makes `image` (`mib` MiB) an ext4 file system holding a copy of `dir`
+/// (`mkfs.ext4 -d`), the whole image the file system.
+pub fn make_ext4_image(image: &Path, mib: u64, dir: &Path) -> Result<(), String> {
+    let f = std::fs::File::create(image)
+        .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+    f.set_len(mib << 20)
+        .map_err(|e| format!("cannot size {}: {e}", image.display()))?;
+    drop(f);
+    let out = Command::new(e2fs_tool("mkfs.ext4")?)
+        .args(["-q", "-F", "-L", "mvroot", "-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run mkfs.ext4: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mkfs.ext4 -d {} {} failed: {}",
+            dir.display(),
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of the file at `path` in the ext4 image, read with
+/// `debugfs -R 'cat PATH'` (which reads the image as it is, without
+/// replaying a journal).
+pub fn read_ext4_file(image: &Path, path: &str) -> Result<Vec<u8>, String> {
+    // debugfs prints nothing on stdout for a missing file: ask `stat` first.
+    let run = |req: String| {
+        Command::new(e2fs_tool("debugfs")?)
+            .args(["-R", &req])
+            .arg(image)
+            .output()
+            .map_err(|e| format!("cannot run debugfs: {e}"))
+    };
+    let stat = run(format!("stat {path}"))?;
+    let said = String::from_utf8_lossy(&stat.stderr);
+    if !stat.status.success() || !String::from_utf8_lossy(&stat.stdout).contains("Inode:") {
+        return Err(format!(
+            "{path} is not in the ext4 image {}: {}",
+            image.display(),
+            said.lines().last().unwrap_or("").trim()
+        ));
+    }
+    Ok(run(format!("cat {path}"))?.stdout)
+}
+
+/// Checks the image as a file system left by a clean unmount (or a
+/// read-only remount): `Err` if its journal still needs recovery
+/// (`needs_recovery` among the features `dumpe2fs -h` lists), or with
+/// `e2fsck -fn`'s report unless it finds the file system clean.
+pub fn check_ext4(image: &Path) -> Result<(), String> {
+    let out = Command::new(e2fs_tool("dumpe2fs")?)
+        .arg("-h")
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run dumpe2fs: {e}"))?;
+    let header = String::from_utf8_lossy(&out.stdout);
+    let features = header
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .ok_or_else(|| {
+            format!(
+                "dumpe2fs -h finds no ext4 superblock in {}",
+                image.display()
+            )
+        })?;
+    if features.split_whitespace().any(|f| f == "needs_recovery") {
+        return Err(format!(
+            "the ext4 image {} needs journal recovery: the guest neither unmounted it nor remounted it read-only",
+            image.display()
+        ));
+    }
+    let out = Command::new(e2fs_tool("e2fsck")?)
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run e2fsck: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(4)
+        .collect();
+    Err(format!(
+        "e2fsck -fn finds the ext4 image {} not clean (exit {:?}): {}",
+        image.display(),
+        out.status.code(),
+        first.join(" / ")
+    ))
+}
+
 /// Checks a scenario's `debian:WHAT` file spec without fetching anything.
 pub fn check_spec(what: &str) -> Result<(), String> {
     match what {
-        "vmlinux" | "initramfs" => Ok(()),
+        "vmlinux" | "initramfs" | "rootdisk-initramfs" => Ok(()),
         _ => Err(format!(
-            "debian:{what} names nothing: debian:vmlinux is Debian's cloud kernel, debian:initramfs the busybox initramfs"
+            "debian:{what} names nothing: debian:vmlinux is Debian's cloud kernel, debian:initramfs the busybox initramfs, debian:rootdisk-initramfs the one that mounts xvda as its root"
         )),
     }
 }
@@ -490,6 +819,9 @@ pub fn fetch_spec(what: &str) -> Result<PathBuf, String> {
     check_spec(what)?;
     if what == "vmlinux" {
         vmlinux().map_err(|e| format!("Debian's cloud kernel unavailable: {e}"))
+    } else if what == "rootdisk-initramfs" {
+        rootdisk_initramfs()
+            .map_err(|e| format!("Debian's busybox or xen-blkfront.ko unavailable: {e}"))
     } else {
         initramfs().map_err(|e| format!("Debian's busybox unavailable: {e}"))
     }
@@ -699,6 +1031,77 @@ mod tests {
         assert_eq!(fields(&a, 10)[2], 1);
         // Every entry starts 4-byte aligned: the reader found them all.
         assert!(a.len().is_multiple_of(4));
+    }
+
+    #[test]
+    fn the_rootdisk_initramfs_loads_blkfront_and_switches_to_xvda() {
+        let a = rootdisk_initramfs_bytes(b"\x7fELF busybox", b"\x7fELF blkfront");
+        let archive = microvisor_core::cpio::Archive::new(&a).expect("valid newc");
+        assert_eq!(
+            archive.get("lib/modules/xen-blkfront.ko"),
+            Some(&b"\x7fELF blkfront"[..])
+        );
+        assert_eq!(archive.get("bin/busybox"), Some(&b"\x7fELF busybox"[..]));
+        let names: Vec<&str> = archive.entries().map(|(n, _)| n).collect();
+        for n in ["dev/console", "newroot", "proc", "sys", "bin/sh", "init"] {
+            assert!(names.contains(&n), "{n} not in the initramfs");
+        }
+        let init = std::str::from_utf8(archive.get("init").unwrap()).unwrap();
+        for step in [
+            ROOTDISK_MARKER,
+            "insmod /lib/modules/xen-blkfront.ko",
+            "mount -t ext4 /dev/xvda /newroot",
+            "mount --move /dev /newroot/dev",
+            "exec switch_root /newroot /sbin/init",
+        ] {
+            assert!(init.contains(step), "{step:?} not in /init");
+        }
+        let root = rootfs_init_script();
+        assert!(root.starts_with("#!/bin/sh\n") && root.contains(ROOTFS_MARKER));
+        assert!(root.contains(&format!(
+            "echo \"{}\" > {ROOTFS_FILE}",
+            ROOTFS_TEXT.trim_end()
+        )));
+        assert!(root.contains("mount -o remount,ro /") && root.ends_with("poweroff -f\n"));
+    }
+
+    /// e2fsprogs (Debian: priority required; .ci/run installs it) round
+    /// trip: a directory into an image, a file back out, a clean check, and
+    /// a broken image found not clean.
+    #[test]
+    fn ext4_images_are_made_read_and_checked_with_e2fsprogs() {
+        let tmp = std::env::temp_dir().join(format!("xtask-ext4-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let dir = tmp.join("root");
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/hello"), b"hello ext4\n").unwrap();
+        let img = tmp.join("img");
+        make_ext4_image(&img, 4, &dir).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 4 << 20);
+        assert_eq!(read_ext4_file(&img, "/etc/hello").unwrap(), b"hello ext4\n");
+        let e = read_ext4_file(&img, "/etc/absent").unwrap_err();
+        assert!(e.contains("/etc/absent is not in the ext4 image"), "{e}");
+        check_ext4(&img).unwrap();
+        // A journal left needing recovery (as by a guest that powered off
+        // with the file system mounted read-write) is refused.
+        let clean = std::fs::read(&img).unwrap();
+        let set = Command::new(e2fs_tool("debugfs").unwrap())
+            .args(["-w", "-R", "feature needs_recovery"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(set.status.success());
+        let e = check_ext4(&img).unwrap_err();
+        assert!(e.contains("needs journal recovery"), "{e}");
+        std::fs::write(&img, &clean).unwrap();
+        check_ext4(&img).unwrap();
+        // Zero the first block group's descriptors (block 2 of 1 KiB
+        // blocks): e2fsck -n must object.
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes[2048..3072].fill(0);
+        std::fs::write(&img, &bytes).unwrap();
+        assert!(check_ext4(&img).unwrap_err().contains("not clean"));
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

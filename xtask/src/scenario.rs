@@ -101,6 +101,8 @@ pub struct Scenario {
     raw_kill_after: Option<toml::Value>,
     #[serde(default, rename = "expect_disk")]
     raw_expect_disk: Option<toml::Value>,
+    #[serde(default, rename = "expect_ext4_file")]
+    raw_expect_ext4_file: Option<toml::Value>,
     /// `disk_mib`/`disk_fill`: a fresh raw image for the service domain.
     #[serde(skip)]
     pub disk: Option<Disk>,
@@ -119,6 +121,11 @@ pub struct Scenario {
     /// `expect_disk`: bytes the image must hold after the last boot.
     #[serde(skip)]
     pub expect_disk: Vec<DiskExpect>,
+    /// `expect_ext4_file`: files the image (`disk_fill = "debian:rootfs"`)
+    /// must hold after the last boot, read with debugfs, as (path, text);
+    /// `e2fsck -fn` must then find the file system clean.
+    #[serde(skip)]
+    pub expect_ext4_file: Vec<(String, String)>,
 }
 
 /// A `counts` entry: how many console lines must contain `text`.
@@ -172,6 +179,10 @@ pub enum Fill {
     Zero,
     /// Byte i is `pattern_byte(i)`.
     Pattern,
+    /// `"debian:rootfs"`: the whole image is an ext4 file system made with
+    /// `mkfs.ext4 -d` around Debian's busybox ([`crate::linux::make_rootfs_image`]),
+    /// a Linux domain's root disk.
+    LinuxRootfs,
 }
 
 impl Disk {
@@ -334,6 +345,7 @@ impl Scenario {
                 ("boots", self.raw_boots.is_some()),
                 ("kill_after", self.raw_kill_after.is_some()),
                 ("expect_disk", self.raw_expect_disk.is_some()),
+                ("expect_ext4_file", self.raw_expect_ext4_file.is_some()),
             ];
             if let Some((key, _)) = given.iter().find(|(_, g)| *g) {
                 return Err(format!(
@@ -360,9 +372,10 @@ impl Scenario {
             let fill = match v.as_str() {
                 Some("zero") => Fill::Zero,
                 Some("pattern") => Fill::Pattern,
+                Some("debian:rootfs") => Fill::LinuxRootfs,
                 _ => {
                     return Err(format!(
-                        "disk_fill must be \"zero\" or \"pattern\", not {}",
+                        "disk_fill must be \"zero\", \"pattern\" or \"debian:rootfs\", not {}",
                         shown(v)
                     ));
                 }
@@ -484,6 +497,42 @@ impl Scenario {
                 out
             }
         };
+        self.expect_ext4_file = match &self.raw_expect_ext4_file {
+            None => Vec::new(),
+            Some(v) => {
+                if self.disk.map(|d| d.fill) != Some(Fill::LinuxRootfs) {
+                    return Err("expect_ext4_file needs disk_fill = \"debian:rootfs\" (an ext4 disk to read)".into());
+                }
+                let form =
+                    "expect_ext4_file must be a list of { path = \"/...\", text = \"...\" } tables";
+                let mut out = Vec::new();
+                for (i, e) in v.as_array().ok_or(form)?.iter().enumerate() {
+                    let t = e.as_table().ok_or(form)?;
+                    if let Some(k) = t.keys().find(|k| !matches!(k.as_str(), "path" | "text")) {
+                        return Err(format!(
+                            "expect_ext4_file[{i}]: unknown key {k:?} (the keys are path and text)"
+                        ));
+                    }
+                    let path = t.get("path").and_then(|p| p.as_str()).filter(|p| {
+                        p.starts_with('/') && !p.chars().any(|c| c.is_whitespace() || c == '"')
+                    });
+                    let text = t.get("text").and_then(|p| p.as_str());
+                    match (path, text) {
+                        (Some(p), Some(x)) => out.push((p.to_string(), x.to_string())),
+                        (None, _) => {
+                            return Err(format!(
+                                "expect_ext4_file[{i}]: path must be an absolute path without spaces or quotes"
+                            ));
+                        }
+                        (_, None) => return Err(format!("expect_ext4_file[{i}]: text is missing")),
+                    }
+                }
+                if out.is_empty() {
+                    return Err(form.into());
+                }
+                out
+            }
+        };
         Ok(())
     }
 
@@ -516,9 +565,12 @@ pub fn create_disk(path: &Path, disk: Disk) -> Result<(), String> {
     use std::io::Write;
     let err =
         |e: std::io::Error| format!("error: cannot create disk image {}: {e}", path.display());
+    if disk.fill == Fill::LinuxRootfs {
+        return crate::linux::make_rootfs_image(path, disk.mib).map_err(|e| format!("error: {e}"));
+    }
     let mut f = std::fs::File::create(path).map_err(err)?;
     match disk.fill {
-        Fill::Zero => f.set_len(disk.bytes()).map_err(err)?,
+        Fill::Zero | Fill::LinuxRootfs => f.set_len(disk.bytes()).map_err(err)?,
         Fill::Pattern => {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
             let mut chunk = vec![0u8; 1 << 20];
@@ -584,6 +636,29 @@ pub fn check_disk(path: &Path, expect: &[DiskExpect]) -> Result<Vec<String>, Str
         reasons.extend(disk_mismatch(e.offset, &e.bytes, &got));
     }
     Ok(reasons)
+}
+
+/// Checks `expect_ext4_file` against the ext4 image at `path`: one reason
+/// per file missing or different, and one if `e2fsck -fn` finds the file
+/// system not clean.
+pub fn check_ext4_files(path: &Path, expect: &[(String, String)]) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for (file, text) in expect {
+        match crate::linux::read_ext4_file(path, file) {
+            Ok(got) if got == text.as_bytes() => {}
+            Ok(got) => reasons.push(format!(
+                "ext4 file {file}: expected {text:?}, found {:?}",
+                String::from_utf8_lossy(&got)
+            )),
+            Err(e) => reasons.push(e),
+        }
+    }
+    if !expect.is_empty()
+        && let Err(e) = crate::linux::check_ext4(path)
+    {
+        reasons.push(e);
+    }
+    reasons
 }
 
 /// Image names a manifest refers to (`image = X`).
@@ -926,14 +1001,27 @@ pub fn run_one(s: &Scenario, kdir: &Path, log_dir: &Path, accel: Accel) -> Resul
             skipped: Some(why),
         });
     }
+    if s.disk.is_some_and(|d| d.fill == Fill::LinuxRootfs)
+        && let Some(why) = crate::linux::rootfs_unavailable()
+    {
+        return Ok(Verdict {
+            pass: false,
+            reasons: vec![],
+            skipped: Some(format!("the ext4 root disk cannot be made: {why}")),
+        });
+    }
     if s.target.as_deref() == Some("xen") {
         return run_on_xen(s, kdir, log_dir, accel);
     }
     let run = run_boots(s, kdir, log_dir, accel)?;
-    let disk_reasons = match (&s.disk, s.expect_disk.is_empty()) {
+    let mut disk_reasons = match (&s.disk, s.expect_disk.is_empty()) {
         (Some(_), false) => check_disk(&disk_path(s, log_dir), &s.expect_disk)?,
         _ => Vec::new(),
     };
+    disk_reasons.extend(check_ext4_files(
+        &disk_path(s, log_dir),
+        &s.expect_ext4_file,
+    ));
     Ok(judge_boots(s, &run.boots, &run.serial, disk_reasons))
 }
 
@@ -1201,6 +1289,38 @@ mod tests {
     }
 
     #[test]
+    fn the_ext4_root_disk_keys_parse() {
+        let s = with("disk_mib = 32\ndisk_fill = \"debian:rootfs\"\nexpect_ext4_file = [{ path = \"/a/b.txt\", text = \"x\\n\" }]").unwrap();
+        assert_eq!(
+            s.disk,
+            Some(Disk {
+                mib: 32,
+                fill: Fill::LinuxRootfs
+            })
+        );
+        assert_eq!(
+            s.expect_ext4_file,
+            [("/a/b.txt".to_string(), "x\n".to_string())]
+        );
+        assert!(
+            err("disk_mib = 1\nexpect_ext4_file = [{ path = \"/a\", text = \"x\" }]")
+                .contains("needs disk_fill = \"debian:rootfs\"")
+        );
+        let e = |k: &str| {
+            err(&format!(
+                "disk_mib = 1\ndisk_fill = \"debian:rootfs\"\nexpect_ext4_file = {k}"
+            ))
+        };
+        assert!(e("[{ path = \"a\", text = \"x\" }]").contains("absolute path"));
+        assert!(e("[{ path = \"/a b\", text = \"x\" }]").contains("absolute path"));
+        assert!(e("[{ path = \"/a\" }]").contains("text is missing"));
+        assert!(e("[{ path = \"/a\", text = \"x\", size = 1 }]").contains("unknown key \"size\""));
+        assert!(e("[]").contains("must be a list"));
+        assert!(e("\"/a\"").contains("must be a list"));
+        assert!(err("disk_mib = 1\ndisk_fill = \"debian:root\"").contains("\"debian:rootfs\""));
+    }
+
+    #[test]
     fn console_input_after_count_parses() {
         let s = with("console_input = \"x\"\nconsole_input_after = \"T(s=\"\nconsole_input_after_count = 5\n").unwrap();
         assert_eq!(s.console_input_after_count, Some(5));
@@ -1263,10 +1383,9 @@ mod tests {
         assert!(err("disk_mib = \"8M\"").contains("not \"8M\""));
         assert!(err("disk_mib = 1.5").contains("disk_mib must be"));
         assert!(err("disk_fill = \"pattern\"").contains("disk_fill needs disk_mib"));
-        assert!(
-            err("disk_mib = 1\ndisk_fill = \"random\"")
-                .contains("disk_fill must be \"zero\" or \"pattern\", not \"random\"")
-        );
+        assert!(err("disk_mib = 1\ndisk_fill = \"random\"").contains(
+            "disk_fill must be \"zero\", \"pattern\" or \"debian:rootfs\", not \"random\""
+        ));
         assert!(
             err("disk_mib = 1\ntarget = \"xen\"").contains("disk_mib is for the microvisor only")
         );
