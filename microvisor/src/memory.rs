@@ -65,13 +65,20 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
         m::XENMEM_INCREASE_RESERVATION
         | m::XENMEM_DECREASE_RESERVATION
         | m::XENMEM_POPULATE_PHYSMAP => {
+            // As Xen's, these never answer an error code: a refusal
+            // answers the extents done, `start` before the first one.
             let mut b = [0u8; 32];
-            guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            if guest::copy_from(cr3, arg, &mut b).is_err() {
+                return Ok(Flow::Ret(start));
+            }
             let r = Reservation::parse(&b);
-            r.check_order(op)?;
-            let t = target(hv, r.domid)?;
-            if t != hv.cur_dom_idx() {
-                return Err(Errno::EPERM);
+            let (me, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
+            let exists = |id: u16| hv.domains.iter().any(|d| d.id == id && d.is_live());
+            match reservation::admit(&r, start, me, privileged, exists) {
+                Ok(Target::Caller) => {}
+                // Xen would change the other domain's reservation for a
+                // privileged caller; here a domain changes only its own.
+                Ok(Target::Other(_)) | Err(_) => return Ok(Flow::Ret(start)),
             }
             let out = reservation::run(
                 &r,
@@ -92,7 +99,6 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                     0,
                     0,
                 ])),
-                Outcome::Fail(e) => Err(e),
             }
         }
         m::XENMEM_CURRENT_RESERVATION | m::XENMEM_MAXIMUM_RESERVATION | m::XENMEM_MAXIMUM_GPFN => {
@@ -150,33 +156,50 @@ impl reservation::Extents for ListCall<'_> {
     fn extent(&mut self, slot: u64) -> Result<(), Errno> {
         use guest_abi::memory as m;
         let (hv, cr3) = (&mut *self.hv, self.cr3);
+        let populate = self.op == m::XENMEM_POPULATE_PHYSMAP;
         match self.op {
-            m::XENMEM_DECREASE_RESERVATION => decrease_one(hv, cr3, slot),
-            _ if self.order > 0 => increase_extent(hv, cr3, slot, self.order),
-            _ => increase_one(hv, cr3, slot, self.op == m::XENMEM_POPULATE_PHYSMAP),
+            m::XENMEM_DECREASE_RESERVATION => decrease_extent(hv, cr3, slot, self.order),
+            _ if self.order > 0 => increase_extent(hv, cr3, slot, self.order, populate),
+            _ => increase_one(hv, cr3, slot, populate),
         }
     }
 }
 
-/// Gives one frame (named by machine frame number, as PV guests do) back.
-fn decrease_one(hv: &mut Hv, cr3: u64, slot: u64) -> Result<(), Errno> {
+/// Gives back an extent of `2^order` frames, the first named by machine
+/// frame number (as PV guests do) in the slot, frame by frame as Xen's
+/// `decrease_reservation` does: the first frame refused ends the extent as
+/// failed, the frames before it given back.
+fn decrease_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
-    let mfn = guest::read::<u64>(cr3, slot)?;
-    let frame = frames::release(mfn, dom)?;
-    frames::set_m2p(mfn, u64::MAX);
-    frame.free();
-    hv.cur_dom_mut().tot_pages -= 1;
+    let first = guest::read::<u64>(cr3, slot)?;
+    for j in 0..1u64 << order {
+        let mfn = first.checked_add(j).ok_or(Errno::EINVAL)?;
+        let frame = frames::release(mfn, dom)?;
+        frames::set_m2p(mfn, u64::MAX);
+        frame.free();
+        hv.cur_dom_mut().tot_pages -= 1;
+    }
     Ok(())
 }
 
 /// Adds one extent of `2^order` machine-contiguous frames, aligned to its
 /// size, within the domain's limit; the slot receives the first frame.
-fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), Errno> {
+/// For populate_physmap the slot first holds the pfn the extent backs
+/// (M2P set for each of its frames).
+fn increase_extent(
+    hv: &mut Hv,
+    cr3: u64,
+    slot: u64,
+    order: u32,
+    populate: bool,
+) -> Result<(), Errno> {
     let dom = hv.cur_dom().id;
     let n = 1u64 << order;
     reservation::room(hv.cur_dom().tot_pages, hv.cur_dom().max_pages, n)?;
-    guest::copy_to(cr3, slot, &guest::read::<u64>(cr3, slot)?.to_le_bytes())
-        .map_err(|_| Errno::EFAULT)?;
+    let held = guest::read::<u64>(cr3, slot);
+    let pfn = if populate { Some(held?) } else { None };
+    // Check the slot is writable before taking frames.
+    guest::copy_to(cr3, slot, &held.unwrap_or(0).to_le_bytes()).map_err(|_| Errno::EFAULT)?;
     let extent = mm::Owned::alloc_zeroed(n, n).ok_or(Errno::ENOMEM)?;
     let first = extent.first();
     // An error cannot happen for frames just taken from the allocator;
@@ -185,6 +208,11 @@ fn increase_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), E
         extent.free();
         e
     })?;
+    if let Some(p) = pfn {
+        for j in 0..n {
+            frames::set_m2p(first + j, p.wrapping_add(j));
+        }
+    }
     hv.cur_dom_mut().tot_pages += n;
     guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }

@@ -4,6 +4,11 @@
 //! list with its preemption points and its answer, and a domain's limit
 //! (`maxmem`). The hypervisor's `memory` module reads the arguments and
 //! performs each extent (allocating, assigning, releasing frames).
+//!
+//! As in Xen 4.17 (`do_memory_op` in `common/memory.c`), these three calls
+//! never answer with an error code: every refusal, before the first extent
+//! or at any extent, answers with the number of extents done, which before
+//! the first extent is the start extent taken from `cmd`.
 
 use guest_abi::errno::Errno;
 use guest_abi::memory as m;
@@ -12,8 +17,20 @@ use guest_abi::memory as m;
 /// above them (Xen's `MEMOP_EXTENT_SHIFT`).
 pub const EXTENT_SHIFT: u32 = 6;
 
-/// Largest extent order accepted (Xen's default for guests: 2 MiB).
-pub const MAX_ORDER: u32 = 9;
+/// Largest extent order an unprivileged caller may use (Xen's x86
+/// `domu_max_order`, `CONFIG_DOMU_MAX_ORDER`: 2 MiB).
+pub const DOMU_MAX_ORDER: u32 = 9;
+
+/// Largest extent order a privileged (control) domain may use (Xen's x86
+/// `ctldom_max_order`, `CONFIG_PAGEALLOC_MAX_ORDER`: 1 GiB). Xen's other
+/// limits, 12 for the hardware domain and for a domain with device access,
+/// are below it, so a privileged domain's maximum is this one.
+pub const CTLDOM_MAX_ORDER: u32 = 18;
+
+/// Largest extent count a call may have: the count must fit in `cmd`'s
+/// bits above [`EXTENT_SHIFT`] of a 32-bit number (Xen's
+/// `UINT_MAX >> MEMOP_EXTENT_SHIFT`).
+pub const MAX_EXTENTS: u64 = (u32::MAX >> EXTENT_SHIFT) as u64;
 
 /// Extents handled between preemption checks.
 pub const PREEMPT_CHECK: u64 = 16;
@@ -38,6 +55,9 @@ pub struct Reservation {
     pub nr: u64,
     /// Each extent is `2^order` frames.
     pub order: u32,
+    /// `mem_flags`: the low 8 bits limit the frames' machine address
+    /// width (`XENMEMF_address_bits`), the others select a NUMA node.
+    pub flags: u32,
     /// The domain whose reservation changes.
     pub domid: u16,
 }
@@ -54,26 +74,63 @@ impl Reservation {
             list: q(0),
             nr: q(8),
             order: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
+            flags: u32::from_le_bytes([b[20], b[21], b[22], b[23]]),
             domid: u16::from_le_bytes([b[24], b[25]]),
         }
     }
 
-    /// The order check: extents of up to [`MAX_ORDER`] for
-    /// `increase_reservation` (machine-contiguous, for DMA), single
-    /// frames for the other two; else `EINVAL`.
-    pub fn check_order(&self, op: u32) -> Result<(), Errno> {
-        if self.order > MAX_ORDER || (self.order != 0 && op != m::XENMEM_INCREASE_RESERVATION) {
-            Err(Errno::EINVAL)
+    /// Xen's checks of the structure before the domain is looked up, for
+    /// a call starting at extent `start`: a count too large to continue
+    /// ([`MAX_EXTENTS`]) or a start at or past the count refuses the call.
+    pub fn check_count(&self, start: u64) -> Result<(), Refused> {
+        if self.nr > MAX_EXTENTS || start >= self.nr {
+            Err(Refused)
         } else {
             Ok(())
         }
     }
 
-    /// Guest address of extent slot `i`, `EFAULT` if it wraps.
-    pub fn slot(&self, i: u64) -> Result<u64, Errno> {
-        i.checked_mul(8)
-            .and_then(|off| self.list.checked_add(off))
-            .ok_or(Errno::EFAULT)
+    /// Xen's check of `mem_flags` (`construct_memop_from_reservation`):
+    /// an address width of 1 to 12 bits (no frame fits below it) refuses
+    /// the call. A wider limit is accepted and not applied: frames come
+    /// from anywhere in machine memory.
+    pub fn check_flags(&self) -> Result<(), Refused> {
+        match self.flags & 0xff {
+            1..=12 => Err(Refused),
+            _ => Ok(()),
+        }
+    }
+
+    /// Xen's order check, made against the *caller* (`max_order(current)`)
+    /// for all three calls: up to [`CTLDOM_MAX_ORDER`] for a `privileged`
+    /// caller, [`DOMU_MAX_ORDER`] for others; a larger order refuses the
+    /// call.
+    pub fn check_order(&self, privileged: bool) -> Result<(), Refused> {
+        if self.order > max_order(privileged) {
+            Err(Refused)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Guest address of extent slot `i`, `None` if it wraps.
+    pub fn slot(&self, i: u64) -> Option<u64> {
+        i.checked_mul(8).and_then(|off| self.list.checked_add(off))
+    }
+}
+
+/// A reservation call refused before its first extent: it answers with
+/// its start extent (Xen's `return start_extent`), not an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
+/// The largest extent order a caller may use (Xen's `max_order` of the
+/// current domain).
+pub fn max_order(privileged: bool) -> u32 {
+    if privileged {
+        CTLDOM_MAX_ORDER
+    } else {
+        DOMU_MAX_ORDER
     }
 }
 
@@ -99,6 +156,32 @@ pub fn target(me: u16, privileged: bool, domid: u16) -> Result<Target, Errno> {
     }
 }
 
+/// Xen's checks of an extent-list call before its first extent, in Xen's
+/// order, for caller `me` (`privileged` or not), the call starting at
+/// extent `start`: the count ([`Reservation::check_count`]), the domain
+/// (`exists` says whether an id names a live domain; `DOMID_SELF` and the
+/// caller's own id always do), the flags ([`Reservation::check_flags`]),
+/// the permission (another domain only for a privileged caller) and the
+/// order ([`Reservation::check_order`], against the caller). Answers the
+/// domain to run the extents for; a refusal answers `start`.
+pub fn admit(
+    r: &Reservation,
+    start: u64,
+    me: u16,
+    privileged: bool,
+    exists: impl Fn(u16) -> bool,
+) -> Result<Target, Refused> {
+    r.check_count(start)?;
+    let caller = r.domid == guest_abi::types::DomId::SELF.0 || r.domid == me;
+    if !caller && !exists(r.domid) {
+        return Err(Refused);
+    }
+    r.check_flags()?;
+    let t = target(me, privileged, r.domid).map_err(|_| Refused)?;
+    r.check_order(privileged)?;
+    Ok(t)
+}
+
 /// A domain with `tot` pages and limit `max` may take `n` more; else
 /// `ENOMEM`.
 pub fn room(tot: u64, max: u64, n: u64) -> Result<(), Errno> {
@@ -116,8 +199,6 @@ pub enum Outcome {
     Done(u64),
     /// Preempted: continue with [`continuation`] of this many extents.
     Again(u64),
-    /// The call fails with this error.
-    Fail(Errno),
 }
 
 /// What an extent-list call does, for [`run`].
@@ -130,23 +211,19 @@ pub trait Extents {
 
 /// Runs the extents `start..nr` of a list. Before every
 /// [`PREEMPT_CHECK`]th extent after the first, asks whether to stop and
-/// continue later. An extent that fails ends the call with the count done
-/// so far, except `EFAULT` on the first extent of this call, which is the
-/// call's error (as is a slot address that wraps).
+/// continue later. An extent that fails, whatever the error (an extent
+/// slot that cannot be read or written, or whose address wraps,
+/// included), ends the call with the count done so far, as Xen's
+/// `goto out` does: a fault on the first extent answers `start`.
 pub fn run<E: Extents + ?Sized>(r: &Reservation, start: u64, e: &mut E) -> Outcome {
     let mut done = start;
     while done < r.nr {
         if done > start && (done - start).is_multiple_of(PREEMPT_CHECK) && e.preempt() {
             return Outcome::Again(done);
         }
-        let slot = match r.slot(done) {
-            Ok(s) => s,
-            Err(err) => return Outcome::Fail(err),
-        };
-        match e.extent(slot) {
-            Ok(()) => done += 1,
-            Err(Errno::EFAULT) if done == start => return Outcome::Fail(Errno::EFAULT),
-            Err(_) => break,
+        match r.slot(done).map(|slot| e.extent(slot)) {
+            Some(Ok(())) => done += 1,
+            _ => break,
         }
     }
     Outcome::Done(done)

@@ -18,7 +18,9 @@
 //!   tables, start_info, shared info, the argument arena) is "precious":
 //!   operations that write a frame (a writable mapping, CLEAR_PAGE,
 //!   COPY_PAGE's destination, grant copies, a non-leaf page-table entry,
-//!   decrease_reservation, an M2P update) get a sandbox frame in its place;
+//!   decrease_reservation, an M2P update) get a sandbox frame in its place
+//!   (decrease_reservation's extents of more than one frame start at low
+//!   machine frames, never its own);
 //! - page-table writes go to its sandbox L1/L2 (mapping `SANDBOX_VA`), to
 //!   frames of the sandbox, or to its L4's hypervisor slots (refused) and
 //!   unused guest-kernel slots 272-511; `update_va_mapping` and grant maps
@@ -1001,6 +1003,16 @@ impl Gen<'_> {
                 } else {
                     self.r.pick(&[1, 2, 9, 10, 31, 0xffff_ffff])
                 };
+                // decrease_reservation gives back every frame of an extent
+                // until one is refused (up to 2^9 for this domain): an extent
+                // starting at a sandbox frame could run on into precious
+                // ones, so larger extents start at low machine frames, never
+                // this domain's.
+                if op == 1 && order != 0 && lfill {
+                    for i in 0..n {
+                        put64(list + i * 8, i);
+                    }
+                }
                 put32(p + 16, order);
                 put32(p + 20, self.r.next());
                 put16(
