@@ -52,6 +52,9 @@ pub struct Dom0<'a> {
     pub guest: PathBuf,
     /// dom0's command line (the multiboot module's words after the file name).
     pub cmdline: &'a str,
+    /// dom0's initial ramdisk: Xen hands the second multiboot module to dom0
+    /// (Linux's initramfs).
+    pub ramdisk: Option<&'a Path>,
     pub mem_mib: u64,
     /// dom0's vCPUs (`dom0_max_vcpus`); QEMU gets as many CPUs, since Xen
     /// gives dom0 no more vCPUs than it has CPUs.
@@ -66,9 +69,25 @@ impl Dom0<'_> {
     /// Boots Xen with the guest as dom0 until Xen reports dom0's end (or the
     /// timeout), and saves the serial log.
     pub fn run(&self, log: &Path) -> Result<Outcome, String> {
+        // With a ramdisk, the module list is written out here: QEMU's
+        // multiboot loader splits `-initrd` at single commas (",," is a
+        // comma inside a module's command line).
+        let (modules, args) = match self.ramdisk {
+            None => (self.guest.clone(), self.cmdline),
+            Some(rd) => {
+                let mut m = self.guest.as_os_str().to_os_string();
+                if !self.cmdline.is_empty() {
+                    m.push(" ");
+                    m.push(self.cmdline.replace(',', ",,"));
+                }
+                m.push(",");
+                m.push(rd.to_string_lossy().replace(',', ",,"));
+                (PathBuf::from(m), "")
+            }
+        };
         let boot = Boot {
             kernel: self.xen,
-            initrd: &self.guest,
+            initrd: &modules,
             append: append(self.mem_mib, self.vcpus),
             accel: self.accel,
             icount: self.icount,
@@ -78,7 +97,7 @@ impl Dom0<'_> {
             timeout: self.timeout,
             echo: false,
             machine: "pc",
-            initrd_args: self.cmdline,
+            initrd_args: args,
             stop_on: END_MARKERS,
         };
         let out = boot.run()?;
