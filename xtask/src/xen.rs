@@ -69,21 +69,12 @@ impl Dom0<'_> {
     /// Boots Xen with the guest as dom0 until Xen reports dom0's end (or the
     /// timeout), and saves the serial log.
     pub fn run(&self, log: &Path) -> Result<Outcome, String> {
-        // With a ramdisk, the module list is written out here: QEMU's
-        // multiboot loader splits `-initrd` at single commas (",," is a
-        // comma inside a module's command line).
         let (modules, args) = match self.ramdisk {
             None => (self.guest.clone(), self.cmdline),
-            Some(rd) => {
-                let mut m = self.guest.as_os_str().to_os_string();
-                if !self.cmdline.is_empty() {
-                    m.push(" ");
-                    m.push(self.cmdline.replace(',', ",,"));
-                }
-                m.push(",");
-                m.push(rd.to_string_lossy().replace(',', ",,"));
-                (PathBuf::from(m), "")
-            }
+            Some(rd) => (
+                PathBuf::from(modules_with_ramdisk(&self.guest, self.cmdline, rd)),
+                "",
+            ),
         };
         let boot = Boot {
             kernel: self.xen,
@@ -105,6 +96,20 @@ impl Dom0<'_> {
             .map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
         Ok(out)
     }
+}
+
+/// QEMU's `-initrd` for dom0 and its ramdisk: the guest with its command
+/// line, then the ramdisk, as two multiboot modules. QEMU's multiboot
+/// loader splits the list at single commas; ",," is a comma inside one.
+fn modules_with_ramdisk(guest: &Path, cmdline: &str, ramdisk: &Path) -> std::ffi::OsString {
+    let mut m = guest.as_os_str().to_os_string();
+    if !cmdline.is_empty() {
+        m.push(" ");
+        m.push(cmdline.replace(',', ",,"));
+    }
+    m.push(",");
+    m.push(ramdisk.to_string_lossy().replace(',', ",,"));
+    m
 }
 
 /// How dom0 ended, in the microvisor's manifest words (`poweroff`, `crash`,
@@ -221,6 +226,21 @@ mod tests {
         assert_eq!(dom0_mem_mib(Some("1G")), 1024);
         assert_eq!(dom0_mem_mib(Some("262144K")), 256);
         assert_eq!(dom0_mem_mib(None), 64);
+    }
+
+    #[test]
+    fn ramdisk_is_the_second_module() {
+        let m = modules_with_ramdisk(
+            Path::new("/c/vmlinux"),
+            "console=hvc0 a=1,2",
+            Path::new("/t/initramfs.cpio"),
+        );
+        assert_eq!(
+            m.to_str(),
+            Some("/c/vmlinux console=hvc0 a=1,,2,/t/initramfs.cpio")
+        );
+        let m = modules_with_ramdisk(Path::new("/k"), "", Path::new("/r"));
+        assert_eq!(m.to_str(), Some("/k,/r"));
     }
 
     #[test]
