@@ -396,7 +396,7 @@ fn throughput(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, Str
 
 /// The Linux boot row (the same name on both hypervisors, so `--vs-xen`
 /// sets the two side by side).
-const LINUX_ROW: &str = "Linux boot: printk time of /init's kernel-log line (ns)";
+const LINUX_ROW: &str = "Linux boot to /init (printk time)";
 
 /// The printk timestamp, in ns, of the console line whose text is
 /// `marker`: `[ SSSS.UUUUUU] marker`, after whatever prefix the console
