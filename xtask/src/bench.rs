@@ -14,6 +14,13 @@
 //! to one, without icount (MTTCG: one host thread per CPU; wall clock, so
 //! those two boots run alone, after the others, and are as noisy as the
 //! host).
+//!
+//! The Linux row (issue 16) boots Debian's cloud kernel with the busybox
+//! initramfs under icount: scenario `linux-boot`'s manifest here (a domU
+//! behind the service domain) and, with `--vs-xen`, the same kernel,
+//! initramfs and command line as Xen's dom0. Its figure is the printk
+//! timestamp of the line /init writes to /dev/kmsg (docs/linux.md says what
+//! it covers). `bench --linux` runs that row alone.
 
 use crate::qemu::{Accel, Boot};
 use std::path::Path;
@@ -387,11 +394,133 @@ fn throughput(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, Str
     Ok(run)
 }
 
+/// The Linux boot row (the same name on both hypervisors, so `--vs-xen`
+/// sets the two side by side).
+const LINUX_ROW: &str = "Linux boot to /init (printk time)";
+
+/// The printk timestamp, in ns, of the console line whose text is
+/// `marker`: `[ SSSS.UUUUUU] marker`, after whatever prefix the console
+/// adds (the service domain's `[linux] `). Printk prints microseconds.
+fn printk_ns(serial: &str, marker: &str) -> Option<u64> {
+    serial.lines().find_map(|l| {
+        let i = l.find(marker)?;
+        let head = l[..i].trim_end().strip_suffix(']')?;
+        let stamp = head[head.rfind('[')? + 1..].trim();
+        let (secs, micros) = stamp.split_once('.')?;
+        if micros.len() != 6 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let secs: u64 = secs.parse().ok()?;
+        let micros: u64 = micros.parse().ok()?;
+        secs.checked_mul(1_000_000_000)?.checked_add(micros * 1000)
+    })
+}
+
+/// Scenario `linux-boot` (its manifest: the service domain and Debian's
+/// cloud kernel as a domU with the busybox initramfs, and its files).
+fn linux_scenario() -> Result<crate::scenario::Scenario, String> {
+    let path = crate::root().join("tests/scenarios/linux-boot.toml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("error: cannot read {}: {e}", path.display()))?;
+    crate::scenario::parse("linux-boot", &text)
+}
+
+/// The Linux domain of that manifest: its command line and memory in MiB.
+fn linux_domain(manifest: &str) -> Result<(String, u64), String> {
+    let m = microvisor_core::manifest::parse(manifest)
+        .map_err(|e| format!("error: linux-boot's manifest: {e:?}"))?;
+    let d = m
+        .domains()
+        .iter()
+        .find(|d| d.image == "vmlinux")
+        .ok_or("error: linux-boot's manifest has no vmlinux domain")?;
+    Ok((d.cmdline.to_string(), d.memory_bytes >> 20))
+}
+
+/// A Linux boot's row from its serial log, or the error naming the log.
+fn linux_row(serial: &str, on: &str, log: &str) -> Result<Run, String> {
+    let marker = crate::linux::KMSG_MARKER;
+    match printk_ns(serial, marker) {
+        Some(ns) => Ok(Run {
+            rows: vec![vec![LINUX_ROW.to_string(), ns.to_string()]],
+            notes: Vec::new(),
+        }),
+        None => Err(format!(
+            "error: Linux did not reach /init's kernel-log line on {on}; see target/bench/{log}"
+        )),
+    }
+}
+
+/// The Linux boot on the microvisor (icount): linux-boot's manifest.
+fn linux_on_microvisor(kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
+    let s = linux_scenario()?;
+    if let Some(why) = crate::scenario::missing_file(&s.files) {
+        return Ok(linux_skipped(&why));
+    }
+    let bundle = crate::scenario::make_bundle(&s.manifest, kdir, &s.files)?;
+    let bpath = out_dir.join("bench-linux.cpio");
+    std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
+    let kernel = crate::qemu::kernel_path(kdir);
+    let mut boot = measuring_boot(&kernel, &bpath, true, timeout.max(LINUX_TIMEOUT));
+    boot.memory_mib = s.memory_mib;
+    let disk = out_dir.join("bench-linux.disk");
+    let f = std::fs::File::create(&disk).map_err(|e| format!("error: {}: {e}", disk.display()))?;
+    f.set_len(64 << 20)
+        .map_err(|e| format!("error: {}: {e}", disk.display()))?;
+    let extras = crate::qemu::Extras {
+        disk: Some(disk.as_path()),
+        kill_on: None,
+        input: None,
+    };
+    let out = boot.run_with(&extras)?;
+    std::fs::write(out_dir.join("bench-linux.log"), &out.serial).map_err(|e| e.to_string())?;
+    linux_row(&out.serial, "the microvisor", "bench-linux.log")
+}
+
+/// The same kernel, initramfs and command line as dom0 of real Xen (icount;
+/// dom0_mem the domU's memory; the initramfs is the second multiboot
+/// module).
+fn linux_on_xen(xen: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
+    let s = linux_scenario()?;
+    if let Some(why) = crate::scenario::missing_file(&s.files) {
+        return Ok(linux_skipped(&why));
+    }
+    let (cmdline, mem_mib) = linux_domain(&s.manifest)?;
+    let vmlinux = crate::linux::fetch_spec("vmlinux")?;
+    let initramfs = crate::linux::fetch_spec("initramfs")?;
+    let dom0 = crate::xen::Dom0 {
+        xen,
+        guest: vmlinux,
+        cmdline: &cmdline,
+        ramdisk: Some(&initramfs),
+        mem_mib,
+        vcpus: 1,
+        accel: Accel::Tcg,
+        icount: true,
+        cpu: CPU,
+        timeout: timeout.max(LINUX_TIMEOUT),
+    };
+    let out = dom0.run(&out_dir.join("bench-linux-xen.log"))?;
+    linux_row(&out.serial, "Xen", "bench-linux-xen.log")
+}
+
+/// The one line of a Linux row that cannot run here.
+fn linux_skipped(why: &str) -> Run {
+    Run {
+        rows: Vec::new(),
+        notes: vec![format!("bench: Linux boot row skipped: {why}")],
+    }
+}
+
+/// A Linux boot under icount takes minutes of wall clock on a loaded host.
+const LINUX_TIMEOUT: Duration = Duration::from_secs(900);
+
 fn on_xen(xen: &Path, kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<Run, String> {
     let dom0 = crate::xen::Dom0 {
         xen,
         guest: kdir.join("bench"),
         cmdline: "",
+        ramdisk: None,
         mem_mib: 64,
         vcpus: 1,
         accel: Accel::Tcg,
@@ -412,14 +541,36 @@ fn on_xen(xen: &Path, kdir: &Path, out_dir: &Path, timeout: Duration) -> Result<
     Ok(run)
 }
 
+/// Which rows a bench run measures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Rows {
+    /// Every row, the Linux boot's included.
+    All,
+    /// Only the Linux boot's row (`bench --linux`).
+    Linux,
+}
+
 /// The microvisor's figures with their baseline and ratio.
-pub fn bench(kdir: &Path, timeout: Duration) -> Result<bool, String> {
+pub fn bench(kdir: &Path, timeout: Duration, rows: Rows) -> Result<bool, String> {
     let out_dir = crate::root().join("target/bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    let mut run = on_microvisor(kdir, &out_dir, timeout)?;
-    let tput = throughput(kdir, &out_dir, timeout)?;
-    run.rows.extend(tput.rows);
-    run.notes.extend(tput.notes);
+    let mut run = Run {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    if rows == Rows::All {
+        let icount = on_microvisor(kdir, &out_dir, timeout)?;
+        run.rows.extend(icount.rows);
+        run.notes.extend(icount.notes);
+    }
+    let linux = linux_on_microvisor(kdir, &out_dir, timeout)?;
+    run.rows.extend(linux.rows);
+    run.notes.extend(linux.notes);
+    if rows == Rows::All {
+        let tput = throughput(kdir, &out_dir, timeout)?;
+        run.rows.extend(tput.rows);
+        run.notes.extend(tput.notes);
+    }
     println!(
         "microvisor benchmarks: QEMU TCG, -icount shift=0 (1 instruction = 1 virtual ns), -cpu {CPU}"
     );
@@ -440,8 +591,8 @@ pub fn bench(kdir: &Path, timeout: Duration) -> Result<bool, String> {
     Ok(true)
 }
 
-/// The same guest on real Xen and on the microvisor, side by side.
-pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
+/// The same guests on real Xen and on the microvisor, side by side.
+pub fn vs_xen(kdir: &Path, timeout: Duration, rows: Rows) -> Result<bool, String> {
     let xen = match crate::xen::find() {
         Ok(x) => x,
         Err(why) => {
@@ -451,10 +602,35 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
     };
     let out_dir = crate::root().join("target/bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    // Both boots are single-threaded and icount makes them exact: run together.
+    let empty = || Run {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    // Every boot here is single-threaded and icount makes it exact: the Xen
+    // boots run one after the other beside the microvisor's.
     let (mv, xn) = std::thread::scope(|sc| {
-        let x = sc.spawn(|| on_xen(&xen, kdir, &out_dir, timeout));
-        let m = on_microvisor(kdir, &out_dir, timeout);
+        let x = sc.spawn(|| {
+            let mut run = if rows == Rows::All {
+                on_xen(&xen, kdir, &out_dir, timeout)?
+            } else {
+                empty()
+            };
+            let linux = linux_on_xen(&xen, &out_dir, timeout)?;
+            run.rows.extend(linux.rows);
+            run.notes.extend(linux.notes);
+            Ok::<Run, String>(run)
+        });
+        let m = (|| {
+            let mut run = if rows == Rows::All {
+                on_microvisor(kdir, &out_dir, timeout)?
+            } else {
+                empty()
+            };
+            let linux = linux_on_microvisor(kdir, &out_dir, timeout)?;
+            run.rows.extend(linux.rows);
+            run.notes.extend(linux.notes);
+            Ok::<Run, String>(run)
+        })();
         (
             m,
             x.join()
@@ -462,10 +638,12 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
         )
     });
     let mut mv = mv?;
-    // After the Xen boot: the throughput boots need the host to themselves.
-    let tput = throughput(kdir, &out_dir, timeout)?;
-    mv.rows.extend(tput.rows);
-    mv.notes.extend(tput.notes);
+    if rows == Rows::All {
+        // After the Xen boots: the throughput boots need the host to themselves.
+        let tput = throughput(kdir, &out_dir, timeout)?;
+        mv.rows.extend(tput.rows);
+        mv.notes.extend(tput.notes);
+    }
     let xen_ok = xn.is_ok();
     let (xrows, xnotes) = match xn {
         Ok(r) => (r.rows, r.notes),
@@ -484,7 +662,7 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
         }
     }
     println!(
-        "the bench guest on real Xen 4.17 (as dom0) and on the microvisor: QEMU TCG, -icount shift=0, -cpu {CPU}"
+        "the bench guest and Debian's Linux on real Xen 4.17 (as dom0) and on the microvisor: QEMU TCG, -icount shift=0, -cpu {CPU}"
     );
     println!("instructions per operation (1 instruction = 1 virtual ns); ratio = microvisor / Xen");
     let w = names
@@ -494,11 +672,11 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
         .unwrap_or(0)
         .max("operation".len());
     println!(
-        "| {:<w$} | {:>9} | {:>10} | {:>6} |",
+        "| {:<w$} | {:>10} | {:>10} | {:>6} |",
         "operation", "Xen", "microvisor", "ratio"
     );
     println!(
-        "|{:-<w2$}|{:->11}|{:->12}|{:->8}|",
+        "|{:-<w2$}|{:->12}|{:->12}|{:->8}|",
         "",
         "",
         "",
@@ -513,7 +691,7 @@ pub fn vs_xen(kdir: &Path, timeout: Duration) -> Result<bool, String> {
             _ => "n/a".into(),
         };
         println!(
-            "| {name:<w$} | {:>9} | {:>10} | {ratio:>6} |",
+            "| {name:<w$} | {:>10} | {:>10} | {ratio:>6} |",
             x.as_deref().unwrap_or("n/a"),
             m.as_deref().unwrap_or("n/a")
         );
@@ -580,6 +758,32 @@ mod tests {
             per_domain_bytes("(MV) hypervisor memory per domain (x): y bytes"),
             None
         );
+    }
+
+    #[test]
+    fn printk_stamp_of_the_marker_line() {
+        let m = crate::linux::KMSG_MARKER;
+        // Through the service domain's console relay, and on Xen's serial.
+        let log = format!(
+            "(d0 service) [linux] [    4.453054] Run /init as init process\r\n(d0 service) [linux] [    4.460120] {m}\r\n"
+        );
+        assert_eq!(printk_ns(&log, m), Some(4_460_120_000));
+        assert_eq!(
+            printk_ns(&format!("[   12.000001] {m}\n"), m),
+            Some(12_000_001_000)
+        );
+        // The marker printed without a timestamp, or a malformed one: none.
+        assert_eq!(printk_ns(&format!("{m}\n"), m), None);
+        assert_eq!(printk_ns(&format!("[ 1.5] {m}\n"), m), None);
+        assert_eq!(printk_ns("[ 1.000000] something else\n", m), None);
+    }
+
+    #[test]
+    fn linux_row_comes_from_linux_boot() {
+        let s = linux_scenario().unwrap();
+        let (cmdline, mib) = linux_domain(&s.manifest).unwrap();
+        assert_eq!(mib, 256);
+        assert!(cmdline.contains("console=hvc0"));
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub const KERNEL_META: &str = "linux-image-cloud-amd64";
 pub const BUSYBOX: &str = "busybox-static";
 /// What the initramfs's /init prints once it runs (after mounting /proc).
 pub const INIT_MARKER: &str = "microvisor-initramfs: /init running";
+/// The line /init writes to /dev/kmsg right after [`INIT_MARKER`]: the
+/// kernel prints it on the console with its printk timestamp, the time
+/// `cargo xtask bench` reports for the boot (docs/linux.md).
+pub const KMSG_MARKER: &str = "microvisor-initramfs: init marker in the kernel log";
 /// Kernel command-line word that makes /init run a shell on the console
 /// instead of powering off.
 pub const SHELL_WORD: &str = "mvinit=shell";
@@ -390,7 +394,8 @@ pub fn newc(nodes: &[Node]) -> Vec<u8> {
 }
 
 /// The initramfs's /init: mounts /proc, /sys and /dev, installs busybox's
-/// applets, prints [`INIT_MARKER`], then runs a shell on the console when
+/// applets, prints [`INIT_MARKER`] (and [`KMSG_MARKER`] through the kernel
+/// log), then runs a shell on the console when
 /// the kernel command line has [`SHELL_WORD`], else powers off at once.
 pub fn init_script() -> String {
     format!(
@@ -401,6 +406,7 @@ pub fn init_script() -> String {
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s
 echo "{INIT_MARKER} (kernel $(uname -r))"
+echo "{KMSG_MARKER}" > /dev/kmsg
 for word in $(cat /proc/cmdline); do
     if [ "$word" = "{SHELL_WORD}" ]; then
         echo "microvisor-initramfs: shell (exit to power off)"
@@ -1004,6 +1010,7 @@ mod tests {
         let init = std::str::from_utf8(archive.get("init").unwrap()).unwrap();
         assert!(init.starts_with("#!/bin/busybox sh\n"));
         assert!(init.contains(INIT_MARKER) && init.contains("poweroff -f"));
+        assert!(init.contains(&format!("echo \"{KMSG_MARKER}\" > /dev/kmsg")));
         assert!(init.contains(SHELL_WORD));
         let names: Vec<&str> = archive.entries().map(|(n, _)| n).collect();
         assert_eq!(

@@ -4,7 +4,7 @@
 //! and boots a manifest; `cargo xtask test [--accel ..] [--filter S]` runs the
 //! host unit tests, the kernel checks and every QEMU scenario, and
 //! `test --on-xen` compares the single-domain scenarios with real Xen;
-//! `cargo xtask bench [--vs-xen]` prints benchmark figures (beside Xen's);
+//! `cargo xtask bench [--vs-xen] [--linux]` prints benchmark figures (beside Xen's);
 //! `cargo xtask profile` traces one operation instruction by instruction;
 //! `cargo xtask fuzz` runs hypercall-fuzzing campaigns (its own options:
 //! `fuzz.rs`);
@@ -51,6 +51,8 @@ struct Opts {
     on_xen: bool,
     /// `bench --vs-xen`: real Xen's figures beside ours.
     vs_xen: bool,
+    /// `bench --linux`: only the Linux boot's row.
+    linux_only: bool,
     /// `profile`: where to start, when, after how many hits, how far, and
     /// which guest image's symbols to use.
     at: Option<String>,
@@ -87,7 +89,7 @@ fn options_of(cmd: &str) -> &'static [&'static str] {
             "--qemu",
             "--cpus",
         ],
-        "bench" => &["--vs-xen", "--qemu", "--timeout"],
+        "bench" => &["--vs-xen", "--linux", "--qemu", "--timeout"],
         "boot" => &["--accel", "--timeout", "--qemu", "--cpus"],
         "profile" => &[
             "--manifest",
@@ -127,6 +129,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         timeout: 120,
         on_xen: false,
         vs_xen: false,
+        linux_only: false,
         at: None,
         when: None,
         skip: 0,
@@ -156,6 +159,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--on-xen" => o.on_xen = true,
             "--vs-xen" => o.vs_xen = true,
+            "--linux" => o.linux_only = true,
             "--at" => o.at = Some(val("--at")?),
             "--when" => o.when = Some(val("--when")?),
             "--skip" => {
@@ -206,9 +210,10 @@ const HELP: &str = "usage: cargo xtask <command> [options]
   test --on-xen [--accel ..] [--filter TEXT]
                                  single-domain scenarios on the microvisor and on
                                  real Xen 4.17, compared (tests/xen-allowlist.toml)
-  bench [--vs-xen]               benchmarks under -icount shift=0 (beside real Xen's),
+  bench [--vs-xen] [--linux]     benchmarks under -icount shift=0 (beside real Xen's),
                                  SMP rows on 2 CPUs; two domains' throughput on 2 CPUs
-                                 vs 1 (MTTCG, wall clock)
+                                 vs 1 (MTTCG, wall clock); Debian's Linux boot to
+                                 /init (--linux: that row alone)
   profile [--manifest FILE] [--at SYMBOL] [--when GDB-CONDITION] [--skip N]
           [--steps N] [--guest IMAGE]
                                  single-step one operation under gdb (needs gdb) and
@@ -766,10 +771,15 @@ fn bench(o: &Opts) -> Result<bool, String> {
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     let timeout = Duration::from_secs(o.timeout.max(300));
-    if o.vs_xen {
-        bench::vs_xen(&kdir, timeout)
+    let rows = if o.linux_only {
+        bench::Rows::Linux
     } else {
-        bench::bench(&kdir, timeout)
+        bench::Rows::All
+    };
+    if o.vs_xen {
+        bench::vs_xen(&kdir, timeout, rows)
+    } else {
+        bench::bench(&kdir, timeout, rows)
     }
 }
 

@@ -780,6 +780,7 @@ pub fn xen_dom0<'a>(
         xen,
         guest: kdir.join(image),
         cmdline: manifest_value(&s.manifest, "cmdline").unwrap_or(""),
+        ramdisk: None,
         mem_mib: crate::xen::dom0_mem_mib(manifest_value(&s.manifest, "memory")),
         vcpus: dom0_vcpus(&s.manifest)?,
         accel,

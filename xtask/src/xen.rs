@@ -52,6 +52,9 @@ pub struct Dom0<'a> {
     pub guest: PathBuf,
     /// dom0's command line (the multiboot module's words after the file name).
     pub cmdline: &'a str,
+    /// dom0's initial ramdisk: Xen hands the second multiboot module to dom0
+    /// (Linux's initramfs).
+    pub ramdisk: Option<&'a Path>,
     pub mem_mib: u64,
     /// dom0's vCPUs (`dom0_max_vcpus`); QEMU gets as many CPUs, since Xen
     /// gives dom0 no more vCPUs than it has CPUs.
@@ -66,9 +69,16 @@ impl Dom0<'_> {
     /// Boots Xen with the guest as dom0 until Xen reports dom0's end (or the
     /// timeout), and saves the serial log.
     pub fn run(&self, log: &Path) -> Result<Outcome, String> {
+        let (modules, args) = match self.ramdisk {
+            None => (self.guest.clone(), self.cmdline),
+            Some(rd) => (
+                PathBuf::from(modules_with_ramdisk(&self.guest, self.cmdline, rd)),
+                "",
+            ),
+        };
         let boot = Boot {
             kernel: self.xen,
-            initrd: &self.guest,
+            initrd: &modules,
             append: append(self.mem_mib, self.vcpus),
             accel: self.accel,
             icount: self.icount,
@@ -78,7 +88,7 @@ impl Dom0<'_> {
             timeout: self.timeout,
             echo: false,
             machine: "pc",
-            initrd_args: self.cmdline,
+            initrd_args: args,
             stop_on: END_MARKERS,
         };
         let out = boot.run()?;
@@ -86,6 +96,20 @@ impl Dom0<'_> {
             .map_err(|e| format!("error: cannot write {}: {e}", log.display()))?;
         Ok(out)
     }
+}
+
+/// QEMU's `-initrd` for dom0 and its ramdisk: the guest with its command
+/// line, then the ramdisk, as two multiboot modules. QEMU's multiboot
+/// loader splits the list at single commas; ",," is a comma inside one.
+fn modules_with_ramdisk(guest: &Path, cmdline: &str, ramdisk: &Path) -> std::ffi::OsString {
+    let mut m = guest.as_os_str().to_os_string();
+    if !cmdline.is_empty() {
+        m.push(" ");
+        m.push(cmdline.replace(',', ",,"));
+    }
+    m.push(",");
+    m.push(ramdisk.to_string_lossy().replace(',', ",,"));
+    m
 }
 
 /// How dom0 ended, in the microvisor's manifest words (`poweroff`, `crash`,
@@ -202,6 +226,21 @@ mod tests {
         assert_eq!(dom0_mem_mib(Some("1G")), 1024);
         assert_eq!(dom0_mem_mib(Some("262144K")), 256);
         assert_eq!(dom0_mem_mib(None), 64);
+    }
+
+    #[test]
+    fn ramdisk_is_the_second_module() {
+        let m = modules_with_ramdisk(
+            Path::new("/c/vmlinux"),
+            "console=hvc0 a=1,2",
+            Path::new("/t/initramfs.cpio"),
+        );
+        assert_eq!(
+            m.to_str(),
+            Some("/c/vmlinux console=hvc0 a=1,,2,/t/initramfs.cpio")
+        );
+        let m = modules_with_ramdisk(Path::new("/k"), "", Path::new("/r"));
+        assert_eq!(m.to_str(), Some("/k,/r"));
     }
 
     #[test]
