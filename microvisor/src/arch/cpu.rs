@@ -10,17 +10,17 @@
 //! wrappers here, which take and give plain `u64`s. Still our own `asm!`,
 //! because the crate has no such instruction: FXSAVE64/FXRSTOR64, CLTS,
 //! writing DR6, and the whole-TLB flush by toggling CR4.PGE (the crate's
-//! `tlb::flush_all` reloads CR3, which keeps global entries).
+//! `tlb::flush_all` reloads CR3, which keeps global entries); and CR3 and
+//! INVLPG, which the crate has only with typed addresses that cost
+//! instructions on hot paths (see [`cr3`], [`write_cr3`], [`invlpg`]).
 
 use core::arch::asm;
+use x86_64::instructions::interrupts;
 use x86_64::instructions::segmentation::{DS, ES, FS, GS, Segment};
-use x86_64::instructions::{interrupts, tlb};
-use x86_64::registers::control::{Cr0, Cr0Flags, Cr2, Cr3, Cr4, Cr4Flags};
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr2, Cr4, Cr4Flags};
 use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3, Dr6, Dr7};
 use x86_64::registers::model_specific::Msr;
 use x86_64::registers::segmentation::SegmentSelector;
-use x86_64::structures::paging::PhysFrame;
-use x86_64::{PhysAddr, VirtAddr};
 
 /// Reads CR2 (the faulting address of the last #PF).
 pub fn cr2() -> u64 {
@@ -28,11 +28,15 @@ pub fn cr2() -> u64 {
 }
 
 /// Reads CR3.
+///
+/// Our own instruction, not the crate's `Cr3::read_raw`: that one splits
+/// the value into a frame and flags by masking it, two instructions more on
+/// every read, and the guest-memory copies read CR3 on every call.
 pub fn cr3() -> u64 {
-    // The crate splits CR3 into the L4 frame and the low 12 bits (PWT,
-    // PCD or a PCID); bits 52-63 read as zero.
-    let (frame, low) = Cr3::read_raw();
-    frame.start_address().as_u64() | u64::from(low)
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
 }
 
 /// Loads CR3.
@@ -40,17 +44,13 @@ pub fn cr3() -> u64 {
 /// # Safety
 /// `val` must name a valid L4 table that maps the hypervisor (slots
 /// 256-271) exactly as the current one does.
+///
+/// Our own instruction, as for [`cr3`]: the crate's `Cr3::write_raw`
+/// takes a frame and flags that it joins again, instructions more on every
+/// address-space switch.
 pub unsafe fn write_cr3(val: u64) {
-    // The L4 frame and the low 12 bits, as the crate takes them; a valid
-    // table address (the contract) has bits 52-63 clear, so nothing is
-    // truncated.
-    let low = (val & 0xfff) as u16;
-    // SAFETY: `val & !0xfff` is 4 KiB aligned, which is all
-    // `from_start_address_unchecked` asks.
-    let frame =
-        unsafe { PhysFrame::from_start_address_unchecked(PhysAddr::new_truncate(val & !0xfff)) };
     // SAFETY: the caller guarantees the new tables keep the hypervisor mapped.
-    unsafe { Cr3::write_raw(frame, low) }
+    unsafe { asm!("mov cr3, {}", in(reg) val, options(nostack, preserves_flags)) }
 }
 
 /// Reads CR4.
@@ -109,13 +109,13 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
 
 /// Invalidates one TLB entry.
 ///
-/// `va` may come from a guest unchecked (MMUEXT_INVLPG_LOCAL): a
-/// non-canonical address has no TLB entry to drop, so it is skipped (the
-/// crate's `VirtAddr` holds canonical addresses only).
+/// Our own instruction, not the crate's `tlb::flush`: that one takes a
+/// `VirtAddr`, which must be canonical, and `va` may come from a guest
+/// unchecked (MMUEXT_INVLPG_LOCAL, UVMF_INVLPG); checking it would cost
+/// instructions on every call for an address that has no TLB entry anyway.
 pub fn invlpg(va: u64) {
-    if let Ok(va) = VirtAddr::try_new(va) {
-        tlb::flush(va);
-    }
+    // SAFETY: dropping a TLB entry never breaks memory safety.
+    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
 
 /// Flushes the whole TLB, global entries included (toggles CR4.PGE).
