@@ -1,18 +1,37 @@
 //! Control registers, MSRs, CPUID, TLB and halt instructions. Thin safe
 //! wrappers where the instruction cannot break memory safety by itself;
 //! `unsafe fn` where it can (CR3 loads).
+//!
+//! The instructions themselves are the `x86_64` crate's where it has them
+//! (`registers::control`, `registers::model_specific::Msr`,
+//! `registers::debug`, `instructions::{tlb, interrupts, segmentation}`):
+//! the same single instructions with the same `asm!` options as before, so
+//! the code generated is the same. The rest of the hypervisor sees only the
+//! wrappers here, which take and give plain `u64`s. Still our own `asm!`,
+//! because the crate has no such instruction: FXSAVE64/FXRSTOR64, CLTS,
+//! writing DR6, and the whole-TLB flush by toggling CR4.PGE (the crate's
+//! `tlb::flush_all` reloads CR3, which keeps global entries); and CR3 and
+//! INVLPG, which the crate has only with typed addresses that cost
+//! instructions on hot paths (see [`cr3`], [`write_cr3`], [`invlpg`]).
 
 use core::arch::asm;
+use x86_64::instructions::interrupts;
+use x86_64::instructions::segmentation::{DS, ES, FS, GS, Segment};
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr2, Cr4, Cr4Flags};
+use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3, Dr6, Dr7};
+use x86_64::registers::model_specific::Msr;
+use x86_64::registers::segmentation::SegmentSelector;
 
 /// Reads CR2 (the faulting address of the last #PF).
 pub fn cr2() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Cr2::read_raw()
 }
 
 /// Reads CR3.
+///
+/// Our own instruction, not the crate's `Cr3::read_raw`: that one splits
+/// the value into a frame and flags by masking it, two instructions more on
+/// every read, and the guest-memory copies read CR3 on every call.
 pub fn cr3() -> u64 {
     let v: u64;
     // SAFETY: reading CR3 has no side effects.
@@ -25,6 +44,10 @@ pub fn cr3() -> u64 {
 /// # Safety
 /// `val` must name a valid L4 table that maps the hypervisor (slots
 /// 256-271) exactly as the current one does.
+///
+/// Our own instruction, as for [`cr3`]: the crate's `Cr3::write_raw`
+/// takes a frame and flags that it joins again, instructions more on every
+/// address-space switch.
 pub unsafe fn write_cr3(val: u64) {
     // SAFETY: the caller guarantees the new tables keep the hypervisor mapped.
     unsafe { asm!("mov cr3, {}", in(reg) val, options(nostack, preserves_flags)) }
@@ -32,18 +55,12 @@ pub unsafe fn write_cr3(val: u64) {
 
 /// Reads CR4.
 pub fn cr4() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR4 has no side effects.
-    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Cr4::read_raw()
 }
 
 /// Reads CR0.
 pub fn cr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR0 has no side effects.
-    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Cr0::read_raw()
 }
 
 /// Writes CR0.
@@ -53,7 +70,7 @@ pub fn cr0() -> u64 {
 /// assumptions (an AP copies the boot CPU's value).
 pub unsafe fn write_cr0(v: u64) {
     // SAFETY: per the contract.
-    unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack, preserves_flags)) }
+    unsafe { Cr0::write_raw(v) }
 }
 
 /// Writes CR4.
@@ -63,7 +80,7 @@ pub unsafe fn write_cr0(v: u64) {
 /// ones the CPU has (an AP copies the boot CPU's value).
 pub unsafe fn write_cr4(v: u64) {
     // SAFETY: per the contract.
-    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
+    unsafe { Cr4::write_raw(v) }
 }
 
 /// Sets bits in CR4 (feature enables only: SMEP, SMAP, PGE, OSFXSR...).
@@ -71,7 +88,7 @@ pub fn cr4_set(bits: u64) {
     let v = cr4() | bits;
     // SAFETY: only feature-enable bits are set by our callers; they do not
     // change the meaning of existing mappings for the hypervisor.
-    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
+    unsafe { Cr4::write_raw(v) }
 }
 
 /// Writes an MSR.
@@ -81,9 +98,7 @@ pub fn cr4_set(bits: u64) {
 /// (e.g. syscall entry points must point at valid entry code).
 pub unsafe fn wrmsr(msr: u32, val: u64) {
     // SAFETY: delegated to the caller.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32, options(nostack, preserves_flags))
-    }
+    unsafe { Msr::new(msr).write(val) }
 }
 
 /// CPUID leaf/subleaf → (eax, ebx, ecx, edx).
@@ -93,6 +108,11 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
 }
 
 /// Invalidates one TLB entry.
+///
+/// Our own instruction, not the crate's `tlb::flush`: that one takes a
+/// `VirtAddr`, which must be canonical, and `va` may come from a guest
+/// unchecked (MMUEXT_INVLPG_LOCAL, UVMF_INVLPG); checking it would cost
+/// instructions on every call for an address that has no TLB entry anyway.
 pub fn invlpg(va: u64) {
     // SAFETY: dropping a TLB entry never breaks memory safety.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
@@ -103,8 +123,8 @@ pub fn flush_tlb_all() {
     let v = cr4();
     // SAFETY: clearing and restoring PGE only flushes the TLB.
     unsafe {
-        asm!("mov cr4, {}", in(reg) v & !(1u64 << 7), options(nostack, preserves_flags));
-        asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags));
+        Cr4::write_raw(v & !Cr4Flags::PAGE_GLOBAL.bits());
+        Cr4::write_raw(v);
     }
 }
 
@@ -142,16 +162,14 @@ pub fn fpu_restore(s: &FpuState) {
 /// Sets CR0.TS (the next x87/SSE instruction raises #NM): a vCPU's virtual
 /// TS is real while it runs.
 pub fn set_ts() {
-    let cr0: u64;
-    // SAFETY: reading CR0 has no side effects; setting TS only makes FPU
-    // instructions trap, and the hypervisor uses none.
-    unsafe {
-        asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
-        asm!("mov cr0, {}", in(reg) cr0 | 8, options(nostack, preserves_flags));
-    }
+    let cr0 = Cr0::read_raw() | Cr0Flags::TASK_SWITCHED.bits();
+    // SAFETY: setting TS only makes FPU instructions trap, and the
+    // hypervisor uses none.
+    unsafe { Cr0::write_raw(cr0) }
 }
 
-/// Clears CR0.TS.
+/// Clears CR0.TS (one instruction, which the crate does not have: its
+/// `Cr0::update` would read and write CR0).
 pub fn clts() {
     // SAFETY: clts only re-enables x87/SSE instructions.
     unsafe { asm!("clts", options(nomem, nostack, preserves_flags)) }
@@ -160,13 +178,12 @@ pub fn clts() {
 /// Enables SSE for guests: CR0.MP and AM set (so guests may use alignment
 /// checking), EM and TS clear; CR4.OSFXSR and OSXMMEXCPT set.
 pub fn enable_sse() {
-    let mut cr0: u64;
-    // SAFETY: reading CR0 has no side effects.
-    unsafe { asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags)) };
-    cr0 = (cr0 | 2 | (1 << 18)) & !(4 | 8);
+    let set = Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::ALIGNMENT_MASK;
+    let clear = Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED;
+    let cr0 = (Cr0::read_raw() | set.bits()) & !clear.bits();
     // SAFETY: only the FPU control bits change.
-    unsafe { asm!("mov cr0, {}", in(reg) cr0, options(nostack, preserves_flags)) };
-    cr4_set((1 << 9) | (1 << 10));
+    unsafe { Cr0::write_raw(cr0) };
+    cr4_set((Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE).bits());
 }
 
 /// Reads the time-stamp counter.
@@ -178,17 +195,18 @@ pub fn rdtsc() -> u64 {
 /// Waits for an interrupt with interrupts enabled, then disables them again
 /// (the hypervisor's idle loop).
 pub fn idle_wait() {
-    // SAFETY: sti;hlt is atomic with respect to interrupt delivery (the
-    // interrupt shadow of sti covers hlt); interrupts arriving here are
-    // handled by `trap::on_trap` without taking any lock.
-    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+    // sti;hlt is atomic with respect to interrupt delivery (the interrupt
+    // shadow of sti covers hlt); interrupts arriving here are handled by
+    // `trap::on_trap` without taking any lock.
+    interrupts::enable_and_hlt();
+    interrupts::disable();
 }
 
 /// Halts forever with interrupts off.
 pub fn halt_forever() -> ! {
     loop {
-        // SAFETY: cli; hlt only stops this CPU.
-        unsafe { asm!("cli; hlt", options(nomem, nostack)) }
+        interrupts::disable();
+        x86_64::instructions::hlt();
     }
 }
 
@@ -201,13 +219,9 @@ pub fn qemu_exit(success: bool) -> ! {
 
 /// Reads an MSR the CPU is known to have.
 fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: only called with architectural MSRs of every x86-64 CPU
     // (FS_BASE, GS_BASE), which cannot fault.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags))
-    };
-    (u64::from(hi) << 32) | u64::from(lo)
+    unsafe { Msr::new(msr).read() }
 }
 
 /// The FS base the CPU holds (the guest's, possibly changed by its loading
@@ -226,12 +240,12 @@ pub fn gs_base() -> u64 {
 /// The DS, ES, FS and GS selectors the CPU holds (the guest's: the
 /// hypervisor never loads them).
 pub fn data_selectors() -> [u16; 4] {
-    let (ds, es, fs, gs): (u16, u16, u16, u16);
-    // SAFETY: reading segment registers has no side effects.
-    unsafe {
-        asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs", out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs, options(nostack, nomem, preserves_flags));
-    }
-    [ds, es, fs, gs]
+    [
+        DS::get_reg().0,
+        ES::get_reg().0,
+        FS::get_reg().0,
+        GS::get_reg().0,
+    ]
 }
 
 /// Loads DS, ES, FS and GS. Loading FS or GS also replaces that base (from
@@ -244,10 +258,16 @@ pub unsafe fn load_data_selectors(s: [u16; 4]) {
     // SAFETY: delegated to the caller; in 64-bit mode DS and ES bases and
     // limits are ignored, so the hypervisor's own accesses are unaffected.
     unsafe {
+        DS::set_reg(SegmentSelector(s[0]));
+        ES::set_reg(SegmentSelector(s[1]));
+        FS::set_reg(SegmentSelector(s[2]));
         // GS is loaded with the guest's base live (swapgs around it), so
         // the load replaces the guest's base, never the hypervisor's
-        // per-CPU one; interrupts are off.
-        asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "swapgs", "mov gs, {3:x}", "swapgs", in(reg) s[0], in(reg) s[1], in(reg) s[2], in(reg) s[3], options(nostack, preserves_flags));
+        // per-CPU one; interrupts are off, and nothing between the two
+        // swaps reads GS.
+        GS::swap();
+        GS::set_reg(SegmentSelector(s[3]));
+        GS::swap();
     }
 }
 
@@ -267,10 +287,9 @@ pub fn set_gs_base(base: u64) {
 pub const MSR_GS_BASE: u32 = 0xC000_0101;
 /// The GS base `swapgs` exchanges with `MSR_GS_BASE`.
 pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
-pub const MSR_STAR: u32 = 0xC000_0081;
-pub const MSR_LSTAR: u32 = 0xC000_0082;
+/// The compatibility-mode syscall entry (STAR, LSTAR and FMASK are the
+/// crate's `Star`, `LStar` and `SFMask`; it has no CSTAR).
 pub const MSR_CSTAR: u32 = 0xC000_0083;
-pub const MSR_FMASK: u32 = 0xC000_0084;
 
 /// DR6 as it reads with no debug condition recorded.
 pub const DR6_CLEAR: u64 = 0xffff_0ff0;
@@ -279,14 +298,12 @@ pub const DR7_OFF: u64 = 0x400;
 
 /// Reads DR6 (the conditions of the last debug exception).
 pub fn read_dr6() -> u64 {
-    let v: u64;
-    // SAFETY: reading DR6 in ring 0 has no side effects.
-    unsafe { asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Dr6::read_raw()
 }
 
 /// Puts DR6 back to its default after a debug exception, so the next one
-/// reports only its own conditions.
+/// reports only its own conditions (the crate reads DR6 but cannot write
+/// it).
 pub fn clear_dr6() {
     // SAFETY: the default value has no bit above 31 set (no #GP); DR6 only
     // reports conditions.
@@ -295,17 +312,14 @@ pub fn clear_dr6() {
 
 /// Reads DR7.
 pub fn read_dr7() -> u64 {
-    let v: u64;
-    // SAFETY: reading DR7 in ring 0 has no side effects.
-    unsafe { asm!("mov {}, dr7", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Dr7::read_raw()
 }
 
 /// Disables every hardware breakpoint.
 pub fn breakpoints_off() {
-    // SAFETY: DR7 with nothing enabled (and GD clear) changes nothing but
-    // turns breakpoints off.
-    unsafe { asm!("mov dr7, {}", in(reg) DR7_OFF, options(nomem, nostack, preserves_flags)) }
+    // DR7 with nothing enabled (and GD clear) changes nothing but turns
+    // breakpoints off.
+    Dr7::write_raw(DR7_OFF);
 }
 
 /// Loads a vCPU's breakpoints: addresses into DR0-DR3, then `dr7`. The
@@ -316,17 +330,11 @@ pub fn breakpoints_off() {
 /// 32 bits wide with GD clear (so the load cannot fault and debug-register
 /// accesses here never trap).
 pub fn load_breakpoints(addr: &[u64; 4], dr7: u64) {
-    // SAFETY: as above: loading these values cannot fault nor make a
-    // breakpoint hit hypervisor code or data.
-    unsafe {
-        asm!(
-            "mov dr0, {0}",
-            "mov dr1, {1}",
-            "mov dr2, {2}",
-            "mov dr3, {3}",
-            "mov dr7, {4}",
-            in(reg) addr[0], in(reg) addr[1], in(reg) addr[2], in(reg) addr[3], in(reg) dr7,
-            options(nomem, nostack, preserves_flags)
-        )
-    }
+    // As above: loading these values cannot fault nor make a breakpoint
+    // hit hypervisor code or data (the crate's writes are safe fns).
+    Dr0::write(addr[0]);
+    Dr1::write(addr[1]);
+    Dr2::write(addr[2]);
+    Dr3::write(addr[3]);
+    Dr7::write_raw(dr7);
 }

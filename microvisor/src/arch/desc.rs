@@ -5,11 +5,32 @@
 //! changes only its own tables afterwards: TSS.RSP0, which points at the
 //! end of the running vCPU's frame slot (`entry::set_current`), the guest
 //! entries below 0xe000 and the LDT descriptor.
+//!
+//! From the `x86_64` crate: the TSS (`structures::tss::TaskStateSegment`,
+//! the same 104-byte shape with no I/O bitmap) and its system descriptor,
+//! the descriptor flag names the reserved entries are built from, the IDT's
+//! 16-byte gate (`structures::idt::Entry`), `lgdt`/`lidt`/`ltr`, the
+//! segment loads and the STAR/LSTAR/FMASK MSRs. Our own, because the crate
+//! does not fit: the GDT (the crate's `GlobalDescriptorTable` only appends
+//! entries in order, in a table it owns; ours is Xen's 8192-entry layout
+//! with the hypervisor's entries at 0xe000 and the running vCPU's written
+//! in place below, in frames of each CPU's own), the IDT as a whole (the
+//! crate's typed table cannot point its reserved vectors at our stubs),
+//! the LDT descriptor and `lldt`, and CSTAR (the crate has neither).
 
-use super::cpu::{self, wrmsr};
+use super::cpu;
 use core::arch::asm;
 use core::mem::size_of;
 use core::sync::atomic::Ordering;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::{lgdt, lidt, load_tss};
+use x86_64::registers::model_specific::{LStar, Msr, SFMask, Star};
+use x86_64::registers::rflags::RFlags;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::structures::gdt::{Descriptor, DescriptorFlags, SegmentSelector};
+use x86_64::structures::idt::{Entry, HandlerFunc};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::{PrivilegeLevel, VirtAddr};
 
 use crate::mm::stacks;
 
@@ -39,38 +60,10 @@ const FIRST_RESERVED: usize = 0xe000 >> 3;
 #[repr(C, align(4096))]
 struct Gdt([u64; GDT_ENTRIES]);
 
-#[repr(C, packed)]
-struct Tss {
-    _r0: u32,
-    rsp: [u64; 3],
-    _r1: u64,
-    ist: [u64; 7],
-    _r2: u64,
-    _r3: u16,
-    iomap: u16,
-}
-
-#[repr(C, packed)]
-struct Pointer {
-    limit: u16,
-    base: u64,
-}
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Gate {
-    off_lo: u16,
-    sel: u16,
-    ist: u8,
-    attr: u8,
-    off_mid: u16,
-    off_hi: u32,
-    _r: u32,
-}
-
-/// The IDT, one for every CPU.
+/// The IDT, one for every CPU: 256 of the crate's gates, all pointing at
+/// our stubs (vectors without a handler of their own included).
 #[repr(C, align(16))]
-struct Idt([Gate; 256]);
+struct Idt([Entry<HandlerFunc>; 256]);
 
 /// The one IDT. It stays a static (not per-CPU memory) because every CPU
 /// loads the same table and the CPU reads it, by address, on every
@@ -83,34 +76,35 @@ static IDT: spin::Once<Idt> = spin::Once::new();
 /// Builds the gates: every vector enters its 16-byte stub (`entry`).
 fn build_idt() -> Idt {
     let stubs = (&raw const trap_stubs) as u64;
-    let mut idt = Idt([Gate {
-        off_lo: 0,
-        sel: 0,
-        ist: 0,
-        attr: 0,
-        off_mid: 0,
-        off_hi: 0,
-        _r: 0,
-    }; 256]);
+    let mut idt = Idt([const { Entry::missing() }; 256]);
     for (v, g) in idt.0.iter_mut().enumerate() {
-        let off = stubs + v as u64 * 16;
-        // Interrupt gates; int3/into are callable from ring 3 (DPL 3) as on Xen.
-        let dpl: u8 = if v == 3 || v == 4 { 3 } else { 0 };
+        let off = VirtAddr::new(stubs + v as u64 * 16);
+        // Interrupt gates (interrupts off on entry, the crate's default);
+        // int3/into are callable from ring 3 (DPL 3) as on Xen.
+        let dpl = if v == 3 || v == 4 {
+            PrivilegeLevel::Ring3
+        } else {
+            PrivilegeLevel::Ring0
+        };
+        // IST slots 1-3, which the crate numbers from 0.
         let ist = match v {
-            2 => 2,  // NMI
-            8 => 1,  // #DF
-            18 => 3, // #MC
-            _ => 0,
+            2 => Some(1),  // NMI
+            8 => Some(0),  // #DF
+            18 => Some(2), // #MC
+            _ => None,
         };
-        *g = Gate {
-            off_lo: off as u16,
-            sel: HV_CS,
-            ist,
-            attr: 0x8e | (dpl << 5),
-            off_mid: (off >> 16) as u16,
-            off_hi: (off >> 32) as u32,
-            _r: 0,
-        };
+        // SAFETY: `off` is vector `v`'s entry stub (`entry`), which saves
+        // the frame whatever the vector; HV_CS is the 64-bit ring-0 code
+        // selector every CPU's GDT holds; IST slots 1-3 are the stacks
+        // `init_tables` gives every CPU's TSS, each used by one vector only.
+        unsafe {
+            let o = g.set_handler_addr(off);
+            o.set_code_selector(SegmentSelector(HV_CS));
+            o.set_privilege_level(dpl);
+            if let Some(i) = ist {
+                o.set_stack_index(i);
+            }
+        }
     }
     idt
 }
@@ -119,14 +113,14 @@ fn build_idt() -> Idt {
 /// place that reaches [`IDT`].
 fn load_idt() {
     let idt = IDT.call_once(build_idt);
-    let ip = Pointer {
+    let ip = DescriptorTablePointer {
         limit: (size_of::<Idt>() - 1) as u16,
-        base: idt as *const Idt as u64,
+        base: VirtAddr::from_ptr(idt),
     };
     // SAFETY: the table lives (unchanged) for the whole run; every gate
     // enters a hypervisor stub through the ring-0 code selector that every
     // CPU's GDT holds.
-    unsafe { asm!("lidt [{}]", in(reg) &ip, options(nostack)) };
+    unsafe { lidt(&ip) };
 }
 
 unsafe extern "C" {
@@ -139,11 +133,13 @@ unsafe extern "C" {
 /// Sets TSS.RSP0: where the CPU pushes a frame when an interrupt or
 /// exception leaves ring 3 (the running vCPU's frame, see `entry`).
 pub fn set_rsp0(top: u64) {
-    let tss = super::percpu::tss() as *mut Tss;
+    let tss = super::percpu::tss() as *mut TaskStateSegment;
     // SAFETY: this CPU's own TSS (`percpu`), read by the CPU only on a
     // ring-3 to ring-0 transition, which cannot happen while the
-    // hypervisor runs on it.
-    unsafe { (*tss).rsp[0] = top };
+    // hypervisor runs on it. `top` is the end of a vCPU's frame slot in
+    // the hypervisor's slots, a canonical address (`new_unsafe`'s
+    // requirement).
+    unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new_unsafe(top) };
 }
 
 /// This CPU's GDT.
@@ -151,15 +147,31 @@ fn this_gdt() -> *mut Gdt {
     super::percpu::this_cpu().gdt.load(Ordering::Relaxed) as *mut Gdt
 }
 
+/// A flat segment descriptor as Xen's GDT has it: the crate's preset
+/// (base 0, limit 4 GiB, present) with the accessed bit clear, which the
+/// crate's presets set.
+const fn xen_flat(flags: DescriptorFlags) -> u64 {
+    flags.bits() & !DescriptorFlags::ACCESSED.bits()
+}
+
 /// The hypervisor's own GDT entries, by index from `FIRST_RESERVED`
 /// (the TSS descriptor, at +7 and +8, is each CPU's own).
 const RESERVED: [(usize, u64); 5] = [
-    (1, 0x00AF_9A00_0000_FFFF), // 0xe008 ring-0 code64
-    (2, 0x00CF_9200_0000_FFFF), // 0xe010 ring-0 data
-    (4, 0x00CF_FA00_0000_FFFF), // 0xe023 ring-3 code32
-    (5, 0x00CF_F200_0000_FFFF), // 0xe02b ring-3 data
-    (6, 0x00AF_FA00_0000_FFFF), // 0xe033 ring-3 code64
+    (1, xen_flat(DescriptorFlags::KERNEL_CODE64)), // 0xe008 ring-0 code64
+    (2, xen_flat(DescriptorFlags::KERNEL_DATA)),   // 0xe010 ring-0 data
+    (4, xen_flat(DescriptorFlags::USER_CODE32)),   // 0xe023 ring-3 code32
+    (5, xen_flat(DescriptorFlags::USER_DATA)),     // 0xe02b ring-3 data
+    (6, xen_flat(DescriptorFlags::USER_CODE64)),   // 0xe033 ring-3 code64
 ];
+
+// The descriptors are Xen's (its boot GDT), bit for bit.
+const _: () = {
+    assert!(RESERVED[0].1 == 0x00af_9a00_0000_ffff);
+    assert!(RESERVED[1].1 == 0x00cf_9200_0000_ffff);
+    assert!(RESERVED[2].1 == 0x00cf_fa00_0000_ffff);
+    assert!(RESERVED[3].1 == 0x00cf_f200_0000_ffff);
+    assert!(RESERVED[4].1 == 0x00af_fa00_0000_ffff);
+};
 
 /// Builds and loads the boot CPU's GDT and TSS (in frames of its own, as
 /// every AP's: no CPU's tables are statics), loads the IDT and programs
@@ -197,17 +209,28 @@ pub fn init() {
 /// `cstar_entry`); sysret uses GUEST_CS32 + 8/16. Mask IF, TF, DF, AC, NT
 /// on entry.
 pub fn init_syscall() {
-    // SAFETY: the entry points are the hypervisor's syscall stubs; the
-    // selectors are in every CPU's GDT.
-    unsafe {
-        wrmsr(
-            cpu::MSR_STAR,
-            ((GUEST_CS32 as u64) << 48) | ((HV_CS as u64) << 32),
-        );
-        wrmsr(cpu::MSR_LSTAR, syscall_entry as *const () as u64);
-        wrmsr(cpu::MSR_CSTAR, cstar_entry as *const () as u64);
-        wrmsr(cpu::MSR_FMASK, 0x4_4700);
-    }
+    // The crate checks the layout sysret and syscall assume: SS right
+    // after the ring-0 CS; the 32-bit ring-3 CS, then SS, then the 64-bit
+    // CS (STAR's sysret base is GUEST_CS32).
+    const _: () = assert!(GUEST_CS32 + 8 == GUEST_DS && GUEST_CS32 + 16 == GUEST_CS64);
+    Star::write(
+        SegmentSelector(GUEST_CS64),
+        SegmentSelector(GUEST_DS),
+        SegmentSelector(HV_CS),
+        SegmentSelector(HV_DS),
+    )
+    .unwrap_or_else(|e| panic!("syscall selectors: {e}"));
+    LStar::write(VirtAddr::new(syscall_entry as *const () as u64));
+    // The crate has no CSTAR (the compatibility-mode syscall entry).
+    // SAFETY: the entry point is the hypervisor's compat syscall stub.
+    unsafe { Msr::new(cpu::MSR_CSTAR).write(cstar_entry as *const () as u64) };
+    SFMask::write(
+        RFlags::INTERRUPT_FLAG
+            | RFlags::TRAP_FLAG
+            | RFlags::DIRECTION_FLAG
+            | RFlags::ALIGNMENT_CHECK
+            | RFlags::NESTED_TASK,
+    );
 }
 
 /// Loads an LDT of `entries` descriptors (at most 8192) at `base`, a
@@ -224,6 +247,7 @@ pub fn load_ldt(base: u64, entries: u32) {
     // descriptors of the shadow area, which maps only segment-typed frames
     // (descriptors validated by the frame table) or nothing (a fault the
     // hypervisor resolves). lldt with a null selector disables the LDT.
+    // The crate has neither an LDT descriptor nor `lldt`: both are ours.
     unsafe {
         if entries == 0 {
             asm!("lldt {0:x}", in(reg) 0u64, options(nostack, preserves_flags));
@@ -257,31 +281,21 @@ pub fn ldt_loaded() -> u32 {
 /// not-busy TSS descriptor for this CPU's TSS) and stay valid while the CPU
 /// runs; interrupts off.
 unsafe fn load_gdt_and_tss(gdt: u64) {
-    let gp = Pointer {
+    let gp = DescriptorTablePointer {
         limit: (size_of::<Gdt>() - 1) as u16,
-        base: gdt,
+        base: VirtAddr::new(gdt),
     };
-    // SAFETY: per the contract; the far return reloads CS with the ring-0
-    // code selector the table holds.
+    // SAFETY: per the contract; the far return in `CS::set_reg` reloads CS
+    // with the ring-0 code selector the table holds, SS gets its data
+    // selector, DS and ES the null one, and the task register this CPU's
+    // not-busy TSS descriptor.
     unsafe {
-        asm!(
-            "lgdt [{gp}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov ss, {ds:x}",
-            "mov ds, {zero:x}",
-            "mov es, {zero:x}",
-            "ltr {tss:x}",
-            gp = in(reg) &gp,
-            cs = in(reg) HV_CS as u64,
-            tmp = out(reg) _,
-            ds = in(reg) HV_DS as u64,
-            zero = in(reg) 0u64,
-            tss = in(reg) TSS_SEL as u64,
-        );
+        lgdt(&gp);
+        CS::set_reg(SegmentSelector(HV_CS));
+        SS::set_reg(SegmentSelector(HV_DS));
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        load_tss(SegmentSelector(TSS_SEL));
     }
 }
 
@@ -306,23 +320,23 @@ pub unsafe fn init_tables(gdt: u64, tss: u64, rsp0: u64, ist: [u64; 3]) {
         for (i, d) in RESERVED {
             mine.0[FIRST_RESERVED + i] = d;
         }
-        let t = &mut *(tss as *mut Tss);
-        *t = Tss {
-            _r0: 0,
-            rsp: [rsp0, 0, 0],
-            _r1: 0,
-            ist: [ist[0], ist[1], ist[2], 0, 0, 0, 0],
-            _r2: 0,
-            _r3: 0,
-            iomap: size_of::<Tss>() as u16,
-        };
-        let limit = size_of::<Tss>() as u64 - 1;
-        mine.0[FIRST_RESERVED + 7] = (limit & 0xffff)
-            | ((tss & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((limit >> 16) & 0xf) << 48)
-            | (((tss >> 24) & 0xff) << 56);
-        mine.0[FIRST_RESERVED + 8] = tss >> 32;
+        // No I/O bitmap: the crate's `new` puts its offset at the end of
+        // the TSS, as the descriptor's limit does, so every port access
+        // from ring 3 faults (IOPL is 0) and the hypervisor emulates it.
+        let mut t = TaskStateSegment::new();
+        t.privilege_stack_table[0] = VirtAddr::new(rsp0);
+        for (i, top) in ist.into_iter().enumerate() {
+            t.interrupt_stack_table[i] = VirtAddr::new(top);
+        }
+        let t_ptr = tss as *mut TaskStateSegment;
+        t_ptr.write(t);
+        match Descriptor::tss_segment_unchecked(t_ptr) {
+            Descriptor::SystemSegment(low, high) => {
+                mine.0[FIRST_RESERVED + 7] = low;
+                mine.0[FIRST_RESERVED + 8] = high;
+            }
+            Descriptor::UserSegment(_) => unreachable!("a TSS descriptor is a system one"),
+        }
         load_gdt_and_tss(gdt);
     }
     load_idt();

@@ -4,8 +4,13 @@
 //! `microvisor_core::pv::port_permitted`). So no caller can reach, say, the
 //! PCI configuration ports or the interrupt controllers by passing a
 //! number: the raw instructions below are private.
+//!
+//! The instructions are the `x86_64` crate's (`PortRead`/`PortWrite`, one
+//! `in`/`out` each, as `instructions::port::Port` uses them); the crate's
+//! `Port` type is not used because anyone may make one from a number, which
+//! is what this module's token exists to prevent.
 
-use core::arch::asm;
+use x86_64::instructions::port::{PortRead, PortWrite};
 
 /// An I/O port someone may use (see the module).
 #[derive(Clone, Copy)]
@@ -69,28 +74,16 @@ impl Port {
 
 /// Reads 1, 2 or 4 bytes from an I/O port.
 fn in_width(port: u16, width: u16) -> u32 {
-    let v: u32;
     // SAFETY: port input touches no memory; `port` came from a `Port`,
     // which only this module makes (the hypervisor's devices, or a port
     // the policy gives a guest).
     unsafe {
         match width {
-            1 => {
-                let b: u8;
-                asm!("in al, dx", in("dx") port, out("al") b, options(nomem, nostack, preserves_flags));
-                v = b as u32;
-            }
-            2 => {
-                let w: u16;
-                asm!("in ax, dx", in("dx") port, out("ax") w, options(nomem, nostack, preserves_flags));
-                v = w as u32;
-            }
-            _ => {
-                asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
-            }
+            1 => u32::from(u8::read_from_port(port)),
+            2 => u32::from(u16::read_from_port(port)),
+            _ => u32::read_from_port(port),
         }
     }
-    v
 }
 
 /// Writes 1, 2 or 4 bytes to an I/O port.
@@ -98,15 +91,9 @@ fn out_width(port: u16, width: u16, val: u32) {
     // SAFETY: as for `in_width`: a port a `Port` vouches for.
     unsafe {
         match width {
-            1 => {
-                asm!("out dx, al", in("dx") port, in("al") val as u8, options(nomem, nostack, preserves_flags))
-            }
-            2 => {
-                asm!("out dx, ax", in("dx") port, in("ax") val as u16, options(nomem, nostack, preserves_flags))
-            }
-            _ => {
-                asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags))
-            }
+            1 => u8::write_to_port(port, val as u8),
+            2 => u16::write_to_port(port, val as u16),
+            _ => u32::write_to_port(port, val),
         }
     }
 }
