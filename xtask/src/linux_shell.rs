@@ -33,13 +33,16 @@ struct Tmux {
     /// The pane's first process (a session and process-group leader: xtask
     /// and QEMU are in its group).
     pane_pid: Option<u32>,
+    /// The server's socket, removed after it (tmux leaves it behind).
+    socket_path: Option<String>,
 }
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("tmux");
         c.args(["-L", &self.socket]).args(args);
-        c.stdin(Stdio::null());
+        // Run from inside a tmux session, this is still a server of its own.
+        c.env_remove("TMUX").stdin(Stdio::null());
         c
     }
 
@@ -63,20 +66,23 @@ impl Tmux {
         self.output(&["capture-pane", "-p", "-J", "-S", "-", "-t", SESSION])
     }
 
-    /// `None` while the pane's command runs, else its exit status.
+    /// `None` while the pane's command runs (or its end is not yet
+    /// recorded), else its exit status (128 + N for signal N).
     fn dead_status(&self) -> Result<Option<i32>, String> {
         let s = self.output(&[
             "display-message",
             "-p",
             "-t",
             SESSION,
-            "#{pane_dead} #{pane_dead_status}",
+            "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}",
         ])?;
-        let mut w = s.split_whitespace();
-        Ok(match w.next() {
-            Some("1") => Some(w.next().and_then(|v| v.parse().ok()).unwrap_or(-1)),
-            _ => None,
-        })
+        let mut f = s.trim().split(':');
+        if f.next() != Some("1") {
+            return Ok(None);
+        }
+        let status = f.next().and_then(|v| v.parse().ok());
+        let signal = f.next().and_then(|v| v.parse::<i32>().ok());
+        Ok(status.or(signal.map(|n| 128 + n)))
     }
 
     /// Types `text` literally, then Enter.
@@ -128,6 +134,9 @@ impl Drop for Tmux {
                 .status();
         }
         let _ = self.cmd(&["kill-server"]).stderr(Stdio::null()).status();
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -225,6 +234,7 @@ pub fn check(root: &Path, accel: Accel, qemu: Option<&Path>, log: &Path) -> Outc
     let mut t = Tmux {
         socket: format!("microvisor-linux-shell-{}", std::process::id()),
         pane_pid: None,
+        socket_path: None,
     };
     let result = drive(&mut t, root, &exe, accel, qemu, &release);
     if let Ok(pane) = t.capture() {
@@ -303,8 +313,16 @@ fn drive(
     ];
     args.extend(run.iter().map(String::as_str));
     t.output(&args)?;
-    let pid = t.output(&["display-message", "-p", "-t", SESSION, "#{pane_pid}"])?;
-    t.pane_pid = pid.trim().parse().ok();
+    let ids = t.output(&[
+        "display-message",
+        "-p",
+        "-t",
+        SESSION,
+        "#{pane_pid} #{socket_path}",
+    ])?;
+    let (pid, path) = ids.trim().split_once(' ').unwrap_or((ids.trim(), ""));
+    t.pane_pid = pid.parse().ok();
+    t.socket_path = (!path.is_empty()).then(|| path.to_string());
 
     t.wait_for("shell", BOOT_GUARD, |p| {
         p.contains("microvisor-initramfs: shell")

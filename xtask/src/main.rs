@@ -203,8 +203,9 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  a manifest with a service domain gets IMG (default
                                  target/run/disk.img, 64 MiB, kept between runs) as
                                  its virtio disk; N CPUs (default 2); stdin is the
-                                 serial input; timeout S (default 120; none when stdin
-                                 is a terminal)
+                                 serial input; S seconds at most (default 120; none
+                                 when stdin is a terminal and the service domain has
+                                 console_input=)
   test [--accel tcg|kvm] [--filter TEXT] [--cpus N]
                                  host unit tests, kernel checks and QEMU scenarios
                                  (N CPUs for scenarios without a `cpus` key; default 1)
@@ -425,9 +426,18 @@ fn run_manifest(
     let bpath = out_dir.join("bundle.cpio");
     std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
     let kernel = qemu::kernel_path(&kdir);
-    // Typing on a terminal (a shell in a guest) has no time limit unless
+    // Typing on a terminal to a guest (the service domain's
+    // `console_input=NAME`: a shell, say) has no time limit unless
     // --timeout gives one.
-    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let typed_to_guest = microvisor_core::manifest::parse(manifest).is_ok_and(|m| {
+        m.domains().iter().any(|d| {
+            d.service
+                && d.cmdline
+                    .split_ascii_whitespace()
+                    .any(|w| w.starts_with("console_input="))
+        })
+    });
+    let interactive = typed_to_guest && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let timeout = if interactive && !o.given.iter().any(|g| g == "--timeout") {
         None
     } else {
