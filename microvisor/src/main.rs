@@ -239,6 +239,20 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             first = false;
             let _ = core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}"));
         }
+        // And how many vCPUs those with more than one have (it writes each
+        // vCPU's `cpu/N/availability` node, as Xen's toolstack does).
+        let mut first = true;
+        for (i, spec) in manifest
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.service && s.vcpus > 1)
+        {
+            let sep = if first { " vcpus=" } else { "," };
+            first = false;
+            let _ =
+                core::fmt::Write::write_fmt(&mut names, format_args!("{sep}{i}:{}", spec.vcpus));
+        }
         let has_service = manifest.domains().iter().any(|s| s.service);
         // Room for every domain's record at once (its size is then exactly
         // what the domains take, for the figure below).

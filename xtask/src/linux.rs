@@ -202,7 +202,7 @@ pub fn check_pv_elf(elf: &[u8]) -> Result<(), String> {
 
 /// The newest cloud kernel package the apt index has: what the
 /// `linux-image-cloud-amd64` metapackage's candidate depends on.
-fn kernel_package() -> Result<String, String> {
+pub fn kernel_package() -> Result<String, String> {
     crate::toolchain::apt_candidate(KERNEL_META)?;
     let out = Command::new("apt-cache")
         .args(["depends", KERNEL_META])

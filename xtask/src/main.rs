@@ -20,6 +20,7 @@ mod fuzz;
 mod hostfuzz;
 mod lint;
 mod linux;
+mod linux_shell;
 mod manifest_check;
 mod profile;
 mod qemu;
@@ -200,10 +201,15 @@ const HELP: &str = "usage: cargo xtask <command> [options]
                                  checked first with the hypervisor's own parser;
                                  `image = NAME` is a built guest or a file beside the
                                  manifest (both: an error), `image = ./x` or `a/b` a path
-                                 relative to the manifest;
+                                 relative to the manifest, `image = debian:vmlinux` and
+                                 `ramdisk = debian:initramfs` Debian's Linux and a busybox
+                                 initramfs, fetched with apt (examples/linux.manifest);
                                  a manifest with a service domain gets IMG (default
                                  target/run/disk.img, 64 MiB, kept between runs) as
-                                 its virtio disk; N CPUs (default 2)
+                                 its virtio disk; N CPUs (default 2); stdin is the
+                                 serial input; S seconds at most (default 120; none
+                                 when stdin is a terminal and the service domain has
+                                 console_input=)
   test [--accel tcg|kvm] [--filter TEXT] [--cpus N]
                                  host unit tests, kernel checks and QEMU scenarios
                                  (N CPUs for scenarios without a `cpus` key; default 1)
@@ -414,6 +420,8 @@ fn run_manifest(
     mut extra: std::collections::BTreeMap<String, String>,
 ) -> Result<bool, String> {
     manifest_check::syntax(manifest, label)?;
+    // Debian's kernel and initramfs, fetched before anything is built.
+    manifest_check::debian(manifest, label, &mut extra)?;
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     manifest_check::images(manifest, label, base, &kdir, &mut extra)?;
@@ -423,6 +431,23 @@ fn run_manifest(
     let bpath = out_dir.join("bundle.cpio");
     std::fs::write(&bpath, bundle).map_err(|e| e.to_string())?;
     let kernel = qemu::kernel_path(&kdir);
+    // Typing on a terminal to a guest (the service domain's
+    // `console_input=NAME`: a shell, say) has no time limit unless
+    // --timeout gives one.
+    let typed_to_guest = microvisor_core::manifest::parse(manifest).is_ok_and(|m| {
+        m.domains().iter().any(|d| {
+            d.service
+                && d.cmdline
+                    .split_ascii_whitespace()
+                    .any(|w| w.starts_with("console_input="))
+        })
+    });
+    let interactive = typed_to_guest && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let timeout = if interactive && !o.given.iter().any(|g| g == "--timeout") {
+        None
+    } else {
+        Some(o.timeout)
+    };
     let boot = qemu::Boot {
         kernel: &kernel,
         initrd: &bpath,
@@ -432,7 +457,7 @@ fn run_manifest(
         cpu: "max",
         cpus: o.cpus.unwrap_or(2),
         memory_mib: 512,
-        timeout: Duration::from_secs(o.timeout),
+        timeout: timeout.map_or(Duration::MAX, Duration::from_secs),
         echo: true,
         machine: "microvm",
         initrd_args: "",
@@ -455,12 +480,14 @@ fn run_manifest(
             .map_err(|e| format!("error: cannot size disk image {}: {e}", d.display()))?;
         eprintln!("xtask: created a 64 MiB disk image {}", d.display());
     }
+    // What is typed here reaches the serial line (the service domain's
+    // `console_input=NAME` passes it on to that guest's console).
     let extras = qemu::Extras {
         disk: disk.as_deref(),
         kill_on: None,
         input: None,
     };
-    let out = boot.run_with(&extras)?;
+    let out = boot.run_with_stdin(&extras)?;
     if out.timed_out {
         eprintln!(
             "xtask: QEMU did not finish within {} s and was stopped",
@@ -664,6 +691,33 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
+    if want("linux-shell") {
+        println!(
+            "== linux-shell: cargo xtask run --manifest examples/linux.manifest in tmux: uname -a, cat /proc/cpuinfo, poweroff -f"
+        );
+        let log_dir = root.join("target/scenarios");
+        std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+        match linux_shell::check(
+            &root,
+            o.accel,
+            o.qemu.as_deref(),
+            &log_dir.join("linux-shell.log"),
+        ) {
+            clippy::Outcome::Pass => {
+                passed += 1;
+                println!("PASS linux-shell");
+            }
+            clippy::Outcome::Skip(why) => {
+                checks_skipped += 1;
+                println!("SKIP linux-shell: {why}");
+            }
+            clippy::Outcome::Fail(why) => {
+                failed.push("linux-shell".into());
+                println!("FAIL linux-shell: {why}");
+            }
+        }
+    }
+
     let (pending, mut scenarios) = scenario::split_pending(
         scenario::load_all(&root.join("tests/scenarios"))?,
         o.filter.as_deref(),
@@ -761,7 +815,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         && passed + failed.len() + skipped == 0
     {
         return Err(format!(
-            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, rustfmt, clippy-host, clippy-kernel, no-vector-registers, guest-lint or new-guest"
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, rustfmt, clippy-host, clippy-kernel, no-vector-registers, guest-lint, linux-shell or new-guest"
         ));
     }
     Ok(failed.is_empty())

@@ -11,6 +11,11 @@
 //! - a name with a `/` (`./my-guest`, `../target/.../my-guest`): a path
 //!   relative to the manifest's directory (or absolute), never a built guest.
 //!
+//! - `debian:vmlinux` and `debian:initramfs`: Debian's cloud kernel and the
+//!   busybox initramfs xtask makes around Debian's static busybox, fetched
+//!   with apt on first use (`linux.rs`, as scenarios' `[files]` specs of the
+//!   same names); [`debian`] resolves them before anything is built.
+//!
 //! The bundle entry keeps the name as the manifest writes it; the hypervisor
 //! ignores one leading `./`, so two images that differ only by it are
 //! refused unless they are the same file.
@@ -55,6 +60,34 @@ fn image_lines(text: &str) -> Vec<(usize, &'static str, String)> {
             Some((i + 1, key, v.trim().to_string()))
         })
         .collect()
+}
+
+/// Fetches (on first use) the file each `debian:WHAT` image or ramdisk of
+/// `text` names and adds it to `extra` (bundle name -> `file:PATH`), so
+/// [`images`] takes it as given. Run before anything is built or booted:
+/// where apt cannot get a package the error is one line naming the fix.
+pub fn debian(text: &str, label: &str, extra: &mut BTreeMap<String, String>) -> Result<(), String> {
+    for (line, what, img) in image_lines(text) {
+        let Some(spec) = img.strip_prefix("debian:") else {
+            continue;
+        };
+        let at = format!("error: {label} line {line}: {what} = {img}");
+        crate::linux::check_spec(spec).map_err(|e| format!("{at}: {e}"))?;
+        if extra.contains_key(&img) {
+            continue;
+        }
+        let file = crate::linux::fetch_spec(spec).map_err(|e| {
+            if e.contains("apt-get update") {
+                format!("{at}: {e}")
+            } else {
+                format!(
+                    "{at}: {e} (xtask fetches it with apt-get on Debian 12; elsewhere give a file: {what} = ./FILE)"
+                )
+            }
+        })?;
+        extra.insert(img.clone(), file_spec(&file));
+    }
+    Ok(())
 }
 
 /// Decides which file each image of `text` is, adding the ones that are not
@@ -176,6 +209,35 @@ mod tests {
             syntax("[domain a]\nimage = hello\nmemory = 16M\n", "x"),
             Ok(())
         );
+    }
+
+    #[test]
+    fn debian_images_are_named_by_their_line_and_given_ones_kept() {
+        let mut extra = BTreeMap::new();
+        let e = debian(
+            "[domain a]\nimage = hello\nmemory = 16M\nramdisk = debian:kernel\n",
+            "l.manifest",
+            &mut extra,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "error: l.manifest line 4: ramdisk = debian:kernel: debian:kernel names nothing"
+            ),
+            "{e}"
+        );
+        // Given already (a scenario's [files]): not fetched again.
+        extra.insert("debian:vmlinux".into(), "file:/k".into());
+        assert_eq!(
+            debian(
+                "[domain a]\nimage = debian:vmlinux\nmemory = 16M\n",
+                "l",
+                &mut extra
+            ),
+            Ok(())
+        );
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra["debian:vmlinux"], "file:/k");
     }
 
     #[test]

@@ -619,10 +619,33 @@ impl Boot<'_> {
 
     /// `run`, with extra devices and an optional kill marker.
     pub fn run_with(&self, extras: &Extras) -> Result<Outcome, String> {
+        self.run_inner(extras, false)
+    }
+
+    /// `run_with`, QEMU reading the serial input from xtask's own stdin
+    /// (`run`: what is typed reaches the serial line). On a terminal QEMU
+    /// makes it raw while it runs; its settings are put back however QEMU
+    /// ends.
+    pub fn run_with_stdin(&self, extras: &Extras) -> Result<Outcome, String> {
+        let terminal = saved_terminal();
+        let out = self.run_inner(extras, extras.input.is_none());
+        if let Some(settings) = terminal {
+            // QEMU restores them when it exits cleanly, not when killed.
+            let _ = Command::new("stty")
+                .arg(settings)
+                .stdin(Stdio::inherit())
+                .status();
+        }
+        out
+    }
+
+    fn run_inner(&self, extras: &Extras, stdin: bool) -> Result<Outcome, String> {
         let mut child = self
             .command_with(extras)
             .stdin(if extras.input.is_some() {
                 Stdio::piped()
+            } else if stdin {
+                Stdio::inherit()
             } else {
                 Stdio::null()
             })
@@ -746,6 +769,23 @@ impl Boot<'_> {
             killed: killed.load(std::sync::atomic::Ordering::SeqCst),
         })
     }
+}
+
+/// The settings of the terminal on xtask's stdin (`stty -g`), None when
+/// stdin is no terminal.
+fn saved_terminal() -> Option<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    let out = Command::new("stty")
+        .arg("-g")
+        .stdin(Stdio::inherit())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
 }
 
 /// The default hypervisor image path.

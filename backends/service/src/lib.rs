@@ -7,8 +7,9 @@
 //! [`run`] with no extra drivers; `examples/counter` is an image that adds
 //! its own device without editing this crate.
 //!
-//! It learns the other domains from its command line (`domains=ID:NAME,..`,
-//! appended by the hypervisor, which plays the toolstack) and their rings
+//! It learns the other domains from its command line (`domains=ID:NAME,..`
+//! and `vcpus=ID:N,..` for those with more than one vCPU, appended by the
+//! hypervisor, which plays the toolstack) and their rings
 //! from `HVMOP_get_param` (store/console frame and event channel, which the
 //! hypervisor allocated unbound for this domain). It maps each ring page with
 //! a foreign `mmu_update`, binds each channel, introduces the domain to the
@@ -144,12 +145,24 @@ fn domain_list(si: &StartInfo) -> Vec<(u16, String)> {
         .collect()
 }
 
+/// How many vCPUs domain `domid` has: `vcpus=ID:N,..` from the command line
+/// lists those with more than one (at most the manifest's 32).
+fn vcpu_count(si: &StartInfo, domid: u16) -> u32 {
+    cmdline_list(si, "vcpus")
+        .iter()
+        .filter_map(|e| e.split_once(':'))
+        .find(|(id, _)| id.parse() == Ok(domid))
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+        .map_or(1, |n| n.clamp(1, 32))
+}
+
 fn connect(
     xs: &mut Xenstore,
     local: &mut store::Local,
     slot: u64,
     domid: u16,
     name: &str,
+    vcpus: u32,
     ring_shown: bool,
 ) -> Result<Guest, Errno> {
     let dom = DomId(domid);
@@ -165,6 +178,11 @@ fn connect(
     let home = format!("/local/domain/{domid}");
     local.write(xs, &format!("{home}/name"), name.as_bytes())?;
     local.write(xs, &format!("{home}/domid"), format!("{domid}").as_bytes())?;
+    // Each vCPU's availability, as Xen's toolstack writes it (Linux's vCPU
+    // hotplug code reads it at boot); every vCPU may run here.
+    for n in 0..vcpus {
+        local.write(xs, &format!("{home}/cpu/{n}/availability"), b"online")?;
+    }
 
     let cpage = mapping::map_guest_page(dom, cons_mfn, WINDOW + slot * 2 * 4096 + 4096)?;
     let cport = events::bind_interdomain(dom, Port(cons_port), kick)?;
@@ -307,7 +325,8 @@ pub fn run(si: &'static StartInfo, extra: Vec<Box<dyn Driver>>) -> ! {
     let hidden = cmdline_list(si, "hide_ring");
     for (slot, (domid, name)) in domain_list(si).into_iter().enumerate() {
         let shown = !hidden.iter().any(|h| h.parse() == Ok(domid));
-        match connect(&mut xs, &mut local, slot as u64, domid, &name, shown) {
+        let vcpus = vcpu_count(si, domid);
+        match connect(&mut xs, &mut local, slot as u64, domid, &name, vcpus, shown) {
             Ok(g) => guests.push(g),
             // Dead already (it ran and ended before we got here): nothing to serve.
             Err(Errno::ESRCH | Errno::EBUSY) => println!(

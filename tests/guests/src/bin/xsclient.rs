@@ -1,7 +1,8 @@
 //! xsclient: a guest using the xenstore the service domain runs, through
 //! its start_info store ring (pv-guest-kernel's client), then its console
 //! ring. Two of them (`role=a`, domain 1; `role=b`, domain 2) show: their
-//! home directories and the toolstack's `name`/`domid` nodes; write, read,
+//! home directories and the toolstack's `name`/`domid` and
+//! `cpu/N/availability` nodes; write, read,
 //! mkdir, directory, rm, get/set_perms; errors (ENOENT, EACCES on the other
 //! domain's home, EINVAL for a bad path); a watch firing on a local write
 //! and on the other domain's write to a node shared with read permission; a
@@ -71,6 +72,20 @@ fn main(si: &'static StartInfo) {
         "toolstack-domid",
         domid == Ok(format!("{me}").into_bytes()),
         format_args!("{domid:?}"),
+    );
+    // The toolstack's vCPU nodes: `cpu/N/availability = online` for each
+    // of our vCPUs, no more (`vcpus=N` here says how many the manifest
+    // gives us; default 1).
+    let vcpus: usize = scenario_guests::arg(si, "vcpus")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cpus = xs.directory("cpu");
+    let online = (0..vcpus)
+        .all(|n| xs.read(&format!("cpu/{n}/availability")).as_deref() == Ok(b"online" as &[u8]));
+    t.check(
+        "toolstack-cpu-availability",
+        online && cpus.as_ref().is_ok_and(|d| d.len() == vcpus),
+        format_args!("{cpus:?}"),
     );
     let path = xs.get_domain_path(pv_guest_kernel::DomId(me));
     t.check(
