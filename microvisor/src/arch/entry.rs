@@ -456,6 +456,47 @@ pub fn set_current_idle() {
     me.current_frame.store(a, Ordering::Relaxed);
 }
 
+/// Runs `f` on this CPU's hypervisor stack, from the idle loop, and
+/// returns to the idle stack after it. The idle stack (16 KiB) is sized for
+/// the idle loop's own work; what may run deeper from it (a domain's end:
+/// its teardown with the frame-table audit, then the run's verdict) goes
+/// to the 64 KiB hypervisor stack, which nothing uses while the CPU idles
+/// (it holds Rust frames only from an entry from a guest until the exit
+/// path leaves, and an idle CPU entered the idle loop through that exit).
+pub fn on_hv_stack<F: FnOnce()>(f: F) {
+    extern "C" fn call<F: FnOnce()>(slot: *mut Option<F>) {
+        // SAFETY: `slot` is `on_hv_stack`'s local, live and not otherwise
+        // borrowed for the whole call.
+        if let Some(f) = unsafe { (*slot).take() } {
+            f();
+        }
+    }
+    let top = super::percpu::this_cpu()
+        .hv_stack_top
+        .load(Ordering::Relaxed);
+    let mut slot = Some(f);
+    let entry: extern "C" fn(*mut Option<F>) = call::<F>;
+    // SAFETY: only the idle loop calls this (ring 0, interrupts off, on the
+    // idle stack), when no frame lives on this CPU's hypervisor stack (see
+    // above); `top` is that stack's 16-byte aligned top, so the callee
+    // starts with the ABI's alignment. The idle stack pointer is kept in
+    // r12 (callee-saved, so `call` preserves it) and restored; every
+    // register the C ABI lets the callee change is declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {entry}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            entry = in(reg) entry,
+            in("rdi") &raw mut slot,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
 /// The frame of the vCPU this CPU runs (`set_current`), for the idle
 /// loop, which has none handed to it.
 pub fn current_frame() -> &'static mut TrapFrame {

@@ -25,7 +25,9 @@ const STACKS_END: u64 = STACKS_VA + (1 << 39);
 /// Bytes of each CPU's hypervisor stack. The deepest path measured (a
 /// frame-table audit when a domain ends, `audit=1`) needs about 17 KiB.
 pub const HV_BYTES: u64 = 64 << 10;
-/// Bytes of each CPU's idle stack.
+/// Bytes of each CPU's idle stack: the idle loop's own work only (a
+/// domain's end found there runs on the hypervisor stack:
+/// `arch::entry::on_hv_stack`).
 pub const IDLE_BYTES: u64 = 16 << 10;
 /// Bytes of each IST stack (three per CPU).
 pub const IST_BYTES: u64 = 16 << 10;

@@ -10,7 +10,9 @@
 //! is the same call in every boot, so a failure replays exactly by booting
 //! the same seed again (`trace=I` prints every call from index I before
 //! issuing it: `fuzz: seed S call I nr X args ...`). Progress is printed
-//! every `every=K` calls (default 10000) and at the end.
+//! every `every=K` calls (default 10000) and at the end. With `fifo=1` the
+//! domain starts on the FIFO event ABI behind its kernel's back, as a fuzzed
+//! `EVTCHNOP_init_control` may leave it.
 //!
 //! The fuzzer must never end or wedge itself, so its arguments keep away
 //! from what it needs to keep running:
@@ -1339,11 +1341,47 @@ static TIMER_PORT: AtomicU64 = AtomicU64::new(0);
 
 fn on_timer(_port: pv_guest_kernel::Port) {}
 
-/// Makes sure VIRQ_TIMER is bound on vCPU 0 to a known, unmasked port (the
-/// fuzz may have closed or reset it). False if it cannot be.
+/// Whether the domain is still on the 2-level event ABI, the one this
+/// kernel's event code reads. A fuzzed `EVTCHNOP_init_control` that
+/// succeeds (a sandbox frame as control block) switches the domain to the
+/// FIFO ABI behind the kernel's back: events, VIRQ_TIMER's too, then go
+/// into FIFO queues the kernel never reads, and no upcall may ever come.
+/// `EVTCHNOP_set_priority` with a priority that does not exist changes
+/// nothing and tells the two apart: `ENOSYS` under 2-level (which has no
+/// priorities), `EINVAL` under FIFO.
+fn two_level() -> bool {
+    guest_abi::hypercall::evtchn_set_priority(guest_abi::types::Port(1), 16) == Err(Errno::ENOSYS)
+}
+
+/// With `fifo=1`: the sandbox frame that serves as vCPU 0's FIFO control
+/// block when the fuzzer switches itself to the FIFO ABI (0: never).
+static FIFO_SANDBOX: AtomicU64 = AtomicU64::new(0);
+
+/// What a fuzzed `EVTCHNOP_init_control` may do at any call: switches the
+/// domain to the FIFO event ABI behind the kernel's back (`fifo=1` does it
+/// at start and before every block, so that `ensure_timer` must bring the
+/// domain back each time). Nothing without `fifo=1`.
+fn switch_to_fifo() -> Result<(), Errno> {
+    let mfn = FIFO_SANDBOX.load(Ordering::Relaxed);
+    if mfn == 0 || !two_level() {
+        return Ok(());
+    }
+    guest_abi::hypercall::evtchn_init_control(mfn, 0, guest_abi::types::VcpuId(0)).map(|_| ())
+}
+
+/// Makes sure the domain is on the 2-level event ABI (`two_level`; an
+/// `EVTCHNOP_reset` of itself brings it back, closing every port) and
+/// VIRQ_TIMER is bound on vCPU 0 to a known, unmasked port (the fuzz may
+/// have closed or reset it). False if it cannot be.
 fn ensure_timer() -> bool {
-    use guest_abi::event_channel::{EVTCHNSTAT_VIRQ, VIRQ_TIMER};
+    use guest_abi::event_channel::{EVTCHNSTAT_VIRQ, EvtchnReset, VIRQ_TIMER};
     use guest_abi::types::{DomId, Port};
+    if !two_level() {
+        let _ = guest_abi::hypercall::event_channel_op(&mut EvtchnReset { dom: DomId::SELF.0 });
+        if !two_level() {
+            return false;
+        }
+    }
     let p = TIMER_PORT.load(Ordering::Relaxed) as u32;
     let bound = |p: u32| {
         guest_abi::hypercall::evtchn_status(DomId::SELF, Port(p))
@@ -1711,6 +1749,17 @@ fn main(si: &'static StartInfo) {
         0
     };
     ensure_timer();
+    if scenario_guests::arg(si, "fifo") == Some("1") {
+        FIFO_SANDBOX.store(w.sandbox[0], Ordering::Relaxed);
+        if let Err(e) = switch_to_fifo() {
+            t.fail(
+                "setup",
+                format_args!("cannot switch to the FIFO ABI: {e:?}"),
+            );
+            t.finish();
+        }
+        println!("fuzz: event ABI switched to FIFO behind the kernel's back");
+    }
     println!(
         "fuzz: {} precious frames, {} sandbox frames, {} own tables, max mfn {:#x}{}",
         w.nprecious,
@@ -1828,6 +1877,7 @@ fn main(si: &'static StartInfo) {
                 issue(&c)
             }
             Kind::Block => {
+                let _ = switch_to_fifo();
                 if ensure_timer() {
                     let _ = guest_abi::hypercall::set_timer_op(
                         pv_guest_kernel::time::now_ns() + 100_000 + c.args[1] % 2_000_000,
@@ -1914,6 +1964,7 @@ fn main(si: &'static StartInfo) {
         now == image,
         format_args!("code hash {image:#x} became {now:#x}"),
     );
+    let _ = switch_to_fifo();
     let woke = ensure_timer() && {
         let deadline = pv_guest_kernel::time::now_ns() + 1_000_000;
         while pv_guest_kernel::time::now_ns() < deadline {

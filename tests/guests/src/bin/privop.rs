@@ -1,6 +1,9 @@
 //! Executes the privileged instruction named by `op=` on its command line
 //! from ring 3. The hypervisor must kill this domain (and only it); if the
-//! instruction returns, the guest reports FAILURE.
+//! instruction returns, the guest reports FAILURE. `op=hlt-timer` arms its
+//! one-shot timer 1 ms ahead with VIRQ_TIMER bound to no port, then halts:
+//! the timer fires while the CPU idles and wakes nothing, so the idle loop
+//! finds every domain blocked for ever and ends it there.
 #![no_std]
 #![no_main]
 
@@ -17,6 +20,14 @@ fn main(si: &'static StartInfo) {
             "cli" => asm!("cli"),
             "sti" => asm!("sti"),
             "hlt" => asm!("hlt"),
+            "hlt-timer" => {
+                // (Shared info mapped for the clock; no port bound.)
+                let _ = pv_guest_kernel::events::init();
+                let deadline = pv_guest_kernel::time::now_ns() + 1_000_000;
+                if guest_abi::hypercall::set_timer_op(deadline).is_ok() {
+                    asm!("hlt")
+                }
+            }
             "mov-cr3" => asm!("mov cr3, {0}", in(reg) 0x1000u64),
             "in" => asm!("in al, 0x60", out("al") _),
             "out" => asm!("out 0x80, al", in("al") 0u8),
