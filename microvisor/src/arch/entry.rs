@@ -456,14 +456,29 @@ pub fn set_current_idle() {
     me.current_frame.store(a, Ordering::Relaxed);
 }
 
-/// Runs `f` on this CPU's hypervisor stack, from the idle loop, and
-/// returns to the idle stack after it. The idle stack (16 KiB) is sized for
-/// the idle loop's own work; what may run deeper from it (a domain's end:
-/// its teardown with the frame-table audit, then the run's verdict) goes
-/// to the 64 KiB hypervisor stack, which nothing uses while the CPU idles
-/// (it holds Rust frames only from an entry from a guest until the exit
-/// path leaves, and an idle CPU entered the idle loop through that exit).
+/// Runs `f` on this CPU's hypervisor stack when called on its idle stack
+/// (from the idle loop), and returns to the idle stack after it; called on
+/// any other stack, runs `f` where it is. The idle stack (16 KiB) is sized
+/// for the idle loop's own work; what may run deeper from it (a domain's
+/// end: its teardown with the frame-table audit, then the run's verdict)
+/// goes to the 64 KiB hypervisor stack, which nothing uses while the CPU
+/// runs on its idle stack (it holds Rust frames only from an entry from a
+/// guest until the exit path leaves, and the idle loop is entered through
+/// that exit with the idle stack's top; an interrupt taken while idle
+/// stays on the idle stack). Checking the stack here keeps the function
+/// safe for any caller.
 pub fn on_hv_stack<F: FnOnce()>(f: F) {
+    let me = super::percpu::this_cpu();
+    let idle_top = me.idle_stack_top.load(Ordering::Relaxed);
+    let sp: u64;
+    // SAFETY: reads the stack pointer; no memory access.
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    let idle = idle_top.saturating_sub(crate::mm::stacks::IDLE_BYTES)..idle_top;
+    if idle_top == 0 || !idle.contains(&sp) {
+        return f();
+    }
     extern "C" fn call<F: FnOnce()>(slot: *mut Option<F>) {
         // SAFETY: `slot` is `on_hv_stack`'s local, live and not otherwise
         // borrowed for the whole call.
@@ -471,14 +486,12 @@ pub fn on_hv_stack<F: FnOnce()>(f: F) {
             f();
         }
     }
-    let top = super::percpu::this_cpu()
-        .hv_stack_top
-        .load(Ordering::Relaxed);
+    let top = me.hv_stack_top.load(Ordering::Relaxed);
     let mut slot = Some(f);
     let entry: extern "C" fn(*mut Option<F>) = call::<F>;
-    // SAFETY: only the idle loop calls this (ring 0, interrupts off, on the
-    // idle stack), when no frame lives on this CPU's hypervisor stack (see
-    // above); `top` is that stack's 16-byte aligned top, so the callee
+    // SAFETY: this runs on the idle stack (checked above; ring 0,
+    // interrupts off), so no frame lives on this CPU's hypervisor stack
+    // (see above); `top` is that stack's 16-byte aligned top, so the callee
     // starts with the ABI's alignment. The idle stack pointer is kept in
     // r12 (callee-saved, so `call` preserves it) and restored; every
     // register the C ABI lets the callee change is declared clobbered.
