@@ -333,6 +333,7 @@ pub fn busybox() -> Result<PathBuf, String> {
 }
 
 /// One file of an initramfs.
+#[derive(Clone, Copy)]
 pub struct Node<'a> {
     /// Path without a leading `/`.
     pub name: &'a str,
@@ -419,18 +420,23 @@ poweroff -f
     )
 }
 
-/// The initramfs around a static busybox binary.
-pub fn initramfs_bytes(busybox: &[u8]) -> Vec<u8> {
-    let init = init_script();
-    let dir = |name| Node {
+/// A directory of an initramfs.
+fn dir_node(name: &str) -> Node<'_> {
+    Node {
         name,
         mode: S_IFDIR | 0o755,
         rdev: (0, 0),
         data: &[],
-    };
-    newc(&[
-        dir("bin"),
-        dir("dev"),
+    }
+}
+
+/// A newc archive around a static busybox binary: `/bin`, `/dev` with its
+/// console, the `extra` nodes, `/proc`, `/sys`, `/bin/busybox`, `/bin/sh`
+/// (a link to it) and `init` as `/init`.
+fn busybox_archive(busybox: &[u8], init: &str, extra: &[Node]) -> Vec<u8> {
+    let mut nodes = vec![
+        dir_node("bin"),
+        dir_node("dev"),
         // The kernel opens /dev/console for init before anything mounts
         // devtmpfs: the node must be in the archive (char 5:1).
         Node {
@@ -439,8 +445,11 @@ pub fn initramfs_bytes(busybox: &[u8]) -> Vec<u8> {
             rdev: (5, 1),
             data: &[],
         },
-        dir("proc"),
-        dir("sys"),
+    ];
+    nodes.extend_from_slice(extra);
+    nodes.extend([
+        dir_node("proc"),
+        dir_node("sys"),
         Node {
             name: "bin/busybox",
             mode: S_IFREG | 0o755,
@@ -459,7 +468,13 @@ pub fn initramfs_bytes(busybox: &[u8]) -> Vec<u8> {
             rdev: (0, 0),
             data: init.as_bytes(),
         },
-    ])
+    ]);
+    newc(&nodes)
+}
+
+/// The initramfs around a static busybox binary.
+pub fn initramfs_bytes(busybox: &[u8]) -> Vec<u8> {
+    busybox_archive(busybox, &init_script(), &[])
 }
 
 /// The busybox initramfs, written into `target/linux/initramfs.cpio` on
@@ -582,52 +597,21 @@ poweroff -f
 
 /// The root-disk initramfs around a static busybox and `xen-blkfront.ko`.
 pub fn rootdisk_initramfs_bytes(busybox: &[u8], blkfront: &[u8]) -> Vec<u8> {
-    let init = rootdisk_init_script();
-    let dir = |name| Node {
-        name,
-        mode: S_IFDIR | 0o755,
-        rdev: (0, 0),
-        data: &[],
-    };
-    newc(&[
-        dir("bin"),
-        dir("dev"),
-        Node {
-            name: "dev/console",
-            mode: S_IFCHR | 0o600,
-            rdev: (5, 1),
-            data: &[],
-        },
-        dir("lib"),
-        dir("lib/modules"),
-        Node {
-            name: "lib/modules/xen-blkfront.ko",
-            mode: S_IFREG | 0o644,
-            rdev: (0, 0),
-            data: blkfront,
-        },
-        dir("newroot"),
-        dir("proc"),
-        dir("sys"),
-        Node {
-            name: "bin/busybox",
-            mode: S_IFREG | 0o755,
-            rdev: (0, 0),
-            data: busybox,
-        },
-        Node {
-            name: "bin/sh",
-            mode: S_IFLNK | 0o777,
-            rdev: (0, 0),
-            data: b"busybox",
-        },
-        Node {
-            name: "init",
-            mode: S_IFREG | 0o755,
-            rdev: (0, 0),
-            data: init.as_bytes(),
-        },
-    ])
+    busybox_archive(
+        busybox,
+        &rootdisk_init_script(),
+        &[
+            dir_node("lib"),
+            dir_node("lib/modules"),
+            Node {
+                name: "lib/modules/xen-blkfront.ko",
+                mode: S_IFREG | 0o644,
+                rdev: (0, 0),
+                data: blkfront,
+            },
+            dir_node("newroot"),
+        ],
+    )
 }
 
 /// The root-disk initramfs, written into `target/linux/rootdisk.cpio` on
