@@ -227,9 +227,10 @@ pub fn check(root: &Path, accel: Accel, qemu: Option<&Path>, log: &Path) -> Outc
         },
         Err(e) => return Outcome::Skip(e),
     };
-    let exe = match std::env::current_exe() {
+    // (As `new-guest`: the host tests may have rebuilt xtask meanwhile.)
+    let exe = match crate::own_exe() {
         Ok(e) => e,
-        Err(e) => return Outcome::Fail(format!("cannot find the xtask binary: {e}")),
+        Err(e) => return Outcome::Fail(e),
     };
     let mut t = Tmux {
         socket: format!("microvisor-linux-shell-{}", std::process::id()),

@@ -42,6 +42,23 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// This xtask binary, to run again as a child (the `new-guest` and
+/// `linux-shell` steps). An xtask rebuilt while this one runs (the host
+/// tests build it) leaves this one's file deleted, and Linux then names it
+/// `PATH (deleted)`: the new one at PATH is the same program.
+fn own_exe() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
+    Ok(strip_deleted(exe))
+}
+
+/// `PATH (deleted)` → `PATH`; any other path as it is.
+fn strip_deleted(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    }
+}
+
 struct Opts {
     accel: Accel,
     manifest: Option<PathBuf>,
@@ -840,6 +857,16 @@ fn bench(o: &Opts) -> Result<bool, String> {
 #[cfg(test)]
 mod option_tests {
     use super::*;
+
+    #[test]
+    fn a_rebuilt_xtask_is_found_at_its_path() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            strip_deleted(p("/t/debug/xtask (deleted)")),
+            p("/t/debug/xtask")
+        );
+        assert_eq!(strip_deleted(p("/t/debug/xtask")), p("/t/debug/xtask"));
+    }
 
     fn given(args: &[&str]) -> Vec<String> {
         parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())

@@ -970,13 +970,7 @@ pub fn check_generated_rustfmt() -> Result<(), String> {
 pub fn check_new_guest(root: &Path) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("microvisor-new-guest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
-    // An xtask rebuilt while this one runs (the host tests build it) leaves
-    // this one's file deleted: the new one at the same path does as well.
-    let xtask = match xtask.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
-        Some(p) => std::path::PathBuf::from(p),
-        None => xtask,
-    };
+    let xtask = crate::own_exe()?;
     let target = root.join("target/new-guest");
     let logs = root.join("target/scenarios");
     let _ = std::fs::create_dir_all(&logs);
