@@ -3,8 +3,8 @@
 //! session on a private tmux server, driven as a user would: wait for the
 //! initramfs's shell, type `uname -a` and `cat /proc/cpuinfo` with
 //! `send-keys`, read the answers with `capture-pane`, then `poweroff -f` and
-//! check that the run ends cleanly (xtask's exit status 0, every domain
-//! ended as its manifest expects). The session's processes (xtask and its
+//! check that the run ends cleanly (xtask's exit status 0, which the pane's
+//! shell prints, every domain ended as its manifest expects). The session's processes (xtask and its
 //! QEMU) and the tmux server are killed in every case.
 //!
 //! The console back-end writes whole lines only (docs/linux.md), so the
@@ -66,23 +66,11 @@ impl Tmux {
         self.output(&["capture-pane", "-p", "-J", "-S", "-", "-t", SESSION])
     }
 
-    /// `None` while the pane's command runs (or its end is not yet
-    /// recorded), else its exit status (128 + N for signal N).
-    fn dead_status(&self) -> Result<Option<i32>, String> {
-        let s = self.output(&[
-            "display-message",
-            "-p",
-            "-t",
-            SESSION,
-            "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}",
-        ])?;
-        let mut f = s.trim().split(':');
-        if f.next() != Some("1") {
-            return Ok(None);
-        }
-        let status = f.next().and_then(|v| v.parse().ok());
-        let signal = f.next().and_then(|v| v.parse::<i32>().ok());
-        Ok(status.or(signal.map(|n| 128 + n)))
+    /// Whether the pane's command has ended (tmux keeps the pane:
+    /// `remain-on-exit`).
+    fn dead(&self) -> Result<bool, String> {
+        let s = self.output(&["display-message", "-p", "-t", SESSION, "#{pane_dead}"])?;
+        Ok(s.trim() == "1")
     }
 
     /// Types `text` literally, then Enter.
@@ -108,8 +96,13 @@ impl Tmux {
             if done(&text) {
                 return Ok(text);
             }
-            if let Some(st) = self.dead_status()? {
+            if let Some(st) = exit_status(&text) {
                 return Err(format!("the run ended (status {st}) before {what}"));
+            }
+            if self.dead()? {
+                // Dead without the status line: the pane's shell itself
+                // failed; its output is in the pane.
+                return Err(format!("the run's pane closed before {what}"));
             }
             if start.elapsed() > guard {
                 return Err(format!(
@@ -125,7 +118,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         if let Some(pid) = self.pane_pid
-            && matches!(self.dead_status(), Ok(None))
+            && matches!(self.dead(), Ok(false))
         {
             // The pane's process group: xtask and the QEMU it started.
             let _ = Command::new("kill")
@@ -138,6 +131,16 @@ impl Drop for Tmux {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// What the pane's shell prints before the run's exit status.
+const END_MARK: &str = "linux-shell: the run exited with status ";
+
+/// The run's exit status, once the pane's shell has printed it.
+fn exit_status(pane: &str) -> Option<i32> {
+    pane.lines()
+        .find_map(|l| l.trim_end().strip_prefix(END_MARK))
+        .and_then(|v| v.parse().ok())
 }
 
 /// busybox's line editor asks the terminal where its cursor is (`ESC [6n`)
@@ -295,6 +298,15 @@ fn drive(
         run.push("--qemu".into());
         run.push(q.display().to_string());
     }
+    // The pane's shell prints the run's exit status on a line of its own
+    // (`END_MARK`): tmux 3.3 may mark the pane dead without recording one.
+    let mut run_in_sh: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("\"$0\" \"$@\"; echo \"{END_MARK}$?\""),
+    ];
+    run_in_sh.extend(run);
+    let run = run_in_sh;
     let conf_s = conf.display().to_string();
     let root_s = root.display().to_string();
     let mut args: Vec<&str> = vec![
@@ -348,20 +360,8 @@ fn drive(
     }
 
     t.type_line("poweroff -f")?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = t.dead_status()? {
-            break st;
-        }
-        if start.elapsed() > STEP_GUARD {
-            return Err(format!(
-                "the run did not end within the {} s hang guard after poweroff -f",
-                STEP_GUARD.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let pane = t.capture()?;
+    let pane = t.wait_for("the run's end", STEP_GUARD, |p| exit_status(p).is_some())?;
+    let status = exit_status(&pane).unwrap_or(-1);
     if status != 0 {
         return Err(format!("the run ended with status {status}"));
     }
@@ -410,6 +410,9 @@ mod tests {
         let no_flags: Vec<&String> = cpu.iter().filter(|l| !l.starts_with("flags")).collect();
         assert!(!cpuinfo_ok(&no_flags));
         assert!(answer_to(&lines, "ls").is_none());
+        assert_eq!(exit_status(PANE), None);
+        assert_eq!(exit_status(&format!("{PANE}{END_MARK}0\n")), Some(0));
+        assert_eq!(exit_status(&format!("{PANE}{END_MARK}35\n")), Some(35));
         assert_eq!(
             release_of("linux-image-6.1.0-57-cloud-amd64"),
             Some("6.1.0-57-cloud-amd64")
