@@ -968,6 +968,16 @@ fn every_two_byte_sequence_and_0f_prefix_triples() {
 mod pt_write {
     use crate::decode::{PtSource, PtWrite, PtWriteOp, RmwOp, pt_write, rmw};
 
+    // RFLAGS bits, written out here rather than taken from `decode`, so the
+    // tests check its constants too.
+    const CF: u64 = 1;
+    const PF: u64 = 4;
+    const AF: u64 = 16;
+    const ZF: u64 = 64;
+    const SF: u64 = 128;
+    const OF: u64 = 1 << 11;
+    const IF: u64 = 1 << 9;
+
     fn w(op: PtWriteOp, len: u8) -> Option<PtWrite> {
         Some(PtWrite { op, len })
     }
@@ -1100,13 +1110,6 @@ mod pt_write {
     #[test]
     fn cmpxchg_sets_the_flags_of_cmp() {
         use crate::decode::cmp_flags;
-        const CF: u64 = 1;
-        const PF: u64 = 4;
-        const AF: u64 = 16;
-        const ZF: u64 = 64;
-        const SF: u64 = 128;
-        const OF: u64 = 1 << 11;
-        const IF: u64 = 1 << 9;
         // Equal: ZF and PF (a zero result has even parity), the rest clear.
         assert_eq!(cmp_flags(5, 5, IF | CF | SF | OF | AF), IF | ZF | PF);
         // 0 - 1: borrow, negative, 0xff even parity, borrow out of bit 3.
@@ -1126,13 +1129,6 @@ mod pt_write {
     #[test]
     fn rmw_computes_the_entry_and_flags() {
         use RmwOp::*;
-        const CF: u64 = 1;
-        const PF: u64 = 4;
-        const AF: u64 = 16;
-        const ZF: u64 = 64;
-        const SF: u64 = 128;
-        const OF: u64 = 1 << 11;
-        const IF: u64 = 1 << 9;
         let pte = 0x8000_0000_1234_5067u64;
         // andb $0xfd at offset 0: RW cleared; result 0x65 (4 bits: PF).
         assert_eq!(
