@@ -1110,7 +1110,9 @@ impl Hv {
             }
         }
         let fifo = crate::fifo::frames_held(self, held);
-        match crate::mm::frames::audit(&roots, &written, &segs, fifo) {
+        match crate::mm::frames::audit(&roots, &written, &segs, fifo, |add| {
+            crate::grant::for_each_external_ref(add)
+        }) {
             Ok(()) => crate::debug!("audit after {when}: clean"),
             Err(e) => {
                 crate::error!(
@@ -1365,7 +1367,7 @@ impl Hv {
     /// Prints the verdict and leaves QEMU: success only if every domain ended
     /// as its manifest expects.
     pub fn finish(&mut self) -> ! {
-        crate::hypercall::report_audits();
+        crate::audit::report();
         let mut ok = true;
         for d in self.domains.iter() {
             let (got, good) = match d.end {

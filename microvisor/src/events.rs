@@ -4,7 +4,7 @@
 //! `microvisor_core::evtchn` (host-tested); this module only adapts it.
 
 use crate::domain::{Hv, MAX_VCPUS_PER_DOMAIN, RunState};
-use crate::hypercall::Flow;
+use crate::hcall::Flow;
 use crate::mm::{self, guest};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_abi::errno::Errno;

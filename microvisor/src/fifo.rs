@@ -106,7 +106,7 @@ static AUDIT_SAID: [core::sync::atomic::AtomicBool; 2] =
 /// frame (so a FIFO frame the audit was not told of fails the run); the
 /// first time for each op a line says so.
 fn audit(hv: &Hv, which: usize, name: &str) {
-    if !crate::hypercall::AUDIT_EVERY_CALL.load(Ordering::Relaxed) {
+    if !crate::audit::every_call() {
         return;
     }
     hv.audit(name);

@@ -7,7 +7,7 @@
 //! through the frame table, and flushes TLBs when an unmap asks.
 
 use crate::domain::Hv;
-use crate::hypercall::Flow;
+use crate::hcall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
 use core::sync::atomic::Ordering;
 use guest_abi::errno::Errno;

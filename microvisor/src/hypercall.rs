@@ -6,6 +6,7 @@
 
 use crate::arch::entry::TrapFrame;
 use crate::domain::{End, Hv};
+use crate::hcall::{Flow, XEN_VERSION};
 use crate::mm::guest;
 use crate::pv;
 use crate::sched::{self, Why};
@@ -217,11 +218,9 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         Err(SWITCHED) => {}
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
-    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed)
-        && let Some(i) = AUDITED_HYPERCALLS.iter().position(|&(n, _)| n as u64 == nr)
-    {
+    if let Some(i) = crate::audit::audited(nr) {
         hv.audit("a memory hypercall");
-        AUDITS[i].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        crate::audit::note(i);
     }
     exit_locked(&mut hv, frame);
 }
@@ -236,7 +235,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 fn unlocked(frame: &mut TrapFrame) -> bool {
     let res = match frame.rax {
         29 if frame.rdi == 0 && sched::yield_alone() => Ok(0),
-        1 if !AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) => {
+        1 if !crate::audit::every_call() => {
             let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10];
             let Some((r, released)) = crate::mmu::mmu_update_unlocked(args) else {
                 return false;
@@ -285,21 +284,6 @@ fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
 /// vCPU's, or already set).
 const SWITCHED: Errno = Errno(0);
 
-/// How a hypercall whose work grows with a guest-chosen count (a batch, a
-/// buffer) ends: with its result, or stopped early because something else
-/// is due ([`crate::mmu::should_preempt`], Xen's `hypercall_preempt_check`)
-/// with the arguments to issue it again with, which describe the work left
-/// (Xen's `hypercall_create_continuation`, in each hypercall's own Xen
-/// encoding). The guest then re-executes the same hypercall instruction
-/// and carries on where it stopped; inside a multicall the arguments are
-/// written back into the entry instead.
-pub enum Flow {
-    /// Finished: the value for the guest's rax.
-    Ret(u64),
-    /// Preempted: the same hypercall again with these five arguments.
-    Again([u64; 5]),
-}
-
 /// A preemptible hypercall's outcome for `on_syscall`: its result, or its
 /// continuation arranged.
 #[inline]
@@ -323,13 +307,66 @@ pub fn dispatch(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<Flow, Errno> {
         0 => pv::set_trap_table(hv, a[0]),
         1 => crate::mmu::mmu_update(hv, a[0], a[1], a[2], a[3]),
         12 => crate::memory::memory_op(hv, a[0], a[1]),
-        13 => crate::mmu::multicall(hv, a[0], a[1]),
+        13 => multicall(hv, a[0], a[1]),
         18 => console_io(hv, a[0], a[1], a[2]),
         20 => crate::grant::grant_table_op(hv, a[0], a[1], a[2]),
         26 => crate::mmu::mmuext_op(hv, a[0], a[1], a[2], a[3]),
         32 => crate::events::event_channel_op(hv, a[0], a[1]),
         _ => dispatch_simple(hv, nr, a).map(Flow::Ret),
     }
+}
+
+/// Multicall entries run between preemption checks.
+const MULTICALL_PREEMPT_CHECK: u64 = 16;
+
+/// multicall(entries, n): runs each `{op, result, args[6]}` in turn, writing
+/// its result. Entries that would switch vCPUs (sched_op, iret) end the
+/// batch: an iret inside a multicall is refused (XSA-213), and so is a
+/// nested multicall (Xen: "multicall reentry is disallowed"). A long batch
+/// stops for whatever is due between entries and continues with the rest
+/// (`entries` advanced, `n` reduced); a preemptible entry that stops midway
+/// has its continuation arguments written back into its own `args` and the
+/// batch continues from that entry, as in Xen.
+fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
+    let cur = hv.current;
+    let n = n as u32 as u64;
+    for i in 0..n {
+        let va = entries.wrapping_add(i * 64);
+        if i > 0 && i % MULTICALL_PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
+            return Ok(Flow::Again([va, n - i, 0, 0, 0]));
+        }
+        let cr3 = hv.vcpus[cur].cr3;
+        let e = guest::read::<[u64; 8]>(cr3, va)?;
+        let op = e[0];
+        let args = [e[2], e[3], e[4], e[5], e[6]];
+        let r: Result<u64, Errno> = match op {
+            23 | 29 | 13 => Err(Errno::EINVAL),
+            _ => match dispatch(hv, op, args) {
+                Ok(Flow::Ret(v)) => Ok(v),
+                Ok(Flow::Again(more)) => {
+                    let mut b = [0u8; 40];
+                    for (k, a) in more.iter().enumerate() {
+                        b[k * 8..k * 8 + 8].copy_from_slice(&a.to_le_bytes());
+                    }
+                    guest::copy_to(hv.vcpus[cur].cr3, va + 16, &b).map_err(|_| Errno::EFAULT)?;
+                    return Ok(Flow::Again([va, n - i, 0, 0, 0]));
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let raw = match r {
+            Ok(v) => v,
+            Err(e) => (-(e.0 as i64)) as u64,
+        };
+        guest::copy_to(hv.vcpus[cur].cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
+        if op == 23 || op == 29 || op == 13 {
+            break;
+        }
+        if !hv.cur_dom().is_live() {
+            break;
+        }
+    }
+    Ok(Flow::Ret(0))
 }
 
 /// A preempted hypercall: the guest will issue hypercall `nr` again with
@@ -384,43 +421,6 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
     }
     crate::pv::deliver_events(hv, crate::arch::entry::live(frame));
 }
-
-/// The memory hypercalls `audit=1` audits the frame table after (number,
-/// name); `full_entry_for` sends them all through `on_syscall`, which audits.
-pub const AUDITED_HYPERCALLS: [(usize, &str); 8] = [
-    (1, "mmu_update"),
-    (2, "set_gdt"),
-    (10, "update_descriptor"),
-    (12, "memory_op"),
-    (13, "multicall"),
-    (14, "update_va_mapping"),
-    (20, "grant_table_op"),
-    (26, "mmuext_op"),
-];
-
-/// How many audits followed each of `AUDITED_HYPERCALLS` (reported at the
-/// end of an `audit=1` run, so a test can see the audit really ran).
-static AUDITS: [core::sync::atomic::AtomicU32; AUDITED_HYPERCALLS.len()] =
-    [const { core::sync::atomic::AtomicU32::new(0) }; AUDITED_HYPERCALLS.len()];
-
-/// At the end of an `audit=1` run: one line per hypercall the audit
-/// followed, with how many times.
-pub fn report_audits() {
-    if !AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) {
-        return;
-    }
-    for ((_, name), count) in AUDITED_HYPERCALLS.iter().zip(AUDITS.iter()) {
-        let n = count.load(core::sync::atomic::Ordering::Relaxed);
-        if n > 0 {
-            crate::info!("audit=1 covered {name}: {n} audits");
-        }
-    }
-}
-
-/// Set at boot by `audit=1`: audit the frame table after every memory
-/// hypercall (slow; for hostile-memory scenarios).
-pub static AUDIT_EVERY_CALL: core::sync::atomic::AtomicBool =
-    core::sync::atomic::AtomicBool::new(false);
 
 /// Hypercalls that never switch vCPUs and always finish (the light entry's).
 pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
@@ -578,12 +578,6 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno
     }
 }
 
-/// Version reported by XENVER_version: we speak Xen 4.19's public interface.
-pub const XEN_MAJOR: u64 = 4;
-pub const XEN_MINOR: u64 = 19;
-/// xen_version(XENVER_version): major << 16 | minor.
-pub const XEN_VERSION: u64 = (XEN_MAJOR << 16) | XEN_MINOR;
-
 fn put(hv: &Hv, va: u64, bytes: &[u8]) -> HResult {
     guest::copy_to(cr3(hv), va, bytes)
         .map(|_| 0)
@@ -639,7 +633,11 @@ fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
             if !hv.cur_dom().privileged {
                 return Err(Errno::EPERM);
             }
-            put(hv, arg, &fixed::<1024>(crate::boot_cmdline().as_bytes()))
+            put(
+                hv,
+                arg,
+                &fixed::<1024>(crate::cmdline::boot_cmdline().as_bytes()),
+            )
         }
         _ => Err(Errno::ENOSYS),
     }

@@ -9,12 +9,15 @@
 extern crate alloc;
 
 mod arch;
+mod audit;
 mod build;
+mod cmdline;
 mod domain;
 mod events;
 mod fifo;
 mod footprint;
 mod grant;
+mod hcall;
 mod hypercall;
 mod irq;
 mod log;
@@ -28,29 +31,12 @@ mod trap;
 mod vcpu;
 
 use arch::cpu;
+use cmdline::{boot_cmdline, selftest};
 use microvisor_core::bootmem::{self, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use microvisor_core::{cpio, manifest};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 const MAX_MEMMAP: usize = 64;
-
-/// The hypervisor's command line (from PVH), kept once at boot.
-static CMDLINE: spin::Once<heapless::Vec<u8, 256>> = spin::Once::new();
-
-/// The hypervisor's own command line (from PVH).
-pub fn boot_cmdline() -> &'static str {
-    CMDLINE
-        .get()
-        .and_then(|c| core::str::from_utf8(c).ok())
-        .unwrap_or("")
-}
-
-/// True when `selftest=<name>` is on the hypervisor command line.
-pub fn selftest(name: &str) -> bool {
-    boot_cmdline()
-        .split_ascii_whitespace()
-        .any(|w| w.strip_prefix("selftest=") == Some(name))
-}
 
 /// The bytes the boot page tables identity-map (see `mm::check`).
 const EARLY_WINDOW: u64 = 1 << 30;
@@ -97,7 +83,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         let room = EARLY_WINDOW.saturating_sub(si.cmdline_paddr).min(255) as usize;
         mm::read_phys(si.cmdline_paddr, &mut buf[..room]);
         let len = buf[..room].iter().position(|&b| b == 0).unwrap_or(room);
-        CMDLINE.call_once(|| heapless::Vec::from_slice(&buf[..len]).unwrap_or_default());
+        cmdline::set(&buf[..len]);
     }
     log::configure(boot_cmdline());
     info!(
@@ -173,12 +159,12 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     time::init();
     start_cpus(si.rsdp_paddr);
 
-    let audit = boot_cmdline()
+    let audit_on = boot_cmdline()
         .split_ascii_whitespace()
         .any(|w| w == "audit=1");
-    hypercall::AUDIT_EVERY_CALL.store(audit, core::sync::atomic::Ordering::Relaxed);
-    if audit {
-        let audited = hypercall::AUDITED_HYPERCALLS.map(|(nr, _)| nr);
+    audit::EVERY_CALL.store(audit_on, core::sync::atomic::Ordering::Relaxed);
+    if audit_on {
+        let audited = audit::AUDITED_HYPERCALLS.map(|(nr, _)| nr);
         hypercall::full_entry_for(Some(&audited));
     }
     let overflow = selftest("stack-overflow");
@@ -426,7 +412,7 @@ fn start_cpus(rsdp_hint: u64) {
         .and_then(|r| acpi::madt_apic_ids(&Phys, r, &mut SCRATCH.lock()[..]));
     match ids {
         Ok(ids) if ids.len() > 1 => {
-            let up = arch::smp::start_aps(&ids);
+            let up = arch::smp::start_aps(&ids, sched::ap_run);
             info!(
                 "cpus: {} of {} up (APIC ids {:?}); guests run on every one",
                 up + 1,

@@ -6,7 +6,7 @@
 //! back).
 
 use crate::domain::Hv;
-use crate::hypercall::Flow;
+use crate::hcall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
 use guest_abi::errno::Errno;
 use microvisor_core::reservation::{self, Outcome, Reservation, Target};

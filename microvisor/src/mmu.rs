@@ -1,21 +1,22 @@
-//! Memory hypercalls: mmu_update, mmuext_op and multicall (batches of any
-//! length, preemptible with Xen's continuation encodings) and
-//! update_va_mapping.
+//! Memory hypercalls: mmu_update and mmuext_op (batches of any length,
+//! preemptible with Xen's continuation encodings) and update_va_mapping.
+//! (multicall, which runs other hypercalls, is the dispatcher's:
+//! `hypercall::multicall`.)
 //! Decodes and validates guest arguments, then asks the host-tested frame
 //! table policy (`microvisor_core::frametable`) for every page-table change;
 //! only this module turns its answers into TLB flushes and CR3 loads.
 
 use crate::arch::cpu;
 use crate::domain::Hv;
-use crate::hypercall::Flow;
+use crate::hcall::Flow;
 use crate::mm::{PAGE, frames, guest};
 use guest_abi::errno::Errno;
 use microvisor_core::frametable::{Flush, resolve_pg_owner};
 
 /// mmu_update entries handled between preemption checks in a long batch.
 const PREEMPT_CHECK: u64 = 512;
-/// mmuext_op operations (a pin validates a whole table) and multicall
-/// entries between preemption checks.
+/// mmuext_op operations (a pin validates a whole table) between
+/// preemption checks.
 const PREEMPT_CHECK_OPS: u64 = 16;
 /// Xen's MMU_UPDATE_PREEMPTED flag in the count of a continued batch.
 const PREEMPTED: u64 = 1 << 31;
@@ -393,54 +394,4 @@ fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, (old != 0).then_some(old)))?;
     hv.vcpus[cur].user_cr3 = mfn * PAGE;
     Ok(())
-}
-
-/// multicall(entries, n): runs each `{op, result, args[6]}` in turn, writing
-/// its result. Entries that would switch vCPUs (sched_op, iret) end the
-/// batch: an iret inside a multicall is refused (XSA-213), and so is a
-/// nested multicall (Xen: "multicall reentry is disallowed"). A long batch
-/// stops for whatever is due between entries and continues with the rest
-/// (`entries` advanced, `n` reduced); a preemptible entry that stops midway
-/// has its continuation arguments written back into its own `args` and the
-/// batch continues from that entry, as in Xen.
-pub fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
-    let cur = hv.current;
-    let n = n as u32 as u64;
-    for i in 0..n {
-        let va = entries.wrapping_add(i * 64);
-        if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
-            return Ok(Flow::Again([va, n - i, 0, 0, 0]));
-        }
-        let cr3 = hv.vcpus[cur].cr3;
-        let e = guest::read::<[u64; 8]>(cr3, va)?;
-        let op = e[0];
-        let args = [e[2], e[3], e[4], e[5], e[6]];
-        let r: Result<u64, Errno> = match op {
-            23 | 29 | 13 => Err(Errno::EINVAL),
-            _ => match crate::hypercall::dispatch(hv, op, args) {
-                Ok(Flow::Ret(v)) => Ok(v),
-                Ok(Flow::Again(more)) => {
-                    let mut b = [0u8; 40];
-                    for (k, a) in more.iter().enumerate() {
-                        b[k * 8..k * 8 + 8].copy_from_slice(&a.to_le_bytes());
-                    }
-                    guest::copy_to(hv.vcpus[cur].cr3, va + 16, &b).map_err(|_| Errno::EFAULT)?;
-                    return Ok(Flow::Again([va, n - i, 0, 0, 0]));
-                }
-                Err(e) => Err(e),
-            },
-        };
-        let raw = match r {
-            Ok(v) => v,
-            Err(e) => (-(e.0 as i64)) as u64,
-        };
-        guest::copy_to(hv.vcpus[cur].cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
-        if op == 23 || op == 29 || op == 13 {
-            break;
-        }
-        if !hv.cur_dom().is_live() {
-            break;
-        }
-    }
-    Ok(Flow::Ret(0))
 }

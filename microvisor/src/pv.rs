@@ -34,19 +34,19 @@ const IOPL: u64 = 3 << 12;
 
 /// set_trap_table: updates the vectors listed (array ended by address 0);
 /// a NULL array clears the table.
-pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow, Errno> {
+pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Errno> {
     let cur = hv.current;
     let cr3 = hv.vcpus[cur].cr3;
     if table == 0 {
         hv.vcpus[cur].pv.traps = None;
-        return Ok(crate::hypercall::Flow::Ret(0));
+        return Ok(crate::hcall::Flow::Ret(0));
     }
     // As on Xen the list runs to its first zero address, however long;
     // a long one stops for whatever is due and continues after the entries
     // done.
     for i in 0u64.. {
         if i > 0 && i % 64 == 0 && crate::mmu::should_preempt(hv) {
-            return Ok(crate::hypercall::Flow::Again([
+            return Ok(crate::hcall::Flow::Again([
                 table.wrapping_add(i * 16),
                 0,
                 0,
@@ -57,7 +57,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
         let va = table.checked_add(i * 16).ok_or(Errno::EFAULT)?;
         let e: guest_abi::arch::TrapInfo = guest::read(cr3, va).map_err(|_| Errno::EFAULT)?;
         match policy::trap_table_entry(&e)? {
-            TrapTableEntry::End => return Ok(crate::hypercall::Flow::Ret(0)),
+            TrapTableEntry::End => return Ok(crate::hcall::Flow::Ret(0)),
             TrapTableEntry::Set {
                 vector,
                 address,
@@ -65,7 +65,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hypercall::Flow,
             } => hv.vcpus[cur].pv.traps_mut()?[usize::from(vector)] = TrapEntry { address, flags },
         }
     }
-    Ok(crate::hypercall::Flow::Ret(0))
+    Ok(crate::hcall::Flow::Ret(0))
 }
 
 /// set_callbacks(event, failsafe, syscall).
@@ -987,7 +987,7 @@ fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
         let (a, b, c, d) = crate::arch::cpu::cpuid(leaf, sub);
         [a, b, c, d]
     };
-    let version = (crate::hypercall::XEN_MAJOR << 16 | crate::hypercall::XEN_MINOR) as u32;
+    let version = (crate::hcall::XEN_MAJOR << 16 | crate::hcall::XEN_MINOR) as u32;
     let (_, vb, vc, vd) = crate::arch::cpu::cpuid(0, 0);
     let amd = microvisor_core::cpuid::no_long_mode_sysenter([0, vb, vc, vd]);
     let [a, b, c, d] = microvisor_core::cpuid::guest_cpuid(leaf, sub, host, version, amd);

@@ -373,7 +373,7 @@ fn go_idle(hv: &mut Hv, cur: usize, now: u64) {
     if crate::arch::smp::active() && cur != NO_VCPU {
         release_vcpu(hv, cur);
     }
-    crate::arch::entry::set_current_idle();
+    crate::arch::entry::set_current_idle(idle_loop);
 }
 
 /// With several CPUs, an idle CPU gives up the vCPU it held, so that any
@@ -583,6 +583,13 @@ pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
     cap_period(hv, now);
     fire_timers(hv, now);
     reschedule(hv, regs, Why::Preempt);
+}
+
+/// An application processor's life once guests run (handed to
+/// `arch::smp::start_aps` at boot): its scheduler tick, then the idle loop.
+pub fn ap_run() -> ! {
+    crate::arch::apic::start_periodic(TICK_NS as u32);
+    idle_loop()
 }
 
 /// Enters the first runnable domain; never returns.

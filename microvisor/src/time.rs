@@ -70,9 +70,10 @@ pub fn spin_ns(ns: u64) {
     }
 }
 
-/// Writes vcpu_info[0].time of a domain's shared info page, as Xen does:
-/// version odd while updating, even when consistent.
-pub fn update_vcpu_time(page: crate::domain::VcpuInfo) {
+/// Writes the `time` of a vCPU's `vcpu_info` (`page`, a
+/// `domain::VcpuInfo`), as Xen does: version odd while updating, even when
+/// consistent.
+pub fn update_vcpu_time(page: mm::SharedSlot) {
     const T: u64 = 32; // vcpu_info.time
     let (mul, shift) = scale();
     let tsc = cpu::rdtsc();

@@ -10,3 +10,4 @@ pub mod ioapic;
 pub mod percpu;
 pub mod port;
 pub mod smp;
+pub mod stubs;

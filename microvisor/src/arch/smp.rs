@@ -1,9 +1,10 @@
 //! Starting the application processors (APs): the real-mode trampoline an
 //! AP begins in after INIT-SIPI-SIPI, its way to 64-bit mode (through the
 //! boot page tables, then the hypervisor's), its own descriptor tables and
-//! stacks, and the per-CPU block its GS base points at. For now an AP only
-//! reports and halts: guests still run on the boot CPU (docs/smp.md, step
-//! 1). The APs' APIC IDs come from ACPI's MADT (`microvisor_core::acpi`).
+//! stacks, and the per-CPU block its GS base points at. An AP reports,
+//! waits until guests run, then runs what `start_aps` was handed (the
+//! scheduler's tick and idle loop), or halts under `smp=up`. The APs' APIC
+//! IDs come from ACPI's MADT (`microvisor_core::acpi`).
 
 use crate::mm::{self, PAGE, stacks};
 use core::arch::global_asm;
@@ -184,9 +185,16 @@ extern "C" fn ap_entry() -> ! {
         crate::arch::cpu::halt_forever()
     }
     join_scheduler();
-    crate::arch::apic::start_periodic(crate::sched::TICK_NS as u32);
-    crate::sched::idle_loop()
+    match AP_RUN.get() {
+        Some(run) => run(),
+        None => crate::arch::cpu::halt_forever(),
+    }
 }
+
+/// What an AP runs once it joined the scheduler (`start_aps`' `run`: the
+/// scheduler's, which `arch` does not reach up to; docs/design.md,
+/// "Layers").
+static AP_RUN: spin::Once<fn() -> !> = spin::Once::new();
 
 /// Whether the APs run guests (boot option `smp=up` keeps them halted:
 /// guests then run on the boot CPU only, as before SMP scheduling).
@@ -195,8 +203,10 @@ pub static RUN_ON_APS: core::sync::atomic::AtomicBool = core::sync::atomic::Atom
 /// Starts every CPU in `apic_ids` other than this one, one at a time
 /// (INIT, 10 ms, SIPI, 200 us, SIPI, then up to 100 ms for it to report),
 /// and returns how many came up. A CPU that does not answer is reported
-/// and left alone.
-pub fn start_aps(apic_ids: &[u32]) -> u32 {
+/// and left alone. Each AP runs `run` (never returning) once guests run
+/// (`scheduler_ready`), unless `smp=up` keeps it halted.
+pub fn start_aps(apic_ids: &[u32], run: fn() -> !) -> u32 {
+    AP_RUN.call_once(|| run);
     let own = crate::arch::apic::id();
     // SAFETY: the trampoline bytes are a static blob of the image.
     let blob = unsafe {

@@ -348,8 +348,12 @@ pub fn operation() -> spin::RwLockReadGuard<'static, ()> {
 /// write reference on ([`hv_writable`]: each domain's shared info and
 /// console page); the audit fails if one is not writable-typed.
 /// `segs` are registered GDT frames (segment-typed references). `fifo`
-/// are the FIFO event-channel frames (hypervisor-written too). The grant
-/// tables' mappings are added here.
+/// are the FIFO event-channel frames (hypervisor-written too). `grants`
+/// hands every reference the grant tables hold outside page tables to the
+/// function it is given (the caller passes `grant::for_each_external_ref`:
+/// `mm` sits below the grant tables and does not reach up to them, see
+/// docs/design.md, "Layers"); it runs with the frame table's operations
+/// stopped, as the rest of the audit.
 ///
 /// The audit assumes no frame-table operation is in flight on another CPU
 /// (it reads every frame's words as they are). Today every caller of the
@@ -361,6 +365,7 @@ pub fn audit(
     written: &[u64],
     segs: &[u64],
     fifo: impl Iterator<Item = u64>,
+    grants: impl FnOnce(&mut dyn FnMut(u64, microvisor_core::frametable::ExternalRef)),
 ) -> Result<(), microvisor_core::frametable::AuditError> {
     use microvisor_core::frametable::{ExternalRef, PageType};
     // No operation in flight (those under the hypervisor lock cannot be:
@@ -384,7 +389,7 @@ pub fn audit(
     for &m in segs {
         note(&mut ext, (m, ExternalRef::PageAndType(PageType::Segment)));
     }
-    crate::grant::for_each_external_ref(|m, r| note(&mut ext, (m, r)));
+    grants(&mut |m, r| note(&mut ext, (m, r)));
     let mut scratch = AUDIT_SCRATCH.lock();
     with(|ft, mem| ft.audit_with(mem, &ext, &mut scratch[..]))
 }
