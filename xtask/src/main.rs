@@ -18,6 +18,7 @@ mod clippy;
 mod differential;
 mod fuzz;
 mod hostfuzz;
+mod layers;
 mod lint;
 mod linux;
 mod linux_shell;
@@ -596,6 +597,20 @@ fn test(o: &Opts) -> Result<bool, String> {
         }
     }
 
+    if want("module-layers") {
+        // No build needed: it reads microvisor/src.
+        match layers::check(&root) {
+            Ok(summary) => {
+                passed += 1;
+                println!("PASS module-layers ({summary})");
+            }
+            Err(e) => {
+                failed.push("module-layers".into());
+                println!("FAIL module-layers:\n  {e}");
+            }
+        }
+    }
+
     qemu::ensure(o.qemu.as_deref())?;
     let kdir = build_all()?;
     if want("new-guest") {
@@ -832,7 +847,7 @@ fn test(o: &Opts) -> Result<bool, String> {
         && passed + failed.len() + skipped == 0
     {
         return Err(format!(
-            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, rustfmt, clippy-host, clippy-kernel, no-vector-registers, guest-lint, linux-shell or new-guest"
+            "error: --filter '{f}' matches nothing: a filter is part of a scenario name (tests/scenarios/NAME.toml), host-unit-tests, module-layers, rustfmt, clippy-host, clippy-kernel, no-vector-registers, guest-lint, linux-shell or new-guest"
         ));
     }
     Ok(failed.is_empty())
