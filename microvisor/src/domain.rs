@@ -518,14 +518,17 @@ pub struct Hv {
     /// vCPU index i is in `affine[c]` when it may run on CPU c (its
     /// domain's manifest `cpus`, Xen's hard affinity; `Vcpu::cpus`).
     pub affine: [VcpuSet; crate::arch::percpu::MAX_CPUS],
-    /// Some dead domain waits for its teardown (`finish_teardowns`).
-    pub teardowns_waiting: bool,
+    /// Some dead domain waits for its teardown (`finish_teardowns`). Kept
+    /// by this module alone; the scheduler asks `finish_waiting`.
+    teardowns_waiting: bool,
     /// Some torn-down domain's vCPU records wait until no CPU holds them
-    /// or was entered from them (`reap_vcpus`).
-    pub reap_waiting: bool,
+    /// or was entered from them (`reap_vcpus`). Kept by this module alone.
+    reap_waiting: bool,
     /// No guest timer or poll deadline is due before this system time
-    /// (a lower bound: `sched::fire_timers` scans only from then on).
-    pub timers_due: u64,
+    /// (a lower bound: `sched::fire_timers` scans only from then on). Set
+    /// only through `set_timers_due` and `timer_set` (which keep
+    /// `SCHED_VIEW`'s copy with it); read through `timers_due`.
+    timers_due: u64,
 }
 
 pub use microvisor_core::sched::VcpuSet;
@@ -972,6 +975,25 @@ impl Hv {
         self.waiting_changed(i, was);
     }
 
+    /// No guest timer or poll deadline is due before this system time.
+    #[inline]
+    pub fn timers_due(&self) -> u64 {
+        self.timers_due
+    }
+
+    /// After a vCPU switch or release: the teardowns that waited for CPUs
+    /// to let go of a dead domain's vCPUs (`finish_teardowns`), and the
+    /// vCPU records that waited to be freed (`reap_vcpus`), if any wait.
+    #[inline]
+    pub fn finish_waiting(&mut self) {
+        if self.teardowns_waiting {
+            self.finish_teardowns();
+        }
+        if self.reap_waiting {
+            self.reap_vcpus();
+        }
+    }
+
     /// Sets the earliest guest timer deadline (`timers_due`).
     pub fn set_timers_due(&mut self, t: u64) {
         self.timers_due = t;
@@ -1008,7 +1030,7 @@ impl Hv {
     /// CPU). Their `VcpuLight`s stay (the directory keeps its chunks),
     /// reset to a vCPU that is down and has no `vcpu_info`; their indices
     /// are not reused.
-    pub fn reap_vcpus(&mut self) {
+    fn reap_vcpus(&mut self) {
         self.reap_waiting = false;
         for idx in 0..self.domains.len() {
             let d = &self.domains[idx];
@@ -1268,7 +1290,7 @@ impl Hv {
 
     /// Dead domains whose vCPUs every CPU has now let go of are torn down
     /// (called when a CPU gives up a vCPU).
-    pub fn finish_teardowns(&mut self) {
+    fn finish_teardowns(&mut self) {
         self.teardowns_waiting = false;
         for idx in 0..self.domains.len() {
             if !self.domains[idx].teardown_pending {

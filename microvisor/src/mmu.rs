@@ -51,7 +51,7 @@ fn apply_flush(f: Flush, dom: u16) {
 /// matter here: the tick's scheduling decision makes that choice.
 pub(crate) fn should_preempt(hv: &Hv) -> bool {
     crate::pv::upcall_due(hv)
-        || crate::time::now_ns() >= hv.timers_due
+        || crate::time::now_ns() >= hv.timers_due()
         || crate::arch::apic::interrupt_pending()
 }
 

@@ -181,7 +181,7 @@ pub fn yield_alone() -> bool {
 /// come; every place that sets a deadline lowers it (`Hv::timer_set`).
 #[inline]
 pub fn fire_timers(hv: &mut Hv, now: u64) {
-    if now >= hv.timers_due {
+    if now >= hv.timers_due() {
         fire_due_timers(hv, now);
     }
 }
@@ -397,12 +397,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     // SAFETY: the hypervisor's own L4 maps everything it needs.
     unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
     cpu::flush_tlb_all();
-    if hv.teardowns_waiting {
-        hv.finish_teardowns();
-    }
-    if hv.reap_waiting {
-        hv.reap_vcpus();
-    }
+    hv.finish_waiting();
 }
 
 /// The idle loop, entered through the exit path (ring 0, idle stack,
@@ -532,12 +527,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         d.last_start = crate::time::now_ns();
     }
     crate::vcpu::update_runstate_area(d);
-    if hv.teardowns_waiting {
-        hv.finish_teardowns();
-    }
-    if hv.reap_waiting {
-        hv.reap_vcpus();
-    }
+    hv.finish_waiting();
 }
 
 /// The first time an application processor runs a vCPU: logged, so a run
