@@ -180,13 +180,17 @@ pub fn pick(v: &impl Vcpus, m: impl PickWords) -> Option<usize> {
     // Its own candidates: none, one (the common cases: a yield alone, a
     // peer just woken: nothing to compare) or more; and whether others
     // wait elsewhere.
-    let (mut count, mut only, mut remote) = (0usize, 0usize, false);
+    // Counted only as far as "several": `x & (x - 1)` clears the lowest
+    // bit, so it is nonzero exactly when `x` has two or more (the kernel's
+    // target has no popcnt instruction).
+    let (mut found, mut several, mut only, mut remote) = (false, false, 0usize, false);
     for w in 0..nw {
         let (queue, runnable, free) = m.word(w);
         let local = queue & free;
         remote |= runnable & !queue & free != 0;
         if local != 0 {
-            count += local.count_ones() as usize;
+            several |= found || local & (local - 1) != 0;
+            found = true;
             only = w * 64 + local.trailing_zeros() as usize;
         }
     }
@@ -203,10 +207,10 @@ pub fn pick(v: &impl Vcpus, m: impl PickWords) -> Option<usize> {
         }));
         return balanced(v, local(), remote, m.current(), m.n());
     }
-    match count {
-        0 => None,
-        1 => (!v.capped(only)).then_some(only),
-        _ => best_of(v, local(), m.current(), m.n()),
+    match (found, several) {
+        (false, _) => None,
+        (true, false) => (!v.capped(only)).then_some(only),
+        (true, true) => best_of(v, local(), m.current(), m.n()),
     }
 }
 
