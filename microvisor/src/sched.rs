@@ -263,7 +263,7 @@ struct Sets<'a> {
 impl policy::PickWords for Sets<'_> {
     #[inline(always)]
     fn words(&self) -> usize {
-        self.hv.runnable.words().len()
+        self.hv.runnable.words()
     }
     #[inline(always)]
     fn word(&self, w: usize) -> (u64, u64, u64) {

@@ -337,7 +337,7 @@ struct Words {
 
 impl PickWords for &Words {
     fn words(&self) -> usize {
-        self.runnable.words().len()
+        self.runnable.words()
     }
     fn word(&self, w: usize) -> (u64, u64, u64) {
         (self.queue.word(w), self.runnable.word(w), self.free.word(w))
@@ -365,7 +365,7 @@ fn vcpu_set_grows_and_ignores_indices_past_it() {
     s.insert(3);
     assert!(!s.contains(3) && s.is_empty());
     s.grow(130).unwrap();
-    assert_eq!(s.words().len(), 3);
+    assert_eq!(s.words(), 3);
     for i in [0, 63, 64, 129] {
         s.insert(i);
     }
@@ -378,6 +378,27 @@ fn vcpu_set_grows_and_ignores_indices_past_it() {
     // Growing again keeps what it holds.
     s.grow(1000).unwrap();
     assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 64, 129]);
+}
+
+#[test]
+fn vcpu_set_first_word_boundary() {
+    // Room for exactly the first word: 63 fits, 64 does not.
+    let mut s = VcpuSet::new();
+    assert_eq!(s.words(), 0);
+    s.grow(64).unwrap();
+    assert_eq!(s.words(), 1);
+    s.insert(63);
+    s.insert(64);
+    assert_eq!(s.iter().collect::<Vec<_>>(), vec![63]);
+    assert_eq!(s.word(1), 0);
+    s.grow(65).unwrap();
+    assert_eq!(s.words(), 2);
+    s.insert(64);
+    assert_eq!(s.iter().collect::<Vec<_>>(), vec![63, 64]);
+    assert_eq!((s.word(0), s.word(1), s.word(2)), (1 << 63, 1, 0));
+    s.remove(63);
+    s.remove(64);
+    assert!(s.is_empty());
 }
 
 #[test]
