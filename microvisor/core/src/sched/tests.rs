@@ -426,6 +426,16 @@ fn pick_reaches_vcpus_past_the_first_word() {
         n: 200,
     };
     assert_eq!(pick(&v, &w), Some(199));
+    // Two candidates, each alone in its word: they are compared (70 is
+    // further behind than 199), not taken as the only one.
+    let w = Words {
+        queue: set(200, &[70, 199]),
+        runnable: set(200, &[70, 199]),
+        free: set(200, &all),
+        current: 0,
+        n: 200,
+    };
+    assert_eq!(pick(&v, &w), Some(70));
     // Own queue {70}; 150 waits in another queue, behind by more than a
     // slice: it migrates. Not free (held elsewhere): 70 stays.
     let w = |free: &[usize]| Words {
