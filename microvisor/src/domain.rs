@@ -856,6 +856,7 @@ impl Hv {
 
     /// Changes a vCPU's run state (the only place that does, so the
     /// scheduler's set of runnable vCPUs stays true).
+    #[inline]
     pub fn set_state(&mut self, i: usize, state: RunState) {
         let was = self.waiting(i);
         let Some(d) = self.vcpus.get_mut(i) else {

@@ -263,7 +263,7 @@ struct Sets<'a> {
 impl policy::PickWords for Sets<'_> {
     #[inline(always)]
     fn words(&self) -> usize {
-        self.hv.runnable.words().len()
+        self.hv.runnable.words()
     }
     #[inline(always)]
     fn word(&self, w: usize) -> (u64, u64, u64) {
@@ -451,6 +451,9 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
 }
 
 /// `switch_to` another vCPU than the one this CPU holds (or held none).
+/// Each vCPU's record is looked up once: the outgoing one's to save it,
+/// the incoming one's (after the scheduler's sets are updated, which need
+/// all of `hv`) for everything it loads.
 #[inline(never)]
 fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let mut segs = None;
@@ -459,9 +462,8 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         cpu::clts();
         // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
         if cur != NO_VCPU {
-            let live = hv.domains[hv.vcpus[cur].dom].is_live();
             let d = &mut hv.vcpus[cur];
-            if live {
+            if hv.domains[d.dom].is_live() {
                 cpu::fpu_save(&mut d.fpu);
                 segs = Some(crate::pv::save_segments(&mut d.pv));
                 d.runstate.enter(runstate_of(d.state), now);
@@ -469,10 +471,6 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
                 crate::vcpu::update_runstate_area(d);
             }
             hv.let_go(cur);
-        }
-        cpu::fpu_restore(&hv.vcpus[next].fpu);
-        if hv.vcpus[next].pv.virtual_ts {
-            cpu::set_ts();
         }
         // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
         if crate::pv::RARE_STATE.load(core::sync::atomic::Ordering::Relaxed) {
@@ -487,9 +485,15 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // (A vCPU taken from another CPU's queue moves to this one's.)
     hv.assign(next, me as usize);
     hv.hold(next);
-    let id = hv.domains[hv.vcpus[next].dom].id;
-    crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     let d = &mut hv.vcpus[next];
+    let id = hv.domains[d.dom].id;
+    crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
+    if next != cur {
+        cpu::fpu_restore(&d.fpu);
+        if d.pv.virtual_ts {
+            cpu::set_ts();
+        }
+    }
     if d.runstate.state != 0 {
         d.runstate.enter(0, now);
     }

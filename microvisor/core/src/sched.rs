@@ -180,13 +180,17 @@ pub fn pick(v: &impl Vcpus, m: impl PickWords) -> Option<usize> {
     // Its own candidates: none, one (the common cases: a yield alone, a
     // peer just woken: nothing to compare) or more; and whether others
     // wait elsewhere.
-    let (mut count, mut only, mut remote) = (0usize, 0usize, false);
+    // Counted only as far as "several": `x & (x - 1)` clears the lowest
+    // bit, so it is nonzero exactly when `x` has two or more (the kernel's
+    // target has no popcnt instruction).
+    let (mut found, mut several, mut only, mut remote) = (false, false, 0usize, false);
     for w in 0..nw {
         let (queue, runnable, free) = m.word(w);
         let local = queue & free;
         remote |= runnable & !queue & free != 0;
         if local != 0 {
-            count += local.count_ones() as usize;
+            several |= found || local & (local - 1) != 0;
+            found = true;
             only = w * 64 + local.trailing_zeros() as usize;
         }
     }
@@ -203,10 +207,10 @@ pub fn pick(v: &impl Vcpus, m: impl PickWords) -> Option<usize> {
         }));
         return balanced(v, local(), remote, m.current(), m.n());
     }
-    match count {
-        0 => None,
-        1 => (!v.capped(only)).then_some(only),
-        _ => best_of(v, local(), m.current(), m.n()),
+    match (found, several) {
+        (false, _) => None,
+        (true, false) => (!v.capped(only)).then_some(only),
+        (true, true) => best_of(v, local(), m.current(), m.n()),
     }
 }
 
@@ -285,36 +289,61 @@ fn best_of(
 /// that grow with the vCPU table ([`VcpuSet::grow`], fallible: no memory
 /// is a refusal, never a panic). An index past the words is not in the
 /// set; adding one is the caller's bug, and is ignored.
+///
+/// The first word (indices 0 to 63, every vCPU of most machines) is kept
+/// in the set itself, the others on the heap: the scheduler's common
+/// operations on a small machine touch no heap memory and no bounds check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VcpuSet(alloc::vec::Vec<u64>);
+pub struct VcpuSet {
+    /// Indices 0 to 63; always 0 while `room` is false.
+    first: u64,
+    /// Whether `first` has room (the set grew to any index at all).
+    room: bool,
+    /// Indices from 64 on: word `w` of the set is `rest[w - 1]`.
+    rest: alloc::vec::Vec<u64>,
+}
 
 impl VcpuSet {
     /// The empty set, with room for no index.
     pub const fn new() -> VcpuSet {
-        VcpuSet(alloc::vec::Vec::new())
+        VcpuSet {
+            first: 0,
+            room: false,
+            rest: alloc::vec::Vec::new(),
+        }
     }
 
     /// Makes room for indices below `n`; `Err` when there is no memory
     /// (the set is then unchanged).
     pub fn grow(&mut self, n: usize) -> Result<(), alloc::collections::TryReserveError> {
         let words = n.div_ceil(64);
-        if words > self.0.len() {
-            self.0.try_reserve(words - self.0.len())?;
-            self.0.resize(words, 0);
+        if words > 1 + self.rest.len() {
+            let more = words - 1 - self.rest.len();
+            self.rest.try_reserve(more)?;
+            self.rest.resize(words - 1, 0);
+        }
+        if words > 0 {
+            self.room = true;
         }
         Ok(())
     }
 
-    /// Its words (word `w` holds indices `64 * w` to `64 * w + 63`).
+    /// How many words it has (word `w` holds indices `64 * w` to
+    /// `64 * w + 63`).
     #[inline(always)]
-    pub fn words(&self) -> &[u64] {
-        &self.0
+    pub fn words(&self) -> usize {
+        usize::from(self.room) + self.rest.len()
     }
 
     /// Word `w`, 0 past the end.
     #[inline(always)]
     pub fn word(&self, w: usize) -> u64 {
-        self.0.get(w).copied().unwrap_or(0)
+        if w == 0 {
+            // 0 without room: nothing is ever inserted there then.
+            self.first
+        } else {
+            self.rest.get(w - 1).copied().unwrap_or(0)
+        }
     }
 
     #[inline(always)]
@@ -324,31 +353,44 @@ impl VcpuSet {
 
     #[inline(always)]
     pub fn insert(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w |= 1u64 << (i % 64);
+        let bit = 1u64 << (i % 64);
+        if i < 64 {
+            if self.room {
+                self.first |= bit;
+            }
+        } else if let Some(w) = self.rest.get_mut(i / 64 - 1) {
+            *w |= bit;
         }
     }
 
     #[inline(always)]
     pub fn remove(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w &= !(1u64 << (i % 64));
+        let bit = 1u64 << (i % 64);
+        if i < 64 {
+            self.first &= !bit;
+        } else if let Some(w) = self.rest.get_mut(i / 64 - 1) {
+            *w &= !bit;
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
+        self.first == 0 && self.rest.iter().all(|&w| w == 0)
     }
 
     /// How many indices it holds, `i` left out.
     pub fn count_without(&self, i: usize) -> usize {
-        let n: usize = self.0.iter().map(|w| w.count_ones() as usize).sum();
+        let n: usize = self.all_words().map(|w| w.count_ones() as usize).sum();
         n - usize::from(self.contains(i))
     }
 
     /// Its indices in order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        indices(self.0.iter().copied())
+        indices(self.all_words())
+    }
+
+    /// Every word in order (the first, 0 without room, then the others).
+    fn all_words(&self) -> impl Iterator<Item = u64> + '_ {
+        core::iter::once(self.first).chain(self.rest.iter().copied())
     }
 }
 

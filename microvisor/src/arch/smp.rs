@@ -280,7 +280,10 @@ static FLUSH_REQ: AtomicU64 = AtomicU64::new(0);
 /// Whether more than one CPU runs guests.
 #[inline]
 pub fn active() -> bool {
-    SCHED_CPUS.load(Ordering::Relaxed).count_ones() > 1
+    // Two or more bits: clearing the lowest one leaves some (no popcnt on
+    // the kernel's target, so `count_ones` would be a software loop).
+    let s = SCHED_CPUS.load(Ordering::Relaxed);
+    s & s.wrapping_sub(1) != 0
 }
 
 /// The CPUs that run the scheduler (bit per CPU number), or, while the

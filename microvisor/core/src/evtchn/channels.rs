@@ -186,6 +186,7 @@ impl Channels {
     }
 
     /// Port `port`'s entry, if valid.
+    #[inline]
     fn port(&self, port: u32) -> Option<&Port> {
         let (b, i) = split(port)?;
         self.buckets.get(b)?.get(i)
@@ -221,12 +222,14 @@ impl Channels {
 
     /// State of `port`, or `None` if it is not valid (beyond the buckets).
     #[must_use]
+    #[inline]
     pub fn state(&self, port: u32) -> Option<PortState> {
         self.port(port).map(|p| p.state)
     }
 
     /// The vCPU `port` notifies, or `None` if it is not valid.
     #[must_use]
+    #[inline]
     pub fn notify_vcpu(&self, port: u32) -> Option<u32> {
         self.port(port).map(|p| u32::from(p.notify))
     }

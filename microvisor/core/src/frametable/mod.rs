@@ -930,7 +930,7 @@ impl<'a> FrameTable<'a> {
                 if expect.is_some_and(|e| e != old) {
                     Ok(PtwrOutcome::Differs(old))
                 } else {
-                    self.mod_table_entry(mem, dom, pg_owner, at, new, preserve_ad)
+                    self.mod_table_entry(mem, dom, pg_owner, at, old, new, preserve_ad)
                         .map(|flush| PtwrOutcome::Written { old, flush })
                 }
             } else {
@@ -1677,13 +1677,17 @@ impl<'a> FrameTable<'a> {
         }
     }
 
-    /// The table-entry path of `mod_entry` (the page lock is held).
+    /// The table-entry path of `mod_entry` (the page lock is held): `old`
+    /// is the entry's value, read by the caller under that same lock (so it
+    /// cannot have changed since).
+    #[allow(clippy::too_many_arguments)]
     fn mod_table_entry<M: TableMemory + ?Sized>(
         &self,
         mem: &mut M,
         dom: u16,
         pg_owner: u16,
         at: Slot,
+        old: u64,
         new: u64,
         preserve_ad: bool,
     ) -> Result<Flush, Errno> {
@@ -1693,7 +1697,6 @@ impl<'a> FrameTable<'a> {
         if at.level == 4 && is_hv_slot(at.idx) {
             return Err(Errno::EINVAL);
         }
-        let old = mem.read(at.mfn, at.idx);
         if at.level == 1 && pte::present(old) && pte::is_grant(old) {
             // Only `unmap_grant_ref` may remove a grant mapping (Xen refuses
             // an implicit unmap of a granted entry).

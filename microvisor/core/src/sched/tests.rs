@@ -337,7 +337,7 @@ struct Words {
 
 impl PickWords for &Words {
     fn words(&self) -> usize {
-        self.runnable.words().len()
+        self.runnable.words()
     }
     fn word(&self, w: usize) -> (u64, u64, u64) {
         (self.queue.word(w), self.runnable.word(w), self.free.word(w))
@@ -365,7 +365,7 @@ fn vcpu_set_grows_and_ignores_indices_past_it() {
     s.insert(3);
     assert!(!s.contains(3) && s.is_empty());
     s.grow(130).unwrap();
-    assert_eq!(s.words().len(), 3);
+    assert_eq!(s.words(), 3);
     for i in [0, 63, 64, 129] {
         s.insert(i);
     }
@@ -378,6 +378,27 @@ fn vcpu_set_grows_and_ignores_indices_past_it() {
     // Growing again keeps what it holds.
     s.grow(1000).unwrap();
     assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 64, 129]);
+}
+
+#[test]
+fn vcpu_set_first_word_boundary() {
+    // Room for exactly the first word: 63 fits, 64 does not.
+    let mut s = VcpuSet::new();
+    assert_eq!(s.words(), 0);
+    s.grow(64).unwrap();
+    assert_eq!(s.words(), 1);
+    s.insert(63);
+    s.insert(64);
+    assert_eq!(s.iter().collect::<Vec<_>>(), vec![63]);
+    assert_eq!(s.word(1), 0);
+    s.grow(65).unwrap();
+    assert_eq!(s.words(), 2);
+    s.insert(64);
+    assert_eq!(s.iter().collect::<Vec<_>>(), vec![63, 64]);
+    assert_eq!((s.word(0), s.word(1), s.word(2)), (1 << 63, 1, 0));
+    s.remove(63);
+    s.remove(64);
+    assert!(s.is_empty());
 }
 
 #[test]
@@ -405,6 +426,16 @@ fn pick_reaches_vcpus_past_the_first_word() {
         n: 200,
     };
     assert_eq!(pick(&v, &w), Some(199));
+    // Two candidates, each alone in its word: they are compared (70 is
+    // further behind than 199), not taken as the only one.
+    let w = Words {
+        queue: set(200, &[70, 199]),
+        runnable: set(200, &[70, 199]),
+        free: set(200, &all),
+        current: 0,
+        n: 200,
+    };
+    assert_eq!(pick(&v, &w), Some(70));
     // Own queue {70}; 150 waits in another queue, behind by more than a
     // slice: it migrates. Not free (held elsewhere): 70 stays.
     let w = |free: &[usize]| Words {
