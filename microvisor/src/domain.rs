@@ -834,12 +834,6 @@ impl Hv {
         &self.domains[self.vcpus[self.current].dom]
     }
 
-    #[inline(always)]
-    pub fn cur_dom_mut(&mut self) -> &mut Domain {
-        let d = self.vcpus[self.current].dom;
-        &mut self.domains[d]
-    }
-
     /// Index in `domains` of the running vCPU's domain.
     #[inline(always)]
     pub fn cur_dom_idx(&self) -> usize {
