@@ -837,12 +837,6 @@ impl Hv {
         &self.domains[self.vcpus[self.current].dom]
     }
 
-    #[inline(always)]
-    pub fn cur_dom_mut(&mut self) -> &mut Domain {
-        let d = self.vcpus[self.current].dom;
-        &mut self.domains[d]
-    }
-
     /// Index in `domains` of the running vCPU's domain.
     #[inline(always)]
     pub fn cur_dom_idx(&self) -> usize {
@@ -882,29 +876,35 @@ impl Hv {
     /// vCPU `i` waits to run: runnable and held by no CPU.
     #[inline(always)]
     fn waiting(&self, i: usize) -> bool {
-        self.runnable.contains(i) && !self.running.contains(i)
+        microvisor_core::sched::waiting::is_waiting(
+            self.runnable.contains(i),
+            self.running.contains(i),
+        )
     }
 
     /// Keeps `SCHED_VIEW.waiting` true after vCPU `i`'s runnable or held
     /// state changed (`was`: whether it waited before).
     #[inline(always)]
     fn waiting_changed(&self, i: usize, was: bool) {
-        let now = self.waiting(i);
-        if now == was {
-            return;
-        }
         let Some(v) = self.vcpus.get(i) else { return };
-        let mut cpus = v.cpus;
-        while cpus != 0 {
-            let c = cpus.trailing_zeros() as usize;
-            cpus &= cpus - 1;
-            if let Some(w) = SCHED_VIEW.waiting.get(c) {
-                if now {
-                    w.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    w.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
+        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, v.cpus, was, self.waiting(i));
+    }
+
+    /// The audit's check of `SCHED_VIEW.waiting`: every CPU's count equals
+    /// a recount from the run queues and the held vCPUs (they change only
+    /// under the hypervisor lock, which the caller holds). A difference is
+    /// a hypervisor bug: it fails the run.
+    pub fn audit_sched_view(&self, when: &str) {
+        let vcpus =
+            (0..self.vcpus.len()).filter_map(|i| Some((self.waiting(i), self.vcpus.get(i)?.cpus)));
+        if let Some(m) = microvisor_core::sched::waiting::mismatch(&SCHED_VIEW.waiting, vcpus) {
+            crate::error!(
+                "audit after {when} failed: cpu {} counts {} waiting vCPUs, a recount {}",
+                m.cpu,
+                m.counted,
+                m.recounted
+            );
+            crate::arch::cpu::qemu_exit(false);
         }
     }
 

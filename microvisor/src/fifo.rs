@@ -22,25 +22,26 @@ use guest_abi::errno::Errno;
 use guest_abi::event_channel as ec;
 use microvisor_core::evtchn::{self, FifoWords, Kick, Kicks};
 
-/// A guest word of a frame the FIFO state holds a write reference on.
-fn word(mfn: u64, offset: u32) -> &'static core::sync::atomic::AtomicU32 {
+/// Applies `f` to a guest word of a frame the FIFO state holds a write
+/// reference on, through the direct map.
+fn word<R>(mfn: u64, offset: u32, f: impl FnOnce(&core::sync::atomic::AtomicU32) -> R) -> R {
     // The policy passes 4-aligned offsets below a page, of frames it was
     // given after `hv_writable` succeeded (owned, RAM, writable-typed).
-    mm::atomic_u32(mfn * mm::PAGE + u64::from(offset & 0xFFC))
+    frames::with(|_, mem| f(mem.atomic_u32(mfn * mm::PAGE + u64::from(offset & 0xFFC))))
 }
 
 impl FifoWords for SharedBits {
     fn load(&self, mfn: u64, offset: u32) -> u32 {
-        word(mfn, offset).load(Ordering::SeqCst)
+        word(mfn, offset, |w| w.load(Ordering::SeqCst))
     }
     fn store(&mut self, mfn: u64, offset: u32, value: u32) {
-        word(mfn, offset).store(value, Ordering::SeqCst);
+        word(mfn, offset, |w| w.store(value, Ordering::SeqCst));
     }
     fn fetch_or(&mut self, mfn: u64, offset: u32, bits: u32) -> u32 {
-        word(mfn, offset).fetch_or(bits, Ordering::SeqCst)
+        word(mfn, offset, |w| w.fetch_or(bits, Ordering::SeqCst))
     }
     fn fetch_and(&mut self, mfn: u64, offset: u32, bits: u32) -> u32 {
-        word(mfn, offset).fetch_and(bits, Ordering::SeqCst)
+        word(mfn, offset, |w| w.fetch_and(bits, Ordering::SeqCst))
     }
     fn compare_exchange(
         &mut self,
@@ -49,7 +50,9 @@ impl FifoWords for SharedBits {
         current: u32,
         new: u32,
     ) -> Result<u32, u32> {
-        word(mfn, offset).compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+        word(mfn, offset, |w| {
+            w.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+        })
     }
 }
 

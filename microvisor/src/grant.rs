@@ -104,11 +104,11 @@ fn status_pa(mfn: u64, index: usize) -> u64 {
 /// (the same memory the frame table sees as page tables).
 impl GrantMemory for frames::DirectMap {
     fn read_entry(&self, mfn: u64, slot: usize) -> GrantEntryV1 {
-        let v = mm::atomic_u64(entry_pa(mfn, slot)).load(Ordering::SeqCst);
+        let v = self.atomic_u64(entry_pa(mfn, slot)).load(Ordering::SeqCst);
         GrantEntryV1::read_from_bytes(&v.to_le_bytes()).unwrap_or_default()
     }
     fn cmpxchg_header(&mut self, mfn: u64, slot: usize, old: u32, new: u32) -> u32 {
-        match mm::atomic_u32(entry_pa(mfn, slot)).compare_exchange(
+        match self.atomic_u32(entry_pa(mfn, slot)).compare_exchange(
             old,
             new,
             Ordering::SeqCst,
@@ -118,12 +118,17 @@ impl GrantMemory for frames::DirectMap {
         }
     }
     fn clear_flags(&mut self, mfn: u64, slot: usize, bits: u16) {
-        mm::atomic_u16(entry_pa(mfn, slot)).fetch_and(!bits, Ordering::SeqCst);
+        self.atomic_u16(entry_pa(mfn, slot))
+            .fetch_and(!bits, Ordering::SeqCst);
     }
     fn read_entry_v2(&self, mfn: u64, slot: usize) -> GrantEntryV2 {
         // The header first (what the granter writes last), then the rest.
-        let lo = mm::atomic_u64(entry_pa(mfn, 2 * slot)).load(Ordering::SeqCst);
-        let hi = mm::atomic_u64(entry_pa(mfn, 2 * slot + 1)).load(Ordering::SeqCst);
+        let lo = self
+            .atomic_u64(entry_pa(mfn, 2 * slot))
+            .load(Ordering::SeqCst);
+        let hi = self
+            .atomic_u64(entry_pa(mfn, 2 * slot + 1))
+            .load(Ordering::SeqCst);
         GrantEntryV2 {
             flags: lo as u16,
             domid: (lo >> 16) as u16,
@@ -132,16 +137,20 @@ impl GrantMemory for frames::DirectMap {
         }
     }
     fn status_set(&mut self, mfn: u64, index: usize, bits: u16) {
-        mm::atomic_u16(status_pa(mfn, index)).fetch_or(bits, Ordering::SeqCst);
+        self.atomic_u16(status_pa(mfn, index))
+            .fetch_or(bits, Ordering::SeqCst);
     }
     fn status_clear(&mut self, mfn: u64, index: usize, bits: u16) {
-        mm::atomic_u16(status_pa(mfn, index)).fetch_and(!bits, Ordering::SeqCst);
+        self.atomic_u16(status_pa(mfn, index))
+            .fetch_and(!bits, Ordering::SeqCst);
     }
     fn read_status(&self, mfn: u64, index: usize) -> u16 {
-        mm::atomic_u16(status_pa(mfn, index)).load(Ordering::SeqCst)
+        self.atomic_u16(status_pa(mfn, index))
+            .load(Ordering::SeqCst)
     }
     fn write_raw(&mut self, mfn: u64, slot: usize, value: u64) {
-        mm::atomic_u64(entry_pa(mfn, slot)).store(value, Ordering::SeqCst);
+        self.atomic_u64(entry_pa(mfn, slot))
+            .store(value, Ordering::SeqCst);
     }
     fn zero_frame(&mut self, mfn: u64) {
         frames::DirectMap::zero_frame(self, mfn);

@@ -272,11 +272,16 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
 }
 
 /// The end of every full-entry hypercall: a vCPU that went down leaves,
-/// and a due event upcall is delivered (to whichever vCPU runs now).
+/// and a due event upcall is delivered (to whichever vCPU runs now). With
+/// `audit=1` the lock-free yield's counts are checked against the
+/// scheduler's sets first (`Hv::audit_sched_view`).
 #[inline]
 fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
     let live = crate::arch::entry::live(frame);
     leave_if_down(hv, live);
+    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) {
+        hv.audit_sched_view("a hypercall");
+    }
     crate::pv::deliver_events(hv, crate::arch::entry::live(live));
 }
 

@@ -74,12 +74,19 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             let r = Reservation::parse(&b);
             let (me, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
             let exists = |id: u16| hv.domains.iter().any(|d| d.id == id && d.is_live());
-            match reservation::admit(&r, start, me, privileged, exists) {
-                Ok(Target::Caller) => {}
-                // Xen would change the other domain's reservation for a
-                // privileged caller; here a domain changes only its own.
-                Ok(Target::Other(_)) | Err(_) => return Ok(Flow::Ret(start)),
-            }
+            // The domain whose reservation changes: the caller, or the
+            // live domain a privileged caller names (as Xen: its frames,
+            // counted against its limit; the extent list is the caller's).
+            let dom = match reservation::admit(&r, start, me, privileged, exists) {
+                Ok(Target::Caller) => hv.cur_dom_idx(),
+                Ok(Target::Other(id)) => {
+                    match hv.domains.iter().position(|d| d.id == id && d.is_live()) {
+                        Some(i) => i,
+                        None => return Ok(Flow::Ret(start)),
+                    }
+                }
+                Err(_) => return Ok(Flow::Ret(start)),
+            };
             let out = reservation::run(
                 &r,
                 start,
@@ -88,6 +95,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                     cr3,
                     op,
                     order: r.order,
+                    dom,
                 },
             );
             match out {
@@ -144,9 +152,12 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
 /// One extent-list call in progress, for `reservation::run`.
 struct ListCall<'a> {
     hv: &'a mut Hv,
+    /// The caller's page tables: the extent list is in its memory.
     cr3: u64,
     op: u32,
     order: u32,
+    /// Index in `Hv::domains` of the domain whose reservation changes.
+    dom: usize,
 }
 
 impl reservation::Extents for ListCall<'_> {
@@ -155,12 +166,12 @@ impl reservation::Extents for ListCall<'_> {
     }
     fn extent(&mut self, slot: u64) -> Result<(), Errno> {
         use guest_abi::memory as m;
-        let (hv, cr3) = (&mut *self.hv, self.cr3);
+        let (hv, cr3, dom) = (&mut *self.hv, self.cr3, self.dom);
         let populate = self.op == m::XENMEM_POPULATE_PHYSMAP;
         match self.op {
-            m::XENMEM_DECREASE_RESERVATION => decrease_extent(hv, cr3, slot, self.order),
-            _ if self.order > 0 => increase_extent(hv, cr3, slot, self.order, populate),
-            _ => increase_one(hv, cr3, slot, populate),
+            m::XENMEM_DECREASE_RESERVATION => decrease_extent(hv, cr3, dom, slot, self.order),
+            _ if self.order > 0 => increase_extent(hv, cr3, dom, slot, self.order, populate),
+            _ => increase_one(hv, cr3, dom, slot, populate),
         }
     }
 }
@@ -168,16 +179,17 @@ impl reservation::Extents for ListCall<'_> {
 /// Gives back an extent of `2^order` frames, the first named by machine
 /// frame number (as PV guests do) in the slot, frame by frame as Xen's
 /// `decrease_reservation` does: the first frame refused ends the extent as
-/// failed, the frames before it given back.
-fn decrease_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), Errno> {
-    let dom = hv.cur_dom().id;
+/// failed, the frames before it given back. The frames must be domain
+/// index `di`'s; the slot is read through the caller's `cr3`.
+fn decrease_extent(hv: &mut Hv, cr3: u64, di: usize, slot: u64, order: u32) -> Result<(), Errno> {
+    let dom = hv.domains[di].id;
     let first = guest::read::<u64>(cr3, slot)?;
     for j in 0..1u64 << order {
         let mfn = first.checked_add(j).ok_or(Errno::EINVAL)?;
         let frame = frames::release(mfn, dom)?;
         frames::set_m2p(mfn, u64::MAX);
         frame.free();
-        hv.cur_dom_mut().tot_pages -= 1;
+        hv.domains[di].tot_pages -= 1;
     }
     Ok(())
 }
@@ -185,17 +197,19 @@ fn decrease_extent(hv: &mut Hv, cr3: u64, slot: u64, order: u32) -> Result<(), E
 /// Adds one extent of `2^order` machine-contiguous frames, aligned to its
 /// size, within the domain's limit; the slot receives the first frame.
 /// For populate_physmap the slot first holds the pfn the extent backs
-/// (M2P set for each of its frames).
+/// (M2P set for each of its frames). The frames go to domain index `di`,
+/// within its limit; the slot is the caller's (`cr3`).
 fn increase_extent(
     hv: &mut Hv,
     cr3: u64,
+    di: usize,
     slot: u64,
     order: u32,
     populate: bool,
 ) -> Result<(), Errno> {
-    let dom = hv.cur_dom().id;
+    let dom = hv.domains[di].id;
     let n = 1u64 << order;
-    reservation::room(hv.cur_dom().tot_pages, hv.cur_dom().max_pages, n)?;
+    reservation::room(hv.domains[di].tot_pages, hv.domains[di].max_pages, n)?;
     let held = guest::read::<u64>(cr3, slot);
     let pfn = if populate { Some(held?) } else { None };
     // Check the slot is writable before taking frames.
@@ -213,15 +227,16 @@ fn increase_extent(
             frames::set_m2p(first + j, p.wrapping_add(j));
         }
     }
-    hv.cur_dom_mut().tot_pages += n;
+    hv.domains[di].tot_pages += n;
     guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }
 
-/// Adds one frame to the domain, within its limit. For populate_physmap the
-/// slot holds the pfn it backs (M2P set) and receives the mfn.
-fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), Errno> {
-    let dom = hv.cur_dom().id;
-    reservation::room(hv.cur_dom().tot_pages, hv.cur_dom().max_pages, 1)?;
+/// Adds one frame to domain index `di`, within its limit. For
+/// populate_physmap the slot (the caller's, `cr3`) holds the pfn it backs
+/// (M2P set) and receives the mfn.
+fn increase_one(hv: &mut Hv, cr3: u64, di: usize, slot: u64, populate: bool) -> Result<(), Errno> {
+    let dom = hv.domains[di].id;
+    reservation::room(hv.domains[di].tot_pages, hv.domains[di].max_pages, 1)?;
     let pfn = if populate {
         Some(guest::read::<u64>(cr3, slot)?)
     } else {
@@ -242,6 +257,6 @@ fn increase_one(hv: &mut Hv, cr3: u64, slot: u64, populate: bool) -> Result<(), 
     if let Some(p) = pfn {
         frames::set_m2p(mfn, p);
     }
-    hv.cur_dom_mut().tot_pages += 1;
+    hv.domains[di].tot_pages += 1;
     guest::copy_to(cr3, slot, &mfn.to_le_bytes()).map_err(|_| Errno::EFAULT)
 }

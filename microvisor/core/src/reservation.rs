@@ -3,7 +3,11 @@
 //! `populate_physmap`), their argument checks, the walk over the extent
 //! list with its preemption points and its answer, and a domain's limit
 //! (`maxmem`). The hypervisor's `memory` module reads the arguments and
-//! performs each extent (allocating, assigning, releasing frames).
+//! performs each extent (allocating, assigning, releasing frames) for the
+//! domain [`admit`] answers: the caller, or another live domain a
+//! privileged caller names (a toolstack's calls), whose frames are given
+//! and taken back and whose limit ([`room`]) applies, while the extent
+//! list stays in the caller's memory and the order limit is the caller's.
 //!
 //! As in Xen 4.17 (`do_memory_op` in `common/memory.c`), these three calls
 //! never answer with an error code: every refusal, before the first extent

@@ -423,5 +423,7 @@ pub fn place(last: usize, allowed: u64, queued: impl Fn(usize) -> u32) -> usize 
         .unwrap_or(last)
 }
 
+pub mod waiting;
+
 #[cfg(test)]
 mod tests;

@@ -47,7 +47,7 @@ impl TableMemory for DirectMap {
     fn compare_exchange(&mut self, mfn: u64, idx: usize, old: u64, val: u64) -> u64 {
         // (`TableMemory`'s contract: an entry of a page table the policy
         // holds page-locked.)
-        let cell = super::atomic_u64(mfn * PAGE + idx as u64 * 8);
+        let cell = self.atomic_u64(mfn * PAGE + idx as u64 * 8);
         match cell.compare_exchange(
             old,
             val,
@@ -91,6 +91,38 @@ impl DirectMap {
         // SAFETY: as for `zero_frame`: the policy holds the destination
         // writable-typed.
         unsafe { super::move_phys(dst, src, len) }
+    }
+
+    /// The aligned u64 of RAM at `pa` (panics if it is not RAM or not
+    /// aligned: the policies pass addresses of frames they were given), for
+    /// atomic operations on memory a guest shares (grant entries, page-table
+    /// entries under the page lock).
+    pub fn atomic_u64(&self, pa: u64) -> &core::sync::atomic::AtomicU64 {
+        super::check(pa, 8);
+        assert!(pa.is_multiple_of(8));
+        // SAFETY: aligned, inside RAM (checked) and mapped for the
+        // hypervisor's lifetime; the guest may write it concurrently, which
+        // atomics allow. Writes through it are the policies' (the token's
+        // contract: only frames they hold claimed or writable).
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(super::ptr(pa) as *mut u64) }
+    }
+
+    /// The aligned u32 of RAM at `pa`, as [`Self::atomic_u64`] (grant entry
+    /// headers, FIFO event words).
+    pub fn atomic_u32(&self, pa: u64) -> &core::sync::atomic::AtomicU32 {
+        super::check(pa, 4);
+        assert!(pa.is_multiple_of(4));
+        // SAFETY: as for `atomic_u64`, at 4-byte alignment.
+        unsafe { core::sync::atomic::AtomicU32::from_ptr(super::ptr(pa) as *mut u32) }
+    }
+
+    /// The aligned u16 of RAM at `pa`, as [`Self::atomic_u64`] (grant entry
+    /// flags, grant status words).
+    pub fn atomic_u16(&self, pa: u64) -> &core::sync::atomic::AtomicU16 {
+        super::check(pa, 2);
+        assert!(pa.is_multiple_of(2));
+        // SAFETY: as for `atomic_u64`, at 2-byte alignment.
+        unsafe { core::sync::atomic::AtomicU16::from_ptr(super::ptr(pa) as *mut u16) }
     }
 }
 

@@ -230,32 +230,6 @@ pub fn read_u64(pa: u64) -> u64 {
     unsafe { core::ptr::read_volatile(ptr(pa) as *const u64) }
 }
 
-/// An aligned u64 of RAM shared with a guest, for atomic bit operations.
-pub fn atomic_u64(pa: u64) -> &'static core::sync::atomic::AtomicU64 {
-    check(pa, 8);
-    assert!(pa.is_multiple_of(8));
-    // SAFETY: aligned, inside RAM (checked) and mapped for the hypervisor's
-    // lifetime; the guest may write it concurrently, which atomics allow.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(ptr(pa) as *mut u64) }
-}
-
-/// An aligned u32 of RAM shared with a guest, for atomic operations.
-pub fn atomic_u32(pa: u64) -> &'static core::sync::atomic::AtomicU32 {
-    check(pa, 4);
-    assert!(pa.is_multiple_of(4));
-    // SAFETY: aligned, inside RAM (checked) and mapped for the hypervisor's
-    // lifetime; the guest may write it concurrently, which atomics allow.
-    unsafe { core::sync::atomic::AtomicU32::from_ptr(ptr(pa) as *mut u32) }
-}
-
-/// An aligned u16 of RAM shared with a guest, for atomic operations.
-pub fn atomic_u16(pa: u64) -> &'static core::sync::atomic::AtomicU16 {
-    check(pa, 2);
-    assert!(pa.is_multiple_of(2));
-    // SAFETY: as for `atomic_u32`.
-    unsafe { core::sync::atomic::AtomicU16::from_ptr(ptr(pa) as *mut u16) }
-}
-
 /// Copies `len` bytes between two physical ranges that may overlap
 /// (`memmove`).
 ///

@@ -151,6 +151,25 @@ fn admission_refuses_as_xen_does_and_runs_for_the_named_domain() {
 }
 
 #[test]
+fn another_domain_is_run_for_with_the_callers_order_limit() {
+    let live = |id: u16| id == 1 || id == 2;
+    let on = |domid, order| Reservation {
+        domid,
+        ..res(4, order)
+    };
+    // A privileged caller (1) naming a guest (2): the extents run for 2,
+    // at up to the caller's order 18, above a guest's own 9.
+    assert_eq!(admit(&on(2, 10), 0, 1, true, live), Ok(Target::Other(2)));
+    assert_eq!(admit(&on(2, 18), 0, 1, true, live), Ok(Target::Other(2)));
+    assert_eq!(admit(&on(2, 19), 0, 1, true, live), Err(Refused));
+    // A continued call for another domain keeps its start.
+    assert_eq!(admit(&on(2, 0), 3, 1, true, live), Ok(Target::Other(2)));
+    // An unprivileged caller is refused whatever the order.
+    assert_eq!(admit(&on(2, 0), 0, 1, false, live), Err(Refused));
+    assert_eq!(admit(&on(2, 10), 0, 1, false, live), Err(Refused));
+}
+
+#[test]
 fn only_a_privileged_caller_names_another_domain() {
     assert_eq!(target(3, false, 0x7FF0), Ok(Target::Caller));
     assert_eq!(target(3, false, 3), Ok(Target::Caller));

@@ -17,6 +17,14 @@
 //!
 //! `role=privileged` (the default, also dom0 on real Xen) or `role=domu`
 //! (the order limit of a guest, and another domain refused).
+//!
+//! `peer=D` (privileged only; the microvisor's `memop` scenario, where
+//! domain D exists: real Xen's dom0 has no other domain without a
+//! toolstack) adds the calls a toolstack makes on another domain, applied
+//! to D as Xen applies them: frames given to D and taken back from it,
+//! counted in D's reservation and against D's limit, the extent list in
+//! the caller's memory, the order limited by the caller's maximum (18), and
+//! a frame that is not D's refused.
 #![no_std]
 #![no_main]
 
@@ -267,8 +275,109 @@ fn main(si: &'static StartInfo) {
     expect(&mut t, "continued-skipped-second", give_back(b), 1);
     expect(&mut t, "continued-gave-back-third", give_back(c), 0);
 
+    if let Some(peer) = scenario_guests::arg(si, "peer").and_then(|v| v.parse::<u16>().ok()) {
+        other_domain(&mut t, peer);
+    }
+
     println!("memop: done");
     t.finish()
+}
+
+/// `current_reservation` (3) or `maximum_reservation` (4) of `dom`.
+fn stat(op: u32, dom: u16) -> i64 {
+    let d = dom;
+    memop(op, 0, (&raw const d) as u64)
+}
+
+/// A privileged caller's reservation calls naming domain `peer` (Xen's
+/// toolstack builds and balloons domains this way).
+fn other_domain(t: &mut Reporter, peer: u16) {
+    const CUR: u32 = guest_abi::memory::XENMEM_CURRENT_RESERVATION;
+    const MAX: u32 = guest_abi::memory::XENMEM_MAXIMUM_RESERVATION;
+    let c0 = stat(CUR, peer);
+    let room = stat(MAX, peer) - c0;
+    let my_room = stat(MAX, SELF) - stat(CUR, SELF);
+    println!("memop: peer {peer}: {c0} pages, room for {room}; mine {my_room}");
+    // Two frames for the peer; their numbers come back in our list.
+    let mut list = [0u64; 2];
+    let got = call(INC, 0, list.as_mut_ptr() as u64, 2, 0, 0, peer);
+    expect(t, "other-domain-increase", got, 2);
+    expect(t, "other-domain-counted", stat(CUR, peer), c0 + 2);
+    // They are the peer's, not ours.
+    let mine = [list[0]];
+    expect(
+        t,
+        "other-domain-frames-not-mine",
+        call(DEC, 0, mine.as_ptr() as u64, 1, 0, 0, SELF),
+        0,
+    );
+    // One of ours is not the peer's.
+    let f = free_frame();
+    let theirs = [f];
+    expect(
+        t,
+        "other-domain-refuses-my-frame",
+        call(DEC, 0, theirs.as_ptr() as u64, 1, 0, 0, peer),
+        0,
+    );
+    expect(t, "other-domain-my-frame-untouched", give_back(f), 1);
+    // Taken back from the peer.
+    expect(
+        t,
+        "other-domain-decrease",
+        call(DEC, 0, list.as_ptr() as u64, 2, 0, 0, peer),
+        2,
+    );
+    expect(t, "other-domain-uncounted", stat(CUR, peer), c0);
+    // populate_physmap: a pfn in, the frame's number out.
+    let mut pop = [0x2_0000u64];
+    expect(
+        t,
+        "other-domain-populate",
+        call(POP, 0, pop.as_mut_ptr() as u64, 1, 0, 0, peer),
+        1,
+    );
+    expect(
+        t,
+        "other-domain-populated-given-back",
+        call(DEC, 0, pop.as_ptr() as u64, 1, 0, 0, peer),
+        1,
+    );
+    // The limit is the peer's: the smallest extent beyond its room is
+    // refused although it fits ours; the largest within it is taken, at an
+    // order above a guest's 9 (the order limit is the caller's).
+    let over = (0..=18u32).find(|&k| (1i64 << k) > room).unwrap_or(18);
+    t.check(
+        "other-domain-rooms",
+        over >= 11 && (1i64 << over) <= my_room,
+        format_args!("peer room {room}, mine {my_room}: the scenario's maxmem should leave the peer 1024 to 2047 frames and the caller more"),
+    );
+    let mut big = [0u64];
+    expect(
+        t,
+        "other-domain-over-its-limit",
+        call(INC, 0, big.as_mut_ptr() as u64, 1, over, 0, peer),
+        0,
+    );
+    expect(
+        t,
+        "other-domain-order-above-9",
+        call(INC, 0, big.as_mut_ptr() as u64, 1, over - 1, 0, peer),
+        1,
+    );
+    expect(
+        t,
+        "other-domain-grown",
+        stat(CUR, peer),
+        c0 + (1i64 << (over - 1)),
+    );
+    expect(
+        t,
+        "other-domain-shrunk",
+        call(DEC, 0, big.as_ptr() as u64, 1, over - 1, 0, peer),
+        1,
+    );
+    expect(t, "other-domain-back", stat(CUR, peer), c0);
 }
 
 pv_guest_kernel::main!(main);
