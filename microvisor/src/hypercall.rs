@@ -279,7 +279,7 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
 fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
     let live = crate::arch::entry::live(frame);
     leave_if_down(hv, live);
-    if AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) {
+    if crate::audit::every_call() {
         hv.audit_sched_view("a hypercall");
     }
     crate::pv::deliver_events(hv, crate::arch::entry::live(live));
