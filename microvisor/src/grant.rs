@@ -311,6 +311,64 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         | GNTTABOP_COPY => {}
         _ => return Err(Errno::ENOSYS),
     }
+    let (r, released) = batch(dom, cr3, cmd, uop, count, || crate::mmu::should_preempt(hv));
+    // A granter's frames freed by this unmap (it died while they were
+    // mapped) go back now.
+    if released {
+        hv.collect_dead();
+    }
+    r
+}
+
+/// The map, unmap, unmap_and_replace and copy batches without the
+/// hypervisor lock (docs/smp.md, "Grant tables"): the caller's domain and
+/// page tables come from its `VcpuLight`, preemption asks
+/// `mmu::should_preempt_unlocked`. `None` (nothing done) for any other
+/// command, which takes the locked path. Returns the outcome and whether a
+/// dead domain's frames were released (the caller then runs
+/// `Hv::collect_dead` under the hypervisor lock, and a continuation too).
+pub fn grant_table_op_unlocked(
+    cmd: u64,
+    uop: u64,
+    count: u64,
+) -> Option<(Result<Flow, Errno>, bool)> {
+    let cmd = cmd as u32;
+    if !matches!(
+        cmd,
+        GNTTABOP_MAP_GRANT_REF
+            | GNTTABOP_UNMAP_GRANT_REF
+            | GNTTABOP_UNMAP_AND_REPLACE
+            | GNTTABOP_COPY
+    ) {
+        return None;
+    }
+    let v = crate::arch::percpu::vcpu() as usize;
+    let light = crate::domain::light(v)?;
+    let dom = light.dom.load(Ordering::Relaxed);
+    let cr3 = light.cr3.load(Ordering::Relaxed);
+    Some(batch(
+        dom,
+        cr3,
+        cmd,
+        uop,
+        count as u32 as u64,
+        crate::mmu::should_preempt_unlocked,
+    ))
+}
+
+/// A map, unmap, unmap_and_replace or copy batch (`cmd`) of `count`
+/// elements at `uop` by `dom` with page tables `cr3`, for either path; it
+/// stops when `preempt` says so. Touches nothing of `Hv`: the grant tables
+/// under their own locks, the frame table, guest memory. Returns the outcome
+/// and whether a dead domain's frames were released.
+fn batch(
+    dom: u16,
+    cr3: u64,
+    cmd: u32,
+    uop: u64,
+    count: u64,
+    preempt: impl Fn() -> bool,
+) -> (Result<Flow, Errno>, bool) {
     let size: u64 = match cmd {
         GNTTABOP_MAP_GRANT_REF => size_of::<GnttabMapGrantRef>() as u64,
         GNTTABOP_UNMAP_GRANT_REF => size_of::<GnttabUnmapGrantRef>() as u64,
@@ -321,21 +379,11 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
     let mut i = 0;
     let mut result = Ok(Flow::Ret(0));
     while i < count {
-        if i > 0 && i % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
-            apply(flush);
-            if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
-                hv.collect_dead();
-            }
-            if cmd == GNTTABOP_UNMAP_GRANT_REF || cmd == GNTTABOP_UNMAP_AND_REPLACE {
-                collect();
-            }
-            return Ok(Flow::Again([
-                u64::from(cmd),
-                uop.wrapping_add(i * size),
-                count - i,
-                0,
-                0,
-            ]));
+        if i > 0 && i % PREEMPT_CHECK == 0 && preempt() {
+            unmapped(flush, dom);
+            let released = batch_done(cmd);
+            let again = Flow::Again([u64::from(cmd), uop.wrapping_add(i * size), count - i, 0, 0]);
+            return (Ok(again), released);
         }
         let va = uop.wrapping_add(i * size);
         let r = match cmd {
@@ -350,17 +398,27 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         }
         i += 1;
     }
-    apply(flush);
-    // A granter's frames freed by this unmap (it died while they were
-    // mapped) go back now.
-    if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
-        hv.collect_dead();
-    }
-    // A dead granter's table whose last mapping this unmap removed goes.
+    unmapped(flush, dom);
+    (result, batch_done(cmd))
+}
+
+/// After (part of) a batch: a dead granter's table whose last mapping an
+/// unmap removed goes; returns whether an unmap let go of the last
+/// reference on frames of a dead domain (then `Hv::collect_dead`).
+fn batch_done(cmd: u32) -> bool {
+    let released =
+        cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying());
     if cmd == GNTTABOP_UNMAP_GRANT_REF || cmd == GNTTABOP_UNMAP_AND_REPLACE {
         collect();
     }
-    result
+    released
+}
+
+/// The flush unmaps by `dom` owe: the entries were in `dom`'s page tables,
+/// so this CPU and the CPUs holding `dom`'s vCPUs (`mmu::apply_flush`, as
+/// the lock-free `mmu_update`).
+fn unmapped(f: Flush, dom: u16) {
+    crate::mmu::apply_flush(f, dom);
 }
 
 fn apply(f: Flush) {
@@ -655,12 +713,15 @@ fn copy_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 /// (`with_handle`, as an unmap). Returns how many of its grants other
 /// domains still map.
 pub fn release_domain(dom: u16) -> u32 {
+    // Counted dying before it is marked so (a `collect` running meanwhile
+    // may free it at once: the count is never below the tables it finds).
+    DYING.fetch_add(1, Ordering::AcqRel);
     let (newly, slots) = with(Reach::one(dom), |t, ft, mem| {
         let newly = grant::release_table(t, ft, mem, dom);
         (newly, t.table(dom).map_or(0, |gt| gt.maptrack_slots()))
     });
-    if newly {
-        DYING.fetch_add(1, Ordering::AcqRel);
+    if !newly {
+        DYING.fetch_sub(1, Ordering::AcqRel);
     }
     // Nothing adds to a dead domain's maptrack (its vCPUs run no more, and
     // the policy refuses a dying caller's maps), so `slots` covers them all.
