@@ -5,6 +5,12 @@
 //! policy in `microvisor_core::grant`; this module copies arguments in and
 //! statuses out, installs and removes the grant-tagged page-table entries
 //! through the frame table, and flushes TLBs when an unmap asks.
+//!
+//! Each domain's table is behind its own lock (Xen's per-domain grant
+//! lock); an operation holds the locks of the domains it reaches
+//! (`microvisor_core::grant::Reach`), taken lowest id first. Map, unmap,
+//! unmap_and_replace and copy batches run without the hypervisor lock
+//! ([`grant_table_op_unlocked`]; docs/smp.md argues why that is sound).
 
 use crate::domain::Hv;
 use crate::hypercall::Flow;
