@@ -248,7 +248,7 @@ fn relax() {
 /// Takes `m`, serving other CPUs' TLB-flush requests while it waits (the
 /// holder may be waiting for this CPU's flush).
 #[inline(always)]
-fn lock_serving<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
+pub(crate) fn lock_serving<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
     match m.try_lock() {
         Some(g) => g,
         None => lock_contended(m),

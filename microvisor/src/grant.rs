@@ -5,11 +5,17 @@
 //! policy in `microvisor_core::grant`; this module copies arguments in and
 //! statuses out, installs and removes the grant-tagged page-table entries
 //! through the frame table, and flushes TLBs when an unmap asks.
+//!
+//! Each domain's table is behind its own lock (Xen's per-domain grant
+//! lock); an operation holds the locks of the domains it reaches
+//! (`microvisor_core::grant::Reach`), taken lowest id first. Map, unmap,
+//! unmap_and_replace and copy batches run without the hypervisor lock
+//! ([`grant_table_op_unlocked`]; docs/smp.md argues why that is sound).
 
 use crate::domain::Hv;
 use crate::hcall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::grant_table::{
     GNTST_BAD_VIRT_ADDR, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTABOP_COPY,
@@ -20,8 +26,10 @@ use guest_abi::grant_table::{
     GnttabUnmapGrantRef, GrantEntryV1, GrantEntryV2,
 };
 use microvisor_core::frametable::{ExternalRef, Flush, FrameTable};
-use microvisor_core::grant::{self, GrantMemory, GrantTable, MAX_STATUS_FRAMES, status_frames_for};
-use spin::Mutex;
+use microvisor_core::grant::{
+    self, GrantMemory, GrantTable, MAX_STATUS_FRAMES, Reach, status_frames_for,
+};
+use spin::{Mutex, MutexGuard};
 use zerocopy::FromBytes;
 
 /// Table frames each domain may set up (Xen's default `max_grant_frames`
@@ -30,48 +38,94 @@ pub const MAX_FRAMES: u32 = 4;
 
 /// Operations handled between preemption checks.
 const PREEMPT_CHECK: u64 = 64;
-/// Every domain's grant table, by domain id: on the heap from the
-/// domain's build until its table is no longer needed (it died and no
-/// other domain maps any of its grants: [`Tables::collect`]).
-struct Tables {
-    tables: alloc::vec::Vec<Option<alloc::boxed::Box<GrantTable>>>,
-    /// Tables of dead domains not yet freed (other domains still map some
-    /// of their grants).
-    dying: usize,
+
+/// One domain id's grant lock (Xen's per-domain grant-table lock) and,
+/// from the domain's build until its table is no longer needed (it died and
+/// no other domain maps any of its grants: [`collect`]), its table on the
+/// heap. The lock itself is never freed (as the event locks, docs/smp.md
+/// "Per domain"): only what it guards goes, taken out under it.
+type Slot = Mutex<Option<alloc::boxed::Box<GrantTable>>>;
+
+type Guard = MutexGuard<'static, Option<alloc::boxed::Box<GrantTable>>>;
+
+/// Domain ids per chunk of slots.
+const CHUNK: usize = 256;
+
+/// `CHUNK` consecutive ids' slots (4 KiB), made when the first domain of
+/// its range is built and kept for ever (16 bytes an id).
+struct Chunk([Slot; CHUNK]);
+
+// (A template copied into the heap, never used in place.)
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_CHUNK: Chunk = Chunk([const { Mutex::new(None) }; CHUNK]);
+
+/// Every domain id's slot: `DIR[id / CHUNK]`, then `id % CHUNK`. Reading
+/// needs no lock (one `Once` load); the chunks never go.
+static DIR: [spin::Once<&'static Chunk>; 65536 / CHUNK] =
+    [const { spin::Once::new() }; 65536 / CHUNK];
+
+/// Every id that ever had a table is below this (what `collect` and the
+/// audit walk).
+static IDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Tables of dead domains not yet freed (other domains still map some of
+/// their grants).
+static DYING: AtomicUsize = AtomicUsize::new(0);
+
+/// Domain `dom`'s slot, if one was ever made.
+fn slot(dom: u16) -> Option<&'static Slot> {
+    let c = DIR[usize::from(dom) / CHUNK].get()?;
+    Some(&c.0[usize::from(dom) % CHUNK])
 }
 
-static TABLES: Mutex<Tables> = Mutex::new(Tables {
-    tables: alloc::vec::Vec::new(),
-    dying: 0,
-});
+/// Domain `dom`'s slot, made if needed (`None`: no memory for it).
+fn slot_made(dom: u16) -> Option<&'static Slot> {
+    let c = DIR[usize::from(dom) / CHUNK]
+        .try_call_once(|| {
+            crate::mm::heap::try_box(|m| m.write(EMPTY_CHUNK))
+                .map(|b| &*alloc::boxed::Box::leak(b))
+                .ok_or(())
+        })
+        .ok()?;
+    Some(&c.0[usize::from(dom) % CHUNK])
+}
 
-impl grant::Domains for Tables {
-    fn get(&mut self, dom: u16) -> Option<&mut GrantTable> {
-        self.tables.get_mut(usize::from(dom))?.as_deref_mut()
+/// The grant locks of the domains one operation reaches
+/// ([`grant::Reach`]: at most three), taken lowest id first and held until
+/// this goes: the policy's [`grant::Domains`], answering for those domains
+/// only (the policy asks for no other: `microvisor_core::grant`'s property
+/// test checks every operation against its reach).
+struct Locked {
+    held: heapless::Vec<(u16, Guard), 3>,
+}
+
+impl Locked {
+    /// Takes the locks of `reach`, in its (increasing id) order, serving
+    /// TLB-flush requests while waiting; an id that never had a table has
+    /// no lock and is left out (the policy finds no such domain).
+    fn take(reach: grant::Reach) -> Locked {
+        let mut held = heapless::Vec::new();
+        for &d in reach.as_slice() {
+            if let Some(s) = slot(d) {
+                // At most three: the reach's size.
+                let _ = held.push((d, crate::events::lock_serving(s)));
+            }
+        }
+        Locked { held }
+    }
+
+    /// Domain `dom`'s table, when its lock is held (and the table is there).
+    fn table(&mut self, dom: u16) -> Option<&mut GrantTable> {
+        self.held
+            .iter_mut()
+            .find(|(d, _)| *d == dom)
+            .and_then(|(_, g)| g.as_deref_mut())
     }
 }
 
-impl Tables {
-    /// Frees the tables of dead domains nothing maps any more: no grant of
-    /// theirs is pinned and they map nothing (their own mappings went at
-    /// their death).
-    fn collect(&mut self) {
-        if self.dying == 0 {
-            return;
-        }
-        let mut left = 0;
-        for t in self.tables.iter_mut() {
-            let Some(gt) = t.as_deref() else { continue };
-            if !gt.is_dying() {
-                continue;
-            }
-            if gt.pinned_grants() == 0 && gt.nr_mappings() == 0 {
-                *t = None;
-            } else {
-                left += 1;
-            }
-        }
-        self.dying = left;
+impl grant::Domains for Locked {
+    fn get(&mut self, dom: u16) -> Option<&mut GrantTable> {
+        self.table(dom)
     }
 }
 
@@ -80,15 +134,10 @@ impl Tables {
 fn register(id: u16) -> Result<(), ()> {
     /// A new table: no frames yet, nothing mapped.
     const EMPTY: GrantTable = GrantTable::new(MAX_FRAMES);
-    let i = usize::from(id);
     let gt = crate::mm::heap::try_box(|m| m.write(EMPTY)).ok_or(())?;
-    let mut t = TABLES.lock();
-    if t.tables.len() <= i {
-        let more = i + 1 - t.tables.len();
-        t.tables.try_reserve(more).map_err(|_| ())?;
-        t.tables.resize_with(i + 1, || None);
-    }
-    t.tables[i] = Some(gt);
+    let s = slot_made(id).ok_or(())?;
+    *crate::events::lock_serving(s) = Some(gt);
+    IDS.fetch_max(usize::from(id) + 1, Ordering::Release);
     Ok(())
 }
 
@@ -164,10 +213,45 @@ impl GrantMemory for frames::DirectMap {
     }
 }
 
-/// Runs `f` with the grant tables, the frame table and memory.
-fn with<R>(f: impl FnOnce(&mut Tables, &FrameTable<'static>, &mut frames::DirectMap) -> R) -> R {
-    let mut t = TABLES.lock();
-    frames::with(|ft, mem| f(&mut t, ft, mem))
+/// Runs `f` with the grant locks of `reach` (lowest id first), the frame
+/// table and memory. `frames::operation()` is taken first and held
+/// throughout: the audit, which holds it alone, then finds every grant lock
+/// free of operations that change frame references (lock order: frame-table
+/// operation, then grant locks).
+fn with<R>(
+    reach: Reach,
+    f: impl FnOnce(&mut Locked, &FrameTable<'static>, &mut frames::DirectMap) -> R,
+) -> R {
+    let _op = frames::operation();
+    let mut l = Locked::take(reach);
+    frames::with(|ft, mem| f(&mut l, ft, mem))
+}
+
+/// As [`with`] for an operation on handle `handle` of `dom` (an unmap, or
+/// a dead domain's mapping released): the caller's lock and that of the
+/// handle's granter. The granter is read under the caller's lock alone,
+/// then both are taken in id order and the reach read again; if the handle
+/// changed in between (another vCPU of `dom` unmapped or mapped), it starts
+/// over, so the policy always runs with the lock of the granter it finds.
+fn with_handle<R>(
+    dom: u16,
+    handle: u32,
+    f: impl FnOnce(&mut Locked, &FrameTable<'static>, &mut frames::DirectMap) -> R,
+) -> R {
+    let _op = frames::operation();
+    let mut reach = {
+        let mut l = Locked::take(Reach::one(dom));
+        grant::reach_unmap(l.table(dom).map(|t| &*t), dom, handle)
+    };
+    loop {
+        let mut l = Locked::take(reach);
+        let now = grant::reach_unmap(l.table(dom).map(|t| &*t), dom, handle);
+        if now == reach {
+            return frames::with(|ft, mem| f(&mut l, ft, mem));
+        }
+        drop(l);
+        reach = now;
+    }
 }
 
 /// Where a mapping's entry lives: the machine address of the L1 entry.
@@ -208,7 +292,9 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         GNTTABOP_SETUP_TABLE => return setup_table(dom, privileged, cr3, uop).map(Flow::Ret),
         GNTTABOP_QUERY_SIZE => {
             let mut op: GnttabQuerySize = guest::read(cr3, uop)?;
-            match with(|t, _, _| grant::query_size(t, dom, op.dom, privileged)) {
+            match with(grant::reach_target(dom, op.dom), |t, _, _| {
+                grant::query_size(t, dom, op.dom, privileged)
+            }) {
                 Ok(sz) => {
                     op.nr_frames = sz.nr_frames;
                     op.max_nr_frames = sz.max_nr_frames;
@@ -221,7 +307,9 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         }
         GNTTABOP_GET_VERSION => {
             let mut op: GnttabGetVersion = guest::read(cr3, uop)?;
-            op.version = with(|t, _, _| grant::get_version(t, dom, op.dom, privileged))?;
+            op.version = with(grant::reach_target(dom, op.dom), |t, _, _| {
+                grant::get_version(t, dom, op.dom, privileged)
+            })?;
             guest::write(cr3, uop, &op)?;
             return Ok(Flow::Ret(0));
         }
@@ -238,6 +326,64 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         | GNTTABOP_COPY => {}
         _ => return Err(Errno::ENOSYS),
     }
+    let (r, released) = batch(dom, cr3, cmd, uop, count, || crate::mmu::should_preempt(hv));
+    // A granter's frames freed by this unmap (it died while they were
+    // mapped) go back now.
+    if released {
+        hv.collect_dead();
+    }
+    r
+}
+
+/// The map, unmap, unmap_and_replace and copy batches without the
+/// hypervisor lock (docs/smp.md, "Grant tables"): the caller's domain and
+/// page tables come from its `VcpuLight`, preemption asks
+/// `mmu::should_preempt_unlocked`. `None` (nothing done) for any other
+/// command, which takes the locked path. Returns the outcome and whether a
+/// dead domain's frames were released (the caller then runs
+/// `Hv::collect_dead` under the hypervisor lock, and a continuation too).
+pub fn grant_table_op_unlocked(
+    cmd: u64,
+    uop: u64,
+    count: u64,
+) -> Option<(Result<Flow, Errno>, bool)> {
+    let cmd = cmd as u32;
+    if !matches!(
+        cmd,
+        GNTTABOP_MAP_GRANT_REF
+            | GNTTABOP_UNMAP_GRANT_REF
+            | GNTTABOP_UNMAP_AND_REPLACE
+            | GNTTABOP_COPY
+    ) {
+        return None;
+    }
+    let v = crate::arch::percpu::vcpu() as usize;
+    let light = crate::domain::light(v)?;
+    let dom = light.dom.load(Ordering::Relaxed);
+    let cr3 = light.cr3.load(Ordering::Relaxed);
+    Some(batch(
+        dom,
+        cr3,
+        cmd,
+        uop,
+        count as u32 as u64,
+        crate::mmu::should_preempt_unlocked,
+    ))
+}
+
+/// A map, unmap, unmap_and_replace or copy batch (`cmd`) of `count`
+/// elements at `uop` by `dom` with page tables `cr3`, for either path; it
+/// stops when `preempt` says so. Touches nothing of `Hv`: the grant tables
+/// under their own locks, the frame table, guest memory. Returns the outcome
+/// and whether a dead domain's frames were released.
+fn batch(
+    dom: u16,
+    cr3: u64,
+    cmd: u32,
+    uop: u64,
+    count: u64,
+    preempt: impl Fn() -> bool,
+) -> (Result<Flow, Errno>, bool) {
     let size: u64 = match cmd {
         GNTTABOP_MAP_GRANT_REF => size_of::<GnttabMapGrantRef>() as u64,
         GNTTABOP_UNMAP_GRANT_REF => size_of::<GnttabUnmapGrantRef>() as u64,
@@ -248,21 +394,11 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
     let mut i = 0;
     let mut result = Ok(Flow::Ret(0));
     while i < count {
-        if i > 0 && i % PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
-            apply(flush);
-            if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
-                hv.collect_dead();
-            }
-            if cmd == GNTTABOP_UNMAP_GRANT_REF || cmd == GNTTABOP_UNMAP_AND_REPLACE {
-                collect();
-            }
-            return Ok(Flow::Again([
-                u64::from(cmd),
-                uop.wrapping_add(i * size),
-                count - i,
-                0,
-                0,
-            ]));
+        if i > 0 && i % PREEMPT_CHECK == 0 && preempt() {
+            unmapped(flush, dom);
+            let released = batch_done(cmd);
+            let again = Flow::Again([u64::from(cmd), uop.wrapping_add(i * size), count - i, 0, 0]);
+            return (Ok(again), released);
         }
         let va = uop.wrapping_add(i * size);
         let r = match cmd {
@@ -277,17 +413,27 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
         }
         i += 1;
     }
-    apply(flush);
-    // A granter's frames freed by this unmap (it died while they were
-    // mapped) go back now.
-    if cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying()) {
-        hv.collect_dead();
-    }
-    // A dead granter's table whose last mapping this unmap removed goes.
+    unmapped(flush, dom);
+    (result, batch_done(cmd))
+}
+
+/// After (part of) a batch: a dead granter's table whose last mapping an
+/// unmap removed goes; returns whether an unmap let go of the last
+/// reference on frames of a dead domain (then `Hv::collect_dead`).
+fn batch_done(cmd: u32) -> bool {
+    let released =
+        cmd == GNTTABOP_UNMAP_GRANT_REF && frames::with(|ft, _| ft.take_released_dying());
     if cmd == GNTTABOP_UNMAP_GRANT_REF || cmd == GNTTABOP_UNMAP_AND_REPLACE {
         collect();
     }
-    result
+    released
+}
+
+/// The flush unmaps by `dom` owe: the entries were in `dom`'s page tables,
+/// so this CPU and the CPUs holding `dom`'s vCPUs (`mmu::apply_flush`, as
+/// the lock-free `mmu_update`).
+fn unmapped(f: Flush, dom: u16) {
+    crate::mmu::apply_flush(f, dom);
 }
 
 fn apply(f: Flush) {
@@ -370,7 +516,7 @@ fn release_frame(mfn: u64, dom: u16) {
 
 /// Status frames a v2 table of `dom` still needs for `nr_frames` frames
 /// (0 for a v1 table).
-fn status_wanted(t: &mut Tables, dom: u16, nr_frames: u32) -> u32 {
+fn status_wanted(t: &mut Locked, dom: u16, nr_frames: u32) -> u32 {
     grant::Domains::get(t, dom).map_or(0, |gt| {
         if gt.version() == 2 {
             let have = gt.status_frames().len() as u32;
@@ -391,13 +537,15 @@ fn grow(dom: u16, privileged: bool, op: &GnttabSetupTable) -> Result<grant::Tabl
         op.dom
     };
     let nr = op.nr_frames.min(MAX_FRAMES);
-    let want = with(|t, _, _| {
+    let reach = grant::reach_target(dom, op.dom);
+    let want = with(reach, |t, _, _| {
         let have = grant::Domains::get(t, target).map_or(0, |gt| gt.nr_frames());
         nr.saturating_sub(have) + status_wanted(t, target, nr)
     });
     let mut spare = Spares::new(target, want as usize);
-    let res =
-        with(|t, ft, mem| grant::setup_table(t, ft, mem, dom, op, privileged, || spare.take()));
+    let res = with(reach, |t, ft, mem| {
+        grant::setup_table(t, ft, mem, dom, op, privileged, || spare.take())
+    });
     spare.give_back();
     res
 }
@@ -407,7 +555,7 @@ fn grow(dom: u16, privileged: bool, op: &GnttabSetupTable) -> Result<grant::Tabl
 /// gives back scrubbed and freed. Returns the version now in effect and the
 /// hypercall's result.
 fn set_version(dom: u16, requested: u32) -> (u32, Result<(), Errno>) {
-    let want = with(|t, _, _| {
+    let want = with(Reach::one(dom), |t, _, _| {
         grant::Domains::get(t, dom).map_or(0, |gt| {
             if requested == 2 && gt.version() == 1 {
                 status_frames_for(gt.nr_frames().max(1))
@@ -417,7 +565,7 @@ fn set_version(dom: u16, requested: u32) -> (u32, Result<(), Errno>) {
         })
     });
     let mut spare = Spares::new(dom, want as usize);
-    let r = with(|t, ft, mem| {
+    let r = with(Reach::one(dom), |t, ft, mem| {
         grant::set_version(
             t,
             ft,
@@ -435,7 +583,9 @@ fn set_version(dom: u16, requested: u32) -> (u32, Result<(), Errno>) {
 #[inline(never)]
 fn get_status_frames(dom: u16, privileged: bool, cr3: u64, uop: u64) -> Result<u64, Errno> {
     let mut op: GnttabGetStatusFrames = guest::read(cr3, uop)?;
-    let r = with(|t, _, _| grant::get_status_frames(t, dom, op.dom, op.nr_frames, privileged));
+    let r = with(grant::reach_target(dom, op.dom), |t, _, _| {
+        grant::get_status_frames(t, dom, op.dom, op.nr_frames, privileged)
+    });
     match r {
         Ok(frames) => {
             op.status = GNTST_OKAY;
@@ -467,7 +617,7 @@ pub fn create(id: u16) -> Result<(), i16> {
 fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
     let mut op: GnttabMapGrantRef = guest::read(cr3, va)?;
     let l4 = cr3 / PAGE;
-    let r = with(|t, ft, mem| {
+    let r = with(grant::reach_map(dom, &op), |t, ft, mem| {
         grant::map_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
             let Some(at) = entry_ma(ft, mem, dom, l4, m) else {
                 return false;
@@ -491,7 +641,7 @@ fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 fn unmap_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
     let mut op: GnttabUnmapGrantRef = guest::read(cr3, va)?;
     let l4 = cr3 / PAGE;
-    let r = with(|t, ft, mem| {
+    let r = with_handle(dom, op.handle, |t, ft, mem| {
         grant::unmap_grant_ref(t, ft, mem, dom, &op, |ft, mem, m| {
             remove_entry(ft, mem, dom, l4, m)
         })
@@ -537,7 +687,7 @@ fn replace_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
     let mut op: GnttabUnmapAndReplace = guest::read(cr3, va)?;
     let l4 = cr3 / PAGE;
     let new_addr = op.new_addr;
-    let r = with(|t, ft, mem| {
+    let r = with_handle(dom, op.handle, |t, ft, mem| {
         grant::unmap_and_replace(
             t,
             ft,
@@ -563,7 +713,9 @@ fn replace_one(dom: u16, cr3: u64, va: u64) -> Result<Flush, Errno> {
 
 fn copy_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
     let mut op: GnttabCopy = guest::read(cr3, va)?;
-    op.status = match with(|t, ft, mem| grant::copy(t, ft, mem, dom, &op)) {
+    op.status = match with(grant::reach_copy(dom, &op), |t, ft, mem| {
+        grant::copy(t, ft, mem, dom, &op)
+    }) {
         Ok(()) => GNTST_OKAY,
         Err(st) => st,
     };
@@ -571,39 +723,85 @@ fn copy_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
 }
 
 /// Domain death, grant side: releases every mapping `dom` held and its
-/// table frames (see `microvisor_core::grant::release_domain`). Returns how
-/// many of its grants other domains still map.
+/// table frames (see `microvisor_core::grant::release_domain`), its table
+/// under its own lock, then each mapping with its granter's lock too
+/// (`with_handle`, as an unmap). Returns how many of its grants other
+/// domains still map.
 pub fn release_domain(dom: u16) -> u32 {
-    with(|t, ft, mem| {
-        let still = grant::release_domain(t, ft, mem, dom);
-        if grant::Domains::get(t, dom).is_some() {
-            t.dying += 1;
-        }
-        // Its own table (unless others still map its grants), and those of
-        // domains that died before it whose last mappings were its own.
-        t.collect();
-        still
-    })
+    // Counted dying before it is marked so (a `collect` running meanwhile
+    // may free it at once: the count is never below the tables it finds).
+    DYING.fetch_add(1, Ordering::AcqRel);
+    let (newly, slots) = with(Reach::one(dom), |t, ft, mem| {
+        let newly = grant::release_table(t, ft, mem, dom);
+        (newly, t.table(dom).map_or(0, |gt| gt.maptrack_slots()))
+    });
+    if !newly {
+        DYING.fetch_sub(1, Ordering::AcqRel);
+    }
+    // Nothing adds to a dead domain's maptrack (its vCPUs run no more, and
+    // the policy refuses a dying caller's maps), so `slots` covers them all.
+    for handle in 0..slots as u32 {
+        with_handle(dom, handle, |t, ft, mem| {
+            grant::release_mapping(t, ft, mem, dom, handle);
+        });
+    }
+    let still = with(Reach::one(dom), |t, _, _| {
+        t.table(dom).map_or(0, |gt| gt.pinned_grants())
+    });
+    // Its own table (unless others still map its grants), and those of
+    // domains that died before it whose last mappings were its own.
+    collect();
+    still
 }
 
 /// Whether domain `dom`'s grant table is still allocated.
 pub fn table_held(dom: u16) -> bool {
-    grant::Domains::get(&mut *TABLES.lock(), dom).is_some()
+    slot(dom).is_some_and(|s| crate::events::lock_serving(s).is_some())
 }
 
-/// Frees the tables of dead domains whose grants the last unmaps let go.
+/// Frees the tables of dead domains nothing maps any more: no grant of
+/// theirs is pinned and they map nothing (their own mappings went at their
+/// death). Each is looked at under its own lock (no other held), taken out
+/// under it, and freed after it is let go.
 fn collect() {
-    TABLES.lock().collect();
+    if DYING.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for id in 0..IDS.load(Ordering::Acquire) {
+        let Some(s) = slot(id as u16) else { continue };
+        let gone = {
+            let mut g = crate::events::lock_serving(s);
+            let idle = g.as_deref().is_some_and(|gt| {
+                gt.is_dying() && gt.pinned_grants() == 0 && gt.nr_mappings() == 0
+            });
+            if idle { g.take() } else { None }
+        };
+        if gone.is_some() {
+            DYING.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(gone);
+    }
 }
 
 /// Calls `f` with every reference the grant tables hold outside page tables
 /// (each live mapping's, and the hypervisor write reference on every table
-/// and v2 status frame), for the frame-table audit.
+/// and v2 status frame), for the frame-table audit. Each table is read
+/// under its own lock, one after the other. The whole is consistent with
+/// the frame table because the audit holds `frames::operation()` alone,
+/// and every grant operation that changes frame references (and so a
+/// table's references) holds it shared from before it takes its grant
+/// locks until after it lets them go (`with`, `with_handle`): none is in
+/// flight while the audit runs. (The grant locks the audit may find held
+/// belong to `table_held`, `collect` or `register`, which wait for nothing
+/// while they hold one.)
 pub fn for_each_external_ref(mut f: impl FnMut(u64, ExternalRef)) {
-    let t = TABLES.lock();
-    for gt in t.tables.iter().flatten() {
-        for (mfn, r) in gt.external_refs() {
-            f(mfn, r);
+    for id in 0..IDS.load(Ordering::Acquire) {
+        let Some(s) = slot(id as u16) else { continue };
+        let g = crate::events::lock_serving(s);
+        for gt in g.iter() {
+            for (mfn, r) in gt.external_refs() {
+                f(mfn, r);
+            }
         }
     }
 }

@@ -226,10 +226,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 }
 
 /// The full-entry hypercalls that may run without the hypervisor lock
-/// (docs/smp.md): SCHEDOP_yield with nothing else to run here, and
-/// mmu_update on the caller's own frames (unless every memory hypercall
-/// is audited). Returns false, having done nothing, for any other; true
-/// when it handled the hypercall (taking the lock only for what needs it:
+/// (docs/smp.md): SCHEDOP_yield with nothing else to run here,
+/// mmu_update on the caller's own frames, and grant_table_op's map,
+/// unmap, unmap_and_replace and copy batches (those two unless every
+/// memory hypercall is audited). Returns false, having done nothing, for
+/// any other; true when it handled the hypercall (taking the lock only for what needs it:
 /// a continuation, a dead domain's frames to free, an upcall to deliver).
 #[inline]
 fn unlocked(frame: &mut TrapFrame) -> bool {
@@ -240,23 +241,20 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
             let Some((r, released)) = crate::mmu::mmu_update_unlocked(args) else {
                 return false;
             };
-            match r {
-                Ok(Flow::Ret(v)) if !released => Ok(v),
-                Err(e) if !released => Err(e),
-                // A continuation (a reschedule) or frames to free.
-                _ => {
-                    let mut hv = crate::domain::lock();
-                    if released {
-                        hv.collect_dead();
-                    }
-                    match flow(&mut hv, frame, 1, r) {
-                        Ok(v) => frame.rax = v,
-                        Err(SWITCHED) => {}
-                        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
-                    }
-                    exit_locked(&mut hv, frame);
-                    return true;
-                }
+            match batch_unlocked(frame, 1, r, released) {
+                Some(r) => r,
+                None => return true,
+            }
+        }
+        20 if !AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) => {
+            let Some((r, released)) =
+                crate::grant::grant_table_op_unlocked(frame.rdi, frame.rsi, frame.rdx)
+            else {
+                return false;
+            };
+            match batch_unlocked(frame, 20, r, released) {
+                Some(r) => r,
+                None => return true,
             }
         }
         _ => return false,
@@ -269,6 +267,35 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
         exit_locked(&mut crate::domain::lock(), frame);
     }
     true
+}
+
+/// The end of batch hypercall `nr` run without the hypervisor lock: its
+/// result, or `None` when it needed the lock (a continuation, or a dead
+/// domain's frames to free: `Hv::collect_dead`) and took it, finishing the
+/// exit under it.
+fn batch_unlocked(
+    frame: &mut TrapFrame,
+    nr: u64,
+    r: Result<Flow, Errno>,
+    released: bool,
+) -> Option<Result<u64, Errno>> {
+    match r {
+        Ok(Flow::Ret(v)) if !released => Some(Ok(v)),
+        Err(e) if !released => Some(Err(e)),
+        _ => {
+            let mut hv = crate::domain::lock();
+            if released {
+                hv.collect_dead();
+            }
+            match flow(&mut hv, frame, nr, r) {
+                Ok(v) => frame.rax = v,
+                Err(SWITCHED) => {}
+                Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+            }
+            exit_locked(&mut hv, frame);
+            None
+        }
+    }
 }
 
 /// The end of every full-entry hypercall: a vCPU that went down leaves,

@@ -34,7 +34,7 @@ fn cr3_mfn(hv: &Hv) -> u64 {
 /// one either: the frame table flushes before a frame whose mappings may
 /// be stale changes type or is freed.) Guests may set the global bit in L1
 /// entries (as on Xen), so the flush drops global entries too.
-fn apply_flush(f: Flush, dom: u16) {
+pub(crate) fn apply_flush(f: Flush, dom: u16) {
     if f.is_needed() {
         cpu::flush_tlb_all();
         crate::arch::smp::flush_tlb_holding(|v| crate::domain::vcpu_domain(v) == Some(dom));
@@ -135,7 +135,7 @@ pub fn mmu_update_unlocked(args: [u64; 4]) -> Option<(Result<Flow, Errno>, bool)
 }
 
 /// `should_preempt` without the hypervisor lock.
-fn should_preempt_unlocked() -> bool {
+pub(crate) fn should_preempt_unlocked() -> bool {
     crate::events::upcall_pending_light()
         || crate::time::now_ns()
             >= crate::domain::SCHED_VIEW

@@ -358,7 +358,8 @@ const AUDIT_TALLIES: usize = 16384;
 static AUDIT_SCRATCH: Mutex<[microvisor_core::frametable::AuditTally; AUDIT_TALLIES]> =
     Mutex::new([microvisor_core::frametable::AuditTally::ZERO; AUDIT_TALLIES]);
 
-/// Frame-table work done without the hypervisor lock (`mmu::mmu_update_unlocked`)
+/// Frame-table work done without the hypervisor lock (`mmu::mmu_update_unlocked`,
+/// `grant::grant_table_op_unlocked`, and every grant operation around its grant locks)
 /// holds this shared; the audit holds it alone, so it never sees an
 /// operation half done (Xen stops the other CPUs for the same reason).
 static OPS: spin::RwLock<()> = spin::RwLock::new(());

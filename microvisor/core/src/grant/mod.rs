@@ -29,9 +29,11 @@
 //! caller writes and removes the page-table entries of host mappings, in the
 //! `install`/`remove` callbacks of [`map_grant_ref`] and [`unmap_grant_ref`],
 //! which run at exactly the point where Xen creates or destroys the entry,
-//! so a failure there undoes everything. The caller serialises all grant
-//! operations (one lock, as Xen's grant locks do for the cases modelled
-//! here); only the [`GrantMemory`] accesses race with guests. Nothing here
+//! so a failure there undoes everything. The caller gives each operation
+//! the tables it reaches ([`Reach`]: the `reach_*` functions) to itself
+//! for the whole operation (Xen's per-domain grant locks: the hypervisor
+//! takes one lock per table, lower id first); only the [`GrantMemory`]
+//! accesses race with guests. Nothing here
 //! allocates, panics
 //! on a guest value, or trusts a guest number: every domain id, reference,
 //! handle, offset and length is checked and refused with the `GNTST_*`
@@ -141,14 +143,114 @@ pub trait GrantMemory {
     fn copy(&mut self, dst: u64, dst_off: usize, src: u64, src_off: usize, len: usize);
 }
 
-/// Access to every domain's grant state. Implemented by the hypervisor over
-/// its domain table (and by tests over arrays). `get` must answer
-/// consistently for the same id within one operation, and keep answering
-/// for a dying domain until its table is idle (see the module docs).
+/// Access to the grant state of the domains an operation reaches.
+/// Implemented by the hypervisor over the grant locks it holds (and by tests
+/// over arrays). `get` must answer consistently for the same id within one
+/// operation, and keep answering for a dying domain until its table is idle
+/// (see the module docs). Each operation asks only for the domains its
+/// [`Reach`] names, so an implementation need answer only for those.
 pub trait Domains {
     /// The grant table of domain `dom`, or `None` if no such domain (special
     /// ids such as `DOMID_SELF` are resolved before this is called).
     fn get(&mut self, dom: u16) -> Option<&mut GrantTable>;
+}
+
+/// The domains whose grant tables one operation reaches: at most three, each
+/// once, in increasing id order (ids that name no domain left out). A caller
+/// that keeps each domain's table under its own lock takes the locks of
+/// exactly these, lower id first, and hands the policy a [`Domains`] that
+/// answers for them; the policy asks for no other domain (the property test
+/// checks every operation against its reach).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    ids: [u16; 3],
+    len: usize,
+}
+
+impl Reach {
+    /// No domain.
+    pub const NONE: Reach = Reach {
+        ids: [0; 3],
+        len: 0,
+    };
+
+    /// Domain `dom` alone (nothing if it is a reserved id).
+    #[must_use]
+    pub fn one(dom: u16) -> Reach {
+        Reach::NONE.and(dom)
+    }
+
+    /// This reach and domain `dom` (kept in id order, each once; a reserved
+    /// id is left out).
+    #[must_use]
+    pub fn and(mut self, dom: u16) -> Reach {
+        if !is_domain(dom) || self.contains(dom) || self.len == self.ids.len() {
+            return self;
+        }
+        let at = self.as_slice().iter().take_while(|&&d| d < dom).count();
+        let mut k = self.len;
+        while k > at {
+            self.ids[k] = self.ids[k - 1];
+            k -= 1;
+        }
+        self.ids[at] = dom;
+        self.len += 1;
+        self
+    }
+
+    /// The domains, lowest id first.
+    #[must_use]
+    pub fn as_slice(&self) -> &[u16] {
+        self.ids.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Whether `dom` is one of them.
+    #[must_use]
+    pub fn contains(&self, dom: u16) -> bool {
+        self.as_slice().contains(&dom)
+    }
+}
+
+/// What an operation on the table of domain argument `dom` by `caller`
+/// reaches (`setup_table`, `query_size`, `get_version`,
+/// `get_status_frames`): that domain (`DOMID_SELF` is the caller).
+/// `set_version` reaches the caller alone.
+#[must_use]
+pub fn reach_target(caller: u16, dom: u16) -> Reach {
+    Reach::one(if dom == DOMID_SELF { caller } else { dom })
+}
+
+/// What [`map_grant_ref`] by `caller` reaches: the caller (its maptrack)
+/// and the granter `op.dom`.
+#[must_use]
+pub fn reach_map(caller: u16, op: &GnttabMapGrantRef) -> Reach {
+    Reach::one(caller).and(op.dom)
+}
+
+/// What an unmap of handle `handle` by `caller` reaches ([`unmap_grant_ref`],
+/// [`unmap_and_replace`], [`release_mapping`]): the caller and, when the
+/// handle is in use, the granter of its mapping. `table` is the caller's
+/// table; the answer holds only while it does not change, so a caller
+/// locking per domain asks again once it holds the locks and starts over
+/// if the answer changed.
+#[must_use]
+pub fn reach_unmap(table: Option<&GrantTable>, caller: u16, handle: u32) -> Reach {
+    let r = Reach::one(caller);
+    match table.and_then(|t| t.mapping(handle)) {
+        Some(m) => r.and(m.granter),
+        None => r,
+    }
+}
+
+/// What [`copy`] by `caller` reaches: the domain of each side
+/// (`DOMID_SELF` is the caller), a granter for a grant side; a frame side
+/// naming any other id is refused before any table is asked for.
+#[must_use]
+pub fn reach_copy(caller: u16, op: &GnttabCopy) -> Reach {
+    let side = |domid: u16| if domid == DOMID_SELF { caller } else { domid };
+    Reach::NONE
+        .and(side(op.source.domid))
+        .and(side(op.dest.domid))
 }
 
 /// The first 32 bits of a v1 entry as [`GrantMemory::cmpxchg_header`] sees
@@ -924,17 +1026,6 @@ fn release_half<D, M>(
     unpin(world, mem, m.granter, m.gref, m.readonly());
 }
 
-/// Frees handle `handle` of `dom` and drops what both halves of its
-/// mapping held.
-fn release_mapping<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, dom: u16, handle: u32)
-where
-    D: Domains + ?Sized,
-    M: TableMemory + GrantMemory + ?Sized,
-{
-    release_half(world, ft, mem, dom, handle, GNTMAP_HOST_MAP);
-    release_half(world, ft, mem, dom, handle, GNTMAP_DEVICE_MAP);
-}
-
 /// One side of a copy, claimed: the frame and what is held on it.
 #[derive(Clone, Copy, Debug)]
 struct CopyBuf {
@@ -1152,21 +1243,54 @@ where
 /// `GNTST_bad_domain`. Returns how many of `dom`'s grant references are
 /// still pinned by others; call again (harmless) to re-count. Does nothing
 /// and returns 0 if `dom` has no table.
+///
+/// It is [`release_table`], then [`release_mapping`] for every handle; a
+/// caller locking per domain calls those itself, each with its own reach.
 pub fn release_domain<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, dom: u16) -> u32
 where
     D: Domains + ?Sized,
     M: TableMemory + GrantMemory + ?Sized,
 {
-    let Some(gt) = world.get(dom) else {
+    if world.get(dom).is_none() {
         return 0;
-    };
-    if gt.set_dying() {
-        for &f in gt.frames().iter().chain(gt.status_frames()) {
-            ft.put_hv_writable(mem, f);
-        }
     }
+    release_table(world, ft, mem, dom);
     for handle in 0..MAPTRACK_ENTRIES {
         release_mapping(world, ft, mem, dom, handle);
     }
     world.get(dom).map_or(0, |t| t.pinned_grants())
+}
+
+/// The first part of [`release_domain`], reaching `dom` alone: marks its
+/// table dying and drops the hypervisor write references on its table and
+/// status frames (once: false, and nothing done, if it was already dying
+/// or `dom` has no table).
+pub fn release_table<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, dom: u16) -> bool
+where
+    D: Domains + ?Sized,
+    M: TableMemory + GrantMemory + ?Sized,
+{
+    let Some(gt) = world.get(dom) else {
+        return false;
+    };
+    if !gt.set_dying() {
+        return false;
+    }
+    for &f in gt.frames().iter().chain(gt.status_frames()) {
+        ft.put_hv_writable(mem, f);
+    }
+    true
+}
+
+/// The rest of [`release_domain`], one handle at a time: frees handle
+/// `handle` of dead domain `dom` and drops what both halves of its mapping
+/// held, as an unmap would (nothing if the handle is free). Reaches what
+/// [`reach_unmap`] says.
+pub fn release_mapping<D, M>(world: &mut D, ft: &FrameTable<'_>, mem: &mut M, dom: u16, handle: u32)
+where
+    D: Domains + ?Sized,
+    M: TableMemory + GrantMemory + ?Sized,
+{
+    release_half(world, ft, mem, dom, handle, GNTMAP_HOST_MAP);
+    release_half(world, ft, mem, dom, handle, GNTMAP_DEVICE_MAP);
 }

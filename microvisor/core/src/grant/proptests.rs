@@ -283,6 +283,30 @@ fn host_addr(d: u16, slot: u64) -> u64 {
     0x4000_0000 + u64::from(d) * 0x100_0000 + slot * 0x1000
 }
 
+/// The world as one operation sees it through per-domain locks: only the
+/// domains of its [`Reach`]. The policy asking for any other domain fails
+/// the test (a hypervisor holding just those locks would answer `None`).
+struct Only<'a> {
+    w: &'a mut World,
+    reach: Reach,
+}
+
+impl Domains for Only<'_> {
+    fn get(&mut self, dom: u16) -> Option<&mut GrantTable> {
+        assert!(
+            self.reach.contains(dom),
+            "the policy reached domain {dom} outside {:?}",
+            self.reach
+        );
+        self.w.get(dom)
+    }
+}
+
+/// `w` as an operation reaching `reach` sees it.
+fn only(w: &mut World, reach: Reach) -> Only<'_> {
+    Only { w, reach }
+}
+
 struct Sim {
     dead: [bool; 4],
     /// Frames freed by a domain's death (filled with the canary).
@@ -290,7 +314,13 @@ struct Sim {
 }
 
 fn die(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, d: u16) {
-    let _ = release_domain(w, ft, mem, d);
+    // As the hypervisor does it: the table, then each handle, each with the
+    // domains it reaches.
+    let _ = release_table(&mut only(w, Reach::one(d)), ft, mem, d);
+    for handle in 0..MAPTRACK_ENTRIES {
+        let reach = reach_unmap(w.tables[usize::from(d)].as_deref(), d, handle);
+        release_mapping(&mut only(w, reach), ft, mem, d, handle);
+    }
     sim.dead[usize::from(d)] = true;
     // Its page tables are torn down: the installed entries go with them.
     let lo = host_addr(d, 0);
@@ -369,10 +399,11 @@ fn step(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &O
                 addr += 4;
             }
             let op = map_op(g, gref, flags, addr);
+            let reach = reach_map(caller, &op);
             let r = if install_ok {
-                map_grant_ref(w, ft, mem, caller, &op, install)
+                map_grant_ref(&mut only(w, reach), ft, mem, caller, &op, install)
             } else {
-                map_grant_ref(w, ft, mem, caller, &op, |_, _, _| false)
+                map_grant_ref(&mut only(w, reach), ft, mem, caller, &op, |_, _, _| false)
             };
             match r {
                 Ok(m) => {
@@ -429,10 +460,11 @@ fn step(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &O
                 dev_bus_addr: dev_addr,
                 ..unmap_op(handle, host)
             };
+            let reach = reach_unmap(w.tables[usize::from(caller)].as_deref(), caller, handle);
             let r = if remove_ok {
-                unmap_grant_ref(w, ft, mem, caller, &op, remove)
+                unmap_grant_ref(&mut only(w, reach), ft, mem, caller, &op, remove)
             } else {
-                unmap_grant_ref(w, ft, mem, caller, &op, |_, _, _| false)
+                unmap_grant_ref(&mut only(w, reach), ft, mem, caller, &op, |_, _, _| false)
             };
             match r {
                 Ok(flush) => {
@@ -494,7 +526,8 @@ fn step(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &O
                 flags,
                 ..Default::default()
             };
-            if let Err(s) = copy(w, ft, mem, caller, &op) {
+            let reach = reach_copy(caller, &op);
+            if let Err(s) = copy(&mut only(w, reach), ft, mem, caller, &op) {
                 assert!(
                     [
                         GNTST_PERMISSION_DENIED,
@@ -516,9 +549,16 @@ fn step(ft: &FrameTable<'_>, mem: &mut Mem, w: &mut World, sim: &mut Sim, op: &O
             let before = w.t(d).nr_frames();
             // Maybe the heap runs out during the growth.
             inject::fail_nth(oom);
-            let r = setup_table(w, ft, mem, d, &setup_op(DOMID_SELF, nr), false, || {
-                next.take()
-            });
+            let reach = reach_target(d, DOMID_SELF);
+            let r = setup_table(
+                &mut only(w, reach),
+                ft,
+                mem,
+                d,
+                &setup_op(DOMID_SELF, nr),
+                false,
+                || next.take(),
+            );
             let fired = oom.is_some() && !inject::pending();
             inject::fail_nth(None);
             if let Err(s) = r {

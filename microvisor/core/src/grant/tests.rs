@@ -1956,3 +1956,61 @@ fn grant_unmap_and_replace() {
     );
     audit(&ft, &mem, &w);
 }
+
+#[test]
+fn reach_is_each_domain_once_in_id_order() {
+    assert_eq!(Reach::one(D2).and(D1).and(D3).as_slice(), &[D1, D2, D3]);
+    assert_eq!(Reach::one(D2).and(D2).as_slice(), &[D2]);
+    // Reserved ids name no table: nothing to lock.
+    assert_eq!(Reach::one(DOMID_IO).and(D1).as_slice(), &[D1]);
+    assert_eq!(Reach::one(DOMID_SELF).as_slice(), &[] as &[u16]);
+    assert_eq!(reach_target(D2, DOMID_SELF), Reach::one(D2));
+    assert_eq!(reach_target(D2, D0), Reach::one(D0));
+    assert_eq!(reach_map(D3, &map_op(D1, 0, 0, 0)).as_slice(), &[D1, D3]);
+}
+
+#[test]
+fn copy_reaches_both_sides_and_self_is_the_caller() {
+    let side = |domid: u16| GnttabCopyPtr {
+        u: 0,
+        domid,
+        offset: 0,
+        _pad: 0,
+    };
+    let op = |s: u16, d: u16| GnttabCopy {
+        source: side(s),
+        dest: side(d),
+        flags: GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF,
+        ..Default::default()
+    };
+    assert_eq!(reach_copy(D0, &op(D3, D1)).as_slice(), &[D1, D3]);
+    assert_eq!(reach_copy(D2, &op(DOMID_SELF, D1)).as_slice(), &[D1, D2]);
+    assert_eq!(reach_copy(D2, &op(D2, D2)).as_slice(), &[D2]);
+}
+
+#[test]
+fn unmap_reaches_the_handles_granter_only_while_it_is_mapped() {
+    world!(ft, mem, w);
+    grant(&mut mem, &w, D1, 3, PERMIT, D2, data(D1, 0));
+    let op = map_op(D1, 3, GNTMAP_HOST_MAP, 0x1000);
+    let m = map_grant_ref(&mut w, &ft, &mut mem, D2, &op, install).unwrap();
+    assert_eq!(
+        reach_unmap(Some(w.t(D2)), D2, m.handle).as_slice(),
+        &[D1, D2]
+    );
+    assert_eq!(
+        reach_unmap(Some(w.t(D2)), D2, m.handle + 1).as_slice(),
+        &[D2]
+    );
+    assert_eq!(reach_unmap(None, D2, m.handle).as_slice(), &[D2]);
+    let un = unmap_grant_ref(
+        &mut w,
+        &ft,
+        &mut mem,
+        D2,
+        &unmap_op(m.handle, 0x1000),
+        remove,
+    );
+    assert_eq!(un, Ok(Flush::NEEDED));
+    assert_eq!(reach_unmap(Some(w.t(D2)), D2, m.handle).as_slice(), &[D2]);
+}
