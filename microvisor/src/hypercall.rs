@@ -246,7 +246,7 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
                 None => return true,
             }
         }
-        20 if !AUDIT_EVERY_CALL.load(core::sync::atomic::Ordering::Relaxed) => {
+        20 if !crate::audit::every_call() => {
             let Some((r, released)) =
                 crate::grant::grant_table_op_unlocked(frame.rdi, frame.rsi, frame.rdx)
             else {
