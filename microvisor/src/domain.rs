@@ -698,7 +698,7 @@ pub fn vcpu_domain(v: u64) -> Option<u16> {
 pub struct SchedView {
     /// For each CPU c: how many vCPUs wait to run that c may take
     /// (runnable, held by no CPU, allowed on c). Kept by `Hv::set_state`,
-    /// `hold` and `let_go` (`Hv::waiting_changed`).
+    /// `hold` and `let_go` (`microvisor_core::sched::waiting::changed`).
     pub waiting: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS],
     /// `Hv::timers_due`.
     pub timers_due: core::sync::atomic::AtomicU64,
@@ -852,17 +852,21 @@ impl Hv {
     /// scheduler's set of runnable vCPUs stays true).
     #[inline]
     pub fn set_state(&mut self, i: usize, state: RunState) {
-        let was = self.waiting(i);
+        // (Whether a CPU holds it does not change here: read once.)
+        let held = self.running.contains(i);
+        let was = microvisor_core::sched::waiting::is_waiting(self.runnable.contains(i), held);
         let Some(d) = self.vcpus.get_mut(i) else {
             return;
         };
         d.state = state;
+        let cpus = d.cpus;
         let last = d.processor as usize % self.queue.len();
         if let Some(l) = light(i) {
             l.state.store(light_state(state), Ordering::SeqCst);
         }
         self.queue[last].remove(i);
-        if state == RunState::Runnable {
+        let runnable = state == RunState::Runnable;
+        if runnable {
             let c = crate::sched::place(self, i);
             self.vcpus[i].processor = c as u32;
             self.queue[c].insert(i);
@@ -870,7 +874,8 @@ impl Hv {
         } else {
             self.runnable.remove(i);
         }
-        self.waiting_changed(i, was);
+        let now = microvisor_core::sched::waiting::is_waiting(runnable, held);
+        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, cpus, was, now);
     }
 
     /// vCPU `i` waits to run: runnable and held by no CPU.
@@ -882,12 +887,15 @@ impl Hv {
         )
     }
 
-    /// Keeps `SCHED_VIEW.waiting` true after vCPU `i`'s runnable or held
-    /// state changed (`was`: whether it waited before).
+    /// Keeps `SCHED_VIEW.waiting` true after vCPU `i`'s held state
+    /// changed: it waited before (`was`) and waits now (`now`).
     #[inline(always)]
-    fn waiting_changed(&self, i: usize, was: bool) {
+    fn waiting_became(&self, i: usize, was: bool, now: bool) {
+        if was == now {
+            return;
+        }
         let Some(v) = self.vcpus.get(i) else { return };
-        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, v.cpus, was, self.waiting(i));
+        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, v.cpus, was, now);
     }
 
     /// The audit's check of `SCHED_VIEW.waiting`: every CPU's count equals
@@ -965,15 +973,19 @@ impl Hv {
     pub fn hold(&mut self, i: usize) {
         let was = self.waiting(i);
         self.running.insert(i);
-        self.waiting_changed(i, was);
+        // (Held: it no longer waits.)
+        self.waiting_became(i, was, false);
     }
 
     /// This CPU lets go of vCPU `i`: any CPU may pick it again.
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) {
-        let was = self.waiting(i);
+        let runnable = self.runnable.contains(i);
+        let was =
+            microvisor_core::sched::waiting::is_waiting(runnable, self.running.contains(i));
         self.running.remove(i);
-        self.waiting_changed(i, was);
+        // (Held by no CPU now: it waits if it is runnable.)
+        self.waiting_became(i, was, runnable);
     }
 
     /// No guest timer or poll deadline is due before this system time.
