@@ -981,8 +981,7 @@ impl Hv {
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) {
         let runnable = self.runnable.contains(i);
-        let was =
-            microvisor_core::sched::waiting::is_waiting(runnable, self.running.contains(i));
+        let was = microvisor_core::sched::waiting::is_waiting(runnable, self.running.contains(i));
         self.running.remove(i);
         // (Held by no CPU now: it waits if it is runnable.)
         self.waiting_became(i, was, runnable);
