@@ -1293,11 +1293,21 @@ impl Hv {
             }
         }
         if elsewhere {
+            crate::info!("domain {id}: its teardown waits for other CPUs to let go of its vCPUs");
             self.domains[idx].teardown_pending = true;
             self.teardowns_waiting = true;
             return;
         }
         self.teardown(idx, now);
+    }
+
+    /// Whether some dead domain's teardown waits for a CPU that still holds
+    /// one of its vCPUs (kicked by `end`, that CPU lets go at its next
+    /// entry and the teardown follows): the run may not end before.
+    pub fn teardown_held(&self) -> bool {
+        (self.domains.iter())
+            .filter(|d| d.teardown_pending)
+            .any(|d| d.vcpus.iter().any(|&v| self.running.contains(v)))
     }
 
     /// Dead domains whose vCPUs every CPU has now let go of are torn down
@@ -1424,12 +1434,15 @@ impl Hv {
         }
         crate::mm::stacks::report();
         self.reap_vcpus();
-        crate::footprint::check_freed(self);
+        let torn_down = crate::footprint::check_freed(self);
         if ok {
             crate::info!("all domains ended as expected");
         } else {
             crate::error!("some domains did not end as expected");
         }
-        crate::arch::cpu::qemu_exit(ok)
+        if !torn_down {
+            crate::error!("some dead domain's teardown never finished");
+        }
+        crate::arch::cpu::qemu_exit(ok && torn_down)
     }
 }

@@ -71,10 +71,22 @@ impl Snapshot {
 
 /// Once every domain has ended: whether each dead domain's event state,
 /// grant table and vCPU records went back to the heap (a line says which
-/// did not). A domain's vCPU a CPU still holds, or ran last, keeps its
-/// domain's records until that CPU lets go (`Hv::reap_vcpus`): those are
-/// not counted.
-pub fn check_freed(hv: &Hv) {
+/// did not). A domain's vCPU a CPU ran last keeps its domain's records
+/// until that CPU lets go (`Hv::reap_vcpus`): those are not counted.
+/// Returns whether every dead domain was torn down: the run ends only once
+/// no CPU holds a dead domain's vCPU (`sched::check_end`), so a teardown
+/// still pending then never finished (an error line names the domain, and
+/// the run fails).
+pub fn check_freed(hv: &Hv) -> bool {
+    let mut torn_down = true;
+    for d in (hv.domains.iter()).filter(|d| !d.is_live() && d.teardown_pending) {
+        torn_down = false;
+        crate::error!(
+            "domain {} ({}): dead, but its teardown is still pending at the end of the run",
+            d.id,
+            d.name
+        );
+    }
     let mut held = 0;
     for (idx, d) in
         (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending)
@@ -110,6 +122,7 @@ pub fn check_freed(hv: &Hv) {
             mm::heap::used()
         );
     }
+    torn_down
 }
 
 /// Names joined with commas and a final "and".

@@ -343,9 +343,15 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
 }
 
 /// Ends the run when no domain is live, or when every live one is blocked
-/// with nothing that could wake it (then each is killed as deadlocked).
+/// with nothing that could wake it (then each is killed as deadlocked);
+/// not while a dead domain's teardown waits for a CPU to let go of one of
+/// its vCPUs (`Hv::teardown_held`): a later pass ends it, once that CPU
+/// has let go and the teardown is done.
 fn check_end(hv: &mut Hv) {
     if !hv.domains.iter().any(|d| d.is_live()) {
+        if hv.teardown_held() {
+            return;
+        }
         hv.finish();
     }
     if earliest_timer(hv).is_none() && hv.runnable.is_empty() && !crate::irq::any_bound() {
@@ -355,7 +361,9 @@ fn check_end(hv: &mut Hv) {
                 hv.end(i, End::Killed, "blocked forever (deadlock)");
             }
         }
-        hv.finish();
+        if !hv.teardown_held() {
+            hv.finish();
+        }
     }
 }
 
@@ -586,43 +594,59 @@ pub fn ap_run() -> ! {
     idle_loop()
 }
 
-/// Enters the first runnable domain; never returns.
+/// Enters the first runnable vCPU the boot CPU may run
+/// (`microvisor_core::sched::first_to_run`), or its idle loop when none
+/// may (the others wait for their own CPUs); ends the run at once when
+/// nothing is runnable. Never returns.
 pub fn start() -> ! {
     let cr3 = {
         let mut hv = crate::domain::lock();
-        // The first runnable vCPU this CPU may run (any, if none may).
-        let runnable = |d: &crate::domain::Vcpu| d.state == RunState::Runnable;
-        let Some(first) = (hv.vcpus.live())
-            .find(|&(i, d)| runnable(d) && hv.affine[0].contains(i))
-            .or_else(|| hv.vcpus.live().find(|&(_, d)| runnable(d)))
-            .map(|(i, _)| i)
-        else {
+        let runnable = (hv.vcpus.live())
+            .filter(|(_, d)| d.state == RunState::Runnable)
+            .map(|(i, _)| i);
+        let first = policy::first_to_run(runnable, |i| hv.affine[0].contains(i));
+        if first.is_none() && hv.runnable.is_empty() {
             hv.finish()
-        };
-        hv.assign(first, 0);
+        }
         let now = crate::time::now_ns();
         for (_, d) in hv.vcpus.live_mut() {
             d.runstate.entry_time = now;
         }
-        hv.current = first;
-        hv.hold(first);
-        let id = hv.domains[hv.vcpus[first].dom].id;
-        crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
-        let d = &mut hv.vcpus[first];
-        d.runstate.enter(0, now);
-        d.last_start = now;
-        crate::time::update_vcpu_time(d.info);
-        crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
-        cpu::fpu_restore(&d.fpu);
-        // Its frame is the one the exit path restores.
-        crate::arch::entry::set_current(&d.frame);
-        d.cr3
+        match first {
+            Some(first) => {
+                hv.assign(first, 0);
+                hv.current = first;
+                hv.hold(first);
+                let id = hv.domains[hv.vcpus[first].dom].id;
+                crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
+                let d = &mut hv.vcpus[first];
+                d.runstate.enter(0, now);
+                d.last_start = now;
+                crate::time::update_vcpu_time(d.info);
+                crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
+                cpu::fpu_restore(&d.fpu);
+                // Its frame is the one the exit path restores.
+                crate::arch::entry::set_current(&d.frame);
+                Some(d.cr3)
+            }
+            None => {
+                hv.current = NO_VCPU;
+                crate::info!("cpu 0 runs no vCPU first: no runnable one may run on it");
+                None
+            }
+        }
     };
     apic::start_periodic(TICK_NS as u32);
     // The other CPUs may now run the rest.
     crate::arch::smp::join_scheduler();
     crate::arch::smp::scheduler_ready();
-    // SAFETY: as in `switch_to`.
-    unsafe { cpu::write_cr3(cr3) };
+    match cr3 {
+        Some(cr3) => {
+            // SAFETY: as in `switch_to`.
+            unsafe { cpu::write_cr3(cr3) };
+        }
+        // The exit path enters the idle loop (ring 0, idle stack).
+        None => crate::arch::entry::set_current_idle(idle_loop),
+    }
     crate::arch::entry::resume_guest()
 }

@@ -423,6 +423,19 @@ pub fn place(last: usize, allowed: u64, queued: impl Fn(usize) -> u32) -> usize 
         .unwrap_or(last)
 }
 
+/// The vCPU the boot CPU runs first as the scheduler starts, among the
+/// runnable vCPUs given in index order, `allowed` saying which may run on
+/// it (manifest `cpus`): the first allowed one. `None` when none may, even
+/// if others are runnable: the boot CPU then idles, and they wait for the
+/// CPUs they may run on (a vCPU that never blocks would otherwise stay on
+/// a CPU outside its affinity, as nothing moves a vCPU a CPU holds).
+pub fn first_to_run(
+    runnable: impl IntoIterator<Item = usize>,
+    allowed: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    runnable.into_iter().find(|&i| allowed(i))
+}
+
 pub mod waiting;
 
 #[cfg(test)]

@@ -285,11 +285,15 @@ pub fn current_frame() -> &'static mut TrapFrame {
 
 /// From the idle loop, or to start the first vCPU at boot: runs the vCPU
 /// made current (`set_current`) through the common exit path; the idle
-/// (or boot) stack is abandoned.
+/// (or boot) stack is abandoned. At boot the current frame may instead be
+/// the idle one (`set_current_idle`: the boot CPU has no vCPU it may run
+/// first), which the same path enters.
 pub fn resume_guest() -> ! {
     // SAFETY: this CPU's current frame is a vCPU's, with a ring-3 cs/ss
     // (`set_current`; built by the domain builder or the guest's checked
-    // context); nothing on the idle or boot stack is needed again.
+    // context), or its idle frame (`set_current_idle`: ring 0, the idle
+    // loop on the idle stack's top, interrupts off); nothing on the idle
+    // or boot stack is needed again.
     unsafe { core::arch::asm!("jmp {}", sym return_to_guest, options(noreturn)) }
 }
 

@@ -210,6 +210,19 @@ fn place_keeps_the_last_cpu_else_the_shortest_allowed_queue() {
     assert_eq!(place(5, 0, q([0; 4])), 5);
 }
 
+#[test]
+fn first_to_run_is_the_first_allowed_else_none() {
+    let on0 = |mask: u64| move |i: usize| mask & (1 << i) != 0;
+    // The first runnable vCPU allowed on the boot CPU, in index order.
+    assert_eq!(first_to_run([0, 1, 2], on0(0b111)), Some(0));
+    assert_eq!(first_to_run([0, 1, 2], on0(0b110)), Some(1));
+    assert_eq!(first_to_run([2, 3], on0(0b1100)), Some(2));
+    // Runnable vCPUs none of which may run on it: none (it idles), never
+    // one outside its affinity.
+    assert_eq!(first_to_run([0, 1], on0(0b100)), None);
+    assert_eq!(first_to_run([], on0(0b1)), None);
+}
+
 struct Fixed(Vec<(u64, u64, bool)>);
 impl Vcpus for Fixed {
     fn vruntime(&self, i: usize) -> u64 {
