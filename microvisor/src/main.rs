@@ -129,6 +129,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
             (mm::MAX_FRAMES as u64 * mm::PAGE) >> 20
         );
     }
+    // ACPI's list of CPUs, while the boot's identity map is in place.
+    let cpu_ids = find_cpus(si.rsdp_paddr);
     let nr_frames = layout.nr_frames;
     mm::init_allocator(nr_frames);
     mm::with_allocator(|a| {
@@ -157,7 +159,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
     let gsis = arch::ioapic::init();
     info!("I/O APICs: {gsis} interrupt lines, all masked");
     time::init();
-    start_cpus(si.rsdp_paddr);
+    start_cpus(cpu_ids);
 
     let audit_on = boot_cmdline()
         .split_ascii_whitespace()
@@ -391,9 +393,14 @@ struct Phys;
 
 impl microvisor_core::acpi::PhysRead for Phys {
     fn read(&self, pa: u64, out: &mut [u8]) -> bool {
+        // Before the allocator knows RAM: the boot identity map's window.
+        let limit = match mm::max_phys() {
+            0 => EARLY_WINDOW,
+            m => m,
+        };
         if pa
             .checked_add(out.len() as u64)
-            .is_none_or(|end| end > mm::max_phys())
+            .is_none_or(|end| end > limit)
         {
             return false;
         }
@@ -402,14 +409,27 @@ impl microvisor_core::acpi::PhysRead for Phys {
     }
 }
 
-/// Finds the CPUs in ACPI's MADT and starts the others (they halt for
-/// now: guests run on this one; docs/smp.md). Without usable tables the
-/// hypervisor runs on this CPU alone and says why.
-fn start_cpus(rsdp_hint: u64) {
+/// The APIC ids of the CPUs ACPI's MADT lists.
+///
+/// Called before the allocator is set up, while the boot's identity map
+/// still covers the first GiB: the firmware keeps the tables in memory the
+/// map reserves (QEMU's microvm: the last page below the top of RAM),
+/// which the hypervisor's direct map, made for RAM and the boot module,
+/// need not cover.
+fn find_cpus(rsdp_hint: u64) -> Result<CpuIds, microvisor_core::acpi::AcpiError> {
     use microvisor_core::acpi;
     static SCRATCH: spin::Mutex<[u8; 64 * 1024]> = spin::Mutex::new([0; 64 * 1024]);
-    let ids = acpi::find_rsdp(&Phys, rsdp_hint)
-        .and_then(|r| acpi::madt_apic_ids(&Phys, r, &mut SCRATCH.lock()[..]));
+    acpi::find_rsdp(&Phys, rsdp_hint)
+        .and_then(|r| acpi::madt_apic_ids(&Phys, r, &mut SCRATCH.lock()[..]))
+}
+
+/// What [`find_cpus`] gives.
+type CpuIds = heapless::Vec<u32, { microvisor_core::acpi::MAX_CPUS }>;
+
+/// Starts the CPUs `ids` ([`find_cpus`]) lists but this one (they halt
+/// until they have work; docs/smp.md). Without usable tables the
+/// hypervisor runs on this CPU alone and says why.
+fn start_cpus(ids: Result<CpuIds, microvisor_core::acpi::AcpiError>) {
     match ids {
         Ok(ids) if ids.len() > 1 => {
             let up = arch::smp::start_aps(&ids, sched::ap_run);

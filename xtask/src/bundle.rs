@@ -30,12 +30,46 @@ fn entry(out: &mut Vec<u8>, ino: u32, name: &str, data: &[u8]) {
     }
 }
 
-/// Builds an archive from (name, bytes) pairs, adding the trailer.
+/// Builds an archive from (name, bytes) pairs, adding the trailer, and
+/// pads it with zeros (after the trailer: readers ignore them) to whole
+/// 4 KiB pages.
+///
+/// Why whole pages: QEMU's microvm loads the module page-aligned just
+/// below the top of RAM, ending at most at that top, and its firmware keeps
+/// the ACPI tables in the last page there (reserved in the memory map). A
+/// module whose length is not a multiple of the page size ends inside that
+/// page and overwrites part of the tables: with some bundles the
+/// hypervisor found "ACPI tables have no MADT" and ran on one CPU. Whole
+/// pages end exactly where the reserved page begins.
 pub fn pack(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, (name, data)) in files.iter().enumerate() {
         entry(&mut out, i as u32 + 1, name, data);
     }
     entry(&mut out, 0, "TRAILER!!!", &[]);
+    out.resize(out.len().next_multiple_of(PAGE), 0);
     out
+}
+
+/// The page size the bundle is padded to.
+const PAGE: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_is_whole_pages_and_still_reads() {
+        for n in [0usize, 1, 100, 4000, 4096, 9000] {
+            let files = vec![
+                ("manifest".to_string(), vec![b'x'; n]),
+                ("image".to_string(), vec![7u8; n / 3]),
+            ];
+            let b = pack(&files);
+            assert!(b.len().is_multiple_of(PAGE), "{n}: {} bytes", b.len());
+            let a = microvisor_core::cpio::Archive::new(&b).expect("reads");
+            assert_eq!(a.len(), 2);
+            assert_eq!(a.get("manifest").map(<[u8]>::len), Some(n));
+        }
+    }
 }
