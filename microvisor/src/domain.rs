@@ -640,50 +640,39 @@ pub struct VcpuLight {
 /// vCPU indices per chunk of [`VcpuLight`]s.
 const LIGHT_CHUNK: usize = 256;
 
-/// `LIGHT_CHUNK` consecutive indices' [`VcpuLight`]s (6 KiB), made when the
-/// first vCPU of its range is (`Hv::add_vcpu`) and kept for ever: a
-/// lock-free reader may hold a reference into it at any time.
-struct LightChunk([VcpuLight; LIGHT_CHUNK]);
-
-// (A template copied into the heap, never used in place.)
+// A chunk of `LIGHT_CHUNK` vCPU indices' [`VcpuLight`]s (6 KiB) as it is
+// made (a template copied into the heap, never used in place).
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_LIGHT: LightChunk = LightChunk(
-    [const {
-        VcpuLight {
-            state: core::sync::atomic::AtomicU8::new(light_state(RunState::Down)),
-            dom: core::sync::atomic::AtomicU16::new(0),
-            cr3: core::sync::atomic::AtomicU64::new(0),
-            info: crate::mm::SlotCell::new(),
-            capped: core::sync::atomic::AtomicBool::new(false),
-        }
-    }; LIGHT_CHUNK],
-);
+const EMPTY_LIGHT: [VcpuLight; LIGHT_CHUNK] = [const {
+    VcpuLight {
+        state: core::sync::atomic::AtomicU8::new(light_state(RunState::Down)),
+        dom: core::sync::atomic::AtomicU16::new(0),
+        cr3: core::sync::atomic::AtomicU64::new(0),
+        info: crate::mm::SlotCell::new(),
+        capped: core::sync::atomic::AtomicBool::new(false),
+    }
+}; LIGHT_CHUNK];
 
-/// Every vCPU index's [`VcpuLight`]: `LIGHT_DIR[v / LIGHT_CHUNK]`, then
-/// `v % LIGHT_CHUNK`. Reading needs no lock (one `Once` load); chunks are
-/// added under the hypervisor lock and never go.
-static LIGHT_DIR: [spin::Once<&'static LightChunk>; MAX_VCPU_INDEX / LIGHT_CHUNK] =
-    [const { spin::Once::new() }; MAX_VCPU_INDEX / LIGHT_CHUNK];
+/// Every vCPU index's [`VcpuLight`], in chunks of `LIGHT_CHUNK` made when
+/// the first vCPU of their range is (`Hv::add_vcpu`, under the hypervisor
+/// lock) and kept for ever: a lock-free reader may hold a reference into
+/// one at any time. Reading needs no lock (one `Once` load).
+static LIGHT_DIR: crate::mm::heap::ChunkDir<
+    VcpuLight,
+    LIGHT_CHUNK,
+    { MAX_VCPU_INDEX / LIGHT_CHUNK },
+> = crate::mm::heap::ChunkDir::new();
 
 /// vCPU index `v`'s [`VcpuLight`], if its chunk was ever made.
 #[inline(always)]
 pub fn light(v: usize) -> Option<&'static VcpuLight> {
-    let c = LIGHT_DIR.get(v / LIGHT_CHUNK)?.get()?;
-    Some(&c.0[v % LIGHT_CHUNK])
+    LIGHT_DIR.get(v)
 }
 
 /// vCPU index `v`'s [`VcpuLight`], its chunk made if needed (`None`: no
 /// memory for it, or `v` past `MAX_VCPU_INDEX`).
 fn light_made(v: usize) -> Option<&'static VcpuLight> {
-    let c = LIGHT_DIR
-        .get(v / LIGHT_CHUNK)?
-        .try_call_once(|| {
-            crate::mm::heap::try_box(|m| m.write(EMPTY_LIGHT))
-                .map(|b| &*alloc::boxed::Box::leak(b))
-                .ok_or(())
-        })
-        .ok()?;
-    Some(&c.0[v % LIGHT_CHUNK])
+    LIGHT_DIR.made(v, |m| m.write(EMPTY_LIGHT))
 }
 
 /// The domain of vCPU index `v` as the lock-free paths see it

@@ -5,6 +5,7 @@
 
 use crate::domain::{Hv, MAX_VCPUS_PER_DOMAIN, RunState};
 use crate::hcall::Flow;
+use crate::mm::heap::ChunkDir;
 use crate::mm::{self, guest};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_abi::errno::Errno;
@@ -108,36 +109,22 @@ type Slot = Mutex<Option<alloc::boxed::Box<DomainEvents>>>;
 /// Domain ids per chunk of slots.
 const CHUNK: usize = 256;
 
-/// `CHUNK` consecutive ids' slots (4 KiB), made when the first domain of
-/// its range is built and kept for ever (16 bytes an id).
-struct Chunk([Slot; CHUNK]);
-
-// (A template copied into the heap, never used in place.)
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_CHUNK: Chunk = Chunk([const { Mutex::new(None) }; CHUNK]);
-
-/// Every domain id's slot, by id: `DIR[id / CHUNK]`, then `id % CHUNK`.
-/// Reading needs no lock (one `Once` load); the chunks never go.
-static DIR: [spin::Once<&'static Chunk>; 65536 / CHUNK] =
-    [const { spin::Once::new() }; 65536 / CHUNK];
+/// Every domain id's slot, in chunks of `CHUNK` ids (4 KiB) made when the
+/// first domain of their range is built and kept for ever (16 bytes an
+/// id). Reading needs no lock (one `Once` load).
+static DIR: ChunkDir<Slot, CHUNK, { 65536 / CHUNK }> = ChunkDir::new();
 
 /// Domain `dom`'s slot, if one was ever made.
 #[inline(always)]
 fn slot(dom: u16) -> Option<&'static Slot> {
-    let c = DIR[usize::from(dom) / CHUNK].get()?;
-    Some(&c.0[usize::from(dom) % CHUNK])
+    DIR.get(usize::from(dom))
 }
 
 /// Domain `dom`'s slot, made if needed (`None`: no memory for it).
 fn slot_made(dom: u16) -> Option<&'static Slot> {
-    let c = DIR[usize::from(dom) / CHUNK]
-        .try_call_once(|| {
-            crate::mm::heap::try_box(|m| m.write(EMPTY_CHUNK))
-                .map(|b| &*alloc::boxed::Box::leak(b))
-                .ok_or(())
-        })
-        .ok()?;
-    Some(&c.0[usize::from(dom) % CHUNK])
+    DIR.made(usize::from(dom), |m| {
+        m.write([const { Mutex::new(None) }; CHUNK])
+    })
 }
 
 /// Domains that exist (dying ones too): their ids are below this.

@@ -161,3 +161,45 @@ pub fn try_box<T>(init: impl FnOnce(&mut MaybeUninit<T>) -> &mut T) -> Option<Bo
     // by the global allocator with `T`'s layout, as `Box` requires.
     Some(unsafe { Box::from_raw(p.cast::<T>()) })
 }
+
+/// Records by index (a domain id, a vCPU index) that lock-free readers
+/// reach without any lock: made on the heap `C` at a time, when the first
+/// index of a chunk asks ([`ChunkDir::made`]), and never freed, so a
+/// reference a reader holds stays valid for ever. What a record guards
+/// may come and go (under the record's own lock); the record stays. `N`
+/// chunks cover indices below `C * N`.
+pub struct ChunkDir<T: 'static, const C: usize, const N: usize> {
+    chunks: [spin::Once<&'static [T; C]>; N],
+}
+
+impl<T: 'static, const C: usize, const N: usize> ChunkDir<T, C, N> {
+    /// A directory with no chunk made.
+    pub const fn new() -> Self {
+        ChunkDir {
+            chunks: [const { spin::Once::new() }; N],
+        }
+    }
+
+    /// Index `i`'s record, if its chunk was ever made (one `Once` load).
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> Option<&'static T> {
+        let c = self.chunks.get(i / C)?.get()?;
+        Some(&c[i % C])
+    }
+
+    /// Index `i`'s record, its chunk made if needed by `fill` writing the
+    /// empty chunk in place on the heap (`None`: no memory for it, or `i`
+    /// past the directory).
+    pub fn made(
+        &self,
+        i: usize,
+        fill: impl FnOnce(&mut MaybeUninit<[T; C]>) -> &mut [T; C],
+    ) -> Option<&'static T> {
+        let c = self
+            .chunks
+            .get(i / C)?
+            .try_call_once(|| try_box(fill).map(|b| &*Box::leak(b)).ok_or(()))
+            .ok()?;
+        Some(&c[i % C])
+    }
+}
