@@ -606,3 +606,37 @@ fn event_channel_op_now(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     }
     Ok(0)
 }
+
+/// Logs why vCPU index `i`, about to be killed as blocked forever, is
+/// blocked: its upcall flags, the ports it polls and whether each is
+/// pending, and its domain's xenstore ring indices (unread replies there
+/// mean a lost wake-up rather than a peer that never answered).
+pub fn describe_blocked(hv: &Hv, i: usize) {
+    let Some(v) = hv.vcpus.get(i) else { return };
+    let Some(d) = hv.domains.get(v.dom) else {
+        return;
+    };
+    let mut polled: heapless::Vec<(u32, bool), 8> = heapless::Vec::new();
+    for &p in v.poll_ports.iter().take(8) {
+        let pending = evtchn::any_pending(&mut Held::one(d.id), d.id, &[p]).unwrap_or(false);
+        let _ = polled.push((p, pending));
+    }
+    let ring = (d.store_mfn != 0).then(|| {
+        crate::mm::frames::with(|_, ram| {
+            let at = |off: u64| ram.atomic_u32(d.store_mfn * 4096 + off).load(Ordering::SeqCst);
+            (at(2048), at(2052), at(2056), at(2060))
+        })
+    });
+    crate::error!(
+        "domain {} vCPU {}: {:?}, upcall pending {} masked {}, polls {:?} (port, pending), timer {} poll deadline {}, store ring req cons/prod, rsp cons/prod {:?}",
+        d.id,
+        v.vid,
+        v.state,
+        v.upcall_pending(),
+        v.upcall_mask(),
+        polled,
+        v.timer_deadline,
+        v.poll_deadline,
+        ring
+    );
+}

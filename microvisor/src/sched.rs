@@ -358,6 +358,9 @@ fn check_end(hv: &mut Hv) {
         crate::error!("every live domain is blocked and nothing can wake it: ending the run");
         for i in 0..hv.domains.len() {
             if hv.domains[i].is_live() {
+                for &v in &hv.domains[i].vcpus {
+                    crate::events::describe_blocked(hv, v);
+                }
                 hv.end(i, End::Killed, "blocked forever (deadlock)");
             }
         }

@@ -182,8 +182,14 @@ fn main(_si: &'static StartInfo) {
         ),
     );
     let downed = wait(|| (1..N).all(|v| up(v) == Ok(false)));
-    let offline = (1..N).all(|v| {
-        guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(v)).is_ok_and(|rs| rs.state == 3)
+    // As on Xen, a vCPU that took itself down is marked down at once but
+    // leaves its CPU (runstate offline) only on its way out of the
+    // hypercall: on another CPU, is_up may read 0 while the runstate still
+    // says running for a moment.
+    let offline = wait(|| {
+        (1..N).all(|v| {
+            guest_abi::hypercall::vcpu_get_runstate_info(VcpuId(v)).is_ok_and(|rs| rs.state == 3)
+        })
     });
     r.check(
         "vcpus-take-themselves-down",
