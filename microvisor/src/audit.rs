@@ -3,7 +3,7 @@
 //! take a frame audit too), and the run's end reports how many audits
 //! followed each hypercall. Only flags and counters live here, below the
 //! domains and the dispatcher that both use them (docs/design.md,
-//! "Layers"); the audit itself is `Hv::audit`.
+//! "Layers"); the audit itself is `lifecycle::audit`.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

@@ -1,6 +1,8 @@
-//! Domains: their table, their saved vCPU state, how each ended, and the
-//! run's verdict (did every domain end the way its manifest expects). Owns
-//! no memory policy (see `build` for construction); never trusts a guest
+//! Domains: their table, their saved vCPU state, how each ended (and
+//! whether that is what its manifest expects), whose teardown waits, and
+//! the freeing of a gone domain's vCPU records. Owns no memory policy (see
+//! `build` for construction, `lifecycle` for a domain's end and teardown);
+//! calls no subsystem but the scheduler's placement; never trusts a guest
 //! value it stores without the caller having validated it.
 
 use core::sync::atomic::Ordering;
@@ -282,12 +284,6 @@ pub struct Domain {
     /// After death: frames still mapped by other domains (freed later by
     /// `Hv::collect_dead`).
     pub frames_waiting: u64,
-    /// Pending `console_io` output, flushed per line.
-    pub console: heapless::Vec<u8, 256>,
-    /// Pending output drained from its console ring, flushed per line (its
-    /// own buffer, so a partial `console_io` line never mixes with ring
-    /// bytes).
-    pub ring_line: heapless::Vec<u8, 256>,
     /// Which of its console outputs the serial line shows (manifest
     /// `console`; docs/split-drivers.md, "Consoles").
     pub console_out: microvisor_core::manifest::ConsoleOutput,
@@ -305,9 +301,42 @@ pub struct Domain {
     pub period_used: u64,
     /// Its vCPUs: `vcpus[n]` is the index in `Hv::vcpus` of vCPU n.
     pub vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
+    /// What only this module reads and writes (a new domain's is
+    /// `DomainOwn::new()`).
+    pub own: DomainOwn,
+}
+
+/// The part of a [`Domain`] only this module reads and writes: its
+/// partial console lines, and whether its teardown waits for CPUs (read
+/// through [`Domain::teardown_pending`]).
+pub struct DomainOwn {
+    /// Pending `console_io` output, flushed per line.
+    console: heapless::Vec<u8, 256>,
+    /// Pending output drained from its console ring, flushed per line (its
+    /// own buffer, so a partial `console_io` line never mixes with ring
+    /// bytes).
+    ring_line: heapless::Vec<u8, 256>,
     /// Dead, but another CPU still held one of its vCPUs: its memory goes
-    /// once they let go (`Hv::finish_teardowns`).
-    pub teardown_pending: bool,
+    /// once they let go (set by `Hv::teardown_waits`, cleared by
+    /// `Hv::teardown_may_go_on`).
+    teardown_pending: bool,
+}
+
+impl DomainOwn {
+    /// A new domain's: no console bytes pending, no teardown waiting.
+    pub const fn new() -> DomainOwn {
+        DomainOwn {
+            console: heapless::Vec::new(),
+            ring_line: heapless::Vec::new(),
+            teardown_pending: false,
+        }
+    }
+}
+
+impl Default for DomainOwn {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Where a vCPU's `vcpu_info` lives: its slot in shared info (vCPUs 0-31)
@@ -424,6 +453,12 @@ impl Domain {
     pub fn is_live(&self) -> bool {
         self.end.is_none()
     }
+
+    /// Dead, but its teardown waits until no CPU holds any of its vCPUs
+    /// (`Hv::teardown_waits`): until then it still holds its memory.
+    pub fn teardown_pending(&self) -> bool {
+        self.own.teardown_pending
+    }
 }
 
 impl Vcpu {
@@ -518,8 +553,9 @@ pub struct Hv {
     /// vCPU index i is in `affine[c]` when it may run on CPU c (its
     /// domain's manifest `cpus`, Xen's hard affinity; `Vcpu::cpus`).
     pub affine: [VcpuSet; crate::arch::percpu::MAX_CPUS],
-    /// Some dead domain waits for its teardown (`finish_teardowns`). Kept
-    /// by this module alone; the scheduler asks `finish_waiting`.
+    /// Some dead domain waits for its teardown (`teardown_waits`). Kept
+    /// by this module alone; `lifecycle::finish_waiting` asks
+    /// `take_teardowns_waiting` and `teardown_may_go_on`.
     teardowns_waiting: bool,
     /// Some torn-down domain's vCPU records wait until no CPU holds them
     /// or was entered from them (`reap_vcpus`). Kept by this module alone.
@@ -982,14 +1018,43 @@ impl Hv {
         self.timers_due
     }
 
-    /// After a vCPU switch or release: the teardowns that waited for CPUs
-    /// to let go of a dead domain's vCPUs (`finish_teardowns`), and the
-    /// vCPU records that waited to be freed (`reap_vcpus`), if any wait.
-    #[inline]
-    pub fn finish_waiting(&mut self) {
-        if self.teardowns_waiting {
-            self.finish_teardowns();
+    /// Dead domain `idx`'s teardown waits until no CPU holds any of its
+    /// vCPUs (`lifecycle::end`): `teardown_may_go_on` says when it may
+    /// go on.
+    pub fn teardown_waits(&mut self, idx: usize) {
+        self.domains[idx].own.teardown_pending = true;
+        self.teardowns_waiting = true;
+    }
+
+    /// Whether some teardown waited (`teardown_waits`) when last asked;
+    /// clears it: the caller asks `teardown_may_go_on` of every dead
+    /// domain, which sets it again for one that still waits.
+    #[inline(always)]
+    pub fn take_teardowns_waiting(&mut self) -> bool {
+        core::mem::take(&mut self.teardowns_waiting)
+    }
+
+    /// Whether domain `idx`'s teardown waited and may go on now (no CPU
+    /// holds any of its vCPUs): if so, it no longer waits and the caller
+    /// tears the domain down (`lifecycle::finish_waiting`).
+    pub fn teardown_may_go_on(&mut self, idx: usize) -> bool {
+        let Some(d) = self.domains.get(idx) else {
+            return false;
+        };
+        if !d.teardown_pending() {
+            return false;
         }
+        if d.vcpus.iter().any(|&v| self.running.contains(v)) {
+            self.teardowns_waiting = true;
+            return false;
+        }
+        self.domains[idx].own.teardown_pending = false;
+        true
+    }
+
+    /// Frees the vCPU records that waited to be (`reap_vcpus`), if any do.
+    #[inline(always)]
+    pub fn reap_if_waiting(&mut self) {
         if self.reap_waiting {
             self.reap_vcpus();
         }
@@ -1031,11 +1096,11 @@ impl Hv {
     /// CPU). Their `VcpuLight`s stay (the directory keeps its chunks),
     /// reset to a vCPU that is down and has no `vcpu_info`; their indices
     /// are not reused.
-    fn reap_vcpus(&mut self) {
+    pub fn reap_vcpus(&mut self) {
         self.reap_waiting = false;
         for idx in 0..self.domains.len() {
             let d = &self.domains[idx];
-            if d.is_live() || d.teardown_pending || d.vcpus.is_empty() {
+            if d.is_live() || d.teardown_pending() || d.vcpus.is_empty() {
                 continue;
             }
             if d.vcpus.iter().any(|&v| self.vcpu_in_use(v)) {
@@ -1094,60 +1159,6 @@ impl Hv {
         }
     }
 
-    /// Runs the frame-table audit over every live domain's base pointers;
-    /// logs the result. A failure is a hypervisor bug: it fails the run.
-    pub fn audit(&self, when: &str) {
-        // (A list that overflows leaves references unexplained: the audit
-        // then fails, it never passes wrongly.)
-        let mut roots: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
-        let mut written: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
-        let write = |w: &mut alloc::vec::Vec<u64>, f: u64| {
-            if w.try_reserve(1).is_ok() {
-                w.push(f);
-            }
-        };
-        let mut segs: heapless::Vec<u64, 256> = heapless::Vec::new();
-        // (A dead domain whose teardown waits for other CPUs to let go of
-        // its vCPUs still holds all of these references.)
-        let held = |d: &Domain| d.is_live() || d.teardown_pending;
-        for d in self.domains.iter().filter(|d| held(d)) {
-            write(&mut written, d.shared_info_mfn);
-            write(&mut written, d.console_mfn);
-        }
-        for (_, v) in self
-            .vcpus
-            .live()
-            .filter(|(_, v)| held(&self.domains[v.dom]))
-        {
-            let d = v;
-            write(&mut roots, d.cr3);
-            write(&mut roots, d.user_cr3);
-            if d.info_mfn != 0 {
-                write(&mut written, d.info_mfn);
-            }
-            for &f in core::iter::once(&d.pv.gdt_frame)
-                .chain(&d.pv.ldt_frames)
-                .filter(|&&f| f != 0)
-            {
-                let _ = segs.push(f);
-            }
-        }
-        let fifo = crate::fifo::frames_held(self, held);
-        match crate::mm::frames::audit(&roots, &written, &segs, fifo, |add| {
-            crate::grant::for_each_external_ref(add)
-        }) {
-            Ok(()) => crate::debug!("audit after {when}: clean"),
-            Err(e) => {
-                crate::error!(
-                    "audit after {when} failed: frame {:#x}: {:?}",
-                    e.mfn,
-                    e.kind
-                );
-                crate::arch::cpu::qemu_exit(false);
-            }
-        }
-    }
-
     /// Drains a live domain's console ring (the `out` half of its console
     /// page) to the serial line, unless a console back-end serves it. A
     /// guest writes its ring only while it runs, so the scheduler drains the
@@ -1192,7 +1203,7 @@ impl Hv {
         // Consumed either way; shown unless the manifest hides the ring.
         let d = &mut self.domains[i];
         if d.console_out.shows_ring() {
-            assemble(d.id, d.name, &mut d.ring_line, &buf[..avail as usize]);
+            assemble(d.id, d.name, &mut d.own.ring_line, &buf[..avail as usize]);
         }
         page.u32_at(3080).store(prod, Ordering::Relaxed);
     }
@@ -1221,7 +1232,7 @@ impl Hv {
     /// Flushes whatever partial console lines a domain left.
     pub fn flush_console(&mut self, idx: usize) {
         if let Some(d) = self.domains.get_mut(idx) {
-            for line in [&mut d.console, &mut d.ring_line] {
+            for line in [&mut d.own.console, &mut d.own.ring_line] {
                 if !line.is_empty() {
                     crate::log::guest_line(d.id, d.name, line);
                     line.clear();
@@ -1237,201 +1248,17 @@ impl Hv {
             return;
         };
         if d.console_out.shows_io() {
-            assemble(d.id, d.name, &mut d.console, bytes);
+            assemble(d.id, d.name, &mut d.own.console, bytes);
         }
-    }
-
-    /// Ends a domain. Its vCPUs never run again.
-    pub fn end(&mut self, idx: usize, end: End, why: &str) {
-        // Its last words: what is left in its ring, then a partial line.
-        self.drain_console(idx);
-        self.flush_console(idx);
-        let Some(d) = self.domains.get(idx) else {
-            return;
-        };
-        if !d.is_live() {
-            return;
-        }
-        let id = d.id;
-        // Peers' ends of its channels become unbound (while it is still live:
-        // the event code does not touch dead domains).
-        crate::events::domain_ended(id);
-        let now = crate::time::now_ns();
-        let d = &mut self.domains[idx];
-        d.end = Some(end);
-        match end {
-            End::Killed => crate::error!("domain {} killed: {}", d.id, why),
-            End::Shutdown(r) => {
-                crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r))
-            }
-        }
-        // Its vCPUs stop for good. One another CPU still runs must leave it
-        // (kicked: it enters the hypervisor and finds its vCPU down) before
-        // the domain's memory can go: until then the teardown waits
-        // (`finish_teardowns`).
-        let vcpus = self.domains[idx].vcpus.clone();
-        let mut elsewhere = false;
-        for &v in &vcpus {
-            self.set_state(v, RunState::Down);
-            if v == self.current {
-                crate::arch::percpu::set_leave_now(true);
-            }
-            if self.running.contains(v) && v != self.current {
-                elsewhere = true;
-                crate::arch::smp::kick(self.vcpus[v].processor);
-            }
-        }
-        if elsewhere {
-            crate::info!("domain {id}: its teardown waits for other CPUs to let go of its vCPUs");
-            self.domains[idx].teardown_pending = true;
-            self.teardowns_waiting = true;
-            return;
-        }
-        self.teardown(idx, now);
     }
 
     /// Whether some dead domain's teardown waits for a CPU that still holds
-    /// one of its vCPUs (kicked by `end`, that CPU lets go at its next
-    /// entry and the teardown follows): the run may not end before.
+    /// one of its vCPUs (kicked by `lifecycle::end`, that CPU lets go at
+    /// its next entry and the teardown follows): the run may not end
+    /// before.
     pub fn teardown_held(&self) -> bool {
         (self.domains.iter())
-            .filter(|d| d.teardown_pending)
+            .filter(|d| d.teardown_pending())
             .any(|d| d.vcpus.iter().any(|&v| self.running.contains(v)))
-    }
-
-    /// Dead domains whose vCPUs every CPU has now let go of are torn down
-    /// (called when a CPU gives up a vCPU).
-    fn finish_teardowns(&mut self) {
-        self.teardowns_waiting = false;
-        for idx in 0..self.domains.len() {
-            if !self.domains[idx].teardown_pending {
-                continue;
-            }
-            let held = self.domains[idx]
-                .vcpus
-                .iter()
-                .any(|&v| self.running.contains(v));
-            if held {
-                self.teardowns_waiting = true;
-            } else {
-                self.domains[idx].teardown_pending = false;
-                self.teardown(idx, crate::time::now_ns());
-            }
-        }
-    }
-
-    /// The rest of a domain's end, once no CPU runs any of its vCPUs: its
-    /// pages, grants, interrupts and memory go.
-    fn teardown(&mut self, idx: usize, now: u64) {
-        let d = &mut self.domains[idx];
-        let id = d.id;
-        let (shared, console) = (d.shared_info_mfn, d.console_mfn);
-        // The hypervisor writes neither page any more: its handles go with
-        // their write references.
-        d.shared = crate::mm::SharedFrame::NONE;
-        d.console_page = crate::mm::SharedFrame::NONE;
-        // Its FIFO control blocks and event-array pages go, then its whole
-        // event state.
-        crate::fifo::destroy(idx);
-        crate::events::domain_gone(id);
-        crate::mm::frames::drop_hv_writable(shared);
-        crate::mm::frames::drop_hv_writable(console);
-        // Each vCPU: stopped for good; its registered vcpu_info, GDT and
-        // LDT references go; its base pointers are handed to `relinquish`.
-        let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
-        let vcpus = self.domains[idx].vcpus.clone();
-        for &v in &vcpus {
-            self.set_state(v, RunState::Down);
-            let vc = &mut self.vcpus[v];
-            vc.runstate.enter(3, now);
-            // Nothing is written into its memory any more.
-            vc.runstate_area = 0;
-            vc.timer_deadline = 0;
-            vc.periodic_ns = 0;
-            vc.poll_deadline = 0;
-            let _ = bases.push(vc.cr3);
-            let _ = bases.push(vc.user_cr3);
-            let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn);
-            vc.info = VcpuInfo::NONE;
-            if let Some(l) = light(v) {
-                l.info.store(VcpuInfo::NONE);
-            }
-            vc.info_mfn = 0;
-            if info != 0 {
-                crate::mm::frames::drop_hv_writable(info);
-            }
-            if gdt != 0 {
-                crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
-            }
-            crate::pv::destroy_ldt(&mut self.vcpus[v].pv);
-            self.vcpus[v].pv.release_tables();
-        }
-        // Mappings it holds go (their references with them); its table
-        // frames are released. Grants others still map keep those frames.
-        crate::irq::domain_died(id);
-        let still_mapped = crate::grant::release_domain(id);
-        if still_mapped > 0 {
-            crate::debug!("domain {id}: {still_mapped} of its grants still mapped by others");
-        }
-        // Leave its address space before its frames are scrubbed.
-        if bases.contains(&crate::arch::cpu::cr3()) {
-            // SAFETY: the hypervisor's own L4 maps everything it needs.
-            unsafe { crate::arch::cpu::write_cr3(crate::mm::paging::hv_l4()) };
-        }
-        let (freed, waiting) = crate::mm::frames::relinquish(id, &bases);
-        crate::debug!(
-            "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
-        );
-        self.domains[idx].frames_waiting = waiting;
-        // Its own teardown may have let go of frames of domains that died
-        // before it.
-        if crate::mm::frames::with(|ft, _| ft.take_released_dying()) {
-            self.collect_dead();
-        }
-        // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
-        if let Some(s) = self.domains.iter().position(|d| d.service && d.is_live()) {
-            crate::events::raise_virq(self, s, guest_abi::event_channel::VIRQ_DOM_EXC);
-        }
-        self.audit("a domain's death");
-        // Its vCPU records go now, or once no CPU holds one.
-        self.reap_vcpus();
-    }
-
-    /// Prints the verdict and leaves QEMU: success only if every domain ended
-    /// as its manifest expects.
-    pub fn finish(&mut self) -> ! {
-        crate::audit::report();
-        let mut ok = true;
-        for d in self.domains.iter() {
-            let (got, good) = match d.end {
-                Some(e) => (e, as_expected(e, d.expect)),
-                None => (End::Killed, false),
-            };
-            let got_name = match got {
-                End::Killed => "killed",
-                End::Shutdown(r) => reason_name(r),
-            };
-            ok &= good;
-            crate::info!(
-                "domain {} ({}): ended {}, expected {}: {}",
-                d.id,
-                d.name,
-                got_name,
-                d.expect.as_str(),
-                if good { "ok" } else { "MISMATCH" }
-            );
-        }
-        crate::mm::stacks::report();
-        self.reap_vcpus();
-        let torn_down = crate::footprint::check_freed(self);
-        if ok {
-            crate::info!("all domains ended as expected");
-        } else {
-            crate::error!("some domains did not end as expected");
-        }
-        if !torn_down {
-            crate::error!("some dead domain's teardown never finished");
-        }
-        crate::arch::cpu::qemu_exit(ok && torn_down)
     }
 }

@@ -112,7 +112,7 @@ fn audit(hv: &Hv, which: usize, name: &str) {
     if !crate::audit::every_call() {
         return;
     }
-    hv.audit(name);
+    crate::lifecycle::audit(hv, name);
     if !AUDIT_SAID[which % 2].swap(true, Ordering::Relaxed) {
         crate::info!("audit=1 audits after {name}: clean");
     }

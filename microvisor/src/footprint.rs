@@ -79,7 +79,7 @@ impl Snapshot {
 /// the run fails).
 pub fn check_freed(hv: &Hv) -> bool {
     let mut torn_down = true;
-    for d in (hv.domains.iter()).filter(|d| !d.is_live() && d.teardown_pending) {
+    for d in (hv.domains.iter()).filter(|d| !d.is_live() && d.teardown_pending()) {
         torn_down = false;
         crate::error!(
             "domain {} ({}): dead, but its teardown is still pending at the end of the run",
@@ -89,7 +89,7 @@ pub fn check_freed(hv: &Hv) -> bool {
     }
     let mut held = 0;
     for (idx, d) in
-        (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending)
+        (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending())
     {
         let events = crate::events::state_held(d.id);
         let grants = crate::grant::table_held(d.id);

@@ -219,7 +219,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
         Err(e) => frame.rax = (-(e.0 as i64)) as u64,
     }
     if let Some(i) = crate::audit::audited(nr) {
-        hv.audit("a memory hypercall");
+        crate::lifecycle::audit(&hv, "a memory hypercall");
         crate::audit::note(i);
     }
     exit_locked(&mut hv, frame);
@@ -755,7 +755,8 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if reason > 5 {
                 return Err(Errno::EINVAL);
             }
-            hv.end(hv.cur_dom_idx(), End::Shutdown(reason), "");
+            let dom = hv.cur_dom_idx();
+            crate::lifecycle::end(hv, dom, End::Shutdown(reason), "");
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
         }
@@ -830,7 +831,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if !hv.domains.get(target).is_some_and(|d| d.is_live()) {
                 return Err(Errno::ESRCH);
             }
-            hv.end(target, End::Shutdown(reason), "");
+            crate::lifecycle::end(hv, target, End::Shutdown(reason), "");
             if target == hv.cur_dom_idx() {
                 sched::reschedule(hv, frame, Why::Leave);
                 return Ok(None);

@@ -20,6 +20,7 @@ mod grant;
 mod hcall;
 mod hypercall;
 mod irq;
+mod lifecycle;
 mod log;
 mod memory;
 mod mm;

@@ -73,18 +73,13 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             }
             let r = Reservation::parse(&b);
             let (me, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
-            let exists = |id: u16| hv.domains.iter().any(|d| d.id == id && d.is_live());
+            let find = |id: u16| hv.domains.iter().position(|d| d.id == id && d.is_live());
             // The domain whose reservation changes: the caller, or the
             // live domain a privileged caller names (as Xen: its frames,
             // counted against its limit; the extent list is the caller's).
-            let dom = match reservation::admit(&r, start, me, privileged, exists) {
+            let dom = match reservation::admit(&r, start, me, privileged, find) {
                 Ok(Target::Caller) => hv.cur_dom_idx(),
-                Ok(Target::Other(id)) => {
-                    match hv.domains.iter().position(|d| d.id == id && d.is_live()) {
-                        Some(i) => i,
-                        None => return Ok(Flow::Ret(start)),
-                    }
-                }
+                Ok(Target::Other(i)) => i,
                 Err(_) => return Ok(Flow::Ret(start)),
             };
             let out = reservation::run(

@@ -669,7 +669,8 @@ pub fn load_guest_gdt(pv: &crate::domain::PvState) {
 pub fn kill(hv: &mut Hv, regs: &mut TrapFrame, why: core::fmt::Arguments) {
     let mut s: heapless::String<192> = heapless::String::new();
     let _ = s.write_fmt(why);
-    hv.end(hv.cur_dom_idx(), End::Killed, &s);
+    let dom = hv.cur_dom_idx();
+    crate::lifecycle::end(hv, dom, End::Killed, &s);
     crate::sched::reschedule(hv, regs, crate::sched::Why::Leave);
 }
 

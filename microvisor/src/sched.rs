@@ -352,7 +352,7 @@ fn check_end(hv: &mut Hv) {
         if hv.teardown_held() {
             return;
         }
-        hv.finish();
+        crate::lifecycle::finish(hv);
     }
     if earliest_timer(hv).is_none() && hv.runnable.is_empty() && !crate::irq::any_bound() {
         crate::error!("every live domain is blocked and nothing can wake it: ending the run");
@@ -361,11 +361,11 @@ fn check_end(hv: &mut Hv) {
                 for &v in &hv.domains[i].vcpus {
                     crate::events::describe_blocked(hv, v);
                 }
-                hv.end(i, End::Killed, "blocked forever (deadlock)");
+                crate::lifecycle::end(hv, i, End::Killed, "blocked forever (deadlock)");
             }
         }
         if !hv.teardown_held() {
-            hv.finish();
+            crate::lifecycle::finish(hv);
         }
     }
 }
@@ -408,7 +408,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     // SAFETY: the hypervisor's own L4 maps everything it needs.
     unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
     cpu::flush_tlb_all();
-    hv.finish_waiting();
+    crate::lifecycle::finish_waiting(hv);
 }
 
 /// The idle loop, entered through the exit path (ring 0, idle stack,
@@ -542,7 +542,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         d.last_start = crate::time::now_ns();
     }
     crate::vcpu::update_runstate_area(d);
-    hv.finish_waiting();
+    crate::lifecycle::finish_waiting(hv);
 }
 
 /// The first time an application processor runs a vCPU: logged, so a run
@@ -609,7 +609,7 @@ pub fn start() -> ! {
             .map(|(i, _)| i);
         let first = policy::first_to_run(runnable, |i| hv.affine[0].contains(i));
         if first.is_none() && hv.runnable.is_empty() {
-            hv.finish()
+            crate::lifecycle::finish(&mut hv)
         }
         let now = crate::time::now_ns();
         for (_, d) in hv.vcpus.live_mut() {

@@ -45,7 +45,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
                 .iter()
                 .any(|&v| v != vi && hv.vcpus[v].state != RunState::Down);
             if !others_up {
-                hv.end(dom, crate::domain::End::Shutdown(0), "");
+                crate::lifecycle::end(hv, dom, crate::domain::End::Shutdown(0), "");
                 return Ok(0);
             }
             if hv.vcpus[vi].state != RunState::Down {

@@ -97,6 +97,42 @@ pub fn disable() {
     shared::u8_at(vi() + UPCALL_MASK).store(1, Ordering::SeqCst);
 }
 
+/// Blocks the calling vCPU until `done()` holds, waking for each event
+/// delivered to it. `done` is asked first with delivery enabled, then once
+/// more with it disabled just before `SCHEDOP_block` (which enables it
+/// again and blocks in one step), so an event whose handler makes `done`
+/// true is never lost between the two: either `done` sees it, or the
+/// block returns at once for it. Call it with delivery enabled (the
+/// handler that makes `done` true runs in the upcall); it is enabled
+/// when this returns.
+///
+/// ```no_run
+/// use core::sync::atomic::{AtomicBool, Ordering};
+/// use guest_abi::types::Port;
+/// use pv_guest_kernel::events;
+///
+/// static KICKED: AtomicBool = AtomicBool::new(false);
+/// fn on_ipi(_port: Port) {
+///     KICKED.store(true, Ordering::SeqCst);
+/// }
+/// events::init().unwrap();
+/// let port = events::bind_ipi(on_ipi).unwrap();
+/// events::enable();
+/// // ... another vCPU sends to `port` ...
+/// events::block_until(|| KICKED.load(Ordering::SeqCst));
+/// # let _ = port;
+/// ```
+pub fn block_until(done: impl Fn() -> bool) {
+    while !done() {
+        disable();
+        if done() {
+            enable();
+            break;
+        }
+        let _ = guest_abi::hypercall::sched_block();
+    }
+}
+
 /// Sets or clears the handler of `port` (one atomic store: an upcall
 /// arriving meanwhile sees the old handler or the new one).
 fn put_handler(port: Port, h: Option<Handler>) {

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | base | `arch/*` (but the entry files), `mm/*`, `log`, `time`, `cmdline` |
 //! | state | `domain` (`Hv`, the domains and vCPUs), `hcall`, `audit` |
-//! | subsystems | `build`, `events`, `fifo`, `footprint`, `grant`, `irq`, `memory`, `mmu`, `pv`, `sched`, `vcpu` |
+//! | subsystems | `build`, `events`, `fifo`, `footprint`, `grant`, `irq`, `lifecycle`, `memory`, `mmu`, `pv`, `sched`, `vcpu` |
 //! | dispatch | `hypercall`, `trap` |
 //! | entry | `main` (the crate root), `arch::boot`, `arch::stubs` |
 //!
@@ -75,6 +75,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("footprint", Layer::Subsystems),
     ("grant", Layer::Subsystems),
     ("irq", Layer::Subsystems),
+    ("lifecycle", Layer::Subsystems),
     ("memory", Layer::Subsystems),
     ("mmu", Layer::Subsystems),
     ("pv", Layer::Subsystems),
@@ -88,48 +89,15 @@ pub const LAYERS: &[(&str, Layer)] = &[
 ];
 
 /// The edges up that remain, each with why (from module, to module,
-/// reason). All are the `domain.rs` hub's: `Hv` holds every domain, and a
-/// domain's end (`Hv::end_domain`, the teardown) and the boot's placement
-/// of its vCPUs still call the subsystems that own each part of a domain.
-/// They go when `Hv`'s state is split by owner (docs/smp.md, step 2). The
+/// reason). The one left is the `domain.rs` hub's: `Hv` holds the
+/// scheduler's sets of vCPUs, so adding a vCPU places it on a run queue.
+/// It goes when those sets are the scheduler's (docs/smp.md, step 2). The
 /// step fails on an entry that no longer occurs: delete it.
-pub const EXCEPTIONS: &[(&str, &str, &str)] = &[
-    (
-        "domain",
-        "events",
-        "a domain's end closes its event channels (domain_ended, domain_gone) and raises VIRQ_DOM_EXC",
-    ),
-    (
-        "domain",
-        "fifo",
-        "the teardown frees the FIFO pages (destroy); the frame-table audit lists them (frames_held)",
-    ),
-    (
-        "domain",
-        "footprint",
-        "the run's end checks that every dead domain's state was freed (check_freed)",
-    ),
-    (
-        "domain",
-        "grant",
-        "the teardown releases the domain's grant table and mappings; the audit is handed the grant references",
-    ),
-    (
-        "domain",
-        "irq",
-        "the teardown unbinds the domain's physical IRQs (domain_died)",
-    ),
-    (
-        "domain",
-        "pv",
-        "the teardown drops the vCPUs' LDT mappings (destroy_ldt)",
-    ),
-    (
-        "domain",
-        "sched",
-        "Hv::add_vcpu places a new vCPU on a CPU's run queue (place)",
-    ),
-];
+pub const EXCEPTIONS: &[(&str, &str, &str)] = &[(
+    "domain",
+    "sched",
+    "Hv::add_vcpu places a new vCPU on a CPU's run queue (place)",
+)];
 
 /// One edge as found: the first line that makes it.
 #[derive(Debug)]

@@ -138,14 +138,16 @@ pub fn max_order(privileged: bool) -> u32 {
     }
 }
 
-/// Which domain a domid argument names, for a caller `me`.
+/// Which domain a domid argument names, for a caller `me`: another one by
+/// its id ([`target`]), or by what the hypervisor found for that id
+/// ([`admit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub enum Target<D = u16> {
     /// The caller itself (`DOMID_SELF` or its own id).
     Caller,
     /// Another domain, named by a privileged caller: the hypervisor looks
     /// it up (`ESRCH` when there is no such live domain).
-    Other(u16),
+    Other(D),
 }
 
 /// Resolves `domid` for caller `me`: another domain only for a
@@ -163,27 +165,31 @@ pub fn target(me: u16, privileged: bool, domid: u16) -> Result<Target, Errno> {
 /// Xen's checks of an extent-list call before its first extent, in Xen's
 /// order, for caller `me` (`privileged` or not), the call starting at
 /// extent `start`: the count ([`Reservation::check_count`]), the domain
-/// (`exists` says whether an id names a live domain; `DOMID_SELF` and the
-/// caller's own id always do), the flags ([`Reservation::check_flags`]),
-/// the permission (another domain only for a privileged caller) and the
-/// order ([`Reservation::check_order`], against the caller). Answers the
-/// domain to run the extents for; a refusal answers `start`.
-pub fn admit(
+/// (`find` looks an id up among the live domains, asked once and only for
+/// another domain's id; `DOMID_SELF` and the caller's own id always name
+/// one), the flags ([`Reservation::check_flags`]), the permission (another
+/// domain only for a privileged caller) and the order
+/// ([`Reservation::check_order`], against the caller). Answers the domain
+/// to run the extents for (another one as `find` found it); a refusal
+/// answers `start`.
+pub fn admit<D>(
     r: &Reservation,
     start: u64,
     me: u16,
     privileged: bool,
-    exists: impl Fn(u16) -> bool,
-) -> Result<Target, Refused> {
+    find: impl FnOnce(u16) -> Option<D>,
+) -> Result<Target<D>, Refused> {
     r.check_count(start)?;
     let caller = r.domid == guest_abi::types::DomId::SELF.0 || r.domid == me;
-    if !caller && !exists(r.domid) {
-        return Err(Refused);
-    }
+    let found = if caller {
+        None
+    } else {
+        Some(find(r.domid).ok_or(Refused)?)
+    };
     r.check_flags()?;
-    let t = target(me, privileged, r.domid).map_err(|_| Refused)?;
+    target(me, privileged, r.domid).map_err(|_| Refused)?;
     r.check_order(privileged)?;
-    Ok(t)
+    Ok(found.map_or(Target::Caller, Target::Other))
 }
 
 /// A domain with `tot` pages and limit `max` may take `n` more; else

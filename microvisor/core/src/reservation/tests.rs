@@ -115,14 +115,23 @@ fn address_widths_of_at_most_a_page_are_refused() {
 
 #[test]
 fn admission_refuses_as_xen_does_and_runs_for_the_named_domain() {
-    let live = |id: u16| id == 1 || id == 2;
+    let live = |id: u16| (id == 1 || id == 2).then_some(id);
     let on = |domid, order| Reservation {
         domid,
         ..res(4, order)
     };
-    // The caller by DOMID_SELF or its own id.
+    // The caller by DOMID_SELF or its own id, without a look-up.
     assert_eq!(admit(&on(0x7FF0, 0), 0, 1, false, live), Ok(Target::Caller));
     assert_eq!(admit(&on(1, 0), 3, 1, false, live), Ok(Target::Caller));
+    let no_lookup = |id: u16| -> Option<u16> { panic!("looked up {id}") };
+    assert_eq!(
+        admit(&on(0x7FF0, 0), 0, 1, true, no_lookup),
+        Ok(Target::Caller)
+    );
+    assert_eq!(admit(&on(1, 0), 0, 1, true, no_lookup), Ok(Target::Caller));
+    // Another domain as the look-up found it (here an index).
+    let index = |id: u16| (id == 2).then_some(5usize);
+    assert_eq!(admit(&on(2, 0), 0, 1, true, index), Ok(Target::Other(5)));
     // No such domain, privileged or not; DOMID_INVALID included.
     for p in [false, true] {
         assert_eq!(admit(&on(7, 0), 0, 1, p, live), Err(Refused));
@@ -152,7 +161,7 @@ fn admission_refuses_as_xen_does_and_runs_for_the_named_domain() {
 
 #[test]
 fn another_domain_is_run_for_with_the_callers_order_limit() {
-    let live = |id: u16| id == 1 || id == 2;
+    let live = |id: u16| (id == 1 || id == 2).then_some(id);
     let on = |domid, order| Reservation {
         domid,
         ..res(4, order)

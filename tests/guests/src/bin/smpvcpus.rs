@@ -40,19 +40,6 @@ fn on_ipi(_port: pv_guest_kernel::Port) {
     IPI_HITS[smp::vcpu_id().0 as usize % N as usize].fetch_add(1, Ordering::SeqCst);
 }
 
-/// Blocks the running vCPU until `done` holds (events wake it).
-fn block_until(done: impl Fn() -> bool) {
-    while !done() {
-        events::disable();
-        if done() {
-            events::enable();
-            break;
-        }
-        // SCHEDOP_block re-enables events atomically.
-        let _ = guest_abi::hypercall::sched_block();
-    }
-}
-
 fn worker(VcpuId(v): VcpuId) -> ! {
     let i = v as usize;
     SEEN_ID[i].store(smp::vcpu_id().0, Ordering::SeqCst);
@@ -61,7 +48,7 @@ fn worker(VcpuId(v): VcpuId) -> ! {
         events::enable();
         let at = time::now_ns() + 2_000_000;
         let _ = guest_abi::hypercall::vcpu_set_singleshot_timer(VcpuId(v), at, 0);
-        block_until(|| TIMER_HITS[i].load(Ordering::SeqCst) > 0);
+        events::block_until(|| TIMER_HITS[i].load(Ordering::SeqCst) > 0);
     }
     // Its share of the work.
     let base = u64::from(v - 1) * CHUNK;
@@ -71,7 +58,7 @@ fn worker(VcpuId(v): VcpuId) -> ! {
     if let Ok(p) = smp::bind_ipi(VcpuId(v), on_ipi) {
         IPI_PORT[i].store(p.0, Ordering::SeqCst);
     }
-    block_until(|| IPI_HITS[i].load(Ordering::SeqCst) > 0);
+    events::block_until(|| IPI_HITS[i].load(Ordering::SeqCst) > 0);
     loop {
         let _ = guest_abi::hypercall::vcpu_down(VcpuId(v));
         // Brought up again: continues here.

@@ -42,19 +42,6 @@ static PORT: AtomicU32 = AtomicU32::new(0);
 
 fn on_ipi(_port: pv_guest_kernel::Port) {}
 
-/// Blocks the running vCPU until `done` holds (events wake it).
-fn block_until(done: impl Fn() -> bool) {
-    while !done() {
-        events::disable();
-        if done() {
-            events::enable();
-            break;
-        }
-        // SCHEDOP_block re-enables events atomically.
-        let _ = guest_abi::hypercall::sched_block();
-    }
-}
-
 fn peer(VcpuId(v): VcpuId) -> ! {
     if let Ok(p) = smp::bind_ipi(VcpuId(v), on_ipi) {
         PORT.store(p.0, Ordering::SeqCst);
@@ -64,7 +51,7 @@ fn peer(VcpuId(v): VcpuId) -> ! {
         SPINS.fetch_add(1, Ordering::SeqCst);
     }
     loop {
-        block_until(|| REQ.load(Ordering::SeqCst) > SERVED.load(Ordering::SeqCst));
+        events::block_until(|| REQ.load(Ordering::SeqCst) > SERVED.load(Ordering::SeqCst));
         SERVED.store(REQ.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }

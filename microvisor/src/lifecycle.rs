@@ -1,0 +1,248 @@
+//! A domain's end and teardown, the frame-table audit over every domain,
+//! and the run's end. These reach into the subsystems that own each part of
+//! a domain (its event channels and FIFO pages, grant table, pirqs, LDT
+//! mappings, the footprint check), so they live on the subsystems layer;
+//! `domain` keeps the state they change and its invariants (which domain
+//! waits for its teardown, which vCPU records may be freed) and calls
+//! nothing above it (docs/design.md, "Layers").
+
+use crate::domain::{Domain, End, Hv, RunState, VcpuInfo, as_expected, reason_name};
+use crate::domain::{MAX_VCPUS_PER_DOMAIN, light};
+
+/// Ends domain `idx` (a shutdown, or killed with `why`); nothing if it has
+/// already ended. Its vCPUs never run again. Its memory and the rest go now
+/// (`teardown`), or, while another CPU still holds one of its vCPUs, once
+/// that CPU lets go (`finish_waiting`).
+pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
+    // Its last words: what is left in its ring, then a partial line.
+    hv.drain_console(idx);
+    hv.flush_console(idx);
+    let Some(d) = hv.domains.get(idx) else {
+        return;
+    };
+    if !d.is_live() {
+        return;
+    }
+    let id = d.id;
+    // Peers' ends of its channels become unbound (while it is still live:
+    // the event code does not touch dead domains).
+    crate::events::domain_ended(id);
+    let now = crate::time::now_ns();
+    let d = &mut hv.domains[idx];
+    d.end = Some(end);
+    match end {
+        End::Killed => crate::error!("domain {} killed: {}", d.id, why),
+        End::Shutdown(r) => {
+            crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r))
+        }
+    }
+    // Its vCPUs stop for good. One another CPU still runs must leave it
+    // (kicked: it enters the hypervisor and finds its vCPU down) before
+    // the domain's memory can go: until then the teardown waits
+    // (`finish_waiting`).
+    let vcpus = hv.domains[idx].vcpus.clone();
+    let mut elsewhere = false;
+    for &v in &vcpus {
+        hv.set_state(v, RunState::Down);
+        if v == hv.current {
+            crate::arch::percpu::set_leave_now(true);
+        }
+        if hv.running.contains(v) && v != hv.current {
+            elsewhere = true;
+            crate::arch::smp::kick(hv.vcpus[v].processor);
+        }
+    }
+    if elsewhere {
+        crate::info!("domain {id}: its teardown waits for other CPUs to let go of its vCPUs");
+        hv.teardown_waits(idx);
+        return;
+    }
+    teardown(hv, idx, now);
+}
+
+/// After a vCPU switch or release: the teardowns that waited for CPUs to
+/// let go of a dead domain's vCPUs (`Hv::teardown_waits`) go on for every
+/// such domain no CPU holds a vCPU of now, and the vCPU records that
+/// waited to be freed are (`Hv::reap_vcpus`), if any wait.
+#[inline]
+pub fn finish_waiting(hv: &mut Hv) {
+    if hv.take_teardowns_waiting() {
+        finish_teardowns(hv);
+    }
+    hv.reap_if_waiting();
+}
+
+/// Tears down each dead domain whose teardown waited and whose vCPUs every
+/// CPU has now let go of.
+#[inline(never)]
+fn finish_teardowns(hv: &mut Hv) {
+    for idx in 0..hv.domains.len() {
+        if hv.teardown_may_go_on(idx) {
+            teardown(hv, idx, crate::time::now_ns());
+        }
+    }
+}
+
+/// The rest of a domain's end, once no CPU runs any of its vCPUs: its
+/// pages, grants, interrupts and memory go.
+fn teardown(hv: &mut Hv, idx: usize, now: u64) {
+    let d = &mut hv.domains[idx];
+    let id = d.id;
+    let (shared, console) = (d.shared_info_mfn, d.console_mfn);
+    // The hypervisor writes neither page any more: its handles go with
+    // their write references.
+    d.shared = crate::mm::SharedFrame::NONE;
+    d.console_page = crate::mm::SharedFrame::NONE;
+    // Its FIFO control blocks and event-array pages go, then its whole
+    // event state.
+    crate::fifo::destroy(idx);
+    crate::events::domain_gone(id);
+    crate::mm::frames::drop_hv_writable(shared);
+    crate::mm::frames::drop_hv_writable(console);
+    // Each vCPU: stopped for good; its registered vcpu_info, GDT and
+    // LDT references go; its base pointers are handed to `relinquish`.
+    let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
+    let vcpus = hv.domains[idx].vcpus.clone();
+    for &v in &vcpus {
+        hv.set_state(v, RunState::Down);
+        let vc = &mut hv.vcpus[v];
+        vc.runstate.enter(3, now);
+        // Nothing is written into its memory any more.
+        vc.runstate_area = 0;
+        vc.timer_deadline = 0;
+        vc.periodic_ns = 0;
+        vc.poll_deadline = 0;
+        let _ = bases.push(vc.cr3);
+        let _ = bases.push(vc.user_cr3);
+        let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn);
+        vc.info = VcpuInfo::NONE;
+        if let Some(l) = light(v) {
+            l.info.store(VcpuInfo::NONE);
+        }
+        vc.info_mfn = 0;
+        if info != 0 {
+            crate::mm::frames::drop_hv_writable(info);
+        }
+        if gdt != 0 {
+            crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
+        }
+        crate::pv::destroy_ldt(&mut hv.vcpus[v].pv);
+        hv.vcpus[v].pv.release_tables();
+    }
+    // Mappings it holds go (their references with them); its table
+    // frames are released. Grants others still map keep those frames.
+    crate::irq::domain_died(id);
+    let still_mapped = crate::grant::release_domain(id);
+    if still_mapped > 0 {
+        crate::debug!("domain {id}: {still_mapped} of its grants still mapped by others");
+    }
+    // Leave its address space before its frames are scrubbed.
+    if bases.contains(&crate::arch::cpu::cr3()) {
+        // SAFETY: the hypervisor's own L4 maps everything it needs.
+        unsafe { crate::arch::cpu::write_cr3(crate::mm::paging::hv_l4()) };
+    }
+    let (freed, waiting) = crate::mm::frames::relinquish(id, &bases);
+    crate::debug!(
+        "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
+    );
+    hv.domains[idx].frames_waiting = waiting;
+    // Its own teardown may have let go of frames of domains that died
+    // before it.
+    if crate::mm::frames::with(|ft, _| ft.take_released_dying()) {
+        hv.collect_dead();
+    }
+    // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
+    if let Some(s) = hv.domains.iter().position(|d| d.service && d.is_live()) {
+        crate::events::raise_virq(hv, s, guest_abi::event_channel::VIRQ_DOM_EXC);
+    }
+    audit(hv, "a domain's death");
+    // Its vCPU records go now, or once no CPU holds one.
+    hv.reap_vcpus();
+}
+
+/// Runs the frame-table audit over every live domain's base pointers;
+/// logs the result. A failure is a hypervisor bug: it fails the run.
+pub fn audit(hv: &Hv, when: &str) {
+    // (A list that overflows leaves references unexplained: the audit
+    // then fails, it never passes wrongly.)
+    let mut roots: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
+    let mut written: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
+    let write = |w: &mut alloc::vec::Vec<u64>, f: u64| {
+        if w.try_reserve(1).is_ok() {
+            w.push(f);
+        }
+    };
+    let mut segs: heapless::Vec<u64, 256> = heapless::Vec::new();
+    // (A dead domain whose teardown waits for other CPUs to let go of
+    // its vCPUs still holds all of these references.)
+    let held = |d: &Domain| d.is_live() || d.teardown_pending();
+    for d in hv.domains.iter().filter(|d| held(d)) {
+        write(&mut written, d.shared_info_mfn);
+        write(&mut written, d.console_mfn);
+    }
+    for (_, v) in hv.vcpus.live().filter(|(_, v)| held(&hv.domains[v.dom])) {
+        write(&mut roots, v.cr3);
+        write(&mut roots, v.user_cr3);
+        if v.info_mfn != 0 {
+            write(&mut written, v.info_mfn);
+        }
+        for &f in core::iter::once(&v.pv.gdt_frame)
+            .chain(&v.pv.ldt_frames)
+            .filter(|&&f| f != 0)
+        {
+            let _ = segs.push(f);
+        }
+    }
+    let fifo = crate::fifo::frames_held(hv, held);
+    match crate::mm::frames::audit(&roots, &written, &segs, fifo, |add| {
+        crate::grant::for_each_external_ref(add)
+    }) {
+        Ok(()) => crate::debug!("audit after {when}: clean"),
+        Err(e) => {
+            crate::error!(
+                "audit after {when} failed: frame {:#x}: {:?}",
+                e.mfn,
+                e.kind
+            );
+            crate::arch::cpu::qemu_exit(false);
+        }
+    }
+}
+
+/// Prints the verdict and leaves QEMU: success only if every domain ended
+/// as its manifest expects and every dead domain's teardown finished.
+pub fn finish(hv: &mut Hv) -> ! {
+    crate::audit::report();
+    let mut ok = true;
+    for d in hv.domains.iter() {
+        let (got, good) = match d.end {
+            Some(e) => (e, as_expected(e, d.expect)),
+            None => (End::Killed, false),
+        };
+        let got_name = match got {
+            End::Killed => "killed",
+            End::Shutdown(r) => reason_name(r),
+        };
+        ok &= good;
+        crate::info!(
+            "domain {} ({}): ended {}, expected {}: {}",
+            d.id,
+            d.name,
+            got_name,
+            d.expect.as_str(),
+            if good { "ok" } else { "MISMATCH" }
+        );
+    }
+    crate::mm::stacks::report();
+    hv.reap_vcpus();
+    let torn_down = crate::footprint::check_freed(hv);
+    if ok {
+        crate::info!("all domains ended as expected");
+    } else {
+        crate::error!("some domains did not end as expected");
+    }
+    if !torn_down {
+        crate::error!("some dead domain's teardown never finished");
+    }
+    crate::arch::cpu::qemu_exit(ok && torn_down)
+}
