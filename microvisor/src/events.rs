@@ -417,31 +417,58 @@ const SEND_TRIES: usize = 17;
 /// `Hv::vcpus` of the vCPU it is for.
 #[inline(always)]
 fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
-    let mut peer = me;
-    for _ in 0..SEND_TRIES {
-        let mut h = Held::two(me, peer);
-        let r = evtchn::send(&mut h, me, port);
-        if let Some(d) = h.missed {
-            peer = d;
-            continue;
+    // The first try holds the sender's lock and takes the peer's only if
+    // it is free at once: straight-line code, the retries out of line.
+    match send_try(me, me, port) {
+        Ok(r) => r,
+        Err(missed) => send_retried(me, missed, port),
+    }
+}
+
+/// [`send_events`] after its first try missed domain `peer`'s lock: the
+/// rest of its `SEND_TRIES`, each with both locks.
+#[inline(never)]
+#[cold]
+fn send_retried(me: u16, mut peer: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
+    for _ in 1..SEND_TRIES {
+        match send_try(me, peer, port) {
+            Ok(r) => return r,
+            Err(missed) => peer = missed,
         }
-        let Some(k) = r? else { return Ok(None) };
-        let t = h.events(k.dom).map_or(usize::MAX, |e| {
-            usize::from(e.vcpus[k.vcpu as usize % MAX_VCPUS_PER_DOMAIN])
-        });
-        return Ok(Some((k, t)));
     }
     Err(Errno::EAGAIN)
 }
 
+/// One try of [`send_events`] holding `me`'s and `peer`'s event locks
+/// (`Held::two`); `Err` names a domain whose lock it needed and missed.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn send_try(me: u16, peer: u16, port: u32) -> Result<Result<Option<(Kick, usize)>, Errno>, u16> {
+    let mut h = Held::two(me, peer);
+    let r = evtchn::send(&mut h, me, port);
+    if let Some(d) = h.missed {
+        return Err(d);
+    }
+    let k = match r {
+        Ok(Some(k)) => k,
+        other => return Ok(other.map(|_| None)),
+    };
+    let t = h.events(k.dom).map_or(usize::MAX, |e| {
+        usize::from(e.vcpus[k.vcpu as usize % MAX_VCPUS_PER_DOMAIN])
+    });
+    Ok(Ok(Some((k, t))))
+}
+
 /// EVTCHNOP_send without the hypervisor lock (the light entry), from the
-/// running vCPU with the argument at `arg`. Takes the hypervisor lock only
-/// when the vCPU to notify may be blocked, or runs on another CPU and must
-/// be kicked to take its upcall.
-pub fn send_light(arg: u64) -> Result<u64, Errno> {
+/// running vCPU (index `v` in `Hv::vcpus`, whose [`VcpuLight`] is `l`)
+/// with the argument at `arg`. Takes the hypervisor lock only when the
+/// vCPU to notify may be blocked, or runs on another CPU and must be
+/// kicked to take its upcall.
+///
+/// [`VcpuLight`]: crate::domain::VcpuLight
+#[inline(always)]
+pub fn send_light(v: usize, l: &crate::domain::VcpuLight, arg: u64) -> Result<u64, Errno> {
     use crate::domain::{light, light_state};
-    let v = crate::arch::percpu::vcpu() as usize;
-    let l = light(v).ok_or(Errno::ESRCH)?;
     let me = l.dom.load(Ordering::Relaxed);
     let cr3 = l.cr3.load(Ordering::Relaxed);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
@@ -467,10 +494,17 @@ pub fn send_light(arg: u64) -> Result<u64, Errno> {
 #[inline(always)]
 pub fn upcall_pending_light() -> bool {
     let v = crate::arch::percpu::vcpu() as usize;
-    crate::domain::light(v).is_some_and(|l| {
-        let info = l.info.load();
-        info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
-    })
+    crate::domain::light(v).is_some_and(upcall_pending_of)
+}
+
+/// [`upcall_pending_light`] for the vCPU whose [`VcpuLight`] the caller
+/// already has (the light entry looks it up once).
+///
+/// [`VcpuLight`]: crate::domain::VcpuLight
+#[inline(always)]
+pub fn upcall_pending_of(l: &crate::domain::VcpuLight) -> bool {
+    let info = l.info.load();
+    info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
 }
 
 /// Raises a VIRQ on vCPU 0 of domain index `dom` (a global VIRQ).
