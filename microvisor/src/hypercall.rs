@@ -294,6 +294,7 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
 /// result, or `None` when it needed the lock (a continuation, or a dead
 /// domain's frames to free: `Hv::collect_dead`) and took it, finishing the
 /// exit under it.
+#[inline(always)]
 fn batch_unlocked(
     frame: &mut TrapFrame,
     nr: u64,
@@ -304,19 +305,27 @@ fn batch_unlocked(
         Ok(Flow::Ret(v)) if !released => Some(Ok(v)),
         Err(e) if !released => Some(Err(e)),
         _ => {
-            let mut hv = crate::domain::lock();
-            if released {
-                hv.collect_dead();
-            }
-            match flow(&mut hv, frame, nr, r) {
-                Ok(v) => frame.rax = v,
-                Err(SWITCHED) => {}
-                Err(e) => frame.rax = (-(e.0 as i64)) as u64,
-            }
-            exit_locked(&mut hv, frame);
+            batch_locked(frame, nr, r, released);
             None
         }
     }
+}
+
+/// [`batch_unlocked`]'s end under the hypervisor lock (out of line: the
+/// common end, a finished batch, needs no lock).
+#[inline(never)]
+#[cold]
+fn batch_locked(frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>, released: bool) {
+    let mut hv = crate::domain::lock();
+    if released {
+        hv.collect_dead();
+    }
+    match flow(&mut hv, frame, nr, r) {
+        Ok(v) => frame.rax = v,
+        Err(SWITCHED) => {}
+        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+    }
+    exit_locked(&mut hv, frame);
 }
 
 /// The end of every full-entry hypercall: a vCPU that went down leaves,
