@@ -468,24 +468,38 @@ fn send_try(me: u16, peer: u16, port: u32) -> Result<Result<Option<(Kick, usize)
 /// [`VcpuLight`]: crate::domain::VcpuLight
 #[inline(always)]
 pub fn send_light(v: usize, l: &crate::domain::VcpuLight, arg: u64) -> Result<u64, Errno> {
-    use crate::domain::{light, light_state};
     let me = l.dom.load(Ordering::Relaxed);
     let cr3 = l.cr3.load(Ordering::Relaxed);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
-    let Some((k, t)) = send_events(me, a.port)? else {
-        return Ok(0);
+    // (`send_events` spelt out: a send that raised no kick, the masked or
+    // already pending case, returns straight from the first try.)
+    let (k, t) = match send_try(me, me, a.port) {
+        Ok(Ok(Some(kt))) => kt,
+        Ok(r) => return r.map(|_| 0),
+        Err(missed) => match send_retried(me, missed, a.port)? {
+            Some(kt) => kt,
+            None => return Ok(0),
+        },
     };
-    if t == v {
-        // Itself: the exit delivers the upcall.
-        return Ok(0);
+    if t != v {
+        notify_light(k, t);
     }
+    Ok(0)
+}
+
+/// The end of [`send_light`] when its kick is for vCPU index `t`, not the
+/// sender (whose own exit delivers its upcall): takes the hypervisor lock
+/// only when `t` may be blocked, or runs on another CPU and must be kicked
+/// to take its upcall.
+#[inline(never)]
+fn notify_light(k: Kick, t: usize) {
+    use crate::domain::{light, light_state};
     // (SeqCst after the pending bits were set: see `VcpuLight::state`.)
     let st = light(t).map_or(u8::MAX, |l| l.state.load(Ordering::SeqCst));
     if st == light_state(RunState::Blocked) || (k.upcall && st == light_state(RunState::Runnable)) {
         let mut hv = crate::domain::lock();
         kick(&mut hv, Some(k));
     }
-    Ok(0)
 }
 
 /// Whether the running vCPU has an event upcall pending and unmasked,
