@@ -137,7 +137,9 @@ fn locked_light(nr: u64, a: [u64; 5], again: &mut bool) -> HResult {
         32 => match crate::events::event_channel_op(&mut hv, a[0], a[1])? {
             Flow::Ret(v) => Ok(v),
             Flow::Again(args) => {
-                *LIGHT_AGAIN[crate::arch::percpu::cpu_id() % MAX_CPUS].lock() = Some((nr, args));
+                let cpu = crate::arch::percpu::cpu_id() % MAX_CPUS;
+                *LIGHT_AGAIN[cpu].lock() = Some((nr, args));
+                LIGHT_AGAIN_SET[cpu].store(true, core::sync::atomic::Ordering::Relaxed);
                 *again = true;
                 Ok(0)
             }
@@ -156,14 +158,23 @@ type Again = Option<(u64, [u64; 5])>;
 /// runs between them: the vCPU is not switched and interrupts are off).
 static LIGHT_AGAIN: [spin::Mutex<Again>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
 
+/// Whether this CPU's [`LIGHT_AGAIN`] holds a continuation (only the CPU
+/// itself reads and writes its flag), so that an upcall with none, the
+/// common case, does not take and copy the slot.
+static LIGHT_AGAIN_SET: [core::sync::atomic::AtomicBool; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; MAX_CPUS];
+
 /// After a light hypercall that left an event upcall due, or a
 /// continuation: the stub has completed the frame; arrange the
 /// continuation, then bounce to the event callback.
 pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
     let mut hv = crate::domain::lock();
-    let again = LIGHT_AGAIN[crate::arch::percpu::cpu_id() % MAX_CPUS]
-        .lock()
-        .take();
+    let cpu = crate::arch::percpu::cpu_id() % MAX_CPUS;
+    let again = if LIGHT_AGAIN_SET[cpu].swap(false, core::sync::atomic::Ordering::Relaxed) {
+        LIGHT_AGAIN[cpu].lock().take()
+    } else {
+        None
+    };
     if let Some((nr, args)) = again {
         continue_later(&mut hv, frame, nr, args);
         return exit_locked(&mut hv, frame);
