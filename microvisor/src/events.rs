@@ -207,6 +207,12 @@ impl Held {
         }
     }
 
+    /// Whether `dom`'s lock is held (its events may have been freed).
+    #[inline(always)]
+    fn holds(&self, dom: u16) -> bool {
+        matches!(&self.a, Some((d, _)) if *d == dom) || matches!(&self.b, Some((d, _)) if *d == dom)
+    }
+
     /// Domain `dom`'s events, when held (and not yet freed).
     #[inline(always)]
     pub fn events(&mut self, dom: u16) -> Option<&mut DomainEvents> {
@@ -268,7 +274,7 @@ impl evtchn::Domains for Held {
 
     #[inline(always)]
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
-        if self.events(dom).is_none() {
+        if !self.holds(dom) {
             self.add(dom);
         }
         live(self.events(dom)?)
