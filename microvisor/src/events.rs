@@ -207,6 +207,12 @@ impl Held {
         }
     }
 
+    /// Whether `dom`'s lock is held (its events may have been freed).
+    #[inline(always)]
+    fn holds(&self, dom: u16) -> bool {
+        matches!(&self.a, Some((d, _)) if *d == dom) || matches!(&self.b, Some((d, _)) if *d == dom)
+    }
+
     /// Domain `dom`'s events, when held (and not yet freed).
     #[inline(always)]
     pub fn events(&mut self, dom: u16) -> Option<&mut DomainEvents> {
@@ -268,7 +274,7 @@ impl evtchn::Domains for Held {
 
     #[inline(always)]
     fn get(&mut self, dom: u16) -> Option<(&mut Channels, &mut SharedBits)> {
-        if self.events(dom).is_none() {
+        if !self.holds(dom) {
             self.add(dom);
         }
         live(self.events(dom)?)
@@ -417,48 +423,89 @@ const SEND_TRIES: usize = 17;
 /// `Hv::vcpus` of the vCPU it is for.
 #[inline(always)]
 fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
-    let mut peer = me;
-    for _ in 0..SEND_TRIES {
-        let mut h = Held::two(me, peer);
-        let r = evtchn::send(&mut h, me, port);
-        if let Some(d) = h.missed {
-            peer = d;
-            continue;
+    // The first try holds the sender's lock and takes the peer's only if
+    // it is free at once: straight-line code, the retries out of line.
+    match send_try(me, me, port) {
+        Ok(r) => r,
+        Err(missed) => send_retried(me, missed, port),
+    }
+}
+
+/// [`send_events`] after its first try missed domain `peer`'s lock: the
+/// rest of its `SEND_TRIES`, each with both locks.
+#[inline(never)]
+#[cold]
+fn send_retried(me: u16, mut peer: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
+    for _ in 1..SEND_TRIES {
+        match send_try(me, peer, port) {
+            Ok(r) => return r,
+            Err(missed) => peer = missed,
         }
-        let Some(k) = r? else { return Ok(None) };
-        let t = h.events(k.dom).map_or(usize::MAX, |e| {
-            usize::from(e.vcpus[k.vcpu as usize % MAX_VCPUS_PER_DOMAIN])
-        });
-        return Ok(Some((k, t)));
     }
     Err(Errno::EAGAIN)
 }
 
+/// One try of [`send_events`] holding `me`'s and `peer`'s event locks
+/// (`Held::two`); `Err` names a domain whose lock it needed and missed.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn send_try(me: u16, peer: u16, port: u32) -> Result<Result<Option<(Kick, usize)>, Errno>, u16> {
+    let mut h = Held::two(me, peer);
+    let r = evtchn::send(&mut h, me, port);
+    if let Some(d) = h.missed {
+        return Err(d);
+    }
+    let k = match r {
+        Ok(Some(k)) => k,
+        other => return Ok(other.map(|_| None)),
+    };
+    let t = h.events(k.dom).map_or(usize::MAX, |e| {
+        usize::from(e.vcpus[k.vcpu as usize % MAX_VCPUS_PER_DOMAIN])
+    });
+    Ok(Ok(Some((k, t))))
+}
+
 /// EVTCHNOP_send without the hypervisor lock (the light entry), from the
-/// running vCPU with the argument at `arg`. Takes the hypervisor lock only
-/// when the vCPU to notify may be blocked, or runs on another CPU and must
-/// be kicked to take its upcall.
-pub fn send_light(arg: u64) -> Result<u64, Errno> {
-    use crate::domain::{light, light_state};
-    let v = crate::arch::percpu::vcpu() as usize;
-    let l = light(v).ok_or(Errno::ESRCH)?;
+/// running vCPU (index `v` in `Hv::vcpus`, whose [`VcpuLight`] is `l`)
+/// with the argument at `arg`. Takes the hypervisor lock only when the
+/// vCPU to notify may be blocked, or runs on another CPU and must be
+/// kicked to take its upcall.
+///
+/// [`VcpuLight`]: crate::domain::VcpuLight
+#[inline(always)]
+pub fn send_light(v: usize, l: &crate::domain::VcpuLight, arg: u64) -> Result<u64, Errno> {
     let me = l.dom.load(Ordering::Relaxed);
     let cr3 = l.cr3.load(Ordering::Relaxed);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
-    let Some((k, t)) = send_events(me, a.port)? else {
-        return Ok(0);
+    // (`send_events` spelt out: a send that raised no kick, the masked or
+    // already pending case, returns straight from the first try.)
+    let (k, t) = match send_try(me, me, a.port) {
+        Ok(Ok(Some(kt))) => kt,
+        Ok(r) => return r.map(|_| 0),
+        Err(missed) => match send_retried(me, missed, a.port)? {
+            Some(kt) => kt,
+            None => return Ok(0),
+        },
     };
-    if t == v {
-        // Itself: the exit delivers the upcall.
-        return Ok(0);
+    if t != v {
+        notify_light(k, t);
     }
+    Ok(0)
+}
+
+/// The end of [`send_light`] when its kick is for vCPU index `t`, not the
+/// sender (whose own exit delivers its upcall): takes the hypervisor lock
+/// only when `t` may be blocked, or runs on another CPU and must be kicked
+/// to take its upcall.
+#[inline(never)]
+fn notify_light(k: Kick, t: usize) {
+    use crate::domain::{light, light_state};
     // (SeqCst after the pending bits were set: see `VcpuLight::state`.)
     let st = light(t).map_or(u8::MAX, |l| l.state.load(Ordering::SeqCst));
     if st == light_state(RunState::Blocked) || (k.upcall && st == light_state(RunState::Runnable)) {
         let mut hv = crate::domain::lock();
         kick(&mut hv, Some(k));
     }
-    Ok(0)
 }
 
 /// Whether the running vCPU has an event upcall pending and unmasked,
@@ -467,10 +514,17 @@ pub fn send_light(arg: u64) -> Result<u64, Errno> {
 #[inline(always)]
 pub fn upcall_pending_light() -> bool {
     let v = crate::arch::percpu::vcpu() as usize;
-    crate::domain::light(v).is_some_and(|l| {
-        let info = l.info.load();
-        info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
-    })
+    crate::domain::light(v).is_some_and(upcall_pending_of)
+}
+
+/// [`upcall_pending_light`] for the vCPU whose [`VcpuLight`] the caller
+/// already has (the light entry looks it up once).
+///
+/// [`VcpuLight`]: crate::domain::VcpuLight
+#[inline(always)]
+pub fn upcall_pending_of(l: &crate::domain::VcpuLight) -> bool {
+    let info = l.info.load();
+    info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
 }
 
 /// Raises a VIRQ on vCPU 0 of domain index `dom` (a global VIRQ).

@@ -23,11 +23,13 @@ use guest_abi::event_channel as ec;
 use microvisor_core::evtchn::{self, FifoWords, Kick, Kicks};
 
 /// Applies `f` to a guest word of a frame the FIFO state holds a write
-/// reference on, through the direct map.
+/// reference on, through the direct map (`frames::with_ram`: no
+/// frame-table lookup per word).
+#[inline(always)]
 fn word<R>(mfn: u64, offset: u32, f: impl FnOnce(&core::sync::atomic::AtomicU32) -> R) -> R {
     // The policy passes 4-aligned offsets below a page, of frames it was
     // given after `hv_writable` succeeded (owned, RAM, writable-typed).
-    frames::with(|_, mem| f(mem.atomic_u32(mfn * mm::PAGE + u64::from(offset & 0xFFC))))
+    frames::with_ram(|mem| f(mem.atomic_u32(mfn * mm::PAGE + u64::from(offset & 0xFFC))))
 }
 
 impl FifoWords for SharedBits {

@@ -81,9 +81,7 @@ pub extern "C" fn on_light_syscall(
     // hypervisor lock (docs/smp.md, "What runs concurrently").
     let mut again = false;
     let res = match nr {
-        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => {
-            crate::events::send_light(a1)
-        }
+        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => return light_send(a1),
         17 if a0 == 0 => Ok(XEN_VERSION),
         // (Off the light table while every memory hypercall is audited.)
         14 => crate::mmu::update_va_mapping_unlocked(a0, a1, a2),
@@ -105,6 +103,29 @@ pub extern "C" fn on_light_syscall(
     }
 }
 
+/// The light entry's EVTCHNOP_send, its exit included: the running vCPU's
+/// lock-free view is looked up once for both (nothing here changes which
+/// vCPU this CPU holds). Out of line, so the other light hypercalls keep
+/// a small frame.
+#[inline(never)]
+fn light_send(arg: u64) -> LightExit {
+    let v = crate::arch::percpu::vcpu() as usize;
+    let Some(l) = crate::domain::light(v) else {
+        return LightExit {
+            rax: (-(Errno::ESRCH.0 as i64)) as u64,
+            upcall: u64::from(crate::arch::percpu::leave_now()),
+        };
+    };
+    let rax = match crate::events::send_light(v, l, arg) {
+        Ok(v) => v,
+        Err(e) => (-(e.0 as i64)) as u64,
+    };
+    LightExit {
+        rax,
+        upcall: u64::from(crate::events::upcall_pending_of(l) || crate::arch::percpu::leave_now()),
+    }
+}
+
 /// The light hypercalls that need the hypervisor lock. One that stops
 /// early (`EVTCHNOP_reset`) leaves its continuation for
 /// [`on_light_upcall`], which has the whole frame, and sets `again`.
@@ -116,7 +137,9 @@ fn locked_light(nr: u64, a: [u64; 5], again: &mut bool) -> HResult {
         32 => match crate::events::event_channel_op(&mut hv, a[0], a[1])? {
             Flow::Ret(v) => Ok(v),
             Flow::Again(args) => {
-                *LIGHT_AGAIN[crate::arch::percpu::cpu_id() % MAX_CPUS].lock() = Some((nr, args));
+                let cpu = crate::arch::percpu::cpu_id() % MAX_CPUS;
+                *LIGHT_AGAIN[cpu].lock() = Some((nr, args));
+                LIGHT_AGAIN_SET[cpu].store(true, core::sync::atomic::Ordering::Relaxed);
                 *again = true;
                 Ok(0)
             }
@@ -135,14 +158,23 @@ type Again = Option<(u64, [u64; 5])>;
 /// runs between them: the vCPU is not switched and interrupts are off).
 static LIGHT_AGAIN: [spin::Mutex<Again>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
 
+/// Whether this CPU's [`LIGHT_AGAIN`] holds a continuation (only the CPU
+/// itself reads and writes its flag), so that an upcall with none, the
+/// common case, does not take and copy the slot.
+static LIGHT_AGAIN_SET: [core::sync::atomic::AtomicBool; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; MAX_CPUS];
+
 /// After a light hypercall that left an event upcall due, or a
 /// continuation: the stub has completed the frame; arrange the
 /// continuation, then bounce to the event callback.
 pub extern "C" fn on_light_upcall(frame: &mut TrapFrame) {
     let mut hv = crate::domain::lock();
-    let again = LIGHT_AGAIN[crate::arch::percpu::cpu_id() % MAX_CPUS]
-        .lock()
-        .take();
+    let cpu = crate::arch::percpu::cpu_id() % MAX_CPUS;
+    let again = if LIGHT_AGAIN_SET[cpu].swap(false, core::sync::atomic::Ordering::Relaxed) {
+        LIGHT_AGAIN[cpu].lock().take()
+    } else {
+        None
+    };
     if let Some((nr, args)) = again {
         continue_later(&mut hv, frame, nr, args);
         return exit_locked(&mut hv, frame);
@@ -273,6 +305,7 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
 /// result, or `None` when it needed the lock (a continuation, or a dead
 /// domain's frames to free: `Hv::collect_dead`) and took it, finishing the
 /// exit under it.
+#[inline(always)]
 fn batch_unlocked(
     frame: &mut TrapFrame,
     nr: u64,
@@ -283,19 +316,27 @@ fn batch_unlocked(
         Ok(Flow::Ret(v)) if !released => Some(Ok(v)),
         Err(e) if !released => Some(Err(e)),
         _ => {
-            let mut hv = crate::domain::lock();
-            if released {
-                hv.collect_dead();
-            }
-            match flow(&mut hv, frame, nr, r) {
-                Ok(v) => frame.rax = v,
-                Err(SWITCHED) => {}
-                Err(e) => frame.rax = (-(e.0 as i64)) as u64,
-            }
-            exit_locked(&mut hv, frame);
+            batch_locked(frame, nr, r, released);
             None
         }
     }
+}
+
+/// [`batch_unlocked`]'s end under the hypervisor lock (out of line: the
+/// common end, a finished batch, needs no lock).
+#[inline(never)]
+#[cold]
+fn batch_locked(frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>, released: bool) {
+    let mut hv = crate::domain::lock();
+    if released {
+        hv.collect_dead();
+    }
+    match flow(&mut hv, frame, nr, r) {
+        Ok(v) => frame.rax = v,
+        Err(SWITCHED) => {}
+        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+    }
+    exit_locked(&mut hv, frame);
 }
 
 /// The end of every full-entry hypercall: a vCPU that went down leaves,

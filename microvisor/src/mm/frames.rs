@@ -29,7 +29,8 @@ pub const M2P_VA: u64 = 0xFFFF_8000_0000_0000;
 /// `microvisor_core`'s policies (the frame table's `TableMemory`, the
 /// grant tables' `GrantMemory`). Only [`with`] makes one, so whoever writes
 /// through it runs inside a frame-table operation, and writes only what
-/// the policy handed it.
+/// the policy handed it; or [`with_ram`], for guest words in frames the
+/// caller already holds a write reference on ([`hv_writable`]).
 pub struct DirectMap(());
 
 impl TableMemory for DirectMap {
@@ -74,6 +75,16 @@ pub fn with<R>(f: impl FnOnce(&FrameTable<'static>, &mut DirectMap) -> R) -> R {
         FT.get().expect("frame table initialised at boot"),
         &mut DirectMap(()),
     )
+}
+
+/// Runs `f` with RAM but not the frame table, for atomic operations on
+/// guest words in frames the caller holds a write reference on
+/// ([`hv_writable`]: the FIFO event words), at addresses its policy
+/// handed it. No frame-table state is read, so each word costs no lookup
+/// of the table (`with`'s `Once`).
+#[inline(always)]
+pub fn with_ram<R>(f: impl FnOnce(&mut DirectMap) -> R) -> R {
+    f(&mut DirectMap(()))
 }
 
 impl DirectMap {
