@@ -677,7 +677,10 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
     }
     let ring = (d.store_mfn != 0).then(|| {
         crate::mm::frames::with(|_, ram| {
-            let at = |off: u64| ram.atomic_u32(d.store_mfn * 4096 + off).load(Ordering::SeqCst);
+            let at = |off: u64| {
+                ram.atomic_u32(d.store_mfn * 4096 + off)
+                    .load(Ordering::SeqCst)
+            };
             (at(2048), at(2052), at(2056), at(2060))
         })
     });
