@@ -63,7 +63,7 @@ impl TableMemory for Mem {
             .and_then(|f| f.get_mut(idx))
             .expect("policy write outside the machine") = val;
     }
-    fn flush_tlbs(&mut self) {}
+    fn flush_tlbs(&mut self, _req: microvisor_core::frametable::FlushRequest<'_>) {}
 }
 
 const fn ent(mfn: u64, flags: u64) -> u64 {

@@ -1422,6 +1422,7 @@ impl Hv {
             );
         }
         crate::mm::stacks::report();
+        crate::arch::smp::report_tlb_clock();
         self.reap_vcpus();
         let torn_down = crate::footprint::check_freed(self);
         if ok {

@@ -34,10 +34,12 @@ pub(super) const HV: [u64; HV_L4_SLOTS] = {
     a
 };
 
-/// Fake machine memory: 512 entries per frame, plus a flush counter.
+/// Fake machine memory: 512 entries per frame, plus one CPU's TLB: how
+/// often it was flushed and its TLB-flush time.
 pub(super) struct Mem {
     frames: Vec<[u64; ENTRIES]>,
     pub(super) flushes: u32,
+    pub(super) tlb_time: u64,
 }
 
 impl Mem {
@@ -45,6 +47,7 @@ impl Mem {
         Self {
             frames: vec![[0; ENTRIES]; n],
             flushes: 0,
+            tlb_time: 0,
         }
     }
 }
@@ -68,8 +71,12 @@ impl TableMemory for Mem {
         *slot = val;
     }
 
-    fn flush_tlbs(&mut self) {
-        self.flushes += 1;
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>) {
+        if req.needs_flush(self.tlb_time) {
+            let t = req.clock().tick();
+            self.flushes += 1;
+            self.tlb_time = t;
+        }
     }
 }
 
@@ -867,8 +874,7 @@ fn type_change_after_writable_use_flushes_first() {
         Ok(Flush::NONE)
     );
     assert_eq!(upd(&mut ft, &mut mem, D1, 5, 41, 0), Ok(Flush::NEEDED));
-    let ticket = ft.tlb_flush_begin();
-    ft.tlb_flush_done(ticket);
+    mem.tlb_time = ft.tlb_clock().tick();
     assert_eq!(ft.pin(&mut mem, D1, 12, 1), Ok(()));
     assert_eq!(mem.flushes, before + 1);
     // A devalidated table becoming writable is flushed too.
@@ -935,8 +941,8 @@ impl TableMemory for WalkRace<'_> {
         }
         cur
     }
-    fn flush_tlbs(&mut self) {
-        self.mem.flush_tlbs();
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>) {
+        self.mem.flush_tlbs(req);
     }
 }
 
