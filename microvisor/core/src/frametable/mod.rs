@@ -65,9 +65,9 @@ mod smp_tests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::tlbclock::{FlushRequest, TlbClock};
 pub use audit::{AuditError, AuditErrorKind, AuditTally};
 pub use page::PageInfo;
-pub use crate::tlbclock::{FlushRequest, TlbClock};
 
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
