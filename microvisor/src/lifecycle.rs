@@ -234,6 +234,7 @@ pub fn finish(hv: &mut Hv) -> ! {
         );
     }
     crate::mm::stacks::report();
+    crate::arch::smp::report_tlb_clock();
     hv.reap_vcpus();
     let torn_down = crate::footprint::check_freed(hv);
     if ok {

@@ -36,7 +36,7 @@ fn cr3_mfn(hv: &Hv) -> u64 {
 /// entries (as on Xen), so the flush drops global entries too.
 pub(crate) fn apply_flush(f: Flush, dom: u16) {
     if f.is_needed() {
-        cpu::flush_tlb_all();
+        crate::arch::smp::flush_local();
         crate::arch::smp::flush_tlb_holding(|v| crate::domain::vcpu_domain(v) == Some(dom));
     }
 }
@@ -231,7 +231,7 @@ fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
     let remote = flags & !3 != 0 && crate::arch::smp::active();
     match flags & 3 {
         1 | 2 if remote => crate::arch::smp::flush_tlb_everywhere(),
-        1 => cpu::flush_tlb_all(),
+        1 => crate::arch::smp::flush_local(),
         2 => cpu::invlpg(va),
         _ => {}
     }
@@ -272,7 +272,7 @@ fn flush_vcpus(hv: &Hv, ids: u64, one: bool, va: u64) {
         if one {
             cpu::invlpg(va);
         } else {
-            cpu::flush_tlb_all();
+            crate::arch::smp::flush_local();
         }
     }
     let me = hv.current;
@@ -329,7 +329,7 @@ pub fn mmuext_op(
             5 => new_baseptr(hv, arg1),
             // TLB_FLUSH_LOCAL, INVLPG_LOCAL: this CPU.
             6 => {
-                cpu::flush_tlb_all();
+                crate::arch::smp::flush_local();
                 Ok(())
             }
             7 => {

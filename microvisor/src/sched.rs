@@ -407,7 +407,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     hv.current = NO_VCPU;
     // SAFETY: the hypervisor's own L4 maps everything it needs.
     unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
-    cpu::flush_tlb_all();
+    crate::arch::smp::flush_local();
     crate::lifecycle::finish_waiting(hv);
 }
 
@@ -533,7 +533,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         unsafe { cpu::write_cr3(cr3) };
         if next != cur {
             // Guest L1 entries may be global: drop the last domain's.
-            cpu::flush_tlb_all();
+            crate::arch::smp::flush_local();
         }
         // Its CPU time starts now, not before the switch: the address-space
         // change is the machine's cost, charged to no vCPU (under TCG a

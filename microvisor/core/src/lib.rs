@@ -34,6 +34,7 @@ pub mod pv;
 pub mod reservation;
 pub mod sched;
 pub mod time;
+pub mod tlbclock;
 
 /// Size of a guest or machine page in bytes (x86_64 4 KiB pages).
 pub const PAGE_SIZE: u64 = 4096;

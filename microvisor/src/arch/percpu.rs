@@ -43,6 +43,9 @@ pub struct PerCpu {
     /// A TLB flush another CPU asked for (`smp::flush_tlb_everywhere`):
     /// the request count this CPU has served up to.
     pub flushes_done: AtomicU64,
+    /// Its TLB-flush time: the clock's time taken before its last full
+    /// flush, stored once that flush is done (`smp::flush_local`).
+    pub tlb_time: AtomicU64,
     /// The vCPU running here went down during this entry (VCPUOP_down of
     /// itself, its domain's end): it leaves the CPU on the way out.
     pub leave_now: AtomicU64,
@@ -86,6 +89,7 @@ impl PerCpu {
             ldt_loaded: AtomicU64::new(0),
             vcpu: AtomicU64::new(NO_VCPU),
             flushes_done: AtomicU64::new(0),
+            tlb_time: AtomicU64::new(0),
             leave_now: AtomicU64::new(0),
         }
     }

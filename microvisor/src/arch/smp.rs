@@ -276,6 +276,11 @@ static SCHED_CPUS: AtomicU64 = AtomicU64::new(0);
 static SCHED_READY: AtomicU32 = AtomicU32::new(0);
 /// TLB-flush requests so far (each CPU records how many it served).
 static FLUSH_REQ: AtomicU64 = AtomicU64::new(0);
+/// CPUs holding a vCPU that frame-table flushes (`flush_tlb_stale`) asked
+/// to flush, and those they skipped because the CPU flushed after the
+/// frame's stamp (reported at the end of the run).
+static STALE_FLUSHED: AtomicU64 = AtomicU64::new(0);
+static STALE_SKIPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Whether more than one CPU runs guests.
 #[inline]
@@ -336,8 +341,56 @@ fn others() -> impl Iterator<Item = &'static super::percpu::PerCpu> {
 /// caller removed. Each CPU serves requests in its flush IPI handler and
 /// while it waits for the hypervisor lock (`serve_flush`).
 pub fn flush_tlb_everywhere() {
+    flush_local();
+    flush_other_cpus(|c| c.vcpu.load(Ordering::Acquire) != super::percpu::NO_VCPU);
+}
+
+/// Flushes this CPU's whole TLB (global entries included) on the TLB-flush
+/// clock (`microvisor_core::tlbclock`): takes a time before the flush and
+/// publishes it as this CPU's (`PerCpu::tlb_time`) once the flush is done.
+/// Every full flush of a CPU that may hold guest translations goes through
+/// here (a vCPU switch, a release to idle, a flush request): a flush that
+/// did not would only leave an older time, costing a needless flush later.
+pub fn flush_local() {
+    let clock = crate::mm::frames::tlb_clock();
+    let t = clock.map(|c| c.tick());
     crate::arch::cpu::flush_tlb_all();
-    flush_other_cpus(|v| v != super::percpu::NO_VCPU);
+    if let Some(t) = t {
+        super::percpu::this_cpu()
+            .tlb_time
+            .store(t, Ordering::Release);
+    }
+}
+
+/// The flush a frame table's type change asks for (`TableMemory::flush_tlbs`):
+/// this CPU and every other CPU holding a vCPU whose TLB-flush time
+/// (`PerCpu::tlb_time`) `needs` picks, i.e. that has not flushed since the
+/// frame's stamp; waits for them. Idle CPUs hold no guest translation.
+pub fn flush_tlb_stale(needs: impl Fn(u64) -> bool) {
+    let me = super::percpu::this_cpu();
+    let count = |n: bool| {
+        let c = if n { &STALE_FLUSHED } else { &STALE_SKIPPED };
+        c.fetch_add(1, Ordering::Relaxed);
+        n
+    };
+    if count(needs(me.tlb_time.load(Ordering::Relaxed))) {
+        flush_local();
+    }
+    flush_other_cpus(|c| {
+        c.vcpu.load(Ordering::Acquire) != super::percpu::NO_VCPU
+            && count(needs(c.tlb_time.load(Ordering::Acquire)))
+    });
+}
+
+/// Logs how many CPUs the frame table's flushes reached and skipped.
+pub fn report_tlb_clock() {
+    crate::info!(
+        "tlb clock: {} at time {}; type-change flushes reached {} CPUs, skipped {} that flushed since the stamp",
+        if active() { "smp" } else { "up" },
+        crate::mm::frames::tlb_clock().map_or(0, |c| c.now()),
+        STALE_FLUSHED.load(Ordering::Relaxed),
+        STALE_SKIPPED.load(Ordering::Relaxed)
+    );
 }
 
 /// Whether some CPU (this one included) was last entered from, or holds,
@@ -358,28 +411,31 @@ pub fn entered_from(v: u64) -> bool {
 /// vCPU that starts running elsewhere meanwhile starts with an empty TLB.
 /// This CPU is the caller's to flush.
 pub fn flush_tlb_holding(wanted: impl Fn(u64) -> bool) {
-    flush_other_cpus(|v| v != super::percpu::NO_VCPU && wanted(v));
+    flush_other_cpus(|c| {
+        let v = c.vcpu.load(Ordering::Acquire);
+        v != super::percpu::NO_VCPU && wanted(v)
+    });
 }
 
-/// Flushes the other CPUs whose held vCPU index (`PerCpu::vcpu`,
-/// `NO_VCPU` when none) `wanted` picks, and waits for them.
+/// Flushes the other CPUs `wanted` picks (by their block: the vCPU they
+/// hold, their TLB-flush time), and waits for them. Each is asked once.
 ///
 /// This CPU flushes too, after taking its request number, so that its own
 /// `flushes_done` (which other CPUs waiting for it read) only ever claims
 /// flushes it did after the requests they cover were made.
-fn flush_other_cpus(wanted: impl Fn(u64) -> bool) {
+fn flush_other_cpus(wanted: impl Fn(&super::percpu::PerCpu) -> bool) {
     let me = super::percpu::this_cpu();
     if !active() {
         return;
     }
     let waiting = others()
-        .filter(|c| wanted(c.vcpu.load(Ordering::Acquire)))
+        .filter(|c| wanted(c))
         .fold(0u64, |m, c| m | 1 << c.cpu.load(Ordering::Relaxed));
     if waiting == 0 {
         return;
     }
     let n = FLUSH_REQ.fetch_add(1, Ordering::AcqRel) + 1;
-    crate::arch::cpu::flush_tlb_all();
+    flush_local();
     me.flushes_done.store(n, Ordering::Release);
     for c in others() {
         if waiting & (1 << c.cpu.load(Ordering::Relaxed)) != 0 {
@@ -404,7 +460,7 @@ pub fn serve_flush() {
     let me = super::percpu::this_cpu();
     let want = FLUSH_REQ.load(Ordering::Acquire);
     if me.flushes_done.load(Ordering::Relaxed) < want {
-        crate::arch::cpu::flush_tlb_all();
+        flush_local();
         me.flushes_done.store(want, Ordering::Release);
     }
 }

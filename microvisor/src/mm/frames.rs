@@ -5,7 +5,9 @@
 //! storage, memory access and TLB flushes.
 
 use super::{PAGE, SharedFrame, paging, read_u64, write_u64};
-use microvisor_core::frametable::{FrameTable, HV_L4_SLOTS, PageInfo, TableMemory};
+use microvisor_core::frametable::{
+    FlushRequest, FrameTable, HV_L4_SLOTS, PageInfo, TableMemory, TlbClock,
+};
 use spin::{Mutex, Once};
 
 /// The frame table, created at boot. No lock: every frame's counts change
@@ -58,15 +60,21 @@ impl TableMemory for DirectMap {
             Ok(v) | Err(v) => v,
         }
     }
-    fn flush_tlbs(&mut self) {
-        // Every CPU that may cache a translation (`smp`), not just this one.
-        crate::arch::smp::flush_tlb_everywhere();
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>) {
+        // Every CPU that may cache a translation (`smp`) and has not
+        // flushed since the frame's stamp, not just this one.
+        crate::arch::smp::flush_tlb_stale(|t| req.needs_flush(t));
     }
     fn relax(&mut self) {
         // The CPU this one waits for may be waiting for our flush.
         crate::arch::smp::serve_flush();
         core::hint::spin_loop();
     }
+}
+
+/// The TLB-flush clock (the frame table's), once the table exists.
+pub fn tlb_clock() -> Option<&'static TlbClock> {
+    FT.get().map(FrameTable::tlb_clock)
 }
 
 /// Runs `f` with the frame table and RAM. Takes no lock.
@@ -231,9 +239,9 @@ pub fn assign(
 /// anything else references it) and flushes the TLBs that may still map
 /// it; the frame is then the caller's alone.
 pub fn release(mfn: u64, dom: u16) -> Result<super::Owned, guest_abi::errno::Errno> {
-    with(|ft, mem| {
+    with(|ft, _| {
         ft.release(mfn, dom)?;
-        mem.flush_tlbs();
+        crate::arch::smp::flush_tlb_everywhere();
         Ok(super::Owned::reclaimed(mfn, 1))
     })
 }
@@ -331,7 +339,7 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
         for &cr3 in base_ptrs.iter().filter(|&&c| c != 0) {
             ft.put_page_and_type(mem, cr3 / PAGE);
         }
-        mem.flush_tlbs();
+        crate::arch::smp::flush_tlb_everywhere();
         ft.relinquish_domain(mem, dom, |mfn| {
             set_m2p(mfn, u64::MAX);
             // The table freed the frame: nobody else has it.

@@ -33,12 +33,13 @@
 //!   mappings (global entries included) before the guest runs again and
 //!   before any frame leaves its owner ([`FrameTable::release`],
 //!   [`FrameTable::relinquish_domain`]).
-//! * Implement [`TableMemory::flush_tlbs`] as a full flush of every CPU: it is
-//!   called when a frame whose type count recently dropped to 0 changes type
-//!   (e.g. a formerly writable frame becoming a page table), as Xen does, so
-//!   no stale writable translation survives the type change. Wrap flushes
-//!   you do on your own in [`FrameTable::tlb_flush_begin`] and
-//!   [`FrameTable::tlb_flush_done`] to avoid a redundant flush.
+//! * Implement [`TableMemory::flush_tlbs`] as a full flush of every CPU the
+//!   [`FlushRequest`] picks by its TLB-flush time: it is called when a frame
+//!   whose type count dropped to 0 changes type (e.g. a formerly writable
+//!   frame becoming a page table), as Xen does, so no stale writable
+//!   translation survives the type change. Every full flush a CPU does
+//!   takes its time from [`FrameTable::tlb_clock`] before it flushes and
+//!   publishes it after ([`crate::tlbclock`]).
 //! * Implement [`TableMemory::relax`] so that a CPU waiting for another
 //!   one (a frame being validated, a page lock) keeps serving what the other
 //!   may wait for (TLB-flush requests).
@@ -64,10 +65,11 @@ mod smp_tests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::tlbclock::{FlushRequest, TlbClock};
 pub use audit::{AuditError, AuditErrorKind, AuditTally};
 pub use page::PageInfo;
 
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use guest_abi::errno::Errno;
 use page::{
@@ -160,10 +162,12 @@ pub trait TableMemory {
         }
         cur
     }
-    /// Flushes every TLB (all CPUs, global entries included). Called when a
-    /// frame whose mappings may still be cached changes type, before the
-    /// frame is used as its new type.
-    fn flush_tlbs(&mut self);
+    /// Flushes the whole TLB (global entries included) of every CPU that
+    /// may hold a guest translation and whose TLB-flush time `req` says
+    /// needs it ([`FlushRequest::needs_flush`]), and waits until they did.
+    /// Called when a frame whose mappings may still be cached changes type,
+    /// before the frame is used as its new type.
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>);
     /// Called in every loop that waits for another CPU (a frame it
     /// validates, a page lock it holds). The hypervisor serves other CPUs'
     /// TLB-flush requests here (the CPU waited for may be waiting for this
@@ -307,24 +311,15 @@ pub fn resolve_pg_owner(caller: u16, requested: u16, privileged: bool) -> Result
     Ok(requested)
 }
 
-/// A flush announced with [`FrameTable::tlb_flush_begin`]: hand it back to
-/// [`FrameTable::tlb_flush_done`] once every TLB was flushed.
-#[must_use = "a flush only counts once it is reported done"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlushTicket(u8);
-
 /// The frame table over caller-provided storage, one [`PageInfo`] per frame.
 /// Every method takes `&self`: the table holds no lock and may be used from
 /// every CPU at once (see docs/smp.md, "The frame table without a lock").
 pub struct FrameTable<'a> {
     pages: &'a [PageInfo],
     hv_l4_slots: [u64; HV_L4_SLOTS],
-    /// Flushes started (mod 2^8): a frame whose type count drops to 0 is
-    /// stamped with this value.
-    flushes_started: AtomicU8,
-    /// The ticket of the latest flush known finished (mod 2^8): a frame
-    /// whose stamp is not older than this may still be cached.
-    flushes_done: AtomicU8,
+    /// The TLB-flush clock: a frame whose type count drops to 0 is stamped
+    /// with its low 8 bits.
+    clock: TlbClock,
     /// A dying frame lost its last general reference since
     /// [`FrameTable::take_released_dying`] was last asked.
     released_dying: AtomicBool,
@@ -342,8 +337,7 @@ impl core::fmt::Debug for FrameTable<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("FrameTable")
             .field("frames", &self.pages.len())
-            .field("flushes_started", &self.flushes_started)
-            .field("flushes_done", &self.flushes_done)
+            .field("tlb_clock", &self.clock.now())
             .finish_non_exhaustive()
     }
 }
@@ -374,8 +368,7 @@ impl<'a> FrameTable<'a> {
         Self {
             pages,
             hv_l4_slots,
-            flushes_started: AtomicU8::new(0),
-            flushes_done: AtomicU8::new(0),
+            clock: TlbClock::new(),
             released_dying: AtomicBool::new(false),
             io_domains: [const { AtomicU16::new(u16::MAX) }; MAX_IO_DOMAINS],
             io_denied: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_IO_DENIED],
@@ -450,50 +443,18 @@ impl<'a> FrameTable<'a> {
     // The TLB-flush clock
     // ------------------------------------------------------------------
 
-    /// Announces a flush of every TLB the caller is about to do on its own
-    /// (call it before flushing, then [`FrameTable::tlb_flush_done`] after),
-    /// so frames whose type count dropped before it need no flush of their
-    /// own when they change type.
-    pub fn tlb_flush_begin(&self) -> FlushTicket {
-        FlushTicket(self.flushes_started.fetch_add(1, ACQ_REL).wrapping_add(1))
-    }
-
-    /// Reports the flush announced by `ticket` finished on every CPU.
-    pub fn tlb_flush_done(&self, ticket: FlushTicket) {
-        // Keep the latest: flushes may finish out of order.
-        let _ = self.flushes_done.fetch_update(ACQ_REL, ACQ, |done| {
-            (ticket.0.wrapping_sub(done).cast_signed() > 0).then_some(ticket.0)
-        });
-    }
-
-    /// Flushes every TLB through `mem`, on the clock.
-    fn flush<M: TableMemory + ?Sized>(&self, mem: &mut M) {
-        let ticket = self.tlb_flush_begin();
-        mem.flush_tlbs();
-        self.tlb_flush_done(ticket);
-    }
-
-    /// True when a frame with type word `t` (type count 0) may still be
-    /// cached by some TLB: it is stale and no flush started after its
-    /// stamp has finished. The stamp is at most a few flushes (those in
-    /// flight) ahead of the done counter, so the signed difference is exact
-    /// for recent stamps; a stamp 128 or more flushes old may read as
-    /// recent, which costs a needless flush, never a missing one.
-    fn may_be_cached(&self, t: u64) -> bool {
-        t & T_STALE != 0
-            && self
-                .flushes_done
-                .load(ACQ)
-                .wrapping_sub(t_stamp(t))
-                .cast_signed()
-                <= 0
+    /// The TLB-flush clock: every CPU that flushes its whole TLB ticks it
+    /// first ([`TlbClock::tick`]) and publishes the time after.
+    #[must_use]
+    pub fn tlb_clock(&self) -> &TlbClock {
+        &self.clock
     }
 
     /// The type word `t` with its count set to 0, marked stale at the
     /// current stamp (read now: after the mapping that held the last
     /// reference was removed).
     fn stale_at_zero(&self, t: u64) -> u64 {
-        t_with_stamp((t & !T_COUNT) | T_STALE, self.flushes_started.load(ACQ))
+        t_with_stamp((t & !T_COUNT) | T_STALE, self.clock.stamp())
     }
 
     // ------------------------------------------------------------------
@@ -1294,9 +1255,9 @@ impl<'a> FrameTable<'a> {
             }
             // Type count 0: this CAS claims the frame (count 1, busy).
             let mut claim = (t & !(T_VALIDATED | T_LOCKED)) | T_BUSY | 1;
-            let mut flush = false;
+            let mut flush = None;
             if t_type(t) != ty {
-                flush = self.may_be_cached(t);
+                flush = (t & T_STALE != 0).then(|| t_stamp(t));
                 claim = t_with_type(claim & !T_STALE, ty);
             }
             match p.t.compare_exchange_weak(t, claim, ACQ_REL, ACQ) {
@@ -1306,8 +1267,9 @@ impl<'a> FrameTable<'a> {
         };
         // Safety actions only now that the claim keeps everyone else from
         // taking the old type again (XSA-401).
-        if flush {
-            self.flush(mem);
+        if let Some(stamp) = flush {
+            // The clock read now, after the stamp: the stamp is not after it.
+            mem.flush_tlbs(self.clock.since(stamp));
         }
         let result = match ty.level() {
             Some(level) => self.validate(mem, mfn, level),

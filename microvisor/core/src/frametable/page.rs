@@ -65,8 +65,9 @@ pub(super) const T_TYPE: u64 = 0x7 << T_TYPE_SHIFT;
 pub(super) const T_VALIDATED: u64 = 1 << 35;
 /// Pinned: holds one general and one type reference of its own.
 pub(super) const T_PINNED: u64 = 1 << 36;
-/// The type count dropped to 0 at flush stamp `stamp`; TLBs may still cache
-/// mappings of (or through) this frame until a later flush finishes.
+/// The type count dropped to 0 at flush stamp `stamp`; a CPU may still
+/// cache mappings of (or through) this frame until it completes a flush
+/// begun after the stamp (`crate::tlbclock`).
 pub(super) const T_STALE: u64 = 1 << 37;
 /// The page lock (Xen's `PGT_locked`): one CPU updates an entry of this
 /// table; the lock holds a type reference.
@@ -75,8 +76,8 @@ pub(super) const T_LOCKED: u64 = 1 << 38;
 /// it took the type count 0 → 1 and is flushing or validating, or it is
 /// devalidating the table after its last reference went. Others wait.
 pub(super) const T_BUSY: u64 = 1 << 39;
-/// The flush stamp (flushes started when the type count last dropped to
-/// 0), bits 40..48.
+/// The flush stamp (the low 8 bits of the TLB-flush clock when the type
+/// count last dropped to 0), bits 40..48.
 const T_STAMP_SHIFT: u32 = 40;
 pub(super) const T_STAMP: u64 = 0xFF << T_STAMP_SHIFT;
 /// Linear balance (i16), bits 48..64: `> 0` linear entries this table

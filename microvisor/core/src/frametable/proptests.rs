@@ -284,8 +284,7 @@ impl<'a> Machine<'a> {
                 Ok(())
             }
             Op::Flushed => {
-                let ticket = self.ft.tlb_flush_begin();
-                self.ft.tlb_flush_done(ticket);
+                self.mem.tlb_time = self.ft.tlb_clock().tick();
                 Ok(())
             }
         }

@@ -44,7 +44,8 @@ impl TableMemory for Mem<'_> {
     fn write(&mut self, mfn: u64, idx: usize, val: u64) {
         self.0.word(mfn, idx).store(val, Ordering::SeqCst);
     }
-    fn flush_tlbs(&mut self) {
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>) {
+        let _ = req.clock().tick();
         self.0.flushes.fetch_add(1, Ordering::SeqCst);
     }
     fn relax(&mut self) {

@@ -34,10 +34,14 @@ pub(super) const HV: [u64; HV_L4_SLOTS] = {
     a
 };
 
-/// Fake machine memory: 512 entries per frame, plus a flush counter.
+/// Fake machine memory: 512 entries per frame, plus this CPU's TLB (how
+/// often it was flushed and its TLB-flush time) and other CPUs' (time,
+/// flushes).
 pub(super) struct Mem {
     frames: Vec<[u64; ENTRIES]>,
     pub(super) flushes: u32,
+    pub(super) tlb_time: u64,
+    pub(super) remote: Vec<(u64, u32)>,
 }
 
 impl Mem {
@@ -45,6 +49,8 @@ impl Mem {
         Self {
             frames: vec![[0; ENTRIES]; n],
             flushes: 0,
+            tlb_time: 0,
+            remote: Vec::new(),
         }
     }
 }
@@ -68,8 +74,18 @@ impl TableMemory for Mem {
         *slot = val;
     }
 
-    fn flush_tlbs(&mut self) {
-        self.flushes += 1;
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>) {
+        if req.needs_flush(self.tlb_time) {
+            let t = req.clock().tick();
+            self.flushes += 1;
+            self.tlb_time = t;
+        }
+        for (time, flushes) in &mut self.remote {
+            if req.needs_flush(*time) {
+                *time = req.clock().tick();
+                *flushes += 1;
+            }
+        }
     }
 }
 
@@ -867,8 +883,7 @@ fn type_change_after_writable_use_flushes_first() {
         Ok(Flush::NONE)
     );
     assert_eq!(upd(&mut ft, &mut mem, D1, 5, 41, 0), Ok(Flush::NEEDED));
-    let ticket = ft.tlb_flush_begin();
-    ft.tlb_flush_done(ticket);
+    mem.tlb_time = ft.tlb_clock().tick();
     assert_eq!(ft.pin(&mut mem, D1, 12, 1), Ok(()));
     assert_eq!(mem.flushes, before + 1);
     // A devalidated table becoming writable is flushed too.
@@ -878,6 +893,31 @@ fn type_change_after_writable_use_flushes_first() {
         Ok(Flush::NONE)
     );
     assert_eq!(mem.flushes, before + 2);
+    clean(&ft, &mem, &ext);
+}
+
+/// A type change reaches only the CPUs that have not completed a flush
+/// begun after the frame's stamp.
+#[test]
+fn type_change_reaches_only_cpus_not_flushed_since_the_stamp() {
+    world!(ft, mem, ext);
+    assert_eq!(
+        upd(&mut ft, &mut mem, D1, 5, 40, ent(11, P | W | U)),
+        Ok(Flush::NONE)
+    );
+    // CPU 1 flushed before the mapping went; CPU 3 starts a flush before
+    // it goes and publishes its time after; CPU 2 flushes after.
+    let early = ft.tlb_clock().tick();
+    let during = ft.tlb_clock().tick();
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 40, 0), Ok(Flush::NEEDED));
+    let after = ft.tlb_clock().tick();
+    mem.remote = vec![(early, 0), (after, 0), (during, 0)];
+    mem.tlb_time = ft.tlb_clock().tick();
+    let before = mem.flushes;
+    assert_eq!(ft.pin(&mut mem, D1, 11, 1), Ok(()));
+    assert_eq!(mem.flushes, before, "this CPU flushed since the stamp");
+    let flushed: Vec<u32> = mem.remote.iter().map(|r| r.1).collect();
+    assert_eq!(flushed, vec![1, 0, 1], "CPUs 1 and 3 flushed, 2 not");
     clean(&ft, &mem, &ext);
 }
 
@@ -935,8 +975,8 @@ impl TableMemory for WalkRace<'_> {
         }
         cur
     }
-    fn flush_tlbs(&mut self) {
-        self.mem.flush_tlbs();
+    fn flush_tlbs(&mut self, req: FlushRequest<'_>) {
+        self.mem.flush_tlbs(req);
     }
 }
 

@@ -113,7 +113,7 @@ impl TableMemory for Mem {
     fn write(&mut self, mfn: u64, idx: usize, val: u64) {
         self.frame_mut(mfn)[idx * 8..idx * 8 + 8].copy_from_slice(&val.to_le_bytes());
     }
-    fn flush_tlbs(&mut self) {}
+    fn flush_tlbs(&mut self, _req: crate::frametable::FlushRequest<'_>) {}
 }
 
 impl GrantMemory for Mem {
