@@ -5,7 +5,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | base | `arch/*` (but the entry files), `mm/*`, `log`, `time`, `cmdline` |
-//! | state | `domain` (`Hv`, the domains and vCPUs), `hcall`, `audit` |
+//! | state | `domain` (`Hv`, the domains and vCPUs), `sched::runq` (the run queues), `hcall`, `audit` |
 //! | subsystems | `build`, `events`, `fifo`, `footprint`, `grant`, `irq`, `memory`, `mmu`, `pv`, `sched`, `vcpu` |
 //! | dispatch | `hypercall`, `trap` |
 //! | entry | `main` (the crate root), `arch::boot`, `arch::stubs` |
@@ -79,6 +79,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("mmu", Layer::Subsystems),
     ("pv", Layer::Subsystems),
     ("sched", Layer::Subsystems),
+    ("sched::runq", Layer::State),
     ("vcpu", Layer::Subsystems),
     ("hypercall", Layer::Dispatch),
     ("trap", Layer::Dispatch),
@@ -123,11 +124,6 @@ pub const EXCEPTIONS: &[(&str, &str, &str)] = &[
         "domain",
         "pv",
         "the teardown drops the vCPUs' LDT mappings (destroy_ldt)",
-    ),
-    (
-        "domain",
-        "sched",
-        "Hv::add_vcpu places a new vCPU on a CPU's run queue (place)",
     ),
 ];
 
