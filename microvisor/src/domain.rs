@@ -870,6 +870,14 @@ impl Hv {
             );
             crate::arch::cpu::qemu_exit(false);
         }
+        let processor = |i: usize| Some(self.vcpus.get(i)?.processor as usize);
+        if let Some((v, c)) = self.sched.queues_mismatch(processor) {
+            crate::error!(
+                "audit after {when} failed: vCPU {v} (processor {:?}) in cpu {c}'s run queue, or runnable and not in it",
+                processor(v)
+            );
+            crate::arch::cpu::qemu_exit(false);
+        }
     }
 
     /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a

@@ -224,6 +224,33 @@ impl Sched {
         runnable && !was
     }
 
+    /// The audit's check of the run queues: every runnable vCPU is in the
+    /// queue of its processor (`processor(i)`) and in no other, and no
+    /// queue holds a vCPU that is not runnable. Returns the first vCPU
+    /// that breaks it and the CPU whose queue shows it (each queue read
+    /// under its own lock; the caller holds the hypervisor lock, under
+    /// which every queue changes).
+    pub fn queues_mismatch(
+        &self,
+        processor: impl Fn(usize) -> Option<usize>,
+    ) -> Option<(usize, usize)> {
+        for c in 0..MAX_CPUS {
+            let q = lock(c);
+            for i in q.queue.iter() {
+                if !self.runnable.contains(i) || processor(i) != Some(c) {
+                    return Some((i, c));
+                }
+            }
+        }
+        for i in self.runnable.iter() {
+            let c = processor(i).unwrap_or(0) % MAX_CPUS;
+            if !lock(c).queue.contains(i) {
+                return Some((i, c));
+            }
+        }
+        None
+    }
+
     /// CPU `cpu`'s view of the sets for the policy's `pick`, with its
     /// run-queue lock held until the view is dropped: its queue, every
     /// runnable vCPU, and those it may take (allowed on it, held by no CPU
