@@ -356,7 +356,7 @@ pub struct Vcpu {
     /// Its saved registers (`arch::entry::VcpuFrame`).
     pub frame: crate::arch::entry::VcpuFrame,
     /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
-    /// affinity), as `Hv::affine` has it by CPU.
+    /// affinity), as each CPU's affinity set has it (`sched::runq`).
     pub cpus: u64,
     /// Index of its domain in `Hv::domains`.
     pub dom: usize,
@@ -402,7 +402,10 @@ pub struct Vcpu {
     pub poll_deadline: u64,
     /// System time of the last write of its vcpu_time_info.
     pub time_stamp: u64,
-    /// The CPU it runs on, or last ran on.
+    /// The CPU it runs on, or last ran on: the CPU whose run queue it is
+    /// on while runnable. Changed only by `sched::runq` (placement and
+    /// migration), with the run-queue locks of the CPUs it leaves and
+    /// joins held.
     pub processor: u32,
 }
 
@@ -535,24 +538,11 @@ pub struct Hv {
     pub vcpus: VcpuTable,
     /// Index in `vcpus` of the running vCPU.
     pub current: usize,
-    /// vCPU index i is in it when Runnable (kept by `set_state`): the
-    /// union of the run queues. This and the other sets of vCPU indices
-    /// below grow with `vcpus` (`add_vcpu`).
-    pub runnable: VcpuSet,
-    /// CPU c's run queue: vCPU index i is in it when Runnable and
-    /// assigned to CPU c (`Vcpu::processor`; a vCPU is in exactly one queue
-    /// while runnable, the running one included). Kept by `set_state`
-    /// (placement: `sched::place`) and `assign` (migration).
-    pub queue: [VcpuSet; crate::arch::percpu::MAX_CPUS],
-    /// Start of the current cap period (system time, ns): caps are
-    /// accounted per period across every CPU (`sched::cap_period`).
-    pub cap_period_start: u64,
-    /// vCPU index i is in it while some CPU holds it (runs it, or idles
-    /// with its state loaded): no other CPU may pick it.
-    pub running: VcpuSet,
-    /// vCPU index i is in `affine[c]` when it may run on CPU c (its
-    /// domain's manifest `cpus`, Xen's hard affinity; `Vcpu::cpus`).
-    pub affine: [VcpuSet; crate::arch::percpu::MAX_CPUS],
+    /// The scheduler's sets every CPU reads (runnable, held, the cap
+    /// period), under this lock; the run queues and affinity sets are
+    /// under their own per-CPU locks (`sched::runq`). Kept by `set_state`,
+    /// `assign`, `hold`, `let_go`, `add_vcpu` and the reaper.
+    pub sched: crate::sched::runq::Sched,
     /// Some dead domain waits for its teardown (`teardown_waits`). Kept
     /// by this module alone; `lifecycle::finish_waiting` asks
     /// `take_teardowns_waiting` and `teardown_may_go_on`.
@@ -566,8 +556,6 @@ pub struct Hv {
     /// `SCHED_VIEW`'s copy with it); read through `timers_due`.
     timers_due: u64,
 }
-
-pub use microvisor_core::sched::VcpuSet;
 
 /// Every vCPU record, by index (`Hv::vcpus`): each on the heap from its
 /// domain's build (`Hv::add_vcpu`) until that domain is gone and no CPU
@@ -753,11 +741,7 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     vcpus: VcpuTable::new(),
     current: 0,
     timers_due: 0,
-    runnable: VcpuSet::new(),
-    queue: [const { VcpuSet::new() }; crate::arch::percpu::MAX_CPUS],
-    cap_period_start: 0,
-    running: VcpuSet::new(),
-    affine: [const { VcpuSet::new() }; crate::arch::percpu::MAX_CPUS],
+    sched: crate::sched::runq::Sched::new(),
     teardowns_waiting: false,
     reap_waiting: false,
 });
@@ -877,39 +861,22 @@ impl Hv {
     /// scheduler's set of runnable vCPUs stays true).
     #[inline]
     pub fn set_state(&mut self, i: usize, state: RunState) {
-        // (Whether a CPU holds it does not change here: read once.)
-        let held = self.running.contains(i);
-        let was = microvisor_core::sched::waiting::is_waiting(self.runnable.contains(i), held);
         let Some(d) = self.vcpus.get_mut(i) else {
             return;
         };
         d.state = state;
-        let cpus = d.cpus;
-        let last = d.processor as usize % self.queue.len();
         if let Some(l) = light(i) {
             l.state.store(light_state(state), Ordering::SeqCst);
         }
-        self.queue[last].remove(i);
         let runnable = state == RunState::Runnable;
-        if runnable {
-            let c = crate::sched::place(self, i);
-            self.vcpus[i].processor = c as u32;
-            self.queue[c].insert(i);
-            self.runnable.insert(i);
-        } else {
-            self.runnable.remove(i);
-        }
-        let now = microvisor_core::sched::waiting::is_waiting(runnable, held);
-        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, cpus, was, now);
+        self.sched
+            .set_runnable(i, &mut d.processor, d.cpus, runnable);
     }
 
     /// vCPU `i` waits to run: runnable and held by no CPU.
     #[inline(always)]
     fn waiting(&self, i: usize) -> bool {
-        microvisor_core::sched::waiting::is_waiting(
-            self.runnable.contains(i),
-            self.running.contains(i),
-        )
+        self.sched.is_waiting(i)
     }
 
     /// Keeps `SCHED_VIEW.waiting` true after vCPU `i`'s held state
@@ -939,21 +906,22 @@ impl Hv {
             );
             crate::arch::cpu::qemu_exit(false);
         }
+        let processor = |i: usize| Some(self.vcpus.get(i)?.processor as usize);
+        if let Some((v, c)) = self.sched.queues_mismatch(processor) {
+            crate::error!(
+                "audit after {when} failed: vCPU {v} (processor {:?}) in cpu {c}'s run queue, or runnable and not in it",
+                processor(v)
+            );
+            crate::arch::cpu::qemu_exit(false);
+        }
     }
 
     /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a
     /// migration: the CPU that takes it from another's queue calls this).
     #[inline]
     pub fn assign(&mut self, i: usize, cpu: usize) {
-        let cpu = cpu % self.queue.len();
-        let Some(d) = self.vcpus.get_mut(i) else {
-            return;
-        };
-        let last = d.processor as usize % self.queue.len();
-        d.processor = cpu as u32;
-        if self.runnable.contains(i) && last != cpu {
-            self.queue[last].remove(i);
-            self.queue[cpu].insert(i);
+        if let Some(d) = self.vcpus.get_mut(i) {
+            self.sched.assign(i, &mut d.processor, cpu);
         }
     }
 
@@ -964,12 +932,7 @@ impl Hv {
     /// is added then; sets that grew stay grown).
     pub fn add_vcpu(&mut self, mut v: Vcpu, cpus: u64, capped: bool) -> Option<usize> {
         let i = self.vcpus.len();
-        let grown = |s: &mut VcpuSet| s.grow(i + 1).is_ok();
-        if !(grown(&mut self.runnable)
-            && grown(&mut self.running)
-            && self.queue.iter_mut().all(grown)
-            && self.affine.iter_mut().all(grown))
-        {
+        if !self.sched.make_room(i, cpus) {
             return None;
         }
         let l = light_made(i)?;
@@ -979,11 +942,6 @@ impl Hv {
         let b = crate::mm::heap::try_box(|m| m.write(v))?;
         if self.vcpus.push(b)? != i {
             return None;
-        }
-        for (c, a) in self.affine.iter_mut().enumerate() {
-            if c < 64 && cpus & (1u64 << c) != 0 {
-                a.insert(i);
-            }
         }
         l.dom.store(dom, Ordering::Relaxed);
         l.cr3.store(cr3, Ordering::Relaxed);
@@ -996,20 +954,19 @@ impl Hv {
     /// This CPU now holds vCPU `i` (runs it): no other CPU may pick it.
     #[inline(always)]
     pub fn hold(&mut self, i: usize) {
-        let was = self.waiting(i);
-        self.running.insert(i);
         // (Held: it no longer waits.)
-        self.waiting_became(i, was, false);
+        if self.sched.hold(i) {
+            self.waiting_became(i, true, false);
+        }
     }
 
     /// This CPU lets go of vCPU `i`: any CPU may pick it again.
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) {
-        let runnable = self.runnable.contains(i);
-        let was = microvisor_core::sched::waiting::is_waiting(runnable, self.running.contains(i));
-        self.running.remove(i);
         // (Held by no CPU now: it waits if it is runnable.)
-        self.waiting_became(i, was, runnable);
+        if self.sched.let_go(i) {
+            self.waiting_became(i, false, true);
+        }
     }
 
     /// No guest timer or poll deadline is due before this system time.
@@ -1044,7 +1001,7 @@ impl Hv {
         if !d.teardown_pending() {
             return false;
         }
-        if d.vcpus.iter().any(|&v| self.running.contains(v)) {
+        if d.vcpus.iter().any(|&v| self.sched.is_held(v)) {
             self.teardowns_waiting = true;
             return false;
         }
@@ -1086,7 +1043,7 @@ impl Hv {
     /// CPU, or another, entered the hypervisor from it (its frame is the
     /// one that entry was handed, `arch::percpu::vcpu`).
     fn vcpu_in_use(&self, i: usize) -> bool {
-        self.running.contains(i) || i == self.current || crate::arch::smp::entered_from(i as u64)
+        self.sched.is_held(i) || i == self.current || crate::arch::smp::entered_from(i as u64)
     }
 
     /// Frees the vCPU records (frames with them) of domains that are gone
@@ -1109,10 +1066,7 @@ impl Hv {
             }
             let vcpus = core::mem::take(&mut self.domains[idx].vcpus);
             for v in vcpus {
-                for s in self.queue.iter_mut().chain(self.affine.iter_mut()) {
-                    s.remove(v);
-                }
-                self.runnable.remove(v);
+                self.sched.forget(v);
                 self.vcpus.free(v);
                 if let Some(l) = light(v) {
                     l.state.store(light_state(RunState::Down), Ordering::SeqCst);
@@ -1259,6 +1213,6 @@ impl Hv {
     pub fn teardown_held(&self) -> bool {
         (self.domains.iter())
             .filter(|d| d.teardown_pending())
-            .any(|d| d.vcpus.iter().any(|&v| self.running.contains(v)))
+            .any(|d| d.vcpus.iter().any(|&v| self.sched.is_held(v)))
     }
 }

@@ -47,7 +47,7 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
         if v == hv.current {
             crate::arch::percpu::set_leave_now(true);
         }
-        if hv.running.contains(v) && v != hv.current {
+        if hv.sched.is_held(v) && v != hv.current {
             elsewhere = true;
             crate::arch::smp::kick(hv.vcpus[v].processor);
         }

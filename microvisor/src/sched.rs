@@ -13,6 +13,8 @@ use crate::domain::{End, Hv, NO_VCPU, RunState};
 pub const TICK_NS: u64 = 1_000_000;
 use microvisor_core::sched as policy;
 
+pub mod runq;
+
 /// How the current vCPU leaves the CPU.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Why {
@@ -64,11 +66,11 @@ fn vcpu_capped(hv: &Hv, i: usize) -> bool {
 
 /// Starts a new cap period when the old one is over.
 fn cap_period(hv: &mut Hv, now: u64) {
-    if policy::period_over(hv.cap_period_start, now) {
+    if policy::period_over(hv.sched.cap_period_start(), now) {
         for d in hv.domains.iter_mut() {
             d.period_used = policy::carry_over(d.period_used, u16::from(d.cap));
         }
-        hv.cap_period_start = now;
+        hv.sched.start_cap_period(now);
     }
 }
 
@@ -79,7 +81,7 @@ pub fn wake(hv: &mut Hv, i: usize) {
         return;
     }
     let mut floor = None;
-    for r in hv.runnable.iter() {
+    for r in hv.sched.runnable() {
         let d = &hv.vcpus[r];
         if floor.is_none_or(|f| d.vruntime < f) {
             floor = Some(d.vruntime);
@@ -111,44 +113,11 @@ pub fn kick_for(hv: &Hv, i: usize) {
         return;
     }
     let processor = hv.vcpus[i].processor;
-    if hv.running.contains(i) {
+    if hv.sched.is_held(i) {
         crate::arch::smp::kick(processor);
     } else {
         crate::arch::smp::kick_idle(1u64 << (processor % 64));
     }
-}
-
-/// The CPUs vCPU `i` may run on (manifest `cpus`) among those that run
-/// the scheduler (or will: while domains are built).
-fn allowed_cpus(hv: &Hv, i: usize) -> u64 {
-    crate::arch::smp::scheduler_cpus() & hv.vcpus[i].cpus
-}
-
-/// The CPU whose run queue vCPU `i` joins as it becomes runnable
-/// (`microvisor_core::sched::place`): the one it is on while a CPU holds
-/// it or while it may run there, else the allowed CPU with the shortest
-/// queue. While domains are built every vCPU goes to the shortest queue,
-/// so they start spread over the CPUs.
-#[inline]
-pub fn place(hv: &Hv, i: usize) -> usize {
-    let last = hv.vcpus[i].processor as usize % hv.queue.len();
-    let building = crate::arch::smp::scheduler_cpus_joined() == 0;
-    if !building && hv.affine[last].contains(i) || hv.running.contains(i) {
-        return last;
-    }
-    place_among(hv, i, if building { usize::MAX } else { last })
-}
-
-#[inline(never)]
-fn place_among(hv: &Hv, i: usize, last: usize) -> usize {
-    let queued = |c: usize| {
-        hv.queue
-            .get(c)
-            .map_or(u32::MAX, |q| q.count_without(i) as u32)
-    };
-    let c = policy::place(last, allowed_cpus(hv, i), queued);
-    // (`last` is past the table only while building with nothing allowed.)
-    if c < hv.queue.len() { c } else { 0 }
 }
 
 /// SCHEDOP_yield without the hypervisor lock: true when the running vCPU
@@ -242,48 +211,15 @@ impl policy::Vcpus for View<'_> {
 }
 
 /// The vCPU this CPU runs next (not `exclude`, not capped), by
-/// `microvisor_core::sched::pick`: from its own run queue, or one that
-/// migrates here from another CPU's (the switch moves it to this CPU's
-/// queue: `Hv::assign`).
+/// `microvisor_core::sched::pick` under this CPU's run-queue lock
+/// (`runq::Sched::pick_view`): from its own run queue, or one that migrates
+/// here from another CPU's (the switch moves it to this CPU's queue:
+/// `Hv::assign`).
 #[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
-    let cpu = crate::arch::percpu::cpu_id() % hv.queue.len();
-    policy::pick(&View(hv), Sets { hv, cpu, exclude })
-}
-
-/// The sets `pick` reads, word by word: this CPU's run queue, every
-/// runnable vCPU, and those it may take: allowed here (manifest `cpus`),
-/// not held by another CPU (its own is a candidate), not `exclude`.
-struct Sets<'a> {
-    hv: &'a Hv,
-    cpu: usize,
-    exclude: Option<usize>,
-}
-
-impl policy::PickWords for Sets<'_> {
-    #[inline(always)]
-    fn words(&self) -> usize {
-        self.hv.runnable.words()
-    }
-    #[inline(always)]
-    fn word(&self, w: usize) -> (u64, u64, u64) {
-        let hv = self.hv;
-        let bit = |i: usize| {
-            if i / 64 == w { 1u64 << (i % 64) } else { 0 }
-        };
-        let free = (!hv.running.word(w) | bit(hv.current))
-            & hv.affine[self.cpu].word(w)
-            & !self.exclude.map_or(0, bit);
-        (hv.queue[self.cpu].word(w), hv.runnable.word(w), free)
-    }
-    #[inline(always)]
-    fn current(&self) -> usize {
-        self.hv.current
-    }
-    #[inline(always)]
-    fn n(&self) -> usize {
-        self.hv.vcpus.len()
-    }
+    let cpu = crate::arch::percpu::cpu_id();
+    let n = hv.vcpus.len();
+    policy::pick(&View(hv), hv.sched.pick_view(cpu, hv.current, exclude, n))
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {
@@ -354,7 +290,7 @@ fn check_end(hv: &mut Hv) {
         }
         crate::lifecycle::finish(hv);
     }
-    if earliest_timer(hv).is_none() && hv.runnable.is_empty() && !crate::irq::any_bound() {
+    if earliest_timer(hv).is_none() && !hv.sched.any_runnable() && !crate::irq::any_bound() {
         crate::error!("every live domain is blocked and nothing can wake it: ending the run");
         for i in 0..hv.domains.len() {
             if hv.domains[i].is_live() {
@@ -607,8 +543,8 @@ pub fn start() -> ! {
         let runnable = (hv.vcpus.live())
             .filter(|(_, d)| d.state == RunState::Runnable)
             .map(|(i, _)| i);
-        let first = policy::first_to_run(runnable, |i| hv.affine[0].contains(i));
-        if first.is_none() && hv.runnable.is_empty() {
+        let first = policy::first_to_run(runnable, |i| hv.sched.allowed_on(i, 0));
+        if first.is_none() && !hv.sched.any_runnable() {
             crate::lifecycle::finish(&mut hv)
         }
         let now = crate::time::now_ns();

@@ -1,0 +1,368 @@
+//! The scheduler's state (issue 13, step 4): which vCPUs are runnable,
+//! which some CPU holds, which wait in each CPU's run queue and which may
+//! run where, with one run-queue lock per CPU (Xen's per-CPU scheduler
+//! lock). The policy that reads it is `microvisor_core::sched`; the
+//! scheduler that drives it is `sched`. This module sits with `domain` in
+//! the state layer, so `Hv::set_state` and `Hv::add_vcpu` keep it true
+//! without reaching up into the scheduler.
+//!
+//! What each lock protects (docs/smp.md, "Run-queue locks"):
+//! - CPU c's run-queue lock ([`QUEUES`]`[c]`): c's queue (the runnable
+//!   vCPUs assigned to c, `Vcpu::processor == c`, the one c holds
+//!   included) and c's affinity set (the vCPUs that may run on c). A
+//!   vCPU's `processor` changes only while the lock of the queue it leaves
+//!   and the one it joins are held (both, lower CPU id first, when they
+//!   differ).
+//! - The hypervisor lock ([`Sched`], a field of `Hv`): the union of the
+//!   queues (`runnable`), the vCPUs held by some CPU (`running`) and the
+//!   cap period. Every CPU's `pick` reads all three for every vCPU (to
+//!   steal from any queue), and a domain's end and the vCPU reaper ask
+//!   whether any CPU holds a vCPU: one set each, under the lock all those
+//!   paths hold anyway, costs nothing, where a per-CPU split would make
+//!   every pick take every CPU's lock.
+//!
+//! Order: the hypervisor lock, then run-queue locks, two at most, lower
+//! CPU id first; nothing else is taken while one is held except the heap
+//! (a set growing in `make_room`).
+
+use crate::arch::percpu::MAX_CPUS;
+use microvisor_core::sched::{self as policy, VcpuSet, waiting};
+
+/// One CPU's run queue, under its lock.
+struct RunQueue {
+    /// The runnable vCPUs assigned to this CPU (the one it holds too).
+    queue: VcpuSet,
+    /// The vCPUs that may run on this CPU (manifest `cpus`: Xen's hard
+    /// affinity, `Vcpu::cpus`).
+    affine: VcpuSet,
+}
+
+/// Every CPU's run queue, each under its own lock.
+static QUEUES: [spin::Mutex<RunQueue>; MAX_CPUS] = [const {
+    spin::Mutex::new(RunQueue {
+        queue: VcpuSet::new(),
+        affine: VcpuSet::new(),
+    })
+}; MAX_CPUS];
+
+type Guard = spin::MutexGuard<'static, RunQueue>;
+
+/// CPU `c`'s run-queue lock (`c` below `MAX_CPUS`).
+#[inline(always)]
+fn lock(c: usize) -> Guard {
+    QUEUES[c % MAX_CPUS].lock()
+}
+
+/// The run-queue locks of two different CPUs `a` and `b`, taken lower id
+/// first; returned as (`a`'s, `b`'s).
+fn lock_two(a: usize, b: usize) -> (Guard, Guard) {
+    debug_assert!(a != b);
+    if a < b {
+        let ga = lock(a);
+        (ga, lock(b))
+    } else {
+        let gb = lock(b);
+        (lock(a), gb)
+    }
+}
+
+/// The scheduler's sets that every CPU reads: under the hypervisor lock
+/// (`Hv::sched`; see the module's comment for why).
+pub struct Sched {
+    /// vCPU index i is in it when Runnable: the union of the run queues.
+    runnable: VcpuSet,
+    /// vCPU index i is in it while some CPU holds it (runs it, or idles
+    /// with its state loaded): no other CPU may pick it.
+    running: VcpuSet,
+    /// Start of the current cap period (system time, ns): caps are
+    /// accounted per period across every CPU (`sched::cap_period`).
+    cap_period_start: u64,
+}
+
+impl Sched {
+    pub const fn new() -> Sched {
+        Sched {
+            runnable: VcpuSet::new(),
+            running: VcpuSet::new(),
+            cap_period_start: 0,
+        }
+    }
+
+    /// Whether some CPU holds vCPU `i`.
+    #[inline(always)]
+    pub fn is_held(&self, i: usize) -> bool {
+        self.running.contains(i)
+    }
+
+    /// Whether vCPU `i` waits to run: runnable and held by no CPU.
+    #[inline(always)]
+    pub fn is_waiting(&self, i: usize) -> bool {
+        waiting::is_waiting(self.runnable.contains(i), self.running.contains(i))
+    }
+
+    /// Whether any vCPU is runnable.
+    pub fn any_runnable(&self) -> bool {
+        !self.runnable.is_empty()
+    }
+
+    /// The runnable vCPUs, in index order.
+    #[inline(always)]
+    pub fn runnable(&self) -> impl Iterator<Item = usize> + '_ {
+        self.runnable.iter()
+    }
+
+    /// Start of the current cap period.
+    #[inline(always)]
+    pub fn cap_period_start(&self) -> u64 {
+        self.cap_period_start
+    }
+
+    /// A new cap period starts at `now`.
+    pub fn start_cap_period(&mut self, now: u64) {
+        self.cap_period_start = now;
+    }
+
+    /// Whether vCPU `i` may run on CPU `cpu` (under its lock).
+    pub fn allowed_on(&self, i: usize, cpu: usize) -> bool {
+        lock(cpu).affine.contains(i)
+    }
+
+    /// Room for vCPU index `i` in every set (each CPU's under its lock, one
+    /// at a time), and its affinity: allowed on the CPUs of `cpus` (bit c:
+    /// CPU c). False when there is no memory (sets that grew stay grown,
+    /// and `i` is in no affinity set).
+    pub fn make_room(&mut self, i: usize, cpus: u64) -> bool {
+        let n = i + 1;
+        if self.runnable.grow(n).is_err() || self.running.grow(n).is_err() {
+            return false;
+        }
+        for c in 0..MAX_CPUS {
+            let mut q = lock(c);
+            if q.queue.grow(n).is_err() || q.affine.grow(n).is_err() {
+                return false;
+            }
+        }
+        for c in 0..MAX_CPUS {
+            if cpus & (1u64 << c) != 0 {
+                lock(c).affine.insert(i);
+            }
+        }
+        true
+    }
+
+    /// vCPU `i`'s record is freed: it leaves every set (each CPU's under its
+    /// lock, one at a time).
+    pub fn forget(&mut self, i: usize) {
+        for c in 0..MAX_CPUS {
+            let mut q = lock(c);
+            q.queue.remove(i);
+            q.affine.remove(i);
+        }
+        self.runnable.remove(i);
+        self.running.remove(i);
+    }
+
+    /// vCPU `i` (assigned to CPU `*processor`, allowed on `cpus`) becomes
+    /// runnable (`runnable`) or stops being so: it joins a run queue (its
+    /// processor's while it may run there or a CPU holds it, else the one
+    /// [`place_among`] chooses: `*processor` follows) or leaves its own,
+    /// under that queue's lock, and the waiting counts
+    /// (`domain::SCHED_VIEW`) follow.
+    #[inline]
+    pub fn set_runnable(&mut self, i: usize, processor: &mut u32, cpus: u64, runnable: bool) {
+        // (Whether a CPU holds it does not change here: read once.)
+        let held = self.running.contains(i);
+        let was = waiting::is_waiting(self.runnable.contains(i), held);
+        let last = *processor as usize % MAX_CPUS;
+        if runnable {
+            let building = crate::arch::smp::scheduler_cpus_joined() == 0;
+            let mut q = lock(last);
+            if !building && q.affine.contains(i) || held {
+                // It stays on the CPU it last ran on (the common case).
+                q.queue.insert(i);
+            } else {
+                drop(q);
+                place_elsewhere(i, processor, cpus, building);
+            }
+            self.runnable.insert(i);
+        } else {
+            lock(last).queue.remove(i);
+            self.runnable.remove(i);
+        }
+        let now = waiting::is_waiting(runnable, held);
+        waiting::changed(&crate::domain::SCHED_VIEW.waiting, cpus, was, now);
+    }
+
+    /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a
+    /// migration: the CPU that takes it from another's queue calls this),
+    /// with the locks of both queues (lower CPU first).
+    #[inline]
+    pub fn assign(&mut self, i: usize, processor: &mut u32, cpu: usize) {
+        let cpu = cpu % MAX_CPUS;
+        let last = *processor as usize % MAX_CPUS;
+        if last != cpu {
+            migrate(i, processor, last, cpu, self.runnable.contains(i));
+        }
+    }
+
+    /// A CPU now holds vCPU `i`: no other CPU may pick it. True when it
+    /// waited before (its CPUs' waiting counts must go down by one).
+    #[inline(always)]
+    pub fn hold(&mut self, i: usize) -> bool {
+        let was = self.is_waiting(i);
+        self.running.insert(i);
+        was
+    }
+
+    /// Its CPU lets go of vCPU `i`: any CPU may pick it again. True when it
+    /// waits now and did not before (its CPUs' counts must go up by one).
+    #[inline(always)]
+    pub fn let_go(&mut self, i: usize) -> bool {
+        let runnable = self.runnable.contains(i);
+        let was = waiting::is_waiting(runnable, self.running.contains(i));
+        self.running.remove(i);
+        runnable && !was
+    }
+
+    /// The audit's check of the run queues: every runnable vCPU is in the
+    /// queue of its processor (`processor(i)`) and in no other, and no
+    /// queue holds a vCPU that is not runnable. Returns the first vCPU
+    /// that breaks it and the CPU whose queue shows it (each queue read
+    /// under its own lock; the caller holds the hypervisor lock, under
+    /// which every queue changes).
+    pub fn queues_mismatch(
+        &self,
+        processor: impl Fn(usize) -> Option<usize>,
+    ) -> Option<(usize, usize)> {
+        for c in 0..MAX_CPUS {
+            let q = lock(c);
+            for i in q.queue.iter() {
+                if !self.runnable.contains(i) || processor(i) != Some(c) {
+                    return Some((i, c));
+                }
+            }
+        }
+        for i in self.runnable.iter() {
+            let c = processor(i).unwrap_or(0) % MAX_CPUS;
+            if !lock(c).queue.contains(i) {
+                return Some((i, c));
+            }
+        }
+        None
+    }
+
+    /// CPU `cpu`'s view of the sets for the policy's `pick`, with its
+    /// run-queue lock held until the view is dropped: its queue, every
+    /// runnable vCPU, and those it may take (allowed on it, held by no CPU
+    /// but `current`, not `exclude`). `n` is the number of vCPU indices.
+    #[inline(always)]
+    pub fn pick_view(
+        &self,
+        cpu: usize,
+        current: usize,
+        exclude: Option<usize>,
+        n: usize,
+    ) -> Words<'_> {
+        Words {
+            sched: self,
+            q: lock(cpu),
+            current,
+            exclude,
+            n,
+        }
+    }
+}
+
+impl Default for Sched {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// vCPU `i` (runnable, assigned to CPU `*processor`) may not stay there:
+/// it joins the queue [`place_among`] chooses (`building`: domains are
+/// being built), with the locks of both queues when it moves.
+#[inline(never)]
+fn place_elsewhere(i: usize, processor: &mut u32, cpus: u64, building: bool) {
+    let last = *processor as usize % MAX_CPUS;
+    let c = place_among(i, cpus, if building { usize::MAX } else { last });
+    if c == last {
+        lock(last).queue.insert(i);
+    } else {
+        migrate(i, processor, last, c, true);
+    }
+}
+
+/// vCPU `i` moves from CPU `last` to CPU `cpu` (different): it leaves
+/// `last`'s queue and joins `cpu`'s if `queued`, with both locks held
+/// (lower CPU first) while it and its `processor` change.
+#[inline(never)]
+fn migrate(i: usize, processor: &mut u32, last: usize, cpu: usize, queued: bool) {
+    let (mut from, mut to) = lock_two(last, cpu);
+    if queued {
+        from.queue.remove(i);
+        to.queue.insert(i);
+    }
+    *processor = cpu as u32;
+}
+
+/// The CPUs a vCPU allowed on `cpus` may run on among those that run the
+/// scheduler (or will: while domains are built).
+fn allowed_cpus(cpus: u64) -> u64 {
+    crate::arch::smp::scheduler_cpus() & cpus
+}
+
+/// The CPU whose run queue vCPU `i` joins when it may not stay on `last`
+/// (`usize::MAX` while domains are built: every vCPU goes to the shortest
+/// queue then, so they start spread over the CPUs):
+/// `microvisor_core::sched::place` over the allowed CPUs' queue lengths,
+/// each read under its own lock, one at a time (a hint: it may be stale by
+/// the time the vCPU joins, as in Xen).
+#[inline(never)]
+fn place_among(i: usize, cpus: u64, last: usize) -> usize {
+    let queued = |c: usize| {
+        if c < MAX_CPUS {
+            lock(c).queue.count_without(i) as u32
+        } else {
+            u32::MAX
+        }
+    };
+    let c = policy::place(last, allowed_cpus(cpus), queued);
+    // (`last` is past the table only while building with nothing allowed.)
+    if c < MAX_CPUS { c } else { 0 }
+}
+
+/// What the policy's `pick` reads, word by word (`Sched::pick_view`).
+pub struct Words<'a> {
+    sched: &'a Sched,
+    q: Guard,
+    current: usize,
+    exclude: Option<usize>,
+    n: usize,
+}
+
+impl policy::PickWords for Words<'_> {
+    #[inline(always)]
+    fn words(&self) -> usize {
+        self.sched.runnable.words()
+    }
+    #[inline(always)]
+    fn word(&self, w: usize) -> (u64, u64, u64) {
+        let s = self.sched;
+        let bit = |i: usize| {
+            if i / 64 == w { 1u64 << (i % 64) } else { 0 }
+        };
+        let free = (!s.running.word(w) | bit(self.current))
+            & self.q.affine.word(w)
+            & !self.exclude.map_or(0, bit);
+        (self.q.queue.word(w), s.runnable.word(w), free)
+    }
+    #[inline(always)]
+    fn current(&self) -> usize {
+        self.current
+    }
+    #[inline(always)]
+    fn n(&self) -> usize {
+        self.n
+    }
+}
