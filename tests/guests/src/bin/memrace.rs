@@ -95,7 +95,7 @@ fn race(me: usize) {
     let room = ROOM.load(Ordering::SeqCst);
     let mut list = [0u64; ASK];
     for round in 0..ROUNDS {
-        let populate = (round + me as u64) % 3 == 0;
+        let populate = (round + me as u64).is_multiple_of(3);
         for (i, s) in list.iter_mut().enumerate() {
             *s = if populate { POP_PFN + i as u64 } else { 0 };
         }
