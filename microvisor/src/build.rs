@@ -314,6 +314,15 @@ pub fn build(
         layout.nr_pt_frames,
         layout.v_end
     );
+    // Its memory accounting, reached without the hypervisor lock by its
+    // own memory_op once it runs (docs/smp.md, "Memory accounting").
+    let pages = crate::domain::account_made(id).ok_or_else(|| {
+        err(format_args!(
+            "domain '{}': no memory for its accounting",
+            spec.name
+        ))
+    })?;
+    pages.set(nr_pages, spec.maxmem_bytes / PAGE);
     Ok((
         Domain {
             id,
@@ -321,8 +330,7 @@ pub fn build(
             privileged: spec.privileged,
             expect: spec.expect,
             end: None,
-            tot_pages: nr_pages,
-            max_pages: spec.maxmem_bytes / PAGE,
+            pages,
             shared_info_mfn,
             shared,
             console_mfn,

@@ -7,6 +7,7 @@
 
 use core::sync::atomic::Ordering;
 use microvisor_core::manifest::Expect;
+use microvisor_core::reservation::Account;
 use spin::Mutex;
 
 /// Most vCPUs of one domain (the vcpu_info slots of shared info, Xen's
@@ -263,9 +264,11 @@ pub struct Domain {
     pub expect: Expect,
     /// How it ended (`None` while it lives).
     pub end: Option<End>,
-    /// Frames the domain owns (its reservation) and its limit.
-    pub tot_pages: u64,
-    pub max_pages: u64,
+    /// Its memory accounting: the frames its reservation holds and its
+    /// limit (Xen's `tot_pages`, `max_pages`), reached without the
+    /// hypervisor lock through [`account`] by its own memory_op; the same
+    /// record as `account(id)`, never freed.
+    pub pages: &'static Account,
     /// Machine frame of the shared info page, and the hypervisor's handle on it.
     pub shared_info_mfn: u64,
     pub shared: crate::mm::SharedFrame,
@@ -704,6 +707,35 @@ fn light_made(v: usize) -> Option<&'static VcpuLight> {
 pub fn vcpu_domain(v: u64) -> Option<u16> {
     let l = light(usize::try_from(v).ok()?)?;
     Some(l.dom.load(core::sync::atomic::Ordering::Relaxed))
+}
+
+/// Domain ids per chunk of [`Account`]s.
+const ACCOUNT_CHUNK: usize = 256;
+
+// A chunk of `ACCOUNT_CHUNK` domain ids' accounts (4 KiB) as it is made
+// (a template copied into the heap, never used in place).
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_ACCOUNTS: [Account; ACCOUNT_CHUNK] = [const { Account::new() }; ACCOUNT_CHUNK];
+
+/// Every domain id's memory accounting ([`Account`]: Xen's `tot_pages` and
+/// `max_pages`, which Xen keeps under `d->page_alloc_lock`), in chunks of
+/// `ACCOUNT_CHUNK` ids made when the first domain of their range is built
+/// and kept for ever, so memory_op on the caller's own domain reaches it
+/// without the hypervisor lock (docs/smp.md, "Memory accounting").
+static ACCOUNTS: crate::mm::heap::ChunkDir<Account, ACCOUNT_CHUNK, { 65536 / ACCOUNT_CHUNK }> =
+    crate::mm::heap::ChunkDir::new();
+
+/// Domain `dom`'s memory accounting, if its chunk was ever made (every
+/// domain built has one).
+#[inline]
+pub fn account(dom: u16) -> Option<&'static Account> {
+    ACCOUNTS.get(usize::from(dom))
+}
+
+/// Domain `dom`'s memory accounting, its chunk made if needed (`None`: no
+/// memory for it). The domain's build sets it.
+pub fn account_made(dom: u16) -> Option<&'static Account> {
+    ACCOUNTS.made(usize::from(dom), |m| m.write(EMPTY_ACCOUNTS))
 }
 
 /// What the lock-free yield (`sched::yield_alone`) reads of the scheduler:

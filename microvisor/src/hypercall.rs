@@ -259,9 +259,10 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 
 /// The full-entry hypercalls that may run without the hypervisor lock
 /// (docs/smp.md): SCHEDOP_yield with nothing else to run here,
-/// mmu_update on the caller's own frames, and grant_table_op's map,
-/// unmap, unmap_and_replace and copy batches (those two unless every
-/// memory hypercall is audited). Returns false, having done nothing, for
+/// mmu_update on the caller's own frames, memory_op's reservation calls
+/// on the caller's own domain, and grant_table_op's map, unmap,
+/// unmap_and_replace and copy batches (those three unless every memory
+/// hypercall is audited). Returns false, having done nothing, for
 /// any other; true when it handled the hypercall (taking the lock only for what needs it:
 /// a continuation, a dead domain's frames to free, an upcall to deliver).
 #[inline]
@@ -274,6 +275,16 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
                 return false;
             };
             match batch_unlocked(frame, 1, r, released) {
+                Some(r) => r,
+                None => return true,
+            }
+        }
+        12 if !crate::audit::every_call() => {
+            let Some(r) = crate::memory::memory_op_unlocked(frame.rdi, frame.rsi) else {
+                return false;
+            };
+            // (Its own frames only: it releases no dead domain's.)
+            match batch_unlocked(frame, 12, r, false) {
                 Some(r) => r,
                 None => return true,
             }

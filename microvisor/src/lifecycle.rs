@@ -193,6 +193,19 @@ pub fn audit(hv: &Hv, when: &str) {
             let _ = segs.push(f);
         }
     }
+    // Every domain's reservation within its limit (`Account::take`
+    // checks and adds in one step, whoever races it).
+    for d in hv.domains.iter().filter(|d| held(d)) {
+        if !d.pages.within_limit() {
+            crate::error!(
+                "audit after {when} failed: domain {} holds {} pages, over its limit of {}",
+                d.id,
+                d.pages.tot(),
+                d.pages.max()
+            );
+            crate::arch::cpu::qemu_exit(false);
+        }
+    }
     let fifo = crate::fifo::frames_held(hv, held);
     match crate::mm::frames::audit(&roots, &written, &segs, fifo, |add| {
         crate::grant::for_each_external_ref(add)

@@ -9,7 +9,7 @@ use crate::domain::Hv;
 use crate::hcall::Flow;
 use crate::mm::{self, PAGE, frames, guest};
 use guest_abi::errno::Errno;
-use microvisor_core::reservation::{self, Outcome, Reservation, Target};
+use microvisor_core::reservation::{self, Account, Outcome, Reservation, Target};
 
 const DOMID_SELF: u16 = 0x7FF0;
 
@@ -82,35 +82,29 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 Ok(Target::Other(i)) => i,
                 Err(_) => return Ok(Flow::Ret(start)),
             };
+            let d = &hv.domains[dom];
+            let hv = &*hv;
             let out = reservation::run(
                 &r,
                 start,
                 &mut ListCall {
-                    hv,
                     cr3,
                     op,
                     order: r.order,
-                    dom,
+                    dom: d.id,
+                    pages: d.pages,
+                    preempt: || crate::mmu::should_preempt(hv),
                 },
             );
-            match out {
-                Outcome::Done(n) => Ok(Flow::Ret(n)),
-                Outcome::Again(done) => Ok(Flow::Again([
-                    reservation::continuation(op, done),
-                    arg,
-                    0,
-                    0,
-                    0,
-                ])),
-            }
+            Ok(list_flow(op, arg, out))
         }
         m::XENMEM_CURRENT_RESERVATION | m::XENMEM_MAXIMUM_RESERVATION | m::XENMEM_MAXIMUM_GPFN => {
             let mut b = [0u8; 2];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let t = target(hv, u16::from_le_bytes(b))?;
-            let d = &hv.domains[t];
+            let pages = hv.domains[t].pages;
             Ok(Flow::Ret(
-                reservation::stat(op, d.tot_pages, d.max_pages).ok_or(Errno::ENOSYS)?,
+                reservation::stat(op, pages.tot(), pages.max()).ok_or(Errno::ENOSYS)?,
             ))
         }
         m::XENMEM_MAXIMUM_RAM_PAGE => Ok(Flow::Ret(mm::max_phys() / PAGE - 1)),
@@ -126,7 +120,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 return Err(Errno::EINVAL);
             }
             let mut e = [0u8; 20];
-            e[8..16].copy_from_slice(&(hv.cur_dom().max_pages * PAGE).to_le_bytes());
+            e[8..16].copy_from_slice(&(hv.cur_dom().pages.max() * PAGE).to_le_bytes());
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
             guest::copy_to(cr3, buffer, &e).map_err(|_| Errno::EFAULT)?;
             guest::copy_to(cr3, arg, &1u32.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
@@ -144,29 +138,96 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     }
 }
 
+/// An extent-list call's answer: the extents done, or its continuation.
+fn list_flow(op: u32, arg: u64, out: Outcome) -> Flow {
+    match out {
+        Outcome::Done(n) => Flow::Ret(n),
+        Outcome::Again(done) => Flow::Again([reservation::continuation(op, done), arg, 0, 0, 0]),
+    }
+}
+
+/// increase_reservation, decrease_reservation and populate_physmap on the
+/// caller's own domain, without the hypervisor lock (docs/smp.md, "Memory
+/// accounting"): the caller's domain and page tables come from its
+/// `VcpuLight`, its accounting from `domain::account`, and each extent
+/// touches nothing of `Hv`. `None`, having done nothing the guest can see,
+/// for any other call, one naming another domain, or one at an order
+/// above a guest's maximum (there the caller's privilege decides, which
+/// only `Hv` knows): those take the locked path. A continuation is
+/// arranged by the caller under the hypervisor lock.
+pub fn memory_op_unlocked(cmd: u64, arg: u64) -> Option<Result<Flow, Errno>> {
+    use guest_abi::memory as m;
+    let (op, start) = reservation::split_cmd(cmd);
+    if !matches!(
+        op,
+        m::XENMEM_INCREASE_RESERVATION
+            | m::XENMEM_DECREASE_RESERVATION
+            | m::XENMEM_POPULATE_PHYSMAP
+    ) {
+        return None;
+    }
+    let light = crate::domain::light(crate::arch::percpu::vcpu() as usize)?;
+    let me = light.dom.load(core::sync::atomic::Ordering::Relaxed);
+    let cr3 = light.cr3.load(core::sync::atomic::Ordering::Relaxed);
+    let mut b = [0u8; 32];
+    if guest::copy_from(cr3, arg, &mut b).is_err() {
+        return Some(Ok(Flow::Ret(start)));
+    }
+    let r = Reservation::parse(&b);
+    if (r.domid != DOMID_SELF && r.domid != me) || r.order > reservation::DOMU_MAX_ORDER {
+        return None;
+    }
+    let pages = crate::domain::account(me)?;
+    // The caller's own domain at an order any caller may use: its
+    // privilege plays no part in `admit`'s answer, and `exists` is never
+    // asked.
+    if reservation::admit(&r, start, me, false, |_| false).is_err() {
+        return Some(Ok(Flow::Ret(start)));
+    }
+    let out = reservation::run(
+        &r,
+        start,
+        &mut ListCall {
+            cr3,
+            op,
+            order: r.order,
+            dom: me,
+            pages,
+            preempt: crate::mmu::should_preempt_unlocked,
+        },
+    );
+    Some(Ok(list_flow(op, arg, out)))
+}
+
 /// One extent-list call in progress, for `reservation::run`.
-struct ListCall<'a> {
-    hv: &'a mut Hv,
+struct ListCall<P> {
     /// The caller's page tables: the extent list is in its memory.
     cr3: u64,
     op: u32,
     order: u32,
-    /// Index in `Hv::domains` of the domain whose reservation changes.
-    dom: usize,
+    /// The domain whose reservation changes, and its accounting.
+    dom: u16,
+    pages: &'static Account,
+    /// Whether to stop for a continuation (with or without the
+    /// hypervisor lock).
+    preempt: P,
 }
 
-impl reservation::Extents for ListCall<'_> {
+impl<P: FnMut() -> bool> reservation::Extents for ListCall<P> {
     fn preempt(&mut self) -> bool {
-        crate::mmu::should_preempt(self.hv)
+        (self.preempt)()
     }
     fn extent(&mut self, slot: u64) -> Result<(), Errno> {
         use guest_abi::memory as m;
-        let (hv, cr3, dom) = (&mut *self.hv, self.cr3, self.dom);
+        let (cr3, dom, pages) = (self.cr3, self.dom, self.pages);
         let populate = self.op == m::XENMEM_POPULATE_PHYSMAP;
+        // Held shared over the extent, so the audit (which holds it alone)
+        // never sees frames counted and not yet assigned, or given back
+        // and still counted.
+        let _ops = frames::operation();
         match self.op {
-            m::XENMEM_DECREASE_RESERVATION => decrease_extent(hv, cr3, dom, slot, self.order),
-            _ if self.order > 0 => increase_extent(hv, cr3, dom, slot, self.order, populate),
-            _ => increase_one(hv, cr3, dom, slot, populate),
+            m::XENMEM_DECREASE_RESERVATION => decrease_extent(cr3, dom, pages, slot, self.order),
+            _ => increase_extent(cr3, dom, pages, slot, self.order, populate),
         }
     }
 }
@@ -175,83 +236,88 @@ impl reservation::Extents for ListCall<'_> {
 /// frame number (as PV guests do) in the slot, frame by frame as Xen's
 /// `decrease_reservation` does: the first frame refused ends the extent as
 /// failed, the frames before it given back. The frames must be domain
-/// index `di`'s; the slot is read through the caller's `cr3`.
-fn decrease_extent(hv: &mut Hv, cr3: u64, di: usize, slot: u64, order: u32) -> Result<(), Errno> {
-    let dom = hv.domains[di].id;
+/// `dom`'s, each uncounted from `pages` once the frame table has taken it
+/// back; the slot is read through the caller's `cr3`.
+fn decrease_extent(
+    cr3: u64,
+    dom: u16,
+    pages: &Account,
+    slot: u64,
+    order: u32,
+) -> Result<(), Errno> {
     let first = guest::read::<u64>(cr3, slot)?;
     for j in 0..1u64 << order {
         let mfn = first.checked_add(j).ok_or(Errno::EINVAL)?;
         let frame = frames::release(mfn, dom)?;
         frames::set_m2p(mfn, u64::MAX);
         frame.free();
-        hv.domains[di].tot_pages -= 1;
+        if !pages.give(1) {
+            crate::warn!(
+                "domain {dom}: frame {mfn:#x} given back, but its reservation counted none"
+            );
+        }
     }
     Ok(())
 }
 
-/// Adds one extent of `2^order` machine-contiguous frames, aligned to its
-/// size, within the domain's limit; the slot receives the first frame.
-/// For populate_physmap the slot first holds the pfn the extent backs
-/// (M2P set for each of its frames). The frames go to domain index `di`,
-/// within its limit; the slot is the caller's (`cr3`).
+/// Adds one extent of `2^order` frames to domain `dom`, within its limit:
+/// the frames are counted in `pages` first (the limit checked in the same
+/// atomic step, `Account::take`) and the count given back if they cannot
+/// be had or the slot is unusable. An extent above order 0 is
+/// machine-contiguous and aligned to its size. For populate_physmap the
+/// slot (the caller's, `cr3`) first holds the pfn the extent backs (M2P
+/// set for each of its frames); it receives the first frame.
 fn increase_extent(
-    hv: &mut Hv,
     cr3: u64,
-    di: usize,
+    dom: u16,
+    pages: &Account,
     slot: u64,
     order: u32,
     populate: bool,
 ) -> Result<(), Errno> {
-    let dom = hv.domains[di].id;
     let n = 1u64 << order;
-    reservation::room(hv.domains[di].tot_pages, hv.domains[di].max_pages, n)?;
+    pages.take(n)?;
+    let first = match assign_extent(cr3, dom, slot, order, populate) {
+        Ok(first) => first,
+        Err(e) => {
+            pages.give(n);
+            return Err(e);
+        }
+    };
+    guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
+}
+
+/// The frames of [`increase_extent`], assigned to `dom` (M2P set for
+/// populate_physmap): the first one's number, or an error with nothing
+/// assigned.
+fn assign_extent(cr3: u64, dom: u16, slot: u64, order: u32, populate: bool) -> Result<u64, Errno> {
+    let n = 1u64 << order;
     let held = guest::read::<u64>(cr3, slot);
     let pfn = if populate { Some(held?) } else { None };
     // Check the slot is writable before taking frames.
     guest::copy_to(cr3, slot, &held.unwrap_or(0).to_le_bytes()).map_err(|_| Errno::EFAULT)?;
-    let extent = mm::Owned::alloc_zeroed(n, n).ok_or(Errno::ENOMEM)?;
-    let first = extent.first();
-    // An error cannot happen for frames just taken from the allocator;
-    // everything goes back rather than leave a half-owned extent.
-    frames::assign(extent, dom).map_err(|(extent, e)| {
-        extent.free();
-        e
-    })?;
+    let first = if order == 0 {
+        let mfn = mm::alloc_zeroed().ok_or(Errno::ENOMEM)?;
+        if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
+            let _ = mm::with_allocator(|a| a.free(mfn));
+            return Err(e);
+        }
+        mfn
+    } else {
+        let extent = mm::Owned::alloc_zeroed(n, n).ok_or(Errno::ENOMEM)?;
+        let first = extent.first();
+        // An error cannot happen for frames just taken from the allocator;
+        // everything goes back rather than leave a half-owned extent.
+        frames::assign(extent, dom).map_err(|(extent, e)| {
+            extent.free();
+            e
+        })?;
+        first
+    };
     if let Some(p) = pfn {
         for j in 0..n {
             frames::set_m2p(first + j, p.wrapping_add(j));
         }
     }
-    hv.domains[di].tot_pages += n;
-    guest::copy_to(cr3, slot, &first.to_le_bytes()).map_err(|_| Errno::EFAULT)
-}
-
-/// Adds one frame to domain index `di`, within its limit. For
-/// populate_physmap the slot (the caller's, `cr3`) holds the pfn it backs
-/// (M2P set) and receives the mfn.
-fn increase_one(hv: &mut Hv, cr3: u64, di: usize, slot: u64, populate: bool) -> Result<(), Errno> {
-    let dom = hv.domains[di].id;
-    reservation::room(hv.domains[di].tot_pages, hv.domains[di].max_pages, 1)?;
-    let pfn = if populate {
-        Some(guest::read::<u64>(cr3, slot)?)
-    } else {
-        None
-    };
-    // Check the slot is writable before taking a frame.
-    guest::copy_to(
-        cr3,
-        slot,
-        &guest::read::<u64>(cr3, slot).unwrap_or(0).to_le_bytes(),
-    )
-    .map_err(|_| Errno::EFAULT)?;
-    let mfn = mm::alloc_zeroed().ok_or(Errno::ENOMEM)?;
-    if let Err(e) = frames::with(|ft, _| ft.assign(mfn, dom)) {
-        let _ = mm::with_allocator(|a| a.free(mfn));
-        return Err(e);
-    }
-    if let Some(p) = pfn {
-        frames::set_m2p(mfn, p);
-    }
-    hv.domains[di].tot_pages += 1;
-    guest::copy_to(cr3, slot, &mfn.to_le_bytes()).map_err(|_| Errno::EFAULT)
+    Ok(first)
 }

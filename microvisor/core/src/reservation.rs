@@ -14,6 +14,7 @@
 //! or at any extent, answers with the number of extents done, which before
 //! the first extent is the start extent taken from `cmd`.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::memory as m;
 
@@ -198,6 +199,129 @@ pub fn room(tot: u64, max: u64, n: u64) -> Result<(), Errno> {
     match tot.checked_add(n) {
         Some(t) if t <= max => Ok(()),
         _ => Err(Errno::ENOMEM),
+    }
+}
+
+/// A domain's memory accounting: the frames its reservation holds
+/// (`tot_pages`) and the most it may hold (`max_pages`), as Xen's
+/// `struct domain` has them under `d->page_alloc_lock`. Here they are two
+/// atomic words changed without a lock: the one rule that needs two of
+/// them at once, "taking `n` more frames must not pass the limit", is one
+/// compare-and-exchange on `tot` that checks the limit in the same step
+/// as it adds ([`Account::take`]), so two vCPUs of one domain racing near
+/// the limit can never both pass it (docs/smp.md, "Memory accounting").
+#[derive(Debug, Default)]
+pub struct Account<W: Word = AtomicU64> {
+    tot: W,
+    max: AtomicU64,
+}
+
+/// The word an [`Account`] counts frames in: an `AtomicU64` in the
+/// hypervisor. (A host test's word runs another taker between a read and
+/// the compare-and-exchange that follows it, to show the two cannot both
+/// pass the limit.)
+pub trait Word {
+    /// The count now.
+    fn get(&self) -> u64;
+    /// Sets the count (nothing else can reach the account yet).
+    fn put(&self, v: u64);
+    /// Replaces `current` with `new` if the count is still `current`;
+    /// else the count it found.
+    fn swap_if(&self, current: u64, new: u64) -> Result<u64, u64>;
+}
+
+impl Word for AtomicU64 {
+    #[inline]
+    fn get(&self) -> u64 {
+        self.load(Ordering::SeqCst)
+    }
+    #[inline]
+    fn put(&self, v: u64) {
+        self.store(v, Ordering::SeqCst)
+    }
+    #[inline]
+    fn swap_if(&self, current: u64, new: u64) -> Result<u64, u64> {
+        self.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+    }
+}
+
+impl Account {
+    /// An account holding nothing, with no room.
+    pub const fn new() -> Self {
+        Account {
+            tot: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<W: Word> Account<W> {
+    /// An account over word `tot` (holding nothing, no room until
+    /// [`Account::set`]).
+    pub fn over(tot: W) -> Self {
+        Account {
+            tot,
+            max: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets both numbers: a domain's build, before anything else can
+    /// reach its account.
+    pub fn set(&self, tot: u64, max: u64) {
+        self.max.store(max, Ordering::SeqCst);
+        self.tot.put(tot);
+    }
+
+    /// Frames the reservation holds now (`current_reservation`).
+    pub fn tot(&self) -> u64 {
+        self.tot.get()
+    }
+
+    /// The limit (`maximum_reservation`).
+    pub fn max(&self) -> u64 {
+        self.max.load(Ordering::SeqCst)
+    }
+
+    /// Counts `n` more frames if the limit leaves room for them ([`room`]),
+    /// checked and added in one atomic step; else `ENOMEM` and nothing
+    /// changes. The caller counts frames before it assigns them and gives
+    /// the count back ([`Account::give`]) if it then cannot.
+    pub fn take(&self, n: u64) -> Result<(), Errno> {
+        let max = self.max();
+        let mut tot = self.tot.get();
+        loop {
+            // The room checked against the count the exchange replaces:
+            // a count changed since it was read fails the exchange, and
+            // the check is made again on the new one.
+            room(tot, max, n)?;
+            match self.tot.swap_if(tot, tot + n) {
+                Ok(_) => return Ok(()),
+                Err(now) => tot = now,
+            }
+        }
+    }
+
+    /// Counts `n` frames fewer (given back, or counted by [`Account::take`]
+    /// and then not assigned). Never below 0: a count that would go below
+    /// stays at 0 and the answer is false (a frame given back that was
+    /// never counted: a bug, which the caller reports).
+    pub fn give(&self, n: u64) -> bool {
+        let mut tot = self.tot.get();
+        loop {
+            match self.tot.swap_if(tot, tot.saturating_sub(n)) {
+                Ok(_) => return tot >= n,
+                Err(now) => tot = now,
+            }
+        }
+    }
+
+    /// Whether the count is within the limit (the audit's check; true
+    /// at every moment, whatever runs at the same time).
+    pub fn within_limit(&self) -> bool {
+        // (The limit first: it only changes at the build, before any
+        // frame is counted.)
+        let max = self.max();
+        self.tot() <= max
     }
 }
 

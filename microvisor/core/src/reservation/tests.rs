@@ -340,3 +340,179 @@ fn a_long_list_checks_for_preemption_every_sixteen_extents() {
     );
     assert_eq!((out, n), (Outcome::Again(21), 16));
 }
+
+/// The accounting rule against a model: any sequence of takes and gives
+/// leaves the count where plain arithmetic with the limit check puts it,
+/// and never above the limit.
+mod account {
+    use super::super::{Account, room};
+    use guest_abi::errno::Errno;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+    use std::vec::Vec;
+
+    proptest! {
+        #[test]
+        fn takes_and_gives_match_the_model(
+            tot in 0u64..64,
+            extra in 0u64..64,
+            ops in proptest::collection::vec((any::<bool>(), 0u64..20), 0..64),
+        ) {
+            let a = Account::new();
+            let max = tot + extra;
+            a.set(tot, max);
+            let mut model = tot;
+            for (take, n) in ops {
+                if take {
+                    let want = room(model, max, n);
+                    prop_assert_eq!(a.take(n), want);
+                    if want.is_ok() {
+                        model += n;
+                    }
+                } else {
+                    prop_assert_eq!(a.give(n), model >= n);
+                    model = model.saturating_sub(n);
+                }
+                prop_assert_eq!(a.tot(), model);
+                prop_assert!(a.within_limit());
+            }
+        }
+    }
+
+    /// A count word that runs `between` once, on the first read after it
+    /// is armed: another vCPU's take landing between this take's read of
+    /// the count and its exchange.
+    struct Interleaved {
+        v: AtomicU64,
+        between: std::sync::Mutex<Option<std::boxed::Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl super::super::Word for Interleaved {
+        fn get(&self) -> u64 {
+            let v = self.v.load(Ordering::SeqCst);
+            let between = self.between.lock().unwrap().take();
+            if let Some(f) = between {
+                f();
+            }
+            v
+        }
+        fn put(&self, v: u64) {
+            self.v.store(v, Ordering::SeqCst)
+        }
+        fn swap_if(&self, current: u64, new: u64) -> Result<u64, u64> {
+            self.v
+                .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+        }
+    }
+
+    /// Two takes with room for one, the second landing between the
+    /// first's read of the count and its exchange: exactly one gets the
+    /// frame, and the count ends at the limit. (Made non-atomic, the room
+    /// checked and then the frames added in a second step, both pass.)
+    #[test]
+    fn a_take_landing_inside_another_cannot_pass_the_limit() {
+        for (first, second) in [(1u64, 1u64), (2, 1), (1, 2)] {
+            let a: &'static Account<Interleaved> =
+                std::boxed::Box::leak(std::boxed::Box::new(Account::over(Interleaved {
+                    v: AtomicU64::new(0),
+                    between: std::sync::Mutex::new(None),
+                })));
+            a.set(10, 12);
+            a.take(1).unwrap();
+            // Room for one more frame: whichever take comes second must fail.
+            let inner = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let got = inner.clone();
+            *a.tot.between.lock().unwrap() = Some(std::boxed::Box::new(move || {
+                *got.lock().unwrap() = Some(a.take(second));
+            }));
+            let outer = a.take(first);
+            let inner = inner.lock().unwrap().take().expect("the second take ran");
+            assert!(
+                a.within_limit(),
+                "{first} then {second}: count {} over the limit {}",
+                a.tot(),
+                a.max()
+            );
+            // The second (landing inside) got its frames if they fit, and
+            // the first then saw the new count.
+            assert_eq!(inner, room(11, 12, second), "{first} then {second}");
+            let after_inner = if inner.is_ok() { 11 + second } else { 11 };
+            assert_eq!(outer, room(after_inner, 12, first), "{first} then {second}");
+            let want = after_inner + if outer.is_ok() { first } else { 0 };
+            assert_eq!(a.tot(), want);
+        }
+    }
+
+    #[test]
+    fn a_take_past_the_limit_changes_nothing() {
+        let a = Account::new();
+        a.set(10, 12);
+        assert_eq!(a.take(3), Err(Errno::ENOMEM));
+        assert_eq!(a.tot(), 10);
+        assert_eq!(a.take(2), Ok(()));
+        assert_eq!(a.take(1), Err(Errno::ENOMEM));
+        assert_eq!(a.take(u64::MAX), Err(Errno::ENOMEM));
+        assert_eq!((a.tot(), a.max()), (12, 12));
+        assert!(a.give(12));
+        assert!(!a.give(1), "a give below 0 is reported");
+        assert_eq!(a.tot(), 0);
+    }
+
+    /// Two vCPUs of one domain (threads here) racing takes and gives near
+    /// the limit: no thread ever sees the count above the limit, and at
+    /// the end the count is the start plus every take that succeeded less
+    /// every give (no update lost). Made non-atomic (the limit checked,
+    /// then the frames added in a second step), this fails: two takers
+    /// both pass the check with one frame of room left.
+    #[test]
+    fn racing_takes_never_pass_the_limit() {
+        const START: u64 = 1000;
+        const ROOM: u64 = 2;
+        const THREADS: usize = 4;
+        const ROUNDS: u64 = 1_000_000;
+        let a = Arc::new(Account::new());
+        a.set(START, START + ROOM);
+        let over = Arc::new(AtomicBool::new(false));
+        let net = Arc::new(AtomicU64::new(0));
+        let start = Arc::new(Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (a, over, net) = (a.clone(), over.clone(), net.clone());
+                let start = start.clone();
+                thread::spawn(move || {
+                    start.wait();
+                    // Each thread keeps one of its takes at the end when
+                    // it can, so the final count is checked too.
+                    let mut held = 0u64;
+                    for i in 0..ROUNDS {
+                        let n = 1 + (i + t as u64) % 2;
+                        if a.take(n).is_ok() {
+                            if a.tot() > START + ROOM {
+                                over.store(true, Ordering::Relaxed);
+                            }
+                            if held == 0 && i + 16 > ROUNDS {
+                                held = n;
+                            } else {
+                                assert!(a.give(n));
+                            }
+                        } else if !a.within_limit() {
+                            over.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    net.fetch_add(held, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a racing thread panicked");
+        }
+        assert!(
+            !over.load(Ordering::Relaxed),
+            "a racing take passed the limit"
+        );
+        assert_eq!(a.tot(), START + net.load(Ordering::Relaxed));
+        assert!(a.within_limit());
+    }
+}
