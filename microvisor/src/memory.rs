@@ -179,9 +179,9 @@ pub fn memory_op_unlocked(cmd: u64, arg: u64) -> Option<Result<Flow, Errno>> {
     }
     let pages = crate::domain::account(me)?;
     // The caller's own domain at an order any caller may use: its
-    // privilege plays no part in `admit`'s answer, and `exists` is never
+    // privilege plays no part in `admit`'s answer, and `find` is never
     // asked.
-    if reservation::admit(&r, start, me, false, |_| false).is_err() {
+    if reservation::admit(&r, start, me, false, |_| None::<()>).is_err() {
         return Some(Ok(Flow::Ret(start)));
     }
     let out = reservation::run(
