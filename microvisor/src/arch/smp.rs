@@ -247,7 +247,12 @@ pub fn start_aps(apic_ids: &[u32], run: fn() -> !) -> u32 {
             crate::arch::apic::send_startup(id, (TRAMPOLINE / PAGE) as u8);
             crate::time::spin_ns(200_000);
         }
-        let deadline = crate::time::now_ns() + 100_000_000;
+        // Up to 10 s, as Linux waits for an AP to call in: under TCG the
+        // AP is a host thread, which a loaded host may not run for a
+        // while (100 ms was once too short: a 2-CPU boot came up on one).
+        // An AP that called in after we gave up would find the next AP's
+        // memory in AP_PERCPU, so the wait must outlast any real start.
+        let deadline = crate::time::now_ns() + AP_START_NS;
         while APS_UP.load(Ordering::Acquire) == before && crate::time::now_ns() < deadline {
             core::hint::spin_loop();
         }
@@ -259,6 +264,9 @@ pub fn start_aps(apic_ids: &[u32], run: fn() -> !) -> u32 {
     }
     APS_UP.load(Ordering::Acquire)
 }
+
+/// How long the boot CPU waits for an AP it sent INIT-SIPI-SIPI to.
+const AP_START_NS: u64 = 10_000_000_000;
 
 // ---------------------------------------------------------------------------
 // Running guests on every CPU (docs/smp.md). For now one lock (`domain::lock`)
