@@ -96,8 +96,9 @@ impl TrapFrame {
 /// its Rust code through the `&mut TrapFrame` the entry hands over), or,
 /// while no CPU holds it, by whoever holds the hypervisor lock
 /// (`VcpuFrame::install`). A vCPU is held by at most one CPU at a time
-/// (`Hv::running`), so no two CPUs touch one frame at once; it is freed
-/// only once no CPU holds its vCPU or was entered from it
+/// (the held set in `sched::runq::Sched`), so no two CPUs touch one frame
+/// at once; it is freed only once no CPU holds its vCPU or was entered
+/// from it
 /// (`Hv::reap_vcpus`).
 pub struct VcpuFrame(core::ptr::NonNull<FrameCell>);
 
