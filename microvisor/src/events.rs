@@ -677,11 +677,17 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
     }
     let ring = (d.store_mfn != 0).then(|| {
         crate::mm::frames::with(|_, ram| {
-            let at = |off: u64| {
-                ram.atomic_u32(d.store_mfn * 4096 + off)
+            use guest_abi::io::xenstore::XenstoreDomainInterface as Ring;
+            let at = |off: usize| {
+                ram.atomic_u32(d.store_mfn * 4096 + off as u64)
                     .load(Ordering::SeqCst)
             };
-            (at(2048), at(2052), at(2056), at(2060))
+            (
+                at(core::mem::offset_of!(Ring, req_cons)),
+                at(core::mem::offset_of!(Ring, req_prod)),
+                at(core::mem::offset_of!(Ring, rsp_cons)),
+                at(core::mem::offset_of!(Ring, rsp_prod)),
+            )
         })
     });
     crate::error!(
