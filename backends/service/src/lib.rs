@@ -211,7 +211,10 @@ fn wait_for_work() {
         }
         let _ = guest_abi::hypercall::set_timer_op(deadline);
         events::disable();
-        if WORK.load(Ordering::SeqCst) {
+        // The timer may have fired, and its upcall run, between arming it
+        // and masking: it is spent then, and blocking would wait for the
+        // next event instead of the deadline.
+        if WORK.load(Ordering::SeqCst) || time::now_ns() >= deadline {
             events::enable();
             continue;
         }
