@@ -198,24 +198,32 @@ fn main(si: &'static StartInfo) {
         format_args!("{conflict:?} {after:?}"),
     );
 
-    // Between the two domains: b shares a node readable by a; a watches it.
+    // Between the two domains: b shares a node readable by a, and a node a
+    // may write its answer to; a watches the first and answers in the
+    // second. The answer lives in b's own subtree: a's home goes when a
+    // ends (the service removes a dead domain's home, as a toolstack
+    // does), which may be before b reads it.
     let shared = String::from("/local/domain/2/shared");
+    let answer = String::from("/local/domain/2/answer");
     if role_b {
+        let slot = xs.write(&answer, b"waiting");
+        let sp_slot = xs.set_perms(&answer, &["n2", "b1"]);
         let mk = xs.write(&shared, b"ready");
         let sp = xs.set_perms(&shared, &["n2", "r1"]);
         t.check(
             "share-with-peer",
-            mk.is_ok() && sp.is_ok(),
-            format_args!("{mk:?} {sp:?}"),
+            slot.is_ok() && sp_slot.is_ok() && mk.is_ok() && sp.is_ok(),
+            format_args!("{slot:?} {sp_slot:?} {mk:?} {sp:?}"),
         );
-        // Wait for a's answer in our own subtree (a cannot write there, so
-        // it writes its own node and shares it back).
-        let _ = xs.watch("/local/domain/1/answer", "answer");
+        let _ = xs.watch(&answer, "answer");
         let mut got = None;
         for _ in 0..50 {
-            if let Ok(v) = xs.read("/local/domain/1/answer") {
-                got = Some(v);
-                break;
+            match xs.read(&answer) {
+                Ok(v) if v != b"waiting" => {
+                    got = Some(v);
+                    break;
+                }
+                _ => {}
             }
             let _ = xs.wait_watch_event("answer");
         }
@@ -239,13 +247,10 @@ fn main(si: &'static StartInfo) {
             seen.as_deref() == Some(b"ready" as &[u8]),
             format_args!("{seen:?}"),
         );
-        let w = xs.write("answer", b"seen ready");
-        let sp = xs.set_perms("answer", &["n1", "r2"]);
-        t.check(
-            "answer-peer",
-            w.is_ok() && sp.is_ok(),
-            format_args!("{w:?} {sp:?}"),
-        );
+        // A write to a node of b's that b let us write: its owner and
+        // permissions stay b's.
+        let w = xs.write(&answer, b"seen ready");
+        t.check("answer-peer", w.is_ok(), format_args!("{w:?}"));
     }
 
     let printed = ring_print(
