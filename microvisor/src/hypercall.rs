@@ -260,9 +260,11 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 /// The full-entry hypercalls that may run without the hypervisor lock
 /// (docs/smp.md): SCHEDOP_yield with nothing else to run here,
 /// mmu_update on the caller's own frames, memory_op's reservation calls
-/// on the caller's own domain, and grant_table_op's map, unmap,
-/// unmap_and_replace and copy batches (those three unless every memory
-/// hypercall is audited). Returns false, having done nothing, for
+/// on the caller's own domain, grant_table_op's map, unmap,
+/// unmap_and_replace and copy batches, and multicall, whose entries take
+/// those paths (and update_va_mapping's) where they can and the lock
+/// for themselves where not (those four unless every memory hypercall is
+/// audited). Returns false, having done nothing, for
 /// any other; true when it handled the hypercall (taking the lock only for what needs it:
 /// a continuation, a dead domain's frames to free, an upcall to deliver).
 #[inline]
@@ -296,6 +298,15 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
                 return false;
             };
             match batch_unlocked(frame, 20, r, released) {
+                Some(r) => r,
+                None => return true,
+            }
+        }
+        13 if !crate::audit::every_call() => {
+            let Some((r, released)) = multicall_unlocked(frame.rdi, frame.rsi) else {
+                return false;
+            };
+            match batch_unlocked(frame, 13, r, released) {
                 Some(r) => r,
                 None => return true,
             }
@@ -410,47 +421,217 @@ const MULTICALL_PREEMPT_CHECK: u64 = 16;
 /// stops for whatever is due between entries and continues with the rest
 /// (`entries` advanced, `n` reduced); a preemptible entry that stops midway
 /// has its continuation arguments written back into its own `args` and the
-/// batch continues from that entry, as in Xen.
+/// batch continues from that entry, as in Xen. The batch stops once the
+/// caller's domain has ended. This is the path under the hypervisor lock
+/// (`audit=1`); otherwise [`unlocked`] runs [`multicall_unlocked`].
 fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
-    let cur = hv.current;
-    let n = n as u32 as u64;
-    for i in 0..n {
-        let va = entries.wrapping_add(i * 64);
-        if i > 0 && i % MULTICALL_PREEMPT_CHECK == 0 && crate::mmu::should_preempt(hv) {
-            return Ok(Flow::Again([va, n - i, 0, 0, 0]));
+    run_multicall(&mut Held { hv, ran: 0 }, entries, n)
+}
+
+/// Multicall entries run (an entry continued is counted each time it
+/// runs), without the hypervisor lock and under it, for the end-of-run
+/// report ([`report_multicalls`]).
+static MC_UNLOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static MC_LOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Logs how many multicall entries ran without the hypervisor lock and
+/// how many under it.
+pub fn report_multicalls() {
+    use core::sync::atomic::Ordering::Relaxed;
+    crate::info!(
+        "multicall: {} entries ran without the hypervisor lock, {} under it",
+        MC_UNLOCKED.load(Relaxed),
+        MC_LOCKED.load(Relaxed)
+    );
+}
+
+/// What a multicall needs from its surroundings, with the hypervisor lock
+/// held throughout ([`Held`]) or taken only for the entries that need it
+/// ([`Free`]).
+trait McRun {
+    /// The caller's page tables, where the entries are (read again for
+    /// every entry: an entry may switch them, as `MMUEXT_NEW_BASEPTR`).
+    fn cr3(&self) -> u64;
+    /// Whether something is due (checked every `MULTICALL_PREEMPT_CHECK`
+    /// entries).
+    fn preempt(&self) -> bool;
+    /// Runs entry `op` with `args` (never iret, sched_op or multicall).
+    fn run(&mut self, op: u64, args: [u64; 5]) -> Result<Flow, Errno>;
+    /// Whether the caller's domain has ended (after each entry).
+    fn ended(&mut self) -> bool;
+    /// The batch stops: its entries run are counted.
+    fn done(&mut self);
+}
+
+/// A multicall under the hypervisor lock.
+struct Held<'a> {
+    hv: &'a mut Hv,
+    /// Entries run.
+    ran: u64,
+}
+
+impl McRun for Held<'_> {
+    fn cr3(&self) -> u64 {
+        self.hv.vcpus[self.hv.current].cr3
+    }
+    fn preempt(&self) -> bool {
+        crate::mmu::should_preempt(self.hv)
+    }
+    fn run(&mut self, op: u64, args: [u64; 5]) -> Result<Flow, Errno> {
+        self.ran += 1;
+        dispatch(self.hv, op, args)
+    }
+    fn ended(&mut self) -> bool {
+        !self.hv.cur_dom().is_live()
+    }
+    fn done(&mut self) {
+        MC_LOCKED.fetch_add(self.ran, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A multicall without the hypervisor lock: each entry that has a path
+/// without it (the ones [`unlocked`] serves on its own, and
+/// update_va_mapping, as the light entry) takes that path; any other
+/// takes the lock for itself alone (docs/smp.md, "Multicalls").
+struct Free {
+    /// The running vCPU's lock-free view: its page tables and state.
+    light: &'static crate::domain::VcpuLight,
+    /// An entry released a dead domain's frames: `Hv::collect_dead` is due
+    /// once the batch stops.
+    released: bool,
+    /// A locked entry found the caller's domain ended.
+    dead: bool,
+    /// Entries run without the lock and under it.
+    unlocked: u64,
+    locked: u64,
+}
+
+impl Free {
+    /// Entry `op` on its path without the hypervisor lock, or `None`
+    /// (nothing done) when it has none.
+    #[inline]
+    fn try_unlocked(&mut self, op: u64, a: [u64; 5]) -> Option<Result<Flow, Errno>> {
+        let (r, released) = match op {
+            1 => crate::mmu::mmu_update_unlocked([a[0], a[1], a[2], a[3]])?,
+            12 => (crate::memory::memory_op_unlocked(a[0], a[1])?, false),
+            14 => (
+                crate::mmu::update_va_mapping_unlocked(a[0], a[1], a[2]).map(Flow::Ret),
+                false,
+            ),
+            20 => crate::grant::grant_table_op_unlocked(a[0], a[1], a[2])?,
+            _ => return None,
+        };
+        self.released |= released;
+        Some(r)
+    }
+}
+
+impl McRun for Free {
+    fn cr3(&self) -> u64 {
+        self.light.cr3.load(core::sync::atomic::Ordering::Relaxed)
+    }
+    fn preempt(&self) -> bool {
+        crate::mmu::should_preempt_unlocked()
+    }
+    fn run(&mut self, op: u64, args: [u64; 5]) -> Result<Flow, Errno> {
+        if let Some(r) = self.try_unlocked(op, args) {
+            self.unlocked += 1;
+            return r;
         }
-        let cr3 = hv.vcpus[cur].cr3;
-        let e = guest::read::<[u64; 8]>(cr3, va)?;
+        self.locked += 1;
+        let mut hv = crate::domain::lock();
+        let r = dispatch(&mut hv, op, args);
+        self.dead = !hv.cur_dom().is_live();
+        r
+    }
+    fn ended(&mut self) -> bool {
+        // An entry under the lock looked; otherwise the domain's end on
+        // another CPU (which sets every one of its vCPUs down before
+        // anything else) is seen here as this vCPU down, and confirmed
+        // under the lock (a vCPU that took itself down goes on: its
+        // domain lives).
+        self.dead
+            || (self.light.state.load(core::sync::atomic::Ordering::SeqCst)
+                == crate::domain::light_state(crate::domain::RunState::Down)
+                && !crate::domain::lock().cur_dom().is_live())
+    }
+    fn done(&mut self) {
+        use core::sync::atomic::Ordering::Relaxed;
+        MC_UNLOCKED.fetch_add(self.unlocked, Relaxed);
+        MC_LOCKED.fetch_add(self.locked, Relaxed);
+    }
+}
+
+/// multicall without the hypervisor lock ([`unlocked`]): the outcome and
+/// whether an entry released a dead domain's frames (the caller then runs
+/// `Hv::collect_dead` under the lock, and arranges a continuation there
+/// too). `None` (nothing done) if the running vCPU has no lock-free view.
+#[inline(never)]
+fn multicall_unlocked(entries: u64, n: u64) -> Option<(Result<Flow, Errno>, bool)> {
+    let light = crate::domain::light(crate::arch::percpu::vcpu() as usize)?;
+    let mut f = Free {
+        light,
+        released: false,
+        dead: false,
+        unlocked: 0,
+        locked: 0,
+    };
+    let r = run_multicall(&mut f, entries, n);
+    Some((r, f.released))
+}
+
+/// The multicall loop, for either path ([`McRun`]).
+fn run_multicall(m: &mut impl McRun, entries: u64, n: u64) -> Result<Flow, Errno> {
+    let n = n as u32 as u64;
+    let mut i = 0;
+    let r = loop {
+        if i == n {
+            break Ok(Flow::Ret(0));
+        }
+        let va = entries.wrapping_add(i * 64);
+        if i > 0 && i % MULTICALL_PREEMPT_CHECK == 0 && m.preempt() {
+            break Ok(Flow::Again([va, n - i, 0, 0, 0]));
+        }
+        let e = match guest::read::<[u64; 8]>(m.cr3(), va) {
+            Ok(e) => e,
+            Err(e) => break Err(e),
+        };
         let op = e[0];
         let args = [e[2], e[3], e[4], e[5], e[6]];
-        let r: Result<u64, Errno> = match op {
-            23 | 29 | 13 => Err(Errno::EINVAL),
-            _ => match dispatch(hv, op, args) {
+        let refused = matches!(op, 23 | 29 | 13);
+        let r: Result<u64, Errno> = if refused {
+            Err(Errno::EINVAL)
+        } else {
+            match m.run(op, args) {
                 Ok(Flow::Ret(v)) => Ok(v),
                 Ok(Flow::Again(more)) => {
                     let mut b = [0u8; 40];
                     for (k, a) in more.iter().enumerate() {
                         b[k * 8..k * 8 + 8].copy_from_slice(&a.to_le_bytes());
                     }
-                    guest::copy_to(hv.vcpus[cur].cr3, va + 16, &b).map_err(|_| Errno::EFAULT)?;
-                    return Ok(Flow::Again([va, n - i, 0, 0, 0]));
+                    i += 1;
+                    if guest::copy_to(m.cr3(), va + 16, &b).is_err() {
+                        break Err(Errno::EFAULT);
+                    }
+                    break Ok(Flow::Again([va, n - (i - 1), 0, 0, 0]));
                 }
                 Err(e) => Err(e),
-            },
+            }
         };
         let raw = match r {
             Ok(v) => v,
             Err(e) => (-(e.0 as i64)) as u64,
         };
-        guest::copy_to(hv.vcpus[cur].cr3, va + 8, &raw.to_le_bytes()).map_err(|_| Errno::EFAULT)?;
-        if op == 23 || op == 29 || op == 13 {
-            break;
+        i += 1;
+        if guest::copy_to(m.cr3(), va + 8, &raw.to_le_bytes()).is_err() {
+            break Err(Errno::EFAULT);
         }
-        if !hv.cur_dom().is_live() {
-            break;
+        if refused || m.ended() {
+            break Ok(Flow::Ret(0));
         }
-    }
-    Ok(Flow::Ret(0))
+    };
+    m.done();
+    r
 }
 
 /// A preempted hypercall: the guest will issue hypercall `nr` again with

@@ -11,7 +11,11 @@
 //!   times it did into it (the dier's signal) and unmaps it, until a map finds the dier gone
 //!   (`GNTST_bad_domain`, Xen's answer for a dying granter). At the end it
 //!   waits for the peer's last mark, then ends every grant it gave: none may
-//!   still be in use (the dier's mappings went at its death).
+//!   still be in use (the dier's mappings went at its death). With `mc=1`
+//!   (scenarios smp-multicall-*) each round after the first also issues one
+//!   multicall of a grant copy of each of the peer's pages, an mmu_update
+//!   of its own page table, an update_va_mapping and a version query
+//!   ([`mc_round`]), checking each entry's result and the copied bytes.
 //! - `role=dier me=2` (domain 2): grants one page to each racer (references 8
 //!   and 9), maps each racer's grant to it and keeps it mapped, waits until
 //!   both racers mapped its pages `DIER_MAPS` times (half their rounds), and
@@ -20,8 +24,14 @@
 #![no_main]
 
 use core::ptr::{read_volatile, write_volatile};
-use guest_abi::grant_table::{GNTST_BAD_DOMAIN, GNTST_GENERAL_ERROR};
+use guest_abi::grant_table::{
+    GNTCOPY_SOURCE_GREF, GNTST_BAD_DOMAIN, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTABOP_COPY,
+    GnttabCopy, GnttabCopyPtr,
+};
+use guest_abi::mmu::{MmuUpdate, UVMF_INVLPG};
+use guest_abi::multicall::MulticallEntry;
 use guest_abi::types::{DomId, GrantRef};
+use pv_guest_kernel::PteFlags;
 use pv_guest_kernel::test::Reporter;
 use pv_guest_kernel::{StartInfo, gnttab, mm, println};
 
@@ -94,7 +104,118 @@ fn wait(mut cond: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn racer(me: u16, peer: u16, dier: u16) -> ! {
+/// What a racer's multicalls use (`mc=1`): a page per peer page to copy
+/// into, and a scratch page whose mapping the batch changes.
+struct McPages {
+    /// Virtual address and machine frame of each copy's destination.
+    bufs: [(u64, u64); PAGES as usize],
+    /// The scratch page, its L1 entry's machine address and the entry.
+    scratch: u64,
+    pte_ma: u64,
+    pte: u64,
+}
+
+fn mc_pages() -> Option<McPages> {
+    let mut bufs = [(0, 0); PAGES as usize];
+    for b in &mut bufs {
+        *b = mm::alloc_page().ok()?;
+    }
+    let (scratch, _) = mm::alloc_page().ok()?;
+    let pte_ma = mm::l1_entry_ma(mm::current_l4_mfn(), scratch)?;
+    Some(McPages {
+        bufs,
+        scratch,
+        pte_ma,
+        pte: mm::lookup(scratch),
+    })
+}
+
+/// One multicall: a grant copy of each of the peer's pages into `bufs`
+/// (grant_table_op), the scratch page made read-only by writing its L1
+/// entry (mmu_update), made writable again (update_va_mapping), and a
+/// version query (which has no path without the hypervisor lock). Checks
+/// every entry's result, every copy's status and bytes, and the scratch
+/// mapping at the end; describes what was wrong, if anything.
+fn mc_round(peer: u16, m: &McPages, round: u32) -> Result<(), ()> {
+    let mut copies = [GnttabCopy::default(); PAGES as usize];
+    for (k, c) in copies.iter_mut().enumerate() {
+        // (Bytes a copy that did not happen would leave.)
+        for i in 0..512 {
+            set_word(m.bufs[k].0, i, !0);
+        }
+        *c = GnttabCopy {
+            source: GnttabCopyPtr {
+                u: u64::from(FIRST_REF) + k as u64,
+                domid: peer,
+                offset: 0,
+                _pad: 0,
+            },
+            dest: GnttabCopyPtr {
+                u: m.bufs[k].1,
+                domid: DomId::SELF.0,
+                offset: 0,
+                _pad: 0,
+            },
+            len: 4096,
+            flags: GNTCOPY_SOURCE_GREF,
+            status: 1,
+            _pad: 0,
+        };
+    }
+    let ro = MmuUpdate {
+        ptr: m.pte_ma,
+        val: m.pte & !PteFlags::RW.bits(),
+    };
+    let self_id = u64::from(DomId::SELF.0);
+    let entry = |op, args| MulticallEntry {
+        op,
+        result: 0x5A5A,
+        args,
+    };
+    let mut calls = [
+        entry(
+            20,
+            [
+                u64::from(GNTTABOP_COPY),
+                copies.as_mut_ptr() as u64,
+                u64::from(PAGES),
+                0,
+                0,
+                0,
+            ],
+        ),
+        entry(1, [(&raw const ro) as u64, 1, 0, self_id, 0, 0]),
+        entry(14, [m.scratch, m.pte, UVMF_INVLPG, 0, 0, 0]),
+        entry(17, [0; 6]),
+    ];
+    // SAFETY: the entries copy into our own buffers and remap our own
+    // scratch page, which nothing else uses.
+    let r = unsafe { guest_abi::hypercall::multicall(&mut calls) };
+    let results = calls.map(|c| c.result);
+    let statuses = copies.map(|c| c.status);
+    let copied = (0..PAGES as usize)
+        .all(|k| (1..512).all(|i| word(m.bufs[k].0, i) == pattern(peer, k as u32, i)));
+    let mapped = mm::lookup(m.scratch);
+    set_word(m.scratch, 0, u64::from(round));
+    let ok = r.is_ok()
+        && results[0] == 0
+        && results[1] == 0
+        && results[2] == 0
+        && results[3] >> 16 >= 4
+        && statuses.iter().all(|&s| s == GNTST_OKAY)
+        && copied
+        && mapped & PteFlags::RW.bits() != 0
+        && word(m.scratch, 0) == u64::from(round);
+    if !ok {
+        println!(
+            "grantrace: multicall in round {round}: {r:?}, results {results:#x?}, statuses {statuses:?}, copied {copied}, scratch entry {mapped:#x}"
+        );
+        return Err(());
+    }
+    Ok(())
+}
+
+fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
     let mut t = Reporter::new();
     if let Err(e) = gnttab::init(1) {
         t.fail("setup-table", format_args!("{e:?}"));
@@ -119,8 +240,20 @@ fn racer(me: u16, peer: u16, dier: u16) -> ! {
     let mut dier_gone = false;
     let mut dier_odd = None;
     let mut spins = 0u32;
+    let pages = if mc { mc_pages() } else { None };
+    let mut mc_ok = !mc || pages.is_some();
+    let mut mc_done = 0u32;
     while (rounds < ROUNDS || !dier_gone) && spins < PATIENCE {
         spins += 1;
+        // From the second round on, the peer's grants are there (the first
+        // mapped them), and stay until our last round marks its page.
+        if let Some(m) = &pages
+            && rounds > 0
+            && rounds < ROUNDS
+        {
+            mc_ok &= mc_round(peer, m, rounds).is_ok();
+            mc_done += 1;
+        }
         if rounds < ROUNDS {
             for k in 0..PAGES {
                 match map_when_granted(peer, FIRST_REF + k, u64::from(k)) {
@@ -167,6 +300,13 @@ fn racer(me: u16, peer: u16, dier: u16) -> ! {
         format_args!("a mapped page held other bytes"),
     );
     t.check("every-unmap-ok", unmaps, format_args!("an unmap failed"));
+    if mc {
+        t.check(
+            "multicall-rounds",
+            mc_ok && mc_done == ROUNDS - 1,
+            format_args!("{mc_done} multicalls, see above"),
+        );
+    }
     t.check(
         "dier-mapped-then-gone",
         dier_maps > 0 && dier_gone && dier_odd.is_none(),
@@ -243,7 +383,12 @@ fn main(si: &'static StartInfo) {
     let arg = |k| scenario_guests::arg(si, k).and_then(|v: &str| v.parse::<u16>().ok());
     let me = arg("me").unwrap_or(0);
     match scenario_guests::arg(si, "role") {
-        Some("racer") => racer(me, arg("peer").unwrap_or(1), arg("dier").unwrap_or(2)),
+        Some("racer") => racer(
+            me,
+            arg("peer").unwrap_or(1),
+            arg("dier").unwrap_or(2),
+            arg("mc") == Some(1),
+        ),
         _ => dier(me),
     }
 }

@@ -141,6 +141,35 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
                 r == 0 && u64::from(done) == n,
                 format_args!("rc {r}, done {done} of {n}"),
             );
+            // The same batch as entry 0 of a multicall, a version query
+            // entry 1: the mmu_update entry, which runs without the
+            // hypervisor lock, stops for what is due with its continuation
+            // written back into its own arguments (the ticker's ticks in
+            // between, on the console), and the batch continues from it.
+            let mut done2: u32 = 0;
+            let mut calls = [[0u64; 8]; 2];
+            calls[0][0] = 1;
+            calls[0][2] = ALIAS;
+            calls[0][3] = n;
+            calls[0][4] = (&raw mut done2) as u64;
+            calls[0][5] = DomId::SELF.0 as u64;
+            calls[1][0] = 17;
+            calls[1][1] = u64::MAX;
+            println!("preempt: multicall of a long mmu_update started");
+            let r = hc(13, [calls.as_mut_ptr() as u64, 2, 0, 0]);
+            let version = hc(17, [0, 0, 0, 0]) as u64;
+            println!(
+                "preempt: multicall of a long mmu_update: {r}, results {} and {:#x}, {done2} done",
+                calls[0][1] as i64, calls[1][1]
+            );
+            t.check(
+                "multicall-entry-continued",
+                r == 0 && calls[0][1] == 0 && u64::from(done2) == n && calls[1][1] == version,
+                format_args!(
+                    "rc {r}, entry results {:#x} {:#x}, done {done2}",
+                    calls[0][1], calls[1][1]
+                ),
+            );
         }
         "mmuext_op" => {
             // Every 8-byte word is 6 (MMUEXT_TLB_FLUSH_LOCAL), so every
