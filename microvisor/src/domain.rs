@@ -410,6 +410,9 @@ pub struct Vcpu {
     /// migration), with the run-queue locks of the CPUs it leaves and
     /// joins held.
     pub processor: u32,
+    /// Its [`VcpuLight`] (`light` of its index), set by `Hv::add_vcpu`:
+    /// the code that keeps the mirror reaches it without the directory.
+    light: Option<&'static VcpuLight>,
 }
 
 /// Xen's vcpu_runstate_info, kept by the scheduler.
@@ -500,6 +503,7 @@ impl Vcpu {
             poll_deadline: 0,
             time_stamp: 0,
             processor: 0,
+            light: None,
         })
     }
 
@@ -696,6 +700,30 @@ pub fn light(v: usize) -> Option<&'static VcpuLight> {
     LIGHT_DIR.get(v)
 }
 
+/// Each CPU's held vCPU's [`VcpuLight`], by CPU number (none while the CPU
+/// holds no vCPU): kept with `PerCpu::vcpu` by [`HvGuard`]'s drop, so the
+/// lock-free paths find it without the directory walk of [`light`]. Only
+/// the CPU itself reads or writes its entry; what it points at never goes
+/// (`LIGHT_DIR`).
+static HELD_LIGHT: [crate::mm::StaticRef<VcpuLight>; crate::arch::percpu::MAX_CPUS] =
+    [const { crate::mm::StaticRef::none() }; crate::arch::percpu::MAX_CPUS];
+
+/// The [`VcpuLight`] of the vCPU this CPU holds (`PerCpu::vcpu`), if any:
+/// what [`light`] gives for that index, without the directory walk.
+#[inline(always)]
+pub fn held_light() -> Option<&'static VcpuLight> {
+    HELD_LIGHT[crate::arch::percpu::cpu_id() % crate::arch::percpu::MAX_CPUS].load()
+}
+
+/// This CPU now holds vCPU index `v` (or none: [`NO_VCPU`]): publishes its
+/// [`VcpuLight`] in `HELD_LIGHT`, then the index in `PerCpu::vcpu`.
+#[inline(never)]
+fn hold_here(hv: &Hv, v: usize) {
+    let l = hv.vcpus.get(v).and_then(|d| d.light);
+    HELD_LIGHT[crate::arch::percpu::cpu_id() % crate::arch::percpu::MAX_CPUS].store(l);
+    crate::arch::percpu::set_vcpu(v as u64);
+}
+
 /// vCPU index `v`'s [`VcpuLight`], its chunk made if needed (`None`: no
 /// memory for it, or `v` past `MAX_VCPU_INDEX`).
 fn light_made(v: usize) -> Option<&'static VcpuLight> {
@@ -831,7 +859,11 @@ impl core::ops::DerefMut for HvGuard {
 impl Drop for HvGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        crate::arch::percpu::set_vcpu(self.0.current as u64);
+        // (Only a switch changes it: the rest of the time one compare.)
+        let v = self.0.current;
+        if v as u64 != crate::arch::percpu::vcpu() {
+            hold_here(&self.0, v);
+        }
     }
 }
 
@@ -897,7 +929,7 @@ impl Hv {
             return;
         };
         d.state = state;
-        if let Some(l) = light(i) {
+        if let Some(l) = d.light {
             l.state.store(light_state(state), Ordering::SeqCst);
         }
         let runnable = state == RunState::Runnable;
@@ -969,6 +1001,7 @@ impl Hv {
         }
         let l = light_made(i)?;
         v.cpus = cpus;
+        v.light = Some(l);
         // (A domain's index is its id.)
         let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
         let b = crate::mm::heap::try_box(|m| m.write(v))?;
@@ -1057,16 +1090,18 @@ impl Hv {
 
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
     pub fn set_cr3(&mut self, i: usize, cr3: u64) {
-        self.vcpus[i].cr3 = cr3;
-        if let Some(l) = light(i) {
+        let d = &mut self.vcpus[i];
+        d.cr3 = cr3;
+        if let Some(l) = d.light {
             l.cr3.store(cr3, Ordering::Relaxed);
         }
     }
 
     /// Sets where vCPU `i`'s vcpu_info lives (`Vcpu::info`).
     pub fn set_info(&mut self, i: usize, info: VcpuInfo) {
-        self.vcpus[i].info = info;
-        if let Some(l) = light(i) {
+        let d = &mut self.vcpus[i];
+        d.info = info;
+        if let Some(l) = d.light {
             l.info.store(info);
         }
     }

@@ -520,8 +520,7 @@ fn notify_light(k: Kick, t: usize) {
 /// checks the rest under the lock).
 #[inline(always)]
 pub fn upcall_pending_light() -> bool {
-    let v = crate::arch::percpu::vcpu() as usize;
-    crate::domain::light(v).is_some_and(upcall_pending_of)
+    crate::domain::held_light().is_some_and(upcall_pending_of)
 }
 
 /// [`upcall_pending_light`] for the vCPU whose [`VcpuLight`] the caller

@@ -344,8 +344,7 @@ pub fn grant_table_op_unlocked(
     ) {
         return None;
     }
-    let v = crate::arch::percpu::vcpu() as usize;
-    let light = crate::domain::light(v)?;
+    let light = crate::domain::held_light()?;
     let dom = light.dom.load(Ordering::Relaxed);
     let cr3 = light.cr3.load(Ordering::Relaxed);
     Some(batch(

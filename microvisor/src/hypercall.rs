@@ -123,7 +123,7 @@ pub extern "C" fn on_light_syscall(
 #[inline(never)]
 fn light_send(arg: u64) -> LightExit {
     let v = crate::arch::percpu::vcpu() as usize;
-    let Some(l) = crate::domain::light(v) else {
+    let Some(l) = crate::domain::held_light() else {
         return LightExit {
             rax: errno_rax(Errno::ESRCH),
             upcall: u64::from(crate::arch::percpu::leave_now()),

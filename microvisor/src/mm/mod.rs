@@ -392,6 +392,33 @@ impl Default for SlotCell {
     }
 }
 
+/// A `'static` reference or none, that code without a lock may read (each
+/// CPU's held vCPU's lock-free view, `domain::held_light`). Only ever holds
+/// a `'static` reference or null, so a load can hand one back.
+pub struct StaticRef<T: Sync + 'static>(core::sync::atomic::AtomicPtr<T>);
+
+impl<T: Sync + 'static> StaticRef<T> {
+    /// Holds none.
+    pub const fn none() -> StaticRef<T> {
+        StaticRef(core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()))
+    }
+
+    #[inline(always)]
+    pub fn load(&self) -> Option<&'static T> {
+        let p = self.0.load(Ordering::Acquire);
+        // SAFETY: every pointer stored here is null or came from a
+        // `'static` reference (`store`), valid for ever; `T: Sync`, so the
+        // reference may be used from any CPU.
+        unsafe { p.as_ref() }
+    }
+
+    #[inline(always)]
+    pub fn store(&self, r: Option<&'static T>) {
+        let p = r.map_or(core::ptr::null_mut(), |r| (r as *const T).cast_mut());
+        self.0.store(p, Ordering::Release);
+    }
+}
+
 /// Writes an aligned u64 to physical memory.
 ///
 /// # Safety
