@@ -648,25 +648,10 @@ impl core::ops::IndexMut<usize> for VcpuTable {
     }
 }
 
-/// What the lock-free hypercall paths (`hypercall::on_light_syscall`) read
-/// of a vCPU, by its index in `Hv::vcpus` ([`light`]). Written under the
-/// hypervisor lock by the code that changes the `Vcpu` field it mirrors.
-pub struct VcpuLight {
-    /// Its `RunState` (`light_state`), kept by `Hv::set_state`. A sender
-    /// without the lock sets an event pending, then reads this and takes
-    /// the lock to wake the vCPU if it reads Blocked; a vCPU blocks by
-    /// storing Blocked, then looks for pending events once more
-    /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
-    pub state: core::sync::atomic::AtomicU8,
-    /// Its domain's id (= index in `Hv::domains`).
-    pub dom: core::sync::atomic::AtomicU16,
-    /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
-    pub cr3: core::sync::atomic::AtomicU64,
-    /// Its vcpu_info (`Vcpu::info`, kept by `Hv::set_info`).
-    pub info: crate::mm::SlotCell,
-    /// Its domain has a scheduler cap (fixed at build).
-    pub capped: core::sync::atomic::AtomicBool,
-}
+/// What the lock-free paths read of a vCPU (defined with the other
+/// lock-free cells in `mm`, so that each CPU's block can point at its
+/// held vCPU's).
+pub use crate::mm::VcpuLight;
 
 /// vCPU indices per chunk of [`VcpuLight`]s.
 const LIGHT_CHUNK: usize = 256;
@@ -700,28 +685,19 @@ pub fn light(v: usize) -> Option<&'static VcpuLight> {
     LIGHT_DIR.get(v)
 }
 
-/// Each CPU's held vCPU's [`VcpuLight`], by CPU number (none while the CPU
-/// holds no vCPU): kept with `PerCpu::vcpu` by [`HvGuard`]'s drop, so the
-/// lock-free paths find it without the directory walk of [`light`]. Only
-/// the CPU itself reads or writes its entry; what it points at never goes
-/// (`LIGHT_DIR`).
-static HELD_LIGHT: [crate::mm::StaticRef<VcpuLight>; crate::arch::percpu::MAX_CPUS] =
-    [const { crate::mm::StaticRef::none() }; crate::arch::percpu::MAX_CPUS];
-
 /// The [`VcpuLight`] of the vCPU this CPU holds (`PerCpu::vcpu`), if any:
-/// what [`light`] gives for that index, without the directory walk.
+/// what [`light`] gives for that index, from this CPU's block
+/// (`PerCpu::light`) without the directory walk.
 #[inline(always)]
 pub fn held_light() -> Option<&'static VcpuLight> {
-    HELD_LIGHT[crate::arch::percpu::cpu_id() % crate::arch::percpu::MAX_CPUS].load()
+    crate::arch::percpu::held_light()
 }
 
-/// This CPU now holds vCPU index `v` (or none: [`NO_VCPU`]): publishes its
-/// [`VcpuLight`] in `HELD_LIGHT`, then the index in `PerCpu::vcpu`.
+/// This CPU now holds vCPU index `v` (or none: [`NO_VCPU`]): publishes the
+/// index and its [`VcpuLight`] in this CPU's block.
 #[inline(never)]
 fn hold_here(hv: &Hv, v: usize) {
-    let l = hv.vcpus.get(v).and_then(|d| d.light);
-    HELD_LIGHT[crate::arch::percpu::cpu_id() % crate::arch::percpu::MAX_CPUS].store(l);
-    crate::arch::percpu::set_vcpu(v as u64);
+    crate::arch::percpu::set_vcpu(v as u64, hv.vcpus.get(v).and_then(|d| d.light));
 }
 
 /// vCPU index `v`'s [`VcpuLight`], its chunk made if needed (`None`: no

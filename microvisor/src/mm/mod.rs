@@ -392,31 +392,25 @@ impl Default for SlotCell {
     }
 }
 
-/// A `'static` reference or none, that code without a lock may read (each
-/// CPU's held vCPU's lock-free view, `domain::held_light`). Only ever holds
-/// a `'static` reference or null, so a load can hand one back.
-pub struct StaticRef<T: Sync + 'static>(core::sync::atomic::AtomicPtr<T>);
-
-impl<T: Sync + 'static> StaticRef<T> {
-    /// Holds none.
-    pub const fn none() -> StaticRef<T> {
-        StaticRef(core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()))
-    }
-
-    #[inline(always)]
-    pub fn load(&self) -> Option<&'static T> {
-        let p = self.0.load(Ordering::Acquire);
-        // SAFETY: every pointer stored here is null or came from a
-        // `'static` reference (`store`), valid for ever; `T: Sync`, so the
-        // reference may be used from any CPU.
-        unsafe { p.as_ref() }
-    }
-
-    #[inline(always)]
-    pub fn store(&self, r: Option<&'static T>) {
-        let p = r.map_or(core::ptr::null_mut(), |r| (r as *const T).cast_mut());
-        self.0.store(p, Ordering::Release);
-    }
+/// What the lock-free hypercall paths (`hypercall::on_light_syscall`) read
+/// of a vCPU, by its index in `Hv::vcpus` (`domain::light`; the held
+/// vCPU's through this CPU's block, `domain::held_light`). Written under the
+/// hypervisor lock by the code that changes the `Vcpu` field it mirrors.
+pub struct VcpuLight {
+    /// Its `RunState` (`light_state`), kept by `Hv::set_state`. A sender
+    /// without the lock sets an event pending, then reads this and takes
+    /// the lock to wake the vCPU if it reads Blocked; a vCPU blocks by
+    /// storing Blocked, then looks for pending events once more
+    /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
+    pub state: core::sync::atomic::AtomicU8,
+    /// Its domain's id (= index in `Hv::domains`).
+    pub dom: core::sync::atomic::AtomicU16,
+    /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
+    pub cr3: core::sync::atomic::AtomicU64,
+    /// Its vcpu_info (`Vcpu::info`, kept by `Hv::set_info`).
+    pub info: SlotCell,
+    /// Its domain has a scheduler cap (fixed at build).
+    pub capped: core::sync::atomic::AtomicBool,
 }
 
 /// Writes an aligned u64 to physical memory.
