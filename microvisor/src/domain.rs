@@ -672,7 +672,7 @@ const EMPTY_LIGHT: [VcpuLight; LIGHT_CHUNK] = [const {
 /// Every vCPU index's [`VcpuLight`], in chunks of `LIGHT_CHUNK` made when
 /// the first vCPU of their range is (`Hv::add_vcpu`, under the hypervisor
 /// lock) and kept for ever: a lock-free reader may hold a reference into
-/// one at any time. Reading needs no lock (one `Once` load).
+/// one at any time. Reading needs no lock (one load).
 static LIGHT_DIR: crate::mm::heap::ChunkDir<
     VcpuLight,
     LIGHT_CHUNK,

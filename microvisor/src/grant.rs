@@ -54,7 +54,7 @@ const CHUNK: usize = 256;
 
 /// Every domain id's slot, in chunks of `CHUNK` ids (4 KiB) made when the
 /// first domain of their range is built and kept for ever (16 bytes an
-/// id). Reading needs no lock (one `Once` load).
+/// id). Reading needs no lock (one load).
 static DIR: ChunkDir<Slot, CHUNK, { 65536 / CHUNK }> = ChunkDir::new();
 
 /// Every id that ever had a table is below this (what `collect` and the
