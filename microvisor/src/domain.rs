@@ -410,6 +410,9 @@ pub struct Vcpu {
     /// migration), with the run-queue locks of the CPUs it leaves and
     /// joins held.
     pub processor: u32,
+    /// Its [`VcpuLight`] (`light` of its index), set by `Hv::add_vcpu`:
+    /// the code that keeps the mirror reaches it without the directory.
+    light: Option<&'static VcpuLight>,
 }
 
 /// Xen's vcpu_runstate_info, kept by the scheduler.
@@ -500,6 +503,7 @@ impl Vcpu {
             poll_deadline: 0,
             time_stamp: 0,
             processor: 0,
+            light: None,
         })
     }
 
@@ -644,25 +648,10 @@ impl core::ops::IndexMut<usize> for VcpuTable {
     }
 }
 
-/// What the lock-free hypercall paths (`hypercall::on_light_syscall`) read
-/// of a vCPU, by its index in `Hv::vcpus` ([`light`]). Written under the
-/// hypervisor lock by the code that changes the `Vcpu` field it mirrors.
-pub struct VcpuLight {
-    /// Its `RunState` (`light_state`), kept by `Hv::set_state`. A sender
-    /// without the lock sets an event pending, then reads this and takes
-    /// the lock to wake the vCPU if it reads Blocked; a vCPU blocks by
-    /// storing Blocked, then looks for pending events once more
-    /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
-    pub state: core::sync::atomic::AtomicU8,
-    /// Its domain's id (= index in `Hv::domains`).
-    pub dom: core::sync::atomic::AtomicU16,
-    /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
-    pub cr3: core::sync::atomic::AtomicU64,
-    /// Its vcpu_info (`Vcpu::info`, kept by `Hv::set_info`).
-    pub info: crate::mm::SlotCell,
-    /// Its domain has a scheduler cap (fixed at build).
-    pub capped: core::sync::atomic::AtomicBool,
-}
+/// What the lock-free paths read of a vCPU (defined with the other
+/// lock-free cells in `mm`, so that each CPU's block can point at its
+/// held vCPU's).
+pub use crate::mm::VcpuLight;
 
 /// vCPU indices per chunk of [`VcpuLight`]s.
 const LIGHT_CHUNK: usize = 256;
@@ -683,7 +672,7 @@ const EMPTY_LIGHT: [VcpuLight; LIGHT_CHUNK] = [const {
 /// Every vCPU index's [`VcpuLight`], in chunks of `LIGHT_CHUNK` made when
 /// the first vCPU of their range is (`Hv::add_vcpu`, under the hypervisor
 /// lock) and kept for ever: a lock-free reader may hold a reference into
-/// one at any time. Reading needs no lock (one `Once` load).
+/// one at any time. Reading needs no lock (one load).
 static LIGHT_DIR: crate::mm::heap::ChunkDir<
     VcpuLight,
     LIGHT_CHUNK,
@@ -694,6 +683,21 @@ static LIGHT_DIR: crate::mm::heap::ChunkDir<
 #[inline(always)]
 pub fn light(v: usize) -> Option<&'static VcpuLight> {
     LIGHT_DIR.get(v)
+}
+
+/// The [`VcpuLight`] of the vCPU this CPU holds (`PerCpu::vcpu`), if any:
+/// what [`light`] gives for that index, from this CPU's block
+/// (`PerCpu::light`) without the directory walk.
+#[inline(always)]
+pub fn held_light() -> Option<&'static VcpuLight> {
+    crate::arch::percpu::held_light()
+}
+
+/// This CPU now holds vCPU index `v` (or none: [`NO_VCPU`]): publishes the
+/// index and its [`VcpuLight`] in this CPU's block.
+#[inline(never)]
+fn hold_here(hv: &Hv, v: usize) {
+    crate::arch::percpu::set_vcpu(v as u64, hv.vcpus.get(v).and_then(|d| d.light));
 }
 
 /// vCPU index `v`'s [`VcpuLight`], its chunk made if needed (`None`: no
@@ -831,7 +835,11 @@ impl core::ops::DerefMut for HvGuard {
 impl Drop for HvGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        crate::arch::percpu::set_vcpu(self.0.current as u64);
+        // (Only a switch changes it: the rest of the time one compare.)
+        let v = self.0.current;
+        if v as u64 != crate::arch::percpu::vcpu() {
+            hold_here(&self.0, v);
+        }
     }
 }
 
@@ -897,7 +905,7 @@ impl Hv {
             return;
         };
         d.state = state;
-        if let Some(l) = light(i) {
+        if let Some(l) = d.light {
             l.state.store(light_state(state), Ordering::SeqCst);
         }
         let runnable = state == RunState::Runnable;
@@ -969,6 +977,7 @@ impl Hv {
         }
         let l = light_made(i)?;
         v.cpus = cpus;
+        v.light = Some(l);
         // (A domain's index is its id.)
         let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
         let b = crate::mm::heap::try_box(|m| m.write(v))?;
@@ -1057,16 +1066,18 @@ impl Hv {
 
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
     pub fn set_cr3(&mut self, i: usize, cr3: u64) {
-        self.vcpus[i].cr3 = cr3;
-        if let Some(l) = light(i) {
+        let d = &mut self.vcpus[i];
+        d.cr3 = cr3;
+        if let Some(l) = d.light {
             l.cr3.store(cr3, Ordering::Relaxed);
         }
     }
 
     /// Sets where vCPU `i`'s vcpu_info lives (`Vcpu::info`).
     pub fn set_info(&mut self, i: usize, info: VcpuInfo) {
-        self.vcpus[i].info = info;
-        if let Some(l) = light(i) {
+        let d = &mut self.vcpus[i];
+        d.info = info;
+        if let Some(l) = d.light {
             l.info.store(info);
         }
     }

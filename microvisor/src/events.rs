@@ -111,7 +111,7 @@ const CHUNK: usize = 256;
 
 /// Every domain id's slot, in chunks of `CHUNK` ids (4 KiB) made when the
 /// first domain of their range is built and kept for ever (16 bytes an
-/// id). Reading needs no lock (one `Once` load).
+/// id). Reading needs no lock (one load).
 static DIR: ChunkDir<Slot, CHUNK, { 65536 / CHUNK }> = ChunkDir::new();
 
 /// Domain `dom`'s slot, if one was ever made.
@@ -191,8 +191,9 @@ impl Held {
 
     /// Takes domain `dom`'s lock as well, when there is room and it is
     /// free at once; when it is not, records it as missed (the caller tries
-    /// again with both).
-    #[inline(never)]
+    /// again with both). Inlined, so that no reference to the holder
+    /// escapes and a send's first try keeps it in registers.
+    #[inline(always)]
     fn add(&mut self, dom: u16) {
         let Some(m) = slot(dom).filter(|_| exists(dom)) else {
             return;
@@ -419,15 +420,17 @@ const SEND_TRIES: usize = 17;
 /// EVTCHNOP_send's event part: `me` sends on `port`, with the event locks
 /// of the sender and, for an interdomain port, its peer (a binding that
 /// changed meanwhile shows as a missed domain: tried again with that one,
-/// a bounded number of times). Returns the kick, if any, with the index in
-/// `Hv::vcpus` of the vCPU it is for.
+/// a bounded number of times). A send that raised a kick then hands it to
+/// `notify`, with the index in `Hv::vcpus` of the vCPU it is for, once
+/// every event lock is let go (a holder of one never waits for the
+/// hypervisor lock).
 #[inline(always)]
-fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
+fn send_events(me: u16, port: u32, mut notify: impl FnMut(Kick, usize)) -> Result<(), Errno> {
     // The first try holds the sender's lock and takes the peer's only if
     // it is free at once: straight-line code, the retries out of line.
-    match send_try(me, me, port) {
+    match send_try(me, me, port, &mut notify) {
         Ok(r) => r,
-        Err(missed) => send_retried(me, missed, port),
+        Err(missed) => send_retried(me, missed, port, &mut notify),
     }
 }
 
@@ -435,9 +438,14 @@ fn send_events(me: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
 /// rest of its `SEND_TRIES`, each with both locks.
 #[inline(never)]
 #[cold]
-fn send_retried(me: u16, mut peer: u16, port: u32) -> Result<Option<(Kick, usize)>, Errno> {
+fn send_retried(
+    me: u16,
+    mut peer: u16,
+    port: u32,
+    notify: &mut impl FnMut(Kick, usize),
+) -> Result<(), Errno> {
     for _ in 1..SEND_TRIES {
-        match send_try(me, peer, port) {
+        match send_try(me, peer, port, notify) {
             Ok(r) => return r,
             Err(missed) => peer = missed,
         }
@@ -448,8 +456,12 @@ fn send_retried(me: u16, mut peer: u16, port: u32) -> Result<Option<(Kick, usize
 /// One try of [`send_events`] holding `me`'s and `peer`'s event locks
 /// (`Held::two`); `Err` names a domain whose lock it needed and missed.
 #[inline(always)]
-#[allow(clippy::type_complexity)]
-fn send_try(me: u16, peer: u16, port: u32) -> Result<Result<Option<(Kick, usize)>, Errno>, u16> {
+fn send_try(
+    me: u16,
+    peer: u16,
+    port: u32,
+    notify: &mut impl FnMut(Kick, usize),
+) -> Result<Result<(), Errno>, u16> {
     let mut h = Held::two(me, peer);
     let r = evtchn::send(&mut h, me, port);
     if let Some(d) = h.missed {
@@ -457,12 +469,15 @@ fn send_try(me: u16, peer: u16, port: u32) -> Result<Result<Option<(Kick, usize)
     }
     let k = match r {
         Ok(Some(k)) => k,
-        other => return Ok(other.map(|_| None)),
+        Ok(None) => return Ok(Ok(())),
+        Err(e) => return Ok(Err(e)),
     };
     let t = h.events(k.dom).map_or(usize::MAX, |e| {
         usize::from(e.vcpus[k.vcpu as usize % MAX_VCPUS_PER_DOMAIN])
     });
-    Ok(Ok(Some((k, t))))
+    drop(h);
+    notify(k, t);
+    Ok(Ok(()))
 }
 
 /// EVTCHNOP_send without the hypervisor lock (the light entry), from the
@@ -477,19 +492,11 @@ pub fn send_light(v: usize, l: &crate::domain::VcpuLight, arg: u64) -> Result<u6
     let me = l.dom.load(Ordering::Relaxed);
     let cr3 = l.cr3.load(Ordering::Relaxed);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
-    // (`send_events` spelt out: a send that raised no kick, the masked or
-    // already pending case, returns straight from the first try.)
-    let (k, t) = match send_try(me, me, a.port) {
-        Ok(Ok(Some(kt))) => kt,
-        Ok(r) => return r.map(|_| 0),
-        Err(missed) => match send_retried(me, missed, a.port)? {
-            Some(kt) => kt,
-            None => return Ok(0),
-        },
-    };
-    if t != v {
-        notify_light(k, t);
-    }
+    send_events(me, a.port, |k, t| {
+        if t != v {
+            notify_light(k, t);
+        }
+    })?;
     Ok(0)
 }
 
@@ -513,8 +520,7 @@ fn notify_light(k: Kick, t: usize) {
 /// checks the rest under the lock).
 #[inline(always)]
 pub fn upcall_pending_light() -> bool {
-    let v = crate::arch::percpu::vcpu() as usize;
-    crate::domain::light(v).is_some_and(upcall_pending_of)
+    crate::domain::held_light().is_some_and(upcall_pending_of)
 }
 
 /// [`upcall_pending_light`] for the vCPU whose [`VcpuLight`] the caller
@@ -542,9 +548,7 @@ pub fn raise_vcpu_virq(hv: &mut Hv, dom: usize, virq: u32, vid: u32) {
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
     let (me, cr3) = (hv.cur_dom().id, hv.cur().cr3);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
-    if let Some((k, _)) = send_events(me, a.port)? {
-        kick(hv, Some(k));
-    }
+    send_events(me, a.port, |k, _| kick(hv, Some(k)))?;
     Ok(0)
 }
 

@@ -54,7 +54,7 @@ const CHUNK: usize = 256;
 
 /// Every domain id's slot, in chunks of `CHUNK` ids (4 KiB) made when the
 /// first domain of their range is built and kept for ever (16 bytes an
-/// id). Reading needs no lock (one `Once` load).
+/// id). Reading needs no lock (one load).
 static DIR: ChunkDir<Slot, CHUNK, { 65536 / CHUNK }> = ChunkDir::new();
 
 /// Every id that ever had a table is below this (what `collect` and the
@@ -344,8 +344,7 @@ pub fn grant_table_op_unlocked(
     ) {
         return None;
     }
-    let v = crate::arch::percpu::vcpu() as usize;
-    let light = crate::domain::light(v)?;
+    let light = crate::domain::held_light()?;
     let dom = light.dom.load(Ordering::Relaxed);
     let cr3 = light.cr3.load(Ordering::Relaxed);
     Some(batch(

@@ -15,6 +15,22 @@ use microvisor_core::pv as policy;
 
 type HResult = Result<u64, Errno>;
 
+/// A hypercall's result as the guest's rax holds it: the value, or the
+/// errno negated.
+#[inline(always)]
+fn rax_of(r: HResult) -> u64 {
+    match r {
+        Ok(v) => v,
+        Err(e) => errno_rax(e),
+    }
+}
+
+/// Errno `e` as the guest's rax holds it (negated).
+#[inline(always)]
+fn errno_rax(e: Errno) -> u64 {
+    (-i64::from(e.0)) as u64
+}
+
 /// Set at boot by `selftest=pagefault` or `selftest=stack-overflow`: fault
 /// in ring 0 on the first hypercall (`mm::selftest_fault`).
 pub static FAULT_SELFTEST: core::sync::atomic::AtomicBool =
@@ -87,10 +103,7 @@ pub extern "C" fn on_light_syscall(
         14 => crate::mmu::update_va_mapping_unlocked(a0, a1, a2),
         _ => locked_light(nr, [a0, a1, a2, a3, a4], &mut again),
     };
-    let rax = match res {
-        Ok(v) => v,
-        Err(e) => (-(e.0 as i64)) as u64,
-    };
+    let rax = rax_of(res);
     // Read without the lock: the upcall path checks the rest (the vCPU
     // runnable, a callback registered) under it. (A vCPU that took itself
     // down leaves through the upcall path too, which has the full frame;
@@ -110,16 +123,13 @@ pub extern "C" fn on_light_syscall(
 #[inline(never)]
 fn light_send(arg: u64) -> LightExit {
     let v = crate::arch::percpu::vcpu() as usize;
-    let Some(l) = crate::domain::light(v) else {
+    let Some(l) = crate::domain::held_light() else {
         return LightExit {
-            rax: (-(Errno::ESRCH.0 as i64)) as u64,
+            rax: errno_rax(Errno::ESRCH),
             upcall: u64::from(crate::arch::percpu::leave_now()),
         };
     };
-    let rax = match crate::events::send_light(v, l, arg) {
-        Ok(v) => v,
-        Err(e) => (-(e.0 as i64)) as u64,
-    };
+    let rax = rax_of(crate::events::send_light(v, l, arg));
     LightExit {
         rax,
         upcall: u64::from(crate::events::upcall_pending_of(l) || crate::arch::percpu::leave_now()),
@@ -248,7 +258,7 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
     match res {
         Ok(v) => frame.rax = v,
         Err(SWITCHED) => {}
-        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+        Err(e) => frame.rax = errno_rax(e),
     }
     if let Some(i) = crate::audit::audited(nr) {
         crate::lifecycle::audit(&hv, "a memory hypercall");
@@ -313,10 +323,7 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
         }
         _ => return false,
     };
-    frame.rax = match res {
-        Ok(v) => v,
-        Err(e) => (-(e.0 as i64)) as u64,
-    };
+    frame.rax = rax_of(res);
     if crate::events::upcall_pending_light() || crate::arch::percpu::leave_now() {
         exit_locked(&mut crate::domain::lock(), frame);
     }
@@ -356,7 +363,7 @@ fn batch_locked(frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>, released
     match flow(&mut hv, frame, nr, r) {
         Ok(v) => frame.rax = v,
         Err(SWITCHED) => {}
-        Err(e) => frame.rax = (-(e.0 as i64)) as u64,
+        Err(e) => frame.rax = errno_rax(e),
     }
     exit_locked(&mut hv, frame);
 }
@@ -618,10 +625,7 @@ fn run_multicall(m: &mut impl McRun, entries: u64, n: u64) -> Result<Flow, Errno
                 Err(e) => Err(e),
             }
         };
-        let raw = match r {
-            Ok(v) => v,
-            Err(e) => (-(e.0 as i64)) as u64,
-        };
+        let raw = rax_of(r);
         i += 1;
         if guest::copy_to(m.cr3(), va + 8, &raw.to_le_bytes()).is_err() {
             break Err(Errno::EFAULT);

@@ -166,7 +166,7 @@ pub fn memory_op_unlocked(cmd: u64, arg: u64) -> Option<Result<Flow, Errno>> {
     ) {
         return None;
     }
-    let light = crate::domain::light(crate::arch::percpu::vcpu() as usize)?;
+    let light = crate::domain::held_light()?;
     let me = light.dom.load(core::sync::atomic::Ordering::Relaxed);
     let cr3 = light.cr3.load(core::sync::atomic::Ordering::Relaxed);
     let mut b = [0u8; 32];

@@ -115,8 +115,7 @@ pub struct Caller {
 /// hypercall is audited. The boolean is true when a dead domain's last
 /// frames were released, for `Hv::collect_dead` (under the lock).
 pub fn mmu_update_unlocked(args: [u64; 4]) -> Option<(Result<Flow, Errno>, bool)> {
-    let v = crate::arch::percpu::vcpu() as usize;
-    let light = crate::domain::light(v)?;
+    let light = crate::domain::held_light()?;
     let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
     let asked = (args[3] & 0xffff) as u16;
     if asked != guest_abi::types::DomId::SELF.0 && asked != dom {
@@ -213,8 +212,7 @@ pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u
 /// update_va_mapping without the hypervisor lock (the light entry): the
 /// running vCPU's domain and page tables from `domain::LIGHT`.
 pub fn update_va_mapping_unlocked(va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
-    let v = crate::arch::percpu::vcpu() as usize;
-    let light = crate::domain::light(v).ok_or(Errno::ESRCH)?;
+    let light = crate::domain::held_light().ok_or(Errno::ESRCH)?;
     let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
     let l4 = light.cr3.load(core::sync::atomic::Ordering::Relaxed) / PAGE;
     uvm(dom, l4, va, val, flags)

@@ -349,7 +349,9 @@ pub fn save_segments(pv: &mut crate::domain::PvState) -> SegState {
 /// load_segments), writing only what differs from `cpu` (what the CPU holds
 /// now), as Xen skips segments that are not dirty. Its GDT entries must be
 /// loaded already; a selector they no longer allow (the guest changed its
-/// GDT) becomes null.
+/// GDT) becomes null. Inlined (the switch path's: left to itself, the
+/// compiler's choice flips with unrelated changes, 8 instructions a switch).
+#[inline(always)]
 pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
     let want = if pv.selectors == [0; 4] {
         [0; 4]

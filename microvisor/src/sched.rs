@@ -131,10 +131,9 @@ pub fn kick_for(hv: &Hv, i: usize) {
 #[inline(always)]
 pub fn yield_alone() -> bool {
     use core::sync::atomic::Ordering::{Relaxed, SeqCst};
-    let v = crate::arch::percpu::vcpu() as usize;
     let cpu = crate::arch::percpu::cpu_id();
     let view = &crate::domain::SCHED_VIEW;
-    let (Some(light), Some(waiting)) = (crate::domain::light(v), view.waiting.get(cpu)) else {
+    let (Some(light), Some(waiting)) = (crate::domain::held_light(), view.waiting.get(cpu)) else {
         return false;
     };
     // (This CPU holds its vCPU: it is not among those waiting.)

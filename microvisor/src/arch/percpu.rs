@@ -40,6 +40,10 @@ pub struct PerCpu {
     /// The vCPU (index in `Hv::vcpus`) whose state this CPU holds, or
     /// [`NO_VCPU`] (it idles with the hypervisor's page tables).
     pub vcpu: AtomicU64,
+    /// The address of that vCPU's `VcpuLight` (0: none), stored with
+    /// `vcpu` (`set_vcpu`) from a `'static` reference, so the lock-free
+    /// paths reach it without the directory walk (`domain::held_light`).
+    pub light: AtomicU64,
     /// A TLB flush another CPU asked for (`smp::flush_tlb_everywhere`):
     /// the request count this CPU has served up to.
     pub flushes_done: AtomicU64,
@@ -88,6 +92,7 @@ impl PerCpu {
             guest_loaded: AtomicU64::new(0),
             ldt_loaded: AtomicU64::new(0),
             vcpu: AtomicU64::new(NO_VCPU),
+            light: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             tlb_time: AtomicU64::new(0),
             leave_now: AtomicU64::new(0),
@@ -125,6 +130,7 @@ pub unsafe fn install(block: &'static PerCpu, cpu: u32, apic_id: u32) {
     block.cpu.store(cpu, Ordering::Relaxed);
     block.apic_id.store(apic_id, Ordering::Relaxed);
     block.vcpu.store(NO_VCPU, Ordering::Relaxed);
+    block.light.store(0, Ordering::Relaxed);
     if let Some(slot) = CPUS.get(cpu as usize) {
         slot.store(block as *const PerCpu as u64, Ordering::Release);
     }
@@ -169,9 +175,22 @@ pub fn vcpu() -> u64 {
     gs_read::<{ core::mem::offset_of!(PerCpu, vcpu) }>()
 }
 
+/// This CPU now holds vCPU index `v` (or [`NO_VCPU`]), whose `VcpuLight`
+/// is `light`.
 #[inline(always)]
-pub fn set_vcpu(v: u64) {
+pub fn set_vcpu(v: u64, light: Option<&'static crate::mm::VcpuLight>) {
+    let p = light.map_or(0, |l| l as *const crate::mm::VcpuLight as u64);
+    gs_write::<{ core::mem::offset_of!(PerCpu, light) }>(p);
     gs_write::<{ core::mem::offset_of!(PerCpu, vcpu) }>(v)
+}
+
+/// The `VcpuLight` of the vCPU this CPU holds (`PerCpu::light`), if any.
+#[inline(always)]
+pub fn held_light() -> Option<&'static crate::mm::VcpuLight> {
+    let p = gs_read::<{ core::mem::offset_of!(PerCpu, light) }>();
+    // SAFETY: `light` is 0 or was stored by `set_vcpu` from a `'static`
+    // reference to a `VcpuLight` (which is `Sync`); only this CPU writes it.
+    unsafe { (p as *const crate::mm::VcpuLight).as_ref() }
 }
 
 /// Whether the vCPU running here must leave on the way out (`leave_now`).

@@ -168,22 +168,28 @@ pub fn try_box<T>(init: impl FnOnce(&mut MaybeUninit<T>) -> &mut T) -> Option<Bo
 /// reference a reader holds stays valid for ever. What a record guards
 /// may come and go (under the record's own lock); the record stays. `N`
 /// chunks cover indices below `C * N`.
-pub struct ChunkDir<T: 'static, const C: usize, const N: usize> {
-    chunks: [spin::Once<&'static [T; C]>; N],
+pub struct ChunkDir<T: Sync + 'static, const C: usize, const N: usize> {
+    /// Each chunk's address once made (null before): only ever a chunk
+    /// leaked from the heap, stored once and never freed.
+    chunks: [core::sync::atomic::AtomicPtr<[T; C]>; N],
 }
 
-impl<T: 'static, const C: usize, const N: usize> ChunkDir<T, C, N> {
+impl<T: Sync + 'static, const C: usize, const N: usize> ChunkDir<T, C, N> {
     /// A directory with no chunk made.
     pub const fn new() -> Self {
         ChunkDir {
-            chunks: [const { spin::Once::new() }; N],
+            chunks: [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; N],
         }
     }
 
-    /// Index `i`'s record, if its chunk was ever made (one `Once` load).
+    /// Index `i`'s record, if its chunk was ever made (one load).
     #[inline(always)]
     pub fn get(&self, i: usize) -> Option<&'static T> {
-        let c = self.chunks.get(i / C)?.get()?;
+        let p = self.chunks.get(i / C)?.load(Ordering::Acquire);
+        // SAFETY: a non-null entry is a chunk leaked from the heap by
+        // `made` (initialised before the Release store that published it),
+        // never freed or written through again; `T: Sync`.
+        let c: &'static [T; C] = unsafe { p.as_ref() }?;
         Some(&c[i % C])
     }
 
@@ -195,11 +201,28 @@ impl<T: 'static, const C: usize, const N: usize> ChunkDir<T, C, N> {
         i: usize,
         fill: impl FnOnce(&mut MaybeUninit<[T; C]>) -> &mut [T; C],
     ) -> Option<&'static T> {
-        let c = self
-            .chunks
-            .get(i / C)?
-            .try_call_once(|| try_box(fill).map(|b| &*Box::leak(b)).ok_or(()))
-            .ok()?;
+        let slot = self.chunks.get(i / C)?;
+        if let Some(r) = self.get(i) {
+            return Some(r);
+        }
+        let fresh: *mut [T; C] = Box::leak(try_box(fill)?);
+        let c = match slot.compare_exchange(
+            core::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(first) => {
+                // Another CPU made it meanwhile: its chunk stays, ours goes.
+                // SAFETY: `fresh` came from `Box::leak` above and was never
+                // published.
+                drop(unsafe { Box::from_raw(fresh) });
+                first
+            }
+        };
+        // SAFETY: `c` is a published chunk (as in `get`).
+        let c: &'static [T; C] = unsafe { &*c };
         Some(&c[i % C])
     }
 }

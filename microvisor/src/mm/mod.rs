@@ -392,6 +392,27 @@ impl Default for SlotCell {
     }
 }
 
+/// What the lock-free hypercall paths (`hypercall::on_light_syscall`) read
+/// of a vCPU, by its index in `Hv::vcpus` (`domain::light`; the held
+/// vCPU's through this CPU's block, `domain::held_light`). Written under the
+/// hypervisor lock by the code that changes the `Vcpu` field it mirrors.
+pub struct VcpuLight {
+    /// Its `RunState` (`light_state`), kept by `Hv::set_state`. A sender
+    /// without the lock sets an event pending, then reads this and takes
+    /// the lock to wake the vCPU if it reads Blocked; a vCPU blocks by
+    /// storing Blocked, then looks for pending events once more
+    /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
+    pub state: core::sync::atomic::AtomicU8,
+    /// Its domain's id (= index in `Hv::domains`).
+    pub dom: core::sync::atomic::AtomicU16,
+    /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
+    pub cr3: core::sync::atomic::AtomicU64,
+    /// Its vcpu_info (`Vcpu::info`, kept by `Hv::set_info`).
+    pub info: SlotCell,
+    /// Its domain has a scheduler cap (fixed at build).
+    pub capped: core::sync::atomic::AtomicBool,
+}
+
 /// Writes an aligned u64 to physical memory.
 ///
 /// # Safety
