@@ -1,7 +1,9 @@
 //! What the hypercall handlers (in the subsystems) and the dispatcher
-//! (`hypercall`) share: how a handler ends ([`Flow`]) and the Xen version
-//! the hypervisor reports. It sits below both, so a handler never reaches
-//! up into the dispatcher for them (docs/design.md, "Layers").
+//! (`hypercall`) share: how a handler ends ([`Flow`]), the Xen version
+//! the hypervisor reports, and the multicall entry counts the end of a
+//! run reports ([`report_multicalls`]). It sits below both, so a handler
+//! never reaches up into the dispatcher for them (docs/design.md,
+//! "Layers").
 
 /// How a hypercall whose work grows with a guest-chosen count (a batch, a
 /// buffer) ends: with its result, or stopped early because something else
@@ -24,3 +26,27 @@ pub const XEN_MAJOR: u64 = 4;
 pub const XEN_MINOR: u64 = 19;
 /// xen_version(XENVER_version): major << 16 | minor.
 pub const XEN_VERSION: u64 = (XEN_MAJOR << 16) | XEN_MINOR;
+
+/// Multicall entries run (an entry continued is counted each time it
+/// runs), without the hypervisor lock and under it (docs/smp.md,
+/// "Multicalls without the hypervisor lock").
+static MC_UNLOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static MC_LOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Adds a multicall's entries (once it stops) to the counts.
+pub fn count_multicall(unlocked: u64, locked: u64) {
+    use core::sync::atomic::Ordering::Relaxed;
+    MC_UNLOCKED.fetch_add(unlocked, Relaxed);
+    MC_LOCKED.fetch_add(locked, Relaxed);
+}
+
+/// Logs how many multicall entries ran without the hypervisor lock and
+/// how many under it (at the end of a run, as the TLB clock's line).
+pub fn report_multicalls() {
+    use core::sync::atomic::Ordering::Relaxed;
+    crate::info!(
+        "multicall: {} entries ran without the hypervisor lock, {} under it",
+        MC_UNLOCKED.load(Relaxed),
+        MC_LOCKED.load(Relaxed)
+    );
+}

@@ -435,23 +435,6 @@ fn multicall(hv: &mut Hv, entries: u64, n: u64) -> Result<Flow, Errno> {
     run_multicall(&mut Held { hv, ran: 0 }, entries, n)
 }
 
-/// Multicall entries run (an entry continued is counted each time it
-/// runs), without the hypervisor lock and under it, for the end-of-run
-/// report ([`report_multicalls`]).
-static MC_UNLOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-static MC_LOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Logs how many multicall entries ran without the hypervisor lock and
-/// how many under it.
-pub fn report_multicalls() {
-    use core::sync::atomic::Ordering::Relaxed;
-    crate::info!(
-        "multicall: {} entries ran without the hypervisor lock, {} under it",
-        MC_UNLOCKED.load(Relaxed),
-        MC_LOCKED.load(Relaxed)
-    );
-}
-
 /// What a multicall needs from its surroundings, with the hypervisor lock
 /// held throughout ([`Held`]) or taken only for the entries that need it
 /// ([`Free`]).
@@ -492,7 +475,7 @@ impl McRun for Held<'_> {
         !self.hv.cur_dom().is_live()
     }
     fn done(&mut self) {
-        MC_LOCKED.fetch_add(self.ran, core::sync::atomic::Ordering::Relaxed);
+        crate::hcall::count_multicall(0, self.ran);
     }
 }
 
@@ -563,9 +546,7 @@ impl McRun for Free {
                 && !crate::domain::lock().cur_dom().is_live())
     }
     fn done(&mut self) {
-        use core::sync::atomic::Ordering::Relaxed;
-        MC_UNLOCKED.fetch_add(self.unlocked, Relaxed);
-        MC_LOCKED.fetch_add(self.locked, Relaxed);
+        crate::hcall::count_multicall(self.unlocked, self.locked);
     }
 }
 
@@ -616,11 +597,10 @@ fn run_multicall(m: &mut impl McRun, entries: u64, n: u64) -> Result<Flow, Errno
                     for (k, a) in more.iter().enumerate() {
                         b[k * 8..k * 8 + 8].copy_from_slice(&a.to_le_bytes());
                     }
-                    i += 1;
                     if guest::copy_to(m.cr3(), va + 16, &b).is_err() {
                         break Err(Errno::EFAULT);
                     }
-                    break Ok(Flow::Again([va, n - (i - 1), 0, 0, 0]));
+                    break Ok(Flow::Again([va, n - i, 0, 0, 0]));
                 }
                 Err(e) => Err(e),
             }

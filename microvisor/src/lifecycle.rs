@@ -248,7 +248,7 @@ pub fn finish(hv: &mut Hv) -> ! {
     }
     crate::mm::stacks::report();
     crate::arch::smp::report_tlb_clock();
-    crate::hypercall::report_multicalls();
+    crate::hcall::report_multicalls();
     hv.reap_vcpus();
     let torn_down = crate::footprint::check_freed(hv);
     if ok {

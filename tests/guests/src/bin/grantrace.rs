@@ -255,7 +255,9 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
             mc_done += 1;
         }
         if rounds < ROUNDS {
-            for k in 0..PAGES {
+            // Page 0 last: the last round's mark in it lets the peer end
+            // its grants, so nothing of the peer's may be mapped after.
+            for k in (0..PAGES).rev() {
                 match map_when_granted(peer, FIRST_REF + k, u64::from(k)) {
                     Ok((va, h)) => {
                         content &= (1..512).all(|i| word(va, i) == pattern(peer, k, i));
