@@ -314,6 +314,9 @@ pub fn build(
         layout.nr_pt_frames,
         layout.v_end
     );
+    // Its dirty-CPU mask (docs/smp.md, "TLB coherence"). Without memory
+    // for it, its flushes reach every CPU: nothing to refuse.
+    let _ = crate::domain::dirty_made(id);
     // Its memory accounting, reached without the hypervisor lock by its
     // own memory_op once it runs (docs/smp.md, "Memory accounting").
     let pages = crate::domain::account_made(id).ok_or_else(|| {

@@ -5,7 +5,7 @@
 //! calls no subsystem but the scheduler's placement; never trusts a guest
 //! value it stores without the caller having validated it.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use microvisor_core::manifest::Expect;
 use microvisor_core::reservation::Account;
 use spin::Mutex;
@@ -706,13 +706,6 @@ fn light_made(v: usize) -> Option<&'static VcpuLight> {
     LIGHT_DIR.made(v, |m| m.write(EMPTY_LIGHT))
 }
 
-/// The domain of vCPU index `v` as the lock-free paths see it
-/// (`VcpuLight::dom`); `None` past the table.
-pub fn vcpu_domain(v: u64) -> Option<u16> {
-    let l = light(usize::try_from(v).ok()?)?;
-    Some(l.dom.load(core::sync::atomic::Ordering::Relaxed))
-}
-
 /// Domain ids per chunk of [`Account`]s.
 const ACCOUNT_CHUNK: usize = 256;
 
@@ -740,6 +733,78 @@ pub fn account(dom: u16) -> Option<&'static Account> {
 /// memory for it). The domain's build sets it.
 pub fn account_made(dom: u16) -> Option<&'static Account> {
     ACCOUNTS.made(usize::from(dom), |m| m.write(EMPTY_ACCOUNTS))
+}
+
+/// Domain ids per chunk of dirty-CPU masks.
+const DIRTY_CHUNK: usize = 512;
+
+/// Every domain id's dirty-CPU mask (Xen's `d->dirty_cpumask`): bit c is
+/// set while CPU c may hold translations through the domain's page tables.
+/// A CPU joins before it loads one of them ([`tlb_join`]) and leaves once
+/// a full flush removed them ([`tlb_leave`], [`tlb_leave_all`]). Flushes a
+/// domain's page-table changes need reach these CPUs only
+/// (`mmu::apply_flush`, `UVMF_ALL`). In chunks made when the first domain
+/// of their range is built, kept for ever (lock-free readers).
+static DIRTY: crate::mm::heap::ChunkDir<AtomicU64, DIRTY_CHUNK, { 65536 / DIRTY_CHUNK }> =
+    crate::mm::heap::ChunkDir::new();
+
+// A chunk of empty masks as it is made (a template copied into the heap).
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_DIRTY: [AtomicU64; DIRTY_CHUNK] = [const { AtomicU64::new(0) }; DIRTY_CHUNK];
+
+/// For each CPU, the domain whose dirty mask it is in (id + 1; 0: none).
+/// Only the CPU itself changes its entry.
+static TLB_DOM: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; crate::arch::percpu::MAX_CPUS];
+
+/// Makes domain `dom`'s dirty mask (its chunk), for its build; `None`: no
+/// memory for it.
+pub fn dirty_made(dom: u16) -> Option<&'static AtomicU64> {
+    DIRTY.made(usize::from(dom), |m| m.write(EMPTY_DIRTY))
+}
+
+/// The CPUs that may hold translations through domain `dom`'s page tables
+/// (bit per CPU number): every CPU when its mask was never made.
+/// Sequentially consistent with [`tlb_join`]'s update: a caller that
+/// removed an entry before this read either sees a CPU's bit or that CPU
+/// loads the tables after the removal.
+#[inline]
+pub fn dirty_cpus(dom: u16) -> u64 {
+    DIRTY
+        .get(usize::from(dom))
+        .map_or(u64::MAX, |m| m.load(Ordering::SeqCst))
+}
+
+/// This CPU (`cpu`) is about to load one of domain `dom`'s page tables: it
+/// joins `dom`'s dirty mask first (a locked update, ordered before the
+/// load). Returns the domain whose mask it was in before, if another: it
+/// still holds that one's translations, and leaves its mask only once it
+/// has flushed ([`tlb_leave`]).
+pub fn tlb_join(dom: u16, cpu: usize) -> Option<u16> {
+    let me = u32::from(dom) + 1;
+    let prev = TLB_DOM.get(cpu)?.swap(me, Ordering::Relaxed);
+    if prev == me {
+        return None;
+    }
+    if let Some(m) = DIRTY.get(usize::from(dom)) {
+        m.fetch_or(1 << (cpu % 64), Ordering::SeqCst);
+    }
+    u16::try_from(prev.checked_sub(1)?).ok()
+}
+
+/// After a full flush of this CPU: it leaves `prev`'s dirty mask (what
+/// [`tlb_join`] returned).
+pub fn tlb_leave(prev: Option<u16>, cpu: usize) {
+    if let Some(m) = prev.and_then(|d| DIRTY.get(usize::from(d))) {
+        m.fetch_and(!(1 << (cpu % 64)), Ordering::SeqCst);
+    }
+}
+
+/// After a full flush of this CPU on the hypervisor's own page tables (a
+/// release to idle): it leaves the mask it was in.
+pub fn tlb_leave_all(cpu: usize) {
+    let prev = TLB_DOM.get(cpu).map_or(0, |d| d.swap(0, Ordering::Relaxed));
+    tlb_leave(prev.checked_sub(1).and_then(|d| u16::try_from(d).ok()), cpu);
 }
 
 /// What the lock-free yield (`sched::yield_alone`) reads of the scheduler:

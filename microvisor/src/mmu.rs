@@ -27,9 +27,9 @@ fn cr3_mfn(hv: &Hv) -> u64 {
 
 /// After a batch that took access away: every CPU that may hold a
 /// translation through the changed tables, which are `dom`'s own (the
-/// caller's), so the CPUs holding one of its vCPUs (a CPU holds guest
-/// translations only of the vCPU it holds), this one included. Other
-/// domains' CPUs are left alone: they cannot have loaded these tables.
+/// caller's): this one and those in `dom`'s dirty mask
+/// (`domain::dirty_cpus`, Xen's `d->dirty_cpumask`). Other CPUs are left
+/// alone: they have not loaded these tables since their last full flush.
 /// (Xen leaves L1 flushes to the guest; isolation does not depend on this
 /// one either: the frame table flushes before a frame whose mappings may
 /// be stale changes type or is freed.) Guests may set the global bit in L1
@@ -37,7 +37,7 @@ fn cr3_mfn(hv: &Hv) -> u64 {
 pub(crate) fn apply_flush(f: Flush, dom: u16) {
     if f.is_needed() {
         crate::arch::smp::flush_local();
-        crate::arch::smp::flush_tlb_holding(|v| crate::domain::vcpu_domain(v) == Some(dom));
+        crate::arch::smp::flush_tlb_mask(crate::domain::dirty_cpus(dom));
     }
 }
 
@@ -225,10 +225,15 @@ fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
     // As on Xen, flushing after a successful update is the guest's choice
     // (UVMF flags). Safety does not depend on it: the frame table flushes
     // every TLB before a frame whose mappings may be stale changes type.
-    // UVMF_ALL and UVMF_MULTI reach the other CPUs too.
+    // UVMF_ALL and UVMF_MULTI reach the other CPUs too: those in the
+    // domain's dirty mask (Xen's UVMF_ALL; a MULTI mask is not read, its
+    // vCPUs' CPUs are among them).
     let remote = flags & !3 != 0 && crate::arch::smp::active();
     match flags & 3 {
-        1 | 2 if remote => crate::arch::smp::flush_tlb_everywhere(),
+        1 | 2 if remote => {
+            crate::arch::smp::flush_local();
+            crate::arch::smp::flush_tlb_mask(crate::domain::dirty_cpus(dom));
+        }
         1 => crate::arch::smp::flush_local(),
         2 => cpu::invlpg(va),
         _ => {}

@@ -343,6 +343,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     // SAFETY: the hypervisor's own L4 maps everything it needs.
     unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
     crate::arch::smp::flush_local();
+    crate::domain::tlb_leave_all(crate::arch::percpu::cpu_id());
     crate::lifecycle::finish_waiting(hv);
 }
 
@@ -463,12 +464,17 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     crate::arch::entry::set_user_mode(d.pv.user_mode);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
+        // Into the domain's dirty mask before its tables are loaded.
+        let cpu = crate::arch::percpu::cpu_id();
+        let prev = crate::domain::tlb_join(id, cpu);
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.
         unsafe { cpu::write_cr3(cr3) };
         if next != cur {
             // Guest L1 entries may be global: drop the last domain's.
             crate::arch::smp::flush_local();
+            // Out of the last one's mask once its translations are gone.
+            crate::domain::tlb_leave(prev, cpu);
         }
         // Its CPU time starts now, not before the switch: the address-space
         // change is the machine's cost, charged to no vCPU (under TCG a
@@ -565,7 +571,7 @@ pub fn start() -> ! {
                 cpu::fpu_restore(&d.fpu);
                 // Its frame is the one the exit path restores.
                 crate::arch::entry::set_current(&d.frame);
-                Some(d.cr3)
+                Some((d.cr3, id))
             }
             None => {
                 hv.current = NO_VCPU;
@@ -579,7 +585,8 @@ pub fn start() -> ! {
     crate::arch::smp::join_scheduler();
     crate::arch::smp::scheduler_ready();
     match cr3 {
-        Some(cr3) => {
+        Some((cr3, id)) => {
+            let _ = crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
             // SAFETY: as in `switch_to`.
             unsafe { cpu::write_cr3(cr3) };
         }

@@ -72,6 +72,8 @@ struct Opts {
     vs_xen: bool,
     /// `bench --linux`: only the Linux boot's row.
     linux_only: bool,
+    /// `bench --tput`: only the throughput rows.
+    tput_only: bool,
     /// `profile`: where to start, when, after how many hits, how far, and
     /// which guest image's symbols to use.
     at: Option<String>,
@@ -108,7 +110,7 @@ fn options_of(cmd: &str) -> &'static [&'static str] {
             "--qemu",
             "--cpus",
         ],
-        "bench" => &["--vs-xen", "--linux", "--qemu", "--timeout"],
+        "bench" => &["--vs-xen", "--linux", "--tput", "--qemu", "--timeout"],
         "boot" => &["--accel", "--timeout", "--qemu", "--cpus"],
         "profile" => &[
             "--manifest",
@@ -149,6 +151,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         on_xen: false,
         vs_xen: false,
         linux_only: false,
+        tput_only: false,
         at: None,
         when: None,
         skip: 0,
@@ -179,6 +182,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--on-xen" => o.on_xen = true,
             "--vs-xen" => o.vs_xen = true,
             "--linux" => o.linux_only = true,
+            "--tput" => o.tput_only = true,
             "--at" => o.at = Some(val("--at")?),
             "--when" => o.when = Some(val("--when")?),
             "--skip" => {
@@ -234,10 +238,11 @@ const HELP: &str = "usage: cargo xtask <command> [options]
   test --on-xen [--accel ..] [--filter TEXT]
                                  single-domain scenarios on the microvisor and on
                                  real Xen 4.17, compared (tests/xen-allowlist.toml)
-  bench [--vs-xen] [--linux]     benchmarks under -icount shift=0 (beside real Xen's),
+  bench [--vs-xen] [--linux|--tput]
+                                 benchmarks under -icount shift=0 (beside real Xen's),
                                  SMP rows on 2 CPUs; two domains' throughput on 2 CPUs
-                                 vs 1 (MTTCG, wall clock); Debian's Linux boot to
-                                 /init (--linux: that row alone)
+                                 vs 1 (MTTCG, wall clock; --tput: those rows alone);
+                                 Debian's Linux boot to /init (--linux: that row alone)
   profile [--manifest FILE] [--at SYMBOL] [--when GDB-CONDITION] [--skip N]
           [--steps N] [--guest IMAGE]
                                  single-step one operation under gdb (needs gdb) and
@@ -859,9 +864,14 @@ fn bench(o: &Opts) -> Result<bool, String> {
     let timeout = Duration::from_secs(o.timeout.max(300));
     let rows = if o.linux_only {
         bench::Rows::Linux
+    } else if o.tput_only {
+        bench::Rows::Tput
     } else {
         bench::Rows::All
     };
+    if o.vs_xen && rows == bench::Rows::Tput {
+        return Err("error: bench --tput measures the microvisor alone (no --vs-xen)".into());
+    }
     if o.vs_xen {
         bench::vs_xen(&kdir, timeout, rows)
     } else {

@@ -122,6 +122,17 @@ impl FlushRequest<'_> {
         cpu_time <= self.stamp
     }
 
+    /// The request that picks every CPU either picks: the later stamp
+    /// (one flush for frames freed at different times, Xen's
+    /// `tlbflush_filter` over an allocation's pages).
+    #[must_use]
+    pub fn or(self, other: FlushRequest<'_>) -> Self {
+        FlushRequest {
+            clock: self.clock,
+            stamp: self.stamp.max(other.stamp),
+        }
+    }
+
     /// The clock the request is on, for the flushes it causes.
     #[must_use]
     pub const fn clock(&self) -> &TlbClock {

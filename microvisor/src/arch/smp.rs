@@ -114,12 +114,8 @@ struct ApMemory {
 
 /// `n` contiguous zeroed frames (the first), for one CPU's own tables.
 pub(super) fn alloc_frames(n: u64) -> Option<u64> {
-    let first = mm::with_allocator(|a| a.alloc_contiguous(n, 1))?;
-    for f in first..first + n {
-        // SAFETY: just taken from the allocator: nobody else has it.
-        unsafe { mm::zero_frame(f) };
-    }
-    Some(first)
+    // (Kept for the CPU's lifetime: the token is given up.)
+    Some(mm::Owned::alloc_zeroed(n, 1)?.into_frames().start)
 }
 
 fn ap_memory(cpu: u32) -> Option<ApMemory> {
@@ -284,9 +280,10 @@ static SCHED_CPUS: AtomicU64 = AtomicU64::new(0);
 static SCHED_READY: AtomicU32 = AtomicU32::new(0);
 /// TLB-flush requests so far (each CPU records how many it served).
 static FLUSH_REQ: AtomicU64 = AtomicU64::new(0);
-/// CPUs holding a vCPU that frame-table flushes (`flush_tlb_stale`) asked
-/// to flush, and those they skipped because the CPU flushed after the
-/// frame's stamp (reported at the end of the run).
+/// CPUs holding a vCPU that frame-table flushes (`flush_tlb_stale`: a
+/// type change, frames handed out again) asked to flush, and those they
+/// skipped because the CPU flushed after the frame's stamp (reported at
+/// the end of the run).
 static STALE_FLUSHED: AtomicU64 = AtomicU64::new(0);
 static STALE_SKIPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -370,7 +367,8 @@ pub fn flush_local() {
     }
 }
 
-/// The flush a frame table's type change asks for (`TableMemory::flush_tlbs`):
+/// The flush the frame table asks for (`TableMemory::flush_tlbs`: a type
+/// change, frames handed out again):
 /// this CPU and every other CPU holding a vCPU whose TLB-flush time
 /// (`PerCpu::tlb_time`) `needs` picks, i.e. that has not flushed since the
 /// frame's stamp; waits for them. Idle CPUs hold no guest translation.
@@ -393,11 +391,12 @@ pub fn flush_tlb_stale(needs: impl Fn(u64) -> bool) {
 /// Logs how many CPUs the frame table's flushes reached and skipped.
 pub fn report_tlb_clock() {
     crate::info!(
-        "tlb clock: {} at time {}; type-change flushes reached {} CPUs, skipped {} that flushed since the stamp",
+        "tlb clock: {} at time {}; frame-table flushes (type changes, reused frames) reached {} CPUs, skipped {} that flushed since the stamp; {} flush IPI rounds",
         if active() { "smp" } else { "up" },
         crate::mm::frames::tlb_clock().map_or(0, |c| c.now()),
         STALE_FLUSHED.load(Ordering::Relaxed),
-        STALE_SKIPPED.load(Ordering::Relaxed)
+        STALE_SKIPPED.load(Ordering::Relaxed),
+        FLUSH_REQ.load(Ordering::Relaxed)
     );
 }
 
@@ -408,6 +407,13 @@ pub fn entered_from(v: u64) -> bool {
     (0..super::percpu::MAX_CPUS)
         .filter_map(super::percpu::cpu)
         .any(|c| c.vcpu.load(Ordering::Acquire) == v)
+}
+
+/// Flushes every TLB entry on each other CPU in `cpus` (bit per CPU
+/// number: a domain's dirty mask, `domain::dirty_cpus`), and waits until
+/// they did. This CPU is the caller's to flush.
+pub fn flush_tlb_mask(cpus: u64) {
+    flush_other_cpus(|c| cpus & (1u64 << (c.cpu.load(Ordering::Relaxed) % 64)) != 0);
 }
 
 /// Flushes every TLB entry on each other CPU that runs (or holds) one of

@@ -236,14 +236,25 @@ pub fn assign(
 }
 
 /// Takes frame `mfn` back from `dom` (`FrameTable::release`: refused while
-/// anything else references it) and flushes the TLBs that may still map
-/// it; the frame is then the caller's alone.
+/// anything else references it); the frame is then the caller's alone.
+/// No flush here: the frame table stamps it, and whoever takes it from the
+/// allocator next flushes the CPUs that may still map it ([`reuse`]).
 pub fn release(mfn: u64, dom: u16) -> Result<super::Owned, guest_abi::errno::Errno> {
     with(|ft, _| {
         ft.release(mfn, dom)?;
-        crate::arch::smp::flush_tlb_everywhere();
         Ok(super::Owned::reclaimed(mfn, 1))
     })
+}
+
+/// Frames `first..first + count`, just taken from the allocator, are about
+/// to be written: flushes (once for them all) every CPU that may still
+/// cache a mapping an earlier owner had of one and has not flushed since
+/// it was freed (`FrameTable::reuse`, Xen's `tlbflush_filter`). Nothing
+/// before the frame table exists (nothing was freed yet).
+pub(super) fn reuse(first: u64, count: u64) {
+    if let Some(ft) = FT.get() {
+        ft.reuse(&mut DirectMap(()), first, count);
+    }
 }
 
 /// Scrubs and frees frame `mfn`, which a policy just took back from its
@@ -339,7 +350,8 @@ pub fn relinquish(dom: u16, base_ptrs: &[u64]) -> (u64, u64) {
         for &cr3 in base_ptrs.iter().filter(|&&c| c != 0) {
             ft.put_page_and_type(mem, cr3 / PAGE);
         }
-        crate::arch::smp::flush_tlb_everywhere();
+        // No flush: each freed frame is stamped, and flushed for when the
+        // allocator hands it out again (`reuse`).
         ft.relinquish_domain(mem, dom, |mfn| {
             set_m2p(mfn, u64::MAX);
             // The table freed the frame: nobody else has it.

@@ -87,6 +87,19 @@ impl State {
     }
 }
 
+/// The heap's lock, serving other CPUs' TLB-flush requests while it waits:
+/// the holder may be growing the heap, and frames taken from the
+/// allocator may need this CPU's flush first (`frames::reuse`).
+fn lock() -> spin::MutexGuard<'static, State> {
+    loop {
+        if let Some(g) = STATE.try_lock() {
+            return g;
+        }
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+    }
+}
+
 /// The global allocator `alloc`'s types use.
 pub struct HvHeap;
 
@@ -96,7 +109,7 @@ pub struct HvHeap;
 // `GlobalAlloc` contract the caller keeps).
 unsafe impl GlobalAlloc for HvHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let mut s = STATE.lock();
+        let mut s = lock();
         loop {
             if let Ok(p) = s.heap.allocate_first_fit(layout) {
                 USED.store(s.heap.used() as u64, Ordering::Relaxed);
@@ -110,7 +123,7 @@ unsafe impl GlobalAlloc for HvHeap {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(p) = NonNull::new(ptr) else { return };
-        let mut s = STATE.lock();
+        let mut s = lock();
         // SAFETY: `ptr` came from `alloc` above with this `layout`
         // (GlobalAlloc's contract).
         unsafe { s.heap.deallocate(p, layout) };

@@ -88,9 +88,12 @@ pub fn with_allocator<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R
     f(g.as_mut().expect("frame allocator initialised at boot"))
 }
 
-/// Allocates one zeroed frame.
+/// Allocates one zeroed frame. Zeroed after the TLBs that may still map
+/// it for its last owner were flushed ([`frames::reuse`]), so no write
+/// through a stale translation can land in it.
 pub fn alloc_zeroed() -> Option<u64> {
     let f = with_allocator(|a| a.alloc())?;
+    frames::reuse(f, 1);
     // SAFETY: just taken from the allocator: nobody else has it.
     unsafe { zero_frame(f) };
     Some(f)
@@ -111,9 +114,11 @@ pub struct Owned {
 
 impl Owned {
     /// `count` contiguous zeroed frames, the first a multiple of `align`
-    /// frames; `None` when memory is short.
+    /// frames; `None` when memory is short. Zeroed after one flush of the
+    /// TLBs that may still map any of them ([`frames::reuse`]).
     pub fn alloc_zeroed(count: u64, align: u64) -> Option<Owned> {
         let first = with_allocator(|a| a.alloc_contiguous(count, align))?;
+        frames::reuse(first, count);
         for f in first..first + count {
             // SAFETY: just taken from the allocator: nobody else has them.
             unsafe { zero_frame(f) };

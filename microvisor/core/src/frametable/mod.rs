@@ -30,9 +30,11 @@
 //!
 //! # What the caller must do
 //! * Honour every [`Flush`]: flush all TLBs that may cache the domain's
-//!   mappings (global entries included) before the guest runs again and
-//!   before any frame leaves its owner ([`FrameTable::release`],
-//!   [`FrameTable::relinquish_domain`]).
+//!   mappings (global entries included) before the guest runs again.
+//! * Call [`FrameTable::reuse`] on frames the allocator hands out, before
+//!   writing them: a frame freed by [`FrameTable::release`] or
+//!   [`FrameTable::relinquish_domain`] keeps a TLB stamp, and `reuse`
+//!   flushes the CPUs that may still cache a mapping of it.
 //! * Implement [`TableMemory::flush_tlbs`] as a full flush of every CPU the
 //!   [`FlushRequest`] picks by its TLB-flush time: it is called when a frame
 //!   whose type count dropped to 0 changes type (e.g. a formerly writable
@@ -457,6 +459,45 @@ impl<'a> FrameTable<'a> {
         t_with_stamp((t & !T_COUNT) | T_STALE, self.clock.stamp())
     }
 
+    /// The type word of a frame that just became free: no type, stale,
+    /// stamped now. Every reference was gone (the caller's CAS saw the
+    /// count of the last one dropped), so every mapping of the frame was
+    /// removed before this read of the clock: a CPU that began a full
+    /// flush after it cannot hold one ([`FrameTable::reuse`] flushes the
+    /// others before the frame is handed out again).
+    fn freed_stamp(&self) -> u64 {
+        t_with_stamp(T_STALE, self.clock.stamp())
+    }
+
+    /// Frames `first..first + count` leave the free pool (the allocator
+    /// just handed them out, to a domain or to the hypervisor): one flush
+    /// of the CPUs that have not flushed since the latest of their stamps
+    /// (Xen's `tlbflush_filter` in `alloc_heap_pages`), and the stamps go.
+    /// After this no CPU holds a translation any earlier owner had of them,
+    /// so what their new holder writes (zeroes first) stays. Frames not free
+    /// in the table, or outside it, are left alone. The caller must be the
+    /// frames' one holder (nobody else touches a free frame's type word).
+    pub fn reuse<M: TableMemory + ?Sized>(&self, mem: &mut M, first: u64, count: u64) {
+        let mut req: Option<FlushRequest<'_>> = None;
+        for mfn in first..first.saturating_add(count) {
+            let Some(p) = self.pg(mfn) else { break };
+            if p.c.load(ACQ) != C_FREE {
+                continue;
+            }
+            let t = p.t.load(ACQ);
+            if t & T_STALE == 0 {
+                continue;
+            }
+            p.t.store(t & !(T_STALE | T_STAMP), Ordering::Release);
+            // The clock read after the stamp: the stamp is not after it.
+            let r = self.clock.since(t_stamp(t));
+            req = Some(req.map_or(r, |q| q.or(r)));
+        }
+        if let Some(r) = req {
+            mem.flush_tlbs(r);
+        }
+    }
+
     // ------------------------------------------------------------------
     // Ownership
     // ------------------------------------------------------------------
@@ -499,8 +540,9 @@ impl<'a> FrameTable<'a> {
     /// its refusing analogue `steal_page` says `EINVAL`. This table frees
     /// immediately, so it must refuse frames still in use, and says `EBUSY`
     /// for them to keep that case distinguishable. The caller turns any
-    /// error into a short `decrease_reservation` count and must flush TLBs
-    /// before reusing the frame.
+    /// error into a short `decrease_reservation` count. The freed frame
+    /// keeps a TLB stamp: [`FrameTable::reuse`] flushes before it is used
+    /// again.
     pub fn release(&self, mfn: u64, dom: u16) -> Result<(), Errno> {
         let p = self.pg(mfn).ok_or(Errno::EINVAL)?;
         let mut c = p.c.load(ACQ);
@@ -527,8 +569,7 @@ impl<'a> FrameTable<'a> {
             p.c.store(c, Ordering::Release);
             return Err(Errno::EBUSY);
         }
-        // Free frames carry no TLB stamp: whoever reuses one flushes first.
-        p.t.store(0, Ordering::Release);
+        p.t.store(self.freed_stamp(), Ordering::Release);
         p.c.store(C_FREE, Ordering::Release);
         Ok(())
     }
@@ -536,7 +577,7 @@ impl<'a> FrameTable<'a> {
     /// Domain death: unpins all of `dom`'s tables, forcibly devalidates the
     /// rest (L4 first, as Xen's `relinquish_memory`), drops every allocation
     /// reference and calls `free(mfn)` for each frame that became free (the
-    /// caller scrubs it, flushes TLBs and reuses it). Frames still referenced
+    /// caller scrubs it; [`FrameTable::reuse`] flushes before it is used again). Frames still referenced
     /// from elsewhere (another domain's mappings, references the caller
     /// holds such as this domain's base pointers) stay owned by `dom`,
     /// marked dying; drop those references and call again to collect them.
@@ -639,8 +680,7 @@ impl<'a> FrameTable<'a> {
             p.c.store(dead, Ordering::Release);
             return false;
         }
-        // Free frames carry no TLB stamp: whoever reuses one flushes first.
-        p.t.store(0, Ordering::Release);
+        p.t.store(self.freed_stamp(), Ordering::Release);
         p.c.store(C_FREE, Ordering::Release);
         true
     }

@@ -279,6 +279,10 @@ impl<'a> Machine<'a> {
                 self.ft
                     .relinquish_domain(&mut self.mem, d, |m| freed.push(m));
                 for m in freed {
+                    // Free, stamped until it is handed out again.
+                    let free = self.ft.info(m).map(|p| p.owner());
+                    assert_eq!(free, Some(OWNER_FREE));
+                    self.ft.reuse(&mut self.mem, m, 1);
                     assert_eq!(self.ft.info(m), Some(PageInfo::FREE));
                 }
                 Ok(())
@@ -317,6 +321,8 @@ proptest! {
             m.ft.relinquish_domain(&mut m.mem, d, |_| {});
             prop_assert!(m.ft.audit(&m.mem, &[]).is_ok());
         }
+        // Handed out again: the freed frames' TLB stamps go.
+        m.ft.reuse(&mut m.mem, 2, N as u64 - 2);
         for f in 2..N as u64 {
             prop_assert_eq!(m.ft.info(f), Some(PageInfo::FREE), "frame {} not freed", f);
         }

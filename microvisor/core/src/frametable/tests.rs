@@ -713,6 +713,45 @@ fn release_of_a_frame_in_use_is_refused() {
     clean(&ft, &mem, &ext);
 }
 
+/// A freed frame keeps a TLB stamp until the allocator hands it out
+/// again (`reuse`): then the CPUs that have not flushed since it was
+/// freed flush, once for the whole batch, and the stamp goes.
+#[test]
+fn reuse_of_freed_frames_flushes_cpus_not_flushed_since_the_free() {
+    world!(ft, mem, ext);
+    // CPU 1 flushed before the frames went, CPU 2 begins a flush before
+    // the second one goes (its time is not after that frame's stamp).
+    mem.remote = vec![(ft.tlb_clock().tick(), 0), (0, 0)];
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 0, 0), Ok(Flush::NEEDED));
+    assert_eq!(ft.release(6, D1), Ok(()));
+    mem.remote[1].0 = ft.tlb_clock().tick();
+    assert_eq!(upd(&mut ft, &mut mem, D1, 5, 1, 0), Ok(Flush::NEEDED));
+    assert_eq!(ft.release(7, D1), Ok(()));
+    // This CPU flushed after both.
+    mem.tlb_time = ft.tlb_clock().tick();
+    clean(&ft, &mem, &ext);
+    let before = mem.flushes;
+    // Frame 5 is not free: left alone.
+    ft.reuse(&mut mem, 5, 3);
+    assert_eq!(mem.flushes, before, "this CPU flushed since");
+    let flushed: Vec<u32> = mem.remote.iter().map(|r| r.1).collect();
+    assert_eq!(flushed, vec![1, 1], "one flush each for the batch");
+    // The stamps went with the flush: handed out again, no flush.
+    ft.reuse(&mut mem, 6, 2);
+    let flushed: Vec<u32> = mem.remote.iter().map(|r| r.1).collect();
+    assert_eq!(flushed, vec![1, 1]);
+    assert_eq!(info(&ft, 6), PageInfo::FREE);
+    assert_eq!(info(&ft, 7), PageInfo::FREE);
+    // A CPU that flushed after the free is skipped.
+    assert_eq!(ft.assign(6, D2), Ok(()));
+    assert_eq!(ft.release(6, D2), Ok(()));
+    mem.remote[0].0 = ft.tlb_clock().tick();
+    ft.reuse(&mut mem, 6, 1);
+    let flushed: Vec<u32> = mem.remote.iter().map(|r| r.1).collect();
+    assert_eq!(flushed, vec![1, 2], "only the CPU not flushed since");
+    clean(&ft, &mem, &ext);
+}
+
 #[test]
 fn ten_thousand_map_unmap_cycles_leak_nothing() {
     world!(ft, mem, ext);
@@ -766,6 +805,10 @@ fn relinquish_frees_everything() {
     assert_eq!(ft.relinquish_domain(&mut mem, D1, |m| freed.push(m)), 0);
     freed.sort_unstable();
     assert_eq!(freed, (2..32).collect::<Vec<u64>>());
+    // Handed out again: one flush (this CPU never flushed), stamps gone.
+    let before = mem.flushes;
+    ft.reuse(&mut mem, 2, 30);
+    assert_eq!(mem.flushes, before + 1, "freed frames flushed on reuse");
     for m in 2..32 {
         assert_eq!(info(&ft, m), PageInfo::FREE, "frame {m}");
     }

@@ -39,6 +39,21 @@ fn widening_is_exact_for_recent_stamps_and_late_for_old_ones() {
 }
 
 #[test]
+fn or_picks_every_cpu_either_request_picks() {
+    let clock = TlbClock::new();
+    let early = clock.stamp();
+    let a = clock.tick();
+    let late = clock.stamp();
+    let b = clock.tick();
+    let (e, l) = (clock.since(early), clock.since(late));
+    assert!(!e.needs_flush(a) && l.needs_flush(a));
+    for r in [e.or(l), l.or(e)] {
+        assert!(r.needs_flush(0) && r.needs_flush(a) && !r.needs_flush(b));
+    }
+    assert!(e.or(clock.all()).needs_flush(b));
+}
+
+#[test]
 fn all_reaches_every_cpu() {
     let clock = TlbClock::new();
     for _ in 0..10 {

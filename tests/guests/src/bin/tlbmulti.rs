@@ -9,14 +9,16 @@
 //! judged), and a mask the hypervisor cannot read is EINVAL, as Xen's
 //! mmuext_op answers. Last, an mmu_update batch that changes the window
 //! reaches vCPU 1 with no flush asked for (the microvisor flushes the
-//! caller's CPUs after a batch that took access away).
+//! caller's CPUs after a batch that took access away), and so does
+//! update_va_mapping with `UVMF_ALL` (the domain's dirty-CPU mask).
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::errno::Errno;
 use guest_abi::mmu::{
-    MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_MULTI, UVMF_INVLPG, UVMF_NONE,
+    MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_MULTI, UVMF_ALL, UVMF_INVLPG,
+    UVMF_NONE,
 };
 use guest_abi::types::VcpuId;
 use pv_guest_kernel::test::Reporter;
@@ -54,6 +56,16 @@ fn sees(want: u64) -> bool {
         core::hint::spin_loop();
     }
     false
+}
+
+/// The page vCPU 1 does not read now (`ma` holds A, `mb` B) and what it
+/// reads there.
+fn away(ma: u64, mb: u64) -> (u64, u64) {
+    if SEEN.load(Ordering::Acquire) == A {
+        (mb, B)
+    } else {
+        (ma, A)
+    }
 }
 
 /// Points the window at `mfn` without any flush.
@@ -136,12 +148,33 @@ fn main(_si: &'static StartInfo) {
     // holding the caller's vCPUs (the microvisor's rule, beyond Xen's,
     // which leaves this to the guest). Batch::submit adds only a local
     // flush, which does not reach vCPU 1's CPU.
+    // (Each of these two moves the window to the page vCPU 1 does not read
+    // now, so a flush that misses its CPU fails the check whatever came
+    // before.)
+    let (to, want) = away(ma, mb);
     let mut b = mm::Batch::new();
     // SAFETY: as `point`: only vCPU 1 reads through the window.
-    let moved = unsafe { b.map(w, ma, pv_guest_kernel::PteFlags::DATA) }.and_then(|()| b.submit());
+    let moved = unsafe { b.map(w, to, pv_guest_kernel::PteFlags::DATA) }.and_then(|()| b.submit());
     r.check(
         "mmu-update-flushes-the-callers-cpus",
-        moved.is_ok() && sees(A),
+        moved.is_ok() && sees(want),
+        format_args!("{moved:?}"),
+    );
+
+    // update_va_mapping with UVMF_ALL: every CPU in the domain's dirty
+    // mask, vCPU 1's among them.
+    let (to, want) = away(ma, mb);
+    // SAFETY: as `point`: only vCPU 1 reads through the window.
+    let moved = unsafe {
+        guest_abi::hypercall::update_va_mapping(
+            w,
+            (to << 12) | scenario_guests::pte::DATA,
+            UVMF_INVLPG | UVMF_ALL,
+        )
+    };
+    r.check(
+        "uvmf-all-reaches-vcpu",
+        moved.is_ok() && sees(want),
         format_args!("{moved:?}"),
     );
 
