@@ -503,6 +503,16 @@ impl Vcpu {
         })
     }
 
+    /// Installs the vCPU's first registers (the builder's, or a
+    /// VCPUOP_initialise context). Called only while no CPU holds the vCPU
+    /// and none was entered from it: a vCPU that was never initialised has
+    /// never run, and the caller holds the hypervisor lock, under which
+    /// alone a vCPU is taken by a CPU (`Hv::hold`).
+    #[inline]
+    pub fn install_frame(&mut self, frame: &crate::arch::entry::TrapFrame) {
+        self.frame.install(frame);
+    }
+
     /// The L4 the CPU must use for the vCPU's current mode.
     pub fn active_cr3(&self) -> u64 {
         if self.pv.user_mode {
@@ -858,10 +868,126 @@ pub fn as_expected(end: End, expect: Expect) -> bool {
 }
 
 impl Hv {
-    /// The running vCPU.
+    /// The running vCPU: the one this CPU holds, or entered the hypervisor
+    /// from (`lock` sets it from `arch::percpu::vcpu`). Panics when the CPU
+    /// holds none (`NO_VCPU`): only paths entered from a guest ask.
     #[inline(always)]
     pub fn cur(&self) -> &Vcpu {
         &self.vcpus[self.current]
+    }
+
+    /// The running vCPU, to change.
+    #[inline(always)]
+    pub fn cur_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpus[self.current]
+    }
+
+    /// Index (in the vCPU table) of the running vCPU, `NO_VCPU` while this
+    /// CPU holds none.
+    #[inline(always)]
+    pub fn current_index(&self) -> usize {
+        self.current
+    }
+
+    /// vCPU `i`; a vCPU index whose record is gone (or never was) is a
+    /// hypervisor bug: a panic.
+    #[inline(always)]
+    pub fn vcpu(&self, i: usize) -> &Vcpu {
+        &self.vcpus[i]
+    }
+
+    /// vCPU `i`, to change (as [`Hv::vcpu`]).
+    #[inline(always)]
+    pub fn vcpu_mut(&mut self, i: usize) -> &mut Vcpu {
+        &mut self.vcpus[i]
+    }
+
+    /// vCPU `i`, if its record is held.
+    #[inline(always)]
+    pub fn get_vcpu(&self, i: usize) -> Option<&Vcpu> {
+        self.vcpus.get(i)
+    }
+
+    /// vCPU indices made so far (those of freed records included): every
+    /// vCPU index is below it.
+    #[inline(always)]
+    pub fn vcpu_indices(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// vCPU records held now.
+    pub fn vcpus_held(&self) -> usize {
+        self.vcpus.held()
+    }
+
+    /// Every vCPU record held, with its index.
+    pub fn vcpus(&self) -> impl Iterator<Item = (usize, &Vcpu)> {
+        self.vcpus.live()
+    }
+
+    /// The domain of vCPU `i`.
+    #[inline(always)]
+    pub fn dom_of(&self, i: usize) -> &Domain {
+        &self.domains[self.vcpus[i].dom]
+    }
+
+    /// Domain index `idx` (its id); past the table is a hypervisor bug (a
+    /// panic): a guest's number is looked up with [`Hv::get_dom`].
+    #[inline(always)]
+    pub fn dom(&self, idx: usize) -> &Domain {
+        &self.domains[idx]
+    }
+
+    /// Domain index `idx`, to change (as [`Hv::dom`]).
+    #[inline(always)]
+    pub fn dom_mut(&mut self, idx: usize) -> &mut Domain {
+        &mut self.domains[idx]
+    }
+
+    /// Domain index `idx`, if there is one.
+    #[inline(always)]
+    pub fn get_dom(&self, idx: usize) -> Option<&Domain> {
+        self.domains.get(idx)
+    }
+
+    /// Every domain built, by index (dead ones too).
+    #[inline(always)]
+    pub fn domains(&self) -> core::slice::Iter<'_, Domain> {
+        self.domains.iter()
+    }
+
+    /// The live domains.
+    pub fn live_domains(&self) -> impl Iterator<Item = &Domain> {
+        self.domains.iter().filter(|d| d.is_live())
+    }
+
+    /// Domains built so far (dead ones included): every domain index is
+    /// below it.
+    #[inline(always)]
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// The index of the live domain with id `id`, if there is one.
+    pub fn live_domain(&self, id: u16) -> Option<usize> {
+        self.domains.iter().position(|d| d.id == id && d.is_live())
+    }
+
+    /// Makes room for `n` more domains at once (boot: the manifest's);
+    /// `false` without the memory.
+    pub fn reserve_domains(&mut self, n: usize) -> bool {
+        self.domains.try_reserve_exact(n).is_ok()
+    }
+
+    /// Adds a built domain at the next index (its id, which the builder
+    /// chose as `domain_count()`); `false` when there is no memory for its
+    /// record (the boot then fails).
+    pub fn add_domain(&mut self, d: Domain) -> bool {
+        if self.domains.try_reserve(1).is_err() {
+            return false;
+        }
+        self.domains.push(d);
+        true
     }
 
     /// Whether this CPU runs a vCPU that has gone down (VCPUOP_down, or its
