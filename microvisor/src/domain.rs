@@ -356,7 +356,13 @@ pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo 
 /// space, timers and scheduler accounting. On the heap (`VcpuTable`) from
 /// its domain's build until the domain is gone (`Hv::reap_vcpus`).
 pub struct Vcpu {
-    /// Its saved registers (`arch::entry::VcpuFrame`).
+    /// Its saved registers (`arch::entry::VcpuFrame`). Private to this
+    /// module, so the frame is touched only by the CPU running the vCPU
+    /// (docs/smp.md, "Per vCPU"): the only ways to it are
+    /// [`Vcpu::install_frame`], for a vCPU no CPU holds, and
+    /// [`Vcpu::set_frame_current`], by the CPU that holds it, after which
+    /// only that CPU's entry stubs and the `&mut TrapFrame` its entries
+    /// hand over reach it. No other CPU is ever given its address.
     pub frame: crate::arch::entry::VcpuFrame,
     /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
     /// affinity), as each CPU's affinity set has it (`sched::runq`).
@@ -513,6 +519,15 @@ impl Vcpu {
         self.frame.install(frame);
     }
 
+    /// Makes the vCPU's frame the one this CPU's entries save into and its
+    /// exit path restores from. Called only by the CPU that holds the vCPU
+    /// (the scheduler's switch, once `Hv::hold` gave it this CPU), so its
+    /// frame is written by that CPU alone until it lets go.
+    #[inline(always)]
+    pub fn set_frame_current(&self) {
+        crate::arch::entry::set_current(&self.frame);
+    }
+
     /// The L4 the CPU must use for the vCPU's current mode.
     pub fn active_cr3(&self) -> u64 {
         if self.pv.user_mode {
@@ -542,15 +557,18 @@ impl Vcpu {
     }
 }
 
-/// All domains, all vCPUs, and which vCPU runs.
+/// All domains, all vCPUs, and which vCPU runs. The tables and the
+/// running vCPU are private to this module: other modules reach one
+/// domain or vCPU at a time through methods (`dom`, `vcpu`, `cur` and
+/// their `_mut` forms), never the tables themselves.
 pub struct Hv {
     /// Every domain built, by id (dead ones too: their records give the
     /// verdict), on the heap; no fixed number.
-    pub domains: alloc::vec::Vec<Domain>,
+    domains: alloc::vec::Vec<Domain>,
     /// Every vCPU, by index, on the heap; no fixed number.
-    pub vcpus: VcpuTable,
-    /// Index in `vcpus` of the running vCPU.
-    pub current: usize,
+    vcpus: VcpuTable,
+    /// Index in `vcpus` of the running vCPU (`current_index`).
+    current: usize,
     /// The scheduler's sets every CPU reads (runnable, held, the cap
     /// period), under this lock; the run queues and affinity sets are
     /// under their own per-CPU locks (`sched::runq`). Kept by `set_state`,
@@ -889,6 +907,14 @@ impl Hv {
         self.current
     }
 
+    /// Makes vCPU `i` (or `NO_VCPU`) the one this CPU runs: the scheduler's
+    /// switch and release alone call this. The lock's guard hands it to
+    /// `arch::percpu` when it goes.
+    #[inline(always)]
+    pub fn set_current_index(&mut self, i: usize) {
+        self.current = i;
+    }
+
     /// vCPU `i`; a vCPU index whose record is gone (or never was) is a
     /// hypervisor bug: a panic.
     #[inline(always)]
@@ -908,6 +934,20 @@ impl Hv {
         self.vcpus.get(i)
     }
 
+    /// vCPU `i`, to change, if its record is held.
+    #[inline(always)]
+    pub fn get_vcpu_mut(&mut self, i: usize) -> Option<&mut Vcpu> {
+        self.vcpus.get_mut(i)
+    }
+
+    /// vCPU `i` to change, with its domain to read (one lookup of each).
+    #[inline(always)]
+    pub fn vcpu_and_dom(&mut self, i: usize) -> (&mut Vcpu, &Domain) {
+        let v = &mut self.vcpus[i];
+        let d = &self.domains[v.dom];
+        (v, d)
+    }
+
     /// vCPU indices made so far (those of freed records included): every
     /// vCPU index is below it.
     #[inline(always)]
@@ -923,6 +963,11 @@ impl Hv {
     /// Every vCPU record held, with its index.
     pub fn vcpus(&self) -> impl Iterator<Item = (usize, &Vcpu)> {
         self.vcpus.live()
+    }
+
+    /// Every vCPU record held, with its index, to change.
+    pub fn vcpus_mut(&mut self) -> impl Iterator<Item = (usize, &mut Vcpu)> {
+        self.vcpus.live_mut()
     }
 
     /// The domain of vCPU `i`.
@@ -954,6 +999,11 @@ impl Hv {
     #[inline(always)]
     pub fn domains(&self) -> core::slice::Iter<'_, Domain> {
         self.domains.iter()
+    }
+
+    /// Every domain built, by index (dead ones too), to change.
+    pub fn domains_mut(&mut self) -> core::slice::IterMut<'_, Domain> {
+        self.domains.iter_mut()
     }
 
     /// The live domains.
