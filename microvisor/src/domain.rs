@@ -356,7 +356,13 @@ pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo 
 /// space, timers and scheduler accounting. On the heap (`VcpuTable`) from
 /// its domain's build until the domain is gone (`Hv::reap_vcpus`).
 pub struct Vcpu {
-    /// Its saved registers (`arch::entry::VcpuFrame`).
+    /// Its saved registers (`arch::entry::VcpuFrame`). Private to this
+    /// module, so the frame is touched only by the CPU running the vCPU
+    /// (docs/smp.md, "Per vCPU"): the only ways to it are
+    /// [`Vcpu::install_frame`], for a vCPU no CPU holds, and
+    /// [`Vcpu::set_frame_current`], by the CPU that holds it, after which
+    /// only that CPU's entry stubs and the `&mut TrapFrame` its entries
+    /// hand over reach it. No other CPU is ever given its address.
     pub frame: crate::arch::entry::VcpuFrame,
     /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
     /// affinity), as each CPU's affinity set has it (`sched::runq`).
@@ -507,6 +513,25 @@ impl Vcpu {
         })
     }
 
+    /// Installs the vCPU's first registers (the builder's, or a
+    /// VCPUOP_initialise context). Called only while no CPU holds the vCPU
+    /// and none was entered from it: a vCPU that was never initialised has
+    /// never run, and the caller holds the hypervisor lock, under which
+    /// alone a vCPU is taken by a CPU (`Hv::hold`).
+    #[inline]
+    pub fn install_frame(&mut self, frame: &crate::arch::entry::TrapFrame) {
+        self.frame.install(frame);
+    }
+
+    /// Makes the vCPU's frame the one this CPU's entries save into and its
+    /// exit path restores from. Called only by the CPU that holds the vCPU
+    /// (the scheduler's switch, once `Hv::hold` gave it this CPU), so its
+    /// frame is written by that CPU alone until it lets go.
+    #[inline(always)]
+    pub fn set_frame_current(&self) {
+        crate::arch::entry::set_current(&self.frame);
+    }
+
     /// The L4 the CPU must use for the vCPU's current mode.
     pub fn active_cr3(&self) -> u64 {
         if self.pv.user_mode {
@@ -536,15 +561,18 @@ impl Vcpu {
     }
 }
 
-/// All domains, all vCPUs, and which vCPU runs.
+/// All domains, all vCPUs, and which vCPU runs. The tables and the
+/// running vCPU are private to this module: other modules reach one
+/// domain or vCPU at a time through methods (`dom`, `vcpu`, `cur` and
+/// their `_mut` forms), never the tables themselves.
 pub struct Hv {
     /// Every domain built, by id (dead ones too: their records give the
     /// verdict), on the heap; no fixed number.
-    pub domains: alloc::vec::Vec<Domain>,
+    domains: alloc::vec::Vec<Domain>,
     /// Every vCPU, by index, on the heap; no fixed number.
-    pub vcpus: VcpuTable,
-    /// Index in `vcpus` of the running vCPU.
-    pub current: usize,
+    vcpus: VcpuTable,
+    /// Index in `vcpus` of the running vCPU (`current_index`).
+    current: usize,
     /// The scheduler's sets every CPU reads (runnable, held, the cap
     /// period), under this lock; the run queues and affinity sets are
     /// under their own per-CPU locks (`sched::runq`). Kept by `set_state`,
@@ -931,10 +959,158 @@ pub fn as_expected(end: End, expect: Expect) -> bool {
 }
 
 impl Hv {
-    /// The running vCPU.
+    /// The running vCPU: the one this CPU holds, or entered the hypervisor
+    /// from (`lock` sets it from `arch::percpu::vcpu`). Panics when the CPU
+    /// holds none (`NO_VCPU`): only paths entered from a guest ask.
     #[inline(always)]
     pub fn cur(&self) -> &Vcpu {
         &self.vcpus[self.current]
+    }
+
+    /// The running vCPU, to change.
+    #[inline(always)]
+    pub fn cur_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpus[self.current]
+    }
+
+    /// Index (in the vCPU table) of the running vCPU, `NO_VCPU` while this
+    /// CPU holds none.
+    #[inline(always)]
+    pub fn current_index(&self) -> usize {
+        self.current
+    }
+
+    /// Makes vCPU `i` (or `NO_VCPU`) the one this CPU runs: the scheduler's
+    /// switch and release alone call this. The lock's guard hands it to
+    /// `arch::percpu` when it goes.
+    #[inline(always)]
+    pub fn set_current_index(&mut self, i: usize) {
+        self.current = i;
+    }
+
+    /// vCPU `i`; a vCPU index whose record is gone (or never was) is a
+    /// hypervisor bug: a panic.
+    #[inline(always)]
+    pub fn vcpu(&self, i: usize) -> &Vcpu {
+        &self.vcpus[i]
+    }
+
+    /// vCPU `i`, to change (as [`Hv::vcpu`]).
+    #[inline(always)]
+    pub fn vcpu_mut(&mut self, i: usize) -> &mut Vcpu {
+        &mut self.vcpus[i]
+    }
+
+    /// vCPU `i`, if its record is held.
+    #[inline(always)]
+    pub fn get_vcpu(&self, i: usize) -> Option<&Vcpu> {
+        self.vcpus.get(i)
+    }
+
+    /// vCPU `i`, to change, if its record is held.
+    #[inline(always)]
+    pub fn get_vcpu_mut(&mut self, i: usize) -> Option<&mut Vcpu> {
+        self.vcpus.get_mut(i)
+    }
+
+    /// vCPU `i` to change, with its domain to read (one lookup of each).
+    #[inline(always)]
+    pub fn vcpu_and_dom(&mut self, i: usize) -> (&mut Vcpu, &Domain) {
+        let v = &mut self.vcpus[i];
+        let d = &self.domains[v.dom];
+        (v, d)
+    }
+
+    /// vCPU indices made so far (those of freed records included): every
+    /// vCPU index is below it.
+    #[inline(always)]
+    pub fn vcpu_indices(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// vCPU records held now.
+    pub fn vcpus_held(&self) -> usize {
+        self.vcpus.held()
+    }
+
+    /// Every vCPU record held, with its index.
+    pub fn vcpus(&self) -> impl Iterator<Item = (usize, &Vcpu)> {
+        self.vcpus.live()
+    }
+
+    /// Every vCPU record held, with its index, to change.
+    pub fn vcpus_mut(&mut self) -> impl Iterator<Item = (usize, &mut Vcpu)> {
+        self.vcpus.live_mut()
+    }
+
+    /// The domain of vCPU `i`.
+    #[inline(always)]
+    pub fn dom_of(&self, i: usize) -> &Domain {
+        &self.domains[self.vcpus[i].dom]
+    }
+
+    /// Domain index `idx` (its id); past the table is a hypervisor bug (a
+    /// panic): a guest's number is looked up with [`Hv::get_dom`].
+    #[inline(always)]
+    pub fn dom(&self, idx: usize) -> &Domain {
+        &self.domains[idx]
+    }
+
+    /// Domain index `idx`, to change (as [`Hv::dom`]).
+    #[inline(always)]
+    pub fn dom_mut(&mut self, idx: usize) -> &mut Domain {
+        &mut self.domains[idx]
+    }
+
+    /// Domain index `idx`, if there is one.
+    #[inline(always)]
+    pub fn get_dom(&self, idx: usize) -> Option<&Domain> {
+        self.domains.get(idx)
+    }
+
+    /// Every domain built, by index (dead ones too).
+    #[inline(always)]
+    pub fn domains(&self) -> core::slice::Iter<'_, Domain> {
+        self.domains.iter()
+    }
+
+    /// Every domain built, by index (dead ones too), to change.
+    pub fn domains_mut(&mut self) -> core::slice::IterMut<'_, Domain> {
+        self.domains.iter_mut()
+    }
+
+    /// The live domains.
+    pub fn live_domains(&self) -> impl Iterator<Item = &Domain> {
+        self.domains.iter().filter(|d| d.is_live())
+    }
+
+    /// Domains built so far (dead ones included): every domain index is
+    /// below it.
+    #[inline(always)]
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// The index of the live domain with id `id`, if there is one.
+    pub fn live_domain(&self, id: u16) -> Option<usize> {
+        self.domains.iter().position(|d| d.id == id && d.is_live())
+    }
+
+    /// Makes room for `n` more domains at once (boot: the manifest's);
+    /// `false` without the memory.
+    pub fn reserve_domains(&mut self, n: usize) -> bool {
+        self.domains.try_reserve_exact(n).is_ok()
+    }
+
+    /// Adds a built domain at the next index (its id, which the builder
+    /// chose as `domain_count()`); `false` when there is no memory for its
+    /// record (the boot then fails).
+    pub fn add_domain(&mut self, d: Domain) -> bool {
+        if self.domains.try_reserve(1).is_err() {
+            return false;
+        }
+        self.domains.push(d);
+        true
     }
 
     /// Whether this CPU runs a vCPU that has gone down (VCPUOP_down, or its

@@ -404,10 +404,10 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
     let Some(i) = hv.vcpu_of(k.dom as usize, k.vcpu) else {
         return;
     };
-    let v = &hv.vcpus[i];
+    let v = hv.vcpu(i);
     if v.state == RunState::Blocked && (k.upcall || v.poll_ports.contains(&k.port)) {
         crate::sched::wake(hv, i);
-    } else if k.upcall && v.state == RunState::Runnable && i != hv.current {
+    } else if k.upcall && v.state == RunState::Runnable && i != hv.current_index() {
         // Running on another CPU: make it take the upcall now.
         crate::sched::kick_for(hv, i);
     }
@@ -670,8 +670,8 @@ fn event_channel_op_now(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// pending, and its domain's xenstore ring indices (unread replies there
 /// mean a lost wake-up rather than a peer that never answered).
 pub fn describe_blocked(hv: &Hv, i: usize) {
-    let Some(v) = hv.vcpus.get(i) else { return };
-    let Some(d) = hv.domains.get(v.dom) else {
+    let Some(v) = hv.get_vcpu(i) else { return };
+    let Some(d) = hv.get_dom(v.dom) else {
         return;
     };
     let mut polled: heapless::Vec<(u32, bool), 8> = heapless::Vec::new();

@@ -140,8 +140,8 @@ fn apply(hv: &mut Hv, dom: u16, kicks: Kicks) {
                 }),
             );
         } else if let Some(i) = hv.vcpu_of(usize::from(dom), vcpu)
-            && hv.vcpus[i].state == RunState::Blocked
-            && !hv.vcpus[i].poll_ports.is_empty()
+            && hv.vcpu(i).state == RunState::Blocked
+            && !hv.vcpu(i).poll_ports.is_empty()
         {
             crate::sched::wake(hv, i);
         }
@@ -174,7 +174,7 @@ pub fn frames_held<'a>(
     hv: &'a Hv,
     held: impl Fn(&crate::domain::Domain) -> bool + 'a,
 ) -> impl Iterator<Item = u64> + 'a {
-    hv.domains.iter().filter(move |d| held(d)).flat_map(|d| {
+    hv.domains().filter(move |d| held(d)).flat_map(|d| {
         // Copied out under its event lock (the audit runs with none held).
         let mut buf: heapless::Vec<
             u64,

@@ -45,7 +45,7 @@ impl Snapshot {
             .saturating_sub(guest_pages)
             .saturating_sub(heap_frames);
         let heap = self.heap_used.saturating_sub(before.heap_used);
-        let vcpus = hv.vcpus.len() as u64;
+        let vcpus = hv.vcpu_indices() as u64;
         let total = (heap + frames * PAGE) / n;
         // A fresh domain's event state: its record and the table's first
         // bucket and VIRQ row (FIFO state only comes with init_control,
@@ -79,7 +79,7 @@ impl Snapshot {
 /// the run fails).
 pub fn check_freed(hv: &Hv) -> bool {
     let mut torn_down = true;
-    for d in (hv.domains.iter()).filter(|d| !d.is_live() && d.teardown_pending()) {
+    for d in (hv.domains()).filter(|d| !d.is_live() && d.teardown_pending()) {
         torn_down = false;
         crate::error!(
             "domain {} ({}): dead, but its teardown is still pending at the end of the run",
@@ -89,7 +89,7 @@ pub fn check_freed(hv: &Hv) -> bool {
     }
     let mut held = 0;
     for (idx, d) in
-        (hv.domains.iter().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending())
+        (hv.domains().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending())
     {
         let events = crate::events::state_held(d.id);
         let grants = crate::grant::table_held(d.id);
@@ -117,8 +117,8 @@ pub fn check_freed(hv: &Hv) -> bool {
     if held == 0 {
         crate::info!(
             "every dead domain's event state, grant table and vCPU records freed ({} vCPU records left of {}, heap in use: {} bytes)",
-            hv.vcpus.held(),
-            hv.vcpus.len(),
+            hv.vcpus_held(),
+            hv.vcpu_indices(),
             mm::heap::used()
         );
     }

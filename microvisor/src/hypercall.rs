@@ -462,7 +462,7 @@ struct Held<'a> {
 
 impl McRun for Held<'_> {
     fn cr3(&self) -> u64 {
-        self.hv.vcpus[self.hv.current].cr3
+        self.hv.cur().cr3
     }
     fn preempt(&self) -> bool {
         crate::mmu::should_preempt(self.hv)
@@ -650,7 +650,7 @@ fn switching(r: Result<Option<u64>, Errno>) -> HResult {
 /// bounce to its syscall callback (rcx/r11 already hold rip/rflags).
 #[cold]
 fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cb = hv.vcpus[hv.current].pv.syscall;
+    let cb = hv.cur().pv.syscall;
     if cb.address == 0 {
         let rip = frame.rip;
         crate::pv::kill(
@@ -689,7 +689,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
             let bits = policy::vm_assist(hv.cur().pv.vm_assist, a[0], a[1])?;
             let vcpus = hv.cur_dom().vcpus.clone();
             for v in vcpus {
-                let pv = &mut hv.vcpus[v].pv;
+                let pv = &mut hv.vcpu_mut(v).pv;
                 pv.set_iopl(pv.iopl, bits);
             }
             Ok(0)
@@ -731,10 +731,8 @@ fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     if target != me.id && !me.privileged {
         return Err(Errno::EPERM);
     }
-    let d = hv
-        .domains
-        .iter()
-        .find(|d| d.id == target && d.is_live())
+    let d = (hv.live_domains())
+        .find(|d| d.id == target)
         .ok_or(Errno::ESRCH)?;
     p.value = match p.index {
         HVM_PARAM_STORE_PFN => d.store_mfn,
@@ -766,7 +764,7 @@ fn control_op(hv: &Hv, arg: u64, version: u32, domctl: bool) -> HResult {
     }
     if domctl && word(0) != 1 {
         let id = u16::from_le_bytes([op[8], op[9]]);
-        if !hv.domains.iter().any(|d| d.id == id && d.is_live()) {
+        if hv.live_domain(id).is_none() {
             return Err(Errno::ESRCH);
         }
     }
@@ -777,7 +775,7 @@ fn control_op(hv: &Hv, arg: u64, version: u32, domctl: bool) -> HResult {
 }
 
 fn cr3(hv: &Hv) -> u64 {
-    hv.vcpus[hv.current].cr3
+    hv.cur().cr3
 }
 
 const CONSOLE_CHUNK: usize = 256;
@@ -944,16 +942,16 @@ fn yield_now(hv: &mut Hv, frame: &mut TrapFrame) {
 #[inline]
 fn block(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.rax = 0;
-    let cur = hv.current;
-    hv.vcpus[cur].set_upcall_mask(false);
-    if hv.block_unless(cur, |hv| hv.vcpus[cur].upcall_pending()) {
+    let cur = hv.current_index();
+    hv.vcpu(cur).set_upcall_mask(false);
+    if hv.block_unless(cur, |hv| hv.vcpu(cur).upcall_pending()) {
         sched::reschedule(hv, frame, Why::Leave);
     }
 }
 
 #[inline(never)]
 fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Option<u64>, Errno> {
-    let cur = hv.current;
+    let cur = hv.current_index();
     match cmd {
         // SCHEDOP_yield
         0 => {
@@ -1005,7 +1003,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                 microvisor_core::evtchn::any_pending(&mut crate::events::Held::one(me), me, ports)
             };
             let upcall = |hv: &Hv| {
-                let d = &hv.vcpus[cur];
+                let d = hv.vcpu(cur);
                 d.upcall_pending() && !d.upcall_mask()
             };
             // A named port pending (a bad port is the error), or an upcall
@@ -1016,7 +1014,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if timeout != 0 && timeout <= crate::time::now_ns() {
                 return Ok(Some(0));
             }
-            let d = &mut hv.vcpus[cur];
+            let d = hv.vcpu_mut(cur);
             d.poll_ports.clear();
             for &p in ports {
                 let _ = d.poll_ports.push(p);
@@ -1024,11 +1022,11 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             // Looked at again once the vCPU is Blocked: a sender without
             // the lock then sees it (`Hv::block_unless`).
             if !hv.block_unless(cur, |hv| upcall(hv) || port_pending() != Ok(false)) {
-                hv.vcpus[cur].poll_ports.clear();
+                hv.vcpu_mut(cur).poll_ports.clear();
                 return Ok(Some(0));
             }
             frame.rax = 0;
-            hv.vcpus[cur].poll_deadline = timeout;
+            hv.vcpu_mut(cur).poll_deadline = timeout;
             hv.timer_set(timeout);
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)
@@ -1045,7 +1043,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if reason > 5 {
                 return Err(Errno::EINVAL);
             }
-            if !hv.domains.get(target).is_some_and(|d| d.is_live()) {
+            if !hv.get_dom(target).is_some_and(|d| d.is_live()) {
                 return Err(Errno::ESRCH);
             }
             crate::lifecycle::end(hv, target, End::Shutdown(reason), "");

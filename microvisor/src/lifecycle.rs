@@ -17,7 +17,7 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
     // Its last words: what is left in its ring, then a partial line.
     hv.drain_console(idx);
     hv.flush_console(idx);
-    let Some(d) = hv.domains.get(idx) else {
+    let Some(d) = hv.get_dom(idx) else {
         return;
     };
     if !d.is_live() {
@@ -28,7 +28,7 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
     // the event code does not touch dead domains).
     crate::events::domain_ended(id);
     let now = crate::time::now_ns();
-    let d = &mut hv.domains[idx];
+    let d = hv.dom_mut(idx);
     d.end = Some(end);
     match end {
         End::Killed => crate::error!("domain {} killed: {}", d.id, why),
@@ -40,16 +40,16 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
     // (kicked: it enters the hypervisor and finds its vCPU down) before
     // the domain's memory can go: until then the teardown waits
     // (`finish_waiting`).
-    let vcpus = hv.domains[idx].vcpus.clone();
+    let vcpus = hv.dom(idx).vcpus.clone();
     let mut elsewhere = false;
     for &v in &vcpus {
         hv.set_state(v, RunState::Down);
-        if v == hv.current {
+        if v == hv.current_index() {
             crate::arch::percpu::set_leave_now(true);
         }
-        if hv.sched.is_held(v) && v != hv.current {
+        if hv.sched.is_held(v) && v != hv.current_index() {
             elsewhere = true;
-            crate::arch::smp::kick(hv.vcpus[v].processor);
+            crate::arch::smp::kick(hv.vcpu(v).processor);
         }
     }
     if elsewhere {
@@ -76,7 +76,7 @@ pub fn finish_waiting(hv: &mut Hv) {
 /// CPU has now let go of.
 #[inline(never)]
 fn finish_teardowns(hv: &mut Hv) {
-    for idx in 0..hv.domains.len() {
+    for idx in 0..hv.domain_count() {
         if hv.teardown_may_go_on(idx) {
             teardown(hv, idx, crate::time::now_ns());
         }
@@ -86,7 +86,7 @@ fn finish_teardowns(hv: &mut Hv) {
 /// The rest of a domain's end, once no CPU runs any of its vCPUs: its
 /// pages, grants, interrupts and memory go.
 fn teardown(hv: &mut Hv, idx: usize, now: u64) {
-    let d = &mut hv.domains[idx];
+    let d = hv.dom_mut(idx);
     let id = d.id;
     let (shared, console) = (d.shared_info_mfn, d.console_mfn);
     // The hypervisor writes neither page any more: its handles go with
@@ -102,10 +102,10 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     // Each vCPU: stopped for good; its registered vcpu_info, GDT and
     // LDT references go; its base pointers are handed to `relinquish`.
     let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
-    let vcpus = hv.domains[idx].vcpus.clone();
+    let vcpus = hv.dom(idx).vcpus.clone();
     for &v in &vcpus {
         hv.set_state(v, RunState::Down);
-        let vc = &mut hv.vcpus[v];
+        let vc = hv.vcpu_mut(v);
         vc.runstate.enter(3, now);
         // Nothing is written into its memory any more.
         vc.runstate_area = 0;
@@ -126,8 +126,8 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
         if gdt != 0 {
             crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
         }
-        crate::pv::destroy_ldt(&mut hv.vcpus[v].pv);
-        hv.vcpus[v].pv.release_tables();
+        crate::pv::destroy_ldt(&mut hv.vcpu_mut(v).pv);
+        hv.vcpu_mut(v).pv.release_tables();
     }
     // Mappings it holds go (their references with them); its table
     // frames are released. Grants others still map keep those frames.
@@ -145,14 +145,14 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     crate::debug!(
         "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
     );
-    hv.domains[idx].frames_waiting = waiting;
+    hv.dom_mut(idx).frames_waiting = waiting;
     // Its own teardown may have let go of frames of domains that died
     // before it.
     if crate::mm::frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
     }
     // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
-    if let Some(s) = hv.domains.iter().position(|d| d.service && d.is_live()) {
+    if let Some(s) = hv.domains().position(|d| d.service && d.is_live()) {
         crate::events::raise_virq(hv, s, guest_abi::event_channel::VIRQ_DOM_EXC);
     }
     audit(hv, "a domain's death");
@@ -176,11 +176,11 @@ pub fn audit(hv: &Hv, when: &str) {
     // (A dead domain whose teardown waits for other CPUs to let go of
     // its vCPUs still holds all of these references.)
     let held = |d: &Domain| d.is_live() || d.teardown_pending();
-    for d in hv.domains.iter().filter(|d| held(d)) {
+    for d in hv.domains().filter(|d| held(d)) {
         write(&mut written, d.shared_info_mfn);
         write(&mut written, d.console_mfn);
     }
-    for (_, v) in hv.vcpus.live().filter(|(_, v)| held(&hv.domains[v.dom])) {
+    for (_, v) in hv.vcpus().filter(|(_, v)| held(hv.dom(v.dom))) {
         write(&mut roots, v.cr3);
         write(&mut roots, v.user_cr3);
         if v.info_mfn != 0 {
@@ -195,7 +195,7 @@ pub fn audit(hv: &Hv, when: &str) {
     }
     // Every domain's reservation within its limit (`Account::take`
     // checks and adds in one step, whoever races it).
-    for d in hv.domains.iter().filter(|d| held(d)) {
+    for d in hv.domains().filter(|d| held(d)) {
         if !d.pages.within_limit() {
             crate::error!(
                 "audit after {when} failed: domain {} holds {} pages, over its limit of {}",
@@ -227,7 +227,7 @@ pub fn audit(hv: &Hv, when: &str) {
 pub fn finish(hv: &mut Hv) -> ! {
     crate::audit::report();
     let mut ok = true;
-    for d in hv.domains.iter() {
+    for d in hv.domains() {
         let (got, good) = match d.end {
             Some(e) => (e, as_expected(e, d.expect)),
             None => (End::Killed, false),

@@ -245,11 +245,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
         let has_service = manifest.domains().iter().any(|s| s.service);
         // Room for every domain's record at once (its size is then exactly
         // what the domains take, for the figure below).
-        if hv
-            .domains
-            .try_reserve_exact(manifest.domains().len())
-            .is_err()
-        {
+        if !hv.reserve_domains(manifest.domains().len()) {
             boot_fail(format_args!(
                 "out of hypervisor memory for {} domains: give QEMU more memory, or the manifest fewer domains",
                 manifest.domains().len()
@@ -282,7 +278,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                 has_service && !spec.service,
             ) {
                 Ok((mut d, first, frame)) => {
-                    let idx = hv.domains.len();
+                    let idx = hv.domain_count();
                     let nr = usize::from(spec.vcpus);
                     let online = arch::smp::online_mask();
                     if spec.cpus & online == 0 {
@@ -305,8 +301,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                         };
                         let _ = d.vcpus.push(vi);
                         if vid == 0 {
-                            let v = &mut hv.vcpus[vi];
-                            v.frame.install(&frame);
+                            let v = hv.vcpu_mut(vi);
+                            v.install_frame(&frame);
                             v.initialised = true;
                             v.pv.kernel_ss = arch::desc::GUEST_DS;
                             v.pv.kernel_sp = first.kernel_sp;
@@ -316,15 +312,15 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                             hv.set_state(vi, domain::RunState::Runnable);
                         }
                     }
-                    if hv.domains.try_reserve(1).is_err()
+                    if !hv.reserve_domains(1)
                         || events::domain_built(d.id, &d.vcpus, d.shared).is_err()
+                        || !hv.add_domain(d)
                     {
                         boot_fail(format_args!(
                             "domain '{}': out of hypervisor memory for its state (give QEMU more memory, or the manifest fewer domains)",
                             spec.name
                         ));
                     }
-                    hv.domains.push(d);
                 }
                 Err(e) => boot_fail(format_args!("{e}")),
             }
@@ -339,7 +335,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
 /// channels (start_info's ports) are allocated unbound for it, as Xen's
 /// builders do for xenstored and xenconsoled.
 fn connect_service(hv: &mut domain::Hv) {
-    let Some(s) = hv.domains.iter().find(|d| d.service).map(|d| d.id) else {
+    let Some(s) = hv.domains().find(|d| d.service).map(|d| d.id) else {
         return;
     };
     if s != 0 {
@@ -347,11 +343,11 @@ fn connect_service(hv: &mut domain::Hv) {
             "the service domain must be the first domain of the manifest (domain 0)"
         ));
     }
-    for i in 0..hv.domains.len() {
+    for i in 0..hv.domain_count() {
         let (id, store, console) = (
-            hv.domains[i].id,
-            hv.domains[i].store_evtchn,
-            hv.domains[i].console_evtchn,
+            hv.dom(i).id,
+            hv.dom(i).store_evtchn,
+            hv.dom(i).console_evtchn,
         );
         if id == s {
             continue;
@@ -384,7 +380,7 @@ fn connect_service(hv: &mut domain::Hv) {
     }
     info!(
         "service domain {s}: store and console channels allocated for {} domains; device access granted",
-        hv.domains.len() - 1
+        hv.domain_count() - 1
     );
 }
 

@@ -18,11 +18,7 @@ fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
     let d = hv.cur_dom();
     match reservation::target(d.id, d.privileged, domid)? {
         Target::Caller => Ok(hv.cur_dom_idx()),
-        Target::Other(id) => hv
-            .domains
-            .iter()
-            .position(|d| d.id == id && d.is_live())
-            .ok_or(Errno::ESRCH),
+        Target::Other(id) => hv.live_domain(id).ok_or(Errno::ESRCH),
     }
 }
 
@@ -42,10 +38,9 @@ fn add_to_physmap(hv: &Hv, cr3: u64, start: u64, arg: u64) -> Result<Flow, Errno
     if xatp.space == m::XENMAPSPACE_GMFN_FOREIGN {
         return Err(Errno::ENOSYS);
     }
-    let me = hv.domains[hv.current].id;
-    let exists = xatp.domid == DOMID_SELF
-        || xatp.domid == me
-        || hv.domains.iter().any(|d| d.id == xatp.domid && d.is_live());
+    let me = hv.cur_dom().id;
+    let exists =
+        xatp.domid == DOMID_SELF || xatp.domid == me || hv.live_domain(xatp.domid).is_some();
     if !exists {
         return Err(Errno::ESRCH);
     }
@@ -57,8 +52,8 @@ fn add_to_physmap(hv: &Hv, cr3: u64, start: u64, arg: u64) -> Result<Flow, Errno
 /// does, the extents done so far encoded in `cmd` above its low 6 bits
 /// (`MEMOP_EXTENT_SHIFT`); the final result counts every extent done.
 pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
-    let cur = hv.current;
-    let cr3 = hv.vcpus[cur].cr3;
+    let cur = hv.current_index();
+    let cr3 = hv.vcpu(cur).cr3;
     let (op, start) = reservation::split_cmd(cmd);
     use guest_abi::memory as m;
     match op {
@@ -73,7 +68,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             }
             let r = Reservation::parse(&b);
             let (me, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
-            let find = |id: u16| hv.domains.iter().position(|d| d.id == id && d.is_live());
+            let find = |id: u16| hv.live_domain(id);
             // The domain whose reservation changes: the caller, or the
             // live domain a privileged caller names (as Xen: its frames,
             // counted against its limit; the extent list is the caller's).
@@ -82,7 +77,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 Ok(Target::Other(i)) => i,
                 Err(_) => return Ok(Flow::Ret(start)),
             };
-            let d = &hv.domains[dom];
+            let d = hv.dom(dom);
             let hv = &*hv;
             let out = reservation::run(
                 &r,
@@ -102,7 +97,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             let mut b = [0u8; 2];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let t = target(hv, u16::from_le_bytes(b))?;
-            let pages = hv.domains[t].pages;
+            let pages = hv.dom(t).pages;
             Ok(Flow::Ret(
                 reservation::stat(op, pages.tot(), pages.max()).ok_or(Errno::ENOSYS)?,
             ))

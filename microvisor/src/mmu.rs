@@ -22,7 +22,7 @@ const PREEMPT_CHECK_OPS: u64 = 16;
 const PREEMPTED: u64 = 1 << 31;
 
 fn cr3_mfn(hv: &Hv) -> u64 {
-    hv.vcpus[hv.current].cr3 / PAGE
+    hv.cur().cr3 / PAGE
 }
 
 /// After a batch that took access away: every CPU that may hold a
@@ -83,8 +83,8 @@ pub fn mmu_update(
     pdone: u64,
     foreigndom: u64,
 ) -> Result<Flow, Errno> {
-    let cur = hv.current;
-    let (dom, privileged, cr3) = (hv.cur_dom().id, hv.cur_dom().privileged, hv.vcpus[cur].cr3);
+    let cur = hv.current_index();
+    let (dom, privileged, cr3) = (hv.cur_dom().id, hv.cur_dom().privileged, hv.vcpu(cur).cr3);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let hv_ro: &Hv = hv;
     let (r, released) = update_batch(
@@ -271,14 +271,14 @@ fn flush_vcpus(hv: &Hv, ids: u64, one: bool, va: u64) {
     let named = |v: usize| {
         (vcpus.iter().enumerate()).any(|(n, &i)| i == v && n < 64 && ids & (1u64 << n) != 0)
     };
-    if named(hv.current) {
+    if named(hv.current_index()) {
         if one {
             cpu::invlpg(va);
         } else {
             crate::arch::smp::flush_local();
         }
     }
-    let me = hv.current;
+    let me = hv.current_index();
     crate::arch::smp::flush_tlb_holding(|v| usize::try_from(v).is_ok_and(|v| v != me && named(v)));
 }
 
@@ -291,17 +291,16 @@ pub fn mmuext_op(
     pdone: u64,
     foreigndom: u64,
 ) -> Result<Flow, Errno> {
-    let cur = hv.current;
+    let cur = hv.current_index();
     let (dom, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
-    let (count, done) = resumed(hv.vcpus[cur].cr3, count, pdone);
+    let (count, done) = resumed(hv.vcpu(cur).cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let mut i = 0;
     let mut result = Ok(0);
     while i < count {
         if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
             if pdone != 0 {
-                let _ =
-                    guest::copy_to(hv.vcpus[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
+                let _ = guest::copy_to(hv.vcpu(cur).cr3, pdone, &((done + i) as u32).to_le_bytes());
             }
             return Ok(Flow::Again([
                 ops.wrapping_add(i * 24),
@@ -313,7 +312,7 @@ pub fn mmuext_op(
         }
         // Re-read the base pointer each time: an op may have switched it, and
         // only the current (referenced, validated) L4 may be walked.
-        let cr3 = hv.vcpus[cur].cr3;
+        let cr3 = hv.vcpu(cur).cr3;
         let [cmd, arg1, arg2] = match guest::read::<[u64; 3]>(cr3, ops.wrapping_add(i * 24)) {
             Ok(r) => r,
             Err(e) => {
@@ -366,15 +365,15 @@ pub fn mmuext_op(
         i += 1;
     }
     if pdone != 0 {
-        let _ = guest::copy_to(hv.vcpus[cur].cr3, pdone, &((done + i) as u32).to_le_bytes());
+        let _ = guest::copy_to(hv.vcpu(cur).cr3, pdone, &((done + i) as u32).to_le_bytes());
     }
     result.map(Flow::Ret)
 }
 
 fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
-    let cur = hv.current;
+    let cur = hv.current_index();
     let dom = hv.cur_dom().id;
-    let old = hv.vcpus[cur].cr3 / PAGE;
+    let old = hv.vcpu(cur).cr3 / PAGE;
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, Some(old)))?;
     hv.set_cr3(cur, mfn * PAGE);
     // SAFETY: the new L4 was validated by the frame table, which installs
@@ -384,17 +383,17 @@ fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
 }
 
 fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
-    let cur = hv.current;
+    let cur = hv.current_index();
     let dom = hv.cur_dom().id;
-    let old = hv.vcpus[cur].user_cr3 / PAGE;
+    let old = hv.vcpu(cur).user_cr3 / PAGE;
     if mfn == 0 {
         if old != 0 {
             frames::with(|ft, mem| ft.put_page_and_type(mem, old));
         }
-        hv.vcpus[cur].user_cr3 = 0;
+        hv.vcpu_mut(cur).user_cr3 = 0;
         return Ok(());
     }
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, (old != 0).then_some(old)))?;
-    hv.vcpus[cur].user_cr3 = mfn * PAGE;
+    hv.vcpu_mut(cur).user_cr3 = mfn * PAGE;
     Ok(())
 }

@@ -35,10 +35,10 @@ const IOPL: u64 = 3 << 12;
 /// set_trap_table: updates the vectors listed (array ended by address 0);
 /// a NULL array clears the table.
 pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Errno> {
-    let cur = hv.current;
-    let cr3 = hv.vcpus[cur].cr3;
+    let cur = hv.current_index();
+    let cr3 = hv.vcpu(cur).cr3;
     if table == 0 {
-        hv.vcpus[cur].pv.traps = None;
+        hv.vcpu_mut(cur).pv.traps = None;
         return Ok(crate::hcall::Flow::Ret(0));
     }
     // As on Xen the list runs to its first zero address, however long;
@@ -62,7 +62,9 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Err
                 vector,
                 address,
                 flags,
-            } => hv.vcpus[cur].pv.traps_mut()?[usize::from(vector)] = TrapEntry { address, flags },
+            } => {
+                hv.vcpu_mut(cur).pv.traps_mut()?[usize::from(vector)] = TrapEntry { address, flags }
+            }
         }
     }
     Ok(crate::hcall::Flow::Ret(0))
@@ -73,7 +75,7 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
     for a in [event, failsafe, syscall] {
         policy::callback_address(a)?;
     }
-    let pv = &mut hv.vcpus[hv.current].pv;
+    let pv = &mut hv.cur_mut().pv;
     pv.event = Callback {
         address: event,
         mask_events: true,
@@ -91,15 +93,15 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
 
 /// callback_op(register | unregister, struct callback_register/unregister).
 pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
-    let cur = hv.current;
-    let cr3 = hv.vcpus[cur].cr3;
+    let cur = hv.current_index();
+    let cr3 = hv.vcpu(cur).cr3;
     let mut b = [0u8; 16];
     let len = if cmd == 0 { 16 } else { 4 };
     guest::copy_from(cr3, arg, &mut b[..len]).map_err(|_| Errno::EFAULT)?;
     let ty = u16::from_le_bytes([b[0], b[1]]);
     let flags = u16::from_le_bytes([b[2], b[3]]);
     let address = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-    let pv = &mut hv.vcpus[cur].pv;
+    let pv = &mut hv.vcpu_mut(cur).pv;
     match cmd {
         0 => {
             let slot = policy::callback_slot(ty)?;
@@ -139,7 +141,7 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// use Xen's flat kernel stack selector whatever was named (Linux names its
 /// own `__KERNEL_DS`, 0x18), so only the stack pointer is kept.
 pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
-    let pv = &mut hv.vcpus[hv.current].pv;
+    let pv = &mut hv.cur_mut().pv;
     pv.kernel_ss = GUEST_DS;
     pv.kernel_sp = sp;
     Ok(0)
@@ -148,7 +150,7 @@ pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
 /// fpu_taskswitch(set): the virtual CR0.TS, made real while the vCPU runs
 /// so its next x87/SSE instruction raises #NM for the guest.
 pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
-    hv.vcpus[hv.current].pv.virtual_ts = set != 0;
+    hv.cur_mut().pv.virtual_ts = set != 0;
     if set != 0 {
         crate::arch::cpu::set_ts();
     } else {
@@ -161,12 +163,12 @@ pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
 /// registers are the vCPU's already) and bounce #NM to the guest.
 pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
     crate::arch::cpu::clts();
-    let cur = hv.current;
-    if !hv.vcpus[cur].pv.virtual_ts {
+    let cur = hv.current_index();
+    if !hv.vcpu(cur).pv.virtual_ts {
         // Spurious: TS was not ours to set. Retry the instruction.
         return;
     }
-    hv.vcpus[cur].pv.virtual_ts = false;
+    hv.vcpu_mut(cur).pv.virtual_ts = false;
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -182,7 +184,7 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
 /// as Xen's `int`; ENODEV for no such register, EINVAL for a 32-bit
 /// register given more, EPERM for a value the guest may not use.
 pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
-    let pv = &mut hv.vcpus[hv.current].pv;
+    let pv = &mut hv.cur_mut().pv;
     pv.dbg
         .write(reg as u32, value, pv.cr4_de)
         .map_err(|e| e.errno())?;
@@ -192,7 +194,7 @@ pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
 
 /// get_debugreg(reg) (nr 9): the register's value (ENODEV for none).
 pub fn get_debugreg(hv: &mut Hv, reg: u64) -> Result<u64, Errno> {
-    let pv = &hv.vcpus[hv.current].pv;
+    let pv = &hv.cur().pv;
     pv.dbg.read(reg as u32, pv.cr4_de).map_err(|e| e.errno())
 }
 
@@ -224,7 +226,7 @@ pub fn load_breakpoints(dbg: &microvisor_core::pv::debugreg::DebugRegs) {
 pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
     let hw = crate::arch::cpu::read_dr6();
     crate::arch::cpu::clear_dr6();
-    hv.vcpus[hv.current].pv.dbg.merge_dr6(hw);
+    hv.cur_mut().pv.dbg.merge_dr6(hw);
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -243,7 +245,7 @@ pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
 #[inline]
 fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
     if io != 0 {
-        hv.vcpus[hv.current].pv.dbg.record(io);
+        hv.cur_mut().pv.dbg.record(io);
         let rip = frame.rip;
         deliver_exception(
             hv,
@@ -260,7 +262,7 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
     if !policy::canonical(base) {
         return Err(Errno::EINVAL);
     }
-    let pv = &mut hv.vcpus[hv.current].pv;
+    let pv = &mut hv.cur_mut().pv;
     save_bases(pv);
     match which {
         0 => pv.fs_base = base,
@@ -291,7 +293,7 @@ pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno
 /// `xen_load_gs_index` BUG()s if it does): a caller wanting to know reads
 /// GS back. The kernel-mode GS base is untouched.
 fn load_user_gs_selector(hv: &mut Hv, sel: u16) {
-    let pv = &mut hv.vcpus[hv.current].pv;
+    let pv = &mut hv.cur_mut().pv;
     save_bases(pv);
     let sel = if sel & !3 == 0 { 0 } else { sel | 3 };
     let sel = if selector_ok(pv, sel) { sel } else { 0 };
@@ -381,8 +383,8 @@ pub fn load_segment_bases(pv: &crate::domain::PvState) {
 /// Switches the running vCPU between guest kernel and guest user mode
 /// (Xen's toggle_guest_mode): page table and GS base.
 pub fn toggle_mode(hv: &mut Hv) {
-    let cur = hv.current;
-    let d = &mut hv.vcpus[cur];
+    let cur = hv.current_index();
+    let d = hv.vcpu_mut(cur);
     save_bases(&mut d.pv);
     d.pv.user_mode = !d.pv.user_mode;
     crate::arch::entry::set_user_mode(d.pv.user_mode);
@@ -405,8 +407,8 @@ pub fn toggle_mode(hv: &mut Hv) {
 /// checks).
 pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
-    let cur = hv.current;
-    let (dom, cr3) = (hv.cur_dom().id, hv.vcpus[cur].cr3);
+    let cur = hv.current_index();
+    let (dom, cr3) = (hv.cur_dom().id, hv.vcpu(cur).cr3);
     if entries > crate::domain::GUEST_GDT_ENTRIES as u64 {
         return Err(Errno::EINVAL);
     }
@@ -427,14 +429,14 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         }
         new_frame = mfn;
     }
-    let old = hv.vcpus[cur].pv.gdt_frame;
+    let old = hv.vcpu(cur).pv.gdt_frame;
     if old != 0 {
         crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, old));
     }
     if entries > 1 {
         note_rare_state();
     }
-    let pv = &mut hv.vcpus[cur].pv;
+    let pv = &mut hv.vcpu_mut(cur).pv;
     pv.gdt = table;
     pv.gdt_entries = entries as usize;
     pv.gdt_frame = new_frame;
@@ -477,7 +479,7 @@ pub fn set_ldt(hv: &mut Hv, va: u64, entries: u64) -> Result<(), Errno> {
     if base % crate::mm::PAGE != 0 || !policy::guest_addr_ok(base) || ents > 8192 {
         return Err(Errno::EINVAL);
     }
-    let pv = &mut hv.vcpus[hv.current].pv;
+    let pv = &mut hv.cur_mut().pv;
     if ents != 0 {
         note_rare_state();
     }
@@ -546,11 +548,11 @@ pub fn unload_ldt() {
 /// page fault at its own LDT address (#GP with the selector's index when
 /// that address is not canonical).
 pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
-    let cur = hv.current;
+    let cur = hv.current_index();
     let off = cr2 - crate::mm::paging::ldt_va();
     let page = (off / crate::mm::PAGE) as usize;
     let dom = hv.cur_dom().id;
-    let d = &mut hv.vcpus[cur];
+    let d = hv.vcpu_mut(cur);
     let cr3 = d.cr3;
     let pv = &mut d.pv;
     let linear = pv.ldt_base.wrapping_add(off);
@@ -619,7 +621,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     let d = policy::check_descriptor(desc)
         .filter(|_| ma.is_multiple_of(8))
         .ok_or(Errno::EINVAL)?;
-    let cur = hv.current;
+    let cur = hv.current_index();
     let dom = hv.cur_dom().id;
     let mfn = ma / crate::mm::PAGE;
     // A descriptor page keeps its type; anything else must take the
@@ -633,7 +635,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
         PageType::Writable
     };
     crate::mm::frames::WriteRef::new(mfn, dom, ty)?.write_u64(ma % crate::mm::PAGE, d);
-    let pv = &mut hv.vcpus[cur].pv;
+    let pv = &mut hv.vcpu_mut(cur).pv;
     if ty == PageType::Segment && mfn == pv.gdt_frame {
         let i = ((ma % crate::mm::PAGE) / 8) as usize;
         if i < pv.gdt_entries {
@@ -681,8 +683,8 @@ pub fn kill(hv: &mut Hv, regs: &mut TrapFrame, why: core::fmt::Arguments) {
 /// r11 and rax. Restores that context. Never returns an error value: a bad
 /// context kills the domain.
 pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cur = hv.current;
-    let cr3 = hv.vcpus[cur].cr3;
+    let cur = hv.current_index();
+    let cr3 = hv.vcpu(cur).cr3;
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
     let Ok(ctx) = guest::read::<policy::IretContext>(cr3, frame.rsp) else {
         let sp = frame.rsp;
@@ -692,7 +694,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
             format_args!("iret with an unreadable stack at {sp:#x}"),
         );
     };
-    let d = &hv.vcpus[cur];
+    let d = hv.vcpu(cur);
     let cs_descriptor = guest_descriptor(&d.pv, ctx.cs as u16);
     let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0, cs_descriptor) {
         Ok(t) => t,
@@ -701,7 +703,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     d.set_upcall_mask(t.mask_events);
     if d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
         // The assist's virtual IOPL follows the rflags the guest restores.
-        let pv = &mut hv.vcpus[cur].pv;
+        let pv = &mut hv.vcpu_mut(cur).pv;
         pv.set_iopl(((ctx.rflags >> 12) & 3) as u8, pv.vm_assist);
     }
     frame.rax = ctx.rax;
@@ -738,14 +740,14 @@ pub fn bounce(
     mask_events: bool,
     what: core::fmt::Arguments,
 ) -> bool {
-    let cur = hv.current;
+    let cur = hv.current_index();
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
-    let from_user = hv.vcpus[cur].pv.user_mode;
+    let from_user = hv.vcpu(cur).pv.user_mode;
     if from_user {
         toggle_mode(hv);
     }
-    let d = &hv.vcpus[cur];
+    let d = hv.vcpu(cur);
     let saved_mask = d.upcall_mask();
     let sp = if from_user { d.pv.kernel_sp } else { frame.rsp } & !0xf;
     // The frame, lowest address first: [rcx, r11, (error,) rip, cs, rflags,
@@ -857,9 +859,9 @@ pub fn deliver_exception(
     error: Option<u64>,
     what: core::fmt::Arguments,
 ) {
-    let t = hv.vcpus[hv.current].pv.trap(vector);
+    let t = hv.cur().pv.trap(vector);
     if t.address == 0 {
-        let d = &hv.vcpus[hv.current];
+        let d = hv.cur();
         let why = if !d.pv.user_mode && ran_off_stack(d.cr3, frame.rsp.wrapping_sub(8)) {
             STACK_OVERFLOW
         } else {
@@ -886,7 +888,7 @@ pub fn deliver_exception(
 /// registered.
 #[inline]
 pub fn upcall_due(hv: &Hv) -> bool {
-    hv.vcpus.get(hv.current).is_some_and(|d| {
+    hv.get_vcpu(hv.current_index()).is_some_and(|d| {
         d.state == RunState::Runnable
             && d.upcall_pending()
             && !d.upcall_mask()
@@ -905,7 +907,7 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
 
 #[inline(never)]
 fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
-    let d = &hv.vcpus[hv.current];
+    let d = hv.cur();
     let cb = d.pv.event;
     // The hot case, from guest kernel mode: no error code, no mode change,
     // and events were enabled (`upcall_due`), so the saved mask is 0 and the
@@ -1016,16 +1018,16 @@ pub enum Emulated {
 /// ports themselves stay subject to the domain's permissions), the pirq
 /// commands; others are not implemented.
 pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
-    let cur = hv.current;
+    let cur = hv.current_index();
     match cmd {
         6 => {
             let mut b = [0u8; 4];
-            guest::copy_from(hv.vcpus[cur].cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            guest::copy_from(hv.vcpu(cur).cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let iopl = u32::from_le_bytes(b);
             if iopl > 3 {
                 return Err(Errno::EINVAL);
             }
-            let pv = &mut hv.vcpus[cur].pv;
+            let pv = &mut hv.vcpu_mut(cur).pv;
             pv.set_iopl(iopl as u8, pv.vm_assist);
             Ok(0)
         }
@@ -1128,8 +1130,8 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
 }
 
 fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emulated {
-    let cur = hv.current;
-    let d = &hv.vcpus[cur];
+    let cur = hv.current_index();
+    let d = hv.vcpu(cur);
     let user = d.pv.user_mode;
     let io_ok = policy::iopl_allows(
         !user,
@@ -1154,7 +1156,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             }
             let is_in = matches!(insn.op, Op::In { .. });
             let port = emulate_port_io(frame, hv.cur_dom().privileged, is_in, port, width);
-            let pv = &hv.vcpus[cur].pv;
+            let pv = &hv.vcpu(cur).pv;
             *io_hits = pv.dbg.io_hits(port, width, pv.cr4_de);
             frame.rip = next;
             Emulated::Done
@@ -1169,7 +1171,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         _ if user => Emulated::NotEmulated,
         Op::Clts => {
             // Clears the virtual TS.
-            hv.vcpus[cur].pv.virtual_ts = false;
+            hv.vcpu_mut(cur).pv.virtual_ts = false;
             crate::arch::cpu::clts();
             frame.rip = next;
             Emulated::Done
@@ -1177,8 +1179,8 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::Hlt => {
             // Block until an event (SCHEDOP_block semantics).
             frame.rip = next;
-            hv.vcpus[cur].set_upcall_mask(false);
-            if hv.block_unless(cur, |hv| hv.vcpus[cur].upcall_pending()) {
+            hv.vcpu(cur).set_upcall_mask(false);
+            if hv.block_unless(cur, |hv| hv.vcpu(cur).upcall_pending()) {
                 crate::sched::reschedule(hv, frame, crate::sched::Why::Leave);
                 return Emulated::Switched;
             }
@@ -1187,10 +1189,10 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovFromCr { cr, gpr: reg } => {
             let val = match cr {
                 // PE MP ET NE WP AM PG, plus the virtual TS.
-                0 => 0x8005_0033 | if hv.vcpus[cur].pv.virtual_ts { 8 } else { 0 },
+                0 => 0x8005_0033 | if hv.vcpu(cur).pv.virtual_ts { 8 } else { 0 },
                 2 => crate::mm::read_u64(hv.cur_dom().shared_info_mfn * crate::mm::PAGE + 16),
                 3 => cr3,
-                4 => policy::guest_cr4(hv.vcpus[cur].pv.cr4_de),
+                4 => policy::guest_cr4(hv.vcpu(cur).pv.cr4_de),
                 _ => return Emulated::NotEmulated,
             };
             *gpr(frame, reg) = val;
@@ -1200,12 +1202,12 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovToCr { cr: 4, gpr: reg } => {
             // Accepted whatever the value, as on Xen; only DE is the
             // guest's (`policy::cr4_write_de`).
-            hv.vcpus[cur].pv.cr4_de = policy::cr4_write_de(*gpr(frame, reg));
+            hv.vcpu_mut(cur).pv.cr4_de = policy::cr4_write_de(*gpr(frame, reg));
             frame.rip = next;
             Emulated::Done
         }
         Op::MovFromDr { dr, gpr: reg } => {
-            let pv = &hv.vcpus[cur].pv;
+            let pv = &hv.vcpu(cur).pv;
             match pv.dbg.read(u32::from(dr), pv.cr4_de) {
                 Ok(v) => *gpr(frame, reg) = v,
                 Err(e) => return Emulated::Raise(e.vector()),
@@ -1215,7 +1217,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         }
         Op::MovToDr { dr, gpr: reg } => {
             let v = *gpr(frame, reg);
-            let pv = &mut hv.vcpus[cur].pv;
+            let pv = &mut hv.vcpu_mut(cur).pv;
             if let Err(e) = pv.dbg.write(u32::from(dr), v, pv.cr4_de) {
                 return Emulated::Raise(e.vector());
             }
@@ -1227,8 +1229,8 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             let Some(what) = policy::rdmsr(frame.rcx as u32) else {
                 return Emulated::NotEmulated;
             };
-            save_bases(&mut hv.vcpus[cur].pv);
-            let pv = &hv.vcpus[cur].pv;
+            save_bases(&mut hv.vcpu_mut(cur).pv);
+            let pv = &hv.vcpu(cur).pv;
             let v = match what {
                 MsrRead::Base(SegmentBase::Fs) => pv.fs_base,
                 MsrRead::Base(SegmentBase::GsKernel) => pv.gs_base_kernel,
@@ -1279,11 +1281,11 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 /// emulated store is atomic against the other vCPUs' stores to it.
 pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     // Present, write, and from the guest kernel.
-    let cur = hv.current;
-    if error & 3 != 3 || hv.vcpus[cur].pv.user_mode {
+    let cur = hv.current_index();
+    if error & 3 != 3 || hv.vcpu(cur).pv.user_mode {
         return false;
     }
-    let cr3 = hv.vcpus[cur].cr3;
+    let cr3 = hv.vcpu(cur).cr3;
     let mut b = [0u8; decode::MAX_LEN];
     let n = fetch(cr3, frame.rip, &mut b);
     let Some(w) = decode::pt_write(&b[..n]) else {
@@ -1398,7 +1400,7 @@ fn src_value(frame: &mut TrapFrame, src: decode::PtSource) -> u64 {
 /// #UD from guest kernel mode: Xen's forced-emulation prefix
 /// `ud2a; .ascii "xen"; cpuid` runs the filtered CPUID.
 pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
-    let cr3 = hv.vcpus[hv.current].active_cr3();
+    let cr3 = hv.cur().active_cr3();
     let mut b = [0u8; decode::MAX_LEN];
     let n = fetch(cr3, frame.rip, &mut b);
     let Some(len) = decode::forced_cpuid(&b[..n]) else {
@@ -1418,7 +1420,7 @@ pub fn emulate_ud(hv: &mut Hv, frame: &mut TrapFrame) -> bool {
 /// reports a different error code than hardware, so the instruction is
 /// decoded rather than the error code trusted).
 pub fn soft_int_vector(hv: &Hv, frame: &TrapFrame) -> Option<(u8, u8)> {
-    match decode_at(hv.vcpus[hv.current].active_cr3(), frame.rip) {
+    match decode_at(hv.cur().active_cr3(), frame.rip) {
         Ok(decode::Insn {
             op: Op::Int(n),
             len,

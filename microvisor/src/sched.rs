@@ -38,8 +38,8 @@ pub fn runstate_of(state: RunState) -> u32 {
 
 /// Charges the running vCPU for the time since it last started.
 fn account(hv: &mut Hv, now: u64) {
-    let cur = hv.current;
-    let Some(v) = hv.vcpus.get_mut(cur) else {
+    let cur = hv.current_index();
+    let Some(v) = hv.get_vcpu_mut(cur) else {
         return;
     };
     if v.runstate.state != 0 {
@@ -48,9 +48,9 @@ fn account(hv: &mut Hv, now: u64) {
     let ran = now.saturating_sub(v.last_start);
     v.last_start = now;
     let di = v.dom;
-    let vr_mul = hv.domains[di].vr_mul;
-    hv.vcpus[cur].vruntime += policy::charge(ran, vr_mul);
-    hv.domains[di].period_used += ran;
+    let vr_mul = hv.dom(di).vr_mul;
+    hv.vcpu_mut(cur).vruntime += policy::charge(ran, vr_mul);
+    hv.dom_mut(di).period_used += ran;
 }
 
 pub use policy::{slice_vruntime, vruntime_mul};
@@ -61,13 +61,13 @@ fn capped(d: &crate::domain::Domain) -> bool {
 
 /// Whether vCPU index `i`'s domain used up its cap for this period.
 fn vcpu_capped(hv: &Hv, i: usize) -> bool {
-    capped(&hv.domains[hv.vcpus[i].dom])
+    capped(hv.dom_of(i))
 }
 
 /// Starts a new cap period when the old one is over.
 fn cap_period(hv: &mut Hv, now: u64) {
     if policy::period_over(hv.sched.cap_period_start(), now) {
-        for d in hv.domains.iter_mut() {
+        for d in hv.domains_mut() {
             d.period_used = policy::carry_over(d.period_used, u16::from(d.cap));
         }
         hv.sched.start_cap_period(now);
@@ -77,20 +77,20 @@ fn cap_period(hv: &mut Hv, now: u64) {
 /// Makes a blocked vCPU runnable. Its virtual run time is pulled up to
 /// within one slice of the others', so a long sleep earns no burst.
 pub fn wake(hv: &mut Hv, i: usize) {
-    if hv.vcpus.get(i).is_none_or(|d| d.state != RunState::Blocked) {
+    if hv.get_vcpu(i).is_none_or(|d| d.state != RunState::Blocked) {
         return;
     }
     let mut floor = None;
     for r in hv.sched.runnable() {
-        let d = &hv.vcpus[r];
+        let d = hv.vcpu(r);
         if floor.is_none_or(|f| d.vruntime < f) {
             floor = Some(d.vruntime);
         }
     }
     hv.set_state(i, RunState::Runnable);
     kick_for(hv, i);
-    let slice = hv.domains[hv.vcpus[i].dom].slice_vruntime;
-    let d = &mut hv.vcpus[i];
+    let slice = hv.dom_of(i).slice_vruntime;
+    let d = hv.vcpu_mut(i);
     d.poll_ports.clear();
     d.poll_deadline = 0;
     d.vruntime = policy::wake_vruntime(d.vruntime, floor, slice);
@@ -112,7 +112,7 @@ pub fn kick_for(hv: &Hv, i: usize) {
     if !crate::arch::smp::active() {
         return;
     }
-    let processor = hv.vcpus[i].processor;
+    let processor = hv.vcpu(i).processor;
     if hv.sched.is_held(i) {
         crate::arch::smp::kick(processor);
     } else {
@@ -156,8 +156,8 @@ pub fn fire_timers(hv: &mut Hv, now: u64) {
 
 #[inline(never)]
 fn fire_due_timers(hv: &mut Hv, now: u64) {
-    for i in 0..hv.vcpus.len() {
-        let Some(d) = hv.vcpus.get_mut(i) else {
+    for i in 0..hv.vcpu_indices() {
+        let Some(d) = hv.get_vcpu_mut(i) else {
             continue;
         };
         if d.state == RunState::Down {
@@ -197,11 +197,11 @@ struct View<'a>(&'a Hv);
 impl policy::Vcpus for View<'_> {
     #[inline(always)]
     fn vruntime(&self, i: usize) -> u64 {
-        self.0.vcpus[i].vruntime
+        self.0.vcpu(i).vruntime
     }
     #[inline(always)]
     fn slice(&self, i: usize) -> u64 {
-        self.0.domains[self.0.vcpus[i].dom].slice_vruntime
+        self.0.dom_of(i).slice_vruntime
     }
     #[inline(always)]
     fn capped(&self, i: usize) -> bool {
@@ -217,13 +217,15 @@ impl policy::Vcpus for View<'_> {
 #[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     let cpu = crate::arch::percpu::cpu_id();
-    let n = hv.vcpus.len();
-    policy::pick(&View(hv), hv.sched.pick_view(cpu, hv.current, exclude, n))
+    let n = hv.vcpu_indices();
+    policy::pick(
+        &View(hv),
+        hv.sched.pick_view(cpu, hv.current_index(), exclude, n),
+    )
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {
-    hv.vcpus
-        .live()
+    hv.vcpus()
         .map(|(_, d)| d)
         .filter(|d| d.state != RunState::Down)
         .flat_map(|d| {
@@ -251,14 +253,14 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// light hypercall entry, which keeps the guest's callee-saved registers in
 /// the CPU, can never switch vCPUs (it has nothing to pass).
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
-    let cur = hv.current;
-    hv.drain_console(hv.vcpus[cur].dom);
+    let cur = hv.current_index();
+    hv.drain_console(hv.vcpu(cur).dom);
     let now = crate::time::now_ns();
     account(hv, now);
     cap_period(hv, now);
     fire_timers(hv, now);
     crate::irq::deliver(hv);
-    let still_runnable = || hv.vcpus[cur].state == RunState::Runnable && !vcpu_capped(hv, cur);
+    let still_runnable = || hv.vcpu(cur).state == RunState::Runnable && !vcpu_capped(hv, cur);
     let choice = match why {
         Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
         Why::Leave => pick(hv, None),
@@ -283,7 +285,7 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
 /// its vCPUs (`Hv::teardown_held`): a later pass ends it, once that CPU
 /// has let go and the teardown is done.
 fn check_end(hv: &mut Hv) {
-    if !hv.domains.iter().any(|d| d.is_live()) {
+    if !hv.domains().any(|d| d.is_live()) {
         if hv.teardown_held() {
             return;
         }
@@ -291,9 +293,9 @@ fn check_end(hv: &mut Hv) {
     }
     if earliest_timer(hv).is_none() && !hv.sched.any_runnable() && !crate::irq::any_bound() {
         crate::error!("every live domain is blocked and nothing can wake it: ending the run");
-        for i in 0..hv.domains.len() {
-            if hv.domains[i].is_live() {
-                for &v in &hv.domains[i].vcpus {
+        for i in 0..hv.domain_count() {
+            if hv.dom(i).is_live() {
+                for &v in &hv.dom(i).vcpus {
                     crate::events::describe_blocked(hv, v);
                 }
                 crate::lifecycle::end(hv, i, End::Killed, "blocked forever (deadlock)");
@@ -306,11 +308,11 @@ fn check_end(hv: &mut Hv) {
 }
 
 /// Nothing to run: the CPU goes idle when this entry returns (the exit path
-/// enters `idle_loop`). The vCPU that ran stays `hv.current` with its state
-/// in the CPU: if it is the next to run, nothing is reloaded.
+/// enters `idle_loop`). The vCPU that ran stays current (`Hv::current_index`)
+/// with its state in the CPU: if it is the next to run, nothing is reloaded.
 fn go_idle(hv: &mut Hv, cur: usize, now: u64) {
     check_end(hv);
-    if let Some(d) = hv.vcpus.get_mut(cur)
+    if let Some(d) = hv.get_vcpu_mut(cur)
         && d.runstate.state == 0
     {
         d.runstate.enter(runstate_of(d.state), now);
@@ -329,8 +331,8 @@ fn go_idle(hv: &mut Hv, cur: usize, now: u64) {
 /// guest translation, so TLB shootdowns skip it).
 fn release_vcpu(hv: &mut Hv, cur: usize) {
     cpu::clts();
-    let d = &mut hv.vcpus[cur];
-    if hv.domains[d.dom].is_live() {
+    let (d, dom) = hv.vcpu_and_dom(cur);
+    if dom.is_live() {
         cpu::fpu_save(&mut d.fpu);
         crate::pv::save_segments(&mut d.pv);
     }
@@ -339,7 +341,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     }
     crate::pv::unload_ldt();
     hv.let_go(cur);
-    hv.current = NO_VCPU;
+    hv.set_current_index(NO_VCPU);
     // SAFETY: the hypervisor's own L4 maps everything it needs.
     unsafe { cpu::write_cr3(crate::mm::paging::hv_l4()) };
     crate::arch::smp::flush_local();
@@ -361,11 +363,11 @@ pub extern "C" fn idle_loop() -> ! {
             fire_timers(&mut hv, now);
             crate::irq::deliver(&mut hv);
             if let Some(next) = pick(&hv, None) {
-                let cur = hv.current;
+                let cur = hv.current_index();
                 switch_to(&mut hv, cur, next, now);
                 // Its frame, not the idle one, on the way out, with the
                 // upcall that woke it delivered as on every exit.
-                crate::arch::entry::set_current(&hv.vcpus[next].frame);
+                hv.vcpu(next).set_frame_current();
                 crate::pv::deliver_events(&mut hv, crate::arch::entry::current_frame());
                 drop(hv);
                 crate::arch::entry::resume_guest();
@@ -382,7 +384,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     if next == cur {
         // The same vCPU, its state still in this CPU (the idle loop makes
         // its frame current again itself).
-        let d = &mut hv.vcpus[next];
+        let d = hv.vcpu_mut(next);
         if d.runstate.state != 0 {
             d.runstate.enter(0, now);
             crate::vcpu::update_runstate_area(d);
@@ -409,8 +411,8 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         cpu::clts();
         // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
         if cur != NO_VCPU {
-            let d = &mut hv.vcpus[cur];
-            if hv.domains[d.dom].is_live() {
+            let (d, dom) = hv.vcpu_and_dom(cur);
+            if dom.is_live() {
                 cpu::fpu_save(&mut d.fpu);
                 segs = Some(crate::pv::save_segments(&mut d.pv));
                 d.runstate.enter(runstate_of(d.state), now);
@@ -424,7 +426,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             switch_rare_state(hv, cur, next);
         }
     }
-    hv.current = next;
+    hv.set_current_index(next);
     let me = crate::arch::percpu::cpu_id() as u32;
     if me != 0 {
         first_run_here(hv, next, me);
@@ -432,8 +434,8 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // (A vCPU taken from another CPU's queue moves to this one's.)
     hv.assign(next, me as usize);
     hv.hold(next);
-    let d = &mut hv.vcpus[next];
-    let id = hv.domains[d.dom].id;
+    let (d, dom) = hv.vcpu_and_dom(next);
+    let id = dom.id;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
         cpu::fpu_restore(&d.fpu);
@@ -447,7 +449,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     d.last_start = now;
     // The outgoing vCPU's registers stay in its own frame; the exit path
     // restores the incoming one's (also after the idle loop ran).
-    crate::arch::entry::set_current(&d.frame);
+    d.set_frame_current();
     // The TSC runs at a constant rate and system time is computed from it
     // with the very scale the guest is given, so its vcpu_time_info stays
     // exact; it is rewritten about once a second (as Xen recalibrates),
@@ -495,13 +497,13 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
     if FIRST.load(core::sync::atomic::Ordering::Relaxed) & bit != 0 {
         return;
     }
-    let d = &hv.domains[hv.vcpus[v].dom];
+    let d = hv.dom_of(v);
     if FIRST.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
         crate::info!(
             "cpu {cpu} runs its first vCPU: domain {} ({}) vCPU {}",
             d.id,
             d.name,
-            hv.vcpus[v].vid
+            hv.vcpu(v).vid
         );
     }
 }
@@ -512,11 +514,11 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
 /// nothing when neither does).
 #[inline(never)]
 fn switch_rare_state(hv: &Hv, cur: usize, next: usize) {
-    crate::pv::load_descriptor_tables(&hv.vcpus[next].pv);
-    let next_dbg = &hv.vcpus[next].pv.dbg;
+    crate::pv::load_descriptor_tables(&hv.vcpu(next).pv);
+    let next_dbg = &hv.vcpu(next).pv.dbg;
     if next_dbg.active() {
         cpu::load_breakpoints(&next_dbg.addr, next_dbg.dr7);
-    } else if hv.vcpus.get(cur).is_some_and(|d| d.pv.dbg.active()) {
+    } else if hv.get_vcpu(cur).is_some_and(|d| d.pv.dbg.active()) {
         cpu::breakpoints_off();
     }
 }
@@ -545,7 +547,7 @@ pub fn ap_run() -> ! {
 pub fn start() -> ! {
     let cr3 = {
         let mut hv = crate::domain::lock();
-        let runnable = (hv.vcpus.live())
+        let runnable = (hv.vcpus())
             .filter(|(_, d)| d.state == RunState::Runnable)
             .map(|(i, _)| i);
         let first = policy::first_to_run(runnable, |i| hv.sched.allowed_on(i, 0));
@@ -553,28 +555,28 @@ pub fn start() -> ! {
             crate::lifecycle::finish(&mut hv)
         }
         let now = crate::time::now_ns();
-        for (_, d) in hv.vcpus.live_mut() {
+        for (_, d) in hv.vcpus_mut() {
             d.runstate.entry_time = now;
         }
         match first {
             Some(first) => {
                 hv.assign(first, 0);
-                hv.current = first;
+                hv.set_current_index(first);
                 hv.hold(first);
-                let id = hv.domains[hv.vcpus[first].dom].id;
+                let id = hv.dom_of(first).id;
                 crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
-                let d = &mut hv.vcpus[first];
+                let d = hv.vcpu_mut(first);
                 d.runstate.enter(0, now);
                 d.last_start = now;
                 crate::time::update_vcpu_time(d.info);
                 crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
                 cpu::fpu_restore(&d.fpu);
                 // Its frame is the one the exit path restores.
-                crate::arch::entry::set_current(&d.frame);
+                d.set_frame_current();
                 Some((d.cr3, id))
             }
             None => {
-                hv.current = NO_VCPU;
+                hv.set_current_index(NO_VCPU);
                 crate::info!("cpu 0 runs no vCPU first: no runnable one may run on it");
                 None
             }

@@ -29,7 +29,7 @@ fn injected_vector(hv: &crate::domain::Hv, frame: &TrapFrame) -> Option<u8> {
         return None;
     }
     let mut bytes = [0u8; decode::MAX_LEN];
-    let n = pv::fetch(hv.vcpus[hv.current].active_cr3(), frame.rip, &mut bytes);
+    let n = pv::fetch(hv.cur().active_cr3(), frame.rip, &mut bytes);
     decode::injected_vector(&bytes[..n])
 }
 
@@ -121,12 +121,8 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if let Some((n, len)) = pv::soft_int_vector(hv, frame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
-                let t = hv.vcpus[hv.current].pv.trap(n);
-                let min_dpl = if hv.vcpus[hv.current].pv.user_mode {
-                    3
-                } else {
-                    1
-                };
+                let t = hv.cur().pv.trap(n);
+                let min_dpl = if hv.cur().pv.user_mode { 3 } else { 1 };
                 if t.address != 0 && t.flags & 3 >= min_dpl {
                     frame.rip = frame.rip.wrapping_add(u64::from(len));
                     let _ = pv::bounce(
@@ -163,7 +159,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                     );
                 }
                 pv::Emulated::NotEmulated => {
-                    let what = pv::decode_at(hv.vcpus[hv.current].active_cr3(), frame.rip)
+                    let what = pv::decode_at(hv.cur().active_cr3(), frame.rip)
                         .ok()
                         .filter(|i| i.op.privileged() || i.op.far_transfer());
                     let rip = frame.rip;
@@ -241,7 +237,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
             if pv::ptwr(hv, frame, cr2, frame.error_code) {
                 return;
             }
-            hv.vcpus[hv.current].set_cr2(cr2);
+            hv.cur().set_cr2(cr2);
             // The user bit as the guest's mode says, as on Xen.
             let err = pv::page_fault_error(hv.cur(), frame.error_code);
             let rip = frame.rip;

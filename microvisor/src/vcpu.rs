@@ -21,16 +21,16 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
         .ok()
         .and_then(|v| hv.vcpu_of(dom, v))
         .ok_or(Errno::ENOENT)?;
-    let is_current = vi == hv.current;
+    let is_current = vi == hv.current_index();
     let cr3 = hv.cur().cr3;
     let now = crate::time::now_ns();
     match cmd as u32 {
         op::VCPUOP_INITIALISE => initialise(hv, vi, arg).map(|()| 0),
         op::VCPUOP_UP => {
-            if !hv.vcpus[vi].initialised {
+            if !hv.vcpu(vi).initialised {
                 return Err(Errno::EINVAL);
             }
-            if hv.vcpus[vi].state == RunState::Down {
+            if hv.vcpu(vi).state == RunState::Down {
                 // Up from down: as a wake-up (its virtual time is brought
                 // level with the others').
                 hv.set_state(vi, RunState::Blocked);
@@ -40,20 +40,21 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
         }
         op::VCPUOP_DOWN => {
             // The last vCPU going down powers the domain off (Xen).
-            let others_up = hv.domains[dom]
+            let others_up = hv
+                .dom(dom)
                 .vcpus
                 .iter()
-                .any(|&v| v != vi && hv.vcpus[v].state != RunState::Down);
+                .any(|&v| v != vi && hv.vcpu(v).state != RunState::Down);
             if !others_up {
                 crate::lifecycle::end(hv, dom, crate::domain::End::Shutdown(0), "");
                 return Ok(0);
             }
-            if hv.vcpus[vi].state != RunState::Down {
+            if hv.vcpu(vi).state != RunState::Down {
                 hv.set_state(vi, RunState::Down);
                 if is_current {
                     crate::arch::percpu::set_leave_now(true);
                 }
-                let v = &mut hv.vcpus[vi];
+                let v = hv.vcpu_mut(vi);
                 v.poll_ports.clear();
                 v.poll_deadline = 0;
                 if !is_current {
@@ -64,8 +65,8 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             }
             Ok(0)
         }
-        op::VCPUOP_IS_UP => Ok(u64::from(hv.vcpus[vi].state != RunState::Down)),
-        op::VCPUOP_GET_RUNSTATE_INFO => put(cr3, arg, &hv.vcpus[vi].runstate.at(now).to_bytes()),
+        op::VCPUOP_IS_UP => Ok(u64::from(hv.vcpu(vi).state != RunState::Down)),
+        op::VCPUOP_GET_RUNSTATE_INFO => put(cr3, arg, &hv.vcpu(vi).runstate.at(now).to_bytes()),
         op::VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
             // As Xen: the address must be a guest one (its start: Xen's
             // `guest_handle_okay`), else EFAULT; 0 stops the updates. The
@@ -75,7 +76,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             if !guest::guest_address(va) {
                 return Err(Errno::EFAULT);
             }
-            let v = &mut hv.vcpus[vi];
+            let v = hv.vcpu_mut(vi);
             v.runstate_area = va;
             v.runstate_pending = false;
             if va != 0 {
@@ -97,14 +98,14 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             if period < 1_000_000 {
                 return Err(Errno::EINVAL);
             }
-            let v = &mut hv.vcpus[vi];
+            let v = hv.vcpu_mut(vi);
             v.periodic_ns = period;
             v.periodic_next = now + period;
             hv.timer_set(now + period);
             Ok(0)
         }
         op::VCPUOP_STOP_PERIODIC_TIMER => {
-            hv.vcpus[vi].periodic_ns = 0;
+            hv.vcpu_mut(vi).periodic_ns = 0;
             Ok(0)
         }
         // One-shot timers: only the calling vCPU's (EINVAL otherwise, Xen).
@@ -126,7 +127,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             if !is_current {
                 return Err(Errno::EINVAL);
             }
-            hv.vcpus[vi].timer_deadline = 0;
+            hv.vcpu_mut(vi).timer_deadline = 0;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
@@ -136,12 +137,12 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
 /// set_timer_op(abs_ns) for the running vCPU: the one-shot timer; 0
 /// cancels; a time already past fires at once.
 pub fn set_timer(hv: &mut Hv, deadline: u64) {
-    let cur = hv.current;
-    hv.vcpus[cur].timer_deadline = deadline;
+    let cur = hv.current_index();
+    hv.vcpu_mut(cur).timer_deadline = deadline;
     hv.timer_set(deadline);
     if deadline != 0 && deadline <= crate::time::now_ns() {
-        hv.vcpus[cur].timer_deadline = 0;
-        let (dom, vid) = (hv.vcpus[cur].dom, hv.vcpus[cur].vid);
+        hv.vcpu_mut(cur).timer_deadline = 0;
+        let (dom, vid) = (hv.vcpu(cur).dom, hv.vcpu(cur).vid);
         crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
     }
 }
@@ -210,7 +211,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     guest::copy_from(hv.cur().cr3, arg, buf.as_mut_bytes()).map_err(|_| Errno::EFAULT)?;
     let c = guest_abi::arch::VcpuGuestContext::ref_from_bytes(buf.as_bytes())
         .map_err(|_| Errno::EFAULT)?;
-    if hv.vcpus[vi].initialised {
+    if hv.vcpu(vi).initialised {
         return Err(Errno::EEXIST);
     }
     let dom = hv.cur_dom().id;
@@ -276,13 +277,13 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         crate::pv::note_rare_state();
     }
     // vm_assist is the domain's (Xen keeps it in the domain).
-    let vcpus = hv.domains[hv.vcpus[vi].dom].vcpus.clone();
+    let vcpus = hv.dom_of(vi).vcpus.clone();
     for &o in &vcpus {
-        let pv = &mut hv.vcpus[o].pv;
+        let pv = &mut hv.vcpu_mut(o).pv;
         pv.set_iopl(pv.iopl, s.vm_assist);
     }
     hv.set_cr3(vi, s.cr3_mfn * PAGE);
-    let v = &mut hv.vcpus[vi];
+    let v = hv.vcpu_mut(vi);
     v.user_cr3 = s.user_cr3_mfn * PAGE;
     let pv = &mut v.pv;
     pv.traps = traps;
@@ -359,7 +360,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         ss: u64::from(s.ss),
     };
     // (Never initialised, so it never ran: no CPU holds it.)
-    v.frame.install(&frame);
+    v.install_frame(&frame);
     v.initialised = true;
     Ok(())
 }
@@ -374,18 +375,18 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
 fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     let a: guest_abi::vcpu::VcpuRegisterVcpuInfo =
         guest::read(hv.cur().cr3, arg).map_err(|_| Errno::EFAULT)?;
-    let v = &hv.vcpus[vi];
+    let v = hv.vcpu(vi);
     // (An offset that is not 8-byte aligned is refused too: the selector
     // word must be one aligned atomic word.)
     if u64::from(a.offset) > PAGE - 64
         || !a.offset.is_multiple_of(8)
         || v.info_mfn != 0
-        || (vi != hv.current && v.state != RunState::Down)
+        || (vi != hv.current_index() && v.state != RunState::Down)
     {
         return Err(Errno::EINVAL);
     }
     let (dom_idx, vid) = (v.dom, v.vid);
-    let dom = hv.domains[dom_idx].id;
+    let dom = hv.dom(dom_idx).id;
     let page = frames::hv_writable(a.mfn, dom).map_err(|_| Errno::EINVAL)?;
     let new: VcpuInfo = page.slot(u64::from(a.offset));
     let old = v.info;
@@ -397,14 +398,14 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
             .store(x, core::sync::atomic::Ordering::Relaxed);
     }
     hv.set_info(vi, new);
-    hv.vcpus[vi].info_mfn = a.mfn;
+    hv.vcpu_mut(vi).info_mfn = a.mfn;
     crate::events::vcpu_info_moved(dom, vid, new);
     new.u64_at(8)
         .store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
     new.u8_at(0).store(1, core::sync::atomic::Ordering::SeqCst);
     crate::time::update_vcpu_time(new);
-    hv.vcpus[vi].time_stamp = crate::time::now_ns();
-    if hv.vcpus[vi].state == RunState::Blocked {
+    hv.vcpu_mut(vi).time_stamp = crate::time::now_ns();
+    if hv.vcpu(vi).state == RunState::Blocked {
         crate::sched::wake(hv, vi);
     }
     Ok(())

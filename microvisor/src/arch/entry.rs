@@ -181,6 +181,7 @@ pub fn init_cpu(hv_stack_top: u64, idle_stack_top: u64, idle_frame: Option<u64>)
 
 /// Makes vCPU frame `frame` the one entries save into and the exit path
 /// restores from (the vCPU switch), on this CPU.
+#[inline]
 pub fn set_current(frame: &VcpuFrame) {
     let f = frame.addr();
     let top = f + core::mem::size_of::<TrapFrame>() as u64;
@@ -200,6 +201,7 @@ pub fn set_user_mode(user: bool) {
 /// on this CPU's idle stack, interrupts off) instead of a vCPU: the CPU
 /// goes idle when the current entry returns. The vCPU that ran keeps its
 /// registers in its own frame.
+#[inline]
 pub fn set_current_idle(idle: extern "C" fn() -> !) {
     let me = super::percpu::this_cpu();
     let f = TrapFrame {
@@ -273,6 +275,7 @@ pub fn on_hv_stack<F: FnOnce()>(f: F) {
 
 /// The frame of the vCPU this CPU runs (`set_current`), for the idle
 /// loop, which has none handed to it.
+#[inline]
 pub fn current_frame() -> &'static mut TrapFrame {
     let cur = super::percpu::this_cpu()
         .current_frame
@@ -301,6 +304,7 @@ pub fn resume_guest() -> ! {
 /// The frame of whichever vCPU runs now, for code that may have switched
 /// vCPUs since it was handed `frame` (the running vCPU's when it was
 /// entered): `frame` itself when no switch happened.
+#[inline]
 pub fn live(frame: &mut TrapFrame) -> &mut TrapFrame {
     let cur = super::percpu::this_cpu()
         .current_frame
