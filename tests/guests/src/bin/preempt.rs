@@ -104,6 +104,37 @@ fn on_own_timer(_port: pv_guest_kernel::Port) {
     }
 }
 
+/// Hypercall `nr`'s long batch of `n` ops at `ALIAS` again, as entry 0 of a
+/// multicall whose entry 1 is a version query: the entry stops for what is
+/// due with its continuation written into its own arguments, and the batch
+/// continues from it, so both entries answer.
+fn multicall_continues(t: &mut Reporter, name: &str, nr: u64, n: u64) {
+    let mut done2: u32 = 0;
+    let mut calls = [[0u64; 8]; 2];
+    calls[0][0] = nr;
+    calls[0][2] = ALIAS;
+    calls[0][3] = n;
+    calls[0][4] = (&raw mut done2) as u64;
+    calls[0][5] = DomId::SELF.0 as u64;
+    calls[1][0] = 17;
+    calls[1][1] = u64::MAX;
+    println!("preempt: multicall of a long {name} started");
+    let r = hc(13, [calls.as_mut_ptr() as u64, 2, 0, 0]);
+    let version = hc(17, [0, 0, 0, 0]) as u64;
+    println!(
+        "preempt: multicall of a long {name}: {r}, results {} and {:#x}, {done2} done",
+        calls[0][1] as i64, calls[1][1]
+    );
+    t.check(
+        "multicall-entry-continued",
+        r == 0 && calls[0][1] == 0 && u64::from(done2) == n && calls[1][1] == version,
+        format_args!(
+            "rc {r}, entry results {:#x} {:#x}, done {done2}",
+            calls[0][1], calls[1][1]
+        ),
+    );
+}
+
 fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
     if call == "set_trap_table" {
         // Entries for vector 200 (unused), all the same, without end.
@@ -146,30 +177,7 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             // hypervisor lock, stops for what is due with its continuation
             // written back into its own arguments (the ticker's ticks in
             // between, on the console), and the batch continues from it.
-            let mut done2: u32 = 0;
-            let mut calls = [[0u64; 8]; 2];
-            calls[0][0] = 1;
-            calls[0][2] = ALIAS;
-            calls[0][3] = n;
-            calls[0][4] = (&raw mut done2) as u64;
-            calls[0][5] = DomId::SELF.0 as u64;
-            calls[1][0] = 17;
-            calls[1][1] = u64::MAX;
-            println!("preempt: multicall of a long mmu_update started");
-            let r = hc(13, [calls.as_mut_ptr() as u64, 2, 0, 0]);
-            let version = hc(17, [0, 0, 0, 0]) as u64;
-            println!(
-                "preempt: multicall of a long mmu_update: {r}, results {} and {:#x}, {done2} done",
-                calls[0][1] as i64, calls[1][1]
-            );
-            t.check(
-                "multicall-entry-continued",
-                r == 0 && calls[0][1] == 0 && u64::from(done2) == n && calls[1][1] == version,
-                format_args!(
-                    "rc {r}, entry results {:#x} {:#x}, done {done2}",
-                    calls[0][1], calls[1][1]
-                ),
-            );
+            multicall_continues(t, "mmu_update", 1, n);
         }
         "mmuext_op" => {
             // Every 8-byte word is 6 (MMUEXT_TLB_FLUSH_LOCAL), so every
@@ -186,29 +194,7 @@ fn phase1(t: &mut Reporter, si: &StartInfo, call: &str) {
             );
             // A preempted entry inside a multicall continues from itself:
             // entry 0 is the same long mmuext_op, entry 1 a version query.
-            let mut done2: u32 = 0;
-            let mut calls = [[0u64; 8]; 2];
-            calls[0][0] = 26;
-            calls[0][2] = ALIAS;
-            calls[0][3] = n;
-            calls[0][4] = (&raw mut done2) as u64;
-            calls[0][5] = DomId::SELF.0 as u64;
-            calls[1][0] = 17;
-            calls[1][1] = u64::MAX;
-            let r = hc(13, [calls.as_mut_ptr() as u64, 2, 0, 0]);
-            let version = hc(17, [0, 0, 0, 0]) as u64;
-            println!(
-                "preempt: multicall of a long mmuext_op: {r}, results {} and {:#x}, {done2} done",
-                calls[0][1] as i64, calls[1][1]
-            );
-            t.check(
-                "multicall-entry-continued",
-                r == 0 && calls[0][1] == 0 && u64::from(done2) == n && calls[1][1] == version,
-                format_args!(
-                    "rc {r}, entry results {:#x} {:#x}, done {done2}",
-                    calls[0][1], calls[1][1]
-                ),
-            );
+            multicall_continues(t, "mmuext_op", 26, n);
         }
         "multicall" => {
             // 64 entries per page: xen_version(XENVER_version).
