@@ -11,6 +11,8 @@
 //! - each binds an IPI port on itself and blocks until vCPU 0 sends to it;
 //! - each takes itself down (VCPUOP_down): is_up 0 and runstate offline;
 //!   one brought up again continues after its down call and goes down again;
+//! - each asks XENMEM_add_to_physmap, refused to a PV domain (EACCES) from
+//!   whichever vCPU asks (its vCPU index is not a domain's);
 //! - finally vCPU 0 takes itself down too: the last vCPU going down powers
 //!   the domain off (Xen).
 #![no_std]
@@ -31,6 +33,26 @@ static IPI_PORT: [AtomicU32; N as usize] = [const { AtomicU32::new(0) }; N as us
 static SUMS: [AtomicU64; N as usize] = [const { AtomicU64::new(0) }; N as usize];
 static SEEN_ID: [AtomicU32; N as usize] = [const { AtomicU32::new(u32::MAX) }; N as usize];
 static RESUMED: [AtomicU32; N as usize] = [const { AtomicU32::new(0) }; N as usize];
+/// Each vCPU's XENMEM_add_to_physmap answer: 1 for EACCES, 2 for any other.
+static PHYSMAP: [AtomicU32; N as usize] = [const { AtomicU32::new(0) }; N as usize];
+
+/// XENMEM_add_to_physmap of the domain's grant-table frame 0, as an
+/// auto-translated guest would ask; whether the answer is `EACCES`.
+fn add_to_physmap_refused() -> bool {
+    use guest_abi::memory::{XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP, XenAddToPhysmap};
+    let mut x = XenAddToPhysmap {
+        domid: pv_guest_kernel::DomId::SELF.0,
+        size: 0,
+        space: XENMAPSPACE_GRANT_TABLE,
+        idx: 0,
+        gpfn: 0x7_0000,
+    };
+    // SAFETY: one `XenAddToPhysmap`, read by the hypervisor (refused for a
+    // PV domain before anything is mapped).
+    let r =
+        unsafe { guest_abi::hypercall::memory_op(XENMEM_ADD_TO_PHYSMAP, &mut x as *mut _ as u64) };
+    r == Err(Errno::EACCES)
+}
 
 fn on_timer(_port: pv_guest_kernel::Port) {
     TIMER_HITS[smp::vcpu_id().0 as usize % N as usize].fetch_add(1, Ordering::SeqCst);
@@ -43,6 +65,10 @@ fn on_ipi(_port: pv_guest_kernel::Port) {
 fn worker(VcpuId(v): VcpuId) -> ! {
     let i = v as usize;
     SEEN_ID[i].store(smp::vcpu_id().0, Ordering::SeqCst);
+    PHYSMAP[i].store(
+        if add_to_physmap_refused() { 1 } else { 2 },
+        Ordering::SeqCst,
+    );
     // A timer of its own: bound on this vCPU, set from this vCPU.
     if events::bind_virq_on(guest_abi::event_channel::VIRQ_TIMER, VcpuId(v), on_timer).is_ok() {
         events::enable();
@@ -136,6 +162,16 @@ fn main(_si: &'static StartInfo) {
         "each-vcpu-knows-its-number",
         all_ids,
         format_args!("{:?}", SEEN_ID.each_ref().map(|a| a.load(Ordering::SeqCst))),
+    );
+    PHYSMAP[0].store(
+        if add_to_physmap_refused() { 1 } else { 2 },
+        Ordering::SeqCst,
+    );
+    let asked = wait(|| (1..N).all(|v| PHYSMAP[v as usize].load(Ordering::SeqCst) != 0));
+    r.check(
+        "add-to-physmap-eacces-on-every-vcpu",
+        asked && PHYSMAP.iter().all(|a| a.load(Ordering::SeqCst) == 1),
+        format_args!("{:?}", PHYSMAP.each_ref().map(|a| a.load(Ordering::SeqCst))),
     );
     let timers = wait(|| (1..N).all(|v| TIMER_HITS[v as usize].load(Ordering::SeqCst) > 0));
     r.check(
