@@ -281,42 +281,17 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 fn unlocked(frame: &mut TrapFrame) -> bool {
     let res = match frame.rax {
         29 if frame.rdi == 0 && sched::yield_alone() => Ok(0),
-        1 if !crate::audit::every_call() => {
-            let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10];
-            let Some((r, released)) = crate::mmu::mmu_update_unlocked(args) else {
+        nr @ (1 | 12 | 13 | 20) if !crate::audit::every_call() => {
+            let a = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
+            let out = if nr == 13 {
+                multicall_unlocked(a[0], a[1])
+            } else {
+                batch_op_unlocked(nr, a)
+            };
+            let Some((r, released)) = out else {
                 return false;
             };
-            match batch_unlocked(frame, 1, r, released) {
-                Some(r) => r,
-                None => return true,
-            }
-        }
-        12 if !crate::audit::every_call() => {
-            let Some(r) = crate::memory::memory_op_unlocked(frame.rdi, frame.rsi) else {
-                return false;
-            };
-            // (Its own frames only: it releases no dead domain's.)
-            match batch_unlocked(frame, 12, r, false) {
-                Some(r) => r,
-                None => return true,
-            }
-        }
-        20 if !crate::audit::every_call() => {
-            let Some((r, released)) =
-                crate::grant::grant_table_op_unlocked(frame.rdi, frame.rsi, frame.rdx)
-            else {
-                return false;
-            };
-            match batch_unlocked(frame, 20, r, released) {
-                Some(r) => r,
-                None => return true,
-            }
-        }
-        13 if !crate::audit::every_call() => {
-            let Some((r, released)) = multicall_unlocked(frame.rdi, frame.rsi) else {
-                return false;
-            };
-            match batch_unlocked(frame, 13, r, released) {
+            match batch_unlocked(frame, nr, r, released) {
                 Some(r) => r,
                 None => return true,
             }
@@ -328,6 +303,26 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
         exit_locked(&mut crate::domain::lock(), frame);
     }
     true
+}
+
+/// Hypercall `op` with `a` on its path without the hypervisor lock, for
+/// [`unlocked`] and a multicall's entries: mmu_update on the caller's own
+/// frames, memory_op's reservation calls on its own domain (which release
+/// no dead domain's frames), update_va_mapping, and grant_table_op's
+/// batches. The outcome and whether it released a dead domain's frames;
+/// `None` (nothing done) when `op` has no such path or declines this call.
+#[inline(always)]
+fn batch_op_unlocked(op: u64, a: [u64; 5]) -> Option<(Result<Flow, Errno>, bool)> {
+    match op {
+        1 => crate::mmu::mmu_update_unlocked([a[0], a[1], a[2], a[3]]),
+        12 => Some((crate::memory::memory_op_unlocked(a[0], a[1])?, false)),
+        14 => Some((
+            crate::mmu::update_va_mapping_unlocked(a[0], a[1], a[2]).map(Flow::Ret),
+            false,
+        )),
+        20 => crate::grant::grant_table_op_unlocked(a[0], a[1], a[2]),
+        _ => None,
+    }
 }
 
 /// The end of batch hypercall `nr` run without the hypervisor lock: its
@@ -501,16 +496,7 @@ impl Free {
     /// (nothing done) when it has none.
     #[inline]
     fn try_unlocked(&mut self, op: u64, a: [u64; 5]) -> Option<Result<Flow, Errno>> {
-        let (r, released) = match op {
-            1 => crate::mmu::mmu_update_unlocked([a[0], a[1], a[2], a[3]])?,
-            12 => (crate::memory::memory_op_unlocked(a[0], a[1])?, false),
-            14 => (
-                crate::mmu::update_va_mapping_unlocked(a[0], a[1], a[2]).map(Flow::Ret),
-                false,
-            ),
-            20 => crate::grant::grant_table_op_unlocked(a[0], a[1], a[2])?,
-            _ => return None,
-        };
+        let (r, released) = batch_op_unlocked(op, a)?;
         self.released |= released;
         Some(r)
     }
@@ -556,7 +542,7 @@ impl McRun for Free {
 /// too). `None` (nothing done) if the running vCPU has no lock-free view.
 #[inline(never)]
 fn multicall_unlocked(entries: u64, n: u64) -> Option<(Result<Flow, Errno>, bool)> {
-    let light = crate::domain::light(crate::arch::percpu::vcpu() as usize)?;
+    let light = crate::domain::held_light()?;
     let mut f = Free {
         light,
         released: false,
