@@ -327,30 +327,14 @@ pub fn build(
     })?;
     pages.set(nr_pages, spec.maxmem_bytes / PAGE);
     Ok((
-        Domain {
+        Domain::new(
             id,
-            name: spec.name,
-            privileged: spec.privileged,
-            expect: spec.expect,
-            end: None,
+            spec,
             pages,
-            shared_info_mfn,
-            shared,
-            console_mfn,
-            console_page,
-            store_mfn: si.store_mfn,
-            store_evtchn: si.store_evtchn,
-            console_evtchn: si.console.evtchn,
-            service: spec.service,
-            frames_waiting: 0,
-            console_out: spec.console,
-            cap: spec.cap,
-            slice_vruntime: crate::sched::slice_vruntime(spec.weight),
-            vr_mul: crate::sched::vruntime_mul(spec.weight),
-            period_used: 0,
-            vcpus: heapless::Vec::new(),
-            own: crate::domain::DomainOwn::new(),
-        },
+            (shared_info_mfn, shared),
+            (console_mfn, console_page),
+            &si,
+        ),
         FirstVcpu {
             cr3,
             kernel_sp: layout.stack_top,

@@ -465,8 +465,196 @@ impl Runstate {
 }
 
 impl Domain {
+    /// Domain `id` as its build made it from its manifest entry `spec`:
+    /// alive, its memory accounting `pages`, its shared info and console
+    /// pages (each a machine frame and the hypervisor's handle on it), the
+    /// xenstore frame and the ports its start_info `si` names, no vCPUs
+    /// yet (`push_vcpu`).
+    pub fn new(
+        id: u16,
+        spec: &microvisor_core::manifest::DomainSpec<'static>,
+        pages: &'static Account,
+        shared: (u64, crate::mm::SharedFrame),
+        console: (u64, crate::mm::SharedFrame),
+        si: &guest_abi::start_info::StartInfo,
+    ) -> Domain {
+        Domain {
+            id,
+            name: spec.name,
+            privileged: spec.privileged,
+            expect: spec.expect,
+            end: None,
+            pages,
+            shared_info_mfn: shared.0,
+            shared: shared.1,
+            console_mfn: console.0,
+            console_page: console.1,
+            store_mfn: si.store_mfn,
+            store_evtchn: si.store_evtchn,
+            console_evtchn: si.console.evtchn,
+            service: spec.service,
+            frames_waiting: 0,
+            console_out: spec.console,
+            cap: spec.cap,
+            slice_vruntime: microvisor_core::sched::slice_vruntime(spec.weight),
+            vr_mul: microvisor_core::sched::vruntime_mul(spec.weight),
+            period_used: 0,
+            vcpus: heapless::Vec::new(),
+            own: DomainOwn::new(),
+        }
+    }
+
+    /// Its domain id (also its index in the domain table).
+    #[inline(always)]
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Its manifest name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Privileged (manifest `privileged`: Xen's control domain rights).
+    #[inline(always)]
+    pub fn privileged(&self) -> bool {
+        self.privileged
+    }
+
+    /// The service domain (manifest `service = true`).
+    #[inline(always)]
+    pub fn is_service(&self) -> bool {
+        self.service
+    }
+
+    /// How its manifest expects it to end.
+    pub fn expect(&self) -> Expect {
+        self.expect
+    }
+
+    /// How it ended (`None` while it lives).
+    pub fn end(&self) -> Option<End> {
+        self.end
+    }
+
+    #[inline(always)]
     pub fn is_live(&self) -> bool {
         self.end.is_none()
+    }
+
+    /// Records how it ended, once: `false` (and nothing changes) when it
+    /// had already ended.
+    pub fn end_with(&mut self, end: End) -> bool {
+        if self.end.is_some() {
+            return false;
+        }
+        self.end = Some(end);
+        true
+    }
+
+    /// Its memory accounting (the record [`account`] gives for its id).
+    #[inline(always)]
+    pub fn pages(&self) -> &'static Account {
+        self.pages
+    }
+
+    /// Machine frame of its shared info page.
+    pub fn shared_info_mfn(&self) -> u64 {
+        self.shared_info_mfn
+    }
+
+    /// The hypervisor's handle on its shared info page (`SharedFrame::NONE`
+    /// once it is torn down).
+    #[inline(always)]
+    pub fn shared(&self) -> crate::mm::SharedFrame {
+        self.shared
+    }
+
+    /// Machine frame of its console ring page (start_info.console.mfn).
+    pub fn console_mfn(&self) -> u64 {
+        self.console_mfn
+    }
+
+    /// Machine frame of its xenstore ring page (start_info.store_mfn).
+    pub fn store_mfn(&self) -> u64 {
+        self.store_mfn
+    }
+
+    /// The xenstore event channel its start_info names.
+    pub fn store_evtchn(&self) -> u32 {
+        self.store_evtchn
+    }
+
+    /// The console event channel its start_info names (0: none, no
+    /// service domain serves its console).
+    pub fn console_evtchn(&self) -> u32 {
+        self.console_evtchn
+    }
+
+    /// Its teardown: the hypervisor writes neither its shared info nor its
+    /// console page any more, so its handles on them go. Returns their
+    /// machine frames (shared info, console), whose hypervisor write
+    /// references the caller drops.
+    pub fn drop_shared_pages(&mut self) -> (u64, u64) {
+        self.shared = crate::mm::SharedFrame::NONE;
+        self.console_page = crate::mm::SharedFrame::NONE;
+        (self.shared_info_mfn, self.console_mfn)
+    }
+
+    /// After death: `n` of its frames are still mapped by other domains
+    /// (`Hv::collect_dead` frees them later).
+    pub fn set_frames_waiting(&mut self, n: u64) {
+        self.frames_waiting = n;
+    }
+
+    /// It has a scheduler cap (manifest `cap`).
+    pub fn is_capped(&self) -> bool {
+        self.cap != 0
+    }
+
+    /// One minimum slice in virtual run time (`sched::slice_vruntime`).
+    #[inline(always)]
+    pub fn slice_vruntime(&self) -> u64 {
+        self.slice_vruntime
+    }
+
+    /// Run time to virtual run time (`sched::vruntime_mul`): `ns * vr_mul
+    /// >> 16`.
+    #[inline(always)]
+    pub fn vr_mul(&self) -> u64 {
+        self.vr_mul
+    }
+
+    /// Charges `ns` of its vCPUs' run time to the current cap period.
+    #[inline(always)]
+    pub fn charge_period(&mut self, ns: u64) {
+        self.period_used += ns;
+    }
+
+    /// Whether it used up its cap for the current period.
+    #[inline(always)]
+    pub fn over_cap(&self) -> bool {
+        microvisor_core::sched::over_cap(self.period_used, u16::from(self.cap))
+    }
+
+    /// A new cap period starts: what it ran beyond its cap in the old one
+    /// carries over (`microvisor_core::sched::carry_over`).
+    pub fn new_cap_period(&mut self) {
+        self.period_used =
+            microvisor_core::sched::carry_over(self.period_used, u16::from(self.cap));
+    }
+
+    /// Its vCPUs: entry n is the vCPU index (`Hv::vcpu`) of its vCPU n.
+    #[inline(always)]
+    pub fn vcpus(&self) -> &heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN> {
+        &self.vcpus
+    }
+
+    /// Adds vCPU index `v` as its next vCPU (number `vcpus().len()`), at
+    /// its build; `false` (nothing added) when it has
+    /// `MAX_VCPUS_PER_DOMAIN` already.
+    pub fn push_vcpu(&mut self, v: usize) -> bool {
+        self.vcpus.push(v).is_ok()
     }
 
     /// Dead, but its teardown waits until no CPU holds any of its vCPUs

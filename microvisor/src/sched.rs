@@ -53,8 +53,6 @@ fn account(hv: &mut Hv, now: u64) {
     hv.dom_mut(di).period_used += ran;
 }
 
-pub use policy::{slice_vruntime, vruntime_mul};
-
 fn capped(d: &crate::domain::Domain) -> bool {
     policy::over_cap(d.period_used, u16::from(d.cap))
 }
