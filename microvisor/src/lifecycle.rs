@@ -23,24 +23,29 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
     if !d.is_live() {
         return;
     }
-    let id = d.id;
+    let id = d.id();
     // Peers' ends of its channels become unbound (while it is still live:
     // the event code does not touch dead domains).
     crate::events::domain_ended(id);
     let now = crate::time::now_ns();
     let d = hv.dom_mut(idx);
-    d.end = Some(end);
+    d.end_with(end);
     match end {
-        End::Killed => crate::error!("domain {} killed: {}", d.id, why),
+        End::Killed => crate::error!("domain {} killed: {}", d.id(), why),
         End::Shutdown(r) => {
-            crate::info!("domain {} ({}) shut down: {}", d.id, d.name, reason_name(r))
+            crate::info!(
+                "domain {} ({}) shut down: {}",
+                d.id(),
+                d.name(),
+                reason_name(r)
+            )
         }
     }
     // Its vCPUs stop for good. One another CPU still runs must leave it
     // (kicked: it enters the hypervisor and finds its vCPU down) before
     // the domain's memory can go: until then the teardown waits
     // (`finish_waiting`).
-    let vcpus = hv.dom(idx).vcpus.clone();
+    let vcpus = hv.dom(idx).vcpus().clone();
     let mut elsewhere = false;
     for &v in &vcpus {
         hv.set_state(v, RunState::Down);
@@ -87,12 +92,10 @@ fn finish_teardowns(hv: &mut Hv) {
 /// pages, grants, interrupts and memory go.
 fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     let d = hv.dom_mut(idx);
-    let id = d.id;
-    let (shared, console) = (d.shared_info_mfn, d.console_mfn);
+    let id = d.id();
     // The hypervisor writes neither page any more: its handles go with
     // their write references.
-    d.shared = crate::mm::SharedFrame::NONE;
-    d.console_page = crate::mm::SharedFrame::NONE;
+    let (shared, console) = d.drop_shared_pages();
     // Its FIFO control blocks and event-array pages go, then its whole
     // event state.
     crate::fifo::destroy(idx);
@@ -102,7 +105,7 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     // Each vCPU: stopped for good; its registered vcpu_info, GDT and
     // LDT references go; its base pointers are handed to `relinquish`.
     let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
-    let vcpus = hv.dom(idx).vcpus.clone();
+    let vcpus = hv.dom(idx).vcpus().clone();
     for &v in &vcpus {
         hv.set_state(v, RunState::Down);
         let vc = hv.vcpu_mut(v);
@@ -145,14 +148,14 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     crate::debug!(
         "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
     );
-    hv.dom_mut(idx).frames_waiting = waiting;
+    hv.dom_mut(idx).set_frames_waiting(waiting);
     // Its own teardown may have let go of frames of domains that died
     // before it.
     if crate::mm::frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
     }
     // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
-    if let Some(s) = hv.domains().position(|d| d.service && d.is_live()) {
+    if let Some(s) = hv.domains().position(|d| d.is_service() && d.is_live()) {
         crate::events::raise_virq(hv, s, guest_abi::event_channel::VIRQ_DOM_EXC);
     }
     audit(hv, "a domain's death");
@@ -177,8 +180,8 @@ pub fn audit(hv: &Hv, when: &str) {
     // its vCPUs still holds all of these references.)
     let held = |d: &Domain| d.is_live() || d.teardown_pending();
     for d in hv.domains().filter(|d| held(d)) {
-        write(&mut written, d.shared_info_mfn);
-        write(&mut written, d.console_mfn);
+        write(&mut written, d.shared_info_mfn());
+        write(&mut written, d.console_mfn());
     }
     for (_, v) in hv.vcpus().filter(|(_, v)| held(hv.dom(v.dom))) {
         write(&mut roots, v.cr3);
@@ -196,12 +199,12 @@ pub fn audit(hv: &Hv, when: &str) {
     // Every domain's reservation within its limit (`Account::take`
     // checks and adds in one step, whoever races it).
     for d in hv.domains().filter(|d| held(d)) {
-        if !d.pages.within_limit() {
+        if !d.pages().within_limit() {
             crate::error!(
                 "audit after {when} failed: domain {} holds {} pages, over its limit of {}",
-                d.id,
-                d.pages.tot(),
-                d.pages.max()
+                d.id(),
+                d.pages().tot(),
+                d.pages().max()
             );
             crate::arch::cpu::qemu_exit(false);
         }
@@ -228,8 +231,8 @@ pub fn finish(hv: &mut Hv) -> ! {
     crate::audit::report();
     let mut ok = true;
     for d in hv.domains() {
-        let (got, good) = match d.end {
-            Some(e) => (e, as_expected(e, d.expect)),
+        let (got, good) = match d.end() {
+            Some(e) => (e, as_expected(e, d.expect())),
             None => (End::Killed, false),
         };
         let got_name = match got {
@@ -239,10 +242,10 @@ pub fn finish(hv: &mut Hv) -> ! {
         ok &= good;
         crate::info!(
             "domain {} ({}): ended {}, expected {}: {}",
-            d.id,
-            d.name,
+            d.id(),
+            d.name(),
             got_name,
-            d.expect.as_str(),
+            d.expect().as_str(),
             if good { "ok" } else { "MISMATCH" }
         );
     }
