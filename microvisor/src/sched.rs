@@ -48,13 +48,13 @@ fn account(hv: &mut Hv, now: u64) {
     let ran = now.saturating_sub(v.last_start);
     v.last_start = now;
     let di = v.dom;
-    let vr_mul = hv.dom(di).vr_mul;
+    let vr_mul = hv.dom(di).vr_mul();
     hv.vcpu_mut(cur).vruntime += policy::charge(ran, vr_mul);
-    hv.dom_mut(di).period_used += ran;
+    hv.dom_mut(di).charge_period(ran);
 }
 
 fn capped(d: &crate::domain::Domain) -> bool {
-    policy::over_cap(d.period_used, u16::from(d.cap))
+    d.over_cap()
 }
 
 /// Whether vCPU index `i`'s domain used up its cap for this period.
@@ -66,7 +66,7 @@ fn vcpu_capped(hv: &Hv, i: usize) -> bool {
 fn cap_period(hv: &mut Hv, now: u64) {
     if policy::period_over(hv.sched.cap_period_start(), now) {
         for d in hv.domains_mut() {
-            d.period_used = policy::carry_over(d.period_used, u16::from(d.cap));
+            d.new_cap_period();
         }
         hv.sched.start_cap_period(now);
     }
@@ -87,7 +87,7 @@ pub fn wake(hv: &mut Hv, i: usize) {
     }
     hv.set_state(i, RunState::Runnable);
     kick_for(hv, i);
-    let slice = hv.dom_of(i).slice_vruntime;
+    let slice = hv.dom_of(i).slice_vruntime();
     let d = hv.vcpu_mut(i);
     d.poll_ports.clear();
     d.poll_deadline = 0;
@@ -199,7 +199,7 @@ impl policy::Vcpus for View<'_> {
     }
     #[inline(always)]
     fn slice(&self, i: usize) -> u64 {
-        self.0.dom_of(i).slice_vruntime
+        self.0.dom_of(i).slice_vruntime()
     }
     #[inline(always)]
     fn capped(&self, i: usize) -> bool {
@@ -293,7 +293,7 @@ fn check_end(hv: &mut Hv) {
         crate::error!("every live domain is blocked and nothing can wake it: ending the run");
         for i in 0..hv.domain_count() {
             if hv.dom(i).is_live() {
-                for &v in &hv.dom(i).vcpus {
+                for &v in hv.dom(i).vcpus() {
                     crate::events::describe_blocked(hv, v);
                 }
                 crate::lifecycle::end(hv, i, End::Killed, "blocked forever (deadlock)");
@@ -433,7 +433,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     hv.assign(next, me as usize);
     hv.hold(next);
     let (d, dom) = hv.vcpu_and_dom(next);
-    let id = dom.id;
+    let id = dom.id();
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
         cpu::fpu_restore(&d.fpu);
@@ -499,8 +499,8 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
     if FIRST.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0 {
         crate::info!(
             "cpu {cpu} runs its first vCPU: domain {} ({}) vCPU {}",
-            d.id,
-            d.name,
+            d.id(),
+            d.name(),
             hv.vcpu(v).vid
         );
     }
@@ -561,7 +561,7 @@ pub fn start() -> ! {
                 hv.assign(first, 0);
                 hv.set_current_index(first);
                 hv.hold(first);
-                let id = hv.dom_of(first).id;
+                let id = hv.dom_of(first).id();
                 crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
                 let d = hv.vcpu_mut(first);
                 d.runstate.enter(0, now);
