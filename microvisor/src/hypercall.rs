@@ -612,7 +612,7 @@ fn run_multicall(m: &mut impl McRun, entries: u64, n: u64) -> Result<Flow, Errno
 fn continue_later(hv: &mut Hv, frame: &mut TrapFrame, nr: u64, args: [u64; 5]) {
     crate::debug!(
         "domain {}: hypercall {nr} preempted (continuation)",
-        hv.cur_dom().id
+        hv.cur_dom().id()
     );
     frame.rax = nr;
     frame.rdi = args[0];
@@ -673,7 +673,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         // vm_assist: the domain's assists (kept in each of its vCPUs).
         21 => {
             let bits = policy::vm_assist(hv.cur().pv.vm_assist, a[0], a[1])?;
-            let vcpus = hv.cur_dom().vcpus.clone();
+            let vcpus = hv.cur_dom().vcpus().clone();
             for v in vcpus {
                 let pv = &mut hv.vcpu_mut(v).pv;
                 pv.set_iopl(pv.iopl, bits);
@@ -692,7 +692,10 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         // carries on without one).
         40 => Err(Errno::EOPNOTSUPP),
         _ => {
-            crate::debug!("domain {}: hypercall {nr} not implemented", hv.cur_dom().id);
+            crate::debug!(
+                "domain {}: hypercall {nr} not implemented",
+                hv.cur_dom().id()
+            );
             Err(Errno::ENOSYS)
         }
     }
@@ -710,21 +713,21 @@ fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     let mut p: XenHvmParam = guest::read(cr3, arg)?;
     let me = hv.cur_dom();
     let target = if p.domid == guest_abi::types::DomId::SELF.0 {
-        me.id
+        me.id()
     } else {
         p.domid
     };
-    if target != me.id && !me.privileged {
+    if target != me.id() && !me.privileged() {
         return Err(Errno::EPERM);
     }
     let d = (hv.live_domains())
-        .find(|d| d.id == target)
+        .find(|d| d.id() == target)
         .ok_or(Errno::ESRCH)?;
     p.value = match p.index {
-        HVM_PARAM_STORE_PFN => d.store_mfn,
-        HVM_PARAM_STORE_EVTCHN => u64::from(d.store_evtchn),
-        HVM_PARAM_CONSOLE_PFN => d.console_mfn,
-        HVM_PARAM_CONSOLE_EVTCHN => u64::from(d.console_evtchn),
+        HVM_PARAM_STORE_PFN => d.store_mfn(),
+        HVM_PARAM_STORE_EVTCHN => u64::from(d.store_evtchn()),
+        HVM_PARAM_CONSOLE_PFN => d.console_mfn(),
+        HVM_PARAM_CONSOLE_EVTCHN => u64::from(d.console_evtchn()),
         _ => return Err(Errno::EINVAL),
     };
     guest::write(cr3, arg, &p)?;
@@ -754,7 +757,7 @@ fn control_op(hv: &Hv, arg: u64, version: u32, domctl: bool) -> HResult {
             return Err(Errno::ESRCH);
         }
     }
-    if !hv.cur_dom().privileged {
+    if !hv.cur_dom().privileged() {
         return Err(Errno::EPERM);
     }
     Err(Errno::ENOSYS)
@@ -796,7 +799,7 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno
         // service domain (which routes it to a guest's console ring);
         // other domains have none.
         1 => {
-            if !hv.cur_dom().service {
+            if !hv.cur_dom().is_service() {
                 return Ok(Flow::Ret(0));
             }
             let mut chunk = [0u8; CONSOLE_CHUNK];
@@ -856,14 +859,14 @@ fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
                 // Xen: only submap 0 exists.
                 return Err(Errno::EINVAL);
             }
-            let map = features_0(hv.cur_dom().privileged);
+            let map = features_0(hv.cur_dom().privileged());
             fi[4..].copy_from_slice(&map.to_le_bytes());
             put(hv, arg, &fi)
         }
         7 => Ok(4096),
         8 => put(hv, arg, &[0u8; 16]),
         9 => {
-            if !hv.cur_dom().privileged {
+            if !hv.cur_dom().privileged() {
                 return Err(Errno::EPERM);
             }
             put(
@@ -983,7 +986,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
                     raw[i * 4 + 3],
                 ]);
             }
-            let me = hv.cur_dom().id;
+            let me = hv.cur_dom().id();
             let ports = &ports[..nr];
             let port_pending = || {
                 microvisor_core::evtchn::any_pending(&mut crate::events::Held::one(me), me, ports)
@@ -1019,7 +1022,7 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
         }
         // SCHEDOP_remote_shutdown {domain_id, reason}: privileged only.
         4 => {
-            if !hv.cur_dom().privileged {
+            if !hv.cur_dom().privileged() {
                 return Err(Errno::EPERM);
             }
             let mut b = [0u8; 8];

@@ -16,7 +16,7 @@ const DOMID_SELF: u16 = 0x7FF0;
 /// The domain index an argument names (`microvisor_core::reservation::target`).
 fn target(hv: &Hv, domid: u16) -> Result<usize, Errno> {
     let d = hv.cur_dom();
-    match reservation::target(d.id, d.privileged, domid)? {
+    match reservation::target(d.id(), d.privileged(), domid)? {
         Target::Caller => Ok(hv.cur_dom_idx()),
         Target::Other(id) => hv.live_domain(id).ok_or(Errno::ESRCH),
     }
@@ -38,7 +38,7 @@ fn add_to_physmap(hv: &Hv, cr3: u64, start: u64, arg: u64) -> Result<Flow, Errno
     if xatp.space == m::XENMAPSPACE_GMFN_FOREIGN {
         return Err(Errno::ENOSYS);
     }
-    let me = hv.cur_dom().id;
+    let me = hv.cur_dom().id();
     let exists =
         xatp.domid == DOMID_SELF || xatp.domid == me || hv.live_domain(xatp.domid).is_some();
     if !exists {
@@ -67,7 +67,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 return Ok(Flow::Ret(start));
             }
             let r = Reservation::parse(&b);
-            let (me, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
+            let (me, privileged) = (hv.cur_dom().id(), hv.cur_dom().privileged());
             let find = |id: u16| hv.live_domain(id);
             // The domain whose reservation changes: the caller, or the
             // live domain a privileged caller names (as Xen: its frames,
@@ -86,8 +86,8 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                     cr3,
                     op,
                     order: r.order,
-                    dom: d.id,
-                    pages: d.pages,
+                    dom: d.id(),
+                    pages: d.pages(),
                     preempt: || crate::mmu::should_preempt(hv),
                 },
             );
@@ -97,7 +97,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
             let mut b = [0u8; 2];
             guest::copy_from(cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let t = target(hv, u16::from_le_bytes(b))?;
-            let pages = hv.dom(t).pages;
+            let pages = hv.dom(t).pages();
             Ok(Flow::Ret(
                 reservation::stat(op, pages.tot(), pages.max()).ok_or(Errno::ENOSYS)?,
             ))
@@ -115,7 +115,7 @@ pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
                 return Err(Errno::EINVAL);
             }
             let mut e = [0u8; 20];
-            e[8..16].copy_from_slice(&(hv.cur_dom().pages.max() * PAGE).to_le_bytes());
+            e[8..16].copy_from_slice(&(hv.cur_dom().pages().max() * PAGE).to_le_bytes());
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
             guest::copy_to(cr3, buffer, &e).map_err(|_| Errno::EFAULT)?;
             guest::copy_to(cr3, arg, &1u32.to_le_bytes()).map_err(|_| Errno::EFAULT)?;

@@ -84,7 +84,11 @@ pub fn mmu_update(
     foreigndom: u64,
 ) -> Result<Flow, Errno> {
     let cur = hv.current_index();
-    let (dom, privileged, cr3) = (hv.cur_dom().id, hv.cur_dom().privileged, hv.vcpu(cur).cr3);
+    let (dom, privileged, cr3) = (
+        hv.cur_dom().id(),
+        hv.cur_dom().privileged(),
+        hv.vcpu(cur).cr3,
+    );
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let hv_ro: &Hv = hv;
     let (r, released) = update_batch(
@@ -206,7 +210,7 @@ fn update_batch(
 /// update_va_mapping(va, pte, flags): one checked L1 update found through the
 /// current page tables; flushes as `flags` asks only if it succeeded.
 pub fn update_va_mapping(hv: &mut Hv, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
-    uvm(hv.cur_dom().id, cr3_mfn(hv), va, val, flags)
+    uvm(hv.cur_dom().id(), cr3_mfn(hv), va, val, flags)
 }
 
 /// update_va_mapping without the hypervisor lock (the light entry): the
@@ -248,7 +252,7 @@ fn uvm(dom: u16, l4: u64, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
 /// further; bits past its last vCPU are ignored). `EINVAL` when a word
 /// cannot be read, as Xen's mmuext_op answers.
 fn vcpumask(hv: &Hv, cr3: u64, ptr: u64) -> Result<u64, Errno> {
-    let n = hv.cur_dom().vcpus.len();
+    let n = hv.cur_dom().vcpus().len();
     let mut set = 0u64;
     // (A domain has at most 32 vCPUs: one word.)
     if n > 0 {
@@ -267,7 +271,7 @@ fn flush_vcpus(hv: &Hv, ids: u64, one: bool, va: u64) {
     if one && !guest::guest_address(va) {
         return;
     }
-    let vcpus = &hv.cur_dom().vcpus;
+    let vcpus = hv.cur_dom().vcpus();
     let named = |v: usize| {
         (vcpus.iter().enumerate()).any(|(n, &i)| i == v && n < 64 && ids & (1u64 << n) != 0)
     };
@@ -292,7 +296,7 @@ pub fn mmuext_op(
     foreigndom: u64,
 ) -> Result<Flow, Errno> {
     let cur = hv.current_index();
-    let (dom, privileged) = (hv.cur_dom().id, hv.cur_dom().privileged);
+    let (dom, privileged) = (hv.cur_dom().id(), hv.cur_dom().privileged());
     let (count, done) = resumed(hv.vcpu(cur).cr3, count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let mut i = 0;
@@ -372,7 +376,7 @@ pub fn mmuext_op(
 
 fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let cur = hv.current_index();
-    let dom = hv.cur_dom().id;
+    let dom = hv.cur_dom().id();
     let old = hv.vcpu(cur).cr3 / PAGE;
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, Some(old)))?;
     hv.set_cr3(cur, mfn * PAGE);
@@ -384,7 +388,7 @@ fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
 
 fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let cur = hv.current_index();
-    let dom = hv.cur_dom().id;
+    let dom = hv.cur_dom().id();
     let old = hv.vcpu(cur).user_cr3 / PAGE;
     if mfn == 0 {
         if old != 0 {

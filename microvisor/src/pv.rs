@@ -408,7 +408,7 @@ pub fn toggle_mode(hv: &mut Hv) {
 pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
     let cur = hv.current_index();
-    let (dom, cr3) = (hv.cur_dom().id, hv.vcpu(cur).cr3);
+    let (dom, cr3) = (hv.cur_dom().id(), hv.vcpu(cur).cr3);
     if entries > crate::domain::GUEST_GDT_ENTRIES as u64 {
         return Err(Errno::EINVAL);
     }
@@ -551,7 +551,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let cur = hv.current_index();
     let off = cr2 - crate::mm::paging::ldt_va();
     let page = (off / crate::mm::PAGE) as usize;
-    let dom = hv.cur_dom().id;
+    let dom = hv.cur_dom().id();
     let d = hv.vcpu_mut(cur);
     let cr3 = d.cr3;
     let pv = &mut d.pv;
@@ -622,7 +622,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
         .filter(|_| ma.is_multiple_of(8))
         .ok_or(Errno::EINVAL)?;
     let cur = hv.current_index();
-    let dom = hv.cur_dom().id;
+    let dom = hv.cur_dom().id();
     let mfn = ma / crate::mm::PAGE;
     // A descriptor page keeps its type; anything else must take the
     // Writable type (refused for a page table or a frame typed otherwise,
@@ -1155,7 +1155,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
                 return Emulated::NotEmulated;
             }
             let is_in = matches!(insn.op, Op::In { .. });
-            let port = emulate_port_io(frame, hv.cur_dom().privileged, is_in, port, width);
+            let port = emulate_port_io(frame, hv.cur_dom().privileged(), is_in, port, width);
             let pv = &hv.vcpu(cur).pv;
             *io_hits = pv.dbg.io_hits(port, width, pv.cr4_de);
             frame.rip = next;
@@ -1190,7 +1190,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             let val = match cr {
                 // PE MP ET NE WP AM PG, plus the virtual TS.
                 0 => 0x8005_0033 | if hv.vcpu(cur).pv.virtual_ts { 8 } else { 0 },
-                2 => crate::mm::read_u64(hv.cur_dom().shared_info_mfn * crate::mm::PAGE + 16),
+                2 => crate::mm::read_u64(hv.cur_dom().shared_info_mfn() * crate::mm::PAGE + 16),
                 3 => cr3,
                 4 => policy::guest_cr4(hv.vcpu(cur).pv.cr4_de),
                 _ => return Emulated::NotEmulated,
@@ -1296,7 +1296,7 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     if !cr2.is_multiple_of(u64::from(w.size())) {
         return false;
     }
-    let dom = hv.cur_dom().id;
+    let dom = hv.cur_dom().id();
     // The L1 entry mapping cr2 names the table frame written.
     let target =
         crate::mm::frames::with(|ft, mem| ft.find_l1_entry(mem, dom, cr3 / crate::mm::PAGE, cr2))

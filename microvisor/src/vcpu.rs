@@ -42,7 +42,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             // The last vCPU going down powers the domain off (Xen).
             let others_up = hv
                 .dom(dom)
-                .vcpus
+                .vcpus()
                 .iter()
                 .any(|&v| v != vi && hv.vcpu(v).state != RunState::Down);
             if !others_up {
@@ -214,7 +214,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     if hv.vcpu(vi).initialised {
         return Err(Errno::EEXIST);
     }
-    let dom = hv.cur_dom().id;
+    let dom = hv.cur_dom().id();
     let s = context::check(c)?;
     let trap = |i: usize| {
         let e = guest_abi::arch::TrapInfo {
@@ -277,7 +277,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         crate::pv::note_rare_state();
     }
     // vm_assist is the domain's (Xen keeps it in the domain).
-    let vcpus = hv.dom_of(vi).vcpus.clone();
+    let vcpus = hv.dom_of(vi).vcpus().clone();
     for &o in &vcpus {
         let pv = &mut hv.vcpu_mut(o).pv;
         pv.set_iopl(pv.iopl, s.vm_assist);
@@ -386,7 +386,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     let (dom_idx, vid) = (v.dom, v.vid);
-    let dom = hv.dom(dom_idx).id;
+    let dom = hv.dom(dom_idx).id();
     let page = frames::hv_writable(a.mfn, dom).map_err(|_| Errno::EINVAL)?;
     let new: VcpuInfo = page.slot(u64::from(a.offset));
     let old = v.info;
