@@ -546,7 +546,7 @@ pub fn raise_vcpu_virq(hv: &mut Hv, dom: usize, virq: u32, vid: u32) {
 
 /// EVTCHNOP_send with the hypervisor lock held (inside a multicall).
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
-    let (me, cr3) = (hv.cur_dom().id, hv.cur().cr3);
+    let (me, cr3) = (hv.cur_dom().id(), hv.cur().cr3);
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
     send_events(me, a.port, |k, _| kick(hv, Some(k)))?;
     Ok(0)
@@ -575,8 +575,8 @@ pub fn event_channel_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> 
 /// Status codes: see [`evtchn::reset`].
 fn reset_op(hv: &mut Hv, resuming: bool, arg: u64) -> Result<Flow, Errno> {
     use guest_abi::event_channel as ec;
-    let me = hv.cur_dom().id;
-    let privileged = hv.cur_dom().privileged;
+    let me = hv.cur_dom().id();
+    let privileged = hv.cur_dom().privileged();
     let cr3 = hv.cur().cr3;
     let a: ec::EvtchnReset = guest::read(cr3, arg)?;
     let hv_ro: &Hv = hv;
@@ -606,8 +606,8 @@ fn reset_op(hv: &mut Hv, resuming: bool, arg: u64) -> Result<Flow, Errno> {
 /// The event_channel_op commands that always finish at once.
 fn event_channel_op_now(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     use guest_abi::event_channel as ec;
-    let me = hv.cur_dom().id;
-    let privileged = hv.cur_dom().privileged;
+    let me = hv.cur_dom().id();
+    let privileged = hv.cur_dom().privileged();
     let cr3 = hv.cur().cr3;
     match cmd as u32 {
         ec::EVTCHNOP_ALLOC_UNBOUND => {
@@ -676,14 +676,14 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
     };
     let mut polled: heapless::Vec<(u32, bool), 8> = heapless::Vec::new();
     for &p in v.poll_ports.iter().take(8) {
-        let pending = evtchn::any_pending(&mut Held::one(d.id), d.id, &[p]).unwrap_or(false);
+        let pending = evtchn::any_pending(&mut Held::one(d.id()), d.id(), &[p]).unwrap_or(false);
         let _ = polled.push((p, pending));
     }
-    let ring = (d.store_mfn != 0).then(|| {
+    let ring = (d.store_mfn() != 0).then(|| {
         crate::mm::frames::with(|_, ram| {
             use guest_abi::io::xenstore::XenstoreDomainInterface as Ring;
             let at = |off: usize| {
-                ram.atomic_u32(d.store_mfn * 4096 + off as u64)
+                ram.atomic_u32(d.store_mfn() * 4096 + off as u64)
                     .load(Ordering::SeqCst)
             };
             (
@@ -696,7 +696,7 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
     });
     crate::error!(
         "domain {} vCPU {}: {:?}, upcall pending {} masked {}, polls {:?} (port, pending), timer {} poll deadline {}, store ring req cons/prod, rsp cons/prod {:?}",
-        d.id,
+        d.id(),
         v.vid,
         v.state,
         v.upcall_pending(),

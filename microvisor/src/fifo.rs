@@ -71,7 +71,7 @@ fn take(dom: u16) -> impl FnOnce(u64) -> Result<(), Errno> {
 
 /// The FIFO `event_channel_op` commands; `ENOSYS` for any other.
 pub fn event_channel_op(hv: &mut Hv, cmd: u32, arg: u64) -> Result<u64, Errno> {
-    let me = hv.cur_dom().id;
+    let me = hv.cur_dom().id();
     let cr3 = hv.cur().cr3;
     match cmd {
         ec::EVTCHNOP_INIT_CONTROL => {
@@ -180,7 +180,7 @@ pub fn frames_held<'a>(
             u64,
             { evtchn::MAX_ARRAY_PAGES + crate::domain::MAX_VCPUS_PER_DOMAIN },
         > = heapless::Vec::new();
-        crate::events::channels_of(d.id, |c| {
+        crate::events::channels_of(d.id(), |c| {
             for f in c.fifo().frames() {
                 let _ = buf.push(f);
             }

@@ -83,16 +83,16 @@ pub fn check_freed(hv: &Hv) -> bool {
         torn_down = false;
         crate::error!(
             "domain {} ({}): dead, but its teardown is still pending at the end of the run",
-            d.id,
-            d.name
+            d.id(),
+            d.name()
         );
     }
     let mut held = 0;
     for (idx, d) in
         (hv.domains().enumerate()).filter(|(_, d)| !d.is_live() && !d.teardown_pending())
     {
-        let events = crate::events::state_held(d.id);
-        let grants = crate::grant::table_held(d.id);
+        let events = crate::events::state_held(d.id());
+        let grants = crate::grant::table_held(d.id());
         let vcpus = hv.vcpus_left(idx);
         if events || grants || vcpus {
             held += 1;
@@ -108,8 +108,8 @@ pub fn check_freed(hv: &Hv) -> bool {
             }
             crate::warn!(
                 "domain {} ({}): dead, but its {} still held",
-                d.id,
-                d.name,
+                d.id(),
+                d.name(),
                 Joined(&what)
             );
         }

@@ -87,7 +87,7 @@ pub fn any_bound() -> bool {
 
 fn caller(hv: &Hv) -> (u16, bool, u64) {
     let d = hv.cur_dom();
-    (d.id, d.service, hv.cur().cr3)
+    (d.id(), d.is_service(), hv.cur().cr3)
 }
 
 /// `PHYSDEVOP_map_pirq` for a GSI: the service domain only (`EPERM`);
@@ -115,7 +115,7 @@ pub fn map_pirq(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
 /// `EVTCHNOP_bind_pirq`: binds a pirq mapped for the caller to a new port
 /// and unmasks the line.
 pub fn bind_pirq(hv: &mut Hv, pirq: u32) -> Result<u32, Errno> {
-    let me = hv.cur_dom().id;
+    let me = hv.cur_dom().id();
     let mapped = LINES.lock().mapped_for(me, pirq);
     let port =
         microvisor_core::evtchn::bind_pirq(&mut crate::events::Held::one(me), me, pirq, mapped)?;

@@ -291,15 +291,15 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                     // vCPU 0 runs the image; the others exist, offline, until
                     // the guest initialises and brings them up.
                     for vid in 0..nr {
-                        let Some(vi) = domain::Vcpu::offline(idx, vid as u32, d.shared)
-                            .and_then(|v| hv.add_vcpu(v, spec.cpus & online, d.cap != 0))
+                        let Some(vi) = domain::Vcpu::offline(idx, vid as u32, d.shared())
+                            .and_then(|v| hv.add_vcpu(v, spec.cpus & online, d.is_capped()))
                         else {
                             boot_fail(format_args!(
                                 "domain '{}': out of hypervisor memory for its vCPU {vid} (give QEMU more memory, or the manifest fewer domains or vCPUs)",
                                 spec.name
                             ));
                         };
-                        let _ = d.vcpus.push(vi);
+                        let _ = d.push_vcpu(vi);
                         if vid == 0 {
                             let v = hv.vcpu_mut(vi);
                             v.install_frame(&frame);
@@ -313,7 +313,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                         }
                     }
                     if !hv.reserve_domains(1)
-                        || events::domain_built(d.id, &d.vcpus, d.shared).is_err()
+                        || events::domain_built(d.id(), d.vcpus(), d.shared()).is_err()
                         || !hv.add_domain(d)
                     {
                         boot_fail(format_args!(
@@ -335,7 +335,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
 /// channels (start_info's ports) are allocated unbound for it, as Xen's
 /// builders do for xenstored and xenconsoled.
 fn connect_service(hv: &mut domain::Hv) {
-    let Some(s) = hv.domains().find(|d| d.service).map(|d| d.id) else {
+    let Some(s) = hv.domains().find(|d| d.is_service()).map(|d| d.id()) else {
         return;
     };
     if s != 0 {
@@ -345,9 +345,9 @@ fn connect_service(hv: &mut domain::Hv) {
     }
     for i in 0..hv.domain_count() {
         let (id, store, console) = (
-            hv.dom(i).id,
-            hv.dom(i).store_evtchn,
-            hv.dom(i).console_evtchn,
+            hv.dom(i).id(),
+            hv.dom(i).store_evtchn(),
+            hv.dom(i).console_evtchn(),
         );
         if id == s {
             continue;
