@@ -256,63 +256,60 @@ fn assemble(id: u16, name: &str, line: &mut heapless::Vec<u8, 256>, bytes: &[u8]
 }
 
 /// One domain: identity, memory, its shared pages and consoles, and the
-/// indexes of its vCPUs in `Hv::vcpus`.
+/// indexes of its vCPUs in `Hv::vcpus`. Its fields are private to this
+/// module: others read them through getters and change them only through
+/// the methods that keep their rules (`end_with`, `drop_shared_pages`,
+/// `charge_period`, `new_cap_period`, `push_vcpu`, ...); the build makes
+/// one with [`Domain::new`].
 pub struct Domain {
-    pub id: u16,
-    pub name: &'static str,
-    pub privileged: bool,
-    pub expect: Expect,
+    id: u16,
+    name: &'static str,
+    privileged: bool,
+    expect: Expect,
     /// How it ended (`None` while it lives).
-    pub end: Option<End>,
+    end: Option<End>,
     /// Its memory accounting: the frames its reservation holds and its
     /// limit (Xen's `tot_pages`, `max_pages`), reached without the
     /// hypervisor lock through [`account`] by its own memory_op; the same
     /// record as `account(id)`, never freed.
-    pub pages: &'static Account,
+    pages: &'static Account,
     /// Machine frame of the shared info page, and the hypervisor's handle on it.
-    pub shared_info_mfn: u64,
-    pub shared: crate::mm::SharedFrame,
+    shared_info_mfn: u64,
+    shared: crate::mm::SharedFrame,
     /// Machine frame of the console ring page (start_info.console.mfn), and
     /// the hypervisor's handle on it.
-    pub console_mfn: u64,
-    pub console_page: crate::mm::SharedFrame,
+    console_mfn: u64,
+    console_page: crate::mm::SharedFrame,
     /// Machine frame of the xenstore ring page (start_info.store_mfn).
-    pub store_mfn: u64,
+    store_mfn: u64,
     /// The store and console event channels start_info names (allocated,
     /// unbound, for the service domain when there is one).
-    pub store_evtchn: u32,
-    pub console_evtchn: u32,
+    store_evtchn: u32,
+    console_evtchn: u32,
     /// The service domain (manifest `service = true`).
-    pub service: bool,
+    service: bool,
     /// After death: frames still mapped by other domains (freed later by
     /// `Hv::collect_dead`).
-    pub frames_waiting: u64,
+    frames_waiting: u64,
     /// Which of its console outputs the serial line shows (manifest
     /// `console`; docs/split-drivers.md, "Consoles").
-    pub console_out: microvisor_core::manifest::ConsoleOutput,
+    console_out: microvisor_core::manifest::ConsoleOutput,
     /// Scheduler cap (percent of one CPU, 0 = none), over all its vCPUs
     /// together (as Xen's credit scheduler); the manifest's weight lives on
     /// in `slice_vruntime` and `vr_mul`.
-    pub cap: u8,
-    /// One minimum slice in virtual run time (`sched::slice_vruntime`),
-    /// fixed with the weight at build.
-    pub slice_vruntime: u64,
+    cap: u8,
+    /// One minimum slice in virtual run time
+    /// (`microvisor_core::sched::slice_vruntime`), fixed with the weight at
+    /// build.
+    slice_vruntime: u64,
     /// Run time to virtual run time: `ns * vr_mul >> 16` is `ns * 256 /
-    /// weight` (`sched::vruntime_mul`, fixed with the weight at build).
-    pub vr_mul: u64,
+    /// weight` (`microvisor_core::sched::vruntime_mul`, fixed with the
+    /// weight at build).
+    vr_mul: u64,
     /// Run time its vCPUs were charged in the current cap period.
-    pub period_used: u64,
+    period_used: u64,
     /// Its vCPUs: `vcpus[n]` is the index in `Hv::vcpus` of vCPU n.
-    pub vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
-    /// What only this module reads and writes (a new domain's is
-    /// `DomainOwn::new()`).
-    pub own: DomainOwn,
-}
-
-/// The part of a [`Domain`] only this module reads and writes: its
-/// partial console lines, and whether its teardown waits for CPUs (read
-/// through [`Domain::teardown_pending`]).
-pub struct DomainOwn {
+    vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
     /// Pending `console_io` output, flushed per line.
     console: heapless::Vec<u8, 256>,
     /// Pending output drained from its console ring, flushed per line (its
@@ -321,25 +318,8 @@ pub struct DomainOwn {
     ring_line: heapless::Vec<u8, 256>,
     /// Dead, but another CPU still held one of its vCPUs: its memory goes
     /// once they let go (set by `Hv::teardown_waits`, cleared by
-    /// `Hv::teardown_may_go_on`).
+    /// `Hv::teardown_may_go_on`; read through [`Domain::teardown_pending`]).
     teardown_pending: bool,
-}
-
-impl DomainOwn {
-    /// A new domain's: no console bytes pending, no teardown waiting.
-    pub const fn new() -> DomainOwn {
-        DomainOwn {
-            console: heapless::Vec::new(),
-            ring_line: heapless::Vec::new(),
-            teardown_pending: false,
-        }
-    }
-}
-
-impl Default for DomainOwn {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Where a vCPU's `vcpu_info` lives: its slot in shared info (vCPUs 0-31)
@@ -363,7 +343,7 @@ pub struct Vcpu {
     /// [`Vcpu::set_frame_current`], by the CPU that holds it, after which
     /// only that CPU's entry stubs and the `&mut TrapFrame` its entries
     /// hand over reach it. No other CPU is ever given its address.
-    pub frame: crate::arch::entry::VcpuFrame,
+    frame: crate::arch::entry::VcpuFrame,
     /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
     /// affinity), as each CPU's affinity set has it (`sched::runq`).
     pub cpus: u64,
@@ -500,7 +480,9 @@ impl Domain {
             vr_mul: microvisor_core::sched::vruntime_mul(spec.weight),
             period_used: 0,
             vcpus: heapless::Vec::new(),
-            own: DomainOwn::new(),
+            console: heapless::Vec::new(),
+            ring_line: heapless::Vec::new(),
+            teardown_pending: false,
         }
     }
 
@@ -612,14 +594,14 @@ impl Domain {
         self.cap != 0
     }
 
-    /// One minimum slice in virtual run time (`sched::slice_vruntime`).
+    /// One minimum slice in virtual run time.
     #[inline(always)]
     pub fn slice_vruntime(&self) -> u64 {
         self.slice_vruntime
     }
 
-    /// Run time to virtual run time (`sched::vruntime_mul`): `ns * vr_mul
-    /// >> 16`.
+    /// Run time to virtual run time: `ns * vr_mul >> 16` is `ns * 256 /
+    /// weight`.
     #[inline(always)]
     pub fn vr_mul(&self) -> u64 {
         self.vr_mul
@@ -660,7 +642,7 @@ impl Domain {
     /// Dead, but its teardown waits until no CPU holds any of its vCPUs
     /// (`Hv::teardown_waits`): until then it still holds its memory.
     pub fn teardown_pending(&self) -> bool {
-        self.own.teardown_pending
+        self.teardown_pending
     }
 }
 
@@ -1449,7 +1431,7 @@ impl Hv {
     /// vCPUs (`lifecycle::end`): `teardown_may_go_on` says when it may
     /// go on.
     pub fn teardown_waits(&mut self, idx: usize) {
-        self.domains[idx].own.teardown_pending = true;
+        self.domains[idx].teardown_pending = true;
         self.teardowns_waiting = true;
     }
 
@@ -1475,7 +1457,7 @@ impl Hv {
             self.teardowns_waiting = true;
             return false;
         }
-        self.domains[idx].own.teardown_pending = false;
+        self.domains[idx].teardown_pending = false;
         true
     }
 
@@ -1629,7 +1611,7 @@ impl Hv {
         // Consumed either way; shown unless the manifest hides the ring.
         let d = &mut self.domains[i];
         if d.console_out.shows_ring() {
-            assemble(d.id, d.name, &mut d.own.ring_line, &buf[..avail as usize]);
+            assemble(d.id, d.name, &mut d.ring_line, &buf[..avail as usize]);
         }
         page.u32_at(3080).store(prod, Ordering::Relaxed);
     }
@@ -1658,7 +1640,7 @@ impl Hv {
     /// Flushes whatever partial console lines a domain left.
     pub fn flush_console(&mut self, idx: usize) {
         if let Some(d) = self.domains.get_mut(idx) {
-            for line in [&mut d.own.console, &mut d.own.ring_line] {
+            for line in [&mut d.console, &mut d.ring_line] {
                 if !line.is_empty() {
                     crate::log::guest_line(d.id, d.name, line);
                     line.clear();
@@ -1674,7 +1656,7 @@ impl Hv {
             return;
         };
         if d.console_out.shows_io() {
-            assemble(d.id, d.name, &mut d.own.console, bytes);
+            assemble(d.id, d.name, &mut d.console, bytes);
         }
     }
 
