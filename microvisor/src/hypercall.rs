@@ -94,15 +94,31 @@ pub extern "C" fn on_light_syscall(
     nr: u64,
 ) -> LightExit {
     // The null hypercall, event sends and update_va_mapping take no
-    // hypervisor lock (docs/smp.md, "What runs concurrently").
-    let mut again = false;
-    let res = match nr {
-        32 if a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) => return light_send(a1),
-        17 if a0 == 0 => Ok(XEN_VERSION),
+    // hypervisor lock (docs/smp.md, "What runs concurrently"). The send
+    // is tested first, and each of the others is its own tail call with
+    // the arguments where the stub left them, so a send's way to
+    // `light_send` is two compares and a jump (when the others' set-up
+    // was inline here it was hoisted above the send's test).
+    if nr == 32 && a0 == u64::from(guest_abi::event_channel::EVTCHNOP_SEND) {
+        return light_send(a1);
+    }
+    match nr {
+        17 if a0 == 0 => LightExit {
+            rax: XEN_VERSION,
+            upcall: u64::from(
+                crate::events::upcall_pending_light() || crate::arch::percpu::leave_now(),
+            ),
+        },
         // (Off the light table while every memory hypercall is audited.)
-        14 => crate::mmu::update_va_mapping_unlocked(a0, a1, a2),
-        _ => locked_light(nr, [a0, a1, a2, a3, a4], &mut again),
-    };
+        14 => light_uvm(a0, a1, a2),
+        _ => light_other(a0, a1, a2, a3, a4, nr),
+    }
+}
+
+/// The light exit's upcall test after a hypercall that returned `res`
+/// (`again`: it left a continuation).
+#[inline(always)]
+fn light_exit(res: HResult, again: bool) -> LightExit {
     let rax = rax_of(res);
     // Read without the lock: the upcall path checks the rest (the vCPU
     // runnable, a callback registered) under it. (A vCPU that took itself
@@ -114,6 +130,21 @@ pub extern "C" fn on_light_syscall(
             again || crate::events::upcall_pending_light() || crate::arch::percpu::leave_now(),
         ),
     }
+}
+
+/// The light entry's update_va_mapping, its exit included.
+#[inline(never)]
+fn light_uvm(a0: u64, a1: u64, a2: u64) -> LightExit {
+    light_exit(crate::mmu::update_va_mapping_unlocked(a0, a1, a2), false)
+}
+
+/// The light entry's other hypercalls: those that take the hypervisor
+/// lock.
+#[inline(never)]
+extern "C" fn light_other(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, nr: u64) -> LightExit {
+    let mut again = false;
+    let res = locked_light(nr, [a0, a1, a2, a3, a4], &mut again);
+    light_exit(res, again)
 }
 
 /// The light entry's EVTCHNOP_send, its exit included: the running vCPU's

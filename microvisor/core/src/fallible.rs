@@ -39,6 +39,17 @@ pub fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>, AllocError> {
     Ok(v)
 }
 
+/// A boxed array of `N` copies of `value` (one allocation).
+pub fn filled_array<T: Clone, const N: usize>(
+    value: T,
+) -> Result<alloc::boxed::Box<[T; N]>, AllocError> {
+    // (An exact reservation: the boxed slice keeps the vector's memory.)
+    filled(N, value)?
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|_| AllocError)
+}
+
 /// Appends `value` to `v`.
 pub fn push<T>(v: &mut Vec<T>, value: T) -> Result<(), AllocError> {
     reserve(v, 1)?;

@@ -93,8 +93,9 @@ pub const BUCKET_BYTES: usize = PER_BUCKET * size_of::<Port>();
 /// a row per vCPU of the domain. Buckets are only freed with the table.
 #[derive(Clone, Debug)]
 pub struct Channels {
-    /// The buckets made so far, in port order.
-    buckets: Vec<Vec<Port>>,
+    /// The buckets made so far, in port order (never more than
+    /// [`NR_PORTS`] / [`PORTS_PER_BUCKET`]: [`Channels::port`] relies on it).
+    buckets: Vec<Bucket>,
     /// `virqs[vcpu][virq]`: the port bound to that VIRQ, 0 if none. Per-vCPU
     /// VIRQs use the row of their vCPU; per-domain and global ones row 0.
     virqs: Vec<[u16; VIRQS]>,
@@ -124,9 +125,13 @@ fn split(port: u32) -> Option<(usize, usize)> {
     Some((i / PER_BUCKET, i % PER_BUCKET))
 }
 
+/// One bucket of ports: a fixed-size array, so a slot's lookup needs no
+/// second bounds check.
+type Bucket = alloc::boxed::Box<[Port; PER_BUCKET]>;
+
 /// A bucket of free ports.
-fn bucket() -> Result<Vec<Port>, Errno> {
-    fallible::filled(PER_BUCKET, Port::FREE).map_err(|_| Errno::ENOMEM)
+fn bucket() -> Result<Bucket, Errno> {
+    fallible::filled_array(Port::FREE).map_err(|_| Errno::ENOMEM)
 }
 
 impl Channels {
@@ -173,7 +178,7 @@ impl Channels {
     #[must_use]
     pub const fn fresh_bytes(nr_vcpus: u32) -> usize {
         BUCKET_BYTES
-            + size_of::<Vec<Port>>()
+            + size_of::<Bucket>()
             + clamp_vcpus(nr_vcpus) as usize * size_of::<[u16; VIRQS]>()
     }
 
@@ -185,11 +190,13 @@ impl Channels {
         (self.buckets.len() * PER_BUCKET) as u32
     }
 
-    /// Port `port`'s entry, if valid.
+    /// Port `port`'s entry, if valid. One bounds check, of the bucket:
+    /// there are never more than `BUCKETS` of them, so a port whose bucket
+    /// exists is below [`NR_PORTS`] (the hot path of every send).
     #[inline]
     fn port(&self, port: u32) -> Option<&Port> {
-        let (b, i) = split(port)?;
-        self.buckets.get(b)?.get(i)
+        let b = self.buckets.get((port / PORTS_PER_BUCKET) as usize)?;
+        Some(&b[(port % PORTS_PER_BUCKET) as usize])
     }
 
     fn port_mut(&mut self, port: u32) -> Option<&mut Port> {
@@ -199,7 +206,7 @@ impl Channels {
 
     /// Every valid port's entry, in port order.
     fn ports(&self) -> impl Iterator<Item = &Port> {
-        self.buckets.iter().flatten()
+        self.buckets.iter().flat_map(|b| b.iter())
     }
 
     /// The domain's FIFO state (inactive under the 2-level ABI).

@@ -144,9 +144,51 @@ fn raise<B: EventBits + FifoWords>(
     port: u32,
 ) -> Option<Kick> {
     if chans.fifo.is_active() {
-        return chans.fifo.set_pending(bits, dom, vcpu, port);
+        return Kick::unpack(raise_fifo(chans, bits, dom, vcpu, port));
     }
     raise_2l(bits, dom, vcpu, port)
+}
+
+/// [`raise`] under the FIFO ABI, out of line, its answer packed
+/// ([`Kick::pack`]): an `Option<Kick>` (12 bytes) comes back from a call
+/// through memory, and then the 2-level raise inlined beside it into a
+/// send went through that memory too; a `u128` comes back in two
+/// registers.
+#[inline(never)]
+fn raise_fifo<B: EventBits + FifoWords>(
+    chans: &mut Channels,
+    bits: &mut B,
+    dom: u16,
+    vcpu: u32,
+    port: u32,
+) -> u128 {
+    Kick::pack(chans.fifo.set_pending(bits, dom, vcpu, port))
+}
+
+impl Kick {
+    /// `k` in one `u128`, losslessly ([`Kick::unpack`] gives it back):
+    /// bit 0 set for `Some`, bit 1 `upcall`, bits 16-31 `dom`, 32-63
+    /// `vcpu`, 64-95 `port`.
+    #[inline(always)]
+    fn pack(k: Option<Kick>) -> u128 {
+        k.map_or(0, |k| {
+            1 | u128::from(k.upcall) << 1
+                | u128::from(k.dom) << 16
+                | u128::from(k.vcpu) << 32
+                | u128::from(k.port) << 64
+        })
+    }
+
+    /// What [`Kick::pack`] packed.
+    #[inline(always)]
+    fn unpack(p: u128) -> Option<Kick> {
+        (p & 1 != 0).then_some(Kick {
+            upcall: p & 2 != 0,
+            dom: (p >> 16) as u16,
+            vcpu: (p >> 32) as u32,
+            port: (p >> 64) as u32,
+        })
+    }
 }
 
 /// The 2-level "set pending" rule (Xen's `evtchn_2l_set_pending`): set the
