@@ -467,16 +467,17 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // Into the domain's dirty mask before its tables are loaded.
-        let cpu = crate::arch::percpu::cpu_id();
-        let prev = crate::domain::tlb_join(id, cpu);
+        let cpu = me as usize;
+        crate::domain::tlb_join(id, cpu);
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.
         unsafe { cpu::write_cr3(cr3) };
         if next != cur {
             // Guest L1 entries may be global: drop the last domain's.
             crate::arch::smp::flush_local();
-            // Out of the last one's mask once its translations are gone.
-            crate::domain::tlb_leave(prev, cpu);
+            // The last one's translations are gone (its mask keeps this
+            // CPU's bit: `domain::dirty_cpus` reads what it holds).
+            crate::domain::tlb_leave(cpu);
         }
         // Its CPU time starts now, not before the switch: the address-space
         // change is the machine's cost, charged to no vCPU (under TCG a
@@ -588,7 +589,7 @@ pub fn start() -> ! {
     crate::arch::smp::scheduler_ready();
     match cr3 {
         Some((cr3, id)) => {
-            let _ = crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
+            crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
             // SAFETY: as in `switch_to`.
             unsafe { cpu::write_cr3(cr3) };
         }
