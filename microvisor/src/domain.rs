@@ -1281,6 +1281,39 @@ impl Hv {
         }
     }
 
+    /// A switch's scheduler bookkeeping in one: this CPU (`cpu`) lets go
+    /// of vCPU `cur` (`NO_VCPU`: it held none) and takes `next`, moved to
+    /// its queue first (`assign`, `let_go`, `hold`); returns `next`'s
+    /// record and domain. The waiting counts change once for both: not at
+    /// all when `cur` starts waiting as `next` stops, on the same CPUs.
+    #[inline(always)]
+    pub fn hand_over(&mut self, cur: usize, next: usize, cpu: usize) -> (&mut Vcpu, &Domain) {
+        let up = cur != NO_VCPU && self.sched.let_go(cur);
+        let up_cpus = if up { self.vcpus.get(cur).map(|v| v.cpus) } else { None };
+        let v = &mut self.vcpus[next];
+        self.sched.assign(next, &mut v.processor, cpu);
+        let down = self.sched.hold(next);
+        let counts = &SCHED_VIEW.waiting;
+        match up_cpus {
+            Some(c) if down && c == v.cpus => {}
+            Some(c) => {
+                microvisor_core::sched::waiting::changed(counts, c, false, true);
+                microvisor_core::sched::waiting::changed(counts, v.cpus, down, false);
+            }
+            None => microvisor_core::sched::waiting::changed(counts, v.cpus, down, false),
+        }
+        let d = &self.domains[v.dom];
+        (v, d)
+    }
+
+    /// The running vCPU (`i`) and its domain, to charge for its run time.
+    #[inline(always)]
+    pub fn get_vcpu_and_dom_mut(&mut self, i: usize) -> Option<(&mut Vcpu, &mut Domain)> {
+        let v = self.vcpus.get_mut(i)?;
+        let d = self.domains.get_mut(v.dom)?;
+        Some((v, d))
+    }
+
     /// This CPU lets go of vCPU `i`: any CPU may pick it again.
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) {

@@ -39,7 +39,7 @@ pub fn runstate_of(state: RunState) -> u32 {
 /// Charges the running vCPU for the time since it last started.
 fn account(hv: &mut Hv, now: u64) {
     let cur = hv.current_index();
-    let Some(v) = hv.get_vcpu_mut(cur) else {
+    let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) else {
         return;
     };
     if v.runstate.state != 0 {
@@ -47,10 +47,8 @@ fn account(hv: &mut Hv, now: u64) {
     }
     let ran = now.saturating_sub(v.last_start);
     v.last_start = now;
-    let di = v.dom;
-    let vr_mul = hv.dom(di).vr_mul;
-    hv.vcpu_mut(cur).vruntime += policy::charge(ran, vr_mul);
-    hv.dom_mut(di).period_used += ran;
+    v.vruntime += policy::charge(ran, d.vr_mul);
+    d.period_used += ran;
 }
 
 pub use policy::{slice_vruntime, vruntime_mul};
@@ -419,7 +417,6 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
                 // (Its page tables are still the loaded ones.)
                 crate::vcpu::update_runstate_area(d);
             }
-            hv.let_go(cur);
         }
         // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
         if crate::pv::RARE_STATE.load(core::sync::atomic::Ordering::Relaxed) {
@@ -431,10 +428,9 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     if me != 0 {
         first_run_here(hv, next, me);
     }
-    // (A vCPU taken from another CPU's queue moves to this one's.)
-    hv.assign(next, me as usize);
-    hv.hold(next);
-    let (d, dom) = hv.vcpu_and_dom(next);
+    // This CPU lets go of `cur` and takes `next` (a vCPU taken from another
+    // CPU's queue moves to this one's).
+    let (d, dom) = hv.hand_over(cur, next, me as usize);
     let id = dom.id;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
