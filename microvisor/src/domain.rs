@@ -469,6 +469,16 @@ impl Domain {
         self.end.is_none()
     }
 
+    /// Whether it is live and its console ring holds output to drain
+    /// (`Hv::drain_console`).
+    #[inline(always)]
+    pub fn console_output_waiting(&self) -> bool {
+        // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
+        // Both indexes in one load: nothing to drain is the common case.
+        let both = self.console_page.u64_at(3080).load(Ordering::Relaxed);
+        both as u32 != (both >> 32) as u32 && self.is_live()
+    }
+
     /// Dead, but its teardown waits until no CPU holds any of its vCPUs
     /// (`Hv::teardown_waits`): until then it still holds its memory.
     pub fn teardown_pending(&self) -> bool {
@@ -862,7 +872,10 @@ pub fn tlb_join(dom: u16, cpu: usize) {
 #[inline(always)]
 pub fn tlb_leave(cpu: usize) {
     if let Some(held) = TLB_HELD.get(cpu) {
-        held.store(held.load(Ordering::Relaxed) & 0xffff_ffff, Ordering::Release);
+        held.store(
+            held.load(Ordering::Relaxed) & 0xffff_ffff,
+            Ordering::Release,
+        );
     }
 }
 
@@ -1289,7 +1302,11 @@ impl Hv {
     #[inline(always)]
     pub fn hand_over(&mut self, cur: usize, next: usize, cpu: usize) -> (&mut Vcpu, &Domain) {
         let up = cur != NO_VCPU && self.sched.let_go(cur);
-        let up_cpus = if up { self.vcpus.get(cur).map(|v| v.cpus) } else { None };
+        let up_cpus = if up {
+            self.vcpus.get(cur).map(|v| v.cpus)
+        } else {
+            None
+        };
         let v = &mut self.vcpus[next];
         self.sched.assign(next, &mut v.processor, cpu);
         let down = self.sched.hold(next);
@@ -1484,10 +1501,7 @@ impl Hv {
     /// their writers never hang.
     pub fn drain_console(&mut self, i: usize) {
         let Some(d) = self.domains.get(i) else { return };
-        // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
-        // Both indexes in one load: nothing to drain is the common case.
-        let both = d.console_page.u64_at(3080).load(Ordering::Relaxed);
-        if both as u32 == (both >> 32) as u32 || !d.is_live() {
+        if !d.console_output_waiting() {
             return;
         }
         if d.console_evtchn != 0 && self.domains.iter().any(|s| s.service && s.is_live()) {

@@ -39,9 +39,14 @@ pub fn runstate_of(state: RunState) -> u32 {
 /// Charges the running vCPU for the time since it last started.
 fn account(hv: &mut Hv, now: u64) {
     let cur = hv.current_index();
-    let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) else {
-        return;
-    };
+    if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
+        charge(v, d, now);
+    }
+}
+
+/// `account` for vCPU `v` of domain `d`.
+#[inline(always)]
+fn charge(v: &mut crate::domain::Vcpu, d: &mut crate::domain::Domain, now: u64) {
     if v.runstate.state != 0 {
         return;
     }
@@ -252,9 +257,15 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// the CPU, can never switch vCPUs (it has nothing to pass).
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current_index();
-    hv.drain_console(hv.vcpu(cur).dom);
     let now = crate::time::now_ns();
-    account(hv, now);
+    // Charge it (`account`) and drain its console ring, with one lookup.
+    if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
+        charge(v, d, now);
+        if d.console_output_waiting() {
+            let i = v.dom;
+            hv.drain_console(i);
+        }
+    }
     cap_period(hv, now);
     fire_timers(hv, now);
     crate::irq::deliver(hv);
