@@ -639,6 +639,16 @@ impl Domain {
         self.vcpus.push(v).is_ok()
     }
 
+    /// Whether it is live and its console ring holds output to drain
+    /// (`Hv::drain_console`).
+    #[inline(always)]
+    pub fn console_output_waiting(&self) -> bool {
+        // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
+        // Both indexes in one load: nothing to drain is the common case.
+        let both = self.console_page.u64_at(3080).load(Ordering::Relaxed);
+        both as u32 != (both >> 32) as u32 && self.is_live()
+    }
+
     /// Dead, but its teardown waits until no CPU holds any of its vCPUs
     /// (`Hv::teardown_waits`): until then it still holds its memory.
     pub fn teardown_pending(&self) -> bool {
@@ -937,9 +947,12 @@ pub fn account_made(dom: u16) -> Option<&'static Account> {
 const DIRTY_CHUNK: usize = 512;
 
 /// Every domain id's dirty-CPU mask (Xen's `d->dirty_cpumask`): bit c is
-/// set while CPU c may hold translations through the domain's page tables.
-/// A CPU joins before it loads one of them ([`tlb_join`]) and leaves once
-/// a full flush removed them ([`tlb_leave`], [`tlb_leave_all`]). Flushes a
+/// set once CPU c may hold translations through the domain's page tables.
+/// A CPU sets its bit before it loads one of them ([`tlb_join`]) and never
+/// clears it: whether it still holds any is its entry in `TLB_HELD`, which
+/// readers of the mask look at for each CPU the mask names
+/// ([`dirty_cpus`]). So the mask is a superset, and a switch to a domain
+/// whose mask already has this CPU costs no locked update. Flushes a
 /// domain's page-table changes need reach these CPUs only
 /// (`mmu::apply_flush`, `UVMF_ALL`). In chunks made when the first domain
 /// of their range is built, kept for ever (lock-free readers).
@@ -950,10 +963,19 @@ static DIRTY: crate::mm::heap::ChunkDir<AtomicU64, DIRTY_CHUNK, { 65536 / DIRTY_
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_DIRTY: [AtomicU64; DIRTY_CHUNK] = [const { AtomicU64::new(0) }; DIRTY_CHUNK];
 
-/// For each CPU, the domain whose dirty mask it is in (id + 1; 0: none).
+/// For each CPU, the domains whose translations it may hold: in the low
+/// half the one whose page tables it has loaded since its last full flush
+/// (id + 1; 0: none), in the high half, during a switch, the one before
+/// (id + 1), until the switch's full flush has removed its translations.
 /// Only the CPU itself changes its entry.
-static TLB_DOM: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS] =
-    [const { core::sync::atomic::AtomicU32::new(0) }; crate::arch::percpu::MAX_CPUS];
+static TLB_HELD: [AtomicU64; crate::arch::percpu::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::arch::percpu::MAX_CPUS];
+
+/// Whether a `TLB_HELD` entry names domain id + 1 `me` in either half.
+#[inline(always)]
+fn tlb_held_names(held: u64, me: u64) -> bool {
+    held & 0xffff_ffff == me || held >> 32 == me
+}
 
 /// Makes domain `dom`'s dirty mask (its chunk), for its build; `None`: no
 /// memory for it.
@@ -962,47 +984,77 @@ pub fn dirty_made(dom: u16) -> Option<&'static AtomicU64> {
 }
 
 /// The CPUs that may hold translations through domain `dom`'s page tables
-/// (bit per CPU number): every CPU when its mask was never made.
-/// Sequentially consistent with [`tlb_join`]'s update: a caller that
-/// removed an entry before this read either sees a CPU's bit or that CPU
-/// loads the tables after the removal.
+/// (bit per CPU number): those of its mask whose `TLB_HELD` entry names it
+/// (every CPU's entry when its mask was never made). Sequentially
+/// consistent with [`tlb_join`]'s updates: a caller that removed an entry
+/// (and fenced) before this either sees a CPU here or that CPU loads the
+/// tables after the removal (it names `dom` in its entry, and sets its
+/// mask bit if not set, before it loads them), and a CPU left out has
+/// finished the full flush that followed its last use of them.
 #[inline]
 pub fn dirty_cpus(dom: u16) -> u64 {
-    DIRTY
+    let mask = DIRTY
         .get(usize::from(dom))
-        .map_or(u64::MAX, |m| m.load(Ordering::SeqCst))
+        .map_or(u64::MAX, |m| m.load(Ordering::SeqCst));
+    let me = u64::from(dom) + 1;
+    let mut out = 0;
+    let mut left = mask;
+    while left != 0 {
+        let c = left.trailing_zeros() as usize;
+        left &= left - 1;
+        if TLB_HELD
+            .get(c)
+            .is_some_and(|h| tlb_held_names(h.load(Ordering::SeqCst), me))
+        {
+            out |= 1 << c;
+        }
+    }
+    out
 }
 
 /// This CPU (`cpu`) is about to load one of domain `dom`'s page tables: it
-/// joins `dom`'s dirty mask first (a locked update, ordered before the
-/// load). Returns the domain whose mask it was in before, if another: it
-/// still holds that one's translations, and leaves its mask only once it
-/// has flushed ([`tlb_leave`]).
-pub fn tlb_join(dom: u16, cpu: usize) -> Option<u16> {
-    let me = u32::from(dom) + 1;
-    let prev = TLB_DOM.get(cpu)?.swap(me, Ordering::Relaxed);
-    if prev == me {
-        return None;
+/// names `dom` in its `TLB_HELD` entry, keeping the domain before in the
+/// other half (it still holds that one's translations until the flush:
+/// [`tlb_leave`]), then sets its bit in `dom`'s mask if it is not set yet,
+/// both before the load (sequentially consistent, ordered before it).
+#[inline(always)]
+pub fn tlb_join(dom: u16, cpu: usize) {
+    let Some(held) = TLB_HELD.get(cpu) else {
+        return;
+    };
+    let me = u64::from(dom) + 1;
+    let was = held.load(Ordering::Relaxed) & 0xffff_ffff;
+    if was == me {
+        return;
     }
+    held.store(me | was << 32, Ordering::SeqCst);
     if let Some(m) = DIRTY.get(usize::from(dom)) {
-        m.fetch_or(1 << (cpu % 64), Ordering::SeqCst);
+        let bit = 1 << (cpu % 64);
+        if m.load(Ordering::SeqCst) & bit == 0 {
+            m.fetch_or(bit, Ordering::SeqCst);
+        }
     }
-    u16::try_from(prev.checked_sub(1)?).ok()
 }
 
-/// After a full flush of this CPU: it leaves `prev`'s dirty mask (what
-/// [`tlb_join`] returned).
-pub fn tlb_leave(prev: Option<u16>, cpu: usize) {
-    if let Some(m) = prev.and_then(|d| DIRTY.get(usize::from(d))) {
-        m.fetch_and(!(1 << (cpu % 64)), Ordering::SeqCst);
+/// After the full flush of a switch on this CPU (`cpu`): it no longer
+/// holds the domain before's translations ([`tlb_join`]'s other half). Its
+/// bit stays in that domain's mask.
+#[inline(always)]
+pub fn tlb_leave(cpu: usize) {
+    if let Some(held) = TLB_HELD.get(cpu) {
+        held.store(
+            held.load(Ordering::Relaxed) & 0xffff_ffff,
+            Ordering::Release,
+        );
     }
 }
 
 /// After a full flush of this CPU on the hypervisor's own page tables (a
-/// release to idle): it leaves the mask it was in.
+/// release to idle): it holds no domain's translations.
 pub fn tlb_leave_all(cpu: usize) {
-    let prev = TLB_DOM.get(cpu).map_or(0, |d| d.swap(0, Ordering::Relaxed));
-    tlb_leave(prev.checked_sub(1).and_then(|d| u16::try_from(d).ok()), cpu);
+    if let Some(held) = TLB_HELD.get(cpu) {
+        held.store(0, Ordering::Release);
+    }
 }
 
 /// What the lock-free yield (`sched::yield_alone`) reads of the scheduler:
@@ -1412,6 +1464,43 @@ impl Hv {
         }
     }
 
+    /// A switch's scheduler bookkeeping in one: this CPU (`cpu`) lets go
+    /// of vCPU `cur` (`NO_VCPU`: it held none) and takes `next`, moved to
+    /// its queue first (`assign`, `let_go`, `hold`); returns `next`'s
+    /// record and domain. The waiting counts change once for both: not at
+    /// all when `cur` starts waiting as `next` stops, on the same CPUs.
+    #[inline(always)]
+    pub fn hand_over(&mut self, cur: usize, next: usize, cpu: usize) -> (&mut Vcpu, &Domain) {
+        let up = cur != NO_VCPU && self.sched.let_go(cur);
+        let up_cpus = if up {
+            self.vcpus.get(cur).map(|v| v.cpus)
+        } else {
+            None
+        };
+        let v = &mut self.vcpus[next];
+        self.sched.assign(next, &mut v.processor, cpu);
+        let down = self.sched.hold(next);
+        let counts = &SCHED_VIEW.waiting;
+        match up_cpus {
+            Some(c) if down && c == v.cpus => {}
+            Some(c) => {
+                microvisor_core::sched::waiting::changed(counts, c, false, true);
+                microvisor_core::sched::waiting::changed(counts, v.cpus, down, false);
+            }
+            None => microvisor_core::sched::waiting::changed(counts, v.cpus, down, false),
+        }
+        let d = &self.domains[v.dom];
+        (v, d)
+    }
+
+    /// The running vCPU (`i`) and its domain, to charge for its run time.
+    #[inline(always)]
+    pub fn get_vcpu_and_dom_mut(&mut self, i: usize) -> Option<(&mut Vcpu, &mut Domain)> {
+        let v = self.vcpus.get_mut(i)?;
+        let d = self.domains.get_mut(v.dom)?;
+        Some((v, d))
+    }
+
     /// This CPU lets go of vCPU `i`: any CPU may pick it again.
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) {
@@ -1582,10 +1671,7 @@ impl Hv {
     /// their writers never hang.
     pub fn drain_console(&mut self, i: usize) {
         let Some(d) = self.domains.get(i) else { return };
-        // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
-        // Both indexes in one load: nothing to drain is the common case.
-        let both = d.console_page.u64_at(3080).load(Ordering::Relaxed);
-        if both as u32 == (both >> 32) as u32 || !d.is_live() {
+        if !d.console_output_waiting() {
             return;
         }
         if d.console_evtchn != 0 && self.domains.iter().any(|s| s.service && s.is_live()) {

@@ -400,12 +400,15 @@ fn batch_locked(frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>, released
 /// scheduler's sets first (`Hv::audit_sched_view`).
 #[inline]
 fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
-    let live = crate::arch::entry::live(frame);
-    leave_if_down(hv, live);
+    let mut live = crate::arch::entry::live(frame);
+    if crate::arch::percpu::leave_now() {
+        leave_if_down(hv, live);
+        live = crate::arch::entry::live(live);
+    }
     if crate::audit::every_call() {
         hv.audit_sched_view("a hypercall");
     }
-    crate::pv::deliver_events(hv, crate::arch::entry::live(live));
+    crate::pv::deliver_events(hv, live);
 }
 
 /// Not an errno: the hypercall left the frame as it should return (another

@@ -39,18 +39,21 @@ pub fn runstate_of(state: RunState) -> u32 {
 /// Charges the running vCPU for the time since it last started.
 fn account(hv: &mut Hv, now: u64) {
     let cur = hv.current_index();
-    let Some(v) = hv.get_vcpu_mut(cur) else {
-        return;
-    };
+    if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
+        charge(v, d, now);
+    }
+}
+
+/// `account` for vCPU `v` of domain `d`.
+#[inline(always)]
+fn charge(v: &mut crate::domain::Vcpu, d: &mut crate::domain::Domain, now: u64) {
     if v.runstate.state != 0 {
         return;
     }
     let ran = now.saturating_sub(v.last_start);
     v.last_start = now;
-    let di = v.dom;
-    let vr_mul = hv.dom(di).vr_mul();
-    hv.vcpu_mut(cur).vruntime += policy::charge(ran, vr_mul);
-    hv.dom_mut(di).charge_period(ran);
+    v.vruntime += policy::charge(ran, d.vr_mul());
+    d.charge_period(ran);
 }
 
 fn capped(d: &crate::domain::Domain) -> bool {
@@ -252,9 +255,15 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// the CPU, can never switch vCPUs (it has nothing to pass).
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current_index();
-    hv.drain_console(hv.vcpu(cur).dom);
     let now = crate::time::now_ns();
-    account(hv, now);
+    // Charge it (`account`) and drain its console ring, with one lookup.
+    if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
+        charge(v, d, now);
+        if d.console_output_waiting() {
+            let i = v.dom;
+            hv.drain_console(i);
+        }
+    }
     cap_period(hv, now);
     fire_timers(hv, now);
     crate::irq::deliver(hv);
@@ -417,7 +426,6 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
                 // (Its page tables are still the loaded ones.)
                 crate::vcpu::update_runstate_area(d);
             }
-            hv.let_go(cur);
         }
         // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
         if crate::pv::RARE_STATE.load(core::sync::atomic::Ordering::Relaxed) {
@@ -429,10 +437,9 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     if me != 0 {
         first_run_here(hv, next, me);
     }
-    // (A vCPU taken from another CPU's queue moves to this one's.)
-    hv.assign(next, me as usize);
-    hv.hold(next);
-    let (d, dom) = hv.vcpu_and_dom(next);
+    // This CPU lets go of `cur` and takes `next` (a vCPU taken from another
+    // CPU's queue moves to this one's).
+    let (d, dom) = hv.hand_over(cur, next, me as usize);
     let id = dom.id();
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
@@ -465,16 +472,17 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // Into the domain's dirty mask before its tables are loaded.
-        let cpu = crate::arch::percpu::cpu_id();
-        let prev = crate::domain::tlb_join(id, cpu);
+        let cpu = me as usize;
+        crate::domain::tlb_join(id, cpu);
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.
         unsafe { cpu::write_cr3(cr3) };
         if next != cur {
             // Guest L1 entries may be global: drop the last domain's.
             crate::arch::smp::flush_local();
-            // Out of the last one's mask once its translations are gone.
-            crate::domain::tlb_leave(prev, cpu);
+            // The last one's translations are gone (its mask keeps this
+            // CPU's bit: `domain::dirty_cpus` reads what it holds).
+            crate::domain::tlb_leave(cpu);
         }
         // Its CPU time starts now, not before the switch: the address-space
         // change is the machine's cost, charged to no vCPU (under TCG a
@@ -586,7 +594,7 @@ pub fn start() -> ! {
     crate::arch::smp::scheduler_ready();
     match cr3 {
         Some((cr3, id)) => {
-            let _ = crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
+            crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
             // SAFETY: as in `switch_to`.
             unsafe { cpu::write_cr3(cr3) };
         }
