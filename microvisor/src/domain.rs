@@ -985,7 +985,9 @@ pub fn dirty_made(dom: u16) -> Option<&'static AtomicU64> {
 
 /// The CPUs that may hold translations through domain `dom`'s page tables
 /// (bit per CPU number): those of its mask whose `TLB_HELD` entry names it
-/// (every CPU's entry when its mask was never made). Sequentially
+/// (every CPU's entry when its mask was never made); the mask as it is
+/// while only one CPU runs guests (no other CPU to flush: the callers
+/// flush their own). Sequentially
 /// consistent with [`tlb_join`]'s updates: a caller that removed an entry
 /// (and fenced) before this either sees a CPU here or that CPU loads the
 /// tables after the removal (it names `dom` in its entry, and sets its
@@ -996,6 +998,9 @@ pub fn dirty_cpus(dom: u16) -> u64 {
     let mask = DIRTY
         .get(usize::from(dom))
         .map_or(u64::MAX, |m| m.load(Ordering::SeqCst));
+    if !crate::arch::smp::active() {
+        return mask;
+    }
     let me = u64::from(dom) + 1;
     let mut out = 0;
     let mut left = mask;
@@ -1465,18 +1470,22 @@ impl Hv {
     }
 
     /// A switch's scheduler bookkeeping in one: this CPU (`cpu`) lets go
-    /// of vCPU `cur` (`NO_VCPU`: it held none) and takes `next`, moved to
-    /// its queue first (`assign`, `let_go`, `hold`); returns `next`'s
-    /// record and domain. The waiting counts change once for both: not at
-    /// all when `cur` starts waiting as `next` stops, on the same CPUs.
+    /// of vCPU `cur` (`NO_VCPU`: it held none), allowed on the CPUs of
+    /// `cur_cpus` (the caller has its record in hand), and takes `next`,
+    /// moved to its queue first (`assign`, `let_go`, `hold`); returns
+    /// `next`'s record and domain. The waiting counts change once for both:
+    /// not at all when `cur` starts waiting as `next` stops, on the same
+    /// CPUs.
     #[inline(always)]
-    pub fn hand_over(&mut self, cur: usize, next: usize, cpu: usize) -> (&mut Vcpu, &Domain) {
+    pub fn hand_over(
+        &mut self,
+        cur: usize,
+        cur_cpus: u64,
+        next: usize,
+        cpu: usize,
+    ) -> (&mut Vcpu, &Domain) {
         let up = cur != NO_VCPU && self.sched.let_go(cur);
-        let up_cpus = if up {
-            self.vcpus.get(cur).map(|v| v.cpus)
-        } else {
-            None
-        };
+        let up_cpus = up.then_some(cur_cpus);
         let v = &mut self.vcpus[next];
         self.sched.assign(next, &mut v.processor, cpu);
         let down = self.sched.hold(next);

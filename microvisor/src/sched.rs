@@ -413,12 +413,14 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
 #[inline(never)]
 fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let mut segs = None;
+    let mut cur_cpus = 0;
     if next != cur {
         // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
         cpu::clts();
         // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
         if cur != NO_VCPU {
             let (d, dom) = hv.vcpu_and_dom(cur);
+            cur_cpus = d.cpus;
             if dom.is_live() {
                 cpu::fpu_save(&mut d.fpu);
                 segs = Some(crate::pv::save_segments(&mut d.pv));
@@ -439,7 +441,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     }
     // This CPU lets go of `cur` and takes `next` (a vCPU taken from another
     // CPU's queue moves to this one's).
-    let (d, dom) = hv.hand_over(cur, next, me as usize);
+    let (d, dom) = hv.hand_over(cur, cur_cpus, next, me as usize);
     let id = dom.id();
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
