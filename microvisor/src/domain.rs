@@ -835,6 +835,13 @@ pub fn tlb_leave_all(cpu: usize) {
     tlb_leave(prev.checked_sub(1).and_then(|d| u16::try_from(d).ok()), cpu);
 }
 
+/// The domain whose dirty mask CPU `cpu` last joined and has not left
+/// (its own record, an atomic: read by the audit, `lifecycle::audit`).
+pub fn tlb_joined(cpu: usize) -> Option<u16> {
+    let d = TLB_DOM.get(cpu)?.load(Ordering::Relaxed);
+    u16::try_from(d.checked_sub(1)?).ok()
+}
+
 /// What the lock-free yield (`sched::yield_alone`) reads of the scheduler:
 /// kept under the hypervisor lock where what it sums up changes.
 pub struct SchedView {
