@@ -6,6 +6,10 @@
 //! value it stores without the caller having validated it.
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::io::console::{
+    XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, XENCONS_OUT_SIZE,
+    out_slot,
+};
 use microvisor_core::manifest::Expect;
 use microvisor_core::reservation::Account;
 use spin::Mutex;
@@ -643,9 +647,12 @@ impl Domain {
     /// (`Hv::drain_console`).
     #[inline(always)]
     pub fn console_output_waiting(&self) -> bool {
-        // xencons_interface: out[2048] at 1024, out_cons at 3080, out_prod at 3084.
-        // Both indexes in one load: nothing to drain is the common case.
-        let both = self.console_page.u64_at(3080).load(Ordering::Relaxed);
+        // Both indexes in one load (`out_cons`, then `out_prod`: guest-abi's
+        // `XenconsInterface`): nothing to drain is the common case.
+        let both = self
+            .console_page
+            .u64_at(CONSOLE_OUT_CONS)
+            .load(Ordering::Relaxed);
         both as u32 != (both >> 32) as u32 && self.is_live()
     }
 
@@ -943,6 +950,12 @@ pub fn account_made(dom: u16) -> Option<&'static Account> {
     ACCOUNTS.made(usize::from(dom), |m| m.write(EMPTY_ACCOUNTS))
 }
 
+// The console page's output ring and its indexes (`struct xencons_interface`,
+// Xen's public io/console.h): byte offsets in the page.
+const CONSOLE_OUT: u64 = XENCONS_OUT_OFFSET as u64;
+const CONSOLE_OUT_CONS: u64 = XENCONS_OUT_CONS_OFFSET as u64;
+const CONSOLE_OUT_PROD: u64 = XENCONS_OUT_PROD_OFFSET as u64;
+
 /// Domain ids per chunk of dirty-CPU masks.
 const DIRTY_CHUNK: usize = 512;
 
@@ -1060,6 +1073,14 @@ pub fn tlb_leave_all(cpu: usize) {
     if let Some(held) = TLB_HELD.get(cpu) {
         held.store(0, Ordering::Release);
     }
+}
+
+/// The domain whose tables CPU `cpu` loaded last and may still hold
+/// translations of (the low half of its `TLB_HELD` entry, an atomic only
+/// it writes: read by the audit, `lifecycle::audit`).
+pub fn tlb_joined(cpu: usize) -> Option<u16> {
+    let d = TLB_HELD.get(cpu)?.load(Ordering::Relaxed) & 0xffff_ffff;
+    u16::try_from(d.checked_sub(1)?).ok()
 }
 
 /// What the lock-free yield (`sched::yield_alone`) reads of the scheduler:
@@ -1692,14 +1713,14 @@ impl Hv {
     #[inline(never)]
     fn drain_console_ring(&mut self, i: usize) {
         let page = self.domains[i].console_page;
-        let mut cons = page.u32_at(3080).load(Ordering::Relaxed);
-        let prod = page.u32_at(3084).load(Ordering::Relaxed);
+        let mut cons = page.u32_at(CONSOLE_OUT_CONS).load(Ordering::Relaxed);
+        let prod = page.u32_at(CONSOLE_OUT_PROD).load(Ordering::Relaxed);
         // A producer more than a ring ahead is broken: take one ring.
-        let avail = prod.wrapping_sub(cons).min(2048);
-        let mut buf = [0u8; 2048];
+        let avail = prod.wrapping_sub(cons).min(XENCONS_OUT_SIZE as u32);
+        let mut buf = [0u8; XENCONS_OUT_SIZE];
         for b in buf.iter_mut().take(avail as usize) {
             *b = page
-                .u8_at(1024 + u64::from(cons & 2047))
+                .u8_at(CONSOLE_OUT + out_slot(cons) as u64)
                 .load(Ordering::Relaxed);
             cons = cons.wrapping_add(1);
         }
@@ -1708,7 +1729,7 @@ impl Hv {
         if d.console_out.shows_ring() {
             assemble(d.id, d.name, &mut d.ring_line, &buf[..avail as usize]);
         }
-        page.u32_at(3080).store(prod, Ordering::Relaxed);
+        page.u32_at(CONSOLE_OUT_CONS).store(prod, Ordering::Relaxed);
     }
 
     /// Frees what dead domains left mapped elsewhere once those mappings

@@ -420,16 +420,10 @@ fn batch_done(cmd: u32) -> bool {
 }
 
 /// The flush unmaps by `dom` owe: the entries were in `dom`'s page tables,
-/// so this CPU and the CPUs holding `dom`'s vCPUs (`mmu::apply_flush`, as
-/// the lock-free `mmu_update`).
+/// so this CPU and the others in `dom`'s dirty mask (`mmu::apply_flush`, as
+/// the lock-free `mmu_update`; docs/smp.md, "TLB coherence").
 fn unmapped(f: Flush, dom: u16) {
     crate::mmu::apply_flush(f, dom);
-}
-
-fn apply(f: Flush) {
-    if f.is_needed() {
-        crate::arch::smp::flush_tlb_everywhere();
-    }
 }
 
 #[inline(never)]
@@ -614,7 +608,9 @@ fn map_one(dom: u16, cr3: u64, va: u64) -> Result<(), Errno> {
             };
             match ft.install_grant_entry(mem, dom, at, m.pte()) {
                 Ok(f) => {
-                    apply(f);
+                    // The entry replaced was in `dom`'s own table (the
+                    // frame table refuses another's): its dirty mask.
+                    crate::mmu::apply_flush(f, dom);
                     true
                 }
                 Err(_) => false,

@@ -209,6 +209,7 @@ pub fn audit(hv: &Hv, when: &str) {
             crate::arch::cpu::qemu_exit(false);
         }
     }
+    dirty_masks(hv, when);
     let fifo = crate::fifo::frames_held(hv, held);
     match crate::mm::frames::audit(&roots, &written, &segs, fifo, |add| {
         crate::grant::for_each_external_ref(add)
@@ -222,6 +223,70 @@ pub fn audit(hv: &Hv, when: &str) {
             );
             crate::arch::cpu::qemu_exit(false);
         }
+    }
+}
+
+/// The audit's check of the dirty-CPU masks (docs/smp.md, "TLB
+/// coherence"): every CPU that may hold translations through a domain's
+/// page tables is in that domain's mask (`domain::dirty_cpus`), or the
+/// flushes of the domain's own page-table changes could miss it. A CPU
+/// may hold them when it holds one of the domain's vCPUs, has one of its
+/// tables loaded (this CPU: its CR3; the others: their held vCPU's kernel
+/// and user tables), or recorded joining the mask last
+/// (`domain::tlb_joined`). Read as docs/smp.md allows: the other CPUs'
+/// `PerCpu::vcpu` and join records are atomics, and they change both
+/// under the hypervisor lock, which the audit holds (a switch or release
+/// joins, loads, flushes and leaves within one hold of it). A difference
+/// fails the run with a line naming the CPU and the domain.
+fn dirty_masks(hv: &Hv, when: &str) {
+    use crate::arch::percpu::{self, MAX_CPUS};
+    use microvisor_core::tlbclock::dirty::{CpuView, first_missing};
+    let me = percpu::cpu_id();
+    let owner = |cr3: u64| -> Option<u16> {
+        let mfn = cr3 / crate::mm::PAGE;
+        let o = crate::mm::frames::with(|ft, _| ft.owner(mfn))?;
+        hv.get_dom(usize::from(o)).map(|d| d.id)
+    };
+    let mut views: heapless::Vec<CpuView, MAX_CPUS> = heapless::Vec::new();
+    for (cpu, block) in (0..MAX_CPUS).filter_map(|c| Some((c, percpu::cpu(c)?))) {
+        let v = if cpu == me {
+            hv.current_index()
+        } else {
+            block.vcpu.load(core::sync::atomic::Ordering::Acquire) as usize
+        };
+        let mut view = CpuView {
+            cpu,
+            joined: crate::domain::tlb_joined(cpu),
+            ..CpuView::default()
+        };
+        if v != crate::domain::NO_VCPU {
+            let Some(vc) = hv.get_vcpu(v) else {
+                crate::error!(
+                    "audit after {when} failed: cpu {cpu} holds vCPU index {v}, which has no record"
+                );
+                crate::arch::cpu::qemu_exit(false);
+            };
+            view.holds = hv.get_dom(vc.dom).map(|d| d.id);
+            view.tables[0] = (vc.cr3 != 0).then(|| owner(vc.cr3)).flatten();
+            view.tables[1] = (vc.user_cr3 != 0).then(|| owner(vc.user_cr3)).flatten();
+        }
+        if cpu == me {
+            let loaded = crate::arch::cpu::cr3() & !0xfff;
+            if loaded != crate::mm::paging::hv_l4() {
+                view.tables[2] = owner(loaded);
+            }
+        }
+        let _ = views.push(view);
+    }
+    if let Some(m) = first_missing(views, crate::domain::dirty_cpus) {
+        crate::error!(
+            "audit after {when} failed: cpu {} is not in domain {}'s dirty mask ({:#x}), though {}",
+            m.cpu,
+            m.dom,
+            m.mask,
+            m.why.as_str()
+        );
+        crate::arch::cpu::qemu_exit(false);
     }
 }
 

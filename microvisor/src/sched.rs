@@ -581,7 +581,11 @@ pub fn start() -> ! {
                 cpu::fpu_restore(&d.fpu);
                 // Its frame is the one the exit path restores.
                 d.set_frame_current();
-                Some((d.cr3, id))
+                // Into the domain's dirty mask before its tables are
+                // loaded, and while the lock is held: the audit (under the
+                // lock) then never sees this CPU hold the vCPU outside it.
+                crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
+                Some(d.cr3)
             }
             None => {
                 hv.set_current_index(NO_VCPU);
@@ -595,8 +599,8 @@ pub fn start() -> ! {
     crate::arch::smp::join_scheduler();
     crate::arch::smp::scheduler_ready();
     match cr3 {
-        Some((cr3, id)) => {
-            crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
+        Some(cr3) => {
+            // (It joined the domain's dirty mask above.)
             // SAFETY: as in `switch_to`.
             unsafe { cpu::write_cr3(cr3) };
         }

@@ -52,6 +52,18 @@ impl Default for XenconsInterface {
     }
 }
 
+/// Byte offset of the output ring (`out`) in the console page.
+pub const XENCONS_OUT_OFFSET: usize = core::mem::offset_of!(XenconsInterface, output);
+/// Byte offset of `out_cons` (output consumed by the back-end) in the
+/// console page.
+pub const XENCONS_OUT_CONS_OFFSET: usize = core::mem::offset_of!(XenconsInterface, out_cons);
+/// Byte offset of `out_prod` (output produced by the guest) in the console
+/// page: the word after `out_cons`, so one aligned 8-byte load reads both
+/// (`out_cons` in the low half on x86).
+pub const XENCONS_OUT_PROD_OFFSET: usize = core::mem::offset_of!(XenconsInterface, out_prod);
+const _: () = assert!(XENCONS_OUT_PROD_OFFSET == XENCONS_OUT_CONS_OFFSET + 4);
+const _: () = assert!(XENCONS_OUT_CONS_OFFSET.is_multiple_of(8));
+
 /// Slot of input index `idx`.
 #[must_use]
 pub const fn in_slot(idx: XenconsRingIdx) -> usize {

@@ -149,5 +149,7 @@ impl FlushRequest<'_> {
     }
 }
 
+pub mod dirty;
+
 #[cfg(test)]
 mod tests;

@@ -44,7 +44,7 @@ pub struct PerCpu {
     /// `vcpu` (`set_vcpu`) from a `'static` reference, so the lock-free
     /// paths reach it without the directory walk (`domain::held_light`).
     pub light: AtomicU64,
-    /// A TLB flush another CPU asked for (`smp::flush_tlb_everywhere`):
+    /// A TLB flush another CPU asked for (`smp::flush_tlb_mask` and the like):
     /// the request count this CPU has served up to.
     pub flushes_done: AtomicU64,
     /// Its TLB-flush time: the clock's time taken before its last full

@@ -271,7 +271,9 @@ const AP_START_NS: u64 = 10_000_000_000;
 /// Reschedule IPI: an idle CPU looks for work; a CPU running a vCPU enters
 /// the hypervisor, which delivers that vCPU's pending upcall on the way out.
 pub const RESCHED_VECTOR: u8 = 0xf1;
-/// TLB-flush IPI (`flush_tlb_everywhere`).
+/// TLB-flush IPI (`flush_tlb_stale`, `flush_tlb_mask`, `flush_tlb_holding`:
+/// each CPU serves requests in its handler and while it waits for the
+/// hypervisor lock, `serve_flush`).
 pub const FLUSH_VECTOR: u8 = 0xf2;
 
 /// CPUs that run the scheduler (bit per CPU number).
@@ -338,16 +340,6 @@ fn others() -> impl Iterator<Item = &'static super::percpu::PerCpu> {
     (0..64usize)
         .filter(move |c| set & (1 << c) != 0)
         .filter_map(super::percpu::cpu)
-}
-
-/// Flushes every TLB entry (global ones too) on this CPU and on every other
-/// CPU that may hold a guest's (one running or holding a vCPU), and waits
-/// until they did: after this no CPU can still use a translation the
-/// caller removed. Each CPU serves requests in its flush IPI handler and
-/// while it waits for the hypervisor lock (`serve_flush`).
-pub fn flush_tlb_everywhere() {
-    flush_local();
-    flush_other_cpus(|c| c.vcpu.load(Ordering::Acquire) != super::percpu::NO_VCPU);
 }
 
 /// Flushes this CPU's whole TLB (global entries included) on the TLB-flush

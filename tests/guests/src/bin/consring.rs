@@ -6,19 +6,25 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
+use guest_abi::io::console::{
+    XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, XENCONS_OUT_SIZE,
+    out_slot,
+};
 use pv_guest_kernel::{StartInfo, mm, test::Reporter};
 
 fn main(si: &'static StartInfo) {
     let mut t = Reporter::new();
     // The console page lies in the bootstrap mapping at pfn * 4 KiB.
     let page = mm::mfn_to_pfn(si.console.mfn) * 4096;
+    let at = |off: usize| page + off as u64;
     // SAFETY: the console page is ours, mapped writable by the builder;
-    // `out` is bytes 1024..3072, the indexes are u32s at 3080 and 3084.
+    // `out` and its indexes (aligned u32s) lie at these offsets
+    // (`XenconsInterface`).
     let (out, out_cons, out_prod) = unsafe {
         (
-            core::slice::from_raw_parts_mut((page + 1024) as *mut u8, 2048),
-            AtomicU32::from_ptr((page + 3080) as *mut u32),
-            AtomicU32::from_ptr((page + 3084) as *mut u32),
+            core::slice::from_raw_parts_mut(at(XENCONS_OUT_OFFSET) as *mut u8, XENCONS_OUT_SIZE),
+            AtomicU32::from_ptr(at(XENCONS_OUT_CONS_OFFSET) as *mut u32),
+            AtomicU32::from_ptr(at(XENCONS_OUT_PROD_OFFSET) as *mut u32),
         )
     };
     let lines: [&[u8]; 3] = [
@@ -30,10 +36,10 @@ fn main(si: &'static StartInfo) {
     for msg in lines {
         let mut prod = out_prod.load(Ordering::SeqCst);
         for &b in msg {
-            while prod.wrapping_sub(out_cons.load(Ordering::SeqCst)) >= 2048 {
+            while prod.wrapping_sub(out_cons.load(Ordering::SeqCst)) >= XENCONS_OUT_SIZE as u32 {
                 let _ = guest_abi::hypercall::sched_yield();
             }
-            out[(prod & 2047) as usize] = b;
+            out[out_slot(prod)] = b;
             prod = prod.wrapping_add(1);
         }
         out_prod.store(prod, Ordering::SeqCst);

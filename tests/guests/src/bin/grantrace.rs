@@ -8,18 +8,41 @@
 //!   dier, then maps and unmaps each of the peer's pages `ROUNDS` times,
 //!   checking the content every time, while the peer does the same with its
 //!   pages; between rounds it maps the dier's grant to it, writes how many
-//!   times it did into it (the dier's signal) and unmaps it, until a map finds the dier gone
+//!   times it did into it (the dier's signal), unmaps it and notifies the
+//!   dier, until a map finds the dier gone
 //!   (`GNTST_bad_domain`, Xen's answer for a dying granter). At the end it
-//!   waits for the peer's last mark, then ends every grant it gave: none may
+//!   blocks until the peer's last mark is there (the peer notifies it),
+//!   then ends every grant it gave: none may
 //!   still be in use (the dier's mappings went at its death). With `mc=1`
 //!   (scenarios smp-multicall-*) each round after the first also issues one
 //!   multicall of a grant copy of each of the peer's pages, an mmu_update
 //!   of its own page table, an update_va_mapping and a version query
 //!   ([`mc_round`]), checking each entry's result and the copied bytes.
 //! - `role=dier me=2` (domain 2): grants one page to each racer (references 8
-//!   and 9), maps each racer's grant to it and keeps it mapped, waits until
+//!   and 9), maps each racer's grant to it and keeps it mapped, blocks until
 //!   both racers mapped its pages `DIER_MAPS` times (half their rounds), and
 //!   powers off holding its mappings.
+//!
+//! # Events
+//!
+//! The waits for another domain's mark block on an event channel the
+//! marker notifies (`SCHEDOP_block`, through `events::block_until`), not on
+//! a count of yields. The channels meet by convention, as
+//! `examples/pingpong`'s: each domain's first event-channel operations are
+//! its `alloc_unbound`s (a racer: one for its peer; the dier: one for
+//! domain 0, then one for domain 1), made *before* it grants anything, and
+//! ports are handed out lowest-first, so the same image gets the same
+//! numbers: the racer's first port `F` is its peer's port for it too, and
+//! the dier's for racer `me` is `F + me`. A domain binds to another's port
+//! only after it mapped one of that domain's grants, so the port is
+//! there. Only the start-up wait for a granter's first grant
+//! (`map_when_granted`) still yields, bounded: nothing can notify before
+//! the channels exist. A mark (or notification) that never comes leaves
+//! its waiter blocked for good: its domain never reports, and once every
+//! domain left is blocked the hypervisor kills them (the scenario fails
+//! either way; without the racers' notifications the dier never dies and
+//! the racers fail `dier-mapped-then-gone` after `PATIENCE` maps of its
+//! grant).
 #![no_std]
 #![no_main]
 
@@ -33,7 +56,7 @@ use guest_abi::multicall::MulticallEntry;
 use guest_abi::types::{DomId, GrantRef};
 use pv_guest_kernel::PteFlags;
 use pv_guest_kernel::test::Reporter;
-use pv_guest_kernel::{StartInfo, gnttab, mm, println};
+use pv_guest_kernel::{Port, StartInfo, events, gnttab, mm, println};
 
 /// Pages each racer grants its peer.
 const PAGES: u32 = 2;
@@ -93,15 +116,32 @@ fn map_when_granted(dom: u16, gref: u32, slot: u64) -> Result<(u64, u32), i16> {
     }
 }
 
-/// Yields until `cond` holds (false if it never did).
-fn wait(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..PATIENCE {
-        if cond() {
-            return true;
-        }
-        let _ = guest_abi::hypercall::sched_yield();
+/// An event only wakes the blocked waiter, which then looks at memory.
+fn on_event(_port: Port) {}
+
+/// Event delivery on, and this domain's first port: unbound for `remote`
+/// (allocated before anything is granted, see "Events").
+fn first_port(remote: u16) -> Result<Port, guest_abi::errno::Errno> {
+    events::init()?;
+    let p = events::alloc_unbound(DomId(remote), on_event)?;
+    events::enable();
+    Ok(p)
+}
+
+/// Our port bound to domain `dom`'s port `port` for us (after one of its
+/// grants was mapped: the port exists), or `None` (said, and checked by
+/// the caller).
+fn bind_to(dom: u16, port: u32) -> Option<Port> {
+    events::bind_interdomain(DomId(dom), Port(port), on_event)
+        .map_err(|e| println!("grantrace: bind to domain {dom} port {port}: {e:?}"))
+        .ok()
+}
+
+/// Notifies the other end of `port`, if bound.
+fn notify(port: Option<Port>) {
+    if let Some(p) = port {
+        let _ = events::send(p);
     }
-    false
 }
 
 /// What a racer's multicalls use (`mc=1`): a page per peer page to copy
@@ -215,17 +255,19 @@ fn mc_round(peer: u16, m: &McPages, round: u32) -> Result<(), ()> {
     Ok(())
 }
 
-/// [`wait`] with a bound 50 times as long.
-fn wait_long(mut cond: impl FnMut() -> bool) -> bool {
-    (0..50).any(|_| wait(&mut cond))
-}
-
 fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
     let mut t = Reporter::new();
-    if let Err(e) = gnttab::init(1) {
-        t.fail("setup-table", format_args!("{e:?}"));
-        t.finish()
-    }
+    let first = match gnttab::init(1).and_then(|()| first_port(peer)) {
+        Ok(p) => p.0,
+        Err(e) => {
+            t.fail("setup-table", format_args!("{e:?}"));
+            t.finish()
+        }
+    };
+    // Our ports bound to the peer's and the dier's ports for us.
+    let mut to_peer = None;
+    let mut to_dier = None;
+    let mut bound = true;
     let mut own = [(0u64, GrantRef(0)); PAGES as usize];
     let mut granted = true;
     for k in 0..PAGES {
@@ -234,8 +276,8 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
             _ => granted = false,
         }
     }
-    let to_dier = grant_page(me, PAGES, dier);
-    granted &= matches!(to_dier, Ok((_, r)) if r == GrantRef(FIRST_REF + PAGES));
+    let dier_page = grant_page(me, PAGES, dier);
+    granted &= matches!(dier_page, Ok((_, r)) if r == GrantRef(FIRST_REF + PAGES));
     t.check("granted", granted, format_args!("references not 8.."));
 
     let mut content = true;
@@ -266,10 +308,18 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
                 match map_when_granted(peer, FIRST_REF + k, u64::from(k)) {
                     Ok((va, h)) => {
                         content &= (1..512).all(|i| word(va, i) == pattern(peer, k, i));
-                        if rounds + 1 == ROUNDS && k == 0 {
+                        if rounds == 0 && to_peer.is_none() {
+                            to_peer = bind_to(peer, first);
+                            bound &= to_peer.is_some();
+                        }
+                        let last = rounds + 1 == ROUNDS && k == 0;
+                        if last {
                             set_word(va, 0, DONE);
                         }
                         unmaps &= scenario_guests::gunmap(va, h).is_ok();
+                        if last {
+                            notify(to_peer);
+                        }
                     }
                     Err(e) => {
                         t.fail("map-peer", format_args!("round {rounds} page {k}: {e}"));
@@ -284,9 +334,14 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
             match map_when_granted(dier, FIRST_REF + u32::from(me), u64::from(PAGES)) {
                 Ok((va, h)) => {
                     content &= (1..512).all(|i| word(va, i) == pattern(dier, u32::from(me), i));
+                    if dier_maps == 0 {
+                        to_dier = bind_to(dier, first + u32::from(me));
+                        bound &= to_dier.is_some();
+                    }
                     dier_maps += 1;
                     set_word(va, 0, u64::from(dier_maps));
                     unmaps &= scenario_guests::gunmap(va, h).is_ok();
+                    notify(to_dier);
                 }
                 Err(GNTST_BAD_DOMAIN) => dier_gone = true,
                 Err(e) => {
@@ -319,13 +374,17 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
         dier_maps > 0 && dier_gone && dier_odd.is_none(),
         format_args!("{dier_maps} maps, gone {dier_gone}, odd status {dier_odd:?}"),
     );
-    // The peer's last round marked our first page: it maps nothing of ours.
-    // (A longer bound: under audit=1 the peer's rounds, each audited, may
-    // lag far behind ours, and a yield with nothing else to run is quick.)
-    let peer_done = wait_long(|| word(own[0].0, 0) == DONE);
+    t.check(
+        "ports-bound",
+        bound && to_peer.is_some(),
+        format_args!("see above"),
+    );
+    // The peer's last round marked our first page (and notified us): it
+    // maps nothing of ours.
+    events::block_until(|| word(own[0].0, 0) == DONE);
     t.check(
         "peer-done",
-        peer_done,
+        word(own[0].0, 0) == DONE,
         format_args!("no mark from the peer"),
     );
     let mut ended = true;
@@ -333,7 +392,7 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
         ended &= gnttab::revoke(r).is_ok();
     }
     // The dier died holding a mapping of this grant: released at its death.
-    if let Ok((_, r)) = to_dier {
+    if let Ok((_, r)) = dier_page {
         ended &= gnttab::revoke(r).is_ok();
     }
     t.check(
@@ -347,7 +406,11 @@ fn racer(me: u16, peer: u16, dier: u16, mc: bool) -> ! {
 
 fn dier(me: u16) -> ! {
     let mut t = Reporter::new();
-    if let Err(e) = gnttab::init(1) {
+    // A port for each racer (0, then 1), before anything is granted.
+    let ports = gnttab::init(1)
+        .and_then(|()| first_port(0))
+        .and_then(|_| events::alloc_unbound(DomId(1), on_event));
+    if let Err(e) = ports {
         t.fail("setup-table", format_args!("{e:?}"));
         t.finish()
     }
@@ -378,10 +441,12 @@ fn dier(me: u16) -> ! {
         }
     }
     t.check("maps-racers", held, format_args!("see above"));
-    let marked = wait(|| pages.iter().all(|&va| word(va, 0) >= DIER_MAPS));
+    // Each racer notifies us after each mark.
+    let marked = || pages.iter().all(|&va| word(va, 0) >= DIER_MAPS);
+    events::block_until(marked);
     t.check(
         "racers-mapped",
-        marked,
+        marked(),
         format_args!("no mark from a racer"),
     );
     // Dies holding its mappings, while the racers map its grants.

@@ -9,8 +9,10 @@
 //! judged), and a mask the hypervisor cannot read is EINVAL, as Xen's
 //! mmuext_op answers. Last, an mmu_update batch that changes the window
 //! reaches vCPU 1 with no flush asked for (the microvisor flushes the
-//! caller's CPUs after a batch that took access away), and so does
-//! update_va_mapping with `UVMF_ALL` (the domain's dirty-CPU mask).
+//! caller's CPUs after a batch that took access away), and so do
+//! update_va_mapping with `UVMF_ALL` (the domain's dirty-CPU mask) and a
+//! grant map that replaces the window's mapping (`me=ID`: our domain id,
+//! for the grant to ourselves).
 #![no_std]
 #![no_main]
 
@@ -22,7 +24,7 @@ use guest_abi::mmu::{
 };
 use guest_abi::types::VcpuId;
 use pv_guest_kernel::test::Reporter;
-use pv_guest_kernel::{StartInfo, mm, println, smp};
+use pv_guest_kernel::{DomId, StartInfo, gnttab, mm, println, smp};
 
 /// The window vCPU 1 reads through (the first page's own address).
 static WINDOW: AtomicU64 = AtomicU64::new(0);
@@ -86,7 +88,7 @@ fn flush(cmd: u32, va: u64, mask: *const u64) -> Result<(), Errno> {
     unsafe { mm::mmuext(cmd, va, mask as u64) }
 }
 
-fn main(_si: &'static StartInfo) {
+fn main(si: &'static StartInfo) {
     let mut r = Reporter::new();
     let (Ok((w, ma)), Ok((vb, mb))) = (mm::alloc_page(), mm::alloc_page()) else {
         r.fail("setup", format_args!("no pages"));
@@ -178,6 +180,26 @@ fn main(_si: &'static StartInfo) {
         format_args!("{moved:?}"),
     );
 
+    // A grant map over the window (our own page granted to ourselves,
+    // mapped where the window's ordinary mapping is, which the map
+    // replaces): the hypervisor flushes the CPUs in the caller's dirty
+    // mask, vCPU 1's among them, as for an unmap.
+    let (to, want) = away(ma, mb);
+    let me = scenario_guests::arg(si, "me").and_then(|v| v.parse::<u16>().ok());
+    let granted = gnttab::init(1)
+        .and_then(|()| gnttab::grant_access(DomId(me.unwrap_or(0)), to, false))
+        .map_err(|e| println!("tlbmulti: grant: {e:?}"));
+    let handle = granted.and_then(|g| {
+        scenario_guests::gmap(me.unwrap_or(0), g.0, w, false)
+            .map(|h| (g, h))
+            .map_err(|st| println!("tlbmulti: map: status {st}"))
+    });
+    r.check(
+        "grant-map-flushes-the-callers-cpus",
+        me.is_some() && handle.is_ok() && sees(want),
+        format_args!("me={me:?}, see above"),
+    );
+
     // A mask pointer that does not translate (nothing is mapped at 112 TiB)
     // or lies in the hypervisor's range.
     let bad = [0x7000_0000_0000u64, 0xFFFF_8000_0000_0000];
@@ -191,6 +213,17 @@ fn main(_si: &'static StartInfo) {
     STOP.store(1, Ordering::Release);
     while guest_abi::hypercall::vcpu_is_up(VcpuId(1)) == Ok(true) {
         core::hint::spin_loop();
+    }
+    // The grant mapping goes (vCPU 1 no longer reads the window), then
+    // its grant.
+    if let Ok((g, h)) = handle {
+        let unmapped = scenario_guests::gunmap(w, h);
+        let revoked = gnttab::revoke(g);
+        r.check(
+            "grant-unmapped",
+            unmapped.is_ok() && revoked.is_ok(),
+            format_args!("{unmapped:?} {revoked:?}"),
+        );
     }
     // SAFETY: the window back on its own page, flushed here.
     let _ = unsafe {

@@ -18,24 +18,29 @@ use alloc::string::String;
 use alloc::vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use guest_abi::errno::Errno;
+use guest_abi::io::console::{
+    XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, out_slot,
+};
 use pv_guest_kernel::{StartInfo, events, mm, println, test::Reporter, xenstore};
 
 /// Writes `text` into our console ring and notifies the back-end; waits
 /// (bounded) until it is consumed.
 fn ring_print(si: &StartInfo, text: &[u8]) -> bool {
     let page = mm::mfn_to_pfn(si.console.mfn) * 4096;
+    let at = |off: usize| page + off as u64;
     // SAFETY: the console page is ours, mapped writable by the builder;
-    // `out` is bytes 1024..3072, its indexes u32s at 3080 and 3084.
+    // its indexes are aligned u32s at these offsets (`XenconsInterface`).
     let (out_cons, out_prod) = unsafe {
         (
-            AtomicU32::from_ptr((page + 3080) as *mut u32),
-            AtomicU32::from_ptr((page + 3084) as *mut u32),
+            AtomicU32::from_ptr(at(XENCONS_OUT_CONS_OFFSET) as *mut u32),
+            AtomicU32::from_ptr(at(XENCONS_OUT_PROD_OFFSET) as *mut u32),
         )
     };
     let mut prod = out_prod.load(Ordering::SeqCst);
     for &b in text {
+        let slot = at(XENCONS_OUT_OFFSET + out_slot(prod));
         // SAFETY: inside the out ring of our console page.
-        unsafe { core::ptr::write_volatile((page + 1024 + u64::from(prod & 2047)) as *mut u8, b) };
+        unsafe { core::ptr::write_volatile(slot as *mut u8, b) };
         prod = prod.wrapping_add(1);
     }
     out_prod.store(prod, Ordering::SeqCst);
