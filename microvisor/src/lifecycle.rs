@@ -245,7 +245,7 @@ fn dirty_masks(hv: &Hv, when: &str) {
     let owner = |cr3: u64| -> Option<u16> {
         let mfn = cr3 / crate::mm::PAGE;
         let o = crate::mm::frames::with(|ft, _| ft.owner(mfn))?;
-        hv.get_dom(usize::from(o)).map(|d| d.id)
+        hv.get_dom(usize::from(o)).map(|d| d.id())
     };
     let mut views: heapless::Vec<CpuView, MAX_CPUS> = heapless::Vec::new();
     for (cpu, block) in (0..MAX_CPUS).filter_map(|c| Some((c, percpu::cpu(c)?))) {
@@ -266,7 +266,7 @@ fn dirty_masks(hv: &Hv, when: &str) {
                 );
                 crate::arch::cpu::qemu_exit(false);
             };
-            view.holds = hv.get_dom(vc.dom).map(|d| d.id);
+            view.holds = hv.get_dom(vc.dom).map(|d| d.id());
             view.tables[0] = (vc.cr3 != 0).then(|| owner(vc.cr3)).flatten();
             view.tables[1] = (vc.user_cr3 != 0).then(|| owner(vc.user_cr3)).flatten();
         }
