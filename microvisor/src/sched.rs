@@ -47,7 +47,7 @@ fn account(hv: &mut Hv, now: u64) {
     }
     let ran = now.saturating_sub(v.last_start);
     v.last_start = now;
-    let di = v.dom;
+    let di = v.dom();
     let vr_mul = hv.dom(di).vr_mul();
     hv.vcpu_mut(cur).vruntime += policy::charge(ran, vr_mul);
     hv.dom_mut(di).charge_period(ran);
@@ -161,7 +161,7 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
         if d.state == RunState::Down {
             continue;
         }
-        let (dom, vid) = (d.dom, d.vid);
+        let (dom, vid) = (d.dom(), d.vid());
         let mut fire = false;
         if d.timer_deadline != 0 && d.timer_deadline <= now {
             d.timer_deadline = 0;
@@ -252,7 +252,7 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 /// the CPU, can never switch vCPUs (it has nothing to pass).
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current_index();
-    hv.drain_console(hv.vcpu(cur).dom);
+    hv.drain_console(hv.vcpu(cur).dom());
     let now = crate::time::now_ns();
     account(hv, now);
     cap_period(hv, now);
@@ -331,7 +331,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     cpu::clts();
     let (d, dom) = hv.vcpu_and_dom(cur);
     if dom.is_live() {
-        cpu::fpu_save(&mut d.fpu);
+        d.save_fpu();
         crate::pv::save_segments(&mut d.pv);
     }
     if d.pv.dbg.active() {
@@ -389,7 +389,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         }
         d.last_start = now;
         if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-            crate::time::update_vcpu_time(d.info);
+            crate::time::update_vcpu_time(d.info());
             d.time_stamp = now;
         }
         return;
@@ -411,7 +411,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         if cur != NO_VCPU {
             let (d, dom) = hv.vcpu_and_dom(cur);
             if dom.is_live() {
-                cpu::fpu_save(&mut d.fpu);
+                d.save_fpu();
                 segs = Some(crate::pv::save_segments(&mut d.pv));
                 d.runstate.enter(runstate_of(d.state), now);
                 // (Its page tables are still the loaded ones.)
@@ -436,7 +436,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let id = dom.id();
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
-        cpu::fpu_restore(&d.fpu);
+        d.restore_fpu();
         if d.pv.virtual_ts {
             cpu::set_ts();
         }
@@ -453,7 +453,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
     if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-        crate::time::update_vcpu_time(d.info);
+        crate::time::update_vcpu_time(d.info());
         d.time_stamp = now;
     }
     if next != cur {
@@ -501,7 +501,7 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
             "cpu {cpu} runs its first vCPU: domain {} ({}) vCPU {}",
             d.id(),
             d.name(),
-            hv.vcpu(v).vid
+            hv.vcpu(v).vid()
         );
     }
 }
@@ -566,12 +566,12 @@ pub fn start() -> ! {
                 let d = hv.vcpu_mut(first);
                 d.runstate.enter(0, now);
                 d.last_start = now;
-                crate::time::update_vcpu_time(d.info);
+                crate::time::update_vcpu_time(d.info());
                 crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
-                cpu::fpu_restore(&d.fpu);
+                d.restore_fpu();
                 // Its frame is the one the exit path restores.
                 d.set_frame_current();
-                Some((d.cr3, id))
+                Some((d.cr3(), id))
             }
             None => {
                 hv.set_current_index(NO_VCPU);
