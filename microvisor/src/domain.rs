@@ -338,7 +338,11 @@ pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo 
 
 /// One virtual CPU: its registers' home (`frame`), its PV state, address
 /// space, timers and scheduler accounting. On the heap (`VcpuTable`) from
-/// its domain's build until the domain is gone (`Hv::reap_vcpus`).
+/// its domain's build until the domain is gone (`Hv::reap_vcpus`). Its
+/// identity, page tables, vcpu_info location and x87/SSE state are private
+/// to this module (getters; set through `install_frame`, `Hv::set_cr3`,
+/// `set_user_cr3`, `Hv::set_info`, `save_fpu`, `set_fpu_image`); its PV
+/// state, runstate area, timers and scheduling state are not yet.
 pub struct Vcpu {
     /// Its saved registers (`arch::entry::VcpuFrame`). Private to this
     /// module, so the frame is touched only by the CPU running the vCPU
@@ -352,25 +356,25 @@ pub struct Vcpu {
     /// affinity), as each CPU's affinity set has it (`sched::runq`).
     pub cpus: u64,
     /// Index of its domain in `Hv::domains`.
-    pub dom: usize,
+    dom: usize,
     /// Its number within the domain (Xen's vcpu_id).
-    pub vid: u32,
+    vid: u32,
     pub state: RunState,
     /// It has a context (built, or VCPUOP_initialise): it may be brought up.
-    pub initialised: bool,
+    initialised: bool,
     /// Machine address of the current L4 (guest kernel page tables).
-    pub cr3: u64,
+    cr3: u64,
     /// Machine address of the guest user L4 (NEW_USER_BASEPTR), 0 = none.
-    pub user_cr3: u64,
+    user_cr3: u64,
     /// Its vcpu_info.
-    pub info: VcpuInfo,
+    info: VcpuInfo,
     /// The frame VCPUOP_register_vcpu_info moved `info` to (holding a
     /// hypervisor write reference), 0 = still in shared info.
-    pub info_mfn: u64,
+    info_mfn: u64,
     /// Trap table, callbacks, kernel stack and other PV vCPU state.
     pub pv: PvState,
     /// x87/SSE registers while the vCPU is not running.
-    pub fpu: crate::arch::cpu::FpuState,
+    fpu: crate::arch::cpu::FpuState,
     /// Weighted virtual run time (ns * 256 / weight).
     pub vruntime: u64,
     /// System time when the vCPU last started running.
@@ -705,9 +709,11 @@ impl Vcpu {
     /// and none was entered from it: a vCPU that was never initialised has
     /// never run, and the caller holds the hypervisor lock, under which
     /// alone a vCPU is taken by a CPU (`Hv::hold`).
+    /// It then has a context ([`Vcpu::initialised`]).
     #[inline]
     pub fn install_frame(&mut self, frame: &crate::arch::entry::TrapFrame) {
         self.frame.install(frame);
+        self.initialised = true;
     }
 
     /// Makes the vCPU's frame the one this CPU's entries save into and its
@@ -717,6 +723,77 @@ impl Vcpu {
     #[inline(always)]
     pub fn set_frame_current(&self) {
         crate::arch::entry::set_current(&self.frame);
+    }
+
+    /// Index of its domain in the domain table (`Hv::dom`).
+    #[inline(always)]
+    pub fn dom(&self) -> usize {
+        self.dom
+    }
+
+    /// Its number within the domain (Xen's vcpu_id).
+    #[inline(always)]
+    pub fn vid(&self) -> u32 {
+        self.vid
+    }
+
+    /// It has a context (built, or VCPUOP_initialise: set by
+    /// [`Vcpu::install_frame`]): it may be brought up.
+    pub fn initialised(&self) -> bool {
+        self.initialised
+    }
+
+    /// Machine address of its kernel L4 (set by `Hv::set_cr3`, which keeps
+    /// its `VcpuLight` copy with it).
+    #[inline(always)]
+    pub fn cr3(&self) -> u64 {
+        self.cr3
+    }
+
+    /// Machine address of its user L4 (NEW_USER_BASEPTR), 0 = none.
+    #[inline(always)]
+    pub fn user_cr3(&self) -> u64 {
+        self.user_cr3
+    }
+
+    /// Sets its user L4 (NEW_USER_BASEPTR, VCPUOP_initialise), 0 = none.
+    pub fn set_user_cr3(&mut self, cr3: u64) {
+        self.user_cr3 = cr3;
+    }
+
+    /// Its vcpu_info (set by `Hv::set_info`, which keeps its `VcpuLight`
+    /// copy with it).
+    #[inline(always)]
+    pub fn info(&self) -> VcpuInfo {
+        self.info
+    }
+
+    /// The frame VCPUOP_register_vcpu_info moved its vcpu_info to (the
+    /// hypervisor holds a write reference on it), 0 = still in shared info.
+    pub fn info_mfn(&self) -> u64 {
+        self.info_mfn
+    }
+
+    /// Saves this CPU's x87/SSE registers as the vCPU's (it leaves the
+    /// CPU).
+    #[inline(always)]
+    pub fn save_fpu(&mut self) {
+        crate::arch::cpu::fpu_save(&mut self.fpu);
+    }
+
+    /// Loads the vCPU's x87/SSE registers into this CPU (it runs next).
+    #[inline(always)]
+    pub fn restore_fpu(&self) {
+        crate::arch::cpu::fpu_restore(&self.fpu);
+    }
+
+    /// Sets its x87/SSE registers from a guest's FXSAVE image
+    /// (VCPUOP_initialise), made safe to load first
+    /// (`microvisor_core::pv::context::sanitize_fxsave`): the image
+    /// `restore_fpu` loads always is.
+    pub fn set_fpu_image(&mut self, image: [u8; 512]) {
+        self.fpu.0 = image;
+        microvisor_core::pv::context::sanitize_fxsave(&mut self.fpu.0);
     }
 
     /// The L4 the CPU must use for the vCPU's current mode.
@@ -1603,10 +1680,13 @@ impl Hv {
         }
     }
 
-    /// Sets where vCPU `i`'s vcpu_info lives (`Vcpu::info`).
-    pub fn set_info(&mut self, i: usize, info: VcpuInfo) {
+    /// Sets where vCPU `i`'s vcpu_info lives (`Vcpu::info`): in frame `mfn`
+    /// (`Vcpu::info_mfn`, whose hypervisor write reference the caller took;
+    /// 0: in shared info, or nowhere).
+    pub fn set_info(&mut self, i: usize, info: VcpuInfo, mfn: u64) {
         let d = &mut self.vcpus[i];
         d.info = info;
+        d.info_mfn = mfn;
         if let Some(l) = d.light {
             l.info.store(info);
         }

@@ -546,7 +546,7 @@ pub fn raise_vcpu_virq(hv: &mut Hv, dom: usize, virq: u32, vid: u32) {
 
 /// EVTCHNOP_send with the hypervisor lock held (inside a multicall).
 pub fn send_op(hv: &mut Hv, arg: u64) -> Result<u64, Errno> {
-    let (me, cr3) = (hv.cur_dom().id(), hv.cur().cr3);
+    let (me, cr3) = (hv.cur_dom().id(), hv.cur().cr3());
     let a: guest_abi::event_channel::EvtchnSend = guest::read(cr3, arg)?;
     send_events(me, a.port, |k, _| kick(hv, Some(k)))?;
     Ok(0)
@@ -577,7 +577,7 @@ fn reset_op(hv: &mut Hv, resuming: bool, arg: u64) -> Result<Flow, Errno> {
     use guest_abi::event_channel as ec;
     let me = hv.cur_dom().id();
     let privileged = hv.cur_dom().privileged();
-    let cr3 = hv.cur().cr3;
+    let cr3 = hv.cur().cr3();
     let a: ec::EvtchnReset = guest::read(cr3, arg)?;
     let hv_ro: &Hv = hv;
     let step = evtchn::reset(&mut Every::lock(), me, a.dom, privileged, resuming, || {
@@ -608,7 +608,7 @@ fn event_channel_op_now(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     use guest_abi::event_channel as ec;
     let me = hv.cur_dom().id();
     let privileged = hv.cur_dom().privileged();
-    let cr3 = hv.cur().cr3;
+    let cr3 = hv.cur().cr3();
     match cmd as u32 {
         ec::EVTCHNOP_ALLOC_UNBOUND => {
             let mut a: ec::EvtchnAllocUnbound = guest::read(cr3, arg)?;
@@ -671,7 +671,7 @@ fn event_channel_op_now(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// mean a lost wake-up rather than a peer that never answered).
 pub fn describe_blocked(hv: &Hv, i: usize) {
     let Some(v) = hv.get_vcpu(i) else { return };
-    let Some(d) = hv.get_dom(v.dom) else {
+    let Some(d) = hv.get_dom(v.dom()) else {
         return;
     };
     let mut polled: heapless::Vec<(u32, bool), 8> = heapless::Vec::new();
@@ -697,7 +697,7 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
     crate::error!(
         "domain {} vCPU {}: {:?}, upcall pending {} masked {}, polls {:?} (port, pending), timer {} poll deadline {}, store ring req cons/prod, rsp cons/prod {:?}",
         d.id(),
-        v.vid,
+        v.vid(),
         v.state,
         v.upcall_pending(),
         v.upcall_mask(),

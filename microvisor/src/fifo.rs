@@ -72,7 +72,7 @@ fn take(dom: u16) -> impl FnOnce(u64) -> Result<(), Errno> {
 /// The FIFO `event_channel_op` commands; `ENOSYS` for any other.
 pub fn event_channel_op(hv: &mut Hv, cmd: u32, arg: u64) -> Result<u64, Errno> {
     let me = hv.cur_dom().id();
-    let cr3 = hv.cur().cr3;
+    let cr3 = hv.cur().cr3();
     match cmd {
         ec::EVTCHNOP_INIT_CONTROL => {
             let mut a: ec::EvtchnInitControl = guest::read(cr3, arg)?;

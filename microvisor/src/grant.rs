@@ -264,7 +264,7 @@ pub fn grant_table_op(hv: &mut Hv, cmd: u64, uop: u64, count: u64) -> Result<Flo
     let (dom, privileged, cr3) = (
         hv.cur_dom().id(),
         hv.cur_dom().privileged(),
-        hv.vcpu(cur).cr3,
+        hv.vcpu(cur).cr3(),
     );
     let count = count as u32 as u64;
     let cmd = cmd as u32;

@@ -491,7 +491,7 @@ struct Held<'a> {
 
 impl McRun for Held<'_> {
     fn cr3(&self) -> u64 {
-        self.hv.cur().cr3
+        self.hv.cur().cr3()
     }
     fn preempt(&self) -> bool {
         crate::mmu::should_preempt(self.hv)
@@ -798,7 +798,7 @@ fn control_op(hv: &Hv, arg: u64, version: u32, domctl: bool) -> HResult {
 }
 
 fn cr3(hv: &Hv) -> u64 {
-    hv.cur().cr3
+    hv.cur().cr3()
 }
 
 const CONSOLE_CHUNK: usize = 256;

@@ -87,7 +87,7 @@ pub fn any_bound() -> bool {
 
 fn caller(hv: &Hv) -> (u16, bool, u64) {
     let d = hv.cur_dom();
-    (d.id(), d.is_service(), hv.cur().cr3)
+    (d.id(), d.is_service(), hv.cur().cr3())
 }
 
 /// `PHYSDEVOP_map_pirq` for a GSI: the service domain only (`EPERM`);

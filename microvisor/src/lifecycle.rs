@@ -6,8 +6,8 @@
 //! waits for its teardown, which vCPU records may be freed) and calls
 //! nothing above it (docs/design.md, "Layers").
 
+use crate::domain::MAX_VCPUS_PER_DOMAIN;
 use crate::domain::{Domain, End, Hv, RunState, VcpuInfo, as_expected, reason_name};
-use crate::domain::{MAX_VCPUS_PER_DOMAIN, light};
 
 /// Ends domain `idx` (a shutdown, or killed with `why`); nothing if it has
 /// already ended. Its vCPUs never run again. Its memory and the rest go now
@@ -115,14 +115,10 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
         vc.timer_deadline = 0;
         vc.periodic_ns = 0;
         vc.poll_deadline = 0;
-        let _ = bases.push(vc.cr3);
-        let _ = bases.push(vc.user_cr3);
-        let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn);
-        vc.info = VcpuInfo::NONE;
-        if let Some(l) = light(v) {
-            l.info.store(VcpuInfo::NONE);
-        }
-        vc.info_mfn = 0;
+        let _ = bases.push(vc.cr3());
+        let _ = bases.push(vc.user_cr3());
+        let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn());
+        hv.set_info(v, VcpuInfo::NONE, 0);
         if info != 0 {
             crate::mm::frames::drop_hv_writable(info);
         }
@@ -183,11 +179,11 @@ pub fn audit(hv: &Hv, when: &str) {
         write(&mut written, d.shared_info_mfn());
         write(&mut written, d.console_mfn());
     }
-    for (_, v) in hv.vcpus().filter(|(_, v)| held(hv.dom(v.dom))) {
-        write(&mut roots, v.cr3);
-        write(&mut roots, v.user_cr3);
-        if v.info_mfn != 0 {
-            write(&mut written, v.info_mfn);
+    for (_, v) in hv.vcpus().filter(|(_, v)| held(hv.dom(v.dom()))) {
+        write(&mut roots, v.cr3());
+        write(&mut roots, v.user_cr3());
+        if v.info_mfn() != 0 {
+            write(&mut written, v.info_mfn());
         }
         for &f in core::iter::once(&v.pv.gdt_frame)
             .chain(&v.pv.ldt_frames)
@@ -266,9 +262,9 @@ fn dirty_masks(hv: &Hv, when: &str) {
                 );
                 crate::arch::cpu::qemu_exit(false);
             };
-            view.holds = hv.get_dom(vc.dom).map(|d| d.id());
-            view.tables[0] = (vc.cr3 != 0).then(|| owner(vc.cr3)).flatten();
-            view.tables[1] = (vc.user_cr3 != 0).then(|| owner(vc.user_cr3)).flatten();
+            view.holds = hv.get_dom(vc.dom()).map(|d| d.id());
+            view.tables[0] = (vc.cr3() != 0).then(|| owner(vc.cr3())).flatten();
+            view.tables[1] = (vc.user_cr3() != 0).then(|| owner(vc.user_cr3())).flatten();
         }
         if cpu == me {
             let loaded = crate::arch::cpu::cr3() & !0xfff;

@@ -303,7 +303,6 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                         if vid == 0 {
                             let v = hv.vcpu_mut(vi);
                             v.install_frame(&frame);
-                            v.initialised = true;
                             v.pv.kernel_ss = arch::desc::GUEST_DS;
                             v.pv.kernel_sp = first.kernel_sp;
                             v.runstate.state = 1;

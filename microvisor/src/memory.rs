@@ -53,7 +53,7 @@ fn add_to_physmap(hv: &Hv, cr3: u64, start: u64, arg: u64) -> Result<Flow, Errno
 /// (`MEMOP_EXTENT_SHIFT`); the final result counts every extent done.
 pub fn memory_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<Flow, Errno> {
     let cur = hv.current_index();
-    let cr3 = hv.vcpu(cur).cr3;
+    let cr3 = hv.vcpu(cur).cr3();
     let (op, start) = reservation::split_cmd(cmd);
     use guest_abi::memory as m;
     match op {

@@ -22,7 +22,7 @@ const PREEMPT_CHECK_OPS: u64 = 16;
 const PREEMPTED: u64 = 1 << 31;
 
 fn cr3_mfn(hv: &Hv) -> u64 {
-    hv.cur().cr3 / PAGE
+    hv.cur().cr3() / PAGE
 }
 
 /// After a batch that took access away: every CPU that may hold a
@@ -87,7 +87,7 @@ pub fn mmu_update(
     let (dom, privileged, cr3) = (
         hv.cur_dom().id(),
         hv.cur_dom().privileged(),
-        hv.vcpu(cur).cr3,
+        hv.vcpu(cur).cr3(),
     );
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let hv_ro: &Hv = hv;
@@ -297,14 +297,18 @@ pub fn mmuext_op(
 ) -> Result<Flow, Errno> {
     let cur = hv.current_index();
     let (dom, privileged) = (hv.cur_dom().id(), hv.cur_dom().privileged());
-    let (count, done) = resumed(hv.vcpu(cur).cr3, count, pdone);
+    let (count, done) = resumed(hv.vcpu(cur).cr3(), count, pdone);
     let pg_owner = resolve_pg_owner(dom, (foreigndom & 0xffff) as u16, privileged)?;
     let mut i = 0;
     let mut result = Ok(0);
     while i < count {
         if i > 0 && i % PREEMPT_CHECK_OPS == 0 && should_preempt(hv) {
             if pdone != 0 {
-                let _ = guest::copy_to(hv.vcpu(cur).cr3, pdone, &((done + i) as u32).to_le_bytes());
+                let _ = guest::copy_to(
+                    hv.vcpu(cur).cr3(),
+                    pdone,
+                    &((done + i) as u32).to_le_bytes(),
+                );
             }
             return Ok(Flow::Again([
                 ops.wrapping_add(i * 24),
@@ -316,7 +320,7 @@ pub fn mmuext_op(
         }
         // Re-read the base pointer each time: an op may have switched it, and
         // only the current (referenced, validated) L4 may be walked.
-        let cr3 = hv.vcpu(cur).cr3;
+        let cr3 = hv.vcpu(cur).cr3();
         let [cmd, arg1, arg2] = match guest::read::<[u64; 3]>(cr3, ops.wrapping_add(i * 24)) {
             Ok(r) => r,
             Err(e) => {
@@ -369,7 +373,11 @@ pub fn mmuext_op(
         i += 1;
     }
     if pdone != 0 {
-        let _ = guest::copy_to(hv.vcpu(cur).cr3, pdone, &((done + i) as u32).to_le_bytes());
+        let _ = guest::copy_to(
+            hv.vcpu(cur).cr3(),
+            pdone,
+            &((done + i) as u32).to_le_bytes(),
+        );
     }
     result.map(Flow::Ret)
 }
@@ -377,7 +385,7 @@ pub fn mmuext_op(
 fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let cur = hv.current_index();
     let dom = hv.cur_dom().id();
-    let old = hv.vcpu(cur).cr3 / PAGE;
+    let old = hv.vcpu(cur).cr3() / PAGE;
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, Some(old)))?;
     hv.set_cr3(cur, mfn * PAGE);
     // SAFETY: the new L4 was validated by the frame table, which installs
@@ -389,15 +397,15 @@ fn new_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
 fn new_user_baseptr(hv: &mut Hv, mfn: u64) -> Result<(), Errno> {
     let cur = hv.current_index();
     let dom = hv.cur_dom().id();
-    let old = hv.vcpu(cur).user_cr3 / PAGE;
+    let old = hv.vcpu(cur).user_cr3() / PAGE;
     if mfn == 0 {
         if old != 0 {
             frames::with(|ft, mem| ft.put_page_and_type(mem, old));
         }
-        hv.vcpu_mut(cur).user_cr3 = 0;
+        hv.vcpu_mut(cur).set_user_cr3(0);
         return Ok(());
     }
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, mfn, (old != 0).then_some(old)))?;
-    hv.vcpu_mut(cur).user_cr3 = mfn * PAGE;
+    hv.vcpu_mut(cur).set_user_cr3(mfn * PAGE);
     Ok(())
 }

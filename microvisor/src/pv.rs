@@ -36,7 +36,7 @@ const IOPL: u64 = 3 << 12;
 /// a NULL array clears the table.
 pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Errno> {
     let cur = hv.current_index();
-    let cr3 = hv.vcpu(cur).cr3;
+    let cr3 = hv.vcpu(cur).cr3();
     if table == 0 {
         hv.vcpu_mut(cur).pv.traps = None;
         return Ok(crate::hcall::Flow::Ret(0));
@@ -94,7 +94,7 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
 /// callback_op(register | unregister, struct callback_register/unregister).
 pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let cur = hv.current_index();
-    let cr3 = hv.vcpu(cur).cr3;
+    let cr3 = hv.vcpu(cur).cr3();
     let mut b = [0u8; 16];
     let len = if cmd == 0 { 16 } else { 4 };
     guest::copy_from(cr3, arg, &mut b[..len]).map_err(|_| Errno::EFAULT)?;
@@ -408,7 +408,7 @@ pub fn toggle_mode(hv: &mut Hv) {
 pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
     use microvisor_core::frametable::PageType;
     let cur = hv.current_index();
-    let (dom, cr3) = (hv.cur_dom().id(), hv.vcpu(cur).cr3);
+    let (dom, cr3) = (hv.cur_dom().id(), hv.vcpu(cur).cr3());
     if entries > crate::domain::GUEST_GDT_ENTRIES as u64 {
         return Err(Errno::EINVAL);
     }
@@ -553,7 +553,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let page = (off / crate::mm::PAGE) as usize;
     let dom = hv.cur_dom().id();
     let d = hv.vcpu_mut(cur);
-    let cr3 = d.cr3;
+    let cr3 = d.cr3();
     let pv = &mut d.pv;
     let linear = pv.ldt_base.wrapping_add(off);
     if off < u64::from(pv.ldt_ents) * 8 && pv.ldt_frames[page] == 0 {
@@ -684,7 +684,7 @@ pub fn kill(hv: &mut Hv, regs: &mut TrapFrame, why: core::fmt::Arguments) {
 /// context kills the domain.
 pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     let cur = hv.current_index();
-    let cr3 = hv.vcpu(cur).cr3;
+    let cr3 = hv.vcpu(cur).cr3();
     // iret_context {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}.
     let Ok(ctx) = guest::read::<policy::IretContext>(cr3, frame.rsp) else {
         let sp = frame.rsp;
@@ -696,7 +696,7 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     };
     let d = hv.vcpu(cur);
     let cs_descriptor = guest_descriptor(&d.pv, ctx.cs as u16);
-    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3 != 0, cs_descriptor) {
+    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3() != 0, cs_descriptor) {
         Ok(t) => t,
         Err(why) => return kill(hv, frame, format_args!("{why}")),
     };
@@ -769,7 +769,7 @@ pub fn bounce(
     };
     words[first] = frame.rcx;
     words[first + 1] = frame.r11;
-    match push_frame(d.cr3, sp, &words[first..]) {
+    match push_frame(d.cr3(), sp, &words[first..]) {
         Ok(new_sp) => {
             if mask_events {
                 d.set_upcall_mask(true);
@@ -789,7 +789,7 @@ pub fn bounce(
             false
         }
         Err(PushError::Unwritable(at)) => {
-            let why = if !from_user && ran_off_stack(d.cr3, at) {
+            let why = if !from_user && ran_off_stack(d.cr3(), at) {
                 STACK_OVERFLOW
             } else {
                 ""
@@ -862,7 +862,7 @@ pub fn deliver_exception(
     let t = hv.cur().pv.trap(vector);
     if t.address == 0 {
         let d = hv.cur();
-        let why = if !d.pv.user_mode && ran_off_stack(d.cr3, frame.rsp.wrapping_sub(8)) {
+        let why = if !d.pv.user_mode && ran_off_stack(d.cr3(), frame.rsp.wrapping_sub(8)) {
             STACK_OVERFLOW
         } else {
             ""
@@ -922,7 +922,7 @@ fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
             frame.rsp,
             frame.ss,
         ];
-        if let Ok(new_sp) = push_frame(d.cr3, frame.rsp & !0xf, &words) {
+        if let Ok(new_sp) = push_frame(d.cr3(), frame.rsp & !0xf, &words) {
             if cb.mask_events {
                 d.set_upcall_mask(true);
             }
@@ -1022,7 +1022,7 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd {
         6 => {
             let mut b = [0u8; 4];
-            guest::copy_from(hv.vcpu(cur).cr3, arg, &mut b).map_err(|_| Errno::EFAULT)?;
+            guest::copy_from(hv.vcpu(cur).cr3(), arg, &mut b).map_err(|_| Errno::EFAULT)?;
             let iopl = u32::from_le_bytes(b);
             if iopl > 3 {
                 return Err(Errno::EINVAL);
@@ -1285,7 +1285,7 @@ pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     if error & 3 != 3 || hv.vcpu(cur).pv.user_mode {
         return false;
     }
-    let cr3 = hv.vcpu(cur).cr3;
+    let cr3 = hv.vcpu(cur).cr3();
     let mut b = [0u8; decode::MAX_LEN];
     let n = fetch(cr3, frame.rip, &mut b);
     let Some(w) = decode::pt_write(&b[..n]) else {

@@ -164,7 +164,7 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
         if d.state == RunState::Down {
             continue;
         }
-        let (dom, vid) = (d.dom, d.vid);
+        let (dom, vid) = (d.dom(), d.vid());
         let mut fire = false;
         if d.timer_deadline != 0 && d.timer_deadline <= now {
             d.timer_deadline = 0;
@@ -260,7 +260,7 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
         charge(v, d, now);
         if d.console_output_waiting() {
-            let i = v.dom;
+            let i = v.dom();
             hv.drain_console(i);
         }
     }
@@ -340,7 +340,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     cpu::clts();
     let (d, dom) = hv.vcpu_and_dom(cur);
     if dom.is_live() {
-        cpu::fpu_save(&mut d.fpu);
+        d.save_fpu();
         crate::pv::save_segments(&mut d.pv);
     }
     if d.pv.dbg.active() {
@@ -398,7 +398,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         }
         d.last_start = now;
         if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-            crate::time::update_vcpu_time(d.info);
+            crate::time::update_vcpu_time(d.info());
             d.time_stamp = now;
         }
         return;
@@ -422,7 +422,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             let (d, dom) = hv.vcpu_and_dom(cur);
             cur_cpus = d.cpus;
             if dom.is_live() {
-                cpu::fpu_save(&mut d.fpu);
+                d.save_fpu();
                 segs = Some(crate::pv::save_segments(&mut d.pv));
                 d.runstate.enter(runstate_of(d.state), now);
                 // (Its page tables are still the loaded ones.)
@@ -445,7 +445,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     let id = dom.id();
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
-        cpu::fpu_restore(&d.fpu);
+        d.restore_fpu();
         if d.pv.virtual_ts {
             cpu::set_ts();
         }
@@ -462,7 +462,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
     if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-        crate::time::update_vcpu_time(d.info);
+        crate::time::update_vcpu_time(d.info());
         d.time_stamp = now;
     }
     if next != cur {
@@ -511,7 +511,7 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
             "cpu {cpu} runs its first vCPU: domain {} ({}) vCPU {}",
             d.id(),
             d.name(),
-            hv.vcpu(v).vid
+            hv.vcpu(v).vid()
         );
     }
 }
@@ -576,16 +576,16 @@ pub fn start() -> ! {
                 let d = hv.vcpu_mut(first);
                 d.runstate.enter(0, now);
                 d.last_start = now;
-                crate::time::update_vcpu_time(d.info);
+                crate::time::update_vcpu_time(d.info());
                 crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
-                cpu::fpu_restore(&d.fpu);
+                d.restore_fpu();
                 // Its frame is the one the exit path restores.
                 d.set_frame_current();
                 // Into the domain's dirty mask before its tables are
                 // loaded, and while the lock is held: the audit (under the
                 // lock) then never sees this CPU hold the vCPU outside it.
                 crate::domain::tlb_join(id, crate::arch::percpu::cpu_id());
-                Some(d.cr3)
+                Some(d.cr3())
             }
             None => {
                 hv.set_current_index(NO_VCPU);

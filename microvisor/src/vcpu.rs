@@ -22,12 +22,12 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
         .and_then(|v| hv.vcpu_of(dom, v))
         .ok_or(Errno::ENOENT)?;
     let is_current = vi == hv.current_index();
-    let cr3 = hv.cur().cr3;
+    let cr3 = hv.cur().cr3();
     let now = crate::time::now_ns();
     match cmd as u32 {
         op::VCPUOP_INITIALISE => initialise(hv, vi, arg).map(|()| 0),
         op::VCPUOP_UP => {
-            if !hv.vcpu(vi).initialised {
+            if !hv.vcpu(vi).initialised() {
                 return Err(Errno::EINVAL);
             }
             if hv.vcpu(vi).state == RunState::Down {
@@ -142,7 +142,7 @@ pub fn set_timer(hv: &mut Hv, deadline: u64) {
     hv.timer_set(deadline);
     if deadline != 0 && deadline <= crate::time::now_ns() {
         hv.vcpu_mut(cur).timer_deadline = 0;
-        let (dom, vid) = (hv.vcpu(cur).dom, hv.vcpu(cur).vid);
+        let (dom, vid) = (hv.vcpu(cur).dom(), hv.vcpu(cur).vid());
         crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
     }
 }
@@ -167,12 +167,12 @@ pub fn update_runstate_area(v: &mut crate::domain::Vcpu) {
 
 #[inline(never)]
 fn write_runstate_area(v: &mut crate::domain::Vcpu) {
-    if v.pv.user_mode || crate::arch::cpu::cr3() != v.cr3 {
+    if v.pv.user_mode || crate::arch::cpu::cr3() != v.cr3() {
         v.runstate_pending = true;
         return;
     }
     v.runstate_pending = false;
-    let (va, cr3) = (v.runstate_area, v.cr3);
+    let (va, cr3) = (v.runstate_area, v.cr3());
     let mut b = v.runstate.to_bytes();
     let assist = 1u64 << guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG;
     if v.pv.vm_assist & assist == 0 {
@@ -208,10 +208,10 @@ const CONTEXT_WORDS: usize = core::mem::size_of::<guest_abi::arch::VcpuGuestCont
 fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     use zerocopy::{FromBytes, IntoBytes};
     let mut buf = CONTEXT.lock();
-    guest::copy_from(hv.cur().cr3, arg, buf.as_mut_bytes()).map_err(|_| Errno::EFAULT)?;
+    guest::copy_from(hv.cur().cr3(), arg, buf.as_mut_bytes()).map_err(|_| Errno::EFAULT)?;
     let c = guest_abi::arch::VcpuGuestContext::ref_from_bytes(buf.as_bytes())
         .map_err(|_| Errno::EFAULT)?;
-    if hv.vcpu(vi).initialised {
+    if hv.vcpu(vi).initialised() {
         return Err(Errno::EEXIST);
     }
     let dom = hv.cur_dom().id();
@@ -284,7 +284,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     }
     hv.set_cr3(vi, s.cr3_mfn * PAGE);
     let v = hv.vcpu_mut(vi);
-    v.user_cr3 = s.user_cr3_mfn * PAGE;
+    v.set_user_cr3(s.user_cr3_mfn * PAGE);
     let pv = &mut v.pv;
     pv.traps = traps;
     if let Some(t) = pv.traps.as_deref_mut() {
@@ -331,8 +331,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     pv.ldt_base = s.ldt_base;
     pv.ldt_ents = s.ldt_ents as u32;
     if s.fpu_valid {
-        v.fpu.0 = c.fpu_ctxt;
-        context::sanitize_fxsave(&mut v.fpu.0);
+        v.set_fpu_image(c.fpu_ctxt);
     }
     let g = s.gprs;
     let frame = TrapFrame {
@@ -361,7 +360,6 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     };
     // (Never initialised, so it never ran: no CPU holds it.)
     v.install_frame(&frame);
-    v.initialised = true;
     Ok(())
 }
 
@@ -374,22 +372,22 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
 /// selector bit and the upcall flag are set so nothing pending is lost.
 fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     let a: guest_abi::vcpu::VcpuRegisterVcpuInfo =
-        guest::read(hv.cur().cr3, arg).map_err(|_| Errno::EFAULT)?;
+        guest::read(hv.cur().cr3(), arg).map_err(|_| Errno::EFAULT)?;
     let v = hv.vcpu(vi);
     // (An offset that is not 8-byte aligned is refused too: the selector
     // word must be one aligned atomic word.)
     if u64::from(a.offset) > PAGE - 64
         || !a.offset.is_multiple_of(8)
-        || v.info_mfn != 0
+        || v.info_mfn() != 0
         || (vi != hv.current_index() && v.state != RunState::Down)
     {
         return Err(Errno::EINVAL);
     }
-    let (dom_idx, vid) = (v.dom, v.vid);
+    let (dom_idx, vid) = (v.dom(), v.vid());
     let dom = hv.dom(dom_idx).id();
     let page = frames::hv_writable(a.mfn, dom).map_err(|_| Errno::EINVAL)?;
     let new: VcpuInfo = page.slot(u64::from(a.offset));
-    let old = v.info;
+    let old = v.info();
     for w in 0..8 {
         let x = old
             .u64_at(w * 8)
@@ -397,8 +395,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         new.u64_at(w * 8)
             .store(x, core::sync::atomic::Ordering::Relaxed);
     }
-    hv.set_info(vi, new);
-    hv.vcpu_mut(vi).info_mfn = a.mfn;
+    hv.set_info(vi, new, a.mfn);
     crate::events::vcpu_info_moved(dom, vid, new);
     new.u64_at(8)
         .store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
