@@ -56,12 +56,17 @@ fn on_event(port: Port) {
     }
 }
 
-/// The ports handled on vCPU `v` since the last call.
+/// The ports handled on vCPU `v` since the last call. A handler on that
+/// vCPU counts its entry before it writes the port, so a slot counted but
+/// still 0 (no port is 0; each slot read is cleared) is being written: it
+/// is waited for (as [`wait`] does) rather than read as whatever an
+/// earlier step left there.
 fn take_log(v: usize) -> heapless_log::Log {
     let n = (LOG_N[v].swap(0, Ordering::SeqCst) as usize).min(LOG_LEN);
     let mut out = heapless_log::Log::default();
     for l in LOG[v].iter().take(n) {
-        out.push(l.load(Ordering::SeqCst));
+        let _ = wait(|| l.load(Ordering::SeqCst) != 0);
+        out.push(l.swap(0, Ordering::SeqCst));
     }
     out
 }
