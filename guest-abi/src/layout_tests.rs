@@ -343,6 +343,9 @@ fn io_layouts() {
     assert_eq!(offset_of!(XenconsInterface, in_prod), 3076);
     assert_eq!(offset_of!(XenconsInterface, out_cons), 3080);
     assert_eq!(offset_of!(XenconsInterface, out_prod), 3084);
+    assert_eq!(XENCONS_IN_OFFSET, 0);
+    assert_eq!(XENCONS_IN_CONS_OFFSET, 3072);
+    assert_eq!(XENCONS_IN_PROD_OFFSET, 3076);
     assert_eq!(XENCONS_OUT_OFFSET, 1024);
     assert_eq!(XENCONS_OUT_CONS_OFFSET, 3080);
     assert_eq!(XENCONS_OUT_PROD_OFFSET, 3084);

@@ -11,18 +11,24 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use guest_abi::io::console::{
+    XENCONS_IN_CONS_OFFSET, XENCONS_IN_OFFSET, XENCONS_IN_PROD_OFFSET, XENCONS_IN_SIZE,
+    XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, XENCONS_OUT_SIZE,
+};
 use guest_abi::io::ring::SharedPage;
 use guest_abi::types::Port;
 use pv_guest_kernel::page::MappedPage;
 
-const IN: usize = 0;
-const OUT: usize = 1024;
-const IN_CONS: usize = 3072;
-const IN_PROD: usize = 3076;
-const OUT_CONS: usize = 3080;
-const OUT_PROD: usize = 3084;
-const OUT_SIZE: u32 = 2048;
-const IN_SIZE: u32 = 1024;
+// Where `struct xencons_interface`'s parts lie in the page (guest-abi's
+// `XenconsInterface`, Xen's public io/console.h).
+const IN: usize = XENCONS_IN_OFFSET;
+const OUT: usize = XENCONS_OUT_OFFSET;
+const IN_CONS: usize = XENCONS_IN_CONS_OFFSET;
+const IN_PROD: usize = XENCONS_IN_PROD_OFFSET;
+const OUT_CONS: usize = XENCONS_OUT_CONS_OFFSET;
+const OUT_PROD: usize = XENCONS_OUT_PROD_OFFSET;
+const OUT_SIZE: u32 = XENCONS_OUT_SIZE as u32;
+const IN_SIZE: u32 = XENCONS_IN_SIZE as u32;
 /// A line longer than this is written out in pieces.
 const LINE_MAX: usize = 200;
 

@@ -52,6 +52,14 @@ impl Default for XenconsInterface {
     }
 }
 
+/// Byte offset of the input ring (`in`) in the console page.
+pub const XENCONS_IN_OFFSET: usize = core::mem::offset_of!(XenconsInterface, input);
+/// Byte offset of `in_cons` (input consumed by the guest) in the console
+/// page.
+pub const XENCONS_IN_CONS_OFFSET: usize = core::mem::offset_of!(XenconsInterface, in_cons);
+/// Byte offset of `in_prod` (input produced by the back-end) in the console
+/// page.
+pub const XENCONS_IN_PROD_OFFSET: usize = core::mem::offset_of!(XenconsInterface, in_prod);
 /// Byte offset of the output ring (`out`) in the console page.
 pub const XENCONS_OUT_OFFSET: usize = core::mem::offset_of!(XenconsInterface, output);
 /// Byte offset of `out_cons` (output consumed by the back-end) in the
