@@ -485,34 +485,36 @@ pub fn bind_vcpu<D: Domains>(
 #[inline(always)]
 pub fn send<D: Domains>(world: &mut D, caller: u16, port: u32) -> Result<Option<Kick>, Errno> {
     let (chans, bits) = world.get(caller).ok_or(Errno::ESRCH)?;
-    match chans.state(port).ok_or(Errno::EINVAL)? {
-        PortState::Interdomain {
-            remote_dom,
-            remote_port,
-        } => {
-            let rport = u32::from(remote_port);
-            let Some((rchans, rbits)) = world.get(remote_dom) else {
-                return Ok(None);
-            };
-            // The peer's end must name this one back.
-            let connected = matches!(
-                rchans.state(rport),
-                Some(PortState::Interdomain { remote_dom: d, remote_port: p }) if d == caller && u32::from(p) == port
-            );
-            if !connected {
-                return Ok(None);
-            }
-            let vcpu = rchans.notify_vcpu(rport).unwrap_or(0);
-            Ok(raise(rchans, rbits, remote_dom, vcpu, rport))
+    // Tested in the order sends meet them (interdomain, then IPI), not as
+    // one `match`, whose jump table costs every send a few instructions.
+    let state = chans.state(port).ok_or(Errno::EINVAL)?;
+    if let PortState::Interdomain {
+        remote_dom,
+        remote_port,
+    } = state
+    {
+        let rport = u32::from(remote_port);
+        let Some((rchans, rbits)) = world.get(remote_dom) else {
+            return Ok(None);
+        };
+        // The peer's end must name this one back.
+        let connected = matches!(
+            rchans.state(rport),
+            Some(PortState::Interdomain { remote_dom: d, remote_port: p }) if d == caller && u32::from(p) == port
+        );
+        if !connected {
+            return Ok(None);
         }
-        PortState::Ipi => {
-            let vcpu = chans.notify_vcpu(port).unwrap_or(0);
-            Ok(raise(chans, bits, caller, vcpu, port))
-        }
+        let vcpu = rchans.notify_vcpu(rport).unwrap_or(0);
+        return Ok(raise(rchans, rbits, remote_dom, vcpu, rport));
+    }
+    if state == PortState::Ipi {
+        let vcpu = chans.notify_vcpu(port).unwrap_or(0);
+        return Ok(raise(chans, bits, caller, vcpu, port));
+    }
+    match state {
         PortState::Unbound { .. } => Ok(None),
-        PortState::Free | PortState::Reserved | PortState::Virq { .. } | PortState::Pirq { .. } => {
-            Err(Errno::EINVAL)
-        }
+        _ => Err(Errno::EINVAL),
     }
 }
 
