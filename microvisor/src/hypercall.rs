@@ -103,12 +103,7 @@ pub extern "C" fn on_light_syscall(
         return light_send(a1);
     }
     match nr {
-        17 if a0 == 0 => LightExit {
-            rax: XEN_VERSION,
-            upcall: u64::from(
-                crate::events::upcall_pending_light() || crate::arch::percpu::leave_now(),
-            ),
-        },
+        17 if a0 == 0 => light_exit(Ok(XEN_VERSION), false),
         // (Off the light table while every memory hypercall is audited.)
         14 => light_uvm(a0, a1, a2),
         _ => light_other(a0, a1, a2, a3, a4, nr),
