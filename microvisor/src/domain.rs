@@ -74,7 +74,7 @@ pub struct PvState {
     pub virtual_ts: bool,
     /// Segment state while the vCPU is not running (while it runs, the CPU
     /// holds the selectors, the FS base and its current mode's GS base;
-    /// `pv::save_segments` copies them back).
+    /// [`Vcpu::save_segments`] copies them back).
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
@@ -243,6 +243,26 @@ impl PvState {
     }
 }
 
+/// The data segment state a CPU holds: DS, ES, FS, GS selectors and the
+/// live FS and GS bases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SegState {
+    pub selectors: [u16; 4],
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
+impl SegState {
+    /// Reads it from this CPU.
+    pub fn read() -> Self {
+        Self {
+            selectors: crate::arch::cpu::data_selectors(),
+            fs_base: crate::arch::cpu::fs_base(),
+            gs_base: crate::arch::cpu::gs_base(),
+        }
+    }
+}
+
 /// Appends console bytes to a domain's line buffer, writing out each
 /// complete line (and a full buffer) with the domain's prefix; `\r` is
 /// dropped.
@@ -339,10 +359,13 @@ pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo 
 /// One virtual CPU: its registers' home (`frame`), its PV state, address
 /// space, timers and scheduler accounting. On the heap (`VcpuTable`) from
 /// its domain's build until the domain is gone (`Hv::reap_vcpus`). Its
-/// identity, page tables, vcpu_info location and x87/SSE state are private
-/// to this module (getters; set through `install_frame`, `Hv::set_cr3`,
-/// `set_user_cr3`, `Hv::set_info`, `save_fpu`, `set_fpu_image`); its PV
-/// state, runstate area, timers and scheduling state are not yet.
+/// identity, page tables, vcpu_info location, x87/SSE state, PV state,
+/// runstate area and timers are private to this module (getters; set
+/// through `install_frame`, `Hv::set_cr3`, `set_user_cr3`, `Hv::set_info`,
+/// `save_fpu`, `set_fpu_image`, `Hv::cur_pv_mut`, `Hv::pv_mut`,
+/// `save_segments`, `Hv::set_vm_assist`, `set_runstate_area`,
+/// `runstate_write_now`, `refresh_time`, `write_time`, `Hv::set_timer`,
+/// `Hv::start_periodic`, ...); its scheduling state is not yet.
 pub struct Vcpu {
     /// Its saved registers (`arch::entry::VcpuFrame`). Private to this
     /// module, so the frame is touched only by the CPU running the vCPU
@@ -371,8 +394,13 @@ pub struct Vcpu {
     /// The frame VCPUOP_register_vcpu_info moved `info` to (holding a
     /// hypervisor write reference), 0 = still in shared info.
     info_mfn: u64,
-    /// Trap table, callbacks, kernel stack and other PV vCPU state.
-    pub pv: PvState,
+    /// Trap table, callbacks, kernel stack and other PV vCPU state: read
+    /// by anyone ([`Vcpu::pv`]); written by the CPU that holds the vCPU
+    /// (its segments, descriptor tables, debug registers and mode are
+    /// loaded in that CPU: [`Hv::cur_pv_mut`], [`Vcpu::save_segments`]) or
+    /// while no CPU holds it ([`Hv::pv_mut`]), except the domain's assists,
+    /// which no CPU loads ([`Hv::set_vm_assist`]).
+    pv: PvState,
     /// x87/SSE registers while the vCPU is not running.
     fpu: crate::arch::cpu::FpuState,
     /// Weighted virtual run time (ns * 256 / weight).
@@ -383,22 +411,26 @@ pub struct Vcpu {
     pub runstate: Runstate,
     /// Guest virtual address of its runstate area
     /// (VCPUOP_register_runstate_memory_area), 0 = none.
-    pub runstate_area: u64,
+    runstate_area: u64,
     /// The area's last update was due while the guest's kernel page tables
     /// were not loaded: it is written when the vCPU next enters guest kernel
-    /// mode (Xen's `need_update_runstate_area`).
-    pub runstate_pending: bool,
-    /// One-shot timer deadline (system time, ns), 0 = none.
-    pub timer_deadline: u64,
-    /// Periodic timer period and next expiry, 0 = none.
-    pub periodic_ns: u64,
-    pub periodic_next: u64,
+    /// mode (Xen's `need_update_runstate_area`). Kept by
+    /// [`Vcpu::runstate_write_now`].
+    runstate_pending: bool,
+    /// One-shot timer deadline (system time, ns), 0 = none. Set through
+    /// [`Hv::set_timer`], which keeps `Hv::timers_due` below it.
+    timer_deadline: u64,
+    /// Periodic timer period and next expiry, 0 = none (set through
+    /// [`Hv::start_periodic`], which keeps `Hv::timers_due` below it).
+    periodic_ns: u64,
+    periodic_next: u64,
     /// Ports a vCPU blocked in SCHEDOP_poll waits on (empty: not polling).
     pub poll_ports: heapless::Vec<u32, 128>,
     /// SCHEDOP_poll timeout (system time), 0 = none.
     pub poll_deadline: u64,
-    /// System time of the last write of its vcpu_time_info.
-    pub time_stamp: u64,
+    /// System time of the last write of its vcpu_time_info (kept with
+    /// the write: [`Vcpu::refresh_time`], [`Vcpu::write_time`]).
+    time_stamp: u64,
     /// The CPU it runs on, or last ran on: the CPU whose run queue it is
     /// on while runnable. Changed only by `sched::runq` (placement and
     /// migration), with the run-queue locks of the CPUs it leaves and
@@ -794,6 +826,152 @@ impl Vcpu {
     pub fn set_fpu_image(&mut self, image: [u8; 512]) {
         self.fpu.0 = image;
         microvisor_core::pv::context::sanitize_fxsave(&mut self.fpu.0);
+    }
+
+    /// Its PV state (trap table, callbacks, segments, descriptor tables,
+    /// debug registers, mode), to read. Written only through
+    /// [`Hv::cur_pv_mut`] and [`Vcpu::save_segments`] (by the CPU that
+    /// holds it), [`Hv::pv_mut`] (while no CPU holds it) and
+    /// [`Hv::set_vm_assist`].
+    #[inline(always)]
+    pub fn pv(&self) -> &PvState {
+        &self.pv
+    }
+
+    /// Saves the data selectors and the FS and current-mode GS bases this
+    /// CPU holds as the vCPU's (Xen's save_segments): by the CPU that holds
+    /// it, as it leaves (they are what this CPU's registers hold, as
+    /// [`Vcpu::save_fpu`]'s). Returns them, for `pv::load_segments`.
+    pub fn save_segments(&mut self) -> SegState {
+        let cpu = SegState::read();
+        self.pv.selectors = cpu.selectors;
+        self.pv.set_bases(cpu.fs_base, cpu.gs_base);
+        cpu
+    }
+
+    /// Guest virtual address of its runstate area, 0 = none.
+    #[inline(always)]
+    pub fn runstate_area(&self) -> u64 {
+        self.runstate_area
+    }
+
+    /// Registers its runstate area at `va` (0: none): an update that
+    /// waited to be written to the old one is forgotten.
+    pub fn set_runstate_area(&mut self, va: u64) {
+        self.runstate_area = va;
+        self.runstate_pending = false;
+    }
+
+    /// Where its runstate is to be written now, with `loaded` the page
+    /// tables this CPU has loaded: its area, if it has one and its kernel
+    /// page tables are the loaded ones while it is in guest kernel mode
+    /// (the update is then no longer waiting); else `None`, and with an
+    /// area the update waits until it next enters kernel mode
+    /// ([`Vcpu::runstate_update_due`]).
+    pub fn runstate_write_now(&mut self, loaded: u64) -> Option<u64> {
+        if self.runstate_area == 0 {
+            return None;
+        }
+        if self.pv.user_mode || loaded != self.cr3 {
+            self.runstate_pending = true;
+            return None;
+        }
+        self.runstate_pending = false;
+        Some(self.runstate_area)
+    }
+
+    /// An update of its runstate area waited for guest kernel mode
+    /// ([`Vcpu::runstate_write_now`]), and it is in kernel mode now.
+    #[inline(always)]
+    pub fn runstate_update_due(&self) -> bool {
+        self.runstate_pending && !self.pv.user_mode
+    }
+
+    /// Rewrites its vcpu_time_info if the last write is `time::REFRESH_NS`
+    /// or more before system time `now`.
+    #[inline(always)]
+    pub fn refresh_time(&mut self, now: u64) {
+        if now.wrapping_sub(self.time_stamp) >= crate::time::REFRESH_NS {
+            self.write_time(now);
+        }
+    }
+
+    /// Writes its vcpu_time_info, at system time `now`.
+    pub fn write_time(&mut self, now: u64) {
+        crate::time::update_vcpu_time(self.info);
+        self.time_stamp = now;
+    }
+
+    /// Its vcpu_time_info was written (by its domain's build) at about
+    /// system time `now`.
+    pub fn time_written(&mut self, now: u64) {
+        self.time_stamp = now;
+    }
+
+    /// Its one-shot timer deadline (system time), 0 = none.
+    pub fn timer_deadline(&self) -> u64 {
+        self.timer_deadline
+    }
+
+    /// Whether its one-shot timer has expired at `now`: if so it is
+    /// stopped (it fires once).
+    #[inline]
+    pub fn take_expired_timer(&mut self, now: u64) -> bool {
+        if self.timer_deadline != 0 && self.timer_deadline <= now {
+            self.timer_deadline = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Whether its periodic timer fires at `now`: if so its next expiry is
+    /// the first period boundary after `now` (periods missed fire once).
+    /// As on Xen, it runs only while the vCPU is not blocked (a blocked
+    /// vCPU is woken by its one-shot timer).
+    #[inline]
+    pub fn periodic_fired(&mut self, now: u64) -> bool {
+        if self.periodic_ns == 0 || self.periodic_next > now || self.state == RunState::Blocked {
+            return false;
+        }
+        let behind = (now - self.periodic_next) / self.periodic_ns + 1;
+        self.periodic_next += behind * self.periodic_ns;
+        true
+    }
+
+    /// The system times its timers fire next (each 0: none): its one-shot
+    /// timer's, and its periodic timer's while it is not blocked.
+    #[inline]
+    pub fn timer_expiries(&self) -> [u64; 2] {
+        let periodic = if self.periodic_ns != 0 && self.state != RunState::Blocked {
+            self.periodic_next
+        } else {
+            0
+        };
+        [self.timer_deadline, periodic]
+    }
+
+    /// The next expiry of its periodic timer (0: it has none) as it is
+    /// woken: paused while it was blocked ([`Vcpu::timer_expiries`]), the
+    /// timer runs again, so the caller hands this to [`Hv::timer_set`] (the
+    /// timer scan must not skip it).
+    #[inline(always)]
+    pub fn periodic_resumed(&self) -> u64 {
+        if self.periodic_ns != 0 {
+            self.periodic_next
+        } else {
+            0
+        }
+    }
+
+    /// Stops its periodic timer.
+    pub fn stop_periodic(&mut self) {
+        self.periodic_ns = 0;
+    }
+
+    /// Stops both its timers (its domain ended).
+    pub fn stop_timers(&mut self) {
+        self.timer_deadline = 0;
+        self.periodic_ns = 0;
     }
 
     /// The L4 the CPU must use for the vCPU's current mode.
@@ -1621,6 +1799,53 @@ impl Hv {
     #[inline]
     pub fn timers_due(&self) -> u64 {
         self.timers_due
+    }
+
+    /// Sets vCPU `i`'s one-shot timer to system time `deadline` (0: stops
+    /// it), so that the timer scan does not skip it (`timer_set`).
+    pub fn set_timer(&mut self, i: usize, deadline: u64) {
+        self.vcpus[i].timer_deadline = deadline;
+        self.timer_set(deadline);
+    }
+
+    /// Starts vCPU `i`'s periodic timer, every `period` ns from system time
+    /// `now` (its first expiry at `now + period`), so that the timer scan
+    /// does not skip it (`timer_set`).
+    pub fn start_periodic(&mut self, i: usize, period: u64, now: u64) {
+        let v = &mut self.vcpus[i];
+        v.periodic_ns = period;
+        v.periodic_next = now + period;
+        self.timer_set(now + period);
+    }
+
+    /// The PV state of the running vCPU (`cur`), to change: this CPU holds
+    /// it, or entered the hypervisor from it.
+    #[inline(always)]
+    pub fn cur_pv_mut(&mut self) -> &mut PvState {
+        &mut self.vcpus[self.current].pv
+    }
+
+    /// vCPU `i`'s PV state, to change: `i` must be the running vCPU or one
+    /// no CPU holds (another CPU's would have the state it loaded and the
+    /// state written here disagree). Anything else is a hypervisor bug: a
+    /// panic.
+    pub fn pv_mut(&mut self, i: usize) -> &mut PvState {
+        assert!(
+            i == self.current || !self.sched.is_held(i),
+            "vCPU {i}'s PV state written while another CPU holds it"
+        );
+        &mut self.vcpus[i].pv
+    }
+
+    /// Sets domain index `dom`'s vm_assist bits, which each of its vCPUs
+    /// keeps (with the bounce frames' IOPL bits they decide:
+    /// [`PvState::set_iopl`]). Any CPU may: no CPU loads them, each use
+    /// reads them under the hypervisor lock.
+    pub fn set_vm_assist(&mut self, dom: usize, bits: u64) {
+        for &v in self.domains[dom].vcpus.iter() {
+            let pv = &mut self.vcpus[v].pv;
+            pv.set_iopl(pv.iopl, bits);
+        }
     }
 
     /// Dead domain `idx`'s teardown waits until no CPU holds any of its

@@ -702,7 +702,7 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
         v.upcall_pending(),
         v.upcall_mask(),
         polled,
-        v.timer_deadline,
+        v.timer_deadline(),
         v.poll_deadline,
         ring
     );

@@ -665,7 +665,7 @@ fn switching(r: Result<Option<u64>, Errno>) -> HResult {
 /// bounce to its syscall callback (rcx/r11 already hold rip/rflags).
 #[cold]
 fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cb = hv.cur().pv.syscall;
+    let cb = hv.cur().pv().syscall;
     if cb.address == 0 {
         let rip = frame.rip;
         crate::pv::kill(
@@ -701,12 +701,9 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         17 => xen_version(hv, a[0], a[1]),
         // vm_assist: the domain's assists (kept in each of its vCPUs).
         21 => {
-            let bits = policy::vm_assist(hv.cur().pv.vm_assist, a[0], a[1])?;
-            let vcpus = hv.cur_dom().vcpus().clone();
-            for v in vcpus {
-                let pv = &mut hv.vcpu_mut(v).pv;
-                pv.set_iopl(pv.iopl, bits);
-            }
+            let bits = policy::vm_assist(hv.cur().pv().vm_assist, a[0], a[1])?;
+            let dom = hv.cur_dom_idx();
+            hv.set_vm_assist(dom, bits);
             Ok(0)
         }
         24 => crate::vcpu::vcpu_op(hv, a[0], a[1], a[2]),

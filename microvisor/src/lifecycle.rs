@@ -111,13 +111,12 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
         let vc = hv.vcpu_mut(v);
         vc.runstate.enter(3, now);
         // Nothing is written into its memory any more.
-        vc.runstate_area = 0;
-        vc.timer_deadline = 0;
-        vc.periodic_ns = 0;
+        vc.set_runstate_area(0);
+        vc.stop_timers();
         vc.poll_deadline = 0;
         let _ = bases.push(vc.cr3());
         let _ = bases.push(vc.user_cr3());
-        let (gdt, info) = (vc.pv.gdt_frame, vc.info_mfn());
+        let (gdt, info) = (vc.pv().gdt_frame, vc.info_mfn());
         hv.set_info(v, VcpuInfo::NONE, 0);
         if info != 0 {
             crate::mm::frames::drop_hv_writable(info);
@@ -125,8 +124,8 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
         if gdt != 0 {
             crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
         }
-        crate::pv::destroy_ldt(&mut hv.vcpu_mut(v).pv);
-        hv.vcpu_mut(v).pv.release_tables();
+        crate::pv::destroy_ldt(hv.pv_mut(v));
+        hv.pv_mut(v).release_tables();
     }
     // Mappings it holds go (their references with them); its table
     // frames are released. Grants others still map keep those frames.
@@ -185,8 +184,8 @@ pub fn audit(hv: &Hv, when: &str) {
         if v.info_mfn() != 0 {
             write(&mut written, v.info_mfn());
         }
-        for &f in core::iter::once(&v.pv.gdt_frame)
-            .chain(&v.pv.ldt_frames)
+        for &f in core::iter::once(&v.pv().gdt_frame)
+            .chain(&v.pv().ldt_frames)
             .filter(|&&f| f != 0)
         {
             let _ = segs.push(f);

@@ -301,12 +301,13 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                         };
                         let _ = d.push_vcpu(vi);
                         if vid == 0 {
+                            let pv = hv.pv_mut(vi);
+                            pv.kernel_ss = arch::desc::GUEST_DS;
+                            pv.kernel_sp = first.kernel_sp;
                             let v = hv.vcpu_mut(vi);
                             v.install_frame(&frame);
-                            v.pv.kernel_ss = arch::desc::GUEST_DS;
-                            v.pv.kernel_sp = first.kernel_sp;
                             v.runstate.state = 1;
-                            v.time_stamp = time::now_ns();
+                            v.time_written(time::now_ns());
                             hv.set_cr3(vi, first.cr3);
                             hv.set_state(vi, domain::RunState::Runnable);
                         }

@@ -38,7 +38,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Err
     let cur = hv.current_index();
     let cr3 = hv.vcpu(cur).cr3();
     if table == 0 {
-        hv.vcpu_mut(cur).pv.traps = None;
+        hv.cur_pv_mut().traps = None;
         return Ok(crate::hcall::Flow::Ret(0));
     }
     // As on Xen the list runs to its first zero address, however long;
@@ -62,9 +62,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Err
                 vector,
                 address,
                 flags,
-            } => {
-                hv.vcpu_mut(cur).pv.traps_mut()?[usize::from(vector)] = TrapEntry { address, flags }
-            }
+            } => hv.cur_pv_mut().traps_mut()?[usize::from(vector)] = TrapEntry { address, flags },
         }
     }
     Ok(crate::hcall::Flow::Ret(0))
@@ -75,7 +73,7 @@ pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Re
     for a in [event, failsafe, syscall] {
         policy::callback_address(a)?;
     }
-    let pv = &mut hv.cur_mut().pv;
+    let pv = hv.cur_pv_mut();
     pv.event = Callback {
         address: event,
         mask_events: true,
@@ -101,7 +99,7 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let ty = u16::from_le_bytes([b[0], b[1]]);
     let flags = u16::from_le_bytes([b[2], b[3]]);
     let address = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-    let pv = &mut hv.vcpu_mut(cur).pv;
+    let pv = hv.cur_pv_mut();
     match cmd {
         0 => {
             let slot = policy::callback_slot(ty)?;
@@ -141,7 +139,7 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// use Xen's flat kernel stack selector whatever was named (Linux names its
 /// own `__KERNEL_DS`, 0x18), so only the stack pointer is kept.
 pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
-    let pv = &mut hv.cur_mut().pv;
+    let pv = hv.cur_pv_mut();
     pv.kernel_ss = GUEST_DS;
     pv.kernel_sp = sp;
     Ok(0)
@@ -150,7 +148,7 @@ pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
 /// fpu_taskswitch(set): the virtual CR0.TS, made real while the vCPU runs
 /// so its next x87/SSE instruction raises #NM for the guest.
 pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
-    hv.cur_mut().pv.virtual_ts = set != 0;
+    hv.cur_pv_mut().virtual_ts = set != 0;
     if set != 0 {
         crate::arch::cpu::set_ts();
     } else {
@@ -164,11 +162,11 @@ pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
 pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
     crate::arch::cpu::clts();
     let cur = hv.current_index();
-    if !hv.vcpu(cur).pv.virtual_ts {
+    if !hv.vcpu(cur).pv().virtual_ts {
         // Spurious: TS was not ours to set. Retry the instruction.
         return;
     }
-    hv.vcpu_mut(cur).pv.virtual_ts = false;
+    hv.cur_pv_mut().virtual_ts = false;
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -184,7 +182,7 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
 /// as Xen's `int`; ENODEV for no such register, EINVAL for a 32-bit
 /// register given more, EPERM for a value the guest may not use.
 pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
-    let pv = &mut hv.cur_mut().pv;
+    let pv = hv.cur_pv_mut();
     pv.dbg
         .write(reg as u32, value, pv.cr4_de)
         .map_err(|e| e.errno())?;
@@ -194,7 +192,7 @@ pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
 
 /// get_debugreg(reg) (nr 9): the register's value (ENODEV for none).
 pub fn get_debugreg(hv: &mut Hv, reg: u64) -> Result<u64, Errno> {
-    let pv = &hv.cur().pv;
+    let pv = hv.cur().pv();
     pv.dbg.read(reg as u32, pv.cr4_de).map_err(|e| e.errno())
 }
 
@@ -226,7 +224,7 @@ pub fn load_breakpoints(dbg: &microvisor_core::pv::debugreg::DebugRegs) {
 pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
     let hw = crate::arch::cpu::read_dr6();
     crate::arch::cpu::clear_dr6();
-    hv.cur_mut().pv.dbg.merge_dr6(hw);
+    hv.cur_pv_mut().dbg.merge_dr6(hw);
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -245,7 +243,7 @@ pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
 #[inline]
 fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
     if io != 0 {
-        hv.cur_mut().pv.dbg.record(io);
+        hv.cur_pv_mut().dbg.record(io);
         let rip = frame.rip;
         deliver_exception(
             hv,
@@ -262,7 +260,7 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
     if !policy::canonical(base) {
         return Err(Errno::EINVAL);
     }
-    let pv = &mut hv.cur_mut().pv;
+    let pv = hv.cur_pv_mut();
     save_bases(pv);
     match which {
         0 => pv.fs_base = base,
@@ -293,7 +291,7 @@ pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno
 /// `xen_load_gs_index` BUG()s if it does): a caller wanting to know reads
 /// GS back. The kernel-mode GS base is untouched.
 fn load_user_gs_selector(hv: &mut Hv, sel: u16) {
-    let pv = &mut hv.cur_mut().pv;
+    let pv = hv.cur_pv_mut();
     save_bases(pv);
     let sel = if sel & !3 == 0 { 0 } else { sel | 3 };
     let sel = if selector_ok(pv, sel) { sel } else { 0 };
@@ -318,34 +316,9 @@ pub fn save_bases(pv: &mut crate::domain::PvState) {
     pv.set_bases(crate::arch::cpu::fs_base(), crate::arch::cpu::gs_base());
 }
 
-/// The data segment state the CPU holds: DS, ES, FS, GS selectors and the
-/// live FS and GS bases.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SegState {
-    selectors: [u16; 4],
-    fs_base: u64,
-    gs_base: u64,
-}
-
-impl SegState {
-    /// Reads it from the CPU.
-    pub fn read() -> Self {
-        Self {
-            selectors: crate::arch::cpu::data_selectors(),
-            fs_base: crate::arch::cpu::fs_base(),
-            gs_base: crate::arch::cpu::gs_base(),
-        }
-    }
-}
-
-/// Saves the outgoing vCPU's data selectors and bases (Xen's
-/// save_segments); returns what the CPU holds, for `load_segments`.
-pub fn save_segments(pv: &mut crate::domain::PvState) -> SegState {
-    let cpu = SegState::read();
-    pv.selectors = cpu.selectors;
-    pv.set_bases(cpu.fs_base, cpu.gs_base);
-    cpu
-}
+/// The data segment state the CPU holds (saved into the outgoing vCPU by
+/// `Vcpu::save_segments`).
+pub use crate::domain::SegState;
 
 /// Loads the incoming vCPU's data selectors, then its bases (Xen's
 /// load_segments), writing only what differs from `cpu` (what the CPU holds
@@ -383,19 +356,19 @@ pub fn load_segment_bases(pv: &crate::domain::PvState) {
 /// Switches the running vCPU between guest kernel and guest user mode
 /// (Xen's toggle_guest_mode): page table and GS base.
 pub fn toggle_mode(hv: &mut Hv) {
-    let cur = hv.current_index();
-    let d = hv.vcpu_mut(cur);
-    save_bases(&mut d.pv);
-    d.pv.user_mode = !d.pv.user_mode;
-    crate::arch::entry::set_user_mode(d.pv.user_mode);
-    load_segment_bases(&d.pv);
+    let pv = hv.cur_pv_mut();
+    save_bases(pv);
+    pv.user_mode = !pv.user_mode;
+    crate::arch::entry::set_user_mode(pv.user_mode);
+    load_segment_bases(pv);
+    let d = hv.cur_mut();
     let cr3 = d.active_cr3();
     if crate::arch::cpu::cr3() != cr3 {
         // SAFETY: both L4s are validated (held by base-pointer references)
         // and carry the hypervisor's slots.
         unsafe { crate::arch::cpu::write_cr3(cr3) };
     }
-    if d.runstate_pending && !d.pv.user_mode {
+    if d.runstate_update_due() {
         // A runstate update that came due in user mode (Xen's toggle).
         crate::vcpu::update_runstate_area(d);
     }
@@ -429,14 +402,14 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         }
         new_frame = mfn;
     }
-    let old = hv.vcpu(cur).pv.gdt_frame;
+    let old = hv.vcpu(cur).pv().gdt_frame;
     if old != 0 {
         crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, old));
     }
     if entries > 1 {
         note_rare_state();
     }
-    let pv = &mut hv.vcpu_mut(cur).pv;
+    let pv = hv.cur_pv_mut();
     pv.gdt = table;
     pv.gdt_entries = entries as usize;
     pv.gdt_frame = new_frame;
@@ -479,7 +452,7 @@ pub fn set_ldt(hv: &mut Hv, va: u64, entries: u64) -> Result<(), Errno> {
     if base % crate::mm::PAGE != 0 || !policy::guest_addr_ok(base) || ents > 8192 {
         return Err(Errno::EINVAL);
     }
-    let pv = &mut hv.cur_mut().pv;
+    let pv = hv.cur_pv_mut();
     if ents != 0 {
         note_rare_state();
     }
@@ -552,9 +525,8 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let off = cr2 - crate::mm::paging::ldt_va();
     let page = (off / crate::mm::PAGE) as usize;
     let dom = hv.cur_dom().id();
-    let d = hv.vcpu_mut(cur);
-    let cr3 = d.cr3();
-    let pv = &mut d.pv;
+    let cr3 = hv.vcpu(cur).cr3();
+    let pv = hv.cur_pv_mut();
     let linear = pv.ldt_base.wrapping_add(off);
     if off < u64::from(pv.ldt_ents) * 8 && pv.ldt_frames[page] == 0 {
         let mapped = guest::translate(cr3, pv.ldt_base + page as u64 * crate::mm::PAGE, false)
@@ -589,6 +561,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
             format_args!("LDT access at non-canonical {linear:#x}, rip {rip:#x} (#GP)"),
         );
     }
+    let d = hv.vcpu(cur);
     d.set_cr2(linear);
     let err = page_fault_error(d, frame.error_code);
     deliver_exception(
@@ -605,7 +578,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
 /// (the guest kernel runs in ring 3; descriptor-table reads are supervisor
 /// accesses).
 pub fn page_fault_error(d: &crate::domain::Vcpu, raw: u64) -> u64 {
-    (raw & !4) | (u64::from(d.pv.user_mode) << 2)
+    (raw & !4) | (u64::from(d.pv().user_mode) << 2)
 }
 
 /// update_descriptor(machine address, descriptor), as Xen: writes one
@@ -621,7 +594,6 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     let d = policy::check_descriptor(desc)
         .filter(|_| ma.is_multiple_of(8))
         .ok_or(Errno::EINVAL)?;
-    let cur = hv.current_index();
     let dom = hv.cur_dom().id();
     let mfn = ma / crate::mm::PAGE;
     // A descriptor page keeps its type; anything else must take the
@@ -635,7 +607,7 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
         PageType::Writable
     };
     crate::mm::frames::WriteRef::new(mfn, dom, ty)?.write_u64(ma % crate::mm::PAGE, d);
-    let pv = &mut hv.vcpu_mut(cur).pv;
+    let pv = hv.cur_pv_mut();
     if ty == PageType::Segment && mfn == pv.gdt_frame {
         let i = ((ma % crate::mm::PAGE) / 8) as usize;
         if i < pv.gdt_entries {
@@ -695,15 +667,15 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
         );
     };
     let d = hv.vcpu(cur);
-    let cs_descriptor = guest_descriptor(&d.pv, ctx.cs as u16);
-    let t = match policy::check_iret(&ctx, d.pv.user_mode, d.user_cr3() != 0, cs_descriptor) {
+    let cs_descriptor = guest_descriptor(d.pv(), ctx.cs as u16);
+    let t = match policy::check_iret(&ctx, d.pv().user_mode, d.user_cr3() != 0, cs_descriptor) {
         Ok(t) => t,
         Err(why) => return kill(hv, frame, format_args!("{why}")),
     };
     d.set_upcall_mask(t.mask_events);
-    if d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
+    if d.pv().vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
         // The assist's virtual IOPL follows the rflags the guest restores.
-        let pv = &mut hv.vcpu_mut(cur).pv;
+        let pv = hv.cur_pv_mut();
         pv.set_iopl(((ctx.rflags >> 12) & 3) as u8, pv.vm_assist);
     }
     frame.rax = ctx.rax;
@@ -743,13 +715,17 @@ pub fn bounce(
     let cur = hv.current_index();
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
-    let from_user = hv.vcpu(cur).pv.user_mode;
+    let from_user = hv.vcpu(cur).pv().user_mode;
     if from_user {
         toggle_mode(hv);
     }
     let d = hv.vcpu(cur);
     let saved_mask = d.upcall_mask();
-    let sp = if from_user { d.pv.kernel_sp } else { frame.rsp } & !0xf;
+    let sp = if from_user {
+        d.pv().kernel_sp
+    } else {
+        frame.rsp
+    } & !0xf;
     // The frame, lowest address first: [rcx, r11, (error,) rip, cs, rflags,
     // rsp, ss]. Built in the top slots of a fixed array so its length is the
     // only thing that varies.
@@ -757,7 +733,7 @@ pub fn bounce(
     let mut words = [0u64; 8];
     words[3] = frame.rip;
     words[4] = (frame.cs & !3 & 0xffff) | rpl | ((saved_mask as u64) << 32);
-    words[5] = (frame.rflags & !(IF | IOPL)) | if saved_mask { 0 } else { IF } | d.pv.bounce_iopl;
+    words[5] = (frame.rflags & !(IF | IOPL)) | if saved_mask { 0 } else { IF } | d.pv().bounce_iopl;
     words[6] = frame.rsp;
     words[7] = frame.ss;
     let first = match error {
@@ -859,10 +835,10 @@ pub fn deliver_exception(
     error: Option<u64>,
     what: core::fmt::Arguments,
 ) {
-    let t = hv.cur().pv.trap(vector);
+    let t = hv.cur().pv().trap(vector);
     if t.address == 0 {
         let d = hv.cur();
-        let why = if !d.pv.user_mode && ran_off_stack(d.cr3(), frame.rsp.wrapping_sub(8)) {
+        let why = if !d.pv().user_mode && ran_off_stack(d.cr3(), frame.rsp.wrapping_sub(8)) {
             STACK_OVERFLOW
         } else {
             ""
@@ -892,7 +868,7 @@ pub fn upcall_due(hv: &Hv) -> bool {
         d.state == RunState::Runnable
             && d.upcall_pending()
             && !d.upcall_mask()
-            && d.pv.event.address != 0
+            && d.pv().event.address != 0
     })
 }
 
@@ -908,17 +884,17 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
 #[inline(never)]
 fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
     let d = hv.cur();
-    let cb = d.pv.event;
+    let cb = d.pv().event;
     // The hot case, from guest kernel mode: no error code, no mode change,
     // and events were enabled (`upcall_due`), so the saved mask is 0 and the
     // saved IF 1.
-    if !d.pv.user_mode {
+    if !d.pv().user_mode {
         let words = [
             frame.rcx,
             frame.r11,
             frame.rip,
             frame.cs & 0xfffc,
-            frame.rflags | IF | d.pv.bounce_iopl,
+            frame.rflags | IF | d.pv().bounce_iopl,
             frame.rsp,
             frame.ss,
         ];
@@ -1027,7 +1003,7 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             if iopl > 3 {
                 return Err(Errno::EINVAL);
             }
-            let pv = &mut hv.vcpu_mut(cur).pv;
+            let pv = hv.cur_pv_mut();
             pv.set_iopl(iopl as u8, pv.vm_assist);
             Ok(0)
         }
@@ -1132,11 +1108,11 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
 fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emulated {
     let cur = hv.current_index();
     let d = hv.vcpu(cur);
-    let user = d.pv.user_mode;
+    let user = d.pv().user_mode;
     let io_ok = policy::iopl_allows(
         !user,
-        d.pv.vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0,
-        d.pv.iopl,
+        d.pv().vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0,
+        d.pv().iopl,
     );
     if user && !io_ok {
         // Nothing else is emulated for guest user code: its #GP goes to
@@ -1156,7 +1132,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             }
             let is_in = matches!(insn.op, Op::In { .. });
             let port = emulate_port_io(frame, hv.cur_dom().privileged(), is_in, port, width);
-            let pv = &hv.vcpu(cur).pv;
+            let pv = hv.vcpu(cur).pv();
             *io_hits = pv.dbg.io_hits(port, width, pv.cr4_de);
             frame.rip = next;
             Emulated::Done
@@ -1171,7 +1147,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         _ if user => Emulated::NotEmulated,
         Op::Clts => {
             // Clears the virtual TS.
-            hv.vcpu_mut(cur).pv.virtual_ts = false;
+            hv.cur_pv_mut().virtual_ts = false;
             crate::arch::cpu::clts();
             frame.rip = next;
             Emulated::Done
@@ -1189,10 +1165,10 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovFromCr { cr, gpr: reg } => {
             let val = match cr {
                 // PE MP ET NE WP AM PG, plus the virtual TS.
-                0 => 0x8005_0033 | if hv.vcpu(cur).pv.virtual_ts { 8 } else { 0 },
+                0 => 0x8005_0033 | if hv.vcpu(cur).pv().virtual_ts { 8 } else { 0 },
                 2 => crate::mm::read_u64(hv.cur_dom().shared_info_mfn() * crate::mm::PAGE + 16),
                 3 => cr3,
-                4 => policy::guest_cr4(hv.vcpu(cur).pv.cr4_de),
+                4 => policy::guest_cr4(hv.vcpu(cur).pv().cr4_de),
                 _ => return Emulated::NotEmulated,
             };
             *gpr(frame, reg) = val;
@@ -1202,12 +1178,12 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovToCr { cr: 4, gpr: reg } => {
             // Accepted whatever the value, as on Xen; only DE is the
             // guest's (`policy::cr4_write_de`).
-            hv.vcpu_mut(cur).pv.cr4_de = policy::cr4_write_de(*gpr(frame, reg));
+            hv.cur_pv_mut().cr4_de = policy::cr4_write_de(*gpr(frame, reg));
             frame.rip = next;
             Emulated::Done
         }
         Op::MovFromDr { dr, gpr: reg } => {
-            let pv = &hv.vcpu(cur).pv;
+            let pv = hv.vcpu(cur).pv();
             match pv.dbg.read(u32::from(dr), pv.cr4_de) {
                 Ok(v) => *gpr(frame, reg) = v,
                 Err(e) => return Emulated::Raise(e.vector()),
@@ -1217,7 +1193,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         }
         Op::MovToDr { dr, gpr: reg } => {
             let v = *gpr(frame, reg);
-            let pv = &mut hv.vcpu_mut(cur).pv;
+            let pv = hv.cur_pv_mut();
             if let Err(e) = pv.dbg.write(u32::from(dr), v, pv.cr4_de) {
                 return Emulated::Raise(e.vector());
             }
@@ -1229,8 +1205,8 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             let Some(what) = policy::rdmsr(frame.rcx as u32) else {
                 return Emulated::NotEmulated;
             };
-            save_bases(&mut hv.vcpu_mut(cur).pv);
-            let pv = &hv.vcpu(cur).pv;
+            save_bases(hv.cur_pv_mut());
+            let pv = hv.vcpu(cur).pv();
             let v = match what {
                 MsrRead::Base(SegmentBase::Fs) => pv.fs_base,
                 MsrRead::Base(SegmentBase::GsKernel) => pv.gs_base_kernel,
@@ -1282,7 +1258,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     // Present, write, and from the guest kernel.
     let cur = hv.current_index();
-    if error & 3 != 3 || hv.vcpu(cur).pv.user_mode {
+    if error & 3 != 3 || hv.vcpu(cur).pv().user_mode {
         return false;
     }
     let cr3 = hv.vcpu(cur).cr3();

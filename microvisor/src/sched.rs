@@ -98,10 +98,8 @@ pub fn wake(hv: &mut Hv, i: usize) {
     let now = crate::time::now_ns();
     d.runstate.enter(1, now);
     // Its periodic timer, paused while it was blocked, runs again.
-    if d.periodic_ns != 0 {
-        let next = d.periodic_next;
-        hv.timer_set(next);
-    }
+    let next = d.periodic_resumed();
+    hv.timer_set(next);
 }
 
 /// With several CPUs: makes sure a CPU notices vCPU `i` (just woken, or
@@ -165,16 +163,9 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
             continue;
         }
         let (dom, vid) = (d.dom(), d.vid());
-        let mut fire = false;
-        if d.timer_deadline != 0 && d.timer_deadline <= now {
-            d.timer_deadline = 0;
-            fire = true;
-        }
-        // As on Xen, the periodic timer runs only while the vCPU is not
-        // blocked (a blocked vCPU is woken by its one-shot timer).
-        if d.periodic_ns != 0 && d.periodic_next <= now && d.state != RunState::Blocked {
-            let behind = (now - d.periodic_next) / d.periodic_ns + 1;
-            d.periodic_next += behind * d.periodic_ns;
+        let mut fire = d.take_expired_timer(now);
+        // (Not while it is blocked, as on Xen.)
+        if d.periodic_fired(now) {
             fire = true;
         }
         if d.poll_deadline != 0 && d.poll_deadline <= now {
@@ -230,15 +221,8 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
         .map(|(_, d)| d)
         .filter(|d| d.state != RunState::Down)
         .flat_map(|d| {
-            [
-                d.timer_deadline,
-                d.poll_deadline,
-                if d.periodic_ns != 0 && d.state != RunState::Blocked {
-                    d.periodic_next
-                } else {
-                    0
-                },
-            ]
+            let [timer, periodic] = d.timer_expiries();
+            [timer, d.poll_deadline, periodic]
         })
         .filter(|&t| t != 0)
         .min()
@@ -341,9 +325,9 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
     let (d, dom) = hv.vcpu_and_dom(cur);
     if dom.is_live() {
         d.save_fpu();
-        crate::pv::save_segments(&mut d.pv);
+        d.save_segments();
     }
-    if d.pv.dbg.active() {
+    if d.pv().dbg.active() {
         cpu::breakpoints_off();
     }
     crate::pv::unload_ldt();
@@ -397,10 +381,7 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             crate::vcpu::update_runstate_area(d);
         }
         d.last_start = now;
-        if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-            crate::time::update_vcpu_time(d.info());
-            d.time_stamp = now;
-        }
+        d.refresh_time(now);
         return;
     }
     switch_to_other(hv, cur, next, now);
@@ -423,7 +404,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
             cur_cpus = d.cpus;
             if dom.is_live() {
                 d.save_fpu();
-                segs = Some(crate::pv::save_segments(&mut d.pv));
+                segs = Some(d.save_segments());
                 d.runstate.enter(runstate_of(d.state), now);
                 // (Its page tables are still the loaded ones.)
                 crate::vcpu::update_runstate_area(d);
@@ -446,7 +427,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if next != cur {
         d.restore_fpu();
-        if d.pv.virtual_ts {
+        if d.pv().virtual_ts {
             cpu::set_ts();
         }
     }
@@ -461,16 +442,13 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // with the very scale the guest is given, so its vcpu_time_info stays
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
-    if now.wrapping_sub(d.time_stamp) >= crate::time::REFRESH_NS {
-        crate::time::update_vcpu_time(d.info());
-        d.time_stamp = now;
-    }
+    d.refresh_time(now);
     if next != cur {
         // (Its GDT entries and LDT are loaded: the selectors are checked
         // against them.)
-        crate::pv::load_segments(&d.pv, segs.unwrap_or_else(crate::pv::SegState::read));
+        crate::pv::load_segments(d.pv(), segs.unwrap_or_else(crate::pv::SegState::read));
     }
-    crate::arch::entry::set_user_mode(d.pv.user_mode);
+    crate::arch::entry::set_user_mode(d.pv().user_mode);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // Into the domain's dirty mask before its tables are loaded.
@@ -522,11 +500,11 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
 /// nothing when neither does).
 #[inline(never)]
 fn switch_rare_state(hv: &Hv, cur: usize, next: usize) {
-    crate::pv::load_descriptor_tables(&hv.vcpu(next).pv);
-    let next_dbg = &hv.vcpu(next).pv.dbg;
+    crate::pv::load_descriptor_tables(hv.vcpu(next).pv());
+    let next_dbg = &hv.vcpu(next).pv().dbg;
     if next_dbg.active() {
         cpu::load_breakpoints(&next_dbg.addr, next_dbg.dr7);
-    } else if hv.get_vcpu(cur).is_some_and(|d| d.pv.dbg.active()) {
+    } else if hv.get_vcpu(cur).is_some_and(|d| d.pv().dbg.active()) {
         cpu::breakpoints_off();
     }
 }
@@ -577,7 +555,7 @@ pub fn start() -> ! {
                 d.runstate.enter(0, now);
                 d.last_start = now;
                 crate::time::update_vcpu_time(d.info());
-                crate::pv::load_segments(&d.pv, crate::pv::SegState::read());
+                crate::pv::load_segments(d.pv(), crate::pv::SegState::read());
                 d.restore_fpu();
                 // Its frame is the one the exit path restores.
                 d.set_frame_current();

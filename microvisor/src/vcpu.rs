@@ -77,8 +77,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
                 return Err(Errno::EFAULT);
             }
             let v = hv.vcpu_mut(vi);
-            v.runstate_area = va;
-            v.runstate_pending = false;
+            v.set_runstate_area(va);
             if va != 0 {
                 // The running caller's own runstate as it stands; another
                 // vCPU's counted up to now (Xen's `vcpu_runstate_get`).
@@ -98,14 +97,11 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             if period < 1_000_000 {
                 return Err(Errno::EINVAL);
             }
-            let v = hv.vcpu_mut(vi);
-            v.periodic_ns = period;
-            v.periodic_next = now + period;
-            hv.timer_set(now + period);
+            hv.start_periodic(vi, period, now);
             Ok(0)
         }
         op::VCPUOP_STOP_PERIODIC_TIMER => {
-            hv.vcpu_mut(vi).periodic_ns = 0;
+            hv.vcpu_mut(vi).stop_periodic();
             Ok(0)
         }
         // One-shot timers: only the calling vCPU's (EINVAL otherwise, Xen).
@@ -127,7 +123,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             if !is_current {
                 return Err(Errno::EINVAL);
             }
-            hv.vcpu_mut(vi).timer_deadline = 0;
+            hv.set_timer(vi, 0);
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
@@ -138,10 +134,8 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
 /// cancels; a time already past fires at once.
 pub fn set_timer(hv: &mut Hv, deadline: u64) {
     let cur = hv.current_index();
-    hv.vcpu_mut(cur).timer_deadline = deadline;
-    hv.timer_set(deadline);
-    if deadline != 0 && deadline <= crate::time::now_ns() {
-        hv.vcpu_mut(cur).timer_deadline = 0;
+    hv.set_timer(cur, deadline);
+    if hv.vcpu_mut(cur).take_expired_timer(crate::time::now_ns()) {
         let (dom, vid) = (hv.vcpu(cur).dom(), hv.vcpu(cur).vid());
         crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
     }
@@ -160,22 +154,20 @@ pub fn set_timer(hv: &mut Hv, deadline: u64) {
 /// update, so a reader can tell a torn copy.
 #[inline]
 pub fn update_runstate_area(v: &mut crate::domain::Vcpu) {
-    if v.runstate_area != 0 {
+    if v.runstate_area() != 0 {
         write_runstate_area(v);
     }
 }
 
 #[inline(never)]
 fn write_runstate_area(v: &mut crate::domain::Vcpu) {
-    if v.pv.user_mode || crate::arch::cpu::cr3() != v.cr3() {
-        v.runstate_pending = true;
+    let Some(va) = v.runstate_write_now(crate::arch::cpu::cr3()) else {
         return;
-    }
-    v.runstate_pending = false;
-    let (va, cr3) = (v.runstate_area, v.cr3());
+    };
+    let cr3 = v.cr3();
     let mut b = v.runstate.to_bytes();
     let assist = 1u64 << guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG;
-    if v.pv.vm_assist & assist == 0 {
+    if v.pv().vm_assist & assist == 0 {
         let _ = guest::copy_to(cr3, va, &b);
         return;
     }
@@ -277,15 +269,11 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         crate::pv::note_rare_state();
     }
     // vm_assist is the domain's (Xen keeps it in the domain).
-    let vcpus = hv.dom_of(vi).vcpus().clone();
-    for &o in &vcpus {
-        let pv = &mut hv.vcpu_mut(o).pv;
-        pv.set_iopl(pv.iopl, s.vm_assist);
-    }
+    let dom = hv.vcpu(vi).dom();
+    hv.set_vm_assist(dom, s.vm_assist);
     hv.set_cr3(vi, s.cr3_mfn * PAGE);
-    let v = hv.vcpu_mut(vi);
-    v.set_user_cr3(s.user_cr3_mfn * PAGE);
-    let pv = &mut v.pv;
+    hv.vcpu_mut(vi).set_user_cr3(s.user_cr3_mfn * PAGE);
+    let pv = hv.pv_mut(vi);
     pv.traps = traps;
     if let Some(t) = pv.traps.as_deref_mut() {
         for (i, slot) in t.iter_mut().enumerate() {
@@ -330,6 +318,7 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     pv.gdt_frame = if s.gdt_ents != 0 { s.gdt_frame } else { 0 };
     pv.ldt_base = s.ldt_base;
     pv.ldt_ents = s.ldt_ents as u32;
+    let v = hv.vcpu_mut(vi);
     if s.fpu_valid {
         v.set_fpu_image(c.fpu_ctxt);
     }
@@ -400,8 +389,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     new.u64_at(8)
         .store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
     new.u8_at(0).store(1, core::sync::atomic::Ordering::SeqCst);
-    crate::time::update_vcpu_time(new);
-    hv.vcpu_mut(vi).time_stamp = crate::time::now_ns();
+    hv.vcpu_mut(vi).write_time(crate::time::now_ns());
     if hv.vcpu(vi).state == RunState::Blocked {
         crate::sched::wake(hv, vi);
     }
