@@ -5,6 +5,14 @@
 //! forced-emulation CPUID, FS/GS base writes, the shared info mapping and
 //! unmapping page 0. Then it takes an exception and returns through the iret
 //! stub, enters guest user mode, and comes back through a system call.
+//!
+//! With `runstate_user` on its command line (scenario `runstate-user`,
+//! beside a CPU-bound domain) it then registers a runstate area and spins
+//! in guest user mode long enough to be preempted: the hypervisor cannot
+//! write the area through the kernel page tables then, so the update waits
+//! until the vCPU enters kernel mode (Xen's `need_update_runstate_area`),
+//! and the area read first thing after the system call shows the runnable
+//! time gained in user mode.
 #![no_std]
 #![no_main]
 
@@ -20,6 +28,26 @@ static mut KERNEL_STACK: Stack = Stack([0; 16384]);
 static mut USER_STACK: Stack = Stack([0; 16384]);
 
 static SYSCALL_RAX: AtomicU64 = AtomicU64::new(0);
+/// The runstate area as the system call found it (first thing in kernel
+/// mode).
+static AREA_AT_SYSCALL: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+#[repr(C, align(64))]
+struct Area([u64; 6]);
+static mut AREA: Area = Area([0; 6]);
+
+fn area() -> [u64; 6] {
+    // SAFETY: the hypervisor writes the area only while this vCPU is not
+    // running guest code, and nothing else does; volatile reads.
+    unsafe {
+        let p = &raw const AREA.0;
+        core::array::from_fn(|i| core::ptr::read_volatile((p as *const u64).add(i)))
+    }
+}
+
+/// Turns of the user-mode spin (far longer than a scheduler slice beside a
+/// CPU-bound domain).
+const USER_SPINS: u64 = 100_000_000;
 static SYSCALL_CS: AtomicU64 = AtomicU64::new(0);
 static BP_HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -30,6 +58,9 @@ fn on_bp(_f: &mut TrapFrame) {
 /// The user-mode system call lands here (kernel mode, on the stack_switch
 /// stack): record it and resume the kernel where it entered user mode.
 fn on_syscall(f: &mut TrapFrame) {
+    for (slot, v) in AREA_AT_SYSCALL.iter().zip(area()) {
+        slot.store(v, Ordering::SeqCst);
+    }
     SYSCALL_RAX.store(f.rax, Ordering::SeqCst);
     SYSCALL_CS.store(f.cs, Ordering::SeqCst);
     arch::traps::redirect_to_recovery(f);
@@ -40,6 +71,15 @@ extern "C" fn user_main() -> ! {
     // SAFETY: `syscall` from guest user mode enters the guest kernel's
     // syscall callback; control never comes back here.
     unsafe { asm!("mov rax, 0x5ca1", "syscall", "ud2", options(noreturn)) }
+}
+
+/// Guest user code: spin, then make a system call.
+extern "C" fn user_spin() -> ! {
+    for i in 0..USER_SPINS {
+        core::hint::black_box(i);
+    }
+    // SAFETY: as `user_main`'s.
+    unsafe { asm!("mov rax, 0x5ca2", "syscall", "ud2", options(noreturn)) }
 }
 
 fn main(si: &'static StartInfo) {
@@ -178,8 +218,43 @@ fn main(si: &'static StartInfo) {
         format_args!("completed {completed}, rax {rax:#x}, cs {cs:#x}"),
     );
     println!("xencompat: back in the kernel after a user-mode system call");
-    let _ = si;
+    if scenario_guests::cmdline(si).contains("runstate_user") {
+        runstate_in_user_mode(&mut t, usp);
+    }
     t.finish()
+}
+
+/// The runstate area's update that came due in guest user mode is written
+/// when the vCPU enters kernel mode (see the module's documentation).
+fn runstate_in_user_mode(t: &mut Reporter, usp: u64) {
+    use guest_abi::hypercall as hc;
+    let arg = guest_abi::vcpu::VcpuRegisterRunstateMemoryArea {
+        addr: (&raw const AREA) as u64,
+    };
+    // SAFETY: the area is this guest's static, which only it reads.
+    let r = unsafe { hc::vcpu_register_runstate_memory_area(pv_guest_kernel::VcpuId(0), &arg) };
+    let before = area();
+    let completed = arch::traps::try_call(|| traps::enter_user(user_spin as *const () as u64, usp));
+    let at = AREA_AT_SYSCALL.each_ref().map(|a| a.load(Ordering::SeqCst));
+    let info = hc::vcpu_get_runstate_info(pv_guest_kernel::VcpuId(0));
+    println!(
+        "xencompat: runstate area before user mode {before:x?}, at the system call {at:x?}; get_runstate_info {info:x?}"
+    );
+    let rax = SYSCALL_RAX.load(Ordering::SeqCst);
+    // time[1]: runnable (preempted) time.
+    t.check(
+        "runstate-preempted-in-user-mode",
+        r.is_ok() && !completed && rax == 0x5ca2 && info.is_ok_and(|i| i.time[1] > before[3]),
+        format_args!("{r:?}, completed {completed}, rax {rax:#x}, {before:x?} -> {info:x?}"),
+    );
+    t.check(
+        "runstate-written-on-kernel-entry",
+        at[0] as u32 == 0 && at[3] > before[3],
+        format_args!("{before:x?} -> {at:x?}"),
+    );
+    let arg = guest_abi::vcpu::VcpuRegisterRunstateMemoryArea { addr: 0 };
+    // SAFETY: address 0 stops the updates.
+    let _ = unsafe { hc::vcpu_register_runstate_memory_area(pv_guest_kernel::VcpuId(0), &arg) };
 }
 
 pv_guest_kernel::main!(main);
