@@ -329,7 +329,9 @@ static CONSOLES: crate::mm::heap::ChunkDir<
 /// domain's end and teardown; inside it only the serial line's lock is
 /// taken. A CPU waiting for it serves TLB-flush requests meanwhile.
 #[inline]
-pub fn console_lock(dom: u16) -> Option<spin::MutexGuard<'static, Option<alloc::boxed::Box<Console>>>> {
+pub fn console_lock(
+    dom: u16,
+) -> Option<spin::MutexGuard<'static, Option<alloc::boxed::Box<Console>>>> {
     let s = CONSOLES.get(usize::from(dom))?;
     Some(match s.try_lock() {
         Some(g) => g,
@@ -1936,7 +1938,10 @@ impl Hv {
             cons = cons.wrapping_add(1);
         }
         // Consumed either way; shown unless the manifest hides the ring.
-        if let Some(c) = console_lock(self.domains[i].id).as_mut().and_then(|g| g.as_mut()) {
+        if let Some(c) = console_lock(self.domains[i].id)
+            .as_mut()
+            .and_then(|g| g.as_mut())
+        {
             c.write_ring(&buf[..avail as usize]);
         }
         page.u32_at(CONSOLE_OUT_CONS).store(prod, Ordering::Relaxed);
