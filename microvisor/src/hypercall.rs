@@ -295,7 +295,8 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 
 /// The full-entry hypercalls that may run without the hypervisor lock
 /// (docs/smp.md): SCHEDOP_yield with nothing else to run here,
-/// mmu_update on the caller's own frames, memory_op's reservation calls
+/// CONSOLEIO_write (under the domain's console lock alone, audited or not:
+/// it is no memory hypercall), mmu_update on the caller's own frames, memory_op's reservation calls
 /// on the caller's own domain, grant_table_op's map, unmap,
 /// unmap_and_replace and copy batches, and multicall, whose entries take
 /// those paths (and update_va_mapping's) where they can and the lock
@@ -343,8 +344,8 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
 /// Hypercall `op` with `a` on its path without the hypervisor lock, for
 /// [`unlocked`] and a multicall's entries: mmu_update on the caller's own
 /// frames, memory_op's reservation calls on its own domain (which release
-/// no dead domain's frames), update_va_mapping, and grant_table_op's
-/// batches. The outcome and whether it released a dead domain's frames;
+/// no dead domain's frames), update_va_mapping, CONSOLEIO_write, and
+/// grant_table_op's batches. The outcome and whether it released a dead domain's frames;
 /// `None` (nothing done) when `op` has no such path or declines this call.
 #[inline(always)]
 fn batch_op_unlocked(op: u64, a: [u64; 5]) -> Option<(Result<Flow, Errno>, bool)> {
