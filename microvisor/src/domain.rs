@@ -279,6 +279,151 @@ fn assemble(id: u16, name: &str, line: &mut heapless::Vec<u8, 256>, bytes: &[u8]
     }
 }
 
+/// A domain's console output (Xen's `d->pbuf`, under `d->pbuf_lock`): its
+/// two line buffers, what the manifest shows of them, and the prefix its
+/// lines carry. On the heap from the domain's build until its teardown,
+/// behind its id's console lock ([`console_lock`]), which `console_io`
+/// reaches without the hypervisor lock (docs/smp.md, "Console buffers").
+pub struct Console {
+    id: u16,
+    name: &'static str,
+    /// Which of its console outputs the serial line shows (manifest
+    /// `console`; docs/split-drivers.md, "Consoles").
+    out: microvisor_core::manifest::ConsoleOutput,
+    /// Pending `console_io` output, flushed per line.
+    io_line: heapless::Vec<u8, 256>,
+    /// Pending output drained from its console ring, flushed per line (its
+    /// own buffer, so a partial `console_io` line never mixes with ring
+    /// bytes).
+    ring_line: heapless::Vec<u8, 256>,
+}
+
+impl Console {
+    /// Appends `console_io` bytes, writing out each complete line (nothing
+    /// if the manifest shows only the ring).
+    pub fn write_io(&mut self, bytes: &[u8]) {
+        if self.out.shows_io() {
+            assemble(self.id, self.name, &mut self.io_line, bytes);
+        }
+    }
+
+    /// Appends bytes drained from its console ring (nothing if the
+    /// manifest hides the ring).
+    fn write_ring(&mut self, bytes: &[u8]) {
+        if self.out.shows_ring() {
+            assemble(self.id, self.name, &mut self.ring_line, bytes);
+        }
+    }
+
+    /// Writes out whatever partial lines are left.
+    fn flush(&mut self) {
+        for line in [&mut self.io_line, &mut self.ring_line] {
+            if !line.is_empty() {
+                crate::log::guest_line(self.id, self.name, line);
+                line.clear();
+            }
+        }
+    }
+}
+
+/// One domain id's console lock and, from the domain's build until its
+/// teardown, its [`Console`]. The lock is never freed (a lock-free writer
+/// may hold a reference to it); what it guards goes, under it.
+pub type ConsoleSlot = Mutex<Option<alloc::boxed::Box<Console>>>;
+
+/// Domain ids per chunk of console slots.
+const CONSOLE_SLOT_CHUNK: usize = 256;
+
+/// Every domain id's [`ConsoleSlot`], in chunks of `CONSOLE_SLOT_CHUNK`
+/// ids (4 KiB) made when the first domain of their range is built and
+/// kept for ever (16 bytes an id). Reading needs no lock (one load).
+static CONSOLES: crate::mm::heap::ChunkDir<
+    ConsoleSlot,
+    CONSOLE_SLOT_CHUNK,
+    { 65536 / CONSOLE_SLOT_CHUNK },
+> = crate::mm::heap::ChunkDir::new();
+
+/// Domain `dom`'s console, under its console lock (`None` inside: the
+/// domain is gone, or was never built). Taken by `console_io`'s write
+/// without the hypervisor lock, and under it by the ring's drain and the
+/// domain's end and teardown; inside it only the serial line's lock is
+/// taken. A CPU waiting for it serves TLB-flush requests meanwhile.
+#[inline]
+pub fn console_lock(
+    dom: u16,
+) -> Option<spin::MutexGuard<'static, Option<alloc::boxed::Box<Console>>>> {
+    let s = CONSOLES.get(usize::from(dom))?;
+    Some(match s.try_lock() {
+        Some(g) => g,
+        None => console_lock_contended(s),
+    })
+}
+
+#[inline(never)]
+fn console_lock_contended(
+    s: &'static ConsoleSlot,
+) -> spin::MutexGuard<'static, Option<alloc::boxed::Box<Console>>> {
+    loop {
+        crate::arch::smp::serve_flush();
+        core::hint::spin_loop();
+        if let Some(g) = s.try_lock() {
+            return g;
+        }
+    }
+}
+
+/// The build: domain `dom`'s console (empty line buffers, the manifest's
+/// output policy), allocated on the heap behind its id's console lock;
+/// `false` when there is no memory for it (nothing is left allocated but
+/// the id's slot).
+pub fn console_built(
+    dom: u16,
+    name: &'static str,
+    out: microvisor_core::manifest::ConsoleOutput,
+) -> bool {
+    let Some(s) = CONSOLES.made(usize::from(dom), |m| {
+        m.write([const { Mutex::new(None) }; CONSOLE_SLOT_CHUNK])
+    }) else {
+        return false;
+    };
+    let Some(c) = crate::mm::heap::try_box(|m| {
+        m.write(Console {
+            id: dom,
+            name,
+            out,
+            io_line: heapless::Vec::new(),
+            ring_line: heapless::Vec::new(),
+        })
+    }) else {
+        return false;
+    };
+    *s.lock() = Some(c);
+    true
+}
+
+/// The teardown: domain `dom`'s console goes (taken out under its lock,
+/// freed after). A line another of its vCPUs was still writing when the
+/// domain ended (`Hv::flush_console` had already run) is written out first.
+pub fn console_gone(dom: u16) {
+    let old = {
+        let Some(mut g) = console_lock(dom) else {
+            return;
+        };
+        let mut old = g.take();
+        if let Some(c) = old.as_mut() {
+            c.flush();
+        }
+        old
+    };
+    // (Freed after the lock is let go: the heap has its own lock.)
+    drop(old);
+}
+
+/// Whether domain `dom`'s console is still allocated.
+pub fn console_held(dom: u16) -> bool {
+    console_lock(dom).is_some_and(|g| g.is_some())
+}
+
 /// One domain: identity, memory, its shared pages and consoles, and the
 /// indexes of its vCPUs in `Hv::vcpus`. Its fields are private to this
 /// module: others read them through getters and change them only through
@@ -315,9 +460,6 @@ pub struct Domain {
     /// After death: frames still mapped by other domains (freed later by
     /// `Hv::collect_dead`).
     frames_waiting: u64,
-    /// Which of its console outputs the serial line shows (manifest
-    /// `console`; docs/split-drivers.md, "Consoles").
-    console_out: microvisor_core::manifest::ConsoleOutput,
     /// Scheduler cap (percent of one CPU, 0 = none), over all its vCPUs
     /// together (as Xen's credit scheduler); the manifest's weight lives on
     /// in `slice_vruntime` and `vr_mul`.
@@ -334,12 +476,6 @@ pub struct Domain {
     period_used: u64,
     /// Its vCPUs: `vcpus[n]` is the index in `Hv::vcpus` of vCPU n.
     vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
-    /// Pending `console_io` output, flushed per line.
-    console: heapless::Vec<u8, 256>,
-    /// Pending output drained from its console ring, flushed per line (its
-    /// own buffer, so a partial `console_io` line never mixes with ring
-    /// bytes).
-    ring_line: heapless::Vec<u8, 256>,
     /// Dead, but another CPU still held one of its vCPUs: its memory goes
     /// once they let go (set by `Hv::teardown_waits`, cleared by
     /// `Hv::teardown_may_go_on`; read through [`Domain::teardown_pending`]).
@@ -514,14 +650,11 @@ impl Domain {
             console_evtchn: si.console.evtchn,
             service: spec.service,
             frames_waiting: 0,
-            console_out: spec.console,
             cap: spec.cap,
             slice_vruntime: microvisor_core::sched::slice_vruntime(spec.weight),
             vr_mul: microvisor_core::sched::vruntime_mul(spec.weight),
             period_used: 0,
             vcpus: heapless::Vec::new(),
-            console: heapless::Vec::new(),
-            ring_line: heapless::Vec::new(),
             teardown_pending: false,
         }
     }
@@ -2030,9 +2163,11 @@ impl Hv {
             cons = cons.wrapping_add(1);
         }
         // Consumed either way; shown unless the manifest hides the ring.
-        let d = &mut self.domains[i];
-        if d.console_out.shows_ring() {
-            assemble(d.id, d.name, &mut d.ring_line, &buf[..avail as usize]);
+        if let Some(c) = console_lock(self.domains[i].id)
+            .as_mut()
+            .and_then(|g| g.as_mut())
+        {
+            c.write_ring(&buf[..avail as usize]);
         }
         page.u32_at(CONSOLE_OUT_CONS).store(prod, Ordering::Relaxed);
     }
@@ -2058,26 +2193,14 @@ impl Hv {
         }
     }
 
-    /// Flushes whatever partial console lines a domain left.
+    /// Flushes whatever partial console lines a domain left (under its
+    /// console lock).
     pub fn flush_console(&mut self, idx: usize) {
-        if let Some(d) = self.domains.get_mut(idx) {
-            for line in [&mut d.console, &mut d.ring_line] {
-                if !line.is_empty() {
-                    crate::log::guest_line(d.id, d.name, line);
-                    line.clear();
-                }
-            }
-        }
-    }
-
-    /// Appends a domain's `console_io` bytes, emitting complete lines
-    /// (dropped if the manifest shows only its ring).
-    pub fn console_write(&mut self, idx: usize, bytes: &[u8]) {
-        let Some(d) = self.domains.get_mut(idx) else {
+        let Some(d) = self.domains.get(idx) else {
             return;
         };
-        if d.console_out.shows_io() {
-            assemble(d.id, d.name, &mut d.console, bytes);
+        if let Some(c) = console_lock(d.id).as_mut().and_then(|g| g.as_mut()) {
+            c.flush();
         }
     }
 

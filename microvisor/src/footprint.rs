@@ -30,9 +30,9 @@ impl Snapshot {
 
     /// Logs what building `manifest`'s domains cost the hypervisor, per
     /// domain: heap bytes (event channels: the record, the first bucket of
-    /// ports and the VIRQ rows; grant table; record; vCPU records and their
-    /// frames), and the frames it holds beyond
-    /// the domain's own memory (shared info, grant-table frames, page
+    /// ports and the VIRQ rows; grant table; console buffers; record; vCPU
+    /// records and their frames), and the frames it holds beyond the
+    /// domain's own memory (shared info, grant-table frames, page
     /// tables of the heap), from the difference between `before` (taken
     /// before the first domain) and now.
     pub fn report_per_domain(&self, before: &Snapshot, hv: &Hv, manifest: &Manifest<'_>) {
@@ -54,12 +54,13 @@ impl Snapshot {
         let events = size_of::<crate::events::DomainEvents>()
             + microvisor_core::evtchn::Channels::fresh_bytes(1);
         crate::info!(
-            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {events}: record {} + first bucket {} + VIRQ row; grant table {} + {} a frame set up; record {}; {} vCPUs of {} bytes and a {}-byte frame each, trap table and GDT copy from first use) + frames {} ({frames} frames in all: shared info, grant tables)",
+            "hypervisor memory per domain ({n} domains): {total} bytes = heap {} (event channels {events}: record {} + first bucket {} + VIRQ row; grant table {} + {} a frame set up; console buffers {}; record {}; {} vCPUs of {} bytes and a {}-byte frame each, trap table and GDT copy from first use) + frames {} ({frames} frames in all: shared info, grant tables)",
             heap / n,
             size_of::<crate::events::DomainEvents>(),
             microvisor_core::evtchn::BUCKET_BYTES,
             size_of::<microvisor_core::grant::GrantTable>(),
             microvisor_core::grant::ACTIVE_BYTES_PER_FRAME,
+            size_of::<crate::domain::Console>(),
             size_of::<crate::domain::Domain>(),
             vcpus,
             size_of::<crate::domain::Vcpu>(),
@@ -70,8 +71,8 @@ impl Snapshot {
 }
 
 /// Once every domain has ended: whether each dead domain's event state,
-/// grant table and vCPU records went back to the heap (a line says which
-/// did not). A domain's vCPU a CPU ran last keeps its domain's records
+/// grant table, console buffers and vCPU records went back to the heap
+/// (a line says which did not). A domain's vCPU a CPU ran last keeps its domain's records
 /// until that CPU lets go (`Hv::reap_vcpus`): those are not counted.
 /// Returns whether every dead domain was torn down: the run ends only once
 /// no CPU holds a dead domain's vCPU (`sched::check_end`), so a teardown
@@ -93,13 +94,15 @@ pub fn check_freed(hv: &Hv) -> bool {
     {
         let events = crate::events::state_held(d.id());
         let grants = crate::grant::table_held(d.id());
+        let console = crate::domain::console_held(d.id());
         let vcpus = hv.vcpus_left(idx);
-        if events || grants || vcpus {
+        if events || grants || console || vcpus {
             held += 1;
-            let mut what: heapless::Vec<&str, 3> = heapless::Vec::new();
+            let mut what: heapless::Vec<&str, 4> = heapless::Vec::new();
             for (h, name) in [
                 (events, "event state"),
                 (grants, "grant table"),
+                (console, "console buffers"),
                 (vcpus, "vCPU records"),
             ] {
                 if h {
@@ -116,7 +119,7 @@ pub fn check_freed(hv: &Hv) -> bool {
     }
     if held == 0 {
         crate::info!(
-            "every dead domain's event state, grant table and vCPU records freed ({} vCPU records left of {}, heap in use: {} bytes)",
+            "every dead domain's event state, grant table and vCPU records freed, and its console buffers ({} vCPU records left of {}, heap in use: {} bytes)",
             hv.vcpus_held(),
             hv.vcpu_indices(),
             mm::heap::used()

@@ -1,7 +1,7 @@
 //! What the hypercall handlers (in the subsystems) and the dispatcher
 //! (`hypercall`) share: how a handler ends ([`Flow`]), the Xen version
-//! the hypervisor reports, and the multicall entry counts the end of a
-//! run reports ([`report_multicalls`]). It sits below both, so a handler
+//! the hypervisor reports, and the multicall entry and console write
+//! counts the end of a run reports ([`report_multicalls`]). It sits below both, so a handler
 //! never reaches up into the dispatcher for them (docs/design.md,
 //! "Layers").
 
@@ -40,13 +40,36 @@ pub fn count_multicall(unlocked: u64, locked: u64) {
     MC_LOCKED.fetch_add(locked, Relaxed);
 }
 
-/// Logs how many multicall entries ran without the hypervisor lock and
-/// how many under it (at the end of a run, as the TLB clock's line).
+/// `CONSOLEIO_write` calls run (a continued one counted each time it
+/// runs), without the hypervisor lock and under it (docs/smp.md, "Console
+/// buffers").
+static CONSOLE_UNLOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static CONSOLE_LOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts a `CONSOLEIO_write` (`unlocked`: it ran without the hypervisor
+/// lock).
+pub fn count_console_write(unlocked: bool) {
+    use core::sync::atomic::Ordering::Relaxed;
+    if unlocked {
+        CONSOLE_UNLOCKED.fetch_add(1, Relaxed);
+    } else {
+        CONSOLE_LOCKED.fetch_add(1, Relaxed);
+    }
+}
+
+/// Logs how many multicall entries and console writes ran without the
+/// hypervisor lock and how many under it (at the end of a run, as the TLB
+/// clock's line).
 pub fn report_multicalls() {
     use core::sync::atomic::Ordering::Relaxed;
     crate::info!(
         "multicall: {} entries ran without the hypervisor lock, {} under it",
         MC_UNLOCKED.load(Relaxed),
         MC_LOCKED.load(Relaxed)
+    );
+    crate::info!(
+        "console_io: {} writes ran without the hypervisor lock, {} under it",
+        CONSOLE_UNLOCKED.load(Relaxed),
+        CONSOLE_LOCKED.load(Relaxed)
     );
 }

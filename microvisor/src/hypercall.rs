@@ -295,7 +295,8 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 
 /// The full-entry hypercalls that may run without the hypervisor lock
 /// (docs/smp.md): SCHEDOP_yield with nothing else to run here,
-/// mmu_update on the caller's own frames, memory_op's reservation calls
+/// CONSOLEIO_write (under the domain's console lock alone, audited or not:
+/// it is no memory hypercall), mmu_update on the caller's own frames, memory_op's reservation calls
 /// on the caller's own domain, grant_table_op's map, unmap,
 /// unmap_and_replace and copy batches, and multicall, whose entries take
 /// those paths (and update_va_mapping's) where they can and the lock
@@ -307,6 +308,15 @@ pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
 fn unlocked(frame: &mut TrapFrame) -> bool {
     let res = match frame.rax {
         29 if frame.rdi == 0 && sched::yield_alone() => Ok(0),
+        18 => {
+            let Some(r) = console_io_unlocked(frame.rdi, frame.rsi, frame.rdx) else {
+                return false;
+            };
+            match batch_unlocked(frame, 18, r, false) {
+                Some(r) => r,
+                None => return true,
+            }
+        }
         nr @ (1 | 12 | 13 | 20) if !crate::audit::every_call() => {
             let a = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
             let out = if nr == 13 {
@@ -334,8 +344,8 @@ fn unlocked(frame: &mut TrapFrame) -> bool {
 /// Hypercall `op` with `a` on its path without the hypervisor lock, for
 /// [`unlocked`] and a multicall's entries: mmu_update on the caller's own
 /// frames, memory_op's reservation calls on its own domain (which release
-/// no dead domain's frames), update_va_mapping, and grant_table_op's
-/// batches. The outcome and whether it released a dead domain's frames;
+/// no dead domain's frames), update_va_mapping, CONSOLEIO_write, and
+/// grant_table_op's batches. The outcome and whether it released a dead domain's frames;
 /// `None` (nothing done) when `op` has no such path or declines this call.
 #[inline(always)]
 fn batch_op_unlocked(op: u64, a: [u64; 5]) -> Option<(Result<Flow, Errno>, bool)> {
@@ -346,6 +356,7 @@ fn batch_op_unlocked(op: u64, a: [u64; 5]) -> Option<(Result<Flow, Errno>, bool)
             crate::mmu::update_va_mapping_unlocked(a[0], a[1], a[2]).map(Flow::Ret),
             false,
         )),
+        18 => Some((console_io_unlocked(a[0], a[1], a[2])?, false)),
         20 => crate::grant::grant_table_op_unlocked(a[0], a[1], a[2]),
         _ => None,
     }
@@ -798,28 +809,13 @@ const CONSOLE_CHUNK: usize = 256;
 #[inline(never)]
 fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno> {
     match cmd {
+        // (Under the lock only as an entry of a multicall kept under it
+        // whole, `audit=1`; otherwise `console_io_unlocked` runs it.)
         0 => {
-            // CONSOLEIO_write, as Xen's guest_console_write: chunk by chunk,
-            // each printed once copied (a fault midway leaves the chunks
-            // before it printed and returns EFAULT); 0 when all is written.
-            // A long buffer stops for whatever is due and continues with
-            // the rest (count and buffer advanced).
-            let count = count as u32 as u64;
-            let cr3 = cr3(hv);
-            let mut chunk = [0u8; CONSOLE_CHUNK];
-            let mut off = 0u64;
-            while off < count {
-                if off > 0 && crate::mmu::should_preempt(hv) {
-                    return Ok(Flow::Again([0, count - off, buf.wrapping_add(off), 0, 0]));
-                }
-                let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
-                let va = buf.checked_add(off).ok_or(Errno::EFAULT)?;
-                guest::copy_from(cr3, va, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
-                let d = hv.cur_dom_idx();
-                hv.console_write(d, &chunk[..n]);
-                off += n as u64;
-            }
-            Ok(Flow::Ret(0))
+            let (dom, cr3) = (hv.cur_dom().id(), cr3(hv));
+            crate::hcall::count_console_write(false);
+            let hv_ro: &Hv = hv;
+            console_write(dom, cr3, count, buf, || crate::mmu::should_preempt(hv_ro))
         }
         // CONSOLEIO_read: input typed on the serial console, for the
         // service domain (which routes it to a guest's console ring);
@@ -838,6 +834,61 @@ fn console_io(hv: &mut Hv, cmd: u64, count: u64, buf: u64) -> Result<Flow, Errno
         }
         _ => Err(Errno::EINVAL),
     }
+}
+
+/// CONSOLEIO_write of domain `dom` through page tables `cr3`, as Xen's
+/// `guest_console_write`: chunk by chunk, each appended to the domain's
+/// console once copied (a fault midway leaves the chunks before it written
+/// and returns EFAULT); 0 when all is written. The whole write holds the
+/// domain's console lock (and no other), so no other vCPU's bytes land
+/// inside it: a line one write holds is never torn. A long buffer stops
+/// for whatever is due (`preempt`) and continues with the rest (count and
+/// buffer advanced), letting go of the lock in between.
+fn console_write(
+    dom: u16,
+    cr3: u64,
+    count: u64,
+    buf: u64,
+    preempt: impl Fn() -> bool,
+) -> Result<Flow, Errno> {
+    let count = count as u32 as u64;
+    let mut chunk = [0u8; CONSOLE_CHUNK];
+    let mut console = crate::domain::console_lock(dom);
+    let mut off = 0u64;
+    while off < count {
+        if off > 0 && preempt() {
+            return Ok(Flow::Again([0, count - off, buf.wrapping_add(off), 0, 0]));
+        }
+        let n = (count - off).min(CONSOLE_CHUNK as u64) as usize;
+        let va = buf.checked_add(off).ok_or(Errno::EFAULT)?;
+        guest::copy_from(cr3, va, &mut chunk[..n]).map_err(|_| Errno::EFAULT)?;
+        if let Some(c) = console.as_mut().and_then(|g| g.as_mut()) {
+            c.write_io(&chunk[..n]);
+        }
+        off += n as u64;
+    }
+    Ok(Flow::Ret(0))
+}
+
+/// console_io without the hypervisor lock: CONSOLEIO_write of the running
+/// vCPU's domain, whose id and page tables come from its `VcpuLight`
+/// (docs/smp.md, "Console buffers"). `None` (nothing done) for the other
+/// commands, which take the locked path.
+fn console_io_unlocked(cmd: u64, count: u64, buf: u64) -> Option<Result<Flow, Errno>> {
+    if cmd != 0 {
+        return None;
+    }
+    let light = crate::domain::held_light()?;
+    let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
+    let cr3 = light.cr3.load(core::sync::atomic::Ordering::Relaxed);
+    crate::hcall::count_console_write(true);
+    Some(console_write(
+        dom,
+        cr3,
+        count,
+        buf,
+        crate::mmu::should_preempt_unlocked,
+    ))
 }
 
 fn put(hv: &Hv, va: u64, bytes: &[u8]) -> HResult {

@@ -100,6 +100,9 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     // event state.
     crate::fifo::destroy(idx);
     crate::events::domain_gone(id);
+    // Its console buffers (a line a vCPU still wrote after the end's
+    // flush, on another CPU, is written out first).
+    crate::domain::console_gone(id);
     crate::mm::frames::drop_hv_writable(shared);
     crate::mm::frames::drop_hv_writable(console);
     // Each vCPU: stopped for good; its registered vcpu_info, GDT and

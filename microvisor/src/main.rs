@@ -314,6 +314,7 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                     }
                     if !hv.reserve_domains(1)
                         || events::domain_built(d.id(), d.vcpus(), d.shared()).is_err()
+                        || !domain::console_built(d.id(), spec.name, spec.console)
                         || !hv.add_domain(d)
                     {
                         boot_fail(format_args!(
