@@ -399,11 +399,10 @@ pub struct Vcpu {
     pub poll_deadline: u64,
     /// System time of the last write of its vcpu_time_info.
     pub time_stamp: u64,
-    /// The CPU it runs on, or last ran on: the CPU whose run queue it is
-    /// on while runnable. Changed only by `sched::runq` (placement and
-    /// migration), with the run-queue locks of the CPUs it leaves and
-    /// joins held.
-    pub processor: u32,
+    /// Its processor (`VcpuLight::processor` of its index, set by
+    /// `Hv::add_vcpu`; before that a cell of its own that nothing reads):
+    /// one load away, where the `light` option would cost a test.
+    processor: &'static core::sync::atomic::AtomicU32,
     /// Its [`VcpuLight`] (`light` of its index), set by `Hv::add_vcpu`:
     /// the code that keeps the mirror reaches it without the directory.
     light: Option<&'static VcpuLight>,
@@ -699,9 +698,24 @@ impl Vcpu {
             poll_ports: heapless::Vec::new(),
             poll_deadline: 0,
             time_stamp: 0,
-            processor: 0,
+            processor: &UNPLACED,
             light: None,
         })
+    }
+
+    /// The CPU it runs on, or last ran on: the CPU whose run queue it is
+    /// on while runnable (`VcpuLight::processor`, changed only by
+    /// `sched::runq`; also readable without any lock through
+    /// [`light`]`(i)`).
+    #[inline(always)]
+    pub fn processor(&self) -> u32 {
+        self.processor_cell().load(Ordering::Relaxed)
+    }
+
+    /// Its `processor` cell, in its [`VcpuLight`].
+    #[inline(always)]
+    fn processor_cell(&self) -> &'static core::sync::atomic::AtomicU32 {
+        self.processor
     }
 
     /// Installs the vCPU's first registers (the builder's, or a
@@ -958,8 +972,13 @@ const EMPTY_LIGHT: [VcpuLight; LIGHT_CHUNK] = [const {
         cr3: core::sync::atomic::AtomicU64::new(0),
         info: crate::mm::SlotCell::new(),
         capped: core::sync::atomic::AtomicBool::new(false),
+        processor: core::sync::atomic::AtomicU32::new(0),
     }
 }; LIGHT_CHUNK];
+
+/// The processor cell of a `Vcpu` record not yet added (`Hv::add_vcpu`
+/// points it at its `VcpuLight`'s): nothing reads it.
+static UNPLACED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 /// Every vCPU index's [`VcpuLight`], in chunks of `LIGHT_CHUNK` made when
 /// the first vCPU of their range is (`Hv::add_vcpu`, under the hypervisor
@@ -1476,7 +1495,7 @@ impl Hv {
         }
         let runnable = state == RunState::Runnable;
         self.sched
-            .set_runnable(i, &mut d.processor, d.cpus, runnable);
+            .set_runnable(i, d.processor_cell(), d.cpus, runnable);
     }
 
     /// vCPU `i` waits to run: runnable and held by no CPU.
@@ -1512,11 +1531,30 @@ impl Hv {
             );
             crate::arch::cpu::qemu_exit(false);
         }
-        let processor = |i: usize| Some(self.vcpus.get(i)?.processor as usize);
+        let processor = |i: usize| Some(self.vcpus.get(i)?.processor() as usize);
         if let Some((v, c)) = self.sched.queues_mismatch(processor) {
             crate::error!(
                 "audit after {when} failed: vCPU {v} (processor {:?}) in cpu {c}'s run queue, or runnable and not in it",
                 processor(v)
+            );
+            crate::arch::cpu::qemu_exit(false);
+        }
+        // A CPU holds only a vCPU whose processor it is, so the held ones'
+        // processors differ, and this CPU's is its own: what `kick_for`,
+        // which reads both without the lock, relies on to reach the CPU
+        // that holds a vCPU.
+        let cpu = crate::arch::percpu::cpu_id();
+        let mine = self.current;
+        let held_here =
+            mine == NO_VCPU || (self.sched.is_held(mine) && processor(mine) == Some(cpu));
+        if let Some((v, c)) = (!held_here)
+            .then_some((mine, cpu))
+            .or_else(|| self.sched.held_processors_clash(processor))
+        {
+            crate::error!(
+                "audit after {when} failed: vCPU {v} (processor {:?}, held {}) held by cpu {c}, or two held vCPUs on one processor",
+                processor(v),
+                self.sched.is_held(v)
             );
             crate::arch::cpu::qemu_exit(false);
         }
@@ -1527,7 +1565,7 @@ impl Hv {
     #[inline]
     pub fn assign(&mut self, i: usize, cpu: usize) {
         if let Some(d) = self.vcpus.get_mut(i) {
-            self.sched.assign(i, &mut d.processor, cpu);
+            self.sched.assign(i, d.processor_cell(), cpu);
         }
     }
 
@@ -1544,6 +1582,7 @@ impl Hv {
         let l = light_made(i)?;
         v.cpus = cpus;
         v.light = Some(l);
+        v.processor = &l.processor;
         // (A domain's index is its id.)
         let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
         let b = crate::mm::heap::try_box(|m| m.write(v))?;
@@ -1585,7 +1624,7 @@ impl Hv {
         let up = cur != NO_VCPU && self.sched.let_go(cur);
         let up_cpus = up.then_some(cur_cpus);
         let v = &mut self.vcpus[next];
-        self.sched.assign(next, &mut v.processor, cpu);
+        self.sched.assign(next, v.processor_cell(), cpu);
         let down = self.sched.hold(next);
         let counts = &SCHED_VIEW.waiting;
         match up_cpus {
