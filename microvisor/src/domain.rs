@@ -863,11 +863,6 @@ pub struct Hv {
     /// Some torn-down domain's vCPU records wait until no CPU holds them
     /// or was entered from them (`reap_vcpus`). Kept by this module alone.
     reap_waiting: bool,
-    /// No guest timer or poll deadline is due before this system time
-    /// (a lower bound: `sched::fire_timers` scans only from then on). Set
-    /// only through `set_timers_due` and `timer_set` (which keep
-    /// `SCHED_VIEW`'s copy with it); read through `timers_due`.
-    timers_due: u64,
 }
 
 /// Every vCPU record, by index (`Hv::vcpus`): each on the heap from its
@@ -1186,7 +1181,13 @@ pub struct SchedView {
     /// (runnable, held by no CPU, allowed on c). Kept by `Hv::set_state`,
     /// `hold` and `let_go` (`microvisor_core::sched::waiting::changed`).
     pub waiting: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS],
-    /// `Hv::timers_due`.
+    /// No guest timer or poll deadline is due before this system time
+    /// (a lower bound: `sched::fire_timers` scans only from then on): the
+    /// one copy, an atomic minimum. Lowered by `Hv::timer_set`
+    /// (`fetch_min`, so a lower deadline is never lost to another
+    /// lowering), set by `Hv::set_timers_due` after a scan (under the
+    /// hypervisor lock, as every lowering is today), read through
+    /// `Hv::timers_due` and by the lock-free yield.
     pub timers_due: core::sync::atomic::AtomicU64,
 }
 
@@ -1213,7 +1214,6 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: alloc::vec::Vec::new(),
     vcpus: VcpuTable::new(),
     current: 0,
-    timers_due: 0,
     sched: crate::sched::runq::Sched::new(),
     teardowns_waiting: false,
     reap_waiting: false,
@@ -1659,7 +1659,7 @@ impl Hv {
     /// No guest timer or poll deadline is due before this system time.
     #[inline]
     pub fn timers_due(&self) -> u64 {
-        self.timers_due
+        SCHED_VIEW.timers_due.load(Ordering::Relaxed)
     }
 
     /// Dead domain `idx`'s teardown waits until no CPU holds any of its
@@ -1706,8 +1706,7 @@ impl Hv {
 
     /// Sets the earliest guest timer deadline (`timers_due`).
     pub fn set_timers_due(&mut self, t: u64) {
-        self.timers_due = t;
-        SCHED_VIEW.timers_due.store(t, Ordering::Relaxed);
+        SCHED_VIEW.timers_due.store(t, Ordering::SeqCst);
     }
 
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
@@ -1797,11 +1796,10 @@ impl Hv {
     /// Records that a guest timer or poll deadline was set for system time
     /// `t`, so the scheduler's timer scan does not skip it.
     pub fn timer_set(&mut self, t: u64) {
-        if t != 0 {
-            self.timers_due = self.timers_due.min(t);
-            SCHED_VIEW
-                .timers_due
-                .store(self.timers_due, Ordering::Relaxed);
+        let due = &SCHED_VIEW.timers_due;
+        // (Only a lower deadline costs the atomic minimum.)
+        if t != 0 && t < due.load(Ordering::Relaxed) {
+            due.fetch_min(t, Ordering::SeqCst);
         }
     }
 
