@@ -554,10 +554,10 @@ pub struct Vcpu {
     /// [`Vcpu::runstate_write_now`].
     runstate_pending: bool,
     /// One-shot timer deadline (system time, ns), 0 = none. Set through
-    /// [`Hv::set_timer`], which keeps `Hv::timers_due` below it.
+    /// [`Hv::set_timer`], which keeps `SCHED_VIEW.timers_due` at or below it.
     timer_deadline: u64,
     /// Periodic timer period and next expiry, 0 = none (set through
-    /// [`Hv::start_periodic`], which keeps `Hv::timers_due` below it).
+    /// [`Hv::start_periodic`], which keeps `SCHED_VIEW.timers_due` at or below it).
     periodic_ns: u64,
     periodic_next: u64,
     /// Ports a vCPU blocked in SCHEDOP_poll waits on (empty: not polling).
@@ -567,11 +567,10 @@ pub struct Vcpu {
     /// System time of the last write of its vcpu_time_info (kept with
     /// the write: [`Vcpu::refresh_time`], [`Vcpu::write_time`]).
     time_stamp: u64,
-    /// The CPU it runs on, or last ran on: the CPU whose run queue it is
-    /// on while runnable. Changed only by `sched::runq` (placement and
-    /// migration), with the run-queue locks of the CPUs it leaves and
-    /// joins held.
-    pub processor: u32,
+    /// Its processor (`VcpuLight::processor` of its index, set by
+    /// `Hv::add_vcpu`; before that a cell of its own that nothing reads):
+    /// one load away, where the `light` option would cost a test.
+    processor: &'static core::sync::atomic::AtomicU32,
     /// Its [`VcpuLight`] (`light` of its index), set by `Hv::add_vcpu`:
     /// the code that keeps the mirror reaches it without the directory.
     light: Option<&'static VcpuLight>,
@@ -864,9 +863,24 @@ impl Vcpu {
             poll_ports: heapless::Vec::new(),
             poll_deadline: 0,
             time_stamp: 0,
-            processor: 0,
+            processor: &UNPLACED,
             light: None,
         })
+    }
+
+    /// The CPU it runs on, or last ran on: the CPU whose run queue it is
+    /// on while runnable (`VcpuLight::processor`, changed only by
+    /// `sched::runq`; also readable without any lock through
+    /// [`light`]`(i)`).
+    #[inline(always)]
+    pub fn processor(&self) -> u32 {
+        self.processor_cell().load(Ordering::Relaxed)
+    }
+
+    /// Its `processor` cell, in its [`VcpuLight`].
+    #[inline(always)]
+    fn processor_cell(&self) -> &'static core::sync::atomic::AtomicU32 {
+        self.processor
     }
 
     /// Installs the vCPU's first registers (the builder's, or a
@@ -1160,11 +1174,6 @@ pub struct Hv {
     /// Some torn-down domain's vCPU records wait until no CPU holds them
     /// or was entered from them (`reap_vcpus`). Kept by this module alone.
     reap_waiting: bool,
-    /// No guest timer or poll deadline is due before this system time
-    /// (a lower bound: `sched::fire_timers` scans only from then on). Set
-    /// only through `set_timers_due` and `timer_set` (which keep
-    /// `SCHED_VIEW`'s copy with it); read through `timers_due`.
-    timers_due: u64,
 }
 
 /// Every vCPU record, by index (`Hv::vcpus`): each on the heap from its
@@ -1269,8 +1278,13 @@ const EMPTY_LIGHT: [VcpuLight; LIGHT_CHUNK] = [const {
         cr3: core::sync::atomic::AtomicU64::new(0),
         info: crate::mm::SlotCell::new(),
         capped: core::sync::atomic::AtomicBool::new(false),
+        processor: core::sync::atomic::AtomicU32::new(0),
     }
 }; LIGHT_CHUNK];
+
+/// The processor cell of a `Vcpu` record not yet added (`Hv::add_vcpu`
+/// points it at its `VcpuLight`'s): nothing reads it.
+static UNPLACED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 /// Every vCPU index's [`VcpuLight`], in chunks of `LIGHT_CHUNK` made when
 /// the first vCPU of their range is (`Hv::add_vcpu`, under the hypervisor
@@ -1478,7 +1492,13 @@ pub struct SchedView {
     /// (runnable, held by no CPU, allowed on c). Kept by `Hv::set_state`,
     /// `hold` and `let_go` (`microvisor_core::sched::waiting::changed`).
     pub waiting: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS],
-    /// `Hv::timers_due`.
+    /// No guest timer or poll deadline is due before this system time
+    /// (a lower bound: `sched::fire_timers` scans only from then on): the
+    /// one copy, an atomic minimum. Lowered by `Hv::timer_set`
+    /// (`fetch_min`, so a lower deadline is never lost to another
+    /// lowering), set by `Hv::set_timers_due` after a scan (under the
+    /// hypervisor lock, as every lowering is today), read through
+    /// `Hv::timers_due` and by the lock-free yield.
     pub timers_due: core::sync::atomic::AtomicU64,
 }
 
@@ -1505,7 +1525,6 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: alloc::vec::Vec::new(),
     vcpus: VcpuTable::new(),
     current: 0,
-    timers_due: 0,
     sched: crate::sched::runq::Sched::new(),
     teardowns_waiting: false,
     reap_waiting: false,
@@ -1787,7 +1806,7 @@ impl Hv {
         }
         let runnable = state == RunState::Runnable;
         self.sched
-            .set_runnable(i, &mut d.processor, d.cpus, runnable);
+            .set_runnable(i, d.processor_cell(), d.cpus, runnable);
     }
 
     /// vCPU `i` waits to run: runnable and held by no CPU.
@@ -1823,11 +1842,30 @@ impl Hv {
             );
             crate::arch::cpu::qemu_exit(false);
         }
-        let processor = |i: usize| Some(self.vcpus.get(i)?.processor as usize);
+        let processor = |i: usize| Some(self.vcpus.get(i)?.processor() as usize);
         if let Some((v, c)) = self.sched.queues_mismatch(processor) {
             crate::error!(
                 "audit after {when} failed: vCPU {v} (processor {:?}) in cpu {c}'s run queue, or runnable and not in it",
                 processor(v)
+            );
+            crate::arch::cpu::qemu_exit(false);
+        }
+        // A CPU holds only a vCPU whose processor it is, so the held ones'
+        // processors differ, and this CPU's is its own: what `kick_for`,
+        // which reads both without the lock, relies on to reach the CPU
+        // that holds a vCPU.
+        let cpu = crate::arch::percpu::cpu_id();
+        let mine = self.current;
+        let held_here =
+            mine == NO_VCPU || (self.sched.is_held(mine) && processor(mine) == Some(cpu));
+        if let Some((v, c)) = (!held_here)
+            .then_some((mine, cpu))
+            .or_else(|| self.sched.held_processors_clash(processor))
+        {
+            crate::error!(
+                "audit after {when} failed: vCPU {v} (processor {:?}, held {}) held by cpu {c}, or two held vCPUs on one processor",
+                processor(v),
+                self.sched.is_held(v)
             );
             crate::arch::cpu::qemu_exit(false);
         }
@@ -1838,7 +1876,7 @@ impl Hv {
     #[inline]
     pub fn assign(&mut self, i: usize, cpu: usize) {
         if let Some(d) = self.vcpus.get_mut(i) {
-            self.sched.assign(i, &mut d.processor, cpu);
+            self.sched.assign(i, d.processor_cell(), cpu);
         }
     }
 
@@ -1855,6 +1893,7 @@ impl Hv {
         let l = light_made(i)?;
         v.cpus = cpus;
         v.light = Some(l);
+        v.processor = &l.processor;
         // (A domain's index is its id.)
         let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
         let b = crate::mm::heap::try_box(|m| m.write(v))?;
@@ -1896,7 +1935,7 @@ impl Hv {
         let up = cur != NO_VCPU && self.sched.let_go(cur);
         let up_cpus = up.then_some(cur_cpus);
         let v = &mut self.vcpus[next];
-        self.sched.assign(next, &mut v.processor, cpu);
+        self.sched.assign(next, v.processor_cell(), cpu);
         let down = self.sched.hold(next);
         let counts = &SCHED_VIEW.waiting;
         match up_cpus {
@@ -1931,7 +1970,7 @@ impl Hv {
     /// No guest timer or poll deadline is due before this system time.
     #[inline]
     pub fn timers_due(&self) -> u64 {
-        self.timers_due
+        SCHED_VIEW.timers_due.load(Ordering::Relaxed)
     }
 
     /// Sets vCPU `i`'s one-shot timer to system time `deadline` (0: stops
@@ -2025,8 +2064,7 @@ impl Hv {
 
     /// Sets the earliest guest timer deadline (`timers_due`).
     pub fn set_timers_due(&mut self, t: u64) {
-        self.timers_due = t;
-        SCHED_VIEW.timers_due.store(t, Ordering::Relaxed);
+        SCHED_VIEW.timers_due.store(t, Ordering::SeqCst);
     }
 
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
@@ -2116,11 +2154,10 @@ impl Hv {
     /// Records that a guest timer or poll deadline was set for system time
     /// `t`, so the scheduler's timer scan does not skip it.
     pub fn timer_set(&mut self, t: u64) {
-        if t != 0 {
-            self.timers_due = self.timers_due.min(t);
-            SCHED_VIEW
-                .timers_due
-                .store(self.timers_due, Ordering::Relaxed);
+        let due = &SCHED_VIEW.timers_due;
+        // (Only a lower deadline costs the atomic minimum.)
+        if t != 0 && t < due.load(Ordering::Relaxed) {
+            due.fetch_min(t, Ordering::SeqCst);
         }
     }
 

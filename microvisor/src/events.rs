@@ -409,7 +409,7 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
         crate::sched::wake(hv, i);
     } else if k.upcall && v.state == RunState::Runnable && i != hv.current_index() {
         // Running on another CPU: make it take the upcall now.
-        crate::sched::kick_for(hv, i);
+        crate::sched::kick_for(i);
     }
 }
 

@@ -54,7 +54,7 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
         }
         if hv.sched.is_held(v) && v != hv.current_index() {
             elsewhere = true;
-            crate::arch::smp::kick(hv.vcpu(v).processor);
+            crate::arch::smp::kick(hv.vcpu(v).processor());
         }
     }
     if elsewhere {

@@ -89,7 +89,7 @@ pub fn wake(hv: &mut Hv, i: usize) {
         }
     }
     hv.set_state(i, RunState::Runnable);
-    kick_for(hv, i);
+    kick_for(i);
     let slice = hv.dom_of(i).slice_vruntime();
     let d = hv.vcpu_mut(i);
     d.poll_ports.clear();
@@ -107,12 +107,20 @@ pub fn wake(hv: &mut Hv, i: usize) {
 /// is on if that one is idle. When that CPU is busy, no other is woken: the
 /// busy one runs it when it blocks or at a tick, or an idle CPU takes it
 /// at its own next tick (docs/scheduler.md, "Run queues", says why).
-pub fn kick_for(hv: &Hv, i: usize) {
+///
+/// Needs no lock: it reads vCPU `i`'s processor (`VcpuLight::processor`)
+/// and whether a CPU holds it (`runq::is_held`), both atomics. (Under the
+/// hypervisor lock, as every caller holds it today, neither changes
+/// meanwhile.)
+pub fn kick_for(i: usize) {
     if !crate::arch::smp::active() {
         return;
     }
-    let processor = hv.vcpu(i).processor;
-    if hv.sched.is_held(i) {
+    let Some(light) = crate::domain::light(i) else {
+        return;
+    };
+    let processor = light.processor.load(core::sync::atomic::Ordering::Relaxed);
+    if runq::is_held(i) {
         crate::arch::smp::kick(processor);
     } else {
         crate::arch::smp::kick_idle(1u64 << (processor % 64));

@@ -416,6 +416,12 @@ pub struct VcpuLight {
     pub info: SlotCell,
     /// Its domain has a scheduler cap (fixed at build).
     pub capped: core::sync::atomic::AtomicBool,
+    /// The CPU it runs on, or last ran on: the CPU whose run queue it is
+    /// on while runnable (Xen's `v->processor`). Changed only by
+    /// `sched::runq` (placement and migration), with the run-queue locks
+    /// of the CPUs it leaves and joins held; read by anyone, without a
+    /// lock (`sched::kick_for`).
+    pub processor: core::sync::atomic::AtomicU32,
 }
 
 /// Writes an aligned u64 to physical memory.

@@ -8,24 +8,29 @@
 //!
 //! What each lock protects (docs/smp.md, "Run-queue locks"):
 //! - CPU c's run-queue lock ([`QUEUES`]`[c]`): c's queue (the runnable
-//!   vCPUs assigned to c, `Vcpu::processor == c`, the one c holds
+//!   vCPUs assigned to c, `VcpuLight::processor == c`, the one c holds
 //!   included) and c's affinity set (the vCPUs that may run on c). A
 //!   vCPU's `processor` changes only while the lock of the queue it leaves
 //!   and the one it joins are held (both, lower CPU id first, when they
-//!   differ).
-//! - The hypervisor lock ([`Sched`], a field of `Hv`): the union of the
-//!   queues (`runnable`), the vCPUs held by some CPU (`running`) and the
-//!   cap period. Every CPU's `pick` reads all three for every vCPU (to
-//!   steal from any queue), and a domain's end and the vCPU reaper ask
-//!   whether any CPU holds a vCPU: one set each, under the lock all those
-//!   paths hold anyway, costs nothing, where a per-CPU split would make
-//!   every pick take every CPU's lock.
+//!   differ); it is an atomic, read by anyone without a lock.
+//! - No lock for reading: the union of the queues ([`RUNNABLE`]) and the
+//!   vCPUs held by some CPU ([`RUNNING`]) are atomic sets, so `is_held`,
+//!   `is_waiting`, `sched::kick_for` and every CPU's `pick` read them
+//!   without the hypervisor lock; each change is one atomic operation on
+//!   one word. Changed today only under the hypervisor lock (by
+//!   `Hv::set_state`, `hold`, `let_go`, `hand_over`), which is what keeps
+//!   them and the waiting counts (`domain::SCHED_VIEW`) in step.
+//! - The hypervisor lock ([`Sched`], a field of `Hv`): the cap period.
 //!
 //! Order: the hypervisor lock, then run-queue locks, two at most, lower
 //! CPU id first; nothing else is taken while one is held except the heap
 //! (a set growing in `make_room`).
 
 use crate::arch::percpu::MAX_CPUS;
+use crate::mm::heap::ChunkDir;
+use core::sync::atomic::AtomicU32;
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+use core::sync::atomic::{AtomicU64, AtomicUsize};
 use microvisor_core::sched::{self as policy, VcpuSet, waiting};
 
 /// One CPU's run queue, under its lock.
@@ -66,14 +71,172 @@ fn lock_two(a: usize, b: usize) -> (Guard, Guard) {
     }
 }
 
-/// The scheduler's sets that every CPU reads: under the hypervisor lock
-/// (`Hv::sched`; see the module's comment for why).
+/// Words of an [`AtomicSet`] per chunk past its first word (4096 vCPU
+/// indices).
+const SET_CHUNK: usize = 64;
+
+/// A set of vCPU indices in atomic words, readable and changed without any
+/// lock: the first word (indices 0 to 63, every vCPU of most machines) in
+/// the set itself, the others in chunks of [`SET_CHUNK`] words made when
+/// the set grows to them (`Hv::add_vcpu`, under the hypervisor lock) and
+/// never freed, so a reader without a lock always finds a word either
+/// absent (0: nothing was ever added there) or valid. Each change is one
+/// atomic read-modify-write of one word, so changes of different indices
+/// never lose each other.
+struct AtomicSet {
+    /// Indices 0 to 63.
+    first: AtomicU64,
+    /// How many words have room (grows, never shrinks).
+    words: AtomicUsize,
+    /// Word `w` (from 1) is entry `w - 1`.
+    rest:
+        ChunkDir<AtomicU64, SET_CHUNK, { crate::domain::MAX_VCPU_INDEX.div_ceil(64 * SET_CHUNK) }>,
+}
+
+impl AtomicSet {
+    const fn new() -> AtomicSet {
+        AtomicSet {
+            first: AtomicU64::new(0),
+            words: AtomicUsize::new(0),
+            rest: ChunkDir::new(),
+        }
+    }
+
+    /// Makes room for indices below `n`; false when there is no memory
+    /// (chunks already made stay).
+    fn grow(&self, n: usize) -> bool {
+        let words = n.div_ceil(64);
+        // Word `w` (from 1) is entry `w - 1` of `rest`: one made entry per
+        // chunk makes the chunk.
+        for e in (0..words.saturating_sub(1)).step_by(SET_CHUNK) {
+            let made = self
+                .rest
+                .made(e, |m| m.write([const { AtomicU64::new(0) }; SET_CHUNK]));
+            if made.is_none() {
+                return false;
+            }
+        }
+        self.words.fetch_max(words, SeqCst);
+        true
+    }
+
+    /// How many words it has room for.
+    #[inline(always)]
+    fn words(&self) -> usize {
+        self.words.load(Relaxed)
+    }
+
+    /// Word `w`'s cell, if it was ever made.
+    #[inline(always)]
+    fn cell(&self, w: usize) -> Option<&AtomicU64> {
+        if w == 0 {
+            Some(&self.first)
+        } else {
+            self.rest.get(w - 1)
+        }
+    }
+
+    /// Word `w`, 0 past the end.
+    #[inline(always)]
+    fn word(&self, w: usize) -> u64 {
+        self.cell(w).map_or(0, |c| c.load(SeqCst))
+    }
+
+    #[inline(always)]
+    fn contains(&self, i: usize) -> bool {
+        self.word(i / 64) & (1u64 << (i % 64)) != 0
+    }
+
+    /// Adds `i` (an index past the words is ignored: adding one is the
+    /// caller's bug). One `lock or`: a result would cost a
+    /// compare-and-exchange loop, and under the hypervisor lock, where
+    /// every change is made today, a `contains` before it is exact.
+    #[inline(always)]
+    fn insert(&self, i: usize) {
+        if let Some(c) = self.cell(i / 64) {
+            c.fetch_or(1u64 << (i % 64), SeqCst);
+        }
+    }
+
+    /// Takes `i` out (one `lock and`, as [`AtomicSet::insert`]).
+    #[inline(always)]
+    fn remove(&self, i: usize) {
+        if let Some(c) = self.cell(i / 64) {
+            c.fetch_and(!(1u64 << (i % 64)), SeqCst);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        (0..self.words()).all(|w| self.word(w) == 0)
+    }
+
+    /// Its indices in order (each word read once, when the walk gets to
+    /// it).
+    #[inline(always)]
+    fn iter(&self) -> SetIter<'_> {
+        SetIter {
+            set: self,
+            w: 0,
+            words: self.words(),
+            m: self.first.load(SeqCst),
+        }
+    }
+}
+
+/// The walk of an [`AtomicSet`]'s indices ([`AtomicSet::iter`]).
+struct SetIter<'a> {
+    set: &'a AtomicSet,
+    /// The word being walked, and the bits of it not yet given.
+    w: usize,
+    m: u64,
+    /// Words to walk.
+    words: usize,
+}
+
+impl Iterator for SetIter<'_> {
+    type Item = usize;
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        while self.m == 0 {
+            self.w += 1;
+            if self.w >= self.words {
+                return None;
+            }
+            self.m = self.set.word(self.w);
+        }
+        let i = self.m.trailing_zeros() as usize;
+        self.m &= self.m - 1;
+        Some(self.w * 64 + i)
+    }
+}
+
+/// vCPU index i is in it when Runnable: the union of the run queues.
+static RUNNABLE: AtomicSet = AtomicSet::new();
+/// vCPU index i is in it while some CPU holds it (runs it, or idles with
+/// its state loaded): no other CPU may pick it.
+static RUNNING: AtomicSet = AtomicSet::new();
+
+/// Whether some CPU holds vCPU `i` (no lock needed: one atomic word).
+#[inline(always)]
+pub fn is_held(i: usize) -> bool {
+    RUNNING.contains(i)
+}
+
+/// Whether vCPU `i` waits to run: runnable and held by no CPU (no lock
+/// needed; two words read one after the other, so only a hint while
+/// either may change: exact under the hypervisor lock, under which both
+/// change today).
+#[inline(always)]
+pub fn is_waiting(i: usize) -> bool {
+    waiting::is_waiting(RUNNABLE.contains(i), RUNNING.contains(i))
+}
+
+/// The scheduler's state that every CPU shares and that is not a run
+/// queue: the sets `runnable` and `running` (atomic sets, [`RUNNABLE`] and
+/// [`RUNNING`]: read without any lock, changed under the hypervisor lock
+/// through these methods) and the cap period (under the hypervisor lock:
+/// `Hv::sched`).
 pub struct Sched {
-    /// vCPU index i is in it when Runnable: the union of the run queues.
-    runnable: VcpuSet,
-    /// vCPU index i is in it while some CPU holds it (runs it, or idles
-    /// with its state loaded): no other CPU may pick it.
-    running: VcpuSet,
     /// Start of the current cap period (system time, ns): caps are
     /// accounted per period across every CPU (`sched::cap_period`).
     cap_period_start: u64,
@@ -82,33 +245,32 @@ pub struct Sched {
 impl Sched {
     pub const fn new() -> Sched {
         Sched {
-            runnable: VcpuSet::new(),
-            running: VcpuSet::new(),
             cap_period_start: 0,
         }
     }
 
-    /// Whether some CPU holds vCPU `i`.
+    /// Whether some CPU holds vCPU `i` ([`is_held`]).
     #[inline(always)]
     pub fn is_held(&self, i: usize) -> bool {
-        self.running.contains(i)
+        is_held(i)
     }
 
-    /// Whether vCPU `i` waits to run: runnable and held by no CPU.
+    /// Whether vCPU `i` waits to run: runnable and held by no CPU
+    /// ([`is_waiting`]).
     #[inline(always)]
     pub fn is_waiting(&self, i: usize) -> bool {
-        waiting::is_waiting(self.runnable.contains(i), self.running.contains(i))
+        is_waiting(i)
     }
 
     /// Whether any vCPU is runnable.
     pub fn any_runnable(&self) -> bool {
-        !self.runnable.is_empty()
+        !RUNNABLE.is_empty()
     }
 
     /// The runnable vCPUs, in index order.
     #[inline(always)]
     pub fn runnable(&self) -> impl Iterator<Item = usize> + '_ {
-        self.runnable.iter()
+        RUNNABLE.iter()
     }
 
     /// Start of the current cap period.
@@ -133,7 +295,7 @@ impl Sched {
     /// and `i` is in no affinity set).
     pub fn make_room(&mut self, i: usize, cpus: u64) -> bool {
         let n = i + 1;
-        if self.runnable.grow(n).is_err() || self.running.grow(n).is_err() {
+        if !RUNNABLE.grow(n) || !RUNNING.grow(n) {
             return false;
         }
         for c in 0..MAX_CPUS {
@@ -158,8 +320,8 @@ impl Sched {
             q.queue.remove(i);
             q.affine.remove(i);
         }
-        self.runnable.remove(i);
-        self.running.remove(i);
+        RUNNABLE.remove(i);
+        RUNNING.remove(i);
     }
 
     /// vCPU `i` (assigned to CPU `*processor`, allowed on `cpus`) becomes
@@ -169,11 +331,11 @@ impl Sched {
     /// under that queue's lock, and the waiting counts
     /// (`domain::SCHED_VIEW`) follow.
     #[inline]
-    pub fn set_runnable(&mut self, i: usize, processor: &mut u32, cpus: u64, runnable: bool) {
+    pub fn set_runnable(&mut self, i: usize, processor: &AtomicU32, cpus: u64, runnable: bool) {
         // (Whether a CPU holds it does not change here: read once.)
-        let held = self.running.contains(i);
-        let was = waiting::is_waiting(self.runnable.contains(i), held);
-        let last = *processor as usize % MAX_CPUS;
+        let held = RUNNING.contains(i);
+        let was = waiting::is_waiting(RUNNABLE.contains(i), held);
+        let last = processor.load(Relaxed) as usize % MAX_CPUS;
         if runnable {
             let building = crate::arch::smp::scheduler_cpus_joined() == 0;
             let mut q = lock(last);
@@ -184,10 +346,10 @@ impl Sched {
                 drop(q);
                 place_elsewhere(i, processor, cpus, building);
             }
-            self.runnable.insert(i);
+            RUNNABLE.insert(i);
         } else {
             lock(last).queue.remove(i);
-            self.runnable.remove(i);
+            RUNNABLE.remove(i);
         }
         let now = waiting::is_waiting(runnable, held);
         waiting::changed(&crate::domain::SCHED_VIEW.waiting, cpus, was, now);
@@ -197,11 +359,11 @@ impl Sched {
     /// migration: the CPU that takes it from another's queue calls this),
     /// with the locks of both queues (lower CPU first).
     #[inline]
-    pub fn assign(&mut self, i: usize, processor: &mut u32, cpu: usize) {
+    pub fn assign(&mut self, i: usize, processor: &AtomicU32, cpu: usize) {
         let cpu = cpu % MAX_CPUS;
-        let last = *processor as usize % MAX_CPUS;
+        let last = processor.load(Relaxed) as usize % MAX_CPUS;
         if last != cpu {
-            migrate(i, processor, last, cpu, self.runnable.contains(i));
+            migrate(i, processor, last, cpu, RUNNABLE.contains(i));
         }
     }
 
@@ -210,7 +372,7 @@ impl Sched {
     #[inline(always)]
     pub fn hold(&mut self, i: usize) -> bool {
         let was = self.is_waiting(i);
-        self.running.insert(i);
+        RUNNING.insert(i);
         was
     }
 
@@ -218,9 +380,9 @@ impl Sched {
     /// waits now and did not before (its CPUs' counts must go up by one).
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) -> bool {
-        let runnable = self.runnable.contains(i);
-        let was = waiting::is_waiting(runnable, self.running.contains(i));
-        self.running.remove(i);
+        let runnable = RUNNABLE.contains(i);
+        let was = waiting::is_waiting(runnable, RUNNING.contains(i));
+        RUNNING.remove(i);
         runnable && !was
     }
 
@@ -237,16 +399,35 @@ impl Sched {
         for c in 0..MAX_CPUS {
             let q = lock(c);
             for i in q.queue.iter() {
-                if !self.runnable.contains(i) || processor(i) != Some(c) {
+                if !RUNNABLE.contains(i) || processor(i) != Some(c) {
                     return Some((i, c));
                 }
             }
         }
-        for i in self.runnable.iter() {
+        for i in RUNNABLE.iter() {
             let c = processor(i).unwrap_or(0) % MAX_CPUS;
             if !lock(c).queue.contains(i) {
                 return Some((i, c));
             }
+        }
+        None
+    }
+
+    /// The audit's check of the held vCPUs: no two share a processor
+    /// (`processor(i)`; a CPU holds only a vCPU assigned to it). Returns a
+    /// held vCPU whose processor another held one has, with that CPU.
+    pub fn held_processors_clash(
+        &self,
+        processor: impl Fn(usize) -> Option<usize>,
+    ) -> Option<(usize, usize)> {
+        let mut seen = 0u64;
+        for i in RUNNING.iter() {
+            let c = processor(i).unwrap_or(0);
+            let bit = 1u64 << (c % 64);
+            if seen & bit != 0 {
+                return Some((i, c));
+            }
+            seen |= bit;
         }
         None
     }
@@ -256,15 +437,8 @@ impl Sched {
     /// runnable vCPU, and those it may take (allowed on it, held by no CPU
     /// but `current`, not `exclude`). `n` is the number of vCPU indices.
     #[inline(always)]
-    pub fn pick_view(
-        &self,
-        cpu: usize,
-        current: usize,
-        exclude: Option<usize>,
-        n: usize,
-    ) -> Words<'_> {
+    pub fn pick_view(&self, cpu: usize, current: usize, exclude: Option<usize>, n: usize) -> Words {
         Words {
-            sched: self,
             q: lock(cpu),
             current,
             exclude,
@@ -283,8 +457,8 @@ impl Default for Sched {
 /// it joins the queue [`place_among`] chooses (`building`: domains are
 /// being built), with the locks of both queues when it moves.
 #[inline(never)]
-fn place_elsewhere(i: usize, processor: &mut u32, cpus: u64, building: bool) {
-    let last = *processor as usize % MAX_CPUS;
+fn place_elsewhere(i: usize, processor: &AtomicU32, cpus: u64, building: bool) {
+    let last = processor.load(Relaxed) as usize % MAX_CPUS;
     let c = place_among(i, cpus, if building { usize::MAX } else { last });
     if c == last {
         lock(last).queue.insert(i);
@@ -297,13 +471,13 @@ fn place_elsewhere(i: usize, processor: &mut u32, cpus: u64, building: bool) {
 /// `last`'s queue and joins `cpu`'s if `queued`, with both locks held
 /// (lower CPU first) while it and its `processor` change.
 #[inline(never)]
-fn migrate(i: usize, processor: &mut u32, last: usize, cpu: usize, queued: bool) {
+fn migrate(i: usize, processor: &AtomicU32, last: usize, cpu: usize, queued: bool) {
     let (mut from, mut to) = lock_two(last, cpu);
     if queued {
         from.queue.remove(i);
         to.queue.insert(i);
     }
-    *processor = cpu as u32;
+    processor.store(cpu as u32, SeqCst);
 }
 
 /// The CPUs a vCPU allowed on `cpus` may run on among those that run the
@@ -333,29 +507,27 @@ fn place_among(i: usize, cpus: u64, last: usize) -> usize {
 }
 
 /// What the policy's `pick` reads, word by word (`Sched::pick_view`).
-pub struct Words<'a> {
-    sched: &'a Sched,
+pub struct Words {
     q: Guard,
     current: usize,
     exclude: Option<usize>,
     n: usize,
 }
 
-impl policy::PickWords for Words<'_> {
+impl policy::PickWords for Words {
     #[inline(always)]
     fn words(&self) -> usize {
-        self.sched.runnable.words()
+        RUNNABLE.words()
     }
     #[inline(always)]
     fn word(&self, w: usize) -> (u64, u64, u64) {
-        let s = self.sched;
         let bit = |i: usize| {
             if i / 64 == w { 1u64 << (i % 64) } else { 0 }
         };
-        let free = (!s.running.word(w) | bit(self.current))
+        let free = (!RUNNING.word(w) | bit(self.current))
             & self.q.affine.word(w)
             & !self.exclude.map_or(0, bit);
-        (self.q.queue.word(w), s.runnable.word(w), free)
+        (self.q.queue.word(w), RUNNABLE.word(w), free)
     }
     #[inline(always)]
     fn current(&self) -> usize {
