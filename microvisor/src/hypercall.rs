@@ -961,8 +961,14 @@ fn yield_now(hv: &mut Hv, frame: &mut TrapFrame) {
 fn block(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.rax = 0;
     let cur = hv.current_index();
-    hv.vcpu(cur).set_upcall_mask(false);
-    if hv.block_unless(cur, |hv| hv.vcpu(cur).upcall_pending()) {
+    // Its vcpu_info (which nothing here moves) looked up once: the mask
+    // cleared, then evtchn_upcall_pending read once it is Blocked.
+    let info = hv.vcpu(cur).info();
+    info.u8_at(1)
+        .store(0, core::sync::atomic::Ordering::Relaxed);
+    if hv.block_unless(cur, |_| {
+        info.u8_at(0).load(core::sync::atomic::Ordering::Relaxed) != 0
+    }) {
         sched::reschedule(hv, frame, Why::Leave);
     }
 }
