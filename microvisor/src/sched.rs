@@ -457,8 +457,9 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     }
     // This CPU lets go of `cur` and takes `next` (a vCPU taken from another
     // CPU's queue moves to this one's).
-    let (d, dom) = hv.hand_over(cur, cur_cpus, next, me as usize);
-    let id = dom.id();
+    let d = hv.hand_over(cur, cur_cpus, next, me as usize);
+    // (A domain's index in the table is its id: `Domain::id`.)
+    let id = d.dom() as u16;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
     if d.runstate.state != 0 {
         d.runstate.enter(0, now);
