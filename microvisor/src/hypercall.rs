@@ -393,7 +393,7 @@ fn batch_locked(frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>, released
 /// and a due event upcall is delivered (to whichever vCPU runs now). With
 /// `audit=1` the lock-free yield's counts are checked against the
 /// scheduler's sets first (`Hv::audit_sched_view`).
-#[inline]
+#[inline(always)]
 fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
     let mut live = crate::arch::entry::live(frame);
     if crate::arch::percpu::leave_now() {
