@@ -1921,17 +1921,11 @@ impl Hv {
     /// of vCPU `cur` (`NO_VCPU`: it held none), allowed on the CPUs of
     /// `cur_cpus` (the caller has its record in hand), and takes `next`,
     /// moved to its queue first (`assign`, `let_go`, `hold`); returns
-    /// `next`'s record and domain. The waiting counts change once for both:
+    /// `next`'s record. The waiting counts change once for both:
     /// not at all when `cur` starts waiting as `next` stops, on the same
     /// CPUs.
     #[inline(always)]
-    pub fn hand_over(
-        &mut self,
-        cur: usize,
-        cur_cpus: u64,
-        next: usize,
-        cpu: usize,
-    ) -> (&mut Vcpu, &Domain) {
+    pub fn hand_over(&mut self, cur: usize, cur_cpus: u64, next: usize, cpu: usize) -> &mut Vcpu {
         let up = cur != NO_VCPU && self.sched.let_go(cur);
         let up_cpus = up.then_some(cur_cpus);
         let v = &mut self.vcpus[next];
@@ -1946,8 +1940,7 @@ impl Hv {
             }
             None => microvisor_core::sched::waiting::changed(counts, v.cpus, down, false),
         }
-        let d = &self.domains[v.dom];
-        (v, d)
+        v
     }
 
     /// The running vCPU (`i`) and its domain, to charge for its run time.

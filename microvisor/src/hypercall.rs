@@ -404,7 +404,7 @@ fn batch_locked(frame: &mut TrapFrame, nr: u64, r: Result<Flow, Errno>, released
 /// and a due event upcall is delivered (to whichever vCPU runs now). With
 /// `audit=1` the lock-free yield's counts are checked against the
 /// scheduler's sets first (`Hv::audit_sched_view`).
-#[inline]
+#[inline(always)]
 fn exit_locked(hv: &mut Hv, frame: &mut TrapFrame) {
     let mut live = crate::arch::entry::live(frame);
     if crate::arch::percpu::leave_now() {
@@ -1009,8 +1009,14 @@ fn yield_now(hv: &mut Hv, frame: &mut TrapFrame) {
 fn block(hv: &mut Hv, frame: &mut TrapFrame) {
     frame.rax = 0;
     let cur = hv.current_index();
-    hv.vcpu(cur).set_upcall_mask(false);
-    if hv.block_unless(cur, |hv| hv.vcpu(cur).upcall_pending()) {
+    // Its vcpu_info (which nothing here moves) looked up once: the mask
+    // cleared, then evtchn_upcall_pending read once it is Blocked.
+    let info = hv.vcpu(cur).info();
+    info.u8_at(1)
+        .store(0, core::sync::atomic::Ordering::Relaxed);
+    if hv.block_unless(cur, |_| {
+        info.u8_at(0).load(core::sync::atomic::Ordering::Relaxed) != 0
+    }) {
         sched::reschedule(hv, frame, Why::Leave);
     }
 }

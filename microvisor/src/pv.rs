@@ -864,49 +864,67 @@ pub fn deliver_exception(
 /// registered.
 #[inline]
 pub fn upcall_due(hv: &Hv) -> bool {
-    hv.get_vcpu(hv.current_index()).is_some_and(|d| {
-        d.state == RunState::Runnable
-            && d.upcall_pending()
-            && !d.upcall_mask()
-            && d.pv().event.address != 0
-    })
+    hv.get_vcpu(hv.current_index()).is_some_and(upcall_due_of)
+}
+
+/// [`upcall_due`] of vCPU record `d`.
+#[inline(always)]
+fn upcall_due_of(d: &crate::domain::Vcpu) -> bool {
+    d.state == RunState::Runnable
+        && d.upcall_pending()
+        && !d.upcall_mask()
+        && d.pv().event.address != 0
 }
 
 /// Before returning to a guest: delivers a pending event upcall when the
-/// virtual interrupt flag allows.
+/// virtual interrupt flag allows. The running vCPU's record is looked up
+/// once, for the test and the hot case's bounce.
 #[inline]
 pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
-    if upcall_due(hv) {
+    let cur = hv.current_index();
+    let Some(d) = hv.get_vcpu_mut(cur) else {
+        return;
+    };
+    if upcall_due_of(d) && !deliver_upcall_kernel(d, frame) {
         deliver_upcall(hv, frame);
     }
 }
 
+/// The hot case of an event upcall, from guest kernel mode: no error code,
+/// no mode change, and events were enabled (`upcall_due`), so the saved
+/// mask is 0 and the saved IF 1. False, having changed nothing, from user
+/// mode or when the guest's stack cannot take the frame (`deliver_upcall`
+/// then bounces it, or reports and kills).
+#[inline(never)]
+fn deliver_upcall_kernel(d: &mut crate::domain::Vcpu, frame: &mut TrapFrame) -> bool {
+    if d.pv().user_mode {
+        return false;
+    }
+    let cb = d.pv().event;
+    let words = [
+        frame.rcx,
+        frame.r11,
+        frame.rip,
+        frame.cs & 0xfffc,
+        frame.rflags | IF | d.pv().bounce_iopl,
+        frame.rsp,
+        frame.ss,
+    ];
+    let Ok(new_sp) = push_frame(d.cr3(), frame.rsp & !0xf, &words) else {
+        return false;
+    };
+    if cb.mask_events {
+        d.set_upcall_mask(true);
+    }
+    enter_handler(frame, cb.address, new_sp);
+    true
+}
+
+/// An event upcall from user mode, or onto a bad stack (which `bounce`
+/// reports and kills).
 #[inline(never)]
 fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
-    let d = hv.cur();
-    let cb = d.pv().event;
-    // The hot case, from guest kernel mode: no error code, no mode change,
-    // and events were enabled (`upcall_due`), so the saved mask is 0 and the
-    // saved IF 1.
-    if !d.pv().user_mode {
-        let words = [
-            frame.rcx,
-            frame.r11,
-            frame.rip,
-            frame.cs & 0xfffc,
-            frame.rflags | IF | d.pv().bounce_iopl,
-            frame.rsp,
-            frame.ss,
-        ];
-        if let Ok(new_sp) = push_frame(d.cr3(), frame.rsp & !0xf, &words) {
-            if cb.mask_events {
-                d.set_upcall_mask(true);
-            }
-            enter_handler(frame, cb.address, new_sp);
-            return;
-        }
-    }
-    // From user mode, or a bad stack (which `bounce` reports and kills).
+    let cb = hv.cur().pv().event;
     bounce(
         hv,
         frame,

@@ -395,33 +395,49 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     switch_to_other(hv, cur, next, now);
 }
 
-/// `switch_to` another vCPU than the one this CPU holds (or held none).
-/// Each vCPU's record is looked up once: the outgoing one's to save it,
-/// the incoming one's (after the scheduler's sets are updated, which need
-/// all of `hv`) for everything it loads.
+/// `switch_to` another vCPU than the one this CPU holds (or held none):
+/// `next != cur` (`switch_to` tests it; were they equal, the state saved
+/// would be loaded again unchanged). The outgoing vCPU's record is looked
+/// up to save it; the incoming one's to load its FPU and segment state
+/// while the outgoing one's segment state is still in registers (no
+/// spill across the scheduler's bookkeeping), and again for the rest
+/// once the scheduler's sets are updated (`hand_over`, which needs all of
+/// `hv`).
 #[inline(never)]
 fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
-    let mut segs = None;
     let mut cur_cpus = 0;
-    if next != cur {
-        // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
-        cpu::clts();
-        // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
-        if cur != NO_VCPU {
-            let (d, dom) = hv.vcpu_and_dom(cur);
+    // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
+    cpu::clts();
+    // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
+    let segs = match hv.get_vcpu_and_dom_mut(cur) {
+        Some((d, dom)) if dom.is_live() => {
             cur_cpus = d.cpus;
-            if dom.is_live() {
-                d.save_fpu();
-                segs = Some(d.save_segments());
-                d.runstate.enter(runstate_of(d.state), now);
-                // (Its page tables are still the loaded ones.)
-                crate::vcpu::update_runstate_area(d);
-            }
+            d.save_fpu();
+            let segs = d.save_segments();
+            d.runstate.enter(runstate_of(d.state), now);
+            // (Its page tables are still the loaded ones.)
+            crate::vcpu::update_runstate_area(d);
+            segs
         }
-        // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
-        if crate::pv::RARE_STATE.load(core::sync::atomic::Ordering::Relaxed) {
-            switch_rare_state(hv, cur, next);
+        Some((d, _)) => {
+            cur_cpus = d.cpus;
+            crate::pv::SegState::read()
         }
+        None => crate::pv::SegState::read(),
+    };
+    // Breakpoints, GDT entries, LDT: one flag until some vCPU uses any.
+    if crate::pv::RARE_STATE.load(core::sync::atomic::Ordering::Relaxed) {
+        switch_rare_state(hv, cur, next);
+    }
+    {
+        let d = hv.vcpu(next);
+        d.restore_fpu();
+        if d.pv().virtual_ts {
+            cpu::set_ts();
+        }
+        // (Its GDT entries and LDT are loaded: the selectors are checked
+        // against them.)
+        crate::pv::load_segments(d.pv(), segs);
     }
     hv.set_current_index(next);
     let me = crate::arch::percpu::cpu_id() as u32;
@@ -430,15 +446,10 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     }
     // This CPU lets go of `cur` and takes `next` (a vCPU taken from another
     // CPU's queue moves to this one's).
-    let (d, dom) = hv.hand_over(cur, cur_cpus, next, me as usize);
-    let id = dom.id();
+    let d = hv.hand_over(cur, cur_cpus, next, me as usize);
+    // (A domain's index in the table is its id: `Domain::id`.)
+    let id = d.dom() as u16;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
-    if next != cur {
-        d.restore_fpu();
-        if d.pv().virtual_ts {
-            cpu::set_ts();
-        }
-    }
     if d.runstate.state != 0 {
         d.runstate.enter(0, now);
     }
@@ -451,11 +462,6 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
     d.refresh_time(now);
-    if next != cur {
-        // (Its GDT entries and LDT are loaded: the selectors are checked
-        // against them.)
-        crate::pv::load_segments(d.pv(), segs.unwrap_or_else(crate::pv::SegState::read));
-    }
     crate::arch::entry::set_user_mode(d.pv().user_mode);
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
@@ -465,13 +471,11 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         // SAFETY: every domain's L4 was validated by the builder and carries
         // the hypervisor's slots 256-271.
         unsafe { cpu::write_cr3(cr3) };
-        if next != cur {
-            // Guest L1 entries may be global: drop the last domain's.
-            crate::arch::smp::flush_local();
-            // The last one's translations are gone (its mask keeps this
-            // CPU's bit: `domain::dirty_cpus` reads what it holds).
-            crate::domain::tlb_leave(cpu);
-        }
+        // Guest L1 entries may be global: drop the last domain's.
+        crate::arch::smp::flush_local();
+        // The last one's translations are gone (its mask keeps this
+        // CPU's bit: `domain::dirty_cpus` reads what it holds).
+        crate::domain::tlb_leave(cpu);
         // Its CPU time starts now, not before the switch: the address-space
         // change is the machine's cost, charged to no vCPU (under TCG a
         // flush of a large TLB takes milliseconds, which would otherwise

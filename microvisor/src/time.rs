@@ -8,12 +8,16 @@
 use crate::arch::{apic, cpu};
 use crate::mm;
 use core::sync::atomic::{AtomicU64, Ordering};
-use microvisor_core::time::{scale_delta, scale_for};
+use microvisor_core::time::{scale_delta, scale_delta_split, scale_for, split_shift};
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// tsc_to_system_mul (low 32 bits) and tsc_shift (as i8, bits 32-39).
 static SCALE: AtomicU64 = AtomicU64::new(0);
+/// The same scale for `now_ns`: mul (low 32 bits), then its shift split
+/// into a left (bits 32-39) and a right one (bits 40-47)
+/// (`microvisor_core::time::split_shift`).
+static NOW_SCALE: AtomicU64 = AtomicU64::new(0);
 /// Wall-clock seconds at boot (from the CMOS RTC).
 static BOOT_WALL: AtomicU64 = AtomicU64::new(0);
 
@@ -37,6 +41,11 @@ pub fn init() {
     BOOT_TSC.store(t1, Ordering::Relaxed);
     let (mul, shift) = scale_for(hz);
     SCALE.store(mul as u64 | ((shift as u8 as u64) << 32), Ordering::Relaxed);
+    let (left, right) = split_shift(shift);
+    NOW_SCALE.store(
+        mul as u64 | (u64::from(left) << 32) | (u64::from(right) << 40),
+        Ordering::Relaxed,
+    );
     BOOT_WALL.store(read_rtc(), Ordering::Relaxed);
     crate::info!(
         "time: TSC {} kHz, scale mul {:#x} shift {}",
@@ -53,11 +62,12 @@ fn scale() -> (u32, i8) {
 
 /// Nanoseconds since boot (Xen's "system time").
 pub fn now_ns() -> u64 {
-    let (mul, shift) = scale();
-    scale_delta(
+    let s = NOW_SCALE.load(Ordering::Relaxed);
+    scale_delta_split(
         cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)),
-        mul,
-        shift,
+        s as u32,
+        u32::from((s >> 32) as u8),
+        u32::from((s >> 40) as u8),
     )
 }
 
