@@ -51,27 +51,61 @@ pub struct TrapEntry {
     pub flags: u8,
 }
 
-/// A registered callback.
+/// A registered callback: its entry point lies in guest space (checked by
+/// [`Callback::new`], the only way to make one but [`Callback::NONE`]).
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Callback {
-    pub address: u64,
-    pub mask_events: bool,
+    address: u64,
+    mask_events: bool,
+}
+
+impl Callback {
+    /// No callback.
+    pub const NONE: Self = Self {
+        address: 0,
+        mask_events: false,
+    };
+
+    /// A callback at `address` (0: none), `EINVAL` for one outside guest
+    /// space (`policy::callback_address`, as Xen).
+    pub fn new(address: u64, mask_events: bool) -> Result<Self, guest_abi::errno::Errno> {
+        Ok(Self {
+            address: microvisor_core::pv::callback_address(address)?,
+            mask_events,
+        })
+    }
+
+    /// Its entry point (0: none registered).
+    #[inline(always)]
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
+    /// Whether entering it masks event delivery.
+    #[inline(always)]
+    pub fn mask_events(&self) -> bool {
+        self.mask_events
+    }
 }
 
 /// The paravirtual CPU state Xen keeps per vCPU beyond its registers.
+/// Private to `domain`: read through its getters, written through methods
+/// that keep each field's rule (a checked callback, the IOPL with the
+/// bounce bits it decides, bases and selectors saved from the CPU, a GDT or
+/// LDT frame with its segment-type reference).
 pub struct PvState {
     /// The virtual IDT (set_trap_table, VCPUOP_initialise), on the heap
     /// from its first use ([`PvState::traps_mut`]); none: no vector has a
     /// handler. Read through [`PvState::trap`].
-    pub traps: Option<alloc::boxed::Box<[TrapEntry; 256]>>,
-    pub event: Callback,
-    pub failsafe: Callback,
-    pub syscall: Callback,
+    traps: Option<alloc::boxed::Box<[TrapEntry; 256]>>,
+    event: Callback,
+    failsafe: Callback,
+    syscall: Callback,
     /// Kernel stack for bounces from guest user mode (stack_switch).
-    pub kernel_ss: u16,
-    pub kernel_sp: u64,
+    kernel_ss: u16,
+    kernel_sp: u64,
     /// Virtual CR0.TS (fpu_taskswitch).
-    pub virtual_ts: bool,
+    virtual_ts: bool,
     /// Segment state while the vCPU is not running (while it runs, the CPU
     /// holds the selectors, the FS base and its current mode's GS base;
     /// [`Vcpu::save_segments`] copies them back).
@@ -97,22 +131,24 @@ pub struct PvState {
     /// GDT of one entry or more (`gdt_entries` of them are meaningful).
     pub gdt: Option<alloc::boxed::Box<[u64; GUEST_GDT_ENTRIES]>>,
     pub gdt_entries: usize,
-    /// Frames holding the guest's GDT (segment-typed while registered).
+    /// Frame holding the guest's GDT (segment-typed while registered: the
+    /// vCPU holds a type reference to it while this is not 0).
     pub gdt_frame: u64,
     /// The guest's LDT (MMUEXT_SET_LDT): linear address and entries.
     pub ldt_base: u64,
     pub ldt_ents: u32,
     /// Each LDT page the CPU has needed so far (0 = not yet): segment-typed
-    /// and shadow-mapped at `paging::LDT_VA` while this vCPU runs (Xen's
-    /// lazily filled shadow LDT).
+    /// (a type reference held for each) and shadow-mapped at
+    /// `paging::LDT_VA` while this vCPU runs (Xen's lazily filled shadow
+    /// LDT).
     pub ldt_frames: [u64; LDT_PAGES],
     /// Debug registers (set_debugreg, `mov` to and from %drN): DR0-DR3
     /// and DR7 are in the CPU while the vCPU runs with a breakpoint
     /// enabled; DR6 is virtual.
-    pub dbg: microvisor_core::pv::debugreg::DebugRegs,
+    dbg: microvisor_core::pv::debugreg::DebugRegs,
     /// Virtual CR4.DE (set by an emulated `mov` to %cr4): DR4/DR5 stop
     /// aliasing DR6/DR7 and I/O breakpoints become allowed.
-    pub cr4_de: bool,
+    cr4_de: bool,
 }
 
 /// A trap table with no handler, on the heap (`ENOMEM` without room).
@@ -138,9 +174,19 @@ const NO_TRAPS: [TrapEntry; 256] = [TrapEntry {
     flags: 0,
 }; 256];
 
+/// Drops a segment-type reference a vCPU held (0: none).
+fn put_segment_frame(mfn: u64) {
+    if mfn != 0 {
+        crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, mfn));
+    }
+}
+
 impl PvState {
+    // ---- trap table ----
+
     /// The virtual IDT entry of `vector` (no handler when the vCPU has no
     /// trap table).
+    #[inline]
     pub fn trap(&self, vector: u8) -> TrapEntry {
         self.traps
             .as_deref()
@@ -158,19 +204,260 @@ impl PvState {
             .ok_or(guest_abi::errno::Errno::ENOMEM)
     }
 
-    /// The guest GDT entries in use (`gdt_entries` of them).
-    pub fn gdt_in_use(&self) -> &[u64] {
-        self.gdt
-            .as_deref()
-            .and_then(|g| g.get(..self.gdt_entries))
-            .unwrap_or(&[])
+    /// Replaces the whole trap table (none: no vector has a handler).
+    pub fn set_traps(&mut self, traps: Option<alloc::boxed::Box<[TrapEntry; 256]>>) {
+        self.traps = traps;
     }
 
-    /// Frees the trap table and the GDT copy (the vCPU's domain is gone).
-    pub fn release_tables(&mut self) {
-        self.traps = None;
-        self.gdt = None;
-        self.gdt_entries = 0;
+    // ---- callbacks, kernel stack, virtual TS ----
+
+    /// The event upcall.
+    #[inline(always)]
+    pub fn event(&self) -> Callback {
+        self.event
+    }
+
+    /// The 64-bit `syscall` entry.
+    #[inline(always)]
+    pub fn syscall(&self) -> Callback {
+        self.syscall
+    }
+
+    /// Registers `cb` in `slot` (nothing for a slot never delivered to a
+    /// 64-bit guest). The event upcall always masks events, as Xen.
+    pub fn set_callback(&mut self, slot: microvisor_core::pv::CallbackSlot, cb: Callback) {
+        use microvisor_core::pv::CallbackSlot;
+        match slot {
+            CallbackSlot::Event => {
+                self.event = Callback {
+                    mask_events: true,
+                    ..cb
+                }
+            }
+            CallbackSlot::Failsafe => self.failsafe = cb,
+            CallbackSlot::Syscall => self.syscall = cb,
+            CallbackSlot::Ignored => {}
+        }
+    }
+
+    /// Unregisters `slot`'s callback.
+    pub fn clear_callback(&mut self, slot: microvisor_core::pv::CallbackSlot) {
+        use microvisor_core::pv::CallbackSlot;
+        match slot {
+            CallbackSlot::Event => self.event = Callback::NONE,
+            CallbackSlot::Failsafe => self.failsafe = Callback::NONE,
+            CallbackSlot::Syscall => self.syscall = Callback::NONE,
+            CallbackSlot::Ignored => {}
+        }
+    }
+
+    /// The kernel stack pointer for bounces from guest user mode.
+    #[inline(always)]
+    pub fn kernel_sp(&self) -> u64 {
+        self.kernel_sp
+    }
+
+    /// Sets the kernel stack for bounces from guest user mode.
+    pub fn set_kernel_stack(&mut self, ss: u16, sp: u64) {
+        self.kernel_ss = ss;
+        self.kernel_sp = sp;
+    }
+
+    /// Virtual CR0.TS.
+    #[inline(always)]
+    pub fn virtual_ts(&self) -> bool {
+        self.virtual_ts
+    }
+
+    /// Sets virtual CR0.TS (the caller sets or clears the CPU's TS to
+    /// match while the vCPU runs).
+    #[inline]
+    pub fn set_virtual_ts(&mut self, ts: bool) {
+        self.virtual_ts = ts;
+    }
+
+    // ---- debug registers, virtual CR4.DE ----
+
+    /// The debug registers.
+    #[inline(always)]
+    pub fn dbg(&self) -> &microvisor_core::pv::debugreg::DebugRegs {
+        &self.dbg
+    }
+
+    /// Virtual CR4.DE.
+    #[inline(always)]
+    pub fn cr4_de(&self) -> bool {
+        self.cr4_de
+    }
+
+    /// Sets virtual CR4.DE (from `policy::cr4_write_de`).
+    #[inline]
+    pub fn set_cr4_de(&mut self, de: bool) {
+        self.cr4_de = de;
+    }
+
+    /// Reads debug register `reg` as the guest sees it (with its CR4.DE).
+    pub fn read_debugreg(&self, reg: u32) -> Result<u64, microvisor_core::pv::debugreg::DrError> {
+        self.dbg.read(reg, self.cr4_de)
+    }
+
+    /// Writes debug register `reg` with Xen's checks (with its CR4.DE);
+    /// the caller loads the breakpoints while the vCPU runs.
+    pub fn write_debugreg(
+        &mut self,
+        reg: u32,
+        value: u64,
+    ) -> Result<(), microvisor_core::pv::debugreg::DrError> {
+        self.dbg.write(reg, value, self.cr4_de)
+    }
+
+    /// Joins what the CPU's DR6 reported to the virtual DR6.
+    pub fn merge_dr6(&mut self, hw: u64) {
+        self.dbg.merge_dr6(hw);
+    }
+
+    /// Records the I/O breakpoints an emulated access hit (DR6 B-bits).
+    pub fn record_io_breakpoints(&mut self, bits: u64) {
+        self.dbg.record(bits);
+    }
+
+    /// The I/O breakpoints an access of `width` bytes at `port` hits.
+    #[inline]
+    pub fn io_breakpoints_hit(&self, port: u16, width: u8) -> u64 {
+        self.dbg.io_hits(port, width, self.cr4_de)
+    }
+
+    // ---- segments and mode ----
+
+    /// The FS base (while the vCPU runs, as last saved from the CPU).
+    #[inline(always)]
+    pub fn fs_base(&self) -> u64 {
+        self.fs_base
+    }
+
+    /// The kernel-mode GS base.
+    #[inline(always)]
+    pub fn gs_base_kernel(&self) -> u64 {
+        self.gs_base_kernel
+    }
+
+    /// The user-mode GS base.
+    #[inline(always)]
+    pub fn gs_base_user(&self) -> u64 {
+        self.gs_base_user
+    }
+
+    /// The GS base of the vCPU's current mode (kernel or user).
+    #[inline(always)]
+    pub fn gs_base(&self) -> u64 {
+        if self.user_mode {
+            self.gs_base_user
+        } else {
+            self.gs_base_kernel
+        }
+    }
+
+    /// The DS, ES, FS, GS selectors.
+    #[inline(always)]
+    pub fn selectors(&self) -> [u16; 4] {
+        self.selectors
+    }
+
+    /// Whether the vCPU runs guest user code.
+    #[inline(always)]
+    pub fn user_mode(&self) -> bool {
+        self.user_mode
+    }
+
+    /// Records the live FS base and current-mode GS base.
+    #[inline(always)]
+    fn set_bases(&mut self, fs: u64, gs: u64) {
+        self.fs_base = fs;
+        if self.user_mode {
+            self.gs_base_user = gs;
+        } else {
+            self.gs_base_kernel = gs;
+        }
+    }
+
+    /// Copies the FS base and current-mode GS base this CPU holds into the
+    /// state: by the CPU running the vCPU (the guest may have changed them
+    /// by loading FS or GS).
+    pub fn save_bases(&mut self) {
+        self.set_bases(crate::arch::cpu::fs_base(), crate::arch::cpu::gs_base());
+    }
+
+    /// Sets FS (0), user GS (1) or kernel GS (2) base: `EINVAL` for
+    /// another `which` or a non-canonical base (XSA-193). The caller saved
+    /// the live bases first and loads them after.
+    pub fn set_segment_base(
+        &mut self,
+        which: u64,
+        base: u64,
+    ) -> Result<(), guest_abi::errno::Errno> {
+        if !microvisor_core::pv::canonical(base) {
+            return Err(guest_abi::errno::Errno::EINVAL);
+        }
+        match which {
+            0 => self.fs_base = base,
+            1 => self.gs_base_user = base,
+            2 => self.gs_base_kernel = base,
+            _ => return Err(guest_abi::errno::Errno::EINVAL),
+        }
+        Ok(())
+    }
+
+    /// Records what the CPU holds after GS was loaded for user mode
+    /// (`SEGBASE_GS_USER_SEL`): its data selectors and the user GS base
+    /// the load gave.
+    pub fn user_gs_loaded(&mut self, selectors: [u16; 4], gs_base_user: u64) {
+        self.selectors = selectors;
+        self.gs_base_user = gs_base_user;
+    }
+
+    /// Switches between guest kernel and guest user mode, the live bases
+    /// saved from this CPU first; returns whether it is now in user mode.
+    pub fn toggle_mode(&mut self) -> bool {
+        self.save_bases();
+        self.user_mode = !self.user_mode;
+        self.user_mode
+    }
+
+    /// Sets the segment state and mode of a vCPU no CPU holds (a checked
+    /// VCPUOP_initialise context).
+    pub fn set_segments(
+        &mut self,
+        selectors: [u16; 4],
+        fs_base: u64,
+        gs_base_kernel: u64,
+        gs_base_user: u64,
+        user_mode: bool,
+    ) {
+        self.selectors = selectors;
+        self.fs_base = fs_base;
+        self.gs_base_kernel = gs_base_kernel;
+        self.gs_base_user = gs_base_user;
+        self.user_mode = user_mode;
+    }
+
+    // ---- virtual IOPL and assists ----
+
+    /// The virtual IOPL.
+    #[inline(always)]
+    pub fn iopl(&self) -> u8 {
+        self.iopl
+    }
+
+    /// The domain's vm_assist bits.
+    #[inline(always)]
+    pub fn vm_assist(&self) -> u64 {
+        self.vm_assist
+    }
+
+    /// The IOPL bits bounce frames show in rflags.
+    #[inline(always)]
+    pub fn bounce_iopl(&self) -> u64 {
+        self.bounce_iopl
     }
 
     /// Sets the virtual IOPL and assist bits together (they decide what
@@ -186,40 +473,121 @@ impl PvState {
         };
     }
 
-    /// The GS base of the vCPU's current mode (kernel or user).
-    pub fn gs_base(&self) -> u64 {
-        if self.user_mode {
-            self.gs_base_user
-        } else {
-            self.gs_base_kernel
+    /// Sets the virtual IOPL, the assist bits kept.
+    pub fn set_virtual_iopl(&mut self, iopl: u8) {
+        self.set_iopl(iopl, self.vm_assist);
+    }
+
+    // ---- GDT and LDT ----
+
+    /// The guest GDT entries in use (`gdt_entries` of them).
+    #[inline]
+    pub fn gdt_in_use(&self) -> &[u64] {
+        self.gdt
+            .as_deref()
+            .and_then(|g| g.get(..self.gdt_entries))
+            .unwrap_or(&[])
+    }
+
+    /// The frame holding the guest's GDT (0: none).
+    #[inline]
+    pub fn gdt_frame(&self) -> u64 {
+        self.gdt_frame
+    }
+
+    /// Registers a new GDT: `table`, `entries` of it meaningful, read from
+    /// `frame` (0: none), whose segment-type reference the caller took and
+    /// the vCPU now holds; the old GDT frame's reference is dropped.
+    pub fn set_gdt(
+        &mut self,
+        table: Option<alloc::boxed::Box<[u64; GUEST_GDT_ENTRIES]>>,
+        entries: usize,
+        frame: u64,
+    ) {
+        put_segment_frame(core::mem::replace(&mut self.gdt_frame, frame));
+        self.gdt = table;
+        self.gdt_entries = entries;
+    }
+
+    /// A descriptor written into `mfn` at index `i`: the GDT copy follows
+    /// when `mfn` is the vCPU's GDT frame and `i` one of its entries.
+    /// Returns whether the copy changed (to be loaded again).
+    pub fn gdt_written(&mut self, mfn: u64, i: usize, desc: u64) -> bool {
+        if mfn != self.gdt_frame || i >= self.gdt_entries {
+            return false;
+        }
+        if let Some(g) = self.gdt.as_deref_mut() {
+            g[i] = desc;
+        }
+        true
+    }
+
+    /// The LDT's linear address.
+    #[inline]
+    pub fn ldt_base(&self) -> u64 {
+        self.ldt_base
+    }
+
+    /// The LDT's entries (0: no LDT).
+    #[inline(always)]
+    pub fn ldt_ents(&self) -> u32 {
+        self.ldt_ents
+    }
+
+    /// Each LDT page's frame (0: not shadow-mapped yet).
+    #[inline]
+    pub fn ldt_frames(&self) -> &[u64; LDT_PAGES] {
+        &self.ldt_frames
+    }
+
+    /// Sets the LDT's address and entries; a different LDT drops the old
+    /// one's pages ([`PvState::destroy_ldt`]). Returns whether it changed
+    /// (to be loaded again while the vCPU runs).
+    pub fn set_ldt(&mut self, base: u64, ents: u32) -> bool {
+        if self.ldt_ents == ents && self.ldt_base == base {
+            return false;
+        }
+        self.destroy_ldt();
+        self.ldt_base = base;
+        self.ldt_ents = ents;
+        true
+    }
+
+    /// LDT page `page` is in `mfn`, whose segment-type reference the
+    /// caller took and the vCPU now holds (the page had none).
+    pub fn ldt_page_taken(&mut self, page: usize, mfn: u64) {
+        self.ldt_frames[page] = mfn;
+    }
+
+    /// Drops every LDT page the vCPU holds (segment-type references and
+    /// this CPU's shadow mappings of them); its LDT's address and size stay.
+    pub fn destroy_ldt(&mut self) {
+        for (i, f) in self.ldt_frames.iter_mut().enumerate() {
+            if *f == 0 {
+                continue;
+            }
+            if crate::mm::paging::ldt_page(i) == *f {
+                crate::mm::paging::set_ldt_page(i, 0);
+            }
+            put_segment_frame(core::mem::take(f));
         }
     }
 
-    /// Records the live FS base and current-mode GS base.
-    pub fn set_bases(&mut self, fs: u64, gs: u64) {
-        self.fs_base = fs;
-        if self.user_mode {
-            self.gs_base_user = gs;
-        } else {
-            self.gs_base_kernel = gs;
-        }
+    /// The teardown (the vCPU's domain is gone): drops the LDT pages and
+    /// the GDT frame's reference, frees the trap table and the GDT copy.
+    pub fn release_tables(&mut self) {
+        self.destroy_ldt();
+        self.set_gdt(None, 0, 0);
+        self.traps = None;
     }
 
+    /// A vCPU's state before anything is registered.
     pub const fn new() -> Self {
         Self {
             traps: None,
-            event: Callback {
-                address: 0,
-                mask_events: false,
-            },
-            failsafe: Callback {
-                address: 0,
-                mask_events: false,
-            },
-            syscall: Callback {
-                address: 0,
-                mask_events: false,
-            },
+            event: Callback::NONE,
+            failsafe: Callback::NONE,
+            syscall: Callback::NONE,
             kernel_ss: 0,
             kernel_sp: 0,
             virtual_ts: false,
@@ -2009,7 +2377,7 @@ impl Hv {
     pub fn set_vm_assist(&mut self, dom: usize, bits: u64) {
         for &v in self.domains[dom].vcpus.iter() {
             let pv = &mut self.vcpus[v].pv;
-            pv.set_iopl(pv.iopl, bits);
+            pv.set_iopl(pv.iopl(), bits);
         }
     }
 

@@ -676,8 +676,8 @@ fn switching(r: Result<Option<u64>, Errno>) -> HResult {
 /// bounce to its syscall callback (rcx/r11 already hold rip/rflags).
 #[cold]
 fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cb = hv.cur().pv().syscall;
-    if cb.address == 0 {
+    let cb = hv.cur().pv().syscall();
+    if cb.address() == 0 {
         let rip = frame.rip;
         crate::pv::kill(
             hv,
@@ -688,9 +688,9 @@ fn guest_system_call(hv: &mut Hv, frame: &mut TrapFrame) {
         crate::pv::bounce(
             hv,
             frame,
-            cb.address,
+            cb.address(),
             None,
-            cb.mask_events,
+            cb.mask_events(),
             format_args!("a guest system call"),
         );
     }
@@ -712,7 +712,7 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         17 => xen_version(hv, a[0], a[1]),
         // vm_assist: the domain's assists (kept in each of its vCPUs).
         21 => {
-            let bits = policy::vm_assist(hv.cur().pv().vm_assist, a[0], a[1])?;
+            let bits = policy::vm_assist(hv.cur().pv().vm_assist(), a[0], a[1])?;
             let dom = hv.cur_dom_idx();
             hv.set_vm_assist(dom, bits);
             Ok(0)

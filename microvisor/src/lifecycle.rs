@@ -119,15 +119,11 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
         vc.poll_deadline = 0;
         let _ = bases.push(vc.cr3());
         let _ = bases.push(vc.user_cr3());
-        let (gdt, info) = (vc.pv().gdt_frame, vc.info_mfn());
+        let info = vc.info_mfn();
         hv.set_info(v, VcpuInfo::NONE, 0);
         if info != 0 {
             crate::mm::frames::drop_hv_writable(info);
         }
-        if gdt != 0 {
-            crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, gdt));
-        }
-        crate::pv::destroy_ldt(hv.pv_mut(v));
         hv.pv_mut(v).release_tables();
     }
     // Mappings it holds go (their references with them); its table
@@ -187,8 +183,8 @@ pub fn audit(hv: &Hv, when: &str) {
         if v.info_mfn() != 0 {
             write(&mut written, v.info_mfn());
         }
-        for &f in core::iter::once(&v.pv().gdt_frame)
-            .chain(&v.pv().ldt_frames)
+        for &f in core::iter::once(&v.pv().gdt_frame())
+            .chain(v.pv().ldt_frames())
             .filter(|&&f| f != 0)
         {
             let _ = segs.push(f);

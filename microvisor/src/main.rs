@@ -301,9 +301,8 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                         };
                         let _ = d.push_vcpu(vi);
                         if vid == 0 {
-                            let pv = hv.pv_mut(vi);
-                            pv.kernel_ss = arch::desc::GUEST_DS;
-                            pv.kernel_sp = first.kernel_sp;
+                            hv.pv_mut(vi)
+                                .set_kernel_stack(arch::desc::GUEST_DS, first.kernel_sp);
                             let v = hv.vcpu_mut(vi);
                             v.install_frame(&frame);
                             v.runstate.state = 1;

@@ -38,7 +38,7 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Err
     let cur = hv.current_index();
     let cr3 = hv.vcpu(cur).cr3();
     if table == 0 {
-        hv.cur_pv_mut().traps = None;
+        hv.cur_pv_mut().set_traps(None);
         return Ok(crate::hcall::Flow::Ret(0));
     }
     // As on Xen the list runs to its first zero address, however long;
@@ -70,22 +70,13 @@ pub fn set_trap_table(hv: &mut Hv, table: u64) -> Result<crate::hcall::Flow, Err
 
 /// set_callbacks(event, failsafe, syscall).
 pub fn set_callbacks(hv: &mut Hv, event: u64, failsafe: u64, syscall: u64) -> Result<u64, Errno> {
-    for a in [event, failsafe, syscall] {
-        policy::callback_address(a)?;
-    }
+    let event = Callback::new(event, true)?;
+    let failsafe = Callback::new(failsafe, true)?;
+    let syscall = Callback::new(syscall, false)?;
     let pv = hv.cur_pv_mut();
-    pv.event = Callback {
-        address: event,
-        mask_events: true,
-    };
-    pv.failsafe = Callback {
-        address: failsafe,
-        mask_events: true,
-    };
-    pv.syscall = Callback {
-        address: syscall,
-        mask_events: false,
-    };
+    pv.set_callback(CallbackSlot::Event, event);
+    pv.set_callback(CallbackSlot::Failsafe, failsafe);
+    pv.set_callback(CallbackSlot::Syscall, syscall);
     Ok(0)
 }
 
@@ -103,30 +94,11 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd {
         0 => {
             let slot = policy::callback_slot(ty)?;
-            let cb = Callback {
-                address: policy::callback_address(address)?,
-                mask_events: flags & 1 != 0,
-            };
-            match slot {
-                CallbackSlot::Event => {
-                    pv.event = Callback {
-                        mask_events: true,
-                        ..cb
-                    }
-                }
-                CallbackSlot::Failsafe => pv.failsafe = cb,
-                CallbackSlot::Syscall => pv.syscall = cb,
-                CallbackSlot::Ignored => {}
-            }
+            pv.set_callback(slot, Callback::new(address, flags & 1 != 0)?);
             Ok(0)
         }
         1 => {
-            match policy::callback_slot(ty)? {
-                CallbackSlot::Event => pv.event = Callback::default(),
-                CallbackSlot::Failsafe => pv.failsafe = Callback::default(),
-                CallbackSlot::Syscall => pv.syscall = Callback::default(),
-                CallbackSlot::Ignored => {}
-            }
+            pv.clear_callback(policy::callback_slot(ty)?);
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
@@ -139,16 +111,14 @@ pub fn callback_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
 /// use Xen's flat kernel stack selector whatever was named (Linux names its
 /// own `__KERNEL_DS`, 0x18), so only the stack pointer is kept.
 pub fn stack_switch(hv: &mut Hv, _ss: u64, sp: u64) -> Result<u64, Errno> {
-    let pv = hv.cur_pv_mut();
-    pv.kernel_ss = GUEST_DS;
-    pv.kernel_sp = sp;
+    hv.cur_pv_mut().set_kernel_stack(GUEST_DS, sp);
     Ok(0)
 }
 
 /// fpu_taskswitch(set): the virtual CR0.TS, made real while the vCPU runs
 /// so its next x87/SSE instruction raises #NM for the guest.
 pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
-    hv.cur_pv_mut().virtual_ts = set != 0;
+    hv.cur_pv_mut().set_virtual_ts(set != 0);
     if set != 0 {
         crate::arch::cpu::set_ts();
     } else {
@@ -162,11 +132,11 @@ pub fn fpu_taskswitch(hv: &mut Hv, set: u64) -> Result<u64, Errno> {
 pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
     crate::arch::cpu::clts();
     let cur = hv.current_index();
-    if !hv.vcpu(cur).pv().virtual_ts {
+    if !hv.vcpu(cur).pv().virtual_ts() {
         // Spurious: TS was not ours to set. Retry the instruction.
         return;
     }
-    hv.cur_pv_mut().virtual_ts = false;
+    hv.cur_pv_mut().set_virtual_ts(false);
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -183,17 +153,18 @@ pub fn device_not_available(hv: &mut Hv, frame: &mut TrapFrame) {
 /// register given more, EPERM for a value the guest may not use.
 pub fn set_debugreg(hv: &mut Hv, reg: u64, value: u64) -> Result<u64, Errno> {
     let pv = hv.cur_pv_mut();
-    pv.dbg
-        .write(reg as u32, value, pv.cr4_de)
+    pv.write_debugreg(reg as u32, value)
         .map_err(|e| e.errno())?;
-    load_breakpoints(&pv.dbg);
+    load_breakpoints(pv.dbg());
     Ok(0)
 }
 
 /// get_debugreg(reg) (nr 9): the register's value (ENODEV for none).
 pub fn get_debugreg(hv: &mut Hv, reg: u64) -> Result<u64, Errno> {
-    let pv = hv.cur().pv();
-    pv.dbg.read(reg as u32, pv.cr4_de).map_err(|e| e.errno())
+    hv.cur()
+        .pv()
+        .read_debugreg(reg as u32)
+        .map_err(|e| e.errno())
 }
 
 /// Set once any vCPU has used state that a vCPU switch must load and
@@ -224,7 +195,7 @@ pub fn load_breakpoints(dbg: &microvisor_core::pv::debugreg::DebugRegs) {
 pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
     let hw = crate::arch::cpu::read_dr6();
     crate::arch::cpu::clear_dr6();
-    hv.cur_pv_mut().dbg.merge_dr6(hw);
+    hv.cur_pv_mut().merge_dr6(hw);
     let rip = frame.rip;
     deliver_exception(
         hv,
@@ -243,7 +214,7 @@ pub fn debug_exception(hv: &mut Hv, frame: &mut TrapFrame) {
 #[inline]
 fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
     if io != 0 {
-        hv.cur_pv_mut().dbg.record(io);
+        hv.cur_pv_mut().record_io_breakpoints(io);
         let rip = frame.rip;
         deliver_exception(
             hv,
@@ -261,13 +232,8 @@ fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno>
         return Err(Errno::EINVAL);
     }
     let pv = hv.cur_pv_mut();
-    save_bases(pv);
-    match which {
-        0 => pv.fs_base = base,
-        1 => pv.gs_base_user = base,
-        2 => pv.gs_base_kernel = base,
-        _ => return Err(Errno::EINVAL),
-    }
+    pv.save_bases();
+    pv.set_segment_base(which, base)?;
     load_segment_bases(pv);
     Ok(0)
 }
@@ -292,7 +258,7 @@ pub fn set_segment_base(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno
 /// GS back. The kernel-mode GS base is untouched.
 fn load_user_gs_selector(hv: &mut Hv, sel: u16) {
     let pv = hv.cur_pv_mut();
-    save_bases(pv);
+    pv.save_bases();
     let sel = if sel & !3 == 0 { 0 } else { sel | 3 };
     let sel = if selector_ok(pv, sel) { sel } else { 0 };
     let mut loaded = crate::arch::cpu::data_selectors();
@@ -305,15 +271,8 @@ fn load_user_gs_selector(hv: &mut Hv, sel: u16) {
     } else {
         crate::arch::cpu::gs_base()
     };
-    pv.gs_base_user = base;
-    pv.selectors = loaded;
+    pv.user_gs_loaded(loaded, base);
     load_segment_bases(pv);
-}
-
-/// Copies the running vCPU's FS base and current-mode GS base from the CPU
-/// into its state: the guest may have changed them by loading FS or GS.
-pub fn save_bases(pv: &mut crate::domain::PvState) {
-    pv.set_bases(crate::arch::cpu::fs_base(), crate::arch::cpu::gs_base());
 }
 
 /// The data segment state the CPU holds (saved into the outgoing vCPU by
@@ -328,10 +287,11 @@ pub use crate::domain::SegState;
 /// compiler's choice flips with unrelated changes, 8 instructions a switch).
 #[inline(always)]
 pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
-    let want = if pv.selectors == [0; 4] {
+    let want = if pv.selectors() == [0; 4] {
         [0; 4]
     } else {
-        pv.selectors.map(|s| if selector_ok(pv, s) { s } else { 0 })
+        pv.selectors()
+            .map(|s| if selector_ok(pv, s) { s } else { 0 })
     };
     // Loading FS or GS replaces that base: then both are written.
     let reloaded = cpu.selectors != want;
@@ -339,8 +299,8 @@ pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
         // SAFETY: each selector is null or was just checked against the GDT.
         unsafe { crate::arch::cpu::load_data_selectors(want) };
     }
-    if reloaded || cpu.fs_base != pv.fs_base {
-        crate::arch::cpu::set_fs_base(pv.fs_base);
+    if reloaded || cpu.fs_base != pv.fs_base() {
+        crate::arch::cpu::set_fs_base(pv.fs_base());
     }
     if reloaded || cpu.gs_base != pv.gs_base() {
         crate::arch::cpu::set_gs_base(pv.gs_base());
@@ -349,7 +309,7 @@ pub fn load_segments(pv: &crate::domain::PvState, cpu: SegState) {
 
 /// Loads a vCPU's FS and GS bases into the CPU.
 pub fn load_segment_bases(pv: &crate::domain::PvState) {
-    crate::arch::cpu::set_fs_base(pv.fs_base);
+    crate::arch::cpu::set_fs_base(pv.fs_base());
     crate::arch::cpu::set_gs_base(pv.gs_base());
 }
 
@@ -357,9 +317,8 @@ pub fn load_segment_bases(pv: &crate::domain::PvState) {
 /// (Xen's toggle_guest_mode): page table and GS base.
 pub fn toggle_mode(hv: &mut Hv) {
     let pv = hv.cur_pv_mut();
-    save_bases(pv);
-    pv.user_mode = !pv.user_mode;
-    crate::arch::entry::set_user_mode(pv.user_mode);
+    let user = pv.toggle_mode();
+    crate::arch::entry::set_user_mode(user);
     load_segment_bases(pv);
     let d = hv.cur_mut();
     let cr3 = d.active_cr3();
@@ -402,17 +361,12 @@ pub fn set_gdt(hv: &mut Hv, list: u64, entries: u64) -> Result<u64, Errno> {
         }
         new_frame = mfn;
     }
-    let old = hv.vcpu(cur).pv().gdt_frame;
-    if old != 0 {
-        crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, old));
-    }
     if entries > 1 {
         note_rare_state();
     }
+    // (The old GDT frame's reference goes.)
     let pv = hv.cur_pv_mut();
-    pv.gdt = table;
-    pv.gdt_entries = entries as usize;
-    pv.gdt_frame = new_frame;
+    pv.set_gdt(table, entries as usize, new_frame);
     load_guest_gdt(pv);
     Ok(0)
 }
@@ -434,10 +388,10 @@ fn selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
 fn ldt_selector_ok(pv: &crate::domain::PvState, sel: u16) -> bool {
     let i = u64::from(sel >> 3);
     let page = (i / 512) as usize;
-    i < u64::from(pv.ldt_ents)
-        && pv.ldt_frames[page] != 0
+    i < u64::from(pv.ldt_ents())
+        && pv.ldt_frames()[page] != 0
         && policy::data_descriptor_loadable(crate::mm::read_u64(
-            pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8,
+            pv.ldt_frames()[page] * crate::mm::PAGE + (i % 512) * 8,
         ))
 }
 
@@ -456,28 +410,10 @@ pub fn set_ldt(hv: &mut Hv, va: u64, entries: u64) -> Result<(), Errno> {
     if ents != 0 {
         note_rare_state();
     }
-    if pv.ldt_ents != ents || pv.ldt_base != base {
-        destroy_ldt(pv);
-        pv.ldt_base = base;
-        pv.ldt_ents = ents;
+    if pv.set_ldt(base, ents) {
         load_ldt(pv);
     }
     Ok(())
-}
-
-/// Drops every LDT page a vCPU holds (segment-type references and shadow
-/// mappings); its LDT's address and size stay.
-pub fn destroy_ldt(pv: &mut crate::domain::PvState) {
-    for (i, f) in pv.ldt_frames.iter_mut().enumerate() {
-        if *f == 0 {
-            continue;
-        }
-        if crate::mm::paging::ldt_page(i) == *f {
-            crate::mm::paging::set_ldt_page(i, 0);
-        }
-        let mfn = core::mem::take(f);
-        crate::mm::frames::with(|ft, mem| ft.put_page_and_type(mem, mfn));
-    }
 }
 
 /// On a switch (once `RARE_STATE` is set): loads the incoming vCPU's GDT
@@ -491,13 +427,13 @@ pub fn load_descriptor_tables(pv: &crate::domain::PvState) {
 /// Loads the running vCPU's LDT: its shadow pages and the LDT register
 /// (nothing to do when neither it nor the last one has an LDT).
 pub fn load_ldt(pv: &crate::domain::PvState) {
-    if pv.ldt_ents == 0 && crate::arch::desc::ldt_loaded() == 0 {
+    if pv.ldt_ents() == 0 && crate::arch::desc::ldt_loaded() == 0 {
         return;
     }
-    for (i, &f) in pv.ldt_frames.iter().enumerate() {
+    for (i, &f) in pv.ldt_frames().iter().enumerate() {
         crate::mm::paging::set_ldt_page(i, f);
     }
-    crate::arch::desc::load_ldt(crate::mm::paging::ldt_va(), pv.ldt_ents);
+    crate::arch::desc::load_ldt(crate::mm::paging::ldt_va(), pv.ldt_ents());
 }
 
 /// Unloads whatever LDT this CPU has (shadow pages and LDT register): a
@@ -527,9 +463,9 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
     let dom = hv.cur_dom().id();
     let cr3 = hv.vcpu(cur).cr3();
     let pv = hv.cur_pv_mut();
-    let linear = pv.ldt_base.wrapping_add(off);
-    if off < u64::from(pv.ldt_ents) * 8 && pv.ldt_frames[page] == 0 {
-        let mapped = guest::translate(cr3, pv.ldt_base + page as u64 * crate::mm::PAGE, false)
+    let linear = pv.ldt_base().wrapping_add(off);
+    if off < u64::from(pv.ldt_ents()) * 8 && pv.ldt_frames()[page] == 0 {
+        let mapped = guest::translate(cr3, pv.ldt_base() + page as u64 * crate::mm::PAGE, false)
             .ok()
             .and_then(|pa| {
                 let mfn = pa / crate::mm::PAGE;
@@ -545,7 +481,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
                 .map(|()| mfn)
             });
         if let Some(mfn) = mapped {
-            pv.ldt_frames[page] = mfn;
+            pv.ldt_page_taken(page, mfn);
             crate::mm::paging::set_ldt_page(page, mfn);
             return;
         }
@@ -578,7 +514,7 @@ pub fn ldt_fault(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64) {
 /// (the guest kernel runs in ring 3; descriptor-table reads are supervisor
 /// accesses).
 pub fn page_fault_error(d: &crate::domain::Vcpu, raw: u64) -> u64 {
-    (raw & !4) | (u64::from(d.pv().user_mode) << 2)
+    (raw & !4) | (u64::from(d.pv().user_mode()) << 2)
 }
 
 /// update_descriptor(machine address, descriptor), as Xen: writes one
@@ -608,14 +544,8 @@ pub fn update_descriptor(hv: &mut Hv, ma: u64, desc: u64) -> Result<u64, Errno> 
     };
     crate::mm::frames::WriteRef::new(mfn, dom, ty)?.write_u64(ma % crate::mm::PAGE, d);
     let pv = hv.cur_pv_mut();
-    if ty == PageType::Segment && mfn == pv.gdt_frame {
-        let i = ((ma % crate::mm::PAGE) / 8) as usize;
-        if i < pv.gdt_entries {
-            if let Some(g) = pv.gdt.as_deref_mut() {
-                g[i] = d;
-            }
-            load_guest_gdt(pv);
-        }
+    if ty == PageType::Segment && pv.gdt_written(mfn, ((ma % crate::mm::PAGE) / 8) as usize, d) {
+        load_guest_gdt(pv);
     }
     Ok(0)
 }
@@ -630,8 +560,9 @@ fn guest_descriptor(pv: &crate::domain::PvState, sel: u16) -> Option<u64> {
         (i != 0).then(|| pv.gdt_in_use().get(i).copied()).flatten()
     } else {
         let page = (i / 512) as usize;
-        (i < u64::from(pv.ldt_ents) && pv.ldt_frames[page] != 0)
-            .then(|| crate::mm::read_u64(pv.ldt_frames[page] * crate::mm::PAGE + (i % 512) * 8))
+        let f = pv.ldt_frames()[page];
+        (i < u64::from(pv.ldt_ents()) && f != 0)
+            .then(|| crate::mm::read_u64(f * crate::mm::PAGE + (i % 512) * 8))
     }
 }
 
@@ -668,15 +599,15 @@ pub fn iret(hv: &mut Hv, frame: &mut TrapFrame) {
     };
     let d = hv.vcpu(cur);
     let cs_descriptor = guest_descriptor(d.pv(), ctx.cs as u16);
-    let t = match policy::check_iret(&ctx, d.pv().user_mode, d.user_cr3() != 0, cs_descriptor) {
+    let t = match policy::check_iret(&ctx, d.pv().user_mode(), d.user_cr3() != 0, cs_descriptor) {
         Ok(t) => t,
         Err(why) => return kill(hv, frame, format_args!("{why}")),
     };
     d.set_upcall_mask(t.mask_events);
-    if d.pv().vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
+    if d.pv().vm_assist() & policy::VMASST_ARCHITECTURAL_IOPL != 0 {
         // The assist's virtual IOPL follows the rflags the guest restores.
-        let pv = hv.cur_pv_mut();
-        pv.set_iopl(((ctx.rflags >> 12) & 3) as u8, pv.vm_assist);
+        hv.cur_pv_mut()
+            .set_virtual_iopl(((ctx.rflags >> 12) & 3) as u8);
     }
     frame.rax = ctx.rax;
     frame.r11 = t.r11;
@@ -715,14 +646,14 @@ pub fn bounce(
     let cur = hv.current_index();
     // From guest user mode: enter kernel mode on the stack_switch stack; the
     // saved cs keeps RPL 3 so the kernel knows where it came from.
-    let from_user = hv.vcpu(cur).pv().user_mode;
+    let from_user = hv.vcpu(cur).pv().user_mode();
     if from_user {
         toggle_mode(hv);
     }
     let d = hv.vcpu(cur);
     let saved_mask = d.upcall_mask();
     let sp = if from_user {
-        d.pv().kernel_sp
+        d.pv().kernel_sp()
     } else {
         frame.rsp
     } & !0xf;
@@ -733,7 +664,8 @@ pub fn bounce(
     let mut words = [0u64; 8];
     words[3] = frame.rip;
     words[4] = (frame.cs & !3 & 0xffff) | rpl | ((saved_mask as u64) << 32);
-    words[5] = (frame.rflags & !(IF | IOPL)) | if saved_mask { 0 } else { IF } | d.pv().bounce_iopl;
+    words[5] =
+        (frame.rflags & !(IF | IOPL)) | if saved_mask { 0 } else { IF } | d.pv().bounce_iopl();
     words[6] = frame.rsp;
     words[7] = frame.ss;
     let first = match error {
@@ -838,7 +770,7 @@ pub fn deliver_exception(
     let t = hv.cur().pv().trap(vector);
     if t.address == 0 {
         let d = hv.cur();
-        let why = if !d.pv().user_mode && ran_off_stack(d.cr3(), frame.rsp.wrapping_sub(8)) {
+        let why = if !d.pv().user_mode() && ran_off_stack(d.cr3(), frame.rsp.wrapping_sub(8)) {
             STACK_OVERFLOW
         } else {
             ""
@@ -873,7 +805,7 @@ fn upcall_due_of(d: &crate::domain::Vcpu) -> bool {
     d.state == RunState::Runnable
         && d.upcall_pending()
         && !d.upcall_mask()
-        && d.pv().event.address != 0
+        && d.pv().event().address() != 0
 }
 
 /// Before returning to a guest: delivers a pending event upcall when the
@@ -897,26 +829,26 @@ pub fn deliver_events(hv: &mut Hv, frame: &mut TrapFrame) {
 /// then bounces it, or reports and kills).
 #[inline(never)]
 fn deliver_upcall_kernel(d: &mut crate::domain::Vcpu, frame: &mut TrapFrame) -> bool {
-    if d.pv().user_mode {
+    if d.pv().user_mode() {
         return false;
     }
-    let cb = d.pv().event;
+    let cb = d.pv().event();
     let words = [
         frame.rcx,
         frame.r11,
         frame.rip,
         frame.cs & 0xfffc,
-        frame.rflags | IF | d.pv().bounce_iopl,
+        frame.rflags | IF | d.pv().bounce_iopl(),
         frame.rsp,
         frame.ss,
     ];
     let Ok(new_sp) = push_frame(d.cr3(), frame.rsp & !0xf, &words) else {
         return false;
     };
-    if cb.mask_events {
+    if cb.mask_events() {
         d.set_upcall_mask(true);
     }
-    enter_handler(frame, cb.address, new_sp);
+    enter_handler(frame, cb.address(), new_sp);
     true
 }
 
@@ -924,13 +856,13 @@ fn deliver_upcall_kernel(d: &mut crate::domain::Vcpu, frame: &mut TrapFrame) -> 
 /// reports and kills).
 #[inline(never)]
 fn deliver_upcall(hv: &mut Hv, frame: &mut TrapFrame) {
-    let cb = hv.cur().pv().event;
+    let cb = hv.cur().pv().event();
     bounce(
         hv,
         frame,
-        cb.address,
+        cb.address(),
         None,
-        cb.mask_events,
+        cb.mask_events(),
         format_args!("an event upcall"),
     );
 }
@@ -1021,8 +953,7 @@ pub fn physdev_op(hv: &mut Hv, cmd: u64, arg: u64) -> Result<u64, Errno> {
             if iopl > 3 {
                 return Err(Errno::EINVAL);
             }
-            let pv = hv.cur_pv_mut();
-            pv.set_iopl(iopl as u8, pv.vm_assist);
+            hv.cur_pv_mut().set_virtual_iopl(iopl as u8);
             Ok(0)
         }
         5 => crate::irq::status_query(hv, arg),
@@ -1126,11 +1057,11 @@ pub fn emulate_gp(hv: &mut Hv, frame: &mut TrapFrame) -> Emulated {
 fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emulated {
     let cur = hv.current_index();
     let d = hv.vcpu(cur);
-    let user = d.pv().user_mode;
+    let user = d.pv().user_mode();
     let io_ok = policy::iopl_allows(
         !user,
-        d.pv().vm_assist & policy::VMASST_ARCHITECTURAL_IOPL != 0,
-        d.pv().iopl,
+        d.pv().vm_assist() & policy::VMASST_ARCHITECTURAL_IOPL != 0,
+        d.pv().iopl(),
     );
     if user && !io_ok {
         // Nothing else is emulated for guest user code: its #GP goes to
@@ -1150,8 +1081,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             }
             let is_in = matches!(insn.op, Op::In { .. });
             let port = emulate_port_io(frame, hv.cur_dom().privileged(), is_in, port, width);
-            let pv = hv.vcpu(cur).pv();
-            *io_hits = pv.dbg.io_hits(port, width, pv.cr4_de);
+            *io_hits = hv.vcpu(cur).pv().io_breakpoints_hit(port, width);
             frame.rip = next;
             Emulated::Done
         }
@@ -1165,7 +1095,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         _ if user => Emulated::NotEmulated,
         Op::Clts => {
             // Clears the virtual TS.
-            hv.cur_pv_mut().virtual_ts = false;
+            hv.cur_pv_mut().set_virtual_ts(false);
             crate::arch::cpu::clts();
             frame.rip = next;
             Emulated::Done
@@ -1183,10 +1113,10 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovFromCr { cr, gpr: reg } => {
             let val = match cr {
                 // PE MP ET NE WP AM PG, plus the virtual TS.
-                0 => 0x8005_0033 | if hv.vcpu(cur).pv().virtual_ts { 8 } else { 0 },
+                0 => 0x8005_0033 | if hv.vcpu(cur).pv().virtual_ts() { 8 } else { 0 },
                 2 => crate::mm::read_u64(hv.cur_dom().shared_info_mfn() * crate::mm::PAGE + 16),
                 3 => cr3,
-                4 => policy::guest_cr4(hv.vcpu(cur).pv().cr4_de),
+                4 => policy::guest_cr4(hv.vcpu(cur).pv().cr4_de()),
                 _ => return Emulated::NotEmulated,
             };
             *gpr(frame, reg) = val;
@@ -1196,13 +1126,13 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovToCr { cr: 4, gpr: reg } => {
             // Accepted whatever the value, as on Xen; only DE is the
             // guest's (`policy::cr4_write_de`).
-            hv.cur_pv_mut().cr4_de = policy::cr4_write_de(*gpr(frame, reg));
+            hv.cur_pv_mut()
+                .set_cr4_de(policy::cr4_write_de(*gpr(frame, reg)));
             frame.rip = next;
             Emulated::Done
         }
         Op::MovFromDr { dr, gpr: reg } => {
-            let pv = hv.vcpu(cur).pv();
-            match pv.dbg.read(u32::from(dr), pv.cr4_de) {
+            match hv.vcpu(cur).pv().read_debugreg(u32::from(dr)) {
                 Ok(v) => *gpr(frame, reg) = v,
                 Err(e) => return Emulated::Raise(e.vector()),
             }
@@ -1212,10 +1142,10 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
         Op::MovToDr { dr, gpr: reg } => {
             let v = *gpr(frame, reg);
             let pv = hv.cur_pv_mut();
-            if let Err(e) = pv.dbg.write(u32::from(dr), v, pv.cr4_de) {
+            if let Err(e) = pv.write_debugreg(u32::from(dr), v) {
                 return Emulated::Raise(e.vector());
             }
-            load_breakpoints(&pv.dbg);
+            load_breakpoints(pv.dbg());
             frame.rip = next;
             Emulated::Done
         }
@@ -1223,12 +1153,12 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
             let Some(what) = policy::rdmsr(frame.rcx as u32) else {
                 return Emulated::NotEmulated;
             };
-            save_bases(hv.cur_pv_mut());
+            hv.cur_pv_mut().save_bases();
             let pv = hv.vcpu(cur).pv();
             let v = match what {
-                MsrRead::Base(SegmentBase::Fs) => pv.fs_base,
-                MsrRead::Base(SegmentBase::GsKernel) => pv.gs_base_kernel,
-                MsrRead::Base(SegmentBase::GsUser) => pv.gs_base_user,
+                MsrRead::Base(SegmentBase::Fs) => pv.fs_base(),
+                MsrRead::Base(SegmentBase::GsKernel) => pv.gs_base_kernel(),
+                MsrRead::Base(SegmentBase::GsUser) => pv.gs_base_user(),
                 MsrRead::Tsc => crate::arch::cpu::rdtsc(),
                 MsrRead::Value(v) => v,
             };
@@ -1276,7 +1206,7 @@ fn emulate_gp_op(hv: &mut Hv, frame: &mut TrapFrame, io_hits: &mut u64) -> Emula
 pub fn ptwr(hv: &mut Hv, frame: &mut TrapFrame, cr2: u64, error: u64) -> bool {
     // Present, write, and from the guest kernel.
     let cur = hv.current_index();
-    if error & 3 != 3 || hv.vcpu(cur).pv().user_mode {
+    if error & 3 != 3 || hv.vcpu(cur).pv().user_mode() {
         return false;
     }
     let cr3 = hv.vcpu(cur).cr3();

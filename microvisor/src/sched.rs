@@ -335,7 +335,7 @@ fn release_vcpu(hv: &mut Hv, cur: usize) {
         d.save_fpu();
         d.save_segments();
     }
-    if d.pv().dbg.active() {
+    if d.pv().dbg().active() {
         cpu::breakpoints_off();
     }
     crate::pv::unload_ldt();
@@ -432,7 +432,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     {
         let d = hv.vcpu(next);
         d.restore_fpu();
-        if d.pv().virtual_ts {
+        if d.pv().virtual_ts() {
             cpu::set_ts();
         }
         // (Its GDT entries and LDT are loaded: the selectors are checked
@@ -462,7 +462,7 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     // exact; it is rewritten about once a second (as Xen recalibrates),
     // not at every switch.
     d.refresh_time(now);
-    crate::arch::entry::set_user_mode(d.pv().user_mode);
+    crate::arch::entry::set_user_mode(d.pv().user_mode());
     let cr3 = d.active_cr3();
     if cpu::cr3() != cr3 {
         // Into the domain's dirty mask before its tables are loaded.
@@ -513,10 +513,10 @@ fn first_run_here(hv: &Hv, v: usize, cpu: u32) {
 #[inline(never)]
 fn switch_rare_state(hv: &Hv, cur: usize, next: usize) {
     crate::pv::load_descriptor_tables(hv.vcpu(next).pv());
-    let next_dbg = &hv.vcpu(next).pv().dbg;
+    let next_dbg = hv.vcpu(next).pv().dbg();
     if next_dbg.active() {
         cpu::load_breakpoints(&next_dbg.addr, next_dbg.dr7);
-    } else if hv.get_vcpu(cur).is_some_and(|d| d.pv().dbg.active()) {
+    } else if hv.get_vcpu(cur).is_some_and(|d| d.pv().dbg().active()) {
         cpu::breakpoints_off();
     }
 }

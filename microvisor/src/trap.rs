@@ -122,7 +122,7 @@ fn guest_exception(hv: &mut crate::domain::Hv, frame: &mut TrapFrame) {
                 // `int n`: allowed when the guest's trap table grants it
                 // (DPL >= 1 from kernel mode), else #GP with (n << 3) | 2.
                 let t = hv.cur().pv().trap(n);
-                let min_dpl = if hv.cur().pv().user_mode { 3 } else { 1 };
+                let min_dpl = if hv.cur().pv().user_mode() { 3 } else { 1 };
                 if t.address != 0 && t.flags & 3 >= min_dpl {
                     frame.rip = frame.rip.wrapping_add(u64::from(len));
                     let _ = pv::bounce(

@@ -11,7 +11,7 @@ use crate::mm::{PAGE, frames, guest};
 use guest_abi::errno::Errno;
 use guest_abi::vcpu as op;
 use microvisor_core::frametable::PageType;
-use microvisor_core::pv::{self as policy, TrapTableEntry, context};
+use microvisor_core::pv::{self as policy, CallbackSlot, TrapTableEntry, context};
 
 /// vcpu_op(cmd, vcpu, arg) on vCPU `vcpu` of the caller's domain (`ENOENT`
 /// when it has no such vCPU, as Xen).
@@ -167,7 +167,7 @@ fn write_runstate_area(v: &mut crate::domain::Vcpu) {
     let cr3 = v.cr3();
     let mut b = v.runstate.to_bytes();
     let assist = 1u64 << guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG;
-    if v.pv().vm_assist & assist == 0 {
+    if v.pv().vm_assist() & assist == 0 {
         let _ = guest::copy_to(cr3, va, &b);
         return;
     }
@@ -231,6 +231,11 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     } else {
         None
     };
+    // Its callbacks (their addresses were checked with the context: Xen
+    // masks events for every event upcall).
+    let event = Callback::new(s.event, true)?;
+    let failsafe = Callback::new(s.failsafe, s.failsafe_masks_events)?;
+    let syscall = Callback::new(s.syscall, s.syscall_masks_events)?;
     // The frames: kernel and user page tables, the GDT page.
     frames::with(|ft, mem| ft.new_baseptr(mem, dom, s.cr3_mfn, None)).map_err(|_| Errno::EINVAL)?;
     let undo_cr3 = |with_user: bool| {
@@ -273,9 +278,8 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     hv.set_vm_assist(dom, s.vm_assist);
     hv.set_cr3(vi, s.cr3_mfn * PAGE);
     hv.vcpu_mut(vi).set_user_cr3(s.user_cr3_mfn * PAGE);
-    let pv = hv.pv_mut(vi);
-    pv.traps = traps;
-    if let Some(t) = pv.traps.as_deref_mut() {
+    let mut traps = traps;
+    if let Some(t) = traps.as_deref_mut() {
         for (i, slot) in t.iter_mut().enumerate() {
             *slot = match trap(i) {
                 Ok(TrapTableEntry::Set { address, flags, .. }) => TrapEntry { address, flags },
@@ -283,29 +287,8 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
             };
         }
     }
-    // Xen masks events for every event upcall.
-    pv.event = Callback {
-        address: s.event,
-        mask_events: true,
-    };
-    pv.failsafe = Callback {
-        address: s.failsafe,
-        mask_events: s.failsafe_masks_events,
-    };
-    pv.syscall = Callback {
-        address: s.syscall,
-        mask_events: s.syscall_masks_events,
-    };
-    pv.kernel_ss = s.kernel_ss;
-    pv.kernel_sp = s.kernel_sp;
-    pv.fs_base = s.fs_base;
-    pv.gs_base_kernel = s.gs_base_kernel;
-    pv.gs_base_user = s.gs_base_user;
-    pv.selectors = s.selectors;
-    pv.user_mode = !s.in_kernel;
-    pv.set_iopl(s.iopl, s.vm_assist);
-    pv.gdt = gdt;
-    if let Some(g) = pv.gdt.as_deref_mut() {
+    let mut gdt = gdt;
+    if let Some(g) = gdt.as_deref_mut() {
         for (i, slot) in g.iter_mut().enumerate() {
             *slot = if (i as u64) < s.gdt_ents {
                 crate::mm::read_u64(s.gdt_frame * PAGE + i as u64 * 8)
@@ -314,10 +297,29 @@ fn initialise(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
             };
         }
     }
-    pv.gdt_entries = s.gdt_ents as usize;
-    pv.gdt_frame = if s.gdt_ents != 0 { s.gdt_frame } else { 0 };
-    pv.ldt_base = s.ldt_base;
-    pv.ldt_ents = s.ldt_ents as u32;
+    let pv = hv.pv_mut(vi);
+    pv.set_traps(traps);
+    pv.set_callback(CallbackSlot::Event, event);
+    pv.set_callback(CallbackSlot::Failsafe, failsafe);
+    pv.set_callback(CallbackSlot::Syscall, syscall);
+    pv.set_kernel_stack(s.kernel_ss, s.kernel_sp);
+    pv.set_segments(
+        s.selectors,
+        s.fs_base,
+        s.gs_base_kernel,
+        s.gs_base_user,
+        !s.in_kernel,
+    );
+    pv.set_iopl(s.iopl, s.vm_assist);
+    // The vCPU had no GDT frame (never initialised): the reference taken
+    // above becomes its.
+    pv.set_gdt(
+        gdt,
+        s.gdt_ents as usize,
+        if s.gdt_ents != 0 { s.gdt_frame } else { 0 },
+    );
+    // (No LDT page is held yet: none is dropped.)
+    pv.set_ldt(s.ldt_base, s.ldt_ents as u32);
     let v = hv.vcpu_mut(vi);
     if s.fpu_valid {
         v.set_fpu_image(c.fpu_ctxt);
