@@ -109,23 +109,23 @@ pub struct PvState {
     /// Segment state while the vCPU is not running (while it runs, the CPU
     /// holds the selectors, the FS base and its current mode's GS base;
     /// [`Vcpu::save_segments`] copies them back).
-    pub fs_base: u64,
-    pub gs_base_kernel: u64,
-    pub gs_base_user: u64,
+    fs_base: u64,
+    gs_base_kernel: u64,
+    gs_base_user: u64,
     /// DS, ES, FS, GS selectors.
-    pub selectors: [u16; 4],
+    selectors: [u16; 4],
     /// The vCPU runs guest user code (user page table, user GS base).
-    pub user_mode: bool,
+    user_mode: bool,
     /// Virtual I/O privilege level (PHYSDEVOP_set_iopl, or the iret
     /// hypercall's rflags with the architectural_iopl assist): whether the
     /// vCPU's cli, sti, in and out are emulated (`policy::iopl_allows`).
-    pub iopl: u8,
+    iopl: u8,
     /// The domain's vm_assist bits (`policy::vm_assist`).
-    pub vm_assist: u64,
+    vm_assist: u64,
     /// IOPL bits (13:12) bounce frames show in rflags: the virtual IOPL
     /// with the architectural_iopl assist, else 0 (Xen). Kept by
     /// `set_iopl`, so delivery reads one field.
-    pub bounce_iopl: u64,
+    bounce_iopl: u64,
     /// A copy of the guest's own GDT entries (set_gdt, VCPUOP_initialise),
     /// loaded below 0xe000 while the vCPU runs: on the heap while it has a
     /// GDT of one entry or more (`gdt_entries` of them are meaningful).
