@@ -129,19 +129,19 @@ pub struct PvState {
     /// A copy of the guest's own GDT entries (set_gdt, VCPUOP_initialise),
     /// loaded below 0xe000 while the vCPU runs: on the heap while it has a
     /// GDT of one entry or more (`gdt_entries` of them are meaningful).
-    pub gdt: Option<alloc::boxed::Box<[u64; GUEST_GDT_ENTRIES]>>,
-    pub gdt_entries: usize,
+    gdt: Option<alloc::boxed::Box<[u64; GUEST_GDT_ENTRIES]>>,
+    gdt_entries: usize,
     /// Frame holding the guest's GDT (segment-typed while registered: the
     /// vCPU holds a type reference to it while this is not 0).
-    pub gdt_frame: u64,
+    gdt_frame: u64,
     /// The guest's LDT (MMUEXT_SET_LDT): linear address and entries.
-    pub ldt_base: u64,
-    pub ldt_ents: u32,
+    ldt_base: u64,
+    ldt_ents: u32,
     /// Each LDT page the CPU has needed so far (0 = not yet): segment-typed
     /// (a type reference held for each) and shadow-mapped at
     /// `paging::LDT_VA` while this vCPU runs (Xen's lazily filled shadow
     /// LDT).
-    pub ldt_frames: [u64; LDT_PAGES],
+    ldt_frames: [u64; LDT_PAGES],
     /// Debug registers (set_debugreg, `mov` to and from %drN): DR0-DR3
     /// and DR7 are in the CPU while the vCPU runs with a breakpoint
     /// enabled; DR6 is virtual.
