@@ -332,27 +332,14 @@ impl Sched {
     /// (`domain::SCHED_VIEW`) follow.
     #[inline]
     pub fn set_runnable(&mut self, i: usize, processor: &AtomicU32, cpus: u64, runnable: bool) {
-        // (Whether a CPU holds it does not change here: read once.)
-        let held = RUNNING.contains(i);
-        let was = waiting::is_waiting(RUNNABLE.contains(i), held);
-        let last = processor.load(Relaxed) as usize % MAX_CPUS;
-        if runnable {
-            let building = crate::arch::smp::scheduler_cpus_joined() == 0;
-            let mut q = lock(last);
-            if !building && q.affine.contains(i) || held {
-                // It stays on the CPU it last ran on (the common case).
-                q.queue.insert(i);
-            } else {
-                drop(q);
-                place_elsewhere(i, processor, cpus, building);
-            }
-            RUNNABLE.insert(i);
+        // The same steps twice: the compiler drops every set's test for
+        // the first word from the copy where `i < 64` (every vCPU of most
+        // machines) is known.
+        if i < 64 {
+            set_runnable_at(i, processor, cpus, runnable);
         } else {
-            lock(last).queue.remove(i);
-            RUNNABLE.remove(i);
+            set_runnable_at(i, processor, cpus, runnable);
         }
-        let now = waiting::is_waiting(runnable, held);
-        waiting::changed(&crate::domain::SCHED_VIEW.waiting, cpus, was, now);
     }
 
     /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a
@@ -453,6 +440,32 @@ impl Default for Sched {
     }
 }
 
+/// `Sched::set_runnable`'s steps.
+#[inline(always)]
+fn set_runnable_at(i: usize, processor: &AtomicU32, cpus: u64, runnable: bool) {
+    // (Whether a CPU holds it does not change here: read once.)
+    let held = RUNNING.contains(i);
+    let was = waiting::is_waiting(RUNNABLE.contains(i), held);
+    let last = processor.load(Relaxed) as usize % MAX_CPUS;
+    if runnable {
+        let building = crate::arch::smp::scheduler_cpus_joined() == 0;
+        let mut q = lock(last);
+        if !building && q.affine.contains(i) || held {
+            // It stays on the CPU it last ran on (the common case).
+            q.queue.insert(i);
+        } else {
+            drop(q);
+            place_elsewhere(i, processor, cpus, building);
+        }
+        RUNNABLE.insert(i);
+    } else {
+        lock(last).queue.remove(i);
+        RUNNABLE.remove(i);
+    }
+    let now = waiting::is_waiting(runnable, held);
+    waiting::changed(&crate::domain::SCHED_VIEW.waiting, cpus, was, now);
+}
+
 /// vCPU `i` (runnable, assigned to CPU `*processor`) may not stay there:
 /// it joins the queue [`place_among`] chooses (`building`: domains are
 /// being built), with the locks of both queues when it moves.
@@ -512,6 +525,16 @@ pub struct Words {
     current: usize,
     exclude: Option<usize>,
     n: usize,
+}
+
+impl Words {
+    /// The first word of each set, as `word(0)` gives them, when the sets
+    /// have no other (every vCPU index below 64): what
+    /// `microvisor_core::sched::pick_word` reads.
+    #[inline(always)]
+    pub fn first_only(&self) -> Option<(u64, u64, u64)> {
+        (RUNNABLE.words() <= 1).then(|| policy::PickWords::word(self, 0))
+    }
 }
 
 impl policy::PickWords for Words {
