@@ -1926,19 +1926,6 @@ impl Hv {
     /// CPUs.
     #[inline(always)]
     pub fn hand_over(&mut self, cur: usize, cur_cpus: u64, next: usize, cpu: usize) -> &mut Vcpu {
-        // The same steps twice: the compiler drops the sets' tests for the
-        // first word from the copy where both indices are known below 64
-        // (every vCPU of most machines).
-        if cur < 64 && next < 64 {
-            self.hand_over_at(cur, cur_cpus, next, cpu)
-        } else {
-            self.hand_over_at(cur, cur_cpus, next, cpu)
-        }
-    }
-
-    /// `hand_over`'s steps.
-    #[inline(always)]
-    fn hand_over_at(&mut self, cur: usize, cur_cpus: u64, next: usize, cpu: usize) -> &mut Vcpu {
         let up = cur != NO_VCPU && self.sched.let_go(cur);
         let up_cpus = up.then_some(cur_cpus);
         let v = &mut self.vcpus[next];

@@ -377,30 +377,54 @@ impl VcpuSet {
         }
     }
 
+    /// (Each operation on one index tests `i < 64` once, the first word
+    /// inline, and leaves the others to an out-of-line step: the tests of
+    /// several operations on one index then fold into one.)
     #[inline(always)]
     pub fn contains(&self, i: usize) -> bool {
+        if i < 64 {
+            self.first & (1u64 << i) != 0
+        } else {
+            self.contains_rest(i)
+        }
+    }
+
+    #[inline(never)]
+    fn contains_rest(&self, i: usize) -> bool {
         self.word(i / 64) & (1u64 << (i % 64)) != 0
     }
 
     #[inline(always)]
     pub fn insert(&mut self, i: usize) {
-        let bit = 1u64 << (i % 64);
         if i < 64 {
             if self.room {
-                self.first |= bit;
+                self.first |= 1u64 << i;
             }
-        } else if let Some(w) = self.rest.get_mut(i / 64 - 1) {
-            *w |= bit;
+        } else {
+            self.insert_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn insert_rest(&mut self, i: usize) {
+        if let Some(w) = self.rest.get_mut(i / 64 - 1) {
+            *w |= 1u64 << (i % 64);
         }
     }
 
     #[inline(always)]
     pub fn remove(&mut self, i: usize) {
-        let bit = 1u64 << (i % 64);
         if i < 64 {
-            self.first &= !bit;
-        } else if let Some(w) = self.rest.get_mut(i / 64 - 1) {
-            *w &= !bit;
+            self.first &= !(1u64 << i);
+        } else {
+            self.remove_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn remove_rest(&mut self, i: usize) {
+        if let Some(w) = self.rest.get_mut(i / 64 - 1) {
+            *w &= !(1u64 << (i % 64));
         }
     }
 

@@ -142,8 +142,20 @@ impl AtomicSet {
         self.cell(w).map_or(0, |c| c.load(SeqCst))
     }
 
+    /// (Each operation on one index tests `i < 64` once, the first word
+    /// inline, and leaves the others to an out-of-line step: the tests of
+    /// several operations on one index then fold into one.)
     #[inline(always)]
     fn contains(&self, i: usize) -> bool {
+        if i < 64 {
+            self.first.load(SeqCst) & (1u64 << i) != 0
+        } else {
+            self.contains_rest(i)
+        }
+    }
+
+    #[inline(never)]
+    fn contains_rest(&self, i: usize) -> bool {
         self.word(i / 64) & (1u64 << (i % 64)) != 0
     }
 
@@ -153,6 +165,15 @@ impl AtomicSet {
     /// every change is made today, a `contains` before it is exact.
     #[inline(always)]
     fn insert(&self, i: usize) {
+        if i < 64 {
+            self.first.fetch_or(1u64 << i, SeqCst);
+        } else {
+            self.insert_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn insert_rest(&self, i: usize) {
         if let Some(c) = self.cell(i / 64) {
             c.fetch_or(1u64 << (i % 64), SeqCst);
         }
@@ -161,6 +182,15 @@ impl AtomicSet {
     /// Takes `i` out (one `lock and`, as [`AtomicSet::insert`]).
     #[inline(always)]
     fn remove(&self, i: usize) {
+        if i < 64 {
+            self.first.fetch_and(!(1u64 << i), SeqCst);
+        } else {
+            self.remove_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn remove_rest(&self, i: usize) {
         if let Some(c) = self.cell(i / 64) {
             c.fetch_and(!(1u64 << (i % 64)), SeqCst);
         }
@@ -332,14 +362,27 @@ impl Sched {
     /// (`domain::SCHED_VIEW`) follow.
     #[inline]
     pub fn set_runnable(&mut self, i: usize, processor: &AtomicU32, cpus: u64, runnable: bool) {
-        // The same steps twice: the compiler drops every set's test for
-        // the first word from the copy where `i < 64` (every vCPU of most
-        // machines) is known.
-        if i < 64 {
-            set_runnable_at(i, processor, cpus, runnable);
+        // (Whether a CPU holds it does not change here: read once.)
+        let held = RUNNING.contains(i);
+        let was = waiting::is_waiting(RUNNABLE.contains(i), held);
+        let last = processor.load(Relaxed) as usize % MAX_CPUS;
+        if runnable {
+            let building = crate::arch::smp::scheduler_cpus_joined() == 0;
+            let mut q = lock(last);
+            if !building && q.affine.contains(i) || held {
+                // It stays on the CPU it last ran on (the common case).
+                q.queue.insert(i);
+            } else {
+                drop(q);
+                place_elsewhere(i, processor, cpus, building);
+            }
+            RUNNABLE.insert(i);
         } else {
-            set_runnable_at(i, processor, cpus, runnable);
+            lock(last).queue.remove(i);
+            RUNNABLE.remove(i);
         }
+        let now = waiting::is_waiting(runnable, held);
+        waiting::changed(&crate::domain::SCHED_VIEW.waiting, cpus, was, now);
     }
 
     /// Moves vCPU `i`, which no CPU holds, to CPU `cpu`'s run queue (a
@@ -438,32 +481,6 @@ impl Default for Sched {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// `Sched::set_runnable`'s steps.
-#[inline(always)]
-fn set_runnable_at(i: usize, processor: &AtomicU32, cpus: u64, runnable: bool) {
-    // (Whether a CPU holds it does not change here: read once.)
-    let held = RUNNING.contains(i);
-    let was = waiting::is_waiting(RUNNABLE.contains(i), held);
-    let last = processor.load(Relaxed) as usize % MAX_CPUS;
-    if runnable {
-        let building = crate::arch::smp::scheduler_cpus_joined() == 0;
-        let mut q = lock(last);
-        if !building && q.affine.contains(i) || held {
-            // It stays on the CPU it last ran on (the common case).
-            q.queue.insert(i);
-        } else {
-            drop(q);
-            place_elsewhere(i, processor, cpus, building);
-        }
-        RUNNABLE.insert(i);
-    } else {
-        lock(last).queue.remove(i);
-        RUNNABLE.remove(i);
-    }
-    let now = waiting::is_waiting(runnable, held);
-    waiting::changed(&crate::domain::SCHED_VIEW.waiting, cpus, was, now);
 }
 
 /// vCPU `i` (runnable, assigned to CPU `*processor`) may not stay there:
