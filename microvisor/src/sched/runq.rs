@@ -416,6 +416,32 @@ impl Sched {
         runnable && !was
     }
 
+    /// A switch's change of the held set: this CPU lets go of `cur` (which
+    /// it holds; `NO_VCPU`: none) and holds `next` (another). Returns
+    /// ([`Sched::let_go`]'s answer for `cur`, [`Sched::hold`]'s for
+    /// `next`). With both indices in the first word (most machines), both
+    /// sets' words are read once and `RUNNING` changes in one `lock xor`
+    /// (no moment where a reader sees neither held).
+    #[inline(always)]
+    pub fn swap_held(&mut self, cur: usize, next: usize) -> (bool, bool) {
+        if cur < 64 && next < 64 && cur != next {
+            let (cb, nb) = (1u64 << cur, 1u64 << next);
+            let runnable = RUNNABLE.first.load(SeqCst);
+            let held = RUNNING.first.load(SeqCst);
+            if held & (cb | nb) == cb {
+                RUNNING.first.fetch_xor(cb | nb, SeqCst);
+            } else {
+                RUNNING.first.fetch_and(!cb, SeqCst);
+                RUNNING.first.fetch_or(nb, SeqCst);
+            }
+            let up = runnable & held & cb != 0;
+            let down = runnable & !held & nb != 0;
+            return (up, down);
+        }
+        let up = cur != crate::domain::NO_VCPU && self.let_go(cur);
+        (up, self.hold(next))
+    }
+
     /// The audit's check of the run queues: every runnable vCPU is in the
     /// queue of its processor (`processor(i)`) and in no other, and no
     /// queue holds a vCPU that is not runnable. Returns the first vCPU
