@@ -2294,11 +2294,10 @@ impl Hv {
     /// CPUs.
     #[inline(always)]
     pub fn hand_over(&mut self, cur: usize, cur_cpus: u64, next: usize, cpu: usize) -> &mut Vcpu {
-        let up = cur != NO_VCPU && self.sched.let_go(cur);
-        let up_cpus = up.then_some(cur_cpus);
         let v = &mut self.vcpus[next];
         self.sched.assign(next, v.processor_cell(), cpu);
-        let down = self.sched.hold(next);
+        let (up, down) = self.sched.swap_held(cur, next);
+        let up_cpus = up.then_some(cur_cpus);
         let counts = &SCHED_VIEW.waiting;
         match up_cpus {
             Some(c) if down && c == v.cpus => {}

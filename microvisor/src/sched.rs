@@ -211,17 +211,23 @@ impl policy::Vcpus for View<'_> {
 
 /// The vCPU this CPU runs next (not `exclude`, not capped), by
 /// `microvisor_core::sched::pick` under this CPU's run-queue lock
-/// (`runq::Sched::pick_view`): from its own run queue, or one that migrates
+/// (`runq::Sched::pick_view`; `pick_word`, its one-word form, while every
+/// vCPU index is below 64): from its own run queue, or one that migrates
 /// here from another CPU's (the switch moves it to this CPU's queue:
 /// `Hv::assign`).
 #[inline(always)]
 fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
     let cpu = crate::arch::percpu::cpu_id();
     let n = hv.vcpu_indices();
-    policy::pick(
-        &View(hv),
-        hv.sched.pick_view(cpu, hv.current_index(), exclude, n),
-    )
+    let current = hv.current_index();
+    let view = hv.sched.pick_view(cpu, current, exclude, n);
+    // (Under the run-queue lock until `view` goes.)
+    match view.first_only() {
+        Some((queue, runnable, free)) => {
+            policy::pick_word(&View(hv), queue, runnable, free, current, n)
+        }
+        None => policy::pick(&View(hv), view),
+    }
 }
 
 fn earliest_timer(hv: &Hv) -> Option<u64> {

@@ -214,6 +214,37 @@ pub fn pick(v: &impl Vcpus, m: impl PickWords) -> Option<usize> {
     }
 }
 
+/// [`pick`] for a machine whose sets are one word (every vCPU index below
+/// 64): the same answer from the first words alone (`queue`, `runnable`,
+/// `free` as [`PickMasks`] has them), with no walk over words. Its own
+/// queue's only candidate with nothing to steal (a peer just woken, a
+/// yield alone) is taken or refused on its cap at once; otherwise the full
+/// comparison ([`pick_among`], [`pick_balanced`]). A host test compares it
+/// with [`pick`] over random inputs.
+#[inline(always)]
+pub fn pick_word(
+    v: &impl Vcpus,
+    queue: u64,
+    runnable: u64,
+    free: u64,
+    current: usize,
+    n: usize,
+) -> Option<usize> {
+    let local = queue & free;
+    let remote = runnable & !queue & free;
+    if remote != 0 {
+        return pick_balanced(v, local, remote, current, n);
+    }
+    if local & local.wrapping_sub(1) != 0 {
+        return pick_among(v, local, current, n);
+    }
+    if local == 0 {
+        return None;
+    }
+    let only = local.trailing_zeros() as usize;
+    (!v.capped(only)).then_some(only)
+}
+
 /// [`pick`] when other CPUs' queues hold vCPUs that this CPU may take
 /// (one word of each: `local` its own candidates, `remote` the others').
 #[inline(never)]
@@ -346,30 +377,54 @@ impl VcpuSet {
         }
     }
 
+    /// (Each operation on one index tests `i < 64` once, the first word
+    /// inline, and leaves the others to an out-of-line step: the tests of
+    /// several operations on one index then fold into one.)
     #[inline(always)]
     pub fn contains(&self, i: usize) -> bool {
+        if i < 64 {
+            self.first & (1u64 << i) != 0
+        } else {
+            self.contains_rest(i)
+        }
+    }
+
+    #[inline(never)]
+    fn contains_rest(&self, i: usize) -> bool {
         self.word(i / 64) & (1u64 << (i % 64)) != 0
     }
 
     #[inline(always)]
     pub fn insert(&mut self, i: usize) {
-        let bit = 1u64 << (i % 64);
         if i < 64 {
             if self.room {
-                self.first |= bit;
+                self.first |= 1u64 << i;
             }
-        } else if let Some(w) = self.rest.get_mut(i / 64 - 1) {
-            *w |= bit;
+        } else {
+            self.insert_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn insert_rest(&mut self, i: usize) {
+        if let Some(w) = self.rest.get_mut(i / 64 - 1) {
+            *w |= 1u64 << (i % 64);
         }
     }
 
     #[inline(always)]
     pub fn remove(&mut self, i: usize) {
-        let bit = 1u64 << (i % 64);
         if i < 64 {
-            self.first &= !bit;
-        } else if let Some(w) = self.rest.get_mut(i / 64 - 1) {
-            *w &= !bit;
+            self.first &= !(1u64 << i);
+        } else {
+            self.remove_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn remove_rest(&mut self, i: usize) {
+        if let Some(w) = self.rest.get_mut(i / 64 - 1) {
+            *w &= !(1u64 << (i % 64));
         }
     }
 

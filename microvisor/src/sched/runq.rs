@@ -142,8 +142,20 @@ impl AtomicSet {
         self.cell(w).map_or(0, |c| c.load(SeqCst))
     }
 
+    /// (Each operation on one index tests `i < 64` once, the first word
+    /// inline, and leaves the others to an out-of-line step: the tests of
+    /// several operations on one index then fold into one.)
     #[inline(always)]
     fn contains(&self, i: usize) -> bool {
+        if i < 64 {
+            self.first.load(SeqCst) & (1u64 << i) != 0
+        } else {
+            self.contains_rest(i)
+        }
+    }
+
+    #[inline(never)]
+    fn contains_rest(&self, i: usize) -> bool {
         self.word(i / 64) & (1u64 << (i % 64)) != 0
     }
 
@@ -153,6 +165,15 @@ impl AtomicSet {
     /// every change is made today, a `contains` before it is exact.
     #[inline(always)]
     fn insert(&self, i: usize) {
+        if i < 64 {
+            self.first.fetch_or(1u64 << i, SeqCst);
+        } else {
+            self.insert_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn insert_rest(&self, i: usize) {
         if let Some(c) = self.cell(i / 64) {
             c.fetch_or(1u64 << (i % 64), SeqCst);
         }
@@ -161,6 +182,15 @@ impl AtomicSet {
     /// Takes `i` out (one `lock and`, as [`AtomicSet::insert`]).
     #[inline(always)]
     fn remove(&self, i: usize) {
+        if i < 64 {
+            self.first.fetch_and(!(1u64 << i), SeqCst);
+        } else {
+            self.remove_rest(i);
+        }
+    }
+
+    #[inline(never)]
+    fn remove_rest(&self, i: usize) {
         if let Some(c) = self.cell(i / 64) {
             c.fetch_and(!(1u64 << (i % 64)), SeqCst);
         }
@@ -386,6 +416,32 @@ impl Sched {
         runnable && !was
     }
 
+    /// A switch's change of the held set: this CPU lets go of `cur` (which
+    /// it holds; `NO_VCPU`: none) and holds `next` (another). Returns
+    /// ([`Sched::let_go`]'s answer for `cur`, [`Sched::hold`]'s for
+    /// `next`). With both indices in the first word (most machines), both
+    /// sets' words are read once and `RUNNING` changes in one `lock xor`
+    /// (no moment where a reader sees neither held).
+    #[inline(always)]
+    pub fn swap_held(&mut self, cur: usize, next: usize) -> (bool, bool) {
+        if cur < 64 && next < 64 && cur != next {
+            let (cb, nb) = (1u64 << cur, 1u64 << next);
+            let runnable = RUNNABLE.first.load(SeqCst);
+            let held = RUNNING.first.load(SeqCst);
+            if held & (cb | nb) == cb {
+                RUNNING.first.fetch_xor(cb | nb, SeqCst);
+            } else {
+                RUNNING.first.fetch_and(!cb, SeqCst);
+                RUNNING.first.fetch_or(nb, SeqCst);
+            }
+            let up = runnable & held & cb != 0;
+            let down = runnable & !held & nb != 0;
+            return (up, down);
+        }
+        let up = cur != crate::domain::NO_VCPU && self.let_go(cur);
+        (up, self.hold(next))
+    }
+
     /// The audit's check of the run queues: every runnable vCPU is in the
     /// queue of its processor (`processor(i)`) and in no other, and no
     /// queue holds a vCPU that is not runnable. Returns the first vCPU
@@ -512,6 +568,16 @@ pub struct Words {
     current: usize,
     exclude: Option<usize>,
     n: usize,
+}
+
+impl Words {
+    /// The first word of each set, as `word(0)` gives them, when the sets
+    /// have no other (every vCPU index below 64): what
+    /// `microvisor_core::sched::pick_word` reads.
+    #[inline(always)]
+    pub fn first_only(&self) -> Option<(u64, u64, u64)> {
+        (RUNNABLE.words() <= 1).then(|| policy::PickWords::word(self, 0))
+    }
 }
 
 impl policy::PickWords for Words {

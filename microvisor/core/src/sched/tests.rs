@@ -462,3 +462,40 @@ fn pick_reaches_vcpus_past_the_first_word() {
     assert_eq!(pick(&v, &w(&[70])), Some(70));
     assert_eq!(pick(&v, &w(&[])), None);
 }
+
+/// A mask of up to 64 vCPU indices: random words (mostly several bits) or a
+/// few chosen indices (the sparse sets of real runs: one or two runnable).
+fn mask() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        any::<u64>(),
+        prop::collection::vec(0usize..64, 0..=3)
+            .prop_map(|ix| ix.iter().fold(0u64, |m, &i| m | 1 << i)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(4000)))]
+
+    /// The one-word fast pick gives the full pick's answer for any sets of
+    /// up to 64 vCPUs, any virtual run times (ties included), slices, caps
+    /// and current vCPU (64: none).
+    #[test]
+    fn pick_word_is_pick(
+        n in 1usize..=64,
+        queue in mask(),
+        others in mask(),
+        free in mask(),
+        all_free in any::<bool>(),
+        current in 0usize..=64,
+        vcpus in prop::collection::vec((0u64..6, 0u64..4, prop::bool::weighted(0.2)), 64),
+    ) {
+        let within = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let queue = queue & within;
+        let free = if all_free { within } else { free & within };
+        let runnable = (queue | others) & within;
+        let v = Fixed(vcpus);
+        let full = pick(&v, PickMasks { queue, runnable, free, current, n });
+        let fast = pick_word(&v, queue, runnable, free, current, n);
+        prop_assert_eq!(fast, full, "queue {:#x} runnable {:#x} free {:#x} current {}", queue, runnable, free, current);
+    }
+}
