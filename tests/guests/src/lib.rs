@@ -98,3 +98,49 @@ pub fn last_cr2() -> u64 {
     // (vcpu_info[0].arch.cr2).
     unsafe { core::ptr::read_volatile((va + 16) as *const u64) }
 }
+
+/// The same race run by two vCPUs at once, for the race scenario guests
+/// (`memrace`, `conrace`): vCPU 1 is started and waits, then both run
+/// [`Race::race`] with their number, and vCPU 0 returns once both are
+/// done (vCPU 1 then blocks for good).
+pub mod race {
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use guest_abi::{errno::Errno, types::VcpuId};
+    use pv_guest_kernel::smp;
+
+    /// What each vCPU runs.
+    pub trait Race {
+        /// The race of vCPU `me` (0 or 1).
+        fn race(me: usize);
+    }
+
+    /// Set by vCPU 0 once vCPU 1 is started: both start racing.
+    static GO: AtomicBool = AtomicBool::new(false);
+    /// Set by vCPU 1 when its race is done.
+    static SECOND_DONE: AtomicBool = AtomicBool::new(false);
+
+    /// Starts vCPU 1, runs `R::race(0)` here while vCPU 1 runs
+    /// `R::race(1)`, and returns when both are done; the error of a vCPU 1
+    /// that could not be started (nothing raced then).
+    pub fn on_two_vcpus<R: Race>() -> Result<(), Errno> {
+        smp::init()?;
+        smp::start(VcpuId(1), second::<R>, smp::alloc_stack(16 * 1024)?)?;
+        GO.store(true, SeqCst);
+        R::race(0);
+        while !SECOND_DONE.load(SeqCst) {
+            core::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    fn second<R: Race>(_vcpu: VcpuId) -> ! {
+        while !GO.load(SeqCst) {
+            core::hint::spin_loop();
+        }
+        R::race(1);
+        SECOND_DONE.store(true, SeqCst);
+        loop {
+            let _ = guest_abi::hypercall::sched_block();
+        }
+    }
+}

@@ -12,8 +12,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use guest_abi::types::VcpuId;
-use pv_guest_kernel::{StartInfo, println, smp, test::Reporter};
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 /// Rounds each vCPU makes (four lines a round).
 const ROUNDS: u64 = 250;
@@ -21,10 +20,6 @@ const ROUNDS: u64 = 250;
 /// The text after the vCPU's name in every line.
 const TEXT: &[u8] = b" 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ end";
 
-/// Set by each vCPU when its rounds are done.
-static DONE: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
-/// Set by vCPU 0 once vCPU 1 is started: both start writing.
-static GO: AtomicBool = AtomicBool::new(false);
 /// Whether each vCPU is inside a write now, and how often a write began
 /// while the other vCPU was inside one (logged: how much they overlapped).
 static WRITING: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
@@ -70,30 +65,20 @@ fn race(me: usize) {
     }
 }
 
-fn second(_vcpu: VcpuId) -> ! {
-    while !GO.load(Ordering::SeqCst) {
-        core::hint::spin_loop();
-    }
-    race(1);
-    DONE[1].store(true, Ordering::SeqCst);
-    loop {
-        let _ = guest_abi::hypercall::sched_block();
+/// Both vCPUs run [`race`].
+struct Both;
+
+impl scenario_guests::race::Race for Both {
+    fn race(me: usize) {
+        race(me);
     }
 }
 
 fn main(_si: &'static StartInfo) {
     let mut t = Reporter::new();
-    let started =
-        smp::init().and_then(|()| smp::start(VcpuId(1), second, smp::alloc_stack(16 * 1024)?));
-    if let Err(e) = started {
+    if let Err(e) = scenario_guests::race::on_two_vcpus::<Both>() {
         t.fail("start-vcpu1", format_args!("{e:?}"));
         t.finish()
-    }
-    GO.store(true, Ordering::SeqCst);
-    race(0);
-    DONE[0].store(true, Ordering::SeqCst);
-    while !DONE[1].load(Ordering::SeqCst) {
-        core::hint::spin_loop();
     }
     let failed = FAILED.load(Ordering::SeqCst);
     t.check(

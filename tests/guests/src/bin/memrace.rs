@@ -15,13 +15,13 @@
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::memory::{
     XENMEM_DECREASE_RESERVATION as DEC, XENMEM_INCREASE_RESERVATION as INC,
     XENMEM_POPULATE_PHYSMAP as POP, XenMemoryReservation,
 };
-use guest_abi::types::{DomId, VcpuId};
-use pv_guest_kernel::{StartInfo, println, smp, test::Reporter};
+use guest_abi::types::DomId;
+use pv_guest_kernel::{StartInfo, println, test::Reporter};
 
 const SELF: u16 = DomId::SELF.0;
 
@@ -45,10 +45,6 @@ static TAKEN: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 /// The first failure either vCPU saw (0: none), and its details.
 static FAILED: AtomicU64 = AtomicU64::new(0);
 static DETAIL: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
-/// Set by each vCPU when its rounds are done.
-static DONE: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
-/// Set by vCPU 0 once the room is known: vCPU 1 starts racing.
-static GO: AtomicBool = AtomicBool::new(false);
 
 const F_OVER_ROOM: u64 = 1;
 const F_BAD_FRAME: u64 = 2;
@@ -133,14 +129,12 @@ fn race(me: usize) {
     }
 }
 
-fn second(_vcpu: VcpuId) -> ! {
-    while !GO.load(Ordering::SeqCst) {
-        core::hint::spin_loop();
-    }
-    race(1);
-    DONE[1].store(true, Ordering::SeqCst);
-    loop {
-        let _ = guest_abi::hypercall::sched_block();
+/// Both vCPUs run [`race`].
+struct Both;
+
+impl scenario_guests::race::Race for Both {
+    fn race(me: usize) {
+        race(me);
     }
 }
 
@@ -159,17 +153,9 @@ fn main(_si: &'static StartInfo) {
         ),
     );
     ROOM.store(room, Ordering::SeqCst);
-    let started =
-        smp::init().and_then(|()| smp::start(VcpuId(1), second, smp::alloc_stack(16 * 1024)?));
-    if let Err(e) = started {
+    if let Err(e) = scenario_guests::race::on_two_vcpus::<Both>() {
         t.fail("start-vcpu1", format_args!("{e:?}"));
         t.finish()
-    }
-    GO.store(true, Ordering::SeqCst);
-    race(0);
-    DONE[0].store(true, Ordering::SeqCst);
-    while !DONE[1].load(Ordering::SeqCst) {
-        core::hint::spin_loop();
     }
     let failed = FAILED.load(Ordering::SeqCst);
     let d = DETAIL.each_ref().map(|d| d.load(Ordering::SeqCst));
