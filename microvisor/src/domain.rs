@@ -855,6 +855,33 @@ pub struct Domain {
 /// hypervisor writes, `mm::SharedSlot`).
 pub type VcpuInfo = crate::mm::SharedSlot;
 
+/// Byte offsets of vcpu_info's event fields (Xen's `struct vcpu_info`).
+const INFO_PENDING: u64 =
+    core::mem::offset_of!(guest_abi::shared_info::VcpuInfo, evtchn_upcall_pending) as u64;
+const INFO_MASK: u64 =
+    core::mem::offset_of!(guest_abi::shared_info::VcpuInfo, evtchn_upcall_mask) as u64;
+
+/// A vcpu_info's event fields, for whoever holds its location (a `Vcpu`,
+/// or a path that looked it up once).
+impl VcpuInfo {
+    /// evtchn_upcall_mask: the virtual interrupt flag (1 = off).
+    #[inline(always)]
+    pub fn upcall_mask(self) -> bool {
+        self.u8_at(INFO_MASK).load(Ordering::Relaxed) != 0
+    }
+
+    #[inline(always)]
+    pub fn set_upcall_mask(self, masked: bool) {
+        self.u8_at(INFO_MASK).store(masked as u8, Ordering::Relaxed);
+    }
+
+    /// evtchn_upcall_pending.
+    #[inline(always)]
+    pub fn upcall_pending(self) -> bool {
+        self.u8_at(INFO_PENDING).load(Ordering::Relaxed) != 0
+    }
+}
+
 /// The slot of vCPU `vcpu` in a shared info page.
 pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo {
     page.slot(u64::from(vcpu % 32) * 64)
@@ -1500,16 +1527,16 @@ impl Vcpu {
 
     /// evtchn_upcall_mask: the virtual interrupt flag (1 = off).
     pub fn upcall_mask(&self) -> bool {
-        self.info.u8_at(1).load(Ordering::Relaxed) != 0
+        self.info.upcall_mask()
     }
 
     pub fn set_upcall_mask(&self, masked: bool) {
-        self.info.u8_at(1).store(masked as u8, Ordering::Relaxed);
+        self.info.set_upcall_mask(masked);
     }
 
     /// evtchn_upcall_pending.
     pub fn upcall_pending(&self) -> bool {
-        self.info.u8_at(0).load(Ordering::Relaxed) != 0
+        self.info.upcall_pending()
     }
 
     /// Records a page-fault address in its vcpu_info's arch.cr2.

@@ -530,7 +530,7 @@ pub fn upcall_pending_light() -> bool {
 #[inline(always)]
 pub fn upcall_pending_of(l: &crate::domain::VcpuLight) -> bool {
     let info = l.info.load();
-    info.u8_at(0).load(Ordering::Relaxed) != 0 && info.u8_at(1).load(Ordering::Relaxed) == 0
+    info.upcall_pending() && !info.upcall_mask()
 }
 
 /// Raises a VIRQ on vCPU 0 of domain index `dom` (a global VIRQ).

@@ -1012,11 +1012,8 @@ fn block(hv: &mut Hv, frame: &mut TrapFrame) {
     // Its vcpu_info (which nothing here moves) looked up once: the mask
     // cleared, then evtchn_upcall_pending read once it is Blocked.
     let info = hv.vcpu(cur).info();
-    info.u8_at(1)
-        .store(0, core::sync::atomic::Ordering::Relaxed);
-    if hv.block_unless(cur, |_| {
-        info.u8_at(0).load(core::sync::atomic::Ordering::Relaxed) != 0
-    }) {
+    info.set_upcall_mask(false);
+    if hv.block_unless(cur, |_| info.upcall_pending()) {
         sched::reschedule(hv, frame, Why::Leave);
     }
 }
