@@ -228,10 +228,9 @@ fn emulated_debug_conditions(hv: &mut Hv, frame: &mut TrapFrame, io: u64) {
 
 /// Sets FS (0), user GS (1) or kernel GS (2) base of the running vCPU.
 fn set_segment_base_of(hv: &mut Hv, which: u64, base: u64) -> Result<u64, Errno> {
-    if !policy::canonical(base) {
-        return Err(Errno::EINVAL);
-    }
     let pv = hv.cur_pv_mut();
+    // (The live bases first, as a refused base or selector leaves them:
+    // `set_segment_base` refuses non-canonical bases itself.)
     pv.save_bases();
     pv.set_segment_base(which, base)?;
     load_segment_bases(pv);

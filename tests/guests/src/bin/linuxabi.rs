@@ -471,6 +471,7 @@ fn gs_selector() -> u16 {
     v
 }
 
+const FS_BASE: u32 = 0xC000_0100;
 const GS_BASE: u32 = 0xC000_0101;
 const KERNEL_GS_BASE: u32 = 0xC000_0102;
 /// Xen's flat ring-3 data selector, always in the GDT.
@@ -537,6 +538,16 @@ fn segments(t: &mut Reporter) {
         "gs-user-sel-null",
         s.is_ok() && sel & !3 == 0 && user == 0 && rdmsr(GS_BASE) == kernel_gs,
         format_args!("{s:?} gs {sel:#x} user {user:#x}"),
+    );
+    // A non-canonical base is refused (XSA-193) and changes nothing.
+    let fs = rdmsr(FS_BASE);
+    // SAFETY: refused, so nothing is loaded.
+    let r =
+        unsafe { hc::raw::set_segment_base(guest_abi::arch::SEGBASE_FS, 0x8000_0000_0000_0000) };
+    t.check(
+        "fs-base-noncanonical-refused",
+        r == Err(Errno::EINVAL) && rdmsr(FS_BASE) == fs,
+        format_args!("{r:?}, fs base {:#x} (was {fs:#x})", rdmsr(FS_BASE)),
     );
     // SAFETY: the base this guest had.
     let _ = unsafe { hc::raw::set_segment_base(SEGBASE_GS_KERNEL, old_gs) };
