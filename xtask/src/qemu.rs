@@ -557,14 +557,30 @@ fn found_since(hay: &[u8], from: usize, needle: &[u8]) -> bool {
     hay[start..].windows(needle.len()).any(|w| w == needle)
 }
 
+/// The developer's extra QEMU arguments (`MV_QEMU_EXTRA_ARGS`, split at
+/// white space; docs/testing.md), none when unset.
+fn extra_args() -> Vec<String> {
+    std::env::var("MV_QEMU_EXTRA_ARGS")
+        .map(|x| x.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 impl Boot<'_> {
     /// `-accel`'s value. Several CPUs under TCG without icount run on one
     /// host thread each (MTTCG, QEMU's default there, said explicitly:
     /// `cargo xtask bench`'s throughput rows depend on it); with icount
-    /// QEMU runs them round-robin on one thread.
+    /// QEMU runs them round-robin on one thread. An `-icount` among the
+    /// developer's extra arguments (`MV_QEMU_EXTRA_ARGS`) counts too: QEMU
+    /// refuses icount with `thread=multi`.
     fn accel_arg(&self) -> &'static str {
+        self.accel_with(&extra_args())
+    }
+
+    /// `accel_arg` with the extra arguments given.
+    fn accel_with(&self, extra: &[String]) -> &'static str {
+        let icount = self.icount || extra.iter().any(|a| a == "-icount" || a == "--icount");
         match self.accel {
-            Accel::Tcg if self.cpus > 1 && !self.icount => "tcg,thread=multi",
+            Accel::Tcg if self.cpus > 1 && !icount => "tcg,thread=multi",
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
         }
@@ -606,9 +622,7 @@ impl Boot<'_> {
             c.args(disk_args(disk));
         }
         // A developer hook (docs/testing.md): extra QEMU arguments, e.g. a gdbstub.
-        if let Ok(x) = std::env::var("MV_QEMU_EXTRA_ARGS") {
-            c.args(x.split_whitespace());
-        }
+        c.args(extra_args());
         c
     }
 
@@ -1093,5 +1107,14 @@ mod tests {
         assert_eq!(accel(1, false), "tcg");
         assert_eq!(accel(2, false), "tcg,thread=multi");
         assert_eq!(accel(2, true), "tcg");
+        // An -icount among the extra arguments also means one thread.
+        let two = Boot {
+            cpus: 2,
+            icount: false,
+            ..boot.clone()
+        };
+        let extra = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(two.accel_with(&extra("-icount shift=0 -m 256M")), "tcg");
+        assert_eq!(two.accel_with(&extra("-m 256M")), "tcg,thread=multi");
     }
 }
