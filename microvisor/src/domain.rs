@@ -1897,6 +1897,13 @@ pub struct SchedView {
     pub timers_due: core::sync::atomic::AtomicU64,
 }
 
+/// Whether some vCPU was ever added with its domain capped
+/// (`Hv::add_vcpu`; never cleared, a cap never changes): while none was,
+/// no domain is over its cap and the scheduler skips the test
+/// (`sched::vcpu_capped`). Set under the hypervisor lock, before any pick
+/// that could see the vCPU.
+pub static ANY_CAPPED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 pub static SCHED_VIEW: SchedView = SchedView {
     waiting: [const { core::sync::atomic::AtomicU32::new(0) }; crate::arch::percpu::MAX_CPUS],
     timers_due: core::sync::atomic::AtomicU64::new(0),
@@ -2299,6 +2306,9 @@ impl Hv {
         l.cr3.store(cr3, Ordering::Relaxed);
         l.info.store(info);
         l.capped.store(capped, Ordering::Relaxed);
+        if capped {
+            ANY_CAPPED.store(true, Ordering::Relaxed);
+        }
         l.state.store(light_state(state), Ordering::SeqCst);
         Some(i)
     }

@@ -240,14 +240,13 @@ fn leave_if_down(hv: &mut Hv, frame: &mut TrapFrame) {
 /// `from_user` is the per-CPU user-mode flag as the stub read it (the
 /// running vCPU's `pv.user_mode`).
 pub extern "C" fn on_syscall(frame: &mut TrapFrame, from_user: u8) {
-    if from_user == 0
-        && !FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed)
-        && unlocked(frame)
-    {
+    // (Set at boot only: read once.)
+    let selftest = FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed);
+    if from_user == 0 && !selftest && unlocked(frame) {
         return;
     }
     let mut hv = crate::domain::lock();
-    if FAULT_SELFTEST.load(core::sync::atomic::Ordering::Relaxed) {
+    if selftest {
         crate::mm::selftest_fault();
     }
     if from_user != 0 {

@@ -60,9 +60,11 @@ fn capped(d: &crate::domain::Domain) -> bool {
     d.over_cap()
 }
 
-/// Whether vCPU index `i`'s domain used up its cap for this period.
+/// Whether vCPU index `i`'s domain used up its cap for this period:
+/// never while no domain has a cap (`domain::ANY_CAPPED`; the domain is
+/// looked up only when some has one).
 fn vcpu_capped(hv: &Hv, i: usize) -> bool {
-    capped(hv.dom_of(i))
+    crate::domain::ANY_CAPPED.load(core::sync::atomic::Ordering::Relaxed) && capped(hv.dom_of(i))
 }
 
 /// Starts a new cap period when the old one is over.
