@@ -908,7 +908,7 @@ pub struct Vcpu {
     /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
     /// affinity), as each CPU's affinity set has it (`sched::runq`).
     pub cpus: u64,
-    /// Index of its domain in `Hv::domains`.
+    /// Index of its domain in `Hv::domains` (its id: [`record`]).
     dom: usize,
     /// Its number within the domain (Xen's vcpu_id).
     vid: u32,

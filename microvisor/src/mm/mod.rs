@@ -439,7 +439,7 @@ pub struct VcpuLight {
     /// storing Blocked, then looks for pending events once more
     /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
     pub state: core::sync::atomic::AtomicU8,
-    /// Its domain's id (= index in `Hv::domains`).
+    /// Its domain's id (= index in `Hv::domains`, and `domain::record`'s).
     pub dom: core::sync::atomic::AtomicU16,
     /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
     pub cr3: core::sync::atomic::AtomicU64,
