@@ -23,14 +23,9 @@ pub const MAX_VCPUS_PER_DOMAIN: usize = 32;
 /// only the lock-free directory (`light`) is sized by it.
 pub const MAX_VCPU_INDEX: usize = 1 << 20;
 
-/// How a domain ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    /// SCHEDOP_shutdown with this reason.
-    Shutdown(u32),
-    /// Killed by the hypervisor.
-    Killed,
-}
+/// How a domain ended (`microvisor_core::domstate`, where its record's
+/// cell for it is).
+pub use microvisor_core::domstate::End;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 /// A vCPU's scheduling state.
@@ -803,20 +798,22 @@ pub struct Domain {
     name: &'static str,
     privileged: bool,
     expect: Expect,
-    /// How it ended (`None` while it lives).
-    end: Option<End>,
+    /// How it ended (`None` while it lives): set once, by whichever CPU
+    /// ends it first.
+    end: microvisor_core::domstate::EndCell,
     /// Its memory accounting: the frames its reservation holds and its
     /// limit (Xen's `tot_pages`, `max_pages`), reached without the
     /// hypervisor lock through [`account`] by its own memory_op; the same
     /// record as `account(id)`, never freed.
     pages: &'static Account,
-    /// Machine frame of the shared info page, and the hypervisor's handle on it.
+    /// Machine frame of the shared info page, and the hypervisor's handle on
+    /// it (`SharedFrame::NONE` from its teardown).
     shared_info_mfn: u64,
-    shared: crate::mm::SharedFrame,
+    shared: crate::mm::FrameCell,
     /// Machine frame of the console ring page (start_info.console.mfn), and
-    /// the hypervisor's handle on it.
+    /// the hypervisor's handle on it (`SharedFrame::NONE` from its teardown).
     console_mfn: u64,
-    console_page: crate::mm::SharedFrame,
+    console_page: crate::mm::FrameCell,
     /// Machine frame of the xenstore ring page (start_info.store_mfn).
     store_mfn: u64,
     /// The store and console event channels start_info names (allocated,
@@ -827,7 +824,7 @@ pub struct Domain {
     service: bool,
     /// After death: frames still mapped by other domains (freed later by
     /// `Hv::collect_dead`).
-    frames_waiting: u64,
+    frames_waiting: AtomicU64,
     /// Scheduler cap (percent of one CPU, 0 = none), over all its vCPUs
     /// together (as Xen's credit scheduler); the manifest's weight lives on
     /// in `slice_vruntime` and `vr_mul`.
@@ -841,13 +838,15 @@ pub struct Domain {
     /// weight at build).
     vr_mul: u64,
     /// Run time its vCPUs were charged in the current cap period.
-    period_used: u64,
-    /// Its vCPUs: `vcpus[n]` is the index in `Hv::vcpus` of vCPU n.
-    vcpus: heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN>,
+    period_used: microvisor_core::domstate::PeriodUse,
+    /// Its vCPUs: entry n is the index in `Hv::vcpus` of vCPU n (pushed at
+    /// the build, before the record is published; emptied once their
+    /// records are freed).
+    vcpus: microvisor_core::domstate::VcpuList<MAX_VCPUS_PER_DOMAIN>,
     /// Dead, but another CPU still held one of its vCPUs: its memory goes
-    /// once they let go (set by `Hv::teardown_waits`, cleared by
+    /// once they let go (raised by `Hv::teardown_waits`, taken once by
     /// `Hv::teardown_may_go_on`; read through [`Domain::teardown_pending`]).
-    teardown_pending: bool,
+    teardown_pending: microvisor_core::domstate::Flag,
 }
 
 /// Where a vCPU's `vcpu_info` lives: its slot in shared info (vCPUs 0-31)
@@ -909,7 +908,7 @@ pub struct Vcpu {
     /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
     /// affinity), as each CPU's affinity set has it (`sched::runq`).
     pub cpus: u64,
-    /// Index of its domain in `Hv::domains`.
+    /// Index of its domain in `Hv::domains` (its id: [`record`]).
     dom: usize,
     /// Its number within the domain (Xen's vcpu_id).
     vid: u32,
@@ -1033,23 +1032,23 @@ impl Domain {
             name: spec.name,
             privileged: spec.privileged,
             expect: spec.expect,
-            end: None,
+            end: microvisor_core::domstate::EndCell::new(),
             pages,
             shared_info_mfn: shared.0,
-            shared: shared.1,
+            shared: crate::mm::FrameCell::new(shared.1),
             console_mfn: console.0,
-            console_page: console.1,
+            console_page: crate::mm::FrameCell::new(console.1),
             store_mfn: si.store_mfn,
             store_evtchn: si.store_evtchn,
             console_evtchn: si.console.evtchn,
             service: spec.service,
-            frames_waiting: 0,
+            frames_waiting: AtomicU64::new(0),
             cap: spec.cap,
             slice_vruntime: microvisor_core::sched::slice_vruntime(spec.weight),
             vr_mul: microvisor_core::sched::vruntime_mul(spec.weight),
-            period_used: 0,
-            vcpus: heapless::Vec::new(),
-            teardown_pending: false,
+            period_used: microvisor_core::domstate::PeriodUse::new(),
+            vcpus: microvisor_core::domstate::VcpuList::new(),
+            teardown_pending: microvisor_core::domstate::Flag::new(),
         }
     }
 
@@ -1083,22 +1082,18 @@ impl Domain {
 
     /// How it ended (`None` while it lives).
     pub fn end(&self) -> Option<End> {
-        self.end
+        self.end.get()
     }
 
     #[inline(always)]
     pub fn is_live(&self) -> bool {
-        self.end.is_none()
+        self.end.is_live()
     }
 
     /// Records how it ended, once: `false` (and nothing changes) when it
-    /// had already ended.
-    pub fn end_with(&mut self, end: End) -> bool {
-        if self.end.is_some() {
-            return false;
-        }
-        self.end = Some(end);
-        true
+    /// had already ended, also when another CPU ended it first.
+    pub fn end_with(&self, end: End) -> bool {
+        self.end.end_with(end)
     }
 
     /// Its memory accounting (the record [`account`] gives for its id).
@@ -1116,7 +1111,7 @@ impl Domain {
     /// once it is torn down).
     #[inline(always)]
     pub fn shared(&self) -> crate::mm::SharedFrame {
-        self.shared
+        self.shared.load()
     }
 
     /// Machine frame of its console ring page (start_info.console.mfn).
@@ -1144,16 +1139,21 @@ impl Domain {
     /// console page any more, so its handles on them go. Returns their
     /// machine frames (shared info, console), whose hypervisor write
     /// references the caller drops.
-    pub fn drop_shared_pages(&mut self) -> (u64, u64) {
-        self.shared = crate::mm::SharedFrame::NONE;
-        self.console_page = crate::mm::SharedFrame::NONE;
+    pub fn drop_shared_pages(&self) -> (u64, u64) {
+        self.shared.store(crate::mm::SharedFrame::NONE);
+        self.console_page.store(crate::mm::SharedFrame::NONE);
         (self.shared_info_mfn, self.console_mfn)
     }
 
     /// After death: `n` of its frames are still mapped by other domains
     /// (`Hv::collect_dead` frees them later).
-    pub fn set_frames_waiting(&mut self, n: u64) {
-        self.frames_waiting = n;
+    pub fn set_frames_waiting(&self, n: u64) {
+        self.frames_waiting.store(n, Ordering::Relaxed);
+    }
+
+    /// After death: how many of its frames other domains still map.
+    pub fn frames_waiting(&self) -> u64 {
+        self.frames_waiting.load(Ordering::Relaxed)
     }
 
     /// It has a scheduler cap (manifest `cap`).
@@ -1176,34 +1176,34 @@ impl Domain {
 
     /// Charges `ns` of its vCPUs' run time to the current cap period.
     #[inline(always)]
-    pub fn charge_period(&mut self, ns: u64) {
-        self.period_used += ns;
+    pub fn charge_period(&self, ns: u64) {
+        self.period_used.charge(ns);
     }
 
     /// Whether it used up its cap for the current period.
     #[inline(always)]
     pub fn over_cap(&self) -> bool {
-        microvisor_core::sched::over_cap(self.period_used, u16::from(self.cap))
+        self.period_used.over_cap(u16::from(self.cap))
     }
 
     /// A new cap period starts: what it ran beyond its cap in the old one
     /// carries over (`microvisor_core::sched::carry_over`).
-    pub fn new_cap_period(&mut self) {
-        self.period_used =
-            microvisor_core::sched::carry_over(self.period_used, u16::from(self.cap));
+    pub fn new_cap_period(&self) {
+        self.period_used.new_period(u16::from(self.cap));
     }
 
-    /// Its vCPUs: entry n is the vCPU index (`Hv::vcpu`) of its vCPU n.
+    /// Its vCPUs: entry n is the vCPU index (`Hv::vcpu`) of its vCPU n
+    /// (empty once their records are freed).
     #[inline(always)]
-    pub fn vcpus(&self) -> &heapless::Vec<usize, MAX_VCPUS_PER_DOMAIN> {
-        &self.vcpus
+    pub fn vcpus(&self) -> &[usize] {
+        self.vcpus.as_slice()
     }
 
     /// Adds vCPU index `v` as its next vCPU (number `vcpus().len()`), at
-    /// its build; `false` (nothing added) when it has
-    /// `MAX_VCPUS_PER_DOMAIN` already.
+    /// its build (before [`Hv::add_domain`] publishes the record); `false`
+    /// (nothing added) when it has `MAX_VCPUS_PER_DOMAIN` already.
     pub fn push_vcpu(&mut self, v: usize) -> bool {
-        self.vcpus.push(v).is_ok()
+        self.vcpus.push(v)
     }
 
     /// Whether it is live and its console ring holds output to drain
@@ -1214,6 +1214,7 @@ impl Domain {
         // `XenconsInterface`): nothing to drain is the common case.
         let both = self
             .console_page
+            .load()
             .u64_at(CONSOLE_OUT_CONS)
             .load(Ordering::Relaxed);
         both as u32 != (both >> 32) as u32 && self.is_live()
@@ -1222,7 +1223,7 @@ impl Domain {
     /// Dead, but its teardown waits until no CPU holds any of its vCPUs
     /// (`Hv::teardown_waits`): until then it still holds its memory.
     pub fn teardown_pending(&self) -> bool {
-        self.teardown_pending
+        self.teardown_pending.get()
     }
 }
 
@@ -1551,8 +1552,9 @@ impl Vcpu {
 /// their `_mut` forms), never the tables themselves.
 pub struct Hv {
     /// Every domain built, by id (dead ones too: their records give the
-    /// verdict), on the heap; no fixed number.
-    domains: alloc::vec::Vec<Domain>,
+    /// verdict): each record on the heap, never freed, and published in
+    /// the lock-free domain list ([`record`]); no fixed number.
+    domains: alloc::vec::Vec<&'static Domain>,
     /// Every vCPU, by index, on the heap; no fixed number.
     vcpus: VcpuTable,
     /// Index in `vcpus` of the running vCPU (`current_index`).
@@ -1716,6 +1718,33 @@ fn hold_here(hv: &Hv, v: usize) {
 /// memory for it, or `v` past `MAX_VCPU_INDEX`).
 fn light_made(v: usize) -> Option<&'static VcpuLight> {
     LIGHT_DIR.made(v, |m| m.write(EMPTY_LIGHT))
+}
+
+/// One domain id's place in the domain list: its record once built (null
+/// before). Set once, by [`Hv::add_domain`]; the record is never freed.
+type DomainSlot = crate::mm::heap::StaticRef<Domain>;
+
+/// Domain ids per chunk of the domain list (4 KiB).
+const DOMAIN_LIST_CHUNK: usize = 512;
+
+/// The domain list (Xen's `domain_list` and `domain_hash`, read-mostly):
+/// every domain id's record, in chunks of `DOMAIN_LIST_CHUNK` ids made when
+/// the first domain of their range is built and kept for ever (8 bytes an
+/// id). Reading needs no lock; a record is published once built, never
+/// moved or freed (a dead domain's record gives the verdict), so a
+/// reference a lock-free reader holds stays valid for the whole run.
+static DOMAIN_LIST: crate::mm::heap::ChunkDir<
+    DomainSlot,
+    DOMAIN_LIST_CHUNK,
+    { 65536 / DOMAIN_LIST_CHUNK },
+> = crate::mm::heap::ChunkDir::new();
+
+/// Domain `id`'s record, if it was ever built (dead ones too), without the
+/// hypervisor lock: its identity and policy as the build set them, and
+/// what changes after through its own atomics (`is_live`, `end`, ...).
+#[inline]
+pub fn record(id: u16) -> Option<&'static Domain> {
+    DOMAIN_LIST.get(usize::from(id))?.get()
 }
 
 /// Domain ids per chunk of [`Account`]s.
@@ -2072,9 +2101,9 @@ impl Hv {
 
     /// vCPU `i` to change, with its domain to read (one lookup of each).
     #[inline(always)]
-    pub fn vcpu_and_dom(&mut self, i: usize) -> (&mut Vcpu, &Domain) {
+    pub fn vcpu_and_dom(&mut self, i: usize) -> (&mut Vcpu, &'static Domain) {
         let v = &mut self.vcpus[i];
-        let d = &self.domains[v.dom];
+        let d = self.domains[v.dom];
         (v, d)
     }
 
@@ -2102,43 +2131,30 @@ impl Hv {
 
     /// The domain of vCPU `i`.
     #[inline(always)]
-    pub fn dom_of(&self, i: usize) -> &Domain {
-        &self.domains[self.vcpus[i].dom]
+    pub fn dom_of(&self, i: usize) -> &'static Domain {
+        self.domains[self.vcpus[i].dom]
     }
 
     /// Domain index `idx` (its id); past the table is a hypervisor bug (a
-    /// panic): a guest's number is looked up with [`Hv::get_dom`].
+    /// panic): a guest's number is looked up with [`Hv::get_dom`] (or,
+    /// without the hypervisor lock, [`record`]). What changes in it after
+    /// the build changes through its own methods, from any CPU
+    /// (`microvisor_core::domstate`).
     #[inline(always)]
-    pub fn dom(&self, idx: usize) -> &Domain {
-        &self.domains[idx]
-    }
-
-    /// Domain index `idx`, to change (as [`Hv::dom`]).
-    #[inline(always)]
-    pub fn dom_mut(&mut self, idx: usize) -> &mut Domain {
-        &mut self.domains[idx]
+    pub fn dom(&self, idx: usize) -> &'static Domain {
+        self.domains[idx]
     }
 
     /// Domain index `idx`, if there is one.
     #[inline(always)]
-    pub fn get_dom(&self, idx: usize) -> Option<&Domain> {
-        self.domains.get(idx)
+    pub fn get_dom(&self, idx: usize) -> Option<&'static Domain> {
+        self.domains.get(idx).copied()
     }
 
     /// Every domain built, by index (dead ones too).
     #[inline(always)]
-    pub fn domains(&self) -> core::slice::Iter<'_, Domain> {
-        self.domains.iter()
-    }
-
-    /// Every domain built, by index (dead ones too), to change.
-    pub fn domains_mut(&mut self) -> core::slice::IterMut<'_, Domain> {
-        self.domains.iter_mut()
-    }
-
-    /// The live domains.
-    pub fn live_domains(&self) -> impl Iterator<Item = &Domain> {
-        self.domains.iter().filter(|d| d.is_live())
+    pub fn domains(&self) -> impl Iterator<Item = &'static Domain> + Clone + '_ {
+        self.domains.iter().copied()
     }
 
     /// Domains built so far (dead ones included): every domain index is
@@ -2160,12 +2176,23 @@ impl Hv {
     }
 
     /// Adds a built domain at the next index (its id, which the builder
-    /// chose as `domain_count()`); `false` when there is no memory for its
-    /// record (the boot then fails).
+    /// chose as `domain_count()`): its record goes on the heap for good and
+    /// is published in the domain list ([`record`]); `false` when there is
+    /// no memory for it (the boot then fails).
     pub fn add_domain(&mut self, d: Domain) -> bool {
         if self.domains.try_reserve(1).is_err() {
             return false;
         }
+        let Some(slot) = DOMAIN_LIST.made(usize::from(d.id), |m| {
+            m.write([const { DomainSlot::new() }; DOMAIN_LIST_CHUNK])
+        }) else {
+            return false;
+        };
+        let Some(b) = crate::mm::heap::try_box(|m| m.write(d)) else {
+            return false;
+        };
+        let d: &'static Domain = alloc::boxed::Box::leak(b);
+        slot.set(d);
         self.domains.push(d);
         true
     }
@@ -2180,8 +2207,8 @@ impl Hv {
 
     /// The running vCPU's domain.
     #[inline(always)]
-    pub fn cur_dom(&self) -> &Domain {
-        &self.domains[self.vcpus[self.current].dom]
+    pub fn cur_dom(&self) -> &'static Domain {
+        self.domains[self.vcpus[self.current].dom]
     }
 
     /// Index in `domains` of the running vCPU's domain.
@@ -2192,7 +2219,7 @@ impl Hv {
 
     /// The index in `vcpus` of vCPU `vid` of domain index `dom`.
     pub fn vcpu_of(&self, dom: usize, vid: u32) -> Option<usize> {
-        self.domains.get(dom)?.vcpus.get(vid as usize).copied()
+        self.domains.get(dom)?.vcpus().get(vid as usize).copied()
     }
 
     /// Changes a vCPU's run state (the only place that does, so the
@@ -2349,9 +2376,9 @@ impl Hv {
 
     /// The running vCPU (`i`) and its domain, to charge for its run time.
     #[inline(always)]
-    pub fn get_vcpu_and_dom_mut(&mut self, i: usize) -> Option<(&mut Vcpu, &mut Domain)> {
+    pub fn get_vcpu_and_dom_mut(&mut self, i: usize) -> Option<(&mut Vcpu, &'static Domain)> {
         let v = self.vcpus.get_mut(i)?;
-        let d = self.domains.get_mut(v.dom)?;
+        let d = *self.domains.get(v.dom)?;
         Some((v, d))
     }
 
@@ -2411,7 +2438,7 @@ impl Hv {
     /// [`PvState::set_iopl`]). Any CPU may: no CPU loads them, each use
     /// reads them under the hypervisor lock.
     pub fn set_vm_assist(&mut self, dom: usize, bits: u64) {
-        for &v in self.domains[dom].vcpus.iter() {
+        for &v in self.domains[dom].vcpus() {
             let pv = &mut self.vcpus[v].pv;
             pv.set_iopl(pv.iopl(), bits);
         }
@@ -2421,7 +2448,7 @@ impl Hv {
     /// vCPUs (`lifecycle::end`): `teardown_may_go_on` says when it may
     /// go on.
     pub fn teardown_waits(&mut self, idx: usize) {
-        self.domains[idx].teardown_pending = true;
+        self.domains[idx].teardown_pending.raise();
         self.teardowns_waiting = true;
     }
 
@@ -2437,18 +2464,18 @@ impl Hv {
     /// holds any of its vCPUs): if so, it no longer waits and the caller
     /// tears the domain down (`lifecycle::finish_waiting`).
     pub fn teardown_may_go_on(&mut self, idx: usize) -> bool {
-        let Some(d) = self.domains.get(idx) else {
+        let Some(&d) = self.domains.get(idx) else {
             return false;
         };
         if !d.teardown_pending() {
             return false;
         }
-        if d.vcpus.iter().any(|&v| self.sched.is_held(v)) {
+        if d.vcpus().iter().any(|&v| self.sched.is_held(v)) {
             self.teardowns_waiting = true;
             return false;
         }
-        self.domains[idx].teardown_pending = false;
-        true
+        // (Taken once: a teardown that waited goes on on one CPU only.)
+        d.teardown_pending.take()
     }
 
     /// Frees the vCPU records that waited to be (`reap_vcpus`), if any do.
@@ -2502,16 +2529,20 @@ impl Hv {
     pub fn reap_vcpus(&mut self) {
         self.reap_waiting = false;
         for idx in 0..self.domains.len() {
-            let d = &self.domains[idx];
-            if d.is_live() || d.teardown_pending() || d.vcpus.is_empty() {
+            let d = self.domains[idx];
+            if d.is_live() || d.teardown_pending() || d.vcpus().is_empty() {
                 continue;
             }
-            if d.vcpus.iter().any(|&v| self.vcpu_in_use(v)) {
+            if d.vcpus().iter().any(|&v| self.vcpu_in_use(v)) {
                 self.reap_waiting = true;
                 continue;
             }
-            let vcpus = core::mem::take(&mut self.domains[idx].vcpus);
-            for v in vcpus {
+            let vcpus = d.vcpus();
+            // (Forgotten once: the records are freed by one CPU only.)
+            if !d.vcpus.forget() {
+                continue;
+            }
+            for &v in vcpus {
                 self.sched.forget(v);
                 self.vcpus.free(v);
                 if let Some(l) = light(v) {
@@ -2576,7 +2607,7 @@ impl Hv {
         if !d.console_output_waiting() {
             return;
         }
-        if d.console_evtchn != 0 && self.domains.iter().any(|s| s.service && s.is_live()) {
+        if d.console_evtchn != 0 && self.domains().any(|s| s.service && s.is_live()) {
             return;
         }
         self.drain_console_ring(i);
@@ -2584,7 +2615,7 @@ impl Hv {
 
     #[inline(never)]
     fn drain_console_ring(&mut self, i: usize) {
-        let page = self.domains[i].console_page;
+        let page = self.domains[i].console_page.load();
         let mut cons = page.u32_at(CONSOLE_OUT_CONS).load(Ordering::Relaxed);
         let prod = page.u32_at(CONSOLE_OUT_PROD).load(Ordering::Relaxed);
         // A producer more than a ring ahead is broken: take one ring.
@@ -2612,8 +2643,8 @@ impl Hv {
     /// another domain's death).
     pub fn collect_dead(&mut self) {
         for i in 0..self.domains.len() {
-            let d = &self.domains[i];
-            if d.is_live() || d.frames_waiting == 0 {
+            let d = self.domains[i];
+            if d.is_live() || d.frames_waiting() == 0 {
                 continue;
             }
             let id = d.id;
@@ -2623,7 +2654,7 @@ impl Hv {
                     "domain {id}: {freed} more frames freed after their last mapping elsewhere went ({waiting} still mapped)"
                 );
             }
-            self.domains[i].frames_waiting = waiting;
+            d.set_frames_waiting(waiting);
         }
     }
 
@@ -2643,8 +2674,8 @@ impl Hv {
     /// its next entry and the teardown follows): the run may not end
     /// before.
     pub fn teardown_held(&self) -> bool {
-        (self.domains.iter())
+        (self.domains())
             .filter(|d| d.teardown_pending())
-            .any(|d| d.vcpus.iter().any(|&v| self.sched.is_held(v)))
+            .any(|d| d.vcpus().iter().any(|&v| self.sched.is_held(v)))
     }
 }

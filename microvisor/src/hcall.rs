@@ -57,6 +57,23 @@ pub fn count_console_write(unlocked: bool) {
     }
 }
 
+/// Queries of a domain's identity and policy (`xen_version`'s
+/// sub-commands but the version, `HVMOP_get_param`), without the
+/// hypervisor lock and under it (docs/smp.md, "What runs concurrently").
+static IDENTITY_UNLOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static IDENTITY_LOCKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts a query of a domain's identity or policy (`unlocked`: it ran
+/// without the hypervisor lock).
+pub fn count_identity(unlocked: bool) {
+    use core::sync::atomic::Ordering::Relaxed;
+    if unlocked {
+        IDENTITY_UNLOCKED.fetch_add(1, Relaxed);
+    } else {
+        IDENTITY_LOCKED.fetch_add(1, Relaxed);
+    }
+}
+
 /// Logs how many multicall entries and console writes ran without the
 /// hypervisor lock and how many under it (at the end of a run, as the TLB
 /// clock's line).
@@ -71,5 +88,10 @@ pub fn report_multicalls() {
         "console_io: {} writes ran without the hypervisor lock, {} under it",
         CONSOLE_UNLOCKED.load(Relaxed),
         CONSOLE_LOCKED.load(Relaxed)
+    );
+    crate::info!(
+        "identity queries: {} under the hypervisor lock, {} without it",
+        IDENTITY_LOCKED.load(Relaxed),
+        IDENTITY_UNLOCKED.load(Relaxed)
     );
 }

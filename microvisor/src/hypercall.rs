@@ -137,6 +137,9 @@ fn light_uvm(a0: u64, a1: u64, a2: u64) -> LightExit {
 /// lock.
 #[inline(never)]
 extern "C" fn light_other(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, nr: u64) -> LightExit {
+    if let Some(res) = identity_unlocked(nr, a0, a1) {
+        return light_exit(res, false);
+    }
     let mut again = false;
     let res = locked_light(nr, [a0, a1, a2, a3, a4], &mut again);
     light_exit(res, again)
@@ -720,7 +723,10 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
         25 => pv::set_segment_base(hv, a[0], a[1]),
         30 => pv::callback_op(hv, a[0], a[1]),
         33 => pv::physdev_op(hv, a[0], a[1]),
-        34 => hvm_op(hv, a[0], a[1]),
+        34 => {
+            crate::hcall::count_identity(false);
+            hvm_op(Caller::of(hv), a[0], a[1])
+        }
         35 => control_op(hv, a[0], policy::XEN_SYSCTL_INTERFACE_VERSION, false),
         36 => control_op(hv, a[0], policy::XEN_DOMCTL_INTERFACE_VERSION, true),
         // xenpmu_op: every operation EOPNOTSUPP, as Xen 4.17 answers a PV
@@ -740,14 +746,14 @@ pub fn dispatch_simple(hv: &mut Hv, nr: u64, a: [u64; 5]) -> Result<u64, Errno> 
 /// hvm_op: only `HVMOP_get_param` for the store and console rings (how a
 /// service domain finds them; see guest_abi::hvm).
 #[inline(never)]
-fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
+fn hvm_op(c: Caller, cmd: u64, arg: u64) -> HResult {
     use guest_abi::hvm::*;
     if cmd as u32 != HVMOP_GET_PARAM {
         return Err(Errno::ENOSYS);
     }
-    let cr3 = cr3(hv);
+    let cr3 = c.cr3;
     let mut p: XenHvmParam = guest::read(cr3, arg)?;
-    let me = hv.cur_dom();
+    let me = c.dom;
     let target = if p.domid == guest_abi::types::DomId::SELF.0 {
         me.id()
     } else {
@@ -756,8 +762,9 @@ fn hvm_op(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     if target != me.id() && !me.privileged() {
         return Err(Errno::EPERM);
     }
-    let d = (hv.live_domains())
-        .find(|d| d.id() == target)
+    // (The domain list without a lock: a record is never freed.)
+    let d = crate::domain::record(target)
+        .filter(|d| d.is_live())
         .ok_or(Errno::ESRCH)?;
     p.value = match p.index {
         HVM_PARAM_STORE_PFN => d.store_mfn(),
@@ -890,10 +897,63 @@ fn console_io_unlocked(cmd: u64, count: u64, buf: u64) -> Option<Result<Flow, Er
     ))
 }
 
-fn put(hv: &Hv, va: u64, bytes: &[u8]) -> HResult {
-    guest::copy_to(cr3(hv), va, bytes)
+fn put(c: Caller, va: u64, bytes: &[u8]) -> HResult {
+    guest::copy_to(c.cr3, va, bytes)
         .map(|_| 0)
         .map_err(|_| Errno::EFAULT)
+}
+
+/// What the identity queries (`xen_version`'s sub-commands, `hvm_op`)
+/// need of their caller: its page tables and its domain's record, which
+/// the hypervisor lock's view gives ([`Caller::of`]) and so does the
+/// running vCPU's lock-free one ([`Caller::unlocked`]).
+#[derive(Clone, Copy)]
+struct Caller {
+    cr3: u64,
+    dom: &'static crate::domain::Domain,
+}
+
+impl Caller {
+    /// The running vCPU, under the hypervisor lock.
+    fn of(hv: &Hv) -> Caller {
+        Caller {
+            cr3: cr3(hv),
+            dom: hv.cur_dom(),
+        }
+    }
+
+    /// The vCPU this CPU holds, without the hypervisor lock: its page
+    /// tables and domain id from its `VcpuLight`, the record from the
+    /// domain list (`domain::record`). `None` when it holds none.
+    fn unlocked() -> Option<Caller> {
+        let light = crate::domain::held_light()?;
+        let dom = light.dom.load(core::sync::atomic::Ordering::Relaxed);
+        Some(Caller {
+            cr3: light.cr3.load(core::sync::atomic::Ordering::Relaxed),
+            dom: crate::domain::record(dom)?,
+        })
+    }
+}
+
+/// The light entry's identity queries, without the hypervisor lock (as
+/// Xen runs `do_xen_version` and `HVMOP_get_param`: they read only the
+/// caller's and the named domain's records, never changed after their
+/// build but for the atomics; docs/smp.md, "What runs concurrently"):
+/// `xen_version`'s sub-commands (its version, the hot one, is answered
+/// before) and `hvm_op`. `None` for any other call, or when this CPU
+/// holds no vCPU: the locked path then answers.
+#[inline(never)]
+fn identity_unlocked(nr: u64, a0: u64, a1: u64) -> Option<HResult> {
+    if nr != 17 && nr != 34 {
+        return None;
+    }
+    let c = Caller::unlocked()?;
+    crate::hcall::count_identity(true);
+    Some(if nr == 17 {
+        xen_version_query(c, a0, a1)
+    } else {
+        hvm_op(c, a0, a1)
+    })
 }
 
 /// Copies `s` into a zero-filled fixed-size buffer (no stack rubble, XSA-122).
@@ -907,46 +967,49 @@ fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
 fn xen_version(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
     match cmd {
         0 => Ok(XEN_VERSION),
-        _ => xen_version_query(hv, cmd, arg),
+        _ => {
+            crate::hcall::count_identity(false);
+            xen_version_query(Caller::of(hv), cmd, arg)
+        }
     }
 }
 
 /// The xen_version sub-commands that copy data to the guest.
 #[inline(never)]
-fn xen_version_query(hv: &mut Hv, cmd: u64, arg: u64) -> HResult {
+fn xen_version_query(c: Caller, cmd: u64, arg: u64) -> HResult {
     match cmd {
-        1 => put(hv, arg, &fixed::<16>(b"-microvisor")),
+        1 => put(c, arg, &fixed::<16>(b"-microvisor")),
         2 => {
             let mut ci = [0u8; 144];
             ci[..64].copy_from_slice(&fixed::<64>(b"rustc"));
             ci[64..80].copy_from_slice(&fixed::<16>(b"microvisor"));
             ci[80..112].copy_from_slice(&fixed::<32>(b"localdomain"));
             ci[112..144].copy_from_slice(&fixed::<32>(env!("CARGO_PKG_VERSION").as_bytes()));
-            put(hv, arg, &ci)
+            put(c, arg, &ci)
         }
-        3 => put(hv, arg, &fixed::<1024>(b"xen-3.0-x86_64")),
-        4 => put(hv, arg, &fixed::<64>(b"microvisor")),
-        5 => put(hv, arg, &guest_abi_virt_start().to_le_bytes()),
+        3 => put(c, arg, &fixed::<1024>(b"xen-3.0-x86_64")),
+        4 => put(c, arg, &fixed::<64>(b"microvisor")),
+        5 => put(c, arg, &guest_abi_virt_start().to_le_bytes()),
         6 => {
             let mut fi = [0u8; 8];
-            guest::copy_from(cr3(hv), arg, &mut fi[..4]).map_err(|_| Errno::EFAULT)?;
+            guest::copy_from(c.cr3, arg, &mut fi[..4]).map_err(|_| Errno::EFAULT)?;
             let idx = u32::from_le_bytes([fi[0], fi[1], fi[2], fi[3]]);
             if idx != 0 {
                 // Xen: only submap 0 exists.
                 return Err(Errno::EINVAL);
             }
-            let map = features_0(hv.cur_dom().privileged());
+            let map = features_0(c.dom.privileged());
             fi[4..].copy_from_slice(&map.to_le_bytes());
-            put(hv, arg, &fi)
+            put(c, arg, &fi)
         }
         7 => Ok(4096),
-        8 => put(hv, arg, &[0u8; 16]),
+        8 => put(c, arg, &[0u8; 16]),
         9 => {
-            if !hv.cur_dom().privileged() {
+            if !c.dom.privileged() {
                 return Err(Errno::EPERM);
             }
             put(
-                hv,
+                c,
                 arg,
                 &fixed::<1024>(crate::cmdline::boot_cmdline().as_bytes()),
             )

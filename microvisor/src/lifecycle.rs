@@ -28,7 +28,7 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
     // the event code does not touch dead domains).
     crate::events::domain_ended(id);
     let now = crate::time::now_ns();
-    let d = hv.dom_mut(idx);
+    let d = hv.dom(idx);
     d.end_with(end);
     match end {
         End::Killed => crate::error!("domain {} killed: {}", d.id(), why),
@@ -45,9 +45,9 @@ pub fn end(hv: &mut Hv, idx: usize, end: End, why: &str) {
     // (kicked: it enters the hypervisor and finds its vCPU down) before
     // the domain's memory can go: until then the teardown waits
     // (`finish_waiting`).
-    let vcpus = hv.dom(idx).vcpus().clone();
+    let vcpus = hv.dom(idx).vcpus();
     let mut elsewhere = false;
-    for &v in &vcpus {
+    for &v in vcpus {
         hv.set_state(v, RunState::Down);
         if v == hv.current_index() {
             crate::arch::percpu::set_leave_now(true);
@@ -91,7 +91,7 @@ fn finish_teardowns(hv: &mut Hv) {
 /// The rest of a domain's end, once no CPU runs any of its vCPUs: its
 /// pages, grants, interrupts and memory go.
 fn teardown(hv: &mut Hv, idx: usize, now: u64) {
-    let d = hv.dom_mut(idx);
+    let d = hv.dom(idx);
     let id = d.id();
     // The hypervisor writes neither page any more: its handles go with
     // their write references.
@@ -108,8 +108,8 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     // Each vCPU: stopped for good; its registered vcpu_info, GDT and
     // LDT references go; its base pointers are handed to `relinquish`.
     let mut bases: heapless::Vec<u64, { 2 * MAX_VCPUS_PER_DOMAIN }> = heapless::Vec::new();
-    let vcpus = hv.dom(idx).vcpus().clone();
-    for &v in &vcpus {
+    let vcpus = hv.dom(idx).vcpus();
+    for &v in vcpus {
         hv.set_state(v, RunState::Down);
         let vc = hv.vcpu_mut(v);
         vc.runstate.enter(3, now);
@@ -142,14 +142,15 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     crate::debug!(
         "domain {id}: {freed} frames scrubbed and freed, {waiting} still mapped elsewhere"
     );
-    hv.dom_mut(idx).set_frames_waiting(waiting);
+    hv.dom(idx).set_frames_waiting(waiting);
     // Its own teardown may have let go of frames of domains that died
     // before it.
     if crate::mm::frames::with(|ft, _| ft.take_released_dying()) {
         hv.collect_dead();
     }
     // Tell the service domain (Xen: the global VIRQ_DOM_EXC to dom0).
-    if let Some(s) = hv.domains().position(|d| d.is_service() && d.is_live()) {
+    let service = hv.domains().position(|d| d.is_service() && d.is_live());
+    if let Some(s) = service {
         crate::events::raise_virq(hv, s, guest_abi::event_channel::VIRQ_DOM_EXC);
     }
     audit(hv, "a domain's death");

@@ -46,7 +46,7 @@ fn account(hv: &mut Hv, now: u64) {
 
 /// `account` for vCPU `v` of domain `d`.
 #[inline(always)]
-fn charge(v: &mut crate::domain::Vcpu, d: &mut crate::domain::Domain, now: u64) {
+fn charge(v: &mut crate::domain::Vcpu, d: &crate::domain::Domain, now: u64) {
     if v.runstate.state != 0 {
         return;
     }
@@ -70,7 +70,7 @@ fn vcpu_capped(hv: &Hv, i: usize) -> bool {
 /// Starts a new cap period when the old one is over.
 fn cap_period(hv: &mut Hv, now: u64) {
     if policy::period_over(hv.sched.cap_period_start(), now) {
-        for d in hv.domains_mut() {
+        for d in hv.domains() {
             d.new_cap_period();
         }
         hv.sched.start_cap_period(now);

@@ -19,6 +19,7 @@ pub mod bootmem;
 pub mod cpio;
 pub mod cpuid;
 pub mod decode;
+pub mod domstate;
 pub mod elfimage;
 pub mod evtchn;
 pub mod fallible;

@@ -239,3 +239,36 @@ impl<T: Sync + 'static, const C: usize, const N: usize> ChunkDir<T, C, N> {
         Some(&c[i % C])
     }
 }
+
+/// A `&'static T` published for readers without a lock: empty until
+/// [`StaticRef::set`], then the reference (a record leaked from the heap,
+/// never freed). Only ever holds a `'static` reference, so a load can hand
+/// one back.
+pub struct StaticRef<T: Sync + 'static>(core::sync::atomic::AtomicPtr<T>);
+
+impl<T: Sync + 'static> StaticRef<T> {
+    /// Empty.
+    pub const fn new() -> Self {
+        StaticRef(core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()))
+    }
+
+    /// The reference, once set (one load).
+    #[inline(always)]
+    pub fn get(&self) -> Option<&'static T> {
+        let p = self.0.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer here came from a `&'static T` (`set`),
+        // stored with Release after the referent was written; `T: Sync`.
+        unsafe { p.as_ref() }
+    }
+
+    /// Publishes `r`.
+    pub fn set(&self, r: &'static T) {
+        self.0.store((r as *const T).cast_mut(), Ordering::Release);
+    }
+}
+
+impl<T: Sync + 'static> Default for StaticRef<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -321,6 +321,37 @@ impl SharedFrame {
     }
 }
 
+/// A [`SharedFrame`] that code without the hypervisor lock may read (a
+/// domain's shared info and console page handles, dropped at its
+/// teardown). Only ever holds a `SharedFrame` (a `'static` reference), so
+/// a load can hand one back.
+pub struct FrameCell(core::sync::atomic::AtomicPtr<[core::sync::atomic::AtomicU64; 512]>);
+
+impl FrameCell {
+    /// Holds `f`.
+    pub const fn new(f: SharedFrame) -> FrameCell {
+        FrameCell(core::sync::atomic::AtomicPtr::new(
+            (f.0 as *const [core::sync::atomic::AtomicU64; 512]).cast_mut(),
+        ))
+    }
+
+    #[inline(always)]
+    pub fn load(&self) -> SharedFrame {
+        let p = self.0.load(core::sync::atomic::Ordering::Acquire);
+        // SAFETY: every pointer stored here came from a `SharedFrame`'s
+        // `'static` reference (`new`, `store`), so it is valid for ever.
+        SharedFrame(unsafe { &*p })
+    }
+
+    #[inline(always)]
+    pub fn store(&self, f: SharedFrame) {
+        self.0.store(
+            (f.0 as *const [core::sync::atomic::AtomicU64; 512]).cast_mut(),
+            core::sync::atomic::Ordering::Release,
+        );
+    }
+}
+
 /// 64 bytes of a [`SharedFrame`] (a vcpu_info), 8-byte aligned: the same
 /// guarantees, with the offset computed once.
 #[derive(Clone, Copy)]
@@ -408,7 +439,7 @@ pub struct VcpuLight {
     /// storing Blocked, then looks for pending events once more
     /// (`Hv::block_unless`). Both sides are SeqCst, so one sees the other.
     pub state: core::sync::atomic::AtomicU8,
-    /// Its domain's id (= index in `Hv::domains`).
+    /// Its domain's id (= index in `Hv::domains`, and `domain::record`'s).
     pub dom: core::sync::atomic::AtomicU16,
     /// Its kernel page tables (`Vcpu::cr3`, kept by `Hv::set_cr3`).
     pub cr3: core::sync::atomic::AtomicU64,

@@ -100,7 +100,7 @@ pub fn last_cr2() -> u64 {
 }
 
 /// The same race run by two vCPUs at once, for the race scenario guests
-/// (`memrace`, `conrace`): vCPU 1 is started and waits, then both run
+/// (`memrace`, `conrace`, `idrace`): vCPU 1 is started and waits, then both run
 /// [`Race::race`] with their number, and vCPU 0 returns once both are
 /// done (vCPU 1 then blocks for good).
 pub mod race {
