@@ -153,7 +153,9 @@ impl Locked {
     #[inline(always)]
     fn leave(&mut self, i: usize) {
         self.q.queue.remove(i);
-        if self.q.queue.is_empty() {
+        // (The first word first: a queue with another vCPU in it, the
+        // common case, is not empty.)
+        if self.q.queue.word(0) == 0 && self.q.queue.is_empty() {
             FLOORS[self.which()].store(u64::MAX, Relaxed);
         }
     }
