@@ -828,9 +828,9 @@ impl Sched {
                 return Some((i, c, "runstate running but held by no CPU"));
             }
         }
-        for c in 0..MAX_CPUS {
+        for (c, floor) in FLOORS.iter().enumerate() {
             let q = lock(c);
-            let f = FLOORS[c].load(Relaxed);
+            let f = floor.load(Relaxed);
             if q.queue.is_empty() && f != u64::MAX {
                 return Some((usize::MAX, c, "empty queue with a floor"));
             }
