@@ -5,6 +5,7 @@
 //! calls no subsystem but the scheduler's placement; never trusts a guest
 //! value it stores without the caller having validated it.
 
+use crate::sched::runq::{Locked, SchedRec};
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::io::console::{
     XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, XENCONS_OUT_SIZE,
@@ -895,7 +896,9 @@ pub fn vcpu_info_in_shared(page: crate::mm::SharedFrame, vcpu: u32) -> VcpuInfo 
 /// `save_fpu`, `set_fpu_image`, `Hv::cur_pv_mut`, `Hv::pv_mut`,
 /// `save_segments`, `Hv::set_vm_assist`, `set_runstate_area`,
 /// `runstate_write_now`, `refresh_time`, `write_time`, `Hv::set_timer`,
-/// `Hv::start_periodic`, ...); its scheduling state is not yet.
+/// `Hv::start_periodic`, ...); its scheduling state is a record owned by
+/// the run queues (`sched::runq::SchedRec`: [`Vcpu::sched`]), written only
+/// under the run-queue lock of its processor.
 pub struct Vcpu {
     /// Its saved registers (`arch::entry::VcpuFrame`). Private to this
     /// module, so the frame is touched only by the CPU running the vCPU
@@ -905,14 +908,14 @@ pub struct Vcpu {
     /// only that CPU's entry stubs and the `&mut TrapFrame` its entries
     /// hand over reach it. No other CPU is ever given its address.
     frame: crate::arch::entry::VcpuFrame,
-    /// The CPUs it may run on (bit c: CPU c; manifest `cpus`, Xen's hard
-    /// affinity), as each CPU's affinity set has it (`sched::runq`).
-    pub cpus: u64,
+    /// Its scheduling record: run state, virtual run time, runstate, poll,
+    /// affinity and processor (`sched::runq`'s, written under its
+    /// processor's run-queue lock).
+    sched: SchedRec,
     /// Index of its domain in `Hv::domains` (its id: [`record`]).
     dom: usize,
     /// Its number within the domain (Xen's vcpu_id).
     vid: u32,
-    pub state: RunState,
     /// It has a context (built, or VCPUOP_initialise): it may be brought up.
     initialised: bool,
     /// Machine address of the current L4 (guest kernel page tables).
@@ -933,12 +936,6 @@ pub struct Vcpu {
     pv: PvState,
     /// x87/SSE registers while the vCPU is not running.
     fpu: crate::arch::cpu::FpuState,
-    /// Weighted virtual run time (ns * 256 / weight).
-    pub vruntime: u64,
-    /// System time when the vCPU last started running.
-    pub last_start: u64,
-    /// Xen runstate accounting: state and entry time, time in each state.
-    pub runstate: Runstate,
     /// Guest virtual address of its runstate area
     /// (VCPUOP_register_runstate_memory_area), 0 = none.
     runstate_area: u64,
@@ -954,17 +951,9 @@ pub struct Vcpu {
     /// [`Hv::start_periodic`], which keeps `SCHED_VIEW.timers_due` at or below it).
     periodic_ns: u64,
     periodic_next: u64,
-    /// Ports a vCPU blocked in SCHEDOP_poll waits on (empty: not polling).
-    pub poll_ports: heapless::Vec<u32, 128>,
-    /// SCHEDOP_poll timeout (system time), 0 = none.
-    pub poll_deadline: u64,
     /// System time of the last write of its vcpu_time_info (kept with
     /// the write: [`Vcpu::refresh_time`], [`Vcpu::write_time`]).
     time_stamp: u64,
-    /// Its processor (`VcpuLight::processor` of its index, set by
-    /// `Hv::add_vcpu`; before that a cell of its own that nothing reads):
-    /// one load away, where the `light` option would cost a test.
-    processor: &'static core::sync::atomic::AtomicU32,
     /// Its [`VcpuLight`] (`light` of its index), set by `Hv::add_vcpu`:
     /// the code that keeps the mirror reaches it without the directory.
     light: Option<&'static VcpuLight>,
@@ -1234,10 +1223,9 @@ impl Vcpu {
     pub fn offline(dom: usize, vid: u32, shared: crate::mm::SharedFrame) -> Option<Vcpu> {
         Some(Vcpu {
             frame: crate::arch::entry::VcpuFrame::new()?,
-            cpus: 0,
+            sched: SchedRec::new(&UNPLACED),
             dom,
             vid,
-            state: RunState::Down,
             initialised: false,
             cr3: 0,
             user_cr3: 0,
@@ -1245,21 +1233,12 @@ impl Vcpu {
             info_mfn: 0,
             pv: PvState::new(),
             fpu: crate::arch::cpu::FpuState::initial(),
-            vruntime: 0,
-            last_start: 0,
-            runstate: Runstate {
-                state: 3,
-                ..Default::default()
-            },
             runstate_area: 0,
             runstate_pending: false,
             timer_deadline: 0,
             periodic_ns: 0,
             periodic_next: 0,
-            poll_ports: heapless::Vec::new(),
-            poll_deadline: 0,
             time_stamp: 0,
-            processor: &UNPLACED,
             light: None,
         })
     }
@@ -1270,13 +1249,27 @@ impl Vcpu {
     /// [`light`]`(i)`).
     #[inline(always)]
     pub fn processor(&self) -> u32 {
-        self.processor_cell().load(Ordering::Relaxed)
+        self.sched.processor()
     }
 
-    /// Its `processor` cell, in its [`VcpuLight`].
+    /// Its scheduling record (run state, virtual run time, runstate, poll,
+    /// affinity), for reading.
     #[inline(always)]
-    fn processor_cell(&self) -> &'static core::sync::atomic::AtomicU32 {
-        self.processor
+    pub fn sched(&self) -> &SchedRec {
+        &self.sched
+    }
+
+    /// Its scheduling record, for writing: each of its setters takes the
+    /// run-queue lock of its processor (`runq::Locked`).
+    #[inline(always)]
+    pub fn sched_mut(&mut self) -> &mut SchedRec {
+        &mut self.sched
+    }
+
+    /// Its run state.
+    #[inline(always)]
+    pub fn state(&self) -> RunState {
+        self.sched.state()
     }
 
     /// Installs the vCPU's first registers (the builder's, or a
@@ -1473,7 +1466,10 @@ impl Vcpu {
     /// vCPU is woken by its one-shot timer).
     #[inline]
     pub fn periodic_fired(&mut self, now: u64) -> bool {
-        if self.periodic_ns == 0 || self.periodic_next > now || self.state == RunState::Blocked {
+        if self.periodic_ns == 0
+            || self.periodic_next > now
+            || self.sched.state() == RunState::Blocked
+        {
             return false;
         }
         let behind = (now - self.periodic_next) / self.periodic_ns + 1;
@@ -1485,7 +1481,7 @@ impl Vcpu {
     /// timer's, and its periodic timer's while it is not blocked.
     #[inline]
     pub fn timer_expiries(&self) -> [u64; 2] {
-        let periodic = if self.periodic_ns != 0 && self.state != RunState::Blocked {
+        let periodic = if self.periodic_ns != 0 && self.sched.state() != RunState::Blocked {
             self.periodic_next
         } else {
             0
@@ -1608,11 +1604,6 @@ impl VcpuTable {
     /// Every record held, with its index.
     pub fn live(&self) -> impl Iterator<Item = (usize, &Vcpu)> {
         (self.0.iter().enumerate()).filter_map(|(i, v)| Some((i, v.as_deref()?)))
-    }
-
-    /// Every record held, with its index, to change.
-    pub fn live_mut(&mut self) -> impl Iterator<Item = (usize, &mut Vcpu)> {
-        (self.0.iter_mut().enumerate()).filter_map(|(i, v)| Some((i, v.as_deref_mut()?)))
     }
 
     /// Adds a record at the next index; `None` when there is no memory.
@@ -2124,11 +2115,6 @@ impl Hv {
         self.vcpus.live()
     }
 
-    /// Every vCPU record held, with its index, to change.
-    pub fn vcpus_mut(&mut self) -> impl Iterator<Item = (usize, &mut Vcpu)> {
-        self.vcpus.live_mut()
-    }
-
     /// The domain of vCPU `i`.
     #[inline(always)]
     pub fn dom_of(&self, i: usize) -> &'static Domain {
@@ -2202,7 +2188,7 @@ impl Hv {
     pub fn current_is_down(&self) -> bool {
         self.vcpus
             .get(self.current)
-            .is_some_and(|v| v.state == RunState::Down)
+            .is_some_and(|v| v.state() == RunState::Down)
     }
 
     /// The running vCPU's domain.
@@ -2223,19 +2209,42 @@ impl Hv {
     }
 
     /// Changes a vCPU's run state (the only place that does, so the
-    /// scheduler's set of runnable vCPUs stays true).
+    /// scheduler's set of runnable vCPUs stays true), under its queue's
+    /// run-queue lock (`runq::Sched::set_state`).
     #[inline]
     pub fn set_state(&mut self, i: usize, state: RunState) {
-        let Some(d) = self.vcpus.get_mut(i) else {
-            return;
-        };
-        d.state = state;
+        self.set_state_then(i, state, |_, _| {});
+    }
+
+    /// [`Hv::set_state`], `on_join` writing the record under the lock of
+    /// the queue it joins when it becomes runnable, before it joins (the
+    /// wake's virtual run time); returns that lock, held, so the caller
+    /// may go on writing the record (`None`: no vCPU `i`).
+    #[inline(always)]
+    pub fn set_state_then(
+        &mut self,
+        i: usize,
+        state: RunState,
+        on_join: impl FnOnce(&mut SchedRec, &Locked),
+    ) -> Option<Locked> {
+        let d = self.vcpus.get_mut(i)?;
         if let Some(l) = d.light {
             l.state.store(light_state(state), Ordering::SeqCst);
         }
-        let runnable = state == RunState::Runnable;
-        self.sched
-            .set_runnable(i, d.processor_cell(), d.cpus, runnable);
+        Some(self.sched.set_state(i, &mut d.sched, state, on_join))
+    }
+
+    /// Runs `f` on vCPU `i`'s scheduling record under its processor's
+    /// run-queue lock (taken here); `None` when there is no vCPU `i`.
+    #[inline]
+    pub fn with_sched<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut SchedRec, &Locked) -> R,
+    ) -> Option<R> {
+        let v = self.vcpus.get_mut(i)?;
+        let q = Locked::of(v.sched.processor_cell());
+        Some(f(&mut v.sched, &q))
     }
 
     /// vCPU `i` waits to run: runnable and held by no CPU.
@@ -2252,7 +2261,7 @@ impl Hv {
             return;
         }
         let Some(v) = self.vcpus.get(i) else { return };
-        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, v.cpus, was, now);
+        microvisor_core::sched::waiting::changed(&SCHED_VIEW.waiting, v.sched.cpus(), was, now);
     }
 
     /// The audit's check of `SCHED_VIEW.waiting`: every CPU's count equals
@@ -2260,8 +2269,8 @@ impl Hv {
     /// under the hypervisor lock, which the caller holds). A difference is
     /// a hypervisor bug: it fails the run.
     pub fn audit_sched_view(&self, when: &str) {
-        let vcpus =
-            (0..self.vcpus.len()).filter_map(|i| Some((self.waiting(i), self.vcpus.get(i)?.cpus)));
+        let vcpus = (0..self.vcpus.len())
+            .filter_map(|i| Some((self.waiting(i), self.vcpus.get(i)?.sched.cpus())));
         if let Some(m) = microvisor_core::sched::waiting::mismatch(&SCHED_VIEW.waiting, vcpus) {
             crate::error!(
                 "audit after {when} failed: cpu {} counts {} waiting vCPUs, a recount {}",
@@ -2277,6 +2286,14 @@ impl Hv {
                 "audit after {when} failed: vCPU {v} (processor {:?}) in cpu {c}'s run queue, or runnable and not in it",
                 processor(v)
             );
+            crate::arch::cpu::qemu_exit(false);
+        }
+        // Each record's run state agrees with the runnable set, a running
+        // runstate with the held set, and each queue's floor bounds its
+        // vCPUs' virtual run times (the wake's floor: `runq::floor`).
+        let rec = |i: usize| Some(self.vcpus.get(i)?.sched());
+        if let Some((v, c, what)) = self.sched.records_mismatch(self.vcpus.len(), rec) {
+            crate::error!("audit after {when} failed: vCPU {v} (cpu {c}): {what}");
             crate::arch::cpu::qemu_exit(false);
         }
         // A CPU holds only a vCPU whose processor it is, so the held ones'
@@ -2304,8 +2321,8 @@ impl Hv {
     /// migration: the CPU that takes it from another's queue calls this).
     #[inline]
     pub fn assign(&mut self, i: usize, cpu: usize) {
-        if let Some(d) = self.vcpus.get_mut(i) {
-            self.sched.assign(i, d.processor_cell(), cpu);
+        if let Some(d) = self.vcpus.get(i) {
+            self.sched.assign(i, &d.sched, cpu);
         }
     }
 
@@ -2320,11 +2337,11 @@ impl Hv {
             return None;
         }
         let l = light_made(i)?;
-        v.cpus = cpus;
+        // (Not yet in the table: nothing else reaches its record.)
+        v.sched.place(&l.processor, cpus);
         v.light = Some(l);
-        v.processor = &l.processor;
         // (A domain's index is its id.)
-        let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state);
+        let (dom, cr3, info, state) = (v.dom as u16, v.cr3, v.info, v.state());
         let b = crate::mm::heap::try_box(|m| m.write(v))?;
         if self.vcpus.push(b)? != i {
             return None;
@@ -2349,29 +2366,38 @@ impl Hv {
         }
     }
 
-    /// A switch's scheduler bookkeeping in one: this CPU (`cpu`) lets go
-    /// of vCPU `cur` (`NO_VCPU`: it held none), allowed on the CPUs of
-    /// `cur_cpus` (the caller has its record in hand), and takes `next`,
-    /// moved to its queue first (`assign`, `let_go`, `hold`); returns
-    /// `next`'s record. The waiting counts change once for both:
-    /// not at all when `cur` starts waiting as `next` stops, on the same
-    /// CPUs.
+    /// A switch's scheduler bookkeeping in one: this CPU, whose run-queue
+    /// lock `q` the switch holds, lets go of vCPU `cur` (`NO_VCPU`: it
+    /// held none), allowed on the CPUs of `cur_cpus` (the caller has its
+    /// record in hand), and takes `next`, moved to its queue first
+    /// (`assign`, `let_go`, `hold`); returns `next`'s record and the lock
+    /// (still held, or taken again if the move needed another CPU's lock
+    /// first: `runq::Sched::assign_here`). The waiting counts change once
+    /// for both: not at all when `cur` starts waiting as `next` stops, on
+    /// the same CPUs.
     #[inline(always)]
-    pub fn hand_over(&mut self, cur: usize, cur_cpus: u64, next: usize, cpu: usize) -> &mut Vcpu {
+    pub fn hand_over(
+        &mut self,
+        q: Locked,
+        cur: usize,
+        cur_cpus: u64,
+        next: usize,
+    ) -> (&mut Vcpu, Locked) {
         let v = &mut self.vcpus[next];
-        self.sched.assign(next, v.processor_cell(), cpu);
+        let q = self.sched.assign_here(q, next, &v.sched);
         let (up, down) = self.sched.swap_held(cur, next);
         let up_cpus = up.then_some(cur_cpus);
         let counts = &SCHED_VIEW.waiting;
+        let cpus = v.sched.cpus();
         match up_cpus {
-            Some(c) if down && c == v.cpus => {}
+            Some(c) if down && c == cpus => {}
             Some(c) => {
                 microvisor_core::sched::waiting::changed(counts, c, false, true);
-                microvisor_core::sched::waiting::changed(counts, v.cpus, down, false);
+                microvisor_core::sched::waiting::changed(counts, cpus, down, false);
             }
-            None => microvisor_core::sched::waiting::changed(counts, v.cpus, down, false),
+            None => microvisor_core::sched::waiting::changed(counts, cpus, down, false),
         }
-        v
+        (v, q)
     }
 
     /// The running vCPU (`i`) and its domain, to charge for its run time.

@@ -405,9 +405,10 @@ pub fn kick(hv: &mut Hv, k: Option<Kick>) {
         return;
     };
     let v = hv.vcpu(i);
-    if v.state == RunState::Blocked && (k.upcall || v.poll_ports.contains(&k.port)) {
+    let state = v.state();
+    if state == RunState::Blocked && (k.upcall || v.sched().poll_ports().contains(&k.port)) {
         crate::sched::wake(hv, i);
-    } else if k.upcall && v.state == RunState::Runnable && i != hv.current_index() {
+    } else if k.upcall && state == RunState::Runnable && i != hv.current_index() {
         // Running on another CPU: make it take the upcall now.
         crate::sched::kick_for(i);
     }
@@ -675,7 +676,7 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
         return;
     };
     let mut polled: heapless::Vec<(u32, bool), 8> = heapless::Vec::new();
-    for &p in v.poll_ports.iter().take(8) {
+    for &p in v.sched().poll_ports().iter().take(8) {
         let pending = evtchn::any_pending(&mut Held::one(d.id()), d.id(), &[p]).unwrap_or(false);
         let _ = polled.push((p, pending));
     }
@@ -698,12 +699,12 @@ pub fn describe_blocked(hv: &Hv, i: usize) {
         "domain {} vCPU {}: {:?}, upcall pending {} masked {}, polls {:?} (port, pending), timer {} poll deadline {}, store ring req cons/prod, rsp cons/prod {:?}",
         d.id(),
         v.vid(),
-        v.state,
+        v.state(),
         v.upcall_pending(),
         v.upcall_mask(),
         polled,
         v.timer_deadline(),
-        v.poll_deadline,
+        v.sched().poll_deadline(),
         ring
     );
 }

@@ -140,8 +140,8 @@ fn apply(hv: &mut Hv, dom: u16, kicks: Kicks) {
                 }),
             );
         } else if let Some(i) = hv.vcpu_of(usize::from(dom), vcpu)
-            && hv.vcpu(i).state == RunState::Blocked
-            && !hv.vcpu(i).poll_ports.is_empty()
+            && hv.vcpu(i).state() == RunState::Blocked
+            && !hv.vcpu(i).sched().poll_ports().is_empty()
         {
             crate::sched::wake(hv, i);
         }

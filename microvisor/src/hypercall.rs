@@ -1145,19 +1145,15 @@ fn sched_op(hv: &mut Hv, frame: &mut TrapFrame, cmd: u64, arg: u64) -> Result<Op
             if timeout != 0 && timeout <= crate::time::now_ns() {
                 return Ok(Some(0));
             }
-            let d = hv.vcpu_mut(cur);
-            d.poll_ports.clear();
-            for &p in ports {
-                let _ = d.poll_ports.push(p);
-            }
+            hv.with_sched(cur, |r, q| r.set_poll(q, ports));
             // Looked at again once the vCPU is Blocked: a sender without
             // the lock then sees it (`Hv::block_unless`).
             if !hv.block_unless(cur, |hv| upcall(hv) || port_pending() != Ok(false)) {
-                hv.vcpu_mut(cur).poll_ports.clear();
+                hv.with_sched(cur, |r, q| r.clear_poll(q));
                 return Ok(Some(0));
             }
             frame.rax = 0;
-            hv.vcpu_mut(cur).poll_deadline = timeout;
+            hv.with_sched(cur, |r, q| r.set_poll_deadline(q, timeout));
             hv.timer_set(timeout);
             sched::reschedule(hv, frame, Why::Leave);
             Ok(None)

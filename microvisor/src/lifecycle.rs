@@ -111,12 +111,14 @@ fn teardown(hv: &mut Hv, idx: usize, now: u64) {
     let vcpus = hv.dom(idx).vcpus();
     for &v in vcpus {
         hv.set_state(v, RunState::Down);
+        hv.with_sched(v, |r, q| {
+            r.enter(q, 3, now);
+            r.set_poll_deadline(q, 0);
+        });
         let vc = hv.vcpu_mut(v);
-        vc.runstate.enter(3, now);
         // Nothing is written into its memory any more.
         vc.set_runstate_area(0);
         vc.stop_timers();
-        vc.poll_deadline = 0;
         let _ = bases.push(vc.cr3());
         let _ = bases.push(vc.user_cr3());
         let info = vc.info_mfn();

@@ -303,9 +303,9 @@ pub extern "C" fn kernel_main(start_info_pa: u32) -> ! {
                         if vid == 0 {
                             hv.pv_mut(vi)
                                 .set_kernel_stack(arch::desc::GUEST_DS, first.kernel_sp);
+                            hv.with_sched(vi, |r, q| r.set_runstate_state(q, 1));
                             let v = hv.vcpu_mut(vi);
                             v.install_frame(&frame);
-                            v.runstate.state = 1;
                             v.time_written(time::now_ns());
                             hv.set_cr3(vi, first.cr3);
                             hv.set_state(vi, domain::RunState::Runnable);

@@ -801,7 +801,7 @@ pub fn upcall_due(hv: &Hv) -> bool {
 /// [`upcall_due`] of vCPU record `d`.
 #[inline(always)]
 fn upcall_due_of(d: &crate::domain::Vcpu) -> bool {
-    d.state == RunState::Runnable
+    d.state() == RunState::Runnable
         && d.upcall_pending()
         && !d.upcall_mask()
         && d.pv().event().address() != 0

@@ -36,24 +36,14 @@ pub fn runstate_of(state: RunState) -> u32 {
     }
 }
 
-/// Charges the running vCPU for the time since it last started.
-fn account(hv: &mut Hv, now: u64) {
-    let cur = hv.current_index();
-    if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
-        charge(v, d, now);
-    }
-}
-
-/// `account` for vCPU `v` of domain `d`.
+/// Charges vCPU `v` of domain `d` (the one this CPU holds, so `q`, this
+/// CPU's run-queue lock, is its processor's) for the time since it last
+/// started.
 #[inline(always)]
-fn charge(v: &mut crate::domain::Vcpu, d: &crate::domain::Domain, now: u64) {
-    if v.runstate.state != 0 {
-        return;
+fn charge(v: &mut crate::domain::Vcpu, d: &crate::domain::Domain, q: &runq::Locked, now: u64) {
+    if let Some(ran) = v.sched_mut().charge(q, now, d.vr_mul()) {
+        d.charge_period(ran);
     }
-    let ran = now.saturating_sub(v.last_start);
-    v.last_start = now;
-    v.vruntime += policy::charge(ran, d.vr_mul());
-    d.charge_period(ran);
 }
 
 fn capped(d: &crate::domain::Domain) -> bool {
@@ -78,29 +68,28 @@ fn cap_period(hv: &mut Hv, now: u64) {
 }
 
 /// Makes a blocked vCPU runnable. Its virtual run time is pulled up to
-/// within one slice of the others', so a long sleep earns no burst.
+/// within one slice of the others' (the floor: `runq::floor`, read without
+/// a lock), so a long sleep earns no burst; its record changes under the
+/// lock of the queue it joins, taken once.
 pub fn wake(hv: &mut Hv, i: usize) {
-    if hv.get_vcpu(i).is_none_or(|d| d.state != RunState::Blocked) {
+    if hv
+        .get_vcpu(i)
+        .is_none_or(|d| d.state() != RunState::Blocked)
+    {
         return;
     }
-    let mut floor = None;
-    for r in hv.sched.runnable() {
-        let d = hv.vcpu(r);
-        if floor.is_none_or(|f| d.vruntime < f) {
-            floor = Some(d.vruntime);
-        }
-    }
-    hv.set_state(i, RunState::Runnable);
-    kick_for(i);
     let slice = hv.dom_of(i).slice_vruntime();
-    let d = hv.vcpu_mut(i);
-    d.poll_ports.clear();
-    d.poll_deadline = 0;
-    d.vruntime = policy::wake_vruntime(d.vruntime, floor, slice);
     let now = crate::time::now_ns();
-    d.runstate.enter(1, now);
+    let floor = runq::floor();
+    let q = hv.set_state_then(i, RunState::Runnable, |r, q| {
+        r.clear_poll(q);
+        r.set_vruntime(q, policy::wake_vruntime(r.vruntime(), floor, slice));
+        r.enter(q, 1, now);
+    });
+    drop(q);
+    kick_for(i);
     // Its periodic timer, paused while it was blocked, runs again.
-    let next = d.periodic_resumed();
+    let next = hv.vcpu_mut(i).periodic_resumed();
     hv.timer_set(next);
 }
 
@@ -169,7 +158,7 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
         let Some(d) = hv.get_vcpu_mut(i) else {
             continue;
         };
-        if d.state == RunState::Down {
+        if d.state() == RunState::Down {
             continue;
         }
         let (dom, vid) = (d.dom(), d.vid());
@@ -178,11 +167,14 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
         if d.periodic_fired(now) {
             fire = true;
         }
-        if d.poll_deadline != 0 && d.poll_deadline <= now {
-            // A SCHEDOP_poll timeout: wake without an event.
-            d.poll_deadline = 0;
-            if d.state == RunState::Blocked {
+        let poll = d.sched().poll_deadline();
+        if poll != 0 && poll <= now {
+            // A SCHEDOP_poll timeout: wake without an event (the wake
+            // clears the deadline).
+            if d.state() == RunState::Blocked {
                 wake(hv, i);
+            } else {
+                hv.with_sched(i, |r, q| r.set_poll_deadline(q, 0));
             }
         }
         if fire {
@@ -199,7 +191,7 @@ struct View<'a>(&'a Hv);
 impl policy::Vcpus for View<'_> {
     #[inline(always)]
     fn vruntime(&self, i: usize) -> u64 {
-        self.0.vcpu(i).vruntime
+        self.0.vcpu(i).sched().vruntime()
     }
     #[inline(always)]
     fn slice(&self, i: usize) -> u64 {
@@ -212,18 +204,17 @@ impl policy::Vcpus for View<'_> {
 }
 
 /// The vCPU this CPU runs next (not `exclude`, not capped), by
-/// `microvisor_core::sched::pick` under this CPU's run-queue lock
-/// (`runq::Sched::pick_view`; `pick_word`, its one-word form, while every
+/// `microvisor_core::sched::pick` under this CPU's run-queue lock `q`
+/// (held by the caller, and through the switch after it:
+/// `runq::Sched::pick_view`; `pick_word`, its one-word form, while every
 /// vCPU index is below 64): from its own run queue, or one that migrates
 /// here from another CPU's (the switch moves it to this CPU's queue:
-/// `Hv::assign`).
+/// `Hv::hand_over`).
 #[inline(always)]
-fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
-    let cpu = crate::arch::percpu::cpu_id();
+fn pick(hv: &Hv, q: &runq::Locked, exclude: Option<usize>) -> Option<usize> {
     let n = hv.vcpu_indices();
     let current = hv.current_index();
-    let view = hv.sched.pick_view(cpu, current, exclude, n);
-    // (Under the run-queue lock until `view` goes.)
+    let view = hv.sched.pick_view(q, current, exclude, n);
     match view.first_only() {
         Some((queue, runnable, free)) => {
             policy::pick_word(&View(hv), queue, runnable, free, current, n)
@@ -235,10 +226,10 @@ fn pick(hv: &Hv, exclude: Option<usize>) -> Option<usize> {
 fn earliest_timer(hv: &Hv) -> Option<u64> {
     hv.vcpus()
         .map(|(_, d)| d)
-        .filter(|d| d.state != RunState::Down)
+        .filter(|d| d.state() != RunState::Down)
         .flat_map(|d| {
             let [timer, periodic] = d.timer_expiries();
-            [timer, d.poll_deadline, periodic]
+            [timer, d.sched().poll_deadline(), periodic]
         })
         .filter(|&t| t != 0)
         .min()
@@ -256,23 +247,29 @@ fn earliest_timer(hv: &Hv) -> Option<u64> {
 pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
     let cur = hv.current_index();
     let now = crate::time::now_ns();
-    // Charge it (`account`) and drain its console ring, with one lookup.
+    // This CPU's run-queue lock, under which the vCPU it holds is charged,
+    // the next one picked and the switch made (taken once: let go
+    // meanwhile only when the console, timers or a device interrupt have
+    // work, which may take other locks and wake vCPUs: `unlocked_work`).
+    let mut q = runq::Locked::cpu(crate::arch::percpu::cpu_id());
+    // Charge it (`charge`) and see its console ring, with one lookup.
     if let Some((v, d)) = hv.get_vcpu_and_dom_mut(cur) {
-        charge(v, d, now);
+        charge(v, d, &q, now);
         if d.console_output_waiting() {
             let i = v.dom();
-            hv.drain_console(i);
+            q = unlocked_work(hv, q, Some(i), now);
         }
     }
     cap_period(hv, now);
-    fire_timers(hv, now);
-    crate::irq::deliver(hv);
-    let still_runnable = || hv.vcpu(cur).state == RunState::Runnable && !vcpu_capped(hv, cur);
+    if now >= hv.timers_due() || crate::irq::pending() {
+        q = unlocked_work(hv, q, None, now);
+    }
+    let still_runnable = || hv.vcpu(cur).state() == RunState::Runnable && !vcpu_capped(hv, cur);
     let choice = match why {
-        Why::Yield => pick(hv, Some(cur)).or_else(|| still_runnable().then_some(cur)),
-        Why::Leave => pick(hv, None),
+        Why::Yield => pick(hv, &q, Some(cur)).or_else(|| still_runnable().then_some(cur)),
+        Why::Leave => pick(hv, &q, None),
         Why::Preempt => {
-            let other = pick(hv, Some(cur));
+            let other = pick(hv, &q, Some(cur));
             match other {
                 Some(o) if still_runnable() && policy::keeps_cpu(&View(hv), cur, o) => Some(cur),
                 Some(o) => Some(o),
@@ -281,9 +278,25 @@ pub fn reschedule(hv: &mut Hv, _regs: &mut TrapFrame, why: Why) {
         }
     };
     match choice {
-        Some(n) => switch_to(hv, cur, n, now),
-        None => go_idle(hv, cur, now),
+        Some(n) => switch_to(hv, q, cur, n, now),
+        None => go_idle(hv, q, cur, now),
     }
+}
+
+/// `reschedule`'s work that takes other locks, with this CPU's run-queue
+/// lock `q` let go meanwhile and taken again (returned): the drain of
+/// domain `drain`'s console ring, the timers due, the device interrupts
+/// waiting.
+#[inline(never)]
+fn unlocked_work(hv: &mut Hv, q: runq::Locked, drain: Option<usize>, now: u64) -> runq::Locked {
+    let cpu = crate::arch::percpu::cpu_id();
+    drop(q);
+    if let Some(i) = drain {
+        hv.drain_console(i);
+    }
+    fire_timers(hv, now);
+    crate::irq::deliver(hv);
+    runq::Locked::cpu(cpu)
 }
 
 /// Ends the run when no domain is live, or when every live one is blocked
@@ -317,13 +330,19 @@ fn check_end(hv: &mut Hv) {
 /// Nothing to run: the CPU goes idle when this entry returns (the exit path
 /// enters `idle_loop`). The vCPU that ran stays current (`Hv::current_index`)
 /// with its state in the CPU: if it is the next to run, nothing is reloaded.
-fn go_idle(hv: &mut Hv, cur: usize, now: u64) {
+fn go_idle(hv: &mut Hv, q: runq::Locked, cur: usize, now: u64) {
+    // (Ending domains takes other locks.)
+    drop(q);
     check_end(hv);
-    if let Some(d) = hv.get_vcpu_mut(cur)
-        && d.runstate.state == 0
-    {
-        d.runstate.enter(runstate_of(d.state), now);
-        crate::vcpu::update_runstate_area(d);
+    let entered = hv.with_sched(cur, |r, q| {
+        let running = r.runstate().state == 0;
+        if running {
+            r.enter(q, runstate_of(r.state()), now);
+        }
+        running
+    });
+    if entered == Some(true) {
+        crate::vcpu::update_runstate_area(hv.vcpu_mut(cur));
     }
     if crate::arch::smp::active() && cur != NO_VCPU {
         release_vcpu(hv, cur);
@@ -369,15 +388,19 @@ pub extern "C" fn idle_loop() -> ! {
             cap_period(&mut hv, now);
             fire_timers(&mut hv, now);
             crate::irq::deliver(&mut hv);
-            if let Some(next) = pick(&hv, None) {
-                let cur = hv.current_index();
-                switch_to(&mut hv, cur, next, now);
-                // Its frame, not the idle one, on the way out, with the
-                // upcall that woke it delivered as on every exit.
-                hv.vcpu(next).set_frame_current();
-                crate::pv::deliver_events(&mut hv, crate::arch::entry::current_frame());
-                drop(hv);
-                crate::arch::entry::resume_guest();
+            let q = runq::Locked::cpu(crate::arch::percpu::cpu_id());
+            match pick(&hv, &q, None) {
+                Some(next) => {
+                    let cur = hv.current_index();
+                    switch_to(&mut hv, q, cur, next, now);
+                    // Its frame, not the idle one, on the way out, with the
+                    // upcall that woke it delivered as on every exit.
+                    hv.vcpu(next).set_frame_current();
+                    crate::pv::deliver_events(&mut hv, crate::arch::entry::current_frame());
+                    drop(hv);
+                    crate::arch::entry::resume_guest();
+                }
+                None => drop(q),
             }
             // (A domain's end runs deeper than the idle stack allows.)
             crate::arch::entry::on_hv_stack(|| check_end(&mut hv));
@@ -386,21 +409,24 @@ pub extern "C" fn idle_loop() -> ! {
     }
 }
 
+/// Switches this CPU to vCPU `next` (from `cur`), under its run-queue
+/// lock `q`, taken before the pick and let go here once the records of
+/// both are written.
 #[inline(always)]
-fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
+fn switch_to(hv: &mut Hv, q: runq::Locked, cur: usize, next: usize, now: u64) {
     if next == cur {
         // The same vCPU, its state still in this CPU (the idle loop makes
         // its frame current again itself).
         let d = hv.vcpu_mut(next);
-        if d.runstate.state != 0 {
-            d.runstate.enter(0, now);
+        let entered = d.sched_mut().start_running(&q, now);
+        drop(q);
+        if entered {
             crate::vcpu::update_runstate_area(d);
         }
-        d.last_start = now;
         d.refresh_time(now);
         return;
     }
-    switch_to_other(hv, cur, next, now);
+    switch_to_other(hv, q, cur, next, now);
 }
 
 /// `switch_to` another vCPU than the one this CPU holds (or held none):
@@ -412,23 +438,24 @@ fn switch_to(hv: &mut Hv, cur: usize, next: usize, now: u64) {
 /// once the scheduler's sets are updated (`hand_over`, which needs all of
 /// `hv`).
 #[inline(never)]
-fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
+fn switch_to_other(hv: &mut Hv, q: runq::Locked, cur: usize, next: usize, now: u64) {
     let mut cur_cpus = 0;
     // FXSAVE/FXRSTOR would raise #NM with a vCPU's virtual TS set.
     cpu::clts();
     // (`cur` is NO_VCPU when this CPU held none: nothing to save.)
     let segs = match hv.get_vcpu_and_dom_mut(cur) {
         Some((d, dom)) if dom.is_live() => {
-            cur_cpus = d.cpus;
+            cur_cpus = d.sched().cpus();
             d.save_fpu();
             let segs = d.save_segments();
-            d.runstate.enter(runstate_of(d.state), now);
+            let st = runstate_of(d.state());
+            d.sched_mut().enter(&q, st, now);
             // (Its page tables are still the loaded ones.)
             crate::vcpu::update_runstate_area(d);
             segs
         }
         Some((d, _)) => {
-            cur_cpus = d.cpus;
+            cur_cpus = d.sched().cpus();
             crate::pv::SegState::read()
         }
         None => crate::pv::SegState::read(),
@@ -449,19 +476,13 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
     }
     hv.set_current_index(next);
     let me = crate::arch::percpu::cpu_id() as u32;
-    if me != 0 {
-        first_run_here(hv, next, me);
-    }
     // This CPU lets go of `cur` and takes `next` (a vCPU taken from another
     // CPU's queue moves to this one's).
-    let d = hv.hand_over(cur, cur_cpus, next, me as usize);
+    let (d, q) = hv.hand_over(q, cur, cur_cpus, next);
     // (A domain's index in the table is its id: `Domain::id`.)
     let id = d.dom() as u16;
     crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
-    if d.runstate.state != 0 {
-        d.runstate.enter(0, now);
-    }
-    d.last_start = now;
+    d.sched_mut().start_running(&q, now);
     // The outgoing vCPU's registers stay in its own frame; the exit path
     // restores the incoming one's (also after the idle loop ran).
     d.set_frame_current();
@@ -488,9 +509,13 @@ fn switch_to_other(hv: &mut Hv, cur: usize, next: usize, now: u64) {
         // change is the machine's cost, charged to no vCPU (under TCG a
         // flush of a large TLB takes milliseconds, which would otherwise
         // push a vCPU that runs briefly and often far behind in the queue).
-        d.last_start = crate::time::now_ns();
+        d.sched_mut().set_last_start(&q, crate::time::now_ns());
     }
+    drop(q);
     crate::vcpu::update_runstate_area(d);
+    if me != 0 {
+        first_run_here(hv, next, me);
+    }
     crate::lifecycle::finish_waiting(hv);
 }
 
@@ -532,10 +557,13 @@ fn switch_rare_state(hv: &Hv, cur: usize, next: usize) {
 /// The APIC timer fired while a guest ran: account, fire timers, preempt.
 pub fn on_tick(hv: &mut Hv, regs: &mut TrapFrame) {
     apic::eoi();
-    let now = crate::time::now_ns();
-    account(hv, now);
-    cap_period(hv, now);
-    fire_timers(hv, now);
+    // This CPU's queue floor is made exact again (the wake's floor:
+    // `runq::floor`); the reschedule charges the running vCPU, starts a
+    // new cap period and fires the timers due.
+    {
+        let mut q = runq::Locked::cpu(crate::arch::percpu::cpu_id());
+        q.refresh_floor(|i| hv.get_vcpu(i).map_or(u64::MAX, |v| v.sched().vruntime()));
+    }
     reschedule(hv, regs, Why::Preempt);
 }
 
@@ -554,15 +582,15 @@ pub fn start() -> ! {
     let cr3 = {
         let mut hv = crate::domain::lock();
         let runnable = (hv.vcpus())
-            .filter(|(_, d)| d.state == RunState::Runnable)
+            .filter(|(_, d)| d.state() == RunState::Runnable)
             .map(|(i, _)| i);
         let first = policy::first_to_run(runnable, |i| hv.sched.allowed_on(i, 0));
         if first.is_none() && !hv.sched.any_runnable() {
             crate::lifecycle::finish(&mut hv)
         }
         let now = crate::time::now_ns();
-        for (_, d) in hv.vcpus_mut() {
-            d.runstate.entry_time = now;
+        for i in 0..hv.vcpu_indices() {
+            hv.with_sched(i, |r, q| r.set_runstate_entry(q, now));
         }
         match first {
             Some(first) => {
@@ -571,9 +599,8 @@ pub fn start() -> ! {
                 hv.hold(first);
                 let id = hv.dom_of(first).id();
                 crate::domain::CURRENT.store(u32::from(id), core::sync::atomic::Ordering::Relaxed);
+                hv.with_sched(first, |r, q| r.start_running(q, now));
                 let d = hv.vcpu_mut(first);
-                d.runstate.enter(0, now);
-                d.last_start = now;
                 crate::time::update_vcpu_time(d.info());
                 crate::pv::load_segments(d.pv(), crate::pv::SegState::read());
                 d.restore_fpu();

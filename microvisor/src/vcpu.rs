@@ -30,7 +30,7 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
             if !hv.vcpu(vi).initialised() {
                 return Err(Errno::EINVAL);
             }
-            if hv.vcpu(vi).state == RunState::Down {
+            if hv.vcpu(vi).state() == RunState::Down {
                 // Up from down: as a wake-up (its virtual time is brought
                 // level with the others').
                 hv.set_state(vi, RunState::Blocked);
@@ -44,29 +44,31 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
                 .dom(dom)
                 .vcpus()
                 .iter()
-                .any(|&v| v != vi && hv.vcpu(v).state != RunState::Down);
+                .any(|&v| v != vi && hv.vcpu(v).state() != RunState::Down);
             if !others_up {
                 crate::lifecycle::end(hv, dom, crate::domain::End::Shutdown(0), "");
                 return Ok(0);
             }
-            if hv.vcpu(vi).state != RunState::Down {
+            if hv.vcpu(vi).state() != RunState::Down {
                 hv.set_state(vi, RunState::Down);
                 if is_current {
                     crate::arch::percpu::set_leave_now(true);
                 }
-                let v = hv.vcpu_mut(vi);
-                v.poll_ports.clear();
-                v.poll_deadline = 0;
-                if !is_current {
-                    v.runstate.enter(3, now);
-                }
+                hv.with_sched(vi, |r, q| {
+                    r.clear_poll(q);
+                    if !is_current {
+                        r.enter(q, 3, now);
+                    }
+                });
                 // The running one leaves the CPU on its way out of the
                 // hypercall (`hypercall::on_syscall`, `on_light_upcall`).
             }
             Ok(0)
         }
-        op::VCPUOP_IS_UP => Ok(u64::from(hv.vcpu(vi).state != RunState::Down)),
-        op::VCPUOP_GET_RUNSTATE_INFO => put(cr3, arg, &hv.vcpu(vi).runstate.at(now).to_bytes()),
+        op::VCPUOP_IS_UP => Ok(u64::from(hv.vcpu(vi).state() != RunState::Down)),
+        op::VCPUOP_GET_RUNSTATE_INFO => {
+            put(cr3, arg, &hv.vcpu(vi).sched().runstate().at(now).to_bytes())
+        }
         op::VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
             // As Xen: the address must be a guest one (its start: Xen's
             // `guest_handle_okay`), else EFAULT; 0 stops the updates. The
@@ -82,9 +84,9 @@ pub fn vcpu_op(hv: &mut Hv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno>
                 // The running caller's own runstate as it stands; another
                 // vCPU's counted up to now (Xen's `vcpu_runstate_get`).
                 let rs = if is_current {
-                    v.runstate
+                    *v.sched().runstate()
                 } else {
-                    v.runstate.at(now)
+                    v.sched().runstate().at(now)
                 };
                 let _ = guest::copy_to(cr3, va, &rs.to_bytes());
             }
@@ -165,7 +167,7 @@ fn write_runstate_area(v: &mut crate::domain::Vcpu) {
         return;
     };
     let cr3 = v.cr3();
-    let mut b = v.runstate.to_bytes();
+    let mut b = v.sched().runstate().to_bytes();
     let assist = 1u64 << guest_abi::vm_assist::VMASST_TYPE_RUNSTATE_UPDATE_FLAG;
     if v.pv().vm_assist() & assist == 0 {
         let _ = guest::copy_to(cr3, va, &b);
@@ -173,13 +175,14 @@ fn write_runstate_area(v: &mut crate::domain::Vcpu) {
     }
     // The top byte of state_entry_time (offset 15) holds the flag.
     let top = va.wrapping_add(15);
-    let flagged = ((v.runstate.entry_time | guest_abi::vcpu::XEN_RUNSTATE_UPDATE) >> 56) as u8;
+    let flagged =
+        ((v.sched().runstate().entry_time | guest_abi::vcpu::XEN_RUNSTATE_UPDATE) >> 56) as u8;
     if guest::copy_to(cr3, top, &[flagged]).is_err() {
         return;
     }
     b[15] = flagged;
     let _ = guest::copy_to(cr3, va, &b);
-    let _ = guest::copy_to(cr3, top, &[(v.runstate.entry_time >> 56) as u8]);
+    let _ = guest::copy_to(cr3, top, &[(v.sched().runstate().entry_time >> 56) as u8]);
 }
 
 fn put(cr3: u64, va: u64, bytes: &[u8]) -> Result<u64, Errno> {
@@ -370,7 +373,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
     if u64::from(a.offset) > PAGE - 64
         || !a.offset.is_multiple_of(8)
         || v.info_mfn() != 0
-        || (vi != hv.current_index() && v.state != RunState::Down)
+        || (vi != hv.current_index() && v.state() != RunState::Down)
     {
         return Err(Errno::EINVAL);
     }
@@ -392,7 +395,7 @@ fn register_vcpu_info(hv: &mut Hv, vi: usize, arg: u64) -> Result<(), Errno> {
         .store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
     new.u8_at(0).store(1, core::sync::atomic::Ordering::SeqCst);
     hv.vcpu_mut(vi).write_time(crate::time::now_ns());
-    if hv.vcpu(vi).state == RunState::Blocked {
+    if hv.vcpu(vi).state() == RunState::Blocked {
         crate::sched::wake(hv, vi);
     }
     Ok(())
