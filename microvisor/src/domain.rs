@@ -1909,12 +1909,13 @@ pub struct SchedView {
     pub waiting: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS],
     /// No guest timer or poll deadline is due before this system time
     /// (a lower bound: `sched::fire_timers` scans only from then on): the
-    /// one copy, an atomic minimum. Lowered by `Hv::timer_set`
-    /// (`fetch_min`, so a lower deadline is never lost to another
-    /// lowering), set by `Hv::set_timers_due` after a scan (under the
-    /// hypervisor lock, as every lowering is today), read through
-    /// `Hv::timers_due` and by the lock-free yield.
-    pub timers_due: core::sync::atomic::AtomicU64,
+    /// one copy, one atomic word. Lowered by `Hv::timer_set` (an atomic
+    /// minimum, needing no lock), recounted by a scan through
+    /// `Hv::recount_timers_due` (under the hypervisor lock, one scan at a
+    /// time), which never raises it past a deadline set while it counted
+    /// (`microvisor_core::sched::due`); read through `Hv::timers_due` and
+    /// by the lock-free yield.
+    pub timers_due: microvisor_core::sched::due::TimersDue,
 }
 
 /// Whether some vCPU was ever added with its domain capped
@@ -1926,7 +1927,7 @@ pub static ANY_CAPPED: core::sync::atomic::AtomicBool = core::sync::atomic::Atom
 
 pub static SCHED_VIEW: SchedView = SchedView {
     waiting: [const { core::sync::atomic::AtomicU32::new(0) }; crate::arch::percpu::MAX_CPUS],
-    timers_due: core::sync::atomic::AtomicU64::new(0),
+    timers_due: microvisor_core::sched::due::TimersDue::new(),
 };
 
 /// A `RunState` as [`VcpuLight::state`] holds it.
@@ -2420,7 +2421,7 @@ impl Hv {
     /// No guest timer or poll deadline is due before this system time.
     #[inline]
     pub fn timers_due(&self) -> u64 {
-        SCHED_VIEW.timers_due.load(Ordering::Relaxed)
+        SCHED_VIEW.timers_due.get()
     }
 
     /// Sets vCPU `i`'s one-shot timer to system time `deadline` (0: stops
@@ -2512,9 +2513,16 @@ impl Hv {
         }
     }
 
-    /// Sets the earliest guest timer deadline (`timers_due`).
-    pub fn set_timers_due(&mut self, t: u64) {
-        SCHED_VIEW.timers_due.store(t, Ordering::SeqCst);
+    /// A timer scan's recount of the earliest guest timer deadline
+    /// (`timers_due`): `earliest` reads every deadline (`None`: none). A
+    /// deadline set meanwhile is never lost to it
+    /// (`microvisor_core::sched::due::TimersDue::recount`); `&mut self`
+    /// keeps scans one at a time.
+    pub fn recount_timers_due(&mut self, earliest: impl FnOnce(&Hv) -> Option<u64>) {
+        let hv = &*self;
+        SCHED_VIEW
+            .timers_due
+            .recount(|| earliest(hv).unwrap_or(u64::MAX));
     }
 
     /// Sets vCPU `i`'s kernel page tables (`Vcpu::cr3`).
@@ -2606,13 +2614,11 @@ impl Hv {
     }
 
     /// Records that a guest timer or poll deadline was set for system time
-    /// `t`, so the scheduler's timer scan does not skip it.
+    /// `t` (0: none), so the scheduler's timer scan does not skip it (only
+    /// a lower deadline, or a scan counting, costs the atomic minimum).
+    #[inline(always)]
     pub fn timer_set(&mut self, t: u64) {
-        let due = &SCHED_VIEW.timers_due;
-        // (Only a lower deadline costs the atomic minimum.)
-        if t != 0 && t < due.load(Ordering::Relaxed) {
-            due.fetch_min(t, Ordering::SeqCst);
-        }
+        SCHED_VIEW.timers_due.lower(t);
     }
 
     /// Drains a live domain's console ring (the `out` half of its console

@@ -140,10 +140,7 @@ pub fn mmu_update_unlocked(args: [u64; 4]) -> Option<(Result<Flow, Errno>, bool)
 /// `should_preempt` without the hypervisor lock.
 pub(crate) fn should_preempt_unlocked() -> bool {
     crate::events::upcall_pending_light()
-        || crate::time::now_ns()
-            >= crate::domain::SCHED_VIEW
-                .timers_due
-                .load(core::sync::atomic::Ordering::Relaxed)
+        || crate::time::now_ns() >= crate::domain::SCHED_VIEW.timers_due.get()
         || crate::arch::apic::interrupt_pending()
 }
 

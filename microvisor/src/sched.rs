@@ -139,7 +139,7 @@ pub fn yield_alone() -> bool {
         && !light.capped.load(Relaxed)
         && !crate::arch::percpu::leave_now()
         && !crate::irq::pending()
-        && crate::time::now_ns() < view.timers_due.load(Relaxed)
+        && crate::time::now_ns() < view.timers_due.get()
 }
 
 /// Fires expired guest timers (VIRQ_TIMER) and poll timeouts. Scans the
@@ -181,8 +181,7 @@ fn fire_due_timers(hv: &mut Hv, now: u64) {
             crate::events::raise_vcpu_virq(hv, dom, guest_abi::event_channel::VIRQ_TIMER, vid);
         }
     }
-    let due = earliest_timer(hv).unwrap_or(u64::MAX);
-    hv.set_timers_due(due);
+    hv.recount_timers_due(earliest_timer);
 }
 
 /// What the policy reads of the vCPUs (`microvisor_core::sched::Vcpus`).

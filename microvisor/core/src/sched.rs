@@ -491,6 +491,8 @@ pub fn first_to_run(
     runnable.into_iter().find(|&i| allowed(i))
 }
 
+pub mod bits;
+pub mod due;
 pub mod waiting;
 
 #[cfg(test)]

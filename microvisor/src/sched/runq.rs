@@ -42,7 +42,7 @@ use crate::mm::heap::ChunkDir;
 use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 use core::sync::atomic::{AtomicU64, AtomicUsize};
-use microvisor_core::sched::{self as policy, VcpuSet, waiting};
+use microvisor_core::sched::{self as policy, VcpuSet, bits, waiting};
 
 /// One CPU's run queue, under its lock.
 struct RunQueue {
@@ -471,41 +471,37 @@ impl AtomicSet {
         self.word(i / 64) & (1u64 << (i % 64)) != 0
     }
 
-    /// Adds `i` (an index past the words is ignored: adding one is the
-    /// caller's bug). One `lock or`: a result would cost a
-    /// compare-and-exchange loop, and under the hypervisor lock, where
-    /// every change is made today, a `contains` before it is exact.
+    /// Adds `i`; returns whether it was in, from the one `lock bts` that
+    /// adds it (`microvisor_core::sched::bits`). An index past the words
+    /// changes only [`NO_WORD`] (adding one is the caller's bug).
     #[inline(always)]
-    fn insert(&self, i: usize) {
+    fn insert(&self, i: usize) -> bool {
+        bits::set(self.cell_of(i), i)
+    }
+
+    /// Takes `i` out; returns whether it was in (one `lock btr`, as
+    /// [`AtomicSet::insert`]).
+    #[inline(always)]
+    fn remove(&self, i: usize) -> bool {
+        bits::clear(self.cell_of(i), i)
+    }
+
+    /// The word of index `i` to change: the first word inline, others
+    /// out of line. (The bit operation comes after the two ways join:
+    /// where the compiler knows `i < 64`, it drops the `% 64` that its
+    /// `lock bts` pattern needs and emits a compare-and-exchange loop.)
+    #[inline(always)]
+    fn cell_of(&self, i: usize) -> &AtomicU64 {
         if i < 64 {
-            self.first.fetch_or(1u64 << i, SeqCst);
+            &self.first
         } else {
-            self.insert_rest(i);
+            self.cell_rest(i)
         }
     }
 
     #[inline(never)]
-    fn insert_rest(&self, i: usize) {
-        if let Some(c) = self.cell(i / 64) {
-            c.fetch_or(1u64 << (i % 64), SeqCst);
-        }
-    }
-
-    /// Takes `i` out (one `lock and`, as [`AtomicSet::insert`]).
-    #[inline(always)]
-    fn remove(&self, i: usize) {
-        if i < 64 {
-            self.first.fetch_and(!(1u64 << i), SeqCst);
-        } else {
-            self.remove_rest(i);
-        }
-    }
-
-    #[inline(never)]
-    fn remove_rest(&self, i: usize) {
-        if let Some(c) = self.cell(i / 64) {
-            c.fetch_and(!(1u64 << (i % 64)), SeqCst);
-        }
+    fn cell_rest(&self, i: usize) -> &AtomicU64 {
+        self.cell(i / 64).unwrap_or(&NO_WORD)
     }
 
     fn is_empty(&self) -> bool {
@@ -524,6 +520,10 @@ impl AtomicSet {
         }
     }
 }
+
+/// Where a change of an index past an [`AtomicSet`]'s words goes: a word
+/// no set reads.
+static NO_WORD: AtomicU64 = AtomicU64::new(0);
 
 /// The walk of an [`AtomicSet`]'s indices ([`AtomicSet::iter`]).
 struct SetIter<'a> {
@@ -677,10 +677,10 @@ impl Sched {
     ) -> Locked {
         // (Whether a CPU holds it does not change here: read once.)
         let held = RUNNING.contains(i);
-        let was = waiting::is_waiting(RUNNABLE.contains(i), held);
         let last = r.processor() as usize % MAX_CPUS;
         let runnable = state == RunState::Runnable;
-        let q = if runnable {
+        // (Whether it was runnable: the bit its change returns.)
+        let (q, was_runnable) = if runnable {
             let building = crate::arch::smp::scheduler_cpus_joined() == 0;
             let q = Locked::cpu(last);
             let mut q = if !building && q.q.affine.contains(i) || held {
@@ -693,15 +693,16 @@ impl Sched {
             r.state = state;
             on_join(r, &q);
             q.join(i, r.vruntime);
-            RUNNABLE.insert(i);
-            q
+            let was = RUNNABLE.insert(i);
+            (q, was)
         } else {
             let mut q = Locked::cpu(last);
             r.state = state;
             q.leave(i);
-            RUNNABLE.remove(i);
-            q
+            let was = RUNNABLE.remove(i);
+            (q, was)
         };
+        let was = waiting::is_waiting(was_runnable, held);
         let now = waiting::is_waiting(runnable, held);
         waiting::changed(&crate::domain::SCHED_VIEW.waiting, r.cpus, was, now);
         q
@@ -733,45 +734,38 @@ impl Sched {
     }
 
     /// A CPU now holds vCPU `i`: no other CPU may pick it. True when it
-    /// waited before (its CPUs' waiting counts must go down by one).
+    /// waited before (its CPUs' waiting counts must go down by one): by
+    /// the bit the change of `running` returns, so of two CPUs taking it
+    /// at once only one counts it (`microvisor_core::sched::bits::hold`).
     #[inline(always)]
     pub fn hold(&mut self, i: usize) -> bool {
-        let was = self.is_waiting(i);
-        RUNNING.insert(i);
-        was
+        let runnable = RUNNABLE.contains(i);
+        if RUNNING.insert(i) { false } else { runnable }
     }
 
     /// Its CPU lets go of vCPU `i`: any CPU may pick it again. True when it
-    /// waits now and did not before (its CPUs' counts must go up by one).
+    /// waits now and did not before (its CPUs' counts must go up by one):
+    /// runnable, and held until this change, by the bit it returns
+    /// (`microvisor_core::sched::bits::let_go`).
     #[inline(always)]
     pub fn let_go(&mut self, i: usize) -> bool {
         let runnable = RUNNABLE.contains(i);
-        let was = waiting::is_waiting(runnable, RUNNING.contains(i));
-        RUNNING.remove(i);
-        runnable && !was
+        if RUNNING.remove(i) { runnable } else { false }
     }
 
     /// A switch's change of the held set: this CPU lets go of `cur` (which
     /// it holds; `NO_VCPU`: none) and holds `next` (another). Returns
     /// ([`Sched::let_go`]'s answer for `cur`, [`Sched::hold`]'s for
-    /// `next`). With both indices in the first word (most machines), both
-    /// sets' words are read once and `RUNNING` changes in one `lock xor`
-    /// (no moment where a reader sees neither held).
+    /// `next`). With both indices in the first word (most machines),
+    /// `runnable`'s word is read once and `RUNNING` changes by a `lock bts`
+    /// of `next` and then a `lock btr` of `cur` (no moment where a reader
+    /// sees neither held), each answer from the bit its change returns
+    /// (`microvisor_core::sched::bits::hand_over`).
     #[inline(always)]
     pub fn swap_held(&mut self, cur: usize, next: usize) -> (bool, bool) {
         if cur < 64 && next < 64 && cur != next {
-            let (cb, nb) = (1u64 << cur, 1u64 << next);
             let runnable = RUNNABLE.first.load(SeqCst);
-            let held = RUNNING.first.load(SeqCst);
-            if held & (cb | nb) == cb {
-                RUNNING.first.fetch_xor(cb | nb, SeqCst);
-            } else {
-                RUNNING.first.fetch_and(!cb, SeqCst);
-                RUNNING.first.fetch_or(nb, SeqCst);
-            }
-            let up = runnable & held & cb != 0;
-            let down = runnable & !held & nb != 0;
-            return (up, down);
+            return bits::hand_over(&RUNNING.first, runnable, cur, next);
         }
         let up = cur != crate::domain::NO_VCPU && self.let_go(cur);
         (up, self.hold(next))
